@@ -1,0 +1,218 @@
+"""``npc-prognosis``: the command line over the core, for whole cohorts and single patients.
+
+The CLI only adapts paths and flags to the core's functions; an ``InputError`` becomes one readable line and
+exit code 2 instead of a traceback, because the reader is a researcher with a spreadsheet, not a developer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import BundleError, InputError
+
+log = logging.getLogger("npc_prognosis")
+
+
+def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, help="cohort CSV (one row per patient)")
+    parser.add_argument("--column-map", default=None,
+                        help="your column names: canonical=yours,... or a JSON file, e.g. patient_id=MRN,t1c=T1C")
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synthesize_cohort
+
+    cohort = synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet)
+    print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
+    print(f"true linear predictors: {cohort.truth_path}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .features_table import dask_runner, extract_cohort
+    from .manifest import load_column_map, read_manifest
+
+    manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=True)
+    runner = dask_runner(args.dask_scheduler or None) if args.engine == "dask" else None
+    result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
+                            progress=not args.quiet, runner=runner)
+    print(f"features for {len(result.table)} patient(s) x {result.table.shape[1] - 1} features: {result.features_path}")
+    if result.failures:
+        print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
+        for failure in result.failures:
+            print(f"  {failure['patient_id']}: {failure['error']}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .manifest import load_column_map, read_manifest
+    from .training import train
+
+    manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
+    document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
+                     test_fraction=args.test_fraction, seed=args.seed)
+    training = document["training"]
+    print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
+          f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
+    signature = document["signature"]
+    print(f"Rad-score: {len(signature['features'])} feature(s) selected from {signature['diagnostics']['n_features_in']}")
+    for name, block in training["metrics"].items():
+        print(f"  training C-index {name:10s} {block['c_index']:.3f}  (optimistic: evaluate on held-out patients)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .assessment import evaluate_cohort
+    from .manifest import load_column_map, read_manifest
+
+    manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
+    metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
+                              n_boot=args.n_boot, seed=args.seed)
+    print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
+          f"({metrics['excluded_training_patients']} training patients excluded)")
+    for name, block in metrics["models"].items():
+        lo, hi = block["c_index_95ci"]
+        print(f"  {name:10s} C-index {block['c_index']:.3f} (95% CI {lo:.3f}-{hi:.3f})  log-rank p "
+              f"{block['logrank_p']:.2g}")
+    print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .clinical import parse_key_values
+    from .imageio import load_patient
+    from .models import load_bundle
+    from .prediction import predict_patient, write_prediction
+
+    bundle = load_bundle(args.bundle)
+    if args.mask is None or args.mask == "auto":
+        raise InputError("a mask is needed (automatic segmentation is not part of this bundle)", column="--mask",
+                         fix="pass --mask with label 1 = GTVp and 2 = GTVn")
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, args.mask)
+    prediction = predict_patient(bundle, patient, parse_key_values(args.clinical or []))
+    path = write_prediction(prediction, args.out)
+    survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
+    print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
+          f"({prediction.risk_group} risk); survival {survival}")
+    for warning in prediction.warnings:
+        print(f"  warning: {warning}")
+    print(f"written: {path}")
+    return 0
+
+
+def _cmd_cox(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .cox import cox_table
+
+    path = Path(args.table)
+    if not path.exists():
+        raise InputError("table not found", path=path)
+    table = pd.read_csv(path)
+    covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
+    result = cox_table(table, args.time_col, args.event_col, covariates, ties=args.ties)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, n=args.n, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npc-prognosis", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a SYNTHETIC cohort (images, masks, manifest, truth)")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("extract", help="radiomics features table for a cohort")
+    _add_manifest_args(p)
+    p.add_argument("--out", required=True, help="features CSV (failures and metadata are written beside it)")
+    p.add_argument("--workers", type=int, default=1, help="patients processed in parallel")
+    p.add_argument("--params", default=None, help="PyRadiomics parameter file (default: Resources/radiomics/NPCPrognosis.yaml)")
+    p.add_argument("--engine", choices=("local", "dask"), default="local")
+    p.add_argument("--dask-scheduler", default=None, help="address of a Dask scheduler (default: a local cluster)")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
+    _add_manifest_args(p)
+    p.add_argument("--features", required=True)
+    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--out", required=True, help="bundle directory")
+    p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, predictions and plots of a bundle on a cohort")
+    p.add_argument("--bundle", required=True)
+    _add_manifest_args(p)
+    p.add_argument("--features", required=True)
+    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--subset", choices=("auto", "all"), default="auto",
+                   help="auto: leave out the bundle's training patients (default); all: every patient")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="prognosis for one patient")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--t1", required=True)
+    p.add_argument("--t2", required=True)
+    p.add_argument("--t1c", required=True)
+    p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn")
+    p.add_argument("--patient-id", default="patient")
+    p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
+                   help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("cox", help="Cox model of any table: coefficients, HRs with 95% CI, p values (JSON)")
+    p.add_argument("--table", required=True)
+    p.add_argument("--time-col", required=True)
+    p.add_argument("--event-col", required=True)
+    p.add_argument("--covariates", required=True, help="comma-separated column names")
+    p.add_argument("--ties", choices=("breslow", "efron"), default="efron")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.set_defaults(func=_cmd_cox)
+
+    p = sub.add_parser("demo", help="end-to-end demo on SYNTHETIC data and the shipped sample case")
+    p.add_argument("--out", default="npc-demo-output")
+    p.add_argument("--n", type=int, default=80, help="size of the synthetic training cohort")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, BundleError) as exc:
+        print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

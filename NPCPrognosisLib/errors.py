@@ -1,0 +1,46 @@
+"""Errors a user can act on.
+
+A cohort of hundreds of patients fails one row at a time; an error that names the patient, the file or column
+and the fix saves the user a debugging session, so every input check in the core raises :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class InputError(ValueError):
+    """Bad input, described so a clinician or researcher can fix it without reading the code."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        patient_id: Optional[str] = None,
+        path: Optional[str] = None,
+        column: Optional[str] = None,
+        fix: Optional[str] = None,
+    ) -> None:
+        self.problem = problem
+        self.patient_id = patient_id
+        self.path = None if path is None else str(path)
+        self.column = column
+        self.fix = fix
+        super().__init__(self._compose())
+
+    def _compose(self) -> str:
+        where = []
+        if self.patient_id is not None:
+            where.append(f"patient {self.patient_id!r}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        if self.path is not None:
+            where.append(f"file {self.path!r}")
+        text = (", ".join(where) + ": " if where else "") + self.problem
+        if self.fix:
+            text += f". Fix: {self.fix}"
+        return text
+
+
+class BundleError(RuntimeError):
+    """A model bundle that cannot be trusted (wrong format version, checksum mismatch, missing file)."""

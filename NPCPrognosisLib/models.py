@@ -1,0 +1,74 @@
+"""A loaded bundle as ready-to-use models: the one place bundle.json becomes objects again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+
+from .bundle import read_bundle
+from .clinical import ClinicalRecord, encode_clinical
+from .errors import BundleError, InputError
+from .nomogram import Nomogram
+from .preprocess import PreprocessConfig
+from .signature import RadiomicsSignature
+
+
+@dataclass
+class LoadedBundle:
+    path: Path
+    document: Dict[str, Any]
+    signature: RadiomicsSignature
+    nomograms: Dict[str, Nomogram]
+
+    @property
+    def endpoint(self) -> str:
+        return self.document["endpoint"]
+
+    @property
+    def cutoffs(self) -> Dict[str, float]:
+        return {name: float(block["cutoff"]) for name, block in self.document["cutoffs"].items()}
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.document.get("preprocessing") or {})
+
+    @property
+    def ebv_fill(self) -> float:
+        return float(self.document["clinical_encoding"]["log10_ebv_dna_fill"])
+
+    @property
+    def training_outcomes(self) -> "tuple[np.ndarray, np.ndarray]":
+        training = self.document["training"]
+        return np.asarray(training["time"], float), np.asarray(training["event"], bool)
+
+    def factors(self, clinical: List[ClinicalRecord], features: pd.DataFrame) -> pd.DataFrame:
+        """The model inputs (encoded clinical covariates and Rad-score) for aligned records and feature rows."""
+        table = pd.DataFrame([encode_clinical(r, self.ebv_fill) for r in clinical])
+        table["rad_score"] = self.signature.rad_score(features)
+        return table
+
+    def check_features(self, meta: Dict[str, Any], source: "str | Path") -> None:
+        """Refuse features computed with other radiomics settings than the bundle's: the numbers would not mean the same."""
+        expected = self.document.get("radiomics", {}).get("settings_hash")
+        found = meta.get("settings_hash")
+        if expected and found and expected != found:
+            raise InputError(f"features were extracted with radiomics settings {found[:12]} but the bundle expects "
+                             f"{expected[:12]}", path=source,
+                             fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
+
+
+def load_bundle(path: "str | Path") -> LoadedBundle:
+    document = read_bundle(path)
+    try:
+        return LoadedBundle(
+            path=Path(path),
+            document=document,
+            signature=RadiomicsSignature.from_dict(document["signature"]),
+            nomograms={name: Nomogram.from_dict(block) for name, block in document["models"].items()},
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"bundle {path} lacks or garbles {exc}; retrain it with this version") from None

@@ -1,0 +1,108 @@
+"""One patient's prognosis from images, mask and clinical record, with a bundle.
+
+The Slicer module and ``npc-prognosis predict`` both land here, so a patient gets the same numbers whichever
+way a clinician asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import pandas as pd
+
+from .clinical import ClinicalRecord, parse_clinical
+from .features_table import patient_features
+from .imageio import PatientImages
+from .models import LoadedBundle
+from .nomogram import REPORT_MONTHS
+from .risk_groups import assign_groups
+
+SYNTHETIC_WARNING = "This bundle was trained on SYNTHETIC data: a software demonstration, not for clinical use."
+
+
+@dataclass
+class Prediction:
+    """What a clinician sees for one patient; ``to_dict`` is ``prediction.json``."""
+
+    patient_id: str
+    endpoint: str
+    risk_score: float
+    risk_group: str
+    cutoff: float
+    survival: Dict[str, float]
+    nomogram_points: Dict[str, Any]
+    model_risks: Dict[str, float]
+    factors: Dict[str, float]
+    clinical: Dict[str, Any]
+    warnings: List[str] = field(default_factory=list)
+    bundle: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _features_with_bundle_settings(bundle: LoadedBundle, patient: PatientImages) -> Dict[str, float]:
+    """Extract with exactly the bundle's radiomics settings (written to a temporary parameter file)."""
+    import yaml
+
+    settings = bundle.document["radiomics"]["settings"]
+    handle, params = tempfile.mkstemp(suffix=".yaml", prefix="npc-radiomics-")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            yaml.safe_dump(settings, stream)
+        return patient_features(patient, bundle.preprocess, params_path=params)
+    finally:
+        os.unlink(params)
+
+
+def predict_patient(
+    bundle: LoadedBundle,
+    patient: PatientImages,
+    clinical: "Mapping[str, Any] | ClinicalRecord",
+    *,
+    features: Optional[Mapping[str, float]] = None,
+) -> Prediction:
+    """Predict from aligned images (or from precomputed ``features`` of the same settings)."""
+    record = clinical if isinstance(clinical, ClinicalRecord) else parse_clinical(clinical, patient.patient_id)
+    row = dict(features) if features is not None else _features_with_bundle_settings(bundle, patient)
+    factors = bundle.factors([record], pd.DataFrame([row]))
+    values = {k: float(v) for k, v in factors.iloc[0].items()}
+    nomogram = bundle.nomograms["nomogram"]
+    risk = float(nomogram.risk(values)[0])
+    survival = nomogram.survival(values, REPORT_MONTHS)[0]
+    cutoff = bundle.cutoffs["nomogram"]
+    warnings = list(patient.warnings) + nomogram.out_of_range(values)
+    if record.ebv_dna is None:
+        warnings.append("EBV DNA missing: the training median was used")
+    if bundle.document.get("synthetic_demo"):
+        warnings.insert(0, SYNTHETIC_WARNING)
+    return Prediction(
+        patient_id=patient.patient_id,
+        endpoint=bundle.endpoint,
+        risk_score=risk,
+        risk_group=str(assign_groups([risk], cutoff)[0]),
+        cutoff=cutoff,
+        survival={f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival)},
+        nomogram_points=nomogram.points(values),
+        model_risks={name: float(model.risk(values)[0]) for name, model in bundle.nomograms.items()},
+        factors=values,
+        clinical=record.to_dict(),
+        warnings=warnings,
+        bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
+                "format_version": bundle.document.get("format_version")},
+    )
+
+
+def write_prediction(prediction: Prediction, out_dir: "str | Path") -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "prediction.json"
+    tmp = path.with_name(".prediction.json.tmp")
+    tmp.write_text(json.dumps(prediction.to_dict(), indent=2))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,182 @@
+"""Training: fit the radiomics signature, the clinical model and the nomogram on the training split only.
+
+Everything learned here (imputation, scaling, selected features, coefficients, baseline hazards, cut-offs) goes
+into the bundle and is reused unchanged on validation cohorts and new patients; nothing is re-estimated later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from .clinical import CLINICAL_COVARIATES, encode_clinical, parse_clinical
+from .errors import InputError
+from .features_table import feature_matrix, read_features, read_manifest_features
+from .manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from .nomogram import Nomogram, fit_nomogram
+from .signature import RadiomicsSignature, SignatureSettings, fit_signature
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("radiomics", "clinical", "nomogram")
+
+
+def hash_id(patient_id: str) -> str:
+    """Bundles record which patients trained them without carrying identifiers out of the hospital."""
+    return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
+
+
+def split_cohort(manifest: Manifest, endpoint: str, *, split_col: Optional[str] = None, test_fraction: float = 0.3,
+                 seed: int = 0) -> "tuple[List[str], List[str]]":
+    """Training and test patient IDs: from a column (values train/test) or a random split stratified by event."""
+    table = manifest.table
+    if split_col:
+        if split_col not in table.columns:
+            raise InputError(f"no split column {split_col!r}", path=manifest.source, column=split_col)
+        values = table[split_col].astype(str).str.strip().str.lower()
+        bad = table.loc[~values.isin(["train", "test", "training", "validation", "valid"]), "patient_id"].tolist()
+        if bad:
+            raise InputError(f"split value {table.loc[table['patient_id'] == bad[0], split_col].iloc[0]!r} not understood",
+                             patient_id=bad[0], column=split_col, fix="use 'train' or 'test'")
+        is_train = values.isin(["train", "training"])
+        return table.loc[is_train, "patient_id"].tolist(), table.loc[~is_train, "patient_id"].tolist()
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"test fraction {test_fraction} must be in [0, 1)", column="--test-fraction")
+    if test_fraction == 0:
+        return list(table["patient_id"]), []
+    rng = np.random.default_rng(seed)
+    event_col = f"{endpoint}_event"
+    strata = table[event_col].fillna(-1).to_numpy() if event_col in table.columns else np.zeros(len(table))
+    test: List[str] = []
+    for value in np.unique(strata):
+        ids = table.loc[strata == value, "patient_id"].to_numpy()
+        ids = ids[rng.permutation(len(ids))]
+        test.extend(ids[: int(round(test_fraction * len(ids)))].tolist())
+    test_set = set(test)
+    return [p for p in table["patient_id"] if p not in test_set], [p for p in table["patient_id"] if p in test_set]
+
+
+def clinical_table(manifest: Manifest, ebv_fill: Optional[float]) -> pd.DataFrame:
+    """Encoded clinical covariates, one row per manifest row (same order)."""
+    rows = []
+    for _, row in manifest.table.iterrows():
+        record = parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+        rows.append(encode_clinical(record, ebv_fill))
+    return pd.DataFrame(rows, columns=list(CLINICAL_COVARIATES))
+
+
+def ebv_fill_value(manifest: Manifest) -> float:
+    """Median log10 EBV DNA of the training cohort: stands in for a missing value."""
+    encoded = clinical_table(manifest, None)["log10_ebv_dna"]
+    median = float(encoded.median()) if encoded.notna().any() else 0.0
+    return 0.0 if math.isnan(median) else median
+
+
+@dataclass
+class TrainedModels:
+    """The fitted stages (before they are written as a bundle)."""
+
+    endpoint: str
+    signature: RadiomicsSignature
+    nomograms: Dict[str, Nomogram]
+    cutoffs: Dict[str, Dict[str, Any]]
+    ebv_fill: float
+    train_time: List[float]
+    train_event: List[int]
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+    def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Risk (linear predictor) of every model for aligned manifest/features rows."""
+        factors = clinical_table(manifest, self.ebv_fill)
+        factors["rad_score"] = self.signature.rad_score(features)
+        return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
+
+
+def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+               settings: Optional[SignatureSettings] = None, *, ties: str = "efron") -> TrainedModels:
+    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i)."""
+    from .risk_groups import max_logrank_cutoff
+
+    check_outcomes(manifest, endpoint)
+    time, event = manifest.outcome_arrays(endpoint)
+    signature = fit_signature(feature_matrix(features), time, event, settings)
+    ebv_fill = ebv_fill_value(manifest)
+    factors = clinical_table(manifest, ebv_fill)
+    factors["rad_score"] = signature.rad_score(features)
+    nomograms = {
+        "radiomics": fit_nomogram("radiomics", factors, ["rad_score"], time, event, ties=ties),
+        "clinical": fit_nomogram("clinical", factors, list(CLINICAL_COVARIATES), time, event, ties=ties),
+        "nomogram": fit_nomogram("nomogram", factors, ["rad_score", *CLINICAL_COVARIATES], time, event, ties=ties),
+    }
+    cutoffs = {name: max_logrank_cutoff(model.risk(factors), time, event, min_share=0.10)
+               for name, model in nomograms.items()}
+    return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
+                         ebv_fill=ebv_fill, train_time=[float(t) for t in time],
+                         train_event=[int(e) for e in event])
+
+
+def train(
+    manifest: Manifest,
+    features_path: "str | Path",
+    endpoint: str,
+    out: "str | Path",
+    *,
+    split_col: Optional[str] = None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    settings: Optional[SignatureSettings] = None,
+) -> Dict[str, Any]:
+    """Split, fit on the training part, and write the bundle; returns the bundle document."""
+    from .bundle import write_bundle
+    from .evaluation import evaluate_risk
+
+    table, meta = read_features(features_path)
+    manifest, features, lacking = read_manifest_features(manifest, table)
+    if lacking:
+        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
+    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
+    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
+                              source=manifest.source)
+    train_features = features[is_train].reset_index(drop=True)
+    models = fit_models(train_manifest, train_features, endpoint,
+                        settings or SignatureSettings(seed=seed))
+    risks = models.risks(train_manifest, train_features)
+    time, event = train_manifest.outcome_arrays(endpoint)
+    training_metrics = {
+        name: evaluate_risk(risks[name].to_numpy(), time, event, time, event, cutoff=models.cutoffs[name]["cutoff"],
+                            n_boot=200, seed=seed)
+        for name in MODEL_NAMES
+    }
+    for block in training_metrics.values():
+        block.pop("calibration", None)
+    document = {
+        "endpoint": endpoint,
+        "sequences": ["t1", "t2", "t1c"],
+        "preprocessing": meta.get("preprocessing"),
+        "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
+                                               "ibsi_note")},
+        "feature_columns": [c for c in features.columns if c != "patient_id"],
+        "signature": models.signature.to_dict(),
+        "clinical_encoding": {"covariates": list(CLINICAL_COVARIATES), "log10_ebv_dna_fill": models.ebv_fill,
+                              "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
+                              "ebv_dna": "log10(copies/mL + 1)"},
+        "models": {name: model.to_dict() for name, model in models.nomograms.items()},
+        "cutoffs": models.cutoffs,
+        "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
+                     "event": models.train_event, "metrics": training_metrics,
+                     "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],
+                     "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
+                     "split": split_col or f"random stratified, test fraction {test_fraction}",
+                     "left_out_without_features": lacking},
+        "synthetic_demo": False,
+    }
+    write_bundle(out, document)
+    return document

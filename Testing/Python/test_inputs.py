@@ -1,0 +1,186 @@
+"""Bad input gets a clear error naming the patient, the column or the file, and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from NPCPrognosisLib.clinical import encode_clinical, parse_clinical, parse_key_values
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.imageio import align_patient, load_patient, read_image, same_geometry
+from NPCPrognosisLib.manifest import check_outcomes, load_column_map, read_manifest
+
+GOOD = {"age": 52, "sex": "M", "t_stage": "T2", "n_stage": "N1", "ebv_dna": 1500, "rene": 1, "ldh": 180,
+        "chemo": 1, "ccnd": 200}
+
+
+def _image(shape=(8, 20, 20), spacing=(1.0, 1.0, 3.0), value=None, origin=(0.0, 0.0, 0.0)):
+    array = np.random.default_rng(0).normal(100, 10, shape).astype(np.float32) if value is None else value
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def _mask(shape=(8, 20, 20), labels=(1, 2)):
+    array = np.zeros(shape, np.uint8)
+    if 1 in labels:
+        array[2:6, 5:10, 5:10] = 1
+    if 2 in labels:
+        array[2:5, 12:16, 12:16] = 2
+    mask = sitk.GetImageFromArray(array)
+    mask.SetSpacing((1.0, 1.0, 3.0))
+    return mask
+
+
+def _write_cohort(tmp_path, rows):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("t1", "t2", "t1c"):
+        sitk.WriteImage(_image(), str(images / f"{name}.nii.gz"))
+    sitk.WriteImage(_mask(), str(images / "mask.nii.gz"))
+    table = []
+    for i, overrides in enumerate(rows):
+        row = {"patient_id": f"P{i:03d}", "t1": "images/t1.nii.gz", "t2": "images/t2.nii.gz",
+               "t1c": "images/t1c.nii.gz", "mask": "images/mask.nii.gz", **GOOD,
+               "dmfs_time": 30.0 + i, "dmfs_event": i % 2, "os_time": 40.0, "os_event": 0}
+        row.update(overrides)
+        table.append(row)
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(table).to_csv(path, index=False)
+    return path
+
+
+def test_clinical_parsing_accepts_common_spellings_and_encodes():
+    record = parse_clinical({**GOOD, "t_stage": "t4a", "n_stage": "3", "sex": "male", "ebv_dna": ""}, "P1")
+    assert (record.t_stage, record.n_stage, record.sex, record.ebv_dna) == ("T4", "N3", "M", None)
+    encoded = encode_clinical(record, ebv_fill=2.5)
+    assert encoded["t_stage"] == 4 and encoded["n_stage"] == 3 and encoded["male"] == 1
+    assert encoded["log10_ebv_dna"] == 2.5
+    assert encode_clinical(parse_clinical(GOOD))["log10_ebv_dna"] == pytest.approx(np.log10(1501))
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("t_stage", "T5", ["P9", "t_stage", "T5", "T1"]),
+    ("n_stage", "Nx", ["P9", "n_stage", "Nx"]),
+    ("sex", "X", ["P9", "sex"]),
+    ("age", "fifty", ["P9", "age"]),
+    ("rene", 3, ["P9", "rene"]),
+    ("ldh", None, ["P9", "ldh", "missing"]),
+])
+def test_clinical_errors_name_patient_and_column(field, value, words):
+    with pytest.raises(InputError) as info:
+        parse_clinical({**GOOD, field: value}, "P9")
+    for word in words:
+        assert word in str(info.value)
+    assert "Fix:" in str(info.value) or "missing" in str(info.value)
+
+
+def test_rene_without_nodes_is_refused():
+    with pytest.raises(InputError, match="N0"):
+        parse_clinical({**GOOD, "n_stage": "N0", "rene": 2}, "P2")
+
+
+def test_key_values_from_cli():
+    assert parse_key_values(["age=52", "sex=M"]) == {"age": "52", "sex": "M"}
+    with pytest.raises(InputError, match="weight"):
+        parse_key_values(["weight=70"])
+
+
+def test_manifest_reads_and_resolves_paths(tmp_path):
+    manifest = read_manifest(_write_cohort(tmp_path, [{}, {}]))
+    entry = manifest.entries()[0]
+    assert entry.images["t1c"] == tmp_path.resolve() / "images" / "t1c.nii.gz"
+    assert entry.mask.exists()
+    assert entry.clinical_record().t_stage == "T2"
+    check_outcomes(manifest, "dmfs")
+
+
+def test_manifest_duplicate_ids(tmp_path):
+    path = _write_cohort(tmp_path, [{"patient_id": "A1"}, {"patient_id": "A1"}])
+    with pytest.raises(InputError, match="duplicate patient IDs.*A1"):
+        read_manifest(path)
+
+
+def test_manifest_unknown_stage_names_patient(tmp_path):
+    path = _write_cohort(tmp_path, [{}, {"t_stage": "T7"}])
+    with pytest.raises(InputError) as info:
+        read_manifest(path)
+    assert "P001" in str(info.value) and "t_stage" in str(info.value)
+
+
+def test_missing_outcome_in_training_row(tmp_path):
+    manifest = read_manifest(_write_cohort(tmp_path, [{}, {"dmfs_time": None}]))
+    with pytest.raises(InputError) as info:
+        check_outcomes(manifest, "dmfs")
+    assert "P001" in str(info.value) and "dmfs_time" in str(info.value)
+    check_outcomes(manifest, "dmfs", patient_ids=["P000"])  # prediction rows may lack outcomes
+
+
+def test_column_map_lets_users_keep_their_names(tmp_path):
+    path = _write_cohort(tmp_path, [{}, {}])
+    table = pd.read_csv(path).rename(columns={"patient_id": "MRN", "t1c": "T1C_path"})
+    table.to_csv(path, index=False)
+    with pytest.raises(InputError, match="patient_id"):
+        read_manifest(path)
+    manifest = read_manifest(path, load_column_map("patient_id=MRN,t1c=T1C_path"))
+    assert manifest.patient_ids == ["P000", "P001"]
+    with pytest.raises(InputError, match="NOPE"):
+        read_manifest(path, {"patient_id": "NOPE"})
+
+
+def test_missing_file_names_patient_and_path(tmp_path):
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "nowhere.nii.gz", patient_id="P7", role="t2")
+    assert "P7" in str(info.value) and "nowhere.nii.gz" in str(info.value) and "t2" in str(info.value)
+
+
+def test_non_3d_and_nan_images_are_refused(tmp_path):
+    flat = sitk.GetImageFromArray(np.zeros((20, 20), np.float32))
+    sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="not a 3D volume"):
+        read_image(tmp_path / "flat.nii.gz", patient_id="P1")
+    array = np.ones((8, 20, 20), np.float32)
+    array[3, 4, 5] = np.nan
+    sitk.WriteImage(_image(value=array), str(tmp_path / "nan.nrrd"))  # ITK NIfTI IO turns NaN into 0 itself
+    with pytest.raises(InputError, match="1 NaN"):
+        read_image(tmp_path / "nan.nrrd", patient_id="P1")
+
+
+def test_empty_gtvp_and_unknown_labels():
+    images = {"t1c": _image()}
+    with pytest.raises(InputError, match="GTVp is empty"):
+        align_patient(images, _mask(labels=(2,)), patient_id="P3")
+    bad = sitk.GetImageFromArray(np.full((8, 20, 20), 5, np.uint8))
+    bad.SetSpacing((1.0, 1.0, 3.0))
+    with pytest.raises(InputError, match="label value"):
+        align_patient(images, bad, patient_id="P3")
+
+
+def test_mask_outside_image_is_a_geometry_mismatch():
+    shifted = _mask()
+    shifted.SetOrigin((500.0, 0.0, 0.0))
+    with pytest.raises(InputError) as info:
+        align_patient({"t1c": _image()}, shifted, patient_id="P4", paths={"mask": "m.nii.gz"})
+    assert "geometry" in str(info.value) and "P4" in str(info.value) and "m.nii.gz" in str(info.value)
+
+
+def test_sequences_on_other_grids_are_resampled_onto_t1c():
+    t1c = _image()
+    t2 = _image(shape=(4, 40, 40), spacing=(0.5, 0.5, 6.0))
+    aligned = align_patient({"t1c": t1c, "t2": t2}, _mask(), patient_id="P5")
+    assert same_geometry(aligned.images["t2"], t1c)
+    assert any("t2 was resampled" in w for w in aligned.warnings)
+    far = _image(origin=(1000.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="does not overlap"):
+        align_patient({"t1c": t1c, "t2": far}, None, patient_id="P5")
+
+
+def test_load_patient_from_files(tmp_path):
+    path = _write_cohort(tmp_path, [{}])
+    entry = read_manifest(path).entries()[0]
+    patient = load_patient(entry.patient_id, entry.images, entry.mask)
+    assert set(patient.images) == {"t1", "t2", "t1c"}
+    assert same_geometry(patient.mask, patient.images["t1c"])

@@ -1,0 +1,72 @@
+"""The radiomics signature: score-test filter, redundancy filter, LASSO-Cox selection and the Rad-score."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.statistics import logrank_test
+
+from NPCPrognosisLib.signature import (RadiomicsSignature, SignatureSettings, cox_score_test, fit_signature,
+                                       redundancy_filter)
+
+
+def _survival(rng, lp):
+    time = rng.exponential(30 * np.exp(-lp))
+    censor = rng.uniform(10, 90, len(lp))
+    return np.minimum(time, censor), time <= censor
+
+
+def test_score_test_of_binary_covariate_equals_logrank_without_ties():
+    rng = np.random.default_rng(1)
+    group = (rng.random(150) < 0.4).astype(float)
+    time, event = _survival(rng, 0.7 * group)
+    # Untied times: with ties the log-rank's hypergeometric variance has an extra (n-d)/(n-1) factor.
+    z, p = cox_score_test(group[:, None], time, event)
+    reference = logrank_test(time[group == 1], time[group == 0], event[group == 1], event[group == 0])
+    assert z[0] ** 2 == pytest.approx(reference.test_statistic, rel=1e-6)
+    assert p[0] == pytest.approx(reference.p_value, rel=1e-6)
+
+
+def test_score_test_agrees_with_lifelines_for_continuous_covariates():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 3))
+    time, event = _survival(rng, 0.5 * x[:, 0])
+    _, p = cox_score_test(x, time, event)
+    for j in range(3):
+        fitter = CoxPHFitter().fit(pd.DataFrame({"x": x[:, j], "T": time, "E": event}), "T", "E")
+        # Wald (lifelines) and score tests are asymptotically equal; close for small effects
+        assert abs(np.log10(p[j]) - np.log10(fitter.summary["p"].iloc[0])) < 0.3
+    assert p[0] < 1e-4 and p[1] > 0.01 and p[2] > 0.01
+
+
+def test_redundancy_filter_keeps_lower_p_of_correlated_pair():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=100)
+    z = np.column_stack([a, a + 0.05 * rng.normal(size=100), rng.normal(size=100)])
+    kept = redundancy_filter(z, ["a", "a_copy", "other"], np.array([0.02, 0.001, 0.03]), 0.85)
+    assert kept == ["a_copy", "other"]
+
+
+def test_lasso_signature_finds_the_signal_and_scores_new_patients():
+    rng = np.random.default_rng(4)
+    n, p = 160, 60
+    base = rng.normal(size=(n, p))
+    base[:, 1] = base[:, 0] * 0.98 + 0.02 * rng.normal(size=n)  # redundant twin of the signal
+    lp = 0.9 * base[:, 0] - 0.6 * base[:, 5]
+    time, event = _survival(rng, lp)
+    table = pd.DataFrame(base * 10 + 50, columns=[f"f{i}" for i in range(p)])
+    table.iloc[3, 7] = np.nan  # a missing value is imputed, not fatal
+    signature = fit_signature(table, time, event, SignatureSettings(seed=0))
+    assert {"f5"} <= set(signature.features)
+    assert len({"f0", "f1"} & set(signature.features)) == 1
+    assert signature.diagnostics["n_after_redundancy"] < signature.diagnostics["n_univariate"] + 1
+    score = signature.rad_score(table)
+    assert np.corrcoef(score, lp)[0, 1] > 0.8
+    restored = RadiomicsSignature.from_dict(json.loads(json.dumps(signature.to_dict())))
+    np.testing.assert_array_equal(restored.rad_score(table), score)
+    with pytest.raises(ValueError, match="lacks"):
+        signature.rad_score(table.drop(columns=signature.features[:1]))
