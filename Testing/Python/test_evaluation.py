@@ -1,0 +1,366 @@
+"""Evaluation metrics, risk groups and plots against lifelines / scikit-survival references."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.datasets import load_rossi
+from lifelines.statistics import logrank_test
+from lifelines.utils import concordance_index
+from sksurv.datasets import load_gbsg2, load_veterans_lung_cancer
+
+from NPCPrognosisLib.cox import fit_cox
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.evaluation import (
+    bootstrap_ci,
+    calibration,
+    evaluate_risk,
+    harrell_c,
+    hazard_ratio,
+    integrated_brier,
+    kaplan_meier,
+    logrank,
+    td_auc,
+    uno_c,
+)
+from NPCPrognosisLib.plots import plot_calibration, plot_km_by_group
+from NPCPrognosisLib.risk_groups import assign_groups, max_logrank_cutoff
+
+ROSSI_COV = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+
+
+def _rossi():
+    r = load_rossi()
+    return r["week"].to_numpy(float), r["arrest"].to_numpy(int), r
+
+
+def _veterans():
+    X, y = load_veterans_lung_cancer()
+    return y["Survival_in_days"].astype(float), y["Status"].astype(int), X
+
+
+def _gbsg():
+    X, y = load_gbsg2()
+    return y["time"].astype(float), y["cens"].astype(int), X
+
+
+@pytest.fixture(scope="module")
+def rossi_split():
+    """Train/test halves of rossi with an Efron Cox model fitted on the training half."""
+    _t, _e, df = _rossi()
+    idx = np.random.default_rng(0).permutation(len(df))
+    tr, te = df.iloc[idx[:250]], df.iloc[idx[250:]]
+    model = fit_cox(tr, "week", "arrest", ROSSI_COV, ties="efron")
+    return tr, te, model
+
+
+def _synthetic(n=300, seed=1, censor_scale=1e6, step_at=None, hr=1.0):
+    rng = np.random.default_rng(seed)
+    risk = rng.uniform(0, 1, n)
+    rate = np.exp(2.0 * risk) if step_at is None else np.where(risk > step_at, hr, 1.0)
+    t_event = rng.exponential(1.0 / rate) * 20
+    t_cens = rng.exponential(censor_scale, n)
+    return risk, np.minimum(t_event, t_cens), (t_event <= t_cens).astype(int)
+
+
+# ------------------------------------------------------------------------------------------ concordance
+@pytest.mark.parametrize("loader", ["rossi", "veterans", "gbsg2"])
+def test_harrell_c_matches_lifelines(loader):
+    if loader == "rossi":
+        t, e, df = _rossi()
+        # Integer-valued on purpose: sksurv counts risks within 1e-8 as tied, lifelines needs exact equality,
+        # so rounding noise such as 3 - 0.05 * 27 would make the references disagree in the 5th decimal.
+        risk = 20 * df["prio"].to_numpy(float) - df["age"].to_numpy(float)
+    elif loader == "veterans":
+        t, e, X = _veterans()
+        risk = -X["Karnofsky_score"].to_numpy(float)  # integer scores: many tied predictions
+    else:
+        t, e, X = _gbsg()
+        risk = X["pnodes"].to_numpy(float) + 0.01 * X["tsize"].to_numpy(float)
+    ours = harrell_c(t, e, risk)
+    ref = concordance_index(t, -risk, e)  # lifelines scores predicted survival times: higher = better
+    assert ours == pytest.approx(ref, abs=1e-6)
+    assert 0.55 < ours < 0.8
+
+
+def test_uno_c_close_to_harrell_without_censoring_and_handles_long_test_follow_up():
+    risk, t, e = _synthetic(n=400, seed=2, censor_scale=1e6)
+    assert e.mean() > 0.99
+    half = slice(0, 200), slice(200, 400)
+    h = harrell_c(t[half[1]], e[half[1]], risk[half[1]])
+    u = uno_c(t[half[0]], e[half[0]], t[half[1]], e[half[1]], risk[half[1]])
+    assert abs(u - h) < 0.02
+    # Test follow-up longer than training follow-up: tau is capped instead of sksurv raising.
+    u_short = uno_c(t[half[0]] / 3, e[half[0]], t[half[1]], e[half[1]], risk[half[1]])
+    assert 0.5 < u_short < 1.0
+    with pytest.raises(InputError):
+        uno_c(t, e, t, np.zeros_like(e), risk)
+
+
+def test_bootstrap_ci_brackets_estimate_and_is_reproducible():
+    t, e, df = _rossi()
+    risk = df["prio"].to_numpy(float)
+    c = harrell_c(t, e, risk)
+    ci1 = bootstrap_ci(harrell_c, t, e, risk, n_boot=200, seed=5)
+    ci2 = bootstrap_ci(harrell_c, t, e, risk, n_boot=200, seed=5)
+    assert ci1 == ci2
+    assert ci1[0] < c < ci1[1] and ci1[1] - ci1[0] < 0.2
+    # One event among 40 patients: most resamples have no event and are skipped, not fatal.
+    e_rare = np.zeros(40, dtype=int)
+    e_rare[3] = 1
+    calls = []
+
+    def stat(tt, ee, rr):
+        calls.append(int(ee.sum()))
+        return harrell_c(tt, ee, rr)
+
+    lo, hi = bootstrap_ci(stat, t[:40], e_rare, risk[:40], n_boot=100, seed=0)
+    assert calls and min(calls) >= 1 and len(calls) < 100
+    assert lo <= hi
+
+
+def test_td_auc_against_sksurv_and_none_outside_follow_up(rossi_split):
+    from sksurv.metrics import cumulative_dynamic_auc
+    from sksurv.util import Surv
+
+    tr, te, model = rossi_split
+    risk = model.linear_predictor(te)
+    out = td_auc(tr.week, tr.arrest, te.week, te.arrest, risk, times=(12, 36, 60))
+    assert set(out) == {"12", "36", "60"}
+    assert out["60"] is None  # rossi follow-up ends at week 52
+    # Events at week 52 (the last training time, where the censoring KM is 0) make sksurv itself raise.
+    # Those patients are controls at 12 and 36 weeks whatever their exact time, so moving them anywhere
+    # between 36 and 52 must leave the AUC unchanged: the reference moves them to 50, the library to 52-eps.
+    te_time = np.minimum(te.week.to_numpy(float), 50.0)
+    ref, _ = cumulative_dynamic_auc(
+        Surv.from_arrays(tr.arrest.astype(bool), tr.week.astype(float)),
+        Surv.from_arrays(te.arrest.astype(bool), te_time),
+        risk,
+        [12.0, 36.0],
+    )
+    assert out["12"] == pytest.approx(ref[0], abs=1e-12)
+    assert out["36"] == pytest.approx(ref[1], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ KM / log-rank / HR
+@pytest.mark.parametrize("loader", ["rossi", "veterans"])
+def test_kaplan_meier_matches_lifelines(loader):
+    t, e, _ = _rossi() if loader == "rossi" else _veterans()
+    x, s = kaplan_meier(t, e)
+    kmf = KaplanMeierFitter().fit(t, e)
+    ev = np.unique(t[e == 1])
+    ours = s[np.searchsorted(x, ev)]
+    ref = kmf.survival_function_at_times(ev).to_numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("loader", ["rossi", "gbsg2"])
+def test_logrank_matches_lifelines(loader):
+    if loader == "rossi":
+        t, e, df = _rossi()
+        g = df["fin"].to_numpy(int)
+    else:
+        t, e, X = _gbsg()
+        g = (X["horTh"] == "yes").to_numpy(int)
+    chi2, p = logrank(t, e, g)
+    ref = logrank_test(t[g == 1], t[g == 0], e[g == 1], e[g == 0])
+    assert chi2 == pytest.approx(ref.test_statistic, abs=1e-6)
+    assert p == pytest.approx(ref.p_value, abs=1e-6)
+
+
+def test_hazard_ratio_matches_lifelines():
+    t, e, df = _rossi()
+    g = np.where(df["fin"].to_numpy() == 1, "high", "low")
+    hr, lo, hi = hazard_ratio(t, e, g)
+    ref = CoxPHFitter().fit(pd.DataFrame({"t": t, "e": e, "g": (g == "high").astype(int)}), "t", "e")
+    assert hr == pytest.approx(math.exp(ref.params_["g"]), rel=1e-5)
+    lo_ref, hi_ref = np.exp(ref.confidence_intervals_.loc["g"].to_numpy())
+    assert (lo, hi) == (pytest.approx(lo_ref, rel=1e-5), pytest.approx(hi_ref, rel=1e-5))
+    with pytest.raises(InputError):
+        hazard_ratio(t, e, np.where(g == "high", "hi", "lo"))
+
+
+# ------------------------------------------------------------------------------------------ calibration / Brier
+def test_calibration_groups_and_km_observed(rossi_split):
+    _tr, te, model = rossi_split
+    s36 = model.survival_at(te, [36.0])[:, 0]
+    rows = calibration(s36, te.week, te.arrest, 36.0, n_groups=4)
+    assert [r["group"] for r in rows] == [1, 2, 3, 4]
+    assert sum(r["n"] for r in rows) == len(te)
+    preds = [r["predicted"] for r in rows]
+    assert preds == sorted(preds)
+    # Observed of the lowest-prediction group equals lifelines' KM of exactly those patients.
+    order = np.argsort(s36, kind="mergesort")[: rows[0]["n"]]
+    kmf = KaplanMeierFitter().fit(te.week.to_numpy()[order], te.arrest.to_numpy()[order])
+    assert rows[0]["observed"] == pytest.approx(float(kmf.survival_function_at_times(36.0).iloc[0]), abs=1e-9)
+    lo, hi = rows[0]["observed_95ci"]
+    assert lo < rows[0]["observed"] < hi
+    assert all(r["observed"] is None for r in calibration(s36, te.week, te.arrest, 60.0))
+
+
+def test_integrated_brier_against_sksurv(rossi_split):
+    from sksurv.metrics import integrated_brier_score
+    from sksurv.util import Surv
+
+    tr, te, model = rossi_split
+    grid = np.arange(4.0, 50.0, 4.0)
+    S = model.survival_at(te, grid)
+    ours = integrated_brier(tr.week, tr.arrest, te.week, te.arrest, S, grid)
+    ref = integrated_brier_score(
+        Surv.from_arrays(tr.arrest.astype(bool), tr.week.astype(float)),
+        Surv.from_arrays(te.arrest.astype(bool), te.week.astype(float)),
+        S,
+        grid,
+    )
+    assert ours == pytest.approx(ref, abs=1e-12)
+    assert 0 < ours < 0.25
+    far = np.array([100.0, 200.0])
+    assert integrated_brier(tr.week, tr.arrest, te.week, te.arrest, model.survival_at(te, far), far) is None
+
+
+# ------------------------------------------------------------------------------------------ evaluate_risk
+EXPECTED_KEYS = {
+    "c_index",
+    "c_index_95ci",
+    "uno_c",
+    "td_auc",
+    "logrank_p",
+    "logrank_chi2",
+    "hr_high_vs_low",
+    "hr_high_vs_low_95ci",
+    "n_high",
+    "n_low",
+    "calibration",
+    "integrated_brier",
+    "warnings",
+}
+
+
+def test_evaluate_risk_on_rossi(rossi_split):
+    tr, te, model = rossi_split
+    cut = max_logrank_cutoff(model.linear_predictor(tr), tr.week, tr.arrest)["cutoff"]
+    risk = model.linear_predictor(te)
+    out = evaluate_risk(
+        risk,
+        te.week,
+        te.arrest,
+        tr.week,
+        tr.arrest,
+        cutoff=cut,
+        survival_at=lambda ts: model.survival_at(te, ts),
+        n_boot=100,
+        times=(20, 40),
+    )
+    assert EXPECTED_KEYS <= set(out)
+    json.dumps(out, allow_nan=False)  # JSON-able, no NaN
+    scalars = ["c_index", "uno_c", "logrank_p", "logrank_chi2", "hr_high_vs_low", "integrated_brier"]
+    assert all(isinstance(out[k], float) and math.isfinite(out[k]) for k in scalars)
+    assert all(isinstance(v, float) for v in out["c_index_95ci"] + out["hr_high_vs_low_95ci"])
+    assert set(out["td_auc"]) == {"20", "40"} and all(0 < v < 1 for v in out["td_auc"].values())
+    assert set(out["calibration"]) == {"20", "40"}
+    assert out["c_index"] == pytest.approx(harrell_c(te.week, te.arrest, risk))
+    assert out["n_high"] + out["n_low"] == len(te) and out["n_high"] == int((risk > cut).sum())
+    assert out["c_index_95ci"][0] < out["c_index"] < out["c_index_95ci"][1]
+    assert out["warnings"] == []
+
+
+def test_evaluate_risk_degenerate_cases_warn_instead_of_crashing(rossi_split):
+    tr, te, model = rossi_split
+    risk = model.linear_predictor(te)
+    out = evaluate_risk(risk, te.week, te.arrest, tr.week, tr.arrest, cutoff=risk.max() + 1, n_boot=20)
+    assert out["n_high"] == 0 and out["logrank_p"] is None and out["hr_high_vs_low"] is None
+    assert out["td_auc"]["60"] is None  # default time points (36, 60); rossi ends at week 52
+    assert any("low-risk group" in w for w in out["warnings"])
+    json.dumps(out, allow_nan=False)
+
+    none = evaluate_risk(risk, te.week, np.zeros(len(te)), tr.week, tr.arrest, cutoff=0.0, n_boot=20)
+    assert none["c_index"] is None and none["events"] == 0 and none["warnings"]
+    json.dumps(none, allow_nan=False)
+
+
+def test_evaluate_risk_rejects_bad_input(rossi_split):
+    tr, te, model = rossi_split
+    risk = model.linear_predictor(te)
+    with pytest.raises(InputError):
+        evaluate_risk(risk[:-1], te.week, te.arrest, tr.week, tr.arrest, cutoff=0.0)
+    bad_t = te.week.to_numpy(float).copy()
+    bad_t[4] = np.nan
+    with pytest.raises(InputError, match="follow-up time"):
+        evaluate_risk(risk, bad_t, te.arrest, tr.week, tr.arrest, cutoff=0.0)
+    with pytest.raises(InputError, match="0/1"):
+        evaluate_risk(risk, te.week, te.arrest.to_numpy() * 2, tr.week, tr.arrest, cutoff=0.0)
+    bad_r = risk.copy()
+    bad_r[0] = np.inf
+    with pytest.raises(InputError, match="risk"):
+        evaluate_risk(bad_r, te.week, te.arrest, tr.week, tr.arrest, cutoff=0.0)
+
+
+# ------------------------------------------------------------------------------------------ risk groups
+def test_max_logrank_cutoff_recovers_planted_step():
+    risk, t, e = _synthetic(n=600, seed=4, censor_scale=40.0, step_at=0.6, hr=5.0)
+    res = max_logrank_cutoff(risk, t, e)
+    assert set(res) == {"cutoff", "chi2", "n_high", "n_low", "min_share"}
+    assert abs(res["cutoff"] - 0.6) < 0.05
+    assert res["n_high"] == int((risk > res["cutoff"]).sum()) and res["n_high"] + res["n_low"] == 600
+
+
+def test_max_logrank_cutoff_is_the_brute_force_maximum_and_respects_min_share():
+    risk, t, e = _synthetic(n=120, seed=7, censor_scale=30.0, step_at=0.93, hr=6.0)
+    res = max_logrank_cutoff(risk, t, e, min_share=0.25)
+    assert res["n_high"] >= 30 and res["n_low"] >= 30
+    rs = np.sort(risk)
+    best = -1.0
+    for a, b in zip(rs[:-1], rs[1:]):
+        c = (a + b) / 2
+        high = risk > c
+        if high.sum() < 30 or (~high).sum() < 30:
+            continue
+        best = max(best, logrank_test(t[high], t[~high], e[high], e[~high]).test_statistic)
+    assert res["chi2"] == pytest.approx(best, rel=1e-9)
+    # The planted step (top 7 %) is unreachable with min_share 0.25, so the cut sits at the allowed edge.
+    assert res["n_high"] <= 45
+    with pytest.raises(InputError):
+        max_logrank_cutoff(np.ones(50), t[:50], e[:50])
+
+
+def test_assign_groups():
+    groups = assign_groups([0.1, 0.5, 0.9, 0.5], 0.5)
+    assert groups.tolist() == ["low", "low", "high", "low"]
+
+
+# ------------------------------------------------------------------------------------------ plots
+def test_plots_write_png_that_reopen(tmp_path, rossi_split):
+    import matplotlib
+    import matplotlib.image as mpimg
+
+    backend_before = matplotlib.get_backend()
+    _tr, te, model = rossi_split
+    risk = model.linear_predictor(te)
+    groups = assign_groups(risk, np.median(risk))
+    km = plot_km_by_group(
+        tmp_path / "km" / "km.png",
+        te.week,
+        te.arrest,
+        groups,
+        "Test cohort",
+        logrank_p=0.012,
+        hr=(2.1, 1.2, 3.5),
+    )
+    s = model.survival_at(te, [36.0])[:, 0]
+    rows = calibration(s, te.week, te.arrest, 36.0)
+    rows.append(
+        {"group": 5, "n": 3, "events": 0, "predicted": 0.9, "observed": None, "observed_95ci": [None, None]}
+    )
+    cal = plot_calibration(tmp_path / "cal.png", rows, 36.0, "Calibration at 36 weeks")
+    for path in (km, cal):
+        img = mpimg.imread(path)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+        assert img[..., :3].std() > 0.01  # something was drawn
+    assert matplotlib.get_backend() == backend_before
+    with pytest.raises(InputError):
+        plot_km_by_group(tmp_path / "x.png", te.week, te.arrest, groups[:-1], "bad")
