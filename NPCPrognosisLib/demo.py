@@ -16,8 +16,8 @@ SAMPLE_CASE = RESOURCES / "SampleData" / "NPC-SAMPLE-001"
 
 def sample_case_paths(folder: Path = SAMPLE_CASE) -> Dict[str, Path]:
     """The shipped synthetic sample patient: image paths and the clinical record file."""
-    return {"t1": folder / "t1.nii.gz", "t2": folder / "t2.nii.gz", "t1c": folder / "t1c.nii.gz",
-            "mask": folder / "mask.nii.gz", "clinical": folder / "clinical.json"}
+    paths = {key: folder / f"{folder.name}_{key}.nii.gz" for key in ("t1", "t2", "t1c", "mask")}
+    return {**paths, "clinical": folder / "clinical.json"}
 
 
 def run_demo(out: "str | Path", *, n: int = 80, seed: int = 7, workers: int = 2, progress: bool = True,

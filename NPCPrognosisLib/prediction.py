@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import pandas as pd
 
+from .benefit import benefit_statement
 from .clinical import ClinicalRecord, parse_clinical
 from .features_table import patient_features
 from .imageio import PatientImages
@@ -39,6 +40,7 @@ class Prediction:
     model_risks: Dict[str, float]
     factors: Dict[str, float]
     clinical: Dict[str, Any]
+    chemo_benefit: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     bundle: Dict[str, Any] = field(default_factory=dict)
 
@@ -81,17 +83,21 @@ def predict_patient(
         warnings.append("EBV DNA missing: the training median was used")
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
+    group = str(assign_groups([risk], cutoff)[0])
+    survival_by_month = {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival)}
     return Prediction(
         patient_id=patient.patient_id,
         endpoint=bundle.endpoint,
         risk_score=risk,
-        risk_group=str(assign_groups([risk], cutoff)[0]),
+        risk_group=group,
         cutoff=cutoff,
-        survival={f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival)},
+        survival=survival_by_month,
         nomogram_points=nomogram.points(values),
         model_risks={name: float(model.risk(values)[0]) for name, model in bundle.nomograms.items()},
         factors=values,
         clinical=record.to_dict(),
+        chemo_benefit=benefit_statement(group, survival_by_month, bundle.document.get("chemo_benefit"),
+                                        record.t_stage, record.n_stage),
         warnings=warnings,
         bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
                 "format_version": bundle.document.get("format_version")},

@@ -117,6 +117,7 @@ def redundancy_filter(z: np.ndarray, names: Sequence[str], p: np.ndarray, thresh
 
 def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings) -> "tuple[float, Dict]":
     from sklearn.model_selection import StratifiedKFold
+    from sksurv.exceptions import NoComparablePairException
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.metrics import concordance_index_censored
     from sksurv.util import Surv
@@ -136,11 +137,20 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
             model.fit(z[tr], y[tr])
         for j in range(len(model.alphas_)):
             risk = z[te] @ model.coef_[:, j]
-            if event[te].sum() == 0 or np.allclose(risk, risk[0]):
+            if np.allclose(risk, risk[0]):
                 scores[k, j] = 0.5
-            else:
+                continue
+            try:
                 scores[k, j] = concordance_index_censored(event[te], time[te], risk)[0]
-    mean, se = np.nanmean(scores, axis=0), np.nanstd(scores, axis=0) / np.sqrt(settings.cv_folds)
+            except NoComparablePairException:
+                break  # this fold cannot rank anyone (no event before a later time): it gives no information
+    if np.isnan(scores).all():
+        raise InputError("no cross-validation fold has comparable pairs: too few events to tune the LASSO",
+                         fix="use a larger training cohort")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(scores, axis=0)
+        se = np.nanstd(scores, axis=0) / np.sqrt(np.maximum(1, (~np.isnan(scores)).sum(axis=0)))
     best = int(np.nanargmax(mean))
     chosen = best
     if settings.one_se_rule:

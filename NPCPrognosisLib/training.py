@@ -26,6 +26,9 @@ from .signature import RadiomicsSignature, SignatureSettings, fit_signature
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("radiomics", "clinical", "nomogram")
+#: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
+#: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
+COX_PENALIZER = 0.01
 
 
 def hash_id(patient_id: str) -> str:
@@ -100,7 +103,8 @@ class TrainedModels:
 
 
 def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
-               settings: Optional[SignatureSettings] = None, *, ties: str = "efron") -> TrainedModels:
+               settings: Optional[SignatureSettings] = None, *, ties: str = "efron",
+               penalizer: float = COX_PENALIZER) -> TrainedModels:
     """Fit all models on aligned training rows (``features`` row i belongs to manifest row i)."""
     from .risk_groups import max_logrank_cutoff
 
@@ -111,9 +115,12 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     factors = clinical_table(manifest, ebv_fill)
     factors["rad_score"] = signature.rad_score(features)
     nomograms = {
-        "radiomics": fit_nomogram("radiomics", factors, ["rad_score"], time, event, ties=ties),
-        "clinical": fit_nomogram("clinical", factors, list(CLINICAL_COVARIATES), time, event, ties=ties),
-        "nomogram": fit_nomogram("nomogram", factors, ["rad_score", *CLINICAL_COVARIATES], time, event, ties=ties),
+        "radiomics": fit_nomogram("radiomics", factors, ["rad_score"], time, event, ties=ties,
+                                  penalizer=penalizer),
+        "clinical": fit_nomogram("clinical", factors, list(CLINICAL_COVARIATES), time, event, ties=ties,
+                                  penalizer=penalizer),
+        "nomogram": fit_nomogram("nomogram", factors, ["rad_score", *CLINICAL_COVARIATES], time, event, ties=ties,
+                                  penalizer=penalizer),
     }
     cutoffs = {name: max_logrank_cutoff(model.risk(factors), time, event, min_share=0.10)
                for name, model in nomograms.items()}
@@ -134,8 +141,10 @@ def train(
     settings: Optional[SignatureSettings] = None,
 ) -> Dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document."""
+    from .benefit import fit_benefit
     from .bundle import write_bundle
     from .evaluation import evaluate_risk
+    from .risk_groups import assign_groups
 
     table, meta = read_features(features_path)
     manifest, features, lacking = read_manifest_features(manifest, table)
@@ -157,6 +166,9 @@ def train(
     }
     for block in training_metrics.values():
         block.pop("calibration", None)
+    ccnd = pd.to_numeric(train_manifest.table.get("ccnd"), errors="coerce").fillna(0.0).to_numpy()
+    chemo_benefit = fit_benefit(time, event, ccnd, assign_groups(risks["nomogram"].to_numpy(),
+                                                                models.cutoffs["nomogram"]["cutoff"]))
     document = {
         "endpoint": endpoint,
         "sequences": ["t1", "t2", "t1c"],
@@ -169,7 +181,9 @@ def train(
                               "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
                               "ebv_dna": "log10(copies/mL + 1)"},
         "models": {name: model.to_dict() for name, model in models.nomograms.items()},
+        "cox": {"ties": "efron", "penalizer": COX_PENALIZER},
         "cutoffs": models.cutoffs,
+        "chemo_benefit": chemo_benefit,
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
                      "event": models.train_event, "metrics": training_metrics,
                      "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],

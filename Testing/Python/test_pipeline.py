@@ -1,0 +1,209 @@
+"""The command line end to end on a small SYNTHETIC cohort: extract -> train -> evaluate -> predict, and failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from NPCPrognosisLib.bundle import read_bundle
+from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.radiomics_features import FAST_PARAMS, feature_columns
+
+
+@pytest.fixture(scope="module")
+def trained(small_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    code = main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
+                 str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out / "bundle"),
+                 "--test-fraction", "0.25", "--seed", "1"])
+    assert code == 0
+    return out / "bundle"
+
+
+def test_features_table_has_fixed_columns_and_metadata(small_cohort):
+    table = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str})
+    assert len(table) == 24
+    assert list(table.columns[1:]) == feature_columns(FAST_PARAMS)
+    meta = json.loads((small_cohort / "features.meta.json").read_text())
+    assert meta["pyradiomics_version"].lstrip("v").startswith("3.")
+    assert len(meta["settings_hash"]) == 64 and meta["settings"]["setting"]["binWidth"] == 25
+    n0 = table["gtvn_present"] == 0
+    assert table.loc[n0, [c for c in table.columns if "_gtvn_" in c]].isna().all().all()
+    assert table.loc[~n0, "t1c_gtvn_original_shape_MeshVolume"].notna().all()
+    assert pd.read_csv(small_cohort / "features.failures.csv").empty
+
+
+def test_bundle_contents(trained):
+    document = read_bundle(trained)
+    assert document["endpoint"] == "dmfs"
+    assert set(document["models"]) == {"radiomics", "clinical", "nomogram"}
+    assert document["models"]["nomogram"]["model"]["covariates"][0] == "rad_score"
+    assert len(document["training"]["patient_id_hashes"]) == 18
+    assert len(document["training"]["test_patient_id_hashes"]) == 6
+    assert document["signature"]["features"] and len(document["signature"]["coef"]) == len(
+        document["signature"]["features"])
+    assert set(document["chemo_benefit"]["groups"]) == {"high", "low"}
+    for name, block in document["cutoffs"].items():
+        assert block["n_high"] >= 2 and block["n_low"] >= 2, name  # >= 10 % of 18
+
+
+def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tmp_path):
+    code = main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+                 "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
+                 "--n-boot", "50", "--subset", "all"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 24 and metrics["endpoint"] == "dmfs"
+    for name in ("radiomics", "clinical", "nomogram"):
+        block = metrics["models"][name]
+        assert 0 <= block["c_index"] <= 1
+        assert set(block["td_auc"]) == {"36", "60"}
+        assert {"c_index_95ci", "uno_c", "logrank_p", "hr_high_vs_low"} <= set(block)
+    predictions = pd.read_csv(tmp_path / "predictions.csv", dtype={"patient_id": str})
+    assert {"patient_id", "radiomics_risk", "clinical_risk", "nomogram_risk", "risk_group"} <= set(predictions.columns)
+    assert set(predictions["risk_group"]) <= {"high", "low"}
+    from NPCPrognosisLib.evaluation import harrell_c
+
+    c = harrell_c(predictions["dmfs_time"], predictions["dmfs_event"] > 0, predictions["nomogram_risk"])
+    assert c == pytest.approx(metrics["models"]["nomogram"]["c_index"], abs=1e-12)
+    image = __import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "km_nomogram.png")
+    assert image.shape[0] > 100
+
+
+def test_evaluate_leaves_out_training_patients_by_default(small_cohort, trained, tmp_path):
+    assert main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+                 "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
+                 "--n-boot", "20"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics["excluded_training_patients"] == 18
+
+
+def test_evaluate_refuses_other_endpoint(small_cohort, trained, tmp_path, capsys):
+    code = main(["evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+                 "--features", str(small_cohort / "features.csv"), "--endpoint", "os", "--out", str(tmp_path)])
+    assert code == 2 and "trained for dmfs" in capsys.readouterr().err
+
+
+def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tmp_path):
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    row = manifest.iloc[0]
+    clinical = [f"{k}={row[k]}" for k in ("age", "sex", "t_stage", "n_stage", "rene", "ldh", "chemo", "ccnd")]
+    if not pd.isna(row["ebv_dna"]):
+        clinical.append(f"ebv_dna={row['ebv_dna']}")
+    args = ["--quiet", "predict", "--bundle", str(trained), "--patient-id", row["patient_id"], "--out", str(tmp_path)]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    # The bundle was trained on fast-settings features; predict must extract with the bundle's settings.
+    assert main([*args, "--clinical", *clinical]) == 0
+    prediction = json.loads((tmp_path / "prediction.json").read_text())
+    assert prediction["risk_group"] in ("high", "low")
+    assert set(prediction["survival"]) == {"12", "36", "60"}
+    assert 0 < prediction["survival"]["60"] <= prediction["survival"]["36"] <= prediction["survival"]["12"] <= 1
+    assert set(prediction["nomogram_points"]["per_factor"]) >= {"rad_score", "t_stage", "age"}
+    assert "statement" in prediction["chemo_benefit"]
+    # The same patient scored through the features table gives the same risk.
+    from NPCPrognosisLib.clinical import parse_clinical
+    from NPCPrognosisLib.models import load_bundle
+
+    bundle = load_bundle(trained)
+    features = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[[0]]
+    factors = bundle.factors([parse_clinical(row.to_dict(), row["patient_id"])], features.reset_index(drop=True))
+    expected = bundle.nomograms["nomogram"].risk(factors)[0]
+    assert prediction["risk_score"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_predict_bad_stage_is_a_one_line_error(small_cohort, trained, tmp_path, capsys):
+    args = ["predict", "--bundle", str(trained), "--out", str(tmp_path), "--clinical", "age=50", "sex=M",
+            "t_stage=T9", "n_stage=N0", "rene=0", "ldh=200"]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / "images" / f"SYN0001_{seq}.nii.gz")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "t_stage" in err and "T9" in err and "Traceback" not in err
+    assert not (tmp_path / "prediction.json").exists()
+
+
+def test_tampered_bundle_is_refused_by_predict(trained, tmp_path, capsys):
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained, copy)
+    document = json.loads((copy / "bundle.json").read_text())
+    document["cutoffs"]["nomogram"]["cutoff"] = -99.0
+    (copy / "bundle.json").write_text(json.dumps(document))
+    assert main(["predict", "--bundle", str(copy), "--t1", "a", "--t2", "b", "--t1c", "c", "--mask", "m",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_extract_continues_past_a_bad_patient(small_cohort, tmp_path, capsys):
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[:3].copy()
+    for col in ("t1", "t2", "t1c", "mask"):
+        manifest[col] = [str(small_cohort / p) for p in manifest[col]]
+    manifest.loc[1, "t2"] = str(tmp_path / "missing_t2.nii.gz")
+    empty = sitk.ReadImage(manifest.loc[2, "mask"]) * 0
+    sitk.WriteImage(empty, str(tmp_path / "empty_mask.nii.gz"))
+    manifest.loc[2, "mask"] = str(tmp_path / "empty_mask.nii.gz")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "features.csv"
+    assert main(["--quiet", "extract", "--manifest", str(tmp_path / "manifest.csv"), "--out", str(out),
+                 "--params", str(FAST_PARAMS)]) == 0
+    table = pd.read_csv(out, dtype={"patient_id": str})
+    assert list(table["patient_id"]) == [manifest.loc[0, "patient_id"]]
+    failures = pd.read_csv(tmp_path / "features.failures.csv", dtype={"patient_id": str})
+    assert list(failures["patient_id"]) == list(manifest.loc[1:2, "patient_id"])
+    assert "missing_t2.nii.gz" in failures.loc[0, "error"] and "GTVp" in failures.loc[1, "error"]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_extract_with_every_patient_failing_leaves_no_table(small_cohort, tmp_path, capsys):
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[:2].copy()
+    manifest["t1"] = "nowhere.nii.gz"
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    assert main(["--quiet", "extract", "--manifest", str(tmp_path / "manifest.csv"), "--out",
+                 str(tmp_path / "f.csv")]) == 2
+    assert not (tmp_path / "f.csv").exists()
+    assert "no patient could be processed" in capsys.readouterr().err
+
+
+def test_train_refuses_missing_outcome_and_duplicates(small_cohort, tmp_path, capsys):
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    pid = manifest.loc[2, "patient_id"]
+    manifest.loc[2, "dmfs_event"] = np.nan
+    manifest["split"] = "train"
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--features", str(small_cohort / "features.csv"),
+                 "--endpoint", "dmfs", "--out", str(tmp_path / "b"), "--split-col", "split"]) == 2
+    err = capsys.readouterr().err
+    assert pid in err and "dmfs_event" in err
+    assert not (tmp_path / "b").exists()
+    manifest.loc[3, "patient_id"] = manifest.loc[4, "patient_id"]
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--features", str(small_cohort / "features.csv"),
+                 "--endpoint", "dmfs", "--out", str(tmp_path / "b")]) == 2
+    assert "duplicate" in capsys.readouterr().err
+
+
+def test_cox_command_matches_lifelines_on_rossi(tmp_path, capsys):
+    from lifelines import CoxPHFitter
+    from lifelines.datasets import load_rossi
+
+    rossi = load_rossi()
+    rossi.to_csv(tmp_path / "rossi.csv", index=False)
+    covariates = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    assert main(["cox", "--table", str(tmp_path / "rossi.csv"), "--time-col", "week", "--event-col", "arrest",
+                 "--covariates", ",".join(covariates), "--ties", "efron", "--out", str(tmp_path / "cox.json")]) == 0
+    result = json.loads((tmp_path / "cox.json").read_text())
+    reference = CoxPHFitter().fit(rossi, "week", "arrest").summary
+    for row in result["coefficients"]:
+        ref = reference.loc[row["covariate"]]
+        assert row["coef"] == pytest.approx(ref["coef"], abs=1e-4)
+        assert row["se"] == pytest.approx(ref["se(coef)"], abs=1e-4)
+        assert row["p"] == pytest.approx(ref["p"], abs=1e-4)
+        assert row["hr_95ci"][0] == pytest.approx(ref["exp(coef) lower 95%"], rel=1e-4)
+    assert main(["cox", "--table", str(tmp_path / "rossi.csv"), "--time-col", "week", "--event-col", "arrest",
+                 "--covariates", "fin,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
