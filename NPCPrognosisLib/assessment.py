@@ -20,7 +20,7 @@ from .errors import InputError
 from .features_table import read_features, read_manifest_features
 from .manifest import CLINICAL_FIELDS, Manifest, check_outcomes
 from .models import load_bundle
-from .training import MODEL_NAMES, hash_id
+from .training import hash_id
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def evaluate_cohort(
     predictions = pd.DataFrame({"patient_id": manifest.table["patient_id"]})
     metrics: Dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
                                "excluded_training_patients": excluded, "models": {}}
-    for name in MODEL_NAMES:
-        nomogram = bundle.nomograms[name]
+    for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]
         block = evaluate_risk(risk, time, event, train_time, train_event, cutoff=cutoff,

@@ -27,7 +27,7 @@ def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synthesize_cohort
 
-    cohort = synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet)
+    cohort = synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet, workers=args.workers)
     print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
     print(f"true linear predictors: {cohort.truth_path}")
     return 0
@@ -37,10 +37,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .features_table import dask_runner, extract_cohort
     from .manifest import load_column_map, read_manifest
 
-    manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=True)
+    auto = args.mask == "auto"
+    manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=not auto)
     runner = dask_runner(args.dask_scheduler or None) if args.engine == "dask" else None
     result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
-                            progress=not args.quiet, runner=runner)
+                            progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto)
     print(f"features for {len(result.table)} patient(s) x {result.table.shape[1] - 1} features: {result.features_path}")
     if result.failures:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
@@ -55,7 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
-                     test_fraction=args.test_fraction, seed=args.seed)
+                     test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
+                     network=args.network)
     training = document["training"]
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
           f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
@@ -90,11 +92,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .prediction import predict_patient, write_prediction
 
     bundle = load_bundle(args.bundle)
-    if args.mask is None or args.mask == "auto":
-        raise InputError("a mask is needed (automatic segmentation is not part of this bundle)", column="--mask",
-                         fix="pass --mask with label 1 = GTVp and 2 = GTVn")
-    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, args.mask)
-    prediction = predict_patient(bundle, patient, parse_key_values(args.clinical or []))
+    clinical = parse_key_values(args.clinical or [])
+    mask = None if args.mask in (None, "auto") else args.mask
+    if mask is None and bundle.network_dir is None:
+        raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
+                         fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask)
+    prediction = predict_patient(bundle, patient, clinical, tta=args.tta)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
@@ -103,6 +107,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}")
     print(f"written: {path}")
     return 0
+
+
+def _cmd_train_net(args: argparse.Namespace) -> int:
+    from .net_training import train_network
+
+    out = train_network(args.manifest, args.endpoint, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                        device=args.device, seed=args.seed, progress=not args.quiet, resume=args.resume,
+                        synthetic_demo=args.synthetic)
+    print(f"network bundle written: {out}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .features_table import cached_network
+    from .imageio import load_patient, write_image_atomic
+    from .segmentation import segment_cohort, segment_patient
+
+    network = _network_dir(args.bundle)
+    model = cached_network(network)
+    if args.manifest:
+        manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet)
+        print(f"masks and manifest written: {manifest}")
+        return 0
+    if not (args.t1 and args.t2 and args.t1c):
+        raise InputError("give --manifest, or --t1, --t2 and --t1c", column="--t1",
+                         fix="npc-prognosis segment --bundle B --t1 A --t2 B --t1c C --out MASK.nii.gz")
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
+    result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
+                             saliency=args.saliency)
+    out = write_image_atomic(result.mask, args.out)
+    stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
+    if result.uncertainty is not None and args.tta:
+        write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
+    if result.saliency is not None:
+        write_image_atomic(result.saliency, f"{stem}_saliency.nii.gz")
+    spread = f" +/- {result.deep_score_sd:.3f}" if result.deep_score_sd is not None else ""
+    print(f"{args.patient_id}: GTVp {result.volumes_ml['gtvp']:.1f} mL, GTVn {result.volumes_ml['gtvn']:.1f} mL, "
+          f"deep score {result.deep_score:.3f}{spread} -> {out}")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _network_dir(path: str) -> Path:
+    """A network bundle itself, or a prognosis bundle that ships one in its network/ folder."""
+    folder = Path(path)
+    return folder / "network" if (folder / "network" / "bundle.json").exists() else folder
 
 
 def _cmd_cox(args: argparse.Namespace) -> int:
@@ -140,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1, help="patients generated in parallel (same files either way)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("extract", help="radiomics features table for a cohort")
@@ -149,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None, help="PyRadiomics parameter file (default: Resources/radiomics/NPCPrognosis.yaml)")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--dask-scheduler", default=None, help="address of a Dask scheduler (default: a local cluster)")
+    p.add_argument("--network", default=None, help="network bundle: adds each patient's deep score")
+    p.add_argument("--mask", choices=("manifest", "auto"), default="manifest",
+                   help="auto: radiomics from the network's contours (needs --network)")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
@@ -159,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic", action="store_true",
+                   help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use)")
+    p.add_argument("--network", default=None,
+                   help="network bundle used by extract --network; shipped inside the bundle for predict")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, predictions and plots of a bundle on a cohort")
@@ -178,14 +237,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1", required=True)
     p.add_argument("--t2", required=True)
     p.add_argument("--t1c", required=True)
-    p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn")
+    p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn; 'auto' or absent: the bundle's network")
+    p.add_argument("--tta", type=int, default=4, help="test-time augmentations for the deep score's spread")
     p.add_argument("--patient-id", default="patient")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("cox", help="Cox model of any table: coefficients, HRs with 95% CI, p values (JSON)")
+    p = sub.add_parser("train-net", help="train the multi-task segmentation + survival network")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--out", required=True, help="network bundle directory")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
+    p.set_defaults(func=_cmd_train_net)
+
+    p = sub.add_parser("segment", help="GTVp/GTVn contours with the network, for one patient or a cohort")
+    p.add_argument("--bundle", required=True, help="network bundle (or a prognosis bundle that ships one)")
+    p.add_argument("--t1")
+    p.add_argument("--t2")
+    p.add_argument("--t1c")
+    p.add_argument("--manifest", help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
+    p.add_argument("--patient-id", default="patient")
+    p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
+    p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")
+    p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("cox", help="Cox model of any table: coefficients, HRs with 95%% CI, p values (JSON)")
     p.add_argument("--table", required=True)
     p.add_argument("--time-col", required=True)
     p.add_argument("--event-col", required=True)

@@ -35,14 +35,15 @@ def run_demo(out: "str | Path", *, n: int = 80, seed: int = 7, workers: int = 2,
     out = Path(out)
     started = time.time()
     print("NPCPrognosis demo - all data are SYNTHETIC; the model is not for clinical use.")
-    cohort = synthesize_cohort(n, seed, out / "cohort", progress=progress)
+    cohort = synthesize_cohort(n, seed, out / "cohort", progress=progress, workers=workers)
     manifest = read_manifest(cohort.manifest_path, require_mask=True)
     print(f"[1/5] synthetic cohort of {n} patients: {cohort.manifest_path}")
     extraction = extract_cohort(manifest, out / "features.csv", workers=workers, progress=progress)
     print(f"[2/5] radiomics: {extraction.table.shape[1] - 1} features per patient, "
           f"{len(extraction.failures)} failure(s)  ({time.time() - started:.0f} s)")
     bundle_dir = out / "bundle"
-    document = train(manifest, out / "features.csv", endpoint, bundle_dir, test_fraction=0.3, seed=seed)
+    document = train(manifest, out / "features.csv", endpoint, bundle_dir, test_fraction=0.3, seed=seed,
+                     synthetic=True)
     print(f"[3/5] trained on {document['training']['n']} patients; Rad-score uses "
           f"{len(document['signature']['features'])} feature(s)")
     metrics = evaluate_cohort(bundle_dir, manifest, out / "features.csv", endpoint, out / "evaluation", n_boot=300,

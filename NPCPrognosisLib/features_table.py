@@ -24,6 +24,20 @@ from .preprocess import PreprocessConfig, preprocess_images
 
 log = logging.getLogger(__name__)
 
+#: Column of the network's risk score (DeepMTS-style) when features were extracted with a network.
+DEEP_SCORE = "deep_score"
+_NETWORKS: Dict[str, Any] = {}
+
+
+def cached_network(path: "str | Path") -> Any:
+    """One loaded network per process and bundle: worker processes reuse it across patients."""
+    from .segmentation import load_network
+
+    key = str(Path(path).resolve())
+    if key not in _NETWORKS:
+        _NETWORKS[key] = load_network(key)
+    return _NETWORKS[key]
+
 
 @dataclass
 class ExtractionResult:
@@ -54,14 +68,32 @@ def patient_features(
                            workers=workers)
 
 
-def _one_patient(entry: PatientEntry, preprocess: Dict[str, Any], params_path: Optional[str],
-                 workers: int) -> Dict[str, Any]:
-    """Worker body (module-level so process pools can pickle it). Returns features or the failure reason."""
+def _one_patient(entry: PatientEntry, preprocess: Dict[str, Any], params_path: Optional[str], workers: int,
+                 network: Optional[str] = None, auto_mask_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
+
+    With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
+    replace the manifest mask (AutoRadio) and are written there for review.
+    """
     try:
-        patient = load_patient(entry.patient_id, {c: entry.images[c] for c in IMAGE_COLUMNS}, entry.mask)
+        mask = None if auto_mask_dir else entry.mask
+        patient = load_patient(entry.patient_id, {c: entry.images[c] for c in IMAGE_COLUMNS}, mask)
+        extra: Dict[str, float] = {}
+        if network:
+            from .imageio import write_image_atomic
+            from .segmentation import segment_patient
+
+            result = segment_patient(cached_network(network), patient.images, patient_id=entry.patient_id)
+            extra[DEEP_SCORE] = float(result.deep_score)
+            patient.warnings.extend(result.warnings)
+            if auto_mask_dir:
+                from .imageio import check_mask
+
+                patient.mask = check_mask(result.mask, patient_id=entry.patient_id)
+                write_image_atomic(result.mask, Path(auto_mask_dir) / f"{entry.patient_id}_mask.nii.gz")
         row = patient_features(patient, PreprocessConfig.from_dict(preprocess), params_path=params_path,
                                workers=workers)
-        return {"patient_id": entry.patient_id, "features": row, "warnings": patient.warnings}
+        return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings}
     except InputError as exc:
         return {"patient_id": entry.patient_id, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
@@ -106,11 +138,15 @@ def extract_cohort(
     preprocess: Optional[PreprocessConfig] = None,
     progress: bool = True,
     runner: Optional[Callable[..., List[Dict[str, Any]]]] = None,
+    network: "str | Path | None" = None,
+    auto_mask: bool = False,
 ) -> ExtractionResult:
     """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
 
     ``workers`` > 1 runs patients in parallel processes; ``runner`` lets the Dask engine (or a test) replace
-    the local pool while keeping the same per-patient function.
+    the local pool while keeping the same per-patient function. ``network`` (a network bundle) adds each
+    patient's deep score; ``auto_mask`` segments with it and takes radiomics from the automatic contours,
+    written to ``<out stem>_masks/``.
     """
     from tqdm import tqdm
 
@@ -118,12 +154,19 @@ def extract_cohort(
     out.parent.mkdir(parents=True, exist_ok=True)
     preprocess = preprocess or PreprocessConfig()
     entries = manifest.entries()
-    missing_mask = [e.patient_id for e in entries if e.mask is None]
+    if auto_mask and network is None:
+        raise InputError("--mask auto needs a segmentation network", column="--network",
+                         fix="pass --network with a network bundle (e.g. Resources/DemoNetwork)")
+    auto_mask_dir = out.with_name(out.stem + "_masks") if auto_mask else None
+    if auto_mask_dir is not None:
+        auto_mask_dir.mkdir(parents=True, exist_ok=True)
+    missing_mask = [] if auto_mask else [e.patient_id for e in entries if e.mask is None]
     if missing_mask:
         raise InputError(f"{len(missing_mask)} patient(s) have no mask, e.g. {missing_mask[:3]}",
                          patient_id=missing_mask[0], column="mask",
                          fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
-    args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1)
+    args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1,
+            None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir))
     if runner is not None:
         results = runner(_one_patient, entries, *args)
     elif workers > 1:
@@ -155,7 +198,9 @@ def extract_cohort(
     table.to_csv(tmp, index=False)
     os.replace(tmp, out)
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
-            "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures)}
+            "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures),
+            "mask": "automatic (network)" if auto_mask else "manifest",
+            "network": None if network is None else str(network)}
     _atomic_write_text(meta_path_for(out), json.dumps(meta, indent=2))
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out))
@@ -205,6 +250,10 @@ def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> "tuple[Ma
     return Manifest(table=kept, root=manifest.root, source=manifest.source), features, lacking
 
 
+#: Columns of a features table that are not radiomics: the ID and the network's deep risk score.
+NON_RADIOMICS = ("patient_id", DEEP_SCORE)
+
+
 def feature_matrix(features: pd.DataFrame) -> pd.DataFrame:
-    """The feature columns only (everything but the ID; ``<roi>_present`` flags count as features)."""
-    return features[[c for c in features.columns if c != "patient_id"]]
+    """The radiomics columns only (``<roi>_present`` flags count as features; the deep score does not)."""
+    return features[[c for c in features.columns if c not in NON_RADIOMICS]]

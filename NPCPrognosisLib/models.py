@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ import pandas as pd
 from .bundle import read_bundle
 from .clinical import ClinicalRecord, encode_clinical
 from .errors import BundleError, InputError
+from .features_table import DEEP_SCORE
 from .nomogram import Nomogram
 from .preprocess import PreprocessConfig
 from .signature import RadiomicsSignature
@@ -45,11 +46,20 @@ class LoadedBundle:
         training = self.document["training"]
         return np.asarray(training["time"], float), np.asarray(training["event"], bool)
 
+    @property
+    def uses_deep_score(self) -> bool:
+        return any(DEEP_SCORE in model.factors for model in self.nomograms.values())
+
+    @property
+    def network_dir(self) -> Optional[Path]:
+        """The network bundle shipped inside this bundle (segmentation and deep score), if any."""
+        folder = (self.document.get("network") or {}).get("folder")
+        return self.path / folder if folder else None
+
     def factors(self, clinical: List[ClinicalRecord], features: pd.DataFrame) -> pd.DataFrame:
-        """The model inputs (encoded clinical covariates and Rad-score) for aligned records and feature rows."""
+        """The model inputs (encoded clinical covariates, Rad-score, deep score) for aligned records and feature rows."""
         table = pd.DataFrame([encode_clinical(r, self.ebv_fill) for r in clinical])
-        table["rad_score"] = self.signature.rad_score(features)
-        return table
+        return model_factors(table, self.signature, features)
 
     def check_features(self, meta: Dict[str, Any], source: "str | Path") -> None:
         """Refuse features computed with other radiomics settings than the bundle's: the numbers would not mean the same."""
@@ -59,6 +69,15 @@ class LoadedBundle:
             raise InputError(f"features were extracted with radiomics settings {found[:12]} but the bundle expects "
                              f"{expected[:12]}", path=source,
                              fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
+
+
+def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:
+    """Every factor a model may use: encoded clinical covariates, the Rad-score and, when present, the deep score."""
+    factors = clinical.reset_index(drop=True).copy()
+    factors["rad_score"] = signature.rad_score(features)
+    if DEEP_SCORE in features.columns:
+        factors[DEEP_SCORE] = features[DEEP_SCORE].to_numpy(float)
+    return factors
 
 
 def load_bundle(path: "str | Path") -> LoadedBundle:

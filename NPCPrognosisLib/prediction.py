@@ -17,8 +17,9 @@ import pandas as pd
 
 from .benefit import benefit_statement
 from .clinical import ClinicalRecord, parse_clinical
-from .features_table import patient_features
-from .imageio import PatientImages
+from .errors import InputError
+from .features_table import DEEP_SCORE, patient_features
+from .imageio import PatientImages, check_mask
 from .models import LoadedBundle
 from .nomogram import REPORT_MONTHS
 from .risk_groups import assign_groups
@@ -41,6 +42,7 @@ class Prediction:
     factors: Dict[str, float]
     clinical: Dict[str, Any]
     chemo_benefit: Dict[str, Any] = field(default_factory=dict)
+    segmentation: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     bundle: Dict[str, Any] = field(default_factory=dict)
 
@@ -48,7 +50,7 @@ class Prediction:
         return asdict(self)
 
 
-def _features_with_bundle_settings(bundle: LoadedBundle, patient: PatientImages) -> Dict[str, float]:
+def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> Dict[str, float]:
     """Extract with exactly the bundle's radiomics settings (written to a temporary parameter file)."""
     import yaml
 
@@ -68,17 +70,49 @@ def predict_patient(
     clinical: "Mapping[str, Any] | ClinicalRecord",
     *,
     features: Optional[Mapping[str, float]] = None,
+    tta: int = 4,
 ) -> Prediction:
-    """Predict from aligned images (or from precomputed ``features`` of the same settings)."""
+    """Predict from aligned images (or from precomputed ``features`` of the same settings).
+
+    Without a mask (``patient.mask is None``) the bundle's network segments the patient and radiomics come from
+    its contours; when the nomogram uses the deep score the network scores the patient too, with ``tta``
+    test-time augmentations giving the spread of the score.
+    """
     record = clinical if isinstance(clinical, ClinicalRecord) else parse_clinical(clinical, patient.patient_id)
-    row = dict(features) if features is not None else _features_with_bundle_settings(bundle, patient)
+    segmentation: Dict[str, Any] = {}
+    warnings: List[str] = []
+    needs_network = features is None and (patient.mask is None or bundle.uses_deep_score)
+    deep_sd = None
+    row: Dict[str, float] = {}
+    if needs_network:
+        if bundle.network_dir is None:
+            raise InputError("no mask given and the bundle has no segmentation network", patient_id=patient.patient_id,
+                             column="--mask", fix="pass a mask (label 1 = GTVp, 2 = GTVn) or use a bundle with a network")
+        from .features_table import cached_network
+        from .segmentation import segment_patient
+
+        result = segment_patient(cached_network(bundle.network_dir), patient.images, patient_id=patient.patient_id,
+                                 tta=tta)
+        warnings.extend(result.warnings)
+        segmentation = {"source": "manual" if patient.mask is not None else "automatic",
+                        "automatic_volumes_ml": result.volumes_ml, "deep_score": result.deep_score,
+                        "deep_score_sd": result.deep_score_sd}
+        if patient.mask is None:
+            patient.mask = check_mask(result.mask, patient_id=patient.patient_id)
+            warnings.append("radiomics computed on automatic contours: review them before acting on the result")
+        row[DEEP_SCORE] = float(result.deep_score)
+        deep_sd = result.deep_score_sd
+    row.update(dict(features) if features is not None else bundle_features(bundle, patient))
     factors = bundle.factors([record], pd.DataFrame([row]))
     values = {k: float(v) for k, v in factors.iloc[0].items()}
     nomogram = bundle.nomograms["nomogram"]
     risk = float(nomogram.risk(values)[0])
     survival = nomogram.survival(values, REPORT_MONTHS)[0]
     cutoff = bundle.cutoffs["nomogram"]
-    warnings = list(patient.warnings) + nomogram.out_of_range(values)
+    warnings = list(patient.warnings) + warnings + nomogram.out_of_range(values)
+    if deep_sd is not None and DEEP_SCORE in nomogram.factors:
+        # The deep score's spread over test-time augmentations, carried through the nomogram's coefficient.
+        segmentation["risk_score_sd"] = abs(float(nomogram.model.coef[nomogram.factors.index(DEEP_SCORE)])) * deep_sd
     if record.ebv_dna is None:
         warnings.append("EBV DNA missing: the training median was used")
     if bundle.document.get("synthetic_demo"):
@@ -98,6 +132,7 @@ def predict_patient(
         clinical=record.to_dict(),
         chemo_benefit=benefit_statement(group, survival_by_month, bundle.document.get("chemo_benefit"),
                                         record.t_stage, record.n_stage),
+        segmentation=segmentation,
         warnings=warnings,
         bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
                 "format_version": bundle.document.get("format_version")},

@@ -613,13 +613,30 @@ def _write_images(patient: SynthPatient, image_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_prefix: str = "SYN") -> SynthCohort:
+def _synthesize_and_write(pid: str, rng: np.random.Generator, image_dir: Path, out_dir: Path) -> "tuple[dict, dict]":
+    """One patient drawn and written; module-level so a process pool can run it."""
+    patient = synthesize_patient(rng, pid)
+    paths = _write_images(patient, image_dir)
+    row = {"patient_id": pid}
+    row.update({k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
+    row.update({k: _fmt(k, v) for k, v in patient.clinical.items()})
+    truth = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in patient.truth.items()}
+    return row, truth
+
+
+def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_prefix: str = "SYN",
+                      workers: int = 1) -> SynthCohort:
     """Write ``n`` synthetic patients, ``manifest.csv``, ``truth.csv`` and a README saying they are synthetic.
 
     Patient i's generator comes from ``SeedSequence(seed).spawn(n)[i]``, so a patient does not depend on how
-    many were drawn before it and ``simulate_outcomes(n, seed)`` reproduces the same records. Only numpy
-    draws random numbers; the SimpleITK filters used are deterministic, so files are identical per seed.
+    many were drawn before it (nor on ``workers``) and ``simulate_outcomes(n, seed)`` reproduces the same
+    records. Only numpy draws random numbers; the SimpleITK filters used are deterministic, so files are
+    identical per seed.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
     from .errors import InputError
 
     if int(n) < 1:
@@ -630,20 +647,15 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
     _write_readme(out_dir, f"Cohort of {n} synthetic patients drawn with seed {seed}.")
     rngs = _patient_rngs(int(n), int(seed))
     ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
-    items = zip(ids, rngs)
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, total=len(ids), desc="synthetic cohort", unit="patient")
-    manifest_rows, truth_rows = [], []
-    for pid, rng in items:
-        patient = synthesize_patient(rng, pid)
-        paths = _write_images(patient, image_dir)
-        row = {"patient_id": pid}
-        row.update({k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
-        row.update({k: _fmt(k, v) for k, v in patient.clinical.items()})
-        manifest_rows.append(row)
-        truth_rows.append({k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in patient.truth.items()})
+    bar = {"total": len(ids), "desc": "synthetic cohort", "unit": "patient", "disable": not progress}
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_synthesize_and_write, pid, rng, image_dir, out_dir) for pid, rng in zip(ids, rngs)]
+            results = [f.result() for f in tqdm(futures, **bar)]
+    else:
+        results = [_synthesize_and_write(pid, rng, image_dir, out_dir) for pid, rng in tqdm(zip(ids, rngs), **bar)]
+    manifest_rows = [row for row, _ in results]
+    truth_rows = [truth for _, truth in results]
     manifest_path, truth_path = out_dir / "manifest.csv", out_dir / "truth.csv"
     for path, columns, rows in ((manifest_path, MANIFEST_COLUMNS, manifest_rows),
                                 (truth_path, TRUTH_COLUMNS, truth_rows)):

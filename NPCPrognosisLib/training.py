@@ -18,14 +18,14 @@ import pandas as pd
 
 from .clinical import CLINICAL_COVARIATES, encode_clinical, parse_clinical
 from .errors import InputError
-from .features_table import feature_matrix, read_features, read_manifest_features
+from .features_table import DEEP_SCORE, feature_matrix, read_features, read_manifest_features
 from .manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from .models import model_factors
 from .nomogram import Nomogram, fit_nomogram
 from .signature import RadiomicsSignature, SignatureSettings, fit_signature
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("radiomics", "clinical", "nomogram")
 #: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
 #: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
 COX_PENALIZER = 0.01
@@ -97,8 +97,7 @@ class TrainedModels:
 
     def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
         """Risk (linear predictor) of every model for aligned manifest/features rows."""
-        factors = clinical_table(manifest, self.ebv_fill)
-        factors["rad_score"] = self.signature.rad_score(features)
+        factors = model_factors(clinical_table(manifest, self.ebv_fill), self.signature, features)
         return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
 
 
@@ -112,18 +111,26 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     time, event = manifest.outcome_arrays(endpoint)
     signature = fit_signature(feature_matrix(features), time, event, settings)
     ebv_fill = ebv_fill_value(manifest)
-    factors = clinical_table(manifest, ebv_fill)
-    factors["rad_score"] = signature.rad_score(features)
-    nomograms = {
-        "radiomics": fit_nomogram("radiomics", factors, ["rad_score"], time, event, ties=ties,
-                                  penalizer=penalizer),
-        "clinical": fit_nomogram("clinical", factors, list(CLINICAL_COVARIATES), time, event, ties=ties,
-                                  penalizer=penalizer),
-        "nomogram": fit_nomogram("nomogram", factors, ["rad_score", *CLINICAL_COVARIATES], time, event, ties=ties,
-                                  penalizer=penalizer),
-    }
-    cutoffs = {name: max_logrank_cutoff(model.risk(factors), time, event, min_share=0.10)
-               for name, model in nomograms.items()}
+    factors = model_factors(clinical_table(manifest, ebv_fill), signature, features)
+    clinical = list(CLINICAL_COVARIATES)
+    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": ["rad_score", *clinical]}
+    if DEEP_SCORE in factors.columns:
+        if factors[DEEP_SCORE].isna().any():
+            missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
+            raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
+                             column=DEEP_SCORE, fix="re-extract these patients with --network")
+        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical],
+                        "nomogram": [DEEP_SCORE, "rad_score", *clinical]})
+    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer)
+                 for name, columns in designs.items()}
+    cutoffs = {}
+    for name, model in nomograms.items():
+        risk = model.risk(factors)
+        block = max_logrank_cutoff(risk, time, event, min_share=0.10)
+        # Typical patients of each group: the reference survival curves shown beside a new patient's curve.
+        block["group_median_risk"] = {"low": float(np.median(risk[risk <= block["cutoff"]])),
+                                      "high": float(np.median(risk[risk > block["cutoff"]]))}
+        cutoffs[name] = block
     return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
                          ebv_fill=ebv_fill, train_time=[float(t) for t in time],
                          train_event=[int(e) for e in event])
@@ -139,14 +146,24 @@ def train(
     test_fraction: float = 0.3,
     seed: int = 0,
     settings: Optional[SignatureSettings] = None,
+    synthetic: bool = False,
+    network: "str | Path | None" = None,
 ) -> Dict[str, Any]:
-    """Split, fit on the training part, and write the bundle; returns the bundle document."""
+    """Split, fit on the training part, and write the bundle; returns the bundle document.
+
+    ``synthetic`` marks a bundle trained on synthetic data: every prediction from it then carries a
+    not-for-clinical-use warning. ``network`` (a network bundle) is copied into the bundle's ``network/``
+    folder; it is required when the features table holds deep scores, so predictions compute them the same way.
+    """
     from .benefit import fit_benefit
     from .bundle import write_bundle
     from .evaluation import evaluate_risk
     from .risk_groups import assign_groups
 
     table, meta = read_features(features_path)
+    if DEEP_SCORE in table.columns and network is None:
+        raise InputError("the features table holds deep scores but no network was given", path=features_path,
+                         column=DEEP_SCORE, fix="pass --network with the network bundle used by extract")
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
@@ -162,7 +179,7 @@ def train(
     training_metrics = {
         name: evaluate_risk(risks[name].to_numpy(), time, event, time, event, cutoff=models.cutoffs[name]["cutoff"],
                             n_boot=200, seed=seed)
-        for name in MODEL_NAMES
+        for name in models.nomograms
     }
     for block in training_metrics.values():
         block.pop("calibration", None)
@@ -175,7 +192,8 @@ def train(
         "preprocessing": meta.get("preprocessing"),
         "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
                                                "ibsi_note")},
-        "feature_columns": [c for c in features.columns if c != "patient_id"],
+        "feature_columns": list(feature_matrix(features).columns),
+        "deep_score": DEEP_SCORE in features.columns,
         "signature": models.signature.to_dict(),
         "clinical_encoding": {"covariates": list(CLINICAL_COVARIATES), "log10_ebv_dna_fill": models.ebv_fill,
                               "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
@@ -190,7 +208,15 @@ def train(
                      "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
                      "split": split_col or f"random stratified, test fraction {test_fraction}",
                      "left_out_without_features": lacking},
-        "synthetic_demo": False,
+        "synthetic_demo": bool(synthetic),
     }
-    write_bundle(out, document)
+    extra_files = {}
+    if network is not None:
+        from .bundle import read_bundle
+
+        read_bundle(network)  # verified before it is shipped inside this bundle
+        root = Path(network)
+        extra_files = {f"network/{p.relative_to(root).as_posix()}": p for p in root.rglob("*") if p.is_file()}
+        document["network"] = {"folder": "network", "source": str(network)}
+    write_bundle(out, document, extra_files=extra_files)
     return document

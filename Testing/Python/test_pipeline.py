@@ -207,3 +207,18 @@ def test_cox_command_matches_lifelines_on_rossi(tmp_path, capsys):
     assert main(["cox", "--table", str(tmp_path / "rossi.csv"), "--time-col", "week", "--event-col", "arrest",
                  "--covariates", "fin,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_dask_engine_gives_the_same_table(small_cohort, tmp_path):
+    from NPCPrognosisLib.features_table import dask_runner, extract_cohort
+    from NPCPrognosisLib.manifest import Manifest, read_manifest
+
+    manifest = read_manifest(small_cohort / "manifest.csv")
+    first_two = Manifest(table=manifest.table.iloc[:2].reset_index(drop=True), root=manifest.root,
+                         source=manifest.source)
+    result = extract_cohort(first_two, tmp_path / "dask.csv", params_path=FAST_PARAMS, progress=False,
+                            runner=dask_runner(None))
+    local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[:2]
+    dask = pd.read_csv(tmp_path / "dask.csv", dtype={"patient_id": str})
+    assert not result.failures
+    pd.testing.assert_frame_equal(dask, local.reset_index(drop=True))

@@ -1,0 +1,1047 @@
+"""NPCPrognosis: nasopharyngeal carcinoma prognosis from pretreatment MRI in 3D Slicer.
+
+The module is an adapter: it moves MRML nodes to files and back and calls ``NPCPrognosisLib``; all science is
+in the core. Python 3.9 syntax (Slicer 5.8). Nothing heavy (numpy, SimpleITK, torch, PyRadiomics, the core's
+stage modules) is imported at load time, so Slicer starts fast and the module can offer to install missing
+packages before anything needs them.
+
+Why out of process: segmentation and radiomics of three sequences take minutes and hold the GIL, so running
+them in Slicer's process would freeze the GUI (processEvents only between stages) and could not be cancelled
+mid-stage. Like SlicerTotalSegmentator and SlicerNNUNet, the logic writes the inputs as temporary NIfTI files,
+starts ``PythonSlicer -m NPCPrognosisLib.slicer_helpers job.json`` with slicer.util.launchConsoleProcess, polls
+it with a QTimer (the button that started it becomes Cancel, which kills the process), and imports the results.
+Headless callers (the self-test, the Python console) pass ``waitForCompletion=True`` and get the same job,
+same code, synchronously. ``logic.runInProcess = True`` runs the same job in Slicer's process (debugging,
+or a Slicer without PythonSlicer).
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = pathlib.Path(__file__).resolve().parent
+RESOURCES = MODULE_DIR / "Resources"
+DEMO_BUNDLE = RESOURCES / "DemoBundle"
+DEMO_NETWORK = RESOURCES / "DemoNetwork"
+SAMPLE_PATIENT = RESOURCES / "SampleData" / "NPC-SAMPLE-001"
+REQUIREMENTS = RESOURCES / "requirements.txt"
+SAMPLE_CATEGORY = "NPCPrognosis"
+AUTOMATIC_ATTRIBUTE = "NPCPrognosis.AutomaticLabelmapFor"
+
+
+class NPCPrognosisError(RuntimeError):
+    """A failure the user can act on; the widget shows its message, never a traceback."""
+
+
+#
+# NPCPrognosis
+#
+
+
+class NPCPrognosis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "NPC Prognosis"
+        self.parent.categories = ["Quantification"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["NPCPrognosis contributors"]
+        self.parent.helpText = (
+            "Segments the primary tumour (GTVp) and metastatic nodes (GTVn) of nasopharyngeal carcinoma on "
+            "T1W/T2W/contrast-enhanced T1W MRI, extracts radiomics, and combines the Rad-score with clinical "
+            "factors in a Cox nomogram: risk score and group, 1/3/5-year survival, nomogram points. "
+            "Edit the contours and predict again to see what the edit changed. Research software, not for "
+            "clinical use; the shipped demo model and sample patient are SYNTHETIC."
+        )
+        self.parent.acknowledgementText = (
+            "Built on 3D Slicer, SimpleITK, PyRadiomics, scikit-survival, PyTorch and MONAI."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """One-click synthetic demo patient (three sequences) in the Sample Data module."""
+    import SampleData
+
+    from NPCPrognosisLib.slicer_helpers import sample_patient_files
+
+    files = sample_patient_files(SAMPLE_PATIENT)
+    if not all(key in files for key in ("t1", "t2", "t1c")):
+        logging.warning("NPCPrognosis: sample patient files missing in %s; no sample data registered", SAMPLE_PATIENT)
+        return
+    icon = RESOURCES / "Icons" / "NPCPrognosis.png"
+    names = [("t1", "T1W"), ("t2", "T2W"), ("t1c", "CET1W")]
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName="NPC-SAMPLE-001",
+        thumbnailFileName=str(icon),
+        # Shipped with the extension: file URLs are "downloaded" into the cache by urllib like any other.
+        uris=[files[key].as_uri() for key, _ in names],
+        fileNames=[f"NPC-SAMPLE-001_{key}.nii.gz" for key, _ in names],
+        nodeNames=[f"NPC-SAMPLE-001 {title}" for _, title in names],
+    )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class NPCPrognosisParameterNode:
+    """Everything the panel shows, saved with the scene."""
+
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    t1cVolume: vtkMRMLScalarVolumeNode
+    petVolume: vtkMRMLScalarVolumeNode
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    automaticLabelmap: vtkMRMLLabelMapVolumeNode
+    featuresTable: vtkMRMLTableNode
+    bundlePath: Annotated[pathlib.Path, Default(DEMO_BUNDLE)]
+    networkPath: Annotated[pathlib.Path, Default(DEMO_NETWORK)]
+    reportDirectory: Annotated[pathlib.Path, Default(pathlib.Path.home() / "NPCPrognosis-reports")]
+    tta: Annotated[int, WithinRange(0, 8), Default(0)]
+    patientId: Annotated[str, Default("patient")]
+    age: Annotated[float, WithinRange(1, 110), Default(50.0)]
+    sex: Annotated[str, Choice(["M", "F"]), Default("M")]
+    tStage: Annotated[str, Choice(["T1", "T2", "T3", "T4"]), Default("T1")]
+    nStage: Annotated[str, Choice(["N0", "N1", "N2", "N3"]), Default("N0")]
+    ebvDna: Annotated[float, WithinRange(-1, 1e9), Default(-1.0)]
+    rene: Annotated[int, WithinRange(0, 2), Default(0)]
+    ldh: Annotated[float, WithinRange(10, 10000), Default(180.0)]
+    chemo: Annotated[bool, Default(False)]
+    ccnd: Annotated[float, WithinRange(0, 2000), Default(0.0)]
+    #: Last prediction (JSON) so results survive a scene save/reload.
+    lastResultJson: str
+
+
+def clinicalForm(parameterNode):
+    """The clinical values of the parameter node in the core's field names."""
+    return {"age": parameterNode.age, "sex": parameterNode.sex, "t_stage": parameterNode.tStage,
+            "n_stage": parameterNode.nStage, "ebv_dna": parameterNode.ebvDna, "rene": parameterNode.rene,
+            "ldh": parameterNode.ldh, "chemo": parameterNode.chemo, "ccnd": parameterNode.ccnd}
+
+
+def setClinicalForm(parameterNode, form):
+    parameterNode.age = float(form["age"])
+    parameterNode.sex = form["sex"]
+    parameterNode.tStage = form["t_stage"]
+    parameterNode.nStage = form["n_stage"]
+    parameterNode.ebvDna = float(form["ebv_dna"])
+    parameterNode.rene = int(form["rene"])
+    parameterNode.ldh = float(form["ldh"])
+    parameterNode.chemo = bool(form["chemo"])
+    parameterNode.ccnd = float(form["ccnd"])
+
+
+#
+# Widget
+#
+
+
+class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._runningButton = None
+        self._runningText = ""
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/NPCPrognosis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = NPCPrognosisLogic()
+        self.logic.progressCallback = self.onProgress
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.editButton.connect("clicked(bool)", self.onEdit)
+        self.ui.extractButton.connect("clicked(bool)", self.onExtract)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredict)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.progressBar.setVisible(False)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.t1cVolume:
+            self._parameterNode.t1cVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+            if self._parameterNode.lastResultJson:
+                self.showResult(json.loads(self._parameterNode.lastResultJson))
+
+    def _checkCanApply(self, caller=None, event=None):
+        if self._runningButton is not None:
+            return
+        p = self._parameterNode
+        haveImages = bool(p and p.t1Volume and p.t2Volume and p.t1cVolume)
+        haveSegmentation = bool(haveImages and p.segmentation)
+        self.ui.segmentButton.enabled = haveImages
+        self.ui.editButton.enabled = haveSegmentation
+        self.ui.extractButton.enabled = haveSegmentation
+        self.ui.predictButton.enabled = haveSegmentation
+        self.ui.exportButton.enabled = bool(p and p.lastResultJson)
+        tip = "" if haveImages else "Select T1W, T2W and CET1W volumes."
+        self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
+
+    # ------------------------------------------------------------------ running jobs
+    def _run(self, button, start):
+        """Start a job; its button turns into Cancel until it finishes."""
+        if self._runningButton is not None:
+            if button is self._runningButton:
+                self.logic.cancel()
+            return
+        try:
+            if not self.logic.ensureDependencies(askConfirmation=True):
+                self.ui.statusLabel.text = "Missing Python packages were not installed; nothing was run."
+                return
+        except NPCPrognosisError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis: Python packages")
+            return
+        self._runningButton = button
+        self._runningText = button.text
+        button.text = "Cancel"
+        for other in (self.ui.segmentButton, self.ui.editButton, self.ui.extractButton, self.ui.predictButton,
+                      self.ui.exportButton):
+            if other is not button:
+                other.enabled = False
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+        try:
+            start(self._finished)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, logged with traceback
+            self._finished(None, exc)
+
+    def _finished(self, output, error):
+        if self._runningButton is not None:
+            self._runningButton.text = self._runningText
+        self._runningButton = None
+        self.ui.progressBar.setVisible(False)
+        self._checkCanApply()
+        if error is None:
+            self.ui.statusLabel.text = "Done."
+            return
+        if isinstance(error, NPCPrognosisCancelled):
+            self.ui.statusLabel.text = "Cancelled."
+            return
+        logging.error("NPCPrognosis: %s", error, exc_info=error if isinstance(error, BaseException) else None)
+        self.ui.statusLabel.text = f"Failed: {error}"
+        slicer.util.errorDisplay(str(error), windowTitle="NPCPrognosis")
+
+    def onProgress(self, fraction, message):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def _volumes(self):
+        p = self._parameterNode
+        return {"t1": p.t1Volume, "t2": p.t2Volume, "t1c": p.t1cVolume}
+
+    def onSegment(self):
+        p = self._parameterNode
+
+        def start(done):
+            def finished(segmentation, error):
+                if segmentation is not None:
+                    p.segmentation = segmentation
+                    p.automaticLabelmap = self.logic.automaticLabelmapFor(segmentation)
+                done(segmentation, error)
+
+            self.logic.segment(self._volumes(), str(p.networkPath), segmentationNode=p.segmentation, tta=p.tta,
+                               patientId=p.patientId, waitForCompletion=False, onFinished=finished)
+
+        self._run(self.ui.segmentButton, start)
+
+    def onEdit(self):
+        p = self._parameterNode
+        self.logic.openSegmentEditor(p.segmentation, p.t1cVolume)
+
+    def onExtract(self):
+        p = self._parameterNode
+
+        def start(done):
+            def finished(table, error):
+                if table is not None:
+                    p.featuresTable = table
+                    slicer.util.showTable(table)
+                done(table, error)
+
+            self.logic.extractFeatures(self._volumes(), p.segmentation, str(p.bundlePath), tableNode=p.featuresTable,
+                                       patientId=p.patientId, waitForCompletion=False, onFinished=finished)
+
+        self._run(self.ui.extractButton, start)
+
+    def onPredict(self):
+        p = self._parameterNode
+        from NPCPrognosisLib.slicer_helpers import parse_clinical_form
+
+        try:
+            parse_clinical_form(clinicalForm(p), p.patientId)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis: clinical form")
+            return
+
+        def start(done):
+            def finished(result, error):
+                if result is not None:
+                    p.lastResultJson = json.dumps(result)
+                    self.showResult(result)
+                    self.logic.showSurvivalPlot(result["curves"], title=result["prediction"]["endpoint"].upper())
+                done(result, error)
+
+            self.logic.predict(self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p),
+                               patientId=p.patientId, automaticLabelmap=p.automaticLabelmap,
+                               waitForCompletion=False, onFinished=finished)
+
+        self._run(self.ui.predictButton, start)
+
+    def onExport(self):
+        p = self._parameterNode
+        try:
+            paths = self.logic.exportReport(json.loads(p.lastResultJson), str(p.reportDirectory))
+        except (OSError, ValueError) as exc:
+            slicer.util.errorDisplay(f"Could not write the report: {exc}", windowTitle="NPCPrognosis")
+            return
+        self.ui.statusLabel.text = f"Report written: {paths['html']}"
+
+    def onLoadSample(self):
+        try:
+            nodes, clinical = self.logic.loadSamplePatient()
+        except NPCPrognosisError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis")
+            return
+        p = self._parameterNode
+        p.t1Volume, p.t2Volume, p.t1cVolume = nodes["t1"], nodes["t2"], nodes["t1c"]
+        p.patientId = "NPC-SAMPLE-001"
+        if clinical:
+            setClinicalForm(p, clinical)
+
+    def showResult(self, result):
+        from NPCPrognosisLib import slicer_helpers as h
+
+        prediction = result["prediction"]
+        self.ui.riskLabel.text = h.format_risk(prediction, result.get("uncertainty"))
+        self.ui.groupLabel.text = prediction["risk_group"].upper()
+        self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction))
+        rows = h.format_nomogram_points(prediction["nomogram_points"])
+        table = self.ui.nomogramTableWidget
+        table.setRowCount(len(rows))
+        for i, (name, points) in enumerate(rows):
+            table.setItem(i, 0, qt.QTableWidgetItem(name))
+            table.setItem(i, 1, qt.QTableWidgetItem(points))
+        benefit = result.get("benefit", {})
+        evidence = h.format_evidence(benefit.get("evidence") or {})
+        self.ui.benefitLabel.text = benefit.get("statement", "") + (f"\n({evidence})" if evidence else "")
+        change = result.get("contour_change")
+        self.ui.contourChangeLabel.text = "\n".join(h.format_contour_change(change)) if change else (
+            "Contours not edited (or no automatic contours to compare with).")
+        self.ui.warningsTextEdit.plainText = h.format_warnings(prediction.get("warnings", []))
+
+
+class NPCPrognosisCancelled(NPCPrognosisError):
+    """The user cancelled a running job."""
+
+
+#
+# Job runner
+#
+
+
+class NPCPrognosisJobRunner:
+    """Runs one core job (see NPCPrognosisLib.slicer_helpers.run_job) in PythonSlicer, or in process."""
+
+    POLL_MS = 500
+
+    def __init__(self):
+        self.inProcess = False
+        self._process = None
+        self._timer = None
+        self._cancelRequested = False
+        self._job = None
+        self._onDone = None
+        self._onProgress = None
+
+    def isRunning(self):
+        return self._process is not None
+
+    @staticmethod
+    def _pythonSlicer():
+        path = shutil.which("PythonSlicer")
+        if not path:
+            raise NPCPrognosisError("PythonSlicer was not found next to Slicer; set logic.runInProcess = True")
+        return path
+
+    def _writeJob(self, job):
+        outDir = pathlib.Path(job["out_dir"])
+        outDir.mkdir(parents=True, exist_ok=True)
+        for stale in ("result.json", "error.json", "progress.json"):
+            if (outDir / stale).exists():
+                (outDir / stale).unlink()
+        jobPath = outDir / "job.json"
+        jobPath.write_text(json.dumps(dict(job, log_file=str(outDir / "job.log")), indent=1))
+        return jobPath
+
+    def _launch(self, job):
+        jobPath = self._writeJob(job)
+        # cwd = module folder, so `-m NPCPrognosisLib...` imports this extension's core; output goes to a log file
+        # (the job redirects its descriptors), so the pipe cannot fill up and block the process.
+        return slicer.util.launchConsoleProcess(
+            [self._pythonSlicer(), "-m", "NPCPrognosisLib.slicer_helpers", str(jobPath)], cwd=str(MODULE_DIR))
+
+    @staticmethod
+    def _collect(job, returncode, output=""):
+        outDir = pathlib.Path(job["out_dir"])
+        if (outDir / "error.json").exists():
+            raise NPCPrognosisError(json.loads((outDir / "error.json").read_text())["error"])
+        if returncode != 0 or not (outDir / "result.json").exists():
+            logPath = outDir / "job.log"
+            tail = logPath.read_text()[-2000:] if logPath.exists() else (output or "")[-2000:]
+            raise NPCPrognosisError(f"{job['action']} failed (exit code {returncode}):\n{tail}")
+        return json.loads((outDir / "result.json").read_text())
+
+    def runAndWait(self, job, onProgress=None):
+        if self.inProcess:
+            return self._runInProcess(job, onProgress)
+        process = self._launch(job)
+        output, _ = process.communicate()
+        return self._collect(job, process.returncode, output)
+
+    def _runInProcess(self, job, onProgress):
+        from NPCPrognosisLib import slicer_helpers
+
+        self._cancelRequested = False
+
+        def progress(fraction, message):
+            if onProgress:
+                onProgress(fraction, message)
+            slicer.app.processEvents()
+
+        try:
+            return slicer_helpers.run_job(job, progress=progress, cancelled=lambda: self._cancelRequested)
+        except slicer_helpers.JobCancelled:
+            raise NPCPrognosisCancelled("cancelled") from None
+        except ValueError as exc:  # InputError is a ValueError: a message for the user
+            raise NPCPrognosisError(str(exc)) from None
+
+    def start(self, job, onDone, onProgress=None):
+        """Start without blocking; onDone(result, error) is called from the Qt event loop."""
+        if self.isRunning():
+            raise NPCPrognosisError("another NPCPrognosis job is still running")
+        if self.inProcess:
+            try:
+                result = self._runInProcess(job, onProgress)
+            except Exception as exc:  # noqa: BLE001 - reported through onDone like an out-of-process failure
+                onDone(None, exc)
+                return
+            onDone(result, None)
+            return
+        self._job, self._onDone, self._onProgress = job, onDone, onProgress
+        self._cancelRequested = False
+        self._process = self._launch(job)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_MS)
+        self._timer.timeout.connect(self._poll)
+        self._timer.start()
+
+    def _poll(self):
+        progressPath = pathlib.Path(self._job["out_dir"]) / "progress.json"
+        if self._onProgress and progressPath.exists():
+            try:
+                state = json.loads(progressPath.read_text())
+                self._onProgress(state["fraction"], state["message"])
+            except (ValueError, KeyError, OSError):
+                pass  # being replaced right now; read it at the next tick
+        if self._process.poll() is None and not self._cancelRequested:
+            return
+        self._timer.stop()
+        process, job, onDone = self._process, self._job, self._onDone
+        self._process = None
+        if self._cancelRequested:
+            self._kill(process)
+            process.communicate()
+            onDone(None, NPCPrognosisCancelled("cancelled"))
+            return
+        output = process.stdout.read() if process.stdout else ""
+        try:
+            result = self._collect(job, process.returncode, output)
+        except NPCPrognosisError as exc:
+            onDone(None, exc)
+            return
+        onDone(result, None)
+
+    def cancel(self):
+        self._cancelRequested = True
+
+    @staticmethod
+    def _kill(process):
+        """Kill the job and its children: PythonSlicer may be a launcher whose kill leaves the real Python running."""
+        try:
+            import psutil
+
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+        except Exception:  # noqa: BLE001 - psutil missing or the process already gone
+            pass
+        process.kill()
+
+
+#
+# Logic
+#
+
+
+class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
+    """Headless API: takes nodes and plain values, returns nodes and dicts. No science here."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.runner = NPCPrognosisJobRunner()
+        self.progressCallback = None
+
+    @property
+    def runInProcess(self):
+        return self.runner.inProcess
+
+    @runInProcess.setter
+    def runInProcess(self, value):
+        self.runner.inProcess = bool(value)
+
+    def getParameterNode(self):
+        return NPCPrognosisParameterNode(super().getParameterNode())
+
+    def cancel(self):
+        self.runner.cancel()
+
+    # ------------------------------------------------------------------ dependencies
+    def missingDependencies(self):
+        from NPCPrognosisLib.slicer_helpers import missing_dependencies
+
+        return missing_dependencies()
+
+    def ensureDependencies(self, askConfirmation=True):
+        """Install what is missing after one confirmation; False when the user declined."""
+        from NPCPrognosisLib import slicer_helpers as h
+
+        missing = self.missingDependencies()
+        if not missing:
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(h.install_question(missing)):
+            return False
+        names = ", ".join(m["distribution"] for m in missing)
+        try:
+            self._install(missing)
+        except Exception as exc:  # noqa: BLE001 - pip failures come in many types
+            if not self._indexReachable():
+                raise NPCPrognosisError(h.OFFLINE_MESSAGE.format(packages=names)) from None
+            raise NPCPrognosisError(f"Could not install {names}: {exc}") from None
+        still = self.missingDependencies()
+        if still:
+            raise NPCPrognosisError("Still missing after installation: " + ", ".join(m["requirement"] for m in still)
+                                    + ". Restart Slicer and try again.")
+        return True
+
+    @staticmethod
+    def _install(missing):
+        rest = [m["requirement"] for m in missing if m["distribution"] != "torch"]
+        torch = [m["requirement"] for m in missing if m["distribution"] == "torch"]
+        if torch:
+            try:
+                import PyTorchUtils  # the PyTorch extension picks the CUDA/CPU build that fits this computer
+            except ImportError:
+                PyTorchUtils = None
+            if PyTorchUtils is not None:
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                 torchVersionRequirement=">=2.0") is None:
+                    raise NPCPrognosisError("PyTorch could not be installed by the PyTorch extension")
+            else:
+                slicer.util.pip_install(torch[0])
+        # One requirement per call: older Slicer passes the string to pip as a single argument. On Slicer 5.12+
+        # slicer.util.pip_install delegates to slicer.packaging (progress dialog, restart hint).
+        for requirement in rest:
+            slicer.util.pip_install(requirement)
+
+    @staticmethod
+    def _indexReachable():
+        import socket
+
+        try:
+            socket.create_connection(("pypi.org", 443), timeout=3).close()
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------ nodes <-> files
+    @staticmethod
+    def _workDirectory(name):
+        folder = pathlib.Path(slicer.app.temporaryPath) / "NPCPrognosis" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def _newJobDirectory():
+        return pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=str(NPCPrognosisLogic._workDirectory("jobs"))))
+
+    @staticmethod
+    def _writeVolume(volumeNode, path):
+        import SimpleITK as sitk
+        import sitkUtils
+
+        sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(volumeNode), str(path), True)
+        return str(path)
+
+    def _writeVolumes(self, volumes, folder):
+        missing = [k for k in ("t1", "t2", "t1c") if not volumes.get(k)]
+        if missing:
+            raise NPCPrognosisError(f"select the {', '.join(missing)} volume(s)")
+        return {key: self._writeVolume(volumes[key], folder / f"{key}.nii.gz") for key in ("t1", "t2", "t1c")}
+
+    def exportLabelmap(self, segmentationNode, referenceVolumeNode):
+        """GTVp -> 1, GTVn -> 2 on the reference volume's grid, as a (temporary) labelmap node."""
+        from NPCPrognosisLib.slicer_helpers import SEGMENTS
+
+        segmentation = segmentationNode.GetSegmentation()
+        ids = vtk.vtkStringArray()
+        for segment in SEGMENTS:
+            segmentId = segmentation.GetSegmentIdBySegmentName(segment["name"])
+            if not segmentId and segment["name"] == "GTVp":
+                raise NPCPrognosisError(f"{segmentationNode.GetName()} has no segment named GTVp")
+            if segmentId:  # a missing GTVn (N0) simply leaves label 2 unused
+                ids.InsertNextValue(segmentId)
+        labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export")
+        # Exported in the order of ids, so label values are 1 = GTVp, 2 = GTVn.
+        slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode,
+                                                                          referenceVolumeNode)
+        return labelmapNode
+
+    def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path):
+        labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)
+        try:
+            return self._writeVolume(labelmapNode, path)
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmapNode)
+
+    def importSegmentation(self, maskPath, referenceVolumeNode, segmentationNode=None, keepAutomaticCopy=True):
+        """Label file (1 = GTVp, 2 = GTVn) -> segmentation node with named, coloured segments over the CET1W."""
+        from NPCPrognosisLib.slicer_helpers import SEGMENTS
+
+        labelmapNode = slicer.util.loadLabelVolume(str(maskPath), {"show": False})
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "NPC contours")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        present = set(int(v) for v in self._labelValues(labelmapNode))
+        for segment in SEGMENTS:
+            if segment["label"] not in present:
+                continue
+            # One label at a time so the segment name and colour are ours, whatever the colour table says.
+            single = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis import")
+            single.CopyOrientation(labelmapNode)
+            array = slicer.util.arrayFromVolume(labelmapNode)
+            slicer.util.updateVolumeFromArray(single, (array == segment["label"]).astype("uint8"))
+            before = set(segmentation.GetSegmentIDs())
+            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(single, segmentationNode)
+            slicer.mrmlScene.RemoveNode(single)
+            for segmentId in set(segmentation.GetSegmentIDs()) - before:
+                seg = segmentation.GetSegment(segmentId)
+                seg.SetName(segment["name"])
+                seg.SetColor(*segment["color"])
+        segmentationNode.GetDisplayNode().SetOpacity2DFill(0.35)
+        slicer.util.setSliceViewerLayers(background=referenceVolumeNode, fit=True)
+        if keepAutomaticCopy:
+            self._keepAutomaticCopy(labelmapNode, segmentationNode)
+        else:
+            slicer.mrmlScene.RemoveNode(labelmapNode)
+        return segmentationNode
+
+    @staticmethod
+    def _labelValues(labelmapNode):
+        import numpy as np
+
+        return np.unique(slicer.util.arrayFromVolume(labelmapNode))
+
+    def _keepAutomaticCopy(self, labelmapNode, segmentationNode):
+        """The automatic contours as a hidden labelmap, for the Dice/volume/risk change after editing."""
+        old = self.automaticLabelmapFor(segmentationNode)
+        if old is not None and old is not labelmapNode:
+            slicer.mrmlScene.RemoveNode(old)
+        labelmapNode.SetName(f"{segmentationNode.GetName()} automatic (hidden)")
+        labelmapNode.SetHideFromEditors(True)
+        labelmapNode.SetAttribute(AUTOMATIC_ATTRIBUTE, segmentationNode.GetID())
+
+    @staticmethod
+    def automaticLabelmapFor(segmentationNode):
+        if segmentationNode is None:
+            return None
+        for node in slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode"):
+            if node.GetAttribute(AUTOMATIC_ATTRIBUTE) == segmentationNode.GetID():
+                return node
+        return None
+
+    # ------------------------------------------------------------------ actions
+    def _runJob(self, job, finish, waitForCompletion, onFinished):
+        """Run a job, then ``finish(result)`` turns its files into nodes; sync returns, async calls back."""
+        if waitForCompletion:
+            return finish(self.runner.runAndWait(job, self.progressCallback))
+
+        def done(result, error):
+            if error is not None:
+                onFinished(None, error)
+                return
+            try:
+                output = finish(result)
+            except Exception as exc:  # noqa: BLE001 - reported to the widget
+                onFinished(None, exc)
+                return
+            onFinished(output, None)
+
+        self.runner.start(job, done, self.progressCallback)
+        return None
+
+    def segment(self, volumes, networkPath, segmentationNode=None, tta=0, patientId="patient",
+                waitForCompletion=True, onFinished=None):
+        """GTVp/GTVn segmentation of the three sequences -> segmentation node (automatic copy kept hidden)."""
+        network = pathlib.Path(networkPath or DEMO_NETWORK)
+        if not network.is_dir():
+            raise NPCPrognosisError(f"segmentation network folder not found: {network}. Choose a network "
+                                    "folder, or load existing contours as the segmentation.")
+        folder = self._newJobDirectory()
+        job = {"action": "segment", "out_dir": str(folder), "patient_id": patientId, "network": str(network),
+               "tta": int(tta), "images": self._writeVolumes(volumes, folder)}
+
+        def finish(result):
+            node = self.importSegmentation(result["mask"], volumes["t1c"], segmentationNode)
+            node.SetAttribute("NPCPrognosis.SegmentResult", json.dumps(
+                {k: result.get(k) for k in ("deep_score", "deep_score_sd", "volumes_ml", "warnings")}))
+            return node
+
+        return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def _checkBundle(self, bundlePath):
+        bundle = pathlib.Path(bundlePath or DEMO_BUNDLE)
+        if not (bundle / "bundle.json").exists():
+            raise NPCPrognosisError(f"no model bundle in {bundle} (bundle.json missing). Choose a bundle folder "
+                                    "trained with `npc-prognosis train`, or reinstall the extension for the demo bundle.")
+        return bundle
+
+    def _featuresCache(self, segmentationNode, name="features.json"):
+        return self._workDirectory("features-" + segmentationNode.GetID().replace("vtkMRML", "")) / name
+
+    def extractFeatures(self, volumes, segmentationNode, bundlePath, tableNode=None, patientId="patient",
+                        waitForCompletion=True, onFinished=None):
+        """Radiomics with the bundle's settings -> table node (feature, value, used by the Rad-score)."""
+        bundle = self._checkBundle(bundlePath)
+        folder = self._newJobDirectory()
+        cache = self._featuresCache(segmentationNode)
+        job = {"action": "extract", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
+               "images": self._writeVolumes(volumes, folder),
+               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
+               "features": str(cache) if cache.exists() else None}
+
+        def finish(result):
+            if pathlib.Path(result["features"]) != cache:
+                shutil.copyfile(result["features"], cache)
+            return self.featuresToTable(json.loads(cache.read_text())["features"], bundle, tableNode)
+
+        return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def featuresToTable(self, features, bundlePath, tableNode=None):
+        from NPCPrognosisLib.slicer_helpers import feature_rows
+
+        document = json.loads((pathlib.Path(bundlePath) / "bundle.json").read_text())
+        rows = feature_rows(features, document)
+        if tableNode is None:
+            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "NPC radiomics")
+        tableNode.RemoveAllColumns()
+        names = vtk.vtkStringArray()
+        names.SetName("feature")
+        values = vtk.vtkDoubleArray()
+        values.SetName("value")
+        used = vtk.vtkIntArray()
+        used.SetName("in Rad-score")
+        for name, value, inSignature in rows:
+            names.InsertNextValue(name)
+            values.InsertNextValue(value)
+            used.InsertNextValue(inSignature)
+        for array in (names, values, used):
+            tableNode.AddColumn(array)
+        tableNode.SetAttribute("NPCPrognosis.bundle", str(bundlePath))
+        tableNode.Modified()
+        return tableNode
+
+    def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId="patient", automaticLabelmap=None,
+                waitForCompletion=True, onFinished=None):
+        """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change."""
+        from NPCPrognosisLib.slicer_helpers import parse_clinical_form
+
+        try:
+            parse_clinical_form(clinical, patientId)
+        except ValueError as exc:
+            raise NPCPrognosisError(str(exc)) from None
+        bundle = self._checkBundle(bundlePath)
+        folder = self._newJobDirectory()
+        cache = self._featuresCache(segmentationNode)
+        referenceCache = self._featuresCache(segmentationNode, "automatic_features.json")
+        automaticLabelmap = automaticLabelmap or self.automaticLabelmapFor(segmentationNode)
+        segmentInfo = json.loads(segmentationNode.GetAttribute("NPCPrognosis.SegmentResult") or "{}")
+        job = {"action": "predict", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
+               "images": self._writeVolumes(volumes, folder),
+               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
+               "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
+               "deep_score_sd": segmentInfo.get("deep_score_sd")}
+        editedArray = None
+        if automaticLabelmap is not None:
+            job["reference_mask"] = self._writeVolume(automaticLabelmap, folder / "automatic_mask.nii.gz")
+            job["reference_features"] = str(referenceCache) if referenceCache.exists() else None
+            editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
+
+        def finish(result):
+            from NPCPrognosisLib import slicer_helpers as h
+
+            for key, target in (("features", cache), ("reference_features", referenceCache)):
+                if result.get(key) and pathlib.Path(result[key]) != target:
+                    shutil.copyfile(result[key], target)
+            if editedArray is not None:
+                spacing = volumes["t1c"].GetSpacing()
+                automaticArray = slicer.util.arrayFromVolume(automaticLabelmap)
+                result["contour_change"] = h.contour_change_report(
+                    automaticArray, editedArray, spacing[0] * spacing[1] * spacing[2] / 1000.0,
+                    result.get("reference_prediction"), result["prediction"])
+            return result
+
+        return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def _exportedArray(self, segmentationNode, referenceVolumeNode):
+        labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)
+        try:
+            return slicer.util.arrayFromVolume(labelmapNode).copy()
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmapNode)
+
+    def exportReport(self, result, outputDirectory):
+        """report.html + report.json + survival.png in ``outputDirectory``; returns the paths."""
+        from NPCPrognosisLib.slicer_helpers import write_report
+
+        folder = pathlib.Path(outputDirectory) / result["prediction"]["patient_id"]
+        return {k: str(v) for k, v in write_report(result, folder).items()}
+
+    def showSurvivalPlot(self, curves, title="", showInLayout=True):
+        """Plot chart node: this patient's survival with the reference curves; returns the chart node."""
+        import numpy as np
+
+        names = [n for n in curves if n != "months"]
+        tableNode = slicer.mrmlScene.GetFirstNodeByName("NPC survival curves") or \
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "NPC survival curves")
+        data = np.column_stack([np.asarray(curves["months"], float)] +
+                               [np.asarray(curves[n], float) for n in names])
+        slicer.util.updateTableFromArray(tableNode, data, ["months"] + names)
+        chartNode = slicer.mrmlScene.GetFirstNodeByName("NPC survival chart") or \
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "NPC survival chart")
+        chartNode.RemoveAllPlotSeriesNodeIDs()
+        colours = {"this patient": (0, 0, 0), "high-risk group (median)": (0.86, 0.16, 0.16),
+                   "low-risk group (median)": (0.20, 0.70, 0.25), "risk-group cut-off": (0.5, 0.5, 0.5),
+                   "training cohort (Kaplan-Meier)": (0.15, 0.35, 0.85)}
+        for name in names:
+            seriesName = f"NPC {name}"
+            series = slicer.mrmlScene.GetFirstNodeByName(seriesName) or \
+                slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", seriesName)
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetXColumnName("months")
+            series.SetYColumnName(name)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+            series.SetLineWidth(4 if name == "this patient" else 2)
+            if name == "risk-group cut-off":
+                series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+            series.SetColor(*colours.get(name, (0.4, 0.4, 0.4)))
+            chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
+        chartNode.SetTitle(f"{title} survival")
+        chartNode.SetXAxisTitle("months")
+        chartNode.SetYAxisTitle("survival probability")
+        chartNode.SetYAxisRange(0, 1)
+        chartNode.SetYAxisRangeAuto(False)
+        if showInLayout and slicer.app.layoutManager() is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chartNode)
+        return chartNode
+
+    def openSegmentEditor(self, segmentationNode, sourceVolumeNode):
+        """Segment Editor on the segmentation, with the CET1W as the source volume."""
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(sourceVolumeNode)
+        else:  # Slicer < 5.4
+            editor.setMasterVolumeNode(sourceVolumeNode)
+
+    def loadSamplePatient(self, folder=None):
+        """The shipped synthetic patient: volume nodes {t1, t2, t1c} and its clinical form values."""
+        from NPCPrognosisLib.slicer_helpers import SEQUENCE_TITLES, clinical_values_to_form, sample_patient_files
+
+        folder = pathlib.Path(folder or SAMPLE_PATIENT)
+        files = sample_patient_files(folder)
+        if not all(key in files for key in ("t1", "t2", "t1c")):
+            raise NPCPrognosisError(f"sample patient not found in {folder}; reinstall the extension")
+        nodes = {key: slicer.util.loadVolume(str(files[key]), {"name": f"{folder.name} {SEQUENCE_TITLES[key]}"})
+                 for key in ("t1", "t2", "t1c")}
+        clinical = clinical_values_to_form(json.loads(files["clinical"].read_text())) if "clinical" in files else None
+        slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
+        return nodes, clinical
+
+
+#
+# Test
+#
+
+
+class NPCPrognosisTest(ScriptedLoadableModuleTest):
+    """Self-test on the synthetic sample patient: segment -> extract -> predict -> edit -> predict."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_extract_predict_edit()
+
+    def test_segment_extract_predict_edit(self):
+        import math
+
+        import numpy as np
+
+        self.delayDisplay("NPCPrognosis self-test on the synthetic sample patient")
+        logic = NPCPrognosisLogic()
+        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
+        volumes, clinical = logic.loadSamplePatient()
+        self.assertIsNotNone(clinical)
+
+        if (DEMO_NETWORK).is_dir():
+            segmentationNode = logic.segment(volumes, str(DEMO_NETWORK), patientId="NPC-SAMPLE-001")
+        else:  # the network is a separate deliverable; the rest of the chain is still tested on the shipped mask
+            logging.warning("NPCPrognosis self-test: no demo network; using the sample's reference mask")
+            from NPCPrognosisLib.slicer_helpers import sample_patient_files
+
+            segmentationNode = logic.importSegmentation(sample_patient_files(SAMPLE_PATIENT)["mask"], volumes["t1c"])
+        segmentation = segmentationNode.GetSegmentation()
+        spacing = volumes["t1c"].GetSpacing()
+        voxelMl = spacing[0] * spacing[1] * spacing[2] / 1000.0
+        for name in ("GTVp", "GTVn"):
+            segmentId = segmentation.GetSegmentIdBySegmentName(name)
+            self.assertTrue(segmentId, f"segment {name} missing")
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumes["t1c"])
+            volume = float(array.sum()) * voxelMl
+            self.assertTrue(0.2 < volume < 300.0, f"{name} volume {volume:.2f} mL is implausible")
+        self.assertIsNotNone(logic.automaticLabelmapFor(segmentationNode))
+        self.delayDisplay("segmentation ok")
+
+        tableNode = logic.extractFeatures(volumes, segmentationNode, str(DEMO_BUNDLE), patientId="NPC-SAMPLE-001")
+        document = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
+        self.assertEqual(tableNode.GetNumberOfRows(), len(document["feature_columns"]))
+        featureColumn = tableNode.GetTable().GetColumnByName("feature")
+        self.assertEqual(featureColumn.GetValue(0), document["feature_columns"][0])
+        self.delayDisplay("radiomics ok")
+
+        result = logic.predict(volumes, segmentationNode, str(DEMO_BUNDLE), clinical, patientId="NPC-SAMPLE-001")
+        prediction = result["prediction"]
+        self.assertTrue(math.isfinite(prediction["risk_score"]))
+        self.assertIn(prediction["risk_group"], ("high", "low"))
+        for value in prediction["survival"].values():
+            self.assertTrue(0.0 <= value <= 1.0)
+        self.assertAlmostEqual(result["contour_change"]["structures"]["GTVp"]["dice"], 1.0, places=6)
+        chartNode = logic.showSurvivalPlot(result["curves"], showInLayout=False)
+        self.assertGreaterEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("prediction ok")
+
+        # Edit: shrink GTVp by 2 mm with the Segment Editor's Margin effect, as a user would.
+        editorWidget = slicer.qMRMLSegmentEditorWidget()
+        editorWidget.setMRMLScene(slicer.mrmlScene)
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editorWidget.setMRMLSegmentEditorNode(editorNode)
+        editorWidget.setSegmentationNode(segmentationNode)
+        if hasattr(editorWidget, "setSourceVolumeNode"):
+            editorWidget.setSourceVolumeNode(volumes["t1c"])
+        else:
+            editorWidget.setMasterVolumeNode(volumes["t1c"])
+        editorWidget.setCurrentSegmentID(segmentation.GetSegmentIdBySegmentName("GTVp"))
+        editorWidget.setActiveEffectByName("Margin")
+        effect = editorWidget.activeEffect()
+        effect.setParameter("MarginSizeMm", -2.0)
+        effect.self().onApply()
+        editorWidget.setActiveEffect(None)
+        slicer.mrmlScene.RemoveNode(editorNode)
+
+        edited = logic.predict(volumes, segmentationNode, str(DEMO_BUNDLE), clinical, patientId="NPC-SAMPLE-001")
+        change = edited["contour_change"]
+        self.assertLess(change["structures"]["GTVp"]["dice"], 0.999)
+        self.assertGreater(change["structures"]["GTVp"]["dice"], 0.0)
+        self.assertLess(change["structures"]["GTVp"]["volume_change_ml"], 0.0)
+        self.assertAlmostEqual(change["structures"]["GTVn"]["dice"], 1.0, places=6)
+        self.assertIn("risk", change)
+        self.assertTrue(np.isfinite(change["risk"]["change"]))
+
+        paths = logic.exportReport(edited, slicer.app.temporaryPath + "/NPCPrognosisSelfTest")
+        self.assertTrue(os.path.exists(paths["html"]) and os.path.exists(paths["json"]))
+        self.delayDisplay("NPCPrognosis self-test passed")
+

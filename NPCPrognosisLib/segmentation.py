@@ -1,0 +1,333 @@
+"""Automatic GTVp/GTVn segmentation and the deep risk score from a trained network bundle.
+
+The contract every consumer relies on (CLI ``segment``, ``--mask auto``, the Slicer module): the returned mask
+has exactly the size, spacing, origin and direction of the reference (CET1W) input, whatever the working grid.
+The network runs on its own axis-aligned grid (:mod:`net_data`); its class probabilities, not its labels, are
+resampled back linearly and only then turned into labels, so contours keep sub-voxel boundaries.
+
+* Segmentation uses MONAI's sliding-window inferer (whole working grid in one window by default). A scalar
+  risk cannot be stitched from windows, so the risk branch runs once on a fixed box centred on the predicted
+  tumour (the whole working grid by default, which is small enough).
+* Test-time augmentation: left-right flips (the neck is near-symmetric) and mild intensity scaling; the voxel
+  uncertainty is the normalised predictive entropy of the averaged probabilities, the score's spread is the SD
+  of the TTA risks.
+* Saliency: Grad-CAM of the risk on the second encoder stage (fine enough to point at a tumour part, deep
+  enough to be semantic), for display only.
+* Post-processing: GTVp = its largest connected component (there is one primary tumour); GTVn components
+  smaller than the bundle's threshold (0.2 mL by default) are dropped as noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .net_data import GridConfig, from_array_xyz, prepare_images, resample_onto
+from .network import NetworkConfig
+from .preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NetworkModel:
+    """A loaded network bundle: the torch module on its device plus every setting it was trained with."""
+
+    net: Any
+    network_config: NetworkConfig
+    grid: GridConfig
+    preprocess: PreprocessConfig
+    labels: Dict[str, int]
+    endpoint: str
+    inference: Dict[str, Any]
+    postprocessing: Dict[str, Any]
+    score_normalisation: Dict[str, float]
+    synthetic_demo: bool
+    bundle_dir: Path
+    device: str = "cpu"
+    content: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class SegmentationResult:
+    mask: sitk.Image
+    probabilities: Optional[sitk.Image]
+    uncertainty: Optional[sitk.Image]
+    saliency: Optional[sitk.Image]
+    deep_score: Optional[float]
+    deep_score_sd: Optional[float]
+    volumes_ml: Dict[str, float]
+    warnings: List[str] = field(default_factory=list)
+
+
+def load_network(bundle_dir: "str | Path", device: str = "auto") -> NetworkModel:
+    """Verify the bundle's checksums, rebuild the architecture from its JSON, load the safetensors weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .bundle import read_bundle
+    from .errors import BundleError
+    from .network import build_network
+
+    bundle_dir = Path(bundle_dir)
+    content = read_bundle(bundle_dir)
+    if content.get("kind") != "network":
+        raise BundleError(f"{bundle_dir} is a {content.get('kind')!r} bundle, not a segmentation network")
+    spec = content["network"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = NetworkConfig.from_dict({k: v for k, v in spec["architecture"].items() if k not in ("name", "backbone")})
+    grid = GridConfig.from_dict(spec["grid"])
+    net = build_network(config, grid.voxel_ml)
+    try:
+        net.load_state_dict(load_file(str(bundle_dir / spec.get("weights", "network.safetensors"))))
+    except RuntimeError as exc:
+        raise BundleError(f"network weights in {bundle_dir} do not fit its architecture ({exc})") from None
+    net = net.to(device).to(memory_format=torch.channels_last_3d).eval()
+    if content.get("synthetic_demo"):
+        log.warning("%s is a SYNTHETIC DEMO network - not for clinical use", bundle_dir)
+    return NetworkModel(net=net, network_config=config, grid=grid,
+                        preprocess=PreprocessConfig.from_dict(spec["preprocess"]), labels=dict(spec["labels"]),
+                        endpoint=spec.get("endpoint", "dmfs"), inference=dict(spec.get("inference", {})),
+                        postprocessing=dict(spec.get("postprocessing", {})),
+                        score_normalisation=dict(spec.get("score_normalisation", {})),
+                        synthetic_demo=bool(content.get("synthetic_demo")), bundle_dir=bundle_dir,
+                        device=device, content=content)
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+def _tta_plan(n: int) -> List[Tuple[bool, float]]:
+    """(flip left-right, intensity factor) per pass; pass 0 is the plain image."""
+    plan = [(False, 1.0)]
+    factors = [1.0, 0.95, 1.05, 0.9, 1.1]
+    for k in range(1, int(n) + 1):
+        plan.append((k % 2 == 1, factors[((k - 1) // 2) % len(factors)]))
+    return plan
+
+
+def _risk_box(prob: np.ndarray, box: List[int]) -> Tuple[slice, slice, slice]:
+    """A fixed box centred on the probability-weighted tumour centre, shifted to lie inside the grid."""
+    tumour = prob[1] + prob[2]
+    shape = tumour.shape
+    if tumour.sum() > 1e-3:
+        centre = [float((tumour.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(shape[ax])).sum()
+                        / tumour.sum()) for ax in range(3)]
+    else:
+        centre = [(s - 1) / 2.0 for s in shape]
+    slices = []
+    for ax in range(3):
+        size = min(int(box[ax]), shape[ax])
+        start = int(round(centre[ax] - size / 2.0))
+        start = max(0, min(start, shape[ax] - size))
+        slices.append(slice(start, start + size))
+    return tuple(slices)
+
+
+def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
+    """Probabilities (3, X, Y, Z) on the working grid, the risk, and optionally a Grad-CAM on the working grid."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    net, device = model.net, model.device
+    grid_size = list(x.shape[1:])
+    roi = [min(int(r), g) for r, g in zip(model.inference.get("roi_size", grid_size), grid_size)]
+    box = [min(int(b), g) for b, g in zip(model.inference.get("risk_box", grid_size), grid_size)]
+    tensor = torch.from_numpy(x[None]).to(device).contiguous(memory_format=torch.channels_last_3d)
+    single = roi == grid_size and box == grid_size
+    with torch.no_grad():
+        if single and not want_saliency:
+            out = net(tensor)
+            prob = torch.softmax(out["seg_logits"].float(), 1)[0].cpu().numpy()
+            return prob, float(out["risk"][0]), None
+        if single:
+            logits = net.segment(tensor)
+        else:
+            logits = sliding_window_inference(tensor, roi, 1, net.segment,
+                                              overlap=float(model.inference.get("sw_overlap", 0.25)))
+        prob = torch.softmax(logits.float(), 1)[0].cpu().numpy()
+    slices = _risk_box(prob, box)
+    crop = tensor[(slice(None), slice(None)) + slices]
+    if not want_saliency:
+        with torch.no_grad():
+            return prob, float(net(crop)["risk"][0]), None
+    with torch.enable_grad():
+        bottleneck, down, decoded, logits = net.encode_decode(crop)
+        stage = down[1] if len(down) > 1 else down[0]
+        risk = net.heads(net.risk_features(bottleneck, decoded, logits))["risk"][0]
+        grads = torch.autograd.grad(risk, stage)[0]
+    weights = grads.mean(dim=(2, 3, 4), keepdim=True)
+    cam = torch.relu((weights * stage).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=crop.shape[2:], mode="trilinear", align_corners=False)
+    cam = cam[0, 0].detach().cpu().numpy()
+    full = np.zeros(grid_size, dtype=np.float32)
+    full[slices] = cam / cam.max() if cam.max() > 0 else cam
+    return prob, float(risk.detach()), full
+
+
+def _postprocess(labels: np.ndarray, spacing: Tuple[float, ...], postprocessing: Mapping[str, Any],
+                 like: sitk.Image) -> sitk.Image:
+    mask = from_array_xyz(labels.astype(np.uint8), like)
+    gtvp = mask == 1
+    if postprocessing.get("gtvp_largest_component", True) and sitk.GetArrayViewFromImage(gtvp).any():
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvp), sortByObjectSize=True)
+        gtvp = components == 1
+    gtvn = mask == 2
+    min_ml = float(postprocessing.get("gtvn_min_ml", 0.0))
+    if min_ml > 0 and sitk.GetArrayViewFromImage(gtvn).any():
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvn),
+                                           minimumObjectSize=int(math.ceil(min_ml / voxel_ml)))
+        gtvn = components > 0
+    out = sitk.Cast(gtvp, sitk.sitkUInt8) + sitk.Cast(gtvn, sitk.sitkUInt8) * 2  # argmax labels never overlap
+    out.CopyInformation(like)
+    return sitk.Cast(out, sitk.sitkUInt8)
+
+
+def segment_patient(model: NetworkModel, images: Mapping[str, sitk.Image], *, patient_id: str = "patient",
+                    tta: int = 0, saliency: bool = False, progress: bool = False) -> SegmentationResult:
+    """Segment one patient (aligned raw T1W/T2W/CET1W on the CET1W grid) and score their risk."""
+    from .imageio import REFERENCE_SEQUENCE, align_patient
+
+    aligned = align_patient(images, None, patient_id=patient_id)
+    reference = aligned.images[REFERENCE_SEQUENCE]
+    warnings = list(aligned.warnings)
+    if model.synthetic_demo:
+        warnings.append("segmented by the SYNTHETIC DEMO network: not for clinical use")
+    x, grid_image = prepare_images(aligned.images, model.preprocess, model.grid)
+    plan = _tta_plan(tta)
+    steps = plan
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(plan, desc=f"segmenting {patient_id}", unit="pass", leave=False)
+    probs, risks, cam = [], [], None
+    for k, (flip, factor) in enumerate(steps):
+        xk = x * factor
+        if flip:
+            xk = xk[:, ::-1].copy()
+        prob, risk, cam_k = _network_pass(model, xk, saliency and k == 0)
+        probs.append(prob[:, ::-1] if flip else prob)
+        risks.append(risk)
+        cam = cam_k if k == 0 else cam
+    prob = np.mean(probs, axis=0)
+    if not np.isfinite(prob).all() or not np.isfinite(risks).all():
+        from .errors import InputError
+
+        raise InputError("the network produced non-finite outputs", patient_id=patient_id,
+                         fix="check the images (constant or corrupted volumes?)")
+    prob_ref = []
+    for c in range(prob.shape[0]):
+        channel = resample_onto(from_array_xyz(prob[c].astype(np.float32), grid_image), reference,
+                                default=1.0 if c == 0 else 0.0)
+        prob_ref.append(sitk.GetArrayFromImage(channel))
+    prob_ref = np.stack(prob_ref)  # (3, z, y, x)
+    labels = np.transpose(np.argmax(prob_ref, axis=0), (2, 1, 0))
+    mask = _postprocess(labels, reference.GetSpacing(), model.postprocessing, reference)
+    entropy = -(prob * np.log(np.clip(prob, 1e-8, 1.0))).sum(0) / math.log(prob.shape[0])
+    uncertainty = resample_onto(from_array_xyz(entropy.astype(np.float32), grid_image), reference)
+    saliency_img = None
+    if cam is not None:
+        saliency_img = resample_onto(from_array_xyz(cam.astype(np.float32), grid_image), reference)
+    prob_img = sitk.Compose([sitk.GetImageFromArray(p.astype(np.float32)) for p in prob_ref])
+    prob_img.CopyInformation(reference)
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=3)
+    volumes = {"gtvp": float(counts[1] * voxel_ml), "gtvn": float(counts[2] * voxel_ml)}
+    if counts[1] == 0:
+        warnings.append("no primary tumour (GTVp) was found; check the images or contour manually")
+    return SegmentationResult(mask=mask, probabilities=prob_img, uncertainty=uncertainty, saliency=saliency_img,
+                              deep_score=float(np.mean(risks)),
+                              deep_score_sd=float(np.std(risks, ddof=1)) if len(risks) > 1 else None,
+                              volumes_ml=volumes, warnings=warnings)
+
+
+def segment_cohort(model: NetworkModel, manifest_path: "str | Path", out_dir: "str | Path", *, tta: int = 0,
+                   progress: bool = True) -> Path:
+    """Segment every manifest patient; write masks, a manifest pointing at them, scores and failures.
+
+    Returns ``out_dir/manifest.csv``. Image paths in it are rewritten relative to ``out_dir`` so it can be used
+    from there; a patient whose images fail is listed in ``failures.csv`` with the reason and keeps an empty
+    mask cell, and the cohort carries on.
+    """
+    import pandas as pd
+
+    from .imageio import load_patient, write_image_atomic
+    from .manifest import IMAGE_COLUMNS, MASK_COLUMN, read_manifest
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(manifest_path)
+    table = manifest.table.copy()
+    entries = manifest.entries()
+    items = entries
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(entries, desc="segmenting cohort", unit="patient")
+    masks: Dict[str, str] = {}
+    failures, scores = [], []
+    for entry in items:
+        try:
+            patient = load_patient(entry.patient_id, entry.images)
+            result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
+            name = f"{entry.patient_id}_mask.nii.gz"
+            write_image_atomic(result.mask, out_dir / name)
+            masks[entry.patient_id] = name
+            scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
+                           "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
+                           "gtvn_ml": result.volumes_ml["gtvn"], "warnings": " | ".join(result.warnings)})
+        except Exception as exc:  # one patient's failure never stops a cohort
+            log.warning("patient %s failed: %s", entry.patient_id, exc)
+            failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+
+    def relocate(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+            return value
+        path = Path(str(value).strip())
+        path = path if path.is_absolute() else manifest.root / path
+        return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+    for column in IMAGE_COLUMNS:
+        if column in table.columns:
+            table[column] = table[column].map(relocate)
+    table[MASK_COLUMN] = [masks.get(pid, "") for pid in table["patient_id"]]
+    tmp = out_dir / ".manifest.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(out_dir / "manifest.csv")
+    pd.DataFrame(scores, columns=["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "warnings"]) \
+        .to_csv(out_dir / "deep_scores.csv", index=False)
+    failures_path = out_dir / "failures.csv"
+    if failures:
+        pd.DataFrame(failures).to_csv(failures_path, index=False)
+    elif failures_path.exists():
+        failures_path.unlink()
+    return out_dir / "manifest.csv"
+
+
+def segmentation_metrics(pred: sitk.Image, truth: sitk.Image) -> Dict[str, float]:
+    """Dice and HD95 (mm, MONAI on the reference grid with its spacing) per label; NaN where undefined."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    p, t = sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(truth)
+    spacing = list(pred.GetSpacing())[::-1]
+    out = {}
+    for name, label in (("gtvp", 1), ("gtvn", 2)):
+        a, b = p == label, t == label
+        total = int(a.sum() + b.sum())
+        out[f"dice_{name}"] = float("nan") if total == 0 else 2.0 * float((a & b).sum()) / total
+        if a.any() and b.any():
+            hd = compute_hausdorff_distance(torch.from_numpy(a[None, None]), torch.from_numpy(b[None, None]),
+                                            percentile=95, spacing=spacing)
+            out[f"hd95_{name}"] = float(hd.reshape(-1)[0])
+        else:
+            out[f"hd95_{name}"] = float("nan")
+    return out

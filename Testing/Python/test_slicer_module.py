@@ -1,0 +1,543 @@
+"""What can be checked of the Slicer module without Slicer.
+
+The extension build, the .ui, Python 3.9 syntax, a light module import, and the plain-Python helpers the logic
+delegates to (clinical form, formatting, contour-change report, survival curves, report, out-of-process jobs).
+The end-to-end chain inside Slicer is NPCPrognosisTest in NPCPrognosis.py (run with ctest or --python-script).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from NPCPrognosisLib import slicer_helpers as h
+from NPCPrognosisLib.clinical import parse_clinical
+from NPCPrognosisLib.cox import CoxModel
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.nomogram import Nomogram
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "NPCPrognosis.py"
+LIB = ROOT / "NPCPrognosisLib"
+UI = ROOT / "Resources" / "UI" / "NPCPrognosis.ui"
+SAMPLE = ROOT / "Resources" / "SampleData" / "NPC-SAMPLE-001"
+
+
+# ---------------------------------------------------------------------------------------------- build
+def _cmake_list(name: str) -> list:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    match = re.search(r"set\(" + name + r"\s+(.*?)\)", text, re.S)
+    assert match, f"{name} not set in CMakeLists.txt"
+    items = [line.split("#", 1)[0].strip() for line in match.group(1).splitlines()]
+    return [i.replace("${MODULE_NAME}", "NPCPrognosis") for i in items if i]
+
+
+def _shipped(folder: Path) -> set:
+    return {p.relative_to(ROOT).as_posix() for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and not p.name.startswith(".")}
+
+
+def test_cmake_lists_every_shipped_python_file_and_resource():
+    scripts = _cmake_list("MODULE_PYTHON_SCRIPTS")
+    resources = _cmake_list("MODULE_PYTHON_RESOURCES")
+    python_files = {p for p in _shipped(LIB) if p.endswith(".py")}
+    assert "NPCPrognosis.py" in scripts
+    unlisted = sorted(python_files - set(scripts))
+    assert unlisted == [], f"add these to MODULE_PYTHON_SCRIPTS in CMakeLists.txt: {unlisted}"
+    unlisted = sorted(_shipped(ROOT / "Resources") - set(resources))
+    assert unlisted == [], f"add these to MODULE_PYTHON_RESOURCES in CMakeLists.txt: {unlisted}"
+    missing = [f for f in scripts + resources if not (ROOT / f).is_file()]
+    assert missing == [], f"listed in CMakeLists.txt but absent: {missing}"
+
+
+def test_cmake_has_extension_metadata_and_self_test():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(r"set\(" + key + r"\s+\"[^\"]+\"\)", text), key
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+
+
+def test_core_never_imports_slicer_qt_or_vtk():
+    forbidden = {"slicer", "qt", "vtk", "ctk", "sitkUtils", "SampleData", "PyTorchUtils", "mrml"}
+    offenders = []
+    for path in sorted(LIB.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert offenders == []
+
+
+# ---------------------------------------------------------------------------------------------- syntax
+PY_FILES = [MODULE] + sorted(LIB.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=lambda p: p.name)
+def test_parses_as_python_39(path):
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+
+
+def test_ruff_py39_finds_nothing_newer_than_39():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff not installed")
+    # ruff reports syntax a py39 interpreter would reject (match, except*, parenthesised context managers, ...)
+    # as errors of its own, whatever rules are selected; E9/F63/F7/F82 add undefined names and broken statements.
+    out = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--target-version", "py39", "--select",
+                          "E9,F63,F7,F82", str(MODULE), str(LIB)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_module_annotations_have_no_runtime_union_operator():
+    """NPCPrognosis.py has no `from __future__ import annotations` (the parameter node needs real types)."""
+    tree = ast.parse(MODULE.read_text())
+    bad = []
+    for node in ast.walk(tree):
+        annotation = getattr(node, "annotation", None) or getattr(node, "returns", None)
+        if annotation is not None:
+            bad += [ast.unparse(n) for n in ast.walk(annotation)
+                    if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)]
+    assert bad == []
+
+
+# ---------------------------------------------------------------------------------------------- .ui
+EXPECTED_CLASS = [
+    ("Button", {"QPushButton"}), ("Selector", {"qMRMLNodeComboBox"}), ("Label", {"QLabel"}),
+    ("SpinBox", {"QSpinBox", "QDoubleSpinBox", "ctkDoubleSpinBox"}), ("ComboBox", {"QComboBox"}),
+    ("LineEdit", {"QLineEdit", "ctkPathLineEdit"}), ("CheckBox", {"QCheckBox"}), ("TableWidget", {"QTableWidget"}),
+    ("TextEdit", {"QPlainTextEdit", "QTextEdit"}), ("progressBar", {"QProgressBar"}),
+    ("GroupBox", {"ctkCollapsibleGroupBox", "QGroupBox"}), ("CollapsibleButton", {"ctkCollapsibleButton"}),
+]
+
+
+def _ui_widgets() -> dict:
+    tree = ET.parse(UI)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def _parameter_fields() -> dict:
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NPCPrognosisParameterNode")
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_widget_the_module_uses_exists_with_a_sensible_class():
+    widgets = _ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert len(used) >= 15
+    for name in sorted(used):
+        assert name in widgets, f"self.ui.{name} is not in {UI.name}"
+        cls = widgets[name].get("class")
+        expected = next((classes for suffix, classes in EXPECTED_CLASS if name.endswith(suffix)), None)
+        assert expected is not None, f"no naming rule for {name}"
+        assert cls in expected, f"{name} is a {cls}, expected one of {expected}"
+
+
+def test_ui_parameter_bindings_name_parameter_node_fields_of_matching_type():
+    fields = _parameter_fields()
+    bound = {}
+    for widget in _ui_widgets().values():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget
+    assert set(bound) - set(fields) == set(), "bound to unknown parameters"
+    for required in ("t1Volume", "t2Volume", "t1cVolume", "segmentation", "bundlePath", "age", "sex", "tStage",
+                     "nStage", "ebvDna", "rene", "ldh", "chemo", "ccnd"):
+        assert required in bound, f"{required} has no widget"
+    for parameter, widget in bound.items():
+        if widget.get("class") == "qMRMLNodeComboBox":
+            node_types = [s.text for s in widget.iter("string")
+                          if s.text and s.text.startswith("vtkMRML")]
+            assert node_types == [fields[parameter]], parameter
+    for name in ("segmentButton", "editButton", "extractButton", "predictButton", "exportButton"):
+        assert name in _ui_widgets()
+
+
+# ---------------------------------------------------------------------------------------------- light import
+STUBS = textwrap.dedent('''
+    import sys, types
+
+    class _Any:
+        def __init__(self, *a, **k): pass
+        def __call__(self, *a, **k): return _Any()
+        def __getattr__(self, name): return _Any()
+
+    class _Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            cls = type(name, (_Any,), {})
+            setattr(self, name, cls)
+            return cls
+
+    def stub(name):
+        module = _Module(name)
+        sys.modules[name] = module
+        return module
+
+    for name in ("qt", "ctk", "vtk", "slicer", "slicer.ScriptedLoadableModule", "slicer.util",
+                 "slicer.parameterNodeWrapper"):
+        stub(name)
+    slicer = sys.modules["slicer"]
+    slicer.app = _Any()
+    slicer.ScriptedLoadableModule = sys.modules["slicer.ScriptedLoadableModule"]
+    slicer.util = sys.modules["slicer.util"]
+    slicer.parameterNodeWrapper = sys.modules["slicer.parameterNodeWrapper"]
+    for base in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+                 "ScriptedLoadableModuleTest"):
+        setattr(slicer.ScriptedLoadableModule, base,
+                type(base, (), {"__init__": lambda self, parent=None, *a, **k: setattr(self, "parent", parent)}))
+    slicer.util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
+    slicer.parameterNodeWrapper.parameterNodeWrapper = lambda cls: cls
+''')
+
+
+def test_importing_the_module_loads_nothing_heavy(tmp_path):
+    script = STUBS + textwrap.dedent(f'''
+        heavy = ("numpy", "torch", "SimpleITK", "radiomics", "pandas", "sksurv", "monai", "scipy",
+                 "NPCPrognosisLib.models", "NPCPrognosisLib.imageio", "NPCPrognosisLib.slicer_helpers")
+        before = [m for m in heavy if m in sys.modules]
+        sys.path.insert(0, {str(ROOT)!r})
+        import NPCPrognosis
+        parent = type("Parent", (), {{}})()
+        module = NPCPrognosis.NPCPrognosis(parent)
+        logic = NPCPrognosis.NPCPrognosisLogic()
+        assert parent.title == "NPC Prognosis", parent.title
+        assert NPCPrognosis.NPCPrognosisTest and NPCPrognosis.NPCPrognosisWidget
+        assert logic.runInProcess is False
+        after = [m for m in heavy if m in sys.modules]
+        print("BEFORE", before)
+        print("AFTER", after)
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "BEFORE []" in out.stdout
+    assert "AFTER []" in out.stdout, out.stdout
+
+
+def test_helpers_import_only_the_standard_library_at_load_time():
+    script = ("import sys; sys.path.insert(0, %r); import NPCPrognosisLib.slicer_helpers; "
+              "print(sorted(m for m in ('numpy','SimpleITK','pandas','torch','radiomics') if m in sys.modules))"
+              % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- clinical form
+def test_clinical_form_becomes_the_same_record_as_the_cli_would_parse():
+    form = {"age": 52.0, "sex": "M", "t_stage": "T3", "n_stage": "N2", "ebv_dna": 1500.0, "rene": 1, "ldh": 210.0,
+            "chemo": True, "ccnd": 200.0}
+    record = h.parse_clinical_form(form, "P1")
+    expected = parse_clinical({"age": "52", "sex": "M", "t_stage": "T3", "n_stage": "N2", "ebv_dna": "1500",
+                               "rene": "1", "ldh": "210", "chemo": "1", "ccnd": "200"}, "P1")
+    assert record == expected
+
+
+def test_negative_ebv_dna_in_the_form_means_not_measured():
+    values = h.clinical_form_to_values({**h.CLINICAL_FORM_DEFAULTS, "ebv_dna": -1.0})
+    assert values["ebv_dna"] is None
+    assert parse_clinical(values).ebv_dna is None
+    assert h.clinical_form_to_values({"ebv_dna": 0.0})["ebv_dna"] == 0.0
+
+
+def test_form_errors_are_the_cores_input_errors():
+    with pytest.raises(InputError, match="rene"):
+        h.parse_clinical_form({"n_stage": "N0", "rene": 2}, "P2")
+
+
+def test_sample_clinical_json_round_trips_through_the_form():
+    files = h.sample_patient_files(SAMPLE)
+    if "clinical" not in files:
+        pytest.skip("sample patient not shipped yet")
+    raw = json.loads(files["clinical"].read_text())
+    form = h.clinical_values_to_form(raw)
+    assert h.parse_clinical_form(form) == parse_clinical(raw)
+    assert set(form) == set(h.CLINICAL_FORM_DEFAULTS)
+    assert form["t_stage"] in h.T_STAGES and form["n_stage"] in h.N_STAGES
+
+
+def test_sample_patient_files_are_found():
+    files = h.sample_patient_files(SAMPLE)
+    if not files:
+        pytest.skip("sample patient not shipped yet")
+    assert {"t1", "t2", "t1c", "mask"} <= set(files)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+PREDICTION = {"patient_id": "P1", "endpoint": "dmfs", "risk_score": 1.2345, "risk_group": "high", "cutoff": 0.5,
+              "survival": {"60": 0.61, "12": 0.953, "36": 0.7777},
+              "nomogram_points": {"per_factor": {"age": 10.0, "rad_score": 55.55, "t_stage": 20.0}, "total": 85.55},
+              "clinical": {"age": 52}, "warnings": ["w1", "w2"], "bundle": {"path": "/b"}}
+
+
+def test_survival_and_risk_strings():
+    assert h.format_survival(PREDICTION) == ["DMFS at 12 months: 95.3 %", "DMFS at 36 months: 77.8 %",
+                                             "DMFS at 60 months: 61.0 %"]
+    assert h.format_risk(PREDICTION) == "1.23 (high risk; cut-off 0.50)"
+    assert h.format_risk(PREDICTION, {"risk_se": 0.314}) == "1.23 ± 0.31 (high risk; cut-off 0.50)"
+    assert h.format_percent(float("nan")) == "n/a"
+    assert h.format_nomogram_points(PREDICTION["nomogram_points"]) == [
+        ("rad_score", "55.5"), ("t_stage", "20.0"), ("age", "10.0"), ("total", "85.5")]
+    assert h.format_warnings([]) == "none"
+
+
+def test_benefit_statement_or_not_available():
+    assert "not available" in h.benefit_statement(PREDICTION)["statement"]
+    given = dict(PREDICTION, chemo_benefit={"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}})
+    assert h.benefit_statement(given) == {"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}}
+    assert h.format_evidence({"hr": 0.5123, "hr_95ci": [0.3, 0.9], "groups": {}}) == "hr 0.512; hr_95ci 0.3-0.9"
+
+
+# ---------------------------------------------------------------------------------------------- contour change
+def _independent_dice(a: np.ndarray, b: np.ndarray) -> float:
+    sa = set(map(tuple, np.argwhere(a)))
+    sb = set(map(tuple, np.argwhere(b)))
+    return 2 * len(sa & sb) / (len(sa) + len(sb)) if sa or sb else 1.0
+
+
+def test_contour_change_report_matches_an_independent_computation():
+    rng = np.random.default_rng(3)
+    auto = rng.choice([0, 1, 2], size=(6, 7, 8), p=[0.6, 0.25, 0.15]).astype(np.uint8)
+    edited = auto.copy()
+    flip = rng.random(auto.shape) < 0.2
+    edited[flip] = rng.choice([0, 1, 2], size=int(flip.sum()))
+    spacing = (0.5, 0.7, 3.0)
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    report = h.contour_change_report(auto, edited, voxel_ml, {"risk_score": 0.2, "risk_group": "low"},
+                                     {"risk_score": 0.9, "risk_group": "high"})
+    for name, label in (("GTVp", 1), ("GTVn", 2)):
+        s = report["structures"][name]
+        assert s["dice"] == pytest.approx(_independent_dice(auto == label, edited == label), abs=1e-12)
+        va = np.count_nonzero(auto == label) * voxel_ml
+        vb = np.count_nonzero(edited == label) * voxel_ml
+        assert s["volume_automatic_ml"] == pytest.approx(va)
+        assert s["volume_edited_ml"] == pytest.approx(vb)
+        assert s["volume_change_percent"] == pytest.approx(100 * (vb - va) / va)
+        assert 0 < s["dice"] < 1
+    assert report["risk"]["change"] == pytest.approx(0.7)
+    assert report["risk"]["group_changed"] is True
+    lines = h.format_contour_change(report)
+    assert lines[0].startswith("GTVp: Dice ") and "group changed low -> high" in lines[-1]
+
+
+def test_identical_contours_give_dice_one_and_an_added_structure_is_new():
+    auto = np.zeros((4, 4, 4), np.uint8)
+    auto[1:3, 1:3, 1:3] = 1
+    report = h.contour_change_report(auto, auto, 0.001)
+    assert report["structures"]["GTVp"]["dice"] == 1.0
+    assert report["structures"]["GTVn"]["dice"] == 1.0  # both empty
+    assert "risk" not in report
+    edited = auto.copy()
+    edited[0, 0, 0] = 2
+    report = h.contour_change_report(auto, edited, 0.001)
+    assert report["structures"]["GTVn"]["dice"] == 0.0
+    assert "new" in h.format_contour_change(report)[1]
+    with pytest.raises(ValueError, match="CET1W grid"):
+        h.contour_change_report(auto, auto[:3], 0.001)
+
+
+# ---------------------------------------------------------------------------------------------- model extras
+def _tiny_bundle(with_groups: bool = True):
+    model = CoxModel(covariates=["rad_score", "age"], coef=np.array([0.8, 0.02]), se=np.array([0.2, 0.01]),
+                     ties="efron", baseline_times=np.array([6.0, 18.0, 40.0, 70.0]),
+                     baseline_cumhaz=np.array([0.02, 0.08, 0.2, 0.35]), n=50, events=12, log_likelihood=-40.0,
+                     covariance=np.array([[0.04, 0.001], [0.001, 0.0001]]))
+    nomogram = Nomogram(name="nomogram", model=model, low=[-2.0, 30.0], high=[2.0, 80.0])
+    time = [5.0, 10.0, 12.0, 20.0, 30.0, 44.0, 50.0, 65.0, 80.0, 90.0]
+    event = [1, 0, 1, 1, 0, 1, 0, 1, 0, 0]
+    cut = {"cutoff": 1.1}
+    if with_groups:
+        cut["group_median_risk"] = {"low": 0.6, "high": 1.9}
+    document = {"cutoffs": {"nomogram": cut}, "training": {"time": time, "event": event}}
+    return SimpleNamespace(nomograms={"nomogram": nomogram}, document=document, cutoffs={"nomogram": 1.1})
+
+
+def test_survival_curves_follow_the_cox_formula_and_the_training_km():
+    from lifelines import KaplanMeierFitter
+
+    bundle = _tiny_bundle()
+    factors = {"rad_score": 0.5, "age": 50.0}
+    months = [0.0, 6.0, 12.0, 24.0, 60.0, 85.0, 95.0]
+    curves = h.survival_curves(bundle, factors, months)
+    h0 = np.array([0.0, 0.02, 0.02, 0.08, 0.2, 0.35, 0.35])
+    lp = 0.8 * 0.5 + 0.02 * 50
+    np.testing.assert_allclose(curves["this patient"], np.exp(-h0 * math.exp(lp)), rtol=1e-12)
+    np.testing.assert_allclose(curves["risk-group cut-off"], np.exp(-h0 * math.exp(1.1)), rtol=1e-12)
+    np.testing.assert_allclose(curves["high-risk group (median)"], np.exp(-h0 * math.exp(1.9)), rtol=1e-12)
+    np.testing.assert_allclose(curves["low-risk group (median)"], np.exp(-h0 * math.exp(0.6)), rtol=1e-12)
+    km = KaplanMeierFitter().fit(bundle.document["training"]["time"], bundle.document["training"]["event"])
+    expected = km.survival_function_at_times(months[:-1]).to_numpy()
+    np.testing.assert_allclose(curves["training cohort (Kaplan-Meier)"][:-1], expected, rtol=1e-12)
+    assert math.isnan(curves["training cohort (Kaplan-Meier)"][-1])  # beyond follow-up: not drawn
+    assert "high-risk group (median)" not in h.survival_curves(_tiny_bundle(False), factors, months)
+
+
+def test_risk_uncertainty_is_the_delta_method_standard_error():
+    bundle = _tiny_bundle()
+    x = np.array([0.5, 50.0]) - np.array([0.0, 55.0])  # contrast with the middle of the training ranges
+    cov = bundle.nomograms["nomogram"].model.covariance
+    out = h.risk_uncertainty(bundle, {"rad_score": 0.5, "age": 50.0}, deep_score_sd=0.1)
+    assert out["risk_se"] == pytest.approx(math.sqrt(x @ cov @ x))
+    assert out["deep_score_sd"] == 0.1
+
+
+def test_report_files_reopen(tmp_path):
+    bundle = _tiny_bundle()
+    result = {"prediction": PREDICTION, "uncertainty": {"risk_se": 0.3},
+              "curves": h.survival_curves(bundle, {"rad_score": 0.5, "age": 50.0}, [0, 12, 36, 60]),
+              "benefit": {"statement": "not available", "evidence": {}},
+              "contour_change": h.contour_change_report(np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.001)}
+    paths = h.write_report(result, tmp_path / "report")
+    again = json.loads(paths["json"].read_text())
+    assert again["prediction"]["risk_score"] == PREDICTION["risk_score"]
+    assert again["curves"]["months"] == [0.0, 12.0, 36.0, 60.0]
+    html = paths["html"].read_text()
+    assert "DMFS at 36 months: 77.8 %" in html and "GTVp: Dice 1.000" in html and "survival.png" in html
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- dependencies
+def test_missing_dependencies_detects_absent_and_old_packages_without_importing():
+    installed = {"torch": "2.1.0+cu121", "monai": "1.2.0", "pyradiomics": "3.0.1", "pandas": "2.2.0",
+                 "PyYAML": "6.0.1", "safetensors": "0.4.0", "matplotlib": "3.8.0"}
+
+    def version_of(name):
+        if name not in installed:
+            raise LookupError(name)
+        return installed[name]
+
+    missing = h.missing_dependencies(version_of=version_of)
+    assert [m["distribution"] for m in missing] == ["monai", "scikit-survival"]
+    assert missing[0]["installed"] == "1.2.0"
+    assert "scikit-survival>=0.22" in h.install_question(missing)
+    assert h.missing_dependencies() == []  # this environment has everything
+
+
+def test_requirements_file_lists_every_dependency():
+    listed = h.read_requirements(ROOT / "Resources" / "requirements.txt")
+    assert sorted(listed) == sorted(r for _, r, _, _ in h.DEPENDENCIES)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+def _write_mask(path: Path, array: np.ndarray):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+    return sitk.ReadImage(str(path))
+
+
+def test_features_are_reused_only_for_the_same_contours_and_bundle(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(h, "bundle_features", lambda bundle, patient: calls.append(1) or {"f": float(len(calls))})
+    array = np.zeros((5, 6, 7), np.uint8)
+    array[1:3, 2:4, 2:5] = 1
+    mask = _write_mask(tmp_path / "m.nii.gz", array)
+    patient = SimpleNamespace(mask=mask, patient_id="P")
+    bundle = SimpleNamespace(path=tmp_path / "bundle")
+    first = h.cached_features(bundle, patient, None, tmp_path / "a.json")
+    assert h.cached_features(bundle, patient, first, tmp_path / "b.json") == first
+    assert len(calls) == 1
+    array[0, 0, 0] = 2
+    edited = SimpleNamespace(mask=_write_mask(tmp_path / "m2.nii.gz", array), patient_id="P")
+    assert h.mask_fingerprint(edited.mask) != h.mask_fingerprint(mask)
+    assert h.cached_features(bundle, edited, first, tmp_path / "c.json") == tmp_path / "c.json"
+    other_bundle = SimpleNamespace(path=tmp_path / "other")
+    assert h.cached_features(other_bundle, patient, first, tmp_path / "d.json") == tmp_path / "d.json"
+    assert len(calls) == 3
+
+
+def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
+    files = h.sample_patient_files(SAMPLE)
+    if not {"t1", "t2", "t1c", "mask"} <= set(files):
+        pytest.skip("sample patient not shipped yet")
+    job = {"action": "predict", "out_dir": str(tmp_path / "out"), "patient_id": "NPC-SAMPLE-001",
+           "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(files["mask"]),
+           "bundle": str(tmp_path / "no-bundle"), "clinical": h.CLINICAL_FORM_DEFAULTS,
+           "log_file": str(tmp_path / "out" / "job.log")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    out = subprocess.run([sys.executable, "-m", "NPCPrognosisLib.slicer_helpers", str(tmp_path / "job.json")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    error = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert "not a model bundle" in error["error"]
+    assert error["type"] == "BundleError"
+    assert "not a model bundle" in (tmp_path / "out" / "job.log").read_text()
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["message"] == "checking the model bundle"
+
+
+def test_unknown_job_action_is_refused(tmp_path):
+    files = h.sample_patient_files(SAMPLE)
+    if "t1c" not in files:
+        pytest.skip("sample patient not shipped yet")
+    with pytest.raises(ValueError, match="unknown job action"):
+        h.run_job({"action": "train", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
+                  progress=lambda f, m: None)
+
+
+def test_cancel_stops_a_job_between_stages(tmp_path):
+    files = h.sample_patient_files(SAMPLE)
+    if "t1c" not in files:
+        pytest.skip("sample patient not shipped yet")
+    seen = []
+    with pytest.raises(h.JobCancelled):
+        h.run_job({"action": "predict", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
+                  progress=lambda f, m: seen.append(m), cancelled=lambda: len(seen) >= 1)
+    assert seen == ["reading images"]
+    assert not (tmp_path / "result.json").exists()
+
+
+DEMO_BUNDLE = ROOT / "Resources" / "DemoBundle"
+
+
+@pytest.mark.slow
+def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
+    files = h.sample_patient_files(SAMPLE)
+    if not (DEMO_BUNDLE / "bundle.json").exists() or "mask" not in files:
+        pytest.skip("demo bundle or sample patient not shipped yet")
+    import SimpleITK as sitk
+
+    mask = sitk.ReadImage(str(files["mask"]))
+    array = sitk.GetArrayFromImage(mask)
+    eroded = sitk.GetArrayFromImage(sitk.BinaryErode(mask == 1, [1, 1, 0]))
+    edited_array = np.where(array == 1, np.where(eroded > 0, 1, 0), array).astype(np.uint8)
+    edited = sitk.GetImageFromArray(edited_array)
+    edited.CopyInformation(mask)
+    sitk.WriteImage(edited, str(tmp_path / "edited.nii.gz"))
+    clinical = h.clinical_values_to_form(json.loads(files["clinical"].read_text()))
+    job = {"action": "predict", "out_dir": str(tmp_path / "job"), "patient_id": "NPC-SAMPLE-001",
+           "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(tmp_path / "edited.nii.gz"),
+           "reference_mask": str(files["mask"]), "bundle": str(DEMO_BUNDLE), "clinical": clinical}
+    result = h.run_job(job, progress=lambda f, m: None)
+    prediction = result["prediction"]
+    assert math.isfinite(prediction["risk_score"]) and prediction["risk_group"] in ("high", "low")
+    assert math.isfinite(result["reference_prediction"]["risk_score"])
+    assert result["reference_features"] != result["features"]  # edited contours were not served from the cache
+    features = json.loads(Path(result["features"]).read_text())["features"]
+    document = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
+    assert set(document["feature_columns"]) <= set(features)
+    rows = h.feature_rows(features, document)
+    assert [r[0] for r in rows] == document["feature_columns"]
+    assert sum(r[2] for r in rows) == len(document["signature"]["features"])
+    voxel = float(np.prod(mask.GetSpacing())) / 1000.0
+    report = h.contour_change_report(array, edited_array, voxel, result["reference_prediction"], prediction)
+    assert 0 < report["structures"]["GTVp"]["dice"] < 1 and report["structures"]["GTVn"]["dice"] == 1.0
