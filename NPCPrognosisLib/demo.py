@@ -20,7 +20,7 @@ def sample_case_paths(folder: Path = SAMPLE_CASE) -> Dict[str, Path]:
     return {**paths, "clinical": folder / "clinical.json"}
 
 
-def run_demo(out: "str | Path", *, n: int = 80, seed: int = 7, workers: int = 2, progress: bool = True,
+def run_demo(out: "str | Path", *, n: int = 120, seed: int = 7, workers: int = 2, progress: bool = True,
              endpoint: str = "dmfs") -> Dict[str, Any]:
     from .assessment import evaluate_cohort
     from .evaluation import harrell_c

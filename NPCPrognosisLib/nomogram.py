@@ -27,6 +27,9 @@ class Nomogram:
     model: CoxModel
     low: List[float]
     high: List[float]
+    #: Mean linear predictor of the training cohort: risk 0 is the average training patient, so a score
+    #: means something to a clinician (log hazard ratio against that patient) whatever the factors' units.
+    center: float = 0.0
 
     @property
     def factors(self) -> List[str]:
@@ -45,11 +48,16 @@ class Nomogram:
         return values
 
     def risk(self, table: "pd.DataFrame | Mapping[str, float]") -> np.ndarray:
-        """Linear predictor (log relative hazard); higher means worse prognosis."""
-        return self.model.linear_predictor(self._matrix(table))
+        """Log hazard ratio against the average training patient; higher means worse prognosis."""
+        return self.model.linear_predictor(self._matrix(table)) - self.center
 
     def survival(self, table: "pd.DataFrame | Mapping[str, float]", months: Sequence[float] = REPORT_MONTHS) -> np.ndarray:
         return self.model.survival_at(self._matrix(table), np.asarray(months, float))
+
+    def survival_for_risk(self, risk: float, months: Sequence[float]) -> np.ndarray:
+        """Survival curve of a patient with this risk score (e.g. a risk group's median: the reference curves)."""
+        h0 = self.model.cumulative_hazard_at(np.zeros((1, len(self.factors))), np.asarray(months, float))[0]
+        return np.exp(-np.asarray(h0) * np.exp(float(risk) + self.center))
 
     def _scale(self) -> "tuple[np.ndarray, np.ndarray, float]":
         coef = np.asarray(self.model.coef, float)
@@ -73,12 +81,13 @@ class Nomogram:
                 for f, v, lo, hi in zip(self.factors, x, self.low, self.high) if v < lo or v > hi]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "model": self.model.to_dict(), "low": self.low, "high": self.high}
+        return {"name": self.name, "model": self.model.to_dict(), "low": self.low, "high": self.high,
+                "center": self.center}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Nomogram":
         return cls(name=data["name"], model=CoxModel.from_dict(data["model"]), low=list(data["low"]),
-                   high=list(data["high"]))
+                   high=list(data["high"]), center=float(data.get("center", 0.0)))
 
 
 def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: np.ndarray, event: np.ndarray,
@@ -88,4 +97,5 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
     model = fit_cox(values, np.asarray(time, float), np.asarray(event, bool), covariates=list(factors), ties=ties,
                     penalizer=penalizer)
     return Nomogram(name=name, model=model, low=[float(v) for v in values.min(axis=0)],
-                    high=[float(v) for v in values.max(axis=0)])
+                    high=[float(v) for v in values.max(axis=0)],
+                    center=float(np.mean(model.linear_predictor(values))))

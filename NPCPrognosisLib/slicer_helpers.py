@@ -327,10 +327,9 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Optional[
         horizon = float(max(72.0, min(120.0, float(np.max(model.baseline_times)) if len(model.baseline_times) else 72.0)))
         months = np.linspace(0.0, horizon, 61)
     grid = np.asarray(months, float)
-    h0 = np.exp(-np.asarray(model.cumulative_hazard_at(np.zeros((1, len(nomogram.factors))), grid))[0])
 
-    def at_risk(lp: float) -> List[float]:
-        return [float(v) for v in h0 ** math.exp(lp)]
+    def at_risk(risk: float) -> List[float]:
+        return [float(v) for v in nomogram.survival_for_risk(risk, grid)]
 
     columns: Dict[str, List[float]] = {"months": [float(m) for m in grid]}
     columns["this patient"] = [float(v) for v in nomogram.survival(dict(factors), grid)[0]]
