@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="end-to-end demo on SYNTHETIC data and the shipped sample case")
     p.add_argument("--out", default="npc-demo-output")
-    p.add_argument("--n", type=int, default=120, help="size of the synthetic cohort (70 % trains)")
+    p.add_argument("--n", type=int, default=120, help="size of the synthetic cohort (70%% trains)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_cmd_demo)

@@ -222,3 +222,12 @@ def test_dask_engine_gives_the_same_table(small_cohort, tmp_path):
     dask = pd.read_csv(tmp_path / "dask.csv", dtype={"patient_id": str})
     assert not result.failures
     pd.testing.assert_frame_equal(dask, local.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("command", ["synth", "extract", "train", "evaluate", "predict", "train-net", "segment",
+                                     "cox", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: npc-prognosis " + command in capsys.readouterr().out
