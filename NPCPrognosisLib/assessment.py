@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 import pandas as pd
 
+from .atomic import json_default, write_text_atomic
 from .clinical import parse_clinical
 from .errors import InputError
 from .features_table import read_features, read_manifest_features
@@ -100,20 +99,6 @@ def evaluate_cohort(
         predictions[f"nomogram_survival_{months}m"] = survival[:, j]
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
-    _write_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=_plain))
+    write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=json_default))
     return metrics
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from .atomic import json_default
 from .errors import BundleError
 
 FORMAT = "npc-prognosis-bundle"
@@ -47,18 +48,6 @@ def software_versions() -> Dict[str, str]:
     return versions
 
 
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable; bundles hold JSON only")
-
-
 def write_bundle(out_dir: "str | Path", content: Mapping[str, Any],
                  extra_files: Optional[Mapping[str, "str | Path"]] = None) -> Path:
     """Write ``content`` as bundle.json plus ``extra_files`` (name -> source path), then checksums.
@@ -77,7 +66,7 @@ def write_bundle(out_dir: "str | Path", content: Mapping[str, Any],
             "software": software_versions(),
             **dict(content),
         }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(document, indent=2, default=_json_default, allow_nan=True))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(document, indent=2, default=json_default, allow_nan=True))
         for name, source in (extra_files or {}).items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
+from .atomic import write_text_atomic
 from .errors import InputError
 from .imageio import PatientImages, load_patient
 from .manifest import IMAGE_COLUMNS, Manifest, PatientEntry
@@ -100,12 +100,6 @@ def _one_patient(entry: PatientEntry, preprocess: Dict[str, Any], params_path: O
         return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def failures_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".failures.csv")
 
@@ -185,23 +179,19 @@ def extract_cohort(
         else:
             rows.append({"patient_id": result["patient_id"], **result["features"]})
     failures_file = failures_path_for(out)
-    pd.DataFrame(failures, columns=["patient_id", "stage", "error"]).to_csv(failures_file.with_name(
-        f".{failures_file.name}.tmp"), index=False)
-    os.replace(failures_file.with_name(f".{failures_file.name}.tmp"), failures_file)
+    write_text_atomic(failures_file, pd.DataFrame(failures, columns=["patient_id", "stage", "error"]).to_csv(index=False))
     if not rows:
         if out.exists():
             out.unlink()
         raise InputError(f"no patient could be processed ({len(failures)} failed); see {failures_file}",
                          path=manifest.source, fix="fix the first error listed in the failures file")
     table = pd.DataFrame(rows)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    write_text_atomic(out, table.to_csv(index=False))
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
             "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures),
             "mask": "automatic (network)" if auto_mask else "manifest",
             "network": None if network is None else str(network)}
-    _atomic_write_text(meta_path_for(out), json.dumps(meta, indent=2))
+    write_text_atomic(meta_path_for(out), json.dumps(meta, indent=2))
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out))
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import pandas as pd
 
+from .atomic import json_default, write_text_atomic
 from .benefit import benefit_statement
 from .clinical import ClinicalRecord, parse_clinical
 from .errors import InputError
@@ -140,10 +141,5 @@ def predict_patient(
 
 
 def write_prediction(prediction: Prediction, out_dir: "str | Path") -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "prediction.json"
-    tmp = path.with_name(".prediction.json.tmp")
-    tmp.write_text(json.dumps(prediction.to_dict(), indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out_dir) / "prediction.json",
+                             json.dumps(prediction.to_dict(), indent=2, default=json_default))
