@@ -114,6 +114,20 @@ def config_key(preprocess: PreprocessConfig, grid: GridConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _content_key(paths: Sequence[Optional[Path]]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        path = None if path is None else Path(path)
+        if path is not None and path.is_file():
+            digest.update(path.read_bytes())
+        elif path is not None and path.is_dir():  # DICOM folder: names, sizes and times of its files
+            digest.update(repr(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                      for p in path.iterdir())).encode())
+        else:
+            digest.update(repr(path).encode())
+    return digest.hexdigest()[:8]
+
+
 @dataclass
 class CasePatient:
     """One training case on the working grid."""
@@ -132,7 +146,8 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
     """Read, align, preprocess and resample one manifest entry (or reuse its cache file)."""
     from .imageio import load_patient
 
-    key = config_key(preprocess, grid)
+    # the key covers the files' contents: a replaced image gets a new cache entry instead of a stale array
+    key = config_key(preprocess, grid) + _content_key([entry.images.get(s) for s in SEQUENCE_ORDER] + [entry.mask])
     cache = None if cache_dir is None else Path(cache_dir) / f"{entry.patient_id}_{key}.npz"
     if cache is not None and cache.exists():
         data = np.load(cache)

@@ -109,7 +109,7 @@ def _tta_plan(n: int) -> List[Tuple[bool, float]]:
     plan = [(False, 1.0)]
     factors = [1.0, 0.95, 1.05, 0.9, 1.1]
     for k in range(1, int(n) + 1):
-        plan.append((k % 2 == 1, factors[((k - 1) // 2) % len(factors)]))
+        plan.append((k % 2 == 1, factors[(k // 2) % len(factors)]))  # flip, then a new intensity, alternately
     return plan
 
 

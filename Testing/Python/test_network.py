@@ -1,0 +1,285 @@
+"""Multi-task segmentation/survival network: shapes, Cox loss, training, exact resume, geometry, cohorts.
+
+Tiny networks on tiny synthetic cohorts keep this file fast on 2 CPU cores; the shipped demo network is
+checked for geometry and a sanity Dice (the full accuracy targets live in bench/bench_segment.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+pytest.importorskip("torchsurv")
+
+from NPCPrognosisLib.imageio import load_patient, same_geometry  # noqa: E402
+from NPCPrognosisLib.manifest import read_manifest  # noqa: E402
+from NPCPrognosisLib.net_data import event_balanced_batches  # noqa: E402
+from NPCPrognosisLib.net_training import train_network  # noqa: E402
+from NPCPrognosisLib.network import NetworkConfig, build_network, cox_loss  # noqa: E402
+from NPCPrognosisLib.segmentation import (load_network, segment_cohort, segment_patient,  # noqa: E402
+                                          segmentation_metrics)
+from NPCPrognosisLib.synth import synthesize_cohort  # noqa: E402
+
+DEMO_NETWORK = Path(__file__).resolve().parents[2] / "Resources" / "DemoNetwork"
+TINY = {
+    "network": {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "risk_hidden": 8},
+    "grid": {"spacing": [6.0, 6.0, 8.0], "size": [32, 32, 16]},
+    "preprocess": {"n4": False},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    return synthesize_cohort(5, 8080, tmp_path_factory.mktemp("tiny_cohort"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_net") / "bundle"
+    return train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3,
+                         val_fraction=0.4, progress=False, config=TINY)
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+def test_forward_shapes_and_binary_head():
+    config = NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=8, binary_head=True)
+    net = build_network(config, voxel_ml=0.1).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 32, 32, 16))
+    assert out["seg_logits"].shape == (2, 3, 32, 32, 16)
+    assert out["risk"].shape == (2,)
+    assert out["binary_logit"].shape == (2,)
+    assert torch.isfinite(out["risk"]).all()
+
+
+def _numpy_neg_pll(risk, time, event, ties):
+    """Textbook Cox partial likelihood (Breslow or Efron ties), summed over distinct event times."""
+    total, terms = 0.0, 0
+    for t in np.unique(time[event]):
+        dead = (time == t) & event
+        at_risk = time >= t
+        d = int(dead.sum())
+        risk_sum = np.exp(risk[at_risk]).sum()
+        dead_sum = np.exp(risk[dead]).sum()
+        if ties == "breslow":
+            log_den = d * math.log(risk_sum)
+        else:
+            log_den = sum(math.log(risk_sum - j / d * dead_sum) for j in range(d))
+        total += risk[dead].sum() - log_den
+        terms += 1
+    return -total, terms
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_loss_matches_textbook_partial_likelihood(ties):
+    from torchsurv.loss.cox import neg_partial_log_likelihood
+
+    rng = np.random.default_rng(0)
+    n = 14
+    risk = rng.normal(size=n)
+    time = rng.choice([3.0, 5.0, 8.0, 12.0, 20.0], size=n)  # many ties
+    event = rng.random(n) < 0.6
+    expected, terms = _numpy_neg_pll(risk, time, event, ties)
+    got = neg_partial_log_likelihood(torch.tensor(risk), torch.tensor(event), torch.tensor(time),
+                                     ties_method=ties, reduction="sum")
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    if ties == "efron":  # the training loss: Efron, averaged over distinct event times
+        ours = cox_loss(torch.tensor(risk), torch.tensor(time), torch.tensor(event))
+        assert float(ours) == pytest.approx(expected / terms, rel=1e-6)
+    assert float(cox_loss(torch.tensor(risk), torch.tensor(time), torch.zeros(n, dtype=torch.bool))) == 0.0
+
+
+def test_event_balanced_batches_spread_events():
+    events = [True] * 6 + [False] * 14
+    batches = event_balanced_batches(events, 4, seed=5)
+    assert sorted(i for b in batches for i in b) == list(range(20))
+    assert all(len(b) <= 4 for b in batches)
+    assert all(any(events[i] for i in b) for b in batches)  # 6 events over 5 batches
+    assert batches == event_balanced_batches(events, 4, seed=5)
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    config = NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=8)
+    net = build_network(config, voxel_ml=0.3)
+    x = torch.randn(4, 3, 32, 32, 16)
+    y = torch.zeros(4, 1, 32, 32, 16, dtype=torch.long)
+    y[:, :, 10:20, 10:20, 5:10] = 1
+    y[:, :, 22:27, 5:10, 3:6] = 2
+    x[:, 2] += 2.0 * (y[:, 0] > 0)  # the tumour is bright on "t1c"
+    time, event = torch.tensor([5.0, 9.0, 14.0, 30.0]), torch.tensor([True, False, True, True])
+    seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        out = net(x)
+        loss = seg_loss(out["seg_logits"], y) + 0.5 * cox_loss(out["risk"], time, event)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, tmp_path):
+    model = load_network(tiny_bundle)  # checksums verified, architecture rebuilt from JSON
+    spec = model.content["network"]
+    assert model.content["kind"] == "network" and not model.synthetic_demo
+    assert len(spec["history"]) == 2 and spec["endpoint"] == "dmfs"
+    assert {"dice_gtvp", "dice_gtvn", "c_index"} <= {k[4:] for k in spec["history"][-1] if k.startswith("val_")}
+    assert spec["score_normalisation"]["sd"] > 0
+    work = tiny_bundle.with_name(tiny_bundle.name + ".work") / "checkpoints"
+    assert {"latest.safetensors", "latest_optimizer.safetensors", "latest.json", "best.safetensors"} <= \
+        {p.name for p in work.iterdir()}
+
+    out = tmp_path / "resumed"
+    stopped = train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3,
+                            val_fraction=0.4, progress=False, config=TINY, stop_after_epoch=0)
+    assert not out.exists() and (stopped / "latest.json").exists()  # "killed" after epoch 1 of 2
+    train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3, val_fraction=0.4,
+                  progress=False, config=TINY, resume=True)
+    uninterrupted = _weights(work / "latest.safetensors")
+    resumed = _weights(out.with_name("resumed.work") / "checkpoints" / "latest.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert (out / "network.safetensors").read_bytes() == (tiny_bundle / "network.safetensors").read_bytes()
+
+    with pytest.raises(ValueError, match="other settings"):
+        train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=3, batch_size=3, seed=3, val_fraction=0.4,
+                      progress=False, config=TINY, resume=True)
+
+
+def test_tampered_network_bundle_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    from NPCPrognosisLib.errors import BundleError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "network.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match="checksum"):
+        load_network(copy)
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+def _rotated_flipped(image: sitk.Image, *, is_label: bool = False) -> sitk.Image:
+    """The same anatomy on a grid with flipped axes and an oblique tilt (a different 'scanner')."""
+    angle = math.radians(12.0)
+    rot = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+    direction = rot @ np.diag([-1.0, 1.0, -1.0])
+    size = np.array(image.GetSize())
+    spacing = np.array(image.GetSpacing()) * np.array([1.1, 1.1, 0.9])
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in (size - 1) / 2]))
+    new_size = np.round(size / np.array([1.1, 1.1, 0.9])).astype(int)
+    ref = sitk.Image([int(v) for v in new_size], sitk.sitkFloat32)
+    ref.SetSpacing([float(v) for v in spacing])
+    ref.SetDirection([float(v) for v in direction.ravel()])
+    ref.SetOrigin([float(v) for v in centre - direction @ (spacing * (new_size - 1) / 2)])
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    return sitk.Resample(image, ref, sitk.Transform(), interp, 0.0,
+                         sitk.sitkUInt8 if is_label else sitk.sitkFloat32)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    assert (DEMO_NETWORK / "bundle.json").exists(), "the demo network is not shipped (scripts/train_demo_network.sh)"
+    return load_network(DEMO_NETWORK, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fresh_patients(tmp_path_factory):
+    cohort = synthesize_cohort(2, 60606, tmp_path_factory.mktemp("fresh"), progress=False)
+    return [load_patient(e.patient_id, e.images, e.mask) for e in read_manifest(cohort.manifest_path).entries()]
+
+
+def _same_exact_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+            and a.GetDirection() == b.GetDirection())
+
+
+def test_demo_network_geometry_on_rotated_flipped_grid(demo_model, fresh_patients):
+    patient = fresh_patients[0]
+    images = {k: _rotated_flipped(v) for k, v in patient.images.items()}
+    truth = _rotated_flipped(patient.mask, is_label=True)
+    result = segment_patient(demo_model, images, patient_id=patient.patient_id, tta=2, saliency=True)
+    reference = images["t1c"]
+    assert _same_exact_geometry(result.mask, reference)
+    assert result.mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(result.mask))) <= {0, 1, 2}
+    for extra in (result.uncertainty, result.saliency):
+        assert _same_exact_geometry(extra, reference) and extra.GetPixelID() == sitk.sitkFloat32
+    unc = sitk.GetArrayViewFromImage(result.uncertainty)
+    assert np.isfinite(unc).all() and unc.min() >= 0 and unc.max() <= 1.0 + 1e-5
+    assert math.isfinite(result.deep_score) and result.deep_score_sd is not None and result.deep_score_sd >= 0
+    assert result.volumes_ml["gtvp"] > 0
+    assert any("SYNTHETIC" in w for w in result.warnings)
+    # the tilt and flips must not cost accuracy: the contour still lands on the tumour
+    assert segmentation_metrics(result.mask, truth)["dice_gtvp"] > 0.6
+
+
+def test_demo_network_dice_on_fresh_patients(demo_model, fresh_patients):
+    dices = []
+    for patient in fresh_patients:
+        result = segment_patient(demo_model, patient.images, patient_id=patient.patient_id)
+        assert same_geometry(result.mask, patient.reference)
+        voxel_ml = np.prod(patient.reference.GetSpacing()) / 1000.0
+        gtvp_voxels = int((sitk.GetArrayViewFromImage(result.mask) == 1).sum())
+        assert result.volumes_ml["gtvp"] == pytest.approx(gtvp_voxels * voxel_ml)
+        dices.append(segmentation_metrics(result.mask, patient.mask)["dice_gtvp"])
+    assert min(dices) > 0.6, dices
+
+
+def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_cohort, tmp_path):
+    import pandas as pd
+
+    table = pd.read_csv(tiny_cohort.manifest_path).head(3)
+    table.loc[1, "t2"] = "images/does_not_exist.nii.gz"
+    manifest = Path(tiny_cohort.manifest_path).with_name("partly_broken.csv")
+    table.to_csv(manifest, index=False)
+    model = load_network(tiny_bundle)
+    out = segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    new = read_manifest(out)
+    with open(tmp_path / "seg" / "failures.csv") as fh:
+        failures = list(csv.DictReader(fh))
+    assert [f["patient_id"] for f in failures] == [table.loc[1, "patient_id"]]
+    assert "not found" in failures[0]["message"]
+    for entry in new.entries():
+        if entry.patient_id == table.loc[1, "patient_id"]:
+            assert entry.mask is None
+            continue
+        assert entry.mask.exists() and entry.mask.parent == (tmp_path / "seg").resolve()
+        patient = load_patient(entry.patient_id, entry.images)  # image paths still resolve from the new folder
+        mask = sitk.ReadImage(str(entry.mask))
+        assert same_geometry(mask, patient.reference)  # NIfTI stores geometry in float32: equal to 1e-3 voxel
+        assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1, 2}
+    scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
+    assert len(scores) == 2 and np.isfinite(scores["deep_score"]).all()
