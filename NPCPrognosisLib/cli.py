@@ -112,9 +112,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_train_net(args: argparse.Namespace) -> int:
     from .net_training import train_network
 
+    config = {}
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the training options: {exc}", path=args.config,
+                             fix="give a JSON object of TrainConfig fields, e.g. {\"cox_weight\": 0.5}") from None
+    if args.cox_weight is not None:
+        config["cox_weight"] = args.cox_weight
+    if args.binary_column:
+        config["binary_column"] = args.binary_column
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = train_network(args.manifest, args.endpoint, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                        device=args.device, seed=args.seed, progress=not args.quiet, resume=args.resume,
-                        synthetic_demo=args.synthetic)
+                        device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+                        progress=not args.quiet, resume=args.resume, synthetic_demo=args.synthetic,
+                        work_dir=args.work_dir, config=config)
     print(f"network bundle written: {out}")
     return 0
 
@@ -254,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share (epoch selection)")
+    p.add_argument("--cox-weight", type=float, help="weight of the Cox loss against Dice + CE (default 0.5)")
+    p.add_argument("--binary-column", help="also train the binary head on this 0/1 column (e.g. ic_response)")
+    p.add_argument("--config", help="JSON file of further training options (TrainConfig fields)")
+    p.add_argument("--work-dir", help="checkpoints and preprocessing cache (default: <out>.work)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
     p.set_defaults(func=_cmd_train_net)
 

@@ -13,6 +13,9 @@ Why the loop is built this way:
 * Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON.
 * Checkpoints and the preprocessing cache live beside the bundle (``<out>.work/``), not in it: the bundle
   folder is replaced atomically when it is written and must hold only checksummed files.
+* After the last epoch the best epoch's risk head gets its last layer refitted on the whole training split
+  (ridge Cox, :func:`refit_risk_head`): the joint mini-batch Cox loss learns good features but a noisy final
+  weighting. The bundle records the refit (ridge strength, cross-validated C, coefficients).
 * CUDA: bfloat16 autocast (no loss scaler, so no scaler state to checkpoint). CPU is the default.
 """
 
@@ -64,6 +67,13 @@ class TrainConfig:
     binary_weight: float = 0.2
     #: Post-processing stored in the bundle: nodes smaller than this are dropped as noise.
     gtvn_min_ml: float = 0.2
+    #: Ridge strengths tried when the last risk layer is refitted on the whole training split
+    #: (:func:`refit_risk_head`); the one with the best cross-validated C wins.
+    refit_penalties: List[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    #: Fewer training events than this and the refit is skipped (the jointly trained head is kept).
+    refit_min_events: int = 8
+    #: Whether the MLP output enters the refit. Off: it is in-sample on the training patients (see network.py).
+    refit_include_mlp: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return {"network": self.network.to_dict(), "grid": self.grid.to_dict(),
@@ -182,11 +192,12 @@ def load_checkpoint(ckpt_dir: Path, name: str, model, optimizer=None) -> Optiona
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-def predict_cases(model, cases: Sequence[CasePatient], device: str) -> tuple:
-    """(argmax labels per case, risks) on the working grid without augmentation."""
+def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False) -> tuple:
+    """(argmax labels per case, risks) on the working grid without augmentation; with ``head_inputs`` also
+    the MLP output and the raw image measures of the risk head, per case."""
     import torch
 
-    labels, risks = [], []
+    labels, risks, mlp, measures = [], [], [], []
     model.eval()
     with torch.no_grad():
         for case in cases:
@@ -195,7 +206,80 @@ def predict_cases(model, cases: Sequence[CasePatient], device: str) -> tuple:
                 out = model(x)
             labels.append(out["seg_logits"].argmax(1)[0].cpu().numpy())
             risks.append(float(out["risk"][0].float()))
+            if head_inputs:
+                mlp.append(float(model.risk_mlp(out["features"].float())[0, 0]))
+                measures.append(out["measures"][0].float().cpu().numpy())
+    if head_inputs:
+        return labels, np.array(risks), np.array(mlp), np.array(measures)
     return labels, np.array(risks)
+
+
+def _cv_c_index(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float, seed: int,
+                folds: int = 5) -> float:
+    """Harrell's C of out-of-fold linear predictors (folds stratified by event), pooled over folds."""
+    from .cox import fit_cox
+
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(time), int)
+    for group in (np.flatnonzero(event), np.flatnonzero(~event)):
+        fold[rng.permutation(group)] = np.arange(len(group)) % folds
+    lp = np.empty(len(time))
+    for k in range(folds):
+        test = fold == k
+        model = fit_cox(design[~test], time[~test], event[~test], ties="efron", penalizer=penalizer)
+        lp[test] = design[test] @ model.coef
+    return safe_c_index(time, event, lp)
+
+
+def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties: Sequence[float], *,
+                    min_events: int = 8, seed: int = 0, include_mlp: bool = False) -> Dict[str, Any]:
+    """Refit the risk head's linear path by a ridge Cox model on all ``cases``; returns what was done.
+
+    Design: the standardised image measures (``network.IMAGE_MEASURES``) [and the MLP output with
+    ``include_mlp``]; ridge strength by 5-fold cross-validated C. The fitted coefficients are written into the
+    network (linear path replaced, measure mean/SD stored as buffers, last MLP layer scaled, to zero when the
+    MLP is left out), so the network's risk equals the Cox linear predictor up to a constant. With fewer than
+    ``min_events`` events the joint head is kept.
+    """
+    import torch
+
+    from .cox import fit_cox
+    from .network import IMAGE_MEASURES
+
+    time = np.array([c.time for c in cases], float)
+    event = np.array([c.event for c in cases], bool)
+    if int(event.sum()) < min_events:
+        return {"refitted": False, "reason": f"{int(event.sum())} training events < {min_events}"}
+    _, _, mlp, measures = predict_cases(model, cases, device, head_inputs=True)
+    mlp_mean, mlp_sd = float(mlp.mean()), float(mlp.std())
+    mean, sd = measures.mean(0), measures.std(0)
+    varying = sd > 1e-6
+    sd = np.where(varying, sd, 1.0)
+    use_mlp = include_mlp and mlp_sd > 1e-6
+    design = ((measures - mean) / sd)[:, varying]
+    if use_mlp:
+        design = np.column_stack([(mlp - mlp_mean) / mlp_sd, design])
+    scores = {float(p): _cv_c_index(design, time, event, float(p), seed) for p in penalties}
+    best = max(scores, key=lambda p: (np.nan_to_num(scores[p], nan=0.0), p))
+    fit = fit_cox(design, time, event, ties="efron", penalizer=best)
+    coef = list(fit.coef)
+    mlp_coef = coef.pop(0) if use_mlp else 0.0
+    linear = np.zeros(len(IMAGE_MEASURES))
+    linear[varying] = coef
+    with torch.no_grad():
+        last = model.risk_mlp[-1]
+        scale = mlp_coef / mlp_sd if use_mlp else 0.0
+        last.weight.mul_(scale)
+        last.bias.copy_((last.bias - mlp_mean) * scale)
+        model.risk_linear.weight.copy_(torch.as_tensor(linear, dtype=last.weight.dtype)[None])
+        model.risk_linear.bias.zero_()
+        model.measure_mean.copy_(torch.as_tensor(mean, dtype=model.measure_mean.dtype))
+        model.measure_sd.copy_(torch.as_tensor(sd, dtype=model.measure_sd.dtype))
+    _, refitted = predict_cases(model, cases, device)
+    return {"refitted": True, "n": len(cases), "events": int(event.sum()), "penalizer": best, "mlp": use_mlp,
+            "cv_c_index": {str(k): v for k, v in scores.items()},
+            "train_c_index": safe_c_index(time, event, refitted),
+            "coefficients": {"deep_mlp": mlp_coef, **{name: float(v) for name, v in zip(IMAGE_MEASURES, linear)}}}
 
 
 def _autocast(device: str):
@@ -333,7 +417,8 @@ def train_network(
         if resume:
             loaded = load_checkpoint(ckpt_dir, "latest", model, optimizer)
             if loaded is not None:
-                if loaded.get("config") != state["config"] or loaded.get("seed") != int(seed) \
+                if _epoch_settings(loaded.get("config")) != _epoch_settings(state["config"]) \
+                        or loaded.get("seed") != int(seed) \
                         or loaded.get("epochs") != int(epochs):
                     from .errors import InputError
 
@@ -348,13 +433,27 @@ def train_network(
         if state["epoch"] < epochs - 1:
             return ckpt_dir
         best = load_checkpoint(ckpt_dir, "best", model)
+        refit = refit_risk_head(model, train_cases, device, train_config.refit_penalties,
+                                min_events=train_config.refit_min_events, seed=int(seed),
+                                include_mlp=train_config.refit_include_mlp)
+        if refit["refitted"]:
+            refit["val_c_index"] = evaluate(model, val_cases, device)["c_index"]
+            log.info("risk head refitted on %d training patients (ridge %g): train C %.3f, validation C %.3f",
+                     refit["n"], refit["penalizer"], refit["train_c_index"], refit["val_c_index"])
+        _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(state["best_epoch"])})
         _, train_risks = predict_cases(model, train_cases, device)
         content = _bundle_content(train_config, state, best, endpoint, train_risks, synthetic_demo,
                                   batch_size=batch_size, val_fraction=val_fraction, device=device)
+        content["network"]["risk_head_refit"] = refit
         return bundle_io.write_bundle(out_dir, content,
-                                      extra_files={"network.safetensors": ckpt_dir / "best.safetensors"})
+                                      extra_files={"network.safetensors": ckpt_dir / "final.safetensors"})
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _epoch_settings(config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The options that shape the epochs; the refit (``refit_*``) runs after them and may change on resume."""
+    return {k: v for k, v in dict(config or {}).items() if not k.startswith("refit_")}
 
 
 def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases, state, ckpt_dir, *, epochs,

@@ -65,6 +65,8 @@ class SegmentationResult:
     deep_score_sd: Optional[float]
     volumes_ml: Dict[str, float]
     warnings: List[str] = field(default_factory=list)
+    #: Probability from the optional binary head (e.g. response to induction chemotherapy), when trained.
+    binary_probability: Optional[float] = None
 
 
 def load_network(bundle_dir: "str | Path", device: str = "auto") -> NetworkModel:
@@ -131,8 +133,19 @@ def _risk_box(prob: np.ndarray, box: List[int]) -> Tuple[slice, slice, slice]:
     return tuple(slices)
 
 
+def _head_values(out: Mapping[str, Any]) -> Dict[str, float]:
+    """Scalar head outputs of a batch of one: the risk, and the binary head's probability when it exists."""
+    import torch
+
+    values = {"risk": float(out["risk"][0])}
+    if "binary_logit" in out:
+        values["binary_probability"] = float(torch.sigmoid(out["binary_logit"][0].float()))
+    return values
+
+
 def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
-    """Probabilities (3, X, Y, Z) on the working grid, the risk, and optionally a Grad-CAM on the working grid."""
+    """Probabilities (3, X, Y, Z) on the working grid, the head outputs (``_head_values``), and optionally a
+    Grad-CAM of the risk on the working grid."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -146,7 +159,7 @@ def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
         if single and not want_saliency:
             out = net(tensor)
             prob = torch.softmax(out["seg_logits"].float(), 1)[0].cpu().numpy()
-            return prob, float(out["risk"][0]), None
+            return prob, _head_values(out), None
         if single:
             logits = net.segment(tensor)
         else:
@@ -157,19 +170,19 @@ def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
     crop = tensor[(slice(None), slice(None)) + slices]
     if not want_saliency:
         with torch.no_grad():
-            return prob, float(net(crop)["risk"][0]), None
+            return prob, _head_values(net(crop)), None
     with torch.enable_grad():
         bottleneck, down, decoded, logits = net.encode_decode(crop)
         stage = down[1] if len(down) > 1 else down[0]
-        risk = net.heads(net.risk_features(bottleneck, decoded, logits))["risk"][0]
-        grads = torch.autograd.grad(risk, stage)[0]
+        heads = net.heads(*net.risk_features(crop, bottleneck, decoded, logits, detach=False))
+        grads = torch.autograd.grad(heads["risk"][0], stage)[0]
     weights = grads.mean(dim=(2, 3, 4), keepdim=True)
     cam = torch.relu((weights * stage).sum(1, keepdim=True))
     cam = torch.nn.functional.interpolate(cam, size=crop.shape[2:], mode="trilinear", align_corners=False)
     cam = cam[0, 0].detach().cpu().numpy()
     full = np.zeros(grid_size, dtype=np.float32)
     full[slices] = cam / cam.max() if cam.max() > 0 else cam
-    return prob, float(risk.detach()), full
+    return prob, _head_values({k: v.detach() for k, v in heads.items()}), full
 
 
 def _postprocess(labels: np.ndarray, spacing: Tuple[float, ...], postprocessing: Mapping[str, Any],
@@ -208,14 +221,16 @@ def segment_patient(model: NetworkModel, images: Mapping[str, sitk.Image], *, pa
         from tqdm import tqdm
 
         steps = tqdm(plan, desc=f"segmenting {patient_id}", unit="pass", leave=False)
-    probs, risks, cam = [], [], None
+    probs, risks, binary, cam = [], [], [], None
     for k, (flip, factor) in enumerate(steps):
         xk = x * factor
         if flip:
             xk = xk[:, ::-1].copy()
-        prob, risk, cam_k = _network_pass(model, xk, saliency and k == 0)
+        prob, heads, cam_k = _network_pass(model, xk, saliency and k == 0)
         probs.append(prob[:, ::-1] if flip else prob)
-        risks.append(risk)
+        risks.append(heads["risk"])
+        if "binary_probability" in heads:
+            binary.append(heads["binary_probability"])
         cam = cam_k if k == 0 else cam
     prob = np.mean(probs, axis=0)
     if not np.isfinite(prob).all() or not np.isfinite(risks).all():
@@ -246,7 +261,8 @@ def segment_patient(model: NetworkModel, images: Mapping[str, sitk.Image], *, pa
     return SegmentationResult(mask=mask, probabilities=prob_img, uncertainty=uncertainty, saliency=saliency_img,
                               deep_score=float(np.mean(risks)),
                               deep_score_sd=float(np.std(risks, ddof=1)) if len(risks) > 1 else None,
-                              volumes_ml=volumes, warnings=warnings)
+                              volumes_ml=volumes, warnings=warnings,
+                              binary_probability=float(np.mean(binary)) if binary else None)
 
 
 def segment_cohort(model: NetworkModel, manifest_path: "str | Path", out_dir: "str | Path", *, tta: int = 0,
@@ -283,7 +299,8 @@ def segment_cohort(model: NetworkModel, manifest_path: "str | Path", out_dir: "s
             masks[entry.patient_id] = name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
-                           "gtvn_ml": result.volumes_ml["gtvn"], "warnings": " | ".join(result.warnings)})
+                           "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
+                           "warnings": " | ".join(result.warnings)})
         except Exception as exc:  # one patient's failure never stops a cohort
             log.warning("patient %s failed: %s", entry.patient_id, exc)
             failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
@@ -302,8 +319,10 @@ def segment_cohort(model: NetworkModel, manifest_path: "str | Path", out_dir: "s
     tmp = out_dir / ".manifest.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(out_dir / "manifest.csv")
-    pd.DataFrame(scores, columns=["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "warnings"]) \
-        .to_csv(out_dir / "deep_scores.csv", index=False)
+    columns = ["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "binary_probability", "warnings"]
+    if not model.net.config.binary_head:
+        columns.remove("binary_probability")
+    pd.DataFrame(scores, columns=columns).to_csv(out_dir / "deep_scores.csv", index=False)
     failures_path = out_dir / "failures.csv"
     if failures:
         pd.DataFrame(failures).to_csv(failures_path, index=False)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--n", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--full-epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)

@@ -139,6 +139,45 @@ def test_a_few_training_steps_reduce_the_loss():
     assert losses[-1] < 0.8 * losses[0]
 
 
+def test_risk_head_refit_writes_the_cox_fit_into_the_network():
+    """The refit's Cox linear predictor and the network's own risk must be the same function (up to a constant),
+    and on cases whose T2 brightness drives hazard the refitted risk must rank them better than the joint head."""
+    from NPCPrognosisLib.cox import fit_cox
+    from NPCPrognosisLib.net_data import CasePatient
+    from NPCPrognosisLib.net_training import predict_cases, refit_risk_head, safe_c_index
+
+    rng = np.random.default_rng(11)
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4), 0.3)
+    cases = []
+    for i in range(48):
+        image = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
+        shift = rng.normal()
+        image[1] += shift  # brighter T2 = higher hazard
+        time = float(rng.exponential(np.exp(-1.5 * shift)))
+        cases.append(CasePatient(f"P{i}", image, np.zeros((1, 16, 16, 8), np.uint8), time, bool(rng.random() < 0.8)))
+    times, events = np.array([c.time for c in cases]), np.array([c.event for c in cases])
+    _, joint, mlp, measures = predict_cases(net, cases, "cpu", head_inputs=True)
+
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    standard = (measures - measures.mean(0)) / measures.std(0)
+    mlp_column = ((mlp - mlp.mean()) / mlp.std())[:, None]
+    for include_mlp, design in ((False, standard), (True, np.hstack([mlp_column, standard]))):
+        net.load_state_dict(state)
+        report = refit_risk_head(net, cases, "cpu", [0.1, 1.0, 10.0], seed=1, include_mlp=include_mlp)
+        assert report["refitted"] and report["mlp"] is include_mlp and report["penalizer"] in (0.1, 1.0, 10.0)
+        _, refitted = predict_cases(net, cases, "cpu")
+        lp = design @ fit_cox(design, times, events, ties="efron", penalizer=report["penalizer"]).coef
+        assert np.ptp(refitted - lp) < 1e-4 * max(1.0, np.ptp(lp))
+        assert report["train_c_index"] == pytest.approx(safe_c_index(times, events, lp), abs=1e-9)
+        assert report["train_c_index"] > max(0.75, safe_c_index(times, events, joint))
+        assert report["coefficients"]["mean_t2_gtvp"] > 0
+        assert (report["coefficients"]["deep_mlp"] == 0.0) is not include_mlp
+
+    few = [CasePatient(c.patient_id, c.image, c.label, c.time, False) for c in cases[:10]]
+    assert refit_risk_head(net, few, "cpu", [1.0])["refitted"] is False
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 def _weights(path):
@@ -173,6 +212,36 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
     with pytest.raises(ValueError, match="other settings"):
         train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=3, batch_size=3, seed=3, val_fraction=0.4,
                       progress=False, config=TINY, resume=True)
+
+
+def test_binary_head_trains_from_the_cli_and_reports_a_probability(tiny_cohort, tmp_path):
+    """train-net --binary-column ic_response: the head is built, trained, stored and used at inference."""
+    import json
+
+    from NPCPrognosisLib.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "binary_net"
+    assert main(["--quiet", "train-net", "--manifest", str(tiny_cohort.manifest_path), "--endpoint", "dmfs",
+                 "--out", str(out), "--epochs", "1", "--batch-size", "3", "--seed", "2", "--val-fraction", "0.4",
+                 "--config", str(config), "--binary-column", "ic_response", "--cox-weight", "0.25",
+                 "--threads", "2"]) == 0
+    model = load_network(out)
+    spec = model.content["network"]
+    assert spec["architecture"]["binary_head"] is True
+    assert spec["training"]["config"]["binary_column"] == "ic_response"
+    assert spec["training"]["config"]["cox_weight"] == 0.25
+    entry = read_manifest(tiny_cohort.manifest_path).entries()[0]
+    patient = load_patient(entry.patient_id, entry.images)
+    result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=1)
+    assert result.binary_probability is not None and 0.0 < result.binary_probability < 1.0
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["--quiet", "train-net", "--manifest", str(tiny_cohort.manifest_path), "--endpoint", "dmfs",
+                 "--out", str(tmp_path / "never"), "--config", str(bad)]) == 2
+    assert not (tmp_path / "never").exists()
 
 
 def test_tampered_network_bundle_is_refused(tiny_bundle, tmp_path):

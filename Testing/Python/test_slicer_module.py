@@ -264,8 +264,6 @@ def test_form_errors_are_the_cores_input_errors():
 
 def test_sample_clinical_json_round_trips_through_the_form():
     files = h.sample_patient_files(SAMPLE)
-    if "clinical" not in files:
-        pytest.skip("sample patient not shipped yet")
     raw = json.loads(files["clinical"].read_text())
     form = h.clinical_values_to_form(raw)
     assert h.parse_clinical_form(form) == parse_clinical(raw)
@@ -275,8 +273,6 @@ def test_sample_clinical_json_round_trips_through_the_form():
 
 def test_sample_patient_files_are_found():
     files = h.sample_patient_files(SAMPLE)
-    if not files:
-        pytest.skip("sample patient not shipped yet")
     assert {"t1", "t2", "t1c", "mask"} <= set(files)
 
 
@@ -467,8 +463,6 @@ def test_features_are_reused_only_for_the_same_contours_and_bundle(tmp_path, mon
 
 def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
     files = h.sample_patient_files(SAMPLE)
-    if not {"t1", "t2", "t1c", "mask"} <= set(files):
-        pytest.skip("sample patient not shipped yet")
     job = {"action": "predict", "out_dir": str(tmp_path / "out"), "patient_id": "NPC-SAMPLE-001",
            "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(files["mask"]),
            "bundle": str(tmp_path / "no-bundle"), "clinical": h.CLINICAL_FORM_DEFAULTS,
@@ -487,8 +481,6 @@ def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
 
 def test_unknown_job_action_is_refused(tmp_path):
     files = h.sample_patient_files(SAMPLE)
-    if "t1c" not in files:
-        pytest.skip("sample patient not shipped yet")
     with pytest.raises(ValueError, match="unknown job action"):
         h.run_job({"action": "train", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
                   progress=lambda f, m: None)
@@ -496,8 +488,6 @@ def test_unknown_job_action_is_refused(tmp_path):
 
 def test_cancel_stops_a_job_between_stages(tmp_path):
     files = h.sample_patient_files(SAMPLE)
-    if "t1c" not in files:
-        pytest.skip("sample patient not shipped yet")
     seen = []
     with pytest.raises(h.JobCancelled):
         h.run_job({"action": "predict", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
@@ -512,8 +502,6 @@ DEMO_BUNDLE = ROOT / "Resources" / "DemoBundle"
 @pytest.mark.slow
 def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
     files = h.sample_patient_files(SAMPLE)
-    if not (DEMO_BUNDLE / "bundle.json").exists() or "mask" not in files:
-        pytest.skip("demo bundle or sample patient not shipped yet")
     import SimpleITK as sitk
 
     mask = sitk.ReadImage(str(files["mask"]))
