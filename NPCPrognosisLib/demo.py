@@ -12,6 +12,8 @@ from typing import Any, Dict
 
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 SAMPLE_CASE = RESOURCES / "SampleData" / "NPC-SAMPLE-001"
+DEMO_NETWORK = RESOURCES / "DemoNetwork"
+DEMO_BUNDLE = RESOURCES / "DemoBundle"
 
 
 def sample_case_paths(folder: Path = SAMPLE_CASE) -> Dict[str, Path]:
@@ -37,14 +39,14 @@ def run_demo(out: "str | Path", *, n: int = 120, seed: int = 7, workers: int = 2
     print("NPCPrognosis demo - all data are SYNTHETIC; the model is not for clinical use.")
     cohort = synthesize_cohort(n, seed, out / "cohort", progress=progress, workers=workers)
     manifest = read_manifest(cohort.manifest_path, require_mask=True)
-    print(f"[1/5] synthetic cohort of {n} patients: {cohort.manifest_path}")
+    print(f"[1/6] synthetic cohort of {n} patients: {cohort.manifest_path}")
     extraction = extract_cohort(manifest, out / "features.csv", workers=workers, progress=progress)
-    print(f"[2/5] radiomics: {extraction.table.shape[1] - 1} features per patient, "
+    print(f"[2/6] radiomics: {extraction.table.shape[1] - 1} features per patient, "
           f"{len(extraction.failures)} failure(s)  ({time.time() - started:.0f} s)")
     bundle_dir = out / "bundle"
     document = train(manifest, out / "features.csv", endpoint, bundle_dir, test_fraction=0.3, seed=seed,
                      synthetic=True)
-    print(f"[3/5] trained on {document['training']['n']} patients; Rad-score uses "
+    print(f"[3/6] trained on {document['training']['n']} patients; Rad-score uses "
           f"{len(document['signature']['features'])} feature(s)")
     metrics = evaluate_cohort(bundle_dir, manifest, out / "features.csv", endpoint, out / "evaluation", n_boot=300,
                               seed=seed)
@@ -54,7 +56,7 @@ def run_demo(out: "str | Path", *, n: int = 120, seed: int = 7, workers: int = 2
     predictions = pd.read_csv(out / "evaluation" / "predictions.csv", dtype={"patient_id": str})
     joined = predictions.merge(truth, on="patient_id")
     oracle = harrell_c(joined[f"{endpoint}_time"], joined[f"{endpoint}_event"] > 0, joined[f"lp_{endpoint}"])
-    print(f"[4/5] held-out {metrics['n']} patients ({metrics['events']} events): oracle C-index {oracle:.3f}")
+    print(f"[4/6] held-out {metrics['n']} patients ({metrics['events']} events): oracle C-index {oracle:.3f}")
     for name, block in metrics["models"].items():
         lo, hi = block["c_index_95ci"]
         print(f"      {name:10s} C-index {block['c_index']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
@@ -65,7 +67,29 @@ def run_demo(out: "str | Path", *, n: int = 120, seed: int = 7, workers: int = 2
     prediction = predict_patient(load_bundle(bundle_dir), patient, clinical)
     path = write_prediction(prediction, out / "prediction")
     survival = ", ".join(f"{m} mo {s:.0%}" for m, s in prediction.survival.items())
-    print(f"[5/5] sample patient NPC-SAMPLE-001: {prediction.risk_group} risk (score {prediction.risk_score:.2f}); "
+    print(f"[5/6] sample patient NPC-SAMPLE-001: {prediction.risk_group} risk (score {prediction.risk_score:.2f}); "
           f"{endpoint.upper()} {survival} -> {path}")
+    automatic = automatic_sample_prediction(patient, clinical, out / "automatic")
+    print(f"[6/6] fully automatic (shipped demo network + demo bundle, no contours given): Dice vs the sample's "
+          f"contours GTVp {automatic['dice_gtvp']:.2f}, GTVn {automatic['dice_gtvn']:.2f}; deep score "
+          f"{automatic['deep_score']:.2f}; {automatic['risk_group']} risk -> {automatic['path']}")
     print(f"demo finished in {time.time() - started:.0f} s; outputs in {out}")
-    return {"metrics": metrics, "oracle_c_index": oracle, "prediction": prediction.to_dict()}
+    return {"metrics": metrics, "oracle_c_index": oracle, "prediction": prediction.to_dict(), "automatic": automatic}
+
+
+def automatic_sample_prediction(patient: Any, clinical: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """The sample patient without contours: the shipped network segments, the shipped bundle predicts."""
+    from .features_table import cached_network
+    from .imageio import PatientImages, write_image_atomic
+    from .models import load_bundle
+    from .prediction import predict_patient, write_prediction
+    from .segmentation import segment_patient, segmentation_metrics
+
+    result = segment_patient(cached_network(DEMO_NETWORK), patient.images, patient_id=patient.patient_id)
+    out.mkdir(parents=True, exist_ok=True)
+    write_image_atomic(result.mask, out / f"{patient.patient_id}_auto_mask.nii.gz")
+    metrics = segmentation_metrics(result.mask, patient.mask)
+    unmasked = PatientImages(patient.patient_id, patient.images, None, patient.warnings)
+    prediction = predict_patient(load_bundle(DEMO_BUNDLE), unmasked, clinical)
+    return {"dice_gtvp": metrics["dice_gtvp"], "dice_gtvn": metrics["dice_gtvn"], "deep_score": result.deep_score,
+            "risk_group": prediction.risk_group, "path": str(write_prediction(prediction, out))}

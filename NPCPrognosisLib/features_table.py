@@ -164,7 +164,9 @@ def extract_cohort(
     if runner is not None:
         results = runner(_one_patient, entries, *args)
     elif workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from .processes import spawn_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
             futures = [pool.submit(_one_patient, e, *args) for e in entries]
             results = [f.result() for f in tqdm(futures, desc="radiomics", unit="patient", disable=not progress)]
     else:

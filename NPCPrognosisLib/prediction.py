@@ -82,7 +82,10 @@ def predict_patient(
     record = clinical if isinstance(clinical, ClinicalRecord) else parse_clinical(clinical, patient.patient_id)
     segmentation: Dict[str, Any] = {}
     warnings: List[str] = []
-    needs_network = features is None and (patient.mask is None or bundle.uses_deep_score)
+    # The deep score depends on the images only, so precomputed radiomics (e.g. of edited contours) still need
+    # the network unless they carry the score too.
+    has_deep = features is not None and DEEP_SCORE in features
+    needs_network = (features is None and patient.mask is None) or (bundle.uses_deep_score and not has_deep)
     deep_sd = None
     row: Dict[str, float] = {}
     if needs_network:

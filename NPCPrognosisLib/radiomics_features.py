@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import sys
 import threading
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .processes import spawn_context, worker_python
 
 logger = logging.getLogger(__name__)
 
@@ -459,7 +459,7 @@ def _run_jobs(
         )
 
     results: dict[tuple[str, str], dict[str, float]] = {}
-    if workers > 1 and len(jobs) > 1 and _worker_python() is None:
+    if workers > 1 and len(jobs) > 1 and worker_python() is None:
         logger.warning(
             "patient %r: no Python interpreter found to start worker processes from %s; extracting sequentially",
             patient_id,
@@ -499,33 +499,12 @@ _POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _worker_python(executable: str | None = None) -> str | None:
-    """The interpreter spawned workers must run.
-
-    spawn starts ``sys.executable``; inside Slicer that is the application itself (SlicerApp-real), which would
-    open a new Slicer window per worker. Slicer ships ``PythonSlicer`` next to it, which is the right choice.
-    """
-    exe = Path(executable or sys.executable or "")
-    if exe.name.lower().startswith("python"):
-        return str(exe)
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        candidate = exe.parent / name
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            # spawn, not fork: forking a process that runs Qt/VTK threads (Slicer) or ITK threads can deadlock.
-            context = multiprocessing.get_context("spawn")
-            python = _worker_python()
-            if python is not None and Path(python) != Path(sys.executable):
-                context.set_executable(python)
             pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_worker_init
+                max_workers=workers, mp_context=spawn_context(), initializer=_worker_init
             )
             _POOLS[workers] = pool
         return pool

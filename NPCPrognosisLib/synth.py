@@ -649,7 +649,9 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
     ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
     bar = {"total": len(ids), "desc": "synthetic cohort", "unit": "patient", "disable": not progress}
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from .processes import spawn_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
             futures = [pool.submit(_synthesize_and_write, pid, rng, image_dir, out_dir) for pid, rng in zip(ids, rngs)]
             results = [f.result() for f in tqdm(futures, **bar)]
     else:

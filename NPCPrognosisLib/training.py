@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
 #: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
 COX_PENALIZER = 0.01
+#: Folds of the cross-fitted Rad-score the Cox models are fitted on (see ``cross_fitted_rad_score``).
+RAD_SCORE_FOLDS = 5
 
 
 def hash_id(patient_id: str) -> str:
@@ -94,6 +96,8 @@ class TrainedModels:
     train_time: List[float]
     train_event: List[int]
     metrics: Dict[str, Any] = field(default_factory=dict)
+    #: How the Cox models saw the Rad-score during fitting ("5-fold cross-fitted" or "in-sample").
+    rad_score_for_cox: str = "in-sample"
 
     def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
         """Risk (linear predictor) of every model for aligned manifest/features rows."""
@@ -101,10 +105,43 @@ class TrainedModels:
         return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
 
 
+def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
+                           settings: Optional[SignatureSettings], folds: int) -> Optional[np.ndarray]:
+    """Out-of-fold Rad-scores of the training patients (each from a signature fitted without them), or None
+    when a fold has too few events to fit one.
+
+    Why: the LASSO-Cox Rad-score is fitted to the training patients' own outcomes, so on them it ranks far
+    better than on new patients; a Cox model fitted on that in-sample score gives it nearly all the weight and
+    drowns the clinical factors (and the deep score). Fitting the Cox models on out-of-fold scores (stacking)
+    weighs the Rad-score as it will behave on new patients; new patients are scored by the full signature.
+    """
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    seed = (settings or SignatureSettings()).seed
+    rng = np.random.default_rng(seed + 7919)
+    fold = np.empty(len(time), int)
+    for group in (np.flatnonzero(event), np.flatnonzero(~event)):
+        fold[rng.permutation(group)] = np.arange(len(group)) % folds
+    scores = np.empty(len(time))
+    matrix = feature_matrix(features)
+    for k in range(folds):
+        held = fold == k
+        try:
+            signature = fit_signature(matrix[~held].reset_index(drop=True), time[~held], event[~held], settings)
+        except InputError as exc:
+            log.warning("Rad-score cross-fitting skipped (%s); the Cox models use the in-sample Rad-score", exc)
+            return None
+        scores[held] = signature.rad_score(matrix[held])
+    return scores
+
+
 def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                settings: Optional[SignatureSettings] = None, *, ties: str = "efron",
-               penalizer: float = COX_PENALIZER) -> TrainedModels:
-    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i)."""
+               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS) -> TrainedModels:
+    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i).
+
+    The Cox models see the Rad-score cross-fitted over ``rad_score_folds`` folds (0: in-sample, as most
+    published nomograms do; see :func:`cross_fitted_rad_score`).
+    """
     from .risk_groups import max_logrank_cutoff
 
     check_outcomes(manifest, endpoint)
@@ -112,6 +149,9 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     signature = fit_signature(feature_matrix(features), time, event, settings)
     ebv_fill = ebv_fill_value(manifest)
     factors = model_factors(clinical_table(manifest, ebv_fill), signature, features)
+    oof = cross_fitted_rad_score(features, time, event, settings, rad_score_folds) if rad_score_folds > 1 else None
+    if oof is not None:
+        factors["rad_score"] = oof
     clinical = list(CLINICAL_COVARIATES)
     designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": ["rad_score", *clinical]}
     if DEEP_SCORE in factors.columns:
@@ -133,7 +173,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
         cutoffs[name] = block
     return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
                          ebv_fill=ebv_fill, train_time=[float(t) for t in time],
-                         train_event=[int(e) for e in event])
+                         train_event=[int(e) for e in event],
+                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample")
 
 
 def train(
@@ -199,7 +240,7 @@ def train(
                               "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
                               "ebv_dna": "log10(copies/mL + 1)"},
         "models": {name: model.to_dict() for name, model in models.nomograms.items()},
-        "cox": {"ties": "efron", "penalizer": COX_PENALIZER},
+        "cox": {"ties": "efron", "penalizer": COX_PENALIZER, "rad_score": models.rad_score_for_cox},
         "cutoffs": models.cutoffs,
         "chemo_benefit": chemo_benefit,
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,

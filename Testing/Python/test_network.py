@@ -306,6 +306,9 @@ def test_demo_network_geometry_on_rotated_flipped_grid(demo_model, fresh_patient
     assert set(np.unique(sitk.GetArrayViewFromImage(result.mask))) <= {0, 1, 2}
     for extra in (result.uncertainty, result.saliency):
         assert _same_exact_geometry(extra, reference) and extra.GetPixelID() == sitk.sitkFloat32
+    saliency = sitk.GetArrayViewFromImage(result.saliency)
+    inside = sitk.GetArrayViewFromImage(truth) == 1
+    assert saliency.max() > 0 and saliency[inside].mean() > 2 * saliency[~inside].mean()  # points at the tumour
     unc = sitk.GetArrayViewFromImage(result.uncertainty)
     assert np.isfinite(unc).all() and unc.min() >= 0 and unc.max() <= 1.0 + 1e-5
     assert math.isfinite(result.deep_score) and result.deep_score_sd is not None and result.deep_score_sd >= 0
@@ -352,3 +355,86 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
         assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1, 2}
     scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
     assert len(scores) == 2 and np.isfinite(scores["deep_score"]).all()
+
+
+@pytest.mark.slow
+def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
+    """Shipped network + shipped bundle on the sample patient with no contours: what `demo` step 6 shows."""
+    import json
+
+    from NPCPrognosisLib.demo import automatic_sample_prediction, sample_case_paths
+
+    case = sample_case_paths()
+    patient = load_patient("NPC-SAMPLE-001", {k: case[k] for k in ("t1", "t2", "t1c")}, case["mask"])
+    result = automatic_sample_prediction(patient, json.loads(case["clinical"].read_text()), tmp_path)
+    assert result["dice_gtvp"] > 0.7 and math.isfinite(result["deep_score"])
+    saved = json.loads(Path(result["path"]).read_text())
+    assert saved["risk_group"] == result["risk_group"] in ("high", "low")
+    assert saved["segmentation"] and any("SYNTHETIC" in w for w in saved["warnings"])
+    mask = sitk.ReadImage(str(tmp_path / "NPC-SAMPLE-001_auto_mask.nii.gz"))
+    assert same_geometry(mask, patient.reference)
+
+
+@pytest.mark.slow
+def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
+    """extract --network --mask auto -> train --network (deep + Rad-score + clinical) -> predict without a mask,
+    and `segment` for one patient with uncertainty and saliency."""
+    import json
+
+    import pandas as pd
+
+    from NPCPrognosisLib.bundle import read_bundle
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.radiomics_features import FAST_PARAMS
+
+    manifest = small_cohort / "manifest.csv"
+    features = tmp_path / "auto.csv"
+    assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(features), "--workers", "2",
+                 "--params", str(FAST_PARAMS), "--network", str(DEMO_NETWORK), "--mask", "auto"]) == 0
+    table = pd.read_csv(features, dtype={"patient_id": str})
+    assert len(table) == 24 and np.isfinite(table["deep_score"]).all()
+    entries = read_manifest(manifest).entries()
+    masks = sorted((tmp_path / "auto_masks").glob("*_mask.nii.gz"))
+    assert len(masks) == 24
+    first = entries[0]
+    auto = sitk.ReadImage(str(tmp_path / "auto_masks" / f"{first.patient_id}_mask.nii.gz"))
+    patient = load_patient(first.patient_id, first.images, first.mask)
+    assert same_geometry(auto, patient.reference)
+    assert segmentation_metrics(auto, patient.mask)["dice_gtvp"] > 0.6
+    # radiomics really come from the automatic contours: the GTVp volume (after 3 mm resampling) follows them
+    column = "t1c_gtvp_original_shape_VoxelVolume"
+    manual = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).set_index("patient_id")
+    auto_ml, manual_ml = [], []
+    for entry in entries:
+        mask = sitk.ReadImage(str(tmp_path / "auto_masks" / f"{entry.patient_id}_mask.nii.gz"))
+        auto_ml.append(float((sitk.GetArrayViewFromImage(mask) == 1).sum() * np.prod(mask.GetSpacing()) / 1000.0))
+        manual_ml.append(manual.loc[entry.patient_id, column] / 1000.0)
+    feature_ml = table.set_index("patient_id").loc[[e.patient_id for e in entries], column].to_numpy() / 1000.0
+    assert np.median(np.abs(feature_ml / np.array(auto_ml) - 1)) < 0.1
+    assert not np.allclose(feature_ml, manual_ml)
+
+    bundle = tmp_path / "bundle"
+    assert main(["--quiet", "train", "--manifest", str(manifest), "--features", str(features), "--endpoint", "dmfs",
+                 "--out", str(bundle), "--test-fraction", "0.25", "--seed", "1", "--network", str(DEMO_NETWORK)]) == 0
+    document = read_bundle(bundle)
+    assert {"deep", "radiomics_nomogram", "nomogram"} <= set(document["models"])
+    assert "deep_score" in document["models"]["nomogram"]["model"]["covariates"]
+    assert (bundle / "network" / "network.safetensors").exists()
+
+    out = tmp_path / "prediction"
+    assert main(["--quiet", "predict", "--bundle", str(bundle), "--t1", str(first.images["t1"]), "--t2",
+                 str(first.images["t2"]), "--t1c", str(first.images["t1c"]), "--tta", "2", "--clinical", "age=52",
+                 "sex=M", "t_stage=T2", "n_stage=N1", "rene=0", "ldh=180", "ebv_dna=1500", "chemo=1", "ccnd=200",
+                 "--out", str(out)]) == 0
+    prediction = json.loads((out / "prediction.json").read_text())
+    assert prediction["segmentation"]["source"] == "automatic"
+    assert math.isfinite(prediction["risk_score"]) and prediction["segmentation"]["risk_score_sd"] >= 0
+    assert prediction["risk_group"] in ("high", "low") and "deep_score" in prediction["factors"]
+
+    single = tmp_path / "one" / "mask.nii.gz"
+    assert main(["--quiet", "segment", "--bundle", str(bundle), "--t1", str(first.images["t1"]), "--t2",
+                 str(first.images["t2"]), "--t1c", str(first.images["t1c"]), "--tta", "2", "--saliency",
+                 "--out", str(single)]) == 0
+    for name in ("mask", "mask_uncertainty", "mask_saliency"):
+        image = sitk.ReadImage(str(single.parent / f"{name}.nii.gz"))
+        assert same_geometry(image, patient.reference), name

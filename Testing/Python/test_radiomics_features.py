@@ -272,10 +272,12 @@ def test_fast_params_file_is_a_true_subset(tmp_path):
 
 
 def test_worker_python_avoids_relaunching_slicer(tmp_path):
+    from NPCPrognosisLib.processes import worker_python
+
     # Inside Slicer sys.executable is the GUI application: workers must be started with PythonSlicer instead.
-    assert rf._worker_python("/usr/bin/python3.11") == "/usr/bin/python3.11"
+    assert worker_python("/usr/bin/python3.11") == "/usr/bin/python3.11"
     slicer = tmp_path / "SlicerApp-real"
     slicer.write_text("")
-    assert rf._worker_python(str(slicer)) is None
+    assert worker_python(str(slicer)) is None
     (tmp_path / "PythonSlicer").write_text("")
-    assert rf._worker_python(str(slicer)) == str(tmp_path / "PythonSlicer")
+    assert worker_python(str(slicer)) == str(tmp_path / "PythonSlicer")
