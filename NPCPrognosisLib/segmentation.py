@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -347,8 +348,10 @@ def segmentation_metrics(pred: sitk.Image, truth: sitk.Image) -> Dict[str, float
         total = int(a.sum() + b.sum())
         out[f"dice_{name}"] = float("nan") if total == 0 else 2.0 * float((a & b).sum()) / total
         if a.any() and b.any():
-            hd = compute_hausdorff_distance(torch.from_numpy(a[None, None]), torch.from_numpy(b[None, None]),
-                                            percentile=95, spacing=spacing)
+            with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own metric passes
+                warnings.simplefilter("ignore", FutureWarning)
+                hd = compute_hausdorff_distance(torch.from_numpy(a[None, None]), torch.from_numpy(b[None, None]),
+                                                percentile=95, spacing=spacing)
             out[f"hd95_{name}"] = float(hd.reshape(-1)[0])
         else:
             out[f"hd95_{name}"] = float("nan")
