@@ -8,7 +8,7 @@ packages before anything needs them.
 Why out of process: segmentation and radiomics of three sequences take minutes and hold the GIL, so running
 them in Slicer's process would freeze the GUI (processEvents only between stages) and could not be cancelled
 mid-stage. Like SlicerTotalSegmentator and SlicerNNUNet, the logic writes the inputs as temporary NIfTI files,
-starts ``PythonSlicer -m NPCPrognosisLib.slicer_helpers job.json`` with slicer.util.launchConsoleProcess, polls
+starts ``PythonSlicer -m NPCPrognosisLib.slicer_support.jobs job.json`` with slicer.util.launchConsoleProcess, polls
 it with a QTimer (the button that started it becomes Cancel, which kills the process), and imports the results.
 Headless callers (the self-test, the Python console) pass ``waitForCompletion=True`` and get the same job,
 same code, synchronously. ``logic.runInProcess = True`` runs the same job in Slicer's process (debugging,
@@ -41,11 +41,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# The demo model and sample patient ship with the core as package data (the demo network once, inside the demo
+# bundle); NPCPrognosisLib.resources imports the standard library only, so this costs nothing at load time.
+from NPCPrognosisLib.resources import DEMO_BUNDLE, DEMO_NETWORK
+from NPCPrognosisLib.resources import SAMPLE_CASE as SAMPLE_PATIENT
+
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 RESOURCES = MODULE_DIR / "Resources"
-DEMO_BUNDLE = RESOURCES / "DemoBundle"
-DEMO_NETWORK = RESOURCES / "DemoNetwork"
-SAMPLE_PATIENT = RESOURCES / "SampleData" / "NPC-SAMPLE-001"
 REQUIREMENTS = RESOURCES / "requirements.txt"
 SAMPLE_CATEGORY = "NPCPrognosis"
 AUTOMATIC_ATTRIBUTE = "NPCPrognosis.AutomaticLabelmapFor"
@@ -84,9 +86,9 @@ def registerSampleData():
     """One-click synthetic demo patient (three sequences) in the Sample Data module."""
     import SampleData
 
-    from NPCPrognosisLib.slicer_helpers import sample_patient_files
+    from NPCPrognosisLib.resources import sample_case_files
 
-    files = sample_patient_files(SAMPLE_PATIENT)
+    files = sample_case_files(SAMPLE_PATIENT)
     if not all(key in files for key in ("t1", "t2", "t1c")):
         logging.warning("NPCPrognosis: sample patient files missing in %s; no sample data registered", SAMPLE_PATIENT)
         return
@@ -247,8 +249,12 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
 
     # ------------------------------------------------------------------ running jobs
-    def _run(self, button, start):
-        """Start a job; its button turns into Cancel until it finishes."""
+    def _run(self, button, start, store):
+        """Start a job; its button turns into Cancel until it finishes.
+
+        ``start(onFinished)`` launches the logic call; ``store(output)`` keeps a successful result (parameter node,
+        panel) before the button is restored.
+        """
         if self._runningButton is not None:
             if button is self._runningButton:
                 self.logic.cancel()
@@ -269,8 +275,16 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 other.enabled = False
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
+        def finished(output, error):
+            if output is not None and error is None:
+                try:
+                    store(output)
+                except Exception as exc:  # noqa: BLE001 - shown to the user, logged with traceback
+                    output, error = None, exc
+            self._finished(output, error)
+
         try:
-            start(self._finished)
+            start(finished)
         except Exception as exc:  # noqa: BLE001 - shown to the user, logged with traceback
             self._finished(None, exc)
 
@@ -301,17 +315,13 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self):
         p = self._parameterNode
 
-        def start(done):
-            def finished(segmentation, error):
-                if segmentation is not None:
-                    p.segmentation = segmentation
-                    p.automaticLabelmap = self.logic.automaticLabelmapFor(segmentation)
-                done(segmentation, error)
+        def store(segmentation):
+            p.segmentation = segmentation
+            p.automaticLabelmap = self.logic.automaticLabelmapFor(segmentation)
 
-            self.logic.segment(self._volumes(), str(p.networkPath), segmentationNode=p.segmentation, tta=p.tta,
-                               patientId=p.patientId, waitForCompletion=False, onFinished=finished)
-
-        self._run(self.ui.segmentButton, start)
+        self._run(self.ui.segmentButton, lambda onFinished: self.logic.segment(
+            self._volumes(), str(p.networkPath), segmentationNode=p.segmentation, tta=p.tta, patientId=p.patientId,
+            waitForCompletion=False, onFinished=onFinished), store)
 
     def onEdit(self):
         p = self._parameterNode
@@ -320,21 +330,17 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExtract(self):
         p = self._parameterNode
 
-        def start(done):
-            def finished(table, error):
-                if table is not None:
-                    p.featuresTable = table
-                    slicer.util.showTable(table)
-                done(table, error)
+        def store(table):
+            p.featuresTable = table
+            slicer.util.showTable(table)
 
-            self.logic.extractFeatures(self._volumes(), p.segmentation, str(p.bundlePath), tableNode=p.featuresTable,
-                                       patientId=p.patientId, waitForCompletion=False, onFinished=finished)
-
-        self._run(self.ui.extractButton, start)
+        self._run(self.ui.extractButton, lambda onFinished: self.logic.extractFeatures(
+            self._volumes(), p.segmentation, str(p.bundlePath), tableNode=p.featuresTable, patientId=p.patientId,
+            waitForCompletion=False, onFinished=onFinished), store)
 
     def onPredict(self):
         p = self._parameterNode
-        from NPCPrognosisLib.slicer_helpers import parse_clinical_form
+        from NPCPrognosisLib.slicer_support.form import parse_clinical_form
 
         try:
             parse_clinical_form(clinicalForm(p), p.patientId)
@@ -342,19 +348,14 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis: clinical form")
             return
 
-        def start(done):
-            def finished(result, error):
-                if result is not None:
-                    p.lastResultJson = json.dumps(result)
-                    self.showResult(result)
-                    self.logic.showSurvivalPlot(result["curves"], title=result["prediction"]["endpoint"].upper())
-                done(result, error)
+        def store(result):
+            p.lastResultJson = json.dumps(result)
+            self.showResult(result)
+            self.logic.showSurvivalPlot(result["curves"], title=result["prediction"]["endpoint"].upper())
 
-            self.logic.predict(self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p),
-                               patientId=p.patientId, automaticLabelmap=p.automaticLabelmap,
-                               waitForCompletion=False, onFinished=finished)
-
-        self._run(self.ui.predictButton, start)
+        self._run(self.ui.predictButton, lambda onFinished: self.logic.predict(
+            self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p), patientId=p.patientId,
+            automaticLabelmap=p.automaticLabelmap, waitForCompletion=False, onFinished=onFinished), store)
 
     def onExport(self):
         p = self._parameterNode
@@ -378,7 +379,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setClinicalForm(p, clinical)
 
     def showResult(self, result):
-        from NPCPrognosisLib import slicer_helpers as h
+        from NPCPrognosisLib.slicer_support import formatting as h
 
         prediction = result["prediction"]
         self.ui.riskLabel.text = h.format_risk(prediction, result.get("uncertainty"))
@@ -409,7 +410,7 @@ class NPCPrognosisCancelled(NPCPrognosisError):
 
 
 class NPCPrognosisJobRunner:
-    """Runs one core job (see NPCPrognosisLib.slicer_helpers.run_job) in PythonSlicer, or in process."""
+    """Runs one core job (see NPCPrognosisLib.slicer_support.jobs.run_job) in PythonSlicer, or in process."""
 
     POLL_MS = 500
 
@@ -447,7 +448,7 @@ class NPCPrognosisJobRunner:
         # cwd = module folder, so `-m NPCPrognosisLib...` imports this extension's core; output goes to a log file
         # (the job redirects its descriptors), so the pipe cannot fill up and block the process.
         return slicer.util.launchConsoleProcess(
-            [self._pythonSlicer(), "-m", "NPCPrognosisLib.slicer_helpers", str(jobPath)], cwd=str(MODULE_DIR))
+            [self._pythonSlicer(), "-m", "NPCPrognosisLib.slicer_support.jobs", str(jobPath)], cwd=str(MODULE_DIR))
 
     @staticmethod
     def _collect(job, returncode, output=""):
@@ -468,7 +469,7 @@ class NPCPrognosisJobRunner:
         return self._collect(job, process.returncode, output)
 
     def _runInProcess(self, job, onProgress):
-        from NPCPrognosisLib import slicer_helpers
+        from NPCPrognosisLib.slicer_support import jobs
 
         self._cancelRequested = False
 
@@ -478,8 +479,8 @@ class NPCPrognosisJobRunner:
             slicer.app.processEvents()
 
         try:
-            return slicer_helpers.run_job(job, progress=progress, cancelled=lambda: self._cancelRequested)
-        except slicer_helpers.JobCancelled:
+            return jobs.run_job(job, progress=progress, cancelled=lambda: self._cancelRequested)
+        except jobs.JobCancelled:
             raise NPCPrognosisCancelled("cancelled") from None
         except ValueError as exc:  # InputError is a ValueError: a message for the user
             raise NPCPrognosisError(str(exc)) from None
@@ -575,13 +576,13 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ dependencies
     def missingDependencies(self):
-        from NPCPrognosisLib.slicer_helpers import missing_dependencies
+        from NPCPrognosisLib.slicer_support.dependencies import missing_dependencies
 
         return missing_dependencies()
 
     def ensureDependencies(self, askConfirmation=True):
         """Install what is missing after one confirmation; False when the user declined."""
-        from NPCPrognosisLib import slicer_helpers as h
+        from NPCPrognosisLib.slicer_support import dependencies as h
 
         missing = self.missingDependencies()
         if not missing:
@@ -658,7 +659,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode):
         """GTVp -> 1, GTVn -> 2 on the reference volume's grid, as a (temporary) labelmap node."""
-        from NPCPrognosisLib.slicer_helpers import SEGMENTS
+        from NPCPrognosisLib.contract import SEGMENTS
 
         segmentation = segmentationNode.GetSegmentation()
         ids = vtk.vtkStringArray()
@@ -683,7 +684,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     def importSegmentation(self, maskPath, referenceVolumeNode, segmentationNode=None, keepAutomaticCopy=True):
         """Label file (1 = GTVp, 2 = GTVn) -> segmentation node with named, coloured segments over the CET1W."""
-        from NPCPrognosisLib.slicer_helpers import SEGMENTS
+        from NPCPrognosisLib.contract import SEGMENTS
 
         labelmapNode = slicer.util.loadLabelVolume(str(maskPath), {"show": False})
         if segmentationNode is None:
@@ -783,7 +784,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         bundle = pathlib.Path(bundlePath or DEMO_BUNDLE)
         if not (bundle / "bundle.json").exists():
             raise NPCPrognosisError(f"no model bundle in {bundle} (bundle.json missing). Choose a bundle folder "
-                                    "trained with `npc-prognosis train`, or reinstall the extension for the demo bundle.")
+                                    "trained with `npc-prognosis train`, or reinstall the extension for the demo "
+                                    "bundle.")
         return bundle
 
     def _featuresCache(self, segmentationNode, name="features.json"):
@@ -808,7 +810,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         return self._runJob(job, finish, waitForCompletion, onFinished)
 
     def featuresToTable(self, features, bundlePath, tableNode=None):
-        from NPCPrognosisLib.slicer_helpers import feature_rows
+        from NPCPrognosisLib.slicer_support.formatting import feature_rows
 
         document = json.loads((pathlib.Path(bundlePath) / "bundle.json").read_text())
         rows = feature_rows(features, document)
@@ -834,7 +836,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
     def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId="patient", automaticLabelmap=None,
                 waitForCompletion=True, onFinished=None):
         """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change."""
-        from NPCPrognosisLib.slicer_helpers import parse_clinical_form
+        from NPCPrognosisLib.slicer_support.form import parse_clinical_form
 
         try:
             parse_clinical_form(clinical, patientId)
@@ -858,7 +860,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
 
         def finish(result):
-            from NPCPrognosisLib import slicer_helpers as h
+            from NPCPrognosisLib.slicer_support.contour_change import contour_change_report
 
             for key, target in (("features", cache), ("reference_features", referenceCache)):
                 if result.get(key) and pathlib.Path(result[key]) != target:
@@ -866,7 +868,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             if editedArray is not None:
                 spacing = volumes["t1c"].GetSpacing()
                 automaticArray = slicer.util.arrayFromVolume(automaticLabelmap)
-                result["contour_change"] = h.contour_change_report(
+                result["contour_change"] = contour_change_report(
                     automaticArray, editedArray, spacing[0] * spacing[1] * spacing[2] / 1000.0,
                     result.get("reference_prediction"), result["prediction"])
             return result
@@ -882,7 +884,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     def exportReport(self, result, outputDirectory):
         """report.html + report.json + survival.png in ``outputDirectory``; returns the paths."""
-        from NPCPrognosisLib.slicer_helpers import write_report
+        from NPCPrognosisLib.slicer_support.report import write_report
 
         folder = pathlib.Path(outputDirectory) / result["prediction"]["patient_id"]
         return {k: str(v) for k, v in write_report(result, folder).items()}
@@ -938,10 +940,12 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     def loadSamplePatient(self, folder=None):
         """The shipped synthetic patient: volume nodes {t1, t2, t1c} and its clinical form values."""
-        from NPCPrognosisLib.slicer_helpers import SEQUENCE_TITLES, clinical_values_to_form, sample_patient_files
+        from NPCPrognosisLib.contract import SEQUENCE_TITLES
+        from NPCPrognosisLib.resources import sample_case_files
+        from NPCPrognosisLib.slicer_support.form import clinical_values_to_form
 
         folder = pathlib.Path(folder or SAMPLE_PATIENT)
-        files = sample_patient_files(folder)
+        files = sample_case_files(folder)
         if not all(key in files for key in ("t1", "t2", "t1c")):
             raise NPCPrognosisError(f"sample patient not found in {folder}; reinstall the extension")
         nodes = {key: slicer.util.loadVolume(str(files[key]), {"name": f"{folder.name} {SEQUENCE_TITLES[key]}"})
@@ -981,9 +985,9 @@ class NPCPrognosisTest(ScriptedLoadableModuleTest):
             segmentationNode = logic.segment(volumes, str(DEMO_NETWORK), patientId="NPC-SAMPLE-001")
         else:  # the network is a separate deliverable; the rest of the chain is still tested on the shipped mask
             logging.warning("NPCPrognosis self-test: no demo network; using the sample's reference mask")
-            from NPCPrognosisLib.slicer_helpers import sample_patient_files
+            from NPCPrognosisLib.resources import sample_case_files
 
-            segmentationNode = logic.importSegmentation(sample_patient_files(SAMPLE_PATIENT)["mask"], volumes["t1c"])
+            segmentationNode = logic.importSegmentation(sample_case_files(SAMPLE_PATIENT)["mask"], volumes["t1c"])
         segmentation = segmentationNode.GetSegmentation()
         spacing = volumes["t1c"].GetSpacing()
         voxelMl = spacing[0] * spacing[1] * spacing[2] / 1000.0

@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
 
-from .errors import BundleError, InputError
+from NPCPrognosisLib.contract import ENDPOINTS
+from NPCPrognosisLib.errors import BundleError, InputError
 
 log = logging.getLogger("npc_prognosis")
 
@@ -25,7 +25,7 @@ def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import synthesize_cohort
+    from NPCPrognosisLib.datasets.synth import synthesize_cohort
 
     cohort = synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet, workers=args.workers)
     print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
@@ -34,8 +34,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .features_table import dask_runner, extract_cohort
-    from .manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.pipeline.extract import dask_runner, extract_cohort
 
     auto = args.mask == "auto"
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=not auto)
@@ -51,8 +51,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .manifest import load_column_map, read_manifest
-    from .training import train
+    from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.pipeline.train import train
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
@@ -62,15 +62,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
           f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
     signature = document["signature"]
-    print(f"Rad-score: {len(signature['features'])} feature(s) selected from {signature['diagnostics']['n_features_in']}")
+    n_in = signature["diagnostics"]["n_features_in"]
+    print(f"Rad-score: {len(signature['features'])} feature(s) selected from {n_in}")
     for name, block in training["metrics"].items():
         print(f"  training C-index {name:10s} {block['c_index']:.3f}  (optimistic: evaluate on held-out patients)")
     return 0
 
 
+def _number(value: float | None, spec: str) -> str:
+    """A metric as text; ``n/a`` where the cohort could not give it (e.g. no event in one risk group)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .assessment import evaluate_cohort
-    from .manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
@@ -78,18 +84,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
     for name, block in metrics["models"].items():
-        lo, hi = block["c_index_95ci"]
-        print(f"  {name:10s} C-index {block['c_index']:.3f} (95% CI {lo:.3f}-{hi:.3f})  log-rank p "
-              f"{block['logrank_p']:.2g}")
+        lo, hi = block["c_index_95ci"] or (None, None)
+        print(f"  {name:10s} C-index {_number(block['c_index'], '.3f')} (95% CI {_number(lo, '.3f')}-"
+              f"{_number(hi, '.3f')})  log-rank p {_number(block['logrank_p'], '.2g')}")
+        for warning in block.get("warnings", []):
+            print(f"    warning: {warning}")
     print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .clinical import parse_key_values
-    from .imageio import load_patient
-    from .models import load_bundle
-    from .prediction import predict_patient, write_prediction
+    from NPCPrognosisLib.io.clinical import parse_key_values
+    from NPCPrognosisLib.io.images import load_patient
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
 
     bundle = load_bundle(args.bundle)
     clinical = parse_key_values(args.clinical or [])
@@ -106,11 +114,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for warning in prediction.warnings:
         print(f"  warning: {warning}")
     print(f"written: {path}")
+    if prediction.automatic_mask is not None:
+        print(f"automatic contours: {path.with_name(AUTOMATIC_MASK_FILE)}")
     return 0
 
 
 def _cmd_train_net(args: argparse.Namespace) -> int:
-    from .net_training import train_network
+    from NPCPrognosisLib.deep.training import train_network
 
     config = {}
     if args.config:
@@ -136,9 +146,9 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .features_table import cached_network
-    from .imageio import load_patient, write_image_atomic
-    from .segmentation import segment_cohort, segment_patient
+    from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient
+    from NPCPrognosisLib.io.images import load_patient, write_image_atomic
+    from NPCPrognosisLib.pipeline.segment import segment_cohort
 
     network = _network_dir(args.bundle)
     model = cached_network(network)
@@ -175,7 +185,8 @@ def _network_dir(path: str) -> Path:
 def _cmd_cox(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .cox import cox_table
+    from NPCPrognosisLib.io.atomic import to_json, write_json_atomic
+    from NPCPrognosisLib.pipeline.cox_table import cox_table
 
     path = Path(args.table)
     if not path.exists():
@@ -183,15 +194,14 @@ def _cmd_cox(args: argparse.Namespace) -> int:
     table = pd.read_csv(path)
     covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
     result = cox_table(table, args.time_col, args.event_col, covariates, ties=args.ties)
-    text = json.dumps(result, indent=2)
     if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+        write_json_atomic(args.out, result)
+    print(to_json(result))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from NPCPrognosisLib.pipeline.demo import run_demo
 
     run_demo(args.out, n=args.n, seed=args.seed, workers=args.workers, progress=not args.quiet)
     return 0
@@ -214,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest_args(p)
     p.add_argument("--out", required=True, help="features CSV (failures and metadata are written beside it)")
     p.add_argument("--workers", type=int, default=1, help="patients processed in parallel")
-    p.add_argument("--params", default=None, help="PyRadiomics parameter file (default: Resources/radiomics/NPCPrognosis.yaml)")
+    p.add_argument("--params", default=None,
+                   help="PyRadiomics parameter file (default: the shipped NPCPrognosis.yaml, the papers' settings)")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--dask-scheduler", default=None, help="address of a Dask scheduler (default: a local cluster)")
     p.add_argument("--network", default=None, help="network bundle: adds each patient's deep score")
@@ -225,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
     _add_manifest_args(p)
     p.add_argument("--features", required=True)
-    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
     p.add_argument("--test-fraction", type=float, default=0.3)
@@ -240,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     _add_manifest_args(p)
     p.add_argument("--features", required=True)
-    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--subset", choices=("auto", "all"), default="auto",
                    help="auto: leave out the bundle's training patients (default); all: every patient")
@@ -263,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-net", help="train the multi-task segmentation + survival network")
     p.add_argument("--manifest", required=True)
-    p.add_argument("--endpoint", choices=("dmfs", "os", "pfs"), required=True)
+    p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
     p.add_argument("--out", required=True, help="network bundle directory")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=4)
@@ -309,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -6,8 +6,6 @@ and the fix saves the user a debugging session, so every input check in the core
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class InputError(ValueError):
     """Bad input, described so a clinician or researcher can fix it without reading the code."""
@@ -16,10 +14,10 @@ class InputError(ValueError):
         self,
         problem: str,
         *,
-        patient_id: Optional[str] = None,
-        path: Optional[str] = None,
-        column: Optional[str] = None,
-        fix: Optional[str] = None,
+        patient_id: str | None = None,
+        path: str | None = None,
+        column: str | None = None,
+        fix: str | None = None,
     ) -> None:
         self.problem = problem
         self.patient_id = patient_id

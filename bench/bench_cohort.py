@@ -1,7 +1,7 @@
 """Cohort benchmark on SYNTHETIC data: the nomogram's held-out C-index against the oracle, full paper settings.
 
-    python bench/bench_cohort.py [--n 200] [--seed 2026] [--workers 2] [--params Resources/radiomics/NPCPrognosis.yaml]
-                                 [--network Resources/DemoNetwork [--mask auto]]
+    python bench/bench_cohort.py [--n 200] [--seed 2026] [--workers 2] [--params PARAMS.yaml]
+                                 [--network NETWORK_BUNDLE [--mask auto]]
 
 Prints the wall time of each stage, the oracle C-index (true linear predictor from truth.csv) and each model's
 C-index on the 30 % held-out patients, and the ratio nomogram / oracle (target >= 0.85). Exit code 1 if the
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from NPCPrognosisLib.assessment import evaluate_cohort
-from NPCPrognosisLib.evaluation import harrell_c
-from NPCPrognosisLib.features_table import extract_cohort
-from NPCPrognosisLib.manifest import read_manifest
-from NPCPrognosisLib.radiomics_features import DEFAULT_PARAMS
-from NPCPrognosisLib.synth import synthesize_cohort
-from NPCPrognosisLib.training import train
+from NPCPrognosisLib.datasets.synth import synthesize_cohort
+from NPCPrognosisLib.io.manifest import read_manifest
+from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+from NPCPrognosisLib.pipeline.extract import extract_cohort
+from NPCPrognosisLib.pipeline.train import train
+from NPCPrognosisLib.resources import RADIOMICS_PARAMS
+from NPCPrognosisLib.survival.metrics import harrell_c
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS))
+    parser.add_argument("--params", default=str(RADIOMICS_PARAMS))
     parser.add_argument("--endpoint", default="dmfs")
     parser.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder)")
     parser.add_argument("--network", default=None, help="network bundle: adds the deep score")

@@ -5,7 +5,8 @@ Usage: python bench/bench_extract.py [--workers 2] [--params PATH] [--repeats 3]
 Builds one patient (3 sequences, ~128 x 128 x 30 voxels of 1.5 x 1.5 x 4 mm, a ~20 mL primary tumour and a ~5 mL
 node), runs ``extract_patient(workers=1)`` and ``extract_patient(workers=N)`` with the same settings (the paper
 settings by default), prints wall times, their ratio and peak memory, and exits 1 if the two feature dicts are not
-identical. Uses ``NPCPrognosisLib.synth.synthesize_patient`` when it exists and fits, a local phantom otherwise.
+identical. Uses ``NPCPrognosisLib.datasets.synth.synthesize_patient`` when it exists and fits, a local phantom
+otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from NPCPrognosisLib import radiomics_features as rf
+from NPCPrognosisLib.radiomics import extraction as rf
+from NPCPrognosisLib.resources import RADIOMICS_PARAMS
 
 SHAPE_ZYX = (30, 128, 128)
 SPACING_XYZ = (1.5, 1.5, 4.0)
@@ -78,7 +80,7 @@ def _zscore_x100(image: sitk.Image) -> sitk.Image:
 def build_patient():
     """Prefer the project's synthesizer (first seed giving a node); fall back to the local phantom."""
     try:
-        from NPCPrognosisLib.synth import synthesize_patient
+        from NPCPrognosisLib.datasets.synth import synthesize_patient
 
         for seed in range(50):
             patient = synthesize_patient(np.random.default_rng(seed), f"bench-{seed}")
@@ -88,7 +90,7 @@ def build_patient():
                 return (
                     images,
                     patient.mask,
-                    f"NPCPrognosisLib.synth.synthesize_patient(seed={seed}), z-scored x100",
+                    f"NPCPrognosisLib.datasets.synth.synthesize_patient(seed={seed}), z-scored x100",
                 )
         raise RuntimeError("no synthetic patient with a node in 50 seeds")
     except Exception as exc:  # noqa: BLE001 - any mismatch means "use the local phantom"
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
         source = "bench local phantom"
     else:
         images, mask, source = build_patient()
-    params = Path(args.params) if args.params else rf.DEFAULT_PARAMS
+    params = Path(args.params) if args.params else RADIOMICS_PARAMS
     print(f"patient_source={source}")
     print(f"size_xyz={mask.GetSize()} spacing_mm={mask.GetSpacing()} sequences={','.join(images)}")
     print(f"gtvp_ml={_volume_ml(mask, 1):.1f} gtvn_ml={_volume_ml(mask, 2):.1f}")

@@ -1,6 +1,6 @@
 """Time automatic segmentation of one patient and (optionally) measure accuracy on a fresh synthetic cohort.
 
-Usage: python bench/bench_segment.py [--bundle Resources/DemoNetwork] [--threads 2] [--tta 0]
+Usage: python bench/bench_segment.py [--bundle NETWORK_BUNDLE] [--threads 2] [--tta 0]
                                      [--n 20 --seed 9999] [--json OUT.json]
 
 Timing: one synthetic patient resampled to a 256 x 256 x 30 matrix per sequence (3 sequences), full
@@ -30,9 +30,10 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from NPCPrognosisLib.segmentation import load_network, segment_patient, segmentation_metrics  # noqa: E402
+from NPCPrognosisLib.deep.segmentation import load_network, segment_patient  # noqa: E402
+from NPCPrognosisLib.imaging.overlap import segmentation_metrics  # noqa: E402
+from NPCPrognosisLib.resources import DEMO_NETWORK  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 MATRIX = (256, 256, 30)
 
 
@@ -55,7 +56,7 @@ def peak_rss_gb() -> float:
 
 
 def time_one_patient(model, tta: int, saliency: bool) -> dict:
-    from NPCPrognosisLib.synth import synthesize_patient
+    from NPCPrognosisLib.datasets.synth import synthesize_patient
 
     patient = synthesize_patient(np.random.default_rng(4321), "BENCH")
     images = {k: _resampled_to_matrix(getattr(patient, k)) for k in ("t1", "t2", "t1c")}
@@ -70,10 +71,10 @@ def time_one_patient(model, tta: int, saliency: bool) -> dict:
 def evaluate_cohort(model, n: int, seed: int, tta: int) -> dict:
     import pandas as pd
 
-    from NPCPrognosisLib.evaluation import harrell_c
-    from NPCPrognosisLib.imageio import load_patient
-    from NPCPrognosisLib.manifest import read_manifest
-    from NPCPrognosisLib.synth import synthesize_cohort
+    from NPCPrognosisLib.datasets.synth import synthesize_cohort
+    from NPCPrognosisLib.io.images import load_patient
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.survival.metrics import harrell_c
 
     with tempfile.TemporaryDirectory() as tmp:
         cohort = synthesize_cohort(n, seed, tmp, progress=False)
@@ -115,7 +116,7 @@ def evaluate_cohort(model, n: int, seed: int, tta: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", default=str(ROOT / "Resources" / "DemoNetwork"))
+    parser.add_argument("--bundle", default=str(DEMO_NETWORK))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tta", type=int, default=0)
     parser.add_argument("--saliency", action="store_true")

@@ -33,8 +33,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from NPCPrognosisLib.net_training import train_network
-    from NPCPrognosisLib.synth import synthesize_cohort
+    from NPCPrognosisLib.datasets.synth import synthesize_cohort
+    from NPCPrognosisLib.deep.training import train_network
 
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         out = train_network(cohort.manifest_path, "dmfs", f"{tmp}/bundle", epochs=args.epochs, batch_size=4,
                             seed=20240, val_fraction=0.2, progress=False, synthetic_demo=True,
-                            work_dir=f"{tmp}/work", config={"lr": 2e-3, "ce_weights": [1.0, 2.0, 5.0], "dice_include_background": False})
+                            work_dir=f"{tmp}/work",
+                            config={"lr": 2e-3, "ce_weights": [1.0, 2.0, 5.0], "dice_include_background": False})
         total_s = time.perf_counter() - start
         history = json.loads((Path(out) / "bundle.json").read_text())["network"]["history"]
     epoch_s = sum(h["seconds"] for h in history) / len(history)

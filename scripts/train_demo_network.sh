@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the shipped demo network Resources/DemoNetwork/ (SYNTHETIC - NOT FOR CLINICAL USE).
+# Reproduces the shipped demo network (SYNTHETIC - NOT FOR CLINICAL USE) into WORKDIR/network; it is stored once,
+# inside the demo bundle: scripts/build_demo_bundle.sh WORKDIR copies it to NPCPrognosisLib/resources/DemoBundle/network.
 # 120 synthetic patients (seed 31337; tests and benchmarks use other seeds), 30 epochs, 2 CPU threads, CPU only;
 # about 12 minutes on 2 cores (1 min synthesis, 1.5 min preprocessing, 30 x 17 s epochs).
 #   scripts/train_demo_network.sh [WORKDIR]     (run inside the project's .venv)
@@ -9,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-/tmp/npc_demo_network}"
 [ -f "$WORK/cohort/manifest.csv" ] || npc-prognosis synth --n 120 --seed 31337 --out "$WORK/cohort"
-npc-prognosis train-net --manifest "$WORK/cohort/manifest.csv" --endpoint dmfs --out Resources/DemoNetwork \
+npc-prognosis train-net --manifest "$WORK/cohort/manifest.csv" --endpoint dmfs --out "$WORK/network" \
     --epochs 30 --batch-size 4 --seed 20240 --val-fraction 0.2 --device cpu --threads 2 --synthetic \
     --config scripts/demo_network_config.json --work-dir "$WORK/train" --resume

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NPCPrognosisLib.bundle import CHECKSUM_FILE, FORMAT_VERSION, read_bundle, write_bundle
 from NPCPrognosisLib.errors import BundleError
-from NPCPrognosisLib.preprocess import PreprocessConfig, preprocess_image
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_image
+from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, FORMAT_VERSION, read_bundle, write_bundle
 
 
 def test_bundle_round_trip_and_checksums(tmp_path):

@@ -11,20 +11,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from NPCPrognosisLib.assessment import evaluate_cohort
-from NPCPrognosisLib.evaluation import harrell_c
-from NPCPrognosisLib.features_table import extract_cohort
-from NPCPrognosisLib.manifest import read_manifest
-from NPCPrognosisLib.radiomics_features import FAST_PARAMS
-from NPCPrognosisLib.synth import synthesize_cohort
-from NPCPrognosisLib.training import train
+from NPCPrognosisLib.datasets.synth import synthesize_cohort
+from NPCPrognosisLib.io.manifest import read_manifest
+from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+from NPCPrognosisLib.pipeline.extract import extract_cohort
+from NPCPrognosisLib.pipeline.train import train
+from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
+from NPCPrognosisLib.survival.metrics import harrell_c
 
 
 @pytest.mark.slow
 def test_nomogram_reaches_85_percent_of_oracle_on_200_patients(tmp_path):
     cohort = synthesize_cohort(200, 2026, tmp_path / "cohort", progress=False, workers=2)
     manifest = read_manifest(cohort.manifest_path)
-    extraction = extract_cohort(manifest, tmp_path / "features.csv", workers=2, params_path=FAST_PARAMS,
+    extraction = extract_cohort(manifest, tmp_path / "features.csv", workers=2, params_path=RADIOMICS_FAST_PARAMS,
                                 progress=False)
     assert not extraction.failures
     train(manifest, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", test_fraction=0.3, seed=2026)
@@ -37,7 +37,8 @@ def test_nomogram_reaches_85_percent_of_oracle_on_200_patients(tmp_path):
     oracle = harrell_c(joined["dmfs_time"], joined["dmfs_event"] > 0, joined["lp_dmfs"])
     nomogram = metrics["models"]["nomogram"]["c_index"]
     print(f"\nheld-out n=60: oracle C-index {oracle:.3f}; nomogram {nomogram:.3f} (ratio {nomogram / oracle:.3f}); "
-          f"radiomics {metrics['models']['radiomics']['c_index']:.3f}; clinical {metrics['models']['clinical']['c_index']:.3f}")
+          f"radiomics {metrics['models']['radiomics']['c_index']:.3f}; "
+          f"clinical {metrics['models']['clinical']['c_index']:.3f}")
     assert nomogram >= 0.85 * oracle
     block = metrics["models"]["nomogram"]
     print(f"risk groups (training cut-off): high {block['n_high']}, low {block['n_low']}, "

@@ -14,8 +14,9 @@ from lifelines.utils import concordance_index
 from scipy.optimize import minimize
 from sksurv.datasets import load_gbsg2
 
-from NPCPrognosisLib.cox import CoxModel, cox_table, fit_cox
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.pipeline.cox_table import cox_table
+from NPCPrognosisLib.survival.cox import CoxModel, fit_cox
 
 ROSSI_COV = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
 GBSG_COV = ["age", "tsize", "pnodes", "progrec", "estrec"]

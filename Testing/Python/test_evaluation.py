@@ -14,9 +14,9 @@ from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
 from sksurv.datasets import load_gbsg2, load_veterans_lung_cancer
 
-from NPCPrognosisLib.cox import fit_cox
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.evaluation import (
+from NPCPrognosisLib.survival.cox import fit_cox
+from NPCPrognosisLib.survival.metrics import (
     bootstrap_ci,
     calibration,
     evaluate_risk,
@@ -28,8 +28,8 @@ from NPCPrognosisLib.evaluation import (
     td_auc,
     uno_c,
 )
-from NPCPrognosisLib.plots import plot_calibration, plot_km_by_group
-from NPCPrognosisLib.risk_groups import assign_groups, max_logrank_cutoff
+from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
+from NPCPrognosisLib.survival.risk_groups import assign_groups, max_logrank_cutoff
 
 ROSSI_COV = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from NPCPrognosisLib.clinical import encode_clinical, parse_clinical, parse_key_values
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.imageio import align_patient, load_patient, read_image, same_geometry
-from NPCPrognosisLib.manifest import check_outcomes, load_column_map, read_manifest
+from NPCPrognosisLib.imaging.geometry import same_geometry
+from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical, parse_key_values
+from NPCPrognosisLib.io.images import align_patient, load_patient, read_image
+from NPCPrognosisLib.io.manifest import check_outcomes, load_column_map, read_manifest
 
 GOOD = {"age": 52, "sex": "M", "t_stage": "T2", "n_stage": "N1", "ebv_dna": 1500, "rene": 1, "ldh": 180,
         "chemo": 1, "ccnd": 200}

@@ -18,16 +18,18 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 pytest.importorskip("torchsurv")
 
-from NPCPrognosisLib.imageio import load_patient, same_geometry  # noqa: E402
-from NPCPrognosisLib.manifest import read_manifest  # noqa: E402
-from NPCPrognosisLib.net_data import event_balanced_batches  # noqa: E402
-from NPCPrognosisLib.net_training import train_network  # noqa: E402
-from NPCPrognosisLib.network import NetworkConfig, build_network, cox_loss  # noqa: E402
-from NPCPrognosisLib.segmentation import (load_network, segment_cohort, segment_patient,  # noqa: E402
-                                          segmentation_metrics)
-from NPCPrognosisLib.synth import synthesize_cohort  # noqa: E402
+from NPCPrognosisLib.datasets.synth import synthesize_cohort  # noqa: E402
+from NPCPrognosisLib.deep.data import event_balanced_batches  # noqa: E402
+from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss  # noqa: E402
+from NPCPrognosisLib.deep.segmentation import load_network, segment_patient  # noqa: E402
+from NPCPrognosisLib.deep.training import train_network  # noqa: E402
+from NPCPrognosisLib.imaging.geometry import same_geometry  # noqa: E402
+from NPCPrognosisLib.imaging.overlap import segmentation_metrics  # noqa: E402
+from NPCPrognosisLib.io.images import load_patient  # noqa: E402
+from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
+from NPCPrognosisLib.pipeline.segment import segment_cohort  # noqa: E402
+from NPCPrognosisLib.resources import DEMO_NETWORK  # noqa: E402
 
-DEMO_NETWORK = Path(__file__).resolve().parents[2] / "Resources" / "DemoNetwork"
 TINY = {
     "network": {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "risk_hidden": 8},
     "grid": {"spacing": [6.0, 6.0, 8.0], "size": [32, 32, 16]},
@@ -142,9 +144,9 @@ def test_a_few_training_steps_reduce_the_loss():
 def test_risk_head_refit_writes_the_cox_fit_into_the_network():
     """The refit's Cox linear predictor and the network's own risk must be the same function (up to a constant),
     and on cases whose T2 brightness drives hazard the refitted risk must rank them better than the joint head."""
-    from NPCPrognosisLib.cox import fit_cox
-    from NPCPrognosisLib.net_data import CasePatient
-    from NPCPrognosisLib.net_training import predict_cases, refit_risk_head, safe_c_index
+    from NPCPrognosisLib.deep.data import CasePatient
+    from NPCPrognosisLib.deep.training import predict_cases, refit_risk_head, safe_c_index
+    from NPCPrognosisLib.survival.cox import fit_cox
 
     rng = np.random.default_rng(11)
     torch.manual_seed(0)
@@ -362,17 +364,22 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
     """Shipped network + shipped bundle on the sample patient with no contours: what `demo` step 6 shows."""
     import json
 
-    from NPCPrognosisLib.demo import automatic_sample_prediction, sample_case_paths
+    from NPCPrognosisLib.imaging.overlap import dice
+    from NPCPrognosisLib.pipeline.demo import automatic_sample_prediction
+    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE
+    from NPCPrognosisLib.resources import sample_case_files
 
-    case = sample_case_paths()
+    case = sample_case_files()
     patient = load_patient("NPC-SAMPLE-001", {k: case[k] for k in ("t1", "t2", "t1c")}, case["mask"])
     result = automatic_sample_prediction(patient, json.loads(case["clinical"].read_text()), tmp_path)
     assert result["dice_gtvp"] > 0.7 and math.isfinite(result["deep_score"])
     saved = json.loads(Path(result["path"]).read_text())
     assert saved["risk_group"] == result["risk_group"] in ("high", "low")
     assert saved["segmentation"] and any("SYNTHETIC" in w for w in saved["warnings"])
-    mask = sitk.ReadImage(str(tmp_path / "NPC-SAMPLE-001_auto_mask.nii.gz"))
+    mask = sitk.ReadImage(str(tmp_path / AUTOMATIC_MASK_FILE))
     assert same_geometry(mask, patient.reference)
+    truth = sitk.GetArrayFromImage(patient.mask) == 1
+    assert dice(sitk.GetArrayFromImage(mask) == 1, truth) == pytest.approx(result["dice_gtvp"])
 
 
 @pytest.mark.slow
@@ -383,14 +390,14 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
 
     import pandas as pd
 
-    from NPCPrognosisLib.bundle import read_bundle
     from NPCPrognosisLib.cli import main
-    from NPCPrognosisLib.radiomics_features import FAST_PARAMS
+    from NPCPrognosisLib.io.bundle import read_bundle
+    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
     manifest = small_cohort / "manifest.csv"
     features = tmp_path / "auto.csv"
     assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(features), "--workers", "2",
-                 "--params", str(FAST_PARAMS), "--network", str(DEMO_NETWORK), "--mask", "auto"]) == 0
+                 "--params", str(RADIOMICS_FAST_PARAMS), "--network", str(DEMO_NETWORK), "--mask", "auto"]) == 0
     table = pd.read_csv(features, dtype={"patient_id": str})
     assert len(table) == 24 and np.isfinite(table["deep_score"]).all()
     entries = read_manifest(manifest).entries()

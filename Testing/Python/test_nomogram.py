@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 
-from NPCPrognosisLib.nomogram import Nomogram, fit_nomogram
+from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from NPCPrognosisLib.bundle import read_bundle
 from NPCPrognosisLib.cli import main
-from NPCPrognosisLib.radiomics_features import FAST_PARAMS, feature_columns
+from NPCPrognosisLib.io.bundle import read_bundle
+from NPCPrognosisLib.radiomics.extraction import feature_columns
+from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def trained(small_cohort, tmp_path_factory):
 def test_features_table_has_fixed_columns_and_metadata(small_cohort):
     table = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str})
     assert len(table) == 24
-    assert list(table.columns[1:]) == feature_columns(FAST_PARAMS)
+    assert list(table.columns[1:]) == feature_columns(RADIOMICS_FAST_PARAMS)
     meta = json.loads((small_cohort / "features.meta.json").read_text())
     assert meta["pyradiomics_version"].lstrip("v").startswith("3.")
     assert len(meta["settings_hash"]) == 64 and meta["settings"]["setting"]["binWidth"] == 25
@@ -67,7 +68,7 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
     predictions = pd.read_csv(tmp_path / "predictions.csv", dtype={"patient_id": str})
     assert {"patient_id", "radiomics_risk", "clinical_risk", "nomogram_risk", "risk_group"} <= set(predictions.columns)
     assert set(predictions["risk_group"]) <= {"high", "low"}
-    from NPCPrognosisLib.evaluation import harrell_c
+    from NPCPrognosisLib.survival.metrics import harrell_c
 
     c = harrell_c(predictions["dmfs_time"], predictions["dmfs_event"] > 0, predictions["nomogram_risk"])
     assert c == pytest.approx(metrics["models"]["nomogram"]["c_index"], abs=1e-12)
@@ -107,8 +108,8 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     assert set(prediction["nomogram_points"]["per_factor"]) >= {"rad_score", "t_stage", "age"}
     assert "statement" in prediction["chemo_benefit"]
     # The same patient scored through the features table gives the same risk.
-    from NPCPrognosisLib.clinical import parse_clinical
-    from NPCPrognosisLib.models import load_bundle
+    from NPCPrognosisLib.io.clinical import parse_clinical
+    from NPCPrognosisLib.pipeline.models import load_bundle
 
     bundle = load_bundle(trained)
     features = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[[0]]
@@ -150,7 +151,7 @@ def test_extract_continues_past_a_bad_patient(small_cohort, tmp_path, capsys):
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     out = tmp_path / "features.csv"
     assert main(["--quiet", "extract", "--manifest", str(tmp_path / "manifest.csv"), "--out", str(out),
-                 "--params", str(FAST_PARAMS)]) == 0
+                 "--params", str(RADIOMICS_FAST_PARAMS)]) == 0
     table = pd.read_csv(out, dtype={"patient_id": str})
     assert list(table["patient_id"]) == [manifest.loc[0, "patient_id"]]
     failures = pd.read_csv(tmp_path / "features.failures.csv", dtype={"patient_id": str})
@@ -210,13 +211,13 @@ def test_cox_command_matches_lifelines_on_rossi(tmp_path, capsys):
 
 
 def test_dask_engine_gives_the_same_table(small_cohort, tmp_path):
-    from NPCPrognosisLib.features_table import dask_runner, extract_cohort
-    from NPCPrognosisLib.manifest import Manifest, read_manifest
+    from NPCPrognosisLib.io.manifest import Manifest, read_manifest
+    from NPCPrognosisLib.pipeline.extract import dask_runner, extract_cohort
 
     manifest = read_manifest(small_cohort / "manifest.csv")
     first_two = Manifest(table=manifest.table.iloc[:2].reset_index(drop=True), root=manifest.root,
                          source=manifest.source)
-    result = extract_cohort(first_two, tmp_path / "dask.csv", params_path=FAST_PARAMS, progress=False,
+    result = extract_cohort(first_two, tmp_path / "dask.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False,
                             runner=dask_runner(None))
     local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[:2]
     dask = pd.read_csv(tmp_path / "dask.csv", dtype={"patient_id": str})

@@ -1,4 +1,4 @@
-"""Tests of NPCPrognosisLib.radiomics_features against direct PyRadiomics calls and analytic volumes."""
+"""Tests of NPCPrognosisLib.radiomics.extraction against direct PyRadiomics calls and analytic volumes."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from NPCPrognosisLib import radiomics_features as rf
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.radiomics import extraction as rf
+from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS, RADIOMICS_PARAMS
 
 radiomics_featureextractor = pytest.importorskip("radiomics.featureextractor")
 
-FAST = rf.FAST_PARAMS
+FAST = RADIOMICS_FAST_PARAMS
 SHAPE_ZYX = (16, 40, 40)
 SPACING_XYZ = (1.0, 1.0, 3.0)
 SEQUENCES = ("t1", "t2", "t1c")
@@ -155,7 +156,7 @@ def test_n0_patient_has_nan_node_columns_and_gtv_equals_gtvp():
 
 def test_too_small_node_is_absent_with_warning(caplog):
     images, mask = make_patient(seed=4, node=True, node_radius_mm=2.5)  # a few 3 mm voxels: under the minimum
-    with caplog.at_level(logging.WARNING, logger="NPCPrognosisLib.radiomics_features"):
+    with caplog.at_level(logging.WARNING, logger="NPCPrognosisLib.radiomics.extraction"):
         result = rf.extract_patient(images, mask, patient_id="tiny-node", params_path=FAST)
     assert result["gtvn_present"] == 0.0 and result["gtvp_present"] == 1.0
     assert math.isnan(result["t2_gtvn_original_firstorder_Mean"])
@@ -209,11 +210,11 @@ def _relabel(mask: sitk.Image, old: int, new: int) -> sitk.Image:
 
 def test_settings_hash_stable_and_sensitive(tmp_path):
     h = rf.settings_hash()
-    assert h == rf.settings_hash(rf.DEFAULT_PARAMS) and len(h) == 64
+    assert h == rf.settings_hash(RADIOMICS_PARAMS) and len(h) == 64
     assert rf.settings_hash(FAST) != h
     # comments and formatting are not settings
     copy = tmp_path / "copy.yaml"
-    copy.write_text("# another comment\n" + rf.DEFAULT_PARAMS.read_text(), encoding="utf-8")
+    copy.write_text("# another comment\n" + RADIOMICS_PARAMS.read_text(), encoding="utf-8")
     assert rf.settings_hash(copy) == h
     changed = rf.load_settings()
     changed["setting"]["binWidth"] = 20
@@ -244,8 +245,8 @@ def test_paper_yaml_has_the_paper_settings():
 def test_full_paper_settings_give_wavelet_and_log_columns():
     images, mask = make_patient(seed=5)
     images = {"t2": images["t2"]}
-    result = rf.extract_patient(images, mask, patient_id="full", params_path=rf.DEFAULT_PARAMS)
-    assert list(result) == rf.feature_columns(rf.DEFAULT_PARAMS, ("t2",))
+    result = rf.extract_patient(images, mask, patient_id="full", params_path=RADIOMICS_PARAMS)
+    assert list(result) == rf.feature_columns(RADIOMICS_PARAMS, ("t2",))
     image_types = {key.split("_")[2] for key in result if key.count("_") >= 4}
     wavelets = {f"wavelet-{a}{b}{c}" for a in "LH" for b in "LH" for c in "LH"}
     logs = {f"log-sigma-{s}-0-mm-3D" for s in (3, 4, 5)}
@@ -264,7 +265,7 @@ def test_pyradiomics_version():
 def test_fast_params_file_is_a_true_subset(tmp_path):
     # the fast file must keep producing the Original columns of the paper file, same names
     fast_keys = set(rf.feature_columns(FAST, ("t1",)))
-    full_keys = set(rf.feature_columns(rf.DEFAULT_PARAMS, ("t1",)))
+    full_keys = set(rf.feature_columns(RADIOMICS_PARAMS, ("t1",)))
     assert fast_keys < full_keys
     assert {k for k in full_keys if "_original_" in k or k.endswith("_present")} == fast_keys
     shutil.copy(FAST, tmp_path / "fast.yaml")

@@ -10,8 +10,13 @@ import pytest
 from lifelines import CoxPHFitter
 from lifelines.statistics import logrank_test
 
-from NPCPrognosisLib.signature import (RadiomicsSignature, SignatureSettings, cox_score_test, fit_signature,
-                                       redundancy_filter)
+from NPCPrognosisLib.radiomics.signature import (
+    RadiomicsSignature,
+    SignatureSettings,
+    cox_score_test,
+    fit_signature,
+    redundancy_filter,
+)
 
 
 def _survival(rng, lp):

@@ -21,17 +21,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from NPCPrognosisLib import slicer_helpers as h
-from NPCPrognosisLib.clinical import parse_clinical
-from NPCPrognosisLib.cox import CoxModel
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.nomogram import Nomogram
+from NPCPrognosisLib.io.clinical import parse_clinical
+from NPCPrognosisLib.resources import DEMO_BUNDLE, SAMPLE_CASE, sample_case_files
+from NPCPrognosisLib.slicer_support import contour_change, dependencies, form, formatting, jobs, report
+from NPCPrognosisLib.survival import patient
+from NPCPrognosisLib.survival.cox import CoxModel
+from NPCPrognosisLib.survival.nomogram import Nomogram
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "NPCPrognosis.py"
 LIB = ROOT / "NPCPrognosisLib"
 UI = ROOT / "Resources" / "UI" / "NPCPrognosis.ui"
-SAMPLE = ROOT / "Resources" / "SampleData" / "NPC-SAMPLE-001"
+SAMPLE = SAMPLE_CASE
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -55,7 +57,8 @@ def test_cmake_lists_every_shipped_python_file_and_resource():
     assert "NPCPrognosis.py" in scripts
     unlisted = sorted(python_files - set(scripts))
     assert unlisted == [], f"add these to MODULE_PYTHON_SCRIPTS in CMakeLists.txt: {unlisted}"
-    unlisted = sorted(_shipped(ROOT / "Resources") - set(resources))
+    package_data = {p for p in _shipped(LIB) if not p.endswith(".py")}
+    unlisted = sorted((_shipped(ROOT / "Resources") | package_data) - set(resources))
     assert unlisted == [], f"add these to MODULE_PYTHON_RESOURCES in CMakeLists.txt: {unlisted}"
     missing = [f for f in scripts + resources if not (ROOT / f).is_file()]
     assert missing == [], f"listed in CMakeLists.txt but absent: {missing}"
@@ -211,7 +214,7 @@ STUBS = textwrap.dedent('''
 def test_importing_the_module_loads_nothing_heavy(tmp_path):
     script = STUBS + textwrap.dedent(f'''
         heavy = ("numpy", "torch", "SimpleITK", "radiomics", "pandas", "sksurv", "monai", "scipy",
-                 "NPCPrognosisLib.models", "NPCPrognosisLib.imageio", "NPCPrognosisLib.slicer_helpers")
+                 "NPCPrognosisLib.pipeline.models", "NPCPrognosisLib.io.images", "NPCPrognosisLib.slicer_support.jobs")
         before = [m for m in heavy if m in sys.modules]
         sys.path.insert(0, {str(ROOT)!r})
         import NPCPrognosis
@@ -232,9 +235,8 @@ def test_importing_the_module_loads_nothing_heavy(tmp_path):
 
 
 def test_helpers_import_only_the_standard_library_at_load_time():
-    script = ("import sys; sys.path.insert(0, %r); import NPCPrognosisLib.slicer_helpers; "
-              "print(sorted(m for m in ('numpy','SimpleITK','pandas','torch','radiomics') if m in sys.modules))"
-              % str(ROOT))
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import NPCPrognosisLib.slicer_support.jobs; "
+              "print(sorted(m for m in ('numpy','SimpleITK','pandas','torch','radiomics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -242,37 +244,37 @@ def test_helpers_import_only_the_standard_library_at_load_time():
 
 # ---------------------------------------------------------------------------------------------- clinical form
 def test_clinical_form_becomes_the_same_record_as_the_cli_would_parse():
-    form = {"age": 52.0, "sex": "M", "t_stage": "T3", "n_stage": "N2", "ebv_dna": 1500.0, "rene": 1, "ldh": 210.0,
-            "chemo": True, "ccnd": 200.0}
-    record = h.parse_clinical_form(form, "P1")
+    values = {"age": 52.0, "sex": "M", "t_stage": "T3", "n_stage": "N2", "ebv_dna": 1500.0, "rene": 1, "ldh": 210.0,
+              "chemo": True, "ccnd": 200.0}
+    record = form.parse_clinical_form(values, "P1")
     expected = parse_clinical({"age": "52", "sex": "M", "t_stage": "T3", "n_stage": "N2", "ebv_dna": "1500",
                                "rene": "1", "ldh": "210", "chemo": "1", "ccnd": "200"}, "P1")
     assert record == expected
 
 
 def test_negative_ebv_dna_in_the_form_means_not_measured():
-    values = h.clinical_form_to_values({**h.CLINICAL_FORM_DEFAULTS, "ebv_dna": -1.0})
+    values = form.clinical_form_to_values({**form.CLINICAL_FORM_DEFAULTS, "ebv_dna": -1.0})
     assert values["ebv_dna"] is None
     assert parse_clinical(values).ebv_dna is None
-    assert h.clinical_form_to_values({"ebv_dna": 0.0})["ebv_dna"] == 0.0
+    assert form.clinical_form_to_values({"ebv_dna": 0.0})["ebv_dna"] == 0.0
 
 
 def test_form_errors_are_the_cores_input_errors():
     with pytest.raises(InputError, match="rene"):
-        h.parse_clinical_form({"n_stage": "N0", "rene": 2}, "P2")
+        form.parse_clinical_form({"n_stage": "N0", "rene": 2}, "P2")
 
 
 def test_sample_clinical_json_round_trips_through_the_form():
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     raw = json.loads(files["clinical"].read_text())
-    form = h.clinical_values_to_form(raw)
-    assert h.parse_clinical_form(form) == parse_clinical(raw)
-    assert set(form) == set(h.CLINICAL_FORM_DEFAULTS)
-    assert form["t_stage"] in h.T_STAGES and form["n_stage"] in h.N_STAGES
+    values = form.clinical_values_to_form(raw)
+    assert form.parse_clinical_form(values) == parse_clinical(raw)
+    assert set(values) == set(form.CLINICAL_FORM_DEFAULTS)
+    assert values["t_stage"] in form.T_STAGES and values["n_stage"] in form.N_STAGES
 
 
 def test_sample_patient_files_are_found():
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     assert {"t1", "t2", "t1c", "mask"} <= set(files)
 
 
@@ -284,21 +286,22 @@ PREDICTION = {"patient_id": "P1", "endpoint": "dmfs", "risk_score": 1.2345, "ris
 
 
 def test_survival_and_risk_strings():
-    assert h.format_survival(PREDICTION) == ["DMFS at 12 months: 95.3 %", "DMFS at 36 months: 77.8 %",
+    assert formatting.format_survival(PREDICTION) == ["DMFS at 12 months: 95.3 %", "DMFS at 36 months: 77.8 %",
                                              "DMFS at 60 months: 61.0 %"]
-    assert h.format_risk(PREDICTION) == "1.23 (high risk; cut-off 0.50)"
-    assert h.format_risk(PREDICTION, {"risk_se": 0.314}) == "1.23 ± 0.31 (high risk; cut-off 0.50)"
-    assert h.format_percent(float("nan")) == "n/a"
-    assert h.format_nomogram_points(PREDICTION["nomogram_points"]) == [
+    assert formatting.format_risk(PREDICTION) == "1.23 (high risk; cut-off 0.50)"
+    assert formatting.format_risk(PREDICTION, {"risk_se": 0.314}) == "1.23 ± 0.31 (high risk; cut-off 0.50)"
+    assert formatting.format_percent(float("nan")) == "n/a"
+    assert formatting.format_nomogram_points(PREDICTION["nomogram_points"]) == [
         ("rad_score", "55.5"), ("t_stage", "20.0"), ("age", "10.0"), ("total", "85.5")]
-    assert h.format_warnings([]) == "none"
+    assert formatting.format_warnings([]) == "none"
 
 
 def test_benefit_statement_or_not_available():
-    assert "not available" in h.benefit_statement(PREDICTION)["statement"]
+    assert "not available" in formatting.benefit_summary(PREDICTION)["statement"]
     given = dict(PREDICTION, chemo_benefit={"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}})
-    assert h.benefit_statement(given) == {"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}}
-    assert h.format_evidence({"hr": 0.5123, "hr_95ci": [0.3, 0.9], "groups": {}}) == "hr 0.512; hr_95ci 0.3-0.9"
+    assert formatting.benefit_summary(given) == {"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}}
+    evidence = {"hr": 0.5123, "hr_95ci": [0.3, 0.9], "groups": {}}
+    assert formatting.format_evidence(evidence) == "hr 0.512; hr_95ci 0.3-0.9"
 
 
 # ---------------------------------------------------------------------------------------------- contour change
@@ -316,7 +319,7 @@ def test_contour_change_report_matches_an_independent_computation():
     edited[flip] = rng.choice([0, 1, 2], size=int(flip.sum()))
     spacing = (0.5, 0.7, 3.0)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    report = h.contour_change_report(auto, edited, voxel_ml, {"risk_score": 0.2, "risk_group": "low"},
+    report = contour_change.contour_change_report(auto, edited, voxel_ml, {"risk_score": 0.2, "risk_group": "low"},
                                      {"risk_score": 0.9, "risk_group": "high"})
     for name, label in (("GTVp", 1), ("GTVn", 2)):
         s = report["structures"][name]
@@ -329,24 +332,24 @@ def test_contour_change_report_matches_an_independent_computation():
         assert 0 < s["dice"] < 1
     assert report["risk"]["change"] == pytest.approx(0.7)
     assert report["risk"]["group_changed"] is True
-    lines = h.format_contour_change(report)
+    lines = formatting.format_contour_change(report)
     assert lines[0].startswith("GTVp: Dice ") and "group changed low -> high" in lines[-1]
 
 
 def test_identical_contours_give_dice_one_and_an_added_structure_is_new():
     auto = np.zeros((4, 4, 4), np.uint8)
     auto[1:3, 1:3, 1:3] = 1
-    report = h.contour_change_report(auto, auto, 0.001)
+    report = contour_change.contour_change_report(auto, auto, 0.001)
     assert report["structures"]["GTVp"]["dice"] == 1.0
     assert report["structures"]["GTVn"]["dice"] == 1.0  # both empty
     assert "risk" not in report
     edited = auto.copy()
     edited[0, 0, 0] = 2
-    report = h.contour_change_report(auto, edited, 0.001)
+    report = contour_change.contour_change_report(auto, edited, 0.001)
     assert report["structures"]["GTVn"]["dice"] == 0.0
-    assert "new" in h.format_contour_change(report)[1]
+    assert "new" in formatting.format_contour_change(report)[1]
     with pytest.raises(ValueError, match="CET1W grid"):
-        h.contour_change_report(auto, auto[:3], 0.001)
+        contour_change.contour_change_report(auto, auto[:3], 0.001)
 
 
 # ---------------------------------------------------------------------------------------------- model extras
@@ -371,7 +374,7 @@ def test_survival_curves_follow_the_cox_formula_and_the_training_km():
     bundle = _tiny_bundle()
     factors = {"rad_score": 0.5, "age": 50.0}
     months = [0.0, 6.0, 12.0, 24.0, 60.0, 85.0, 95.0]
-    curves = h.survival_curves(bundle, factors, months)
+    curves = patient.survival_curves(bundle, factors, months)
     h0 = np.array([0.0, 0.02, 0.02, 0.08, 0.2, 0.35, 0.35])
     lp = 0.8 * 0.5 + 0.02 * 50
     np.testing.assert_allclose(curves["this patient"], np.exp(-h0 * math.exp(lp)), rtol=1e-12)
@@ -382,14 +385,14 @@ def test_survival_curves_follow_the_cox_formula_and_the_training_km():
     expected = km.survival_function_at_times(months[:-1]).to_numpy()
     np.testing.assert_allclose(curves["training cohort (Kaplan-Meier)"][:-1], expected, rtol=1e-12)
     assert math.isnan(curves["training cohort (Kaplan-Meier)"][-1])  # beyond follow-up: not drawn
-    assert "high-risk group (median)" not in h.survival_curves(_tiny_bundle(False), factors, months)
+    assert "high-risk group (median)" not in patient.survival_curves(_tiny_bundle(False), factors, months)
 
 
 def test_risk_uncertainty_is_the_delta_method_standard_error():
     bundle = _tiny_bundle()
     x = np.array([0.5, 50.0]) - np.array([0.0, 55.0])  # contrast with the middle of the training ranges
     cov = bundle.nomograms["nomogram"].model.covariance
-    out = h.risk_uncertainty(bundle, {"rad_score": 0.5, "age": 50.0}, deep_score_sd=0.1)
+    out = patient.risk_uncertainty(bundle, {"rad_score": 0.5, "age": 50.0}, deep_score_sd=0.1)
     assert out["risk_se"] == pytest.approx(math.sqrt(x @ cov @ x))
     assert out["deep_score_sd"] == 0.1
 
@@ -397,10 +400,10 @@ def test_risk_uncertainty_is_the_delta_method_standard_error():
 def test_report_files_reopen(tmp_path):
     bundle = _tiny_bundle()
     result = {"prediction": PREDICTION, "uncertainty": {"risk_se": 0.3},
-              "curves": h.survival_curves(bundle, {"rad_score": 0.5, "age": 50.0}, [0, 12, 36, 60]),
+              "curves": patient.survival_curves(bundle, {"rad_score": 0.5, "age": 50.0}, [0, 12, 36, 60]),
               "benefit": {"statement": "not available", "evidence": {}},
-              "contour_change": h.contour_change_report(np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.001)}
-    paths = h.write_report(result, tmp_path / "report")
+              "contour_change": contour_change.contour_change_report(np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.001)}
+    paths = report.write_report(result, tmp_path / "report")
     again = json.loads(paths["json"].read_text())
     assert again["prediction"]["risk_score"] == PREDICTION["risk_score"]
     assert again["curves"]["months"] == [0.0, 12.0, 36.0, 60.0]
@@ -419,16 +422,16 @@ def test_missing_dependencies_detects_absent_and_old_packages_without_importing(
             raise LookupError(name)
         return installed[name]
 
-    missing = h.missing_dependencies(version_of=version_of)
+    missing = dependencies.missing_dependencies(version_of=version_of)
     assert [m["distribution"] for m in missing] == ["monai", "scikit-survival"]
     assert missing[0]["installed"] == "1.2.0"
-    assert "scikit-survival>=0.22" in h.install_question(missing)
-    assert h.missing_dependencies() == []  # this environment has everything
+    assert "scikit-survival>=0.22" in dependencies.install_question(missing)
+    assert dependencies.missing_dependencies() == []  # this environment has everything
 
 
 def test_requirements_file_lists_every_dependency():
-    listed = h.read_requirements(ROOT / "Resources" / "requirements.txt")
-    assert sorted(listed) == sorted(r for _, r, _, _ in h.DEPENDENCIES)
+    listed = dependencies.read_requirements(ROOT / "Resources" / "requirements.txt")
+    assert sorted(listed) == sorted(r for _, r, _, _ in dependencies.DEPENDENCIES)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -443,32 +446,32 @@ def _write_mask(path: Path, array: np.ndarray):
 
 def test_features_are_reused_only_for_the_same_contours_and_bundle(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(h, "bundle_features", lambda bundle, patient: calls.append(1) or {"f": float(len(calls))})
+    monkeypatch.setattr(jobs, "bundle_features", lambda bundle, patient: calls.append(1) or {"f": float(len(calls))})
     array = np.zeros((5, 6, 7), np.uint8)
     array[1:3, 2:4, 2:5] = 1
     mask = _write_mask(tmp_path / "m.nii.gz", array)
     patient = SimpleNamespace(mask=mask, patient_id="P")
     bundle = SimpleNamespace(path=tmp_path / "bundle")
-    first = h.cached_features(bundle, patient, None, tmp_path / "a.json")
-    assert h.cached_features(bundle, patient, first, tmp_path / "b.json") == first
+    first = jobs.cached_features(bundle, patient, None, tmp_path / "a.json")
+    assert jobs.cached_features(bundle, patient, first, tmp_path / "b.json") == first
     assert len(calls) == 1
     array[0, 0, 0] = 2
     edited = SimpleNamespace(mask=_write_mask(tmp_path / "m2.nii.gz", array), patient_id="P")
-    assert h.mask_fingerprint(edited.mask) != h.mask_fingerprint(mask)
-    assert h.cached_features(bundle, edited, first, tmp_path / "c.json") == tmp_path / "c.json"
+    assert jobs.mask_fingerprint(edited.mask) != jobs.mask_fingerprint(mask)
+    assert jobs.cached_features(bundle, edited, first, tmp_path / "c.json") == tmp_path / "c.json"
     other_bundle = SimpleNamespace(path=tmp_path / "other")
-    assert h.cached_features(other_bundle, patient, first, tmp_path / "d.json") == tmp_path / "d.json"
+    assert jobs.cached_features(other_bundle, patient, first, tmp_path / "d.json") == tmp_path / "d.json"
     assert len(calls) == 3
 
 
 def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     job = {"action": "predict", "out_dir": str(tmp_path / "out"), "patient_id": "NPC-SAMPLE-001",
            "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(files["mask"]),
-           "bundle": str(tmp_path / "no-bundle"), "clinical": h.CLINICAL_FORM_DEFAULTS,
+           "bundle": str(tmp_path / "no-bundle"), "clinical": form.CLINICAL_FORM_DEFAULTS,
            "log_file": str(tmp_path / "out" / "job.log")}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    out = subprocess.run([sys.executable, "-m", "NPCPrognosisLib.slicer_helpers", str(tmp_path / "job.json")],
+    out = subprocess.run([sys.executable, "-m", "NPCPrognosisLib.slicer_support.jobs", str(tmp_path / "job.json")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     error = json.loads((tmp_path / "out" / "error.json").read_text())
@@ -480,28 +483,25 @@ def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
 
 
 def test_unknown_job_action_is_refused(tmp_path):
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     with pytest.raises(ValueError, match="unknown job action"):
-        h.run_job({"action": "train", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
+        jobs.run_job({"action": "train", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
                   progress=lambda f, m: None)
 
 
 def test_cancel_stops_a_job_between_stages(tmp_path):
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     seen = []
-    with pytest.raises(h.JobCancelled):
-        h.run_job({"action": "predict", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
+    with pytest.raises(jobs.JobCancelled):
+        jobs.run_job({"action": "predict", "out_dir": str(tmp_path), "images": {"t1c": str(files["t1c"])}},
                   progress=lambda f, m: seen.append(m), cancelled=lambda: len(seen) >= 1)
     assert seen == ["reading images"]
     assert not (tmp_path / "result.json").exists()
 
 
-DEMO_BUNDLE = ROOT / "Resources" / "DemoBundle"
-
-
 @pytest.mark.slow
 def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
-    files = h.sample_patient_files(SAMPLE)
+    files = sample_case_files(SAMPLE)
     import SimpleITK as sitk
 
     mask = sitk.ReadImage(str(files["mask"]))
@@ -511,11 +511,11 @@ def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
     edited = sitk.GetImageFromArray(edited_array)
     edited.CopyInformation(mask)
     sitk.WriteImage(edited, str(tmp_path / "edited.nii.gz"))
-    clinical = h.clinical_values_to_form(json.loads(files["clinical"].read_text()))
+    clinical = form.clinical_values_to_form(json.loads(files["clinical"].read_text()))
     job = {"action": "predict", "out_dir": str(tmp_path / "job"), "patient_id": "NPC-SAMPLE-001",
            "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(tmp_path / "edited.nii.gz"),
            "reference_mask": str(files["mask"]), "bundle": str(DEMO_BUNDLE), "clinical": clinical}
-    result = h.run_job(job, progress=lambda f, m: None)
+    result = jobs.run_job(job, progress=lambda f, m: None)
     prediction = result["prediction"]
     assert math.isfinite(prediction["risk_score"]) and prediction["risk_group"] in ("high", "low")
     assert math.isfinite(result["reference_prediction"]["risk_score"])
@@ -523,9 +523,36 @@ def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
     features = json.loads(Path(result["features"]).read_text())["features"]
     document = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
     assert set(document["feature_columns"]) <= set(features)
-    rows = h.feature_rows(features, document)
+    rows = formatting.feature_rows(features, document)
     assert [r[0] for r in rows] == document["feature_columns"]
     assert sum(r[2] for r in rows) == len(document["signature"]["features"])
     voxel = float(np.prod(mask.GetSpacing())) / 1000.0
-    report = h.contour_change_report(array, edited_array, voxel, result["reference_prediction"], prediction)
+    report = contour_change.contour_change_report(array, edited_array, voxel, result["reference_prediction"],
+                                                  prediction)
     assert 0 < report["structures"]["GTVp"]["dice"] < 1 and report["structures"]["GTVn"]["dice"] == 1.0
+
+
+@pytest.mark.slow
+def test_panel_and_command_line_give_the_same_numbers(tmp_path):
+    """The Slicer job and `npc-prognosis predict` land in the same core function: same risk, same standard error,
+    same curves (computed in the core and written to prediction.json, not added by the panel)."""
+    from NPCPrognosisLib.cli import main
+
+    files = sample_case_files(SAMPLE)
+    raw = json.loads(files["clinical"].read_text())
+    job = {"action": "predict", "out_dir": str(tmp_path / "job"), "patient_id": "NPC-SAMPLE-001",
+           "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(files["mask"]),
+           "bundle": str(DEMO_BUNDLE), "clinical": form.clinical_values_to_form(raw)}
+    panel = jobs.run_job(job, progress=lambda f, m: None)
+    clinical = [f"{k}={v}" for k, v in raw.items() if k != "patient_id" and v is not None]
+    assert main(["--quiet", "predict", "--bundle", str(DEMO_BUNDLE), "--patient-id", "NPC-SAMPLE-001",
+                 *[a for k in ("t1", "t2", "t1c") for a in (f"--{k}", str(files[k]))], "--mask", str(files["mask"]),
+                 "--clinical", *clinical, "--out", str(tmp_path / "cli")]) == 0
+    command_line = json.loads((tmp_path / "cli" / "prediction.json").read_text())
+    assert command_line["risk_score"] == pytest.approx(panel["prediction"]["risk_score"], abs=1e-9)
+    assert command_line["uncertainty"]["risk_se"] is not None
+    assert command_line["uncertainty"] == panel["uncertainty"]
+    assert command_line["survival_curves"].keys() == panel["curves"].keys()
+    for name, values in command_line["survival_curves"].items():
+        assert np.allclose(np.array(values, dtype=float), np.array(panel["curves"][name], dtype=float),
+                           equal_nan=True), name

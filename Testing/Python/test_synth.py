@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NPCPrognosisLib import synth
+from NPCPrognosisLib.datasets import synth
 from NPCPrognosisLib.errors import InputError
 
 SEED = 11

@@ -1,0 +1,318 @@
+"""Automatic GTVp/GTVn segmentation and the deep risk score from a trained network bundle.
+
+The contract every consumer relies on (CLI ``segment``, ``--mask auto``, the Slicer module): the returned mask
+has exactly the size, spacing, origin and direction of the reference (CET1W) input, whatever the working grid.
+The network runs on its own axis-aligned grid (:mod:`net_data`); its class probabilities, not its labels, are
+resampled back linearly and only then turned into labels, so contours keep sub-voxel boundaries.
+
+* Segmentation uses MONAI's sliding-window inferer (whole working grid in one window by default). A scalar
+  risk cannot be stitched from windows, so the risk branch runs once on a fixed box centred on the predicted
+  tumour (the whole working grid by default, which is small enough).
+* Test-time augmentation: left-right flips (the neck is near-symmetric) and mild intensity scaling; the voxel
+  uncertainty is the normalised predictive entropy of the averaged probabilities, the score's spread is the SD
+  of the TTA risks.
+* Saliency: HiResCAM (Draelos & Carin 2020; Grad-CAM with the gradient multiplied element-wise instead of
+  averaged per channel) of the risk on the second encoder stage (fine enough to point at a tumour part, deep
+  enough to be semantic), for display only. The gradient is taken through the contours too (the pooling
+  weights are not detached here), since the refitted risk reads the image through the predicted structures.
+  Channel-averaged Grad-CAM pointed at the background on the demo network (mean inside GTVp / outside 0.01-0.4);
+  HiResCAM gives 20-60.
+* Post-processing: GTVp = its largest connected component (there is one primary tumour); GTVn components
+  smaller than the bundle's threshold (0.2 mL by default) are dropped as noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
+from NPCPrognosisLib.deep.network import NetworkConfig
+from NPCPrognosisLib.imaging.geometry import resample_onto
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NetworkModel:
+    """A loaded network bundle: the torch module on its device plus every setting it was trained with."""
+
+    net: Any
+    network_config: NetworkConfig
+    grid: GridConfig
+    preprocess: PreprocessConfig
+    labels: dict[str, int]
+    endpoint: str
+    inference: dict[str, Any]
+    postprocessing: dict[str, Any]
+    score_normalisation: dict[str, float]
+    synthetic_demo: bool
+    bundle_dir: Path
+    device: str = "cpu"
+    content: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class SegmentationResult:
+    mask: sitk.Image
+    probabilities: sitk.Image | None
+    uncertainty: sitk.Image | None
+    saliency: sitk.Image | None
+    deep_score: float | None
+    deep_score_sd: float | None
+    volumes_ml: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    #: Probability from the optional binary head (e.g. response to induction chemotherapy), when trained.
+    binary_probability: float | None = None
+
+
+_NETWORKS: dict[str, NetworkModel] = {}
+
+
+def cached_network(path: str | Path) -> NetworkModel:
+    """One loaded network per process and bundle: cohort workers reuse it across patients."""
+    key = str(Path(path).resolve())
+    if key not in _NETWORKS:
+        _NETWORKS[key] = load_network(key)
+    return _NETWORKS[key]
+
+
+def load_network(bundle_dir: str | Path, device: str = "auto") -> NetworkModel:
+    """Verify the bundle's checksums, rebuild the architecture from its JSON, load the safetensors weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from NPCPrognosisLib.deep.network import build_network
+    from NPCPrognosisLib.errors import BundleError
+    from NPCPrognosisLib.io.bundle import read_bundle
+
+    bundle_dir = Path(bundle_dir)
+    content = read_bundle(bundle_dir)
+    if content.get("kind") != "network":
+        raise BundleError(f"{bundle_dir} is a {content.get('kind')!r} bundle, not a segmentation network")
+    spec = content["network"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = NetworkConfig.from_dict({k: v for k, v in spec["architecture"].items() if k not in ("name", "backbone")})
+    grid = GridConfig.from_dict(spec["grid"])
+    net = build_network(config, grid.voxel_ml)
+    try:
+        net.load_state_dict(load_file(str(bundle_dir / spec.get("weights", "network.safetensors"))))
+    except RuntimeError as exc:
+        raise BundleError(f"network weights in {bundle_dir} do not fit its architecture ({exc})") from None
+    net = net.to(device).to(memory_format=torch.channels_last_3d).eval()
+    if content.get("synthetic_demo"):
+        log.warning("%s is a SYNTHETIC DEMO network - not for clinical use", bundle_dir)
+    return NetworkModel(net=net, network_config=config, grid=grid,
+                        preprocess=PreprocessConfig.from_dict(spec["preprocess"]), labels=dict(spec["labels"]),
+                        endpoint=spec.get("endpoint", "dmfs"), inference=dict(spec.get("inference", {})),
+                        postprocessing=dict(spec.get("postprocessing", {})),
+                        score_normalisation=dict(spec.get("score_normalisation", {})),
+                        synthetic_demo=bool(content.get("synthetic_demo")), bundle_dir=bundle_dir,
+                        device=device, content=content)
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+def _tta_plan(n: int) -> list[tuple[bool, float]]:
+    """(flip left-right, intensity factor) per pass; pass 0 is the plain image."""
+    plan = [(False, 1.0)]
+    factors = [1.0, 0.95, 1.05, 0.9, 1.1]
+    for k in range(1, int(n) + 1):
+        plan.append((k % 2 == 1, factors[(k // 2) % len(factors)]))  # flip, then a new intensity, alternately
+    return plan
+
+
+def _risk_box(prob: np.ndarray, box: list[int]) -> tuple[slice, slice, slice]:
+    """A fixed box centred on the probability-weighted tumour centre, shifted to lie inside the grid."""
+    tumour = prob[1] + prob[2]
+    shape = tumour.shape
+    if tumour.sum() > 1e-3:
+        centre = [float((tumour.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(shape[ax])).sum()
+                        / tumour.sum()) for ax in range(3)]
+    else:
+        centre = [(s - 1) / 2.0 for s in shape]
+    slices = []
+    for ax in range(3):
+        size = min(int(box[ax]), shape[ax])
+        start = int(round(centre[ax] - size / 2.0))
+        start = max(0, min(start, shape[ax] - size))
+        slices.append(slice(start, start + size))
+    return tuple(slices)
+
+
+def _head_values(out: Mapping[str, Any]) -> dict[str, float]:
+    """Scalar head outputs of a batch of one: the risk, and the binary head's probability when it exists."""
+    import torch
+
+    values = {"risk": float(out["risk"][0])}
+    if "binary_logit" in out:
+        values["binary_probability"] = float(torch.sigmoid(out["binary_logit"][0].float()))
+    return values
+
+
+def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
+    """Probabilities (3, X, Y, Z) on the working grid, the head outputs (``_head_values``), and optionally a
+    HiResCAM saliency of the risk on the working grid."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    net, device = model.net, model.device
+    grid_size = list(x.shape[1:])
+    roi = [min(int(r), g) for r, g in zip(model.inference.get("roi_size", grid_size), grid_size)]
+    box = [min(int(b), g) for b, g in zip(model.inference.get("risk_box", grid_size), grid_size)]
+    tensor = torch.from_numpy(x[None]).to(device).contiguous(memory_format=torch.channels_last_3d)
+    single = roi == grid_size and box == grid_size
+    with torch.no_grad():
+        if single and not want_saliency:
+            out = net(tensor)
+            prob = torch.softmax(out["seg_logits"].float(), 1)[0].cpu().numpy()
+            return prob, _head_values(out), None
+        if single:
+            logits = net.segment(tensor)
+        else:
+            logits = sliding_window_inference(tensor, roi, 1, net.segment,
+                                              overlap=float(model.inference.get("sw_overlap", 0.25)))
+        prob = torch.softmax(logits.float(), 1)[0].cpu().numpy()
+    slices = _risk_box(prob, box)
+    crop = tensor[(slice(None), slice(None)) + slices]
+    if not want_saliency:
+        with torch.no_grad():
+            return prob, _head_values(net(crop)), None
+    with torch.enable_grad():
+        bottleneck, down, decoded, logits = net.encode_decode(crop)
+        stage = down[1] if len(down) > 1 else down[0]
+        heads = net.heads(*net.risk_features(crop, bottleneck, decoded, logits, detach=False))
+        grads = torch.autograd.grad(heads["risk"][0], stage)[0]
+    cam = torch.relu((grads * stage).sum(1, keepdim=True))  # HiResCAM: element-wise, not channel-averaged
+    cam = torch.nn.functional.interpolate(cam, size=crop.shape[2:], mode="trilinear", align_corners=False)
+    cam = cam[0, 0].detach().cpu().numpy()
+    full = np.zeros(grid_size, dtype=np.float32)
+    full[slices] = cam / cam.max() if cam.max() > 0 else cam
+    return prob, _head_values({k: v.detach() for k, v in heads.items()}), full
+
+
+def _postprocess(labels: np.ndarray, spacing: tuple[float, ...], postprocessing: Mapping[str, Any],
+                 like: sitk.Image) -> sitk.Image:
+    mask = from_array_xyz(labels.astype(np.uint8), like)
+    gtvp = mask == 1
+    if postprocessing.get("gtvp_largest_component", True) and sitk.GetArrayViewFromImage(gtvp).any():
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvp), sortByObjectSize=True)
+        gtvp = components == 1
+    gtvn = mask == 2
+    min_ml = float(postprocessing.get("gtvn_min_ml", 0.0))
+    if min_ml > 0 and sitk.GetArrayViewFromImage(gtvn).any():
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvn),
+                                           minimumObjectSize=int(math.ceil(min_ml / voxel_ml)))
+        gtvn = components > 0
+    out = sitk.Cast(gtvp, sitk.sitkUInt8) + sitk.Cast(gtvn, sitk.sitkUInt8) * 2  # argmax labels never overlap
+    out.CopyInformation(like)
+    return sitk.Cast(out, sitk.sitkUInt8)
+
+
+def segment_patient(model: NetworkModel, images: Mapping[str, sitk.Image], *, patient_id: str = "patient",
+                    tta: int = 0, saliency: bool = False, progress: bool = False) -> SegmentationResult:
+    """Segment one patient from raw T1W/T2W/CET1W and score their risk.
+
+    The sequences are aligned on the CET1W grid and preprocessed with the network's own settings, then
+    :func:`segment_preprocessed` runs; a caller that has already preprocessed them (``predict``) calls that directly.
+    """
+    from NPCPrognosisLib.io.images import align_patient
+
+    aligned = align_patient(images, None, patient_id=patient_id)
+    preprocessed = preprocess_images({s: aligned.images[s] for s in SEQUENCES if s in aligned.images},
+                                     model.preprocess)
+    result = segment_preprocessed(model, preprocessed, patient_id=patient_id, tta=tta, saliency=saliency,
+                                  progress=progress)
+    result.warnings[:0] = aligned.warnings
+    return result
+
+
+def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Image], *,
+                         patient_id: str = "patient", tta: int = 0, saliency: bool = False,
+                         progress: bool = False) -> SegmentationResult:
+    """Segment sequences already aligned on the CET1W grid and preprocessed with ``model.preprocess``.
+
+    Parameters
+    ----------
+    model : NetworkModel
+        A loaded network bundle (:func:`load_network` or :func:`cached_network`).
+    preprocessed : mapping of str to SimpleITK.Image
+        ``t1``, ``t2``, ``t1c`` after N4 and normalisation, on the CET1W grid (the output's geometry).
+    patient_id : str
+        Named in warnings and errors.
+    tta : int, default 0
+        Test-time augmentations (left-right flips, intensity scaling) for the uncertainty map and score spread.
+    saliency : bool, default False
+        Also compute the HiResCAM saliency of the risk.
+    progress : bool, default False
+        A progress bar over the passes.
+
+    Returns
+    -------
+    result : SegmentationResult
+        Mask on the CET1W grid, probabilities, uncertainty, saliency, deep score (and spread), volumes, warnings.
+    """
+    x, grid_image = grid_input(preprocessed, model.grid)
+    reference = preprocessed[REFERENCE_SEQUENCE]
+    warnings = []
+    if model.synthetic_demo:
+        warnings.append("segmented by the SYNTHETIC DEMO network: not for clinical use")
+    plan = _tta_plan(tta)
+    steps = plan
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(plan, desc=f"segmenting {patient_id}", unit="pass", leave=False)
+    probs, risks, binary, cam = [], [], [], None
+    for k, (flip, factor) in enumerate(steps):
+        xk = x * factor
+        if flip:
+            xk = xk[:, ::-1].copy()
+        prob, heads, cam_k = _network_pass(model, xk, saliency and k == 0)
+        probs.append(prob[:, ::-1] if flip else prob)
+        risks.append(heads["risk"])
+        if "binary_probability" in heads:
+            binary.append(heads["binary_probability"])
+        cam = cam_k if k == 0 else cam
+    prob = np.mean(probs, axis=0)
+    if not np.isfinite(prob).all() or not np.isfinite(risks).all():
+        from NPCPrognosisLib.errors import InputError
+
+        raise InputError("the network produced non-finite outputs", patient_id=patient_id,
+                         fix="check the images (constant or corrupted volumes?)")
+    prob_ref = []
+    for c in range(prob.shape[0]):
+        channel = resample_onto(from_array_xyz(prob[c].astype(np.float32), grid_image), reference,
+                                default=1.0 if c == 0 else 0.0)
+        prob_ref.append(sitk.GetArrayFromImage(channel))
+    prob_ref = np.stack(prob_ref)  # (3, z, y, x)
+    labels = np.transpose(np.argmax(prob_ref, axis=0), (2, 1, 0))
+    mask = _postprocess(labels, reference.GetSpacing(), model.postprocessing, reference)
+    entropy = -(prob * np.log(np.clip(prob, 1e-8, 1.0))).sum(0) / math.log(prob.shape[0])
+    uncertainty = resample_onto(from_array_xyz(entropy.astype(np.float32), grid_image), reference)
+    saliency_img = None
+    if cam is not None:
+        saliency_img = resample_onto(from_array_xyz(cam.astype(np.float32), grid_image), reference)
+    prob_img = sitk.Compose([sitk.GetImageFromArray(p.astype(np.float32)) for p in prob_ref])
+    prob_img.CopyInformation(reference)
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=3)
+    volumes = {"gtvp": float(counts[1] * voxel_ml), "gtvn": float(counts[2] * voxel_ml)}
+    if counts[1] == 0:
+        warnings.append("no primary tumour (GTVp) was found; check the images or contour manually")
+    return SegmentationResult(mask=mask, probabilities=prob_img, uncertainty=uncertainty, saliency=saliency_img,
+                              deep_score=float(np.mean(risks)),
+                              deep_score_sd=float(np.std(risks, ddof=1)) if len(risks) > 1 else None,
+                              volumes_ml=volumes, warnings=warnings,
+                              binary_probability=float(np.mean(binary)) if binary else None)

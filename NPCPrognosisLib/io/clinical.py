@@ -1,0 +1,150 @@
+"""Clinical factors: parsing what clinicians write and encoding it as numbers a Cox model can use.
+
+Stage codes, sex and rENE grades arrive as text typed by people ("T2", "t2", "2"); one parser accepts the
+spellings seen in practice and refuses anything else with the allowed values, because a silently mis-read stage
+changes a patient's predicted survival.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from NPCPrognosisLib.errors import InputError
+
+CLINICAL_FIELDS = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
+
+#: Numeric covariates derived from the clinical record, in the order models use them.
+#: EBV DNA enters as log10(copies/mL + 1): its distribution spans five orders of magnitude.
+CLINICAL_COVARIATES = ("t_stage", "n_stage", "rene", "male", "log10_ebv_dna", "age", "ldh")
+
+_T_CODES = {"T1": 1, "T2": 2, "T3": 3, "T4": 4, "T4A": 4, "T4B": 4}
+_N_CODES = {"N0": 0, "N1": 1, "N2": 2, "N3": 3, "N3A": 3, "N3B": 3}
+_SEX_CODES = {"M": "M", "MALE": "M", "1": "M", "F": "F", "FEMALE": "F", "0": "F"}
+
+
+@dataclass
+class ClinicalRecord:
+    """One patient's clinical factors as entered (validated)."""
+
+    age: float
+    sex: str
+    t_stage: str
+    n_stage: str
+    ebv_dna: float | None
+    rene: int
+    ldh: float
+    chemo: int = 0
+    ccnd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() in ("", "NA", "NaN", "nan", "None")
+
+
+def _number(value: Any, field: str, patient_id: str | None, *, low: float, high: float, unit: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{field} must be a number in {unit}, got {value!r}", patient_id=patient_id, column=field,
+            fix=f"enter {field} as a plain number (e.g. {int((low + high) / 2)})",
+        ) from None
+    if math.isnan(number) or not (low <= number <= high):
+        raise InputError(
+            f"{field} = {value!r} is outside the plausible range {low:g}-{high:g} {unit}", patient_id=patient_id,
+            column=field, fix=f"check the unit of {field} ({unit})",
+        )
+    return number
+
+
+def _code(value: Any, codes: Mapping[str, Any], field: str, patient_id: str | None, prefix: str = "") -> Any:
+    text = str(value).strip().upper().replace(" ", "")
+    if text.isdigit() and prefix:
+        text = prefix + text
+    if text not in codes:
+        allowed = ", ".join(sorted({k for k in codes if not k.isdigit()}))
+        raise InputError(
+            f"unknown {field} code {value!r}", patient_id=patient_id, column=field,
+            fix=f"use one of {allowed} (AJCC 8th edition)" if prefix else f"use one of {allowed}",
+        )
+    return codes[text]
+
+
+def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> ClinicalRecord:
+    """Validate raw clinical values (from a CSV row, the CLI or the Slicer form) into a record."""
+    missing = [f for f in ("age", "sex", "t_stage", "n_stage", "rene", "ldh") if _is_missing(values.get(f))]
+    if missing:
+        raise InputError(
+            f"missing clinical value(s): {', '.join(missing)}", patient_id=patient_id, column=missing[0],
+            fix="fill in every clinical factor; only ebv_dna may be left empty",
+        )
+    t_num = _code(values["t_stage"], _T_CODES, "t_stage", patient_id, prefix="T")
+    n_num = _code(values["n_stage"], _N_CODES, "n_stage", patient_id, prefix="N")
+    rene = _number(values["rene"], "rene", patient_id, low=0, high=2, unit="grade (0, 1 or 2)")
+    if rene != int(rene):
+        raise InputError(f"rene must be 0, 1 or 2, got {values['rene']!r}", patient_id=patient_id, column="rene",
+                         fix="0 = no rENE, 1 = coalescent nodes, 2 = infiltration of adjacent structures")
+    if n_num == 0 and rene > 0:
+        raise InputError("rene > 0 with N0 disease (no nodes to have extranodal extension)", patient_id=patient_id,
+                         column="rene", fix="set rene to 0 for N0 patients or correct the N stage")
+    ebv = values.get("ebv_dna")
+    chemo = values.get("chemo")
+    chemo_flag = 0 if _is_missing(chemo) else int(_number(chemo, "chemo", patient_id, low=0, high=1, unit="(0/1)"))
+    ccnd = values.get("ccnd")
+    return ClinicalRecord(
+        age=_number(values["age"], "age", patient_id, low=1, high=110, unit="years"),
+        sex=_code(values["sex"], _SEX_CODES, "sex", patient_id),
+        t_stage=f"T{t_num}",
+        n_stage=f"N{n_num}",
+        ebv_dna=None if _is_missing(ebv) else _number(ebv, "ebv_dna", patient_id, low=0, high=1e9, unit="copies/mL"),
+        rene=int(rene),
+        ldh=_number(values["ldh"], "ldh", patient_id, low=10, high=10000, unit="U/L"),
+        chemo=chemo_flag,
+        ccnd=0.0 if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2"),
+    )
+
+
+def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> dict[str, float]:
+    """Numeric covariates of :data:`CLINICAL_COVARIATES`.
+
+    A missing EBV DNA becomes ``ebv_fill`` (the training median of log10 copies, stored in the bundle) so the
+    same patient gets the same number at training and prediction time; ``None`` keeps it as NaN.
+    """
+    log_ebv = float("nan") if record.ebv_dna is None else math.log10(record.ebv_dna + 1.0)
+    if record.ebv_dna is None and ebv_fill is not None:
+        log_ebv = float(ebv_fill)
+    return {
+        "t_stage": float(int(record.t_stage[1])),
+        "n_stage": float(int(record.n_stage[1])),
+        "rene": float(record.rene),
+        "male": 1.0 if record.sex == "M" else 0.0,
+        "log10_ebv_dna": log_ebv,
+        "age": float(record.age),
+        "ldh": float(record.ldh),
+    }
+
+
+def parse_key_values(pairs: list[str]) -> dict[str, str]:
+    """``["age=52", "sex=M"]`` → dict; the CLI's ``--clinical`` form."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"clinical value {pair!r} is not of the form name=value", column="--clinical",
+                             fix="write e.g. --clinical age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        if key not in CLINICAL_FIELDS:
+            raise InputError(f"unknown clinical field {key!r}", column="--clinical",
+                             fix=f"use the fields {', '.join(CLINICAL_FIELDS)}")
+        out[key] = value.strip()
+    return out

@@ -1,0 +1,186 @@
+"""The cohort manifest: one CSV row per patient, the contract between a user's data and every stage.
+
+Users bring their own spreadsheets, so a column map lets ``MRN`` stand for ``patient_id`` without renaming
+files; everything after :func:`read_manifest` sees the canonical names only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, ClinicalRecord, parse_clinical
+
+MASK_COLUMN = "mask"
+OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split")
+
+
+@dataclass
+class PatientEntry:
+    """One manifest row with paths resolved against the manifest's folder."""
+
+    patient_id: str
+    images: dict[str, Path | None]
+    mask: Path | None
+    clinical: dict[str, Any]
+    outcomes: dict[str, float | None] = field(default_factory=dict)
+
+    def clinical_record(self) -> ClinicalRecord:
+        return parse_clinical(self.clinical, self.patient_id)
+
+
+@dataclass
+class Manifest:
+    """A validated cohort table: canonical column names, string patient IDs, the folder paths are relative to."""
+
+    table: pd.DataFrame
+    root: Path
+    source: Path
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return list(self.table["patient_id"])
+
+    def entries(self) -> list[PatientEntry]:
+        return [self._entry(row) for _, row in self.table.iterrows()]
+
+    def entry(self, patient_id: str) -> PatientEntry:
+        rows = self.table[self.table["patient_id"] == patient_id]
+        if rows.empty:
+            raise InputError("not in the manifest", patient_id=patient_id, path=self.source)
+        return self._entry(rows.iloc[0])
+
+    def _entry(self, row: pd.Series) -> PatientEntry:
+        def resolve(value: Any) -> Path | None:
+            if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+                return None
+            path = Path(str(value).strip())
+            return path if path.is_absolute() else self.root / path
+
+        outcomes = {}
+        for endpoint in ENDPOINTS:
+            for suffix in ("time", "event"):
+                col = f"{endpoint}_{suffix}"
+                if col in row.index and not pd.isna(row[col]):
+                    outcomes[col] = float(row[col])
+        return PatientEntry(
+            patient_id=str(row["patient_id"]),
+            images={c: resolve(row.get(c)) for c in SEQUENCES},
+            mask=resolve(row.get(MASK_COLUMN)),
+            clinical={c: row.get(c) for c in CLINICAL_FIELDS},
+            outcomes=outcomes,
+        )
+
+    def outcome_arrays(self, endpoint: str) -> tuple[Any, Any]:
+        """(time, event) numpy arrays for ``endpoint``; call :func:`check_outcomes` first."""
+        return (self.table[f"{endpoint}_time"].to_numpy(float), self.table[f"{endpoint}_event"].to_numpy(float) > 0)
+
+
+def load_column_map(spec: str | None) -> dict[str, str]:
+    """A column map from ``canonical=theirs,...`` or a JSON file ``{"patient_id": "MRN", ...}``."""
+    if not spec:
+        return {}
+    path = Path(spec)
+    if path.suffix.lower() == ".json" and path.exists():
+        mapping = json.loads(path.read_text())
+    else:
+        mapping = {}
+        for part in spec.split(","):
+            if "=" not in part:
+                raise InputError(f"column map entry {part!r} is not canonical=theirs", column="--column-map",
+                                 fix="write e.g. --column-map patient_id=MRN,t1c=T1C_path or pass a JSON file")
+            canonical, theirs = part.split("=", 1)
+            mapping[canonical.strip()] = theirs.strip()
+    if not isinstance(mapping, dict):
+        raise InputError("column map must be a JSON object", path=spec)
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def read_manifest(
+    path: str | Path,
+    column_map: Mapping[str, str] | None = None,
+    *,
+    require_images: bool = True,
+    require_mask: bool = False,
+) -> Manifest:
+    """Read and validate a cohort manifest.
+
+    Checks what every stage relies on (unique IDs, image columns present, clinical codes valid) up front, so a
+    500-patient run does not fail on row 437 for a typo; outcome columns are checked per endpoint by
+    :func:`check_outcomes`, since prediction cohorts have none.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("manifest file not found", path=path, fix="pass the path of the cohort CSV")
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str})
+    except Exception as exc:  # pandas raises several types for malformed CSV
+        raise InputError(f"cannot be read as CSV ({exc})", path=path) from None
+    if column_map:
+        reverse = {theirs: canonical for canonical, theirs in column_map.items()}
+        unknown = [theirs for theirs in reverse if theirs not in table.columns]
+        if unknown:
+            raise InputError(f"column map names column(s) {unknown} that the manifest does not have", path=path,
+                             fix=f"the manifest's columns are {list(table.columns)}")
+        table = table.rename(columns=reverse)
+        if "patient_id" in table.columns:
+            table["patient_id"] = table["patient_id"].astype(str)
+
+    required = ["patient_id", *CLINICAL_FIELDS[:2], "t_stage", "n_stage", "rene", "ldh"]
+    if require_images:
+        required += list(SEQUENCES)
+    if require_mask:
+        required.append(MASK_COLUMN)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise InputError(f"missing column(s) {missing}", path=path,
+                         fix="add them or map your own names with --column-map canonical=yours")
+
+    ids = table["patient_id"].astype(str).str.strip()
+    if ids.eq("").any() or table["patient_id"].isna().any():
+        row = int(ids.eq("").idxmax()) if ids.eq("").any() else int(table["patient_id"].isna().idxmax())
+        raise InputError(f"empty patient_id in row {row + 2}", path=path, column="patient_id")
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"duplicate patient IDs {dup}", patient_id=dup[0], path=path, column="patient_id",
+                         fix="each patient must appear once; merge or rename the repeated rows")
+    table = table.assign(patient_id=ids)
+    for _, row in table.iterrows():
+        parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+    return Manifest(table=table.reset_index(drop=True), root=path.parent.resolve(), source=path)
+
+
+def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str] | None = None) -> None:
+    """Every (selected) row has a usable time and event for ``endpoint``.
+
+    Training on a guessed outcome is worse than failing.
+    """
+    if endpoint not in ENDPOINTS:
+        raise InputError(f"unknown endpoint {endpoint!r}", fix=f"use one of {', '.join(ENDPOINTS)}")
+    table = manifest.table
+    if patient_ids is not None:
+        table = table[table["patient_id"].isin(list(patient_ids))]
+    for col in (f"{endpoint}_time", f"{endpoint}_event"):
+        if col not in table.columns:
+            raise InputError(f"no {col} column for endpoint {endpoint}", path=manifest.source, column=col,
+                             fix=f"add {endpoint}_time (months) and {endpoint}_event (0/1)")
+    for _, row in table.iterrows():
+        time, event = row[f"{endpoint}_time"], row[f"{endpoint}_event"]
+        if pd.isna(time) or pd.isna(event):
+            raise InputError(f"missing {endpoint} outcome", patient_id=row["patient_id"], path=manifest.source,
+                             column=f"{endpoint}_time" if pd.isna(time) else f"{endpoint}_event",
+                             fix="fill in follow-up time and event, or drop the patient from the training cohort")
+        if float(time) <= 0:
+            raise InputError(f"{endpoint}_time must be > 0 months, got {time}", patient_id=row["patient_id"],
+                             path=manifest.source, column=f"{endpoint}_time")
+        if float(event) not in (0.0, 1.0):
+            raise InputError(f"{endpoint}_event must be 0 or 1, got {event}", patient_id=row["patient_id"],
+                             path=manifest.source, column=f"{endpoint}_event")

@@ -1,0 +1,187 @@
+"""Radiomics (and deep scores) for a whole cohort: from a manifest to a features table.
+
+One patient's failure never stops a cohort: the row is skipped, the reason goes to a failures file, and the
+table is written in one atomic step at the end so no half-written table is ever mistaken for a finished one.
+Patients run in a local process pool or, for cohorts one machine cannot handle, on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from NPCPrognosisLib.contract import SEQUENCES
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
+from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
+from NPCPrognosisLib.io.images import PatientImages, load_patient
+from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, extraction_metadata, failures_path_for, meta_path_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionResult:
+    table: pd.DataFrame
+    failures: list[dict[str, str]] = field(default_factory=list)
+    features_path: Path | None = None
+    failures_path: Path | None = None
+    meta_path: Path | None = None
+
+
+def patient_features(
+    patient: PatientImages,
+    preprocess: PreprocessConfig,
+    *,
+    params_path: str | Path | None = None,
+    workers: int = 1,
+    sequences: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Preprocess a patient's aligned images and compute radiomics for every sequence x ROI."""
+    from NPCPrognosisLib.radiomics.extraction import extract_patient
+
+    if patient.mask is None:
+        raise InputError("no mask: radiomics need GTVp/GTVn contours", patient_id=patient.patient_id,
+                         column="mask", fix="give a mask (label 1 = GTVp, 2 = GTVn)")
+    images = {k: v for k, v in patient.images.items() if sequences is None or k in sequences}
+    prepared = preprocess_images(images, preprocess)
+    return extract_patient(prepared, patient.mask, patient_id=patient.patient_id, params_path=params_path,
+                           workers=workers)
+
+
+def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: str | None, workers: int,
+                 network: str | None = None, auto_mask_dir: str | None = None) -> dict[str, Any]:
+    """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
+
+    With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
+    replace the manifest mask (AutoRadio) and are written there for review.
+    """
+    try:
+        mask = None if auto_mask_dir else entry.mask
+        patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask)
+        extra: dict[str, float] = {}
+        if network:
+            from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient
+            from NPCPrognosisLib.io.images import write_image_atomic
+
+            result = segment_patient(cached_network(network), patient.images, patient_id=entry.patient_id)
+            extra[DEEP_SCORE] = float(result.deep_score)
+            patient.warnings.extend(result.warnings)
+            if auto_mask_dir:
+                from NPCPrognosisLib.io.images import check_mask
+
+                patient.mask = check_mask(result.mask, patient_id=entry.patient_id)
+                write_image_atomic(result.mask, Path(auto_mask_dir) / f"{entry.patient_id}_mask.nii.gz")
+        row = patient_features(patient, PreprocessConfig.from_dict(preprocess), params_path=params_path,
+                               workers=workers)
+        return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings}
+    except InputError as exc:
+        return {"patient_id": entry.patient_id, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
+        return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def extract_cohort(
+    manifest: Manifest,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    params_path: str | Path | None = None,
+    preprocess: PreprocessConfig | None = None,
+    progress: bool = True,
+    runner: Callable[..., list[dict[str, Any]]] | None = None,
+    network: str | Path | None = None,
+    auto_mask: bool = False,
+) -> ExtractionResult:
+    """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
+
+    ``workers`` > 1 runs patients in parallel processes; ``runner`` lets the Dask engine (or a test) replace
+    the local pool while keeping the same per-patient function. ``network`` (a network bundle) adds each
+    patient's deep score; ``auto_mask`` segments with it and takes radiomics from the automatic contours,
+    written to ``<out stem>_masks/``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preprocess = preprocess or PreprocessConfig()
+    entries = manifest.entries()
+    if auto_mask and network is None:
+        raise InputError("--mask auto needs a segmentation network", column="--network",
+                         fix="pass --network with a network bundle (e.g. the demo bundle's network/ folder)")
+    auto_mask_dir = out.with_name(out.stem + "_masks") if auto_mask else None
+    if auto_mask_dir is not None:
+        auto_mask_dir.mkdir(parents=True, exist_ok=True)
+    missing_mask = [] if auto_mask else [e.patient_id for e in entries if e.mask is None]
+    if missing_mask:
+        raise InputError(f"{len(missing_mask)} patient(s) have no mask, e.g. {missing_mask[:3]}",
+                         patient_id=missing_mask[0], column="mask",
+                         fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
+    args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1,
+            None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir))
+    if runner is not None:
+        results = runner(_one_patient, entries, *args)
+    elif workers > 1:
+        from NPCPrognosisLib.processes import spawn_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+            futures = [pool.submit(_one_patient, e, *args) for e in entries]
+            results = [f.result() for f in tqdm(futures, desc="radiomics", unit="patient", disable=not progress)]
+    else:
+        results = [_one_patient(e, *args) for e in tqdm(entries, desc="radiomics", unit="patient",
+                                                           disable=not progress)]
+
+    rows, failures = [], []
+    for result in results:
+        if "error" in result:
+            log.error("patient %s failed: %s", result["patient_id"], result["error"])
+            failures.append({"patient_id": result["patient_id"], "stage": "extract", "error": result["error"]})
+        else:
+            rows.append({"patient_id": result["patient_id"], **result["features"]})
+    failures_file = failures_path_for(out)
+    failures_table = pd.DataFrame(failures, columns=["patient_id", "stage", "error"])
+    write_text_atomic(failures_file, failures_table.to_csv(index=False))
+    if not rows:
+        if out.exists():
+            out.unlink()
+        raise InputError(f"no patient could be processed ({len(failures)} failed); see {failures_file}",
+                         path=manifest.source, fix="fix the first error listed in the failures file")
+    table = pd.DataFrame(rows)
+    write_text_atomic(out, table.to_csv(index=False))
+    meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
+            "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures),
+            "mask": "automatic (network)" if auto_mask else "manifest",
+            "network": None if network is None else str(network)}
+    write_json_atomic(meta_path_for(out), meta)
+    return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
+                            meta_path=meta_path_for(out))
+
+
+def dask_runner(address: str | None = None) -> Callable[..., list[dict[str, Any]]]:
+    """A runner that maps patients over a Dask cluster (``address`` of a scheduler, or a local cluster)."""
+
+    def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
+            *args: Any) -> list[dict[str, Any]]:
+        from dask.distributed import Client, LocalCluster
+
+        cluster = None if address else LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+        client = Client(address or cluster)
+        try:
+            futures = client.map(function, list(entries), *[[a] * len(entries) for a in args], pure=False)
+            return client.gather(futures)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    return run
+
+

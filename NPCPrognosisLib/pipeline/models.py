@@ -1,0 +1,93 @@
+"""A loaded bundle as ready-to-use models: the one place bundle.json becomes objects again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import BundleError, InputError
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
+from NPCPrognosisLib.io.bundle import read_bundle
+from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.signature import RadiomicsSignature
+from NPCPrognosisLib.survival.nomogram import Nomogram
+
+
+@dataclass
+class LoadedBundle:
+    path: Path
+    document: dict[str, Any]
+    signature: RadiomicsSignature
+    nomograms: dict[str, Nomogram]
+
+    @property
+    def endpoint(self) -> str:
+        return self.document["endpoint"]
+
+    @property
+    def cutoffs(self) -> dict[str, float]:
+        return {name: float(block["cutoff"]) for name, block in self.document["cutoffs"].items()}
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.document.get("preprocessing") or {})
+
+    @property
+    def ebv_fill(self) -> float:
+        return float(self.document["clinical_encoding"]["log10_ebv_dna_fill"])
+
+    @property
+    def training_outcomes(self) -> tuple[np.ndarray, np.ndarray]:
+        training = self.document["training"]
+        return np.asarray(training["time"], float), np.asarray(training["event"], bool)
+
+    @property
+    def uses_deep_score(self) -> bool:
+        return any(DEEP_SCORE in model.factors for model in self.nomograms.values())
+
+    @property
+    def network_dir(self) -> Path | None:
+        """The network bundle shipped inside this bundle (segmentation and deep score), if any."""
+        folder = (self.document.get("network") or {}).get("folder")
+        return self.path / folder if folder else None
+
+    def factors(self, clinical: list[ClinicalRecord], features: pd.DataFrame) -> pd.DataFrame:
+        """The model inputs (encoded clinical covariates, Rad-score, deep score) of aligned records and rows."""
+        table = pd.DataFrame([encode_clinical(r, self.ebv_fill) for r in clinical])
+        return model_factors(table, self.signature, features)
+
+    def check_features(self, meta: dict[str, Any], source: str | Path) -> None:
+        """Refuse features computed with other radiomics settings than the bundle's: they would mean other things."""
+        expected = self.document.get("radiomics", {}).get("settings_hash")
+        found = meta.get("settings_hash")
+        if expected and found and expected != found:
+            raise InputError(f"features were extracted with radiomics settings {found[:12]} but the bundle expects "
+                             f"{expected[:12]}", path=source,
+                             fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
+
+
+def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:
+    """Every factor a model may use: encoded clinical covariates, the Rad-score and, when present, the deep score."""
+    factors = clinical.reset_index(drop=True).copy()
+    factors["rad_score"] = signature.rad_score(features)
+    if DEEP_SCORE in features.columns:
+        factors[DEEP_SCORE] = features[DEEP_SCORE].to_numpy(float)
+    return factors
+
+
+def load_bundle(path: str | Path) -> LoadedBundle:
+    document = read_bundle(path)
+    try:
+        return LoadedBundle(
+            path=Path(path),
+            document=document,
+            signature=RadiomicsSignature.from_dict(document["signature"]),
+            nomograms={name: Nomogram.from_dict(block) for name, block in document["models"].items()},
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"bundle {path} lacks or garbles {exc}; retrain it with this version") from None

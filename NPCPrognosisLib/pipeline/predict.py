@@ -1,0 +1,237 @@
+"""One patient's prognosis from images, mask and clinical record, with a bundle.
+
+The Slicer module and ``npc-prognosis predict`` both land here, so a patient gets the same numbers whichever
+way a clinician asks. :func:`predict_patient` reads top-down as the stages, each run once and handing its result
+to the next: preprocess (N4 + normalisation, shared by the network and radiomics) -> contour (the bundle's
+network, when no mask is given or the nomogram needs the deep score) -> radiomics -> scores -> the prediction
+with its uncertainty and reference curves.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import SimpleITK as sitk
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.imaging.preprocess import preprocess_images
+from NPCPrognosisLib.io.atomic import write_json_atomic
+from NPCPrognosisLib.io.clinical import ClinicalRecord, parse_clinical
+from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
+from NPCPrognosisLib.pipeline.models import LoadedBundle
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.survival.benefit import benefit_statement
+from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
+from NPCPrognosisLib.survival.patient import risk_uncertainty, survival_curves
+from NPCPrognosisLib.survival.risk_groups import assign_groups
+
+#: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
+AUTOMATIC_MASK_FILE = "automatic_mask.nii.gz"
+SYNTHETIC_WARNING = "This bundle was trained on SYNTHETIC data: a software demonstration, not for clinical use."
+
+
+@dataclass
+class Prediction:
+    """What a clinician sees for one patient; ``to_dict`` is ``prediction.json``."""
+
+    patient_id: str
+    endpoint: str
+    risk_score: float
+    risk_group: str
+    cutoff: float
+    survival: dict[str, float]
+    nomogram_points: dict[str, Any]
+    model_risks: dict[str, float]
+    factors: dict[str, float]
+    clinical: dict[str, Any]
+    #: Standard error of the risk score (delta method) and the deep score's TTA spread (see survival.patient).
+    uncertainty: dict[str, Any] = field(default_factory=dict)
+    #: Months, this patient's predicted survival and the reference curves (risk groups, cut-off, training KM).
+    survival_curves: dict[str, list[float]] = field(default_factory=dict)
+    chemo_benefit: dict[str, Any] = field(default_factory=dict)
+    segmentation: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    bundle: dict[str, Any] = field(default_factory=dict)
+    #: Seconds per stage of this prediction (preprocess, contour, radiomics, scores).
+    timings: dict[str, float] = field(default_factory=dict)
+    #: The network's contours when no mask was given (on the CET1W grid), for review; not part of the JSON.
+    automatic_mask: sitk.Image | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "automatic_mask"}
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def bundle_radiomics(bundle: LoadedBundle, preprocessed: Mapping[str, sitk.Image], mask: sitk.Image,
+                     patient_id: str) -> dict[str, float]:
+    """PyRadiomics of preprocessed sequences with exactly the bundle's settings (the numbers the Rad-score was
+    fitted on), written to a temporary parameter file because PyRadiomics reads settings from a file."""
+    import yaml
+
+    from NPCPrognosisLib.radiomics.extraction import extract_patient
+
+    handle, params = tempfile.mkstemp(suffix=".yaml", prefix="npc-radiomics-")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            yaml.safe_dump(bundle.document["radiomics"]["settings"], stream)
+        return extract_patient(dict(preprocessed), mask, patient_id=patient_id, params_path=params)
+    finally:
+        os.unlink(params)
+
+
+def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, float]:
+    """Preprocess with the bundle's settings, then :func:`bundle_radiomics` (contours required)."""
+    if patient.mask is None:
+        raise InputError("no mask: radiomics need GTVp/GTVn contours", patient_id=patient.patient_id,
+                         column="mask", fix="give a mask (label 1 = GTVp, 2 = GTVn)")
+    preprocessed = preprocess_images(patient.images, bundle.preprocess)
+    return bundle_radiomics(bundle, preprocessed, patient.mask, patient.patient_id)
+
+
+def predict_patient(
+    bundle: LoadedBundle,
+    patient: PatientImages,
+    clinical: Mapping[str, Any] | ClinicalRecord,
+    *,
+    features: Mapping[str, float] | None = None,
+    tta: int = 4,
+) -> Prediction:
+    """Predict from aligned images (or from precomputed ``features`` of the same settings).
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        The trained models (:func:`NPCPrognosisLib.pipeline.models.load_bundle`).
+    patient : PatientImages
+        Sequences aligned on the CET1W grid, with the mask when contours exist (``patient.mask is None``: the
+        bundle's network segments the patient and radiomics come from its contours).
+    clinical : mapping or ClinicalRecord
+        The clinical factors (validated here when a mapping).
+    features : mapping, optional
+        Radiomics already computed with the bundle's settings (e.g. of edited contours); skips preprocessing and
+        radiomics unless the deep score must still be computed.
+    tta : int, default 4
+        Test-time augmentations of the network, giving the spread of the deep score.
+
+    Returns
+    -------
+    prediction : Prediction
+        Risk score and group, survival at 12/36/60 months, nomogram points, uncertainty, reference curves,
+        chemotherapy-benefit statement, warnings and the seconds each stage took.
+    """
+    record = clinical if isinstance(clinical, ClinicalRecord) else parse_clinical(clinical, patient.patient_id)
+    timings: dict[str, float] = {}
+    warnings = list(patient.warnings)
+    # The deep score depends on the images only, so precomputed radiomics (e.g. of edited contours) still need
+    # the network unless they carry the score too.
+    has_deep = features is not None and DEEP_SCORE in features
+    needs_network = (features is None and patient.mask is None) or (bundle.uses_deep_score and not has_deep)
+    needs_radiomics = features is None
+    if needs_network and bundle.network_dir is None:
+        raise InputError("no mask given and the bundle has no segmentation network", patient_id=patient.patient_id,
+                         column="--mask",
+                         fix="pass a mask (label 1 = GTVp, 2 = GTVn) or use a bundle with a network")
+
+    # 1. preprocess: N4 and normalisation once per sequence, shared by the network and radiomics
+    preprocessed: dict[str, sitk.Image] = {}
+    if needs_network or needs_radiomics:
+        with _timed(timings, "preprocess"):
+            preprocessed = preprocess_images(patient.images, bundle.preprocess)
+
+    # 2. contour: the network's segmentation (and deep score) when needed
+    mask, automatic_mask = patient.mask, None
+    segmentation: dict[str, Any] = {}
+    row: dict[str, float] = {}
+    deep_sd = None
+    if needs_network:
+        from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
+
+        with _timed(timings, "contour"):
+            network = cached_network(bundle.network_dir)
+            network_input = preprocessed
+            if network.preprocess != bundle.preprocess:  # a network trained with other settings gets its own
+                network_input = preprocess_images(patient.images, network.preprocess)
+            result = segment_preprocessed(network, network_input, patient_id=patient.patient_id, tta=tta)
+        warnings.extend(result.warnings)
+        segmentation = {"source": "manual" if mask is not None else "automatic",
+                        "automatic_volumes_ml": result.volumes_ml, "deep_score": result.deep_score,
+                        "deep_score_sd": result.deep_score_sd}
+        if mask is None:
+            mask = automatic_mask = check_mask(result.mask, patient_id=patient.patient_id)
+            warnings.append("radiomics computed on automatic contours: review them before acting on the result")
+        row[DEEP_SCORE] = float(result.deep_score)
+        deep_sd = result.deep_score_sd
+
+    # 3. radiomics with the bundle's settings
+    if needs_radiomics:
+        with _timed(timings, "radiomics"):
+            row.update(bundle_radiomics(bundle, preprocessed, mask, patient.patient_id))
+    else:
+        row.update(dict(features))
+
+    # 4. scores: encoded factors -> nomogram risk, survival, group, uncertainty, reference curves
+    with _timed(timings, "scores"):
+        factors = bundle.factors([record], pd.DataFrame([row]))
+        values = {k: float(v) for k, v in factors.iloc[0].items()}
+        nomogram = bundle.nomograms["nomogram"]
+        risk = float(nomogram.risk(values)[0])
+        survival = nomogram.survival(values, REPORT_MONTHS)[0]
+        cutoff = bundle.cutoffs["nomogram"]
+        group = str(assign_groups([risk], cutoff)[0])
+        survival_by_month = {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival)}
+        uncertainty = risk_uncertainty(bundle, values, deep_sd)
+        curves = survival_curves(bundle, values)
+    if deep_sd is not None and DEEP_SCORE in nomogram.factors:
+        # The deep score's spread over test-time augmentations, carried through the nomogram's coefficient.
+        segmentation["risk_score_sd"] = abs(float(nomogram.model.coef[nomogram.factors.index(DEEP_SCORE)])) * deep_sd
+    warnings += nomogram.out_of_range(values)
+    if record.ebv_dna is None:
+        warnings.append("EBV DNA missing: the training median was used")
+    if bundle.document.get("synthetic_demo"):
+        warnings.insert(0, SYNTHETIC_WARNING)
+
+    # 5. the prediction a clinician reads
+    return Prediction(
+        patient_id=patient.patient_id,
+        endpoint=bundle.endpoint,
+        risk_score=risk,
+        risk_group=group,
+        cutoff=cutoff,
+        survival=survival_by_month,
+        nomogram_points=nomogram.points(values),
+        model_risks={name: float(model.risk(values)[0]) for name, model in bundle.nomograms.items()},
+        factors=values,
+        clinical=record.to_dict(),
+        uncertainty=uncertainty,
+        survival_curves=curves,
+        chemo_benefit=benefit_statement(group, survival_by_month, bundle.document.get("chemo_benefit"),
+                                        record.t_stage, record.n_stage),
+        segmentation=segmentation,
+        warnings=warnings,
+        bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
+                "format_version": bundle.document.get("format_version")},
+        timings=timings,
+        automatic_mask=automatic_mask,
+    )
+
+
+def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
+    """``prediction.json`` in ``out_dir`` (and ``automatic_mask.nii.gz`` when the network drew the contours, so they
+    can be reviewed), each written atomically; returns the JSON's path."""
+    if prediction.automatic_mask is not None:
+        write_image_atomic(prediction.automatic_mask, Path(out_dir) / AUTOMATIC_MASK_FILE)
+    return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())

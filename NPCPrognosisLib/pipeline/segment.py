@@ -1,0 +1,83 @@
+"""Segment a whole cohort: masks, a manifest pointing at them, deep scores and failures.
+
+One patient's failure never stops the cohort; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from NPCPrognosisLib.contract import SEQUENCES
+from NPCPrognosisLib.deep.segmentation import NetworkModel, segment_patient
+from NPCPrognosisLib.io.atomic import write_text_atomic
+from NPCPrognosisLib.io.images import load_patient, write_image_atomic
+from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str | Path, *, tta: int = 0,
+                   progress: bool = True) -> Path:
+    """Segment every manifest patient; write masks, a manifest pointing at them, scores and failures.
+
+    Returns ``out_dir/manifest.csv``. Image paths in it are rewritten relative to ``out_dir`` so it can be used
+    from there; a patient whose images fail is listed in ``failures.csv`` with the reason and keeps an empty
+    mask cell, and the cohort carries on.
+    """
+
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(manifest_path)
+    table = manifest.table.copy()
+    entries = manifest.entries()
+    items = entries
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(entries, desc="segmenting cohort", unit="patient")
+    masks: dict[str, str] = {}
+    failures, scores = [], []
+    for entry in items:
+        try:
+            patient = load_patient(entry.patient_id, entry.images)
+            result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
+            name = f"{entry.patient_id}_mask.nii.gz"
+            write_image_atomic(result.mask, out_dir / name)
+            masks[entry.patient_id] = name
+            scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
+                           "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
+                           "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
+                           "warnings": " | ".join(result.warnings)})
+        except Exception as exc:  # one patient's failure never stops a cohort
+            log.warning("patient %s failed: %s", entry.patient_id, exc)
+            failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+
+    def relocate(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+            return value
+        path = Path(str(value).strip())
+        path = path if path.is_absolute() else manifest.root / path
+        return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+    for column in SEQUENCES:
+        if column in table.columns:
+            table[column] = table[column].map(relocate)
+    table[MASK_COLUMN] = [masks.get(pid, "") for pid in table["patient_id"]]
+    write_text_atomic(out_dir / "manifest.csv", table.to_csv(index=False))
+    columns = ["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "binary_probability", "warnings"]
+    if not model.net.config.binary_head:
+        columns.remove("binary_probability")
+    write_text_atomic(out_dir / "deep_scores.csv", pd.DataFrame(scores, columns=columns).to_csv(index=False))
+    failures_path = out_dir / "failures.csv"
+    if failures:
+        write_text_atomic(failures_path, pd.DataFrame(failures).to_csv(index=False))
+    elif failures_path.exists():
+        failures_path.unlink()
+    return out_dir / "manifest.csv"

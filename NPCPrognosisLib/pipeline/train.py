@@ -1,0 +1,262 @@
+"""Training: fit the radiomics signature, the clinical model and the nomogram on the training split only.
+
+Everything learned here (imputation, scaling, selected features, coefficients, baseline hazards, cut-offs) goes
+into the bundle and is reused unchanged on validation cohorts and new patients; nothing is re-estimated later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES, encode_clinical, parse_clinical
+from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from NPCPrognosisLib.pipeline.models import model_factors
+from NPCPrognosisLib.radiomics.features_table import (
+    DEEP_SCORE,
+    feature_matrix,
+    read_features,
+    read_manifest_features,
+)
+from NPCPrognosisLib.radiomics.signature import RadiomicsSignature, SignatureSettings, fit_signature
+from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
+from NPCPrognosisLib.survival.splits import event_folds, event_split
+
+log = logging.getLogger(__name__)
+
+#: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
+#: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
+COX_PENALIZER = 0.01
+#: Folds of the cross-fitted Rad-score the Cox models are fitted on (see ``cross_fitted_rad_score``).
+RAD_SCORE_FOLDS = 5
+
+
+def hash_id(patient_id: str) -> str:
+    """Bundles record which patients trained them without carrying identifiers out of the hospital."""
+    return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
+
+
+def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = None, test_fraction: float = 0.3,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training and test patient IDs: from a column (values train/test) or a random split stratified by event."""
+    table = manifest.table
+    if split_col:
+        if split_col not in table.columns:
+            raise InputError(f"no split column {split_col!r}", path=manifest.source, column=split_col)
+        values = table[split_col].astype(str).str.strip().str.lower()
+        bad = table.loc[~values.isin(["train", "test", "training", "validation", "valid"]), "patient_id"].tolist()
+        if bad:
+            value = table.loc[table["patient_id"] == bad[0], split_col].iloc[0]
+            raise InputError(f"split value {value!r} not understood",
+                             patient_id=bad[0], column=split_col, fix="use 'train' or 'test'")
+        is_train = values.isin(["train", "training"])
+        return table.loc[is_train, "patient_id"].tolist(), table.loc[~is_train, "patient_id"].tolist()
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"test fraction {test_fraction} must be in [0, 1)", column="--test-fraction")
+    if test_fraction == 0:
+        return list(table["patient_id"]), []
+    event_col = f"{endpoint}_event"
+    strata = table[event_col].fillna(-1).to_numpy() if event_col in table.columns else np.zeros(len(table))
+    train, test = event_split(strata, test_fraction, seed)
+    ids = table["patient_id"].to_numpy()
+    return ids[train].tolist(), ids[test].tolist()
+
+
+def clinical_table(manifest: Manifest, ebv_fill: float | None) -> pd.DataFrame:
+    """Encoded clinical covariates, one row per manifest row (same order)."""
+    rows = []
+    for _, row in manifest.table.iterrows():
+        record = parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+        rows.append(encode_clinical(record, ebv_fill))
+    return pd.DataFrame(rows, columns=list(CLINICAL_COVARIATES))
+
+
+def ebv_fill_value(manifest: Manifest) -> float:
+    """Median log10 EBV DNA of the training cohort: stands in for a missing value."""
+    encoded = clinical_table(manifest, None)["log10_ebv_dna"]
+    median = float(encoded.median()) if encoded.notna().any() else 0.0
+    return 0.0 if math.isnan(median) else median
+
+
+@dataclass
+class TrainedModels:
+    """The fitted stages (before they are written as a bundle)."""
+
+    endpoint: str
+    signature: RadiomicsSignature
+    nomograms: dict[str, Nomogram]
+    cutoffs: dict[str, dict[str, Any]]
+    ebv_fill: float
+    train_time: list[float]
+    train_event: list[int]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: How the Cox models saw the Rad-score during fitting ("5-fold cross-fitted" or "in-sample").
+    rad_score_for_cox: str = "in-sample"
+
+    def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Risk (linear predictor) of every model for aligned manifest/features rows."""
+        factors = model_factors(clinical_table(manifest, self.ebv_fill), self.signature, features)
+        return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
+
+
+def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
+                           settings: SignatureSettings | None, folds: int) -> np.ndarray | None:
+    """Out-of-fold Rad-scores of the training patients (each from a signature fitted without them), or None
+    when a fold has too few events to fit one.
+
+    Why: the LASSO-Cox Rad-score is fitted to the training patients' own outcomes, so on them it ranks far
+    better than on new patients; a Cox model fitted on that in-sample score gives it nearly all the weight and
+    drowns the clinical factors (and the deep score). Fitting the Cox models on out-of-fold scores (stacking)
+    weighs the Rad-score as it will behave on new patients; new patients are scored by the full signature.
+    """
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    seed = (settings or SignatureSettings()).seed
+    fold = event_folds(event, folds, seed + 7919)
+    scores = np.empty(len(time))
+    matrix = feature_matrix(features)
+    for k in range(folds):
+        held = fold == k
+        try:
+            signature = fit_signature(matrix[~held].reset_index(drop=True), time[~held], event[~held], settings)
+        except InputError as exc:
+            log.warning("Rad-score cross-fitting skipped (%s); the Cox models use the in-sample Rad-score", exc)
+            return None
+        scores[held] = signature.rad_score(matrix[held])
+    return scores
+
+
+def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+               settings: SignatureSettings | None = None, *, ties: str = "efron",
+               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS) -> TrainedModels:
+    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i).
+
+    The Cox models see the Rad-score cross-fitted over ``rad_score_folds`` folds (0: in-sample, as most
+    published nomograms do; see :func:`cross_fitted_rad_score`).
+    """
+    from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
+
+    check_outcomes(manifest, endpoint)
+    time, event = manifest.outcome_arrays(endpoint)
+    signature = fit_signature(feature_matrix(features), time, event, settings)
+    ebv_fill = ebv_fill_value(manifest)
+    factors = model_factors(clinical_table(manifest, ebv_fill), signature, features)
+    oof = cross_fitted_rad_score(features, time, event, settings, rad_score_folds) if rad_score_folds > 1 else None
+    if oof is not None:
+        factors["rad_score"] = oof
+    clinical = list(CLINICAL_COVARIATES)
+    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": ["rad_score", *clinical]}
+    if DEEP_SCORE in factors.columns:
+        if factors[DEEP_SCORE].isna().any():
+            missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
+            raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
+                             column=DEEP_SCORE, fix="re-extract these patients with --network")
+        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical],
+                        "nomogram": [DEEP_SCORE, "rad_score", *clinical]})
+    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer)
+                 for name, columns in designs.items()}
+    cutoffs = {}
+    for name, model in nomograms.items():
+        risk = model.risk(factors)
+        block = max_logrank_cutoff(risk, time, event, min_share=0.10)
+        # Typical patients of each group: the reference survival curves shown beside a new patient's curve.
+        block["group_median_risk"] = {"low": float(np.median(risk[risk <= block["cutoff"]])),
+                                      "high": float(np.median(risk[risk > block["cutoff"]]))}
+        cutoffs[name] = block
+    return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
+                         ebv_fill=ebv_fill, train_time=[float(t) for t in time],
+                         train_event=[int(e) for e in event],
+                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample")
+
+
+def train(
+    manifest: Manifest,
+    features_path: str | Path,
+    endpoint: str,
+    out: str | Path,
+    *,
+    split_col: str | None = None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    settings: SignatureSettings | None = None,
+    synthetic: bool = False,
+    network: str | Path | None = None,
+) -> dict[str, Any]:
+    """Split, fit on the training part, and write the bundle; returns the bundle document.
+
+    ``synthetic`` marks a bundle trained on synthetic data: every prediction from it then carries a
+    not-for-clinical-use warning. ``network`` (a network bundle) is copied into the bundle's ``network/``
+    folder; it is required when the features table holds deep scores, so predictions compute them the same way.
+    """
+    from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.survival.benefit import fit_benefit
+    from NPCPrognosisLib.survival.metrics import evaluate_risk
+    from NPCPrognosisLib.survival.risk_groups import assign_groups
+
+    table, meta = read_features(features_path)
+    if DEEP_SCORE in table.columns and network is None:
+        raise InputError("the features table holds deep scores but no network was given", path=features_path,
+                         column=DEEP_SCORE, fix="pass --network with the network bundle used by extract")
+    manifest, features, lacking = read_manifest_features(manifest, table)
+    if lacking:
+        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
+    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
+    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
+                              source=manifest.source)
+    train_features = features[is_train].reset_index(drop=True)
+    models = fit_models(train_manifest, train_features, endpoint,
+                        settings or SignatureSettings(seed=seed))
+    risks = models.risks(train_manifest, train_features)
+    time, event = train_manifest.outcome_arrays(endpoint)
+    training_metrics = {
+        name: evaluate_risk(risks[name].to_numpy(), time, event, time, event, cutoff=models.cutoffs[name]["cutoff"],
+                            n_boot=200, seed=seed)
+        for name in models.nomograms
+    }
+    for block in training_metrics.values():
+        block.pop("calibration", None)
+    ccnd = pd.to_numeric(train_manifest.table.get("ccnd"), errors="coerce").fillna(0.0).to_numpy()
+    chemo_benefit = fit_benefit(time, event, ccnd, assign_groups(risks["nomogram"].to_numpy(),
+                                                                models.cutoffs["nomogram"]["cutoff"]))
+    document = {
+        "endpoint": endpoint,
+        "sequences": ["t1", "t2", "t1c"],
+        "preprocessing": meta.get("preprocessing"),
+        "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
+                                               "ibsi_note")},
+        "feature_columns": list(feature_matrix(features).columns),
+        "deep_score": DEEP_SCORE in features.columns,
+        "signature": models.signature.to_dict(),
+        "clinical_encoding": {"covariates": list(CLINICAL_COVARIATES), "log10_ebv_dna_fill": models.ebv_fill,
+                              "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
+                              "ebv_dna": "log10(copies/mL + 1)"},
+        "models": {name: model.to_dict() for name, model in models.nomograms.items()},
+        "cox": {"ties": "efron", "penalizer": COX_PENALIZER, "rad_score": models.rad_score_for_cox},
+        "cutoffs": models.cutoffs,
+        "chemo_benefit": chemo_benefit,
+        "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
+                     "event": models.train_event, "metrics": training_metrics,
+                     "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],
+                     "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
+                     "split": split_col or f"random stratified, test fraction {test_fraction}",
+                     "left_out_without_features": lacking},
+        "synthetic_demo": bool(synthetic),
+    }
+    extra_files = {}
+    if network is not None:
+        from NPCPrognosisLib.io.bundle import read_bundle
+
+        read_bundle(network)  # verified before it is shipped inside this bundle
+        root = Path(network)
+        extra_files = {f"network/{p.relative_to(root).as_posix()}": p for p in root.rglob("*") if p.is_file()}
+        document["network"] = {"folder": "network", "source": str(network)}
+    write_bundle(out, document, extra_files=extra_files)
+    return document

@@ -1,0 +1,81 @@
+"""The features table contract: one row per patient, one column per feature, metadata beside it.
+
+What produced a table (PyRadiomics version, settings hash, preprocessing) is recorded in ``<name>.meta.json``
+and checked again when a model is trained on it or a bundle reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
+from NPCPrognosisLib.io.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+#: Column of the network's risk score (DeepMTS-style) when features were extracted with a network.
+DEEP_SCORE = "deep_score"
+
+
+def failures_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".failures.csv")
+
+
+def meta_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".meta.json")
+
+
+def extraction_metadata(params_path: str | Path | None, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """What a features table depends on: recorded beside it and checked again at training time."""
+    from NPCPrognosisLib.radiomics.extraction import load_settings, pyradiomics_version, settings_hash
+    from NPCPrognosisLib.resources import RADIOMICS_PARAMS
+
+    return {
+        "pyradiomics_version": pyradiomics_version(),
+        "params_file": Path(params_path or RADIOMICS_PARAMS).name,
+        "settings_hash": settings_hash(params_path),
+        "settings": load_settings(params_path),
+        "preprocessing": preprocess.to_dict(),
+        "ibsi_note": "PyRadiomics deviates from IBSI in documented ways: kurtosis is not excess kurtosis, fixed "
+                     "bin width bins start at 0 (not at the ROI minimum), resampling grids are corner-aligned.",
+    }
+
+
+def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A features table and its metadata (empty dict when the sidecar is missing, e.g. a user's own table)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("features table not found", path=path, fix="run `npc-prognosis extract` first")
+    table = pd.read_csv(path, dtype={"patient_id": str})
+    if "patient_id" not in table.columns:
+        raise InputError("features table has no patient_id column", path=path)
+    dup = table["patient_id"][table["patient_id"].duplicated()].tolist()
+    if dup:
+        raise InputError(f"duplicate patient IDs {dup[:3]} in the features table", patient_id=dup[0], path=path)
+    meta_file = meta_path_for(path)
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return table, meta
+
+
+def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Manifest, pd.DataFrame, list[str]]:
+    """Patients present in both, in manifest order, and the IDs lacking features (failed or not extracted)."""
+    have = set(table["patient_id"])
+    lacking = [p for p in manifest.patient_ids if p not in have]
+    kept = manifest.table[manifest.table["patient_id"].isin(have)].reset_index(drop=True)
+    features = table.set_index("patient_id").loc[kept["patient_id"]].reset_index()
+    return Manifest(table=kept, root=manifest.root, source=manifest.source), features, lacking
+
+
+#: Columns of a features table that are not radiomics: the ID and the network's deep risk score.
+NON_RADIOMICS = ("patient_id", DEEP_SCORE)
+
+
+def feature_matrix(features: pd.DataFrame) -> pd.DataFrame:
+    """The radiomics columns only (``<roi>_present`` flags count as features; the deep score does not)."""
+    return features[[c for c in features.columns if c not in NON_RADIOMICS]]

@@ -1,0 +1,94 @@
+"""Python packages the core needs inside Slicer, found without importing them.
+
+Checking must never load torch into Slicer's process (it takes seconds and cannot be undone), so versions are
+read with ``importlib.metadata``; the module asks once before installing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+#: Python distributions the core needs inside Slicer: (distribution, requirement, import name, why).
+#: Detected with importlib.metadata (no import), so checking never loads torch into Slicer's process.
+DEPENDENCIES = (
+    ("torch", "torch>=2.0", "torch", "deep segmentation network"),
+    ("monai", "monai>=1.3", "monai", "network layers and sliding-window inference"),
+    ("pyradiomics", "pyradiomics>=3.0.1", "radiomics", "radiomics features"),
+    ("scikit-survival", "scikit-survival>=0.22", "sksurv", "risk-group log-rank statistics"),
+    ("pandas", "pandas>=1.5", "pandas", "feature tables"),
+    ("PyYAML", "PyYAML>=6.0", "yaml", "radiomics parameter files"),
+    ("safetensors", "safetensors>=0.4", "safetensors", "network weights"),
+    ("matplotlib", "matplotlib>=3.6", "matplotlib", "survival plot of the exported report"),
+)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():
+            break
+    return tuple(parts)
+
+
+def _satisfies(installed: str, requirement: str) -> bool:
+    """``installed`` meets ``requirement``'s lower bound (the only kind of bound the module declares)."""
+    if ">=" not in requirement:
+        return True
+    wanted = requirement.split(">=", 1)[1].split(",")[0].strip()
+    try:
+        from packaging.version import Version
+
+        return Version(installed) >= Version(wanted)
+    except Exception:  # noqa: BLE001 - packaging missing or an unparsable local version: compare numerically
+        return _version_tuple(installed) >= _version_tuple(wanted)
+
+
+def missing_dependencies(
+    dependencies: Sequence[tuple[str, str, str, str]] = DEPENDENCIES,
+    version_of: Callable[[str], str] | None = None,
+) -> list[dict[str, str]]:
+    """Dependencies that are absent or too old, found without importing them (importing torch takes seconds)."""
+    if version_of is None:
+        from importlib import metadata
+
+        def version_of(name: str) -> str:
+            return metadata.version(name)
+
+    out = []
+    for distribution, requirement, import_name, why in dependencies:
+        try:
+            installed: str | None = version_of(distribution)
+        except Exception:  # noqa: BLE001 - PackageNotFoundError or a broken install: either way, install it
+            installed = None
+        if installed is None or not _satisfies(installed, requirement):
+            out.append({"distribution": distribution, "requirement": requirement, "import": import_name,
+                        "why": why, "installed": installed or ""})
+    return out
+
+
+def read_requirements(path: str | Path) -> list[str]:
+    """Requirement lines of a requirements.txt (comments and blank lines dropped)."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def install_question(missing: Sequence[Mapping[str, str]]) -> str:
+    """The one confirmation the user sees before anything is installed."""
+    rows = "\n".join(f"  - {m['requirement']} ({m['why']})" for m in missing)
+    return ("NPCPrognosis needs these Python packages, which are not installed in Slicer yet:\n" + rows +
+            "\n\nInstall them now? This downloads several hundred MB (PyTorch) and may take minutes.")
+
+
+OFFLINE_MESSAGE = ("Could not install {packages}: the package index cannot be reached (offline?). Connect to the "
+                   "internet and try again, or install them from the Python console with "
+                   "slicer.util.pip_install(...).")
+

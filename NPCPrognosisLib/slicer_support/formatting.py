@@ -1,0 +1,95 @@
+"""Results as the strings and rows the panel and the report show."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def format_percent(value: float | None) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{100.0 * float(value):.1f} %"
+
+
+def format_risk(prediction: Mapping[str, Any], uncertainty: Mapping[str, Any] | None = None) -> str:
+    """'1.23 ± 0.31 (high risk; cut-off 0.85)' - the score, its standard error when known, and the group."""
+    score = float(prediction["risk_score"])
+    text = f"{score:.2f}"
+    se = None if uncertainty is None else uncertainty.get("risk_se")
+    if se is not None and math.isfinite(float(se)):
+        text += f" ± {float(se):.2f}"
+    return f"{text} ({prediction['risk_group']} risk; cut-off {float(prediction['cutoff']):.2f})"
+
+
+def format_survival(prediction: Mapping[str, Any]) -> list[str]:
+    """One line per reported time point, e.g. 'DMFS at 36 months: 81.2 %'."""
+    endpoint = str(prediction.get("endpoint", "")).upper()
+    return [f"{endpoint} at {int(float(m))} months: {format_percent(s)}"
+            for m, s in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0]))]
+
+
+def format_nomogram_points(points: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(factor, points) rows, largest contribution first, then the total."""
+    per_factor = points.get("per_factor", {})
+    rows = [(name, f"{value:.1f}") for name, value in sorted(per_factor.items(), key=lambda kv: -kv[1])]
+    rows.append(("total", f"{float(points.get('total', sum(per_factor.values()))):.1f}"))
+    return rows
+
+
+def format_warnings(warnings: Sequence[str]) -> str:
+    return "\n".join(f"• {w}" for w in warnings) if warnings else "none"
+
+
+def format_contour_change(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for name, s in report["structures"].items():
+        pct = s["volume_change_percent"]
+        pct_text = "new" if pct == float("inf") else f"{pct:+.1f} %"
+        lines.append(f"{name}: Dice {s['dice']:.3f}; volume {s['volume_automatic_ml']:.2f} -> "
+                     f"{s['volume_edited_ml']:.2f} mL ({pct_text})")
+    risk = report.get("risk")
+    if risk:
+        group = (f"group changed {risk['group_automatic']} -> {risk['group_edited']}" if risk["group_changed"]
+                 else f"group unchanged ({risk['group_edited']})")
+        lines.append(f"risk score {risk['automatic']:.2f} -> {risk['edited']:.2f} ({risk['change']:+.2f}); {group}")
+    return lines
+
+
+def benefit_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
+    """The chemotherapy-benefit statement with its evidence (computed by the core with the prediction).
+
+    Older bundles (or cores) without benefit evidence get a plain 'not available' instead of an error.
+    """
+    block = prediction.get("chemo_benefit") or {}
+    statement = str(block.get("statement") or "").strip()
+    if not statement:
+        return {"statement": "Chemotherapy benefit: not available in this bundle.", "evidence": {}}
+    return {"statement": statement, "evidence": dict(block.get("evidence") or {})}
+
+
+def format_evidence(evidence: Mapping[str, Any]) -> str:
+    """The numbers behind the benefit statement, one short line (nested blocks are left to the JSON report)."""
+    parts = []
+    for key, value in evidence.items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.3g}")
+        elif isinstance(value, (int, str, bool)):
+            parts.append(f"{key} {value}")
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            parts.append(f"{key} " + "-".join(f"{float(v):.3g}" for v in value))
+    return "; ".join(parts)
+
+
+def feature_rows(features: Mapping[str, float], document: Mapping[str, Any]) -> list[tuple[str, float, int]]:
+    """(feature, value, used by the Rad-score 0/1) in the bundle's column order - the rows of the table node."""
+    columns = list(document.get("feature_columns") or sorted(features))
+    used = set((document.get("signature") or {}).get("features") or [])
+    rows = []
+    for name in columns:
+        value = features.get(name)
+        rows.append((name, float("nan") if value is None else float(value), 1 if name in used else 0))
+    return rows
+
+

@@ -1,0 +1,199 @@
+"""The panel's out-of-process jobs: segmentation, radiomics and prediction from files, results to files.
+
+Heavy work runs in ``PythonSlicer`` so the GUI never freezes; the module writes a job file, polls
+``progress.json`` and reads ``result.json`` (or ``error.json``). Nothing here imports slicer, qt or vtk, and the
+module-level imports are standard library only, so Slicer can load the module before heavy packages exist.
+
+Run a job out of process (what the Slicer module does)::
+
+    PythonSlicer -m NPCPrognosisLib.slicer_support.jobs job.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from NPCPrognosisLib.io.atomic import write_json_atomic
+
+
+class JobCancelled(Exception):
+    """The user pressed Cancel; raised between stages."""
+
+
+def _progress_writer(out_dir: Path) -> Callable[[float, str], None]:
+    """Progress goes to a small JSON file the Slicer module polls (stdout buffering would make it lag)."""
+    path = out_dir / "progress.json"
+
+    def report(fraction: float, message: str) -> None:
+        write_json_atomic(path, {"fraction": float(fraction), "message": message, "time": time.time()}, indent=None)
+
+    return report
+
+
+def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | None = None,
+            cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """One step of the panel (``segment``, ``extract`` or ``predict``) from files, results written to files.
+
+    The same function serves the out-of-process runner (``main``) and the in-process path of headless tests,
+    so both give identical numbers. ``job`` keys: action, out_dir, patient_id, images {t1, t2, t1c: path},
+    mask (path), bundle (dir), network (dir), clinical (form or record dict), features (path of a previous
+    extract's features.json, reused when the mask is unchanged), tta (int).
+    """
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.io.images import align_patient, read_image, write_image_atomic
+
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = progress or _progress_writer(out_dir)
+    patient_id = str(job.get("patient_id") or "patient")
+
+    def step(fraction: float, message: str) -> None:
+        if cancelled is not None and cancelled():
+            raise JobCancelled(message)
+        progress(fraction, message)
+
+    action = job["action"]
+    step(0.02, "reading images")
+    images = {name: read_image(path, patient_id=patient_id, role=name) for name, path in job["images"].items()}
+    result: dict[str, Any] = {"action": action, "patient_id": patient_id}
+    if action == "segment":
+        from NPCPrognosisLib.deep import segmentation
+
+        step(0.10, "loading the segmentation network")
+        model = segmentation.load_network(job["network"])
+        step(0.20, "segmenting GTVp and GTVn")
+        seg = segmentation.segment_patient(model, images, patient_id=patient_id, tta=int(job.get("tta", 0)))
+        write_image_atomic(sitk.Cast(seg.mask, sitk.sitkUInt8), out_dir / "mask.nii.gz")
+        result.update({"mask": str(out_dir / "mask.nii.gz"), "deep_score": _maybe_float(seg.deep_score),
+                       "deep_score_sd": _maybe_float(seg.deep_score_sd), "volumes_ml": dict(seg.volumes_ml),
+                       "warnings": list(seg.warnings)})
+        if getattr(seg, "uncertainty", None) is not None:
+            write_image_atomic(seg.uncertainty, out_dir / "uncertainty.nii.gz")
+            result["uncertainty"] = str(out_dir / "uncertainty.nii.gz")
+    elif action in ("extract", "predict"):
+        from NPCPrognosisLib.pipeline.models import load_bundle
+        from NPCPrognosisLib.pipeline.predict import predict_patient
+
+        step(0.05, "checking the model bundle")
+        bundle = load_bundle(job["bundle"])
+        mask = read_image(job["mask"], patient_id=patient_id, role="mask") if job.get("mask") else None
+        patient = align_patient(images, mask, patient_id=patient_id)
+        if patient.mask is None:
+            raise ValueError("no segmentation given: run Segment or choose a segmentation with GTVp (and GTVn)")
+        step(0.15, "radiomics (N4 bias correction, normalisation, PyRadiomics)")
+        features_path = cached_features(bundle, patient, job.get("features"), out_dir / "features.json")
+        features = json.loads(features_path.read_text())["features"]
+        result["features"] = str(features_path)
+        result["feature_columns"] = list(bundle.document.get("feature_columns") or sorted(features))
+        if action == "predict":
+            step(0.70, "nomogram and risk group")
+            from NPCPrognosisLib.slicer_support.form import clinical_form_to_values
+            from NPCPrognosisLib.slicer_support.formatting import benefit_summary
+
+            clinical = clinical_form_to_values(job.get("clinical") or {})
+            prediction = predict_patient(bundle, patient, clinical, features=features).to_dict()
+            result["prediction"] = prediction
+            if job.get("reference_mask"):
+                step(0.75, "radiomics of the automatic contours (for the change report)")
+                reference = align_patient(
+                    images, read_image(job["reference_mask"], patient_id=patient_id, role="mask"),
+                    patient_id=patient_id)
+                # Unedited contours are the automatic ones: their radiomics are the ones just computed.
+                previous = job.get("reference_features")
+                if not previous or not Path(previous).exists():
+                    previous = str(features_path)
+                reference_path = cached_features(bundle, reference, previous, out_dir / "reference_features.json")
+                reference_features = json.loads(reference_path.read_text())["features"]
+                result["reference_features"] = str(reference_path)
+                result["reference_prediction"] = predict_patient(bundle, reference, clinical,
+                                                                 features=reference_features).to_dict()
+            result["uncertainty"] = prediction["uncertainty"]
+            result["curves"] = prediction["survival_curves"]
+            result["benefit"] = benefit_summary(prediction)
+    else:
+        raise ValueError(f"unknown job action {action!r}; use segment, extract or predict")
+    step(1.0, "done")
+    write_json_atomic(out_dir / "result.json", result, indent=1)
+    return result
+
+
+def mask_fingerprint(mask: Any) -> str:
+    """SHA-256 of a label map's voxels and geometry: equal fingerprints give equal radiomics."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    digest = hashlib.sha256()
+    digest.update(sitk.GetArrayFromImage(sitk.Cast(mask, sitk.sitkUInt8)).tobytes())  # a copy: a view of the
+    # temporary Cast image would read freed memory
+    digest.update(repr((mask.GetSize(), [round(v, 6) for v in mask.GetOrigin()],
+                        [round(v, 6) for v in mask.GetSpacing()],
+                        [round(v, 6) for v in mask.GetDirection()])).encode())
+    return digest.hexdigest()
+
+
+def cached_features(bundle: Any, patient: Any, previous: str | Path | None, out_path: Path) -> Path:
+    """Radiomics of ``patient`` - reused from ``previous`` when it was made with the same bundle and contours.
+
+    Radiomics of three sequences take minutes; Predict after Extract (or after an edit that was undone) must not
+    recompute them, but any change of contour or bundle must.
+    """
+    fingerprint = mask_fingerprint(patient.mask)
+    bundle_id = str(Path(bundle.path).resolve())
+    if previous and Path(previous).exists():
+        stored = json.loads(Path(previous).read_text())
+        if stored.get("mask_fingerprint") == fingerprint and stored.get("bundle") == bundle_id:
+            return Path(previous)
+    features = bundle_features(bundle, patient)
+    return write_json_atomic(out_path, {"patient_id": patient.patient_id, "bundle": bundle_id,
+                                        "mask_fingerprint": fingerprint, "features": features}, indent=1)
+
+
+def bundle_features(bundle: Any, patient: Any) -> dict[str, float]:
+    """Radiomics with exactly the bundle's settings (imported when a job runs, not when Slicer loads the module)."""
+    from NPCPrognosisLib.pipeline.predict import bundle_features as extract
+
+    return extract(bundle, patient)
+
+
+def _maybe_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m NPCPrognosisLib.slicer_support.jobs job.json``: exit 0 with result.json, 2 with error.json."""
+    from NPCPrognosisLib.errors import BundleError, InputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m NPCPrognosisLib.slicer_support.jobs job.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if job.get("log_file"):
+        # Everything (ITK, PyRadiomics, tqdm) goes to the log at the descriptor level, so a parent that reads the
+        # pipe only at the end can never be blocked by a full pipe.
+        log = open(job["log_file"], "a")  # noqa: SIM115 - lives as long as the process
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        run_job(job)
+    except (InputError, BundleError, ImportError, ValueError) as exc:
+        write_json_atomic(out_dir / "error.json", {"error": str(exc), "type": type(exc).__name__})
+        print(f"NPCPrognosis {job.get('action')}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Cox proportional hazards models with the inference a nomogram paper needs, stored as plain JSON.
+
+scikit-survival fits the coefficients but reports neither standard errors nor p-values, and its baseline
+hazard is always Breslow's. A nomogram table needs hazard ratios with confidence intervals, and an Efron fit
+should predict with an Efron baseline, so this module adds the observed information matrix and a
+ties-consistent baseline cumulative hazard on top of the sksurv fit. The fitted model is a small dataclass
+that round-trips through JSON exactly (never pickle), so a bundle written today predicts the same tomorrow.
+
+Prediction (:meth:`CoxModel.survival_at`) needs only numpy; scikit-survival is imported when fitting.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.survival.checks import check_survival_arrays, row_location
+
+#: Version of the dict written by :meth:`CoxModel.to_dict`; bump on incompatible changes.
+FORMAT_VERSION = 1
+_Z975 = 1.959963984540054  # standard normal 97.5% quantile
+
+
+@dataclass
+class CoxModel:
+    """A fitted Cox model: coefficients, their uncertainty and the baseline needed to predict survival."""
+
+    covariates: list
+    coef: np.ndarray
+    se: np.ndarray
+    ties: str
+    baseline_times: np.ndarray
+    baseline_cumhaz: np.ndarray
+    n: int
+    events: int
+    log_likelihood: float
+    penalizer: float = 0.0
+    covariance: np.ndarray | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ prediction
+    def _design(self, X: Any) -> np.ndarray:
+        """Pick and order the model's covariates so a DataFrame with extra or shuffled columns predicts right."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas is a dependency
+            pd = None
+        if pd is not None and isinstance(X, pd.Series):
+            X = X.to_frame().T
+        if pd is not None and isinstance(X, pd.DataFrame):
+            ids = _patient_ids(X)
+            missing = [c for c in self.covariates if c not in X.columns]
+            if missing:
+                raise InputError(
+                    f"the Cox model needs covariate(s) {missing} but the table has {list(X.columns)}",
+                    column=missing[0],
+                    fix="add the column (same name and coding as at training time)",
+                )
+            return _numeric_matrix(X, self.covariates, ids)
+        arr = np.asarray(X, dtype=float)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1) if arr.shape[0] == len(self.covariates) else arr.reshape(-1, 1)
+        if arr.ndim != 2 or arr.shape[1] != len(self.covariates):
+            raise InputError(
+                f"expected {len(self.covariates)} covariate columns {self.covariates}, got array of shape "
+                f"{np.shape(X)}",
+                fix="pass a DataFrame with the named columns or an array with columns in that order",
+            )
+        if not np.all(np.isfinite(arr)):
+            row, col = np.argwhere(~np.isfinite(arr))[0]
+            raise InputError(
+                f"non-finite value in row {row}", column=self.covariates[col], fix="impute or drop the row"
+            )
+        return arr
+
+    def linear_predictor(self, X: Any) -> np.ndarray:
+        """Risk score x'beta (higher = worse prognosis)."""
+        return self._design(X) @ np.asarray(self.coef, dtype=float)
+
+    def cumulative_hazard_at(self, X: Any, times: Any) -> np.ndarray:
+        """H(t|x) = H0(t) exp(x'beta) as an (n_samples, n_times) matrix; H0 is a right-continuous step."""
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        h0 = baseline_step(self.baseline_times, self.baseline_cumhaz, times)
+        return np.exp(self.linear_predictor(X))[:, None] * h0[None, :]
+
+    def survival_at(self, X: Any, times: Any) -> np.ndarray:
+        """S(t|x) = exp(-H0(t) exp(x'beta)), shape (n_samples, len(times)).
+
+        Before the first event time S = 1; after the last event time the baseline is held constant (the data
+        say nothing beyond it), which is the usual convention of survival/lifelines.
+        """
+        return np.exp(-self.cumulative_hazard_at(X, times))
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> list:
+        """One row per covariate: coef, hazard ratio with Wald 95% CI, SE, z and two-sided p."""
+        from scipy.stats import norm
+
+        rows = []
+        for name, b, s in zip(self.covariates, np.asarray(self.coef), np.asarray(self.se)):
+            b = float(b)
+            s = float(s)
+            z = b / s if s > 0 else float("nan")
+            p = float(2.0 * norm.sf(abs(z))) if math.isfinite(z) else float("nan")
+            rows.append(
+                {
+                    "covariate": str(name),
+                    "coef": b,
+                    "hr": _exp(b),
+                    "hr_95ci": [_exp(b - _Z975 * s), _exp(b + _Z975 * s)],
+                    "se": s,
+                    "z": float(z),
+                    "p": p,
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        """JSON-only representation; Python's float repr round-trips, so from_dict(to_dict()) is exact."""
+        d = {
+            "kind": "cox_ph",
+            "format_version": FORMAT_VERSION,
+            "covariates": [str(c) for c in self.covariates],
+            "coef": [float(v) for v in np.asarray(self.coef, dtype=float)],
+            "se": [float(v) for v in np.asarray(self.se, dtype=float)],
+            "ties": str(self.ties),
+            "baseline_times": [float(v) for v in np.asarray(self.baseline_times, dtype=float)],
+            "baseline_cumhaz": [float(v) for v in np.asarray(self.baseline_cumhaz, dtype=float)],
+            "n": int(self.n),
+            "events": int(self.events),
+            "log_likelihood": float(self.log_likelihood),
+            "penalizer": float(self.penalizer),
+        }
+        if self.covariance is not None:
+            d["covariance"] = [[float(v) for v in row] for row in np.asarray(self.covariance, dtype=float)]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CoxModel:
+        if not isinstance(d, dict) or d.get("kind", "cox_ph") != "cox_ph":
+            raise InputError("not a Cox model dict", fix="pass the dict written by CoxModel.to_dict()")
+        version = int(d.get("format_version", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise InputError(
+                f"Cox model format version {version} is newer than this software ({FORMAT_VERSION})",
+                fix="update NPCPrognosis",
+            )
+        try:
+            cov = d.get("covariance")
+            model = cls(
+                covariates=list(d["covariates"]),
+                coef=np.asarray(d["coef"], dtype=float),
+                se=np.asarray(d["se"], dtype=float),
+                ties=str(d["ties"]),
+                baseline_times=np.asarray(d["baseline_times"], dtype=float),
+                baseline_cumhaz=np.asarray(d["baseline_cumhaz"], dtype=float),
+                n=int(d["n"]),
+                events=int(d["events"]),
+                log_likelihood=float(d["log_likelihood"]),
+                penalizer=float(d.get("penalizer", 0.0)),
+                covariance=None if cov is None else np.asarray(cov, dtype=float),
+            )
+        except KeyError as exc:
+            raise InputError(f"Cox model dict lacks key {exc.args[0]!r}", fix="re-export the model") from None
+        if (
+            model.coef.shape != (len(model.covariates),)
+            or model.baseline_times.shape != model.baseline_cumhaz.shape
+        ):
+            raise InputError("Cox model dict has inconsistent array lengths", fix="re-export the model")
+        return model
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _exp(value: float) -> float:
+    """exp that returns inf instead of raising: a separated fit (a group without events) has huge coefficients."""
+    return float(np.exp(np.float64(value))) if value < 700 else float("inf")
+
+
+def baseline_step(times_grid: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Evaluate a right-continuous step function that is 0 before its first jump."""
+    idx = np.searchsorted(np.asarray(times_grid, dtype=float), times, side="right") - 1
+    padded = np.concatenate(([0.0], np.asarray(values, dtype=float)))
+    return padded[idx + 1]
+
+
+def _patient_ids(df: Any) -> np.ndarray | None:
+    if "patient_id" in getattr(df, "columns", []):
+        return df["patient_id"].astype(str).to_numpy()
+    if getattr(getattr(df, "index", None), "name", None) == "patient_id":
+        return df.index.astype(str).to_numpy()
+    return None
+
+
+def _numeric_matrix(df: Any, columns: Sequence[str], ids: np.ndarray | None) -> np.ndarray:
+    import pandas as pd
+
+    out = np.empty((len(df), len(columns)), dtype=float)
+    for j, col in enumerate(columns):
+        s = df[col]
+        if pd.api.types.is_bool_dtype(s):
+            s = s.astype(float)
+        if not pd.api.types.is_numeric_dtype(s):
+            conv = pd.to_numeric(s, errors="coerce")
+            bad = np.flatnonzero(conv.isna().to_numpy() & s.notna().to_numpy())
+            if len(bad):
+                r = int(bad[0])
+                raise InputError(f"non-numeric value {s.iloc[r]!r} in row {r} (a Cox covariate must be a number)",
+                                 column=str(col), fix="encode categories as 0/1 indicator columns or numeric codes",
+                                 **row_location(ids, r))
+            s = conv
+        vals = s.to_numpy(dtype=float, na_value=np.nan)
+        nonfinite = np.flatnonzero(~np.isfinite(vals))
+        if len(nonfinite):
+            r = int(nonfinite[0])
+            raise InputError(f"missing or non-finite value in row {r} ({len(nonfinite)} row(s) affected)",
+                             column=str(col), fix="impute the value or drop the patient before fitting",
+                             **row_location(ids, r))
+        out[:, j] = vals
+    return out
+
+
+def _check_design(X: np.ndarray, covariates: list) -> None:
+    """Reject designs with no unique MLE before the optimiser produces NaNs or a LinAlgError."""
+    for j, name in enumerate(covariates):
+        if np.ptp(X[:, j]) == 0:
+            raise InputError(
+                f"covariate is constant (every patient has {X[0, j]!r}); its hazard ratio is not identifiable",
+                column=str(name),
+                fix="drop the column from the model",
+            )
+    Xc = X - X.mean(axis=0)
+    Xs = Xc / np.sqrt((Xc**2).sum(axis=0))
+    # Walk the columns and find the first one that adds no new direction.
+    for j in range(1, Xs.shape[1]):
+        if np.linalg.matrix_rank(Xs[:, : j + 1], tol=1e-10 * math.sqrt(X.shape[0])) <= j:
+            raise InputError(
+                f"covariate is a linear combination of {covariates[:j]} (singular design)",
+                column=str(covariates[j]),
+                fix="drop one of the collinear columns",
+            )
+
+
+def _partial_likelihood(
+    Xc: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray, ties: str
+) -> tuple:
+    """Partial log-likelihood, score, observed information and baseline hazard jumps at `beta`.
+
+    Computed on the risk sets directly (rather than trusting the optimiser's internals) so the SEs follow
+    the textbook formulas for Breslow and Efron handling of tied event times. `Xc` should be centred: the
+    quantities are shift-invariant and centring keeps exp() away from overflow. The baseline jumps refer to
+    linear predictor 0 of `Xc`, i.e. to the covariate means.
+    """
+    _n, p = Xc.shape
+    lp = Xc @ beta
+    shift = lp.max()
+    w = np.exp(lp - shift)  # rescaled to avoid overflow; undone in the loglik and baseline
+
+    order = np.argsort(time, kind="mergesort")
+    t_sorted = time[order]
+    # Risk-set sums over {j: T_j >= t}: reverse cumulative sums, read at the first index of each time.
+    ws = w[order]
+    xs = Xc[order]
+    s0_all = np.cumsum(ws[::-1])[::-1]
+    s1_all = np.cumsum((ws[:, None] * xs)[::-1], axis=0)[::-1]
+    s2_all = np.cumsum((ws[:, None, None] * xs[:, :, None] * xs[:, None, :])[::-1], axis=0)[::-1]
+
+    ev_times = np.unique(time[event])
+    loglik = 0.0
+    score = np.zeros(p)
+    info = np.zeros((p, p))
+    jumps = np.empty(len(ev_times))
+    first = np.searchsorted(t_sorted, ev_times, side="left")
+    for k, (t, i0) in enumerate(zip(ev_times, first)):
+        dmask = event & (time == t)
+        d = int(dmask.sum())
+        r0, r1, r2 = s0_all[i0], s1_all[i0], s2_all[i0]
+        xd = Xc[dmask]
+        wd = w[dmask]
+        loglik += float(lp[dmask].sum())
+        score += xd.sum(axis=0)
+        if ties == "breslow" or d == 1:
+            loglik -= d * (math.log(r0) + shift)
+            m = r1 / r0
+            score -= d * m
+            info += d * (r2 / r0 - np.outer(m, m))
+            jumps[k] = d / r0
+        else:
+            d0 = wd.sum()
+            d1 = (wd[:, None] * xd).sum(axis=0)
+            d2 = (wd[:, None, None] * xd[:, :, None] * xd[:, None, :]).sum(axis=0)
+            jump = 0.0
+            for ell in range(d):
+                f = ell / d
+                phi = r0 - f * d0
+                m = (r1 - f * d1) / phi
+                loglik -= math.log(phi) + shift
+                score -= m
+                info += (r2 - f * d2) / phi - np.outer(m, m)
+                jump += 1.0 / phi
+            jumps[k] = jump
+    # Undo the rescaling of w: jumps were computed with exp(lp - shift).
+    jumps = jumps * math.exp(-shift)
+    return loglik, score, info, ev_times, jumps
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def fit_cox(
+    X: Any,
+    time: Any,
+    event: Any,
+    covariates: Sequence[str] | None = None,
+    *,
+    ties: str = "breslow",
+    penalizer: float = 0.0,
+) -> CoxModel:
+    """Fit a Cox PH model with scikit-survival and add SEs, Wald tests and a ties-consistent baseline.
+
+    X: DataFrame (covariates picked by name; a ``patient_id`` column, if any, is used in error messages and
+    never as a covariate) or 2-D array (columns named by `covariates` or x0, x1, ...). `time` / `event` may
+    be arrays or names of columns of X. `penalizer` is the ridge strength of sksurv's ``alpha``
+    (penalised log-likelihood = loglik - penalizer/2 * ||beta||^2); the SEs then come from the penalised
+    information, as R's coxph reports for ridge terms.
+    """
+    import pandas as pd
+
+    if ties not in ("breslow", "efron"):
+        raise InputError(f"ties must be 'breslow' or 'efron', got {ties!r}", fix="use one of the two")
+    if not (isinstance(penalizer, (int, float)) and math.isfinite(penalizer) and penalizer >= 0):
+        raise InputError(
+            f"penalizer must be a finite number >= 0, got {penalizer!r}", fix="use 0 for no penalty"
+        )
+
+    ids = None
+    if isinstance(X, pd.DataFrame):
+        ids = _patient_ids(X)
+        outcome_cols = {c for c in (time, event) if isinstance(c, str)}
+        if isinstance(time, str):
+            if time not in X.columns:
+                raise InputError("time column not found", column=time, fix=f"columns are {list(X.columns)}")
+            time = X[time].to_numpy()
+        if isinstance(event, str):
+            if event not in X.columns:
+                raise InputError("event column not found", column=event, fix=f"columns are {list(X.columns)}")
+            event = X[event].to_numpy()
+        if covariates is None:
+            covariates = [c for c in X.columns if c != "patient_id" and c not in outcome_cols]
+        covariates = [str(c) if not isinstance(c, str) else c for c in covariates]
+        missing = [c for c in covariates if c not in X.columns]
+        if missing:
+            raise InputError(
+                f"covariate column(s) {missing} not in the table (columns: {list(X.columns)})",
+                column=missing[0],
+                fix="check the spelling or add the column",
+            )
+        Xm = _numeric_matrix(X, covariates, ids)
+    else:
+        Xm = np.asarray(X, dtype=float)
+        if Xm.ndim == 1:
+            Xm = Xm[:, None]
+        if Xm.ndim != 2:
+            raise InputError(f"X must be 2-D, got shape {Xm.shape}", fix="pass one row per patient")
+        if covariates is None:
+            covariates = [f"x{j}" for j in range(Xm.shape[1])]
+        covariates = list(covariates)
+        if len(covariates) != Xm.shape[1]:
+            raise InputError(
+                f"{len(covariates)} covariate names for {Xm.shape[1]} columns", fix="name every column once"
+            )
+        if not np.all(np.isfinite(Xm)):
+            r, c = np.argwhere(~np.isfinite(Xm))[0]
+            raise InputError(
+                f"missing or non-finite value in row {r}", column=covariates[c], fix="impute or drop"
+            )
+    if len(covariates) == 0:
+        raise InputError("no covariates given", fix="name at least one covariate column")
+
+    t, e = check_survival_arrays(time, event, ids=ids)
+    if t.shape[0] != Xm.shape[0]:
+        raise InputError(
+            f"{Xm.shape[0]} covariate rows but {t.shape[0]} survival times", fix="pass one row per patient"
+        )
+    if Xm.shape[0] < 2:
+        raise InputError("a Cox model needs at least 2 patients", fix="add patients")
+    if not e.any():
+        raise InputError(
+            f"no events among {len(e)} patients; hazard ratios are not estimable",
+            fix="check the event coding (1 = event) or use a cohort with events",
+        )
+    _check_design(Xm, covariates)
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    means = Xm.mean(axis=0)
+    Xc = Xm - means  # the partial likelihood is shift-invariant; centring only protects exp() from overflow
+    est = CoxPHSurvivalAnalysis(alpha=float(penalizer), ties=ties, n_iter=200, tol=1e-12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            est.fit(Xc, Surv.from_arrays(event=e, time=t))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise InputError(
+                f"the Cox fit failed ({exc}); often a covariate perfectly separates patients with and without "
+                "events (monotone likelihood)",
+                fix="drop or merge the separating covariate, or set a small penalizer",
+            ) from None
+    beta = np.asarray(est.coef_, dtype=float)
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            warnings.warn(
+                "Cox fit did not converge; coefficients may be infinite (separation) - consider a penalizer",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    scaled = np.abs(beta) * Xm.std(axis=0)
+    if np.any(scaled > 10):
+        worst = covariates[int(np.argmax(scaled))]
+        warnings.warn(
+            f"Cox coefficient of {worst!r} is implausibly large (HR per SD > e^10): monotone likelihood / "
+            "separation; its hazard ratio and p-value are meaningless - drop it or set a penalizer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if not np.all(np.isfinite(beta)):
+        raise InputError(
+            "the Cox fit produced non-finite coefficients (monotone likelihood)",
+            fix="drop the separating covariate or set a small penalizer",
+        )
+
+    loglik, _score, info, ev_times, jumps_c = _partial_likelihood(Xc, t, e, beta, ties)
+    info_pen = info + float(penalizer) * np.eye(len(beta))
+    try:
+        cov = np.linalg.inv(info_pen)
+    except np.linalg.LinAlgError:
+        raise InputError(
+            "the information matrix is singular at the optimum; standard errors are undefined",
+            fix="drop collinear or nearly constant covariates",
+        ) from None
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+    offset = float(means @ beta)
+    if abs(offset) > 700:
+        warnings.warn(
+            "baseline hazard at x = 0 under/overflows because covariates are far from 0; standardise them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    cumhaz = np.cumsum(jumps_c) * math.exp(-offset)  # re-reference the baseline from x = mean to x = 0
+
+    return CoxModel(
+        covariates=list(covariates),
+        coef=beta,
+        se=se,
+        ties=ties,
+        baseline_times=ev_times.astype(float),
+        baseline_cumhaz=cumhaz,
+        n=len(t),
+        events=int(e.sum()),
+        log_likelihood=float(loglik),
+        penalizer=float(penalizer),
+        covariance=cov,
+    )

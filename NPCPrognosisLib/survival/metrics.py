@@ -1,0 +1,419 @@
+"""Discrimination, calibration and risk-group metrics as plain functions of arrays.
+
+Every metric delegates to scikit-survival; this module adds what a validation report needs around it:
+input checks with actionable errors, the IPCW range rules sksurv enforces by raising (test follow-up beyond
+the training follow-up), bootstrap confidence intervals, and a single :func:`evaluate_risk` whose output is
+JSON-able and degrades to ``None`` plus a warning instead of crashing on a small or degenerate cohort.
+Convention throughout: ``risk`` is higher for worse prognosis; times are in the cohort's unit (months).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.survival.checks import check_survival_arrays
+from NPCPrognosisLib.survival.cox import fit_cox
+
+_Z975 = 1.959963984540054
+
+
+def _surv(time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(event=event.astype(bool), time=time.astype(float))
+
+
+def _risk_array(risk: Any, n: int, name: str = "risk") -> np.ndarray:
+    r = np.asarray(risk, dtype=float).reshape(-1)
+    if r.shape[0] != n:
+        raise InputError(f"{name} has {r.shape[0]} values for {n} patients", fix="pass one score per patient")
+    bad = np.flatnonzero(~np.isfinite(r))
+    if len(bad):
+        raise InputError(f"non-finite {name} in row {bad[0]}", column=name, fix="check the model inputs")
+    return r
+
+
+def _key(t: float) -> str:
+    """'36' for 36 or 36.0, so JSON keys read like the time points the user asked for."""
+    return f"{float(t):g}"
+
+
+def _finite_or_none(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _below_max_train(train_time: np.ndarray) -> float:
+    """Largest usable IPCW horizon: the censoring KM of the training data is undefined beyond its last time."""
+    return float(np.nextafter(np.max(train_time), -np.inf))
+
+
+def _clip_test_times(time: np.ndarray, horizon: float) -> np.ndarray:
+    """Move test times beyond the training follow-up to just below it.
+
+    For metrics evaluated at t <= horizon (time-dependent AUC, Brier) a patient with T > horizon is a
+    control/survivor whatever its exact time, and the IPCW weight of such a patient is taken at t, not at T;
+    clipping therefore changes no metric value but avoids sksurv's "time must be smaller than largest
+    observed time" error when the test cohort was followed longer than the training cohort.
+    """
+    return np.minimum(time, horizon)
+
+
+# ------------------------------------------------------------------------------------------- discrimination
+def harrell_c(time: Any, event: Any, risk: Any) -> float:
+    """Harrell's concordance index (sksurv ``concordance_index_censored``); 0.5 = chance."""
+    from sksurv.metrics import concordance_index_censored
+
+    t, e = check_survival_arrays(time, event)
+    r = _risk_array(risk, len(t))
+    if not e.any():
+        raise InputError("no events: concordance is undefined", column="event", fix="check the event coding")
+    return float(concordance_index_censored(e, t, r)[0])
+
+
+def uno_c(
+    train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, tau: float | None = None
+) -> float:
+    """Uno's IPCW concordance (sksurv ``concordance_index_ipcw``), censoring distribution from training data.
+
+    `tau` defaults to just below the largest training time and is capped there: beyond it the censoring
+    survival estimate is undefined (or zero) and the weights blow up.
+    """
+    from sksurv.metrics import concordance_index_ipcw
+
+    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    t, e = check_survival_arrays(time, event)
+    r = _risk_array(risk, len(t))
+    horizon = _below_max_train(tt)
+    tau = horizon if tau is None else min(float(tau), horizon)
+    if not (e & (t < tau)).any():
+        raise InputError(
+            "no test events before tau; Uno's C is undefined",
+            column="event",
+            fix="use a later tau or more data",
+        )
+    return float(concordance_index_ipcw(_surv(tt, te), _surv(t, e), r, tau=tau)[0])
+
+
+def bootstrap_ci(
+    stat_fn: Callable[..., float],
+    *arrays: Any,
+    n_boot: int = 500,
+    seed: int = 0,
+    alpha: float = 0.05,
+    event_index: int | None = 1,
+) -> tuple:
+    """Percentile bootstrap CI of ``stat_fn(*arrays)``, resampling patients (rows of every array together).
+
+    By the (time, event, ...) convention of this module ``arrays[event_index]`` is the event indicator and
+    resamples without any event are skipped (set ``event_index=None`` to disable). Resamples where the
+    statistic raises InputError/ValueError or is not finite are skipped too. Returns (nan, nan) when fewer
+    than 10 resamples were usable.
+    """
+    if not arrays:
+        raise InputError("bootstrap_ci needs at least one array", fix="pass (time, event, risk)")
+    arrs = [np.asarray(a) for a in arrays]
+    n = arrs[0].shape[0]
+    if any(a.shape[0] != n for a in arrs):
+        raise InputError("all arrays must have one entry per patient", fix="check the array lengths")
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, n, n)
+        sample = [a[idx] for a in arrs]
+        if event_index is not None and len(sample) > event_index and not np.any(sample[event_index]):
+            continue
+        try:
+            v = float(stat_fn(*sample))
+        except (InputError, ValueError, ZeroDivisionError, FloatingPointError):
+            continue
+        if math.isfinite(v):
+            stats.append(v)
+    if len(stats) < 10:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(lo), float(hi))
+
+
+def td_auc(
+    train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, times: Sequence[float] = (36, 60)
+) -> dict:
+    """Cumulative/dynamic AUC at each time point (sksurv ``cumulative_dynamic_auc``), keyed by '36', '60'.
+
+    A time point outside the test follow-up (or beyond the training follow-up, where the IPCW is undefined),
+    or without both cases and controls, maps to None rather than raising: a short external cohort simply has
+    no 5-year AUC.
+    """
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    t, e = check_survival_arrays(time, event)
+    r = _risk_array(risk, len(t))
+    horizon = _below_max_train(tt)
+    tc = _clip_test_times(t, horizon)
+    out = {}
+    for tp in times:
+        tp = float(tp)
+        ok = tp >= tc.min() and tp < tc.max() and tp < horizon
+        has_cases = bool((e & (tc <= tp)).any())
+        has_controls = bool((tc > tp).any())
+        if not (ok and has_cases and has_controls):
+            out[_key(tp)] = None
+            continue
+        try:
+            auc, _ = cumulative_dynamic_auc(_surv(tt, te), _surv(tc, e), r, [tp])
+            out[_key(tp)] = _finite_or_none(auc[0])
+        except ValueError:
+            out[_key(tp)] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------- survival curves
+def kaplan_meier(time: Any, event: Any) -> tuple:
+    """Kaplan-Meier estimate (sksurv): (unique observed times, survival just after each time)."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    t, e = check_survival_arrays(time, event)
+    x, s = kaplan_meier_estimator(e, t)
+    return np.asarray(x, dtype=float), np.asarray(s, dtype=float)
+
+
+def _km_at(time: np.ndarray, event: np.ndarray, t: float) -> tuple:
+    """KM survival at t with its log-log 95% CI; None when t lies beyond the group's follow-up."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    if len(time) == 0 or t > time.max():
+        return None, None, None
+    x, s, ci = kaplan_meier_estimator(event, time, conf_type="log-log")
+    i = int(np.searchsorted(x, t, side="right")) - 1
+    if i < 0:
+        return 1.0, 1.0, 1.0
+    return float(s[i]), _finite_or_none(ci[0][i]), _finite_or_none(ci[1][i])
+
+
+def _binary_group(group: Any, n: int) -> np.ndarray:
+    """Coerce a two-level grouping to 0/1: 'high'/'low' strings, booleans or 0/1 numbers."""
+    g = np.asarray(group)
+    if g.shape[0] != n:
+        raise InputError(f"group has {g.shape[0]} values for {n} patients", fix="one label per patient")
+    if g.dtype.kind in "USO":
+        labels = set(np.unique(g.astype(str)).tolist())
+        if not labels <= {"high", "low"}:
+            raise InputError(f"group labels must be 'high'/'low', got {sorted(labels)}", column="group")
+        return (g.astype(str) == "high").astype(int)
+    gf = g.astype(float)
+    if not np.all(np.isin(gf, (0.0, 1.0))):
+        raise InputError("group must be 0/1 (1 = high risk)", column="group", fix="recode the groups")
+    return gf.astype(int)
+
+
+def logrank(time: Any, event: Any, group: Any) -> tuple:
+    """Log-rank test (sksurv ``compare_survival``): (chi2, p)."""
+    from sksurv.compare import compare_survival
+
+    t, e = check_survival_arrays(time, event)
+    g = np.asarray(group)
+    if g.shape[0] != len(t):
+        raise InputError(f"group has {g.shape[0]} values for {len(t)} patients", fix="one label per patient")
+    if len(np.unique(g)) < 2:
+        raise InputError("log-rank test needs at least two groups", column="group", fix="check the cut-off")
+    if not e.any():
+        raise InputError(
+            "no events: log-rank test is undefined", column="event", fix="check the event coding"
+        )
+    chi2, p = compare_survival(_surv(t, e), g)[:2]
+    return float(chi2), float(p)
+
+
+def hazard_ratio(time: Any, event: Any, group: Any) -> tuple:
+    """Hazard ratio of group 1 ('high') vs 0 ('low') with its Wald 95% CI, from a univariable Cox fit."""
+    t, e = check_survival_arrays(time, event)
+    g = _binary_group(group, len(t))
+    model = fit_cox(g.reshape(-1, 1).astype(float), t, e, ["group"], ties="efron")
+    row = model.summary()[0]
+    return float(row["hr"]), float(row["hr_95ci"][0]), float(row["hr_95ci"][1])
+
+
+# ------------------------------------------------------------------------------------------- calibration
+def calibration(predicted_survival: Any, time: Any, event: Any, t: float, n_groups: int = 4) -> list:
+    """Predicted vs observed survival at `t` within quantile groups of predicted survival.
+
+    Groups are equal-sized slices of the patients sorted by prediction (robust to tied predictions, unlike
+    quantile cut points). Observed = Kaplan-Meier at t with log-log 95% CI; None when a group's follow-up
+    ends before t.
+    """
+    ts, es = check_survival_arrays(time, event)
+    p = _risk_array(predicted_survival, len(ts), name="predicted_survival")
+    if n_groups < 1:
+        raise InputError("n_groups must be >= 1", fix="use 3-5 groups")
+    n_groups = int(min(n_groups, len(ts)))
+    order = np.argsort(p, kind="mergesort")
+    rows = []
+    for k, idx in enumerate(np.array_split(order, n_groups)):
+        obs, lo, hi = _km_at(ts[idx], es[idx], float(t))
+        rows.append(
+            {
+                "group": k + 1,
+                "n": len(idx),
+                "events": int(es[idx].sum()),
+                "predicted": float(p[idx].mean()),
+                "predicted_range": [float(p[idx].min()), float(p[idx].max())],
+                "observed": obs,
+                "observed_95ci": [lo, hi],
+            }
+        )
+    return rows
+
+
+def integrated_brier(
+    train_time: Any, train_event: Any, time: Any, event: Any, survival_matrix: Any, times: Sequence[float]
+) -> float | None:
+    """Integrated Brier score (sksurv) over `times`; None when fewer than two usable time points remain.
+
+    Time points must lie inside the test follow-up and below the training follow-up; the caller's matrix
+    columns for other time points are dropped rather than failing.
+    """
+    from sksurv.metrics import integrated_brier_score
+
+    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    t, e = check_survival_arrays(time, event)
+    S = np.asarray(survival_matrix, dtype=float)
+    grid = np.asarray(times, dtype=float).reshape(-1)
+    if S.ndim != 2 or S.shape != (len(t), len(grid)):
+        raise InputError(
+            f"survival matrix must have shape (patients, times) = ({len(t)}, {len(grid)}), got {S.shape}",
+            fix="evaluate the survival function at exactly the given times",
+        )
+    horizon = _below_max_train(tt)
+    tc = _clip_test_times(t, horizon)
+    keep = (grid >= tc.min()) & (grid < tc.max()) & (grid < horizon)
+    keep_idx = np.flatnonzero(keep)
+    grid_k = grid[keep_idx]
+    grid_k, uniq = np.unique(grid_k, return_index=True)
+    keep_idx = keep_idx[uniq]
+    if len(grid_k) < 2 or not np.all(np.isfinite(S[:, keep_idx])):
+        return None
+    try:
+        return _finite_or_none(integrated_brier_score(_surv(tt, te), _surv(tc, e), S[:, keep_idx], grid_k))
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- one-stop report
+def evaluate_risk(
+    risk: Any,
+    time: Any,
+    event: Any,
+    train_time: Any,
+    train_event: Any,
+    *,
+    cutoff: float,
+    survival_at: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    times: Sequence[float] = (36, 60),
+) -> dict:
+    """All validation numbers for one risk score on one cohort, JSON-able, with None + warnings on failure.
+
+    high risk = risk > cutoff (the cut-off fixed on the training cohort). `survival_at(times)` must return
+    the (patients, len(times)) predicted-survival matrix of this cohort; when given, calibration at `times`
+    and the integrated Brier score (over a grid between the 10th and 90th percentile of test times) are added.
+    """
+    t, e = check_survival_arrays(time, event)
+    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    r = _risk_array(risk, len(t))
+    cutoff = float(cutoff)
+    warns = []
+    out = {
+        "n": len(t),
+        "events": int(e.sum()),
+        "cutoff": cutoff,
+        "c_index": None,
+        "c_index_95ci": [None, None],
+        "uno_c": None,
+        "td_auc": {_key(tp): None for tp in times},
+        "logrank_chi2": None,
+        "logrank_p": None,
+        "hr_high_vs_low": None,
+        "hr_high_vs_low_95ci": [None, None],
+        "n_high": int((r > cutoff).sum()),
+        "n_low": int((r <= cutoff).sum()),
+    }
+
+    def attempt(label: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (InputError, ValueError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError) as exc:
+            warns.append(f"{label}: {exc}")
+            return None
+
+    if not e.any():
+        warns.append("no events in this cohort: discrimination and risk-group statistics are undefined")
+    else:
+        out["c_index"] = _finite_or_none(attempt("c_index", lambda: harrell_c(t, e, r)))
+        ci = attempt(
+            "c_index_95ci",
+            lambda: bootstrap_ci(harrell_c, t, e, r, n_boot=n_boot, seed=seed),
+        )
+        if ci is not None:
+            out["c_index_95ci"] = [_finite_or_none(ci[0]), _finite_or_none(ci[1])]
+            if out["c_index_95ci"][0] is None:
+                warns.append("c_index_95ci: too few bootstrap resamples with events")
+        out["uno_c"] = _finite_or_none(attempt("uno_c", lambda: uno_c(tt, te, t, e, r)))
+        auc = attempt("td_auc", lambda: td_auc(tt, te, t, e, r, times))
+        if auc is not None:
+            out["td_auc"] = auc
+            for k, v in auc.items():
+                if v is None:
+                    warns.append(f"td_auc at {k}: time point outside follow-up or without cases/controls")
+
+        high = (r > cutoff).astype(int)
+        if out["n_high"] == 0 or out["n_low"] == 0:
+            warns.append(
+                f"all patients fall in the {'high' if out['n_low'] == 0 else 'low'}-risk group at cut-off "
+                f"{cutoff:g}: log-rank and hazard ratio are undefined"
+            )
+        else:
+            lr = attempt("logrank", lambda: logrank(t, e, high))
+            if lr is not None:
+                out["logrank_chi2"], out["logrank_p"] = _finite_or_none(lr[0]), _finite_or_none(lr[1])
+            if e[high == 1].any() and e[high == 0].any():
+                hr = attempt("hr_high_vs_low", lambda: hazard_ratio(t, e, high))
+                if hr is not None:
+                    out["hr_high_vs_low"] = _finite_or_none(hr[0])
+                    out["hr_high_vs_low_95ci"] = [_finite_or_none(hr[1]), _finite_or_none(hr[2])]
+            else:
+                warns.append(
+                    "hr_high_vs_low: one risk group has no events (hazard ratio is infinite or zero)"
+                )
+
+    if survival_at is not None:
+        tp = np.asarray(times, dtype=float)
+        S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
+        if S is not None and S.shape == (len(t), len(tp)):
+            out["calibration"] = {_key(x): calibration(S[:, j], t, e, float(x)) for j, x in enumerate(tp)}
+            for k, rows in out["calibration"].items():
+                if all(row["observed"] is None for row in rows):
+                    warns.append(f"calibration at {k}: follow-up too short for an observed survival")
+        elif S is not None:
+            warns.append(f"survival_at returned shape {S.shape}, expected {(len(t), len(tp))}")
+        grid = np.unique(np.percentile(t, np.linspace(10, 90, 17)))
+        grid = grid[grid < min(t.max(), _below_max_train(tt))]
+        ibs = None
+        if len(grid) >= 2:
+            Sg = attempt("survival_at", lambda: np.asarray(survival_at(grid), dtype=float))
+            if Sg is not None:
+                ibs = attempt("integrated_brier", lambda: integrated_brier(tt, te, t, e, Sg, grid))
+        if ibs is None:
+            warns.append("integrated_brier: not computable on this follow-up")
+        out["integrated_brier"] = ibs
+    out["warnings"] = warns
+    return out
