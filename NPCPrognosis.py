@@ -43,6 +43,7 @@ from slicer.util import VTKObservationMixin
 
 # The demo model and sample patient ship with the core as package data (the demo network once, inside the demo
 # bundle); NPCPrognosisLib.resources imports the standard library only, so this costs nothing at load time.
+from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.resources import DEMO_BUNDLE, DEMO_NETWORK
 from NPCPrognosisLib.resources import SAMPLE_CASE as SAMPLE_PATIENT
 
@@ -89,7 +90,7 @@ def registerSampleData():
     from NPCPrognosisLib.resources import sample_case_files
 
     files = sample_case_files(SAMPLE_PATIENT)
-    if not all(key in files for key in ("t1", "t2", "t1c")):
+    if not all(key in files for key in SEQUENCES):
         logging.warning("NPCPrognosis: sample patient files missing in %s; no sample data registered", SAMPLE_PATIENT)
         return
     icon = RESOURCES / "Icons" / "NPCPrognosis.png"
@@ -652,10 +653,10 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         return str(path)
 
     def _writeVolumes(self, volumes, folder):
-        missing = [k for k in ("t1", "t2", "t1c") if not volumes.get(k)]
+        missing = [k for k in SEQUENCES if not volumes.get(k)]
         if missing:
             raise NPCPrognosisError(f"select the {', '.join(missing)} volume(s)")
-        return {key: self._writeVolume(volumes[key], folder / f"{key}.nii.gz") for key in ("t1", "t2", "t1c")}
+        return {key: self._writeVolume(volumes[key], folder / f"{key}.nii.gz") for key in SEQUENCES}
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode):
         """GTVp -> 1, GTVn -> 2 on the reference volume's grid, as a (temporary) labelmap node."""
@@ -946,10 +947,10 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
         folder = pathlib.Path(folder or SAMPLE_PATIENT)
         files = sample_case_files(folder)
-        if not all(key in files for key in ("t1", "t2", "t1c")):
+        if not all(key in files for key in SEQUENCES):
             raise NPCPrognosisError(f"sample patient not found in {folder}; reinstall the extension")
         nodes = {key: slicer.util.loadVolume(str(files[key]), {"name": f"{folder.name} {SEQUENCE_TITLES[key]}"})
-                 for key in ("t1", "t2", "t1c")}
+                 for key in SEQUENCES}
         clinical = clinical_values_to_form(json.loads(files["clinical"].read_text())) if "clinical" in files else None
         slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
         return nodes, clinical

@@ -25,9 +25,9 @@ def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from NPCPrognosisLib.datasets.synth import synthesize_cohort
+    from NPCPrognosisLib.datasets import FAMILIES
 
-    cohort = synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet, workers=args.workers)
+    cohort = FAMILIES[args.family](args.n, args.seed, args.out, progress=not args.quiet, workers=args.workers)
     print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
     print(f"true linear predictors: {cohort.truth_path}")
     return 0
@@ -57,15 +57,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
                      test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
-                     network=args.network)
+                     network=args.network, workers=args.workers,
+                     **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}))
     training = document["training"]
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
           f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
     signature = document["signature"]
     n_in = signature["diagnostics"]["n_features_in"]
     print(f"Rad-score: {len(signature['features'])} feature(s) selected from {n_in}")
+    optimism = training.get("optimism_corrected_c") or {}
     for name, block in training["metrics"].items():
-        print(f"  training C-index {name:10s} {block['c_index']:.3f}  (optimistic: evaluate on held-out patients)")
+        corrected = optimism.get(name)
+        text = f"  training C-index {name:20s} apparent {block['c_index']:.3f}"
+        if corrected:
+            text += (f", optimism-corrected {_number(corrected['corrected'], '.3f')} "
+                     f"({corrected['replicates']} bootstrap refits)")
+        print(text)
+    print("  the apparent C is optimistic; expect about the optimism-corrected C on new patients of the same "
+          "population, and check it with `evaluate` on held-out patients")
     return 0
 
 
@@ -125,7 +134,7 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
     config = {}
     if args.config:
         try:
-            config = json.loads(Path(args.config).read_text())
+            config = json.loads(Path(args.config).read_bytes())
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the training options: {exc}", path=args.config,
                              fix="give a JSON object of TrainConfig fields, e.g. {\"cox_weight\": 0.5}") from None
@@ -218,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=1, help="patients generated in parallel (same files either way)")
+    p.add_argument("--family", choices=("synth", "relaxometry"), default="synth",
+                   help="phantom family: synth (family A) or relaxometry (family B, independently modelled)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("extract", help="radiomics features table for a cohort")
@@ -245,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use)")
     p.add_argument("--network", default=None,
                    help="network bundle used by extract --network; shipped inside the bundle for predict")
+    p.add_argument("--optimism-bootstraps", type=int, default=None,
+                   help="bootstrap refits for the optimism-corrected training C-index (default 20; 0: skip)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the bootstrap refits")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, predictions and plots of a bundle on a cohort")

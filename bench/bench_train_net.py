@@ -48,7 +48,7 @@ def main(argv=None) -> int:
                             work_dir=f"{tmp}/work",
                             config={"lr": 2e-3, "ce_weights": [1.0, 2.0, 5.0], "dice_include_background": False})
         total_s = time.perf_counter() - start
-        history = json.loads((Path(out) / "bundle.json").read_text())["network"]["history"]
+        history = json.loads((Path(out) / "bundle.json").read_text(encoding="utf-8"))["network"]["history"]
     epoch_s = sum(h["seconds"] for h in history) / len(history)
     prep_s = total_s - sum(h["seconds"] for h in history)
     result = {

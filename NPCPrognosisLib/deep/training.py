@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from NPCPrognosisLib.contract import LABEL_NAMES
+from NPCPrognosisLib.contract import LABEL_NAMES, SEQUENCES
 from NPCPrognosisLib.deep.data import (
     AugmentConfig,
     CasePatient,
@@ -44,6 +44,7 @@ from NPCPrognosisLib.deep.data import (
     train_transforms,
 )
 from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
+from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.overlap import dice
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic
@@ -108,14 +109,10 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> TrainConfig:
         elif hasattr(config, key):
             setattr(config, key, value)
         else:
-            from NPCPrognosisLib.errors import InputError
-
             raise InputError(f"unknown network training option {key!r}",
                              fix=f"use one of {sorted(TrainConfig().to_dict())}")
     bad = [s for s in config.grid.size if s % config.network.downsampling]
     if bad:
-        from NPCPrognosisLib.errors import InputError
-
         raise InputError(f"working grid size {config.grid.size} is not a multiple of "
                          f"{config.network.downsampling} (the network's downsampling)", fix="change grid.size")
     return config
@@ -166,7 +163,7 @@ def load_checkpoint(ckpt_dir: Path, name: str, model, optimizer=None) -> dict[st
     state_path = ckpt_dir / f"{name}.json"
     if not state_path.exists():
         return None
-    state = json.loads(state_path.read_text())
+    state = json.loads(state_path.read_bytes())
     weights = ckpt_dir / f"{name}.safetensors"
     with safe_open(str(weights), "pt") as handle:
         if handle.metadata().get("epoch") != str(state["epoch"]):
@@ -327,8 +324,6 @@ def _load_cases(entries, endpoint, config: TrainConfig, cache_dir: Path, progres
 def _binary_values(manifest, ids: Sequence[str], column: str) -> dict[str, float]:
     table = manifest.table.set_index("patient_id")
     if column not in table.columns:
-        from NPCPrognosisLib.errors import InputError
-
         raise InputError(f"no {column} column for the binary head", path=manifest.source, column=column)
     return {pid: float(table.loc[pid, column]) for pid in ids}
 
@@ -368,8 +363,6 @@ def train_network(
     ckpt_dir = work / "checkpoints"
     train_config = make_config(config)
     if device == "cuda" and not torch.cuda.is_available():
-        from NPCPrognosisLib.errors import InputError
-
         raise InputError("--device cuda but no CUDA GPU is visible to torch", fix="use --device cpu")
     if train_config.binary_column and not train_config.network.binary_head:
         train_config.network.binary_head = True
@@ -386,8 +379,6 @@ def train_network(
     train_cases = [cases[i] for i in train_idx]
     val_cases = [cases[i] for i in val_idx] or train_cases
     if not any(c.event for c in train_cases):
-        from NPCPrognosisLib.errors import InputError
-
         raise InputError(f"no {endpoint} event among the training patients: the Cox loss cannot learn",
                          path=manifest.source, column=f"{endpoint}_event")
 
@@ -409,8 +400,6 @@ def train_network(
                 if _epoch_settings(loaded.get("config")) != _epoch_settings(state["config"]) \
                         or loaded.get("seed") != int(seed) \
                         or loaded.get("epochs") != int(epochs):
-                    from NPCPrognosisLib.errors import InputError
-
                     raise InputError("cannot resume: the checkpoint was made with other settings "
                                      "(seed, epochs or configuration)", path=ckpt_dir,
                                      fix="resume with the original settings, or start without --resume")
@@ -530,7 +519,7 @@ def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, syn
         "grid": config.grid.to_dict(),
         "preprocess": config.preprocess.to_dict(),
         "labels": {"gtvp": LABEL_NAMES["gtvp"], "gtvn": LABEL_NAMES["gtvn"]},
-        "sequences": ["t1", "t2", "t1c"],
+        "sequences": list(SEQUENCES),
         "endpoint": endpoint,
         "inference": {"roi_size": list(config.grid.size), "sw_overlap": 0.25, "risk_box": list(config.grid.size)},
         "postprocessing": {"gtvp_largest_component": True, "gtvn_min_ml": config.gtvn_min_ml},

@@ -67,13 +67,13 @@ def write_bundle(out_dir: str | Path, content: Mapping[str, Any],
             "software": software_versions(),
             **dict(content),
         }
-        (tmp / MANIFEST_FILE).write_text(to_json(document))
+        (tmp / MANIFEST_FILE).write_text(to_json(document), encoding="utf-8")
         for name, source in (extra_files or {}).items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
         lines = [f"{sha256(p)}  {p.relative_to(tmp).as_posix()}" for p in sorted(tmp.rglob("*")) if p.is_file()]
-        (tmp / CHECKSUM_FILE).write_text("\n".join(lines) + "\n")
+        (tmp / CHECKSUM_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
         if out_dir.exists():
             backup = out_dir.with_name(f".{out_dir.name}.old")
             if backup.exists():
@@ -97,7 +97,7 @@ def verify_bundle(bundle_dir: str | Path) -> None:
         raise BundleError(f"{bundle_dir} is not a model bundle (no {CHECKSUM_FILE}); train one with "
                           "`npc-prognosis train` or use the shipped demo bundle")
     listed = {}
-    for line in sums.read_text().splitlines():
+    for line in sums.read_text(encoding="utf-8").splitlines():
         if line.strip():
             digest, name = line.split(None, 1)
             listed[name.strip()] = digest
@@ -119,7 +119,7 @@ def verify_bundle(bundle_dir: str | Path) -> None:
 def read_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     """Verify, then parse bundle.json; refuse other formats or versions."""
     verify_bundle(bundle_dir)
-    document = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text())
+    document = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
     if document.get("format") != FORMAT:
         raise BundleError(f"{bundle_dir} is not an {FORMAT} (format {document.get('format')!r})")
     if document.get("format_version") != FORMAT_VERSION:

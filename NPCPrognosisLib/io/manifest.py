@@ -90,7 +90,7 @@ def load_column_map(spec: str | None) -> dict[str, str]:
         return {}
     path = Path(spec)
     if path.suffix.lower() == ".json" and path.exists():
-        mapping = json.loads(path.read_text())
+        mapping = json.loads(path.read_bytes())
     else:
         mapping = {}
         for part in spec.split(","):

@@ -55,7 +55,7 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
 
     case = sample_case_files()
     patient = load_patient("NPC-SAMPLE-001", {k: case[k] for k in SEQUENCES}, case["mask"])
-    clinical = json.loads(case["clinical"].read_text())
+    clinical = json.loads(case["clinical"].read_bytes())
     prediction = predict_patient(load_bundle(bundle_dir), patient, clinical)
     path = write_prediction(prediction, out / "prediction")
     survival = ", ".join(f"{m} mo {s:.0%}" for m, s in prediction.survival.items())

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES, encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 COX_PENALIZER = 0.01
 #: Folds of the cross-fitted Rad-score the Cox models are fitted on (see ``cross_fitted_rad_score``).
 RAD_SCORE_FOLDS = 5
+#: Bootstrap replicates of the optimism correction printed by ``train`` (each refits the whole procedure).
+OPTIMISM_BOOTSTRAPS = 20
 
 
 def hash_id(patient_id: str) -> str:
@@ -176,6 +179,86 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                          rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample")
 
 
+def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+                        settings: SignatureSettings | None, seed: int) -> dict[str, float] | None:
+    """One of Harrell's bootstrap replicates: the whole procedure refitted on a resample, its C on the resample
+    minus its C on the original patients (module-level so a process pool can run it). None when the resample
+    cannot be fitted (e.g. too few events)."""
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(manifest.table), len(manifest.table))
+    resample = Manifest(table=manifest.table.iloc[rows].reset_index(drop=True), root=manifest.root,
+                        source=manifest.source)
+    resampled_features = features.iloc[rows].reset_index(drop=True)
+    try:
+        models = fit_models(resample, resampled_features, endpoint, settings)
+    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
+        # (the report says how many replicates were), it does not stop training
+        log.info("bootstrap replicate %d skipped: %s", seed, exc)
+        return None
+    time_b, event_b = resample.outcome_arrays(endpoint)
+    time, event = manifest.outcome_arrays(endpoint)
+    on_resample = models.risks(resample, resampled_features)
+    on_original = models.risks(manifest, features)
+    return {name: harrell_c(time_b, event_b, on_resample[name]) - harrell_c(time, event, on_original[name])
+            for name in models.nomograms}
+
+
+def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+                         settings: SignatureSettings | None, apparent: dict[str, float], *,
+                         n_boot: int = OPTIMISM_BOOTSTRAPS, seed: int = 0, workers: int = 2) -> dict[str, Any]:
+    """Harrell's bootstrap optimism correction of the training C-index of every model.
+
+    The apparent C of a model fitted and scored on the same patients is optimistic (the LASSO chose features that
+    happen to rank these patients). Each replicate refits the whole procedure (feature selection, cross-fitted
+    Rad-score, Cox models) on a bootstrap resample and measures how much better it ranks the resample than the
+    original patients; the mean of that optimism is subtracted from the apparent C (Harrell, Lee & Mark 1996).
+    It tells a user what to expect on new patients of the same population before any external test.
+
+    Parameters
+    ----------
+    manifest, features : Manifest, pandas.DataFrame
+        The training patients, aligned row by row.
+    endpoint : str
+        ``dmfs``, ``os`` or ``pfs``.
+    settings : SignatureSettings or None
+        The Rad-score settings the models were fitted with.
+    apparent : dict of str to float
+        Each model's C-index on the training patients.
+    n_boot : int
+        Bootstrap replicates (each a full refit).
+    seed : int
+        Seed of the resamples.
+    workers : int
+        Replicates run in parallel processes.
+
+    Returns
+    -------
+    report : dict
+        Per model ``apparent``, ``optimism``, ``corrected`` and the number of replicates that could be fitted.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from NPCPrognosisLib.processes import spawn_context
+
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
+    if workers > 1 and n_boot > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+            futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s) for s in seeds]
+            replicates = [f.result() for f in futures]
+    else:
+        replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s) for s in seeds]
+    fitted = [r for r in replicates if r is not None]
+    report: dict[str, Any] = {}
+    for name, value in apparent.items():
+        optimism = float(np.mean([r[name] for r in fitted])) if fitted else float("nan")
+        report[name] = {"apparent": float(value), "optimism": optimism, "corrected": float(value) - optimism,
+                        "replicates": len(fitted)}
+    return report
+
+
 def train(
     manifest: Manifest,
     features_path: str | Path,
@@ -188,8 +271,13 @@ def train(
     settings: SignatureSettings | None = None,
     synthetic: bool = False,
     network: str | Path | None = None,
+    optimism_bootstraps: int = OPTIMISM_BOOTSTRAPS,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
+
+    ``optimism_bootstraps`` replicates of Harrell's bootstrap (0: none) give each model's optimism-corrected
+    training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes.
 
     ``synthetic`` marks a bundle trained on synthetic data: every prediction from it then carries a
     not-for-clinical-use warning. ``network`` (a network bundle) is copied into the bundle's ``network/``
@@ -212,8 +300,8 @@ def train(
     train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
                               source=manifest.source)
     train_features = features[is_train].reset_index(drop=True)
-    models = fit_models(train_manifest, train_features, endpoint,
-                        settings or SignatureSettings(seed=seed))
+    settings = settings or SignatureSettings(seed=seed)
+    models = fit_models(train_manifest, train_features, endpoint, settings)
     risks = models.risks(train_manifest, train_features)
     time, event = train_manifest.outcome_arrays(endpoint)
     training_metrics = {
@@ -223,12 +311,17 @@ def train(
     }
     for block in training_metrics.values():
         block.pop("calibration", None)
+    optimism = None
+    if optimism_bootstraps > 0:
+        optimism = optimism_corrected_c(train_manifest, train_features, endpoint, settings,
+                                        {name: block["c_index"] for name, block in training_metrics.items()},
+                                        n_boot=optimism_bootstraps, seed=seed, workers=workers)
     ccnd = pd.to_numeric(train_manifest.table.get("ccnd"), errors="coerce").fillna(0.0).to_numpy()
     chemo_benefit = fit_benefit(time, event, ccnd, assign_groups(risks["nomogram"].to_numpy(),
                                                                 models.cutoffs["nomogram"]["cutoff"]))
     document = {
         "endpoint": endpoint,
-        "sequences": ["t1", "t2", "t1c"],
+        "sequences": list(SEQUENCES),
         "preprocessing": meta.get("preprocessing"),
         "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
                                                "ibsi_note")},
@@ -244,6 +337,7 @@ def train(
         "chemo_benefit": chemo_benefit,
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
                      "event": models.train_event, "metrics": training_metrics,
+                     "optimism_corrected_c": optimism,
                      "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],
                      "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
                      "split": split_col or f"random stratified, test fraction {test_fraction}",

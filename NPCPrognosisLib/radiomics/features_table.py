@@ -59,7 +59,7 @@ def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if dup:
         raise InputError(f"duplicate patient IDs {dup[:3]} in the features table", patient_id=dup[0], path=path)
     meta_file = meta_path_for(path)
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = json.loads(meta_file.read_bytes()) if meta_file.exists() else {}
     return table, meta
 
 

@@ -74,7 +74,7 @@ def missing_dependencies(
 def read_requirements(path: str | Path) -> list[str]:
     """Requirement lines of a requirements.txt (comments and blank lines dropped)."""
     lines = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             lines.append(line)

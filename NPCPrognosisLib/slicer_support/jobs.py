@@ -89,7 +89,7 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
             raise ValueError("no segmentation given: run Segment or choose a segmentation with GTVp (and GTVn)")
         step(0.15, "radiomics (N4 bias correction, normalisation, PyRadiomics)")
         features_path = cached_features(bundle, patient, job.get("features"), out_dir / "features.json")
-        features = json.loads(features_path.read_text())["features"]
+        features = json.loads(features_path.read_bytes())["features"]
         result["features"] = str(features_path)
         result["feature_columns"] = list(bundle.document.get("feature_columns") or sorted(features))
         if action == "predict":
@@ -110,7 +110,7 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
                 if not previous or not Path(previous).exists():
                     previous = str(features_path)
                 reference_path = cached_features(bundle, reference, previous, out_dir / "reference_features.json")
-                reference_features = json.loads(reference_path.read_text())["features"]
+                reference_features = json.loads(reference_path.read_bytes())["features"]
                 result["reference_features"] = str(reference_path)
                 result["reference_prediction"] = predict_patient(bundle, reference, clinical,
                                                                  features=reference_features).to_dict()
@@ -148,7 +148,7 @@ def cached_features(bundle: Any, patient: Any, previous: str | Path | None, out_
     fingerprint = mask_fingerprint(patient.mask)
     bundle_id = str(Path(bundle.path).resolve())
     if previous and Path(previous).exists():
-        stored = json.loads(Path(previous).read_text())
+        stored = json.loads(Path(previous).read_bytes())
         if stored.get("mask_fingerprint") == fingerprint and stored.get("bundle") == bundle_id:
             return Path(previous)
     features = bundle_features(bundle, patient)
@@ -175,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m NPCPrognosisLib.slicer_support.jobs job.json", file=sys.stderr)
         return 2
-    job = json.loads(Path(argv[0]).read_text())
+    job = json.loads(Path(argv[0]).read_bytes())
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if job.get("log_file"):
         # Everything (ITK, PyRadiomics, tqdm) goes to the log at the descriptor level, so a parent that reads the
         # pipe only at the end can never be blocked by a full pipe.
-        log = open(job["log_file"], "a")  # noqa: SIM115 - lives as long as the process
+        log = open(job["log_file"], "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(log.fileno(), 1)

@@ -21,14 +21,14 @@ def test_bundle_round_trip_and_checksums(tmp_path):
     document = read_bundle(out)
     assert document["coef"] == [0.5, -1.25] and document["format_version"] == FORMAT_VERSION
     assert "numpy" in document["software"]
-    sums = (out / CHECKSUM_FILE).read_text()
+    sums = (out / CHECKSUM_FILE).read_text(encoding="utf-8")
     assert "bundle.json" in sums and "weights/net.safetensors" in sums
     assert not list(tmp_path.glob(".b.*")), "no temporary folder is left behind"
 
 
 def test_tampered_bundle_is_refused(tmp_path):
     out = write_bundle(tmp_path / "b", {"endpoint": "dmfs", "coef": [0.5]})
-    text = (out / "bundle.json").read_text().replace("0.5", "5.0")
+    text = (out / "bundle.json").read_text(encoding="utf-8").replace("0.5", "5.0")
     (out / "bundle.json").write_text(text)
     with pytest.raises(BundleError, match="checksum mismatch"):
         read_bundle(out)
@@ -40,10 +40,10 @@ def test_extra_file_and_wrong_version_are_refused(tmp_path):
     with pytest.raises(BundleError, match="unlisted"):
         read_bundle(out)
     (out / "evil.pkl").unlink()
-    document = json.loads((out / "bundle.json").read_text())
+    document = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
     document["format_version"] = FORMAT_VERSION + 1
     write_bundle(tmp_path / "c", {k: v for k, v in document.items() if k not in ("format", "format_version")})
-    raw = json.loads((tmp_path / "c" / "bundle.json").read_text())
+    raw = json.loads((tmp_path / "c" / "bundle.json").read_text(encoding="utf-8"))
     assert raw["format_version"] == FORMAT_VERSION  # the writer always stamps its own version
     with pytest.raises(BundleError, match="not a model bundle"):
         read_bundle(tmp_path / "nowhere")

@@ -46,7 +46,7 @@ def _modules() -> dict[str, Path]:
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """Package modules imported by ``path`` anywhere (module level or inside functions)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("NPCPrognosisLib"):
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
@@ -90,7 +90,7 @@ def test_no_import_cycles_and_no_stage_reaches_back_up_the_flow():
 
 def _readme_architecture() -> set[str]:
     """Module paths named in README.md's architecture tree (indentation gives the folders)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = re.search(r"^## Architecture\n(.*?)(?=^## )", text, re.S | re.M)
     assert section, "README.md has no '## Architecture' section"
     block = re.search(r"```\n(.*?)```", section.group(1), re.S)
@@ -118,7 +118,7 @@ def test_readme_architecture_and_cmake_list_exactly_the_modules_that_exist():
     documented = _readme_architecture()
     assert sorted(existing - documented) == [], "add these to README.md's architecture section"
     assert sorted(documented - existing) == [], "README.md's architecture section names modules that do not exist"
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\s+(NPCPrognosisLib/\S+\.py)\s*$", cmake, re.M))
     in_init = {p.relative_to(ROOT).as_posix() for p in LIB.rglob("__init__.py")}
     assert listed == existing | in_init
@@ -139,14 +139,14 @@ def test_one_definition_of_each_contract_constant():
     """Label values, sequences and endpoints are spelled out once, in contract.py."""
     patterns = {
         "labels": re.compile(r"""["']gtvp["']\s*:\s*\(?1"""),
-        "sequences": re.compile(r"""\(\s*["']t1["'],\s*["']t2["'],\s*["']t1c["']\s*\)"""),
+        "sequences": re.compile(r"""[(\[]\s*["']t1["'],\s*["']t2["'],\s*["']t1c["']\s*[)\]]"""),
         "endpoints": re.compile(r"""\(\s*["']dmfs["'],\s*["']os["'],\s*["']pfs["']\s*\)"""),
     }
     offenders = []
-    for path in sorted(LIB.rglob("*.py")):
+    for path in [ROOT / "NPCPrognosis.py", *sorted(LIB.rglob("*.py"))]:
         if path.name == "contract.py" or "__pycache__" in path.parts:
             continue
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         offenders += [f"{path.relative_to(ROOT)}: {what}" for what, pattern in patterns.items() if pattern.search(text)]
     assert offenders == [], offenders
 
@@ -201,7 +201,7 @@ def test_wheel_installs_outside_the_source_tree_and_finds_its_package_data(tmp_p
     assert (work / "out" / "prediction.json").is_file()
     assert "automatic contours" in run.stdout
     # extract with the default (shipped) radiomics parameter file
-    clinical = json.loads((case / "clinical.json").read_text())
+    clinical = json.loads((case / "clinical.json").read_text(encoding="utf-8"))
     row = {"patient_id": "S", **{key: str(case / f"{case.name}_{key}.nii.gz") for key in ("t1", "t2", "t1c", "mask")},
            **{k: v for k, v in clinical.items() if k != "patient_id"}}
     values = ["" if v is None else str(v) for v in row.values()]
@@ -210,5 +210,5 @@ def test_wheel_installs_outside_the_source_tree_and_finds_its_package_data(tmp_p
     run = subprocess.run([cli, "--quiet", "extract", "--manifest", "manifest.csv", "--out", "features.csv"],
                          capture_output=True, text=True, cwd=work, env=clean_env)
     assert run.returncode == 0, run.stderr[-2000:]
-    meta = json.loads((work / "features.meta.json").read_text())
+    meta = json.loads((work / "features.meta.json").read_text(encoding="utf-8"))
     assert meta["params_file"] == "NPCPrognosis.yaml" and "Wavelet" in meta["settings"]["imageType"]

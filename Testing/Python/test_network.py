@@ -371,9 +371,9 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
 
     case = sample_case_files()
     patient = load_patient("NPC-SAMPLE-001", {k: case[k] for k in ("t1", "t2", "t1c")}, case["mask"])
-    result = automatic_sample_prediction(patient, json.loads(case["clinical"].read_text()), tmp_path)
+    result = automatic_sample_prediction(patient, json.loads(case["clinical"].read_text(encoding="utf-8")), tmp_path)
     assert result["dice_gtvp"] > 0.7 and math.isfinite(result["deep_score"])
-    saved = json.loads(Path(result["path"]).read_text())
+    saved = json.loads(Path(result["path"]).read_text(encoding="utf-8"))
     assert saved["risk_group"] == result["risk_group"] in ("high", "low")
     assert saved["segmentation"] and any("SYNTHETIC" in w for w in saved["warnings"])
     mask = sitk.ReadImage(str(tmp_path / AUTOMATIC_MASK_FILE))
@@ -433,7 +433,7 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
                  str(first.images["t2"]), "--t1c", str(first.images["t1c"]), "--tta", "2", "--clinical", "age=52",
                  "sex=M", "t_stage=T2", "n_stage=N1", "rene=0", "ldh=180", "ebv_dna=1500", "chemo=1", "ccnd=200",
                  "--out", str(out)]) == 0
-    prediction = json.loads((out / "prediction.json").read_text())
+    prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["segmentation"]["source"] == "automatic"
     assert math.isfinite(prediction["risk_score"]) and prediction["segmentation"]["risk_score_sd"] >= 0
     assert prediction["risk_group"] in ("high", "low") and "deep_score" in prediction["factors"]

@@ -30,7 +30,7 @@ def test_features_table_has_fixed_columns_and_metadata(small_cohort):
     table = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str})
     assert len(table) == 24
     assert list(table.columns[1:]) == feature_columns(RADIOMICS_FAST_PARAMS)
-    meta = json.loads((small_cohort / "features.meta.json").read_text())
+    meta = json.loads((small_cohort / "features.meta.json").read_text(encoding="utf-8"))
     assert meta["pyradiomics_version"].lstrip("v").startswith("3.")
     assert len(meta["settings_hash"]) == 64 and meta["settings"]["setting"]["binWidth"] == 25
     n0 = table["gtvn_present"] == 0
@@ -58,7 +58,7 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
                  "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
                  "--n-boot", "50", "--subset", "all"])
     assert code == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n"] == 24 and metrics["endpoint"] == "dmfs"
     for name in ("radiomics", "clinical", "nomogram"):
         block = metrics["models"][name]
@@ -80,7 +80,7 @@ def test_evaluate_leaves_out_training_patients_by_default(small_cohort, trained,
     assert main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
                  "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
                  "--n-boot", "20"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n"] == 6 and metrics["excluded_training_patients"] == 18
 
 
@@ -101,7 +101,7 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
         args += [f"--{seq}", str(small_cohort / row[seq])]
     # The bundle was trained on fast-settings features; predict must extract with the bundle's settings.
     assert main([*args, "--clinical", *clinical]) == 0
-    prediction = json.loads((tmp_path / "prediction.json").read_text())
+    prediction = json.loads((tmp_path / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["risk_group"] in ("high", "low")
     assert set(prediction["survival"]) == {"12", "36", "60"}
     assert 0 < prediction["survival"]["60"] <= prediction["survival"]["36"] <= prediction["survival"]["12"] <= 1
@@ -132,7 +132,7 @@ def test_predict_bad_stage_is_a_one_line_error(small_cohort, trained, tmp_path, 
 def test_tampered_bundle_is_refused_by_predict(trained, tmp_path, capsys):
     copy = tmp_path / "bundle"
     shutil.copytree(trained, copy)
-    document = json.loads((copy / "bundle.json").read_text())
+    document = json.loads((copy / "bundle.json").read_text(encoding="utf-8"))
     document["cutoffs"]["nomogram"]["cutoff"] = -99.0
     (copy / "bundle.json").write_text(json.dumps(document))
     assert main(["predict", "--bundle", str(copy), "--t1", "a", "--t2", "b", "--t1c", "c", "--mask", "m",
@@ -197,7 +197,7 @@ def test_cox_command_matches_lifelines_on_rossi(tmp_path, capsys):
     covariates = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
     assert main(["cox", "--table", str(tmp_path / "rossi.csv"), "--time-col", "week", "--event-col", "arrest",
                  "--covariates", ",".join(covariates), "--ties", "efron", "--out", str(tmp_path / "cox.json")]) == 0
-    result = json.loads((tmp_path / "cox.json").read_text())
+    result = json.loads((tmp_path / "cox.json").read_text(encoding="utf-8"))
     reference = CoxPHFitter().fit(rossi, "week", "arrest").summary
     for row in result["coefficients"]:
         ref = reference.loc[row["covariate"]]

@@ -214,7 +214,7 @@ def test_settings_hash_stable_and_sensitive(tmp_path):
     assert rf.settings_hash(FAST) != h
     # comments and formatting are not settings
     copy = tmp_path / "copy.yaml"
-    copy.write_text("# another comment\n" + RADIOMICS_PARAMS.read_text(), encoding="utf-8")
+    copy.write_text("# another comment\n" + RADIOMICS_PARAMS.read_text(encoding="utf-8"), encoding="utf-8")
     assert rf.settings_hash(copy) == h
     changed = rf.load_settings()
     changed["setting"]["binWidth"] = 20
@@ -239,7 +239,7 @@ def test_paper_yaml_has_the_paper_settings():
     fast = rf.load_settings(FAST)
     assert fast["setting"] == s and fast["featureClass"] == settings["featureClass"]
     assert set(fast["imageType"]) == {"Original"}
-    assert "TESTS ONLY" in FAST.read_text()
+    assert "TESTS ONLY" in FAST.read_text(encoding="utf-8")
 
 
 def test_full_paper_settings_give_wavelet_and_log_columns():

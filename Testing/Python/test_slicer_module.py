@@ -38,7 +38,7 @@ SAMPLE = SAMPLE_CASE
 
 # ---------------------------------------------------------------------------------------------- build
 def _cmake_list(name: str) -> list:
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     match = re.search(r"set\(" + name + r"\s+(.*?)\)", text, re.S)
     assert match, f"{name} not set in CMakeLists.txt"
     items = [line.split("#", 1)[0].strip() for line in match.group(1).splitlines()]
@@ -65,7 +65,7 @@ def test_cmake_lists_every_shipped_python_file_and_resource():
 
 
 def test_cmake_has_extension_metadata_and_self_test():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(r"set\(" + key + r"\s+\"[^\"]+\"\)", text), key
@@ -77,7 +77,7 @@ def test_core_never_imports_slicer_qt_or_vtk():
     forbidden = {"slicer", "qt", "vtk", "ctk", "sitkUtils", "SampleData", "PyTorchUtils", "mrml"}
     offenders = []
     for path in sorted(LIB.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -93,7 +93,7 @@ PY_FILES = [MODULE] + sorted(LIB.glob("*.py"))
 
 @pytest.mark.parametrize("path", PY_FILES, ids=lambda p: p.name)
 def test_parses_as_python_39(path):
-    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
 
 
 def test_ruff_py39_finds_nothing_newer_than_39():
@@ -109,7 +109,7 @@ def test_ruff_py39_finds_nothing_newer_than_39():
 
 def test_module_annotations_have_no_runtime_union_operator():
     """NPCPrognosis.py has no `from __future__ import annotations` (the parameter node needs real types)."""
-    tree = ast.parse(MODULE.read_text())
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     bad = []
     for node in ast.walk(tree):
         annotation = getattr(node, "annotation", None) or getattr(node, "returns", None)
@@ -135,14 +135,14 @@ def _ui_widgets() -> dict:
 
 
 def _parameter_fields() -> dict:
-    tree = ast.parse(MODULE.read_text())
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NPCPrognosisParameterNode")
     return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
 
 
 def test_every_widget_the_module_uses_exists_with_a_sensible_class():
     widgets = _ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
     assert len(used) >= 15
     for name in sorted(used):
         assert name in widgets, f"self.ui.{name} is not in {UI.name}"
@@ -266,7 +266,7 @@ def test_form_errors_are_the_cores_input_errors():
 
 def test_sample_clinical_json_round_trips_through_the_form():
     files = sample_case_files(SAMPLE)
-    raw = json.loads(files["clinical"].read_text())
+    raw = json.loads(files["clinical"].read_text(encoding="utf-8"))
     values = form.clinical_values_to_form(raw)
     assert form.parse_clinical_form(values) == parse_clinical(raw)
     assert set(values) == set(form.CLINICAL_FORM_DEFAULTS)
@@ -404,10 +404,10 @@ def test_report_files_reopen(tmp_path):
               "benefit": {"statement": "not available", "evidence": {}},
               "contour_change": contour_change.contour_change_report(np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.001)}
     paths = report.write_report(result, tmp_path / "report")
-    again = json.loads(paths["json"].read_text())
+    again = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert again["prediction"]["risk_score"] == PREDICTION["risk_score"]
     assert again["curves"]["months"] == [0.0, 12.0, 36.0, 60.0]
-    html = paths["html"].read_text()
+    html = paths["html"].read_text(encoding="utf-8")
     assert "DMFS at 36 months: 77.8 %" in html and "GTVp: Dice 1.000" in html and "survival.png" in html
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -474,11 +474,11 @@ def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "NPCPrognosisLib.slicer_support.jobs", str(tmp_path / "job.json")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
-    error = json.loads((tmp_path / "out" / "error.json").read_text())
+    error = json.loads((tmp_path / "out" / "error.json").read_text(encoding="utf-8"))
     assert "not a model bundle" in error["error"]
     assert error["type"] == "BundleError"
-    assert "not a model bundle" in (tmp_path / "out" / "job.log").read_text()
-    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert "not a model bundle" in (tmp_path / "out" / "job.log").read_text(encoding="utf-8")
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text(encoding="utf-8"))
     assert progress["message"] == "checking the model bundle"
 
 
@@ -511,7 +511,7 @@ def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
     edited = sitk.GetImageFromArray(edited_array)
     edited.CopyInformation(mask)
     sitk.WriteImage(edited, str(tmp_path / "edited.nii.gz"))
-    clinical = form.clinical_values_to_form(json.loads(files["clinical"].read_text()))
+    clinical = form.clinical_values_to_form(json.loads(files["clinical"].read_text(encoding="utf-8")))
     job = {"action": "predict", "out_dir": str(tmp_path / "job"), "patient_id": "NPC-SAMPLE-001",
            "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(tmp_path / "edited.nii.gz"),
            "reference_mask": str(files["mask"]), "bundle": str(DEMO_BUNDLE), "clinical": clinical}
@@ -520,8 +520,8 @@ def test_predict_job_on_the_sample_patient_with_the_demo_bundle(tmp_path):
     assert math.isfinite(prediction["risk_score"]) and prediction["risk_group"] in ("high", "low")
     assert math.isfinite(result["reference_prediction"]["risk_score"])
     assert result["reference_features"] != result["features"]  # edited contours were not served from the cache
-    features = json.loads(Path(result["features"]).read_text())["features"]
-    document = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
+    features = json.loads(Path(result["features"]).read_text(encoding="utf-8"))["features"]
+    document = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))
     assert set(document["feature_columns"]) <= set(features)
     rows = formatting.feature_rows(features, document)
     assert [r[0] for r in rows] == document["feature_columns"]
@@ -539,7 +539,7 @@ def test_panel_and_command_line_give_the_same_numbers(tmp_path):
     from NPCPrognosisLib.cli import main
 
     files = sample_case_files(SAMPLE)
-    raw = json.loads(files["clinical"].read_text())
+    raw = json.loads(files["clinical"].read_text(encoding="utf-8"))
     job = {"action": "predict", "out_dir": str(tmp_path / "job"), "patient_id": "NPC-SAMPLE-001",
            "images": {k: str(files[k]) for k in ("t1", "t2", "t1c")}, "mask": str(files["mask"]),
            "bundle": str(DEMO_BUNDLE), "clinical": form.clinical_values_to_form(raw)}
@@ -548,7 +548,7 @@ def test_panel_and_command_line_give_the_same_numbers(tmp_path):
     assert main(["--quiet", "predict", "--bundle", str(DEMO_BUNDLE), "--patient-id", "NPC-SAMPLE-001",
                  *[a for k in ("t1", "t2", "t1c") for a in (f"--{k}", str(files[k]))], "--mask", str(files["mask"]),
                  "--clinical", *clinical, "--out", str(tmp_path / "cli")]) == 0
-    command_line = json.loads((tmp_path / "cli" / "prediction.json").read_text())
+    command_line = json.loads((tmp_path / "cli" / "prediction.json").read_text(encoding="utf-8"))
     assert command_line["risk_score"] == pytest.approx(panel["prediction"]["risk_score"], abs=1e-9)
     assert command_line["uncertainty"]["risk_se"] is not None
     assert command_line["uncertainty"] == panel["uncertainty"]

@@ -49,7 +49,7 @@ def test_manifest_columns_paths_and_notice(cohort, rows):
         assert r["sex"] in ("M", "F") and r["t_stage"] in ("T1", "T2", "T3", "T4")
         assert r["n_stage"] in ("N0", "N1", "N2", "N3") and r["ldh"].isdigit()
         assert r["dmfs_event"] in ("0", "1") and len(r["dmfs_time"].split(".")[1]) == 2
-    readme = (cohort.manifest_path.parent / "README.txt").read_text()
+    readme = (cohort.manifest_path.parent / "README.txt").read_text(encoding="utf-8")
     assert synth.SYNTHETIC_NOTICE in readme and "NOT CLINICAL" in synth.SYNTHETIC_NOTICE
     assert "SYNTHETIC" in (synth.__doc__ or "")
     with open(cohort.truth_path, newline="") as fh:
@@ -95,15 +95,15 @@ def test_mask_labels_follow_staging_and_volume(cohort, rows):
 
 def test_determinism_and_patient_independence(cohort, rows, tmp_path):
     again = synth.synthesize_cohort(N, SEED, tmp_path / "again", progress=False)
-    assert again.manifest_path.read_text() == cohort.manifest_path.read_text()
-    assert again.truth_path.read_text() == cohort.truth_path.read_text()
+    assert again.manifest_path.read_text(encoding="utf-8") == cohort.manifest_path.read_text(encoding="utf-8")
+    assert again.truth_path.read_text(encoding="utf-8") == cohort.truth_path.read_text(encoding="utf-8")
     for r in rows[:2]:
         for k in ("t1c", "mask"):
             a = sitk.GetArrayFromImage(_read(cohort.manifest_path, r[k]))
             b = sitk.GetArrayFromImage(_read(again.manifest_path, r[k]))
             np.testing.assert_array_equal(a, b)
     other = synth.synthesize_cohort(1, SEED + 1, tmp_path / "other", progress=False)
-    assert other.manifest_path.read_text() != cohort.manifest_path.read_text()
+    assert other.manifest_path.read_text(encoding="utf-8") != cohort.manifest_path.read_text(encoding="utf-8")
     a = sitk.GetArrayFromImage(_read(cohort.manifest_path, rows[0]["t1"]))
     b = sitk.GetArrayFromImage(_read(other.manifest_path, "images/SYN0001_t1.nii.gz"))
     assert a.shape != b.shape or not np.array_equal(a, b)
@@ -198,10 +198,10 @@ def test_sample_case_is_node_positive_with_clinical_json(tmp_path):
     assert set(paths) == {"t1", "t2", "t1c", "mask"}
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["mask"])))
     assert (mask == 1).any() and (mask == 2).any()
-    clinical = json.loads((tmp_path / "sample" / "clinical.json").read_text())
+    clinical = json.loads((tmp_path / "sample" / "clinical.json").read_text(encoding="utf-8"))
     assert set(synth.CLINICAL_COLUMNS) <= set(clinical)
     assert clinical["n_stage"] in ("N1", "N2") and clinical["ebv_dna"] is not None
-    assert synth.SYNTHETIC_NOTICE in (tmp_path / "sample" / "README.txt").read_text()
+    assert synth.SYNTHETIC_NOTICE in (tmp_path / "sample" / "README.txt").read_text(encoding="utf-8")
 
 
 def test_bad_cohort_size_is_an_input_error(tmp_path):
