@@ -73,6 +73,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             text += (f", optimism-corrected {_number(corrected['corrected'], '.3f')} "
                      f"({corrected['replicates']} bootstrap refits)")
         print(text)
+        if corrected and corrected["no_better_than_chance"]:
+            print(f"  warning: the {name} model is no better than chance once corrected for optimism: it learned "
+                  "nothing that will hold on new patients (too few patients or events, or no signal in its inputs)")
     print("  the apparent C is optimistic; expect about the optimism-corrected C on new patients of the same "
           "population, and check it with `evaluate` on held-out patients")
     return 0

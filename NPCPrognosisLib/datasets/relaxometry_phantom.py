@@ -66,7 +66,7 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from NPCPrognosisLib.contract import ENDPOINTS, LABELS, SEQUENCES
-from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort
+from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort, SynthPatient
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
@@ -137,17 +137,10 @@ def writes_dicom(index: int) -> bool:
 
 
 @dataclass
-class PhantomPatient:
-    """One phantom patient. ``t2`` may lie on its own grid; ``mask`` and ``tissue`` lie on the t1c grid."""
+class PhantomPatient(SynthPatient):
+    """One phantom patient (the record of family A plus the scanner protocol). ``t2`` may lie on its own grid;
+    ``mask`` and ``tissue`` lie on the t1c grid."""
 
-    patient_id: str
-    t1: sitk.Image
-    t2: sitk.Image
-    t1c: sitk.Image
-    mask: sitk.Image
-    clinical: dict[str, object]
-    truth: dict[str, object]
-    tissue: sitk.Image | None = field(default=None, repr=False)
     protocol: dict[str, object] = field(default_factory=dict, repr=False)
 
 

@@ -254,8 +254,10 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
     report: dict[str, Any] = {}
     for name, value in apparent.items():
         optimism = float(np.mean([r[name] for r in fitted])) if fitted else float("nan")
-        report[name] = {"apparent": float(value), "optimism": optimism, "corrected": float(value) - optimism,
-                        "replicates": len(fitted)}
+        corrected = float(value) - optimism
+        # at or below chance once corrected: whatever the apparent C, this model will not rank new patients
+        report[name] = {"apparent": float(value), "optimism": optimism, "corrected": corrected,
+                        "replicates": len(fitted), "no_better_than_chance": bool(not corrected > 0.5)}
     return report
 
 
