@@ -38,8 +38,10 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
     bundle_dir = out / "bundle"
     document = train(manifest, out / "features.csv", endpoint, bundle_dir, test_fraction=0.3, seed=seed,
                      synthetic=True)
+    nomogram = document["training"]["optimism_corrected_c"]["nomogram"]
     print(f"[3/6] trained on {document['training']['n']} patients; Rad-score uses "
-          f"{len(document['signature']['features'])} feature(s)")
+          f"{len(document['signature']['features'])} feature(s); nomogram training C {nomogram['apparent']:.3f}, "
+          f"optimism-corrected {nomogram['corrected']:.3f}")
     metrics = evaluate_cohort(bundle_dir, manifest, out / "features.csv", endpoint, out / "evaluation", n_boot=300,
                               seed=seed)
     import pandas as pd

@@ -26,6 +26,7 @@ from NPCPrognosisLib.imaging.preprocess import preprocess_images
 from NPCPrognosisLib.io.atomic import write_json_atomic
 from NPCPrognosisLib.io.clinical import ClinicalRecord, parse_clinical
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
+from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
 from NPCPrognosisLib.survival.benefit import benefit_statement
@@ -76,30 +77,34 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def bundle_radiomics(bundle: LoadedBundle, preprocessed: Mapping[str, sitk.Image], mask: sitk.Image,
-                     patient_id: str) -> dict[str, float]:
-    """PyRadiomics of preprocessed sequences with exactly the bundle's settings (the numbers the Rad-score was
-    fitted on), written to a temporary parameter file because PyRadiomics reads settings from a file."""
+@contextmanager
+def _bundle_params(bundle: LoadedBundle):
+    """The bundle's radiomics settings as a temporary parameter file (PyRadiomics reads settings from a file)."""
     import yaml
-
-    from NPCPrognosisLib.radiomics.extraction import extract_patient
 
     handle, params = tempfile.mkstemp(suffix=".yaml", prefix="npc-radiomics-")
     try:
-        with os.fdopen(handle, "w") as stream:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             yaml.safe_dump(bundle.document["radiomics"]["settings"], stream)
-        return extract_patient(dict(preprocessed), mask, patient_id=patient_id, params_path=params)
+        yield params
     finally:
         os.unlink(params)
 
 
+def bundle_radiomics(bundle: LoadedBundle, preprocessed: Mapping[str, sitk.Image], mask: sitk.Image,
+                     patient_id: str) -> dict[str, float]:
+    """PyRadiomics of already preprocessed sequences with exactly the bundle's settings (the numbers the Rad-score
+    was fitted on)."""
+    from NPCPrognosisLib.radiomics.extraction import extract_patient
+
+    with _bundle_params(bundle) as params:
+        return extract_patient(dict(preprocessed), mask, patient_id=patient_id, params_path=params)
+
+
 def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, float]:
-    """Preprocess with the bundle's settings, then :func:`bundle_radiomics` (contours required)."""
-    if patient.mask is None:
-        raise InputError("no mask: radiomics need GTVp/GTVn contours", patient_id=patient.patient_id,
-                         column="mask", fix="give a mask (label 1 = GTVp, 2 = GTVn)")
-    preprocessed = preprocess_images(patient.images, bundle.preprocess)
-    return bundle_radiomics(bundle, preprocessed, patient.mask, patient.patient_id)
+    """Preprocess with the bundle's settings and extract with its radiomics settings (contours required)."""
+    with _bundle_params(bundle) as params:
+        return patient_features(patient, bundle.preprocess, params_path=params)
 
 
 def predict_patient(
