@@ -57,14 +57,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
                      test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
-                     network=args.network, workers=args.workers,
-                     **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}))
+                     network=args.network, workers=args.workers, select=not args.no_select,
+                     **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}),
+                     **({} if args.robustness_patients is None else {"robustness_patients": args.robustness_patients}))
     training = document["training"]
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
           f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
     signature = document["signature"]
     n_in = signature["diagnostics"]["n_features_in"]
     print(f"Rad-score: {len(signature['features'])} feature(s) selected from {n_in}")
+    robustness = document["robustness"]
+    if robustness.get("measured"):
+        threshold = robustness.get("threshold")
+        print(f"  robustness: ICC(3,1) over {robustness['patients']} perturbed training patients, median "
+              f"{_number(robustness['median_icc'], '.2f')}; threshold "
+              f"{'none' if threshold is None else threshold} ({robustness.get('features_passing', 'all')} passing)")
+    else:
+        print("  robustness: not measured (see the warning above)")
+    selection = document["selection"]
+    print(f"  chosen by {selection['folds']}-fold cross-validation on the training patients: radiomics "
+          f"{selection['radiomics']}{', ComBat across centres' if selection.get('harmonise') else ''}; "
+          f"clinical T/N {selection['clinical_coding']}; {selection['note']}")
+    for row in selection["designs"]:
+        print(f"    cross-validated C {row['name']:45s} {_number(row['cv_c_index'], '.3f')}")
     optimism = training.get("optimism_corrected_c") or {}
     for name, block in training["metrics"].items():
         corrected = optimism.get(name)
@@ -118,7 +133,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask)
-    prediction = predict_patient(bundle, patient, clinical, tta=args.tta)
+    prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
@@ -261,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network bundle used by extract --network; shipped inside the bundle for predict")
     p.add_argument("--optimism-bootstraps", type=int, default=None,
                    help="bootstrap refits for the optimism-corrected training C-index (default 20; 0: skip)")
-    p.add_argument("--workers", type=int, default=2, help="processes for the bootstrap refits")
+    p.add_argument("--robustness-patients", type=int, default=None,
+                   help="training patients perturbed to measure each feature's ICC (default 30; 0: skip)")
+    p.add_argument("--no-select", action="store_true",
+                   help="skip the cross-validated choice of features, penalty, clinical coding and nomogram design")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes for the perturbed extractions, the selection and the bootstrap refits")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, predictions and plots of a bundle on a cohort")
@@ -283,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1c", required=True)
     p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn; 'auto' or absent: the bundle's network")
     p.add_argument("--tta", type=int, default=4, help="test-time augmentations for the deep score's spread")
+    p.add_argument("--centre", default=None,
+                   help="the patient's centre, when the bundle harmonised radiomics across training centres")
     p.add_argument("--patient-id", default="patient")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")

@@ -17,6 +17,7 @@ and the gap between the nomogram and the best single component. Targets (issue 9
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -58,16 +59,24 @@ def cohort_with_split(out: Path, family: str, train_family: str, n_train: int, n
 
 def one_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]:
     stamps = {}
-    start = time.perf_counter()
-    manifest_path, truth = cohort_with_split(out, args.family, args.train_family or args.family, args.n_train,
-                                             args.n_test, seed, args.workers)
-    stamps["synth_s"] = time.perf_counter() - start
     auto = args.mask == "auto"
-    manifest = read_manifest(manifest_path, require_mask=not auto)
-    start = time.perf_counter()
-    extract_cohort(manifest, out / "features.csv", workers=args.workers, progress=False,
-                   network=DEMO_NETWORK if auto else None, auto_mask=auto)
-    stamps["extract_s_per_patient"] = (time.perf_counter() - start) / (args.n_train + args.n_test)
+    done = out / "extracted.json"
+    if done.exists():  # a kept --out: the cohort and its features are reused, only train/evaluate run again
+        manifest_path, truth = out / "manifest.csv", pd.read_csv(out / "truth_all.csv", dtype={"patient_id": str})
+        stamps.update(json.loads(done.read_text()))
+        manifest = read_manifest(manifest_path, require_mask=not auto)
+    else:
+        start = time.perf_counter()
+        manifest_path, truth = cohort_with_split(out, args.family, args.train_family or args.family, args.n_train,
+                                                 args.n_test, seed, args.workers)
+        truth.to_csv(out / "truth_all.csv", index=False)
+        stamps["synth_s"] = time.perf_counter() - start
+        manifest = read_manifest(manifest_path, require_mask=not auto)
+        start = time.perf_counter()
+        extract_cohort(manifest, out / "features.csv", workers=args.workers, progress=False,
+                       network=DEMO_NETWORK if auto else None, auto_mask=auto)
+        stamps["extract_s_per_patient"] = (time.perf_counter() - start) / (args.n_train + args.n_test)
+        done.write_text(json.dumps(stamps))
     start = time.perf_counter()
     document = train(manifest, out / "features.csv", args.endpoint, out / "bundle", split_col="split", seed=seed,
                      synthetic=True, network=DEMO_NETWORK if auto else None)
@@ -87,6 +96,9 @@ def one_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]
     for name, block in (document["training"].get("optimism_corrected_c") or {}).items():
         row[f"{name}_corrected_c"] = block["corrected"]
         row[f"{name}_corrected_minus_held_out"] = block["corrected"] - row[f"{name}_c"]
+    selection = document["selection"]
+    print(f"seed {seed}: selected radiomics [{selection['radiomics']}], clinical {selection['clinical_coding']}, "
+          f"{selection['note']}; robustness median ICC {document['robustness'].get('median_icc')}", flush=True)
     components = [row[f"{c}_c"] for c in COMPONENTS if f"{c}_c" in row]
     row["nomogram_minus_best_component"] = row["nomogram_c"] - max(components)
     return row
@@ -103,7 +115,8 @@ def main() -> int:
     parser.add_argument("--mask", choices=("truth", "auto"), default="truth")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--endpoint", default="dmfs")
-    parser.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder)")
+    parser.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder); a kept "
+                        "folder's cohorts and features are reused, so a second run only trains and evaluates")
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="npc-bench-generalise-"))
     rows = []

@@ -19,6 +19,14 @@ CLINICAL_FIELDS = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh",
 #: Numeric covariates derived from the clinical record, in the order models use them.
 #: EBV DNA enters as log10(copies/mL + 1): its distribution spans five orders of magnitude.
 CLINICAL_COVARIATES = ("t_stage", "n_stage", "rene", "male", "log10_ebv_dna", "age", "ldh")
+#: T and N as categories (indicators against T1 and N0): the hazard need not rise by the same step per stage.
+STAGE_INDICATORS = ("t_stage_T2", "t_stage_T3", "t_stage_T4", "n_stage_N1", "n_stage_N2", "n_stage_N3")
+#: The two codings of the clinical factors ``train`` chooses between by cross-validation (a clinician reads T and
+#: N either way); the other factors are the same in both.
+CLINICAL_CODINGS = {
+    "ordinal": CLINICAL_COVARIATES,
+    "categorical": (*STAGE_INDICATORS, *CLINICAL_COVARIATES[2:]),
+}
 
 _T_CODES = {"T1": 1, "T2": 2, "T3": 3, "T4": 4, "T4A": 4, "T4B": 4}
 _N_CODES = {"N0": 0, "N1": 1, "N2": 2, "N3": 3, "N3A": 3, "N3B": 3}
@@ -115,7 +123,7 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
 
 
 def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> dict[str, float]:
-    """Numeric covariates of :data:`CLINICAL_COVARIATES`.
+    """Numeric covariates of :data:`CLINICAL_COVARIATES` and the stage indicators of the categorical coding.
 
     A missing EBV DNA becomes ``ebv_fill`` (the training median of log10 copies, stored in the bundle) so the
     same patient gets the same number at training and prediction time; ``None`` keeps it as NaN.
@@ -123,14 +131,17 @@ def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> di
     log_ebv = float("nan") if record.ebv_dna is None else math.log10(record.ebv_dna + 1.0)
     if record.ebv_dna is None and ebv_fill is not None:
         log_ebv = float(ebv_fill)
+    t_num, n_num = int(record.t_stage[1]), int(record.n_stage[1])
     return {
-        "t_stage": float(int(record.t_stage[1])),
-        "n_stage": float(int(record.n_stage[1])),
+        "t_stage": float(t_num),
+        "n_stage": float(n_num),
         "rene": float(record.rene),
         "male": 1.0 if record.sex == "M" else 0.0,
         "log10_ebv_dna": log_ebv,
         "age": float(record.age),
         "ldh": float(record.ldh),
+        **{name: float(name.endswith(f"T{t_num}") if name.startswith("t_") else name.endswith(f"N{n_num}"))
+           for name in STAGE_INDICATORS},
     }
 
 

@@ -20,7 +20,10 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, ClinicalRecord, parse_clinical
 
 MASK_COLUMN = "mask"
-OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split")
+OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
+#: Optional column naming each patient's hospital or scanner: radiomics are then harmonised across centres (ComBat)
+#: when cross-validation on the training patients says it helps.
+CENTRE_COLUMN = "centre"
 
 
 @dataclass
@@ -78,6 +81,19 @@ class Manifest:
             clinical={c: row.get(c) for c in CLINICAL_FIELDS},
             outcomes=outcomes,
         )
+
+    @property
+    def centre_labels(self) -> list[str | None] | None:
+        """Each patient's centre (``centre`` column; None where empty), or None when there is no such column."""
+        if CENTRE_COLUMN not in self.table.columns:
+            return None
+        return [None if pd.isna(v) or str(v).strip() == "" else str(v).strip() for v in self.table[CENTRE_COLUMN]]
+
+    @property
+    def centres(self) -> list[str | None] | None:
+        """The centre labels when they name two or more centres (what harmonisation can be trained on), else None."""
+        labels = self.centre_labels
+        return labels if labels is not None and len({v for v in labels if v is not None}) > 1 else None
 
     def outcome_arrays(self, endpoint: str) -> tuple[Any, Any]:
         """(time, event) numpy arrays for ``endpoint``; call :func:`check_outcomes` first."""

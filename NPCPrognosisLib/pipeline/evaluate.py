@@ -23,6 +23,62 @@ from NPCPrognosisLib.radiomics.features_table import read_features, read_manifes
 log = logging.getLogger(__name__)
 
 
+def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
+                         endpoint: str) -> dict[str, Any] | None:
+    """Internal-external cross-validation: the bundle's procedure refitted without each centre, scored on it.
+
+    What a new hospital should expect is best seen by leaving whole hospitals out. For every centre of the
+    manifest, the bundle's recorded choices (radiomics configuration, robustness threshold, clinical coding,
+    nomogram factors) are refitted on all patients of the other centres and the left-out centre is scored.
+    ComBat is not used in these refits (a left-out centre's scanner effect is unknown by construction).
+    None when the manifest names fewer than two centres.
+
+    Parameters
+    ----------
+    document : dict
+        The bundle document.
+    manifest, features : Manifest, pandas.DataFrame
+        Every patient with features and outcomes (training and held-out), aligned row by row.
+    endpoint : str
+        The bundle's endpoint.
+
+    Returns
+    -------
+    report : dict or None
+        Per centre ``n``, ``events`` and ``c_index`` of the nomogram (and every other model), and the
+        event-weighted mean C.
+    """
+    import numpy as np
+
+    from NPCPrognosisLib.pipeline.train import fit_models, recorded_choices
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    labels = manifest.centres
+    if labels is None:
+        return None
+    settings, choices = recorded_choices(document)
+    labels = np.array([label or "(none)" for label in labels], dtype=object)
+    centres: dict[str, Any] = {}
+    for centre in sorted(set(labels)):
+        held = labels == centre
+        rest = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+        left = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+        time, event = left.outcome_arrays(endpoint)
+        block: dict[str, Any] = {"n": int(held.sum()), "events": int(event.sum())}
+        try:
+            models = fit_models(rest, features[~held].reset_index(drop=True), endpoint, settings, **choices)
+            risks = models.risks(left, features[held].reset_index(drop=True))
+            block.update({f"{name}_c_index": harrell_c(time, event, risks[name]) for name in risks.columns})
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            block["error"] = str(exc)
+        centres[centre] = block
+    scored = [b for b in centres.values() if "nomogram_c_index" in b and b["events"] > 0]
+    weights = np.array([b["events"] for b in scored], float)
+    mean = float(np.average([b["nomogram_c_index"] for b in scored], weights=weights)) if scored else None
+    return {"design": "each centre left out in turn; the bundle's recorded choices refitted on the other centres",
+            "centres": centres, "nomogram_c_index_event_weighted": mean}
+
+
 def evaluate_cohort(
     bundle_path: str | Path,
     manifest: Manifest,
@@ -49,6 +105,10 @@ def evaluate_cohort(
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
+    loco = None
+    if manifest.centres is not None:
+        check_outcomes(manifest, endpoint)
+        loco = leave_one_centre_out(bundle.document, manifest, features, endpoint)
     excluded = 0
     if subset == "auto":
         trained = set(bundle.document["training"]["patient_id_hashes"])
@@ -66,6 +126,10 @@ def evaluate_cohort(
     time, event = manifest.outcome_arrays(endpoint)
     records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
                for _, row in manifest.table.iterrows()]
+    features, harmonisation_warnings = bundle.harmonised(features, manifest.centre_labels,
+                                                         manifest.patient_ids)
+    for warning in harmonisation_warnings:
+        log.warning(warning)
     factors = bundle.factors(records, features)
     train_time, train_event = bundle.training_outcomes
 
@@ -73,7 +137,10 @@ def evaluate_cohort(
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions = pd.DataFrame({"patient_id": manifest.table["patient_id"]})
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
-                               "excluded_training_patients": excluded, "models": {}}
+                               "excluded_training_patients": excluded, "models": {},
+                               "not_harmonised": len(harmonisation_warnings)}
+    if loco is not None:
+        metrics["leave_one_centre_out"] = loco
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.harmonization import ComBatModel
 from NPCPrognosisLib.radiomics.signature import RadiomicsSignature
 from NPCPrognosisLib.survival.nomogram import Nomogram
 
@@ -55,6 +57,36 @@ class LoadedBundle:
         """The network bundle shipped inside this bundle (segmentation and deep score), if any."""
         folder = (self.document.get("network") or {}).get("folder")
         return self.path / folder if folder else None
+
+    @property
+    def combat(self) -> ComBatModel | None:
+        """ComBat estimates of the signature's features when training harmonised radiomics across centres."""
+        block = self.document.get("harmonization") or {}
+        return ComBatModel.from_dict(block["model"]) if block.get("applied") else None
+
+    def harmonised(self, features: pd.DataFrame, centres: Sequence[str | None] | None,
+                   patient_ids: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+        """Features as the models expect them: harmonised with the training centres' ComBat estimates.
+
+        A patient without a centre, or from a centre training never saw, cannot be harmonised (ComBat knows only
+        the training centres' scanner effects): the raw features are used and a warning names the patient, so the
+        difference is never silent.
+        """
+        model = self.combat
+        if model is None:
+            return features, []
+        labels = [None] * len(features) if centres is None else [None if c is None else str(c).strip()
+                                                                  for c in centres]
+        known = np.array([label in model.batches for label in labels], dtype=bool)
+        warnings = [f"patient {pid}: centre {label or '(none given)'} is not among the training centres "
+                    f"({', '.join(model.batches)}); radiomics were not harmonised"
+                    for pid, label, ok in zip(patient_ids, labels, known) if not ok]
+        if known.any():
+            harmonised = model.apply(features[known], [lab for lab, ok in zip(labels, known) if ok],
+                                     patient_ids=[p for p, ok in zip(patient_ids, known) if ok])
+            features = features.copy()
+            features.loc[known, harmonised.columns] = harmonised.to_numpy()
+        return features, warnings
 
     def factors(self, clinical: list[ClinicalRecord], features: pd.DataFrame) -> pd.DataFrame:
         """The model inputs (encoded clinical covariates, Rad-score, deep score) of aligned records and rows."""

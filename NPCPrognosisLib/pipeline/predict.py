@@ -9,8 +9,6 @@ with its uncertainty and reference curves.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from NPCPrognosisLib.io.clinical import ClinicalRecord, parse_clinical
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
+from NPCPrognosisLib.radiomics.extraction import settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
 from NPCPrognosisLib.survival.benefit import benefit_statement
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
@@ -77,33 +76,19 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-@contextmanager
-def _bundle_params(bundle: LoadedBundle):
-    """The bundle's radiomics settings as a temporary parameter file (PyRadiomics reads settings from a file)."""
-    import yaml
-
-    handle, params = tempfile.mkstemp(suffix=".yaml", prefix="npc-radiomics-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            yaml.safe_dump(bundle.document["radiomics"]["settings"], stream)
-        yield params
-    finally:
-        os.unlink(params)
-
-
 def bundle_radiomics(bundle: LoadedBundle, preprocessed: Mapping[str, sitk.Image], mask: sitk.Image,
                      patient_id: str) -> dict[str, float]:
     """PyRadiomics of already preprocessed sequences with exactly the bundle's settings (the numbers the Rad-score
     was fitted on)."""
     from NPCPrognosisLib.radiomics.extraction import extract_patient
 
-    with _bundle_params(bundle) as params:
+    with settings_file(bundle.document["radiomics"]["settings"]) as params:
         return extract_patient(dict(preprocessed), mask, patient_id=patient_id, params_path=params)
 
 
 def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, float]:
     """Preprocess with the bundle's settings and extract with its radiomics settings (contours required)."""
-    with _bundle_params(bundle) as params:
+    with settings_file(bundle.document["radiomics"]["settings"]) as params:
         return patient_features(patient, bundle.preprocess, params_path=params)
 
 
@@ -114,6 +99,7 @@ def predict_patient(
     *,
     features: Mapping[str, float] | None = None,
     tta: int = 4,
+    centre: str | None = None,
 ) -> Prediction:
     """Predict from aligned images (or from precomputed ``features`` of the same settings).
 
@@ -131,6 +117,9 @@ def predict_patient(
         radiomics unless the deep score must still be computed.
     tta : int, default 4
         Test-time augmentations of the network, giving the spread of the deep score.
+    centre : str, optional
+        The patient's centre, when the bundle harmonised radiomics across the training centres (ComBat); without
+        it, or for a centre training never saw, raw features are used and a warning says so.
 
     Returns
     -------
@@ -190,7 +179,9 @@ def predict_patient(
 
     # 4. scores: encoded factors -> nomogram risk, survival, group, uncertainty, reference curves
     with _timed(timings, "scores"):
-        factors = bundle.factors([record], pd.DataFrame([row]))
+        table, not_harmonised = bundle.harmonised(pd.DataFrame([row]), [centre], [patient.patient_id])
+        warnings.extend(not_harmonised)
+        factors = bundle.factors([record], table)
         values = {k: float(v) for k, v in factors.iloc[0].items()}
         nomogram = bundle.nomograms["nomogram"]
         risk = float(nomogram.risk(values)[0])

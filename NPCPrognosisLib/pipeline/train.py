@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,26 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES, encode_clinical, parse_clinical
-from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, encode_clinical, parse_clinical
+from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, CLINICAL_FIELDS, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import model_factors
+from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
+from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     feature_matrix,
     read_features,
     read_manifest_features,
 )
-from NPCPrognosisLib.radiomics.signature import RadiomicsSignature, SignatureSettings, fit_signature
+from NPCPrognosisLib.radiomics.harmonization import ComBatModel
+from NPCPrognosisLib.radiomics.signature import (
+    RadiomicsSignature,
+    SignatureSettings,
+    cross_fitted_rad_score,
+    fit_signature,
+)
 from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
-from NPCPrognosisLib.survival.splits import event_folds, event_split
+from NPCPrognosisLib.survival.splits import event_split
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ def clinical_table(manifest: Manifest, ebv_fill: float | None) -> pd.DataFrame:
     for _, row in manifest.table.iterrows():
         record = parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
         rows.append(encode_clinical(record, ebv_fill))
-    return pd.DataFrame(rows, columns=list(CLINICAL_COVARIATES))
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(c for coding in CLINICAL_CODINGS.values() for c in coding)))
 
 
 def ebv_fill_value(manifest: Manifest) -> float:
@@ -103,66 +111,61 @@ class TrainedModels:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: How the Cox models saw the Rad-score during fitting ("5-fold cross-fitted" or "in-sample").
     rad_score_for_cox: str = "in-sample"
+    #: ComBat estimates when the radiomics were harmonised across centres.
+    combat: ComBatModel | None = None
 
     def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
         """Risk (linear predictor) of every model for aligned manifest/features rows."""
+        if self.combat is not None:
+            features = self.combat.apply(features, manifest.centre_labels, patient_ids=manifest.patient_ids)
         factors = model_factors(clinical_table(manifest, self.ebv_fill), self.signature, features)
         return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
 
 
-def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
-                           settings: SignatureSettings | None, folds: int) -> np.ndarray | None:
-    """Out-of-fold Rad-scores of the training patients (each from a signature fitted without them), or None
-    when a fold has too few events to fit one.
-
-    Why: the LASSO-Cox Rad-score is fitted to the training patients' own outcomes, so on them it ranks far
-    better than on new patients; a Cox model fitted on that in-sample score gives it nearly all the weight and
-    drowns the clinical factors (and the deep score). Fitting the Cox models on out-of-fold scores (stacking)
-    weighs the Rad-score as it will behave on new patients; new patients are scored by the full signature.
-    """
-    time, event = np.asarray(time, float), np.asarray(event, bool)
-    seed = (settings or SignatureSettings()).seed
-    fold = event_folds(event, folds, seed + 7919)
-    scores = np.empty(len(time))
-    matrix = feature_matrix(features)
-    for k in range(folds):
-        held = fold == k
-        try:
-            signature = fit_signature(matrix[~held].reset_index(drop=True), time[~held], event[~held], settings)
-        except InputError as exc:
-            log.warning("Rad-score cross-fitting skipped (%s); the Cox models use the in-sample Rad-score", exc)
-            return None
-        scores[held] = signature.rad_score(matrix[held])
-    return scores
-
-
 def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                settings: SignatureSettings | None = None, *, ties: str = "efron",
-               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS) -> TrainedModels:
+               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS,
+               icc: pd.Series | None = None, clinical_coding: str = "ordinal",
+               nomogram_factors: list[str] | None = None, harmonise: bool = False) -> TrainedModels:
     """Fit all models on aligned training rows (``features`` row i belongs to manifest row i).
 
     The Cox models see the Rad-score cross-fitted over ``rad_score_folds`` folds (0: in-sample, as most
-    published nomograms do; see :func:`cross_fitted_rad_score`).
+    published nomograms do; see :func:`cross_fitted_rad_score`). ``icc`` (per-feature robustness) goes to the
+    signature with ``settings.min_icc``; ``clinical_coding`` (a key of ``CLINICAL_CODINGS``) codes T and N;
+    ``nomogram_factors`` are the nomogram's factors (default: deep score when present, Rad-score and every
+    clinical factor), as :func:`NPCPrognosisLib.pipeline.selection.select_models` chose them. ``harmonise`` fits
+    ComBat across the manifest's centres on these rows and fits everything on the harmonised features.
     """
     from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
 
     check_outcomes(manifest, endpoint)
     time, event = manifest.outcome_arrays(endpoint)
-    signature = fit_signature(feature_matrix(features), time, event, settings)
+    combat = None
+    if harmonise:
+        from NPCPrognosisLib.radiomics.harmonization import fit_combat
+
+        if manifest.centres is None:
+            raise InputError("harmonisation needs a centre column with two or more centres", path=manifest.source,
+                             column=CENTRE_COLUMN, fix="add the centre of each patient, or train without it")
+        combat = fit_combat(feature_matrix(features), manifest.centres, patient_ids=manifest.patient_ids)
+        features = combat.apply(features, manifest.centres, patient_ids=manifest.patient_ids)
+    signature = fit_signature(feature_matrix(features), time, event, settings, icc)
     ebv_fill = ebv_fill_value(manifest)
     factors = model_factors(clinical_table(manifest, ebv_fill), signature, features)
-    oof = cross_fitted_rad_score(features, time, event, settings, rad_score_folds) if rad_score_folds > 1 else None
+    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc)
+           if rad_score_folds > 1 else None)
     if oof is not None:
         factors["rad_score"] = oof
-    clinical = list(CLINICAL_COVARIATES)
-    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": ["rad_score", *clinical]}
-    if DEEP_SCORE in factors.columns:
+    clinical = list(CLINICAL_CODINGS[clinical_coding])
+    has_deep = DEEP_SCORE in factors.columns
+    default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
+    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}
+    if has_deep:
         if factors[DEEP_SCORE].isna().any():
             missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
             raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
                              column=DEEP_SCORE, fix="re-extract these patients with --network")
-        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical],
-                        "nomogram": [DEEP_SCORE, "rad_score", *clinical]})
+        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
     nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer)
                  for name, columns in designs.items()}
     cutoffs = {}
@@ -176,11 +179,13 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
                          ebv_fill=ebv_fill, train_time=[float(t) for t in time],
                          train_event=[int(e) for e in event],
-                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample")
+                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample",
+                         combat=combat)
 
 
 def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
-                        settings: SignatureSettings | None, seed: int) -> dict[str, float] | None:
+                        settings: SignatureSettings | None, seed: int,
+                        choices: dict[str, Any] | None = None) -> dict[str, float] | None:
     """One of Harrell's bootstrap replicates: the whole procedure refitted on a resample, its C on the resample
     minus its C on the original patients (module-level so a process pool can run it). None when the resample
     cannot be fitted (e.g. too few events)."""
@@ -192,7 +197,7 @@ def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: st
                         source=manifest.source)
     resampled_features = features.iloc[rows].reset_index(drop=True)
     try:
-        models = fit_models(resample, resampled_features, endpoint, settings)
+        models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
     except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
         # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
         # (the report says how many replicates were), it does not stop training
@@ -208,7 +213,8 @@ def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: st
 
 def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                          settings: SignatureSettings | None, apparent: dict[str, float], *,
-                         n_boot: int = OPTIMISM_BOOTSTRAPS, seed: int = 0, workers: int = 2) -> dict[str, Any]:
+                         n_boot: int = OPTIMISM_BOOTSTRAPS, seed: int = 0, workers: int = 2,
+                         choices: dict[str, Any] | None = None) -> dict[str, Any]:
     """Harrell's bootstrap optimism correction of the training C-index of every model.
 
     The apparent C of a model fitted and scored on the same patients is optimistic (the LASSO chose features that
@@ -233,6 +239,9 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
         Seed of the resamples.
     workers : int
         Replicates run in parallel processes.
+    choices : dict, optional
+        ``fit_models`` keywords fixed by the model selection (robustness, clinical coding, nomogram factors):
+        each replicate refits with the same choices; the selection itself is not repeated.
 
     Returns
     -------
@@ -246,10 +255,11 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
     if workers > 1 and n_boot > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
-            futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s) for s in seeds]
+            futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s, choices)
+                       for s in seeds]
             replicates = [f.result() for f in futures]
     else:
-        replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s) for s in seeds]
+        replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s, choices) for s in seeds]
     fitted = [r for r in replicates if r is not None]
     report: dict[str, Any] = {}
     for name, value in apparent.items():
@@ -259,6 +269,45 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
         report[name] = {"apparent": float(value), "optimism": optimism, "corrected": corrected,
                         "replicates": len(fitted), "no_better_than_chance": bool(not corrected > 0.5)}
     return report
+
+
+def robustness_record(robustness: Robustness | None, settings: SignatureSettings,
+                      signature: RadiomicsSignature, columns: list[str]) -> dict[str, Any]:
+    """The bundle's robustness block: how it was measured, the threshold chosen, the selected features' ICCs and
+    every feature's ICC (aligned with ``feature_columns``, so ``evaluate`` can refit the same procedure)."""
+    if robustness is None:
+        return {"measured": False, "threshold": settings.min_icc}
+    return {"measured": True, **robustness.summary(settings.min_icc),
+            "selected_feature_icc": {f: robustness.icc.get(f) for f in signature.features},
+            "icc": [round(float(v), 4) for v in robustness.icc.reindex(columns)]}
+
+
+def recorded_choices(document: dict[str, Any]) -> tuple[SignatureSettings, dict[str, Any]]:
+    """The signature settings and ``fit_models`` choices a bundle was trained with, so the same procedure can be
+    refitted on other patients (leave-one-centre-out); harmonisation is left out (a left-out centre is unknown)."""
+    stored = {k: v for k, v in (document.get("signature_settings") or {}).items() if k != "description"}
+    for key in ("image_types", "rois"):
+        if stored.get(key) is not None:
+            stored[key] = tuple(stored[key])
+    icc = None
+    robustness = document.get("robustness") or {}
+    if robustness.get("icc") is not None:
+        icc = pd.Series([np.nan if v is None else v for v in robustness["icc"]], index=document["feature_columns"],
+                        dtype=float)
+    coding = document["clinical_encoding"].get("coding", "ordinal")  # bundles from before the coding was chosen
+    return SignatureSettings(**stored), {"icc": icc, "clinical_coding": coding,
+                                         "nomogram_factors": document["models"]["nomogram"]["model"]["covariates"]}
+
+
+def harmonization_record(models: TrainedModels, manifest: Manifest) -> dict[str, Any]:
+    """The bundle's harmonisation block: the ComBat estimates of the signature's features, or why there are none."""
+    if models.combat is None:
+        reason = ("no centre column with two or more centres" if manifest.centres is None
+                  else "cross-validation on the training patients did not favour it")
+        return {"applied": False, "reason": reason}
+    return {"applied": True, "method": "ComBat (neuroCombat, parametric empirical Bayes) fitted on the training "
+                                       "split; applied to new patients of the training centres",
+            "centre_column": CENTRE_COLUMN, "model": models.combat.restrict(models.signature.features).to_dict()}
 
 
 def train(
@@ -275,8 +324,15 @@ def train(
     network: str | Path | None = None,
     optimism_bootstraps: int = OPTIMISM_BOOTSTRAPS,
     workers: int = 2,
+    robustness_patients: int = ROBUSTNESS_PATIENTS,
+    select: bool = True,
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
+
+    Read top-down, as the stages run on the training patients only: per-feature robustness (ICC(3,1) over
+    perturbed re-extractions of ``robustness_patients`` patients, cached beside the features table; 0: none),
+    model selection by cross-validation (``select``; see :mod:`NPCPrognosisLib.pipeline.selection`), the final
+    fit with the chosen configuration, training metrics and the optimism correction.
 
     ``optimism_bootstraps`` replicates of Harrell's bootstrap (0: none) give each model's optimism-corrected
     training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes.
@@ -303,9 +359,24 @@ def train(
                               source=manifest.source)
     train_features = features[is_train].reset_index(drop=True)
     settings = settings or SignatureSettings(seed=seed)
-    models = fit_models(train_manifest, train_features, endpoint, settings)
-    risks = models.risks(train_manifest, train_features)
+    check_outcomes(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
+
+    robustness = feature_robustness(train_manifest, train_features, meta, features_path,
+                                    n_patients=robustness_patients, seed=seed, workers=workers)
+    icc = robustness.icc if robustness is not None else None
+    if select:
+        selection = select_models(clinical_table(train_manifest, ebv_fill_value(train_manifest)), train_features,
+                                  time, event, settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
+                                  penalizer=COX_PENALIZER, workers=workers, centres=train_manifest.centres)
+    else:
+        selection = default_selection(settings, DEEP_SCORE in train_features.columns, "not selected (--no-select)")
+    settings = selection.settings
+    choices = {"icc": icc, "clinical_coding": selection.clinical_coding, "nomogram_factors": selection.nomogram,
+               "harmonise": selection.harmonise}
+    models = fit_models(train_manifest, train_features, endpoint, settings, **choices)
+
+    risks = models.risks(train_manifest, train_features)
     training_metrics = {
         name: evaluate_risk(risks[name].to_numpy(), time, event, time, event, cutoff=models.cutoffs[name]["cutoff"],
                             n_boot=200, seed=seed)
@@ -317,8 +388,10 @@ def train(
     if optimism_bootstraps > 0:
         optimism = optimism_corrected_c(train_manifest, train_features, endpoint, settings,
                                         {name: block["c_index"] for name, block in training_metrics.items()},
-                                        n_boot=optimism_bootstraps, seed=seed, workers=workers)
-    ccnd = pd.to_numeric(train_manifest.table.get("ccnd"), errors="coerce").fillna(0.0).to_numpy()
+                                        n_boot=optimism_bootstraps, seed=seed, workers=workers, choices=choices)
+    # no ccnd column: no chemotherapy dose recorded, every patient counts as 0 mg/m2
+    ccnd = pd.to_numeric(train_manifest.table.get("ccnd", pd.Series(0.0, index=train_manifest.table.index)),
+                         errors="coerce").fillna(0.0).to_numpy()
     chemo_benefit = fit_benefit(time, event, ccnd, assign_groups(risks["nomogram"].to_numpy(),
                                                                 models.cutoffs["nomogram"]["cutoff"]))
     document = {
@@ -330,9 +403,23 @@ def train(
         "feature_columns": list(feature_matrix(features).columns),
         "deep_score": DEEP_SCORE in features.columns,
         "signature": models.signature.to_dict(),
-        "clinical_encoding": {"covariates": list(CLINICAL_COVARIATES), "log10_ebv_dna_fill": models.ebv_fill,
-                              "t_stage": "T1-T4 -> 1-4", "n_stage": "N0-N3 -> 0-3", "sex": "male = 1",
-                              "ebv_dna": "log10(copies/mL + 1)"},
+        "signature_settings": {**asdict(settings), "description": settings.describe()},
+        "selection": selection.to_dict(),
+        "robustness": robustness_record(robustness, settings, models.signature,
+                                        list(feature_matrix(features).columns)),
+        "harmonization": harmonization_record(models, train_manifest),
+        "clinical_encoding": {"coding": selection.clinical_coding,
+                              "covariates": list(CLINICAL_CODINGS[selection.clinical_coding]),
+                              "log10_ebv_dna_fill": models.ebv_fill,
+                              "t_stage": ("T1-T4 -> 1-4" if selection.clinical_coding == "ordinal"
+                                          else "indicators T2, T3, T4 against T1"),
+                              "n_stage": ("N0-N3 -> 0-3" if selection.clinical_coding == "ordinal"
+                                          else "indicators N1, N2, N3 against N0"),
+                              "sex": "male = 1", "ebv_dna": "log10(copies/mL + 1)",
+                              "missing": "EBV DNA: the training median of log10 copies; age, sex, T, N, rENE and "
+                                         "LDH are required (a missing value stops with the patient and column). "
+                                         "Radiomics: a missing feature (e.g. no GTVn) takes the training mean and "
+                                         "the <roi>_present flag carries the absence."},
         "models": {name: model.to_dict() for name, model in models.nomograms.items()},
         "cox": {"ties": "efron", "penalizer": COX_PENALIZER, "rad_score": models.rad_score_for_cox},
         "cutoffs": models.cutoffs,

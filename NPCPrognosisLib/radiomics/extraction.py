@@ -18,11 +18,14 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import functools
 import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +85,21 @@ def load_settings(params_path=None) -> dict:
             path=str(path),
         )
     return settings
+
+
+@contextlib.contextmanager
+def settings_file(settings: dict):
+    """Settings (e.g. a bundle's or a features table's recorded ones) as a temporary parameter file: PyRadiomics
+    reads its settings from a file, and the recorded dict is what the numbers were made with."""
+    import yaml
+
+    handle, params = tempfile.mkstemp(suffix=".yaml", prefix="npc-radiomics-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            yaml.safe_dump(settings, stream)
+        yield params
+    finally:
+        os.unlink(params)
 
 
 def settings_hash(params_path=None) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from NPCPrognosisLib.contract import ROIS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.manifest import Manifest
@@ -70,6 +72,24 @@ def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Man
     kept = manifest.table[manifest.table["patient_id"].isin(have)].reset_index(drop=True)
     features = table.set_index("patient_id").loc[kept["patient_id"]].reset_index()
     return Manifest(table=kept, root=manifest.root, source=manifest.source), features, lacking
+
+
+@dataclass(frozen=True)
+class FeatureFamily:
+    """Where a radiomics column comes from: ``t1c_gtvp_wavelet-LLH_glcm_Contrast`` -> t1c, gtvp, wavelet-LLH."""
+
+    sequence: str
+    roi: str
+    image_type: str
+    feature_class: str
+
+
+def feature_family(column: str) -> FeatureFamily | None:
+    """The sequence, ROI, image type and class of a radiomics column; None for a flag such as ``gtvn_present``."""
+    parts = column.split("_", 3)
+    if len(parts) < 4 or parts[0] not in SEQUENCES or parts[1] not in ROIS:
+        return None
+    return FeatureFamily(sequence=parts[0], roi=parts[1], image_type=parts[2], feature_class=parts[3].split("_")[0])
 
 
 #: Columns of a features table that are not radiomics: the ID and the network's deep risk score.

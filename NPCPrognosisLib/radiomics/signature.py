@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix
 from NPCPrognosisLib.survival.splits import event_folds
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,27 @@ class SignatureSettings:
     #: Choose the largest alpha whose CV C-index is within one SE of the best (sparser, more stable signature).
     one_se_rule: bool = True
     seed: int = 0
+    #: Image types offered to the selection: ``("original",)`` or None for every filtered image too.
+    image_types: tuple[str, ...] | None = None
+    #: ROIs offered (``gtvp``, ``gtvn``, ``gtv``), None for all.
+    rois: tuple[str, ...] | None = None
+    #: Penalty mix of the Cox model: 1.0 is the LASSO, below 1 the elastic net (correlated features share weight).
+    l1_ratio: float = 1.0
+    #: Features whose ICC(3,1) under perturbation is below this are not offered (None: no robustness filter).
+    min_icc: float | None = None
+    #: Stability selection (Meinshausen & Buehlmann 2010): keep only features the LASSO picks in at least this
+    #: share of fits on random half-samples (None: off); the Rad-score is then refitted on those features.
+    stability_share: float | None = None
+    stability_resamples: int = 50
+
+    def describe(self) -> str:
+        """Short name of a configuration, as the selection table prints it."""
+        families = "original" if self.image_types == ("original",) else "all filters"
+        rois = "all ROIs" if self.rois is None else "+".join(self.rois)
+        penalty = "LASSO" if self.l1_ratio == 1.0 else f"elastic net {self.l1_ratio:g}"
+        icc = "no ICC filter" if self.min_icc is None else f"ICC >= {self.min_icc:g}"
+        stability = "" if self.stability_share is None else f", stability selection >= {self.stability_share:g}"
+        return f"{families}, {rois}, {penalty}, p < {self.p_threshold:g}, {icc}{stability}"
 
 
 @dataclass
@@ -72,6 +94,24 @@ class RadiomicsSignature:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RadiomicsSignature:
         return cls(**data)
+
+
+def offered_columns(columns: Sequence[str], settings: SignatureSettings, icc: pd.Series | None) -> list[str]:
+    """The feature columns a configuration lets the selection see (its image types, ROIs and ICC threshold)."""
+    kept = []
+    for column in columns:
+        family = feature_family(column)
+        if family is not None:
+            if settings.image_types is not None and not family.image_type.startswith(settings.image_types):
+                continue
+            if settings.rois is not None and family.roi not in settings.rois:
+                continue
+        if settings.min_icc is not None and icc is not None:
+            value = icc.get(column, np.nan)
+            if not value >= settings.min_icc:  # unmeasured (NaN) counts as not shown to be robust
+                continue
+        kept.append(column)
+    return kept
 
 
 def cox_score_test(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +164,8 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
     from sksurv.util import Surv
 
     y = Surv.from_arrays(event=event, time=time)
-    path = CoxnetSurvivalAnalysis(l1_ratio=1.0, n_alphas=settings.n_alphas, alpha_min_ratio=settings.alpha_min_ratio)
+    path = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, n_alphas=settings.n_alphas,
+                                  alpha_min_ratio=settings.alpha_min_ratio)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path.fit(z, y)
@@ -133,7 +174,7 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
     scores = np.full((settings.cv_folds, len(alphas)), np.nan)
     for k in range(settings.cv_folds):
         tr, te = fold != k, fold == k
-        model = CoxnetSurvivalAnalysis(l1_ratio=1.0, alphas=alphas)
+        model = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=alphas)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(z[tr], y[tr])
@@ -162,18 +203,65 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
                                    "alpha_best": float(alphas[best]), "n_alphas": int(len(alphas))}
 
 
+def selection_frequency(z: np.ndarray, time: np.ndarray, event: np.ndarray, alpha: float,
+                        settings: SignatureSettings) -> np.ndarray:
+    """Share of random half-samples in which the penalised Cox fit at ``alpha`` gives each column a non-zero
+    coefficient: features that only a few lucky patients support drop out (Meinshausen & Buehlmann 2010)."""
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(settings.seed + 2_147_483)
+    counts = np.zeros(z.shape[1])
+    fitted = 0
+    for _ in range(settings.stability_resamples):
+        rows = rng.choice(len(time), size=len(time) // 2, replace=False)
+        if event[rows].sum() < 2:
+            continue
+        model = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[alpha])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(z[rows], Surv.from_arrays(event=event[rows], time=time[rows]))
+        except (ArithmeticError, ValueError):
+            continue
+        counts += np.abs(model.coef_[:, -1]) > 1e-10
+        fitted += 1
+    return counts / max(fitted, 1)
+
+
 def fit_signature(
     features: pd.DataFrame,
     time: np.ndarray,
     event: np.ndarray,
     settings: SignatureSettings | None = None,
+    icc: pd.Series | None = None,
 ) -> RadiomicsSignature:
-    """Fit the Rad-score on the training cohort's feature columns (no ID column)."""
+    """Fit the Rad-score on the training cohort's feature columns (no ID column).
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        One column per radiomics feature, one row per training patient.
+    time, event : numpy.ndarray
+        The patients' follow-up and event indicator.
+    settings : SignatureSettings, optional
+        Which features are offered (image types, ROIs, robustness) and how they are filtered and penalised.
+    icc : pandas.Series, optional
+        ICC(3,1) of each feature under perturbation; used with ``settings.min_icc``.
+
+    Returns
+    -------
+    signature : RadiomicsSignature
+    """
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
 
     settings = settings or SignatureSettings()
     time, event = np.asarray(time, float), np.asarray(event, bool)
+    features = features[offered_columns(list(features.columns), settings, icc)]
+    if features.shape[1] == 0:
+        raise InputError(f"no radiomics feature is offered by the configuration {settings.describe()}",
+                         fix="offer more image types or ROIs, or lower the robustness threshold")
     if event.sum() < 5:
         raise InputError(f"only {int(event.sum())} events in the training cohort; a radiomics signature needs more",
                          fix="use a larger training cohort or a longer-follow-up endpoint")
@@ -201,11 +289,20 @@ def fit_signature(
     zk = z[:, index]
 
     alpha, cv = _lasso_cv(zk, time, event, settings)
-    final = CoxnetSurvivalAnalysis(l1_ratio=1.0, alphas=[alpha])
+    offered = np.arange(zk.shape[1])
+    if settings.stability_share is not None:
+        frequency = selection_frequency(zk, time, event, cv["alpha_best"], settings)
+        offered = np.flatnonzero(frequency >= settings.stability_share)
+        if offered.size == 0:
+            offered = np.array([int(np.argmax(frequency))])
+        cv.update({"stability_share": settings.stability_share, "stability_resamples": settings.stability_resamples,
+                   "n_stable": int(offered.size)})
+    final = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[alpha])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        final.fit(zk, Surv.from_arrays(event=event, time=time))
-    coef = final.coef_[:, -1]
+        final.fit(zk[:, offered], Surv.from_arrays(event=event, time=time))
+    coef = np.zeros(zk.shape[1])
+    coef[offered] = final.coef_[:, -1]
     selected = np.flatnonzero(np.abs(coef) > 1e-10)
     if selected.size == 0:
         # The 1-SE rule can land on the empty model; fall back to the strongest single feature.
@@ -224,3 +321,31 @@ def fit_signature(
                      "n_univariate": int(passed.size), "n_after_redundancy": len(kept),
                      "n_selected": int(selected.size), **cv},
     )
+
+
+def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
+                           settings: SignatureSettings | None, folds: int,
+                           icc: pd.Series | None = None) -> np.ndarray | None:
+    """Out-of-fold Rad-scores of the training patients (each from a signature fitted without them), or None
+    when a fold has too few events to fit one.
+
+    Why: the LASSO-Cox Rad-score is fitted to the training patients' own outcomes, so on them it ranks far
+    better than on new patients; a Cox model fitted on that in-sample score gives it nearly all the weight and
+    drowns the clinical factors (and the deep score). Fitting the Cox models on out-of-fold scores (stacking)
+    weighs the Rad-score as it will behave on new patients; new patients are scored by the full signature.
+    """
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    seed = (settings or SignatureSettings()).seed
+    fold = event_folds(event, folds, seed + 7919)
+    scores = np.empty(len(time))
+    matrix = feature_matrix(features)
+    for k in range(folds):
+        held = fold == k
+        try:
+            signature = fit_signature(matrix[~held].reset_index(drop=True), time[~held], event[~held], settings,
+                                      icc)
+        except InputError as exc:
+            log.warning("Rad-score cross-fitting skipped (%s); the Cox models use the in-sample Rad-score", exc)
+            return None
+        scores[held] = signature.rad_score(matrix[held])
+    return scores

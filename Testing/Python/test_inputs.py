@@ -60,6 +60,8 @@ def test_clinical_parsing_accepts_common_spellings_and_encodes():
     encoded = encode_clinical(record, ebv_fill=2.5)
     assert encoded["t_stage"] == 4 and encoded["n_stage"] == 3 and encoded["male"] == 1
     assert encoded["log10_ebv_dna"] == 2.5
+    assert [encoded[name] for name in ("t_stage_T2", "t_stage_T3", "t_stage_T4")] == [0, 0, 1]
+    assert [encoded[name] for name in ("n_stage_N1", "n_stage_N2", "n_stage_N3")] == [0, 0, 1]
     assert encode_clinical(parse_clinical(GOOD))["log10_ebv_dna"] == pytest.approx(np.log10(1501))
 
 

@@ -1,0 +1,300 @@
+"""Model selection by cross-validation inside the training split: which features, which penalty, which model.
+
+On 160 patients and ten thousand features, habits (every filter, LASSO, all clinical factors in the nomogram)
+move the held-out C by several hundredths either way; the choice has to be made by the data, and only by the
+training patients. Two steps share one set of event-stratified folds, so candidates are compared on the very
+same patients (a paired comparison):
+
+1. the radiomics configuration (image types, ROIs, robustness threshold, LASSO vs elastic net) by the
+   cross-validated C of the Rad-score alone (each fold refits filters, penalty path and coefficients);
+2. the nomogram's design (which of the Rad-score, deep score and clinical factors it combines, T/N ordinal or
+   categorical) by the cross-validated C of each Cox model, fitted in each fold on cross-fitted Rad-scores as the
+   final one is. The nomogram is the design that validates best: it is never a combination that validates
+   worse than a simpler model (ties go to the model with fewer factors).
+
+The winning configuration's cross-validated C is the best of several, so it is mildly optimistic; the bundle
+also records the optimism-corrected training C (``train``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.signature import SignatureSettings, cross_fitted_rad_score, fit_signature
+from NPCPrognosisLib.survival.splits import event_folds
+
+log = logging.getLogger(__name__)
+
+#: Folds of the selection (the same folds for every candidate).
+SELECTION_FOLDS = 5
+#: Below this many training events the folds are too thin to rank candidates: the defaults are kept.
+MIN_EVENTS_FOR_SELECTION = 25
+#: Robustness thresholds tried when ICCs were measured (0.75 and 0.9: "good" and "excellent", Koo & Li 2016).
+ICC_THRESHOLDS = (None, 0.75, 0.9)
+#: Cross-validated C differences below this are ties, resolved towards the simpler candidate.
+TIE = 0.002
+#: Selection share of the stability-selection variant tried on the chosen configuration (Meinshausen & Buehlmann
+#: recommend 0.6-0.9; the lower end keeps weaker but real features on cohorts of a few hundred).
+STABILITY_SHARE = 0.6
+
+
+@dataclass
+class Selection:
+    """What the cross-validation chose, and the table it chose from (recorded in the bundle)."""
+
+    settings: SignatureSettings
+    clinical_coding: str
+    nomogram: list[str]
+    #: Radiomics harmonised across centres by ComBat (only tried when the manifest names two or more centres).
+    harmonise: bool = False
+    radiomics_table: list[dict[str, Any]] = field(default_factory=list)
+    design_table: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"radiomics": self.settings.describe(), "harmonise": self.harmonise,
+                "clinical_coding": self.clinical_coding,
+                "nomogram_factors": self.nomogram, "folds": SELECTION_FOLDS,
+                "radiomics_candidates": self.radiomics_table, "designs": self.design_table, "note": self.note}
+
+
+def default_selection(settings: SignatureSettings, has_deep: bool, note: str) -> Selection:
+    """No selection: the given radiomics settings, ordinal stages and every factor in the nomogram."""
+    design = [*([DEEP_SCORE] if has_deep else []), "rad_score", *CLINICAL_CODINGS["ordinal"]]
+    return Selection(settings=settings, clinical_coding="ordinal", nomogram=design, note=note)
+
+
+def radiomics_candidates(base: SignatureSettings, robustness_measured: bool) -> list[SignatureSettings]:
+    """The configurations compared: image types x ROIs x penalty x robustness threshold (the base first)."""
+    thresholds = ICC_THRESHOLDS if robustness_measured else (None,)
+    candidates = []
+    for image_types in (None, ("original",)):
+        for rois in (None, ("gtvp", "gtv")):
+            for l1_ratio in (1.0, 0.5):
+                for min_icc in thresholds:
+                    candidates.append(replace(base, image_types=image_types, rois=rois, l1_ratio=l1_ratio,
+                                              min_icc=min_icc))
+    return candidates
+
+
+def _fold_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    try:
+        return harrell_c(time, event, risk)
+    except (InputError, ValueError):
+        return float("nan")
+
+
+def _fold_tables(table: pd.DataFrame, held: np.ndarray,
+                 centres: Sequence[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A fold's training and held-out rows; with ``centres``, harmonised by ComBat fitted on the fold's training
+    rows only (as the final model is fitted on the training split only)."""
+    train, test = table[~held].reset_index(drop=True), table[held].reset_index(drop=True)
+    if centres is None:
+        return train, test
+    from NPCPrognosisLib.radiomics.features_table import feature_matrix
+    from NPCPrognosisLib.radiomics.harmonization import fit_combat
+
+    labels = np.asarray(centres, dtype=object)
+    model = fit_combat(feature_matrix(train), labels[~held])
+    return model.apply(train, labels[~held]), model.apply(test, labels[held])
+
+
+def _cv_signature(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, fold: np.ndarray,
+                  settings: SignatureSettings, icc: pd.Series | None,
+                  centres: Sequence[str] | None = None) -> list[float]:
+    """Per-fold held-out C of one radiomics configuration, harmonised per fold when ``centres`` are given
+    (module-level for process pools)."""
+    scores = []
+    for k in np.unique(fold):
+        held = fold == k
+        try:
+            train, test = _fold_tables(matrix, held, centres)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                signature = fit_signature(train, time[~held], event[~held], settings, icc)
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
+            scores.append(float("nan"))
+            continue
+        scores.append(_fold_c(time[held], event[held], signature.rad_score(test)))
+    return scores
+
+
+def _summary(name: str, scores: Sequence[float], factors: int) -> dict[str, Any]:
+    values = np.asarray(scores, float)
+    ok = values[~np.isnan(values)]
+    mean = float(ok.mean()) if ok.size else float("nan")
+    se = float(ok.std(ddof=1) / np.sqrt(ok.size)) if ok.size > 1 else float("nan")
+    return {"name": name, "cv_c_index": mean, "se": se, "folds_fitted": int(ok.size), "factors": factors}
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Highest cross-validated C; within :data:`TIE` of it, the candidate with fewest factors (then listed first)."""
+    fitted = [r for r in rows if r["folds_fitted"] == SELECTION_FOLDS and np.isfinite(r["cv_c_index"])]
+    if not fitted:
+        raise InputError("no candidate model could be fitted in every cross-validation fold",
+                         fix="use a larger training cohort")
+    top = max(r["cv_c_index"] for r in fitted)
+    return min((r for r in fitted if r["cv_c_index"] >= top - TIE), key=lambda r: r["factors"])
+
+
+def select_radiomics(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, fold: np.ndarray,
+                     candidates: list[SignatureSettings], icc: pd.Series | None,
+                     workers: int = 2) -> tuple[SignatureSettings, list[dict[str, Any]]]:
+    """The radiomics configuration whose Rad-score validates best, and every candidate's cross-validated C."""
+    if workers > 1 and len(candidates) > 1:
+        from NPCPrognosisLib.processes import spawn_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+            futures = [pool.submit(_cv_signature, matrix, time, event, fold, c, icc) for c in candidates]
+            scores = [f.result() for f in futures]
+    else:
+        scores = [_cv_signature(matrix, time, event, fold, c, icc) for c in candidates]
+    # "factors" ranks simplicity: original-only, fewer ROIs, stricter robustness and the LASSO are simpler
+    rows = []
+    for index, (candidate, values) in enumerate(zip(candidates, scores)):
+        simplicity = ((candidate.image_types is None) * 4 + (candidate.rois is None) * 2
+                      + (candidate.l1_ratio != 1.0) + (1 - (candidate.min_icc or 0.0)))
+        rows.append({**_summary(candidate.describe(), values, 0), "factors": simplicity, "index": index})
+    best = _best(rows)
+    return candidates[best["index"]], rows
+
+
+def _design_factors(has_deep: bool) -> dict[str, list[str]]:
+    designs: dict[str, list[str]] = {"radiomics": ["rad_score"]}
+    if has_deep:
+        designs["deep"] = [DEEP_SCORE]
+        designs["deep + radiomics"] = [DEEP_SCORE, "rad_score"]
+    for coding, clinical in CLINICAL_CODINGS.items():
+        designs[f"clinical ({coding})"] = list(clinical)
+        designs[f"radiomics + clinical ({coding})"] = ["rad_score", *clinical]
+        if has_deep:
+            designs[f"deep + clinical ({coding})"] = [DEEP_SCORE, *clinical]
+            designs[f"deep + radiomics + clinical ({coding})"] = [DEEP_SCORE, "rad_score", *clinical]
+    return designs
+
+
+def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
+                  fold: np.ndarray, settings: SignatureSettings, icc: pd.Series | None, *,
+                  rad_score_folds: int, penalizer: float,
+                  centres: Sequence[str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The nomogram design that validates best, and every design's cross-validated C.
+
+    In each fold the Rad-score is refitted, the Cox models are fitted on the fold's cross-fitted Rad-scores
+    (as the final models are) and scored on the held-out patients with the fold's full Rad-score.
+    """
+    from NPCPrognosisLib.pipeline.models import model_factors
+    from NPCPrognosisLib.radiomics.features_table import feature_matrix
+    from NPCPrognosisLib.survival.nomogram import fit_nomogram
+
+    designs = _design_factors(DEEP_SCORE in features.columns)
+    scores: dict[str, list[float]] = {name: [] for name in designs}
+    for k in np.unique(fold):
+        held = fold == k
+        try:
+            train_rows, held_rows = _fold_tables(features, held, centres)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                signature = fit_signature(feature_matrix(train_rows), time[~held], event[~held], settings, icc)
+                oof = cross_fitted_rad_score(train_rows, time[~held], event[~held], settings, rad_score_folds, icc)
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
+            for name in designs:
+                scores[name].append(float("nan"))
+            continue
+        factors_train = model_factors(clinical[~held], signature, train_rows)
+        if oof is not None:
+            factors_train["rad_score"] = oof
+        factors_held = model_factors(clinical[held], signature, held_rows)
+        for name, columns in designs.items():
+            try:
+                model = fit_nomogram(name, factors_train, columns, time[~held], event[~held], penalizer=penalizer)
+                scores[name].append(_fold_c(time[held], event[held], model.risk(factors_held)))
+            except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
+                scores[name].append(float("nan"))
+    rows = [_summary(name, scores[name], len(columns)) for name, columns in designs.items()]
+    return _best(rows)["name"], rows
+
+
+def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
+                  base: SignatureSettings, icc: pd.Series | None, *, rad_score_folds: int, penalizer: float,
+                  workers: int = 2, centres: Sequence[str] | None = None) -> Selection:
+    """Choose the radiomics configuration, the clinical coding and the nomogram design on the training patients.
+
+    Parameters
+    ----------
+    clinical : pandas.DataFrame
+        Encoded clinical factors of the training patients (both codings' columns).
+    features : pandas.DataFrame
+        Their features table rows (radiomics and, when present, the deep score), aligned with ``clinical``.
+    time, event : numpy.ndarray
+        Their outcomes.
+    base : SignatureSettings
+        The starting configuration (filters, folds, seed); the candidates vary it.
+    icc : pandas.Series or None
+        ICC(3,1) per feature; without it no robustness threshold is tried.
+    rad_score_folds : int
+        Folds of the cross-fitted Rad-score the Cox models are fitted on.
+    penalizer : float
+        Ridge strength of the Cox models.
+    workers : int
+        Radiomics candidates run in parallel processes.
+    centres : sequence of str, optional
+        Each patient's centre: ComBat harmonisation (fitted per fold) is then compared with none for the chosen
+        radiomics configuration, and kept only if it validates better.
+
+    Returns
+    -------
+    selection : Selection
+        With the defaults (every feature family, LASSO, ordinal stages, every factor in the nomogram) when there are
+        fewer than :data:`MIN_EVENTS_FOR_SELECTION` events.
+    """
+    from NPCPrognosisLib.radiomics.features_table import feature_matrix
+
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    has_deep = DEEP_SCORE in features.columns
+    if event.sum() < MIN_EVENTS_FOR_SELECTION:
+        note = (f"not selected: {int(event.sum())} training events (< {MIN_EVENTS_FOR_SELECTION}) are too few to "
+                "compare candidates by cross-validation; the default configuration was used")
+        log.warning(note)
+        return default_selection(base, has_deep, note)
+    fold = event_folds(event, SELECTION_FOLDS, base.seed + 15485863)
+    candidates = radiomics_candidates(base, icc is not None)
+    settings, radiomics_rows = select_radiomics(feature_matrix(features), time, event, fold, candidates, icc,
+                                                workers)
+    plain = next(r for r in radiomics_rows if r["index"] == candidates.index(settings))
+    stable = replace(settings, stability_share=STABILITY_SHARE)
+    scores = _cv_signature(feature_matrix(features), time, event, fold, stable, icc)
+    # fewer, reproducible features: the simpler of the two when they validate alike
+    row = {**_summary(stable.describe(), scores, 0), "factors": plain["factors"] - 0.5}
+    radiomics_rows.append(row)
+    if _best([plain, row]) is row:
+        settings, plain = stable, row
+    harmonise = False
+    if centres is not None:
+        scores = _cv_signature(feature_matrix(features), time, event, fold, settings, icc, centres)
+        row = {**_summary(settings.describe() + ", ComBat across centres", scores, 0), "factors": plain["factors"] + 1}
+        radiomics_rows.append(row)
+        harmonise = _best([plain, row]) is row
+    design, design_rows = select_design(clinical, features, time, event, fold, settings, icc,
+                                        rad_score_folds=rad_score_folds, penalizer=penalizer,
+                                        centres=centres if harmonise else None)
+    clinical_rows = [r for r in design_rows if r["name"].startswith("clinical (")]
+    coding = _best(clinical_rows)["name"].split("(")[1].rstrip(")")
+    if "(" in design:
+        coding = design.split("(")[1].rstrip(")")
+    factors = _design_factors(has_deep)[design]
+    log.info("selected radiomics: %s; nomogram: %s", settings.describe(), design)
+    return Selection(settings=settings, clinical_coding=coding, nomogram=factors, harmonise=harmonise,
+                     radiomics_table=radiomics_rows, design_table=design_rows, note=f"nomogram design: {design}")

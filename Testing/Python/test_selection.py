@@ -1,0 +1,172 @@
+"""Model selection by cross-validation inside the training split (features made here, outcomes from a known model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.pipeline.selection import (
+    MIN_EVENTS_FOR_SELECTION,
+    SELECTION_FOLDS,
+    TIE,
+    _best,
+    select_models,
+)
+from NPCPrognosisLib.radiomics.signature import SignatureSettings, fit_signature, offered_columns
+
+
+def _cohort(n: int, seed: int, clinical_effect: float):
+    """Signal in two robust original GTVp features; noise in wavelet columns, another ROI and fragile copies."""
+    rng = np.random.default_rng(seed)
+    columns = {}
+    signal = rng.normal(size=(n, 2))
+    columns["t1c_gtvp_original_firstorder_Mean"] = signal[:, 0]
+    columns["t2_gtvp_original_glcm_Contrast"] = signal[:, 1]
+    for k in range(30):
+        columns[f"t1c_gtvp_wavelet-LLH_glcm_Noise{k}"] = rng.normal(size=n)
+        columns[f"t2_gtvn_original_firstorder_Noise{k}"] = rng.normal(size=n)
+    features = pd.DataFrame(columns)
+    stage = rng.integers(1, 5, n)
+    nodes = rng.integers(0, 4, n)
+    clinical = pd.DataFrame({
+        "t_stage": stage.astype(float), "n_stage": nodes.astype(float), "rene": rng.integers(0, 2, n).astype(float),
+        "male": rng.integers(0, 2, n).astype(float), "log10_ebv_dna": rng.normal(3, 1, n),
+        "age": rng.normal(50, 10, n), "ldh": rng.normal(200, 40, n),
+        **{f"t_stage_T{t}": (stage == t).astype(float) for t in (2, 3, 4)},
+        **{f"n_stage_N{k}": (nodes == k).astype(float) for k in (1, 2, 3)},
+    })
+    lp = 0.8 * signal[:, 0] - 0.6 * signal[:, 1] + clinical_effect * (nodes - 1.5)
+    time = rng.exponential(60 * np.exp(-lp))
+    censor = rng.uniform(20, 120, n)
+    event = time <= censor
+    icc = pd.Series(0.3, index=features.columns)
+    icc[["t1c_gtvp_original_firstorder_Mean", "t2_gtvp_original_glcm_Contrast"]] = 0.95
+    return clinical, features, np.minimum(time, censor), event, icc
+
+
+def test_ties_go_to_the_simpler_candidate_and_unfitted_ones_never_win():
+    rows = [{"name": "combined", "cv_c_index": 0.700, "folds_fitted": SELECTION_FOLDS, "factors": 8},
+            {"name": "simple", "cv_c_index": 0.700 - TIE / 2, "folds_fitted": SELECTION_FOLDS, "factors": 1},
+            {"name": "broken", "cv_c_index": 0.9, "folds_fitted": SELECTION_FOLDS - 1, "factors": 1}]
+    assert _best(rows)["name"] == "simple"
+    rows[1]["cv_c_index"] = 0.690
+    assert _best(rows)["name"] == "combined"
+
+
+def test_a_configuration_only_offers_its_image_types_rois_and_robust_features():
+    _, features, _, _, icc = _cohort(20, 0, 0.0)
+    settings = SignatureSettings(image_types=("original",), rois=("gtvp", "gtv"), min_icc=0.75)
+    assert offered_columns(list(features.columns) + ["gtvn_present"], settings, icc) == [
+        "t1c_gtvp_original_firstorder_Mean", "t2_gtvp_original_glcm_Contrast"]
+    assert len(offered_columns(features.columns, SignatureSettings(), icc)) == features.shape[1]
+
+
+def test_selection_never_prefers_a_combination_that_validates_worse():
+    clinical, features, time, event, icc = _cohort(220, 4, 0.0)
+    assert event.sum() >= MIN_EVENTS_FOR_SELECTION
+    selection = select_models(clinical, features, time, event, SignatureSettings(), icc, rad_score_folds=3,
+                              penalizer=0.01, workers=1)
+    # 2 image-type sets x 2 ROI sets x 2 penalties x 3 thresholds, then the winner with stability selection
+    assert len(selection.radiomics_table) == 25
+    best_design = max(r["cv_c_index"] for r in selection.design_table)
+    chosen = next(r for r in selection.design_table if r["name"] == selection.note.split(": ")[1])
+    assert chosen["cv_c_index"] >= best_design - TIE
+    # the clinical factors carry nothing here: the nomogram is the Rad-score alone, the simplest best model
+    assert selection.nomogram == ["rad_score"]
+    signature = fit_signature(features, time, event, selection.settings, icc)
+    assert set(signature.features) <= set(offered_columns(features.columns, selection.settings, icc))
+    assert "t1c_gtvp_original_firstorder_Mean" in signature.features
+    document = selection.to_dict()
+    assert document["nomogram_factors"] == ["rad_score"] and document["radiomics"] == selection.settings.describe()
+
+
+def test_stability_selection_keeps_the_features_half_samples_agree_on():
+    _, features, time, event, _ = _cohort(220, 7, 0.0)
+    settings = SignatureSettings(stability_share=0.6, p_threshold=0.5)
+    signature = fit_signature(features, time, event, settings)
+    assert set(signature.features) == {"t1c_gtvp_original_firstorder_Mean", "t2_gtvp_original_glcm_Contrast"}
+    assert signature.diagnostics["n_stable"] == 2 and signature.diagnostics["stability_resamples"] == 50
+    assert "stability selection >= 0.6" in settings.describe()
+
+
+def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_defaults():
+    clinical, features, time, event, icc = _cohort(220, 5, 0.9)
+    selection = select_models(clinical, features, time, event, SignatureSettings(), None, rad_score_folds=3,
+                              penalizer=0.01, workers=1)
+    assert len(selection.radiomics_table) == 9  # no ICC measured: no robustness threshold offered
+    # nodal stage carries a strong effect here: the nomogram combines it with the Rad-score
+    assert "rad_score" in selection.nomogram and any(f.startswith("n_stage") for f in selection.nomogram)
+    assert selection.clinical_coding in CLINICAL_CODINGS
+    few = np.zeros_like(event)
+    few[: MIN_EVENTS_FOR_SELECTION - 1] = True
+    default = select_models(clinical, features, time, few, SignatureSettings(), icc, rad_score_folds=3,
+                            penalizer=0.01, workers=1)
+    assert default.radiomics_table == [] and "too few" in default.note
+    assert default.nomogram == ["rad_score", *CLINICAL_CODINGS["ordinal"]]
+
+
+@pytest.mark.parametrize("coding", sorted(CLINICAL_CODINGS))
+def test_both_codings_name_columns_the_encoder_writes(coding):
+    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+
+    record = parse_clinical({"age": 50, "sex": "F", "t_stage": "T1", "n_stage": "N0", "rene": 0, "ldh": 180})
+    encoded = encode_clinical(record, ebv_fill=3.0)
+    assert set(CLINICAL_CODINGS[coding]) <= set(encoded)
+
+
+def _with_centre_effects(features: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Three centres whose scanners shift and scale every feature (nothing to do with the outcome)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array(["A", "B", "C"])[rng.integers(0, 3, len(features))]
+    shifted = features.copy()
+    for k, centre in enumerate("ABC"):
+        rows = centres == centre
+        shift = rng.normal(0, 1.5, features.shape[1])
+        shifted.loc[rows] = features.loc[rows].to_numpy() * (0.6 + 0.4 * k) + shift
+    return shifted, centres
+
+
+def test_combat_is_chosen_when_scanners_differ_and_travels_in_the_bundle(tmp_path):
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.train import train
+
+    clinical, features, time, event, _ = _cohort(300, 6, 0.3)
+    features, centres = _with_centre_effects(features, 6)
+    ids = [f"P{i:03d}" for i in range(len(features))]
+    manifest = pd.DataFrame({
+        "patient_id": ids, "age": clinical["age"].round(), "sex": np.where(clinical["male"] > 0, "M", "F"),
+        "t_stage": [f"T{int(t)}" for t in clinical["t_stage"]], "n_stage": [f"N{int(n)}" for n in clinical["n_stage"]],
+        "ebv_dna": (10 ** clinical["log10_ebv_dna"]).round(),
+        "rene": (clinical["rene"] * (clinical["n_stage"] > 0)).astype(int),
+        "ldh": clinical["ldh"].clip(20).round(), "dmfs_time": time, "dmfs_event": event.astype(int),
+        "centre": centres, "split": ["train"] * 200 + ["test"] * 100})
+    manifest.loc[200:204, "centre"] = "Z"  # a centre training never saw
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    features.assign(patient_id=ids).to_csv(tmp_path / "features.csv", index=False)
+    cohort = read_manifest(tmp_path / "manifest.csv", require_images=False)
+    document = train(cohort, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", split_col="split",
+                     optimism_bootstraps=0, robustness_patients=0, workers=1)
+    rows = document["selection"]["radiomics_candidates"]
+    combat_row = next(r for r in rows if r["name"].endswith("ComBat across centres"))
+    plain_row = next(r for r in rows if r["name"] == document["selection"]["radiomics"])
+    assert document["selection"]["harmonise"] and combat_row["cv_c_index"] > plain_row["cv_c_index"]
+    block = document["harmonization"]
+    assert block["applied"] and set(block["model"]["batches"]) == {"A", "B", "C"}
+    assert set(block["model"]["features"]) <= set(document["signature"]["features"])
+    bundle = load_bundle(tmp_path / "bundle")
+    table = features.iloc[[200, 210]].reset_index(drop=True)
+    harmonised, warnings = bundle.harmonised(table, ["Z", centres[210]], ["P200", "P210"])
+    assert len(warnings) == 1 and "P200" in warnings[0] and "not harmonised" in warnings[0]
+    assert harmonised.iloc[0].equals(table.iloc[0]) and not harmonised.iloc[1].equals(table.iloc[1])
+    metrics = evaluate_cohort(tmp_path / "bundle", cohort, tmp_path / "features.csv", "dmfs", tmp_path / "eval",
+                              n_boot=20, plots=False)
+    assert metrics["n"] == 100 and metrics["not_harmonised"] == 5
+    loco = metrics["leave_one_centre_out"]
+    assert set(loco["centres"]) == {"A", "B", "C", "Z"}
+    assert sum(block["n"] for block in loco["centres"].values()) == 300
+    # without harmonisation a left-out scanner shifts every feature, yet the ranking inside a centre survives
+    assert loco["centres"]["A"]["nomogram_c_index"] > 0.6 and loco["nomogram_c_index_event_weighted"] > 0.6
