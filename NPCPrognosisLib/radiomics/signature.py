@@ -278,7 +278,7 @@ def fit_signature(
     values, impute, mean, sd = values[:, usable], impute[usable], values[:, usable].mean(axis=0), sd[usable]
     z = (values - mean) / sd
 
-    _, p = cox_score_test(z, time, event)
+    score_z, p = cox_score_test(z, time, event)
     passed = np.flatnonzero(p < settings.p_threshold)
     if passed.size == 0:
         log.warning("no feature passed the univariate p < %s filter; keeping the 10 lowest p", settings.p_threshold)
@@ -297,19 +297,29 @@ def fit_signature(
             offered = np.array([int(np.argmax(frequency))])
         cv.update({"stability_share": settings.stability_share, "stability_resamples": settings.stability_resamples,
                    "n_stable": int(offered.size)})
-    final = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[alpha])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        final.fit(zk[:, offered], Surv.from_arrays(event=event, time=time))
-    coef = np.zeros(zk.shape[1])
-    coef[offered] = final.coef_[:, -1]
+    def penalised_fit(at: float) -> np.ndarray:
+        final = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[at])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            final.fit(zk[:, offered], Surv.from_arrays(event=event, time=time))
+        full = np.zeros(zk.shape[1])
+        full[offered] = final.coef_[:, -1]
+        return full
+
+    coef = penalised_fit(alpha)
+    if not (np.abs(coef) > 1e-10).any() and cv["alpha_best"] < alpha:
+        # the 1-SE rule landed on the empty model: take the cross-validated best penalty instead
+        alpha = cv["alpha_best"]
+        coef = penalised_fit(alpha)
+        cv["one_se_rule_gave_empty_model"] = True
     selected = np.flatnonzero(np.abs(coef) > 1e-10)
     if selected.size == 0:
-        # The 1-SE rule can land on the empty model; fall back to the strongest single feature.
+        # Still nothing: the strongest single feature (lowest univariate p, first after the redundancy filter),
+        # oriented by its univariate Cox score so a higher score always means a higher hazard.
         selected = np.array([0])
         coef = np.zeros(len(kept))
-        coef[0] = -1.0 if np.corrcoef(zk[:, 0], time)[0, 1] > 0 else 1.0
-        log.warning("LASSO selected no feature; the Rad-score falls back to %s", kept[0])
+        coef[0] = 1.0 if score_z[index[0]] > 0 else -1.0
+        log.info("LASSO selected no feature; the Rad-score falls back to %s", kept[0])
     return RadiomicsSignature(
         features=[kept[i] for i in selected],
         impute=[float(impute[index[i]]) for i in selected],
