@@ -81,12 +81,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for row in selection["designs"]:
         print(f"    cross-validated C {row['name']:45s} {_number(row['cv_c_index'], '.3f')}")
     optimism = training.get("optimism_corrected_c") or {}
+    nested = training.get("nested_cv_c") or {}
     for name, block in training["metrics"].items():
         corrected = optimism.get(name)
         text = f"  training C-index {name:20s} apparent {block['c_index']:.3f}"
         if corrected:
             text += (f", optimism-corrected {_number(corrected['corrected'], '.3f')} "
                      f"({corrected['replicates']} bootstrap refits)")
+        if name in nested:
+            text += f", nested cross-validated {_number(nested[name]['c_index'], '.3f')} (selection included)"
         print(text)
         if corrected and corrected["no_better_than_chance"]:
             print(f"  warning: the {name} model is no better than chance once corrected for optimism: it learned "

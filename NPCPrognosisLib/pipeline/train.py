@@ -37,7 +37,7 @@ from NPCPrognosisLib.radiomics.signature import (
     fit_signature,
 )
 from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
-from NPCPrognosisLib.survival.splits import event_split
+from NPCPrognosisLib.survival.splits import event_folds, event_split
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ COX_PENALIZER = 0.01
 RAD_SCORE_FOLDS = 5
 #: Bootstrap replicates of the optimism correction printed by ``train`` (each refits the whole procedure).
 OPTIMISM_BOOTSTRAPS = 20
+#: Outer folds of the nested cross-validation of the whole procedure, model selection included.
+NESTED_FOLDS = 5
 
 
 def hash_id(patient_id: str) -> str:
@@ -299,6 +301,70 @@ def recorded_choices(document: dict[str, Any]) -> tuple[SignatureSettings, dict[
                                          "nomogram_factors": document["models"]["nomogram"]["model"]["covariates"]}
 
 
+def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
+                icc: pd.Series | None, *, folds: int = NESTED_FOLDS, seed: int = 0,
+                workers: int = 2) -> dict[str, Any]:
+    """Nested cross-validated C-index of every model: the whole procedure, model selection included, refitted
+    without each outer fold and scored on it.
+
+    The selection picks the best of dozens of candidates by cross-validation, so its own cross-validated C is the
+    best of several noisy numbers; only a selection repeated inside each outer fold says what the chosen model will
+    do on patients the choice never saw. (The per-feature ICCs are outcome-free and are reused.)
+
+    Parameters
+    ----------
+    manifest, features : Manifest, pandas.DataFrame
+        The training patients, aligned row by row.
+    endpoint : str
+        ``dmfs``, ``os`` or ``pfs``.
+    settings : SignatureSettings
+        The base configuration the selection starts from.
+    icc : pandas.Series or None
+        Per-feature robustness.
+    folds : int
+        Outer folds.
+    seed : int
+        Seed of the outer folds.
+    workers : int
+        Processes of each inner selection.
+
+    Returns
+    -------
+    report : dict
+        Per model the mean C over outer folds, its standard error and the folds that could be fitted.
+    """
+    from NPCPrognosisLib.pipeline.selection import select_models
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    time, event = manifest.outcome_arrays(endpoint)
+    fold = event_folds(event, folds, seed + 104723)
+    scores: dict[str, list[float]] = {}
+    for k in range(folds):
+        held = fold == k
+        inner = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root,
+                         source=manifest.source)
+        outer = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+        inner_features = features[~held].reset_index(drop=True)
+        try:
+            selection = select_models(clinical_table(inner, ebv_fill_value(inner)), inner_features, time[~held],
+                                      event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
+                                      penalizer=COX_PENALIZER, workers=workers, centres=inner.centres)
+            models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
+                                clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
+                                harmonise=selection.harmonise)
+            risks = models.risks(outer, features[held].reset_index(drop=True))
+            for name in risks.columns:
+                scores.setdefault(name, []).append(harrell_c(time[held], event[held], risks[name]))
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            log.info("nested cross-validation fold %d skipped: %s", k, exc)
+    report = {}
+    for name, values in scores.items():
+        values_array = np.asarray(values, float)
+        se = float(values_array.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+        report[name] = {"c_index": float(values_array.mean()), "se": se, "folds": len(values)}
+    return report
+
+
 def harmonization_record(models: TrainedModels, manifest: Manifest) -> dict[str, Any]:
     """The bundle's harmonisation block: the ComBat estimates of the signature's features, or why there are none."""
     if models.combat is None:
@@ -326,13 +392,15 @@ def train(
     workers: int = 2,
     robustness_patients: int = ROBUSTNESS_PATIENTS,
     select: bool = True,
+    nested_folds: int = NESTED_FOLDS,
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
 
     Read top-down, as the stages run on the training patients only: per-feature robustness (ICC(3,1) over
     perturbed re-extractions of ``robustness_patients`` patients, cached beside the features table; 0: none),
     model selection by cross-validation (``select``; see :mod:`NPCPrognosisLib.pipeline.selection`), the final
-    fit with the chosen configuration, training metrics and the optimism correction.
+    fit with the chosen configuration, training metrics, the optimism correction and, when the selection ran, the
+    nested cross-validated C of the whole procedure (``nested_folds`` outer folds; 0: none).
 
     ``optimism_bootstraps`` replicates of Harrell's bootstrap (0: none) give each model's optimism-corrected
     training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes.
@@ -371,7 +439,7 @@ def train(
                                   penalizer=COX_PENALIZER, workers=workers, centres=train_manifest.centres)
     else:
         selection = default_selection(settings, DEEP_SCORE in train_features.columns, "not selected (--no-select)")
-    settings = selection.settings
+    base_settings, settings = settings, selection.settings
     choices = {"icc": icc, "clinical_coding": selection.clinical_coding, "nomogram_factors": selection.nomogram,
                "harmonise": selection.harmonise}
     models = fit_models(train_manifest, train_features, endpoint, settings, **choices)
@@ -389,6 +457,10 @@ def train(
         optimism = optimism_corrected_c(train_manifest, train_features, endpoint, settings,
                                         {name: block["c_index"] for name, block in training_metrics.items()},
                                         n_boot=optimism_bootstraps, seed=seed, workers=workers, choices=choices)
+    nested = None
+    if select and nested_folds > 1 and selection.radiomics_table:
+        nested = nested_cv_c(train_manifest, train_features, endpoint, base_settings, icc, folds=nested_folds,
+                             seed=seed, workers=workers)
     # no ccnd column: no chemotherapy dose recorded, every patient counts as 0 mg/m2
     ccnd = pd.to_numeric(train_manifest.table.get("ccnd", pd.Series(0.0, index=train_manifest.table.index)),
                          errors="coerce").fillna(0.0).to_numpy()
@@ -426,7 +498,7 @@ def train(
         "chemo_benefit": chemo_benefit,
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
                      "event": models.train_event, "metrics": training_metrics,
-                     "optimism_corrected_c": optimism,
+                     "optimism_corrected_c": optimism, "nested_cv_c": nested,
                      "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],
                      "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
                      "split": split_col or f"random stratified, test fraction {test_fraction}",

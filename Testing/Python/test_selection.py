@@ -165,6 +165,9 @@ def test_combat_is_chosen_when_scanners_differ_and_travels_in_the_bundle(tmp_pat
     metrics = evaluate_cohort(tmp_path / "bundle", cohort, tmp_path / "features.csv", "dmfs", tmp_path / "eval",
                               n_boot=20, plots=False)
     assert metrics["n"] == 100 and metrics["not_harmonised"] == 5
+    # the nested cross-validated C (selection repeated in each outer fold) foretells the held-out C
+    nested = document["training"]["nested_cv_c"]["nomogram"]
+    assert nested["folds"] == 5 and abs(nested["c_index"] - metrics["models"]["nomogram"]["c_index"]) < 0.08
     loco = metrics["leave_one_centre_out"]
     assert set(loco["centres"]) == {"A", "B", "C", "Z"}
     assert sum(block["n"] for block in loco["centres"].values()) == 300
