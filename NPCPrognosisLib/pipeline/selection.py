@@ -6,7 +6,8 @@ training patients. Two steps share one set of event-stratified folds, so candida
 same patients (a paired comparison):
 
 1. the radiomics configuration (image types, ROIs, robustness threshold, LASSO vs elastic net) by the
-   cross-validated C of the Rad-score alone (each fold refits filters, penalty path and coefficients);
+   cross-validated C of the Rad-score alone (each fold refits filters, penalty path and coefficients); then, on
+   the winner, the univariate filter's threshold, stability selection and (with centres) ComBat harmonisation;
 2. the nomogram's design (which of the Rad-score, deep score and clinical factors it combines, T/N ordinal or
    categorical) by the cross-validated C of each Cox model, fitted in each fold on cross-fitted Rad-scores as the
    final one is. The nomogram is the design that validates best: it is never a combination that validates
@@ -44,6 +45,8 @@ MIN_EVENTS_FOR_SELECTION = 25
 ICC_THRESHOLDS = (None, 0.75, 0.9)
 #: Cross-validated C differences below this are ties, resolved towards the simpler candidate.
 TIE = 0.002
+#: Univariate filter thresholds tried on the chosen configuration besides its own (p < 0.05).
+UNIVARIATE_THRESHOLDS = (0.01, 0.2)
 #: Selection share of the stability-selection variant tried on the chosen configuration (Meinshausen & Buehlmann
 #: recommend 0.6-0.9; the lower end keeps weaker but real features on cohorts of a few hundred).
 STABILITY_SHARE = 0.6
@@ -274,6 +277,17 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     settings, radiomics_rows = select_radiomics(feature_matrix(features), time, event, fold, candidates, icc,
                                                 workers)
     plain = next(r for r in radiomics_rows if r["index"] == candidates.index(settings))
+    # the winner's univariate filter: stricter and looser thresholds (a stricter filter is the simpler model)
+    variants = [(settings, plain)]
+    for threshold in UNIVARIATE_THRESHOLDS:
+        variant = replace(settings, p_threshold=threshold)
+        scores = _cv_signature(feature_matrix(features), time, event, fold, variant, icc)
+        row = {**_summary(variant.describe(), scores, 0),
+               "factors": plain["factors"] + (0.25 if threshold > settings.p_threshold else -0.25)}
+        radiomics_rows.append(row)
+        variants.append((variant, row))
+    best_row = _best([row for _, row in variants])
+    settings, plain = next((v, row) for v, row in variants if row is best_row)
     stable = replace(settings, stability_share=STABILITY_SHARE)
     scores = _cv_signature(feature_matrix(features), time, event, fold, stable, icc)
     # fewer, reproducible features: the simpler of the two when they validate alike

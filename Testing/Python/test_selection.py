@@ -68,8 +68,9 @@ def test_selection_never_prefers_a_combination_that_validates_worse():
     assert event.sum() >= MIN_EVENTS_FOR_SELECTION
     selection = select_models(clinical, features, time, event, SignatureSettings(), icc, rad_score_folds=3,
                               penalizer=0.01, workers=1)
-    # 2 image-type sets x 2 ROI sets x 2 penalties x 3 thresholds, then the winner with stability selection
-    assert len(selection.radiomics_table) == 25
+    # 2 image-type sets x 2 ROI sets x 2 penalties x 3 thresholds, then the winner with two other univariate
+    # thresholds and with stability selection
+    assert len(selection.radiomics_table) == 27
     best_design = max(r["cv_c_index"] for r in selection.design_table)
     chosen = next(r for r in selection.design_table if r["name"] == selection.note.split(": ")[1])
     assert chosen["cv_c_index"] >= best_design - TIE
@@ -95,7 +96,7 @@ def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_default
     clinical, features, time, event, icc = _cohort(220, 5, 0.9)
     selection = select_models(clinical, features, time, event, SignatureSettings(), None, rad_score_folds=3,
                               penalizer=0.01, workers=1)
-    assert len(selection.radiomics_table) == 9  # no ICC measured: no robustness threshold offered
+    assert len(selection.radiomics_table) == 11  # no ICC measured: no robustness threshold offered
     # nodal stage carries a strong effect here: the nomogram combines it with the Rad-score
     assert "rad_score" in selection.nomogram and any(f.startswith("n_stage") for f in selection.nomogram)
     assert selection.clinical_coding in CLINICAL_CODINGS
