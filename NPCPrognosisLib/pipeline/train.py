@@ -301,6 +301,31 @@ def recorded_choices(document: dict[str, Any]) -> tuple[SignatureSettings, dict[
                                          "nomogram_factors": document["models"]["nomogram"]["model"]["covariates"]}
 
 
+def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
+                 icc: pd.Series | None, held: np.ndarray) -> dict[str, float] | None:
+    """One outer fold of :func:`nested_cv_c`: select and fit without ``held``, score ``held`` (module-level for
+    process pools); None when the fold cannot be fitted."""
+    from NPCPrognosisLib.pipeline.selection import select_models
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    time, event = manifest.outcome_arrays(endpoint)
+    inner = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    outer = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    inner_features = features[~held].reset_index(drop=True)
+    try:
+        selection = select_models(clinical_table(inner, ebv_fill_value(inner)), inner_features, time[~held],
+                                  event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
+                                  penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
+        models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
+                            clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
+                            harmonise=selection.harmonise)
+        risks = models.risks(outer, features[held].reset_index(drop=True))
+        return {name: harrell_c(time[held], event[held], risks[name]) for name in risks.columns}
+    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        log.info("nested cross-validation fold skipped: %s", exc)
+        return None
+
+
 def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
                 icc: pd.Series | None, *, folds: int = NESTED_FOLDS, seed: int = 0,
                 workers: int = 2) -> dict[str, Any]:
@@ -333,30 +358,23 @@ def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, setti
     report : dict
         Per model the mean C over outer folds, its standard error and the folds that could be fitted.
     """
-    from NPCPrognosisLib.pipeline.selection import select_models
-    from NPCPrognosisLib.survival.metrics import harrell_c
+    from concurrent.futures import ProcessPoolExecutor
+
+    from NPCPrognosisLib.processes import spawn_context
 
     time, event = manifest.outcome_arrays(endpoint)
     fold = event_folds(event, folds, seed + 104723)
+    args = [(manifest, features, endpoint, settings, icc, fold == k) for k in range(folds)]
+    if workers > 1:
+        # outer folds in parallel, each selection on one process: the selection's serial parts parallelise too
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+            results = list(pool.map(_nested_fold, *zip(*args)))
+    else:
+        results = [_nested_fold(*a) for a in args]
     scores: dict[str, list[float]] = {}
-    for k in range(folds):
-        held = fold == k
-        inner = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root,
-                         source=manifest.source)
-        outer = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
-        inner_features = features[~held].reset_index(drop=True)
-        try:
-            selection = select_models(clinical_table(inner, ebv_fill_value(inner)), inner_features, time[~held],
-                                      event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
-                                      penalizer=COX_PENALIZER, workers=workers, centres=inner.centres)
-            models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
-                                clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
-                                harmonise=selection.harmonise)
-            risks = models.risks(outer, features[held].reset_index(drop=True))
-            for name in risks.columns:
-                scores.setdefault(name, []).append(harrell_c(time[held], event[held], risks[name]))
-        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-            log.info("nested cross-validation fold %d skipped: %s", k, exc)
+    for result in results:
+        for name, value in (result or {}).items():
+            scores.setdefault(name, []).append(value)
     report = {}
     for name, values in scores.items():
         values_array = np.asarray(values, float)
