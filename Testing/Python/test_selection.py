@@ -124,8 +124,8 @@ def _with_centre_effects(features: pd.DataFrame, seed: int) -> tuple[pd.DataFram
     shifted = features.copy()
     for k, centre in enumerate("ABC"):
         rows = centres == centre
-        shift = rng.normal(0, 1.5, features.shape[1])
-        shifted.loc[rows] = features.loc[rows].to_numpy() * (0.6 + 0.4 * k) + shift
+        shift = rng.normal(0, 3.0, features.shape[1])
+        shifted.loc[rows] = features.loc[rows].to_numpy() * (0.5, 1.0, 2.0)[k] + shift
     return shifted, centres
 
 
