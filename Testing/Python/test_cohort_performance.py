@@ -27,7 +27,9 @@ def test_nomogram_reaches_85_percent_of_oracle_on_200_patients(tmp_path):
     extraction = extract_cohort(manifest, tmp_path / "features.csv", workers=2, params_path=RADIOMICS_FAST_PARAMS,
                                 progress=False)
     assert not extraction.failures
-    train(manifest, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", test_fraction=0.3, seed=2026)
+    # nested cross-validation (five more selections) is exercised in test_selection.py; here it would only cost time
+    train(manifest, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", test_fraction=0.3, seed=2026,
+          nested_folds=0)
     metrics = evaluate_cohort(tmp_path / "bundle", manifest, tmp_path / "features.csv", "dmfs", tmp_path / "eval",
                               n_boot=200, seed=0)
     assert metrics["n"] == 60 and metrics["excluded_training_patients"] == 140
