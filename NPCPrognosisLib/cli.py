@@ -151,6 +151,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_train_net(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.training import train_network
+    from NPCPrognosisLib.io.bundle import read_bundle
 
     config = {}
     if args.config:
@@ -170,18 +171,21 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
     out = train_network(args.manifest, args.endpoint, args.out, epochs=args.epochs, batch_size=args.batch_size,
                         device=args.device, seed=args.seed, val_fraction=args.val_fraction,
                         progress=not args.quiet, resume=args.resume, synthetic_demo=args.synthetic,
-                        work_dir=args.work_dir, config=config)
+                        work_dir=args.work_dir, config=config, force=args.force)
+    gate = read_bundle(out)["network"]["quality_gate"]
+    print(("quality gate passed: " if gate["passed"] else "WARNING (forced): ") + gate["message"])
     print(f"network bundle written: {out}")
     return 0
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient
+    from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
     from NPCPrognosisLib.io.images import load_patient, write_image_atomic
     from NPCPrognosisLib.pipeline.segment import segment_cohort
 
     network = _network_dir(args.bundle)
     model = cached_network(network)
+    print(validation_summary(model))
     if args.manifest:
         manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet)
         print(f"masks and manifest written: {manifest}")
@@ -330,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints and preprocessing cache (default: <out>.work)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
+    p.add_argument("--force", action="store_true",
+                   help="write the bundle even when the network fails the validation-Dice quality gate")
     p.set_defaults(func=_cmd_train_net)
 
     p = sub.add_parser("segment", help="GTVp/GTVn contours with the network, for one patient or a cohort")

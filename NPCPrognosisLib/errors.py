@@ -42,3 +42,7 @@ class InputError(ValueError):
 
 class BundleError(RuntimeError):
     """A model bundle that cannot be trusted (wrong format version, checksum mismatch, missing file)."""
+
+
+class TrainingFailedError(InputError):
+    """A training run that learned nothing usable: no bundle is written (the message says what to try)."""

@@ -4,7 +4,8 @@
 # 120 synthetic patients (seed 31337; tests and benchmarks use other seeds), 30 epochs, 2 CPU threads, CPU only;
 # about 12 minutes on 2 cores (1 min synthesis, 1.5 min preprocessing, 30 x 17 s epochs).
 #   scripts/train_demo_network.sh [WORKDIR]     (run inside the project's .venv)
-# Training options beyond the defaults are in scripts/demo_network_config.json. Checkpoints stay in
+# The shipped demo network predates the Cox warm-up ramp, the gradient clip and the data-derived working grid:
+# scripts/demo_network_config.json pins what it was trained with (fixed 64 x 64 x 32 grid at 3 x 3 x 4 mm). Checkpoints stay in
 # WORKDIR/train: re-running the script resumes where a killed run stopped and ends with the same weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,14 +1,16 @@
-"""The network's view of a patient: one fixed working grid, preprocessed channels, seeded augmentation.
+"""The network's view of a patient: one working grid, preprocessed channels, seeded augmentation.
 
-Why a fixed grid. Scanners deliver 1.2-2 mm in-plane pixels, 3-5 mm slices, RAS or LPS, sometimes tilted. A
+Why one working grid. Scanners deliver 0.8-2 mm in-plane pixels, 3-5 mm slices, RAS or LPS, sometimes tilted. A
 convolution learns patterns in voxels, so every patient is resampled (one SimpleITK resample from the aligned
-CET1W grid, which also undoes flips and oblique tilts) onto an axis-aligned LPS grid with a fixed spacing and a
-fixed box centred on the image's physical centre. The box (192 x 192 x 128 mm by default) holds the
-nasopharynx and the upper and middle neck where NPC nodes sit, and bounds memory and CPU time whatever the
-input matrix. 3 x 3 x 4 mm is what the CPU budget allows (a training step costs ~4x less than at 2 x 2 x 4
-mm). It costs little accuracy because the class probabilities, not labels, are resampled back linearly before
-the argmax: taking ground-truth masks to this grid and back keeps Dice 0.975 (GTVp) and 0.94 (GTVn) on
-synthetic patients (0.99/0.98 at 2 x 2 x 4 mm), far above what the network reaches.
+CET1W grid, which also undoes flips and oblique tilts) onto an axis-aligned LPS grid with one spacing and one
+box centred on the image's physical centre. ``train-net`` derives that grid from the training images
+(:func:`derive_grid`: the median field of view, the median slice spacing, and the in-plane spacing a CPU
+budget of 64 x 64 x 32 voxels allows) and stores it in the bundle, so a cohort scanned differently gets a grid
+that fits it instead of a box fixed for another cohort. The budget is what 2 CPU cores afford (a step at
+2 x 2 x 4 mm costs ~4x one at 3 x 3 x 4 mm). It costs little accuracy because the class probabilities, not
+labels, are resampled back linearly before the argmax: taking ground-truth masks to a 3 x 3 x 4 mm grid and back
+keeps Dice 0.975 (GTVp) and 0.94 (GTVn) on synthetic patients (0.99/0.98 at 2 x 2 x 4 mm), far above what the
+network reaches.
 
 Why cache. N4 and the resample cost ~1 s per patient; done once per patient and kept as arrays (and on disk,
 keyed by the configuration, so a resumed run does not redo them) it is off the training loop.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.atomic import atomic_path
+from NPCPrognosisLib.io.images import ImageHeader
 
 
 @dataclass
@@ -53,6 +57,86 @@ class GridConfig:
     @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
+
+
+#: Voxels of the working grid when it is derived from the data: what one training step on 2 CPU cores affords
+#: (64 x 64 x 32, the grid the demo network was trained on).
+VOXEL_BUDGET = 64 * 64 * 32
+#: Bounds on the derived field of view (mm, x y z): at least the nasopharynx and upper neck, at most a head.
+FOV_LIMITS_MM = ((96.0, 96.0, 64.0), (256.0, 256.0, 192.0))
+#: Images read to derive the grid: medians settle long before a whole cohort is read.
+GRID_SAMPLE = 40
+
+
+@dataclass
+class GridDerivation:
+    """How :func:`derive_grid` chose the working grid; stored in the network bundle."""
+
+    grid: GridConfig
+    n_images: int
+    median_spacing_mm: list[float]
+    median_fov_mm: list[float]
+    voxel_budget: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": "training images", "n_images": self.n_images, "median_spacing_mm": self.median_spacing_mm,
+                "median_fov_mm": self.median_fov_mm, "voxel_budget": self.voxel_budget,
+                "grid": self.grid.to_dict()}
+
+
+def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
+                voxel_budget: int = VOXEL_BUDGET) -> GridDerivation:
+    """The working grid from the training images' own spacing and field of view.
+
+    The box is the median physical extent of the reference (CET1W) images along the patient axes (clipped to
+    :data:`FOV_LIMITS_MM`), so it holds what the cohort's scans hold. The slice spacing is the median slice
+    spacing (never finer than in-plane), and the in-plane spacing the finer of the median in-plane spacing and
+    what ``voxel_budget`` allows for that box; sizes are multiples of the network's ``downsampling`` and the
+    spacing is stretched so that the box is covered exactly.
+
+    Parameters
+    ----------
+    references : sequence of ImageHeader
+        Headers of the reference sequence of (a sample of) the training patients (:func:`read_header`).
+    downsampling : int
+        Every grid dimension must be a multiple of this (:attr:`NetworkConfig.downsampling`).
+    voxel_budget : int, default VOXEL_BUDGET
+        Upper bound (up to rounding) on the number of voxels of the grid.
+
+    Returns
+    -------
+    derivation : GridDerivation
+        The grid and the medians it came from.
+    """
+    if not references:
+        raise InputError("no training image to derive the working grid from", fix="check the manifest")
+    spacings, fovs = [], []
+    for header in references:
+        direction = np.abs(np.array(header.direction, float).reshape(3, 3))
+        spacing = np.array(header.spacing, float)
+        extent = np.array(header.size, float) * spacing
+        axis = direction.argmax(axis=0)  # patient axis each image axis runs along
+        ordered_spacing, ordered_extent = np.empty(3), np.empty(3)
+        ordered_spacing[axis], ordered_extent[axis] = spacing, extent
+        spacings.append(ordered_spacing)
+        fovs.append(ordered_extent)
+    spacing = np.median(spacings, axis=0)
+    fov = np.clip(np.median(fovs, axis=0), *FOV_LIMITS_MM)
+
+    def multiple(value: float) -> int:
+        return max(downsampling, int(round(value / downsampling)) * downsampling)
+
+    in_plane = float(min(spacing[0], spacing[1]))
+    nz = multiple(fov[2] / max(float(spacing[2]), in_plane))
+    per_slice = voxel_budget / nz
+    target_xy = max(in_plane, math.sqrt(fov[0] * fov[1] / per_slice))
+    size = (multiple(fov[0] / target_xy), multiple(fov[1] / target_xy), nz)
+    grid_spacing = tuple(round(float(f / n), 4) for f, n in zip(fov, size))
+    grid = GridConfig(spacing=grid_spacing, size=size)
+    return GridDerivation(grid=grid, n_images=len(references),
+                          median_spacing_mm=[round(float(v), 4) for v in spacing],
+                          median_fov_mm=[round(float(v), 2) for v in np.median(fovs, axis=0)],
+                          voxel_budget=int(voxel_budget))
 
 
 def working_grid(reference: sitk.Image, grid: GridConfig) -> sitk.Image:

@@ -121,6 +121,50 @@ def load_network(bundle_dir: str | Path, device: str = "auto") -> NetworkModel:
                         device=device, content=content)
 
 
+def validation_summary(model: NetworkModel) -> str:
+    """One line on how well the network contoured its own validation patients, shown when it is first used."""
+    spec = model.content.get("network", {})
+    best = spec.get("best_metrics") or {}
+    training = spec.get("training", {})
+    text = (f"network {model.bundle_dir.name}: validation Dice GTVp {best.get('val_dice_gtvp', float('nan')):.3f}, "
+            f"GTVn {best.get('val_dice_gtvn', float('nan')):.3f} at epoch {int(spec.get('best_epoch', -1)) + 1} of "
+            f"{training.get('epochs', '?')} ({training.get('n_val', '?')} validation patients)")
+    gate = spec.get("quality_gate")
+    if gate and not gate.get("passed", True):
+        text += f"; FAILED its quality gate and was written with --force: {gate['message']}"
+    return text
+
+
+def _plausibility_warnings(model: NetworkModel, mask: sitk.Image, reference: sitk.Image,
+                           volumes: Mapping[str, float]) -> list[str]:
+    """Contours a radiologist must look at: volumes outside what the network was trained on, tumour in the air."""
+    warnings = []
+    spec = model.content.get("network", {})
+    gate = spec.get("quality_gate")
+    if gate and not gate.get("passed", True):
+        warnings.append("this network failed its training quality gate (validation Dice GTVp "
+                        f"{gate.get('val_dice_gtvp', float('nan')):.2f}); check every contour")
+    ranges = spec.get("training_volumes_ml", {})
+    for name, label in (("gtvp", "GTVp"), ("gtvn", "GTVn")):
+        volume, span = volumes.get(name, 0.0), ranges.get(name)
+        if span and volume > 0 and not span["min"] / 2.0 <= volume <= span["max"] * 2.0:
+            warnings.append(f"automatic {label} of {volume:.1f} mL is far outside the training range "
+                            f"({span['min']:.1f}-{span['max']:.1f} mL); check the contours")
+    array = sitk.GetArrayViewFromImage(mask)
+    if (array == 1).any():
+        image = sitk.GetArrayViewFromImage(reference)
+        otsu = sitk.OtsuThresholdImageFilter()
+        otsu.SetInsideValue(0)
+        otsu.SetOutsideValue(1)
+        otsu.Execute(reference)
+        threshold = otsu.GetThreshold()
+        outside = float(np.mean(image[array == 1] < threshold))
+        if outside > 0.5:
+            warnings.append(f"{outside:.0%} of the automatic GTVp lies in voxels darker than the head on CET1W "
+                            "(outside the head?); check the contours")
+    return warnings
+
+
 # ---------------------------------------------------------------------------------------------------- network
 
 def _tta_plan(n: int) -> list[tuple[bool, float]]:
@@ -311,6 +355,7 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
     volumes = {"gtvp": float(counts[1] * voxel_ml), "gtvn": float(counts[2] * voxel_ml)}
     if counts[1] == 0:
         warnings.append("no primary tumour (GTVp) was found; check the images or contour manually")
+    warnings.extend(_plausibility_warnings(model, mask, reference, volumes))
     return SegmentationResult(mask=mask, probabilities=prob_img, uncertainty=uncertainty, saliency=saliency_img,
                               deep_score=float(np.mean(risks)),
                               deep_score_sd=float(np.std(risks, ddof=1)) if len(risks) > 1 else None,

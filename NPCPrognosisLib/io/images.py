@@ -39,6 +39,32 @@ class PatientImages:
         return next(iter(self.images.values()))
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a header says about the grid: enough to plan a resampling without reading the voxels."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def read_header(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> ImageHeader:
+    """The grid of an image file from its header alone (a DICOM folder is read whole)."""
+    path = Path(path)
+    if path.is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            pass  # read_image below raises the error a user can act on
+        else:
+            if reader.GetDimension() == 3:
+                return ImageHeader(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetDirection()))
+    image = read_image(path, patient_id=patient_id, role=role)
+    return ImageHeader(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetDirection()))
+
+
 def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder as a 3D image, checking what later stages assume."""
     path = Path(path)

@@ -53,8 +53,9 @@ def tiny_cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_bundle(tiny_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_net") / "bundle"
+    # two epochs cannot pass the quality gate: forced, as the gate's own tests check what forcing records
     return train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3,
-                         val_fraction=0.4, progress=False, config=TINY)
+                         val_fraction=0.4, progress=False, config=TINY, force=True)
 
 
 # ---------------------------------------------------------------------------------------------- network
@@ -204,7 +205,7 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
                             val_fraction=0.4, progress=False, config=TINY, stop_after_epoch=0)
     assert not out.exists() and (stopped / "latest.json").exists()  # "killed" after epoch 1 of 2
     train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3, val_fraction=0.4,
-                  progress=False, config=TINY, resume=True)
+                  progress=False, config=TINY, resume=True, force=True)
     uninterrupted = _weights(work / "latest.safetensors")
     resumed = _weights(out.with_name("resumed.work") / "checkpoints" / "latest.safetensors")
     assert uninterrupted.keys() == resumed.keys()
@@ -228,7 +229,7 @@ def test_binary_head_trains_from_the_cli_and_reports_a_probability(tiny_cohort, 
     assert main(["--quiet", "train-net", "--manifest", str(tiny_cohort.manifest_path), "--endpoint", "dmfs",
                  "--out", str(out), "--epochs", "1", "--batch-size", "3", "--seed", "2", "--val-fraction", "0.4",
                  "--config", str(config), "--binary-column", "ic_response", "--cox-weight", "0.25",
-                 "--threads", "2"]) == 0
+                 "--threads", "2", "--force"]) == 0
     model = load_network(out)
     spec = model.content["network"]
     assert spec["architecture"]["binary_head"] is True
@@ -445,3 +446,113 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
     for name in ("mask", "mask_uncertainty", "mask_saliency"):
         image = sitk.ReadImage(str(single.parent / f"{name}.nii.gz"))
         assert same_geometry(image, patient.reference), name
+
+
+# ------------------------------------------------------------------------------------- defaults and gate
+
+def test_working_grid_is_derived_from_the_training_images(tiny_cohort):
+    """Headers of real synthetic images (and of a thin-slice, fine in-plane scanner) give a grid that covers
+    the median field of view within the voxel budget, in multiples of the network's downsampling."""
+    from NPCPrognosisLib.deep.data import FOV_LIMITS_MM, VOXEL_BUDGET, derive_grid
+    from NPCPrognosisLib.io.images import ImageHeader, read_header
+
+    entries = read_manifest(tiny_cohort.manifest_path).entries()
+    headers = [read_header(e.images["t1c"]) for e in entries]
+    images = [sitk.ReadImage(str(e.images["t1c"])) for e in entries]
+    assert [h.size for h in headers] == [im.GetSize() for im in images]
+    for case in (headers, [ImageHeader((224, 224, 34), (0.9, 0.9, 3.5), (-1, 0, 0, 0, -1, 0, 0, 0, 1))] * 3):
+        derivation = derive_grid(case, 8)
+        grid = derivation.grid
+        assert all(n % 8 == 0 for n in grid.size)
+        assert np.prod(grid.size) <= 1.3 * VOXEL_BUDGET
+        covered = np.array(grid.spacing) * np.array(grid.size)
+        expected = np.clip(derivation.median_fov_mm, *FOV_LIMITS_MM)
+        assert np.allclose(covered, expected, atol=0.01 * expected.max())
+        assert grid.spacing[2] >= grid.spacing[0] - 1e-9  # never finer across slices than in plane
+    fine = derive_grid([ImageHeader((224, 224, 34), (0.9, 0.9, 3.5), (1, 0, 0, 0, 1, 0, 0, 0, 1))] * 3, 8)
+    assert fine.median_fov_mm == [201.6, 201.6, 119.0] and fine.median_spacing_mm == [0.9, 0.9, 3.5]
+
+
+def test_cox_term_waits_for_the_contours_then_ramps():
+    from NPCPrognosisLib.deep.training import cox_weight_at, make_config
+
+    config = make_config()
+    weights = [cox_weight_at(config, e, 30) for e in range(30)]
+    assert weights[:9] == [0.0] * 9  # first 30 %: segmentation only
+    assert 0 < weights[9] < weights[10] < weights[14] == config.cox_weight == max(weights)
+    assert config.ce_weights == [1.0, 2.0, 5.0] and config.dice_include_background is False
+    assert config.grid is None and config.grad_clip_norm > 0
+
+
+def _shuffled_masks(manifest_path: Path, out: Path) -> Path:
+    """The same cohort with every patient's contours replaced by the next patient's (resampled physically
+    onto this patient's CET1W): tumours at plausible positions, but not this patient's."""
+    import pandas as pd
+
+    table = pd.read_csv(manifest_path, dtype=str)
+    base = manifest_path.parent
+    out.mkdir()
+    for i in range(len(table)):
+        other = sitk.ReadImage(str(base / table["mask"].iloc[(i + 1) % len(table)]))
+        reference = sitk.ReadImage(str(base / table["t1c"].iloc[i]))
+        moved = sitk.Resample(other, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        sitk.WriteImage(moved, str(out / f"wrong_{i}.nii.gz"))
+        table.loc[i, "mask"] = str(out / f"wrong_{i}.nii.gz")
+    for column in ("t1", "t2", "t1c"):
+        table[column] = [str(base / v) for v in table[column]]
+    table.to_csv(out / "manifest.csv", index=False)
+    return out / "manifest.csv"
+
+
+@pytest.mark.slow
+def test_quality_gate_passes_a_network_that_contours_and_stops_one_that_cannot(tmp_path):
+    """Same settings, same images: true masks pass the gate, masks shuffled between patients stop train-net
+    with exit 2, the message and no bundle; --force writes the bundle marked as failed and segment warns."""
+    import json
+
+    from NPCPrognosisLib.cli import main
+
+    cohort = synthesize_cohort(20, 8181, tmp_path / "cohort", progress=False)
+    small = {"network": {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "risk_hidden": 8},
+             "grid": {"spacing": [4.0, 4.0, 6.0], "size": [40, 40, 20]}, "preprocess": {"n4": False}}
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(small))
+    common = ["--quiet", "train-net", "--endpoint", "dmfs", "--epochs", "40", "--batch-size", "4", "--seed", "1",
+              "--val-fraction", "0.3", "--config", str(config), "--threads", "2"]
+    good = tmp_path / "good"
+    assert main([*common, "--manifest", str(cohort.manifest_path), "--out", str(good)]) == 0
+    gate = json.loads((good / "bundle.json").read_text())["network"]["quality_gate"]
+    assert gate["passed"] and gate["val_dice_gtvp"] >= gate["required_dice_gtvp"] > gate["prior_dice_gtvp"]
+
+    shuffled = _shuffled_masks(cohort.manifest_path, tmp_path / "shuffled")
+    bad = tmp_path / "bad"
+    assert main([*common, "--manifest", str(shuffled), "--out", str(bad)]) == 2
+    assert not bad.exists()
+    assert main([*common, "--manifest", str(shuffled), "--out", str(bad), "--force", "--resume"]) == 0
+    model = load_network(bad)
+    gate = model.content["network"]["quality_gate"]
+    assert not gate["passed"] and gate["forced"] and gate["val_dice_gtvp"] < gate["prior_dice_gtvp"] + 0.1
+    entry = read_manifest(cohort.manifest_path).entries()[0]
+    result = segment_patient(model, load_patient(entry.patient_id, entry.images).images, patient_id=entry.patient_id)
+    assert any("quality gate" in w for w in result.warnings)
+    from NPCPrognosisLib.deep.segmentation import validation_summary
+
+    assert "FAILED its quality gate" in validation_summary(model)
+
+
+def test_segment_warns_about_implausible_contours(tiny_bundle):
+    """A GTVp outside the training volume range, or lying in the air around the head, is flagged."""
+    from NPCPrognosisLib.deep.segmentation import _plausibility_warnings
+
+    model = load_network(tiny_bundle)
+    reference = sitk.GetImageFromArray(np.pad(np.full((10, 20, 20), 100.0, np.float32), ((0, 0), (10, 10), (10, 10))))
+    in_head = np.zeros((10, 40, 40), np.uint8)
+    in_head[4:6, 15:20, 15:20] = 1
+    in_air = np.zeros_like(in_head)
+    in_air[4:6, 1:6, 1:6] = 1
+    ranges = model.content["network"]["training_volumes_ml"]["gtvp"]
+    fine = _plausibility_warnings(model, sitk.GetImageFromArray(in_head), reference,
+                                  {"gtvp": (ranges["min"] + ranges["max"]) / 2, "gtvn": 0.0})
+    assert not [w for w in fine if "training range" in w or "outside the head" in w]
+    air = _plausibility_warnings(model, sitk.GetImageFromArray(in_air), reference, {"gtvp": ranges["max"] * 5})
+    assert any("outside the head" in w for w in air) and any("outside the training range" in w for w in air)
