@@ -67,10 +67,13 @@ def one_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]
         manifest = read_manifest(manifest_path, require_mask=not auto)
     else:
         start = time.perf_counter()
-        manifest_path, truth = cohort_with_split(out, args.family, args.train_family or args.family, args.n_train,
-                                                 args.n_test, seed, args.workers)
-        truth.to_csv(out / "truth_all.csv", index=False)
-        stamps["synth_s"] = time.perf_counter() - start
+        if (out / "truth_all.csv").exists():  # synthesised (deterministically) by an interrupted run
+            manifest_path, truth = out / "manifest.csv", pd.read_csv(out / "truth_all.csv", dtype={"patient_id": str})
+        else:
+            manifest_path, truth = cohort_with_split(out, args.family, args.train_family or args.family,
+                                                     args.n_train, args.n_test, seed, args.workers)
+            truth.to_csv(out / "truth_all.csv", index=False)
+            stamps["synth_s"] = time.perf_counter() - start
         manifest = read_manifest(manifest_path, require_mask=not auto)
         start = time.perf_counter()
         extract_cohort(manifest, out / "features.csv", workers=args.workers, progress=False,

@@ -126,3 +126,10 @@ def read_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         raise BundleError(f"bundle format version {document.get('format_version')!r} is not supported by this "
                           f"version of NPCPrognosis (expects {FORMAT_VERSION}); retrain or upgrade")
     return document
+
+
+def network_checksum(network_dir: str | Path) -> str:
+    """SHA-256 of a network bundle's weights: the identity that features extracted with it are tied to."""
+    content = json.loads((Path(network_dir) / MANIFEST_FILE).read_bytes())
+    weights = Path(network_dir) / content.get("network", {}).get("weights", "network.safetensors")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()

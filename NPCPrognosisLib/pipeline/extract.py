@@ -21,6 +21,7 @@ from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
+from NPCPrognosisLib.io.bundle import network_checksum
 from NPCPrognosisLib.io.images import PatientImages, load_patient
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, extraction_metadata, failures_path_for, meta_path_for
@@ -69,10 +70,13 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask)
         extra: dict[str, float] = {}
         if network:
-            from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient
+            from NPCPrognosisLib.deep.features import deep_features
+            from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
             from NPCPrognosisLib.io.images import write_image_atomic
 
-            result = segment_patient(cached_network(network), patient.images, patient_id=entry.patient_id)
+            model = cached_network(network)
+            network_input = preprocess_images(patient.images, model.preprocess)
+            result = segment_preprocessed(model, network_input, patient_id=entry.patient_id)
             extra[DEEP_SCORE] = float(result.deep_score)
             patient.warnings.extend(result.warnings)
             if auto_mask_dir:
@@ -80,6 +84,8 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
 
                 patient.mask = check_mask(result.mask, patient_id=entry.patient_id)
                 write_image_atomic(result.mask, Path(auto_mask_dir) / f"{entry.patient_id}_mask.nii.gz")
+            if patient.mask is not None:
+                extra.update(deep_features(model, network_input, patient.mask))
         row = patient_features(patient, PreprocessConfig.from_dict(preprocess), params_path=params_path,
                                workers=workers)
         return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings}
@@ -105,7 +111,8 @@ def extract_cohort(
 
     ``workers`` > 1 runs patients in parallel processes; ``runner`` lets the Dask engine (or a test) replace
     the local pool while keeping the same per-patient function. ``network`` (a network bundle) adds each
-    patient's deep score; ``auto_mask`` segments with it and takes radiomics from the automatic contours,
+    patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`, on the same contours
+    as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic contours,
     written to ``<out stem>_masks/``.
     """
     from tqdm import tqdm
@@ -159,7 +166,8 @@ def extract_cohort(
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
             "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures),
             "mask": "automatic (network)" if auto_mask else "manifest",
-            "network": None if network is None else str(network)}
+            "network": None if network is None else str(network),
+            "network_sha256": None if network is None else network_checksum(network)}
     write_json_atomic(meta_path_for(out), meta)
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out))

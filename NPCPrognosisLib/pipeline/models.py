@@ -14,7 +14,7 @@ from NPCPrognosisLib.errors import BundleError, InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
 from NPCPrognosisLib.radiomics.harmonization import ComBatModel
 from NPCPrognosisLib.radiomics.signature import RadiomicsSignature
 from NPCPrognosisLib.survival.nomogram import Nomogram
@@ -51,6 +51,11 @@ class LoadedBundle:
     @property
     def uses_deep_score(self) -> bool:
         return any(DEEP_SCORE in model.factors for model in self.nomograms.values())
+
+    @property
+    def uses_deep_features(self) -> bool:
+        """Whether the Rad-score reads the network's deep radiomic features."""
+        return any(is_deep_feature(c) for c in self.signature.features)
 
     @property
     def network_dir(self) -> Path | None:

@@ -27,7 +27,7 @@ from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_ato
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import settings_file
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
 from NPCPrognosisLib.survival.benefit import benefit_statement
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import risk_uncertainty, survival_curves
@@ -133,7 +133,10 @@ def predict_patient(
     # The deep score depends on the images only, so precomputed radiomics (e.g. of edited contours) still need
     # the network unless they carry the score too.
     has_deep = features is not None and DEEP_SCORE in features
-    needs_network = (features is None and patient.mask is None) or (bundle.uses_deep_score and not has_deep)
+    has_deep_features = features is not None and any(is_deep_feature(c) for c in features)
+    needs_deep_features = bundle.uses_deep_features and not has_deep_features
+    needs_network = ((features is None and patient.mask is None) or (bundle.uses_deep_score and not has_deep)
+                     or needs_deep_features)
     needs_radiomics = features is None
     if needs_network and bundle.network_dir is None:
         raise InputError("no mask given and the bundle has no segmentation network", patient_id=patient.patient_id,
@@ -169,6 +172,11 @@ def predict_patient(
             warnings.append("radiomics computed on automatic contours: review them before acting on the result")
         row[DEEP_SCORE] = float(result.deep_score)
         deep_sd = result.deep_score_sd
+        if needs_deep_features:
+            from NPCPrognosisLib.deep.features import deep_features
+
+            with _timed(timings, "deep features"):
+                row.update(deep_features(network, network_input, mask))
 
     # 3. radiomics with the bundle's settings
     if needs_radiomics:

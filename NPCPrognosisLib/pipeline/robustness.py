@@ -64,6 +64,7 @@ def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbati
         return [str(path), stat.st_size, stat.st_mtime_ns]
 
     record = {"settings_hash": meta.get("settings_hash"), "preprocessing": meta.get("preprocessing"),
+              "network_sha256": meta.get("network_sha256"),
               "perturbation": perturbation.to_dict(), "mask": stamp(mask),
               "images": [stamp(entry.images[s]) for s in SEQUENCES]}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
@@ -86,11 +87,22 @@ def _perturbed_rows(entry: PatientEntry, mask: str, meta: dict[str, Any], plan: 
     try:
         patient = load_patient(entry.patient_id, {s: entry.images[s] for s in SEQUENCES}, mask)
         prepared = preprocess_images(patient.images, PreprocessConfig.from_dict(meta.get("preprocessing") or {}))
+        network, network_input = _deep_feature_network(meta), None
+        if network is not None:
+            network_input = prepared
+            if network.preprocess != PreprocessConfig.from_dict(meta.get("preprocessing") or {}):
+                network_input = preprocess_images(patient.images, network.preprocess)
         with settings_file(meta["settings"]) as params:
             for perturbation, cache_file, key in zip(plan, cache_files, keys):
                 seed = int(hashlib.sha256(f"{entry.patient_id}/{perturbation.index}".encode()).hexdigest()[:8], 16)
                 images, moved = perturb_case(prepared, patient.mask, perturbation, seed)
                 row = extract_patient(images, moved, patient_id=entry.patient_id, params_path=params)
+                if network is not None:
+                    from NPCPrognosisLib.deep.features import deep_features
+
+                    # the same perturbation (same seed: same motion, contour change and noise draw)
+                    images, moved = perturb_case(network_input, patient.mask, perturbation, seed)
+                    row.update(deep_features(network, images, moved))
                 write_json_atomic(Path(cache_file), {"key": key, "patient_id": entry.patient_id, "features": row})
                 rows[perturbation.index] = row
     except InputError as exc:
@@ -98,6 +110,19 @@ def _perturbed_rows(entry: PatientEntry, mask: str, meta: dict[str, Any], plan: 
     except Exception as exc:  # noqa: BLE001 - a patient that cannot be perturbed is left out of the ICC
         return {"patient_id": entry.patient_id, "rows": rows, "error": f"{type(exc).__name__}: {exc}"}
     return {"patient_id": entry.patient_id, "rows": rows}
+
+
+def _deep_feature_network(meta: dict[str, Any]):
+    """The network the table's deep features came from, when it has them and it is still the same network."""
+    if not meta.get("network") or not meta.get("network_sha256"):
+        return None
+    from NPCPrognosisLib.deep.segmentation import cached_network
+    from NPCPrognosisLib.io.bundle import network_checksum
+
+    if network_checksum(meta["network"]) != meta["network_sha256"]:
+        raise InputError("the network the deep features were extracted with has changed since", path=meta["network"],
+                         fix="re-run extract --network with the current network")
+    return cached_network(meta["network"])
 
 
 def cache_dir_for(features_path: str | Path) -> Path:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
 from NPCPrognosisLib.radiomics.signature import SignatureSettings, cross_fitted_rad_score, fit_signature
 from NPCPrognosisLib.survival.splits import event_folds
 
@@ -288,6 +288,14 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
         variants.append((variant, row))
     best_row = _best([row for _, row in variants])
     settings, plain = next((v, row) for v, row in variants if row is best_row)
+    if any(is_deep_feature(c) for c in features.columns):
+        # the network's deep features must earn their place: the same configuration without them is simpler
+        variant = replace(settings, deep_features=False)
+        scores = _cv_signature(feature_matrix(features), time, event, fold, variant, icc)
+        row = {**_summary(variant.describe(), scores, 0), "factors": plain["factors"] - 0.25}
+        radiomics_rows.append(row)
+        if _best([plain, row]) is row:
+            settings, plain = variant, row
     stable = replace(settings, stability_share=STABILITY_SHARE)
     scores = _cv_signature(feature_matrix(features), time, event, fold, stable, icc)
     # fewer, reproducible features: the simpler of the two when they validate alike

@@ -26,6 +26,7 @@ from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     feature_matrix,
+    is_deep_feature,
     read_features,
     read_manifest_features,
 )
@@ -436,6 +437,12 @@ def train(
     if DEEP_SCORE in table.columns and network is None:
         raise InputError("the features table holds deep scores but no network was given", path=features_path,
                          column=DEEP_SCORE, fix="pass --network with the network bundle used by extract")
+    if network is not None and meta.get("network_sha256"):
+        from NPCPrognosisLib.io.bundle import network_checksum
+
+        if network_checksum(network) != meta["network_sha256"]:
+            raise InputError("the network given is not the one the features table was extracted with",
+                             path=network, fix=f"pass --network {meta.get('network')} (or re-run extract --network)")
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
@@ -530,6 +537,8 @@ def train(
         read_bundle(network)  # verified before it is shipped inside this bundle
         root = Path(network)
         extra_files = {f"network/{p.relative_to(root).as_posix()}": p for p in root.rglob("*") if p.is_file()}
-        document["network"] = {"folder": "network", "source": str(network)}
+        document["network"] = {"folder": "network", "source": str(network),
+                               "sha256": meta.get("network_sha256"),
+                               "deep_features": [c for c in document["signature"]["features"] if is_deep_feature(c)]}
     write_bundle(out, document, extra_files=extra_files)
     return document

@@ -92,6 +92,16 @@ def feature_family(column: str) -> FeatureFamily | None:
     return FeatureFamily(sequence=parts[0], roi=parts[1], image_type=parts[2], feature_class=parts[3].split("_")[0])
 
 
+#: Prefix of the network's deep radiomic features (``deep_<roi>_<layer>_<k>``, see
+#: :mod:`NPCPrognosisLib.deep.features`): features like any other, but computed by a network, not PyRadiomics.
+DEEP_PREFIX = "deep_"
+
+
+def is_deep_feature(column: str) -> bool:
+    """A deep radiomic column (``deep_gtvp_bottleneck_3``), not the deep risk score."""
+    return column.startswith(DEEP_PREFIX) and column.count("_") >= 3
+
+
 #: Columns of a features table that are not radiomics: the ID and the network's deep risk score.
 NON_RADIOMICS = ("patient_id", DEEP_SCORE)
 

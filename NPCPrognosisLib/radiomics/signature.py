@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix
+from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix, is_deep_feature
 from NPCPrognosisLib.survival.splits import event_folds
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class SignatureSettings:
     #: share of fits on random half-samples (None: off); the Rad-score is then refitted on those features.
     stability_share: float | None = None
     stability_resamples: int = 50
+    #: Whether the network's deep radiomic features (``deep_<roi>_<layer>_<k>``), when the table has them, are
+    #: offered beside the PyRadiomics features.
+    deep_features: bool = True
 
     def describe(self) -> str:
         """Short name of a configuration, as the selection table prints it."""
@@ -59,7 +62,8 @@ class SignatureSettings:
         penalty = "LASSO" if self.l1_ratio == 1.0 else f"elastic net {self.l1_ratio:g}"
         icc = "no ICC filter" if self.min_icc is None else f"ICC >= {self.min_icc:g}"
         stability = "" if self.stability_share is None else f", stability selection >= {self.stability_share:g}"
-        return f"{families}, {rois}, {penalty}, p < {self.p_threshold:g}, {icc}{stability}"
+        deep = "" if self.deep_features else ", without deep features"
+        return f"{families}, {rois}, {penalty}, p < {self.p_threshold:g}, {icc}{stability}{deep}"
 
 
 @dataclass
@@ -101,7 +105,10 @@ def offered_columns(columns: Sequence[str], settings: SignatureSettings, icc: pd
     kept = []
     for column in columns:
         family = feature_family(column)
-        if family is not None:
+        if is_deep_feature(column):
+            if not settings.deep_features or (settings.rois is not None and column.split("_")[1] not in settings.rois):
+                continue
+        elif family is not None:
             if settings.image_types is not None and not family.image_type.startswith(settings.image_types):
                 continue
             if settings.rois is not None and family.roi not in settings.rois:

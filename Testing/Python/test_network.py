@@ -384,7 +384,7 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
 
 
 @pytest.mark.slow
-def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
+def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp_path):
     """extract --network --mask auto -> train --network (deep + Rad-score + clinical) -> predict without a mask,
     and `segment` for one patient with uncertainty and saliency."""
     import json
@@ -401,6 +401,13 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
                  "--params", str(RADIOMICS_FAST_PARAMS), "--network", str(DEMO_NETWORK), "--mask", "auto"]) == 0
     table = pd.read_csv(features, dtype={"patient_id": str})
     assert len(table) == 24 and np.isfinite(table["deep_score"]).all()
+    from NPCPrognosisLib.deep.features import deep_feature_columns
+
+    deep_columns = deep_feature_columns(load_network(DEMO_NETWORK).network_config)
+    assert len(deep_columns) == 264 and set(deep_columns) <= set(table.columns)
+    assert np.isfinite(table[[c for c in deep_columns if c.startswith("deep_gtvp_")]].to_numpy()).all()
+    meta = json.loads(features.with_name("auto.meta.json").read_text(encoding="utf-8"))
+    assert len(meta["network_sha256"]) == 64
     entries = read_manifest(manifest).entries()
     masks = sorted((tmp_path / "auto_masks").glob("*_mask.nii.gz"))
     assert len(masks) == 24
@@ -423,11 +430,22 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tmp_path):
 
     bundle = tmp_path / "bundle"
     assert main(["--quiet", "train", "--manifest", str(manifest), "--features", str(features), "--endpoint", "dmfs",
-                 "--out", str(bundle), "--test-fraction", "0.25", "--seed", "1", "--network", str(DEMO_NETWORK)]) == 0
+                 "--out", str(bundle), "--test-fraction", "0.25", "--seed", "1", "--network", str(DEMO_NETWORK),
+                 "--robustness-patients", "10"]) == 0
     document = read_bundle(bundle)
+    icc = dict(zip(document["feature_columns"], document["robustness"]["icc"]))
+    assert sum(v is not None and np.isfinite(v) for c, v in icc.items() if c.startswith("deep_gtvp_")) >= 80
+    assert document["network"]["sha256"] == meta["network_sha256"]
+    assert document["network"]["deep_features"] == [c for c in document["signature"]["features"]
+                                                    if c in deep_columns]
     assert {"deep", "radiomics_nomogram", "nomogram"} <= set(document["models"])
     assert "deep_score" in document["models"]["nomogram"]["model"]["covariates"]
     assert (bundle / "network" / "network.safetensors").exists()
+
+    # deep features are tied to the network that computed them
+    assert main(["--quiet", "train", "--manifest", str(manifest), "--features", str(features), "--endpoint", "dmfs",
+                 "--out", str(tmp_path / "other"), "--network", str(tiny_bundle), "--robustness-patients", "0"]) == 2
+    assert not (tmp_path / "other").exists()
 
     out = tmp_path / "prediction"
     assert main(["--quiet", "predict", "--bundle", str(bundle), "--t1", str(first.images["t1"]), "--t2",
@@ -556,3 +574,32 @@ def test_segment_warns_about_implausible_contours(tiny_bundle):
     assert not [w for w in fine if "training range" in w or "outside the head" in w]
     air = _plausibility_warnings(model, sitk.GetImageFromArray(in_air), reference, {"gtvp": ranges["max"] * 5})
     assert any("outside the head" in w for w in air) and any("outside the training range" in w for w in air)
+
+
+def test_deep_features_pool_the_networks_maps_inside_each_contour(demo_model, fresh_patients):
+    """Fixed columns; a structure the mask lacks gives NaN; the union ROI equals GTVp when there are no nodes;
+    another contour gives other values."""
+    from NPCPrognosisLib.deep.features import deep_feature_columns, deep_features
+    from NPCPrognosisLib.imaging.preprocess import preprocess_images
+
+    patient = fresh_patients[0]
+    preprocessed = preprocess_images(patient.images, demo_model.preprocess)
+    primary_only = sitk.Cast(patient.mask == 1, sitk.sitkUInt8)
+    features = deep_features(demo_model, preprocessed, primary_only)
+    assert list(features) == deep_feature_columns(demo_model.network_config)
+    gtvp = np.array([v for k, v in features.items() if k.startswith("deep_gtvp_")])
+    gtv = np.array([v for k, v in features.items() if k.startswith("deep_gtv_")])
+    assert np.isfinite(gtvp).all() and np.allclose(gtvp, gtv)
+    assert all(np.isnan(v) for k, v in features.items() if k.startswith("deep_gtvn_"))
+    eroded = sitk.BinaryErode(primary_only, [2, 2, 0])
+    moved = deep_features(demo_model, preprocessed, eroded)
+    assert not np.allclose(gtvp, [v for k, v in moved.items() if k.startswith("deep_gtvp_")])
+
+
+def test_selection_offers_deep_features_only_when_the_configuration_says_so():
+    from NPCPrognosisLib.radiomics.signature import SignatureSettings, offered_columns
+
+    columns = ["t1c_gtvp_original_firstorder_Mean", "deep_gtvp_dec_0", "deep_gtvn_bottleneck_3", "deep_score"]
+    assert offered_columns(columns, SignatureSettings(), None) == columns
+    assert offered_columns(columns, SignatureSettings(deep_features=False), None) == [columns[0], columns[3]]
+    assert offered_columns(columns, SignatureSettings(rois=("gtvp", "gtv")), None) == [*columns[:2], columns[3]]

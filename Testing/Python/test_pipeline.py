@@ -21,7 +21,7 @@ def trained(small_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     code = main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
                  str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out / "bundle"),
-                 "--test-fraction", "0.25", "--seed", "1"])
+                 "--test-fraction", "0.25", "--seed", "1", "--robustness-patients", "10"])
     assert code == 0
     return out / "bundle"
 
