@@ -289,6 +289,12 @@ class AugmentConfig:
     intensity_prob: float = 0.5
     intensity_shift: float = 0.1
     intensity_scale: float = 0.1
+    #: Per-sequence contrast: each channel's intensities scaled by a factor in [0.3, 1.2] independently. Scanners
+    #: and contrast doses differ: a tumour that enhances weakly on one cohort's CET1W (a third of the usual
+    #: contrast) was missed by a network that had only seen strong enhancement; scaling one sequence's contrast
+    #: down teaches the network to read the other sequences too (nnU-Net augments contrast per channel as well).
+    channel_contrast_prob: float = 0.5
+    channel_contrast_range: tuple[float, float] = (0.3, 1.2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,6 +315,8 @@ def train_transforms(config: AugmentConfig):
         T.RandGaussianSmoothd("image", prob=config.smooth_prob, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0),
                               sigma_z=(0.25, 0.6)),
         T.RandScaleIntensityd("image", factors=config.intensity_scale, prob=config.intensity_prob),
+        T.RandScaleIntensityd("image", factors=tuple(f - 1.0 for f in config.channel_contrast_range),
+                              prob=config.channel_contrast_prob, channel_wise=True),
         T.RandShiftIntensityd("image", offsets=config.intensity_shift, prob=config.intensity_prob),
     ])
 
