@@ -8,7 +8,7 @@ Patients run in a local process pool or, for cohorts one machine cannot handle, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,15 +45,22 @@ def patient_features(
     params_path: str | Path | None = None,
     workers: int = 1,
     sequences: Sequence[str] | None = None,
+    preprocessed: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Preprocess a patient's aligned images and compute radiomics for every sequence x ROI."""
+    """Preprocess a patient's aligned images and compute radiomics for every sequence x ROI.
+
+    ``preprocessed`` (the images already preprocessed with ``preprocess``) skips the preprocessing.
+    """
     from NPCPrognosisLib.radiomics.extraction import extract_patient
 
     if patient.mask is None:
         raise InputError("no mask: radiomics need GTVp/GTVn contours", patient_id=patient.patient_id,
                          column="mask", fix="give a mask (label 1 = GTVp, 2 = GTVn)")
-    images = {k: v for k, v in patient.images.items() if sequences is None or k in sequences}
-    prepared = preprocess_images(images, preprocess)
+    names = [k for k in patient.images if sequences is None or k in sequences]
+    if preprocessed is None:
+        prepared = preprocess_images({k: patient.images[k] for k in names}, preprocess)
+    else:
+        prepared = {k: preprocessed[k] for k in names}
     return extract_patient(prepared, patient.mask, patient_id=patient.patient_id, params_path=params_path,
                            workers=workers)
 
@@ -68,14 +75,19 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
     try:
         mask = None if auto_mask_dir else entry.mask
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask)
+        config = PreprocessConfig.from_dict(preprocess)
         extra: dict[str, float] = {}
+        prepared = None
         if network:
             from NPCPrognosisLib.deep.features import deep_features
             from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
             from NPCPrognosisLib.io.images import write_image_atomic
 
             model = cached_network(network)
-            network_input = preprocess_images(patient.images, model.preprocess)
+            # N4 is the costly step: one preprocessing serves the network and the radiomics when they agree
+            prepared = preprocess_images(patient.images, config)
+            network_input = prepared if model.preprocess == config else preprocess_images(patient.images,
+                                                                                        model.preprocess)
             result = segment_preprocessed(model, network_input, patient_id=entry.patient_id)
             extra[DEEP_SCORE] = float(result.deep_score)
             patient.warnings.extend(result.warnings)
@@ -86,8 +98,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 write_image_atomic(result.mask, Path(auto_mask_dir) / f"{entry.patient_id}_mask.nii.gz")
             if patient.mask is not None:
                 extra.update(deep_features(model, network_input, patient.mask))
-        row = patient_features(patient, PreprocessConfig.from_dict(preprocess), params_path=params_path,
-                               workers=workers)
+        row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
         return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings}
     except InputError as exc:
         return {"patient_id": entry.patient_id, "error": str(exc)}
