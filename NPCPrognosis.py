@@ -394,7 +394,9 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.setItem(i, 1, qt.QTableWidgetItem(points))
         benefit = result.get("benefit", {})
         evidence = h.format_evidence(benefit.get("evidence") or {})
-        self.ui.benefitLabel.text = benefit.get("statement", "") + (f"\n({evidence})" if evidence else "")
+        arms = "\n".join(benefit.get("arms") or [])
+        self.ui.benefitLabel.text = (benefit.get("statement", "") + (f"\n{arms}" if arms else "")
+                                     + (f"\n({evidence})" if evidence else ""))
         change = result.get("contour_change")
         self.ui.contourChangeLabel.text = "\n".join(h.format_contour_change(change)) if change else (
             "Contours not edited (or no automatic contours to compare with).")

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
-from NPCPrognosisLib.io.clinical import parse_clinical
+from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import load_bundle
 from NPCPrognosisLib.pipeline.train import hash_id
@@ -92,6 +93,7 @@ def evaluate_cohort(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``predictions.csv`` and PNG plots to ``out_dir``; returns the metrics."""
+    from NPCPrognosisLib.survival.benefit import evaluate_benefit
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -163,6 +165,31 @@ def evaluate_cohort(
     survival = nomogram.survival(factors, [12, 36, 60])
     for j, months in enumerate((12, 36, 60)):
         predictions[f"nomogram_survival_{months}m"] = survival[:, j]
+    encoded = pd.DataFrame([encode_clinical(r, bundle.ebv_fill) for r in records])
+    benefit = evaluate_benefit(bundle.document.get("chemo_benefit"), encoded,
+                               predictions["risk_group"].to_numpy(), manifest.table.get("chemo"),
+                               manifest.table.get("ccnd", pd.Series(0.0, index=manifest.table.index)), time, event,
+                               records)
+    predictions["arm"] = benefit.pop("arm")
+    if benefit["predicted_benefit"] is not None:
+        predictions["predicted_benefit_60m"] = benefit["predicted_benefit"]
+    benefit.pop("predicted_benefit")
+    metrics["chemo_benefit"] = benefit
+    if plots:
+        from NPCPrognosisLib.survival.plots import plot_forest
+
+        if any(r.get("estimable") for r in benefit["subgroups"]):
+            plot_forest(out_dir / "benefit_forest.png", benefit["subgroups"],
+                        f"{endpoint.upper()}: CCND > {benefit['threshold_mg_m2']:g} vs <= "
+                        f"{benefit['threshold_mg_m2']:g} mg/m2 by subgroup")
+        for g, block in benefit["t12n1"].items():
+            if block.get("p") is not None:
+                rows = np.flatnonzero((predictions["risk_group"].to_numpy() == g)
+                                      & predictions["arm"].isin(list(block["arms"])).to_numpy()
+                                      & np.array([r.t_stage in ("T1", "T2") and r.n_stage == "N1" for r in records]))
+                plot_km_by_group(out_dir / f"km_t12n1_{g}_risk_by_arm.png", time[rows], event[rows],
+                                 predictions["arm"].to_numpy()[rows],
+                                 f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))

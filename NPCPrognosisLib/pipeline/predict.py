@@ -22,13 +22,13 @@ import SimpleITK as sitk
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import preprocess_images
 from NPCPrognosisLib.io.atomic import write_json_atomic
-from NPCPrognosisLib.io.clinical import ClinicalRecord, parse_clinical
+from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, parse_clinical
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
-from NPCPrognosisLib.survival.benefit import benefit_statement
+from NPCPrognosisLib.survival.benefit import patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -222,8 +222,8 @@ def predict_patient(
         clinical=record.to_dict(),
         uncertainty=uncertainty,
         survival_curves=curves,
-        chemo_benefit=benefit_statement(group, survival_by_month, bundle.document.get("chemo_benefit"),
-                                        record.t_stage, record.n_stage),
+        chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
+                                      group, record.t_stage, record.n_stage),
         segmentation=segmentation,
         warnings=warnings,
         bundle={"path": str(bundle.path), "created": bundle.document.get("created"),

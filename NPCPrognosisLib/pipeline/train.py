@@ -486,11 +486,13 @@ def train(
     if select and nested_folds > 1 and selection.radiomics_table:
         nested = nested_cv_c(train_manifest, train_features, endpoint, base_settings, icc, folds=nested_folds,
                              seed=seed, workers=workers)
-    # no ccnd column: no chemotherapy dose recorded, every patient counts as 0 mg/m2
-    ccnd = pd.to_numeric(train_manifest.table.get("ccnd", pd.Series(0.0, index=train_manifest.table.index)),
-                         errors="coerce").fillna(0.0).to_numpy()
-    chemo_benefit = fit_benefit(time, event, ccnd, assign_groups(risks["nomogram"].to_numpy(),
-                                                                models.cutoffs["nomogram"]["cutoff"]))
+    # no ccnd column: no chemotherapy dose recorded, every patient counts as 0 mg/m2 (radiotherapy alone)
+    treatment = train_manifest.table
+    chemo_benefit = fit_benefit(time, event, treatment["chemo"] if "chemo" in treatment else None,
+                                treatment.get("ccnd", pd.Series(0.0, index=treatment.index)),
+                                assign_groups(risks["nomogram"].to_numpy(), models.cutoffs["nomogram"]["cutoff"]),
+                                clinical_table(train_manifest, models.ebv_fill), score=risks["nomogram"].to_numpy(),
+                                seed=seed)
     document = {
         "endpoint": endpoint,
         "sequences": list(SEQUENCES),

@@ -66,7 +66,23 @@ def benefit_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
     statement = str(block.get("statement") or "").strip()
     if not statement:
         return {"statement": "Chemotherapy benefit: not available in this bundle.", "evidence": {}}
-    return {"statement": statement, "evidence": dict(block.get("evidence") or {})}
+    return {"statement": statement, "evidence": dict(block.get("evidence") or {}),
+            "arms": format_arms(block.get("survival_by_arm") or {})}
+
+
+ARM_LABELS = {"rt_alone": "radiotherapy alone", "low_dose": "CCND low dose", "high_dose": "CCND high dose"}
+
+
+def format_arms(survival_by_arm: Mapping[str, Any]) -> list[str]:
+    """One line per treatment arm: counterfactual survival at each month with its 95% interval."""
+    lines = []
+    for arm, by_month in survival_by_arm.items():
+        parts = []
+        for month, cell in by_month.items():
+            ci = cell.get("ci95")
+            parts.append(f"{month} mo {cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else ""))
+        lines.append(f"{ARM_LABELS.get(arm, arm)}: " + ", ".join(parts))
+    return lines
 
 
 def format_evidence(evidence: Mapping[str, Any]) -> str:

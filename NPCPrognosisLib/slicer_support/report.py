@@ -43,7 +43,9 @@ def report_html(result: Mapping[str, Any], plot_png: str | None = None) -> str:
     if plot_png:
         parts.append(f"<img src='{_escape(plot_png)}' alt='survival curves' width='560'>")
     parts += [f"<h2>Nomogram points</h2><table border='1'>{rows}</table>",
-              f"<h2>Chemotherapy benefit</h2><p>{_escape(result.get('benefit', {}).get('statement', 'n/a'))}</p>",
+              f"<h2>Chemotherapy benefit</h2><p>{_escape(result.get('benefit', {}).get('statement', 'n/a'))}</p>"
+              + "<ul>" + "".join(f"<li>{_escape(line)}</li>" for line in result.get("benefit", {}).get("arms", []))
+              + "</ul>",
               f"<h2>Clinical factors</h2><table border='1'>{clinical}</table>"]
     change = result.get("contour_change")
     if change:

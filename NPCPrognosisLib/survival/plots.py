@@ -155,3 +155,29 @@ def plot_calibration(path: Any, calibration_rows: Sequence[dict], t: float, titl
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
+
+
+def plot_forest(path: Any, rows: Sequence[dict], title: str, xlabel: str = "Hazard ratio (log scale)") -> str:
+    """Subgroup forest plot: one line per subgroup level (HR and 95% CI), the interaction p per variable."""
+    shown = [r for r in rows if r.get("estimable") and r.get("hr") is not None]
+    fig = _new_figure((7.0, 0.8 + 0.32 * max(len(shown), 1)))
+    ax = fig.add_axes((0.38, 0.12, 0.45, 0.78))
+    labels, last = [], None
+    for k, r in enumerate(shown):
+        y = len(shown) - 1 - k
+        lo, hi = r["hr_95ci"]
+        ax.plot([lo, hi], [y, y], color="0.2", lw=1.2)
+        ax.plot([r["hr"]], [y], marker="s", color="C0", markersize=5)
+        name = r["subgroup"] if r["subgroup"] != last else ""
+        labels.append(f"{name}  {r['level']} (n={r['n']})".strip())
+        p = r.get("interaction_p")
+        if name and p is not None:
+            ax.text(1.02, y, f"p-int {p:.2g}", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+        last = r["subgroup"]
+    ax.axvline(1.0, color="0.5", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels(list(reversed(labels)), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

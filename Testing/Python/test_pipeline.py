@@ -48,7 +48,9 @@ def test_bundle_contents(trained):
     assert len(document["training"]["test_patient_id_hashes"]) == 6
     assert document["signature"]["features"] and len(document["signature"]["coef"]) == len(
         document["signature"]["features"])
-    assert set(document["chemo_benefit"]["groups"]) == {"high", "low"}
+    benefit = document["chemo_benefit"]
+    assert set(benefit["counts"]) == {"high", "low"} and benefit["threshold_mg_m2"] == 160.0
+    assert benefit["estimable"] or "reason" in benefit
     for name, block in document["cutoffs"].items():
         assert block["n_high"] >= 2 and block["n_low"] >= 2, name  # >= 10 % of 18
 

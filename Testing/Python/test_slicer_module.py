@@ -299,7 +299,10 @@ def test_survival_and_risk_strings():
 def test_benefit_statement_or_not_available():
     assert "not available" in formatting.benefit_summary(PREDICTION)["statement"]
     given = dict(PREDICTION, chemo_benefit={"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}})
-    assert formatting.benefit_summary(given) == {"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}}
+    assert formatting.benefit_summary(given) == {"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5},
+                                                 "arms": []}
+    arms = {"rt_alone": {"12": {"survival": 0.9, "ci95": [0.85, 0.95]}, "60": {"survival": 0.61, "ci95": None}}}
+    assert formatting.format_arms(arms) == ["radiotherapy alone: 12 mo 90% (85%-95%), 60 mo 61%"]
     evidence = {"hr": 0.5123, "hr_95ci": [0.3, 0.9], "groups": {}}
     assert formatting.format_evidence(evidence) == "hr 0.512; hr_95ci 0.3-0.9"
 
