@@ -385,7 +385,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         prediction = result["prediction"]
         self.ui.riskLabel.text = h.format_risk(prediction, result.get("uncertainty"))
         self.ui.groupLabel.text = prediction["risk_group"].upper()
-        self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction))
+        self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction) + h.format_binary(prediction))
         rows = h.format_nomogram_points(prediction["nomogram_points"])
         table = self.ui.nomogramTableWidget
         table.setRowCount(len(rows))

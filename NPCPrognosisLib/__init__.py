@@ -11,6 +11,7 @@ Subpackages follow the data flow:
 ``imaging``        geometry (grids, resampling), intensity preprocessing (N4, normalisation), overlap metrics
 ``radiomics``      PyRadiomics extraction, features tables, the LASSO-Cox Rad-score signature
 ``survival``       Cox models, survival metrics, risk groups, nomograms, chemotherapy benefit, plots
+``classification`` binary endpoints (e.g. induction-chemotherapy response): JSON classifiers, AUC/DeLong
 ``deep``           the multi-task segmentation + survival network: data, training, segmentation
 ``pipeline``       the stages put together: extract, train, evaluate, predict, segment, demo
 ``slicer_support`` what the Slicer module needs that is not science: form, formatting, report, jobs

@@ -58,9 +58,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
                      test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
                      network=args.network, workers=args.workers, select=not args.no_select,
+                     binary_endpoints=args.binary_endpoint,
                      **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}),
                      **({} if args.robustness_patients is None else {"robustness_patients": args.robustness_patients}))
     training = document["training"]
+    for name, block in (document.get("binary_endpoints") or {}).items():
+        print(f"{name}: {block['n']} training patients ({block['positives']} positive); cross-validated AUC "
+              f"(selection inside the folds, {block['cv']['repeats']} x {block['cv']['folds']}-fold):")
+        for model in block["models"] | {"ensemble": None}:
+            print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
+                  + ("  <- best" if model == block["best"] else ""))
+    if document.get("endpoint_type") == "binary":
+        print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
+              f"{len(training['test_patient_id_hashes'])} held out)")
+        return 0
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
           f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
     signature = document["signature"]
@@ -111,6 +122,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
                               n_boot=args.n_boot, seed=args.seed)
+    if "positives" in metrics:  # a binary endpoint
+        print(f"{args.endpoint}: {metrics['n']} patients, {metrics['positives']} positive "
+              f"({metrics['excluded_training_patients']} training patients excluded)")
+        for name, block in metrics["models"].items():
+            lo, hi = block["auc_95ci"]
+            print(f"  {name:30s} AUC {block['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f})  sensitivity "
+                  f"{_number(block['sensitivity'], '.2f')} specificity {_number(block['specificity'], '.2f')}"
+                  + ("  <- best on training CV" if name == metrics["best_on_training_cv"] else ""))
+        print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
+        return 0
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
     for name, block in metrics["models"].items():
@@ -124,11 +145,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from NPCPrognosisLib.io.bundle import read_bundle
     from NPCPrognosisLib.io.clinical import parse_key_values
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
 
+    if read_bundle(args.bundle).get("endpoint_type") == "binary":
+        raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
+                         "with a survival bundle that carries them", path=args.bundle,
+                         fix="train --endpoint dmfs --binary-endpoint <column> and predict with that bundle "
+                             "(evaluate works on this one)")
     bundle = load_bundle(args.bundle)
     clinical = parse_key_values(args.clinical or [])
     mask = None if args.mask in (None, "auto") else args.mask
@@ -291,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
     _add_manifest_args(p)
     p.add_argument("--features", required=True)
-    p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
+    p.add_argument("--endpoint", required=True,
+                   help=f"survival endpoint ({', '.join(ENDPOINTS)}) or a 0/1 column such as ic_response")
+    p.add_argument("--binary-endpoint", action="append", default=[],
+                   help="also fit this 0/1 column (e.g. ic_response) into the same bundle; repeatable")
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
     p.add_argument("--test-fraction", type=float, default=0.3)
@@ -314,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     _add_manifest_args(p)
     p.add_argument("--features", required=True)
-    p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
+    p.add_argument("--endpoint", required=True,
+                   help=f"survival endpoint ({', '.join(ENDPOINTS)}) or a binary endpoint of the bundle")
     p.add_argument("--out", required=True)
     p.add_argument("--subset", choices=("auto", "all"), default="auto",
                    help="auto: leave out the bundle's training patients (default); all: every patient")

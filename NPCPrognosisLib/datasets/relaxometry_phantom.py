@@ -201,12 +201,14 @@ def _draw_record(rng: np.random.Generator) -> dict[str, object]:
     else:
         ccnd = 100.0 * (3 - int(rng.binomial(2, expit(-0.2 + 0.05 * (age - 52.0)))))
     ccnd = ccnd if chemo else 0.0
-    ic_response = bool(rng.random() < expit(0.5 + 3.0 * (hyper - 0.29) - 4.0 * necrosis - 0.45 * z_v))
+    p_ic_response = float(expit(0.5 + 3.0 * (hyper - 0.29) - 4.0 * necrosis - 0.45 * z_v))
+    ic_response = bool(rng.random() < p_ic_response)
     rec: dict[str, object] = {
         "age": age, "male": male, "z_burden": z_v, "gtvp_volume_ml": gtvp_ml, "heterogeneity": hyper,
         "grain_mm": grain_mm, "necrosis_fraction": necrosis, "nodes": nodes, "n_nodes": len(nodes),
         "gtvn_volume_ml": gtvn_ml, "rene": rene, "t_stage": t_stage, "n_stage": n_stage, "ebv": ebv,
         "ebv_missing": ebv_missing, "ldh": ldh, "chemo": chemo, "ccnd": ccnd, "ic_response": ic_response,
+        "p_ic_response": p_ic_response,
     }
     rec.update(_draw_outcomes(rng, rec))
     return rec
@@ -269,8 +271,8 @@ def _records(rec: dict[str, object], patient_id: str) -> tuple[dict[str, object]
     truth: dict[str, object] = {"patient_id": patient_id}
     for col in TRUTH_COLUMNS[1:]:
         value = rec[col]
-        truth[col] = float(value) if col.startswith("lp_") or col.endswith(("_ml", "heterogeneity", "fraction")) \
-            else int(value)
+        truth[col] = float(value) if col.startswith(("lp_", "p_")) or col.endswith(("_ml", "heterogeneity",
+                                                                                    "fraction")) else int(value)
     return clinical, truth
 
 

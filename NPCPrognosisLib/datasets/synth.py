@@ -47,7 +47,7 @@ CLINICAL_COLUMNS = MANIFEST_COLUMNS[5:14]
 OUTCOME_COLUMNS = MANIFEST_COLUMNS[14:]
 TRUTH_COLUMNS = (
     "patient_id", "lp_dmfs", "lp_os", "lp_pfs", "gtvp_volume_ml", "heterogeneity", "necrosis_fraction",
-    "n_nodes", "gtvn_volume_ml", "rene", "high_risk", "chemo_benefit_applied",
+    "n_nodes", "gtvn_volume_ml", "rene", "high_risk", "chemo_benefit_applied", "p_ic_response",
 )
 
 #: log-hazard coefficients of the true DMFS model (see :func:`_base_lp`); chosen so the oracle Harrell C is
@@ -143,13 +143,14 @@ def _draw_latent(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     advanced = (t_stage >= 3) | (n_stage >= 2)
     chemo = rng.random(n) < np.where(advanced, 0.95, 0.55)
     ccnd = np.where(chemo, np.clip(np.round(rng.normal(185.0, 55.0, n)), 80, 300), 0.0)
-    ic_response = rng.random(n) < expit(1.6 - 0.7 * dv - 3.0 * necrosis)
+    p_ic_response = expit(1.6 - 0.7 * dv - 3.0 * necrosis)
+    ic_response = rng.random(n) < p_ic_response
     return {
         "age": age, "male": male, "gtvp_volume_ml": np.exp(log_v), "heterogeneity": het,
         "necrosis_fraction": necrosis, "n_nodes": n_nodes, "node_ml": node_ml, "node_side": node_side,
         "node_level": node_level, "gtvn_volume_ml": gtvn, "rene": rene, "t_stage": t_stage,
         "n_stage": n_stage, "ebv": ebv, "ebv_missing": ebv_missing, "ldh": ldh, "chemo": chemo,
-        "ccnd": ccnd, "ic_response": ic_response,
+        "ccnd": ccnd, "ic_response": ic_response, "p_ic_response": p_ic_response,
     }
 
 
@@ -230,8 +231,8 @@ def _records(case: dict[str, np.ndarray], i: int, patient_id: str) -> tuple[dict
     truth = {"patient_id": patient_id}
     for col in TRUTH_COLUMNS[1:]:
         value = case[col][i]
-        truth[col] = float(value) if col.startswith("lp_") or col.endswith(("_ml", "heterogeneity", "fraction")) \
-            else int(value)
+        truth[col] = float(value) if col.startswith(("lp_", "p_")) or col.endswith(("_ml", "heterogeneity",
+                                                                                    "fraction")) else int(value)
     return clinical, truth
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
+from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import load_bundle
@@ -98,6 +99,10 @@ def evaluate_cohort(
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
+    document = read_bundle(bundle_path)
+    if document.get("endpoint_type") == "binary" or endpoint in (document.get("binary_endpoints") or {}):
+        return evaluate_binary_endpoint(document, manifest, features_path, endpoint, out_dir, subset=subset,
+                                        plots=plots)
     bundle = load_bundle(bundle_path)
     if endpoint != bundle.endpoint:
         raise InputError(f"the bundle was trained for {bundle.endpoint}, not {endpoint}", column="--endpoint",
@@ -111,19 +116,7 @@ def evaluate_cohort(
     if manifest.centres is not None:
         check_outcomes(manifest, endpoint)
         loco = leave_one_centre_out(bundle.document, manifest, features, endpoint)
-    excluded = 0
-    if subset == "auto":
-        trained = set(bundle.document["training"]["patient_id_hashes"])
-        keep = ~manifest.table["patient_id"].map(hash_id).isin(trained).to_numpy()
-        excluded = int((~keep).sum())
-        manifest = Manifest(table=manifest.table[keep].reset_index(drop=True), root=manifest.root,
-                            source=manifest.source)
-        features = features[keep].reset_index(drop=True)
-    elif subset != "all":
-        raise InputError(f"unknown subset {subset!r}", column="--subset", fix="use auto or all")
-    if len(manifest.table) == 0:
-        raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
-                         fix="evaluate on other patients, or pass --subset all to see (optimistic) training metrics")
+    manifest, features, excluded = _held_out(bundle.document, manifest, features, subset)
     check_outcomes(manifest, endpoint)
     time, event = manifest.outcome_arrays(endpoint)
     records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
@@ -192,6 +185,49 @@ def evaluate_cohort(
                                  f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
+    write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
+              subset: str) -> tuple[Manifest, pd.DataFrame, int]:
+    """Leave out the bundle's training patients (``auto``) or keep everyone (``all``)."""
+    if subset == "all":
+        return manifest, features, 0
+    if subset != "auto":
+        raise InputError(f"unknown subset {subset!r}", column="--subset", fix="use auto or all")
+    trained = set(document["training"]["patient_id_hashes"])
+    keep = ~manifest.table["patient_id"].map(hash_id).isin(trained).to_numpy()
+    kept = Manifest(table=manifest.table[keep].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    if len(kept.table) == 0:
+        raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
+                         fix="evaluate on other patients, or pass --subset all to see (optimistic) training metrics")
+    return kept, features[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
+                             out_dir: str | Path, *, subset: str = "auto", plots: bool = True) -> dict[str, Any]:
+    """``evaluate`` of a binary endpoint: AUC with DeLong CI per model, DeLong tests, threshold metrics, Brier,
+    calibration, ROC and calibration plots; ``metrics.json`` and ``predictions.csv`` (``<model>_prob``)."""
+    from NPCPrognosisLib.pipeline.binary import evaluate_binary_cohort
+
+    if endpoint not in (document.get("binary_endpoints") or {}):
+        raise InputError(f"the bundle has no model for {endpoint!r}", column="--endpoint",
+                         fix=f"use one of {sorted(document.get('binary_endpoints') or {})}")
+    table, meta = read_features(features_path)
+    expected = (document.get("radiomics") or {}).get("settings_hash")
+    if expected and meta.get("settings_hash") and meta["settings_hash"] != expected:
+        raise InputError("features were extracted with other radiomics settings than the bundle's", path=features_path,
+                         fix="re-extract with the bundle's parameter file")
+    manifest, features, lacking = read_manifest_features(manifest, table)
+    if lacking:
+        log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
+    manifest, features, excluded = _held_out(document, manifest, features, subset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots)
+    metrics["excluded_training_patients"] = excluded
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

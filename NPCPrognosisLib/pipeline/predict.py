@@ -57,6 +57,8 @@ class Prediction:
     #: Months, this patient's predicted survival and the reference curves (risk groups, cut-off, training KM).
     survival_curves: dict[str, list[float]] = field(default_factory=dict)
     chemo_benefit: dict[str, Any] = field(default_factory=dict)
+    #: Binary endpoints the bundle carries (e.g. induction-chemotherapy response): probability, 95% interval.
+    binary: dict[str, Any] = field(default_factory=dict)
     segmentation: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
@@ -202,6 +204,14 @@ def predict_patient(
     if deep_sd is not None and DEEP_SCORE in nomogram.factors:
         # The deep score's spread over test-time augmentations, carried through the nomogram's coefficient.
         segmentation["risk_score_sd"] = abs(float(nomogram.model.coef[nomogram.factors.index(DEEP_SCORE)])) * deep_sd
+    binary = {}
+    if bundle.document.get("binary_endpoints"):
+        from NPCPrognosisLib.pipeline.binary import patient_binary
+
+        with _timed(timings, "binary endpoints"):
+            encoded = pd.DataFrame([encode_clinical(record, bundle.ebv_fill)])
+            binary = {name: patient_binary(block, encoded, pd.DataFrame([row]))
+                      for name, block in bundle.document["binary_endpoints"].items()}
     warnings += nomogram.out_of_range(values)
     if record.ebv_dna is None:
         warnings.append("EBV DNA missing: the training median was used")
@@ -224,6 +234,7 @@ def predict_patient(
         survival_curves=curves,
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
                                       group, record.t_stage, record.n_stage),
+        binary=binary,
         segmentation=segmentation,
         warnings=warnings,
         bundle={"path": str(bundle.path), "created": bundle.document.get("created"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from NPCPrognosisLib.contract import SEQUENCES
+from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, CLINICAL_FIELDS, Manifest, check_outcomes
@@ -77,7 +78,7 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
         raise InputError(f"test fraction {test_fraction} must be in [0, 1)", column="--test-fraction")
     if test_fraction == 0:
         return list(table["patient_id"]), []
-    event_col = f"{endpoint}_event"
+    event_col = f"{endpoint}_event" if f"{endpoint}_event" in table.columns else endpoint  # binary: the column
     strata = table[event_col].fillna(-1).to_numpy() if event_col in table.columns else np.zeros(len(table))
     train, test = event_split(strata, test_fraction, seed)
     ids = table["patient_id"].to_numpy()
@@ -412,8 +413,13 @@ def train(
     robustness_patients: int = ROBUSTNESS_PATIENTS,
     select: bool = True,
     nested_folds: int = NESTED_FOLDS,
+    binary_endpoints: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
+
+    ``endpoint`` is a survival endpoint (dmfs, os, pfs) or any 0/1 column of the manifest (e.g. ``ic_response``,
+    then :func:`NPCPrognosisLib.pipeline.binary.train_binary` writes a bundle of classifiers); the columns in
+    ``binary_endpoints`` are fitted on the same training patients and carried in the same bundle.
 
     Read top-down, as the stages run on the training patients only: per-feature robustness (ICC(3,1) over
     perturbed re-extractions of ``robustness_patients`` patients, cached beside the features table; 0: none),
@@ -429,7 +435,15 @@ def train(
     folder; it is required when the features table holds deep scores, so predictions compute them the same way.
     """
     from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.pipeline.binary import binary_block_for
     from NPCPrognosisLib.survival.benefit import fit_benefit
+
+    if endpoint not in ENDPOINTS:
+        if binary_endpoints:
+            raise InputError("extra binary endpoints ride along a survival endpoint", column="--binary-endpoint",
+                             fix=f"train --endpoint dmfs (or os, pfs) --binary-endpoint {endpoint}")
+        return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
+                            test_fraction=test_fraction, seed=seed, synthetic=synthetic)
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
@@ -532,6 +546,10 @@ def train(
                      "left_out_without_features": lacking},
         "synthetic_demo": bool(synthetic),
     }
+    if binary_endpoints:
+        encoded = clinical_table(train_manifest, models.ebv_fill)
+        document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed)
+                                        for name in dict.fromkeys(binary_endpoints)}
     extra_files = {}
     if network is not None:
         from NPCPrognosisLib.io.bundle import read_bundle
@@ -543,4 +561,57 @@ def train(
                                "sha256": meta.get("network_sha256"),
                                "deep_features": [c for c in document["signature"]["features"] if is_deep_feature(c)]}
     write_bundle(out, document, extra_files=extra_files)
+    return document
+
+
+def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: str | Path, *,
+                 split_col: str | None = None, test_fraction: float = 0.3, seed: int = 0,
+                 synthetic: bool = False) -> dict[str, Any]:
+    """``train --endpoint <binary column>``: a bundle whose only models predict that endpoint.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The cohort (the endpoint column holds 0/1; empty cells are left out).
+    features_path : path
+        Its radiomics features table.
+    endpoint : str
+        The binary column, e.g. ``ic_response``.
+    out : path
+        The bundle folder.
+
+    Returns
+    -------
+    document : dict
+        The bundle document (``endpoint_type`` 'binary'; the models under ``binary_endpoints``).
+    """
+    from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.pipeline.binary import binary_block_for
+
+    table, meta = read_features(features_path)
+    manifest, features, lacking = read_manifest_features(manifest, table)
+    if lacking:
+        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
+    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
+    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
+                              source=manifest.source)
+    ebv_fill = ebv_fill_value(train_manifest)
+    block = binary_block_for(train_manifest, features[is_train].reset_index(drop=True),
+                             clinical_table(train_manifest, ebv_fill), endpoint, seed)
+    document = {
+        "endpoint": endpoint, "endpoint_type": "binary",
+        "preprocessing": meta.get("preprocessing"),
+        "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings")},
+        "feature_columns": list(feature_matrix(features).columns),
+        "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},
+        "binary_endpoints": {endpoint: block},
+        "training": {"n": block["n"], "positives": block["positives"],
+                     "patient_id_hashes": [hash_id(p) for p in train_manifest.patient_ids],
+                     "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
+                     "split": split_col or f"random stratified, test fraction {test_fraction}",
+                     "left_out_without_features": lacking},
+        "synthetic_demo": bool(synthetic),
+    }
+    write_bundle(out, document)
     return document

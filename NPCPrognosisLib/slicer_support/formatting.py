@@ -70,6 +70,16 @@ def benefit_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
             "arms": format_arms(block.get("survival_by_arm") or {})}
 
 
+def format_binary(prediction: Mapping[str, Any]) -> list[str]:
+    """One line per binary endpoint: probability with its bootstrap 95% interval and the model that gave it."""
+    lines = []
+    for name, block in (prediction.get("binary") or {}).items():
+        ci = block.get("ci95")
+        lines.append(f"{name.replace('_', ' ')} probability {block['probability']:.0%}"
+                     + (f" (95% CI {ci[0]:.0%}-{ci[1]:.0%})" if ci else "") + f" [{block['model']}]")
+    return lines
+
+
 ARM_LABELS = {"rt_alone": "radiotherapy alone", "low_dose": "CCND low dose", "high_dose": "CCND high dose"}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from NPCPrognosisLib.contract import ENDPOINT_TITLES
 from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.slicer_support.formatting import (
+    format_binary,
     format_contour_change,
     format_nomogram_points,
     format_risk,
@@ -39,6 +40,7 @@ def report_html(result: Mapping[str, Any], plot_png: str | None = None) -> str:
         f"<h2>{_escape(ENDPOINT_TITLES.get(prediction['endpoint'], prediction['endpoint']))}</h2>",
         f"<p>Risk score {_escape(format_risk(prediction, result.get('uncertainty')))}</p>",
         f"<ul>{survival}</ul>",
+        "".join(f"<p>{_escape(line)}</p>" for line in format_binary(prediction)),
     ]
     if plot_png:
         parts.append(f"<img src='{_escape(plot_png)}' alt='survival curves' width='560'>")

@@ -23,7 +23,7 @@ RANKS = {
     "contract": 0, "errors": 0, "resources": 0, "processes": 0,
     "imaging": 1,
     "io": 2,
-    "radiomics": 3, "survival": 3,
+    "radiomics": 3, "survival": 3, "classification": 3,
     "deep": 4, "datasets": 4,
     "pipeline": 5,
     "slicer_support": 6,

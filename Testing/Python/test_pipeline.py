@@ -21,7 +21,8 @@ def trained(small_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     code = main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
                  str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out / "bundle"),
-                 "--test-fraction", "0.25", "--seed", "1", "--robustness-patients", "10"])
+                 "--test-fraction", "0.25", "--seed", "1", "--robustness-patients", "10",
+                 "--binary-endpoint", "ic_response"])
     assert code == 0
     return out / "bundle"
 
@@ -109,6 +110,11 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     assert 0 < prediction["survival"]["60"] <= prediction["survival"]["36"] <= prediction["survival"]["12"] <= 1
     assert set(prediction["nomogram_points"]["per_factor"]) >= {"rad_score", "t_stage", "age"}
     assert "statement" in prediction["chemo_benefit"]
+    # The binary endpoint trained into the same bundle is predicted with its interval.
+    response = prediction["binary"]["ic_response"]
+    assert 0 <= response["probability"] <= 1 and response["model"] in response["model"]
+    if response["ci95"] is not None:
+        assert response["ci95"][0] <= response["probability"] <= response["ci95"][1]
     # The same patient scored through the features table gives the same risk.
     from NPCPrognosisLib.io.clinical import parse_clinical
     from NPCPrognosisLib.pipeline.models import load_bundle

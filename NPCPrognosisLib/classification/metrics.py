@@ -1,0 +1,142 @@
+"""Metrics of a binary prediction: AUC with DeLong's CI and test, threshold metrics, Brier score, calibration.
+
+DeLong's method (DeLong et al., Biometrics 1988) gives the AUC's variance from the placement values of each
+case and control, and the covariance of two AUCs measured on the same patients, so two models are compared on
+the same held-out cohort without a bootstrap. The computation follows Sun & Xu's (IEEE SPL 2014) mid-rank form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm, rankdata
+
+from NPCPrognosisLib.errors import InputError
+
+_Z975 = 1.959963984540054
+
+
+def _check(y: Any, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(int)
+    scores = np.atleast_2d(np.asarray(scores, float))
+    if scores.shape[1] != len(y):
+        raise InputError(f"{scores.shape[1]} predictions for {len(y)} patients", fix="one prediction per patient")
+    if not set(np.unique(y).tolist()) == {0, 1}:
+        raise InputError("AUC needs patients with both outcomes (0 and 1)", fix="evaluate on a cohort with both")
+    if not np.all(np.isfinite(scores)):
+        raise InputError("non-finite predicted probability", fix="check the model inputs")
+    return y, scores
+
+
+def _placements(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs and the structural components V10 (cases) and V01 (controls) of each row of ``scores``."""
+    pos, neg = scores[:, y == 1], scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    aucs, v10, v01 = [], [], []
+    for p, q in zip(pos, neg):
+        tx, ty, tz = rankdata(p), rankdata(q), rankdata(np.r_[p, q])
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+        v10.append((tz[:m] - tx) / n)
+        v01.append(1.0 - (tz[m:] - ty) / m)
+    return np.asarray(aucs), np.asarray(v10), np.asarray(v01)
+
+
+def _delong_cov(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
+    return np.atleast_2d(np.cov(v10)) / v10.shape[1] + np.atleast_2d(np.cov(v01)) / v01.shape[1]
+
+
+def delong_auc(y: Any, prob: Any) -> dict[str, Any]:
+    """AUC with its DeLong standard error and 95% CI (logit-free, clipped to [0, 1]).
+
+    Returns
+    -------
+    result : dict
+        ``auc``, ``se``, ``auc_95ci``.
+    """
+    y, scores = _check(y, prob)
+    auc, v10, v01 = _placements(y, scores)
+    se = float(math.sqrt(max(_delong_cov(v10, v01)[0, 0], 0.0)))
+    a = float(auc[0])
+    return {"auc": a, "se": se, "auc_95ci": [max(0.0, a - _Z975 * se), min(1.0, a + _Z975 * se)]}
+
+
+def delong_test(y: Any, prob_a: Any, prob_b: Any) -> dict[str, Any]:
+    """DeLong's test of two correlated AUCs (same patients): difference, its 95% CI and two-sided p."""
+    y, scores = _check(y, np.vstack([np.asarray(prob_a, float), np.asarray(prob_b, float)]))
+    auc, v10, v01 = _placements(y, scores)
+    cov = _delong_cov(v10, v01)
+    diff = float(auc[0] - auc[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    se = math.sqrt(max(var, 0.0))
+    p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return {"auc_difference": diff, "difference_95ci": [diff - _Z975 * se, diff + _Z975 * se], "p": p}
+
+
+def youden_threshold(y: Any, prob: Any) -> float:
+    """Probability threshold maximising sensitivity + specificity - 1 (on the data given: the training set)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(np.asarray(y).astype(int), np.asarray(prob, float))
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thr[best], 1.0))
+
+
+def threshold_metrics(y: Any, prob: Any, threshold: float) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, PPV and NPV of ``prob >= threshold`` (None where undefined)."""
+    y = np.asarray(y).astype(int)
+    pred = np.asarray(prob, float) >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    return {"threshold": float(threshold), "accuracy": ratio(tp + tn, len(y)), "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def calibration_binary(y: Any, prob: Any, n_groups: int = 5) -> dict[str, Any]:
+    """Brier score, calibration slope and intercept (logistic recalibration), and grouped observed vs predicted.
+
+    The slope is the coefficient of logit(p) in a logistic model of the outcome (1 = perfect, < 1 = predictions
+    too extreme); the intercept is calibration-in-the-large, fitted with logit(p) as an offset (0 = perfect).
+    """
+    y = np.asarray(y).astype(int)
+    p = np.clip(np.asarray(prob, float), 1e-6, 1 - 1e-6)
+    lp = np.log(p / (1 - p))
+    intercept_slope = _logistic_fit(np.column_stack([np.ones(len(y)), lp]), y)
+    in_the_large = _logistic_fit(np.ones((len(y), 1)), y, offset=lp)
+    order = np.argsort(p, kind="mergesort")
+    groups = []
+    for chunk in np.array_split(order, n_groups):
+        if len(chunk):
+            groups.append({"n": int(len(chunk)), "predicted": float(p[chunk].mean()),
+                           "observed": float(y[chunk].mean())})
+    return {"brier": float(np.mean((p - y) ** 2)), "slope": float(intercept_slope[1]),
+            "intercept": float(in_the_large[0]), "groups": groups}
+
+
+def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    """Unpenalised logistic regression by Newton-Raphson (a few columns, so exact and fast)."""
+    beta = np.zeros(X.shape[1])
+    off = np.zeros(len(y)) if offset is None else offset
+    for _ in range(50):
+        mu = 1.0 / (1.0 + np.exp(-(X @ beta + off)))
+        w = mu * (1 - mu)
+        step = np.linalg.lstsq(X.T @ (X * w[:, None]), X.T @ (y - mu), rcond=None)[0]
+        beta += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return beta
+
+
+def binary_metrics(y: Any, prob: Any, threshold: float) -> dict[str, Any]:
+    """Everything ``evaluate`` reports for one model on one cohort."""
+    out = delong_auc(y, prob)
+    out.update(threshold_metrics(y, prob, threshold))
+    calibration = calibration_binary(y, prob)
+    out.update(brier=calibration.pop("brier"), calibration=calibration)
+    return out

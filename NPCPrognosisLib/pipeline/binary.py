@@ -1,0 +1,338 @@
+"""Binary endpoints (induction-chemotherapy response, recurrence): radiomics signature, clinical and combined
+logistic models, and the classifier family chosen by cross-validation inside the training split.
+
+Why cross-validation decides: on 160 patients and thousands of features, which classifier family wins is itself
+noise unless it is judged on patients the fit did not see. Every model is therefore scored by stratified k-fold
+cross-validation *with the feature selection inside each fold* (univariable filter, Pearson redundancy filter,
+LASSO-logistic), and the best cross-validated AUC becomes the bundle's ``best`` model. Out-of-fold probabilities
+also give the Youden threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
+(:mod:`NPCPrognosisLib.classification.models`); bootstrap refits of the best model give each patient's
+probability an interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.classification.metrics import binary_metrics, delong_auc, delong_test, youden_threshold
+from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
+from NPCPrognosisLib.radiomics.features_table import feature_matrix
+from NPCPrognosisLib.radiomics.signature import redundancy_filter
+
+log = logging.getLogger(__name__)
+
+CV_FOLDS = 5
+MIN_FOLDS = 3
+CV_REPEATS = 2
+UNIVARIATE_P = 0.05
+REDUNDANCY_R = 0.85
+MAX_CANDIDATES = 200  # LASSO sees at most this many filtered features (the best univariable ones)
+BOOTSTRAP_REFITS = 30
+RAD_SCORE = "rad_score_logit"
+
+
+def n_folds(y: np.ndarray) -> int:
+    """Stratified folds: five, or as many as the rarer outcome allows (each fold needs one of each)."""
+    return max(2, min(CV_FOLDS, int(min(y.sum(), len(y) - y.sum()))))
+
+
+def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.ndarray:
+    """The endpoint as 0/1, refusing anything else with the patient who has it."""
+    out = np.empty(len(values), int)
+    for i, (value, pid) in enumerate(zip(values, ids)):
+        v = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+        if pd.isna(v) or v not in (0, 1):
+            raise InputError(f"binary endpoint value {value!r} is not 0 or 1", patient_id=str(pid), column=column,
+                             fix="code the endpoint as 1 (e.g. response) or 0, or drop the patient")
+        out[i] = int(v)
+    if len(set(out.tolist())) < 2:
+        raise InputError("every training patient has the same value of the binary endpoint", column=column,
+                         fix="a classifier needs patients with both outcomes")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- signature
+def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Univariable filter, redundancy filter and LASSO-logistic (penalty by inner CV AUC): the radiomics signature.
+
+    Returns
+    -------
+    signature : dict
+        ``features``, their training ``mean``/``scale`` (missing values take the mean), ``coef`` and
+        ``intercept`` of the logistic model on the standardised features; its linear predictor is the
+        Rad-score (log-odds).
+    """
+    from scipy.stats import mannwhitneyu
+
+    values = X.to_numpy(float)
+    mean = np.nanmean(values, axis=0)
+    values = np.where(np.isnan(values), mean, values)
+    scale = values.std(axis=0)
+    keep = np.isfinite(mean) & (scale > 0)
+    names = list(X.columns[keep])
+    z = (values[:, keep] - mean[keep]) / scale[keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = mannwhitneyu(z[y == 1], z[y == 0], axis=0).pvalue
+    p = np.nan_to_num(p, nan=1.0)
+    passing = np.flatnonzero(p < UNIVARIATE_P)
+    if len(passing) == 0:
+        passing = np.argsort(p)[:10]  # nothing passes: offer the ten strongest, LASSO may still drop them all
+    passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
+    kept = redundancy_filter(z[:, passing], [names[i] for i in passing], p[passing], REDUNDANCY_R)
+    idx = [names.index(k) for k in kept]
+    zk = z[:, idx]
+    coef, intercept = _lasso_logistic(zk, y, seed)
+    chosen = np.flatnonzero(coef != 0)
+    full_idx = np.flatnonzero(keep)
+    return {"features": [kept[i] for i in chosen], "coef": coef[chosen].tolist(), "intercept": float(intercept),
+            "mean": [float(mean[full_idx[names.index(kept[i])]]) for i in chosen],
+            "scale": [float(scale[full_idx[names.index(kept[i])]]) for i in chosen],
+            "n_features_in": int(X.shape[1]), "n_univariate": int(len(passing)), "n_after_redundancy": len(kept)}
+
+
+def _lasso_logistic(z: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """L1 logistic regression with the penalty chosen by stratified inner CV AUC (scikit-learn liblinear)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    grid = np.logspace(-2, 1, 12)
+    folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(z, y))
+    scores = []
+    for C in grid:
+        oof = np.zeros(len(y))
+        for tr, va in folds:
+            m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z[tr], y[tr])
+            oof[va] = m.decision_function(z[va])
+        scores.append(roc_auc_score(y, oof) if np.ptp(oof) > 0 else 0.5)
+    best = float(grid[int(np.argmax(scores))])
+    final = LogisticRegression(C=best, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z, y)
+    return final.coef_[0], float(final.intercept_[0])
+
+
+def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:
+    """Log-odds of the signature (0 features: the intercept only)."""
+    if not signature["features"]:
+        return np.full(len(features), signature["intercept"])
+    missing = [f for f in signature["features"] if f not in features.columns]
+    if missing:
+        raise InputError(f"the features table lacks the signature's feature(s) {missing[:3]}", column=missing[0],
+                         fix="extract with the bundle's radiomics settings")
+    values = features[signature["features"]].to_numpy(float)
+    mean = np.asarray(signature["mean"])
+    values = np.where(np.isnan(values), mean, values)
+    return ((values - mean) / np.asarray(signature["scale"])) @ np.asarray(signature["coef"]) + signature["intercept"]
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], features: pd.DataFrame) -> pd.DataFrame:
+    """Inputs of each model: radiomics (Rad-score), clinical factors, both, and both + the signature's features."""
+    score = pd.DataFrame({RAD_SCORE: rad_score(signature, features)})
+    clin = clinical[list(CLINICAL_COVARIATES)].reset_index(drop=True).astype(float)
+    if name == "radiomics":
+        return score
+    if name == "clinical":
+        return clin
+    if name == "combined":
+        return pd.concat([score, clin], axis=1)
+    chosen = features[signature["features"]].reset_index(drop=True).astype(float)
+    chosen = chosen.fillna(pd.Series(signature["mean"], index=signature["features"]))
+    return pd.concat([clin, chosen], axis=1)
+
+
+MODELS = ("radiomics", "clinical", "combined", *(f"classifier_{f}" for f in FAMILIES))
+#: The mean probability of every model above: no parameter of its own, and steadier than any one of them when
+#: the signal is weak (a candidate like the others, chosen only if it cross-validates best).
+ENSEMBLE = "ensemble"
+CANDIDATES = (*MODELS, ENSEMBLE)
+
+
+def _fit_all(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int,
+             families: Sequence[str] = FAMILIES) -> tuple[dict, dict]:
+    signature = fit_rad_signature(feature_matrix(features), y, seed)
+    models = {}
+    for name in ("radiomics", "clinical", "combined"):
+        X = _design(name, clinical, signature, features)
+        models[name] = fit_classifier("logistic", X.to_numpy(float), y, list(X.columns), seed)
+    X = _design("classifier", clinical, signature, features)
+    for family in families:
+        models[f"classifier_{family}"] = fit_classifier(family, X.to_numpy(float), y, list(X.columns), seed)
+    return signature, models
+
+
+def predict_models(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame,
+                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Probability of each stored model (default: all) for aligned clinical rows and feature rows."""
+    names = list(names or [*block["models"], ENSEMBLE])
+    wanted = list(block["models"]) if ENSEMBLE in names else [n for n in names]
+    out = {}
+    for name in wanted:
+        model = block["models"][name]
+        X = _design(name if not name.startswith("classifier_") else "classifier", clinical, block["signature"],
+                    features)
+        out[name] = predict_proba(model, X[model["columns"]].to_numpy(float))
+    if ENSEMBLE in names:
+        out[ENSEMBLE] = np.mean([out[n] for n in MODELS if n in out], axis=0)
+    return {n: out[n] for n in names}
+
+
+def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, endpoint: str,
+                        seed: int = 0) -> dict[str, Any]:
+    """Fit every model on the training patients, score each by cross-validation, keep the best.
+
+    Parameters
+    ----------
+    clinical : DataFrame
+        Encoded clinical covariates of the training patients (:data:`CLINICAL_COVARIATES`).
+    features : DataFrame
+        Their radiomics features (same row order).
+    y : array of 0/1
+        The endpoint.
+    endpoint : str
+        Its column name (recorded in the block).
+
+    Returns
+    -------
+    block : dict
+        JSON-able: ``signature``, ``models``, ``cv`` (AUC with DeLong CI of out-of-fold probabilities per model),
+        ``best`` (highest CV AUC), ``thresholds`` (Youden on out-of-fold probabilities) and ``bootstrap``
+        (refits of the best model for per-patient intervals).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    clinical = clinical.reset_index(drop=True)
+    features = features.reset_index(drop=True)
+    if min(int(y.sum()), int(len(y) - y.sum())) < 2 * MIN_FOLDS:
+        raise InputError(f"{endpoint}: fewer than {2 * MIN_FOLDS} training patients with one of the outcomes",
+                         column=endpoint, fix=f"a binary endpoint needs at least {2 * MIN_FOLDS} patients of each "
+                                              "outcome in the training split")
+    folds = n_folds(y)
+    # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
+    # families differ; averaging over repeats makes the choice less of a coin toss.
+    oof_runs = []
+    for repeat in range(CV_REPEATS):
+        oof = {name: np.zeros(len(y)) for name in CANDIDATES}
+        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y):
+            signature, models = _fit_all(clinical.iloc[tr], features.iloc[tr].reset_index(drop=True), y[tr], seed)
+            fold = {"signature": signature, "models": models}
+            probs = predict_models(fold, clinical.iloc[va].reset_index(drop=True),
+                                   features.iloc[va].reset_index(drop=True))
+            for name, prob in probs.items():
+                oof[name][va] = prob
+        oof_runs.append(oof)
+    cv = {name: {**delong_auc(y, oof_runs[0][name]),
+                 "auc_repeats": [float(delong_auc(y, run[name])["auc"]) for run in oof_runs]}
+          for name in CANDIDATES}
+    for block_ in cv.values():
+        block_["auc"] = float(np.mean(block_["auc_repeats"]))
+    oof = {name: np.mean([run[name] for run in oof_runs], axis=0) for name in CANDIDATES}
+    best = max(CANDIDATES, key=lambda n: cv[n]["auc"])
+    signature, models = _fit_all(clinical, features, y, seed)
+    block: dict[str, Any] = {
+        "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
+        "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "best": best,
+        "thresholds": {name: youden_threshold(y, prob) for name, prob in oof.items()},
+        "note": "the best model has the highest cross-validated AUC on the training patients; its probability "
+                "interval comes from bootstrap refits of the same family (selection included)"}
+    block["bootstrap"] = _bootstrap_best(clinical, features, y, best, seed)
+    return block
+
+
+def _bootstrap_best(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, best: str, seed: int) -> dict:
+    """Refits of what the best model needs (signature and family; all models for the ensemble) on resamples."""
+    rng = np.random.default_rng(seed)
+    families = FAMILIES if best == ENSEMBLE else (
+        (best.removeprefix("classifier_"),) if best.startswith("classifier_") else ())
+    needed = MODELS if best == ENSEMBLE else (best,)
+    refits = []
+    for _ in range(BOOTSTRAP_REFITS):
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=int((y == k).sum())) for k in (0, 1)])
+        try:
+            signature, models = _fit_all(clinical.iloc[idx], features.iloc[idx].reset_index(drop=True), y[idx],
+                                         seed, families=families)
+        except (InputError, ValueError):
+            continue
+        refits.append({"signature": signature, "models": {n: models[n] for n in needed}})
+    return {"model": best, "n": len(refits), "refits": refits}
+
+
+# ---------------------------------------------------------------------------------------------- use
+def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame) -> dict[str, Any]:
+    """One patient's probability from the best model, with the bootstrap 95% interval and the Youden label."""
+    best = block["best"]
+    prob = float(predict_models(block, clinical, features, [best])[best][0])
+    draws = []
+    for refit in block["bootstrap"]["refits"]:
+        draws.append(float(predict_models(refit, clinical, features, [best])[best][0]))
+    ci = [float(v) for v in np.percentile(draws, [2.5, 97.5])] if len(draws) >= 20 else None
+    threshold = block["thresholds"][best]
+    return {"endpoint": block["endpoint"], "model": best, "probability": prob, "ci95": ci,
+            "threshold": threshold, "predicted_positive": bool(prob >= threshold),
+            "cv_auc": block["cv"][best]["auc"], "bootstrap_refits": len(draws)}
+
+
+def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame,
+                    y: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Held-out metrics of every stored model, and DeLong comparisons of each model with the best one."""
+    probs = predict_models(block, clinical, features)
+    models = {name: binary_metrics(y, prob, block["thresholds"][name]) for name, prob in probs.items()}
+    best = block["best"]
+    comparisons = {name: delong_test(y, probs[name], probs[best]) for name in probs if name != best}
+    return {"endpoint": block["endpoint"], "n": int(len(y)), "positives": int(y.sum()), "best_on_training_cv": best,
+            "models": models, "delong_vs_best": comparisons}, probs
+
+
+# ---------------------------------------------------------------------------------------------- cohort level
+def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFrame, endpoint: str,
+                     seed: int = 0) -> dict[str, Any]:
+    """Fit one binary endpoint on the (training) patients of ``manifest`` (``clinical``: their encoded clinical
+    covariates, same rows); patients without a value are left out."""
+    table = manifest.table
+    if endpoint not in table.columns:
+        raise InputError(f"no {endpoint!r} column for the binary endpoint", path=manifest.source, column=endpoint,
+                         fix="add the column (1 = response/event, 0 = none) or name another one")
+    known = table[endpoint].notna().to_numpy()
+    y = read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+    block = fit_binary_endpoint(clinical[known].reset_index(drop=True), features[known].reset_index(drop=True), y,
+                                endpoint, seed)
+    block["left_out_unknown"] = int((~known).sum())
+    return block
+
+
+def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features: pd.DataFrame, endpoint: str,
+                           out_dir: Path, plots: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics (``models.<name>.auc`` ...) and per-patient probabilities of one binary endpoint of a bundle."""
+    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+    from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS
+
+    block = document["binary_endpoints"][endpoint]
+    table = manifest.table
+    if endpoint not in table.columns:
+        raise InputError(f"no {endpoint!r} column to evaluate against", path=manifest.source, column=endpoint)
+    known = table[endpoint].notna().to_numpy()
+    y = read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+    fill = float(document["clinical_encoding"]["log10_ebv_dna_fill"])
+    clinical = pd.DataFrame([encode_clinical(parse_clinical({c: r.get(c) for c in CLINICAL_FIELDS}, r["patient_id"]),
+                                             fill) for _, r in table[known].iterrows()])
+    metrics, probs = evaluate_binary(block, clinical, features[known].reset_index(drop=True), y)
+    predictions = pd.DataFrame({"patient_id": table.loc[known, "patient_id"].to_numpy(), endpoint: y})
+    for name, prob in probs.items():
+        predictions[f"{name}_prob"] = prob
+    if plots:
+        from NPCPrognosisLib.classification.plots import plot_calibration_binary, plot_roc
+
+        plot_roc(out_dir / f"roc_{endpoint}.png", y, probs, metrics["models"], f"{endpoint}: held-out ROC")
+        best = block["best"]
+        plot_calibration_binary(out_dir / f"calibration_{endpoint}_{best}.png",
+                                metrics["models"][best]["calibration"], f"{endpoint}: {best} calibration")
+    return metrics, predictions

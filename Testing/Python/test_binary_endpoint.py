@@ -1,0 +1,97 @@
+"""Binary endpoints end to end: train --endpoint ic_response, evaluate (AUC, DeLong, thresholds, plots),
+and a survival bundle carrying the binary endpoint into predict.
+
+The cohort is the generator's tabular shortcut (same patients as ``synth``, no images) with a features table
+whose informative columns are noisy measurements of what drives the true response probability (GTVp volume,
+necrosis) among noise columns, so the held-out AUC can be compared with the AUC of the true probability.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.datasets.synth import simulate_outcomes
+from NPCPrognosisLib.pipeline import binary as bn
+
+N = 260
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    root = tmp_path_factory.mktemp("binary")
+    table = simulate_outcomes(N, 21)
+    rng = np.random.default_rng(21)
+    features = pd.DataFrame({"patient_id": table["patient_id"]})
+    features["t1c_gtvp_original_shape_MeshVolume"] = table["gtvp_volume_ml"] * np.exp(rng.normal(0, 0.1, N))
+    features["t2_gtvp_original_firstorder_10Percentile"] = -200 * table["necrosis_fraction"] + rng.normal(0, 8, N)
+    for k in range(40):
+        features[f"t2_gtvp_wavelet-LLH_glcm_Noise{k}"] = rng.normal(size=N)
+    manifest = table.drop(columns=[c for c in table.columns if c.startswith(("lp_", "p_"))]).copy()
+    manifest["split"] = np.where(np.arange(N) < 160, "train", "test")
+    manifest.to_csv(root / "manifest.csv", index=False)
+    features.to_csv(root / "features.csv", index=False)
+    return root, table
+
+
+def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
+    root, truth = tabular
+    bundle, out = root / "bundle_ic", root / "eval_ic"
+    assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
+                 str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
+                 "--split-col", "split"]) == 0
+    printed = capsys.readouterr().out
+    assert "<- best" in printed and "cross-validated AUC" in printed
+    document = json.loads((bundle / "bundle.json").read_text())
+    block = document["binary_endpoints"]["ic_response"]
+    assert document["endpoint_type"] == "binary" and block["n"] == 160
+    assert set(block["models"]) == set(bn.MODELS) and block["best"] in bn.CANDIDATES
+    assert block["bootstrap"]["n"] >= 20
+    assert "pickle" not in (bundle / "bundle.json").read_text()
+    # Predict refuses a binary-only bundle with the way out.
+    assert main(["predict", "--bundle", str(bundle), "--t1", "x", "--t2", "x", "--t1c", "x", "--out", "x"]) == 2
+    assert "--binary-endpoint" in capsys.readouterr().err
+
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
+                 "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == N - 160 and metrics["excluded_training_patients"] == 160
+    best = metrics["models"][block["best"]]
+    for key in ("auc", "auc_95ci", "sensitivity", "specificity", "ppv", "npv", "accuracy", "brier", "threshold"):
+        assert key in best
+    assert best["threshold"] == pytest.approx(block["thresholds"][block["best"]])
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert f"{block['best']}_prob" in predictions and len(predictions) == N - 160
+    assert (out / "roc_ic_response.png").stat().st_size > 10_000
+    # The held-out AUC of the model chosen on training CV against the AUC of the generator's true probability.
+    test = truth.iloc[160:]
+    oracle = roc_auc_score(test["ic_response"], test["p_ic_response"])
+    assert best["auc"] >= 0.9 * oracle, (best["auc"], oracle)
+    # DeLong comparisons against the best model are on the same patients.
+    assert set(metrics["delong_vs_best"]) == set(metrics["models"]) - {block["best"]}
+
+
+def test_patient_probability_has_a_bootstrap_interval(tabular):
+    root, truth = tabular
+    document = json.loads((root / "bundle_ic" / "bundle.json").read_text())
+    block = document["binary_endpoints"]["ic_response"]
+    features = pd.read_csv(root / "features.csv").iloc[[200]].reset_index(drop=True)
+    clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,
+                              "age": 50.0, "ldh": 180.0}])
+    one = bn.patient_binary(block, clinical, features)
+    assert one["model"] == block["best"] and 0.0 <= one["probability"] <= 1.0
+    assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
+
+
+def test_binary_endpoint_refuses_values_other_than_0_and_1():
+    from NPCPrognosisLib.errors import InputError
+
+    with pytest.raises(InputError, match="P2.*not 0 or 1"):
+        bn.read_binary([1, "yes", 0], ["P1", "P2", "P3"], "ic_response")
+    with pytest.raises(InputError, match="same value"):
+        bn.read_binary([1, 1, 1], ["P1", "P2", "P3"], "ic_response")

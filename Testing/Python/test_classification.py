@@ -1,0 +1,86 @@
+"""Binary-endpoint classifiers and metrics: JSON models predict as scikit-learn does; DeLong against the
+textbook pairwise formulas; calibration against known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from NPCPrognosisLib.classification import metrics as bm
+from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, make_estimator, predict_proba
+from NPCPrognosisLib.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(160, 5)) * [1, 2, 0.5, 10, 1] + [0, 1, 0, 50, 0]
+    logit = 1.2 * X[:, 0] - 0.6 * X[:, 1] + 0.1 * (X[:, 3] - 50)
+    y = (rng.random(160) < 1 / (1 + np.exp(-logit))).astype(int)
+    return X, y, rng.normal(size=(60, 5)) * [1, 2, 0.5, 10, 1] + [0, 1, 0, 50, 0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_json_classifier_predicts_as_scikit_learn(data, family):
+    X, y, new = data
+    model = json.loads(json.dumps(fit_classifier(family, X, y, [f"x{i}" for i in range(5)], seed=1)))
+    mean, scale = X.mean(0), X.std(0)
+    reference = make_estimator(family, seed=1).fit((X - mean) / scale, y).predict_proba((new - mean) / scale)[:, 1]
+    np.testing.assert_allclose(predict_proba(model, new), reference, atol=1e-10)
+
+
+def test_classifier_needs_both_outcomes(data):
+    X, _, _ = data
+    with pytest.raises(InputError, match="both outcomes"):
+        fit_classifier("logistic", X, np.ones(len(X)), ["a"] * 5)
+
+
+def _pairwise_auc_and_components(y, s):
+    """DeLong's definitions written out pair by pair (O(m n)), independent of the mid-rank shortcut."""
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+
+
+def test_delong_matches_the_pairwise_definition_and_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random(120) < 0.4
+    a = np.round(y * 0.8 + rng.normal(size=120), 1)  # ties on purpose
+    b = y * 0.3 + rng.normal(size=120)
+    auc_a, v10a, v01a = _pairwise_auc_and_components(y, a)
+    auc_b, v10b, v01b = _pairwise_auc_and_components(y, b)
+    m, n = y.sum(), (~y).sum()
+    var_a = v10a.var(ddof=1) / m + v01a.var(ddof=1) / n
+    cov_ab = np.cov(v10a, v10b)[0, 1] / m + np.cov(v01a, v01b)[0, 1] / n
+    var_b = v10b.var(ddof=1) / m + v01b.var(ddof=1) / n
+    ours = bm.delong_auc(y, a)
+    assert ours["auc"] == pytest.approx(auc_a) == pytest.approx(roc_auc_score(y, a))
+    assert ours["se"] == pytest.approx(np.sqrt(var_a))
+    test = bm.delong_test(y, a, b)
+    z = (auc_a - auc_b) / np.sqrt(var_a + var_b - 2 * cov_ab)
+    from scipy.stats import norm
+    assert test["auc_difference"] == pytest.approx(auc_a - auc_b)
+    assert test["p"] == pytest.approx(2 * norm.sf(abs(z)))
+
+
+def test_threshold_metrics_and_youden():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
+    assert bm.youden_threshold(y, p) == pytest.approx(0.7) or bm.youden_threshold(y, p) == pytest.approx(0.4)
+    got = bm.threshold_metrics(y, p, 0.5)
+    assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (2, 1, 1, 2)
+    assert got["sensitivity"] == pytest.approx(2 / 3) and got["ppv"] == pytest.approx(2 / 3)
+
+
+def test_calibration_of_true_probabilities_is_near_perfect():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, 20000)
+    y = rng.random(20000) < p
+    cal = bm.calibration_binary(y, p)
+    assert cal["slope"] == pytest.approx(1.0, abs=0.06) and cal["intercept"] == pytest.approx(0.0, abs=0.05)
+    too_extreme = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))
+    assert bm.calibration_binary(y, too_extreme)["slope"] == pytest.approx(0.5, abs=0.04)
