@@ -52,6 +52,17 @@ RESOURCES = MODULE_DIR / "Resources"
 REQUIREMENTS = RESOURCES / "requirements.txt"
 SAMPLE_CATEGORY = "NPCPrognosis"
 AUTOMATIC_ATTRIBUTE = "NPCPrognosis.AutomaticLabelmapFor"
+AUTOMATIC_REFERENCE = "NPCPrognosisAutomaticContours"
+#: Segment tag holding the label value (1 = GTVp, 2 = GTVn): set on import, kept when Segment Editor renames.
+LABEL_TAG = "NPCPrognosis.Label"
+#: Slicer terminology entries (SNOMED CT codes): tumour mass and lymph node, neoplasm metastatic.
+TERMINOLOGY = {
+    "GTVp": "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+            "Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^71836000^Nasopharyngeal "
+            "structure~^^",
+    "GTVn": "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+            "Structure~SCT^59441001^Lymph node~^^~Anatomic codes - DICOM master list~^^~^^",
+}
 
 
 class NPCPrognosisError(RuntimeError):
@@ -241,10 +252,12 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         haveImages = bool(p and p.t1Volume and p.t2Volume and p.t1cVolume)
         haveSegmentation = bool(haveImages and p.segmentation)
+        # A new, empty segmentation can be edited but not used: Extract and Predict need a GTVp segment.
+        haveContours = bool(haveSegmentation and self.logic.hasContours(p.segmentation))
         self.ui.segmentButton.enabled = haveImages
         self.ui.editButton.enabled = haveSegmentation
-        self.ui.extractButton.enabled = haveSegmentation
-        self.ui.predictButton.enabled = haveSegmentation
+        self.ui.extractButton.enabled = haveContours
+        self.ui.predictButton.enabled = haveContours
         self.ui.exportButton.enabled = bool(p and p.lastResultJson)
         tip = "" if haveImages else "Select T1W, T2W and CET1W volumes."
         self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
@@ -290,11 +303,13 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._finished(None, exc)
 
     def _finished(self, output, error):
-        if self._runningButton is not None:
-            self._runningButton.text = self._runningText
-        self._runningButton = None
-        self.ui.progressBar.setVisible(False)
-        self._checkCanApply()
+        try:
+            if self._runningButton is not None:
+                self._runningButton.text = self._runningText
+        finally:  # whatever happens, the panel is released
+            self._runningButton = None
+            self.ui.progressBar.setVisible(False)
+            self._checkCanApply()
         if error is None:
             self.ui.statusLabel.text = "Done."
             return
@@ -333,7 +348,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def store(table):
             p.featuresTable = table
-            slicer.util.showTable(table)
+            self.logic.showTable(table)
 
         self._run(self.ui.extractButton, lambda onFinished: self.logic.extractFeatures(
             self._volumes(), p.segmentation, str(p.bundlePath), tableNode=p.featuresTable, patientId=p.patientId,
@@ -356,7 +371,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._run(self.ui.predictButton, lambda onFinished: self.logic.predict(
             self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p), patientId=p.patientId,
-            automaticLabelmap=p.automaticLabelmap, waitForCompletion=False, onFinished=onFinished), store)
+            waitForCompletion=False, onFinished=onFinished), store)
 
     def onExport(self):
         p = self._parameterNode
@@ -558,10 +573,25 @@ class NPCPrognosisJobRunner:
 class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
     """Headless API: takes nodes and plain values, returns nodes and dicts. No science here."""
 
-    def __init__(self):
+    def __init__(self, scene=None, segmentationsLogic=None, workDirectory=None):
+        """``scene`` and ``segmentationsLogic`` default to Slicer's own; tests pass a scene and a
+        vtkSlicerSegmentationsModuleLogic of their own (slicer-core), so every node operation runs on real MRML."""
         ScriptedLoadableModuleLogic.__init__(self)
         self.runner = NPCPrognosisJobRunner()
         self.progressCallback = None
+        self._scene = scene
+        self._segmentationsLogic = segmentationsLogic
+        self._workRoot = workDirectory
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    @property
+    def segmentationsLogic(self):
+        if self._segmentationsLogic is None:
+            return slicer.modules.segmentations.logic()
+        return self._segmentationsLogic
 
     @property
     def runInProcess(self):
@@ -636,22 +666,67 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             return False
 
     # ------------------------------------------------------------------ nodes <-> files
-    @staticmethod
-    def _workDirectory(name):
-        folder = pathlib.Path(slicer.app.temporaryPath) / "NPCPrognosis" / name
+    def _workDirectory(self, name):
+        root = pathlib.Path(self._workRoot) if self._workRoot else pathlib.Path(slicer.app.temporaryPath)
+        folder = root / "NPCPrognosis" / name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    @staticmethod
-    def _newJobDirectory():
-        return pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=str(NPCPrognosisLogic._workDirectory("jobs"))))
+    def _newJobDirectory(self):
+        return pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=str(self._workDirectory("jobs"))))
 
     @staticmethod
-    def _writeVolume(volumeNode, path):
+    def _checkNotTransformed(volumeNode):
+        """A volume under a transform that is not hardened would be written without it, while the segmentation
+        export honours it: the contours would land elsewhere on the image."""
+        if volumeNode.GetParentTransformNode() is not None:
+            raise NPCPrognosisError(
+                f"{volumeNode.GetName()} is under the transform {volumeNode.GetParentTransformNode().GetName()}. "
+                "Harden the transform (Data module: right-click > Harden transform) or remove it, then try again.")
+
+    @staticmethod
+    def sitkFromVolumeNode(volumeNode):
+        """The volume as a SimpleITK image with its exact geometry (RAS node -> LPS image; spacing, origin,
+        direction including oblique and flipped axes). Refuses a volume under a non-hardened transform."""
+        import numpy as np
         import SimpleITK as sitk
-        import sitkUtils
 
-        sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(volumeNode), str(path), True)
+        NPCPrognosisLogic._checkNotTransformed(volumeNode)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(slicer.util.arrayFromVolume(volumeNode)))
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        ijkToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        rasToLps = np.diag([-1.0, -1.0, 1.0])
+        axes = rasToLps @ ijkToRas[:3, :3]
+        spacing = np.linalg.norm(axes, axis=0)
+        image.SetSpacing([float(v) for v in spacing])
+        image.SetDirection([float(v) for v in (axes / spacing).ravel()])
+        image.SetOrigin([float(v) for v in rasToLps @ ijkToRas[:3, 3]])
+        return image
+
+    @staticmethod
+    def updateVolumeNodeFromSitk(volumeNode, image):
+        """Voxels and geometry of a SimpleITK image into a volume node (LPS image -> RAS node)."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        slicer.util.updateVolumeFromArray(volumeNode, sitk.GetArrayFromImage(image))
+        lpsToRas = np.diag([-1.0, -1.0, 1.0])
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        axes = lpsToRas @ direction @ np.diag(image.GetSpacing())
+        origin = lpsToRas @ np.array(image.GetOrigin())
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(3):
+            for c in range(3):
+                matrix.SetElement(r, c, float(axes[r, c]))
+            matrix.SetElement(r, 3, float(origin[r]))
+        volumeNode.SetIJKToRASMatrix(matrix)
+        return volumeNode
+
+    def _writeVolume(self, volumeNode, path):
+        import SimpleITK as sitk
+
+        sitk.WriteImage(self.sitkFromVolumeNode(volumeNode), str(path), True)
         return str(path)
 
     def _writeVolumes(self, volumes, folder):
@@ -660,86 +735,189 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             raise NPCPrognosisError(f"select the {', '.join(missing)} volume(s)")
         return {key: self._writeVolume(volumes[key], folder / f"{key}.nii.gz") for key in SEQUENCES}
 
-    def exportLabelmap(self, segmentationNode, referenceVolumeNode):
-        """GTVp -> 1, GTVn -> 2 on the reference volume's grid, as a (temporary) labelmap node."""
+    def _removeWithDisplay(self, node):
+        """Remove a scratch node with the display, storage and colour nodes that were made for it."""
+        if node is None or self.scene.GetNodeByID(node.GetID()) is None:
+            return
+        extra = []
+        for i in range(node.GetNumberOfDisplayNodes()):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                extra.append(display)
+                colour = display.GetColorNode() if hasattr(display, "GetColorNode") else None
+                if colour is not None and colour.GetName().endswith("_ColorTable"):
+                    extra.append(colour)
+        if node.GetStorageNode() is not None:
+            extra.append(node.GetStorageNode())
+        self.scene.RemoveNode(node)
+        for other in extra:
+            if self.scene.GetNodeByID(other.GetID()) is not None:
+                self.scene.RemoveNode(other)
+
+    def _nodeIds(self, className):
+        nodes = self.scene.GetNodesByClass(className)
+        return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
+
+    def contourSegments(self, segmentationNode):
+        """Which segment is GTVp and which GTVn: by the tag set on import (renaming keeps it), else by name.
+
+        Returns ({label: segmentId}, [names of segments that are neither, which export leaves out]).
+        """
         from NPCPrognosisLib.contract import SEGMENTS
 
         segmentation = segmentationNode.GetSegmentation()
-        ids = vtk.vtkStringArray()
+        byLabel, skipped = {}, []
+        names = {segment["name"].lower(): segment["label"] for segment in SEGMENTS}
+        for i in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(i)
+            segment = segmentation.GetSegment(segmentId)
+            tag = vtk.reference("")
+            label = None
+            if segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
+                label = int(str(tag))
+            elif segment.GetName().strip().lower() in names:
+                label = names[segment.GetName().strip().lower()]
+            if label is None or label in byLabel:
+                skipped.append(segment.GetName())
+            else:
+                byLabel[label] = segmentId
+        return byLabel, skipped
+
+    def hasContours(self, segmentationNode):
+        """A GTVp segment exists (by tag or name) and holds at least one voxel."""
+        from NPCPrognosisLib.contract import SEGMENTS
+
+        byLabel, _ = self.contourSegments(segmentationNode)
+        segmentId = byLabel.get(SEGMENTS[0]["label"])
+        if segmentId is None:
+            return False
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+            return False  # an empty segment has no voxels to hold (or only closed-surface, not drawn here)
+        return bool((vtk_to_numpy(image.GetPointData().GetScalars()) == segment.GetLabelValue()).any())
+
+    def exportLabelmap(self, segmentationNode, referenceVolumeNode, warnings=None):
+        """GTVp -> 1, GTVn -> 2 on the reference volume's grid, as a (temporary) labelmap node.
+
+        Segments that are neither GTVp nor GTVn are left out and named in ``warnings`` (a list), so a segment
+        added during editing is never dropped silently.
+        """
+        from NPCPrognosisLib.contract import SEGMENTS
+
+        self._checkNotTransformed(referenceVolumeNode)
+        byLabel, skipped = self.contourSegments(segmentationNode)
+        gtvp = SEGMENTS[0]["label"]
+        if gtvp not in byLabel:
+            raise NPCPrognosisError(f"{segmentationNode.GetName()} has no GTVp segment (name a segment GTVp)")
+        if skipped and warnings is not None:
+            warnings.append(f"segment(s) {', '.join(skipped)} of {segmentationNode.GetName()} are neither GTVp nor "
+                            "GTVn and were not used; rename them GTVp or GTVn to include them")
+        labelmapNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export")
         for segment in SEGMENTS:
-            segmentId = segmentation.GetSegmentIdBySegmentName(segment["name"])
-            if not segmentId and segment["name"] == "GTVp":
-                raise NPCPrognosisError(f"{segmentationNode.GetName()} has no segment named GTVp")
-            if segmentId:  # a missing GTVn (N0) simply leaves label 2 unused
-                ids.InsertNextValue(segmentId)
-        labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export")
-        # Exported in the order of ids, so label values are 1 = GTVp, 2 = GTVn.
-        slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode,
-                                                                          referenceVolumeNode)
+            # One segment at a time so each keeps its label value whatever order the segments are in.
+            if segment["label"] not in byLabel:
+                continue
+            single = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export part")
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(byLabel[segment["label"]])
+            colourTables = self._nodeIds("vtkMRMLColorTableNode")
+            self.segmentationsLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, single, referenceVolumeNode)
+            for nodeId in self._nodeIds("vtkMRMLColorTableNode") - colourTables:  # "<segmentation>_ColorTable"
+                self.scene.RemoveNode(self.scene.GetNodeByID(nodeId))
+            part = slicer.util.arrayFromVolume(single)
+            if labelmapNode.GetImageData() is None:
+                labelmapNode.CopyOrientation(single)
+                slicer.util.updateVolumeFromArray(labelmapNode, (part > 0).astype("uint8") * segment["label"])
+            else:
+                merged = slicer.util.arrayFromVolume(labelmapNode)
+                merged[(part > 0) & (merged == 0)] = segment["label"]
+                slicer.util.arrayFromVolumeModified(labelmapNode)
+            self._removeWithDisplay(single)
         return labelmapNode
 
-    def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path):
-        labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)
+    def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path, warnings=None):
+        labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, warnings)
         try:
             return self._writeVolume(labelmapNode, path)
         finally:
-            slicer.mrmlScene.RemoveNode(labelmapNode)
+            self._removeWithDisplay(labelmapNode)
 
     def importSegmentation(self, maskPath, referenceVolumeNode, segmentationNode=None, keepAutomaticCopy=True):
-        """Label file (1 = GTVp, 2 = GTVn) -> segmentation node with named, coloured segments over the CET1W."""
+        """Label file (1 = GTVp, 2 = GTVn) -> segmentation node with named, coloured, tagged segments over the CET1W.
+
+        One import call; each segment then gets its name, colour, SNOMED terminology and a label tag that
+        survives renaming in Segment Editor. No colour table or scratch labelmap is left in the scene (only the
+        hidden automatic copy, when kept, for the correction loop).
+        """
+        import numpy as np
+        import SimpleITK as sitk
+
         from NPCPrognosisLib.contract import SEGMENTS
 
-        labelmapNode = slicer.util.loadLabelVolume(str(maskPath), {"show": False})
+        labelmapNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis import")
+        self.updateVolumeNodeFromSitk(labelmapNode, sitk.ReadImage(str(maskPath)))
         if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "NPC contours")
+            segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "NPC contours")
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
         segmentation = segmentationNode.GetSegmentation()
         segmentation.RemoveAllSegments()
-        present = set(int(v) for v in self._labelValues(labelmapNode))
-        for segment in SEGMENTS:
-            if segment["label"] not in present:
+        present = sorted(int(v) for v in np.unique(slicer.util.arrayFromVolume(labelmapNode)) if v > 0)
+        if not self.segmentationsLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode):
+            raise NPCPrognosisError(f"the contours in {maskPath} could not be imported as a segmentation")
+        # One segment per label value present, in ascending label order.
+        imported = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        byLabel = {s["label"]: s for s in SEGMENTS}
+        for segmentId, label in zip(imported, present):
+            segment = segmentation.GetSegment(segmentId)
+            if label not in byLabel:
                 continue
-            # One label at a time so the segment name and colour are ours, whatever the colour table says.
-            single = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis import")
-            single.CopyOrientation(labelmapNode)
-            array = slicer.util.arrayFromVolume(labelmapNode)
-            slicer.util.updateVolumeFromArray(single, (array == segment["label"]).astype("uint8"))
-            before = set(segmentation.GetSegmentIDs())
-            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(single, segmentationNode)
-            slicer.mrmlScene.RemoveNode(single)
-            for segmentId in set(segmentation.GetSegmentIDs()) - before:
-                seg = segmentation.GetSegment(segmentId)
-                seg.SetName(segment["name"])
-                seg.SetColor(*segment["color"])
-        segmentationNode.GetDisplayNode().SetOpacity2DFill(0.35)
-        slicer.util.setSliceViewerLayers(background=referenceVolumeNode, fit=True)
+            segment.SetName(byLabel[label]["name"])
+            segment.SetColor(*byLabel[label]["color"])
+            segment.SetTag(LABEL_TAG, str(label))
+            segment.SetTerminology(TERMINOLOGY[byLabel[label]["name"]])
+        display = segmentationNode.GetDisplayNode()
+        if display is not None:
+            display.SetOpacity2DFill(0.35)
+        if getattr(slicer, "app", None) is not None and self._scene is None:
+            slicer.util.setSliceViewerLayers(background=referenceVolumeNode, fit=True)
         if keepAutomaticCopy:
             self._keepAutomaticCopy(labelmapNode, segmentationNode)
         else:
-            slicer.mrmlScene.RemoveNode(labelmapNode)
+            self._removeWithDisplay(labelmapNode)
         return segmentationNode
 
-    @staticmethod
-    def _labelValues(labelmapNode):
-        import numpy as np
-
-        return np.unique(slicer.util.arrayFromVolume(labelmapNode))
-
     def _keepAutomaticCopy(self, labelmapNode, segmentationNode):
-        """The automatic contours as a hidden labelmap, for the Dice/volume/risk change after editing."""
+        """The automatic contours as a hidden labelmap, for the Dice/volume/risk change after editing.
+
+        Linked both ways (attribute on the labelmap, node reference from the segmentation), so the link is saved
+        with the scene and each segmentation has its own baseline.
+        """
         old = self.automaticLabelmapFor(segmentationNode)
         if old is not None and old is not labelmapNode:
-            slicer.mrmlScene.RemoveNode(old)
+            self._removeWithDisplay(old)
+        for i in reversed(range(labelmapNode.GetNumberOfDisplayNodes())):
+            display = labelmapNode.GetNthDisplayNode(i)
+            if display is not None:
+                self.scene.RemoveNode(display)
         labelmapNode.SetName(f"{segmentationNode.GetName()} automatic (hidden)")
         labelmapNode.SetHideFromEditors(True)
         labelmapNode.SetAttribute(AUTOMATIC_ATTRIBUTE, segmentationNode.GetID())
+        segmentationNode.SetNodeReferenceID(AUTOMATIC_REFERENCE, labelmapNode.GetID())
 
-    @staticmethod
-    def automaticLabelmapFor(segmentationNode):
+    def automaticLabelmapFor(self, segmentationNode):
+        """This segmentation's own automatic contours (None when it never had any)."""
         if segmentationNode is None:
             return None
-        for node in slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode"):
+        node = segmentationNode.GetNodeReference(AUTOMATIC_REFERENCE)
+        if node is not None:
+            return node
+        nodes = self.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
             if node.GetAttribute(AUTOMATIC_ATTRIBUTE) == segmentationNode.GetID():
                 return node
         return None
@@ -818,7 +996,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         document = json.loads((pathlib.Path(bundlePath) / "bundle.json").read_text())
         rows = feature_rows(features, document)
         if tableNode is None:
-            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "NPC radiomics")
+            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", "NPC radiomics")
         tableNode.RemoveAllColumns()
         names = vtk.vtkStringArray()
         names.SetName("feature")
@@ -836,9 +1014,13 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         tableNode.Modified()
         return tableNode
 
-    def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId="patient", automaticLabelmap=None,
-                waitForCompletion=True, onFinished=None):
-        """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change."""
+    def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId="patient", waitForCompletion=True,
+                onFinished=None):
+        """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change.
+
+        The contour change is measured against this segmentation's own automatic contours (never another
+        segmentation's), and segments that are neither GTVp nor GTVn are named in the prediction's warnings.
+        """
         from NPCPrognosisLib.slicer_support.form import parse_clinical_form
 
         try:
@@ -849,11 +1031,13 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         folder = self._newJobDirectory()
         cache = self._featuresCache(segmentationNode)
         referenceCache = self._featuresCache(segmentationNode, "automatic_features.json")
-        automaticLabelmap = automaticLabelmap or self.automaticLabelmapFor(segmentationNode)
+        automaticLabelmap = self.automaticLabelmapFor(segmentationNode)
+        exportWarnings = []
         segmentInfo = json.loads(segmentationNode.GetAttribute("NPCPrognosis.SegmentResult") or "{}")
         job = {"action": "predict", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
                "images": self._writeVolumes(volumes, folder),
-               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
+               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
+                                               exportWarnings),
                "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
                "deep_score_sd": segmentInfo.get("deep_score_sd")}
         editedArray = None
@@ -863,27 +1047,50 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
 
         def finish(result):
-            from NPCPrognosisLib.slicer_support.contour_change import contour_change_report
-
             for key, target in (("features", cache), ("reference_features", referenceCache)):
                 if result.get(key) and pathlib.Path(result[key]) != target:
                     shutil.copyfile(result[key], target)
             if editedArray is not None:
-                spacing = volumes["t1c"].GetSpacing()
-                automaticArray = slicer.util.arrayFromVolume(automaticLabelmap)
-                result["contour_change"] = contour_change_report(
-                    automaticArray, editedArray, spacing[0] * spacing[1] * spacing[2] / 1000.0,
-                    result.get("reference_prediction"), result["prediction"])
+                result["contour_change"] = self.contourChange(segmentationNode, volumes["t1c"],
+                                                              result.get("reference_prediction"), result["prediction"],
+                                                              editedArray)
+            result["prediction"]["warnings"] = exportWarnings + list(result["prediction"].get("warnings", []))
             return result
 
         return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def contourChange(self, segmentationNode, referenceVolumeNode, automaticPrediction=None, editedPrediction=None,
+                      editedArray=None):
+        """What editing changed: Dice and volume per structure (and the risk, given both predictions), against
+        this segmentation's own automatic contours; None when it has none."""
+        from NPCPrognosisLib.slicer_support.contour_change import contour_change_report
+
+        automaticLabelmap = self.automaticLabelmapFor(segmentationNode)
+        if automaticLabelmap is None:
+            return None
+        if editedArray is None:
+            editedArray = self._exportedArray(segmentationNode, referenceVolumeNode)
+        spacing = referenceVolumeNode.GetSpacing()
+        return contour_change_report(slicer.util.arrayFromVolume(automaticLabelmap), editedArray,
+                                     spacing[0] * spacing[1] * spacing[2] / 1000.0, automaticPrediction,
+                                     editedPrediction)
+
+    def showTable(self, tableNode):
+        """Show a table node in the view layout (no Slicer release has a util function for this)."""
+        if getattr(slicer, "app", None) is None or slicer.app.layoutManager() is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
+        applicationLogic = slicer.app.applicationLogic()
+        applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
+        applicationLogic.PropagateTableSelection()
 
     def _exportedArray(self, segmentationNode, referenceVolumeNode):
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)
         try:
             return slicer.util.arrayFromVolume(labelmapNode).copy()
         finally:
-            slicer.mrmlScene.RemoveNode(labelmapNode)
+            self._removeWithDisplay(labelmapNode)
 
     def exportReport(self, result, outputDirectory):
         """report.html + report.json + survival.png in ``outputDirectory``; returns the paths."""
@@ -897,21 +1104,21 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         import numpy as np
 
         names = [n for n in curves if n != "months"]
-        tableNode = slicer.mrmlScene.GetFirstNodeByName("NPC survival curves") or \
-            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "NPC survival curves")
+        tableNode = self.scene.GetFirstNodeByName("NPC survival curves") or \
+            self.scene.AddNewNodeByClass("vtkMRMLTableNode", "NPC survival curves")
         data = np.column_stack([np.asarray(curves["months"], float)] +
                                [np.asarray(curves[n], float) for n in names])
         slicer.util.updateTableFromArray(tableNode, data, ["months"] + names)
-        chartNode = slicer.mrmlScene.GetFirstNodeByName("NPC survival chart") or \
-            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "NPC survival chart")
+        chartNode = self.scene.GetFirstNodeByName("NPC survival chart") or \
+            self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "NPC survival chart")
         chartNode.RemoveAllPlotSeriesNodeIDs()
         colours = {"this patient": (0, 0, 0), "high-risk group (median)": (0.86, 0.16, 0.16),
                    "low-risk group (median)": (0.20, 0.70, 0.25), "risk-group cut-off": (0.5, 0.5, 0.5),
                    "training cohort (Kaplan-Meier)": (0.15, 0.35, 0.85)}
         for name in names:
             seriesName = f"NPC {name}"
-            series = slicer.mrmlScene.GetFirstNodeByName(seriesName) or \
-                slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", seriesName)
+            series = self.scene.GetFirstNodeByName(seriesName) or \
+                self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", seriesName)
             series.SetAndObserveTableNodeID(tableNode.GetID())
             series.SetXColumnName("months")
             series.SetYColumnName(name)
@@ -927,7 +1134,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         chartNode.SetYAxisTitle("survival probability")
         chartNode.SetYAxisRange(0, 1)
         chartNode.SetYAxisRangeAuto(False)
-        if showInLayout and slicer.app.layoutManager() is not None:
+        if showInLayout and getattr(slicer, "app", None) is not None and slicer.app.layoutManager() is not None:
             slicer.modules.plots.logic().ShowChartInLayout(chartNode)
         return chartNode
 

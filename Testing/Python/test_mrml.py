@@ -1,0 +1,326 @@
+"""The Slicer module's node handling on a real MRML scene and the real Segmentations logic (slicer-core).
+
+Only what needs a running Slicer (Qt widgets, the ScriptedLoadableModule base classes, the parameter node wrapper)
+is shimmed (``mrml_shim.py``); volumes, labelmaps, segmentations, tables, plots and the segmentations logic are
+Slicer's own code.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from mrml_shim import ROOT, load_module
+
+pytestmark = pytest.mark.mrml
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extra: pip install -e .[test]")
+vtk = pytest.importorskip("vtk")
+
+GTVP, GTVN = 1, 2
+
+
+@pytest.fixture(scope="module")
+def module():
+    return load_module()
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def logic(module, scene, tmp_path):
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    return module.NPCPrognosisLogic(scene=scene, segmentationsLogic=segmentations, workDirectory=tmp_path)
+
+
+def _image(shape=(12, 14, 9), spacing=(0.8, 0.9, 3.0), direction=None, origin=(-40.0, 22.5, 7.25), seed=0):
+    rng = np.random.default_rng(seed)
+    image = sitk.GetImageFromArray(rng.normal(100, 20, shape[::-1]).astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection([float(v) for v in np.asarray(direction).ravel()])
+    return image
+
+
+def _mask_like(image, gtvn=True):
+    size = image.GetSize()
+    array = np.zeros(size[::-1], np.uint8)
+    array[2:6, 3:8, 2:7] = GTVP
+    if gtvn:
+        array[5:8, 9:12, 7:10] = GTVN
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(image)
+    return mask
+
+
+def _rotation(degrees_z, degrees_x):
+    z, x = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    return rz @ rx
+
+
+def _volume(logic, image, name="t1c", cls="vtkMRMLScalarVolumeNode"):
+    node = logic.scene.AddNewNodeByClass(cls, name)
+    return logic.updateVolumeNodeFromSitk(node, image)
+
+
+def _labelmaps(scene):
+    nodes = scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+def _paint(logic, segmentation, segment_id, array, reference):
+    """What Segment Editor does to a segment: replace its binary labelmap (on the reference grid)."""
+    scratch = logic.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "paint")
+    scratch.CopyOrientation(reference)
+    slicer.util.updateVolumeFromArray(scratch, array.astype(np.uint8))
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(scratch)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented, segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    logic.scene.RemoveNode(scratch)
+
+
+def _classes(scene):
+    return [scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes())]
+
+
+def _imported(logic, tmp_path, image, mask=None, name="NPC contours"):
+    reference = _volume(logic, image)
+    path = tmp_path / f"{name}.nii.gz"
+    sitk.WriteImage(mask if mask is not None else _mask_like(image), str(path))
+    segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    return reference, logic.importSegmentation(path, reference, segmentation)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+GEOMETRIES = {
+    "oblique": dict(direction=_rotation(20, 12)),
+    "flipped": dict(direction=np.diag([-1.0, 1.0, -1.0])),
+    "non-unit spacing, LPS identity": dict(spacing=(0.43, 0.43, 4.4)),
+    "oblique and flipped": dict(direction=_rotation(-35, 5) @ np.diag([1.0, -1.0, 1.0]), spacing=(1.1, 0.7, 3.3)),
+}
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_volume_to_simpleitk_and_back_keeps_voxels_and_geometry_exactly(logic, geometry):
+    image = _image(**GEOMETRIES[geometry])
+    node = _volume(logic, image)
+    back = logic.sitkFromVolumeNode(node)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-9)
+    # Independently: Slicer's RAS position of a voxel is SimpleITK's LPS position with x and y negated.
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    for index in [(0, 0, 0), (11, 13, 8), (3, 7, 5)]:
+        ras = ijk_to_ras.MultiplyPoint([*index, 1.0])[:3]
+        lps = image.TransformIndexToPhysicalPoint(index)
+        np.testing.assert_allclose(ras, [-lps[0], -lps[1], lps[2]], atol=1e-9)
+
+
+def test_volume_under_a_transform_is_refused_until_hardened(module, logic):
+    node = _volume(logic, _image())
+    transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(module.NPCPrognosisError, match="Harden the transform"):
+        logic.sitkFromVolumeNode(node)
+    node.SetAndObserveTransformNodeID(None)
+    assert logic.sitkFromVolumeNode(node).GetSize() == (12, 14, 9)
+
+
+# ---------------------------------------------------------------------------------------------- import
+def test_import_names_colours_tags_segments_and_leaves_no_stray_nodes(module, logic, tmp_path):
+    from NPCPrognosisLib.contract import SEGMENTS
+
+    image = _image(direction=_rotation(15, 0))
+    _, segmentation = _imported(logic, tmp_path, image)
+    seg = segmentation.GetSegmentation()
+    names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+    assert names == ["GTVp", "GTVn"]
+    for i, expected in enumerate(SEGMENTS):
+        segment = seg.GetNthSegment(i)
+        np.testing.assert_allclose(segment.GetColor(), expected["color"], atol=1e-6)
+        tag = vtk.reference("")
+        assert segment.GetTag(module.LABEL_TAG, tag) and str(tag) == str(expected["label"])
+        assert "SCT^" in segment.GetTerminology()
+    classes = _classes(logic.scene)
+    assert "vtkMRMLColorTableNode" not in classes
+    labelmaps = _labelmaps(logic.scene)
+    assert len(labelmaps) == 1 and labelmaps[0].GetHideFromEditors()  # only the hidden automatic copy
+    assert logic.automaticLabelmapFor(segmentation) is labelmaps[0]
+
+
+def test_importing_again_replaces_the_automatic_copy(logic, tmp_path):
+    image = _image()
+    reference, segmentation = _imported(logic, tmp_path, image)
+    mask = _mask_like(image, gtvn=False)
+    sitk.WriteImage(mask, str(tmp_path / "second.nii.gz"))
+    logic.importSegmentation(tmp_path / "second.nii.gz", reference, segmentation)
+    labelmaps = _labelmaps(logic.scene)
+    assert len(labelmaps) == 1
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(logic.automaticLabelmapFor(segmentation)),
+                                  sitk.GetArrayFromImage(mask))
+
+
+# ---------------------------------------------------------------------------------------------- export
+def test_export_reproduces_the_mask_on_the_cet1w_grid_without_leaving_colour_tables(logic, tmp_path):
+    image = _image(direction=_rotation(-25, 8) @ np.diag([-1.0, 1.0, 1.0]))
+    mask = _mask_like(image)
+    reference, segmentation = _imported(logic, tmp_path, image, mask)
+    before = _classes(logic.scene)
+    path = logic._writeSegmentation(segmentation, reference, tmp_path / "exported.nii.gz")
+    exported = sitk.ReadImage(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
+    np.testing.assert_allclose(exported.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(exported.GetOrigin(), image.GetOrigin(), atol=1e-6)
+    assert _classes(logic.scene) == before  # no *_ColorTable, display or labelmap node left behind
+
+
+def test_renamed_segments_are_still_exported_by_their_tag(logic, tmp_path):
+    image = _image()
+    mask = _mask_like(image)
+    reference, segmentation = _imported(logic, tmp_path, image, mask)
+    seg = segmentation.GetSegmentation()
+    seg.GetNthSegment(0).SetName("Mass")  # Segment Editor's terminology picker renames segments
+    seg.GetNthSegment(1).SetName("Lymph node")
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "renamed.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
+
+
+def test_added_segments_are_reported_not_silently_dropped(logic, tmp_path):
+    image = _image()
+    mask = _mask_like(image)
+    reference, segmentation = _imported(logic, tmp_path, image, mask)
+    added = segmentation.GetSegmentation().AddEmptySegment("", "Second primary?")
+    extra = np.zeros(image.GetSize()[::-1], np.uint8)
+    extra[8:9, 1:3, 1:3] = 1
+    _paint(logic, segmentation, added, extra, reference)
+    warnings = []
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "x.nii.gz", warnings))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
+    assert len(warnings) == 1 and "Second primary?" in warnings[0] and "rename" in warnings[0]
+
+
+def test_segments_drawn_by_hand_and_named_gtvp_gtvn_are_exported(logic):
+    image = _image()
+    reference = _volume(logic, image)
+    segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "manual")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    assert not logic.hasContours(segmentation)  # a new empty segmentation cannot be used (Predict stays off)
+    gtvp = segmentation.GetSegmentation().AddEmptySegment("", "gtvp")  # case does not matter
+    drawn = np.zeros(image.GetSize()[::-1], np.uint8)
+    drawn[3:5, 4:6, 4:6] = 1
+    _paint(logic, segmentation, gtvp, drawn, reference)
+    assert logic.hasContours(segmentation)
+    labelmap = logic.exportLabelmap(segmentation, reference)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap), drawn)  # empty GTVn: no label 2
+
+
+def test_empty_gtvn_and_missing_gtvp(module, logic, tmp_path):
+    image = _image()
+    mask = _mask_like(image, gtvn=False)
+    reference, segmentation = _imported(logic, tmp_path, image, mask)
+    segmentation.GetSegmentation().AddEmptySegment("", "GTVn")
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "n0.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
+    segmentation.GetSegmentation().RemoveSegment(segmentation.GetSegmentation().GetNthSegmentID(0))
+    with pytest.raises(module.NPCPrognosisError, match="no GTVp"):
+        logic.exportLabelmap(segmentation, reference)
+
+
+# ---------------------------------------------------------------------------------------------- correction loop
+def test_contour_change_is_measured_against_this_segmentations_own_automatic_contours(logic, tmp_path):
+    from NPCPrognosisLib.imaging.overlap import dice
+
+    image = _image()
+    mask = _mask_like(image)
+    reference, edited = _imported(logic, tmp_path, image, mask, name="patient A")
+    other_mask = _mask_like(image, gtvn=False)
+    sitk.WriteImage(other_mask, str(tmp_path / "b.nii.gz"))
+    untouched = logic.importSegmentation(tmp_path / "b.nii.gz", reference,
+                                         logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "patient B"))
+    assert logic.automaticLabelmapFor(edited) is not logic.automaticLabelmapFor(untouched)
+    # The radiologist enlarges GTVp of A by one slab in Segment Editor.
+    gtvp_id = edited.GetSegmentation().GetNthSegmentID(0)
+    grown = (sitk.GetArrayFromImage(mask) == GTVP).astype(np.uint8)
+    grown[6, 3:8, 2:7] = 1
+    _paint(logic, edited, gtvp_id, grown, reference)
+    change = logic.contourChange(edited, reference)
+    expected = dice(sitk.GetArrayFromImage(mask) == GTVP, grown.astype(bool))
+    assert change["structures"]["GTVp"]["dice"] == pytest.approx(expected)
+    assert change["structures"]["GTVp"]["volume_change_ml"] > 0
+    assert change["structures"]["GTVn"]["dice"] == pytest.approx(1.0)
+    assert logic.contourChange(untouched, reference)["structures"]["GTVp"]["dice"] == pytest.approx(1.0)
+
+
+def test_the_widget_no_longer_passes_the_last_segmentation_baseline():
+    source = (ROOT / "NPCPrognosis.py").read_text()
+    assert "automaticLabelmap=p.automaticLabelmap" not in source
+    assert "def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId=\"patient\", " \
+           "waitForCompletion=True" in source
+
+
+# ---------------------------------------------------------------------------------------------- tables, plots
+def test_features_become_a_table_node(logic):
+    import json
+
+    from NPCPrognosisLib.resources import DEMO_BUNDLE
+
+    document = json.loads((Path(DEMO_BUNDLE) / "bundle.json").read_text())
+    columns = document["feature_columns"]
+    features = {name: float(i) for i, name in enumerate(columns)}
+    table = logic.featuresToTable(features, DEMO_BUNDLE)
+    assert table.IsA("vtkMRMLTableNode") and logic.scene.GetNodeByID(table.GetID()) is table
+    assert table.GetNumberOfRows() == len(columns) and table.GetNumberOfColumns() == 3
+    assert [table.GetColumnName(i) for i in range(3)] == ["feature", "value", "in Rad-score"]
+    used = set(document["signature"]["features"])
+    for row in (0, len(columns) - 1):
+        name = table.GetCellText(row, 0)
+        assert float(table.GetCellText(row, 1)) == features[name]
+        assert int(table.GetCellText(row, 2)) == (name in used)
+
+
+def test_survival_plot_is_a_chart_with_one_series_per_curve(logic):
+    months = np.arange(0, 61, 6.0)
+    curves = {"months": months.tolist(), "this patient": np.exp(-months / 80).tolist(),
+              "high-risk group (median)": np.exp(-months / 40).tolist(),
+              "low-risk group (median)": np.exp(-months / 150).tolist()}
+    chart = logic.showSurvivalPlot(curves, title="DMFS", showInLayout=False)
+    assert chart.GetNumberOfPlotSeriesNodes() == 3
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(3)]
+    assert {s.GetYColumnName() for s in series} == set(curves) - {"months"}
+    table = series[0].GetTableNode()
+    values = slicer.util.arrayFromTableColumn(table, "this patient")
+    np.testing.assert_allclose(values, curves["this patient"])
+    again = logic.showSurvivalPlot(curves, title="DMFS", showInLayout=False)  # re-predicting reuses the nodes
+    assert again is chart and chart.GetNumberOfPlotSeriesNodes() == 3
+
+
+# ---------------------------------------------------------------------------------------------- static checks
+def test_every_slicer_util_function_the_module_calls_exists_in_slicer():
+    used = set(re.findall(r"slicer\.util\.([A-Za-z_]+)", (ROOT / "NPCPrognosis.py").read_text()))
+    missing = sorted(name for name in used if not hasattr(slicer.util, name))
+    assert missing == [], f"not in slicer.util: {missing}"
+
+
+def test_every_ui_property_is_set_once_per_widget():
+    tree = ET.parse(ROOT / "Resources" / "UI" / "NPCPrognosis.ui")
+    repeated = []
+    for widget in tree.iter("widget"):
+        names = [p.get("name") for p in widget.findall("property")]
+        repeated += [f"{widget.get('name')}.{n}" for n in set(names) if names.count(n) > 1]
+    assert repeated == []
