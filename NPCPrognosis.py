@@ -129,8 +129,6 @@ class NPCPrognosisParameterNode:
     t1Volume: vtkMRMLScalarVolumeNode
     t2Volume: vtkMRMLScalarVolumeNode
     t1cVolume: vtkMRMLScalarVolumeNode
-    petVolume: vtkMRMLScalarVolumeNode
-    ctVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     automaticLabelmap: vtkMRMLLabelMapVolumeNode
     featuresTable: vtkMRMLTableNode
@@ -462,11 +460,26 @@ class NPCPrognosisJobRunner:
         return jobPath
 
     def _launch(self, job):
+        """Start the job in a process group (POSIX: a new session) of its own, so Cancel can end all of it.
+
+        PythonSlicer is a launcher that starts the real Python as its child: killing the launcher alone leaves
+        the job running. cwd = module folder, so `-m NPCPrognosisLib...` imports this extension's core; output
+        goes to a log file (the job redirects its descriptors), so the pipe cannot fill up and block the process.
+        """
+        import subprocess
+
         jobPath = self._writeJob(job)
-        # cwd = module folder, so `-m NPCPrognosisLib...` imports this extension's core; output goes to a log file
-        # (the job redirects its descriptors), so the pipe cannot fill up and block the process.
-        return slicer.util.launchConsoleProcess(
-            [self._pythonSlicer(), "-m", "NPCPrognosisLib.slicer_support.jobs", str(jobPath)], cwd=str(MODULE_DIR))
+        args = [self._pythonSlicer(), "-m", "NPCPrognosisLib.slicer_support.jobs", str(jobPath)]
+        env = slicer.util.startupEnvironment() if getattr(slicer, "app", None) is not None else None
+        if os.name == "nt":
+            info = subprocess.STARTUPINFO()
+            info.dwFlags = 1  # STARTF_USESHOWWINDOW: no console window
+            info.wShowWindow = 0
+            return subprocess.Popen(args, env=env, cwd=str(MODULE_DIR), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, universal_newlines=True, startupinfo=info,
+                                    creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+        return subprocess.Popen(args, env=env, cwd=str(MODULE_DIR), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True, start_new_session=True)
 
     @staticmethod
     def _collect(job, returncode, output=""):
@@ -550,18 +563,26 @@ class NPCPrognosisJobRunner:
         onDone(result, None)
 
     def cancel(self):
+        """Stop the job now (Cancel, scene close, quit): the timer may never fire again once Slicer quits."""
         self._cancelRequested = True
+        if self._process is not None:
+            self._kill(self._process)
 
     @staticmethod
     def _kill(process):
-        """Kill the job and its children: PythonSlicer may be a launcher whose kill leaves the real Python running."""
-        try:
-            import psutil
+        """End the job with every process it started (its whole process group; on Windows its process tree)."""
+        import signal
+        import subprocess
 
-            for child in psutil.Process(process.pid).children(recursive=True):
-                child.kill()
-        except Exception:  # noqa: BLE001 - psutil missing or the process already gone
-            pass
+        if process.poll() is not None:
+            return
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+        else:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the group the job leads (start_new_session)
+            except ProcessLookupError:
+                pass
         process.kill()
 
 
@@ -905,6 +926,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 self.scene.RemoveNode(display)
         labelmapNode.SetName(f"{segmentationNode.GetName()} automatic (hidden)")
         labelmapNode.SetHideFromEditors(True)
+        if labelmapNode.GetStorageNode() is None:
+            labelmapNode.AddDefaultStorageNode()  # saved with the scene, so the baseline survives a reload
         labelmapNode.SetAttribute(AUTOMATIC_ATTRIBUTE, segmentationNode.GetID())
         segmentationNode.SetNodeReferenceID(AUTOMATIC_REFERENCE, labelmapNode.GetID())
 
@@ -924,16 +947,34 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ actions
     def _runJob(self, job, finish, waitForCompletion, onFinished):
-        """Run a job, then ``finish(result)`` turns its files into nodes; sync returns, async calls back."""
+        """Run a job, then ``finish(result)`` turns its files into nodes; sync returns, async calls back.
+
+        The job folder (inputs written from the scene, outputs of the core) is removed once the result is in the
+        scene or the job failed: nothing accumulates under Slicer's temporary folder.
+        """
+        folder = pathlib.Path(job["out_dir"])
+
+        def finishAndClean(result):
+            try:
+                return finish(result)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
         if waitForCompletion:
-            return finish(self.runner.runAndWait(job, self.progressCallback))
+            try:
+                result = self.runner.runAndWait(job, self.progressCallback)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            return finishAndClean(result)
 
         def done(result, error):
             if error is not None:
+                shutil.rmtree(folder, ignore_errors=True)
                 onFinished(None, error)
                 return
             try:
-                output = finish(result)
+                output = finishAndClean(result)
             except Exception as exc:  # noqa: BLE001 - reported to the widget
                 onFinished(None, exc)
                 return

@@ -324,3 +324,102 @@ def test_every_ui_property_is_set_once_per_widget():
         names = [p.get("name") for p in widget.findall("property")]
         repeated += [f"{widget.get('name')}.{n}" for n in set(names) if names.count(n) > 1]
     assert repeated == []
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+@pytest.mark.skipif(__import__("os").name == "nt", reason="the POSIX process-group path; Windows uses taskkill /T")
+def test_cancel_ends_the_whole_job_not_only_the_launcher(module, tmp_path):
+    """PythonSlicer is a launcher whose child is the real Python: Cancel must end both."""
+    import os
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text("#!/bin/sh\n"  # a launcher that forks (not execs) the real interpreter, as Slicer's does
+                        f"{subprocess.list2cmdline([__import__('sys').executable])} -c "
+                        f"\"import os, time; open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(120)\"\n"
+                        "echo launcher-done\n")
+    launcher.chmod(0o755)
+    runner = module.NPCPrognosisJobRunner()
+    runner._pythonSlicer = lambda: str(launcher)
+    process = runner._launch({"action": "segment", "out_dir": str(tmp_path / "job")})
+    runner._process = process
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    runner.cancel()
+    process.wait(timeout=10)
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the interpreter started by the launcher survived Cancel")
+
+
+def _save_scene(scene, folder):
+    """What Slicer's Save dialog does: every storable node written through its (default) storage node, then the
+    .mrml file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = scene.GetNodesByClass("vtkMRMLStorableNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        if storage is None:
+            continue
+        storage.SetFileName(str(folder / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), node.GetName()
+    scene.SetURL(str(folder / "scene.mrml"))
+    assert scene.Commit()
+    return folder / "scene.mrml"
+
+
+def test_a_saved_and_reloaded_scene_keeps_the_parameters_and_the_correction_baseline(module, logic, tmp_path):
+    image = _image(direction=_rotation(10, 0))
+    mask = _mask_like(image)
+    reference, segmentation = _imported(logic, tmp_path, image, mask)
+    parameters = logic.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "NPCPrognosis")
+    parameters.SetParameter("patientId", "NPC-0042")
+    parameters.SetNodeReferenceID("segmentation", segmentation.GetID())
+    parameters.SetNodeReferenceID("t1cVolume", reference.GetID())
+    path = _save_scene(logic.scene, tmp_path / "saved")
+
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetURL(str(path))
+    assert reloaded.Connect()
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(reloaded)
+    again = module.NPCPrognosisLogic(scene=reloaded, segmentationsLogic=segmentations, workDirectory=tmp_path)
+    params = reloaded.GetFirstNodeByName("NPCPrognosis")
+    assert params.GetParameter("patientId") == "NPC-0042"
+    segmentation2, reference2 = params.GetNodeReference("segmentation"), params.GetNodeReference("t1cVolume")
+    baseline = again.automaticLabelmapFor(segmentation2)
+    assert baseline is not None and baseline.GetHideFromEditors()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(baseline), sitk.GetArrayFromImage(mask))
+    assert again.contourChange(segmentation2, reference2)["structures"]["GTVp"]["dice"] == pytest.approx(1.0)
+    tag = vtk.reference("")
+    assert segmentation2.GetSegmentation().GetNthSegment(0).GetTag(module.LABEL_TAG, tag) and str(tag) == "1"
+
+
+def test_job_folders_are_removed_once_the_result_is_imported(logic, tmp_path):
+    folder = logic._newJobDirectory()
+    (folder / "t1c.nii.gz").write_bytes(b"scratch")
+
+    class Runner:
+        def runAndWait(self, job, onProgress=None):
+            return {"value": 3}
+
+    logic.runner = Runner()
+    out = logic._runJob({"out_dir": str(folder)}, lambda result: result["value"] * 2, True, None)
+    assert out == 6 and not folder.exists()
+    failing = logic._newJobDirectory()
+    with pytest.raises(ZeroDivisionError):
+        logic._runJob({"out_dir": str(failing)}, lambda result: 1 / 0, True, None)
+    assert not failing.exists()
