@@ -41,6 +41,16 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+try:  # Slicer's translation layer (5.3+): user-facing strings go through it
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # older Slicer
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
 # The demo model and sample patient ship with the core as package data (the demo network once, inside the demo
 # bundle); NPCPrognosisLib.resources imports the standard library only, so this costs nothing at load time.
 from NPCPrognosisLib.contract import SEQUENCES
@@ -77,18 +87,18 @@ class NPCPrognosisError(RuntimeError):
 class NPCPrognosis(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "NPC Prognosis"
-        self.parent.categories = ["Quantification"]
+        self.parent.title = _("NPC Prognosis")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["NPCPrognosis contributors"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segments the primary tumour (GTVp) and metastatic nodes (GTVn) of nasopharyngeal carcinoma on "
             "T1W/T2W/contrast-enhanced T1W MRI, extracts radiomics, and combines the Rad-score with clinical "
             "factors in a Cox nomogram: risk score and group, 1/3/5-year survival, nomogram points. "
             "Edit the contours and predict again to see what the edit changed. Research software, not for "
             "clinical use; the shipped demo model and sample patient are SYNTHETIC."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Built on 3D Slicer, SimpleITK, PyRadiomics, scikit-survival, PyTorch and MONAI."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -193,6 +203,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = NPCPrognosisLogic()
         self.logic.progressCallback = self.onProgress
+        self.logic.logCallback = self.onLog
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -209,6 +220,14 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.logic.cancel()
         self.removeObservers()
+
+    def onReload(self):
+        """Reload the core library with the module, so an edited NPCPrognosisLib takes effect without a restart."""
+        import sys
+
+        for name in [n for n in sys.modules if n == "NPCPrognosisLib" or n.startswith("NPCPrognosisLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
         self.initializeParameterNode()
@@ -261,8 +280,10 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
 
     # ------------------------------------------------------------------ running jobs
-    def _run(self, button, start, store):
+    def _run(self, button, action, start, store):
         """Start a job; its button turns into Cancel until it finishes.
+
+        ``action`` names the packages the job needs (only those are installed first).
 
         ``start(onFinished)`` launches the logic call; ``store(output)`` keeps a successful result (parameter node,
         panel) before the button is restored.
@@ -272,15 +293,15 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.cancel()
             return
         try:
-            if not self.logic.ensureDependencies(askConfirmation=True):
-                self.ui.statusLabel.text = "Missing Python packages were not installed; nothing was run."
+            if not self.logic.ensureDependencies(action, askConfirmation=True):
+                self.ui.statusLabel.text = _("Missing Python packages were not installed; nothing was run.")
                 return
         except NPCPrognosisError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis: Python packages")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("NPCPrognosis: Python packages"))
             return
         self._runningButton = button
         self._runningText = button.text
-        button.text = "Cancel"
+        button.text = _("Cancel")
         for other in (self.ui.segmentButton, self.ui.editButton, self.ui.extractButton, self.ui.predictButton,
                       self.ui.exportButton):
             if other is not button:
@@ -309,14 +330,18 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(False)
             self._checkCanApply()
         if error is None:
-            self.ui.statusLabel.text = "Done."
+            self.ui.statusLabel.text = _("Done.")
             return
         if isinstance(error, NPCPrognosisCancelled):
-            self.ui.statusLabel.text = "Cancelled."
+            self.ui.statusLabel.text = _("Cancelled.")
             return
         logging.error("NPCPrognosis: %s", error, exc_info=error if isinstance(error, BaseException) else None)
-        self.ui.statusLabel.text = f"Failed: {error}"
-        slicer.util.errorDisplay(str(error), windowTitle="NPCPrognosis")
+        self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+        slicer.util.errorDisplay(str(error), windowTitle=_("NPCPrognosis"))
+
+    def onLog(self, text):
+        """The job's log, streamed into the collapsible Log area."""
+        self.ui.logTextEdit.appendPlainText(text.rstrip("\n"))
 
     def onProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -333,13 +358,14 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.segmentation = segmentation
             p.automaticLabelmap = self.logic.automaticLabelmapFor(segmentation)
 
-        self._run(self.ui.segmentButton, lambda onFinished: self.logic.segment(
+        self._run(self.ui.segmentButton, "segment", lambda onFinished: self.logic.segment(
             self._volumes(), str(p.networkPath), segmentationNode=p.segmentation, tta=p.tta, patientId=p.patientId,
             waitForCompletion=False, onFinished=onFinished), store)
 
     def onEdit(self):
         p = self._parameterNode
-        self.logic.openSegmentEditor(p.segmentation, p.t1cVolume)
+        with slicer.util.tryWithErrorDisplay(_("Could not open the Segment Editor."), waitCursor=True):
+            self.logic.openSegmentEditor(p.segmentation, p.t1cVolume)
 
     def onExtract(self):
         p = self._parameterNode
@@ -348,7 +374,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.featuresTable = table
             self.logic.showTable(table)
 
-        self._run(self.ui.extractButton, lambda onFinished: self.logic.extractFeatures(
+        self._run(self.ui.extractButton, "extract", lambda onFinished: self.logic.extractFeatures(
             self._volumes(), p.segmentation, str(p.bundlePath), tableNode=p.featuresTable, patientId=p.patientId,
             waitForCompletion=False, onFinished=onFinished), store)
 
@@ -359,7 +385,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             parse_clinical_form(clinicalForm(p), p.patientId)
         except ValueError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis: clinical form")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("NPCPrognosis: clinical form"))
             return
 
         def store(result):
@@ -367,24 +393,22 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showResult(result)
             self.logic.showSurvivalPlot(result["curves"], title=result["prediction"]["endpoint"].upper())
 
-        self._run(self.ui.predictButton, lambda onFinished: self.logic.predict(
+        action = self.logic.predictAction(str(p.bundlePath), p.segmentation)
+        self._run(self.ui.predictButton, action, lambda onFinished: self.logic.predict(
             self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p), patientId=p.patientId,
             waitForCompletion=False, onFinished=onFinished), store)
 
     def onExport(self):
         p = self._parameterNode
-        try:
+        with slicer.util.tryWithErrorDisplay(_("Could not write the report."), waitCursor=True):
             paths = self.logic.exportReport(json.loads(p.lastResultJson), str(p.reportDirectory))
-        except (OSError, ValueError) as exc:
-            slicer.util.errorDisplay(f"Could not write the report: {exc}", windowTitle="NPCPrognosis")
-            return
-        self.ui.statusLabel.text = f"Report written: {paths['html']}"
+            self.ui.statusLabel.text = _("Report written: {path}").format(path=paths["html"])
 
     def onLoadSample(self):
-        try:
+        nodes, clinical = None, None
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample patient."), waitCursor=True):
             nodes, clinical = self.logic.loadSamplePatient()
-        except NPCPrognosisError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="NPCPrognosis")
+        if nodes is None:  # the error was shown
             return
         p = self._parameterNode
         p.t1Volume, p.t2Volume, p.t1cVolume = nodes["t1"], nodes["t2"], nodes["t1c"]
@@ -438,6 +462,8 @@ class NPCPrognosisJobRunner:
         self._job = None
         self._onDone = None
         self._onProgress = None
+        self._onLog = None
+        self._logOffset = 0
 
     def isRunning(self):
         return self._process is not None
@@ -516,7 +542,7 @@ class NPCPrognosisJobRunner:
         except ValueError as exc:  # InputError is a ValueError: a message for the user
             raise NPCPrognosisError(str(exc)) from None
 
-    def start(self, job, onDone, onProgress=None):
+    def start(self, job, onDone, onProgress=None, onLog=None):
         """Start without blocking; onDone(result, error) is called from the Qt event loop."""
         if self.isRunning():
             raise NPCPrognosisError("another NPCPrognosis job is still running")
@@ -528,7 +554,8 @@ class NPCPrognosisJobRunner:
                 return
             onDone(result, None)
             return
-        self._job, self._onDone, self._onProgress = job, onDone, onProgress
+        self._job, self._onDone, self._onProgress, self._onLog = job, onDone, onProgress, onLog
+        self._logOffset = 0
         self._cancelRequested = False
         self._process = self._launch(job)
         self._timer = qt.QTimer()
@@ -544,6 +571,7 @@ class NPCPrognosisJobRunner:
                 self._onProgress(state["fraction"], state["message"])
             except (ValueError, KeyError, OSError):
                 pass  # being replaced right now; read it at the next tick
+        self._streamLog()
         if self._process.poll() is None and not self._cancelRequested:
             return
         self._timer.stop()
@@ -561,6 +589,18 @@ class NPCPrognosisJobRunner:
             onDone(None, exc)
             return
         onDone(result, None)
+
+    def _streamLog(self):
+        """New lines of the job's log file since the last tick, to the log callback."""
+        logPath = pathlib.Path(self._job["out_dir"]) / "job.log"
+        if self._onLog is None or not logPath.exists():
+            return
+        with open(logPath, encoding="utf-8", errors="replace") as handle:
+            handle.seek(self._logOffset)
+            text = handle.read()
+            self._logOffset = handle.tell()
+        if text:
+            self._onLog(text)
 
     def cancel(self):
         """Stop the job now (Cancel, scene close, quit): the timer may never fire again once Slicer quits."""
@@ -600,6 +640,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.runner = NPCPrognosisJobRunner()
         self.progressCallback = None
+        self.logCallback = None
         self._scene = scene
         self._segmentationsLogic = segmentationsLogic
         self._workRoot = workDirectory
@@ -629,28 +670,50 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         self.runner.cancel()
 
     # ------------------------------------------------------------------ dependencies
-    def missingDependencies(self):
-        from NPCPrognosisLib.slicer_support.dependencies import missing_dependencies
+    def missingDependencies(self, action=None):
+        from NPCPrognosisLib.slicer_support.dependencies import dependencies_for, missing_dependencies
 
-        return missing_dependencies()
+        return missing_dependencies(dependencies_for(action))
 
-    def ensureDependencies(self, askConfirmation=True):
-        """Install what is missing after one confirmation; False when the user declined."""
+    def predictAction(self, bundlePath, segmentationNode=None):
+        """Which packages Predict needs: the network's too when the bundle ships one (deep score, automatic
+        contours)."""
+        bundle = pathlib.Path(bundlePath or DEMO_BUNDLE)
+        return "predict_with_network" if (bundle / "network").is_dir() else "predict"
+
+    _installing = False  # one pip at a time, whichever panel or console asked
+
+    def ensureDependencies(self, action=None, askConfirmation=True):
+        """Install what ``action`` is missing after one confirmation; False when the user declined.
+
+        Needs no network when everything is present (the self-test runs offline). Refuses a second installation
+        while one runs, and on Slicer's Python 3.12+ points to the SlicerRadiomics extension for PyRadiomics.
+        """
+        import sys
+
         from NPCPrognosisLib.slicer_support import dependencies as h
 
-        missing = self.missingDependencies()
+        missing = self.missingDependencies(action)
         if not missing:
             return True
+        if NPCPrognosisLogic._installing:
+            raise NPCPrognosisError("Python packages are being installed already; wait for it to finish.")
+        instead = h.installable(missing, sys.version_info[:2])
+        if instead:
+            raise NPCPrognosisError(instead)
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(h.install_question(missing)):
             return False
         names = ", ".join(m["distribution"] for m in missing)
+        NPCPrognosisLogic._installing = True
         try:
             self._install(missing)
         except Exception as exc:  # noqa: BLE001 - pip failures come in many types
             if not self._indexReachable():
                 raise NPCPrognosisError(h.OFFLINE_MESSAGE.format(packages=names)) from None
             raise NPCPrognosisError(f"Could not install {names}: {exc}") from None
-        still = self.missingDependencies()
+        finally:
+            NPCPrognosisLogic._installing = False
+        still = self.missingDependencies(action)
         if still:
             raise NPCPrognosisError("Still missing after installation: " + ", ".join(m["requirement"] for m in still)
                                     + ". Restart Slicer and try again.")
@@ -980,7 +1043,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 return
             onFinished(output, None)
 
-        self.runner.start(job, done, self.progressCallback)
+        self.runner.start(job, done, self.progressCallback, self.logCallback)
         return None
 
     def segment(self, volumes, networkPath, segmentationNode=None, tta=0, patientId="patient",

@@ -23,6 +23,41 @@ DEPENDENCIES = (
 )
 
 
+#: What each panel action imports in its job; an action installs only what it needs (Segment does not wait for
+#: PyRadiomics, Export does not wait for torch). Predict needs the network too when the bundle carries one.
+ACTIONS = {
+    "segment": ("torch", "monai", "safetensors", "pandas"),
+    "extract": ("pyradiomics", "PyYAML", "pandas", "scikit-survival"),
+    "predict": ("pyradiomics", "PyYAML", "pandas", "scikit-survival", "matplotlib"),
+    "predict_with_network": ("pyradiomics", "PyYAML", "pandas", "scikit-survival", "matplotlib", "torch", "monai",
+                             "safetensors"),
+    "export": ("matplotlib",),
+}
+
+#: PyRadiomics 3.0.1 publishes no wheel for Python >= 3.12 (Slicer >= 5.10), and building it needs a compiler:
+#: there, the SlicerRadiomics extension provides it.
+PYRADIOMICS_WHEEL_PYTHON = (3, 12)
+SLICER_RADIOMICS_MESSAGE = ("PyRadiomics has no installable package for this Slicer's Python {python}. Install the "
+                            "SlicerRadiomics extension (View > Extensions Manager > SlicerRadiomics), restart Slicer "
+                            "and try again: it provides PyRadiomics.")
+
+
+def dependencies_for(action: str | None) -> tuple[tuple[str, str, str, str], ...]:
+    """The :data:`DEPENDENCIES` rows one action needs (all of them for ``None``)."""
+    if action is None:
+        return DEPENDENCIES
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {sorted(ACTIONS)}")
+    return tuple(row for row in DEPENDENCIES if row[0] in ACTIONS[action])
+
+
+def installable(missing: Sequence[Mapping[str, str]], python: tuple[int, int]) -> str | None:
+    """None when pip can install ``missing`` on this Python, else the message saying what to do instead."""
+    if python >= PYRADIOMICS_WHEEL_PYTHON and any(m["distribution"] == "pyradiomics" for m in missing):
+        return SLICER_RADIOMICS_MESSAGE.format(python=".".join(map(str, python)))
+    return None
+
+
 def _version_tuple(text: str) -> tuple[int, ...]:
     parts = []
     for piece in text.split("."):

@@ -423,3 +423,31 @@ def test_job_folders_are_removed_once_the_result_is_imported(logic, tmp_path):
     with pytest.raises(ZeroDivisionError):
         logic._runJob({"out_dir": str(failing)}, lambda result: 1 / 0, True, None)
     assert not failing.exists()
+
+
+def test_dependencies_install_once_at_a_time_and_never_without_need(module, logic, monkeypatch):
+    calls = []
+    monkeypatch.setattr(module.NPCPrognosisLogic, "_install", staticmethod(lambda missing: calls.append(missing)))
+    assert logic.ensureDependencies("extract", askConfirmation=False)  # everything present: no pip, no network
+    assert calls == []
+    fake = [{"distribution": "monai", "requirement": "monai>=1.3", "why": "x", "import": "monai", "installed": ""}]
+    monkeypatch.setattr(logic, "missingDependencies", lambda action=None: fake if not calls else [])
+    monkeypatch.setattr(module.NPCPrognosisLogic, "_installing", True)
+    with pytest.raises(module.NPCPrognosisError, match="being installed already"):
+        logic.ensureDependencies("segment", askConfirmation=False)
+    monkeypatch.setattr(module.NPCPrognosisLogic, "_installing", False)
+    assert logic.ensureDependencies("segment", askConfirmation=False) and calls == [fake]
+    assert module.NPCPrognosisLogic._installing is False
+
+
+def test_the_job_log_streams_in_increments(module, tmp_path):
+    runner = module.NPCPrognosisJobRunner()
+    seen = []
+    runner._job, runner._onLog = {"out_dir": str(tmp_path)}, seen.append
+    (tmp_path / "job.log").write_text("preprocessing\n")
+    runner._streamLog()
+    with open(tmp_path / "job.log", "a") as handle:
+        handle.write("radiomics 1/3\n")
+    runner._streamLog()
+    runner._streamLog()
+    assert seen == ["preprocessing\n", "radiomics 1/3\n"]

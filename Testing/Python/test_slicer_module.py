@@ -559,3 +559,27 @@ def test_panel_and_command_line_give_the_same_numbers(tmp_path):
     for name, values in command_line["survival_curves"].items():
         assert np.allclose(np.array(values, dtype=float), np.array(panel["curves"][name], dtype=float),
                            equal_nan=True), name
+
+
+def test_each_action_installs_only_what_its_job_imports():
+    segment = {row[0] for row in dependencies.dependencies_for("segment")}
+    extract = {row[0] for row in dependencies.dependencies_for("extract")}
+    assert "torch" in segment and "pyradiomics" not in segment
+    assert "pyradiomics" in extract and "torch" not in extract
+    assert {row[0] for row in dependencies.dependencies_for("export")} == {"matplotlib"}
+    assert {row[0] for row in dependencies.dependencies_for("predict_with_network")} >= {"torch", "pyradiomics"}
+    assert len(dependencies.dependencies_for(None)) == len(dependencies.DEPENDENCIES)
+    with pytest.raises(ValueError, match="unknown action"):
+        dependencies.dependencies_for("train")
+    # Every package an action names is a declared dependency (no typo silently skipping one).
+    declared = {row[0] for row in dependencies.DEPENDENCIES}
+    for names in dependencies.ACTIONS.values():
+        assert set(names) <= declared
+
+
+def test_pyradiomics_on_python_312_points_to_the_slicer_radiomics_extension():
+    missing = [{"distribution": "pyradiomics", "requirement": "pyradiomics>=3.0.1"}]
+    assert dependencies.installable(missing, (3, 11)) is None
+    message = dependencies.installable(missing, (3, 12))
+    assert "SlicerRadiomics" in message and "3.12" in message
+    assert dependencies.installable([{"distribution": "torch", "requirement": "torch>=2.0"}], (3, 12)) is None
