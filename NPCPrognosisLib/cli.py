@@ -41,7 +41,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=not auto)
     runner = dask_runner(args.dask_scheduler or None) if args.engine == "dask" else None
     result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
-                            progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto)
+                            progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto,
+                            resample_mask=args.resample_mask)
     print(f"features for {len(result.table)} patient(s) x {result.table.shape[1] - 1} features: {result.features_path}")
     if result.failures:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
@@ -58,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
                      test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
                      network=args.network, workers=args.workers, select=not args.no_select,
-                     binary_endpoints=args.binary_endpoint,
+                     binary_endpoints=args.binary_endpoint, store_patient_ids=not args.no_patient_ids,
                      **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}),
                      **({} if args.robustness_patients is None else {"robustness_patients": args.robustness_patients}))
     training = document["training"]
@@ -70,10 +71,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   + ("  <- best" if model == block["best"] else ""))
     if document.get("endpoint_type") == "binary":
         print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
-              f"{len(training['test_patient_id_hashes'])} held out)")
+              f"{training['n_test']} held out)")
         return 0
     print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
-          f"{training['events']} events, {len(training['test_patient_id_hashes'])} held out)")
+          f"{training['events']} events, {training['n_test']} held out)")
     signature = document["signature"]
     n_in = signature["diagnostics"]["n_features_in"]
     print(f"Rad-score: {len(signature['features'])} feature(s) selected from {n_in}")
@@ -162,7 +163,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if mask is None and bundle.network_dir is None:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
-    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask)
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
+                           resample_mask=args.resample_mask)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
@@ -313,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default=None, help="network bundle: adds each patient's deep score")
     p.add_argument("--mask", choices=("manifest", "auto"), default="manifest",
                    help="auto: radiomics from the network's contours (needs --network)")
+    p.add_argument("--resample-mask", action="store_true",
+                   help="resample a mask that is not on the CET1W grid (nearest neighbour) instead of refusing it")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
@@ -320,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True)
     p.add_argument("--endpoint", required=True,
                    help=f"survival endpoint ({', '.join(ENDPOINTS)}) or a 0/1 column such as ic_response")
+    p.add_argument("--no-patient-ids", action="store_true",
+                   help="store no (hashed) training patient IDs in the bundle; evaluate then needs --subset all")
     p.add_argument("--binary-endpoint", action="append", default=[],
                    help="also fit this 0/1 column (e.g. ic_response) into the same bundle; repeatable")
     p.add_argument("--out", required=True, help="bundle directory")
@@ -359,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t2", required=True)
     p.add_argument("--t1c", required=True)
     p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn; 'auto' or absent: the bundle's network")
+    p.add_argument("--resample-mask", action="store_true",
+                   help="resample a mask that is not on the CET1W grid (nearest neighbour) instead of refusing it")
     p.add_argument("--tta", type=int, default=4, help="test-time augmentations for the deep score's spread")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")

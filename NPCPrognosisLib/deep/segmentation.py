@@ -38,6 +38,7 @@ from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
+from NPCPrognosisLib.io.images import contour_warnings
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +151,7 @@ def _plausibility_warnings(model: NetworkModel, mask: sitk.Image, reference: sit
         if span and volume > 0 and not span["min"] / 2.0 <= volume <= span["max"] * 2.0:
             warnings.append(f"automatic {label} of {volume:.1f} mL is far outside the training range "
                             f"({span['min']:.1f}-{span['max']:.1f} mL); check the contours")
-    array = sitk.GetArrayViewFromImage(mask)
-    if (array == 1).any():
-        image = sitk.GetArrayViewFromImage(reference)
-        otsu = sitk.OtsuThresholdImageFilter()
-        otsu.SetInsideValue(0)
-        otsu.SetOutsideValue(1)
-        otsu.Execute(reference)
-        threshold = otsu.GetThreshold()
-        outside = float(np.mean(image[array == 1] < threshold))
-        if outside > 0.5:
-            warnings.append(f"{outside:.0%} of the automatic GTVp lies in voxels darker than the head on CET1W "
-                            "(outside the head?); check the contours")
+    warnings += contour_warnings(mask, reference, "automatic ")
     return warnings
 
 

@@ -79,3 +79,50 @@ def label_box(mask: sitk.Image) -> np.ndarray | None:
     zyx_lo = [int(a.min()) for a in nz]
     zyx_hi = [int(a.max()) for a in nz]
     return np.array([zyx_lo[::-1], zyx_hi[::-1]], dtype=float)
+
+
+def geometry_differences(moving: sitk.Image, reference: sitk.Image) -> list[str]:
+    """Human-readable differences between two grids (empty when they match within the tolerance)."""
+    out = []
+    if moving.GetSize() != reference.GetSize():
+        out.append(f"size {moving.GetSize()} vs {reference.GetSize()}")
+    sm, sr = np.array(moving.GetSpacing()), np.array(reference.GetSpacing())
+    if not np.allclose(sm, sr, rtol=GEOMETRY_TOLERANCE, atol=0):
+        out.append(f"spacing {tuple(round(float(v), 4) for v in sm)} vs {tuple(round(float(v), 4) for v in sr)} mm")
+    shift = np.subtract(moving.GetOrigin(), reference.GetOrigin())
+    if np.any(np.abs(shift) > GEOMETRY_TOLERANCE * sr.min() * 10):
+        out.append(f"origin differs by {tuple(round(float(v), 3) for v in shift)} mm")
+    dm, dr = np.array(moving.GetDirection()).reshape(3, 3), np.array(reference.GetDirection()).reshape(3, 3)
+    if not np.allclose(dm, dr, atol=GEOMETRY_TOLERANCE):
+        flipped = [axis for axis in range(3) if np.allclose(dm[:, axis], -dr[:, axis], atol=GEOMETRY_TOLERANCE)]
+        out.append("direction differs" + (f" (axis {', '.join('xyz'[a] for a in flipped)} flipped)" if flipped
+                                          else f" (largest cosine difference {np.abs(dm - dr).max():.3f})"))
+    return out
+
+
+def crop_offset(moving: sitk.Image, reference: sitk.Image) -> tuple[int, int, int] | None:
+    """Index offset when ``moving`` is a crop of ``reference``'s grid (same spacing and direction, origin on a
+    voxel of the reference, box inside it); None otherwise."""
+    if not (np.allclose(moving.GetSpacing(), reference.GetSpacing(), rtol=GEOMETRY_TOLERANCE, atol=0)
+            and np.allclose(moving.GetDirection(), reference.GetDirection(), atol=GEOMETRY_TOLERANCE)):
+        return None
+    index = np.array(reference.TransformPhysicalPointToContinuousIndex(moving.GetOrigin()))
+    rounded = np.round(index)
+    if np.any(np.abs(index - rounded) > 10 * GEOMETRY_TOLERANCE):
+        return None
+    lo = rounded.astype(int)
+    hi = lo + np.array(moving.GetSize())
+    if np.any(lo < 0) or np.any(hi > np.array(reference.GetSize())):
+        return None
+    return int(lo[0]), int(lo[1]), int(lo[2])
+
+
+def paste_into(moving: sitk.Image, reference: sitk.Image, offset: tuple[int, int, int]) -> sitk.Image:
+    """A crop put back on the full reference grid (zeros elsewhere), voxel for voxel: no interpolation."""
+    array = np.zeros(sitk.GetArrayViewFromImage(reference).shape, sitk.GetArrayViewFromImage(moving).dtype)
+    part = sitk.GetArrayFromImage(moving)
+    x, y, z = offset
+    array[z:z + part.shape[0], y:y + part.shape[1], x:x + part.shape[2]] = part
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(reference)
+    return out

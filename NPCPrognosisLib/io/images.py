@@ -17,7 +17,15 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import LABELS, REFERENCE_SEQUENCE
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.imaging.geometry import label_box, overlap_fraction, resample_onto, same_geometry
+from NPCPrognosisLib.imaging.geometry import (
+    crop_offset,
+    geometry_differences,
+    label_box,
+    overlap_fraction,
+    paste_into,
+    resample_onto,
+    same_geometry,
+)
 from NPCPrognosisLib.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,67 @@ def read_header(path: str | Path, *, patient_id: str | None = None, role: str = 
     return ImageHeader(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetDirection()))
 
 
+#: NIfTI-1 datatype codes of floating-point voxels, with their numpy types.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _file_bytes(path: Path, *, patient_id: str | None, role: str) -> bytes:
+    """The file's content, decompressed to the end when gzipped: a truncated or corrupt stream fails here (SimpleITK
+    reads a cut .nii.gz without complaint and fills the rest with zeros)."""
+    import gzip
+    import zlib
+
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{role} file is truncated or corrupt ({exc})", patient_id=patient_id, path=path,
+                         fix="copy or export the file again; the compressed data ends early or fails its checksum"
+                         ) from None
+
+
+def check_file_integrity(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> None:
+    """Check what a NIfTI file says against what it holds, before SimpleITK reads it.
+
+    The header's dimensions and bits per voxel give the payload size, which must be there; floating-point voxels
+    are checked for NaN/Inf in the raw payload (SimpleITK may turn them into zeros on reading). Other formats
+    (NRRD, MHA, DICOM) are left to their readers.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        if name.endswith(".gz"):
+            _file_bytes(path, patient_id=patient_id, role=role)
+        return
+    data = _file_bytes(path, patient_id=patient_id, role=role)
+    if len(data) < 348:
+        raise InputError(f"{role} file is too short to hold a NIfTI header ({len(data)} bytes)", patient_id=patient_id,
+                         path=path, fix="copy or export the file again")
+    for order in ("<", ">"):
+        if int(np.frombuffer(data[:4], f"{order}i4")[0]) == 348:
+            break
+    else:
+        return  # NIfTI-2 or not NIfTI at all: SimpleITK's reader decides
+    dims = np.frombuffer(data[40:56], f"{order}i2")
+    datatype = int(np.frombuffer(data[70:72], f"{order}i2")[0])
+    bitpix = int(np.frombuffer(data[72:74], f"{order}i2")[0])
+    offset = int(np.frombuffer(data[108:112], f"{order}f4")[0])
+    count = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(int(dims[0]), 1)]]))
+    expected = offset + count * bitpix // 8
+    if len(data) < expected:
+        raise InputError(f"{role} file is truncated: the header describes {expected} bytes, the file holds "
+                         f"{len(data)}", patient_id=patient_id, path=path,
+                         fix="copy or export the file again; the voxel data ends early")
+    if datatype in _NIFTI_FLOATS:
+        voxels = np.frombuffer(data, f"{order}{_NIFTI_FLOATS[datatype]}", count=count, offset=offset)
+        bad = int((~np.isfinite(voxels)).sum())
+        if bad:
+            raise InputError(f"{role} has {bad} NaN/infinite voxels", patient_id=patient_id, path=path,
+                             fix="re-export the image; NaN usually comes from a failed conversion or registration")
+
+
 def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder as a 3D image, checking what later stages assume."""
     path = Path(path)
@@ -83,6 +152,7 @@ def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            check_file_integrity(path, patient_id=patient_id, role=role)
             image = sitk.ReadImage(str(path))
     except InputError:
         raise
@@ -107,7 +177,39 @@ def check_image(image: sitk.Image, *, patient_id: str | None = None, path: str |
             bad = int((~np.isfinite(array)).sum())
             raise InputError(f"{role} has {bad} NaN/infinite voxels", patient_id=patient_id, path=path,
                              fix="re-export the image; NaN usually comes from a failed conversion or registration")
+        low, high = float(array.min()), float(array.max())
+        if low == high:
+            raise InputError(f"{role} is blank: every voxel is {low:g}", patient_id=patient_id, path=path,
+                             fix="check the series (an empty or failed export); a constant image has no anatomy")
     return image
+
+
+#: Below this a GTVp is implausible for a nasopharyngeal primary and its texture features rest on too few voxels.
+MIN_GTVP_ML = 0.5
+
+
+def contour_warnings(mask: sitk.Image, reference: sitk.Image, source: str = "") -> list[str]:
+    """What a radiologist must look at before trusting a prediction from these contours: a GTVp below
+    :data:`MIN_GTVP_ML`, or a GTVp mostly in voxels darker than the head on the reference (CET1W) image."""
+    warnings = []
+    labels = sitk.GetArrayViewFromImage(mask)
+    gtvp = labels == LABELS["gtvp"]
+    voxels = int(gtvp.sum())
+    if voxels == 0:
+        return warnings
+    volume = voxels * float(np.prod(mask.GetSpacing())) / 1000.0
+    if volume < MIN_GTVP_ML:
+        warnings.append(f"{source}GTVp is {volume:.2f} mL ({voxels} voxels), below the {MIN_GTVP_ML} mL of any "
+                        "plausible primary: its radiomics rest on too few voxels; check the contour")
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetInsideValue(0)
+    otsu.SetOutsideValue(1)
+    otsu.Execute(sitk.Cast(reference, sitk.sitkFloat32))
+    outside = float(np.mean(sitk.GetArrayViewFromImage(reference)[gtvp] < otsu.GetThreshold()))
+    if outside > 0.5:
+        warnings.append(f"{outside:.0%} of the {source}GTVp lies in voxels darker than the head on CET1W (outside "
+                        "the head?); check the contours")
+    return warnings
 
 
 def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | Path | None = None) -> sitk.Image:
@@ -125,6 +227,44 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
     return mask
 
 
+def mask_on_reference(mask: sitk.Image, ref: sitk.Image, *, patient_id: str | None = None,
+                      path: str | Path | None = None, reference: str = REFERENCE_SEQUENCE,
+                      resample: bool = False) -> tuple[sitk.Image, str | None]:
+    """The mask on the reference image's grid, and a note when it had to be moved there.
+
+    Accepted as is: the same grid up to floating-point noise in the header (spacing and direction within 1e-3
+    relative, origin within 1e-2 of a voxel; the reference's header is then copied). Accepted exactly: a crop
+    of the reference grid (same spacing and direction, origin on a reference voxel), pasted back without
+    interpolation. Anything else (other spacing, shifted origin, flipped axis) is refused with the exact
+    differences, unless ``resample`` asks for nearest-neighbour resampling in physical space.
+    """
+    if same_geometry(mask, ref):
+        if mask.GetOrigin() != ref.GetOrigin() or mask.GetSpacing() != ref.GetSpacing() or \
+                mask.GetDirection() != ref.GetDirection():
+            mask = sitk.Image(mask)
+            mask.CopyInformation(ref)
+        return mask, None
+    offset = crop_offset(mask, ref)
+    if offset is not None:
+        return (check_mask(paste_into(mask, ref, offset), patient_id=patient_id, path=path),
+                f"mask covered a crop of the {reference} grid (offset {offset} voxels); placed back voxel for voxel")
+    differences = geometry_differences(mask, ref)
+    if not resample:
+        raise InputError(f"mask is not on the {reference} image's grid: " + "; ".join(differences),
+                         patient_id=patient_id, path=path,
+                         fix=f"export the segmentation on the {reference} image's grid (Slicer: reference geometry = "
+                             f"{reference}), or pass --resample-mask to resample it (nearest neighbour) if you are "
+                             "sure it belongs to this image")
+    box = label_box(mask)
+    if box is None or overlap_fraction(mask, ref, box) < 0.999:
+        raise InputError(f"mask contours lie (partly) outside the {reference} image (" + "; ".join(differences) + ")",
+                         patient_id=patient_id, path=path,
+                         fix="check that the mask belongs to this patient's image")
+    resampled = check_mask(resample_onto(mask, ref, is_label=True), patient_id=patient_id, path=path)
+    return resampled, (f"mask was resampled (nearest neighbour) onto the {reference} grid as asked (--resample-mask): "
+                       + "; ".join(differences))
+
+
 def align_patient(
     images: Mapping[str, sitk.Image],
     mask: sitk.Image | None,
@@ -132,8 +272,14 @@ def align_patient(
     patient_id: str,
     paths: Mapping[str, str | Path | None] | None = None,
     reference: str = REFERENCE_SEQUENCE,
+    resample_mask: bool = False,
 ) -> PatientImages:
-    """Put all sequences and the mask on the reference grid, or refuse when they do not describe the same anatomy."""
+    """Put all sequences and the mask on the reference grid, or refuse when they do not describe the same anatomy.
+
+    Sequences on other grids are resampled (with a warning): MR series are often acquired on different grids. A
+    mask is different: it was drawn on one image, so a mask on another grid means it was exported wrongly or
+    belongs to another image, and it is refused (see :func:`mask_on_reference`) unless ``resample_mask``.
+    """
     paths = dict(paths or {})
     if reference not in images:
         raise InputError(f"the reference sequence {reference!r} is missing", patient_id=patient_id,
@@ -155,19 +301,11 @@ def align_patient(
         out[name] = image
     if mask is not None:
         mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))
-        if not same_geometry(mask, ref):
-            box = label_box(mask)
-            if box is None or overlap_fraction(mask, ref, box) < 0.999:
-                raise InputError(
-                    f"mask geometry does not match the {reference} image: its contours lie (partly) outside the image "
-                    f"(mask size {mask.GetSize()} spacing {tuple(round(s, 3) for s in mask.GetSpacing())}, image size "
-                    f"{ref.GetSize()} spacing {tuple(round(s, 3) for s in ref.GetSpacing())})",
-                    patient_id=patient_id, path=paths.get("mask"),
-                    fix=f"export the segmentation on the {reference} image's grid (Slicer: reference geometry = "
-                        f"{reference})",
-                )
-            warnings.append(f"mask was resampled (nearest neighbour) onto the {reference} grid")
-            mask = check_mask(resample_onto(mask, ref, is_label=True), patient_id=patient_id, path=paths.get("mask"))
+        mask, note = mask_on_reference(mask, ref, patient_id=patient_id, path=paths.get("mask"), reference=reference,
+                                       resample=resample_mask)
+        if note:
+            warnings.append(note)
+        warnings += contour_warnings(mask, ref)
     for text in warnings:
         log.warning("patient %s: %s", patient_id, text)
     return PatientImages(patient_id=patient_id, images=out, mask=mask, warnings=warnings)
@@ -179,6 +317,7 @@ def load_patient(
     mask_path: str | Path | None = None,
     *,
     reference: str = REFERENCE_SEQUENCE,
+    resample_mask: bool = False,
 ) -> PatientImages:
     """Read a patient's files and align them (see :func:`align_patient`)."""
     images = {}
@@ -189,7 +328,7 @@ def load_patient(
         images[name] = read_image(path, patient_id=patient_id, role=name)
     mask = None if mask_path is None else read_image(mask_path, patient_id=patient_id, role="mask")
     return align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},
-                         reference=reference)
+                         reference=reference, resample_mask=resample_mask)
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:

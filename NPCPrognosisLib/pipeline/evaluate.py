@@ -197,8 +197,14 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
         return manifest, features, 0
     if subset != "auto":
         raise InputError(f"unknown subset {subset!r}", column="--subset", fix="use auto or all")
-    trained = set(document["training"]["patient_id_hashes"])
-    keep = ~manifest.table["patient_id"].map(hash_id).isin(trained).to_numpy()
+    training = document["training"]
+    if training.get("patient_id_hashes") is None:
+        raise InputError("the bundle stores no training patient IDs (train --no-patient-ids), so evaluate cannot leave "
+                         "the training patients out", column="--subset",
+                         fix="evaluate on a cohort you know excludes them, with --subset all")
+    salt = training.get("id_salt")
+    trained = set(training["patient_id_hashes"])
+    keep = ~manifest.table["patient_id"].map(lambda p: hash_id(p, salt)).isin(trained).to_numpy()
     kept = Manifest(table=manifest.table[keep].reset_index(drop=True), root=manifest.root, source=manifest.source)
     if len(kept.table) == 0:
         raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,

@@ -66,7 +66,8 @@ def patient_features(
 
 
 def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: str | None, workers: int,
-                 network: str | None = None, auto_mask_dir: str | None = None) -> dict[str, Any]:
+                 network: str | None = None, auto_mask_dir: str | None = None,
+                 resample_mask: bool = False) -> dict[str, Any]:
     """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
 
     With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
@@ -74,7 +75,8 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
     """
     try:
         mask = None if auto_mask_dir else entry.mask
-        patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask)
+        patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask,
+                               resample_mask=resample_mask)
         config = PreprocessConfig.from_dict(preprocess)
         extra: dict[str, float] = {}
         prepared = None
@@ -117,6 +119,7 @@ def extract_cohort(
     runner: Callable[..., list[dict[str, Any]]] | None = None,
     network: str | Path | None = None,
     auto_mask: bool = False,
+    resample_mask: bool = False,
 ) -> ExtractionResult:
     """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
 
@@ -124,7 +127,8 @@ def extract_cohort(
     the local pool while keeping the same per-patient function. ``network`` (a network bundle) adds each
     patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`, on the same contours
     as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic contours,
-    written to ``<out stem>_masks/``.
+    written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid instead of
+    refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`).
     """
     from tqdm import tqdm
 
@@ -144,7 +148,8 @@ def extract_cohort(
                          patient_id=missing_mask[0], column="mask",
                          fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
     args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1,
-            None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir))
+            None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
+            bool(resample_mask))
     if runner is not None:
         results = runner(_one_patient, entries, *args)
     elif workers > 1:

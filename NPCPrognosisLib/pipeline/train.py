@@ -54,9 +54,38 @@ OPTIMISM_BOOTSTRAPS = 20
 NESTED_FOLDS = 5
 
 
-def hash_id(patient_id: str) -> str:
-    """Bundles record which patients trained them without carrying identifiers out of the hospital."""
-    return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
+#: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
+ID_HASH_ROUNDS = 20_000
+
+
+def new_id_salt() -> str:
+    """A random salt for one bundle: the same record number hashes differently in every bundle."""
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+def hash_id(patient_id: str, salt: str | None = None) -> str:
+    """Bundles record which patients trained them (so ``evaluate`` can leave them out) without carrying identifiers.
+
+    With the bundle's random ``salt``, a slow keyed hash (PBKDF2-HMAC-SHA256); bundles written before salts existed
+    (``salt`` None) used one public salt. Short record numbers can still be tried one by one at a cost; for IDs that
+    must not be recoverable at all, ``train --no-patient-ids`` stores none.
+    """
+    if salt is None:
+        return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
+    return hashlib.pbkdf2_hmac("sha256", str(patient_id).encode(), bytes.fromhex(salt), ID_HASH_ROUNDS).hex()[:32]
+
+
+def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store: bool) -> dict[str, Any]:
+    """The bundle's record of who trained it: salted hashes, or nothing with ``store`` False."""
+    if not store:
+        return {"patient_id_hashes": None, "test_patient_id_hashes": None, "id_salt": None,
+                "patient_ids": "not stored (train --no-patient-ids): evaluate cannot leave training patients out"}
+    salt = new_id_salt()
+    return {"patient_id_hashes": [hash_id(p, salt) for p in train_ids],
+            "test_patient_id_hashes": [hash_id(p, salt) for p in test_ids], "id_salt": salt,
+            "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds, random per-bundle salt"}
 
 
 def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = None, test_fraction: float = 0.3,
@@ -414,6 +443,7 @@ def train(
     select: bool = True,
     nested_folds: int = NESTED_FOLDS,
     binary_endpoints: Sequence[str] = (),
+    store_patient_ids: bool = True,
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
 
@@ -443,7 +473,8 @@ def train(
             raise InputError("extra binary endpoints ride along a survival endpoint", column="--binary-endpoint",
                              fix=f"train --endpoint dmfs (or os, pfs) --binary-endpoint {endpoint}")
         return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
-                            test_fraction=test_fraction, seed=seed, synthetic=synthetic)
+                            test_fraction=test_fraction, seed=seed, synthetic=synthetic,
+                            store_patient_ids=store_patient_ids)
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
@@ -540,8 +571,9 @@ def train(
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
                      "event": models.train_event, "metrics": training_metrics,
                      "optimism_corrected_c": optimism, "nested_cv_c": nested,
-                     "patient_id_hashes": [hash_id(p) for p in train_ids if p in set(train_manifest.patient_ids)],
-                     "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
+                     **training_id_record([p for p in train_ids if p in set(train_manifest.patient_ids)], test_ids,
+                                          store_patient_ids),
+                     "n_test": len(test_ids), "seed": seed,
                      "split": split_col or f"random stratified, test fraction {test_fraction}",
                      "left_out_without_features": lacking},
         "synthetic_demo": bool(synthetic),
@@ -566,7 +598,7 @@ def train(
 
 def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: str | Path, *,
                  split_col: str | None = None, test_fraction: float = 0.3, seed: int = 0,
-                 synthetic: bool = False) -> dict[str, Any]:
+                 synthetic: bool = False, store_patient_ids: bool = True) -> dict[str, Any]:
     """``train --endpoint <binary column>``: a bundle whose only models predict that endpoint.
 
     Parameters
@@ -607,8 +639,8 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},
         "binary_endpoints": {endpoint: block},
         "training": {"n": block["n"], "positives": block["positives"],
-                     "patient_id_hashes": [hash_id(p) for p in train_manifest.patient_ids],
-                     "test_patient_id_hashes": [hash_id(p) for p in test_ids], "seed": seed,
+                     **training_id_record(list(train_manifest.patient_ids), test_ids, store_patient_ids),
+                     "n_test": len(test_ids), "seed": seed,
                      "split": split_col or f"random stratified, test fraction {test_fraction}",
                      "left_out_without_features": lacking},
         "synthetic_demo": bool(synthetic),

@@ -95,3 +95,20 @@ def test_binary_endpoint_refuses_values_other_than_0_and_1():
         bn.read_binary([1, "yes", 0], ["P1", "P2", "P3"], "ic_response")
     with pytest.raises(InputError, match="same value"):
         bn.read_binary([1, 1, 1], ["P1", "P2", "P3"], "ic_response")
+
+
+def test_no_patient_ids_leaves_them_out_and_evaluate_asks_for_a_held_out_cohort(tabular, capsys):
+    root, _ = tabular
+    bundle = root / "bundle_noids"
+    assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
+                 str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
+                 "--split-col", "split", "--no-patient-ids"]) == 0
+    text = (bundle / "bundle.json").read_text()
+    document = json.loads(text)
+    assert document["training"]["patient_id_hashes"] is None and "SYN0001" not in text
+    args = ["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"), "--features",
+            str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(root / "eval_noids")]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--subset all" in capsys.readouterr().err
+    assert main([*args, "--subset", "all"]) == 0

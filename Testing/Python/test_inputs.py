@@ -187,3 +187,128 @@ def test_load_patient_from_files(tmp_path):
     patient = load_patient(entry.patient_id, entry.images, entry.mask)
     assert set(patient.images) == {"t1", "t2", "t1c"}
     assert same_geometry(patient.mask, patient.images["t1c"])
+
+
+# ---------------------------------------------------------------------------------------------- mask geometry
+def _labelled_like(image, shift_voxels=(0, 0, 0)):
+    array = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    array[2:6, 4:16, 4:16] = 1  # 1.7 mL
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(image)
+    return mask
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("spacing", "spacing"),
+    ("origin", "origin differs by"),
+    ("flip", "axis x flipped"),
+])
+def test_a_mask_on_another_grid_is_refused_with_the_exact_difference(change, expected):
+    from NPCPrognosisLib.io.images import align_patient
+
+    image = _image()
+    mask = _labelled_like(image)
+    if change == "spacing":
+        mask.SetSpacing((1.1, 1.0, 3.0))
+    elif change == "origin":
+        mask.SetOrigin((0.4, 0.0, 0.0))
+    else:
+        direction = np.array(mask.GetDirection()).reshape(3, 3)
+        direction[:, 0] *= -1
+        mask.SetDirection(direction.ravel().tolist())
+        mask.SetOrigin((19.0, 0.0, 0.0))  # the flipped grid covers the same box
+    with pytest.raises(InputError, match=expected) as info:
+        align_patient({"t1c": image}, mask, patient_id="P9", paths={"mask": "m.nii.gz"})
+    assert "P9" in str(info.value) and "--resample-mask" in str(info.value)
+    # Resampling only when asked, with a warning that says so.
+    aligned = align_patient({"t1c": image}, mask, patient_id="P9", resample_mask=True)
+    assert any("--resample-mask" in w for w in aligned.warnings)
+    assert aligned.mask.GetSize() == image.GetSize()
+
+
+def _head(shape=(8, 20, 20)):
+    """Air around a bright head, as on any MR image."""
+    array = np.full(shape, 5.0, np.float32)
+    array[:, 2:18, 2:18] = 300.0 + np.random.default_rng(2).normal(0, 10, (shape[0], 16, 16))
+    return _image(value=array)
+
+
+def test_header_noise_and_crops_are_accepted_exactly():
+    from NPCPrognosisLib.imaging.geometry import same_geometry
+    from NPCPrognosisLib.io.images import align_patient
+
+    image = _head()
+    mask = _labelled_like(image)
+    noisy = sitk.Image(mask)
+    noisy.SetOrigin((1e-5, -2e-5, 0.0))
+    noisy.SetSpacing((1.0 + 1e-6, 1.0, 3.0))
+    aligned = align_patient({"t1c": image}, noisy, patient_id="P10")
+    assert aligned.warnings == [] and same_geometry(aligned.mask, image)
+    assert aligned.mask.GetOrigin() == image.GetOrigin()  # the reference header, not the noisy one
+    crop = sitk.RegionOfInterest(mask, (14, 14, 6), (3, 3, 1))  # an editor that saves only the bounding box
+    aligned = align_patient({"t1c": image}, crop, patient_id="P10")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(aligned.mask), sitk.GetArrayFromImage(mask))
+    assert "crop" in aligned.warnings[0]
+
+
+def test_predict_and_extract_offer_the_resample_option(tmp_path):
+    from NPCPrognosisLib.cli import build_parser
+
+    parser = build_parser()
+    for command in (["extract", "--manifest", "m.csv", "--out", "f.csv"],
+                    ["predict", "--bundle", "b", "--t1", "a", "--t2", "b", "--t1c", "c", "--out", "o"]):
+        assert parser.parse_args(command).resample_mask is False
+        assert parser.parse_args([*command, "--resample-mask"]).resample_mask is True
+
+
+# ---------------------------------------------------------------------------------------------- corrupt files
+def test_a_truncated_nifti_gz_is_refused_not_zero_filled(tmp_path):
+    path = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(_image(shape=(20, 64, 64)), str(path))
+    data = path.read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: int(len(data) * 0.4)])
+    assert sitk.ReadImage(str(tmp_path / "cut.nii.gz")).GetSize() == (64, 64, 20)  # what SimpleITK alone does
+    with pytest.raises(InputError, match="truncated or corrupt") as info:
+        read_image(tmp_path / "cut.nii.gz", patient_id="P11", role="t1c")
+    assert "P11" in str(info.value) and "cut.nii.gz" in str(info.value)
+
+
+def test_an_uncompressed_nifti_cut_short_is_refused(tmp_path):
+    sitk.WriteImage(_image(shape=(20, 64, 64)), str(tmp_path / "t2.nii"))
+    data = (tmp_path / "t2.nii").read_bytes()
+    (tmp_path / "short.nii").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated: the header describes"):
+        read_image(tmp_path / "short.nii", patient_id="P12", role="t2")
+
+
+def test_nan_voxels_in_nifti_are_found_in_the_raw_payload(tmp_path):
+    array = np.random.default_rng(1).normal(100, 10, (8, 20, 20)).astype(np.float32)
+    array[3, 4, 5] = np.nan
+    array[2, 2, 2] = np.inf
+    image = sitk.GetImageFromArray(array)
+    sitk.WriteImage(image, str(tmp_path / "nan.nii.gz"))
+    with pytest.raises(InputError, match="2 NaN/infinite voxels"):
+        read_image(tmp_path / "nan.nii.gz", patient_id="P13", role="t1")
+
+
+def test_a_blank_sequence_is_refused(tmp_path):
+    sitk.WriteImage(_image(value=np.zeros((8, 20, 20), np.float32)), str(tmp_path / "zero.nii.gz"))
+    with pytest.raises(InputError, match="blank: every voxel is 0"):
+        read_image(tmp_path / "zero.nii.gz", patient_id="P14", role="t2")
+
+
+def test_tiny_or_outside_gtvp_gives_a_warning_that_reaches_the_prediction():
+    image = _image(value=np.where(np.arange(20)[None, None, :] < 10, 300.0, 5.0).astype(np.float32)
+                   * np.ones((8, 20, 1), np.float32))
+    tiny = np.zeros((8, 20, 20), np.uint8)
+    tiny[4, 5, 5] = 1
+    mask = sitk.GetImageFromArray(tiny)
+    mask.CopyInformation(image)
+    aligned = align_patient({"t1c": image}, mask, patient_id="P15")
+    assert any("below the 0.5 mL" in w for w in aligned.warnings)
+    outside = np.zeros((8, 20, 20), np.uint8)
+    outside[2:6, 5:15, 12:18] = 1  # in the dark half of the image
+    mask = sitk.GetImageFromArray(outside)
+    mask.CopyInformation(image)
+    aligned = align_patient({"t1c": image}, mask, patient_id="P15")
+    assert any("outside the head" in w for w in aligned.warnings)

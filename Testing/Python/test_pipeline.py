@@ -40,13 +40,22 @@ def test_features_table_has_fixed_columns_and_metadata(small_cohort):
     assert pd.read_csv(small_cohort / "features.failures.csv").empty
 
 
-def test_bundle_contents(trained):
+def test_bundle_contents(trained, small_cohort):
     document = read_bundle(trained)
     assert document["endpoint"] == "dmfs"
     assert set(document["models"]) == {"radiomics", "clinical", "nomogram"}
     assert document["models"]["nomogram"]["model"]["covariates"][0] == "rad_score"
-    assert len(document["training"]["patient_id_hashes"]) == 18
-    assert len(document["training"]["test_patient_id_hashes"]) == 6
+    training = document["training"]
+    assert len(training["patient_id_hashes"]) == 18 and len(training["test_patient_id_hashes"]) == 6
+    # Keyed with a random per-bundle salt: not the public-salt hash an attacker could tabulate once for all bundles.
+    from NPCPrognosisLib.pipeline.train import hash_id
+
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    ids = set(manifest["patient_id"])
+    assert len(training["id_salt"]) == 32
+    assert {hash_id(p, training["id_salt"]) for p in ids} >= set(training["patient_id_hashes"])
+    assert not {hash_id(p) for p in ids} & set(training["patient_id_hashes"])
+    assert not any(p in json.dumps(document) for p in ids)
     assert document["signature"]["features"] and len(document["signature"]["coef"]) == len(
         document["signature"]["features"])
     benefit = document["chemo_benefit"]
