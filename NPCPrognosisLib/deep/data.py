@@ -33,7 +33,7 @@ from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
-from NPCPrognosisLib.io.atomic import atomic_path
+from NPCPrognosisLib.io.atomic import atomic_path, patient_file
 from NPCPrognosisLib.io.images import ImageHeader
 
 
@@ -228,7 +228,7 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
 
     # the key covers the files' contents: a replaced image gets a new cache entry instead of a stale array
     key = config_key(preprocess, grid) + _content_key([entry.images.get(s) for s in SEQUENCES] + [entry.mask])
-    cache = None if cache_dir is None else Path(cache_dir) / f"{entry.patient_id}_{key}.npz"
+    cache = None if cache_dir is None else patient_file(cache_dir, entry.patient_id, f"_{key}.npz")
     if cache is not None and cache.exists():
         data = np.load(cache)
         image, label = data["image"], data["label"]

@@ -86,3 +86,21 @@ def to_json(value: Any, indent: int | None = 2) -> str:
 def write_json_atomic(path: str | Path, value: Any, indent: int | None = 2) -> Path:
     """``to_json(value)`` written atomically to ``path``."""
     return write_text_atomic(path, to_json(value, indent) + "\n")
+
+
+def safe_name(patient_id: str) -> str:
+    """A file-name stem from a patient ID that stays inside its folder: separators, '..', drive letters and
+    control characters are replaced, so '../x' or '/etc/x' cannot write outside the output folder."""
+    import re
+
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(patient_id)).strip(".")
+    return text[:120] or "patient"
+
+
+def patient_file(folder: str | Path, patient_id: str, suffix: str) -> Path:
+    """``folder/<safe patient ID><suffix>``, checked to lie inside ``folder``."""
+    folder = Path(folder).resolve()
+    path = (folder / f"{safe_name(patient_id)}{suffix}").resolve()
+    if path.parent != folder:  # pragma: no cover - safe_name already prevents it; a second line of defence
+        raise ValueError(f"output for patient {patient_id!r} would leave {folder}")
+    return path

@@ -20,7 +20,7 @@ import pandas as pd
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
-from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
+from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import network_checksum
 from NPCPrognosisLib.io.images import PatientImages, load_patient
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
@@ -97,7 +97,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 from NPCPrognosisLib.io.images import check_mask
 
                 patient.mask = check_mask(result.mask, patient_id=entry.patient_id)
-                write_image_atomic(result.mask, Path(auto_mask_dir) / f"{entry.patient_id}_mask.nii.gz")
+                write_image_atomic(result.mask, patient_file(auto_mask_dir, entry.patient_id, "_mask.nii.gz"))
             if patient.mask is not None:
                 extra.update(deep_features(model, network_input, patient.mask))
         row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
@@ -133,9 +133,11 @@ def extract_cohort(
     from tqdm import tqdm
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     preprocess = preprocess or PreprocessConfig()
     entries = manifest.entries()
+    if not entries:
+        raise InputError("the manifest lists no patient (a header without rows?)", path=manifest.source,
+                         fix="add one row per patient")
     if auto_mask and network is None:
         raise InputError("--mask auto needs a segmentation network", column="--network",
                          fix="pass --network with a network bundle (e.g. the demo bundle's network/ folder)")
@@ -147,6 +149,7 @@ def extract_cohort(
         raise InputError(f"{len(missing_mask)} patient(s) have no mask, e.g. {missing_mask[:3]}",
                          patient_id=missing_mask[0], column="mask",
                          fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
+    out.parent.mkdir(parents=True, exist_ok=True)
     args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1,
             None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
             bool(resample_mask))
@@ -170,13 +173,14 @@ def extract_cohort(
         else:
             rows.append({"patient_id": result["patient_id"], **result["features"]})
     failures_file = failures_path_for(out)
+    if not rows:
+        # Nothing is written: an earlier good table, its failures list and metadata stay as they were.
+        first = "; ".join(f"{f['patient_id']}: {f['error']}" for f in failures[:3])
+        raise InputError(f"no patient could be processed ({len(failures)} failed; {first})",
+                         path=manifest.source, fix="fix the first error above and run extract again (earlier output "
+                                                   f"in {out} is kept)")
     failures_table = pd.DataFrame(failures, columns=["patient_id", "stage", "error"])
     write_text_atomic(failures_file, failures_table.to_csv(index=False))
-    if not rows:
-        if out.exists():
-            out.unlink()
-        raise InputError(f"no patient could be processed ({len(failures)} failed); see {failures_file}",
-                         path=manifest.source, fix="fix the first error listed in the failures file")
     table = pd.DataFrame(rows)
     write_text_atomic(out, table.to_csv(index=False))
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),

@@ -21,7 +21,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import write_json_atomic
+from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.radiomics.features_table import feature_matrix
 from NPCPrognosisLib.radiomics.perturbation import Perturbation, icc_3_1, perturbations
@@ -174,7 +174,7 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
     ids = manifest.table["patient_id"].to_numpy()
     for i in chosen:
         entry = manifest.entry(ids[i])
-        mask = mask_dir / f"{entry.patient_id}_mask.nii.gz" if automatic else entry.mask
+        mask = patient_file(mask_dir, entry.patient_id, "_mask.nii.gz") if automatic else entry.mask
         try:
             keys = [_cache_key(entry, Path(mask), meta, p) for p in plan]
         except (OSError, TypeError):

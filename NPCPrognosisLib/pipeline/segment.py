@@ -15,7 +15,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, segment_patient
-from NPCPrognosisLib.io.atomic import write_text_atomic
+from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
 
@@ -48,8 +48,9 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         try:
             patient = load_patient(entry.patient_id, entry.images)
             result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
-            name = f"{entry.patient_id}_mask.nii.gz"
-            write_image_atomic(result.mask, out_dir / name)
+            path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")  # '../' in an ID stays inside out_dir
+            name = path.name
+            write_image_atomic(result.mask, path)
             masks[entry.patient_id] = name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],

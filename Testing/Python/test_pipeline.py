@@ -185,6 +185,36 @@ def test_extract_with_every_patient_failing_leaves_no_table(small_cohort, tmp_pa
                  str(tmp_path / "f.csv")]) == 2
     assert not (tmp_path / "f.csv").exists()
     assert "no patient could be processed" in capsys.readouterr().err
+    assert not (tmp_path / "f.failures.csv").exists()
+
+
+def test_a_failed_rerun_keeps_the_earlier_good_table(small_cohort, tmp_path, capsys):
+    good = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[:1].copy()
+    for column in ("t1", "t2", "t1c", "mask"):
+        good[column] = [str(small_cohort / v) for v in good[column]]
+    good.to_csv(tmp_path / "good.csv", index=False)
+    out = tmp_path / "features.csv"
+    assert main(["--quiet", "extract", "--manifest", str(tmp_path / "good.csv"), "--out", str(out),
+                 "--params", str(RADIOMICS_FAST_PARAMS)]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("features*")}
+    bad = good.assign(t1="nowhere.nii.gz")
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["--quiet", "extract", "--manifest", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("features*")} == before
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(good.columns) + "\n")
+    capsys.readouterr()
+    assert main(["--quiet", "extract", "--manifest", str(header_only), "--out", str(tmp_path / "h.csv")]) == 2
+    assert not list(tmp_path.glob("h.*"))
+
+
+def test_file_names_from_patient_ids_stay_inside_the_output_folder(tmp_path):
+    from NPCPrognosisLib.io.atomic import patient_file, safe_name
+
+    for pid in ("../../etc/passwd", "/abs/path", "C:\\x", "..", "a/../../b", "ok-ID_1.2"):
+        path = patient_file(tmp_path, pid, "_mask.nii.gz")
+        assert path.parent == tmp_path.resolve(), pid
+    assert safe_name("ok-ID_1.2") == "ok-ID_1.2" and safe_name("../x") == "_x"
 
 
 def test_train_refuses_missing_outcome_and_duplicates(small_cohort, tmp_path, capsys):
