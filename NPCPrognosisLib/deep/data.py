@@ -295,17 +295,6 @@ class AugmentConfig:
     #: down teaches the network to read the other sequences too (nnU-Net augments contrast per channel as well).
     channel_contrast_prob: float = 0.5
     channel_contrast_range: tuple[float, float] = (0.3, 1.2)
-    #: Scanner appearance the training hospital may not show: smooth receive-coil shading (a deep tumour is darker
-    #: than the neck surface on a surface-coil array), a gamma change of the intensity curve, and more noise.
-    #: nnU-Net's default augmentation carries all three; without them a network trained on one phantom family
-    #: missed a quarter of the other family's primaries.
-    bias_field_prob: float = 0.3
-    bias_field_coeff: tuple[float, float] = (0.0, 0.1)
-    gamma_prob: float = 0.3
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    noise_prob: float = 0.2
-    noise_std: float = 0.1
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -328,9 +317,6 @@ def train_transforms(config: AugmentConfig):
         T.RandScaleIntensityd("image", factors=tuple(f - 1.0 for f in config.channel_contrast_range),
                               prob=config.channel_contrast_prob, channel_wise=True),
         T.RandShiftIntensityd("image", offsets=config.intensity_shift, prob=config.intensity_prob),
-        T.RandBiasFieldd("image", coeff_range=config.bias_field_coeff, prob=config.bias_field_prob),
-        T.RandAdjustContrastd("image", gamma=config.gamma_range, prob=config.gamma_prob, retain_stats=True),
-        T.RandGaussianNoised("image", std=config.noise_std, prob=config.noise_prob),
     ])
 
 
