@@ -443,10 +443,42 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        for option in OUTPUT_OPTIONS.get(args.command, ()):
+            check_output(getattr(args, option, None), option="--" + option.replace("_", "-"))
         return int(args.func(args) or 0)
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a disk that filled up or a permission that changed while running
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"npc-prognosis {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+
+
+#: Output options of each command and whether they name a file or a folder, checked before any work starts.
+OUTPUT_OPTIONS = {"synth": ("out",), "extract": ("out",), "train": ("out",), "evaluate": ("out",),
+                  "predict": ("out",), "train-net": ("out",), "segment": ("out",), "cox": ("out",),
+                  "benefit": ("out",), "demo": ("out",)}
+
+
+def check_output(target: str | None, option: str) -> None:
+    """Refuse an output path that cannot be written before hours of work: a parent that is a file, a folder that
+    is not writable. Existing outputs are replaced atomically, so their existence is fine."""
+    import os
+
+    if not target:
+        return
+    path = Path(target)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if parent != path and not parent.is_dir():
+                raise InputError(f"{parent} is a file, so {path} cannot be created", path=path, column=option,
+                                 fix="choose an output path whose folders are folders")
+            folder = parent if parent.is_dir() else parent.parent
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"no permission to write in {folder}", path=path, column=option,
+                                 fix="choose a folder you can write to")
+            return
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,10 +97,14 @@ def verify_bundle(bundle_dir: str | Path) -> None:
         raise BundleError(f"{bundle_dir} is not a model bundle (no {CHECKSUM_FILE}); train one with "
                           "`npc-prognosis train` or use the shipped demo bundle")
     listed = {}
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            digest, name = line.split(None, 1)
-            listed[name.strip()] = digest
+    for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0]):
+            raise BundleError(f"{sums} line {number} is not '<sha256>  <file>' ({line[:60]!r}): the checksum list was "
+                              "edited or damaged; re-copy the bundle or retrain")
+        listed[parts[1].strip()] = parts[0]
     if MANIFEST_FILE not in listed:
         raise BundleError(f"{sums} does not list {MANIFEST_FILE}")
     for name, digest in listed.items():

@@ -106,7 +106,11 @@ def load_column_map(spec: str | None) -> dict[str, str]:
         return {}
     path = Path(spec)
     if path.suffix.lower() == ".json" and path.exists():
-        mapping = json.loads(path.read_bytes())
+        try:
+            mapping = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"column map is not valid JSON ({exc})", path=path, column="--column-map",
+                             fix='write a JSON object such as {"patient_id": "MRN", "t1c": "T1C_path"}') from None
     else:
         mapping = {}
         for part in spec.split(","):
@@ -190,6 +194,12 @@ def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str]
                              fix=f"add {endpoint}_time (months) and {endpoint}_event (0/1)")
     for _, row in table.iterrows():
         time, event = row[f"{endpoint}_time"], row[f"{endpoint}_event"]
+        for column, value in ((f"{endpoint}_time", time), (f"{endpoint}_event", event)):
+            if not pd.isna(value) and pd.isna(pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]):
+                raise InputError(f"{column} is {value!r}, not a number", patient_id=row["patient_id"],
+                                 path=manifest.source, column=column,
+                                 fix="months as a number (time) and 0/1 (event); leave the cell empty if unknown")
+        time, event = pd.to_numeric(pd.Series([time, event]), errors="coerce").tolist()
         if pd.isna(time) or pd.isna(event):
             raise InputError(f"missing {endpoint} outcome", patient_id=row["patient_id"], path=manifest.source,
                              column=f"{endpoint}_time" if pd.isna(time) else f"{endpoint}_event",

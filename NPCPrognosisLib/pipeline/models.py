@@ -117,14 +117,27 @@ def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, feature
     return factors
 
 
+#: What a survival bundle must hold; checked when it is loaded, before any patient is processed.
+REQUIRED_KEYS = ("endpoint", "signature", "models", "cutoffs", "clinical_encoding", "training", "radiomics",
+                 "feature_columns")
+
+
 def load_bundle(path: str | Path) -> LoadedBundle:
+    """Read, verify and check a survival bundle completely, so a damaged one fails before hours of radiomics."""
     document = read_bundle(path)
+    missing = [key for key in REQUIRED_KEYS if key not in document]
+    if missing:
+        raise BundleError(f"bundle {path} lacks {missing}; retrain it with this version of NPCPrognosis")
     try:
-        return LoadedBundle(
+        bundle = LoadedBundle(
             path=Path(path),
             document=document,
             signature=RadiomicsSignature.from_dict(document["signature"]),
             nomograms={name: Nomogram.from_dict(block) for name, block in document["models"].items()},
         )
-    except (KeyError, TypeError) as exc:
+        bundle.cutoffs, bundle.ebv_fill, bundle.training_outcomes, bundle.preprocess  # noqa: B018 - parse them now
+        if "nomogram" not in bundle.nomograms or set(bundle.cutoffs) != set(bundle.nomograms):
+            raise KeyError("models/cutoffs")
+    except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"bundle {path} lacks or garbles {exc}; retrain it with this version") from None
+    return bundle

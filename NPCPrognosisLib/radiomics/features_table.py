@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.contract import ROIS, SEQUENCES
@@ -60,8 +61,24 @@ def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     dup = table["patient_id"][table["patient_id"].duplicated()].tolist()
     if dup:
         raise InputError(f"duplicate patient IDs {dup[:3]} in the features table", patient_id=dup[0], path=path)
+    for column in table.columns[1:]:
+        values = table[column]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = np.flatnonzero(numbers.isna().to_numpy() & values.notna().to_numpy())
+        if len(bad):
+            row = int(bad[0])
+            raise InputError(f"non-numeric value {values.iloc[row]!r} in the features table ({len(bad)} cell(s) in "
+                             "this column)", patient_id=str(table["patient_id"].iloc[row]), path=path,
+                             column=str(column), fix="features are numbers; leave a cell empty when a value is missing")
+        table[column] = numbers
     meta_file = meta_path_for(path)
-    meta = json.loads(meta_file.read_bytes()) if meta_file.exists() else {}
+    try:
+        meta = json.loads(meta_file.read_bytes()) if meta_file.exists() else {}
+    except ValueError as exc:
+        raise InputError(f"the features table's metadata is not valid JSON ({exc})", path=meta_file,
+                         fix="re-run extract, or delete the .meta.json file of a table made elsewhere") from None
     return table, meta
 
 

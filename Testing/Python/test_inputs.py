@@ -312,3 +312,76 @@ def test_tiny_or_outside_gtvp_gives_a_warning_that_reaches_the_prediction():
     mask.CopyInformation(image)
     aligned = align_patient({"t1c": image}, mask, patient_id="P15")
     assert any("outside the head" in w for w in aligned.warnings)
+
+
+# ---------------------------------------------------------------------------------------------- one-line errors
+def _demo_copy(tmp_path, edit):
+    import hashlib
+    import json
+    import shutil
+
+    from NPCPrognosisLib.resources import DEMO_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    document = json.loads((bundle / "bundle.json").read_text())
+    edit(document)
+    text = json.dumps(document)
+    (bundle / "bundle.json").write_text(text)
+    lines = [line for line in (bundle / "SHA256SUMS").read_text().splitlines() if not line.endswith("  bundle.json")]
+    lines.append(f"{hashlib.sha256(text.encode()).hexdigest()}  bundle.json")
+    (bundle / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return bundle
+
+
+def test_a_bundle_missing_a_key_fails_when_loaded_not_after_the_radiomics(tmp_path):
+    from NPCPrognosisLib.errors import BundleError
+    from NPCPrognosisLib.pipeline.models import load_bundle
+
+    bundle = _demo_copy(tmp_path, lambda d: d.pop("cutoffs"))
+    with pytest.raises(BundleError, match="lacks \\['cutoffs'\\]"):
+        load_bundle(bundle)
+
+
+def test_a_malformed_checksum_list_is_named(tmp_path):
+    from NPCPrognosisLib.errors import BundleError
+    from NPCPrognosisLib.io.bundle import read_bundle
+
+    bundle = _demo_copy(tmp_path, lambda d: None)
+    with open(bundle / "SHA256SUMS", "a") as handle:
+        handle.write("garbage line without hash\n")
+    with pytest.raises(BundleError, match="line .* is not '<sha256>  <file>'"):
+        read_bundle(bundle)
+
+
+def test_user_errors_end_in_one_line_and_exit_2(tmp_path, capsys):
+    from NPCPrognosisLib.cli import main
+
+    rows = [dict(GOOD, patient_id=f"P{i}", t1="a.nii.gz", t2="a.nii.gz", t1c="a.nii.gz", mask="m.nii.gz",
+                 dmfs_time=10 + i, dmfs_event=i % 2) for i in range(4)]
+    rows[2]["dmfs_time"] = "about a year"
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    features = pd.DataFrame({"patient_id": [f"P{i}" for i in range(4)], "t1c_gtvp_original_shape_MeshVolume":
+                             ["1.0", "2.0", "n/a?", "3.0"]})
+    features.to_csv(tmp_path / "f.csv", index=False)
+    (tmp_path / "map.json").write_text("{not json")
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["train", "--manifest", str(tmp_path / "m.csv"), "--features", str(tmp_path / "f.csv"), "--endpoint",
+          "dmfs", "--out", str(tmp_path / "b")], "P2"),  # the features table's text cell, found first
+        (["train", "--manifest", str(tmp_path / "m.csv"), "--column-map", str(tmp_path / "map.json"), "--features",
+          str(tmp_path / "f.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "b")], "not valid JSON"),
+        (["extract", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "afile" / "f.csv")],
+         "is a file"),
+    ]
+    for args, expected in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"npc-prognosis {args[0]}: error:") and expected in err[0], err
+    features["t1c_gtvp_original_shape_MeshVolume"] = ["1.0", "2.0", "2.5", "3.0"]
+    features.to_csv(tmp_path / "f.csv", index=False)
+    capsys.readouterr()
+    assert main(cases[0][0]) == 2
+    err = capsys.readouterr().err
+    assert "P2" in err and "dmfs_time" in err and "not a number" in err
