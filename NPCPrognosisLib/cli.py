@@ -39,7 +39,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     auto = args.mask == "auto"
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=not auto)
-    runner = dask_runner(args.dask_scheduler or None) if args.engine == "dask" else None
+    runner = dask_runner(args.dask_scheduler or None, progress=not args.quiet) if args.engine == "dask" else None
     result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
                             progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto,
                             resample_mask=args.resample_mask)

@@ -7,7 +7,9 @@ Patients run in a local process pool or, for cohorts one machine cannot handle, 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -108,6 +110,45 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _input_checksum(path: Path | None) -> str | None:
+    """SHA-256 of an input file, or of every file of a DICOM folder (names and contents)."""
+    import hashlib
+
+    from NPCPrognosisLib.io.bundle import sha256
+
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{child.relative_to(path).as_posix()}:{sha256(child)}\n".encode())
+        return digest.hexdigest()
+    return sha256(path) if path.exists() else None
+
+
+def _resumable_patient(entry: PatientEntry, cache_dir: str, settings_key: str, *args: Any) -> dict[str, Any]:
+    """:func:`_one_patient`, remembered: a finished patient is written to ``cache_dir`` at once (keyed by the
+    checksums of its files and the extraction settings), so a killed run, or a lost Dask worker, costs only the
+    patients in flight, and a re-run with the same inputs reuses it."""
+    import hashlib
+
+    files = {name: _input_checksum(p) for name, p in {**entry.images, "mask": entry.mask}.items()}
+    key = hashlib.sha256(json.dumps({"settings": settings_key, "files": files}, sort_keys=True).encode()).hexdigest()
+    cache = patient_file(cache_dir, entry.patient_id, ".json")
+    if cache.exists():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("key") == key and stored.get("patient_id") == entry.patient_id:
+                return stored["result"]
+        except (ValueError, KeyError, OSError):
+            pass  # unreadable: computed again
+    result = _one_patient(entry, *args)
+    if "error" not in result:
+        write_json_atomic(cache, {"key": key, "patient_id": entry.patient_id, "result": result})
+    return result
+
+
 def extract_cohort(
     manifest: Manifest,
     out: str | Path,
@@ -150,20 +191,25 @@ def extract_cohort(
                          patient_id=missing_mask[0], column="mask",
                          fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = (preprocess.to_dict(), None if params_path is None else str(params_path), 1,
+    settings = extraction_metadata(params_path, preprocess)
+    settings_key = json.dumps({"radiomics": settings.get("settings_hash"), "preprocessing": preprocess.to_dict(),
+                               "network": None if network is None else network_checksum(network),
+                               "auto_mask": bool(auto_mask), "resample_mask": bool(resample_mask)}, sort_keys=True)
+    cache_dir = out.with_name(out.name + ".partial")
+    args = (str(cache_dir), settings_key, preprocess.to_dict(), None if params_path is None else str(params_path), 1,
             None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
             bool(resample_mask))
     if runner is not None:
-        results = runner(_one_patient, entries, *args)
+        results = runner(_resumable_patient, entries, *args)
     elif workers > 1:
         from NPCPrognosisLib.processes import spawn_context
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
-            futures = [pool.submit(_one_patient, e, *args) for e in entries]
+            futures = [pool.submit(_resumable_patient, e, *args) for e in entries]
             results = [f.result() for f in tqdm(futures, desc="radiomics", unit="patient", disable=not progress)]
     else:
-        results = [_one_patient(e, *args) for e in tqdm(entries, desc="radiomics", unit="patient",
-                                                           disable=not progress)]
+        results = [_resumable_patient(e, *args) for e in tqdm(entries, desc="radiomics", unit="patient",
+                                                                 disable=not progress)]
 
     rows, failures = [], []
     for result in results:
@@ -189,11 +235,12 @@ def extract_cohort(
             "network": None if network is None else str(network),
             "network_sha256": None if network is None else network_checksum(network)}
     write_json_atomic(meta_path_for(out), meta)
+    shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out))
 
 
-def dask_runner(address: str | None = None) -> Callable[..., list[dict[str, Any]]]:
+def dask_runner(address: str | None = None, progress: bool = False) -> Callable[..., list[dict[str, Any]]]:
     """A runner that maps patients over a Dask cluster (``address`` of a scheduler, or a local cluster)."""
 
     def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
@@ -203,8 +250,18 @@ def dask_runner(address: str | None = None) -> Callable[..., list[dict[str, Any]
         cluster = None if address else LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
         client = Client(address or cluster)
         try:
+            from dask.distributed import as_completed
+            from tqdm import tqdm
+
             futures = client.map(function, list(entries), *[[a] * len(entries) for a in args], pure=False)
-            return client.gather(futures)
+            order = {future.key: i for i, future in enumerate(futures)}
+            results: list[dict[str, Any] | None] = [None] * len(futures)
+            # Recorded as they complete (each patient is also written to the resume cache by the worker), so a
+            # lost worker or a killed client costs only the patients in flight; Dask re-runs a lost worker's tasks.
+            for future in tqdm(as_completed(futures), total=len(futures), desc="radiomics (dask)", unit="patient",
+                               disable=not progress):
+                results[order[future.key]] = future.result()
+            return results
         finally:
             client.close()
             if cluster is not None:

@@ -279,3 +279,70 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert info.value.code == 0
     assert "usage: npc-prognosis " + command in capsys.readouterr().out
+
+
+def _first_three(small_cohort):
+    from NPCPrognosisLib.io.manifest import Manifest, read_manifest
+
+    manifest = read_manifest(small_cohort / "manifest.csv")
+    return Manifest(table=manifest.table.iloc[:3].reset_index(drop=True), root=manifest.root, source=manifest.source)
+
+
+def test_a_killed_extract_resumes_with_the_finished_patients_and_the_same_table(small_cohort, tmp_path, monkeypatch):
+    from NPCPrognosisLib.pipeline import extract
+
+    manifest = _first_three(small_cohort)
+    extract.extract_cohort(manifest, tmp_path / "full.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False)
+    assert not (tmp_path / "full.csv.partial").exists()  # removed once the table holds everything
+
+    def killed_after_two(function, entries, *args):
+        for entry in entries[:2]:
+            function(entry, *args)
+        raise KeyboardInterrupt  # the user pressed Ctrl-C (or the machine went down) during the third patient
+
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract_cohort(manifest, tmp_path / "resumed.csv", params_path=RADIOMICS_FAST_PARAMS,
+                               progress=False, runner=killed_after_two)
+    assert not (tmp_path / "resumed.csv").exists() and len(list((tmp_path / "resumed.csv.partial").iterdir())) == 2
+    computed = []
+    original = extract._one_patient
+    monkeypatch.setattr(extract, "_one_patient", lambda entry, *a: computed.append(entry.patient_id) or original(
+        entry, *a))
+    extract.extract_cohort(manifest, tmp_path / "resumed.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False)
+    assert computed == [manifest.patient_ids[2]]
+    assert (tmp_path / "resumed.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+
+
+def _dies_once(marker, function, entry, *args):
+    """Kills its Dask worker process the first time it runs (a lost worker mid-run), then behaves."""
+    import os
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).write_text(entry.patient_id)
+        os._exit(1)
+    return function(entry, *args)
+
+
+def test_dask_survives_a_lost_worker_and_gives_the_same_table(small_cohort, tmp_path):
+    import functools
+
+    from dask.distributed import LocalCluster
+
+    from NPCPrognosisLib.pipeline.extract import dask_runner, extract_cohort
+
+    manifest = _first_three(small_cohort)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+    try:
+        runner = dask_runner(cluster.scheduler_address)
+
+        def with_a_dying_worker(function, entries, *args):
+            return runner(functools.partial(_dies_once, str(tmp_path / "died"), function), entries, *args)
+
+        result = extract_cohort(manifest, tmp_path / "dask.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False,
+                                runner=with_a_dying_worker)
+    finally:
+        cluster.close()
+    assert (tmp_path / "died").exists() and not result.failures
+    local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[:3].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dask.csv", dtype={"patient_id": str}), local)
