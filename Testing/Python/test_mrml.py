@@ -451,3 +451,11 @@ def test_the_job_log_streams_in_increments(module, tmp_path):
     runner._streamLog()
     runner._streamLog()
     assert seen == ["preprocessing\n", "radiomics 1/3\n"]
+
+
+def test_no_inputs_without_a_use_pet_ct_selectors_are_gone():
+    """The PET/CT selectors did nothing (no bundle reads PET/CT): a clinician would believe they were used."""
+    ui = (ROOT / "Resources" / "UI" / "NPCPrognosis.ui").read_text()
+    module_source = (ROOT / "NPCPrognosis.py").read_text()
+    assert "petSelector" not in ui and "ctSelector" not in ui
+    assert "petVolume" not in module_source and "ctVolume" not in module_source
