@@ -42,7 +42,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     runner = dask_runner(args.dask_scheduler or None, progress=not args.quiet) if args.engine == "dask" else None
     result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
                             progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto,
-                            resample_mask=args.resample_mask)
+                            resample_mask=args.resample_mask, roi_map=args.roi_map)
     print(f"features for {len(result.table)} patient(s) x {result.table.shape[1] - 1} features: {result.features_path}")
     if result.failures:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
@@ -164,7 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
-                           resample_mask=args.resample_mask)
+                           resample_mask=args.resample_mask, roi_map=args.roi_map)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
@@ -227,6 +227,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                              saliency=args.saliency)
     out = write_image_atomic(result.mask, args.out)
     stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
+    if Path(args.t1c).is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
+        from NPCPrognosisLib.io.dicom_rt import write_seg
+
+        print(f"DICOM SEG: {write_seg(result.mask, args.t1c, f'{stem}_seg.dcm')}")
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
     if result.saliency is not None:
@@ -317,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: radiomics from the network's contours (needs --network)")
     p.add_argument("--resample-mask", action="store_true",
                    help="resample a mask that is not on the CET1W grid (nearest neighbour) instead of refusing it")
+    p.add_argument("--roi-map", default=None,
+                   help="masks given as DICOM RTSTRUCT: which ROIs are GTVp/GTVn, e.g. GTVp=GTVnx,GTVn=GTVnd|GTV_LN* "
+                        "(case-insensitive; default: common names such as GTVp, GTV-P, GTVnx / GTVn, GTVnd)")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
@@ -367,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default=None, help="label map: 1 = GTVp, 2 = GTVn; 'auto' or absent: the bundle's network")
     p.add_argument("--resample-mask", action="store_true",
                    help="resample a mask that is not on the CET1W grid (nearest neighbour) instead of refusing it")
+    p.add_argument("--roi-map", default=None,
+                   help="masks given as DICOM RTSTRUCT: which ROIs are GTVp/GTVn, e.g. GTVp=GTVnx,GTVn=GTVnd|GTV_LN* "
+                        "(case-insensitive; default: common names such as GTVp, GTV-P, GTVnx / GTVn, GTVnd)")
     p.add_argument("--tta", type=int, default=4, help="test-time augmentations for the deep score's spread")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")

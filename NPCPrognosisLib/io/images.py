@@ -318,17 +318,45 @@ def load_patient(
     *,
     reference: str = REFERENCE_SEQUENCE,
     resample_mask: bool = False,
+    roi_map: str | Mapping[str, str] | None = None,
 ) -> PatientImages:
-    """Read a patient's files and align them (see :func:`align_patient`)."""
+    """Read a patient's files and align them (see :func:`align_patient`).
+
+    The mask may be a label image or a DICOM RTSTRUCT, rasterised onto the reference (CET1W) grid with ``roi_map``
+    naming the GTVp/GTVn ROIs (:func:`NPCPrognosisLib.io.dicom_rt.read_rtstruct`); ROIs that matched nothing are
+    reported in the patient's warnings.
+    """
     images = {}
     for name, path in image_paths.items():
         if path is None:
             raise InputError(f"no {name} image given", patient_id=patient_id, column=name,
                              fix=f"fill in the {name} column with a NIfTI/NRRD file or DICOM folder")
         images[name] = read_image(path, patient_id=patient_id, role=name)
-    mask = None if mask_path is None else read_image(mask_path, patient_id=patient_id, role="mask")
-    return align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},
-                         reference=reference, resample_mask=resample_mask)
+    notes: list[str] = []
+    if mask_path is None:
+        mask = None
+    elif reference in images and _is_rtstruct(mask_path):
+        from NPCPrognosisLib.io.dicom_rt import read_rtstruct
+
+        mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
+        if report["unmatched"]:
+            notes.append(f"RTSTRUCT ROI(s) {report['unmatched']} matched neither GTVp nor GTVn and were not used "
+                         "(--roi-map names them)")
+        if report["skipped_contours"]:
+            notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) do not lie on a {reference} slice and "
+                         "were skipped")
+    else:
+        mask = read_image(mask_path, patient_id=patient_id, role="mask")
+    patient = align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},
+                            reference=reference, resample_mask=resample_mask)
+    patient.warnings[:0] = notes
+    return patient
+
+
+def _is_rtstruct(path: str | Path) -> bool:
+    from NPCPrognosisLib.io.dicom_rt import is_rtstruct
+
+    return is_rtstruct(path)
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:

@@ -69,7 +69,7 @@ def patient_features(
 
 def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: str | None, workers: int,
                  network: str | None = None, auto_mask_dir: str | None = None,
-                 resample_mask: bool = False) -> dict[str, Any]:
+                 resample_mask: bool = False, roi_map: str | None = None) -> dict[str, Any]:
     """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
 
     With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
@@ -78,7 +78,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
     try:
         mask = None if auto_mask_dir else entry.mask
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask,
-                               resample_mask=resample_mask)
+                               resample_mask=resample_mask, roi_map=roi_map)
         config = PreprocessConfig.from_dict(preprocess)
         extra: dict[str, float] = {}
         prepared = None
@@ -161,6 +161,7 @@ def extract_cohort(
     network: str | Path | None = None,
     auto_mask: bool = False,
     resample_mask: bool = False,
+    roi_map: str | None = None,
 ) -> ExtractionResult:
     """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
 
@@ -169,7 +170,8 @@ def extract_cohort(
     patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`, on the same contours
     as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic contours,
     written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid instead of
-    refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`).
+    refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn ROIs of
+    masks given as DICOM RTSTRUCT.
     """
     from tqdm import tqdm
 
@@ -194,11 +196,12 @@ def extract_cohort(
     settings = extraction_metadata(params_path, preprocess)
     settings_key = json.dumps({"radiomics": settings.get("settings_hash"), "preprocessing": preprocess.to_dict(),
                                "network": None if network is None else network_checksum(network),
-                               "auto_mask": bool(auto_mask), "resample_mask": bool(resample_mask)}, sort_keys=True)
+                               "auto_mask": bool(auto_mask), "resample_mask": bool(resample_mask),
+                               "roi_map": roi_map}, sort_keys=True)
     cache_dir = out.with_name(out.name + ".partial")
     args = (str(cache_dir), settings_key, preprocess.to_dict(), None if params_path is None else str(params_path), 1,
             None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
-            bool(resample_mask))
+            bool(resample_mask), roi_map)
     if runner is not None:
         results = runner(_resumable_patient, entries, *args)
     elif workers > 1:

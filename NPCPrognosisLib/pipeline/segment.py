@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from NPCPrognosisLib.contract import SEQUENCES
+from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
+from NPCPrognosisLib.io.dicom_rt import write_seg
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
 
@@ -51,6 +52,10 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")  # '../' in an ID stays inside out_dir
             name = path.name
             write_image_atomic(result.mask, path)
+            if entry.images.get(REFERENCE_SEQUENCE) is not None and Path(entry.images[REFERENCE_SEQUENCE]).is_dir():
+                # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer
+                write_seg(result.mask, entry.images[REFERENCE_SEQUENCE],
+                          patient_file(out_dir, entry.patient_id, "_seg.dcm"))
             masks[entry.patient_id] = name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],

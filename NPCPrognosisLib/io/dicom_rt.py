@@ -1,0 +1,314 @@
+"""The clinic's contour formats: DICOM RTSTRUCT in (and out), DICOM SEG out.
+
+Contours drawn in a treatment-planning system arrive as an RT Structure Set: closed planar polygons in patient
+coordinates (mm, LPS, the same physical space as SimpleITK), one list per ROI, named by whoever drew them
+("GTVnx", "GTV-P", "GTVnd"...). They are rasterised here onto the CET1W grid with pydicom and matplotlib's
+polygon test (a voxel is inside when its centre is; polygons of one ROI on one slice combine even-odd, so holes
+stay holes), and mapped to GTVp/GTVn by a case-insensitive name map that reports every ROI it did not use.
+Automatic contours go back to a PACS as DICOM SEG (highdicom), referencing the source series.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from NPCPrognosisLib.contract import LABELS, SEGMENTS
+from NPCPrognosisLib.errors import InputError
+
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+#: Default ROI names per structure (case-insensitive shell patterns, alternatives separated by '|').
+DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtv-p|gtv_p|gtvnx|gtv-nx|gtv_nx|gtv primary|gtv_primary",
+                   "GTVn": "gtvn|gtv-n|gtv_n|gtvnd|gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
+
+
+def is_rtstruct(path: str | Path) -> bool:
+    """A DICOM file whose modality is RTSTRUCT (read without pixel data)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head[128:132] != b"DICM":
+        return False
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) == "RTSTRUCT"
+
+
+def parse_roi_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``GTVp=GTVnx,GTVn=GTVnd|GTV_LN*`` (or a mapping) -> {structure: patterns}; defaults for what is not given."""
+    mapping = dict(DEFAULT_ROI_MAP)
+    if spec:
+        items = spec.items() if isinstance(spec, Mapping) else (part.split("=", 1) for part in str(spec).split(","))
+        for item in items:
+            item = list(item)
+            if len(item) != 2 or item[0].strip() not in DEFAULT_ROI_MAP:
+                raise InputError(f"ROI map entry {'='.join(item)!r} is not GTVp=<names> or GTVn=<names>",
+                                 column="--roi-map", fix="write e.g. --roi-map GTVp=GTVnx,GTVn=GTVnd|GTV_LN*")
+            mapping[item[0].strip()] = item[1].strip()
+    return mapping
+
+
+def _matches(name: str, patterns: str) -> bool:
+    return any(fnmatch.fnmatch(name.strip().lower(), p.strip().lower()) for p in patterns.split("|") if p.strip())
+
+
+def _rasterise(points_lps: np.ndarray, reference: sitk.Image, layer: np.ndarray) -> bool:
+    """XOR one closed polygon into ``layer`` (z, y, x) on the slice it lies on; False when it is not on one."""
+    from matplotlib.path import Path as Polygon
+
+    spacing = np.array(reference.GetSpacing())
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    index = ((points_lps - np.array(reference.GetOrigin())) @ direction) / spacing  # continuous (i, j, k)
+    k = np.round(index[:, 2])
+    if np.ptp(index[:, 2]) > 0.5 or not 0 <= k[0] < layer.shape[0]:
+        return False
+    lo = np.maximum(np.floor(index[:, :2].min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(index[:, :2].max(axis=0)).astype(int), [layer.shape[2] - 1, layer.shape[1] - 1])
+    if np.any(hi < lo):
+        return True
+    ii, jj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
+    inside = Polygon(index[:, :2]).contains_points(np.column_stack([ii.ravel(), jj.ravel()]))
+    window = layer[int(k[0]), lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    window ^= inside.reshape(ii.shape)
+    return True
+
+
+def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mapping[str, str] | None = None, *,
+                  patient_id: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+    """An RT Structure Set as a label map (1 = GTVp, 2 = GTVn) on ``reference``'s grid.
+
+    Parameters
+    ----------
+    path : path
+        The RTSTRUCT file.
+    reference : SimpleITK.Image
+        The CET1W image whose grid receives the contours.
+    roi_map : str or mapping, optional
+        Which ROI names are GTVp and GTVn (see :func:`parse_roi_map`).
+
+    Returns
+    -------
+    mask : SimpleITK.Image
+        uint8 labels on the reference grid.
+    report : dict
+        ``matched`` {structure: [ROI names]}, ``unmatched`` [ROI names no structure took], ``skipped_contours``
+        (polygons not lying on one reference slice).
+    """
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged file
+        raise InputError(f"RTSTRUCT cannot be read ({exc})", patient_id=patient_id, path=path,
+                         fix="export the structure set again") from None
+    if str(ds.get("Modality", "")) != "RTSTRUCT":
+        raise InputError(f"not an RTSTRUCT (modality {ds.get('Modality', '?')})", patient_id=patient_id, path=path,
+                         fix="pass the RT Structure Set file exported with the plan")
+    mapping = parse_roi_map(roi_map)
+    names = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])}
+    shape = sitk.GetArrayViewFromImage(reference).shape
+    labels = np.zeros(shape, np.uint8)
+    matched: dict[str, list[str]] = {s["name"]: [] for s in SEGMENTS}
+    unmatched, skipped = [], 0
+    by_label = {s["label"]: s["name"] for s in SEGMENTS}
+    for roi in ds.get("ROIContourSequence", []):
+        name = names.get(int(roi.ReferencedROINumber), f"ROI {roi.ReferencedROINumber}")
+        structure = next((s for s, patterns in mapping.items() if _matches(name, patterns)), None)
+        if structure is None:
+            unmatched.append(name)
+            continue
+        matched[structure].append(name)
+        layer = np.zeros(shape, bool)
+        for contour in roi.get("ContourSequence", []):
+            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) not in ("CLOSED_PLANAR", ""):
+                skipped += 1
+                continue
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            if len(points) < 3 or not _rasterise(points, reference, layer):
+                skipped += 1
+        label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
+        labels[layer & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
+    if not matched["GTVp"]:
+        raise InputError(f"no ROI of the structure set is GTVp (ROIs: {sorted(names.values())})",
+                         patient_id=patient_id, path=path,
+                         fix="name the primary's ROI with --roi-map GTVp=<its name> (e.g. GTVp=GTV_T)")
+    mask = sitk.GetImageFromArray(labels)
+    mask.CopyInformation(reference)
+    report = {"matched": matched, "unmatched": unmatched, "skipped_contours": skipped,
+              "labels": {str(k): v for k, v in by_label.items()}}
+    return mask, report
+
+
+def _slice_polygons(slice_mask: np.ndarray) -> list[np.ndarray]:
+    """Closed polygons (x, y in voxel indices) around the voxels of one slice, through the edge midpoints."""
+    import contourpy
+
+    padded = np.pad(slice_mask.astype(float), 1)
+    generator = contourpy.contour_generator(z=padded, line_type=contourpy.LineType.Separate)
+    return [line - 1.0 for line in generator.lines(0.5) if len(line) >= 3]
+
+
+def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame_of_reference_uid: str | None = None,
+                   names: Mapping[int, str] | None = None) -> Path:
+    """The label map as an RT Structure Set (one ROI per label, one closed polygon per island and slice).
+
+    Parameters
+    ----------
+    mask : SimpleITK.Image
+        Labels (1 = GTVp, 2 = GTVn) on the image grid; contours are written in its physical space.
+    path : path
+        The RTSTRUCT file to write.
+    patient_id : str
+        Written as PatientID (nothing else from any header).
+    frame_of_reference_uid : str, optional
+        The image series' frame of reference (new UID when unknown).
+
+    Returns
+    -------
+    path : pathlib.Path
+    """
+    import datetime
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from NPCPrognosisLib.io.atomic import atomic_path
+
+    names = dict(names or {s["label"]: s["name"] for s in SEGMENTS})
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    now = datetime.datetime.now()
+    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.PatientName = "RTSTRUCT", str(patient_id), str(patient_id)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "NPCPrognosis", now.strftime("%Y%m%d"), \
+        now.strftime("%H%M%S")
+    ds.Manufacturer = "NPCPrognosis"
+    frame = frame_of_reference_uid or generate_uid()
+    ds.FrameOfReferenceUID = frame
+    referenced = pydicom.Dataset()
+    referenced.FrameOfReferenceUID = frame
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([referenced])
+    labels = sitk.GetArrayViewFromImage(mask)
+    rois, contours, observations = [], [], []
+    for number, (label, name) in enumerate(sorted(names.items()), start=1):
+        roi = pydicom.Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        rois.append(roi)
+        items = []
+        for k in range(labels.shape[0]):
+            for polygon in _slice_polygons(labels[k] == label):
+                physical = [mask.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k)))
+                            for x, y in polygon[:-1]]  # closed: the last point repeats the first
+                item = pydicom.Dataset()
+                item.ContourGeometricType = "CLOSED_PLANAR"
+                item.NumberOfContourPoints = len(physical)
+                item.ContourData = [f"{v:.4f}" for point in physical for v in point]
+                items.append(item)
+        roi_contour = pydicom.Dataset()
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ROIDisplayColor = [int(255 * c) for c in next(
+            (s["color"] for s in SEGMENTS if s["label"] == label), (1.0, 1.0, 0.0))]
+        roi_contour.ContourSequence = DicomSequence(items)
+        contours.append(roi_contour)
+        observation = pydicom.Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
+        observations.append(observation)
+    ds.StructureSetROISequence = DicomSequence(rois)
+    ds.ROIContourSequence = DicomSequence(contours)
+    ds.RTROIObservationsSequence = DicomSequence(observations)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.save_as(str(tmp), enforce_file_format=True)
+    return path
+
+
+def series_files(folder: str | Path, series_uid: str | None = None) -> list[str]:
+    """The files of one DICOM series in the order SimpleITK stacks them (GDCM)."""
+    reader = sitk.ImageSeriesReader()
+    uids = reader.GetGDCMSeriesIDs(str(folder))
+    uid = series_uid or (uids[0] if len(uids) == 1 else None)
+    if uid is None:
+        raise InputError(f"{folder} holds {len(uids)} DICOM series; say which", path=folder,
+                         fix="put one series per folder")
+    return list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+
+
+def write_seg(mask: sitk.Image, source_folder: str | Path, path: str | Path, *,
+              series_uid: str | None = None) -> Path:
+    """Automatic contours as a DICOM SEG (highdicom) referencing the CET1W series they were drawn on.
+
+    ``mask`` must be on the grid SimpleITK reads from ``source_folder`` (one frame per source image, same order).
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from NPCPrognosisLib.io.atomic import atomic_path
+
+    files = series_files(source_folder, series_uid)
+    sources = [pydicom.dcmread(f) for f in files]
+    labels = sitk.GetArrayFromImage(mask)
+    if labels.shape[0] != len(sources):
+        raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
+                         path=source_folder, fix="write the SEG from the mask segment produced for this series")
+    descriptions = []
+    present = [s for s in SEGMENTS if (labels == s["label"]).any()]
+    for number, segment in enumerate(present, start=1):
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=segment["name"],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm if segment["name"] == "GTVp" else codes.SCT.LymphNode,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="NPCPrognosis", version="0.1", family=codes.cid7162.ArtificialIntelligence)))
+    pixel = np.zeros(labels.shape, np.uint8)
+    for number, segment in enumerate(present, start=1):
+        pixel[labels == segment["label"]] = number
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="NPCPrognosis",
+        manufacturer_model_name="NPCPrognosis", software_versions="0.1", device_serial_number="0",
+        series_description="NPCPrognosis automatic GTVp/GTVn (research software)")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        seg.save_as(str(tmp))
+    return path
+
+
+def read_seg_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
+    """A DICOM SEG written by :func:`write_seg` back as labels (1 = GTVp, 2 = GTVn) on the series' grid."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(path))
+    numbers = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    source_uids = [uid for _, _, uid in seg.get_source_image_uids()]
+    volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids,
+                                               segment_numbers=sorted(numbers), combine_segments=True)
+    label_of = {number: next(s["label"] for s in SEGMENTS if s["name"] == name) for number, name in numbers.items()}
+    out = np.zeros(volume.shape, np.uint8)
+    for number, label in label_of.items():
+        out[volume == number] = label
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(reference)
+    return image
+
+
+def source_order(sources: Sequence[Any]) -> list[str]:
+    return [str(s.SOPInstanceUID) for s in sources]
