@@ -134,22 +134,63 @@ def check_file_integrity(path: str | Path, *, patient_id: str | None = None, rol
                              fix="re-export the image; NaN usually comes from a failed conversion or registration")
 
 
+#: ``folder::selector`` picks one series of a DICOM folder holding several (SeriesInstanceUID or description).
+SERIES_SEPARATOR = "::"
+
+
+def split_series_selector(path: str | Path) -> tuple[Path, str | None]:
+    """``"study/::T1 post"`` -> (Path("study"), "T1 post"); a plain path has no selector."""
+    text = str(path)
+    if SERIES_SEPARATOR in text:
+        folder, selector = text.rsplit(SERIES_SEPARATOR, 1)
+        return Path(folder), selector.strip() or None
+    return Path(text), None
+
+
+def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id: str | None = None,
+                       role: str = "image") -> list[str]:
+    """The files of the one DICOM series meant: the only one in the folder, or the one whose SeriesInstanceUID equals
+    ``selector`` or whose SeriesDescription contains it (case-insensitive). Anything ambiguous is refused with the
+    series found, never resolved by taking the first."""
+    reader = sitk.ImageSeriesReader()
+    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(f"{role} folder contains no DICOM series", patient_id=patient_id, path=folder,
+                         fix="point at the folder holding the series' files")
+    series = {}
+    for uid in uids:
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        header = sitk.ImageFileReader()
+        header.SetFileName(files[0])
+        header.LoadPrivateTagsOff()
+        header.ReadImageInformation()
+        description = header.GetMetaData("0008|103e").strip() if header.HasMetaDataKey("0008|103e") else ""
+        series[uid] = (description, files)
+    if selector is None and len(series) == 1:
+        return series[uids[0]][1]
+    chosen = [uid for uid in uids if selector is not None and (
+        uid == selector or selector.lower() in series[uid][0].lower())]
+    listing = "; ".join(f"{uid} '{d}' ({len(f)} images)" for uid, (d, f) in series.items())
+    if len(chosen) != 1:
+        what = ("no series matches" if selector is not None and not chosen else
+                "several series match" if selector is not None else f"the folder holds {len(series)} series")
+        raise InputError(f"{role}: {what} {selector!r} ({listing})" if selector is not None else
+                         f"{role}: {what} ({listing})", patient_id=patient_id, path=folder,
+                         fix=f"name the series: <folder>{SERIES_SEPARATOR}<SeriesInstanceUID or words of its "
+                             "description>, e.g. study/::T1 post contrast")
+    return series[chosen[0]][1]
+
+
 def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder as a 3D image, checking what later stages assume."""
-    path = Path(path)
+    path, selector = split_series_selector(path)
     if not path.exists():
         raise InputError(f"{role} file not found", patient_id=patient_id, path=path,
                          fix="check the path in the manifest (paths are relative to the manifest's folder)")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{role} folder contains no DICOM series", patient_id=patient_id, path=path)
-            if len(series) > 1:
-                raise InputError(f"{role} folder contains {len(series)} DICOM series", patient_id=patient_id,
-                                 path=path, fix="put one series per folder")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(dicom_series_files(path, selector, patient_id=patient_id, role=role))
             image = reader.Execute()
         else:
             check_file_integrity(path, patient_id=patient_id, role=role)

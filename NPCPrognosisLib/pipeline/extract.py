@@ -24,7 +24,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import network_checksum
-from NPCPrognosisLib.io.images import PatientImages, load_patient
+from NPCPrognosisLib.io.images import PatientImages, load_patient, split_series_selector
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, extraction_metadata, failures_path_for, meta_path_for
 
@@ -118,7 +118,9 @@ def _input_checksum(path: Path | None) -> str | None:
 
     if path is None:
         return None
-    path = Path(path)
+    path, selector = split_series_selector(path)
+    if selector is not None:
+        return f"{_input_checksum(path)}::{selector}"
     if path.is_dir():
         digest = hashlib.sha256()
         for child in sorted(p for p in path.rglob("*") if p.is_file()):

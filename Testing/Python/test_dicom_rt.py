@@ -108,3 +108,33 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
     header = pydicom.dcmread(tmp_path / "auto_seg.dcm", stop_before_pixels=True)
     assert header.Modality == "SEG" and header.StudyInstanceUID == study
     assert [str(s.SegmentLabel) for s in header.SegmentSequence][0] == "GTVp"
+
+
+def test_a_folder_with_several_series_needs_the_series_named(patients, tmp_path):
+    from NPCPrognosisLib.datasets.relaxometry_phantom import _uid, _write_dicom_series
+
+    patient = patients[2]
+    rng = np.random.default_rng(3)
+    study, frame = _uid(rng), _uid(rng)
+    uids = {}
+    for number, key in enumerate(("t2", "t1c"), start=1):
+        uids[key] = _uid(rng)
+        tags = {"0008|0060": "MR", "0010|0020": "A2", "0020|000d": study, "0020|0052": frame,
+                "0008|103e": {"t2": "T2 TSE axial", "t1c": "T1 post contrast"}[key], "0020|0011": str(number)}
+        _write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / "study" / key, tags,
+                            uids[key], rng)
+    # Both series in one folder, as a PACS export often delivers them.
+    (tmp_path / "mixed").mkdir()
+    for key in ("t2", "t1c"):
+        for f in (tmp_path / "study" / key).iterdir():
+            (tmp_path / "mixed" / f"{key}_{f.name}").write_bytes(f.read_bytes())
+    with pytest.raises(InputError, match="the folder holds 2 series") as info:
+        read_image(tmp_path / "mixed", patient_id="A2", role="t1c")
+    assert "T1 post contrast" in str(info.value) and "::" in str(info.value)
+    by_description = read_image(f"{tmp_path / 'mixed'}::post contrast", patient_id="A2", role="t1c")
+    by_uid = read_image(f"{tmp_path / 'mixed'}::{uids['t1c']}", patient_id="A2", role="t1c")
+    alone = read_image(tmp_path / "study" / "t1c", role="t1c")
+    for image in (by_description, by_uid):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(alone))
+    with pytest.raises(InputError, match="no series matches 'FLAIR'"):
+        read_image(f"{tmp_path / 'mixed'}::FLAIR", patient_id="A2", role="t1c")
