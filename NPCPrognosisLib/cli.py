@@ -453,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        for option in OUTPUT_OPTIONS.get(args.command, ()):
-            check_output(getattr(args, option, None), option="--" + option.replace("_", "-"))
+        for option, kind in OUTPUT_OPTIONS.get(args.command, {}).items():
+            check_output(getattr(args, option, None), option="--" + option.replace("_", "-"), kind=kind)
         return int(args.func(args) or 0)
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
@@ -466,19 +466,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Output options of each command and whether they name a file or a folder, checked before any work starts.
-OUTPUT_OPTIONS = {"synth": ("out",), "extract": ("out",), "train": ("out",), "evaluate": ("out",),
-                  "predict": ("out",), "train-net": ("out",), "segment": ("out",), "cox": ("out",),
-                  "benefit": ("out",), "demo": ("out",)}
+OUTPUT_OPTIONS = {"synth": {"out": "folder"}, "extract": {"out": "file"}, "train": {"out": "folder"},
+                  "evaluate": {"out": "folder"}, "predict": {"out": "folder"}, "train-net": {"out": "folder"},
+                  "segment": {"out": "any"}, "cox": {"out": "file"}, "benefit": {"out": "file"},
+                  "demo": {"out": "folder"}}
 
 
-def check_output(target: str | None, option: str) -> None:
-    """Refuse an output path that cannot be written before hours of work: a parent that is a file, a folder that
-    is not writable. Existing outputs are replaced atomically, so their existence is fine."""
+def check_output(target: str | None, option: str, kind: str = "any") -> None:
+    """Refuse an output path that cannot be written before hours of work: a parent that is a file, a file where a
+    folder goes (or the reverse), a folder that is not writable. Existing outputs of the right kind are replaced
+    atomically, so their existence is fine."""
     import os
 
     if not target:
         return
     path = Path(target)
+    if kind == "folder" and path.is_file():
+        raise InputError(f"{path} is an existing file, but {option} names a folder", path=path, column=option,
+                         fix="choose a folder path (it is created when missing)")
+    if kind == "file" and path.is_dir():
+        raise InputError(f"{path} is an existing folder, but {option} names a file", path=path, column=option,
+                         fix="choose a file path, e.g. features.csv")
     for parent in [path, *path.parents]:
         if parent.exists():
             if parent != path and not parent.is_dir():

@@ -373,6 +373,9 @@ def test_user_errors_end_in_one_line_and_exit_2(tmp_path, capsys):
           str(tmp_path / "f.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "b")], "not valid JSON"),
         (["extract", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "afile" / "f.csv")],
          "is a file"),
+        (["extract", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)], "existing folder"),
+        (["predict", "--bundle", "b", "--t1", "a", "--t2", "b", "--t1c", "c", "--out", str(tmp_path / "afile")],
+         "existing file"),
     ]
     for args, expected in cases:
         capsys.readouterr()
