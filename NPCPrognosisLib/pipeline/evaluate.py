@@ -164,6 +164,9 @@ def evaluate_cohort(
                                manifest.table.get("ccnd", pd.Series(0.0, index=manifest.table.index)), time, event,
                                records)
     predictions["arm"] = benefit.pop("arm")
+    for column in ("chemo_cycles", "regimen"):  # carried through for the researcher's own subgroup analyses
+        if column in manifest.table.columns:
+            predictions[column] = manifest.table[column].to_numpy()
     if benefit["predicted_benefit"] is not None:
         predictions["predicted_benefit_60m"] = benefit["predicted_benefit"]
     benefit.pop("predicted_benefit")

@@ -66,7 +66,13 @@ def test_bundle_contents(trained, small_cohort):
 
 
 def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tmp_path):
-    code = main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    for column in ("t1", "t2", "t1c", "mask"):
+        manifest[column] = [str(small_cohort / v) for v in manifest[column]]
+    manifest["chemo_cycles"] = np.arange(len(manifest)) % 3 + 1
+    manifest["regimen"] = "cisplatin"
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    code = main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(tmp_path / "manifest.csv"),
                  "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
                  "--n-boot", "50", "--subset", "all"])
     assert code == 0
@@ -80,6 +86,13 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
     predictions = pd.read_csv(tmp_path / "predictions.csv", dtype={"patient_id": str})
     assert {"patient_id", "radiomics_risk", "clinical_risk", "nomogram_risk", "risk_group"} <= set(predictions.columns)
     assert set(predictions["risk_group"]) <= {"high", "low"}
+    # Treatment arms and the carried-through treatment columns; the benefit checks are in metrics.json.
+    assert set(predictions["arm"]) <= {"rt_alone", "low_dose", "high_dose"}
+    assert list(predictions["chemo_cycles"]) == list(manifest["chemo_cycles"])
+    assert set(predictions["regimen"]) == {"cisplatin"}
+    benefit = metrics["chemo_benefit"]
+    assert {"subgroups", "t12n1", "arm_counts", "threshold_mg_m2"} <= set(benefit)
+    assert {row["subgroup"] for row in benefit["subgroups"]} == {"risk group", "T stage", "N stage", "EBV DNA", "age"}
     from NPCPrognosisLib.survival.metrics import harrell_c
 
     c = harrell_c(predictions["dmfs_time"], predictions["dmfs_event"] > 0, predictions["nomogram_risk"])
