@@ -225,6 +225,22 @@ def check_image(image: sitk.Image, *, patient_id: str | None = None, path: str |
     return image
 
 
+def intensity_warnings(image: sitk.Image, role: str) -> list[str]:
+    """An MR magnitude image is non-negative and spans a range: many negative voxels mean a phase, difference or
+    mis-scaled export; a spread that is a thousandth of the level means an almost blank series."""
+    array = sitk.GetArrayViewFromImage(image)
+    sample = array.ravel()[:: max(1, array.size // 200_000)].astype(np.float64)
+    low, mid, high = np.percentile(sample, [1, 50, 99])
+    warnings = []
+    if np.mean(sample < 0) > 0.05 and sample.min() < -0.05 * max(abs(sample.max()), 1e-12):
+        warnings.append(f"{role} has {np.mean(sample < 0):.0%} negative voxels: not an MR magnitude image (a phase "
+                        "or difference image, or a wrong rescale slope?); check the series")
+    if high - low < 1e-3 * max(abs(mid), 1.0):
+        warnings.append(f"{role} is almost constant (1st-99th percentile {low:g}-{high:g}): an empty or failed "
+                        "series?; check it")
+    return warnings
+
+
 #: Below this a GTVp is implausible for a nasopharyngeal primary and its texture features rest on too few voxels.
 MIN_GTVP_ML = 0.5
 
@@ -330,6 +346,7 @@ def align_patient(
     warnings: list[str] = []
     for name, image in images.items():
         image = sitk.Cast(image, sitk.sitkFloat32)
+        warnings += intensity_warnings(image, name)
         if name != reference and not same_geometry(image, ref):
             if overlap_fraction(image, ref) < 0.5:
                 raise InputError(f"{name} does not overlap the {reference} image (different patient or frame of "

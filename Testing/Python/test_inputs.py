@@ -388,3 +388,23 @@ def test_user_errors_end_in_one_line_and_exit_2(tmp_path, capsys):
     assert main(cases[0][0]) == 2
     err = capsys.readouterr().err
     assert "P2" in err and "dmfs_time" in err and "not a number" in err
+
+
+def test_implausible_intensities_are_warned_about():
+    phase = _head()
+    array = sitk.GetArrayFromImage(phase)
+    array[:, :, :10] *= -1  # half the head negative: a phase or difference image
+    negative = sitk.GetImageFromArray(array)
+    negative.CopyInformation(phase)
+    flat = _image(value=(1000.0 + np.random.default_rng(3).normal(0, 0.01, (8, 20, 20))).astype(np.float32))
+    mask = _labelled_like(phase)
+    aligned = align_patient({"t1c": _head(), "t1": negative, "t2": flat}, mask, patient_id="P16")
+    assert any(w.startswith("t1 has") and "negative voxels" in w for w in aligned.warnings)
+    assert any(w.startswith("t2 is almost constant") for w in aligned.warnings)
+    assert not any(w.startswith("t1c") for w in aligned.warnings)
+
+
+def test_evaluate_prints_na_when_everyone_is_in_one_risk_group():
+    from NPCPrognosisLib.cli import _number
+
+    assert _number(None, ".2g") == "n/a" and _number(0.0123, ".2g") == "0.012"

@@ -265,6 +265,10 @@ def test_contour_change_is_measured_against_this_segmentations_own_automatic_con
     assert change["structures"]["GTVp"]["volume_change_ml"] > 0
     assert change["structures"]["GTVn"]["dice"] == pytest.approx(1.0)
     assert logic.contourChange(untouched, reference)["structures"]["GTVp"]["dice"] == pytest.approx(1.0)
+    # With the predictions of the automatic and the edited contours, the change of risk and group.
+    automatic, edited_prediction = {"risk_score": 0.42, "risk_group": "low"}, {"risk_score": 0.97, "risk_group": "high"}
+    risk = logic.contourChange(edited, reference, automatic, edited_prediction)["risk"]
+    assert risk["change"] == pytest.approx(0.55) and risk["group_changed"] is True
 
 
 def test_the_widget_no_longer_passes_the_last_segmentation_baseline():
