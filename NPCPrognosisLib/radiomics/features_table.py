@@ -61,7 +61,7 @@ def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     dup = table["patient_id"][table["patient_id"].duplicated()].tolist()
     if dup:
         raise InputError(f"duplicate patient IDs {dup[:3]} in the features table", patient_id=dup[0], path=path)
-    for column in table.columns[1:]:
+    for column in [c for c in table.columns if c != "patient_id"]:
         values = table[column]
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             continue
