@@ -28,7 +28,7 @@ import pandas as pd
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
 from NPCPrognosisLib.survival.cox import CoxModel, baseline_step
-from NPCPrognosisLib.survival.treatment_effect import fit_interaction, interaction_design
+from NPCPrognosisLib.survival.treatment_effect import fit_interaction, interaction_design, wald_test
 
 CCND_THRESHOLD = 160.0  # mg/m2
 ARMS = ("rt_alone", "low_dose", "high_dose")
@@ -145,7 +145,6 @@ def fit_benefit(time: Sequence[float], event: Sequence[bool], chemo: Sequence[An
 
 def _score_interaction(time, event, arm, score, confounders, arms) -> dict | None:
     """Arm x continuous risk score: does the treatment HR change along the score (per SD)?"""
-    from scipy.stats import chi2
 
     from NPCPrognosisLib.survival.cox import fit_cox
 
@@ -165,11 +164,9 @@ def _score_interaction(time, event, arm, score, confounders, arms) -> dict | Non
         return {"estimable": False, "reason": str(exc)}
     rows = {r["covariate"]: r for r in model.summary()}
     names = [c for c in model.covariates if c.endswith(":risk_score_sd")]
-    idx = [model.covariates.index(c) for c in names]
-    b = model.coef[idx]
-    stat = float(b @ np.linalg.solve(model.covariance[np.ix_(idx, idx)], b))
+    test = wald_test(model, names)
     return {"estimable": True, "terms": {c: {k: rows[c][k] for k in ("hr", "hr_95ci", "p")} for c in names},
-            "wald_chi2": stat, "df": len(idx), "p": float(chi2.sf(stat, len(idx)))}
+            "wald_chi2": test["chi2"], "df": test["df"], "p": test["p"]}
 
 
 def _bootstrap(time, event, arm, group, confounders, fit, n_bootstrap: int, seed: int) -> dict:

@@ -82,16 +82,8 @@ class InteractionFit:
 
     def wald_interaction(self) -> dict | None:
         """Joint Wald test that the treatment HR is the same in every subgroup level."""
-        from scipy.stats import chi2
-
         names = [c for c in self.model.covariates if ":" in c]
-        if not names:
-            return None
-        idx = [self.model.covariates.index(c) for c in names]
-        b = np.asarray(self.model.coef)[idx]
-        cov = np.asarray(self.model.covariance)[np.ix_(idx, idx)]
-        stat = float(b @ np.linalg.solve(cov, b))
-        return {"terms": names, "chi2": stat, "df": len(idx), "p": float(chi2.sf(stat, len(idx)))}
+        return wald_test(self.model, names) if names else None
 
     def to_dict(self) -> dict:
         return {"treatment": self.treatment, "reference_arm": self.reference, "arms": list(self.arms),
@@ -99,6 +91,16 @@ class InteractionFit:
                 "covariates": list(self.covariates), "model": self.model.to_dict(),
                 "effects": self.effects(), "interaction_wald": self.wald_interaction(),
                 "interaction_lrt": self.lrt_interaction}
+
+
+def wald_test(model: CoxModel, terms: Sequence[str]) -> dict:
+    """Joint Wald test that the coefficients of ``terms`` are all zero (chi-square with len(terms) df)."""
+    from scipy.stats import chi2
+
+    idx = [model.covariates.index(c) for c in terms]
+    b = np.asarray(model.coef)[idx]
+    stat = float(b @ np.linalg.solve(np.asarray(model.covariance)[np.ix_(idx, idx)], b))
+    return {"terms": list(terms), "chi2": stat, "df": len(idx), "p": float(chi2.sf(stat, len(idx)))}
 
 
 def interaction_design(treatment: Sequence[Any], by: Sequence[Any] | None, covariates: pd.DataFrame | None, *,

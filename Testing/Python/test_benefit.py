@@ -130,8 +130,11 @@ def test_patient_counterfactuals_have_intervals_and_say_no_benefit_when_they_inc
     sub = slice(0, 1200)
     group = np.where(table["high_risk"].astype(bool), "high", "low")
     doc = bf.fit_benefit(table.dmfs_time[sub], table.dmfs_event[sub], table.chemo[sub], table.ccnd[sub],
-                         group[sub], conf[sub], n_bootstrap=60, seed=1)
+                         group[sub], conf[sub], score=table.lp_dmfs[sub], n_bootstrap=60, seed=1)
     doc = json.loads(json.dumps(doc))
+    score = doc["score_interaction"]  # arm x continuous risk score, one Wald test over the arms' products
+    assert score["estimable"] and score["df"] == len(doc["arms"]) - 1 and 0.0 <= score["p"] <= 1.0
+    assert set(score["terms"]) == {f"arm[{a}]:risk_score_sd" for a in doc["arms"] if a != "low_dose"}
     patient = conf.iloc[0].to_dict()
     low = bf.patient_benefit(doc, patient, "low")
     high = bf.patient_benefit(doc, patient, "high")
