@@ -114,6 +114,20 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
     return ids[train].tolist(), ids[test].tolist()
 
 
+def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, split_col: str | None,
+                   test_fraction: float, seed: int) -> tuple[Manifest, pd.DataFrame, list, list, list]:
+    """The training patients with their feature rows: (manifest, features, train IDs, test IDs, IDs without
+    features), shared by the survival and the binary ``train``."""
+    manifest, features, lacking = read_manifest_features(manifest, table)
+    if lacking:
+        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
+    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
+    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
+                              source=manifest.source)
+    return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
+
+
 def clinical_table(manifest: Manifest, ebv_fill: float | None) -> pd.DataFrame:
     """Encoded clinical covariates, one row per manifest row (same order)."""
     rows = []
@@ -488,14 +502,8 @@ def train(
         if network_checksum(network) != meta["network_sha256"]:
             raise InputError("the network given is not the one the features table was extracted with",
                              path=network, fix=f"pass --network {meta.get('network')} (or re-run extract --network)")
-    manifest, features, lacking = read_manifest_features(manifest, table)
-    if lacking:
-        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
-    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
-    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
-    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
-                              source=manifest.source)
-    train_features = features[is_train].reset_index(drop=True)
+    train_manifest, train_features, train_ids, test_ids, lacking = training_split(
+        manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
@@ -544,13 +552,13 @@ def train(
         "preprocessing": meta.get("preprocessing"),
         "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
                                                "ibsi_note")},
-        "feature_columns": list(feature_matrix(features).columns),
-        "deep_score": DEEP_SCORE in features.columns,
+        "feature_columns": list(feature_matrix(train_features).columns),
+        "deep_score": DEEP_SCORE in train_features.columns,
         "signature": models.signature.to_dict(),
         "signature_settings": {**asdict(settings), "description": settings.describe()},
         "selection": selection.to_dict(),
         "robustness": robustness_record(robustness, settings, models.signature,
-                                        list(feature_matrix(features).columns)),
+                                        list(feature_matrix(train_features).columns)),
         "harmonization": harmonization_record(models, train_manifest),
         "clinical_encoding": {"coding": selection.clinical_coding,
                               "covariates": list(CLINICAL_CODINGS[selection.clinical_coding]),
@@ -621,21 +629,15 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     from NPCPrognosisLib.pipeline.binary import binary_block_for
 
     table, meta = read_features(features_path)
-    manifest, features, lacking = read_manifest_features(manifest, table)
-    if lacking:
-        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
-    train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
-    is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
-    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
-                              source=manifest.source)
+    train_manifest, train_features, _, test_ids, lacking = training_split(
+        manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     ebv_fill = ebv_fill_value(train_manifest)
-    block = binary_block_for(train_manifest, features[is_train].reset_index(drop=True),
-                             clinical_table(train_manifest, ebv_fill), endpoint, seed)
+    block = binary_block_for(train_manifest, train_features, clinical_table(train_manifest, ebv_fill), endpoint, seed)
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
         "preprocessing": meta.get("preprocessing"),
         "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings")},
-        "feature_columns": list(feature_matrix(features).columns),
+        "feature_columns": list(feature_matrix(train_features).columns),
         "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},
         "binary_endpoints": {endpoint: block},
         "training": {"n": block["n"], "positives": block["positives"],
