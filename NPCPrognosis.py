@@ -146,6 +146,8 @@ class NPCPrognosisParameterNode:
     networkPath: Annotated[pathlib.Path, Default(DEMO_NETWORK)]
     reportDirectory: Annotated[pathlib.Path, Default(pathlib.Path.home() / "NPCPrognosis-reports")]
     tta: Annotated[int, WithinRange(0, 8), Default(0)]
+    #: Other modalities' tables for a fusion bundle: "name=path; name=path".
+    extraFeatures: Annotated[str, Default("")]
     patientId: Annotated[str, Default("patient")]
     age: Annotated[float, WithinRange(1, 110), Default(50.0)]
     sex: Annotated[str, Choice(["M", "F"]), Default("M")]
@@ -396,7 +398,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         action = self.logic.predictAction(str(p.bundlePath), p.segmentation)
         self._run(self.ui.predictButton, action, lambda onFinished: self.logic.predict(
             self._volumes(), p.segmentation, str(p.bundlePath), clinicalForm(p), patientId=p.patientId,
-            waitForCompletion=False, onFinished=onFinished), store)
+            extraFeatures=p.extraFeatures, waitForCompletion=False, onFinished=onFinished), store)
 
     def onExport(self):
         p = self._parameterNode
@@ -422,7 +424,8 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         prediction = result["prediction"]
         self.ui.riskLabel.text = h.format_risk(prediction, result.get("uncertainty"))
         self.ui.groupLabel.text = prediction["risk_group"].upper()
-        self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction) + h.format_binary(prediction))
+        self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction) + h.format_binary(prediction)
+                                               + h.format_fusion(prediction))
         rows = h.format_nomogram_points(prediction["nomogram_points"])
         table = self.ui.nomogramTableWidget
         table.setRowCount(len(rows))
@@ -1119,8 +1122,11 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         return tableNode
 
     def predict(self, volumes, segmentationNode, bundlePath, clinical, patientId="patient", waitForCompletion=True,
-                onFinished=None):
+                onFinished=None, extraFeatures=""):
         """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change.
+
+        ``extraFeatures`` ("name=path; name=path") are the other modalities' tables of a fusion bundle; the
+        patient's row is found by ``patientId``.
 
         The contour change is measured against this segmentation's own automatic contours (never another
         segmentation's), and segments that are neither GTVp nor GTVn are named in the prediction's warnings.
@@ -1143,7 +1149,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
                                                exportWarnings),
                "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
-               "deep_score_sd": segmentInfo.get("deep_score_sd")}
+               "deep_score_sd": segmentInfo.get("deep_score_sd"),
+               "extra_features": [spec.strip() for spec in (extraFeatures or "").split(";") if spec.strip()]}
         editedArray = None
         if automaticLabelmap is not None:
             job["reference_mask"] = self._writeVolume(automaticLabelmap, folder / "automatic_mask.nii.gz")

@@ -60,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
                      network=args.network, workers=args.workers, select=not args.no_select,
                      binary_endpoints=args.binary_endpoint, store_patient_ids=not args.no_patient_ids,
+                     fusion=args.fusion, extra_features=args.extra_features,
                      **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}),
                      **({} if args.robustness_patients is None else {"robustness_patients": args.robustness_patients}))
     training = document["training"]
@@ -69,6 +70,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for model in block["models"] | {"ensemble": None}:
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
                   + ("  <- best" if model == block["best"] else ""))
+    fusion = document.get("fusion")
+    if fusion:
+        cv = fusion["cv"]
+        print(f"fusion (MMoE): blocks {', '.join(fusion['blocks'])}; {cv['chosen']} chosen by "
+              f"{cv['folds']}-fold cross-validation; epochs per task {cv['task_epochs']}")
+        for task, score in cv["per_task"].items():
+            metric = "C-index" if task == "survival" else "AUC"
+            print(f"    cross-validated {metric} {task:20s} {_number(score, '.3f')}")
+        for task, calibration in fusion["binary_calibration"].items():
+            if not calibration["validated"]:
+                print(f"  warning: {task}: {calibration['note']}")
     if document.get("endpoint_type") == "binary":
         print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
               f"{training['n_test']} held out)")
@@ -122,7 +134,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
     metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
-                              n_boot=args.n_boot, seed=args.seed)
+                              n_boot=args.n_boot, seed=args.seed, extra_features=args.extra_features)
     if "positives" in metrics:  # a binary endpoint
         print(f"{args.endpoint}: {metrics['n']} patients, {metrics['positives']} positive "
               f"({metrics['excluded_training_patients']} training patients excluded)")
@@ -148,6 +160,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.bundle import read_bundle
     from NPCPrognosisLib.io.clinical import parse_key_values
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
@@ -165,11 +178,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
                            resample_mask=args.resample_mask, roi_map=args.roi_map)
-    prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre)
+    extras = read_extra_blocks(args.extra_features)
+    prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
           f"({prediction.risk_group} risk); survival {survival}")
+    if prediction.fusion:
+        from NPCPrognosisLib.slicer_support.formatting import format_fusion
+
+        for line in format_fusion(prediction.to_dict()):
+            print(f"  {line}")
     for warning in prediction.warnings:
         print(f"  warning: {warning}")
     print(f"written: {path}")
@@ -335,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store no (hashed) training patient IDs in the bundle; evaluate then needs --subset all")
     p.add_argument("--binary-endpoint", action="append", default=[],
                    help="also fit this 0/1 column (e.g. ic_response) into the same bundle; repeatable")
+    p.add_argument("--fusion", choices=("none", "mmoe"), default="none",
+                   help="mmoe: add the multimodal fusion model (mixture of experts over radiomics, deep, clinical "
+                        "and --extra-features blocks; a task per --binary-endpoint) beside the Cox nomogram")
+    p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
+                   help="another modality's per-patient table (patient_id + numeric columns), e.g. "
+                        "pathology=slides.csv; repeatable; used by --fusion mmoe")
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
     p.add_argument("--test-fraction", type=float, default=0.3)
@@ -364,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: leave out the bundle's training patients (default); all: every patient")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
+                   help="the extra modality tables the bundle's fusion model was trained with (repeatable)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="prognosis for one patient")
@@ -381,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
     p.add_argument("--patient-id", default="patient")
+    p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
+                   help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
     p.add_argument("--out", required=True)

@@ -66,6 +66,7 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from NPCPrognosisLib.contract import ENDPOINTS, LABELS, SEQUENCES
+from NPCPrognosisLib.datasets.pathology import write_pathology
 from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort, SynthPatient
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
@@ -956,7 +957,8 @@ def _make_and_write(index: int, patient_id: str, rng: np.random.Generator, image
 
 def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool = True, id_prefix: str = "RLX",
                       workers: int = 1) -> SynthCohort:
-    """Write ``n`` phantom patients, ``manifest.csv``, ``truth.csv`` and a README saying they are synthetic.
+    """Write ``n`` phantom patients, ``manifest.csv``, ``truth.csv``, ``pathology.csv`` and a README saying
+    they are synthetic.
 
     Parameters
     ----------
@@ -1017,4 +1019,6 @@ def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool 
             writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
+    # the slide features a pathology pipeline would add (own random stream: nothing above changes)
+    write_pathology(truth_path, out_dir / "pathology.csv", int(seed))
     return SynthCohort(manifest_path, truth_path, ids)

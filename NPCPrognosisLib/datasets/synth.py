@@ -30,6 +30,7 @@ from scipy import ndimage
 from scipy.special import expit, ndtr
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
+from NPCPrognosisLib.datasets.pathology import write_pathology
 from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
 
@@ -630,7 +631,8 @@ def _synthesize_and_write(pid: str, rng: np.random.Generator, image_dir: Path, o
 
 def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_prefix: str = "SYN",
                       workers: int = 1) -> SynthCohort:
-    """Write ``n`` synthetic patients, ``manifest.csv``, ``truth.csv`` and a README saying they are synthetic.
+    """Write ``n`` synthetic patients, ``manifest.csv``, ``truth.csv``, ``pathology.csv`` and a README saying
+    they are synthetic.
 
     Patient i's generator comes from ``SeedSequence(seed).spawn(n)[i]``, so a patient does not depend on how
     many were drawn before it (nor on ``workers``) and ``simulate_outcomes(n, seed)`` reproduces the same
@@ -669,6 +671,8 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
             writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
+    # the slide features a pathology pipeline would add (own random stream: nothing above changes)
+    write_pathology(truth_path, out_dir / "pathology.csv", int(seed))
     return SynthCohort(manifest_path, truth_path, ids)
 
 

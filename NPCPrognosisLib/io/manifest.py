@@ -17,7 +17,13 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, ClinicalRecord, parse_clinical
+from NPCPrognosisLib.io.clinical import (
+    CLINICAL_CODINGS,
+    CLINICAL_FIELDS,
+    ClinicalRecord,
+    encode_clinical,
+    parse_clinical,
+)
 
 MASK_COLUMN = "mask"
 OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
@@ -94,6 +100,13 @@ class Manifest:
         """The centre labels when they name two or more centres (what harmonisation can be trained on), else None."""
         labels = self.centre_labels
         return labels if labels is not None and len({v for v in labels if v is not None}) > 1 else None
+
+    def clinical_table(self, ebv_fill: float | None) -> pd.DataFrame:
+        """Encoded clinical covariates (every coding's columns), one row per manifest row in the same order."""
+        rows = [encode_clinical(parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"]), ebv_fill)
+                for _, row in self.table.iterrows()]
+        return pd.DataFrame(rows, columns=list(dict.fromkeys(c for coding in CLINICAL_CODINGS.values()
+                                                             for c in coding)))
 
     def outcome_arrays(self, endpoint: str) -> tuple[Any, Any]:
         """(time, event) numpy arrays for ``endpoint``; call :func:`check_outcomes` first."""

@@ -310,10 +310,14 @@ def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFra
 
 
 def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features: pd.DataFrame, endpoint: str,
-                           out_dir: Path, plots: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics (``models.<name>.auc`` ...) and per-patient probabilities of one binary endpoint of a bundle."""
-    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
-    from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS
+                           out_dir: Path, plots: bool = True, fused: Mapping[str, Any] | None = None
+                           ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics (``models.<name>.auc`` ...) and per-patient probabilities of one binary endpoint of a bundle.
+
+    ``fused`` (the fusion model's ``probability`` for every manifest row, its ``threshold`` and a ``warning``)
+    adds the ``mmoe`` model, compared by DeLong's test with the ``combined`` model (Rad-score + clinical, the
+    binary counterpart of the nomogram) like every other model."""
+    from NPCPrognosisLib.io.manifest import Manifest
 
     block = document["binary_endpoints"][endpoint]
     table = manifest.table
@@ -321,10 +325,17 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
         raise InputError(f"no {endpoint!r} column to evaluate against", path=manifest.source, column=endpoint)
     known = table[endpoint].notna().to_numpy()
     y = read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
-    fill = float(document["clinical_encoding"]["log10_ebv_dna_fill"])
-    clinical = pd.DataFrame([encode_clinical(parse_clinical({c: r.get(c) for c in CLINICAL_FIELDS}, r["patient_id"]),
-                                             fill) for _, r in table[known].iterrows()])
+    known_patients = Manifest(table=table[known].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    clinical = known_patients.clinical_table(float(document["clinical_encoding"]["log10_ebv_dna_fill"]))
     metrics, probs = evaluate_binary(block, clinical, features[known].reset_index(drop=True), y)
+    if fused is not None:
+        probs["mmoe"] = np.asarray(fused["probability"], float)[known]
+        metrics["models"]["mmoe"] = binary_metrics(y, probs["mmoe"], fused["threshold"])
+        metrics["delong_vs_best"]["mmoe"] = delong_test(y, probs["mmoe"], probs[block["best"]])
+        if fused.get("warning"):
+            metrics["warnings"] = [fused["warning"]]
+    metrics["delong_vs_combined"] = {name: delong_test(y, prob, probs["combined"])
+                                     for name, prob in probs.items() if name != "combined"}
     predictions = pd.DataFrame({"patient_id": table.loc[known, "patient_id"].to_numpy(), endpoint: y})
     for name, prob in probs.items():
         predictions[f"{name}_prob"] = prob

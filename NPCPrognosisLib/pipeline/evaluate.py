@@ -7,6 +7,7 @@ C-index on training patients says how well the model memorised, not how well it 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +93,25 @@ def evaluate_cohort(
     n_boot: int = 1000,
     seed: int = 0,
     plots: bool = True,
+    extra_features: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write ``metrics.json``, ``predictions.csv`` and PNG plots to ``out_dir``; returns the metrics."""
+    """Write ``metrics.json``, ``predictions.csv`` and PNG plots to ``out_dir``; returns the metrics.
+
+    Every model of the bundle is scored on the same held-out patients, and each is compared with the Cox
+    nomogram by a paired bootstrap of the difference in C (``paired_vs_nomogram``). ``extra_features`` are the
+    ``name=path`` tables a fusion model was trained with.
+    """
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.survival.benefit import evaluate_benefit
-    from NPCPrognosisLib.survival.metrics import evaluate_risk
+    from NPCPrognosisLib.survival.metrics import evaluate_risk, paired_c_difference
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
+    extras = read_extra_blocks(extra_features)
     document = read_bundle(bundle_path)
     if document.get("endpoint_type") == "binary" or endpoint in (document.get("binary_endpoints") or {}):
         return evaluate_binary_endpoint(document, manifest, features_path, endpoint, out_dir, subset=subset,
-                                        plots=plots)
+                                        plots=plots, bundle_path=bundle_path, extras=extras)
     bundle = load_bundle(bundle_path)
     if endpoint != bundle.endpoint:
         raise InputError(f"the bundle was trained for {bundle.endpoint}, not {endpoint}", column="--endpoint",
@@ -125,7 +134,10 @@ def evaluate_cohort(
                                                          manifest.patient_ids)
     for warning in harmonisation_warnings:
         log.warning(warning)
-    factors = bundle.factors(records, features)
+    factors = bundle.factors(records, features, extras, manifest.patient_ids)
+    missing_blocks = bundle.missing_blocks_warning(extras)
+    if missing_blocks:
+        log.warning(missing_blocks)
     train_time, train_event = bundle.training_outcomes
 
     out_dir = Path(out_dir)
@@ -136,6 +148,8 @@ def evaluate_cohort(
                                "not_harmonised": len(harmonisation_warnings)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
+    if missing_blocks:
+        metrics["warnings"] = [missing_blocks]
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]
@@ -153,6 +167,18 @@ def evaluate_cohort(
                 if rows:
                     plot_calibration(out_dir / f"calibration_{name}_{months}m.png", rows, float(months),
                                      f"{name}: {endpoint.upper()} at {months} months")
+    if event.any():
+        metrics["paired_vs_nomogram"] = {
+            name: paired_c_difference(time, event, predictions[f"{name}_risk"], predictions["nomogram_risk"],
+                                      n_boot=n_boot, seed=seed)
+            for name in bundle.nomograms if name != "nomogram"}
+    if bundle.fusion is not None:
+        fused = bundle.fused(factors, features, extras, manifest.patient_ids)
+        for task, weights in fused.gates.items():
+            for j, block in enumerate(fused.blocks):
+                predictions[f"mmoe_gate_{task}_{block}"] = weights[:, j]
+        metrics["mmoe_mean_gate_weights"] = {task: dict(zip(fused.blocks, weights.mean(axis=0).tolist()))
+                                             for task, weights in fused.gates.items()}
     nomogram = bundle.nomograms["nomogram"]
     predictions["risk_group"] = assign_groups(predictions["nomogram_risk"].to_numpy(), bundle.cutoffs["nomogram"])
     survival = nomogram.survival(factors, [12, 36, 60])
@@ -216,9 +242,13 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
 
 
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
-                             out_dir: str | Path, *, subset: str = "auto", plots: bool = True) -> dict[str, Any]:
+                             out_dir: str | Path, *, subset: str = "auto", plots: bool = True,
+                             bundle_path: str | Path | None = None, extras: Any = None) -> dict[str, Any]:
     """``evaluate`` of a binary endpoint: AUC with DeLong CI per model, DeLong tests, threshold metrics, Brier,
-    calibration, ROC and calibration plots; ``metrics.json`` and ``predictions.csv`` (``<model>_prob``)."""
+    calibration, ROC and calibration plots; ``metrics.json`` and ``predictions.csv`` (``<model>_prob``).
+
+    With a fusion model that has this endpoint as a task (``bundle_path`` given), its probability is scored
+    beside the classifiers and compared by DeLong's test with the combined (Rad-score + clinical) model."""
     from NPCPrognosisLib.pipeline.binary import evaluate_binary_cohort
 
     if endpoint not in (document.get("binary_endpoints") or {}):
@@ -235,7 +265,18 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     manifest, features, excluded = _held_out(document, manifest, features, subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots)
+    fused = None
+    if bundle_path is not None and endpoint in (document.get("fusion") or {}).get("config", {}).get("tasks", []):
+        bundle = load_bundle(bundle_path)
+        records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+                   for _, row in manifest.table.iterrows()]
+        harmonised, _ = bundle.harmonised(features, manifest.centre_labels, manifest.patient_ids)
+        factors = bundle.factors(records, harmonised, extras, manifest.patient_ids)
+        fused = {"probability": bundle.fused(factors, harmonised, extras, manifest.patient_ids).probabilities[endpoint],
+                 "threshold": document["fusion"]["thresholds"][endpoint],
+                 "warning": bundle.missing_blocks_warning(extras)}
+    metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots,
+                                                  fused=fused)
     metrics["excluded_training_patients"] = excluded
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)

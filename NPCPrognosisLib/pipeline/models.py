@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ class LoadedBundle:
     document: dict[str, Any]
     signature: RadiomicsSignature
     nomograms: dict[str, Nomogram]
+    #: The fusion model (``train --fusion mmoe``) with its weights, when the bundle has one.
+    fusion: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -93,10 +95,36 @@ class LoadedBundle:
             features.loc[known, harmonised.columns] = harmonised.to_numpy()
         return features, warnings
 
-    def factors(self, clinical: list[ClinicalRecord], features: pd.DataFrame) -> pd.DataFrame:
-        """The model inputs (encoded clinical covariates, Rad-score, deep score) of aligned records and rows."""
+    def factors(self, clinical: list[ClinicalRecord], features: pd.DataFrame,
+                extras: Mapping[str, Any] | None = None, patient_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """The model inputs (encoded clinical covariates, Rad-score, deep score and, with a fusion model, its
+        survival output from ``extras`` tables of ``patient_ids``) of aligned records and rows."""
         table = pd.DataFrame([encode_clinical(r, self.ebv_fill) for r in clinical])
-        return model_factors(table, self.signature, features)
+        factors = model_factors(table, self.signature, features)
+        if self.fusion is not None:
+            from NPCPrognosisLib.pipeline.fusion import MMOE_SCORE
+
+            factors[MMOE_SCORE] = self.fused(factors, features, extras, patient_ids).score
+        return factors
+
+    def fused(self, factors: pd.DataFrame, features: pd.DataFrame, extras: Mapping[str, Any] | None,
+              patient_ids: Sequence[str] | None) -> Any:
+        """The fusion model's outputs (FusionPrediction: survival output, probabilities, gate weights)."""
+        from NPCPrognosisLib.pipeline.fusion import binary_scores_for
+
+        scores = binary_scores_for(self.document.get("binary_endpoints") or {}, self.fusion.binary_tasks, features)
+        ids = list(patient_ids) if patient_ids is not None else [f"row{i}" for i in range(len(factors))]
+        return self.fusion.predict(factors, scores, extras or {}, ids)
+
+    def missing_blocks_warning(self, extras: Mapping[str, Any] | None) -> str | None:
+        """What a user should know when an extra table the fusion model was trained with was not given."""
+        if self.fusion is None:
+            return None
+        absent = [name for name in self.fusion.extra_blocks if name not in (extras or {})]
+        if not absent:
+            return None
+        return (f"the fusion model was trained with the {', '.join(absent)} table(s) but none was given "
+                f"(--extra-features {absent[0]}=PATH): it used the other modalities only")
 
     def check_features(self, meta: dict[str, Any], source: str | Path) -> None:
         """Refuse features computed with other radiomics settings than the bundle's: they would mean other things."""
@@ -136,6 +164,10 @@ def load_bundle(path: str | Path) -> LoadedBundle:
             nomograms={name: Nomogram.from_dict(block) for name, block in document["models"].items()},
         )
         bundle.cutoffs, bundle.ebv_fill, bundle.training_outcomes, bundle.preprocess  # noqa: B018 - parse them now
+        if document.get("fusion"):
+            from NPCPrognosisLib.pipeline.fusion import load_fusion
+
+            bundle.fusion = load_fusion(document["fusion"], path)
         if "nomogram" not in bundle.nomograms or set(bundle.cutoffs) != set(bundle.nomograms):
             raise KeyError("models/cutoffs")
     except (KeyError, TypeError, ValueError) as exc:

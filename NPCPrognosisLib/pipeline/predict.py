@@ -59,6 +59,9 @@ class Prediction:
     chemo_benefit: dict[str, Any] = field(default_factory=dict)
     #: Binary endpoints the bundle carries (e.g. induction-chemotherapy response): probability, 95% interval.
     binary: dict[str, Any] = field(default_factory=dict)
+    #: The fusion model's prediction (``train --fusion mmoe``): risk, survival, probabilities and the gate weights
+    #: per task (which modality drove this prediction), with the modalities this patient lacked.
+    fusion: dict[str, Any] = field(default_factory=dict)
     segmentation: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +105,7 @@ def predict_patient(
     features: Mapping[str, float] | None = None,
     tta: int = 4,
     centre: str | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> Prediction:
     """Predict from aligned images (or from precomputed ``features`` of the same settings).
 
@@ -122,6 +126,9 @@ def predict_patient(
     centre : str, optional
         The patient's centre, when the bundle harmonised radiomics across the training centres (ComBat); without
         it, or for a centre training never saw, raw features are used and a warning says so.
+    extras : mapping of str to ExtraBlock, optional
+        The extra modality tables of the bundle's fusion model (``--extra-features``), read by patient ID; a
+        table without this patient's row means the modality is missing (its gate weight is then 0).
 
     Returns
     -------
@@ -191,7 +198,7 @@ def predict_patient(
     with _timed(timings, "scores"):
         table, not_harmonised = bundle.harmonised(pd.DataFrame([row]), [centre], [patient.patient_id])
         warnings.extend(not_harmonised)
-        factors = bundle.factors([record], table)
+        factors = bundle.factors([record], table, extras, [patient.patient_id])
         values = {k: float(v) for k, v in factors.iloc[0].items()}
         nomogram = bundle.nomograms["nomogram"]
         risk = float(nomogram.risk(values)[0])
@@ -212,6 +219,11 @@ def predict_patient(
             encoded = pd.DataFrame([encode_clinical(record, bundle.ebv_fill)])
             binary = {name: patient_binary(block, encoded, pd.DataFrame([row]))
                       for name, block in bundle.document["binary_endpoints"].items()}
+    fusion = {}
+    if bundle.fusion is not None:
+        with _timed(timings, "fusion"):
+            fusion = patient_fusion(bundle, factors, table, extras, patient.patient_id)
+        warnings.extend(fusion["warnings"])
     warnings += nomogram.out_of_range(values)
     if record.ebv_dna is None:
         warnings.append("EBV DNA missing: the training median was used")
@@ -235,6 +247,7 @@ def predict_patient(
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
                                       group, record.t_stage, record.n_stage),
         binary=binary,
+        fusion=fusion,
         segmentation=segmentation,
         warnings=warnings,
         bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
@@ -242,6 +255,29 @@ def predict_patient(
         timings=timings,
         automatic_mask=automatic_mask,
     )
+
+
+def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.DataFrame,
+                   extras: Mapping[str, Any] | None, patient_id: str) -> dict[str, Any]:
+    """One patient's fusion-model block: risk and group (its own training cut-off), survival at 12/36/60 months,
+    each binary task's probability, the gate weights per task and the modalities this patient lacked."""
+    from NPCPrognosisLib.pipeline.fusion import MMOE
+
+    fused = bundle.fused(factors, features, extras, [patient_id])
+    model = bundle.nomograms[MMOE]
+    risk = float(model.risk(factors)[0])
+    missing = fused.missing(0)
+    warnings = []
+    absent = bundle.missing_blocks_warning(extras)
+    if absent:
+        warnings.append(absent)
+    elif missing:
+        warnings.append(f"no {', '.join(missing)} data for patient {patient_id}: the fusion model used the other "
+                        "modalities only")
+    return {"model": MMOE, "risk_score": risk, "risk_group": str(assign_groups([risk], bundle.cutoffs[MMOE])[0]),
+            "survival": {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, model.survival(factors, REPORT_MONTHS)[0])},
+            "probabilities": {task: float(p[0]) for task, p in fused.probabilities.items()},
+            "gate_weights": fused.gate_weights(0), "missing_modalities": missing, "warnings": warnings}
 
 
 def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:

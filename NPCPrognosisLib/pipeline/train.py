@@ -19,8 +19,8 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, encode_clinical, parse_clinical
-from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, CLINICAL_FIELDS, Manifest, check_outcomes
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import model_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
@@ -128,18 +128,9 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
     return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
 
 
-def clinical_table(manifest: Manifest, ebv_fill: float | None) -> pd.DataFrame:
-    """Encoded clinical covariates, one row per manifest row (same order)."""
-    rows = []
-    for _, row in manifest.table.iterrows():
-        record = parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
-        rows.append(encode_clinical(record, ebv_fill))
-    return pd.DataFrame(rows, columns=list(dict.fromkeys(c for coding in CLINICAL_CODINGS.values() for c in coding)))
-
-
 def ebv_fill_value(manifest: Manifest) -> float:
     """Median log10 EBV DNA of the training cohort: stands in for a missing value."""
-    encoded = clinical_table(manifest, None)["log10_ebv_dna"]
+    encoded = manifest.clinical_table(None)["log10_ebv_dna"]
     median = float(encoded.median()) if encoded.notna().any() else 0.0
     return 0.0 if math.isnan(median) else median
 
@@ -160,12 +151,18 @@ class TrainedModels:
     rad_score_for_cox: str = "in-sample"
     #: ComBat estimates when the radiomics were harmonised across centres.
     combat: ComBatModel | None = None
+    #: The cross-fitted Rad-score of the training patients the Cox models were fitted on (None: in-sample).
+    cross_fitted_rad_score: np.ndarray | None = None
+
+    def inputs(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Every factor (clinical, Rad-score, deep score) for aligned manifest/features rows."""
+        if self.combat is not None:
+            features = self.combat.apply(features, manifest.centre_labels, patient_ids=manifest.patient_ids)
+        return model_factors(manifest.clinical_table(self.ebv_fill), self.signature, features)
 
     def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
         """Risk (linear predictor) of every model for aligned manifest/features rows."""
-        if self.combat is not None:
-            features = self.combat.apply(features, manifest.centre_labels, patient_ids=manifest.patient_ids)
-        factors = model_factors(clinical_table(manifest, self.ebv_fill), self.signature, features)
+        factors = self.inputs(manifest, features)
         return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
 
 
@@ -198,7 +195,7 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
         features = combat.apply(features, manifest.centres, patient_ids=manifest.patient_ids)
     signature = fit_signature(feature_matrix(features), time, event, settings, icc)
     ebv_fill = ebv_fill_value(manifest)
-    factors = model_factors(clinical_table(manifest, ebv_fill), signature, features)
+    factors = model_factors(manifest.clinical_table(ebv_fill), signature, features)
     oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc)
            if rad_score_folds > 1 else None)
     if oof is not None:
@@ -227,7 +224,7 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                          ebv_fill=ebv_fill, train_time=[float(t) for t in time],
                          train_event=[int(e) for e in event],
                          rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample",
-                         combat=combat)
+                         combat=combat, cross_fitted_rad_score=oof)
 
 
 def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
@@ -358,7 +355,7 @@ def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, sett
     outer = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
     inner_features = features[~held].reset_index(drop=True)
     try:
-        selection = select_models(clinical_table(inner, ebv_fill_value(inner)), inner_features, time[~held],
+        selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
                                   event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
                                   penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
         models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
@@ -439,6 +436,53 @@ def harmonization_record(models: TrainedModels, manifest: Manifest) -> dict[str,
             "centre_column": CENTRE_COLUMN, "model": models.combat.restrict(models.signature.features).to_dict()}
 
 
+def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.DataFrame, extras: dict[str, Any],
+                     binary_endpoints: Sequence[str], time: np.ndarray, event: np.ndarray,
+                     seed: int) -> tuple[dict[str, Any], Path]:
+    """Fit the MMoE on the training patients and add it to ``models`` as the ``mmoe`` model.
+
+    Returns the bundle's ``fusion`` block (with ``training_metrics``: the C-index of out-of-fold outputs, to
+    pop) and the path of a temporary safetensors file of the ensemble's weights.
+    """
+    import tempfile
+    from time import perf_counter
+
+    from NPCPrognosisLib.deep.mmoe import save_members
+    from NPCPrognosisLib.pipeline.binary import read_binary
+    from NPCPrognosisLib.pipeline.fusion import MMOE, fit_fusion
+    from NPCPrognosisLib.survival.metrics import evaluate_risk
+    from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
+
+    factors = models.inputs(manifest, features)
+    if models.cross_fitted_rad_score is not None:
+        factors["rad_score"] = models.cross_fitted_rad_score
+    labels = {}
+    for name in dict.fromkeys(binary_endpoints):
+        values = manifest.table[name] if name in manifest.table.columns else None
+        if values is None:
+            raise InputError(f"no {name!r} column for the binary endpoint", path=manifest.source, column=name)
+        known = values.notna().to_numpy()
+        y = np.full(len(values), np.nan)
+        y[known] = read_binary(values[known].tolist(), manifest.table.loc[known, "patient_id"].tolist(), name)
+        labels[name] = y
+    start = perf_counter()
+    block, model, nomogram, oof_risk = fit_fusion(factors, features, labels, extras, manifest.patient_ids, time,
+                                                  event, seed=seed)
+    block["fit_seconds"] = perf_counter() - start
+    models.nomograms[MMOE] = nomogram
+    cutoff = max_logrank_cutoff(oof_risk, time, event, min_share=0.10)
+    cutoff["group_median_risk"] = {"low": float(np.median(oof_risk[oof_risk <= cutoff["cutoff"]])),
+                                   "high": float(np.median(oof_risk[oof_risk > cutoff["cutoff"]]))}
+    models.cutoffs[MMOE] = cutoff
+    metrics = evaluate_risk(oof_risk, time, event, time, event, cutoff=cutoff["cutoff"], n_boot=200, seed=seed)
+    metrics.pop("calibration", None)
+    metrics["note"] = "out-of-fold outputs of the inner cross-validation (the fusion is never scored in-sample)"
+    block["training_metrics"] = metrics
+    weights = Path(tempfile.mkdtemp(prefix="npc-mmoe-")) / "mmoe.safetensors"
+    save_members(model.members, weights)
+    return block, weights
+
+
 def train(
     manifest: Manifest,
     features_path: str | Path,
@@ -458,6 +502,8 @@ def train(
     nested_folds: int = NESTED_FOLDS,
     binary_endpoints: Sequence[str] = (),
     store_patient_ids: bool = True,
+    fusion: str = "none",
+    extra_features: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
 
@@ -474,6 +520,10 @@ def train(
     ``optimism_bootstraps`` replicates of Harrell's bootstrap (0: none) give each model's optimism-corrected
     training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes.
 
+    ``fusion`` "mmoe" adds the multimodal fusion model (:mod:`NPCPrognosisLib.pipeline.fusion`) over the
+    radiomics, deep, clinical and ``extra_features`` blocks (``name=path`` tables joined by patient ID), with a
+    survival task and one task per binary endpoint, as the bundle's ``mmoe`` model.
+
     ``synthetic`` marks a bundle trained on synthetic data: every prediction from it then carries a
     not-for-clinical-use warning. ``network`` (a network bundle) is copied into the bundle's ``network/``
     folder; it is required when the features table holds deep scores, so predictions compute them the same way.
@@ -489,9 +539,17 @@ def train(
         return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
                             store_patient_ids=store_patient_ids)
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks
+    from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
+    if fusion not in FUSIONS:
+        raise InputError(f"unknown fusion {fusion!r}", column="--fusion", fix=f"use one of {', '.join(FUSIONS)}")
+    extras = read_extra_blocks(extra_features)  # read first: a bad table stops before any fitting
+    if extras and fusion == "none":
+        raise InputError("extra feature tables are used by the fusion model only", column="--extra-features",
+                         fix="add --fusion mmoe, or leave the tables out")
     table, meta = read_features(features_path)
     if DEEP_SCORE in table.columns and network is None:
         raise InputError("the features table holds deep scores but no network was given", path=features_path,
@@ -512,7 +570,7 @@ def train(
                                     n_patients=robustness_patients, seed=seed, workers=workers)
     icc = robustness.icc if robustness is not None else None
     if select:
-        selection = select_models(clinical_table(train_manifest, ebv_fill_value(train_manifest)), train_features,
+        selection = select_models(train_manifest.clinical_table(ebv_fill_value(train_manifest)), train_features,
                                   time, event, settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
                                   penalizer=COX_PENALIZER, workers=workers, centres=train_manifest.centres)
     else:
@@ -544,8 +602,14 @@ def train(
     chemo_benefit = fit_benefit(time, event, treatment["chemo"] if "chemo" in treatment else None,
                                 treatment.get("ccnd", pd.Series(0.0, index=treatment.index)),
                                 assign_groups(risks["nomogram"].to_numpy(), models.cutoffs["nomogram"]["cutoff"]),
-                                clinical_table(train_manifest, models.ebv_fill), score=risks["nomogram"].to_numpy(),
+                                train_manifest.clinical_table(models.ebv_fill), score=risks["nomogram"].to_numpy(),
                                 seed=seed)
+    fusion_block, extra_files = None, {}
+    if fusion != "none":
+        fusion_block, weights = fit_fusion_stage(models, train_manifest, train_features, extras, binary_endpoints,
+                                                 time, event, seed)
+        training_metrics["mmoe"] = fusion_block.pop("training_metrics")
+        extra_files[fusion_block["weights"]] = weights
     document = {
         "endpoint": endpoint,
         "sequences": list(SEQUENCES),
@@ -587,20 +651,31 @@ def train(
         "synthetic_demo": bool(synthetic),
     }
     if binary_endpoints:
-        encoded = clinical_table(train_manifest, models.ebv_fill)
+        encoded = train_manifest.clinical_table(models.ebv_fill)
         document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed)
                                         for name in dict.fromkeys(binary_endpoints)}
-    extra_files = {}
+    if fusion_block is not None:
+        document["fusion"] = fusion_block
+        document["extra_features"] = {name: {"columns": block.columns, "source": Path(block.source).name,
+                                             "training_patients_with_rows": int(block.aligned(
+                                                 train_manifest.patient_ids)[1].sum())}
+                                      for name, block in extras.items()}
     if network is not None:
         from NPCPrognosisLib.io.bundle import read_bundle
 
         read_bundle(network)  # verified before it is shipped inside this bundle
         root = Path(network)
-        extra_files = {f"network/{p.relative_to(root).as_posix()}": p for p in root.rglob("*") if p.is_file()}
+        extra_files.update({f"network/{p.relative_to(root).as_posix()}": p for p in root.rglob("*") if p.is_file()})
         document["network"] = {"folder": "network", "source": str(network),
                                "sha256": meta.get("network_sha256"),
                                "deep_features": [c for c in document["signature"]["features"] if is_deep_feature(c)]}
-    write_bundle(out, document, extra_files=extra_files)
+    try:
+        write_bundle(out, document, extra_files=extra_files)
+    finally:
+        if fusion_block is not None:
+            import shutil
+
+            shutil.rmtree(Path(extra_files[fusion_block["weights"]]).parent, ignore_errors=True)
     return document
 
 
@@ -632,7 +707,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     train_manifest, train_features, _, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     ebv_fill = ebv_fill_value(train_manifest)
-    block = binary_block_for(train_manifest, train_features, clinical_table(train_manifest, ebv_fill), endpoint, seed)
+    block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed)
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
         "preprocessing": meta.get("preprocessing"),

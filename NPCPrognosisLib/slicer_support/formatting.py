@@ -80,6 +80,25 @@ def format_binary(prediction: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def format_fusion(prediction: Mapping[str, Any]) -> list[str]:
+    """The fusion model's lines: its risk group and survival, each task's probability, and per task the gate
+    weights (which modality drove this prediction, largest first), with the modalities this patient lacked."""
+    block = prediction.get("fusion") or {}
+    if not block:
+        return []
+    survival = ", ".join(f"{m} mo {format_percent(s)}" for m, s in block["survival"].items())
+    lines = [f"Fusion (MMoE): risk {block['risk_score']:.2f} ({block['risk_group']} risk); survival {survival}"]
+    for task, probability in block.get("probabilities", {}).items():
+        lines.append(f"Fusion {task.replace('_', ' ')} probability {probability:.0%}")
+    for task, weights in block.get("gate_weights", {}).items():
+        ranked = sorted(weights.items(), key=lambda kv: -kv[1])
+        lines.append(f"Modalities behind {task.replace('_', ' ')}: "
+                     + ", ".join(f"{name} {weight:.0%}" for name, weight in ranked))
+    if block.get("missing_modalities"):
+        lines.append("Not available for this patient: " + ", ".join(block["missing_modalities"]))
+    return lines
+
+
 ARM_LABELS = {"rt_alone": "radiotherapy alone", "low_dose": "CCND low dose", "high_dose": "CCND high dose"}
 
 

@@ -43,7 +43,8 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
     The same function serves the out-of-process runner (``main``) and the in-process path of headless tests,
     so both give identical numbers. ``job`` keys: action, out_dir, patient_id, images {t1, t2, t1c: path},
     mask (path), bundle (dir), network (dir), clinical (form or record dict), features (path of a previous
-    extract's features.json, reused when the mask is unchanged), tta (int).
+    extract's features.json, reused when the mask is unchanged), tta (int), extra_features (``name=path``
+    tables of a fusion bundle's other modalities).
     """
     import SimpleITK as sitk
 
@@ -94,11 +95,13 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
         result["feature_columns"] = list(bundle.document.get("feature_columns") or sorted(features))
         if action == "predict":
             step(0.70, "nomogram and risk group")
+            from NPCPrognosisLib.io.extra_features import read_extra_blocks
             from NPCPrognosisLib.slicer_support.form import clinical_form_to_values
             from NPCPrognosisLib.slicer_support.formatting import benefit_summary
 
             clinical = clinical_form_to_values(job.get("clinical") or {})
-            prediction = predict_patient(bundle, patient, clinical, features=features).to_dict()
+            extras = read_extra_blocks(job.get("extra_features") or [])
+            prediction = predict_patient(bundle, patient, clinical, features=features, extras=extras).to_dict()
             result["prediction"] = prediction
             if job.get("reference_mask"):
                 step(0.75, "radiomics of the automatic contours (for the change report)")
@@ -113,7 +116,7 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
                 reference_features = json.loads(reference_path.read_bytes())["features"]
                 result["reference_features"] = str(reference_path)
                 result["reference_prediction"] = predict_patient(bundle, reference, clinical,
-                                                                 features=reference_features).to_dict()
+                                                                 features=reference_features, extras=extras).to_dict()
             result["uncertainty"] = prediction["uncertainty"]
             result["curves"] = prediction["survival_curves"]
             result["benefit"] = benefit_summary(prediction)

@@ -11,6 +11,7 @@ from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic, write_text
 from NPCPrognosisLib.slicer_support.formatting import (
     format_binary,
     format_contour_change,
+    format_fusion,
     format_nomogram_points,
     format_risk,
     format_survival,
@@ -41,6 +42,7 @@ def report_html(result: Mapping[str, Any], plot_png: str | None = None) -> str:
         f"<p>Risk score {_escape(format_risk(prediction, result.get('uncertainty')))}</p>",
         f"<ul>{survival}</ul>",
         "".join(f"<p>{_escape(line)}</p>" for line in format_binary(prediction)),
+        "".join(f"<p>{_escape(line)}</p>" for line in format_fusion(prediction)),
     ]
     if plot_png:
         parts.append(f"<img src='{_escape(plot_png)}' alt='survival curves' width='560'>")

@@ -1,0 +1,339 @@
+"""Multi-gate mixture of experts (MMoE) over modality blocks, with a survival head and binary heads.
+
+Why this shape (Ma et al. 2018; the MoEMIL study of IC response): one small expert per modality (radiomics,
+deep, clinical, each extra block such as pathology) turns that modality into a shared representation, and each
+task (DMFS ranking, IC response) has its own softmax gate that mixes the experts per patient. The gate weights
+say which modality drove a patient's prediction; a patient without a modality gets that expert's gate weight
+masked to zero (renormalised over what the patient has), so missing slides need no imputation.
+
+Sized for a CPU and a cohort of ~160: experts of a few units, full-batch Adam, weight decay and dropout, an
+ensemble of a few seeded members averaged. Training is deterministic for a seed (one thread, seeded
+initialisation and dropout). Losses: the Cox partial likelihood with Efron ties (torchsurv) and binary cross
+entropy on the patients whose label is known; the tasks are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: The survival task's name (binary tasks are named by their manifest column).
+SURVIVAL = "survival"
+
+
+@dataclass
+class MMoEConfig:
+    """Architecture and optimisation of one MMoE (stored in the bundle; ``width``/``epochs`` chosen by CV)."""
+
+    blocks: dict[str, int]
+    tasks: list[str]
+    width: int = 8
+    #: Nonlinear layers per expert (0: a linear map of its block, so a task's output is a gate-weighted sum of
+    #: per-modality linear scores).
+    expert_layers: int = 1
+    dropout: float = 0.3
+    lr: float = 0.01
+    #: Decoupled (AdamW) weight decay: strong, because ~160 patients overfit even a few hundred weights.
+    weight_decay: float = 1.0
+    #: Longest schedule; ``task_epochs`` (chosen by CV) says after how many epochs each task's head is taken.
+    epochs: int = 200
+    members: int = 5
+    task_epochs: dict[str, int] = field(default_factory=dict)
+    #: Chance that a training patient's non-clinical block is hidden in an epoch (modality dropout): regularises
+    #: and teaches the gates to do without a modality, as they must for a patient without slides.
+    block_dropout: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MMoEConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class FusionData:
+    """Aligned per-patient inputs: each block z-scored (NaN where absent), presence, and the task labels."""
+
+    blocks: dict[str, np.ndarray]
+    present: np.ndarray
+    time: np.ndarray | None = None
+    event: np.ndarray | None = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    def subset(self, rows: np.ndarray) -> FusionData:
+        return FusionData(blocks={k: v[rows] for k, v in self.blocks.items()}, present=self.present[rows],
+                          time=None if self.time is None else self.time[rows],
+                          event=None if self.event is None else self.event[rows],
+                          labels={k: v[rows] for k, v in self.labels.items()})
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x = {k: torch.from_numpy(np.nan_to_num(v, nan=0.0).astype(np.float32)) for k, v in self.blocks.items()}
+        return x, torch.from_numpy(self.present.astype(np.float32))
+
+
+class MMoE(nn.Module):
+    """Experts per block, one gate and one linear head per task."""
+
+    def __init__(self, config: MMoEConfig) -> None:
+        super().__init__()
+        self.names = list(config.blocks)
+        width = config.width
+        self.experts = nn.ModuleDict({name: self._expert(size, config) for name, size in config.blocks.items()})
+        gate_in = sum(config.blocks.values()) + len(config.blocks)
+        self.gates = nn.ModuleDict({task: nn.Linear(gate_in, len(config.blocks)) for task in config.tasks})
+        for gate in self.gates.values():  # start from an even mixture: a modality earns its weight from the data
+            nn.init.zeros_(gate.weight)
+            nn.init.zeros_(gate.bias)
+        self.heads = nn.ModuleDict({task: nn.Linear(width, 1) for task in config.tasks})
+
+    @staticmethod
+    def _expert(size: int, config: MMoEConfig) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Dropout(config.dropout), nn.Linear(size, config.width)]
+        for _ in range(config.expert_layers):
+            layers += [nn.ELU(), nn.Dropout(config.dropout), nn.Linear(config.width, config.width)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Mapping[str, torch.Tensor],
+                present: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per task the output (risk or logit, shape (n,)) and the gate weights (n, blocks)."""
+        experts = torch.stack([self.experts[name](x[name]) for name in self.names], dim=1)  # (n, B, width)
+        gate_in = torch.cat([*(x[name] for name in self.names), present], dim=1)
+        outputs, gates = {}, {}
+        for task, gate in self.gates.items():
+            logits = gate(gate_in).masked_fill(present < 0.5, -1e9)
+            weights = torch.softmax(logits, dim=1)
+            mixed = (weights.unsqueeze(-1) * experts).sum(dim=1)
+            outputs[task] = self.heads[task](mixed).squeeze(-1)
+            gates[task] = weights
+        return outputs, gates
+
+
+def _loss(outputs: Mapping[str, torch.Tensor], time: torch.Tensor | None, event: torch.Tensor | None,
+          labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    from torchsurv.loss.cox import neg_partial_log_likelihood
+
+    total = torch.zeros(())
+    if SURVIVAL in outputs and event is not None and bool(event.any()):
+        # summed over event times, divided by the events: the mean negative log partial likelihood per event
+        total = total + neg_partial_log_likelihood(outputs[SURVIVAL], event, time, ties_method="efron",
+                                                   reduction="sum") / event.sum()
+    for task, y in labels.items():
+        known = ~torch.isnan(y)
+        if task in outputs and bool(known.any()):
+            total = total + nn.functional.binary_cross_entropy_with_logits(outputs[task][known], y[known])
+    return total
+
+
+class _single_thread:
+    """Tiny networks run fastest (and reproducibly) on one thread."""
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.threads)
+
+
+def train_member(data: FusionData, config: MMoEConfig, seed: int, *, checkpoints: Sequence[int] = (),
+                 validation: FusionData | None = None) -> tuple[dict[int, dict[str, torch.Tensor]],
+                                                                 list[dict[str, np.ndarray]]]:
+    """One ensemble member trained for ``config.epochs`` full-batch steps.
+
+    Parameters
+    ----------
+    data : FusionData
+        Training patients (``time``/``event`` for the survival task, ``labels`` for binary tasks).
+    config : MMoEConfig
+        Architecture and optimisation.
+    seed : int
+        Initialisation, dropout and block-dropout seed.
+    checkpoints : sequence of int
+        Epochs after which the weights are kept (and ``validation``, when given, is scored).
+    validation : FusionData, optional
+        Patients scored at the checkpoints.
+
+    Returns
+    -------
+    weights : dict of int to state dict
+        The member's weights after each checkpoint epoch.
+    outputs : list of dict
+        Per checkpoint, each task's outputs on ``validation`` (empty without it).
+    """
+    torch.manual_seed(seed)
+    generator = np.random.default_rng(seed)
+    model = MMoE(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    x, present = data.tensors()
+    time = None if data.time is None else torch.from_numpy(np.asarray(data.time, np.float32))
+    event = None if data.event is None else torch.from_numpy(np.asarray(data.event, bool))
+    labels = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in data.labels.items()}
+    droppable = torch.tensor([name != "clinical" for name in model.names])
+    wanted = set(checkpoints)
+    weights, scored = {}, []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        optimizer.zero_grad()
+        shown = present
+        if config.block_dropout > 0:
+            hide = torch.from_numpy(generator.random(tuple(present.shape)) < config.block_dropout) & droppable
+            shown = present * (~hide).float()
+        outputs, _ = model(x, shown)
+        loss = _loss(outputs, time, event, labels)
+        if not torch.isfinite(loss):
+            raise ArithmeticError(f"the fusion model's loss diverged at epoch {epoch}")
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        if epoch in wanted:
+            model.eval()
+            weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if validation is not None:
+                scored.append(predict_members({t: [model] for t in config.tasks}, validation)[0])
+    return weights, scored
+
+
+def _member(config: MMoEConfig, state: Mapping[str, torch.Tensor]) -> MMoE:
+    member = MMoE(config)
+    member.load_state_dict(state)
+    member.eval()
+    return member
+
+
+def predict_members(members: Mapping[str, Sequence[MMoE]], data: FusionData
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each task's output and gate weights from that task's members, averaged over them."""
+    x, present = data.tensors()
+    outputs, gates = {}, {}
+    with torch.no_grad():
+        for task, task_members in members.items():
+            runs = [member(x, present) for member in task_members]
+            outputs[task] = np.mean([out[task].numpy().astype(float) for out, _ in runs], axis=0)
+            gates[task] = np.mean([gate[task].numpy().astype(float) for _, gate in runs], axis=0)
+    return outputs, gates
+
+
+def fit_ensemble(data: FusionData, config: MMoEConfig, seed: int) -> dict[str, list[MMoE]]:
+    """``config.members`` members (seeds ``seed``, ``seed + 1``, ...), each trained once; a task takes every
+    member's weights after its own epoch count (``config.task_epochs``: early stopping per task)."""
+    epochs = {task: config.task_epochs.get(task, config.epochs) for task in config.tasks}
+    schedule = MMoEConfig(**{**config.to_dict(), "epochs": max(epochs.values())})
+    with _single_thread():
+        runs = [train_member(data, schedule, seed + k, checkpoints=sorted(set(epochs.values())))[0]
+                for k in range(config.members)]
+    return {task: [_member(config, run[epochs[task]]) for run in runs] for task in config.tasks}
+
+
+def save_members(members: Mapping[str, Sequence[MMoE]], path: str | Path) -> None:
+    """Every task's members in one safetensors file (``t<task index>.m<k>.<parameter>``, tasks in config order)."""
+    from safetensors.torch import save_file
+
+    from NPCPrognosisLib.io.atomic import atomic_path
+
+    tensors = {f"t{t}.m{k}.{name}": value.detach().cpu().contiguous()
+               for t, task_members in enumerate(members.values()) for k, member in enumerate(task_members)
+               for name, value in member.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"tasks": str(len(members))})
+
+
+def load_members(path: str | Path, config: MMoEConfig) -> dict[str, list[MMoE]]:
+    """The ensembles written by :func:`save_members` (weights only: nothing is executed)."""
+    from safetensors.torch import load_file
+
+    flat = load_file(str(path))
+    states: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for key, value in flat.items():
+        task, index, name = key.split(".", 2)
+        states.setdefault(int(task[1:]), {}).setdefault(int(index[1:]), {})[name] = value
+    return {task: [_member(config, states[t][k]) for k in sorted(states[t])] for t, task in enumerate(config.tasks)}
+
+
+def task_score(task: str, output: np.ndarray, data: FusionData) -> float:
+    """Validation score of one task: Harrell's C (survival) or the AUC (binary); NaN when undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    if task == SURVIVAL:
+        if data.event is None or not np.any(data.event):
+            return float("nan")
+        try:
+            return float(harrell_c(data.time, data.event, output))
+        except ValueError:
+            return float("nan")
+    y = data.labels[task]
+    known = ~np.isnan(y)
+    if len(set(y[known].tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(y[known], output[known]))
+
+
+def cross_validate(data: FusionData, base: MMoEConfig, candidates: Sequence[Mapping[str, Any]],
+                   folds: Sequence[np.ndarray], seed: int, step: int = 10) -> dict[str, Any]:
+    """Inner cross-validation of the architecture and of each task's number of epochs (early stopping on
+    held-out folds).
+
+    Every fold trains ``base.members`` members per candidate for ``base.epochs`` epochs and scores its held-out
+    patients every ``step`` epochs (each task by its own metric, averaged over folds). Each task takes the epoch
+    count where its mean score peaks; the candidate with the best mean of those peaks wins.
+
+    Parameters
+    ----------
+    data : FusionData
+        The training patients.
+    base : MMoEConfig
+        The configuration the candidates modify; ``epochs`` is the longest schedule tried.
+    candidates : sequence of mapping
+        :class:`MMoEConfig` fields to try (e.g. ``{"width": 8, "weight_decay": 0.1}``).
+    folds : sequence of bool arrays
+        Held-out patients of each fold.
+
+    Returns
+    -------
+    report : dict
+        ``chosen`` (the winning candidate), ``task_epochs``, ``score`` (mean over tasks of the chosen CV scores),
+        ``per_task`` scores, the ``grid`` of every candidate's per-task score curve and ``oof`` (out-of-fold
+        outputs of the choice, per task).
+    """
+    checkpoints = list(range(step, base.epochs + 1, step))
+    curves: list[dict[str, np.ndarray]] = []
+    oof: list[list[dict[str, np.ndarray]]] = []
+    with _single_thread():
+        for candidate in candidates:
+            config = MMoEConfig(**{**base.to_dict(), **candidate})
+            fold_scores = np.full((len(folds), len(checkpoints), len(config.tasks)), np.nan)
+            outputs = [{task: np.zeros(len(data)) for task in config.tasks} for _ in checkpoints]
+            for f, held in enumerate(folds):
+                train, val = data.subset(~held), data.subset(held)
+                runs = [train_member(train, config, seed + 1000 * f + k, checkpoints=checkpoints,
+                                     validation=val)[1] for k in range(config.members)]
+                for c in range(len(checkpoints)):
+                    for t, task in enumerate(config.tasks):
+                        mean_out = np.mean([run[c][task] for run in runs], axis=0)
+                        outputs[c][task][held] = mean_out
+                        fold_scores[f, c, t] = task_score(task, mean_out, val)
+            with np.errstate(all="ignore"):
+                means = np.nanmean(fold_scores, axis=0)  # (checkpoints, tasks)
+            curves.append({task: np.nan_to_num(means[:, t], nan=-math.inf) for t, task in enumerate(config.tasks)})
+            oof.append(outputs)
+    peaks = [float(np.mean([c.max() for c in curve.values()])) for curve in curves]
+    chosen = int(np.argmax(peaks))  # ties: the first (smallest) candidate
+    best = {task: int(np.argmax(curve)) for task, curve in curves[chosen].items()}
+    return {"chosen": dict(candidates[chosen]), "task_epochs": {task: checkpoints[i] for task, i in best.items()},
+            "score": peaks[chosen], "per_task": {task: float(curves[chosen][task][i]) for task, i in best.items()},
+            "grid": [{**dict(candidate), "epochs": checkpoints,
+                      **{task: [float(v) for v in curve[task]] for task in curve}}
+                     for candidate, curve in zip(candidates, curves)],
+            "oof": {task: oof[chosen][i][task] for task, i in best.items()}}

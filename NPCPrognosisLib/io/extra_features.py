@@ -1,0 +1,114 @@
+"""Other modalities as named per-patient feature tables (pathology slides, lab panels) joined by ``patient_id``.
+
+Whole-slide-image features come from pipelines run elsewhere (a multiple-instance-learning model, slide
+measurements); this product only joins them. Each table is one named *block* (``--extra-features
+pathology=slides.csv``); a patient without a row, or with an empty row, simply lacks that modality: the fusion
+model masks the block for that patient instead of inventing values, and says so in the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+
+#: Blocks the product computes itself; an extra table may not take their names.
+RESERVED_BLOCKS = ("clinical", "radiomics", "deep")
+
+
+@dataclass
+class ExtraBlock:
+    """One modality's table: ``values`` indexed by patient ID, one float column per feature."""
+
+    name: str
+    values: pd.DataFrame
+    source: str
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.values.columns)
+
+    def aligned(self, patient_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for ``patient_ids`` (NaN where a patient has no row) and who has the modality at all."""
+        rows = self.values.reindex([str(p) for p in patient_ids]).to_numpy(float)
+        return rows, ~np.isnan(rows).all(axis=1)
+
+
+def parse_block_spec(spec: str) -> tuple[str, Path]:
+    """``name=path`` (or a bare path, named after the file) as (name, path)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = Path(spec).stem, spec
+    name = name.strip()
+    if not name or not name.replace("_", "").isalnum():
+        raise InputError(f"block name {name!r} is not a simple name", column="--extra-features",
+                         fix="use NAME=PATH with letters, digits and underscores, e.g. pathology=slides.csv")
+    if name in RESERVED_BLOCKS:
+        raise InputError(f"block name {name!r} is one the product computes itself", column="--extra-features",
+                         fix=f"name the table something else than {', '.join(RESERVED_BLOCKS)}")
+    return name, Path(path.strip())
+
+
+def read_extra_block(spec: str) -> ExtraBlock:
+    """Read one ``name=path`` table; every cell must be a number or empty.
+
+    Parameters
+    ----------
+    spec : str
+        ``pathology=slides.csv``: the block's name and its CSV file (``patient_id`` + numeric columns).
+
+    Returns
+    -------
+    ExtraBlock
+        The table indexed by patient ID.
+    """
+    name, path = parse_block_spec(spec)
+    if not path.exists():
+        raise InputError(f"{name} features table not found", path=path, column="--extra-features",
+                         fix="give NAME=PATH of a CSV with a patient_id column")
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str})
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the {name} features table ({exc})", path=path) from None
+    if "patient_id" not in table.columns:
+        raise InputError(f"the {name} features table has no patient_id column", path=path,
+                         fix="name the column of patient IDs patient_id (as in the manifest)")
+    table["patient_id"] = table["patient_id"].astype(str).str.strip()
+    duplicated = table["patient_id"][table["patient_id"].duplicated()].tolist()
+    if duplicated:
+        raise InputError(f"patient listed twice in the {name} features table", patient_id=duplicated[0], path=path,
+                         fix="keep one row per patient (aggregate slides per patient first)")
+    columns = [c for c in table.columns if c != "patient_id"]
+    if not columns:
+        raise InputError(f"the {name} features table has no feature column", path=path)
+    for column in columns:
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = np.flatnonzero(numbers.isna().to_numpy() & table[column].notna().to_numpy())
+        if len(bad):
+            row = int(bad[0])
+            raise InputError(f"non-numeric value {table[column].iloc[row]!r} in the {name} features table",
+                             patient_id=table["patient_id"].iloc[row], path=path, column=str(column),
+                             fix="features are numbers; leave the cell empty when a value is missing")
+        if not np.isfinite(numbers.dropna().to_numpy(float)).all():
+            row = int(np.flatnonzero(~np.isfinite(numbers.fillna(0).to_numpy(float)))[0])
+            raise InputError(f"infinite value in the {name} features table", patient_id=table["patient_id"].iloc[row],
+                             path=path, column=str(column), fix="leave the cell empty when a value is unknown")
+        table[column] = numbers.astype(float)
+    return ExtraBlock(name=name, values=table.set_index("patient_id")[columns], source=str(path))
+
+
+def read_extra_blocks(specs: Sequence[str]) -> dict[str, ExtraBlock]:
+    """Every ``--extra-features`` table, by block name (a name given twice is refused)."""
+    blocks: dict[str, ExtraBlock] = {}
+    for spec in specs:
+        block = read_extra_block(spec)
+        if block.name in blocks:
+            raise InputError(f"two tables are named {block.name!r}", column="--extra-features",
+                             fix="give each table its own NAME=PATH")
+        blocks[block.name] = block
+    return blocks

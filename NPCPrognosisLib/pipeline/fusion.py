@@ -1,0 +1,297 @@
+"""Multimodal fusion (``train --fusion mmoe``): the MMoE over radiomics, deep, clinical and extra blocks.
+
+Each modality reaches the fusion in a compact, honest form: radiomics as the signatures' scores (the survival
+Rad-score and each binary endpoint's radiomics log-odds), *cross-fitted* on the training patients so the fusion
+never learns to trust a score that saw the patient's outcome; the network's deep score; the encoded clinical
+factors; each extra table's columns (e.g. pathology slide features). Inputs are z-scored with training means;
+a patient without a block (no slide) has it masked.
+
+The width and the number of epochs are chosen by inner cross-validation on the training split; the out-of-fold
+outputs of that choice then calibrate the final ensemble: a one-factor Cox model on the out-of-fold survival
+output (so ``mmoe`` is a model of the bundle like the nomogram, with survival at 1/3/5 years and a risk cut-off)
+and a logistic recalibration of each binary output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
+from NPCPrognosisLib.io.extra_features import ExtraBlock
+from NPCPrognosisLib.pipeline.binary import RAD_SCORE, fit_rad_signature, rad_score
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
+from NPCPrognosisLib.survival.splits import event_folds
+
+log = logging.getLogger(__name__)
+
+#: Name of the fusion model among the bundle's models, and of its one factor.
+MMOE = "mmoe"
+MMOE_SCORE = "mmoe_score"
+#: Fusion methods ``train --fusion`` offers ("none": the Cox nomogram alone).
+FUSIONS = ("none", MMOE)
+#: Architectures tried by the inner cross-validation (expert width x weight decay), and its folds.
+CANDIDATES: tuple[dict[str, float], ...] = tuple({"width": w, "weight_decay": d} for w in (4, 8) for d in (0.1, 1.0))
+INNER_FOLDS = 5
+#: Longest schedule tried (the CV picks the epoch count, every 10 epochs).
+MAX_EPOCHS = 300
+WEIGHTS_FILE = "fusion/mmoe.safetensors"
+#: Members of the ensemble in the inner cross-validation and in the final model.
+MEMBERS = 3
+
+
+@dataclass
+class FusionPrediction:
+    """Per patient: the survival output (before the Cox calibration), each binary task's calibrated
+    probability, the gate weights per task (patients x blocks) and which blocks each patient had."""
+
+    score: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    gates: dict[str, np.ndarray]
+    present: np.ndarray
+    blocks: list[str]
+
+    def gate_weights(self, row: int) -> dict[str, dict[str, float]]:
+        return {task: {name: float(w) for name, w in zip(self.blocks, weights[row])}
+                for task, weights in self.gates.items()}
+
+    def missing(self, row: int) -> list[str]:
+        return [name for name, has in zip(self.blocks, self.present[row]) if not has]
+
+
+def raw_blocks(factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray], extras: Mapping[str, ExtraBlock],
+               patient_ids: Sequence[str], extra_columns: Mapping[str, Sequence[str] | None]
+               ) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Every block's unscaled values (NaN where missing) and column names, in the model's block order.
+
+    ``extra_columns`` names the extra blocks and the columns each must have (None: all of the table's); a block
+    not given at all is missing for every patient.
+    """
+    radiomics = [factors["rad_score"].to_numpy(float), *(np.asarray(binary_scores[k], float) for k in binary_scores)]
+    blocks = {"radiomics": (np.column_stack(radiomics),
+                            ["rad_score", *(f"{RAD_SCORE}_{k}" for k in binary_scores)])}
+    if DEEP_SCORE in factors.columns:
+        blocks["deep"] = (factors[[DEEP_SCORE]].to_numpy(float), [DEEP_SCORE])
+    blocks["clinical"] = (factors[list(CLINICAL_COVARIATES)].to_numpy(float), list(CLINICAL_COVARIATES))
+    ids = [str(p) for p in patient_ids]
+    for name, wanted in extra_columns.items():
+        if name not in extras:
+            blocks[name] = (np.full((len(ids), len(wanted or ())), np.nan), list(wanted or ()))
+            continue
+        block = extras[name]
+        columns = list(wanted or block.columns)
+        lacking = [c for c in columns if c not in block.columns]
+        if lacking:
+            raise InputError(f"the {name} table lacks column(s) {lacking[:3]} the fusion model was trained on",
+                             path=block.source, column=lacking[0],
+                             fix=f"give the {name} table with its training columns")
+        blocks[name] = (block.values.reindex(ids)[columns].to_numpy(float), columns)
+    return blocks
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Patients who have a block: at least one value (an extra table without their row has none)."""
+    return ~np.isnan(values).all(axis=1) if values.shape[1] else np.zeros(len(values), bool)
+
+
+def _standardise(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (values - mean) / scale
+
+
+class FusionModel:
+    """A fitted fusion block of a bundle with its ensemble, ready to score patients."""
+
+    def __init__(self, document: Mapping[str, Any], members: Mapping[str, list]) -> None:
+        self.document = document
+        self.members = members
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.document["blocks"])
+
+    @property
+    def extra_blocks(self) -> list[str]:
+        return [n for n, b in self.document["blocks"].items() if b["kind"] == "extra table"]
+
+    @property
+    def binary_tasks(self) -> list[str]:
+        return [t for t in self.document["config"]["tasks"] if t != "survival"]
+
+    def data(self, factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray],
+             extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str]):
+        """The model's inputs for aligned patients, scaled as in training."""
+        from NPCPrognosisLib.deep.mmoe import FusionData
+
+        spec = self.document["blocks"]
+        raw = raw_blocks(factors, binary_scores, extras, patient_ids,
+                         {name: spec[name]["columns"] for name in self.extra_blocks})
+        blocks, present = {}, []
+        for name, block in spec.items():
+            values = raw[name][0]
+            z = _standardise(values, np.asarray(block["mean"]), np.asarray(block["scale"]))
+            blocks[name] = np.where(np.isnan(z), 0.0, z)
+            present.append(_present(values))
+        return FusionData(blocks=blocks, present=np.column_stack(present))
+
+    def predict(self, factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray],
+                extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str]) -> FusionPrediction:
+        """Survival output, calibrated probabilities and gate weights for aligned patients."""
+        from scipy.special import expit
+
+        from NPCPrognosisLib.deep.mmoe import SURVIVAL, predict_members
+
+        data = self.data(factors, binary_scores, extras, patient_ids)
+        outputs, gates = predict_members(self.members, data)
+        probabilities = {}
+        for task in self.binary_tasks:
+            calibration = self.document["binary_calibration"][task]
+            probabilities[task] = expit(calibration["intercept"] + calibration["slope"] * outputs[task])
+        return FusionPrediction(score=outputs[SURVIVAL], probabilities=probabilities, gates=gates,
+                                present=data.present, blocks=self.blocks)
+
+
+def load_fusion(document: Mapping[str, Any], bundle_dir: str | Path) -> FusionModel:
+    """The fusion block of a bundle document with its weights (safetensors, verified by the bundle's checksums)."""
+    from NPCPrognosisLib.deep.mmoe import MMoEConfig, load_members
+
+    config = MMoEConfig.from_dict(document["config"])
+    return FusionModel(document, load_members(Path(bundle_dir) / document["weights"], config))
+
+
+def binary_scores_for(binary_blocks: Mapping[str, Any], tasks: Sequence[str], features: pd.DataFrame
+                      ) -> dict[str, np.ndarray]:
+    """Each binary task's radiomics log-odds from the bundle's own binary signature."""
+    return {task: rad_score(binary_blocks[task]["signature"], features) for task in tasks}
+
+
+def cross_fitted_binary_score(features: pd.DataFrame, y: np.ndarray, seed: int, folds: int = INNER_FOLDS
+                              ) -> np.ndarray:
+    """Out-of-fold radiomics log-odds (each patient scored by a signature fitted without them); patients with an
+    unknown label are scored by the signature of all known patients."""
+    from sklearn.model_selection import StratifiedKFold
+
+    X = feature_matrix(features)
+    known = ~np.isnan(y)
+    yk = y[known].astype(int)
+    score = np.empty(len(y))
+    known_rows = np.flatnonzero(known)
+    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(yk)), yk):
+        signature = fit_rad_signature(X.iloc[known_rows[tr]], yk[tr], seed)
+        score[known_rows[va]] = rad_score(signature, X.iloc[known_rows[va]])
+    if (~known).any():
+        signature = fit_rad_signature(X.iloc[known_rows], yk, seed)
+        score[~known] = rad_score(signature, X.iloc[np.flatnonzero(~known)])
+    return score
+
+
+def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[str, np.ndarray],
+               extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str], time: np.ndarray, event: np.ndarray,
+               *, seed: int = 0, candidates: Sequence[Mapping[str, Any]] = CANDIDATES, max_epochs: int = MAX_EPOCHS,
+               members: int = MEMBERS, options: Mapping[str, Any] | None = None
+               ) -> tuple[dict[str, Any], FusionModel, Any, np.ndarray]:
+    """Fit the MMoE on the training patients.
+
+    Parameters
+    ----------
+    factors : pandas.DataFrame
+        Training factors as the Cox models saw them (encoded clinical covariates, the cross-fitted
+        ``rad_score``, ``deep_score`` when present).
+    features : pandas.DataFrame
+        Their radiomics (for the binary tasks' cross-fitted radiomics log-odds).
+    labels : mapping of str to array
+        Each binary task's 0/1 labels (NaN unknown); empty for a survival-only fusion.
+    extras : mapping of str to ExtraBlock
+        Extra modality tables (``--extra-features``).
+    patient_ids : sequence of str
+        The training patients, row-aligned with ``factors``.
+    time, event : arrays
+        The survival endpoint.
+    options : mapping, optional
+        Further :class:`~NPCPrognosisLib.deep.mmoe.MMoEConfig` fields (learning rate, dropout, weight decay).
+
+    Returns
+    -------
+    document : dict
+        The bundle's ``fusion`` block (configuration, input scaling, CV report, calibration).
+    model : FusionModel
+        The final ensemble.
+    nomogram : Nomogram
+        The one-factor Cox model on the out-of-fold survival output (the bundle's ``mmoe`` model).
+    oof_risk : ndarray
+        That model's risk for the training patients computed from out-of-fold outputs (honest training metrics
+        and the risk-group cut-off).
+    """
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+
+    from NPCPrognosisLib.classification.metrics import youden_threshold
+    from NPCPrognosisLib.deep.mmoe import SURVIVAL, FusionData, MMoEConfig, cross_validate, fit_ensemble
+    from NPCPrognosisLib.survival.nomogram import fit_nomogram
+
+    tasks = [SURVIVAL, *labels]
+    binary_scores = {task: cross_fitted_binary_score(features, np.asarray(y, float), seed)
+                     for task, y in labels.items()}
+    raw = raw_blocks(factors, binary_scores, extras, patient_ids, {name: None for name in extras})
+    blocks, present, spec = {}, [], {}
+    for name, (values, columns) in raw.items():
+        has = _present(values)
+        if has.sum() < 10:
+            raise InputError(f"only {int(has.sum())} training patient(s) have the {name} block",
+                             column="--extra-features", fix=f"give {name} features for more training patients")
+        mean = np.nanmean(values[has], axis=0)
+        scale = np.nanstd(values[has], axis=0)
+        mean = np.where(np.isnan(mean), 0.0, mean)
+        scale = np.where(~(scale > 0), 1.0, scale)
+        z = _standardise(values, mean, scale)
+        blocks[name] = np.where(np.isnan(z), 0.0, z)
+        present.append(has)
+        spec[name] = {"kind": "extra table" if name in extras else "computed", "columns": columns,
+                      "mean": mean.tolist(), "scale": scale.tolist(), "training_share_present": float(has.mean())}
+    data = FusionData(blocks=blocks, present=np.column_stack(present), time=np.asarray(time, float),
+                      event=np.asarray(event, bool), labels={k: np.asarray(v, float) for k, v in labels.items()})
+    base = MMoEConfig(blocks={name: int(b.shape[1]) for name, b in blocks.items()}, tasks=tasks, epochs=max_epochs,
+                      members=members, **(options or {}))
+    fold = event_folds(event, INNER_FOLDS, seed + 7919)
+    report = cross_validate(data, base, candidates, [fold == k for k in range(INNER_FOLDS)], seed)
+    config = MMoEConfig(**{**base.to_dict(), **report["chosen"], "task_epochs": report["task_epochs"],
+                           "epochs": max(report["task_epochs"].values())})
+    ensemble = fit_ensemble(data, config, seed)
+    oof = report.pop("oof")
+    nomogram = fit_nomogram(MMOE, pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]}), [MMOE_SCORE], time, event)
+    calibration, thresholds = {}, {}
+    for task, y in data.labels.items():
+        known = ~np.isnan(y)
+        fit = LogisticRegression(C=1e4).fit(oof[task][known, None], y[known].astype(int))
+        slope = float(fit.coef_[0, 0])
+        if slope > 0 and report["per_task"][task] > 0.5:
+            calibration[task] = {"intercept": float(fit.intercept_[0]), "slope": slope, "validated": True}
+        else:
+            # out-of-fold outputs that do not rank patients: no signal to calibrate, and a negative slope would
+            # reverse the ranking; the probability is the training prevalence and the bundle says why
+            prevalence = float(np.mean(y[known]))
+            calibration[task] = {"intercept": float(np.log(prevalence / (1 - prevalence))), "slope": 0.0,
+                                 "validated": False,
+                                 "note": f"cross-validated AUC {report['per_task'][task]:.3f}: the fusion learned "
+                                         "nothing that validates for this task; it predicts the training prevalence"}
+            log.warning("fusion model: %s", calibration[task]["note"])
+        probability = expit(calibration[task]["intercept"] + calibration[task]["slope"] * oof[task][known])
+        thresholds[task] = youden_threshold(y[known].astype(int), probability)
+    document = {
+        "method": "MMoE (multi-gate mixture of experts): one expert per modality block, one gate per task",
+        "config": config.to_dict(), "blocks": spec, "weights": WEIGHTS_FILE,
+        "cv": {"folds": INNER_FOLDS, **report},
+        "binary_calibration": calibration, "thresholds": thresholds, "seed": int(seed),
+        "inputs": "radiomics: cross-fitted Rad-score and binary radiomics log-odds in training (the full "
+                  "signatures for new patients); clinical: encoded covariates; extra tables as given; all "
+                  "z-scored with training means and SDs, a missing block masked in every gate",
+        "calibration": "Cox model on the out-of-fold survival output (model 'mmoe'); logistic recalibration of "
+                       "each out-of-fold binary output",
+    }
+    return document, FusionModel(document, ensemble), nomogram, nomogram.risk(pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]}))

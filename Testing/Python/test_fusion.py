@@ -1,0 +1,188 @@
+"""Multimodal fusion (MMoE): extra modality tables, the model itself, and train/evaluate/predict end to end.
+
+The cohort is the generator's tabular shortcut (the same patients as ``synth``, no images) with a features table
+of noisy measurements of what drives the true hazard and response among noise columns, and the generator's
+pathology block (a fifth of the patients without a slide), so missing modalities are exercised everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.datasets.pathology import PATHOLOGY_COLUMNS, pathology_block
+from NPCPrognosisLib.datasets.synth import simulate_outcomes
+from NPCPrognosisLib.deep import mmoe
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.extra_features import read_extra_block, read_extra_blocks
+
+N = 260
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    table = simulate_outcomes(N, 31)
+    rng = np.random.default_rng(31)
+    features = pd.DataFrame({"patient_id": table["patient_id"]})
+    features["t1c_gtvp_original_shape_MeshVolume"] = table["gtvp_volume_ml"] * np.exp(rng.normal(0, 0.1, N))
+    features["t2_gtvp_original_firstorder_10Percentile"] = -200 * table["necrosis_fraction"] + rng.normal(0, 8, N)
+    features["t1c_gtvp_original_glszm_ZoneEntropy"] = 10 * table["heterogeneity"] + rng.normal(0, 0.5, N)
+    for k in range(30):
+        features[f"t2_gtvp_wavelet-LLH_glcm_Noise{k}"] = rng.normal(size=N)
+    manifest = table.drop(columns=[c for c in table.columns if c.startswith(("lp_", "p_"))]).copy()
+    manifest["split"] = np.where(np.arange(N) < 160, "train", "test")
+    manifest.to_csv(root / "manifest.csv", index=False)
+    features.to_csv(root / "features.csv", index=False)
+    pathology_block(table, 31).to_csv(root / "pathology.csv", index=False)
+    return root, table
+
+
+def test_pathology_block_has_its_own_signal_and_missing_slides():
+    table = simulate_outcomes(400, 5)
+    block = pathology_block(table, 5)
+    assert list(block.columns) == ["patient_id", *PATHOLOGY_COLUMNS]
+    assert 0.7 * 400 < len(block) < 0.9 * 400  # about a fifth without a slide
+    joined = table.set_index("patient_id").loc[block["patient_id"]]
+    assert np.corrcoef(block["mil_risk"], joined["lp_dmfs"])[0, 1] > 0.4
+    assert np.corrcoef(block["necrosis_pct"], joined["necrosis_fraction"])[0, 1] > 0.8
+    assert abs(np.corrcoef(block["patch_pc1"], joined["lp_dmfs"])[0, 1]) < 0.15
+    # its own random stream: the same cohort seed gives the same block, the outcomes are untouched
+    assert block.equals(pathology_block(table, 5))
+
+
+def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
+    good = tmp_path / "slides.csv"
+    good.write_text("patient_id,a,b\nP1,1.5,\nP2,2,3\n")
+    block = read_extra_block(f"pathology={good}")
+    rows, present = block.aligned(["P2", "P9", "P1"])
+    assert present.tolist() == [True, False, True] and rows[0].tolist() == [2.0, 3.0]
+    assert read_extra_block(str(good)).name == "slides"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,a\nP1,1\nP2,high\n")
+    with pytest.raises(InputError, match="'P2'.*'a'.*non-numeric"):
+        read_extra_block(f"pathology={bad}")
+    twice = tmp_path / "twice.csv"
+    twice.write_text("patient_id,a\nP1,1\nP1,2\n")
+    with pytest.raises(InputError, match="listed twice"):
+        read_extra_block(f"x={twice}")
+    with pytest.raises(InputError, match="computes itself"):
+        read_extra_block(f"clinical={good}")
+    with pytest.raises(InputError, match="two tables"):
+        read_extra_blocks([f"p={good}", f"p={good}"])
+
+
+def test_efron_loss_matches_the_cox_model_partial_likelihood():
+    """The MMoE's survival loss is the same partial likelihood (Efron ties) as the project's Cox models."""
+    from NPCPrognosisLib.survival.cox import _partial_likelihood
+
+    rng = np.random.default_rng(0)
+    n = 40
+    time = np.round(rng.exponential(10, n))  # rounded: many ties
+    event = rng.random(n) < 0.7
+    x = rng.normal(size=(n, 1))
+    beta = np.array([0.7])
+    outputs = {mmoe.SURVIVAL: torch.tensor(x @ beta, dtype=torch.float32)}
+    ours = float(mmoe._loss(outputs, torch.tensor(time, dtype=torch.float32), torch.tensor(event), {}))
+    loglik = _partial_likelihood(x, time, event, beta, "efron")[0]
+    assert ours == pytest.approx(-loglik / event.sum(), rel=1e-4)
+
+
+def test_gates_mask_a_missing_block_and_training_is_deterministic():
+    rng = np.random.default_rng(1)
+    n = 60
+    data = mmoe.FusionData(blocks={"clinical": rng.normal(size=(n, 3)), "pathology": rng.normal(size=(n, 2))},
+                           present=np.column_stack([np.ones(n, bool), np.arange(n) % 3 > 0]),
+                           time=rng.exponential(20, n), event=rng.random(n) < 0.5,
+                           labels={"ic_response": (rng.random(n) < 0.5).astype(float)})
+    config = mmoe.MMoEConfig(blocks={"clinical": 3, "pathology": 2}, tasks=[mmoe.SURVIVAL, "ic_response"],
+                             width=4, epochs=20, members=2)
+    first = mmoe.fit_ensemble(data, config, seed=3)
+    again = mmoe.fit_ensemble(data, config, seed=3)
+    out, gates = mmoe.predict_members(first, data)
+    out_again, _ = mmoe.predict_members(again, data)
+    assert np.array_equal(out[mmoe.SURVIVAL], out_again[mmoe.SURVIVAL])
+    missing = ~data.present[:, 1]
+    for weights in gates.values():
+        assert np.allclose(weights.sum(axis=1), 1.0)
+        assert np.all(weights[missing, 1] == 0.0) and np.all(weights[~missing, 1] > 0.0)
+
+
+def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
+    root, truth = tabular
+    bundle, out = root / "bundle", root / "eval"
+    base = ["--manifest", str(root / "manifest.csv"), "--features", str(root / "features.csv")]
+    pathology = f"pathology={root / 'pathology.csv'}"
+    assert main(["--quiet", "train", *base, "--endpoint", "dmfs", "--binary-endpoint", "ic_response",
+                 "--fusion", "mmoe", "--extra-features", pathology, "--out", str(bundle), "--split-col", "split",
+                 "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "fusion (MMoE)" in printed
+    document = json.loads((bundle / "bundle.json").read_text())
+    fusion = document["fusion"]
+    assert set(fusion["blocks"]) == {"radiomics", "clinical", "pathology"}
+    assert fusion["blocks"]["pathology"]["columns"] == list(PATHOLOGY_COLUMNS)
+    assert 0.7 < fusion["blocks"]["pathology"]["training_share_present"] < 0.9
+    assert fusion["config"]["tasks"] == ["survival", "ic_response"]
+    assert {k: fusion["config"][k] for k in fusion["cv"]["chosen"]} == fusion["cv"]["chosen"]
+    assert len(fusion["cv"]["grid"]) == 4 and fusion["cv"]["task_epochs"]["survival"] <= 300
+    assert (bundle / fusion["weights"]).exists() and "mmoe" in document["models"]
+    assert "pickle" not in (bundle / "bundle.json").read_text()
+
+    # evaluate: the MMoE beside the nomogram, with the paired difference in C, on the held-out patients
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "dmfs", "--out", str(out),
+                 "--extra-features", pathology, "--n-boot", "200"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == N - 160 and {"nomogram", "mmoe"} <= set(metrics["models"])
+    paired = metrics["paired_vs_nomogram"]["mmoe"]
+    difference = metrics["models"]["mmoe"]["c_index"] - metrics["models"]["nomogram"]["c_index"]
+    assert paired["difference"] == pytest.approx(difference)
+    assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    assert metrics["models"]["mmoe"]["c_index"] > 0.6
+    predictions = pd.read_csv(out / "predictions.csv")
+    no_slide = ~predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])
+    assert no_slide.any() and (predictions.loc[no_slide, "mmoe_gate_survival_pathology"] == 0).all()
+    # the binary task beside the classifiers, compared by DeLong with the combined model
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "ic_response",
+                 "--out", str(root / "eval_ic"), "--extra-features", pathology]) == 0
+    binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
+    assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
+    # without the table every patient lacks the modality, and evaluate says so
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "dmfs",
+                 "--out", str(tmp_path / "eval_without"), "--n-boot", "50"]) == 0
+    assert "pathology" in json.loads((tmp_path / "eval_without" / "metrics.json").read_text())["warnings"][0]
+
+
+def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
+    from NPCPrognosisLib.io.clinical import parse_clinical
+    from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.predict import patient_fusion
+
+    root, truth = tabular
+    bundle = load_bundle(root / "bundle")
+    extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
+    slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
+    manifest = pd.read_csv(root / "manifest.csv")
+    features = pd.read_csv(root / "features.csv")
+    for pid in (next(p for p in manifest["patient_id"][160:] if p in slides),
+                next(p for p in manifest["patient_id"][160:] if p not in slides)):
+        row = manifest[manifest["patient_id"] == pid].iloc[0]
+        record = parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, pid)
+        table = features[features["patient_id"] == pid].reset_index(drop=True)
+        factors = bundle.factors([record], table, extras, [pid])
+        block = patient_fusion(bundle, factors, table, extras, pid)
+        gates = block["gate_weights"]["survival"]
+        assert sum(gates.values()) == pytest.approx(1.0)
+        assert 0.0 <= block["probabilities"]["ic_response"] <= 1.0
+        assert block["risk_group"] in ("low", "high") and 0 < block["survival"]["60"] < 1
+        if pid in slides:
+            assert gates["pathology"] > 0 and not block["warnings"]
+        else:
+            assert gates["pathology"] == 0 and block["missing_modalities"] == ["pathology"]
+            assert pid in block["warnings"][0]
