@@ -108,7 +108,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     nested = training.get("nested_cv_c") or {}
     for name, block in training["metrics"].items():
         corrected = optimism.get(name)
-        text = f"  training C-index {name:20s} apparent {block['c_index']:.3f}"
+        kind = "out-of-fold" if name == "mmoe" else "apparent"
+        text = f"  training C-index {name:20s} {kind} {block['c_index']:.3f}"
         if corrected:
             text += (f", optimism-corrected {_number(corrected['corrected'], '.3f')} "
                      f"({corrected['replicates']} bootstrap refits)")

@@ -38,8 +38,9 @@ class MMoEConfig:
     #: Nonlinear layers per expert (0: a linear map of its block, so a task's output is a gate-weighted sum of
     #: per-modality linear scores).
     expert_layers: int = 1
-    dropout: float = 0.3
-    lr: float = 0.01
+    dropout: float = 0.5
+    #: Small enough that the validation curve peaks after a few checkpoints, so early stopping can see the peak.
+    lr: float = 0.003
     #: Decoupled (AdamW) weight decay: strong, because ~160 patients overfit even a few hundred weights.
     weight_decay: float = 1.0
     #: Longest schedule; ``task_epochs`` (chosen by CV) says after how many epochs each task's head is taken.

@@ -62,24 +62,30 @@ def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.nd
 
 # ---------------------------------------------------------------------------------------------- signature
 def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Univariable filter, redundancy filter and LASSO-logistic (penalty by inner CV AUC): the radiomics signature.
+    """Univariable filter, Yeo-Johnson transform, redundancy filter and LASSO-logistic (penalty by inner CV AUC):
+    the radiomics signature.
+
+    Why the transform: volumes, areas and many texture features are strongly right-skewed, while a logistic
+    model is linear in its inputs; a few large tumours then dominate the z-scores and the fit. Each candidate is
+    scaled by its SD and Yeo-Johnson transformed (lambda by maximum likelihood on the training patients, as
+    scikit-learn's PowerTransformer does) before z-scoring; the rank-based filter before it is unaffected.
 
     Returns
     -------
     signature : dict
-        ``features``, their training ``mean``/``scale`` (missing values take the mean), ``coef`` and
-        ``intercept`` of the logistic model on the standardised features; its linear predictor is the
-        Rad-score (log-odds).
+        ``features``; per feature the training ``raw_scale``, Yeo-Johnson ``lambda`` and the transformed
+        values' ``mean``/``scale`` (missing values take the mean); ``coef`` and ``intercept`` of the logistic
+        model on the standardised transformed features; its linear predictor is the Rad-score (log-odds).
     """
     from scipy.stats import mannwhitneyu
 
     values = X.to_numpy(float)
-    mean = np.nanmean(values, axis=0)
-    values = np.where(np.isnan(values), mean, values)
-    scale = values.std(axis=0)
-    keep = np.isfinite(mean) & (scale > 0)
+    raw_mean = np.nanmean(values, axis=0)
+    filled = np.where(np.isnan(values), raw_mean, values)
+    raw_scale = filled.std(axis=0)
+    keep = np.isfinite(raw_mean) & (raw_scale > 0)
     names = list(X.columns[keep])
-    z = (values[:, keep] - mean[keep]) / scale[keep]
+    z = (filled[:, keep] - raw_mean[keep]) / raw_scale[keep]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = mannwhitneyu(z[y == 1], z[y == 0], axis=0).pvalue
@@ -88,16 +94,59 @@ def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str
     if len(passing) == 0:
         passing = np.argsort(p)[:10]  # nothing passes: offer the ten strongest, LASSO may still drop them all
     passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
-    kept = redundancy_filter(z[:, passing], [names[i] for i in passing], p[passing], REDUNDANCY_R)
-    idx = [names.index(k) for k in kept]
-    zk = z[:, idx]
-    coef, intercept = _lasso_logistic(zk, y, seed)
-    chosen = np.flatnonzero(coef != 0)
-    full_idx = np.flatnonzero(keep)
-    return {"features": [kept[i] for i in chosen], "coef": coef[chosen].tolist(), "intercept": float(intercept),
-            "mean": [float(mean[full_idx[names.index(kept[i])]]) for i in chosen],
-            "scale": [float(scale[full_idx[names.index(kept[i])]]) for i in chosen],
+    full = np.flatnonzero(keep)[passing]
+    transform = [_yeo_johnson_fit(values[:, j], raw_scale[j]) for j in full]
+    zt = np.column_stack([_transformed(values[:, j], t) for j, t in zip(full, transform)])
+    kept = redundancy_filter(zt, [names[i] for i in passing], p[passing], REDUNDANCY_R)
+    idx = [[names[i] for i in passing].index(k) for k in kept]
+    coef, intercept = _lasso_logistic(zt[:, idx], y, seed)
+    chosen = [idx[i] for i in np.flatnonzero(coef != 0)]
+    return {"features": [names[passing[i]] for i in chosen], "coef": coef[coef != 0].tolist(),
+            "intercept": float(intercept),
+            **{key: [float(transform[i][key]) for i in chosen] for key in ("raw_scale", "lambda", "mean", "scale")},
+            "transform": "Yeo-Johnson of value / raw_scale, then (t - mean) / scale",
             "n_features_in": int(X.shape[1]), "n_univariate": int(len(passing)), "n_after_redundancy": len(kept)}
+
+
+def _yeo_johnson_fit(column: np.ndarray, raw_scale: float) -> dict[str, float]:
+    """Lambda, and mean and SD of the transformed training values, of one feature."""
+    from scipy.stats import yeojohnson, yeojohnson_normmax
+
+    u = column[np.isfinite(column)] / raw_scale
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        lam = float(np.clip(yeojohnson_normmax(u), -3.0, 3.0))
+        t = yeojohnson(u, lam)
+    if not np.all(np.isfinite(t)) or t.std() <= 0:
+        lam, t = 1.0, u  # lambda 1 is the identity
+    return {"raw_scale": float(raw_scale), "lambda": lam, "mean": float(t.mean()), "scale": float(t.std())}
+
+
+def _transformed(column: np.ndarray, transform: Mapping[str, float]) -> np.ndarray:
+    """Standardised transformed values; a missing value becomes 0 (the transformed training mean)."""
+    from scipy.stats import yeojohnson
+
+    out = np.zeros(len(column))
+    finite = np.isfinite(column)
+    with np.errstate(all="ignore"):
+        t = yeojohnson(column[finite] / transform["raw_scale"], transform["lambda"])
+    out[finite] = (t - transform["mean"]) / transform["scale"]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def signature_values(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:
+    """The signature's features of each patient as its model sees them (transformed and standardised)."""
+    missing = [f for f in signature["features"] if f not in features.columns]
+    if missing:
+        raise InputError(f"the features table lacks the signature's feature(s) {missing[:3]}", column=missing[0],
+                         fix="extract with the bundle's radiomics settings")
+    values = features[signature["features"]].to_numpy(float)
+    if "lambda" not in signature:  # bundles written before the transform: plain z-scores
+        mean = np.asarray(signature["mean"])
+        return (np.where(np.isnan(values), mean, values) - mean) / np.asarray(signature["scale"])
+    keys = ("raw_scale", "lambda", "mean", "scale")
+    return np.column_stack([_transformed(values[:, j], {k: signature[k][j] for k in keys})
+                            for j in range(values.shape[1])]) if values.shape[1] else values
 
 
 def _lasso_logistic(z: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
@@ -124,14 +173,7 @@ def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarra
     """Log-odds of the signature (0 features: the intercept only)."""
     if not signature["features"]:
         return np.full(len(features), signature["intercept"])
-    missing = [f for f in signature["features"] if f not in features.columns]
-    if missing:
-        raise InputError(f"the features table lacks the signature's feature(s) {missing[:3]}", column=missing[0],
-                         fix="extract with the bundle's radiomics settings")
-    values = features[signature["features"]].to_numpy(float)
-    mean = np.asarray(signature["mean"])
-    values = np.where(np.isnan(values), mean, values)
-    return ((values - mean) / np.asarray(signature["scale"])) @ np.asarray(signature["coef"]) + signature["intercept"]
+    return signature_values(signature, features) @ np.asarray(signature["coef"]) + signature["intercept"]
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -145,8 +187,8 @@ def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], fea
         return clin
     if name == "combined":
         return pd.concat([score, clin], axis=1)
-    chosen = features[signature["features"]].reset_index(drop=True).astype(float)
-    chosen = chosen.fillna(pd.Series(signature["mean"], index=signature["features"]))
+    chosen = pd.DataFrame(signature_values(signature, features.reset_index(drop=True)),
+                          columns=signature["features"])
     return pd.concat([clin, chosen], axis=1)
 
 
@@ -186,6 +228,21 @@ def predict_models(block: Mapping[str, Any], clinical: pd.DataFrame, features: p
     return {n: out[n] for n in names}
 
 
+def choose_best(cv: Mapping[str, Mapping[str, Any]]) -> str:
+    """The model a bundle uses: the ensemble, unless one model's CV AUC beats it, and chance, by more than its
+    standard error.
+
+    Why not simply the highest CV AUC: with ten candidates on ~160 patients the winner is largely the luckiest
+    (their CV AUCs differ by less than their standard errors), and the ensemble has no parameter of its own to be
+    lucky with; a single model has to earn its place by a margin the cross-validation can see.
+    """
+    top = max(MODELS, key=lambda n: cv[n]["auc"])
+    se = cv[top].get("se", 0.0)
+    beats_ensemble = cv[top]["auc"] - cv[ENSEMBLE]["auc"] > se
+    beats_chance = cv[top]["auc"] - se > 0.5
+    return top if beats_ensemble and beats_chance else ENSEMBLE
+
+
 def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, endpoint: str,
                         seed: int = 0) -> dict[str, Any]:
     """Fit every model on the training patients, score each by cross-validation, keep the best.
@@ -204,10 +261,12 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     Returns
     -------
     block : dict
-        JSON-able: ``signature``, ``models``, ``cv`` (AUC with DeLong CI of out-of-fold probabilities per model),
-        ``best`` (highest CV AUC), ``thresholds`` (Youden on out-of-fold probabilities) and ``bootstrap``
+        JSON-able: ``signature``, ``models``, ``cv`` (per model the mean and standard error of the per-fold AUCs,
+        and the AUC of the pooled out-of-fold probabilities),
+        ``best`` (:func:`choose_best`), ``thresholds`` (Youden on out-of-fold probabilities) and ``bootstrap``
         (refits of the best model for per-patient intervals).
     """
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     clinical = clinical.reset_index(drop=True)
@@ -220,6 +279,7 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
     # families differ; averaging over repeats makes the choice less of a coin toss.
     oof_runs = []
+    fold_aucs: dict[str, list[float]] = {name: [] for name in CANDIDATES}
     for repeat in range(CV_REPEATS):
         oof = {name: np.zeros(len(y)) for name in CANDIDATES}
         for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y):
@@ -229,21 +289,26 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
                                    features.iloc[va].reset_index(drop=True))
             for name, prob in probs.items():
                 oof[name][va] = prob
+                fold_aucs[name].append(float(roc_auc_score(y[va], prob)) if np.ptp(prob) > 0 else 0.5)
         oof_runs.append(oof)
-    cv = {name: {**delong_auc(y, oof_runs[0][name]),
-                 "auc_repeats": [float(delong_auc(y, run[name])["auc"]) for run in oof_runs]}
-          for name in CANDIDATES}
-    for block_ in cv.values():
-        block_["auc"] = float(np.mean(block_["auc_repeats"]))
+    # The CV AUC is the mean of the per-fold AUCs, not the AUC of the pooled out-of-fold probabilities: each fold's
+    # model has its own intercept (its training prevalence mirrors the held-out fold's), and pooling them biases a
+    # weak model's AUC below 0.5 - most for the models that select features (Airola et al. 2011; Parker 2007).
+    cv = {}
+    for name in CANDIDATES:
+        values = np.asarray(fold_aucs[name])
+        cv[name] = {"auc": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(len(values))),
+                    "auc_repeats": [float(v.mean()) for v in np.array_split(values, CV_REPEATS)],
+                    "pooled_auc": float(np.mean([delong_auc(y, run[name])["auc"] for run in oof_runs]))}
     oof = {name: np.mean([run[name] for run in oof_runs], axis=0) for name in CANDIDATES}
-    best = max(CANDIDATES, key=lambda n: cv[n]["auc"])
+    best = choose_best(cv)
     signature, models = _fit_all(clinical, features, y, seed)
     block: dict[str, Any] = {
         "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
         "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "best": best,
         "thresholds": {name: youden_threshold(y, prob) for name, prob in oof.items()},
-        "note": "the best model has the highest cross-validated AUC on the training patients; its probability "
-                "interval comes from bootstrap refits of the same family (selection included)"}
+        "note": "the model used is the ensemble unless one model's cross-validated AUC beats it by more than one "
+                "standard error; its probability interval comes from bootstrap refits (selection included)"}
     block["bootstrap"] = _bootstrap_best(clinical, features, y, best, seed)
     return block
 

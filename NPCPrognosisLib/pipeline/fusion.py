@@ -173,21 +173,26 @@ def binary_scores_for(binary_blocks: Mapping[str, Any], tasks: Sequence[str], fe
 
 def cross_fitted_binary_score(features: pd.DataFrame, y: np.ndarray, seed: int, folds: int = INNER_FOLDS
                               ) -> np.ndarray:
-    """Out-of-fold radiomics log-odds (each patient scored by a signature fitted without them); patients with an
-    unknown label are scored by the signature of all known patients."""
+    """Out-of-fold radiomics log-odds: each patient scored by a signature fitted without them.
+
+    Each fold's scores are centred on their fold mean and then all moved to the full signature's training mean:
+    a fold's intercept mirrors its training prevalence, which is the complement of the held-out fold's, and left
+    in, that shift alone would make a weak score rank the patients backwards. Patients with an unknown label are
+    scored by the signature of all known patients.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     X = feature_matrix(features)
     known = ~np.isnan(y)
     yk = y[known].astype(int)
-    score = np.empty(len(y))
     known_rows = np.flatnonzero(known)
+    full = fit_rad_signature(X.iloc[known_rows], yk, seed)
+    score = rad_score(full, X)
+    centre = float(score[known].mean())
     for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(yk)), yk):
         signature = fit_rad_signature(X.iloc[known_rows[tr]], yk[tr], seed)
-        score[known_rows[va]] = rad_score(signature, X.iloc[known_rows[va]])
-    if (~known).any():
-        signature = fit_rad_signature(X.iloc[known_rows], yk, seed)
-        score[~known] = rad_score(signature, X.iloc[np.flatnonzero(~known)])
+        held = rad_score(signature, X.iloc[known_rows[va]])
+        score[known_rows[va]] = held - held.mean() + centre
     return score
 
 

@@ -112,3 +112,45 @@ def test_no_patient_ids_leaves_them_out_and_evaluate_asks_for_a_held_out_cohort(
     assert main(args) == 2
     assert "--subset all" in capsys.readouterr().err
     assert main([*args, "--subset", "all"]) == 0
+
+
+def test_skewed_features_are_transformed_before_the_logistic_fit():
+    """A log-normal feature whose log drives the response is transformed to about its log (symmetric, linear
+    in the log), and the stored transform reproduces the score from the raw values, a missing value taking the
+    training mean."""
+    from scipy.special import expit
+    from scipy.stats import skew, yeojohnson
+
+    rng = np.random.default_rng(4)
+    n = 300
+    size = np.exp(rng.normal(0.0, 1.0, n))
+    y = (rng.random(n) < expit(1.5 * np.log(size))).astype(int)
+    X = pd.DataFrame({"t1c_gtvp_original_shape_MeshVolume": size * 1000.0,
+                      **{f"t2_gtvp_original_firstorder_Noise{k}": rng.normal(size=n) for k in range(5)}})
+    signature = bn.fit_rad_signature(X, y, seed=0)
+    j = signature["features"].index("t1c_gtvp_original_shape_MeshVolume")
+    transformed = bn.signature_values(signature, X)[:, j]
+    assert skew(size) > 2 and abs(skew(transformed)) < 0.3
+    assert np.corrcoef(transformed, np.log(size))[0, 1] > 0.98
+    probe = X.iloc[:5].copy()
+    probe.iloc[0, 0] = np.nan
+    expected = np.zeros((5, len(signature["features"])))
+    for k, name in enumerate(signature["features"]):
+        raw = probe[name].to_numpy(float)
+        t = yeojohnson(raw[~np.isnan(raw)] / signature["raw_scale"][k], signature["lambda"][k])
+        expected[~np.isnan(raw), k] = (t - signature["mean"][k]) / signature["scale"][k]
+    score = expected @ np.asarray(signature["coef"]) + signature["intercept"]
+    assert np.allclose(bn.rad_score(signature, probe), score)
+    # the transformed signature ranks held-out patients at least as well as the size itself does
+    assert roc_auc_score(y, bn.rad_score(signature, X)) >= roc_auc_score(y, size) - 0.01
+
+
+def test_the_ensemble_is_used_unless_one_model_beats_it_by_a_standard_error():
+    cv = {name: {"auc": 0.60, "se": 0.04} for name in bn.CANDIDATES}
+    cv["classifier_knn"]["auc"] = 0.63
+    assert bn.choose_best(cv) == bn.ENSEMBLE
+    cv["classifier_knn"]["auc"] = 0.65
+    assert bn.choose_best(cv) == "classifier_knn"
+    for block in cv.values():  # no model shows any signal: a margin over the ensemble is noise
+        block["auc"] -= 0.12
+    assert bn.choose_best(cv) == bn.ENSEMBLE

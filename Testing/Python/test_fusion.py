@@ -163,6 +163,7 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
     from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import patient_fusion
+    from NPCPrognosisLib.slicer_support.formatting import format_fusion
 
     root, truth = tabular
     bundle = load_bundle(root / "bundle")
@@ -181,8 +182,10 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
         assert sum(gates.values()) == pytest.approx(1.0)
         assert 0.0 <= block["probabilities"]["ic_response"] <= 1.0
         assert block["risk_group"] in ("low", "high") and 0 < block["survival"]["60"] < 1
+        lines = format_fusion({"fusion": block})
+        assert lines[0].startswith("Fusion (MMoE): risk") and any("Modalities behind survival" in x for x in lines)
         if pid in slides:
             assert gates["pathology"] > 0 and not block["warnings"]
         else:
             assert gates["pathology"] == 0 and block["missing_modalities"] == ["pathology"]
-            assert pid in block["warnings"][0]
+            assert pid in block["warnings"][0] and lines[-1] == "Not available for this patient: pathology"
