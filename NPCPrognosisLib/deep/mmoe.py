@@ -109,7 +109,8 @@ class MMoE(nn.Module):
                 present: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per task the output (risk or logit, shape (n,)) and the gate weights (n, blocks)."""
         experts = torch.stack([self.experts[name](x[name]) for name in self.names], dim=1)  # (n, B, width)
-        gate_in = torch.cat([*(x[name] for name in self.names), present], dim=1)
+        # a block the patient lacks (or that modality dropout hides) reaches the gates as zeros, never as values
+        gate_in = torch.cat([*(x[name] * present[:, [j]] for j, name in enumerate(self.names)), present], dim=1)
         outputs, gates = {}, {}
         for task, gate in self.gates.items():
             logits = gate(gate_in).masked_fill(present < 0.5, -1e9)
