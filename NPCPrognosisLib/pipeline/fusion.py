@@ -283,8 +283,9 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
             prevalence = float(np.mean(y[known]))
             calibration[task] = {"intercept": float(np.log(prevalence / (1 - prevalence))), "slope": 0.0,
                                  "validated": False,
-                                 "note": f"cross-validated AUC {report['per_task'][task]:.3f}: the fusion learned "
-                                         "nothing that validates for this task; it predicts the training prevalence"}
+                                 "note": f"cross-validated AUC {report['per_task'][task]:.3f}, out-of-fold calibration "
+                                         f"slope {slope:.2f}: the fusion learned nothing that validates for this "
+                                         "task; it predicts the training prevalence"}
             log.warning("fusion model: %s", calibration[task]["note"])
         probability = expit(calibration[task]["intercept"] + calibration[task]["slope"] * oof[task][known])
         thresholds[task] = youden_threshold(y[known].astype(int), probability)
