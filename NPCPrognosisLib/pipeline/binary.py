@@ -358,16 +358,21 @@ def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: 
 
 
 # ---------------------------------------------------------------------------------------------- cohort level
-def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFrame, endpoint: str,
-                     seed: int = 0) -> dict[str, Any]:
-    """Fit one binary endpoint on the (training) patients of ``manifest`` (``clinical``: their encoded clinical
-    covariates, same rows); patients without a value are left out."""
+def endpoint_labels(manifest: Any, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
+    """Which manifest rows have a value of the binary column, and those values as 0/1 (anything else refused)."""
     table = manifest.table
     if endpoint not in table.columns:
         raise InputError(f"no {endpoint!r} column for the binary endpoint", path=manifest.source, column=endpoint,
                          fix="add the column (1 = response/event, 0 = none) or name another one")
     known = table[endpoint].notna().to_numpy()
-    y = read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+    return known, read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+
+
+def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFrame, endpoint: str,
+                     seed: int = 0) -> dict[str, Any]:
+    """Fit one binary endpoint on the (training) patients of ``manifest`` (``clinical``: their encoded clinical
+    covariates, same rows); patients without a value are left out."""
+    known, y = endpoint_labels(manifest, endpoint)
     block = fit_binary_endpoint(clinical[known].reset_index(drop=True), features[known].reset_index(drop=True), y,
                                 endpoint, seed)
     block["left_out_unknown"] = int((~known).sum())
@@ -386,10 +391,7 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
 
     block = document["binary_endpoints"][endpoint]
     table = manifest.table
-    if endpoint not in table.columns:
-        raise InputError(f"no {endpoint!r} column to evaluate against", path=manifest.source, column=endpoint)
-    known = table[endpoint].notna().to_numpy()
-    y = read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+    known, y = endpoint_labels(manifest, endpoint)
     known_patients = Manifest(table=table[known].reset_index(drop=True), root=manifest.root, source=manifest.source)
     clinical = known_patients.clinical_table(float(document["clinical_encoding"]["log10_ebv_dna_fill"]))
     metrics, probs = evaluate_binary(block, clinical, features[known].reset_index(drop=True), y)

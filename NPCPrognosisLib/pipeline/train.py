@@ -448,7 +448,7 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
     from time import perf_counter
 
     from NPCPrognosisLib.deep.mmoe import save_members
-    from NPCPrognosisLib.pipeline.binary import read_binary
+    from NPCPrognosisLib.pipeline.binary import endpoint_labels
     from NPCPrognosisLib.pipeline.fusion import MMOE, fit_fusion
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
@@ -458,13 +458,9 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
         factors["rad_score"] = models.cross_fitted_rad_score
     labels = {}
     for name in dict.fromkeys(binary_endpoints):
-        values = manifest.table[name] if name in manifest.table.columns else None
-        if values is None:
-            raise InputError(f"no {name!r} column for the binary endpoint", path=manifest.source, column=name)
-        known = values.notna().to_numpy()
-        y = np.full(len(values), np.nan)
-        y[known] = read_binary(values[known].tolist(), manifest.table.loc[known, "patient_id"].tolist(), name)
-        labels[name] = y
+        known, values = endpoint_labels(manifest, name)
+        labels[name] = np.full(len(known), np.nan)
+        labels[name][known] = values
     start = perf_counter()
     block, model, nomogram, oof_risk = fit_fusion(factors, features, labels, extras, manifest.patient_ids, time,
                                                   event, seed=seed)
