@@ -28,22 +28,13 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from NPCPrognosisLib.cli import main as cli  # noqa: E402
-from NPCPrognosisLib.datasets import relaxometry_phantom, synth  # noqa: E402
 
 
 def truth_for(manifest: pd.DataFrame, args: argparse.Namespace) -> pd.Series:
-    if args.truth:
-        truth = pd.read_csv(args.truth, dtype={"patient_id": str}).set_index("patient_id")
-        return truth.loc[manifest["patient_id"], "p_ic_response"].reset_index(drop=True)
-    family = {"synth": synth, "relaxometry": relaxometry_phantom}[args.family]
-    parts = []
-    for split, offset in (("train", 1), ("test", 2)):
-        rows = manifest[manifest["split"] == split]
-        table = family.simulate_outcomes(len(rows), args.seed * 1000 + offset)
-        if not (table["age"].to_numpy() == rows["age"].to_numpy()).all():
-            raise SystemExit(f"the {split} patients are not family {args.family} seed {args.seed}")
-        parts.append(pd.Series(table["p_ic_response"].to_numpy(), index=rows.index))
-    return pd.concat(parts).sort_index().reset_index(drop=True)
+    """The generator's true response probability of every manifest patient (``bench_fusion.truth_for``)."""
+    from bench_fusion import truth_for as cohort_truth
+
+    return cohort_truth(manifest, args)["p_ic_response"].reset_index(drop=True)
 
 
 def main() -> int:
