@@ -403,7 +403,8 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not write the report."), waitCursor=True):
-            paths = self.logic.exportReport(json.loads(p.lastResultJson), str(p.reportDirectory))
+            paths = self.logic.exportReport(json.loads(p.lastResultJson), str(p.reportDirectory), p.t1cVolume,
+                                            p.segmentation)
             self.ui.statusLabel.text = _("Report written: {path}").format(path=paths["html"])
 
     def onLoadSample(self):
@@ -1203,12 +1204,27 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         finally:
             self._removeWithDisplay(labelmapNode)
 
-    def exportReport(self, result, outputDirectory):
-        """report.html + report.json + survival.png in ``outputDirectory``; returns the paths."""
+    def exportReport(self, result, outputDirectory, volumeNode=None, segmentationNode=None):
+        """The patient sheet (patient_sheet.html, and .pdf when Chromium is installed) and report.json in
+        ``outputDirectory``/<patient>, with key slices of ``volumeNode`` (CET1W) and the contours of
+        ``segmentationNode`` (and its automatic contours, dashed, when it was edited); returns the paths."""
+        from NPCPrognosisLib.reporting.patient_sheet import SheetImages
         from NPCPrognosisLib.slicer_support.report import write_report
 
+        images = None
+        if volumeNode is not None:
+            images = SheetImages(t1c=self.sitkFromVolumeNode(volumeNode))
+            if segmentationNode is not None and self.hasContours(segmentationNode):
+                labelmapNode = self.exportLabelmap(segmentationNode, volumeNode)
+                try:
+                    images.mask = self.sitkFromVolumeNode(labelmapNode)
+                finally:
+                    self._removeWithDisplay(labelmapNode)
+                automaticNode = self.automaticLabelmapFor(segmentationNode)
+                if automaticNode is not None:
+                    images.automatic_mask = self.sitkFromVolumeNode(automaticNode)
         folder = pathlib.Path(outputDirectory) / result["prediction"]["patient_id"]
-        return {k: str(v) for k, v in write_report(result, folder).items()}
+        return {k: str(v) for k, v in write_report(result, folder, images).items()}
 
     def showSurvivalPlot(self, curves, title="", showInLayout=True):
         """Plot chart node: this patient's survival with the reference curves; returns the chart node."""
@@ -1366,7 +1382,8 @@ class NPCPrognosisTest(ScriptedLoadableModuleTest):
         self.assertIn("risk", change)
         self.assertTrue(np.isfinite(change["risk"]["change"]))
 
-        paths = logic.exportReport(edited, slicer.app.temporaryPath + "/NPCPrognosisSelfTest")
+        paths = logic.exportReport(edited, slicer.app.temporaryPath + "/NPCPrognosisSelfTest", volumes["t1c"],
+                                   segmentationNode)
         self.assertTrue(os.path.exists(paths["html"]) and os.path.exists(paths["json"]))
         self.delayDisplay("NPCPrognosis self-test passed")
 

@@ -27,11 +27,30 @@ setup() {
   echo "$want" > "$STAMP"
 }
 
+browser() {
+  # Headless Chromium prints the patient sheet to PDF and runs the report tests in a real browser: Debian's
+  # chromium and chromium-driver, installed here when missing (as root, or through passwordless sudo).
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then return 0; fi
+  local apt=()
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif sudo -n true 2>/dev/null; then apt=(sudo -n apt-get); fi
+  if [ ${#apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Debian's chromium and chromium-driver (report PDFs, browser tests)" >&2
+    local packages=(install -y -q --no-install-recommends chromium chromium-driver)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${packages[@]}" >/dev/null 2>&1 \
+      || { "${apt[@]}" update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${packages[@]}" \
+           >/dev/null 2>&1; } || true
+  fi
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "!! WARNING: Chromium/chromedriver could not be installed: no patient-sheet PDF, and the browser" \
+         "tests of the reports will be SKIPPED (install Debian's chromium and chromium-driver)" >&2
+  fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  demo) setup; exec "$VENV/bin/npc-prognosis" demo "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  demo) setup; browser; exec "$VENV/bin/npc-prognosis" demo "$@" ;;
+  test) setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: ./run.sh demo|test|setup [args...]" >&2; exit 64 ;;
 esac

@@ -134,8 +134,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
+    from NPCPrognosisLib.reporting.checklist import read_study_info
+
+    study_info = read_study_info(args.study_info) if args.study_info else None
     metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
-                              n_boot=args.n_boot, seed=args.seed, extra_features=args.extra_features)
+                              n_boot=args.n_boot, seed=args.seed, extra_features=args.extra_features,
+                              study_info=study_info)
     if "positives" in metrics:  # a binary endpoint
         print(f"{args.endpoint}: {metrics['n']} patients, {metrics['positives']} positive "
               f"({metrics['excluded_training_patients']} training patients excluded)")
@@ -195,6 +199,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"written: {path}")
     if prediction.automatic_mask is not None:
         print(f"automatic contours: {path.with_name(AUTOMATIC_MASK_FILE)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from NPCPrognosisLib.reporting.patient_sheet import read_sheet_inputs, write_patient_sheet
+
+    prediction, images = read_sheet_inputs(args.prediction, t1c=args.t1c, mask=args.mask,
+                                           automatic_mask=args.automatic_mask, uncertainty=args.uncertainty,
+                                           saliency=args.saliency)
+    out = args.out or (Path(args.prediction).parent if Path(args.prediction).is_file() else Path(args.prediction))
+    paths = write_patient_sheet(prediction, out, images, pdf=not args.no_pdf)
+    print(f"patient sheet: {paths['html']}" + (f"; PDF: {paths['pdf']}" if "pdf" in paths else ""))
+    if "pdf" not in paths and not args.no_pdf:
+        print("  warning: no PDF (no Chromium found: apt-get install chromium, or set NPC_CHROMIUM)")
     return 0
 
 
@@ -392,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="the extra modality tables the bundle's fusion model was trained with (repeatable)")
+    p.add_argument("--study-info", default=None,
+                   help="JSON with data_source, dates, setting, eligibility, outcome_definition, image_protocol "
+                        "(the cohort page's reporting checklist)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="prognosis for one patient")
@@ -415,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="the patient sheet (HTML, and PDF with Chromium) of a prediction")
+    p.add_argument("--prediction", required=True, help="predict's output folder (or its prediction.json)")
+    p.add_argument("--t1c", default=None, help="CET1W image for the key slices")
+    p.add_argument("--mask", default=None,
+                   help="the contours to show (default: the folder's automatic_mask.nii.gz when predict drew them)")
+    p.add_argument("--automatic-mask", default=None, help="the automatic contours the shown ones were edited from")
+    p.add_argument("--uncertainty", default=None, help="uncertainty map (default: the folder's uncertainty.nii.gz)")
+    p.add_argument("--saliency", default=None, help="saliency map (default: the folder's saliency.nii.gz)")
+    p.add_argument("--out", default=None, help="folder for patient_sheet.html/.pdf (default: the prediction folder)")
+    p.add_argument("--no-pdf", action="store_true", help="only the HTML")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("train-net", help="train the multi-task segmentation + survival network")
     p.add_argument("--manifest", required=True)
@@ -499,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 OUTPUT_OPTIONS = {"synth": {"out": "folder"}, "extract": {"out": "file"}, "train": {"out": "folder"},
                   "evaluate": {"out": "folder"}, "predict": {"out": "folder"}, "train-net": {"out": "folder"},
                   "segment": {"out": "any"}, "cox": {"out": "file"}, "benefit": {"out": "file"},
-                  "demo": {"out": "folder"}}
+                  "demo": {"out": "folder"}, "report": {"out": "folder"}}
 
 
 def check_output(target: str | None, option: str, kind: str = "any") -> None:

@@ -22,6 +22,7 @@ from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcome
 from NPCPrognosisLib.pipeline.models import load_bundle
 from NPCPrognosisLib.pipeline.train import hash_id
 from NPCPrognosisLib.radiomics.features_table import read_features, read_manifest_features
+from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,15 @@ def evaluate_cohort(
     seed: int = 0,
     plots: bool = True,
     extra_features: Sequence[str] = (),
+    study_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``metrics.json``, ``predictions.csv`` and PNG plots to ``out_dir``; returns the metrics.
+    """Write ``metrics.json``, ``predictions.csv``, the figures (PNG and SVG) and the cohort study page
+    (``cohort_study.html``, with ``figures/`` and ``tables/``) to ``out_dir``; returns the metrics.
 
     Every model of the bundle is scored on the same held-out patients, and each is compared with the Cox
     nomogram by a paired bootstrap of the difference in C (``paired_vs_nomogram``). ``extra_features`` are the
-    ``name=path`` tables a fusion model was trained with.
+    ``name=path`` tables a fusion model was trained with; ``study_info`` (data source, dates, outcome definition,
+    ...) fills the page's reporting checklist. ``plots=False`` writes neither figures nor the page.
     """
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.survival.benefit import evaluate_benefit
@@ -111,7 +115,7 @@ def evaluate_cohort(
     document = read_bundle(bundle_path)
     if document.get("endpoint_type") == "binary" or endpoint in (document.get("binary_endpoints") or {}):
         return evaluate_binary_endpoint(document, manifest, features_path, endpoint, out_dir, subset=subset,
-                                        plots=plots, bundle_path=bundle_path, extras=extras)
+                                        plots=plots, bundle_path=bundle_path, extras=extras, study_info=study_info)
     bundle = load_bundle(bundle_path)
     if endpoint != bundle.endpoint:
         raise InputError(f"the bundle was trained for {bundle.endpoint}, not {endpoint}", column="--endpoint",
@@ -125,6 +129,7 @@ def evaluate_cohort(
     if manifest.centres is not None:
         check_outcomes(manifest, endpoint)
         loco = leave_one_centre_out(bundle.document, manifest, features, endpoint)
+    everyone = manifest
     manifest, features, excluded = _held_out(bundle.document, manifest, features, subset)
     check_outcomes(manifest, endpoint)
     time, event = manifest.outcome_arrays(endpoint)
@@ -158,6 +163,8 @@ def evaluate_cohort(
                               n_boot=n_boot, seed=seed)
         metrics["models"][name] = block
         predictions[f"{name}_risk"] = risk
+        for months, column in zip(REPORT_MONTHS, nomogram.survival(factors, REPORT_MONTHS).T):
+            predictions[f"{name}_survival_{months}m"] = column
         groups = assign_groups(risk, cutoff)
         if plots:
             plot_km_by_group(out_dir / f"km_{name}.png", time, event, groups,
@@ -181,9 +188,6 @@ def evaluate_cohort(
                                              for task, weights in fused.gates.items()}
     nomogram = bundle.nomograms["nomogram"]
     predictions["risk_group"] = assign_groups(predictions["nomogram_risk"].to_numpy(), bundle.cutoffs["nomogram"])
-    survival = nomogram.survival(factors, [12, 36, 60])
-    for j, months in enumerate((12, 36, 60)):
-        predictions[f"nomogram_survival_{months}m"] = survival[:, j]
     encoded = pd.DataFrame([encode_clinical(r, bundle.ebv_fill) for r in records])
     benefit = evaluate_benefit(bundle.document.get("chemo_benefit"), encoded,
                                predictions["risk_group"].to_numpy(), manifest.table.get("chemo"),
@@ -216,7 +220,33 @@ def evaluate_cohort(
     predictions[f"{endpoint}_event"] = event.astype(int)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if plots:
+        from NPCPrognosisLib.reporting.cohort_page import write_cohort_page
+
+        write_cohort_page(out_dir, metrics, predictions, bundle.document,
+                          characteristics=_characteristics(bundle.document, everyone, subset, endpoint),
+                          training_outcomes=(train_time, train_event), study_info=study_info)
     return metrics
+
+
+def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, endpoint: str) -> pd.DataFrame:
+    """Baseline characteristics of the training and the evaluated patients of this manifest."""
+    from NPCPrognosisLib.reporting.cohort_tables import cohort_characteristics
+
+    trained = _trained_mask(document, manifest)
+    split = np.where(trained, "training", "evaluated") if trained is not None and subset != "all" else \
+        np.full(len(manifest.table), "evaluated")
+    return cohort_characteristics(manifest.table, split, endpoint)
+
+
+def _trained_mask(document: dict[str, Any], manifest: Manifest) -> np.ndarray | None:
+    """Which manifest rows the bundle was trained on (None when it stores no patient IDs)."""
+    training = document["training"]
+    if training.get("patient_id_hashes") is None:
+        return None
+    salt = training.get("id_salt")
+    trained = set(training["patient_id_hashes"])
+    return manifest.table["patient_id"].map(lambda p: hash_id(p, salt)).isin(trained).to_numpy()
 
 
 def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
@@ -226,14 +256,12 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
         return manifest, features, 0
     if subset != "auto":
         raise InputError(f"unknown subset {subset!r}", column="--subset", fix="use auto or all")
-    training = document["training"]
-    if training.get("patient_id_hashes") is None:
+    trained = _trained_mask(document, manifest)
+    if trained is None:
         raise InputError("the bundle stores no training patient IDs (train --no-patient-ids), so evaluate cannot leave "
                          "the training patients out", column="--subset",
                          fix="evaluate on a cohort you know excludes them, with --subset all")
-    salt = training.get("id_salt")
-    trained = set(training["patient_id_hashes"])
-    keep = ~manifest.table["patient_id"].map(lambda p: hash_id(p, salt)).isin(trained).to_numpy()
+    keep = ~trained
     kept = Manifest(table=manifest.table[keep].reset_index(drop=True), root=manifest.root, source=manifest.source)
     if len(kept.table) == 0:
         raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
@@ -243,7 +271,8 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
 
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
                              out_dir: str | Path, *, subset: str = "auto", plots: bool = True,
-                             bundle_path: str | Path | None = None, extras: Any = None) -> dict[str, Any]:
+                             bundle_path: str | Path | None = None, extras: Any = None,
+                             study_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """``evaluate`` of a binary endpoint: AUC with DeLong CI per model, DeLong tests, threshold metrics, Brier,
     calibration, ROC and calibration plots; ``metrics.json`` and ``predictions.csv`` (``<model>_prob``).
 
@@ -280,4 +309,8 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics["excluded_training_patients"] = excluded
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if plots:
+        from NPCPrognosisLib.reporting.cohort_page import write_cohort_page
+
+        write_cohort_page(out_dir, metrics, predictions, document, study_info=study_info)
     return metrics

@@ -35,7 +35,13 @@ from NPCPrognosisLib.survival.risk_groups import assign_groups
 
 #: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
 AUTOMATIC_MASK_FILE = "automatic_mask.nii.gz"
+#: The network's voxel uncertainty over test-time augmentations and the saliency of its risk, when computed.
+UNCERTAINTY_FILE = "uncertainty.nii.gz"
+SALIENCY_FILE = "saliency.nii.gz"
 SYNTHETIC_WARNING = "This bundle was trained on SYNTHETIC data: a software demonstration, not for clinical use."
+
+
+_IMAGE_FIELDS = ("automatic_mask", "uncertainty_map", "saliency_map")
 
 
 @dataclass
@@ -63,15 +69,20 @@ class Prediction:
     #: per task (which modality drove this prediction), with the modalities this patient lacked.
     fusion: dict[str, Any] = field(default_factory=dict)
     segmentation: dict[str, Any] = field(default_factory=dict)
+    #: The nomogram's scale (:meth:`Nomogram.chart_scale`): enough to draw the chart with this patient's points.
+    nomogram_scale: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
     #: Seconds per stage of this prediction (preprocess, contour, radiomics, scores).
     timings: dict[str, float] = field(default_factory=dict)
     #: The network's contours when no mask was given (on the CET1W grid), for review; not part of the JSON.
     automatic_mask: sitk.Image | None = field(default=None, repr=False, compare=False)
+    #: The network's uncertainty map (TTA) and risk saliency on the CET1W grid, when computed; not in the JSON.
+    uncertainty_map: sitk.Image | None = field(default=None, repr=False, compare=False)
+    saliency_map: sitk.Image | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "automatic_mask"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _IMAGE_FIELDS}
 
 
 @contextmanager
@@ -106,6 +117,7 @@ def predict_patient(
     tta: int = 4,
     centre: str | None = None,
     extras: Mapping[str, Any] | None = None,
+    saliency: bool = False,
 ) -> Prediction:
     """Predict from aligned images (or from precomputed ``features`` of the same settings).
 
@@ -129,6 +141,8 @@ def predict_patient(
     extras : mapping of str to ExtraBlock, optional
         The extra modality tables of the bundle's fusion model (``--extra-features``), read by patient ID; a
         table without this patient's row means the modality is missing (its gate weight is then 0).
+    saliency : bool, default False
+        When the network runs, also compute the saliency of its risk score (one backward pass) for the sheet.
 
     Returns
     -------
@@ -163,6 +177,7 @@ def predict_patient(
     segmentation: dict[str, Any] = {}
     row: dict[str, float] = {}
     deep_sd = None
+    uncertainty_map = saliency_map = None
     if needs_network:
         from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
 
@@ -171,8 +186,11 @@ def predict_patient(
             network_input = preprocessed
             if network.preprocess != bundle.preprocess:  # a network trained with other settings gets its own
                 network_input = preprocess_images(patient.images, network.preprocess)
-            result = segment_preprocessed(network, network_input, patient_id=patient.patient_id, tta=tta)
+            result = segment_preprocessed(network, network_input, patient_id=patient.patient_id, tta=tta,
+                                          saliency=saliency)
         warnings.extend(result.warnings)
+        uncertainty_map = result.uncertainty if tta else None
+        saliency_map = result.saliency
         segmentation = {"source": "manual" if mask is not None else "automatic",
                         "automatic_volumes_ml": result.volumes_ml, "deep_score": result.deep_score,
                         "deep_score_sd": result.deep_score_sd}
@@ -249,11 +267,13 @@ def predict_patient(
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
+        nomogram_scale=nomogram.chart_scale(),
         warnings=warnings,
-        bundle={"path": str(bundle.path), "created": bundle.document.get("created"),
-                "format_version": bundle.document.get("format_version")},
+        bundle=bundle_provenance(bundle),
         timings=timings,
         automatic_mask=automatic_mask,
+        uncertainty_map=uncertainty_map,
+        saliency_map=saliency_map,
     )
 
 
@@ -280,9 +300,31 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
             "gate_weights": fused.gate_weights(0), "missing_modalities": missing, "warnings": warnings}
 
 
+def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
+    """Which model made a prediction: its folder, date, software version, training cohort size and the SHA-256
+    of ``bundle.json`` (and of the network's weights), so a filed report names exactly what produced it."""
+    import hashlib
+
+    document = bundle.document
+    training = document.get("training") or {}
+    out = {"path": str(bundle.path), "created": document.get("created"),
+           "format_version": document.get("format_version"),
+           "software_version": (document.get("software") or {}).get("npc-prognosis"),
+           "training_n": training.get("n"), "training_events": training.get("events")}
+    json_path = Path(bundle.path) / "bundle.json"
+    if json_path.exists():
+        out["sha256"] = hashlib.sha256(json_path.read_bytes()).hexdigest()
+    if bundle.network_dir is not None and (bundle.network_dir / "network.safetensors").exists():
+        out["network_sha256"] = hashlib.sha256((bundle.network_dir / "network.safetensors").read_bytes()).hexdigest()
+    return out
+
+
 def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
-    """``prediction.json`` in ``out_dir`` (and ``automatic_mask.nii.gz`` when the network drew the contours, so they
-    can be reviewed), each written atomically; returns the JSON's path."""
-    if prediction.automatic_mask is not None:
-        write_image_atomic(prediction.automatic_mask, Path(out_dir) / AUTOMATIC_MASK_FILE)
+    """``prediction.json`` in ``out_dir`` (with ``automatic_mask.nii.gz`` when the network drew the contours, so they
+    can be reviewed, and the uncertainty and saliency maps when computed), each written atomically; returns the
+    JSON's path."""
+    for image, name in ((prediction.automatic_mask, AUTOMATIC_MASK_FILE),
+                        (prediction.uncertainty_map, UNCERTAINTY_FILE), (prediction.saliency_map, SALIENCY_FILE)):
+        if image is not None:
+            write_image_atomic(image, Path(out_dir) / name)
     return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())

@@ -6,6 +6,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# The panel's contour-change lines and arm names are the patient sheet's.
+from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change  # noqa: F401
+
 
 def format_percent(value: float | None) -> str:
     if value is None or not math.isfinite(float(value)):
@@ -40,21 +43,6 @@ def format_nomogram_points(points: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def format_warnings(warnings: Sequence[str]) -> str:
     return "\n".join(f"• {w}" for w in warnings) if warnings else "none"
-
-
-def format_contour_change(report: Mapping[str, Any]) -> list[str]:
-    lines = []
-    for name, s in report["structures"].items():
-        pct = s["volume_change_percent"]
-        pct_text = "new" if pct == float("inf") else f"{pct:+.1f} %"
-        lines.append(f"{name}: Dice {s['dice']:.3f}; volume {s['volume_automatic_ml']:.2f} -> "
-                     f"{s['volume_edited_ml']:.2f} mL ({pct_text})")
-    risk = report.get("risk")
-    if risk:
-        group = (f"group changed {risk['group_automatic']} -> {risk['group_edited']}" if risk["group_changed"]
-                 else f"group unchanged ({risk['group_edited']})")
-        lines.append(f"risk score {risk['automatic']:.2f} -> {risk['edited']:.2f} ({risk['change']:+.2f}); {group}")
-    return lines
 
 
 def benefit_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,9 +85,6 @@ def format_fusion(prediction: Mapping[str, Any]) -> list[str]:
     if block.get("missing_modalities"):
         lines.append("Not available for this patient: " + ", ".join(block["missing_modalities"]))
     return lines
-
-
-ARM_LABELS = {"rt_alone": "radiotherapy alone", "low_dose": "CCND low dose", "high_dose": "CCND high dose"}
 
 
 def format_arms(survival_by_arm: Mapping[str, Any]) -> list[str]:

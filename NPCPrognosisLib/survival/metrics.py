@@ -220,6 +220,38 @@ def td_auc(
     return out
 
 
+def td_roc_curve(train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, t: float) -> dict | None:
+    """The cumulative/dynamic ROC curve at time ``t``: the curve whose area is :func:`td_auc`'s AUC.
+
+    Cases had the event by ``t`` and are weighted by the inverse probability of remaining uncensored (the
+    censoring distribution of the training cohort, as sksurv's ``cumulative_dynamic_auc`` does); controls are
+    still event-free after ``t``. None when ``t`` has no cases or controls, or lies outside the follow-up.
+
+    Returns
+    -------
+    curve : dict or None
+        ``fpr`` and ``tpr`` (from (0, 0) to (1, 1), thresholds falling) and their trapezoid ``auc``.
+    """
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tc_raw, e = check_survival_arrays(time, event)
+    r = _risk_array(risk, len(tc_raw))
+    horizon = _below_max_train(tt)
+    tc = _clip_test_times(tc_raw, horizon)
+    t = float(t)
+    cases, controls = e & (tc <= t), tc > t
+    if not (t >= tc.min() and t < tc.max() and t < horizon and cases.any() and controls.any()):
+        return None
+    weights = CensoringDistributionEstimator().fit(_surv(tt, te)).predict_ipcw(_surv(tc, e))
+    thresholds = np.unique(r)[::-1]
+    w_case = np.where(cases, weights, 0.0)
+    tpr = [0.0] + [float(w_case[r >= c].sum() / w_case.sum()) for c in thresholds]
+    fpr = [0.0] + [float(controls[r >= c].sum() / controls.sum()) for c in thresholds]
+    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+    return {"t": t, "fpr": fpr, "tpr": tpr, "auc": auc}
+
+
 # ------------------------------------------------------------------------------------------- survival curves
 def kaplan_meier(time: Any, event: Any) -> tuple:
     """Kaplan-Meier estimate (sksurv): (unique observed times, survival just after each time)."""

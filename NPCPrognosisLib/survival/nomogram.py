@@ -78,6 +78,22 @@ class Nomogram:
         return {"per_factor": per_factor, "total": float(sum(per_factor.values())),
                 "points_per_unit_log_hazard": 100.0 / top}
 
+    def chart_scale(self, months: Sequence[float] = REPORT_MONTHS) -> dict[str, Any]:
+        """What a printed nomogram needs, as JSON: each factor's coefficient, training range and 0-point value,
+        the points per unit log hazard, and the baseline cumulative hazard at ``months``.
+
+        With it a chart maps total points back to survival without the bundle:
+        ``S(t) = exp(-H0(t) * exp(total / points_per_unit_log_hazard + offset))``, ``offset = sum(coef * zero)``.
+        """
+        coef, reference, top = self._scale()
+        months = [float(m) for m in months]
+        h0 = self.model.cumulative_hazard_at(np.zeros((1, len(self.factors))), np.asarray(months, float))[0]
+        return {"factors": self.factors, "coef": [float(c) for c in coef], "low": [float(v) for v in self.low],
+                "high": [float(v) for v in self.high], "zero_point_value": [float(v) for v in reference],
+                "points_per_unit_log_hazard": 100.0 / top, "offset": float(np.dot(coef, reference)),
+                "center": float(self.center), "months": months,
+                "baseline_cumulative_hazard": [float(v) for v in h0]}
+
     def out_of_range(self, values: Mapping[str, float]) -> list[str]:
         """Factors outside the training range: the model is extrapolating there."""
         x = self._matrix(values)[0]

@@ -1,4 +1,4 @@
-"""Report figures: Kaplan-Meier curves by risk group and calibration plots, written as PNG files.
+"""Report figures: Kaplan-Meier curves by risk group and calibration plots, written as PNG and SVG files.
 
 Figures are built on a bare ``matplotlib.figure.Figure`` with an Agg canvas instead of ``pyplot`` so that
 plotting from Slicer, a worker process or a test never switches the global backend, opens a window or
@@ -30,8 +30,13 @@ def _new_figure(size: tuple) -> Any:
 
 
 def _save(fig: Any, path: Any) -> str:
+    """The PNG at ``path`` and the same figure as SVG beside it (vector, for papers)."""
+    from pathlib import Path
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+    with atomic_path(Path(path).with_suffix(".svg")) as tmp:
+        fig.savefig(tmp, format="svg")
     return os.fspath(path)
 
 

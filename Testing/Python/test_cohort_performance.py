@@ -35,7 +35,7 @@ def test_nomogram_reaches_85_percent_of_oracle_on_200_patients(tmp_path):
     train(manifest, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", test_fraction=0.3, seed=2026,
           nested_folds=0, robustness_patients=MIN_PATIENTS, optimism_bootstraps=0)
     metrics = evaluate_cohort(tmp_path / "bundle", manifest, tmp_path / "features.csv", "dmfs", tmp_path / "eval",
-                              n_boot=200, seed=0)
+                              n_boot=200, seed=0, plots=False)
     assert metrics["n"] == 60 and metrics["excluded_training_patients"] == 140
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"patient_id": str})
     truth = pd.read_csv(cohort.truth_path, dtype={"patient_id": str})

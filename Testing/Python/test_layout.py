@@ -25,7 +25,7 @@ RANKS = {
     "io": 2,
     "radiomics": 3, "survival": 3, "classification": 3,
     "deep": 4, "datasets": 4,
-    "pipeline": 5,
+    "pipeline": 5, "reporting": 5,
     "slicer_support": 6,
     "cli": 7,
 }

@@ -271,6 +271,37 @@ def test_contour_change_is_measured_against_this_segmentations_own_automatic_con
     assert risk["change"] == pytest.approx(0.55) and risk["group_changed"] is True
 
 
+def test_export_report_draws_the_edited_contours_over_the_automatic_ones_from_the_scene(logic, tmp_path,
+                                                                                       monkeypatch):
+    from NPCPrognosisLib.reporting import patient_sheet
+
+    image = _image(shape=(20, 22, 9))
+    mask = _mask_like(image)
+    reference, edited = _imported(logic, tmp_path, image, mask)
+    grown = (sitk.GetArrayFromImage(mask) == GTVP).astype(np.uint8)
+    grown[6, 3:8, 2:7] = 1
+    _paint(logic, edited, edited.GetSegmentation().GetNthSegmentID(0), grown, reference)
+    seen = {}
+    drawn = patient_sheet.figures.key_slices_figure
+
+    def spy(t1c, shown, automatic, overlays=None):
+        seen.update(t1c=t1c, shown=shown, automatic=automatic)
+        return drawn(t1c, shown, automatic, overlays)
+
+    monkeypatch.setattr(patient_sheet.figures, "key_slices_figure", spy)
+    prediction = {"patient_id": "P1", "endpoint": "dmfs", "risk_score": 0.4, "risk_group": "low", "cutoff": 0.9,
+                  "survival": {"12": 0.95, "36": 0.8, "60": 0.7},
+                  "nomogram_points": {"per_factor": {"age": 10.0}, "total": 10.0}, "factors": {"age": 50.0},
+                  "clinical": {"age": 50}, "warnings": [], "bundle": {"path": "/b"}}
+    paths = logic.exportReport({"prediction": prediction}, tmp_path / "reports", reference, edited)
+    html = open(paths["html"], encoding="utf-8").read()
+    assert "dashed: the automatic contours before editing" in html
+    # The images handed to the sheet are the scene's: CET1W voxels, the edited GTVp, the imported contours.
+    np.testing.assert_allclose(sitk.GetArrayFromImage(seen["t1c"]), sitk.GetArrayFromImage(image))
+    assert np.array_equal(sitk.GetArrayFromImage(seen["shown"]) == GTVP, grown.astype(bool))
+    assert np.array_equal(sitk.GetArrayFromImage(seen["automatic"]), sitk.GetArrayFromImage(mask))
+
+
 def test_the_widget_no_longer_passes_the_last_segmentation_baseline():
     source = (ROOT / "NPCPrognosis.py").read_text()
     assert "automaticLabelmap=p.automaticLabelmap" not in source

@@ -16,17 +16,6 @@ from NPCPrognosisLib.radiomics.extraction import feature_columns
 from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
 
-@pytest.fixture(scope="module")
-def trained(small_cohort, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    code = main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
-                 str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out / "bundle"),
-                 "--test-fraction", "0.25", "--seed", "1", "--robustness-patients", "10",
-                 "--binary-endpoint", "ic_response"])
-    assert code == 0
-    return out / "bundle"
-
-
 def test_features_table_has_fixed_columns_and_metadata(small_cohort):
     table = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str})
     assert len(table) == 24

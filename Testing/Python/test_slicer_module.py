@@ -406,13 +406,14 @@ def test_report_files_reopen(tmp_path):
               "curves": patient.survival_curves(bundle, {"rad_score": 0.5, "age": 50.0}, [0, 12, 36, 60]),
               "benefit": {"statement": "not available", "evidence": {}},
               "contour_change": contour_change.contour_change_report(np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.001)}
-    paths = report.write_report(result, tmp_path / "report")
+    paths = report.write_report(result, tmp_path / "report", pdf=False)
     again = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert again["prediction"]["risk_score"] == PREDICTION["risk_score"]
     assert again["curves"]["months"] == [0.0, 12.0, 36.0, 60.0]
     html = paths["html"].read_text(encoding="utf-8")
-    assert "DMFS at 36 months: 77.8 %" in html and "GTVp: Dice 1.000" in html and "survival.png" in html
-    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The Export report is the patient sheet: the numbers, the contour change, the points of an old prediction.
+    assert "DMFS at 36 months<b>78%</b>" in html and "GTVp: Dice 1.000" in html and "55.5" in html
+    assert "Warnings" in html and "w1" in html and set(paths) == {"json", "html"}
 
 
 # ---------------------------------------------------------------------------------------------- dependencies

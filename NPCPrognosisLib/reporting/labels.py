@@ -1,0 +1,155 @@
+"""Readable names, units and tick labels for the factors and clinical fields the reports show.
+
+The bundle and ``prediction.json`` use code names (``log10_ebv_dna``, ``rene``, ``male``); a clinician reads
+"EBV DNA (copies/mL)" and "rENE grade". One table here, so every report says the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: Nomogram factors: readable label with unit.
+FACTOR_LABELS: dict[str, str] = {
+    "rad_score": "Rad-score",
+    "deep_score": "Deep score",
+    "t_stage": "T stage",
+    "n_stage": "N stage",
+    "rene": "rENE grade",
+    "male": "Sex",
+    "log10_ebv_dna": "EBV DNA (copies/mL)",
+    "age": "Age (years)",
+    "ldh": "LDH (U/L)",
+}
+
+#: Fields of a clinical record as the user entered them.
+CLINICAL_LABELS: dict[str, str] = {
+    "age": "Age (years)",
+    "sex": "Sex",
+    "t_stage": "T stage",
+    "n_stage": "N stage",
+    "ebv_dna": "EBV DNA (copies/mL)",
+    "rene": "rENE grade",
+    "ldh": "LDH (U/L)",
+    "chemo": "Chemotherapy arm",
+    "ccnd": "Cumulative cisplatin dose (mg/m²)",
+}
+
+#: Treatment arms of the chemotherapy-benefit model.
+ARM_LABELS: dict[str, str] = {"rt_alone": "radiotherapy alone", "low_dose": "CCND low dose",
+                              "high_dose": "CCND high dose"}
+
+#: Model names of the bundle as a reader says them.
+MODEL_LABELS: dict[str, str] = {
+    "nomogram": "Nomogram (deep + radiomics + clinical)",
+    "radiomics_nomogram": "Radiomics nomogram (Rad-score + clinical)",
+    "radiomics": "Rad-score alone",
+    "clinical": "Clinical factors alone",
+    "deep": "Deep score alone",
+    "mmoe": "Multimodal fusion (MMoE)",
+}
+
+
+def factor_label(name: str) -> str:
+    """'EBV DNA (copies/mL)' for ``log10_ebv_dna``; stage indicators read 'T stage = T3'; unknown names keep
+    their own spelling with spaces."""
+    if name in FACTOR_LABELS:
+        return FACTOR_LABELS[name]
+    for prefix, title in (("t_stage_", "T stage"), ("n_stage_", "N stage")):
+        if name.startswith(prefix):
+            return f"{title} = {name[len(prefix):]}"
+    return name.replace("_", " ")
+
+
+def model_label(name: str) -> str:
+    return MODEL_LABELS.get(name, name.replace("_", " "))
+
+
+def ebv_copies(log_value: float) -> float:
+    """Copies/mL from the coded ``log10(copies + 1)``."""
+    return max(0.0, 10.0 ** float(log_value) - 1.0)
+
+
+def _copies_text(copies: float) -> str:
+    if copies < 1000:
+        return f"{copies:.0f}"
+    exponent = int(math.floor(math.log10(copies)))
+    mantissa = copies / 10 ** exponent
+    return f"{mantissa:.0f}e{exponent}" if abs(mantissa - round(mantissa)) < 0.05 else f"{mantissa:.1f}e{exponent}"
+
+
+def factor_value_text(name: str, value: float) -> str:
+    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52'."""
+    value = float(value)
+    if name == "t_stage":
+        return f"T{int(round(value))}"
+    if name == "n_stage":
+        return f"N{int(round(value))}"
+    if name == "male":
+        return "male" if value >= 0.5 else "female"
+    if name == "rene":
+        return f"{int(round(value))}"
+    if name == "log10_ebv_dna":
+        return _copies_text(ebv_copies(value))
+    if name in ("age", "ldh"):
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
+    """Tick positions (coded values) and labels for a factor's axis over its training range.
+
+    Categorical factors get one tick per category, EBV DNA one per decade of copies/mL, continuous factors
+    about five round numbers.
+    """
+    low, high = float(low), float(high)
+    if name in ("t_stage", "n_stage", "rene", "male") or name.startswith(("t_stage_", "n_stage_")):
+        return [(float(v), factor_value_text(name, v) if not name.startswith(("t_stage_", "n_stage_"))
+                 else ("yes" if v else "no")) for v in range(int(math.ceil(low)), int(math.floor(high)) + 1)]
+    if name == "log10_ebv_dna":
+        ticks = [(math.log10(c + 1.0), _copies_text(c)) for c in [0.0] + [10.0 ** k for k in range(1, 9)]]
+        return [(v, t) for v, t in ticks if low - 1e-9 <= v <= high + 1e-9]
+    if high <= low:
+        return [(low, factor_value_text(name, low))]
+    from matplotlib.ticker import MaxNLocator
+
+    values = [v for v in MaxNLocator(nbins=5).tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
+    return [(float(v), f"{v:g}") for v in values]
+
+
+def clinical_value_text(name: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not given"
+    if name == "sex":
+        return {"M": "male", "F": "female"}.get(str(value), str(value))
+    if name == "ebv_dna":
+        return _copies_text(float(value))
+    if name == "chemo":
+        return {0: "radiotherapy alone", 1: "chemoradiotherapy"}.get(int(value), str(value)) \
+            if str(value).lstrip("-").isdigit() else str(value)
+    return str(value)
+
+
+def clinical_rows(clinical: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of a clinical record, in the label table's order, then anything else it holds."""
+    rows = [(label, clinical_value_text(key, clinical[key])) for key, label in CLINICAL_LABELS.items()
+            if key in clinical]
+    rows += [(key.replace("_", " "), str(value)) for key, value in clinical.items() if key not in CLINICAL_LABELS]
+    return rows
+
+
+def format_contour_change(report: Mapping[str, Any]) -> list[str]:
+    """What the radiologist's edits changed, one line per structure and one for the risk."""
+    lines = []
+    for name, s in report["structures"].items():
+        pct = s["volume_change_percent"]
+        pct_text = "new" if pct == float("inf") else f"{pct:+.1f} %"
+        lines.append(f"{name}: Dice {s['dice']:.3f}; volume {s['volume_automatic_ml']:.2f} -> "
+                     f"{s['volume_edited_ml']:.2f} mL ({pct_text})")
+    risk = report.get("risk")
+    if risk:
+        group = (f"group changed {risk['group_automatic']} -> {risk['group_edited']}" if risk["group_changed"]
+                 else f"group unchanged ({risk['group_edited']})")
+        lines.append(f"risk score {risk['automatic']:.2f} -> {risk['edited']:.2f} ({risk['change']:+.2f}); {group}")
+    return lines

@@ -1,0 +1,333 @@
+"""The patient sheet: one printable page set per patient for the tumour board (HTML, and PDF from it).
+
+``npc-prognosis report`` and the Slicer panel's Export report both call :func:`write_patient_sheet`, so the sheet
+is the same whichever way it was asked for. It shows ``prediction.json`` as it is - the sheet computes nothing
+the prediction did not (the nomogram chart is drawn from the prediction's own scale and checked against it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from NPCPrognosisLib.contract import ENDPOINT_TITLES
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.atomic import write_text_atomic
+from NPCPrognosisLib.reporting import figures
+from NPCPrognosisLib.reporting.html import bullet_list, document, esc, table
+from NPCPrognosisLib.reporting.labels import (
+    ARM_LABELS,
+    clinical_rows,
+    factor_label,
+    factor_value_text,
+    format_contour_change,
+    model_label,
+)
+from NPCPrognosisLib.reporting.nomogram_chart import chart_rows, check_chart, nomogram_chart
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_BANNER = "SYNTHETIC DEMONSTRATION - research software, not for clinical use"
+RESEARCH_BANNER = "Research software - not a medical device; not for clinical decisions on its own"
+
+
+@dataclass
+class SheetImages:
+    """The pictures of a patient sheet, all optional: CET1W, the contours shown (edited or manual), the
+    automatic contours when the shown ones were edited from them, the TTA uncertainty and the saliency map."""
+
+    t1c: sitk.Image | None = None
+    mask: sitk.Image | None = None
+    automatic_mask: sitk.Image | None = None
+    uncertainty: sitk.Image | None = None
+    saliency: sitk.Image | None = None
+
+
+def _survival_interval(survival: float, risk_se: float | None) -> tuple[float, float] | None:
+    if risk_se is None or not math.isfinite(float(risk_se)) or not 0 < survival < 1:
+        return None
+    factor = math.exp(1.96 * float(risk_se))
+    return survival ** factor, survival ** (1.0 / factor)
+
+
+def contributions(prediction: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Each factor's share of the risk score against a patient in the middle of the training range
+    (log hazard), largest effect first: the factors that moved this patient's risk most."""
+    scale = prediction.get("nomogram_scale") or {}
+    values = prediction.get("factors") or {}
+    rows = []
+    for j, factor in enumerate(scale.get("factors", [])):
+        middle = (float(scale["low"][j]) + float(scale["high"][j])) / 2.0
+        rows.append((f"{factor_label(factor)}: {factor_value_text(factor, values[factor])}",
+                     float(scale["coef"][j]) * (float(values[factor]) - middle)))
+    return sorted(rows, key=lambda r: -abs(r[1]))
+
+
+def _img(fig: Any, alt: str, caption: str, max_height_mm: float) -> str:
+    uri = figures.data_uri(figures.png_bytes(fig))
+    return (f"<figure><img src='{uri}' alt='{esc(alt)}' style='max-height:{max_height_mm:.0f}mm; width:auto; "
+            f"max-width:100%'><figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
+    endpoint = prediction["endpoint"]
+    se = (prediction.get("uncertainty") or {}).get("risk_se")
+    group = prediction["risk_group"]
+    cards = [f"<div>Risk group<b class='{esc(group)}'>{esc(group)} risk</b>"
+             f"<span class='small'>cut-off {prediction['cutoff']:.2f} (from training)</span></div>",
+             f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+             + "</b><span class='small'>log hazard vs the average training patient</span></div>"]
+    for month, value in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0])):
+        interval = _survival_interval(float(value), se)
+        ci = f"<span class='small'>95% CI {interval[0]:.0%}-{interval[1]:.0%}</span>" if interval else ""
+        cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}</div>")
+    parts = ["<section class='page'>",
+             f"<h1>NPCPrognosis patient sheet: {esc(prediction['patient_id'])}</h1>",
+             f"<div class='banner'>{esc(SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER)}</div>",
+             f"<p class='small'>Endpoint: {esc(ENDPOINT_TITLES.get(endpoint, endpoint))} ({esc(endpoint.upper())}). "
+             f"Sheet made {esc(datetime.date.today().isoformat())}.</p>",
+             "<div class='key'>" + "".join(cards) + "</div>"]
+    curves = prediction.get("survival_curves") or {}
+    if curves.get("months"):
+        marks = {m: float(v) for m, v in prediction["survival"].items()}
+        parts.append(_img(figures.survival_figure(curves, se, endpoint, marks), "predicted survival curve",
+                          "Predicted survival with its 95% interval (the risk score's standard error), against "
+                          "the training risk groups' median patients, the cut-off and the training Kaplan-Meier "
+                          "curve.", 80))
+    warnings = list(prediction.get("warnings") or [])
+    parts.append("<h2>Warnings</h2>" + (bullet_list(warnings) if warnings else "<p>none</p>"))
+    parts.append("<div class='cols'><div><h2>Clinical factors</h2>"
+                 + table(None, clinical_rows(prediction.get("clinical") or {}))
+                 + "</div><div><h2>Model provenance</h2>" + table(None, _provenance_rows(prediction), css="small")
+                 + "</div></div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _provenance_rows(prediction: Mapping[str, Any]) -> list[tuple[str, str]]:
+    bundle = prediction.get("bundle") or {}
+    rows = [("Bundle", bundle.get("path", "–")), ("Trained", bundle.get("created", "–")),
+            ("Software version", bundle.get("software_version", "–")),
+            ("Bundle format", bundle.get("format_version", "–"))]
+    if bundle.get("training_n") is not None:
+        rows.append(("Training cohort", f"{bundle['training_n']} patients, {bundle.get('training_events', '?')} "
+                                        "events"))
+    if bundle.get("sha256"):
+        rows.append(("bundle.json SHA-256", bundle["sha256"]))
+    if bundle.get("network_sha256"):
+        rows.append(("network weights SHA-256", bundle["network_sha256"]))
+    source = (prediction.get("segmentation") or {}).get("source")
+    rows.append(("Contours", {"automatic": "automatic (the bundle's network); review before acting",
+                              "manual": "given by the user"}.get(source, "given by the user")))
+    return rows
+
+
+def _page_images(prediction: Mapping[str, Any], images: SheetImages | None, contour_change: Any) -> str:
+    parts = ["<section class='page'>", "<h2>Contours on CET1W</h2>"]
+    if images is not None and images.t1c is not None:
+        overlays = {"TTA uncertainty": images.uncertainty, "saliency of the risk": images.saliency}
+        fig = figures.key_slices_figure(images.t1c, images.mask, images.automatic_mask,
+                                        {k: v for k, v in overlays.items() if v is not None})
+        caption = ("Key axial slices (largest GTVp and GTVn cross-sections), radiological convention. "
+                   "Red: GTVp, green: GTVn" + ("; dashed: the automatic contours before editing" if
+                                              images.automatic_mask is not None and images.mask is not None else "")
+                   + ". Further rows: the network's uncertainty over test-time augmentations and the saliency of "
+                   "the deep risk score, where they were computed.")
+        parts.append(_img(fig, "key slices with contours", caption, 150))
+    else:
+        parts.append("<p class='missing'>No images given: pass the CET1W image and the contours "
+                     "(npc-prognosis report --t1c ... --mask ...) to show them here.</p>")
+    segmentation = prediction.get("segmentation") or {}
+    rows = []
+    if segmentation.get("automatic_volumes_ml"):
+        rows += [(f"automatic {k.upper()} volume (mL)", f"{v:.2f}")
+                 for k, v in segmentation["automatic_volumes_ml"].items()]
+    if segmentation.get("deep_score") is not None:
+        sd = segmentation.get("deep_score_sd")
+        rows.append(("deep score", f"{segmentation['deep_score']:.3f}" + (f" ± {sd:.3f} (TTA SD)" if sd else "")))
+    if rows:
+        parts.append(table(None, rows))
+    if contour_change:
+        parts.append("<h3>Edited contours against the automatic ones</h3>"
+                     + bullet_list(format_contour_change(contour_change)))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _page_nomogram(prediction: Mapping[str, Any]) -> tuple[str, Any]:
+    scale = prediction.get("nomogram_scale")
+    if not scale:
+        rows = [(factor_label(k), f"{v:.1f}") for k, v in prediction["nomogram_points"]["per_factor"].items()]
+        return ("<section class='page'><h2>Nomogram</h2><p>This prediction carries no nomogram scale (made by an "
+                "older version): points only.</p>" + table(["Factor", "Points"], rows) + "</section>"), None
+    chart = nomogram_chart(scale, prediction["factors"])
+    problems = check_chart(chart, prediction)
+    if problems:  # never print a chart that disagrees with the numbers above it
+        raise InputError("the nomogram chart does not reproduce the prediction: " + "; ".join(problems),
+                         patient_id=prediction.get("patient_id"),
+                         fix="re-run predict with this software version to refresh prediction.json")
+    fig = figures.nomogram_figure(chart, prediction["endpoint"])
+    html = ["<section class='page'>", "<h2>Nomogram</h2>",
+            _img(fig, "nomogram with this patient's points",
+                 "Read each factor's points on the top scale, add them, and read survival below the total. Red: "
+                 "this patient.", 175),
+            table(["Factor", "This patient", "Points"], chart_rows(chart), [False, False, True]), "</section>"]
+    return "\n".join(html), chart
+
+
+def _page_treatment(prediction: Mapping[str, Any]) -> str:
+    endpoint = prediction["endpoint"]
+    parts = ["<section class='page'>", "<h2>Treatment benefit</h2>"]
+    benefit = prediction.get("chemo_benefit") or {}
+    if benefit.get("survival_by_arm"):
+        parts.append(_img(figures.arms_figure(benefit["survival_by_arm"], ARM_LABELS, endpoint),
+                          "counterfactual survival per treatment arm",
+                          "This patient's survival had they been treated in each arm (adjusted Cox model of the "
+                          "training cohort; bars: bootstrap 95% intervals).", 70))
+    parts.append(f"<p>{esc(benefit.get('statement') or 'Chemotherapy benefit: not available in this bundle.')}</p>")
+    binary = prediction.get("binary") or {}
+    if binary:
+        rows = []
+        for name, block in binary.items():
+            ci = block.get("ci95")
+            rows.append((factor_label(name), f"{block['probability']:.0%}",
+                         f"{ci[0]:.0%}-{ci[1]:.0%}" if ci else "–", block.get("model", "")))
+        parts.append("<h2>Binary endpoints</h2>" + table(["Endpoint", "Probability", "95% CI", "Model"], rows))
+    fusion = prediction.get("fusion") or {}
+    if fusion:
+        survival = ", ".join(f"{float(m):g} months {v:.0%}" for m, v in fusion.get("survival", {}).items())
+        parts.append(f"<h2>Multimodal fusion ({esc(model_label(fusion.get('model', 'mmoe')))})</h2>"
+                     f"<p>Risk {fusion['risk_score']:.2f} ({esc(fusion['risk_group'])} risk); {esc(survival)}."
+                     + (f" Missing modalities: {esc(', '.join(fusion['missing_modalities']))}."
+                        if fusion.get("missing_modalities") else "") + "</p>")
+        if fusion.get("gate_weights"):
+            parts.append(_img(figures.gates_figure(fusion["gate_weights"]), "fusion gate weights",
+                              "Gate weights: the share each modality had in this patient's fused prediction.", 45))
+    rows = contributions(prediction)
+    if rows:
+        parts.append("<h2>What moved the risk</h2>")
+        parts.append(_img(figures.bar_figure(rows[:8], "log hazard vs a mid-range patient (red raises risk)"),
+                          "factor contributions",
+                          "Each factor's contribution to the risk score against a patient in the middle of every "
+                          "factor's training range.", 60))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def patient_sheet_html(prediction: Mapping[str, Any], images: SheetImages | None = None,
+                       contour_change: Mapping[str, Any] | None = None) -> str:
+    """The sheet as one self-contained HTML page (pictures embedded), four printed pages.
+
+    Parameters
+    ----------
+    prediction : mapping
+        ``prediction.json`` of :func:`NPCPrognosisLib.pipeline.predict.predict_patient`.
+    images : SheetImages, optional
+        CET1W, contours and maps for the key slices.
+    contour_change : mapping, optional
+        The edited-versus-automatic report of the Slicer module.
+
+    Returns
+    -------
+    html : str
+    """
+    synthetic = any("SYNTHETIC" in w for w in prediction.get("warnings") or [])
+    nomogram_html, _ = _page_nomogram(prediction)
+    body = [_page_summary(prediction, synthetic), _page_images(prediction, images, contour_change), nomogram_html,
+            _page_treatment(prediction)]
+    return document(f"NPCPrognosis patient sheet {prediction['patient_id']}", body)
+
+
+def write_patient_sheet(prediction: Mapping[str, Any], out_dir: str | Path, images: SheetImages | None = None,
+                        contour_change: Mapping[str, Any] | None = None, pdf: bool = True) -> dict[str, Path]:
+    """``patient_sheet.html`` (and ``patient_sheet.pdf`` when Chromium is installed) in ``out_dir``.
+
+    Parameters
+    ----------
+    prediction : mapping
+        ``prediction.json``.
+    out_dir : str or pathlib.Path
+        Folder for the sheet (created).
+    images : SheetImages, optional
+    contour_change : mapping, optional
+    pdf : bool, default True
+        Also print the PDF; without a browser the HTML is still written and a warning says why no PDF.
+
+    Returns
+    -------
+    paths : dict of str to pathlib.Path
+        ``html`` and, when printed, ``pdf``.
+    """
+    from NPCPrognosisLib.reporting.browser import BrowserUnavailable, print_pdf
+
+    out_dir = Path(out_dir)
+    paths = {"html": write_text_atomic(out_dir / "patient_sheet.html",
+                                       patient_sheet_html(prediction, images, contour_change))}
+    if pdf:
+        try:
+            paths["pdf"] = print_pdf(paths["html"], out_dir / "patient_sheet.pdf")
+        except BrowserUnavailable as exc:
+            log.warning("patient sheet PDF not written: %s", exc)
+    return paths
+
+
+def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: str | None = None,
+                      automatic_mask: str | None = None, uncertainty: str | None = None,
+                      saliency: str | None = None) -> tuple[dict[str, Any], SheetImages]:
+    """``prediction.json`` and the sheet's images, with predict's own outputs beside it used by default.
+
+    Parameters
+    ----------
+    prediction : str or pathlib.Path
+        predict's output folder, or its ``prediction.json``.
+    t1c, mask, automatic_mask, uncertainty, saliency : str, optional
+        Image files (NIfTI, NRRD, DICOM folder). Without ``mask``, the folder's ``automatic_mask.nii.gz`` (the
+        network's contours) is shown; the folder's ``uncertainty.nii.gz`` and ``saliency.nii.gz`` likewise.
+
+    Returns
+    -------
+    prediction, images : dict, SheetImages
+    """
+    import json
+
+    from NPCPrognosisLib.io.images import read_image
+    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+
+    path = Path(prediction)
+    file = path / "prediction.json" if path.is_dir() else path
+    if not file.exists():
+        raise InputError("prediction.json not found", path=file, column="--prediction",
+                         fix="pass the folder that npc-prognosis predict --out wrote")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"prediction.json cannot be read ({exc})", path=file, column="--prediction",
+                         fix="re-run npc-prognosis predict") from exc
+    missing = [k for k in ("patient_id", "endpoint", "risk_score", "survival", "nomogram_points", "factors")
+               if k not in data]
+    if missing:
+        raise InputError(f"prediction.json lacks {missing}", path=file, column="--prediction",
+                         fix="re-run npc-prognosis predict with this version")
+    folder = file.parent
+    patient_id = data["patient_id"]
+
+    def image(given: str | None, default: str | None, role: str) -> sitk.Image | None:
+        if given:
+            return read_image(given, patient_id=patient_id, role=role)
+        if default and (folder / default).exists():
+            return read_image(folder / default, patient_id=patient_id, role=role)
+        return None
+
+    shown = image(mask, AUTOMATIC_MASK_FILE, "mask")
+    automatic = image(automatic_mask, None, "automatic mask")
+    images = SheetImages(t1c=image(t1c, None, "CET1W image"), mask=shown, automatic_mask=automatic,
+                         uncertainty=image(uncertainty, UNCERTAINTY_FILE, "uncertainty map"),
+                         saliency=image(saliency, SALIENCY_FILE, "saliency map"))
+    return data, images

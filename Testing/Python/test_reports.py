@@ -1,0 +1,208 @@
+"""The patient sheet and the cohort study page: drawn from the numbers the pipeline wrote, rendered in a real
+headless Chromium (no console errors, every image loads, the PDF has one page per section)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.reporting import labels
+from NPCPrognosisLib.reporting.browser import HEADLESS_FLAGS, find_chromium
+from NPCPrognosisLib.reporting.nomogram_chart import (
+    chart_survival,
+    nomogram_chart,
+    points_for_survival,
+    read_survival_axis,
+)
+
+
+# ------------------------------------------------------------------------------------------------ browser
+def _driver():
+    """Selenium driving Debian's Chromium through its chromedriver; a loud skip where either is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is part of the test extra")
+    chromium, chromedriver = find_chromium(), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.skip("NO BROWSER TEST: Chromium or chromedriver is not installed and ./run.sh could not install them "
+                    "(apt-get install chromium chromium-driver) - the reports were NOT checked in a browser")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in HEADLESS_FLAGS:
+        options.add_argument("--headless=new" if flag == "--headless" else flag)
+    options.add_argument("--window-size=1200,1600")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+def render(html_path) -> dict:
+    """Open the page as a user would (file://) and report its console errors and the state of every image."""
+    driver = _driver()
+    try:
+        driver.get(html_path.resolve().as_uri())
+        driver.execute_script("return document.readyState")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src').slice(0, 80), i.complete, "
+            "i.naturalWidth, i.naturalHeight]);")
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        title = driver.title
+    finally:
+        driver.quit()
+    return {"images": images, "errors": errors, "title": title,
+            "broken": [src for src, complete, width, _ in images if not complete or width == 0]}
+
+
+def pdf_pages(path) -> int:
+    from pypdf import PdfReader
+
+    return len(PdfReader(str(path)).pages)
+
+
+def test_the_browser_check_catches_a_broken_image_and_a_console_error(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><head><title>t</title></head><body><img src='missing.png' alt='x'>"
+                    "<script>console.error('boom')</script></body></html>", encoding="utf-8")
+    seen = render(page)
+    assert seen["broken"] == ["missing.png"]
+    assert any("boom" in e for e in seen["errors"]) and any("missing.png" in e for e in seen["errors"])
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+@pytest.fixture(scope="module")
+def evaluation(small_cohort, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    info = out / "study.json"
+    info.write_text(json.dumps({"data_source": "synthetic generator, seed 3", "dates": "2026"}), encoding="utf-8")
+    assert main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+                 "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out),
+                 "--n-boot", "50", "--subset", "all", "--study-info", str(info)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def predicted(small_cohort, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predicted")
+    row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[1]
+    clinical = [f"{k}={row[k]}" for k in ("age", "sex", "t_stage", "n_stage", "rene", "ldh", "chemo", "ccnd")]
+    args = ["--quiet", "predict", "--bundle", str(trained), "--patient-id", row["patient_id"], "--out", str(out)]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    assert main([*args, "--clinical", *clinical]) == 0
+    return out, small_cohort / row["t1c"], small_cohort / row["mask"]
+
+
+# ------------------------------------------------------------------------------------------------ nomogram
+def test_the_drawn_nomogram_gives_the_total_points_and_survival_of_prediction_json(predicted):
+    prediction = json.loads((predicted[0] / "prediction.json").read_text(encoding="utf-8"))
+    chart = nomogram_chart(prediction["nomogram_scale"], prediction["factors"])
+    # Points read off each factor's axis are the prediction's, and so is their total.
+    for axis in chart.axes:
+        assert axis.patient_points == pytest.approx(prediction["nomogram_points"]["per_factor"][axis.factor],
+                                                    abs=1e-9)
+    assert chart.patient_total == pytest.approx(prediction["nomogram_points"]["total"], abs=1e-9)
+    # The survival the total gives is the prediction's, through the baseline hazard stored with the scale ...
+    assert set(chart_survival(chart)) == set(prediction["survival"])
+    for month, value in chart_survival(chart).items():
+        assert value == pytest.approx(prediction["survival"][month], abs=1e-9)
+    # ... and a reader interpolating between the drawn survival ticks lands on it too (within the ticks' spacing).
+    for axis in chart.survival_axes:
+        read = read_survival_axis(axis, chart.patient_total)
+        if read is not None:
+            assert read == pytest.approx(prediction["survival"][f"{axis.months:g}"], abs=0.01)
+    # Each drawn factor tick sits at its own points: 0 at the favourable end, 100 for the widest axis.
+    widest = chart.axes[0]
+    assert max(abs(t[1]) for t in widest.ticks) <= 100.0 + 1e-9
+    assert min(abs(t[1]) for t in widest.ticks) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_chart_survival_axis_matches_the_cox_formula_by_hand():
+    scale = {"factors": ["age"], "coef": [0.05], "low": [30.0], "high": [70.0], "zero_point_value": [30.0],
+             "points_per_unit_log_hazard": 100.0 / (0.05 * 40.0), "offset": 0.05 * 30.0, "center": 0.0,
+             "months": [36.0], "baseline_cumulative_hazard": [0.02]}
+    chart = nomogram_chart(scale, {"age": 50.0})
+    assert chart.patient_total == pytest.approx(50.0)
+    assert chart_survival(chart)["36"] == pytest.approx(math.exp(-0.02 * math.exp(0.05 * 50.0)))
+    p = points_for_survival(scale, 0, 0.8)
+    assert math.exp(-0.02 * math.exp(p / scale["points_per_unit_log_hazard"] + 1.5)) == pytest.approx(0.8)
+
+
+def test_labels_say_what_clinicians_write():
+    assert labels.factor_label("log10_ebv_dna") == "EBV DNA (copies/mL)"
+    assert labels.factor_label("rene") == "rENE grade" and labels.factor_label("t_stage_T3") == "T stage = T3"
+    assert labels.factor_value_text("log10_ebv_dna", math.log10(4001.0)) == "4e3"
+    assert labels.factor_value_text("male", 1.0) == "male" and labels.factor_value_text("t_stage", 3.0) == "T3"
+    assert [t for _, t in labels.factor_ticks("log10_ebv_dna", 0.0, 4.5)] == ["0", "10", "100", "1e3", "1e4"]
+
+
+# ------------------------------------------------------------------------------------------------ patient sheet
+def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_path):
+    folder, t1c, mask = predicted
+    # The contours were edited: the sheet shows the edited ones and the automatic ones dashed.
+    automatic = sitk.ReadImage(str(mask))
+    edited = sitk.BinaryDilate(automatic == 1, [1, 1, 0]) + (automatic == 2) * 2
+    sitk.WriteImage(sitk.Cast(edited, sitk.sitkUInt8), str(tmp_path / "edited.nii.gz"))
+    assert main(["--quiet", "report", "--prediction", str(folder), "--t1c", str(t1c), "--mask",
+                 str(tmp_path / "edited.nii.gz"), "--automatic-mask", str(mask), "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "patient_sheet.html").read_text(encoding="utf-8")
+    prediction = json.loads((folder / "prediction.json").read_text(encoding="utf-8"))
+    assert "EBV DNA (copies/mL)" in html and "rENE grade" in html and "log10_ebv_dna" not in html
+    assert "dashed: the automatic contours before editing" in html and prediction["bundle"]["sha256"] in html
+    assert f"{prediction['nomogram_points']['total']:.1f}" in html
+    sections = html.count("<section class='page'>")
+    assert sections == 4
+    seen = render(tmp_path / "patient_sheet.html")
+    assert seen["errors"] == [] and seen["broken"] == [] and len(seen["images"]) >= 4
+    assert seen["title"].endswith(prediction["patient_id"])
+    assert pdf_pages(tmp_path / "patient_sheet.pdf") == sections
+
+
+def test_report_names_the_missing_prediction(tmp_path, capsys):
+    assert main(["report", "--prediction", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "prediction.json not found" in err and "nowhere" in err
+
+
+# ------------------------------------------------------------------------------------------------ cohort page
+def test_cohort_page_renders_with_figures_as_png_and_svg_and_tables_as_csv(evaluation):
+    page = evaluation / "cohort_study.html"
+    html = page.read_text(encoding="utf-8")
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+    for section in ("Cohort", "Model comparison", "Risk groups", "Calibration", "Time-dependent ROC",
+                    "Decision curves", "Selected features", "Settings", "Reporting checklist"):
+        assert f"<h2>{section}" in html, section
+    sources = re.findall(r"<img src='([^']+)'", html)
+    assert sources and all((evaluation / s).exists() and (evaluation / s).with_suffix(".svg").exists()
+                           for s in sources)
+    comparison = pd.read_csv(evaluation / "tables" / "model_comparison.csv")
+    nomogram = comparison[comparison["model"].str.startswith("Nomogram")].iloc[0]
+    assert nomogram["C-index (95% CI)"].startswith(f"{metrics['models']['nomogram']['c_index']:.3f}")
+    cohort = pd.read_csv(evaluation / "tables" / "cohort_characteristics.csv")
+    assert int(cohort.loc[cohort["characteristic"] == "Patients", "evaluated"].iloc[0]) == metrics["n"]
+    checklist = pd.read_csv(evaluation / "tables" / "reporting_checklist.csv")
+    source = checklist[checklist["topic"] == "Source of data and dates"].iloc[0]
+    assert source["status"] == "answered" and "seed 3" in source["where / what to supply"]
+    assert (checklist["status"] == "not available").any()  # e.g. no centres: said, with what to supply
+    seen = render(page)
+    assert seen["errors"] == [] and seen["broken"] == [] and len(seen["images"]) == len(sources)
+
+
+def test_time_dependent_roc_area_is_sksurvs_auc():
+    from NPCPrognosisLib.survival.metrics import td_auc, td_roc_curve
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=240)
+    t_event, t_censor = rng.exponential(30 * np.exp(-x)), rng.uniform(0, 100, 240)
+    time, event = np.minimum(t_event, t_censor), t_event <= t_censor
+    for months in (24, 48):
+        curve = td_roc_curve(time[:120], event[:120], time[120:], event[120:], x[120:], months)
+        expected = td_auc(time[:120], event[:120], time[120:], event[120:], x[120:], (months,))[str(months)]
+        assert curve["auc"] == pytest.approx(expected, abs=1e-10)
+        assert curve["fpr"][0] == 0 and curve["tpr"][-1] == pytest.approx(1.0)
