@@ -38,7 +38,7 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
           f"{len(extraction.failures)} failure(s)  ({time.time() - started:.0f} s)")
     bundle_dir = out / "bundle"
     document = train(manifest, out / "features.csv", endpoint, bundle_dir, test_fraction=0.3, seed=seed,
-                     synthetic=True)
+                     synthetic=True, binary_endpoints=("ic_response",))
     nomogram = document["training"]["optimism_corrected_c"]["nomogram"]
     print(f"[3/6] trained on {document['training']['n']} patients; Rad-score uses "
           f"{len(document['signature']['features'])} feature(s); nomogram training C {nomogram['apparent']:.3f}, "

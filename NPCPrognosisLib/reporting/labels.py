@@ -42,7 +42,7 @@ ARM_LABELS: dict[str, str] = {"rt_alone": "radiotherapy alone", "low_dose": "CCN
 
 #: Model names of the bundle as a reader says them.
 MODEL_LABELS: dict[str, str] = {
-    "nomogram": "Nomogram (deep + radiomics + clinical)",
+    "nomogram": "Nomogram (combined factors)",
     "radiomics_nomogram": "Radiomics nomogram (Rad-score + clinical)",
     "radiomics": "Rad-score alone",
     "clinical": "Clinical factors alone",

@@ -130,7 +130,7 @@ def _provenance_rows(prediction: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _page_images(prediction: Mapping[str, Any], images: SheetImages | None, contour_change: Any) -> str:
-    parts = ["<section class='page'>", "<h2>Contours on CET1W</h2>"]
+    parts = ["<section class='page'>", "<h2>Contours on CET1W</h2>"]  # and what moved the risk
     if images is not None and images.t1c is not None:
         overlays = {"TTA uncertainty": images.uncertainty, "saliency of the risk": images.saliency}
         fig = figures.key_slices_figure(images.t1c, images.mask, images.automatic_mask,
@@ -140,7 +140,7 @@ def _page_images(prediction: Mapping[str, Any], images: SheetImages | None, cont
                                               images.automatic_mask is not None and images.mask is not None else "")
                    + ". Further rows: the network's uncertainty over test-time augmentations and the saliency of "
                    "the deep risk score, where they were computed.")
-        parts.append(_img(fig, "key slices with contours", caption, 150))
+        parts.append(_img(fig, "key slices with contours", caption, 135))
     else:
         parts.append("<p class='missing'>No images given: pass the CET1W image and the contours "
                      "(npc-prognosis report --t1c ... --mask ...) to show them here.</p>")
@@ -157,6 +157,14 @@ def _page_images(prediction: Mapping[str, Any], images: SheetImages | None, cont
     if contour_change:
         parts.append("<h3>Edited contours against the automatic ones</h3>"
                      + bullet_list(format_contour_change(contour_change)))
+    rows = contributions(prediction)
+    if rows:
+        parts.append("<h2>What moved the risk</h2>")
+        parts.append(_img(figures.bar_figure(rows[:8], "log hazard vs a mid-range patient (red raises risk)"),
+                          "factor contributions",
+                          "Each factor's contribution to the risk score against a patient in the middle of every "
+                          "factor's training range (the saliency row above shows where in the image the deep score "
+                          "looked).", 52))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -191,6 +199,17 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                           "counterfactual survival per treatment arm",
                           "This patient's survival had they been treated in each arm (adjusted Cox model of the "
                           "training cohort; bars: bootstrap 95% intervals).", 70))
+        months = list(next(iter(benefit["survival_by_arm"].values())))
+        rows = []
+        for arm, by_month in benefit["survival_by_arm"].items():
+            cells = []
+            for month in months:
+                cell = by_month.get(month) or {}
+                ci = cell.get("ci95")
+                cells.append(f"{cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
+                             if "survival" in cell else "–")
+            rows.append([ARM_LABELS.get(arm, arm), *cells])
+        parts.append(table(["If treated with", *[f"{float(m):g} months" for m in months]], rows))
     parts.append(f"<p>{esc(benefit.get('statement') or 'Chemotherapy benefit: not available in this bundle.')}</p>")
     binary = prediction.get("binary") or {}
     if binary:
@@ -210,13 +229,6 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
         if fusion.get("gate_weights"):
             parts.append(_img(figures.gates_figure(fusion["gate_weights"]), "fusion gate weights",
                               "Gate weights: the share each modality had in this patient's fused prediction.", 45))
-    rows = contributions(prediction)
-    if rows:
-        parts.append("<h2>What moved the risk</h2>")
-        parts.append(_img(figures.bar_figure(rows[:8], "log hazard vs a mid-range patient (red raises risk)"),
-                          "factor contributions",
-                          "Each factor's contribution to the risk score against a patient in the middle of every "
-                          "factor's training range.", 60))
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -153,9 +153,12 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
     assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
     # without the table every patient lacks the modality, and evaluate says so
-    assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "dmfs",
-                 "--out", str(tmp_path / "eval_without"), "--n-boot", "50"]) == 0
-    assert "pathology" in json.loads((tmp_path / "eval_without" / "metrics.json").read_text())["warnings"][0]
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+
+    without = evaluate_cohort(bundle, read_manifest(root / "manifest.csv", require_images=False),
+                              root / "features.csv", "dmfs", tmp_path / "eval_without", n_boot=50, plots=False)
+    assert "pathology" in without["warnings"][0]
 
 
 def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):

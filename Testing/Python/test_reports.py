@@ -164,6 +164,36 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
     assert pdf_pages(tmp_path / "patient_sheet.pdf") == sections
 
 
+def test_patient_sheet_shows_treatment_arms_binary_endpoints_and_fusion_gates(predicted, tmp_path):
+    from NPCPrognosisLib.reporting.patient_sheet import write_patient_sheet
+
+    prediction = json.loads((predicted[0] / "prediction.json").read_text(encoding="utf-8"))
+    assert "ic_response" in prediction["binary"]  # the bundle carries the IC-response classifiers
+    arm = {"12": {"survival": 0.93, "ci95": [0.88, 0.97]}, "36": {"survival": 0.81, "ci95": [0.70, 0.89]},
+           "60": {"survival": 0.72, "ci95": [0.58, 0.83]}}
+    prediction["chemo_benefit"] = {"statement": "High-risk patient: benefit of CCND > 160 mg/m2 shown.",
+                                   "survival_by_arm": {"low_dose": arm, "high_dose": {
+                                       m: {"survival": c["survival"] + 0.05, "ci95": [c["ci95"][0] + 0.05,
+                                                                                      c["ci95"][1] + 0.04]}
+                                       for m, c in arm.items()}}}
+    prediction["fusion"] = {"model": "mmoe", "risk_score": 0.31, "risk_group": "low",
+                            "survival": {"12": 0.95, "36": 0.84, "60": 0.77},
+                            "probabilities": {"ic_response": 0.58}, "missing_modalities": ["pathology"],
+                            "gate_weights": {"survival": {"radiomics": 0.55, "clinical": 0.45, "pathology": 0.0},
+                                             "ic_response": {"radiomics": 0.3, "clinical": 0.7, "pathology": 0.0}},
+                            "warnings": []}
+    paths = write_patient_sheet(prediction, tmp_path)
+    html = paths["html"].read_text(encoding="utf-8")
+    for text in ("CCND high dose", "benefit of CCND", "ic response", "Missing modalities: pathology",
+                 "alt='counterfactual survival per treatment arm'", "alt='fusion gate weights'"):
+        assert text in html, text
+    probability = prediction["binary"]["ic_response"]["probability"]
+    assert f"<td>{probability:.0%}</td>" in html
+    seen = render(paths["html"])
+    assert seen["errors"] == [] and seen["broken"] == []
+    assert pdf_pages(paths["pdf"]) == html.count("<section class='page'>") == 4
+
+
 def test_report_names_the_missing_prediction(tmp_path, capsys):
     assert main(["report", "--prediction", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
