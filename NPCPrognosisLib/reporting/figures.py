@@ -197,9 +197,9 @@ def nomogram_figure(chart: NomogramChart, endpoint: str) -> Any:
     def line(y: int, x0: float, x1: float) -> None:
         ax.plot([x0, x1], [y, y], color="black", linewidth=0.8)
 
-    def tick(y: int, x: float, text: str, below: bool = False) -> None:
+    def tick(y: int, x: float, text: str, raised: bool = False) -> None:
         ax.plot([x, x], [y - 0.08, y + 0.08], color="black", linewidth=0.8)
-        ax.text(x, y + (0.3 if below else -0.15), text, ha="center", va="center", fontsize=6.5)
+        ax.text(x, y - (0.36 if raised else 0.15), text, ha="center", va="center", fontsize=6.5)
 
     def mark(y: int, x: float, text: str) -> None:
         ax.plot([x], [y], marker="v", color="#d62728", markersize=6, zorder=5)
@@ -214,8 +214,11 @@ def nomogram_figure(chart: NomogramChart, endpoint: str) -> Any:
         xs = [t[1] for t in axis.ticks]
         if xs:
             line(y, min(xs), max(xs))
-        for _, points, text in axis.ticks:
-            tick(y, points, text)
+        previous = None
+        for _, points, text in sorted(axis.ticks, key=lambda t: t[1]):
+            crowded = previous is not None and points - previous < 7.0  # its label goes one tier higher
+            tick(y, points, text, raised=crowded)
+            previous = None if crowded else points
         if axis.patient_points is not None:
             mark(y, axis.patient_points, f"{axis.patient_text} = {axis.patient_points:.0f} pts")
     y_total = len(chart.axes) + 1

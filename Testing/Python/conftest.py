@@ -20,7 +20,7 @@ def small_cohort(tmp_path_factory) -> Path:
     from NPCPrognosisLib.pipeline.extract import extract_cohort
 
     root = tmp_path_factory.mktemp("small_cohort")
-    cohort = synthesize_cohort(24, 3, root, progress=False)
+    cohort = synthesize_cohort(24, 3, root, progress=False, workers=2)
     extract_cohort(read_manifest(cohort.manifest_path), root / "features.csv", workers=2,
                    params_path=RADIOMICS_FAST_PARAMS,
                    progress=False)

@@ -530,7 +530,7 @@ def test_quality_gate_passes_a_network_that_contours_and_stops_one_that_cannot(t
 
     from NPCPrognosisLib.cli import main
 
-    cohort = synthesize_cohort(20, 8181, tmp_path / "cohort", progress=False)
+    cohort = synthesize_cohort(20, 8181, tmp_path / "cohort", progress=False, workers=2)
     small = {"network": {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "risk_hidden": 8},
              "grid": {"spacing": [4.0, 4.0, 6.0], "size": [40, 40, 20]}, "preprocess": {"n4": False}}
     config = tmp_path / "small.json"
