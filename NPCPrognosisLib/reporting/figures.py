@@ -17,9 +17,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import LABELS, SEGMENTS
+from NPCPrognosisLib.imaging.geometry import resample_onto, same_geometry
 from NPCPrognosisLib.io.atomic import atomic_path
 from NPCPrognosisLib.reporting.labels import factor_label
 from NPCPrognosisLib.reporting.nomogram_chart import NomogramChart
+from NPCPrognosisLib.survival.patient import survival_band
 
 _SEGMENT_COLOURS = {s["label"]: s["color"] for s in SEGMENTS}
 _SEGMENT_NAMES = {s["label"]: s["name"] for s in SEGMENTS}
@@ -59,14 +61,10 @@ def save_figure(figure: Any, stem: str | Path, formats: Sequence[str] = ("png", 
 # ---------------------------------------------------------------------------------------------------- images
 
 
-def _on_grid(image: sitk.Image | None, reference: sitk.Image, interpolator: int) -> sitk.Image | None:
-    if image is None:
-        return None
-    same = (image.GetSize() == reference.GetSize()
-            and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
-            and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
-            and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4))
-    return image if same else sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0)
+def _on_grid(image: sitk.Image | None, reference: sitk.Image, is_label: bool) -> sitk.Image | None:
+    if image is None or same_geometry(image, reference):
+        return image
+    return resample_onto(image, reference, is_label=is_label)
 
 
 def key_slice_indices(mask: np.ndarray, count: int = 3) -> list[int]:
@@ -98,14 +96,13 @@ def key_slices_figure(t1c: sitk.Image, mask: sitk.Image | None, automatic_mask: 
     whatever the file's orientation.
     """
     image = sitk.DICOMOrient(t1c, "LPS")
-    shown = _on_grid(None if mask is None else sitk.DICOMOrient(mask, "LPS"), image, sitk.sitkNearestNeighbor)
-    auto = _on_grid(None if automatic_mask is None else sitk.DICOMOrient(automatic_mask, "LPS"), image,
-                    sitk.sitkNearestNeighbor)
+    shown = _on_grid(None if mask is None else sitk.DICOMOrient(mask, "LPS"), image, is_label=True)
+    auto = _on_grid(None if automatic_mask is None else sitk.DICOMOrient(automatic_mask, "LPS"), image, is_label=True)
     array = sitk.GetArrayFromImage(image).astype(float)
     labels = sitk.GetArrayFromImage(shown) if shown is not None else np.zeros(array.shape, np.uint8)
     auto_labels = sitk.GetArrayFromImage(auto) if auto is not None else None
     slices = key_slice_indices(labels if labels.any() or auto_labels is None else auto_labels)
-    extra = [(name, _on_grid(sitk.DICOMOrient(img, "LPS"), image, sitk.sitkLinear))
+    extra = [(name, _on_grid(sitk.DICOMOrient(img, "LPS"), image, is_label=False))
              for name, img in (overlays or {}).items() if img is not None]
     rows = 1 + len(extra)
     figure = new_figure(2.4 * len(slices), 2.5 * rows)
@@ -147,8 +144,8 @@ def key_slices_figure(t1c: sitk.Image, mask: sitk.Image | None, automatic_mask: 
 
 def survival_figure(curves: Mapping[str, Sequence[float]], risk_se: float | None, endpoint: str,
                     marks: Mapping[str, float]) -> Any:
-    """This patient's survival curve with its 95% band (the risk score's SE carried to survival:
-    S^exp(±1.96 SE)), the risk-group reference curves and the 12/36/60-month values marked."""
+    """This patient's survival curve with its 95% band (:func:`survival_band`), the risk-group reference curves
+    and the 12/36/60-month values marked."""
     figure = new_figure(6.2, 3.6)
     axes = figure.add_subplot(1, 1, 1)
     months = np.asarray(curves["months"], float)
@@ -160,11 +157,10 @@ def survival_figure(curves: Mapping[str, Sequence[float]], risk_se: float | None
             continue
         colour, line = styles.get(name, ("#999999", "-"))
         axes.plot(months, values, color=colour, linestyle=line, linewidth=1.1, label=name)
-    if risk_se is not None and math.isfinite(float(risk_se)):
-        factor = math.exp(1.96 * float(risk_se))
-        with np.errstate(invalid="ignore"):
-            axes.fill_between(months, patient ** factor, patient ** (1.0 / factor), color="black", alpha=0.12,
-                              linewidth=0, label="this patient, 95% interval")
+    band = survival_band(patient, risk_se)
+    if band is not None:
+        axes.fill_between(months, band[0], band[1], color="black", alpha=0.12, linewidth=0,
+                          label="this patient, 95% interval")
     axes.plot(months, patient, color="black", linewidth=2.4, label="this patient")
     for month, value in marks.items():
         axes.plot([float(month)], [value], "o", color="black", markersize=4)

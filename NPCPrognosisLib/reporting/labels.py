@@ -118,6 +118,12 @@ def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
     return [(float(v), f"{v:g}") for v in values]
 
 
+def survival_text(cell: Mapping[str, Any]) -> str:
+    """'90% (85%-95%)': a survival probability with its 95% interval when it has one."""
+    ci = cell.get("ci95")
+    return f"{cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
+
+
 def clinical_value_text(name: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not given"

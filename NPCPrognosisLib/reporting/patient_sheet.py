@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,10 @@ from NPCPrognosisLib.reporting.labels import (
     factor_value_text,
     format_contour_change,
     model_label,
+    survival_text,
 )
 from NPCPrognosisLib.reporting.nomogram_chart import chart_rows, check_chart, nomogram_chart
+from NPCPrognosisLib.survival.patient import survival_band
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,6 @@ class SheetImages:
     automatic_mask: sitk.Image | None = None
     uncertainty: sitk.Image | None = None
     saliency: sitk.Image | None = None
-
-
-def _survival_interval(survival: float, risk_se: float | None) -> tuple[float, float] | None:
-    if risk_se is None or not math.isfinite(float(risk_se)) or not 0 < survival < 1:
-        return None
-    factor = math.exp(1.96 * float(risk_se))
-    return survival ** factor, survival ** (1.0 / factor)
 
 
 def contributions(prediction: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -85,7 +79,7 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
              f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
              + "</b><span class='small'>log hazard vs the average training patient</span></div>"]
     for month, value in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0])):
-        interval = _survival_interval(float(value), se)
+        interval = survival_band(float(value), se)
         ci = f"<span class='small'>95% CI {interval[0]:.0%}-{interval[1]:.0%}</span>" if interval else ""
         cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}</div>")
     parts = ["<section class='page'>",
@@ -202,12 +196,7 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
         months = list(next(iter(benefit["survival_by_arm"].values())))
         rows = []
         for arm, by_month in benefit["survival_by_arm"].items():
-            cells = []
-            for month in months:
-                cell = by_month.get(month) or {}
-                ci = cell.get("ci95")
-                cells.append(f"{cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
-                             if "survival" in cell else "–")
+            cells = [survival_text(by_month[m]) if "survival" in (by_month.get(m) or {}) else "–" for m in months]
             rows.append([ARM_LABELS.get(arm, arm), *cells])
         parts.append(table(["If treated with", *[f"{float(m):g} months" for m in months]], rows))
     parts.append(f"<p>{esc(benefit.get('statement') or 'Chemotherapy benefit: not available in this bundle.')}</p>")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The panel's contour-change lines and arm names are the patient sheet's.
-from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change  # noqa: F401
+from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change, survival_text  # noqa: F401
 
 
 def format_percent(value: float | None) -> str:
@@ -93,8 +93,7 @@ def format_arms(survival_by_arm: Mapping[str, Any]) -> list[str]:
     for arm, by_month in survival_by_arm.items():
         parts = []
         for month, cell in by_month.items():
-            ci = cell.get("ci95")
-            parts.append(f"{month} mo {cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else ""))
+            parts.append(f"{month} mo {survival_text(cell)}")
         lines.append(f"{ARM_LABELS.get(arm, arm)}: " + ", ".join(parts))
     return lines
 

@@ -76,3 +76,31 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[
     return columns
 
 
+def survival_band(survival: Any, risk_se: float | None, z: float = 1.96) -> tuple[Any, Any] | None:
+    """The survival interval that the risk score's standard error gives: S^exp(+z SE) to S^exp(-z SE).
+
+    A Cox survival is S0(t)^exp(risk), so an interval of the risk score maps to survival by the same power; None
+    when the standard error is unknown.
+
+    Parameters
+    ----------
+    survival : float or array-like
+        Predicted survival probabilities.
+    risk_se : float or None
+        Standard error of the risk score (:func:`risk_uncertainty`).
+    z : float, default 1.96
+        Normal quantile of the interval (1.96: 95%).
+
+    Returns
+    -------
+    band : (lower, upper) or None
+        Same shape as ``survival``.
+    """
+    import numpy as np
+
+    if risk_se is None or not math.isfinite(float(risk_se)):
+        return None
+    factor = math.exp(z * float(risk_se))
+    values = np.clip(np.asarray(survival, float), 0.0, 1.0)
+    lower, upper = values ** factor, values ** (1.0 / factor)
+    return (float(lower), float(upper)) if np.ndim(lower) == 0 else (lower, upper)
