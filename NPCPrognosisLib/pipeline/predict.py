@@ -303,7 +303,7 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
 def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
     """Which model made a prediction: its folder, date, software version, training cohort size and the SHA-256
     of ``bundle.json`` (and of the network's weights), so a filed report names exactly what produced it."""
-    import hashlib
+    from NPCPrognosisLib.io.bundle import MANIFEST_FILE, network_checksum, sha256
 
     document = bundle.document
     training = document.get("training") or {}
@@ -311,11 +311,9 @@ def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
            "format_version": document.get("format_version"),
            "software_version": (document.get("software") or {}).get("npc-prognosis"),
            "training_n": training.get("n"), "training_events": training.get("events")}
-    json_path = Path(bundle.path) / "bundle.json"
-    if json_path.exists():
-        out["sha256"] = hashlib.sha256(json_path.read_bytes()).hexdigest()
-    if bundle.network_dir is not None and (bundle.network_dir / "network.safetensors").exists():
-        out["network_sha256"] = hashlib.sha256((bundle.network_dir / "network.safetensors").read_bytes()).hexdigest()
+    out["sha256"] = sha256(Path(bundle.path) / MANIFEST_FILE)
+    if bundle.network_dir is not None:
+        out["network_sha256"] = network_checksum(bundle.network_dir)
     return out
 
 

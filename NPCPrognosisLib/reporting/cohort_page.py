@@ -25,6 +25,7 @@ from NPCPrognosisLib.reporting.cohort_tables import binary_comparison, model_com
 from NPCPrognosisLib.reporting.html import bullet_list, esc, figure, fmt, table
 from NPCPrognosisLib.reporting.html import document as html_document
 from NPCPrognosisLib.reporting.labels import model_label
+from NPCPrognosisLib.survival.plots import _save
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +249,9 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
                 curves[name] = {m: td_roc_curve(training_outcomes[0], training_outcomes[1], time, event,
                                                 predictions[f"{name}_risk"].to_numpy(float), m) for m in HORIZONS}
         if any(c for by in curves.values() for c in by.values()):
-            paths = figures.save_figure(roc_figure(curves, endpoint), out_dir / FIGURES / "td_roc")
+            png = Path(_save(roc_figure(curves, endpoint), out_dir / FIGURES / "td_roc.png"))
             body += ["<h2>Time-dependent ROC</h2>",
-                     _figure_link(out_dir, paths["png"], "time-dependent ROC curves",
+                     _figure_link(out_dir, png, "time-dependent ROC curves",
                                   "Cumulative/dynamic ROC curves (inverse-probability-of-censoring weights)")]
     try:
         dca = decision_curves(predictions, endpoint, list(metrics["models"]))
@@ -258,11 +259,11 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
         log.warning("decision curves not drawn: %s", exc)
         dca = {}
     if dca:
-        paths = figures.save_figure(decision_figure(dca, endpoint), out_dir / FIGURES / "decision_curves")
+        png = Path(_save(decision_figure(dca, endpoint), out_dir / FIGURES / "decision_curves.png"))
         frame = pd.concat([f.assign(months=m) for m, f in dca.items()])[["months", "model", "threshold",
                                                                           "net_benefit"]]
         body += ["<h2>Decision curves</h2>",
-                 _figure_link(out_dir, paths["png"], "decision curves",
+                 _figure_link(out_dir, png, "decision curves",
                               "Net benefit of acting on each model's predicted risk (dcurves, survival form)"),
                  _save_table(frame, out_dir, "decision_curves")]
     benefit = metrics.get("chemo_benefit") or {}
@@ -271,9 +272,9 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
     if forest.exists():
         parts.append(_figure_link(out_dir, forest, "subgroup forest plot", "Dose effect by subgroup", "80%"))
     if benefit.get("calibration"):
-        paths = figures.save_figure(benefit_calibration_figure(benefit["calibration"]),
-                                    out_dir / FIGURES / "benefit_calibration")
-        parts.append(_figure_link(out_dir, paths["png"], "benefit calibration",
+        png = Path(_save(benefit_calibration_figure(benefit["calibration"]),
+                         out_dir / FIGURES / "benefit_calibration.png"))
+        parts.append(_figure_link(out_dir, png, "benefit calibration",
                                   f"Predicted vs observed benefit at {benefit.get('horizon_months', 60):g} months; "
                                   f"C-for-benefit {fmt((benefit.get('c_for_benefit') or {}).get('c'))}", "55%"))
     if parts:

@@ -10,7 +10,6 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,22 +17,21 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.imaging.geometry import resample_onto, same_geometry
-from NPCPrognosisLib.io.atomic import atomic_path
 from NPCPrognosisLib.reporting.labels import factor_label
 from NPCPrognosisLib.reporting.nomogram_chart import NomogramChart
 from NPCPrognosisLib.survival.patient import survival_band
+from NPCPrognosisLib.survival.plots import _new_figure
 
 _SEGMENT_COLOURS = {s["label"]: s["color"] for s in SEGMENTS}
 _SEGMENT_NAMES = {s["label"]: s["name"] for s in SEGMENTS}
 
 
-def new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+#: Resolution of the reports' figures (their printed size is set by the page's style sheet).
+DPI = 110
 
-    figure = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(figure)
-    return figure
+
+def new_figure(width: float, height: float) -> Any:
+    return _new_figure((width, height), dpi=DPI)
 
 
 def png_bytes(figure: Any) -> bytes:
@@ -45,17 +43,6 @@ def png_bytes(figure: Any) -> bytes:
 def data_uri(png: bytes) -> str:
     """A PNG as a ``data:`` URI, so an HTML page carries its pictures and stays one file."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def save_figure(figure: Any, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> dict[str, Path]:
-    """``stem.png`` and ``stem.svg`` (each written atomically) for papers; returns the paths by format."""
-    paths = {}
-    for fmt in formats:
-        path = Path(f"{stem}.{fmt}")
-        with atomic_path(path) as tmp:
-            figure.savefig(str(tmp), format=fmt)
-        paths[fmt] = path
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------------- images

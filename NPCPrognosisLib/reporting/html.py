@@ -65,10 +65,13 @@ def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], numeric: 
     return "".join(parts)
 
 
-def figure(src: str, alt: str, caption: str = "", width: str = "100%") -> str:
-    """An image (``data:`` URI or a path relative to the page) with its caption."""
+def figure(src: str, alt: str, caption: str = "", width: str = "100%", max_height_mm: float | None = None) -> str:
+    """An image (``data:`` URI or a path relative to the page) with its caption; ``max_height_mm`` caps its printed
+    height (its width then follows), so a section keeps to its page."""
     text = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f"<figure><img src='{esc(src)}' alt='{esc(alt)}' style='width:{esc(width)}'>{text}</figure>"
+    style = f"width:{esc(width)}" if max_height_mm is None else \
+        f"max-height:{max_height_mm:.0f}mm; width:auto; max-width:100%"
+    return f"<figure><img src='{esc(src)}' alt='{esc(alt)}' style='{style}'>{text}</figure>"
 
 
 def bullet_list(items: Iterable[str], css: str = "") -> str:

@@ -20,7 +20,7 @@ from NPCPrognosisLib.contract import ENDPOINT_TITLES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_text_atomic
 from NPCPrognosisLib.reporting import figures
-from NPCPrognosisLib.reporting.html import bullet_list, document, esc, table
+from NPCPrognosisLib.reporting.html import bullet_list, document, esc, figure, table
 from NPCPrognosisLib.reporting.labels import (
     ARM_LABELS,
     clinical_rows,
@@ -65,9 +65,7 @@ def contributions(prediction: Mapping[str, Any]) -> list[tuple[str, float]]:
 
 
 def _img(fig: Any, alt: str, caption: str, max_height_mm: float) -> str:
-    uri = figures.data_uri(figures.png_bytes(fig))
-    return (f"<figure><img src='{uri}' alt='{esc(alt)}' style='max-height:{max_height_mm:.0f}mm; width:auto; "
-            f"max-width:100%'><figcaption>{esc(caption)}</figcaption></figure>")
+    return figure(figures.data_uri(figures.png_bytes(fig)), alt, caption, max_height_mm=max_height_mm)
 
 
 def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:

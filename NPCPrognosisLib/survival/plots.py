@@ -20,11 +20,11 @@ from NPCPrognosisLib.survival.checks import check_survival_arrays
 _COLORS = {"low": "#1f77b4", "high": "#d62728"}
 
 
-def _new_figure(size: tuple) -> Any:
+def _new_figure(size: tuple, dpi: int = 120) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=120)
+    fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
