@@ -65,14 +65,11 @@ AUTOMATIC_ATTRIBUTE = "NPCPrognosis.AutomaticLabelmapFor"
 AUTOMATIC_REFERENCE = "NPCPrognosisAutomaticContours"
 #: Segment tag holding the label value (1 = GTVp, 2 = GTVn): set on import, kept when Segment Editor renames.
 LABEL_TAG = "NPCPrognosis.Label"
-#: Slicer terminology entries (SNOMED CT codes): tumour mass and lymph node, neoplasm metastatic.
-TERMINOLOGY = {
-    "GTVp": "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
-            "Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^71836000^Nasopharyngeal "
-            "structure~^^",
-    "GTVn": "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
-            "Structure~SCT^59441001^Lymph node~^^~Anatomic codes - DICOM master list~^^~^^",
-}
+#: The product's terminology context (SNOMED CT codes of GTVp = mass, GTVn = lymph node), loaded into Slicer's
+#: Terminologies module the first time contours are imported, so Segment Editor's terminology selector offers it.
+TERMINOLOGY_FILE = RESOURCES / "Terminology" / "NPCPrognosis.term.json"
+#: Anatomic region of the primary tumour (the context file holds category and type only).
+NASOPHARYNX = ("SCT", "71836000", "Nasopharyngeal structure")
 
 
 class NPCPrognosisError(RuntimeError):
@@ -933,18 +930,67 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         finally:
             self._removeWithDisplay(labelmapNode)
 
+    def terminologyContext(self):
+        """Name of the product's terminology context, loaded once into Slicer's Terminologies logic.
+
+        Found through the segmentations logic, as Slicer's import finds it, so one loaded context serves both.
+        """
+        terminologies = self.segmentationsLogic.GetModuleLogic("Terminologies")
+        if terminologies is None:
+            raise NPCPrognosisError(_("Slicer's Terminologies module is not available: contours cannot be imported "
+                                      "with their SNOMED CT codes. Enable the Terminologies module and restart."))
+        context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+        loaded = vtk.vtkStringArray()
+        terminologies.GetLoadedTerminologyNames(loaded)
+        if context not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
+            if terminologies.LoadTerminologyFromFile(str(TERMINOLOGY_FILE)) != context:
+                raise NPCPrognosisError(_("The terminology file {path} could not be loaded.").format(
+                    path=TERMINOLOGY_FILE))
+        return context
+
+    def _labelColorTable(self):
+        """One transient colour table carrying each label's name, colour and SNOMED CT terminology.
+
+        The import reads all three from it in a single call (what Slicer does for a labelmap loaded with a colour
+        table); it is removed right after, so nothing but the segmentation is left in the scene.
+        """
+        from NPCPrognosisLib.contract import SEGMENTS
+
+        codes = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCodes"]["Category"]
+        table = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "NPCPrognosis labels")
+        table.SetTypeToUser()
+        table.SetHideFromEditors(True)
+        table.SetSaveWithScene(False)
+        table.SetNumberOfColors(1 + max(s["label"] for s in SEGMENTS))
+        table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        for segment in SEGMENTS:
+            table.SetColor(segment["label"], segment["name"], *segment["color"], 1.0)
+            for category in codes:
+                for entry in category["Type"]:
+                    if entry["3dSlicerLabel"] != segment["name"]:
+                        continue
+                    region = NASOPHARYNX if segment["name"] == "GTVp" else ("", "", "")
+                    table.SetTerminology(
+                        segment["label"],
+                        category["CodingSchemeDesignator"], category["CodeValue"], category["CodeMeaning"],
+                        entry["CodingSchemeDesignator"], entry["CodeValue"], entry["CodeMeaning"],
+                        "", "", "", *region)
+        return table
+
     def importSegmentation(self, maskPath, referenceVolumeNode, segmentationNode=None, keepAutomaticCopy=True):
         """Label file (1 = GTVp, 2 = GTVn) -> segmentation node with named, coloured, tagged segments over the CET1W.
 
-        One import call; each segment then gets its name, colour, SNOMED terminology and a label tag that
-        survives renaming in Segment Editor. No colour table or scratch labelmap is left in the scene (only the
-        hidden automatic copy, when kept, for the correction loop).
+        One import call reads each segment's name, colour and SNOMED CT terminology from a transient colour table
+        (:meth:`_labelColorTable`); each segment then gets a label tag that survives renaming in Segment Editor.
+        No colour table or scratch labelmap is left in the scene (only the hidden automatic copy, when kept, for
+        the correction loop).
         """
         import numpy as np
         import SimpleITK as sitk
 
         from NPCPrognosisLib.contract import SEGMENTS
 
+        context = self.terminologyContext()
         labelmapNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis import")
         self.updateVolumeNodeFromSitk(labelmapNode, sitk.ReadImage(str(maskPath)))
         if segmentationNode is None:
@@ -953,20 +999,28 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
         segmentation = segmentationNode.GetSegmentation()
         segmentation.RemoveAllSegments()
+        colorTable = self._labelColorTable()
+        try:
+            if labelmapNode.GetDisplayNode() is None:
+                labelmapNode.SetAndObserveDisplayNodeID(
+                    self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode").GetID())
+            labelmapNode.GetDisplayNode().SetAndObserveColorNodeID(colorTable.GetID())
+            imported = self.segmentationsLogic.ImportLabelmapToSegmentationNodeWithTerminology(
+                labelmapNode, segmentationNode, context)
+        finally:
+            for i in reversed(range(labelmapNode.GetNumberOfDisplayNodes())):
+                self.scene.RemoveNode(labelmapNode.GetNthDisplayNode(i))
+            self.scene.RemoveNode(colorTable)
         present = sorted(int(v) for v in np.unique(slicer.util.arrayFromVolume(labelmapNode)) if v > 0)
-        if not self.segmentationsLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode):
-            raise NPCPrognosisError(f"the contours in {maskPath} could not be imported as a segmentation")
-        # One segment per label value present, in ascending label order.
-        imported = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        byLabel = {s["label"]: s for s in SEGMENTS}
-        for segmentId, label in zip(imported, present):
-            segment = segmentation.GetSegment(segmentId)
-            if label not in byLabel:
-                continue
-            segment.SetName(byLabel[label]["name"])
-            segment.SetColor(*byLabel[label]["color"])
-            segment.SetTag(LABEL_TAG, str(label))
-            segment.SetTerminology(TERMINOLOGY[byLabel[label]["name"]])
+        if not imported or segmentation.GetNumberOfSegments() != len(present):
+            self._removeWithDisplay(labelmapNode)
+            raise NPCPrognosisError(_("The contours in {path} could not be imported as a segmentation.").format(
+                path=maskPath))
+        known = {s["label"] for s in SEGMENTS}
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            if segment.GetLabelValue() in known:
+                segment.SetTag(LABEL_TAG, str(segment.GetLabelValue()))
         display = segmentationNode.GetDisplayNode()
         if display is not None:
             display.SetOpacity2DFill(0.35)

@@ -65,3 +65,21 @@ def load_module():
     spec.loader.exec_module(module)
     module._MRML_SHIM = True
     return module
+
+
+def segmentations_logic(scene):
+    """Slicer's Segmentations logic on ``scene``, wired as the application wires it: the Terminologies logic is
+    reachable through the application logic (``GetModuleLogic("Terminologies")``), so imports with terminology
+    run the real code path. Slicer's default terminology files are not part of slicer-core; the module's own
+    context file is all the tests load."""
+    import slicer
+
+    application = slicer.vtkMRMLApplicationLogic()
+    application.SetMRMLScene(scene)
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    application.SetModuleLogic("Terminologies", terminologies)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    segmentations.SetMRMLApplicationLogic(application)
+    segmentations._keepAlive = (application, terminologies)  # the VTK objects hold no Python references
+    return segmentations

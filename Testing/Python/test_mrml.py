@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from mrml_shim import ROOT, load_module
+from mrml_shim import ROOT, load_module, segmentations_logic
 
 pytestmark = pytest.mark.mrml
 
@@ -38,9 +38,7 @@ def scene():
 
 @pytest.fixture
 def logic(module, scene, tmp_path):
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(scene)
-    return module.NPCPrognosisLogic(scene=scene, segmentationsLogic=segmentations, workDirectory=tmp_path)
+    return module.NPCPrognosisLogic(scene=scene, segmentationsLogic=segmentations_logic(scene), workDirectory=tmp_path)
 
 
 def _image(shape=(12, 14, 9), spacing=(0.8, 0.9, 3.0), direction=None, origin=(-40.0, 22.5, 7.25), seed=0):
@@ -152,16 +150,48 @@ def test_import_names_colours_tags_segments_and_leaves_no_stray_nodes(module, lo
     assert names == ["GTVp", "GTVn"]
     for i, expected in enumerate(SEGMENTS):
         segment = seg.GetNthSegment(i)
-        np.testing.assert_allclose(segment.GetColor(), expected["color"], atol=1e-6)
+        np.testing.assert_allclose(segment.GetColor(), expected["color"], atol=0.5 / 255)  # colour tables are 8-bit
         tag = vtk.reference("")
         assert segment.GetTag(module.LABEL_TAG, tag) and str(tag) == str(expected["label"])
-        assert "SCT^" in segment.GetTerminology()
+    # SNOMED CT codes from the module's terminology context, set by the one import call
+    gtvp, gtvn = (seg.GetNthSegment(i).GetTerminology() for i in range(2))
+    assert "SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass" in gtvp
+    assert "SCT^71836000^Nasopharyngeal structure" in gtvp
+    assert "SCT^59441001^Lymph node" in gtvn
     classes = _classes(logic.scene)
     assert "vtkMRMLColorTableNode" not in classes
     labelmaps = _labelmaps(logic.scene)
     assert len(labelmaps) == 1 and labelmaps[0].GetHideFromEditors()  # only the hidden automatic copy
     assert logic.automaticLabelmapFor(segmentation) is labelmaps[0]
 
+    assert segmentation.GetNodeReference("labelmapConversionColorTableNode") is None
+
+
+def test_terminology_context_is_loaded_once_and_matches_the_contract(module, logic, scene, tmp_path):
+    import json
+
+    from NPCPrognosisLib.contract import SEGMENTS
+
+    context = json.loads(module.TERMINOLOGY_FILE.read_text())
+    types = {t["3dSlicerLabel"]: t for c in context["SegmentationCodes"]["Category"] for t in c["Type"]}
+    for segment in SEGMENTS:  # the context Segment Editor offers shows the colours the import gives
+        entry = types[segment["name"]]
+        assert entry["3dSlicerIntegerLabel"] == segment["label"]
+        assert entry["recommendedDisplayRGBValue"] == [round(255 * v) for v in segment["color"]]
+    terminologies = logic.segmentationsLogic.GetModuleLogic("Terminologies")
+    names = vtk.vtkStringArray()
+    _imported(logic, tmp_path, _image())
+    _imported(logic, tmp_path, _image(seed=1))
+    terminologies.GetLoadedTerminologyNames(names)
+    loaded = [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+    assert loaded.count(context["SegmentationCategoryTypeContextName"]) == 1
+    bare = slicer.vtkSlicerSegmentationsModuleLogic()  # no Terminologies module: a message, not a crash
+    bare.SetMRMLScene(scene)
+    without = module.NPCPrognosisLogic(scene=scene, segmentationsLogic=bare, workDirectory=tmp_path)
+    before = _classes(scene)
+    with pytest.raises(module.NPCPrognosisError, match="Terminologies module"):
+        without.importSegmentation(tmp_path / "NPC contours.nii.gz", None)
+    assert _classes(scene) == before
 
 def test_importing_again_replaces_the_automatic_copy(logic, tmp_path):
     image = _image()
@@ -429,9 +459,8 @@ def test_a_saved_and_reloaded_scene_keeps_the_parameters_and_the_correction_base
     reloaded = slicer.vtkMRMLScene()
     reloaded.SetURL(str(path))
     assert reloaded.Connect()
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(reloaded)
-    again = module.NPCPrognosisLogic(scene=reloaded, segmentationsLogic=segmentations, workDirectory=tmp_path)
+    again = module.NPCPrognosisLogic(scene=reloaded, segmentationsLogic=segmentations_logic(reloaded),
+                                     workDirectory=tmp_path)
     params = reloaded.GetFirstNodeByName("NPCPrognosis")
     assert params.GetParameter("patientId") == "NPC-0042"
     segmentation2, reference2 = params.GetNodeReference("segmentation"), params.GetNodeReference("t1cVolume")
