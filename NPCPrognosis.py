@@ -965,6 +965,10 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
         for segment in SEGMENTS:
             table.SetColor(segment["label"], segment["name"], *segment["color"], 1.0)
+            if not hasattr(table, "SetTerminology"):
+                # Slicer < 5.10: colour tables carry no terminology; the import then takes each segment's entry
+                # from the context by its 3dSlicerLabel (GTVp, GTVn), without the anatomic region.
+                continue
             for category in codes:
                 for entry in category["Type"]:
                     if entry["3dSlicerLabel"] != segment["name"]:
