@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
@@ -60,6 +61,13 @@ class Manifest:
 
     def entries(self) -> list[PatientEntry]:
         return [self._entry(row) for _, row in self.table.iterrows()]
+
+    def subset(self, rows: Any) -> Manifest:
+        """The patients selected by ``rows`` (a boolean mask or integer positions, repeats allowed for a bootstrap
+        resample), renumbered from 0, with the same root and source so paths and messages stay right."""
+        rows = np.asarray(rows)
+        table = self.table[rows] if rows.dtype == bool else self.table.iloc[rows]
+        return Manifest(table=table.reset_index(drop=True), root=self.root, source=self.source)
 
     def entry(self, patient_id: str) -> PatientEntry:
         rows = self.table[self.table["patient_id"] == patient_id]

@@ -387,12 +387,11 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
     ``fused`` (the fusion model's ``probability`` for every manifest row, its ``threshold`` and a ``warning``)
     adds the ``mmoe`` model, compared by DeLong's test with the ``combined`` model (Rad-score + clinical, the
     binary counterpart of the nomogram) like every other model."""
-    from NPCPrognosisLib.io.manifest import Manifest
 
     block = document["binary_endpoints"][endpoint]
     table = manifest.table
     known, y = endpoint_labels(manifest, endpoint)
-    known_patients = Manifest(table=table[known].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    known_patients = manifest.subset(known)
     clinical = known_patients.clinical_table(float(document["clinical_encoding"]["log10_ebv_dna_fill"]))
     metrics, probs = evaluate_binary(block, clinical, features[known].reset_index(drop=True), y)
     if fused is not None:

@@ -65,8 +65,7 @@ def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features:
     centres: dict[str, Any] = {}
     for centre in sorted(set(labels)):
         held = labels == centre
-        rest = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root, source=manifest.source)
-        left = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+        rest, left = manifest.subset(~held), manifest.subset(held)
         time, event = left.outcome_arrays(endpoint)
         block: dict[str, Any] = {"n": int(held.sum()), "events": int(event.sum())}
         try:
@@ -262,7 +261,7 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
                          "the training patients out", column="--subset",
                          fix="evaluate on a cohort you know excludes them, with --subset all")
     keep = ~trained
-    kept = Manifest(table=manifest.table[keep].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    kept = manifest.subset(keep)
     if len(kept.table) == 0:
         raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
                          fix="evaluate on other patients, or pass --subset all to see (optimistic) training metrics")

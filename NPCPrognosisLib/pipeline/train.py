@@ -123,8 +123,7 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
         log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
     train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
-    train_manifest = Manifest(table=manifest.table[is_train].reset_index(drop=True), root=manifest.root,
-                              source=manifest.source)
+    train_manifest = manifest.subset(is_train)
     return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
 
 
@@ -237,8 +236,7 @@ def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: st
 
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(manifest.table), len(manifest.table))
-    resample = Manifest(table=manifest.table.iloc[rows].reset_index(drop=True), root=manifest.root,
-                        source=manifest.source)
+    resample = manifest.subset(rows)
     resampled_features = features.iloc[rows].reset_index(drop=True)
     try:
         models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
@@ -351,8 +349,7 @@ def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, sett
     from NPCPrognosisLib.survival.metrics import harrell_c
 
     time, event = manifest.outcome_arrays(endpoint)
-    inner = Manifest(table=manifest.table[~held].reset_index(drop=True), root=manifest.root, source=manifest.source)
-    outer = Manifest(table=manifest.table[held].reset_index(drop=True), root=manifest.root, source=manifest.source)
+    inner, outer = manifest.subset(~held), manifest.subset(held)
     inner_features = features[~held].reset_index(drop=True)
     try:
         selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
@@ -404,7 +401,7 @@ def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, setti
 
     from NPCPrognosisLib.processes import spawn_context
 
-    time, event = manifest.outcome_arrays(endpoint)
+    _, event = manifest.outcome_arrays(endpoint)
     fold = event_folds(event, folds, seed + 104723)
     args = [(manifest, features, endpoint, settings, icc, fold == k) for k in range(folds)]
     if workers > 1:

@@ -86,9 +86,9 @@ def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Man
     """Patients present in both, in manifest order, and the IDs lacking features (failed or not extracted)."""
     have = set(table["patient_id"])
     lacking = [p for p in manifest.patient_ids if p not in have]
-    kept = manifest.table[manifest.table["patient_id"].isin(have)].reset_index(drop=True)
-    features = table.set_index("patient_id").loc[kept["patient_id"]].reset_index()
-    return Manifest(table=kept, root=manifest.root, source=manifest.source), features, lacking
+    kept = manifest.subset(manifest.table["patient_id"].isin(have).to_numpy())
+    features = table.set_index("patient_id").loc[kept.table["patient_id"]].reset_index()
+    return kept, features, lacking
 
 
 @dataclass(frozen=True)
