@@ -957,6 +957,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         from NPCPrognosisLib.contract import SEGMENTS
 
         codes = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCodes"]["Category"]
+        entries = {entry["3dSlicerLabel"]: (category, entry) for category in codes for entry in category["Type"]}
         table = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "NPCPrognosis labels")
         table.SetTypeToUser()
         table.SetHideFromEditors(True)
@@ -965,20 +966,15 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
         for segment in SEGMENTS:
             table.SetColor(segment["label"], segment["name"], *segment["color"], 1.0)
-            if not hasattr(table, "SetTerminology"):
-                # Slicer < 5.10: colour tables carry no terminology; the import then takes each segment's entry
-                # from the context by its 3dSlicerLabel (GTVp, GTVn), without the anatomic region.
-                continue
-            for category in codes:
-                for entry in category["Type"]:
-                    if entry["3dSlicerLabel"] != segment["name"]:
-                        continue
-                    region = NASOPHARYNX if segment["name"] == "GTVp" else ("", "", "")
-                    table.SetTerminology(
-                        segment["label"],
-                        category["CodingSchemeDesignator"], category["CodeValue"], category["CodeMeaning"],
-                        entry["CodingSchemeDesignator"], entry["CodeValue"], entry["CodeMeaning"],
-                        "", "", "", *region)
+            # Slicer < 5.10: colour tables carry no terminology; the import then takes each segment's entry from
+            # the context by its 3dSlicerLabel (GTVp, GTVn), without the anatomic region.
+            if hasattr(table, "SetTerminology"):
+                category, entry = entries[segment["name"]]
+                region = NASOPHARYNX if segment["name"] == "GTVp" else ("", "", "")
+                table.SetTerminology(
+                    segment["label"],
+                    category["CodingSchemeDesignator"], category["CodeValue"], category["CodeMeaning"],
+                    entry["CodingSchemeDesignator"], entry["CodeValue"], entry["CodeMeaning"], "", "", "", *region)
         return table
 
     def importSegmentation(self, maskPath, referenceVolumeNode, segmentationNode=None, keepAutomaticCopy=True):
