@@ -15,6 +15,7 @@ same code, synchronously. ``logic.runInProcess = True`` runs the same job in Sli
 or a Slicer without PythonSlicer).
 """
 
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,12 @@ LABEL_TAG = "NPCPrognosis.Label"
 TERMINOLOGY_FILE = RESOURCES / "Terminology" / "NPCPrognosis.term.json"
 #: Anatomic region of the primary tumour (the context file holds category and type only).
 NASOPHARYNX = ("SCT", "71836000", "Nasopharyngeal structure")
+
+
+@functools.lru_cache(maxsize=1)
+def terminologyDocument():
+    """The terminology context file, parsed once: its name and its codes are both needed on every import."""
+    return json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))
 
 
 class NPCPrognosisError(RuntimeError):
@@ -939,7 +946,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         if terminologies is None:
             raise NPCPrognosisError(_("Slicer's Terminologies module is not available: contours cannot be imported "
                                       "with their SNOMED CT codes. Enable the Terminologies module and restart."))
-        context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+        context = terminologyDocument()["SegmentationCategoryTypeContextName"]
         loaded = vtk.vtkStringArray()
         terminologies.GetLoadedTerminologyNames(loaded)
         if context not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
@@ -956,7 +963,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         """
         from NPCPrognosisLib.contract import SEGMENTS
 
-        codes = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCodes"]["Category"]
+        codes = terminologyDocument()["SegmentationCodes"]["Category"]
         entries = {entry["3dSlicerLabel"]: (category, entry) for category in codes for entry in category["Type"]}
         table = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "NPCPrognosis labels")
         table.SetTypeToUser()

@@ -387,7 +387,6 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
     ``fused`` (the fusion model's ``probability`` for every manifest row, its ``threshold`` and a ``warning``)
     adds the ``mmoe`` model, compared by DeLong's test with the ``combined`` model (Rad-score + clinical, the
     binary counterpart of the nomogram) like every other model."""
-
     block = document["binary_endpoints"][endpoint]
     table = manifest.table
     known, y = endpoint_labels(manifest, endpoint)
