@@ -136,6 +136,12 @@ class LoadedBundle:
                              fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
 
 
+#: Factors that are risk scores fitted before the nomogram (the Rad-score cross-fitted on the training patients,
+#: the deep score from the network): a nomogram mixing them with clinical factors is stacked
+#: (:func:`NPCPrognosisLib.survival.nomogram.fit_nomogram`).
+SCORE_FACTORS = ("rad_score", DEEP_SCORE)
+
+
 def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:
     """Every factor a model may use: encoded clinical covariates, the Rad-score and, when present, the deep score."""
     factors = clinical.reset_index(drop=True).copy()

@@ -21,7 +21,7 @@ from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
-from NPCPrognosisLib.pipeline.models import model_factors
+from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
@@ -209,7 +209,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
             raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
                              column=DEEP_SCORE, fix="re-extract these patients with --network")
         designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
-    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer)
+    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer,
+                                    scores=SCORE_FACTORS, seed=(settings or SignatureSettings()).seed)
                  for name, columns in designs.items()}
     cutoffs = {}
     for name, model in nomograms.items():

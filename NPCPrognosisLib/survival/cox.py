@@ -176,6 +176,47 @@ class CoxModel:
         return model
 
 
+def cox_with_coefficients(
+    X: np.ndarray,
+    time: Any,
+    event: Any,
+    covariates: Sequence[str],
+    coef: np.ndarray,
+    covariance: np.ndarray,
+    *,
+    ties: str = "efron",
+    penalizer: float = 0.0,
+) -> CoxModel:
+    """A Cox model whose coefficients were estimated elsewhere (e.g. by stacking); the baseline hazard and the
+    partial log-likelihood are those of the training data at these coefficients, with the ``ties`` convention.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_samples, n_covariates)
+        Training covariates in the order of ``covariates``.
+    time, event : array-like
+        Training outcomes.
+    covariates : sequence of str
+        Covariate names.
+    coef, covariance : ndarray
+        The coefficients and their covariance (its diagonal gives the standard errors).
+
+    Returns
+    -------
+    model : CoxModel
+    """
+    Xm = np.asarray(X, dtype=float)
+    t, e = check_survival_arrays(time, event)
+    beta = np.asarray(coef, dtype=float)
+    means = Xm.mean(axis=0)
+    loglik, _score, _info, ev_times, jumps_c = _partial_likelihood(Xm - means, t, e, beta, ties)
+    cov = np.asarray(covariance, dtype=float)
+    return CoxModel(covariates=list(covariates), coef=beta, se=np.sqrt(np.clip(np.diag(cov), 0.0, None)), ties=ties,
+                    baseline_times=ev_times.astype(float),
+                    baseline_cumhaz=np.cumsum(jumps_c) * math.exp(-float(means @ beta)), n=len(t),
+                    events=int(e.sum()), log_likelihood=float(loglik), penalizer=float(penalizer), covariance=cov)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def _exp(value: float) -> float:
     """exp that returns inf instead of raising: a separated fit (a group without events) has huge coefficients."""

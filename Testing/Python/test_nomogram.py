@@ -56,3 +56,50 @@ def test_survival_for_a_risk_equals_the_patients_curve(data):
     np.testing.assert_allclose(nomogram.survival_for_risk(nomogram.risk(row)[0], months),
                                nomogram.survival(row, months)[0], rtol=1e-10)
     assert nomogram.out_of_range({"age": 95, "t_stage": 2, "rad_score": 0})[0].startswith("age")
+
+
+def test_stacked_nomogram_weighs_the_out_of_fold_clinical_score_against_the_rad_score(data):
+    """Independent replication with lifelines: the clinical Cox fit, its out-of-fold scores over the same folds,
+    the two-weight stack; the nomogram's coefficients are the weights times the clinical coefficients, its
+    baseline the Breslow estimator at those coefficients (no tied times here, so Efron = Breslow)."""
+    from NPCPrognosisLib.survival.nomogram import STACKING_FOLDS
+    from NPCPrognosisLib.survival.splits import event_folds
+
+    table, time, event = data
+    factors = ["rad_score", "age", "t_stage"]
+    nomogram = fit_nomogram("nomogram", table, factors, time, event, scores=["rad_score"], seed=3)
+
+    frame = table.assign(T=time, E=event)
+    clinical = CoxPHFitter().fit(frame[["age", "t_stage", "T", "E"]], "T", "E")
+    fold = event_folds(event, STACKING_FOLDS, 3)
+    oof = np.zeros(len(time))
+    for k in np.unique(fold):
+        part = CoxPHFitter().fit(frame.loc[fold != k, ["age", "t_stage", "T", "E"]], "T", "E")
+        oof[fold == k] = table.loc[fold == k, ["age", "t_stage"]].to_numpy() @ part.params_.to_numpy()
+    stack = CoxPHFitter().fit(pd.DataFrame({"rad": table["rad_score"], "clin": oof, "T": time, "E": event}), "T", "E")
+    weight = stack.params_["clin"]
+    expected = [stack.params_["rad"], *(weight * clinical.params_[["age", "t_stage"]])]
+    np.testing.assert_allclose(nomogram.model.coef, expected, rtol=1e-4, atol=1e-6)
+    assert nomogram.construction["weights"]["clinical_score"] == pytest.approx(weight, rel=1e-4)
+
+    # delta-method standard error of a clinical coefficient: w^2 var(beta) + beta^2 var(w)
+    beta, var_beta = clinical.params_["age"], clinical.variance_matrix_.loc["age", "age"]
+    se = np.sqrt(weight ** 2 * var_beta + beta ** 2 * stack.variance_matrix_.loc["clin", "clin"])
+    assert nomogram.model.se[1] == pytest.approx(se, rel=1e-3)
+
+    # baseline cumulative hazard at x = 0 for these fixed coefficients (Breslow)
+    x = table[factors].to_numpy() @ nomogram.model.coef
+    order = np.argsort(time)
+    t_sorted, e_sorted = np.asarray(time)[order], np.asarray(event)[order]
+    at_risk = np.cumsum(np.exp(x[order])[::-1])[::-1]
+    h0 = np.cumsum(np.where(e_sorted, 1.0 / at_risk, 0.0))
+    months = [12.0, 36.0, 60.0]
+    expected_h0 = [h0[np.searchsorted(t_sorted, m, side="right") - 1] for m in months]
+    np.testing.assert_allclose(nomogram.model.cumulative_hazard_at(np.zeros((1, 3)), months)[0], expected_h0,
+                               rtol=1e-8)
+
+    restored = Nomogram.from_dict(json.loads(json.dumps(nomogram.to_dict())))
+    np.testing.assert_allclose(restored.risk(table), nomogram.risk(table))
+    assert restored.construction == nomogram.construction
+    # scores only, or clinical factors only: one Cox fit as before
+    assert fit_nomogram("r", table, ["rad_score"], time, event, scores=["rad_score"]).construction is None

@@ -12,6 +12,7 @@ from NPCPrognosisLib.pipeline.selection import (
     SELECTION_FOLDS,
     TIE,
     _best,
+    _stacked_unless_beaten,
     select_models,
 )
 from NPCPrognosisLib.radiomics.signature import SignatureSettings, fit_signature, offered_columns
@@ -63,7 +64,29 @@ def test_a_configuration_only_offers_its_image_types_rois_and_robust_features():
     assert len(offered_columns(features.columns, SignatureSettings(), icc)) == features.shape[1]
 
 
-def test_selection_never_prefers_a_combination_that_validates_worse():
+def test_the_stacked_combination_gives_way_only_to_a_design_that_beats_it_by_more_than_the_paired_se():
+    designs = {"radiomics": ["rad_score"], "clinical (ordinal)": ["t_stage", "age"],
+               "radiomics + clinical (ordinal)": ["rad_score", "t_stage", "age"],
+               "radiomics + clinical (categorical)": ["rad_score", "t_stage_T2", "age"]}
+    full = [0.70, 0.66, 0.72, 0.68, 0.70]
+    scores = {"radiomics": [v + d for v, d in zip(full, [0.05, -0.03, 0.04, -0.02, 0.01])],  # +0.01, SE 0.016
+              "clinical (ordinal)": [v - 0.05 for v in full], "radiomics + clinical (ordinal)": full,
+              "radiomics + clinical (categorical)": [v - 0.01 for v in full]}
+
+    def rows():
+        from NPCPrognosisLib.pipeline.selection import _summary
+        return [_summary(name, scores[name], len(columns)) for name, columns in designs.items()]
+
+    table = rows()
+    assert _stacked_unless_beaten(table, scores, designs) == "radiomics + clinical (ordinal)"
+    radiomics = next(r for r in table if r["name"] == "radiomics")
+    assert radiomics["paired_difference_vs_full"] == pytest.approx(0.01)
+    assert radiomics["paired_se"] == pytest.approx(np.std([0.05, -0.03, 0.04, -0.02, 0.01], ddof=1) / np.sqrt(5))
+    scores["radiomics"] = [v + d for v, d in zip(full, [0.03, 0.02, 0.04, 0.02, 0.03])]  # +0.028, SE 0.004
+    assert _stacked_unless_beaten(rows(), scores, designs) == "radiomics"
+
+
+def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_noise():
     clinical, features, time, event, icc = _cohort(220, 4, 0.0)
     assert event.sum() >= MIN_EVENTS_FOR_SELECTION
     selection = select_models(clinical, features, time, event, SignatureSettings(), icc, rad_score_folds=3,
@@ -71,16 +94,17 @@ def test_selection_never_prefers_a_combination_that_validates_worse():
     # 2 image-type sets x 2 ROI sets x 2 penalties x 3 thresholds, then the winner with two other univariate
     # thresholds and with stability selection
     assert len(selection.radiomics_table) == 27
-    best_design = max(r["cv_c_index"] for r in selection.design_table)
     chosen = next(r for r in selection.design_table if r["name"] == selection.note.split(": ")[1])
-    assert chosen["cv_c_index"] >= best_design - TIE
-    # the clinical factors carry nothing here: the nomogram is the Rad-score alone, the simplest best model
-    assert selection.nomogram == ["rad_score"]
+    for row in selection.design_table:
+        if row is not chosen and "paired_difference_vs_full" in row and "+ clinical" not in row["name"]:
+            # a simpler design beating the chosen combination by more than its paired SE would have been chosen
+            assert row["paired_difference_vs_full"] <= row["paired_se"] or row["cv_c_index"] <= chosen["cv_c_index"]
+    assert selection.nomogram[0] == "rad_score"
     signature = fit_signature(features, time, event, selection.settings, icc)
     assert set(signature.features) <= set(offered_columns(features.columns, selection.settings, icc))
     assert "t1c_gtvp_original_firstorder_Mean" in signature.features
     document = selection.to_dict()
-    assert document["nomogram_factors"] == ["rad_score"] and document["radiomics"] == selection.settings.describe()
+    assert document["nomogram_factors"] == selection.nomogram and document["radiomics"] == selection.settings.describe()
 
 
 def test_stability_selection_keeps_the_features_half_samples_agree_on():
