@@ -165,10 +165,10 @@ def redundancy_filter(z: np.ndarray, names: Sequence[str], p: np.ndarray, thresh
 
 
 def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings) -> tuple[float, dict]:
-    from sksurv.exceptions import NoComparablePairException
     from sksurv.linear_model import CoxnetSurvivalAnalysis
-    from sksurv.metrics import concordance_index_censored
     from sksurv.util import Surv
+
+    from NPCPrognosisLib.survival.metrics import harrell_c_columns
 
     y = Surv.from_arrays(event=event, time=time)
     path = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, n_alphas=settings.n_alphas,
@@ -185,15 +185,11 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(z[tr], y[tr])
-        for j in range(len(model.alphas_)):
-            risk = z[te] @ model.coef_[:, j]
-            if np.allclose(risk, risk[0]):
-                scores[k, j] = 0.5
-                continue
-            try:
-                scores[k, j] = concordance_index_censored(event[te], time[te], risk)[0]
-            except NoComparablePairException:
-                break  # this fold cannot rank anyone (no event before a later time): it gives no information
+        risks = z[te] @ model.coef_
+        constant = np.all(np.abs(risks - risks[0]) <= 1e-8 + 1e-5 * np.abs(risks[0]), axis=0)
+        c = harrell_c_columns(time[te], event[te], risks)
+        # a fold that cannot rank anyone (no event before a later time) gives no information
+        scores[k, :len(c)] = np.where(constant, 0.5, c)
     if np.isnan(scores).all():
         raise InputError("no cross-validation fold has comparable pairs: too few events to tune the LASSO",
                          fix="use a larger training cohort")

@@ -21,6 +21,7 @@ from NPCPrognosisLib.survival.metrics import (
     calibration,
     evaluate_risk,
     harrell_c,
+    harrell_c_columns,
     hazard_ratio,
     integrated_brier,
     kaplan_meier,
@@ -86,6 +87,19 @@ def test_harrell_c_matches_lifelines(loader):
     ref = concordance_index(t, -risk, e)  # lifelines scores predicted survival times: higher = better
     assert ours == pytest.approx(ref, abs=1e-6)
     assert 0.55 < ours < 0.8
+
+
+def test_harrell_c_columns_equals_lifelines_column_by_column():
+    """The vectorised C of a LASSO path: tied times (events and censored at one time) and tied risks (integer
+    scores, and a constant column) as lifelines counts them, and NaN when no pair is comparable."""
+    t, e, X = _veterans()
+    rng = np.random.default_rng(0)
+    risks = np.column_stack([-X["Karnofsky_score"].to_numpy(float), X["Age_in_years"].to_numpy(float),
+                             rng.normal(size=len(t)), rng.integers(0, 3, len(t)).astype(float), np.zeros(len(t))])
+    assert len(np.unique(t)) < len(t)  # the veterans' times are tied
+    expected = [concordance_index(t, -risks[:, j], e) for j in range(risks.shape[1])]
+    np.testing.assert_allclose(harrell_c_columns(t, e, risks), expected, atol=1e-12)
+    assert np.isnan(harrell_c_columns(np.array([5.0, 3.0]), np.array([False, False]), risks[:2])).all()
 
 
 def test_uno_c_close_to_harrell_without_censoring_and_handles_long_test_follow_up():
