@@ -115,7 +115,10 @@ def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
     from matplotlib.ticker import MaxNLocator
 
     values = [v for v in MaxNLocator(nbins=5).tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
-    return [(float(v), f"{v:g}") for v in values]
+    ticks = [(float(v), f"{v:g}") for v in values]
+    # the axis spans the whole training range, so its favourable end (0 points) is drawn whatever the round numbers
+    ends = [(v, factor_value_text(name, v)) for v in (low, high) if all(abs(v - t) > 1e-9 for t, _ in ticks)]
+    return sorted(ticks + ends)
 
 
 def survival_text(cell: Mapping[str, Any]) -> str:
