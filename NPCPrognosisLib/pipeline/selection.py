@@ -241,9 +241,11 @@ def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[fl
     """The combination of every block (its better-validating T/N coding), unless a simpler design beats it by
     more than the standard error of the paired per-fold difference (recorded in each row)."""
     from NPCPrognosisLib.pipeline.models import SCORE_FACTORS
+    from NPCPrognosisLib.survival.nomogram import stacking_blocks
 
     def blocks(name: str) -> int:
-        return len({f if f in SCORE_FACTORS else "clinical" for f in designs[name]})
+        scores, clinical = stacking_blocks(designs[name], SCORE_FACTORS)
+        return len(scores) + bool(clinical)
 
     widest = max(blocks(name) for name in designs)
     full_rows = [r for r in rows if blocks(r["name"]) == widest]

@@ -177,7 +177,9 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     signature with ``settings.min_icc``; ``clinical_coding`` (a key of ``CLINICAL_CODINGS``) codes T and N;
     ``nomogram_factors`` are the nomogram's factors (default: deep score when present, Rad-score and every
     clinical factor), as :func:`NPCPrognosisLib.pipeline.selection.select_models` chose them. ``harmonise`` fits
-    ComBat across the manifest's centres on these rows and fits everything on the harmonised features.
+    ComBat across the manifest's centres on these rows and fits everything on the harmonised features. Every
+    internal cross-validation keeps the rows of one patient ID in one fold (a bootstrap resample repeats
+    patients; see :func:`NPCPrognosisLib.survival.splits.event_folds`).
     """
     from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
 
@@ -192,10 +194,11 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                              column=CENTRE_COLUMN, fix="add the centre of each patient, or train without it")
         combat = fit_combat(feature_matrix(features), manifest.centres, patient_ids=manifest.patient_ids)
         features = combat.apply(features, manifest.centres, patient_ids=manifest.patient_ids)
-    signature = fit_signature(feature_matrix(features), time, event, settings, icc)
+    groups = np.asarray(manifest.patient_ids)
+    signature = fit_signature(feature_matrix(features), time, event, settings, icc, groups)
     ebv_fill = ebv_fill_value(manifest)
     factors = model_factors(manifest.clinical_table(ebv_fill), signature, features)
-    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc)
+    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc, groups)
            if rad_score_folds > 1 else None)
     if oof is not None:
         factors["rad_score"] = oof
@@ -210,7 +213,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                              column=DEEP_SCORE, fix="re-extract these patients with --network")
         designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
     nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer,
-                                    scores=SCORE_FACTORS, seed=(settings or SignatureSettings()).seed)
+                                    scores=SCORE_FACTORS, seed=(settings or SignatureSettings()).seed,
+                                    groups=groups)
                  for name, columns in designs.items()}
     cutoffs = {}
     for name, model in nomograms.items():

@@ -164,7 +164,8 @@ def redundancy_filter(z: np.ndarray, names: Sequence[str], p: np.ndarray, thresh
     return [names[order[i]] for i in kept]
 
 
-def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings) -> tuple[float, dict]:
+def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings,
+              groups: np.ndarray | None = None) -> tuple[float, dict]:
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
 
@@ -177,7 +178,7 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
         warnings.simplefilter("ignore")
         path.fit(z, y)
     alphas = path.alphas_
-    fold = event_folds(event, settings.cv_folds, settings.seed)
+    fold = event_folds(event, settings.cv_folds, settings.seed, groups)
     scores = np.full((settings.cv_folds, len(alphas)), np.nan)
     for k in range(settings.cv_folds):
         tr, te = fold != k, fold == k
@@ -238,6 +239,7 @@ def fit_signature(
     event: np.ndarray,
     settings: SignatureSettings | None = None,
     icc: pd.Series | None = None,
+    groups: np.ndarray | None = None,
 ) -> RadiomicsSignature:
     """Fit the Rad-score on the training cohort's feature columns (no ID column).
 
@@ -251,6 +253,8 @@ def fit_signature(
         Which features are offered (image types, ROIs, robustness) and how they are filtered and penalised.
     icc : pandas.Series, optional
         ICC(3,1) of each feature under perturbation; used with ``settings.min_icc``.
+    groups : numpy.ndarray, optional
+        Patient label of each row: copies of one patient (a bootstrap resample) stay in one cross-validation fold.
 
     Returns
     -------
@@ -291,7 +295,7 @@ def fit_signature(
     index = [names.index(k) for k in kept]
     zk = z[:, index]
 
-    alpha, cv = _lasso_cv(zk, time, event, settings)
+    alpha, cv = _lasso_cv(zk, time, event, settings, groups)
     offered = np.arange(zk.shape[1])
     if settings.stability_share is not None:
         frequency = selection_frequency(zk, time, event, cv["alpha_best"], settings)
@@ -338,7 +342,7 @@ def fit_signature(
 
 def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
                            settings: SignatureSettings | None, folds: int,
-                           icc: pd.Series | None = None) -> np.ndarray | None:
+                           icc: pd.Series | None = None, groups: np.ndarray | None = None) -> np.ndarray | None:
     """Out-of-fold Rad-scores of the training patients (each from a signature fitted without them), or None
     when a fold has too few events to fit one.
 
@@ -346,17 +350,18 @@ def cross_fitted_rad_score(features: pd.DataFrame, time: np.ndarray, event: np.n
     better than on new patients; a Cox model fitted on that in-sample score gives it nearly all the weight and
     drowns the clinical factors (and the deep score). Fitting the Cox models on out-of-fold scores (stacking)
     weighs the Rad-score as it will behave on new patients; new patients are scored by the full signature.
+    ``groups`` (patient label per row) keeps the copies of one patient in one fold.
     """
     time, event = np.asarray(time, float), np.asarray(event, bool)
     seed = (settings or SignatureSettings()).seed
-    fold = event_folds(event, folds, seed + 7919)
+    fold = event_folds(event, folds, seed + 7919, groups)
     scores = np.empty(len(time))
     matrix = feature_matrix(features)
     for k in range(folds):
         held = fold == k
         try:
             signature = fit_signature(matrix[~held].reset_index(drop=True), time[~held], event[~held], settings,
-                                      icc)
+                                      icc, None if groups is None else np.asarray(groups)[~held])
         except InputError as exc:
             log.warning("Rad-score cross-fitting skipped (%s); the Cox models use the in-sample Rad-score", exc)
             return None

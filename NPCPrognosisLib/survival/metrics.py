@@ -83,7 +83,8 @@ def harrell_c_columns(time: np.ndarray, event: np.ndarray, risks: np.ndarray,
                       tied_tol: float = 1e-8) -> np.ndarray:
     """Harrell's C of every column of ``risks`` at once: the pairs, time ties and risk ties of sksurv's
     ``concordance_index_censored``, vectorised for a whole LASSO path (called once per path and fold instead of
-    once per penalty, where sksurv's input checks cost more than the count itself).
+    once per penalty, where sksurv's input checks cost more than the count itself). It holds every comparable
+    pair in memory (O(n^2)): meant for folds of a few hundred patients; :func:`harrell_c` counts a whole cohort.
 
     Parameters
     ----------

@@ -126,9 +126,15 @@ class Nomogram:
                    construction=data.get("construction"))
 
 
+def stacking_blocks(factors: Sequence[str], scores: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The blocks a stacked model weighs: the ``factors`` that are scores (one weight each), and the others (one
+    weight together, as one clinical score; empty when there are none)."""
+    return [f for f in factors if f in set(scores)], [f for f in factors if f not in set(scores)]
+
+
 def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: np.ndarray, event: np.ndarray,
                  *, ties: str = "efron", penalizer: float = 0.0, scores: Sequence[str] = (),
-                 seed: int = 0) -> Nomogram:
+                 seed: int = 0, groups: np.ndarray | None = None) -> Nomogram:
     """Fit a Cox model on ``factors`` of the training table and remember their observed ranges.
 
     Parameters
@@ -148,6 +154,10 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         the deep score). When ``factors`` mixes such scores with other factors, the model is stacked (module
         docstring): one Cox fit of the other factors, scored out of fold over :data:`STACKING_FOLDS` folds
         (seeded by ``seed``), and one weight per score and for that clinical score.
+    seed : int
+        Seed of those folds.
+    groups : ndarray, optional
+        Patient label of each row: copies of one patient (a bootstrap resample) stay in one fold.
 
     Returns
     -------
@@ -157,12 +167,11 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
     values = table[factors].to_numpy(float)
     low, high = [float(v) for v in values.min(axis=0)], [float(v) for v in values.max(axis=0)]
     time, event = np.asarray(time, float), np.asarray(event, bool)
-    score_columns = [f for f in factors if f in set(scores)]
-    other = [f for f in factors if f not in set(scores)]
+    score_columns, other = stacking_blocks(factors, scores)
     construction = None
     if score_columns and other:
         coef, covariance, construction = _stacked_cox(table, score_columns, other, time, event, ties, penalizer,
-                                                      seed)
+                                                      seed, groups)
         order = [(score_columns + other).index(f) for f in factors]
         model = cox_with_coefficients(values, time, event, factors, coef[order], covariance[np.ix_(order, order)],
                                       ties=ties, penalizer=penalizer)
@@ -173,7 +182,8 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
 
 
 def _stacked_cox(table: pd.DataFrame, scores: list[str], other: list[str], time: np.ndarray, event: np.ndarray,
-                 ties: str, penalizer: float, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 ties: str, penalizer: float, seed: int,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Coefficients (scores, then the other factors) of the stacked model and their delta-method covariance.
 
     The covariance treats the two stages as independent (the block weights are fitted on out-of-fold values):
@@ -183,7 +193,7 @@ def _stacked_cox(table: pd.DataFrame, scores: list[str], other: list[str], time:
 
     clinical_values = table[other].to_numpy(float)
     clinical = fit_cox(clinical_values, time, event, covariates=other, ties=ties, penalizer=penalizer)
-    fold = event_folds(event, STACKING_FOLDS, seed)
+    fold = event_folds(event, STACKING_FOLDS, seed, groups)
     out_of_fold = np.zeros(len(time))
     for k in np.unique(fold):
         held = fold == k

@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 
 
-def event_folds(event: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+def event_folds(event: Any, n_folds: int = 5, seed: int = 0, groups: Any = None) -> np.ndarray:
     """The fold (0 to ``n_folds`` - 1) of each patient, folds stratified by event status.
+
+    Why ``groups``: a bootstrap resample holds some patients two or three times. Cross-validation inside it (the
+    LASSO penalty, the cross-fitted Rad-score, the stacked nomogram) that puts one copy in the training folds and
+    another in the validation fold validates on patients it was fitted to, prefers too weak a penalty, and so
+    makes Harrell's bootstrap overstate the optimism. Rows that share a group (a patient ID) share a fold.
 
     Parameters
     ----------
@@ -23,25 +28,37 @@ def event_folds(event: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
         Number of folds.
     seed : int, default 0
         Seed of the shuffle (scikit-learn ``StratifiedKFold(shuffle=True)``).
+    groups : array-like, optional
+        One label per row; rows with the same label (copies of one patient) are put in the same fold. With
+        distinct labels (or none) every row is its own group and the folds are those of the rows themselves.
 
     Returns
     -------
     fold : ndarray of int
-        One fold index per patient. When neither class has ``n_folds`` members, the folds are not stratified.
+        One fold index per row. When neither class has ``n_folds`` members, the folds are not stratified.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
     event = np.asarray(event, bool)
+    codes = None
+    if groups is not None:
+        import pandas as pd
+
+        codes, uniques = pd.factorize(np.asarray(groups), sort=False)
+        codes = codes if len(uniques) < len(codes) else None
     counts = np.bincount(event.astype(int), minlength=2)
-    n_folds = int(min(n_folds, len(event)))
-    if counts.max() >= n_folds:
+    n_folds = int(min(n_folds, len(event) if codes is None else codes.max() + 1))
+    if codes is not None:
+        # balances the events of the rows (not of the groups), so a fold of copies is not short of events
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=int(seed))
+    elif counts.max() >= n_folds:
         splitter = StratifiedKFold(n_folds, shuffle=True, random_state=int(seed))
     else:
         splitter = KFold(n_folds, shuffle=True, random_state=int(seed))
     fold = np.empty(len(event), int)
     with warnings.catch_warnings():  # "the least populated class has only k members": expected with few events
         warnings.simplefilter("ignore", UserWarning)
-        for k, (_, held) in enumerate(splitter.split(np.zeros((len(event), 1)), event)):
+        for k, (_, held) in enumerate(splitter.split(np.zeros((len(event), 1)), event, codes)):
             fold[held] = k
     return fold
 

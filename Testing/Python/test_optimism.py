@@ -59,3 +59,46 @@ def test_optimism_corrected_c_predicts_the_c_on_new_patients():
         # ... and the corrected value is closer to what new patients show, within 0.04
         assert abs(block["corrected"] - held_out[name]) < abs(block["apparent"] - held_out[name])
         assert abs(block["corrected"] - held_out[name]) < 0.04
+
+
+def test_folds_keep_the_copies_of_a_patient_together():
+    from NPCPrognosisLib.survival.splits import event_folds
+
+    rng = np.random.default_rng(11)
+    event = rng.random(150) < 0.4
+    # distinct labels: the folds of the rows themselves, unchanged
+    np.testing.assert_array_equal(event_folds(event, 5, 3, groups=[f"P{i}" for i in range(150)]),
+                                  event_folds(event, 5, 3))
+    rows = rng.integers(0, 150, 150)  # a bootstrap resample: about a third of the patients twice or more
+    groups = np.array([f"P{i}" for i in rows])
+    fold = event_folds(event[rows], 5, 3, groups=groups)
+    for label in np.unique(groups):
+        assert len(set(fold[groups == label])) == 1, label
+    assert sorted(set(fold)) == [0, 1, 2, 3, 4]
+    # still stratified by event status: every fold holds close to the resample's share of events
+    shares = [event[rows][fold == k].mean() for k in range(5)]
+    assert max(shares) - min(shares) < 0.2
+    # without the groups, copies of a patient land in different folds (what the groups prevent)
+    plain = event_folds(event[rows], 5, 3)
+    assert any(len(set(plain[groups == label])) > 1 for label in np.unique(groups))
+
+
+def test_cross_fitted_rad_score_scores_the_copies_of_a_patient_from_one_fold():
+    """Each copy of a resampled patient gets its out-of-fold Rad-score from a signature fitted without any copy
+    of it: copies share a fold, so they share the score."""
+    from NPCPrognosisLib.radiomics.signature import cross_fitted_rad_score
+
+    records = simulate_outcomes(140, 77)
+    features = _features(records, np.random.default_rng(5))
+    rows = np.random.default_rng(6).integers(0, len(records), len(records))
+    resample = features.iloc[rows].reset_index(drop=True)
+    time = records["dmfs_time"].to_numpy(float)[rows]
+    event = records["dmfs_event"].to_numpy(bool)[rows]
+    groups = records["patient_id"].to_numpy()[rows]
+    settings = SignatureSettings(seed=0)
+    grouped = cross_fitted_rad_score(resample, time, event, settings, 5, groups=groups)
+    plain = cross_fitted_rad_score(resample, time, event, settings, 5)
+    duplicated = [g for g in np.unique(groups) if (groups == g).sum() > 1]
+    assert len(duplicated) > 20
+    assert all(np.ptp(grouped[groups == g]) < 1e-12 for g in duplicated)
+    assert any(np.ptp(plain[groups == g]) > 1e-6 for g in duplicated)
