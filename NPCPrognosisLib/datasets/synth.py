@@ -259,6 +259,26 @@ def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "SYN"):
     return pd.DataFrame(rows)[cols]
 
 
+def tabular_radiomics(records, n_noise: int, rng: np.random.Generator):
+    """A radiomics-like features table for :func:`simulate_outcomes` records, without images.
+
+    Four columns are noisy measurements of the tumour descriptors that drive the true hazard, ``n_noise`` are pure
+    noise for the LASSO to be tempted by: the cheap stand-in for a features table that the optimism tests and
+    ``bench/bench_optimism.py`` draw by the thousand. Columns are named as ``extract`` names them.
+    """
+    import pandas as pd
+
+    n = len(records)
+    signal = {
+        "t1c_gtvp_original_shape_MeshVolume": np.log(records["gtvp_volume_ml"]) + rng.normal(0, 0.3, n),
+        "t2_gtvp_original_firstorder_Entropy": records["heterogeneity"] + rng.normal(0, 0.08, n),
+        "t1c_gtvp_original_firstorder_10Percentile": records["necrosis_fraction"] + rng.normal(0, 0.2, n),
+        "t1c_gtvn_original_shape_MeshVolume": np.log1p(records["gtvn_volume_ml"]) + rng.normal(0, 0.5, n),
+    }
+    noise = {f"t1_gtv_original_glcm_Noise{i}": rng.normal(size=n) for i in range(n_noise)}
+    return pd.DataFrame({"patient_id": records["patient_id"].to_numpy(), **signal, **noise})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Rendering: anatomy on a fine world grid, then each "scanner" samples it with its own geometry and physics
 # ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from NPCPrognosisLib.datasets.synth import simulate_outcomes
+from NPCPrognosisLib.datasets.synth import simulate_outcomes, tabular_radiomics
 from NPCPrognosisLib.io.manifest import Manifest
 from NPCPrognosisLib.pipeline.train import fit_models, optimism_corrected_c
 from NPCPrognosisLib.radiomics.signature import SignatureSettings
@@ -18,16 +18,7 @@ N_TRAIN, N_TEST, N_NOISE = 120, 2000, 150
 
 
 def _features(records: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Radiomics-like columns: noisy measurements of the tumour descriptors that drive the true hazard, and many
-    pure-noise columns for the LASSO to be tempted by."""
-    signal = {
-        "t1c_gtvp_original_shape_MeshVolume": np.log(records["gtvp_volume_ml"]) + rng.normal(0, 0.3, len(records)),
-        "t2_gtvp_original_firstorder_Entropy": records["heterogeneity"] + rng.normal(0, 0.08, len(records)),
-        "t1c_gtvp_original_firstorder_10Percentile": records["necrosis_fraction"] + rng.normal(0, 0.2, len(records)),
-        "t1c_gtvn_original_shape_MeshVolume": np.log1p(records["gtvn_volume_ml"]) + rng.normal(0, 0.5, len(records)),
-    }
-    noise = {f"t1_gtv_original_glcm_Noise{i}": rng.normal(size=len(records)) for i in range(N_NOISE)}
-    return pd.DataFrame({"patient_id": records["patient_id"].to_numpy(), **signal, **noise})
+    return tabular_radiomics(records, N_NOISE, rng)
 
 
 @pytest.mark.slow
