@@ -36,8 +36,13 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
-from NPCPrognosisLib.radiomics.signature import SignatureSettings, cross_fitted_rad_score, fit_signature
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix, is_deep_feature
+from NPCPrognosisLib.radiomics.signature import (
+    RadiomicsSignature,
+    SignatureSettings,
+    cross_fitted_rad_score,
+    fit_signature,
+)
 from NPCPrognosisLib.survival.splits import event_folds
 
 log = logging.getLogger(__name__)
@@ -112,12 +117,23 @@ def _fold_tables(table: pd.DataFrame, held: np.ndarray,
     train, test = table[~held].reset_index(drop=True), table[held].reset_index(drop=True)
     if centres is None:
         return train, test
-    from NPCPrognosisLib.radiomics.features_table import feature_matrix
     from NPCPrognosisLib.radiomics.harmonization import fit_combat
 
     labels = np.asarray(centres, dtype=object)
     model = fit_combat(feature_matrix(train), labels[~held])
     return model.apply(train, labels[~held]), model.apply(test, labels[held])
+
+
+def _fold_signature(table: pd.DataFrame, time: np.ndarray, event: np.ndarray, held: np.ndarray,
+                    settings: SignatureSettings, icc: pd.Series | None,
+                    centres: Sequence[str] | None) -> tuple[RadiomicsSignature, pd.DataFrame, pd.DataFrame]:
+    """A fold's Rad-score fitted on its training rows, with those rows and the held-out ones (harmonised per fold
+    when ``centres`` are given). Raises what ``fit_signature`` raises."""
+    train, test = _fold_tables(table, held, centres)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        signature = fit_signature(feature_matrix(train), time[~held], event[~held], settings, icc)
+    return signature, train, test
 
 
 def _cv_signature(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, fold: np.ndarray,
@@ -129,10 +145,7 @@ def _cv_signature(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, fol
     for k in np.unique(fold):
         held = fold == k
         try:
-            train, test = _fold_tables(matrix, held, centres)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                signature = fit_signature(train, time[~held], event[~held], settings, icc)
+            signature, _, test = _fold_signature(matrix, time, event, held, settings, icc, centres)
         except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
             scores.append(float("nan"))
             continue
@@ -204,7 +217,6 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     (as the final models are) and scored on the held-out patients with the fold's full Rad-score.
     """
     from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
-    from NPCPrognosisLib.radiomics.features_table import feature_matrix
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
     designs = _design_factors(DEEP_SCORE in features.columns)
@@ -212,10 +224,9 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     for k in np.unique(fold):
         held = fold == k
         try:
-            train_rows, held_rows = _fold_tables(features, held, centres)
+            signature, train_rows, held_rows = _fold_signature(features, time, event, held, settings, icc, centres)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                signature = fit_signature(feature_matrix(train_rows), time[~held], event[~held], settings, icc)
                 oof = cross_fitted_rad_score(train_rows, time[~held], event[~held], settings, rad_score_folds, icc)
         except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
             for name in designs:
@@ -301,8 +312,6 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
         With the defaults (every feature family, LASSO, ordinal stages, every factor in the nomogram) when there are
         fewer than :data:`MIN_EVENTS_FOR_SELECTION` events.
     """
-    from NPCPrognosisLib.radiomics.features_table import feature_matrix
-
     time, event = np.asarray(time, float), np.asarray(event, bool)
     has_deep = DEEP_SCORE in features.columns
     if event.sum() < MIN_EVENTS_FOR_SELECTION:
