@@ -119,6 +119,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if corrected and corrected["no_better_than_chance"]:
             print(f"  warning: the {name} model is no better than chance once corrected for optimism: it learned "
                   "nothing that will hold on new patients (too few patients or events, or no signal in its inputs)")
+    for name, block in document["models"].items():
+        dropped = (block.get("construction") or {}).get("no_weight")
+        if dropped:
+            alone = (document.get("cutoffs") or {}).get(name, {}).get("no_groups")
+            print(f"  warning: in the {name} model, {' and '.join(dropped)} ranked the training patients the wrong way "
+                  "round out of fold and carries no weight" + (": this model gives every patient the same risk"
+                                                                if alone else ""))
     print("  the apparent C is optimistic; expect about the optimism-corrected C on new patients of the same "
           "population, and check it with `evaluate` on held-out patients")
     return 0

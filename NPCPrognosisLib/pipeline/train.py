@@ -181,7 +181,7 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     internal cross-validation keeps the rows of one patient ID in one fold (a bootstrap resample repeats
     patients; see :func:`NPCPrognosisLib.survival.splits.event_folds`).
     """
-    from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
 
     check_outcomes(manifest, endpoint)
     time, event = manifest.outcome_arrays(endpoint)
@@ -218,12 +218,7 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                  for name, columns in designs.items()}
     cutoffs = {}
     for name, model in nomograms.items():
-        risk = model.risk(factors)
-        block = max_logrank_cutoff(risk, time, event, min_share=0.10)
-        # Typical patients of each group: the reference survival curves shown beside a new patient's curve.
-        block["group_median_risk"] = {"low": float(np.median(risk[risk <= block["cutoff"]])),
-                                      "high": float(np.median(risk[risk > block["cutoff"]]))}
-        cutoffs[name] = block
+        cutoffs[name] = training_cutoff(model.risk(factors), time, event, min_share=0.10)
     return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
                          ebv_fill=ebv_fill, train_time=[float(t) for t in time],
                          train_event=[int(e) for e in event],
@@ -453,7 +448,7 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
     from NPCPrognosisLib.pipeline.binary import endpoint_labels
     from NPCPrognosisLib.pipeline.fusion import MMOE, fit_fusion
     from NPCPrognosisLib.survival.metrics import evaluate_risk
-    from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
 
     factors = models.inputs(manifest, features)
     if models.cross_fitted_rad_score is not None:
@@ -468,9 +463,7 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
                                                   event, seed=seed)
     block["fit_seconds"] = perf_counter() - start
     models.nomograms[MMOE] = nomogram
-    cutoff = max_logrank_cutoff(oof_risk, time, event, min_share=0.10)
-    cutoff["group_median_risk"] = {"low": float(np.median(oof_risk[oof_risk <= cutoff["cutoff"]])),
-                                   "high": float(np.median(oof_risk[oof_risk > cutoff["cutoff"]]))}
+    cutoff = training_cutoff(oof_risk, time, event, min_share=0.10)
     models.cutoffs[MMOE] = cutoff
     metrics = evaluate_risk(oof_risk, time, event, time, event, cutoff=cutoff["cutoff"], n_boot=200, seed=seed)
     metrics.pop("calibration", None)

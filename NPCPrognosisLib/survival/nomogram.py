@@ -10,6 +10,11 @@ cohorts that joint fit did worse than the better of its two parts. Stacking (Bre
 regressions") fits the clinical Cox model, scores each training patient out of fold, and fits one weight per
 block (each score, the clinical score) on those honest values; the nomogram's coefficient of a clinical factor is
 then the block weight times its clinical coefficient, so the chart still reads one line per factor.
+
+Block weights are never negative (Breiman's stacking constrains them the same way): a score, already oriented so
+that higher means worse, whose out-of-fold values get a negative weight ranked the training patients the wrong way
+round, i.e. it did not validate. Left negative it would turn a good in-sample score into an inverted model; it gets
+weight 0 instead, the other blocks are refitted without it, and the model records it (``construction.no_weight``).
 """
 
 from __future__ import annotations
@@ -153,7 +158,8 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         Columns that are risk scores already fitted elsewhere (and out of fold on these patients: the Rad-score,
         the deep score). When ``factors`` mixes such scores with other factors, the model is stacked (module
         docstring): one Cox fit of the other factors, scored out of fold over :data:`STACKING_FOLDS` folds
-        (seeded by ``seed``), and one weight per score and for that clinical score.
+        (seeded by ``seed``), and one weight per score and for that clinical score. Weights of scores and of the
+        clinical score are kept non-negative (module docstring).
     seed : int
         Seed of those folds.
     groups : ndarray, optional
@@ -175,6 +181,11 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         order = [(score_columns + other).index(f) for f in factors]
         model = cox_with_coefficients(values, time, event, factors, coef[order], covariance[np.ix_(order, order)],
                                       ties=ties, penalizer=penalizer)
+    elif score_columns:
+        coef, covariance, dropped = _non_negative_cox(values, factors, time, event, ties, penalizer)
+        model = cox_with_coefficients(values, time, event, factors, coef, covariance, ties=ties, penalizer=penalizer)
+        if dropped:
+            construction = {"method": "non-negative Cox weights of out-of-fold scores", "no_weight": dropped}
     else:
         model = fit_cox(values, time, event, covariates=factors, ties=ties, penalizer=penalizer)
     return Nomogram(name=name, model=model, low=low, high=high,
@@ -201,23 +212,46 @@ def _stacked_cox(table: pd.DataFrame, scores: list[str], other: list[str], time:
                        penalizer=penalizer)
         out_of_fold[held] = part.linear_predictor(clinical_values[held])
     blocks = np.column_stack([table[scores].to_numpy(float), out_of_fold])
-    stack = fit_cox(blocks, time, event, covariates=[*scores, "clinical_score"], ties=ties, penalizer=penalizer)
+    weights, weight_covariance, dropped = _non_negative_cox(blocks, [*scores, "clinical_score"], time, event, ties,
+                                                            penalizer)
+    weight_se = np.sqrt(np.clip(np.diag(weight_covariance), 0.0, None))
     m, p = len(scores), len(other)
-    weight = float(stack.coef[m])
-    coef = np.concatenate([stack.coef[:m], weight * np.asarray(clinical.coef, float)])
+    weight = float(weights[m])
+    coef = np.concatenate([weights[:m], weight * np.asarray(clinical.coef, float)])
     jacobian = np.zeros((m + p, m + 1 + p))
     jacobian[:m, :m] = np.eye(m)
     jacobian[m:, m] = clinical.coef
     jacobian[m:, m + 1:] = weight * np.eye(p)
     sigma = np.zeros((m + 1 + p, m + 1 + p))
-    sigma[:m + 1, :m + 1] = stack.covariance
+    sigma[:m + 1, :m + 1] = weight_covariance
     sigma[m + 1:, m + 1:] = clinical.covariance
     covariance = jacobian @ sigma @ jacobian.T
     construction = {
         "method": "stacked: one Cox weight per score and for the out-of-fold clinical score (Breiman 1996)",
         "folds": STACKING_FOLDS, "seed": int(seed),
-        "weights": {**{s: float(w) for s, w in zip(scores, stack.coef[:m])}, "clinical_score": weight},
-        "weight_se": {**{s: float(w) for s, w in zip(scores, stack.se[:m])}, "clinical_score": float(stack.se[m])},
+        "weights": {**{s: float(w) for s, w in zip(scores, weights[:m])}, "clinical_score": weight},
+        "weight_se": {**{s: float(w) for s, w in zip(scores, weight_se[:m])}, "clinical_score": float(weight_se[m])},
         "clinical_coef": {f: float(c) for f, c in zip(other, clinical.coef)},
+        "no_weight": dropped,
     }
     return coef, covariance, construction
+
+
+def _non_negative_cox(blocks: np.ndarray, names: list[str], time: np.ndarray, event: np.ndarray, ties: str,
+                      penalizer: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Cox weights of out-of-fold blocks with none negative: the most negative block is dropped (weight 0) and the
+    rest refitted until every weight is >= 0. Returns the weights, their covariance (zero rows and columns for a
+    dropped block) and the dropped names, in order of dropping."""
+    keep = list(range(len(names)))
+    coef, covariance = np.zeros(len(names)), np.zeros((len(names), len(names)))
+    dropped: list[str] = []
+    while keep:
+        fit = fit_cox(blocks[:, keep], time, event, covariates=[names[i] for i in keep], ties=ties,
+                      penalizer=penalizer)
+        worst = int(np.argmin(fit.coef))
+        if fit.coef[worst] >= 0:
+            coef[keep] = fit.coef
+            covariance[np.ix_(keep, keep)] = fit.covariance
+            break
+        dropped.append(names[keep.pop(worst)])
+    return coef, covariance, dropped

@@ -96,6 +96,38 @@ def max_logrank_cutoff(risk: Any, time: Any, event: Any, min_share: float = 0.10
     }
 
 
+def training_cutoff(risk: Any, time: Any, event: Any, min_share: float = 0.10) -> dict:
+    """The risk-group cut-off a model stores: :func:`max_logrank_cutoff` on its training risks, plus each group's
+    median risk (the typical patients whose survival curves are shown beside a new patient's).
+
+    A model without weight (every block of a stacked model dropped, so every patient has the same risk) has no
+    cut-off to learn: all patients are in the low-risk group, and the record says so (``no_groups``).
+
+    Parameters
+    ----------
+    risk, time, event : array-like
+        Training risks (linear predictors) and outcomes.
+    min_share : float, default 0.10
+        Smallest share of patients either group may hold.
+
+    Returns
+    -------
+    block : dict
+        ``cutoff``, ``chi2``, ``n_high``, ``n_low``, ``min_share``, ``group_median_risk`` (``low``, ``high``)
+        and, for a constant risk, ``no_groups``.
+    """
+    r = np.asarray(risk, dtype=float).reshape(-1)
+    if r.size and np.all(np.isfinite(r)) and np.ptp(r) == 0:
+        value = float(r[0])
+        return {"cutoff": value, "chi2": 0.0, "n_high": 0, "n_low": int(r.size), "min_share": float(min_share),
+                "group_median_risk": {"low": value, "high": value},
+                "no_groups": "every training patient has the same risk: the model carries no weight"}
+    block = max_logrank_cutoff(r, time, event, min_share=min_share)
+    block["group_median_risk"] = {"low": float(np.median(r[r <= block["cutoff"]])),
+                                  "high": float(np.median(r[r > block["cutoff"]]))}
+    return block
+
+
 def assign_groups(risk: Any, cutoff: float) -> np.ndarray:
     """'high' where risk > cutoff else 'low' (the cut-off itself belongs to the low group)."""
     r = np.asarray(risk, dtype=float).reshape(-1)

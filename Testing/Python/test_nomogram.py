@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 
+from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
+from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,43 @@ def test_coefficients_match_lifelines_and_risk_is_centred(data):
     assert abs(nomogram.risk(table).mean()) < 1e-9
     restored = Nomogram.from_dict(json.loads(json.dumps(nomogram.to_dict())))
     np.testing.assert_allclose(restored.risk(table), nomogram.risk(table))
+
+
+def test_a_score_that_ranks_the_wrong_way_round_out_of_fold_gets_no_weight(data):
+    """A Rad-score whose (out-of-fold) values are associated with *better* survival did not validate: left to a
+    negative weight, the full signature would rank new patients upside down. It gets weight 0 (Breiman's
+    non-negative stacking); the rest is refitted without it, checked against lifelines."""
+    from NPCPrognosisLib.survival.nomogram import STACKING_FOLDS
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+    from NPCPrognosisLib.survival.splits import event_folds
+
+    table, time, event = data
+    inverted = table.assign(rad_score=-table["rad_score"])
+    lone = fit_nomogram("radiomics", inverted, ["rad_score"], time, event, scores=["rad_score"])
+    assert lone.model.coef.tolist() == [0.0] and lone.construction["no_weight"] == ["rad_score"]
+    assert np.ptp(lone.risk(inverted)) == 0
+    cutoff = training_cutoff(lone.risk(inverted), time, event)
+    assert cutoff["n_high"] == 0 and "no_groups" in cutoff
+    with pytest.raises(InputError, match="no cut-off"):  # what a constant risk met before
+        max_logrank_cutoff(lone.risk(inverted), time, event)
+
+    stacked = fit_nomogram("nomogram", inverted, ["rad_score", "age", "t_stage"], time, event, scores=["rad_score"],
+                           seed=3)
+    assert stacked.construction["no_weight"] == ["rad_score"]
+    assert stacked.construction["weights"]["rad_score"] == 0.0 and stacked.model.coef[0] == 0.0
+    frame = table.assign(T=time, E=event)
+    clinical = CoxPHFitter().fit(frame[["age", "t_stage", "T", "E"]], "T", "E")
+    fold = event_folds(event, STACKING_FOLDS, 3)
+    oof = np.zeros(len(time))
+    for k in np.unique(fold):
+        part = CoxPHFitter().fit(frame.loc[fold != k, ["age", "t_stage", "T", "E"]], "T", "E")
+        oof[fold == k] = table.loc[fold == k, ["age", "t_stage"]].to_numpy() @ part.params_.to_numpy()
+    weight = CoxPHFitter().fit(pd.DataFrame({"clin": oof, "T": time, "E": event}), "T", "E").params_["clin"]
+    np.testing.assert_allclose(stacked.model.coef[1:], weight * clinical.params_[["age", "t_stage"]], rtol=1e-4)
+    assert stacked.model.se[0] == 0.0
+    # the same data the right way round: nothing dropped
+    assert fit_nomogram("nomogram", table, ["rad_score", "age", "t_stage"], time, event, scores=["rad_score"],
+                        seed=3).construction["no_weight"] == []
 
 
 def test_points_are_linear_in_the_risk_score(data):
