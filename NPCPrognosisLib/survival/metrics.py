@@ -337,7 +337,15 @@ def logrank(time: Any, event: Any, group: Any) -> tuple:
         raise InputError(
             "no events: log-rank test is undefined", column="event", fix="check the event coding"
         )
-    chi2, p = compare_survival(_surv(t, e), g)[:2]
+    try:
+        chi2, p = compare_survival(_surv(t, e), g)[:2]
+    except np.linalg.LinAlgError:
+        # a group whose patients are all censored before the first event is at risk at no event time: it adds a
+        # zero row to the variance matrix, and the test among the groups as given is undefined
+        first = t[e].min()
+        empty = [str(label) for label in np.unique(g) if not (t[g == label] >= first).any()]
+        raise InputError(f"log-rank test is undefined: group(s) {empty or 'of these patients'} have no patient at risk "
+                         "at any event time", column="group", fix="too few patients in this comparison") from None
     return float(chi2), float(p)
 
 

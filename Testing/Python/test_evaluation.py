@@ -187,6 +187,25 @@ def test_logrank_matches_lifelines(loader):
     assert p == pytest.approx(ref.p_value, abs=1e-6)
 
 
+def test_logrank_with_a_group_never_at_risk_at_an_event_says_so_and_the_subgroup_table_records_it():
+    """Three small arms, one censored before the first event (what a T1-2N1 risk-group subgroup of 200 held-out
+    patients can hold): the variance matrix is singular; ``evaluate`` must record why, not stop."""
+    from NPCPrognosisLib.survival.benefit import three_arm_logrank
+
+    t = np.array([5.0, 6, 7, 8, 9, 10, 1, 1.5])
+    e = np.array([1, 0, 1, 1, 0, 1, 0, 0], bool)
+    g = np.array(["a", "a", "b", "b", "a", "b", "c", "c"])
+    with pytest.raises(InputError, match=r"\['c'\] have no patient at risk"):
+        logrank(t, e, g)
+    block = three_arm_logrank(t, e, g)
+    assert block["p"] is None and "no patient at risk" in block["reason"] and block["arms"]["c"]["n"] == 2
+    # the two arms that are at risk: the ordinary test, as lifelines computes it
+    keep = g != "c"
+    chi2, p = three_arm_logrank(t[keep], e[keep], g[keep])["chi2"], three_arm_logrank(t[keep], e[keep], g[keep])["p"]
+    ref = logrank_test(t[g == "a"], t[g == "b"], e[g == "a"], e[g == "b"])
+    assert chi2 == pytest.approx(ref.test_statistic, abs=1e-6) and p == pytest.approx(ref.p_value, abs=1e-6)
+
+
 def test_hazard_ratio_matches_lifelines():
     t, e, df = _rossi()
     g = np.where(df["fin"].to_numpy() == 1, "high", "low")
