@@ -10,8 +10,9 @@ import pytest
 from lifelines import CoxPHFitter
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
-from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff
+from NPCPrognosisLib.survival.nomogram import STACKING_FOLDS, Nomogram, fit_nomogram
+from NPCPrognosisLib.survival.risk_groups import max_logrank_cutoff, training_cutoff
+from NPCPrognosisLib.survival.splits import event_folds
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,19 @@ def data():
     time = rng.exponential(60 * np.exp(-lp))
     censor = rng.uniform(20, 100, n)
     return table, np.minimum(time, censor), time <= censor
+
+
+def _lifelines_clinical_score(table, time, event, seed):
+    """The stacking's first stage replicated with lifelines: the clinical Cox fit on age and T stage, and each
+    patient's clinical score from a fit without its fold (the same folds as the product's)."""
+    frame = table.assign(T=time, E=event)
+    clinical = CoxPHFitter().fit(frame[["age", "t_stage", "T", "E"]], "T", "E")
+    fold = event_folds(event, STACKING_FOLDS, seed)
+    oof = np.zeros(len(time))
+    for k in np.unique(fold):
+        part = CoxPHFitter().fit(frame.loc[fold != k, ["age", "t_stage", "T", "E"]], "T", "E")
+        oof[fold == k] = table.loc[fold == k, ["age", "t_stage"]].to_numpy() @ part.params_.to_numpy()
+    return clinical, oof
 
 
 def test_coefficients_match_lifelines_and_risk_is_centred(data):
@@ -40,10 +54,6 @@ def test_a_score_that_ranks_the_wrong_way_round_out_of_fold_gets_no_weight(data)
     """A Rad-score whose (out-of-fold) values are associated with *better* survival did not validate: left to a
     negative weight, the full signature would rank new patients upside down. It gets weight 0 (Breiman's
     non-negative stacking); the rest is refitted without it, checked against lifelines."""
-    from NPCPrognosisLib.survival.nomogram import STACKING_FOLDS
-    from NPCPrognosisLib.survival.risk_groups import training_cutoff
-    from NPCPrognosisLib.survival.splits import event_folds
-
     table, time, event = data
     inverted = table.assign(rad_score=-table["rad_score"])
     lone = fit_nomogram("radiomics", inverted, ["rad_score"], time, event, scores=["rad_score"])
@@ -58,13 +68,7 @@ def test_a_score_that_ranks_the_wrong_way_round_out_of_fold_gets_no_weight(data)
                            seed=3)
     assert stacked.construction["no_weight"] == ["rad_score"]
     assert stacked.construction["weights"]["rad_score"] == 0.0 and stacked.model.coef[0] == 0.0
-    frame = table.assign(T=time, E=event)
-    clinical = CoxPHFitter().fit(frame[["age", "t_stage", "T", "E"]], "T", "E")
-    fold = event_folds(event, STACKING_FOLDS, 3)
-    oof = np.zeros(len(time))
-    for k in np.unique(fold):
-        part = CoxPHFitter().fit(frame.loc[fold != k, ["age", "t_stage", "T", "E"]], "T", "E")
-        oof[fold == k] = table.loc[fold == k, ["age", "t_stage"]].to_numpy() @ part.params_.to_numpy()
+    clinical, oof = _lifelines_clinical_score(table, time, event, seed=3)
     weight = CoxPHFitter().fit(pd.DataFrame({"clin": oof, "T": time, "E": event}), "T", "E").params_["clin"]
     np.testing.assert_allclose(stacked.model.coef[1:], weight * clinical.params_[["age", "t_stage"]], rtol=1e-4)
     assert stacked.model.se[0] == 0.0
@@ -101,20 +105,11 @@ def test_stacked_nomogram_weighs_the_out_of_fold_clinical_score_against_the_rad_
     """Independent replication with lifelines: the clinical Cox fit, its out-of-fold scores over the same folds,
     the two-weight stack; the nomogram's coefficients are the weights times the clinical coefficients, its
     baseline the Breslow estimator at those coefficients (no tied times here, so Efron = Breslow)."""
-    from NPCPrognosisLib.survival.nomogram import STACKING_FOLDS
-    from NPCPrognosisLib.survival.splits import event_folds
-
     table, time, event = data
     factors = ["rad_score", "age", "t_stage"]
     nomogram = fit_nomogram("nomogram", table, factors, time, event, scores=["rad_score"], seed=3)
 
-    frame = table.assign(T=time, E=event)
-    clinical = CoxPHFitter().fit(frame[["age", "t_stage", "T", "E"]], "T", "E")
-    fold = event_folds(event, STACKING_FOLDS, 3)
-    oof = np.zeros(len(time))
-    for k in np.unique(fold):
-        part = CoxPHFitter().fit(frame.loc[fold != k, ["age", "t_stage", "T", "E"]], "T", "E")
-        oof[fold == k] = table.loc[fold == k, ["age", "t_stage"]].to_numpy() @ part.params_.to_numpy()
+    clinical, oof = _lifelines_clinical_score(table, time, event, seed=3)
     stack = CoxPHFitter().fit(pd.DataFrame({"rad": table["rad_score"], "clin": oof, "T": time, "E": event}), "T", "E")
     weight = stack.params_["clin"]
     expected = [stack.params_["rad"], *(weight * clinical.params_[["age", "t_stage"]])]
