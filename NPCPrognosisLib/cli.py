@@ -53,6 +53,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.pipeline.binary import no_better_than_chance
     from NPCPrognosisLib.pipeline.train import train
 
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
@@ -70,6 +71,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for model in block["models"] | {"ensemble": None}:
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
                   + ("  <- best" if model == block["best"] else ""))
+        if no_better_than_chance(block):
+            test = block["permutation"]
+            print(f"  warning: {name}: the best model's cross-validated AUC ({test['observed_auc']:.3f}) was "
+                  f"reached with randomly permuted labels (permutation p = {test['p_value']:.2f}): the training "
+                  "patients cannot show that it learned anything that will hold on new patients; treat its "
+                  "probabilities as unproven (more patients of each outcome, or fewer candidate features, may help)")
     fusion = document.get("fusion")
     if fusion:
         cv = fusion["cv"]

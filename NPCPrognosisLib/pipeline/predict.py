@@ -237,6 +237,9 @@ def predict_patient(
             encoded = pd.DataFrame([encode_clinical(record, bundle.ebv_fill)])
             binary = {name: patient_binary(block, encoded, pd.DataFrame([row]))
                       for name, block in bundle.document["binary_endpoints"].items()}
+        warnings.extend(f"{name}: the {result['model']} model's cross-validated AUC was reached with randomly "
+                        "permuted labels in training; its probability is unproven"
+                        for name, result in binary.items() if result["no_better_than_chance"])
     fusion = {}
     if bundle.fusion is not None:
         with _timed(timings, "fusion"):

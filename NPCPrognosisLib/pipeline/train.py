@@ -529,7 +529,7 @@ def train(
                              fix=f"train --endpoint dmfs (or os, pfs) --binary-endpoint {endpoint}")
         return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
-                            store_patient_ids=store_patient_ids)
+                            store_patient_ids=store_patient_ids, workers=workers)
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
@@ -643,7 +643,8 @@ def train(
     }
     if binary_endpoints:
         encoded = train_manifest.clinical_table(models.ebv_fill)
-        document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed)
+        document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed,
+                                                                workers)
                                         for name in dict.fromkeys(binary_endpoints)}
     if fusion_block is not None:
         document["fusion"] = fusion_block
@@ -672,7 +673,7 @@ def train(
 
 def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: str | Path, *,
                  split_col: str | None = None, test_fraction: float = 0.3, seed: int = 0,
-                 synthetic: bool = False, store_patient_ids: bool = True) -> dict[str, Any]:
+                 synthetic: bool = False, store_patient_ids: bool = True, workers: int = 2) -> dict[str, Any]:
     """``train --endpoint <binary column>``: a bundle whose only models predict that endpoint.
 
     Parameters
@@ -698,7 +699,8 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     train_manifest, train_features, _, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     ebv_fill = ebv_fill_value(train_manifest)
-    block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed)
+    block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed,
+                             workers)
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
         "preprocessing": meta.get("preprocessing"),

@@ -46,7 +46,7 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
                  str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
                  "--split-col", "split"]) == 0
     printed = capsys.readouterr().out
-    assert "<- best" in printed and "cross-validated AUC" in printed
+    assert "<- best" in printed and "cross-validated AUC" in printed and "permuted labels" not in printed
     document = json.loads((bundle / "bundle.json").read_text())
     block = document["binary_endpoints"]["ic_response"]
     assert document["endpoint_type"] == "binary" and block["n"] == 160
@@ -86,6 +86,30 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
     one = bn.patient_binary(block, clinical, features)
     assert one["model"] == block["best"] and 0.0 <= one["probability"] <= 1.0
     assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
+
+
+def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabular, capsys):
+    """A coin-toss column: ``train`` says the training patients show nothing learned instead of shipping the
+    best-looking model silently, and a patient's prediction carries the same warning. (The permutation test is at
+    level 0.1, so about one coin in ten escapes it: coin 5 of this cohort does, with CV AUC 0.65 at p = 0.1.)"""
+    root, _ = tabular
+    manifest = pd.read_csv(root / "manifest.csv")
+    manifest["coin"] = np.random.default_rng(6).integers(0, 2, len(manifest))
+    manifest.to_csv(root / "manifest_coin.csv", index=False)
+    bundle = root / "bundle_coin"
+    assert main(["train", "--manifest", str(root / "manifest_coin.csv"), "--features", str(root / "features.csv"),
+                 "--endpoint", "coin", "--out", str(bundle), "--split-col", "split"]) == 0
+    printed = capsys.readouterr().out
+    block = json.loads((bundle / "bundle.json").read_text())["binary_endpoints"]["coin"]
+    test = block["permutation"]
+    assert test["observed_auc"] == block["cv"][block["best"]]["auc"] and len(test["null_auc"]) == bn.PERMUTATIONS
+    assert test["no_better_than_chance"] is True and test["p_value"] > 0.1
+    assert test["p_value"] == (1 + sum(v >= test["observed_auc"] for v in test["null_auc"])) / (1 + bn.PERMUTATIONS)
+    assert "warning: coin: the best model's cross-validated AUC" in printed and "permuted labels" in printed
+    features = pd.read_csv(root / "features.csv").iloc[[200]].reset_index(drop=True)
+    clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,
+                              "age": 50.0, "ldh": 180.0}])
+    assert bn.patient_binary(block, clinical, features)["no_better_than_chance"] is True
 
 
 def test_binary_endpoint_refuses_values_other_than_0_and_1():
