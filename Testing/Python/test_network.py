@@ -383,6 +383,32 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
     assert dice(sitk.GetArrayFromImage(mask) == 1, truth) == pytest.approx(result["dice_gtvp"])
 
 
+def test_an_empty_automatic_gtvp_is_refused_with_its_own_advice_and_kept_for_review(tiny_cohort, tmp_path,
+                                                                                     monkeypatch):
+    """extract --mask auto on a patient where the network finds no tumour: that patient fails with advice to
+    contour by hand (not check_mask's "run automatic segmentation"), and the empty mask is written for review."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    from NPCPrognosisLib.pipeline.extract import _one_patient
+
+    real = segmentation.segment_preprocessed
+
+    def missed(model, images, **kwargs):
+        result = real(model, images, **kwargs)
+        empty = sitk.Image(result.mask.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(result.mask)
+        result.mask = empty
+        return result
+
+    monkeypatch.setattr(segmentation, "segment_preprocessed", missed)
+    entry = read_manifest(tiny_cohort.manifest_path).entries()[0]
+    out = _one_patient(entry, {"n4": False}, None, 1, network=str(DEMO_NETWORK), auto_mask_dir=str(tmp_path))
+    assert "network found no primary tumour" in out["error"] and entry.patient_id in out["error"]
+    assert "Segment Editor" in out["error"] and "run automatic segmentation" not in out["error"]
+    written = sitk.ReadImage(str(tmp_path / f"{entry.patient_id}_mask.nii.gz"))
+    assert written.GetSize() == load_patient(entry.patient_id, entry.images, None).reference.GetSize()
+    assert sitk.GetArrayViewFromImage(written).max() == 0
+
+
 @pytest.mark.slow
 def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp_path):
     """extract --network --mask auto -> train --network (deep + Rad-score + clinical) -> predict without a mask,
