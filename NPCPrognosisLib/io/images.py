@@ -269,8 +269,12 @@ def contour_warnings(mask: sitk.Image, reference: sitk.Image, source: str = "") 
     return warnings
 
 
-def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | Path | None = None) -> sitk.Image:
-    """A label map with only the contract's labels and a non-empty GTVp."""
+def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | Path | None = None,
+               automatic: bool = False) -> sitk.Image:
+    """A label map with only the contract's labels and a non-empty GTVp.
+
+    ``automatic``: the map is the segmentation network's, so an empty GTVp means the network missed the tumour and
+    the advice is to contour it by hand (not to run the automatic segmentation that just ran)."""
     mask = sitk.Cast(mask, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
     values = np.unique(sitk.GetArrayViewFromImage(mask))
     allowed = {0, *LABELS.values()}
@@ -278,6 +282,11 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
     if unknown:
         raise InputError(f"mask has label value(s) {unknown}; expected 0, 1 (GTVp) and 2 (GTVn)",
                          patient_id=patient_id, path=path, fix="relabel: primary tumour = 1, metastatic nodes = 2")
+    if LABELS["gtvp"] not in values and automatic:
+        raise InputError("the segmentation network found no primary tumour (automatic GTVp is empty)",
+                         patient_id=patient_id, path=path,
+                         fix="open the images and this automatic mask in Slicer's Segment Editor, contour the GTVp "
+                             "(label 1), and use that mask instead of the automatic one")
     if LABELS["gtvp"] not in values:
         raise InputError("mask has no voxel labelled 1 (GTVp is empty)", patient_id=patient_id, path=path,
                          fix="contour the primary tumour as label 1, or run automatic segmentation")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from NPCPrognosisLib.contract import LABELS, SEQUENCES
+from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic, write_text_atomic
@@ -99,7 +99,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 # written before it is checked, so an empty or odd automatic mask can be reviewed and corrected
                 written = patient_file(auto_mask_dir, entry.patient_id, "_mask.nii.gz")
                 write_image_atomic(result.mask, written)
-                patient.mask = _automatic_mask(result.mask, entry.patient_id, written)
+                patient.mask = check_mask(result.mask, patient_id=entry.patient_id, path=written, automatic=True)
             if patient.mask is not None:
                 extra.update(deep_features(model, network_input, patient.mask))
         row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
@@ -108,23 +108,6 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         return {"patient_id": entry.patient_id, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
         return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _automatic_mask(mask: Any, patient_id: str, written: Path) -> Any:
-    """The network's label map as the radiomics mask, refused with the way out when it has no primary tumour.
-
-    Why a message of its own: ``check_mask``'s advice for an empty manual GTVp ("run automatic segmentation") is
-    wrong here; the network has run and missed the tumour, and only a person can contour it.
-    """
-    import SimpleITK as sitk
-
-    if not (sitk.GetArrayViewFromImage(mask) == LABELS["gtvp"]).any():
-        raise InputError("the segmentation network found no primary tumour (automatic GTVp is empty)",
-                         patient_id=patient_id, path=written,
-                         fix="open the images and this automatic mask in Slicer's Segment Editor, contour the GTVp "
-                             "(label 1), and extract the patient with that mask in the manifest's mask column "
-                             "(without --mask auto)")
-    return check_mask(mask, patient_id=patient_id, path=written)
 
 
 def _input_checksum(path: Path | None) -> str | None:

@@ -195,7 +195,7 @@ def predict_patient(
                         "automatic_volumes_ml": result.volumes_ml, "deep_score": result.deep_score,
                         "deep_score_sd": result.deep_score_sd}
         if mask is None:
-            mask = automatic_mask = check_mask(result.mask, patient_id=patient.patient_id)
+            mask = automatic_mask = check_mask(result.mask, patient_id=patient.patient_id, automatic=True)
             warnings.append("radiomics computed on automatic contours: review them before acting on the result")
         row[DEEP_SCORE] = float(result.deep_score)
         deep_sd = result.deep_score_sd

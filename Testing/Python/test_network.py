@@ -386,7 +386,8 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
 def test_an_empty_automatic_gtvp_is_refused_with_its_own_advice_and_kept_for_review(tiny_cohort, tmp_path,
                                                                                      monkeypatch):
     """extract --mask auto on a patient where the network finds no tumour: that patient fails with advice to
-    contour by hand (not check_mask's "run automatic segmentation"), and the empty mask is written for review."""
+    contour by hand (not the manual mask's "run automatic segmentation"), and the empty mask is written for
+    review."""
     import NPCPrognosisLib.deep.segmentation as segmentation
     from NPCPrognosisLib.pipeline.extract import _one_patient
 
