@@ -74,6 +74,8 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     #: Probability from the optional binary head (e.g. response to induction chemotherapy), when trained.
     binary_probability: float | None = None
+    #: The network trained on this patient: ``deep_score`` comes from the refitted head that did not see them.
+    deep_score_out_of_fold: bool = False
 
 
 _NETWORKS: dict[str, NetworkModel] = {}
@@ -184,14 +186,42 @@ def _risk_box(prob: np.ndarray, box: list[int]) -> tuple[slice, slice, slice]:
     return tuple(slices)
 
 
-def _head_values(out: Mapping[str, Any]) -> dict[str, float]:
-    """Scalar head outputs of a batch of one: the risk, and the binary head's probability when it exists."""
+def _head_values(out: Mapping[str, Any]) -> dict[str, Any]:
+    """Head outputs of a batch of one: the risk, the binary head's probability when it exists, and the image
+    measures the risk head's linear path reads."""
     import torch
 
-    values = {"risk": float(out["risk"][0])}
+    values: dict[str, Any] = {"risk": float(out["risk"][0]),
+                              "measures": out["measures"][0].detach().float().cpu().numpy()}
     if "binary_logit" in out:
         values["binary_probability"] = float(torch.sigmoid(out["binary_logit"][0].float()))
     return values
+
+
+def out_of_fold_head(model: NetworkModel, patient_id: str) -> np.ndarray | None:
+    """Coefficients of the refitted risk head that did not see ``patient_id``, when the network trained on them.
+
+    The network's own training patients would otherwise get in-sample deep scores (the head was fitted on them),
+    which a nomogram fitted on the same patients over-weights. Patients are recognised by the salted hash the
+    bundle stores (:func:`NPCPrognosisLib.deep.training._out_of_fold_heads`); bundles without it give None.
+    """
+    from NPCPrognosisLib.io.patient_ids import hash_id
+
+    oof = ((model.content.get("network") or {}).get("risk_head_refit") or {}).get("out_of_fold") or {}
+    if not oof.get("available"):
+        return None
+    fold = oof["fold_of"].get(hash_id(patient_id, oof["id_salt"]))
+    return None if fold is None else np.asarray(oof["measure_coefficients"][fold], float)
+
+
+def _risk_with_head(model: NetworkModel, heads: Mapping[str, Any], coefficients: np.ndarray) -> float:
+    """The risk with the linear path's coefficients replaced (the MLP path, zero after the refit, is kept)."""
+    net = model.net
+    mean = net.measure_mean.detach().float().cpu().numpy()
+    sd = net.measure_sd.detach().float().cpu().numpy()
+    full = net.risk_linear.weight.detach().float().cpu().numpy()[0]
+    standard = (heads["measures"] - mean) / sd
+    return float(heads["risk"] + standard @ (coefficients - full))
 
 
 def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
@@ -225,7 +255,8 @@ def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
     with torch.enable_grad():
         bottleneck, down, decoded, logits = net.encode_decode(crop)
         stage = down[1] if len(down) > 1 else down[0]
-        heads = net.heads(*net.risk_features(crop, bottleneck, decoded, logits, detach=False))
+        features, measures = net.risk_features(crop, bottleneck, decoded, logits, detach=False)
+        heads = {**net.heads(features, measures), "measures": measures}
         grads = torch.autograd.grad(heads["risk"][0], stage)[0]
     cam = torch.relu((grads * stage).sum(1, keepdim=True))  # HiResCAM: element-wise, not channel-averaged
     cam = torch.nn.functional.interpolate(cam, size=crop.shape[2:], mode="trilinear", align_corners=False)
@@ -284,7 +315,8 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
     preprocessed : mapping of str to SimpleITK.Image
         ``t1``, ``t2``, ``t1c`` after N4 and normalisation, on the CET1W grid (the output's geometry).
     patient_id : str
-        Named in warnings and errors.
+        Named in warnings and errors; a patient the network trained on gets the out-of-fold deep score
+        (:func:`out_of_fold_head`).
     tta : int, default 0
         Test-time augmentations (left-right flips, intensity scaling) for the uncertainty map and score spread.
     saliency : bool, default False
@@ -309,13 +341,14 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
 
         steps = tqdm(plan, desc=f"segmenting {patient_id}", unit="pass", leave=False)
     probs, risks, binary, cam = [], [], [], None
+    own_head = out_of_fold_head(model, patient_id)
     for k, (flip, factor) in enumerate(steps):
         xk = x * factor
         if flip:
             xk = xk[:, ::-1].copy()
         prob, heads, cam_k = _network_pass(model, xk, saliency and k == 0)
         probs.append(prob[:, ::-1] if flip else prob)
-        risks.append(heads["risk"])
+        risks.append(heads["risk"] if own_head is None else _risk_with_head(model, heads, own_head))
         if "binary_probability" in heads:
             binary.append(heads["binary_probability"])
         cam = cam_k if k == 0 else cam
@@ -350,4 +383,5 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
                               deep_score=float(np.mean(risks)),
                               deep_score_sd=float(np.std(risks, ddof=1)) if len(risks) > 1 else None,
                               volumes_ml=volumes, warnings=warnings,
-                              binary_probability=float(np.mean(binary)) if binary else None)
+                              binary_probability=float(np.mean(binary)) if binary else None,
+                              deep_score_out_of_fold=own_head is not None)

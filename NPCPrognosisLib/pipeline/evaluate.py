@@ -19,8 +19,8 @@ from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from NPCPrognosisLib.io.patient_ids import hash_id
 from NPCPrognosisLib.pipeline.models import load_bundle
-from NPCPrognosisLib.pipeline.train import hash_id
 from NPCPrognosisLib.radiomics.features_table import read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 

@@ -82,6 +82,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         config = PreprocessConfig.from_dict(preprocess)
         extra: dict[str, float] = {}
         prepared = None
+        out_of_fold = False
         if network:
             from NPCPrognosisLib.deep.features import deep_features
             from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
@@ -94,6 +95,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                                                                                         model.preprocess)
             result = segment_preprocessed(model, network_input, patient_id=entry.patient_id)
             extra[DEEP_SCORE] = float(result.deep_score)
+            out_of_fold = result.deep_score_out_of_fold
             patient.warnings.extend(result.warnings)
             if auto_mask_dir:
                 # written before it is checked, so an empty or odd automatic mask can be reviewed and corrected
@@ -103,7 +105,8 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
             if patient.mask is not None:
                 extra.update(deep_features(model, network_input, patient.mask))
         row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
-        return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings}
+        return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings,
+                "deep_score_out_of_fold": out_of_fold}
     except InputError as exc:
         return {"patient_id": entry.patient_id, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
@@ -239,6 +242,10 @@ def extract_cohort(
             "mask": "automatic (network)" if auto_mask else "manifest",
             "network": None if network is None else str(network),
             "network_sha256": None if network is None else network_checksum(network)}
+    if network is not None:
+        # the network's own training patients: their deep scores come from the head that did not see them
+        meta["deep_score_out_of_fold"] = sorted(r["patient_id"] for r in results
+                                                if "error" not in r and r.get("deep_score_out_of_fold"))
     write_json_atomic(meta_path_for(out), meta)
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,

@@ -6,7 +6,6 @@ into the bundle and is reused unchanged on validation cohorts and new patients; 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
+from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
+from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
 from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
@@ -52,29 +53,6 @@ RAD_SCORE_FOLDS = 5
 OPTIMISM_BOOTSTRAPS = 20
 #: Outer folds of the nested cross-validation of the whole procedure, model selection included.
 NESTED_FOLDS = 5
-
-
-#: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
-ID_HASH_ROUNDS = 20_000
-
-
-def new_id_salt() -> str:
-    """A random salt for one bundle: the same record number hashes differently in every bundle."""
-    import secrets
-
-    return secrets.token_hex(16)
-
-
-def hash_id(patient_id: str, salt: str | None = None) -> str:
-    """Bundles record which patients trained them (so ``evaluate`` can leave them out) without carrying identifiers.
-
-    With the bundle's random ``salt``, a slow keyed hash (PBKDF2-HMAC-SHA256); bundles written before salts existed
-    (``salt`` None) used one public salt. Short record numbers can still be tried one by one at a cost; for IDs that
-    must not be recoverable at all, ``train --no-patient-ids`` stores none.
-    """
-    if salt is None:
-        return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
-    return hashlib.pbkdf2_hmac("sha256", str(patient_id).encode(), bytes.fromhex(salt), ID_HASH_ROUNDS).hex()[:32]
 
 
 def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store: bool) -> dict[str, Any]:
@@ -495,6 +473,7 @@ def train(
     store_patient_ids: bool = True,
     fusion: str = "none",
     extra_features: Sequence[str] = (),
+    permutations: int = PERMUTATIONS,
 ) -> dict[str, Any]:
     """Split, fit on the training part, and write the bundle; returns the bundle document.
 
@@ -509,7 +488,9 @@ def train(
     nested cross-validated C of the whole procedure (``nested_folds`` outer folds; 0: none).
 
     ``optimism_bootstraps`` replicates of Harrell's bootstrap (0: none) give each model's optimism-corrected
-    training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes.
+    training C-index (:func:`optimism_corrected_c`), run on ``workers`` processes. Each binary endpoint's best
+    model is checked against ``permutations`` label permutations (:func:`NPCPrognosisLib.pipeline.binary.
+    permutation_test`; 0: not checked).
 
     ``fusion`` "mmoe" adds the multimodal fusion model (:mod:`NPCPrognosisLib.pipeline.fusion`) over the
     radiomics, deep, clinical and ``extra_features`` blocks (``name=path`` tables joined by patient ID), with a
@@ -529,7 +510,7 @@ def train(
                              fix=f"train --endpoint dmfs (or os, pfs) --binary-endpoint {endpoint}")
         return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
-                            store_patient_ids=store_patient_ids, workers=workers)
+                            store_patient_ids=store_patient_ids, workers=workers, permutations=permutations)
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
@@ -644,7 +625,7 @@ def train(
     if binary_endpoints:
         encoded = train_manifest.clinical_table(models.ebv_fill)
         document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed,
-                                                                workers)
+                                                                workers, permutations)
                                         for name in dict.fromkeys(binary_endpoints)}
     if fusion_block is not None:
         document["fusion"] = fusion_block
@@ -673,7 +654,8 @@ def train(
 
 def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: str | Path, *,
                  split_col: str | None = None, test_fraction: float = 0.3, seed: int = 0,
-                 synthetic: bool = False, store_patient_ids: bool = True, workers: int = 2) -> dict[str, Any]:
+                 synthetic: bool = False, store_patient_ids: bool = True, workers: int = 2,
+                 permutations: int = PERMUTATIONS) -> dict[str, Any]:
     """``train --endpoint <binary column>``: a bundle whose only models predict that endpoint.
 
     Parameters
@@ -700,7 +682,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     ebv_fill = ebv_fill_value(train_manifest)
     block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed,
-                             workers)
+                             workers, permutations)
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
         "preprocessing": meta.get("preprocessing"),

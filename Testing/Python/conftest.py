@@ -30,13 +30,14 @@ def small_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(small_cohort, tmp_path_factory) -> Path:
     """A bundle trained on ``small_cohort`` (DMFS, with the ic_response classifiers), shared by the pipeline and
-    report tests; without the robustness study, which test_robustness exercises on its own."""
+    report tests; without the robustness study and the permutation test, which test_robustness and
+    test_binary_endpoint exercise on their own."""
     from NPCPrognosisLib.cli import main
 
     out = tmp_path_factory.mktemp("trained")
     code = main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
                  str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(out / "bundle"),
                  "--test-fraction", "0.25", "--seed", "1", "--robustness-patients", "0",
-                 "--binary-endpoint", "ic_response"])
+                 "--binary-endpoint", "ic_response", "--permutations", "0"])
     assert code == 0
     return out / "bundle"

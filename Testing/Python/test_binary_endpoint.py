@@ -126,10 +126,11 @@ def test_no_patient_ids_leaves_them_out_and_evaluate_asks_for_a_held_out_cohort(
     bundle = root / "bundle_noids"
     assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
                  str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
-                 "--split-col", "split", "--no-patient-ids"]) == 0
+                 "--split-col", "split", "--no-patient-ids", "--permutations", "0"]) == 0
     text = (bundle / "bundle.json").read_text()
     document = json.loads(text)
     assert document["training"]["patient_id_hashes"] is None and "SYN0001" not in text
+    assert "permutation" not in document["binary_endpoints"]["ic_response"]  # --permutations 0: not tested
     args = ["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"), "--features",
             str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(root / "eval_noids")]
     capsys.readouterr()

@@ -120,7 +120,8 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     pathology = f"pathology={root / 'pathology.csv'}"
     assert main(["--quiet", "train", *base, "--endpoint", "dmfs", "--binary-endpoint", "ic_response",
                  "--fusion", "mmoe", "--extra-features", pathology, "--out", str(bundle), "--split-col", "split",
-                 "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0"]) == 0
+                 "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0",
+                 "--permutations", "0"]) == 0
     printed = capsys.readouterr().out
     assert "fusion (MMoE)" in printed
     document = json.loads((bundle / "bundle.json").read_text())

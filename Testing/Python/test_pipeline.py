@@ -37,7 +37,7 @@ def test_bundle_contents(trained, small_cohort):
     training = document["training"]
     assert len(training["patient_id_hashes"]) == 18 and len(training["test_patient_id_hashes"]) == 6
     # Keyed with a random per-bundle salt: not the public-salt hash an attacker could tabulate once for all bundles.
-    from NPCPrognosisLib.pipeline.train import hash_id
+    from NPCPrognosisLib.io.patient_ids import hash_id
 
     manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
     ids = set(manifest["patient_id"])
