@@ -202,8 +202,9 @@ def out_of_fold_head(model: NetworkModel, patient_id: str) -> np.ndarray | None:
     """Coefficients of the refitted risk head that did not see ``patient_id``, when the network trained on them.
 
     The network's own training patients would otherwise get in-sample deep scores (the head was fitted on them),
-    which a nomogram fitted on the same patients over-weights. Patients are recognised by the salted hash the
-    bundle stores (:func:`NPCPrognosisLib.deep.training._out_of_fold_heads`); bundles without it give None.
+    which a nomogram fitted on the same patients would weigh as if they were honest. Patients are recognised by
+    the salted hash the bundle stores (:func:`NPCPrognosisLib.deep.training._out_of_fold_heads`); bundles without
+    it give None.
     """
     from NPCPrognosisLib.io.patient_ids import hash_id
 

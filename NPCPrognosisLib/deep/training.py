@@ -51,7 +51,7 @@ from NPCPrognosisLib.deep.data import (
     load_case,
     train_transforms,
 )
-from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
+from NPCPrognosisLib.deep.network import IMAGE_MEASURES, NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
 from NPCPrognosisLib.imaging.overlap import dice
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
@@ -238,18 +238,28 @@ def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inpu
 REFIT_FOLDS = 5
 
 
-def _cv_c_index(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float, seed: int,
-                folds: int = REFIT_FOLDS) -> float:
-    """Harrell's C of out-of-fold linear predictors (folds stratified by event), pooled over folds."""
+def _on_all_measures(coef, varying: np.ndarray) -> np.ndarray:
+    """Coefficients fitted on the varying measures, as a vector over all ``network.IMAGE_MEASURES`` (0 elsewhere)."""
+    linear = np.zeros(len(IMAGE_MEASURES))
+    linear[varying] = coef
+    return linear
+
+
+def _fold_fits(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float, seed: int,
+               folds: int = REFIT_FOLDS) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Ridge Cox fits without each fold (folds stratified by event): each case's fold, each fit's coefficients
+    and the out-of-fold linear predictors. They score a ridge strength and, for the chosen one, are the
+    out-of-fold heads (:func:`_out_of_fold_heads`)."""
     from NPCPrognosisLib.survival.cox import fit_cox
 
     fold = event_folds(event, folds, seed)
-    lp = np.empty(len(time))
+    coefs, lp = [], np.empty(len(time))
     for k in range(folds):
         test = fold == k
-        model = fit_cox(design[~test], time[~test], event[~test], ties="efron", penalizer=penalizer)
-        lp[test] = design[test] @ model.coef
-    return safe_c_index(time, event, lp)
+        coef = fit_cox(design[~test], time[~test], event[~test], ties="efron", penalizer=penalizer).coef
+        coefs.append(np.asarray(coef, float))
+        lp[test] = design[test] @ coef
+    return fold, coefs, lp
 
 
 def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties: Sequence[float], *,
@@ -264,7 +274,6 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
     """
     import torch
 
-    from NPCPrognosisLib.deep.network import IMAGE_MEASURES
     from NPCPrognosisLib.survival.cox import fit_cox
 
     time = np.array([c.time for c in cases], float)
@@ -280,13 +289,13 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
     design = ((measures - mean) / sd)[:, varying]
     if use_mlp:
         design = np.column_stack([(mlp - mlp_mean) / mlp_sd, design])
-    scores = {float(p): _cv_c_index(design, time, event, float(p), seed) for p in penalties}
+    fits = {float(p): _fold_fits(design, time, event, float(p), seed) for p in penalties}
+    scores = {p: safe_c_index(time, event, lp) for p, (_, _, lp) in fits.items()}
     best = max(scores, key=lambda p: (np.nan_to_num(scores[p], nan=0.0), p))
     fit = fit_cox(design, time, event, ties="efron", penalizer=best)
     coef = list(fit.coef)
     mlp_coef = coef.pop(0) if use_mlp else 0.0
-    linear = np.zeros(len(IMAGE_MEASURES))
-    linear[varying] = coef
+    linear = _on_all_measures(coef, varying)
     with torch.no_grad():
         last = model.risk_mlp[-1]
         scale = mlp_coef / mlp_sd if use_mlp else 0.0
@@ -301,41 +310,30 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
             "cv_c_index": {str(k): v for k, v in scores.items()},
             "train_c_index": safe_c_index(time, event, refitted),
             "coefficients": {"deep_mlp": mlp_coef, **{name: float(v) for name, v in zip(IMAGE_MEASURES, linear)}},
-            "out_of_fold": _out_of_fold_heads(cases, design, time, event, varying, best, seed, use_mlp)}
+            "out_of_fold": _out_of_fold_heads(cases, fits[best], varying, scores[best], use_mlp)}
 
 
-def _out_of_fold_heads(cases: Sequence[CasePatient], design: np.ndarray, time: np.ndarray, event: np.ndarray,
-                       varying: np.ndarray, penalizer: float, seed: int, use_mlp: bool,
-                       folds: int = REFIT_FOLDS) -> dict[str, Any]:
-    """The refit repeated without each fold: the deep score of a training patient from the head that did not see
-    them.
+def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray, list[np.ndarray], np.ndarray],
+                       varying: np.ndarray, c_index: float, use_mlp: bool) -> dict[str, Any]:
+    """The refit without each fold (``fold_fits`` of the chosen ridge strength, :func:`_fold_fits`): the deep score
+    of a training patient from the head that did not see them.
 
     The refitted head is fitted on the training patients, so their deep scores are in-sample (on the bundled demo
     network: training C 0.72 against a cross-validated 0.64); a nomogram fitted on the same patients would then
-    over-weight the deep score. With these heads, scoring a patient the network trained on (recognised by a salted
+    weigh in-sample scores. With these heads, scoring a patient the network trained on (recognised by a salted
     hash of the ID, :mod:`NPCPrognosisLib.io.patient_ids`) gives the out-of-fold score (``segment_preprocessed``).
-    The folds are those of the ridge strength's cross-validation; the measures' standardisation stays the full
-    split's (unsupervised).
+    The measures' standardisation stays the full split's (unsupervised).
     """
-    from NPCPrognosisLib.deep.network import IMAGE_MEASURES
     from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
-    from NPCPrognosisLib.survival.cox import fit_cox
 
     if use_mlp:
         return {"available": False, "reason": "the MLP output entered the refit; it is in-sample (refit_include_mlp)"}
-    fold = event_folds(event, folds, seed)
-    heads, lp = [], np.empty(len(time))
-    for k in range(folds):
-        test = fold == k
-        fit = fit_cox(design[~test], time[~test], event[~test], ties="efron", penalizer=penalizer)
-        linear = np.zeros(len(IMAGE_MEASURES))
-        linear[varying] = fit.coef
-        heads.append([float(v) for v in linear])
-        lp[test] = design[test] @ fit.coef
+    fold, coefs, _ = fold_fits
+    heads = [[float(v) for v in _on_all_measures(coef, varying)] for coef in coefs]
     salt = new_id_salt()
-    return {"available": True, "folds": folds, "measure_coefficients": heads,
+    return {"available": True, "folds": len(coefs), "measure_coefficients": heads,
             "fold_of": {hash_id(c.patient_id, salt): int(k) for c, k in zip(cases, fold)}, "id_salt": salt,
-            "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds", "c_index": safe_c_index(time, event, lp)}
+            "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds", "c_index": c_index}
 
 
 def _autocast(device: str):

@@ -282,12 +282,12 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
     if unknown:
         raise InputError(f"mask has label value(s) {unknown}; expected 0, 1 (GTVp) and 2 (GTVn)",
                          patient_id=patient_id, path=path, fix="relabel: primary tumour = 1, metastatic nodes = 2")
-    if LABELS["gtvp"] not in values and automatic:
-        raise InputError("the segmentation network found no primary tumour (automatic GTVp is empty)",
-                         patient_id=patient_id, path=path,
-                         fix="open the images and this automatic mask in Slicer's Segment Editor, contour the GTVp "
-                             "(label 1), and use that mask instead of the automatic one")
     if LABELS["gtvp"] not in values:
+        if automatic:
+            raise InputError("the segmentation network found no primary tumour (automatic GTVp is empty)",
+                             patient_id=patient_id, path=path,
+                             fix="open the images and this automatic mask in Slicer's Segment Editor, contour the "
+                                 "GTVp (label 1), and use that mask instead of the automatic one")
         raise InputError("mask has no voxel labelled 1 (GTVp is empty)", patient_id=patient_id, path=path,
                          fix="contour the primary tumour as label 1, or run automatic segmentation")
     return mask

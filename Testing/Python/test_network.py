@@ -169,6 +169,23 @@ def test_a_few_training_steps_reduce_the_loss():
     assert losses[-1] < 0.8 * losses[0]
 
 
+def _t2_hazard_cases(n: int, seed: int):
+    """A small network and ``n`` cases whose T2 brightness drives the hazard: the refit tests' data."""
+    from NPCPrognosisLib.deep.data import CasePatient
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4), 0.3)
+    cases = []
+    for i in range(n):
+        image = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
+        shift = rng.normal()
+        image[1] += shift  # brighter T2 = higher hazard
+        time = float(rng.exponential(np.exp(-1.5 * shift)))
+        cases.append(CasePatient(f"P{i}", image, np.zeros((1, 16, 16, 8), np.uint8), time, bool(rng.random() < 0.8)))
+    return net, cases
+
+
 def test_risk_head_refit_writes_the_cox_fit_into_the_network():
     """The refit's Cox linear predictor and the network's own risk must be the same function (up to a constant),
     and on cases whose T2 brightness drives hazard the refitted risk must rank them better than the joint head."""
@@ -176,16 +193,7 @@ def test_risk_head_refit_writes_the_cox_fit_into_the_network():
     from NPCPrognosisLib.deep.training import predict_cases, refit_risk_head, safe_c_index
     from NPCPrognosisLib.survival.cox import fit_cox
 
-    rng = np.random.default_rng(11)
-    torch.manual_seed(0)
-    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4), 0.3)
-    cases = []
-    for i in range(48):
-        image = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
-        shift = rng.normal()
-        image[1] += shift  # brighter T2 = higher hazard
-        time = float(rng.exponential(np.exp(-1.5 * shift)))
-        cases.append(CasePatient(f"P{i}", image, np.zeros((1, 16, 16, 8), np.uint8), time, bool(rng.random() < 0.8)))
+    net, cases = _t2_hazard_cases(48, 11)
     times, events = np.array([c.time for c in cases]), np.array([c.event for c in cases])
     _, joint, mlp, measures = predict_cases(net, cases, "cpu", head_inputs=True)
 
@@ -214,22 +222,12 @@ def test_the_networks_training_patients_get_out_of_fold_deep_scores():
     other patient by the full head."""
     from types import SimpleNamespace
 
-    from NPCPrognosisLib.deep.data import CasePatient
     from NPCPrognosisLib.deep.segmentation import _head_values, _risk_with_head, out_of_fold_head
     from NPCPrognosisLib.deep.training import predict_cases, refit_risk_head
     from NPCPrognosisLib.survival.cox import fit_cox
     from NPCPrognosisLib.survival.splits import event_folds
 
-    rng = np.random.default_rng(12)
-    torch.manual_seed(0)
-    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4), 0.3)
-    cases = []
-    for i in range(40):
-        image = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
-        shift = rng.normal()
-        image[1] += shift
-        time = float(rng.exponential(np.exp(-1.5 * shift)))
-        cases.append(CasePatient(f"P{i}", image, np.zeros((1, 16, 16, 8), np.uint8), time, bool(rng.random() < 0.8)))
+    net, cases = _t2_hazard_cases(40, 12)
     times, events = np.array([c.time for c in cases]), np.array([c.event for c in cases])
     _, _, _, measures = predict_cases(net, cases, "cpu", head_inputs=True)
     report = refit_risk_head(net, cases, "cpu", [0.1, 1.0, 10.0], seed=3)
