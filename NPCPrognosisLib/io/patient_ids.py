@@ -7,6 +7,7 @@ the network can score its own training patients out of fold, without carrying id
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 #: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
 ID_HASH_ROUNDS = 20_000
@@ -19,6 +20,7 @@ def new_id_salt() -> str:
     return secrets.token_hex(16)
 
 
+@lru_cache(maxsize=100_000)  # evaluate and predict look the same patients up once per model
 def hash_id(patient_id: str, salt: str | None = None) -> str:
     """Bundles record which patients trained them without carrying identifiers.
 

@@ -39,6 +39,7 @@ def tabular(tmp_path_factory):
     return root, table
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     root, truth = tabular
     bundle, out = root / "bundle_ic", root / "eval_ic"
@@ -88,6 +89,7 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
     assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
 
 
+@pytest.mark.slow
 def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabular, capsys):
     """A coin-toss column: ``train`` says the training patients show nothing learned instead of shipping the
     best-looking model silently, and a patient's prediction carries the same warning. (The permutation test is at
@@ -168,6 +170,31 @@ def test_skewed_features_are_transformed_before_the_logistic_fit():
     assert np.allclose(bn.rad_score(signature, probe), score)
     # the transformed signature ranks held-out patients at least as well as the size itself does
     assert roc_auc_score(y, bn.rad_score(signature, X)) >= roc_auc_score(y, size) - 0.01
+
+
+def test_vectorised_yeo_johnson_lambdas_match_scipy():
+    """All columns searched at once give scipy's maximum-likelihood lambda (clipped to the bounds) for skewed,
+    shifted, negative and partly missing features, and the identity for a constant one."""
+    from scipy.stats import yeojohnson, yeojohnson_normmax
+
+    rng = np.random.default_rng(12)
+    n = 90
+    columns = [rng.lognormal(0.0, s, n) * scale + shift for s, scale, shift in
+               zip(rng.uniform(0.1, 1.5, 40), rng.uniform(0.01, 500.0, 40), rng.normal(0.0, 30.0, 40))]
+    columns += [-rng.lognormal(0.0, 1.2, n), rng.normal(size=n), np.exp(rng.normal(0, 3, n)), np.full(n, 4.0)]
+    X = np.column_stack(columns)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    scale = np.nanstd(X, axis=0)
+    scale[-1] = 1.0
+    fits = bn.yeo_johnson_fit(X, scale)
+    for j, fit in enumerate(fits[:-1]):
+        u = X[~np.isnan(X[:, j]), j] / scale[j]
+        with np.errstate(all="ignore"):
+            expected = float(np.clip(yeojohnson_normmax(u), *bn.YJ_LAMBDA_BOUNDS))
+        assert fit["lambda"] == pytest.approx(expected, abs=1e-4), j
+        t = yeojohnson(u, fit["lambda"])
+        assert fit["mean"] == pytest.approx(t.mean(), rel=1e-9) and fit["scale"] == pytest.approx(t.std(), rel=1e-9)
+    assert fits[-1]["lambda"] == 1.0 and fits[-1]["scale"] < 1e-12
 
 
 def test_the_ensemble_is_used_unless_one_model_beats_it_by_a_standard_error():

@@ -113,6 +113,7 @@ def test_gates_mask_a_missing_block_and_training_is_deterministic():
         assert np.all(weights[missing, 1] == 0.0) and np.all(weights[~missing, 1] > 0.0)
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     root, truth = tabular
     bundle, out = root / "bundle", root / "eval"
