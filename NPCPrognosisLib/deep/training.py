@@ -704,7 +704,13 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
 
 
 def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, synthetic_demo, **training) -> dict:
+    from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
+
     finite = train_risks[np.isfinite(train_risks)]
+    # which patients validated the network, without their IDs: a bundle travels, identifiers must not
+    salt = new_id_salt()
+    validation = {"val_id_hashes": [hash_id(p, salt) for p in state["val_ids"]], "id_salt": salt,
+                  "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds"}
     network = {
         "architecture": {"name": "MultiTaskSegResNet", "backbone": "monai.networks.nets.SegResNet",
                          **config.network.to_dict()},
@@ -723,7 +729,7 @@ def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, syn
         "history": state["history"],
         "training": {"config": config.to_dict(), "seed": state["seed"], "epochs": state["epochs"],
                      "n_train": len(state["train_ids"]), "n_val": len(state["val_ids"]),
-                     "val_ids": state["val_ids"], "wall_s": round(float(state.get("wall_s", 0.0)), 1),
+                     **validation, "wall_s": round(float(state.get("wall_s", 0.0)), 1),
                      **training},
         "weights": "network.safetensors",
     }

@@ -293,6 +293,20 @@ def test_segment_scores_a_training_patient_with_its_out_of_fold_head(tiny_bundle
     assert own.deep_score != pytest.approx(other.deep_score, abs=1e-3)
 
 
+def test_network_bundle_names_no_patient(tiny_bundle, tiny_cohort):
+    """The bundle says which patients validated the network by salted hash only: no ID appears in its text."""
+    import json
+
+    from NPCPrognosisLib.io.patient_ids import hash_id
+
+    text = (tiny_bundle / "bundle.json").read_text(encoding="utf-8")
+    ids = read_manifest(tiny_cohort.manifest_path).patient_ids
+    assert not [p for p in ids if p in text]
+    training = json.loads(text)["network"]["training"]
+    assert "val_ids" not in training and len(training["val_id_hashes"]) == training["n_val"] == 2
+    assert {hash_id(p, training["id_salt"]) for p in ids} >= set(training["val_id_hashes"])
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 def _weights(path):
