@@ -324,7 +324,7 @@ def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray
     hash of the ID, :mod:`NPCPrognosisLib.io.patient_ids`) gives the out-of-fold score (``segment_preprocessed``).
     The measures' standardisation stays the full split's (unsupervised).
     """
-    from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
+    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 
     if use_mlp:
         return {"available": False, "reason": "the MLP output entered the refit; it is in-sample (refit_include_mlp)"}
@@ -333,7 +333,7 @@ def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray
     salt = new_id_salt()
     return {"available": True, "folds": len(coefs), "measure_coefficients": heads,
             "fold_of": {hash_id(c.patient_id, salt): int(k) for c, k in zip(cases, fold)}, "id_salt": salt,
-            "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds", "c_index": c_index}
+            "id_hash": ID_HASH_METHOD, "c_index": c_index}
 
 
 def _autocast(device: str):
@@ -704,13 +704,13 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
 
 
 def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, synthetic_demo, **training) -> dict:
-    from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
+    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 
     finite = train_risks[np.isfinite(train_risks)]
     # which patients validated the network, without their IDs: a bundle travels, identifiers must not
     salt = new_id_salt()
     validation = {"val_id_hashes": [hash_id(p, salt) for p in state["val_ids"]], "id_salt": salt,
-                  "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds"}
+                  "id_hash": ID_HASH_METHOD}
     network = {
         "architecture": {"name": "MultiTaskSegResNet", "backbone": "monai.networks.nets.SegResNet",
                          **config.network.to_dict()},

@@ -11,6 +11,8 @@ from functools import lru_cache
 
 #: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
 ID_HASH_ROUNDS = 20_000
+#: How a bundle describes its ID hashes (stored beside them as ``id_hash``).
+ID_HASH_METHOD = f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds"
 
 
 def new_id_salt() -> str:

@@ -20,7 +20,7 @@ from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
-from NPCPrognosisLib.io.patient_ids import ID_HASH_ROUNDS, hash_id, new_id_salt
+from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
 from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
@@ -63,7 +63,7 @@ def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store:
     salt = new_id_salt()
     return {"patient_id_hashes": [hash_id(p, salt) for p in train_ids],
             "test_patient_id_hashes": [hash_id(p, salt) for p in test_ids], "id_salt": salt,
-            "id_hash": f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds, random per-bundle salt"}
+            "id_hash": f"{ID_HASH_METHOD}, random per-bundle salt"}
 
 
 def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = None, test_fraction: float = 0.3,
