@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import os
 import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 
@@ -35,3 +38,39 @@ def spawn_context() -> multiprocessing.context.SpawnContext:
     if python is not None and Path(python) != Path(sys.executable):
         context.set_executable(python)
     return context
+
+
+#: Thread-count variables read by the numerical libraries a worker may load (OpenMP, OpenBLAS, MKL, ITK).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+def share_cores(workers: int) -> int:
+    """Limit this process's numerical threads to its share of the cores when ``workers`` processes run at once.
+
+    Without it every worker starts a BLAS/OpenMP/ITK thread per core: two workers on two cores run four busy
+    threads, and the spinning threads cost more than they compute (two outer folds of the nested cross-validation
+    took 65 s instead of 49 s). Returns the thread count set.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, int(workers)))
+    for name in THREAD_VARIABLES:  # libraries loaded later read these
+        os.environ[name] = str(threads)
+    if "numpy" in sys.modules:  # those already loaded are told directly
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    return threads
+
+
+def _start_worker(workers: int, initializer: Callable[[], None] | None) -> None:
+    share_cores(workers)
+    if initializer is not None:
+        initializer()
+
+
+def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+    """The process pool of every parallel stage: spawned workers (:func:`spawn_context`), each limited to its
+    share of the cores (:func:`share_cores`), then running ``initializer`` (a module-level function)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context(), initializer=_start_worker,
+                               initargs=(int(workers), initializer))

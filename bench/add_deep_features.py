@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -52,11 +51,11 @@ def main() -> int:
     parser.add_argument("--network", default=str(DEMO_NETWORK))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from NPCPrognosisLib.processes import spawn_context
+    from NPCPrognosisLib.processes import worker_pool
 
     table, meta = read_features(args.features)
     entries = [e for e in read_manifest(args.manifest).entries() if e.patient_id in set(table["patient_id"])]
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=spawn_context()) as pool:
+    with worker_pool(args.workers) as pool:
         rows = list(pool.map(deep_row, entries, [args.network] * len(entries)))
     joined = table.merge(pd.DataFrame(rows), on="patient_id", how="inner")
     out = Path(args.out)

@@ -982,7 +982,6 @@ def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool 
     SynthCohort
         Paths of the manifest and truth tables and the patient IDs.
     """
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
@@ -1003,9 +1002,9 @@ def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool 
     ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
     bar = {"total": len(ids), "desc": "relaxometry phantom", "unit": "patient", "disable": not progress}
     if workers > 1:
-        from NPCPrognosisLib.processes import spawn_context
+        from NPCPrognosisLib.processes import worker_pool
 
-        with ProcessPoolExecutor(max_workers=int(workers), mp_context=spawn_context()) as pool:
+        with worker_pool(int(workers)) as pool:
             futures = [pool.submit(_make_and_write, i, pid, rng, image_dir, out_dir)
                        for i, (pid, rng) in enumerate(zip(ids, rngs))]
             results = [f.result() for f in tqdm(futures, **bar)]

@@ -659,7 +659,6 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
     records. Only numpy draws random numbers; the SimpleITK filters used are deterministic, so files are
     identical per seed.
     """
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
@@ -675,9 +674,9 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
     ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
     bar = {"total": len(ids), "desc": "synthetic cohort", "unit": "patient", "disable": not progress}
     if workers > 1:
-        from NPCPrognosisLib.processes import spawn_context
+        from NPCPrognosisLib.processes import worker_pool
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(_synthesize_and_write, pid, rng, image_dir, out_dir) for pid, rng in zip(ids, rngs)]
             results = [f.result() for f in tqdm(futures, **bar)]
     else:

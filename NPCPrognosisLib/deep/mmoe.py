@@ -7,9 +7,11 @@ say which modality drove a patient's prediction; a patient without a modality ge
 masked to zero (renormalised over what the patient has), so missing slides need no imputation.
 
 Sized for a CPU and a cohort of ~160: experts of a few units, full-batch Adam, weight decay and dropout, an
-ensemble of a few seeded members averaged. Training is deterministic for a seed (one thread, seeded
-initialisation and dropout). Losses: the Cox partial likelihood with Efron ties (torchsurv) and binary cross
-entropy on the patients whose label is known; the tasks are summed.
+ensemble of a few seeded members averaged. The members (and, in the inner cross-validation, every fold's
+members) train side by side as one batched computation (:func:`train_members`), each on its own patients with
+its own optimiser state. Training is deterministic for a seed (one thread, seeded initialisation and dropout).
+Losses: the Cox partial likelihood with Efron ties (torchsurv) and binary cross entropy on the patients whose
+label is known; the tasks are summed.
 """
 
 from __future__ import annotations
@@ -148,61 +150,122 @@ class _single_thread:
         torch.set_num_threads(self.threads)
 
 
-def train_member(data: FusionData, config: MMoEConfig, seed: int, *, checkpoints: Sequence[int] = (),
-                 validation: FusionData | None = None) -> tuple[dict[int, dict[str, torch.Tensor]],
-                                                                 list[dict[str, np.ndarray]]]:
-    """One ensemble member trained for ``config.epochs`` full-batch steps.
+def _stack(config: MMoEConfig, seeds: Sequence[int]) -> tuple[MMoE, dict[str, torch.Tensor]]:
+    """Members initialised one by one (member ``k`` exactly as ``MMoE`` is after ``torch.manual_seed(seeds[k])``)
+    with their parameters stacked on a leading member axis, and a weightless copy of the architecture to call them
+    through."""
+    from torch.func import stack_module_state
+
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(MMoE(config))
+    params, _ = stack_module_state(members)  # an MMoE holds no buffers
+    return members[0].to("meta"), params
+
+
+def _forward_members(base: MMoE, params: Mapping[str, torch.Tensor], x: Mapping[str, torch.Tensor],
+                     present: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every member's forward pass at once (``present`` per member: (members, n, blocks)); outputs (members, n).
+
+    Each member draws its own dropout masks; ``base.training`` says whether dropout is on."""
+    from torch.func import functional_call, vmap
+
+    def one(member_params: Mapping[str, torch.Tensor], shown: torch.Tensor):
+        return functional_call(base, dict(member_params), (x, shown))
+
+    return vmap(one, in_dims=(0, 0), randomness="different")(dict(params), present)
+
+
+def _member_loss(outputs: Mapping[str, torch.Tensor], rows: torch.Tensor,
+                 time: torch.Tensor | None, event: torch.Tensor | None,
+                 labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The sum over members of each member's loss on its own training patients (``rows``: (members, n) bool)."""
+    total = torch.zeros(())
+    for m in range(rows.shape[0]):
+        keep = rows[m]
+        total = total + _loss({task: out[m][keep] for task, out in outputs.items()},
+                              None if time is None else time[keep], None if event is None else event[keep],
+                              {task: y[keep] for task, y in labels.items()})
+    return total
+
+
+def _clip_per_member(params: Mapping[str, torch.Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_`` for each member on its own: a member's step never depends on another's gradients."""
+    squares = sum(p.grad.reshape(p.shape[0], -1).pow(2).sum(dim=1) for p in params.values())
+    scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params.values():
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+def train_members(data: FusionData, config: MMoEConfig, seeds: Sequence[int], *, rows: np.ndarray | None = None,
+                  checkpoints: Sequence[int] = ()) -> tuple[list[dict[int, dict[str, torch.Tensor]]],
+                                                             list[dict[str, np.ndarray]]]:
+    """Several members trained side by side for ``config.epochs`` full-batch steps, each on its own patients.
+
+    The members' parameters are stacked and every step runs them as one batched computation (``torch.func``):
+    the ensembles and the inner cross-validation train dozens of networks of a few hundred weights each, which
+    one at a time spend their time in per-operation overhead. Each member keeps its own initialisation, dropout
+    masks, modality dropout, loss on its own patients, gradient clipping and AdamW state, so it is the network it
+    would be trained alone (up to its random streams).
 
     Parameters
     ----------
     data : FusionData
-        Training patients (``time``/``event`` for the survival task, ``labels`` for binary tasks).
+        The patients (``time``/``event`` for the survival task, ``labels`` for binary tasks).
     config : MMoEConfig
         Architecture and optimisation.
-    seed : int
-        Initialisation, dropout and block-dropout seed.
+    seeds : sequence of int
+        One per member: its initialisation and its modality-dropout stream (the first also seeds dropout).
+    rows : bool array (members, patients), optional
+        Each member's training patients (default: all); the others are only scored.
     checkpoints : sequence of int
-        Epochs after which the weights are kept (and ``validation``, when given, is scored).
-    validation : FusionData, optional
-        Patients scored at the checkpoints.
+        Epochs after which the weights are kept and every patient is scored (dropout off, every block shown).
 
     Returns
     -------
-    weights : dict of int to state dict
-        The member's weights after each checkpoint epoch.
+    weights : list of dict
+        Per member, its state dict after each checkpoint epoch.
     outputs : list of dict
-        Per checkpoint, each task's outputs on ``validation`` (empty without it).
+        Per checkpoint, each task's outputs (members, patients).
     """
-    torch.manual_seed(seed)
-    generator = np.random.default_rng(seed)
-    model = MMoE(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n, members = len(data), len(seeds)
+    rows_t = torch.ones(members, n, dtype=torch.bool) if rows is None else torch.from_numpy(np.asarray(rows, bool))
+    base, params = _stack(config, seeds)
+    torch.manual_seed(seeds[0])
+    generators = [np.random.default_rng(seed) for seed in seeds]
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
     x, present = data.tensors()
     time = None if data.time is None else torch.from_numpy(np.asarray(data.time, np.float32))
     event = None if data.event is None else torch.from_numpy(np.asarray(data.event, bool))
     labels = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in data.labels.items()}
-    droppable = torch.tensor([name != "clinical" for name in model.names])
+    droppable = torch.tensor([name != "clinical" for name in base.names])
+    everything = present.expand(members, *present.shape)
     wanted = set(checkpoints)
-    weights, scored = {}, []
+    weights: list[dict[int, dict[str, torch.Tensor]]] = [{} for _ in seeds]
+    scored = []
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        base.train()
         optimizer.zero_grad()
-        shown = present
+        shown = everything
         if config.block_dropout > 0:
-            hide = torch.from_numpy(generator.random(tuple(present.shape)) < config.block_dropout) & droppable
-            shown = present * (~hide).float()
-        outputs, _ = model(x, shown)
-        loss = _loss(outputs, time, event, labels)
+            hide = torch.from_numpy(np.stack([g.random(tuple(present.shape)) for g in generators])
+                                    < config.block_dropout) & droppable
+            shown = everything * (~hide).float()
+        outputs, _ = _forward_members(base, params, x, shown)
+        loss = _member_loss(outputs, rows_t, time, event, labels)
         if not torch.isfinite(loss):
             raise ArithmeticError(f"the fusion model's loss diverged at epoch {epoch}")
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        _clip_per_member(params, 5.0)
         optimizer.step()
         if epoch in wanted:
-            model.eval()
-            weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if validation is not None:
-                scored.append(predict_members({t: [model] for t in config.tasks}, validation)[0])
+            base.eval()
+            for m, kept in enumerate(weights):
+                kept[epoch] = {name: value[m].detach().clone() for name, value in params.items()}
+            with torch.no_grad():
+                outputs, _ = _forward_members(base, params, x, everything)
+            scored.append({task: out.numpy().astype(float) for task, out in outputs.items()})
     return weights, scored
 
 
@@ -232,8 +295,8 @@ def fit_ensemble(data: FusionData, config: MMoEConfig, seed: int) -> dict[str, l
     epochs = {task: config.task_epochs.get(task, config.epochs) for task in config.tasks}
     schedule = MMoEConfig(**{**config.to_dict(), "epochs": max(epochs.values())})
     with _single_thread():
-        runs = [train_member(data, schedule, seed + k, checkpoints=sorted(set(epochs.values())))[0]
-                for k in range(config.members)]
+        runs = train_members(data, schedule, [seed + k for k in range(config.members)],
+                             checkpoints=sorted(set(epochs.values())))[0]
     return {task: [_member(config, run[epochs[task]]) for run in runs] for task in config.tasks}
 
 
@@ -317,13 +380,16 @@ def cross_validate(data: FusionData, base: MMoEConfig, candidates: Sequence[Mapp
             config = MMoEConfig(**{**base.to_dict(), **candidate})
             fold_scores = np.full((len(folds), len(checkpoints), len(config.tasks)), np.nan)
             outputs = [{task: np.zeros(len(data)) for task in config.tasks} for _ in checkpoints]
+            # every fold's members in one batched run, each member on its fold's training patients
+            seeds = [seed + 1000 * f + k for f in range(len(folds)) for k in range(config.members)]
+            rows = np.stack([~np.asarray(held, bool) for held in folds for _ in range(config.members)])
+            scored = train_members(data, config, seeds, rows=rows, checkpoints=checkpoints)[1]
             for f, held in enumerate(folds):
-                train, val = data.subset(~held), data.subset(held)
-                runs = [train_member(train, config, seed + 1000 * f + k, checkpoints=checkpoints,
-                                     validation=val)[1] for k in range(config.members)]
-                for c in range(len(checkpoints)):
+                val = data.subset(held)
+                members = slice(f * config.members, (f + 1) * config.members)
+                for c, out in enumerate(scored):
                     for t, task in enumerate(config.tasks):
-                        mean_out = np.mean([run[c][task] for run in runs], axis=0)
+                        mean_out = out[task][members, held].mean(axis=0)
                         outputs[c][task][held] = mean_out
                         fold_scores[f, c, t] = task_score(task, mean_out, val)
             with np.errstate(all="ignore"):

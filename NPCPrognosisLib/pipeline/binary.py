@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -383,9 +382,9 @@ def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarr
     rng = np.random.default_rng(seed + 7919)
     labels = [rng.permutation(y) for _ in range(permutations)]
     if workers > 1:
-        from NPCPrognosisLib.processes import spawn_context
+        from NPCPrognosisLib.processes import worker_pool
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             null = list(pool.map(_permuted_cv_auc, *zip(*[(clinical, features, y_k, seed) for y_k in labels])))
     else:
         null = [_permuted_cv_auc(clinical, features, y_k, seed) for y_k in labels]

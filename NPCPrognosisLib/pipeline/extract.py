@@ -11,7 +11,6 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,9 +209,9 @@ def extract_cohort(
     if runner is not None:
         results = runner(_resumable_patient, entries, *args)
     elif workers > 1:
-        from NPCPrognosisLib.processes import spawn_context
+        from NPCPrognosisLib.processes import worker_pool
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(_resumable_patient, e, *args) for e in entries]
             results = [f.result() for f in tqdm(futures, desc="radiomics", unit="patient", disable=not progress)]
     else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,9 +194,9 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
     if jobs:
         log.info("feature robustness: %d patient(s) to perturb (%d extractions cached)", len(jobs), cached)
         if workers > 1 and len(jobs) > 1:
-            from NPCPrognosisLib.processes import spawn_context
+            from NPCPrognosisLib.processes import worker_pool
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+            with worker_pool(workers) as pool:
                 results = list(pool.map(_perturbed_rows, *zip(*jobs)))
         else:
             results = [_perturbed_rows(*job) for job in jobs]

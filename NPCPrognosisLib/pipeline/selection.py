@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -176,9 +175,9 @@ def select_radiomics(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, 
                      workers: int = 2) -> tuple[SignatureSettings, list[dict[str, Any]]]:
     """The radiomics configuration whose Rad-score validates best, and every candidate's cross-validated C."""
     if workers > 1 and len(candidates) > 1:
-        from NPCPrognosisLib.processes import spawn_context
+        from NPCPrognosisLib.processes import worker_pool
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(_cv_signature, matrix, time, event, fold, c, icc) for c in candidates]
             scores = [f.result() for f in futures]
     else:

@@ -268,13 +268,12 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
     report : dict
         Per model ``apparent``, ``optimism``, ``corrected`` and the number of replicates that could be fitted.
     """
-    from concurrent.futures import ProcessPoolExecutor
 
-    from NPCPrognosisLib.processes import spawn_context
+    from NPCPrognosisLib.processes import worker_pool
 
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
     if workers > 1 and n_boot > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s, choices)
                        for s in seeds]
             replicates = [f.result() for f in futures]
@@ -375,16 +374,15 @@ def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, setti
     report : dict
         Per model the mean C over outer folds, its standard error and the folds that could be fitted.
     """
-    from concurrent.futures import ProcessPoolExecutor
 
-    from NPCPrognosisLib.processes import spawn_context
+    from NPCPrognosisLib.processes import worker_pool
 
     _, event = manifest.outcome_arrays(endpoint)
     fold = event_folds(event, folds, seed + 104723)
     args = [(manifest, features, endpoint, settings, icc, fold == k) for k in range(folds)]
     if workers > 1:
         # outer folds in parallel, each selection on one process: the selection's serial parts parallelise too
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context()) as pool:
+        with worker_pool(workers) as pool:
             results = list(pool.map(_nested_fold, *zip(*args)))
     else:
         results = [_nested_fold(*a) for a in args]

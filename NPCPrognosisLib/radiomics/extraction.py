@@ -37,7 +37,7 @@ import SimpleITK as sitk
 from NPCPrognosisLib.contract import ROIS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import label_box
-from NPCPrognosisLib.processes import spawn_context, worker_python
+from NPCPrognosisLib.processes import worker_pool, worker_python
 from NPCPrognosisLib.resources import RADIOMICS_PARAMS
 
 logger = logging.getLogger(__name__)
@@ -545,9 +545,7 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=spawn_context(), initializer=_worker_init
-            )
+            pool = worker_pool(workers, _worker_init)
             _POOLS[workers] = pool
         return pool
 

@@ -6,6 +6,7 @@ and checked again when a model is trained on it or a bundle reads it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class FeatureFamily:
     feature_class: str
 
 
+@functools.lru_cache(maxsize=65_536)  # a pure function of the name, asked per column per refit
 def feature_family(column: str) -> FeatureFamily | None:
     """The sequence, ROI, image type and class of a radiomics column; None for a flag such as ``gtvn_present``."""
     parts = column.split("_", 3)

@@ -102,8 +102,14 @@ class RadiomicsSignature:
 
 def offered_columns(columns: Sequence[str], settings: SignatureSettings, icc: pd.Series | None) -> list[str]:
     """The feature columns a configuration lets the selection see (its image types, ROIs and ICC threshold)."""
+    robust = np.ones(len(columns), bool)
+    if settings.min_icc is not None and icc is not None:
+        # unmeasured (NaN, or not in the table) counts as not shown to be robust
+        robust = icc.reindex(list(columns)).to_numpy(float) >= settings.min_icc
     kept = []
-    for column in columns:
+    for column, ok in zip(columns, robust):
+        if not ok:
+            continue
         family = feature_family(column)
         if is_deep_feature(column):
             if not settings.deep_features or (settings.rois is not None and column.split("_")[1] not in settings.rois):
@@ -112,10 +118,6 @@ def offered_columns(columns: Sequence[str], settings: SignatureSettings, icc: pd
             if settings.image_types is not None and not family.image_type.startswith(settings.image_types):
                 continue
             if settings.rois is not None and family.roi not in settings.rois:
-                continue
-        if settings.min_icc is not None and icc is not None:
-            value = icc.get(column, np.nan)
-            if not value >= settings.min_icc:  # unmeasured (NaN) counts as not shown to be robust
                 continue
         kept.append(column)
     return kept
@@ -165,7 +167,7 @@ def redundancy_filter(z: np.ndarray, names: Sequence[str], p: np.ndarray, thresh
 
 
 def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings,
-              groups: np.ndarray | None = None) -> tuple[float, dict]:
+              groups: np.ndarray | None = None) -> tuple[float, dict, np.ndarray]:
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
 
@@ -204,13 +206,22 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
         # alphas are decreasing: the first index within one SE of the best is the sparsest acceptable model.
         chosen = int(np.argmax(mean >= mean[best] - se[best]))
     return float(alphas[chosen]), {"cv_c_index": float(mean[chosen]), "cv_c_index_best": float(mean[best]),
-                                   "alpha_best": float(alphas[best]), "n_alphas": int(len(alphas))}
+                                   "alpha_best": float(alphas[best]), "n_alphas": int(len(alphas))}, alphas
 
 
-def selection_frequency(z: np.ndarray, time: np.ndarray, event: np.ndarray, alpha: float,
+def path_to(alphas: np.ndarray, alpha: float) -> np.ndarray:
+    """The penalty path from its largest value down to ``alpha``: a Coxnet fit at one small penalty started
+    from zero coefficients can take minutes of coordinate descent when features outnumber patients; warm-started
+    down the path (as glmnet does) it takes milliseconds and reaches the same optimum. Read the fit at ``alpha``
+    from the last column of ``coef_``."""
+    return np.append(alphas[alphas > alpha], alpha)
+
+
+def selection_frequency(z: np.ndarray, time: np.ndarray, event: np.ndarray, alphas: np.ndarray,
                         settings: SignatureSettings) -> np.ndarray:
     """Share of random half-samples in which the penalised Cox fit at ``alpha`` gives each column a non-zero
-    coefficient: features that only a few lucky patients support drop out (Meinshausen & Buehlmann 2010)."""
+    coefficient: features that only a few lucky patients support drop out (Meinshausen & Buehlmann 2010).
+    ``alphas``: the penalty path down to the penalty of interest (:func:`path_to`)."""
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
 
@@ -221,7 +232,7 @@ def selection_frequency(z: np.ndarray, time: np.ndarray, event: np.ndarray, alph
         rows = rng.choice(len(time), size=len(time) // 2, replace=False)
         if event[rows].sum() < 2:
             continue
-        model = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[alpha])
+        model = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=alphas)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -273,7 +284,7 @@ def fit_signature(
         raise InputError(f"only {int(event.sum())} events in the training cohort; a radiomics signature needs more",
                          fix="use a larger training cohort or a longer-follow-up endpoint")
     # pd.to_numeric column by column costs seconds on ten thousand columns: only when some are not numeric
-    numeric = all(pd.api.types.is_numeric_dtype(dtype) for dtype in features.dtypes)
+    numeric = all(pd.api.types.is_numeric_dtype(dtype) for dtype in set(features.dtypes))
     table = features if numeric else features.apply(pd.to_numeric, errors="coerce")
     values = table.to_numpy(float)
     missing = np.isnan(values).mean(axis=0)
@@ -295,17 +306,17 @@ def fit_signature(
     index = [names.index(k) for k in kept]
     zk = z[:, index]
 
-    alpha, cv = _lasso_cv(zk, time, event, settings, groups)
+    alpha, cv, alphas = _lasso_cv(zk, time, event, settings, groups)
     offered = np.arange(zk.shape[1])
     if settings.stability_share is not None:
-        frequency = selection_frequency(zk, time, event, cv["alpha_best"], settings)
+        frequency = selection_frequency(zk, time, event, path_to(alphas, cv["alpha_best"]), settings)
         offered = np.flatnonzero(frequency >= settings.stability_share)
         if offered.size == 0:
             offered = np.array([int(np.argmax(frequency))])
         cv.update({"stability_share": settings.stability_share, "stability_resamples": settings.stability_resamples,
                    "n_stable": int(offered.size)})
     def penalised_fit(at: float) -> np.ndarray:
-        final = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=[at])
+        final = CoxnetSurvivalAnalysis(l1_ratio=settings.l1_ratio, alphas=path_to(alphas, at))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             final.fit(zk[:, offered], Surv.from_arrays(event=event, time=time))

@@ -70,3 +70,12 @@ def test_n4_removes_a_bias_field_and_normalisation_is_zscore_x100():
     assert before > 0.5 and after < 0.1, (before, after)
     plain = sitk.GetArrayFromImage(preprocess_image(image, PreprocessConfig(n4=False)))
     assert abs(plain[head].mean()) < 20 and 80 < plain[head].std() < 120
+    # the same scan gives the same intensities whatever the machine's core count (and ITK's setting is restored)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(4)
+        on_four = sitk.GetArrayFromImage(preprocess_image(image, PreprocessConfig()))
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 4
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    assert np.array_equal(on_four, corrected)

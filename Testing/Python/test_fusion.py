@@ -113,6 +113,48 @@ def test_gates_mask_a_missing_block_and_training_is_deterministic():
         assert np.all(weights[missing, 1] == 0.0) and np.all(weights[~missing, 1] > 0.0)
 
 
+def test_members_trained_side_by_side_are_the_networks_trained_alone():
+    """Batched training is only a speed-up: with dropout off, each member of a batch (its own seed, its own
+    training patients) ends with the weights a plain one-network loop gives it (AdamW, gradient clipping, the
+    loss on its patients only)."""
+    rng = np.random.default_rng(2)
+    n, epochs, seeds = 45, 12, [11, 12, 13]
+    data = mmoe.FusionData(blocks={"clinical": 30 * rng.normal(size=(n, 3)), "pathology": rng.normal(size=(n, 2))},
+                           present=np.column_stack([np.ones(n, bool), np.arange(n) % 4 > 0]),
+                           time=np.round(rng.exponential(20, n)), event=rng.random(n) < 0.5,
+                           labels={"ic_response": np.where(rng.random(n) < 0.2, np.nan, rng.random(n) < 0.5)})
+    config = mmoe.MMoEConfig(blocks={"clinical": 3, "pathology": 2}, tasks=[mmoe.SURVIVAL, "ic_response"],
+                             width=4, epochs=epochs, dropout=0.0, block_dropout=0.0, lr=0.05)
+    rows = np.stack([np.arange(n) % 3 != k for k in range(3)])
+    weights, scored = mmoe.train_members(data, config, seeds, rows=rows, checkpoints=[epochs])
+    clipped = 0
+    for m, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        model = mmoe.MMoE(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        own = data.subset(rows[m])
+        x, present = own.tensors()
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            outputs, _ = model(x, present)
+            mmoe._loss(outputs, torch.tensor(own.time, dtype=torch.float32), torch.tensor(own.event),
+                       {"ic_response": torch.tensor(own.labels["ic_response"], dtype=torch.float32)}).backward()
+            clipped += float(torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)) > 5.0
+            optimizer.step()
+        for name, value in model.state_dict().items():
+            if name != "heads.survival.bias":  # the Cox loss ignores a shift: Adam moves it on rounding noise
+                assert torch.allclose(weights[m][epochs][name], value, atol=1e-5), (seed, name)
+        model.eval()
+        with torch.no_grad():
+            outputs, _ = model(*data.tensors())
+        for task, out in outputs.items():
+            ours = scored[0][task][m]
+            if task == mmoe.SURVIVAL:
+                ours, out = ours - ours.mean(), out - out.mean()
+            assert np.allclose(ours, out.numpy(), atol=1e-4), (seed, task)
+    assert clipped > 0  # the clipping was exercised, per member
+
+
 @pytest.mark.slow
 def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     root, truth = tabular

@@ -282,3 +282,15 @@ def test_worker_python_avoids_relaunching_slicer(tmp_path):
     assert worker_python(str(slicer)) is None
     (tmp_path / "PythonSlicer").write_text("")
     assert worker_python(str(slicer)) == str(tmp_path / "PythonSlicer")
+
+
+def test_pool_workers_get_their_share_of_the_cores():
+    """Two workers on two cores each run one numerical thread, not one per core (oversubscribed, they spin)."""
+    import os
+
+    from NPCPrognosisLib.processes import THREAD_VARIABLES, worker_pool
+
+    cores = len(os.sched_getaffinity(0))
+    with worker_pool(2) as pool:
+        seen = [pool.submit(os.getenv, name).result() for name in THREAD_VARIABLES]
+    assert seen == [str(max(1, cores // 2))] * len(THREAD_VARIABLES)

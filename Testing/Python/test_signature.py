@@ -15,6 +15,7 @@ from NPCPrognosisLib.radiomics.signature import (
     SignatureSettings,
     cox_score_test,
     fit_signature,
+    path_to,
     redundancy_filter,
 )
 
@@ -54,6 +55,38 @@ def test_redundancy_filter_keeps_lower_p_of_correlated_pair():
     z = np.column_stack([a, a + 0.05 * rng.normal(size=100), rng.normal(size=100)])
     kept = redundancy_filter(z, ["a", "a_copy", "other"], np.array([0.02, 0.001, 0.03]), 0.85)
     assert kept == ["a_copy", "other"]
+
+
+def test_warm_started_penalty_path_reaches_the_single_penalty_optimum():
+    """Fits at one penalty go down the path (``path_to``): the penalised partial likelihood is as low as a fit
+    started at that penalty from zero (which can take minutes, or fail, at a small penalty)."""
+    import warnings
+
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sksurv.util import Surv
+
+    from NPCPrognosisLib.survival.cox import _partial_likelihood
+
+    rng = np.random.default_rng(0)
+    for n, p in ((64, 150), (128, 200)):  # more features than patients, as after the radiomics filters
+        z = rng.normal(size=(n, p))
+        z[:, 1:40] += 0.8 * z[:, :1]
+        time, event = _survival(rng, 0.8 * z[:, 0] + 0.5 * z[:, 5])
+        y = Surv.from_arrays(event, time)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alphas = CoxnetSurvivalAnalysis(n_alphas=50, alpha_min_ratio=0.02).fit(z, y).alphas_
+            for alpha in alphas[[10, 30]]:
+                path = path_to(alphas, alpha)
+                assert path[-1] == alpha and np.all(np.diff(path) < 0)
+                objective = []
+                for grid in ([alpha], path):
+                    beta = CoxnetSurvivalAnalysis(alphas=grid).fit(z, y).coef_[:, -1]
+                    objective.append(-_partial_likelihood(z, time, event, beta, "breslow")[0] / n
+                                     + alpha * np.abs(beta).sum())
+                assert objective[1] <= objective[0] * (1 + 1e-4)  # no worse, to the solver tolerance (often lower)
+    beta = CoxnetSurvivalAnalysis(alphas=path_to(alphas, alphas[-1])).fit(z, y).coef_[:, -1]
+    assert np.all(np.isfinite(beta)) and 0 < np.count_nonzero(beta) < p
 
 
 def test_lasso_signature_finds_the_signal_and_scores_new_patients():
