@@ -98,14 +98,14 @@ def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str
     passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
     full = np.flatnonzero(keep)[passing]
     transform = yeo_johnson_fit(values[:, full], raw_scale[full])
-    zt = np.column_stack([_transformed(values[:, j], t) for j, t in zip(full, transform)])
+    zt = _transformed(values[:, full], {key: [t[key] for t in transform] for key in TRANSFORM_KEYS})
     kept = redundancy_filter(zt, [names[i] for i in passing], p[passing], REDUNDANCY_R)
     idx = [[names[i] for i in passing].index(k) for k in kept]
     coef, intercept = _lasso_logistic(zt[:, idx], y, seed)
     chosen = [idx[i] for i in np.flatnonzero(coef != 0)]
     return {"features": [names[passing[i]] for i in chosen], "coef": coef[coef != 0].tolist(),
             "intercept": float(intercept),
-            **{key: [float(transform[i][key]) for i in chosen] for key in ("raw_scale", "lambda", "mean", "scale")},
+            **{key: [float(transform[i][key]) for i in chosen] for key in TRANSFORM_KEYS},
             "transform": "Yeo-Johnson of value / raw_scale, then (t - mean) / scale",
             "n_features_in": int(X.shape[1]), "n_univariate": int(len(passing)), "n_after_redundancy": len(kept)}
 
@@ -190,16 +190,17 @@ def yeo_johnson_fit(values: np.ndarray, raw_scale: np.ndarray) -> list[dict[str,
             for r, lm, m, sd in zip(raw_scale, lam, mean, scale)]
 
 
-def _transformed(column: np.ndarray, transform: Mapping[str, float]) -> np.ndarray:
-    """Standardised transformed values; a missing value becomes 0 (the transformed training mean)."""
-    from scipy.stats import yeojohnson
+#: Per-feature parameters of the transform, stored as lists in a binary signature.
+TRANSFORM_KEYS = ("raw_scale", "lambda", "mean", "scale")
 
-    out = np.zeros(len(column))
-    finite = np.isfinite(column)
+
+def _transformed(values: np.ndarray, transform: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Standardised transformed values of each column (the same Yeo-Johnson as the fit, :func:`_yeo_johnson`);
+    a missing value becomes 0 (the transformed training mean)."""
+    raw_scale, lam, mean, scale = (np.asarray(transform[key], float) for key in TRANSFORM_KEYS)
     with np.errstate(all="ignore"):
-        t = yeojohnson(column[finite] / transform["raw_scale"], transform["lambda"])
-    out[finite] = (t - transform["mean"]) / transform["scale"]
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        z = (_yeo_johnson(values / raw_scale, lam) - mean) / scale
+    return np.nan_to_num(np.where(np.isfinite(values), z, 0.0), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def signature_values(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:
@@ -212,9 +213,7 @@ def signature_values(signature: Mapping[str, Any], features: pd.DataFrame) -> np
     if "lambda" not in signature:  # bundles written before the transform: plain z-scores
         mean = np.asarray(signature["mean"])
         return (np.where(np.isnan(values), mean, values) - mean) / np.asarray(signature["scale"])
-    keys = ("raw_scale", "lambda", "mean", "scale")
-    return np.column_stack([_transformed(values[:, j], {k: signature[k][j] for k in keys})
-                            for j in range(values.shape[1])]) if values.shape[1] else values
+    return _transformed(values, signature)
 
 
 def _lasso_logistic(z: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
