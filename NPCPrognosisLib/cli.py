@@ -257,7 +257,7 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
     out = train_network(args.manifest, args.endpoint, args.out, epochs=args.epochs, batch_size=args.batch_size,
                         device=args.device, seed=args.seed, val_fraction=args.val_fraction,
                         progress=not args.quiet, resume=args.resume, synthetic_demo=args.synthetic,
-                        work_dir=args.work_dir, config=config, force=args.force)
+                        work_dir=args.work_dir, config=config, force=args.force, workers=args.workers)
     gate = read_bundle(out)["network"]["quality_gate"]
     print(("quality gate passed: " if gate["passed"] else "WARNING (forced): ") + gate["message"])
     print(f"network bundle written: {out}")
@@ -486,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of further training options (TrainConfig fields)")
     p.add_argument("--work-dir", help="checkpoints and preprocessing cache (default: <out>.work)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--workers", type=int, default=2, help="patients preprocessed in parallel before training")
     p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
     p.add_argument("--force", action="store_true",
                    help="write the bundle even when the network fails the validation-Dice quality gate")

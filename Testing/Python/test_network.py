@@ -327,11 +327,12 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
         {p.name for p in work.iterdir()}
 
     out = tmp_path / "resumed"
+    # the bundle's patients were preprocessed two at a time in worker processes, these one by one in this one
     stopped = train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3,
-                            val_fraction=0.4, progress=False, config=TINY, stop_after_epoch=0)
+                            val_fraction=0.4, progress=False, config=TINY, stop_after_epoch=0, workers=1)
     assert not out.exists() and (stopped / "latest.json").exists()  # "killed" after epoch 1 of 2
     train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3, val_fraction=0.4,
-                  progress=False, config=TINY, resume=True, force=True)
+                  progress=False, config=TINY, resume=True, force=True, workers=1)
     uninterrupted = _weights(work / "latest.safetensors")
     resumed = _weights(out.with_name("resumed.work") / "checkpoints" / "latest.safetensors")
     assert uninterrupted.keys() == resumed.keys()
