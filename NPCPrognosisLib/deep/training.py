@@ -212,6 +212,11 @@ def load_checkpoint(ckpt_dir: Path, name: str, model, optimizer=None) -> dict[st
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+#: Cases per forward pass when predicting on the working grid: a batch of 4 costs about half as much per case as
+#: one case at a time on a CPU (the validation of every epoch was a sixth of an epoch's time one by one).
+PREDICT_BATCH = 4
+
+
 def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False) -> tuple:
     """(argmax labels per case, risks) on the working grid without augmentation; with ``head_inputs`` also
     the MLP output and the raw image measures of the risk head, per case."""
@@ -220,15 +225,17 @@ def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inpu
     labels, risks, mlp, measures = [], [], [], []
     model.eval()
     with torch.no_grad():
-        for case in cases:
-            x = torch.from_numpy(case.image[None]).to(device).contiguous(memory_format=torch.channels_last_3d)
+        for start in range(0, len(cases), PREDICT_BATCH):
+            batch = cases[start:start + PREDICT_BATCH]
+            x = torch.from_numpy(np.stack([case.image for case in batch])).to(device)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
             with _autocast(device):
                 out = model(x)
-            labels.append(out["seg_logits"].argmax(1)[0].cpu().numpy())
-            risks.append(float(out["risk"][0].float()))
+            labels.extend(out["seg_logits"].argmax(1).cpu().numpy())
+            risks.extend(out["risk"].float().reshape(len(batch)).tolist())
             if head_inputs:
-                mlp.append(float(model.risk_mlp(out["features"].float())[0, 0]))
-                measures.append(out["measures"][0].float().cpu().numpy())
+                mlp.extend(model.risk_mlp(out["features"].float())[:, 0].tolist())
+                measures.extend(out["measures"].float().cpu().numpy())
     if head_inputs:
         return labels, np.array(risks), np.array(mlp), np.array(measures)
     return labels, np.array(risks)
