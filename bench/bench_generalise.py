@@ -3,10 +3,13 @@ method was not tuned on, as a new user runs it (`extract --workers 2`, `train --
 
     python bench/bench_generalise.py [--family relaxometry] [--train-family FAMILY] [--seeds 1 2 3]
                                      [--n-train 160] [--n-test 200] [--mask truth|auto] [--workers 2]
+                                     [--network NETWORK_BUNDLE]
 
 For each seed, a cohort of n-train + n-test patients is drawn (the training part from ``--train-family`` when
 given, else from ``--family``), radiomics are extracted with the shipped paper settings (and, with ``--mask
-auto``, from the shipped network's own contours, with its deep score), ``train`` fits on the training split with
+auto``, from a network's own contours, with its deep score: the shipped demo network, trained on the other phantom
+family, or ``--network``, e.g. one that ``train-net`` trained on the cohort's own training split as a clinic
+would), ``train`` fits on the training split with
 default settings and ``evaluate`` scores the held-out patients. Printed per seed and averaged: each model's
 held-out Harrell C, the oracle C (true linear predictor from truth.csv) and their ratio, the training apparent C,
 the optimism-corrected and nested cross-validated C next to the held-out C (and, as ratios to the oracle C of the
@@ -79,12 +82,12 @@ def one_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]
         manifest = read_manifest(manifest_path, require_mask=not auto)
         start = time.perf_counter()
         extract_cohort(manifest, out / "features.csv", workers=args.workers, progress=False,
-                       network=DEMO_NETWORK if auto else None, auto_mask=auto)
+                       network=args.network if auto else None, auto_mask=auto)
         stamps["extract_s_per_patient"] = (time.perf_counter() - start) / (args.n_train + args.n_test)
         done.write_text(json.dumps(stamps))
     start = time.perf_counter()
     document = train(manifest, out / "features.csv", args.endpoint, out / "bundle", split_col="split", seed=seed,
-                     synthetic=True, network=DEMO_NETWORK if auto else None)
+                     synthetic=True, network=args.network if auto else None)
     stamps["train_s"] = time.perf_counter() - start
     metrics = evaluate_cohort(out / "bundle", manifest, out / "features.csv", args.endpoint, out / "eval",
                               n_boot=200, seed=seed)
@@ -132,6 +135,8 @@ def main() -> int:
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--mask", choices=("truth", "auto"), default="truth")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--network", default=str(DEMO_NETWORK),
+                        help="network bundle of --mask auto (default: the shipped demo network)")
     parser.add_argument("--endpoint", default="dmfs")
     parser.add_argument("--out", default=None, help="keep outputs here (default: a temporary folder); a kept "
                         "folder's cohorts and features are reused, so a second run only trains and evaluates")
@@ -144,8 +149,9 @@ def main() -> int:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     table = pd.DataFrame(rows)
     mean = table.mean(numeric_only=True)
-    print(f"SYNTHETIC: train family {args.train_family or args.family}, test family {args.family}, mask {args.mask}, "
-          f"{args.n_train} train / {args.n_test} test, seeds {args.seeds}; outputs in {root}")
+    network = f" (network {args.network})" if args.mask == "auto" else ""
+    print(f"SYNTHETIC: train family {args.train_family or args.family}, test family {args.family}, mask {args.mask}"
+          f"{network}, {args.n_train} train / {args.n_test} test, seeds {args.seeds}; outputs in {root}")
     print(f"mean oracle C {mean['oracle']:.3f} (training halves {mean['oracle_train']:.3f})")
     for name in [c[:-2] for c in table.columns
                  if c.endswith("_c") and not c.endswith(("apparent_c", "corrected_c", "nested_c"))]:
