@@ -505,10 +505,15 @@ def _load_cases(entries, endpoint, config: TrainConfig, cache_dir: Path, progres
                 futures = {pool.submit(load_case, entry, endpoint, config.preprocess, config.grid, cache_dir): i
                            for i, entry in enumerate(entries)}
                 cases: list[CasePatient | None] = [None] * len(entries)
-                for future in as_completed(futures):
-                    cases[futures[future]] = future.result()
-                    if bar is not None:
-                        bar.update()
+                try:
+                    for future in as_completed(futures):
+                        cases[futures[future]] = future.result()
+                        if bar is not None:
+                            bar.update()
+                except BaseException:
+                    # a bad patient stops training now, not after every other patient has been preprocessed
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
             return [c for c in cases if c is not None]
         loaded = []
         for entry in entries:

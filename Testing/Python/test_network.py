@@ -620,6 +620,37 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp
         assert same_geometry(image, patient.reference), name
 
 
+def test_a_corrupt_training_image_stops_train_net_naming_the_patient(tiny_cohort, tmp_path):
+    """The patients are preprocessed in worker processes: an unreadable image still stops training with the
+    patient, the file and the fix, and no bundle is written."""
+    import shutil
+
+    from NPCPrognosisLib.errors import InputError
+
+    table = list(csv.DictReader(open(tiny_cohort.manifest_path, newline="")))
+    root = Path(tiny_cohort.manifest_path).parent
+    for row in table:
+        for column in ("t1", "t2", "t1c", "mask"):
+            row[column] = str((root / row[column]).resolve())
+    bad = tmp_path / "t2_corrupt.nii.gz"
+    data = Path(table[3]["t2"]).read_bytes()
+    bad.write_bytes(data[: len(data) // 3])  # a transfer cut short
+    table[3]["t2"] = str(bad)
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    out = tmp_path / "net"
+    with pytest.raises(InputError) as caught:
+        train_network(manifest, "dmfs", out, epochs=2, batch_size=3, seed=3, val_fraction=0.4, progress=False,
+                      config=TINY, workers=2)
+    message = str(caught.value)
+    assert table[3]["patient_id"] in message and "t2" in message and "Fix" in message
+    assert not out.exists()
+    shutil.rmtree(tmp_path / "net.work", ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------- defaults and gate
 
 def test_working_grid_is_derived_from_the_training_images(tiny_cohort):
