@@ -92,6 +92,33 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
     return ids[train].tolist(), ids[test].tolist()
 
 
+def without_fitted_deep_features(features: pd.DataFrame, meta: dict[str, Any],
+                                  train_ids: list) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """Leave the network's deep radiomic features out when the network was trained on some of these patients.
+
+    Why: ``train-net`` fits the network's weights, Cox loss included, to its training patients' outcomes, so its
+    pooled feature maps of those very patients carry their outcomes; inside the training split nothing can see it
+    (cross-validation, the optimism bootstrap and the nested CV all reuse the same fitted features), and only new
+    patients show the loss. Measured on a family-B cohort (``bench_generalise.py --mask auto --network`` with a
+    network trained on the 160 training patients): 7 of the Rad-score's 10 features were deep, optimism-corrected
+    C 0.739, held-out C 0.638. The deep *score* stays: it comes out of fold for those patients (the network's
+    per-fold risk heads, ``extract`` lists them as ``deep_score_out_of_fold``). Returns the features without the
+    deep radiomic columns and a note for the bundle, or the features unchanged and None.
+    """
+    seen = sorted(set(meta.get("deep_score_out_of_fold") or []) & {str(i) for i in train_ids})
+    deep = [c for c in features.columns if is_deep_feature(c)]
+    if not seen or not deep:
+        return features, None
+    note = {"columns": len(deep), "training_patients_seen_by_network": len(seen),
+            "reason": "the network was trained on these patients: its deep features of them are fitted to their "
+                      "outcomes (out-of-fold deep features would need one network per fold)"}
+    log.warning("%d deep radiomic features left out of the Rad-score: the network was trained on %d of the %d "
+                "training patients, so its features of them are fitted to their outcomes (the deep score is kept: "
+                "it is out of fold for them). Extract with a network trained on other patients to use them.",
+                len(deep), len(seen), len(train_ids))
+    return features.drop(columns=deep), note
+
+
 def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, split_col: str | None,
                    test_fraction: float, seed: int) -> tuple[Manifest, pd.DataFrame, list, list, list]:
     """The training patients with their feature rows: (manifest, features, train IDs, test IDs, IDs without
@@ -532,6 +559,7 @@ def train(
                              path=network, fix=f"pass --network {meta.get('network')} (or re-run extract --network)")
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
@@ -588,6 +616,7 @@ def train(
                                                "ibsi_note")},
         "feature_columns": list(feature_matrix(train_features).columns),
         "deep_score": DEEP_SCORE in train_features.columns,
+        "deep_features_left_out": deep_left_out,
         "signature": models.signature.to_dict(),
         "signature_settings": {**asdict(settings), "description": settings.describe()},
         "selection": selection.to_dict(),

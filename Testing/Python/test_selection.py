@@ -198,3 +198,21 @@ def test_combat_is_chosen_when_scanners_differ_and_travels_in_the_bundle(tmp_pat
     assert sum(block["n"] for block in loco["centres"].values()) == 300
     # without harmonisation a left-out scanner shifts every feature, yet the ranking inside a centre survives
     assert loco["centres"]["A"]["nomogram_c_index"] > 0.6 and loco["nomogram_c_index_event_weighted"] > 0.6
+
+
+def test_deep_features_of_the_networks_own_training_patients_are_not_offered(caplog):
+    """A network trained on some of the training patients has their outcomes in its feature maps: its deep radiomic
+    features are left out of the Rad-score (with a warning and a note for the bundle); the deep score, a radiomics
+    feature and the features of a network that saw none of them are kept."""
+    from NPCPrognosisLib.pipeline.train import without_fitted_deep_features
+
+    features = pd.DataFrame({"patient_id": ["A", "B", "C"], "deep_score": [0.1, 0.2, 0.3],
+                             "t1c_gtvp_original_shape_VoxelVolume": [1.0, 2.0, 3.0],
+                             "deep_gtvp_bottleneck_3": [0.5, 0.1, 0.2], "deep_gtv_dec_7": [0.3, 0.3, 0.1]})
+    kept, note = without_fitted_deep_features(features, {"deep_score_out_of_fold": ["B", "Z"]}, ["A", "B", "C"])
+    assert list(kept.columns) == ["patient_id", "deep_score", "t1c_gtvp_original_shape_VoxelVolume"]
+    assert note["columns"] == 2 and note["training_patients_seen_by_network"] == 1
+    assert "2 deep radiomic features left out" in caplog.text
+    for meta in ({"deep_score_out_of_fold": ["X", "Y"]}, {}):  # the network trained on other patients
+        same, none = without_fitted_deep_features(features, meta, ["A", "B", "C"])
+        assert none is None and same.equals(features)
