@@ -94,7 +94,8 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
 
 def without_fitted_deep_features(features: pd.DataFrame, meta: dict[str, Any],
                                   train_ids: list) -> tuple[pd.DataFrame, dict[str, Any] | None]:
-    """Leave the network's deep radiomic features out when the network was trained on some of these patients.
+    """Leave the network's deep radiomic features out when the network was trained on some of these patients
+    (survival and binary endpoints alike).
 
     Why: ``train-net`` fits the network's weights, Cox loss included, to its training patients' outcomes, so its
     pooled feature maps of those very patients carry their outcomes; inside the training split nothing can see it
@@ -705,8 +706,9 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     from NPCPrognosisLib.pipeline.binary import binary_block_for
 
     table, meta = read_features(features_path)
-    train_manifest, train_features, _, test_ids, lacking = training_split(
+    train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
     ebv_fill = ebv_fill_value(train_manifest)
     block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed,
                              workers, permutations)
@@ -715,6 +717,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         "preprocessing": meta.get("preprocessing"),
         "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings")},
         "feature_columns": list(feature_matrix(train_features).columns),
+        "deep_features_left_out": deep_left_out,
         "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},
         "binary_endpoints": {endpoint: block},
         "training": {"n": block["n"], "positives": block["positives"],
