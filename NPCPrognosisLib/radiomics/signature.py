@@ -219,9 +219,9 @@ def path_to(alphas: np.ndarray, alpha: float) -> np.ndarray:
 
 def selection_frequency(z: np.ndarray, time: np.ndarray, event: np.ndarray, alphas: np.ndarray,
                         settings: SignatureSettings) -> np.ndarray:
-    """Share of random half-samples in which the penalised Cox fit at ``alpha`` gives each column a non-zero
-    coefficient: features that only a few lucky patients support drop out (Meinshausen & Buehlmann 2010).
-    ``alphas``: the penalty path down to the penalty of interest (:func:`path_to`)."""
+    """Share of random half-samples in which the penalised Cox fit at the last penalty of ``alphas`` (the path
+    down to the penalty of interest, :func:`path_to`) gives each column a non-zero coefficient: features that only
+    a few lucky patients support drop out (Meinshausen & Buehlmann 2010)."""
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
 
