@@ -3,7 +3,7 @@
 Usage:
     python bench/bench_segment.py [--bundle NETWORK_BUNDLE] [--threads 2] [--tta 0]
                                   [--n 200 --seed 9999 --family relaxometry | --test-manifest M]
-                                  [--train-family synth --n-train 160 --epochs 30 | --train-manifest M]
+                                  [--train-family synth --n-train 160 | --train-manifest M] [--train-config J]
                                   [--work DIR] [--json OUT.json]
 
 Timing: one synthetic patient resampled to a 256 x 256 x 30 matrix per sequence (3 sequences), full
@@ -86,13 +86,14 @@ def make_cohort(family: str, n: int, seed: int, out: Path, prefix: str) -> tuple
     return out / "manifest.csv", out / "truth.csv"
 
 
-def train_default_network(manifest: Path, out: Path) -> tuple[Path, float]:
-    """``npc-prognosis train-net`` at its defaults; returns (bundle, wall seconds)."""
+def train_default_network(manifest: Path, out: Path, config: str | None = None) -> tuple[Path, float]:
+    """``npc-prognosis train-net`` at its defaults (or with ``config`` as ``--config``, to try a candidate
+    default); returns (bundle, wall seconds)."""
     from NPCPrognosisLib.cli import main as cli
 
     start = time.perf_counter()
     code = cli(["train-net", "--manifest", str(manifest), "--endpoint", "dmfs", "--out", str(out), "--resume",
-                "--threads", "2"])
+                "--threads", "2", *(["--config", config] if config else [])])
     if code != 0:
         raise SystemExit(f"train-net failed with status {code}")
     return out, time.perf_counter() - start
@@ -163,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-family", help="first train a network at the defaults on this family")
     parser.add_argument("--train-manifest", help="... or on this manifest")
     parser.add_argument("--n-train", type=int, default=160)
+    parser.add_argument("--train-config", help="options JSON passed to train-net as --config (a candidate default)")
     parser.add_argument("--train-seed", type=int, default=4242)
     parser.add_argument("--work", help="folder for the cohorts and the trained network (kept; re-runs reuse them)")
     parser.add_argument("--skip-timing", action="store_true")
@@ -178,8 +180,9 @@ def main(argv=None) -> int:
     if args.train_family or args.train_manifest:
         manifest = Path(args.train_manifest) if args.train_manifest else make_cohort(
             args.train_family, args.n_train, args.train_seed, work / "train_cohort", "TRN")[0]
-        bundle, seconds = train_default_network(manifest, work / "network")
+        bundle, seconds = train_default_network(manifest, work / "network", args.train_config)
         results["training"] = {"manifest": str(manifest), "family": args.train_family, "wall_s": round(seconds, 1),
+                               "config": args.train_config,
                                "grid": json.loads((bundle / "bundle.json").read_text())["network"]["grid"]}
         print(f"train-net at its defaults: {seconds / 60:.1f} min (target <= 20 min on 2 cores)", flush=True)
     results["bundle"] = str(bundle)

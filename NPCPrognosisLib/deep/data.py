@@ -302,6 +302,13 @@ class AugmentConfig:
     #: trained on B and tested on A (p 0.3) GTVn Dice rose by 0.10 but GTVp fell by 0.03; trained on A and tested
     #: on B (p 0.2) both fell (README, "Defaults that train on a cohort nobody tuned them on").
     channel_drop_prob: float = 0.0
+    #: Intensity remapping (Hesse et al. 2020, domain transfer across MRI protocols): in this share of samples
+    #: every sequence's intensities go through its own random smooth curve, rising or falling (a falling curve
+    #: inverts the sequence's contrast, as T1 and T2 weighting invert many tissues), with random bends that can
+    #: flatten the contrast between two tissues. What a structure looks like on each sequence depends on the
+    #: scanner and protocol (vessels enhancing on one cohort's CET1W and dark flow voids on another's; nodes bright
+    #: on T2W in one family and iso-intense in the other), so the network must learn shape and context as well.
+    intensity_remap_prob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,6 +348,58 @@ def channel_drop_transform(keys: str | Sequence[str], prob: float):
     return RandChannelDropd()
 
 
+def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_points: tuple[int, int] = (4, 8),
+                              bend: float = 0.25):
+    """MONAI dictionary transform remapping each channel of ``keys`` through its own random curve (probability
+    ``prob`` per sample).
+
+    The curve is piecewise linear on ``K`` control points (``K`` drawn from ``control_points``) spread evenly over
+    the channel's 0.5-99.5 percentile range: a straight line, rising or falling with equal odds, plus uniform
+    bends of up to ``bend`` of the range at each point, then rescaled onto the same range (values outside it
+    are held at the ends). MONAI's ``RandIntensityRemap`` implements the same idea, but draws from an unseeded
+    generator of its own (a resumed run would not redraw the same curves) and builds its curve from every
+    distinct intensity, which is slow on floating-point images. The same number of random values is drawn on
+    every call, so the random stream does not depend on the outcome.
+    """
+    from monai.transforms import MapTransform, RandomizableTransform
+
+    low_k, high_k = int(control_points[0]), int(control_points[1])
+    if low_k < 2 or high_k < low_k:
+        raise ValueError(f"control_points must be 2 <= low <= high, got {control_points}")
+
+    class RandIntensityRemapd(RandomizableTransform, MapTransform):
+        def __init__(self) -> None:
+            MapTransform.__init__(self, keys)
+            RandomizableTransform.__init__(self, prob)
+            self._curves: list[tuple[int, bool, np.ndarray]] = []
+
+        def randomize(self, n_channels: int) -> None:  # type: ignore[override]
+            super().randomize(None)
+            self._curves = [(int(self.R.randint(low_k, high_k + 1)), bool(self.R.random_sample() < 0.5),
+                             self.R.uniform(-bend, bend, size=high_k)) for _ in range(n_channels)]
+
+        def __call__(self, data):
+            out = dict(data)
+            first = next(self.key_iterator(out))
+            self.randomize(int(out[first].shape[0]))
+            if not self._do_transform:
+                return out
+            for key in self.key_iterator(out):
+                image = np.array(out[key], dtype=np.float32, copy=True)
+                for channel, (k, falling, bends) in enumerate(self._curves):
+                    lo, hi = np.percentile(image[channel], (0.5, 99.5))
+                    if not hi > lo:
+                        continue
+                    line = np.linspace(0.0, 1.0, k)
+                    curve = (1.0 - line if falling else line) + bends[:k]
+                    curve = (curve - curve.min()) / max(float(np.ptp(curve)), 1e-6)
+                    image[channel] = np.interp(image[channel], np.linspace(lo, hi, k), lo + (hi - lo) * curve)
+                out[key] = image
+            return out
+
+    return RandIntensityRemapd()
+
+
 def train_transforms(config: AugmentConfig):
     """Built once per run; re-seeded per epoch with :meth:`Compose.set_random_state`."""
     from monai import transforms as T
@@ -361,6 +420,8 @@ def train_transforms(config: AugmentConfig):
         T.RandShiftIntensityd("image", offsets=config.intensity_shift, prob=config.intensity_prob),
         # only when asked for: a transform at prob 0 would still draw, changing nothing but the random stream
         *([channel_drop_transform("image", config.channel_drop_prob)] if config.channel_drop_prob > 0 else []),
+        *([intensity_remap_transform("image", config.intensity_remap_prob)] if config.intensity_remap_prob > 0
+          else []),
     ])
 
 
