@@ -315,24 +315,26 @@ class AugmentConfig:
         return asdict(self)
 
 
-def channel_drop_transform(keys: str | Sequence[str], prob: float):
-    """MONAI dictionary transform blanking one random channel of ``keys`` with probability ``prob``.
+def _channelwise_transform(name: str, keys: str | Sequence[str], prob: float, draw, apply):
+    """A MONAI dictionary transform that draws parameters for each channel, then (with probability ``prob``)
+    applies them to a copy of every image in ``keys``.
 
     Built on :class:`monai.transforms.RandomizableTransform`, so :meth:`Compose.set_random_state` seeds it with the
-    others and a resumed run redraws the same channels. The channel is drawn on every call (dropped or not), so
-    the random stream does not depend on the outcome.
+    other transforms and a resumed run redraws the same values. ``draw(R, n_channels)`` is called on every sample,
+    applied or not, so the random stream does not depend on the outcome; ``apply(image, params)`` changes the
+    float32 copy in place.
     """
     from monai.transforms import MapTransform, RandomizableTransform
 
-    class RandChannelDropd(RandomizableTransform, MapTransform):
+    class ChannelwiseTransform(RandomizableTransform, MapTransform):
         def __init__(self) -> None:
             MapTransform.__init__(self, keys)
             RandomizableTransform.__init__(self, prob)
-            self._channel = 0
+            self._params = None
 
         def randomize(self, n_channels: int) -> None:  # type: ignore[override]
             super().randomize(None)
-            self._channel = int(self.R.randint(n_channels))
+            self._params = draw(self.R, n_channels)
 
         def __call__(self, data):
             out = dict(data)
@@ -341,12 +343,23 @@ def channel_drop_transform(keys: str | Sequence[str], prob: float):
             if not self._do_transform:
                 return out
             for key in self.key_iterator(out):
-                image = out[key].clone() if hasattr(out[key], "clone") else np.array(out[key], copy=True)
-                image[self._channel] = 0
+                image = np.array(out[key], dtype=np.float32, copy=True)
+                apply(image, self._params)
                 out[key] = image
             return out
 
-    return RandChannelDropd()
+    ChannelwiseTransform.__name__ = ChannelwiseTransform.__qualname__ = name
+    return ChannelwiseTransform()
+
+
+def channel_drop_transform(keys: str | Sequence[str], prob: float):
+    """MONAI dictionary transform blanking one random channel of ``keys`` with probability ``prob``
+    (:func:`_channelwise_transform`: seeded with the others, the channel drawn on every call)."""
+
+    def blank(image: np.ndarray, channel: int) -> None:
+        image[channel] = 0
+
+    return _channelwise_transform("RandChannelDropd", keys, prob, lambda R, n: int(R.randint(n)), blank)
 
 
 def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_points: tuple[int, int] = (4, 8),
@@ -360,45 +373,27 @@ def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_po
     are held at the ends). MONAI's ``RandIntensityRemap`` implements the same idea, but draws from an unseeded
     generator of its own (a resumed run would not redraw the same curves) and builds its curve from every
     distinct intensity, which is slow on floating-point images. The same number of random values is drawn on
-    every call, so the random stream does not depend on the outcome.
+    every call (:func:`_channelwise_transform`).
     """
-    from monai.transforms import MapTransform, RandomizableTransform
-
     low_k, high_k = int(control_points[0]), int(control_points[1])
     if low_k < 2 or high_k < low_k:
         raise ValueError(f"control_points must be 2 <= low <= high, got {control_points}")
 
-    class RandIntensityRemapd(RandomizableTransform, MapTransform):
-        def __init__(self) -> None:
-            MapTransform.__init__(self, keys)
-            RandomizableTransform.__init__(self, prob)
-            self._curves: list[tuple[int, bool, np.ndarray]] = []
+    def draw(R, n_channels: int) -> list[tuple[int, bool, np.ndarray]]:
+        return [(int(R.randint(low_k, high_k + 1)), bool(R.random_sample() < 0.5), R.uniform(-bend, bend, size=high_k))
+                for _ in range(n_channels)]
 
-        def randomize(self, n_channels: int) -> None:  # type: ignore[override]
-            super().randomize(None)
-            self._curves = [(int(self.R.randint(low_k, high_k + 1)), bool(self.R.random_sample() < 0.5),
-                             self.R.uniform(-bend, bend, size=high_k)) for _ in range(n_channels)]
+    def remap(image: np.ndarray, curves: list[tuple[int, bool, np.ndarray]]) -> None:
+        for channel, (k, falling, bends) in enumerate(curves):
+            lo, hi = np.percentile(image[channel], (0.5, 99.5))
+            if not hi > lo:
+                continue
+            line = np.linspace(0.0, 1.0, k)
+            curve = (1.0 - line if falling else line) + bends[:k]
+            curve = (curve - curve.min()) / max(float(np.ptp(curve)), 1e-6)
+            image[channel] = np.interp(image[channel], np.linspace(lo, hi, k), lo + (hi - lo) * curve)
 
-        def __call__(self, data):
-            out = dict(data)
-            first = next(self.key_iterator(out))
-            self.randomize(int(out[first].shape[0]))
-            if not self._do_transform:
-                return out
-            for key in self.key_iterator(out):
-                image = np.array(out[key], dtype=np.float32, copy=True)
-                for channel, (k, falling, bends) in enumerate(self._curves):
-                    lo, hi = np.percentile(image[channel], (0.5, 99.5))
-                    if not hi > lo:
-                        continue
-                    line = np.linspace(0.0, 1.0, k)
-                    curve = (1.0 - line if falling else line) + bends[:k]
-                    curve = (curve - curve.min()) / max(float(np.ptp(curve)), 1e-6)
-                    image[channel] = np.interp(image[channel], np.linspace(lo, hi, k), lo + (hi - lo) * curve)
-                out[key] = image
-            return out
-
-    return RandIntensityRemapd()
+    return _channelwise_transform("RandIntensityRemapd", keys, prob, draw, remap)
 
 
 def train_transforms(config: AugmentConfig):
