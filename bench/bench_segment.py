@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         results["training"] = {"manifest": str(manifest), "family": args.train_family, "wall_s": round(seconds, 1),
                                "config": args.train_config,
                                "grid": json.loads((bundle / "bundle.json").read_text())["network"]["grid"]}
-        print(f"train-net at its defaults: {seconds / 60:.1f} min (target <= 20 min on 2 cores)", flush=True)
+        settings = f"with --config {args.train_config}" if args.train_config else "at its defaults"
+        print(f"train-net {settings}: {seconds / 60:.1f} min (target <= 20 min on 2 cores)", flush=True)
     results["bundle"] = str(bundle)
     model = load_network(bundle, device="cpu")
     if not args.skip_timing:

@@ -415,9 +415,8 @@ def train_transforms(config: AugmentConfig):
                               prob=config.channel_contrast_prob, channel_wise=True),
         T.RandShiftIntensityd("image", offsets=config.intensity_shift, prob=config.intensity_prob),
         # only when asked for: a transform at prob 0 would still draw, changing nothing but the random stream
-        *([channel_drop_transform("image", config.channel_drop_prob)] if config.channel_drop_prob > 0 else []),
-        *([intensity_remap_transform("image", config.intensity_remap_prob)] if config.intensity_remap_prob > 0
-          else []),
+        *[make("image", prob) for make, prob in ((channel_drop_transform, config.channel_drop_prob),
+                                                 (intensity_remap_transform, config.intensity_remap_prob)) if prob > 0],
     ])
 
 

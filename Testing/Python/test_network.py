@@ -153,6 +153,7 @@ def test_intensity_remap_gives_each_sequence_its_own_curve_reproducibly():
 
     rng = np.random.default_rng(1)
     image = rng.normal(size=(3, 12, 12, 6)).astype(np.float32)
+    original = image.copy()
     label = (rng.random((1, 12, 12, 6)) < 0.2).astype(np.uint8)
     remap = intensity_remap_transform("image", 1.0)
     signs = set()
@@ -166,12 +167,11 @@ def test_intensity_remap_gives_each_sequence_its_own_curve_reproducibly():
         for c in range(3):
             lo, hi = np.percentile(image[c], (0.5, 99.5))
             assert lo - 1e-5 <= first[c].min() and first[c].max() <= hi + 1e-5
-            # a function of the input intensity alone: equal inputs give equal outputs, order follows one curve
-            order = np.argsort(image[c].ravel())
-            r = np.corrcoef(image[c].ravel()[order], first[c].ravel()[order])[0, 1]
+            # the curve's direction: output rising or falling with the input intensity
+            r = np.corrcoef(image[c].ravel(), first[c].ravel())[0, 1]
             signs.add(bool(r > 0))
     assert signs == {True, False}
-    assert image.dtype == np.float32 and np.isfinite(image).all()
+    assert np.array_equal(image, original)  # the input array is not modified
     untouched = intensity_remap_transform("image", 0.0)({"image": image})["image"]
     assert np.array_equal(np.asarray(untouched), image)
 
