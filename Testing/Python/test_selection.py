@@ -86,6 +86,28 @@ def test_the_stacked_combination_gives_way_only_to_a_design_that_beats_it_by_mor
     assert _stacked_unless_beaten(rows(), scores, designs) == "radiomics"
 
 
+def test_when_several_designs_beat_the_stacked_combination_the_one_keeping_most_blocks_replaces_it():
+    from NPCPrognosisLib.pipeline.selection import _summary
+    from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE as deep
+
+    designs = {"radiomics": ["rad_score"], "deep": [deep], "radiomics + clinical (ordinal)": ["rad_score", "age"],
+               "deep + radiomics + clinical (ordinal)": [deep, "rad_score", "age"]}
+    full = [0.66, 0.62, 0.68, 0.64, 0.66]
+    scores = {"deep + radiomics + clinical (ordinal)": full, "deep": [v - 0.05 for v in full],
+              "radiomics": [v + d for v, d in zip(full, [0.04, 0.03, 0.04, 0.03, 0.04])],  # +0.036, the best
+              "radiomics + clinical (ordinal)": [v + d for v, d in zip(full, [0.03, 0.03, 0.04, 0.02, 0.03])]}
+
+    def choose() -> str:
+        rows = [_summary(name, scores[name], len(columns)) for name, columns in designs.items()]
+        return _stacked_unless_beaten(rows, scores, designs)
+
+    # both beat the combination (the deep score hurt it); the one that keeps the clinical block replaces it
+    assert choose() == "radiomics + clinical (ordinal)"
+    # a two-block design that does not beat the combination beyond its paired SE is no candidate
+    scores["radiomics + clinical (ordinal)"] = [v + d for v, d in zip(full, [0.06, -0.05, 0.05, -0.04, 0.03])]
+    assert choose() == "radiomics"
+
+
 def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_noise():
     clinical, features, time, event, icc = _cohort(220, 4, 0.0)
     assert event.sum() >= MIN_EVENTS_FOR_SELECTION
