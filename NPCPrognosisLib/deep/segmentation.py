@@ -129,8 +129,11 @@ def validation_summary(model: NetworkModel) -> str:
     spec = model.content.get("network", {})
     best = spec.get("best_metrics") or {}
     training = spec.get("training", {})
+    averaged = (spec.get("final_weights") or {}).get("averaged_epochs")
+    when = (f"weights averaged over epochs {averaged[0] + 1}-{averaged[1] + 1}" if averaged
+            else f"at epoch {int(spec.get('best_epoch', -1)) + 1}")
     text = (f"network {model.bundle_dir.name}: validation Dice GTVp {best.get('val_dice_gtvp', float('nan')):.3f}, "
-            f"GTVn {best.get('val_dice_gtvn', float('nan')):.3f} at epoch {int(spec.get('best_epoch', -1)) + 1} of "
+            f"GTVn {best.get('val_dice_gtvn', float('nan')):.3f} {when} of "
             f"{training.get('epochs', '?')} ({training.get('n_val', '?')} validation patients)")
     gate = spec.get("quality_gate")
     if gate and not gate.get("passed", True):

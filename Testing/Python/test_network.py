@@ -375,6 +375,33 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
                       progress=False, config=TINY, resume=True)
 
 
+def test_averaged_weights_are_the_mean_of_the_selection_windows_epochs_and_can_be_chosen_on_resume(
+        tiny_cohort, tmp_path):
+    from NPCPrognosisLib.deep.segmentation import validation_summary
+
+    out = tmp_path / "averaged"
+    config = {**TINY, "select_after_fraction": 0.34}  # 3 epochs: the window is epochs 2 and 3
+    common = dict(epochs=3, batch_size=3, seed=5, val_fraction=0.4, progress=False, workers=1)
+    stopped = train_network(tiny_cohort.manifest_path, "dmfs", out, stop_after_epoch=1, config=config, **common)
+    after_2 = _weights(stopped / "latest.safetensors")
+    # the choice of the final weights is made after the epochs: resuming with another one is allowed
+    train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True,
+                  config={**config, "final_weights": "average"}, **common)
+    after_3 = _weights(stopped / "latest.safetensors")
+    shipped = _weights(out / "network.safetensors")
+    # the risk head's last layer is refitted afterwards; everything the contours come from is the plain mean
+    backbone = [k for k in shipped if k.startswith("backbone.")]
+    assert backbone and not torch.equal(after_2[backbone[0]], after_3[backbone[0]])
+    for key in backbone:
+        torch.testing.assert_close(shipped[key], (after_2[key] + after_3[key]) / 2, rtol=1e-6, atol=1e-7)
+    model = load_network(out)
+    assert model.content["network"]["final_weights"] == {"epoch": 2, "kind": "average", "averaged_epochs": [1, 2]}
+    assert "weights averaged over epochs 2-3 of 3" in validation_summary(model)
+    with pytest.raises(ValueError, match="final_weights"):
+        train_network(tiny_cohort.manifest_path, "dmfs", tmp_path / "x", config={**config, "final_weights": "mean"},
+                      **common)
+
+
 def test_binary_head_trains_from_the_cli_and_reports_a_probability(tiny_cohort, tmp_path):
     """train-net --binary-column ic_response: the head is built, trained, stored and used at inference."""
     import json
