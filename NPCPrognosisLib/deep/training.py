@@ -658,8 +658,8 @@ def train_network(
                       stop_after_epoch=stop_after_epoch, started=started)
         if state["epoch"] < epochs - 1:
             return ckpt_dir
-        best = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device)
-        gate = segmentation_gate(state["history"], best["metrics"], position_prior_dice(train_cases, val_cases),
+        final = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device)
+        gate = segmentation_gate(state["history"], final["metrics"], position_prior_dice(train_cases, val_cases),
                                  train_config)
         if not gate.passed:
             if not force:
@@ -673,9 +673,9 @@ def train_network(
             refit["val_c_index"] = evaluate(model, val_cases, device)["c_index"]
             log.info("risk head refitted on %d training patients (ridge %g): train C %.3f, validation C %.3f",
                      refit["n"], refit["penalizer"], refit["train_c_index"], refit["val_c_index"])
-        _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(best["epoch"])})
+        _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
         _, train_risks = predict_cases(model, train_cases, device)
-        content = _bundle_content(train_config, state, best, endpoint, train_risks, synthetic_demo,
+        content = _bundle_content(train_config, state, final, endpoint, train_risks, synthetic_demo,
                                   batch_size=batch_size, val_fraction=val_fraction, device=device)
         content["network"]["risk_head_refit"] = refit
         content["network"]["quality_gate"] = gate.to_dict()
@@ -780,8 +780,9 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             state["best_score"], state["best_epoch"] = score, epoch
             save_checkpoint(ckpt_dir, "best", model, None, {"epoch": epoch, "metrics": record})
         if eligible:
-            average = update_average(average, model, int(state.get("average_n", 0)))
-            state["average_n"] = int(state.get("average_n", 0)) + 1
+            count = int(state.get("average_n", 0))
+            average = update_average(average, model, count)
+            state["average_n"] = count + 1
             state.setdefault("average_first_epoch", epoch)
         save_checkpoint(ckpt_dir, "latest", model, optimizer, state, average=average)
         message = (f"epoch {epoch + 1}/{epochs} loss {totals['loss']:.3f} (seg {totals['seg']:.3f}, "
@@ -796,7 +797,7 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             return
 
 
-def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, synthetic_demo, **training) -> dict:
+def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, synthetic_demo, **training) -> dict:
     from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 
     finite = train_risks[np.isfinite(train_risks)]
@@ -817,9 +818,9 @@ def _bundle_content(config: TrainConfig, state, best, endpoint, train_risks, syn
         "score_normalisation": {"mean": float(finite.mean()) if finite.size else 0.0,
                                 "sd": float(finite.std()) if finite.size > 1 else 1.0,
                                 "source": "training patients, no augmentation"},
-        "best_epoch": best["epoch"],
-        "best_metrics": best["metrics"],
-        "final_weights": {k: v for k, v in best.items() if k != "metrics"},
+        "best_epoch": final["epoch"],
+        "best_metrics": final["metrics"],
+        "final_weights": {k: v for k, v in final.items() if k != "metrics"},
         "history": state["history"],
         "training": {"config": config.to_dict(), "seed": state["seed"], "epochs": state["epochs"],
                      "n_train": len(state["train_ids"]), "n_val": len(state["val_ids"]),
