@@ -52,6 +52,7 @@ from NPCPrognosisLib.deep.data import (
     derive_grid,
     epoch_seed,
     event_balanced_batches,
+    fat_suppression_survey,
     load_case,
     train_transforms,
 )
@@ -629,6 +630,13 @@ def train_network(
     if not any(c.event for c in train_cases):
         raise InputError(f"no {endpoint} event among the training patients: the Cox loss cannot learn",
                          path=manifest.source, column=f"{endpoint}_event")
+    fat_suppression = None
+    if train_config.augment.fat_unsuppressed_prob is None:
+        fat_suppression = fat_suppression_survey([c.image for c in train_cases])
+        train_config.augment.fat_unsuppressed_prob = fat_suppression["augment_prob"]
+        log.info("%d of %d training CET1W scans look fat-suppressed: fat augmentation probability %.2f",
+                 fat_suppression["n"] - fat_suppression["n_unsuppressed"], fat_suppression["n"],
+                 fat_suppression["augment_prob"])
 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -681,6 +689,7 @@ def train_network(
         content["network"]["quality_gate"] = gate.to_dict()
         content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml)
         content["network"]["training"]["grid_derivation"] = grid_derivation or {"source": "configuration"}
+        content["network"]["training"]["fat_suppression"] = fat_suppression or {"source": "configuration"}
         return bundle_io.write_bundle(out_dir, content,
                                       extra_files={"network.safetensors": ckpt_dir / "final.safetensors"})
     finally:

@@ -176,6 +176,117 @@ def test_intensity_remap_gives_each_sequence_its_own_curve_reproducibly():
     assert np.array_equal(np.asarray(untouched), image)
 
 
+def test_gin_redraws_each_samples_appearance_keeping_level_spread_and_label():
+    """A one-layer 1-voxel GIN is a random linear mix of the sequences (each output lies in their span up to
+    rounding), the default four-layer one is not (non-linear and spatial); either keeps each sequence's mean and
+    SD and the label, and re-seeding redraws the same network; at probability 0 the image is untouched."""
+    from NPCPrognosisLib.deep.data import AugmentConfig, gin_transform, train_transforms
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(3, 10, 10, 6)).astype(np.float32) * np.array([1.0, 2.0, 0.5], np.float32)[:, None,
+                                                                                                        None, None]
+    original = image.copy()
+    label = (rng.random((1, 10, 10, 6)) < 0.2).astype(np.uint8)
+    design = np.column_stack([image.reshape(3, -1).T, np.ones(image[0].size)])
+
+    def residual(out: np.ndarray) -> float:
+        worst = 0.0
+        for c in range(3):
+            coef, *_ = np.linalg.lstsq(design, out[c].ravel(), rcond=None)
+            worst = max(worst, float(np.abs(design @ coef - out[c].ravel()).max() / out[c].std()))
+        return worst
+
+    linear, full = gin_transform("image", 1.0, n_layers=1, kernels=(1,)), gin_transform("image", 1.0)
+    for seed in range(3):
+        for transform in (linear, full):
+            transform.set_random_state(seed)
+            first = np.asarray(transform({"image": image, "label": label})["image"])
+            transform.set_random_state(seed)
+            again = transform({"image": image, "label": label})
+            assert np.array_equal(np.asarray(again["image"]), first)
+            assert np.array_equal(np.asarray(again["label"]), label)
+            np.testing.assert_allclose(first.mean(axis=(1, 2, 3)), image.mean(axis=(1, 2, 3)), atol=1e-4)
+            np.testing.assert_allclose(first.std(axis=(1, 2, 3)), image.std(axis=(1, 2, 3)), rtol=1e-3)
+            assert not np.allclose(first, image, atol=1e-3)
+            assert (residual(first) < 1e-4) == (transform is linear)
+    assert np.array_equal(image, original)
+    assert np.array_equal(np.asarray(gin_transform("image", 0.0)({"image": image})["image"]), image)
+    assert "RandGINd" in [type(t).__name__ for t in train_transforms(AugmentConfig(gin_prob=0.5)).transforms]
+
+
+def test_fat_unsuppressed_augmentation_brightens_t1_bright_tissue_on_the_cet1w_only():
+    """Tissue bright on the T1W (fat) becomes bright on the CET1W, an enhancing tumour dark on the T1W keeps its
+    place but loses z-score (the CET1W keeps its mean and SD, as normalisation of a scan with bright fat does);
+    T1W, T2W and the label are untouched, re-seeding redraws the same change, probability 0 changes nothing."""
+    from NPCPrognosisLib.deep.data import AugmentConfig, fat_unsuppressed_transform, train_transforms
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 0.3, size=(3, 16, 16, 8)).astype(np.float32)
+    fat = np.zeros((16, 16, 8), bool)
+    fat[:, :1] = True  # a layer of subcutaneous fat: bright on T1W and T2W, suppressed (dark) on CET1W
+    tumour = np.zeros_like(fat)
+    tumour[6:10, 6:10, 3:5] = True  # enhancing: dark on T1W, bright on CET1W
+    image[0][fat] += 2.5
+    image[1][fat] += 1.5
+    image[2][fat] -= 0.5
+    image[0][tumour] -= 0.8
+    image[2][tumour] += 2.5
+    original = image.copy()
+    label = tumour[None].astype(np.uint8)
+    transform = fat_unsuppressed_transform("image", 1.0)
+    rest = ~fat & ~tumour
+    fat_gain, tumour_drop = [], []
+    for seed in range(6):
+        transform.set_random_state(seed)
+        out = np.asarray(transform({"image": image, "label": label})["image"])
+        transform.set_random_state(seed)
+        again = transform({"image": image, "label": label})
+        assert np.array_equal(np.asarray(again["image"]), out) and np.array_equal(np.asarray(again["label"]), label)
+        assert np.array_equal(out[:2], image[:2])
+        np.testing.assert_allclose([out[2].mean(), out[2].std()], [image[2].mean(), image[2].std()], atol=1e-4)
+        assert image[2][fat].mean() < image[2][rest].mean() - 0.3 < out[2][rest].mean() + 0.3 < out[2][fat].mean()
+        assert out[2][tumour].mean() > out[2][rest].mean() + 1.0  # the tumour still enhances
+        fat_gain.append(out[2][fat].mean() - out[2][rest].mean())
+        tumour_drop.append(image[2][tumour].mean() - out[2][tumour].mean())
+    assert np.mean(fat_gain) > 0.8 and np.mean(tumour_drop) > 0.3  # fat bright, the tumour's z-score lower
+    assert np.array_equal(image, original)
+    assert np.array_equal(np.asarray(fat_unsuppressed_transform("image", 0.0)({"image": image})["image"]), image)
+    names = [type(t).__name__ for t in train_transforms(AugmentConfig(fat_unsuppressed_prob=0.3)).transforms]
+    assert "RandFatUnsuppressedd" in names
+
+
+def test_fat_suppression_survey_switches_the_fat_augmentation_on_only_for_fat_suppressed_cohorts():
+    """A CET1W that is the T1W plus enhancement (no fat suppression) correlates with it in the tissue; a
+    fat-suppressed one, whose fat is dark, does not. The augmentation is on only when (almost) every training scan
+    is fat-suppressed, and its probability 0 leaves it out of the pipeline."""
+    from NPCPrognosisLib.deep.data import (
+        FAT_AUGMENT_PROB,
+        AugmentConfig,
+        cet1w_t1w_correlation,
+        fat_suppression_survey,
+        train_transforms,
+    )
+
+    rng = np.random.default_rng(4)
+
+    def scan(suppressed: bool) -> np.ndarray:
+        tissue = rng.choice([-2.0, 0.0, 0.5, 2.5], size=(12, 12, 8), p=[0.4, 0.2, 0.2, 0.2])  # air, ..., fat
+        t1 = tissue + rng.normal(0, 0.1, tissue.shape)
+        t1c = t1 + rng.normal(0, 0.1, tissue.shape)
+        if suppressed:
+            t1c = np.where(tissue > 2.0, -0.5, t1c)
+        t1c[4:7, 4:7, 3:5] += 2.0  # enhancing tumour
+        return np.stack([t1, rng.normal(size=tissue.shape), t1c]).astype(np.float32)
+
+    assert cet1w_t1w_correlation(scan(False)) > 0.9 > 0.5 > cet1w_t1w_correlation(scan(True))
+    suppressed = fat_suppression_survey([scan(True) for _ in range(20)])
+    assert (suppressed["n"], suppressed["n_unsuppressed"], suppressed["augment_prob"]) == (20, 0, FAT_AUGMENT_PROB)
+    mixed = fat_suppression_survey([scan(k % 4 == 0) for k in range(20)])
+    assert (mixed["n_unsuppressed"], mixed["augment_prob"]) == (15, 0.0)
+    assert "RandFatUnsuppressedd" not in [type(t).__name__ for t in train_transforms(
+        AugmentConfig(fat_unsuppressed_prob=0.0)).transforms]
+
+
 def test_a_few_training_steps_reduce_the_loss():
     from monai.losses import DiceCELoss
 
