@@ -409,6 +409,13 @@ def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_po
     return _channelwise_transform("RandIntensityRemapd", keys, prob, draw, remap)
 
 
+def _with_mean_and_sd(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``values`` shifted and scaled to the mean and SD of ``like`` (constant ``values`` become its mean): an
+    augmented sequence keeps the level and spread of the z-scored input it replaces."""
+    spread = float(values.std())
+    return (values - values.mean()) * (float(like.std()) / spread if spread > 1e-6 else 0.0) + float(like.mean())
+
+
 def gin_transform(keys: str | Sequence[str], prob: float, n_layers: int = 4, hidden: int = 2,
                   kernels: tuple[int, ...] = (1, 3)):
     """MONAI dictionary transform passing the channels of ``keys`` through a random shallow convolutional network
@@ -443,10 +450,7 @@ def gin_transform(keys: str | Sequence[str], prob: float, n_layers: int = 4, hid
                 y = F.leaky_relu(y)
         mixed = (alpha * y + (1.0 - alpha) * x)[0].numpy()
         for channel in range(n_channels):
-            target_mean, target_sd = float(image[channel].mean()), float(image[channel].std())
-            sd = float(mixed[channel].std())
-            image[channel] = (mixed[channel] - mixed[channel].mean()) * (target_sd / sd if sd > 1e-6 else 0.0) \
-                + target_mean
+            image[channel] = _with_mean_and_sd(mixed[channel], image[channel])
 
     return _channelwise_transform("RandGINd", keys, prob, draw, apply)
 
@@ -473,12 +477,8 @@ def fat_unsuppressed_transform(keys: str | Sequence[str], prob: float, *, quanti
         if not high > low:
             return
         fat = np.clip((image[t1] - low) / (high - low), 0.0, 1.0)
-        target = image[t1c]
-        mean, sd = float(target.mean()), float(target.std())
-        median, bright = np.quantile(target, (0.5, 0.995))
-        changed = target + np.float32(s * (bright - median)) * fat
-        spread = float(changed.std())
-        image[t1c] = (changed - changed.mean()) * (sd / spread if spread > 1e-6 else 0.0) + mean
+        median, bright = np.quantile(image[t1c], (0.5, 0.995))
+        image[t1c] = _with_mean_and_sd(image[t1c] + np.float32(s * (bright - median)) * fat, image[t1c])
 
     return _channelwise_transform("RandFatUnsuppressedd", keys, prob, draw, apply)
 
