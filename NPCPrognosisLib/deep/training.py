@@ -630,8 +630,13 @@ def train_network(
     if not any(c.event for c in train_cases):
         raise InputError(f"no {endpoint} event among the training patients: the Cox loss cannot learn",
                          path=manifest.source, column=f"{endpoint}_event")
+    started_with = _checkpoint_config(ckpt_dir) if resume else None
     fat_suppression = None
-    if train_config.augment.fat_unsuppressed_prob is None:
+    if train_config.augment.fat_unsuppressed_prob is None and started_with is not None:
+        # a resumed run keeps the choice it started with (an older version's run: without the augmentation)
+        train_config.augment.fat_unsuppressed_prob = started_with["augment"]["fat_unsuppressed_prob"]
+        fat_suppression = {"source": "checkpoint", "augment_prob": train_config.augment.fat_unsuppressed_prob}
+    elif train_config.augment.fat_unsuppressed_prob is None:
         fat_suppression = fat_suppression_survey([c.image for c in train_cases])
         train_config.augment.fat_unsuppressed_prob = fat_suppression["augment_prob"]
         log.info("%d of %d training CET1W scans look fat-suppressed: fat augmentation probability %.2f",
@@ -649,18 +654,18 @@ def train_network(
         state = {"epoch": -1, "history": [], "best_epoch": None, "best_score": None,
                  "config": json.loads(json.dumps(train_config.to_dict())), "seed": int(seed), "epochs": int(epochs),
                  "train_ids": [c.patient_id for c in train_cases], "val_ids": [c.patient_id for c in val_cases],
-                 "wall_s": 0.0}
+                 "wall_s": 0.0, "fat_suppression": fat_suppression}
         if resume:
             loaded = load_checkpoint(ckpt_dir, "latest", model, optimizer)
             if loaded is not None:
-                if _epoch_settings(loaded.get("config")) != _epoch_settings(state["config"]) \
+                if _epoch_settings(started_with) != _epoch_settings(state["config"]) \
                         or loaded.get("seed") != int(seed) \
                         or loaded.get("epochs") != int(epochs):
                     raise InputError("cannot resume: the checkpoint was made with other settings "
                                      "(seed, epochs or configuration)", path=ckpt_dir,
                                      fix="resume with the original settings, or start without --resume")
                 loaded.pop("param_groups", None)
-                state = loaded
+                state = {**loaded, "config": state["config"]}  # later checkpoints carry every option
         _train_epochs(model, optimizer, train_config, train_cases, val_cases, state, ckpt_dir, epochs=epochs,
                       batch_size=batch_size, device=device, seed=int(seed), progress=progress,
                       stop_after_epoch=stop_after_epoch, started=started)
@@ -689,7 +694,8 @@ def train_network(
         content["network"]["quality_gate"] = gate.to_dict()
         content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml)
         content["network"]["training"]["grid_derivation"] = grid_derivation or {"source": "configuration"}
-        content["network"]["training"]["fat_suppression"] = fat_suppression or {"source": "configuration"}
+        content["network"]["training"]["fat_suppression"] = (state.get("fat_suppression") or fat_suppression
+                                                             or {"source": "configuration"})
         return bundle_io.write_bundle(out_dir, content,
                                       extra_files={"network.safetensors": ckpt_dir / "final.safetensors"})
     finally:
@@ -710,6 +716,24 @@ def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_c
         log.warning("the checkpoints hold no weight average (made by an older version): the selected epoch ships")
     best = load_checkpoint(ckpt_dir, "best", model)
     return {"epoch": best["epoch"], "kind": "best", "metrics": best["metrics"]}
+
+
+#: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
+#: before them (the transform absent), so such a run can still be resumed.
+_ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0}
+
+
+def _checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The settings a checkpointed run was started with (None when there is no checkpoint), with the options
+    added since filled in as that run had them."""
+    state_path = ckpt_dir / "latest.json"
+    if not state_path.exists():
+        return None
+    config = json.loads(state_path.read_bytes()).get("config") or {}
+    augment = dict(config.get("augment") or {})
+    for key, value in _ADDED_AUGMENTATIONS.items():
+        augment.setdefault(key, value)
+    return {**config, "augment": augment}
 
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
