@@ -484,17 +484,19 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
                       progress=False, config=TINY, resume=True)
 
 
-def test_a_run_checkpointed_before_the_fat_and_gin_augmentations_existed_resumes_without_them(tiny_cohort, tmp_path):
+def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions_defaults(tiny_cohort, tmp_path):
     out = tmp_path / "older"
     common = dict(epochs=2, batch_size=3, seed=3, val_fraction=0.4, progress=False, workers=1)
     off = {**TINY, "augment": {"fat_unsuppressed_prob": 0.0}}
     stopped = train_network(tiny_cohort.manifest_path, "dmfs", out, stop_after_epoch=0, config=off, **common)
     state_path = stopped / "latest.json"
     state = json.loads(state_path.read_text(encoding="utf-8"))
-    # what an older version wrote: neither option in the stored augmentation settings, no survey record
+    # what an older version wrote: neither augmentation in the stored settings, no survey record, the one-epoch
+    # warm-up that was the default then
     for key in ("fat_unsuppressed_prob", "gin_prob"):
         del state["config"]["augment"][key]
     del state["fat_suppression"]
+    state["config"]["warmup_epochs"] = 1
     state_path.write_text(json.dumps(state), encoding="utf-8")
 
     # asking for the augmentation now would change the run half-way: refused
@@ -504,7 +506,7 @@ def test_a_run_checkpointed_before_the_fat_and_gin_augmentations_existed_resumes
     # at the defaults (the survey would switch it on for this fat-suppressed cohort) the run goes on without it
     train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True, config=TINY, **common)
     training = load_network(out).content["network"]["training"]
-    assert training["config"]["augment"]["fat_unsuppressed_prob"] == 0.0
+    assert training["config"]["augment"]["fat_unsuppressed_prob"] == 0.0 and training["config"]["warmup_epochs"] == 1
     assert training["fat_suppression"] == {"source": "checkpoint", "augment_prob": 0.0}
     assert json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]["gin_prob"] == 0.0
 
