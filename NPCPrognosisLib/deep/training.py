@@ -138,14 +138,17 @@ class TrainConfig:
                 **{k: v for k, v in asdict(self).items() if k not in ("network", "grid", "preprocess", "augment")}}
 
 
-def make_config(overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig with overrides; nested ones as dicts, e.g. ``{"network": {"init_filters": 4}}``."""
+def make_config(overrides: Mapping[str, Any] | None = None, *,
+                base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig with overrides; nested ones as dicts, e.g. ``{"network": {"init_filters": 4}}``. ``base``
+    (a checkpoint's settings) is applied first, the overrides on top of it, nested sections key by key."""
     config = TrainConfig()
-    for key, value in dict(overrides or {}).items():
+    for key, value in [*dict(base or {}).items(), *dict(overrides or {}).items()]:
         if key == "network":
             config.network = NetworkConfig.from_dict({**config.network.to_dict(), **value})
         elif key == "grid":
-            config.grid = None if value is None else GridConfig.from_dict({**GridConfig().to_dict(), **value})
+            config.grid = None if value is None else GridConfig.from_dict({**(config.grid or GridConfig()).to_dict(),
+                                                                           **value})
         elif key == "preprocess":
             config.preprocess = PreprocessConfig.from_dict({**config.preprocess.to_dict(), **value})
         elif key == "augment":
@@ -609,7 +612,7 @@ def train_network(
     # newer version's defaults nor a choice made from the data may change a run half-way); what it sets is checked
     # against the checkpoint below
     started_with = _checkpoint_config(ckpt_dir) if resume else None
-    train_config = make_config(config if started_with is None else _merged(started_with, config))
+    train_config = make_config(config, base=started_with)
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but no CUDA GPU is visible to torch", fix="use --device cpu")
     if train_config.binary_column and not train_config.network.binary_head:
@@ -726,15 +729,6 @@ def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_c
 #: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
 #: before them (the transform absent), so such a run can still be resumed.
 _ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0}
-
-
-def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``base`` settings with ``overrides`` on top, the nested sections (network, grid, ...) key by key."""
-    out = dict(base)
-    for key, value in dict(overrides or {}).items():
-        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = {**out[key], **value} if nested else value
-    return out
 
 
 def _checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
