@@ -76,6 +76,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for model in block["models"] | {"ensemble": None}:
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
                   + ("  <- best" if model == block["best"] else ""))
+        volume, signature = block["cv"].get("volume"), block["cv"]["radiomics"]
+        if volume is not None and signature["auc"] <= volume["auc"]:
+            print(f"  note: {name}: the radiomics signature ({signature['auc']:.3f}) does not beat the tumour volume "
+                  f"alone ({volume['auc']:.3f}) in cross-validation: its features may stand in for the tumour's size")
         if no_better_than_chance(block):
             test = block["permutation"]
             print(f"  warning: {name}: the best model's cross-validated AUC ({test['observed_auc']:.3f}) was "

@@ -1,10 +1,10 @@
-"""Binary endpoints (induction-chemotherapy response, recurrence): radiomics signature, clinical and combined
-logistic models, and the classifier family chosen by cross-validation inside the training split.
+"""Binary endpoints (induction-chemotherapy response, recurrence): radiomics signature, clinical, combined and
+tumour-volume logistic models, and the classifier family chosen by cross-validation inside the training split.
 
 Why cross-validation decides: on 160 patients and thousands of features, which classifier family wins is itself
 noise unless it is judged on patients the fit did not see. Every model is therefore scored by stratified k-fold
 cross-validation *with the feature selection inside each fold* (univariable filter, Pearson redundancy filter,
-LASSO-logistic), and the best cross-validated AUC becomes the bundle's ``best`` model. Out-of-fold probabilities
+LASSO-logistic), and :func:`choose_best` picks the bundle's ``best`` model from those AUCs. Out-of-fold probabilities
 also give the Youden threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
 (:mod:`NPCPrognosisLib.classification.models`); bootstrap refits of the best model give each patient's
 probability an interval.
@@ -244,8 +244,41 @@ def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------- models
+#: The ROIs whose volume the ``volume`` model uses, and the features-table columns it comes from, preferred
+#: first (any sequence: PyRadiomics' shape features depend on the mask alone; the voxel count is the mask's own
+#: volume, the mesh volume a close second).
+VOLUME_ROIS = ("gtvp", "gtvn")
+VOLUME_FEATURES = ("original_shape_VoxelVolume", "original_shape_MeshVolume")
+
+
+def volume_columns(features: pd.DataFrame) -> dict[str, str]:
+    """Per ROI of :data:`VOLUME_ROIS` the features-table column holding its volume (mm^3); empty without a GTVp
+    volume (a table of the user's own making), where there is no ``volume`` model."""
+    found = {}
+    for roi in VOLUME_ROIS:
+        for feature in VOLUME_FEATURES:
+            columns = sorted(c for c in features.columns if c.endswith(f"_{roi}_{feature}"))
+            if columns:
+                found[roi] = columns[0]
+                break
+    return found if "gtvp" in found else {}
+
+
+def tumour_volumes(features: pd.DataFrame) -> pd.DataFrame:
+    """log(1 + volume in mL) of each ROI of :func:`volume_columns`; an empty cell (no node contoured) is 0 mL.
+
+    Why the logarithm: tumour volumes span two orders of magnitude and act on the log-odds per doubling, not
+    per millilitre; log(1 + mL) keeps a patient without nodes at 0.
+    """
+    return pd.DataFrame({f"log_volume_{roi}_ml": np.log1p(features[column].to_numpy(float) / 1000.0)
+                         for roi, column in volume_columns(features).items()}).fillna(0.0)
+
+
 def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], features: pd.DataFrame) -> pd.DataFrame:
-    """Inputs of each model: radiomics (Rad-score), clinical factors, both, and both + the signature's features."""
+    """Inputs of each model: radiomics (Rad-score), clinical factors, both, tumour volumes, and clinical factors +
+    the signature's features."""
+    if name == VOLUME:
+        return tumour_volumes(features.reset_index(drop=True))
     score = pd.DataFrame({RAD_SCORE: rad_score(signature, features)})
     clin = clinical[list(CLINICAL_COVARIATES)].reset_index(drop=True).astype(float)
     if name == "radiomics":
@@ -259,7 +292,12 @@ def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], fea
     return pd.concat([clin, chosen], axis=1)
 
 
-MODELS = ("radiomics", "clinical", "combined", *(f"classifier_{f}" for f in FAMILIES))
+#: Tumour volumes alone (logistic on :func:`tumour_volumes`): the reference a radiomics model has to beat. A
+#: signature chosen from thousands of features on ~160 patients is often a noisy stand-in for the tumour's size
+#: (Welch et al. 2019, "Vulnerabilities of radiomic signature development: the need for safeguards"), and the
+#: volume needs no selection, so it stays a candidate beside the signature instead of being hoped for inside it.
+VOLUME = "volume"
+MODELS = ("radiomics", "clinical", "combined", VOLUME, *(f"classifier_{f}" for f in FAMILIES))
 #: The mean probability of every model above: no parameter of its own, and steadier than any one of them when
 #: the signal is weak (a candidate like the others, chosen only if it cross-validates best).
 ENSEMBLE = "ensemble"
@@ -270,7 +308,9 @@ def _fit_all(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed
              families: Sequence[str] = FAMILIES) -> tuple[dict, dict]:
     signature = fit_rad_signature(feature_matrix(features), y, seed)
     models = {}
-    for name in ("radiomics", "clinical", "combined"):
+    for name in ("radiomics", "clinical", "combined", VOLUME):
+        if name == VOLUME and not volume_columns(features):
+            continue
         X = _design(name, clinical, signature, features)
         models[name] = fit_classifier("logistic", X.to_numpy(float), y, list(X.columns), seed)
     X = _design("classifier", clinical, signature, features)
@@ -303,7 +343,7 @@ def choose_best(cv: Mapping[str, Mapping[str, Any]]) -> str:
     (their CV AUCs differ by less than their standard errors), and the ensemble has no parameter of its own to be
     lucky with; a single model has to earn its place by a margin the cross-validation can see.
     """
-    top = max(MODELS, key=lambda n: cv[n]["auc"])
+    top = max((n for n in MODELS if n in cv), key=lambda n: cv[n]["auc"])
     se = cv[top].get("se", 0.0)
     beats_ensemble = cv[top]["auc"] - cv[ENSEMBLE]["auc"] > se
     beats_chance = cv[top]["auc"] - se > 0.5
@@ -329,9 +369,10 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
     # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
     # families differ; averaging over repeats makes the choice less of a coin toss.
     oof_runs = []
-    fold_aucs: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+    candidates = [name for name in CANDIDATES if name != VOLUME or volume_columns(features)]
+    fold_aucs: dict[str, list[float]] = {name: [] for name in candidates}
     for repeat in range(repeats):
-        oof = {name: np.zeros(len(y)) for name in CANDIDATES}
+        oof = {name: np.zeros(len(y)) for name in candidates}
         for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y):
             signature, models = _fit_all(clinical.iloc[tr], features.iloc[tr].reset_index(drop=True), y[tr], seed)
             fold = {"signature": signature, "models": models}
@@ -345,12 +386,12 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
     # model has its own intercept (its training prevalence mirrors the held-out fold's), and pooling them biases a
     # weak model's AUC below 0.5 - most for the models that select features (Airola et al. 2011; Parker 2007).
     cv = {}
-    for name in CANDIDATES:
+    for name in candidates:
         values = np.asarray(fold_aucs[name])
         cv[name] = {"auc": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(len(values))),
                     "auc_repeats": [float(v.mean()) for v in np.array_split(values, repeats)],
                     "pooled_auc": float(np.mean([delong_auc(y, run[name])["auc"] for run in oof_runs]))}
-    return cv, {name: np.mean([run[name] for run in oof_runs], axis=0) for name in CANDIDATES}
+    return cv, {name: np.mean([run[name] for run in oof_runs], axis=0) for name in candidates}
 
 
 def _permuted_cv_auc(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int) -> float:
@@ -458,7 +499,7 @@ def _bootstrap_best(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarra
     rng = np.random.default_rng(seed)
     families = FAMILIES if best == ENSEMBLE else (
         (best.removeprefix("classifier_"),) if best.startswith("classifier_") else ())
-    needed = MODELS if best == ENSEMBLE else (best,)
+    needed = [n for n in MODELS if n != VOLUME or volume_columns(features)] if best == ENSEMBLE else (best,)
     refits = []
     for _ in range(BOOTSTRAP_REFITS):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=int((y == k).sum())) for k in (0, 1)])

@@ -46,6 +46,7 @@ MODEL_LABELS: dict[str, str] = {
     "radiomics_nomogram": "Radiomics nomogram (Rad-score + clinical)",
     "radiomics": "Rad-score alone",
     "clinical": "Clinical factors alone",
+    "volume": "Tumour volume alone",
     "deep": "Deep score alone",
     "mmoe": "Multimodal fusion (MMoE)",
 }

@@ -52,6 +52,8 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     block = document["binary_endpoints"]["ic_response"]
     assert document["endpoint_type"] == "binary" and block["n"] == 160
     assert set(block["models"]) == set(bn.MODELS) and block["best"] in bn.CANDIDATES
+    cv = block["cv"]  # the safeguard note says whether the signature beat the tumour volume alone
+    assert ("does not beat the tumour volume alone" in printed) == (cv["radiomics"]["auc"] <= cv["volume"]["auc"])
     assert block["bootstrap"]["n"] >= 20
     assert "pickle" not in (bundle / "bundle.json").read_text()
     # Predict refuses a binary-only bundle with the way out.
@@ -206,3 +208,49 @@ def test_the_ensemble_is_used_unless_one_model_beats_it_by_a_standard_error():
     for block in cv.values():  # no model shows any signal: a margin over the ensemble is noise
         block["auc"] -= 0.12
     assert bn.choose_best(cv) == bn.ENSEMBLE
+
+
+def test_the_tumour_volume_model_is_a_logistic_fit_on_log_volumes(monkeypatch):
+    """The ``volume`` reference: log(1 + mL) of the GTVp and GTVn volumes (an empty GTVn cell, no node, is 0 mL),
+    fitted as scikit-learn fits a logistic regression on the standardised inputs, a candidate like the others
+    and part of the ensemble; a table without a GTVp volume has no volume model and the rest still fit."""
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+
+    monkeypatch.setattr(bn, "BOOTSTRAP_REFITS", 2)  # the intervals are not under test here
+    rng = np.random.default_rng(3)
+    n = 120
+    gtvp = np.exp(rng.normal(np.log(15000.0), 0.7, n))  # mm^3
+    gtvn = np.where(rng.random(n) < 0.3, np.nan, np.exp(rng.normal(np.log(2500.0), 0.8, n)))
+    y = (rng.random(n) < expit(0.3 - 1.2 * np.log(gtvp / 15000.0))).astype(int)
+    features = pd.DataFrame({"t2_gtvp_original_shape_VoxelVolume": gtvp, "t1_gtvp_original_shape_VoxelVolume": gtvp,
+                             "t1_gtvp_original_shape_MeshVolume": 0.9 * gtvp,
+                             "t1_gtvn_original_shape_MeshVolume": gtvn,
+                             **{f"t1_gtvp_original_glcm_Noise{k}": rng.normal(size=n) for k in range(6)}})
+    clinical = pd.DataFrame({name: rng.normal(size=n) for name in bn.CLINICAL_COVARIATES})
+    assert bn.volume_columns(features) == {"gtvp": "t1_gtvp_original_shape_VoxelVolume",
+                                           "gtvn": "t1_gtvn_original_shape_MeshVolume"}
+    volumes = bn.tumour_volumes(features)
+    assert list(volumes.columns) == ["log_volume_gtvp_ml", "log_volume_gtvn_ml"]
+    np.testing.assert_allclose(volumes["log_volume_gtvp_ml"], np.log1p(gtvp / 1000.0))
+    np.testing.assert_allclose(volumes["log_volume_gtvn_ml"], np.nan_to_num(np.log1p(gtvn / 1000.0)))
+
+    block = bn.fit_binary_endpoint(clinical, features, y, "response", permutations=0)
+    assert "volume" in block["models"] and "volume" in block["cv"]
+    v = volumes.to_numpy()
+    reference = LogisticRegression(C=1.0).fit((v - v.mean(0)) / v.std(0), y)
+    held = pd.DataFrame({c: features[c].iloc[:5] * 1.7 for c in features})
+    hv = bn.tumour_volumes(held).to_numpy()
+    probs = bn.predict_models(block, clinical.iloc[:5], held)
+    np.testing.assert_allclose(probs["volume"], reference.predict_proba((hv - v.mean(0)) / v.std(0))[:, 1],
+                               rtol=1e-5)
+    members = [probs[name] for name in bn.MODELS]
+    np.testing.assert_allclose(probs["ensemble"], np.mean(members, axis=0))
+    assert block["cv"]["volume"]["auc"] > 0.65  # the endpoint follows the volume
+
+    without = features.drop(columns=[c for c in features if c.startswith(("t1_gtvp_original_shape",
+                                                                          "t2_gtvp_original_shape"))])
+    assert bn.volume_columns(without) == {}  # a node volume alone makes no volume model
+    block = bn.fit_binary_endpoint(clinical, without, y, "response", permutations=0)
+    assert "volume" not in block["models"] and "volume" not in block["cv"]
+    assert set(bn.predict_models(block, clinical.iloc[:5], without.iloc[:5])) == {*block["models"], "ensemble"}
