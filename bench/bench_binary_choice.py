@@ -19,7 +19,6 @@ paired difference of the chosen model's ratio, and the volume model's own ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -31,6 +30,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_binary_splits import resplit, resplit_parser  # noqa: E402
 
 from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
@@ -68,13 +69,7 @@ def summary(frame: pd.DataFrame) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cohort", action="append", required=True, type=Path)
-    parser.add_argument("--splits", type=int, default=24)
-    parser.add_argument("--n-train", type=int, default=160)
-    parser.add_argument("--endpoint", default="ic_response")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
+    args = resplit_parser(__doc__.splitlines()[0], splits=24).parse_args(argv)
     binary.BOOTSTRAP_REFITS = 0  # per-patient intervals only; they do not change the choice
     rows = []
     for cohort in args.cohort:
@@ -86,8 +81,7 @@ def main(argv=None) -> int:
         p = truth.loc[manifest.patient_ids, f"p_{args.endpoint}"].to_numpy(float)
         y = manifest.table[args.endpoint].to_numpy(int)
         for split in range(args.splits):
-            order = np.random.default_rng(100 + split).permutation(len(y))
-            tr, te = np.sort(order[:args.n_train]), np.sort(order[args.n_train:])
+            tr, te = (np.sort(part) for part in resplit(len(y), args.n_train, 100 + split))
             train, test = manifest.subset(tr), manifest.subset(te)
             fill = ebv_fill_value(train)
             data = (train.clinical_table(fill), table.iloc[tr].reset_index(drop=True), y[tr],

@@ -58,9 +58,25 @@ def rank_normal(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     return z, held
 
 
+def resplit(n: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``n_train`` random training patients and of the rest (the re-split ``seed`` of a cohort)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:n_train], order[n_train:]
+
+
+def resplit_parser(description: str, splits: int) -> argparse.ArgumentParser:
+    """The options every re-split benchmark takes (``--cohort`` folders, ``--splits``, ``--n-train``, ...)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cohort", action="append", required=True, type=Path)
+    parser.add_argument("--splits", type=int, default=splits)
+    parser.add_argument("--n-train", type=int, default=160)
+    parser.add_argument("--endpoint", default="ic_response")
+    parser.add_argument("--json")
+    return parser
+
+
 def one_split(X: pd.DataFrame, y: np.ndarray, p: np.ndarray, n_train: int, seed: int) -> dict[str, float]:
-    order = np.random.default_rng(seed).permutation(len(y))
-    train, test = order[:n_train], order[n_train:]
+    train, test = resplit(len(y), n_train, seed)
     oracle = roc_auc_score(y[test], p[test])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -75,13 +91,7 @@ def one_split(X: pd.DataFrame, y: np.ndarray, p: np.ndarray, n_train: int, seed:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cohort", action="append", required=True, type=Path)
-    parser.add_argument("--splits", type=int, default=8)
-    parser.add_argument("--n-train", type=int, default=160)
-    parser.add_argument("--endpoint", default="ic_response")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
+    args = resplit_parser(__doc__.splitlines()[0], splits=8).parse_args(argv)
     rows = []
     for cohort in args.cohort:
         X, y, p = load(cohort, args.endpoint)
