@@ -47,6 +47,8 @@ MODEL_LABELS: dict[str, str] = {
     "radiomics": "Rad-score alone",
     "clinical": "Clinical factors alone",
     "volume": "Tumour volume alone",
+    "combined": "Rad-score + clinical",
+    "ensemble": "Ensemble (mean of every model)",
     "deep": "Deep score alone",
     "mmoe": "Multimodal fusion (MMoE)",
 }

@@ -204,7 +204,7 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
         for name, block in binary.items():
             ci = block.get("ci95")
             rows.append((factor_label(name), f"{block['probability']:.0%}",
-                         f"{ci[0]:.0%}-{ci[1]:.0%}" if ci else "–", block.get("model", "")))
+                         f"{ci[0]:.0%}-{ci[1]:.0%}" if ci else "–", model_label(block.get("model", ""))))
         parts.append("<h2>Binary endpoints</h2>" + table(["Endpoint", "Probability", "95% CI", "Model"], rows))
     fusion = prediction.get("fusion") or {}
     if fusion:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The panel's contour-change lines and arm names are the patient sheet's.
-from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change, survival_text  # noqa: F401
+from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change, model_label, survival_text  # noqa: F401
 
 
 def format_percent(value: float | None) -> str:
@@ -64,7 +64,7 @@ def format_binary(prediction: Mapping[str, Any]) -> list[str]:
     for name, block in (prediction.get("binary") or {}).items():
         ci = block.get("ci95")
         lines.append(f"{name.replace('_', ' ')} probability {block['probability']:.0%}"
-                     + (f" (95% CI {ci[0]:.0%}-{ci[1]:.0%})" if ci else "") + f" [{block['model']}]")
+                     + (f" (95% CI {ci[0]:.0%}-{ci[1]:.0%})" if ci else "") + f" [{model_label(block['model'])}]")
     return lines
 
 

@@ -296,6 +296,14 @@ def test_survival_and_risk_strings():
     assert formatting.format_warnings([]) == "none"
 
 
+def test_binary_line_names_the_model_as_a_reader_says_it():
+    prediction = {"binary": {"ic_response": {"probability": 0.62, "ci95": [0.5, 0.73], "model": "volume"},
+                             "recurrence": {"probability": 0.2, "ci95": None, "model": "classifier_random_forest"}}}
+    assert formatting.format_binary(prediction) == [
+        "ic response probability 62% (95% CI 50%-73%) [Tumour volume alone]",
+        "recurrence probability 20% [classifier random forest]"]
+
+
 def test_benefit_statement_or_not_available():
     assert "not available" in formatting.benefit_summary(PREDICTION)["statement"]
     given = dict(PREDICTION, chemo_benefit={"statement": "High-risk patient: HR 0.5", "evidence": {"hr": 0.5}})
