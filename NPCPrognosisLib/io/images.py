@@ -26,6 +26,7 @@ from NPCPrognosisLib.imaging.geometry import (
     resample_onto,
     same_geometry,
 )
+from NPCPrognosisLib.imaging.preprocess import head_threshold
 from NPCPrognosisLib.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,8 @@ def contour_warnings(mask: sitk.Image, reference: sitk.Image, source: str = "") 
     if volume < MIN_GTVP_ML:
         warnings.append(f"{source}GTVp is {volume:.2f} mL ({voxels} voxels), below the {MIN_GTVP_ML} mL of any "
                         "plausible primary: its radiomics rest on too few voxels; check the contour")
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetInsideValue(0)
-    otsu.SetOutsideValue(1)
-    otsu.Execute(sitk.Cast(reference, sitk.sitkFloat32))
-    outside = float(np.mean(sitk.GetArrayViewFromImage(reference)[gtvp] < otsu.GetThreshold()))
+    smoothed, threshold = head_threshold(reference)
+    outside = float(np.mean(sitk.GetArrayViewFromImage(smoothed)[gtvp] < threshold))
     if outside > 0.5:
         warnings.append(f"{outside:.0%} of the {source}GTVp lies in voxels darker than the head on CET1W (outside "
                         "the head?); check the contours")

@@ -79,3 +79,28 @@ def test_n4_removes_a_bias_field_and_normalisation_is_zscore_x100():
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     assert np.array_equal(on_four, corrected)
+
+
+def test_the_head_mask_separates_air_not_bright_fat_on_a_tightly_cropped_scan():
+    """A CET1W without fat suppression (fat at 300, muscle 100, tumour 170), once with air around the neck and once
+    cropped to a third of air: one Otsu threshold split the fat from the rest on the cropped scan (the z-scored
+    tumour came out at -14.5 against +0.48 uncropped); the head mask's lower threshold keeps the tumour's level
+    (+0.49 both), and the contour check does not call the tumour "darker than the head"."""
+    from NPCPrognosisLib.io.images import contour_warnings
+
+    rng = np.random.default_rng(2)
+    z, y, x = np.mgrid[0:20, 0:96, 0:96]
+    head = ((x - 48) ** 2 + (y - 48) ** 2) < 30 ** 2
+    tumour = head & (((x - 42) ** 2 + (y - 46) ** 2 + (2 * (z - 10)) ** 2) < 8 ** 2)
+    fat = head & ~tumour & (x > 64)  # a sixth of the head
+    truth = np.where(fat, 300.0, np.where(tumour, 170.0, np.where(head, 100.0, 2.0)))
+    scan = (truth * (1 + 0.03 * rng.normal(size=truth.shape))).astype(np.float32)
+    levels = {}
+    for name, box in (("wide", np.s_[:, :, :]), ("cropped", np.s_[:, 16:80, 16:80])):
+        image = sitk.GetImageFromArray(scan[box])
+        out = sitk.GetArrayFromImage(preprocess_image(image, PreprocessConfig(n4=False, scale=1.0)))
+        levels[name] = float(out[tumour[box]].mean())
+        labels = sitk.GetImageFromArray(tumour[box].astype(np.uint8))
+        labels.CopyInformation(image)
+        assert not [w for w in contour_warnings(labels, image) if "darker than the head" in w], name
+    assert levels["wide"] == pytest.approx(0.49, abs=0.05) and levels["cropped"] == pytest.approx(0.49, abs=0.05)
