@@ -61,6 +61,13 @@ def head_threshold(image: sitk.Image) -> tuple[sitk.Image, float]:
     Why half-way and not the lower threshold itself: that one sits close to the air, so the mask would take in the
     ring of air that smoothing blurs into the head's edge; half-way between the two levels is where a blurred edge
     is.
+
+    Returns
+    -------
+    smoothed : sitk.Image
+        The image (float32) smoothed by a Gaussian of the coarsest spacing.
+    threshold : float
+        Voxels of ``smoothed`` above it are the head.
     """
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), float(max(image.GetSpacing())))
     otsu = sitk.OtsuMultipleThresholdsImageFilter()

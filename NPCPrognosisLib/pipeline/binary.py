@@ -252,8 +252,14 @@ VOLUME_FEATURES = ("original_shape_VoxelVolume", "original_shape_MeshVolume")
 
 
 def volume_columns(features: pd.DataFrame) -> dict[str, str]:
-    """Per ROI of :data:`VOLUME_ROIS` the features-table column holding its volume (mm^3); empty without a GTVp
-    volume (a table of the user's own making), where there is no ``volume`` model."""
+    """Where the tumour volumes are in a features table.
+
+    Returns
+    -------
+    columns : dict
+        Per ROI of :data:`VOLUME_ROIS` the column holding its volume (mm^3); empty without a GTVp volume (a table
+        of the user's own making), where there is no ``volume`` model.
+    """
     found = {}
     for roi in VOLUME_ROIS:
         for feature in VOLUME_FEATURES:
@@ -269,6 +275,11 @@ def tumour_volumes(features: pd.DataFrame) -> pd.DataFrame:
 
     Why the logarithm: tumour volumes span two orders of magnitude and act on the log-odds per doubling, not
     per millilitre; log(1 + mL) keeps a patient without nodes at 0.
+
+    Returns
+    -------
+    volumes : DataFrame
+        ``log_volume_<roi>_ml`` per ROI found, one row per row of ``features``.
     """
     return pd.DataFrame({f"log_volume_{roi}_ml": np.log1p(features[column].to_numpy(float) / 1000.0)
                          for roi, column in volume_columns(features).items()}).fillna(0.0)
