@@ -315,13 +315,16 @@ ENSEMBLE = "ensemble"
 CANDIDATES = (*MODELS, ENSEMBLE)
 
 
+def _models_for(features: pd.DataFrame) -> list[str]:
+    """The models a features table allows: all of :data:`MODELS`, less ``volume`` without a GTVp volume."""
+    return [name for name in MODELS if name != VOLUME or volume_columns(features)]
+
+
 def _fit_all(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int,
              families: Sequence[str] = FAMILIES) -> tuple[dict, dict]:
     signature = fit_rad_signature(feature_matrix(features), y, seed)
     models = {}
-    for name in ("radiomics", "clinical", "combined", VOLUME):
-        if name == VOLUME and not volume_columns(features):
-            continue
+    for name in (n for n in _models_for(features) if not n.startswith("classifier_")):
         X = _design(name, clinical, signature, features)
         models[name] = fit_classifier("logistic", X.to_numpy(float), y, list(X.columns), seed)
     X = _design("classifier", clinical, signature, features)
@@ -380,7 +383,7 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
     # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
     # families differ; averaging over repeats makes the choice less of a coin toss.
     oof_runs = []
-    candidates = [name for name in CANDIDATES if name != VOLUME or volume_columns(features)]
+    candidates = [*_models_for(features), ENSEMBLE]
     fold_aucs: dict[str, list[float]] = {name: [] for name in candidates}
     for repeat in range(repeats):
         oof = {name: np.zeros(len(y)) for name in candidates}
@@ -510,7 +513,7 @@ def _bootstrap_best(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarra
     rng = np.random.default_rng(seed)
     families = FAMILIES if best == ENSEMBLE else (
         (best.removeprefix("classifier_"),) if best.startswith("classifier_") else ())
-    needed = [n for n in MODELS if n != VOLUME or volume_columns(features)] if best == ENSEMBLE else (best,)
+    needed = _models_for(features) if best == ENSEMBLE else (best,)
     refits = []
     for _ in range(BOOTSTRAP_REFITS):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=int((y == k).sum())) for k in (0, 1)])
