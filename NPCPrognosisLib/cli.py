@@ -73,16 +73,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name, block in (document.get("binary_endpoints") or {}).items():
         print(f"{name}: {block['n']} training patients ({block['positives']} positive); cross-validated AUC "
               f"(selection inside the folds, {block['cv']['repeats']} x {block['cv']['folds']}-fold):")
-        for model in block["models"] | {"ensemble": None}:
+        for model in dict.fromkeys([*block["models"], block["best"]]):
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
-                  + ("  <- best" if model == block["best"] else ""))
+                  + ("  <- used" if model == block["best"] else ""))
+        stacking = block.get("stacking")
+        if stacking:
+            weights = sorted(((w, n) for n, w in zip(stacking["models"], stacking["weights"]) if w > 0), reverse=True)
+            print("  stacked weights (standardised out-of-fold log-odds): "
+                  + (", ".join(f"{n} {w:.2f}" for w, n in weights) or "none: no model's out-of-fold predictions "
+                     "explain the endpoint, every patient gets the training prevalence"))
         volume, signature = block["cv"].get("volume"), block["cv"]["radiomics"]
         if volume is not None and signature["auc"] <= volume["auc"]:
             print(f"  note: {name}: the radiomics signature ({signature['auc']:.3f}) does not beat the tumour volume "
                   f"alone ({volume['auc']:.3f}) in cross-validation: its features may stand in for the tumour's size")
         if no_better_than_chance(block):
             test = block["permutation"]
-            print(f"  warning: {name}: the best model's cross-validated AUC ({test['observed_auc']:.3f}) was "
+            print(f"  warning: {name}: the stacked model's cross-validated AUC ({test['observed_auc']:.3f}) was "
                   f"reached with randomly permuted labels (permutation p = {test['p_value']:.2f}): the training "
                   "patients cannot show that it learned anything that will hold on new patients; treat its "
                   "probabilities as unproven (more patients of each outcome, or fewer candidate features, may help)")
@@ -170,7 +176,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             lo, hi = block["auc_95ci"]
             print(f"  {name:30s} AUC {block['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f})  sensitivity "
                   f"{_number(block['sensitivity'], '.2f')} specificity {_number(block['specificity'], '.2f')}"
-                  + ("  <- best on training CV" if name == metrics["best_on_training_cv"] else ""))
+                  + ("  <- the bundle's model" if name == metrics["best_on_training_cv"] else ""))
         print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
         return 0
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
@@ -415,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustness-patients", type=int, default=None,
                    help="training patients perturbed to measure each feature's ICC (default 30; 0: skip)")
     p.add_argument("--permutations", type=int, default=None,
-                   help="label permutations testing each binary endpoint's best model against chance (default 9, "
+                   help="label permutations testing each binary endpoint's stacked model against chance (default 9, "
                         "smallest p 0.1; 99 gives p down to 0.01 at 11 x the cost; 0: skip)")
     p.add_argument("--no-select", action="store_true",
                    help="skip the cross-validated choice of features, penalty, clinical coding and nomogram design")

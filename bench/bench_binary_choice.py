@@ -10,10 +10,11 @@ AUC ratio by about +-0.06; ``bench_binary_splits.py`` re-splits but scores the r
 re-splits each ``--cohort`` folder (as ``bench_generalise.py`` keeps them: ``manifest.csv``, ``features.csv``,
 ``truth_all.csv`` or ``truth.csv`` with ``p_<endpoint>``) into ``--n-train`` training and the rest held-out
 patients and runs what ``train`` runs for a binary endpoint (:func:`NPCPrognosisLib.pipeline.binary.
-fit_binary_endpoint`: every model cross-validated with the selection inside the folds, the product's choice of the
-best), twice: with the candidates as shipped and with the ``volume`` model taken out of the candidates and the
-ensemble, so the two are paired on the same splits. The label-permutation test and the bootstrap refits for
-per-patient intervals do not change which model is chosen and are skipped. Prints per split and the mean, SD and
+fit_binary_endpoint`: every model cross-validated with the selection inside the folds, and the model the bundle
+uses, ``best``: the stacked model since 2026-12-02, before it the one-model choice), twice: with the models as
+shipped and with the ``volume`` model taken out of the models and the stacking, so the two are paired on the same
+splits. The label-permutation test and the bootstrap refits for per-patient intervals do not change the model and
+are skipped. Prints per split and the mean, SD and
 paired difference of the chosen model's ratio, and the volume model's own ratio. SYNTHETIC DATA - NOT CLINICAL.
 """
 
@@ -43,7 +44,7 @@ SHIPPED = binary.volume_columns
 
 def candidates(with_volume: bool) -> None:
     """With or without the volume model: without, the features look as if they held no GTVp volume, which is
-    how the product leaves the model out of the fits, the cross-validation and the ensemble."""
+    how the product leaves the model out of the fits, the cross-validation and the stacking."""
     binary.volume_columns = SHIPPED if with_volume else (lambda features: {})
 
 

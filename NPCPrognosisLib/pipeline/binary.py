@@ -4,10 +4,11 @@ tumour-volume logistic models, and the classifier family chosen by cross-validat
 Why cross-validation decides: on 160 patients and thousands of features, which classifier family wins is itself
 noise unless it is judged on patients the fit did not see. Every model is therefore scored by stratified k-fold
 cross-validation *with the feature selection inside each fold* (univariable filter, Pearson redundancy filter,
-LASSO-logistic), and :func:`choose_best` picks the bundle's ``best`` model from those AUCs. Out-of-fold probabilities
-also give the Youden threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
-(:mod:`NPCPrognosisLib.classification.models`); bootstrap refits of the best model give each patient's
-probability an interval.
+LASSO-logistic). The bundle's model (``best``) is the super learner of those models (:func:`fit_stacking`: each
+model's out-of-fold log-odds weighted by a non-negative logistic fit), rather than the one with the highest CV AUC.
+Out-of-fold probabilities also give the Youden threshold, so the threshold is not tuned on the fitted patients.
+Every model is JSON (:mod:`NPCPrognosisLib.classification.models`); bootstrap refits of the stacked models give
+each patient's probability an interval.
 """
 
 from __future__ import annotations
@@ -309,10 +310,16 @@ def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], fea
 #: volume needs no selection, so it stays a candidate beside the signature instead of being hoped for inside it.
 VOLUME = "volume"
 MODELS = ("radiomics", "clinical", "combined", VOLUME, *(f"classifier_{f}" for f in FAMILIES))
-#: The mean probability of every model above: no parameter of its own, and steadier than any one of them when
-#: the signal is weak (a candidate like the others, chosen only if it cross-validates best).
+#: The model a bundle uses: every model above, each one's out-of-fold log-odds weighted by a non-negative logistic
+#: fit (the super learner of van der Laan, Polley & Hubbard 2007; :func:`fit_stacking`).
+STACKED = "stacked"
+CANDIDATES = (*MODELS, STACKED)
+#: The mean probability of every model, the model of bundles written before the stacking (2026-12-02): they still
+#: predict and evaluate with it.
 ENSEMBLE = "ensemble"
-CANDIDATES = (*MODELS, ENSEMBLE)
+#: Probabilities are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before their log-odds are taken (a random forest or
+#: k-NN gives exact 0 and 1).
+LOGIT_CLIP = 1e-4
 
 
 def _models_for(features: pd.DataFrame) -> list[str]:
@@ -333,11 +340,24 @@ def _fit_all(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed
     return signature, models
 
 
+def _combined_model(block: Mapping[str, Any]) -> list[str]:
+    """The combination a block predicts besides its models: the stacking, the mean of older bundles, or none (the
+    models of one cross-validation fold)."""
+    if "stacking" in block:
+        return [STACKED]
+    return [ENSEMBLE] if "best" in block else []
+
+
 def predict_models(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame,
                    names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Probability of each stored model (default: all) for aligned clinical rows and feature rows."""
-    names = list(names or [*block["models"], ENSEMBLE])
-    wanted = list(block["models"]) if ENSEMBLE in names else [n for n in names]
+    """Probability of each stored model (default: all, and their combination) for aligned clinical rows and feature
+    rows."""
+    names = list(names or [*block["models"], *_combined_model(block)])
+    wanted = [n for n in names if n not in (STACKED, ENSEMBLE)]
+    if ENSEMBLE in names:
+        wanted = list(block["models"])
+    if STACKED in names:
+        wanted = list(dict.fromkeys([*wanted, *stacked_members(block["stacking"])]))
     out = {}
     for name in wanted:
         model = block["models"][name]
@@ -346,22 +366,84 @@ def predict_models(block: Mapping[str, Any], clinical: pd.DataFrame, features: p
         out[name] = predict_proba(model, X[model["columns"]].to_numpy(float))
     if ENSEMBLE in names:
         out[ENSEMBLE] = np.mean([out[n] for n in MODELS if n in out], axis=0)
+    if STACKED in names:
+        out[STACKED] = stacked_probability(block["stacking"], out, len(features))
     return {n: out[n] for n in names}
 
 
-def choose_best(cv: Mapping[str, Mapping[str, Any]]) -> str:
-    """The model a bundle uses: the ensemble, unless one model's CV AUC beats it, and chance, by more than its
-    standard error.
+def _log_odds(prob: np.ndarray) -> np.ndarray:
+    prob = np.clip(np.asarray(prob, float), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(prob / (1.0 - prob))
 
-    Why not simply the highest CV AUC: with ten candidates on ~160 patients the winner is largely the luckiest
-    (their CV AUCs differ by less than their standard errors), and the ensemble has no parameter of its own to be
-    lucky with; a single model has to earn its place by a margin the cross-validation can see.
+
+def fit_stacking(oof: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, Any]:
+    """The super learner's weights: a logistic regression of the endpoint on every model's out-of-fold log-odds
+    (standardised), weights kept non-negative, intercept free.
+
+    Why not the model with the highest cross-validated AUC: with ten models on ~160 patients their CV AUCs differ
+    by less than their standard errors, so the winner is largely the luckiest, and a rule that picks one model
+    throws away what the others know. The super learner (van der Laan, Polley & Hubbard 2007) weights every model
+    by how well its out-of-fold predictions, patients it did not see, explain the outcome; it is asymptotically as
+    good as the best weighted combination of them, and no single model has to be chosen. Non-negative weights
+    (Breiman 1996, "Stacked regressions") keep correlated models from cancelling each other with large opposite
+    weights; a model that adds nothing gets weight 0. Measured on 24 random 160 / 200 re-splits of each phantom
+    family (README, "Binary endpoints"): held-out AUC / oracle 0.851 against 0.844 for the one-model choice on
+    family B, 0.969 against 0.958 on family A.
+
+    Parameters
+    ----------
+    oof : dict of str to array
+        Each model's out-of-fold probability of every training patient (:func:`cross_validate`); the models of
+        :data:`MODELS` present are used.
+    y : array of 0/1
+        The endpoint.
+
+    Returns
+    -------
+    stacking : dict
+        ``models``, their ``weights`` (>= 0, on standardised log-odds), ``intercept``, and the log-odds' training
+        ``mean`` and ``scale``.
     """
-    top = max((n for n in MODELS if n in cv), key=lambda n: cv[n]["auc"])
-    se = cv[top].get("se", 0.0)
-    beats_ensemble = cv[top]["auc"] - cv[ENSEMBLE]["auc"] > se
-    beats_chance = cv[top]["auc"] - se > 0.5
-    return top if beats_ensemble and beats_chance else ENSEMBLE
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    names = [n for n in MODELS if n in oof]
+    Z = np.column_stack([_log_odds(oof[n]) for n in names])
+    mean, scale = Z.mean(axis=0), Z.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    S = (Z - mean) / scale
+    y = np.asarray(y, float)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = w[0] + S @ w[1:]
+        residual = expit(eta) - y
+        value = float(np.sum(np.logaddexp(0.0, eta) - y * eta))
+        return value, np.concatenate([[residual.sum()], S.T @ residual])
+
+    start = np.zeros(len(names) + 1)
+    start[0] = np.log(y.mean() / (1.0 - y.mean()))
+    fit = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(None, None)] + [(0.0, None)] * len(names))
+    return {"models": names, "weights": [float(w) for w in fit.x[1:]], "intercept": float(fit.x[0]),
+            "mean": mean.tolist(), "scale": scale.tolist(),
+            "method": "super learner: non-negative logistic weights of the models' standardised out-of-fold "
+                      "log-odds (van der Laan et al. 2007)"}
+
+
+def stacked_members(stacking: Mapping[str, Any]) -> list[str]:
+    """The models with a non-zero weight: the only ones the stacked probability needs."""
+    return [n for n, w in zip(stacking["models"], stacking["weights"]) if w > 0]
+
+
+def stacked_probability(stacking: Mapping[str, Any], probs: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    """The super learner's probability for ``n`` patients from its members' probabilities (:func:`fit_stacking`;
+    with every weight 0, the training prevalence for all)."""
+    from scipy.special import expit
+
+    eta = np.full(n, stacking["intercept"], dtype=float)
+    for name, w, m, s in zip(stacking["models"], stacking["weights"], stacking["mean"], stacking["scale"]):
+        if w > 0:
+            eta = eta + w * (_log_odds(probs[name]) - m) / s
+    return expit(eta)
 
 
 def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int,
@@ -383,18 +465,29 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
     # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
     # families differ; averaging over repeats makes the choice less of a coin toss.
     oof_runs = []
-    candidates = [*_models_for(features), ENSEMBLE]
+    candidates = [*_models_for(features), STACKED]
     fold_aucs: dict[str, list[float]] = {name: [] for name in candidates}
+
+    def score(name: str, va: np.ndarray, prob: np.ndarray) -> None:
+        oof[name][va] = prob
+        fold_aucs[name].append(float(roc_auc_score(y[va], prob)) if np.ptp(prob) > 0 else 0.5)
+
     for repeat in range(repeats):
         oof = {name: np.zeros(len(y)) for name in candidates}
-        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y):
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y))
+        for tr, va in splits:
             signature, models = _fit_all(clinical.iloc[tr], features.iloc[tr].reset_index(drop=True), y[tr], seed)
             fold = {"signature": signature, "models": models}
             probs = predict_models(fold, clinical.iloc[va].reset_index(drop=True),
                                    features.iloc[va].reset_index(drop=True))
             for name, prob in probs.items():
-                oof[name][va] = prob
-                fold_aucs[name].append(float(roc_auc_score(y[va], prob)) if np.ptp(prob) > 0 else 0.5)
+                score(name, va, prob)
+        # The stacking's own score: its weights fitted on the other folds' out-of-fold predictions, applied to this
+        # fold's (the level-1 predictions are reused rather than nested, as the super learner's CV risk usually is).
+        for tr, va in splits:
+            stacking = fit_stacking({n: oof[n][tr] for n in candidates if n != STACKED}, y[tr])
+            members = {n: oof[n][va] for n in stacked_members(stacking)}
+            score(STACKED, va, stacked_probability(stacking, members, len(va)))
         oof_runs.append(oof)
     # The CV AUC is the mean of the per-fold AUCs, not the AUC of the pooled out-of-fold probabilities: each fold's
     # model has its own intercept (its training prevalence mirrors the held-out fold's), and pooling them biases a
@@ -411,7 +504,7 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
 def _permuted_cv_auc(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int) -> float:
     """The chosen model's CV AUC for one set of (permuted) labels (module-level for process pools)."""
     cv, _ = cross_validate(clinical, features, y, seed, repeats=1)
-    return float(cv[choose_best(cv)]["auc"])
+    return float(cv[STACKED]["auc"])
 
 
 def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, observed: float,
@@ -423,14 +516,14 @@ def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarr
     of them in the whole training sample, and cross-validation on that same sample confirms the correlation
     (one coin-toss label reached a CV AUC of 0.65 +- 0.03 on 160 patients and 42 features); the per-fold
     standard error does not see this. Permuted labels go through everything the real ones do (feature selection,
-    every family, the choice of the best), so they show how high a CV AUC chance alone reaches on these patients.
+    every family, the stacking), so they show how high a CV AUC chance alone reaches on these patients.
     One CV repeat per permutation keeps the cost at ``permutations`` x the folds' fits. Being a test at level
     0.1, it lets about one label in ten that carries nothing pass unflagged.
 
     Returns
     -------
     test : dict
-        ``null_auc`` (the chosen model's CV AUC in each permuted run), ``p_value`` ((1 + runs reaching the
+        ``null_auc`` (the stacked model's CV AUC in each permuted run), ``p_value`` ((1 + runs reaching the
         observed AUC) / (1 + permutations)) and ``no_better_than_chance`` (some permuted run reached it).
     """
     rng = np.random.default_rng(seed + 7919)
@@ -445,7 +538,7 @@ def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarr
     reached = int(sum(value >= observed for value in null))
     return {"permutations": permutations, "observed_auc": float(observed), "null_auc": null,
             "p_value": (1 + reached) / (1 + permutations), "no_better_than_chance": reached > 0,
-            "method": "labels permuted, the whole procedure (selection, families, choice of the best) re-run "
+            "method": "labels permuted, the whole procedure (selection, families, stacking) re-run "
                       "with one CV repeat"}
 
 
@@ -457,7 +550,7 @@ def no_better_than_chance(block: Mapping[str, Any]) -> bool:
 
 def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, endpoint: str,
                         seed: int = 0, workers: int = 1, permutations: int = PERMUTATIONS) -> dict[str, Any]:
-    """Fit every model on the training patients, score each by cross-validation, keep the best.
+    """Fit every model on the training patients, score each by cross-validation, and stack them.
 
     Parameters
     ----------
@@ -481,10 +574,9 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     -------
     block : dict
         JSON-able: ``signature``, ``models``, ``cv`` (per model the mean and standard error of the per-fold AUCs,
-        and the AUC of the pooled out-of-fold probabilities),
-        ``best`` (:func:`choose_best`), ``permutation`` (:func:`permutation_test`), ``thresholds`` (Youden on
-        out-of-fold probabilities) and ``bootstrap``
-        (refits of the best model for per-patient intervals).
+        and the AUC of the pooled out-of-fold probabilities), ``stacking`` (:func:`fit_stacking`), ``best`` (the
+        model used: ``stacked``), ``permutation`` (:func:`permutation_test`), ``thresholds`` (Youden on
+        out-of-fold probabilities) and ``bootstrap`` (refits of the stacked models for per-patient intervals).
     """
     clinical = clinical.reset_index(drop=True)
     features = features.reset_index(drop=True)
@@ -494,26 +586,28 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
                                               "outcome in the training split")
     folds = n_folds(y)
     cv, oof = cross_validate(clinical, features, y, seed)
-    best = choose_best(cv)
+    stacking = fit_stacking(oof, y)
     signature, models = _fit_all(clinical, features, y, seed)
     block: dict[str, Any] = {
         "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
-        "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "best": best,
-        "thresholds": {name: youden_threshold(y, prob) for name, prob in oof.items()},
-        "note": "the model used is the ensemble unless one model's cross-validated AUC beats it by more than one "
-                "standard error; its probability interval comes from bootstrap refits (selection included)"}
+        "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "stacking": stacking,
+        "best": STACKED, "thresholds": {name: youden_threshold(y, prob) for name, prob in oof.items()},
+        "note": "the model used stacks every model, weighted by a non-negative logistic fit of their out-of-fold "
+                "predictions; its probability interval comes from bootstrap refits (selection included)"}
     if permutations > 0:
-        block["permutation"] = permutation_test(clinical, features, y, cv[best]["auc"], seed, permutations, workers)
-    block["bootstrap"] = _bootstrap_best(clinical, features, y, best, seed)
+        block["permutation"] = permutation_test(clinical, features, y, cv[STACKED]["auc"], seed, permutations,
+                                                workers)
+    block["bootstrap"] = _bootstrap_stacked(clinical, features, y, stacking, seed)
     return block
 
 
-def _bootstrap_best(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, best: str, seed: int) -> dict:
-    """Refits of what the best model needs (signature and family; all models for the ensemble) on resamples."""
+def _bootstrap_stacked(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
+                       stacking: Mapping[str, Any], seed: int) -> dict:
+    """Refits of the stacked model's members (signature and families) on resamples, each stacked with the
+    training weights (the weights themselves are not refitted: that would need a cross-validation per refit)."""
     rng = np.random.default_rng(seed)
-    families = FAMILIES if best == ENSEMBLE else (
-        (best.removeprefix("classifier_"),) if best.startswith("classifier_") else ())
-    needed = _models_for(features) if best == ENSEMBLE else (best,)
+    needed = stacked_members(stacking)
+    families = tuple(n.removeprefix("classifier_") for n in needed if n.startswith("classifier_"))
     refits = []
     for _ in range(BOOTSTRAP_REFITS):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=int((y == k).sum())) for k in (0, 1)])
@@ -522,8 +616,8 @@ def _bootstrap_best(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarra
                                          seed, families=families)
         except (InputError, ValueError):
             continue
-        refits.append({"signature": signature, "models": {n: models[n] for n in needed}})
-    return {"model": best, "n": len(refits), "refits": refits}
+        refits.append({"signature": signature, "models": {n: models[n] for n in needed}, "stacking": stacking})
+    return {"model": STACKED, "n": len(refits), "refits": refits}
 
 
 # ---------------------------------------------------------------------------------------------- use

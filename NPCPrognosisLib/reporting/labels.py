@@ -48,6 +48,7 @@ MODEL_LABELS: dict[str, str] = {
     "clinical": "Clinical factors alone",
     "volume": "Tumour volume alone",
     "combined": "Rad-score + clinical",
+    "stacked": "Stacked models (weighted by cross-validation)",
     "ensemble": "Ensemble (mean of every model)",
     "deep": "Deep score alone",
     "mmoe": "Multimodal fusion (MMoE)",

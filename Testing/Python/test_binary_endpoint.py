@@ -47,7 +47,7 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
                  str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
                  "--split-col", "split"]) == 0
     printed = capsys.readouterr().out
-    assert "<- best" in printed and "cross-validated AUC" in printed and "permuted labels" not in printed
+    assert "<- used" in printed and "cross-validated AUC" in printed and "permuted labels" not in printed
     document = json.loads((bundle / "bundle.json").read_text())
     block = document["binary_endpoints"]["ic_response"]
     assert document["endpoint_type"] == "binary" and block["n"] == 160
@@ -109,7 +109,7 @@ def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabul
     assert test["observed_auc"] == block["cv"][block["best"]]["auc"] and len(test["null_auc"]) == bn.PERMUTATIONS
     assert test["no_better_than_chance"] is True and test["p_value"] > 0.1
     assert test["p_value"] == (1 + sum(v >= test["observed_auc"] for v in test["null_auc"])) / (1 + bn.PERMUTATIONS)
-    assert "warning: coin: the best model's cross-validated AUC" in printed and "permuted labels" in printed
+    assert "warning: coin: the stacked model's cross-validated AUC" in printed and "permuted labels" in printed
     features = pd.read_csv(root / "features.csv").iloc[[200]].reset_index(drop=True)
     clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,
                               "age": 50.0, "ldh": 180.0}])
@@ -199,21 +199,44 @@ def test_vectorised_yeo_johnson_lambdas_match_scipy():
     assert fits[-1]["lambda"] == 1.0 and fits[-1]["scale"] < 1e-12
 
 
-def test_the_ensemble_is_used_unless_one_model_beats_it_by_a_standard_error():
-    cv = {name: {"auc": 0.60, "se": 0.04} for name in bn.CANDIDATES}
-    cv["classifier_knn"]["auc"] = 0.63
-    assert bn.choose_best(cv) == bn.ENSEMBLE
-    cv["classifier_knn"]["auc"] = 0.65
-    assert bn.choose_best(cv) == "classifier_knn"
-    for block in cv.values():  # no model shows any signal: a margin over the ensemble is noise
-        block["auc"] -= 0.12
-    assert bn.choose_best(cv) == bn.ENSEMBLE
+def test_the_stacked_model_weights_out_of_fold_log_odds_and_none_negatively():
+    """The super learner: a logistic regression of the endpoint on the models' standardised out-of-fold log-odds
+    with weights >= 0. A model whose log-odds run against the outcome gets weight 0 and drops out; the others'
+    weights are then scikit-learn's unpenalised logistic fit on those models alone, and new patients' stacked
+    probabilities its predictions. With every model against the outcome each patient gets the prevalence."""
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(5)
+    n = 500
+    a, b, d = rng.normal(size=(3, n))
+    y = (rng.random(n) < expit(0.3 + 1.2 * a + 0.6 * b + 0.8 * d)).astype(int)
+    oof = {"volume": expit(a + 0.4 * rng.normal(size=n)), "clinical": expit(0.5 * b - 1.0),
+           "classifier_knn": expit(-d)}
+    stacking = bn.fit_stacking(oof, y)
+    weights = dict(zip(stacking["models"], stacking["weights"]))
+    assert weights["classifier_knn"] == 0.0 and weights["volume"] > 0 and weights["clinical"] > 0
+    assert bn.stacked_members(stacking) == ["clinical", "volume"]
+    Z = np.column_stack([np.log(oof[k] / (1 - oof[k])) for k in ("clinical", "volume")])
+    mean, sd = Z.mean(0), Z.std(0)
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit((Z - mean) / sd, y)
+    np.testing.assert_allclose([weights["clinical"], weights["volume"]], reference.coef_[0], rtol=2e-3)
+    assert stacking["intercept"] == pytest.approx(reference.intercept_[0], abs=2e-3)
+    new = {k: expit(rng.normal(size=7)) for k in oof}
+    Zn = np.column_stack([np.log(new[k] / (1 - new[k])) for k in ("clinical", "volume")])
+    np.testing.assert_allclose(bn.stacked_probability(stacking, new, 7),
+                               reference.predict_proba((Zn - mean) / sd)[:, 1], rtol=2e-3)
+
+    against = bn.fit_stacking({"volume": expit(-a), "clinical": expit(-b)}, (a + b > 0).astype(int))
+    assert against["weights"] == [0.0, 0.0] and bn.stacked_members(against) == []
+    prevalence = float(np.mean(a + b > 0))
+    np.testing.assert_allclose(bn.stacked_probability(against, {}, 4), prevalence, rtol=1e-4)
 
 
 def test_the_tumour_volume_model_is_a_logistic_fit_on_log_volumes(monkeypatch):
     """The ``volume`` reference: log(1 + mL) of the GTVp and GTVn volumes (an empty GTVn cell, no node, is 0 mL),
-    fitted as scikit-learn fits a logistic regression on the standardised inputs, a candidate like the others
-    and part of the ensemble; a table without a GTVp volume has no volume model and the rest still fit."""
+    fitted as scikit-learn fits a logistic regression on the standardised inputs, a model like the others and
+    weighted into the stacked model; a table without a GTVp volume has no volume model and the rest still fit."""
     from scipy.special import expit
     from sklearn.linear_model import LogisticRegression
 
@@ -244,13 +267,13 @@ def test_the_tumour_volume_model_is_a_logistic_fit_on_log_volumes(monkeypatch):
     probs = bn.predict_models(block, clinical.iloc[:5], held)
     np.testing.assert_allclose(probs["volume"], reference.predict_proba((hv - v.mean(0)) / v.std(0))[:, 1],
                                rtol=1e-5)
-    members = [probs[name] for name in bn.MODELS]
-    np.testing.assert_allclose(probs["ensemble"], np.mean(members, axis=0))
     assert block["cv"]["volume"]["auc"] > 0.65  # the endpoint follows the volume
+    assert dict(zip(block["stacking"]["models"], block["stacking"]["weights"]))["volume"] > 0
 
     without = features.drop(columns=[c for c in features if c.startswith(("t1_gtvp_original_shape",
                                                                           "t2_gtvp_original_shape"))])
     assert bn.volume_columns(without) == {}  # a node volume alone makes no volume model
     block = bn.fit_binary_endpoint(clinical, without, y, "response", permutations=0)
     assert "volume" not in block["models"] and "volume" not in block["cv"]
-    assert set(bn.predict_models(block, clinical.iloc[:5], without.iloc[:5])) == {*block["models"], "ensemble"}
+    assert "volume" not in block["stacking"]["models"]
+    assert set(bn.predict_models(block, clinical.iloc[:5], without.iloc[:5])) == {*block["models"], "stacked"}
