@@ -55,6 +55,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_designs(designs: list[dict]) -> None:
+    """The selection's cross-validated C of each nomogram design, and a note when the Rad-score does not beat the
+    tumour-volume reference (a row with ``reference``)."""
+    for row in designs:
+        print(f"    cross-validated C {row['name']:45s} {_number(row['cv_c_index'], '.3f')}")
+    reference = next((r for r in designs if r.get("reference")), None)
+    rad = next((r for r in designs if r["name"] == "radiomics"), None)
+    if reference and rad and not rad["cv_c_index"] > reference["cv_c_index"]:
+        print(f"  note: the Rad-score ({_number(rad['cv_c_index'], '.3f')}) does not beat the tumour volumes alone "
+              f"({_number(reference['cv_c_index'], '.3f')}) in cross-validation: its features may stand in for the "
+              "tumour's size (the bundle's 'volume' model is that reference; evaluate reports it held out)")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
     from NPCPrognosisLib.pipeline.binary import no_better_than_chance
@@ -124,8 +137,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"  chosen by {selection['folds']}-fold cross-validation on the training patients: radiomics "
           f"{selection['radiomics']}{', ComBat across centres' if selection.get('harmonise') else ''}; "
           f"clinical T/N {selection['clinical_coding']}; {selection['note']}")
-    for row in selection["designs"]:
-        print(f"    cross-validated C {row['name']:45s} {_number(row['cv_c_index'], '.3f')}")
+    print_designs(selection["designs"])
     optimism = training.get("optimism_corrected_c") or {}
     nested = training.get("nested_cv_c") or {}
     for name, block in training["metrics"].items():

@@ -26,7 +26,7 @@ from NPCPrognosisLib.classification.metrics import binary_metrics, delong_auc, d
 from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
-from NPCPrognosisLib.radiomics.features_table import feature_matrix
+from NPCPrognosisLib.radiomics.features_table import feature_matrix, tumour_volumes, volume_columns
 from NPCPrognosisLib.radiomics.signature import redundancy_filter
 
 log = logging.getLogger(__name__)
@@ -245,47 +245,6 @@ def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------- models
-#: The ROIs whose volume the ``volume`` model uses, and the features-table columns it comes from, preferred
-#: first (any sequence: PyRadiomics' shape features depend on the mask alone; the voxel count is the mask's own
-#: volume, the mesh volume a close second).
-VOLUME_ROIS = ("gtvp", "gtvn")
-VOLUME_FEATURES = ("original_shape_VoxelVolume", "original_shape_MeshVolume")
-
-
-def volume_columns(features: pd.DataFrame) -> dict[str, str]:
-    """Where the tumour volumes are in a features table.
-
-    Returns
-    -------
-    columns : dict
-        Per ROI of :data:`VOLUME_ROIS` the column holding its volume (mm^3); empty without a GTVp volume (a table
-        of the user's own making), where there is no ``volume`` model.
-    """
-    found = {}
-    for roi in VOLUME_ROIS:
-        for feature in VOLUME_FEATURES:
-            columns = sorted(c for c in features.columns if c.endswith(f"_{roi}_{feature}"))
-            if columns:
-                found[roi] = columns[0]
-                break
-    return found if "gtvp" in found else {}
-
-
-def tumour_volumes(features: pd.DataFrame) -> pd.DataFrame:
-    """log(1 + volume in mL) of each ROI of :func:`volume_columns`; an empty cell (no node contoured) is 0 mL.
-
-    Why the logarithm: tumour volumes span two orders of magnitude and act on the log-odds per doubling, not
-    per millilitre; log(1 + mL) keeps a patient without nodes at 0.
-
-    Returns
-    -------
-    volumes : DataFrame
-        ``log_volume_<roi>_ml`` per ROI found, one row per row of ``features``.
-    """
-    return pd.DataFrame({f"log_volume_{roi}_ml": np.log1p(features[column].to_numpy(float) / 1000.0)
-                         for roi, column in volume_columns(features).items()}).fillna(0.0)
-
-
 def _design(name: str, clinical: pd.DataFrame, signature: Mapping[str, Any], features: pd.DataFrame) -> pd.DataFrame:
     """Inputs of each model: radiomics (Rad-score), clinical factors, both, tumour volumes, and clinical factors +
     the signature's features."""

@@ -14,7 +14,7 @@ from NPCPrognosisLib.errors import BundleError, InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, is_deep_feature
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, LOG_VOLUME_PREFIX, is_deep_feature, tumour_volumes
 from NPCPrognosisLib.radiomics.harmonization import ComBatModel
 from NPCPrognosisLib.radiomics.signature import RadiomicsSignature
 from NPCPrognosisLib.survival.nomogram import Nomogram
@@ -143,12 +143,23 @@ SCORE_FACTORS = ("rad_score", DEEP_SCORE)
 
 
 def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:
-    """Every factor a model may use: encoded clinical covariates, the Rad-score and, when present, the deep score."""
+    """Every factor a model may use: encoded clinical covariates, the Rad-score, the log tumour volumes (the volume
+    reference's factors, when the table has a GTVp volume) and, when present, the deep score."""
     factors = clinical.reset_index(drop=True).copy()
     factors["rad_score"] = signature.rad_score(features)
+    for column, values in tumour_volumes(features.reset_index(drop=True)).items():
+        factors[column] = values.to_numpy(float)
     if DEEP_SCORE in features.columns:
         factors[DEEP_SCORE] = features[DEEP_SCORE].to_numpy(float)
     return factors
+
+
+def volume_factors(factors: pd.DataFrame) -> list[str]:
+    """The log tumour volumes of :func:`model_factors` that vary across these patients: the factors of the Cox
+    model on the tumour volumes alone (``volume``), the reference a Rad-score has to beat. Why a reference: a
+    signature chosen from thousands of features is often a noisy stand-in for the tumour's size (Welch et al. 2019,
+    "Vulnerabilities of radiomic signature development: the need for safeguards"); it is reported, never chosen."""
+    return [c for c in factors.columns if c.startswith(LOG_VOLUME_PREFIX) and factors[c].std() > 0]
 
 
 #: What a survival bundle must hold; checked when it is loaded, before any patient is processed.

@@ -39,7 +39,7 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix, is_deep_feature
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, VOLUME_ROIS, feature_matrix, is_deep_feature
 from NPCPrognosisLib.radiomics.signature import (
     RadiomicsSignature,
     SignatureSettings,
@@ -196,6 +196,11 @@ def select_radiomics(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, 
     return candidates[best["index"]], rows
 
 
+#: The design table's row of the Cox model on the log tumour volumes alone: scored in the same folds as the
+#: designs, never chosen (:func:`NPCPrognosisLib.pipeline.models.volume_factors`).
+VOLUME_REFERENCE = "tumour volumes alone (reference)"
+
+
 def _design_factors(has_deep: bool) -> dict[str, list[str]]:
     designs: dict[str, list[str]] = {"radiomics": ["rad_score"]}
     if has_deep:
@@ -219,11 +224,11 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     In each fold the Rad-score is refitted, the Cox models are fitted on the fold's cross-fitted Rad-scores
     (as the final models are) and scored on the held-out patients with the fold's full Rad-score.
     """
-    from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
+    from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors, volume_factors
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
     designs = _design_factors(DEEP_SCORE in features.columns)
-    scores: dict[str, list[float]] = {name: [] for name in designs}
+    scores: dict[str, list[float]] = {name: [] for name in [*designs, VOLUME_REFERENCE]}
     for k in np.unique(fold):
         held = fold == k
         try:
@@ -232,14 +237,18 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
                 warnings.simplefilter("ignore")
                 oof = cross_fitted_rad_score(train_rows, time[~held], event[~held], settings, rad_score_folds, icc)
         except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
-            for name in designs:
+            for name in scores:
                 scores[name].append(float("nan"))
             continue
         factors_train = model_factors(clinical[~held], signature, train_rows)
         if oof is not None:
             factors_train["rad_score"] = oof
         factors_held = model_factors(clinical[held], signature, held_rows)
-        for name, columns in designs.items():
+        fold_designs = {**designs, VOLUME_REFERENCE: volume_factors(factors_train)}
+        for name, columns in fold_designs.items():
+            if not columns:  # no tumour volume in the table: no reference
+                scores[name].append(float("nan"))
+                continue
             try:
                 model = fit_nomogram(name, factors_train, columns, time[~held], event[~held], penalizer=penalizer,
                                      scores=SCORE_FACTORS, seed=settings.seed)
@@ -247,7 +256,10 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
             except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
                 scores[name].append(float("nan"))
     rows = [_summary(name, scores[name], len(columns)) for name, columns in designs.items()]
-    return _stacked_unless_beaten(rows, scores, designs), rows
+    chosen = _stacked_unless_beaten(rows, scores, designs)
+    if np.isfinite(scores[VOLUME_REFERENCE]).any():
+        rows.append({**_summary(VOLUME_REFERENCE, scores[VOLUME_REFERENCE], len(VOLUME_ROIS)), "reference": True})
+    return chosen, rows
 
 
 def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[float]],

@@ -22,7 +22,7 @@ from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
-from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors
+from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors, volume_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
@@ -212,6 +212,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     has_deep = DEEP_SCORE in factors.columns
     default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
     designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}
+    if volume_factors(factors):
+        designs["volume"] = volume_factors(factors)
     if has_deep:
         if factors[DEEP_SCORE].isna().any():
             missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()

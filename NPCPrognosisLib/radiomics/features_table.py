@@ -128,3 +128,53 @@ NON_RADIOMICS = ("patient_id", DEEP_SCORE)
 def feature_matrix(features: pd.DataFrame) -> pd.DataFrame:
     """The radiomics columns only (``<roi>_present`` flags count as features; the deep score does not)."""
     return features[[c for c in features.columns if c not in NON_RADIOMICS]]
+
+
+#: The ROIs whose volume the ``volume`` models use (the binary endpoints' logistic model and the survival
+#: endpoints' Cox reference), and the features-table columns it comes from, preferred first (any sequence:
+#: PyRadiomics' shape features depend on the mask alone; the voxel count is the mask's own volume, the mesh volume
+#: a close second).
+VOLUME_ROIS = ("gtvp", "gtvn")
+VOLUME_FEATURES = ("original_shape_VoxelVolume", "original_shape_MeshVolume")
+#: Prefix of the log-volume columns of :func:`tumour_volumes`.
+LOG_VOLUME_PREFIX = "log_volume_"
+
+
+def volume_columns(features: pd.DataFrame) -> dict[str, str]:
+    """Where the tumour volumes are in a features table.
+
+    Returns
+    -------
+    columns : dict
+        Per ROI of :data:`VOLUME_ROIS` the column holding its volume (mm^3); empty without a GTVp volume (a table
+        of the user's own making), where there is no ``volume`` model.
+    """
+    found = {}
+    for roi in VOLUME_ROIS:
+        for feature in VOLUME_FEATURES:
+            columns = sorted(c for c in features.columns if c.endswith(f"_{roi}_{feature}"))
+            if columns:
+                found[roi] = columns[0]
+                break
+    return found if "gtvp" in found else {}
+
+
+def tumour_volumes(features: pd.DataFrame) -> pd.DataFrame:
+    """log(1 + volume in mL) of every ROI of :data:`VOLUME_ROIS` when the table has a GTVp volume (columns
+    :data:`LOG_VOLUME_PREFIX` + ROI + ``_ml``); an empty cell (no node contoured), or a table without a column for
+    the ROI, is 0 mL.
+
+    Why the logarithm: tumour volumes span two orders of magnitude and act on the risk per doubling, not per
+    millilitre; log(1 + mL) keeps a patient without nodes at 0. Why every ROI: a model fitted on a table with node
+    volumes must still find its factor in a patient's table without them.
+
+    Returns
+    -------
+    volumes : DataFrame
+        ``log_volume_<roi>_ml`` per ROI, one row per row of ``features``; no columns without a GTVp volume.
+    """
+    columns = volume_columns(features)
+    if not columns:
+        return pd.DataFrame(index=range(len(features)))
+    return pd.DataFrame({f"{LOG_VOLUME_PREFIX}{roi}_ml": np.log1p(features[columns[roi]].to_numpy(float) / 1000.0)
+                         if roi in columns else np.zeros(len(features)) for roi in VOLUME_ROIS}).fillna(0.0)

@@ -32,7 +32,7 @@ def test_features_table_has_fixed_columns_and_metadata(small_cohort):
 def test_bundle_contents(trained, small_cohort):
     document = read_bundle(trained)
     assert document["endpoint"] == "dmfs"
-    assert set(document["models"]) == {"radiomics", "clinical", "nomogram"}
+    assert set(document["models"]) == {"radiomics", "clinical", "nomogram", "volume"}
     assert document["models"]["nomogram"]["model"]["covariates"][0] == "rad_score"
     training = document["training"]
     assert len(training["patient_id_hashes"]) == 18 and len(training["test_patient_id_hashes"]) == 6
@@ -52,6 +52,32 @@ def test_bundle_contents(trained, small_cohort):
     assert benefit["estimable"] or "reason" in benefit
     for name, block in document["cutoffs"].items():
         assert block["n_high"] >= 2 and block["n_low"] >= 2, name  # >= 10 % of 18
+
+
+def test_the_bundle_holds_a_cox_reference_on_the_tumour_volumes(trained, small_cohort):
+    """The ``volume`` model: a Cox fit on log(1 + mL) of the GTVp and GTVn volumes of the training patients (an
+    empty GTVn, no node, is 0 mL), the reference a Rad-score has to beat; it agrees with lifelines' unpenalised fit
+    up to the bundle's negligible ridge, and it is no factor of the nomogram."""
+    from lifelines import CoxPHFitter
+
+    from NPCPrognosisLib.io.patient_ids import hash_id
+    from NPCPrognosisLib.radiomics.features_table import read_features, tumour_volumes
+
+    document = read_bundle(trained)
+    model = document["models"]["volume"]["model"]
+    assert model["covariates"] == ["log_volume_gtvp_ml", "log_volume_gtvn_ml"]
+    assert not set(model["covariates"]) & set(document["models"]["nomogram"]["model"]["covariates"])
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    features, _ = read_features(small_cohort / "features.csv")
+    training = document["training"]
+    hashes = set(training["patient_id_hashes"])
+    rows = manifest[[hash_id(p, training["id_salt"]) in hashes for p in manifest["patient_id"]]]
+    volumes = tumour_volumes(features.set_index("patient_id").loc[rows["patient_id"]].reset_index())
+    gtvn = features.set_index("patient_id").loc[rows["patient_id"], "t1_gtvn_original_shape_VoxelVolume"]
+    np.testing.assert_allclose(volumes["log_volume_gtvn_ml"], np.log1p(gtvn.fillna(0.0).to_numpy() / 1000.0))
+    frame = volumes.assign(time=rows["dmfs_time"].to_numpy(), event=rows["dmfs_event"].to_numpy())
+    reference = CoxPHFitter().fit(frame, "time", "event").params_
+    np.testing.assert_allclose(model["coef"], reference[model["covariates"]].to_numpy(), rtol=0.03, atol=0.01)
 
 
 def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tmp_path):

@@ -129,6 +129,54 @@ def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_n
     assert document["nomogram_factors"] == selection.nomogram and document["radiomics"] == selection.settings.describe()
 
 
+def test_the_tumour_volumes_are_scored_beside_the_designs_as_a_reference_never_chosen():
+    """The Cox model on the log tumour volumes is cross-validated in the same folds as the designs (a row marked
+    ``reference``) and never chosen: on a cohort whose outcome follows the volume it ranks the held-out folds, on
+    one whose outcome follows two texture features it is near chance and the Rad-score beats it."""
+    from NPCPrognosisLib.pipeline.selection import VOLUME_REFERENCE, select_design
+    from NPCPrognosisLib.survival.splits import event_folds
+
+    clinical, features, time, event, icc = _cohort(220, 4, 0.0)
+    rng = np.random.default_rng(8)
+    gtvp = np.exp(rng.normal(np.log(15000.0), 0.8, len(time)))
+    gtvn = np.where(rng.random(len(time)) < 0.3, np.nan, np.exp(rng.normal(np.log(3000.0), 0.8, len(time))))
+    features = features.assign(t1_gtvp_original_shape_VoxelVolume=gtvp, t1_gtvn_original_shape_VoxelVolume=gtvn)
+    icc = pd.concat([icc, pd.Series(0.99, index=["t1_gtvp_original_shape_VoxelVolume",
+                                                 "t1_gtvn_original_shape_VoxelVolume"])])
+    fold = event_folds(event, SELECTION_FOLDS, 0)
+    kwargs = {"rad_score_folds": 3, "penalizer": 0.01}
+    chosen, rows = select_design(clinical, features, time, event, fold, SignatureSettings(), icc, **kwargs)
+    reference = next(r for r in rows if r.get("reference"))
+    radiomics = next(r for r in rows if r["name"] == "radiomics")
+    assert reference["name"] == VOLUME_REFERENCE != chosen and reference["folds_fitted"] == SELECTION_FOLDS
+    assert reference["cv_c_index"] < 0.6 < radiomics["cv_c_index"] - 0.1
+
+    by_volume = rng.exponential(60 * np.exp(-1.2 * np.log(gtvp / 15000.0)))
+    censor = rng.uniform(20, 120, len(time))
+    time, event = np.minimum(by_volume, censor), by_volume <= censor
+    fold = event_folds(event, SELECTION_FOLDS, 0)
+    chosen, rows = select_design(clinical, features, time, event, fold, SignatureSettings(), icc, **kwargs)
+    reference = next(r for r in rows if r.get("reference"))
+    assert reference["cv_c_index"] > 0.65 and chosen != VOLUME_REFERENCE
+
+
+def test_train_notes_a_rad_score_that_does_not_beat_the_tumour_volumes(capsys):
+    from NPCPrognosisLib.cli import print_designs
+    from NPCPrognosisLib.pipeline.selection import VOLUME_REFERENCE
+
+    designs = [{"name": "radiomics", "cv_c_index": 0.66}, {"name": "clinical (ordinal)", "cv_c_index": 0.70},
+               {"name": VOLUME_REFERENCE, "cv_c_index": 0.68, "reference": True}]
+    print_designs(designs)
+    printed = capsys.readouterr().out
+    assert VOLUME_REFERENCE in printed
+    assert "note: the Rad-score (0.660) does not beat the tumour volumes alone (0.680)" in printed
+    designs[0]["cv_c_index"] = 0.69
+    print_designs(designs)
+    assert "note:" not in capsys.readouterr().out
+    print_designs(designs[:2])  # a table without tumour volumes: no reference, no note
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_stability_selection_keeps_the_features_half_samples_agree_on():
     _, features, time, event, _ = _cohort(220, 7, 0.0)
     settings = SignatureSettings(stability_share=0.6, p_threshold=0.5)
