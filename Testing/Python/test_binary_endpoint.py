@@ -89,6 +89,23 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
     one = bn.patient_binary(block, clinical, features)
     assert one["model"] == block["best"] and 0.0 <= one["probability"] <= 1.0
     assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
+    # the stacked probability is the weighted log-odds of the members the bundle stores
+    probs = bn.predict_models(block, clinical, features)
+    stacking = block["stacking"]
+    eta = stacking["intercept"] + sum(
+        w * (np.log(probs[n] / (1 - probs[n])) - m) / sd
+        for n, w, m, sd in zip(stacking["models"], stacking["weights"], stacking["mean"], stacking["scale"]) if w > 0)
+    assert one["probability"] == pytest.approx(float(1 / (1 + np.exp(-eta[0]))), rel=1e-6)
+
+    # a bundle written before the stacking (its model the plain average of every model) still predicts with it
+    old = {k: v for k, v in block.items() if k != "stacking"} | {"best": "ensemble"}
+    old["thresholds"] = {**block["thresholds"], "ensemble": 0.5}
+    old["cv"] = {**block["cv"], "ensemble": {"auc": 0.6, "se": 0.02}}
+    old["bootstrap"] = {"model": "ensemble", "n": 20, "refits": [
+        {"signature": block["signature"], "models": block["models"]} for _ in range(20)]}
+    assert set(bn.predict_models(old, clinical, features)) == {*block["models"], "ensemble"}
+    mean = np.mean([probs[n] for n in block["models"]])
+    assert bn.patient_binary(old, clinical, features)["probability"] == pytest.approx(mean, rel=1e-9)
 
 
 @pytest.mark.slow
