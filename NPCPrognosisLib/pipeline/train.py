@@ -212,8 +212,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     has_deep = DEEP_SCORE in factors.columns
     default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
     designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}
-    if volume_factors(factors):
-        designs["volume"] = volume_factors(factors)
+    if volume := volume_factors(factors):
+        designs["volume"] = volume
     if has_deep:
         if factors[DEEP_SCORE].isna().any():
             missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
