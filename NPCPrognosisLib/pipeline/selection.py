@@ -39,7 +39,13 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, VOLUME_ROIS, feature_matrix, is_deep_feature
+from NPCPrognosisLib.radiomics.features_table import (
+    DEEP_SCORE,
+    VOLUME_ROIS,
+    feature_matrix,
+    is_deep_feature,
+    tumour_volumes,
+)
 from NPCPrognosisLib.radiomics.signature import (
     RadiomicsSignature,
     SignatureSettings,
@@ -201,17 +207,21 @@ def select_radiomics(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, 
 VOLUME_REFERENCE = "tumour volumes alone (reference)"
 
 
-def _design_factors(has_deep: bool) -> dict[str, list[str]]:
+def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The candidate designs: the scores alone, the clinical factors alone and every combination, each design with
+    clinical factors once with ``volumes`` (the log tumour volumes) among them and once without."""
     designs: dict[str, list[str]] = {"radiomics": ["rad_score"]}
     if has_deep:
         designs["deep"] = [DEEP_SCORE]
         designs["deep + radiomics"] = [DEEP_SCORE, "rad_score"]
+    scores = [("", []), ("radiomics + ", ["rad_score"])]
+    if has_deep:
+        scores += [("deep + ", [DEEP_SCORE]), ("deep + radiomics + ", [DEEP_SCORE, "rad_score"])]
     for coding, clinical in CLINICAL_CODINGS.items():
-        designs[f"clinical ({coding})"] = list(clinical)
-        designs[f"radiomics + clinical ({coding})"] = ["rad_score", *clinical]
-        if has_deep:
-            designs[f"deep + clinical ({coding})"] = [DEEP_SCORE, *clinical]
-            designs[f"deep + radiomics + clinical ({coding})"] = [DEEP_SCORE, "rad_score", *clinical]
+        for prefix, score_factors in scores:
+            designs[f"{prefix}clinical ({coding})"] = [*score_factors, *clinical]
+            if volumes:
+                designs[f"{prefix}clinical + volume ({coding})"] = [*score_factors, *clinical, *volumes]
     return designs
 
 
@@ -227,7 +237,7 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors, volume_factors
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
-    designs = _design_factors(DEEP_SCORE in features.columns)
+    designs = _design_factors(DEEP_SCORE in features.columns, volume_factors(tumour_volumes(features)))
     scores: dict[str, list[float]] = {name: [] for name in [*designs, VOLUME_REFERENCE]}
     for k in np.unique(fold):
         held = fold == k
@@ -382,7 +392,9 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     coding = _best(clinical_rows)["name"].split("(")[1].rstrip(")")
     if "(" in design:
         coding = design.split("(")[1].rstrip(")")
-    factors = _design_factors(has_deep)[design]
+    from NPCPrognosisLib.pipeline.models import volume_factors
+
+    factors = _design_factors(has_deep, volume_factors(tumour_volumes(features)))[design]
     log.info("selected radiomics: %s; nomogram: %s", settings.describe(), design)
     return Selection(settings=settings, clinical_coding=coding, nomogram=factors, harmonise=harmonise,
                      radiomics_table=radiomics_rows, design_table=design_rows, note=f"nomogram design: {design}")

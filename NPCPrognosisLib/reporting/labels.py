@@ -21,7 +21,14 @@ FACTOR_LABELS: dict[str, str] = {
     "log10_ebv_dna": "EBV DNA (copies/mL)",
     "age": "Age (years)",
     "ldh": "LDH (U/L)",
+    "log_volume_gtvp_ml": "GTVp volume (mL)",
+    "log_volume_gtvn_ml": "GTVn volume (mL)",
 }
+
+#: Log tumour volumes are coded log(1 + mL) (:func:`NPCPrognosisLib.radiomics.features_table.tumour_volumes`); a
+#: reader sees millilitres.
+_VOLUME_FACTORS = ("log_volume_gtvp_ml", "log_volume_gtvn_ml")
+_VOLUME_TICKS_ML = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 
 #: Fields of a clinical record as the user entered them.
 CLINICAL_LABELS: dict[str, str] = {
@@ -84,7 +91,7 @@ def _copies_text(copies: float) -> str:
 
 
 def factor_value_text(name: str, value: float) -> str:
-    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52'."""
+    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52', '12.5' mL."""
     value = float(value)
     if name == "t_stage":
         return f"T{int(round(value))}"
@@ -98,14 +105,16 @@ def factor_value_text(name: str, value: float) -> str:
         return _copies_text(ebv_copies(value))
     if name in ("age", "ldh"):
         return f"{value:.0f}"
+    if name in _VOLUME_FACTORS:
+        return f"{math.expm1(value):.1f}"
     return f"{value:.2f}"
 
 
 def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
     """Tick positions (coded values) and labels for a factor's axis over its training range.
 
-    Categorical factors get one tick per category, EBV DNA one per decade of copies/mL, continuous factors
-    about five round numbers.
+    Categorical factors get one tick per category, EBV DNA one per decade of copies/mL, tumour volumes round
+    numbers of mL (1, 2, 5, 10, ...), other continuous factors about five round numbers.
     """
     low, high = float(low), float(high)
     if name in ("t_stage", "n_stage", "rene", "male") or name.startswith(("t_stage_", "n_stage_")):
@@ -116,10 +125,14 @@ def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
         return [(v, t) for v, t in ticks if low - 1e-9 <= v <= high + 1e-9]
     if high <= low:
         return [(low, factor_value_text(name, low))]
-    from matplotlib.ticker import MaxNLocator
+    if name in _VOLUME_FACTORS:
+        ticks = [(math.log1p(ml), f"{ml:g}") for ml in _VOLUME_TICKS_ML]
+        ticks = [(v, t) for v, t in ticks if low - 1e-9 <= v <= high + 1e-9]
+    else:
+        from matplotlib.ticker import MaxNLocator
 
-    values = [v for v in MaxNLocator(nbins=5).tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
-    ticks = [(float(v), f"{v:g}") for v in values]
+        values = [v for v in MaxNLocator(nbins=5).tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
+        ticks = [(float(v), f"{v:g}") for v in values]
     # the axis spans the whole training range, so its favourable end (0 points) is drawn whatever the round numbers
     ends = [(v, factor_value_text(name, v)) for v in (low, high) if all(abs(v - t) > 1e-9 for t, _ in ticks)]
     return sorted(ticks + ends)

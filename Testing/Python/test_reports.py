@@ -140,6 +140,12 @@ def test_labels_say_what_clinicians_write():
     assert labels.factor_value_text("log10_ebv_dna", math.log10(4001.0)) == "4e3"
     assert labels.factor_value_text("male", 1.0) == "male" and labels.factor_value_text("t_stage", 3.0) == "T3"
     assert [t for _, t in labels.factor_ticks("log10_ebv_dna", 0.0, 4.5)] == ["0", "10", "100", "1e3", "1e4"]
+    # log tumour volumes (log(1 + mL)) read in mL, ticks at round volumes, the training range's ends included
+    assert labels.factor_label("log_volume_gtvp_ml") == "GTVp volume (mL)"
+    assert labels.factor_value_text("log_volume_gtvp_ml", math.log1p(12.5)) == "12.5"
+    ticks = labels.factor_ticks("log_volume_gtvp_ml", math.log1p(3.0), math.log1p(60.0))
+    assert [t for _, t in ticks] == ["3.0", "5", "10", "20", "50", "60.0"]
+    assert ticks[2][0] == pytest.approx(math.log1p(10.0))
 
 
 # ------------------------------------------------------------------------------------------------ patient sheet

@@ -158,6 +158,24 @@ def test_the_tumour_volumes_are_scored_beside_the_designs_as_a_reference_never_c
     chosen, rows = select_design(clinical, features, time, event, fold, SignatureSettings(), icc, **kwargs)
     reference = next(r for r in rows if r.get("reference"))
     assert reference["cv_c_index"] > 0.65 and chosen != VOLUME_REFERENCE
+    # the volumes are also offered beside the clinical factors of every design (one clinical block): here they
+    # carry the signal the clinical factors lack, and the design with them validates accordingly
+    score = {r["name"]: r["cv_c_index"] for r in rows}
+    for coding in CLINICAL_CODINGS:
+        assert score[f"clinical + volume ({coding})"] > score[f"clinical ({coding})"] + 0.1
+        assert f"radiomics + clinical + volume ({coding})" in score
+
+
+def test_designs_offer_the_volumes_only_when_the_table_has_them():
+    from NPCPrognosisLib.pipeline.selection import _design_factors
+
+    volumes = ["log_volume_gtvp_ml", "log_volume_gtvn_ml"]
+    with_volumes = _design_factors(True, volumes)
+    assert with_volumes["deep + radiomics + clinical + volume (ordinal)"] == [
+        "deep_score", "rad_score", *CLINICAL_CODINGS["ordinal"], *volumes]
+    assert not any("volume" in name for name in _design_factors(True))
+    # every design without volumes is still offered, unchanged
+    assert {k: v for k, v in with_volumes.items() if "volume" not in k} == _design_factors(True)
 
 
 def test_train_notes_a_rad_score_that_does_not_beat_the_tumour_volumes(capsys):
