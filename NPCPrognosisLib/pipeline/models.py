@@ -14,7 +14,13 @@ from NPCPrognosisLib.errors import BundleError, InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, LOG_VOLUME_PREFIX, is_deep_feature, tumour_volumes
+from NPCPrognosisLib.radiomics.features_table import (
+    DEEP_SCORE,
+    LOG_VOLUME_PREFIX,
+    VOLUME_ROIS,
+    is_deep_feature,
+    tumour_volumes,
+)
 from NPCPrognosisLib.radiomics.harmonization import ComBatModel
 from NPCPrognosisLib.radiomics.signature import RadiomicsSignature
 from NPCPrognosisLib.survival.nomogram import Nomogram
@@ -140,6 +146,11 @@ class LoadedBundle:
 #: the deep score from the network): a nomogram mixing them with clinical factors is stacked
 #: (:func:`NPCPrognosisLib.survival.nomogram.fit_nomogram`).
 SCORE_FACTORS = ("rad_score", DEEP_SCORE)
+#: Groups of factors a nomogram stacks as blocks of their own beside the clinical factors: the log tumour volumes
+#: get their own out-of-fold score and weight, so a design that adds them to the clinical factors is not one joint
+#: Cox fit of nine or more coefficients on ~60 events (in which the volumes and T stage share their signal) but
+#: a weighing of two small models, as the Rad-score is weighed against the clinical score.
+FACTOR_BLOCKS = {"volume": tuple(f"{LOG_VOLUME_PREFIX}{roi}_ml" for roi in VOLUME_ROIS)}
 
 
 def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:

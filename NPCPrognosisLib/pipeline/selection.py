@@ -234,7 +234,7 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     In each fold the Rad-score is refitted, the Cox models are fitted on the fold's cross-fitted Rad-scores
     (as the final models are) and scored on the held-out patients with the fold's full Rad-score.
     """
-    from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors, volume_factors
+    from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
     designs = _design_factors(DEEP_SCORE in features.columns, volume_factors(tumour_volumes(features)))
@@ -261,7 +261,7 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
                 continue
             try:
                 model = fit_nomogram(name, factors_train, columns, time[~held], event[~held], penalizer=penalizer,
-                                     scores=SCORE_FACTORS, seed=settings.seed)
+                                     scores=SCORE_FACTORS, factor_blocks=FACTOR_BLOCKS, seed=settings.seed)
                 scores[name].append(_fold_c(time[held], event[held], model.risk(factors_held)))
             except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError):
                 scores[name].append(float("nan"))
@@ -277,12 +277,12 @@ def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[fl
     """The combination of every block (its better-validating T/N coding), unless a simpler design beats it by
     more than the standard error of the paired per-fold difference (recorded in each row); then the beater with
     the most blocks."""
-    from NPCPrognosisLib.pipeline.models import SCORE_FACTORS
+    from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS
     from NPCPrognosisLib.survival.nomogram import stacking_blocks
 
     def blocks(name: str) -> int:
-        scores, clinical = stacking_blocks(designs[name], SCORE_FACTORS)
-        return len(scores) + bool(clinical)
+        scores, others = stacking_blocks(designs[name], SCORE_FACTORS, FACTOR_BLOCKS)
+        return len(scores) + len(others)
 
     widest = max(blocks(name) for name in designs)
     full_rows = [r for r in rows if blocks(r["name"]) == widest]

@@ -22,7 +22,7 @@ from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
-from NPCPrognosisLib.pipeline.models import SCORE_FACTORS, model_factors, volume_factors
+from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
@@ -221,7 +221,8 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                              column=DEEP_SCORE, fix="re-extract these patients with --network")
         designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
     nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer,
-                                    scores=SCORE_FACTORS, seed=(settings or SignatureSettings()).seed,
+                                    scores=SCORE_FACTORS, factor_blocks=FACTOR_BLOCKS,
+                                    seed=(settings or SignatureSettings()).seed,
                                     groups=groups)
                  for name, columns in designs.items()}
     cutoffs = {}

@@ -9,7 +9,9 @@ coefficient (fitted on its cross-fitted, hence noisier, training values) cannot 
 cohorts that joint fit did worse than the better of its two parts. Stacking (Breiman 1996, "Stacked
 regressions") fits the clinical Cox model, scores each training patient out of fold, and fits one weight per
 block (each score, the clinical score) on those honest values; the nomogram's coefficient of a clinical factor is
-then the block weight times its clinical coefficient, so the chart still reads one line per factor.
+then the block weight times its clinical coefficient, so the chart still reads one line per factor. Named groups of
+factors (``factor_blocks``: the log tumour volumes) are blocks of their own in the same way, each one Cox fit, one
+out-of-fold score and one weight.
 
 Block weights are never negative (Breiman's stacking constrains them the same way): a score, already oriented so
 that higher means worse, whose out-of-fold values get a negative weight ranked the training patients the wrong way
@@ -31,7 +33,7 @@ from NPCPrognosisLib.survival.cox import CoxModel, cox_with_coefficients, fit_co
 
 #: Months at which survival is reported (1, 3 and 5 years).
 REPORT_MONTHS = (12, 36, 60)
-#: Folds of the out-of-fold clinical score a stacked nomogram weighs against the other scores.
+#: Folds of the out-of-fold block scores (clinical, volume) a stacked nomogram weighs against the other scores.
 STACKING_FOLDS = 5
 
 
@@ -131,15 +133,32 @@ class Nomogram:
                    construction=data.get("construction"))
 
 
-def stacking_blocks(factors: Sequence[str], scores: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The blocks a stacked model weighs: the ``factors`` that are scores (one weight each), and the others (one
-    weight together, as one clinical score; empty when there are none)."""
-    return [f for f in factors if f in set(scores)], [f for f in factors if f not in set(scores)]
+#: The block of the factors no named block claims (:func:`stacking_blocks`).
+CLINICAL_BLOCK = "clinical"
+
+
+def stacking_blocks(factors: Sequence[str], scores: Sequence[str],
+                    factor_blocks: Mapping[str, Sequence[str]] | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """The blocks a stacked model weighs: the ``factors`` that are scores (one weight each), and groups of the
+    others, each fitted as one Cox model and weighed as one out-of-fold score: those of each named group of
+    ``factor_blocks`` present, then the rest as the :data:`CLINICAL_BLOCK` (groups without a factor are left
+    out)."""
+    score_list = [f for f in factors if f in set(scores)]
+    others = [f for f in factors if f not in set(scores)]
+    blocks: dict[str, list[str]] = {}
+    for block, members in (factor_blocks or {}).items():
+        if found := [f for f in others if f in set(members)]:
+            blocks[block] = found
+    claimed = {f for members in blocks.values() for f in members}
+    if rest := [f for f in others if f not in claimed]:
+        blocks = {CLINICAL_BLOCK: rest, **blocks}
+    return score_list, blocks
 
 
 def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: np.ndarray, event: np.ndarray,
                  *, ties: str = "efron", penalizer: float = 0.0, scores: Sequence[str] = (),
-                 seed: int = 0, groups: np.ndarray | None = None) -> Nomogram:
+                 factor_blocks: Mapping[str, Sequence[str]] | None = None, seed: int = 0,
+                 groups: np.ndarray | None = None) -> Nomogram:
     """Fit a Cox model on ``factors`` of the training table and remember their observed ranges.
 
     Parameters
@@ -160,6 +179,10 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         docstring): one Cox fit of the other factors, scored out of fold over :data:`STACKING_FOLDS` folds
         (seeded by ``seed``), and one weight per score and for that clinical score. Weights of scores and of the
         clinical score are kept non-negative (module docstring).
+    factor_blocks : mapping of str to sequence of str, optional
+        Named groups of the other factors that are stacked as blocks of their own (e.g. the tumour volumes beside
+        the clinical factors): each group is one Cox fit scored out of fold, with its own non-negative weight; the
+        factors no group claims form the clinical block. Two or more blocks are stacked even without a score.
     seed : int
         Seed of those folds.
     groups : ndarray, optional
@@ -173,12 +196,13 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
     values = table[factors].to_numpy(float)
     low, high = [float(v) for v in values.min(axis=0)], [float(v) for v in values.max(axis=0)]
     time, event = np.asarray(time, float), np.asarray(event, bool)
-    score_columns, other = stacking_blocks(factors, scores)
+    score_columns, blocks = stacking_blocks(factors, scores, factor_blocks)
     construction = None
-    if score_columns and other:
-        coef, covariance, construction = _stacked_cox(table, score_columns, other, time, event, ties, penalizer,
+    if len(score_columns) + len(blocks) > 1 and blocks:
+        coef, covariance, construction = _stacked_cox(table, score_columns, blocks, time, event, ties, penalizer,
                                                       seed, groups)
-        order = [(score_columns + other).index(f) for f in factors]
+        stacked_order = score_columns + [f for members in blocks.values() for f in members]
+        order = [stacked_order.index(f) for f in factors]
         model = cox_with_coefficients(values, time, event, factors, coef[order], covariance[np.ix_(order, order)],
                                       ties=ties, penalizer=penalizer)
     elif score_columns:
@@ -192,46 +216,58 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
                     center=float(np.mean(model.linear_predictor(values))), construction=construction)
 
 
-def _stacked_cox(table: pd.DataFrame, scores: list[str], other: list[str], time: np.ndarray, event: np.ndarray,
-                 ties: str, penalizer: float, seed: int,
+def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[str]], time: np.ndarray,
+                 event: np.ndarray, ties: str, penalizer: float, seed: int,
                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Coefficients (scores, then the other factors) of the stacked model and their delta-method covariance.
+    """Coefficients (scores, then each block's factors in order) of the stacked model and their delta-method
+    covariance.
 
-    The covariance treats the two stages as independent (the block weights are fitted on out-of-fold values):
-    for a clinical factor j with coefficient w * beta_j, var = w^2 var(beta_j) + beta_j^2 var(w).
+    The covariance treats the stages as independent (the block weights are fitted on out-of-fold values, each
+    block's Cox model on its own factors): for a factor j of block b with coefficient w_b * beta_j,
+    var = w_b^2 var(beta_j) + beta_j^2 var(w_b).
     """
     from NPCPrognosisLib.survival.splits import event_folds
 
-    clinical_values = table[other].to_numpy(float)
-    clinical = fit_cox(clinical_values, time, event, covariates=other, ties=ties, penalizer=penalizer)
     fold = event_folds(event, STACKING_FOLDS, seed, groups)
-    out_of_fold = np.zeros(len(time))
-    for k in np.unique(fold):
-        held = fold == k
-        part = fit_cox(clinical_values[~held], time[~held], event[~held], covariates=other, ties=ties,
-                       penalizer=penalizer)
-        out_of_fold[held] = part.linear_predictor(clinical_values[held])
-    blocks = np.column_stack([table[scores].to_numpy(float), out_of_fold])
-    weights, weight_covariance, dropped = _non_negative_cox(blocks, [*scores, "clinical_score"], time, event, ties,
-                                                            penalizer)
+    fits, out_of_fold = {}, {}
+    for block, members in blocks.items():
+        values = table[members].to_numpy(float)
+        fits[block] = fit_cox(values, time, event, covariates=members, ties=ties, penalizer=penalizer)
+        out_of_fold[block] = np.zeros(len(time))
+        for k in np.unique(fold):
+            held = fold == k
+            part = fit_cox(values[~held], time[~held], event[~held], covariates=members, ties=ties,
+                           penalizer=penalizer)
+            out_of_fold[block][held] = part.linear_predictor(values[held])
+    names = [*scores, *(f"{block}_score" for block in blocks)]
+    stack = np.column_stack([table[scores].to_numpy(float), *out_of_fold.values()])
+    weights, weight_covariance, dropped = _non_negative_cox(stack, names, time, event, ties, penalizer)
     weight_se = np.sqrt(np.clip(np.diag(weight_covariance), 0.0, None))
-    m, p = len(scores), len(other)
-    weight = float(weights[m])
-    coef = np.concatenate([weights[:m], weight * np.asarray(clinical.coef, float)])
-    jacobian = np.zeros((m + p, m + 1 + p))
+    m, k = len(scores), len(blocks)
+    sizes = [len(members) for members in blocks.values()]
+    p = sum(sizes)
+    coef = np.concatenate([weights[:m], *(weights[m + j] * np.asarray(fit.coef, float)
+                                          for j, fit in enumerate(fits.values()))])
+    # parameters: the m + k weights, then every block's Cox coefficients; rows: the stacked model's coefficients
+    jacobian = np.zeros((m + p, m + k + p))
     jacobian[:m, :m] = np.eye(m)
-    jacobian[m:, m] = clinical.coef
-    jacobian[m:, m + 1:] = weight * np.eye(p)
-    sigma = np.zeros((m + 1 + p, m + 1 + p))
-    sigma[:m + 1, :m + 1] = weight_covariance
-    sigma[m + 1:, m + 1:] = clinical.covariance
+    sigma = np.zeros((m + k + p, m + k + p))
+    sigma[:m + k, :m + k] = weight_covariance
+    start = 0
+    for j, fit in enumerate(fits.values()):
+        rows, cols = slice(m + start, m + start + sizes[j]), slice(m + k + start, m + k + start + sizes[j])
+        jacobian[rows, m + j] = fit.coef
+        jacobian[rows, cols] = weights[m + j] * np.eye(sizes[j])
+        sigma[cols, cols] = fit.covariance
+        start += sizes[j]
     covariance = jacobian @ sigma @ jacobian.T
     construction = {
-        "method": "stacked: one Cox weight per score and for the out-of-fold clinical score (Breiman 1996)",
+        "method": "stacked: one Cox weight per score and for each block's out-of-fold score (Breiman 1996)",
         "folds": STACKING_FOLDS, "seed": int(seed),
-        "weights": {**{s: float(w) for s, w in zip(scores, weights[:m])}, "clinical_score": weight},
-        "weight_se": {**{s: float(w) for s, w in zip(scores, weight_se[:m])}, "clinical_score": float(weight_se[m])},
-        "clinical_coef": {f: float(c) for f, c in zip(other, clinical.coef)},
+        "weights": {n: float(w) for n, w in zip(names, weights)},
+        "weight_se": {n: float(w) for n, w in zip(names, weight_se)},
+        "block_coef": {f"{block}_score": {f: float(c) for f, c in zip(blocks[block], fit.coef)}
+                       for block, fit in fits.items()},
         "no_weight": dropped,
     }
     return coef, covariance, construction

@@ -77,6 +77,59 @@ def test_a_score_that_ranks_the_wrong_way_round_out_of_fold_gets_no_weight(data)
                         seed=3).construction["no_weight"] == []
 
 
+def _lifelines_oof(table, columns, time, event, seed):
+    """A block's Cox fit with lifelines and each patient's score from a fit without its fold."""
+    frame = table[columns].assign(T=time, E=event)
+    whole = CoxPHFitter().fit(frame, "T", "E")
+    fold = event_folds(event, STACKING_FOLDS, seed)
+    oof = np.zeros(len(time))
+    for k in np.unique(fold):
+        part = CoxPHFitter().fit(frame[fold != k], "T", "E")
+        oof[fold == k] = table.loc[fold == k, columns].to_numpy() @ part.params_[columns].to_numpy()
+    return whole, oof
+
+
+def test_a_named_factor_block_gets_its_own_out_of_fold_score_and_weight(data):
+    """The tumour volumes as a block of their own (``factor_blocks``): each block (clinical, volume) is one Cox fit
+    scored out of fold over the same folds, and the stack weighs the Rad-score, the clinical score and the volume
+    score; replicated with lifelines, with the delta-method standard error of a volume coefficient. Two blocks
+    without any score are stacked too."""
+    table, time, event = data
+    rng = np.random.default_rng(11)
+    volume = np.log1p(np.exp(rng.normal(np.log(15.0), 0.7, len(time))))
+    table = table.assign(log_volume_gtvp_ml=volume)
+    lp = 0.03 * (table["age"] - 50) + 0.4 * table["t_stage"] + 0.8 * table["rad_score"] + 0.9 * volume
+    true_time, censor = rng.exponential(60 * np.exp(-(lp - lp.mean()).to_numpy())), rng.uniform(20, 100, len(lp))
+    time, event = np.minimum(true_time, censor), true_time <= censor
+    factors = ["rad_score", "age", "t_stage", "log_volume_gtvp_ml"]
+    blocks = {"volume": ["log_volume_gtvp_ml"]}
+    nomogram = fit_nomogram("nomogram", table, factors, time, event, scores=["rad_score"], factor_blocks=blocks,
+                            seed=3)
+    clinical, clinical_oof = _lifelines_oof(table, ["age", "t_stage"], time, event, seed=3)
+    vol, vol_oof = _lifelines_oof(table, ["log_volume_gtvp_ml"], time, event, seed=3)
+    stack = CoxPHFitter().fit(pd.DataFrame({"rad": table["rad_score"], "clin": clinical_oof, "vol": vol_oof,
+                                            "T": time, "E": event}), "T", "E")
+    w = stack.params_
+    assert (w > 0).all()
+    expected = [w["rad"], *(w["clin"] * clinical.params_[["age", "t_stage"]]),
+                w["vol"] * vol.params_["log_volume_gtvp_ml"]]
+    np.testing.assert_allclose(nomogram.model.coef, expected, rtol=1e-4, atol=1e-6)
+    assert nomogram.construction["weights"] == pytest.approx(
+        {"rad_score": w["rad"], "clinical_score": w["clin"], "volume_score": w["vol"]}, rel=1e-4)
+    beta, var_beta = vol.params_["log_volume_gtvp_ml"], vol.variance_matrix_.iloc[0, 0]
+    se = np.sqrt(w["vol"] ** 2 * var_beta + beta ** 2 * stack.variance_matrix_.loc["vol", "vol"])
+    assert nomogram.model.se[3] == pytest.approx(se, rel=1e-3)
+
+    two = fit_nomogram("clinical + volume", table, factors[1:], time, event, scores=["rad_score"],
+                       factor_blocks=blocks, seed=3)
+    stack = CoxPHFitter().fit(pd.DataFrame({"clin": clinical_oof, "vol": vol_oof, "T": time, "E": event}), "T", "E")
+    assert two.construction["weights"] == pytest.approx(
+        {"clinical_score": stack.params_["clin"], "volume_score": stack.params_["vol"]}, rel=1e-4)
+    # the volume block alone is one plain Cox fit
+    alone = fit_nomogram("volume", table, ["log_volume_gtvp_ml"], time, event, factor_blocks=blocks)
+    assert alone.construction is None and alone.model.coef[0] == pytest.approx(beta, rel=1e-4)
+
+
 def test_points_are_linear_in_the_risk_score(data):
     table, time, event = data
     nomogram = fit_nomogram("nomogram", table, ["age", "t_stage", "rad_score"], time, event)

@@ -174,6 +174,13 @@ def test_designs_offer_the_volumes_only_when_the_table_has_them():
     assert with_volumes["deep + radiomics + clinical + volume (ordinal)"] == [
         "deep_score", "rad_score", *CLINICAL_CODINGS["ordinal"], *volumes]
     assert not any("volume" in name for name in _design_factors(True))
+    # in a nomogram the volumes are a block of their own beside the clinical factors (one more stacking weight)
+    from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS
+    from NPCPrognosisLib.survival.nomogram import stacking_blocks
+
+    scores, blocks = stacking_blocks(with_volumes["radiomics + clinical + volume (ordinal)"], SCORE_FACTORS,
+                                     FACTOR_BLOCKS)
+    assert scores == ["rad_score"] and blocks == {"clinical": list(CLINICAL_CODINGS["ordinal"]), "volume": volumes}
     # every design without volumes is still offered, unchanged
     assert {k: v for k, v in with_volumes.items() if "volume" not in k} == _design_factors(True)
 
