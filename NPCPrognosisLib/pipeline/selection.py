@@ -8,19 +8,19 @@ same patients (a paired comparison):
 1. the radiomics configuration (image types, ROIs, robustness threshold, LASSO vs elastic net) by the
    cross-validated C of the Rad-score alone (each fold refits filters, penalty path and coefficients); then, on
    the winner, the univariate filter's threshold, stability selection and (with centres) ComBat harmonisation;
-2. the nomogram's design (which of the Rad-score, deep score and clinical factors it combines, T/N ordinal or
-   categorical) by the cross-validated C of each Cox model, fitted in each fold on cross-fitted Rad-scores as the
-   final one is. The combination of every block is stacked (:func:`NPCPrognosisLib.survival.nomogram.fit_nomogram`):
-   its block weights, fitted on out-of-fold scores, already decide how much each block counts, as a super
-   learner's do (van der Laan et al. 2007). It is the nomogram unless a simpler design validates better by more
-   than the standard error of their paired per-fold difference; the widest such design (most blocks; among
-   equals, the best-validating) replaces it. Without that margin the choice followed the noise of five folds: on
-   the three family-B cohorts of ``bench/bench_generalise.py`` the Rad-score alone out-validated the stacked
-   combination inside two training splits by 0.03, and did worse than it on all three held-out halves. The
-   widest beater rather than the best one for the same reason: a beater shows that some block hurt the stacked
-   fit, not that every other block did, and the best of several noisy beaters is the luckiest (automatic-contour
-   cohort, seed 3: the Rad-score alone beat the combination by 0.036 and Rad-score + clinical factors by 0.033
-   inside the training split; held out, 0.652 against 0.700).
+2. the nomogram's design (which of the Rad-score, deep score, clinical factors and log tumour volumes it combines,
+   T/N ordinal or categorical) by the cross-validated C of each Cox model, fitted in each fold on cross-fitted
+   Rad-scores as the final one is. The combination of every block is stacked
+   (:func:`NPCPrognosisLib.survival.nomogram.fit_nomogram`): its block weights, fitted on out-of-fold scores, already
+   decide how much each block counts, as a super learner's do (van der Laan et al. 2007). It is the nomogram unless a
+   simpler design validates better by more than the standard error of their paired per-fold difference; the widest
+   such design (most blocks; among equals, the best-validating) replaces it. Without that margin the choice followed
+   the noise of five folds: on the three family-B cohorts of ``bench/bench_generalise.py`` the Rad-score alone
+   out-validated the stacked combination inside two training splits by 0.03, and did worse than it on all three
+   held-out halves. The widest beater rather than the best one for the same reason: a beater shows that some block
+   hurt the stacked fit, not that every other block did, and the best of several noisy beaters is the luckiest
+   (automatic-contour cohort, seed 3: the Rad-score alone beat the combination by 0.036 and Rad-score + clinical
+   factors by 0.033 inside the training split; held out, 0.652 against 0.700).
 
 The winning configuration's cross-validated C is the best of several, so it is mildly optimistic; the bundle
 also records the optimism-corrected training C (``train``).
@@ -208,8 +208,9 @@ VOLUME_REFERENCE = "tumour volumes alone (reference)"
 
 
 def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, list[str]]:
-    """The candidate designs: the scores alone, the clinical factors alone and every combination, each design with
-    clinical factors once with ``volumes`` (the log tumour volumes) among them and once without."""
+    """The candidate designs: the scores alone, the clinical factors alone and every combination; each design with
+    clinical factors once more with ``volumes`` (the log tumour volumes) beside them, which a nomogram stacks as a
+    block of their own (:data:`NPCPrognosisLib.pipeline.models.FACTOR_BLOCKS`)."""
     designs: dict[str, list[str]] = {"radiomics": ["rad_score"]}
     if has_deep:
         designs["deep"] = [DEEP_SCORE]
