@@ -243,19 +243,20 @@ def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[
     stack = np.column_stack([table[scores].to_numpy(float), *out_of_fold.values()])
     weights, weight_covariance, dropped = _non_negative_cox(stack, names, time, event, ties, penalizer)
     weight_se = np.sqrt(np.clip(np.diag(weight_covariance), 0.0, None))
-    m, k = len(scores), len(blocks)
+    m, n_blocks = len(scores), len(blocks)
     sizes = [len(members) for members in blocks.values()]
     p = sum(sizes)
     coef = np.concatenate([weights[:m], *(weights[m + j] * np.asarray(fit.coef, float)
                                           for j, fit in enumerate(fits.values()))])
-    # parameters: the m + k weights, then every block's Cox coefficients; rows: the stacked model's coefficients
-    jacobian = np.zeros((m + p, m + k + p))
+    # parameters: the m + n_blocks weights, then every block's Cox coefficients; rows: the stacked model's coefficients
+    jacobian = np.zeros((m + p, m + n_blocks + p))
     jacobian[:m, :m] = np.eye(m)
-    sigma = np.zeros((m + k + p, m + k + p))
-    sigma[:m + k, :m + k] = weight_covariance
+    sigma = np.zeros((m + n_blocks + p, m + n_blocks + p))
+    sigma[:m + n_blocks, :m + n_blocks] = weight_covariance
     start = 0
     for j, fit in enumerate(fits.values()):
-        rows, cols = slice(m + start, m + start + sizes[j]), slice(m + k + start, m + k + start + sizes[j])
+        rows = slice(m + start, m + start + sizes[j])
+        cols = slice(m + n_blocks + start, m + n_blocks + start + sizes[j])
         jacobian[rows, m + j] = fit.coef
         jacobian[rows, cols] = weights[m + j] * np.eye(sizes[j])
         sigma[cols, cols] = fit.covariance
