@@ -16,8 +16,8 @@ from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
+    LOG_VOLUME_COLUMNS,
     LOG_VOLUME_PREFIX,
-    VOLUME_ROIS,
     is_deep_feature,
     tumour_volumes,
 )
@@ -150,7 +150,7 @@ SCORE_FACTORS = ("rad_score", DEEP_SCORE)
 #: get their own out-of-fold score and weight, so a design that adds them to the clinical factors is not one joint
 #: Cox fit of nine or more coefficients on ~60 events (in which the volumes and T stage share their signal) but
 #: a weighing of two small models, as the Rad-score is weighed against the clinical score.
-FACTOR_BLOCKS = {"volume": tuple(f"{LOG_VOLUME_PREFIX}{roi}_ml" for roi in VOLUME_ROIS)}
+FACTOR_BLOCKS = {"volume": tuple(LOG_VOLUME_COLUMNS.values())}
 
 
 def model_factors(clinical: pd.DataFrame, signature: RadiomicsSignature, features: pd.DataFrame) -> pd.DataFrame:

@@ -226,6 +226,13 @@ def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, li
     return designs
 
 
+def _candidate_designs(features: pd.DataFrame) -> dict[str, list[str]]:
+    """The designs a features table allows: with a deep score, and with the tumour volumes that vary in it."""
+    from NPCPrognosisLib.pipeline.models import volume_factors
+
+    return _design_factors(DEEP_SCORE in features.columns, volume_factors(tumour_volumes(features)))
+
+
 def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
                   fold: np.ndarray, settings: SignatureSettings, icc: pd.Series | None, *,
                   rad_score_folds: int, penalizer: float,
@@ -238,7 +245,7 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
-    designs = _design_factors(DEEP_SCORE in features.columns, volume_factors(tumour_volumes(features)))
+    designs = _candidate_designs(features)
     scores: dict[str, list[float]] = {name: [] for name in [*designs, VOLUME_REFERENCE]}
     for k in np.unique(fold):
         held = fold == k
@@ -393,9 +400,7 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     coding = _best(clinical_rows)["name"].split("(")[1].rstrip(")")
     if "(" in design:
         coding = design.split("(")[1].rstrip(")")
-    from NPCPrognosisLib.pipeline.models import volume_factors
-
-    factors = _design_factors(has_deep, volume_factors(tumour_volumes(features)))[design]
+    factors = _candidate_designs(features)[design]
     log.info("selected radiomics: %s; nomogram: %s", settings.describe(), design)
     return Selection(settings=settings, clinical_coding=coding, nomogram=factors, harmonise=harmonise,
                      radiomics_table=radiomics_rows, design_table=design_rows, note=f"nomogram design: {design}")

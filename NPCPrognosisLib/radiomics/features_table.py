@@ -138,6 +138,8 @@ VOLUME_ROIS = ("gtvp", "gtvn")
 VOLUME_FEATURES = ("original_shape_VoxelVolume", "original_shape_MeshVolume")
 #: Prefix of the log-volume columns of :func:`tumour_volumes`.
 LOG_VOLUME_PREFIX = "log_volume_"
+#: The log-volume column of each ROI of :data:`VOLUME_ROIS` (what models, selection and reports name them by).
+LOG_VOLUME_COLUMNS = {roi: f"{LOG_VOLUME_PREFIX}{roi}_ml" for roi in VOLUME_ROIS}
 
 
 def volume_columns(features: pd.DataFrame) -> dict[str, str]:
@@ -176,5 +178,6 @@ def tumour_volumes(features: pd.DataFrame) -> pd.DataFrame:
     columns = volume_columns(features)
     if not columns:
         return pd.DataFrame(index=range(len(features)))
-    return pd.DataFrame({f"{LOG_VOLUME_PREFIX}{roi}_ml": np.log1p(features[columns[roi]].to_numpy(float) / 1000.0)
-                         if roi in columns else np.zeros(len(features)) for roi in VOLUME_ROIS}).fillna(0.0)
+    return pd.DataFrame({name: np.log1p(features[columns[roi]].to_numpy(float) / 1000.0)
+                         if roi in columns else np.zeros(len(features))
+                         for roi, name in LOG_VOLUME_COLUMNS.items()}).fillna(0.0)

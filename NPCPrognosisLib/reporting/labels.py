@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from NPCPrognosisLib.radiomics.features_table import LOG_VOLUME_COLUMNS
+
 #: Nomogram factors: readable label with unit.
 FACTOR_LABELS: dict[str, str] = {
     "rad_score": "Rad-score",
@@ -21,13 +23,13 @@ FACTOR_LABELS: dict[str, str] = {
     "log10_ebv_dna": "EBV DNA (copies/mL)",
     "age": "Age (years)",
     "ldh": "LDH (U/L)",
-    "log_volume_gtvp_ml": "GTVp volume (mL)",
-    "log_volume_gtvn_ml": "GTVn volume (mL)",
+    LOG_VOLUME_COLUMNS["gtvp"]: "GTVp volume (mL)",
+    LOG_VOLUME_COLUMNS["gtvn"]: "GTVn volume (mL)",
 }
 
 #: Log tumour volumes are coded log(1 + mL) (:func:`NPCPrognosisLib.radiomics.features_table.tumour_volumes`); a
 #: reader sees millilitres.
-_VOLUME_FACTORS = ("log_volume_gtvp_ml", "log_volume_gtvn_ml")
+_VOLUME_FACTORS = tuple(LOG_VOLUME_COLUMNS.values())
 _VOLUME_TICKS_ML = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 
 #: Fields of a clinical record as the user entered them.

@@ -143,11 +143,13 @@ def stacking_blocks(factors: Sequence[str], scores: Sequence[str],
     others, each fitted as one Cox model and weighed as one out-of-fold score: those of each named group of
     ``factor_blocks`` present, then the rest as the :data:`CLINICAL_BLOCK` (groups without a factor are left
     out)."""
-    score_list = [f for f in factors if f in set(scores)]
-    others = [f for f in factors if f not in set(scores)]
+    score_set = set(scores)
+    score_list = [f for f in factors if f in score_set]
+    others = [f for f in factors if f not in score_set]
     blocks: dict[str, list[str]] = {}
     for block, members in (factor_blocks or {}).items():
-        if found := [f for f in others if f in set(members)]:
+        member_set = set(members)
+        if found := [f for f in others if f in member_set]:
             blocks[block] = found
     claimed = {f for members in blocks.values() for f in members}
     if rest := [f for f in others if f not in claimed]:
