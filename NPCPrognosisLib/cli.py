@@ -101,8 +101,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"alone ({volume['auc']:.3f}) in cross-validation: its features may stand in for the tumour's size")
         if no_better_than_chance(block):
             test = block["permutation"]
-            print(f"  warning: {name}: the stacked model's cross-validated AUC ({test['observed_auc']:.3f}) was "
-                  f"reached with randomly permuted labels (permutation p = {test['p_value']:.2f}): the training "
+            print(f"  warning: {name}: the {block['best']} model's cross-validated AUC "
+                  f"({test['observed_auc']:.3f}) was reached with randomly permuted labels (permutation p = "
+                  f"{test['p_value']:.2f}): the training "
                   "patients cannot show that it learned anything that will hold on new patients; treat its "
                   "probabilities as unproven (more patients of each outcome, or fewer candidate features, may help)")
     fusion = document.get("fusion")
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustness-patients", type=int, default=None,
                    help="training patients perturbed to measure each feature's ICC (default 30; 0: skip)")
     p.add_argument("--permutations", type=int, default=None,
-                   help="label permutations testing each binary endpoint's stacked model against chance (default 9, "
+                   help="label permutations testing each binary endpoint's model against chance (default 9, "
                         "smallest p 0.1; 99 gives p down to 0.01 at 11 x the cost; 0: skip)")
     p.add_argument("--no-select", action="store_true",
                    help="skip the cross-validated choice of features, penalty, clinical coding and nomogram design")

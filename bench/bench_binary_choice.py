@@ -1,5 +1,5 @@
-"""The binary endpoint's chosen model over many random train / test splits: held-out AUC / oracle AUC, with and
-without the tumour-volume reference model.
+"""The binary endpoint's model over many random train / test splits: held-out AUC / oracle AUC of the model the
+bundle uses, beside the stacking of every model and the tumour-volume model, paired on the same splits.
 
 Usage:
     python bench/bench_binary_choice.py --cohort DIR [--cohort DIR ...] [--splits 24] [--n-train 160]
@@ -10,12 +10,12 @@ AUC ratio by about +-0.06; ``bench_binary_splits.py`` re-splits but scores the r
 re-splits each ``--cohort`` folder (as ``bench_generalise.py`` keeps them: ``manifest.csv``, ``features.csv``,
 ``truth_all.csv`` or ``truth.csv`` with ``p_<endpoint>``) into ``--n-train`` training and the rest held-out
 patients and runs what ``train`` runs for a binary endpoint (:func:`NPCPrognosisLib.pipeline.binary.
-fit_binary_endpoint`: every model cross-validated with the selection inside the folds, and the model the bundle
-uses, ``best``: the stacked model since 2026-12-02, before it the one-model choice), twice: with the models as
-shipped and with the ``volume`` model taken out of the models and the stacking, so the two are paired on the same
-splits. The label-permutation test and the bootstrap refits for per-patient intervals do not change the model and
-are skipped. Prints per split and the mean, SD and
-paired difference of the chosen model's ratio, and the volume model's own ratio. SYNTHETIC DATA - NOT CLINICAL.
+fit_binary_endpoint`: every model cross-validated with the selection inside the folds, their stacking, and the
+model the bundle uses, ``best``: the ridge since 2026-12-02, before it the stacking), then scores every model on
+the held-out patients, so the model used, the stacking (the model used before) and the volume model are paired
+on the same fits. The label-permutation test and the bootstrap refits for per-patient intervals do not change
+the models and are skipped. Prints per split and the mean, SD and paired difference (model used - stacking) of
+the ratios. SYNTHETIC DATA - NOT CLINICAL.
 """
 
 from __future__ import annotations
@@ -39,13 +39,7 @@ from NPCPrognosisLib.pipeline import binary  # noqa: E402
 from NPCPrognosisLib.pipeline.train import ebv_fill_value  # noqa: E402
 from NPCPrognosisLib.radiomics.features_table import read_features  # noqa: E402
 
-SHIPPED = binary.volume_columns
-
-
-def candidates(with_volume: bool) -> None:
-    """With or without the volume model: without, the features look as if they held no GTVp volume, which is
-    how the product leaves the model out of the fits, the cross-validation and the stacking."""
-    binary.volume_columns = SHIPPED if with_volume else (lambda features: {})
+COMPARED = ("best", binary.STACKED, binary.VOLUME, "radiomics")
 
 
 def fit_and_score(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te, oracle) -> dict:
@@ -54,17 +48,18 @@ def fit_and_score(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te
         block = binary.fit_binary_endpoint(clinical_tr, features_tr, y_tr, "endpoint", seed=0, permutations=0)
         probs = binary.predict_models(block, clinical_te, features_te)
     ratios = {name: float(roc_auc_score(y_te, prob) / oracle) for name, prob in probs.items()}
-    return {"best": block["best"], "ratio": ratios[block["best"]], "volume": ratios.get(binary.VOLUME)}
+    return {"best_model": block["best"], **{f"{name}_ratio": ratios.get(block["best"] if name == "best" else name)
+                                            for name in COMPARED}}
 
 
 def summary(frame: pd.DataFrame) -> dict:
-    """Mean and SD of each ratio, the paired difference with its 95 % interval, and how often each model won."""
-    diff = frame["shipped_ratio"] - frame["without_volume_ratio"]
-    result = {name: {"mean": float(frame[name].mean()), "sd": float(frame[name].std())}
-              for name in ("shipped_ratio", "without_volume_ratio", "volume_ratio")}
-    result["paired_difference"] = {"mean": float(diff.mean()),
-                                   "ci95_halfwidth": float(1.96 * diff.std() / np.sqrt(len(diff)))}
-    result["chosen"] = dict(Counter(frame["shipped_best"]))
+    """Mean and SD of each ratio and the paired difference model used - stacking with its 95 % interval."""
+    diff = frame["best_ratio"] - frame[f"{binary.STACKED}_ratio"]
+    result = {f"{name}_ratio": {"mean": float(frame[f"{name}_ratio"].mean()), "sd": float(frame[f"{name}_ratio"].std())}
+              for name in COMPARED}
+    result["paired_best_minus_stacked"] = {"mean": float(diff.mean()),
+                                           "ci95_halfwidth": float(1.96 * diff.std() / np.sqrt(len(diff)))}
+    result["best_model"] = dict(Counter(frame["best_model"]))
     result["splits"] = len(frame)
     return result
 
@@ -88,24 +83,18 @@ def main(argv=None) -> int:
             data = (train.clinical_table(fill), table.iloc[tr].reset_index(drop=True), y[tr],
                     test.clinical_table(fill), table.iloc[te].reset_index(drop=True), y[te],
                     roc_auc_score(y[te], p[te]))
-            row = {"cohort": str(cohort), "split": split, "oracle_auc": float(data[-1])}
-            for name, with_volume in (("shipped", True), ("without_volume", False)):
-                candidates(with_volume)
-                result = fit_and_score(*data)
-                row[f"{name}_best"], row[f"{name}_ratio"] = result["best"], result["ratio"]
-                if with_volume:
-                    row["volume_ratio"] = result["volume"]
-            candidates(True)
+            row = {"cohort": str(cohort), "split": split, "oracle_auc": float(data[-1]), **fit_and_score(*data)}
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     frame = pd.DataFrame(rows)
     result = {cohort: summary(part) for cohort, part in frame.groupby("cohort", sort=False)}
     for cohort, res in result.items():
-        print(f"SYNTHETIC {cohort}: {res['splits']} splits; chosen model / oracle AUC "
-              f"{res['shipped_ratio']['mean']:.3f} (SD {res['shipped_ratio']['sd']:.3f}), without the volume model "
-              f"{res['without_volume_ratio']['mean']:.3f}; paired {res['paired_difference']['mean']:+.3f} +- "
-              f"{res['paired_difference']['ci95_halfwidth']:.3f}; volume model alone "
-              f"{res['volume_ratio']['mean']:.3f}; chosen {res['chosen']}")
+        paired = res["paired_best_minus_stacked"]
+        print(f"SYNTHETIC {cohort}: {res['splits']} splits; model used {res['best_model']} / oracle AUC "
+              f"{res['best_ratio']['mean']:.3f} (SD {res['best_ratio']['sd']:.3f}); stacking "
+              f"{res['stacked_ratio']['mean']:.3f}; paired {paired['mean']:+.3f} +- {paired['ci95_halfwidth']:.3f}; "
+              f"volume model {res['volume_ratio']['mean']:.3f}; radiomics signature "
+              f"{res['radiomics_ratio']['mean']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "cohorts": result}, indent=1))
     return 0

@@ -58,6 +58,7 @@ MODEL_LABELS: dict[str, str] = {
     "volume": "Tumour volume alone",
     "combined": "Rad-score + clinical",
     "stacked": "Stacked models (weighted by cross-validation)",
+    "ridge": "Ridge logistic (clinical + every original-image feature)",
     "ensemble": "Ensemble (mean of every model)",
     "deep": "Deep score alone",
     "mmoe": "Multimodal fusion (MMoE)",
