@@ -253,6 +253,9 @@ RIDGE = "ridge"
 #: Training quantiles kept per input (the normal-score map between them is linear): enough to follow a skewed
 #: feature, few enough that a bundle stays small.
 RIDGE_QUANTILES = 33
+#: An input missing in more than this share of the training patients is left out (e.g. GTVn features, absent for
+#: node-negative patients); below it, the missing values score as the median and the feature is kept.
+RIDGE_MAX_MISSING = 0.1
 #: Inverse penalties searched by the inner cross-validation (log-loss), strongest first.
 RIDGE_CS = tuple(float(c) for c in np.logspace(-6, 0, 13))
 
@@ -274,7 +277,8 @@ def ridge_inputs(clinical: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame
 
 def _normal_scores(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Each column through its training quantiles to a normal score (ties averaged both ways, as scikit-learn's
-    QuantileTransformer does); values outside the training range take the outermost score, missing ones 0."""
+    QuantileTransformer does); values outside the training range take the outermost score, missing (or infinite)
+    ones 0, the median's."""
     from scipy.stats import norm
 
     levels = np.linspace(0.0, 1.0, quantiles.shape[0])
@@ -282,7 +286,7 @@ def _normal_scores(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     for j in range(values.shape[1]):
         q, x = quantiles[:, j], values[:, j]
         u = 0.5 * (np.interp(x, q, levels) - np.interp(-x, -q[::-1], -levels[::-1]))
-        out[:, j] = np.where(np.isnan(x), 0.5, u)
+        out[:, j] = np.where(np.isfinite(x), u, 0.5)
     edge = 0.5 / quantiles.shape[0]
     return norm.ppf(np.clip(out, edge, 1.0 - edge))
 
@@ -326,10 +330,15 @@ def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, see
     inputs = ridge_inputs(clinical, features)
     if transform is None:
         values = inputs.to_numpy(float)
-        usable = np.isfinite(values).all(axis=0) & (np.ptp(values, axis=0) > 0)
+        values[~np.isfinite(values)] = np.nan
+        observed = np.isfinite(values)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-missing columns
+            spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+        usable = (observed.mean(axis=0) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
         columns = list(inputs.columns[usable])
         values = values[:, usable]
-        quantiles = np.quantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
+        quantiles = np.nanquantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
         scores = _normal_scores(values, quantiles)
         mean, scale = scores.mean(axis=0), scores.std(axis=0)
         transform = {"columns": columns, "quantiles": quantiles.T.tolist(), "mean": mean.tolist(),

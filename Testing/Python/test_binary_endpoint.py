@@ -366,3 +366,17 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
     # a missing value scores as the training median; a column the table lacks likewise
     lacking = features.iloc[new].drop(columns=["t2_gtvp_original_glcm_Contrast"])
     assert np.isfinite(bn.predict_ridge(model, clinical.iloc[new], lacking)).all()
+    # in training: a feature missing for a few patients is kept (their values score 0), one missing for more than
+    # RIDGE_MAX_MISSING of them (e.g. GTVn features of node-negative patients) is left out
+    gaps = features.iloc[train].copy()
+    gaps.loc[3, "t2_gtvp_original_glcm_Contrast"] = np.nan
+    gaps.loc[4, "t2_gtvp_original_glcm_Contrast"] = np.inf
+    gaps["t2_gtvn_original_shape_MeshVolume"] = np.where(np.arange(200) % 4 == 0, np.nan, rng.gamma(2.0, 2.0, 200))
+    patchy = bn.fit_ridge(clinical.iloc[train], gaps, y[train], seed=4)
+    assert patchy["columns"] == model["columns"]
+    column = model["columns"].index("t2_gtvp_original_glcm_Contrast")
+    observed = np.delete(gaps["t2_gtvp_original_glcm_Contrast"].to_numpy(), [3, 4])
+    assert np.allclose(np.asarray(patchy["quantiles"])[column],
+                       np.quantile(observed, np.linspace(0, 1, bn.RIDGE_QUANTILES)))
+    scores = bn.ridge_scores(patchy, bn.ridge_inputs(clinical.iloc[train], gaps))
+    assert scores[3, column] == scores[4, column] == pytest.approx(-patchy["mean"][column] / patchy["scale"][column])
