@@ -189,7 +189,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             lo, hi = block["auc_95ci"]
             print(f"  {name:30s} AUC {block['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f})  sensitivity "
                   f"{_number(block['sensitivity'], '.2f')} specificity {_number(block['specificity'], '.2f')}"
-                  + ("  <- the bundle's model" if name == metrics["best_on_training_cv"] else ""))
+                  + ("  <- the bundle's model" if name == metrics["model_used"] else ""))
         print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
         return 0
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "

@@ -60,7 +60,7 @@ def main() -> int:
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     test = (manifest["split"] == "test").to_numpy()
     oracle = float(roc_auc_score(manifest.loc[test, args.endpoint], p_true[test]))
-    best = metrics["best_on_training_cv"]
+    best = metrics["model_used"]
     result = {"n_test": int(test.sum()), "oracle_auc": oracle, "train_seconds": train_s, "best": best,
               "auc": {name: m["auc"] for name, m in metrics["models"].items()},
               "auc_95ci": {name: m["auc_95ci"] for name, m in metrics["models"].items()},

@@ -107,7 +107,7 @@ def summary(result: dict, oracle_c: float, oracle_auc: float) -> dict:
     binary = {name: {"auc": m["auc"], "ci95": m["auc_95ci"], "ratio_to_oracle": m["auc"] / oracle_auc,
                      "delong_vs_combined": ic["delong_vs_combined"].get(name)}
               for name, m in ic["models"].items()}
-    return {"dmfs": survival, "ic_response": binary, "best_ic_on_training_cv": ic["best_on_training_cv"],
+    return {"dmfs": survival, "ic_response": binary, "ic_model_used": ic["model_used"],
             "train_seconds": result["train_seconds"], "mmoe_fit_seconds": result["mmoe_fit_seconds"],
             "mmoe_cv": result["mmoe_cv"], "predict_seconds": result["predict_seconds"],
             "mean_gate_weights": dmfs.get("mmoe_mean_gate_weights")}

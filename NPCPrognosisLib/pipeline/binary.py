@@ -753,7 +753,7 @@ def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: 
     models = {name: binary_metrics(y, prob, block["thresholds"][name]) for name, prob in probs.items()}
     best = block["best"]
     comparisons = {name: delong_test(y, probs[name], probs[best]) for name in probs if name != best}
-    return {"endpoint": block["endpoint"], "n": int(len(y)), "positives": int(y.sum()), "best_on_training_cv": best,
+    return {"endpoint": block["endpoint"], "n": int(len(y)), "positives": int(y.sum()), "model_used": best,
             "models": models, "delong_vs_best": comparisons}, probs
 
 

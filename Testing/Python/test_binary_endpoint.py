@@ -64,6 +64,7 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
                  "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == N - 160 and metrics["excluded_training_patients"] == 160
+    assert metrics["model_used"] == block["best"] == bn.RIDGE
     best = metrics["models"][block["best"]]
     for key in ("auc", "auc_95ci", "sensitivity", "specificity", "ppv", "npv", "accuracy", "brier", "threshold"):
         assert key in best
