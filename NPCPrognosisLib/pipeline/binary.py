@@ -291,8 +291,7 @@ def _normal_scores(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     return norm.ppf(np.clip(out, edge, 1.0 - edge))
 
 
-def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int = 0,
-              transform: Mapping[str, Any] | None = None, C: float | None = None) -> dict[str, Any]:
+def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Ridge logistic regression on the clinical factors and every original-image feature (normal scores).
 
     Why a ridge rather than a selected signature: when the endpoint depends weakly on a few tumour properties
@@ -313,11 +312,6 @@ def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, see
         The endpoint.
     seed : int
         Folds of the penalty search.
-    transform : dict, optional
-        ``columns``, ``quantiles``, ``mean`` and ``scale`` of an earlier fit to reuse (bootstrap refits keep the
-        training patients' map to normal scores); by default they are learned from these patients.
-    C : float, optional
-        Inverse penalty to use instead of searching :data:`RIDGE_CS`.
 
     Returns
     -------
@@ -325,34 +319,36 @@ def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, see
         JSON-able: ``columns``, per column its ``quantiles`` (:data:`RIDGE_QUANTILES` values), the normal
         scores' training ``mean`` and ``scale``, ``coef``, ``intercept`` and the inverse penalty ``C``.
     """
+    inputs = ridge_inputs(clinical, features)
+    values = inputs.to_numpy(float)
+    values[~np.isfinite(values)] = np.nan
+    observed = np.isfinite(values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-missing columns
+        spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    usable = (observed.mean(axis=0) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
+    values = values[:, usable]
+    quantiles = np.nanquantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
+    scores = _normal_scores(values, quantiles)
+    mean, scale = scores.mean(axis=0), scores.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    S = (scores - mean) / scale  # what ridge_scores gives for these patients
+    C = _ridge_penalty(S, y, seed)
+    coef, intercept = ridge_weights(S, y, C)
+    return {"family": "ridge_logistic", "columns": list(inputs.columns[usable]), "quantiles": quantiles.T.tolist(),
+            "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef, "intercept": intercept, "C": C,
+            "transform": "per column linear between its training quantiles to a normal score, then standardised"}
+
+
+def ridge_weights(S: np.ndarray, y: np.ndarray, C: float) -> tuple[list[float], float]:
+    """Weights and intercept of the L2-penalised logistic regression at inverse penalty ``C`` on standardised
+    scores ``S`` (:func:`ridge_scores`): the training fit, and each bootstrap refit at the training penalty."""
     from sklearn.linear_model import LogisticRegression
 
-    inputs = ridge_inputs(clinical, features)
-    if transform is None:
-        values = inputs.to_numpy(float)
-        values[~np.isfinite(values)] = np.nan
-        observed = np.isfinite(values)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # all-missing columns
-            spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
-        usable = (observed.mean(axis=0) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
-        columns = list(inputs.columns[usable])
-        values = values[:, usable]
-        quantiles = np.nanquantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
-        scores = _normal_scores(values, quantiles)
-        mean, scale = scores.mean(axis=0), scores.std(axis=0)
-        transform = {"columns": columns, "quantiles": quantiles.T.tolist(), "mean": mean.tolist(),
-                     "scale": np.where(scale > 0, scale, 1.0).tolist()}
-    S = ridge_scores(transform, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence chatter at the weakest penalties
-        if C is None:
-            C = _ridge_penalty(S, y, seed)
         fit = LogisticRegression(C=C, max_iter=3000).fit(S, y)
-        coef, intercept = fit.coef_[0], float(fit.intercept_[0])
-    return {"family": "ridge_logistic", **{k: transform[k] for k in ("columns", "quantiles", "mean", "scale")},
-            "coef": [float(v) for v in coef], "intercept": intercept, "C": float(C),
-            "transform": "per column linear between its training quantiles to a normal score, then standardised"}
+    return [float(v) for v in fit.coef_[0]], float(fit.intercept_[0])
 
 
 def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
@@ -364,9 +360,11 @@ def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
     from sklearn.model_selection import StratifiedKFold
 
     folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(S, y))
-    losses = [np.mean([log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
-                                .predict_proba(S[va])[:, 1], labels=[0, 1]) for tr, va in folds])
-              for C in RIDGE_CS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence chatter at the weakest penalties
+        losses = [np.mean([log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
+                                    .predict_proba(S[va])[:, 1], labels=[0, 1]) for tr, va in folds])
+                  for C in RIDGE_CS]
     return float(RIDGE_CS[int(np.argmin(losses))])
 
 
@@ -712,12 +710,12 @@ def _bootstrap_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarr
     patients' normal-score map (neither is refitted: a penalty search per refit costs a cross-validation, and a
     refit stores only its weights, so the bundle stays small)."""
     rng = np.random.default_rng(seed)
+    S = ridge_scores(ridge, ridge_inputs(clinical, features))
     refits = []
     for _ in range(BOOTSTRAP_REFITS):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=int((y == k).sum())) for k in (0, 1)])
-        model = fit_ridge(clinical.iloc[idx].reset_index(drop=True), features.iloc[idx].reset_index(drop=True),
-                          y[idx], seed, transform=ridge, C=ridge["C"])
-        refits.append({"coef": model["coef"], "intercept": model["intercept"]})
+        coef, intercept = ridge_weights(S[idx], y[idx], ridge["C"])
+        refits.append({"coef": coef, "intercept": intercept})
     return {"model": RIDGE, "n": len(refits), "refits": refits,
             "method": "stratified resamples, the ridge's weights refitted at the training penalty"}
 
