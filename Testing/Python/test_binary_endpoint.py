@@ -311,10 +311,21 @@ def test_the_tumour_volume_model_is_a_logistic_fit_on_log_volumes(monkeypatch):
     assert set(bn.predict_models(block, clinical.iloc[:5], without.iloc[:5])) == {*block["models"], "stacked"}
 
 
+def test_the_ridge_penalty_is_the_strongest_within_one_standard_error():
+    """Rows are penalties, strongest first; the lowest mean loss is row 2, its folds' standard error 0.0141
+    (SD 0.0316 over 5 folds), so row 1 (0.650) is within it, row 0 (0.700) is not; flat losses give the strongest."""
+    losses = np.array([[0.70] * 5, [0.65] * 5, [0.60, 0.68, 0.64, 0.62, 0.66], [0.65] * 5])
+    assert bn.one_standard_error_choice(losses) == 1
+    assert bn.one_standard_error_choice(losses[2:]) == 0  # the minimum itself when nothing stronger is within
+    assert bn.one_standard_error_choice(np.full((4, 5), 0.69)) == 0
+    losses[1] = 0.6542  # just outside 0.64 + 0.01414
+    assert bn.one_standard_error_choice(losses) == 2
+
+
 def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
     """The ridge model against scikit-learn: QuantileTransformer for the normal scores (values inside the training
-    range), LogisticRegressionCV over the same folds for the penalty, LogisticRegression for the weights, and the
-    JSON model's probability on new patients."""
+    range), LogisticRegressionCV's fold losses for the penalty (one-standard-error rule), LogisticRegression for
+    the weights, and the JSON model's probability on new patients."""
     from scipy.stats import norm
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
@@ -354,7 +365,13 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
     folds = StratifiedKFold(bn.n_folds(y[train]), shuffle=True, random_state=4)
     search = LogisticRegressionCV(Cs=list(bn.RIDGE_CS), cv=folds, scoring="neg_log_loss", max_iter=3000,
                                   l1_ratios=(0.0,), use_legacy_attributes=False)
-    assert model["C"] == pytest.approx(float(np.ravel(search.fit(S[train], y[train]).C_)[0]))
+    fold_losses = -search.fit(S[train], y[train]).scores_[:, 0, :].T  # C x folds
+    assert np.ravel(search.C_)[0] == pytest.approx(bn.RIDGE_CS[int(np.argmin(fold_losses.mean(axis=1)))])
+    # the penalty: the strongest whose mean loss is within one standard error of the lowest, here stronger than it
+    mean, lowest = fold_losses.mean(axis=1), int(np.argmin(fold_losses.mean(axis=1)))
+    within = mean <= mean[lowest] + fold_losses[lowest].std(ddof=1) / np.sqrt(fold_losses.shape[1])
+    assert model["C"] == pytest.approx(bn.RIDGE_CS[int(np.flatnonzero(within)[0])])
+    assert model["C"] < np.ravel(search.C_)[0]
     reference = LogisticRegression(C=model["C"], max_iter=3000).fit(S[train], y[train])
     assert np.allclose(model["coef"], reference.coef_[0], atol=1e-4)
     prob = bn.predict_ridge(json.loads(json.dumps(model)), clinical.iloc[new], features.iloc[new])
