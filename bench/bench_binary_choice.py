@@ -64,25 +64,31 @@ def summary(frame: pd.DataFrame) -> dict:
     return result
 
 
+def cohort_splits(cohort: Path, endpoint: str, splits: int, n_train: int):
+    """Each random re-split of a kept cohort: ``(split, (clinical_tr, features_tr, y_tr, clinical_te, features_te,
+    y_te, oracle AUC of the held-out patients))``, the clinical tables encoded as ``train`` encodes them."""
+    manifest = read_manifest(cohort / "manifest.csv", require_images=False)
+    table, _ = read_features(cohort / "features.csv")
+    table = table.set_index("patient_id").loc[manifest.patient_ids].reset_index()
+    truth_file = cohort / "truth_all.csv" if (cohort / "truth_all.csv").exists() else cohort / "truth.csv"
+    truth = pd.read_csv(truth_file, dtype={"patient_id": str}).set_index("patient_id")
+    p = truth.loc[manifest.patient_ids, f"p_{endpoint}"].to_numpy(float)
+    y = manifest.table[endpoint].to_numpy(int)
+    for split in range(splits):
+        tr, te = (np.sort(part) for part in resplit(len(y), n_train, 100 + split))
+        train, test = manifest.subset(tr), manifest.subset(te)
+        fill = ebv_fill_value(train)
+        yield split, (train.clinical_table(fill), table.iloc[tr].reset_index(drop=True), y[tr],
+                      test.clinical_table(fill), table.iloc[te].reset_index(drop=True), y[te],
+                      roc_auc_score(y[te], p[te]))
+
+
 def main(argv=None) -> int:
     args = resplit_parser(__doc__.splitlines()[0], splits=24).parse_args(argv)
     binary.BOOTSTRAP_REFITS = 0  # per-patient intervals only; they do not change the choice
     rows = []
     for cohort in args.cohort:
-        manifest = read_manifest(cohort / "manifest.csv", require_images=False)
-        table, _ = read_features(cohort / "features.csv")
-        table = table.set_index("patient_id").loc[manifest.patient_ids].reset_index()
-        truth_file = cohort / "truth_all.csv" if (cohort / "truth_all.csv").exists() else cohort / "truth.csv"
-        truth = pd.read_csv(truth_file, dtype={"patient_id": str}).set_index("patient_id")
-        p = truth.loc[manifest.patient_ids, f"p_{args.endpoint}"].to_numpy(float)
-        y = manifest.table[args.endpoint].to_numpy(int)
-        for split in range(args.splits):
-            tr, te = (np.sort(part) for part in resplit(len(y), args.n_train, 100 + split))
-            train, test = manifest.subset(tr), manifest.subset(te)
-            fill = ebv_fill_value(train)
-            data = (train.clinical_table(fill), table.iloc[tr].reset_index(drop=True), y[tr],
-                    test.clinical_table(fill), table.iloc[te].reset_index(drop=True), y[te],
-                    roc_auc_score(y[te], p[te]))
+        for split, data in cohort_splits(cohort, args.endpoint, args.splits, args.n_train):
             row = {"cohort": str(cohort), "split": split, "oracle_auc": float(data[-1]), **fit_and_score(*data)}
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
