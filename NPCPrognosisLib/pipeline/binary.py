@@ -380,8 +380,19 @@ def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 
 def one_standard_error_choice(losses: np.ndarray) -> int:
-    """Index of the first row (the strongest penalty) whose mean loss over the folds (columns) is within one
-    standard error of the lowest mean; the standard error is the lowest row's, over its folds."""
+    """The one-standard-error rule on a table of cross-validated losses.
+
+    Parameters
+    ----------
+    losses : array, shape (n_penalties, n_folds)
+        Held-out loss of each penalty (rows, strongest first) in each fold (columns).
+
+    Returns
+    -------
+    index : int
+        The first row whose mean loss is within one standard error (the lowest-mean row's, over its folds) of the
+        lowest mean.
+    """
     mean = losses.mean(axis=1)
     best = int(np.argmin(mean))
     se = losses[best].std(ddof=1) / np.sqrt(losses.shape[1])
