@@ -10,8 +10,8 @@ cross-validated log-loss inside the training patients; with a weak signal that l
 of it to take matters more than the curve's noise suggests. On each re-split (the splits of
 ``bench_binary_choice.py``) the product's normal-score map is fitted once, the weights at each of the 13 penalties
 of :data:`~NPCPrognosisLib.pipeline.binary.RIDGE_CS` (``ridge_weights``) are scored on the held-out patients, and
-the two rules are read off the same folds' losses: the lowest mean loss, and the strongest penalty within one
-standard error of it (what ``train`` uses, :func:`~NPCPrognosisLib.pipeline.binary.one_standard_error_choice`).
+the two rules are read off the same folds' losses (``ridge_fold_losses``): the lowest mean loss, and the strongest
+penalty within one standard error of it (what ``train`` uses, ``one_standard_error_choice``).
 Prints per split, then per cohort the mean ratio at every penalty and for each rule, with the paired difference
 (one-standard-error - lowest) and its 95 % interval. About 10 s per split on 2 cores. SYNTHETIC DATA - NOT
 CLINICAL.
@@ -25,9 +25,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,17 +37,6 @@ from NPCPrognosisLib.pipeline import binary  # noqa: E402
 RULES = ("lowest", "one_se")
 
 
-def fold_losses(S: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Held-out log-loss of every penalty (rows, strongest first) in every fold (columns): the folds of
-    ``_ridge_penalty`` at ``seed``."""
-    folds = StratifiedKFold(binary.n_folds(y), shuffle=True, random_state=seed).split(S, y)
-    columns = []
-    for tr, va in folds:
-        columns.append([log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
-                                 .predict_proba(S[va])[:, 1], labels=[0, 1]) for C in binary.RIDGE_CS])
-    return np.array(columns).T
-
-
 def one_split(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te, oracle) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,7 +45,7 @@ def one_split(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te, or
         S_test = binary.ridge_scores(model, binary.ridge_inputs(clinical_te, features_te))
         path = [float(roc_auc_score(y_te, S_test @ np.asarray(binary.ridge_weights(S, y_tr, C)[0])) / oracle)
                 for C in binary.RIDGE_CS]
-        losses = fold_losses(S, y_tr)
+        losses = binary.ridge_fold_losses(S, y_tr, seed=0)
     chosen = {"lowest": int(np.argmin(losses.mean(axis=1))), "one_se": binary.one_standard_error_choice(losses)}
     assert binary.RIDGE_CS[chosen["one_se"]] == model["C"]  # the rule read here is the product's
     return {"path": path, **{f"{rule}_index": i for rule, i in chosen.items()},

@@ -367,6 +367,12 @@ def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
     LogisticRegressionCV does with ``scoring="neg_log_loss"``, written out so that its changing defaults cannot
     change the model.
     """
+    return float(RIDGE_CS[one_standard_error_choice(ridge_fold_losses(S, y, seed))])
+
+
+def ridge_fold_losses(S: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Held-out log-loss of each penalty of :data:`RIDGE_CS` (rows, strongest first) in each stratified fold
+    (columns) at ``seed``: the table :func:`_ridge_penalty` chooses from."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
@@ -374,10 +380,9 @@ def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
     folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(S, y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence chatter at the weakest penalties
-        losses = np.array([[log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
-                                     .predict_proba(S[va])[:, 1], labels=[0, 1]) for tr, va in folds]
-                           for C in RIDGE_CS])
-    return float(RIDGE_CS[one_standard_error_choice(losses)])
+        return np.array([[log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
+                                   .predict_proba(S[va])[:, 1], labels=[0, 1]) for tr, va in folds]
+                         for C in RIDGE_CS])
 
 
 def one_standard_error_choice(losses: np.ndarray) -> int:
