@@ -117,6 +117,7 @@ def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_n
     # thresholds and with stability selection
     assert len(selection.radiomics_table) == 27
     chosen = next(r for r in selection.design_table if r["name"] == selection.note.split(": ")[1])
+
     def blocks(name: str) -> int:
         return len(name.split(" (")[0].split(" + "))
 
