@@ -118,8 +118,15 @@ def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_n
     assert len(selection.radiomics_table) == 27
     chosen = next(r for r in selection.design_table if r["name"] == selection.note.split(": ")[1])
 
-    def blocks(name: str) -> int:
-        return len(name.split(" (")[0].split(" + "))
+    from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS
+    from NPCPrognosisLib.pipeline.selection import _candidate_designs
+    from NPCPrognosisLib.survival.nomogram import stacking_blocks
+
+    designs = _candidate_designs(features)
+
+    def blocks(name: str) -> int:  # counted as the selection counts them
+        scores, others = stacking_blocks(designs[name], SCORE_FACTORS, FACTOR_BLOCKS)
+        return len(scores) + len(others)
 
     for row in selection.design_table:
         if row is not chosen and row.get("paired_difference_vs_full", 0.0) > row.get("paired_se", np.inf):
