@@ -1187,8 +1187,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 onFinished=None, extraFeatures=""):
         """Prognosis with the current (possibly edited) contours; dict with prediction, curves, contour change.
 
-        ``extraFeatures`` ("name=path; name=path") are the other modalities' tables of a fusion bundle; the
-        patient's row is found by ``patientId``.
+        ``extraFeatures`` ("name=path; name=path") are the other modalities' tables a fusion model or a binary
+        endpoint of the bundle was trained with; the patient's row is found by ``patientId``.
 
         The contour change is measured against this segmentation's own automatic contours (never another
         segmentation's), and segments that are neither GTVp nor GTVn are named in the prediction's warnings.

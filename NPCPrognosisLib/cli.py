@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and --extra-features blocks; a task per --binary-endpoint) beside the Cox nomogram")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="another modality's per-patient table (patient_id + numeric columns), e.g. "
-                        "pathology=slides.csv; repeatable; used by --fusion mmoe")
+                        "pathology=slides.csv; repeatable; used by --fusion mmoe and by a binary endpoint's ridge "
+                        "(--endpoint or --binary-endpoint ic_response)")
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
     p.add_argument("--test-fraction", type=float, default=0.3)
@@ -454,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
-                   help="the extra modality tables the bundle's fusion model was trained with (repeatable)")
+                   help="the extra modality tables the bundle's fusion model or binary endpoint was trained with "
+                        "(repeatable)")
     p.add_argument("--study-info", default=None,
                    help="JSON with data_source, dates, setting, eligibility, outcome_definition, image_protocol "
                         "(the cohort page's reporting checklist)")
@@ -476,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
     p.add_argument("--patient-id", default="patient")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
-                   help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model")
+                   help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model or "
+                        "binary endpoints")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
     p.add_argument("--out", required=True)

@@ -2,7 +2,8 @@
 
 Usage:
     python bench/bench_binary.py --manifest M --features F [--truth TRUTH.csv | --family F --seed S]
-                                 [--endpoint ic_response] [--work DIR] [--json OUT.json]
+                                 [--endpoint ic_response] [--extra-features NAME=CSV ...] [--work DIR]
+                                 [--json OUT.json]
 
 Runs exactly ``npc-prognosis train --endpoint ic_response --split-col split`` (the product's defaults) on the
 manifest's training patients and ``evaluate`` on its test patients, then compares each model's held-out AUC with
@@ -45,18 +46,21 @@ def main() -> int:
     parser.add_argument("--family", choices=("synth", "relaxometry"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--endpoint", default="ic_response")
+    parser.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
+                        help="passed to train and evaluate as they are (e.g. pathology=slides.csv)")
     parser.add_argument("--work")
     parser.add_argument("--json")
     args = parser.parse_args()
     manifest = pd.read_csv(args.manifest, dtype={"patient_id": str})
     p_true = truth_for(manifest, args)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_binary_"))
+    extra = [arg for spec in args.extra_features for arg in ("--extra-features", spec)]
     start = time.perf_counter()
     assert cli(["--quiet", "train", "--manifest", args.manifest, "--features", args.features, "--endpoint",
-                args.endpoint, "--out", str(work / "bundle"), "--split-col", "split"]) == 0
+                args.endpoint, "--out", str(work / "bundle"), "--split-col", "split", *extra]) == 0
     train_s = time.perf_counter() - start
     assert cli(["--quiet", "evaluate", "--bundle", str(work / "bundle"), "--manifest", args.manifest, "--features",
-                args.features, "--endpoint", args.endpoint, "--out", str(work / "eval")]) == 0
+                args.features, "--endpoint", args.endpoint, "--out", str(work / "eval"), *extra]) == 0
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     test = (manifest["split"] == "test").to_numpy()
     oracle = float(roc_auc_score(manifest.loc[test, args.endpoint], p_true[test]))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_binary_splits import resplit, resplit_parser  # noqa: E402
 
+from NPCPrognosisLib.io.extra_features import with_extra_columns  # noqa: E402
 from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
 from NPCPrognosisLib.pipeline.train import ebv_fill_value  # noqa: E402
@@ -64,12 +65,15 @@ def summary(frame: pd.DataFrame) -> dict:
     return result
 
 
-def cohort_splits(cohort: Path, endpoint: str, splits: int, n_train: int):
+def cohort_splits(cohort: Path, endpoint: str, splits: int, n_train: int, extras=None):
     """Each random re-split of a kept cohort: ``(split, (clinical_tr, features_tr, y_tr, clinical_te, features_te,
-    y_te, oracle AUC of the held-out patients))``, the clinical tables encoded as ``train`` encodes them."""
+    y_te, oracle AUC of the held-out patients))``, the clinical tables encoded as ``train`` encodes them; ``extras``
+    (blocks by name, ``read_extra_blocks``) are joined to the features as ``train --extra-features`` joins them."""
     manifest = read_manifest(cohort / "manifest.csv", require_images=False)
     table, _ = read_features(cohort / "features.csv")
     table = table.set_index("patient_id").loc[manifest.patient_ids].reset_index()
+    if extras:
+        table = with_extra_columns(table, extras, manifest.patient_ids)
     truth_file = cohort / "truth_all.csv" if (cohort / "truth_all.csv").exists() else cohort / "truth.csv"
     truth = pd.read_csv(truth_file, dtype={"patient_id": str}).set_index("patient_id")
     p = truth.loc[manifest.patient_ids, f"p_{endpoint}"].to_numpy(float)

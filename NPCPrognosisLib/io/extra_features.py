@@ -8,7 +8,7 @@ model masks the block for that patient instead of inventing values, and says so 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +112,57 @@ def read_extra_blocks(specs: Sequence[str]) -> dict[str, ExtraBlock]:
                              fix="give each table its own NAME=PATH")
         blocks[block.name] = block
     return blocks
+
+
+#: Prefix of an extra block's columns once joined to a features table: ``extra:<block>:<column>``, and
+#: ``extra:<block>:present`` (1 for a patient with a row, 0 without). The prefix keeps them out of every
+#: radiomics selection (:func:`NPCPrognosisLib.radiomics.features_table.feature_matrix`); the binary endpoints'
+#: ridge takes them as blocks of their own.
+EXTRA_PREFIX = "extra:"
+PRESENT = "present"
+
+
+def extra_column(block: str, column: str) -> str:
+    """The name of an extra block's column in a joined features table."""
+    return f"{EXTRA_PREFIX}{block}:{column}"
+
+
+def extra_block_name(column: str) -> str | None:
+    """The block a joined column belongs to (None for any other column)."""
+    if not column.startswith(EXTRA_PREFIX):
+        return None
+    return column[len(EXTRA_PREFIX):].split(":", 1)[0]
+
+
+def with_extra_columns(features: pd.DataFrame, extras: Mapping[str, ExtraBlock],
+                       patient_ids: Sequence[str]) -> pd.DataFrame:
+    """A features table with every extra block's columns joined by patient ID.
+
+    Why a presence column: a patient without a slide is not a patient with average slide values; a model that
+    scores the missing values as typical still needs to know that they were missing.
+
+    Parameters
+    ----------
+    features : DataFrame
+        The radiomics features, one row per patient of ``patient_ids`` in that order.
+    extras : dict of str to ExtraBlock
+        The blocks (:func:`read_extra_blocks`).
+    patient_ids : sequence of str
+        The patients of the rows.
+
+    Returns
+    -------
+    joined : DataFrame
+        ``features`` with ``extra:<block>:<column>`` (NaN without a row or value) and ``extra:<block>:present``.
+    """
+    joined = [features.reset_index(drop=True)]
+    for name, block in extras.items():
+        if PRESENT in block.columns:
+            raise InputError(f"the {name} features table has a column named {PRESENT!r}, a name the product "
+                             "gives the block's presence flag", path=block.source, column=PRESENT,
+                             fix="rename that column")
+        rows, present = block.aligned(patient_ids)
+        part = pd.DataFrame(rows, columns=[extra_column(name, c) for c in block.columns])
+        part[extra_column(name, PRESENT)] = present.astype(float)
+        joined.append(part)
+    return pd.concat(joined, axis=1)

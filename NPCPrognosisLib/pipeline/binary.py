@@ -6,11 +6,13 @@ Why cross-validation scores them: on 160 patients and thousands of features, whi
 unless it is judged on patients the fit did not see. Every model is therefore scored by stratified k-fold
 cross-validation *with the feature selection inside each fold* (univariable filter, Pearson redundancy filter,
 LASSO-logistic). The bundle's model (``best``) is the ridge (:func:`fit_ridge`: every original-image feature and
-the clinical factors with small weights): on two phantom families it validated better than the super learner of
-the other models (:func:`fit_stacking`), whose weights 160 weak yes/no answers cannot pin down; the stacking is
-still fitted, scored and compared beside it. Out-of-fold probabilities give each model's Youden threshold, so the
-threshold is not tuned on the fitted patients. Every model is JSON (:mod:`NPCPrognosisLib.classification.models`
-and the ridge's quantiles and weights); bootstrap refits of the ridge give each patient's probability an interval.
+the clinical factors with small weights, and another modality's table such as the biopsy slide's features as a
+block of its own when ``--extra-features`` gives one): on two phantom families it validated better than the super
+learner of the other models (:func:`fit_stacking`), whose weights 160 weak yes/no answers cannot pin down; the
+stacking is still fitted, scored and compared beside it. Out-of-fold probabilities give each model's Youden
+threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
+(:mod:`NPCPrognosisLib.classification.models` and the ridge's quantiles and weights); bootstrap refits of the ridge
+give each patient's probability an interval.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from NPCPrognosisLib.classification.metrics import binary_metrics, delong_auc, d
 from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
+from NPCPrognosisLib.io.extra_features import PRESENT, extra_block_name, extra_column, with_extra_columns
 from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix, tumour_volumes, volume_columns
 from NPCPrognosisLib.radiomics.signature import redundancy_filter
 
@@ -261,7 +264,9 @@ RIDGE_CS = tuple(float(c) for c in np.logspace(-6, 0, 13))
 
 
 def ridge_inputs(clinical: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    """The ridge model's candidate inputs: the clinical factors and every original-image PyRadiomics feature.
+    """The ridge model's candidate inputs: the clinical factors, every original-image PyRadiomics feature, and the
+    columns of other modalities joined to the table (``extra:<block>:<column>``,
+    :func:`NPCPrognosisLib.io.extra_features.with_extra_columns`), e.g. a pathology slide's features.
 
     Why original-image features only: the wavelet and LoG versions are thousands of filtered near-copies of the
     same few tumour properties, so under one shared penalty they outweigh the ~1,000 original features by their
@@ -271,8 +276,27 @@ def ridge_inputs(clinical: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame
     """
     radiomics = [c for c in feature_matrix(features).columns
                  if (family := feature_family(c)) is not None and family.image_type == "original"]
+    extra = [c for c in features.columns if extra_block_name(str(c)) is not None]
     clin = clinical[list(CLINICAL_COVARIATES)].reset_index(drop=True).astype(float)
-    return pd.concat([clin, features[radiomics].reset_index(drop=True).astype(float)], axis=1)
+    return pd.concat([clin, features[radiomics + extra].reset_index(drop=True).astype(float)], axis=1)
+
+
+def ridge_column_weights(columns: Sequence[str]) -> np.ndarray:
+    """Each input's weight in the ridge: 1 for the clinical and image inputs, sqrt(p_main / p_block) for each of
+    another modality's ``p_block`` inputs (``p_main``: the clinical and image inputs kept).
+
+    Why: under one shared L2 penalty every input gets the same prior variance, so a block's share of the linear
+    predictor's prior variance is its share of the columns: a pathology block of 13 slide measures beside ~650
+    image features would get 2 % of it and the fit would hardly move its weights, however informative it is.
+    Scaling a block's standardised inputs by sqrt(p_main / p_block) gives each block the same prior variance as
+    the clinical and image inputs together (the sqrt(group size) balance of the group lasso, Yuan & Lin 2006).
+    Penalty factors per block chosen by cross-validation (IPF-LASSO, Boulesteix et al. 2017) were tried on the
+    same re-splits and chose noisily (README, "Binary endpoints": "Other modalities in the ridge").
+    """
+    blocks = [extra_block_name(str(c)) for c in columns]
+    main = sum(b is None for b in blocks)
+    sizes = {b: blocks.count(b) for b in set(blocks) if b is not None}
+    return np.array([1.0 if b is None else float(np.sqrt(max(main, 1) / sizes[b])) for b in blocks])
 
 
 def _normal_scores(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
@@ -318,27 +342,53 @@ def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, see
     -------
     model : dict
         JSON-able: ``columns``, per column its ``quantiles`` (:data:`RIDGE_QUANTILES` values), the normal
-        scores' training ``mean`` and ``scale``, ``coef``, ``intercept`` and the inverse penalty ``C``.
+        scores' training ``mean`` and ``scale``, ``coef``, ``intercept`` and the inverse penalty ``C``; with other
+        modalities' columns in ``features`` (``extra:<block>:<column>``) also ``column_weight``
+        (:func:`ridge_column_weights`) and per block its ``inputs`` and ``weight``.
     """
     inputs = ridge_inputs(clinical, features)
     values = inputs.to_numpy(float)
     values[~np.isfinite(values)] = np.nan
-    observed = np.isfinite(values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-missing columns
         spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
-    usable = (observed.mean(axis=0) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
+    usable = (_observed_share(inputs, values) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
     values = values[:, usable]
+    columns = list(inputs.columns[usable])
     quantiles = np.nanquantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
     scores = _normal_scores(values, quantiles)
     mean, scale = scores.mean(axis=0), scores.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    S = (scores - mean) / scale  # what ridge_scores gives for these patients
+    weight = ridge_column_weights(columns)
+    S = (scores - mean) / scale * weight  # what ridge_scores gives for these patients
     C = _ridge_penalty(S, y, seed)
     coef, intercept = ridge_weights(S, y, C)
-    return {"family": "ridge_logistic", "columns": list(inputs.columns[usable]), "quantiles": quantiles.T.tolist(),
-            "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef, "intercept": intercept, "C": C,
-            "transform": "per column linear between its training quantiles to a normal score, then standardised"}
+    model = {"family": "ridge_logistic", "columns": columns, "quantiles": quantiles.T.tolist(),
+             "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef, "intercept": intercept, "C": C,
+             "transform": "per column linear between its training quantiles to a normal score, then standardised"}
+    blocks = sorted({b for c in columns if (b := extra_block_name(c)) is not None})
+    if blocks:
+        model["column_weight"] = weight.tolist()
+        model["blocks"] = {b: {"inputs": int(sum(extra_block_name(c) == b for c in columns)),
+                               "weight": float(weight[[extra_block_name(c) == b for c in columns]][0])}
+                           for b in blocks}
+        model["transform"] += ("; another modality's inputs weighted by sqrt(clinical and image inputs / the "
+                               "block's inputs); a patient without the block scores its median")
+    return model
+
+
+def _observed_share(inputs: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+    """Each input's share of observed values: over every patient, and for another modality's input over the
+    patients who have that modality (a fifth without a slide is a missing modality, which the block's presence
+    column carries, not a column too incomplete to use)."""
+    observed = np.isfinite(values)
+    share = observed.mean(axis=0)
+    for j, column in enumerate(inputs.columns):
+        block = extra_block_name(str(column))
+        if block is not None:
+            has = inputs[extra_column(block, PRESENT)].to_numpy(float) > 0
+            share[j] = observed[has, j].mean() if has.any() else 0.0
+    return share
 
 
 def ridge_weights(S: np.ndarray, y: np.ndarray, C: float) -> tuple[list[float], float]:
@@ -406,10 +456,13 @@ def one_standard_error_choice(losses: np.ndarray) -> int:
 
 
 def ridge_scores(model: Mapping[str, Any], inputs: pd.DataFrame) -> np.ndarray:
-    """The standardised normal scores of the model's columns (a column the table lacks counts as missing)."""
+    """The standardised normal scores of the model's columns, another modality's weighted by
+    :func:`ridge_column_weights` (a column the table lacks counts as missing: callers join the blocks the model
+    needs first, :func:`with_needed_extras`)."""
     values = inputs.reindex(columns=model["columns"]).to_numpy(float)
     scores = _normal_scores(values, np.asarray(model["quantiles"], float).T)
-    return (scores - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    weight = np.asarray(model.get("column_weight", np.ones(len(model["columns"]))), float)
+    return (scores - np.asarray(model["mean"])) / np.asarray(model["scale"]) * weight
 
 
 def predict_ridge(model: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
@@ -697,7 +750,8 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     clinical : DataFrame
         Encoded clinical covariates of the training patients (:data:`CLINICAL_COVARIATES`).
     features : DataFrame
-        Their radiomics features (same row order).
+        Their radiomics features (same row order), with any other modality's columns joined
+        (:func:`NPCPrognosisLib.io.extra_features.with_extra_columns`; the ridge uses them, the other models not).
     y : array of 0/1
         The endpoint.
     endpoint : str
@@ -768,6 +822,29 @@ def _refit_probability(block: Mapping[str, Any], refit: Mapping[str, Any], clini
 
 
 # ---------------------------------------------------------------------------------------------- use
+def needed_blocks(blocks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The other modalities (``--extra-features`` blocks) that the binary endpoints' ridges were trained with."""
+    return sorted({name for block in blocks
+                   for name in ((block.get("models") or {}).get(RIDGE, {}).get("blocks") or {})})
+
+
+def with_needed_extras(blocks: Sequence[Mapping[str, Any]], features: pd.DataFrame, extras: Mapping[str, Any] | None,
+                       patient_ids: Sequence[str]) -> pd.DataFrame:
+    """The features table with the extra blocks the endpoints' ridges need joined (:func:`needed_blocks`).
+
+    A block the model was trained with but not given now would score every patient as without that modality, a
+    different model from the one validated: that stops with what to pass instead."""
+    needed = needed_blocks(blocks)
+    missing = [name for name in needed if name not in (extras or {})]
+    if missing:
+        endpoints = ", ".join(sorted({b["endpoint"] for b in blocks}))
+        raise InputError(f"the {endpoints} model was trained with the {', '.join(missing)} feature table(s), "
+                         "which were not given", column="--extra-features",
+                         fix=" ".join(f"--extra-features {name}=<CSV>" for name in missing)
+                         + " (a patient without a row counts as without that modality)")
+    return with_extra_columns(features, {name: extras[name] for name in needed}, patient_ids) if needed else features
+
+
 def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame) -> dict[str, Any]:
     """One patient's probability from the best model, with the bootstrap 95% interval and the Youden label."""
     best = block["best"]
@@ -815,19 +892,21 @@ def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFra
 
 
 def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features: pd.DataFrame, endpoint: str,
-                           out_dir: Path, plots: bool = True, fused: Mapping[str, Any] | None = None
-                           ) -> tuple[dict[str, Any], pd.DataFrame]:
+                           out_dir: Path, plots: bool = True, fused: Mapping[str, Any] | None = None,
+                           extras: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics (``models.<name>.auc`` ...) and per-patient probabilities of one binary endpoint of a bundle.
 
     ``fused`` (the fusion model's ``probability`` for every manifest row, its ``threshold`` and a ``warning``)
     adds the ``mmoe`` model, compared by DeLong's test with the ``combined`` model (Rad-score + clinical, the
-    binary counterpart of the nomogram) like every other model."""
+    binary counterpart of the nomogram) like every other model. ``extras`` (``--extra-features`` blocks) must
+    hold every block the endpoint's ridge was trained with (:func:`with_needed_extras`)."""
     block = document["binary_endpoints"][endpoint]
     table = manifest.table
     known, y = endpoint_labels(manifest, endpoint)
     known_patients = manifest.subset(known)
     clinical = known_patients.clinical_table(float(document["clinical_encoding"]["log10_ebv_dna_fill"]))
-    metrics, probs = evaluate_binary(block, clinical, features[known].reset_index(drop=True), y)
+    rows = with_needed_extras([block], features[known].reset_index(drop=True), extras, known_patients.patient_ids)
+    metrics, probs = evaluate_binary(block, clinical, rows, y)
     if fused is not None:
         probs["mmoe"] = np.asarray(fused["probability"], float)[known]
         metrics["models"]["mmoe"] = binary_metrics(y, probs["mmoe"], fused["threshold"])

@@ -101,8 +101,9 @@ def evaluate_cohort(
 
     Every model of the bundle is scored on the same held-out patients, and each is compared with the Cox
     nomogram by a paired bootstrap of the difference in C (``paired_vs_nomogram``). ``extra_features`` are the
-    ``name=path`` tables a fusion model was trained with; ``study_info`` (data source, dates, outcome definition,
-    ...) fills the page's reporting checklist. ``plots=False`` writes neither figures nor the page.
+    ``name=path`` tables a fusion model or a binary endpoint's ridge was trained with; ``study_info`` (data
+    source, dates, outcome definition, ...) fills the page's reporting checklist. ``plots=False`` writes neither
+    figures nor the page.
     """
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.survival.benefit import evaluate_benefit
@@ -304,7 +305,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
                  "threshold": document["fusion"]["thresholds"][endpoint],
                  "warning": bundle.missing_blocks_warning(extras)}
     metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots,
-                                                  fused=fused)
+                                                  fused=fused, extras=extras)
     metrics["excluded_training_patients"] = excluded
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)

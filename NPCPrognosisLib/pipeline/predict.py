@@ -139,8 +139,10 @@ def predict_patient(
         The patient's centre, when the bundle harmonised radiomics across the training centres (ComBat); without
         it, or for a centre training never saw, raw features are used and a warning says so.
     extras : mapping of str to ExtraBlock, optional
-        The extra modality tables of the bundle's fusion model (``--extra-features``), read by patient ID; a
-        table without this patient's row means the modality is missing (its gate weight is then 0).
+        The extra modality tables the bundle's fusion model or binary endpoints were trained with
+        (``--extra-features``), read by patient ID; a table without this patient's row means the modality is
+        missing (the fusion's gate weight is then 0; the binary ridge scores the block as absent). A table a
+        binary endpoint needs and not given stops before any work.
     saliency : bool, default False
         When the network runs, also compute the saliency of its risk score (one backward pass) for the sheet.
 
@@ -165,6 +167,11 @@ def predict_patient(
         raise InputError("no mask given and the bundle has no segmentation network", patient_id=patient.patient_id,
                          column="--mask",
                          fix="pass a mask (label 1 = GTVp, 2 = GTVn) or use a bundle with a network")
+    binary_blocks = list((bundle.document.get("binary_endpoints") or {}).values())
+    if binary_blocks:
+        from NPCPrognosisLib.pipeline.binary import with_needed_extras
+
+        with_needed_extras(binary_blocks, pd.DataFrame(index=[0]), extras, [patient.patient_id])  # stops early
 
     # 1. preprocess: N4 and normalisation once per sequence, shared by the network and radiomics
     preprocessed: dict[str, sitk.Image] = {}
@@ -231,11 +238,12 @@ def predict_patient(
         segmentation["risk_score_sd"] = abs(float(nomogram.model.coef[nomogram.factors.index(DEEP_SCORE)])) * deep_sd
     binary = {}
     if bundle.document.get("binary_endpoints"):
-        from NPCPrognosisLib.pipeline.binary import patient_binary
+        from NPCPrognosisLib.pipeline.binary import patient_binary, with_needed_extras
 
         with _timed(timings, "binary endpoints"):
             encoded = pd.DataFrame([encode_clinical(record, bundle.ebv_fill)])
-            binary = {name: patient_binary(block, encoded, pd.DataFrame([row]))
+            joined = with_needed_extras(binary_blocks, pd.DataFrame([row]), extras, [patient.patient_id])
+            binary = {name: patient_binary(block, encoded, joined)
                       for name, block in bundle.document["binary_endpoints"].items()}
         warnings.extend(f"{name}: the {result['model']} model's cross-validated AUC was reached with randomly "
                         "permuted labels in training; its probability is unproven"

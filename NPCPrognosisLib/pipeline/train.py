@@ -539,8 +539,9 @@ def train(
                              fix=f"train --endpoint dmfs (or os, pfs) --binary-endpoint {endpoint}")
         return train_binary(manifest, features_path, endpoint, out, split_col=split_col,
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
-                            store_patient_ids=store_patient_ids, workers=workers, permutations=permutations)
-    from NPCPrognosisLib.io.extra_features import read_extra_blocks
+                            store_patient_ids=store_patient_ids, workers=workers, permutations=permutations,
+                            extra_features=extra_features)
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -548,9 +549,10 @@ def train(
     if fusion not in FUSIONS:
         raise InputError(f"unknown fusion {fusion!r}", column="--fusion", fix=f"use one of {', '.join(FUSIONS)}")
     extras = read_extra_blocks(extra_features)  # read first: a bad table stops before any fitting
-    if extras and fusion == "none":
-        raise InputError("extra feature tables are used by the fusion model only", column="--extra-features",
-                         fix="add --fusion mmoe, or leave the tables out")
+    if extras and fusion == "none" and not binary_endpoints:
+        raise InputError("extra feature tables are used by the fusion model and the binary endpoints only",
+                         column="--extra-features",
+                         fix="add --fusion mmoe or --binary-endpoint <column>, or leave the tables out")
     table, meta = read_features(features_path)
     if DEEP_SCORE in table.columns and network is None:
         raise InputError("the features table holds deep scores but no network was given", path=features_path,
@@ -655,15 +657,14 @@ def train(
     }
     if binary_endpoints:
         encoded = train_manifest.clinical_table(models.ebv_fill)
-        document["binary_endpoints"] = {name: binary_block_for(train_manifest, train_features, encoded, name, seed,
+        joined = with_extra_columns(train_features, extras, train_manifest.patient_ids)
+        document["binary_endpoints"] = {name: binary_block_for(train_manifest, joined, encoded, name, seed,
                                                                 workers, permutations)
                                         for name in dict.fromkeys(binary_endpoints)}
     if fusion_block is not None:
         document["fusion"] = fusion_block
-        document["extra_features"] = {name: {"columns": block.columns, "source": Path(block.source).name,
-                                             "training_patients_with_rows": int(block.aligned(
-                                                 train_manifest.patient_ids)[1].sum())}
-                                      for name, block in extras.items()}
+    if extras:
+        document["extra_features"] = extra_features_record(extras, train_manifest.patient_ids)
     if network is not None:
         from NPCPrognosisLib.io.bundle import read_bundle
 
@@ -686,7 +687,7 @@ def train(
 def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: str | Path, *,
                  split_col: str | None = None, test_fraction: float = 0.3, seed: int = 0,
                  synthetic: bool = False, store_patient_ids: bool = True, workers: int = 2,
-                 permutations: int = PERMUTATIONS) -> dict[str, Any]:
+                 permutations: int = PERMUTATIONS, extra_features: Sequence[str] = ()) -> dict[str, Any]:
     """``train --endpoint <binary column>``: a bundle whose only models predict that endpoint.
 
     Parameters
@@ -699,6 +700,10 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         The binary column, e.g. ``ic_response``.
     out : path
         The bundle folder.
+    extra_features : sequence of str
+        ``name=path`` tables of other modalities (e.g. ``pathology=slides.csv``): the ridge takes each as a block
+        of its own inputs (:func:`NPCPrognosisLib.pipeline.binary.ridge_column_weights`); ``evaluate`` then needs
+        the same tables.
 
     Returns
     -------
@@ -706,14 +711,17 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         The bundle document (``endpoint_type`` 'binary'; the models under ``binary_endpoints``).
     """
     from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.binary import binary_block_for
 
+    extras = read_extra_blocks(extra_features)  # read first: a bad table stops before any fitting
     table, meta = read_features(features_path)
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
     ebv_fill = ebv_fill_value(train_manifest)
-    block = binary_block_for(train_manifest, train_features, train_manifest.clinical_table(ebv_fill), endpoint, seed,
+    joined = with_extra_columns(train_features, extras, train_manifest.patient_ids)
+    block = binary_block_for(train_manifest, joined, train_manifest.clinical_table(ebv_fill), endpoint, seed,
                              workers, permutations)
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
@@ -730,5 +738,15 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
                      "left_out_without_features": lacking},
         "synthetic_demo": bool(synthetic),
     }
+    if extras:
+        document["extra_features"] = extra_features_record(extras, train_manifest.patient_ids)
     write_bundle(out, document)
     return document
+
+
+def extra_features_record(extras: dict[str, Any], patient_ids: Sequence[str]) -> dict[str, Any]:
+    """What the bundle records of each ``--extra-features`` table: its columns, file name and how many training
+    patients had a row."""
+    return {name: {"columns": block.columns, "source": Path(block.source).name,
+                   "training_patients_with_rows": int(block.aligned(patient_ids)[1].sum())}
+            for name, block in extras.items()}

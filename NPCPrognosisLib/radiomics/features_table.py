@@ -19,6 +19,7 @@ import pandas as pd
 from NPCPrognosisLib.contract import ROIS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
+from NPCPrognosisLib.io.extra_features import EXTRA_PREFIX
 from NPCPrognosisLib.io.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,9 @@ NON_RADIOMICS = ("patient_id", DEEP_SCORE)
 
 
 def feature_matrix(features: pd.DataFrame) -> pd.DataFrame:
-    """The radiomics columns only (``<roi>_present`` flags count as features; the deep score does not)."""
-    return features[[c for c in features.columns if c not in NON_RADIOMICS]]
+    """The radiomics columns only (``<roi>_present`` flags count as features; the deep score and other
+    modalities' joined columns, ``extra:<block>:<column>``, do not)."""
+    return features[[c for c in features.columns if c not in NON_RADIOMICS and not str(c).startswith(EXTRA_PREFIX)]]
 
 
 #: The ROIs whose volume the ``volume`` models use (the binary endpoints' logistic model and the survival

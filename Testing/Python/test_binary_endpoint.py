@@ -399,3 +399,66 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
                        np.quantile(observed, np.linspace(0, 1, bn.RIDGE_QUANTILES)))
     scores = bn.ridge_scores(patchy, bn.ridge_inputs(clinical.iloc[train], gaps))
     assert scores[3, column] == scores[4, column] == pytest.approx(-patchy["mean"][column] / patchy["scale"][column])
+
+
+def test_another_modality_enters_the_ridge_as_a_block_of_its_own(monkeypatch):
+    """A slide table joined by patient ID (``train --extra-features pathology=...``): its columns and presence flag
+    become ridge inputs weighted by sqrt(p_main / p_block); a patient without a slide scores the block as absent;
+    the weighting is what lets a small informative block count beside hundreds of image columns; a model trained
+    with a block refuses to run without it."""
+    from NPCPrognosisLib.errors import InputError
+    from NPCPrognosisLib.io.extra_features import ExtraBlock, extra_column, with_extra_columns
+
+    rng = np.random.default_rng(11)
+    n, train, new = 400, slice(0, 200), slice(200, None)
+    latent = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-2.0 * latent))).astype(int)
+    ids = [f"P{i}" for i in range(n)]
+    clinical = pd.DataFrame({c: rng.normal(size=n) for c in ("t_stage", "n_stage", "rene", "male", "log10_ebv_dna",
+                                                              "age", "ldh")})
+    features = pd.DataFrame({"patient_id": ids, "t2_gtvp_original_firstorder_Mean": latent + rng.normal(0, 3, n),
+                             **{f"t2_gtvp_original_glcm_Noise{k}": rng.normal(size=n) for k in range(300)}})
+    slides = pd.DataFrame({"mil_response": latent + rng.normal(0, 0.7, n), "ki67_pct": rng.normal(30, 5, n),
+                           "til_density": rng.gamma(2.0, 40.0, n)}, index=pd.Index(ids, name="patient_id"))
+    slides.iloc[5, 1] = np.nan  # one unreadable value on a slide that exists
+    has_slide = rng.random(n) >= 0.2
+    block = ExtraBlock("pathology", slides[has_slide], "slides.csv")
+    joined = with_extra_columns(features, {"pathology": block}, ids)
+    assert joined[extra_column("pathology", "present")].tolist() == has_slide.astype(float).tolist()
+    assert joined.loc[~has_slide, extra_column("pathology", "mil_response")].isna().all()
+
+    model = json.loads(json.dumps(bn.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0)))
+    block_columns = [extra_column("pathology", c) for c in ("mil_response", "ki67_pct", "til_density", "present")]
+    assert model["columns"][-4:] == block_columns  # a fifth without slides does not make the columns unusable
+    p_main = 7 + 301
+    assert model["blocks"] == {"pathology": {"inputs": 4, "weight": pytest.approx(np.sqrt(p_main / 4))}}
+    assert model["column_weight"] == pytest.approx([1.0] * p_main + [np.sqrt(p_main / 4)] * 4)
+    S = bn.ridge_scores(model, bn.ridge_inputs(clinical.iloc[train], joined.iloc[train]))
+    assert S[:, :p_main].std(axis=0) == pytest.approx(np.ones(p_main))
+    assert S[:, p_main:].std(axis=0) == pytest.approx(np.full(4, np.sqrt(p_main / 4)))
+    # without a slide, the slide measures score as the training median (normal score 0, before standardising)
+    mil = model["columns"].index(block_columns[0])
+    without = np.flatnonzero(~has_slide[train])
+    median_score = (0.0 - model["mean"][mil]) / model["scale"][mil] * model["column_weight"][mil]
+    assert S[without, mil] == pytest.approx(median_score)
+
+    def held_out_auc(m, table):
+        return roc_auc_score(y[new], bn.predict_ridge(m, clinical.iloc[new], table.iloc[new]))
+
+    alone = bn.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=0)
+    assert "blocks" not in alone and "column_weight" not in alone  # nothing changes without another modality
+    with_block, images_only = held_out_auc(model, joined), held_out_auc(alone, features)
+    monkeypatch.setattr(bn, "ridge_column_weights", lambda columns: np.ones(len(columns)))
+    unweighted = held_out_auc(bn.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0), joined)
+    assert with_block > unweighted + 0.03 and with_block > images_only + 0.05, (with_block, unweighted, images_only)
+
+    # the block is needed where the model is used: refused without it, joined by patient ID with it
+    stored = {"endpoint": "ic_response", "models": {bn.RIDGE: model}}
+    assert bn.needed_blocks([stored]) == ["pathology"]
+    with pytest.raises(InputError, match="pathology") as refused:
+        bn.with_needed_extras([stored], features.iloc[new], {}, ids[new])
+    assert "--extra-features pathology=" in str(refused.value)
+    again = bn.with_needed_extras([stored], features.iloc[new].reset_index(drop=True), {"pathology": block}, ids[new])
+    assert np.allclose(bn.predict_ridge(model, clinical.iloc[new], again),
+                       bn.predict_ridge(model, clinical.iloc[new], joined.iloc[new]))
+    assert bn.with_needed_extras([{"endpoint": "x", "models": {bn.RIDGE: alone}}], features, None, ids) is features

@@ -196,6 +196,14 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
                  "--out", str(root / "eval_ic"), "--extra-features", pathology]) == 0
     binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
     assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
+    # the binary endpoint's ridge took the slide table as a block of its own, so evaluating it needs the table
+    ridge = document["binary_endpoints"]["ic_response"]["models"]["ridge"]
+    assert set(ridge["blocks"]) == {"pathology"} and ridge["blocks"]["pathology"]["inputs"] == 13
+    assert document["extra_features"]["pathology"]["columns"] == list(PATHOLOGY_COLUMNS)
+    capsys.readouterr()
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "ic_response",
+                 "--out", str(tmp_path / "eval_ic_without")]) == 2
+    assert "--extra-features pathology=" in capsys.readouterr().err
     # without the table every patient lacks the modality, and evaluate says so
     from NPCPrognosisLib.io.manifest import read_manifest
     from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
