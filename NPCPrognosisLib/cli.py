@@ -89,6 +89,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for model in dict.fromkeys([*block["models"], block["best"]]):
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
                   + ("  <- used" if model == block["best"] else ""))
+        ridge = block["models"].get("ridge", {})
+        if ridge.get("blocks"):
+            main_inputs = len(ridge["columns"]) - sum(b["inputs"] for b in ridge["blocks"].values())
+            print(f"  ridge inputs: {main_inputs} clinical and image; "
+                  + "; ".join(f"{name} {b['inputs']} (weight {b['weight']:.1f}, a block of its own)"
+                              for name, b in ridge["blocks"].items()))
         stacking = block.get("stacking")
         if stacking:
             weights = sorted(((w, n) for n, w in zip(stacking["models"], stacking["weights"]) if w > 0), reverse=True)

@@ -166,7 +166,7 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
                  "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0",
                  "--permutations", "0"]) == 0
     printed = capsys.readouterr().out
-    assert "fusion (MMoE)" in printed
+    assert "fusion (MMoE)" in printed and "pathology 13 (weight" in printed
     document = json.loads((bundle / "bundle.json").read_text())
     fusion = document["fusion"]
     assert set(fusion["blocks"]) == {"radiomics", "clinical", "pathology"}
@@ -244,3 +244,36 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
         else:
             assert gates["pathology"] == 0 and block["missing_modalities"] == ["pathology"]
             assert pid in block["warnings"][0] and lines[-1] == "Not available for this patient: pathology"
+
+
+def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_without_it(tabular):
+    """``predict`` of a bundle whose IC-response ridge was trained with the slide table: the patient's row joins
+    by ID (a patient without a slide is scored as without one), and without the table it stops before any work."""
+    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+    from NPCPrognosisLib.io.images import PatientImages
+    from NPCPrognosisLib.pipeline import binary as bn
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+
+    root, truth = tabular
+    bundle = load_bundle(root / "bundle")
+    extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
+    slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
+    manifest = pd.read_csv(root / "manifest.csv")
+    features = pd.read_csv(root / "features.csv").set_index("patient_id")
+    fields = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
+    block = bundle.document["binary_endpoints"]["ic_response"]
+    for pid in (next(p for p in manifest["patient_id"][160:] if p in slides),
+                next(p for p in manifest["patient_id"][160:] if p not in slides)):
+        row = manifest[manifest["patient_id"] == pid].iloc[0]
+        clinical = {c: row[c] for c in fields if c in row and pd.notna(row[c])}
+        patient = PatientImages(pid, {}, None)
+        values = features.loc[pid].to_dict()
+        prediction = predict_patient(bundle, patient, clinical, features=values, extras=extras).to_dict()
+        probability = prediction["binary"]["ic_response"]["probability"]
+        joined = bn.with_needed_extras([block], pd.DataFrame([values]), extras, [pid])
+        assert joined["extra:pathology:present"].iloc[0] == float(pid in slides)
+        record = pd.DataFrame([encode_clinical(parse_clinical(clinical, pid), bundle.ebv_fill)])
+        assert probability == pytest.approx(float(bn.predict_ridge(block["models"]["ridge"], record, joined)[0]))
+        with pytest.raises(InputError, match="--extra-features pathology="):
+            predict_patient(bundle, patient, clinical, features=values, extras={})
