@@ -25,14 +25,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_binary_choice import cohort_splits  # noqa: E402
-from bench_binary_splits import resplit_parser  # noqa: E402
+from bench_binary_splits import ratio_summary, resplit_parser  # noqa: E402
 
 from NPCPrognosisLib.io.extra_features import extra_block_name, read_extra_block  # noqa: E402
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
@@ -83,15 +82,7 @@ def main(argv=None) -> int:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) and not k.endswith("_C") else v
                                   for k, v in row.items()}), flush=True)
             rows += part
-            diff = np.array([r["with_ratio"] - r["without_ratio"] for r in part])
-            summary[str(cohort)] = {
-                "splits": len(part),
-                **{f"{label}_ratio": {"mean": float(np.mean([r[f"{label}_ratio"] for r in part])),
-                                      "sd": float(np.std([r[f"{label}_ratio"] for r in part], ddof=1)),
-                                      "splits_at_0.90": int(sum(r[f"{label}_ratio"] >= 0.90 for r in part))}
-                   for label in ("without", "with")},
-                "paired_with_minus_without": {"mean": float(diff.mean()),
-                                              "ci95_halfwidth": float(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))}}
+            summary[str(cohort)] = {"splits": len(part), **ratio_summary(part, ("without", "with"), "with", "without")}
             res = summary[str(cohort)]
             print(f"SYNTHETIC {cohort}: {len(part)} splits; ridge held-out AUC / oracle without "
                   f"{res['without_ratio']['mean']:.3f} (SD {res['without_ratio']['sd']:.3f}, "

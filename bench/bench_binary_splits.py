@@ -75,6 +75,18 @@ def resplit_parser(description: str, splits: int) -> argparse.ArgumentParser:
     return parser
 
 
+def ratio_summary(part: list[dict], labels, first: str, second: str) -> dict:
+    """Over one cohort's re-splits: mean, SD and splits >= 0.90 of each ``<label>_ratio``, and the paired
+    difference ``<first>_ratio - <second>_ratio`` with its 95 % interval (``paired_<first>_minus_<second>``)."""
+    diff = np.array([r[f"{first}_ratio"] - r[f"{second}_ratio"] for r in part])
+    return {**{f"{label}_ratio": {"mean": float(np.mean([r[f"{label}_ratio"] for r in part])),
+                                  "sd": float(np.std([r[f"{label}_ratio"] for r in part], ddof=1)),
+                                  "splits_at_0.90": int(sum(r[f"{label}_ratio"] >= 0.90 for r in part))}
+               for label in labels},
+            f"paired_{first}_minus_{second}": {"mean": float(diff.mean()),
+                                               "ci95_halfwidth": float(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))}}
+
+
 def one_split(X: pd.DataFrame, y: np.ndarray, p: np.ndarray, n_train: int, seed: int) -> dict[str, float]:
     train, test = resplit(len(y), n_train, seed)
     oracle = roc_auc_score(y[test], p[test])

@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_binary_choice import cohort_splits  # noqa: E402
-from bench_binary_splits import resplit_parser  # noqa: E402
+from bench_binary_splits import ratio_summary, resplit_parser  # noqa: E402
 
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
 
@@ -63,15 +63,9 @@ def main(argv=None) -> int:
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
                               if k != "path"}), flush=True)
         rows += part
-        diff = np.array([r["one_se_ratio"] - r["lowest_ratio"] for r in part])
         summary[str(cohort)] = {
             "splits": len(part), "path_mean": np.mean([r["path"] for r in part], axis=0).round(4).tolist(),
-            **{f"{rule}_ratio": {"mean": float(np.mean([r[f"{rule}_ratio"] for r in part])),
-                                 "sd": float(np.std([r[f"{rule}_ratio"] for r in part], ddof=1)),
-                                 "splits_at_0.90": int(sum(r[f"{rule}_ratio"] >= 0.90 for r in part))}
-               for rule in RULES},
-            "paired_one_se_minus_lowest": {"mean": float(diff.mean()),
-                                           "ci95_halfwidth": float(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))}}
+            **ratio_summary(part, RULES, "one_se", "lowest")}
         res = summary[str(cohort)]
         print(f"SYNTHETIC {cohort}: {len(part)} splits; held-out AUC / oracle along the path (C "
               f"{binary.RIDGE_CS[0]:g} to {binary.RIDGE_CS[-1]:g}): {res['path_mean']}; lowest loss "
