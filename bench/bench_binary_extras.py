@@ -19,7 +19,6 @@ CLINICAL.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import warnings
@@ -30,8 +29,8 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_binary_choice import cohort_splits  # noqa: E402
-from bench_binary_splits import ratio_summary, resplit_parser  # noqa: E402
+from bench_binary_choice import run_resplits  # noqa: E402
+from bench_binary_splits import paired_text, ratio_summary, ratio_text, resplit_parser  # noqa: E402
 
 from NPCPrognosisLib.io.extra_features import extra_block_name, read_extra_block  # noqa: E402
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
@@ -71,30 +70,14 @@ def main(argv=None) -> int:
     parser = resplit_parser(__doc__.splitlines()[0], splits=24)
     parser.add_argument("--extra", action="append", required=True, metavar="NAME=PATTERN")
     args = parser.parse_args(argv)
-    rows, summary = [], {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for cohort in args.cohort:
-            extras = cohort_extras(cohort, args.extra, Path(scratch))
-            part = []
-            for split, data in cohort_splits(cohort, args.endpoint, args.splits, args.n_train, extras):
-                row = {"cohort": str(cohort), "split": split, "oracle_auc": float(data[-1]), **one_split(*data)}
-                part.append(row)
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) and not k.endswith("_C") else v
-                                  for k, v in row.items()}), flush=True)
-            rows += part
-            summary[str(cohort)] = {"splits": len(part), **ratio_summary(part, ("without", "with"), "with", "without")}
-            res = summary[str(cohort)]
-            print(f"SYNTHETIC {cohort}: {len(part)} splits; ridge held-out AUC / oracle without "
-                  f"{res['without_ratio']['mean']:.3f} (SD {res['without_ratio']['sd']:.3f}, "
-                  f"{res['without_ratio']['splits_at_0.90']} >= 0.90), with {', '.join(args.extra)} "
-                  f"{res['with_ratio']['mean']:.3f} (SD {res['with_ratio']['sd']:.3f}, "
-                  f"{res['with_ratio']['splits_at_0.90']} >= 0.90); paired "
-                  f"{res['paired_with_minus_without']['mean']:+.3f} +- "
-                  f"{res['paired_with_minus_without']['ci95_halfwidth']:.3f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "cohorts": summary}, indent=1))
-    return 0
 
+    def describe(res: dict) -> str:
+        return (f"ridge held-out AUC / oracle without {ratio_text(res, 'without')}, with {', '.join(args.extra)} "
+                f"{ratio_text(res, 'with')}; {paired_text(res, 'with', 'without')}")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return run_resplits(args, one_split, lambda part: ratio_summary(part, ("without", "with"), "with", "without"),
+                            describe, lambda cohort: cohort_extras(cohort, args.extra, Path(scratch)))
 
 if __name__ == "__main__":
     sys.exit(main())

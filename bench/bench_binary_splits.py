@@ -87,6 +87,18 @@ def ratio_summary(part: list[dict], labels, first: str, second: str) -> dict:
                                                "ci95_halfwidth": float(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))}}
 
 
+def ratio_text(summary: dict, label: str) -> str:
+    """``0.916 (SD 0.038, 20 >= 0.90)`` for one ``<label>_ratio`` of :func:`ratio_summary`."""
+    ratio = summary[f"{label}_ratio"]
+    return f"{ratio['mean']:.3f} (SD {ratio['sd']:.3f}, {ratio['splits_at_0.90']} >= 0.90)"
+
+
+def paired_text(summary: dict, first: str, second: str) -> str:
+    """``paired +0.064 +- 0.011`` for the difference of :func:`ratio_summary`."""
+    paired = summary[f"paired_{first}_minus_{second}"]
+    return f"paired {paired['mean']:+.3f} +- {paired['ci95_halfwidth']:.3f}"
+
+
 def one_split(X: pd.DataFrame, y: np.ndarray, p: np.ndarray, n_train: int, seed: int) -> dict[str, float]:
     train, test = resplit(len(y), n_train, seed)
     oracle = roc_auc_score(y[test], p[test])

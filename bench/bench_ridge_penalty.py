@@ -19,7 +19,6 @@ CLINICAL.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -29,8 +28,8 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_binary_choice import cohort_splits  # noqa: E402
-from bench_binary_splits import ratio_summary, resplit_parser  # noqa: E402
+from bench_binary_choice import run_resplits  # noqa: E402
+from bench_binary_splits import paired_text, ratio_summary, ratio_text, resplit_parser  # noqa: E402
 
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
 
@@ -54,29 +53,17 @@ def one_split(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te, or
 
 def main(argv=None) -> int:
     args = resplit_parser(__doc__.splitlines()[0], splits=24).parse_args(argv)
-    rows, summary = [], {}
-    for cohort in args.cohort:
-        part = []
-        for split, data in cohort_splits(cohort, args.endpoint, args.splits, args.n_train):
-            row = {"cohort": str(cohort), "split": split, "oracle_auc": float(data[-1]), **one_split(*data)}
-            part.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
-                              if k != "path"}), flush=True)
-        rows += part
-        summary[str(cohort)] = {
-            "splits": len(part), "path_mean": np.mean([r["path"] for r in part], axis=0).round(4).tolist(),
-            **ratio_summary(part, RULES, "one_se", "lowest")}
-        res = summary[str(cohort)]
-        print(f"SYNTHETIC {cohort}: {len(part)} splits; held-out AUC / oracle along the path (C "
-              f"{binary.RIDGE_CS[0]:g} to {binary.RIDGE_CS[-1]:g}): {res['path_mean']}; lowest loss "
-              f"{res['lowest_ratio']['mean']:.3f} (SD {res['lowest_ratio']['sd']:.3f}), one standard error "
-              f"{res['one_se_ratio']['mean']:.3f} (SD {res['one_se_ratio']['sd']:.3f}); paired "
-              f"{res['paired_one_se_minus_lowest']['mean']:+.3f} +- "
-              f"{res['paired_one_se_minus_lowest']['ci95_halfwidth']:.3f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "cohorts": summary}, indent=1))
-    return 0
 
+    def summarise(part: list[dict]) -> dict:
+        return {"path_mean": np.mean([r["path"] for r in part], axis=0).round(4).tolist(),
+                **ratio_summary(part, RULES, "one_se", "lowest")}
+
+    def describe(res: dict) -> str:
+        return (f"held-out AUC / oracle along the path (C {binary.RIDGE_CS[0]:g} to {binary.RIDGE_CS[-1]:g}): "
+                f"{res['path_mean']}; lowest loss {ratio_text(res, 'lowest')}, one standard error "
+                f"{ratio_text(res, 'one_se')}; {paired_text(res, 'one_se', 'lowest')}")
+
+    return run_resplits(args, one_split, summarise, describe)
 
 if __name__ == "__main__":
     sys.exit(main())
