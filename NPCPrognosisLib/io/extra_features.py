@@ -134,6 +134,17 @@ def extra_block_name(column: str) -> str | None:
     return column[len(EXTRA_PREFIX):].split(":", 1)[0]
 
 
+def check_training_rows(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str]) -> None:
+    """Refuse a table whose rows match none of the training patients (IDs written another way than in the
+    manifest), which would otherwise train a model that treats every patient as without that modality."""
+    for name, block in extras.items():
+        if not block.aligned(patient_ids)[1].any():
+            raise InputError(f"the {name} features table has no row with values for any training patient",
+                             path=block.source, column="patient_id",
+                             fix="write the patient IDs as the manifest does (e.g. "
+                                 f"{', '.join(map(str, list(patient_ids)[:2]))})")
+
+
 def with_extra_columns(features: pd.DataFrame, extras: Mapping[str, ExtraBlock],
                        patient_ids: Sequence[str]) -> pd.DataFrame:
     """A features table with every extra block's columns joined by patient ID.

@@ -19,7 +19,12 @@ from NPCPrognosisLib.datasets.pathology import PATHOLOGY_COLUMNS, pathology_bloc
 from NPCPrognosisLib.datasets.synth import simulate_outcomes
 from NPCPrognosisLib.deep import mmoe
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.extra_features import read_extra_block, read_extra_blocks
+from NPCPrognosisLib.io.extra_features import (
+    check_training_rows,
+    read_extra_block,
+    read_extra_blocks,
+    with_extra_columns,
+)
 
 N = 260
 
@@ -75,6 +80,14 @@ def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
         read_extra_block(f"clinical={good}")
     with pytest.raises(InputError, match="two tables"):
         read_extra_blocks([f"p={good}", f"p={good}"])
+    # a table whose IDs match no training patient would train a model that sees the modality for nobody
+    check_training_rows({"pathology": block}, ["P9", "P2"])
+    with pytest.raises(InputError, match="no row with values for any training patient.*TR-001"):
+        check_training_rows({"pathology": block}, ["TR-001", "TR-002"])
+    present = tmp_path / "present.csv"
+    present.write_text("patient_id,present\nP1,1\n")
+    with pytest.raises(InputError, match="named 'present'"):
+        with_extra_columns(pd.DataFrame(index=[0]), {"x": read_extra_block(f"x={present}")}, ["P1"])
 
 
 def test_efron_loss_matches_the_cox_model_partial_likelihood():
