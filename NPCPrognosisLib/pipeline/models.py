@@ -19,6 +19,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     LOG_VOLUME_COLUMNS,
     LOG_VOLUME_PREFIX,
     is_deep_feature,
+    settings_mismatch,
     tumour_volumes,
 )
 from NPCPrognosisLib.radiomics.harmonization import ComBatModel
@@ -134,12 +135,11 @@ class LoadedBundle:
 
     def check_features(self, meta: dict[str, Any], source: str | Path) -> None:
         """Refuse features computed with other radiomics settings than the bundle's: they would mean other things."""
-        expected = self.document.get("radiomics", {}).get("settings_hash")
-        found = meta.get("settings_hash")
-        if expected and found and expected != found:
-            raise InputError(f"features were extracted with radiomics settings {found[:12]} but the bundle expects "
-                             f"{expected[:12]}", path=source,
-                             fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
+        problem = settings_mismatch(self.document.get("radiomics") or {}, meta)
+        if problem:
+            raise InputError(problem, path=source,
+                             fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics') and this "
+                                 "version of npc-prognosis")
 
 
 #: Factors that are risk scores fitted before the nomogram (the Rad-score cross-fitted on the training patients,

@@ -27,6 +27,7 @@ from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness,
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
+    RADIOMICS_RECORD,
     feature_matrix,
     is_deep_feature,
     read_features,
@@ -619,8 +620,7 @@ def train(
         "endpoint": endpoint,
         "sequences": list(SEQUENCES),
         "preprocessing": meta.get("preprocessing"),
-        "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings",
-                                               "ibsi_note")},
+        "radiomics": {k: meta.get(k) for k in RADIOMICS_RECORD},
         "feature_columns": list(feature_matrix(train_features).columns),
         "deep_score": DEEP_SCORE in train_features.columns,
         "deep_features_left_out": deep_left_out,
@@ -728,7 +728,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     document = {
         "endpoint": endpoint, "endpoint_type": "binary",
         "preprocessing": meta.get("preprocessing"),
-        "radiomics": {k: meta.get(k) for k in ("pyradiomics_version", "params_file", "settings_hash", "settings")},
+        "radiomics": {k: meta.get(k) for k in RADIOMICS_RECORD},
         "feature_columns": list(feature_matrix(train_features).columns),
         "deep_features_left_out": deep_left_out,
         "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},

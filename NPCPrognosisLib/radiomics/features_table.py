@@ -52,6 +52,19 @@ def extraction_metadata(params_path: str | Path | None, preprocess: PreprocessCo
     }
 
 
+#: What a bundle records of the features table it was trained on (``bundle.json`` ``radiomics``).
+RADIOMICS_RECORD = ("pyradiomics_version", "params_file", "settings_hash", "settings", "ibsi_note")
+
+
+def settings_mismatch(record: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """Why a features table (its ``meta``) cannot feed a model trained on a table described by ``record``; None if
+    it can. Only what both sides recorded is compared: a user's own table without a sidecar is not refused."""
+    expected, found = record.get("settings_hash"), meta.get("settings_hash")
+    if expected and found and expected != found:
+        return f"features were extracted with radiomics settings {found[:12]} but the bundle expects {expected[:12]}"
+    return None
+
+
 def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A features table and its metadata (empty dict when the sidecar is missing, e.g. a user's own table)."""
     path = Path(path)

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.datasets.synth import simulate_outcomes
+from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, MANIFEST_FILE, write_bundle
 from NPCPrognosisLib.pipeline import binary as bn
 
 N = 260
@@ -78,6 +79,22 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     assert best["auc"] >= 0.9 * oracle, (best["auc"], oracle)
     # DeLong comparisons against the best model are on the same patients.
     assert set(metrics["delong_vs_best"]) == set(metrics["models"]) - {block["best"]}
+
+    # Features made with other radiomics settings than the bundle's are refused, naming both and the way out.
+    document["radiomics"] = {**(document.get("radiomics") or {}), "settings_hash": "a" * 64}
+    other = write_bundle(root / "bundle_other_settings", {k: v for k, v in document.items() if k not in (
+        "format", "format_version", "created", "software")}, {p.name: p for p in bundle.iterdir() if p.is_file()
+                                                             and p.name not in (MANIFEST_FILE, CHECKSUM_FILE)})
+    (root / "features.meta.json").write_text(json.dumps({"settings_hash": "b" * 64}))
+    try:
+        assert main(["--quiet", "evaluate", "--bundle", str(other), "--manifest", str(root / "manifest.csv"),
+                     "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out",
+                     str(root / "eval_other")]) == 2
+    finally:
+        (root / "features.meta.json").unlink()
+    err = capsys.readouterr().err
+    assert "radiomics settings bbbbbbbbbbbb but the bundle expects aaaaaaaaaaaa" in err and "re-extract" in err
+    assert not (root / "eval_other" / "metrics.json").exists()
 
 
 def test_patient_probability_has_a_bootstrap_interval(tabular):
