@@ -21,7 +21,7 @@ from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import hash_id
 from NPCPrognosisLib.pipeline.models import load_bundle
-from NPCPrognosisLib.radiomics.features_table import read_features, read_manifest_features, settings_mismatch
+from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -284,10 +284,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
         raise InputError(f"the bundle has no model for {endpoint!r}", column="--endpoint",
                          fix=f"use one of {sorted(document.get('binary_endpoints') or {})}")
     table, meta = read_features(features_path)
-    problem = settings_mismatch(document.get("radiomics") or {}, meta)
-    if problem:
-        raise InputError(problem, path=features_path,
-                         fix="re-extract with the bundle's parameter file and this version of npc-prognosis")
+    check_settings(document.get("radiomics") or {}, meta, features_path)
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from NPCPrognosisLib.errors import BundleError, InputError
+from NPCPrognosisLib.errors import BundleError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
@@ -18,8 +18,8 @@ from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     LOG_VOLUME_COLUMNS,
     LOG_VOLUME_PREFIX,
+    check_settings,
     is_deep_feature,
-    settings_mismatch,
     tumour_volumes,
 )
 from NPCPrognosisLib.radiomics.harmonization import ComBatModel
@@ -135,11 +135,7 @@ class LoadedBundle:
 
     def check_features(self, meta: dict[str, Any], source: str | Path) -> None:
         """Refuse features computed with other radiomics settings than the bundle's: they would mean other things."""
-        problem = settings_mismatch(self.document.get("radiomics") or {}, meta)
-        if problem:
-            raise InputError(problem, path=source,
-                             fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics') and this "
-                                 "version of npc-prognosis")
+        check_settings(self.document.get("radiomics") or {}, meta, source)
 
 
 #: Factors that are risk scores fitted before the nomogram (the Rad-score cross-fitted on the training patients,

@@ -56,13 +56,15 @@ def extraction_metadata(params_path: str | Path | None, preprocess: PreprocessCo
 RADIOMICS_RECORD = ("pyradiomics_version", "params_file", "settings_hash", "settings", "ibsi_note")
 
 
-def settings_mismatch(record: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    """Why a features table (its ``meta``) cannot feed a model trained on a table described by ``record``; None if
-    it can. Only what both sides recorded is compared: a user's own table without a sidecar is not refused."""
+def check_settings(record: dict[str, Any], meta: dict[str, Any], source: str | Path) -> None:
+    """Refuse a features table (its ``meta``) made with other radiomics settings than the table a model was trained
+    on (``record``, the bundle's ``radiomics``): the same column name would mean another thing. Only what both sides
+    recorded is compared: a user's own table without a sidecar is not refused."""
     expected, found = record.get("settings_hash"), meta.get("settings_hash")
     if expected and found and expected != found:
-        return f"features were extracted with radiomics settings {found[:12]} but the bundle expects {expected[:12]}"
-    return None
+        raise InputError(f"features were extracted with radiomics settings {found[:12]} but the bundle expects "
+                         f"{expected[:12]}", path=source,
+                         fix="re-extract with the bundle's parameter file (see bundle.json 'radiomics')")
 
 
 def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
