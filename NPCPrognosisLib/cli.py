@@ -267,6 +267,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_train_net(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.training import train_network
     from NPCPrognosisLib.io.bundle import read_bundle
+    from NPCPrognosisLib.io.manifest import load_column_map
 
     config = {}
     if args.config:
@@ -286,7 +287,8 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
     out = train_network(args.manifest, args.endpoint, args.out, epochs=args.epochs, batch_size=args.batch_size,
                         device=args.device, seed=args.seed, val_fraction=args.val_fraction,
                         progress=not args.quiet, resume=args.resume, synthetic_demo=args.synthetic,
-                        work_dir=args.work_dir, config=config, force=args.force, workers=args.workers)
+                        work_dir=args.work_dir, config=config, force=args.force, workers=args.workers,
+                        column_map=load_column_map(args.column_map))
     gate = read_bundle(out)["network"]["quality_gate"]
     print(("quality gate passed: " if gate["passed"] else "WARNING (forced): ") + gate["message"])
     print(f"network bundle written: {out}")
@@ -296,13 +298,15 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
     from NPCPrognosisLib.io.images import load_patient, write_image_atomic
+    from NPCPrognosisLib.io.manifest import load_column_map
     from NPCPrognosisLib.pipeline.segment import segment_cohort
 
     network = _network_dir(args.bundle)
     model = cached_network(network)
     print(validation_summary(model))
     if args.manifest:
-        manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet)
+        manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet,
+                                  column_map=load_column_map(args.column_map))
         print(f"masks and manifest written: {manifest}")
         return 0
     if not (args.t1 and args.t2 and args.t1c):
@@ -504,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("train-net", help="train the multi-task segmentation + survival network")
-    p.add_argument("--manifest", required=True)
+    _add_manifest_args(p)
     p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
     p.add_argument("--out", required=True, help="network bundle directory")
     p.add_argument("--epochs", type=int, default=30)
@@ -530,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t2")
     p.add_argument("--t1c")
     p.add_argument("--manifest", help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
+    p.add_argument("--column-map", default=None, help="with --manifest: your column names, as for extract")
     p.add_argument("--patient-id", default="patient")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")

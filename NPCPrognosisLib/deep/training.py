@@ -586,6 +586,7 @@ def train_network(
     config: Mapping[str, Any] | None = None,
     force: bool = False,
     workers: int = 2,
+    column_map: Mapping[str, str] | None = None,
 ) -> Path:
     """Train the multi-task network on a manifest (images, masks, ``<endpoint>_time/_event``); write a bundle.
 
@@ -597,7 +598,9 @@ def train_network(
     A network whose selected epoch fails the quality gate (:func:`segmentation_gate`) raises
     :class:`TrainingFailedError` and writes no bundle, unless ``force``: then the bundle is written with the
     failed gate recorded, and every ``segment`` with it warns. ``workers`` patients are preprocessed at a time
-    (separate processes); the network then trains in this process on torch's threads.
+    (separate processes); the network then trains in this process on torch's threads. ``column_map`` maps
+    canonical column names to the manifest's own; the manifest needs the patient ID, the three sequences, the
+    mask and the endpoint's time and event, not the clinical factors.
     """
     import torch
 
@@ -618,7 +621,8 @@ def train_network(
     if train_config.binary_column and not train_config.network.binary_head:
         train_config.network.binary_head = True
 
-    manifest = read_manifest(manifest_path, require_mask=True)
+    # the network reads images, masks and the outcome only: a cohort without clinical columns trains as well
+    manifest = read_manifest(manifest_path, column_map, require_mask=True, require_clinical=False)
     check_outcomes(manifest, endpoint)
     entries = manifest.entries()
     grid_derivation = None

@@ -151,12 +151,33 @@ def read_manifest(
     *,
     require_images: bool = True,
     require_mask: bool = False,
+    require_clinical: bool = True,
 ) -> Manifest:
     """Read and validate a cohort manifest.
 
-    Checks what every stage relies on (unique IDs, image columns present, clinical codes valid) up front, so a
-    500-patient run does not fail on row 437 for a typo; outcome columns are checked per endpoint by
+    Checks what the calling stage relies on (unique IDs, image columns present, clinical codes valid) up front, so
+    a 500-patient run does not fail on row 437 for a typo; outcome columns are checked per endpoint by
     :func:`check_outcomes`, since prediction cohorts have none.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cohort CSV; image and mask paths in it are relative to its folder.
+    column_map : mapping of str to str, optional
+        Canonical column name to the user's own (see :func:`load_column_map`).
+    require_images : bool
+        The three sequence columns must be present.
+    require_mask : bool
+        The ``mask`` column must be present.
+    require_clinical : bool
+        The clinical columns must be present and every row's codes valid. Stages that never read them (the
+        network's training and segmentation) pass False, so an imaging-only cohort (images, masks, outcomes) is
+        not refused for lacking, say, LDH; their values are then not checked either.
+
+    Returns
+    -------
+    Manifest
+        The table with canonical column names and string patient IDs.
     """
     path = Path(path)
     if not path.exists():
@@ -175,7 +196,9 @@ def read_manifest(
         if "patient_id" in table.columns:
             table["patient_id"] = table["patient_id"].astype(str)
 
-    required = ["patient_id", *CLINICAL_FIELDS[:2], "t_stage", "n_stage", "rene", "ldh"]
+    required = ["patient_id"]
+    if require_clinical:
+        required += [*CLINICAL_FIELDS[:2], "t_stage", "n_stage", "rene", "ldh"]
     if require_images:
         required += list(SEQUENCES)
     if require_mask:
@@ -194,8 +217,9 @@ def read_manifest(
         raise InputError(f"duplicate patient IDs {dup}", patient_id=dup[0], path=path, column="patient_id",
                          fix="each patient must appear once; merge or rename the repeated rows")
     table = table.assign(patient_id=ids)
-    for _, row in table.iterrows():
-        parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+    if require_clinical:
+        for _, row in table.iterrows():
+            parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
     return Manifest(table=table.reset_index(drop=True), root=path.parent.resolve(), source=path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,38 @@ log = logging.getLogger(__name__)
 
 
 def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str | Path, *, tta: int = 0,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, column_map: Mapping[str, str] | None = None) -> Path:
     """Segment every manifest patient; write masks, a manifest pointing at them, scores and failures.
 
-    Returns ``out_dir/manifest.csv``. Image paths in it are rewritten relative to ``out_dir`` so it can be used
-    from there; a patient whose images fail is listed in ``failures.csv`` with the reason and keeps an empty
-    mask cell, and the cohort carries on.
+    Image paths in the written manifest are rewritten relative to ``out_dir`` so it can be used from there; a
+    patient whose images fail is listed in ``failures.csv`` with the reason and keeps an empty mask cell, and the
+    cohort carries on. Only the patient ID and the three sequences are needed: a radiologist's imaging-only list
+    segments as well as a full cohort manifest.
+
+    Parameters
+    ----------
+    model : NetworkModel
+        The loaded network bundle.
+    manifest_path : str or Path
+        The cohort CSV.
+    out_dir : str or Path
+        Folder for ``<patient_id>_mask.nii.gz`` (and ``_seg.dcm`` for DICOM input), ``manifest.csv``,
+        ``deep_scores.csv`` and ``failures.csv``.
+    tta : int
+        Test-time augmentations per patient.
+    progress : bool
+        Show a progress bar.
+    column_map : mapping of str to str, optional
+        Canonical column name to the manifest's own; the written manifest uses the canonical names.
+
+    Returns
+    -------
+    Path
+        ``out_dir/manifest.csv``.
     """
-
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path, column_map, require_clinical=False)
     table = manifest.table.copy()
     entries = manifest.entries()
     items = entries

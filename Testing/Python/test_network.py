@@ -564,6 +564,46 @@ def test_binary_head_trains_from_the_cli_and_reports_a_probability(tiny_cohort, 
     assert not (tmp_path / "never").exists()
 
 
+def test_an_imaging_only_manifest_with_its_own_column_names_trains_and_segments(tiny_cohort, tmp_path):
+    """A radiologist's list (ID, the three sequences, the mask, the outcome; no clinical factors, their own
+    column names) goes through train-net and segment --manifest with --column-map; without the map the missing
+    columns are named."""
+
+    import pandas as pd
+
+    from NPCPrognosisLib.cli import main
+
+    root = Path(tiny_cohort.manifest_path).parent
+    full = pd.read_csv(tiny_cohort.manifest_path, dtype={"patient_id": str})
+    own = pd.DataFrame({"MRN": full["patient_id"], "dm_months": full["dmfs_time"], "dm": full["dmfs_event"]})
+    for column, theirs in (("t1", "T1"), ("t2", "T2"), ("t1c", "T1C"), ("mask", "GTV")):
+        own[theirs] = [str((root / path).resolve()) for path in full[column]]
+    manifest = tmp_path / "radiology_list.csv"
+    own.to_csv(manifest, index=False)
+    mapping = "patient_id=MRN,t1=T1,t2=T2,t1c=T1C,mask=GTV,dmfs_time=dm_months,dmfs_event=dm"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    net = tmp_path / "net"
+    common = ["--quiet", "train-net", "--manifest", str(manifest), "--endpoint", "dmfs", "--out", str(net),
+              "--epochs", "1", "--batch-size", "3", "--seed", "2", "--val-fraction", "0.4", "--config", str(config),
+              "--threads", "1", "--force"]
+    assert main(common) == 2  # canonical names expected: refused, nothing written
+    assert not net.exists()
+    assert main([*common, "--column-map", mapping]) == 0
+    assert (net / "network.safetensors").exists()
+
+    seg = tmp_path / "seg"
+    images_only = tmp_path / "images_only.csv"
+    own[["MRN", "T1", "T2", "T1C"]].to_csv(images_only, index=False)
+    assert main(["--quiet", "segment", "--bundle", str(net), "--manifest", str(images_only), "--out", str(seg),
+                 "--column-map", "patient_id=MRN,t1=T1,t2=T2,t1c=T1C"]) == 0
+    written = pd.read_csv(seg / "manifest.csv", dtype={"patient_id": str})
+    assert list(written["patient_id"]) == list(full["patient_id"])
+    for patient_id, mask in zip(written["patient_id"], written["mask"]):
+        image = sitk.ReadImage(str(seg / mask))
+        assert same_geometry(image, sitk.ReadImage(own.loc[own["MRN"] == patient_id, "T1C"].item()))
+
+
 def test_tampered_network_bundle_is_refused(tiny_bundle, tmp_path):
     import shutil
 
