@@ -18,8 +18,9 @@ from NPCPrognosisLib.errors import BundleError, InputError
 log = logging.getLogger("npc_prognosis")
 
 
-def _add_manifest_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="cohort CSV (one row per patient)")
+def _add_manifest_args(parser: argparse.ArgumentParser, *, required: bool = True,
+                       help: str = "cohort CSV (one row per patient)") -> None:
+    parser.add_argument("--manifest", required=required, help=help)
     parser.add_argument("--column-map", default=None,
                         help="your column names: canonical=yours,... or a JSON file, e.g. patient_id=MRN,t1c=T1C")
 
@@ -533,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1")
     p.add_argument("--t2")
     p.add_argument("--t1c")
-    p.add_argument("--manifest", help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
-    p.add_argument("--column-map", default=None, help="with --manifest: your column names, as for extract")
+    _add_manifest_args(p, required=False,
+                       help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
     p.add_argument("--patient-id", default="patient")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")

@@ -564,11 +564,10 @@ def test_binary_head_trains_from_the_cli_and_reports_a_probability(tiny_cohort, 
     assert not (tmp_path / "never").exists()
 
 
-def test_an_imaging_only_manifest_with_its_own_column_names_trains_and_segments(tiny_cohort, tmp_path):
+def test_an_imaging_only_manifest_with_its_own_column_names_trains_and_segments(tiny_cohort, tmp_path, capsys):
     """A radiologist's list (ID, the three sequences, the mask, the outcome; no clinical factors, their own
     column names) goes through train-net and segment --manifest with --column-map; without the map the missing
     columns are named."""
-
     import pandas as pd
 
     from NPCPrognosisLib.cli import main
@@ -587,7 +586,10 @@ def test_an_imaging_only_manifest_with_its_own_column_names_trains_and_segments(
     common = ["--quiet", "train-net", "--manifest", str(manifest), "--endpoint", "dmfs", "--out", str(net),
               "--epochs", "1", "--batch-size", "3", "--seed", "2", "--val-fraction", "0.4", "--config", str(config),
               "--threads", "1", "--force"]
+    capsys.readouterr()
     assert main(common) == 2  # canonical names expected: refused, nothing written
+    error = capsys.readouterr().err
+    assert "missing column(s)" in error and "'patient_id'" in error and "'t1c'" in error and "'ldh'" not in error
     assert not net.exists()
     assert main([*common, "--column-map", mapping]) == 0
     assert (net / "network.safetensors").exists()
