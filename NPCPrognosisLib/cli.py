@@ -26,9 +26,10 @@ def _add_manifest_args(parser: argparse.ArgumentParser, *, required: bool = True
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from NPCPrognosisLib.datasets import FAMILIES
+    from NPCPrognosisLib.datasets import phantom_family
 
-    cohort = FAMILIES[args.family](args.n, args.seed, args.out, progress=not args.quiet, workers=args.workers)
+    cohort = phantom_family(args.family).synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet,
+                                                           workers=args.workers)
     print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
     print(f"true linear predictors: {cohort.truth_path}")
     return 0
@@ -395,8 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=1, help="patients generated in parallel (same files either way)")
-    p.add_argument("--family", choices=("synth", "relaxometry"), default="synth",
-                   help="phantom family: synth (family A) or relaxometry (family B, independently modelled)")
+    from NPCPrognosisLib.datasets import FAMILY_MODULES
+
+    p.add_argument("--family", choices=sorted(FAMILY_MODULES), default="synth",
+                   help="phantom family: synth (family A), relaxometry (family B) or gradient_echo (family C); "
+                        "B and C are independently modelled")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("extract", help="radiomics features table for a cohort")

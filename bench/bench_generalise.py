@@ -33,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from NPCPrognosisLib.datasets import FAMILIES  # noqa: E402
+from NPCPrognosisLib.datasets import FAMILY_MODULES, phantom_family  # noqa: E402
 from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
 from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort  # noqa: E402
 from NPCPrognosisLib.pipeline.extract import extract_cohort  # noqa: E402
@@ -49,8 +49,8 @@ def cohort_with_split(out: Path, family: str, train_family: str, n_train: int, n
     """One manifest with a ``split`` column (train/test) and the truth of every patient."""
     parts, truths = [], []
     for name, fam, n, prefix in (("train", train_family, n_train, "TR"), ("test", family, n_test, "TE")):
-        cohort = FAMILIES[fam](n, seed * 1000 + (1 if name == "train" else 2), out / name, progress=False,
-                               workers=workers, id_prefix=f"{prefix}{seed}-")
+        cohort = phantom_family(fam).synthesize_cohort(n, seed * 1000 + (1 if name == "train" else 2), out / name,
+                                                       progress=False, workers=workers, id_prefix=f"{prefix}{seed}-")
         table = pd.read_csv(cohort.manifest_path, dtype={"patient_id": str})
         for column in ("t1", "t2", "t1c", "mask"):
             table[column] = [f"{name}/{p}" for p in table[column]]
@@ -127,9 +127,9 @@ def one_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="relaxometry",
+    parser.add_argument("--family", choices=sorted(FAMILY_MODULES), default="relaxometry",
                         help="phantom family of the held-out patients (and of training unless --train-family)")
-    parser.add_argument("--train-family", choices=sorted(FAMILIES), default=None)
+    parser.add_argument("--train-family", choices=sorted(FAMILY_MODULES), default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--n-train", type=int, default=160)
     parser.add_argument("--n-test", type=int, default=200)

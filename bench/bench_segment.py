@@ -79,10 +79,10 @@ def time_one_patient(model, tta: int, saliency: bool) -> dict:
 
 def make_cohort(family: str, n: int, seed: int, out: Path, prefix: str) -> tuple[Path, Path]:
     """(manifest, truth) of a fresh cohort of ``family`` (written once; reused when ``out`` holds it)."""
-    from NPCPrognosisLib.datasets import FAMILIES
+    from NPCPrognosisLib.datasets import phantom_family
 
     if not (out / "manifest.csv").exists():
-        FAMILIES[family](n, seed, out, progress=False, workers=2, id_prefix=prefix)
+        phantom_family(family).synthesize_cohort(n, seed, out, progress=False, workers=2, id_prefix=prefix)
     return out / "manifest.csv", out / "truth.csv"
 
 
