@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from NPCPrognosisLib.cli import main as cli  # noqa: E402
+from NPCPrognosisLib.datasets import FAMILY_MODULES  # noqa: E402
 
 
 def truth_for(manifest: pd.DataFrame, args: argparse.Namespace) -> pd.Series:
@@ -43,7 +44,7 @@ def main() -> int:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--truth")
-    parser.add_argument("--family", choices=("synth", "relaxometry"))
+    parser.add_argument("--family", choices=sorted(FAMILY_MODULES))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--endpoint", default="ic_response")
     parser.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",

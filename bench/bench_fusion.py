@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from NPCPrognosisLib.cli import main as cli  # noqa: E402
-from NPCPrognosisLib.datasets import relaxometry_phantom, synth  # noqa: E402
+from NPCPrognosisLib.datasets import FAMILY_MODULES, phantom_family  # noqa: E402
 from NPCPrognosisLib.datasets.pathology import pathology_block  # noqa: E402
 from NPCPrognosisLib.survival.metrics import harrell_c  # noqa: E402
 
@@ -42,7 +42,7 @@ def truth_for(manifest: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     if args.truth:
         truth = pd.read_csv(args.truth, dtype={"patient_id": str}).set_index("patient_id")
         return truth.loc[manifest["patient_id"]].reset_index()
-    family = {"synth": synth, "relaxometry": relaxometry_phantom}[args.family]
+    family = phantom_family(args.family)
     parts = []
     for split, offset in (("train", 1), ("test", 2)):
         rows = manifest[manifest["split"] == split]
@@ -118,7 +118,7 @@ def main() -> int:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--truth")
-    parser.add_argument("--family", choices=("synth", "relaxometry"))
+    parser.add_argument("--family", choices=sorted(FAMILY_MODULES))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--work")
     parser.add_argument("--json")

@@ -3,7 +3,7 @@
 The IC-response study this product follows fuses MRI with features of the biopsy's whole-slide image (a
 multiple-instance-learning model's outputs and slide-level measurements). To give the fusion something real to
 find, each phantom patient gets such a block, drawn from the generator's *truth* (the shared ``truth.csv``
-contract, so both phantom families get one without sharing any of their image or outcome code):
+contract, so every phantom family gets one without sharing any of its image or outcome code):
 
 * ``necrosis_pct`` - the biopsy's necrotic share: the true necrosis fraction seen through sampling noise;
 * ``cellularity_pct`` and ``ki67_pct`` - slide measures of the tumour's cellular heterogeneity (the texture
