@@ -21,7 +21,6 @@ SYNTHETIC DATA - NOT CLINICAL.
 
 from __future__ import annotations
 
-import csv
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +32,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from NPCPrognosisLib.contract import SEQUENCES
-from NPCPrognosisLib.datasets.pathology import write_pathology
-from NPCPrognosisLib.datasets.relaxometry_phantom import _fmt, _uid, _write_dicom_series, writes_dicom
-from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort, SynthPatient
-from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
+from NPCPrognosisLib.datasets.cohort_files import patient_generators, patient_rows, write_cohort
+from NPCPrognosisLib.datasets.relaxometry_phantom import _uid, _write_dicom_series, writes_dicom
+from NPCPrognosisLib.datasets.synth import SynthCohort, SynthPatient
 from NPCPrognosisLib.io.images import write_image_atomic
 
 SYNTHETIC_NOTICE = (
@@ -246,10 +243,6 @@ def _records(rec: dict, patient_id: str) -> tuple[dict[str, object], dict[str, o
     return clinical, truth
 
 
-def _patient_generators(n: int, seed: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(child) for child in np.random.SeedSequence(int(seed)).spawn(int(n))]
-
-
 def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "GRE") -> pd.DataFrame:
     """Clinical factors, outcomes and truth of ``synthesize_cohort(n, seed)`` without rendering images.
 
@@ -270,7 +263,7 @@ def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "GRE") -> pd.DataFr
         One row per patient: ``patient_id``, the manifest's clinical and outcome columns, the truth columns.
     """
     rows = []
-    for i, rng in enumerate(_patient_generators(int(n), int(seed))):
+    for i, rng in enumerate(patient_generators(int(n), int(seed))):
         clinical, truth = _records(_draw_record(rng), f"{id_prefix}{i + 1:04d}")
         rows.append({"patient_id": truth["patient_id"], **clinical,
                      **{k: v for k, v in truth.items() if k != "patient_id"}})
@@ -996,11 +989,7 @@ def _make_and_write(index: int, patient_id: str, rng: np.random.Generator, image
     dicom = writes_dicom(index)
     patient = synthesize_patient(rng, patient_id, dicom=dicom)
     paths = _write_patient(patient, image_dir, dicom, rng)
-    row = {"patient_id": patient_id}
-    row.update({k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
-    row.update({k: _fmt(k, v) for k, v in patient.clinical.items()})
-    truth = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in patient.truth.items()}
-    return row, truth
+    return patient_rows(patient_id, paths, patient.clinical, patient.truth, out_dir)
 
 
 def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool = True, id_prefix: str = "GRE",
@@ -1030,41 +1019,14 @@ def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool 
     SynthCohort
         Paths of the manifest and truth tables and the patient IDs.
     """
-    from tqdm import tqdm
-
-    if int(n) < 1:
-        raise InputError(f"cohort size must be at least 1, got {n!r}", fix="pass n >= 1")
-    out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        out_dir / "README.txt",
+    readme = (
         SYNTHETIC_NOTICE + f"\n\nCohort of {int(n)} phantom patients drawn with seed {int(seed)}.\n\nGenerator: "
         "NPCPrognosisLib.datasets.gradient_echo_phantom (family C; seeded, reproducible; independent of families "
         "A and B except for the file contract). Labels: 0 background, 1 GTVp (primary tumour), 2 GTVn (metastatic "
         "lymph nodes). Times in months. truth.csv holds the true log hazards (lp_dmfs: Weibull proportional "
         "hazards of distant metastasis; lp_os, lp_pfs: log cumulative hazards at 60 months); 'heterogeneity' is "
-        "the amplitude of the tumour's internal texture field.\n",
+        "the amplitude of the tumour's internal texture field.\n"
     )
-    rngs = _patient_generators(int(n), int(seed))
-    ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
-    bar = {"total": len(ids), "desc": "gradient-echo phantom", "unit": "patient", "disable": not progress}
-    if workers > 1:
-        from NPCPrognosisLib.processes import worker_pool
-
-        with worker_pool(int(workers)) as pool:
-            futures = [pool.submit(_make_and_write, i, pid, rng, image_dir, out_dir)
-                       for i, (pid, rng) in enumerate(zip(ids, rngs))]
-            results = [f.result() for f in tqdm(futures, **bar)]
-    else:
-        results = [_make_and_write(i, pid, rng, image_dir, out_dir)
-                   for i, (pid, rng) in tqdm(enumerate(zip(ids, rngs)), **bar)]
-    manifest_path, truth_path = out_dir / "manifest.csv", out_dir / "truth.csv"
-    for path, columns, rows in ((manifest_path, MANIFEST_COLUMNS, [r for r, _ in results]),
-                                (truth_path, TRUTH_COLUMNS, [t for _, t in results])):
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-    write_pathology(truth_path, out_dir / "pathology.csv", int(seed))
-    return SynthCohort(manifest_path, truth_path, ids)
+    return write_cohort(_make_and_write, n, seed, out_dir, readme=readme,
+                        desc="gradient-echo phantom", progress=progress, id_prefix=id_prefix,
+                        workers=workers)

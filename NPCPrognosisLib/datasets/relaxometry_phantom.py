@@ -53,7 +53,6 @@ Modelling choices, and why:
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,10 +65,9 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from NPCPrognosisLib.contract import ENDPOINTS, LABELS, SEQUENCES
-from NPCPrognosisLib.datasets.pathology import write_pathology
+from NPCPrognosisLib.datasets.cohort_files import patient_generators, patient_rows, write_cohort
 from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort, SynthPatient
-from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
+from NPCPrognosisLib.io.atomic import atomic_path
 from NPCPrognosisLib.io.images import write_image_atomic
 
 if TYPE_CHECKING:
@@ -277,10 +275,6 @@ def _records(rec: dict[str, object], patient_id: str) -> tuple[dict[str, object]
     return clinical, truth
 
 
-def _patient_generators(n: int, seed: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(child) for child in np.random.SeedSequence(int(seed)).spawn(int(n))]
-
-
 def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "RLX") -> pd.DataFrame:
     """Clinical factors, outcomes and truth of ``synthesize_cohort(n, seed)`` without rendering images.
 
@@ -302,7 +296,7 @@ def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "RLX") -> pd.DataFr
     import pandas as pd
 
     rows = []
-    for i, rng in enumerate(_patient_generators(n, seed)):
+    for i, rng in enumerate(patient_generators(n, seed)):
         clinical, truth = _records(_draw_record(rng), f"{id_prefix}{i + 1:04d}")
         rows.append(dict(truth, **clinical))
     cols = ["patient_id", *MANIFEST_COLUMNS[5:]]
@@ -934,25 +928,13 @@ def _write_patient(patient: PhantomPatient, image_dir: Path, dicom: bool, rng: n
     return paths
 
 
-def _fmt(column: str, value) -> str:
-    if value is None:
-        return ""
-    if column.endswith("_time"):
-        return f"{value:.2f}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _make_and_write(index: int, patient_id: str, rng: np.random.Generator, image_dir: Path,
                     out_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Draw and write one patient (module-level so a process pool can run it)."""
     dicom = writes_dicom(index)
     patient = synthesize_patient(rng, patient_id, dicom=dicom)
     paths = _write_patient(patient, image_dir, dicom, rng)
-    row = {"patient_id": patient_id}
-    row.update({k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
-    row.update({k: _fmt(k, v) for k, v in patient.clinical.items()})
-    truth = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in patient.truth.items()}
-    return row, truth
+    return patient_rows(patient_id, paths, patient.clinical, patient.truth, out_dir)
 
 
 def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool = True, id_prefix: str = "RLX",
@@ -983,41 +965,13 @@ def synthesize_cohort(n: int, seed: int, out_dir: str | Path, *, progress: bool 
         Paths of the manifest and truth tables and the patient IDs.
     """
 
-    from tqdm import tqdm
-
-    if int(n) < 1:
-        raise InputError(f"cohort size must be at least 1, got {n!r}", fix="pass n >= 1")
-    out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        out_dir / "README.txt",
+    readme = (
         SYNTHETIC_NOTICE + f"\n\nCohort of {int(n)} phantom patients drawn with seed {int(seed)}.\n\nGenerator: "
         "NPCPrognosisLib.datasets.relaxometry_phantom (seeded, reproducible; independent of "
         "NPCPrognosisLib.datasets.synth except for the file contract). Labels: 0 background, 1 GTVp (primary "
         "tumour), 2 GTVn (metastatic lymph nodes). Times in months. truth.csv holds the true AFT linear "
-        "predictors; 'heterogeneity' is the hypercellular fraction of the viable primary tumour.\n",
+        "predictors; 'heterogeneity' is the hypercellular fraction of the viable primary tumour.\n"
     )
-    rngs = _patient_generators(int(n), int(seed))
-    ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
-    bar = {"total": len(ids), "desc": "relaxometry phantom", "unit": "patient", "disable": not progress}
-    if workers > 1:
-        from NPCPrognosisLib.processes import worker_pool
-
-        with worker_pool(int(workers)) as pool:
-            futures = [pool.submit(_make_and_write, i, pid, rng, image_dir, out_dir)
-                       for i, (pid, rng) in enumerate(zip(ids, rngs))]
-            results = [f.result() for f in tqdm(futures, **bar)]
-    else:
-        results = [_make_and_write(i, pid, rng, image_dir, out_dir)
-                   for i, (pid, rng) in tqdm(enumerate(zip(ids, rngs)), **bar)]
-    manifest_path, truth_path = out_dir / "manifest.csv", out_dir / "truth.csv"
-    for path, columns, rows in ((manifest_path, MANIFEST_COLUMNS, [r for r, _ in results]),
-                                (truth_path, TRUTH_COLUMNS, [t for _, t in results])):
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-    # the slide features a pathology pipeline would add (own random stream: nothing above changes)
-    write_pathology(truth_path, out_dir / "pathology.csv", int(seed))
-    return SynthCohort(manifest_path, truth_path, ids)
+    return write_cohort(_make_and_write, n, seed, out_dir, readme=readme,
+                        desc="relaxometry phantom", progress=progress, id_prefix=id_prefix,
+                        workers=workers)

@@ -18,7 +18,6 @@ Two layers share one random stream per patient so they always agree:
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,8 +29,8 @@ from scipy import ndimage
 from scipy.special import expit, ndtr
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
-from NPCPrognosisLib.datasets.pathology import write_pathology
-from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic, write_text_atomic
+from NPCPrognosisLib.datasets.cohort_files import patient_generators, patient_rows, write_cohort
+from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
 
 SYNTHETIC_NOTICE = (
@@ -237,10 +236,6 @@ def _records(case: dict[str, np.ndarray], i: int, patient_id: str) -> tuple[dict
     return clinical, truth
 
 
-def _patient_rngs(n: int, seed: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
-
-
 def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "SYN"):
     """Clinical factors, outcomes and truth of ``synthesize_cohort(n, seed)`` without rendering images.
 
@@ -250,7 +245,7 @@ def simulate_outcomes(n: int, seed: int, *, id_prefix: str = "SYN"):
     import pandas as pd
 
     rows = []
-    for i, rng in enumerate(_patient_rngs(n, seed)):
+    for i, rng in enumerate(patient_generators(n, seed)):
         pid = f"{id_prefix}{i + 1:04d}"
         clinical, truth = _records(_draw_cases(rng, 1), 0, pid)
         rows.append(dict(truth, **clinical))
@@ -613,21 +608,10 @@ def synthesize_patient(rng: np.random.Generator, patient_id: str) -> SynthPatien
 # Writing cohorts
 # ---------------------------------------------------------------------------------------------------------
 
-def _fmt(column: str, value) -> str:
-    if value is None:
-        return ""  # missing, as a clinician's export would leave it
-    if column.endswith("_time"):
-        return f"{value:.2f}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _write_readme(out_dir: Path, what: str) -> None:
-    write_text_atomic(
-        out_dir / "README.txt",
-        SYNTHETIC_NOTICE + "\n\n" + what
-        + "\n\nGenerator: NPCPrognosisLib.datasets.synth (seeded, reproducible). Labels: "
-        "0 background, 1 GTVp (primary tumour), 2 GTVn (metastatic lymph nodes). Times in months.\n",
-    )
+def _readme(what: str) -> str:
+    return (SYNTHETIC_NOTICE + "\n\n" + what
+            + "\n\nGenerator: NPCPrognosisLib.datasets.synth (seeded, reproducible). Labels: "
+            "0 background, 1 GTVp (primary tumour), 2 GTVn (metastatic lymph nodes). Times in months.\n")
 
 
 def _write_images(patient: SynthPatient, image_dir: Path) -> dict[str, Path]:
@@ -638,15 +622,11 @@ def _write_images(patient: SynthPatient, image_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _synthesize_and_write(pid: str, rng: np.random.Generator, image_dir: Path, out_dir: Path) -> tuple[dict, dict]:
-    """One patient drawn and written; module-level so a process pool can run it."""
+def _synthesize_and_write(index: int, pid: str, rng: np.random.Generator, image_dir: Path,
+                          out_dir: Path) -> tuple[dict, dict]:
+    """One patient drawn and written (``cohort_files.DrawAndWrite``); module-level so a process pool can run it."""
     patient = synthesize_patient(rng, pid)
-    paths = _write_images(patient, image_dir)
-    row = {"patient_id": pid}
-    row.update({k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
-    row.update({k: _fmt(k, v) for k, v in patient.clinical.items()})
-    truth = {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in patient.truth.items()}
-    return row, truth
+    return patient_rows(pid, _write_images(patient, image_dir), patient.clinical, patient.truth, out_dir)
 
 
 def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_prefix: str = "SYN",
@@ -659,40 +639,9 @@ def synthesize_cohort(n: int, seed: int, out_dir, *, progress: bool = True, id_p
     records. Only numpy draws random numbers; the SimpleITK filters used are deterministic, so files are
     identical per seed.
     """
-
-    from tqdm import tqdm
-
-    from NPCPrognosisLib.errors import InputError
-
-    if int(n) < 1:
-        raise InputError(f"cohort size must be at least 1, got {n!r}", fix="pass n >= 1")
-    out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    _write_readme(out_dir, f"Cohort of {n} synthetic patients drawn with seed {seed}.")
-    rngs = _patient_rngs(int(n), int(seed))
-    ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
-    bar = {"total": len(ids), "desc": "synthetic cohort", "unit": "patient", "disable": not progress}
-    if workers > 1:
-        from NPCPrognosisLib.processes import worker_pool
-
-        with worker_pool(workers) as pool:
-            futures = [pool.submit(_synthesize_and_write, pid, rng, image_dir, out_dir) for pid, rng in zip(ids, rngs)]
-            results = [f.result() for f in tqdm(futures, **bar)]
-    else:
-        results = [_synthesize_and_write(pid, rng, image_dir, out_dir) for pid, rng in tqdm(zip(ids, rngs), **bar)]
-    manifest_rows = [row for row, _ in results]
-    truth_rows = [truth for _, truth in results]
-    manifest_path, truth_path = out_dir / "manifest.csv", out_dir / "truth.csv"
-    for path, columns, rows in ((manifest_path, MANIFEST_COLUMNS, manifest_rows),
-                                (truth_path, TRUTH_COLUMNS, truth_rows)):
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-    # the slide features a pathology pipeline would add (own random stream: nothing above changes)
-    write_pathology(truth_path, out_dir / "pathology.csv", int(seed))
-    return SynthCohort(manifest_path, truth_path, ids)
+    return write_cohort(_synthesize_and_write, n, seed, out_dir,
+                        readme=_readme(f"Cohort of {n} synthetic patients drawn with seed {seed}."),
+                        desc="synthetic cohort", progress=progress, id_prefix=id_prefix, workers=workers)
 
 
 def write_sample_case(out_dir, seed: int = 7, patient_id: str = "NPC-SAMPLE") -> dict[str, Path]:
@@ -716,5 +665,6 @@ def write_sample_case(out_dir, seed: int = 7, patient_id: str = "NPC-SAMPLE") ->
     clinical = {"patient_id": patient_id}
     clinical.update({k: patient.clinical[k] for k in CLINICAL_COLUMNS})
     write_json_atomic(out_dir / "clinical.json", clinical)
-    _write_readme(out_dir, f"Demo sample case {patient_id} (moderate node-positive), seed {seed}.")
+    write_text_atomic(out_dir / "README.txt",
+                      _readme(f"Demo sample case {patient_id} (moderate node-positive), seed {seed}."))
     return paths

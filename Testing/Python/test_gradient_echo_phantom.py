@@ -13,6 +13,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from NPCPrognosisLib.datasets import gradient_echo_phantom, phantom_family
+from NPCPrognosisLib.datasets.cohort_files import patient_generators
 from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS
 from NPCPrognosisLib.io.images import load_patient
 from NPCPrognosisLib.survival.metrics import harrell_c
@@ -80,7 +81,7 @@ def test_tumour_visible_not_trivial(cohort):
 def test_determinism_and_outcomes_match(cohort):
     out, manifest, _, _ = cohort
     i = 4  # a NIfTI patient: the cohort's files must equal a fresh draw from the same child seed
-    again = gradient_echo_phantom.synthesize_patient(gradient_echo_phantom._patient_generators(N, SEED)[i],
+    again = gradient_echo_phantom.synthesize_patient(patient_generators(N, SEED)[i],
                                                      manifest.patient_id[i])
     for seq in ("t1", "t2", "t1c", "mask"):
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / manifest[seq][i])))
