@@ -1,5 +1,6 @@
-"""What every phantom family writes the same way: one random stream per patient, the manifest and truth rows,
-and the cohort's files (README, ``manifest.csv``, ``truth.csv``, ``pathology.csv``).
+"""What every phantom family writes the same way: one random stream per patient, the images (NIfTI, or DICOM
+series for one patient in ten), the manifest and truth rows, and the cohort's files (README, ``manifest.csv``,
+``truth.csv``, ``pathology.csv``).
 
 The families share this file contract and nothing else: their anatomy, image physics and outcome models stay in
 their own modules, so a method measured on one family is not measured on a copy of another.
@@ -14,13 +15,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
+from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
+from NPCPrognosisLib.io.images import write_image_atomic
 
 #: ``draw_and_write(index, patient_id, rng, image_dir, out_dir) -> (manifest row, truth row)``: one patient drawn
 #: and written by a family; module-level in the family's module so a process pool can run it.
 DrawAndWrite = Callable[[int, str, np.random.Generator, Path, Path], tuple[dict[str, str], dict[str, str]]]
+
+#: Patients 3, 13, 23, ... of a cohort are written as DICOM series folders (the rest as NIfTI files).
+DICOM_EVERY, DICOM_OFFSET = 10, 3
+
+
+def writes_dicom(index: int) -> bool:
+    """Whether patient ``index`` (0-based) of a cohort is written as DICOM series folders (one in ten).
+
+    Parameters
+    ----------
+    index : int
+        Position of the patient in the cohort.
+
+    Returns
+    -------
+    bool
+        True for indices 3, 13, 23, ...
+    """
+    return int(index) % DICOM_EVERY == DICOM_OFFSET
 
 
 def patient_generators(n: int, seed: int) -> list[np.random.Generator]:
@@ -45,6 +68,65 @@ def patient_rows(patient_id: str, paths: Mapping[str, Path], clinical: Mapping[s
     row.update({k: Path(p).relative_to(out_dir).as_posix() for k, p in paths.items()})
     row.update({k: _fmt(k, v) for k, v in clinical.items()})
     return row, {k: (f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in truth.items()}
+
+
+def dicom_uid(rng: np.random.Generator) -> str:
+    """A DICOM UID of the UUID-derived form 2.25.<128-bit integer>."""
+    return "2.25." + str(int.from_bytes(rng.bytes(16), "big") >> 1)
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, tags: dict[str, str], series_uid: str,
+                       rng: np.random.Generator) -> None:
+    """One MR series, one file per slice, readable by SimpleITK's ImageSeriesReader (GDCM)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
+    sx, sy, sz = image.GetSpacing()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetSize()[2]):
+        piece = image[:, :, k:k + 1]  # a one-slice volume keeps its slice spacing in the header
+        meta = dict(tags)
+        meta.update({
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+            "0008|0018": dicom_uid(rng), "0020|000e": series_uid, "0020|0013": str(k + 1),
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0028|0030": f"{sy:.6f}\\{sx:.6f}", "0018|0050": f"{sz:.4f}", "0018|0088": f"{sz:.4f}",
+            "0028|1052": "0", "0028|1053": "1",
+        })
+        for key, value in meta.items():
+            piece.SetMetaData(key, value)
+        with atomic_path(folder / f"IM{k + 1:04d}.dcm") as tmp:
+            writer.SetFileName(str(tmp))
+            writer.Execute(piece)
+
+
+def write_patient_images(patient: Any, image_dir: Path, dicom: bool, rng: np.random.Generator, *,
+                         manufacturer: str) -> dict[str, Path]:
+    """A phantom patient's three sequences as NIfTI files or DICOM series folders (``patient.protocol`` gives
+    the field strength and each sequence's TR / TE), and its mask as NIfTI; returns the paths by manifest column."""
+    paths: dict[str, Path] = {}
+    pid = patient.patient_id
+    if dicom:
+        study, frame = dicom_uid(rng), dicom_uid(rng)
+        base = {
+            "0008|0060": "MR", "0010|0010": f"SYNTHETIC^{pid}", "0010|0020": pid, "0020|000d": study,
+            "0020|0052": frame, "0008|0070": manufacturer, "0008|1030": "SYNTHETIC - NOT CLINICAL",
+            "0008|0020": "20000101", "0008|0021": "20000101", "0008|0030": "120000", "0020|0010": "1",
+            "0018|0087": f"{patient.protocol['field_T']:.1f}",
+        }
+        for number, seq in enumerate(SEQUENCES, start=1):
+            tr, te = patient.protocol["tr_te"][seq]
+            tags = dict(base, **{"0008|103e": f"SYNTHETIC {seq}", "0020|0011": str(number),
+                                 "0018|0080": f"{tr:.1f}", "0018|0081": f"{te:.1f}"})
+            paths[seq] = image_dir / f"{pid}_{seq}"
+            write_dicom_series(getattr(patient, seq), paths[seq], tags, dicom_uid(rng), rng)
+    else:
+        for seq in SEQUENCES:
+            paths[seq] = write_image_atomic(getattr(patient, seq), image_dir / f"{pid}_{seq}.nii.gz")
+    paths["mask"] = write_image_atomic(patient.mask, image_dir / f"{pid}_mask.nii.gz")
+    return paths
 
 
 def write_cohort(draw_and_write: DrawAndWrite, n: int, seed: int, out_dir: str | Path, *, readme: str, desc: str,

@@ -65,10 +65,14 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from NPCPrognosisLib.contract import ENDPOINTS, LABELS, SEQUENCES
-from NPCPrognosisLib.datasets.cohort_files import patient_generators, patient_rows, write_cohort
+from NPCPrognosisLib.datasets.cohort_files import (
+    patient_generators,
+    patient_rows,
+    write_cohort,
+    write_patient_images,
+    writes_dicom,
+)
 from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort, SynthPatient
-from NPCPrognosisLib.io.atomic import atomic_path
-from NPCPrognosisLib.io.images import write_image_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,25 +120,6 @@ _AFT = {"dmfs": (math.log(85.0), 0.85), "pfs": (math.log(1000.0), 0.90), "os": (
 _FRAILTY_SD = 0.30
 _MAX_NODES = 4
 _NODE_LEVEL_Z = {2: (-4.0, 12.0), 3: (-34.0, -14.0), 4: (-62.0, -44.0)}
-DICOM_EVERY, DICOM_OFFSET = 10, 3
-
-
-def writes_dicom(index: int) -> bool:
-    """Whether patient ``index`` (0-based) of a cohort is written as DICOM series folders (one in ten).
-
-    Parameters
-    ----------
-    index : int
-        Position of the patient in the cohort.
-
-    Returns
-    -------
-    bool
-        True for indices 3, 13, 23, ...
-    """
-    return int(index) % DICOM_EVERY == DICOM_OFFSET
-
-
 @dataclass
 class PhantomPatient(SynthPatient):
     """One phantom patient (the record of family A plus the scanner protocol). ``t2`` may lie on its own grid;
@@ -872,68 +857,12 @@ def synthesize_patient(rng: np.random.Generator, patient_id: str, *, dicom: bool
 # Writing: NIfTI files or DICOM series folders, manifest, truth, README
 # ---------------------------------------------------------------------------------------------------------
 
-def _uid(rng: np.random.Generator) -> str:
-    """A DICOM UID of the UUID-derived form 2.25.<128-bit integer>."""
-    return "2.25." + str(int.from_bytes(rng.bytes(16), "big") >> 1)
-
-
-def _write_dicom_series(image: sitk.Image, folder: Path, tags: dict[str, str], series_uid: str,
-                        rng: np.random.Generator) -> None:
-    """One MR series, one file per slice, readable by SimpleITK's ImageSeriesReader (GDCM)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
-    sx, sy, sz = image.GetSpacing()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetSize()[2]):
-        piece = image[:, :, k:k + 1]  # a one-slice volume keeps its slice spacing in the header
-        meta = dict(tags)
-        meta.update({
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-            "0008|0018": _uid(rng), "0020|000e": series_uid, "0020|0013": str(k + 1),
-            "0020|0037": orientation,
-            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0028|0030": f"{sy:.6f}\\{sx:.6f}", "0018|0050": f"{sz:.4f}", "0018|0088": f"{sz:.4f}",
-            "0028|1052": "0", "0028|1053": "1",
-        })
-        for key, value in meta.items():
-            piece.SetMetaData(key, value)
-        with atomic_path(folder / f"IM{k + 1:04d}.dcm") as tmp:
-            writer.SetFileName(str(tmp))
-            writer.Execute(piece)
-
-
-def _write_patient(patient: PhantomPatient, image_dir: Path, dicom: bool, rng: np.random.Generator) -> dict[str, Path]:
-    paths: dict[str, Path] = {}
-    pid = patient.patient_id
-    if dicom:
-        study, frame = _uid(rng), _uid(rng)
-        base = {
-            "0008|0060": "MR", "0010|0010": f"SYNTHETIC^{pid}", "0010|0020": pid, "0020|000d": study,
-            "0020|0052": frame, "0008|0070": "SYNTHETIC relaxometry phantom", "0008|1030": "SYNTHETIC - NOT CLINICAL",
-            "0008|0020": "20000101", "0008|0021": "20000101", "0008|0030": "120000", "0020|0010": "1",
-            "0018|0087": f"{patient.protocol['field_T']:.1f}",
-        }
-        for number, seq in enumerate(SEQUENCES, start=1):
-            tr, te = patient.protocol["tr_te"][seq]
-            tags = dict(base, **{"0008|103e": f"SYNTHETIC {seq}", "0020|0011": str(number),
-                                 "0018|0080": f"{tr:.1f}", "0018|0081": f"{te:.1f}"})
-            paths[seq] = image_dir / f"{pid}_{seq}"
-            _write_dicom_series(getattr(patient, seq), paths[seq], tags, _uid(rng), rng)
-    else:
-        for seq in SEQUENCES:
-            paths[seq] = write_image_atomic(getattr(patient, seq), image_dir / f"{pid}_{seq}.nii.gz")
-    paths["mask"] = write_image_atomic(patient.mask, image_dir / f"{pid}_mask.nii.gz")
-    return paths
-
-
 def _make_and_write(index: int, patient_id: str, rng: np.random.Generator, image_dir: Path,
                     out_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Draw and write one patient (module-level so a process pool can run it)."""
     dicom = writes_dicom(index)
     patient = synthesize_patient(rng, patient_id, dicom=dicom)
-    paths = _write_patient(patient, image_dir, dicom, rng)
+    paths = write_patient_images(patient, image_dir, dicom, rng, manufacturer="SYNTHETIC relaxometry phantom")
     return patient_rows(patient_id, paths, patient.clinical, patient.truth, out_dir)
 
 

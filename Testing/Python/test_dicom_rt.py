@@ -86,15 +86,15 @@ def test_an_rtstruct_is_accepted_as_the_mask_and_gives_the_same_features(patient
 
 
 def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labels(patients, tmp_path):
-    from NPCPrognosisLib.datasets.relaxometry_phantom import _uid, _write_dicom_series
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
 
     patient = patients[0]
     rng = np.random.default_rng(7)
-    study, frame = _uid(rng), _uid(rng)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
     for number, key in enumerate(("t1", "t2", "t1c"), start=1):
         tags = {"0008|0060": "MR", "0010|0010": "SYNTHETIC^A0", "0010|0020": "A0", "0020|000d": study,
                 "0020|0052": frame, "0008|103e": f"SYNTHETIC {key}", "0020|0011": str(number)}
-        _write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, _uid(rng), rng)
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, dicom_uid(rng), rng)
     assert main(["--quiet", "segment", "--bundle", str(DEMO_NETWORK), "--t1", str(tmp_path / "t1"), "--t2",
                  str(tmp_path / "t2"), "--t1c", str(tmp_path / "t1c"), "--patient-id", "A0", "--out",
                  str(tmp_path / "auto.nii.gz")]) == 0
@@ -111,17 +111,17 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
 
 
 def test_a_folder_with_several_series_needs_the_series_named(patients, tmp_path):
-    from NPCPrognosisLib.datasets.relaxometry_phantom import _uid, _write_dicom_series
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
 
     patient = patients[2]
     rng = np.random.default_rng(3)
-    study, frame = _uid(rng), _uid(rng)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
     uids = {}
     for number, key in enumerate(("t2", "t1c"), start=1):
-        uids[key] = _uid(rng)
+        uids[key] = dicom_uid(rng)
         tags = {"0008|0060": "MR", "0010|0020": "A2", "0020|000d": study, "0020|0052": frame,
                 "0008|103e": {"t2": "T2 TSE axial", "t1c": "T1 post contrast"}[key], "0020|0011": str(number)}
-        _write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / "study" / key, tags,
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / "study" / key, tags,
                             uids[key], rng)
     # Both series in one folder, as a PACS export often delivers them.
     (tmp_path / "mixed").mkdir()
