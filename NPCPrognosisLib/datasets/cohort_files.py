@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,26 @@ from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
+
+#: Columns of every phantom cohort's ``manifest.csv`` (the project's manifest contract) and ``truth.csv``.
+MANIFEST_COLUMNS = (
+    "patient_id", "t1", "t2", "t1c", "mask", "age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh",
+    "chemo", "ccnd", "dmfs_time", "dmfs_event", "os_time", "os_event", "pfs_time", "pfs_event", "ic_response",
+)
+TRUTH_COLUMNS = (
+    "patient_id", "lp_dmfs", "lp_os", "lp_pfs", "gtvp_volume_ml", "heterogeneity", "necrosis_fraction",
+    "n_nodes", "gtvn_volume_ml", "rene", "high_risk", "chemo_benefit_applied", "p_ic_response",
+)
+
+
+@dataclass
+class SynthCohort:
+    """Where a written cohort's tables are, and its patients."""
+
+    manifest_path: Path
+    truth_path: Path
+    patient_ids: list[str]
+
 
 #: ``draw_and_write(index, patient_id, rng, image_dir, out_dir) -> (manifest row, truth row)``: one patient drawn
 #: and written by a family; module-level in the family's module so a process pool can run it.
@@ -162,7 +183,6 @@ def write_cohort(draw_and_write: DrawAndWrite, n: int, seed: int, out_dir: str |
     from tqdm import tqdm
 
     from NPCPrognosisLib.datasets.pathology import write_pathology
-    from NPCPrognosisLib.datasets.synth import MANIFEST_COLUMNS, TRUTH_COLUMNS, SynthCohort
 
     if int(n) < 1:
         raise InputError(f"cohort size must be at least 1, got {n!r}", fix="pass n >= 1")

@@ -29,7 +29,14 @@ from scipy import ndimage
 from scipy.special import expit, ndtr
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
-from NPCPrognosisLib.datasets.cohort_files import patient_generators, patient_rows, write_cohort
+from NPCPrognosisLib.datasets.cohort_files import (
+    MANIFEST_COLUMNS,
+    TRUTH_COLUMNS,
+    SynthCohort,
+    patient_generators,
+    patient_rows,
+    write_cohort,
+)
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
 
@@ -39,16 +46,8 @@ SYNTHETIC_NOTICE = (
     "real patient and must never be used for clinical decisions or reported as clinical results."
 )
 
-MANIFEST_COLUMNS = (
-    "patient_id", "t1", "t2", "t1c", "mask", "age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh",
-    "chemo", "ccnd", "dmfs_time", "dmfs_event", "os_time", "os_event", "pfs_time", "pfs_event", "ic_response",
-)
 CLINICAL_COLUMNS = MANIFEST_COLUMNS[5:14]
 OUTCOME_COLUMNS = MANIFEST_COLUMNS[14:]
-TRUTH_COLUMNS = (
-    "patient_id", "lp_dmfs", "lp_os", "lp_pfs", "gtvp_volume_ml", "heterogeneity", "necrosis_fraction",
-    "n_nodes", "gtvn_volume_ml", "rene", "high_risk", "chemo_benefit_applied", "p_ic_response",
-)
 
 #: log-hazard coefficients of the true DMFS model (see :func:`_base_lp`); chosen so the oracle Harrell C is
 #: ~0.78 and about 40% of patients have an event within 60-120 months of follow-up.
@@ -95,13 +94,6 @@ class SynthPatient:
     clinical: dict[str, object]
     truth: dict[str, object]
     tissue: sitk.Image | None = field(default=None, repr=False)
-
-
-@dataclass
-class SynthCohort:
-    manifest_path: Path
-    truth_path: Path
-    patient_ids: list[str]
 
 
 # ---------------------------------------------------------------------------------------------------------
