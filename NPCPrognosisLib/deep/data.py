@@ -4,13 +4,14 @@ Why one working grid. Scanners deliver 0.8-2 mm in-plane pixels, 3-5 mm slices, 
 convolution learns patterns in voxels, so every patient is resampled (one SimpleITK resample from the aligned
 CET1W grid, which also undoes flips and oblique tilts) onto an axis-aligned LPS grid with one spacing and one
 box centred on the image's physical centre. ``train-net`` derives that grid from the training images
-(:func:`derive_grid`: the median field of view, the median slice spacing, and the in-plane spacing a CPU
-budget of 64 x 64 x 32 voxels allows) and stores it in the bundle, so a cohort scanned differently gets a grid
-that fits it instead of a box fixed for another cohort. The budget is what 2 CPU cores afford (a step at
-2 x 2 x 4 mm costs ~4x one at 3 x 3 x 4 mm). It costs little accuracy because the class probabilities, not
-labels, are resampled back linearly before the argmax: taking ground-truth masks to a 3 x 3 x 4 mm grid and back
-keeps Dice 0.975 (GTVp) and 0.94 (GTVn) on synthetic patients (0.99/0.98 at 2 x 2 x 4 mm), far above what the
-network reaches.
+(:func:`derive_grid`: the median field of view, the median slice spacing, and the in-plane spacing that four
+patches of 64 x 64 x 32 voxels allow) and stores it in the bundle, so a cohort scanned differently gets a grid
+that fits it instead of a box fixed for another cohort. A patch is what one training step on 2 CPU cores
+affords; training draws patches (:func:`sample_patch`) and inference stitches windows of the same size. The
+class probabilities, not labels, are resampled back linearly before the argmax: taking ground-truth masks to a
+3 x 3 x 4 mm grid and back keeps Dice 0.975 (GTVp) and 0.94 (GTVn) on family-B patients (0.99/0.98 at
+2 x 2 x 4 mm), but family C's nodes are half as large, and on a one-patch grid of 3.3 mm the network found them
+late or not at all.
 
 Why cache. N4 and the resample cost ~1 s per patient; done once per patient and kept as arrays (and on disk,
 keyed by the configuration, so a resumed run does not redo them) it is off the training loop.
@@ -39,29 +40,56 @@ from NPCPrognosisLib.io.images import ImageHeader
 
 @dataclass
 class GridConfig:
-    """The working grid: LPS axis-aligned, ``spacing`` mm (x, y, z), ``size`` voxels (x, y, z)."""
+    """The working grid: LPS axis-aligned, ``spacing`` mm (x, y, z), ``size`` voxels (x, y, z).
+
+    ``patch`` (voxels, x y z) is what one training sample and one inference window hold when the grid is larger
+    than a CPU step affords: training draws patches (:func:`sample_patch`), inference stitches windows (MONAI's
+    sliding-window inferer). ``None``: the whole grid is one patch.
+    """
 
     spacing: tuple[float, float, float] = (3.0, 3.0, 4.0)
     size: tuple[int, int, int] = (64, 64, 32)
     #: Preprocessed intensities are z-scores x 100 (radiomics convention); the network sees z-scores.
     input_scale: float = 0.01
+    patch: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spacing": list(self.spacing), "size": list(self.size), "input_scale": self.input_scale}
+        data = {"spacing": list(self.spacing), "size": list(self.size), "input_scale": self.input_scale}
+        if self.patch is not None:
+            data["patch"] = list(self.patch)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GridConfig:
+        patch = data.get("patch")
         return cls(spacing=tuple(float(v) for v in data["spacing"]), size=tuple(int(v) for v in data["size"]),
-                   input_scale=float(data.get("input_scale", 0.01)))
+                   input_scale=float(data.get("input_scale", 0.01)),
+                   patch=None if patch is None else tuple(int(v) for v in patch))
 
     @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
 
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """The patch, no larger than the grid along any axis."""
+        patch = self.size if self.patch is None else self.patch
+        return tuple(min(int(p), int(g)) for p, g in zip(patch, self.size))
 
-#: Voxels of the working grid when it is derived from the data: what one training step on 2 CPU cores affords
-#: (64 x 64 x 32, the grid the demo network was trained on).
+    @property
+    def patched(self) -> bool:
+        """Whether training and inference work on patches of the grid rather than on the whole of it."""
+        return self.patch_size != tuple(int(g) for g in self.size)
+
+
+#: Voxels of one training patch (and inference window) when the grid is derived from the data: what one training
+#: step on 2 CPU cores affords (64 x 64 x 32, the grid the demo network was trained on).
 VOXEL_BUDGET = 64 * 64 * 32
+#: Voxels of the derived working grid: four patches. One patch as the whole grid put 3.3 mm between in-plane
+#: voxels on a cohort scanned with a 210 mm field of view, where a 10 mm node is three voxels across; metastatic
+#: nodes were then found late in training or not at all (family C, held-out GTVn Dice 0.53). Four patches halve
+#: the in-plane spacing at the same cost per training step; inference stitches about nine windows.
+GRID_VOXEL_BUDGET = 4 * VOXEL_BUDGET
 #: Bounds on the derived field of view (mm, x y z): at least the nasopharynx and upper neck, at most a head.
 FOV_LIMITS_MM = ((96.0, 96.0, 64.0), (256.0, 256.0, 192.0))
 #: Images read to derive the grid: medians settle long before a whole cohort is read.
@@ -85,14 +113,16 @@ class GridDerivation:
 
 
 def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
-                voxel_budget: int = VOXEL_BUDGET) -> GridDerivation:
-    """The working grid from the training images' own spacing and field of view.
+                voxel_budget: int = GRID_VOXEL_BUDGET, patch_budget: int = VOXEL_BUDGET) -> GridDerivation:
+    """The working grid (and its training patch) from the training images' own spacing and field of view.
 
     The box is the median physical extent of the reference (CET1W) images along the patient axes (clipped to
     :data:`FOV_LIMITS_MM`), so it holds what the cohort's scans hold. The slice spacing is the median slice
     spacing (never finer than in-plane), and the in-plane spacing the finer of the median in-plane spacing and
     what ``voxel_budget`` allows for that box; sizes are multiples of the network's ``downsampling`` and the
-    spacing is stretched so that the box is covered exactly.
+    spacing is stretched so that the box is covered exactly. The patch takes every slice up to 32 (a node
+    spans few slices; context across slices is cheap) and the largest square in-plane size within
+    ``patch_budget``.
 
     Parameters
     ----------
@@ -100,8 +130,10 @@ def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
         Headers of the reference sequence of (a sample of) the training patients (:func:`read_header`).
     downsampling : int
         Every grid dimension must be a multiple of this (:attr:`NetworkConfig.downsampling`).
-    voxel_budget : int, default VOXEL_BUDGET
+    voxel_budget : int, default GRID_VOXEL_BUDGET
         Upper bound (up to rounding) on the number of voxels of the grid.
+    patch_budget : int, default VOXEL_BUDGET
+        Upper bound on the number of voxels of a training patch.
 
     Returns
     -------
@@ -132,7 +164,10 @@ def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
     target_xy = max(in_plane, math.sqrt(fov[0] * fov[1] / per_slice))
     size = (multiple(fov[0] / target_xy), multiple(fov[1] / target_xy), nz)
     grid_spacing = tuple(round(float(f / n), 4) for f, n in zip(fov, size))
-    grid = GridConfig(spacing=grid_spacing, size=size)
+    patch_z = min(nz, max(downsampling, 32 // downsampling * downsampling))
+    patch_xy = max(downsampling, int(math.sqrt(patch_budget / patch_z)) // downsampling * downsampling)
+    patch = (min(size[0], patch_xy), min(size[1], patch_xy), patch_z)
+    grid = GridConfig(spacing=grid_spacing, size=size, patch=None if patch == size else patch)
     return GridDerivation(grid=grid, n_images=len(references),
                           median_spacing_mm=[round(float(v), 4) for v in spacing],
                           median_fov_mm=[round(float(v), 2) for v in np.median(fovs, axis=0)],
@@ -250,6 +285,72 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A 31-bit seed per (run seed, epoch, purpose): a resumed run redraws exactly what the original drew."""
     return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+#: Share of training patches placed to hold a contoured voxel (nnU-Net's foreground oversampling); the rest lie
+#: anywhere in the grid, so the network also sees the neck and skull base far from any tumour.
+FOREGROUND_PATCH_SHARE = 0.67
+
+
+def sample_patch(label: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
+                 foreground_share: float = FOREGROUND_PATCH_SHARE) -> tuple[tuple[slice, ...], bool]:
+    """Where one training patch lies in a case's grid, and whether it was placed on a contoured voxel.
+
+    With probability ``foreground_share`` a structure present in ``label`` is drawn (each structure equally
+    often, so the small nodes are drawn as often as the primary), then one of its voxels, and the patch is
+    placed so that voxel falls anywhere inside it with equal chance; otherwise the patch lies anywhere. The same
+    number of random values is drawn either way, so the stream does not depend on the images.
+
+    Parameters
+    ----------
+    label : ndarray of shape (1, X, Y, Z)
+        The case's labels on the working grid.
+    patch : sequence of int
+        Patch size (x, y, z), no larger than the grid.
+    rng : numpy.random.Generator
+        The epoch's patch stream.
+    foreground_share : float, default FOREGROUND_PATCH_SHARE
+        Share of patches placed on a contoured voxel.
+
+    Returns
+    -------
+    slices : tuple of slice
+        The patch's (x, y, z) slices.
+    anchored : bool
+        True when the patch was placed on a contoured voxel.
+    """
+    shape = label.shape[1:]
+    u_fg, u_class, u_voxel = rng.random(3)
+    offsets = rng.random(3)
+    classes = [int(v) for v in np.unique(label) if v > 0]
+    anchored = bool(classes) and u_fg < foreground_share
+    slices = []
+    if anchored:
+        voxels = np.argwhere(label[0] == classes[min(int(u_class * len(classes)), len(classes) - 1)])
+        anchor = voxels[min(int(u_voxel * len(voxels)), len(voxels) - 1)]
+    for ax in range(3):
+        size, room = int(patch[ax]), int(shape[ax]) - int(patch[ax])
+        if anchored:  # the anchor at a uniform position inside the patch, the patch inside the grid
+            start = int(anchor[ax]) - min(int(offsets[ax] * size), size - 1)
+        else:
+            start = int(offsets[ax] * (room + 1))
+        start = max(0, min(start, room))
+        slices.append(slice(start, start + size))
+    return tuple(slices), anchored
+
+
+def centred_patch(label: np.ndarray, patch: Sequence[int]) -> tuple[slice, ...]:
+    """The patch centred on the contours' bounding box (the grid's centre without contours), inside the grid:
+    the fixed view of a validation case checked after every epoch."""
+    shape = label.shape[1:]
+    found = np.argwhere(label[0] > 0)
+    centre = ((found.min(0) + found.max(0)) / 2.0) if found.size else (np.array(shape) - 1) / 2.0
+    slices = []
+    for ax in range(3):
+        size = min(int(patch[ax]), int(shape[ax]))
+        start = max(0, min(int(round(centre[ax] - (size - 1) / 2.0)), int(shape[ax]) - size))
+        slices.append(slice(start, start + size))
+    return tuple(slices)
 
 
 def event_balanced_batches(events: Sequence[bool], batch_size: int, seed: int) -> list[list[int]]:
@@ -553,10 +654,12 @@ def train_transforms(config: AugmentConfig):
     ])
 
 
-def augment(transforms, case: CasePatient) -> tuple[np.ndarray, np.ndarray]:
+def augment(transforms, case: CasePatient, slices: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented training sample of ``case``: the patch at ``slices`` (the whole grid when None)."""
     from monai.utils import convert_to_numpy
 
-    out = transforms({"image": case.image.copy(), "label": case.label.copy()})
+    view = (slice(None),) + tuple(slices) if slices is not None else (slice(None),)
+    out = transforms({"image": case.image[view].copy(), "label": case.label[view].copy()})
     return (convert_to_numpy(out["image"]).astype(np.float32),
             np.rint(convert_to_numpy(out["label"])).astype(np.int64))
 

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import ROIS
-from NPCPrognosisLib.deep.data import grid_input, to_array_xyz
+from NPCPrognosisLib.deep.data import centred_patch, grid_input, to_array_xyz
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.radiomics.features_table import DEEP_PREFIX
@@ -67,7 +67,11 @@ def deep_features(model, preprocessed: Mapping[str, sitk.Image], mask: sitk.Imag
 
     x, grid_image = grid_input(preprocessed, model.grid)
     labels = to_array_xyz(resample_onto(mask, grid_image, is_label=True))
-    tensor = torch.from_numpy(x[None]).to(model.device).contiguous(memory_format=torch.channels_last_3d)
+    if model.grid.patched:  # a network trained on patches sees one patch, centred on the contours
+        view = centred_patch(labels[None], model.grid.patch_size)
+        x, labels = x[(slice(None),) + view], labels[view]
+    tensor = torch.from_numpy(np.ascontiguousarray(x)[None]).to(model.device).contiguous(
+        memory_format=torch.channels_last_3d)
     with torch.no_grad():
         bottleneck, down, decoded, _ = model.net.encode_decode(tensor)
     maps = {"enc1": down[1] if len(down) > 1 else down[0], "bottleneck": bottleneck, "dec": decoded}

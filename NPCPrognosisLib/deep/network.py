@@ -135,19 +135,28 @@ class MultiTaskSegResNet(nn.Module):
         """
         prob = torch.softmax(logits.float(), dim=1)
         prob = prob.detach() if detach else prob
-        p_gtvp, p_gtvn = prob[:, 1:2], prob[:, 2:3]
+        p_gtvp = prob[:, 1:2]
         small = nn.functional.adaptive_avg_pool3d(prob[:, 1:3], bottleneck.shape[2:])
-        bottleneck, decoded, x = bottleneck.float(), decoded.float(), x.float()
+        bottleneck, decoded = bottleneck.float(), decoded.float()
         mean_p = _weighted_mean(decoded, p_gtvp)
         sd_p = _weighted_sd(decoded, p_gtvp, mean_p)
-        volumes = torch.log1p(prob[:, 1:3].flatten(2).sum(2) * self.voxel_ml)
+        measures = self.image_measures(x, prob)
         features = torch.cat([bottleneck.flatten(2).mean(2), _weighted_mean(bottleneck, small[:, :1]),
-                              _weighted_mean(bottleneck, small[:, 1:2]), mean_p, sd_p, volumes], dim=1)
-        measures = [volumes]
-        for weight in (p_gtvp, p_gtvn):
+                              _weighted_mean(bottleneck, small[:, 1:2]), mean_p, sd_p, measures[:, :2]], dim=1)
+        return features, measures
+
+    def image_measures(self, x: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """The linear path's measures (``IMAGE_MEASURES``) of inputs ``x`` under class probabilities ``prob``.
+
+        Separate from the network's pass because on a grid larger than one window the measures are taken on the
+        stitched probabilities of the whole grid: a structure cut by a window would otherwise lose volume.
+        """
+        x, prob = x.float(), prob.float()
+        measures = [torch.log1p(prob[:, 1:3].flatten(2).sum(2) * self.voxel_ml)]
+        for weight in (prob[:, 1:2], prob[:, 2:3]):
             mean = _weighted_mean(x, weight)
             measures += [mean, _weighted_sd(x, weight, mean)]
-        return features, torch.cat(measures, dim=1)
+        return torch.cat(measures, dim=1)
 
     def heads(self, features: torch.Tensor, measures: torch.Tensor) -> dict[str, torch.Tensor]:
         standard = (measures - self.measure_mean) / self.measure_sd
@@ -170,10 +179,11 @@ def build_network(config: NetworkConfig, voxel_ml: float) -> MultiTaskSegResNet:
 
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood (torchsurv, Efron ties), mean over events; 0 without events."""
+    """Negative Cox partial log-likelihood (torchsurv, Efron ties), mean over events; 0 without events or with
+    fewer than two cases (a risk set of one carries no information)."""
     from torchsurv.loss.cox import neg_partial_log_likelihood
 
     event = event.bool()
-    if not bool(event.any()):
+    if not bool(event.any()) or risk.numel() < 2:
         return risk.sum() * 0.0
     return neg_partial_log_likelihood(risk.float(), event, time.float(), ties_method="efron", reduction="mean")

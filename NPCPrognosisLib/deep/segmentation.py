@@ -5,9 +5,10 @@ has exactly the size, spacing, origin and direction of the reference (CET1W) inp
 The network runs on its own axis-aligned grid (:mod:`net_data`); its class probabilities, not its labels, are
 resampled back linearly and only then turned into labels, so contours keep sub-voxel boundaries.
 
-* Segmentation uses MONAI's sliding-window inferer (whole working grid in one window by default). A scalar
-  risk cannot be stitched from windows, so the risk branch runs once on a fixed box centred on the predicted
-  tumour (the whole working grid by default, which is small enough).
+* Segmentation uses MONAI's sliding-window inferer when the network was trained on patches of its grid (one
+  window of the whole grid otherwise). A scalar risk cannot be stitched from windows, so the risk branch reads
+  its deep features from one window centred on the predicted tumour and its image measures from the stitched
+  probabilities (:mod:`NPCPrognosisLib.deep.inference`, shared with training).
 * Test-time augmentation: left-right flips (the neck is near-symmetric) and mild intensity scaling; the voxel
   uncertainty is the normalised predictive entropy of the averaged probabilities, the score's spread is the SD
   of the TTA risks.
@@ -35,6 +36,7 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
+from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
@@ -171,24 +173,6 @@ def _tta_plan(n: int) -> list[tuple[bool, float]]:
     return plan
 
 
-def _risk_box(prob: np.ndarray, box: list[int]) -> tuple[slice, slice, slice]:
-    """A fixed box centred on the probability-weighted tumour centre, shifted to lie inside the grid."""
-    tumour = prob[1] + prob[2]
-    shape = tumour.shape
-    if tumour.sum() > 1e-3:
-        centre = [float((tumour.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(shape[ax])).sum()
-                        / tumour.sum()) for ax in range(3)]
-    else:
-        centre = [(s - 1) / 2.0 for s in shape]
-    slices = []
-    for ax in range(3):
-        size = min(int(box[ax]), shape[ax])
-        start = int(round(centre[ax] - size / 2.0))
-        start = max(0, min(start, shape[ax] - size))
-        slices.append(slice(start, start + size))
-    return tuple(slices)
-
-
 def _head_values(out: Mapping[str, Any]) -> dict[str, Any]:
     """Head outputs of a batch of one: the risk, the binary head's probability when it exists, and the image
     measures the risk head's linear path reads."""
@@ -230,44 +214,27 @@ def _risk_with_head(model: NetworkModel, heads: Mapping[str, Any], coefficients:
 
 def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
     """Probabilities (3, X, Y, Z) on the working grid, the head outputs (``_head_values``), and optionally a
-    HiResCAM saliency of the risk on the working grid."""
+    HiResCAM saliency of the risk on the working grid (:func:`NPCPrognosisLib.deep.inference.grid_pass`)."""
     import torch
-    from monai.inferers import sliding_window_inference
 
     net, device = model.net, model.device
-    grid_size = list(x.shape[1:])
-    roi = [min(int(r), g) for r, g in zip(model.inference.get("roi_size", grid_size), grid_size)]
-    box = [min(int(b), g) for b, g in zip(model.inference.get("risk_box", grid_size), grid_size)]
-    tensor = torch.from_numpy(x[None]).to(device).contiguous(memory_format=torch.channels_last_3d)
-    single = roi == grid_size and box == grid_size
-    with torch.no_grad():
-        if single and not want_saliency:
-            out = net(tensor)
-            prob = torch.softmax(out["seg_logits"].float(), 1)[0].cpu().numpy()
-            return prob, _head_values(out), None
-        if single:
-            logits = net.segment(tensor)
-        else:
-            logits = sliding_window_inference(tensor, roi, 1, net.segment,
-                                              overlap=float(model.inference.get("sw_overlap", 0.25)))
-        prob = torch.softmax(logits.float(), 1)[0].cpu().numpy()
-    slices = _risk_box(prob, box)
-    crop = tensor[(slice(None), slice(None)) + slices]
+    prob, out, box = grid_pass(net, x, model.inference, device)
     if not want_saliency:
-        with torch.no_grad():
-            return prob, _head_values(net(crop)), None
+        return prob, _head_values(out), None
+    crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box])[None]).to(device)
+    crop = crop.contiguous(memory_format=torch.channels_last_3d)
     with torch.enable_grad():
         bottleneck, down, decoded, logits = net.encode_decode(crop)
         stage = down[1] if len(down) > 1 else down[0]
         features, measures = net.risk_features(crop, bottleneck, decoded, logits, detach=False)
-        heads = {**net.heads(features, measures), "measures": measures}
-        grads = torch.autograd.grad(heads["risk"][0], stage)[0]
+        risk = net.heads(features, measures)["risk"]
+        grads = torch.autograd.grad(risk[0], stage)[0]
     cam = torch.relu((grads * stage).sum(1, keepdim=True))  # HiResCAM: element-wise, not channel-averaged
     cam = torch.nn.functional.interpolate(cam, size=crop.shape[2:], mode="trilinear", align_corners=False)
     cam = cam[0, 0].detach().cpu().numpy()
-    full = np.zeros(grid_size, dtype=np.float32)
-    full[slices] = cam / cam.max() if cam.max() > 0 else cam
-    return prob, _head_values({k: v.detach() for k, v in heads.items()}), full
+    full = np.zeros(x.shape[1:], dtype=np.float32)
+    full[box] = cam / cam.max() if cam.max() > 0 else cam
+    return prob, _head_values(out), full
 
 
 def _postprocess(labels: np.ndarray, spacing: tuple[float, ...], postprocessing: Mapping[str, Any],

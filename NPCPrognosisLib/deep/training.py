@@ -49,13 +49,16 @@ from NPCPrognosisLib.deep.data import (
     CasePatient,
     GridConfig,
     augment,
+    centred_patch,
     derive_grid,
     epoch_seed,
     event_balanced_batches,
     fat_suppression_survey,
     load_case,
+    sample_patch,
     train_transforms,
 )
+from NPCPrognosisLib.deep.inference import grid_pass, inference_spec
 from NPCPrognosisLib.deep.network import IMAGE_MEASURES, NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
 from NPCPrognosisLib.imaging.overlap import dice
@@ -273,15 +276,30 @@ def update_average(average: dict[str, Any] | None, model, count: int) -> dict[st
 PREDICT_BATCH = 4
 
 
-def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False) -> tuple:
-    """(argmax labels per case, risks) on the working grid without augmentation; with ``head_inputs`` also
-    the MLP output and the raw image measures of the risk head, per case."""
+def case_outputs(model, cases: Sequence[CasePatient], device: str,
+                 inference: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The network's outputs for each case without augmentation: argmax labels on the working grid, risks, and
+    the risk head's inputs (deep features, image measures).
+
+    With an ``inference`` block whose window is smaller than the cases' grid, each case goes through
+    :func:`NPCPrognosisLib.deep.inference.grid_pass` (stitched windows, as ``segment`` runs it); otherwise cases
+    are batched whole.
+    """
     import torch
 
-    labels, risks, mlp, measures = [], [], [], []
+    labels, risks, features, measures = [], [], [], []
     model.eval()
+    windows = inference is not None and bool(cases) and any(
+        int(r) < g for r, g in zip(inference.get("roi_size", cases[0].image.shape[1:]), cases[0].image.shape[1:]))
     with torch.no_grad():
-        for start in range(0, len(cases), PREDICT_BATCH):
+        if windows:
+            for case in cases:
+                prob, out, _ = grid_pass(model, case.image, inference, device)
+                labels.append(prob.argmax(0))
+                risks.append(float(out["risk"].float()[0]))
+                features.append(out["features"].float()[0].cpu().numpy())
+                measures.append(out["measures"].float()[0].cpu().numpy())
+        for start in range(0, 0 if windows else len(cases), PREDICT_BATCH):
             batch = cases[start:start + PREDICT_BATCH]
             x = torch.from_numpy(np.stack([case.image for case in batch])).to(device)
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -289,12 +307,39 @@ def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inpu
                 out = model(x)
             labels.extend(out["seg_logits"].argmax(1).cpu().numpy())
             risks.extend(out["risk"].float().reshape(len(batch)).tolist())
-            if head_inputs:
-                mlp.extend(model.risk_mlp(out["features"].float())[:, 0].tolist())
-                measures.extend(out["measures"].float().cpu().numpy())
+            features.extend(out["features"].float().cpu().numpy())
+            measures.extend(out["measures"].float().cpu().numpy())
+    return {"labels": labels, "risks": np.array(risks), "features": np.array(features),
+            "measures": np.array(measures)}
+
+
+def head_risks(model, outputs: Mapping[str, Any]) -> np.ndarray:
+    """Risks from stored head inputs (:func:`case_outputs`) with the network's current head: after the refit the
+    risks change while the contours do not, so the cases need not pass through the network again."""
+    import torch
+
+    with torch.no_grad():
+        features = torch.as_tensor(outputs["features"], dtype=torch.float32)
+        measures = torch.as_tensor(outputs["measures"], dtype=torch.float32)
+        return model.heads(features, measures)["risk"].float().cpu().numpy().astype(float)
+
+
+def _mlp_outputs(model, outputs: Mapping[str, Any]) -> np.ndarray:
+    """The risk head's MLP output for stored deep features (:func:`case_outputs`)."""
+    import torch
+
+    with torch.no_grad():
+        return model.risk_mlp(torch.as_tensor(outputs["features"], dtype=torch.float32))[:, 0].numpy().astype(float)
+
+
+def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False,
+                  inference: Mapping[str, Any] | None = None) -> tuple:
+    """(argmax labels per case, risks) on the working grid without augmentation; with ``head_inputs`` also
+    the MLP output and the raw image measures of the risk head, per case (:func:`case_outputs`)."""
+    outputs = case_outputs(model, cases, device, inference)
     if head_inputs:
-        return labels, np.array(risks), np.array(mlp), np.array(measures)
-    return labels, np.array(risks)
+        return outputs["labels"], outputs["risks"], _mlp_outputs(model, outputs), outputs["measures"]
+    return outputs["labels"], outputs["risks"]
 
 
 #: Folds of the risk-head refit: its ridge strength's cross-validation and its out-of-fold heads.
@@ -326,14 +371,16 @@ def _fold_fits(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalize
 
 
 def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties: Sequence[float], *,
-                    min_events: int = 8, seed: int = 0, include_mlp: bool = False) -> dict[str, Any]:
+                    min_events: int = 8, seed: int = 0, include_mlp: bool = False,
+                    outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Refit the risk head's linear path by a ridge Cox model on all ``cases``; returns what was done.
 
     Design: the standardised image measures (``network.IMAGE_MEASURES``) [and the MLP output with
     ``include_mlp``]; ridge strength by 5-fold cross-validated C. The fitted coefficients are written into the
     network (linear path replaced, measure mean/SD stored as buffers, last MLP layer scaled, to zero when the
     MLP is left out), so the network's risk equals the Cox linear predictor up to a constant. With fewer than
-    ``min_events`` events the joint head is kept.
+    ``min_events`` events the joint head is kept. ``outputs``: the cases' :func:`case_outputs`, when the caller
+    has them (on a patched grid a pass costs a few windows per case).
     """
     import torch
 
@@ -343,7 +390,8 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
     event = np.array([c.event for c in cases], bool)
     if int(event.sum()) < min_events:
         return {"refitted": False, "reason": f"{int(event.sum())} training events < {min_events}"}
-    _, _, mlp, measures = predict_cases(model, cases, device, head_inputs=True)
+    outputs = case_outputs(model, cases, device) if outputs is None else outputs
+    mlp, measures = _mlp_outputs(model, outputs), outputs["measures"]
     mlp_mean, mlp_sd = float(mlp.mean()), float(mlp.std())
     mean, sd = measures.mean(0), measures.std(0)
     varying = sd > 1e-6
@@ -368,7 +416,7 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
         model.risk_linear.bias.zero_()
         model.measure_mean.copy_(torch.as_tensor(mean, dtype=model.measure_mean.dtype))
         model.measure_sd.copy_(torch.as_tensor(sd, dtype=model.measure_sd.dtype))
-    _, refitted = predict_cases(model, cases, device)
+    refitted = head_risks(model, outputs)
     return {"refitted": True, "n": len(cases), "events": int(event.sum()), "penalizer": best, "mlp": use_mlp,
             "cv_c_index": {str(k): v for k, v in scores.items()},
             "train_c_index": safe_c_index(time, event, refitted),
@@ -409,8 +457,10 @@ def _autocast(device: str):
     return contextlib.nullcontext()
 
 
-def evaluate(model, cases: Sequence[CasePatient], device: str) -> dict[str, float]:
-    labels, risks = predict_cases(model, cases, device)
+def evaluate(model, cases: Sequence[CasePatient], device: str,
+             inference: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Validation Dice (GTVp, GTVn) and C-index of ``cases`` (``inference``: see :func:`case_outputs`)."""
+    labels, risks = predict_cases(model, cases, device, inference=inference)
     result = {}
     for name in ("gtvp", "gtvn"):
         values = [dice(p == LABEL_NAMES[name], c.label[0] == LABEL_NAMES[name]) for p, c in zip(labels, cases)]
@@ -519,6 +569,13 @@ def segmentation_gate(history: Sequence[Mapping[str, Any]], selected: Mapping[st
                    f"a lower learning rate (--config with {{\"lr\": 0.001}}). --force writes the bundle anyway, "
                    f"marked as failed")
     return SegmentationGate(passed, gtvp, gtvn, prior, required, message)
+
+
+def _patch_view(case: CasePatient, slices: tuple[slice, ...]) -> CasePatient:
+    """The case cut to one patch of its grid."""
+    view = (slice(None),) + tuple(slices)
+    return CasePatient(case.patient_id, np.ascontiguousarray(case.image[view]),
+                       np.ascontiguousarray(case.label[view]), case.time, case.event, case.binary)
 
 
 def training_volumes(cases: Sequence[CasePatient], voxel_ml: float) -> dict[str, dict[str, float]]:
@@ -684,7 +741,8 @@ def train_network(
                       stop_after_epoch=stop_after_epoch, started=started)
         if state["epoch"] < epochs - 1:
             return ckpt_dir
-        final = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device)
+        inference = inference_spec(train_config.grid)
+        final = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device, inference)
         gate = segmentation_gate(state["history"], final["metrics"], position_prior_dice(train_cases, val_cases),
                                  train_config)
         if not gate.passed:
@@ -692,15 +750,16 @@ def train_network(
                 raise TrainingFailedError(gate.message, path=manifest.source)
             gate.forced = True
             log.warning("%s; bundle written anyway (--force)", gate.message)
+        train_outputs = case_outputs(model, train_cases, device, inference)
         refit = refit_risk_head(model, train_cases, device, train_config.refit_penalties,
                                 min_events=train_config.refit_min_events, seed=int(seed),
-                                include_mlp=train_config.refit_include_mlp)
+                                include_mlp=train_config.refit_include_mlp, outputs=train_outputs)
         if refit["refitted"]:
-            refit["val_c_index"] = evaluate(model, val_cases, device)["c_index"]
+            refit["val_c_index"] = evaluate(model, val_cases, device, inference)["c_index"]
             log.info("risk head refitted on %d training patients (ridge %g): train C %.3f, validation C %.3f",
                      refit["n"], refit["penalizer"], refit["train_c_index"], refit["val_c_index"])
         _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
-        _, train_risks = predict_cases(model, train_cases, device)
+        train_risks = head_risks(model, train_outputs)
         content = _bundle_content(train_config, state, final, endpoint, train_risks, synthetic_demo,
                                   batch_size=batch_size, val_fraction=val_fraction, device=device)
         content["network"]["risk_head_refit"] = refit
@@ -714,12 +773,14 @@ def train_network(
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_cases, device) -> dict[str, Any]:
-    """Load the weights that ship into ``model``; returns their epoch, validation record and kind."""
+def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_cases, device,
+                        inference: Mapping[str, Any]) -> dict[str, Any]:
+    """Load the weights that ship into ``model``; returns their epoch, validation record and kind (the average's
+    record from whole validation grids, as ``segment`` runs them)."""
     if config.final_weights == "average" and state.get("average_n"):
         model.load_state_dict(load_average(ckpt_dir, "latest", state["epoch"]))
         first, last = int(state["average_first_epoch"]), int(state["epoch"])
-        metrics = evaluate(model, val_cases, device)
+        metrics = evaluate(model, val_cases, device, inference)
         log.info("weights averaged over epochs %d-%d: validation Dice GTVp %.3f GTVn %.3f C %.3f", first + 1,
                  last + 1, metrics["dice_gtvp"], metrics["dice_gtvn"], metrics["c_index"])
         return {"epoch": last, "kind": "average", "averaged_epochs": [first, last],
@@ -764,6 +825,11 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
                           include_background=config.dice_include_background)
     transforms = train_transforms(config.augment)
     events = [c.event for c in train_cases]
+    patch = config.grid.patch_size
+    # on a patched grid every epoch is validated on one fixed patch per case, centred on its contours (cheap; the
+    # whole grids are stitched once, for the weights that ship)
+    val_views = ([_patch_view(c, centred_patch(c.label, patch)) for c in val_cases] if config.grid.patched
+                 else val_cases)
     elapsed_before = float(state.get("wall_s", 0.0))
     average = load_average(ckpt_dir, "latest", state["epoch"]) if state.get("average_n") else None
     for epoch in range(state["epoch"] + 1, epochs):
@@ -775,6 +841,7 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
         torch.manual_seed(epoch_seed(seed, epoch, 1))
         transforms.set_random_state(seed=epoch_seed(seed, epoch, 2))
         batches = event_balanced_batches(events, batch_size, epoch_seed(seed, epoch, 0))
+        patch_rng = np.random.default_rng(epoch_seed(seed, epoch, 3))
         model.train()
         totals = {"loss": 0.0, "seg": 0.0, "cox": 0.0}
         bar = batches
@@ -783,7 +850,12 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
 
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
         for batch in bar:
-            pairs = [augment(transforms, train_cases[i]) for i in batch]
+            # on a patched grid: where each sample's patch lies, and whether it holds the contours (the outcome
+            # terms read only those: a patch of empty neck says nothing about the patient's risk)
+            placed = [sample_patch(train_cases[i].label, patch, patch_rng) if config.grid.patched else (None, True)
+                      for i in batch]
+            pairs = [augment(transforms, train_cases[i], where) for i, (where, _) in zip(batch, placed)]
+            whole = torch.tensor([anchored for _, anchored in placed], dtype=torch.bool, device=device)
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
             x = x.contiguous(memory_format=torch.channels_last_3d)
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
@@ -792,11 +864,11 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             with _autocast(device):
                 out = model(x)
             seg = seg_loss(out["seg_logits"].float(), y)
-            cox = cox_loss(out["risk"].float(), t, e)
+            cox = cox_loss(out["risk"].float()[whole], t[whole], e[whole])
             loss = seg + outcome_weight * cox
             if "binary_logit" in out:
                 target = torch.tensor([train_cases[i].binary for i in batch], dtype=torch.float32, device=device)
-                known = torch.isfinite(target)
+                known = torch.isfinite(target) & whole
                 if bool(known.any()):
                     scale = config.binary_weight * outcome_weight / max(config.cox_weight, 1e-12)
                     loss = loss + scale * torch.nn.functional.binary_cross_entropy_with_logits(
@@ -810,8 +882,8 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             totals["seg"] += float(seg.detach()) / len(batches)
             totals["cox"] += float(cox.detach()) / len(batches)
             if progress:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-        metrics = evaluate(model, val_cases, device)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        metrics = evaluate(model, val_views, device)
         score = selection_score(metrics)
         record = {"epoch": epoch, "lr": lr, "cox_weight": outcome_weight,
                   **{f"train_{k}": v for k, v in totals.items()},
@@ -858,7 +930,7 @@ def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, sy
         "labels": {"gtvp": LABEL_NAMES["gtvp"], "gtvn": LABEL_NAMES["gtvn"]},
         "sequences": list(SEQUENCES),
         "endpoint": endpoint,
-        "inference": {"roi_size": list(config.grid.size), "sw_overlap": 0.25, "risk_box": list(config.grid.size)},
+        "inference": inference_spec(config.grid),
         "postprocessing": {"gtvp_largest_component": True, "gtvn_min_ml": config.gtvn_min_ml},
         "score_normalisation": {"mean": float(finite.mean()) if finite.size else 0.0,
                                 "sd": float(finite.std()) if finite.size > 1 else 1.0,

@@ -20,7 +20,7 @@ pytest.importorskip("monai")
 pytest.importorskip("torchsurv")
 
 from NPCPrognosisLib.datasets.synth import synthesize_cohort  # noqa: E402
-from NPCPrognosisLib.deep.data import event_balanced_batches  # noqa: E402
+from NPCPrognosisLib.deep.data import GridConfig, event_balanced_batches  # noqa: E402
 from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss  # noqa: E402
 from NPCPrognosisLib.deep.segmentation import load_network, segment_patient  # noqa: E402
 from NPCPrognosisLib.deep.training import train_network  # noqa: E402
@@ -108,6 +108,10 @@ def test_cox_loss_matches_textbook_partial_likelihood(ties):
         ours = cox_loss(torch.tensor(risk), torch.tensor(time), torch.tensor(event))
         assert float(ours) == pytest.approx(expected / terms, rel=1e-6)
     assert float(cox_loss(torch.tensor(risk), torch.tensor(time), torch.zeros(n, dtype=torch.bool))) == 0.0
+    # one case (the only training patch of a batch placed on the contours): a risk set of one, no information
+    one = torch.tensor(risk[:1], requires_grad=True)
+    loss = cox_loss(one, torch.tensor(time[:1]), torch.ones(1, dtype=torch.bool))
+    assert float(loss) == 0.0 and loss.requires_grad
 
 
 def test_event_balanced_batches_spread_events():
@@ -427,6 +431,70 @@ def test_segment_scores_a_training_patient_with_its_out_of_fold_head(tiny_bundle
     expected = other.deep_score + standard @ (0.5 - net.risk_linear.weight.detach().numpy()[0])
     assert own.deep_score == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert own.deep_score != pytest.approx(other.deep_score, abs=1e-3)
+
+
+def test_a_patched_grid_is_stitched_from_windows_and_its_risk_reads_the_whole_grid():
+    """On a grid larger than one window: the probabilities are MONAI's Gaussian-weighted stitching of the
+    windows, the risk head's image measures are those of the whole grid's probabilities (a node outside the risk
+    window still counts), its deep features those of the window centred on the tumour, and the risk is the head
+    applied to both."""
+    from monai.inferers import sliding_window_inference
+
+    from NPCPrognosisLib.deep.inference import grid_pass, inference_spec
+
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4),
+                        0.288).eval()
+    with torch.no_grad():
+        net.risk_linear.weight.normal_()
+    grid = GridConfig(spacing=(6.0, 6.0, 8.0), size=(32, 32, 16), patch=(16, 16, 16))
+    spec = inference_spec(grid)
+    assert spec["roi_size"] == spec["risk_box"] == [16, 16, 16] and spec["sw_mode"] == "gaussian"
+    x = np.random.default_rng(3).normal(size=(3, 32, 32, 16)).astype(np.float32)
+    prob, out, box = grid_pass(net, x, spec, "cpu")
+    with torch.no_grad():
+        logits = sliding_window_inference(torch.from_numpy(x[None]), [16, 16, 16], 4, net.segment, overlap=0.25,
+                                          mode="gaussian")
+        expected = torch.softmax(logits, 1)[0].numpy()
+        window = net(torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box])[None]))
+    assert np.abs(prob - expected).max() < 1e-5
+    assert [s.stop - s.start for s in box] == [16, 16, 16]
+    volumes = np.log1p(prob[1:3].reshape(2, -1).sum(1) * 0.288)
+    inside_box = np.log1p(prob[(slice(1, 3),) + box].reshape(2, -1).sum(1) * 0.288)
+    measures = out["measures"][0].numpy()
+    assert np.allclose(measures[:2], volumes, rtol=1e-5) and not np.allclose(measures[:2], inside_box, rtol=1e-3)
+    weight = prob[1] / prob[1].sum()
+    assert np.allclose(measures[2:5], [(x[c] * weight).sum() for c in range(3)], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(out["features"], window["features"], atol=1e-6)
+    with torch.no_grad():
+        again = net.heads(window["features"], out["measures"])["risk"]
+    assert float(out["risk"][0]) == pytest.approx(float(again[0]), abs=1e-6)
+
+
+def test_a_patched_network_trains_on_patches_and_segments_in_the_exact_input_geometry(tiny_cohort, tmp_path):
+    """A grid of four windows, trained end to end: the bundle names the windows, ``segment`` stitches them back
+    onto the CET1W grid (mask and saliency), and deep features read the patch around the contours."""
+    from NPCPrognosisLib.deep.features import deep_feature_columns, deep_features
+    from NPCPrognosisLib.imaging.preprocess import preprocess_images
+    from NPCPrognosisLib.io.images import align_patient
+
+    config = {**TINY, "grid": {**TINY["grid"], "patch": [16, 16, 16]}}
+    bundle = train_network(tiny_cohort.manifest_path, "dmfs", tmp_path / "net", epochs=2, batch_size=3, seed=3,
+                           val_fraction=0.4, progress=False, config=config, force=True)
+    model = load_network(bundle)
+    assert model.grid.patch_size == (16, 16, 16) and model.inference["roi_size"] == [16, 16, 16]
+    history = model.content["network"]["history"]
+    assert len(history) == 2 and all(np.isfinite(r["train_seg"]) for r in history)
+    entry = read_manifest(tiny_cohort.manifest_path).entries()[0]
+    images = load_patient(entry.patient_id, entry.images).images
+    result = segment_patient(model, images, patient_id="someone-else", saliency=True)
+    assert same_geometry(result.mask, images["t1c"]) and np.isfinite(result.deep_score)
+    assert same_geometry(result.saliency, images["t1c"])
+    aligned = align_patient(images, None, patient_id=entry.patient_id).images
+    features = deep_features(model, preprocess_images(aligned, model.preprocess), load_patient(
+        entry.patient_id, entry.images, entry.mask).mask)
+    assert list(features) == deep_feature_columns(model.network_config)
+    assert np.isfinite([features[c] for c in features if c.startswith("deep_gtvp_")]).all()
 
 
 def test_network_bundle_names_no_patient(tiny_bundle, tiny_cohort):
@@ -888,7 +956,7 @@ def test_a_corrupt_training_image_stops_train_net_naming_the_patient(tiny_cohort
 def test_working_grid_is_derived_from_the_training_images(tiny_cohort):
     """Headers of real synthetic images (and of a thin-slice, fine in-plane scanner) give a grid that covers
     the median field of view within the voxel budget, in multiples of the network's downsampling."""
-    from NPCPrognosisLib.deep.data import FOV_LIMITS_MM, VOXEL_BUDGET, derive_grid
+    from NPCPrognosisLib.deep.data import FOV_LIMITS_MM, GRID_VOXEL_BUDGET, VOXEL_BUDGET, derive_grid
     from NPCPrognosisLib.io.images import ImageHeader, read_header
 
     entries = read_manifest(tiny_cohort.manifest_path).entries()
@@ -898,14 +966,52 @@ def test_working_grid_is_derived_from_the_training_images(tiny_cohort):
     for case in (headers, [ImageHeader((224, 224, 34), (0.9, 0.9, 3.5), (-1, 0, 0, 0, -1, 0, 0, 0, 1))] * 3):
         derivation = derive_grid(case, 8)
         grid = derivation.grid
-        assert all(n % 8 == 0 for n in grid.size)
-        assert np.prod(grid.size) <= 1.3 * VOXEL_BUDGET
+        assert all(n % 8 == 0 for n in grid.size) and all(n % 8 == 0 for n in grid.patch_size)
+        assert np.prod(grid.size) <= 1.3 * GRID_VOXEL_BUDGET and np.prod(grid.patch_size) <= VOXEL_BUDGET
+        assert grid.patched and all(p <= g for p, g in zip(grid.patch_size, grid.size))
+        assert GridConfig.from_dict(grid.to_dict()) == grid
         covered = np.array(grid.spacing) * np.array(grid.size)
         expected = np.clip(derivation.median_fov_mm, *FOV_LIMITS_MM)
         assert np.allclose(covered, expected, atol=0.01 * expected.max())
         assert grid.spacing[2] >= grid.spacing[0] - 1e-9  # never finer across slices than in plane
     fine = derive_grid([ImageHeader((224, 224, 34), (0.9, 0.9, 3.5), (1, 0, 0, 0, 1, 0, 0, 0, 1))] * 3, 8)
     assert fine.median_fov_mm == [201.6, 201.6, 119.0] and fine.median_spacing_mm == [0.9, 0.9, 3.5]
+    # a 201.6 mm field: 128 x 128 voxels of 1.575 mm in plane (a 10 mm node is six voxels across), 64 x 64 patches
+    assert fine.grid.size == (128, 128, 32) and fine.grid.patch_size == (64, 64, 32)
+    assert fine.grid.spacing[0] == pytest.approx(1.575)
+    assert GridConfig.from_dict({"spacing": [3, 3, 4], "size": [64, 64, 32]}).patched is False  # older bundles
+
+
+def test_training_patches_are_drawn_on_each_structure_as_often_and_lie_inside_the_grid():
+    """Foreground oversampling: about two patches in three are placed on a contoured voxel, the small structure as
+    often as the large one, anywhere inside the patch; the others lie anywhere; the draws depend on the seed only."""
+    from NPCPrognosisLib.deep.data import FOREGROUND_PATCH_SHARE, centred_patch, sample_patch
+
+    label = np.zeros((1, 48, 40, 16), np.uint8)
+    label[0, 5:25, 5:25, 2:12] = 1  # a large primary near one corner
+    label[0, 40:42, 33:35, 13:15] = 2  # an 8-voxel node in the opposite corner
+    patch = (16, 16, 8)
+    rng = np.random.default_rng(5)
+    draws = [sample_patch(label, patch, rng) for _ in range(3000)]
+    anchored = np.array([a for _, a in draws])
+    assert abs(anchored.mean() - FOREGROUND_PATCH_SHARE) < 0.03
+    holds = np.array([[bool((label[(0,) + s] == k).any()) for k in (1, 2)] for s, _ in draws])
+    assert holds[anchored].any(1).all()  # an anchored patch always holds a contoured voxel
+    node_share = holds[anchored, 1].mean()
+    assert 0.45 < node_share < 0.6  # the 8-voxel node: half the anchored patches (0.01 % of the grid's voxels)
+    assert holds[~anchored, 1].mean() < 0.15
+    for slices, _ in draws:
+        assert [s.stop - s.start for s in slices] == list(patch)
+        assert all(0 <= s.start and s.stop <= n for s, n in zip(slices, label.shape[1:]))
+    # the node lies anywhere in the patch: every start that keeps the node (x 40-41) and the patch inside the grid
+    offsets = {slices[0].start for (slices, a), h in zip(draws, holds) if a and h[1]}
+    assert offsets == set(range(25, 33))
+    again = [sample_patch(label, patch, np.random.default_rng(5)) for _ in range(1)]
+    assert again[0] == draws[0]
+    assert sample_patch(np.zeros_like(label), patch, np.random.default_rng(1))[1] is False
+    centred = centred_patch(label, patch)
+    assert all(0 <= s.start and s.stop <= n and s.stop - s.start == p
+               for s, n, p in zip(centred, label.shape[1:], patch))
 
 
 def test_cox_term_waits_for_the_contours_then_ramps():
