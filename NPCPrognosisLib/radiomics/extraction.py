@@ -51,6 +51,9 @@ _TOO_SMALL_MESSAGES = (
     "Size of the ROI is too small",
     "too few dimensions",
     "only contains 1 segmented voxel",
+    # the ROI had voxels before resampling (checked first) and none of the 3 mm grid's sample points fell in it: a
+    # 63-voxel family-C node (4 x 8 x 13.5 mm) vanished so, and the whole patient failed extraction
+    "not present in mask",
 )
 
 

@@ -167,6 +167,29 @@ def test_too_small_node_is_absent_with_warning(caplog):
         extractor.execute(images["t2"], mask, label=2)
 
 
+def test_a_node_that_vanishes_on_the_resampled_grid_is_absent_not_a_failed_patient():
+    """A thin 63-voxel node on a 0.66 x 0.66 x 4.5 mm grid (a family-C patient's, voxel for voxel) that no sample
+    point of PyRadiomics' 3 mm grid falls in: PyRadiomics refuses the label as not present; the extraction takes it
+    as too small (GTVn absent) instead of failing the patient."""
+    from radiomics import imageoperations
+
+    bits = [0, 0, 4, 16, 67, 142, 57, 231, 0, 16, 65, 134, 24, 227, 207, 61, 231, 188, 0, 195, 12, 48, 0, 0, 0, 0, 32]
+    node = np.unpackbits(np.array(bits, np.uint8))[:3 * 12 * 6].reshape(3, 12, 6).astype(bool)
+    labels = np.zeros((30, 160, 200), np.uint8)
+    labels[10:16, 40:80, 40:90] = 1
+    labels[21:24, 141:153, 183:189][node] = 2
+    mask = sitk.GetImageFromArray(labels)
+    mask.SetSpacing((0.6568, 0.6568, 4.5))
+    settings = yaml.safe_load(RADIOMICS_PARAMS.read_text())["setting"]
+    assert int(node.sum()) == 63
+    problem = rf._viability_problem(mask, 2, settings)
+    assert problem is not None and "not present" in problem
+    assert rf._viability_problem(mask, 1, settings) is None
+    resampled = imageoperations.resampleImage(sitk.Cast(mask, sitk.sitkFloat32), mask, label=2,
+                                              **{**settings, "interpolator": sitk.sitkNearestNeighbor})[1]
+    assert not (sitk.GetArrayFromImage(resampled) == 2).any()  # PyRadiomics' own grid misses it
+
+
 def test_workers_2_identical_to_workers_1(patient, fast_result):
     images, mask = patient
     try:
