@@ -5,6 +5,10 @@ Why the loop is built this way:
 * Loss = DiceCE (MONAI, batch Dice so patients without nodes do not divide by zero) + ``cox_weight`` x Cox
   partial likelihood (torchsurv, Efron ties) [+ BCE for the optional binary head]. Batches are dealt so that
   events are spread evenly (a batch without an event gives the Cox term no gradient).
+* On a grid larger than one patch (the derived default), each sample is one patch of its patient, placed on a
+  contoured voxel two times in three (:func:`sample_patch`, each structure equally often); the outcome terms read
+  only those. Epochs are validated on a fixed patch per patient; the weights that ship on whole grids stitched
+  from windows, as ``segment`` runs them (:mod:`NPCPrognosisLib.deep.inference`).
 * Segmentation first, then outcome: the Cox and binary terms are off for the first 30 % of the epochs and ramp
   in over the next 20 % (:func:`cox_weight_at`), gradients are clipped, the learning rate warms up then decays.
   On an external-style cohort the joint loss from epoch 0 made the Cox term spike and the contours vanish.
