@@ -339,18 +339,24 @@ def sample_patch(label: np.ndarray, patch: Sequence[int], rng: np.random.Generat
     return tuple(slices), anchored
 
 
+def box_slices(centre: Sequence[float], box: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    """A box of ``box`` voxels (clipped to ``shape``) centred on the voxel index ``centre``, shifted to lie inside
+    a grid of ``shape``."""
+    slices = []
+    for ax in range(len(shape)):
+        size = min(int(box[ax]), int(shape[ax]))
+        start = max(0, min(int(round(float(centre[ax]) - (size - 1) / 2.0)), int(shape[ax]) - size))
+        slices.append(slice(start, start + size))
+    return tuple(slices)
+
+
 def centred_patch(label: np.ndarray, patch: Sequence[int]) -> tuple[slice, ...]:
     """The patch centred on the contours' bounding box (the grid's centre without contours), inside the grid:
     the fixed view of a validation case checked after every epoch."""
     shape = label.shape[1:]
     found = np.argwhere(label[0] > 0)
     centre = ((found.min(0) + found.max(0)) / 2.0) if found.size else (np.array(shape) - 1) / 2.0
-    slices = []
-    for ax in range(3):
-        size = min(int(patch[ax]), int(shape[ax]))
-        start = max(0, min(int(round(centre[ax] - (size - 1) / 2.0)), int(shape[ax]) - size))
-        slices.append(slice(start, start + size))
-    return tuple(slices)
+    return box_slices(centre, patch, shape)
 
 
 def event_balanced_batches(events: Sequence[bool], batch_size: int, seed: int) -> list[list[int]]:

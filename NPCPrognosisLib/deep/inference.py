@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from NPCPrognosisLib.deep.data import box_slices
+
 #: Overlap of neighbouring windows (share of the window) when a grid is stitched from patches.
 SW_OVERLAP = 0.25
 #: Windows per forward pass of the sliding-window inferer.
@@ -45,13 +47,8 @@ def risk_box(prob: np.ndarray, box: Sequence[int]) -> tuple[slice, slice, slice]
                         / tumour.sum()) for ax in range(3)]
     else:
         centre = [(s - 1) / 2.0 for s in shape]
-    slices = []
-    for ax in range(3):
-        size = min(int(box[ax]), shape[ax])
-        start = int(round(centre[ax] - size / 2.0))
-        start = max(0, min(start, shape[ax] - size))
-        slices.append(slice(start, start + size))
-    return tuple(slices)
+    # half a voxel lower than the centre: where this box has always lain, so bundles keep their deep scores
+    return box_slices([c - 0.5 for c in centre], box, shape)
 
 
 def grid_pass(net, x: np.ndarray, inference: Mapping[str, Any], device: str) -> tuple[np.ndarray, dict, tuple]:

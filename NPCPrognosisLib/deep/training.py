@@ -859,7 +859,7 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             placed = [sample_patch(train_cases[i].label, patch, patch_rng) if config.grid.patched else (None, True)
                       for i in batch]
             pairs = [augment(transforms, train_cases[i], where) for i, (where, _) in zip(batch, placed)]
-            whole = torch.tensor([anchored for _, anchored in placed], dtype=torch.bool, device=device)
+            on_contours = torch.tensor([anchored for _, anchored in placed], dtype=torch.bool, device=device)
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
             x = x.contiguous(memory_format=torch.channels_last_3d)
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
@@ -868,11 +868,11 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             with _autocast(device):
                 out = model(x)
             seg = seg_loss(out["seg_logits"].float(), y)
-            cox = cox_loss(out["risk"].float()[whole], t[whole], e[whole])
+            cox = cox_loss(out["risk"].float()[on_contours], t[on_contours], e[on_contours])
             loss = seg + outcome_weight * cox
             if "binary_logit" in out:
                 target = torch.tensor([train_cases[i].binary for i in batch], dtype=torch.float32, device=device)
-                known = torch.isfinite(target) & whole
+                known = torch.isfinite(target) & on_contours
                 if bool(known.any()):
                     scale = config.binary_weight * outcome_weight / max(config.cox_weight, 1e-12)
                     loss = loss + scale * torch.nn.functional.binary_cross_entropy_with_logits(
