@@ -322,9 +322,10 @@ def head_risks(model, outputs: Mapping[str, Any]) -> np.ndarray:
     risks change while the contours do not, so the cases need not pass through the network again."""
     import torch
 
+    device = next(model.parameters()).device
     with torch.no_grad():
-        features = torch.as_tensor(outputs["features"], dtype=torch.float32)
-        measures = torch.as_tensor(outputs["measures"], dtype=torch.float32)
+        features = torch.as_tensor(outputs["features"], dtype=torch.float32, device=device)
+        measures = torch.as_tensor(outputs["measures"], dtype=torch.float32, device=device)
         return model.heads(features, measures)["risk"].float().cpu().numpy().astype(float)
 
 
@@ -332,8 +333,9 @@ def _mlp_outputs(model, outputs: Mapping[str, Any]) -> np.ndarray:
     """The risk head's MLP output for stored deep features (:func:`case_outputs`)."""
     import torch
 
+    features = torch.as_tensor(outputs["features"], dtype=torch.float32, device=next(model.parameters()).device)
     with torch.no_grad():
-        return model.risk_mlp(torch.as_tensor(outputs["features"], dtype=torch.float32))[:, 0].numpy().astype(float)
+        return model.risk_mlp(features)[:, 0].float().cpu().numpy().astype(float)
 
 
 def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False,
@@ -462,9 +464,12 @@ def _autocast(device: str):
 
 
 def evaluate(model, cases: Sequence[CasePatient], device: str,
-             inference: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Validation Dice (GTVp, GTVn) and C-index of ``cases`` (``inference``: see :func:`case_outputs`)."""
-    labels, risks = predict_cases(model, cases, device, inference=inference)
+             inference: Mapping[str, Any] | None = None, *,
+             outputs: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Validation Dice (GTVp, GTVn) and C-index of ``cases`` (``inference``: see :func:`case_outputs`), from
+    their ``outputs`` when the caller has them."""
+    outputs = case_outputs(model, cases, device, inference) if outputs is None else outputs
+    labels, risks = outputs["labels"], outputs["risks"]
     result = {}
     for name in ("gtvp", "gtvn"):
         values = [dice(p == LABEL_NAMES[name], c.label[0] == LABEL_NAMES[name]) for p, c in zip(labels, cases)]
@@ -746,7 +751,7 @@ def train_network(
         if state["epoch"] < epochs - 1:
             return ckpt_dir
         inference = inference_spec(train_config.grid)
-        final = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device, inference)
+        final, val_outputs = _load_final_weights(model, train_config, state, ckpt_dir, val_cases, device, inference)
         gate = segmentation_gate(state["history"], final["metrics"], position_prior_dice(train_cases, val_cases),
                                  train_config)
         if not gate.passed:
@@ -758,8 +763,10 @@ def train_network(
         refit = refit_risk_head(model, train_cases, device, train_config.refit_penalties,
                                 min_events=train_config.refit_min_events, seed=int(seed),
                                 include_mlp=train_config.refit_include_mlp, outputs=train_outputs)
-        if refit["refitted"]:
-            refit["val_c_index"] = evaluate(model, val_cases, device, inference)["c_index"]
+        if refit["refitted"]:  # the refit changes the head only: the validation grids need not pass again
+            val_risks = (head_risks(model, val_outputs) if val_outputs is not None
+                         else case_outputs(model, val_cases, device, inference)["risks"])
+            refit["val_c_index"] = safe_c_index([c.time for c in val_cases], [c.event for c in val_cases], val_risks)
             log.info("risk head refitted on %d training patients (ridge %g): train C %.3f, validation C %.3f",
                      refit["n"], refit["penalizer"], refit["train_c_index"], refit["val_c_index"])
         _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
@@ -778,21 +785,23 @@ def train_network(
 
 
 def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_cases, device,
-                        inference: Mapping[str, Any]) -> dict[str, Any]:
+                        inference: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load the weights that ship into ``model``; returns their epoch, validation record and kind (the average's
-    record from whole validation grids, as ``segment`` runs them)."""
+    record from whole validation grids, as ``segment`` runs them), and the validation cases' outputs
+    (:func:`case_outputs`) where that pass was made."""
     if config.final_weights == "average" and state.get("average_n"):
         model.load_state_dict(load_average(ckpt_dir, "latest", state["epoch"]))
         first, last = int(state["average_first_epoch"]), int(state["epoch"])
-        metrics = evaluate(model, val_cases, device, inference)
+        outputs = case_outputs(model, val_cases, device, inference)
+        metrics = evaluate(model, val_cases, device, outputs=outputs)
         log.info("weights averaged over epochs %d-%d: validation Dice GTVp %.3f GTVn %.3f C %.3f", first + 1,
                  last + 1, metrics["dice_gtvp"], metrics["dice_gtvn"], metrics["c_index"])
         return {"epoch": last, "kind": "average", "averaged_epochs": [first, last],
-                "metrics": {"epoch": last, **{f"val_{k}": v for k, v in metrics.items()}}}
+                "metrics": {"epoch": last, **{f"val_{k}": v for k, v in metrics.items()}}}, outputs
     if config.final_weights == "average":
         log.warning("the checkpoints hold no weight average (made by an older version): the selected epoch ships")
     best = load_checkpoint(ckpt_dir, "best", model)
-    return {"epoch": best["epoch"], "kind": "best", "metrics": best["metrics"]}
+    return {"epoch": best["epoch"], "kind": "best", "metrics": best["metrics"]}, None
 
 
 #: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
