@@ -179,6 +179,22 @@ def test_sequences_on_other_grids_are_resampled_onto_t1c():
     far = _image(origin=(1000.0, 0.0, 0.0))
     with pytest.raises(InputError, match="does not overlap"):
         align_patient({"t1c": t1c, "t2": far}, None, patient_id="P5")
+    half_off = _image(origin=(0.0, 14.0, 0.0))  # 6 of the t1c's 20 rows covered: 30 % either way
+    with pytest.raises(InputError, match="does not overlap"):
+        align_patient({"t1c": t1c, "t2": half_off}, None, patient_id="P5")
+
+
+def test_a_sequence_over_a_wider_field_than_t1c_is_resampled_not_refused():
+    """A T2W acquired over a wider field than the CET1W covers all of it, though most of the T2W's own box lies
+    outside the CET1W's (a family-C patient, 184 mm inside 236 mm in plane, was refused as 'does not overlap')."""
+    t1c = _image()  # 20 x 20 x 24 mm
+    wide = _image(shape=(12, 40, 40), spacing=(1.0, 1.0, 3.0), origin=(-10.0, -10.0, -6.0))  # 40 x 40 x 36 mm
+    aligned = align_patient({"t1c": t1c, "t2": wide}, _mask(), patient_id="P5")
+    assert same_geometry(aligned.images["t2"], t1c)
+    # the wide image's values land where they were: a voxel of it read back at the same physical point
+    point = t1c.TransformIndexToPhysicalPoint((7, 3, 2))
+    expected = wide.GetPixel(wide.TransformPhysicalPointToIndex(point))
+    assert aligned.images["t2"].GetPixel((7, 3, 2)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_load_patient_from_files(tmp_path):
