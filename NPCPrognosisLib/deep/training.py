@@ -338,16 +338,6 @@ def _mlp_outputs(model, outputs: Mapping[str, Any]) -> np.ndarray:
         return model.risk_mlp(features)[:, 0].float().cpu().numpy().astype(float)
 
 
-def predict_cases(model, cases: Sequence[CasePatient], device: str, *, head_inputs: bool = False,
-                  inference: Mapping[str, Any] | None = None) -> tuple:
-    """(argmax labels per case, risks) on the working grid without augmentation; with ``head_inputs`` also
-    the MLP output and the raw image measures of the risk head, per case (:func:`case_outputs`)."""
-    outputs = case_outputs(model, cases, device, inference)
-    if head_inputs:
-        return outputs["labels"], outputs["risks"], _mlp_outputs(model, outputs), outputs["measures"]
-    return outputs["labels"], outputs["risks"]
-
-
 #: Folds of the risk-head refit: its ridge strength's cross-validation and its out-of-fold heads.
 REFIT_FOLDS = 5
 

@@ -331,12 +331,13 @@ def test_risk_head_refit_writes_the_cox_fit_into_the_network():
     """The refit's Cox linear predictor and the network's own risk must be the same function (up to a constant),
     and on cases whose T2 brightness drives hazard the refitted risk must rank them better than the joint head."""
     from NPCPrognosisLib.deep.data import CasePatient
-    from NPCPrognosisLib.deep.training import predict_cases, refit_risk_head, safe_c_index
+    from NPCPrognosisLib.deep.training import _mlp_outputs, case_outputs, refit_risk_head, safe_c_index
     from NPCPrognosisLib.survival.cox import fit_cox
 
     net, cases = _t2_hazard_cases(48, 11)
     times, events = np.array([c.time for c in cases]), np.array([c.event for c in cases])
-    _, joint, mlp, measures = predict_cases(net, cases, "cpu", head_inputs=True)
+    outputs = case_outputs(net, cases, "cpu")
+    joint, mlp, measures = outputs["risks"], _mlp_outputs(net, outputs), outputs["measures"]
 
     state = {k: v.clone() for k, v in net.state_dict().items()}
     standard = (measures - measures.mean(0)) / measures.std(0)
@@ -345,7 +346,7 @@ def test_risk_head_refit_writes_the_cox_fit_into_the_network():
         net.load_state_dict(state)
         report = refit_risk_head(net, cases, "cpu", [0.1, 1.0, 10.0], seed=1, include_mlp=include_mlp)
         assert report["refitted"] and report["mlp"] is include_mlp and report["penalizer"] in (0.1, 1.0, 10.0)
-        _, refitted = predict_cases(net, cases, "cpu")
+        refitted = case_outputs(net, cases, "cpu")["risks"]
         lp = design @ fit_cox(design, times, events, ties="efron", penalizer=report["penalizer"]).coef
         assert np.ptp(refitted - lp) < 1e-4 * max(1.0, np.ptp(lp))
         assert report["train_c_index"] == pytest.approx(safe_c_index(times, events, lp), abs=1e-9)
@@ -364,13 +365,13 @@ def test_the_networks_training_patients_get_out_of_fold_deep_scores():
     from types import SimpleNamespace
 
     from NPCPrognosisLib.deep.segmentation import _head_values, _risk_with_head, out_of_fold_head
-    from NPCPrognosisLib.deep.training import predict_cases, refit_risk_head
+    from NPCPrognosisLib.deep.training import case_outputs, refit_risk_head
     from NPCPrognosisLib.survival.cox import fit_cox
     from NPCPrognosisLib.survival.splits import event_folds
 
     net, cases = _t2_hazard_cases(40, 12)
     times, events = np.array([c.time for c in cases]), np.array([c.event for c in cases])
-    _, _, _, measures = predict_cases(net, cases, "cpu", head_inputs=True)
+    measures = case_outputs(net, cases, "cpu")["measures"]
     report = refit_risk_head(net, cases, "cpu", [0.1, 1.0, 10.0], seed=3)
     oof = report["out_of_fold"]
     assert oof["available"] and len(oof["measure_coefficients"]) == oof["folds"] == 5
