@@ -68,6 +68,7 @@ def automatic_contour_quality(manifest, out: Path) -> dict[str, float]:
     """Mean Dice of the network's contours that ``extract`` wrote (``features_masks/``) against the cohort's own
     masks, held-out patients only: the contour quality behind the automatic-contour C-indices. GTVn is averaged
     over the patients with a node in either mask, as ``bench_segment.py`` does."""
+    from NPCPrognosisLib.contract import REFERENCE_SEQUENCE
     from NPCPrognosisLib.imaging.overlap import segmentation_metrics
     from NPCPrognosisLib.io.images import load_patient
 
@@ -77,7 +78,8 @@ def automatic_contour_quality(manifest, out: Path) -> dict[str, float]:
         path = out / "features_masks" / f"{entry.patient_id}_mask.nii.gz"
         if split[entry.patient_id] != "test" or entry.mask is None or not path.exists():
             continue
-        patient = load_patient(entry.patient_id, entry.images, entry.mask)
+        # only the reference grid matters for the masks: the other sequences are not read
+        patient = load_patient(entry.patient_id, {REFERENCE_SEQUENCE: entry.images[REFERENCE_SEQUENCE]}, entry.mask)
         rows.append(segmentation_metrics(sitk.ReadImage(str(path)), patient.mask))
     table = pd.DataFrame(rows)
     if table.empty:
