@@ -151,7 +151,8 @@ def _plausibility_warnings(model: NetworkModel, mask: sitk.Image, reference: sit
     gate = spec.get("quality_gate")
     if gate and not gate.get("passed", True):
         warnings.append("this network failed its training quality gate (validation Dice GTVp "
-                        f"{gate.get('val_dice_gtvp', float('nan')):.2f}); check every contour")
+                        f"{gate.get('val_dice_gtvp', float('nan')):.2f}, GTVn "
+                        f"{gate.get('val_dice_gtvn', float('nan')):.2f}); check every contour")
     ranges = spec.get("training_volumes_ml", {})
     for name, label in (("gtvp", "GTVp"), ("gtvn", "GTVn")):
         volume, span = volumes.get(name, 0.0), ranges.get(name)

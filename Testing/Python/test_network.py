@@ -1046,6 +1046,28 @@ def _shuffled_masks(manifest_path: Path, out: Path) -> Path:
     return out / "manifest.csv"
 
 
+def test_quality_gate_stops_a_network_that_never_contours_the_nodes():
+    """A primary learned and no node (validation GTVn 0 at every epoch, as one family-C run at batch 4 gave)
+    fails the gate with its own message; with too few node-positive validation patients GTVn is not judged."""
+    from NPCPrognosisLib.deep.training import TrainConfig, segmentation_gate
+
+    config = TrainConfig()
+    history = [{"val_dice_gtvp": 0.6 + 0.01 * e, "val_dice_gtvn": 0.0} for e in range(30)]
+    final = {"val_dice_gtvp": 0.84, "val_dice_gtvn": 0.0}
+    gate = segmentation_gate(history, final, 0.3, config, val_node_patients=27)
+    assert not gate.passed and gate.required_dice_gtvn == config.min_val_dice_gtvn == 0.2
+    assert "did not learn to contour the nodes" in gate.message and "27 validation patients" in gate.message
+    assert "--batch-size 2" in gate.message and "--force" in gate.message
+    assert "GTVn 0.000 of the final weights" in gate.message and gate.to_dict()["required_dice_gtvn"] == 0.2
+
+    few = segmentation_gate(history, final, 0.3, config, val_node_patients=2)
+    assert few.passed and few.required_dice_gtvn is None and "not checked" in few.message
+    weak = segmentation_gate(history, {"val_dice_gtvp": 0.84, "val_dice_gtvn": 0.34}, 0.3, config, 27)
+    assert weak.passed and "required 0.20" in weak.message
+    primary = segmentation_gate(history, {"val_dice_gtvp": 0.35, "val_dice_gtvn": 0.0}, 0.3, config, 27)
+    assert not primary.passed and "did not learn to contour:" in primary.message  # the primary's message first
+
+
 @pytest.mark.slow
 def test_quality_gate_passes_a_network_that_contours_and_stops_one_that_cannot(tmp_path):
     """Same settings, same images: true masks pass the gate, masks shuffled between patients stop train-net
