@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", choices=ENDPOINTS, required=True)
     p.add_argument("--out", required=True, help="network bundle directory")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int,
+                   help="samples per optimiser step (default 2; a resumed run keeps its own)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

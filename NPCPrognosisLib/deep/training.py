@@ -281,6 +281,13 @@ def update_average(average: dict[str, Any] | None, model, count: int) -> dict[st
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+#: Training samples per optimiser step. Two, not four: an epoch costs the same on a CPU (the same patches go
+#: through the network), and the nodes get twice the updates. At four the node class emerged late or never on
+#: family C (validation GTVn 0 until the 11th of 30 epochs on 2 CPU cores, and at every epoch of a GPU run),
+#: at two from the 6th-8th; held out (200 patients of family-C seed 32, paired) GTVn +0.080 +- 0.031 and GTVp
+#: +0.015 +- 0.004 (README, "Two samples per step"). Group norm does not depend on the batch size.
+BATCH_SIZE = 2
+
 #: Cases per forward pass when predicting on the working grid: a batch of 4 costs about half as much per case as
 #: one case at a time on a CPU (the validation of every epoch was a sixth of an epoch's time one by one).
 PREDICT_BATCH = 4
@@ -658,7 +665,7 @@ def train_network(
     out_dir: str | Path,
     *,
     epochs: int = 30,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "cpu",
     seed: int = 0,
     val_fraction: float = 0.2,
@@ -684,7 +691,8 @@ def train_network(
     failed gate recorded, and every ``segment`` with it warns. ``workers`` patients are preprocessed at a time
     (separate processes); the network then trains in this process on torch's threads. ``column_map`` maps
     canonical column names to the manifest's own; the manifest needs the patient ID, the three sequences, the
-    mask and the endpoint's time and event, not the clinical factors.
+    mask and the endpoint's time and event, not the clinical factors. ``batch_size`` None: :data:`BATCH_SIZE`,
+    or on ``resume`` the batch size the run was started with.
     """
     import torch
 
@@ -700,6 +708,9 @@ def train_network(
     # against the checkpoint below
     started_with = _checkpoint_config(ckpt_dir) if resume else None
     train_config = make_config(config, base=started_with)
+    if batch_size is None:
+        batch_size = _checkpoint_batch_size(ckpt_dir) if resume else None
+        batch_size = BATCH_SIZE if batch_size is None else batch_size
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but no CUDA GPU is visible to torch", fix="use --device cpu")
     if train_config.binary_column and not train_config.network.binary_head:
@@ -747,6 +758,7 @@ def train_network(
                                       weight_decay=train_config.weight_decay)
         state = {"epoch": -1, "history": [], "best_epoch": None, "best_score": None,
                  "config": json.loads(json.dumps(train_config.to_dict())), "seed": int(seed), "epochs": int(epochs),
+                 "batch_size": int(batch_size),
                  "train_ids": [c.patient_id for c in train_cases], "val_ids": [c.patient_id for c in val_cases],
                  "wall_s": 0.0, "fat_suppression": fat_suppression, "grid_derivation": grid_derivation}
         if resume:
@@ -754,9 +766,10 @@ def train_network(
             if loaded is not None:
                 if _epoch_settings(started_with) != _epoch_settings(state["config"]) \
                         or loaded.get("seed") != int(seed) \
-                        or loaded.get("epochs") != int(epochs):
+                        or loaded.get("epochs") != int(epochs) \
+                        or loaded.get("batch_size", batch_size) != int(batch_size):
                     raise InputError("cannot resume: the checkpoint was made with other settings "
-                                     "(seed, epochs or configuration)", path=ckpt_dir,
+                                     "(seed, epochs, batch size or configuration)", path=ckpt_dir,
                                      fix="resume with the original settings, or start without --resume")
                 loaded.pop("param_groups", None)
                 state = {"fat_suppression": {"source": "checkpoint",
@@ -826,6 +839,19 @@ def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_c
 #: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
 #: before them (the transform absent), so such a run can still be resumed.
 _ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0}
+
+
+#: The default batch size of the versions whose checkpoints did not record it.
+_BATCH_SIZE_BEFORE = 4
+
+
+def _checkpoint_batch_size(ckpt_dir: Path) -> int | None:
+    """The batch size a checkpointed run was started with (None when there is no checkpoint; an older
+    version's checkpoint does not say, and its default is assumed)."""
+    state_path = ckpt_dir / "latest.json"
+    if not state_path.exists():
+        return None
+    return int(json.loads(state_path.read_bytes()).get("batch_size", _BATCH_SIZE_BEFORE))
 
 
 def _checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:

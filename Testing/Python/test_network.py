@@ -560,7 +560,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     # warm-up that was the default then
     for key in ("fat_unsuppressed_prob", "gin_prob"):
         del state["config"]["augment"][key]
-    del state["fat_suppression"]
+    del state["fat_suppression"], state["batch_size"]
     state["config"]["warmup_epochs"] = 1
     state_path.write_text(json.dumps(state), encoding="utf-8")
 
@@ -574,6 +574,20 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     assert training["config"]["augment"]["fat_unsuppressed_prob"] == 0.0 and training["config"]["warmup_epochs"] == 1
     assert training["fat_suppression"] == {"source": "checkpoint", "augment_prob": 0.0}
     assert json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]["gin_prob"] == 0.0
+
+
+def test_a_resumed_run_keeps_its_batch_size_and_refuses_another(tiny_cohort, tmp_path):
+    """The default batch size changed (4 -> 2): a run resumed without --batch-size goes on with its own."""
+    from NPCPrognosisLib.deep.training import BATCH_SIZE
+
+    out = tmp_path / "net"
+    common = dict(epochs=2, seed=3, val_fraction=0.4, progress=False, workers=1, config=TINY)
+    stopped = train_network(tiny_cohort.manifest_path, "dmfs", out, stop_after_epoch=0, batch_size=3, **common)
+    assert json.loads((stopped / "latest.json").read_text(encoding="utf-8"))["batch_size"] == 3 != BATCH_SIZE
+    with pytest.raises(ValueError, match="batch size"):
+        train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True, batch_size=2, **common)
+    train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True, **common)
+    assert load_network(out).content["network"]["training"]["batch_size"] == 3
 
 
 def test_averaged_weights_are_the_mean_of_the_selection_windows_epochs_and_can_be_chosen_on_resume(
