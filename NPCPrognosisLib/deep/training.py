@@ -283,9 +283,10 @@ def update_average(average: dict[str, Any] | None, model, count: int) -> dict[st
 
 #: Training samples per optimiser step. Two, not four: an epoch costs the same on a CPU (the same patches go
 #: through the network), and the nodes get twice the updates. At four the node class emerged late or never on
-#: family C (validation GTVn 0 until the 11th of 30 epochs on 2 CPU cores, and at every epoch of a GPU run),
-#: at two from the 6th-8th; held out (200 patients of family-C seed 32, paired) GTVn +0.080 +- 0.031 and GTVp
-#: +0.015 +- 0.004 (README, "Two samples per step"). Group norm does not depend on the batch size.
+#: family C (seed 32: validation GTVn 0 until the 11th of 30 epochs on 2 CPU cores, and at every epoch of a GPU
+#: run; at two from the 6th-8th). Held out, paired (200 patients each): family-C seeds 32 / 33 GTVn +0.080 /
+#: +0.056 and GTVp +0.015 / +0.017; family B GTVp / GTVn 0.891 / 0.882 -> 0.906 / 0.904 (README, "Two samples
+#: per step"). Group norm does not depend on the batch size.
 BATCH_SIZE = 2
 
 #: Cases per forward pass when predicting on the working grid: a batch of 4 costs about half as much per case as
