@@ -707,11 +707,10 @@ def train_network(
     # a resumed run goes on as it was started: what the call does not set comes from the checkpoint (neither a
     # newer version's defaults nor a choice made from the data may change a run half-way); what it sets is checked
     # against the checkpoint below
-    started_with = _checkpoint_config(ckpt_dir) if resume else None
+    started_with, started_batch_size = _checkpoint_settings(ckpt_dir) if resume else (None, None)
     train_config = make_config(config, base=started_with)
     if batch_size is None:
-        batch_size = _checkpoint_batch_size(ckpt_dir) if resume else None
-        batch_size = BATCH_SIZE if batch_size is None else batch_size
+        batch_size = BATCH_SIZE if started_batch_size is None else started_batch_size
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but no CUDA GPU is visible to torch", fix="use --device cpu")
     if train_config.binary_column and not train_config.network.binary_head:
@@ -846,26 +845,19 @@ _ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0}
 _BATCH_SIZE_BEFORE = 4
 
 
-def _checkpoint_batch_size(ckpt_dir: Path) -> int | None:
-    """The batch size a checkpointed run was started with (None when there is no checkpoint; an older
-    version's checkpoint does not say, and its default is assumed)."""
+def _checkpoint_settings(ckpt_dir: Path) -> tuple[dict[str, Any] | None, int | None]:
+    """The settings and batch size a checkpointed run was started with (None, None when there is no checkpoint),
+    with the options added since filled in as that run had them (an older version's checkpoint does not record
+    its batch size: that version's default is assumed)."""
     state_path = ckpt_dir / "latest.json"
     if not state_path.exists():
-        return None
-    return int(json.loads(state_path.read_bytes()).get("batch_size", _BATCH_SIZE_BEFORE))
-
-
-def _checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
-    """The settings a checkpointed run was started with (None when there is no checkpoint), with the options
-    added since filled in as that run had them."""
-    state_path = ckpt_dir / "latest.json"
-    if not state_path.exists():
-        return None
-    config = json.loads(state_path.read_bytes()).get("config") or {}
+        return None, None
+    state = json.loads(state_path.read_bytes())
+    config = state.get("config") or {}
     augment = dict(config.get("augment") or {})
     for key, value in _ADDED_AUGMENTATIONS.items():
         augment.setdefault(key, value)
-    return {**config, "augment": augment}
+    return {**config, "augment": augment}, int(state.get("batch_size", _BATCH_SIZE_BEFORE))
 
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
