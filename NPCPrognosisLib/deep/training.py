@@ -847,8 +847,9 @@ _BATCH_SIZE_BEFORE = 4
 
 def _checkpoint_settings(ckpt_dir: Path) -> tuple[dict[str, Any] | None, int | None]:
     """The settings and batch size a checkpointed run was started with (None, None when there is no checkpoint),
-    with the options added since filled in as that run had them (an older version's checkpoint does not record
-    its batch size: that version's default is assumed)."""
+    with the options added since filled in as that run had them (preprocessing settings as
+    :meth:`PreprocessConfig.from_dict` fills an older bundle's; an older version's checkpoint does not record its
+    batch size: that version's default is assumed)."""
     state_path = ckpt_dir / "latest.json"
     if not state_path.exists():
         return None, None
@@ -857,7 +858,9 @@ def _checkpoint_settings(ckpt_dir: Path) -> tuple[dict[str, Any] | None, int | N
     augment = dict(config.get("augment") or {})
     for key, value in _ADDED_AUGMENTATIONS.items():
         augment.setdefault(key, value)
-    return {**config, "augment": augment}, int(state.get("batch_size", _BATCH_SIZE_BEFORE))
+    preprocess = PreprocessConfig.from_dict(config.get("preprocess") or {}).to_dict()
+    return ({**config, "augment": augment, "preprocess": preprocess},
+            int(state.get("batch_size", _BATCH_SIZE_BEFORE)))
 
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:

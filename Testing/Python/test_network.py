@@ -561,6 +561,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     for key in ("fat_unsuppressed_prob", "gin_prob"):
         del state["config"]["augment"][key]
     del state["fat_suppression"], state["batch_size"]
+    del state["config"]["preprocess"]["field_grid_mm"], state["config"]["preprocess"]["n4_max_fit_size"]
     state["config"]["warmup_epochs"] = 1
     state_path.write_text(json.dumps(state), encoding="utf-8")
 
@@ -573,6 +574,9 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     training = load_network(out).content["network"]["training"]
     assert training["config"]["augment"]["fat_unsuppressed_prob"] == 0.0 and training["config"]["warmup_epochs"] == 1
     assert training["fat_suppression"] == {"source": "checkpoint", "augment_prob": 0.0}
+    # its inputs are preprocessed as that version did (smooth fields on the full grid, N4 fitted on 64 samples)
+    assert training["config"]["preprocess"]["field_grid_mm"] == 0.0
+    assert training["config"]["preprocess"]["n4_max_fit_size"] == 64
     assert json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]["gin_prob"] == 0.0
 
 
