@@ -26,6 +26,8 @@ LEGACY_FIELD_GRID_MM = 0.0
 #: The coarse grid keeps at least this many voxels per SD of the smoothing Gaussian (1.5: the Gaussian's samples
 #: still sum to its integral within 1e-6, so nothing is lost to undersampling).
 _VOXELS_PER_SIGMA = 1.5
+#: ... and at least this many voxels along each binned axis (ITK's recursive Gaussian refuses fewer).
+_MIN_COARSE_VOXELS = 4
 
 
 @dataclass
@@ -72,10 +74,12 @@ class PreprocessConfig:
 
 def coarse_factors(image: sitk.Image, spacing_mm: float) -> list[int]:
     """Per axis, how many voxels of ``image`` one voxel of a grid of about ``spacing_mm`` bins together (at least
-    one: an axis already that coarse, such as the slice axis, stays as it is)."""
+    one: an axis already that coarse, such as the slice axis, stays as it is). A binned axis keeps at least
+    :data:`_MIN_COARSE_VOXELS` voxels, what ITK's recursive Gaussian needs along every axis."""
     if spacing_mm <= 0:
         return [1] * image.GetDimension()
-    return [max(1, int(spacing_mm / s)) for s in image.GetSpacing()]
+    return [max(1, min(n // _MIN_COARSE_VOXELS, int(spacing_mm / s)))
+            for n, s in zip(image.GetSize(), image.GetSpacing())]
 
 
 def to_image_grid(field: sitk.Image, image: sitk.Image) -> sitk.Image:

@@ -117,7 +117,7 @@ def test_smooth_fields_on_a_2_mm_grid_match_the_full_grid_and_older_settings_kee
     """The head mask's smoothing and the bias field are computed on a grid of about 2 mm and interpolated: on a
     0.7 mm matrix the preprocessed intensities agree with the full-grid computation (what bundles written before
     the setting ran with, and still run with) to a few hundredths of an SD, and the head masks to their edge."""
-    from NPCPrognosisLib.imaging.preprocess import LEGACY_FIELD_GRID_MM, head_mask
+    from NPCPrognosisLib.imaging.preprocess import LEGACY_FIELD_GRID_MM, coarse_factors, head_mask
 
     z, y, x = np.mgrid[0:12, 0:256, 0:256]
     head = ((x - 128) ** 2 + (y - 120) ** 2) < 100 ** 2
@@ -137,6 +137,11 @@ def test_smooth_fields_on_a_2_mm_grid_match_the_full_grid_and_older_settings_kee
                                                                               difference.max())
     inside = head & (((x - 128) ** 2 + (y - 120) ** 2) < 85 ** 2)
     assert abs(np.corrcoef(out[2.0][inside], x[inside])[0, 1]) < 0.1
+    # a short axis is binned only as far as the smoothing allows (four voxels left), so a thin stack still runs
+    thin = sitk.GetImageFromArray(truth[:8, :64, :64].astype(np.float32))
+    thin.SetSpacing((0.5, 0.5, 0.5))
+    assert coarse_factors(thin, 2.0) == [4, 4, 2]
+    assert sitk.GetArrayFromImage(preprocess_image(thin, PreprocessConfig())).shape == (8, 64, 64)
 
 
 def test_the_head_mask_separates_air_not_bright_fat_on_a_tightly_cropped_scan():
