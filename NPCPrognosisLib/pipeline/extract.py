@@ -74,6 +74,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
     With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
     replace the manifest mask (AutoRadio) and are written there for review.
     """
+    auto_volumes: dict[str, float] | None = None  # the automatic contours' volumes, for the cohort check
     try:
         mask = None if auto_mask_dir else entry.mask
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask,
@@ -97,6 +98,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
             out_of_fold = result.deep_score_out_of_fold
             patient.warnings.extend(result.warnings)
             if auto_mask_dir:
+                auto_volumes = {k: float(v) for k, v in result.volumes_ml.items()}
                 # written before it is checked, so an empty or odd automatic mask can be reviewed and corrected
                 written = patient_file(auto_mask_dir, entry.patient_id, "_mask.nii.gz")
                 write_image_atomic(result.mask, written)
@@ -105,11 +107,12 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 extra.update(deep_features(model, network_input, patient.mask))
         row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
         return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings,
-                "deep_score_out_of_fold": out_of_fold}
-    except InputError as exc:
-        return {"patient_id": entry.patient_id, "error": str(exc)}
+                "deep_score_out_of_fold": out_of_fold, "auto_volumes_ml": auto_volumes}
+    except InputError as exc:  # an empty automatic GTVp lands here: its volumes still count for the cohort
+        return {"patient_id": entry.patient_id, "error": str(exc), "auto_volumes_ml": auto_volumes}
     except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
-        return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}"}
+        return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}",
+                "auto_volumes_ml": auto_volumes}
 
 
 def _input_checksum(path: Path | None) -> str | None:
@@ -241,6 +244,8 @@ def extract_cohort(
             "mask": "automatic (network)" if auto_mask else "manifest",
             "network": None if network is None else str(network),
             "network_sha256": None if network is None else network_checksum(network)}
+    if auto_mask:
+        meta["cohort_warnings"] = _auto_contour_cohort_warnings(network, results)
     if network is not None:
         # the network's own training patients: their deep scores come from the head that did not see them
         meta["deep_score_out_of_fold"] = sorted(r["patient_id"] for r in results
@@ -249,6 +254,19 @@ def extract_cohort(
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out))
+
+
+def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cohort check of ``segment --manifest`` (:func:`NPCPrognosisLib.deep.segmentation.cohort_warnings`) on
+    the automatic contours of an AutoRadio extraction, logged and returned for the metadata."""
+    from NPCPrognosisLib.deep.segmentation import cached_network, cohort_warnings
+
+    volumes = [r["auto_volumes_ml"] for r in results if r.get("auto_volumes_ml") is not None]
+    training = cached_network(network).content.get("network", {}).get("training_volumes_ml", {})
+    warnings = cohort_warnings(training, volumes)
+    for message in warnings:
+        log.warning("automatic contours of the cohort: %s", message)
+    return warnings
 
 
 def dask_runner(address: str | None = None, progress: bool = False) -> Callable[..., list[dict[str, Any]]]:

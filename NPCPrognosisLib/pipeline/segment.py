@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
-from NPCPrognosisLib.deep.segmentation import NetworkModel, segment_patient
+from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.dicom_rt import write_seg
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
@@ -41,7 +41,8 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         The cohort CSV.
     out_dir : str or Path
         Folder for ``<patient_id>_mask.nii.gz`` (and ``_seg.dcm`` for DICOM input), ``manifest.csv``,
-        ``deep_scores.csv`` and ``failures.csv``.
+        ``deep_scores.csv``, ``failures.csv`` and ``cohort_warnings.txt`` (:func:`cohort_warnings`: a structure
+        found in far more or fewer patients than among the network's training patients).
     tta : int
         Test-time augmentations per patient.
     progress : bool
@@ -102,6 +103,15 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     if not model.net.config.binary_head:
         columns.remove("binary_probability")
     write_text_atomic(out_dir / "deep_scores.csv", pd.DataFrame(scores, columns=columns).to_csv(index=False))
+    warnings_path = out_dir / "cohort_warnings.txt"
+    warnings = cohort_warnings(model.content.get("network", {}).get("training_volumes_ml", {}),
+                               [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores])
+    for message in warnings:
+        log.warning("cohort: %s", message)
+    if warnings:
+        write_text_atomic(warnings_path, "".join(f"{message}\n" for message in warnings))
+    elif warnings_path.exists():
+        warnings_path.unlink()
     failures_path = out_dir / "failures.csv"
     if failures:
         write_text_atomic(failures_path, pd.DataFrame(failures).to_csv(index=False))

@@ -804,6 +804,56 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
         assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1, 2}
     scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
     assert len(scores) == 2 and np.isfinite(scores["deep_score"]).all()
+    assert not (tmp_path / "seg" / "cohort_warnings.txt").exists()  # two patients: too few to judge a cohort
+
+
+def test_a_cohort_whose_contours_differ_from_the_training_patients_is_warned_about():
+    """A network that finds nodes in every patient of a cohort, where three quarters of its training patients had
+    them, is flagged; a cohort whose node-positive share differs as clinics differ, a small cohort and an older
+    bundle are not."""
+    from NPCPrognosisLib.deep.segmentation import cohort_warnings
+
+    training = {"gtvp": {"min": 2.9, "max": 75.6, "share_present": 1.0},
+                "gtvn": {"min": 0.23, "max": 33.5, "share_present": 0.77}}
+
+    def cohort(n, with_gtvp, with_gtvn):
+        return [{"gtvp": 10.0 if i < with_gtvp else 0.0, "gtvn": 2.0 if i < with_gtvn else 0.0} for i in range(n)]
+
+    every = cohort_warnings(training, cohort(200, 200, 200))  # the A -> B network of the README
+    assert len(every) == 1 and "nodes (GTVn) in 200 of 200 patients (100%), far more" in every[0]
+    assert "77% had contoured GTVn" in every[0] and "train-net" in every[0]
+    assert cohort_warnings(training, cohort(200, 200, 155)) == []  # as trained
+    assert cohort_warnings(training, cohort(200, 200, 130)) == []  # 65 %: another clinic's prevalence
+    fewer = cohort_warnings(training, cohort(200, 200, 100))  # 50 %: nodes missed
+    assert len(fewer) == 1 and "far fewer" in fewer[0]
+    no_primary = cohort_warnings(training, cohort(200, 150, 155))
+    assert len(no_primary) == 1 and "a primary tumour (GTVp) in 150 of 200" in no_primary[0]
+    assert cohort_warnings(training, cohort(19, 19, 19)) == []  # too few patients to tell
+    older = {k: {kk: vv for kk, vv in v.items() if kk != "share_present"} for k, v in training.items()}
+    assert cohort_warnings(older, cohort(200, 100, 200)) == []
+
+
+def test_segment_cohort_writes_the_cohort_warnings_and_removes_a_stale_file(tiny_bundle, tiny_cohort, tmp_path,
+                                                                               monkeypatch):
+    import pandas as pd
+
+    import NPCPrognosisLib.deep.segmentation as segmentation
+
+    manifest = Path(tiny_cohort.manifest_path).with_name("two_patients.csv")
+    pd.read_csv(tiny_cohort.manifest_path).head(2).to_csv(manifest, index=False)
+    model = load_network(tiny_bundle)
+    # a bundle whose training patients never had a primary: any GTVp found in the cohort is a difference
+    model.content["network"]["training_volumes_ml"]["gtvp"]["share_present"] = 0.0
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
+    found = int((scores["gtvp_ml"] > 0).sum())
+    assert found > 0, "the tiny network should contour a primary in at least one of the two patients"
+    text = (tmp_path / "seg" / "cohort_warnings.txt").read_text()
+    assert f"a primary tumour (GTVp) in {found} of 2 patients" in text
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 20)
+    segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    assert not (tmp_path / "seg" / "cohort_warnings.txt").exists()
 
 
 @pytest.mark.slow
@@ -854,6 +904,27 @@ def test_an_empty_automatic_gtvp_is_refused_with_its_own_advice_and_kept_for_rev
     written = sitk.ReadImage(str(tmp_path / f"{entry.patient_id}_mask.nii.gz"))
     assert written.GetSize() == load_patient(entry.patient_id, entry.images, None).reference.GetSize()
     assert sitk.GetArrayViewFromImage(written).max() == 0
+    assert set(out["auto_volumes_ml"]) == {"gtvp", "gtvn"}  # a refused patient still counts in the cohort check
+
+
+def test_extract_with_automatic_contours_checks_the_cohort_they_make(tiny_bundle, monkeypatch):
+    """`extract --mask auto` runs segment's cohort check on every patient the network contoured, the patients
+    refused for an empty GTVp included, and leaves out those whose images never reached the network."""
+    from NPCPrognosisLib.deep.segmentation import cached_network
+    from NPCPrognosisLib.pipeline.extract import _auto_contour_cohort_warnings
+
+    volumes = cached_network(str(tiny_bundle)).content["network"]["training_volumes_ml"]
+    monkeypatch.setitem(volumes, "gtvp", {"share_present": 1.0})
+    monkeypatch.setitem(volumes, "gtvn", {"share_present": 0.5})
+    results = [{"patient_id": f"P{i}", "features": {}, "auto_volumes_ml": {"gtvp": 5.0, "gtvn": 1.0}}
+               for i in range(29)]
+    results += [{"patient_id": "EMPTY", "error": "the network found no primary tumour",
+                 "auto_volumes_ml": {"gtvp": 0.0, "gtvn": 1.0}},
+                {"patient_id": "UNREADABLE", "error": "t2 not found", "auto_volumes_ml": None}]
+    warnings = _auto_contour_cohort_warnings(str(tiny_bundle), results)
+    assert len(warnings) == 1 and "nodes (GTVn) in 30 of 30 patients" in warnings[0]
+    monkeypatch.setitem(volumes, "gtvn", {"share_present": 0.95})
+    assert _auto_contour_cohort_warnings(str(tiny_bundle), results) == []
 
 
 @pytest.mark.slow
@@ -881,6 +952,7 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp
     assert np.isfinite(table[[c for c in deep_columns if c.startswith("deep_gtvp_")]].to_numpy()).all()
     meta = json.loads(features.with_name("auto.meta.json").read_text(encoding="utf-8"))
     assert len(meta["network_sha256"]) == 64
+    assert meta["cohort_warnings"] == []  # the demo network predates the training shares: nothing to compare
     entries = read_manifest(manifest).entries()
     masks = sorted((tmp_path / "auto_masks").glob("*_mask.nii.gz"))
     assert len(masks) == 24
