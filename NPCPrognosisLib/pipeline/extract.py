@@ -259,10 +259,12 @@ def extract_cohort(
 def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The cohort check of ``segment --manifest`` (:func:`NPCPrognosisLib.deep.segmentation.cohort_warnings`) on
     the automatic contours of an AutoRadio extraction, logged and returned for the metadata."""
-    from NPCPrognosisLib.deep.segmentation import cached_network, cohort_warnings
+    from NPCPrognosisLib.deep.segmentation import cohort_warnings
+    from NPCPrognosisLib.io.bundle import read_bundle
 
     volumes = [r["auto_volumes_ml"] for r in results if r.get("auto_volumes_ml") is not None]
-    training = cached_network(network).content.get("network", {}).get("training_volumes_ml", {})
+    # the bundle's JSON only: the workers loaded the network, this process need not build it again
+    training = read_bundle(network).get("network", {}).get("training_volumes_ml", {})
     warnings = cohort_warnings(training, volumes)
     for message in warnings:
         log.warning("automatic contours of the cohort: %s", message)

@@ -910,12 +910,18 @@ def test_an_empty_automatic_gtvp_is_refused_with_its_own_advice_and_kept_for_rev
 def test_extract_with_automatic_contours_checks_the_cohort_they_make(tiny_bundle, monkeypatch):
     """`extract --mask auto` runs segment's cohort check on every patient the network contoured, the patients
     refused for an empty GTVp included, and leaves out those whose images never reached the network."""
-    from NPCPrognosisLib.deep.segmentation import cached_network
+    import NPCPrognosisLib.io.bundle as bundle_io
     from NPCPrognosisLib.pipeline.extract import _auto_contour_cohort_warnings
 
-    volumes = cached_network(str(tiny_bundle)).content["network"]["training_volumes_ml"]
-    monkeypatch.setitem(volumes, "gtvp", {"share_present": 1.0})
-    monkeypatch.setitem(volumes, "gtvn", {"share_present": 0.5})
+    real = bundle_io.read_bundle
+    volumes = {"gtvp": {"share_present": 1.0}, "gtvn": {"share_present": 0.5}}
+
+    def with_shares(path):  # the tiny network's bundle, its training shares replaced
+        document = real(path)
+        document["network"]["training_volumes_ml"] = volumes
+        return document
+
+    monkeypatch.setattr(bundle_io, "read_bundle", with_shares)
     results = [{"patient_id": f"P{i}", "features": {}, "auto_volumes_ml": {"gtvp": 5.0, "gtvn": 1.0}}
                for i in range(29)]
     results += [{"patient_id": "EMPTY", "error": "the network found no primary tumour",
