@@ -73,6 +73,48 @@ def test_forward_shapes_and_binary_head():
     assert torch.isfinite(out["risk"]).all()
 
 
+def test_the_channels_last_group_norm_computes_what_pytorchs_own_does_and_keeps_its_state_dict():
+    from monai.networks.nets import SegResNet
+
+    from NPCPrognosisLib.deep.network import ChannelsLastGroupNorm
+
+    torch.manual_seed(0)
+    shipped = ChannelsLastGroupNorm(4, 8)
+    plain = torch.nn.GroupNorm(4, 8)
+    with torch.no_grad():
+        for module in (shipped, plain):
+            module.weight.copy_(torch.linspace(0.5, 2.0, 8))
+            module.bias.copy_(torch.linspace(-1.0, 1.0, 8))
+    x = (torch.randn(2, 8, 12, 10, 6) * 3 + 1).contiguous(memory_format=torch.channels_last_3d)
+    upstream = torch.randn(2, 8, 12, 10, 6)
+    results = []
+    for module in (shipped, plain):
+        xi = x.clone().requires_grad_(True)
+        y = module(xi)
+        y.backward(upstream)
+        results.append((y.detach(), xi.grad, module.weight.grad, y.is_contiguous(memory_format=torch.channels_last_3d)))
+    for a, b in zip(results[0][:3], results[1][:3]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert results[0][3]  # the next convolution still gets channels-last input
+    # the textbook formula, independently: per sample and group, zero mean and unit variance, then the affine
+    groups = x.reshape(2, 4, -1)
+    reference = ((groups - groups.mean(-1, keepdim=True)) / torch.sqrt(groups.var(-1, unbiased=False,
+                                                                               keepdim=True) + 1e-5))
+    reference = reference.reshape(x.shape) * plain.weight.detach()[:, None, None, None] \
+        + plain.bias.detach()[:, None, None, None]
+    assert torch.allclose(results[0][0], reference, atol=1e-4)
+
+    # every group norm of the backbone is swapped, and a plain SegResNet's weights load without renaming
+    net = build_network(NetworkConfig(), voxel_ml=0.01)
+    norms = [m for m in net.backbone.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(isinstance(m, ChannelsLastGroupNorm) for m in norms)
+    config = NetworkConfig()
+    reference_net = SegResNet(spatial_dims=3, in_channels=3, out_channels=3, init_filters=config.init_filters,
+                              blocks_down=config.blocks_down, blocks_up=config.blocks_up)
+    assert set(net.backbone.state_dict()) == set(reference_net.state_dict())
+    net.backbone.load_state_dict(reference_net.state_dict())
+
+
 def _numpy_neg_pll(risk, time, event, ties):
     """Textbook Cox partial likelihood (Breslow or Efron ties), summed over distinct event times."""
     total, terms = 0.0, 0

@@ -1,0 +1,116 @@
+"""Time one training step of the shipped architecture with and without the channels-last group norm.
+
+Usage: python bench/bench_network_step.py [--threads 2] [--batch 2] [--rounds 3] [--steps 8]
+
+Builds the network ``train-net`` builds at its defaults (``NetworkConfig()``, channels-last, a 64 x 64 x 32 patch,
+two samples per step), runs forward, backward and an AdamW step, and times it twice over the same weights and
+inputs: with :class:`~NPCPrognosisLib.deep.network.ChannelsLastGroupNorm` (what ships) and with every group norm
+put back to PyTorch's own ``nn.GroupNorm``. The two alternate ``--rounds`` times so a machine that speeds up or
+slows down during the run affects both. Prints median seconds per step, the ratio shipped / plain (below 1: the
+shipped network trains faster) and the largest difference between the two in the segmentation logits and the
+gradients (rounding only: the arithmetic is the same). An inference pass (no gradients, four windows) is timed
+too: there the shipped module falls back to PyTorch's own kernel, so its ratio should be about 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _plain(model):
+    """A copy of ``model`` with PyTorch's own group norm everywhere."""
+    from torch import nn
+
+    from NPCPrognosisLib.deep.network import ChannelsLastGroupNorm
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ChannelsLastGroupNorm):
+                plain = nn.GroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+    return model
+
+
+def _steps(model, x, n: int) -> list[float]:
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        out = model(x)
+        (out["seg_logits"].float().square().mean() + out["risk"].square().mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return times[1:]  # the first step allocates
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from NPCPrognosisLib.deep.network import ChannelsLastGroupNorm, NetworkConfig, build_network
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shipped = build_network(NetworkConfig(), voxel_ml=0.01).to(memory_format=torch.channels_last_3d)
+    plain = _plain(shipped).to(memory_format=torch.channels_last_3d)
+    n_swapped = sum(isinstance(m, ChannelsLastGroupNorm) for m in shipped.modules())
+    x = torch.randn(args.batch, 3, 64, 64, 32).contiguous(memory_format=torch.channels_last_3d)
+
+    grads = {}
+    for name, model in (("shipped", shipped), ("plain", plain)):
+        model.zero_grad()
+        out = model(x)
+        out["seg_logits"].float().square().mean().backward()
+        grads[name] = (out["seg_logits"].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        model.zero_grad()
+    logit_diff = float((grads["shipped"][0] - grads["plain"][0]).abs().max())
+    grad_diff = max(float((a - b).abs().max() / (b.abs().max() + 1e-12))
+                    for a, b in zip(grads["shipped"][1], grads["plain"][1]))
+
+    times = {"shipped": [], "plain": []}
+    infer = {"shipped": [], "plain": []}
+    windows = torch.randn(4, 3, 64, 64, 32).contiguous(memory_format=torch.channels_last_3d)
+    for _ in range(args.rounds):
+        for name, model in (("shipped", shipped), ("plain", plain)):
+            times[name] += _steps(model, x, args.steps)
+            with torch.no_grad():
+                model.segment(windows)
+                start = time.perf_counter()
+                model.segment(windows)
+                infer[name].append(time.perf_counter() - start)
+    step = {k: statistics.median(v) for k, v in times.items()}
+    window = {k: statistics.median(v) for k, v in infer.items()}
+    print(json.dumps({
+        "threads": args.threads, "batch": args.batch, "group_norms_swapped": n_swapped,
+        "train_step_s": {k: round(v, 3) for k, v in step.items()},
+        "train_step_ratio_shipped_over_plain": round(step["shipped"] / step["plain"], 3),
+        "inference_4_windows_s": {k: round(v, 3) for k, v in window.items()},
+        "inference_ratio_shipped_over_plain": round(window["shipped"] / window["plain"], 3),
+        "max_abs_logit_difference": logit_diff, "max_relative_gradient_difference": grad_diff,
+        "load_average": os.getloadavg(),
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
