@@ -26,22 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _plain(model):
-    """A copy of ``model`` with PyTorch's own group norm everywhere."""
-    from torch import nn
-
-    from NPCPrognosisLib.deep.network import ChannelsLastGroupNorm
-
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, ChannelsLastGroupNorm):
-                plain = nn.GroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-                plain.load_state_dict(child.state_dict())
-                setattr(parent, name, plain)
-    return model
-
-
 def _steps(model, x, n: int) -> list[float]:
     import torch
 
@@ -66,13 +50,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from torch import nn
 
-    from NPCPrognosisLib.deep.network import ChannelsLastGroupNorm, NetworkConfig, build_network
+    from NPCPrognosisLib.deep.network import (
+        ChannelsLastGroupNorm,
+        NetworkConfig,
+        build_network,
+        replace_group_norms,
+    )
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shipped = build_network(NetworkConfig(), voxel_ml=0.01).to(memory_format=torch.channels_last_3d)
-    plain = _plain(shipped).to(memory_format=torch.channels_last_3d)
+    plain = replace_group_norms(copy.deepcopy(shipped), nn.GroupNorm).to(memory_format=torch.channels_last_3d)
     n_swapped = sum(isinstance(m, ChannelsLastGroupNorm) for m in shipped.modules())
     x = torch.randn(args.batch, 3, 64, 64, 32).contiguous(memory_format=torch.channels_last_3d)
 

@@ -92,13 +92,14 @@ class ChannelsLastGroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-def _channels_last_group_norms(module: nn.Module) -> nn.Module:
-    """``module`` with every nn.GroupNorm replaced, in place, by a :class:`ChannelsLastGroupNorm` of the same
-    parameters (the state-dict keys do not change)."""
+def replace_group_norms(module: nn.Module, norm_class: type[nn.GroupNorm]) -> nn.Module:
+    """``module`` with every group norm of another class replaced, in place, by a ``norm_class`` of the same
+    parameters (the state-dict keys do not change): the network swaps in :class:`ChannelsLastGroupNorm`,
+    ``bench/bench_network_step.py`` swaps PyTorch's own back to compare."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm:
-                swapped = ChannelsLastGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+            if isinstance(child, nn.GroupNorm) and type(child) is not norm_class:
+                swapped = norm_class(child.num_groups, child.num_channels, child.eps, child.affine)
                 swapped.load_state_dict(child.state_dict())
                 setattr(parent, name, swapped)
     return module
@@ -133,7 +134,7 @@ class MultiTaskSegResNet(nn.Module):
         self.backbone = SegResNet(spatial_dims=3, in_channels=config.in_channels, out_channels=config.n_classes,
                                   init_filters=config.init_filters, blocks_down=config.blocks_down,
                                   blocks_up=config.blocks_up)
-        _channels_last_group_norms(self.backbone)
+        replace_group_norms(self.backbone, ChannelsLastGroupNorm)
         deep = config.init_filters * config.downsampling
         n_features = 3 * deep + 2 * config.init_filters + 2
         n_measures = 2 + 4 * config.in_channels

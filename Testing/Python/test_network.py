@@ -105,10 +105,10 @@ def test_the_channels_last_group_norm_computes_what_pytorchs_own_does_and_keeps_
     assert torch.allclose(results[0][0], reference, atol=1e-4)
 
     # every group norm of the backbone is swapped, and a plain SegResNet's weights load without renaming
-    net = build_network(NetworkConfig(), voxel_ml=0.01)
+    config = NetworkConfig()
+    net = build_network(config, voxel_ml=0.01)
     norms = [m for m in net.backbone.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(isinstance(m, ChannelsLastGroupNorm) for m in norms)
-    config = NetworkConfig()
     reference_net = SegResNet(spatial_dims=3, in_channels=3, out_channels=3, init_filters=config.init_filters,
                               blocks_down=config.blocks_down, blocks_up=config.blocks_up)
     assert set(net.backbone.state_dict()) == set(reference_net.state_dict())
