@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.contract import LABEL_NAMES, REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.deep.postprocess import opening_self_dice
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
@@ -253,6 +254,10 @@ class CasePatient:
     time: float
     event: bool
     binary: float = float("nan")
+    #: Dice of the patient's GTVp, in its own geometry, with itself opened by each of
+    #: :data:`~NPCPrognosisLib.deep.postprocess.OPENING_RADII_MM` (None without a GTVp): what the bundle's opening of
+    #: automatic primaries is chosen from (:func:`~NPCPrognosisLib.deep.postprocess.choose_opening_radius`).
+    gtvp_opening_dice: tuple[float, ...] | None = None
 
 
 def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: GridConfig,
@@ -264,9 +269,9 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
     # the key covers the files' contents: a replaced image gets a new cache entry instead of a stale array
     key = config_key(preprocess, grid) + _content_key([entry.images.get(s) for s in SEQUENCES] + [entry.mask])
     cache = None if cache_dir is None else patient_file(cache_dir, entry.patient_id, f"_{key}.npz")
-    if cache is not None and cache.exists():
-        data = np.load(cache)
-        image, label = data["image"], data["label"]
+    data = np.load(cache) if cache is not None and cache.exists() else {}
+    if "opening_dice" in data:  # caches written before the opening was derived are made again
+        image, label, opening_dice = data["image"], data["label"], data["opening_dice"]
     else:
         patient = load_patient(entry.patient_id, entry.images, entry.mask)
         if patient.mask is None:
@@ -274,12 +279,15 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
                              patient_id=entry.patient_id, column="mask", fix="add the mask path to the manifest")
         image, grid_image = prepare_images(patient.images, preprocess, grid)
         label = to_array_xyz(resample_onto(patient.mask, grid_image, is_label=True))[None]
+        gtvp = sitk.GetArrayViewFromImage(patient.mask) == LABEL_NAMES["gtvp"]
+        opening_dice = np.asarray(opening_self_dice(gtvp, patient.mask.GetSpacing()[::-1]) if gtvp.any() else [])
         if cache is not None:
             with atomic_path(cache) as tmp:
-                np.savez(tmp, image=image, label=label)
+                np.savez(tmp, image=image, label=label, opening_dice=opening_dice)
     return CasePatient(entry.patient_id, image.astype(np.float32), label.astype(np.uint8),
                        float(entry.outcomes[f"{endpoint}_time"]), bool(entry.outcomes[f"{endpoint}_event"] > 0),
-                       float("nan") if binary_value is None else float(binary_value))
+                       float("nan") if binary_value is None else float(binary_value),
+                       tuple(float(v) for v in opening_dice) if len(opening_dice) else None)
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

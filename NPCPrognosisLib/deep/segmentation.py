@@ -18,8 +18,10 @@ resampled back linearly and only then turned into labels, so contours keep sub-v
   weights are not detached here), since the refitted risk reads the image through the predicted structures.
   Channel-averaged Grad-CAM pointed at the background on the demo network (mean inside GTVp / outside 0.01-0.4);
   HiResCAM gives 20-60.
-* Post-processing: GTVp = its largest connected component (there is one primary tumour); GTVn components
-  smaller than the bundle's threshold (0.2 mL by default) are dropped as noise.
+* Post-processing (:mod:`NPCPrognosisLib.deep.postprocess`): GTVp opened by the bundle's radius (parts thinner
+  than the training contours ever are, e.g. enhancing mucosa along the airway, go), then its largest connected
+  component (there is one primary tumour); GTVn components smaller than the bundle's threshold (0.2 mL by
+  default) are dropped as noise.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
 from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
+from NPCPrognosisLib.deep.postprocess import postprocess_labels
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.images import contour_warnings
@@ -294,25 +297,6 @@ def _network_pass(model: NetworkModel, x: np.ndarray, want_saliency: bool):
     return prob, _head_values(out), full
 
 
-def _postprocess(labels: np.ndarray, spacing: tuple[float, ...], postprocessing: Mapping[str, Any],
-                 like: sitk.Image) -> sitk.Image:
-    mask = from_array_xyz(labels.astype(np.uint8), like)
-    gtvp = mask == 1
-    if postprocessing.get("gtvp_largest_component", True) and sitk.GetArrayViewFromImage(gtvp).any():
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvp), sortByObjectSize=True)
-        gtvp = components == 1
-    gtvn = mask == 2
-    min_ml = float(postprocessing.get("gtvn_min_ml", 0.0))
-    if min_ml > 0 and sitk.GetArrayViewFromImage(gtvn).any():
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(gtvn),
-                                           minimumObjectSize=int(math.ceil(min_ml / voxel_ml)))
-        gtvn = components > 0
-    out = sitk.Cast(gtvp, sitk.sitkUInt8) + sitk.Cast(gtvn, sitk.sitkUInt8) * 2  # argmax labels never overlap
-    out.CopyInformation(like)
-    return sitk.Cast(out, sitk.sitkUInt8)
-
-
 def segment_patient(model: NetworkModel, images: Mapping[str, sitk.Image], *, patient_id: str = "patient",
                     tta: int = 0, saliency: bool = False, progress: bool = False) -> SegmentationResult:
     """Segment one patient from raw T1W/T2W/CET1W and score their risk.
@@ -392,8 +376,7 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
                                 default=1.0 if c == 0 else 0.0)
         prob_ref.append(sitk.GetArrayFromImage(channel))
     prob_ref = np.stack(prob_ref)  # (3, z, y, x)
-    labels = np.transpose(np.argmax(prob_ref, axis=0), (2, 1, 0))
-    mask = _postprocess(labels, reference.GetSpacing(), model.postprocessing, reference)
+    mask = postprocess_labels(np.argmax(prob_ref, axis=0), model.postprocessing, reference)
     entropy = -(prob * np.log(np.clip(prob, 1e-8, 1.0))).sum(0) / math.log(prob.shape[0])
     uncertainty = resample_onto(from_array_xyz(entropy.astype(np.float32), grid_image), reference)
     saliency_img = None

@@ -64,6 +64,7 @@ from NPCPrognosisLib.deep.data import (
 )
 from NPCPrognosisLib.deep.inference import grid_pass, inference_spec
 from NPCPrognosisLib.deep.network import IMAGE_MEASURES, NetworkConfig, build_network, cox_loss
+from NPCPrognosisLib.deep.postprocess import choose_opening_radius
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
 from NPCPrognosisLib.imaging.overlap import dice
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
@@ -130,6 +131,13 @@ class TrainConfig:
     binary_weight: float = 0.2
     #: Post-processing stored in the bundle: nodes smaller than this are dropped as noise.
     gtvn_min_ml: float = 0.2
+    #: Opening radius (mm) of the automatic GTVp before its largest component is kept. None: the largest radius
+    #: that the training patients' own GTVp contours survive with a mean Dice of ``gtvp_opening_keep_dice``
+    #: (:func:`~NPCPrognosisLib.deep.postprocess.choose_opening_radius`); 0: no opening. Trained on family B and
+    #: run on family A, the network drew the primary on along the enhancing mucosa of the airway (precision 0.66).
+    #: 0.98 let family B's round primaries choose 5.5 mm, which cut a small family-A primary to a third.
+    gtvp_opening_mm: float | None = None
+    gtvp_opening_keep_dice: float = 0.99
     #: Ridge strengths tried when the last risk layer is refitted on the whole training split
     #: (:func:`refit_risk_head`); the one with the best cross-validated C wins.
     refit_penalties: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
@@ -627,6 +635,15 @@ def training_volumes(cases: Sequence[CasePatient], voxel_ml: float) -> dict[str,
     return out
 
 
+def gtvp_opening(config: TrainConfig, cases: Sequence[CasePatient]) -> dict[str, Any]:
+    """The opening of automatic primaries that the bundle records: the configured radius, or the one that all
+    the network's patients' (training and validation) GTVp contours survive."""
+    if config.gtvp_opening_mm is not None:
+        return {"radius_mm": float(config.gtvp_opening_mm), "source": "configuration"}
+    rows = [c.gtvp_opening_dice for c in cases if c.gtvp_opening_dice is not None]
+    return choose_opening_radius(rows, config.gtvp_opening_keep_dice)
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 def _load_cases(entries, endpoint, config: TrainConfig, cache_dir: Path, progress: bool,
@@ -804,7 +821,8 @@ def train_network(
         _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
         train_risks = head_risks(model, train_outputs)
         content = _bundle_content(train_config, state, final, endpoint, train_risks, synthetic_demo,
-                                  batch_size=batch_size, val_fraction=val_fraction, device=device)
+                                  gtvp_opening(train_config, cases), batch_size=batch_size,
+                                  val_fraction=val_fraction, device=device)
         content["network"]["risk_head_refit"] = refit
         content["network"]["quality_gate"] = gate.to_dict()
         content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml)
@@ -864,10 +882,11 @@ def _checkpoint_settings(ckpt_dir: Path) -> tuple[dict[str, Any] | None, int | N
 
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The options that shape the epochs; the refit (``refit_*``), the choice of the final weights and the quality
-    gate's floors (``min_*``) act after them and may change on resume."""
+    """The options that shape the epochs; the refit (``refit_*``), the choice of the final weights, the quality
+    gate's floors (``min_*``) and the post-processing (``gtvp_opening_*``, ``gtvn_min_ml``) act after them and may
+    change on resume."""
     return {k: v for k, v in dict(config or {}).items()
-            if not k.startswith(("refit_", "min_")) and k != "final_weights"}
+            if not k.startswith(("refit_", "min_", "gtvp_opening_")) and k not in ("final_weights", "gtvn_min_ml")}
 
 
 def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases, state, ckpt_dir, *, epochs,
@@ -969,7 +988,8 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             return
 
 
-def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, synthetic_demo, **training) -> dict:
+def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, synthetic_demo, opening,
+                    **training) -> dict:
     from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 
     finite = train_risks[np.isfinite(train_risks)]
@@ -986,7 +1006,8 @@ def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, sy
         "sequences": list(SEQUENCES),
         "endpoint": endpoint,
         "inference": inference_spec(config.grid),
-        "postprocessing": {"gtvp_largest_component": True, "gtvn_min_ml": config.gtvn_min_ml},
+        "postprocessing": {"gtvp_opening_mm": opening["radius_mm"], "gtvp_largest_component": True,
+                           "gtvn_min_ml": config.gtvn_min_ml, "gtvp_opening_derivation": opening},
         "score_normalisation": {"mean": float(finite.mean()) if finite.size else 0.0,
                                 "sd": float(finite.std()) if finite.size > 1 else 1.0,
                                 "source": "training patients, no augmentation"},

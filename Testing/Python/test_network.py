@@ -1287,3 +1287,85 @@ def test_selection_offers_deep_features_only_when_the_configuration_says_so():
     assert offered_columns(columns, SignatureSettings(), None) == columns
     assert offered_columns(columns, SignatureSettings(deep_features=False), None) == [columns[0], columns[3]]
     assert offered_columns(columns, SignatureSettings(rois=("gtvp", "gtv")), None) == [*columns[:2], columns[3]]
+
+
+# ---------------------------------------------------------------------------------------------- post-processing
+
+def _ball(radius_mm, spacing_zyx):
+    """Structuring element of every voxel offset within radius_mm (the textbook definition of the opening)."""
+    half = [int(radius_mm / s + 1e-6) for s in spacing_zyx]
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing_zyx)], indexing="ij")
+    return np.sqrt(sum(g ** 2 for g in grids)) <= radius_mm + 1e-6  # a voxel centre on the surface is inside
+
+
+def _reference_self_dice(mask, spacing_zyx, radius_mm):
+    """Dice of a contour with its opening (scipy's structuring-element opening, then the largest component)."""
+    from scipy import ndimage
+
+    opened = mask if radius_mm == 0 else ndimage.binary_opening(mask, structure=_ball(radius_mm, spacing_zyx))
+    labels, n = ndimage.label(opened)
+    if n > 1:
+        opened = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    return 2 * (opened & mask).sum() / (opened.sum() + mask.sum())
+
+
+def test_the_opening_in_mm_is_the_structuring_element_opening_on_anisotropic_voxels():
+    """The distance-transform opening equals scipy's opening by a ball of the same radius in mm, on voxels of
+    0.8 x 0.8 x 4 mm, where a 3 mm radius never reaches the next slice."""
+    from scipy import ndimage
+
+    from NPCPrognosisLib.deep.postprocess import open_mask
+
+    rng = np.random.default_rng(5)
+    spacing = (4.0, 0.8, 0.8)
+    for radius in (1.6, 3.0, 4.0):  # 1.6 and 4.0: voxel centres lie exactly on the ball
+        blobs = ndimage.gaussian_filter(rng.normal(size=(12, 70, 70)), (0.6, 4, 4)) > 0.02
+        expected = ndimage.binary_opening(blobs, structure=_ball(radius, spacing))
+        got = open_mask(blobs, spacing, radius)
+        assert expected.any() and (got != expected).sum() == 0, radius
+        assert not (got & ~blobs).any()
+    assert _ball(3.0, spacing).shape[0] == 1  # in plane only on 4 mm slices
+
+
+def test_the_opening_takes_the_mucosa_sheet_off_a_primary_and_keeps_a_thin_one_whole():
+    """A 2.4 mm sheet running 20 mm from a 10 mm-radius tumour goes; the tumour stays; an old bundle (no radius)
+    keeps the sheet; a primary thinner everywhere than the radius is kept as drawn rather than erased; nodes
+    below the volume floor go as before."""
+    from NPCPrognosisLib.deep.postprocess import postprocess_labels
+
+    spacing = (4.0, 0.8, 0.8)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((10, 80, 80), spacing)], indexing="ij")
+    tumour = (z - 18) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 <= 10 ** 2
+    sheet = (np.abs(x - 24) <= 1.2) & (y > 24) & (y < 56) & (np.abs(z - 18) <= 8)
+    labels = (tumour | sheet).astype(np.uint8)
+    labels[1:3, 70:73, 70:73] = 2  # a node of 0.06 mL: below the 0.2 mL floor
+    like = sitk.GetImageFromArray(labels)
+    like.SetSpacing(spacing[::-1])
+    rules = {"gtvp_opening_mm": 3.0, "gtvp_largest_component": True, "gtvn_min_ml": 0.2}
+    out = sitk.GetArrayFromImage(postprocess_labels(labels, rules, like))
+    far_sheet = sheet & (y > 24 + 10 + 3 + 1)
+    assert (out[tumour] == 1).mean() > 0.97 and not (out[far_sheet] == 1).any() and not (out == 2).any()
+    assert sitk.GetArrayFromImage(postprocess_labels(labels, {"gtvn_min_ml": 0.2}, like))[far_sheet].all()
+    thin = sheet.astype(np.uint8)
+    assert (sitk.GetArrayFromImage(postprocess_labels(thin, rules, like)) == thin).all()
+
+
+def test_the_bundle_opening_is_the_largest_radius_the_training_contours_survive(tiny_bundle, tiny_cohort):
+    """Recomputed from the training patients' own masks with scipy's structuring-element opening: the bundle's
+    per-radius mean Dice and its choice (the largest radius keeping a mean Dice of 0.99)."""
+    from NPCPrognosisLib.deep.postprocess import choose_opening_radius
+
+    post = load_network(tiny_bundle).postprocessing
+    derivation = post["gtvp_opening_derivation"]
+    manifest = read_manifest(tiny_cohort.manifest_path)
+    masks = [sitk.ReadImage(str(e.mask)) for e in manifest.entries()]
+    reference = [[_reference_self_dice(sitk.GetArrayFromImage(m) == 1, m.GetSpacing()[::-1], r)
+                  for r in derivation["radii"]] for m in masks]
+    assert derivation["n"] == len(masks) == 5
+    assert np.allclose(derivation["mean_dice"], np.mean(reference, axis=0), atol=1e-4)
+    mean = np.mean(reference, axis=0)
+    assert derivation["keep_dice"] == 0.99
+    expected = max(r for i, r in enumerate(derivation["radii"]) if (mean[: i + 1] >= 0.99).all())
+    assert post["gtvp_opening_mm"] == derivation["radius_mm"] == expected > 0
+    assert choose_opening_radius([[1.0, 0.99, 0.97, 0.99]], 0.98, (0, 1, 2, 3))["radius_mm"] == 1.0
+    assert choose_opening_radius([], 0.98, (0, 1))["radius_mm"] == 0.0
