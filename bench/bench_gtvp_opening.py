@@ -10,8 +10,8 @@ the opening (its GTVp reduced to the largest component only); ``TEST.csv`` gives
 paired with the radius-0 Dice on the same patient. With ``--train-manifest`` (the network's training manifest) the
 radius ``train-net`` would record is derived from those patients' masks with the shipped rule and added. Prints,
 per radius, the mean and median Dice, the mean paired difference with its 95 % interval over patients, and the
-worst single-patient change. Nothing is retrained: post-processing acts after the network. (The written masks
-already hold only the largest raw component of GTVp; ``segment`` opens all of it and then keeps the largest.)
+worst single-patient change. Nothing is retrained: post-processing acts after the network, and the written masks
+already hold the largest raw component of GTVp, which is what ``segment`` opens.
 """
 
 from __future__ import annotations
