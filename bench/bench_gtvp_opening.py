@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _gtvp(path: str):
+def _read_labels(path: str):
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(path))
@@ -40,7 +40,7 @@ def derived_radius(train_manifest: str) -> dict:
 
     rows = []
     for entry in read_manifest(train_manifest, require_clinical=False).entries():
-        image, labels = _gtvp(entry.mask)
+        image, labels = _read_labels(entry.mask)
         if (labels == 1).any():
             rows.append(opening_self_dice(labels == 1, image.GetSpacing()[::-1]))
     return choose_opening_radius(rows, TrainConfig().gtvp_opening_keep_dice)
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
     from NPCPrognosisLib.deep.postprocess import postprocess_labels
+    from NPCPrognosisLib.imaging.overlap import dice
     from NPCPrognosisLib.io.manifest import read_manifest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,19 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_manifest:
         derivation = derived_radius(args.train_manifest)
         radii = sorted(set(radii) | {derivation["radius_mm"]})
-    dice: dict[float, list[float]] = {r: [] for r in radii}
+    scores: dict[float, list[float]] = {r: [] for r in radii}
     for entry in read_manifest(args.manifest, require_clinical=False).entries():
-        _, truth = _gtvp(entry.mask)
-        predicted, labels = _gtvp(Path(args.masks) / f"{entry.patient_id}_mask.nii.gz")
+        _, truth = _read_labels(entry.mask)
+        predicted, labels = _read_labels(Path(args.masks) / f"{entry.patient_id}_mask.nii.gz")
         truth = truth == 1
         for radius in radii:
             rules = {"gtvp_opening_mm": radius, "gtvp_largest_component": True, "gtvn_min_ml": 0.0}
             gtvp = sitk.GetArrayFromImage(postprocess_labels(labels, rules, predicted)) == 1
-            dice[radius].append(2.0 * float((gtvp & truth).sum()) / float(gtvp.sum() + truth.sum()))
-    base = np.asarray(dice[0.0])
+            scores[radius].append(dice(gtvp, truth))
+    base = np.asarray(scores[0.0])
     report = {"n": int(base.size), "derivation": derivation, "radii": {}}
     for radius in radii:
-        values = np.asarray(dice[radius])
+        values = np.asarray(scores[radius])
         diff = values - base
         half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(diff.size) if diff.size > 1 else float("nan")
         report["radii"][str(radius)] = {"mean": round(float(values.mean()), 4),

@@ -6,9 +6,8 @@ and T2W in one family; trained on family B and tested on 30 family-A patients: s
 false voxels up to 25-29 mm from the tumour). A morphological opening in millimetres removes every part of the
 contour thinner than twice its radius. It acts on the largest component of the raw labels and keeps every thick
 part of it (one primary, never a piece chosen over the tumour for its size); what a tumour's own contours lose to
-it is measured on the training
-patients, and the radius is the largest whose loss stays within what the bundle records
-(:func:`choose_opening_radius`). Distances are Euclidean in mm (scipy's exact transform on the image's
+it is measured on the training patients, and the radius is the largest whose loss stays within what the bundle
+records (:func:`choose_opening_radius`). Distances are Euclidean in mm (scipy's exact transform on the image's
 spacing), so a 4 mm slice is never eroded by a 3 mm radius: on thick slices the opening acts in plane.
 """
 
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from NPCPrognosisLib.imaging.overlap import dice
 
 #: Distances within this of the radius count as on the ball: 3 x 0.8 mm and 4 x 0.8 mm are 4.0 mm apart only up to
 #: rounding, and the result must not depend on which way the rounding went.
@@ -41,14 +42,13 @@ def _openings(crop: np.ndarray, spacing_zyx: Sequence[float], radii: Sequence[fl
 
     depth = ndimage.distance_transform_edt(crop, sampling=spacing_zyx)
     for radius in radii:
+        if radius <= 0:
+            yield crop.copy()
+            continue
         radius = radius + _TIE_MM  # a voxel centre exactly on the ball's surface is inside it
         core = depth > radius
-        if radius <= _TIE_MM:
-            yield crop.copy()
-        elif not core.any():
-            yield np.zeros_like(crop)
-        else:
-            yield (ndimage.distance_transform_edt(~core, sampling=spacing_zyx) <= radius) & crop
+        yield ((ndimage.distance_transform_edt(~core, sampling=spacing_zyx) <= radius) & crop if core.any()
+               else np.zeros_like(crop))
 
 
 def open_mask(mask: np.ndarray, spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -108,9 +108,7 @@ def opening_self_dice(mask: np.ndarray, spacing_zyx: Sequence[float],
         One value per radius; 0 where the opening leaves nothing.
     """
     _, crop = _crop(largest_component(np.asarray(mask, dtype=bool)))
-    total = float(crop.sum())
-    return [2.0 * float((opened & crop).sum()) / (float(opened.sum()) + total)
-            for opened in _openings(crop, spacing_zyx, radii)]
+    return [dice(opened, crop) for opened in _openings(crop, spacing_zyx, radii)]
 
 
 def choose_opening_radius(self_dice: Sequence[Sequence[float]], keep_dice: float,

@@ -18,10 +18,10 @@ resampled back linearly and only then turned into labels, so contours keep sub-v
   weights are not detached here), since the refitted risk reads the image through the predicted structures.
   Channel-averaged Grad-CAM pointed at the background on the demo network (mean inside GTVp / outside 0.01-0.4);
   HiResCAM gives 20-60.
-* Post-processing (:mod:`NPCPrognosisLib.deep.postprocess`): GTVp opened by the bundle's radius (parts thinner
-  than the training contours ever are, e.g. enhancing mucosa along the airway, go), then its largest connected
-  component (there is one primary tumour); GTVn components smaller than the bundle's threshold (0.2 mL by
-  default) are dropped as noise.
+* Post-processing (:mod:`NPCPrognosisLib.deep.postprocess`): GTVp = its largest connected component (there is one
+  primary tumour), opened by the bundle's radius (parts thinner than the training contours ever are, e.g.
+  enhancing mucosa along the airway, go; every thick part stays); GTVn components smaller than the bundle's
+  threshold (0.2 mL by default) are dropped as noise.
 """
 
 from __future__ import annotations

@@ -131,8 +131,8 @@ class TrainConfig:
     binary_weight: float = 0.2
     #: Post-processing stored in the bundle: nodes smaller than this are dropped as noise.
     gtvn_min_ml: float = 0.2
-    #: Opening radius (mm) of the automatic GTVp before its largest component is kept. None: the largest radius
-    #: that the training patients' own GTVp contours survive with a mean Dice of ``gtvp_opening_keep_dice``
+    #: Opening radius (mm) of the automatic GTVp's largest component (its thick parts all stay). None: the largest
+    #: radius that the training patients' own GTVp contours survive with a mean Dice of ``gtvp_opening_keep_dice``
     #: (:func:`~NPCPrognosisLib.deep.postprocess.choose_opening_radius`); 0: no opening. Trained on family B and
     #: run on family A, the network drew the primary on along the enhancing mucosa of the airway (precision 0.66).
     #: 0.98 let family B's round primaries choose 5.5 mm, which cut a small family-A primary to a third.
