@@ -354,7 +354,9 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     if event.sum() < MIN_EVENTS_FOR_SELECTION:
         note = (f"not selected: {int(event.sum())} training events (< {MIN_EVENTS_FOR_SELECTION}) are too few to "
                 "compare candidates by cross-validation; the default configuration was used")
-        log.warning(note)
+        # info, not a warning: `train` prints the bundle's note once, and the nested CV's outer folds (fewer events
+        # than the whole split) would otherwise repeat it once per fold
+        log.info(note)
         return default_selection(base, has_deep, note)
     fold = event_folds(event, SELECTION_FOLDS, base.seed + 15485863)
     candidates = radiomics_candidates(base, icc is not None)

@@ -19,6 +19,7 @@ On held-out patients :func:`c_for_benefit` (van Klaveren et al., J Clin Epidemio
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -171,8 +172,6 @@ def _score_interaction(time, event, arm, score, confounders, arms) -> dict | Non
 
 def _bootstrap(time, event, arm, group, confounders, fit, n_bootstrap: int, seed: int) -> dict:
     """Refits on resampled patients: coefficient vectors and baseline cumulative hazards at the report times."""
-    import warnings
-
     rng = np.random.default_rng(seed)
     coefs, cumhaz = [], []
     n = len(time)
@@ -486,10 +485,14 @@ def subgroup_effects(time: Any, event: Any, arm: Any, subgroups: Mapping[str, Se
     for name, labels in subgroups.items():
         labels = np.asarray(labels).astype(str)
         try:
-            fit = fit_interaction(time[pair], event[pair], arm[pair], by=labels[pair], reference=REFERENCE_ARM,
-                                  covariates=None if confounders is None else
-                                  confounders[pair].reset_index(drop=True),
-                                  treatment_name=ARM_NAME, by_name=name)
+            # a subgroup level without events in one arm separates; its row says so below, so fit_cox's
+            # separation warning would only repeat it on the console without naming the subgroup
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fit = fit_interaction(time[pair], event[pair], arm[pair], by=labels[pair], reference=REFERENCE_ARM,
+                                      covariates=None if confounders is None else
+                                      confounders[pair].reset_index(drop=True),
+                                      treatment_name=ARM_NAME, by_name=name)
         except (InputError, np.linalg.LinAlgError) as exc:
             rows.append({"subgroup": name, "estimable": False, "reason": str(exc)})
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -224,7 +226,7 @@ def test_stability_selection_keeps_the_features_half_samples_agree_on():
     assert "stability selection >= 0.6" in settings.describe()
 
 
-def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_defaults():
+def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_defaults(caplog):
     clinical, features, time, event, icc = _cohort(220, 5, 0.9)
     selection = select_models(clinical, features, time, event, SignatureSettings(), None, rad_score_folds=3,
                               penalizer=0.01, workers=1)
@@ -234,9 +236,12 @@ def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_default
     assert selection.clinical_coding in CLINICAL_CODINGS
     few = np.zeros_like(event)
     few[: MIN_EVENTS_FOR_SELECTION - 1] = True
-    default = select_models(clinical, features, time, few, SignatureSettings(), icc, rad_score_folds=3,
-                            penalizer=0.01, workers=1)
+    with caplog.at_level(logging.INFO):
+        default = select_models(clinical, features, time, few, SignatureSettings(), icc, rad_score_folds=3,
+                                penalizer=0.01, workers=1)
     assert default.radiomics_table == [] and "too few" in default.note
+    # `train` prints the note from the bundle; the nested CV's folds must not repeat it as a warning each
+    assert [r.levelno for r in caplog.records if "too few" in r.getMessage()] == [logging.INFO]
     assert default.nomogram == ["rad_score", *CLINICAL_CODINGS["ordinal"]]
 
 
