@@ -145,6 +145,18 @@ def choose_opening_radius(self_dice: Sequence[Sequence[float]], keep_dice: float
             "n": len(self_dice), "source": "training contours (GTVp)"}
 
 
+def count_components(mask: np.ndarray, voxel_ml: float, min_ml: float = 0.0) -> int:
+    """Separate pieces of ``mask`` (face connectivity, as :func:`postprocess_labels` labels them) of at least
+    ``min_ml``: the training patients' node count and a segmented patient's are counted the same way."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:] * float(voxel_ml)
+    return int((sizes >= float(min_ml)).sum())
+
+
 def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], like: sitk.Image) -> sitk.Image:
     """Apply the bundle's post-processing to argmax labels on the reference grid.
 

@@ -40,7 +40,7 @@ from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
 from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
-from NPCPrognosisLib.deep.postprocess import postprocess_labels
+from NPCPrognosisLib.deep.postprocess import count_components, postprocess_labels
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.images import contour_warnings
@@ -162,6 +162,17 @@ def _plausibility_warnings(model: NetworkModel, mask: sitk.Image, reference: sit
         if span and volume > 0 and not span["min"] / 2.0 <= volume <= span["max"] * 2.0:
             warnings.append(f"automatic {label} of {volume:.1f} mL is far outside the training range "
                             f"({span['min']:.1f}-{span['max']:.1f} mL); check the contours")
+    most = (ranges.get("gtvn") or {}).get("max_components")  # bundles before 2026-12-05 do not record it
+    if most is not None and volumes.get("gtvn", 0.0) > 0:
+        # Trained on one phantom family, networks took another family's normal anatomy for nodes, one piece per
+        # structure: its submandibular glands and intervertebral discs (4-11 pieces per patient where the
+        # training patients had at most 3-4); within a family no patient had more than the training maximum.
+        spacing = mask.GetSpacing()
+        pieces = count_components(sitk.GetArrayViewFromImage(mask) == 2, float(np.prod(spacing)) / 1000.0)
+        if pieces > most:
+            warnings.append(f"automatic GTVn has {pieces} separate pieces, more than any of the network's training "
+                            f"patients had ({most}); a network takes structures it never saw in training (glands, "
+                            "discs, vessels) for nodes: check each piece")
     warnings += contour_warnings(mask, reference, "automatic ")
     return warnings
 

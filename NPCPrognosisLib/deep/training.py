@@ -64,7 +64,7 @@ from NPCPrognosisLib.deep.data import (
 )
 from NPCPrognosisLib.deep.inference import grid_pass, inference_spec
 from NPCPrognosisLib.deep.network import IMAGE_MEASURES, NetworkConfig, build_network, cox_loss
-from NPCPrognosisLib.deep.postprocess import choose_opening_radius
+from NPCPrognosisLib.deep.postprocess import choose_opening_radius, count_components
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
 from NPCPrognosisLib.imaging.overlap import dice
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
@@ -621,8 +621,10 @@ def _patch_view(case: CasePatient, slices: tuple[slice, ...]) -> CasePatient:
                        np.ascontiguousarray(case.label[view]), case.time, case.event, case.binary)
 
 
-def training_volumes(cases: Sequence[CasePatient], voxel_ml: float) -> dict[str, dict[str, float]]:
-    """Range of the contoured volumes (mL, on the working grid) of the training patients, per structure:
+def training_volumes(cases: Sequence[CasePatient], voxel_ml: float, gtvn_min_ml: float = 0.0
+                     ) -> dict[str, dict[str, float]]:
+    """Range of the contoured volumes (mL, on the working grid) of the training patients, per structure, and the
+    most separate nodes any of them had (pieces of at least ``gtvn_min_ml``, as ``segment`` keeps them):
     ``segment`` warns about a patient whose automatic contours fall outside it."""
     out = {}
     for name in ("gtvp", "gtvn"):
@@ -632,6 +634,9 @@ def training_volumes(cases: Sequence[CasePatient], voxel_ml: float) -> dict[str,
             out[name] = {"min": float(present.min()), "p01": float(np.percentile(present, 1)),
                          "p99": float(np.percentile(present, 99)), "max": float(present.max()),
                          "share_present": float(present.size / len(cases))}
+    if "gtvn" in out:
+        out["gtvn"]["max_components"] = max(count_components(c.label[0] == LABEL_NAMES["gtvn"], voxel_ml, gtvn_min_ml)
+                                            for c in cases)
     return out
 
 
@@ -825,7 +830,8 @@ def train_network(
                                   val_fraction=val_fraction, device=device)
         content["network"]["risk_head_refit"] = refit
         content["network"]["quality_gate"] = gate.to_dict()
-        content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml)
+        content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml,
+                                                                      train_config.gtvn_min_ml)
         for key in ("grid_derivation", "fat_suppression"):  # a resumed run's from its checkpoint
             content["network"]["training"][key] = state.get(key) or {"source": "configuration"}
         return bundle_io.write_bundle(out_dir, content,

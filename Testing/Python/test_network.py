@@ -1260,6 +1260,49 @@ def test_segment_warns_about_implausible_contours(tiny_bundle):
     assert any("outside the head" in w for w in air) and any("outside the training range" in w for w in air)
 
 
+def test_segment_warns_when_the_nodes_come_in_more_pieces_than_any_training_patients(tiny_bundle):
+    """The bundle records the most separate nodes a training patient had (pieces below ``gtvn_min_ml`` not
+    counted); a patient with more automatic node pieces is flagged, one with as many is not, and a bundle written
+    before the count was recorded is not checked."""
+    from types import SimpleNamespace
+
+    from NPCPrognosisLib.deep.segmentation import _plausibility_warnings
+    from NPCPrognosisLib.deep.training import training_volumes
+
+    labels = np.zeros((1, 12, 30, 30), np.int64)  # one channel, as CasePatient.label
+    labels[0, 2:5, 2:6, 2:6] = 2     # 48 voxels = 0.48 mL at 10 uL
+    labels[0, 2:5, 20:24, 20:24] = 2
+    labels[0, 8, 10, 10] = 2        # 0.01 mL: below gtvn_min_ml, as segment drops it
+    labels[0, 6:9, 12:16, 12:16] = 1
+    cases = [SimpleNamespace(label=labels), SimpleNamespace(label=np.zeros_like(labels))]
+    volumes = training_volumes(cases, 0.01, gtvn_min_ml=0.2)
+    assert volumes["gtvn"]["max_components"] == 2
+    assert volumes["gtvn"]["share_present"] == 0.5
+    assert training_volumes(cases, 0.01)["gtvn"]["max_components"] == 3  # without the floor the speck counts
+
+    model = load_network(tiny_bundle)
+    recorded = model.content["network"]["training_volumes_ml"]["gtvn"]
+    most = recorded["max_components"]
+    assert isinstance(most, int) and most >= 1
+    reference = sitk.GetImageFromArray(np.full((10, 40, 40 * (most + 2)), 100.0, np.float32))
+
+    def nodes(pieces: int) -> sitk.Image:
+        mask = np.zeros((10, 40, 40 * (most + 2)), np.uint8)
+        mask[3:6, 15:20, 15:20] = 1
+        for k in range(pieces):  # separated by background: one piece each
+            mask[3:6, 25:30, 40 * (k + 1):40 * (k + 1) + 5] = 2
+        return sitk.GetImageFromArray(mask)
+
+    middle = (recorded["min"] + recorded["max"]) / 2
+    as_trained = _plausibility_warnings(model, nodes(most), reference, {"gtvp": 1.0, "gtvn": middle})
+    assert not [w for w in as_trained if "separate pieces" in w]
+    more = _plausibility_warnings(model, nodes(most + 1), reference, {"gtvp": 1.0, "gtvn": middle})
+    assert [w for w in more if f"{most + 1} separate pieces" in w and f"({most})" in w]
+    del recorded["max_components"]  # an older bundle
+    assert not [w for w in _plausibility_warnings(model, nodes(most + 1), reference, {"gtvp": 1.0, "gtvn": middle})
+                if "separate pieces" in w]
+
+
 def test_deep_features_pool_the_networks_maps_inside_each_contour(demo_model, fresh_patients):
     """Fixed columns; a structure the mask lacks gives NaN; the union ROI equals GTVp when there are no nodes;
     another contour gives other values."""
