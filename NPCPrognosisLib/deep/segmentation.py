@@ -165,8 +165,8 @@ def _plausibility_warnings(model: NetworkModel, mask: sitk.Image, reference: sit
     most = (ranges.get("gtvn") or {}).get("max_components")  # bundles before 2026-12-05 do not record it
     if most is not None and volumes.get("gtvn", 0.0) > 0:
         # Trained on one phantom family, networks took another family's normal anatomy for nodes, one piece per
-        # structure: its submandibular glands and intervertebral discs (4-11 pieces per patient where the
-        # training patients had at most 3-4); within a family no patient had more than the training maximum.
+        # structure: its submandibular glands and intervertebral discs (up to 11 pieces per patient where the
+        # training patients had at most 4); within a family no test patient had more than the training maximum.
         spacing = mask.GetSpacing()
         pieces = count_components(sitk.GetArrayViewFromImage(mask) == 2, float(np.prod(spacing)) / 1000.0)
         if pieces > most:
