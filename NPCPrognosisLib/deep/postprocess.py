@@ -145,16 +145,21 @@ def choose_opening_radius(self_dice: Sequence[Sequence[float]], keep_dice: float
             "n": len(self_dice), "source": "training contours (GTVp)"}
 
 
-def count_components(mask: np.ndarray, voxel_ml: float, min_ml: float = 0.0) -> int:
-    """Separate pieces of ``mask`` (face connectivity, as :func:`postprocess_labels` labels them) of at least
-    ``min_ml``: the training patients' node count and a segmented patient's are counted the same way."""
+def _pieces(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, np.ndarray]:
+    """Face-connected labels of ``mask`` and, per label (0 = background, never kept), whether the piece holds at
+    least ``min_ml``: the one rule by which segment drops small nodes and nodes are counted."""
     from scipy import ndimage
 
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return 0
-    sizes = np.bincount(labels.ravel())[1:] * float(voxel_ml)
-    return int((sizes >= float(min_ml)).sum())
+    components, _ = ndimage.label(mask)
+    keep = np.bincount(components.ravel()) >= int(math.ceil(float(min_ml) / float(voxel_ml)))
+    keep[0] = False
+    return components, keep
+
+
+def count_components(mask: np.ndarray, voxel_ml: float, min_ml: float = 0.0) -> int:
+    """Separate pieces of ``mask`` of at least ``min_ml``, by the rule :func:`postprocess_labels` keeps nodes by:
+    the training patients' node count and a segmented patient's are counted the same way."""
+    return int(_pieces(mask, voxel_ml, min_ml)[1].sum())
 
 
 def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], like: sitk.Image) -> sitk.Image:
@@ -189,13 +194,7 @@ def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], li
     gtvn = labels == 2
     min_ml = float(postprocessing.get("gtvn_min_ml", 0.0))
     if min_ml > 0 and gtvn.any():
-        from scipy import ndimage
-
-        voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-        components, n = ndimage.label(gtvn)
-        sizes = np.bincount(components.ravel())
-        keep = sizes >= int(math.ceil(min_ml / voxel_ml))
-        keep[0] = False
+        components, keep = _pieces(gtvn, float(np.prod(spacing_zyx)) / 1000.0, min_ml)
         gtvn = keep[components]
     out = sitk.GetImageFromArray(gtvp.astype(np.uint8) + 2 * gtvn.astype(np.uint8))  # argmax labels never overlap
     out.CopyInformation(like)
