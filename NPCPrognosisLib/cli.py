@@ -28,8 +28,9 @@ def _add_manifest_args(parser: argparse.ArgumentParser, *, required: bool = True
 def _cmd_synth(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.datasets import phantom_family
 
+    naming = {"id_prefix": args.id_prefix} if args.id_prefix else {}
     cohort = phantom_family(args.family).synthesize_cohort(args.n, args.seed, args.out, progress=not args.quiet,
-                                                           workers=args.workers)
+                                                           workers=args.workers, **naming)
     print(f"SYNTHETIC cohort of {args.n} patients (not clinical data): {cohort.manifest_path}")
     print(f"true linear predictors: {cohort.truth_path}")
     return 0
@@ -401,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=sorted(FAMILY_MODULES), default="synth",
                    help="phantom family: synth (family A), relaxometry (family B) or gradient_echo (family C); "
                         "B and C are independently modelled")
+    p.add_argument("--id-prefix", help="patient IDs <prefix>0001, ... (default: the family's own, e.g. SYN); give "
+                                       "cohorts that a bundle must tell apart different prefixes, since bundles "
+                                       "recognise their training patients by ID")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("extract", help="radiomics features table for a cohort")

@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_train_net.py [--n 100] [--epochs 1] [--full-epochs 14] [--threads 2]
 
-Runs what ``train-net`` runs at its defaults (data-derived working grid, demo architecture, batch size 4) on the
+Runs what ``train-net`` runs at its defaults (data-derived working grid, default architecture and batch size) on the
 demo cohort recipe, but for ``--epochs`` epochs into a temporary folder, and reports: cohort
 synthesis time, preprocessing time (N4 + resampling, done once per patient and cached), seconds per epoch
 (training + validation) and the EXTRAPOLATED wall time of the full ``--full-epochs`` run

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces NPCPrognosisLib/resources/DemoBundle, the statistical demo model shipped with NPCPrognosis.
 # It is trained on a SYNTHETIC cohort (npc-prognosis synth): a software demonstration, NOT for clinical use.
-#   scripts/build_demo_bundle.sh [WORKDIR]        (run inside the project's .venv; about 20 minutes on 2 cores)
+#   scripts/build_demo_bundle.sh [WORKDIR]        (run inside the project's .venv; about 23 minutes on 2 cores)
 # Radiomics come from the cohort's own contours (as from a radiologist); the demo network (WORKDIR/network from
 # scripts/train_demo_network.sh WORKDIR, or else the one the shipped bundle holds now) adds each patient's deep
-# score and is copied into the bundle, so `predict` works without contours and the nomogram combines deep score,
-# Rad-score and clinical factors. The last step prints the held-out evaluation.
+# score and deep features and is copied into the bundle, so `predict` works without contours; `train` at its
+# defaults chooses by cross-validation which of deep score, Rad-score and clinical factors the nomogram combines.
+# The last step prints the held-out evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-$(mktemp -d)}"

@@ -103,9 +103,24 @@ def bundle_radiomics(bundle: LoadedBundle, preprocessed: Mapping[str, sitk.Image
 
 
 def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, float]:
-    """Preprocess with the bundle's settings and extract with its radiomics settings (contours required)."""
+    """Preprocess with the bundle's settings and extract with its radiomics settings (contours required).
+
+    A bundle trained with the network's deep radiomic features among its candidates also gets those, pooled inside
+    these contours: a feature table of the patient (the Slicer module's) then holds every column the bundle knows,
+    and :func:`predict_patient` given this row does not run the network for them again.
+    """
+    prepared = preprocess_images(patient.images, bundle.preprocess)
     with settings_file(bundle.document["radiomics"]["settings"]) as params:
-        return patient_features(patient, bundle.preprocess, params_path=params)
+        row = patient_features(patient, bundle.preprocess, params_path=params, preprocessed=prepared)
+    if bundle.network_dir is not None and any(is_deep_feature(c) for c in bundle.document.get("feature_columns") or ()):
+        from NPCPrognosisLib.deep.features import deep_features
+        from NPCPrognosisLib.deep.segmentation import cached_network
+
+        network = cached_network(bundle.network_dir)
+        network_input = prepared if network.preprocess == bundle.preprocess else preprocess_images(
+            patient.images, network.preprocess)
+        row.update(deep_features(network, network_input, patient.mask))
+    return row
 
 
 def predict_patient(

@@ -115,6 +115,25 @@ def test_determinism_and_patient_independence(cohort, rows, tmp_path):
     assert short.equals(sim.iloc[:2])
 
 
+def test_id_prefix_renames_the_patients_and_changes_nothing_else(cohort, rows, tmp_path):
+    """Bundles recognise their training patients by ID, so a cohort that trains a network needs IDs no other
+    synthetic cohort uses (scripts/train_demo_network.sh); the prefix must not change who the patients are."""
+    from NPCPrognosisLib.cli import main
+
+    assert main(["--quiet", "synth", "--n", "2", "--seed", str(SEED), "--id-prefix", "NET",
+                 "--out", str(tmp_path / "named")]) == 0
+    with open(tmp_path / "named" / "manifest.csv", newline="") as fh:
+        named = list(csv.DictReader(fh))
+    assert [r["patient_id"] for r in named] == ["NET0001", "NET0002"]
+    for mine, theirs in zip(named, rows[:2]):
+        assert {k: v for k, v in mine.items() if k not in ("patient_id", "t1", "t2", "t1c", "mask")} == \
+            {k: v for k, v in theirs.items() if k not in ("patient_id", "t1", "t2", "t1c", "mask")}
+        for k in ("t1c", "mask"):
+            assert mine[k] == f"images/{mine['patient_id']}_{k}.nii.gz"
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(_read(tmp_path / "named" / "manifest.csv", mine[k])),
+                                          sitk.GetArrayFromImage(_read(cohort.manifest_path, theirs[k])))
+
+
 def test_scanner_geometry_varies_across_patients():
     grids = [synth._scanner_grid(np.random.default_rng(i)) for i in range(40)]
     spacings = {tuple(np.round(g.GetSpacing(), 3)) for g in grids}
