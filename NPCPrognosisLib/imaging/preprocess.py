@@ -213,3 +213,29 @@ def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> sitk.Image:
 
 def preprocess_images(images: Mapping[str, sitk.Image], config: PreprocessConfig) -> dict[str, sitk.Image]:
     return {name: preprocess_image(image, config) for name, image in images.items()}
+
+
+def preprocessed_as(images: Mapping[str, sitk.Image], config: PreprocessConfig,
+                    prepared: Mapping[str, sitk.Image], prepared_with: PreprocessConfig) -> dict[str, sitk.Image]:
+    """``images`` preprocessed with ``config``, reusing ``prepared`` when it was made with the same settings.
+
+    N4 is the costly step of a patient, so the network and the radiomics share one preprocessing when their
+    settings agree; a network trained with other settings gets its own, as it saw in training.
+
+    Parameters
+    ----------
+    images : mapping of str to SimpleITK.Image
+        The patient's original sequences.
+    config : PreprocessConfig
+        The settings wanted (a network's, for instance).
+    prepared : mapping of str to SimpleITK.Image
+        The same sequences already preprocessed with ``prepared_with``.
+    prepared_with : PreprocessConfig
+        The settings ``prepared`` was made with.
+
+    Returns
+    -------
+    dict of str to SimpleITK.Image
+        The sequences preprocessed with ``config``.
+    """
+    return dict(prepared) if config == prepared_with else preprocess_images(images, config)

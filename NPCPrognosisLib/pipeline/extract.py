@@ -20,7 +20,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import network_checksum
 from NPCPrognosisLib.io.images import PatientImages, check_mask, load_patient, split_series_selector
@@ -91,8 +91,7 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
             model = cached_network(network)
             # N4 is the costly step: one preprocessing serves the network and the radiomics when they agree
             prepared = preprocess_images(patient.images, config)
-            network_input = prepared if model.preprocess == config else preprocess_images(patient.images,
-                                                                                        model.preprocess)
+            network_input = preprocessed_as(patient.images, model.preprocess, prepared, config)
             result = segment_preprocessed(model, network_input, patient_id=entry.patient_id)
             extra[DEEP_SCORE] = float(result.deep_score)
             out_of_fold = result.deep_score_out_of_fold

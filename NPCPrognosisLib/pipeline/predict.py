@@ -20,7 +20,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.imaging.preprocess import preprocess_images
+from NPCPrognosisLib.imaging.preprocess import preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import write_json_atomic
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, parse_clinical
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
@@ -117,8 +117,7 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
         from NPCPrognosisLib.deep.segmentation import cached_network
 
         network = cached_network(bundle.network_dir)
-        network_input = prepared if network.preprocess == bundle.preprocess else preprocess_images(
-            patient.images, network.preprocess)
+        network_input = preprocessed_as(patient.images, network.preprocess, prepared, bundle.preprocess)
         row.update(deep_features(network, network_input, patient.mask))
     return row
 
@@ -205,9 +204,7 @@ def predict_patient(
 
         with _timed(timings, "contour"):
             network = cached_network(bundle.network_dir)
-            network_input = preprocessed
-            if network.preprocess != bundle.preprocess:  # a network trained with other settings gets its own
-                network_input = preprocess_images(patient.images, network.preprocess)
+            network_input = preprocessed_as(patient.images, network.preprocess, preprocessed, bundle.preprocess)
             result = segment_preprocessed(network, network_input, patient_id=patient.patient_id, tta=tta,
                                           saliency=saliency)
         warnings.extend(result.warnings)

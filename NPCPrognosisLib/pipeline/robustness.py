@@ -77,7 +77,7 @@ def _perturbed_rows(entry: PatientEntry, mask: str, meta: dict[str, Any], plan: 
     re-contouring of the image the features are computed on, and the bias-field correction (the costly step)
     is smooth and would not change with a few degrees of rotation.
     """
-    from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
+    from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images, preprocessed_as
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.radiomics.extraction import extract_patient, settings_file
     from NPCPrognosisLib.radiomics.perturbation import perturb_case
@@ -85,12 +85,11 @@ def _perturbed_rows(entry: PatientEntry, mask: str, meta: dict[str, Any], plan: 
     rows = {}
     try:
         patient = load_patient(entry.patient_id, {s: entry.images[s] for s in SEQUENCES}, mask)
-        prepared = preprocess_images(patient.images, PreprocessConfig.from_dict(meta.get("preprocessing") or {}))
+        config = PreprocessConfig.from_dict(meta.get("preprocessing") or {})
+        prepared = preprocess_images(patient.images, config)
         network, network_input = _deep_feature_network(meta), None
         if network is not None:
-            network_input = prepared
-            if network.preprocess != PreprocessConfig.from_dict(meta.get("preprocessing") or {}):
-                network_input = preprocess_images(patient.images, network.preprocess)
+            network_input = preprocessed_as(patient.images, network.preprocess, prepared, config)
         with settings_file(meta["settings"]) as params:
             for perturbation, cache_file, key in zip(plan, cache_files, keys):
                 seed = int(hashlib.sha256(f"{entry.patient_id}/{perturbation.index}".encode()).hexdigest()[:8], 16)

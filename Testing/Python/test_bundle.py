@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from NPCPrognosisLib.errors import BundleError
-from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_image
+from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_image, preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, FORMAT_VERSION, read_bundle, write_bundle
 
 
@@ -79,6 +79,20 @@ def test_n4_removes_a_bias_field_and_normalisation_is_zscore_x100():
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     assert np.array_equal(on_four, corrected)
+
+
+def test_preprocessed_images_are_reused_only_when_made_with_the_same_settings():
+    z, y, x = np.mgrid[0:8, 0:32, 0:32]
+    head = ((x - 16) ** 2 + (y - 16) ** 2) < 12 ** 2
+    image = sitk.GetImageFromArray(np.where(head, 300.0 + x, 3.0).astype(np.float32))
+    plain, scaled = PreprocessConfig(n4=False), PreprocessConfig(n4=False, scale=1.0)
+    prepared = preprocess_images({"t2w": image}, plain)
+    same = preprocessed_as({"t2w": image}, PreprocessConfig(n4=False), prepared, plain)
+    assert same["t2w"] is prepared["t2w"]  # equal settings: the costly preprocessing is not repeated
+    other = preprocessed_as({"t2w": image}, scaled, prepared, plain)
+    expected = sitk.GetArrayFromImage(preprocess_image(image, scaled))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(other["t2w"]), expected)
+    assert not np.allclose(expected, sitk.GetArrayFromImage(prepared["t2w"]))  # the settings do differ
 
 
 def test_n4_fitted_on_32_samples_per_axis_removes_a_bias_field_as_64_did_and_older_settings_keep_64():
