@@ -86,13 +86,13 @@ def test_preprocessed_images_are_reused_only_when_made_with_the_same_settings():
     head = ((x - 16) ** 2 + (y - 16) ** 2) < 12 ** 2
     image = sitk.GetImageFromArray(np.where(head, 300.0 + x, 3.0).astype(np.float32))
     plain, scaled = PreprocessConfig(n4=False), PreprocessConfig(n4=False, scale=1.0)
-    prepared = preprocess_images({"t2w": image}, plain)
-    same = preprocessed_as({"t2w": image}, PreprocessConfig(n4=False), prepared, plain)
-    assert same["t2w"] is prepared["t2w"]  # equal settings: the costly preprocessing is not repeated
-    other = preprocessed_as({"t2w": image}, scaled, prepared, plain)
+    prepared = preprocess_images({"t2": image}, plain)
+    same = preprocessed_as({"t2": image}, PreprocessConfig(n4=False), prepared, plain)
+    assert same["t2"] is prepared["t2"]  # equal settings: the costly preprocessing is not repeated
+    other = preprocessed_as({"t2": image}, scaled, prepared, plain)
     expected = sitk.GetArrayFromImage(preprocess_image(image, scaled))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(other["t2w"]), expected)
-    assert not np.allclose(expected, sitk.GetArrayFromImage(prepared["t2w"]))  # the settings do differ
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(other["t2"]), expected)
+    assert not np.allclose(expected, sitk.GetArrayFromImage(prepared["t2"]))  # the settings do differ
 
 
 def test_n4_fitted_on_32_samples_per_axis_removes_a_bias_field_as_64_did_and_older_settings_keep_64():
