@@ -37,7 +37,7 @@ from bench_binary_splits import resplit, resplit_parser  # noqa: E402
 from NPCPrognosisLib.io.extra_features import with_extra_columns  # noqa: E402
 from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
 from NPCPrognosisLib.pipeline import binary  # noqa: E402
-from NPCPrognosisLib.pipeline.train import ebv_fill_value  # noqa: E402
+from NPCPrognosisLib.pipeline.fit import ebv_fill_value  # noqa: E402
 from NPCPrognosisLib.radiomics.features_table import read_features  # noqa: E402
 
 COMPARED = ("best", binary.STACKED, binary.VOLUME, "radiomics")

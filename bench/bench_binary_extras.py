@@ -7,7 +7,7 @@ Usage:
 
 Why. The IC-response study this product follows fuses MRI with the biopsy's slide features; the ridge takes such a
 table as a block of its own inputs, weighted so that its few columns are not drowned by the ~650 image inputs
-(:func:`NPCPrognosisLib.pipeline.binary.ridge_column_weights`). On each re-split of ``bench_binary_choice.py`` the
+(:func:`NPCPrognosisLib.classification.ridge.ridge_column_weights`). On each re-split of ``bench_binary_choice.py`` the
 product's ``fit_ridge`` is fitted on the training patients' features alone and on the same features with the
 blocks joined (``with_extra_columns``, as ``train --extra-features`` joins them), and both are scored on the
 held-out patients. ``PATTERN`` is a file name or glob inside each cohort folder, its files concatenated (the
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_binary_choice import run_resplits  # noqa: E402
 from bench_binary_splits import paired_text, ratio_summary, ratio_text, resplit_parser  # noqa: E402
 
+from NPCPrognosisLib.classification import ridge as rg  # noqa: E402
 from NPCPrognosisLib.io.extra_features import extra_block_name, read_extra_block  # noqa: E402
-from NPCPrognosisLib.pipeline import binary  # noqa: E402
 
 
 def cohort_extras(cohort: Path, specs: list[str], scratch: Path) -> dict:
@@ -57,8 +57,8 @@ def one_split(clinical_tr, features_tr, y_tr, clinical_te, features_te, y_te, or
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for label, columns in (("without", own), ("with", list(features_tr.columns))):
-            model = binary.fit_ridge(clinical_tr, features_tr[columns], y_tr, seed=0)
-            prob = binary.predict_ridge(model, clinical_te, features_te[columns])
+            model = rg.fit_ridge(clinical_tr, features_tr[columns], y_tr, seed=0)
+            prob = rg.predict_ridge(model, clinical_te, features_te[columns])
             out[f"{label}_ratio"] = float(roc_auc_score(y_te, prob) / oracle)
             out[f"{label}_C"] = model["C"]
             if label == "with":

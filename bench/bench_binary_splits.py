@@ -8,7 +8,7 @@ Why. ``bench_binary.py`` scores one split of 200 held-out patients, whose AUC ra
 the split alone; a change to the method cannot be judged on it. Each ``--cohort`` folder (as
 ``bench_generalise.py`` keeps them: ``manifest.csv``, ``features.csv``, ``truth_all.csv`` with ``p_<endpoint>``)
 is re-split ``--splits`` times at random into ``--n-train`` training and the rest held-out patients; on each
-split the product's radiomics signature (:func:`NPCPrognosisLib.pipeline.binary.fit_rad_signature`: univariable
+split the product's radiomics signature (:func:`NPCPrognosisLib.classification.signature.fit_rad_signature`: univariable
 filter, Yeo-Johnson, redundancy filter, LASSO-logistic) is fitted on the training patients and its held-out AUC
 divided by the AUC of the generator's true probability on the same patients. Beside it, a CEILING that is not a
 method: a ridge regression of the generator's true log-odds on all (rank-normalised) features of the training
@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from NPCPrognosisLib.pipeline.binary import fit_rad_signature, rad_score  # noqa: E402
+from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score  # noqa: E402
 from NPCPrognosisLib.radiomics.features_table import feature_matrix, read_features  # noqa: E402
 
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from NPCPrognosisLib.datasets.synth import simulate_outcomes, tabular_radiomics  # noqa: E402
 from NPCPrognosisLib.io.manifest import Manifest  # noqa: E402
-from NPCPrognosisLib.pipeline.train import OPTIMISM_BOOTSTRAPS, fit_models, optimism_corrected_c  # noqa: E402
+from NPCPrognosisLib.pipeline.fit import fit_models  # noqa: E402
+from NPCPrognosisLib.pipeline.internal_validation import OPTIMISM_BOOTSTRAPS, optimism_corrected_c  # noqa: E402
 from NPCPrognosisLib.radiomics.signature import SignatureSettings  # noqa: E402
 from NPCPrognosisLib.survival.metrics import harrell_c  # noqa: E402
 

@@ -16,7 +16,7 @@ Design, and why:
   change a risk: the mask shown to the clinician is the one the Dice loss trained, and the volumes reported
   are the ones the risk saw.
 * After joint training the linear path is refitted on the whole training split by a ridge Cox model
-  (:func:`NPCPrognosisLib.deep.training.refit_risk_head`): mini-batches of four patients give risk sets of four,
+  (:func:`NPCPrognosisLib.deep.risk_head.refit_risk_head`): mini-batches of four patients give risk sets of four,
   a poor estimate of the partial likelihood. The MLP's output is left out of that refit by default (and its
   weight set to zero): the joint Cox loss fitted it to the very same patients' outcomes, so on them it looks
   far better than it is (demo: training C 0.80, validation C 0.49), while the segmentation-guided measures

@@ -261,7 +261,7 @@ def out_of_fold_head(model: NetworkModel, patient_id: str) -> np.ndarray | None:
 
     The network's own training patients would otherwise get in-sample deep scores (the head was fitted on them),
     which a nomogram fitted on the same patients would weigh as if they were honest. Patients are recognised by
-    the salted hash the bundle stores (:func:`NPCPrognosisLib.deep.training._out_of_fold_heads`); bundles without
+    the salted hash the bundle stores (:func:`NPCPrognosisLib.deep.risk_head._out_of_fold_heads`); bundles without
     it give None.
     """
     from NPCPrognosisLib.io.patient_ids import hash_id

@@ -12,22 +12,25 @@ Why the loop is built this way:
 * Segmentation first, then outcome: the Cox and binary terms are off for the first 30 % of the epochs and ramp
   in over the next 20 % (:func:`cox_weight_at`), gradients are clipped, the learning rate warms up then decays.
   On an external-style cohort the joint loss from epoch 0 made the Cox term spike and the contours vanish.
-* A quality gate (:func:`segmentation_gate`): a network whose validation Dice does not beat the cohort's average
-  tumour position is reported as having learned nothing and no bundle is written (unless forced).
+* A quality gate (:func:`~NPCPrognosisLib.deep.validation.segmentation_gate`): a network whose validation Dice
+  does not beat the cohort's average tumour position is reported as having learned nothing and no bundle is
+  written (unless forced).
 * Reproducible to the bit: every random draw of epoch ``e`` (batch order, MONAI augmentation, dropout) is
   seeded from ``(seed, e)``, the learning rate is a pure function of the epoch, data loading is in-process
   (no workers) and ``torch.use_deterministic_algorithms`` is on. A checkpoint therefore needs only the weights,
   the optimizer moments (safetensors) and a JSON of the epoch and history, and a run killed after epoch ``k``
   and resumed ends with exactly the weights of an uninterrupted run.
-* Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON.
+* Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON
+  (:mod:`NPCPrognosisLib.deep.checkpoints`).
 * Checkpoints and the preprocessing cache live beside the bundle (``<out>.work/``), not in it: the bundle
   folder is replaced atomically when it is written and must hold only checksummed files.
 * The weights that ship are the average of those at the end of each epoch of the last third (stochastic weight
   averaging), not the one epoch that validated best on a few dozen patients (``TrainConfig.final_weights``).
 * After the last epoch the shipped weights' risk head gets its last layer refitted on the whole training split
-  (ridge Cox, :func:`refit_risk_head`): the joint mini-batch Cox loss learns good features but a noisy final
-  weighting. The bundle records the refit (ridge strength, cross-validated C, coefficients) and the same refit
-  without each of its folds, so the network's own training patients get out-of-fold deep scores.
+  (ridge Cox, :func:`~NPCPrognosisLib.deep.risk_head.refit_risk_head`): the joint mini-batch Cox loss learns
+  good features but a noisy final weighting. The bundle records the refit (ridge strength, cross-validated C,
+  coefficients) and the same refit without each of its folds, so the network's own training patients get
+  out-of-fold deep scores.
 * CUDA: bfloat16 autocast (no loss scaler, so no scaler state to checkpoint). CPU is the default.
 """
 
@@ -47,30 +50,43 @@ from typing import Any
 import numpy as np
 
 from NPCPrognosisLib.contract import LABEL_NAMES, REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.deep.augmentation import AugmentConfig, augment, fat_suppression_survey, train_transforms
+from NPCPrognosisLib.deep.checkpoints import (
+    checkpoint_settings,
+    load_average,
+    load_checkpoint,
+    save_checkpoint,
+    save_tensors,
+    update_average,
+)
 from NPCPrognosisLib.deep.data import (
     GRID_SAMPLE,
-    AugmentConfig,
     CasePatient,
     GridConfig,
-    augment,
     centred_patch,
     derive_grid,
     epoch_seed,
     event_balanced_batches,
-    fat_suppression_survey,
     load_case,
     sample_patch,
-    train_transforms,
 )
-from NPCPrognosisLib.deep.inference import grid_pass, inference_spec
-from NPCPrognosisLib.deep.network import IMAGE_MEASURES, NetworkConfig, build_network, cox_loss
+from NPCPrognosisLib.deep.inference import inference_spec
+from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.deep.postprocess import choose_opening_radius, count_components
+from NPCPrognosisLib.deep.risk_head import head_risks, refit_risk_head
+from NPCPrognosisLib.deep.validation import (
+    autocast,
+    case_outputs,
+    evaluate,
+    position_prior_dice,
+    safe_c_index,
+    segmentation_gate,
+    selection_score,
+)
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
-from NPCPrognosisLib.imaging.overlap import dice
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
-from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic
 from NPCPrognosisLib.io.images import read_header
-from NPCPrognosisLib.survival.splits import event_folds, event_split
+from NPCPrognosisLib.survival.splits import event_split
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +132,10 @@ class TrainConfig:
     #: network had not predicted a single GTVn voxel after 12 epochs.
     ce_weights: list[float] | None = field(default_factory=lambda: [1.0, 2.0, 5.0])
     dice_include_background: bool = False
-    #: The quality gate (:func:`segmentation_gate`): the selected epoch's validation Dice of GTVp must reach
-    #: this floor and beat, by ``min_dice_gain``, the Dice of the cohort's average tumour position (a network
-    #: that only learned where tumours usually are has learned nothing from the images).
+    #: The quality gate (:func:`~NPCPrognosisLib.deep.validation.segmentation_gate`): the selected epoch's
+    #: validation Dice of GTVp must reach this floor and beat, by ``min_dice_gain``, the Dice of the cohort's
+    #: average tumour position (a network that only learned where tumours usually are has learned nothing from the
+    #: images).
     min_val_dice: float = 0.5
     min_dice_gain: float = 0.1
     #: The gate's floor for GTVn, checked when at least ``min_val_node_patients`` validation patients have nodes:
@@ -139,7 +156,7 @@ class TrainConfig:
     gtvp_opening_mm: float | None = None
     gtvp_opening_keep_dice: float = 0.99
     #: Ridge strengths tried when the last risk layer is refitted on the whole training split
-    #: (:func:`refit_risk_head`); the one with the best cross-validated C wins.
+    #: (:func:`~NPCPrognosisLib.deep.risk_head.refit_risk_head`); the one with the best cross-validated C wins.
     refit_penalties: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
     #: Fewer training events than this and the refit is skipped (the jointly trained head is kept).
     refit_min_events: int = 8
@@ -149,8 +166,9 @@ class TrainConfig:
     #: window (stochastic weight averaging, Izmailov et al. 2018; group norm has no running statistics to
     #: recompute), or ``"best"``, those of the selected epoch. The selected epoch wins on the noise of a few dozen
     #: validation patients; the average was as good or slightly better on the other phantom family (four paired
-    #: runs: Dice GTVp +0.011, GTVn +0.000, HD95 GTVn lower in all four; README, "Weight averaging"). The average
-    #: is kept either way, so this is chosen after the epochs and may change on ``--resume``.
+    #: runs: Dice GTVp +0.011, GTVn +0.000, HD95 GTVn lower in all four; docs/segmentation-network.md, "Weight
+    #: averaging"). The average is kept either way, so this is chosen after the epochs and may change on
+    #: ``--resume``.
     final_weights: str = "average"
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,408 +228,13 @@ def split_patients(ids: Sequence[str], events: Sequence[bool], val_fraction: flo
     return [int(i) for i in train], [int(i) for i in val]
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-def _save_tensors(tensors: Mapping[str, Any], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def save_checkpoint(ckpt_dir: Path, name: str, model, optimizer, state: dict[str, Any],
-                    average: Mapping[str, Any] | None = None) -> None:
-    """Weights, optimizer moments (and the running weight average) as safetensors, the rest as JSON; the JSON is
-    written last and names the epoch every tensor file carries, so a crash between files is detected instead of
-    mixing epochs."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"epoch": str(state["epoch"])}
-    _save_tensors(model.state_dict(), ckpt_dir / f"{name}.safetensors", meta)
-    if average is not None:
-        _save_tensors(average, ckpt_dir / f"{name}_average.safetensors", meta)
-    if optimizer is not None:
-        opt_state = optimizer.state_dict()
-        tensors = {f"{idx}.{key}": value for idx, entry in opt_state["state"].items()
-                   for key, value in entry.items()}
-        _save_tensors(tensors, ckpt_dir / f"{name}_optimizer.safetensors", meta)
-        state = dict(state, param_groups=opt_state["param_groups"])
-    write_json_atomic(ckpt_dir / f"{name}.json", state, indent=1)
-
-
-def load_checkpoint(ckpt_dir: Path, name: str, model, optimizer=None) -> dict[str, Any] | None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    state_path = ckpt_dir / f"{name}.json"
-    if not state_path.exists():
-        return None
-    state = json.loads(state_path.read_bytes())
-    weights = ckpt_dir / f"{name}.safetensors"
-    with safe_open(str(weights), "pt") as handle:
-        if handle.metadata().get("epoch") != str(state["epoch"]):
-            raise RuntimeError(f"checkpoint {weights} does not match {state_path}; delete the checkpoints folder")
-    model.load_state_dict(load_file(str(weights)))
-    if optimizer is not None and "param_groups" in state:
-        flat = load_file(str(ckpt_dir / f"{name}_optimizer.safetensors"))
-        per_param: dict[int, dict[str, Any]] = {}
-        for key, value in flat.items():
-            idx, sub = key.split(".", 1)
-            per_param.setdefault(int(idx), {})[sub] = value
-        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    return state
-
-
-def load_average(ckpt_dir: Path, name: str, epoch: int) -> dict[str, Any] | None:
-    """The running weight average saved with checkpoint ``name`` at ``epoch``, or ``None`` when there is none."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = ckpt_dir / f"{name}_average.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), "pt") as handle:
-        if handle.metadata().get("epoch") != str(epoch):
-            raise RuntimeError(f"weight average {path} is not of epoch {epoch}; delete the checkpoints folder")
-    return load_file(str(path))
-
-
-def update_average(average: dict[str, Any] | None, model, count: int) -> dict[str, Any]:
-    """Fold the model's current weights into the running mean of ``count`` earlier ones (float tensors; others,
-    such as counters, are taken as they are)."""
-    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if average is None or count == 0:
-        return current
-    for key, value in current.items():
-        if value.is_floating_point():
-            current[key] = average[key] + (value - average[key]) / (count + 1)
-    return current
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-
 #: Training samples per optimiser step. Two, not four: an epoch costs the same on a CPU (the same patches go
 #: through the network), and the nodes get twice the updates. At four the node class emerged late or never on
 #: family C (seed 32: validation GTVn 0 until the 11th of 30 epochs on 2 CPU cores, and at every epoch of a GPU
 #: run; at two from the 6th-8th). Held out, paired (200 patients each): family-C seeds 32 / 33 GTVn +0.080 /
-#: +0.056 and GTVp +0.015 / +0.017; family B GTVp / GTVn 0.891 / 0.882 -> 0.906 / 0.904 (README, "Two samples
-#: per step"). Group norm does not depend on the batch size.
+#: +0.056 and GTVp +0.015 / +0.017; family B GTVp / GTVn 0.891 / 0.882 -> 0.906 / 0.904
+#: (docs/segmentation-network.md, "Two samples per step"). Group norm does not depend on the batch size.
 BATCH_SIZE = 2
-
-#: Cases per forward pass when predicting on the working grid: a batch of 4 costs about half as much per case as
-#: one case at a time on a CPU (the validation of every epoch was a sixth of an epoch's time one by one).
-PREDICT_BATCH = 4
-
-
-def case_outputs(model, cases: Sequence[CasePatient], device: str,
-                 inference: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The network's outputs for each case without augmentation: argmax labels on the working grid, risks, and
-    the risk head's inputs (deep features, image measures).
-
-    With an ``inference`` block whose window is smaller than the cases' grid, each case goes through
-    :func:`NPCPrognosisLib.deep.inference.grid_pass` (stitched windows, as ``segment`` runs it); otherwise cases
-    are batched whole.
-    """
-    import torch
-
-    labels, risks, features, measures = [], [], [], []
-    model.eval()
-    windows = inference is not None and bool(cases) and any(
-        int(r) < g for r, g in zip(inference.get("roi_size", cases[0].image.shape[1:]), cases[0].image.shape[1:]))
-    with torch.no_grad():
-        if windows:
-            for case in cases:
-                prob, out, _ = grid_pass(model, case.image, inference, device)
-                labels.append(prob.argmax(0))
-                risks.append(float(out["risk"].float()[0]))
-                features.append(out["features"].float()[0].cpu().numpy())
-                measures.append(out["measures"].float()[0].cpu().numpy())
-        for start in range(0, 0 if windows else len(cases), PREDICT_BATCH):
-            batch = cases[start:start + PREDICT_BATCH]
-            x = torch.from_numpy(np.stack([case.image for case in batch])).to(device)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            with _autocast(device):
-                out = model(x)
-            labels.extend(out["seg_logits"].argmax(1).cpu().numpy())
-            risks.extend(out["risk"].float().reshape(len(batch)).tolist())
-            features.extend(out["features"].float().cpu().numpy())
-            measures.extend(out["measures"].float().cpu().numpy())
-    return {"labels": labels, "risks": np.array(risks), "features": np.array(features),
-            "measures": np.array(measures)}
-
-
-def head_risks(model, outputs: Mapping[str, Any]) -> np.ndarray:
-    """Risks from stored head inputs (:func:`case_outputs`) with the network's current head: after the refit the
-    risks change while the contours do not, so the cases need not pass through the network again."""
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        features = torch.as_tensor(outputs["features"], dtype=torch.float32, device=device)
-        measures = torch.as_tensor(outputs["measures"], dtype=torch.float32, device=device)
-        return model.heads(features, measures)["risk"].float().cpu().numpy().astype(float)
-
-
-def _mlp_outputs(model, outputs: Mapping[str, Any]) -> np.ndarray:
-    """The risk head's MLP output for stored deep features (:func:`case_outputs`)."""
-    import torch
-
-    features = torch.as_tensor(outputs["features"], dtype=torch.float32, device=next(model.parameters()).device)
-    with torch.no_grad():
-        return model.risk_mlp(features)[:, 0].float().cpu().numpy().astype(float)
-
-
-#: Folds of the risk-head refit: its ridge strength's cross-validation and its out-of-fold heads.
-REFIT_FOLDS = 5
-
-
-def _on_all_measures(coef, varying: np.ndarray) -> np.ndarray:
-    """Coefficients fitted on the varying measures, as a vector over all ``network.IMAGE_MEASURES`` (0 elsewhere)."""
-    linear = np.zeros(len(IMAGE_MEASURES))
-    linear[varying] = coef
-    return linear
-
-
-def _fold_fits(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float, seed: int,
-               folds: int = REFIT_FOLDS) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Ridge Cox fits without each fold (folds stratified by event): each case's fold, each fit's coefficients
-    and the out-of-fold linear predictors. They score a ridge strength and, for the chosen one, are the
-    out-of-fold heads (:func:`_out_of_fold_heads`)."""
-    from NPCPrognosisLib.survival.cox import fit_cox
-
-    fold = event_folds(event, folds, seed)
-    coefs, lp = [], np.empty(len(time))
-    for k in range(folds):
-        test = fold == k
-        coef = fit_cox(design[~test], time[~test], event[~test], ties="efron", penalizer=penalizer).coef
-        coefs.append(np.asarray(coef, float))
-        lp[test] = design[test] @ coef
-    return fold, coefs, lp
-
-
-def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties: Sequence[float], *,
-                    min_events: int = 8, seed: int = 0, include_mlp: bool = False,
-                    outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Refit the risk head's linear path by a ridge Cox model on all ``cases``; returns what was done.
-
-    Design: the standardised image measures (``network.IMAGE_MEASURES``) [and the MLP output with
-    ``include_mlp``]; ridge strength by 5-fold cross-validated C. The fitted coefficients are written into the
-    network (linear path replaced, measure mean/SD stored as buffers, last MLP layer scaled, to zero when the
-    MLP is left out), so the network's risk equals the Cox linear predictor up to a constant. With fewer than
-    ``min_events`` events the joint head is kept. ``outputs``: the cases' :func:`case_outputs`, when the caller
-    has them (on a patched grid a pass costs a few windows per case).
-    """
-    import torch
-
-    from NPCPrognosisLib.survival.cox import fit_cox
-
-    time = np.array([c.time for c in cases], float)
-    event = np.array([c.event for c in cases], bool)
-    if int(event.sum()) < min_events:
-        return {"refitted": False, "reason": f"{int(event.sum())} training events < {min_events}"}
-    outputs = case_outputs(model, cases, device) if outputs is None else outputs
-    mlp, measures = _mlp_outputs(model, outputs), outputs["measures"]
-    mlp_mean, mlp_sd = float(mlp.mean()), float(mlp.std())
-    mean, sd = measures.mean(0), measures.std(0)
-    varying = sd > 1e-6
-    sd = np.where(varying, sd, 1.0)
-    use_mlp = include_mlp and mlp_sd > 1e-6
-    design = ((measures - mean) / sd)[:, varying]
-    if use_mlp:
-        design = np.column_stack([(mlp - mlp_mean) / mlp_sd, design])
-    fits = {float(p): _fold_fits(design, time, event, float(p), seed) for p in penalties}
-    scores = {p: safe_c_index(time, event, lp) for p, (_, _, lp) in fits.items()}
-    best = max(scores, key=lambda p: (np.nan_to_num(scores[p], nan=0.0), p))
-    fit = fit_cox(design, time, event, ties="efron", penalizer=best)
-    coef = list(fit.coef)
-    mlp_coef = coef.pop(0) if use_mlp else 0.0
-    linear = _on_all_measures(coef, varying)
-    with torch.no_grad():
-        last = model.risk_mlp[-1]
-        scale = mlp_coef / mlp_sd if use_mlp else 0.0
-        last.weight.mul_(scale)
-        last.bias.copy_((last.bias - mlp_mean) * scale)
-        model.risk_linear.weight.copy_(torch.as_tensor(linear, dtype=last.weight.dtype)[None])
-        model.risk_linear.bias.zero_()
-        model.measure_mean.copy_(torch.as_tensor(mean, dtype=model.measure_mean.dtype))
-        model.measure_sd.copy_(torch.as_tensor(sd, dtype=model.measure_sd.dtype))
-    refitted = head_risks(model, outputs)
-    return {"refitted": True, "n": len(cases), "events": int(event.sum()), "penalizer": best, "mlp": use_mlp,
-            "cv_c_index": {str(k): v for k, v in scores.items()},
-            "train_c_index": safe_c_index(time, event, refitted),
-            "coefficients": {"deep_mlp": mlp_coef, **{name: float(v) for name, v in zip(IMAGE_MEASURES, linear)}},
-            "out_of_fold": _out_of_fold_heads(cases, fits[best], varying, scores[best], use_mlp)}
-
-
-def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray, list[np.ndarray], np.ndarray],
-                       varying: np.ndarray, c_index: float, use_mlp: bool) -> dict[str, Any]:
-    """The refit without each fold (``fold_fits`` of the chosen ridge strength, :func:`_fold_fits`): the deep score
-    of a training patient from the head that did not see them.
-
-    The refitted head is fitted on the training patients, so their deep scores are in-sample (on the bundled demo
-    network: training C 0.72 against a cross-validated 0.64); a nomogram fitted on the same patients would then
-    weigh in-sample scores. With these heads, scoring a patient the network trained on (recognised by a salted
-    hash of the ID, :mod:`NPCPrognosisLib.io.patient_ids`) gives the out-of-fold score (``segment_preprocessed``).
-    The measures' standardisation stays the full split's (unsupervised).
-    """
-    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
-
-    if use_mlp:
-        return {"available": False, "reason": "the MLP output entered the refit; it is in-sample (refit_include_mlp)"}
-    fold, coefs, _ = fold_fits
-    heads = [[float(v) for v in _on_all_measures(coef, varying)] for coef in coefs]
-    salt = new_id_salt()
-    return {"available": True, "folds": len(coefs), "measure_coefficients": heads,
-            "fold_of": {hash_id(c.patient_id, salt): int(k) for c, k in zip(cases, fold)}, "id_salt": salt,
-            "id_hash": ID_HASH_METHOD, "c_index": c_index}
-
-
-def _autocast(device: str):
-    import contextlib
-
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def evaluate(model, cases: Sequence[CasePatient], device: str,
-             inference: Mapping[str, Any] | None = None, *,
-             outputs: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Validation Dice (GTVp, GTVn) and C-index of ``cases`` (``inference``: see :func:`case_outputs`), from
-    their ``outputs`` when the caller has them."""
-    outputs = case_outputs(model, cases, device, inference) if outputs is None else outputs
-    labels, risks = outputs["labels"], outputs["risks"]
-    result = {}
-    for name in ("gtvp", "gtvn"):
-        values = [dice(p == LABEL_NAMES[name], c.label[0] == LABEL_NAMES[name]) for p, c in zip(labels, cases)]
-        values = [v for v in values if not math.isnan(v)]
-        result[f"dice_{name}"] = float(np.mean(values)) if values else float("nan")
-    result["c_index"] = safe_c_index([c.time for c in cases], [c.event for c in cases], risks)
-    return result
-
-
-def safe_c_index(time, event, risk) -> float:
-    """Harrell's C, or NaN when a (small validation) set has no event or no comparable pair."""
-    from NPCPrognosisLib.survival.metrics import harrell_c
-
-    event, risk = np.asarray(event, bool), np.asarray(risk, float)
-    if not event.any() or not np.isfinite(risk).all():
-        return float("nan")
-    try:
-        return harrell_c(time, event, risk)
-    except Exception:  # sksurv: no comparable pairs
-        return float("nan")
-
-
-def selection_score(metrics: Mapping[str, float]) -> float:
-    """Mean validation Dice (GTVp, GTVn) + validation C-index: the epoch that contours and ranks best
-    (among the last third of the schedule, see ``TrainConfig.select_after_fraction``)."""
-    mean_dice = np.nanmean([metrics["dice_gtvp"], metrics["dice_gtvn"]])
-    c = metrics["c_index"] if math.isfinite(metrics["c_index"]) else 0.5
-    return float((0.0 if math.isnan(mean_dice) else mean_dice) + c)
-
-
-def position_prior_dice(train_cases: Sequence[CasePatient], val_cases: Sequence[CasePatient],
-                        label: int = LABEL_NAMES["gtvp"]) -> float:
-    """Validation Dice of the cohort's average tumour position: the baseline a network must beat.
-
-    The prior mask is where at least half of the training patients have the structure, or, when no voxel is
-    that common, the median training volume's worth of the most common voxels. A network whose contours are no
-    better than this has learned where tumours usually sit, not to see them (labels shuffled between patients
-    give exactly that).
-    """
-    stack = np.stack([c.label[0] == label for c in train_cases])
-    frequency = stack.mean(0)
-    prior = frequency >= 0.5
-    if not prior.any():
-        volume = int(np.median(stack.reshape(len(train_cases), -1).sum(1)))
-        if volume == 0:
-            return float("nan")
-        threshold = np.sort(frequency.ravel())[-volume]
-        prior = frequency >= max(threshold, 1e-9)
-    values = [dice(prior, c.label[0] == label) for c in val_cases]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-@dataclass
-class SegmentationGate:
-    """Whether the trained network contours: the outcome of :func:`segmentation_gate`."""
-
-    passed: bool
-    val_dice_gtvp: float
-    val_dice_gtvn: float
-    prior_dice_gtvp: float
-    required_dice_gtvp: float
-    message: str
-    forced: bool = False
-    #: None when too few validation patients have nodes for GTVn to be checked.
-    required_dice_gtvn: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def segmentation_gate(history: Sequence[Mapping[str, Any]], selected: Mapping[str, Any], prior_dice: float,
-                      config: TrainConfig, val_node_patients: int = 0) -> SegmentationGate:
-    """Check the final weights' validation Dice against the floors and the position prior.
-
-    Parameters
-    ----------
-    history : sequence of mapping
-        Per-epoch records with ``val_dice_gtvp`` and ``val_dice_gtvn`` (for the message: the best any epoch
-        reached).
-    selected : mapping
-        ``val_dice_gtvp`` and ``val_dice_gtvn`` of the weights that ship (the selected epoch or the average).
-    prior_dice : float
-        Validation Dice of the average tumour position (:func:`position_prior_dice`).
-    config : TrainConfig
-        ``min_val_dice``, ``min_dice_gain``, ``min_val_dice_gtvn`` and ``min_val_node_patients``.
-    val_node_patients : int, default 0
-        Validation patients with contoured nodes; GTVn is checked only when there are enough of them for its
-        Dice to mean something.
-
-    Returns
-    -------
-    gate : SegmentationGate
-        ``passed`` and a message that says what to try when it did not.
-    """
-    gtvp = float(selected.get("val_dice_gtvp", float("nan")))
-    gtvn = float(selected.get("val_dice_gtvn", float("nan")))
-    prior = float(prior_dice) if math.isfinite(prior_dice) else 0.0
-    required = max(config.min_val_dice, prior + config.min_dice_gain)
-    primary_ok = math.isfinite(gtvp) and gtvp >= required
-    nodes_checked = int(val_node_patients) >= config.min_val_node_patients and math.isfinite(gtvn)
-    required_gtvn = float(config.min_val_dice_gtvn) if nodes_checked else None
-    nodes_ok = not nodes_checked or gtvn >= config.min_val_dice_gtvn
-
-    def best_seen(key: str) -> float:
-        return max((float(r.get(key, float("nan"))) for r in history), default=float("nan"),
-                   key=lambda v: v if math.isfinite(v) else -1.0)
-
-    retry = ("Try: check that each mask belongs to its patient and lies on the CET1W (label 1 = GTVp, 2 = GTVn); "
-             "more epochs (--epochs); more contoured patients; ")
-    if primary_ok and nodes_ok:
-        message = (f"validation Dice GTVp {gtvp:.3f} (required {required:.3f}; average-position baseline "
-                   f"{prior:.3f}), GTVn {gtvn:.3f}"
-                   + (f" (required {required_gtvn:.2f})" if nodes_checked else " (not checked: fewer than "
-                      f"{config.min_val_node_patients} validation patients with nodes)"))
-    elif not primary_ok:
-        message = (f"the network did not learn to contour: validation Dice GTVp {gtvp:.3f} of the final weights "
-                   f"(best of any epoch {best_seen('val_dice_gtvp'):.3f}) is below the required {required:.3f} "
-                   f"(floor {config.min_val_dice:.2f}, or the average tumour position's Dice {prior:.3f} + "
-                   f"{config.min_dice_gain:.2f}). {retry}a lower learning rate (--config with {{\"lr\": 0.001}}). "
-                   f"--force writes the bundle anyway, marked as failed")
-    else:
-        message = (f"the network did not learn to contour the nodes: validation Dice GTVn {gtvn:.3f} of the final "
-                   f"weights (best of any epoch {best_seen('val_dice_gtvn'):.3f}, {int(val_node_patients)} "
-                   f"validation patients with nodes) is below the required {config.min_val_dice_gtvn:.2f}, while "
-                   f"GTVp reached {gtvp:.3f}: it would call every patient node-negative. {retry}smaller batches "
-                   f"(--batch-size 2: twice the updates per epoch). --force writes the bundle anyway, marked as "
-                   f"failed")
-    return SegmentationGate(primary_ok and nodes_ok, gtvp, gtvn, prior, required, message,
-                            required_dice_gtvn=required_gtvn)
 
 
 def _patch_view(case: CasePatient, slices: tuple[slice, ...]) -> CasePatient:
@@ -709,7 +332,8 @@ def train_network(
     ends the call after that epoch as if the run had been killed (tests of resume). ``config`` overrides
     :class:`TrainConfig` fields. Returns the bundle folder (or the checkpoint folder when stopped early).
 
-    A network whose selected epoch fails the quality gate (:func:`segmentation_gate`) raises
+    A network whose selected epoch fails the quality gate
+    (:func:`~NPCPrognosisLib.deep.validation.segmentation_gate`) raises
     :class:`TrainingFailedError` and writes no bundle, unless ``force``: then the bundle is written with the
     failed gate recorded, and every ``segment`` with it warns. ``workers`` patients are preprocessed at a time
     (separate processes); the network then trains in this process on torch's threads. ``column_map`` maps
@@ -729,7 +353,7 @@ def train_network(
     # a resumed run goes on as it was started: what the call does not set comes from the checkpoint (neither a
     # newer version's defaults nor a choice made from the data may change a run half-way); what it sets is checked
     # against the checkpoint below
-    started_with, started_batch_size = _checkpoint_settings(ckpt_dir) if resume else (None, None)
+    started_with, started_batch_size = checkpoint_settings(ckpt_dir) if resume else (None, None)
     train_config = make_config(config, base=started_with)
     if batch_size is None:
         batch_size = BATCH_SIZE if started_batch_size is None else started_batch_size
@@ -823,7 +447,7 @@ def train_network(
             refit["val_c_index"] = safe_c_index([c.time for c in val_cases], [c.event for c in val_cases], val_risks)
             log.info("risk head refitted on %d training patients (ridge %g): train C %.3f, validation C %.3f",
                      refit["n"], refit["penalizer"], refit["train_c_index"], refit["val_c_index"])
-        _save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
+        save_tensors(model.state_dict(), ckpt_dir / "final.safetensors", {"epoch": str(final["epoch"])})
         train_risks = head_risks(model, train_outputs)
         content = _bundle_content(train_config, state, final, endpoint, train_risks, synthetic_demo,
                                   gtvp_opening(train_config, cases), batch_size=batch_size,
@@ -858,33 +482,6 @@ def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_c
         log.warning("the checkpoints hold no weight average (made by an older version): the selected epoch ships")
     best = load_checkpoint(ckpt_dir, "best", model)
     return {"epoch": best["epoch"], "kind": "best", "metrics": best["metrics"]}, None
-
-
-#: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
-#: before them (the transform absent), so such a run can still be resumed.
-_ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0}
-
-
-#: The default batch size of the versions whose checkpoints did not record it.
-_BATCH_SIZE_BEFORE = 4
-
-
-def _checkpoint_settings(ckpt_dir: Path) -> tuple[dict[str, Any] | None, int | None]:
-    """The settings and batch size a checkpointed run was started with (None, None when there is no checkpoint),
-    with the options added since filled in as that run had them (preprocessing settings as
-    :meth:`PreprocessConfig.from_dict` fills an older bundle's; an older version's checkpoint does not record its
-    batch size: that version's default is assumed)."""
-    state_path = ckpt_dir / "latest.json"
-    if not state_path.exists():
-        return None, None
-    state = json.loads(state_path.read_bytes())
-    config = state.get("config") or {}
-    augment = dict(config.get("augment") or {})
-    for key, value in _ADDED_AUGMENTATIONS.items():
-        augment.setdefault(key, value)
-    preprocess = PreprocessConfig.from_dict(config.get("preprocess") or {}).to_dict()
-    return ({**config, "augment": augment, "preprocess": preprocess},
-            int(state.get("batch_size", _BATCH_SIZE_BEFORE)))
 
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -941,7 +538,7 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
             t = torch.tensor([train_cases[i].time for i in batch], dtype=torch.float32, device=device)
             e = torch.tensor([train_cases[i].event for i in batch], dtype=torch.bool, device=device)
-            with _autocast(device):
+            with autocast(device):
                 out = model(x)
             seg = seg_loss(out["seg_logits"].float(), y)
             cox = cox_loss(out["risk"].float()[on_contours], t[on_contours], e[on_contours])

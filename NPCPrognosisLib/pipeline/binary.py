@@ -5,10 +5,11 @@ cross-validation inside the training split.
 Why cross-validation scores them: on 160 patients and thousands of features, which model wins is itself noise
 unless it is judged on patients the fit did not see. Every model is therefore scored by stratified k-fold
 cross-validation *with the feature selection inside each fold* (univariable filter, Pearson redundancy filter,
-LASSO-logistic). The bundle's model (``best``) is the ridge (:func:`fit_ridge`: every original-image feature and
-the clinical factors with small weights, and another modality's table such as the biopsy slide's features as a
-block of its own when ``--extra-features`` gives one): on two phantom families it validated better than the super
-learner of the other models (:func:`fit_stacking`), whose weights 160 weak yes/no answers cannot pin down; the
+LASSO-logistic, :mod:`NPCPrognosisLib.classification.signature`). The bundle's model (``best``) is the ridge
+(:mod:`NPCPrognosisLib.classification.ridge`: every original-image feature and the clinical factors with small
+weights, and another modality's table such as the biopsy slide's features as a block of its own when
+``--extra-features`` gives one): on two phantom families it validated better than the super learner of the other
+models (:func:`fit_stacking`), whose weights 160 weak yes/no answers cannot pin down; the
 stacking is still fitted, scored and compared beside it. Out-of-fold probabilities give each model's Youden
 threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
 (:mod:`NPCPrognosisLib.classification.models` and the ridge's quantiles and weights); bootstrap refits of the ridge
@@ -18,7 +19,6 @@ give each patient's probability an interval.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,31 +26,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from NPCPrognosisLib.classification.folds import n_folds
 from NPCPrognosisLib.classification.metrics import binary_metrics, delong_auc, delong_test, youden_threshold
 from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
+from NPCPrognosisLib.classification.ridge import (
+    RIDGE,
+    fit_ridge,
+    predict_ridge,
+    ridge_inputs,
+    ridge_scores,
+    ridge_weights,
+)
+from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score, signature_values
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
-from NPCPrognosisLib.io.extra_features import PRESENT, extra_block_name, extra_column, with_extra_columns
-from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix, tumour_volumes, volume_columns
-from NPCPrognosisLib.radiomics.signature import redundancy_filter
+from NPCPrognosisLib.io.extra_features import with_extra_columns
+from NPCPrognosisLib.radiomics.features_table import feature_matrix, tumour_volumes, volume_columns
 
 log = logging.getLogger(__name__)
 
-CV_FOLDS = 5
 MIN_FOLDS = 3
 CV_REPEATS = 2
-UNIVARIATE_P = 0.05
-REDUNDANCY_R = 0.85
-MAX_CANDIDATES = 200  # LASSO sees at most this many filtered features (the best univariable ones)
 BOOTSTRAP_REFITS = 30
 #: Label permutations of the chance check (:func:`permutation_test`); 9 gives p = 0.1 when none reaches the AUC.
 PERMUTATIONS = 9
 RAD_SCORE = "rad_score_logit"
-
-
-def n_folds(y: np.ndarray) -> int:
-    """Stratified folds: five, or as many as the rarer outcome allows (each fold needs one of each)."""
-    return max(2, min(CV_FOLDS, int(min(y.sum(), len(y) - y.sum()))))
 
 
 def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.ndarray:
@@ -66,410 +66,6 @@ def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.nd
         raise InputError("every training patient has the same value of the binary endpoint", column=column,
                          fix="a classifier needs patients with both outcomes")
     return out
-
-
-# ---------------------------------------------------------------------------------------------- signature
-def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Univariable filter, Yeo-Johnson transform, redundancy filter and LASSO-logistic (penalty by inner CV AUC):
-    the radiomics signature.
-
-    Why the transform: volumes, areas and many texture features are strongly right-skewed, while a logistic
-    model is linear in its inputs; a few large tumours then dominate the z-scores and the fit. Each candidate is
-    scaled by its SD and Yeo-Johnson transformed (lambda by maximum likelihood on the training patients, as
-    scikit-learn's PowerTransformer does) before z-scoring; the rank-based filter before it is unaffected.
-
-    Returns
-    -------
-    signature : dict
-        ``features``; per feature the training ``raw_scale``, Yeo-Johnson ``lambda`` and the transformed
-        values' ``mean``/``scale`` (missing values take the mean); ``coef`` and ``intercept`` of the logistic
-        model on the standardised transformed features; its linear predictor is the Rad-score (log-odds).
-    """
-    from scipy.stats import mannwhitneyu
-
-    values = X.to_numpy(float)
-    raw_mean = np.nanmean(values, axis=0)
-    filled = np.where(np.isnan(values), raw_mean, values)
-    raw_scale = filled.std(axis=0)
-    keep = np.isfinite(raw_mean) & (raw_scale > 0)
-    names = list(X.columns[keep])
-    z = (filled[:, keep] - raw_mean[keep]) / raw_scale[keep]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p = mannwhitneyu(z[y == 1], z[y == 0], axis=0).pvalue
-    p = np.nan_to_num(p, nan=1.0)
-    passing = np.flatnonzero(p < UNIVARIATE_P)
-    if len(passing) == 0:
-        passing = np.argsort(p)[:10]  # nothing passes: offer the ten strongest, LASSO may still drop them all
-    passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
-    full = np.flatnonzero(keep)[passing]
-    transform = yeo_johnson_fit(values[:, full], raw_scale[full])
-    zt = _transformed(values[:, full], {key: [t[key] for t in transform] for key in TRANSFORM_KEYS})
-    kept = redundancy_filter(zt, [names[i] for i in passing], p[passing], REDUNDANCY_R)
-    idx = [[names[i] for i in passing].index(k) for k in kept]
-    coef, intercept = _lasso_logistic(zt[:, idx], y, seed)
-    chosen = [idx[i] for i in np.flatnonzero(coef != 0)]
-    return {"features": [names[passing[i]] for i in chosen], "coef": coef[coef != 0].tolist(),
-            "intercept": float(intercept),
-            **{key: [float(transform[i][key]) for i in chosen] for key in TRANSFORM_KEYS},
-            "transform": "Yeo-Johnson of value / raw_scale, then (t - mean) / scale",
-            "n_features_in": int(X.shape[1]), "n_univariate": int(len(passing)), "n_after_redundancy": len(kept)}
-
-
-#: Yeo-Johnson lambdas are searched in this interval (a stronger transform than lambda 3 only chases outliers).
-YJ_LAMBDA_BOUNDS = (-3.0, 3.0)
-
-
-def _yeo_johnson(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Yeo-Johnson transform of each column of ``u`` with its own lambda, written with ``expm1``/``log1p`` so the
-    limits lambda -> 0 and lambda -> 2 need no branch of their own beyond a guard."""
-    magnitude = np.log1p(np.abs(u))
-    with np.errstate(all="ignore"):
-        a, b = lam, 2.0 - lam
-        a_safe, b_safe = np.where(np.abs(a) < 1e-12, 1.0, a), np.where(np.abs(b) < 1e-12, 1.0, b)
-        positive = np.where(np.abs(a) < 1e-12, magnitude, np.expm1(a * magnitude) / a_safe)
-        negative = np.where(np.abs(b) < 1e-12, -magnitude, -np.expm1(b * magnitude) / b_safe)
-    return np.where(u >= 0, positive, negative)
-
-
-def _yeo_johnson_llf(u: np.ndarray, lam: np.ndarray, jacobian: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Profile log-likelihood of each column's lambda (scipy.stats.yeojohnson_llf, NaNs left out)."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        llf = -0.5 * n * np.log(np.nanvar(_yeo_johnson(u, lam), axis=0)) + (lam - 1.0) * jacobian
-    return np.where(np.isfinite(llf), llf, -np.inf)
-
-
-def yeo_johnson_fit(values: np.ndarray, raw_scale: np.ndarray) -> list[dict[str, float]]:
-    """Maximum-likelihood Yeo-Johnson lambda, and mean and SD of the transformed training values, of each column.
-
-    Why not ``scipy.stats.yeojohnson_normmax`` per column: the signature is refitted in every cross-validation
-    fold and bootstrap sample, and one Brent search per feature made the transform most of ``train``'s time.
-    Here every column is searched at once: a grid over the bounds, then golden-section refinement around the
-    best grid point, so the global maximum inside the bounds is found (scipy's unbounded search, clipped to the
-    bounds, gives the same lambda whenever the likelihood has one peak; checked in the tests).
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_patients, n_features)
-        Raw training values (NaN where missing).
-    raw_scale : ndarray of shape (n_features,)
-        Each feature's SD; the transform acts on ``value / raw_scale``.
-
-    Returns
-    -------
-    transforms : list of dict
-        Per feature ``raw_scale``, ``lambda``, ``mean`` and ``scale`` (lambda 1, the identity, where the
-        transform is not finite or constant).
-    """
-    u = np.asarray(values, float) / np.asarray(raw_scale, float)
-    finite = np.isfinite(u)
-    u = np.where(finite, u, np.nan)
-    n = finite.sum(axis=0).astype(float)
-    jacobian = np.nansum(np.sign(u) * np.log1p(np.abs(u)), axis=0)
-    low, high = YJ_LAMBDA_BOUNDS
-    grid = np.linspace(low, high, 25)
-    scores = np.stack([_yeo_johnson_llf(u, np.full(u.shape[1], g), jacobian, n) for g in grid])
-    best = np.argmax(scores, axis=0)
-    step = grid[1] - grid[0]
-    a, b = np.maximum(grid[best] - step, low), np.minimum(grid[best] + step, high)
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = _yeo_johnson_llf(u, c, jacobian, n), _yeo_johnson_llf(u, d, jacobian, n)
-    for _ in range(40):  # the bracket shrinks to 0.5 * 0.618^40 (about 2e-9)
-        left = fc >= fd
-        a, b = np.where(left, a, c), np.where(left, d, b)
-        c_new, d_new = b - ratio * (b - a), a + ratio * (b - a)
-        f_new = _yeo_johnson_llf(u, np.where(left, c_new, d_new), jacobian, n)
-        c, d, fc, fd = (np.where(left, c_new, d), np.where(left, c, d_new), np.where(left, f_new, fd),
-                        np.where(left, fc, f_new))
-    lam = np.clip((a + b) / 2.0, low, high)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        t = _yeo_johnson(u, lam)
-        mean, scale = np.nanmean(t, axis=0), np.nanstd(t, axis=0)
-    failed = ~(np.isfinite(t) | ~finite).all(axis=0) | ~(scale > 1e-12 * (1.0 + np.abs(mean)))  # constant
-    if failed.any():  # lambda 1 is the identity
-        lam[failed] = 1.0
-        mean[failed], scale[failed] = np.nanmean(u[:, failed], axis=0), np.nanstd(u[:, failed], axis=0)
-    return [{"raw_scale": float(r), "lambda": float(lm), "mean": float(m), "scale": float(sd)}
-            for r, lm, m, sd in zip(raw_scale, lam, mean, scale)]
-
-
-#: Per-feature parameters of the transform, stored as lists in a binary signature.
-TRANSFORM_KEYS = ("raw_scale", "lambda", "mean", "scale")
-
-
-def _transformed(values: np.ndarray, transform: Mapping[str, Sequence[float]]) -> np.ndarray:
-    """Standardised transformed values of each column (the same Yeo-Johnson as the fit, :func:`_yeo_johnson`);
-    a missing value becomes 0 (the transformed training mean)."""
-    raw_scale, lam, mean, scale = (np.asarray(transform[key], float) for key in TRANSFORM_KEYS)
-    with np.errstate(all="ignore"):
-        z = (_yeo_johnson(values / raw_scale, lam) - mean) / scale
-    return np.nan_to_num(np.where(np.isfinite(values), z, 0.0), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def signature_values(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:
-    """The signature's features of each patient as its model sees them (transformed and standardised)."""
-    missing = [f for f in signature["features"] if f not in features.columns]
-    if missing:
-        raise InputError(f"the features table lacks the signature's feature(s) {missing[:3]}", column=missing[0],
-                         fix="extract with the bundle's radiomics settings")
-    values = features[signature["features"]].to_numpy(float)
-    if "lambda" not in signature:  # bundles written before the transform: plain z-scores
-        mean = np.asarray(signature["mean"])
-        return (np.where(np.isnan(values), mean, values) - mean) / np.asarray(signature["scale"])
-    return _transformed(values, signature)
-
-
-def _lasso_logistic(z: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """L1 logistic regression with the penalty chosen by stratified inner CV AUC (scikit-learn liblinear)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
-
-    grid = np.logspace(-2, 1, 12)
-    folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(z, y))
-    scores = []
-    for C in grid:
-        oof = np.zeros(len(y))
-        for tr, va in folds:
-            m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z[tr], y[tr])
-            oof[va] = m.decision_function(z[va])
-        scores.append(roc_auc_score(y, oof) if np.ptp(oof) > 0 else 0.5)
-    best = float(grid[int(np.argmax(scores))])
-    final = LogisticRegression(C=best, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z, y)
-    return final.coef_[0], float(final.intercept_[0])
-
-
-def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:
-    """Log-odds of the signature (0 features: the intercept only)."""
-    if not signature["features"]:
-        return np.full(len(features), signature["intercept"])
-    return signature_values(signature, features) @ np.asarray(signature["coef"]) + signature["intercept"]
-
-
-# ---------------------------------------------------------------------------------------------- ridge
-#: The model a bundle uses: a ridge (L2-penalised) logistic regression of the endpoint on the clinical factors and
-#: every original-image radiomics feature at once, each mapped to normal scores through its training quantiles.
-RIDGE = "ridge"
-#: Training quantiles kept per input (the normal-score map between them is linear): enough to follow a skewed
-#: feature, few enough that a bundle stays small.
-RIDGE_QUANTILES = 33
-#: An input missing in more than this share of the training patients is left out (e.g. GTVn features, absent for
-#: node-negative patients); below it, the missing values score as the median and the feature is kept.
-RIDGE_MAX_MISSING = 0.1
-#: Inverse penalties searched by the inner cross-validation (log-loss, one-standard-error rule), strongest first.
-RIDGE_CS = tuple(float(c) for c in np.logspace(-6, 0, 13))
-
-
-def ridge_inputs(clinical: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    """The ridge model's candidate inputs: the clinical factors, every original-image PyRadiomics feature, and the
-    columns of other modalities joined to the table (``extra:<block>:<column>``,
-    :func:`NPCPrognosisLib.io.extra_features.with_extra_columns`), e.g. a pathology slide's features.
-
-    Why original-image features only: the wavelet and LoG versions are thousands of filtered near-copies of the
-    same few tumour properties, so under one shared penalty they outweigh the ~1,000 original features by their
-    number alone. On 24 re-splits of each phantom family the same ridge on every image type validated 0.855 /
-    0.964 of the oracle AUC (families B / A) against 0.888 / 0.991 on the original image (README, "Binary
-    endpoints").
-    """
-    radiomics = [c for c in feature_matrix(features).columns
-                 if (family := feature_family(c)) is not None and family.image_type == "original"]
-    extra = [c for c in features.columns if extra_block_name(str(c)) is not None]
-    clin = clinical[list(CLINICAL_COVARIATES)].reset_index(drop=True).astype(float)
-    return pd.concat([clin, features[radiomics + extra].reset_index(drop=True).astype(float)], axis=1)
-
-
-def ridge_column_weights(columns: Sequence[str]) -> np.ndarray:
-    """Each input's weight in the ridge: 1 for the clinical and image inputs, sqrt(p_main / p_block) for each of
-    another modality's ``p_block`` inputs (``p_main``: the clinical and image inputs kept).
-
-    Why: under one shared L2 penalty every input gets the same prior variance, so a block's share of the linear
-    predictor's prior variance is its share of the columns: a pathology block of 13 slide measures beside ~650
-    image features would get 2 % of it and the fit would hardly move its weights, however informative it is.
-    Scaling a block's standardised inputs by sqrt(p_main / p_block) gives each block the same prior variance as
-    the clinical and image inputs together (the sqrt(group size) balance of the group lasso, Yuan & Lin 2006).
-    Penalty factors per block chosen by cross-validation (IPF-LASSO, Boulesteix et al. 2017) were tried on the
-    same re-splits and chose noisily (README, "Binary endpoints": "Other modalities in the ridge").
-    """
-    blocks = [extra_block_name(str(c)) for c in columns]
-    main = sum(b is None for b in blocks)
-    sizes = {b: blocks.count(b) for b in set(blocks) if b is not None}
-    return np.array([1.0 if b is None else float(np.sqrt(max(main, 1) / sizes[b])) for b in blocks])
-
-
-def _normal_scores(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Each column through its training quantiles to a normal score (ties averaged both ways, as scikit-learn's
-    QuantileTransformer does); values outside the training range take the outermost score, missing (or infinite)
-    ones 0, the median's."""
-    from scipy.stats import norm
-
-    levels = np.linspace(0.0, 1.0, quantiles.shape[0])
-    out = np.empty_like(values, dtype=float)
-    for j in range(values.shape[1]):
-        q, x = quantiles[:, j], values[:, j]
-        u = 0.5 * (np.interp(x, q, levels) - np.interp(-x, -q[::-1], -levels[::-1]))
-        out[:, j] = np.where(np.isfinite(x), u, 0.5)
-    edge = 0.5 / quantiles.shape[0]
-    return norm.ppf(np.clip(out, edge, 1.0 - edge))
-
-
-def fit_ridge(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Ridge logistic regression on the clinical factors and every original-image feature (normal scores).
-
-    Why a ridge rather than a selected signature: when the endpoint depends weakly on a few tumour properties
-    that hundreds of correlated features each measure with noise (the size, the necrotic share, the texture),
-    160 yes/no answers cannot tell which dozen features to keep, and a LASSO path picks a different handful on
-    every split. A ridge keeps all of them with small weights, which averages their noise instead of betting on
-    some; the penalty comes from a cross-validated log-loss inside the training patients (one-standard-error
-    rule, :func:`_ridge_penalty`). Rank-based normal scores keep one extreme tumour from steering a weight.
-    Measured on 24 random 160 / 200 re-splits of each phantom family (README, "Binary endpoints"; penalty at the
-    lowest loss, as it was then): held-out AUC / oracle 0.884 / 0.992 (families B / A) against
-    0.855 / 0.985 for the super learner fitted beside it (paired +0.030 +- 0.023 and +0.007 +- 0.014), and 0.853
-    / 0.969 for the super learner without it, the model used before.
-
-    Parameters
-    ----------
-    clinical, features : DataFrame
-        Encoded clinical covariates and radiomics features of the training patients (same rows).
-    y : array of 0/1
-        The endpoint.
-    seed : int
-        Folds of the penalty search.
-
-    Returns
-    -------
-    model : dict
-        JSON-able: ``columns``, per column its ``quantiles`` (:data:`RIDGE_QUANTILES` values), the normal
-        scores' training ``mean`` and ``scale``, ``coef``, ``intercept`` and the inverse penalty ``C``; with other
-        modalities' columns in ``features`` (``extra:<block>:<column>``) also ``column_weight``
-        (:func:`ridge_column_weights`) and per block its ``inputs`` and ``weight``.
-    """
-    inputs = ridge_inputs(clinical, features)
-    values = inputs.to_numpy(float)
-    values[~np.isfinite(values)] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all-missing columns
-        spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
-    usable = (_observed_share(inputs, values) >= 1.0 - RIDGE_MAX_MISSING) & (spread > 0)
-    values = values[:, usable]
-    columns = list(inputs.columns[usable])
-    quantiles = np.nanquantile(values, np.linspace(0.0, 1.0, RIDGE_QUANTILES), axis=0)
-    scores = _normal_scores(values, quantiles)
-    mean, scale = scores.mean(axis=0), scores.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    weight = ridge_column_weights(columns)
-    S = (scores - mean) / scale * weight  # what ridge_scores gives for these patients
-    C = _ridge_penalty(S, y, seed)
-    coef, intercept = ridge_weights(S, y, C)
-    model = {"family": "ridge_logistic", "columns": columns, "quantiles": quantiles.T.tolist(),
-             "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef, "intercept": intercept, "C": C,
-             "transform": "per column linear between its training quantiles to a normal score, then standardised"}
-    blocks = sorted({b for c in columns if (b := extra_block_name(c)) is not None})
-    if blocks:
-        model["column_weight"] = weight.tolist()
-        model["blocks"] = {b: {"inputs": int(sum(extra_block_name(c) == b for c in columns)),
-                               "weight": float(weight[[extra_block_name(c) == b for c in columns]][0])}
-                           for b in blocks}
-        model["transform"] += ("; another modality's inputs weighted by sqrt(clinical and image inputs / the "
-                               "block's inputs); a patient without the block scores its median")
-    return model
-
-
-def _observed_share(inputs: pd.DataFrame, values: np.ndarray) -> np.ndarray:
-    """Each input's share of observed values: over every patient, and for another modality's input over the
-    patients who have that modality (a fifth without a slide is a missing modality, which the block's presence
-    column carries, not a column too incomplete to use)."""
-    observed = np.isfinite(values)
-    share = observed.mean(axis=0)
-    for j, column in enumerate(inputs.columns):
-        block = extra_block_name(str(column))
-        if block is not None:
-            has = inputs[extra_column(block, PRESENT)].to_numpy(float) > 0
-            share[j] = observed[has, j].mean() if has.any() else 0.0
-    return share
-
-
-def ridge_weights(S: np.ndarray, y: np.ndarray, C: float) -> tuple[list[float], float]:
-    """Weights and intercept of the L2-penalised logistic regression at inverse penalty ``C`` on standardised
-    scores ``S`` (:func:`ridge_scores`): the training fit, and each bootstrap refit at the training penalty."""
-    from sklearn.linear_model import LogisticRegression
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lbfgs convergence chatter at the weakest penalties
-        fit = LogisticRegression(C=C, max_iter=3000).fit(S, y)
-    return [float(v) for v in fit.coef_[0]], float(fit.intercept_[0])
-
-
-def _ridge_penalty(S: np.ndarray, y: np.ndarray, seed: int) -> float:
-    """The strongest penalty of :data:`RIDGE_CS` whose mean held-out log-loss over stratified folds is within one
-    standard error of the lowest (the one-standard-error rule of Breiman et al. 1984; Hastie, Tibshirani & Friedman
-    2009, section 7.10).
-
-    Why not the lowest loss itself: with a weak signal the loss curve is flat near its minimum and where the
-    minimum falls is noise of the folds, while a stronger penalty keeps every weight nearer its feature's own
-    association with the endpoint, which ranks new patients at least as well. Measured on 24 random 160 / 200
-    re-splits of each of six new cohorts (README, "Binary endpoints"), held-out AUC / oracle AUC with the rule
-    against the lowest loss, paired on the same folds: family B 0.916 vs 0.904 (+0.011 +- 0.011, 95 % interval;
-    the cohort the rule was chosen on), 0.852 vs 0.852 (+0.000 +- 0.009), and on three more -0.001 to +0.003;
-    family A 0.989 vs 0.980 (+0.009 +- 0.006). The folds' losses are computed as scikit-learn's
-    LogisticRegressionCV does with ``scoring="neg_log_loss"``, written out so that its changing defaults cannot
-    change the model.
-    """
-    return float(RIDGE_CS[one_standard_error_choice(ridge_fold_losses(S, y, seed))])
-
-
-def ridge_fold_losses(S: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Held-out log-loss of each penalty of :data:`RIDGE_CS` (rows, strongest first) in each stratified fold
-    (columns) at ``seed``: the table :func:`_ridge_penalty` chooses from."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(S, y))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lbfgs convergence chatter at the weakest penalties
-        return np.array([[log_loss(y[va], LogisticRegression(C=C, max_iter=3000).fit(S[tr], y[tr])
-                                   .predict_proba(S[va])[:, 1], labels=[0, 1]) for tr, va in folds]
-                         for C in RIDGE_CS])
-
-
-def one_standard_error_choice(losses: np.ndarray) -> int:
-    """The one-standard-error rule on a table of cross-validated losses.
-
-    Parameters
-    ----------
-    losses : array, shape (n_penalties, n_folds)
-        Held-out loss of each penalty (rows, strongest first) in each fold (columns).
-
-    Returns
-    -------
-    index : int
-        The first row whose mean loss is within one standard error (the lowest-mean row's, over its folds) of the
-        lowest mean.
-    """
-    mean = losses.mean(axis=1)
-    best = int(np.argmin(mean))
-    se = losses[best].std(ddof=1) / np.sqrt(losses.shape[1])
-    return int(np.flatnonzero(mean <= mean[best] + se)[0])
-
-
-def ridge_scores(model: Mapping[str, Any], inputs: pd.DataFrame) -> np.ndarray:
-    """The standardised normal scores of the model's columns, another modality's weighted by
-    :func:`ridge_column_weights` (a column the table lacks counts as missing: callers join the blocks the model
-    needs first, :func:`with_needed_extras`)."""
-    values = inputs.reindex(columns=model["columns"]).to_numpy(float)
-    scores = _normal_scores(values, np.asarray(model["quantiles"], float).T)
-    weight = np.asarray(model.get("column_weight", np.ones(len(model["columns"]))), float)
-    return (scores - np.asarray(model["mean"])) / np.asarray(model["scale"]) * weight
-
-
-def predict_ridge(model: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
-    """Probability of the endpoint from :func:`fit_ridge`'s model."""
-    from scipy.special import expit
-
-    return expit(ridge_scores(model, ridge_inputs(clinical, features)) @ np.asarray(model["coef"]) + model["intercept"])
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -579,7 +175,7 @@ def fit_stacking(oof: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, Any]
     good as the best weighted combination of them, and no single model has to be chosen. Non-negative weights
     (Breiman 1996, "Stacked regressions") keep correlated models from cancelling each other with large opposite
     weights; a model that adds nothing gets weight 0. Measured on 24 random 160 / 200 re-splits of each phantom
-    family (README, "Binary endpoints"): held-out AUC / oracle 0.853 against 0.844 for the one-model choice on
+    family (docs/binary-endpoints.md): held-out AUC / oracle 0.853 against 0.844 for the one-model choice on
     family B, 0.969 against 0.958 on family A.
 
     Parameters

@@ -54,7 +54,8 @@ def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features:
     """
     import numpy as np
 
-    from NPCPrognosisLib.pipeline.train import fit_models, recorded_choices
+    from NPCPrognosisLib.pipeline.fit import fit_models
+    from NPCPrognosisLib.pipeline.train import recorded_choices
     from NPCPrognosisLib.survival.metrics import harrell_c
 
     labels = manifest.centres

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
 from NPCPrognosisLib.io.extra_features import ExtraBlock
-from NPCPrognosisLib.pipeline.binary import RAD_SCORE, fit_rad_signature, rad_score
+from NPCPrognosisLib.pipeline.binary import RAD_SCORE
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
 from NPCPrognosisLib.survival.splits import event_folds
 

@@ -7,9 +7,8 @@ into the bundle and is reused unchanged on validation cohorts and new patients; 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,13 @@ from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
-from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
+from NPCPrognosisLib.pipeline.fit import COX_PENALIZER, RAD_SCORE_FOLDS, TrainedModels, ebv_fill_value, fit_models
+from NPCPrognosisLib.pipeline.internal_validation import (
+    NESTED_FOLDS,
+    OPTIMISM_BOOTSTRAPS,
+    nested_cv_c,
+    optimism_corrected_c,
+)
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
@@ -33,27 +38,10 @@ from NPCPrognosisLib.radiomics.features_table import (
     read_features,
     read_manifest_features,
 )
-from NPCPrognosisLib.radiomics.harmonization import ComBatModel
-from NPCPrognosisLib.radiomics.signature import (
-    RadiomicsSignature,
-    SignatureSettings,
-    cross_fitted_rad_score,
-    fit_signature,
-)
-from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
-from NPCPrognosisLib.survival.splits import event_folds, event_split
+from NPCPrognosisLib.radiomics.signature import RadiomicsSignature, SignatureSettings
+from NPCPrognosisLib.survival.splits import event_split
 
 log = logging.getLogger(__name__)
-
-#: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
-#: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
-COX_PENALIZER = 0.01
-#: Folds of the cross-fitted Rad-score the Cox models are fitted on (see ``cross_fitted_rad_score``).
-RAD_SCORE_FOLDS = 5
-#: Bootstrap replicates of the optimism correction printed by ``train`` (each refits the whole procedure).
-OPTIMISM_BOOTSTRAPS = 20
-#: Outer folds of the nested cross-validation of the whole procedure, model selection included.
-NESTED_FOLDS = 5
 
 
 def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store: bool) -> dict[str, Any]:
@@ -134,194 +122,6 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
     return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
 
 
-def ebv_fill_value(manifest: Manifest) -> float:
-    """Median log10 EBV DNA of the training cohort: stands in for a missing value."""
-    encoded = manifest.clinical_table(None)["log10_ebv_dna"]
-    median = float(encoded.median()) if encoded.notna().any() else 0.0
-    return 0.0 if math.isnan(median) else median
-
-
-@dataclass
-class TrainedModels:
-    """The fitted stages (before they are written as a bundle)."""
-
-    endpoint: str
-    signature: RadiomicsSignature
-    nomograms: dict[str, Nomogram]
-    cutoffs: dict[str, dict[str, Any]]
-    ebv_fill: float
-    train_time: list[float]
-    train_event: list[int]
-    metrics: dict[str, Any] = field(default_factory=dict)
-    #: How the Cox models saw the Rad-score during fitting ("5-fold cross-fitted" or "in-sample").
-    rad_score_for_cox: str = "in-sample"
-    #: ComBat estimates when the radiomics were harmonised across centres.
-    combat: ComBatModel | None = None
-    #: The cross-fitted Rad-score of the training patients the Cox models were fitted on (None: in-sample).
-    cross_fitted_rad_score: np.ndarray | None = None
-
-    def inputs(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
-        """Every factor (clinical, Rad-score, deep score) for aligned manifest/features rows."""
-        if self.combat is not None:
-            features = self.combat.apply(features, manifest.centre_labels, patient_ids=manifest.patient_ids)
-        return model_factors(manifest.clinical_table(self.ebv_fill), self.signature, features)
-
-    def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
-        """Risk (linear predictor) of every model for aligned manifest/features rows."""
-        factors = self.inputs(manifest, features)
-        return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
-
-
-def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
-               settings: SignatureSettings | None = None, *, ties: str = "efron",
-               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS,
-               icc: pd.Series | None = None, clinical_coding: str = "ordinal",
-               nomogram_factors: list[str] | None = None, harmonise: bool = False) -> TrainedModels:
-    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i).
-
-    The Cox models see the Rad-score cross-fitted over ``rad_score_folds`` folds (0: in-sample, as most
-    published nomograms do; see :func:`cross_fitted_rad_score`). ``icc`` (per-feature robustness) goes to the
-    signature with ``settings.min_icc``; ``clinical_coding`` (a key of ``CLINICAL_CODINGS``) codes T and N;
-    ``nomogram_factors`` are the nomogram's factors (default: deep score when present, Rad-score and every
-    clinical factor), as :func:`NPCPrognosisLib.pipeline.selection.select_models` chose them. ``harmonise`` fits
-    ComBat across the manifest's centres on these rows and fits everything on the harmonised features. Every
-    internal cross-validation keeps the rows of one patient ID in one fold (a bootstrap resample repeats
-    patients; see :func:`NPCPrognosisLib.survival.splits.event_folds`).
-    """
-    from NPCPrognosisLib.survival.risk_groups import training_cutoff
-
-    check_outcomes(manifest, endpoint)
-    time, event = manifest.outcome_arrays(endpoint)
-    combat = None
-    if harmonise:
-        from NPCPrognosisLib.radiomics.harmonization import fit_combat
-
-        if manifest.centres is None:
-            raise InputError("harmonisation needs a centre column with two or more centres", path=manifest.source,
-                             column=CENTRE_COLUMN, fix="add the centre of each patient, or train without it")
-        combat = fit_combat(feature_matrix(features), manifest.centres, patient_ids=manifest.patient_ids)
-        features = combat.apply(features, manifest.centres, patient_ids=manifest.patient_ids)
-    groups = np.asarray(manifest.patient_ids)
-    signature = fit_signature(feature_matrix(features), time, event, settings, icc, groups)
-    ebv_fill = ebv_fill_value(manifest)
-    factors = model_factors(manifest.clinical_table(ebv_fill), signature, features)
-    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc, groups)
-           if rad_score_folds > 1 else None)
-    if oof is not None:
-        factors["rad_score"] = oof
-    clinical = list(CLINICAL_CODINGS[clinical_coding])
-    has_deep = DEEP_SCORE in factors.columns
-    default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
-    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}
-    if volume := volume_factors(factors):
-        designs["volume"] = volume
-    if has_deep:
-        if factors[DEEP_SCORE].isna().any():
-            missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
-            raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
-                             column=DEEP_SCORE, fix="re-extract these patients with --network")
-        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
-    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer,
-                                    scores=SCORE_FACTORS, factor_blocks=FACTOR_BLOCKS,
-                                    seed=(settings or SignatureSettings()).seed,
-                                    groups=groups)
-                 for name, columns in designs.items()}
-    cutoffs = {}
-    for name, model in nomograms.items():
-        cutoffs[name] = training_cutoff(model.risk(factors), time, event, min_share=0.10)
-    return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
-                         ebv_fill=ebv_fill, train_time=[float(t) for t in time],
-                         train_event=[int(e) for e in event],
-                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample",
-                         combat=combat, cross_fitted_rad_score=oof)
-
-
-def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
-                        settings: SignatureSettings | None, seed: int,
-                        choices: dict[str, Any] | None = None) -> dict[str, float] | None:
-    """One of Harrell's bootstrap replicates: the whole procedure refitted on a resample, its C on the resample
-    minus its C on the original patients (module-level so a process pool can run it). None when the resample
-    cannot be fitted (e.g. too few events)."""
-    from NPCPrognosisLib.survival.metrics import harrell_c
-
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(manifest.table), len(manifest.table))
-    resample = manifest.subset(rows)
-    resampled_features = features.iloc[rows].reset_index(drop=True)
-    try:
-        models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
-    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-        # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
-        # (the report says how many replicates were), it does not stop training
-        log.info("bootstrap replicate %d skipped: %s", seed, exc)
-        return None
-    time_b, event_b = resample.outcome_arrays(endpoint)
-    time, event = manifest.outcome_arrays(endpoint)
-    on_resample = models.risks(resample, resampled_features)
-    on_original = models.risks(manifest, features)
-    return {name: harrell_c(time_b, event_b, on_resample[name]) - harrell_c(time, event, on_original[name])
-            for name in models.nomograms}
-
-
-def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: str,
-                         settings: SignatureSettings | None, apparent: dict[str, float], *,
-                         n_boot: int = OPTIMISM_BOOTSTRAPS, seed: int = 0, workers: int = 2,
-                         choices: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Harrell's bootstrap optimism correction of the training C-index of every model.
-
-    The apparent C of a model fitted and scored on the same patients is optimistic (the LASSO chose features that
-    happen to rank these patients). Each replicate refits the whole procedure (feature selection, cross-fitted
-    Rad-score, Cox models) on a bootstrap resample and measures how much better it ranks the resample than the
-    original patients; the mean of that optimism is subtracted from the apparent C (Harrell, Lee & Mark 1996).
-    It tells a user what to expect on new patients of the same population before any external test.
-
-    Parameters
-    ----------
-    manifest, features : Manifest, pandas.DataFrame
-        The training patients, aligned row by row.
-    endpoint : str
-        ``dmfs``, ``os`` or ``pfs``.
-    settings : SignatureSettings or None
-        The Rad-score settings the models were fitted with.
-    apparent : dict of str to float
-        Each model's C-index on the training patients.
-    n_boot : int
-        Bootstrap replicates (each a full refit).
-    seed : int
-        Seed of the resamples.
-    workers : int
-        Replicates run in parallel processes.
-    choices : dict, optional
-        ``fit_models`` keywords fixed by the model selection (robustness, clinical coding, nomogram factors):
-        each replicate refits with the same choices; the selection itself is not repeated.
-
-    Returns
-    -------
-    report : dict
-        Per model ``apparent``, ``optimism``, ``corrected`` and the number of replicates that could be fitted.
-    """
-
-    from NPCPrognosisLib.processes import worker_pool
-
-    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
-    if workers > 1 and n_boot > 1:
-        with worker_pool(workers) as pool:
-            futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s, choices)
-                       for s in seeds]
-            replicates = [f.result() for f in futures]
-    else:
-        replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s, choices) for s in seeds]
-    fitted = [r for r in replicates if r is not None]
-    report: dict[str, Any] = {}
-    for name, value in apparent.items():
-        optimism = float(np.mean([r[name] for r in fitted])) if fitted else float("nan")
-        corrected = float(value) - optimism
-        # at or below chance once corrected: whatever the apparent C, this model will not rank new patients
-        report[name] = {"apparent": float(value), "optimism": optimism, "corrected": corrected,
-                        "replicates": len(fitted), "no_better_than_chance": bool(not corrected > 0.5)}
-    return report
-
-
 def robustness_record(robustness: Robustness | None, settings: SignatureSettings,
                       signature: RadiomicsSignature, columns: list[str]) -> dict[str, Any]:
     """The bundle's robustness block: how it was measured, the threshold chosen, the selected features' ICCs and
@@ -348,86 +148,6 @@ def recorded_choices(document: dict[str, Any]) -> tuple[SignatureSettings, dict[
     coding = document["clinical_encoding"].get("coding", "ordinal")  # bundles from before the coding was chosen
     return SignatureSettings(**stored), {"icc": icc, "clinical_coding": coding,
                                          "nomogram_factors": document["models"]["nomogram"]["model"]["covariates"]}
-
-
-def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
-                 icc: pd.Series | None, held: np.ndarray) -> dict[str, float] | None:
-    """One outer fold of :func:`nested_cv_c`: select and fit without ``held``, score ``held`` (module-level for
-    process pools); None when the fold cannot be fitted."""
-    from NPCPrognosisLib.pipeline.selection import select_models
-    from NPCPrognosisLib.survival.metrics import harrell_c
-
-    time, event = manifest.outcome_arrays(endpoint)
-    inner, outer = manifest.subset(~held), manifest.subset(held)
-    inner_features = features[~held].reset_index(drop=True)
-    try:
-        selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
-                                  event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
-                                  penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
-        models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
-                            clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
-                            harmonise=selection.harmonise)
-        risks = models.risks(outer, features[held].reset_index(drop=True))
-        return {name: harrell_c(time[held], event[held], risks[name]) for name in risks.columns}
-    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-        log.info("nested cross-validation fold skipped: %s", exc)
-        return None
-
-
-def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
-                icc: pd.Series | None, *, folds: int = NESTED_FOLDS, seed: int = 0,
-                workers: int = 2) -> dict[str, Any]:
-    """Nested cross-validated C-index of every model: the whole procedure, model selection included, refitted
-    without each outer fold and scored on it.
-
-    The selection picks the best of dozens of candidates by cross-validation, so its own cross-validated C is the
-    best of several noisy numbers; only a selection repeated inside each outer fold says what the chosen model will
-    do on patients the choice never saw. (The per-feature ICCs are outcome-free and are reused.)
-
-    Parameters
-    ----------
-    manifest, features : Manifest, pandas.DataFrame
-        The training patients, aligned row by row.
-    endpoint : str
-        ``dmfs``, ``os`` or ``pfs``.
-    settings : SignatureSettings
-        The base configuration the selection starts from.
-    icc : pandas.Series or None
-        Per-feature robustness.
-    folds : int
-        Outer folds.
-    seed : int
-        Seed of the outer folds.
-    workers : int
-        Processes of each inner selection.
-
-    Returns
-    -------
-    report : dict
-        Per model the mean C over outer folds, its standard error and the folds that could be fitted.
-    """
-
-    from NPCPrognosisLib.processes import worker_pool
-
-    _, event = manifest.outcome_arrays(endpoint)
-    fold = event_folds(event, folds, seed + 104723)
-    args = [(manifest, features, endpoint, settings, icc, fold == k) for k in range(folds)]
-    if workers > 1:
-        # outer folds in parallel, each selection on one process: the selection's serial parts parallelise too
-        with worker_pool(workers) as pool:
-            results = list(pool.map(_nested_fold, *zip(*args)))
-    else:
-        results = [_nested_fold(*a) for a in args]
-    scores: dict[str, list[float]] = {}
-    for result in results:
-        for name, value in (result or {}).items():
-            scores.setdefault(name, []).append(value)
-    report = {}
-    for name, values in scores.items():
-        values_array = np.asarray(values, float)
-        se = float(values_array.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-        report[name] = {"c_index": float(values_array.mean()), "se": se, "folds": len(values)}
-    return report
 
 
 def harmonization_record(models: TrainedModels, manifest: Manifest) -> dict[str, Any]:
@@ -703,7 +423,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         The bundle folder.
     extra_features : sequence of str
         ``name=path`` tables of other modalities (e.g. ``pathology=slides.csv``): the ridge takes each as a block
-        of its own inputs (:func:`NPCPrognosisLib.pipeline.binary.ridge_column_weights`); ``evaluate`` then needs
+        of its own inputs (:func:`NPCPrognosisLib.classification.ridge.ridge_column_weights`); ``evaluate`` then needs
         the same tables.
 
     Returns

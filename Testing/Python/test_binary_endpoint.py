@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from NPCPrognosisLib.classification import folds as fo
+from NPCPrognosisLib.classification import ridge as rg
+from NPCPrognosisLib.classification import signature as sg
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.datasets.synth import simulate_outcomes
 from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, MANIFEST_FILE, write_bundle
@@ -65,7 +68,7 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
                  "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == N - 160 and metrics["excluded_training_patients"] == 160
-    assert metrics["model_used"] == block["best"] == bn.RIDGE
+    assert metrics["model_used"] == block["best"] == rg.RIDGE
     best = metrics["models"][block["best"]]
     for key in ("auc", "auc_95ci", "sensitivity", "specificity", "ppv", "npv", "accuracy", "brier", "threshold"):
         assert key in best
@@ -105,13 +108,13 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
     clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,
                               "age": 50.0, "ldh": 180.0}])
     one = bn.patient_binary(block, clinical, features)
-    assert one["model"] == block["best"] == bn.RIDGE and 0.0 <= one["probability"] <= 1.0
+    assert one["model"] == block["best"] == rg.RIDGE and 0.0 <= one["probability"] <= 1.0
     assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
     probs = bn.predict_models(block, clinical, features)
-    assert one["probability"] == pytest.approx(float(probs[bn.RIDGE][0]), rel=1e-12)
+    assert one["probability"] == pytest.approx(float(probs[rg.RIDGE][0]), rel=1e-12)
     # a refit stores only its weights (the bundle stays small) and differs from the training fit
     refit = block["bootstrap"]["refits"][0]
-    assert set(refit) == {"coef", "intercept"} and len(refit["coef"]) == len(block["models"][bn.RIDGE]["columns"])
+    assert set(refit) == {"coef", "intercept"} and len(refit["coef"]) == len(block["models"][rg.RIDGE]["columns"])
     assert len({round(bn._refit_probability(block, r, clinical, features), 9)
                 for r in block["bootstrap"]["refits"]}) > 10
     # the stacked probability is the weighted log-odds of the members the bundle stores
@@ -205,9 +208,9 @@ def test_skewed_features_are_transformed_before_the_logistic_fit():
     y = (rng.random(n) < expit(1.5 * np.log(size))).astype(int)
     X = pd.DataFrame({"t1c_gtvp_original_shape_MeshVolume": size * 1000.0,
                       **{f"t2_gtvp_original_firstorder_Noise{k}": rng.normal(size=n) for k in range(5)}})
-    signature = bn.fit_rad_signature(X, y, seed=0)
+    signature = sg.fit_rad_signature(X, y, seed=0)
     j = signature["features"].index("t1c_gtvp_original_shape_MeshVolume")
-    transformed = bn.signature_values(signature, X)[:, j]
+    transformed = sg.signature_values(signature, X)[:, j]
     assert skew(size) > 2 and abs(skew(transformed)) < 0.3
     assert np.corrcoef(transformed, np.log(size))[0, 1] > 0.98
     probe = X.iloc[:5].copy()
@@ -218,9 +221,9 @@ def test_skewed_features_are_transformed_before_the_logistic_fit():
         t = yeojohnson(raw[~np.isnan(raw)] / signature["raw_scale"][k], signature["lambda"][k])
         expected[~np.isnan(raw), k] = (t - signature["mean"][k]) / signature["scale"][k]
     score = expected @ np.asarray(signature["coef"]) + signature["intercept"]
-    assert np.allclose(bn.rad_score(signature, probe), score)
+    assert np.allclose(sg.rad_score(signature, probe), score)
     # the transformed signature ranks held-out patients at least as well as the size itself does
-    assert roc_auc_score(y, bn.rad_score(signature, X)) >= roc_auc_score(y, size) - 0.01
+    assert roc_auc_score(y, sg.rad_score(signature, X)) >= roc_auc_score(y, size) - 0.01
 
 
 def test_vectorised_yeo_johnson_lambdas_match_scipy():
@@ -237,11 +240,11 @@ def test_vectorised_yeo_johnson_lambdas_match_scipy():
     X[rng.random(X.shape) < 0.1] = np.nan
     scale = np.nanstd(X, axis=0)
     scale[-1] = 1.0
-    fits = bn.yeo_johnson_fit(X, scale)
+    fits = sg.yeo_johnson_fit(X, scale)
     for j, fit in enumerate(fits[:-1]):
         u = X[~np.isnan(X[:, j]), j] / scale[j]
         with np.errstate(all="ignore"):
-            expected = float(np.clip(yeojohnson_normmax(u), *bn.YJ_LAMBDA_BOUNDS))
+            expected = float(np.clip(yeojohnson_normmax(u), *sg.YJ_LAMBDA_BOUNDS))
         assert fit["lambda"] == pytest.approx(expected, abs=1e-4), j
         t = yeojohnson(u, fit["lambda"])
         assert fit["mean"] == pytest.approx(t.mean(), rel=1e-9) and fit["scale"] == pytest.approx(t.std(), rel=1e-9)
@@ -332,11 +335,11 @@ def test_the_ridge_penalty_is_the_strongest_within_one_standard_error():
     """Rows are penalties, strongest first; the lowest mean loss is row 2, its folds' standard error 0.0141
     (SD 0.0316 over 5 folds), so row 1 (0.650) is within it, row 0 (0.700) is not; flat losses give the strongest."""
     losses = np.array([[0.70] * 5, [0.65] * 5, [0.60, 0.68, 0.64, 0.62, 0.66], [0.65] * 5])
-    assert bn.one_standard_error_choice(losses) == 1
-    assert bn.one_standard_error_choice(losses[2:]) == 0  # the minimum itself when nothing stronger is within
-    assert bn.one_standard_error_choice(np.full((4, 5), 0.69)) == 0
+    assert rg.one_standard_error_choice(losses) == 1
+    assert rg.one_standard_error_choice(losses[2:]) == 0  # the minimum itself when nothing stronger is within
+    assert rg.one_standard_error_choice(np.full((4, 5), 0.69)) == 0
     losses[1] = 0.6542  # just outside 0.64 + 0.01414
-    assert bn.one_standard_error_choice(losses) == 2
+    assert rg.one_standard_error_choice(losses) == 2
 
 
 def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
@@ -363,14 +366,14 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
                              "gtvn_present": rng.integers(0, 2, n)})  # a flag, not a radiomics family: left out
     y = (rng.random(n) < 1 / (1 + np.exp(-1.2 * latent))).astype(int)
     train, new = slice(0, 200), slice(200, None)
-    model = bn.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=4)
+    model = rg.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=4)
     assert model["columns"] == [*clinical.columns, "t1c_gtvp_original_shape_MeshVolume",
                                 "t2_gtvp_original_firstorder_Skewness", "t2_gtvp_original_glcm_Contrast"]
     X = pd.concat([clinical, features[model["columns"][7:]]], axis=1).to_numpy(float)
-    qt = QuantileTransformer(n_quantiles=bn.RIDGE_QUANTILES, output_distribution="uniform").fit(X[train])
-    edge = 0.5 / bn.RIDGE_QUANTILES
+    qt = QuantileTransformer(n_quantiles=rg.RIDGE_QUANTILES, output_distribution="uniform").fit(X[train])
+    edge = 0.5 / rg.RIDGE_QUANTILES
     scores = norm.ppf(np.clip(qt.transform(X), edge, 1 - edge))
-    ours = bn._normal_scores(X, np.asarray(model["quantiles"]).T)
+    ours = rg._normal_scores(X, np.asarray(model["quantiles"]).T)
     inside = (X > X[train].min(axis=0)) & (X < X[train].max(axis=0))
     assert inside.mean() > 0.6 and np.allclose(ours[inside], scores[inside], atol=1e-9)
     # a tied lowest value (T1, a quarter of the patients) takes the middle of its run, not the extreme score
@@ -379,42 +382,42 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
     # the weights from here on: the scores checked above (our own at the range's ends)
     mean, scale = ours[train].mean(axis=0), ours[train].std(axis=0)
     S = (ours - mean) / scale
-    folds = StratifiedKFold(bn.n_folds(y[train]), shuffle=True, random_state=4)
-    search = LogisticRegressionCV(Cs=list(bn.RIDGE_CS), cv=folds, scoring="neg_log_loss", max_iter=3000,
+    folds = StratifiedKFold(fo.n_folds(y[train]), shuffle=True, random_state=4)
+    search = LogisticRegressionCV(Cs=list(rg.RIDGE_CS), cv=folds, scoring="neg_log_loss", max_iter=3000,
                                   l1_ratios=(0.0,), use_legacy_attributes=False)
     fold_losses = -search.fit(S[train], y[train]).scores_[:, 0, :].T  # C x folds
-    assert np.ravel(search.C_)[0] == pytest.approx(bn.RIDGE_CS[int(np.argmin(fold_losses.mean(axis=1)))])
+    assert np.ravel(search.C_)[0] == pytest.approx(rg.RIDGE_CS[int(np.argmin(fold_losses.mean(axis=1)))])
     # the penalty: the strongest whose mean loss is within one standard error of the lowest, here stronger than it
     mean, lowest = fold_losses.mean(axis=1), int(np.argmin(fold_losses.mean(axis=1)))
     within = mean <= mean[lowest] + fold_losses[lowest].std(ddof=1) / np.sqrt(fold_losses.shape[1])
-    assert model["C"] == pytest.approx(bn.RIDGE_CS[int(np.flatnonzero(within)[0])])
+    assert model["C"] == pytest.approx(rg.RIDGE_CS[int(np.flatnonzero(within)[0])])
     assert model["C"] < np.ravel(search.C_)[0]
     reference = LogisticRegression(C=model["C"], max_iter=3000).fit(S[train], y[train])
     assert np.allclose(model["coef"], reference.coef_[0], atol=1e-4)
-    prob = bn.predict_ridge(json.loads(json.dumps(model)), clinical.iloc[new], features.iloc[new])
+    prob = rg.predict_ridge(json.loads(json.dumps(model)), clinical.iloc[new], features.iloc[new])
     assert np.allclose(prob, reference.predict_proba(S[new])[:, 1], atol=1e-4)
     oracle = roc_auc_score(y[new], latent[new])  # the true probability ranks patients by the latent
     assert roc_auc_score(y[new], prob) >= 0.85 * oracle, (roc_auc_score(y[new], prob), oracle)
     # a refit through the same map at the same penalty reproduces the weights exactly
-    again, _ = bn.ridge_weights(bn.ridge_scores(model, bn.ridge_inputs(clinical.iloc[train], features.iloc[train])),
+    again, _ = rg.ridge_weights(rg.ridge_scores(model, rg.ridge_inputs(clinical.iloc[train], features.iloc[train])),
                                 y[train], model["C"])
     assert np.allclose(again, model["coef"], atol=1e-6)
     # a missing value scores as the training median; a column the table lacks likewise
     lacking = features.iloc[new].drop(columns=["t2_gtvp_original_glcm_Contrast"])
-    assert np.isfinite(bn.predict_ridge(model, clinical.iloc[new], lacking)).all()
+    assert np.isfinite(rg.predict_ridge(model, clinical.iloc[new], lacking)).all()
     # in training: a feature missing for a few patients is kept (their values score 0), one missing for more than
     # RIDGE_MAX_MISSING of them (e.g. GTVn features of node-negative patients) is left out
     gaps = features.iloc[train].copy()
     gaps.loc[3, "t2_gtvp_original_glcm_Contrast"] = np.nan
     gaps.loc[4, "t2_gtvp_original_glcm_Contrast"] = np.inf
     gaps["t2_gtvn_original_shape_MeshVolume"] = np.where(np.arange(200) % 4 == 0, np.nan, rng.gamma(2.0, 2.0, 200))
-    patchy = bn.fit_ridge(clinical.iloc[train], gaps, y[train], seed=4)
+    patchy = rg.fit_ridge(clinical.iloc[train], gaps, y[train], seed=4)
     assert patchy["columns"] == model["columns"]
     column = model["columns"].index("t2_gtvp_original_glcm_Contrast")
     observed = np.delete(gaps["t2_gtvp_original_glcm_Contrast"].to_numpy(), [3, 4])
     assert np.allclose(np.asarray(patchy["quantiles"])[column],
-                       np.quantile(observed, np.linspace(0, 1, bn.RIDGE_QUANTILES)))
-    scores = bn.ridge_scores(patchy, bn.ridge_inputs(clinical.iloc[train], gaps))
+                       np.quantile(observed, np.linspace(0, 1, rg.RIDGE_QUANTILES)))
+    scores = rg.ridge_scores(patchy, rg.ridge_inputs(clinical.iloc[train], gaps))
     assert scores[3, column] == scores[4, column] == pytest.approx(-patchy["mean"][column] / patchy["scale"][column])
 
 
@@ -444,13 +447,13 @@ def test_another_modality_enters_the_ridge_as_a_block_of_its_own(monkeypatch):
     assert joined[extra_column("pathology", "present")].tolist() == has_slide.astype(float).tolist()
     assert joined.loc[~has_slide, extra_column("pathology", "mil_response")].isna().all()
 
-    model = json.loads(json.dumps(bn.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0)))
+    model = json.loads(json.dumps(rg.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0)))
     block_columns = [extra_column("pathology", c) for c in ("mil_response", "ki67_pct", "til_density", "present")]
     assert model["columns"][-4:] == block_columns  # a fifth without slides does not make the columns unusable
     p_main = 7 + 301
     assert model["blocks"] == {"pathology": {"inputs": 4, "weight": pytest.approx(np.sqrt(p_main / 4))}}
     assert model["column_weight"] == pytest.approx([1.0] * p_main + [np.sqrt(p_main / 4)] * 4)
-    S = bn.ridge_scores(model, bn.ridge_inputs(clinical.iloc[train], joined.iloc[train]))
+    S = rg.ridge_scores(model, rg.ridge_inputs(clinical.iloc[train], joined.iloc[train]))
     assert S[:, :p_main].std(axis=0) == pytest.approx(np.ones(p_main))
     assert S[:, p_main:].std(axis=0) == pytest.approx(np.full(4, np.sqrt(p_main / 4)))
     # without a slide, the slide measures score as the training median (normal score 0, before standardising)
@@ -460,22 +463,22 @@ def test_another_modality_enters_the_ridge_as_a_block_of_its_own(monkeypatch):
     assert S[without, mil] == pytest.approx(median_score)
 
     def held_out_auc(m, table):
-        return roc_auc_score(y[new], bn.predict_ridge(m, clinical.iloc[new], table.iloc[new]))
+        return roc_auc_score(y[new], rg.predict_ridge(m, clinical.iloc[new], table.iloc[new]))
 
-    alone = bn.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=0)
+    alone = rg.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=0)
     assert "blocks" not in alone and "column_weight" not in alone  # nothing changes without another modality
     with_block, images_only = held_out_auc(model, joined), held_out_auc(alone, features)
-    monkeypatch.setattr(bn, "ridge_column_weights", lambda columns: np.ones(len(columns)))
-    unweighted = held_out_auc(bn.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0), joined)
+    monkeypatch.setattr(rg, "ridge_column_weights", lambda columns: np.ones(len(columns)))
+    unweighted = held_out_auc(rg.fit_ridge(clinical.iloc[train], joined.iloc[train], y[train], seed=0), joined)
     assert with_block > unweighted + 0.03 and with_block > images_only + 0.05, (with_block, unweighted, images_only)
 
     # the block is needed where the model is used: refused without it, joined by patient ID with it
-    stored = {"endpoint": "ic_response", "models": {bn.RIDGE: model}}
+    stored = {"endpoint": "ic_response", "models": {rg.RIDGE: model}}
     assert bn.needed_blocks([stored]) == ["pathology"]
     with pytest.raises(InputError, match="pathology") as refused:
         bn.with_needed_extras([stored], features.iloc[new], {}, ids[new])
     assert "--extra-features pathology=" in str(refused.value)
     again = bn.with_needed_extras([stored], features.iloc[new].reset_index(drop=True), {"pathology": block}, ids[new])
-    assert np.allclose(bn.predict_ridge(model, clinical.iloc[new], again),
-                       bn.predict_ridge(model, clinical.iloc[new], joined.iloc[new]))
-    assert bn.with_needed_extras([{"endpoint": "x", "models": {bn.RIDGE: alone}}], features, None, ids) is features
+    assert np.allclose(rg.predict_ridge(model, clinical.iloc[new], again),
+                       rg.predict_ridge(model, clinical.iloc[new], joined.iloc[new]))
+    assert bn.with_needed_extras([{"endpoint": "x", "models": {rg.RIDGE: alone}}], features, None, ids) is features

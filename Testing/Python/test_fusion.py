@@ -262,6 +262,7 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
 def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_without_it(tabular):
     """``predict`` of a bundle whose IC-response ridge was trained with the slide table: the patient's row joins
     by ID (a patient without a slide is scored as without one), and without the table it stops before any work."""
+    from NPCPrognosisLib.classification import ridge as rg
     from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
     from NPCPrognosisLib.io.images import PatientImages
     from NPCPrognosisLib.pipeline import binary as bn
@@ -287,6 +288,6 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
         joined = bn.with_needed_extras([block], pd.DataFrame([values]), extras, [pid])
         assert joined["extra:pathology:present"].iloc[0] == float(pid in slides)
         record = pd.DataFrame([encode_clinical(parse_clinical(clinical, pid), bundle.ebv_fill)])
-        assert probability == pytest.approx(float(bn.predict_ridge(block["models"]["ridge"], record, joined)[0]))
+        assert probability == pytest.approx(float(rg.predict_ridge(block["models"]["ridge"], record, joined)[0]))
         with pytest.raises(InputError, match="--extra-features pathology="):
             predict_patient(bundle, patient, clinical, features=values, extras={})

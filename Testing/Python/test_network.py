@@ -168,7 +168,7 @@ def test_event_balanced_batches_spread_events():
 def test_modality_dropout_blanks_one_sequence_reproducibly_and_is_off_by_default():
     """With the option on, a sample loses exactly one whole sequence (never the label), the same one again after
     re-seeding; the default pipeline does not contain it (it did not validate across phantom families)."""
-    from NPCPrognosisLib.deep.data import AugmentConfig, channel_drop_transform, train_transforms
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, channel_drop_transform, train_transforms
 
     image = np.random.default_rng(0).normal(size=(3, 6, 6, 4)).astype(np.float32) + 5.0
     label = np.ones((1, 6, 6, 4), np.uint8)
@@ -203,7 +203,7 @@ def test_intensity_remap_gives_each_sequence_its_own_curve_reproducibly():
     """A remapped sample keeps every sequence's 0.5-99.5 percentile range and its label, each sequence follows a
     monotone-or-not curve of its own (some rising, some falling across seeds), and re-seeding redraws the same
     curves; at probability 0 the image is untouched."""
-    from NPCPrognosisLib.deep.data import intensity_remap_transform
+    from NPCPrognosisLib.deep.augmentation import intensity_remap_transform
 
     rng = np.random.default_rng(1)
     image = rng.normal(size=(3, 12, 12, 6)).astype(np.float32)
@@ -229,7 +229,7 @@ def test_gin_redraws_each_samples_appearance_keeping_level_spread_and_label():
     """A one-layer 1-voxel GIN is a random linear mix of the sequences (each output lies in their span up to
     rounding), the default four-layer one is not (non-linear and spatial); either keeps each sequence's mean and
     SD and the label, and re-seeding redraws the same network; at probability 0 the image is untouched."""
-    from NPCPrognosisLib.deep.data import AugmentConfig, gin_transform, train_transforms
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, gin_transform, train_transforms
 
     rng = np.random.default_rng(2)
     image = rng.normal(size=(3, 10, 10, 6)).astype(np.float32) * np.array([1.0, 2.0, 0.5], np.float32)[:, None,
@@ -262,7 +262,7 @@ def test_fat_unsuppressed_augmentation_brightens_t1_bright_tissue_on_the_cet1w_o
     """Tissue bright on the T1W (fat) becomes bright on the CET1W, an enhancing tumour dark on the T1W keeps its
     place but loses z-score (the CET1W keeps its mean and SD, as normalisation of a scan with bright fat does);
     T1W, T2W and the label are untouched, re-seeding redraws the same change, probability 0 changes nothing."""
-    from NPCPrognosisLib.deep.data import AugmentConfig, fat_unsuppressed_transform, train_transforms
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, fat_unsuppressed_transform, train_transforms
 
     rng = np.random.default_rng(3)
     image = rng.normal(0.0, 0.3, size=(3, 16, 16, 8)).astype(np.float32)
@@ -299,7 +299,7 @@ def test_fat_suppression_survey_switches_the_fat_augmentation_on_only_for_fat_su
     """A CET1W that is the T1W plus enhancement (no fat suppression) correlates with it in the tissue; a
     fat-suppressed one, whose fat is dark, does not. The augmentation is on only when (almost) every training scan
     is fat-suppressed, and its probability 0 leaves it out of the pipeline."""
-    from NPCPrognosisLib.deep.data import (
+    from NPCPrognosisLib.deep.augmentation import (
         FAT_AUGMENT_PROB,
         AugmentConfig,
         cet1w_t1w_correlation,
@@ -373,7 +373,8 @@ def test_risk_head_refit_writes_the_cox_fit_into_the_network():
     """The refit's Cox linear predictor and the network's own risk must be the same function (up to a constant),
     and on cases whose T2 brightness drives hazard the refitted risk must rank them better than the joint head."""
     from NPCPrognosisLib.deep.data import CasePatient
-    from NPCPrognosisLib.deep.training import _mlp_outputs, case_outputs, refit_risk_head, safe_c_index
+    from NPCPrognosisLib.deep.risk_head import _mlp_outputs, refit_risk_head
+    from NPCPrognosisLib.deep.validation import case_outputs, safe_c_index
     from NPCPrognosisLib.survival.cox import fit_cox
 
     net, cases = _t2_hazard_cases(48, 11)
@@ -406,8 +407,9 @@ def test_the_networks_training_patients_get_out_of_fold_deep_scores():
     other patient by the full head."""
     from types import SimpleNamespace
 
+    from NPCPrognosisLib.deep.risk_head import refit_risk_head
     from NPCPrognosisLib.deep.segmentation import _head_values, _risk_with_head, out_of_fold_head
-    from NPCPrognosisLib.deep.training import case_outputs, refit_risk_head
+    from NPCPrognosisLib.deep.validation import case_outputs
     from NPCPrognosisLib.survival.cox import fit_cox
     from NPCPrognosisLib.survival.splits import event_folds
 
@@ -1187,7 +1189,8 @@ def _shuffled_masks(manifest_path: Path, out: Path) -> Path:
 def test_quality_gate_stops_a_network_that_never_contours_the_nodes():
     """A primary learned and no node (validation GTVn 0 at every epoch, as one family-C run at batch 4 gave)
     fails the gate with its own message; with too few node-positive validation patients GTVn is not judged."""
-    from NPCPrognosisLib.deep.training import TrainConfig, segmentation_gate
+    from NPCPrognosisLib.deep.training import TrainConfig
+    from NPCPrognosisLib.deep.validation import segmentation_gate
 
     config = TrainConfig()
     history = [{"val_dice_gtvp": 0.6 + 0.01 * e, "val_dice_gtvn": 0.0} for e in range(30)]

@@ -10,7 +10,8 @@ import pytest
 
 from NPCPrognosisLib.datasets.synth import simulate_outcomes, tabular_radiomics
 from NPCPrognosisLib.io.manifest import Manifest
-from NPCPrognosisLib.pipeline.train import fit_models, optimism_corrected_c
+from NPCPrognosisLib.pipeline.fit import fit_models
+from NPCPrognosisLib.pipeline.internal_validation import optimism_corrected_c
 from NPCPrognosisLib.radiomics.signature import SignatureSettings
 from NPCPrognosisLib.survival.metrics import harrell_c
 

@@ -1,0 +1,307 @@
+"""Training augmentation of the network's patches (MONAI transforms, re-seeded every epoch).
+
+Why so mild in geometry and so strong in contrast: tumour volume carries prognosis (a 10 % zoom is a 33 % volume
+change), so rotations and zooms stay small; but scanners, protocols and contrast doses change how each sequence
+shows a tumour, so each sequence's contrast is scaled on its own, and when (almost) every training CET1W is
+fat-suppressed some samples are made to look as if it were not (:func:`fat_suppression_survey`). The transforms
+the project tried and left off (modality dropout, intensity remapping, random shallow networks) stay available
+behind their probabilities, off by default, with what they did in ``docs/segmentation-network.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.deep.data import CasePatient
+
+
+@dataclass
+class AugmentConfig:
+    """MONAI augmentation: small because volumes carry prognosis (a 10% zoom is a 33% volume change)."""
+
+    flip_lr: float = 0.5
+    rotate_prob: float = 0.4
+    rotate_rad: tuple[float, float, float] = (0.08, 0.08, 0.2)
+    zoom_prob: float = 0.3
+    zoom_range: tuple[float, float] = (0.95, 1.05)
+    smooth_prob: float = 0.2
+    intensity_prob: float = 0.5
+    intensity_shift: float = 0.1
+    intensity_scale: float = 0.1
+    #: Per-sequence contrast: each channel's intensities scaled by a factor in [0.3, 1.2] independently. Scanners
+    #: and contrast doses differ: a tumour that enhances weakly on one cohort's CET1W (a third of the usual
+    #: contrast) was missed by a network that had only seen strong enhancement; scaling one sequence's contrast
+    #: down teaches the network to read the other sequences too (nnU-Net augments contrast per channel as well).
+    channel_contrast_prob: float = 0.5
+    channel_contrast_range: tuple[float, float] = (0.3, 1.2)
+    #: Modality dropout: in this share of samples one sequence, drawn at random, is blanked (set to 0, the mean of
+    #: its z-scores), so the network learns to contour from any two of the three (HeMIS, Havaei et al. 2016).
+    #: Which sequence shows a structure depends on the scanner: family-B nodes stand out on T2W, family-A nodes are
+    #: iso-intense on T2W and show only on CET1W. Off by default because it did not validate across families:
+    #: trained on B and tested on A (p 0.3, two runs) GTVp 0.830 in both and the far false nodes gone, against
+    #: default runs that gave 0.859 and 0.771; trained on A and tested on B, GTVp 0.571 against 0.611
+    #: (docs/segmentation-network.md, "One training run is a noisy measurement of transfer").
+    channel_drop_prob: float = 0.0
+    #: Intensity remapping (Hesse et al. 2020, domain transfer across MRI protocols): in this share of samples
+    #: every sequence's intensities go through its own random smooth curve, rising or falling (a falling curve
+    #: inverts the sequence's contrast, as T1 and T2 weighting invert many tissues), with random bends that can
+    #: flatten the contrast between two tissues. What a structure looks like on each sequence depends on the
+    #: scanner and protocol (vessels enhancing on one cohort's CET1W and dark flow voids on another's; nodes bright
+    #: on T2W in one family and iso-intense in the other), so the network must learn shape and context as well.
+    intensity_remap_prob: float = 0.0
+    #: Random shallow networks (GIN, Ouyang et al. 2022, single-source domain generalisation): in this share of
+    #: samples the sequences go through a freshly drawn 4-layer convolutional network (kernels 1 or 3 voxels,
+    #: 2 channels between layers, leaky ReLU, N(0, 1) weights and biases) that mixes the sequences and bends their
+    #: intensities locally, blended with the original by a random weight and brought back to each sequence's mean
+    #: and SD. Shapes stay, appearance is redrawn: the network cannot rely on one contrast.
+    gin_prob: float = 0.0
+    #: Post-contrast T1W without fat suppression: in this share of samples the tissue brightest on the
+    #: pre-contrast T1W (fat; enhancing tumour is not bright there) is made bright on the CET1W too, as it is when a
+    #: scanner does not suppress fat, and the CET1W is brought back to its mean and SD, so bright fat also lowers
+    #: the tumour's z-score as normalisation does on such a scan. A network trained on fat-suppressed scans only
+    #: missed the primary tumour on most scans without fat suppression. None (the default): decided from the
+    #: training images by :func:`fat_suppression_survey` (on when almost every training CET1W is fat-suppressed).
+    fat_unsuppressed_prob: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _channelwise_transform(name: str, keys: str | Sequence[str], prob: float, draw, apply):
+    """A MONAI dictionary transform that draws parameters for each channel, then (with probability ``prob``)
+    applies them to a copy of every image in ``keys``.
+
+    Built on :class:`monai.transforms.RandomizableTransform`, so :meth:`Compose.set_random_state` seeds it with the
+    other transforms and a resumed run redraws the same values. ``draw(R, n_channels)`` is called on every sample,
+    applied or not, so the random stream does not depend on the outcome; ``apply(image, params)`` changes the
+    float32 copy in place.
+    """
+    from monai.transforms import MapTransform, RandomizableTransform
+
+    class ChannelwiseTransform(RandomizableTransform, MapTransform):
+        def __init__(self) -> None:
+            MapTransform.__init__(self, keys)
+            RandomizableTransform.__init__(self, prob)
+            self._params = None
+
+        def randomize(self, n_channels: int) -> None:  # type: ignore[override]
+            super().randomize(None)
+            self._params = draw(self.R, n_channels)
+
+        def __call__(self, data):
+            out = dict(data)
+            first = next(self.key_iterator(out))
+            self.randomize(int(out[first].shape[0]))
+            if not self._do_transform:
+                return out
+            for key in self.key_iterator(out):
+                image = np.array(out[key], dtype=np.float32, copy=True)
+                apply(image, self._params)
+                out[key] = image
+            return out
+
+    ChannelwiseTransform.__name__ = ChannelwiseTransform.__qualname__ = name
+    return ChannelwiseTransform()
+
+
+def channel_drop_transform(keys: str | Sequence[str], prob: float):
+    """MONAI dictionary transform blanking one random channel of ``keys`` with probability ``prob``
+    (:func:`_channelwise_transform`: seeded with the others, the channel drawn on every call)."""
+
+    def blank(image: np.ndarray, channel: int) -> None:
+        image[channel] = 0
+
+    return _channelwise_transform("RandChannelDropd", keys, prob, lambda R, n: int(R.randint(n)), blank)
+
+
+def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_points: tuple[int, int] = (4, 8),
+                              bend: float = 0.25):
+    """MONAI dictionary transform remapping each channel of ``keys`` through its own random curve (probability
+    ``prob`` per sample).
+
+    The curve is piecewise linear on ``K`` control points (``K`` drawn from ``control_points``) spread evenly over
+    the channel's 0.5-99.5 percentile range: a straight line, rising or falling with equal odds, plus uniform
+    bends of up to ``bend`` of the range at each point, then rescaled onto the same range (values outside it
+    are held at the ends). MONAI's ``RandIntensityRemap`` implements the same idea, but draws from an unseeded
+    generator of its own (a resumed run would not redraw the same curves) and builds its curve from every
+    distinct intensity, which is slow on floating-point images. The same number of random values is drawn on
+    every call (:func:`_channelwise_transform`).
+    """
+    low_k, high_k = int(control_points[0]), int(control_points[1])
+    if low_k < 2 or high_k < low_k:
+        raise ValueError(f"control_points must be 2 <= low <= high, got {control_points}")
+
+    def draw(R, n_channels: int) -> list[tuple[int, bool, np.ndarray]]:
+        return [(int(R.randint(low_k, high_k + 1)), bool(R.random_sample() < 0.5), R.uniform(-bend, bend, size=high_k))
+                for _ in range(n_channels)]
+
+    def remap(image: np.ndarray, curves: list[tuple[int, bool, np.ndarray]]) -> None:
+        for channel, (k, falling, bends) in enumerate(curves):
+            lo, hi = np.percentile(image[channel], (0.5, 99.5))
+            if not hi > lo:
+                continue
+            line = np.linspace(0.0, 1.0, k)
+            curve = (1.0 - line if falling else line) + bends[:k]
+            curve = (curve - curve.min()) / max(float(np.ptp(curve)), 1e-6)
+            image[channel] = np.interp(image[channel], np.linspace(lo, hi, k), lo + (hi - lo) * curve)
+
+    return _channelwise_transform("RandIntensityRemapd", keys, prob, draw, remap)
+
+
+def _with_mean_and_sd(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``values`` shifted and scaled to the mean and SD of ``like`` (constant ``values`` become its mean): an
+    augmented sequence keeps the level and spread of the z-scored input it replaces."""
+    spread = float(values.std())
+    return (values - values.mean()) * (float(like.std()) / spread if spread > 1e-6 else 0.0) + float(like.mean())
+
+
+def gin_transform(keys: str | Sequence[str], prob: float, n_layers: int = 4, hidden: int = 2,
+                  kernels: tuple[int, ...] = (1, 3)):
+    """MONAI dictionary transform passing the channels of ``keys`` through a random shallow convolutional network
+    (global intensity non-linear augmentation, GIN; Ouyang et al. 2022), with probability ``prob`` per sample.
+
+    The network has ``n_layers`` convolutions (each kernel size drawn from ``kernels``; ``hidden`` channels
+    between layers; weights and biases N(0, 1); leaky ReLU after all but the last), is drawn afresh for each
+    sample from a seed taken from the transform's own seeded stream (:func:`_channelwise_transform`), and its
+    output is blended with the input by a weight drawn from U(0, 1). Each output channel is then given the mean
+    and SD of the input channel it replaces, so the augmented sample has the level and spread of the z-scored
+    inputs the network sees at inference. Runs in PyTorch on the CPU (about 0.08 s per sample on 64 x 64 x 32).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def draw(R, n_channels: int) -> tuple[int, float]:
+        return int(R.randint(0, 2**31 - 1)), float(R.uniform(0.0, 1.0))
+
+    def apply(image: np.ndarray, params: tuple[int, float]) -> None:
+        seed, alpha = params
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.from_numpy(image)[None]
+        n_channels = x.shape[1]
+        y = x
+        for layer in range(n_layers):
+            out_channels = n_channels if layer == n_layers - 1 else hidden
+            k = kernels[int(torch.randint(len(kernels), (1,), generator=generator))]
+            weight = torch.randn((out_channels, y.shape[1], k, k, k), generator=generator)
+            bias = torch.randn((out_channels,), generator=generator)
+            y = F.conv3d(y, weight, bias, padding=k // 2)
+            if layer < n_layers - 1:
+                y = F.leaky_relu(y)
+        mixed = (alpha * y + (1.0 - alpha) * x)[0].numpy()
+        for channel in range(n_channels):
+            image[channel] = _with_mean_and_sd(mixed[channel], image[channel])
+
+    return _channelwise_transform("RandGINd", keys, prob, draw, apply)
+
+
+def fat_unsuppressed_transform(keys: str | Sequence[str], prob: float, *, quantile: tuple[float, float] = (0.80, 0.95),
+                               strength: tuple[float, float] = (0.5, 1.2), channels: Sequence[str] = SEQUENCES):
+    """MONAI dictionary transform making a fat-suppressed CET1W look as if fat had not been suppressed (probability
+    ``prob`` per sample).
+
+    Fat is the brightest tissue of a (never fat-suppressed) pre-contrast T1W, and on a CET1W without fat
+    suppression it is as bright as enhancing tissue. Fat membership is ``(t1 - q) / (t1_99.5 - q)`` clipped to
+    0-1, with ``q`` the sample's T1W quantile drawn from ``quantile``; the CET1W gains ``s`` times that membership
+    times its own 99.5th-percentile-to-median span (``s`` from ``strength``), and is then brought back to its
+    mean and SD, as z-scoring does to a scan with bright fat. ``channels`` names the channel order.
+    """
+    t1, t1c = list(channels).index("t1"), list(channels).index(REFERENCE_SEQUENCE)
+
+    def draw(R, n_channels: int) -> tuple[float, float]:
+        return float(R.uniform(*quantile)), float(R.uniform(*strength))
+
+    def apply(image: np.ndarray, params: tuple[float, float]) -> None:
+        q, s = params
+        low, high = np.quantile(image[t1], (q, 0.995))
+        if not high > low:
+            return
+        fat = np.clip((image[t1] - low) / (high - low), 0.0, 1.0)
+        median, bright = np.quantile(image[t1c], (0.5, 0.995))
+        image[t1c] = _with_mean_and_sd(image[t1c] + np.float32(s * (bright - median)) * fat, image[t1c])
+
+    return _channelwise_transform("RandFatUnsuppressedd", keys, prob, draw, apply)
+
+
+#: Within the tissue (T1W above its median), a CET1W correlating with the T1W above this is taken as not
+#: fat-suppressed: the two share TR/TE and differ only by the contrast agent, so without fat suppression they agree
+#: everywhere but in enhancing tissue (phantom families: 0.97-0.99 without, at most 0.57 with fat suppression).
+UNSUPPRESSED_R = 0.8
+#: The fat augmentation is switched on when fewer than this share of the training scans lack fat suppression (a
+#: cohort holding both kinds teaches both), at this probability.
+UNSUPPRESSED_SHARE = 0.1
+FAT_AUGMENT_PROB = 0.3
+
+
+def cet1w_t1w_correlation(image: np.ndarray, channels: Sequence[str] = SEQUENCES) -> float:
+    """Pearson r of CET1W and T1W over the voxels where the T1W is above its median (the tissue, not the air)."""
+    t1, t1c = image[list(channels).index("t1")], image[list(channels).index(REFERENCE_SEQUENCE)]
+    tissue = t1 > np.median(t1)
+    if tissue.sum() < 3 or not (t1[tissue].std() > 0 and t1c[tissue].std() > 0):
+        return float("nan")
+    return float(np.corrcoef(t1[tissue], t1c[tissue])[0, 1])
+
+
+def fat_suppression_survey(images: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How many training CET1W scans look fat-suppressed, and so whether to train with
+    :func:`fat_unsuppressed_transform`; stored in the bundle.
+
+    Parameters
+    ----------
+    images : sequence of ndarray of shape (3, X, Y, Z)
+        The training patients' preprocessed working-grid inputs (channels in :data:`SEQUENCES` order).
+
+    Returns
+    -------
+    survey : dict
+        ``n``, ``n_unsuppressed`` (CET1W-T1W tissue correlation above :data:`UNSUPPRESSED_R`), the median
+        correlation and ``augment_prob``: :data:`FAT_AUGMENT_PROB` when fewer than :data:`UNSUPPRESSED_SHARE` of
+        the scans lack fat suppression, else 0.
+    """
+    r = np.array([cet1w_t1w_correlation(image) for image in images], float)
+    n_unsuppressed = int(np.sum(r > UNSUPPRESSED_R))
+    share = n_unsuppressed / max(len(r), 1)
+    return {"source": "training images", "n": len(r), "n_unsuppressed": n_unsuppressed,
+            "median_r": float(np.nanmedian(r)) if np.isfinite(r).any() else None, "threshold_r": UNSUPPRESSED_R,
+            "augment_prob": FAT_AUGMENT_PROB if share < UNSUPPRESSED_SHARE else 0.0}
+
+
+def train_transforms(config: AugmentConfig):
+    """Built once per run; re-seeded per epoch with :meth:`Compose.set_random_state`."""
+    from monai import transforms as T
+
+    keys = ("image", "label")
+    return T.Compose([
+        T.RandFlipd(keys, prob=config.flip_lr, spatial_axis=0),
+        T.RandRotated(keys, range_x=config.rotate_rad[0], range_y=config.rotate_rad[1],
+                      range_z=config.rotate_rad[2], prob=config.rotate_prob, mode=("bilinear", "nearest"),
+                      padding_mode="border"),
+        T.RandZoomd(keys, prob=config.zoom_prob, min_zoom=config.zoom_range[0], max_zoom=config.zoom_range[1],
+                    mode=("trilinear", "nearest"), keep_size=True, padding_mode="edge"),
+        T.RandGaussianSmoothd("image", prob=config.smooth_prob, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0),
+                              sigma_z=(0.25, 0.6)),
+        T.RandScaleIntensityd("image", factors=config.intensity_scale, prob=config.intensity_prob),
+        T.RandScaleIntensityd("image", factors=tuple(f - 1.0 for f in config.channel_contrast_range),
+                              prob=config.channel_contrast_prob, channel_wise=True),
+        T.RandShiftIntensityd("image", offsets=config.intensity_shift, prob=config.intensity_prob),
+        # only when asked for: a transform at prob 0 would still draw, changing nothing but the random stream
+        *[make("image", prob) for make, prob in ((channel_drop_transform, config.channel_drop_prob),
+                                                 (intensity_remap_transform, config.intensity_remap_prob),
+                                                 (gin_transform, config.gin_prob),
+                                                 (fat_unsuppressed_transform, config.fat_unsuppressed_prob))
+           if prob],
+    ])
+
+
+def augment(transforms, case: CasePatient, slices: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented training sample of ``case``: the patch at ``slices`` (the whole grid when None)."""
+    from monai.utils import convert_to_numpy
+
+    view = (slice(None),) + tuple(slices) if slices is not None else (slice(None),)
+    out = transforms({"image": case.image[view].copy(), "label": case.label[view].copy()})
+    return (convert_to_numpy(out["image"]).astype(np.float32),
+            np.rint(convert_to_numpy(out["label"])).astype(np.int64))

@@ -1,0 +1,139 @@
+"""The survival models of one training split: the radiomics signature, the clinical Cox model, the nomograms
+(stacked on cross-fitted scores) and each model's risk cut-off, fitted together by :func:`fit_models`.
+
+Why one function: ``train`` fits it once on the training split, and the optimism bootstrap, the nested
+cross-validation and leave-one-centre-out evaluation refit exactly the same procedure on other patients
+(:mod:`NPCPrognosisLib.pipeline.internal_validation`, :mod:`NPCPrognosisLib.pipeline.evaluate`); a second copy
+of the procedure would let the estimate and the shipped model drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
+from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
+from NPCPrognosisLib.radiomics.harmonization import ComBatModel
+from NPCPrognosisLib.radiomics.signature import (
+    RadiomicsSignature,
+    SignatureSettings,
+    cross_fitted_rad_score,
+    fit_signature,
+)
+from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
+
+#: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
+#: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
+COX_PENALIZER = 0.01
+#: Folds of the cross-fitted Rad-score the Cox models are fitted on (see ``cross_fitted_rad_score``).
+RAD_SCORE_FOLDS = 5
+
+
+def ebv_fill_value(manifest: Manifest) -> float:
+    """Median log10 EBV DNA of the training cohort: stands in for a missing value."""
+    encoded = manifest.clinical_table(None)["log10_ebv_dna"]
+    median = float(encoded.median()) if encoded.notna().any() else 0.0
+    return 0.0 if math.isnan(median) else median
+
+
+@dataclass
+class TrainedModels:
+    """The fitted stages (before they are written as a bundle)."""
+
+    endpoint: str
+    signature: RadiomicsSignature
+    nomograms: dict[str, Nomogram]
+    cutoffs: dict[str, dict[str, Any]]
+    ebv_fill: float
+    train_time: list[float]
+    train_event: list[int]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: How the Cox models saw the Rad-score during fitting ("5-fold cross-fitted" or "in-sample").
+    rad_score_for_cox: str = "in-sample"
+    #: ComBat estimates when the radiomics were harmonised across centres.
+    combat: ComBatModel | None = None
+    #: The cross-fitted Rad-score of the training patients the Cox models were fitted on (None: in-sample).
+    cross_fitted_rad_score: np.ndarray | None = None
+
+    def inputs(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Every factor (clinical, Rad-score, deep score) for aligned manifest/features rows."""
+        if self.combat is not None:
+            features = self.combat.apply(features, manifest.centre_labels, patient_ids=manifest.patient_ids)
+        return model_factors(manifest.clinical_table(self.ebv_fill), self.signature, features)
+
+    def risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Risk (linear predictor) of every model for aligned manifest/features rows."""
+        factors = self.inputs(manifest, features)
+        return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
+
+
+def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+               settings: SignatureSettings | None = None, *, ties: str = "efron",
+               penalizer: float = COX_PENALIZER, rad_score_folds: int = RAD_SCORE_FOLDS,
+               icc: pd.Series | None = None, clinical_coding: str = "ordinal",
+               nomogram_factors: list[str] | None = None, harmonise: bool = False) -> TrainedModels:
+    """Fit all models on aligned training rows (``features`` row i belongs to manifest row i).
+
+    The Cox models see the Rad-score cross-fitted over ``rad_score_folds`` folds (0: in-sample, as most
+    published nomograms do; see :func:`cross_fitted_rad_score`). ``icc`` (per-feature robustness) goes to the
+    signature with ``settings.min_icc``; ``clinical_coding`` (a key of ``CLINICAL_CODINGS``) codes T and N;
+    ``nomogram_factors`` are the nomogram's factors (default: deep score when present, Rad-score and every
+    clinical factor), as :func:`NPCPrognosisLib.pipeline.selection.select_models` chose them. ``harmonise`` fits
+    ComBat across the manifest's centres on these rows and fits everything on the harmonised features. Every
+    internal cross-validation keeps the rows of one patient ID in one fold (a bootstrap resample repeats
+    patients; see :func:`NPCPrognosisLib.survival.splits.event_folds`).
+    """
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+
+    check_outcomes(manifest, endpoint)
+    time, event = manifest.outcome_arrays(endpoint)
+    combat = None
+    if harmonise:
+        from NPCPrognosisLib.radiomics.harmonization import fit_combat
+
+        if manifest.centres is None:
+            raise InputError("harmonisation needs a centre column with two or more centres", path=manifest.source,
+                             column=CENTRE_COLUMN, fix="add the centre of each patient, or train without it")
+        combat = fit_combat(feature_matrix(features), manifest.centres, patient_ids=manifest.patient_ids)
+        features = combat.apply(features, manifest.centres, patient_ids=manifest.patient_ids)
+    groups = np.asarray(manifest.patient_ids)
+    signature = fit_signature(feature_matrix(features), time, event, settings, icc, groups)
+    ebv_fill = ebv_fill_value(manifest)
+    factors = model_factors(manifest.clinical_table(ebv_fill), signature, features)
+    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc, groups)
+           if rad_score_folds > 1 else None)
+    if oof is not None:
+        factors["rad_score"] = oof
+    clinical = list(CLINICAL_CODINGS[clinical_coding])
+    has_deep = DEEP_SCORE in factors.columns
+    default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
+    designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}
+    if volume := volume_factors(factors):
+        designs["volume"] = volume
+    if has_deep:
+        if factors[DEEP_SCORE].isna().any():
+            missing = manifest.table.loc[factors[DEEP_SCORE].isna().to_numpy(), "patient_id"].tolist()
+            raise InputError(f"no deep score for {len(missing)} training patient(s)", patient_id=missing[0],
+                             column=DEEP_SCORE, fix="re-extract these patients with --network")
+        designs.update({"deep": [DEEP_SCORE], "radiomics_nomogram": ["rad_score", *clinical]})
+    nomograms = {name: fit_nomogram(name, factors, columns, time, event, ties=ties, penalizer=penalizer,
+                                    scores=SCORE_FACTORS, factor_blocks=FACTOR_BLOCKS,
+                                    seed=(settings or SignatureSettings()).seed,
+                                    groups=groups)
+                 for name, columns in designs.items()}
+    cutoffs = {}
+    for name, model in nomograms.items():
+        cutoffs[name] = training_cutoff(model.risk(factors), time, event, min_share=0.10)
+    return TrainedModels(endpoint=endpoint, signature=signature, nomograms=nomograms, cutoffs=cutoffs,
+                         ebv_fill=ebv_fill, train_time=[float(t) for t in time],
+                         train_event=[int(e) for e in event],
+                         rad_score_for_cox=f"{rad_score_folds}-fold cross-fitted" if oof is not None else "in-sample",
+                         combat=combat, cross_fitted_rad_score=oof)

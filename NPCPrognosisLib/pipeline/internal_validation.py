@@ -1,0 +1,195 @@
+"""What the training split says about new patients before any external test: Harrell's bootstrap optimism
+correction of the training C-index and the nested cross-validated C-index, each refitting the whole procedure.
+
+Why both: the apparent C of a model scored on the patients it was fitted to is optimistic (the LASSO chose
+features that happen to rank them), and the model selection picks the best of many candidates by
+cross-validation, so its own cross-validated C is optimistic too. The bootstrap refits the chosen procedure on
+resamples; the nested cross-validation repeats the selection inside each outer fold.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.manifest import Manifest
+from NPCPrognosisLib.pipeline.fit import COX_PENALIZER, RAD_SCORE_FOLDS, ebv_fill_value, fit_models
+from NPCPrognosisLib.radiomics.signature import SignatureSettings
+from NPCPrognosisLib.survival.splits import event_folds
+
+log = logging.getLogger(__name__)
+
+#: Bootstrap replicates of the optimism correction printed by ``train`` (each refits the whole procedure).
+OPTIMISM_BOOTSTRAPS = 20
+#: Outer folds of the nested cross-validation of the whole procedure, model selection included.
+NESTED_FOLDS = 5
+
+
+def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+                        settings: SignatureSettings | None, seed: int,
+                        choices: dict[str, Any] | None = None) -> dict[str, float] | None:
+    """One of Harrell's bootstrap replicates: the whole procedure refitted on a resample, its C on the resample
+    minus its C on the original patients (module-level so a process pool can run it). None when the resample
+    cannot be fitted (e.g. too few events)."""
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(manifest.table), len(manifest.table))
+    resample = manifest.subset(rows)
+    resampled_features = features.iloc[rows].reset_index(drop=True)
+    try:
+        models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
+    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
+        # (the report says how many replicates were), it does not stop training
+        log.info("bootstrap replicate %d skipped: %s", seed, exc)
+        return None
+    time_b, event_b = resample.outcome_arrays(endpoint)
+    time, event = manifest.outcome_arrays(endpoint)
+    on_resample = models.risks(resample, resampled_features)
+    on_original = models.risks(manifest, features)
+    return {name: harrell_c(time_b, event_b, on_resample[name]) - harrell_c(time, event, on_original[name])
+            for name in models.nomograms}
+
+
+def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: str,
+                         settings: SignatureSettings | None, apparent: dict[str, float], *,
+                         n_boot: int = OPTIMISM_BOOTSTRAPS, seed: int = 0, workers: int = 2,
+                         choices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Harrell's bootstrap optimism correction of the training C-index of every model.
+
+    The apparent C of a model fitted and scored on the same patients is optimistic (the LASSO chose features that
+    happen to rank these patients). Each replicate refits the whole procedure (feature selection, cross-fitted
+    Rad-score, Cox models) on a bootstrap resample and measures how much better it ranks the resample than the
+    original patients; the mean of that optimism is subtracted from the apparent C (Harrell, Lee & Mark 1996).
+    It tells a user what to expect on new patients of the same population before any external test.
+
+    Parameters
+    ----------
+    manifest, features : Manifest, pandas.DataFrame
+        The training patients, aligned row by row.
+    endpoint : str
+        ``dmfs``, ``os`` or ``pfs``.
+    settings : SignatureSettings or None
+        The Rad-score settings the models were fitted with.
+    apparent : dict of str to float
+        Each model's C-index on the training patients.
+    n_boot : int
+        Bootstrap replicates (each a full refit).
+    seed : int
+        Seed of the resamples.
+    workers : int
+        Replicates run in parallel processes.
+    choices : dict, optional
+        ``fit_models`` keywords fixed by the model selection (robustness, clinical coding, nomogram factors):
+        each replicate refits with the same choices; the selection itself is not repeated.
+
+    Returns
+    -------
+    report : dict
+        Per model ``apparent``, ``optimism``, ``corrected`` and the number of replicates that could be fitted.
+    """
+
+    from NPCPrognosisLib.processes import worker_pool
+
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
+    if workers > 1 and n_boot > 1:
+        with worker_pool(workers) as pool:
+            futures = [pool.submit(_bootstrap_optimism, manifest, features, endpoint, settings, s, choices)
+                       for s in seeds]
+            replicates = [f.result() for f in futures]
+    else:
+        replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s, choices) for s in seeds]
+    fitted = [r for r in replicates if r is not None]
+    report: dict[str, Any] = {}
+    for name, value in apparent.items():
+        optimism = float(np.mean([r[name] for r in fitted])) if fitted else float("nan")
+        corrected = float(value) - optimism
+        # at or below chance once corrected: whatever the apparent C, this model will not rank new patients
+        report[name] = {"apparent": float(value), "optimism": optimism, "corrected": corrected,
+                        "replicates": len(fitted), "no_better_than_chance": bool(not corrected > 0.5)}
+    return report
+
+
+def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
+                 icc: pd.Series | None, held: np.ndarray) -> dict[str, float] | None:
+    """One outer fold of :func:`nested_cv_c`: select and fit without ``held``, score ``held`` (module-level for
+    process pools); None when the fold cannot be fitted."""
+    from NPCPrognosisLib.pipeline.selection import select_models
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    time, event = manifest.outcome_arrays(endpoint)
+    inner, outer = manifest.subset(~held), manifest.subset(held)
+    inner_features = features[~held].reset_index(drop=True)
+    try:
+        selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
+                                  event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
+                                  penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
+        models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
+                            clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
+                            harmonise=selection.harmonise)
+        risks = models.risks(outer, features[held].reset_index(drop=True))
+        return {name: harrell_c(time[held], event[held], risks[name]) for name in risks.columns}
+    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        log.info("nested cross-validation fold skipped: %s", exc)
+        return None
+
+
+def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
+                icc: pd.Series | None, *, folds: int = NESTED_FOLDS, seed: int = 0,
+                workers: int = 2) -> dict[str, Any]:
+    """Nested cross-validated C-index of every model: the whole procedure, model selection included, refitted
+    without each outer fold and scored on it.
+
+    The selection picks the best of dozens of candidates by cross-validation, so its own cross-validated C is the
+    best of several noisy numbers; only a selection repeated inside each outer fold says what the chosen model will
+    do on patients the choice never saw. (The per-feature ICCs are outcome-free and are reused.)
+
+    Parameters
+    ----------
+    manifest, features : Manifest, pandas.DataFrame
+        The training patients, aligned row by row.
+    endpoint : str
+        ``dmfs``, ``os`` or ``pfs``.
+    settings : SignatureSettings
+        The base configuration the selection starts from.
+    icc : pandas.Series or None
+        Per-feature robustness.
+    folds : int
+        Outer folds.
+    seed : int
+        Seed of the outer folds.
+    workers : int
+        Processes of each inner selection.
+
+    Returns
+    -------
+    report : dict
+        Per model the mean C over outer folds, its standard error and the folds that could be fitted.
+    """
+
+    from NPCPrognosisLib.processes import worker_pool
+
+    _, event = manifest.outcome_arrays(endpoint)
+    fold = event_folds(event, folds, seed + 104723)
+    args = [(manifest, features, endpoint, settings, icc, fold == k) for k in range(folds)]
+    if workers > 1:
+        # outer folds in parallel, each selection on one process: the selection's serial parts parallelise too
+        with worker_pool(workers) as pool:
+            results = list(pool.map(_nested_fold, *zip(*args)))
+    else:
+        results = [_nested_fold(*a) for a in args]
+    scores: dict[str, list[float]] = {}
+    for result in results:
+        for name, value in (result or {}).items():
+            scores.setdefault(name, []).append(value)
+    report = {}
+    for name, values in scores.items():
+        values_array = np.asarray(values, float)
+        se = float(values_array.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+        report[name] = {"c_index": float(values_array.mean()), "se": se, "folds": len(values)}
+    return report
