@@ -1,4 +1,4 @@
-"""Time one training step of the shipped architecture with and without the channels-last group norm.
+"""Time one training step of the shipped architecture: channels-last group norm or not, float32 or bfloat16.
 
 Usage: python bench/bench_network_step.py [--threads 2] [--batch 2] [--rounds 3] [--steps 8]
 
@@ -10,6 +10,10 @@ slows down during the run affects both. Prints median seconds per step, the rati
 shipped network trains faster) and the largest difference between the two in the segmentation logits and the
 gradients (rounding only: the arithmetic is the same). An inference pass (no gradients, four windows) is timed
 too: there the shipped module falls back to PyTorch's own kernel, so its ratio should be about 1.
+
+The shipped network's step is also timed under bfloat16 autocast, as ``train-net`` runs it with
+``{"precision": "bfloat16"}`` (``native_bfloat16``: whether this CPU computes in bfloat16 in hardware, AVX512-BF16
+or AMX; elsewhere it is emulated); the ratio bfloat16 / float32 below 1 means the bfloat16 step is faster here.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _steps(model, x, n: int) -> list[float]:
+def _steps(model, x, n: int, precision: str = "float32") -> list[float]:
     import torch
+
+    from NPCPrognosisLib.deep.validation import autocast
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
     times = []
     for _ in range(n):
         start = time.perf_counter()
-        out = model(x)
+        with autocast("cpu", precision):
+            out = model(x)
         (out["seg_logits"].float().square().mean() + out["risk"].square().mean()).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -77,12 +84,14 @@ def main(argv=None) -> int:
     grad_diff = max(float((a - b).abs().max() / (b.abs().max() + 1e-12))
                     for a, b in zip(grads["shipped"][1], grads["plain"][1]))
 
-    times = {"shipped": [], "plain": []}
+    times = {"shipped": [], "plain": [], "shipped_bfloat16": []}
     infer = {"shipped": [], "plain": []}
     windows = torch.randn(4, 3, 64, 64, 32).contiguous(memory_format=torch.channels_last_3d)
     for _ in range(args.rounds):
         for name, model in (("shipped", shipped), ("plain", plain)):
             times[name] += _steps(model, x, args.steps)
+            if name == "shipped":
+                times["shipped_bfloat16"] += _steps(model, x, args.steps, "bfloat16")
             with torch.no_grad():
                 model.segment(windows)
                 start = time.perf_counter()
@@ -94,6 +103,9 @@ def main(argv=None) -> int:
         "threads": args.threads, "batch": args.batch, "group_norms_swapped": n_swapped,
         "train_step_s": {k: round(v, 3) for k, v in step.items()},
         "train_step_ratio_shipped_over_plain": round(step["shipped"] / step["plain"], 3),
+        "native_bfloat16": any(bool(getattr(torch.cpu, name, lambda: False)())
+                               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")),
+        "train_step_ratio_bfloat16_over_float32": round(step["shipped_bfloat16"] / step["shipped"], 3),
         "inference_4_windows_s": {k: round(v, 3) for k, v in window.items()},
         "inference_ratio_shipped_over_plain": round(window["shipped"] / window["plain"], 3),
         "max_abs_logit_difference": logit_diff, "max_relative_gradient_difference": grad_diff,

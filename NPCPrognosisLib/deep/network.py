@@ -205,7 +205,8 @@ class MultiTaskSegResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         bottleneck, down, decoded, logits = self.encode_decode(x)
         features, measures = self.risk_features(x, bottleneck, decoded, logits)
-        out = self.heads(features, measures)
+        with torch.autocast(x.device.type, enabled=False):  # risks to float32's precision, ties out of the Cox loss
+            out = self.heads(features, measures)
         out["seg_logits"] = logits
         out["features"], out["measures"] = features, measures
         return out

@@ -64,12 +64,16 @@ def case_outputs(model, cases: Sequence[CasePatient], device: str,
             "measures": np.array(measures)}
 
 
-def autocast(device: str):
-    """bfloat16 autocast on CUDA (no loss scaler, so no scaler state to checkpoint); nothing on the CPU."""
+def autocast(device: str, precision: str | None = None):
+    """bfloat16 autocast when ``precision`` is ``"bfloat16"`` (no loss scaler, so no scaler state to checkpoint),
+    nothing when it is ``"float32"``. ``None`` (validation and prediction): bfloat16 on CUDA, float32 on the CPU,
+    as ``segment`` runs the network, so an epoch is judged by the contours the bundle will draw."""
     import torch
 
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision is None:
+        precision = "bfloat16" if device.startswith("cuda") else "float32"
+    if precision == "bfloat16":
+        return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -327,8 +327,13 @@ def test_fat_suppression_survey_switches_the_fat_augmentation_on_only_for_fat_su
         AugmentConfig(fat_unsuppressed_prob=0.0)).transforms]
 
 
-def test_a_few_training_steps_reduce_the_loss():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_few_training_steps_reduce_the_loss(precision):
+    """In either arithmetic of the training step (bfloat16 is emulated where the CPU lacks it: slower, same
+    result)."""
     from monai.losses import DiceCELoss
+
+    from NPCPrognosisLib.deep.validation import autocast
 
     torch.manual_seed(0)
     config = NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=8)
@@ -343,13 +348,40 @@ def test_a_few_training_steps_reduce_the_loss():
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
-        out = net(x)
-        loss = seg_loss(out["seg_logits"], y) + 0.5 * cox_loss(out["risk"], time, event)
+        with autocast("cpu", precision):
+            out = net(x)
+        loss = seg_loss(out["seg_logits"].float(), y) + 0.5 * cox_loss(out["risk"], time, event)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_the_training_step_runs_in_bfloat16_on_request_and_the_risk_in_float32(tiny_bundle):
+    from NPCPrognosisLib.deep.training import make_config, resolve_precision
+    from NPCPrognosisLib.deep.validation import autocast
+    from NPCPrognosisLib.errors import InputError
+
+    assert resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("auto", "cuda") == "bfloat16"
+    assert resolve_precision("float32", "cuda") == "float32" and resolve_precision("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(InputError, match="precision"):
+        make_config({"precision": "half"})
+
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1), risk_hidden=4), 0.3)
+    x = torch.randn(2, 3, 16, 16, 8)
+    with autocast("cpu", "bfloat16"):
+        low = net(x)
+    with autocast("cpu"):  # validation and prediction: float32 on the CPU
+        full = net(x)
+    assert low["seg_logits"].dtype == torch.bfloat16 and full["seg_logits"].dtype == torch.float32
+    # the heads run outside the autocast: a risk rounded to bfloat16's 8 bits would tie patients in the Cox loss
+    assert low["risk"].dtype == torch.float32
+    assert float((low["risk"] - full["risk"]).abs().max()) < 0.05 * float(full["risk"].abs().max()) + 1e-3
+    # the run records the arithmetic it resolved to, not "auto"
+    assert load_network(tiny_bundle).content["network"]["training"]["config"]["precision"] == "float32"
 
 
 def _t2_hazard_cases(n: int, seed: int):
@@ -607,6 +639,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     del state["fat_suppression"], state["batch_size"]
     del state["config"]["preprocess"]["field_grid_mm"], state["config"]["preprocess"]["n4_max_fit_size"]
     state["config"]["warmup_epochs"] = 1
+    del state["config"]["precision"]  # float32 on the CPU, before the option existed
     state_path.write_text(json.dumps(state), encoding="utf-8")
 
     # asking for the augmentation now would change the run half-way: refused
@@ -617,6 +650,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True, config=TINY, **common)
     training = load_network(out).content["network"]["training"]
     assert training["config"]["augment"]["fat_unsuppressed_prob"] == 0.0 and training["config"]["warmup_epochs"] == 1
+    assert training["config"]["precision"] == "float32"
     assert training["fat_suppression"] == {"source": "checkpoint", "augment_prob": 0.0}
     # its inputs are preprocessed as that version did (smooth fields on the full grid, N4 fitted on 64 samples)
     assert training["config"]["preprocess"]["field_grid_mm"] == 0.0
