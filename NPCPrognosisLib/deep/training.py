@@ -77,10 +77,12 @@ from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.deep.postprocess import choose_opening_radius, count_components
 from NPCPrognosisLib.deep.risk_head import head_risks, refit_risk_head
 from NPCPrognosisLib.deep.validation import (
+    PRECISIONS,
     autocast,
     case_outputs,
     evaluate,
     position_prior_dice,
+    resolve_precision,
     safe_c_index,
     segmentation_gate,
     selection_score,
@@ -98,29 +100,6 @@ SYNTHETIC_NOTICE = ("SYNTHETIC DEMO NETWORK - NOT FOR CLINICAL USE. Trained on s
 
 #: What ``TrainConfig.final_weights`` may be.
 FINAL_WEIGHTS = ("best", "average")
-#: What ``TrainConfig.precision`` may be.
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """The arithmetic of the training step: ``precision`` unless it is ``"auto"``; then bfloat16 on CUDA, float32
-    on the CPU.
-
-    Parameters
-    ----------
-    precision : str
-        One of :data:`PRECISIONS`.
-    device : str
-        ``"cpu"`` or ``"cuda"``.
-
-    Returns
-    -------
-    precision : str
-        ``"float32"`` or ``"bfloat16"``.
-    """
-    if precision != "auto":
-        return precision
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 @dataclass
@@ -389,7 +368,7 @@ def train_network(
     # against the checkpoint below
     started_with, started_batch_size = checkpoint_settings(ckpt_dir) if resume else (None, None)
     if started_with is not None and "precision" not in started_with:  # checkpoints from before the option
-        started_with = {**started_with, "precision": "bfloat16" if device.startswith("cuda") else "float32"}
+        started_with = {**started_with, "precision": resolve_precision("auto", device)}  # what they ran
     train_config = make_config(config, base=started_with)
     if batch_size is None:
         batch_size = BATCH_SIZE if started_batch_size is None else started_batch_size

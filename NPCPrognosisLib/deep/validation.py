@@ -64,15 +64,38 @@ def case_outputs(model, cases: Sequence[CasePatient], device: str,
             "measures": np.array(measures)}
 
 
+#: What ``TrainConfig.precision`` may be.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The arithmetic of the training step: ``precision`` unless it is ``"auto"``; then bfloat16 on CUDA, float32
+    on the CPU.
+
+    Parameters
+    ----------
+    precision : str
+        One of :data:`PRECISIONS`.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    precision : str
+        ``"float32"`` or ``"bfloat16"``.
+    """
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def autocast(device: str, precision: str | None = None):
-    """bfloat16 autocast when ``precision`` is ``"bfloat16"`` (no loss scaler, so no scaler state to checkpoint),
-    nothing when it is ``"float32"``. ``None`` (validation and prediction): bfloat16 on CUDA, float32 on the CPU,
+    """bfloat16 autocast when ``precision`` resolves to ``"bfloat16"`` (no loss scaler, so no scaler state to
+    checkpoint), nothing for ``"float32"``. ``None`` (validation and prediction) is ``"auto"``: float32 on the CPU,
     as ``segment`` runs the network, so an epoch is judged by the contours the bundle will draw."""
     import torch
 
-    if precision is None:
-        precision = "bfloat16" if device.startswith("cuda") else "float32"
-    if precision == "bfloat16":
+    if resolve_precision(precision or "auto", device) == "bfloat16":
         return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -359,8 +359,8 @@ def test_a_few_training_steps_reduce_the_loss(precision):
 
 
 def test_the_training_step_runs_in_bfloat16_on_request_and_the_risk_in_float32(tiny_bundle):
-    from NPCPrognosisLib.deep.training import make_config, resolve_precision
-    from NPCPrognosisLib.deep.validation import autocast
+    from NPCPrognosisLib.deep.training import make_config
+    from NPCPrognosisLib.deep.validation import autocast, resolve_precision
     from NPCPrognosisLib.errors import InputError
 
     assert resolve_precision("auto", "cpu") == "float32"
