@@ -177,9 +177,10 @@ class TrainConfig:
     #: Arithmetic of the training step (:data:`PRECISIONS`). ``"auto"`` is resolved when a run starts
     #: (:func:`resolve_precision`: bfloat16 on CUDA, float32 on the CPU) and the resolved value is what the
     #: checkpoint and the bundle record, so a resumed run keeps it. ``"bfloat16"`` on a CPU that computes in it
-    #: natively (AVX512-BF16, AMX) trained family C 17 % faster but its held-out GTVn Dice fell by 0.07 +- 0.02
-    #: in the one paired run measured (docs/segmentation-network.md, "bfloat16 steps on the CPU"), so the CPU
-    #: default stays float32; elsewhere bfloat16 is only emulated and slower.
+    #: natively (AVX512-BF16, AMX) trained family C 17-25 % faster; held-out GTVn Dice against float32 with the
+    #: same seed -0.070 and +0.035 in two seeds (docs/segmentation-network.md, "bfloat16 steps on the CPU"): no
+    #: clear cost, no evidence of none, and every measurement in this project is float32, so the CPU default
+    #: stays float32; elsewhere bfloat16 is only emulated and slower.
     precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
