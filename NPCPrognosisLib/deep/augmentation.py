@@ -67,19 +67,28 @@ class AugmentConfig:
     #: missed the primary tumour on most scans without fat suppression. None (the default): decided from the
     #: training images by :func:`fat_suppression_survey` (on when almost every training CET1W is fat-suppressed).
     fat_unsuppressed_prob: float | None = None
+    #: Vessels of random appearance: in this share of samples 1-4 straight tubes (radius 1.5-7 mm, the neck's
+    #: vertebral arteries to its jugular veins; within 30 degrees of the cranio-caudal axis) are drawn into the
+    #: background, each sequence inside a tube shifted to a random level of its own (0.5-99.5th percentile of the
+    #: patch), the label untouched. The same vessel is a dark flow void on every spin-echo sequence and bright on a
+    #: gradient-echo contrast scan; a network that has seen only one appearance takes the other, a round section on
+    #: each slice, for a node. Tubes teach that shape, not level, makes a vessel.
+    vessel_prob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _channelwise_transform(name: str, keys: str | Sequence[str], prob: float, draw, apply):
+def _channelwise_transform(name: str, keys: str | Sequence[str], prob: float, draw, apply,
+                           label_key: str | None = None):
     """A MONAI dictionary transform that draws parameters for each channel, then (with probability ``prob``)
     applies them to a copy of every image in ``keys``.
 
     Built on :class:`monai.transforms.RandomizableTransform`, so :meth:`Compose.set_random_state` seeds it with the
     other transforms and a resumed run redraws the same values. ``draw(R, n_channels)`` is called on every sample,
     applied or not, so the random stream does not depend on the outcome; ``apply(image, params)`` changes the
-    float32 copy in place.
+    float32 copy in place; with ``label_key``, ``apply(image, params, label)`` also reads (never changes) that
+    entry's label map.
     """
     from monai.transforms import MapTransform, RandomizableTransform
 
@@ -99,9 +108,10 @@ def _channelwise_transform(name: str, keys: str | Sequence[str], prob: float, dr
             self.randomize(int(out[first].shape[0]))
             if not self._do_transform:
                 return out
+            extra = () if label_key is None else (np.asarray(out[label_key]),)
             for key in self.key_iterator(out):
                 image = np.array(out[key], dtype=np.float32, copy=True)
-                apply(image, self._params)
+                apply(image, self._params, *extra)
                 out[key] = image
             return out
 
@@ -151,6 +161,64 @@ def intensity_remap_transform(keys: str | Sequence[str], prob: float, control_po
             image[channel] = np.interp(image[channel], np.linspace(lo, hi, k), lo + (hi - lo) * curve)
 
     return _channelwise_transform("RandIntensityRemapd", keys, prob, draw, remap)
+
+
+#: Most tubes one sample gains from :func:`vessel_transform`.
+MAX_VESSELS = 4
+
+
+def vessel_transform(keys: str | Sequence[str], prob: float, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                     radius_mm: tuple[float, float] = (1.5, 7.0), max_tilt_rad: float = 0.52,
+                     label_key: str = "label"):
+    """MONAI dictionary transform drawing 1 to :data:`MAX_VESSELS` straight tubes of random appearance into the
+    background of ``keys`` (probability ``prob`` per sample).
+
+    Each tube passes through a uniformly drawn point of the patch, within ``max_tilt_rad`` of the slice axis (the
+    neck's vessels run cranio-caudally), with a radius drawn from ``radius_mm`` (``spacing``: the grid's voxel
+    size in mm, x y z) and a one-voxel partial-volume edge. Inside it every channel is shifted, by the tube's
+    weight, from its mean there to its own random level (a quantile of that channel in the patch drawn from
+    0.005-0.995), so the texture stays and only the level changes; channels are drawn independently, which gives
+    dark flow voids, vessels bright on one sequence only and everything between. Voxels of, or next to, a labelled
+    structure are left as they were, so the labels stay true. The same number of random values is drawn on every
+    call (:func:`_channelwise_transform`).
+    """
+    from scipy.ndimage import binary_dilation
+
+    step = np.asarray(spacing, float)
+    low_r, high_r = float(radius_mm[0]), float(radius_mm[1])
+    if not 0 < low_r <= high_r:
+        raise ValueError(f"radius_mm must be 0 < low <= high, got {radius_mm}")
+
+    def draw(R, n_channels: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        count = int(R.randint(1, MAX_VESSELS + 1))
+        return (count, R.uniform(0.0, 1.0, size=(MAX_VESSELS, 3)), R.uniform(0.0, max_tilt_rad, size=MAX_VESSELS),
+                R.uniform(0.0, 2 * np.pi, size=MAX_VESSELS), R.uniform(low_r, high_r, size=MAX_VESSELS),
+                R.uniform(0.005, 0.995, size=(MAX_VESSELS, n_channels)))
+
+    def apply(image: np.ndarray, params, label: np.ndarray) -> None:
+        count, where, tilt, azimuth, radius, levels = params
+        shape = image.shape[1:]
+        keep_out = binary_dilation(np.asarray(label).reshape(shape) > 0, iterations=1)
+        axes = np.meshgrid(*[np.arange(n, dtype=np.float32) * np.float32(s) for n, s in zip(shape, step)],
+                           indexing="ij", sparse=True)
+        edge = float(step[:2].min())
+        for k in range(count):
+            centre = where[k] * (np.asarray(shape) - 1) * step
+            axis = np.array([np.sin(tilt[k]) * np.cos(azimuth[k]), np.sin(tilt[k]) * np.sin(azimuth[k]),
+                             np.cos(tilt[k])])
+            offset = [a - np.float32(c) for a, c in zip(axes, centre)]
+            along = sum(o * np.float32(u) for o, u in zip(offset, axis))
+            distance = np.sqrt(np.maximum(sum(o * o for o in offset) - along * along, 0.0))
+            weight = np.clip((radius[k] + edge / 2 - distance) / edge, 0.0, 1.0).astype(np.float32)
+            weight[keep_out] = 0.0
+            inside = weight > 0.5
+            if not inside.any():
+                continue
+            for channel in range(image.shape[0]):
+                level = np.quantile(image[channel], levels[k, channel])
+                image[channel] += weight * np.float32(level - image[channel][inside].mean())
+
+    return _channelwise_transform("RandVesselsd", keys, prob, draw, apply, label_key=label_key)
 
 
 def _with_mean_and_sd(values: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -270,8 +338,9 @@ def fat_suppression_survey(images: Sequence[np.ndarray]) -> dict[str, Any]:
             "augment_prob": FAT_AUGMENT_PROB if share < UNSUPPRESSED_SHARE else 0.0}
 
 
-def train_transforms(config: AugmentConfig):
-    """Built once per run; re-seeded per epoch with :meth:`Compose.set_random_state`."""
+def train_transforms(config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)):
+    """Built once per run; re-seeded per epoch with :meth:`Compose.set_random_state`. ``spacing``: the working
+    grid's voxel size (mm), which sizes the drawn vessels."""
     from monai import transforms as T
 
     keys = ("image", "label")
@@ -282,6 +351,8 @@ def train_transforms(config: AugmentConfig):
                       padding_mode="border"),
         T.RandZoomd(keys, prob=config.zoom_prob, min_zoom=config.zoom_range[0], max_zoom=config.zoom_range[1],
                     mode=("trilinear", "nearest"), keep_size=True, padding_mode="edge"),
+        # only when asked for (as the transforms at the end): vessels before the blur and the contrast changes
+        *([vessel_transform("image", config.vessel_prob, spacing=spacing)] if config.vessel_prob else []),
         T.RandGaussianSmoothd("image", prob=config.smooth_prob, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0),
                               sigma_z=(0.25, 0.6)),
         T.RandScaleIntensityd("image", factors=config.intensity_scale, prob=config.intensity_prob),

@@ -156,6 +156,34 @@ def _pieces(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarra
     return components, keep
 
 
+def elongation(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
+    """How much longer a structure is than it is wide: the square root of the ratio of the two largest principal
+    variances of its voxels in mm.
+
+    Each voxel counts as a uniform box (its centre's coordinates plus the box's own variance, spacing^2 / 12), so
+    a single voxel or a thin slab is not called elongated for its sampling. An ellipsoid with semi-axes ``a >= b
+    >= c`` gives ``a / b``, the long-to-short axis ratio radiologists read nodes by; a cylinder of length ``L``
+    and radius ``r`` gives ``L / (r * sqrt(3))``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (z, y, x)
+        The structure (not empty).
+    spacing_zyx : sequence of 3 float
+        Voxel spacing in mm, in array order.
+
+    Returns
+    -------
+    ratio : float
+        1 for a ball, larger the longer and thinner the structure.
+    """
+    step = np.asarray(spacing_zyx, dtype=float)
+    points = np.argwhere(np.asarray(mask, dtype=bool)) * step
+    spread = np.cov(points.T) if len(points) > 1 else np.zeros((3, 3))
+    variances = np.sort(np.linalg.eigvalsh(spread + np.diag(step**2 / 12.0)))[::-1]
+    return float(np.sqrt(variances[0] / variances[1]))
+
+
 def count_components(mask: np.ndarray, voxel_ml: float, min_ml: float = 0.0) -> int:
     """Separate pieces of ``mask`` of at least ``min_ml``, by the rule :func:`postprocess_labels` keeps nodes by:
     the training patients' node count and a segmented patient's are counted the same way."""
@@ -171,7 +199,7 @@ def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], li
         0 background, 1 GTVp, 2 GTVn, on the grid of ``like``.
     postprocessing : mapping
         The bundle's ``postprocessing`` block: ``gtvp_opening_mm`` (0 or absent: none; bundles before it have
-        none), ``gtvp_largest_component`` and ``gtvn_min_ml``.
+        none), ``gtvp_largest_component``, ``gtvn_min_ml`` and ``gtvn_max_elongation`` (0 or absent: none).
     like : SimpleITK.Image
         The reference image whose geometry the mask takes.
 
@@ -181,7 +209,9 @@ def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], li
         UInt8 label map in the geometry of ``like``. The primary is the largest component of the raw labels with
         its thin parts removed; every thick part of it stays, even where the opening splits it (keeping only the
         largest piece then dropped the tumour for a thicker false piece in 3 of 200 patients). A primary thinner
-        everywhere than the opening is kept as it was rather than erased.
+        everywhere than the opening is kept as it was rather than erased. Node pieces under ``gtvn_min_ml`` and
+        pieces longer than ``gtvn_max_elongation`` times their width (:func:`elongation`: a vessel's section
+        on every slice, not a node) are dropped.
     """
     spacing_zyx = tuple(float(s) for s in like.GetSpacing()[::-1])
     gtvp = labels == 1
@@ -193,8 +223,15 @@ def postprocess_labels(labels: np.ndarray, postprocessing: Mapping[str, Any], li
         gtvp = opened if opened.any() else gtvp
     gtvn = labels == 2
     min_ml = float(postprocessing.get("gtvn_min_ml", 0.0))
-    if min_ml > 0 and gtvn.any():
+    max_elongation = float(postprocessing.get("gtvn_max_elongation", 0.0) or 0.0)
+    if (min_ml > 0 or max_elongation > 0) and gtvn.any():
         components, keep = _pieces(gtvn, float(np.prod(spacing_zyx)) / 1000.0, min_ml)
+        if max_elongation > 0:
+            from scipy import ndimage
+
+            for piece, box in enumerate(ndimage.find_objects(components), start=1):
+                if box is not None and keep[piece]:
+                    keep[piece] = elongation(components[box] == piece, spacing_zyx) <= max_elongation
         gtvn = keep[components]
     out = sitk.GetImageFromArray(gtvp.astype(np.uint8) + 2 * gtvn.astype(np.uint8))  # argmax labels never overlap
     out.CopyInformation(like)

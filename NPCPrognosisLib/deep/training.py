@@ -152,6 +152,11 @@ class TrainConfig:
     binary_weight: float = 0.2
     #: Post-processing stored in the bundle: nodes smaller than this are dropped as noise.
     gtvn_min_ml: float = 0.2
+    #: Post-processing stored in the bundle: a node piece more than this many times as long as it is wide (the
+    #: long-to-short axis ratio, :func:`~NPCPrognosisLib.deep.postprocess.elongation`) is dropped as a vessel; 0:
+    #: none. Nodes are round or oval (the phantom families' true nodes: 99th percentile 2.3-3.7); a vessel's
+    #: section on slice after slice is a tube (the false nodes of a network run on another family's scans: 6-17).
+    gtvn_max_elongation: float = 4.0
     #: Opening radius (mm) of the automatic GTVp's largest component (its thick parts all stay). None: the largest
     #: radius that the training patients' own GTVp contours survive with a mean Dice of ``gtvp_opening_keep_dice``
     #: (:func:`~NPCPrognosisLib.deep.postprocess.choose_opening_radius`); 0: no opening. Trained on family B and
@@ -504,10 +509,11 @@ def _load_final_weights(model, config: TrainConfig, state, ckpt_dir: Path, val_c
 
 def _epoch_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The options that shape the epochs; the refit (``refit_*``), the choice of the final weights, the quality
-    gate's floors (``min_*``) and the post-processing (``gtvp_opening_*``, ``gtvn_min_ml``) act after them and may
-    change on resume."""
+    gate's floors (``min_*``) and the post-processing (``gtvp_opening_*``, ``gtvn_min_ml``, ``gtvn_max_elongation``)
+    act after them and may change on resume."""
     return {k: v for k, v in dict(config or {}).items()
-            if not k.startswith(("refit_", "min_", "gtvp_opening_")) and k not in ("final_weights", "gtvn_min_ml")}
+            if not k.startswith(("refit_", "min_", "gtvp_opening_"))
+            and k not in ("final_weights", "gtvn_min_ml", "gtvn_max_elongation")}
 
 
 def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases, state, ckpt_dir, *, epochs,
@@ -518,7 +524,7 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
     weight = None if not config.ce_weights else torch.tensor(config.ce_weights, dtype=torch.float32, device=device)
     seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight,
                           include_background=config.dice_include_background)
-    transforms = train_transforms(config.augment)
+    transforms = train_transforms(config.augment, spacing=config.grid.spacing)
     events = [c.event for c in train_cases]
     patch = config.grid.patch_size
     # on a patched grid every epoch is validated on one fixed patch per case, centred on its contours (cheap; the
@@ -628,7 +634,8 @@ def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, sy
         "endpoint": endpoint,
         "inference": inference_spec(config.grid),
         "postprocessing": {"gtvp_opening_mm": opening["radius_mm"], "gtvp_largest_component": True,
-                           "gtvn_min_ml": config.gtvn_min_ml, "gtvp_opening_derivation": opening},
+                           "gtvn_min_ml": config.gtvn_min_ml, "gtvn_max_elongation": config.gtvn_max_elongation,
+                           "gtvp_opening_derivation": opening},
         "score_normalisation": {"mean": float(finite.mean()) if finite.size else 0.0,
                                 "sd": float(finite.std()) if finite.size > 1 else 1.0,
                                 "source": "training patients, no augmentation"},

@@ -258,6 +258,46 @@ def test_gin_redraws_each_samples_appearance_keeping_level_spread_and_label():
     assert "RandGINd" in [type(t).__name__ for t in train_transforms(AugmentConfig(gin_prob=0.5)).transforms]
 
 
+def test_vessels_are_drawn_as_tubes_of_random_appearance_away_from_the_labels():
+    """Drawn straight along the slices (tilt 0), a vessel changes the same in-plane discs on every slice by the
+    same amount (the texture kept, only the level shifted), never touches a labelled voxel or its neighbours,
+    is sized in mm by the grid spacing, and is darker on one sequence and brighter on another in some samples (the
+    sequences are drawn independently); re-seeding redraws the same vessels and probability 0 changes nothing."""
+    from scipy.ndimage import binary_dilation
+
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, train_transforms, vessel_transform
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(3, 40, 40, 8)).astype(np.float32)
+    original = image.copy()
+    label = np.zeros((1, 40, 40, 8), np.uint8)
+    label[0, 14:26, 14:26, 2:6] = 1
+    near_label = binary_dilation(label[0] > 0, iterations=1)
+    spacing = (2.0, 2.0, 4.0)
+    vessels = vessel_transform("image", 1.0, spacing=spacing, radius_mm=(3.0, 6.0), max_tilt_rad=0.0)
+    mixed = 0
+    for seed in range(12):
+        out = _seeded_twice(vessels, seed, image, label)
+        change = out - image
+        changed = np.abs(change).max(axis=0) > 1e-5
+        assert changed.any() and not (changed & near_label).any()
+        away = ~near_label.any(axis=2)  # columns the label does not reach: the same change on every slice
+        np.testing.assert_allclose(change[:, away, :], change[:, away, :1].repeat(8, axis=-1), atol=1e-5)
+        footprint = changed[..., 0]
+        # 1 to 4 discs of radius 3-6 mm (1.5-3 voxels) plus the one-voxel edge
+        assert np.pi * 1.5 ** 2 * 0.5 <= footprint.sum() <= 4 * np.pi * 3.5 ** 2
+        full = changed & (np.abs(change).min(axis=0) > 0)
+        signs = {int(np.sign(change[c][full].mean())) for c in range(3) if full.any()}
+        mixed += signs == {-1, 1}
+    assert mixed >= 3
+    assert np.array_equal(image, original)  # the input array is not modified
+    assert np.array_equal(np.asarray(vessel_transform("image", 0.0)({"image": image, "label": label})["image"]),
+                          image)
+    assert "RandVesselsd" not in [type(t).__name__ for t in train_transforms(AugmentConfig()).transforms]
+    assert "RandVesselsd" in [type(t).__name__ for t in
+                              train_transforms(AugmentConfig(vessel_prob=0.5), spacing=spacing).transforms]
+
+
 def test_fat_unsuppressed_augmentation_brightens_t1_bright_tissue_on_the_cet1w_only():
     """Tissue bright on the T1W (fat) becomes bright on the CET1W, an enhancing tumour dark on the T1W keeps its
     place but loses z-score (the CET1W keeps its mean and SD, as normalisation of a scan with bright fat does);
@@ -634,7 +674,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     state = json.loads(state_path.read_text(encoding="utf-8"))
     # what an older version wrote: neither augmentation in the stored settings, no survey record, the one-epoch
     # warm-up that was the default then
-    for key in ("fat_unsuppressed_prob", "gin_prob"):
+    for key in ("fat_unsuppressed_prob", "gin_prob", "vessel_prob"):
         del state["config"]["augment"][key]
     del state["fat_suppression"], state["batch_size"]
     del state["config"]["preprocess"]["field_grid_mm"], state["config"]["preprocess"]["n4_max_fit_size"]
@@ -655,7 +695,8 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     # its inputs are preprocessed as that version did (smooth fields on the full grid, N4 fitted on 64 samples)
     assert training["config"]["preprocess"]["field_grid_mm"] == 0.0
     assert training["config"]["preprocess"]["n4_max_fit_size"] == 64
-    assert json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]["gin_prob"] == 0.0
+    stored = json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]
+    assert stored["gin_prob"] == 0.0 and stored["vessel_prob"] == 0.0
 
 
 def test_a_resumed_run_keeps_its_batch_size_and_refuses_another(tiny_cohort, tmp_path):
@@ -1435,12 +1476,38 @@ def test_the_opening_takes_the_mucosa_sheet_off_a_primary_and_keeps_a_thin_one_w
     assert not (out[bridge & (np.abs(x - 37) < 3)] == 1).any()
 
 
+def test_a_node_piece_longer_than_the_elongation_limit_is_dropped_as_a_vessel():
+    """Elongation against shapes whose axis ratio is known: a ball 1, an ellipsoid of semi-axes 15 / 5 / 5 mm 3,
+    a cylinder 100 mm long of radius 5 mm L / (r sqrt 3) = 11.5, the same on 1 mm and on 4 mm slices. With a limit
+    of 4 the cylinder among the nodes goes and the ellipsoid stays; a bundle without the limit keeps both."""
+    from NPCPrognosisLib.deep.postprocess import elongation, postprocess_labels
+
+    for spacing in ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0)):
+        z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((int(120 / spacing[0]), 60, 60), spacing)],
+                              indexing="ij")
+        ball = (z - 30) ** 2 + (y - 15) ** 2 + (x - 15) ** 2 <= 8 ** 2
+        ellipsoid = ((z - 30) / 15) ** 2 + ((y - 15) / 5) ** 2 + ((x - 45) / 5) ** 2 <= 1
+        cylinder = ((y - 45) ** 2 + (x - 45) ** 2 <= 5 ** 2) & (z >= 10) & (z < 110)
+        assert elongation(ball, spacing) == pytest.approx(1.0, abs=0.15)  # 4 mm slices sample it unevenly
+        assert elongation(ellipsoid, spacing) == pytest.approx(3.0, rel=0.1)
+        assert elongation(cylinder, spacing) == pytest.approx(100 / (5 * np.sqrt(3)), rel=0.1)
+        labels = 2 * (ellipsoid | cylinder).astype(np.uint8)
+        like = sitk.GetImageFromArray(labels)
+        like.SetSpacing(spacing[::-1])
+        out = sitk.GetArrayFromImage(postprocess_labels(labels, {"gtvn_min_ml": 0.2, "gtvn_max_elongation": 4.0},
+                                                        like))
+        assert (out[ellipsoid] == 2).all() and not out[cylinder].any()
+        assert (sitk.GetArrayFromImage(postprocess_labels(labels, {"gtvn_min_ml": 0.2}, like)) == labels).all()
+    assert elongation(np.ones((1, 1, 1), bool), (4.0, 1.0, 1.0)) == pytest.approx(4.0)  # one voxel: its own box
+
+
 def test_the_bundle_opening_is_the_largest_radius_the_training_contours_survive(tiny_bundle, tiny_cohort):
     """Recomputed from the training patients' own masks with scipy's structuring-element opening: the bundle's
     per-radius mean Dice and its choice (the largest radius keeping a mean Dice of 0.99)."""
     from NPCPrognosisLib.deep.postprocess import choose_opening_radius
 
     post = load_network(tiny_bundle).postprocessing
+    assert post["gtvn_max_elongation"] == 4.0  # the vessel rule travels with the bundle (older ones lack it)
     derivation = post["gtvp_opening_derivation"]
     manifest = read_manifest(tiny_cohort.manifest_path)
     masks = [sitk.ReadImage(str(e.mask)) for e in manifest.entries()]
