@@ -77,6 +77,12 @@ class AugmentConfig:
     #: in both directions: trained on family B (two seeds) family-A nodes +0.10 / +0.14 Dice, far false nodes
     #: gone; a network trained on A and tested on B not yet run (docs/segmentation-network.md).
     vessel_prob: float = 0.0
+    #: Unlabelled lumps of random appearance: in this share of samples 1-3 ellipsoids (semi-axes 3-12 mm each,
+    #: turned at random) are drawn into the background as the vessels are, each sequence at its own random level.
+    #: Every neck holds lumps that are not nodes (glands, discs, muscle bellies) whose look on each sequence
+    #: depends on the scanner; a network that has seen none of one kind takes it for a node when its level is
+    #: node-like. Lumps of every level that are never labelled teach that level alone does not make a node.
+    lump_prob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,14 +220,84 @@ def vessel_transform(keys: str | Sequence[str], prob: float, *, spacing: Sequenc
             distance = np.sqrt(np.maximum(sum(o * o for o in offset) - along * along, 0.0))
             weight = np.clip((radius[k] + edge / 2 - distance) / edge, 0.0, 1.0).astype(np.float32)
             weight[keep_out] = 0.0
-            inside = weight > 0.5
-            if not inside.any():
-                continue
-            for channel in range(image.shape[0]):
-                level = np.quantile(image[channel], levels[k, channel])
-                image[channel] += weight * np.float32(level - image[channel][inside].mean())
+            _shift_to_levels(image, weight, levels[k])
 
     return _channelwise_transform("RandVesselsd", keys, prob, draw, apply, label_key=label_key)
+
+
+#: Most lumps one sample gains from :func:`lump_transform`.
+MAX_LUMPS = 3
+
+
+def lump_transform(keys: str | Sequence[str], prob: float, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                   semi_axis_mm: tuple[float, float] = (3.0, 12.0), label_key: str = "label"):
+    """MONAI dictionary transform drawing 1 to :data:`MAX_LUMPS` ellipsoids of random appearance into the
+    background of ``keys`` (probability ``prob`` per sample).
+
+    Each ellipsoid is centred on a uniformly drawn point of the patch, its three semi-axes drawn independently
+    from ``semi_axis_mm`` (round, flat and elongated lumps alike) and its orientation uniformly over rotations
+    (Shoemake's quaternion), with a one-voxel partial-volume edge. Inside, every channel is shifted to its own
+    random level exactly as in :func:`vessel_transform`; voxels of, or next to, a labelled structure are left as
+    they were.
+    """
+    from scipy.ndimage import binary_dilation
+
+    step = np.asarray(spacing, float)
+    low, high = float(semi_axis_mm[0]), float(semi_axis_mm[1])
+    if not 0 < low <= high:
+        raise ValueError(f"semi_axis_mm must be 0 < low <= high, got {semi_axis_mm}")
+
+    def draw(R, n_channels: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        count = int(R.randint(1, MAX_LUMPS + 1))
+        return (count, R.uniform(0.0, 1.0, size=(MAX_LUMPS, 3)), R.uniform(low, high, size=(MAX_LUMPS, 3)),
+                R.uniform(0.0, 1.0, size=(MAX_LUMPS, 3)), R.uniform(0.005, 0.995, size=(MAX_LUMPS, n_channels)))
+
+    def apply(image: np.ndarray, params, label: np.ndarray) -> None:
+        count, where, semi_axes, turn, levels = params
+        shape = image.shape[1:]
+        keep_out = binary_dilation(np.asarray(label).reshape(shape) > 0, iterations=1)
+        edge = float(step[:2].min())
+        for k in range(count):
+            centre = where[k] * (np.asarray(shape) - 1) * step
+            # only the box around the lump is computed: the rest of the patch keeps weight 0
+            reach = semi_axes[k].max() + edge
+            box = tuple(slice(max(int(np.floor((c - reach) / s)), 0), min(int(np.ceil((c + reach) / s)) + 1, n))
+                        for c, s, n in zip(centre, step, shape))
+            offset = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float32) * np.float32(s) - np.float32(c)
+                                   for b, s, c in zip(box, step, centre)], indexing="ij", sparse=True)
+            rotation = _uniform_rotation(turn[k])
+            # coordinates along the ellipsoid's own axes, scaled so its surface is at radius 1
+            radius = np.sqrt(sum((sum(o * np.float32(rotation[i, j]) for j, o in enumerate(offset))
+                                  / np.float32(semi_axes[k, i])) ** 2 for i in range(3)))
+            weight = np.clip((1.0 - radius) * np.float32(semi_axes[k].min() / edge) + 0.5, 0.0, 1.0)
+            full = np.zeros(shape, np.float32)
+            full[box] = weight
+            full[keep_out] = 0.0
+            _shift_to_levels(image, full, levels[k])
+
+    return _channelwise_transform("RandLumpsd", keys, prob, draw, apply, label_key=label_key)
+
+
+def _uniform_rotation(u: np.ndarray) -> np.ndarray:
+    """Rotation matrix drawn uniformly over all rotations from three uniform numbers in [0, 1) (Shoemake 1992)."""
+    a, b = np.sqrt(1.0 - u[0]), np.sqrt(u[0])
+    x, y, z, w = a * np.sin(2 * np.pi * u[1]), a * np.cos(2 * np.pi * u[1]), b * np.sin(2 * np.pi * u[2]), \
+        b * np.cos(2 * np.pi * u[2])
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _shift_to_levels(image: np.ndarray, weight: np.ndarray, levels: np.ndarray) -> None:
+    """Shift every channel of ``image`` inside ``weight`` from its mean there to the quantile ``levels[channel]``
+    of that channel, by the weight (texture kept, partial-volume edge); nothing when no voxel is more than half
+    inside."""
+    inside = weight > 0.5
+    if not inside.any():
+        return
+    for channel in range(image.shape[0]):
+        level = np.quantile(image[channel], levels[channel])
+        image[channel] += weight * np.float32(level - image[channel][inside].mean())
 
 
 def _with_mean_and_sd(values: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -356,6 +432,7 @@ def train_transforms(config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0
                     mode=("trilinear", "nearest"), keep_size=True, padding_mode="edge"),
         # only when asked for (as the transforms at the end): vessels before the blur and the contrast changes
         *([vessel_transform("image", config.vessel_prob, spacing=spacing)] if config.vessel_prob else []),
+        *([lump_transform("image", config.lump_prob, spacing=spacing)] if config.lump_prob else []),
         T.RandGaussianSmoothd("image", prob=config.smooth_prob, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0),
                               sigma_z=(0.25, 0.6)),
         T.RandScaleIntensityd("image", factors=config.intensity_scale, prob=config.intensity_prob),

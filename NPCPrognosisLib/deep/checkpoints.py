@@ -94,7 +94,7 @@ def update_average(average: dict[str, Any] | None, model, count: int) -> dict[st
 
 #: Augmentations added after checkpoints were first written, with the probability that reproduces a run started
 #: before them (the transform absent), so such a run can still be resumed.
-_ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0, "vessel_prob": 0.0}
+_ADDED_AUGMENTATIONS = {"gin_prob": 0.0, "fat_unsuppressed_prob": 0.0, "vessel_prob": 0.0, "lump_prob": 0.0}
 
 
 #: The default batch size of the versions whose checkpoints did not record it.

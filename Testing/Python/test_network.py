@@ -298,6 +298,56 @@ def test_vessels_are_drawn_as_tubes_of_random_appearance_away_from_the_labels():
                               train_transforms(AugmentConfig(vessel_prob=0.5), spacing=spacing).transforms]
 
 
+def test_lumps_are_ellipsoids_of_random_appearance_away_from_the_labels():
+    """Balls of a known radius change as many voxels as the ball holds (4/3 pi r^3 on the mm grid, one-voxel edge
+    aside) by one shift per sequence (texture kept), never a labelled voxel or its neighbours, darker on one sequence
+    and brighter on another in some samples; the rotation is a rotation; re-seeding redraws the same lumps,
+    probability 0 changes nothing, and the default training transforms draw none."""
+    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import label as components
+
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, _uniform_rotation, lump_transform, train_transforms
+
+    rng = np.random.default_rng(8)
+    image = rng.normal(size=(3, 48, 48, 16)).astype(np.float32)
+    original = image.copy()
+    label = np.zeros((1, 48, 48, 16), np.uint8)
+    label[0, 18:30, 18:30, 6:10] = 2
+    near_label = binary_dilation(label[0] > 0, iterations=1)
+    spacing = (2.0, 2.0, 4.0)
+    radius = 8.0
+    ball_voxels = 4 / 3 * np.pi * radius ** 3 / np.prod(spacing)
+    lumps = lump_transform("image", 1.0, spacing=spacing, semi_axis_mm=(radius, radius))
+    mixed = balls = 0
+    for seed in range(24):
+        out = _seeded_twice(lumps, seed, image, label)
+        change = out - image
+        changed = np.abs(change).max(axis=0) > 1e-5
+        assert changed.any() and not (changed & near_label).any()
+        count = lumps._params[0]
+        full = changed & (np.abs(change).min(axis=0) > 0)
+        pieces, n_pieces = components(full)
+        assert 1 <= n_pieces <= count
+        if count == 1 and all(0 < i.min() and i.max() < n - 1 for i, n in zip(np.nonzero(changed), changed.shape)):
+            # one shift per sequence, scaled by one weight map whose sum is the ball's volume in voxels
+            weight = change / change.reshape(3, -1)[:, np.abs(change[0]).argmax()][:, None, None, None]
+            np.testing.assert_allclose(weight, weight[:1].repeat(3, axis=0), atol=1e-3)
+            if not (binary_dilation(changed, iterations=1) & near_label).any():
+                assert abs(weight[0].sum() - ball_voxels) < 0.1 * ball_voxels
+                balls += 1
+        signs = {int(np.sign(change[c][full].mean())) for c in range(3)}
+        mixed += signs == {-1, 1}
+    assert mixed >= 3 and balls >= 1
+    turn = _uniform_rotation(np.array([0.3, 0.6, 0.9]))
+    np.testing.assert_allclose(turn @ turn.T, np.eye(3), atol=1e-12)
+    assert np.isclose(np.linalg.det(turn), 1.0)
+    assert np.array_equal(image, original)  # the input array is not modified
+    assert np.array_equal(np.asarray(lump_transform("image", 0.0)({"image": image, "label": label})["image"]), image)
+    assert "RandLumpsd" not in [type(t).__name__ for t in train_transforms(AugmentConfig()).transforms]
+    assert "RandLumpsd" in [type(t).__name__ for t in
+                            train_transforms(AugmentConfig(lump_prob=0.5), spacing=spacing).transforms]
+
+
 def test_fat_unsuppressed_augmentation_brightens_t1_bright_tissue_on_the_cet1w_only():
     """Tissue bright on the T1W (fat) becomes bright on the CET1W, an enhancing tumour dark on the T1W keeps its
     place but loses z-score (the CET1W keeps its mean and SD, as normalisation of a scan with bright fat does);
