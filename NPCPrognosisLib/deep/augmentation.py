@@ -4,9 +4,9 @@ Why so mild in geometry and so strong in contrast: tumour volume carries prognos
 change), so rotations and zooms stay small; but scanners, protocols and contrast doses change how each sequence
 shows a tumour, so each sequence's contrast is scaled on its own, and when (almost) every training CET1W is
 fat-suppressed some samples are made to look as if it were not (:func:`fat_suppression_survey`). The transforms
-the project tried and left off (modality dropout, intensity remapping, random shallow networks) or has not yet
-measured both ways (vessels of random appearance) stay available behind their probabilities, off by default, with
-what they did in ``docs/segmentation-network.md``.
+the project tried and left off (modality dropout, intensity remapping, random shallow networks, vessels and lumps
+of random appearance) stay available behind their probabilities, off by default, with what they did in
+``docs/segmentation-network.md``.
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ class AugmentConfig:
     #: background, each sequence inside a tube shifted to a random level of its own (0.5-99.5th percentile of the
     #: patch), the label untouched. The same vessel is a dark flow void on every spin-echo sequence and bright on a
     #: gradient-echo contrast scan; a network that has seen only one appearance takes the other, a round section on
-    #: each slice, for a node. Tubes teach that shape, not level, makes a vessel. Off by default until measured
-    #: in both directions: trained on family B (two seeds) family-A nodes +0.10 / +0.14 Dice, far false nodes
-    #: gone; a network trained on A and tested on B not yet run (docs/segmentation-network.md).
+    #: each slice, for a node. Tubes teach that shape, not level, makes a vessel. Off by default: trained on
+    #: family B (two seeds) family-A nodes +0.10 / +0.14 Dice and the far false nodes gone, but trained on family A
+    #: and tested on B the primary -0.048 and the nodes only +0.034 (their false nodes there are round: discs and
+    #: glands), and over the three runs the primary moved -0.039, +0.006, -0.048 (docs/segmentation-network.md).
     vessel_prob: float = 0.0
     #: Unlabelled lumps of random appearance: in this share of samples 1-3 ellipsoids (semi-axes 3-12 mm each,
     #: turned at random) are drawn into the background as the vessels are, each sequence at its own random level.
