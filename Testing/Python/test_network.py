@@ -724,7 +724,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     state = json.loads(state_path.read_text(encoding="utf-8"))
     # what an older version wrote: neither augmentation in the stored settings, no survey record, the one-epoch
     # warm-up that was the default then
-    for key in ("fat_unsuppressed_prob", "gin_prob", "vessel_prob"):
+    for key in ("fat_unsuppressed_prob", "gin_prob", "vessel_prob", "lump_prob"):
         del state["config"]["augment"][key]
     del state["fat_suppression"], state["batch_size"]
     del state["config"]["preprocess"]["field_grid_mm"], state["config"]["preprocess"]["n4_max_fit_size"]
@@ -746,7 +746,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions
     assert training["config"]["preprocess"]["field_grid_mm"] == 0.0
     assert training["config"]["preprocess"]["n4_max_fit_size"] == 64
     stored = json.loads(state_path.read_text(encoding="utf-8"))["config"]["augment"]
-    assert stored["gin_prob"] == 0.0 and stored["vessel_prob"] == 0.0
+    assert stored["gin_prob"] == 0.0 and stored["vessel_prob"] == 0.0 and stored["lump_prob"] == 0.0
 
 
 def test_a_resumed_run_keeps_its_batch_size_and_refuses_another(tiny_cohort, tmp_path):
