@@ -258,21 +258,25 @@ def test_gin_redraws_each_samples_appearance_keeping_level_spread_and_label():
     assert "RandGINd" in [type(t).__name__ for t in train_transforms(AugmentConfig(gin_prob=0.5)).transforms]
 
 
+def _noise_patch_with_a_label(seed: int, shape: tuple[int, int, int], box: tuple[slice, ...], value: int):
+    """Three channels of noise, a label map with ``value`` in ``box``, and the voxels of or next to the label."""
+    from scipy.ndimage import binary_dilation
+
+    image = np.random.default_rng(seed).normal(size=(3, *shape)).astype(np.float32)
+    label = np.zeros((1, *shape), np.uint8)
+    label[(0, *box)] = value
+    return image, label, binary_dilation(label[0] > 0, iterations=1)
+
+
 def test_vessels_are_drawn_as_tubes_of_random_appearance_away_from_the_labels():
     """Drawn straight along the slices (tilt 0), a vessel changes the same in-plane discs on every slice by the
     same amount (the texture kept, only the level shifted), never touches a labelled voxel or its neighbours,
     is sized in mm by the grid spacing, and is darker on one sequence and brighter on another in some samples (the
     sequences are drawn independently); re-seeding redraws the same vessels and probability 0 changes nothing."""
-    from scipy.ndimage import binary_dilation
-
     from NPCPrognosisLib.deep.augmentation import AugmentConfig, train_transforms, vessel_transform
 
-    rng = np.random.default_rng(5)
-    image = rng.normal(size=(3, 40, 40, 8)).astype(np.float32)
+    image, label, near_label = _noise_patch_with_a_label(5, (40, 40, 8), np.s_[14:26, 14:26, 2:6], 1)
     original = image.copy()
-    label = np.zeros((1, 40, 40, 8), np.uint8)
-    label[0, 14:26, 14:26, 2:6] = 1
-    near_label = binary_dilation(label[0] > 0, iterations=1)
     spacing = (2.0, 2.0, 4.0)
     vessels = vessel_transform("image", 1.0, spacing=spacing, radius_mm=(3.0, 6.0), max_tilt_rad=0.0)
     mixed = 0
@@ -308,12 +312,8 @@ def test_lumps_are_ellipsoids_of_random_appearance_away_from_the_labels():
 
     from NPCPrognosisLib.deep.augmentation import AugmentConfig, _uniform_rotation, lump_transform, train_transforms
 
-    rng = np.random.default_rng(8)
-    image = rng.normal(size=(3, 48, 48, 16)).astype(np.float32)
+    image, label, near_label = _noise_patch_with_a_label(8, (48, 48, 16), np.s_[18:30, 18:30, 6:10], 2)
     original = image.copy()
-    label = np.zeros((1, 48, 48, 16), np.uint8)
-    label[0, 18:30, 18:30, 6:10] = 2
-    near_label = binary_dilation(label[0] > 0, iterations=1)
     spacing = (2.0, 2.0, 4.0)
     radius = 8.0
     ball_voxels = 4 / 3 * np.pi * radius ** 3 / np.prod(spacing)
