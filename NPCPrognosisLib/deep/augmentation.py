@@ -246,8 +246,9 @@ def lump_transform(keys: str | Sequence[str], prob: float, *, spacing: Sequence[
     random level exactly as in :func:`vessel_transform`. A lump that would reach a labelled voxel or its neighbour
     is not drawn at all: cut off at the contour it would be tissue of any look continuous with the tumour and
     labelled background. Across phantom families, lumps cut off that way (the first version) lost the other
-    family's nodes in one training run of four and moved its primary by -0.028 on average; whole lumps raised the
-    nodes in all four and moved the primary by -0.014 (docs/segmentation-network.md).
+    family's nodes in one training run of four (-0.079) and moved its primary by -0.028 on average; whole lumps, over
+    six runs (three seeds each way), lost at most 0.008 on the nodes and moved the primary by -0.009 on average
+    (docs/segmentation-network.md, "Lumps apart from the contours", "A third seed").
     """
     from scipy.ndimage import binary_dilation
 
