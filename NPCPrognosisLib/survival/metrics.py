@@ -10,6 +10,7 @@ Convention throughout: ``risk`` is higher for worse prognosis; times are in the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -295,12 +296,19 @@ def kaplan_meier(time: Any, event: Any) -> tuple:
 
 
 def _km_at(time: np.ndarray, event: np.ndarray, t: float) -> tuple:
-    """KM survival at t with its log-log 95% CI; None when t lies beyond the group's follow-up."""
+    """KM survival at t with its log-log 95% CI; None when t lies beyond the group's follow-up.
+
+    A group whose every patient had the event before t has a known survival of 0 at t, not an unknown one:
+    the worst-prognosis group of a small cohort often ends that way, and leaving it out would drop exactly the
+    group a calibration plot is read for.
+    """
     from sksurv.nonparametric import kaplan_meier_estimator
 
-    if len(time) == 0 or t > time.max():
+    if len(time) == 0:
         return None, None, None
     x, s, ci = kaplan_meier_estimator(event, time, conf_type="log-log")
+    if t > time.max():
+        return (0.0, None, None) if s[-1] == 0 else (None, None, None)
     i = int(np.searchsorted(x, t, side="right")) - 1
     if i < 0:
         return 1.0, 1.0, 1.0
@@ -350,12 +358,27 @@ def logrank(time: Any, event: Any, group: Any) -> tuple:
 
 
 def hazard_ratio(time: Any, event: Any, group: Any) -> tuple:
-    """Hazard ratio of group 1 ('high') vs 0 ('low') with its Wald 95% CI, from a univariable Cox fit."""
+    """Hazard ratio of group 1 ('high') vs 0 ('low') with its Wald 95% CI, from a univariable Cox fit.
+
+    When the groups' event times do not overlap (each event of one group happens while no patient of the
+    other is at risk) the likelihood has no maximum and the fit stops at an arbitrary huge value: that is
+    refused rather than reported as a number (the log-rank test and the curves still describe such groups).
+    """
     t, e = check_survival_arrays(time, event)
     g = _binary_group(group, len(t))
-    model = fit_cox(g.reshape(-1, 1).astype(float), t, e, ["group"], ties="efron")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        model = fit_cox(g.reshape(-1, 1).astype(float), t, e, ["group"], ties="efron")
     row = model.summary()[0]
-    return float(row["hr"]), float(row["hr_95ci"][0]), float(row["hr_95ci"][1])
+    hr, lo, hi = float(row["hr"]), float(row["hr_95ci"][0]), float(row["hr_95ci"][1])
+    separated = any(issubclass(w.category, RuntimeWarning) and "Cox" in str(w.message) for w in caught)
+    if separated or not all(np.isfinite([hr, lo, hi])) or lo <= 0.0:
+        raise InputError(
+            "the hazard ratio is infinite or zero: the two groups' event times do not overlap (monotone "
+            "likelihood), so no finite estimate exists",
+            column="group", fix="report the log-rank test and the Kaplan-Meier curves of the groups instead",
+        )
+    return hr, lo, hi
 
 
 # ------------------------------------------------------------------------------------------- calibration

@@ -18,6 +18,9 @@ import numpy as np
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.survival.checks import check_survival_arrays
 
+#: Risks closer than this are one value (sksurv's ``concordance_index_censored`` counts them as tied).
+TIED_RISK_TOL = 1e-8
+
 
 def _logrank_all_cutoffs(order_risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """Log-rank chi2 for high = the last m patients in risk order, for every m = 1..n-1 (index m-1)."""
@@ -65,9 +68,12 @@ def max_logrank_cutoff(risk: Any, time: Any, event: Any, min_share: float = 0.10
     n = len(r)
     order = np.argsort(r, kind="mergesort")
     rs = r[order]
-    # A split after position m-1 (m patients low) is a valid cut only where the risk value changes.
+    # A split after position m-1 (m patients low) is a valid cut only where the risk value changes by more than
+    # rounding: patients with the same factors get linear predictors a few ulps apart from the BLAS, and they
+    # must share a group (the same tolerance as Harrell's C counts ties with); the midpoint of such a gap could
+    # also round onto the upper value and leave the scanned split unmade.
     m = np.arange(1, n)
-    valid = rs[1:] > rs[:-1]
+    valid = (rs[1:] - rs[:-1]) > TIED_RISK_TOL
     need = max(1, math.ceil(float(min_share) * n - 1e-9))
     valid &= (m >= need) & (n - m >= need)
     if not valid.any():

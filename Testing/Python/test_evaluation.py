@@ -236,6 +236,33 @@ def test_calibration_groups_and_km_observed(rossi_split):
     assert all(r["observed"] is None for r in calibration(s36, te.week, te.arrest, 60.0))
 
 
+def test_calibration_group_whose_every_patient_had_the_event_observes_zero_not_unknown():
+    # the worst-prognosis group (lowest predicted survival) all had the event by month 5, the other group's
+    # follow-up ends censored: survival at 12 is known to be 0 in the first and unknown in a censored tail
+    t = np.array([2, 3, 4, 5, 20, 30, 40, 50.0])
+    e = np.array([1, 1, 1, 1, 0, 1, 0, 0])
+    rows = calibration(np.array([0.1, 0.1, 0.2, 0.2, 0.7, 0.8, 0.8, 0.9]), t, e, 12.0, n_groups=2)
+    assert rows[0]["observed"] == pytest.approx(float(KaplanMeierFitter().fit(t[:4], e[:4]).predict(12.0)))
+    assert rows[0]["observed"] == 0.0 and rows[1]["observed"] == 1.0
+    censored_tail = calibration(np.array([0.1, 0.1, 0.2, 0.2]), np.array([2, 3, 4, 5.0]), np.array([1, 0, 1, 0]),
+                                12.0, n_groups=1)
+    assert censored_tail[0]["observed"] is None
+
+
+def test_hazard_ratio_of_groups_whose_event_times_do_not_overlap_is_refused_and_reported():
+    # the low group's events (months 5 and 8) come after every high-risk patient has left: lifelines and sksurv
+    # stop at an arbitrary huge coefficient; the report must say the ratio is undefined instead of printing it
+    t = np.array([1, 1, 2, 2, 3, 5, 8, 9.0])
+    e = np.array([1, 0, 1, 0, 0, 1, 1, 0])
+    r = np.array([3, 3, 2, 2, 0, 0, -1, -1.0])
+    with pytest.raises(InputError, match="do not overlap"):
+        hazard_ratio(t, e, (r > 1).astype(int))
+    out = evaluate_risk(r, t, e, t, e, cutoff=1.0, n_boot=20, times=(4.0,))
+    assert out["hr_high_vs_low"] is None and out["hr_high_vs_low_95ci"] == [None, None]
+    assert any("do not overlap" in w for w in out["warnings"])
+    assert out["logrank_p"] is not None  # the groups are still compared
+
+
 def test_integrated_brier_against_sksurv(rossi_split):
     from sksurv.metrics import integrated_brier_score
     from sksurv.util import Surv
@@ -359,6 +386,22 @@ def test_max_logrank_cutoff_is_the_brute_force_maximum_and_respects_min_share():
     assert res["n_high"] <= 45
     with pytest.raises(InputError):
         max_logrank_cutoff(np.ones(50), t[:50], e[:50])
+
+
+def test_max_logrank_cutoff_keeps_risks_a_rounding_apart_in_one_group():
+    # patients with identical factors get linear predictors an ulp apart from the BLAS: they are one risk value,
+    # so no cut falls between them (a midpoint of two neighbouring floats can round onto the upper one)
+    a = 0.3
+    r = np.r_[np.full(30, a), np.full(10, np.nextafter(a, 1.0)), np.linspace(1.0, 2.0, 20)]
+    rng = np.random.default_rng(3)
+    t = np.r_[rng.uniform(5, 60, 40), rng.uniform(1, 10, 20)]
+    e = np.ones(60, dtype=bool)
+    res = max_logrank_cutoff(r, t, e)
+    high = r > res["cutoff"]
+    assert high[:40].sum() in (0, 40)
+    assert res["n_high"] == int(high.sum()) == 20
+    with pytest.raises(InputError, match="no cut-off"):
+        max_logrank_cutoff(r[:40], t[:40], e[:40])
 
 
 def test_assign_groups():
