@@ -300,7 +300,7 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
-    from NPCPrognosisLib.io.images import load_patient, write_image_atomic
+    from NPCPrognosisLib.io.images import load_patient, split_series_selector, write_image_atomic
     from NPCPrognosisLib.io.manifest import load_column_map
     from NPCPrognosisLib.pipeline.segment import segment_cohort
 
@@ -320,10 +320,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                              saliency=args.saliency)
     out = write_image_atomic(result.mask, args.out)
     stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
-    if Path(args.t1c).is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
+    if split_series_selector(args.t1c)[0].is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
         from NPCPrognosisLib.io.dicom_rt import write_seg
 
-        print(f"DICOM SEG: {write_seg(result.mask, args.t1c, f'{stem}_seg.dcm')}")
+        seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm")
+        print(f"DICOM SEG: {seg or 'not written, the mask holds no contour'}")
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
     if result.saliency is not None:

@@ -59,25 +59,74 @@ def _matches(name: str, patterns: str) -> bool:
     return any(fnmatch.fnmatch(name.strip().lower(), p.strip().lower()) for p in patterns.split("|") if p.strip())
 
 
-def _rasterise(points_lps: np.ndarray, reference: sitk.Image, layer: np.ndarray) -> bool:
-    """XOR one closed polygon into ``layer`` (z, y, x) on the slice it lies on; False when it is not on one."""
-    from matplotlib.path import Path as Polygon
-
+def _contour_index(points_lps: np.ndarray, reference: sitk.Image) -> np.ndarray | None:
+    """A polygon's points as continuous (i, j, k) indices of ``reference``; None when it is not parallel to its
+    slices (its k spreads over more than half a slice) or lies outside them."""
     spacing = np.array(reference.GetSpacing())
     direction = np.array(reference.GetDirection()).reshape(3, 3)
-    index = ((points_lps - np.array(reference.GetOrigin())) @ direction) / spacing  # continuous (i, j, k)
-    k = np.round(index[:, 2])
-    if np.ptp(index[:, 2]) > 0.5 or not 0 <= k[0] < layer.shape[0]:
-        return False
+    index = ((points_lps - np.array(reference.GetOrigin())) @ direction) / spacing
+    depth = reference.GetSize()[2]
+    if np.ptp(index[:, 2]) > 0.5 or not -0.5 <= float(index[:, 2].mean()) < depth - 0.5:
+        return None
+    return index
+
+
+def _fill(index: np.ndarray, layer: np.ndarray) -> None:
+    """XOR one closed polygon (continuous indices) into one slice ``layer`` (y, x): even-odd, so holes drawn as
+    inner polygons of the same plane come out."""
+    from matplotlib.path import Path as Polygon
+
     lo = np.maximum(np.floor(index[:, :2].min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.ceil(index[:, :2].max(axis=0)).astype(int), [layer.shape[2] - 1, layer.shape[1] - 1])
+    hi = np.minimum(np.ceil(index[:, :2].max(axis=0)).astype(int), [layer.shape[1] - 1, layer.shape[0] - 1])
     if np.any(hi < lo):
-        return True
+        return
     ii, jj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
     inside = Polygon(index[:, :2]).contains_points(np.column_stack([ii.ravel(), jj.ravel()]))
-    window = layer[int(k[0]), lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-    window ^= inside.reshape(ii.shape)
-    return True
+    layer[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] ^= inside.reshape(ii.shape)
+
+
+def _plane(index: np.ndarray) -> float:
+    """Where a polygon's plane lies, in reference slices (to a hundredth: points are rounded in the file)."""
+    return round(float(index[:, 2].mean()), 2)
+
+
+def _plane_step(polygons: list[np.ndarray]) -> float | None:
+    """The spacing of the planes the contours were drawn on, in reference slices (None for a single plane)."""
+    planes = np.unique([_plane(index) for index in polygons])
+    gaps = np.diff(planes)
+    gaps = gaps[gaps > 0.05]  # rounding of the points in the file, not another plane
+    return float(gaps.min()) if len(gaps) else None
+
+
+def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, step: float | None) -> int:
+    """Each slice of ``layer`` (z, y, x) takes the polygons of the contour plane nearest its centre.
+
+    Contours drawn on finer planes than the grid (a planning CT's 1 mm slices on a 3 mm MR) give a slice several
+    planes: XOR across them would cancel an even number of copies of the same outline, and their union would
+    thicken the structure by up to a slice. Taking the nearest plane samples the structure at the slice centre,
+    as nearest-neighbour resampling does. ``step`` is the spacing of the structure set's planes (all its ROIs): a
+    plane without a contour of this ROI is still a plane, so a slice nearest to it stays empty. Returns the number
+    of polygons on planes no slice took.
+    """
+    planes: dict[float, list[np.ndarray]] = {}
+    for index in polygons:
+        planes.setdefault(_plane(index), []).append(index)
+    if not planes:
+        return 0
+    used: set[float] = set()
+    first = min(planes)
+    for k in range(layer.shape[0]):
+        if step is not None and step < 1.0:
+            target = first + round((k - first) / step) * step
+            chosen = [z for z in planes if abs(z - target) < 0.25 * step]
+        else:
+            chosen = [z for z in planes if -0.5 <= z - k < 0.5]
+        if chosen:
+            z = min(chosen, key=lambda z: abs(z - k))
+            used.add(z)
+            for index in planes[z]:
+                _fill(index, layer[k])
+    return sum(len(group) for z, group in planes.items() if z not in used)
 
 
 def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mapping[str, str] | None = None, *,
@@ -99,7 +148,8 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
         uint8 labels on the reference grid.
     report : dict
         ``matched`` {structure: [ROI names]}, ``unmatched`` [ROI names no structure took], ``skipped_contours``
-        (polygons not lying on one reference slice).
+        (polygons not parallel to the reference slices or outside them), ``contours_between_slices`` (polygons
+        of contour planes finer than the grid that no slice took: each slice takes the plane nearest its centre).
     """
     import pydicom
 
@@ -117,7 +167,8 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
     shape = sitk.GetArrayViewFromImage(reference).shape
     labels = np.zeros(shape, np.uint8)
     matched: dict[str, list[str]] = {s["name"]: [] for s in SEGMENTS}
-    unmatched, skipped = [], 0
+    unmatched, skipped, between = [], 0, 0
+    rois: list[tuple[str, list[np.ndarray]]] = []
     by_label = {s["label"]: s["name"] for s in SEGMENTS}
     for roi in ds.get("ROIContourSequence", []):
         name = names.get(int(roi.ReferencedROINumber), f"ROI {roi.ReferencedROINumber}")
@@ -126,14 +177,22 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
             unmatched.append(name)
             continue
         matched[structure].append(name)
-        layer = np.zeros(shape, bool)
+        polygons = []
         for contour in roi.get("ContourSequence", []):
             if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) not in ("CLOSED_PLANAR", ""):
                 skipped += 1
                 continue
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
-            if len(points) < 3 or not _rasterise(points, reference, layer):
+            index = _contour_index(points, reference) if len(points) >= 3 else None
+            if index is None:
                 skipped += 1
+            else:
+                polygons.append(index)
+        rois.append((structure, polygons))
+    step = _plane_step([index for _structure, polygons in rois for index in polygons])
+    for structure, polygons in rois:
+        layer = np.zeros(shape, bool)
+        between += _rasterise_planes(polygons, layer, step)
         label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
         labels[layer & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
     if not matched["GTVp"]:
@@ -143,7 +202,7 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
     report = {"matched": matched, "unmatched": unmatched, "skipped_contours": skipped,
-              "labels": {str(k): v for k, v in by_label.items()}}
+              "contours_between_slices": between, "labels": {str(k): v for k, v in by_label.items()}}
     return mask, report
 
 
@@ -238,37 +297,42 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
     return path
 
 
-def series_files(folder: str | Path, series_uid: str | None = None) -> list[str]:
-    """The files of one DICOM series in the order SimpleITK stacks them (GDCM)."""
-    reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(str(folder))
-    uid = series_uid or (uids[0] if len(uids) == 1 else None)
-    if uid is None:
-        raise InputError(f"{folder} holds {len(uids)} DICOM series; say which", path=folder,
-                         fix="put one series per folder")
-    return list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-
-
-def write_seg(mask: sitk.Image, source_folder: str | Path, path: str | Path, *,
-              series_uid: str | None = None) -> Path:
+def write_seg(mask: sitk.Image, source: str | Path, path: str | Path) -> Path | None:
     """Automatic contours as a DICOM SEG (highdicom) referencing the CET1W series they were drawn on.
 
-    ``mask`` must be on the grid SimpleITK reads from ``source_folder`` (one frame per source image, same order).
+    Parameters
+    ----------
+    mask : SimpleITK.Image
+        Labels (1 = GTVp, 2 = GTVn) on the grid :func:`~NPCPrognosisLib.io.images.read_image` reads from
+        ``source`` (one frame per source image, same order).
+    source : path
+        The CET1W series as the manifest names it: a folder, or ``folder::selector`` for one of several series.
+    path : path
+        The SEG file to write.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The file written; None when the mask holds no contour (a SEG must describe at least one segment), so
+        nothing is written.
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     from NPCPrognosisLib.io.atomic import atomic_path
+    from NPCPrognosisLib.io.images import dicom_series_files, split_series_selector
 
-    files = series_files(source_folder, series_uid)
-    sources = [pydicom.dcmread(f) for f in files]
     labels = sitk.GetArrayFromImage(mask)
+    present = [s for s in SEGMENTS if (labels == s["label"]).any()]
+    if not present:
+        return None
+    folder, selector = split_series_selector(source)
+    sources = [pydicom.dcmread(f) for f in dicom_series_files(folder, selector, role="t1c")]
     if labels.shape[0] != len(sources):
         raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
-                         path=source_folder, fix="write the SEG from the mask segment produced for this series")
+                         path=folder, fix="write the SEG from the mask segment produced for this series")
     descriptions = []
-    present = [s for s in SEGMENTS if (labels == s["label"]).any()]
     for number, segment in enumerate(present, start=1):
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=segment["name"],

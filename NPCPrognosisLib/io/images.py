@@ -182,6 +182,59 @@ def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id:
     return series[chosen[0]][1]
 
 
+#: Slice gaps of one series may differ from their median by this share (rounding of the positions in the headers).
+SLICE_GAP_TOLERANCE = 0.1
+
+
+def check_series_slices(files: list[str], *, patient_id: str | None = None, path: str | Path | None = None,
+                        role: str = "image") -> None:
+    """Refuse a DICOM series whose slices do not form one evenly spaced stack.
+
+    SimpleITK's series reader assembles such a series anyway and only prints a warning: a missing slice gives the
+    volume one slice less and a spacing averaged over the gap, a duplicate position (two echoes or a repeated
+    acquisition under one SeriesInstanceUID) a spacing a third as large, a stray slice of another orientation a
+    volume through both. Every voxel would then sit in the wrong place, so the headers are checked first: one
+    orientation, and gaps along the slice normal within :data:`SLICE_GAP_TOLERANCE` of their median. A single
+    (multi-frame) file, or files without position tags, are left to the reader.
+    """
+    import pydicom
+
+    if len(files) < 2:
+        return
+    positions, orientations = [], []
+    for name in files:
+        header = pydicom.dcmread(name, stop_before_pixels=True,
+                                 specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+        if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+            return
+        positions.append([float(v) for v in header.ImagePositionPatient])
+        orientations.append([float(v) for v in header.ImageOrientationPatient])
+    orientation = np.asarray(orientations)
+    fix = ("export the series again, whole, from the scanner or PACS; if the folder holds several volumes, give each "
+           "its own folder or name the one meant with <folder>::<SeriesInstanceUID or description>")
+    if np.abs(orientation - orientation[0]).max() > 1e-3:
+        odd = int(np.argmax(np.abs(orientation - orientation[0]).max(axis=1)))
+        raise InputError(f"{role}: the DICOM series mixes slice orientations ({Path(files[odd]).name} is not oriented "
+                         f"as {Path(files[0]).name})", patient_id=patient_id, path=path, fix=fix)
+    normal = np.cross(orientation[0, :3], orientation[0, 3:])
+    along = np.sort(np.asarray(positions) @ normal)
+    distinct = len(np.unique(np.round(along, 2)))
+    if distinct < len(along):
+        raise InputError(f"{role}: the {len(files)} DICOM images of the series lie at {distinct} slice positions: it "
+                         "holds more than one volume (echoes, time points or a repeated acquisition)",
+                         patient_id=patient_id, path=path, fix=fix)
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    uneven = np.flatnonzero(np.abs(gaps - step) > SLICE_GAP_TOLERANCE * step)
+    if uneven.size:
+        k = int(uneven[0])
+        what = "a slice is missing" if gaps[k] > step else "the slices are unevenly spaced"
+        raise InputError(f"{role}: {what} in the DICOM series: {gaps[k]:.2f} mm between the slices at "
+                         f"{along[k]:.2f} and {along[k + 1]:.2f} mm along the slice normal, where the series steps "
+                         f"{step:.2f} mm ({uneven.size} such gap(s) among {len(files)} images)",
+                         patient_id=patient_id, path=path, fix=fix)
+
+
 def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder as a 3D image, checking what later stages assume."""
     path, selector = split_series_selector(path)
@@ -190,8 +243,10 @@ def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "
                          fix="check the path in the manifest (paths are relative to the manifest's folder)")
     try:
         if path.is_dir():
+            files = dicom_series_files(path, selector, patient_id=patient_id, role=role)
+            check_series_slices(files, patient_id=patient_id, path=path, role=role)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(dicom_series_files(path, selector, patient_id=patient_id, role=role))
+            reader.SetFileNames(files)
             image = reader.Execute()
         else:
             check_file_integrity(path, patient_id=patient_id, role=role)
@@ -273,13 +328,22 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
 
     ``automatic``: the map is the segmentation network's, so an empty GTVp means the network missed the tumour and
     the advice is to contour it by hand (not to run the automatic segmentation that just ran)."""
-    mask = sitk.Cast(mask, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
+    # The values are checked as stored, before any cast: a cast to 8 bits wraps 257 to a GTVp and truncates an
+    # interpolated 1.6 to a GTVp as well, turning a wrong mask into a plausible one.
     values = np.unique(sitk.GetArrayViewFromImage(mask))
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        odd = values[~np.isfinite(values) | (values != np.round(values))]
+        raise InputError(f"mask has non-integer value(s) {odd[:5].tolist()}: an interpolated or probability map, not a "
+                         "label map", patient_id=patient_id, path=path,
+                         fix="resample masks with nearest-neighbour interpolation (or threshold the probabilities) "
+                             "and save labels 0, 1 (GTVp), 2 (GTVn)")
     allowed = {0, *LABELS.values()}
-    unknown = sorted(set(values.tolist()) - allowed)
+    unknown = sorted({int(v) for v in values.tolist()} - allowed)
     if unknown:
         raise InputError(f"mask has label value(s) {unknown}; expected 0, 1 (GTVp) and 2 (GTVn)",
                          patient_id=patient_id, path=path, fix="relabel: primary tumour = 1, metastatic nodes = 2")
+    mask = sitk.Cast(mask, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
+    values = values.astype(np.uint8)
     if LABELS["gtvp"] not in values:
         if automatic:
             raise InputError("the segmentation network found no primary tumour (automatic GTVp is empty)",
@@ -413,6 +477,10 @@ def load_patient(
         if report["skipped_contours"]:
             notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) do not lie on a {reference} slice and "
                          "were skipped")
+        if report["contours_between_slices"]:
+            notes.append(f"the RTSTRUCT's contours lie on planes finer than the {reference} slices: each slice took "
+                         f"the plane nearest its centre ({report['contours_between_slices']} contour(s) between slices "
+                         "unused); check the contours on the images")
     else:
         mask = read_image(mask_path, patient_id=patient_id, role="mask")
     patient = align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},

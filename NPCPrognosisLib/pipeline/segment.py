@@ -18,7 +18,7 @@ from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.dicom_rt import write_seg
-from NPCPrognosisLib.io.images import load_patient, write_image_atomic
+from NPCPrognosisLib.io.images import load_patient, split_series_selector, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,11 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")  # '../' in an ID stays inside out_dir
             name = path.name
             write_image_atomic(result.mask, path)
-            if entry.images.get(REFERENCE_SEQUENCE) is not None and Path(entry.images[REFERENCE_SEQUENCE]).is_dir():
+            reference = entry.images.get(REFERENCE_SEQUENCE)
+            if reference is not None and split_series_selector(reference)[0].is_dir():
                 # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer
-                write_seg(result.mask, entry.images[REFERENCE_SEQUENCE],
-                          patient_file(out_dir, entry.patient_id, "_seg.dcm"))
+                if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm")) is None:
+                    result.warnings.append("no DICOM SEG written: the mask holds no contour")
             masks[entry.patient_id] = name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],

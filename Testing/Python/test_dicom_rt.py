@@ -138,3 +138,112 @@ def test_a_folder_with_several_series_needs_the_series_named(patients, tmp_path)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(alone))
     with pytest.raises(InputError, match="no series matches 'FLAIR'"):
         read_image(f"{tmp_path / 'mixed'}::FLAIR", patient_id="A2", role="t1c")
+
+
+def test_a_dicom_series_with_a_missing_duplicate_or_stray_slice_is_refused_by_name(tmp_path):
+    """SimpleITK's reader stacks such a series anyway (one warning on stderr) with a wrong slice spacing, so every
+    voxel would sit in the wrong place; a whole series, shuffled file names and an oblique grid read as written."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+
+    rng = np.random.default_rng(5)
+    image = sitk.GetImageFromArray(rng.integers(100, 1000, (8, 20, 20)).astype(np.int16))
+    image.SetSpacing((1.0, 1.2, 3.0))
+    image.SetOrigin((-10.0, 5.0, 30.0))
+    angle = np.deg2rad(20.0)
+    image.SetDirection((1, 0, 0, 0, np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle)))
+    tags = {"0008|0060": "MR", "0010|0020": "P7", "0020|000d": dicom_uid(rng), "0020|0052": dicom_uid(rng)}
+    write_dicom_series(image, tmp_path / "whole", tags, dicom_uid(rng), rng)
+    files = sorted((tmp_path / "whole").iterdir())
+    for k, f in enumerate(files[::-1]):  # file names no longer in slice order
+        f.rename(tmp_path / "whole" / f"X{k:02d}.dcm")
+    whole = read_image(tmp_path / "whole", patient_id="P7", role="t1c")
+    assert whole.GetSize() == image.GetSize() and np.allclose(whole.GetSpacing(), image.GetSpacing())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(whole), sitk.GetArrayFromImage(image))
+
+    def variant(name, change):
+        folder = tmp_path / name
+        write_dicom_series(image, folder, tags, dicom_uid(rng), rng)
+        change(folder, sorted(folder.iterdir()))
+        return folder
+
+    missing = variant("missing", lambda folder, files: files[4].unlink())
+    with pytest.raises(InputError, match="a slice is missing") as info:
+        read_image(missing, patient_id="P7", role="t1c")
+    assert "P7" in str(info.value) and "missing" in str(info.value) and "6.00 mm" in str(info.value)
+
+    def duplicate(folder, files):
+        import pydicom
+
+        copy = pydicom.dcmread(files[3])
+        copy.SOPInstanceUID = dicom_uid(rng)
+        copy.save_as(folder / "echo2.dcm")
+
+    with pytest.raises(InputError, match="9 DICOM images of the series lie at 8 slice positions"):
+        read_image(variant("duplicate", duplicate), patient_id="P7", role="t1c")
+
+    def stray(folder, files):
+        import pydicom
+
+        other = pydicom.dcmread(files[2])
+        other.SOPInstanceUID = dicom_uid(rng)
+        other.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # a sagittal localiser filed in the same series
+        other.save_as(folder / "localiser.dcm")
+
+    with pytest.raises(InputError, match="mixes slice orientations"):
+        read_image(variant("stray", stray), patient_id="P7", role="t1c")
+
+
+def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):
+    """Contours drawn on 1 mm planes (a planning CT) read onto a 3 mm grid: three planes fall within half a slice of
+    each slice centre, and even-odd filling across them cancelled pairs; each slice now takes its nearest plane."""
+    fine = sitk.Image(40, 40, 24, sitk.sitkUInt8)
+    fine.SetSpacing((1.0, 1.0, 1.0))
+    labels = np.zeros((24, 40, 40), np.uint8)
+    labels[5:17, 10:20, 10:20] = 1  # a 12 mm tall box: two of its planes fall within half a slice of z = 16
+    labels[9:15, 14:17, 14:17] = 0  # with a hole through its middle planes
+    labels[3:9, 25:33, 25:33] = 2
+    fine = sitk.GetImageFromArray(labels)
+    fine.SetSpacing((1.0, 1.0, 1.0))
+    path = write_rtstruct(fine, tmp_path / "planning.dcm", patient_id="P9")
+    coarse = sitk.Image(40, 40, 8, sitk.sitkInt16)
+    coarse.SetSpacing((1.0, 1.0, 3.0))
+    coarse.SetOrigin((0.0, 0.0, 1.0))  # slice centres at z = 1, 4, 7, ... mm: on every third fine plane
+    mask, report = read_rtstruct(path, coarse)
+    expected = sitk.GetArrayFromImage(sitk.Resample(fine, coarse, sitk.Transform(), sitk.sitkNearestNeighbor))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
+    assert (expected == 1).sum() == 4 * 100 - 2 * 9 and report["skipped_contours"] == 0
+    assert report["contours_between_slices"] > 0
+
+
+def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_for_an_empty_mask(patients, tmp_path):
+    """A PACS export puts the three series in one folder, the manifest names each by its description; the SEG must
+    reference the named CET1W series. A mask without contours has no segment for a SEG to describe."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.io.dicom_rt import write_seg
+
+    patient = patients[4]
+    rng = np.random.default_rng(11)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+    names = {"t1": "T1 pre", "t2": "T2 TSE", "t1c": "T1 post contrast"}
+    for number, key in enumerate(("t1", "t2", "t1c"), start=1):
+        tags = {"0008|0060": "MR", "0010|0020": "B1", "0020|000d": study, "0020|0052": frame,
+                "0008|103e": names[key], "0020|0011": str(number)}
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / "parts" / key, tags,
+                           dicom_uid(rng), rng)
+    (tmp_path / "study").mkdir()
+    for key in names:
+        for f in (tmp_path / "parts" / key).iterdir():
+            (tmp_path / "study" / f"{key}_{f.name}").write_bytes(f.read_bytes())
+    pd.DataFrame([{"patient_id": "B1", **{key: f"study::{name}" for key, name in names.items()}}]).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    assert main(["--quiet", "segment", "--bundle", str(DEMO_NETWORK), "--manifest", str(tmp_path / "manifest.csv"),
+                 "--out", str(tmp_path / "seg")]) == 0
+    reference = read_image(f"{tmp_path / 'study'}::post contrast", role="t1c")
+    nifti = sitk.ReadImage(str(tmp_path / "seg" / "B1_mask.nii.gz"))
+    assert (sitk.GetArrayFromImage(nifti) == 1).any()
+    seg = read_seg_labels(tmp_path / "seg" / "B1_seg.dcm", reference)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(nifti))
+    empty = sitk.Image(nifti.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(nifti)
+    assert write_seg(empty, f"{tmp_path / 'study'}::post contrast", tmp_path / "empty_seg.dcm") is None
+    assert not (tmp_path / "empty_seg.dcm").exists()

@@ -36,6 +36,12 @@ def _mask(shape=(8, 20, 20), labels=(1, 2)):
     return mask
 
 
+def _like(reference, array):
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
 def _write_cohort(tmp_path, rows):
     images = tmp_path / "images"
     images.mkdir()
@@ -160,6 +166,23 @@ def test_empty_gtvp_and_unknown_labels():
     bad.SetSpacing((1.0, 1.0, 3.0))
     with pytest.raises(InputError, match="label value"):
         align_patient(images, bad, patient_id="P3")
+
+
+def test_mask_values_are_checked_as_stored_not_after_a_cast_to_8_bits():
+    images = {"t1c": _image()}
+    labels = sitk.GetArrayFromImage(_mask()).astype(np.int16)
+    wrapped = labels.copy()
+    wrapped[wrapped == 2] = 258  # an 8-bit cast wraps it to 2 and would accept it as GTVn
+    with pytest.raises(InputError, match=r"label value\(s\) \[258\]") as info:
+        align_patient(images, _like(_mask(), wrapped), patient_id="P3", paths={"mask": "m.nii.gz"})
+    assert "P3" in str(info.value) and "m.nii.gz" in str(info.value)
+    interpolated = labels.astype(np.float32)
+    interpolated[interpolated == 2] = 1.6  # a linearly resampled label map: the cast truncates its nodes to GTVp
+    with pytest.raises(InputError, match="non-integer value.*1.6.*nearest-neighbour"):
+        align_patient(images, _like(_mask(), interpolated), patient_id="P3")
+    whole = align_patient(images, _like(_mask(), labels.astype(np.float32)), patient_id="P3")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(whole.mask), labels)
+    assert whole.mask.GetPixelID() == sitk.sitkUInt8
 
 
 def test_mask_outside_image_is_a_geometry_mismatch():
