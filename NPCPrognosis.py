@@ -15,6 +15,7 @@ same code, synchronously. ``logic.runInProcess = True`` runs the same job in Sli
 or a Slicer without PythonSlicer).
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -255,7 +256,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.t1cVolume:
-            self._parameterNode.t1cVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.t1cVolume = self.logic.firstImageVolume()
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
@@ -767,6 +768,27 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
     def _newJobDirectory(self):
         return pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=str(self._workDirectory("jobs"))))
 
+    @contextlib.contextmanager
+    def _jobInputs(self):
+        """A new job folder, removed again when writing the inputs into it fails (a volume under a transform, no
+        GTVp segment): the patient's images already written must not stay in Slicer's temporary folder."""
+        folder = self._newJobDirectory()
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def firstImageVolume(self):
+        """The first plain scalar volume of the scene, as the CET1W to preselect: label maps, vector and other
+        volume subclasses also answer to vtkMRMLScalarVolumeNode, and a label map would be segmented as an image."""
+        nodes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if node.GetClassName() == "vtkMRMLScalarVolumeNode":
+                return node
+        return None
+
     @staticmethod
     def _checkNotTransformed(volumeNode):
         """A volume under a transform that is not hardened would be written without it, while the segmentation
@@ -885,10 +907,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             return False
         from vtk.util.numpy_support import vtk_to_numpy
 
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        segmentation = segmentationNode.GetSegmentation()
+        segment = segmentation.GetSegment(segmentId)
+        binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        if segment.GetRepresentation(binary) is None:
+            # contours loaded as closed surfaces (STL, OBJ) or planar contours (an RTSTRUCT through SlicerRT) have no
+            # labelmap until converted, which the export does anyway; without it they would read as no contours
+            segmentation.CreateRepresentation(binary)
+        image = segment.GetRepresentation(binary)
         if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
-            return False  # an empty segment has no voxels to hold (or only closed-surface, not drawn here)
+            return False  # an empty segment has no voxels to hold
         return bool((vtk_to_numpy(image.GetPointData().GetScalars()) == segment.GetLabelValue()).any())
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode, warnings=None):
@@ -1118,9 +1146,12 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         if not network.is_dir():
             raise NPCPrognosisError(f"segmentation network folder not found: {network}. Choose a network "
                                     "folder, or load existing contours as the segmentation.")
-        folder = self._newJobDirectory()
-        job = {"action": "segment", "out_dir": str(folder), "patient_id": patientId, "network": str(network),
-               "tta": int(tta), "images": self._writeVolumes(volumes, folder)}
+        if (segmentationNode is not None and segmentationNode.GetSegmentation().GetNumberOfSegments()
+                and self.automaticLabelmapFor(segmentationNode) is None):
+            segmentationNode = None  # contours drawn by hand are never replaced: the automatic ones get a new node
+        with self._jobInputs() as folder:
+            job = {"action": "segment", "out_dir": str(folder), "patient_id": patientId, "network": str(network),
+                   "tta": int(tta), "images": self._writeVolumes(volumes, folder)}
 
         def finish(result):
             node = self.importSegmentation(result["mask"], volumes["t1c"], segmentationNode)
@@ -1145,12 +1176,12 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                         waitForCompletion=True, onFinished=None):
         """Radiomics with the bundle's settings -> table node (feature, value, used by the Rad-score)."""
         bundle = self._checkBundle(bundlePath)
-        folder = self._newJobDirectory()
         cache = self._featuresCache(segmentationNode)
-        job = {"action": "extract", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
-               "images": self._writeVolumes(volumes, folder),
-               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
-               "features": str(cache) if cache.exists() else None}
+        with self._jobInputs() as folder:
+            job = {"action": "extract", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
+                   "images": self._writeVolumes(volumes, folder),
+                   "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
+                   "features": str(cache) if cache.exists() else None}
 
         def finish(result):
             if pathlib.Path(result["features"]) != cache:
@@ -1200,24 +1231,24 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         except ValueError as exc:
             raise NPCPrognosisError(str(exc)) from None
         bundle = self._checkBundle(bundlePath)
-        folder = self._newJobDirectory()
         cache = self._featuresCache(segmentationNode)
         referenceCache = self._featuresCache(segmentationNode, "automatic_features.json")
         automaticLabelmap = self.automaticLabelmapFor(segmentationNode)
         exportWarnings = []
         segmentInfo = json.loads(segmentationNode.GetAttribute("NPCPrognosis.SegmentResult") or "{}")
-        job = {"action": "predict", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
-               "images": self._writeVolumes(volumes, folder),
-               "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
-                                               exportWarnings),
-               "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
-               "deep_score_sd": segmentInfo.get("deep_score_sd"),
-               "extra_features": [spec.strip() for spec in (extraFeatures or "").split(";") if spec.strip()]}
         editedArray = None
-        if automaticLabelmap is not None:
-            job["reference_mask"] = self._writeVolume(automaticLabelmap, folder / "automatic_mask.nii.gz")
-            job["reference_features"] = str(referenceCache) if referenceCache.exists() else None
-            editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
+        with self._jobInputs() as folder:
+            job = {"action": "predict", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
+                   "images": self._writeVolumes(volumes, folder),
+                   "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
+                                                   exportWarnings),
+                   "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
+                   "deep_score_sd": segmentInfo.get("deep_score_sd"),
+                   "extra_features": [spec.strip() for spec in (extraFeatures or "").split(";") if spec.strip()]}
+            if automaticLabelmap is not None:
+                job["reference_mask"] = self._writeVolume(automaticLabelmap, folder / "automatic_mask.nii.gz")
+                job["reference_features"] = str(referenceCache) if referenceCache.exists() else None
+                editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
 
         def finish(result):
             for key, target in (("features", cache), ("reference_features", referenceCache)):

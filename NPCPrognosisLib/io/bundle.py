@@ -123,7 +123,14 @@ def verify_bundle(bundle_dir: str | Path) -> None:
 def read_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     """Verify, then parse bundle.json; refuse other formats or versions."""
     verify_bundle(bundle_dir)
-    document = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    try:  # the checksums only say the file is as written, not that a hand or another tool wrote JSON
+        document = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{Path(bundle_dir) / MANIFEST_FILE} is not valid JSON ({exc}); re-copy the bundle or "
+                          "retrain") from None
+    if not isinstance(document, dict):
+        raise BundleError(f"{Path(bundle_dir) / MANIFEST_FILE} holds a JSON {type(document).__name__}, not a bundle "
+                          "document; re-copy the bundle or retrain")
     if document.get("format") != FORMAT:
         raise BundleError(f"{bundle_dir} is not an {FORMAT} (format {document.get('format')!r})")
     if document.get("format_version") != FORMAT_VERSION:

@@ -30,7 +30,11 @@ CLINICAL_CODINGS = {
 
 _T_CODES = {"T1": 1, "T2": 2, "T3": 3, "T4": 4, "T4A": 4, "T4B": 4}
 _N_CODES = {"N0": 0, "N1": 1, "N2": 2, "N3": 3, "N3A": 3, "N3B": 3}
-_SEX_CODES = {"M": "M", "MALE": "M", "1": "M", "F": "F", "FEMALE": "F", "0": "F"}
+#: Only letters and words: cohorts code sex 1/0, 1/2 or 0/1 either way round, so a number cannot be read safely.
+_SEX_CODES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+#: What a value of each factor typically looks like, for the advice on a refused one.
+_EXAMPLES = {"age": "52", "ldh": "180", "ebv_dna": "2000 (0 when below the detection limit)", "ccnd": "200",
+             "rene": "0", "chemo": "1"}
 
 
 @dataclass
@@ -65,7 +69,7 @@ def _number(value: Any, field: str, patient_id: str | None, *, low: float, high:
     except (TypeError, ValueError):
         raise InputError(
             f"{field} must be a number in {unit}, got {value!r}", patient_id=patient_id, column=field,
-            fix=f"enter {field} as a plain number (e.g. {int((low + high) / 2)})",
+            fix=f"enter {field} as a plain number in {unit} (e.g. {_EXAMPLES.get(field, int(low))})",
         ) from None
     if math.isnan(number) or not (low <= number <= high):
         raise InputError(
@@ -77,6 +81,8 @@ def _number(value: Any, field: str, patient_id: str | None, *, low: float, high:
 
 def _code(value: Any, codes: Mapping[str, Any], field: str, patient_id: str | None, prefix: str = "") -> Any:
     text = str(value).strip().upper().replace(" ", "")
+    if prefix and text.replace(".", "", 1).isdigit() and float(text) == int(float(text)):
+        text = str(int(float(text)))  # 2.0: a numeric column with a blank cell elsewhere is read as decimals
     if text.isdigit() and prefix:
         text = prefix + text
     if text not in codes:
@@ -107,7 +113,10 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
                          column="rene", fix="set rene to 0 for N0 patients or correct the N stage")
     ebv = values.get("ebv_dna")
     chemo = values.get("chemo")
-    chemo_flag = 0 if _is_missing(chemo) else int(_number(chemo, "chemo", patient_id, low=0, high=1, unit="(0/1)"))
+    chemo_flag = 0 if _is_missing(chemo) else _number(chemo, "chemo", patient_id, low=0, high=1, unit="(0/1)")
+    if chemo_flag not in (0, 1):
+        raise InputError(f"chemo must be 0 or 1, got {chemo!r}", patient_id=patient_id, column="chemo",
+                         fix="1 = chemotherapy given, 0 = radiotherapy alone; the dose goes in ccnd")
     ccnd = values.get("ccnd")
     return ClinicalRecord(
         age=_number(values["age"], "age", patient_id, low=1, high=110, unit="years"),
@@ -117,7 +126,7 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
         ebv_dna=None if _is_missing(ebv) else _number(ebv, "ebv_dna", patient_id, low=0, high=1e9, unit="copies/mL"),
         rene=int(rene),
         ldh=_number(values["ldh"], "ldh", patient_id, low=10, high=10000, unit="U/L"),
-        chemo=chemo_flag,
+        chemo=int(chemo_flag),
         ccnd=0.0 if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2"),
     )
 

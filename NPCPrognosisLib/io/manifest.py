@@ -182,8 +182,11 @@ def read_manifest(
     path = Path(path)
     if not path.exists():
         raise InputError("manifest file not found", path=path, fix="pass the path of the cohort CSV")
+    # the ID column is read as text whatever its name, so an MRN keeps its leading zeros and no '.0' (numbers
+    # would stop it matching the features and extra tables, which are read as text)
+    id_column = (column_map or {}).get("patient_id", "patient_id")
     try:
-        table = pd.read_csv(path, dtype={"patient_id": str})
+        table = pd.read_csv(path, dtype={id_column: str})
     except Exception as exc:  # pandas raises several types for malformed CSV
         raise InputError(f"cannot be read as CSV ({exc})", path=path) from None
     if column_map:
@@ -193,8 +196,6 @@ def read_manifest(
             raise InputError(f"column map names column(s) {unknown} that the manifest does not have", path=path,
                              fix=f"the manifest's columns are {list(table.columns)}")
         table = table.rename(columns=reverse)
-        if "patient_id" in table.columns:
-            table["patient_id"] = table["patient_id"].astype(str)
 
     required = ["patient_id"]
     if require_clinical:
@@ -208,10 +209,9 @@ def read_manifest(
         raise InputError(f"missing column(s) {missing}", path=path,
                          fix="add them or map your own names with --column-map canonical=yours")
 
-    ids = table["patient_id"].astype(str).str.strip()
-    if ids.eq("").any() or table["patient_id"].isna().any():
-        row = int(ids.eq("").idxmax()) if ids.eq("").any() else int(table["patient_id"].isna().idxmax())
-        raise InputError(f"empty patient_id in row {row + 2}", path=path, column="patient_id")
+    ids = table["patient_id"].fillna("").astype(str).str.strip()
+    if ids.eq("").any():
+        raise InputError(f"empty patient_id in row {int(ids.eq('').idxmax()) + 2}", path=path, column="patient_id")
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
         raise InputError(f"duplicate patient IDs {dup}", patient_id=dup[0], path=path, column="patient_id",

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from NPCPrognosisLib.errors import BundleError
+from NPCPrognosisLib.errors import BundleError, InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
@@ -134,8 +134,22 @@ class LoadedBundle:
                 f"(--extra-features {absent[0]}=PATH): it used the other modalities only")
 
     def check_features(self, meta: dict[str, Any], source: str | Path) -> None:
-        """Refuse features computed with other radiomics settings than the bundle's: they would mean other things."""
+        """Refuse features computed otherwise than the bundle's training features: with other radiomics settings,
+        other image preprocessing (N4, normalisation) or another network's deep score and deep features, the same
+        column would mean another thing. Only what both sides recorded is compared."""
         check_settings(self.document.get("radiomics") or {}, meta, source)
+        ours, theirs = self.document.get("preprocessing"), meta.get("preprocessing")
+        if ours and theirs and PreprocessConfig.from_dict(ours) != PreprocessConfig.from_dict(theirs):
+            raise InputError(f"features were extracted with image preprocessing {theirs} but the bundle was trained "
+                             f"on {ours}", path=source,
+                             fix="re-extract with `npc-prognosis extract` at the settings the bundle records")
+        expected = (self.document.get("network") or {}).get("sha256")
+        found = meta.get("network_sha256")
+        if expected and found and expected != found:
+            raise InputError(f"the deep score and deep features were computed by network {found[:12]} but the bundle "
+                             f"was trained with network {expected[:12]}", path=source,
+                             fix="re-extract with --network set to the network inside the bundle (its 'network' "
+                                 "folder)")
 
 
 #: Factors that are risk scores fitted before the nomogram (the Rad-score cross-fitted on the training patients,

@@ -127,36 +127,51 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
     return result
 
 
-def mask_fingerprint(mask: Any) -> str:
-    """SHA-256 of a label map's voxels and geometry: equal fingerprints give equal radiomics."""
+def patient_fingerprint(patient: Any) -> str:
+    """SHA-256 of a patient's label map and sequences, voxels and geometry: equal fingerprints give equal radiomics.
+
+    The images count as much as the contours: selecting another T2W volume, or re-loading a corrected series, must
+    not reuse the radiomics of the one before.
+    """
     import hashlib
 
     import SimpleITK as sitk
 
     digest = hashlib.sha256()
-    digest.update(sitk.GetArrayFromImage(sitk.Cast(mask, sitk.sitkUInt8)).tobytes())  # a copy: a view of the
-    # temporary Cast image would read freed memory
-    digest.update(repr((mask.GetSize(), [round(v, 6) for v in mask.GetOrigin()],
-                        [round(v, 6) for v in mask.GetSpacing()],
-                        [round(v, 6) for v in mask.GetDirection()])).encode())
+    images = getattr(patient, "images", None) or {}
+    for name, image in [("mask", patient.mask), *sorted(images.items())]:
+        digest.update(name.encode())
+        digest.update(sitk.GetArrayFromImage(image).tobytes())  # a copy, never a view of a temporary image
+        digest.update(repr((image.GetPixelIDValue(), image.GetSize(), [round(v, 6) for v in image.GetOrigin()],
+                            [round(v, 6) for v in image.GetSpacing()],
+                            [round(v, 6) for v in image.GetDirection()])).encode())
     return digest.hexdigest()
 
 
+def bundle_identity(bundle: Any) -> str:
+    """Where the bundle is and what it holds: a bundle retrained in place (other radiomics settings, another
+    signature) is another bundle, so its path alone must not let earlier radiomics be reused."""
+    from NPCPrognosisLib.io.bundle import MANIFEST_FILE, sha256
+
+    document = Path(bundle.path) / MANIFEST_FILE
+    return f"{Path(bundle.path).resolve()}#{sha256(document) if document.exists() else 'no-document'}"
+
+
 def cached_features(bundle: Any, patient: Any, previous: str | Path | None, out_path: Path) -> Path:
-    """Radiomics of ``patient`` - reused from ``previous`` when it was made with the same bundle and contours.
+    """Radiomics of ``patient`` - reused from ``previous`` when it was made with the same bundle, images and contours.
 
     Radiomics of three sequences take minutes; Predict after Extract (or after an edit that was undone) must not
-    recompute them, but any change of contour or bundle must.
+    recompute them, but any change of contour, image or bundle must.
     """
-    fingerprint = mask_fingerprint(patient.mask)
-    bundle_id = str(Path(bundle.path).resolve())
+    fingerprint = patient_fingerprint(patient)
+    bundle_id = bundle_identity(bundle)
     if previous and Path(previous).exists():
         stored = json.loads(Path(previous).read_bytes())
-        if stored.get("mask_fingerprint") == fingerprint and stored.get("bundle") == bundle_id:
+        if stored.get("inputs_fingerprint") == fingerprint and stored.get("bundle") == bundle_id:
             return Path(previous)
     features = bundle_features(bundle, patient)
     return write_json_atomic(out_path, {"patient_id": patient.patient_id, "bundle": bundle_id,
-                                        "mask_fingerprint": fingerprint, "features": features}, indent=1)
+                                        "inputs_fingerprint": fingerprint, "features": features}, indent=1)
 
 
 def bundle_features(bundle: Any, patient: Any) -> dict[str, float]:

@@ -34,6 +34,17 @@ def test_tampered_bundle_is_refused(tmp_path):
         read_bundle(out)
 
 
+def test_a_bundle_document_that_is_not_a_json_object_is_refused_even_with_matching_checksums(tmp_path):
+    from NPCPrognosisLib.io.bundle import sha256
+
+    for name, text in (("broken", "{not json"), ("list", "[1, 2]")):
+        out = write_bundle(tmp_path / name, {"endpoint": "dmfs"})
+        (out / "bundle.json").write_text(text, encoding="utf-8")
+        (out / CHECKSUM_FILE).write_text(f"{sha256(out / 'bundle.json')}  bundle.json\n", encoding="utf-8")
+        with pytest.raises(BundleError, match="not valid JSON" if name == "broken" else "JSON list"):
+            read_bundle(out)
+
+
 def test_extra_file_and_wrong_version_are_refused(tmp_path):
     out = write_bundle(tmp_path / "b", {"endpoint": "dmfs"})
     (out / "evil.pkl").write_bytes(b"x")
@@ -181,3 +192,20 @@ def test_the_head_mask_separates_air_not_bright_fat_on_a_tightly_cropped_scan():
         labels.CopyInformation(image)
         assert not [w for w in contour_warnings(labels, image) if "darker than the head" in w], name
     assert levels["wide"] == pytest.approx(0.49, abs=0.05) and levels["cropped"] == pytest.approx(0.49, abs=0.05)
+
+
+def test_features_from_other_preprocessing_or_another_network_are_refused_by_the_bundle():
+    from NPCPrognosisLib.errors import InputError
+    from NPCPrognosisLib.io.bundle import network_checksum
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.resources import DEMO_BUNDLE, DEMO_NETWORK
+
+    bundle = load_bundle(DEMO_BUNDLE)
+    same = {"settings_hash": bundle.document["radiomics"]["settings_hash"],
+            "preprocessing": PreprocessConfig().to_dict(), "network_sha256": network_checksum(DEMO_NETWORK)}
+    bundle.check_features(same, "features.csv")
+    bundle.check_features({}, "own_table.csv")  # a table without a sidecar: nothing to compare
+    with pytest.raises(InputError, match="image preprocessing.*re-extract"):
+        bundle.check_features({**same, "preprocessing": {**same["preprocessing"], "n4": False}}, "features.csv")
+    with pytest.raises(InputError, match="network 000000000000 but the bundle was trained with network 478b2783"):
+        bundle.check_features({**same, "network_sha256": "0" * 64}, "features.csv")

@@ -75,6 +75,9 @@ def test_clinical_parsing_accepts_common_spellings_and_encodes():
     ("t_stage", "T5", ["P9", "t_stage", "T5", "T1"]),
     ("n_stage", "Nx", ["P9", "n_stage", "Nx"]),
     ("sex", "X", ["P9", "sex"]),
+    ("sex", "1", ["P9", "sex", "MALE"]),  # 1 is male in one cohort and female in the next
+    ("chemo", 0.5, ["P9", "chemo", "0 or 1"]),
+    ("ebv_dna", "<500", ["P9", "ebv_dna", "detection limit"]),
     ("age", "fifty", ["P9", "age"]),
     ("rene", 3, ["P9", "rene"]),
     ("ldh", None, ["P9", "ldh", "missing"]),
@@ -120,6 +123,18 @@ def test_manifest_unknown_stage_names_patient(tmp_path):
     assert "P001" in str(info.value) and "t_stage" in str(info.value)
 
 
+def test_stage_columns_read_as_decimals_parse_and_a_blank_cell_names_its_own_patient(tmp_path):
+    # one blank T cell makes pandas read the column as floats (2.0): the valid rows must still parse and the error
+    # must name the patient whose cell is blank, not the first row
+    path = _write_cohort(tmp_path, [{"t_stage": 2}, {"t_stage": None}, {"t_stage": 3}])
+    with pytest.raises(InputError, match="missing clinical value.*t_stage") as info:
+        read_manifest(path)
+    assert "P001" in str(info.value) and "P000" not in str(info.value)
+    assert parse_clinical({**GOOD, "t_stage": 2.0, "n_stage": "1.0"}).t_stage == "T2"
+    with pytest.raises(InputError, match="t_stage"):
+        parse_clinical({**GOOD, "t_stage": 2.5})
+
+
 def test_missing_outcome_in_training_row(tmp_path):
     manifest = read_manifest(_write_cohort(tmp_path, [{}, {"dmfs_time": None}]))
     with pytest.raises(InputError) as info:
@@ -136,6 +151,12 @@ def test_column_map_lets_users_keep_their_names(tmp_path):
         read_manifest(path)
     manifest = read_manifest(path, load_column_map("patient_id=MRN,t1c=T1C_path"))
     assert manifest.patient_ids == ["P000", "P001"]
+    # a mapped ID column is text too: an MRN keeps its leading zeros and gets no '.0', and a blank one is refused
+    table.assign(MRN=["007", "0042"]).to_csv(path, index=False)
+    assert read_manifest(path, {"patient_id": "MRN", "t1c": "T1C_path"}).patient_ids == ["007", "0042"]
+    table.assign(MRN=["007", None]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="empty patient_id in row 3"):
+        read_manifest(path, {"patient_id": "MRN", "t1c": "T1C_path"})
     with pytest.raises(InputError, match="NOPE"):
         read_manifest(path, {"patient_id": "NOPE"})
 

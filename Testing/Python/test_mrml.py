@@ -260,6 +260,27 @@ def test_segments_drawn_by_hand_and_named_gtvp_gtvn_are_exported(logic):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap), drawn)  # empty GTVn: no label 2
 
 
+def test_contours_loaded_as_closed_surfaces_count_as_contours(logic):
+    # GTVp from an STL/OBJ file, or an RTSTRUCT loaded through SlicerRT, has no labelmap until converted: Extract and
+    # Predict must not stay greyed out for it
+    reference = _volume(logic, _image())
+    segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    contents = segmentation.GetSegmentation()
+    surface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    (contents.SetSourceRepresentationName if hasattr(contents, "SetSourceRepresentationName")
+     else contents.SetMasterRepresentationName)(surface)
+    bounds = [0.0] * 6
+    reference.GetRASBounds(bounds)
+    sphere = vtk.vtkSphereSource()
+    sphere.SetCenter((bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2)
+    sphere.SetRadius(4.0)
+    sphere.Update()
+    segmentation.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "GTVp", [1.0, 0.0, 0.0])
+    assert logic.hasContours(segmentation)
+    assert (slicer.util.arrayFromVolume(logic.exportLabelmap(segmentation, reference)) == GTVP).sum() > 10
+
+
 def test_empty_gtvn_and_missing_gtvp(module, logic, tmp_path):
     image = _image()
     mask = _mask_like(image, gtvn=False)
@@ -487,6 +508,48 @@ def test_job_folders_are_removed_once_the_result_is_imported(logic, tmp_path):
     with pytest.raises(ZeroDivisionError):
         logic._runJob({"out_dir": str(failing)}, lambda result: 1 / 0, True, None)
     assert not failing.exists()
+
+
+def test_a_job_whose_inputs_cannot_be_written_leaves_no_images_behind(module, logic):
+    volumes = {key: _volume(logic, _image(seed=i), name=key) for i, key in enumerate(("t1", "t2", "t1c"))}
+    transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    volumes["t1c"].SetAndObserveTransformNodeID(transform.GetID())  # t1 and t2 are written before t1c fails
+    segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "S")
+    for run in (lambda: logic.segment(volumes, str(module.DEMO_NETWORK)),
+                lambda: logic.extractFeatures(volumes, segmentation, str(module.DEMO_BUNDLE))):
+        with pytest.raises(module.NPCPrognosisError, match="Harden the transform"):
+            run()
+    jobs = logic._workDirectory("jobs")
+    assert not list(jobs.iterdir())
+
+
+def test_segment_never_replaces_contours_drawn_by_hand(module, logic, tmp_path):
+    image = _image()
+    volumes = {key: _volume(logic, image, name=key) for key in ("t1", "t2", "t1c")}
+    manual = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "by hand")
+    manual.SetReferenceImageGeometryParameterFromVolumeNode(volumes["t1c"])
+    for name in ("GTVp", "Brainstem"):
+        manual.GetSegmentation().AddEmptySegment("", name)
+    automatic = _mask_like(image)
+    sitk.WriteImage(automatic, str(tmp_path / "auto.nii.gz"))
+
+    class Runner:
+        def runAndWait(self, job, onProgress=None):
+            return {"mask": str(tmp_path / "auto.nii.gz")}
+
+    logic.runner = Runner()
+    created = logic.segment(volumes, str(module.DEMO_NETWORK), segmentationNode=manual)
+    assert created is not manual and manual.GetSegmentation().GetNumberOfSegments() == 2
+    assert logic.automaticLabelmapFor(created) is not None
+    again = logic.segment(volumes, str(module.DEMO_NETWORK), segmentationNode=created)
+    assert again is created  # a segmentation Segment made is re-run in place, its automatic copy replaced
+
+
+def test_the_cet1w_preselected_is_an_image_not_a_label_map(logic):
+    assert logic.firstImageVolume() is None
+    _volume(logic, _image(), name="old contours", cls="vtkMRMLLabelMapVolumeNode")
+    image = _volume(logic, _image(), name="T1 post")
+    assert logic.firstImageVolume() is image
 
 
 def test_dependencies_install_once_at_a_time_and_never_without_need(module, logic, monkeypatch):

@@ -456,24 +456,35 @@ def _write_mask(path: Path, array: np.ndarray):
     return sitk.ReadImage(str(path))
 
 
-def test_features_are_reused_only_for_the_same_contours_and_bundle(tmp_path, monkeypatch):
+def test_features_are_reused_only_for_the_same_contours_images_and_bundle(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.io.bundle import write_bundle
+
     calls = []
     monkeypatch.setattr(jobs, "bundle_features", lambda bundle, patient: calls.append(1) or {"f": float(len(calls))})
     array = np.zeros((5, 6, 7), np.uint8)
     array[1:3, 2:4, 2:5] = 1
     mask = _write_mask(tmp_path / "m.nii.gz", array)
-    patient = SimpleNamespace(mask=mask, patient_id="P")
-    bundle = SimpleNamespace(path=tmp_path / "bundle")
+    t2 = sitk.GetImageFromArray(np.arange(210, dtype=np.float32).reshape(5, 6, 7))
+    patient = SimpleNamespace(mask=mask, patient_id="P", images={"t2": t2})
+    bundle = SimpleNamespace(path=write_bundle(tmp_path / "bundle", {"endpoint": "dmfs", "radiomics": "first"}))
     first = jobs.cached_features(bundle, patient, None, tmp_path / "a.json")
     assert jobs.cached_features(bundle, patient, first, tmp_path / "b.json") == first
     assert len(calls) == 1
     array[0, 0, 0] = 2
-    edited = SimpleNamespace(mask=_write_mask(tmp_path / "m2.nii.gz", array), patient_id="P")
-    assert jobs.mask_fingerprint(edited.mask) != jobs.mask_fingerprint(mask)
+    edited = SimpleNamespace(mask=_write_mask(tmp_path / "m2.nii.gz", array), patient_id="P", images={"t2": t2})
+    assert jobs.patient_fingerprint(edited) != jobs.patient_fingerprint(patient)
     assert jobs.cached_features(bundle, edited, first, tmp_path / "c.json") == tmp_path / "c.json"
     other_bundle = SimpleNamespace(path=tmp_path / "other")
     assert jobs.cached_features(other_bundle, patient, first, tmp_path / "d.json") == tmp_path / "d.json"
-    assert len(calls) == 3
+    # another T2W volume with the same contours
+    other_t2 = SimpleNamespace(mask=mask, patient_id="P", images={"t2": t2 * 2})
+    assert jobs.cached_features(bundle, other_t2, first, tmp_path / "e.json") == tmp_path / "e.json"
+    # the same bundle folder retrained in place with other settings
+    write_bundle(tmp_path / "bundle", {"endpoint": "dmfs", "radiomics": "second"})
+    assert jobs.cached_features(bundle, patient, first, tmp_path / "f.json") == tmp_path / "f.json"
+    assert len(calls) == 5
 
 
 def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
