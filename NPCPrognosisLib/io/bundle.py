@@ -104,7 +104,11 @@ def verify_bundle(bundle_dir: str | Path) -> None:
         if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0]):
             raise BundleError(f"{sums} line {number} is not '<sha256>  <file>' ({line[:60]!r}): the checksum list was "
                               "edited or damaged; re-copy the bundle or retrain")
-        listed[parts[1].strip()] = parts[0]
+        name = parts[1].strip()
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{sums} line {number} names {name!r}, outside the bundle: a bundle vouches only for "
+                              "its own files; re-copy the bundle or retrain")
+        listed[name] = parts[0]
     if MANIFEST_FILE not in listed:
         raise BundleError(f"{sums} does not list {MANIFEST_FILE}")
     for name, digest in listed.items():

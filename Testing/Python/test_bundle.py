@@ -43,6 +43,12 @@ def test_a_bundle_document_that_is_not_a_json_object_is_refused_even_with_matchi
         (out / CHECKSUM_FILE).write_text(f"{sha256(out / 'bundle.json')}  bundle.json\n", encoding="utf-8")
         with pytest.raises(BundleError, match="not valid JSON" if name == "broken" else "JSON list"):
             read_bundle(out)
+    out = write_bundle(tmp_path / "outside", {"endpoint": "dmfs"})
+    (tmp_path / "elsewhere.json").write_text("{}", encoding="utf-8")
+    with open(out / CHECKSUM_FILE, "a", encoding="utf-8") as sums:
+        sums.write(f"{sha256(tmp_path / 'elsewhere.json')}  ../elsewhere.json\n")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        read_bundle(out)
 
 
 def test_extra_file_and_wrong_version_are_refused(tmp_path):
