@@ -188,6 +188,38 @@ def working_grid(reference: sitk.Image, grid: GridConfig) -> sitk.Image:
     return out
 
 
+def covering_grid(reference: sitk.Image, grid: GridConfig) -> tuple[GridConfig, str | None]:
+    """The working grid for inference on ``reference``: grown to hold the whole scan, and what is still left out.
+
+    The trained grid is the training scans' median field of view, centred on each scan: a longer scan (one that
+    also covers the lower neck) would put the nasopharynx or the lower nodes outside it, and everything outside
+    would be labelled background without a word. A network that works on patches segments a grid of any size
+    (windows are stitched), so its grid grows on each axis to the scan's extent, up to :data:`FOV_LIMITS_MM`'s
+    largest box or the trained grid if that is larger; a whole-grid network keeps its grid. Whatever the grid
+    still does not hold is named in the returned warning (None when it holds the scan).
+    """
+    size = np.array(reference.GetSize(), dtype=float)
+    corners = np.array([reference.TransformContinuousIndexToPhysicalPoint(
+        [float(c) for c in np.where(np.array(bits, bool), size - 0.5, -0.5)]) for bits in np.ndindex(2, 2, 2)])
+    extent = corners.max(axis=0) - corners.min(axis=0)
+    spacing, trained = np.array(grid.spacing, float), np.array(grid.size, int)
+    out = grid
+    if grid.patched:
+        cover = np.minimum(extent, np.maximum(np.array(FOV_LIMITS_MM[1]), trained * spacing))
+        grown = np.maximum(trained, np.ceil(cover / spacing - 1e-6).astype(int))
+        if not np.array_equal(grown, trained):
+            out = GridConfig(spacing=grid.spacing, size=tuple(int(v) for v in grown), input_scale=grid.input_scale,
+                             patch=grid.patch)
+    held = np.array(out.size, float) * spacing
+    short = extent - held > spacing  # more than a voxel of the scan outside the grid on this axis
+    if not short.any():
+        return out, None
+    axes = ", ".join(f"{name} {e:.0f} mm of which {h:.0f} mm" for name, e, h, s in
+                     zip(("left-right", "front-back", "head-foot"), extent, held, short) if s)
+    return out, (f"the CET1W covers more than the network segments ({axes}, about the scan's centre): nothing "
+                 "outside is contoured; check that the tumour and nodes lie inside, or crop the scan")
+
+
 def to_array_xyz(image: sitk.Image) -> np.ndarray:
     """SimpleITK arrays are (z, y, x); the network works in (x, y, z) so sizes read like the grid config."""
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))

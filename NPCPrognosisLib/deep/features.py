@@ -22,8 +22,8 @@ from collections.abc import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from NPCPrognosisLib.contract import ROIS
-from NPCPrognosisLib.deep.data import centred_patch, grid_input, to_array_xyz
+from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, ROIS
+from NPCPrognosisLib.deep.data import centred_patch, covering_grid, grid_input, to_array_xyz
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.radiomics.features_table import DEEP_PREFIX
@@ -65,7 +65,7 @@ def deep_features(model, preprocessed: Mapping[str, sitk.Image], mask: sitk.Imag
     """
     import torch
 
-    x, grid_image = grid_input(preprocessed, model.grid)
+    x, grid_image = grid_input(preprocessed, covering_grid(preprocessed[REFERENCE_SEQUENCE], model.grid)[0])
     labels = to_array_xyz(resample_onto(mask, grid_image, is_label=True))
     if model.grid.patched:  # a network trained on patches sees one patch, centred on the contours
         view = centred_patch(labels[None], model.grid.patch_size)

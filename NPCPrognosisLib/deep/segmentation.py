@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
-from NPCPrognosisLib.deep.data import GridConfig, from_array_xyz, grid_input
+from NPCPrognosisLib.deep.data import GridConfig, covering_grid, from_array_xyz, grid_input
 from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.deep.postprocess import count_components, postprocess_labels
@@ -352,9 +352,10 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
     result : SegmentationResult
         Mask on the CET1W grid, probabilities, uncertainty, saliency, deep score (and spread), volumes, warnings.
     """
-    x, grid_image = grid_input(preprocessed, model.grid)
     reference = preprocessed[REFERENCE_SEQUENCE]
-    warnings = []
+    grid, outside = covering_grid(reference, model.grid)
+    x, grid_image = grid_input(preprocessed, grid)
+    warnings = [] if outside is None else [outside]
     if model.synthetic_demo:
         warnings.append("segmented by the SYNTHETIC DEMO network: not for clinical use")
     plan = _tta_plan(tta)

@@ -33,6 +33,27 @@ OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
 CENTRE_COLUMN = "centre"
 
 
+
+def centre_label(value: Any) -> str | None:
+    """A centre (scanner) label as the one string every stage compares; None when missing.
+
+    ``3.0`` reads as ``3``: a number column with a gap comes out of a spreadsheet as floats, and training, the
+    bundle and a new patient's ``--centre`` must name a centre the same way.
+    """
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):  # list-like values: not a label, let str() show them
+        pass
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
+        text = text[:-2]
+    return text or None
+
 @dataclass
 class PatientEntry:
     """One manifest row with paths resolved against the manifest's folder."""
@@ -101,7 +122,7 @@ class Manifest:
         """Each patient's centre (``centre`` column; None where empty), or None when there is no such column."""
         if CENTRE_COLUMN not in self.table.columns:
             return None
-        return [None if pd.isna(v) or str(v).strip() == "" else str(v).strip() for v in self.table[CENTRE_COLUMN]]
+        return [centre_label(v) for v in self.table[CENTRE_COLUMN]]
 
     @property
     def centres(self) -> list[str | None] | None:
@@ -184,9 +205,10 @@ def read_manifest(
         raise InputError("manifest file not found", path=path, fix="pass the path of the cohort CSV")
     # the ID column is read as text whatever its name, so an MRN keeps its leading zeros and no '.0' (numbers
     # would stop it matching the features and extra tables, which are read as text)
-    id_column = (column_map or {}).get("patient_id", "patient_id")
+    # (and the centre: a column with one gap would be read as 1.0, 2.0 and no longer match the centre 1 of training)
+    text_columns = {(column_map or {}).get(name, name): str for name in ("patient_id", CENTRE_COLUMN)}
     try:
-        table = pd.read_csv(path, dtype={id_column: str})
+        table = pd.read_csv(path, dtype=text_columns)
     except Exception as exc:  # pandas raises several types for malformed CSV
         raise InputError(f"cannot be read as CSV ({exc})", path=path) from None
     if column_map:

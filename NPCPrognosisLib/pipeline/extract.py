@@ -241,6 +241,8 @@ def extract_cohort(
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
             "manifest": str(manifest.source), "n_patients": len(rows), "n_failed": len(failures),
             "mask": "automatic (network)" if auto_mask else "manifest",
+            # how the masks were read, which the robustness study must repeat on the same contours
+            "resample_mask": bool(resample_mask), "roi_map": roi_map,
             "network": None if network is None else str(network),
             "network_sha256": None if network is None else network_checksum(network)}
     if auto_mask:

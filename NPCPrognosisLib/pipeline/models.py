@@ -14,6 +14,7 @@ from NPCPrognosisLib.errors import BundleError, InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical
+from NPCPrognosisLib.io.manifest import centre_label
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     LOG_VOLUME_COLUMNS,
@@ -89,9 +90,11 @@ class LoadedBundle:
         model = self.combat
         if model is None:
             return features, []
-        labels = [None] * len(features) if centres is None else [None if c is None else str(c).strip()
-                                                                  for c in centres]
-        known = np.array([label in model.batches for label in labels], dtype=bool)
+        # one spelling of a centre everywhere ("1", "1.0" and 1.0 are centre 1), also against a bundle that stored
+        # its training centres before labels were normalised
+        trained = {centre_label(batch) for batch in model.batches}
+        labels = [None] * len(features) if centres is None else [centre_label(c) for c in centres]
+        known = np.array([label in trained for label in labels], dtype=bool)
         warnings = [f"patient {pid}: centre {label or '(none given)'} is not among the training centres "
                     f"({', '.join(model.batches)}); radiomics were not harmonised"
                     for pid, label, ok in zip(patient_ids, labels, known) if not ok]

@@ -64,6 +64,7 @@ def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbati
 
     record = {"settings_hash": meta.get("settings_hash"), "preprocessing": meta.get("preprocessing"),
               "network_sha256": meta.get("network_sha256"),
+              "resample_mask": bool(meta.get("resample_mask")), "roi_map": meta.get("roi_map"),
               "perturbation": perturbation.to_dict(), "mask": stamp(mask),
               "images": [stamp(entry.images[s]) for s in SEQUENCES]}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
@@ -84,7 +85,8 @@ def _perturbed_rows(entry: PatientEntry, mask: str, meta: dict[str, Any], plan: 
 
     rows = {}
     try:
-        patient = load_patient(entry.patient_id, {s: entry.images[s] for s in SEQUENCES}, mask)
+        patient = load_patient(entry.patient_id, {s: entry.images[s] for s in SEQUENCES}, mask,
+                               roi_map=meta.get("roi_map"), resample_mask=bool(meta.get("resample_mask")))
         config = PreprocessConfig.from_dict(meta.get("preprocessing") or {})
         prepared = preprocess_images(patient.images, config)
         network, network_input = _deep_feature_network(meta), None

@@ -37,9 +37,12 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.manifest import centre_label
 
 #: Version of the dict written by :meth:`ComBatModel.to_dict`.
 FORMAT_VERSION = 1
+#: PyRadiomics' shape class in a column name: geometry of the contour, never harmonised.
+SHAPE_MARK = "_shape_"
 #: What produced the estimates, stored with them so a bundle documents its harmonisation.
 METHOD = "ComBat (neuroCombat 0.2.12), parametric empirical Bayes, location and scale, no covariates"
 _FIX_FROM_DICT = "re-export the model with ComBatModel.to_dict() (or retrain the bundle)"
@@ -123,7 +126,7 @@ class ComBatModel:
         """
         ids = _patient_labels(table, patient_ids)
         labels = _batch_labels(batch, ids)
-        known = {b: k for k, b in enumerate(self.batches)}
+        known = {centre_label(b): k for k, b in enumerate(self.batches)}  # also a bundle stored with "1.0"
         for label, pid in zip(labels, ids):
             if label not in known:
                 raise InputError(
@@ -239,8 +242,11 @@ def fit_combat(table: pd.DataFrame, batch: Sequence[Any], *, min_per_batch: int 
     Columns that cannot be harmonised are left out of the model (and so left untouched by
     :meth:`ComBatModel.apply`): non-numeric or boolean columns (IDs, labels), all-missing columns, and columns with
     fewer than two observed values or a single repeated value within any centre (ComBat divides by the within-centre
-    spread). Missing cells are filled with the column mean for fitting only: the library cannot fit around them, and
-    the mean adds no centre effect. Infinite values count as missing.
+    spread). Shape features (``_shape_`` columns: volume, surface, elongation) are left out too: they are measured
+    on the contour, not on the scanner's intensities, so a centre effect in them is case mix, and the tumour
+    volumes that other models read from them must be the same numbers in training and for a new patient. Missing
+    cells are filled with the column mean for fitting only: the library cannot fit around them, and the mean adds
+    no centre effect. Infinite values count as missing.
 
     Parameters
     ----------
@@ -292,6 +298,8 @@ def fit_combat(table: pd.DataFrame, batch: Sequence[Any], *, min_per_batch: int 
     members = [np.flatnonzero(label_array == c) for c in centres]
     features, columns = [], []
     for name in table.columns:
+        if SHAPE_MARK in str(name):
+            continue
         values = _fittable(table[name], members)
         if values is not None:
             features.append(str(name))
@@ -376,28 +384,13 @@ def _patient_labels(table: pd.DataFrame, patient_ids: Sequence[str] | None) -> l
     return [str(p) for p in table.index]
 
 
-def _batch_label(value: Any) -> str | None:
-    """A centre label as a stripped string; None when missing. ``3.0`` (a CSV column with gaps) reads as ``3``."""
-    if value is None:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):  # list-like values: not a label, let str() show them
-        pass
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
 def _batch_labels(batch: Sequence[Any], ids: list[str]) -> list[str]:
     values = list(batch)
     if len(values) != len(ids):
         raise InputError(f"{len(values)} centre labels for {len(ids)} rows", fix="pass one centre per table row")
     labels = []
     for value, pid in zip(values, ids):
-        label = _batch_label(value)
+        label = centre_label(value)
         if label is None:
             raise InputError("the centre (scanner) label is missing", patient_id=pid,
                              fix="fill in the patient's centre; harmonisation corrects each centre's scanner effect")

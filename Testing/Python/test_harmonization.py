@@ -159,7 +159,7 @@ def test_int_labels_and_label_normalisation(scanners):
     model = fit_combat(table, as_int)
     assert model.batches == ["1", "2", "3"]
     # 2.0 from a CSV column with gaps, " 2 " with stray spaces and numpy ints all mean centre 2.
-    variants = [2.0, " 2 ", np.int64(2), "2"]
+    variants = [2.0, " 2 ", np.int64(2), "2", "2.0"]
     rows = table.iloc[[12] * len(variants)]
     out = model.apply(rows, variants)
     assert np.ptp(out[FEATURES].to_numpy(), axis=0).max() == 0.0
@@ -173,6 +173,9 @@ def test_missing_cells_and_unharmonisable_columns(scanners):
     table.loc[np.asarray(batch) == "B", "const_in_B"] = 3.0
     table["all_missing"] = np.nan
     table["flag"] = rng.integers(0, 2, len(table)).astype(bool)
+    # a contour's volume differs between centres by case mix, not by scanner: it is never harmonised, so the tumour
+    # volumes other models read are the same numbers in training and for a new patient
+    table["t1c_gtvp_original_shape_VoxelVolume"] = table[FEATURES[0]] * 100.0
     holes = table.copy()
     holes.loc[[0, 25, 50], FEATURES[4]] = np.nan
     holes.loc[25, FEATURES[9]] = np.nan
@@ -180,7 +183,8 @@ def test_missing_cells_and_unharmonisable_columns(scanners):
     model = fit_combat(holes, batch)
     assert model.features == FEATURES
     out = model.apply(holes, batch)
-    for column in ("patient_id", "scanner_model", "const_in_B", "all_missing", "flag"):
+    for column in ("patient_id", "scanner_model", "const_in_B", "all_missing", "flag",
+                   "t1c_gtvp_original_shape_VoxelVolume"):
         pd.testing.assert_series_equal(out[column], holes[column])
     assert out.loc[[0, 25, 50], FEATURES[4]].isna().all() and np.isnan(out.loc[25, FEATURES[9]])
     assert out[FEATURES].isna().sum().sum() == 4
@@ -228,3 +232,28 @@ def test_fit_errors(scanners):
     broken["gamma_star"][0].pop()
     with pytest.raises(InputError, match="inconsistent lengths"):
         ComBatModel.from_dict(broken)
+
+
+def test_a_centre_column_with_a_gap_names_the_same_centres_as_training_and_prediction(scanners, tmp_path):
+    """A spreadsheet column of centre numbers with one empty cell comes out as 1.0, 2.0: it must still be centre 1
+    of training when a later manifest or `predict --centre 1` names it, never an unseen centre left unharmonised."""
+    from types import SimpleNamespace
+
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.models import LoadedBundle
+
+    table, batch, _ = scanners.cohort(10, seed=8)
+    numbers = [CENTRES.index(b) + 1 for b in batch]
+    rows = pd.DataFrame({"patient_id": table["patient_id"], "centre": [float(v) for v in numbers]})
+    rows.loc[3, "centre"] = np.nan
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    labels = read_manifest(tmp_path / "m.csv", require_images=False, require_clinical=False).centre_labels
+    assert labels[:3] == ["1", "1", "1"] and labels[3] is None
+    model = fit_combat(table, [float(v) for v in numbers])
+    assert model.batches == ["1", "2", "3"]
+    stale = ComBatModel.from_dict({**model.to_dict(), "batches": ["1.0", "2.0", "3.0"]})  # a bundle of before
+    for fitted in (model, stale):
+        out, warnings = LoadedBundle.harmonised(SimpleNamespace(combat=fitted), table.iloc[[0, 12]], ["1", 2.0],
+                                                ["p000", "p012"])
+        assert warnings == []
+        np.testing.assert_allclose(out[FEATURES].to_numpy(), model.apply(table.iloc[[0, 12]], [1, 2])[FEATURES])

@@ -951,6 +951,31 @@ def test_demo_network_dice_on_fresh_patients(demo_model, fresh_patients):
     assert min(dices) > 0.6, dices
 
 
+def test_a_scan_longer_than_the_training_box_is_segmented_whole(demo_model, fresh_patients):
+    """A scan that also covers more of the neck puts the tumour away from the scan's centre: a working grid of the
+    trained size about that centre left the primary outside and called it background without a word."""
+    from NPCPrognosisLib.deep.data import FOV_LIMITS_MM, GridConfig, covering_grid
+
+    patient = fresh_patients[1]
+    pad = 24  # slices of air below the head, as a longer acquisition adds them
+    images = {k: sitk.ConstantPad(v, (0, 0, pad), (0, 0, 0), float(np.percentile(sitk.GetArrayViewFromImage(v), 1)))
+              for k, v in patient.images.items()}
+    truth = sitk.ConstantPad(patient.mask, (0, 0, pad), (0, 0, 0), 0)
+    grid, outside = covering_grid(images["t1c"], demo_model.grid)
+    assert outside is None and grid.size[2] > demo_model.grid.size[2]
+    result = segment_patient(demo_model, images, patient_id=patient.patient_id)
+    assert _same_exact_geometry(result.mask, images["t1c"])
+    assert segmentation_metrics(result.mask, truth)["dice_gtvp"] > 0.6
+    # beyond the largest box (or with a network that segments its whole grid at once) the rest is named, not hidden
+    huge = sitk.Image(300, 300, 80, sitk.sitkFloat32)
+    huge.SetSpacing((1.0, 1.0, 3.0))
+    grown, outside = covering_grid(huge, demo_model.grid)
+    assert np.all(np.array(grown.size) * np.array(grown.spacing) <= np.array(FOV_LIMITS_MM[1]) + np.array(grown.spacing))
+    assert "left-right 300 mm" in outside and "head-foot 240 mm" in outside
+    whole = GridConfig(spacing=(3.0, 3.0, 4.0), size=(64, 64, 32))
+    assert covering_grid(images["t1c"], whole)[0] is whole and "head-foot" in covering_grid(images["t1c"], whole)[1]
+
+
 def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_cohort, tmp_path):
     import pandas as pd
 

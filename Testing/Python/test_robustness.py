@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +99,37 @@ def test_robustness_on_training_patients_is_cached(small_cohort, tmp_path):
     assert second.cached == 24
     pd.testing.assert_series_equal(first.icc, second.icc)
     assert feature_robustness(manifest, features, {}, path) is None  # no metadata beside the table
+
+
+def test_robustness_reads_the_masks_as_extract_read_them(small_cohort, tmp_path, monkeypatch):
+    """Masks saved on another grid are accepted by `extract --resample-mask`; the robustness study must read them
+    the same way (it refused every patient, so the ICC filter silently dropped out of the selection)."""
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import robustness
+    from NPCPrognosisLib.pipeline.robustness import feature_robustness
+    from NPCPrognosisLib.radiomics.features_table import read_features, read_manifest_features
+
+    monkeypatch.setattr(robustness, "MIN_PATIENTS", 3)  # three patients show it; the ICC of ten is tested above
+    table = pd.read_csv(small_cohort / "manifest.csv")
+    for column in ("t1", "t2", "t1c"):
+        table[column] = [str((small_cohort / p).resolve()) for p in table[column]]
+    masks = []
+    for path in table["mask"]:
+        mask = sitk.ReadImage(str(small_cohort / path))
+        finer = [s / 2 for s in mask.GetSpacing()]
+        moved = sitk.Resample(mask, [2 * n for n in mask.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                              mask.GetOrigin(), finer, mask.GetDirection(), 0, mask.GetPixelID())
+        masks.append(str(tmp_path / Path(path).name))
+        sitk.WriteImage(moved, masks[-1])
+    table["mask"] = masks
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    features, meta = read_features(small_cohort / "features.csv")
+    manifest, rows, _ = read_manifest_features(read_manifest(tmp_path / "manifest.csv"), features)
+    path = tmp_path / "features.csv"
+    assert feature_robustness(manifest, rows, meta, path, n_patients=3, n_perturbations=1, workers=1) is None
+    measured = feature_robustness(manifest, rows, {**meta, "resample_mask": True}, path, n_patients=3,
+                                  n_perturbations=1, workers=1)
+    assert measured is not None and measured.patients == 3 and not measured.failed
+    assert measured.icc.notna().mean() > 0.8
