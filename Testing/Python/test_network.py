@@ -970,7 +970,8 @@ def test_a_scan_longer_than_the_training_box_is_segmented_whole(demo_model, fres
     huge = sitk.Image(300, 300, 80, sitk.sitkFloat32)
     huge.SetSpacing((1.0, 1.0, 3.0))
     grown, outside = covering_grid(huge, demo_model.grid)
-    assert np.all(np.array(grown.size) * np.array(grown.spacing) <= np.array(FOV_LIMITS_MM[1]) + np.array(grown.spacing))
+    spacing = np.array(grown.spacing)
+    assert np.all(np.array(grown.size) * spacing <= np.array(FOV_LIMITS_MM[1]) + spacing)
     assert "left-right 300 mm" in outside and "head-foot 240 mm" in outside
     whole = GridConfig(spacing=(3.0, 3.0, 4.0), size=(64, 64, 32))
     assert covering_grid(images["t1c"], whole)[0] is whole and "head-foot" in covering_grid(images["t1c"], whole)[1]
