@@ -259,12 +259,21 @@ def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "
     return check_image(image, patient_id=patient_id, path=path, role=role)
 
 
+#: Fewest voxels along any axis of an image.
+MIN_VOXELS_PER_AXIS = 4
+
+
 def check_image(image: sitk.Image, *, patient_id: str | None = None, path: str | Path | None = None,
                 role: str = "image") -> sitk.Image:
     """Refuse what would silently corrupt features: non-3D data, vector pixels, NaN/inf voxels."""
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise InputError(f"{role} is not a 3D volume (size {image.GetSize()})", patient_id=patient_id, path=path,
-                         fix="export the whole series as one 3D volume, not a single slice or a 4D/time series")
+    # four voxels per axis at least: the smoothing that finds the head (and any 3D filter) needs them, and a scan of
+    # two or three slices holds no tumour in 3D (a mask may be a crop of its image's grid, as thin as its contours)
+    least = 2 if role == "mask" else MIN_VOXELS_PER_AXIS
+    if image.GetDimension() != 3 or min(image.GetSize()) < least:
+        raise InputError(f"{role} is not a 3D volume (size {image.GetSize()}; at least {least} voxels along each "
+                         "axis)", patient_id=patient_id, path=path,
+                         fix="export the whole series as one 3D volume, not a single slice, a few slices or a 4D/time "
+                             "series")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{role} has {image.GetNumberOfComponentsPerPixel()} components per voxel",
                          patient_id=patient_id, path=path, fix="use a scalar (greyscale) image")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.atomic import safe_name
 from NPCPrognosisLib.io.clinical import (
     CLINICAL_CODINGS,
     CLINICAL_FIELDS,
@@ -238,6 +239,16 @@ def read_manifest(
     if dup:
         raise InputError(f"duplicate patient IDs {dup}", patient_id=dup[0], path=path, column="patient_id",
                          fix="each patient must appear once; merge or rename the repeated rows")
+    # masks, sheets and SEG files are named after the IDs: two IDs that make one file name would overwrite each
+    # other's output and point both patients at one file (case folded: Windows and macOS disks ignore case)
+    stems = ids.map(lambda pid: safe_name(pid).lower())
+    clash = stems[stems.duplicated(keep=False)]
+    if len(clash):
+        same = ids[stems == clash.iloc[0]].tolist()
+        raise InputError(f"patient IDs {same} give the same file name '{safe_name(same[0])}' (characters other than "
+                         "letters, digits, '.', '_' and '-' become '_', and case is ignored)", patient_id=same[0],
+                         path=path, column="patient_id", fix="rename one of them so that they differ in letters or "
+                                                             "digits")
     table = table.assign(patient_id=ids)
     if require_clinical:
         for _, row in table.iterrows():

@@ -116,6 +116,12 @@ def test_manifest_duplicate_ids(tmp_path):
         read_manifest(path)
 
 
+def test_ids_that_make_one_file_name_are_refused(tmp_path):
+    path = _write_cohort(tmp_path, [{"patient_id": "P 1"}, {"patient_id": "p_1"}])
+    with pytest.raises(InputError, match=r"patient IDs \['P 1', 'p_1'\] give the same file name 'P_1'"):
+        read_manifest(path)
+
+
 def test_manifest_unknown_stage_names_patient(tmp_path):
     path = _write_cohort(tmp_path, [{}, {"t_stage": "T7"}])
     with pytest.raises(InputError) as info:
@@ -172,6 +178,9 @@ def test_non_3d_and_nan_images_are_refused(tmp_path):
     sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
     with pytest.raises(InputError, match="not a 3D volume"):
         read_image(tmp_path / "flat.nii.gz", patient_id="P1")
+    sitk.WriteImage(_image(shape=(3, 20, 20)), str(tmp_path / "three.nii.gz"))  # 3D filters need 4 voxels
+    with pytest.raises(InputError, match="at least 4 voxels"):
+        read_image(tmp_path / "three.nii.gz", patient_id="P1")
     array = np.ones((8, 20, 20), np.float32)
     array[3, 4, 5] = np.nan
     sitk.WriteImage(_image(value=array), str(tmp_path / "nan.nrrd"))  # ITK NIfTI IO turns NaN into 0 itself
