@@ -63,8 +63,9 @@ def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.nd
                              fix="code the endpoint as 1 (e.g. response) or 0, or drop the patient")
         out[i] = int(v)
     if len(set(out.tolist())) < 2:
-        raise InputError("every training patient has the same value of the binary endpoint", column=column,
-                         fix="a classifier needs patients with both outcomes")
+        raise InputError(f"every patient of this cohort with a value has the same value ({out[0]}) of the binary "
+                         "endpoint", column=column,
+                         fix="a classifier is trained, and an AUC measured, only on patients with both outcomes")
     return out
 
 

@@ -74,6 +74,20 @@ class TrainedModels:
         factors = self.inputs(manifest, features)
         return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
 
+    def training_inputs(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """The factors of the training rows as the Cox models and cut-offs were fitted on them: the cross-fitted
+        Rad-score in place of the in-sample one (which ranks the training patients far better than new ones)."""
+        factors = self.inputs(manifest, features)
+        if self.cross_fitted_rad_score is not None:
+            factors["rad_score"] = self.cross_fitted_rad_score
+        return factors
+
+    def training_risks(self, manifest: Manifest, features: pd.DataFrame) -> pd.DataFrame:
+        """Risk of every model on its training rows from :meth:`training_inputs`: what each cut-off was learned on,
+        so what the training patients' risk groups must be read from."""
+        factors = self.training_inputs(manifest, features)
+        return pd.DataFrame({name: model.risk(factors) for name, model in self.nomograms.items()})
+
 
 def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                settings: SignatureSettings | None = None, *, ties: str = "efron",

@@ -178,9 +178,7 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import training_cutoff
 
-    factors = models.inputs(manifest, features)
-    if models.cross_fitted_rad_score is not None:
-        factors["rad_score"] = models.cross_fitted_rad_score
+    factors = models.training_inputs(manifest, features)
     labels = {}
     for name in dict.fromkeys(binary_endpoints):
         known, values = endpoint_labels(manifest, name)
@@ -306,14 +304,19 @@ def train(
                "harmonise": selection.harmonise}
     models = fit_models(train_manifest, train_features, endpoint, settings, **choices)
 
-    risks = models.risks(train_manifest, train_features)
-    training_metrics = {
-        name: evaluate_risk(risks[name].to_numpy(), time, event, time, event, cutoff=models.cutoffs[name]["cutoff"],
-                            n_boot=200, seed=seed)
-        for name in models.nomograms
-    }
-    for block in training_metrics.values():
+    # the apparent C (what the optimism correction starts from) is the final models' on their own training patients;
+    # risk groups are read from the risks each cut-off was learned on (cross-fitted Rad-score), as new patients'
+    # groups are: the in-sample Rad-score is spread too little for the cut-off, and could put every patient in one
+    risks, grouped = models.risks(train_manifest, train_features), models.training_risks(train_manifest, train_features)
+    training_metrics = {}
+    for name in models.nomograms:
+        apparent = evaluate_risk(risks[name].to_numpy(), time, event, time, event,
+                                 cutoff=models.cutoffs[name]["cutoff"], n_boot=200, seed=seed)
+        block = evaluate_risk(grouped[name].to_numpy(), time, event, time, event,
+                              cutoff=models.cutoffs[name]["cutoff"], n_boot=20, seed=seed)
+        block.update({key: apparent[key] for key in ("c_index", "c_index_95ci", "uno_c", "td_auc")})
         block.pop("calibration", None)
+        training_metrics[name] = block
     optimism = None
     if optimism_bootstraps > 0:
         optimism = optimism_corrected_c(train_manifest, train_features, endpoint, settings,
@@ -327,8 +330,8 @@ def train(
     treatment = train_manifest.table
     chemo_benefit = fit_benefit(time, event, treatment["chemo"] if "chemo" in treatment else None,
                                 treatment.get("ccnd", pd.Series(0.0, index=treatment.index)),
-                                assign_groups(risks["nomogram"].to_numpy(), models.cutoffs["nomogram"]["cutoff"]),
-                                train_manifest.clinical_table(models.ebv_fill), score=risks["nomogram"].to_numpy(),
+                                assign_groups(grouped["nomogram"].to_numpy(), models.cutoffs["nomogram"]["cutoff"]),
+                                train_manifest.clinical_table(models.ebv_fill), score=grouped["nomogram"].to_numpy(),
                                 seed=seed)
     fusion_block, extra_files = None, {}
     if fusion != "none":

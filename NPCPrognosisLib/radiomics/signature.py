@@ -199,7 +199,7 @@ def _lasso_cv(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: Sign
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(scores, axis=0)
-        se = np.nanstd(scores, axis=0) / np.sqrt(np.maximum(1, (~np.isnan(scores)).sum(axis=0)))
+        se = np.nanstd(scores, axis=0, ddof=1) / np.sqrt(np.maximum(1, (~np.isnan(scores)).sum(axis=0)))  # glmnet's
     best = int(np.nanargmax(mean))
     chosen = best
     if settings.one_se_rule:

@@ -34,6 +34,8 @@ from NPCPrognosisLib.survival.treatment_effect import fit_interaction, interacti
 CCND_THRESHOLD = 160.0  # mg/m2
 ARMS = ("rt_alone", "low_dose", "high_dose")
 REFERENCE_ARM = "low_dose"
+#: Chemotherapy given, dose not recorded: in no arm of the comparison.
+UNKNOWN_DOSE = "unknown_dose"
 TREATED_ARM = "high_dose"
 #: Confounders of the treatment choice the model adjusts for (the ordinal clinical coding: one column each).
 CONFOUNDERS = CLINICAL_COVARIATES
@@ -48,17 +50,24 @@ ARM_NAME = "arm"
 
 
 def assign_arms(chemo: Sequence[Any] | None, ccnd: Sequence[Any], threshold: float = CCND_THRESHOLD) -> np.ndarray:
-    """Arm labels: ``rt_alone`` (no chemotherapy), ``low_dose`` (CCND <= threshold), ``high_dose``.
+    """Arm labels: ``rt_alone`` (no chemotherapy), ``low_dose`` (CCND <= threshold), ``high_dose``, and
+    :data:`UNKNOWN_DOSE` for chemotherapy given without a recorded dose.
 
-    Without a ``chemo`` column a CCND of 0 means radiotherapy alone.
+    Without a ``chemo`` column a CCND of 0 (or none) means radiotherapy alone. With it, a patient given
+    chemotherapy whose dose is missing belongs to no dose arm: counted as low-dose, a patient who may have had
+    300 mg/m2 would sit in the reference arm of the adjusted comparison, so such patients are left out of it.
     """
-    dose = pd.to_numeric(pd.Series(np.asarray(ccnd, dtype=object)), errors="coerce").fillna(0.0).to_numpy(float)
+    raw = pd.to_numeric(pd.Series(np.asarray(ccnd, dtype=object)), errors="coerce")
+    dose = raw.fillna(0.0).to_numpy(float)
     if chemo is None:
         given = dose > 0
+        unknown = np.zeros(len(dose), dtype=bool)
     else:
-        given = pd.to_numeric(pd.Series(np.asarray(chemo, dtype=object)), errors="coerce").fillna(0.0).to_numpy() > 0
-        given |= dose > 0
-    return np.where(~given, "rt_alone", np.where(dose > threshold, "high_dose", "low_dose"))
+        flagged = pd.to_numeric(pd.Series(np.asarray(chemo, dtype=object)), errors="coerce").fillna(0.0).to_numpy() > 0
+        given = flagged | (dose > 0)
+        unknown = flagged & raw.isna().to_numpy()
+    arms = np.where(~given, "rt_alone", np.where(dose > threshold, "high_dose", "low_dose"))
+    return np.where(unknown, UNKNOWN_DOSE, arms)
 
 
 def arm_counts(arm: np.ndarray, group: np.ndarray, event: np.ndarray) -> dict:
@@ -115,6 +124,7 @@ def fit_benefit(time: Sequence[float], event: Sequence[bool], chemo: Sequence[An
     confounders = confounders[list(CONFOUNDERS)].reset_index(drop=True).astype(float)
     counts = arm_counts(arm, group, event)
     doc: dict[str, Any] = {"threshold_mg_m2": float(threshold), "arms_all": list(ARMS), "counts": counts,
+                           "left_out_unknown_dose": int((arm == UNKNOWN_DOSE).sum()),
                            "reference_arm": REFERENCE_ARM, "confounders": list(CONFOUNDERS),
                            "note": "observational comparison in the training cohort, adjusted for the confounders "
                                    "listed; not a randomised comparison"}
@@ -278,11 +288,13 @@ def weighted_logrank(time: np.ndarray, event: np.ndarray, treated: np.ndarray, w
             continue
         o_minus_e += d1 - d * y1 / y
         y1_sq, y_sq = (weight[risk & treated] ** 2).sum(), (weight[risk] ** 2).sum()
-        # Xie & Liu's variance: hypergeometric form with the squared weights of each arm's risk set; the
-        # y / (y - 1) finite-risk-set factor makes unit weights give the classic log-rank test exactly.
+        # Xie & Liu's variance: the hypergeometric factor d (n - d) / (n (n - 1)) of the unweighted counts times the
+        # squared weights of each arm's risk set; scaling every weight by one constant leaves the statistic as it
+        # is, and unit weights give the classic log-rank test exactly.
         y0, y0_sq = y - y1, y_sq - y1_sq
-        if y > 1:
-            var += d / y * (1 - d / y) * ((y0 / y) ** 2 * y1_sq + (y1 / y) ** 2 * y0_sq) * y / (y - 1)
+        n, d_n = float(risk.sum()), float(dead.sum())
+        if n > 1:
+            var += d_n * (n - d_n) / (n * (n - 1)) * (y0 ** 2 * y1_sq + y1 ** 2 * y0_sq) / y ** 2
     stat = o_minus_e ** 2 / var if var > 0 else float("nan")
     return {"chi2": float(stat), "p": float(chi2.sf(stat, 1)) if math.isfinite(stat) else None}
 
@@ -393,8 +405,9 @@ def _interval(draws: np.ndarray | None, k: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- held-out checks
 def _status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> np.ndarray:
-    """1 = event by the horizon, 0 = event-free at the horizon, -1 = censored before it (unknown)."""
-    return np.where(event & (time <= horizon), 1, np.where(time > horizon, 0, -1))
+    """1 = event by the horizon, 0 = event-free at the horizon (followed up to it or beyond, as whole-month
+    follow-up often ends exactly there), -1 = censored before it (unknown)."""
+    return np.where(event & (time <= horizon), 1, np.where(time >= horizon, 0, -1))
 
 
 def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float = 60.0,

@@ -123,6 +123,15 @@ def test_assign_arms():
     arms = bf.assign_arms([0, 1, 1, 0, None], [0, 160, 161, 200, 0])
     assert arms.tolist() == ["rt_alone", "low_dose", "high_dose", "high_dose", "rt_alone"]
     assert bf.assign_arms(None, [0, 100, 170]).tolist() == ["rt_alone", "low_dose", "high_dose"]
+    # chemotherapy given with no dose recorded is in no dose arm (never in the low-dose reference arm)
+    assert bf.assign_arms([1, 1, 0], [None, float("nan"), 200]).tolist() == [bf.UNKNOWN_DOSE, bf.UNKNOWN_DOSE,
+                                                                             "high_dose"]
+    assert bf.assign_arms(None, [None, 120]).tolist() == ["rt_alone", "low_dose"]
+
+
+def test_a_patient_followed_exactly_to_the_horizon_is_known_event_free():
+    status = bf._status_at(np.array([60.0, 60.0, 61.0, 59.0]), np.array([False, True, False, False]), 60.0)
+    assert status.tolist() == [0, 1, 0, -1]
 
 
 def test_patient_counterfactuals_have_intervals_and_say_no_benefit_when_they_include_zero(large):
@@ -177,6 +186,11 @@ def test_weighted_logrank_with_unit_weights_is_the_log_rank_test():
     ours = bf.weighted_logrank(time, event, treated, np.ones(300))
     chi2, p = logrank(time, event, treated.astype(int))
     assert ours["chi2"] == pytest.approx(chi2, rel=1e-6)
+    # stabilised or not, weights on one scale give one statistic (the variance's hypergeometric factor is the
+    # unweighted counts'), as in Xie & Liu 2005
+    weights = rng.uniform(0.2, 3.0, 300)
+    scaled = [bf.weighted_logrank(time, event, treated, c * weights)["chi2"] for c in (0.3, 1.0, 3.0)]
+    assert scaled == pytest.approx([scaled[1]] * 3, rel=1e-9)
     km = bf.weighted_km(time, event, np.ones(300), [5.0])[0]
     from NPCPrognosisLib.survival.metrics import _km_at
     assert km == pytest.approx(_km_at(time, event, 5.0)[0])

@@ -52,6 +52,10 @@ def test_bundle_contents(trained, small_cohort):
     assert benefit["estimable"] or "reason" in benefit
     for name, block in document["cutoffs"].items():
         assert block["n_high"] >= 2 and block["n_low"] >= 2, name  # >= 10 % of 18
+        # the training patients' risk groups are read from the risks the cut-off was learned on (cross-fitted
+        # Rad-score), not from the in-sample ones, which the cut-off could leave all in one group
+        metrics = training["metrics"][name]
+        assert (metrics["n_high"], metrics["n_low"]) == (block["n_high"], block["n_low"]), name
 
 
 def test_the_bundle_holds_a_cox_reference_on_the_tumour_volumes(trained, small_cohort):
