@@ -300,7 +300,8 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
-    from NPCPrognosisLib.io.images import load_patient, split_series_selector, write_image_atomic
+    from NPCPrognosisLib.io.dicom_series import split_series_selector
+    from NPCPrognosisLib.io.images import load_patient, write_image_atomic
     from NPCPrognosisLib.io.manifest import load_column_map
     from NPCPrognosisLib.pipeline.segment import segment_cohort
 

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.dicom_series import dicom_series_files, split_series_selector
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Default ROI names per structure (case-insensitive shell patterns, alternatives separated by '|').
@@ -321,7 +322,6 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path) -> Path | 
     from pydicom.sr.codedict import codes
 
     from NPCPrognosisLib.io.atomic import atomic_path
-    from NPCPrognosisLib.io.images import dicom_series_files, split_series_selector
 
     labels = sitk.GetArrayFromImage(mask)
     present = [s for s in SEGMENTS if (labels == s["label"]).any()]

@@ -28,6 +28,7 @@ from NPCPrognosisLib.imaging.geometry import (
 )
 from NPCPrognosisLib.imaging.preprocess import head_threshold
 from NPCPrognosisLib.io.atomic import atomic_path
+from NPCPrognosisLib.io.dicom_series import check_series_slices, dicom_series_files, split_series_selector
 
 log = logging.getLogger(__name__)
 
@@ -133,106 +134,6 @@ def check_file_integrity(path: str | Path, *, patient_id: str | None = None, rol
         if bad:
             raise InputError(f"{role} has {bad} NaN/infinite voxels", patient_id=patient_id, path=path,
                              fix="re-export the image; NaN usually comes from a failed conversion or registration")
-
-
-#: ``folder::selector`` picks one series of a DICOM folder holding several (SeriesInstanceUID or description).
-SERIES_SEPARATOR = "::"
-
-
-def split_series_selector(path: str | Path) -> tuple[Path, str | None]:
-    """``"study/::T1 post"`` -> (Path("study"), "T1 post"); a plain path has no selector."""
-    text = str(path)
-    if SERIES_SEPARATOR in text:
-        folder, selector = text.rsplit(SERIES_SEPARATOR, 1)
-        return Path(folder), selector.strip() or None
-    return Path(text), None
-
-
-def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id: str | None = None,
-                       role: str = "image") -> list[str]:
-    """The files of the one DICOM series meant: the only one in the folder, or the one whose SeriesInstanceUID equals
-    ``selector`` or whose SeriesDescription contains it (case-insensitive). Anything ambiguous is refused with the
-    series found, never resolved by taking the first."""
-    reader = sitk.ImageSeriesReader()
-    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
-    if not uids:
-        raise InputError(f"{role} folder contains no DICOM series", patient_id=patient_id, path=folder,
-                         fix="point at the folder holding the series' files")
-    series = {}
-    for uid in uids:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-        header = sitk.ImageFileReader()
-        header.SetFileName(files[0])
-        header.LoadPrivateTagsOff()
-        header.ReadImageInformation()
-        description = header.GetMetaData("0008|103e").strip() if header.HasMetaDataKey("0008|103e") else ""
-        series[uid] = (description, files)
-    if selector is None and len(series) == 1:
-        return series[uids[0]][1]
-    chosen = [uid for uid in uids if selector is not None and (
-        uid == selector or selector.lower() in series[uid][0].lower())]
-    listing = "; ".join(f"{uid} '{d}' ({len(f)} images)" for uid, (d, f) in series.items())
-    if len(chosen) != 1:
-        what = ("no series matches" if selector is not None and not chosen else
-                "several series match" if selector is not None else f"the folder holds {len(series)} series")
-        raise InputError(f"{role}: {what} {selector!r} ({listing})" if selector is not None else
-                         f"{role}: {what} ({listing})", patient_id=patient_id, path=folder,
-                         fix=f"name the series: <folder>{SERIES_SEPARATOR}<SeriesInstanceUID or words of its "
-                             "description>, e.g. study/::T1 post contrast")
-    return series[chosen[0]][1]
-
-
-#: Slice gaps of one series may differ from their median by this share (rounding of the positions in the headers).
-SLICE_GAP_TOLERANCE = 0.1
-
-
-def check_series_slices(files: list[str], *, patient_id: str | None = None, path: str | Path | None = None,
-                        role: str = "image") -> None:
-    """Refuse a DICOM series whose slices do not form one evenly spaced stack.
-
-    SimpleITK's series reader assembles such a series anyway and only prints a warning: a missing slice gives the
-    volume one slice less and a spacing averaged over the gap, a duplicate position (two echoes or a repeated
-    acquisition under one SeriesInstanceUID) a spacing a third as large, a stray slice of another orientation a
-    volume through both. Every voxel would then sit in the wrong place, so the headers are checked first: one
-    orientation, and gaps along the slice normal within :data:`SLICE_GAP_TOLERANCE` of their median. A single
-    (multi-frame) file, or files without position tags, are left to the reader.
-    """
-    import pydicom
-
-    if len(files) < 2:
-        return
-    positions, orientations = [], []
-    for name in files:
-        header = pydicom.dcmread(name, stop_before_pixels=True,
-                                 specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
-        if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
-            return
-        positions.append([float(v) for v in header.ImagePositionPatient])
-        orientations.append([float(v) for v in header.ImageOrientationPatient])
-    orientation = np.asarray(orientations)
-    fix = ("export the series again, whole, from the scanner or PACS; if the folder holds several volumes, give each "
-           "its own folder or name the one meant with <folder>::<SeriesInstanceUID or description>")
-    if np.abs(orientation - orientation[0]).max() > 1e-3:
-        odd = int(np.argmax(np.abs(orientation - orientation[0]).max(axis=1)))
-        raise InputError(f"{role}: the DICOM series mixes slice orientations ({Path(files[odd]).name} is not oriented "
-                         f"as {Path(files[0]).name})", patient_id=patient_id, path=path, fix=fix)
-    normal = np.cross(orientation[0, :3], orientation[0, 3:])
-    along = np.sort(np.asarray(positions) @ normal)
-    distinct = len(np.unique(np.round(along, 2)))
-    if distinct < len(along):
-        raise InputError(f"{role}: the {len(files)} DICOM images of the series lie at {distinct} slice positions: it "
-                         "holds more than one volume (echoes, time points or a repeated acquisition)",
-                         patient_id=patient_id, path=path, fix=fix)
-    gaps = np.diff(along)
-    step = float(np.median(gaps))
-    uneven = np.flatnonzero(np.abs(gaps - step) > SLICE_GAP_TOLERANCE * step)
-    if uneven.size:
-        k = int(uneven[0])
-        what = "a slice is missing" if gaps[k] > step else "the slices are unevenly spaced"
-        raise InputError(f"{role}: {what} in the DICOM series: {gaps[k]:.2f} mm between the slices at "
-                         f"{along[k]:.2f} and {along[k + 1]:.2f} mm along the slice normal, where the series steps "
-                         f"{step:.2f} mm ({uneven.size} such gap(s) among {len(files)} images)",
-                         patient_id=patient_id, path=path, fix=fix)
 
 
 def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:

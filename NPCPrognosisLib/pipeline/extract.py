@@ -23,7 +23,8 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import network_checksum
-from NPCPrognosisLib.io.images import PatientImages, check_mask, load_patient, split_series_selector
+from NPCPrognosisLib.io.dicom_series import split_series_selector
+from NPCPrognosisLib.io.images import PatientImages, check_mask, load_patient
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, extraction_metadata, failures_path_for, meta_path_for
 

@@ -18,7 +18,8 @@ from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.dicom_rt import write_seg
-from NPCPrognosisLib.io.images import load_patient, split_series_selector, write_image_atomic
+from NPCPrognosisLib.io.dicom_series import split_series_selector
+from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
 
 log = logging.getLogger(__name__)
