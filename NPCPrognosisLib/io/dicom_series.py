@@ -82,12 +82,15 @@ def check_series_slices(files: list[str], *, patient_id: str | None = None, path
         return
     positions, orientations = [], []
     for name in files:
-        header = pydicom.dcmread(name, stop_before_pixels=True,
-                                 specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
-        if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+        try:
+            header = pydicom.dcmread(name, stop_before_pixels=True,
+                                     specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+            if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+                return
+            positions.append([float(v) for v in header.ImagePositionPatient])
+            orientations.append([float(v) for v in header.ImageOrientationPatient])
+        except Exception:  # noqa: BLE001 - a header pydicom cannot read is left to SimpleITK's reader, which reports it
             return
-        positions.append([float(v) for v in header.ImagePositionPatient])
-        orientations.append([float(v) for v in header.ImageOrientationPatient])
     orientation = np.asarray(orientations)
     fix = ("export the series again, whole, from the scanner or PACS; if the folder holds several volumes, give each "
            "its own folder or name the one meant with <folder>::<SeriesInstanceUID or description>")
