@@ -34,7 +34,6 @@ OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
 CENTRE_COLUMN = "centre"
 
 
-
 def centre_label(value: Any) -> str | None:
     """A centre (scanner) label as the one string every stage compares; None when missing.
 
@@ -54,6 +53,7 @@ def centre_label(value: Any) -> str | None:
     if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
         text = text[:-2]
     return text or None
+
 
 @dataclass
 class PatientEntry:
@@ -204,9 +204,9 @@ def read_manifest(
     path = Path(path)
     if not path.exists():
         raise InputError("manifest file not found", path=path, fix="pass the path of the cohort CSV")
-    # the ID column is read as text whatever its name, so an MRN keeps its leading zeros and no '.0' (numbers
-    # would stop it matching the features and extra tables, which are read as text)
-    # (and the centre: a column with one gap would be read as 1.0, 2.0 and no longer match the centre 1 of training)
+    # the ID and centre columns are read as text whatever their names: an MRN keeps its leading zeros and gets no
+    # '.0' (it must match the features and extra tables, read as text), and a centre column with one gap is not
+    # read as 1.0, 2.0 (it must name the centres as training did)
     text_columns = {(column_map or {}).get(name, name): str for name in ("patient_id", CENTRE_COLUMN)}
     try:
         table = pd.read_csv(path, dtype=text_columns)
