@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,48 @@ REDUNDANCY_R = 0.85
 MAX_CANDIDATES = 200
 
 
+@dataclass
+class Screened:
+    """What the univariable and redundancy filters kept from a raw feature matrix."""
+
+    #: Kept columns of the matrix (strongest univariable one first).
+    columns: np.ndarray
+    #: Their Yeo-Johnson transforms (:func:`yeo_johnson_fit`) and transformed, standardised values.
+    transform: list[dict[str, float]]
+    z: np.ndarray
+    #: Columns that passed the univariable filter (after the cap), before the redundancy filter.
+    n_univariate: int
+
+
+def screen_features(values: np.ndarray, y: np.ndarray) -> Screened:
+    """Univariable Mann-Whitney filter, Yeo-Johnson transform of the survivors and redundancy filter.
+
+    Why it is one function: the filters read the outcome, so the penalty's inner cross-validation runs them again
+    on each fold's training rows (:func:`_lasso_logistic`); judged after a whole-split screen, noise features
+    validate and the penalty comes out too weak.
+    """
+    from scipy.stats import mannwhitneyu
+
+    raw_mean = np.nanmean(values, axis=0)
+    filled = np.where(np.isnan(values), raw_mean, values)
+    raw_scale = filled.std(axis=0)
+    keep = np.flatnonzero(np.isfinite(raw_mean) & (raw_scale > 0))
+    z = (filled[:, keep] - raw_mean[keep]) / raw_scale[keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = mannwhitneyu(z[y == 1], z[y == 0], axis=0).pvalue
+    p = np.nan_to_num(p, nan=1.0)
+    passing = np.flatnonzero(p < UNIVARIATE_P)
+    if len(passing) == 0:
+        passing = np.argsort(p)[:10]  # nothing passes: offer the ten strongest, LASSO may still drop them all
+    passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
+    full = keep[passing]
+    transform = yeo_johnson_fit(values[:, full], raw_scale[full])
+    zt = _transformed(values[:, full], {key: [t[key] for t in transform] for key in TRANSFORM_KEYS})
+    kept = redundancy_filter(zt, list(range(len(full))), p[passing], REDUNDANCY_R)
+    return Screened(full[kept], [transform[i] for i in kept], zt[:, kept], int(len(passing)))
+
+
 def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Univariable filter, Yeo-Johnson transform, redundancy filter and LASSO-logistic (penalty by inner CV AUC):
     the radiomics signature.
@@ -41,37 +84,19 @@ def fit_rad_signature(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> dict[str
     signature : dict
         ``features``; per feature the training ``raw_scale``, Yeo-Johnson ``lambda`` and the transformed
         values' ``mean``/``scale`` (missing values take the mean); ``coef`` and ``intercept`` of the logistic
-        model on the standardised transformed features; its linear predictor is the Rad-score (log-odds).
+        model on the standardised transformed features; its linear predictor is the Rad-score (log-odds);
+        ``cv_auc``, the inner cross-validated AUC of the chosen penalty.
     """
-    from scipy.stats import mannwhitneyu
-
     values = X.to_numpy(float)
-    raw_mean = np.nanmean(values, axis=0)
-    filled = np.where(np.isnan(values), raw_mean, values)
-    raw_scale = filled.std(axis=0)
-    keep = np.isfinite(raw_mean) & (raw_scale > 0)
-    names = list(X.columns[keep])
-    z = (filled[:, keep] - raw_mean[keep]) / raw_scale[keep]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p = mannwhitneyu(z[y == 1], z[y == 0], axis=0).pvalue
-    p = np.nan_to_num(p, nan=1.0)
-    passing = np.flatnonzero(p < UNIVARIATE_P)
-    if len(passing) == 0:
-        passing = np.argsort(p)[:10]  # nothing passes: offer the ten strongest, LASSO may still drop them all
-    passing = passing[np.argsort(p[passing], kind="stable")][:MAX_CANDIDATES]
-    full = np.flatnonzero(keep)[passing]
-    transform = yeo_johnson_fit(values[:, full], raw_scale[full])
-    zt = _transformed(values[:, full], {key: [t[key] for t in transform] for key in TRANSFORM_KEYS})
-    kept = redundancy_filter(zt, [names[i] for i in passing], p[passing], REDUNDANCY_R)
-    idx = [[names[i] for i in passing].index(k) for k in kept]
-    coef, intercept = _lasso_logistic(zt[:, idx], y, seed)
-    chosen = [idx[i] for i in np.flatnonzero(coef != 0)]
-    return {"features": [names[passing[i]] for i in chosen], "coef": coef[coef != 0].tolist(),
+    screened = screen_features(values, y)
+    coef, intercept, cv_auc = _lasso_logistic(values, y, screened.z, seed)
+    chosen = np.flatnonzero(coef != 0)
+    return {"features": [str(X.columns[screened.columns[i]]) for i in chosen], "coef": coef[chosen].tolist(),
             "intercept": float(intercept),
-            **{key: [float(transform[i][key]) for i in chosen] for key in TRANSFORM_KEYS},
+            **{key: [float(screened.transform[i][key]) for i in chosen] for key in TRANSFORM_KEYS},
             "transform": "Yeo-Johnson of value / raw_scale, then (t - mean) / scale",
-            "n_features_in": int(X.shape[1]), "n_univariate": int(len(passing)), "n_after_redundancy": len(kept)}
+            "n_features_in": int(X.shape[1]), "n_univariate": screened.n_univariate,
+            "n_after_redundancy": int(len(screened.columns)), "cv_auc": cv_auc}
 
 
 #: Yeo-Johnson lambdas are searched in this interval (a stronger transform than lambda 3 only chases outliers).
@@ -180,24 +205,27 @@ def signature_values(signature: Mapping[str, Any], features: pd.DataFrame) -> np
     return _transformed(values, signature)
 
 
-def _lasso_logistic(z: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """L1 logistic regression with the penalty chosen by stratified inner CV AUC (scikit-learn liblinear)."""
+def _lasso_logistic(values: np.ndarray, y: np.ndarray, z: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
+    """L1 logistic regression on the screened, transformed ``z`` with the penalty chosen by stratified inner CV
+    AUC (scikit-learn liblinear); each fold screens the raw ``values`` on its own training rows
+    (:func:`screen_features`). Returns the coefficients, the intercept and the chosen penalty's CV AUC."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     grid = np.logspace(-2, 1, 12)
-    folds = list(StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(z, y))
-    scores = []
-    for C in grid:
-        oof = np.zeros(len(y))
-        for tr, va in folds:
-            m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z[tr], y[tr])
-            oof[va] = m.decision_function(z[va])
-        scores.append(roc_auc_score(y, oof) if np.ptp(oof) > 0 else 0.5)
-    best = float(grid[int(np.argmax(scores))])
-    final = LogisticRegression(C=best, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z, y)
-    return final.coef_[0], float(final.intercept_[0])
+    oof = np.zeros((len(grid), len(y)))
+    for tr, va in StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(values, y):
+        fold = screen_features(values[tr], y[tr])
+        held = _transformed(values[va][:, fold.columns],
+                            {key: [t[key] for t in fold.transform] for key in TRANSFORM_KEYS})
+        for g, C in enumerate(grid):
+            m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(fold.z, y[tr])
+            oof[g, va] = m.decision_function(held)
+    scores = [roc_auc_score(y, row) if np.ptp(row) > 0 else 0.5 for row in oof]
+    best = int(np.argmax(scores))
+    final = LogisticRegression(C=float(grid[best]), l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(z, y)
+    return final.coef_[0], float(final.intercept_[0]), float(scores[best])
 
 
 def rad_score(signature: Mapping[str, Any], features: pd.DataFrame) -> np.ndarray:

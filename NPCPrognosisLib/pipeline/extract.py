@@ -201,7 +201,9 @@ def extract_cohort(
                          fix="fill in the mask column (label 1 = GTVp, 2 = GTVn)")
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = extraction_metadata(params_path, preprocess)
-    settings_key = json.dumps({"radiomics": settings.get("settings_hash"), "preprocessing": preprocess.to_dict(),
+    settings_key = json.dumps({"radiomics": settings.get("settings_hash"),
+                               "pyradiomics_version": settings.get("pyradiomics_version"),
+                               "preprocessing": preprocess.to_dict(),
                                "network": None if network is None else network_checksum(network),
                                "auto_mask": bool(auto_mask), "resample_mask": bool(resample_mask),
                                "roi_map": roi_map}, sort_keys=True)

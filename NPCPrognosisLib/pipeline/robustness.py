@@ -62,7 +62,9 @@ def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbati
         stat = path.stat()
         return [str(path), stat.st_size, stat.st_mtime_ns]
 
-    record = {"settings_hash": meta.get("settings_hash"), "preprocessing": meta.get("preprocessing"),
+    # the PyRadiomics version too: an upgrade may change feature values under the same settings
+    record = {"settings_hash": meta.get("settings_hash"), "pyradiomics_version": meta.get("pyradiomics_version"),
+              "preprocessing": meta.get("preprocessing"),
               "network_sha256": meta.get("network_sha256"),
               "resample_mask": bool(meta.get("resample_mask")), "roi_map": meta.get("roi_map"),
               "perturbation": perturbation.to_dict(), "mask": stamp(mask),

@@ -482,3 +482,15 @@ def test_another_modality_enters_the_ridge_as_a_block_of_its_own(monkeypatch):
     assert np.allclose(rg.predict_ridge(model, clinical.iloc[new], again),
                        rg.predict_ridge(model, clinical.iloc[new], joined.iloc[new]))
     assert bn.with_needed_extras([{"endpoint": "x", "models": {rg.RIDGE: alone}}], features, None, ids) is features
+
+
+def test_the_penalty_cross_validation_screens_inside_each_fold_so_noise_does_not_validate():
+    """Screened once on every training patient, noise features ranked the inner folds' patients too: on these
+    cohorts the best inner AUC was 0.79-0.90 and the chosen penalty kept about 60 of 2,000 noise features.
+    Screened again in each fold, the inner AUC of noise is near chance."""
+    cv = []
+    for seed in range(1, 5):
+        rng = np.random.default_rng(seed)
+        X = pd.DataFrame(rng.lognormal(size=(120, 2000)), columns=[f"original_firstorder_f{i}" for i in range(2000)])
+        cv.append(sg.fit_rad_signature(X, (rng.random(120) < 0.4).astype(int), seed)["cv_auc"])
+    assert max(cv) < 0.68 and np.mean(cv) < 0.62

@@ -101,6 +101,20 @@ def test_robustness_on_training_patients_is_cached(small_cohort, tmp_path):
     assert feature_robustness(manifest, features, {}, path) is None  # no metadata beside the table
 
 
+def test_a_perturbed_extraction_is_not_reused_under_another_pyradiomics_version(small_cohort):
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.robustness import _cache_key
+    from NPCPrognosisLib.radiomics.features_table import read_features
+    from NPCPrognosisLib.radiomics.perturbation import perturbations
+
+    entry = read_manifest(small_cohort / "manifest.csv").entries()[0]
+    _, meta = read_features(small_cohort / "features.csv")
+    plan = perturbations(1)[0]
+    same = _cache_key(entry, entry.mask, meta, plan)
+    assert same == _cache_key(entry, entry.mask, dict(meta), plan)
+    assert same != _cache_key(entry, entry.mask, {**meta, "pyradiomics_version": "3.1.0"}, plan)
+
+
 def test_robustness_reads_the_masks_as_extract_read_them(small_cohort, tmp_path, monkeypatch):
     """Masks saved on another grid are accepted by `extract --resample-mask`; the robustness study must read them
     the same way (it refused every patient, so the ICC filter silently dropped out of the selection)."""
