@@ -57,13 +57,19 @@ class Robustness:
         return block
 
 
+#: Raised whenever the perturbations change (:mod:`NPCPrognosisLib.radiomics.perturbation`), so that perturbed
+#: extractions cached by an earlier version are not mixed with new ones. 2: noise measured inside the head.
+PERTURBATION_METHOD = 2
+
+
 def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbation: Perturbation) -> str:
     def stamp(path: Path) -> list[Any]:
         stat = path.stat()
         return [str(path), stat.st_size, stat.st_mtime_ns]
 
-    # the PyRadiomics version too: an upgrade may change feature values under the same settings
-    record = {"settings_hash": meta.get("settings_hash"), "pyradiomics_version": meta.get("pyradiomics_version"),
+    # the PyRadiomics version and the perturbation method too: either may change the values under the same settings
+    record = {"method": PERTURBATION_METHOD, "settings_hash": meta.get("settings_hash"),
+              "pyradiomics_version": meta.get("pyradiomics_version"),
               "preprocessing": meta.get("preprocessing"),
               "network_sha256": meta.get("network_sha256"),
               "resample_mask": bool(meta.get("resample_mask")), "roi_map": meta.get("roi_map"),
