@@ -22,6 +22,7 @@ from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
+from NPCPrognosisLib.radiomics.extraction import pyradiomics_version
 from NPCPrognosisLib.radiomics.features_table import feature_matrix
 from NPCPrognosisLib.radiomics.perturbation import Perturbation, icc_3_1, perturbations
 
@@ -67,9 +68,10 @@ def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbati
         stat = path.stat()
         return [str(path), stat.st_size, stat.st_mtime_ns]
 
-    # the PyRadiomics version and the perturbation method too: either may change the values under the same settings
+    # the PyRadiomics that extracts the perturbed cases (the one running), and the perturbation method: either may
+    # change the values under the same settings
     record = {"method": PERTURBATION_METHOD, "settings_hash": meta.get("settings_hash"),
-              "pyradiomics_version": meta.get("pyradiomics_version"),
+              "pyradiomics_version": pyradiomics_version(),
               "preprocessing": meta.get("preprocessing"),
               "network_sha256": meta.get("network_sha256"),
               "resample_mask": bool(meta.get("resample_mask")), "roi_map": meta.get("roi_map"),
@@ -171,6 +173,10 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
             log.warning("feature robustness not measured: %s has no extraction metadata beside it",
                         features_path)
         return None
+    if meta.get("pyradiomics_version") not in (None, pyradiomics_version()):
+        log.warning("%s was extracted with PyRadiomics %s and its perturbed copies are extracted with %s: the ICCs "
+                    "mix two versions; extract the table again with this one", features_path,
+                    meta["pyradiomics_version"], pyradiomics_version())
     automatic = str(meta.get("mask", "")).startswith("automatic")
     mask_dir = Path(features_path).with_name(Path(features_path).stem + "_masks")
     rng = np.random.default_rng(seed + 104729)

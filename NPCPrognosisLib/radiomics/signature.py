@@ -36,7 +36,8 @@ class SignatureSettings:
     cv_folds: int = 5
     n_alphas: int = 50
     alpha_min_ratio: float = 0.02
-    #: Choose the largest alpha whose CV C-index is within one SE of the best (sparser, more stable signature).
+    #: Choose the largest alpha whose CV C-index is within one SE of the best (sparser, more stable signature) and
+    #: that keeps a feature; when the best is not one SE above 0.5 (the empty model's C), the sparsest such alpha.
     one_se_rule: bool = True
     seed: int = 0
     #: Image types offered to the selection: ``("original",)`` or None for every filtered image too.
@@ -232,10 +233,12 @@ def _lasso_cv(z: np.ndarray, kept: np.ndarray, time: np.ndarray, event: np.ndarr
     if np.isnan(scores).all():
         raise InputError("no cross-validation fold has comparable pairs: too few events to tune the LASSO",
                          fix="use a larger training cohort")
+    scored = (~np.isnan(scores)).sum(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(scores, axis=0)
-        se = np.nanstd(scores, axis=0, ddof=1) / np.sqrt(np.maximum(1, (~np.isnan(scores)).sum(axis=0)))  # glmnet's
+        # only penalties every fitted fold reached compete (a fold's path can stop early): one fold's C has no SE
+        mean = np.where(scored == scored.max(), np.nanmean(scores, axis=0), np.nan)
+        se = np.nanstd(scores, axis=0, ddof=1) / np.sqrt(np.maximum(1, scored))  # glmnet's
     best = int(np.nanargmax(mean))
     chosen = best
     non_empty = (np.abs(path.coef_) > 1e-10).any(axis=0)[:len(mean)]  # on the whole-cohort path
@@ -365,7 +368,7 @@ def fit_signature(
 
     coef = penalised_fit(alpha)
     if not (np.abs(coef) > 1e-10).any() and cv["alpha_best"] < alpha:
-        # the 1-SE rule landed on the empty model: take the cross-validated best penalty instead
+        # an empty model (after stability selection, or without the 1-SE rule): the CV's best penalty instead
         alpha = cv["alpha_best"]
         coef = penalised_fit(alpha)
         cv["one_se_rule_gave_empty_model"] = True

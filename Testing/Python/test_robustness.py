@@ -87,6 +87,7 @@ def test_noise_is_measured_in_the_head_not_in_the_air_around_it():
         image = sitk.GetImageFromArray(magnitude.astype(np.float32))
         image.SetSpacing((0.9, 0.9, 3.0))
         assert noise_sd(image) == pytest.approx(10.0, rel=0.03)
+        assert noise_sd(image) == noise_sd(image)  # the head mask is read from a live image, not a freed one
 
 
 @pytest.mark.slow
@@ -114,18 +115,25 @@ def test_robustness_on_training_patients_is_cached(small_cohort, tmp_path):
     assert feature_robustness(manifest, features, {}, path) is None  # no metadata beside the table
 
 
-def test_a_perturbed_extraction_is_not_reused_under_another_pyradiomics_version(small_cohort):
+def test_a_perturbed_extraction_is_not_reused_under_another_pyradiomics_or_perturbation_method(small_cohort,
+                                                                                                monkeypatch):
+    """The key follows the PyRadiomics that extracts the perturbed copies (the installed one, not the table's) and
+    the perturbation method."""
     from NPCPrognosisLib.io.manifest import read_manifest
-    from NPCPrognosisLib.pipeline.robustness import _cache_key
+    from NPCPrognosisLib.pipeline import robustness
     from NPCPrognosisLib.radiomics.features_table import read_features
     from NPCPrognosisLib.radiomics.perturbation import perturbations
 
     entry = read_manifest(small_cohort / "manifest.csv").entries()[0]
     _, meta = read_features(small_cohort / "features.csv")
     plan = perturbations(1)[0]
-    same = _cache_key(entry, entry.mask, meta, plan)
-    assert same == _cache_key(entry, entry.mask, dict(meta), plan)
-    assert same != _cache_key(entry, entry.mask, {**meta, "pyradiomics_version": "3.1.0"}, plan)
+    key = robustness._cache_key(entry, entry.mask, meta, plan)
+    assert key == robustness._cache_key(entry, entry.mask, dict(meta), plan)
+    assert key == robustness._cache_key(entry, entry.mask, {**meta, "pyradiomics_version": "0.0.1"}, plan)
+    monkeypatch.setattr(robustness, "pyradiomics_version", lambda: "3.1.0")
+    upgraded = robustness._cache_key(entry, entry.mask, meta, plan)
+    monkeypatch.setattr(robustness, "PERTURBATION_METHOD", robustness.PERTURBATION_METHOD + 1)
+    assert len({key, upgraded, robustness._cache_key(entry, entry.mask, meta, plan)}) == 3
 
 
 def test_robustness_reads_the_masks_as_extract_read_them(small_cohort, tmp_path, monkeypatch):
