@@ -263,7 +263,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     paths = write_patient_sheet(prediction, out, images, pdf=not args.no_pdf)
     print(f"patient sheet: {paths['html']}" + (f"; PDF: {paths['pdf']}" if "pdf" in paths else ""))
     if "pdf" not in paths and not args.no_pdf:
-        print("  warning: no PDF (no Chromium found: apt-get install chromium, or set NPC_CHROMIUM)")
+        print(f"  warning: no PDF ({paths.get('pdf_error', 'no Chromium found')}; install chromium, or set "
+              "NPC_CHROMIUM to its path)")
     return 0
 
 

@@ -166,5 +166,8 @@ def parse_key_values(pairs: list[str]) -> dict[str, str]:
         if key not in CLINICAL_FIELDS:
             raise InputError(f"unknown clinical field {key!r}", column="--clinical",
                              fix=f"use the fields {', '.join(CLINICAL_FIELDS)}")
+        if key in out:
+            raise InputError(f"clinical field {key!r} is given twice ({out[key]!r} and {value.strip()!r})",
+                             column="--clinical", fix=f"give {key} once")
         out[key] = value.strip()
     return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
@@ -230,6 +231,15 @@ def predict_patient(
             row.update(bundle_radiomics(bundle, preprocessed, mask, patient.patient_id))
     else:
         row.update(dict(features))
+    needed = pd.to_numeric(pd.Series({name: row.get(name) for name in bundle.signature.features}, dtype=object),
+                           errors="coerce").astype(float)
+    unmeasured = list(needed.index[~np.isfinite(needed.to_numpy())])
+    if unmeasured:
+        # the Rad-score fills them with the training mean: say so, the score then speaks for fewer features
+        warnings.append(f"{len(unmeasured)} of the Rad-score's {len(bundle.signature.features)} features could not "
+                        f"be computed for patient {patient.patient_id} ({', '.join(unmeasured[:3])}"
+                        f"{', ...' if len(unmeasured) > 3 else ''}) and took the training mean: the Rad-score rests "
+                        "on the others; check the contours (a structure too small for a filter gives no value)")
 
     # 4. scores: encoded factors -> nomogram risk, survival, group, uncertainty, reference curves
     with _timed(timings, "scores"):
@@ -343,9 +353,12 @@ def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
 def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
     """``prediction.json`` in ``out_dir`` (with ``automatic_mask.nii.gz`` when the network drew the contours, so they
     can be reviewed, and the uncertainty and saliency maps when computed), each written atomically; returns the
-    JSON's path."""
+    JSON's path. An image this prediction did not make is removed, so that a report read from the folder never
+    shows an earlier patient's contours or maps beside this patient's numbers."""
     for image, name in ((prediction.automatic_mask, AUTOMATIC_MASK_FILE),
                         (prediction.uncertainty_map, UNCERTAINTY_FILE), (prediction.saliency_map, SALIENCY_FILE)):
         if image is not None:
             write_image_atomic(image, Path(out_dir) / name)
+        else:
+            (Path(out_dir) / name).unlink(missing_ok=True)
     return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())

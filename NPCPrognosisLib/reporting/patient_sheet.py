@@ -261,19 +261,22 @@ def write_patient_sheet(prediction: Mapping[str, Any], out_dir: str | Path, imag
 
     Returns
     -------
-    paths : dict of str to pathlib.Path
-        ``html`` and, when printed, ``pdf``.
+    paths : dict
+        ``html`` and, when printed, ``pdf`` (paths); when printing failed, ``pdf_error`` (why).
     """
     from NPCPrognosisLib.reporting.browser import BrowserUnavailable, print_pdf
 
     out_dir = Path(out_dir)
     paths = {"html": write_text_atomic(out_dir / "patient_sheet.html",
                                        patient_sheet_html(prediction, images, contour_change))}
+    # an earlier sheet's PDF must not sit beside this HTML as if it were its print
+    (out_dir / "patient_sheet.pdf").unlink(missing_ok=True)
     if pdf:
         try:
             paths["pdf"] = print_pdf(paths["html"], out_dir / "patient_sheet.pdf")
         except BrowserUnavailable as exc:
             log.warning("patient sheet PDF not written: %s", exc)
+            paths["pdf_error"] = str(exc)
     return paths
 
 

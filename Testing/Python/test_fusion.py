@@ -291,3 +291,8 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
         assert probability == pytest.approx(float(rg.predict_ridge(block["models"]["ridge"], record, joined)[0]))
         with pytest.raises(InputError, match="--extra-features pathology="):
             predict_patient(bundle, patient, clinical, features=values, extras={})
+    # a Rad-score feature that could not be computed is filled with the training mean, and the warnings say which
+    unmeasured = bundle.signature.features[0]
+    values[unmeasured] = float("nan")
+    warned = predict_patient(bundle, patient, clinical, features=values, extras=extras).warnings
+    assert any(unmeasured in w and "training mean" in w for w in warned)

@@ -97,6 +97,8 @@ def test_rene_without_nodes_is_refused():
 
 def test_key_values_from_cli():
     assert parse_key_values(["age=52", "sex=M"]) == {"age": "52", "sex": "M"}
+    with pytest.raises(InputError, match="given twice"):  # the last one silently won
+        parse_key_values(["age=48", "sex=M", "age=90"])
     with pytest.raises(InputError, match="weight"):
         parse_key_values(["weight=70"])
 

@@ -170,6 +170,28 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
     assert pdf_pages(tmp_path / "patient_sheet.pdf") == sections
 
 
+def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_cohort, tmp_path):
+    """predict writes the automatic contours and maps only when it made them, and report shows whatever lies in
+    the folder: a second patient predicted into the same folder had shown the first one's contours."""
+    folder = tmp_path / "run"
+    shutil.copytree(predicted[0], folder)
+    stale = [folder / name for name in ("automatic_mask.nii.gz", "uncertainty.nii.gz", "saliency.nii.gz")]
+    for path in stale:
+        shutil.copy(predicted[2], path)  # an earlier patient's files
+    (folder / "patient_sheet.pdf").write_bytes(b"%PDF- an earlier sheet")
+    row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[2]
+    clinical = [f"{k}={row[k]}" for k in ("age", "sex", "t_stage", "n_stage", "rene", "ldh", "chemo", "ccnd")]
+    bundle = json.loads((predicted[0] / "prediction.json").read_text(encoding="utf-8"))["bundle"]["path"]
+    args = ["--quiet", "predict", "--bundle", bundle, "--patient-id", row["patient_id"], "--out", str(folder)]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    assert main([*args, "--clinical", *clinical]) == 0
+    assert not any(path.exists() for path in stale)
+    assert main(["--quiet", "report", "--prediction", str(folder), "--no-pdf"]) == 0
+    assert not (folder / "patient_sheet.pdf").exists()
+    assert row["patient_id"] in (folder / "patient_sheet.html").read_text(encoding="utf-8")
+
+
 def test_patient_sheet_shows_treatment_arms_binary_endpoints_and_fusion_gates(predicted, tmp_path):
     from NPCPrognosisLib.reporting.patient_sheet import write_patient_sheet
 
