@@ -148,9 +148,11 @@ def evaluate_cohort(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_outputs(out_dir)
     predictions = pd.DataFrame({"patient_id": manifest.table["patient_id"]})
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
-                               "excluded_training_patients": excluded, "models": {},
+                               "excluded_training_patients": excluded,
+                               "without_features": _untrained(bundle.document, lacking, subset), "models": {},
                                "not_harmonised": len(harmonisation_warnings)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
@@ -250,6 +252,15 @@ def _trained_mask(document: dict[str, Any], manifest: Manifest) -> np.ndarray | 
     return manifest.table["patient_id"].map(lambda p: hash_id(p, salt)).isin(trained).to_numpy()
 
 
+def _untrained(document: dict[str, Any], patient_ids: list[str], subset: str) -> list[str]:
+    """Those of ``patient_ids`` that the evaluation would have scored (not the bundle's training patients)."""
+    training = document.get("training") or {}
+    if subset == "all" or training.get("patient_id_hashes") is None:
+        return list(patient_ids)
+    trained = set(training["patient_id_hashes"])
+    return [p for p in patient_ids if hash_id(p, training.get("id_salt")) not in trained]
+
+
 def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
               subset: str) -> tuple[Manifest, pd.DataFrame, int]:
     """Leave out the bundle's training patients (``auto``) or keep everyone (``all``)."""
@@ -268,6 +279,21 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
         raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
                          fix="evaluate on other patients, or pass --subset all to see (optimistic) training metrics")
     return kept, features[keep].reset_index(drop=True), int((~keep).sum())
+
+
+#: What ``evaluate`` writes into its folder (the page embeds from its own ``figures/`` only what this run drew).
+EVALUATION_OUTPUTS = ("metrics.json", "predictions.csv", "cohort_study.html", "km_*.png", "km_*.svg",
+                      "calibration_*.png", "calibration_*.svg", "benefit_forest.png", "benefit_forest.svg",
+                      "roc_*.png", "roc_*.svg")
+
+
+def clear_earlier_outputs(out_dir: Path) -> None:
+    """Remove an earlier evaluation's files from ``out_dir``. Why: a figure is drawn only when it can be estimated
+    (a benefit forest, a calibration horizon within follow-up, the calibration of whichever binary model won) and
+    the page embeds whatever figure lies there, so a re-run into the same folder showed the earlier cohort's."""
+    for pattern in EVALUATION_OUTPUTS:
+        for path in out_dir.glob(pattern):
+            path.unlink()
 
 
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
@@ -292,6 +318,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     manifest, features, excluded = _held_out(document, manifest, features, subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_outputs(out_dir)
     fused = None
     if bundle_path is not None and endpoint in (document.get("fusion") or {}).get("config", {}).get("tasks", []):
         bundle = load_bundle(bundle_path)
@@ -305,6 +332,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots,
                                                   fused=fused, extras=extras)
     metrics["excluded_training_patients"] = excluded
+    metrics["without_features"] = _untrained(document, lacking, subset)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
     if plots:

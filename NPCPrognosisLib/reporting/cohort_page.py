@@ -190,7 +190,10 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
         body.append("<div class='banner'>SYNTHETIC DEMONSTRATION - the model and the cohort are synthetic</div>")
     body.append(f"<p class='small'>Endpoint {esc(endpoint.upper())} ({esc(ENDPOINT_TITLES.get(endpoint, endpoint))})"
                 f"; {metrics['n']} evaluated patients ({metrics.get('events', '–')} events); "
-                f"{metrics.get('excluded_training_patients', 0)} training patients left out of the evaluation. "
+                f"{metrics.get('excluded_training_patients', 0)} training patients left out of the evaluation"
+                + (f"; {len(metrics['without_features'])} patients not evaluated for want of features "
+                   f"({esc(', '.join(metrics['without_features'][:10]))})" if metrics.get("without_features") else "")
+                + ". "
                 f"Page made {datetime.date.today().isoformat()}.</p>")
     body.append(bullet_list(metrics.get("warnings") or [], "warn"))
     if characteristics is not None and len(characteristics):

@@ -64,8 +64,14 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     assert main(["predict", "--bundle", str(bundle), "--t1", "x", "--t2", "x", "--t1c", "x", "--out", "x"]) == 2
     assert "--binary-endpoint" in capsys.readouterr().err
 
+    # an earlier evaluation's figures in the folder: the page embeds whatever lies there, so they must go
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [out / "calibration_ic_response_an_earlier_winner.png", out / "benefit_forest.png"]
+    for path in stale:
+        path.write_bytes(b"an earlier run's figure")
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
                  "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out)]) == 0
+    assert not any(path.exists() for path in stale)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == N - 160 and metrics["excluded_training_patients"] == 160
     assert metrics["model_used"] == block["best"] == rg.RIDGE
@@ -82,6 +88,14 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     assert best["auc"] >= 0.9 * oracle, (best["auc"], oracle)
     # DeLong comparisons against the best model are on the same patients.
     assert set(metrics["delong_vs_best"]) == set(metrics["models"]) - {block["best"]}
+    assert metrics["without_features"] == []
+    # A held-out patient without features is counted in metrics.json, not only in the log; a training one is not.
+    table = pd.read_csv(root / "features.csv", dtype={"patient_id": str})
+    ids = pd.read_csv(root / "manifest.csv", dtype={"patient_id": str})["patient_id"]
+    table[~table["patient_id"].isin([ids.iloc[0], ids.iloc[200]])].to_csv(out / "fewer.csv", index=False)
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
+                 "--features", str(out / "fewer.csv"), "--endpoint", "ic_response", "--out", str(out / "fewer")]) == 0
+    assert json.loads((out / "fewer" / "metrics.json").read_text())["without_features"] == [ids.iloc[200]]
 
     # Features made with other radiomics settings than the bundle's are refused, naming both and the way out.
     document["radiomics"] = {**(document.get("radiomics") or {}), "settings_hash": "a" * 64}
