@@ -41,6 +41,7 @@ from NPCPrognosisLib.deep.data import GridConfig, covering_grid, from_array_xyz,
 from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.deep.postprocess import count_components, postprocess_labels
+from NPCPrognosisLib.deep.validation import metric_value
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.images import contour_warnings
@@ -137,8 +138,8 @@ def validation_summary(model: NetworkModel) -> str:
     averaged = (spec.get("final_weights") or {}).get("averaged_epochs")
     when = (f"weights averaged over epochs {averaged[0] + 1}-{averaged[1] + 1}" if averaged
             else f"at epoch {int(spec.get('best_epoch', -1)) + 1}")
-    text = (f"network {model.bundle_dir.name}: validation Dice GTVp {best.get('val_dice_gtvp', float('nan')):.3f}, "
-            f"GTVn {best.get('val_dice_gtvn', float('nan')):.3f} {when} of "
+    text = (f"network {model.bundle_dir.name}: validation Dice GTVp {metric_value(best, 'val_dice_gtvp'):.3f}, "
+            f"GTVn {metric_value(best, 'val_dice_gtvn'):.3f} {when} of "
             f"{training.get('epochs', '?')} ({training.get('n_val', '?')} validation patients)")
     gate = spec.get("quality_gate")
     if gate and not gate.get("passed", True):

@@ -27,6 +27,13 @@ from NPCPrognosisLib.imaging.overlap import dice
 PREDICT_BATCH = 4
 
 
+def metric_value(record: Mapping[str, Any], key: str) -> float:
+    """A metric read back from JSON: NaN (written as null, e.g. the GTVn Dice of a validation set without nodes)
+    and a missing key both come back as NaN."""
+    value = record.get(key)
+    return float("nan") if value is None else float(value)
+
+
 def case_outputs(model, cases: Sequence[CasePatient], device: str,
                  inference: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The network's outputs for each case without augmentation: argmax labels on the working grid, risks, and
@@ -213,8 +220,8 @@ def segmentation_gate(history: Sequence[Mapping[str, Any]], selected: Mapping[st
     gate : SegmentationGate
         ``passed`` and a message that says what to try when it did not.
     """
-    gtvp = float(selected.get("val_dice_gtvp", float("nan")))
-    gtvn = float(selected.get("val_dice_gtvn", float("nan")))
+    gtvp = metric_value(selected, "val_dice_gtvp")
+    gtvn = metric_value(selected, "val_dice_gtvn")
     prior = float(prior_dice) if math.isfinite(prior_dice) else 0.0
     required = max(config.min_val_dice, prior + config.min_dice_gain)
     primary_ok = math.isfinite(gtvp) and gtvp >= required
@@ -223,7 +230,7 @@ def segmentation_gate(history: Sequence[Mapping[str, Any]], selected: Mapping[st
     nodes_ok = not nodes_checked or gtvn >= config.min_val_dice_gtvn
 
     def best_seen(key: str) -> float:
-        return max((float(r.get(key, float("nan"))) for r in history), default=float("nan"),
+        return max((metric_value(r, key) for r in history), default=float("nan"),
                    key=lambda v: v if math.isfinite(v) else -1.0)
 
     retry = ("Try: check that each mask belongs to its patient and lies on the CET1W (label 1 = GTVp, 2 = GTVn); "

@@ -1600,3 +1600,22 @@ def test_the_bundle_opening_is_the_largest_radius_the_training_contours_survive(
     assert post["gtvp_opening_mm"] == derivation["radius_mm"] == expected > 0
     assert choose_opening_radius([[1.0, 0.99, 0.97, 0.99]], 0.98, (0, 1, 2, 3))["radius_mm"] == 1.0
     assert choose_opening_radius([], 0.98, (0, 1))["radius_mm"] == 0.0
+
+
+def test_a_metric_written_as_null_reads_back_as_missing_not_as_a_crash():
+    """A validation set without nodes has no GTVn Dice (NaN), which JSON stores as null: segment's first line and
+    the quality gate on a resumed run had raised TypeError on it."""
+    from NPCPrognosisLib.deep.segmentation import NetworkModel, validation_summary
+    from NPCPrognosisLib.deep.training import TrainConfig
+    from NPCPrognosisLib.deep.validation import segmentation_gate
+    from NPCPrognosisLib.io.atomic import to_json
+
+    best = json.loads(to_json({"epoch": 29, "val_dice_gtvp": 0.81, "val_dice_gtvn": float("nan")}))
+    assert best["val_dice_gtvn"] is None
+    content = {"network": {"best_metrics": best, "best_epoch": 29, "training": {"epochs": 30, "n_val": 4}}}
+    model = NetworkModel(*([None] * 10), bundle_dir=Path("net"), content=content)
+    assert "validation Dice GTVp 0.810, GTVn nan at epoch 30 of 30" in validation_summary(model)
+    gate = segmentation_gate([best], best, 0.3, TrainConfig(), 0)
+    assert gate.passed
+    failed = segmentation_gate([best], {**best, "val_dice_gtvp": 0.05}, 0.3, TrainConfig(), 0)
+    assert not failed.passed and "0.810" in failed.message  # the best epoch seen, read back from JSON
