@@ -214,10 +214,12 @@ def make_config(overrides: Mapping[str, Any] | None = None, *,
         else:
             raise InputError(f"unknown network training option {key!r}",
                              fix=f"use one of {sorted(TrainConfig().to_dict())}")
-    bad = [s for s in (config.grid.size if config.grid is not None else ()) if s % config.network.downsampling]
-    if bad:
-        raise InputError(f"working grid size {config.grid.size} is not a multiple of "
-                         f"{config.network.downsampling} (the network's downsampling)", fix="change grid.size")
+    for name in ("size", "patch"):
+        shape = getattr(config.grid, name) if config.grid is not None else None
+        if shape is not None and any(s % config.network.downsampling for s in shape):
+            # otherwise the first forward pass fails with a shape error, after every patient was preprocessed
+            raise InputError(f"working grid {name} {shape} is not a multiple of {config.network.downsampling} "
+                             "(the network's downsampling)", fix=f"change grid.{name}")
     if config.final_weights not in FINAL_WEIGHTS:
         raise InputError(f"unknown final_weights {config.final_weights!r}",
                          fix=f"use one of {', '.join(FINAL_WEIGHTS)}")
@@ -405,7 +407,13 @@ def train_network(
             case.binary = values[case.patient_id]
     train_idx, val_idx = split_patients([c.patient_id for c in cases], [c.event for c in cases], val_fraction, seed)
     train_cases = [cases[i] for i in train_idx]
-    val_cases = [cases[i] for i in val_idx] or train_cases
+    val_cases = [cases[i] for i in val_idx]
+    if not val_cases:
+        # epoch selection and the quality gate would judge the training patients: a network that memorised them,
+        # even with shuffled labels, would pass
+        raise InputError(f"no validation patient: --val-fraction {val_fraction:g} of {len(cases)} patients leaves "
+                         "none to choose the epoch and check the contours on", path=manifest.source,
+                         fix="use --val-fraction 0.2 (the default) or more patients")
     if not any(c.event for c in train_cases):
         raise InputError(f"no {endpoint} event among the training patients: the Cox loss cannot learn",
                          path=manifest.source, column=f"{endpoint}_event")
@@ -440,6 +448,11 @@ def train_network(
                     raise InputError("cannot resume: the checkpoint was made with other settings "
                                      "(seed, epochs, batch size or configuration)", path=ckpt_dir,
                                      fix="resume with the original settings, or start without --resume")
+                if loaded.get("train_ids", state["train_ids"]) != state["train_ids"] \
+                        or loaded.get("val_ids", state["val_ids"]) != state["val_ids"]:
+                    raise InputError("cannot resume: the manifest gives other training or validation patients than "
+                                     "the checkpoint was trained on", path=ckpt_dir,
+                                     fix="resume with the original manifest, or start without --resume")
                 loaded.pop("param_groups", None)
                 state = {"fat_suppression": {"source": "checkpoint",
                                              "augment_prob": train_config.augment.fat_unsuppressed_prob},

@@ -716,6 +716,14 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
     with pytest.raises(ValueError, match="other settings"):
         train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=3, batch_size=3, seed=3, val_fraction=0.4,
                       progress=False, config=TINY, resume=True)
+    # another split of the patients (here another validation share) is not the run the checkpoint holds
+    with pytest.raises(ValueError, match="other training or validation patients"):
+        train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=2, batch_size=3, seed=3, val_fraction=0.6,
+                      progress=False, config=TINY, resume=True, workers=1)
+    # and without validation patients the epoch and the gate would be judged on the training ones
+    with pytest.raises(ValueError, match="no validation patient"):
+        train_network(tiny_cohort.manifest_path, "dmfs", tmp_path / "no_val", epochs=1, batch_size=3, seed=3,
+                      val_fraction=0.0, progress=False, config=TINY, workers=1)
 
 
 def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions_defaults(tiny_cohort, tmp_path):
@@ -1619,3 +1627,12 @@ def test_a_metric_written_as_null_reads_back_as_missing_not_as_a_crash():
     assert gate.passed
     failed = segmentation_gate([best], {**best, "val_dice_gtvp": 0.05}, 0.3, TrainConfig(), 0)
     assert not failed.passed and "0.810" in failed.message  # the best epoch seen, read back from JSON
+
+
+def test_a_patch_the_network_cannot_downsample_is_refused_before_any_preprocessing():
+    from NPCPrognosisLib.deep.training import make_config
+
+    grid = {"spacing": [3.0, 3.0, 4.0], "size": [64, 64, 32]}
+    assert make_config({"grid": {**grid, "patch": [32, 32, 16]}}).grid.patch == (32, 32, 16)
+    with pytest.raises(ValueError, match=r"grid patch \(36, 36, 20\) is not a multiple of 8"):
+        make_config({"grid": {**grid, "patch": [36, 36, 20]}})
