@@ -440,7 +440,9 @@ def train_transforms(config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0
                       range_z=config.rotate_rad[2], prob=config.rotate_prob, mode=("bilinear", "nearest"),
                       padding_mode="border"),
         T.RandZoomd(keys, prob=config.zoom_prob, min_zoom=config.zoom_range[0], max_zoom=config.zoom_range[1],
-                    mode=("trilinear", "nearest"), keep_size=True, padding_mode="edge"),
+                    # "nearest-exact": torch's "nearest" samples half a voxel off "trilinear", so zoomed labels sat
+                    # 0.4-0.6 voxel beside their image (Dice image / label 0.86-0.88 on an ellipsoid)
+                    mode=("trilinear", "nearest-exact"), keep_size=True, padding_mode="edge"),
         # only when asked for (as the transforms at the end): vessels before the blur and the contrast changes
         *([vessel_transform("image", config.vessel_prob, spacing=spacing)] if config.vessel_prob else []),
         *([lump_transform("image", config.lump_prob, spacing=spacing)] if config.lump_prob else []),

@@ -1636,3 +1636,25 @@ def test_a_patch_the_network_cannot_downsample_is_refused_before_any_preprocessi
     assert make_config({"grid": {**grid, "patch": [32, 32, 16]}}).grid.patch == (32, 32, 16)
     with pytest.raises(ValueError, match=r"grid patch \(36, 36, 20\) is not a multiple of 8"):
         make_config({"grid": {**grid, "patch": [36, 36, 20]}})
+
+
+def test_a_zoomed_label_stays_on_its_image():
+    """Zoom only, on an ellipsoid whose image and label are the same: torch's "nearest" resampling of the label had
+    put it 0.4-0.6 voxel beside the trilinear image, in 30 % of the training samples."""
+    from NPCPrognosisLib.deep.augmentation import AugmentConfig, augment, train_transforms
+    from NPCPrognosisLib.deep.data import CasePatient
+
+    g = np.meshgrid(*[np.arange(n) for n in (48, 48, 24)], indexing="ij")
+    label = ((((g[0] - 20.3) / 7) ** 2 + ((g[1] - 26.1) / 6) ** 2 + ((g[2] - 11.2) / 4) ** 2) <= 1)
+    case = CasePatient("p", np.repeat(label[None].astype(np.float32), 3, 0), label[None].astype(np.uint8), 1.0, True)
+    off = dict(flip_lr=0, rotate_prob=0, smooth_prob=0, intensity_prob=0, channel_contrast_prob=0,
+               fat_unsuppressed_prob=0)
+    transforms = train_transforms(AugmentConfig(zoom_prob=1.0, **off))
+
+    def centroid(w):
+        return np.array([(w * gi).sum() / w.sum() for gi in g])
+
+    for seed in range(3):
+        transforms.set_random_state(seed=seed)
+        image, moved = augment(transforms, case)
+        assert np.abs(centroid(moved[0] > 0) - centroid(image[0])).max() < 0.25
