@@ -10,8 +10,8 @@ Sized for a CPU and a cohort of ~160: experts of a few units, full-batch Adam, w
 ensemble of a few seeded members averaged. The members (and, in the inner cross-validation, every fold's
 members) train side by side as one batched computation (:func:`train_members`), each on its own patients with
 its own optimiser state. Training is deterministic for a seed (one thread, seeded initialisation and dropout).
-Losses: the Cox partial likelihood with Efron ties (torchsurv) and binary cross entropy on the patients whose
-label is known; the tasks are summed.
+Losses: the Cox partial likelihood with Efron ties (:func:`~NPCPrognosisLib.deep.network.cox_loss`) and binary
+cross entropy on the patients whose label is known; the tasks are summed.
 """
 
 from __future__ import annotations
@@ -125,13 +125,11 @@ class MMoE(nn.Module):
 
 def _loss(outputs: Mapping[str, torch.Tensor], time: torch.Tensor | None, event: torch.Tensor | None,
           labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    from torchsurv.loss.cox import neg_partial_log_likelihood
+    from NPCPrognosisLib.deep.network import cox_loss
 
     total = torch.zeros(())
     if SURVIVAL in outputs and event is not None and bool(event.any()):
-        # summed over event times, divided by the events: the mean negative log partial likelihood per event
-        total = total + neg_partial_log_likelihood(outputs[SURVIVAL], event, time, ties_method="efron",
-                                                   reduction="sum") / event.sum()
+        total = total + cox_loss(outputs[SURVIVAL], time, event)  # the mean negative log partial likelihood per event
     for task, y in labels.items():
         known = ~torch.isnan(y)
         if task in outputs and bool(known.any()):

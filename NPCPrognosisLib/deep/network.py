@@ -22,7 +22,7 @@ Design, and why:
   far better than it is (demo: training C 0.80, validation C 0.49), while the segmentation-guided measures
   generalise (fresh cohort C 0.74). The joint Cox term still shapes the shared encoder during training.
   The measure standardisation (training mean and SD) is stored as buffers so it travels with the weights.
-* Output: one linear log-hazard (no activation), trained with the Cox partial likelihood (torchsurv, Efron
+* Output: one linear log-hazard (no activation), trained with the Cox partial likelihood (Efron
   ties); higher = worse. An optional binary head (e.g. response to induction chemotherapy) shares everything.
 """
 
@@ -217,11 +217,27 @@ def build_network(config: NetworkConfig, voxel_ml: float) -> MultiTaskSegResNet:
 
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood (torchsurv, Efron ties), mean over events; 0 without events or with
-    fewer than two cases (a risk set of one carries no information)."""
-    from torchsurv.loss.cox import neg_partial_log_likelihood
+    """Negative Cox partial log-likelihood (Efron ties; the risk set of time t is every case with time >= t), mean
+    over events; 0 without events or with fewer than two cases (a risk set of one carries no information).
 
+    Written out rather than taken from torchsurv: without tied events its fast path sorts the times with an unstable
+    sort and takes "everyone after me" as the risk set, so a case censored at an event's own time fell in or out of
+    that risk set with the batch order (loss 0.47 or 0.00 for the same two patients), and its Efron path averaged
+    over distinct event times, not events.
+    """
     event = event.bool()
     if not bool(event.any()) or risk.numel() < 2:
         return risk.sum() * 0.0
-    return neg_partial_log_likelihood(risk.float(), event, time.float(), ties_method="efron", reduction="mean")
+    risk, time = risk.float().reshape(-1), time.float().reshape(-1)
+    event = event.reshape(-1)
+    total = risk.new_zeros(())
+    for t in torch.unique(time[event]):
+        dead = event & (time == t)
+        at_risk = time >= t
+        shift = risk[at_risk].max().detach()  # log-sum-exp
+        risk_sum = torch.exp(risk[at_risk] - shift).sum()
+        dead_sum = torch.exp(risk[dead] - shift).sum()
+        d = int(dead.sum())
+        share = torch.arange(d, dtype=risk.dtype, device=risk.device) / d
+        total = total + risk[dead].sum() - (torch.log(risk_sum - share * dead_sum) + shift).sum()
+    return -total / event.sum()

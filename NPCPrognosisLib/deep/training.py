@@ -3,7 +3,7 @@
 Why the loop is built this way:
 
 * Loss = DiceCE (MONAI, batch Dice so patients without nodes do not divide by zero) + ``cox_weight`` x Cox
-  partial likelihood (torchsurv, Efron ties) [+ BCE for the optional binary head]. Batches are dealt so that
+  partial likelihood (Efron ties) [+ BCE for the optional binary head]. Batches are dealt so that
   events are spread evenly (a batch without an event gives the Cox term no gradient).
 * On a grid larger than one patch (the derived default), each sample is one patch of its patient, placed on a
   contoured voxel two times in three (:func:`sample_patch`, each structure equally often); the outcome terms read
