@@ -236,11 +236,17 @@ def learning_rate(config: TrainConfig, epoch: int, epochs: int) -> float:
     return config.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / span)))
 
 
-def cox_weight_at(config: TrainConfig, epoch: int, epochs: int) -> float:
-    """Weight of the Cox (and binary) terms at ``epoch``: 0 while the contours form, then a linear ramp."""
+def outcome_ramp(config: TrainConfig, epoch: int, epochs: int) -> float:
+    """Share of their full weight the outcome terms (Cox, binary) have at ``epoch``: 0 while the contours form, then
+    a linear ramp to 1."""
     start = int(math.floor(epochs * config.cox_start_fraction))
     ramp = max(1, int(round(epochs * config.cox_ramp_fraction)))
-    return config.cox_weight * float(np.clip((epoch - start + 1) / ramp, 0.0, 1.0))
+    return float(np.clip((epoch - start + 1) / ramp, 0.0, 1.0))
+
+
+def cox_weight_at(config: TrainConfig, epoch: int, epochs: int) -> float:
+    """Weight of the Cox term at ``epoch`` (:func:`outcome_ramp` of ``cox_weight``)."""
+    return config.cox_weight * outcome_ramp(config, epoch, epochs)
 
 
 def split_patients(ids: Sequence[str], events: Sequence[bool], val_fraction: float, seed: int) -> tuple:
@@ -584,7 +590,8 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
                 target = torch.tensor([train_cases[i].binary for i in batch], dtype=torch.float32, device=device)
                 known = torch.isfinite(target) & on_contours
                 if bool(known.any()):
-                    scale = config.binary_weight * outcome_weight / max(config.cox_weight, 1e-12)
+                    # ramped as the Cox term is, but not scaled by it: with cox_weight 0 the head still learns
+                    scale = config.binary_weight * outcome_ramp(config, epoch, epochs)
                     loss = loss + scale * torch.nn.functional.binary_cross_entropy_with_logits(
                         out["binary_logit"].float()[known], target[known])
             optimizer.zero_grad(set_to_none=True)

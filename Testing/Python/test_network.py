@@ -1670,3 +1670,18 @@ def test_a_zoomed_label_stays_on_its_image():
         transforms.set_random_state(seed=seed)
         image, moved = augment(transforms, case)
         assert np.abs(centroid(moved[0] > 0) - centroid(image[0])).max() < 0.25
+
+
+def test_the_binary_head_learns_without_the_cox_term(tiny_cohort, tmp_path):
+    """Its weight had been scaled by the Cox weight's ramp divided by the Cox weight: with cox_weight 0 the binary
+    loss was multiplied by 0 at every epoch, and the head kept its initial weights."""
+    heads = []
+    for binary_weight in (0.0, 1.0):
+        config = {**TINY, "cox_weight": 0.0, "binary_weight": binary_weight, "binary_column": "ic_response",
+                  "final_weights": "best"}
+        out = tmp_path / f"binary_{binary_weight:g}"
+        train_network(tiny_cohort.manifest_path, "dmfs", out, epochs=1, batch_size=3, seed=2, val_fraction=0.4,
+                      progress=False, config=config, force=True, workers=1)
+        weights = _weights(out / "network.safetensors")
+        heads.append(torch.cat([weights[k].ravel() for k in sorted(weights) if k.startswith("binary.")]))
+    assert heads[0].numel() > 0 and float((heads[1] - heads[0]).abs().max()) > 1e-4
