@@ -19,7 +19,7 @@ from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.imaging.geometry import resample_onto, same_geometry
 from NPCPrognosisLib.reporting.labels import factor_label
 from NPCPrognosisLib.reporting.nomogram_chart import NomogramChart
-from NPCPrognosisLib.survival.patient import survival_band
+from NPCPrognosisLib.survival.patient import BAND_LOWER, BAND_UPPER, survival_band
 from NPCPrognosisLib.survival.plots import _new_figure
 
 _SEGMENT_COLOURS = {s["label"]: s["color"] for s in SEGMENTS}
@@ -131,8 +131,9 @@ def key_slices_figure(t1c: sitk.Image, mask: sitk.Image | None, automatic_mask: 
 
 def survival_figure(curves: Mapping[str, Sequence[float]], risk_se: float | None, endpoint: str,
                     marks: Mapping[str, float]) -> Any:
-    """This patient's survival curve with its 95% band (:func:`survival_band`), the risk-group reference curves
-    and the 12/36/60-month values marked."""
+    """This patient's survival curve with its 95% band (the curves' own band columns; for predictions made before
+    them, :func:`survival_band` of the risk score's SE), the risk-group reference curves and the 12/36/60-month
+    values marked."""
     figure = new_figure(6.2, 3.6)
     axes = figure.add_subplot(1, 1, 1)
     months = np.asarray(curves["months"], float)
@@ -140,11 +141,12 @@ def survival_figure(curves: Mapping[str, Sequence[float]], risk_se: float | None
     styles = {"low-risk group (median)": ("#1f77b4", "-"), "high-risk group (median)": ("#d62728", "-"),
               "risk-group cut-off": ("grey", ":"), "training cohort (Kaplan-Meier)": ("#555555", "--")}
     for name, values in curves.items():
-        if name in ("months", "this patient"):
+        if name in ("months", "this patient", BAND_LOWER, BAND_UPPER):
             continue
         colour, line = styles.get(name, ("#999999", "-"))
         axes.plot(months, values, color=colour, linestyle=line, linewidth=1.1, label=name)
-    band = survival_band(patient, risk_se)
+    band = (np.asarray(curves[BAND_LOWER], float), np.asarray(curves[BAND_UPPER], float)) \
+        if BAND_LOWER in curves and BAND_UPPER in curves else survival_band(patient, risk_se)
     if band is not None:
         axes.fill_between(months, band[0], band[1], color="black", alpha=0.12, linewidth=0,
                           label="this patient, 95% interval")

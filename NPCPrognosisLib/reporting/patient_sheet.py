@@ -76,8 +76,10 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
              f"<span class='small'>cut-off {prediction['cutoff']:.2f} (from training)</span></div>",
              f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
              + "</b><span class='small'>log hazard vs the average training patient</span></div>"]
+    intervals = (prediction.get("uncertainty") or {}).get("survival_ci95") or {}
     for month, value in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0])):
-        interval = survival_band(float(value), se)
+        # a bundle saved before the intervals were stored: the risk score's SE alone, as then
+        interval = intervals.get(month) if intervals else survival_band(float(value), se)
         ci = f"<span class='small'>95% CI {interval[0]:.0%}-{interval[1]:.0%}</span>" if interval else ""
         cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}</div>")
     parts = ["<section class='page'>",
@@ -90,7 +92,7 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
     if curves.get("months"):
         marks = {m: float(v) for m, v in prediction["survival"].items()}
         parts.append(_img(figures.survival_figure(curves, se, endpoint, marks), "predicted survival curve",
-                          "Predicted survival with its 95% interval (the risk score's standard error), against "
+                          "Predicted survival with its 95% interval (baseline hazard and coefficients), against "
                           "the training risk groups' median patients, the cut-off and the training Kaplan-Meier "
                           "curve.", 80))
     warnings = list(prediction.get("warnings") or [])

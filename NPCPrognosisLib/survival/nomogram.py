@@ -76,6 +76,17 @@ class Nomogram:
                  months: Sequence[float] = REPORT_MONTHS) -> np.ndarray:
         return self.model.survival_at(self._matrix(table), np.asarray(months, float))
 
+    def survival_interval(self, table: pd.DataFrame | Mapping[str, float], months: Sequence[float] = REPORT_MONTHS,
+                          z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise interval of :meth:`survival` (95 % at the default ``z``): S ** exp(+-z SE) with the SE of
+        log H(t|x) (:meth:`~NPCPrognosisLib.survival.cox.CoxModel.log_cumhaz_se`, Tsiatis); NaN where unknown
+        (before the first event time, or a bundle saved without the baseline's variance)."""
+        values = self._matrix(table)
+        months = np.asarray(months, float)
+        survival = np.clip(self.model.survival_at(values, months), 0.0, 1.0)
+        factor = np.exp(z * self.model.log_cumhaz_se(values, months))
+        return survival ** factor, survival ** (1.0 / factor)
+
     def survival_for_risk(self, risk: float, months: Sequence[float]) -> np.ndarray:
         """Survival curve of a patient with this risk score (e.g. a risk group's median: the reference curves)."""
         h0 = self.model.cumulative_hazard_at(np.zeros((1, len(self.factors))), np.asarray(months, float))[0]

@@ -11,28 +11,42 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: float | None = None) -> dict[str, Any]:
-    """Standard error of the patient's risk score from the coefficient covariance (delta method).
+def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: float | None = None,
+                     months: Sequence[float] = (12, 36, 60)) -> dict[str, Any]:
+    """The patient's risk score standard error and the 95 % intervals of the predicted survival.
 
-    A Cox linear predictor has no intercept, so the SE of x'beta itself grows with the distance of x from zero
-    (an LDH of 200 U/L carries the LDH coefficient's uncertainty 200 times) and says nothing useful. What matters
-    is the contrast with a typical training patient: Var((x - x_ref)'beta), x_ref = the middle of each factor's
-    training range (the bundle stores the ranges). It reflects how well the cohort pinned the coefficients, not
-    the contours; the deep score's test-time augmentation SD (when the network gave one) is reported beside it.
+    The survival intervals carry both the baseline hazard's and the coefficients' uncertainty (Tsiatis;
+    :meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.survival_interval`). The risk score is a contrast with
+    the average training patient, so its SE is that of (x - x_mean)'beta by the delta method (0 for the average
+    patient by construction: the score is defined against them); bundles saved without the training means use the
+    middle of each factor's training range. It reflects how well the cohort pinned the coefficients, not the
+    contours; the deep score's test-time augmentation SD (when the network gave one) is reported beside it.
     """
     import numpy as np
 
     nomogram = bundle.nomograms["nomogram"]
-    covariance = nomogram.model.covariance
+    model = nomogram.model
+    covariance = model.covariance
+    means = getattr(model, "means", None)
     out: dict[str, Any] = {"risk_se": None, "deep_score_sd": deep_score_sd,
-                           "reference": "middle of the training range of each factor"}
+                           "reference": "the average training patient" if means is not None
+                           else "middle of the training range of each factor", "survival_ci95": {}}
     if covariance is not None:
         x = np.array([float(factors[f]) for f in nomogram.factors])
-        reference = (np.asarray(nomogram.low, float) + np.asarray(nomogram.high, float)) / 2.0
+        reference = np.asarray(means, float) if means is not None else \
+            (np.asarray(nomogram.low, float) + np.asarray(nomogram.high, float)) / 2.0
         d = x - reference
         variance = float(d @ np.asarray(covariance, float) @ d)
         out["risk_se"] = math.sqrt(variance) if variance >= 0 else None
+    lower, upper = nomogram.survival_interval(dict(factors), months)
+    for month, lo, hi in zip(months, lower[0], upper[0]):
+        if np.isfinite(lo) and np.isfinite(hi):  # unknown before the first event, or in an older bundle
+            out["survival_ci95"][f"{month}"] = [float(lo), float(hi)]
     return out
+
+
+#: The columns of :func:`survival_curves` that bound this patient's 95 % interval.
+BAND_LOWER, BAND_UPPER = "this patient, 95% lower", "this patient, 95% upper"
 
 
 def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[float] | None = None,
@@ -58,6 +72,10 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[
 
     columns: dict[str, list[float]] = {"months": [float(m) for m in grid]}
     columns["this patient"] = [float(v) for v in nomogram.survival(dict(factors), grid)[0]]
+    lower, upper = nomogram.survival_interval(dict(factors), grid)
+    if np.isfinite(lower).any():  # before the first event time S = 1 exactly: the band starts there
+        columns[BAND_LOWER] = [float(v) if np.isfinite(v) else 1.0 for v in lower[0]]
+        columns[BAND_UPPER] = [float(v) if np.isfinite(v) else 1.0 for v in upper[0]]
     block = bundle.document.get("cutoffs", {}).get("nomogram", {})
     medians = block.get("group_median_risk") if isinstance(block, Mapping) else None
     if medians:

@@ -408,6 +408,30 @@ def test_risk_uncertainty_is_the_delta_method_standard_error():
     assert out["deep_score_sd"] == 0.1
 
 
+def test_a_patient_at_the_training_means_gets_survival_intervals_with_width():
+    """The intervals carry the baseline hazard's uncertainty (Tsiatis): an average patient's risk score has SE 0 by
+    construction, and the sheet had printed "95% CI 60%-60%" from it. The curves carry the band for the plot."""
+    from NPCPrognosisLib.survival.cox import fit_cox
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.normal(size=150), rng.normal(55, 10, 150)])
+    time, censor = rng.exponential(40 * np.exp(-0.8 * x[:, 0])), rng.uniform(10, 90, 150)
+    model = fit_cox(x, np.minimum(time, censor), time <= censor, ["rad_score", "age"])
+    nomogram = Nomogram(name="nomogram", model=model, low=[-2.0, 30.0], high=[2.0, 80.0],
+                        center=float(np.mean(model.linear_predictor(x))))
+    bundle = SimpleNamespace(nomograms={"nomogram": nomogram}, document={}, cutoffs={"nomogram": 0.0})
+    average = dict(zip(["rad_score", "age"], x.mean(axis=0)))
+    out = patient.risk_uncertainty(bundle, average)
+    assert out["risk_se"] == pytest.approx(0.0, abs=1e-9) and out["reference"] == "the average training patient"
+    survival = nomogram.survival(average)[0]
+    for month, value in zip(("12", "36", "60"), survival):
+        low, high = out["survival_ci95"][month]
+        assert low < value - 0.02 and value + 0.02 < high
+    curves = patient.survival_curves(bundle, average, [0.0, 12.0, 36.0, 60.0])
+    assert curves[patient.BAND_LOWER][0] == 1.0 and curves[patient.BAND_UPPER][0] == 1.0  # before any event
+    assert curves[patient.BAND_LOWER][2] == pytest.approx(out["survival_ci95"]["36"][0])
+
+
 def test_report_files_reopen(tmp_path):
     bundle = _tiny_bundle()
     result = {"prediction": PREDICTION, "uncertainty": {"risk_se": 0.3},
