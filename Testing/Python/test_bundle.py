@@ -215,3 +215,18 @@ def test_features_from_other_preprocessing_or_another_network_are_refused_by_the
         bundle.check_features({**same, "preprocessing": {**same["preprocessing"], "n4": False}}, "features.csv")
     with pytest.raises(InputError, match="network 000000000000 but the bundle was trained with network 478b2783"):
         bundle.check_features({**same, "network_sha256": "0" * 64}, "features.csv")
+
+
+def test_two_writers_of_one_file_do_not_take_each_others_temporary_file(tmp_path):
+    """A shared cache can be written by two processes at once: with one temporary name per target the second
+    writer's rename took the first one's file away, and the first failed with FileNotFoundError."""
+    from NPCPrognosisLib.io.atomic import atomic_path
+
+    target = tmp_path / "cache.json"
+    with atomic_path(target) as first:
+        first.write_text("first")
+        with atomic_path(target) as second:
+            second.write_text("second")
+        assert target.read_text() == "second"
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left behind
