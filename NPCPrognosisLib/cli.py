@@ -238,7 +238,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
                            resample_mask=args.resample_mask, roi_map=args.roi_map)
     extras = read_extra_blocks(args.extra_features)
-    prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras)
+    prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
+                                 saliency=args.saliency)
     path = write_prediction(prediction, args.out)
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
@@ -499,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masks given as DICOM RTSTRUCT: which ROIs are GTVp/GTVn, e.g. GTVp=GTVnx,GTVn=GTVnd|GTV_LN* "
                         "(case-insensitive; default: common names such as GTVp, GTV-P, GTVnx / GTVn, GTVnd)")
     p.add_argument("--tta", type=int, default=4, help="test-time augmentations for the deep score's spread")
+    p.add_argument("--saliency", action="store_true", help="also write saliency.nii.gz, where the network's risk "
+                   "looked (HiResCAM; needs the bundle's network), for the patient sheet")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
     p.add_argument("--patient-id", default="patient")

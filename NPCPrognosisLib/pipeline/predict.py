@@ -178,6 +178,10 @@ def predict_patient(
     needs_network = ((features is None and patient.mask is None) or (bundle.uses_deep_score and not has_deep)
                      or needs_deep_features)
     needs_radiomics = features is None
+    if saliency and bundle.network_dir is None:
+        warnings.append("no saliency map: the bundle has no network")
+    elif saliency:
+        needs_network = True  # the map is the network's, also when the contours were given
     if needs_network and bundle.network_dir is None:
         raise InputError("no mask given and the bundle has no segmentation network", patient_id=patient.patient_id,
                          column="--mask",

@@ -1220,9 +1220,10 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp
     assert main(["--quiet", "predict", "--bundle", str(bundle), "--t1", str(first.images["t1"]), "--t2",
                  str(first.images["t2"]), "--t1c", str(first.images["t1c"]), "--tta", "2", "--clinical", "age=52",
                  "sex=M", "t_stage=T2", "n_stage=N1", "rene=0", "ldh=180", "ebv_dna=1500", "chemo=1", "ccnd=200",
-                 "--out", str(out)]) == 0
+                 "--saliency", "--out", str(out)]) == 0
     prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["segmentation"]["source"] == "automatic"
+    assert same_geometry(sitk.ReadImage(str(out / "saliency.nii.gz")), patient.reference)  # for the sheet's row
     assert math.isfinite(prediction["risk_score"]) and prediction["segmentation"]["risk_score_sd"] >= 0
     assert prediction["risk_group"] in ("high", "low") and "deep_score" in prediction["factors"]
 
