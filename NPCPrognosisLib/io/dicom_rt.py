@@ -150,7 +150,8 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
     report : dict
         ``matched`` {structure: [ROI names]}, ``unmatched`` [ROI names no structure took], ``skipped_contours``
         (polygons not parallel to the reference slices or outside them), ``contours_between_slices`` (polygons
-        of contour planes finer than the grid that no slice took: each slice takes the plane nearest its centre).
+        of contour planes finer than the grid that no slice took: each slice takes the plane nearest its centre),
+        ``frames_of_reference`` (the FrameOfReferenceUIDs the used ROIs were drawn in).
     """
     import pydicom
 
@@ -202,8 +203,12 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
                          fix="name the primary's ROI with --roi-map GTVp=<its name> (e.g. GTVp=GTV_T)")
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
+    used = {name for names_ in matched.values() for name in names_}
+    frames = {str(roi.ReferencedFrameOfReferenceUID) for roi in ds.get("StructureSetROISequence", [])
+              if str(roi.ROIName) in used and roi.get("ReferencedFrameOfReferenceUID")}
     report = {"matched": matched, "unmatched": unmatched, "skipped_contours": skipped,
-              "contours_between_slices": between, "labels": {str(k): v for k, v in by_label.items()}}
+              "contours_between_slices": between, "labels": {str(k): v for k, v in by_label.items()},
+              "frames_of_reference": sorted(frames)}
     return mask, report
 
 

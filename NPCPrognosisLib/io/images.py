@@ -379,8 +379,18 @@ def load_patient(
         mask = None
     elif reference in images and _is_rtstruct(mask_path):
         from NPCPrognosisLib.io.dicom_rt import read_rtstruct
+        from NPCPrognosisLib.io.dicom_series import series_frame_of_reference
 
         mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
+        frame = series_frame_of_reference(image_paths[reference], patient_id=patient_id, role=reference)
+        if frame is not None and report["frames_of_reference"] and frame not in report["frames_of_reference"]:
+            # contours of another frame (a planning CT the MR was not resampled into, another study) would be
+            # placed by coordinates that mean something else on this scan
+            raise InputError(f"the RTSTRUCT's contours were drawn in frame of reference "
+                             f"{', '.join(report['frames_of_reference'])}, the {reference} series is in {frame}",
+                             patient_id=patient_id, path=mask_path,
+                             fix=f"export the structure set drawn on this {reference} series, or the {reference} "
+                                 "resampled into the structure set's frame (registered in the planning system)")
         if report["unmatched"]:
             notes.append(f"RTSTRUCT ROI(s) {report['unmatched']} matched neither GTVp nor GTVn and were not used "
                          "(--roi-map names them)")

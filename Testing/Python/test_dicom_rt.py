@@ -247,3 +247,32 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     empty.CopyInformation(nifti)
     assert write_seg(empty, f"{tmp_path / 'study'}::post contrast", tmp_path / "empty_seg.dcm") is None
     assert not (tmp_path / "empty_seg.dcm").exists()
+
+
+def test_contours_drawn_in_another_frame_of_reference_are_refused(patients, tmp_path):
+    """An RTSTRUCT drawn on a planning CT the MR was not resampled into (or on another study) holds coordinates
+    that mean something else on this scan; its frame of reference is compared with the CET1W series'."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+
+    patient = patients[1]
+    rng = np.random.default_rng(5)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+    paths = {}
+    for number, key in enumerate(("t1", "t2", "t1c"), start=1):
+        tags = {"0008|0060": "MR", "0010|0020": "F1", "0020|000d": study, "0020|0052": frame,
+                "0008|103e": key, "0020|0011": str(number)}
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, dicom_uid(rng), rng)
+        paths[key] = tmp_path / key
+    same = write_rtstruct(patient.mask, tmp_path / "same.dcm", patient_id="F1", frame_of_reference_uid=frame)
+    loaded = load_patient("F1", paths, same)
+    assert dice(sitk.GetArrayFromImage(loaded.mask) == 1, sitk.GetArrayFromImage(patient.mask) == 1) > 0.95
+    other = write_rtstruct(patient.mask, tmp_path / "other.dcm", patient_id="F1",
+                           frame_of_reference_uid=dicom_uid(rng))
+    with pytest.raises(InputError, match="frame of reference") as info:
+        load_patient("F1", paths, other)
+    assert "F1" in str(info.value) and "other.dcm" in str(info.value)
+    # a NIfTI CET1W carries no frame of reference: nothing to compare, the contours are placed as before
+    nifti = {key: tmp_path / f"{key}.nii.gz" for key in paths}
+    for key, path in nifti.items():
+        sitk.WriteImage(getattr(patient, key), str(path))
+    assert load_patient("F1", nifti, other).mask is not None
