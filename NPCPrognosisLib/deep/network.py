@@ -218,26 +218,42 @@ def build_network(config: NetworkConfig, voxel_ml: float) -> MultiTaskSegResNet:
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
     """Negative Cox partial log-likelihood (Efron ties; the risk set of time t is every case with time >= t), mean
-    over events; 0 without events or with fewer than two cases (a risk set of one carries no information).
+    over events.
 
     Written out rather than taken from torchsurv: without tied events its fast path sorts the times with an unstable
     sort and takes "everyone after me" as the risk set, so a case censored at an event's own time fell in or out of
     that risk set with the batch order (loss 0.47 or 0.00 for the same two patients), and its Efron path averaged
-    over distinct event times, not events.
+    over distinct event times, not events. Vectorised over the distinct times (the MMoE scores whole cohorts).
+
+    Parameters
+    ----------
+    risk : torch.Tensor
+        Log-hazard of each case (higher = worse).
+    time, event : torch.Tensor
+        Follow-up and event indicator of each case.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        A scalar; 0 (still in the graph) without events or with fewer than two cases, as a risk set of one carries
+        no information.
     """
-    event = event.bool()
+    event = event.bool().reshape(-1)
     if not bool(event.any()) or risk.numel() < 2:
         return risk.sum() * 0.0
     risk, time = risk.float().reshape(-1), time.float().reshape(-1)
-    event = event.reshape(-1)
-    total = risk.new_zeros(())
-    for t in torch.unique(time[event]):
-        dead = event & (time == t)
-        at_risk = time >= t
-        shift = risk[at_risk].max().detach()  # log-sum-exp
-        risk_sum = torch.exp(risk[at_risk] - shift).sum()
-        dead_sum = torch.exp(risk[dead] - shift).sum()
-        d = int(dead.sum())
-        share = torch.arange(d, dtype=risk.dtype, device=risk.device) / d
-        total = total + risk[dead].sum() - (torch.log(risk_sum - share * dead_sum) + shift).sum()
-    return -total / event.sum()
+    weight = torch.exp(risk - risk.max().detach())  # rescaled: log-sum-exp without overflow
+    times, group = torch.unique(time, return_inverse=True)  # ascending distinct times; each case's
+    at_time = torch.zeros_like(times).index_add(0, group, weight)
+    at_risk = at_time.flip(0).cumsum(0).flip(0)  # sum of weights of time >= t
+    dead_weight = torch.zeros_like(times).index_add(0, group, weight * event)
+    deaths = torch.zeros_like(times).index_add(0, group, event.float())
+    # Efron: the l-th (0-based) of the d events at a time removes l/d of their weight from its risk set
+    dead_group = group[event]
+    order = torch.argsort(dead_group, stable=True)
+    sorted_group = dead_group[order]
+    rank = torch.empty_like(dead_group)
+    rank[order] = torch.arange(len(sorted_group), device=risk.device) - torch.searchsorted(sorted_group, sorted_group)
+    share = rank.float() / deaths[dead_group]
+    log_denominator = torch.log(at_risk[dead_group] - share * dead_weight[dead_group]) + risk.max().detach()
+    return -(risk[event].sum() - log_denominator.sum()) / event.sum()
