@@ -83,7 +83,12 @@ class Prediction:
     saliency_map: sitk.Image | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _IMAGE_FIELDS}
+        """The JSON record; ``images`` names the image files this prediction made (the report shows only those
+        of the folder: a file there may be another run's, or the user's own edit)."""
+        made = [name for field_name, name in zip(_IMAGE_FIELDS, (AUTOMATIC_MASK_FILE, UNCERTAINTY_FILE, SALIENCY_FILE))
+                if getattr(self, field_name) is not None]
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in _IMAGE_FIELDS},
+                "images": made}
 
 
 @contextmanager
@@ -357,12 +362,10 @@ def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
 def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
     """``prediction.json`` in ``out_dir`` (with ``automatic_mask.nii.gz`` when the network drew the contours, so they
     can be reviewed, and the uncertainty and saliency maps when computed), each written atomically; returns the
-    JSON's path. An image this prediction did not make is removed, so that a report read from the folder never
-    shows an earlier patient's contours or maps beside this patient's numbers."""
+    JSON's path. Nothing else in the folder is touched (a mask there may be the user's edit); the JSON lists the
+    images this prediction made, and the report reads only those."""
     for image, name in ((prediction.automatic_mask, AUTOMATIC_MASK_FILE),
                         (prediction.uncertainty_map, UNCERTAINTY_FILE), (prediction.saliency_map, SALIENCY_FILE)):
         if image is not None:
             write_image_atomic(image, Path(out_dir) / name)
-        else:
-            (Path(out_dir) / name).unlink(missing_ok=True)
     return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())

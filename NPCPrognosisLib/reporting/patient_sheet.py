@@ -321,11 +321,13 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
                          fix="re-run npc-prognosis predict with this version")
     folder = file.parent
     patient_id = data["patient_id"]
+    # a prediction lists the images it made; one written before the list: whatever lies beside it, as then
+    made = data.get("images")
 
     def image(given: str | None, default: str | None, role: str) -> sitk.Image | None:
         if given:
             return read_image(given, patient_id=patient_id, role=role)
-        if default and (folder / default).exists():
+        if default and (folder / default).exists() and (made is None or default in made):
             return read_image(folder / default, patient_id=patient_id, role=role)
         return None
 

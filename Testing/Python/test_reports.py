@@ -171,12 +171,15 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
 
 
 def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_cohort, tmp_path):
-    """predict writes the automatic contours and maps only when it made them, and report shows whatever lies in
-    the folder: a second patient predicted into the same folder had shown the first one's contours."""
+    """A second patient predicted into the same folder had shown the first one's contours: the report read every
+    image it found there. predict now lists the images it made and the report reads only those; files it did not
+    make (an earlier run's, or the user's edited mask) are left alone."""
+    from NPCPrognosisLib.reporting.patient_sheet import read_sheet_inputs
+
     folder = tmp_path / "run"
     shutil.copytree(predicted[0], folder)
-    stale = [folder / name for name in ("automatic_mask.nii.gz", "uncertainty.nii.gz", "saliency.nii.gz")]
-    for path in stale:
+    earlier = [folder / name for name in ("automatic_mask.nii.gz", "uncertainty.nii.gz", "saliency.nii.gz")]
+    for path in earlier:
         shutil.copy(predicted[2], path)  # an earlier patient's files
     (folder / "patient_sheet.pdf").write_bytes(b"%PDF- an earlier sheet")
     row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[2]
@@ -186,7 +189,10 @@ def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_coh
     for seq in ("t1", "t2", "t1c", "mask"):
         args += [f"--{seq}", str(small_cohort / row[seq])]
     assert main([*args, "--clinical", *clinical]) == 0
-    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in earlier)
+    prediction, images = read_sheet_inputs(folder)
+    assert prediction["images"] == [] and images.mask is None and images.uncertainty is None
+    assert images.saliency is None
     assert main(["--quiet", "report", "--prediction", str(folder), "--no-pdf"]) == 0
     assert not (folder / "patient_sheet.pdf").exists()
     assert row["patient_id"] in (folder / "patient_sheet.html").read_text(encoding="utf-8")
