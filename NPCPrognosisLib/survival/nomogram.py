@@ -85,7 +85,8 @@ class Nomogram:
         months = np.asarray(months, float)
         survival = np.clip(self.model.survival_at(values, months), 0.0, 1.0)
         factor = np.exp(z * self.model.log_cumhaz_se(values, months))
-        return survival ** factor, survival ** (1.0 / factor)
+        known = np.isfinite(factor)  # 1.0 ** nan is 1.0: the unknown must stay NaN, not look like certainty
+        return np.where(known, survival ** factor, np.nan), np.where(known, survival ** (1.0 / factor), np.nan)
 
     def survival_for_risk(self, risk: float, months: Sequence[float]) -> np.ndarray:
         """Survival curve of a patient with this risk score (e.g. a risk group's median: the reference curves)."""

@@ -10,9 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
+
 
 def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: float | None = None,
-                     months: Sequence[float] = (12, 36, 60)) -> dict[str, Any]:
+                     months: Sequence[float] = REPORT_MONTHS) -> dict[str, Any]:
     """The patient's risk score standard error and the 95 % intervals of the predicted survival.
 
     The survival intervals carry both the baseline hazard's and the coefficients' uncertainty (Tsiatis;
@@ -21,6 +23,23 @@ def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: f
     patient by construction: the score is defined against them); bundles saved without the training means use the
     middle of each factor's training range. It reflects how well the cohort pinned the coefficients, not the
     contours; the deep score's test-time augmentation SD (when the network gave one) is reported beside it.
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        The model bundle (its ``nomogram``).
+    factors : mapping
+        The patient's encoded factors.
+    deep_score_sd : float, optional
+        The deep score's spread over test-time augmentations.
+    months : sequence of float, default REPORT_MONTHS
+        Where the survival intervals are given.
+
+    Returns
+    -------
+    uncertainty : dict
+        ``risk_se``, ``reference``, ``deep_score_sd`` and ``survival_ci95`` {month: [lower, upper]} (empty for a
+        bundle saved without the baseline's variance).
     """
     import numpy as np
 
@@ -55,7 +74,8 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[
 
     References: the model's curve at the risk-group cut-off (the boundary between the groups), the training
     cohort's Kaplan-Meier curve, and - when the bundle stores each group's median training risk under
-    ``cutoffs.nomogram.group_median_risk`` - the low- and high-risk group curves.
+    ``cutoffs.nomogram.group_median_risk`` - the low- and high-risk group curves. This patient's 95 % band
+    (:data:`BAND_LOWER`, :data:`BAND_UPPER`) when the bundle stores the baseline's variance.
     """
     import numpy as np
 
@@ -73,9 +93,11 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[
     columns: dict[str, list[float]] = {"months": [float(m) for m in grid]}
     columns["this patient"] = [float(v) for v in nomogram.survival(dict(factors), grid)[0]]
     lower, upper = nomogram.survival_interval(dict(factors), grid)
-    if np.isfinite(lower).any():  # before the first event time S = 1 exactly: the band starts there
-        columns[BAND_LOWER] = [float(v) if np.isfinite(v) else 1.0 for v in lower[0]]
-        columns[BAND_UPPER] = [float(v) if np.isfinite(v) else 1.0 for v in upper[0]]
+    if np.isfinite(lower).any():  # a bundle saved without the baseline's variance has no band
+        first_event = float(model.baseline_times[0]) if len(model.baseline_times) else np.inf
+        before = grid < first_event  # S = 1 exactly there: the band starts at 1
+        columns[BAND_LOWER] = [1.0 if b else float(v) for b, v in zip(before, lower[0])]
+        columns[BAND_UPPER] = [1.0 if b else float(v) for b, v in zip(before, upper[0])]
     block = bundle.document.get("cutoffs", {}).get("nomogram", {})
     medians = block.get("group_median_risk") if isinstance(block, Mapping) else None
     if medians:

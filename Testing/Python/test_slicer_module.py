@@ -397,6 +397,9 @@ def test_survival_curves_follow_the_cox_formula_and_the_training_km():
     np.testing.assert_allclose(curves["training cohort (Kaplan-Meier)"][:-1], expected, rtol=1e-12)
     assert math.isnan(curves["training cohort (Kaplan-Meier)"][-1])  # beyond follow-up: not drawn
     assert "high-risk group (median)" not in patient.survival_curves(_tiny_bundle(False), factors, months)
+    # a bundle saved without the baseline's variance draws no band (NaN had turned into a band stuck at 1)
+    assert patient.BAND_LOWER not in curves and patient.BAND_UPPER not in curves
+    assert patient.risk_uncertainty(bundle, factors)["survival_ci95"] == {}
 
 
 def test_risk_uncertainty_is_the_delta_method_standard_error():
