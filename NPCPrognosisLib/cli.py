@@ -191,6 +191,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_cohort(args.bundle, manifest, args.features, args.endpoint, args.out, subset=args.subset,
                               n_boot=args.n_boot, seed=args.seed, extra_features=args.extra_features,
                               study_info=study_info)
+    if metrics.get("without_features"):
+        print(f"  warning: {len(metrics['without_features'])} patient(s) not evaluated, no features: "
+              f"{', '.join(metrics['without_features'][:10])}")
     if "positives" in metrics:  # a binary endpoint
         print(f"{args.endpoint}: {metrics['n']} patients, {metrics['positives']} positive "
               f"({metrics['excluded_training_patients']} training patients excluded)")
@@ -203,9 +206,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
-    if metrics.get("without_features"):
-        print(f"  warning: {len(metrics['without_features'])} patient(s) not evaluated, no features: "
-              f"{', '.join(metrics['without_features'][:10])}")
     for name, block in metrics["models"].items():
         lo, hi = block["c_index_95ci"] or (None, None)
         print(f"  {name:10s} C-index {_number(block['c_index'], '.3f')} (95% CI {_number(lo, '.3f')}-"

@@ -522,4 +522,6 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
         best = block["best"]
         plot_calibration_binary(out_dir / f"calibration_{endpoint}_{best}.png",
                                 metrics["models"][best]["calibration"], f"{endpoint}: {best} calibration")
+        # the figures this run drew: the page shows these, not whatever lies in the folder
+        metrics["figures"] = [f"roc_{endpoint}.png", f"calibration_{endpoint}_{best}.png"]
     return metrics, predictions

@@ -148,11 +148,12 @@ def evaluate_cohort(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_earlier_outputs(out_dir)
     predictions = pd.DataFrame({"patient_id": manifest.table["patient_id"]})
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
                                "excluded_training_patients": excluded,
                                "without_features": _untrained(bundle.document, lacking, subset), "models": {},
+                               # the figures this run drew: the page shows these, not whatever lies in the folder
+                               "figures": [],
                                "not_harmonised": len(harmonisation_warnings)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
@@ -173,10 +174,12 @@ def evaluate_cohort(
             plot_km_by_group(out_dir / f"km_{name}.png", time, event, groups,
                              f"{endpoint.upper()} by {name} risk group (cut-off from training)",
                              logrank_p=block.get("logrank_p"), hr=block.get("hr_high_vs_low"))
+            metrics["figures"].append(f"km_{name}.png")
             for months, rows in (block.get("calibration") or {}).items():
                 if rows:
                     plot_calibration(out_dir / f"calibration_{name}_{months}m.png", rows, float(months),
                                      f"{name}: {endpoint.upper()} at {months} months")
+                    metrics["figures"].append(f"calibration_{name}_{months}m.png")
     if event.any():
         metrics["paired_vs_nomogram"] = {
             name: paired_c_difference(time, event, predictions[f"{name}_risk"], predictions["nomogram_risk"],
@@ -211,6 +214,7 @@ def evaluate_cohort(
             plot_forest(out_dir / "benefit_forest.png", benefit["subgroups"],
                         f"{endpoint.upper()}: CCND > {benefit['threshold_mg_m2']:g} vs <= "
                         f"{benefit['threshold_mg_m2']:g} mg/m2 by subgroup")
+            metrics["figures"].append("benefit_forest.png")
         for g, block in benefit["t12n1"].items():
             if block.get("p") is not None:
                 rows = np.flatnonzero((predictions["risk_group"].to_numpy() == g)
@@ -219,6 +223,7 @@ def evaluate_cohort(
                 plot_km_by_group(out_dir / f"km_t12n1_{g}_risk_by_arm.png", time[rows], event[rows],
                                  predictions["arm"].to_numpy()[rows],
                                  f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
+                metrics["figures"].append(f"km_t12n1_{g}_risk_by_arm.png")
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
@@ -281,21 +286,6 @@ def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFra
     return kept, features[keep].reset_index(drop=True), int((~keep).sum())
 
 
-#: What ``evaluate`` writes into its folder (the page embeds from its own ``figures/`` only what this run drew).
-EVALUATION_OUTPUTS = ("metrics.json", "predictions.csv", "cohort_study.html", "km_*.png", "km_*.svg",
-                      "calibration_*.png", "calibration_*.svg", "benefit_forest.png", "benefit_forest.svg",
-                      "roc_*.png", "roc_*.svg")
-
-
-def clear_earlier_outputs(out_dir: Path) -> None:
-    """Remove an earlier evaluation's files from ``out_dir``. Why: a figure is drawn only when it can be estimated
-    (a benefit forest, a calibration horizon within follow-up, the calibration of whichever binary model won) and
-    the page embeds whatever figure lies there, so a re-run into the same folder showed the earlier cohort's."""
-    for pattern in EVALUATION_OUTPUTS:
-        for path in out_dir.glob(pattern):
-            path.unlink()
-
-
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
                              out_dir: str | Path, *, subset: str = "auto", plots: bool = True,
                              bundle_path: str | Path | None = None, extras: Any = None,
@@ -318,7 +308,6 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     manifest, features, excluded = _held_out(document, manifest, features, subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_earlier_outputs(out_dir)
     fused = None
     if bundle_path is not None and endpoint in (document.get("fusion") or {}).get("config", {}).get("tasks", []):
         bundle = load_bundle(bundle_path)

@@ -207,7 +207,8 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
                                    td_roc_curve)
     else:
         body += ["<h2>ROC and calibration</h2>"]
-        for png in sorted(out_dir.glob(f"roc_{endpoint}.png")) + sorted(out_dir.glob(f"calibration_{endpoint}_*.png")):
+        for png in [p for p in sorted(out_dir.glob(f"roc_{endpoint}.png"))
+                    + sorted(out_dir.glob(f"calibration_{endpoint}_*.png")) if _drawn(metrics, p)]:
             body.append(_figure_link(out_dir, png, png.stem.replace("_", " "), png.stem.replace("_", " "), "70%"))
     features = selected_features(document)
     if len(features):
@@ -229,20 +230,27 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
     return write_text_atomic(out_dir / PAGE, html_document(f"NPCPrognosis cohort study ({endpoint.upper()})", body))
 
 
+def _drawn(metrics: Mapping[str, Any], png: Path) -> bool:
+    """Whether ``evaluate`` drew this figure in this run: a figure is drawn only when it can be estimated, so one
+    from an earlier run into the same folder may lie there (metrics written before the list: any that exists)."""
+    drawn = metrics.get("figures")
+    return png.exists() and (drawn is None or png.name in drawn)
+
+
 def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: pd.DataFrame,
                        document: Mapping[str, Any], endpoint: str, training_outcomes: Any,
                        td_roc_curve: Any) -> list[str]:
     body = ["<h2>Risk groups</h2><p class='small'>Cut-offs learned on the training patients only.</p>"]
     for name in metrics["models"]:
         png = out_dir / f"km_{name}.png"
-        if png.exists():
+        if _drawn(metrics, png):
             body.append(_figure_link(out_dir, png, f"Kaplan-Meier by {name} risk group",
                                      f"{model_label(name)}: Kaplan-Meier by risk group with numbers at risk", "70%"))
     calibration = [out_dir / f"calibration_nomogram_{m}m.png" for m in HORIZONS]
-    if any(p.exists() for p in calibration):
+    if any(_drawn(metrics, p) for p in calibration):
         body.append("<h2>Calibration</h2>")
         body += [_figure_link(out_dir, p, p.stem, f"Nomogram calibration at {m} months", "48%")
-                 for p, m in zip(calibration, HORIZONS) if p.exists()]
+                 for p, m in zip(calibration, HORIZONS) if _drawn(metrics, p)]
     time = predictions[f"{endpoint}_time"].to_numpy(float)
     event = predictions[f"{endpoint}_event"].to_numpy(bool)
     if training_outcomes is not None:
@@ -272,7 +280,7 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
     benefit = metrics.get("chemo_benefit") or {}
     parts = []
     forest = out_dir / "benefit_forest.png"
-    if forest.exists():
+    if _drawn(metrics, forest):
         parts.append(_figure_link(out_dir, forest, "subgroup forest plot", "Dose effect by subgroup", "80%"))
     if benefit.get("calibration"):
         png = Path(_save(benefit_calibration_figure(benefit["calibration"]),
