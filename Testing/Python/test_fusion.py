@@ -296,3 +296,19 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
     values[unmeasured] = float("nan")
     warned = predict_patient(bundle, patient, clinical, features=values, extras=extras).warnings
     assert any(unmeasured in w and "training mean" in w for w in warned)
+    # but a patient without nodes has no GTVn features by design: no warning for those
+    import dataclasses
+
+    node_feature = "t1c_gtvn_original_firstorder_Mean"
+    signature = bundle.signature
+    bundle.signature = dataclasses.replace(signature, features=[*signature.features, node_feature],
+                                           impute=[*signature.impute, 0.0], mean=[*signature.mean, 0.0],
+                                           sd=[*signature.sd, 1.0], coef=[*signature.coef, 0.0])
+    try:
+        values = {**features.loc[pid].to_dict(), node_feature: float("nan")}
+        for present, warned_for_it in ((0.0, False), (1.0, True)):
+            values["gtvn_present"] = present
+            warned = predict_patient(bundle, patient, clinical, features=values, extras=extras).warnings
+            assert any(node_feature in w for w in warned) == warned_for_it
+    finally:
+        bundle.signature = signature
