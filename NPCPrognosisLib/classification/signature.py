@@ -47,6 +47,17 @@ def screen_features(values: np.ndarray, y: np.ndarray) -> Screened:
     Why it is one function: the filters read the outcome, so the penalty's inner cross-validation runs them again
     on each fold's training rows (:func:`_lasso_logistic`); judged after a whole-split screen, noise features
     validate and the penalty comes out too weak.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Raw feature values (NaN where missing), one row per patient.
+    y : numpy.ndarray
+        The binary outcome (0/1).
+
+    Returns
+    -------
+    screened : Screened
     """
     from scipy.stats import mannwhitneyu
 

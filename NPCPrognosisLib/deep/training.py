@@ -238,7 +238,19 @@ def learning_rate(config: TrainConfig, epoch: int, epochs: int) -> float:
 
 def outcome_ramp(config: TrainConfig, epoch: int, epochs: int) -> float:
     """Share of their full weight the outcome terms (Cox, binary) have at ``epoch``: 0 while the contours form, then
-    a linear ramp to 1."""
+    a linear ramp to 1.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        ``cox_start_fraction`` and ``cox_ramp_fraction``.
+    epoch, epochs : int
+        The epoch (0-based) and the run's number of epochs.
+
+    Returns
+    -------
+    share : float
+    """
     start = int(math.floor(epochs * config.cox_start_fraction))
     ramp = max(1, int(round(epochs * config.cox_ramp_fraction)))
     return float(np.clip((epoch - start + 1) / ramp, 0.0, 1.0))

@@ -29,7 +29,19 @@ PREDICT_BATCH = 4
 
 def metric_value(record: Mapping[str, Any], key: str) -> float:
     """A metric read back from JSON: NaN (written as null, e.g. the GTVn Dice of a validation set without nodes)
-    and a missing key both come back as NaN."""
+    and a missing key both come back as NaN.
+
+    Parameters
+    ----------
+    record : mapping
+        An epoch's metrics, e.g. ``best_metrics`` of a network bundle.
+    key : str
+        The metric, e.g. ``val_dice_gtvn``.
+
+    Returns
+    -------
+    value : float
+    """
     value = record.get(key)
     return float("nan") if value is None else float(value)
 

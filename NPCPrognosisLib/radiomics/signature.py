@@ -183,7 +183,21 @@ class Screened:
 def screen_features(z: np.ndarray, time: np.ndarray, event: np.ndarray, settings: SignatureSettings) -> Screened:
     """The univariate score-test filter (lowest p first, capped at ``settings.max_univariate``; the 10 lowest p
     when none passes) and then the redundancy filter. Both read the outcomes, so whatever estimates the LASSO's
-    performance must run them again on its own training rows (:func:`_lasso_cv`)."""
+    performance must run them again on its own training rows (:func:`_lasso_cv`).
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        Standardised features, one row per patient.
+    time, event : numpy.ndarray
+        The patients' follow-up and event indicator.
+    settings : SignatureSettings
+        ``p_threshold``, ``max_univariate`` and ``corr_threshold``.
+
+    Returns
+    -------
+    screened : Screened
+    """
     score_z, p = cox_score_test(z, time, event)
     passed = np.flatnonzero(p < settings.p_threshold)
     if passed.size == 0:
@@ -371,7 +385,7 @@ def fit_signature(
         # an empty model (after stability selection, or without the 1-SE rule): the CV's best penalty instead
         alpha = cv["alpha_best"]
         coef = penalised_fit(alpha)
-        cv["one_se_rule_gave_empty_model"] = True
+        cv["empty_model_refitted_at_best_alpha"] = True
     selected = np.flatnonzero(np.abs(coef) > 1e-10)
     if selected.size == 0:
         # Still nothing: the strongest single feature (lowest univariate p, first after the redundancy filter),

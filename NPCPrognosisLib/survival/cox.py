@@ -218,9 +218,13 @@ class CoxModel:
             )
         except KeyError as exc:
             raise InputError(f"Cox model dict lacks key {exc.args[0]!r}", fix="re-export the model") from None
+        times = model.baseline_times.shape[0]
         if (
             model.coef.shape != (len(model.covariates),)
             or model.baseline_times.shape != model.baseline_cumhaz.shape
+            or (model.means is not None and model.means.shape != model.coef.shape)
+            or (model.baseline_var is not None and model.baseline_var.shape != (times,))
+            or (model.baseline_drift is not None and model.baseline_drift.size != times * len(model.covariates))
         ):
             raise InputError("Cox model dict has inconsistent array lengths", fix="re-export the model")
         return model

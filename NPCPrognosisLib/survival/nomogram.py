@@ -80,7 +80,21 @@ class Nomogram:
                           z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise interval of :meth:`survival` (95 % at the default ``z``): S ** exp(+-z SE) with the SE of
         log H(t|x) (:meth:`~NPCPrognosisLib.survival.cox.CoxModel.log_cumhaz_se`, Tsiatis); NaN where unknown
-        (before the first event time, or a bundle saved without the baseline's variance)."""
+        (before the first event time, or a bundle saved without the baseline's variance).
+
+        Parameters
+        ----------
+        table : DataFrame or mapping
+            The patients' factors.
+        months : sequence of float, default REPORT_MONTHS
+        z : float, default 1.96
+            Normal quantile (1.96: 95 %).
+
+        Returns
+        -------
+        lower, upper : numpy.ndarray
+            Shape (patients, months).
+        """
         values = self._matrix(table)
         months = np.asarray(months, float)
         survival = np.clip(self.model.survival_at(values, months), 0.0, 1.0)

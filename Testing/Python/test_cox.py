@@ -381,3 +381,6 @@ def test_predicted_survival_intervals_cover_the_truth_as_often_as_they_say():
     # stored in the model's JSON, so a bundle predicts the same intervals
     again = CoxModel.from_dict(json.loads(json.dumps(model.to_dict())))
     np.testing.assert_array_equal(again.log_cumhaz_se(points, t_eval), model.log_cumhaz_se(points, t_eval))
+    broken = {**model.to_dict(), "baseline_var": model.to_dict()["baseline_var"][:-1]}
+    with pytest.raises(InputError, match="inconsistent"):
+        CoxModel.from_dict(broken)
