@@ -1343,10 +1343,13 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             series.SetYColumnName(name)
             series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
             series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            series.SetLineWidth(4 if name == "this patient" else 2)
+            band = name.startswith("this patient, 95%")  # the interval's bounds: thin dotted, in its colour
+            series.SetLineWidth(4 if name == "this patient" else 1 if band else 2)
             if name == "risk-group cut-off":
                 series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
-            series.SetColor(*colours.get(name, (0.4, 0.4, 0.4)))
+            elif band:
+                series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDot)
+            series.SetColor(*colours.get("this patient" if band else name, (0.4, 0.4, 0.4)))
             chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
         chartNode.SetTitle(f"{title} survival")
         chartNode.SetXAxisTitle("months")

@@ -394,6 +394,14 @@ def test_survival_plot_is_a_chart_with_one_series_per_curve(logic):
     np.testing.assert_allclose(values, curves["this patient"])
     again = logic.showSurvivalPlot(curves, title="DMFS", showInLayout=False)  # re-predicting reuses the nodes
     assert again is chart and chart.GetNumberOfPlotSeriesNodes() == 3
+    # the patient's 95 % interval: its two bounds drawn thin and dotted in the patient's colour
+    banded = {**curves, "this patient, 95% lower": (np.exp(-months / 80) ** 1.3).tolist(),
+              "this patient, 95% upper": (np.exp(-months / 80) ** 0.7).tolist()}
+    chart = logic.showSurvivalPlot(banded, title="DMFS", showInLayout=False)
+    bounds = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())
+              if chart.GetNthPlotSeriesNode(i).GetYColumnName().startswith("this patient, 95%")]
+    assert len(bounds) == 2 and all(b.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDot for b in bounds)
+    assert all(b.GetColor() == (0.0, 0.0, 0.0) and b.GetLineWidth() == 1 for b in bounds)
 
 
 # ---------------------------------------------------------------------------------------------- static checks
