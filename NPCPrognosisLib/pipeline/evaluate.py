@@ -249,21 +249,22 @@ def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, 
 
 def _trained_mask(document: dict[str, Any], manifest: Manifest) -> np.ndarray | None:
     """Which manifest rows the bundle was trained on (None when it stores no patient IDs)."""
-    training = document["training"]
+    return _trained(document, list(manifest.table["patient_id"]))
+
+
+def _trained(document: dict[str, Any], patient_ids: list[str]) -> np.ndarray | None:
+    """Which of ``patient_ids`` the bundle was trained on (None when it stores no patient IDs)."""
+    training = document.get("training") or {}
     if training.get("patient_id_hashes") is None:
         return None
-    salt = training.get("id_salt")
-    trained = set(training["patient_id_hashes"])
-    return manifest.table["patient_id"].map(lambda p: hash_id(p, salt)).isin(trained).to_numpy()
+    salt, trained = training.get("id_salt"), set(training["patient_id_hashes"])
+    return np.array([hash_id(p, salt) in trained for p in patient_ids], bool)
 
 
 def _untrained(document: dict[str, Any], patient_ids: list[str], subset: str) -> list[str]:
     """Those of ``patient_ids`` that the evaluation would have scored (not the bundle's training patients)."""
-    training = document.get("training") or {}
-    if subset == "all" or training.get("patient_id_hashes") is None:
-        return list(patient_ids)
-    trained = set(training["patient_id_hashes"])
-    return [p for p in patient_ids if hash_id(p, training.get("id_salt")) not in trained]
+    trained = None if subset == "all" else _trained(document, patient_ids)
+    return list(patient_ids) if trained is None else [p for p, t in zip(patient_ids, trained) if not t]
 
 
 def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
