@@ -655,18 +655,32 @@ def test_a_patched_grid_is_stitched_from_windows_and_its_risk_reads_the_whole_gr
 
 def test_a_patched_network_trains_on_patches_and_segments_in_the_exact_input_geometry(tiny_cohort, tmp_path):
     """A grid of four windows, trained end to end: the bundle names the windows, ``segment`` stitches them back
-    onto the CET1W grid (mask and saliency), and deep features read the patch around the contours."""
+    onto the CET1W grid (mask and saliency), and deep features read the patch around the contours. The selected
+    epoch's validation record, which the quality gate reads, is measured on whole grids as ``segment`` runs them,
+    not on the patch centred on the contours that each epoch is validated on."""
     from NPCPrognosisLib.deep.features import deep_feature_columns, deep_features
+    from NPCPrognosisLib.deep.inference import inference_spec
+    from NPCPrognosisLib.deep.training import _load_cases, make_config, split_patients
+    from NPCPrognosisLib.deep.validation import evaluate
     from NPCPrognosisLib.imaging.preprocess import preprocess_images
     from NPCPrognosisLib.io.images import align_patient
 
-    config = {**TINY, "grid": {**TINY["grid"], "patch": [16, 16, 16]}}
+    config = {**TINY, "grid": {**TINY["grid"], "patch": [16, 16, 16]}, "final_weights": "best"}
     bundle = train_network(tiny_cohort.manifest_path, "dmfs", tmp_path / "net", epochs=2, batch_size=3, seed=3,
                            val_fraction=0.4, progress=False, config=config, force=True)
     model = load_network(bundle)
     assert model.grid.patch_size == (16, 16, 16) and model.inference["roi_size"] == [16, 16, 16]
     history = model.content["network"]["history"]
     assert len(history) == 2 and all(np.isfinite(r["train_seg"]) for r in history)
+    cases = _load_cases(read_manifest(tiny_cohort.manifest_path).entries(), "dmfs", make_config(config),
+                        tmp_path / "net.work" / "cache", progress=False)
+    val_cases = [cases[i] for i in split_patients([c.patient_id for c in cases], [c.event for c in cases], 0.4, 3)[1]]
+    whole = evaluate(model.net, val_cases, "cpu", inference_spec(model.grid))
+    shipped = model.content["network"]["best_metrics"]
+    assert model.content["network"]["final_weights"]["kind"] == "best"
+    assert (shipped["val_dice_gtvp"], shipped["val_dice_gtvn"]) == pytest.approx(
+        (whole["dice_gtvp"], whole["dice_gtvn"]), abs=1e-9, nan_ok=True)
+    assert model.content["network"]["quality_gate"]["val_dice_gtvp"] == pytest.approx(whole["dice_gtvp"], nan_ok=True)
     entry = read_manifest(tiny_cohort.manifest_path).entries()[0]
     images = load_patient(entry.patient_id, entry.images).images
     result = segment_patient(model, images, patient_id="someone-else", saliency=True)
