@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer  # slicer-core, the test extra: required, so a missing one fails the suite instead of skipping it
+import vtk
 from mrml_shim import ROOT, load_module, segmentations_logic
 
 pytestmark = pytest.mark.mrml
 
-slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extra: pip install -e .[test]")
-vtk = pytest.importorskip("vtk")
 
 GTVP, GTVN = 1, 2
 

@@ -14,22 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("monai")
-pytest.importorskip("torchsurv")
-
-from NPCPrognosisLib.datasets.synth import synthesize_cohort  # noqa: E402
-from NPCPrognosisLib.deep.data import GridConfig, event_balanced_batches  # noqa: E402
-from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss  # noqa: E402
-from NPCPrognosisLib.deep.segmentation import load_network, segment_patient  # noqa: E402
-from NPCPrognosisLib.deep.training import train_network  # noqa: E402
-from NPCPrognosisLib.imaging.geometry import same_geometry  # noqa: E402
-from NPCPrognosisLib.imaging.overlap import segmentation_metrics  # noqa: E402
-from NPCPrognosisLib.io.images import load_patient  # noqa: E402
-from NPCPrognosisLib.io.manifest import read_manifest  # noqa: E402
-from NPCPrognosisLib.pipeline.segment import segment_cohort  # noqa: E402
-from NPCPrognosisLib.resources import DEMO_NETWORK  # noqa: E402
+from NPCPrognosisLib.datasets.synth import synthesize_cohort
+from NPCPrognosisLib.deep.data import GridConfig, event_balanced_batches
+from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
+from NPCPrognosisLib.deep.segmentation import load_network, segment_patient
+from NPCPrognosisLib.deep.training import train_network
+from NPCPrognosisLib.imaging.geometry import same_geometry
+from NPCPrognosisLib.imaging.overlap import segmentation_metrics
+from NPCPrognosisLib.io.images import load_patient
+from NPCPrognosisLib.io.manifest import read_manifest
+from NPCPrognosisLib.pipeline.segment import segment_cohort
+from NPCPrognosisLib.resources import DEMO_NETWORK
 
 TINY = {
     "network": {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "risk_hidden": 8},

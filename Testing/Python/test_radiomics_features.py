@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import yaml
+from radiomics import featureextractor as radiomics_featureextractor
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.radiomics import extraction as rf
 from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS, RADIOMICS_PARAMS
-
-radiomics_featureextractor = pytest.importorskip("radiomics.featureextractor")
 
 FAST = RADIOMICS_FAST_PARAMS
 SHAPE_ZYX = (16, 40, 40)
