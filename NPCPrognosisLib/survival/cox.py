@@ -15,7 +15,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -263,14 +263,9 @@ def cox_with_coefficients(
     t, e = check_survival_arrays(time, event)
     beta = np.asarray(coef, dtype=float)
     means = Xm.mean(axis=0)
-    loglik, _score, _info, ev_times, jumps_c = _partial_likelihood(Xm - means, t, e, beta, ties)
-    cov = np.asarray(covariance, dtype=float)
-    variance, drift = _baseline_uncertainty(Xm - means, t, e, beta, ties)
-    return CoxModel(covariates=list(covariates), coef=beta, se=np.sqrt(np.clip(np.diag(cov), 0.0, None)), ties=ties,
-                    baseline_times=ev_times.astype(float),
-                    baseline_cumhaz=np.cumsum(jumps_c) * math.exp(-float(means @ beta)), n=len(t),
-                    events=int(e.sum()), log_likelihood=float(loglik), penalizer=float(penalizer), covariance=cov,
-                    means=means, baseline_var=variance, baseline_drift=drift)
+    sums = _partial_likelihood(Xm - means, t, e, beta, ties)
+    return _cox_model(covariates, beta, np.asarray(covariance, dtype=float), means, sums, len(t), int(e.sum()), ties,
+                      penalizer)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -343,35 +338,25 @@ def _check_design(X: np.ndarray, covariates: list) -> None:
             )
 
 
-def _baseline_uncertainty(Xc: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray,
-                          ties: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative sums at each event time for Tsiatis' variance of a predicted cumulative hazard, at linear
-    predictor 0 of the centred ``Xc``: the baseline's variance (the sum of squared Breslow / Efron jump terms) and
-    its drift (the risk-set mean of ``Xc`` times each jump term)."""
-    lp = Xc @ beta
-    shift = lp.max()
-    w = np.exp(lp - shift)
-    ev_times = np.unique(time[event])
-    variance = np.empty(len(ev_times))
-    drift = np.empty((len(ev_times), Xc.shape[1]))
-    for k, t in enumerate(ev_times):
-        at_risk, dead = time >= t, event & (time == t)
-        d = int(dead.sum())
-        r0, r1 = w[at_risk].sum(), w[at_risk] @ Xc[at_risk]
-        d0, d1 = w[dead].sum(), w[dead] @ Xc[dead]
-        fractions = np.arange(d) / d if ties == "efron" and d > 1 else np.zeros(1)
-        weight = d / len(fractions)  # Breslow: one term carrying all d events
-        phi = r0 - fractions * d0
-        variance[k] = float((weight / phi**2).sum())
-        drift[k] = ((weight / phi**2)[:, None] * (r1[None, :] - fractions[:, None] * d1[None, :])).sum(axis=0)
-    scale = math.exp(-shift)
-    return np.cumsum(variance) * scale**2, np.cumsum(drift, axis=0) * scale
+class _RiskSetSums(NamedTuple):
+    """What the risk sets at ``beta`` give: the partial likelihood and its derivatives for the coefficients' SEs,
+    and per event time the baseline hazard's jump and Tsiatis' terms for the variance of a predicted cumulative
+    hazard (the squared jump terms and the risk-set mean of ``Xc`` times each jump term), all at linear predictor
+    0 of the centred ``Xc``."""
+
+    loglik: float
+    score: np.ndarray
+    information: np.ndarray
+    event_times: np.ndarray
+    jumps: np.ndarray
+    jump_variance: np.ndarray
+    jump_drift: np.ndarray
 
 
-def _partial_likelihood(
-    Xc: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray, ties: str
-) -> tuple:
-    """Partial log-likelihood, score, observed information and baseline hazard jumps at `beta`.
+def _partial_likelihood(Xc: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray,
+                        ties: str) -> _RiskSetSums:
+    """Partial log-likelihood, score, observed information, baseline hazard jumps and their variance terms at
+    ``beta``.
 
     Computed on the risk sets directly (rather than trusting the optimiser's internals) so the SEs follow
     the textbook formulas for Breslow and Efron handling of tied event times. `Xc` should be centred: the
@@ -397,6 +382,8 @@ def _partial_likelihood(
     score = np.zeros(p)
     info = np.zeros((p, p))
     jumps = np.empty(len(ev_times))
+    variance = np.empty(len(ev_times))
+    drift = np.empty((len(ev_times), p))
     first = np.searchsorted(t_sorted, ev_times, side="left")
     for k, (t, i0) in enumerate(zip(ev_times, first)):
         dmask = event & (time == t)
@@ -412,11 +399,14 @@ def _partial_likelihood(
             score -= d * m
             info += d * (r2 / r0 - np.outer(m, m))
             jumps[k] = d / r0
+            variance[k] = d / r0**2
+            drift[k] = d * r1 / r0**2
         else:
             d0 = wd.sum()
             d1 = (wd[:, None] * xd).sum(axis=0)
             d2 = (wd[:, None, None] * xd[:, :, None] * xd[:, None, :]).sum(axis=0)
-            jump = 0.0
+            jumps[k] = variance[k] = 0.0
+            drift[k] = 0.0
             for ell in range(d):
                 f = ell / d
                 phi = r0 - f * d0
@@ -424,11 +414,24 @@ def _partial_likelihood(
                 loglik -= math.log(phi) + shift
                 score -= m
                 info += (r2 - f * d2) / phi - np.outer(m, m)
-                jump += 1.0 / phi
-            jumps[k] = jump
-    # Undo the rescaling of w: jumps were computed with exp(lp - shift).
-    jumps = jumps * math.exp(-shift)
-    return loglik, score, info, ev_times, jumps
+                jumps[k] += 1.0 / phi
+                variance[k] += 1.0 / phi**2
+                drift[k] += (r1 - f * d1) / phi**2
+    # Undo the rescaling of w: the jumps were computed with exp(lp - shift).
+    scale = math.exp(-shift)
+    return _RiskSetSums(loglik, score, info, ev_times, jumps * scale, variance * scale**2, drift * scale)
+
+
+def _cox_model(covariates: Sequence[str], beta: np.ndarray, covariance: np.ndarray, means: np.ndarray,
+               sums: _RiskSetSums, n: int, events: int, ties: str, penalizer: float) -> CoxModel:
+    """The model at ``beta``: its baseline re-referenced from the covariate means to x = 0, Tsiatis' sums kept at
+    the means (where :meth:`CoxModel.log_cumhaz_se` centres a patient)."""
+    return CoxModel(covariates=list(covariates), coef=beta, se=np.sqrt(np.clip(np.diag(covariance), 0.0, None)),
+                    ties=ties, baseline_times=sums.event_times.astype(float),
+                    baseline_cumhaz=np.cumsum(sums.jumps) * math.exp(-float(means @ beta)), n=int(n),
+                    events=int(events), log_likelihood=float(sums.loglik), penalizer=float(penalizer),
+                    covariance=covariance, means=means, baseline_var=np.cumsum(sums.jump_variance),
+                    baseline_drift=np.cumsum(sums.jump_drift, axis=0))
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -556,8 +559,8 @@ def fit_cox(
             fix="drop the separating covariate or set a small penalizer",
         )
 
-    loglik, _score, info, ev_times, jumps_c = _partial_likelihood(Xc, t, e, beta, ties)
-    info_pen = info + float(penalizer) * np.eye(len(beta))
+    sums = _partial_likelihood(Xc, t, e, beta, ties)
+    info_pen = sums.information + float(penalizer) * np.eye(len(beta))
     try:
         cov = np.linalg.inv(info_pen)
     except np.linalg.LinAlgError:
@@ -565,7 +568,6 @@ def fit_cox(
             "the information matrix is singular at the optimum; standard errors are undefined",
             fix="drop collinear or nearly constant covariates",
         ) from None
-    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
     offset = float(means @ beta)
     if abs(offset) > 700:
@@ -574,22 +576,4 @@ def fit_cox(
             RuntimeWarning,
             stacklevel=2,
         )
-    cumhaz = np.cumsum(jumps_c) * math.exp(-offset)  # re-reference the baseline from x = mean to x = 0
-    uncertainty = _baseline_uncertainty(Xc, t, e, beta, ties)
-
-    return CoxModel(
-        covariates=list(covariates),
-        coef=beta,
-        se=se,
-        ties=ties,
-        baseline_times=ev_times.astype(float),
-        baseline_cumhaz=cumhaz,
-        n=len(t),
-        events=int(e.sum()),
-        log_likelihood=float(loglik),
-        penalizer=float(penalizer),
-        covariance=cov,
-        means=means,
-        baseline_var=uncertainty[0],
-        baseline_drift=uncertainty[1],
-    )
+    return _cox_model(covariates, beta, cov, means, sums, len(t), int(e.sum()), ties, penalizer)
