@@ -29,7 +29,7 @@ from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_ato
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_family, is_deep_feature
+from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
 from NPCPrognosisLib.survival.benefit import patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import risk_uncertainty, survival_curves
@@ -245,9 +245,7 @@ def predict_patient(
                            errors="coerce").astype(float)
     # a structure the patient does not have (no nodes: gtvn_present = 0) has no features by design, not by failure
     absent = {roi for roi in ROIS if row.get(present_column(roi)) == 0}
-    unmeasured = [name for name in needed.index[~np.isfinite(needed.to_numpy())]
-                  if (feature_family(name) is None or feature_family(name).roi not in absent)
-                  and not (is_deep_feature(name) and name.split("_")[1] in absent)]
+    unmeasured = [name for name in needed.index[~np.isfinite(needed.to_numpy())] if feature_roi(name) not in absent]
     if unmeasured:
         # the Rad-score fills them with the training mean: say so, the score then speaks for fewer features
         warnings.append(f"{len(unmeasured)} of the Rad-score's {len(bundle.signature.features)} features could not "

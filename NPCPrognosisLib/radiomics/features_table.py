@@ -137,6 +137,14 @@ def is_deep_feature(column: str) -> bool:
     return column.startswith(DEEP_PREFIX) and column.count("_") >= 3
 
 
+def feature_roi(column: str) -> str | None:
+    """The ROI a PyRadiomics or deep radiomic column was measured in (``gtvp``); None for other columns."""
+    if is_deep_feature(column):
+        return column.split("_")[1]
+    family = feature_family(column)
+    return None if family is None else family.roi
+
+
 #: Columns of a features table that are not radiomics: the ID and the network's deep risk score.
 NON_RADIOMICS = ("patient_id", DEEP_SCORE)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix, is_deep_feature
+from NPCPrognosisLib.radiomics.features_table import feature_family, feature_matrix, feature_roi, is_deep_feature
 from NPCPrognosisLib.survival.splits import event_folds
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,14 @@ def offered_columns(columns: Sequence[str], settings: SignatureSettings, icc: pd
         if not ok:
             continue
         family = feature_family(column)
-        if is_deep_feature(column):
-            if not settings.deep_features or (settings.rois is not None and column.split("_")[1] not in settings.rois):
-                continue
-        elif family is not None:
-            if settings.image_types is not None and not family.image_type.startswith(settings.image_types):
-                continue
-            if settings.rois is not None and family.roi not in settings.rois:
-                continue
+        if is_deep_feature(column) and not settings.deep_features:
+            continue
+        if family is not None and settings.image_types is not None \
+                and not family.image_type.startswith(settings.image_types):
+            continue
+        roi = feature_roi(column)
+        if roi is not None and settings.rois is not None and roi not in settings.rois:
+            continue
         kept.append(column)
     return kept
 

@@ -1519,6 +1519,11 @@ def test_selection_offers_deep_features_only_when_the_configuration_says_so():
     assert offered_columns(columns, SignatureSettings(), None) == columns
     assert offered_columns(columns, SignatureSettings(deep_features=False), None) == [columns[0], columns[3]]
     assert offered_columns(columns, SignatureSettings(rois=("gtvp", "gtv")), None) == [*columns[:2], columns[3]]
+    # the ROI a column was measured in, as the selection above and the prediction's missing-feature warning read it
+    from NPCPrognosisLib.radiomics.features_table import feature_roi
+
+    assert [feature_roi(c) for c in [*columns, "gtvn_present", "t2_gtv_wavelet-LLH_glcm_Idm"]] == [
+        "gtvp", "gtvp", "gtvn", None, None, "gtv"]
 
 
 # ---------------------------------------------------------------------------------------------- post-processing
