@@ -2,8 +2,9 @@
 and the one JSON encoding every output and bundle uses.
 
 Every file the core writes (tables, JSON, images, PNG plots, reports) goes through :func:`atomic_path`: the
-writer fills a hidden temporary file in the same folder, which is renamed over the target only once complete
-(``os.replace`` is atomic on POSIX and Windows).
+writer fills a hidden temporary file in the same folder, which is flushed to disk and renamed over the target only
+once complete (``os.replace`` is atomic on POSIX and Windows; without the flush, a power cut soon after could leave
+the new name pointing at an empty file).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{''.join(path.suffixes)}")
     try:
         yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -230,3 +230,23 @@ def test_two_writers_of_one_file_do_not_take_each_others_temporary_file(tmp_path
         assert target.read_text() == "second"
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left behind
+
+
+def test_a_file_is_on_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """The rename is atomic, but without a flush a power cut soon after could leave the finished name on an empty
+    file: the temporary file is synced first."""
+    import os
+
+    from NPCPrognosisLib.io.atomic import write_json_atomic
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "out.json").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_json_atomic(tmp_path / "out.json", {"a": 1})
+    assert len(synced) == 1 and ".out.json." in synced[0][0] and synced[0][1] is False
+    assert (tmp_path / "out.json").read_text() == '{\n  "a": 1\n}\n'
