@@ -25,6 +25,32 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLE
     return bool(np.all(np.abs(np.subtract(a.GetOrigin(), b.GetOrigin())) <= tolerance * spacing_a.min() * 10))
 
 
+def image_fingerprint(image: sitk.Image) -> str:
+    """SHA-256 of an image's voxels, pixel type and size: names exactly the scan or contours a result was computed
+    from (an edited mask, or the same file read from another path, is told apart by content, not name).
+
+    The grid's spacing, origin and direction are left out on purpose: NIfTI stores them in 32 bits, so a mask
+    written and read back would get another fingerprint for the same contours. Where an image lies is checked
+    where images are aligned (:func:`same_geometry`), not here.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+
+    Returns
+    -------
+    fingerprint : str
+        64 hexadecimal digits; equal for two images only when their voxels, pixel type and size are equal.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(repr((image.GetPixelIDTypeAsString(), image.GetNumberOfComponentsPerPixel(),
+                        image.GetSize())).encode())
+    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    return digest.hexdigest()
+
+
 def physical_bounds(image: sitk.Image, index_box: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounding box of the image (or of an index box [[lo...], [hi...]] in it)."""
     size = np.array(image.GetSize())

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import ROIS
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.imaging.geometry import image_fingerprint
 from NPCPrognosisLib.imaging.preprocess import preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import write_json_atomic
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, parse_clinical
@@ -75,6 +76,9 @@ class Prediction:
     nomogram_scale: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of each sequence as the models read it (on the CET1W grid) and of the contours the radiomics came
+    #: from (:func:`~NPCPrognosisLib.imaging.geometry.image_fingerprint`), so a filed result names its inputs.
+    inputs: dict[str, str] = field(default_factory=dict)
     #: Seconds per stage of this prediction (preprocess, contour, radiomics, scores).
     timings: dict[str, float] = field(default_factory=dict)
     #: The network's contours when no mask was given (on the CET1W grid), for review; not part of the JSON.
@@ -315,6 +319,8 @@ def predict_patient(
         nomogram_scale=nomogram.chart_scale(),
         warnings=warnings,
         bundle=bundle_provenance(bundle),
+        inputs={role: image_fingerprint(image) for role, image in [*patient.images.items(), ("mask", mask)]
+                if image is not None},
         timings=timings,
         automatic_mask=automatic_mask,
         uncertainty_map=uncertainty_map,

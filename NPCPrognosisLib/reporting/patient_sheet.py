@@ -16,7 +16,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from NPCPrognosisLib.contract import ENDPOINT_TITLES
+from NPCPrognosisLib.contract import ENDPOINT_TITLES, SEQUENCE_TITLES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_text_atomic
 from NPCPrognosisLib.reporting import figures
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC_BANNER = "SYNTHETIC DEMONSTRATION - research software, not for clinical use"
 RESEARCH_BANNER = "Research software - not a medical device; not for clinical decisions on its own"
+#: How the sheet's warning about contours other than the prediction's begins (the CLI prints it too).
+CONTOURS_DIFFER = "The contours shown on this sheet are not the ones this prediction was computed from"
 
 
 @dataclass
@@ -117,6 +119,9 @@ def _provenance_rows(prediction: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("bundle.json SHA-256", bundle["sha256"]))
     if bundle.get("network_sha256"):
         rows.append(("network weights SHA-256", bundle["network_sha256"]))
+    titles = {**SEQUENCE_TITLES, "mask": "Contours"}
+    for role, fingerprint in (prediction.get("inputs") or {}).items():
+        rows.append((f"{titles.get(role, role)} SHA-256 (voxels)", fingerprint))
     source = (prediction.get("segmentation") or {}).get("source")
     rows.append(("Contours", {"automatic": "automatic (the bundle's network); review before acting",
                               "manual": "given by the user"}.get(source, "given by the user")))
@@ -301,6 +306,7 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
     """
     import json
 
+    from NPCPrognosisLib.imaging.geometry import image_fingerprint
     from NPCPrognosisLib.io.images import read_image
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
 
@@ -332,6 +338,13 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
         return None
 
     shown = image(mask, AUTOMATIC_MASK_FILE, "mask")
+    used = (data.get("inputs") or {}).get("mask")
+    if shown is not None and used and image_fingerprint(sitk.Cast(shown, sitk.sitkUInt8)) != used:
+        # an edited mask shown beside the risk of the unedited one would put numbers under contours that did not
+        # produce them
+        data = {**data, "warnings": [f"{CONTOURS_DIFFER} (their SHA-256 differs from prediction.json's): run "
+                                     "predict again with these contours before acting on the result",
+                                     *(data.get("warnings") or [])]}
     automatic = image(automatic_mask, None, "automatic mask")
     images = SheetImages(t1c=image(t1c, None, "CET1W image"), mask=shown, automatic_mask=automatic,
                          uncertainty=image(uncertainty, UNCERTAINTY_FILE, "uncertainty map"),

@@ -165,6 +165,31 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     factors = bundle.factors([parse_clinical(row.to_dict(), row["patient_id"])], features.reset_index(drop=True))
     expected = bundle.nomograms["nomogram"].risk(factors)[0]
     assert prediction["risk_score"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    # the record names its inputs by content: the mask's voxels and geometry, read here independently
+    import hashlib
+
+    mask = sitk.ReadImage(str(small_cohort / row["mask"]))
+    header = (mask.GetPixelIDTypeAsString(), mask.GetNumberOfComponentsPerPixel(), mask.GetSize())
+    voxels = sitk.GetArrayFromImage(mask).tobytes()
+    assert prediction["inputs"]["mask"] == hashlib.sha256(repr(header).encode() + voxels).hexdigest()
+    assert set(prediction["inputs"]) == {"t1", "t2", "t1c", "mask"} and len(set(prediction["inputs"].values())) == 4
+
+
+def test_an_image_fingerprint_follows_the_content_not_the_file(tmp_path):
+    from NPCPrognosisLib.imaging.geometry import image_fingerprint
+
+    image = sitk.Image([6, 5, 4], sitk.sitkUInt8)
+    copy = sitk.Image(image)
+    assert image_fingerprint(copy) == image_fingerprint(image)
+    copy[2, 2, 2] = 1  # one voxel of an edited contour
+    assert image_fingerprint(copy) != image_fingerprint(image)
+    assert image_fingerprint(sitk.Cast(image, sitk.sitkInt16)) != image_fingerprint(image)
+    assert image_fingerprint(sitk.Image([5, 6, 4], sitk.sitkUInt8)) != image_fingerprint(image)
+    # a mask written to NIfTI (geometry in 32 bits) and read back is the same contours
+    copy.SetOrigin((-101.123456789, 33.3333333333, 12.987654321))
+    copy.SetSpacing((0.4888888888, 0.4888888888, 3.3))
+    sitk.WriteImage(copy, str(tmp_path / "mask.nii.gz"))
+    assert image_fingerprint(sitk.ReadImage(str(tmp_path / "mask.nii.gz"))) == image_fingerprint(copy)
 
 
 def test_predict_bad_stage_is_a_one_line_error(small_cohort, trained, tmp_path, capsys):

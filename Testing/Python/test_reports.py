@@ -149,7 +149,9 @@ def test_labels_say_what_clinicians_write():
 
 
 # ------------------------------------------------------------------------------------------------ patient sheet
-def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_path):
+def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_path, capsys):
+    from NPCPrognosisLib.reporting.patient_sheet import CONTOURS_DIFFER
+
     folder, t1c, mask = predicted
     # The contours were edited: the sheet shows the edited ones and the automatic ones dashed.
     automatic = sitk.ReadImage(str(mask))
@@ -158,6 +160,12 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
     assert main(["--quiet", "report", "--prediction", str(folder), "--t1c", str(t1c), "--mask",
                  str(tmp_path / "edited.nii.gz"), "--automatic-mask", str(mask), "--out", str(tmp_path)]) == 0
     html = (tmp_path / "patient_sheet.html").read_text(encoding="utf-8")
+    # ... but the risk was computed from the unedited ones: the sheet and the terminal say so
+    assert CONTOURS_DIFFER in html and CONTOURS_DIFFER in capsys.readouterr().out
+    assert main(["--quiet", "report", "--prediction", str(folder), "--t1c", str(t1c), "--mask", str(mask),
+                 "--no-pdf", "--out", str(tmp_path / "same")]) == 0
+    assert CONTOURS_DIFFER not in (tmp_path / "same" / "patient_sheet.html").read_text(encoding="utf-8")
+    assert CONTOURS_DIFFER not in capsys.readouterr().out
     prediction = json.loads((folder / "prediction.json").read_text(encoding="utf-8"))
     assert "EBV DNA (copies/mL)" in html and "rENE grade" in html and "log10_ebv_dna" not in html
     assert "dashed: the automatic contours before editing" in html and prediction["bundle"]["sha256"] in html
