@@ -258,7 +258,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from NPCPrognosisLib.reporting.patient_sheet import CONTOURS_DIFFER, read_sheet_inputs, write_patient_sheet
+    from NPCPrognosisLib.reporting.patient_sheet import contours_warning, read_sheet_inputs, write_patient_sheet
 
     prediction, images = read_sheet_inputs(args.prediction, t1c=args.t1c, mask=args.mask,
                                            automatic_mask=args.automatic_mask, uncertainty=args.uncertainty,
@@ -266,9 +266,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = args.out or (Path(args.prediction).parent if Path(args.prediction).is_file() else Path(args.prediction))
     paths = write_patient_sheet(prediction, out, images, pdf=not args.no_pdf)
     print(f"patient sheet: {paths['html']}" + (f"; PDF: {paths['pdf']}" if "pdf" in paths else ""))
-    for warning in prediction.get("warnings") or []:
-        if warning.startswith(CONTOURS_DIFFER):
-            print(f"  warning: {warning}")
+    mismatch = contours_warning(prediction, images.mask)
+    if mismatch:
+        print(f"  warning: {mismatch}")
     if "pdf" not in paths and not args.no_pdf:
         print(f"  warning: no PDF ({paths.get('pdf_error', 'no Chromium found')}; install chromium, or set "
               "NPC_CHROMIUM to its path)")

@@ -227,6 +227,31 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None) -> str | None:
+    """The warning when the contours a sheet shows are not those the prediction was computed from (an edited mask
+    shown above the risk of the unedited one would put numbers under contours that did not produce them); None
+    when they are, or when the prediction does not say (made before it recorded its inputs).
+
+    Parameters
+    ----------
+    prediction : mapping
+        ``prediction.json``; its ``inputs`` hold the contours' :func:`image_fingerprint`.
+    shown : SimpleITK.Image, optional
+        The label map the sheet draws.
+
+    Returns
+    -------
+    warning : str or None
+    """
+    from NPCPrognosisLib.imaging.geometry import image_fingerprint
+
+    used = (prediction.get("inputs") or {}).get("mask")
+    if shown is None or not used or image_fingerprint(sitk.Cast(shown, sitk.sitkUInt8)) == used:
+        return None
+    return (f"{CONTOURS_DIFFER} (their SHA-256 differs from prediction.json's): run predict again with these "
+            "contours before acting on the result")
+
+
 def patient_sheet_html(prediction: Mapping[str, Any], images: SheetImages | None = None,
                        contour_change: Mapping[str, Any] | None = None) -> str:
     """The sheet as one self-contained HTML page (pictures embedded), four printed pages.
@@ -245,6 +270,9 @@ def patient_sheet_html(prediction: Mapping[str, Any], images: SheetImages | None
     html : str
     """
     synthetic = any("SYNTHETIC" in w for w in prediction.get("warnings") or [])
+    mismatch = contours_warning(prediction, images.mask if images is not None else None)
+    if mismatch:
+        prediction = {**prediction, "warnings": [mismatch, *(prediction.get("warnings") or [])]}
     nomogram_html, _ = _page_nomogram(prediction)
     body = [_page_summary(prediction, synthetic), _page_images(prediction, images, contour_change), nomogram_html,
             _page_treatment(prediction)]
@@ -306,7 +334,6 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
     """
     import json
 
-    from NPCPrognosisLib.imaging.geometry import image_fingerprint
     from NPCPrognosisLib.io.images import read_image
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
 
@@ -338,13 +365,6 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
         return None
 
     shown = image(mask, AUTOMATIC_MASK_FILE, "mask")
-    used = (data.get("inputs") or {}).get("mask")
-    if shown is not None and used and image_fingerprint(sitk.Cast(shown, sitk.sitkUInt8)) != used:
-        # an edited mask shown beside the risk of the unedited one would put numbers under contours that did not
-        # produce them
-        data = {**data, "warnings": [f"{CONTOURS_DIFFER} (their SHA-256 differs from prediction.json's): run "
-                                     "predict again with these contours before acting on the result",
-                                     *(data.get("warnings") or [])]}
     automatic = image(automatic_mask, None, "automatic mask")
     images = SheetImages(t1c=image(t1c, None, "CET1W image"), mask=shown, automatic_mask=automatic,
                          uncertainty=image(uncertainty, UNCERTAINTY_FILE, "uncertainty map"),

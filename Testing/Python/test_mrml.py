@@ -347,6 +347,17 @@ def test_export_report_draws_the_edited_contours_over_the_automatic_ones_from_th
     paths = logic.exportReport({"prediction": prediction}, tmp_path / "reports", reference, edited)
     html = open(paths["html"], encoding="utf-8").read()
     assert "dashed: the automatic contours before editing" in html
+    # a prediction made from the contours before the edit says so on the sheet; one made from the edited contours
+    # (the scene's labelmap, as the predict job exports it) does not
+    from NPCPrognosisLib.imaging.geometry import image_fingerprint
+    from NPCPrognosisLib.reporting.patient_sheet import CONTOURS_DIFFER
+
+    before = sitk.GetArrayFromImage(mask)
+    after = np.where(grown == 1, GTVP, np.where(before == GTVN, GTVN, 0)).astype(np.uint8)
+    for used, warned in ((before, True), (after, False)):
+        made = {**prediction, "inputs": {"mask": image_fingerprint(sitk.GetImageFromArray(used.astype(np.uint8)))}}
+        paths = logic.exportReport({"prediction": made}, tmp_path / "reports", reference, edited)
+        assert (CONTOURS_DIFFER in open(paths["html"], encoding="utf-8").read()) == warned
     # The images handed to the sheet are the scene's: CET1W voxels, the edited GTVp, the imported contours.
     np.testing.assert_allclose(sitk.GetArrayFromImage(seen["t1c"]), sitk.GetArrayFromImage(image))
     assert np.array_equal(sitk.GetArrayFromImage(seen["shown"]) == GTVP, grown.astype(bool))
