@@ -86,48 +86,59 @@ def _fill(index: np.ndarray, layer: np.ndarray) -> None:
     layer[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] ^= inside.reshape(ii.shape)
 
 
-def _plane(index: np.ndarray) -> float:
-    """Where a polygon's plane lies, in reference slices (to a hundredth: points are rounded in the file)."""
-    return round(float(index[:, 2].mean()), 2)
+#: Polygons whose mean slice positions lie this close (in reference slices) are on one contour plane: the points
+#: are rounded in the file, so the outline and the hole of one plane can average a hundredth of a slice apart.
+PLANE_TOLERANCE = 0.05
 
 
-def _plane_step(polygons: list[np.ndarray]) -> float | None:
-    """The spacing of the planes the contours were drawn on, in reference slices (None for a single plane)."""
-    planes = np.unique([_plane(index) for index in polygons])
-    gaps = np.diff(planes)
-    gaps = gaps[gaps > 0.05]  # rounding of the points in the file, not another plane
-    return float(gaps.min()) if len(gaps) else None
+def _contour_planes(polygons: list[np.ndarray]) -> np.ndarray:
+    """The positions of the planes the contours were drawn on, in reference slices, ascending: polygons within
+    :data:`PLANE_TOLERANCE` of their neighbour share a plane (grouped, not rounded, so no plane splits in two)."""
+    depths = np.sort([float(index[:, 2].mean()) for index in polygons])
+    if not len(depths):
+        return depths
+    groups = np.split(depths, np.flatnonzero(np.diff(depths) > PLANE_TOLERANCE) + 1)
+    return np.array([group.mean() for group in groups])
 
 
-def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, step: float | None) -> int:
+def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, planes: np.ndarray) -> tuple[int, int]:
     """Each slice of ``layer`` (z, y, x) takes the polygons of the contour plane nearest its centre.
 
-    Contours drawn on finer planes than the grid (a planning CT's 1 mm slices on a 3 mm MR) give a slice several
-    planes: XOR across them would cancel an even number of copies of the same outline, and their union would
-    thicken the structure by up to a slice. Taking the nearest plane samples the structure at the slice centre,
-    as nearest-neighbour resampling does. ``step`` is the spacing of the structure set's planes (all its ROIs): a
-    plane without a contour of this ROI is still a plane, so a slice nearest to it stays empty. Returns the number
-    of polygons on planes no slice took.
+    ``planes`` are the structure set's planes (all its ROIs, :func:`_contour_planes`): a plane without a contour of
+    this ROI is still a plane, so a slice nearest to it stays empty. A slice takes a plane within half a slice when
+    the planes are one slice apart, else within half the planes' spacing: each plane stands for the slab around it,
+    as nearest-neighbour resampling of a label map reads it. Coarser planes (contours drawn every third slice, or on
+    a planning CT's thicker slices) then fill the slices between them. Finer planes (a planning CT's 1 mm slices on
+    a 3 mm MR) give a slice several planes: XOR across them would cancel an even number of copies of one outline,
+    and their union would thicken the structure by up to a slice, so the nearest plane samples the structure at the
+    slice centre.
+
+    Returns
+    -------
+    unused, filled_between : int
+        Polygons on planes no slice took, and slices filled from a plane more than half a slice away.
     """
-    planes: dict[float, list[np.ndarray]] = {}
+    if not polygons:
+        return 0, 0
+    step = float(np.diff(planes).min()) if len(planes) > 1 else None
+    # planes one slice apart: each slice takes the plane within half a slice; finer or coarser planes: a slice
+    # takes the plane whose slab (half the planes' spacing each side) holds its centre
+    reach = 0.5 if step is None or abs(step - 1.0) <= 2 * PLANE_TOLERANCE else step / 2
+    on_plane: dict[int, list[np.ndarray]] = {}
     for index in polygons:
-        planes.setdefault(_plane(index), []).append(index)
-    if not planes:
-        return 0
-    used: set[float] = set()
-    first = min(planes)
+        on_plane.setdefault(int(np.argmin(np.abs(planes - index[:, 2].mean()))), []).append(index)
+    used: set[int] = set()
+    filled_between = 0
     for k in range(layer.shape[0]):
-        if step is not None and step < 1.0:
-            target = first + round((k - first) / step) * step
-            chosen = [z for z in planes if abs(z - target) < 0.25 * step]
-        else:
-            chosen = [z for z in planes if -0.5 <= z - k < 0.5]
-        if chosen:
-            z = min(chosen, key=lambda z: abs(z - k))
-            used.add(z)
-            for index in planes[z]:
-                _fill(index, layer[k])
-    return sum(len(group) for z, group in planes.items() if z not in used)
+        nearest = int(np.argmin(np.abs(planes - k)))
+        distance = abs(float(planes[nearest]) - k)
+        if nearest not in on_plane or distance > reach:
+            continue
+        used.add(nearest)
+        filled_between += distance > 0.5
+        for index in on_plane[nearest]:
+            _fill(index, layer[k])
+    return sum(len(group) for j, group in on_plane.items() if j not in used), filled_between
 
 
 def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mapping[str, str] | None = None, *,
@@ -151,6 +162,7 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
         ``matched`` {structure: [ROI names]}, ``unmatched`` [ROI names no structure took], ``skipped_contours``
         (polygons not parallel to the reference slices or outside them), ``contours_between_slices`` (polygons
         of contour planes finer than the grid that no slice took: each slice takes the plane nearest its centre),
+        ``slices_from_nearest_plane`` (slices between coarser contour planes, filled from the nearest one),
         ``frames_of_reference`` (the FrameOfReferenceUIDs the used ROIs were drawn in).
     """
     import pydicom
@@ -191,23 +203,33 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
             else:
                 polygons.append(index)
         rois.append((structure, polygons))
-    step = _plane_step([index for _structure, polygons in rois for index in polygons])
-    for structure, polygons in rois:
-        layer = np.zeros(shape, bool)
-        between += _rasterise_planes(polygons, layer, step)
-        label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
-        labels[layer & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
     if not matched["GTVp"]:
         raise InputError(f"no ROI of the structure set is GTVp (ROIs: {sorted(names.values())})",
                          patient_id=patient_id, path=path,
                          fix="name the primary's ROI with --roi-map GTVp=<its name> (e.g. GTVp=GTV_T)")
+    planes = _contour_planes([index for _structure, polygons in rois for index in polygons])
+    filled = 0
+    for structure, polygons in rois:
+        layer = np.zeros(shape, bool)
+        unused, between_slices = _rasterise_planes(polygons, layer, planes)
+        between, filled = between + unused, filled + between_slices
+        label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
+        labels[layer & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
+    if not (labels == LABELS["gtvp"]).any() and skipped:
+        # every contour of the primary was off the slices: "GTVp is empty" would send the user to contour it again
+        raise InputError(f"none of the GTVp contours ({', '.join(matched['GTVp'])}) lies on a slice of the image: "
+                         f"{skipped} contour(s) are not parallel to its slices or lie outside them",
+                         patient_id=patient_id, path=path,
+                         fix="export the structure set drawn on this CET1W series (contours drawn on another "
+                             "orientation or series must be resampled onto it in the planning system first)")
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
     used = {name for names_ in matched.values() for name in names_}
     frames = {str(roi.ReferencedFrameOfReferenceUID) for roi in ds.get("StructureSetROISequence", [])
               if str(roi.ROIName) in used and roi.get("ReferencedFrameOfReferenceUID")}
     report = {"matched": matched, "unmatched": unmatched, "skipped_contours": skipped,
-              "contours_between_slices": between, "labels": {str(k): v for k, v in by_label.items()},
+              "contours_between_slices": between, "slices_from_nearest_plane": filled,
+              "labels": {str(k): v for k, v in by_label.items()},
               "frames_of_reference": sorted(frames)}
     return mask, report
 

@@ -401,6 +401,10 @@ def load_patient(
             notes.append(f"the RTSTRUCT's contours lie on planes finer than the {reference} slices: each slice took "
                          f"the plane nearest its centre ({report['contours_between_slices']} contour(s) between slices "
                          "unused); check the contours on the images")
+        if report["slices_from_nearest_plane"]:
+            notes.append(f"the RTSTRUCT's contours lie on planes coarser than the {reference} slices: "
+                         f"{report['slices_from_nearest_plane']} slice(s) between them took the nearest plane's "
+                         "contours; check the contours on the images")
     else:
         mask = read_image(mask_path, patient_id=patient_id, role="mask")
     patient = align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},

@@ -215,6 +215,66 @@ def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_o
     assert report["contours_between_slices"] > 0
 
 
+def test_rtstruct_contours_on_coarser_planes_fill_the_slices_between_as_nearest_neighbour_resampling_does(tmp_path):
+    """Contours drawn every 3 mm read onto 1 mm slices: the slices between planes had stayed empty, a third of the
+    volume, without a word. Each slice now takes the plane whose slab holds it, and the patient is told."""
+    coarse = sitk.Image(40, 40, 8, sitk.sitkUInt8)
+    labels = np.zeros((8, 40, 40), np.uint8)
+    labels[2:5, 10:20, 10:20] = 1
+    labels[3, 14:17, 14:17] = 0  # a hole in the middle plane
+    labels[1:3, 25:33, 25:33] = 2
+    coarse = sitk.GetImageFromArray(labels)
+    coarse.SetSpacing((1.0, 1.0, 3.0))
+    coarse.SetOrigin((0.0, 0.0, 1.0))
+    path = write_rtstruct(coarse, tmp_path / "coarse.dcm", patient_id="P9")
+    fine = sitk.Image(40, 40, 24, sitk.sitkInt16)
+    fine.SetSpacing((1.0, 1.0, 1.0))
+    mask, report = read_rtstruct(path, fine)
+    expected = sitk.GetArrayFromImage(sitk.Resample(coarse, fine, sitk.Transform(), sitk.sitkNearestNeighbor))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
+    assert (expected == 1).sum() == 9 * 100 - 3 * 9 and report["slices_from_nearest_plane"] > 0
+
+
+def test_an_outline_and_its_hole_a_rounding_apart_stay_on_one_plane(tmp_path):
+    """Points rounded in the file put a plane's outline and its hole a hundredth of a slice apart; rounded to a
+    hundredth they fell on two planes, each slice took one, and the hole (or the outline) was lost."""
+    import pydicom
+
+    labels = np.zeros((6, 30, 30), np.uint8)
+    labels[1:5, 5:25, 5:25] = 1
+    labels[1:5, 12:18, 12:18] = 0
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    path = write_rtstruct(image, tmp_path / "rs.dcm", patient_id="P10")
+    ds = pydicom.dcmread(path)
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+        if np.ptp(points[:, 0]) < 10:  # the holes: shifted by 0.03 mm = 0.015 slice, rounded to another hundredth
+            points[:, 2] += 0.03
+            contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
+    ds.save_as(path)
+    mask, report = read_rtstruct(path, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), labels)
+    assert report["contours_between_slices"] == 0
+
+
+def test_contours_drawn_across_the_slices_are_named_not_called_an_empty_gtvp(tmp_path):
+    import pydicom
+
+    labels = np.zeros((6, 30, 30), np.uint8)
+    labels[1:5, 5:25, 5:25] = 1
+    image = sitk.GetImageFromArray(labels)
+    path = write_rtstruct(image, tmp_path / "rs.dcm", patient_id="P11")
+    ds = pydicom.dcmread(path)
+    for contour in ds.ROIContourSequence[0].ContourSequence:  # the same outlines, drawn in sagittal planes
+        points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+        contour.ContourData = [f"{v:.3f}" for v in points[:, [2, 1, 0]].ravel()]
+    ds.save_as(path)
+    with pytest.raises(InputError, match="none of the GTVp contours .* not parallel to its slices") as caught:
+        read_rtstruct(path, image, patient_id="P11")
+    assert "P11" in str(caught.value) and "rs.dcm" in str(caught.value)
+
+
 def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_for_an_empty_mask(patients, tmp_path):
     """A PACS export puts the three series in one folder, the manifest names each by its description; the SEG must
     reference the named CET1W series. A mask without contours has no segment for a SEG to describe."""
