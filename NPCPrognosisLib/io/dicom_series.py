@@ -76,6 +76,8 @@ def series_frame_of_reference(path: str | Path, *, patient_id: str | None = None
 
 #: Slice gaps of one series may differ from their median by this share (rounding of the positions in the headers).
 SLICE_GAP_TOLERANCE = 0.1
+#: Header fields every image of one series must share.
+SHARED_TAGS = ("PixelSpacing", "FrameOfReferenceUID", "PatientID")
 
 
 def check_series_slices(files: list[str], *, patient_id: str | None = None, path: str | Path | None = None,
@@ -86,7 +88,9 @@ def check_series_slices(files: list[str], *, patient_id: str | None = None, path
     volume one slice less and a spacing averaged over the gap, a duplicate position (two echoes or a repeated
     acquisition under one SeriesInstanceUID) a spacing a third as large, a stray slice of another orientation a
     volume through both. Every voxel would then sit in the wrong place, so the headers are checked first: one
-    orientation, and gaps along the slice normal within :data:`SLICE_GAP_TOLERANCE` of their median. A single
+    orientation, pixel spacing, frame of reference and patient (:data:`SHARED_TAGS`), gaps along the slice normal
+    within :data:`SLICE_GAP_TOLERANCE` of their median and no slice drifting that far from an even stack, and
+    positions that step along the normal only (no gantry tilt). A single
     (multi-frame) file, or files without position tags, are left to the reader.
     """
     import pydicom
@@ -94,25 +98,39 @@ def check_series_slices(files: list[str], *, patient_id: str | None = None, path
     if len(files) < 2:
         return
     positions, orientations = [], []
+    shared: dict[str, dict[str, str]] = {tag: {} for tag in SHARED_TAGS}
     for name in files:
         try:
             header = pydicom.dcmread(name, stop_before_pixels=True,
-                                     specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+                                     specific_tags=["ImagePositionPatient", "ImageOrientationPatient", *SHARED_TAGS])
             if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
                 return
             positions.append([float(v) for v in header.ImagePositionPatient])
             orientations.append([float(v) for v in header.ImageOrientationPatient])
+            for tag in SHARED_TAGS:
+                value = header.get(tag)
+                if value not in (None, ""):  # spacings compared as numbers: "0.90" and "0.9" are one spacing
+                    text = (str([round(float(v), 4) for v in value]) if tag == "PixelSpacing" else str(value).strip())
+                    shared[tag].setdefault(text, name)
         except Exception:  # noqa: BLE001 - a header pydicom cannot read is left to SimpleITK's reader, which reports it
             return
     orientation = np.asarray(orientations)
     fix = ("export the series again, whole, from the scanner or PACS; if the folder holds several volumes, give each "
            "its own folder or name the one meant with <folder>::<SeriesInstanceUID or description>")
+    for tag, values in shared.items():
+        if len(values) > 1:
+            # the reader takes the first file's pixel spacing for every slice, and a slice of another patient or
+            # frame of reference does not belong to this volume at all
+            (first, first_file), (other, other_file) = list(values.items())[:2]
+            raise InputError(f"{role}: the DICOM series mixes {tag} values ({Path(first_file).name}: {first}; "
+                             f"{Path(other_file).name}: {other})", patient_id=patient_id, path=path, fix=fix)
     if np.abs(orientation - orientation[0]).max() > 1e-3:
         odd = int(np.argmax(np.abs(orientation - orientation[0]).max(axis=1)))
         raise InputError(f"{role}: the DICOM series mixes slice orientations ({Path(files[odd]).name} is not oriented "
                          f"as {Path(files[0]).name})", patient_id=patient_id, path=path, fix=fix)
     normal = np.cross(orientation[0, :3], orientation[0, 3:])
-    along = np.sort(np.asarray(positions) @ normal)
+    points = np.asarray(positions)[np.argsort(np.asarray(positions) @ normal)]
+    along = points @ normal
     distinct = len(np.unique(np.round(along, 2)))
     if distinct < len(along):
         raise InputError(f"{role}: the {len(files)} DICOM images of the series lie at {distinct} slice positions: it "
@@ -128,3 +146,22 @@ def check_series_slices(files: list[str], *, patient_id: str | None = None, path
                          f"{along[k]:.2f} and {along[k + 1]:.2f} mm along the slice normal, where the series steps "
                          f"{step:.2f} mm ({uneven.size} such gap(s) among {len(files)} images)",
                          patient_id=patient_id, path=path, fix=fix)
+    # the reader spreads the first-to-last distance evenly over the slices: gaps each within tolerance can still
+    # add up to a slice far from where the grid puts it
+    uniform = along[0] + np.arange(len(along)) * (along[-1] - along[0]) / (len(along) - 1)
+    drift = np.abs(along - uniform)
+    if drift.max() > SLICE_GAP_TOLERANCE * step:
+        k = int(np.argmax(drift))
+        raise InputError(f"{role}: the slices of the DICOM series are unevenly spaced: the slice at {along[k]:.2f} mm "
+                         f"along the slice normal lies {drift[k]:.2f} mm from where an evenly spaced stack puts it",
+                         patient_id=patient_id, path=path, fix=fix)
+    # the reader places slices along the normal of the first one: a stack whose positions also step within the
+    # slice plane (gantry tilt, a sheared reconstruction) would have every voxel displaced
+    steps = np.diff(points, axis=0)
+    sideways = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
+    if sideways.max() > SLICE_GAP_TOLERANCE * step:
+        raise InputError(f"{role}: the slices of the DICOM series step {sideways.max():.2f} mm sideways for every "
+                         f"{step:.2f} mm along their normal (gantry tilt or a sheared stack): placed as a straight "
+                         "stack, every voxel would be displaced", patient_id=patient_id, path=path,
+                         fix="resample the series to a straight (untilted) stack in the scanner console or with a "
+                             "tilt-correcting converter (dcm2niix corrects gantry tilt) and give that file")

@@ -192,6 +192,40 @@ def test_a_dicom_series_with_a_missing_duplicate_or_stray_slice_is_refused_by_na
     with pytest.raises(InputError, match="mixes slice orientations"):
         read_image(variant("stray", stray), patient_id="P7", role="t1c")
 
+    def edit(change):
+        def apply(folder, files):
+            import pydicom
+
+            for k, f in enumerate(files):
+                ds = pydicom.dcmread(f)
+                change(ds, k)
+                ds.save_as(f)
+        return apply
+
+    def shear(ds, k):  # positions stepping 1 mm sideways per slice: gantry tilt
+        ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]) + 1.0 * k, *ds.ImagePositionPatient[1:]]
+
+    with pytest.raises(InputError, match="step 1.00 mm sideways for every 3.00 mm .* gantry tilt"):
+        read_image(variant("tilted", edit(shear)), patient_id="P7", role="t1c")
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+
+    def drift(ds, k):  # every gap within 10 % of the median (3.0, then 3.29 mm), yet slices drift half a millimetre
+        extra = 0.29 * max(k - 3, 0)
+        ds.ImagePositionPatient = [float(v) + extra * n for v, n in zip(ds.ImagePositionPatient, normal)]
+
+    with pytest.raises(InputError, match="lies 0.50 mm from where an evenly spaced stack puts it"):
+        read_image(variant("drift", edit(drift)), patient_id="P7", role="t1c")
+
+    def other_patient(ds, k):
+        if k == 5:
+            ds.PatientID, ds.PixelSpacing = "P8", [0.5, 0.5]
+
+    with pytest.raises(InputError, match="mixes (PixelSpacing|PatientID) values"):
+        read_image(variant("mixed", edit(other_patient)), patient_id="P7", role="t1c")
+    rounded = read_image(variant("rounded", edit(lambda ds, k: setattr(ds, "PixelSpacing", ["1.20", "1.000"]))),
+                         patient_id="P7", role="t1c")  # the same spacing written with other digits
+    assert np.allclose(rounded.GetSpacing(), image.GetSpacing())
+
 
 def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):
     """Contours drawn on 1 mm planes (a planning CT) read onto a 3 mm grid: three planes fall within half a slice of
