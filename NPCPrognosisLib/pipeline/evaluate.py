@@ -107,7 +107,7 @@ def evaluate_cohort(
     figures nor the page.
     """
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
-    from NPCPrognosisLib.survival.benefit import evaluate_benefit
+    from NPCPrognosisLib.survival.benefit import evaluate_benefit, recorded_doses
     from NPCPrognosisLib.survival.metrics import evaluate_risk, paired_c_difference
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -197,7 +197,7 @@ def evaluate_cohort(
     encoded = pd.DataFrame([encode_clinical(r, bundle.ebv_fill) for r in records])
     benefit = evaluate_benefit(bundle.document.get("chemo_benefit"), encoded,
                                predictions["risk_group"].to_numpy(), manifest.table.get("chemo"),
-                               manifest.table.get("ccnd", pd.Series(0.0, index=manifest.table.index)), time, event,
+                               recorded_doses(manifest.table), time, event,
                                records)
     predictions["arm"] = benefit.pop("arm")
     for column in ("chemo_cycles", "regimen"):  # carried through for the researcher's own subgroup analyses

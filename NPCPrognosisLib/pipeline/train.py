@@ -250,7 +250,7 @@ def train(
     """
     from NPCPrognosisLib.io.bundle import write_bundle
     from NPCPrognosisLib.pipeline.binary import binary_block_for
-    from NPCPrognosisLib.survival.benefit import fit_benefit
+    from NPCPrognosisLib.survival.benefit import fit_benefit, recorded_doses
 
     if endpoint not in ENDPOINTS:
         if binary_endpoints:
@@ -326,10 +326,9 @@ def train(
     if select and nested_folds > 1 and selection.radiomics_table:
         nested = nested_cv_c(train_manifest, train_features, endpoint, base_settings, icc, folds=nested_folds,
                              seed=seed, workers=workers)
-    # no ccnd column: no chemotherapy dose recorded, every patient counts as 0 mg/m2 (radiotherapy alone)
     treatment = train_manifest.table
     chemo_benefit = fit_benefit(time, event, treatment["chemo"] if "chemo" in treatment else None,
-                                treatment.get("ccnd", pd.Series(0.0, index=treatment.index)),
+                                recorded_doses(treatment),
                                 assign_groups(grouped["nomogram"].to_numpy(), models.cutoffs["nomogram"]["cutoff"]),
                                 train_manifest.clinical_table(models.ebv_fill), score=grouped["nomogram"].to_numpy(),
                                 seed=seed)

@@ -49,6 +49,13 @@ GROUP_NAME = "risk"
 ARM_NAME = "arm"
 
 
+def recorded_doses(table: pd.DataFrame) -> pd.Series:
+    """The table's ``ccnd`` column, or NaN for every patient when the cohort recorded no doses: a patient given
+    chemotherapy then belongs to no dose arm (:func:`assign_arms`), where a dose of 0 filled in would have put every
+    one of them in the low-dose reference arm."""
+    return table["ccnd"] if "ccnd" in table else pd.Series(np.nan, index=table.index)
+
+
 def assign_arms(chemo: Sequence[Any] | None, ccnd: Sequence[Any], threshold: float = CCND_THRESHOLD) -> np.ndarray:
     """Arm labels: ``rt_alone`` (no chemotherapy), ``low_dose`` (CCND <= threshold), ``high_dose``, and
     :data:`UNKNOWN_DOSE` for chemotherapy given without a recorded dose.

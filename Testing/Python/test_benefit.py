@@ -127,6 +127,11 @@ def test_assign_arms():
     assert bf.assign_arms([1, 1, 0], [None, float("nan"), 200]).tolist() == [bf.UNKNOWN_DOSE, bf.UNKNOWN_DOSE,
                                                                              "high_dose"]
     assert bf.assign_arms(None, [None, 120]).tolist() == ["rt_alone", "low_dose"]
+    # a cohort that recorded no doses: its chemotherapy patients belong to no dose arm, not to the low-dose one
+    table = pd.DataFrame({"chemo": [1, 0, 1]})
+    assert bf.assign_arms(table.chemo, bf.recorded_doses(table)).tolist() == [bf.UNKNOWN_DOSE, "rt_alone",
+                                                                              bf.UNKNOWN_DOSE]
+    assert bf.recorded_doses(table.assign(ccnd=[150.0, 0.0, 200.0])).tolist() == [150.0, 0.0, 200.0]
 
 
 def test_a_patient_followed_exactly_to_the_horizon_is_known_event_free():
