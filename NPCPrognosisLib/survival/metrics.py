@@ -538,7 +538,9 @@ def evaluate_risk(
         tp = np.asarray(times, dtype=float)
         S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
         if S is not None and S.shape == (len(t), len(tp)):
-            out["calibration"] = {_key(x): calibration(S[:, j], t, e, float(x)) for j, x in enumerate(tp)}
+            # a non-finite predicted survival (an overflowing linear predictor) costs the calibration, not the metrics
+            out["calibration"] = attempt("calibration", lambda: {
+                _key(x): calibration(S[:, j], t, e, float(x)) for j, x in enumerate(tp)}) or {}
             for k, rows in out["calibration"].items():
                 if all(row["observed"] is None for row in rows):
                     warns.append(f"calibration at {k}: follow-up too short for an observed survival")

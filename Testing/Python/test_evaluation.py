@@ -263,6 +263,22 @@ def test_hazard_ratio_of_groups_whose_event_times_do_not_overlap_is_refused_and_
     assert out["logrank_p"] is not None  # the groups are still compared
 
 
+
+def test_a_non_finite_predicted_survival_costs_the_calibration_not_every_metric():
+    t = np.array([1, 2, 3, 4, 5, 6, 7, 8.0])
+    e = np.array([1, 0, 1, 1, 0, 1, 0, 1])
+    r = np.array([3, 2, 2.5, 1, 0, 0.5, -1, 1.5])
+
+    def survival_at(times):
+        surv = np.exp(-np.outer(np.exp(r), np.asarray(times)) / 10)
+        surv[2] = np.nan  # a linear predictor that overflowed
+        return surv
+
+    out = evaluate_risk(r, t, e, t, e, cutoff=1.0, n_boot=20, times=(4.0,), survival_at=survival_at)
+    assert out["calibration"] == {} and any(w.startswith("calibration:") for w in out["warnings"])
+    assert out["c_index"] is not None and out["logrank_p"] is not None
+
+
 def test_integrated_brier_against_sksurv(rossi_split):
     from sksurv.metrics import integrated_brier_score
     from sksurv.util import Surv
