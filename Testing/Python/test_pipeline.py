@@ -56,6 +56,8 @@ def test_bundle_contents(trained, small_cohort):
         # Rad-score), not from the in-sample ones, which the cut-off could leave all in one group
         metrics = training["metrics"][name]
         assert (metrics["n_high"], metrics["n_low"]) == (block["n_high"], block["n_low"]), name
+        # split where the cut-off separates these patients best: a log-rank p there is no test, so none is given
+        assert not {"logrank_p", "hr_high_vs_low", "calibration"} & set(metrics) and "group_tests" in metrics
 
 
 def test_the_bundle_holds_a_cox_reference_on_the_tumour_volumes(trained, small_cohort):
