@@ -268,7 +268,11 @@ def predict_patient(
         survival = nomogram.survival(values, REPORT_MONTHS)[0]
         cutoff = bundle.cutoffs["nomogram"]
         group = str(assign_groups([risk], cutoff)[0])
-        survival_by_month = {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival)}
+        survival_by_month = {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, survival) if np.isfinite(s)}
+        unknown = [f"{m:g}" for m, s in zip(REPORT_MONTHS, survival) if not np.isfinite(s)]
+        if unknown:
+            warnings.append(f"no {', '.join(unknown)}-month survival: the training cohort's follow-up ended at "
+                            f"{nomogram.model.max_time:.1f} months, and the model knows nothing after it")
         uncertainty = risk_uncertainty(bundle, values, deep_sd)
         curves = survival_curves(bundle, values)
     if deep_sd is not None and DEEP_SCORE in nomogram.factors:
@@ -346,7 +350,8 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
         warnings.append(f"no {', '.join(missing)} data for patient {patient_id}: the fusion model used the other "
                         "modalities only")
     return {"model": MMOE, "risk_score": risk, "risk_group": str(assign_groups([risk], bundle.cutoffs[MMOE])[0]),
-            "survival": {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, model.survival(factors, REPORT_MONTHS)[0])},
+            "survival": {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, model.survival(factors, REPORT_MONTHS)[0])
+                         if np.isfinite(s)},
             "probabilities": {task: float(p[0]) for task, p in fused.probabilities.items()},
             "gate_weights": fused.gate_weights(0), "missing_modalities": missing, "warnings": warnings}
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
-from NPCPrognosisLib.survival.cox import CoxModel, baseline_step
+from NPCPrognosisLib.survival.cox import CoxModel
 from NPCPrognosisLib.survival.treatment_effect import fit_interaction, interaction_design, wald_test
 
 CCND_THRESHOLD = 160.0  # mg/m2
@@ -194,21 +194,26 @@ def _bootstrap(time, event, arm, group, confounders, fit, n_bootstrap: int, seed
     n = len(time)
     strata = [np.flatnonzero((arm == a) & (group == g)) for a in fit.arms for g in ("low", "high")]
     for _ in range(n_bootstrap):
-        idx = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata])  # arms x groups kept
+        draws = [rng.choice(s, size=len(s), replace=True) for s in strata]  # arms x groups kept
+        if not all(event[d].any() for d in draws if len(d)):
+            # an arm without an event in a risk group: its effect there is not estimable (the fit separates and
+            # its hazard ratio runs off to 0 or infinity), and such a draw would stretch every interval
+            continue
+        idx = np.concatenate(draws)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 b = fit_interaction(time[idx], event[idx], arm[idx], by=group[idx],
                                     covariates=confounders.iloc[idx].reset_index(drop=True),
                                     reference=REFERENCE_ARM, by_reference="low", treatment_name=ARM_NAME,
                                     by_name=GROUP_NAME)
         except (InputError, np.linalg.LinAlgError):
             continue
-        if b.model.covariates != fit.model.covariates or not np.all(np.isfinite(b.model.coef)):
+        separated = any(issubclass(w.category, RuntimeWarning) and "separation" in str(w.message) for w in caught)
+        if separated or b.model.covariates != fit.model.covariates or not np.all(np.isfinite(b.model.coef)):
             continue
         coefs.append([float(v) for v in b.model.coef])
-        cumhaz.append([float(v) for v in baseline_step(b.model.baseline_times, b.model.baseline_cumhaz,
-                                                       np.asarray(BENEFIT_MONTHS))])
+        cumhaz.append([float(v) for v in b.model.baseline_at(BENEFIT_MONTHS)])
     return {"months": list(BENEFIT_MONTHS), "requested": int(n_bootstrap), "n": len(coefs), "n_patients": int(n),
             "stratified_by": "arm x risk group", "coef": coefs, "baseline_cumhaz": cumhaz}
 
@@ -355,6 +360,9 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
     months = [float(m) for m in doc["bootstrap"]["months"]]
     row = pd.DataFrame([{c: float(confounders[c]) for c in doc["confounders"]}])
     point = {a: v[0] for a, v in counterfactual_survival(doc, row, group, months).items()}
+    if not all(np.isfinite(point[a][-1]) for a in doc["arms"]):
+        return {"statement": f"Chemotherapy benefit: not estimable at {months[-1]:g} months (the training cohort's "
+                             "follow-up ended before it).", "evidence": None}
     draws = _bootstrap_survival(doc, row, group)
     arms = doc["arms"]
     survival = {a: {f"{m:g}": {"survival": float(point[a][k]), **_interval(draws.get(a), k)}
@@ -404,9 +412,10 @@ def _bootstrap_survival(doc: Mapping[str, Any], row: pd.DataFrame, group: str) -
 
 
 def _interval(draws: np.ndarray | None, k: int) -> dict[str, Any]:
-    if draws is None or len(draws) < 20:
+    values = None if draws is None else draws[:, k][np.isfinite(draws[:, k])]  # a draw followed up too briefly
+    if values is None or len(values) < 20:
         return {"ci95": None}
-    lo, hi = np.percentile(draws[:, k], [2.5, 97.5])
+    lo, hi = np.percentile(values, [2.5, 97.5])
     return {"ci95": [float(lo), float(hi)]}
 
 

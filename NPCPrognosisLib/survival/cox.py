@@ -48,6 +48,10 @@ class CoxModel:
     means: np.ndarray | None = field(default=None, repr=False)
     baseline_var: np.ndarray | None = field(default=None, repr=False)
     baseline_drift: np.ndarray | None = field(default=None, repr=False)
+    #: The training cohort's longest follow-up: the baseline hazard, so every predicted survival, is unknown after
+    #: it (NaN), where holding the last value would report a 60-month survival from 38 months of follow-up as if
+    #: it were measured. None in models saved before it was stored (no limit, as they predicted).
+    max_time: float | None = None
 
     # ------------------------------------------------------------------ prediction
     def _design(self, X: Any) -> np.ndarray:
@@ -88,11 +92,15 @@ class CoxModel:
         """Risk score x'beta (higher = worse prognosis)."""
         return self._design(X) @ np.asarray(self.coef, dtype=float)
 
-    def cumulative_hazard_at(self, X: Any, times: Any) -> np.ndarray:
-        """H(t|x) = H0(t) exp(x'beta) as an (n_samples, n_times) matrix; H0 is a right-continuous step."""
+    def baseline_at(self, times: Any) -> np.ndarray:
+        """H0(t), a right-continuous step; NaN after the training follow-up (:attr:`max_time`)."""
         times = np.atleast_1d(np.asarray(times, dtype=float))
         h0 = baseline_step(self.baseline_times, self.baseline_cumhaz, times)
-        return np.exp(self.linear_predictor(X))[:, None] * h0[None, :]
+        return h0 if self.max_time is None else np.where(times > self.max_time, np.nan, h0)
+
+    def cumulative_hazard_at(self, X: Any, times: Any) -> np.ndarray:
+        """H(t|x) = H0(t) exp(x'beta) as an (n_samples, n_times) matrix; NaN after the training follow-up."""
+        return np.exp(self.linear_predictor(X))[:, None] * self.baseline_at(times)[None, :]
 
     def log_cumhaz_se(self, X: Any, times: Any) -> np.ndarray:
         """Standard error of log H(t|x), shape (n_samples, len(times)), by Tsiatis' (1981) variance of a predicted
@@ -101,7 +109,8 @@ class CoxModel:
 
         Why not the risk score's SE alone: it ignores the baseline and, measured from a reference patient, is 0
         there, which had printed a 95 % interval of zero width for a patient in the middle of the training ranges.
-        NaN before the first event time, or when the model was saved without the sums.
+        NaN before the first event time, after the training follow-up, or when the model was saved without the
+        sums.
 
         Parameters
         ----------
@@ -130,13 +139,14 @@ class CoxModel:
             "ntp,pq,ntq->nt", q, np.asarray(self.covariance, float), q)
         with np.errstate(divide="ignore", invalid="ignore"):
             se = np.sqrt(np.clip(variance, 0.0, None)) / h0[None, :]
-        return np.where(valid[None, :] & (h0[None, :] > 0), se, np.nan)
+        known = valid & (h0 > 0) & (times <= (np.inf if self.max_time is None else self.max_time))
+        return np.where(known[None, :], se, np.nan)
 
     def survival_at(self, X: Any, times: Any) -> np.ndarray:
         """S(t|x) = exp(-H0(t) exp(x'beta)), shape (n_samples, len(times)).
 
-        Before the first event time S = 1; after the last event time the baseline is held constant (the data
-        say nothing beyond it), which is the usual convention of survival/lifelines.
+        Before the first event time S = 1; from the last event time to the end of the training follow-up the
+        baseline is held constant (no event was seen there, as in survival/lifelines); after the follow-up NaN.
         """
         return np.exp(-self.cumulative_hazard_at(X, times))
 
@@ -187,6 +197,8 @@ class CoxModel:
             d["means"] = [float(v) for v in np.asarray(self.means, dtype=float)]
             d["baseline_var"] = [float(v) for v in np.asarray(self.baseline_var, dtype=float)]
             d["baseline_drift"] = [[float(v) for v in row] for row in np.asarray(self.baseline_drift, dtype=float)]
+        if self.max_time is not None:
+            d["max_time"] = float(self.max_time)
         return d
 
     @classmethod
@@ -215,6 +227,7 @@ class CoxModel:
                 covariance=None if cov is None else np.asarray(cov, dtype=float),
                 **{key: np.asarray(d[key], dtype=float) if d.get(key) is not None else None
                    for key in ("means", "baseline_var", "baseline_drift")},
+                max_time=None if d.get("max_time") is None else float(d["max_time"]),
             )
         except KeyError as exc:
             raise InputError(f"Cox model dict lacks key {exc.args[0]!r}", fix="re-export the model") from None
@@ -264,7 +277,7 @@ def cox_with_coefficients(
     beta = np.asarray(coef, dtype=float)
     means = Xm.mean(axis=0)
     sums = _partial_likelihood(Xm - means, t, e, beta, ties)
-    return _cox_model(covariates, beta, np.asarray(covariance, dtype=float), means, sums, len(t), int(e.sum()), ties,
+    return _cox_model(covariates, beta, np.asarray(covariance, dtype=float), means, sums, t, int(e.sum()), ties,
                       penalizer)
 
 
@@ -423,15 +436,15 @@ def _partial_likelihood(Xc: np.ndarray, time: np.ndarray, event: np.ndarray, bet
 
 
 def _cox_model(covariates: Sequence[str], beta: np.ndarray, covariance: np.ndarray, means: np.ndarray,
-               sums: _RiskSetSums, n: int, events: int, ties: str, penalizer: float) -> CoxModel:
+               sums: _RiskSetSums, time: np.ndarray, events: int, ties: str, penalizer: float) -> CoxModel:
     """The model at ``beta``: its baseline re-referenced from the covariate means to x = 0, Tsiatis' sums kept at
     the means (where :meth:`CoxModel.log_cumhaz_se` centres a patient)."""
     return CoxModel(covariates=list(covariates), coef=beta, se=np.sqrt(np.clip(np.diag(covariance), 0.0, None)),
                     ties=ties, baseline_times=sums.event_times.astype(float),
-                    baseline_cumhaz=np.cumsum(sums.jumps) * math.exp(-float(means @ beta)), n=int(n),
+                    baseline_cumhaz=np.cumsum(sums.jumps) * math.exp(-float(means @ beta)), n=len(time),
                     events=int(events), log_likelihood=float(sums.loglik), penalizer=float(penalizer),
                     covariance=covariance, means=means, baseline_var=np.cumsum(sums.jump_variance),
-                    baseline_drift=np.cumsum(sums.jump_drift, axis=0))
+                    baseline_drift=np.cumsum(sums.jump_drift, axis=0), max_time=float(np.max(time)))
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -576,4 +589,4 @@ def fit_cox(
             RuntimeWarning,
             stacklevel=2,
         )
-    return _cox_model(covariates, beta, cov, means, sums, len(t), int(e.sum()), ties, penalizer)
+    return _cox_model(covariates, beta, cov, means, sums, t, int(e.sum()), ties, penalizer)

@@ -538,9 +538,15 @@ def evaluate_risk(
         tp = np.asarray(times, dtype=float)
         S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
         if S is not None and S.shape == (len(t), len(tp)):
-            # a non-finite predicted survival (an overflowing linear predictor) costs the calibration, not the metrics
-            out["calibration"] = attempt("calibration", lambda: {
-                _key(x): calibration(S[:, j], t, e, float(x)) for j, x in enumerate(tp)}) or {}
+            # a non-finite predicted survival (after the training follow-up, or an overflowing linear predictor)
+            # costs that time's calibration, not the other metrics
+            out["calibration"] = {}
+            for j, x in enumerate(tp):
+                if not np.isfinite(S[:, j]).all():
+                    warns.append(f"calibration at {_key(x)}: no predicted survival for "
+                                 f"{int((~np.isfinite(S[:, j])).sum())} patient(s) (after the training follow-up?)")
+                    continue
+                out["calibration"][_key(x)] = calibration(S[:, j], t, e, float(x))
             for k, rows in out["calibration"].items():
                 if all(row["observed"] is None for row in rows):
                     warns.append(f"calibration at {k}: follow-up too short for an observed survival")

@@ -131,8 +131,9 @@ class Nomogram:
         ``S(t) = exp(-H0(t) * exp(total / points_per_unit_log_hazard + offset))``, ``offset = sum(coef * zero)``.
         """
         coef, reference, top = self._scale()
-        months = [float(m) for m in months]
         h0 = self.model.cumulative_hazard_at(np.zeros((1, len(self.factors))), np.asarray(months, float))[0]
+        known = np.isfinite(h0)  # a survival axis after the training follow-up would read off an unknown hazard
+        months, h0 = [float(m) for m in np.asarray(months, float)[known]], h0[known]
         return {"factors": self.factors, "coef": [float(c) for c in coef], "low": [float(v) for v in self.low],
                 "high": [float(v) for v in self.high], "zero_point_value": [float(v) for v in reference],
                 "points_per_unit_log_hazard": 100.0 / top, "offset": float(np.dot(coef, reference)),

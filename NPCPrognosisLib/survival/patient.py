@@ -84,6 +84,8 @@ def survival_curves(bundle: Any, factors: Mapping[str, float], months: Sequence[
     if months is None:
         last = float(np.max(model.baseline_times)) if len(model.baseline_times) else 72.0
         horizon = float(max(72.0, min(120.0, last)))
+        if model.max_time is not None:  # no curve after the training follow-up: its survival is unknown there
+            horizon = min(horizon, float(model.max_time))
         months = np.linspace(0.0, horizon, 61)
     grid = np.asarray(months, float)
 

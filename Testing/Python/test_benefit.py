@@ -223,3 +223,27 @@ def test_a_subgroup_that_separates_gets_a_reason_not_a_console_warning(large):
     with pytest.warns(RuntimeWarning, match="implausibly large|did not converge"):
         fit_interaction(time, event, arm, by=level, reference="low_dose", covariates=conf.iloc[rows]
                         .reset_index(drop=True))
+
+
+def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_risk_group():
+    """A high-dose high-risk cell of 10 patients with 2 events: a resample without its events separates (interaction
+    coefficient near -26, HR 5e-12) and had been kept, stretching the high-dose survival interval to 0.99999999997."""
+    rng = np.random.default_rng(4)
+    cells = ((200.0, "high", 10, 2), (120.0, "high", 30, 12), (200.0, "low", 20, 4), (120.0, "low", 30, 6))
+    rows = [(dose, g, i < ev) for dose, g, n, ev in cells for i in range(n)]
+    d = pd.DataFrame(rows, columns=["ccnd", "group", "event"])
+    n = len(d)
+    t = np.where(d.event, rng.uniform(3, 40, n), rng.uniform(40, 70, n)).round(1)
+    conf = pd.DataFrame({"t_stage": rng.integers(1, 5, n), "n_stage": rng.integers(0, 4, n),
+                         "rene": rng.integers(0, 2, n), "male": rng.integers(0, 2, n),
+                         "log10_ebv_dna": rng.normal(3, 1, n), "age": rng.normal(48, 10, n),
+                         "ldh": rng.normal(180, 40, n)}).astype(float)
+    doc = bf.fit_benefit(t, d.event.to_numpy(), np.ones(n), d.ccnd, d.group.to_numpy(), conf, n_bootstrap=100, seed=0)
+    coef = np.asarray(doc["bootstrap"]["coef"])
+    assert doc["estimable"] and 20 <= len(coef) < 100 and np.abs(coef).max() < 8
+    survival = bf.patient_benefit(doc, conf.iloc[0].to_dict(), "high")["survival_by_arm"]["high_dose"]["60"]
+    assert survival["ci95"][1] < 0.99
+    # a training cohort followed up for less than the 60 months the statement speaks of: no statement
+    short = json.loads(json.dumps(doc))
+    short["model"]["max_time"] = 50.0
+    assert "not estimable at 60 months" in bf.patient_benefit(short, conf.iloc[0].to_dict(), "high")["statement"]

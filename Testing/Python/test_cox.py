@@ -209,10 +209,11 @@ def test_survival_matches_lifelines(rossi, rossi_efron, rossi_lifelines):
 def test_survival_is_right_continuous_step(rossi_efron, rossi):
     x = rossi[ROSSI_COV].iloc[[0]]
     t0 = rossi_efron.baseline_times[0]
-    s = rossi_efron.survival_at(x, [0.0, t0 - 1e-9, t0, rossi_efron.baseline_times[-1], 1e6])[0]
+    s = rossi_efron.survival_at(x, [0.0, t0 - 1e-9, t0, rossi_efron.baseline_times[-1], rossi_efron.max_time, 1e6])[0]
     assert s[0] == 1.0 and s[1] == 1.0
     assert s[2] < 1.0  # the jump at the first event time is included at that time
-    assert s[3] == s[4]  # held constant after the last event time
+    assert s[3] == s[4]  # held constant from the last event time to the end of follow-up
+    assert np.isnan(s[5])  # and unknown after it
     lp = rossi_efron.linear_predictor(x)[0]
     assert s[2] == pytest.approx(math.exp(-rossi_efron.baseline_cumhaz[0] * math.exp(lp)), rel=1e-12)
 
@@ -224,6 +225,23 @@ def test_linear_predictor_uses_column_names(rossi, rossi_efron):
     )
     with pytest.raises(InputError, match="prio"):
         rossi_efron.linear_predictor(rossi[ROSSI_COV[:-1]])
+
+
+def test_survival_after_the_training_follow_up_is_unknown_not_the_last_value_repeated(rossi):
+    """Follow-up ending at 30 weeks: S(60) had been S(30) repeated, with a narrow interval."""
+    short = rossi.assign(arrest=np.where(rossi.week > 30, 0, rossi.arrest), week=rossi.week.clip(upper=30))
+    model = fit_cox(short, "week", "arrest", covariates=ROSSI_COV)
+    assert model.max_time == 30.0
+    x = short[ROSSI_COV].iloc[:3]
+    s = model.survival_at(x, [20.0, 30.0, 30.5, 60.0])
+    assert np.isfinite(s[:, :2]).all() and np.isnan(s[:, 2:]).all()
+    se = model.log_cumhaz_se(x, [20.0, 60.0])
+    assert np.isfinite(se[:, 0]).all() and np.isnan(se[:, 1]).all()
+    back = CoxModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert back.max_time == 30.0
+    # a model saved before the follow-up was stored predicts as it did
+    old = CoxModel.from_dict({k: v for k, v in model.to_dict().items() if k != "max_time"})
+    assert old.max_time is None and old.survival_at(x, [60.0])[0, 0] == old.survival_at(x, [30.0])[0, 0]
 
 
 # ------------------------------------------------------------------------------------------ persistence
