@@ -327,13 +327,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
-    out = write_image_atomic(result.mask, args.out)
+    out = Path(args.out)
     stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
     if split_series_selector(args.t1c)[0].is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
         from NPCPrognosisLib.io.dicom_rt import write_seg
 
-        seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm")
+        seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm", patient_id=args.patient_id)
         print(f"DICOM SEG: {seg or 'not written, the mask holds no contour'}")
+    out = write_image_atomic(result.mask, out)
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
     if result.saliency is not None:

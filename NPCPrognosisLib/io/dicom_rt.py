@@ -325,7 +325,7 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
     return path
 
 
-def write_seg(mask: sitk.Image, source: str | Path, path: str | Path) -> Path | None:
+def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient_id: str | None = None) -> Path | None:
     """Automatic contours as a DICOM SEG (highdicom) referencing the CET1W series they were drawn on.
 
     Parameters
@@ -337,12 +337,14 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path) -> Path | 
         The CET1W series as the manifest names it: a folder, or ``folder::selector`` for one of several series.
     path : path
         The SEG file to write.
+    patient_id : str, optional
+        Named in errors.
 
     Returns
     -------
     pathlib.Path or None
         The file written; None when the mask holds no contour (a SEG must describe at least one segment), so
-        nothing is written.
+        nothing is written and a SEG an earlier run left at ``path`` is removed (it would contradict the mask).
     """
     import highdicom as hd
     import pydicom
@@ -353,12 +355,14 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path) -> Path | 
     labels = sitk.GetArrayFromImage(mask)
     present = [s for s in SEGMENTS if (labels == s["label"]).any()]
     if not present:
+        Path(path).unlink(missing_ok=True)
         return None
     folder, selector = split_series_selector(source)
-    sources = [pydicom.dcmread(f) for f in dicom_series_files(folder, selector, role="t1c")]
+    sources = [pydicom.dcmread(f) for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
     if labels.shape[0] != len(sources):
         raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
-                         path=folder, fix="write the SEG from the mask segment produced for this series")
+                         patient_id=patient_id, path=folder,
+                         fix="write the SEG from the mask segment produced for this series")
     descriptions = []
     for number, segment in enumerate(present, start=1):
         descriptions.append(hd.seg.SegmentDescription(

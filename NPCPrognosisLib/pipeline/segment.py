@@ -73,14 +73,15 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             patient = load_patient(entry.patient_id, entry.images)
             result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
             path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")  # '../' in an ID stays inside out_dir
-            name = path.name
-            write_image_atomic(result.mask, path)
             reference = entry.images.get(REFERENCE_SEQUENCE)
             if reference is not None and split_series_selector(reference)[0].is_dir():
-                # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer
-                if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm")) is None:
+                # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer; written
+                # first, so a SEG that cannot be made leaves no mask of this run behind a failed patient
+                if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm"),
+                             patient_id=entry.patient_id) is None:
                     result.warnings.append("no DICOM SEG written: the mask holds no contour")
-            masks[entry.patient_id] = name
+            write_image_atomic(result.mask, path)
+            masks[entry.patient_id] = path.name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
                            "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,

@@ -341,6 +341,15 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     empty.CopyInformation(nifti)
     assert write_seg(empty, f"{tmp_path / 'study'}::post contrast", tmp_path / "empty_seg.dcm") is None
     assert not (tmp_path / "empty_seg.dcm").exists()
+    # a re-run whose mask is empty removes the earlier run's SEG, which would contradict it
+    assert write_seg(empty, f"{tmp_path / 'study'}::post contrast", tmp_path / "seg" / "B1_seg.dcm") is None
+    assert not (tmp_path / "seg" / "B1_seg.dcm").exists()
+    # a SEG that cannot be made (a mask of another series) names the patient, and no mask of the run is left
+    short = sitk.Image([*nifti.GetSize()[:2], nifti.GetSize()[2] - 1], sitk.sitkUInt8)
+    short[5, 5, 1] = 1
+    with pytest.raises(InputError, match="the mask has .* slices but the series") as caught:
+        write_seg(short, f"{tmp_path / 'study'}::post contrast", tmp_path / "short_seg.dcm", patient_id="B1")
+    assert "B1" in str(caught.value) and not (tmp_path / "short_seg.dcm").exists()
 
 
 def test_contours_drawn_in_another_frame_of_reference_are_refused(patients, tmp_path):
