@@ -29,9 +29,9 @@ def split_series_selector(path: str | Path) -> tuple[Path, str | None]:
 
 def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id: str | None = None,
                        role: str = "image") -> list[str]:
-    """The files of the one DICOM series meant: the only one in the folder, or the one whose SeriesInstanceUID equals
-    ``selector`` or whose SeriesDescription contains it (case-insensitive). Anything ambiguous is refused with the
-    series found, never resolved by taking the first."""
+    """The files of the one DICOM series meant: the only one in the folder, or the one whose SeriesInstanceUID or
+    SeriesDescription equals ``selector``, or else whose SeriesDescription contains it (case-insensitive). Anything
+    ambiguous is refused with the series found, never resolved by taking the first."""
     reader = sitk.ImageSeriesReader()
     uids = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not uids:
@@ -48,8 +48,11 @@ def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id:
         series[uid] = (description, files)
     if selector is None and len(series) == 1:
         return series[uids[0]][1]
+    # a UID or a whole description first: with series "T1" and "T1 post", "T1" must name the first, not both
     chosen = [uid for uid in uids if selector is not None and (
-        uid == selector or selector.lower() in series[uid][0].lower())]
+        uid == selector or selector.strip().lower() == series[uid][0].lower())]
+    if not chosen:
+        chosen = [uid for uid in uids if selector is not None and selector.lower() in series[uid][0].lower()]
     listing = "; ".join(f"{uid} '{d}' ({len(f)} images)" for uid, (d, f) in series.items())
     if len(chosen) != 1:
         what = ("no series matches" if selector is not None and not chosen else

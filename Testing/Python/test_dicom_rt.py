@@ -138,6 +138,14 @@ def test_a_folder_with_several_series_needs_the_series_named(patients, tmp_path)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(alone))
     with pytest.raises(InputError, match="no series matches 'FLAIR'"):
         read_image(f"{tmp_path / 'mixed'}::FLAIR", patient_id="A2", role="t1c")
+    # a subtraction series whose description contains the CET1W's whole description: the whole one still names it
+    tags = {"0008|0060": "MR", "0010|0020": "A2", "0020|000d": study, "0020|0052": frame,
+            "0008|103e": "T1 post contrast SUB", "0020|0011": "3"}
+    write_dicom_series(sitk.Cast(patient.t1c * 0.5, sitk.sitkInt16), tmp_path / "mixed", tags, dicom_uid(rng), rng)
+    exact = read_image(f"{tmp_path / 'mixed'}::t1 post contrast", patient_id="A2", role="t1c")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exact), sitk.GetArrayFromImage(alone))
+    with pytest.raises(InputError, match="several series match 'post contrast'"):
+        read_image(f"{tmp_path / 'mixed'}::post contrast", patient_id="A2", role="t1c")
 
 
 def test_a_dicom_series_with_a_missing_duplicate_or_stray_slice_is_refused_by_name(tmp_path):
