@@ -64,17 +64,20 @@ def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id:
     return series[chosen[0]][1]
 
 
-def series_frame_of_reference(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> str | None:
-    """The FrameOfReferenceUID of the DICOM series ``path`` names (a folder, optionally ``folder::selector``);
-    None for an image file (NIfTI, NRRD), which carries no frame of reference, or a header without one."""
+def series_identity(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> dict[str, str]:
+    """The ``patient`` (PatientID) and ``frame`` (FrameOfReferenceUID) of the DICOM series ``path`` names (a folder,
+    optionally ``folder::selector``), those its header gives; empty for an image file (NIfTI, NRRD), which carries
+    neither."""
     folder, selector = split_series_selector(path)
     if not folder.is_dir():
-        return None
+        return {}
     header = sitk.ImageFileReader()
     header.SetFileName(dicom_series_files(folder, selector, patient_id=patient_id, role=role)[0])
     header.LoadPrivateTagsOff()
     header.ReadImageInformation()
-    return header.GetMetaData("0020|0052").strip() or None if header.HasMetaDataKey("0020|0052") else None
+    tags = {"patient": "0010|0020", "frame": "0020|0052"}
+    values = {key: header.GetMetaData(tag).strip() for key, tag in tags.items() if header.HasMetaDataKey(tag)}
+    return {key: value for key, value in values.items() if value}
 
 
 #: Slice gaps of one series may differ from their median by this share (rounding of the positions in the headers).

@@ -375,14 +375,33 @@ def load_patient(
                              fix=f"fill in the {name} column with a NIfTI/NRRD file or DICOM folder")
         images[name] = read_image(path, patient_id=patient_id, role=name)
     notes: list[str] = []
+    identities = {}
+    if any(split_series_selector(p)[0].is_dir() for p in image_paths.values()):
+        from NPCPrognosisLib.io.dicom_series import series_identity
+
+        identities = {name: series_identity(path, patient_id=patient_id, role=name)
+                      for name, path in image_paths.items()}
+    ours = identities.get(reference, {})
+    for name, identity in identities.items():
+        if name == reference:
+            continue
+        if ours.get("patient") and identity.get("patient") and identity["patient"] != ours["patient"]:
+            raise InputError(f"the {name} series belongs to patient {identity['patient']!r}, the {reference} series "
+                             f"to {ours['patient']!r}", patient_id=patient_id, path=image_paths[name],
+                             fix=f"give this patient's own {name} series")
+        if ours.get("frame") and identity.get("frame") and identity["frame"] != ours["frame"]:
+            # another frame of reference: scanner coordinates that need not match (another session, the patient
+            # repositioned); resampling by them is right only if nothing moved
+            notes.append(f"the {name} series lies in another frame of reference than the {reference} series: it was "
+                         "placed by scanner coordinates; if the patient moved between the series, register them "
+                         "first")
     if mask_path is None:
         mask = None
     elif reference in images and _is_rtstruct(mask_path):
         from NPCPrognosisLib.io.dicom_rt import read_rtstruct
-        from NPCPrognosisLib.io.dicom_series import series_frame_of_reference
 
         mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
-        frame = series_frame_of_reference(image_paths[reference], patient_id=patient_id, role=reference)
+        frame = ours.get("frame")
         if frame is not None and report["frames_of_reference"] and frame not in report["frames_of_reference"]:
             # contours of another frame (a planning CT the MR was not resampled into, another study) would be
             # placed by coordinates that mean something else on this scan

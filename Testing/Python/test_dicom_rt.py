@@ -360,6 +360,30 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     assert "B1" in str(caught.value) and not (tmp_path / "short_seg.dcm").exists()
 
 
+def test_a_sequence_of_another_patient_is_refused_and_one_of_another_frame_of_reference_noted(patients, tmp_path):
+    """Box overlap was the only check before T1W and T2W were resampled onto the CET1W: a T2W series of another
+    patient was accepted with a note that it had been resampled."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+
+    patient = patients[3]
+    rng = np.random.default_rng(8)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+
+    def series(key, owner="A3", frame_uid=frame):
+        folder = tmp_path / f"{key}_{owner}_{frame_uid[-6:]}"
+        tags = {"0008|0060": "MR", "0010|0020": owner, "0020|000d": study, "0020|0052": frame_uid}
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), folder, tags, dicom_uid(rng), rng)
+        return folder
+
+    paths = {key: series(key) for key in ("t1", "t2", "t1c")}
+    assert not [w for w in load_patient("A3", paths).warnings if "frame of reference" in w]
+    with pytest.raises(InputError, match="the t2 series belongs to patient 'B7', the t1c series to 'A3'") as caught:
+        load_patient("A3", {**paths, "t2": series("t2", owner="B7")})
+    assert "A3" in str(caught.value) and "Fix:" in str(caught.value)
+    moved = load_patient("A3", {**paths, "t1": series("t1", frame_uid=dicom_uid(rng))})
+    assert any("t1 series lies in another frame of reference" in w for w in moved.warnings)
+
+
 def test_contours_drawn_in_another_frame_of_reference_are_refused(patients, tmp_path):
     """An RTSTRUCT drawn on a planning CT the MR was not resampled into (or on another study) holds coordinates
     that mean something else on this scan; its frame of reference is compared with the CET1W series'."""
