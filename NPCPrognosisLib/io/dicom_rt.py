@@ -28,18 +28,19 @@ DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtv-p|gtv_p|gtvnx|gtv-nx|gtv_nx|gtv primary|gtv
                    "GTVn": "gtvn|gtv-n|gtv_n|gtvnd|gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
 
 
-def is_rtstruct(path: str | Path) -> bool:
-    """A DICOM file whose modality is RTSTRUCT (read without pixel data)."""
+def dicom_modality(path: str | Path) -> str | None:
+    """The Modality of a single DICOM file (``RTSTRUCT``, ``SEG``, read without pixel data); None for anything else
+    (a NIfTI or NRRD file, a folder)."""
     path = Path(path)
     if not path.is_file():
-        return False
+        return None
     with open(path, "rb") as handle:
         head = handle.read(132)
     if head[128:132] != b"DICM":
-        return False
+        return None
     import pydicom
 
-    return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) == "RTSTRUCT"
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) or None
 
 
 def parse_roi_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -387,22 +388,79 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
     return path
 
 
-def read_seg_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
-    """A DICOM SEG written by :func:`write_seg` back as labels (1 = GTVp, 2 = GTVn) on the series' grid."""
-    import highdicom as hd
+def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
+             roi_map: str | Mapping[str, str] | None = None, *,
+             patient_id: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+    """A DICOM SEG (``segment``'s, Slicer's, a PACS viewer's) as a label map (1 = GTVp, 2 = GTVn) on the CET1W grid.
 
-    seg = hd.seg.segread(str(path))
-    numbers = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    source_uids = [uid for _, _, uid in seg.get_source_image_uids()]
-    volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids,
-                                               segment_numbers=sorted(numbers), combine_segments=True)
-    label_of = {number: next(s["label"] for s in SEGMENTS if s["name"] == name) for number, name in numbers.items()}
-    out = np.zeros(volume.shape, np.uint8)
-    for number, label in label_of.items():
-        out[volume == number] = label
-    image = sitk.GetImageFromArray(out)
+    Each frame is placed on the CET1W slice whose SOPInstanceUID it references, so a SEG of another series is
+    refused rather than laid onto this one by position in the file; slices without a frame are empty.
+
+    Parameters
+    ----------
+    path : path
+        The SEG file.
+    reference : SimpleITK.Image
+        The CET1W image, as :func:`~NPCPrognosisLib.io.images.read_image` read it from ``series``.
+    series : path
+        The CET1W DICOM series (a folder, or ``folder::selector``).
+    roi_map : str or mapping, optional
+        Which segment labels are GTVp and GTVn (:func:`parse_roi_map`).
+    patient_id : str, optional
+        Named in errors.
+
+    Returns
+    -------
+    mask : SimpleITK.Image
+    report : dict
+        ``matched`` {structure: [segment labels]} and ``unmatched`` [segment labels no structure took].
+    """
+    import highdicom as hd
+    import pydicom
+
+    path = Path(path)
+    folder, selector = split_series_selector(series)
+    if not folder.is_dir():
+        raise InputError("a DICOM SEG is placed by the DICOM images it was drawn on, and the CET1W given is not a "
+                         "DICOM series", patient_id=patient_id, path=path,
+                         fix="give the CET1W as the DICOM series folder the SEG was drawn on, or the mask as a label "
+                             "image (NIfTI/NRRD: 1 = GTVp, 2 = GTVn)")
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:  # noqa: BLE001 - highdicom and pydicom raise many types for a damaged file
+        raise InputError(f"DICOM SEG cannot be read ({exc})", patient_id=patient_id, path=path,
+                         fix="export the segmentation again") from None
+    slices = [str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+              for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
+    referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+    foreign = referenced - set(slices)
+    if foreign:
+        raise InputError(f"the DICOM SEG was drawn on other images: {len(foreign)} of the {len(referenced)} images it "
+                         "references are not in the CET1W series", patient_id=patient_id, path=path,
+                         fix="give the SEG drawn on this CET1W series (or that series as the CET1W)")
+    mapping = parse_roi_map(roi_map)
+    matched: dict[str, list[str]] = {s["name"]: [] for s in SEGMENTS}
+    unmatched = []
+    labels = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
+    for item in seg.SegmentSequence:
+        name = str(item.SegmentLabel)
+        structure = next((s for s, patterns in mapping.items() if _matches(name, patterns)), None)
+        if structure is None:
+            unmatched.append(name)
+            continue
+        matched[structure].append(name)
+        volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=slices,
+                                                   segment_numbers=[int(item.SegmentNumber)], combine_segments=True,
+                                                   assert_missing_frames_are_empty=True)
+        label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
+        labels[(volume > 0) & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
+    if not matched["GTVp"]:
+        raise InputError(f"no segment of the DICOM SEG is GTVp (segments: {sorted(unmatched)})",
+                         patient_id=patient_id, path=path,
+                         fix="name the primary's segment with --roi-map GTVp=<its label> (e.g. GTVp=GTV_T)")
+    image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
-    return image
+    return image, {"matched": matched, "unmatched": unmatched}
 
 
 def source_order(sources: Sequence[Any]) -> list[str]:

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.overlap import dice
-from NPCPrognosisLib.io.dicom_rt import read_rtstruct, read_seg_labels, write_rtstruct
+from NPCPrognosisLib.io.dicom_rt import read_rtstruct, read_seg, write_rtstruct
 from NPCPrognosisLib.io.images import load_patient, read_image
 from NPCPrognosisLib.resources import DEMO_NETWORK, RADIOMICS_FAST_PARAMS
 
@@ -100,9 +100,17 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
                  str(tmp_path / "auto.nii.gz")]) == 0
     reference = read_image(tmp_path / "t1c", role="t1c")
     nifti = sitk.ReadImage(str(tmp_path / "auto.nii.gz"))
-    seg = read_seg_labels(tmp_path / "auto_seg.dcm", reference)
+    seg = read_seg(tmp_path / "auto_seg.dcm", reference, tmp_path / "t1c")[0]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(nifti))
     assert (sitk.GetArrayFromImage(seg) == 1).any()
+    # the SEG is accepted as the mask of the same patient (it had been refused as a label map of 255s)
+    given = load_patient("A0", {key: tmp_path / key for key in ("t1", "t2", "t1c")}, tmp_path / "auto_seg.dcm")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(given.mask), sitk.GetArrayFromImage(nifti))
+    # but not on another series: its frames reference images the CET1W does not hold
+    with pytest.raises(InputError, match="the DICOM SEG was drawn on other images") as caught:
+        load_patient("A0", {key: tmp_path / key for key in ("t1", "t2", "t1c")} | {"t1c": tmp_path / "t2"},
+                     tmp_path / "auto_seg.dcm")
+    assert "A0" in str(caught.value) and "auto_seg.dcm" in str(caught.value)
     import pydicom
 
     header = pydicom.dcmread(tmp_path / "auto_seg.dcm", stop_before_pixels=True)
@@ -343,7 +351,7 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     reference = read_image(f"{tmp_path / 'study'}::post contrast", role="t1c")
     nifti = sitk.ReadImage(str(tmp_path / "seg" / "B1_mask.nii.gz"))
     assert (sitk.GetArrayFromImage(nifti) == 1).any()
-    seg = read_seg_labels(tmp_path / "seg" / "B1_seg.dcm", reference)
+    seg = read_seg(tmp_path / "seg" / "B1_seg.dcm", reference, f"{tmp_path / 'study'}::post contrast")[0]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(nifti))
     empty = sitk.Image(nifti.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(nifti)
