@@ -330,10 +330,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
     if split_series_selector(args.t1c)[0].is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
-        from NPCPrognosisLib.io.dicom_rt import write_seg
+        from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
 
-        seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm", patient_id=args.patient_id)
-        print(f"DICOM SEG: {seg or 'not written, the mask holds no contour'}")
+        try:
+            seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm", patient_id=args.patient_id)
+            print(f"DICOM SEG: {seg or 'not written, the mask holds no contour'}")
+        except SegNotWritten as exc:
+            print(f"DICOM SEG: {exc}")
     out = write_image_atomic(result.mask, out)
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")

@@ -28,6 +28,10 @@ DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtv-p|gtv_p|gtvnx|gtv-nx|gtv_nx|gtv primary|gtv
                    "GTVn": "gtvn|gtv-n|gtv_n|gtvnd|gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
 
 
+class SegNotWritten(InputError):
+    """The CET1W series is of a kind no SEG is written for: the mask itself is still good."""
+
+
 def dicom_modality(path: str | Path) -> str | None:
     """The Modality of a single DICOM file (``RTSTRUCT``, ``SEG``, read without pixel data); None for anything else
     (a NIfTI or NRRD file, a folder)."""
@@ -360,6 +364,10 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         return None
     folder, selector = split_series_selector(source)
     sources = [pydicom.dcmread(f) for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
+    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1)) > 1:
+        raise SegNotWritten("no DICOM SEG is written for an enhanced (multi-frame) CET1W series: its frames would have "
+                         "to be matched one by one", patient_id=patient_id, path=folder,
+                         fix="use the NIfTI mask, or export the CET1W as single-frame images for a SEG")
     if labels.shape[0] != len(sources):
         raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
                          patient_id=patient_id, path=folder,

@@ -145,10 +145,13 @@ def read_image(path: str | Path, *, patient_id: str | None = None, role: str = "
     try:
         if path.is_dir():
             files = dicom_series_files(path, selector, patient_id=patient_id, role=role)
-            check_series_slices(files, patient_id=patient_id, path=path, role=role)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            image = reader.Execute()
+            if len(files) == 1:  # an enhanced (multi-frame) series is one file: its reader places the frames
+                image = sitk.ReadImage(files[0])
+            else:
+                check_series_slices(files, patient_id=patient_id, path=path, role=role)
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(files)
+                image = reader.Execute()
         else:
             check_file_integrity(path, patient_id=patient_id, role=role)
             image = sitk.ReadImage(str(path))

@@ -17,7 +17,7 @@ import pandas as pd
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
-from NPCPrognosisLib.io.dicom_rt import write_seg
+from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
@@ -77,9 +77,12 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             if reference is not None and split_series_selector(reference)[0].is_dir():
                 # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer; written
                 # first, so a SEG that cannot be made leaves no mask of this run behind a failed patient
-                if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm"),
-                             patient_id=entry.patient_id) is None:
-                    result.warnings.append("no DICOM SEG written: the mask holds no contour")
+                try:
+                    if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm"),
+                                 patient_id=entry.patient_id) is None:
+                        result.warnings.append("no DICOM SEG written: the mask holds no contour")
+                except SegNotWritten as exc:
+                    result.warnings.append(str(exc))
             write_image_atomic(result.mask, path)
             masks[entry.patient_id] = path.name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,

@@ -243,6 +243,43 @@ def test_a_dicom_series_with_a_missing_duplicate_or_stray_slice_is_refused_by_na
     assert np.allclose(rounded.GetSpacing(), image.GetSpacing())
 
 
+def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_path):
+    """One file holding every frame had been refused as 'not a 3D volume (size (20, 20, 8, 1))'; no SEG is written
+    for it, which the message says, rather than failing the patient."""
+    import warnings
+
+    import highdicom as hd
+    import pydicom
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
+
+    rng = np.random.default_rng(6)
+    image = sitk.GetImageFromArray(rng.integers(100, 1000, (8, 20, 20)).astype(np.int16))
+    image.SetSpacing((1.0, 1.2, 3.0))
+    image.SetOrigin((-10.0, 5.0, 30.0))
+    tags = {"0008|0060": "MR", "0010|0020": "P6", "0020|000d": dicom_uid(rng), "0020|0052": dicom_uid(rng)}
+    write_dicom_series(image, tmp_path / "single", tags, dicom_uid(rng), rng)
+    sources = [pydicom.dcmread(f) for f in sorted((tmp_path / "single").iterdir())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(sources[::-1], series_instance_uid=hd.UID(),
+                                                            series_number=9, sop_instance_uid=hd.UID(),
+                                                            instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(str(tmp_path / "enhanced" / "mr.dcm"))
+    read = read_image(tmp_path / "enhanced", patient_id="P6", role="t1c")
+    original = read_image(tmp_path / "single", patient_id="P6", role="t1c")
+    assert read.GetSize() == original.GetSize()
+    resampled = sitk.Resample(read, original, sitk.Transform(), sitk.sitkNearestNeighbor)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(original))
+    mask = sitk.Image(read.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(read)
+    mask[5, 5, 3] = 1
+    with pytest.raises(SegNotWritten, match="multi-frame"):
+        write_seg(mask, tmp_path / "enhanced", tmp_path / "mr_seg.dcm", patient_id="P6")
+
+
 def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):
     """Contours drawn on 1 mm planes (a planning CT) read onto a 3 mm grid: three planes fall within half a slice of
     each slice centre, and even-odd filling across them cancelled pairs; each slice now takes its nearest plane."""
