@@ -28,7 +28,12 @@ from NPCPrognosisLib.imaging.geometry import (
 )
 from NPCPrognosisLib.imaging.preprocess import head_threshold
 from NPCPrognosisLib.io.atomic import atomic_path
-from NPCPrognosisLib.io.dicom_series import check_series_slices, dicom_series_files, split_series_selector
+from NPCPrognosisLib.io.dicom_series import (
+    check_series_slices,
+    dicom_series_files,
+    series_identity,
+    split_series_selector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,8 +386,6 @@ def load_patient(
     notes: list[str] = []
     identities = {}
     if any(split_series_selector(p)[0].is_dir() for p in image_paths.values()):
-        from NPCPrognosisLib.io.dicom_series import series_identity
-
         identities = {name: series_identity(path, patient_id=patient_id, role=name)
                       for name, path in image_paths.items()}
     ours = identities.get(reference, {})
