@@ -216,6 +216,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _patient_id(args: argparse.Namespace) -> str:
+    """``--patient-id``, or the PatientID of the CET1W DICOM series; a sheet titled 'patient' is the last resort,
+    and said."""
+    from NPCPrognosisLib.io.dicom_series import series_identity
+
+    if args.patient_id:
+        return args.patient_id
+    found = series_identity(args.t1c).get("patient") if args.t1c else None
+    if found:
+        return found
+    print("  warning: no --patient-id given and the CET1W carries none: the outputs name this patient 'patient'",
+          file=sys.stderr)
+    return "patient"
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.bundle import read_bundle
     from NPCPrognosisLib.io.clinical import parse_key_values
@@ -235,6 +250,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if mask is None and bundle.network_dir is None:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
+    args.patient_id = _patient_id(args)
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
                            resample_mask=args.resample_mask, roi_map=args.roi_map)
     extras = read_extra_blocks(args.extra_features)
@@ -324,6 +340,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not (args.t1 and args.t2 and args.t1c):
         raise InputError("give --manifest, or --t1, --t2 and --t1c", column="--t1",
                          fix="npc-prognosis segment --bundle B --t1 A --t2 B --t1c C --out MASK.nii.gz")
+    args.patient_id = _patient_id(args)
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
@@ -511,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "looked (HiResCAM; needs the bundle's network), for the patient sheet")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
-    p.add_argument("--patient-id", default="patient")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
+                   "else 'patient', with a warning)")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model or "
                         "binary endpoints")
@@ -561,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1c")
     _add_manifest_args(p, required=False,
                        help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
-    p.add_argument("--patient-id", default="patient")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
+                   "else 'patient', with a warning)")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")
     p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest")

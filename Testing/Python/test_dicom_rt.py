@@ -85,7 +85,7 @@ def test_an_rtstruct_is_accepted_as_the_mask_and_gives_the_same_features(patient
     assert (tmp_path / "nifti_features.csv").read_bytes() == (tmp_path / "rtstruct_features.csv").read_bytes()
 
 
-def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labels(patients, tmp_path):
+def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labels(patients, tmp_path, capsys):
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
 
     patient = patients[0]
@@ -95,9 +95,11 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
         tags = {"0008|0060": "MR", "0010|0010": "SYNTHETIC^A0", "0010|0020": "A0", "0020|000d": study,
                 "0020|0052": frame, "0008|103e": f"SYNTHETIC {key}", "0020|0011": str(number)}
         write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, dicom_uid(rng), rng)
+    # without --patient-id the outputs are named by the CET1W series' PatientID, not 'patient'
     assert main(["--quiet", "segment", "--bundle", str(DEMO_NETWORK), "--t1", str(tmp_path / "t1"), "--t2",
-                 str(tmp_path / "t2"), "--t1c", str(tmp_path / "t1c"), "--patient-id", "A0", "--out",
-                 str(tmp_path / "auto.nii.gz")]) == 0
+                 str(tmp_path / "t2"), "--t1c", str(tmp_path / "t1c"), "--out", str(tmp_path / "auto.nii.gz")]) == 0
+    printed = capsys.readouterr()
+    assert "\nA0: GTVp" in "\n" + printed.out and "no --patient-id" not in printed.err
     reference = read_image(tmp_path / "t1c", role="t1c")
     nifti = sitk.ReadImage(str(tmp_path / "auto.nii.gz"))
     seg = read_seg(tmp_path / "auto_seg.dcm", reference, tmp_path / "t1c")[0]
