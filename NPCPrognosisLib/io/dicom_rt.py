@@ -65,16 +65,19 @@ def _matches(name: str, patterns: str) -> bool:
     return any(fnmatch.fnmatch(name.strip().lower(), p.strip().lower()) for p in patterns.split("|") if p.strip())
 
 
-def _contour_index(points_lps: np.ndarray, reference: sitk.Image) -> np.ndarray | None:
-    """A polygon's points as continuous (i, j, k) indices of ``reference``; None when it is not parallel to its
-    slices (its k spreads over more than half a slice) or lies outside them."""
+def _contour_index(points_lps: np.ndarray, reference: sitk.Image) -> tuple[np.ndarray | None, str | None]:
+    """A polygon's points as continuous (i, j, k) indices of ``reference``, or None and why not: ``"tilted"`` when
+    it is not parallel to the slices (its k spreads over more than half a slice), ``"outside"`` when it lies beyond
+    the first or last slice."""
     spacing = np.array(reference.GetSpacing())
     direction = np.array(reference.GetDirection()).reshape(3, 3)
     index = ((points_lps - np.array(reference.GetOrigin())) @ direction) / spacing
     depth = reference.GetSize()[2]
-    if np.ptp(index[:, 2]) > 0.5 or not -0.5 <= float(index[:, 2].mean()) < depth - 0.5:
-        return None
-    return index
+    if np.ptp(index[:, 2]) > 0.5:
+        return None, "tilted"
+    if not -0.5 <= float(index[:, 2].mean()) < depth - 0.5:
+        return None, "outside"
+    return index, None
 
 
 def _fill(index: np.ndarray, layer: np.ndarray) -> None:
@@ -96,23 +99,40 @@ def _fill(index: np.ndarray, layer: np.ndarray) -> None:
 PLANE_TOLERANCE = 0.05
 
 
-def _contour_planes(polygons: list[np.ndarray]) -> np.ndarray:
-    """The positions of the planes the contours were drawn on, in reference slices, ascending: polygons within
-    :data:`PLANE_TOLERANCE` of their neighbour share a plane (grouped, not rounded, so no plane splits in two)."""
-    depths = np.sort([float(index[:, 2].mean()) for index in polygons])
-    if not len(depths):
-        return depths
-    groups = np.split(depths, np.flatnonzero(np.diff(depths) > PLANE_TOLERANCE) + 1)
-    return np.array([group.mean() for group in groups])
+def _contour_planes(polygons: list[np.ndarray]) -> tuple[np.ndarray, float | None]:
+    """The positions of the planes the contours were drawn on, in reference slices, ascending, and their typical
+    spacing (None for one plane).
+
+    Polygons share a plane when the slice depths their points span overlap, or lie within :data:`PLANE_TOLERANCE`
+    of each other (grouped, not rounded, so no plane splits in two): contours drawn on a series tilted a degree or
+    two against this one put an outline and its hole a tenth of a slice apart, but the outline spans the hole's depth.
+    """
+    if not polygons:
+        return np.empty(0), None
+    spans = sorted((float(index[:, 2].mean()), float(index[:, 2].min()), float(index[:, 2].max()))
+                   for index in polygons)
+    groups: list[list[float]] = []
+    reach = -np.inf
+    for mean, low, high in spans:
+        if groups and low - PLANE_TOLERANCE <= reach:
+            groups[-1].append(mean)
+            reach = max(reach, high)
+        else:
+            groups.append([mean])
+            reach = high
+    planes = np.array([np.mean(group) for group in groups])
+    return planes, (float(np.median(np.diff(planes))) if len(planes) > 1 else None)
 
 
-def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, planes: np.ndarray) -> tuple[int, int]:
+def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, planes: np.ndarray,
+                      step: float | None) -> tuple[int, int]:
     """Each slice of ``layer`` (z, y, x) takes the polygons of the contour plane nearest its centre.
 
-    ``planes`` are the structure set's planes (all its ROIs, :func:`_contour_planes`): a plane without a contour of
-    this ROI is still a plane, so a slice nearest to it stays empty. A slice takes a plane within half a slice when
-    the planes are one slice apart, else within half the planes' spacing: each plane stands for the slab around it,
-    as nearest-neighbour resampling of a label map reads it. Coarser planes (contours drawn every third slice, or on
+    ``planes`` and their ``step`` are the structure set's (all its ROIs, :func:`_contour_planes`): a plane without a
+    contour of this ROI is still a plane, so a slice nearest to it stays empty. A slice takes a plane within half a
+    slice when the planes are one slice apart, else within half the planes' spacing: each plane stands for the slab
+    around it (half-open, so planes half a slice off the slice centres give no slice twice), as nearest-neighbour
+    resampling of a label map reads it. Coarser planes (contours drawn every third slice, or on
     a planning CT's thicker slices) then fill the slices between them. Finer planes (a planning CT's 1 mm slices on
     a 3 mm MR) give a slice several planes: XOR across them would cancel an even number of copies of one outline,
     and their union would thicken the structure by up to a slice, so the nearest plane samples the structure at the
@@ -125,7 +145,6 @@ def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, planes: np.
     """
     if not polygons:
         return 0, 0
-    step = float(np.diff(planes).min()) if len(planes) > 1 else None
     # planes one slice apart: each slice takes the plane within half a slice; finer or coarser planes: a slice
     # takes the plane whose slab (half the planes' spacing each side) holds its centre
     reach = 0.5 if step is None or abs(step - 1.0) <= 2 * PLANE_TOLERANCE else step / 2
@@ -136,11 +155,11 @@ def _rasterise_planes(polygons: list[np.ndarray], layer: np.ndarray, planes: np.
     filled_between = 0
     for k in range(layer.shape[0]):
         nearest = int(np.argmin(np.abs(planes - k)))
-        distance = abs(float(planes[nearest]) - k)
-        if nearest not in on_plane or distance > reach:
+        offset = float(planes[nearest]) - k
+        if nearest not in on_plane or not -reach <= offset < reach:
             continue
         used.add(nearest)
-        filled_between += distance > 0.5
+        filled_between += abs(offset) > 0.5
         for index in on_plane[nearest]:
             _fill(index, layer[k])
     return sum(len(group) for j, group in on_plane.items() if j not in used), filled_between
@@ -165,7 +184,8 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
         uint8 labels on the reference grid.
     report : dict
         ``matched`` {structure: [ROI names]}, ``unmatched`` [ROI names no structure took], ``skipped_contours``
-        (polygons not parallel to the reference slices or outside them), ``contours_between_slices`` (polygons
+        (polygons beyond the first or last slice, or not closed planar; polygons not parallel to the slices stop the
+        read), ``contours_between_slices`` (polygons
         of contour planes finer than the grid that no slice took: each slice takes the plane nearest its centre),
         ``slices_from_nearest_plane`` (slices between coarser contour planes, filled from the nearest one),
         ``frames_of_reference`` (the FrameOfReferenceUIDs the used ROIs were drawn in).
@@ -186,7 +206,9 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
     shape = sitk.GetArrayViewFromImage(reference).shape
     labels = np.zeros(shape, np.uint8)
     matched: dict[str, list[str]] = {s["name"]: [] for s in SEGMENTS}
-    unmatched, skipped, between = [], 0, 0
+    unmatched, between = [], 0
+    skipped = {s["name"]: 0 for s in SEGMENTS}  # contours beyond the first or last slice (or not closed planar)
+    tilted = {s["name"]: 0 for s in SEGMENTS}
     rois: list[tuple[str, list[np.ndarray]]] = []
     by_label = {s["label"]: s["name"] for s in SEGMENTS}
     for roi in ds.get("ROIContourSequence", []):
@@ -198,13 +220,16 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
         matched[structure].append(name)
         polygons = []
         for contour in roi.get("ContourSequence", []):
-            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) not in ("CLOSED_PLANAR", ""):
-                skipped += 1
-                continue
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
-            index = _contour_index(points, reference) if len(points) >= 3 else None
-            if index is None:
-                skipped += 1
+            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) not in ("CLOSED_PLANAR", "") \
+                    or len(points) < 3:
+                skipped[structure] += 1
+                continue
+            index, why = _contour_index(points, reference)
+            if why == "tilted":
+                tilted[structure] += 1
+            elif why == "outside":
+                skipped[structure] += 1
             else:
                 polygons.append(index)
         rois.append((structure, polygons))
@@ -212,27 +237,35 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
         raise InputError(f"no ROI of the structure set is GTVp (ROIs: {sorted(names.values())})",
                          patient_id=patient_id, path=path,
                          fix="name the primary's ROI with --roi-map GTVp=<its name> (e.g. GTVp=GTV_T)")
-    planes = _contour_planes([index for _structure, polygons in rois for index in polygons])
+    crossing = {structure: n for structure, n in tilted.items() if n}
+    if crossing:
+        # a tilted outline dropped beside its hole kept would leave the hole as the structure: none is guessed
+        raise InputError(f"{', '.join(f'{n} {s} contour(s)' for s, n in crossing.items())} are not parallel to the "
+                         "slices of the image (each spreads over more than half a slice): the structure set was "
+                         "drawn on another orientation or on a series tilted against this one",
+                         patient_id=patient_id, path=path,
+                         fix="export the structure set drawn on this CET1W series, or resample it onto this series "
+                             "in the planning system first")
+    planes, step = _contour_planes([index for _structure, polygons in rois for index in polygons])
     filled = 0
     for structure, polygons in rois:
         layer = np.zeros(shape, bool)
-        unused, between_slices = _rasterise_planes(polygons, layer, planes)
+        unused, between_slices = _rasterise_planes(polygons, layer, planes, step)
         between, filled = between + unused, filled + between_slices
         label = LABELS["gtvp"] if structure == "GTVp" else LABELS["gtvn"]
         labels[layer & ((labels == 0) | (label == LABELS["gtvp"]))] = label  # GTVp wins where they overlap
-    if not (labels == LABELS["gtvp"]).any() and skipped:
+    if not (labels == LABELS["gtvp"]).any() and skipped["GTVp"]:
         # every contour of the primary was off the slices: "GTVp is empty" would send the user to contour it again
         raise InputError(f"none of the GTVp contours ({', '.join(matched['GTVp'])}) lies on a slice of the image: "
-                         f"{skipped} contour(s) are not parallel to its slices or lie outside them",
+                         f"{skipped['GTVp']} contour(s) lie beyond its first or last slice",
                          patient_id=patient_id, path=path,
-                         fix="export the structure set drawn on this CET1W series (contours drawn on another "
-                             "orientation or series must be resampled onto it in the planning system first)")
+                         fix="export the structure set drawn on this CET1W series, or a CET1W covering the tumour")
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
     used = {name for names_ in matched.values() for name in names_}
     frames = {str(roi.ReferencedFrameOfReferenceUID) for roi in ds.get("StructureSetROISequence", [])
               if str(roi.ROIName) in used and roi.get("ReferencedFrameOfReferenceUID")}
-    report = {"matched": matched, "unmatched": unmatched, "skipped_contours": skipped,
+    report = {"matched": matched, "unmatched": unmatched, "skipped_contours": sum(skipped.values()),
               "contours_between_slices": between, "slices_from_nearest_plane": filled,
               "labels": {str(k): v for k, v in by_label.items()},
               "frames_of_reference": sorted(frames)}
@@ -440,6 +473,12 @@ def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
                          fix="export the segmentation again") from None
     slices = [str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
               for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
+    depth = sitk.GetArrayViewFromImage(reference).shape[0]
+    if len(slices) != depth:  # an enhanced (multi-frame) CET1W is one image: its frames are not matched here
+        raise InputError(f"a DICOM SEG is read onto single-frame images, one per slice; the CET1W series holds "
+                         f"{len(slices)} image(s) for {depth} slices (an enhanced, multi-frame series)",
+                         patient_id=patient_id, path=path,
+                         fix="give the mask as a label image (NIfTI/NRRD), or the CET1W as single-frame images")
     referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
     foreign = referenced - set(slices)
     if foreign:

@@ -431,8 +431,8 @@ def load_patient(
             notes.append(f"RTSTRUCT ROI(s) {report['unmatched']} matched neither GTVp nor GTVn and were not used "
                          "(--roi-map names them)")
         if report["skipped_contours"]:
-            notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) do not lie on a {reference} slice and "
-                         "were skipped")
+            notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) lie beyond the {reference}'s first or last "
+                         "slice (or are not closed planar) and were skipped")
         if report["contours_between_slices"]:
             notes.append(f"the RTSTRUCT's contours lie on planes finer than the {reference} slices: each slice took "
                          f"the plane nearest its centre ({report['contours_between_slices']} contour(s) between slices "

@@ -280,6 +280,13 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
     mask[5, 5, 3] = 1
     with pytest.raises(SegNotWritten, match="multi-frame"):
         write_seg(mask, tmp_path / "enhanced", tmp_path / "mr_seg.dcm", patient_id="P6")
+    # nor is a SEG read onto it: its one image would have been broadcast onto every slice
+    single_mask = sitk.Image(original.GetSize(), sitk.sitkUInt8)
+    single_mask.CopyInformation(original)
+    single_mask[5, 5, 3] = 1
+    write_seg(single_mask, tmp_path / "single", tmp_path / "single_seg.dcm", patient_id="P6")
+    with pytest.raises(InputError, match="holds 1 image.s. for 8 slices"):
+        read_seg(tmp_path / "single_seg.dcm", read, tmp_path / "enhanced", patient_id="P6")
 
 
 def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):
@@ -347,6 +354,46 @@ def test_an_outline_and_its_hole_a_rounding_apart_stay_on_one_plane(tmp_path):
     assert report["contours_between_slices"] == 0
 
 
+def test_contours_of_a_slightly_tilted_series_keep_their_holes_and_a_steep_tilt_is_refused(tmp_path):
+    """A planning series tilted a degree or two puts an outline and its off-centre hole a tenth of a slice apart:
+    they are one plane (the hole had been lost from 1 degree on). Past half a slice of spread the outline cannot be
+    placed, and dropping it while keeping its hole would leave the hole as the tumour: refused."""
+    labels = np.zeros((12, 60, 60), np.uint8)
+    labels[4:9, 10:40, 15:45] = 1
+    labels[4:9, 30:36, 27:33] = 0  # a hole near one edge of the outline
+    mr = sitk.Image(60, 60, 12, sitk.sitkInt16)
+    mr.SetSpacing((1.0, 1.0, 3.0))
+    mr.SetOrigin((-30.0, -30.0, -18.0))
+    for degrees in (1.5, 3.0):
+        angle = np.radians(degrees)
+        tilted = sitk.GetImageFromArray(labels)
+        tilted.CopyInformation(mr)
+        tilted.SetDirection([1, 0, 0, 0, np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle)])
+        path = write_rtstruct(tilted, tmp_path / f"tilt{degrees}.dcm", patient_id="T1")
+        if degrees < 2:
+            got = sitk.GetArrayFromImage(read_rtstruct(path, mr)[0]) == 1
+            nearest = sitk.GetArrayFromImage(sitk.Resample(tilted, mr, sitk.Transform(), sitk.sitkNearestNeighbor))
+            np.testing.assert_array_equal(got, nearest == 1)
+        else:
+            with pytest.raises(InputError, match="5 GTVp contour.s. are not parallel to the slices"):
+                read_rtstruct(path, mr, patient_id="T1")
+
+
+def test_contour_planes_half_a_slice_off_give_each_slice_once(tmp_path):
+    """Planes and slices of one thickness, offset by half a slice: both end slices took a plane (a closed slab),
+    and the structure gained a slice."""
+    labels = np.zeros((12, 30, 30), np.uint8)
+    labels[3:9, 10:20, 10:20] = 1  # six planes
+    drawn = sitk.GetImageFromArray(labels)
+    drawn.SetSpacing((1.0, 1.0, 3.0))
+    path = write_rtstruct(drawn, tmp_path / "half.dcm", patient_id="T2")
+    mr = sitk.Image(30, 30, 12, sitk.sitkInt16)
+    mr.SetSpacing((1.0, 1.0, 3.0))
+    mr.SetOrigin((0.0, 0.0, -1.5))
+    got = sitk.GetArrayFromImage(read_rtstruct(path, mr)[0]) == 1
+    assert got.any(axis=(1, 2)).sum() == 6
+
+
 def test_contours_drawn_across_the_slices_are_named_not_called_an_empty_gtvp(tmp_path):
     import pydicom
 
@@ -359,7 +406,7 @@ def test_contours_drawn_across_the_slices_are_named_not_called_an_empty_gtvp(tmp
         points = np.asarray(contour.ContourData, float).reshape(-1, 3)
         contour.ContourData = [f"{v:.3f}" for v in points[:, [2, 1, 0]].ravel()]
     ds.save_as(path)
-    with pytest.raises(InputError, match="none of the GTVp contours .* not parallel to its slices") as caught:
+    with pytest.raises(InputError, match="GTVp contour.s. are not parallel to the slices of the image") as caught:
         read_rtstruct(path, image, patient_id="P11")
     assert "P11" in str(caught.value) and "rs.dcm" in str(caught.value)
 
