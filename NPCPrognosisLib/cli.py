@@ -282,7 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = args.out or (Path(args.prediction).parent if Path(args.prediction).is_file() else Path(args.prediction))
     paths = write_patient_sheet(prediction, out, images, pdf=not args.no_pdf)
     print(f"patient sheet: {paths['html']}" + (f"; PDF: {paths['pdf']}" if "pdf" in paths else ""))
-    mismatch = contours_warning(prediction, images.mask)
+    mismatch = contours_warning(prediction, images.mask, images.t1c)
     if mismatch:
         print(f"  warning: {mismatch}")
     if "pdf" not in paths and not args.no_pdf:

@@ -227,7 +227,8 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None) -> str | None:
+def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None,
+                     reference: sitk.Image | None = None) -> str | None:
     """The warning when the contours a sheet shows are not those the prediction was computed from (an edited mask
     shown above the risk of the unedited one would put numbers under contours that did not produce them); None
     when they are, or when the prediction does not say (made before it recorded its inputs).
@@ -238,15 +239,23 @@ def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None) ->
         ``prediction.json``; its ``inputs`` hold the contours' :func:`image_fingerprint`.
     shown : SimpleITK.Image, optional
         The label map the sheet draws.
+    reference : SimpleITK.Image, optional
+        The CET1W: a mask cropped to its contours or on another grid is first placed on it as predict placed it
+        (pasted, or nearest-neighbour resampled), since predict fingerprinted the mask on that grid.
 
     Returns
     -------
     warning : str or None
     """
     from NPCPrognosisLib.imaging.geometry import image_fingerprint
+    from NPCPrognosisLib.io.images import mask_on_reference
 
     used = (prediction.get("inputs") or {}).get("mask")
-    if shown is None or not used or image_fingerprint(sitk.Cast(shown, sitk.sitkUInt8)) == used:
+    if shown is None or not used:
+        return None
+    if reference is not None:
+        shown = mask_on_reference(shown, reference, resample=True)[0]
+    if image_fingerprint(sitk.Cast(shown, sitk.sitkUInt8)) == used:
         return None
     return (f"{CONTOURS_DIFFER} (their SHA-256 differs from prediction.json's): run predict again with these "
             "contours before acting on the result")
@@ -270,7 +279,7 @@ def patient_sheet_html(prediction: Mapping[str, Any], images: SheetImages | None
     html : str
     """
     synthetic = any("SYNTHETIC" in w for w in prediction.get("warnings") or [])
-    mismatch = contours_warning(prediction, images.mask if images is not None else None)
+    mismatch = None if images is None else contours_warning(prediction, images.mask, images.t1c)
     if mismatch:
         prediction = {**prediction, "warnings": [mismatch, *(prediction.get("warnings") or [])]}
     nomogram_html, _ = _page_nomogram(prediction)

@@ -166,6 +166,14 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
                  "--no-pdf", "--out", str(tmp_path / "same")]) == 0
     assert CONTOURS_DIFFER not in (tmp_path / "same" / "patient_sheet.html").read_text(encoding="utf-8")
     assert CONTOURS_DIFFER not in capsys.readouterr().out
+    # the same contours exported cropped to their extent (as Slicer may): predict pasted them back, so does report
+    labels = sitk.GetArrayFromImage(automatic)
+    z, y, x = (np.flatnonzero(labels.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    sitk.WriteImage(automatic[int(x[0]):int(x[-1]) + 1, int(y[0]):int(y[-1]) + 1, int(z[0]):int(z[-1]) + 1],
+                    str(tmp_path / "cropped.nii.gz"))
+    assert main(["--quiet", "report", "--prediction", str(folder), "--t1c", str(t1c), "--mask",
+                 str(tmp_path / "cropped.nii.gz"), "--no-pdf", "--out", str(tmp_path / "cropped")]) == 0
+    assert CONTOURS_DIFFER not in capsys.readouterr().out
     prediction = json.loads((folder / "prediction.json").read_text(encoding="utf-8"))
     assert "EBV DNA (copies/mL)" in html and "rENE grade" in html and "log10_ebv_dna" not in html
     assert "dashed: the automatic contours before editing" in html and prediction["bundle"]["sha256"] in html
