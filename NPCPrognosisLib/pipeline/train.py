@@ -55,6 +55,7 @@ def _without_group_tests(block: dict[str, Any]) -> dict[str, Any]:
     """A training block of :func:`evaluate_risk` without calibration (in-sample) and the tests of its risk groups
     (:data:`GROUP_TESTS`)."""
     dropped = {k: v for k, v in block.items() if k not in (*GROUP_TESTS, "calibration")}
+    dropped["warnings"] = [w for w in block.get("warnings", []) if not w.startswith(("logrank", "hr_high_vs_low"))]
     dropped["group_tests"] = ("not reported: the cut-off was chosen on these patients; evaluate tests the groups on "
                               "held-out patients")
     return dropped

@@ -584,8 +584,11 @@ def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, g
     arm = assign_arms(chemo, ccnd, threshold)
     out: dict[str, Any] = {"threshold_mg_m2": threshold, "horizon_months": float(horizon), "arm": arm.tolist(),
                            "arm_counts": arm_counts(arm, groups, event)}
+    pb = predicted_benefit(doc, confounders, groups, horizon) if doc and doc.get("estimable") else None
+    if pb is not None and not np.isfinite(pb).all():  # the benefit model knows nothing after its follow-up
+        doc = {**doc, "estimable": False,
+               "reason": f"the training cohort's follow-up ended before the {horizon:g}-month horizon"}
     if doc and doc.get("estimable"):
-        pb = predicted_benefit(doc, confounders, groups, horizon)
         out["predicted_benefit"] = pb.tolist()
         out["c_for_benefit"] = c_for_benefit(pb, arm, time, event, horizon)
         out["calibration"] = benefit_calibration(pb, arm, time, event, horizon)

@@ -247,3 +247,11 @@ def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_r
     short = json.loads(json.dumps(doc))
     short["model"]["max_time"] = 50.0
     assert "not estimable at 60 months" in bf.patient_benefit(short, conf.iloc[0].to_dict(), "high")["statement"]
+    # and its held-out check says why, instead of a C-for-benefit of None and calibration rows of fit errors
+    from NPCPrognosisLib.io.clinical import parse_clinical
+
+    records = [parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180}, "P")
+               for _ in range(n)]
+    checked = bf.evaluate_benefit(short, conf, d.group.to_numpy(), np.ones(n), d.ccnd, t, d.event.to_numpy(),
+                                  records)
+    assert checked["predicted_benefit"] is None and "follow-up ended before the 60-month" in checked["not_estimable"]

@@ -29,6 +29,17 @@ def test_features_table_has_fixed_columns_and_metadata(small_cohort):
     assert pd.read_csv(small_cohort / "features.failures.csv").empty
 
 
+def test_a_training_block_drops_the_tests_of_groups_split_on_its_own_patients_and_their_warnings():
+    from NPCPrognosisLib.pipeline.train import _without_group_tests
+
+    block = {"c_index": 0.7, "logrank_p": 0.01, "logrank_chi2": 6.6, "hr_high_vs_low": 2.0,
+             "hr_high_vs_low_95ci": [1.2, 3.3], "calibration": {"36": []}, "n_high": 9,
+             "warnings": ["hr_high_vs_low: one risk group has no events", "logrank: failed", "uno_c: short"]}
+    out = _without_group_tests(block)
+    assert out["warnings"] == ["uno_c: short"] and out["c_index"] == 0.7 and out["n_high"] == 9
+    assert not {"logrank_p", "logrank_chi2", "hr_high_vs_low", "hr_high_vs_low_95ci", "calibration"} & set(out)
+
+
 def test_bundle_contents(trained, small_cohort):
     document = read_bundle(trained)
     assert document["endpoint"] == "dmfs"
