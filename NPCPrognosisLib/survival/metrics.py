@@ -301,6 +301,10 @@ def _km_at(time: np.ndarray, event: np.ndarray, t: float) -> tuple:
     A group whose every patient had the event before t has a known survival of 0 at t, not an unknown one:
     the worst-prognosis group of a small cohort often ends that way, and leaving it out would drop exactly the
     group a calibration plot is read for.
+
+    A group without an event by t has survival 1 and a Greenwood variance of 0, so the log-log interval
+    collapses to [1, 1], as if ten patients proved that nobody relapses. Its lower bound is then the exact
+    (Clopper-Pearson) one for no event among the patients followed to t: 0.025 ** (1 / n), 0.69 for ten.
     """
     from sksurv.nonparametric import kaplan_meier_estimator
 
@@ -310,8 +314,9 @@ def _km_at(time: np.ndarray, event: np.ndarray, t: float) -> tuple:
     if t > time.max():
         return (0.0, None, None) if s[-1] == 0 else (None, None, None)
     i = int(np.searchsorted(x, t, side="right")) - 1
-    if i < 0:
-        return 1.0, 1.0, 1.0
+    if i < 0 or s[i] == 1.0:
+        followed = int(np.sum(time >= t))
+        return 1.0, float(0.025 ** (1.0 / followed)), 1.0
     return float(s[i]), _finite_or_none(ci[0][i]), _finite_or_none(ci[1][i])
 
 

@@ -249,6 +249,25 @@ def test_calibration_group_whose_every_patient_had_the_event_observes_zero_not_u
     assert censored_tail[0]["observed"] is None
 
 
+def test_calibration_group_without_an_event_has_an_exact_lower_bound_not_a_zero_width_interval():
+    # Greenwood's variance is 0 when nobody has had the event, and the log-log interval collapses to [1, 1]; four
+    # patients followed past month 12 without an event bound survival at 12 from below as a binomial 4 of 4 does
+    from scipy.stats import binomtest
+
+    t = np.array([2, 3, 4, 5, 20, 30, 40, 50.0])
+    e = np.array([1, 1, 1, 1, 0, 1, 0, 0])
+    rows = calibration(np.array([0.1, 0.1, 0.2, 0.2, 0.7, 0.8, 0.8, 0.9]), t, e, 12.0, n_groups=2)
+    exact = binomtest(4, 4).proportion_ci(confidence_level=0.95, method="exact")
+    assert rows[1]["observed"] == 1.0
+    assert rows[1]["observed_95ci"] == [pytest.approx(exact.low, rel=1e-9), 1.0]
+    # only the patients followed to t count: one censored at month 10 is not evidence about month 12
+    early = calibration(np.full(5, 0.9), np.array([10, 20, 30, 40, 50.0]), np.zeros(5), 12.0, n_groups=1)
+    assert early[0]["observed_95ci"][0] == pytest.approx(binomtest(4, 4).proportion_ci(method="exact").low)
+    # before the first observed time every patient counts
+    first = calibration(np.full(5, 0.9), np.array([10, 20, 30, 40, 50.0]), np.ones(5), 5.0, n_groups=1)
+    assert first[0]["observed_95ci"][0] == pytest.approx(binomtest(5, 5).proportion_ci(method="exact").low)
+
+
 def test_hazard_ratio_of_groups_whose_event_times_do_not_overlap_is_refused_and_reported():
     # the low group's events (months 5 and 8) come after every high-risk patient has left: lifelines and sksurv
     # stop at an arbitrary huge coefficient; the report must say the ratio is undefined instead of printing it
