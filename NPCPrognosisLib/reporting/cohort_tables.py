@@ -104,7 +104,9 @@ def model_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "C-index (95% CI)": f"{fmt(block.get('c_index'))} ({fmt(lo)}-{fmt(hi)})",
             "Uno C": fmt(block.get("uno_c")),
             **{f"TD-AUC {m} mo": fmt(v) for m, v in auc.items()},
-            "IBS": fmt(block.get("integrated_brier")),
+            "IBS (months)": (f"{fmt(block.get('integrated_brier'))} ({fmt(block['integrated_brier_months'][0], 0)}-"
+                             f"{fmt(block['integrated_brier_months'][1], 0)})" if block.get("integrated_brier_months")
+                             else fmt(block.get("integrated_brier"))),
             "HR high vs low (95% CI)": f"{fmt(hr, 2)} ({fmt(hr_ci[0], 2)}-{fmt(hr_ci[1], 2)})",
             "log-rank p": p_value(block.get("logrank_p")),
             "ΔC vs nomogram (95% CI)": (f"{versus['difference']:+.3f} ({versus['ci95'][0]:+.3f} to "

@@ -567,5 +567,8 @@ def evaluate_risk(
         if ibs is None:
             warns.append("integrated_brier: not computable on this follow-up")
         out["integrated_brier"] = ibs
+        # the score depends on the months it is integrated over (the 10th to 90th percentile of this cohort's
+        # follow-up): two cohorts' scores compare only over the same months
+        out["integrated_brier_months"] = [float(grid[0]), float(grid[-1])] if ibs is not None else None
     out["warnings"] = warns
     return out

@@ -332,6 +332,7 @@ EXPECTED_KEYS = {
     "n_low",
     "calibration",
     "integrated_brier",
+    "integrated_brier_months",
     "warnings",
 }
 
@@ -362,6 +363,18 @@ def test_evaluate_risk_on_rossi(rossi_split):
     assert out["n_high"] + out["n_low"] == len(te) and out["n_high"] == int((risk > cut).sum())
     assert out["c_index_95ci"][0] < out["c_index"] < out["c_index_95ci"][1]
     assert out["warnings"] == []
+    # the integrated Brier score says over which months it was integrated, and is sksurv's over exactly those
+    from sksurv.metrics import integrated_brier_score
+    from sksurv.util import Surv
+
+    start, end = out["integrated_brier_months"]
+    grid = np.unique(np.percentile(te.week, np.linspace(10, 90, 17)))
+    grid = grid[(grid >= start) & (grid <= end)]
+    assert start == pytest.approx(np.percentile(te.week, 10)) and len(grid) >= 2
+    reference = integrated_brier_score(Surv.from_arrays(tr.arrest.astype(bool), tr.week),
+                                       Surv.from_arrays(te.arrest.astype(bool), te.week),
+                                       model.survival_at(te, grid), grid)
+    assert out["integrated_brier"] == pytest.approx(reference, rel=1e-9)
 
 
 def test_evaluate_risk_degenerate_cases_warn_instead_of_crashing(rossi_split):

@@ -264,6 +264,9 @@ def test_cohort_page_renders_with_figures_as_png_and_svg_and_tables_as_csv(evalu
     comparison = pd.read_csv(evaluation / "tables" / "model_comparison.csv")
     nomogram = comparison[comparison["model"].str.startswith("Nomogram")].iloc[0]
     assert nomogram["C-index (95% CI)"].startswith(f"{metrics['models']['nomogram']['c_index']:.3f}")
+    start, end = metrics["models"]["nomogram"]["integrated_brier_months"]
+    assert nomogram["IBS (months)"] == (f"{metrics['models']['nomogram']['integrated_brier']:.3f} "
+                                        f"({start:.0f}-{end:.0f})")
     cohort = pd.read_csv(evaluation / "tables" / "cohort_characteristics.csv")
     assert int(cohort.loc[cohort["characteristic"] == "Patients", "evaluated"].iloc[0]) == metrics["n"]
     checklist = pd.read_csv(evaluation / "tables" / "reporting_checklist.csv")
