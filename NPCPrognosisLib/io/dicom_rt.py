@@ -405,12 +405,16 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
                          patient_id=patient_id, path=folder,
                          fix="write the SEG from the mask segment produced for this series")
+    # what each segment is (a primary or a metastatic neoplasm: a morphologically abnormal structure, CID 7151) and
+    # where (the nasopharynx, a lymph node): "Lymph node" as the type would describe the normal organ
+    what = {"GTVp": (codes.SCT.NeoplasmPrimary, codes.SCT.Nasopharynx),
+            "GTVn": (codes.SCT.NeoplasmMetastatic, codes.SCT.LymphNode)}
     descriptions = []
     for number, segment in enumerate(present, start=1):
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=segment["name"],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Neoplasm if segment["name"] == "GTVp" else codes.SCT.LymphNode,
+            segmented_property_type=what[segment["name"]][0], anatomic_regions=[what[segment["name"]][1]],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name="NPCPrognosis", version="0.1", family=codes.cid7162.ArtificialIntelligence)))

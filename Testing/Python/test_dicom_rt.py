@@ -414,6 +414,8 @@ def test_contours_drawn_across_the_slices_are_named_not_called_an_empty_gtvp(tmp
 def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_for_an_empty_mask(patients, tmp_path):
     """A PACS export puts the three series in one folder, the manifest names each by its description; the SEG must
     reference the named CET1W series. A mask without contours has no segment for a SEG to describe."""
+    import pydicom
+
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
     from NPCPrognosisLib.io.dicom_rt import write_seg
 
@@ -439,6 +441,13 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     assert (sitk.GetArrayFromImage(nifti) == 1).any()
     seg = read_seg(tmp_path / "seg" / "B1_seg.dcm", reference, f"{tmp_path / 'study'}::post contrast")[0]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(nifti))
+    # each segment says what it is and where, as a viewer lists it: the nodes are metastases in a lymph node
+    coded = {str(item.SegmentLabel): (str(item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning),
+                                      str(item.AnatomicRegionSequence[0].CodeMeaning))
+             for item in pydicom.dcmread(tmp_path / "seg" / "B1_seg.dcm").SegmentSequence}
+    assert coded["GTVp"] == ("Neoplasm, Primary", "Nasopharynx")
+    assert (sitk.GetArrayFromImage(nifti) == 2).any()
+    assert coded["GTVn"] == ("Neoplasm, metastatic (morphologic abnormality)", "Lymph Node")
     empty = sitk.Image(nifti.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(nifti)
     assert write_seg(empty, f"{tmp_path / 'study'}::post contrast", tmp_path / "empty_seg.dcm") is None
