@@ -154,6 +154,35 @@ def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> di
     }
 
 
+def estimable_codings(table: Any) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """The clinical codings a training cohort can fit, and the factors it cannot.
+
+    A factor that is the same for every training patient (rENE not recorded, so 0 throughout; no EBV DNA at all,
+    so the fill value throughout) has no hazard ratio a Cox model can estimate; it is left out of both codings
+    rather than failing the fit. The categorical coding needs every T and N category among the patients: an
+    absent one has no indicator to estimate, and its patients would be read as the reference category.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Encoded clinical factors of the training patients
+        (:meth:`~NPCPrognosisLib.io.manifest.Manifest.clinical_table`).
+
+    Returns
+    -------
+    codings : dict of str to list of str
+        Each coding the patients can fit (a key of :data:`CLINICAL_CODINGS`) with its columns that vary.
+    constant : dict of str to float
+        The factors left out, with the one value every training patient had.
+    """
+    constant = {c: float(table[c].iloc[0]) for c in CLINICAL_COVARIATES
+                if len(table) and table[c].nunique(dropna=False) <= 1}
+    codings = {"ordinal": [c for c in CLINICAL_COVARIATES if c not in constant]}
+    if set(table["t_stage"]) >= {1.0, 2.0, 3.0, 4.0} and set(table["n_stage"]) >= {0.0, 1.0, 2.0, 3.0}:
+        codings["categorical"] = [c for c in CLINICAL_CODINGS["categorical"] if c not in constant]
+    return codings, constant
+
+
 def parse_key_values(pairs: list[str]) -> dict[str, str]:
     """``["age=52", "sex=M"]`` → dict; the CLI's ``--clinical`` form."""
     out: dict[str, str] = {}

@@ -20,6 +20,7 @@ from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import hash_id
+from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import load_bundle
 from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
@@ -154,7 +155,8 @@ def evaluate_cohort(
                                "without_features": _untrained(bundle.document, lacking, subset), "models": {},
                                # the figures this run drew: the page shows these, not whatever lies in the folder
                                "figures": [],
-                               "not_harmonised": len(harmonisation_warnings)}
+                               "not_harmonised": len(harmonisation_warnings),
+                               **clinical_gaps(manifest, bundle.ebv_fill, training=False)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
     if missing_blocks:

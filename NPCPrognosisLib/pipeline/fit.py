@@ -9,6 +9,7 @@ of the procedure would let the estimate and the shipped model drift apart.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.io.clinical import estimable_codings
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
@@ -29,6 +30,8 @@ from NPCPrognosisLib.radiomics.signature import (
     fit_signature,
 )
 from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
+
+log = logging.getLogger(__name__)
 
 #: Ridge strength of the Cox models (penalised log-likelihood - 0.01/2 ||beta||^2): negligible for a cohort of
 #: 100+ patients, but keeps a small cohort with a separating factor from producing infinite hazard ratios.
@@ -42,6 +45,29 @@ def ebv_fill_value(manifest: Manifest) -> float:
     encoded = manifest.clinical_table(None)["log10_ebv_dna"]
     median = float(encoded.median()) if encoded.notna().any() else 0.0
     return 0.0 if math.isnan(median) else median
+
+
+def clinical_gaps(manifest: Manifest, ebv_fill: float, *, training: bool) -> dict[str, Any]:
+    """What the clinical factors of these patients lack, warned about once per run and recorded: patients whose EBV
+    DNA is filled with the training median, and (``training``) factors no model can use because every training
+    patient has the same value.
+
+    Why: either changes every prediction's clinical part, and a cohort that never recorded a factor (EBV DNA
+    outside endemic regions, rENE) would otherwise look to the user as if it had been used.
+    """
+    missing = int(manifest.clinical_table(None)["log10_ebv_dna"].isna().sum())
+    gaps: dict[str, Any] = {"ebv_dna_filled": missing}
+    if missing:
+        log.warning("EBV DNA is missing for %d of %d patient(s)%s: they are given the training median, %.0f copies/mL",
+                    missing, len(manifest.table), "" if "ebv_dna" in manifest.table.columns else " (no ebv_dna column)",
+                    10 ** ebv_fill - 1.0)
+    if training:
+        constant = estimable_codings(manifest.clinical_table(ebv_fill))[1]
+        gaps["constant_in_training"] = constant
+        for name, value in constant.items():
+            log.warning("%s is %g for every training patient: no model can estimate its effect, so it is left out "
+                        "of the clinical factors (a new patient's %s is not counted)", name, value, name)
+    return gaps
 
 
 @dataclass
@@ -121,12 +147,19 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     groups = np.asarray(manifest.patient_ids)
     signature = fit_signature(feature_matrix(features), time, event, settings, icc, groups)
     ebv_fill = ebv_fill_value(manifest)
-    factors = model_factors(manifest.clinical_table(ebv_fill), signature, features)
+    clinical_table = manifest.clinical_table(ebv_fill)
+    factors = model_factors(clinical_table, signature, features)
     oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc, groups)
            if rad_score_folds > 1 else None)
     if oof is not None:
         factors["rad_score"] = oof
-    clinical = list(CLINICAL_CODINGS[clinical_coding])
+    codings = estimable_codings(clinical_table)[0]
+    if clinical_coding not in codings:
+        raise InputError(f"the {clinical_coding} coding of T and N needs every stage among the training patients "
+                         f"(T stages {sorted(int(v) for v in set(clinical_table['t_stage']))}, N stages "
+                         f"{sorted(int(v) for v in set(clinical_table['n_stage']))})", path=manifest.source,
+                         column="t_stage", fix="code T and N as ordinal (1-4, 0-3)")
+    clinical = codings[clinical_coding]
     has_deep = DEEP_SCORE in factors.columns
     default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
     designs = {"radiomics": ["rad_score"], "clinical": clinical, "nomogram": list(nomogram_factors or default)}

@@ -133,6 +133,14 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
     return row
 
 
+def uncounted_factors(document: dict[str, Any], encoded: dict[str, float]) -> list[str]:
+    """Warnings for a patient's clinical factors that every training patient shared with one value (rENE never
+    recorded, no EBV DNA): the models left them out, so this patient's other value changes nothing."""
+    constant = document["clinical_encoding"].get("constant_in_training") or {}
+    return [f"{name} is {encoded[name]:g} but was {value:g} for every training patient: the models could not learn its "
+            "effect and do not count it" for name, value in constant.items() if encoded[name] != value]
+
+
 def predict_patient(
     bundle: LoadedBundle,
     patient: PatientImages,
@@ -298,6 +306,7 @@ def predict_patient(
     warnings += nomogram.out_of_range(values)
     if record.ebv_dna is None:
         warnings.append("EBV DNA missing: the training median was used")
+    warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 

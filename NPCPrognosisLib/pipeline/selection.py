@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.io.clinical import estimable_codings
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     VOLUME_ROIS,
@@ -91,9 +91,10 @@ class Selection:
                 "radiomics_candidates": self.radiomics_table, "designs": self.design_table, "note": self.note}
 
 
-def default_selection(settings: SignatureSettings, has_deep: bool, note: str) -> Selection:
-    """No selection: the given radiomics settings, ordinal stages and every factor in the nomogram."""
-    design = [*([DEEP_SCORE] if has_deep else []), "rad_score", *CLINICAL_CODINGS["ordinal"]]
+def default_selection(settings: SignatureSettings, has_deep: bool, note: str, clinical: list[str]) -> Selection:
+    """No selection: the given radiomics settings, ordinal stages (``clinical``: the columns that vary) and every
+    factor in the nomogram."""
+    design = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]
     return Selection(settings=settings, clinical_coding="ordinal", nomogram=design, note=note)
 
 
@@ -207,10 +208,11 @@ def select_radiomics(matrix: pd.DataFrame, time: np.ndarray, event: np.ndarray, 
 VOLUME_REFERENCE = "tumour volumes alone (reference)"
 
 
-def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, list[str]]:
-    """The candidate designs: the scores alone, the clinical factors alone and every combination; each design with
-    clinical factors once more with ``volumes`` (the log tumour volumes) beside them, which a nomogram stacks as a
-    block of their own (:data:`NPCPrognosisLib.pipeline.models.FACTOR_BLOCKS`)."""
+def _design_factors(has_deep: bool, codings: dict[str, list[str]],
+                    volumes: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The candidate designs: the scores alone, the clinical factors alone (in each of ``codings``) and every
+    combination; each design with clinical factors once more with ``volumes`` (the log tumour volumes) beside them,
+    which a nomogram stacks as a block of their own (:data:`NPCPrognosisLib.pipeline.models.FACTOR_BLOCKS`)."""
     designs: dict[str, list[str]] = {"radiomics": ["rad_score"]}
     if has_deep:
         designs["deep"] = [DEEP_SCORE]
@@ -218,7 +220,7 @@ def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, li
     scores = [("", []), ("radiomics + ", ["rad_score"])]
     if has_deep:
         scores += [("deep + ", [DEEP_SCORE]), ("deep + radiomics + ", [DEEP_SCORE, "rad_score"])]
-    for coding, clinical in CLINICAL_CODINGS.items():
+    for coding, clinical in codings.items():
         for prefix, score_factors in scores:
             designs[f"{prefix}clinical ({coding})"] = [*score_factors, *clinical]
             if volumes:
@@ -226,11 +228,13 @@ def _design_factors(has_deep: bool, volumes: Sequence[str] = ()) -> dict[str, li
     return designs
 
 
-def _candidate_designs(features: pd.DataFrame) -> dict[str, list[str]]:
-    """The designs a features table allows: with a deep score, and with the tumour volumes that vary in it."""
+def _candidate_designs(features: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, list[str]]:
+    """The designs a features table and the clinical factors allow: with a deep score, with the tumour volumes that
+    vary in it, and with the clinical codings the patients can fit (:func:`estimable_codings`)."""
     from NPCPrognosisLib.pipeline.models import volume_factors
 
-    return _design_factors(DEEP_SCORE in features.columns, volume_factors(tumour_volumes(features)))
+    return _design_factors(DEEP_SCORE in features.columns, estimable_codings(clinical)[0],
+                           volume_factors(tumour_volumes(features)))
 
 
 def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarray, event: np.ndarray,
@@ -245,7 +249,7 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
-    designs = _candidate_designs(features)
+    designs = _candidate_designs(features, clinical)
     scores: dict[str, list[float]] = {name: [] for name in [*designs, VOLUME_REFERENCE]}
     for k in np.unique(fold):
         held = fold == k
@@ -357,7 +361,7 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
         # info, not a warning: `train` prints the bundle's note once, and the nested CV's outer folds (fewer events
         # than the whole split) would otherwise repeat it once per fold
         log.info(note)
-        return default_selection(base, has_deep, note)
+        return default_selection(base, has_deep, note, estimable_codings(clinical)[0]["ordinal"])
     fold = event_folds(event, SELECTION_FOLDS, base.seed + 15485863)
     candidates = radiomics_candidates(base, icc is not None)
     settings, radiomics_rows = select_radiomics(feature_matrix(features), time, event, fold, candidates, icc,
@@ -402,7 +406,7 @@ def select_models(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     coding = _best(clinical_rows)["name"].split("(")[1].rstrip(")")
     if "(" in design:
         coding = design.split("(")[1].rstrip(")")
-    factors = _candidate_designs(features)[design]
+    factors = _candidate_designs(features, clinical)[design]
     log.info("selected radiomics: %s; nomogram: %s", settings.describe(), design)
     return Selection(settings=settings, clinical_coding=coding, nomogram=factors, harmonise=harmonise,
                      radiomics_table=radiomics_rows, design_table=design_rows, note=f"nomogram design: {design}")

@@ -17,11 +17,18 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
+from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, estimable_codings
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
-from NPCPrognosisLib.pipeline.fit import COX_PENALIZER, RAD_SCORE_FOLDS, TrainedModels, ebv_fill_value, fit_models
+from NPCPrognosisLib.pipeline.fit import (
+    COX_PENALIZER,
+    RAD_SCORE_FOLDS,
+    TrainedModels,
+    clinical_gaps,
+    ebv_fill_value,
+    fit_models,
+)
 from NPCPrognosisLib.pipeline.internal_validation import (
     NESTED_FOLDS,
     OPTIMISM_BOOTSTRAPS,
@@ -309,12 +316,15 @@ def train(
     robustness = feature_robustness(train_manifest, train_features, meta, features_path,
                                     n_patients=robustness_patients, seed=seed, workers=workers)
     icc = robustness.icc if robustness is not None else None
+    clinical = train_manifest.clinical_table(ebv_fill_value(train_manifest))
+    gaps = clinical_gaps(train_manifest, ebv_fill_value(train_manifest), training=True)
     if select:
-        selection = select_models(train_manifest.clinical_table(ebv_fill_value(train_manifest)), train_features,
-                                  time, event, settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
-                                  penalizer=COX_PENALIZER, workers=workers, centres=train_manifest.centres)
+        selection = select_models(clinical, train_features, time, event, settings, icc,
+                                  rad_score_folds=RAD_SCORE_FOLDS, penalizer=COX_PENALIZER, workers=workers,
+                                  centres=train_manifest.centres)
     else:
-        selection = default_selection(settings, DEEP_SCORE in train_features.columns, "not selected (--no-select)")
+        selection = default_selection(settings, DEEP_SCORE in train_features.columns, "not selected (--no-select)",
+                                      estimable_codings(clinical)[0]["ordinal"])
     base_settings, settings = settings, selection.settings
     choices = {"icc": icc, "clinical_coding": selection.clinical_coding, "nomogram_factors": selection.nomogram,
                "harmonise": selection.harmonise}
@@ -368,7 +378,8 @@ def train(
                                         list(feature_matrix(train_features).columns)),
         "harmonization": harmonization_record(models, train_manifest),
         "clinical_encoding": {"coding": selection.clinical_coding,
-                              "covariates": list(CLINICAL_CODINGS[selection.clinical_coding]),
+                              "covariates": estimable_codings(clinical)[0][selection.clinical_coding],
+                              **gaps,
                               "log10_ebv_dna_fill": models.ebv_fill,
                               "t_stage": ("T1-T4 -> 1-4" if selection.clinical_coding == "ordinal"
                                           else "indicators T2, T3, T4 against T1"),
@@ -468,7 +479,8 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         "radiomics": {k: meta.get(k) for k in RADIOMICS_RECORD},
         "feature_columns": list(feature_matrix(train_features).columns),
         "deep_features_left_out": deep_left_out,
-        "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill},
+        "clinical_encoding": {"covariates": list(CLINICAL_CODINGS["ordinal"]), "log10_ebv_dna_fill": ebv_fill,
+                              **clinical_gaps(train_manifest, ebv_fill, training=False)},
         "binary_endpoints": {endpoint: block},
         "training": {"n": block["n"], "positives": block["positives"],
                      **training_id_record(list(train_manifest.patient_ids), test_ids, store_patient_ids),

@@ -124,7 +124,7 @@ def test_selection_never_prefers_a_combination_that_validates_worse_beyond_its_n
     from NPCPrognosisLib.pipeline.selection import _candidate_designs
     from NPCPrognosisLib.survival.nomogram import stacking_blocks
 
-    designs = _candidate_designs(features)
+    designs = _candidate_designs(features, clinical)
 
     def blocks(name: str) -> int:  # counted as the selection counts them
         scores, others = stacking_blocks(designs[name], SCORE_FACTORS, FACTOR_BLOCKS)
@@ -185,10 +185,11 @@ def test_designs_offer_the_volumes_only_when_the_table_has_them():
     from NPCPrognosisLib.pipeline.selection import _design_factors
 
     volumes = ["log_volume_gtvp_ml", "log_volume_gtvn_ml"]
-    with_volumes = _design_factors(True, volumes)
+    codings = {name: list(columns) for name, columns in CLINICAL_CODINGS.items()}
+    with_volumes = _design_factors(True, codings, volumes)
     assert with_volumes["deep + radiomics + clinical + volume (ordinal)"] == [
         "deep_score", "rad_score", *CLINICAL_CODINGS["ordinal"], *volumes]
-    assert not any("volume" in name for name in _design_factors(True))
+    assert not any("volume" in name for name in _design_factors(True, codings))
     # in a nomogram the volumes are a block of their own beside the clinical factors (one more stacking weight)
     from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS
     from NPCPrognosisLib.survival.nomogram import stacking_blocks
@@ -197,7 +198,7 @@ def test_designs_offer_the_volumes_only_when_the_table_has_them():
                                      FACTOR_BLOCKS)
     assert scores == ["rad_score"] and blocks == {"clinical": list(CLINICAL_CODINGS["ordinal"]), "volume": volumes}
     # every design without volumes is still offered, unchanged
-    assert {k: v for k, v in with_volumes.items() if "volume" not in k} == _design_factors(True)
+    assert {k: v for k, v in with_volumes.items() if "volume" not in k} == _design_factors(True, codings)
 
 
 def test_train_notes_a_rad_score_that_does_not_beat_the_tumour_volumes(capsys):
@@ -243,6 +244,65 @@ def test_clinical_signal_enters_the_nomogram_and_too_few_events_keep_the_default
     # `train` prints the note from the bundle; the nested CV's folds must not repeat it as a warning each
     assert [r.levelno for r in caplog.records if "too few" in r.getMessage()] == [logging.INFO]
     assert default.nomogram == ["rad_score", *CLINICAL_CODINGS["ordinal"]]
+
+
+def test_a_factor_every_training_patient_shares_is_left_out_not_a_failed_selection():
+    """rENE never recorded (0 for all) and no EBV DNA (the fill for all): no hazard ratio to estimate. The designs
+    leave them out and the categorical coding is offered only when every T and N category is present."""
+    from NPCPrognosisLib.io.clinical import estimable_codings
+
+    clinical, features, time, event, icc = _cohort(220, 5, 0.9)
+    clinical["rene"] = 0.0
+    clinical["log10_ebv_dna"] = 3.0
+    codings, constant = estimable_codings(clinical)
+    assert constant == {"rene": 0.0, "log10_ebv_dna": 3.0}
+    assert set(codings) == {"ordinal", "categorical"}
+    assert codings["ordinal"] == ["t_stage", "n_stage", "male", "age", "ldh"]
+    selection = select_models(clinical, features, time, event, SignatureSettings(), None, rad_score_folds=3,
+                              penalizer=0.01, workers=1)
+    assert not {"rene", "log10_ebv_dna"} & set(selection.nomogram)
+    assert any(f.startswith("n_stage") for f in selection.nomogram)  # the nodal effect is still found
+    # no T1 patient: T2-T4 indicators would sum to one, and a T1 patient would be read as the reference anyway
+    no_t1 = clinical[clinical["t_stage"] > 1]
+    assert set(estimable_codings(no_t1)[0]) == {"ordinal"}
+
+
+def test_train_on_a_cohort_without_ebv_dna_and_rene_says_so_and_predict_names_the_uncounted_factor(tmp_path,
+                                                                                                   caplog):
+    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+    from NPCPrognosisLib.pipeline.predict import uncounted_factors
+    from NPCPrognosisLib.pipeline.train import train
+
+    clinical, features, time, event, _ = _cohort(150, 8, 0.9)
+    ids = [f"P{i:03d}" for i in range(len(features))]
+    pd.DataFrame({  # a cohort from a region that does not measure EBV DNA, with rENE never recorded
+        "patient_id": ids, "age": clinical["age"].round(), "sex": np.where(clinical["male"] > 0, "M", "F"),
+        "t_stage": [f"T{int(t)}" for t in clinical["t_stage"]], "n_stage": [f"N{int(n)}" for n in clinical["n_stage"]],
+        "rene": 0, "ldh": clinical["ldh"].clip(20).round(), "dmfs_time": time, "dmfs_event": event.astype(int),
+        "split": ["train"] * 110 + ["test"] * 40}).to_csv(tmp_path / "manifest.csv", index=False)
+    features.assign(patient_id=ids).to_csv(tmp_path / "features.csv", index=False)
+    cohort = read_manifest(tmp_path / "manifest.csv", require_images=False)
+    with caplog.at_level(logging.WARNING):
+        document = train(cohort, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", split_col="split",
+                         optimism_bootstraps=0, robustness_patients=0, workers=1, nested_folds=0)
+    encoding = document["clinical_encoding"]
+    assert encoding["constant_in_training"] == {"rene": 0.0, "log10_ebv_dna": 0.0}
+    assert encoding["ebv_dna_filled"] == 110
+    assert not {"rene", "log10_ebv_dna"} & set(encoding["covariates"])
+    assert not {"rene", "log10_ebv_dna"} & set(document["models"]["nomogram"]["model"]["covariates"])
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "EBV DNA is missing for 110 of 110" in said and "no ebv_dna column" in said and "rene is 0" in said
+    metrics = evaluate_cohort(tmp_path / "bundle", cohort, tmp_path / "features.csv", "dmfs", tmp_path / "eval",
+                              n_boot=20, plots=False)
+    assert metrics["ebv_dna_filled"] == 40 and metrics["models"]["nomogram"]["c_index"] > 0.6
+    # a new patient with rENE recorded is told that the models cannot count it; one like the training cohort is not
+    record = parse_clinical({"age": 50, "sex": "F", "t_stage": "T3", "n_stage": "N2", "rene": 2, "ldh": 180})
+    said = uncounted_factors(document, encode_clinical(record, encoding["log10_ebv_dna_fill"]))
+    assert len(said) == 1 and said[0].startswith("rene is 2 but was 0 for every training patient")
+    like_training = parse_clinical({"age": 50, "sex": "F", "t_stage": "T3", "n_stage": "N2", "rene": 0, "ldh": 180})
+    assert uncounted_factors(document, encode_clinical(like_training, encoding["log10_ebv_dna_fill"])) == []
 
 
 @pytest.mark.parametrize("coding", sorted(CLINICAL_CODINGS))
