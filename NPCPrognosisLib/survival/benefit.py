@@ -58,23 +58,27 @@ def recorded_doses(table: pd.DataFrame) -> pd.Series:
 
 def assign_arms(chemo: Sequence[Any] | None, ccnd: Sequence[Any], threshold: float = CCND_THRESHOLD) -> np.ndarray:
     """Arm labels: ``rt_alone`` (no chemotherapy), ``low_dose`` (CCND <= threshold), ``high_dose``, and
-    :data:`UNKNOWN_DOSE` for chemotherapy given without a recorded dose.
+    :data:`UNKNOWN_DOSE` where the record does not say which dose arm a patient was in.
 
-    Without a ``chemo`` column a CCND of 0 (or none) means radiotherapy alone. With it, a patient given
-    chemotherapy whose dose is missing belongs to no dose arm: counted as low-dose, a patient who may have had
-    300 mg/m2 would sit in the reference arm of the adjusted comparison, so such patients are left out of it.
+    Without a ``chemo`` column (``chemo`` None) an empty CCND cell beside recorded doses means none given (a dose
+    column filled in for the treated), so radiotherapy alone; a cohort without any dose says nothing about
+    treatment, and its patients are in no arm (counted as radiotherapy alone, they would all look untreated). With a
+    ``chemo`` column, chemotherapy given without a dose, or a patient with neither field filled in, belongs to no
+    arm: counted as low-dose, a patient who may have had 300 mg/m2 would sit in the reference arm.
     """
     raw = pd.to_numeric(pd.Series(np.asarray(ccnd, dtype=object)), errors="coerce")
-    dose = raw.fillna(0.0).to_numpy(float)
     if chemo is None:
-        given = dose > 0
-        unknown = np.zeros(len(dose), dtype=bool)
+        if raw.isna().all():
+            return np.full(len(raw), UNKNOWN_DOSE, dtype=object).astype(str)
+        raw = raw.fillna(0.0)
+        flagged = np.full(len(raw), np.nan)
     else:
-        flagged = pd.to_numeric(pd.Series(np.asarray(chemo, dtype=object)), errors="coerce").fillna(0.0).to_numpy() > 0
-        given = flagged | (dose > 0)
-        unknown = flagged & raw.isna().to_numpy()
-    arms = np.where(~given, "rt_alone", np.where(dose > threshold, "high_dose", "low_dose"))
-    return np.where(unknown, UNKNOWN_DOSE, arms)
+        flagged = pd.to_numeric(pd.Series(np.asarray(chemo, dtype=object)), errors="coerce").to_numpy(float)
+    dose = raw.to_numpy(float)
+    given = (flagged > 0) | (dose > 0)
+    untreated = ~given & ((flagged == 0) | (dose == 0))
+    arms = np.where(untreated, "rt_alone", np.where(dose > threshold, "high_dose", "low_dose"))
+    return np.where(untreated | (given & np.isfinite(dose)), arms, UNKNOWN_DOSE)
 
 
 def arm_counts(arm: np.ndarray, group: np.ndarray, event: np.ndarray) -> dict:

@@ -127,6 +127,11 @@ def test_assign_arms():
     assert bf.assign_arms([1, 1, 0], [None, float("nan"), 200]).tolist() == [bf.UNKNOWN_DOSE, bf.UNKNOWN_DOSE,
                                                                              "high_dose"]
     assert bf.assign_arms(None, [None, 120]).tolist() == ["rt_alone", "low_dose"]
+    # a blank is not a zero: a chemo flag left empty with no dose, or a cohort that recorded no treatment at all,
+    # puts the patient in no arm (it had put them all in radiotherapy alone)
+    assert bf.assign_arms([float("nan"), float("nan"), float("nan"), 0], [None, 0, 200, None]).tolist() == [
+        bf.UNKNOWN_DOSE, "rt_alone", "high_dose", "rt_alone"]
+    assert bf.assign_arms(None, [float("nan")] * 3).tolist() == [bf.UNKNOWN_DOSE] * 3
     # a cohort that recorded no doses: its chemotherapy patients belong to no dose arm, not to the low-dose one
     table = pd.DataFrame({"chemo": [1, 0, 1]})
     assert bf.assign_arms(table.chemo, bf.recorded_doses(table)).tolist() == [bf.UNKNOWN_DOSE, "rt_alone",
