@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from NPCPrognosisLib.errors import InputError
 
 CLINICAL_FIELDS = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
@@ -64,6 +66,10 @@ def _is_missing(value: Any) -> bool:
 
 
 def _number(value: Any, field: str, patient_id: str | None, *, low: float, high: float, unit: str) -> float:
+    if isinstance(value, (bool, np.bool_)) and field != "chemo":
+        # a TRUE/FALSE column (a yes/no rENE) would read as grade 1/0, and infiltration (grade 2) as grade 1
+        raise InputError(f"{field} must be a number in {unit}, got {value!r}", patient_id=patient_id, column=field,
+                         fix=f"enter {field} as a plain number in {unit} (e.g. {_EXAMPLES.get(field, int(low))})")
     try:
         number = float(value)
     except (TypeError, ValueError):

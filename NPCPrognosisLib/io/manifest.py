@@ -207,18 +207,7 @@ def read_manifest(
     # the ID and centre columns are read as text whatever their names: an MRN keeps its leading zeros and gets no
     # '.0' (it must match the features and extra tables, read as text), and a centre column with one gap is not
     # read as 1.0, 2.0 (it must name the centres as training did)
-    text_columns = {(column_map or {}).get(name, name): str for name in ("patient_id", CENTRE_COLUMN)}
-    try:
-        table = pd.read_csv(path, dtype=text_columns)
-    except Exception as exc:  # pandas raises several types for malformed CSV
-        raise InputError(f"cannot be read as CSV ({exc})", path=path) from None
-    if column_map:
-        reverse = {theirs: canonical for canonical, theirs in column_map.items()}
-        unknown = [theirs for theirs in reverse if theirs not in table.columns]
-        if unknown:
-            raise InputError(f"column map names column(s) {unknown} that the manifest does not have", path=path,
-                             fix=f"the manifest's columns are {list(table.columns)}")
-        table = table.rename(columns=reverse)
+    table = _read_table(path, column_map or {})
 
     required = ["patient_id"]
     if require_clinical:
@@ -229,7 +218,7 @@ def read_manifest(
         required.append(MASK_COLUMN)
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise InputError(f"missing column(s) {missing}", path=path,
+        raise InputError(f"missing column(s) {missing}; the manifest's columns are {list(table.columns)}", path=path,
                          fix="add them or map your own names with --column-map canonical=yours")
 
     ids = table["patient_id"].fillna("").astype(str).str.strip()
@@ -250,10 +239,96 @@ def read_manifest(
                          path=path, column="patient_id", fix="rename one of them so that they differ in letters or "
                                                              "digits")
     table = table.assign(patient_id=ids)
+    _check_outcome_cells(table, path)
     if require_clinical:
         for _, row in table.iterrows():
             parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+        _check_ebv_unit(table, path)
     return Manifest(table=table.reset_index(drop=True), root=path.parent.resolve(), source=path)
+
+
+#: Every column name a stage reads: a header that differs from one of these only in case or surrounding spaces
+#: ("EBV_DNA", "sex ") is taken as that column, where a misspelled optional column would be silently absent.
+KNOWN_COLUMNS = ("patient_id", *SEQUENCES, MASK_COLUMN, *CLINICAL_FIELDS, *OPTIONAL_COLUMNS,
+                 *(f"{endpoint}_{suffix}" for endpoint in ENDPOINTS for suffix in ("time", "event")))
+
+
+def _read_table(path: Path, column_map: Mapping[str, str]) -> pd.DataFrame:
+    """The CSV with its own column names mapped to the canonical ones, refusing what would be read wrongly:
+    another separator, another encoding, a column twice (pandas would rename the second ``age.1`` and use the
+    first), two columns mapped to one name."""
+    fix = "save the table as 'CSV UTF-8 (comma delimited)'"
+    try:
+        header = [name.strip() or f"Unnamed: {k}" for k, name in
+                  enumerate(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].fillna(""))]
+        # the ID and centre columns are read as text whatever their names: an MRN keeps its leading zeros and gets
+        # no '.0' (it must match the features and extra tables, read as text), and a centre column with one gap is
+        # not read as 1.0, 2.0 (it must name the centres as training did)
+        text = {raw for raw in pd.read_csv(path, nrows=0).columns
+                if raw.strip() in {column_map.get(name, name) for name in ("patient_id", CENTRE_COLUMN)}
+                or raw.strip().lower() in ("patient_id", CENTRE_COLUMN)}
+        table = pd.read_csv(path, dtype={raw: str for raw in text})
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})", path=path, fix=fix) from None
+    except Exception as exc:  # noqa: BLE001 - pandas raises several types for malformed CSV
+        raise InputError(f"cannot be read as CSV ({exc})", path=path, fix=fix) from None
+    if len(header) == 1 and any(mark in header[0] for mark in (";", "\t", "|")):
+        raise InputError(f"the table has one column, {header[0][:60]!r}: its values are not separated by commas",
+                         path=path, fix=fix)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"column(s) {repeated} appear more than once", path=path,
+                         fix="keep one column of each name")
+    table.columns = header
+    if column_map:
+        reverse = {theirs.strip(): canonical for canonical, theirs in column_map.items()}
+        unknown = [theirs for theirs in reverse if theirs not in table.columns]
+        if unknown:
+            raise InputError(f"column map names column(s) {unknown} that the manifest does not have", path=path,
+                             fix=f"the manifest's columns are {list(table.columns)}")
+        table = table.rename(columns=reverse)
+    lower = {str(c).lower(): c for c in table.columns}
+    table = table.rename(columns={lower[name]: name for name in KNOWN_COLUMNS
+                                  if name not in table.columns and name in lower})
+    clash = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if clash:
+        raise InputError(f"two columns would both be read as {clash} (the column map names one the table already has)",
+                         path=path, fix="map each canonical name to one column, or rename the table's own column")
+    return table
+
+
+def _check_outcome_cells(table: pd.DataFrame, path: Path) -> None:
+    """Every filled outcome cell is a number (or TRUE/FALSE for an event): checked for every endpoint the table has,
+    since a later stage reads any of them (the robustness study reads the whole row)."""
+    for column in [c for c in table.columns if c.endswith(("_time", "_event")) and c.rsplit("_", 1)[0] in ENDPOINTS]:
+        values = table[column]
+        if values.dtype == bool:
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & numbers.isna() & values.astype(str).str.strip().ne("")
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{column} is {values.iloc[first]!r}, not a number",
+                             patient_id=table["patient_id"].iloc[first], path=path, column=column,
+                             fix="months as a plain number (time) and 0/1 (event); leave the cell empty if unknown")
+
+
+#: EBV DNA is a count in copies/mL (0 below detection, then hundreds to millions): a cohort whose values all lie at
+#: or below this is coded otherwise (log10 copies, or 0/1 for detectable).
+EBV_CODED_MAX = 10.0
+
+
+def _check_ebv_unit(table: pd.DataFrame, path: Path) -> None:
+    """Refuse an EBV DNA column in log10 copies or as a 0/1 flag, which would be read as a handful of copies/mL."""
+    if "ebv_dna" not in table.columns:
+        return
+    values = pd.to_numeric(table["ebv_dna"], errors="coerce").dropna()
+    if len(values) >= 10 and values.max() <= EBV_CODED_MAX:
+        raise InputError(f"ebv_dna of all {len(values)} patients with a value lies between {values.min():g} and "
+                         f"{values.max():g}: these look like log10 copies or a detectable (1) / undetectable (0) flag, "
+                         "not copies/mL", path=path, column="ebv_dna",
+                         fix="give plasma EBV DNA in copies/mL (e.g. 10 ** value for log10 copies), or leave the "
+                             "cells empty when only a flag is known")
 
 
 def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str] | None = None) -> None:
@@ -281,10 +356,34 @@ def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str]
         if pd.isna(time) or pd.isna(event):
             raise InputError(f"missing {endpoint} outcome", patient_id=row["patient_id"], path=manifest.source,
                              column=f"{endpoint}_time" if pd.isna(time) else f"{endpoint}_event",
-                             fix="fill in follow-up time and event, or drop the patient from the training cohort")
-        if float(time) <= 0:
-            raise InputError(f"{endpoint}_time must be > 0 months, got {time}", patient_id=row["patient_id"],
-                             path=manifest.source, column=f"{endpoint}_time")
+                             fix="fill in follow-up time and event, or leave the patient out of this cohort")
+        if not 0 < float(time) < math.inf:
+            raise InputError(f"{endpoint}_time must be a positive number of months, got {time}",
+                             patient_id=row["patient_id"], path=manifest.source, column=f"{endpoint}_time",
+                             fix="months from the start of treatment to the event or the last follow-up")
         if float(event) not in (0.0, 1.0):
             raise InputError(f"{endpoint}_event must be 0 or 1, got {event}", patient_id=row["patient_id"],
-                             path=manifest.source, column=f"{endpoint}_event")
+                             path=manifest.source, column=f"{endpoint}_event",
+                             fix=f"1 = {endpoint} event, 0 = censored (a competing event, e.g. death before "
+                                 "relapse, is censored here)")
+    times = pd.to_numeric(table[f"{endpoint}_time"], errors="coerce")
+    if len(times) >= 10 and times.median() > MAX_MEDIAN_FOLLOW_UP:
+        raise InputError(f"the median {endpoint}_time is {times.median():g} months ({times.median() / 12:.0f} years): "
+                         "these look like days", path=manifest.source, column=f"{endpoint}_time",
+                         fix="give follow-up in months (days / 30.44)")
+
+
+def follow_up_warning(manifest: Manifest, endpoint: str) -> str | None:
+    """A warning when the follow-up is so short that it was probably given in years (``train`` and ``evaluate``
+    print it once; :func:`check_outcomes` runs in every refit)."""
+    times = pd.to_numeric(manifest.table[f"{endpoint}_time"], errors="coerce")
+    if len(times) >= 10 and times.max() <= SHORTEST_LONGEST_FOLLOW_UP:
+        return (f"the longest {endpoint}_time is {times.max():g} months: if these are years, give months (years x "
+                "12); 3- and 5-year survival cannot be estimated on this follow-up")
+    return None
+
+
+#: A median follow-up beyond 20 years is no NPC cohort's: times in days are 30 times their months.
+MAX_MEDIAN_FOLLOW_UP = 240.0
+#: A cohort whose longest follow-up is at most this many months was probably given in years.
+SHORTEST_LONGEST_FOLLOW_UP = 10.0

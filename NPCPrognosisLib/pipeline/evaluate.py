@@ -18,7 +18,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
-from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes
+from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
 from NPCPrognosisLib.io.patient_ids import hash_id
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import load_bundle
@@ -134,6 +134,8 @@ def evaluate_cohort(
     everyone = manifest
     manifest, features, excluded = _held_out(bundle.document, manifest, features, subset)
     check_outcomes(manifest, endpoint)
+    if short := follow_up_warning(manifest, endpoint):
+        log.warning(short)
     time, event = manifest.outcome_arrays(endpoint)
     records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
                for _, row in manifest.table.iterrows()]

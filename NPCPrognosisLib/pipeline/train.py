@@ -18,7 +18,7 @@ import pandas as pd
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, estimable_codings
-from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
+from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes, follow_up_warning
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
 from NPCPrognosisLib.pipeline.fit import (
@@ -84,13 +84,14 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
     table = manifest.table
     if split_col:
         if split_col not in table.columns:
-            raise InputError(f"no split column {split_col!r}", path=manifest.source, column=split_col)
+            raise InputError(f"no split column {split_col!r}; the manifest's columns are {list(table.columns)}",
+                             path=manifest.source, column=split_col, fix="name the column that says train or test")
         values = table[split_col].astype(str).str.strip().str.lower()
         bad = table.loc[~values.isin(["train", "test", "training", "validation", "valid"]), "patient_id"].tolist()
         if bad:
             value = table.loc[table["patient_id"] == bad[0], split_col].iloc[0]
-            raise InputError(f"split value {value!r} not understood",
-                             patient_id=bad[0], column=split_col, fix="use 'train' or 'test'")
+            raise InputError(f"split value {str(value)!r} not understood", patient_id=bad[0], path=manifest.source,
+                             column=split_col, fix="use 'train' or 'test' ('validation' counts as test)")
         is_train = values.isin(["train", "training"])
         return table.loc[is_train, "patient_id"].tolist(), table.loc[~is_train, "patient_id"].tolist()
     if not 0.0 <= test_fraction < 1.0:
@@ -136,10 +137,20 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
                    test_fraction: float, seed: int) -> tuple[Manifest, pd.DataFrame, list, list, list]:
     """The training patients with their feature rows: (manifest, features, train IDs, test IDs, IDs without
     features), shared by the survival and the binary ``train``."""
+    ids = list(manifest.patient_ids)
     manifest, features, lacking = read_manifest_features(manifest, table)
+    if not len(manifest.table):
+        raise InputError(f"none of the manifest's {len(ids)} patient IDs is in the features table (manifest: "
+                         f"{ids[:3]}; features table: {list(table['patient_id'][:3])})", path=manifest.source,
+                         column="patient_id", fix="run extract on this manifest, or give the features table made from "
+                                                  "it (IDs must match exactly, leading zeros included)")
     if lacking:
         log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
     train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
+    if not train_ids:
+        raise InputError(f"no training patient: every one of the {len(test_ids)} patients with features is marked "
+                         f"test in {split_col!r}" if split_col else "no training patient", path=manifest.source,
+                         column=split_col, fix="mark the training patients 'train'")
     is_train = manifest.table["patient_id"].isin(train_ids).to_numpy()
     train_manifest = manifest.subset(is_train)
     return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
@@ -311,6 +322,8 @@ def train(
     check_training_rows(extras, train_manifest.patient_ids)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
+    if short := follow_up_warning(train_manifest, endpoint):
+        log.warning(short)
     time, event = train_manifest.outcome_arrays(endpoint)
 
     robustness = feature_robustness(train_manifest, train_features, meta, features_path,

@@ -11,7 +11,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import same_geometry
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical, parse_key_values
 from NPCPrognosisLib.io.images import align_patient, load_patient, read_image
-from NPCPrognosisLib.io.manifest import check_outcomes, load_column_map, read_manifest
+from NPCPrognosisLib.io.manifest import check_outcomes, follow_up_warning, load_column_map, read_manifest
 
 GOOD = {"age": 52, "sex": "M", "t_stage": "T2", "n_stage": "N1", "ebv_dna": 1500, "rene": 1, "ldh": 180,
         "chemo": 1, "ccnd": 200}
@@ -167,6 +167,76 @@ def test_column_map_lets_users_keep_their_names(tmp_path):
         read_manifest(path, {"patient_id": "MRN", "t1c": "T1C_path"})
     with pytest.raises(InputError, match="NOPE"):
         read_manifest(path, {"patient_id": "NOPE"})
+
+
+def test_spreadsheet_exports_are_read_or_refused_with_the_reason(tmp_path):
+    """What a spreadsheet does to a CSV: stray spaces and capitals in headers, trailing empty columns, a column
+    twice, semicolons, Latin-1; each is read as meant or refused naming what to do, never silently misread."""
+    path = _write_cohort(tmp_path, [{"patient_id": "007"}, {}])
+    text = path.read_text(encoding="utf-8")
+    header, rest = text.split("\n", 1)
+    # 'EBV_DNA ' is the ebv_dna column (it had been dropped, and every patient imputed without a word)
+    path.write_text(header.replace("ebv_dna", " EBV_DNA ").replace("sex", "sex ") + "\n" + rest, encoding="utf-8")
+    manifest = read_manifest(path)
+    assert manifest.table["ebv_dna"].tolist() == [GOOD["ebv_dna"]] * 2 and manifest.patient_ids == ["007", "P001"]
+    path.write_text(text.replace("\n", ",,\n"), encoding="utf-8")  # trailing empty columns
+    assert read_manifest(path).patient_ids == ["007", "P001"]
+    path.write_text(header.replace("ldh", "age") + "\n" + rest, encoding="utf-8")
+    with pytest.raises(InputError, match=r"\['age'\] appear more than once"):  # pandas had used the first
+        read_manifest(path)
+    path.write_text(text.replace(",", ";"), encoding="utf-8")
+    with pytest.raises(InputError, match="not separated by commas") as info:
+        read_manifest(path)
+    assert "CSV UTF-8" in str(info.value)
+    path.write_bytes(text.replace("P001", "P\u00e9").encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_manifest(path)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"would both be read as \['age'\]"):
+        read_manifest(path, {"age": "ldh"})
+    with pytest.raises(InputError, match=r"missing column\(s\) \['t2'\]; the manifest's columns are \['patient_id'"):
+        read_manifest(_rewrite(path, lambda t: t.drop(columns=["t2"])))
+
+
+def _rewrite(path, edit):
+    edit(pd.read_csv(path, dtype={"patient_id": str})).to_csv(path, index=False)
+    return path
+
+
+def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_path):
+    path = _write_cohort(tmp_path, [{"os_event": "dead"}, {}])
+    with pytest.raises(InputError, match="os_event is 'dead', not a number") as info:
+        read_manifest(path)  # extract too: it had died on a bare ValueError naming no patient
+    assert "P000" in str(info.value)
+    rows = [{"dmfs_time": 30.44 * (20 + 5 * i)} for i in range(12)]  # days
+    (tmp_path / "images").rename(tmp_path / "old")
+    manifest = read_manifest(_write_cohort(tmp_path, rows))
+    with pytest.raises(InputError, match="look like days"):
+        check_outcomes(manifest, "dmfs")
+    manifest.table["dmfs_time"] = np.inf
+    with pytest.raises(InputError, match="positive number of months"):
+        check_outcomes(manifest, "dmfs")
+    manifest.table["dmfs_time"] = [2.0 + i / 2 for i in range(12)]  # years
+    check_outcomes(manifest, "dmfs")
+    assert "years" in follow_up_warning(manifest, "dmfs")
+    manifest.table["dmfs_time"] = [20.0 + 5 * i for i in range(12)]
+    assert follow_up_warning(manifest, "dmfs") is None
+
+
+def test_ebv_dna_in_log10_copies_or_as_a_flag_is_refused_and_a_yes_no_rene_is_not_a_grade(tmp_path):
+    path = _write_cohort(tmp_path, [{"ebv_dna": 3.2 + i / 10} for i in range(12)])
+    with pytest.raises(InputError, match="look like log10 copies") as info:
+        read_manifest(path)
+    assert "ebv_dna" in str(info.value)
+    _rewrite(path, lambda t: t.assign(ebv_dna=[0, 1] * 6))
+    with pytest.raises(InputError, match="flag"):
+        read_manifest(path)
+    _rewrite(path, lambda t: t.assign(ebv_dna=[0, 1500] * 6))
+    read_manifest(path)
+    _rewrite(path, lambda t: t.assign(rene=[True, False] * 6, n_stage="N2"))
+    with pytest.raises(InputError, match="rene must be a number") as info:
+        read_manifest(path)
+    assert "P000" in str(info.value)
 
 
 def test_missing_file_names_patient_and_path(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS
 from NPCPrognosisLib.pipeline.selection import (
     MIN_EVENTS_FOR_SELECTION,
@@ -303,6 +304,27 @@ def test_train_on_a_cohort_without_ebv_dna_and_rene_says_so_and_predict_names_th
     assert len(said) == 1 and said[0].startswith("rene is 2 but was 0 for every training patient")
     like_training = parse_clinical({"age": 50, "sex": "F", "t_stage": "T3", "n_stage": "N2", "rene": 0, "ldh": 180})
     assert uncounted_factors(document, encode_clinical(like_training, encoding["log10_ebv_dna_fill"])) == []
+
+
+def test_train_without_a_training_patient_says_why_not_too_few_events(tmp_path):
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.train import train
+
+    clinical, features, time, event, _ = _cohort(30, 9, 0.0)
+    ids = [f"{i:03d}" for i in range(30)]
+    pd.DataFrame({"patient_id": ids, "age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180,
+                  "dmfs_time": time, "dmfs_event": event.astype(int), "split": "test"}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    cohort = read_manifest(tmp_path / "manifest.csv", require_images=False)
+    # IDs that lost their leading zeros in a spreadsheet: no patient of the manifest has features
+    features.assign(patient_id=[str(i) for i in range(30)]).to_csv(tmp_path / "features.csv", index=False)
+    with pytest.raises(InputError, match="none of the manifest's 30 patient IDs is in the features table") as info:
+        train(cohort, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", split_col="split")
+    assert "'000'" in str(info.value) and "'0'" in str(info.value)
+    features.assign(patient_id=ids).to_csv(tmp_path / "features.csv", index=False)
+    with pytest.raises(InputError, match="every one of the 30 patients with features is marked test"):
+        train(cohort, tmp_path / "features.csv", "dmfs", tmp_path / "bundle", split_col="split")
+    assert not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.parametrize("coding", sorted(CLINICAL_CODINGS))
