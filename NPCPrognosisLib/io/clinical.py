@@ -87,12 +87,17 @@ def _number(value: Any, field: str, patient_id: str | None, *, low: float, high:
 
 def _code(value: Any, codes: Mapping[str, Any], field: str, patient_id: str | None, prefix: str = "") -> Any:
     text = str(value).strip().upper().replace(" ", "")
-    if prefix and text.replace(".", "", 1).isdigit() and float(text) == int(float(text)):
+    # isdecimal, not isdigit: '³' is a digit to Python but no number to float()
+    if prefix and text.replace(".", "", 1).isdecimal() and float(text) == int(float(text)):
         text = str(int(float(text)))  # 2.0: a numeric column with a blank cell elsewhere is read as decimals
-    if text.isdigit() and prefix:
+    if text.isdecimal() and prefix:
         text = prefix + text
+    if text == "T0":
+        raise InputError("t_stage T0 (no primary tumour found) is not supported: every model reads the primary",
+                         patient_id=patient_id, column=field, fix="leave the patient out of this cohort")
     if text not in codes:
-        allowed = ", ".join(sorted({k for k in codes if not k.isdigit()}))
+        # the 7th edition's T4a/T4b and N3a/N3b are read as T4 and N3, but the advice names the 8th edition's codes
+        allowed = ", ".join(sorted({k for k in codes if not k.isdigit() and not k.endswith(("A", "B"))}))
         raise InputError(
             f"unknown {field} code {value!r}", patient_id=patient_id, column=field,
             fix=f"use one of {allowed} (AJCC 8th edition)" if prefix else f"use one of {allowed}",

@@ -81,6 +81,9 @@ def test_clinical_parsing_accepts_common_spellings_and_encodes():
     ("age", "fifty", ["P9", "age"]),
     ("rene", 3, ["P9", "rene"]),
     ("ldh", None, ["P9", "ldh", "missing"]),
+    ("t_stage", "\u00b3", ["P9", "t_stage", "T1, T2, T3, T4 (AJCC 8th"]),  # a digit to Python, not to float()
+    ("t_stage", "T0", ["P9", "T0", "not supported"]),
+    ("rene", True, ["P9", "rene", "grade"]),  # a yes/no column: True would be grade 1
 ])
 def test_clinical_errors_name_patient_and_column(field, value, words):
     with pytest.raises(InputError) as info:
