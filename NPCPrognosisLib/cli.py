@@ -324,10 +324,9 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
-    from NPCPrognosisLib.io.dicom_series import split_series_selector
     from NPCPrognosisLib.io.images import load_patient, write_image_atomic
     from NPCPrognosisLib.io.manifest import load_column_map
-    from NPCPrognosisLib.pipeline.segment import segment_cohort
+    from NPCPrognosisLib.pipeline.segment import MASK_SUFFIXES, segment_cohort, write_contours
 
     network = _network_dir(args.bundle)
     model = cached_network(network)
@@ -340,21 +339,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not (args.t1 and args.t2 and args.t1c):
         raise InputError("give --manifest, or --t1, --t2 and --t1c", column="--t1",
                          fix="npc-prognosis segment --bundle B --t1 A --t2 B --t1c C --out MASK.nii.gz")
+    out = Path(args.out)
+    suffix = next((s for s in MASK_SUFFIXES if out.name.lower().endswith(s)), None)
+    if suffix is None or out.is_dir():  # checked before the network runs, not when its mask cannot be written
+        raise InputError(f"--out {out} is not a mask file", path=out, column="--out",
+                         fix=f"name the mask file, ending in one of {', '.join(MASK_SUFFIXES)} (e.g. P1_mask.nii.gz)")
+    stem = str(out)[: -len(suffix)]
     args.patient_id = _patient_id(args)
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
-    out = Path(args.out)
-    stem = str(out)[: -len(".nii.gz")] if str(out).endswith(".nii.gz") else str(out.with_suffix(""))
-    if split_series_selector(args.t1c)[0].is_dir():  # DICOM input: also a DICOM SEG referencing the CET1W series
-        from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
-
-        try:
-            seg = write_seg(result.mask, args.t1c, f"{stem}_seg.dcm", patient_id=args.patient_id)
-            print(f"DICOM SEG: {seg or 'not written, the mask holds no contour'}")
-        except SegNotWritten as exc:
-            print(f"DICOM SEG: {exc}")
-    out = write_image_atomic(result.mask, out)
+    out, seg, seg_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm", patient_id=args.patient_id)
+    if seg is not None or seg_warnings:
+        print(f"DICOM SEG: {seg or seg_warnings[0]}")
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
     if result.saliency is not None:

@@ -138,7 +138,7 @@ def validation_summary(model: NetworkModel) -> str:
     averaged = (spec.get("final_weights") or {}).get("averaged_epochs")
     when = (f"weights averaged over epochs {averaged[0] + 1}-{averaged[1] + 1}" if averaged
             else f"at epoch {int(spec.get('best_epoch', -1)) + 1}")
-    text = (f"network {model.bundle_dir.name}: validation Dice GTVp {metric_value(best, 'val_dice_gtvp'):.3f}, "
+    text = (f"network at {model.bundle_dir}: validation Dice GTVp {metric_value(best, 'val_dice_gtvp'):.3f}, "
             f"GTVn {metric_value(best, 'val_dice_gtvn'):.3f} {when} of "
             f"{training.get('epochs', '?')} ({training.get('n_val', '?')} validation patients)")
     gate = spec.get("quality_gate")

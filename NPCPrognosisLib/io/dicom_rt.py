@@ -405,6 +405,16 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
                          patient_id=patient_id, path=folder,
                          fix="write the SEG from the mask segment produced for this series")
+    absent = [tag for tag in ("StudyInstanceUID", "FrameOfReferenceUID") if not sources[0].get(tag)]
+    if absent:  # a SEG is placed in its study and on its frame of reference: without them it cannot be made
+        raise SegNotWritten(f"no DICOM SEG is written: the CET1W series has no {' or '.join(absent)} (anonymised?)",
+                            patient_id=patient_id, path=folder, fix="use the NIfTI mask, or export the series with "
+                                                                    "its study and frame of reference")
+    for source in sources:  # anonymisers drop these type-2 attributes; a SEG copies them, empty where unknown
+        for tag in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                    "StudyDate", "StudyTime", "ReferringPhysicianName"):
+            if tag not in source:
+                setattr(source, tag, "")
     # what each segment is (a primary or a metastatic neoplasm: a morphologically abnormal structure, CID 7151) and
     # where (the nasopharynx, a lymph node): "Lymph node" as the type would describe the normal organ
     what = {"GTVp": (codes.SCT.NeoplasmPrimary, codes.SCT.Nasopharynx),
@@ -421,12 +431,16 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
     pixel = np.zeros(labels.shape, np.uint8)
     for number, segment in enumerate(present, start=1):
         pixel[labels == segment["label"]] = number
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="NPCPrognosis",
-        manufacturer_model_name="NPCPrognosis", software_versions="0.1", device_serial_number="0",
-        series_description="NPCPrognosis automatic GTVp/GTVn (research software)")
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="NPCPrognosis",
+            manufacturer_model_name="NPCPrognosis", software_versions="0.1", device_serial_number="0",
+            series_description="NPCPrognosis automatic GTVp/GTVn (research software)")
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # headers highdicom cannot build a SEG from
+        raise SegNotWritten(f"no DICOM SEG is written: the CET1W series' headers do not allow one ({exc})",
+                            patient_id=patient_id, path=folder, fix="use the NIfTI mask") from None
     path = Path(path)
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))

@@ -333,6 +333,7 @@ def align_patient(
     ref = images[reference]
     out: dict[str, sitk.Image] = {}
     warnings: list[str] = []
+    covered: dict[str, np.ndarray] = {}  # which reference voxels each resampled sequence holds
     for name, image in images.items():
         image = sitk.Cast(image, sitk.sitkFloat32)
         warnings += intensity_warnings(image, name)
@@ -347,7 +348,13 @@ def align_patient(
                                  fix=f"register {name} to {reference} before running, or check the file belongs "
                                      "to this patient")
             warnings.append(f"{name} was resampled onto the {reference} grid")
+            field = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+            field.CopyInformation(image)
+            covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0
             image = resample_onto(image, ref)
+            if covered[name].mean() < 1.0 - UNCOVERED_SHARE:
+                warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it the "
+                                f"network reads air and segments from the other sequences only")
         out[name] = image
     if mask is not None:
         mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))
@@ -356,9 +363,19 @@ def align_patient(
         if note:
             warnings.append(note)
         warnings += contour_warnings(mask, ref)
+        contoured = sitk.GetArrayViewFromImage(mask) > 0
+        for name, inside in covered.items():
+            outside = int((contoured & ~inside).sum())
+            if outside:  # its radiomics there would be computed on the fill value, not on tissue
+                warnings.append(f"{outside} of the {int(contoured.sum())} contoured voxels lie outside the {name} "
+                                f"field: its features describe part of the contours only, with the rest read as 0")
     for text in warnings:
         log.warning("patient %s: %s", patient_id, text)
     return PatientImages(patient_id=patient_id, images=out, mask=mask, warnings=warnings)
+
+
+#: Share of the reference field a resampled sequence may leave out before it is warned about (edge slices).
+UNCOVERED_SHARE = 0.05
 
 
 def load_patient(

@@ -25,6 +25,54 @@ from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
 log = logging.getLogger(__name__)
 
 
+#: Files a single patient's mask may be written as (what SimpleITK writes a label map to).
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,
+                   *, patient_id: str) -> tuple[Path, Path | None, list[str]]:
+    """The automatic contours as the mask file and, for a DICOM CET1W, a DICOM SEG referencing that series.
+
+    Both or neither: the SEG is written first (one that cannot be made is a warning, the mask is still good), and
+    when the mask then cannot be written this run's SEG is removed, so a failed patient leaves no contours that its
+    manifest row does not point at.
+
+    Parameters
+    ----------
+    mask : SimpleITK.Image
+        Labels on the CET1W grid.
+    reference : str or Path or None
+        The CET1W as the manifest or command line named it (a SEG only for a DICOM series folder).
+    mask_path, seg_path : str or Path
+        Where the mask and the SEG go.
+    patient_id : str
+        Named in errors and in the SEG.
+
+    Returns
+    -------
+    mask_path : Path
+    seg_path : Path or None
+        None when no SEG was written.
+    warnings : list of str
+        Why no SEG was written, where one was expected.
+    """
+    warnings, seg = [], None
+    if reference is not None and split_series_selector(reference)[0].is_dir():
+        try:
+            seg = write_seg(mask, reference, seg_path, patient_id=patient_id)
+            if seg is None:
+                warnings.append("no DICOM SEG written: the mask holds no contour")
+        except SegNotWritten as exc:
+            warnings.append(str(exc))
+    try:
+        written = write_image_atomic(mask, mask_path)
+    except BaseException:
+        if seg is not None:
+            Path(seg).unlink(missing_ok=True)
+        raise
+    return written, seg, warnings
+
+
 def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str | Path, *, tta: int = 0,
                    progress: bool = True, column_map: Mapping[str, str] | None = None) -> Path:
     """Segment every manifest patient; write masks, a manifest pointing at them, scores and failures.
@@ -69,21 +117,15 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     masks: dict[str, str] = {}
     failures, scores = [], []
     for entry in items:
+        # '../' in an ID stays inside out_dir
+        mask_path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")
+        seg_path = patient_file(out_dir, entry.patient_id, "_seg.dcm")
         try:
             patient = load_patient(entry.patient_id, entry.images)
             result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
-            path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")  # '../' in an ID stays inside out_dir
-            reference = entry.images.get(REFERENCE_SEQUENCE)
-            if reference is not None and split_series_selector(reference)[0].is_dir():
-                # DICOM input: the contours also as a DICOM SEG referencing that series, for a PACS or Slicer; written
-                # first, so a SEG that cannot be made leaves no mask of this run behind a failed patient
-                try:
-                    if write_seg(result.mask, reference, patient_file(out_dir, entry.patient_id, "_seg.dcm"),
-                                 patient_id=entry.patient_id) is None:
-                        result.warnings.append("no DICOM SEG written: the mask holds no contour")
-                except SegNotWritten as exc:
-                    result.warnings.append(str(exc))
-            write_image_atomic(result.mask, path)
+            path, _, seg_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE), mask_path,
+                                                   seg_path, patient_id=entry.patient_id)
+            result.warnings.extend(seg_warnings)
             masks[entry.patient_id] = path.name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
@@ -92,6 +134,9 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         except Exception as exc:  # one patient's failure never stops a cohort
             log.warning("patient %s failed: %s", entry.patient_id, exc)
             failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+            # an earlier run's contours of this patient would sit beside a manifest row that no longer points at them
+            mask_path.unlink(missing_ok=True)
+            seg_path.unlink(missing_ok=True)
 
     def relocate(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
@@ -114,6 +159,10 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
                                [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores])
     for message in warnings:
         log.warning("cohort: %s", message)
+    warned = [row["patient_id"] for row in scores if row["warnings"]]
+    if warned:
+        log.warning("%d patient(s) with warnings about their contours (see deep_scores.csv): %s%s", len(warned),
+                    ", ".join(warned[:10]), " ..." if len(warned) > 10 else "")
     if warnings:
         write_text_atomic(warnings_path, "".join(f"{message}\n" for message in warnings))
     elif warnings_path.exists():

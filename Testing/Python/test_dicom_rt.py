@@ -289,6 +289,52 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
         read_seg(tmp_path / "single_seg.dcm", read, tmp_path / "enhanced", patient_id="P6")
 
 
+def test_an_anonymised_series_gets_its_seg_or_a_reason_and_its_mask_either_way(tmp_path):
+    """Anonymisers drop the patient's name and ID, the accession number and the study date: a SEG copies them empty.
+    A series without a frame of reference cannot have one: the mask is still written, with the reason. A mask
+    that cannot be written takes this run's SEG with it."""
+    import pydicom
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
+    from NPCPrognosisLib.pipeline.segment import write_contours
+
+    rng = np.random.default_rng(16)
+    image = sitk.GetImageFromArray(rng.integers(100, 1000, (6, 16, 16)).astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    write_dicom_series(image, tmp_path / "anon", {"0008|0060": "MR", "0020|000d": dicom_uid(rng),
+                                                  "0020|0052": dicom_uid(rng)}, dicom_uid(rng), rng)
+    for f in (tmp_path / "anon").iterdir():
+        ds = pydicom.dcmread(f)
+        for tag in ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyTime", "StudyID"):
+            if tag in ds:
+                delattr(ds, tag)
+        ds.save_as(f)
+    reference = read_image(tmp_path / "anon", role="t1c")
+    mask = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(reference)
+    mask[4:9, 4:9, 2:4] = 1
+    write_seg(mask, tmp_path / "anon", tmp_path / "anon_seg.dcm", patient_id="ANON")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_seg(tmp_path / "anon_seg.dcm", reference,
+                                                                  tmp_path / "anon")[0]),
+                                  sitk.GetArrayFromImage(mask))
+    # a SEG written, then a mask that cannot be: neither is left behind
+    (tmp_path / "blocked").write_text("a file where the mask's folder should be")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the writer raises, the SEG must go
+        write_contours(mask, tmp_path / "anon", tmp_path / "blocked" / "ANON_mask.nii.gz", tmp_path / "run_seg.dcm",
+                       patient_id="ANON")
+    assert not (tmp_path / "run_seg.dcm").exists()
+    for f in (tmp_path / "anon").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    with pytest.raises(SegNotWritten, match="no FrameOfReferenceUID"):
+        write_seg(mask, tmp_path / "anon", tmp_path / "no_frame_seg.dcm", patient_id="ANON")
+    written, seg, warnings = write_contours(mask, tmp_path / "anon", tmp_path / "out" / "ANON_mask.nii.gz",
+                                            tmp_path / "out" / "ANON_seg.dcm", patient_id="ANON")
+    assert written.exists() and seg is None and "FrameOfReferenceUID" in warnings[0]
+
+
 def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):
     """Contours drawn on 1 mm planes (a planning CT) read onto a 3 mm grid: three planes fall within half a slice of
     each slice centre, and even-odd filling across them cancelled pairs; each slice now takes its nearest plane."""

@@ -1015,8 +1015,16 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
     table.loc[1, "t2"] = "images/does_not_exist.nii.gz"
     manifest = Path(tiny_cohort.manifest_path).with_name("partly_broken.csv")
     table.to_csv(manifest, index=False)
+    from NPCPrognosisLib.io.atomic import patient_file
+
     model = load_network(tiny_bundle)
+    # an earlier run's contours of the patient that now fails: they would sit beside a row no longer pointing at them
+    failing = patient_file(tmp_path / "seg", table.loc[1, "patient_id"], "_mask.nii.gz")
+    failing.parent.mkdir(parents=True)
+    failing.write_bytes(b"an earlier run's mask")
+    failing.with_name(failing.name.replace("_mask.nii.gz", "_seg.dcm")).write_bytes(b"an earlier run's SEG")
     out = segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    assert not failing.exists() and not failing.with_name(failing.name.replace("_mask.nii.gz", "_seg.dcm")).exists()
     new = read_manifest(out)
     with open(tmp_path / "seg" / "failures.csv") as fh:
         failures = list(csv.DictReader(fh))
@@ -1250,6 +1258,11 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp
     for name in ("mask", "mask_uncertainty", "mask_saliency"):
         image = sitk.ReadImage(str(single.parent / f"{name}.nii.gz"))
         assert same_geometry(image, patient.reference), name
+    # an --out that names no mask file is refused before the network runs, not with a writer's traceback after it
+    for wrong in (tmp_path / "two" / "mask", tmp_path / "two" / "mask.txt", tmp_path / "one"):
+        assert main(["--quiet", "segment", "--bundle", str(bundle), "--t1", str(first.images["t1"]), "--t2",
+                     str(first.images["t2"]), "--t1c", str(first.images["t1c"]), "--out", str(wrong)]) == 2
+    assert not (tmp_path / "two").exists()
 
 
 def test_a_corrupt_training_image_stops_train_net_naming_the_patient(tiny_cohort, tmp_path):
