@@ -200,6 +200,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._runningButton = None
         self._runningText = ""
+        self._doneText = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -308,6 +309,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._runningButton = button
         self._runningText = button.text
+        self._doneText = None
         button.text = _("Cancel")
         for other in (self.ui.segmentButton, self.ui.editButton, self.ui.extractButton, self.ui.predictButton,
                       self.ui.exportButton):
@@ -337,7 +339,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(False)
             self._checkCanApply()
         if error is None:
-            self.ui.statusLabel.text = _("Done.")
+            self.ui.statusLabel.text = self._doneText or _("Done.")
             return
         if isinstance(error, NPCPrognosisCancelled):
             self.ui.statusLabel.text = _("Cancelled.")
@@ -362,8 +364,14 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def store(segmentation):
+            from NPCPrognosisLib.slicer_support.formatting import format_warnings
+
             p.segmentation = segmentation
             p.automaticLabelmap = self.logic.automaticLabelmapFor(segmentation)
+            warnings = json.loads(segmentation.GetAttribute("NPCPrognosis.SegmentResult") or "{}").get("warnings")
+            self.ui.warningsTextEdit.plainText = format_warnings(warnings or [])
+            if warnings:
+                self._doneText = _("Done, with {count} warning(s): see Warnings.").format(count=len(warnings))
 
         self._run(self.ui.segmentButton, "segment", lambda onFinished: self.logic.segment(
             self._volumes(), str(p.networkPath), segmentationNode=p.segmentation, tta=p.tta, patientId=p.patientId,
@@ -813,6 +821,14 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         rasToLps = np.diag([-1.0, -1.0, 1.0])
         axes = rasToLps @ ijkToRas[:3, :3]
         spacing = np.linalg.norm(axes, axis=0)
+        unit = axes / spacing
+        if np.abs(unit.T @ unit - np.eye(3)).max() > 1e-4:
+            # a hardened affine (or sheared) transform: image files hold right-angled axes only, and NIfTI squares
+            # them up without a word, moving voxels by up to millimetres
+            raise NPCPrognosisError(
+                f"{volumeNode.GetName()}'s voxel axes are not at right angles (a hardened affine or shearing "
+                "transform?). Resample it onto a regular grid first (Resample Scalar/Vector/DWI Volume, or Crop "
+                "Volume with interpolation), then select the resampled volume.")
         image.SetSpacing([float(v) for v in spacing])
         image.SetDirection([float(v) for v in (axes / spacing).ravel()])
         image.SetOrigin([float(v) for v in rasToLps @ ijkToRas[:3, 3]])
@@ -873,38 +889,43 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
 
     def contourSegments(self, segmentationNode):
-        """Which segment is GTVp and which GTVn: by the tag set on import (renaming keeps it), else by name.
+        """Which segments are GTVp and which GTVn: by name, with the core's rule for ROI and SEG names (GTV-P, GTVnx,
+        GTVn_L, GTVnd_R, ...); a segment whose name is neither keeps the label tag set on import, so renaming an
+        automatic segment keeps it. A structure drawn in several segments (GTVn_L and GTVn_R) is their union.
 
-        Returns ({label: segmentId}, [names of segments that are neither, which export leaves out]).
+        Returns ({label: [segmentIds]}, [names of segments that are neither, which export leaves out]).
         """
         from NPCPrognosisLib.contract import SEGMENTS
+        from NPCPrognosisLib.io.dicom_rt import parse_roi_map, roi_structure
 
         segmentation = segmentationNode.GetSegmentation()
+        mapping = parse_roi_map(None)
+        labels = {segment["name"]: segment["label"] for segment in SEGMENTS}
         byLabel, skipped = {}, []
-        names = {segment["name"].lower(): segment["label"] for segment in SEGMENTS}
         for i in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(i)
             segment = segmentation.GetSegment(segmentId)
+            structure = roi_structure(segment.GetName(), mapping)
             tag = vtk.reference("")
-            label = None
-            if segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
+            label = labels.get(structure)
+            if label is None and segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
                 label = int(str(tag))
-            elif segment.GetName().strip().lower() in names:
-                label = names[segment.GetName().strip().lower()]
-            if label is None or label in byLabel:
-                skipped.append(segment.GetName())
+            if label in labels.values():
+                byLabel.setdefault(label, []).append(segmentId)
             else:
-                byLabel[label] = segmentId
+                skipped.append(segment.GetName())
         return byLabel, skipped
 
     def hasContours(self, segmentationNode):
-        """A GTVp segment exists (by tag or name) and holds at least one voxel."""
+        """A GTVp segment exists (by name or tag) and holds at least one voxel."""
         from NPCPrognosisLib.contract import SEGMENTS
 
         byLabel, _ = self.contourSegments(segmentationNode)
-        segmentId = byLabel.get(SEGMENTS[0]["label"])
-        if segmentId is None:
-            return False
+        return any(self._segmentHasVoxels(segmentationNode, segmentId)
+                   for segmentId in byLabel.get(SEGMENTS[0]["label"], []))
+
+    @staticmethod
+    def _segmentHasVoxels(segmentationNode, segmentId):
         from vtk.util.numpy_support import vtk_to_numpy
 
         segmentation = segmentationNode.GetSegmentation()
@@ -931,7 +952,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         byLabel, skipped = self.contourSegments(segmentationNode)
         gtvp = SEGMENTS[0]["label"]
         if gtvp not in byLabel:
-            raise NPCPrognosisError(f"{segmentationNode.GetName()} has no GTVp segment (name a segment GTVp)")
+            raise NPCPrognosisError(f"{segmentationNode.GetName()} has no GTVp segment (its segments: "
+                                    f"{', '.join(skipped) or 'none'}). Name the primary tumour's segment GTVp.")
         if skipped and warnings is not None:
             warnings.append(f"segment(s) {', '.join(skipped)} of {segmentationNode.GetName()} are neither GTVp nor "
                             "GTVn and were not used; rename them GTVp or GTVn to include them")
@@ -942,7 +964,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 continue
             single = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export part")
             ids = vtk.vtkStringArray()
-            ids.InsertNextValue(byLabel[segment["label"]])
+            for segmentId in byLabel[segment["label"]]:  # a structure in several segments: their union
+                ids.InsertNextValue(segmentId)
             colourTables = self._nodeIds("vtkMRMLColorTableNode")
             self.segmentationsLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, single, referenceVolumeNode)
             for nodeId in self._nodeIds("vtkMRMLColorTableNode") - colourTables:  # "<segmentation>_ColorTable"
@@ -953,9 +976,19 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 slicer.util.updateVolumeFromArray(labelmapNode, (part > 0).astype("uint8") * segment["label"])
             else:
                 merged = slicer.util.arrayFromVolume(labelmapNode)
+                shared = int(((part > 0) & (merged > 0)).sum())
+                if shared and warnings is not None:
+                    spacing = referenceVolumeNode.GetSpacing()
+                    warnings.append(f"{shared} voxels ({shared * spacing[0] * spacing[1] * spacing[2] / 1000.0:.2f} "
+                                    f"mL) of {segmentationNode.GetName()} lie in both GTVp and GTVn: they count as "
+                                    "GTVp; erase them from one segment if they are not")
                 merged[(part > 0) & (merged == 0)] = segment["label"]
                 slicer.util.arrayFromVolumeModified(labelmapNode)
             self._removeWithDisplay(single)
+        if not (slicer.util.arrayFromVolume(labelmapNode) == gtvp).any():
+            self._removeWithDisplay(labelmapNode)
+            raise NPCPrognosisError(f"the GTVp of {segmentationNode.GetName()} has no voxel inside "
+                                    f"{referenceVolumeNode.GetName()}. Contour the primary tumour on that volume.")
         return labelmapNode
 
     def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path, warnings=None):
@@ -1147,8 +1180,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             raise NPCPrognosisError(f"segmentation network folder not found: {network}. Choose a network "
                                     "folder, or load existing contours as the segmentation.")
         if (segmentationNode is not None and segmentationNode.GetSegmentation().GetNumberOfSegments()
-                and self.automaticLabelmapFor(segmentationNode) is None):
-            segmentationNode = None  # contours drawn by hand are never replaced: the automatic ones get a new node
+                and not self._unedited(segmentationNode, volumes.get("t1c"))):
+            segmentationNode = None  # contours drawn or corrected by hand are never replaced: a new node gets these
         with self._jobInputs() as folder:
             job = {"action": "segment", "out_dir": str(folder), "patient_id": patientId, "network": str(network),
                    "tta": int(tta), "images": self._writeVolumes(volumes, folder)}
@@ -1235,6 +1268,12 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         referenceCache = self._featuresCache(segmentationNode, "automatic_features.json")
         automaticLabelmap = self.automaticLabelmapFor(segmentationNode)
         exportWarnings = []
+        if automaticLabelmap is not None and not self._sameGrid(automaticLabelmap, volumes["t1c"]):
+            # the automatic contours of another CET1W are no baseline for these: compared voxel by voxel they would
+            # give a contour change of the shift between the two grids
+            automaticLabelmap = None
+            exportWarnings.append(f"the automatic contours of {segmentationNode.GetName()} were made on another CET1W "
+                                  f"grid than {volumes['t1c'].GetName()}: no contour-change report")
         segmentInfo = json.loads(segmentationNode.GetAttribute("NPCPrognosis.SegmentResult") or "{}")
         editedArray = None
         with self._jobInputs() as folder:
@@ -1270,7 +1309,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         from NPCPrognosisLib.slicer_support.contour_change import contour_change_report
 
         automaticLabelmap = self.automaticLabelmapFor(segmentationNode)
-        if automaticLabelmap is None:
+        if automaticLabelmap is None or not self._sameGrid(automaticLabelmap, referenceVolumeNode):
             return None
         if editedArray is None:
             editedArray = self._exportedArray(segmentationNode, referenceVolumeNode)
@@ -1288,6 +1327,36 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         applicationLogic = slicer.app.applicationLogic()
         applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
         applicationLogic.PropagateTableSelection()
+
+    def _unedited(self, segmentationNode, referenceVolumeNode):
+        """Whether the segmentation still holds exactly its own automatic contours on this CET1W (so a new automatic
+        run may replace them); False for hand-drawn or corrected contours, or ones made on another grid."""
+        import numpy as np
+
+        automatic = self.automaticLabelmapFor(segmentationNode)
+        if automatic is None or referenceVolumeNode is None or not self._sameGrid(automatic, referenceVolumeNode):
+            return False
+        try:
+            current = self._exportedArray(segmentationNode, referenceVolumeNode)
+        except NPCPrognosisError:  # the GTVp was erased or renamed: an edit
+            return False
+        return bool(np.array_equal(current, slicer.util.arrayFromVolume(automatic)))
+
+    @staticmethod
+    def _sameGrid(nodeA, nodeB, toleranceMm=1e-3):
+        """Two volume nodes on one voxel grid (dimensions and voxel-to-RAS matrix)."""
+        import numpy as np
+
+        if nodeA.GetImageData() is None or nodeB.GetImageData() is None:
+            return False
+        if tuple(nodeA.GetImageData().GetDimensions()) != tuple(nodeB.GetImageData().GetDimensions()):
+            return False
+        matrices = []
+        for node in (nodeA, nodeB):
+            matrix = vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(matrix)
+            matrices.append(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(3)]))
+        return bool(np.abs(matrices[0] - matrices[1]).max() <= toleranceMm)
 
     def _exportedArray(self, segmentationNode, referenceVolumeNode):
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)

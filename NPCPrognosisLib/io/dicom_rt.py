@@ -24,8 +24,13 @@ from NPCPrognosisLib.io.dicom_series import dicom_series_files, split_series_sel
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Default ROI names per structure (case-insensitive shell patterns, alternatives separated by '|').
-DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtv-p|gtv_p|gtvnx|gtv-nx|gtv_nx|gtv primary|gtv_primary",
-                   "GTVn": "gtvn|gtv-n|gtv_n|gtvnd|gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
+#: Names of the primary's and the nodes' structures as planning systems and radiologists write them; a structure in
+#: several pieces (GTVn_L and GTVn_R, GTVn1 and GTVn2) is their union. GTVp is tried first, so GTVnx (the
+#: nasopharynx's GTV) is the primary although it starts like GTVn.
+DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtvp[-_ 0-9]*|gtv-p|gtv-p[-_ 0-9]*|gtv_p|gtv_p[-_ 0-9]*|gtvnx|gtvnx[-_ 0-9]*|gtv-nx|"
+                           "gtv_nx|gtv primary|gtv_primary",
+                   "GTVn": "gtvn|gtvn[-_ 0-9lr]*|gtv-n|gtv-n[-_ 0-9lr]*|gtv_n|gtv_n[-_ 0-9lr]*|gtvnd|gtvnd[-_ 0-9lr]*|"
+                           "gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
 
 
 class SegNotWritten(InputError):
@@ -63,6 +68,12 @@ def parse_roi_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
 
 def _matches(name: str, patterns: str) -> bool:
     return any(fnmatch.fnmatch(name.strip().lower(), p.strip().lower()) for p in patterns.split("|") if p.strip())
+
+
+def roi_structure(name: str, mapping: Mapping[str, str]) -> str | None:
+    """Which structure (``GTVp``, ``GTVn``) a ROI, SEG segment or Slicer segment of this name is, by a mapping of
+    :func:`parse_roi_map`; None for neither. The one rule for every place contours arrive by name."""
+    return next((structure for structure, patterns in mapping.items() if _matches(name, patterns)), None)
 
 
 def _contour_index(points_lps: np.ndarray, reference: sitk.Image) -> tuple[np.ndarray | None, str | None]:
@@ -213,7 +224,7 @@ def read_rtstruct(path: str | Path, reference: sitk.Image, roi_map: str | Mappin
     by_label = {s["label"]: s["name"] for s in SEGMENTS}
     for roi in ds.get("ROIContourSequence", []):
         name = names.get(int(roi.ReferencedROINumber), f"ROI {roi.ReferencedROINumber}")
-        structure = next((s for s, patterns in mapping.items() if _matches(name, patterns)), None)
+        structure = roi_structure(name, mapping)
         if structure is None:
             unmatched.append(name)
             continue
@@ -509,7 +520,7 @@ def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
     labels = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
     for item in seg.SegmentSequence:
         name = str(item.SegmentLabel)
-        structure = next((s for s, patterns in mapping.items() if _matches(name, patterns)), None)
+        structure = roi_structure(name, mapping)
         if structure is None:
             unmatched.append(name)
             continue

@@ -260,6 +260,53 @@ def test_segments_drawn_by_hand_and_named_gtvp_gtvn_are_exported(logic):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap), drawn)  # empty GTVn: no label 2
 
 
+def test_a_structure_in_several_segments_is_their_union_and_names_decide_over_import_tags(logic, tmp_path):
+    """Nodes contoured left and right (GTVn_L, GTVn_R), or a second segment named GTVn, had been dropped (the mask had
+    0 of 108 node voxels); a GTVp/GTVn name given in the editor had lost to the hidden import tag; voxels in both
+    structures went to GTVp without a word."""
+    image = _image()
+    reference = _volume(logic, image)
+    segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "radiologist")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    shape = image.GetSize()[::-1]
+    pieces = {"GTV-P": (slice(2, 6), slice(3, 8), slice(2, 7)), "GTVn_L": (slice(5, 8), slice(9, 12), slice(1, 3)),
+              "GTVn_R": (slice(5, 8), slice(9, 12), slice(7, 9)), "GTVn": (slice(3, 5), slice(6, 10), slice(5, 7))}
+    primary, nodes = np.zeros(shape, bool), np.zeros(shape, bool)
+    for name, where in pieces.items():
+        drawn = np.zeros(shape, np.uint8)
+        drawn[where] = 1
+        _paint(logic, segmentation, segmentation.GetSegmentation().AddEmptySegment("", name), drawn, reference)
+        (primary if name == "GTV-P" else nodes)[where] = True
+    warnings = []
+    labelmap = logic.exportLabelmap(segmentation, reference, warnings)
+    expected = np.where(primary, GTVP, np.where(nodes, GTVN, 0))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap), expected)
+    shared = int((primary & nodes).sum())
+    assert shared > 0 and len(warnings) == 1 and warnings[0].startswith(f"{shared} voxels")
+    assert "both GTVp and GTVn" in warnings[0]
+    # an imported segmentation whose names were swapped in the editor: the names decide
+    mask = _mask_like(image)
+    reference2, imported = _imported(logic, tmp_path, image, mask, name="swapped")
+    contents = imported.GetSegmentation()
+    contents.GetNthSegment(0).SetName("GTVn")
+    contents.GetNthSegment(1).SetName("GTVp")
+    swapped = slicer.util.arrayFromVolume(logic.exportLabelmap(imported, reference2))
+    truth = sitk.GetArrayFromImage(mask)
+    assert ((swapped == GTVP) == (truth == GTVN)).all() and ((swapped == GTVN) == (truth == GTVP)).all()
+
+
+def test_a_volume_whose_axes_are_not_at_right_angles_is_refused_not_squared_up(module, logic):
+    """A hardened affine registration leaves the voxel axes at 89-91 degrees; NIfTI squares them, moving voxels
+    by up to millimetres without a word."""
+    node = _volume(logic, _image())
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    matrix.SetElement(0, 1, matrix.GetElement(0, 1) + 0.9 * 0.01)  # the second axis tilted by about half a degree
+    node.SetIJKToRASMatrix(matrix)
+    with pytest.raises(module.NPCPrognosisError, match="not at right angles"):
+        logic.sitkFromVolumeNode(node)
+
+
 def test_contours_loaded_as_closed_surfaces_count_as_contours(logic):
     # GTVp from an STL/OBJ file, or an RTSTRUCT loaded through SlicerRT, has no labelmap until converted: Extract and
     # Predict must not stay greyed out for it
@@ -562,6 +609,20 @@ def test_segment_never_replaces_contours_drawn_by_hand(module, logic, tmp_path):
     assert logic.automaticLabelmapFor(created) is not None
     again = logic.segment(volumes, str(module.DEMO_NETWORK), segmentationNode=created)
     assert again is created  # a segmentation Segment made is re-run in place, its automatic copy replaced
+    # once corrected, it is not: re-running Segment had wiped the radiologist's edits (500 -> 400 GTVp voxels)
+    contents = created.GetSegmentation()
+    gtvp_id = next(contents.GetNthSegmentID(i) for i in range(contents.GetNumberOfSegments())
+                   if contents.GetNthSegment(i).GetName() == "GTVp")
+    corrected = (sitk.GetArrayFromImage(automatic) == GTVP).astype(np.uint8)
+    corrected[2:6, 3:8, 7:8] = 1  # the primary drawn one voxel wider
+    _paint(logic, created, gtvp_id, corrected, volumes["t1c"])
+    before = slicer.util.arrayFromVolume(logic.exportLabelmap(created, volumes["t1c"])).copy()
+    third = logic.segment(volumes, str(module.DEMO_NETWORK), segmentationNode=created)
+    assert third is not created
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(logic.exportLabelmap(created, volumes["t1c"])), before)
+    # automatic contours of another CET1W grid are no baseline: no contour change is measured against them
+    other = _volume(logic, _image(origin=(-38.6, 22.5, 7.25)), name="t1c moved")
+    assert logic.contourChange(third, volumes["t1c"]) is not None and logic.contourChange(third, other) is None
 
 
 def test_the_cet1w_preselected_is_an_image_not_a_label_map(logic):
