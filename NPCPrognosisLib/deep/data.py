@@ -114,7 +114,8 @@ class GridDerivation:
 
 
 def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
-                voxel_budget: int = GRID_VOXEL_BUDGET, patch_budget: int = VOXEL_BUDGET) -> GridDerivation:
+                voxel_budget: int = GRID_VOXEL_BUDGET, patch_budget: int = VOXEL_BUDGET,
+                head_foot_room: bool = False) -> GridDerivation:
     """The working grid (and its training patch) from the training images' own spacing and field of view.
 
     The box is the median physical extent of the reference (CET1W) images along the patient axes (clipped to
@@ -135,6 +136,9 @@ def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
         Upper bound (up to rounding) on the number of voxels of the grid.
     patch_budget : int, default VOXEL_BUDGET
         Upper bound on the number of voxels of a training patch.
+    head_foot_room : bool, default False
+        Make the grid half a patch taller than the scans, so training patches move head-foot
+        (:attr:`~NPCPrognosisLib.deep.training.TrainConfig.head_foot_room`).
 
     Returns
     -------
@@ -168,12 +172,12 @@ def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
     patch_z = min(nz, max(downsampling, 32 // downsampling * downsampling))
     patch_xy = max(downsampling, int(math.sqrt(patch_budget / patch_z)) // downsampling * downsampling)
     patch = (min(size[0], patch_xy), min(size[1], patch_xy), patch_z)
-    # room for the patch to move head-foot: a patch holding every slice of the grid always sees the anatomy at the
-    # same height, and the network learns that height; a scan placed 4-8 slices higher or lower then lost its
-    # primary (Dice 0.93 -> 0.0-0.66). The grid is taller than the scans by half a patch (filled with air), so
-    # training patches start anywhere in that half patch; inference stitches windows the same way
-    room = max(downsampling, patch_z // 2 // downsampling * downsampling)
-    size = (size[0], size[1], max(nz, patch_z + room))
+    if head_foot_room:
+        # room for the patch to move head-foot: a patch holding every slice of the grid always sees the anatomy at
+        # the same height, and the network learns that height. The grid is taller than the scans by half a patch
+        # (filled with air), so training patches start anywhere in that half patch (docs, "Room to move head-foot")
+        room = max(downsampling, patch_z // 2 // downsampling * downsampling)
+        size = (size[0], size[1], max(nz, patch_z + room))
     grid = GridConfig(spacing=grid_spacing, size=size, patch=None if patch == size else patch)
     return GridDerivation(grid=grid, n_images=len(references),
                           median_spacing_mm=[round(float(v), 4) for v in spacing],
