@@ -952,8 +952,10 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         byLabel, skipped = self.contourSegments(segmentationNode)
         gtvp = SEGMENTS[0]["label"]
         if gtvp not in byLabel:
+            contents = segmentationNode.GetSegmentation()
+            names = [contents.GetNthSegment(i).GetName() for i in range(contents.GetNumberOfSegments())]
             raise NPCPrognosisError(f"{segmentationNode.GetName()} has no GTVp segment (its segments: "
-                                    f"{', '.join(skipped) or 'none'}). Name the primary tumour's segment GTVp.")
+                                    f"{', '.join(names) or 'none'}). Name the primary tumour's segment GTVp.")
         if skipped and warnings is not None:
             warnings.append(f"segment(s) {', '.join(skipped)} of {segmentationNode.GetName()} are neither GTVp nor "
                             "GTVn and were not used; rename them GTVp or GTVn to include them")

@@ -354,7 +354,8 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
         Mask on the CET1W grid, probabilities, uncertainty, saliency, deep score (and spread), volumes, warnings.
     """
     reference = preprocessed[REFERENCE_SEQUENCE]
-    grid, outside = covering_grid(reference, model.grid)
+    derivation = model.content.get("network", {}).get("training", {}).get("grid_derivation") or {}
+    grid, outside = covering_grid(reference, model.grid, derivation.get("height_range_mm"))
     x, grid_image = grid_input(preprocessed, grid)
     warnings = [] if outside is None else [outside]
     if model.synthetic_demo:

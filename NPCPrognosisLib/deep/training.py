@@ -157,7 +157,8 @@ class TrainConfig:
     #: none. Nodes are round or oval (the phantom families' true nodes: 99th percentile 2.3-3.7); a vessel's
     #: section on slice after slice is a tube (the false nodes of a network run on another family's scans: 6-17).
     gtvn_max_elongation: float = 4.0
-    #: Derive a grid half a patch taller than the training scans, so that training patches move head-foot. Without
+    #: Derive a grid taller than the training scans (at least a patch and a half high), so that training patches
+    #: move head-foot. Without
     #: it a patch holds every slice and the network learns at which height the anatomy lies: scans padded by 6-12
     #: slices lost 0.03-0.11 GTVp and up to 0.32 GTVn Dice, which this option removes (within 0.005 of the unshifted
     #: scans); across phantom families it moved the primary by -0.066 (A -> B) and +0.057 (B -> A), the nodes by

@@ -25,12 +25,17 @@ from NPCPrognosisLib.io.dicom_series import dicom_series_files, split_series_sel
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Default ROI names per structure (case-insensitive shell patterns, alternatives separated by '|').
 #: Names of the primary's and the nodes' structures as planning systems and radiologists write them; a structure in
-#: several pieces (GTVn_L and GTVn_R, GTVn1 and GTVn2) is their union. GTVp is tried first, so GTVnx (the
-#: nasopharynx's GTV) is the primary although it starts like GTVn.
-DEFAULT_ROI_MAP = {"GTVp": "gtvp|gtvp[-_ 0-9]*|gtv-p|gtv-p[-_ 0-9]*|gtv_p|gtv_p[-_ 0-9]*|gtvnx|gtvnx[-_ 0-9]*|gtv-nx|"
-                           "gtv_nx|gtv primary|gtv_primary",
-                   "GTVn": "gtvn|gtvn[-_ 0-9lr]*|gtv-n|gtv-n[-_ 0-9lr]*|gtv_n|gtv_n[-_ 0-9lr]*|gtvnd|gtvnd[-_ 0-9lr]*|"
-                           "gtv-nd|gtv_nd|gtv*node*|gtvln|gtv-ln"}
+#: numbered or sided pieces (GTVn_L and GTVn_R, GTVn1 and GTVn2) is their union. Exact forms only: a planning
+#: structure built from a GTV (GTVp_ring, GTVp_PRV, GTVn-CTV, GTVnx_exp) is not the GTV. GTVp is tried first, so GTVnx
+#: (the nasopharynx's GTV) is the primary although it starts like GTVn.
+_PIECES = ("", "[0-9]", "[0-9][0-9]", "[-_ ][0-9]", "[-_ ][0-9][0-9]")
+_SIDES = ("[lr]", "[-_ ][lr]", "[-_ ][lr][0-9]", "[-_ ][lr][-_ ][0-9]", "[-_ ]left", "[-_ ]right")
+DEFAULT_ROI_MAP = {
+    "GTVp": "|".join([*(f"{stem}{piece}" for stem in ("gtvp", "gtv-p", "gtv_p", "gtvnx", "gtv-nx", "gtv_nx")
+                        for piece in _PIECES), "gtv primary", "gtv_primary"]),
+    "GTVn": "|".join([*(f"{stem}{piece}" for stem in ("gtvn", "gtv-n", "gtv_n", "gtvnd", "gtv-nd", "gtv_nd")
+                        for piece in (*_PIECES, *_SIDES)), "gtv*node*", "gtvln", "gtv-ln"]),
+}
 
 
 class SegNotWritten(InputError):

@@ -77,6 +77,14 @@ class Manifest:
     root: Path
     source: Path
 
+    def column(self, name: str) -> str:
+        """The table's column a command-line name means: itself, or the one column equal to it without surrounding
+        spaces and case (the reader renamed ``Split`` to ``split``; ``--split-col Split`` still means it)."""
+        if name in self.table.columns:
+            return name
+        same = [c for c in self.table.columns if str(c).strip().lower() == name.strip().lower()]
+        return same[0] if len(same) == 1 else name
+
     @property
     def patient_ids(self) -> list[str]:
         return list(self.table["patient_id"])
@@ -259,15 +267,17 @@ def _read_table(path: Path, column_map: Mapping[str, str]) -> pd.DataFrame:
     first), two columns mapped to one name."""
     fix = "save the table as 'CSV UTF-8 (comma delimited)'"
     try:
-        header = [name.strip() or f"Unnamed: {k}" for k, name in
-                  enumerate(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].fillna(""))]
+        header = [name.strip() or f"Unnamed: {k}" for k, name in  # a header cell "NA" is a name, not a blank
+                  enumerate(pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0])]
         # the ID and centre columns are read as text whatever their names: an MRN keeps its leading zeros and gets
         # no '.0' (it must match the features and extra tables, read as text), and a centre column with one gap is
         # not read as 1.0, 2.0 (it must name the centres as training did)
-        text = {raw for raw in pd.read_csv(path, nrows=0).columns
-                if raw.strip() in {column_map.get(name, name) for name in ("patient_id", CENTRE_COLUMN)}
+        text = {raw for raw in pd.read_csv(path, nrows=0, index_col=False).columns
+                if raw.strip() in {column_map.get(name, name).strip() for name in ("patient_id", CENTRE_COLUMN)}
                 or raw.strip().lower() in ("patient_id", CENTRE_COLUMN)}
-        table = pd.read_csv(path, dtype={raw: str for raw in text})
+        # index_col=False: rows one cell longer than the header (a trailing comma) must not push the IDs into the
+        # index and every column one place left
+        table = pd.read_csv(path, dtype={raw: str for raw in text}, index_col=False)
     except UnicodeDecodeError as exc:
         raise InputError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})", path=path, fix=fix) from None
     except Exception as exc:  # noqa: BLE001 - pandas raises several types for malformed CSV
@@ -323,7 +333,7 @@ def _check_ebv_unit(table: pd.DataFrame, path: Path) -> None:
     if "ebv_dna" not in table.columns:
         return
     values = pd.to_numeric(table["ebv_dna"], errors="coerce").dropna()
-    if len(values) >= 10 and values.max() <= EBV_CODED_MAX:
+    if len(values) >= 10 and 0 < values.max() <= EBV_CODED_MAX:  # all 0: undetectable throughout, possible
         raise InputError(f"ebv_dna of all {len(values)} patients with a value lies between {values.min():g} and "
                          f"{values.max():g}: these look like log10 copies or a detectable (1) / undetectable (0) flag, "
                          "not copies/mL", path=path, column="ebv_dna",

@@ -470,6 +470,7 @@ def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: 
 def endpoint_labels(manifest: Any, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
     """Which manifest rows have a value of the binary column, and those values as 0/1 (anything else refused)."""
     table = manifest.table
+    endpoint = manifest.column(endpoint)
     if endpoint not in table.columns:
         raise InputError(f"no {endpoint!r} column for the binary endpoint", path=manifest.source, column=endpoint,
                          fix="add the column (1 = response/event, 0 = none) or name another one")

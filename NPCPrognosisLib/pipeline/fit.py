@@ -158,7 +158,7 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
         raise InputError(f"the {clinical_coding} coding of T and N needs every stage among the training patients "
                          f"(T stages {sorted(int(v) for v in set(clinical_table['t_stage']))}, N stages "
                          f"{sorted(int(v) for v in set(clinical_table['n_stage']))})", path=manifest.source,
-                         column="t_stage", fix="code T and N as ordinal (1-4, 0-3)")
+                         column="t_stage", fix="fit the ordinal coding (T 1-4, N 0-3) on these patients")
     clinical = codings[clinical_coding]
     has_deep = DEEP_SCORE in factors.columns
     default = [*([DEEP_SCORE] if has_deep else []), "rad_score", *clinical]

@@ -64,6 +64,7 @@ def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Pat
                 warnings.append("no DICOM SEG written: the mask holds no contour")
         except SegNotWritten as exc:
             warnings.append(str(exc))
+            Path(seg_path).unlink(missing_ok=True)  # an earlier run's SEG would contradict this mask
     try:
         written = write_image_atomic(mask, mask_path)
     except BaseException:

@@ -83,6 +83,7 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
     """Training and test patient IDs: from a column (values train/test) or a random split stratified by event."""
     table = manifest.table
     if split_col:
+        split_col = manifest.column(split_col)
         if split_col not in table.columns:
             raise InputError(f"no split column {split_col!r}; the manifest's columns are {list(table.columns)}",
                              path=manifest.source, column=split_col, fix="name the column that says train or test")

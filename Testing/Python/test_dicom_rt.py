@@ -289,6 +289,20 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
         read_seg(tmp_path / "single_seg.dcm", read, tmp_path / "enhanced", patient_id="P6")
 
 
+@pytest.mark.parametrize("name, structure", [
+    ("GTVp", "GTVp"), ("GTV-P", "GTVp"), ("gtv_p", "GTVp"), ("GTVnx", "GTVp"), ("GTVp_2", "GTVp"),
+    ("GTVn", "GTVn"), ("GTVn_L", "GTVn"), ("GTVn_R", "GTVn"), ("GTVn1", "GTVn"), ("GTVn 2", "GTVn"),
+    ("GTVnd_R", "GTVn"), ("GTVn_left", "GTVn"), ("GTV_node_L", "GTVn"),
+    # structures a planning system builds from a GTV are not the GTV: joined, they had grown GTVp six-fold
+    ("GTVp_ring", None), ("GTVp_PRV", None), ("GTVp+5mm", None), ("GTVnx_exp", None), ("GTVn-CTV", None),
+    ("GTVn_PRV", None), ("GTVn_ring", None), ("GTVn_66Gy", None), ("CTV", None), ("Parotid_L", None),
+])
+def test_default_roi_names_take_gtvs_in_pieces_but_not_structures_built_from_them(name, structure):
+    from NPCPrognosisLib.io.dicom_rt import parse_roi_map, roi_structure
+
+    assert roi_structure(name, parse_roi_map(None)) == structure
+
+
 def test_an_anonymised_series_gets_its_seg_or_a_reason_and_its_mask_either_way(tmp_path):
     """Anonymisers drop the patient's name and ID, the accession number and the study date: a SEG copies them empty.
     A series without a frame of reference cannot have one: the mask is still written, with the reason. A mask
@@ -330,9 +344,12 @@ def test_an_anonymised_series_gets_its_seg_or_a_reason_and_its_mask_either_way(t
         ds.save_as(f)
     with pytest.raises(SegNotWritten, match="no FrameOfReferenceUID"):
         write_seg(mask, tmp_path / "anon", tmp_path / "no_frame_seg.dcm", patient_id="ANON")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ANON_seg.dcm").write_bytes(b"an earlier run's SEG")  # would contradict this run's mask
     written, seg, warnings = write_contours(mask, tmp_path / "anon", tmp_path / "out" / "ANON_mask.nii.gz",
                                             tmp_path / "out" / "ANON_seg.dcm", patient_id="ANON")
     assert written.exists() and seg is None and "FrameOfReferenceUID" in warnings[0]
+    assert not (tmp_path / "out" / "ANON_seg.dcm").exists()
 
 
 def test_rtstruct_contours_on_finer_planes_sample_the_nearest_plane_not_cancel_out(tmp_path):

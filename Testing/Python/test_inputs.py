@@ -184,6 +184,13 @@ def test_spreadsheet_exports_are_read_or_refused_with_the_reason(tmp_path):
     assert manifest.table["ebv_dna"].tolist() == [GOOD["ebv_dna"]] * 2 and manifest.patient_ids == ["007", "P001"]
     path.write_text(text.replace("\n", ",,\n"), encoding="utf-8")  # trailing empty columns
     assert read_manifest(path).patient_ids == ["007", "P001"]
+    # rows a cell longer than the header (a trailing comma): pandas had put the IDs in the index, every column shifted
+    path.write_text(header + "\n" + rest.replace("\n", ",\n"), encoding="utf-8")
+    shifted = read_manifest(path)
+    assert shifted.patient_ids == ["007", "P001"] and shifted.table["age"].tolist() == [GOOD["age"]] * 2
+    # a command line's spelling of a column finds it as the reader named it
+    path.write_text(header.replace("ldh", "LDH ") + "\n" + rest, encoding="utf-8")
+    assert read_manifest(path).column("Ldh") == "ldh" and read_manifest(path).column("nowhere") == "nowhere"
     path.write_text(header.replace("ldh", "age") + "\n" + rest, encoding="utf-8")
     with pytest.raises(InputError, match=r"\['age'\] appear more than once"):  # pandas had used the first
         read_manifest(path)
@@ -235,6 +242,8 @@ def test_ebv_dna_in_log10_copies_or_as_a_flag_is_refused_and_a_yes_no_rene_is_no
     with pytest.raises(InputError, match="flag"):
         read_manifest(path)
     _rewrite(path, lambda t: t.assign(ebv_dna=[0, 1500] * 6))
+    read_manifest(path)
+    _rewrite(path, lambda t: t.assign(ebv_dna=0))  # undetectable in every patient is no unit error
     read_manifest(path)
     _rewrite(path, lambda t: t.assign(rene=[True, False] * 6, n_stage="N2"))
     with pytest.raises(InputError, match="rene must be a number") as info:

@@ -1019,7 +1019,20 @@ def test_a_scan_longer_than_the_training_box_is_segmented_whole(demo_model, fres
                                                      patch=(32, 32, 32)), None)
     longer = sitk.Image(64, 64, 40, sitk.sitkFloat32)
     longer.SetSpacing((3.0, 3.0, 4.0))
-    assert covering_grid(longer, roomy)[0].size == (64, 64, 39)  # half a slice of air at each end is not segmented
+    assert covering_grid(longer, roomy) == (GridConfig(spacing=(3.0, 3.0, 4.0), size=(64, 64, 40),
+                                                       patch=(32, 32, 32)), None)  # no height warning: it moved
+    # a network whose patches held every slice is told about a scan outside its training scans' heights, measured
+    # along the scan's own slice axis (a tilted scan's box is taller than the scan)
+    tall = GridConfig(spacing=(3.0, 3.0, 4.0), size=(64, 64, 32), patch=(32, 32, 32))
+    assert covering_grid(scan, tall, (120.0, 130.0))[1] is None
+    assert "long head-foot" in covering_grid(longer, tall, (120.0, 130.0))[1]  # 160 mm
+    tilted = sitk.Image(64, 64, 32, sitk.sitkFloat32)
+    tilted.SetSpacing((3.0, 3.0, 4.0))
+    angle = np.radians(5.0)
+    tilted.SetDirection([1.0, 0.0, 0.0, 0.0, np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle)])
+    assert covering_grid(tilted, tall, (120.0, 130.0))[1] is None
+    short = covering_grid(scan, tall, (140.0, 160.0))[1]
+    assert "long head-foot" in short and "crop" not in short  # cropping cannot help a shorter scan
 
 
 def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_cohort, tmp_path):
@@ -1339,6 +1352,8 @@ def test_working_grid_is_derived_from_the_training_images(tiny_cohort):
         assert grid.spacing[2] >= grid.spacing[0] - 1e-9  # never finer across slices than in plane
     fine = derive_grid([ImageHeader((224, 224, 34), (0.9, 0.9, 3.5), (1, 0, 0, 0, 1, 0, 0, 0, 1))] * 3, 8)
     assert fine.median_fov_mm == [201.6, 201.6, 119.0] and fine.median_spacing_mm == [0.9, 0.9, 3.5]
+    mixed = derive_grid([ImageHeader((224, 224, n), (0.9, 0.9, 3.5), (1, 0, 0, 0, 1, 0, 0, 0, 1)) for n in (30, 40)], 8)
+    assert mixed.to_dict()["height_range_mm"] == [105.0, 140.0]  # what segment warns outside of
     # a 201.6 mm field: 128 x 128 voxels of 1.575 mm in plane (a 10 mm node is six voxels across), 64 x 64 patches
     assert fine.grid.size == (128, 128, 32) and fine.grid.patch_size == (64, 64, 32)
     assert fine.grid.spacing[0] == pytest.approx(1.575)
