@@ -201,6 +201,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runningButton = None
         self._runningText = ""
         self._doneText = None
+        self._toolTips = {}
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -223,6 +224,8 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.progressBar.setVisible(False)
+        # the .ui's own tooltips, shown again once a disabled button's reason is gone
+        self._toolTips = {button: button.toolTip for button in (self.ui.extractButton, self.ui.predictButton)}
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -286,6 +289,13 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.enabled = bool(p and p.lastResultJson)
         tip = "" if haveImages else "Select T1W, T2W and CET1W volumes."
         self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
+        # a greyed-out Extract or Predict says why
+        why = ("Select T1W, T2W and CET1W volumes." if not haveImages else
+               "Run Segment, or select the segmentation holding the contours." if not haveSegmentation else
+               "The segmentation has no GTVp with voxels: name the primary tumour's segment GTVp (or GTV-P, GTVnx) "
+               "and contour it." if not haveContours else "")
+        for button, default in self._toolTips.items():
+            button.toolTip = why or default
 
     # ------------------------------------------------------------------ running jobs
     def _run(self, button, action, start, store):
