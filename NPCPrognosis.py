@@ -825,9 +825,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
         NPCPrognosisLogic._checkNotTransformed(volumeNode)
         image = sitk.GetImageFromArray(np.ascontiguousarray(slicer.util.arrayFromVolume(volumeNode)))
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        ijkToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        ijkToRas = NPCPrognosisLogic._ijkToRas(volumeNode)
         rasToLps = np.diag([-1.0, -1.0, 1.0])
         axes = rasToLps @ ijkToRas[:3, :3]
         spacing = np.linalg.norm(axes, axis=0)
@@ -840,9 +838,18 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 "transform?). Resample it onto a regular grid first (Resample Scalar/Vector/DWI Volume, or Crop "
                 "Volume with interpolation), then select the resampled volume.")
         image.SetSpacing([float(v) for v in spacing])
-        image.SetDirection([float(v) for v in (axes / spacing).ravel()])
+        image.SetDirection([float(v) for v in unit.ravel()])
         image.SetOrigin([float(v) for v in rasToLps @ ijkToRas[:3, 3]])
         return image
+
+    @staticmethod
+    def _ijkToRas(volumeNode):
+        """The node's voxel-to-RAS matrix as a 4 x 4 array."""
+        import numpy as np
+
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
     @staticmethod
     def updateVolumeNodeFromSitk(volumeNode, image):
@@ -1363,12 +1370,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             return False
         if tuple(nodeA.GetImageData().GetDimensions()) != tuple(nodeB.GetImageData().GetDimensions()):
             return False
-        matrices = []
-        for node in (nodeA, nodeB):
-            matrix = vtk.vtkMatrix4x4()
-            node.GetIJKToRASMatrix(matrix)
-            matrices.append(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(3)]))
-        return bool(np.abs(matrices[0] - matrices[1]).max() <= toleranceMm)
+        difference = NPCPrognosisLogic._ijkToRas(nodeA) - NPCPrognosisLogic._ijkToRas(nodeB)
+        return bool(np.abs(difference).max() <= toleranceMm)
 
     def _exportedArray(self, segmentationNode, referenceVolumeNode):
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode)

@@ -139,7 +139,8 @@ def derive_grid(references: Sequence[ImageHeader], downsampling: int, *,
     patch_budget : int, default VOXEL_BUDGET
         Upper bound on the number of voxels of a training patch.
     head_foot_room : bool, default False
-        Make the grid half a patch taller than the scans, so training patches move head-foot
+        Make the grid at least a patch and a half high (up to half a patch taller than the scans), so training
+        patches move head-foot
         (:attr:`~NPCPrognosisLib.deep.training.TrainConfig.head_foot_room`).
 
     Returns
@@ -225,9 +226,8 @@ def covering_grid(reference: sitk.Image, grid: GridConfig,
     out = grid
     if grid.patched:
         cover = np.minimum(extent, np.maximum(np.array(FOV_LIMITS_MM[1]), trained * spacing))
-        # head-foot the grid follows the scan (at least one window; a voxel short is within what is warned about
-        # below): the trained grid is taller than the scans so that training patches could move, and windows
-        # over its air would only cost time
+        # head-foot the grid follows the scan (at least one window): a grid trained with head-foot room is taller
+        # than the scans so that training patches could move, and windows over its air would only cost time
         floor = np.array([trained[0], trained[1], int(grid.patch_size[2])])
         grown = np.maximum(floor, np.ceil(cover / spacing - 1e-6).astype(int))
         if not np.array_equal(grown, trained):

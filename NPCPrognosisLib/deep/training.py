@@ -158,11 +158,11 @@ class TrainConfig:
     #: section on slice after slice is a tube (the false nodes of a network run on another family's scans: 6-17).
     gtvn_max_elongation: float = 4.0
     #: Derive a grid taller than the training scans (at least a patch and a half high), so that training patches
-    #: move head-foot. Without
-    #: it a patch holds every slice and the network learns at which height the anatomy lies: scans padded by 6-12
-    #: slices lost 0.03-0.11 GTVp and up to 0.32 GTVn Dice, which this option removes (within 0.005 of the unshifted
-    #: scans); across phantom families it moved the primary by -0.066 (A -> B) and +0.057 (B -> A), the nodes by
-    #: +0.01, and took about a fifth longer and 0.6-0.9 GB more memory to train (docs, "Room to move head-foot").
+    #: move head-foot. Without it a patch holds every slice and the network learns at which height the anatomy
+    #: lies: scans padded by 6-12 slices lost 0.03-0.11 GTVp and up to 0.32 GTVn Dice, which this option removes
+    #: (within 0.005 of the unshifted scans); across phantom families it moved the primary by -0.066 (A -> B) and
+    #: +0.057 (B -> A), the nodes by +0.01, and took about a fifth longer and 0.6-0.9 GB more memory to train (docs,
+    #: "Room to move head-foot").
     #: Off by default until more runs decide; ``segment`` warns about a scan of another height instead.
     head_foot_room: bool = False
     #: Opening radius (mm) of the automatic GTVp's largest component (its thick parts all stay). None: the largest

@@ -330,15 +330,17 @@ def train(
     robustness = feature_robustness(train_manifest, train_features, meta, features_path,
                                     n_patients=robustness_patients, seed=seed, workers=workers)
     icc = robustness.icc if robustness is not None else None
-    clinical = train_manifest.clinical_table(ebv_fill_value(train_manifest))
-    gaps = clinical_gaps(train_manifest, ebv_fill_value(train_manifest), training=True)
+    ebv_fill = ebv_fill_value(train_manifest)
+    clinical = train_manifest.clinical_table(ebv_fill)
+    codings = estimable_codings(clinical)[0]
+    gaps = clinical_gaps(train_manifest, ebv_fill, training=True)
     if select:
         selection = select_models(clinical, train_features, time, event, settings, icc,
                                   rad_score_folds=RAD_SCORE_FOLDS, penalizer=COX_PENALIZER, workers=workers,
                                   centres=train_manifest.centres)
     else:
         selection = default_selection(settings, DEEP_SCORE in train_features.columns, "not selected (--no-select)",
-                                      estimable_codings(clinical)[0]["ordinal"])
+                                      codings["ordinal"])
     base_settings, settings = settings, selection.settings
     choices = {"icc": icc, "clinical_coding": selection.clinical_coding, "nomogram_factors": selection.nomogram,
                "harmonise": selection.harmonise}
@@ -392,7 +394,7 @@ def train(
                                         list(feature_matrix(train_features).columns)),
         "harmonization": harmonization_record(models, train_manifest),
         "clinical_encoding": {"coding": selection.clinical_coding,
-                              "covariates": estimable_codings(clinical)[0][selection.clinical_coding],
+                              "covariates": codings[selection.clinical_coding],
                               **gaps,
                               "log10_ebv_dna_fill": models.ebv_fill,
                               "t_stage": ("T1-T4 -> 1-4" if selection.clinical_coding == "ordinal"

@@ -69,7 +69,7 @@ def assign_arms(chemo: Sequence[Any] | None, ccnd: Sequence[Any], threshold: flo
     raw = pd.to_numeric(pd.Series(np.asarray(ccnd, dtype=object)), errors="coerce")
     if chemo is None:
         if raw.isna().all():
-            return np.full(len(raw), UNKNOWN_DOSE, dtype=object).astype(str)
+            return np.full(len(raw), UNKNOWN_DOSE)
         raw = raw.fillna(0.0)
         flagged = np.full(len(raw), np.nan)
     else:
