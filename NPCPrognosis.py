@@ -976,6 +976,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         if skipped and warnings is not None:
             warnings.append(f"segment(s) {', '.join(skipped)} of {segmentationNode.GetName()} are neither GTVp nor "
                             "GTVn and were not used; rename them GTVp or GTVn to include them")
+        if warnings is not None:
+            warnings.extend(self._gridWarnings(segmentationNode, referenceVolumeNode, byLabel))
         labelmapNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "NPCPrognosis export")
         for segment in SEGMENTS:
             # One segment at a time so each keeps its label value whatever order the segments are in.
@@ -1009,6 +1011,39 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             raise NPCPrognosisError(f"the GTVp of {segmentationNode.GetName()} has no voxel inside "
                                     f"{referenceVolumeNode.GetName()}. Contour the primary tumour on that volume.")
         return labelmapNode
+
+    def _gridWarnings(self, segmentationNode, referenceVolumeNode, byLabel):
+        """A warning for each used segment whose voxels do not lie on the reference volume's voxels.
+
+        Such a segment (drawn on another series, or oversampled in Segment Editor) is resampled onto the reference
+        by the export, nearest voxel, which moves its border by up to half a voxel of the coarser grid, and the
+        features then describe a contour the radiologist did not draw exactly; it is said, not refused.
+        """
+        import numpy as np
+
+        toReference = np.linalg.inv(self._ijkToRas(referenceVolumeNode))
+        binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        contents = segmentationNode.GetSegmentation()
+        moved = []
+        for segmentIds in byLabel.values():
+            for segmentId in segmentIds:
+                image = contents.GetSegment(segmentId).GetRepresentation(binary)
+                if image is None or image.IsEmpty():
+                    continue
+                matrix = vtk.vtkMatrix4x4()
+                image.GetImageToWorldMatrix(matrix)
+                inReference = toReference @ np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+                offset = inReference[:3, 3]
+                if not (np.allclose(inReference[:3, :3], np.eye(3), atol=1e-4)
+                        and np.allclose(offset, np.round(offset), atol=1e-3)):
+                    spacing = ' x '.join(f"{v:.2g}" for v in image.GetSpacing())
+                    moved.append(f"{contents.GetSegment(segmentId).GetName()} ({spacing} mm voxels)")
+        if not moved:
+            return []
+        spacing = ' x '.join(f"{v:.2g}" for v in referenceVolumeNode.GetSpacing())
+        return [f"segment(s) {', '.join(moved)} of {segmentationNode.GetName()} do not lie on the voxels of "
+                f"{referenceVolumeNode.GetName()} ({spacing} mm): they were resampled onto it, which moves their "
+                "borders by up to half a voxel; check them on that volume, or draw them on it"]
 
     def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path, warnings=None):
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, warnings)

@@ -43,6 +43,7 @@ import functools
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,7 @@ from NPCPrognosisLib.deep.inference import inference_spec
 from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.deep.postprocess import choose_opening_radius, count_components
 from NPCPrognosisLib.deep.risk_head import head_risks, refit_risk_head
+from NPCPrognosisLib.deep.typicality import image_statistics, typicality_reference
 from NPCPrognosisLib.deep.validation import (
     PRECISIONS,
     autocast,
@@ -518,6 +520,8 @@ def train_network(
         content["network"]["quality_gate"] = gate.to_dict()
         content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml,
                                                                       train_config.gtvn_min_ml)
+        content["network"]["typicality"] = typicality_reference(
+            [image_statistics(c.image, train_config.grid.spacing) for c in train_cases + val_cases])
         for key in ("grid_derivation", "fat_suppression"):  # a resumed run's from its checkpoint
             content["network"]["training"][key] = state.get(key) or {"source": "configuration"}
         return bundle_io.write_bundle(out_dir, content,
@@ -701,3 +705,60 @@ def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, sy
     if synthetic_demo:
         content["notice"] = SYNTHETIC_NOTICE
     return content
+
+
+def add_typicality(bundle_dir: str | Path, manifest_path: str | Path, *, workers: int = 2,
+                   work_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Record the typicality reference (:mod:`NPCPrognosisLib.deep.typicality`) in a network bundle trained
+    before ``train-net`` recorded it, from the manifest it was trained on.
+
+    The patients are prepared exactly as ``train-net`` prepares them (:func:`load_case` on the bundle's grid and
+    preprocessing), so the record is the one the run would have written. The weights are not touched (their
+    checksum, to which extracted deep features are tied, is unchanged).
+
+    Parameters
+    ----------
+    bundle_dir : str or Path
+        The network bundle, rewritten in place (checksums renewed).
+    manifest_path : str or Path
+        The manifest ``train-net`` was given (every training and validation patient).
+    workers : int, default 2
+        Patients prepared at a time.
+    work_dir : str or Path, optional
+        Where the preprocessing cache goes (default: a temporary folder).
+    progress : bool, default True
+        Progress bar.
+
+    Returns
+    -------
+    reference : dict
+        The record written (``network.typicality``).
+    """
+    import tempfile
+
+    from NPCPrognosisLib.deep.segmentation import load_network
+    from NPCPrognosisLib.io import bundle as bundle_io
+    from NPCPrognosisLib.io.manifest import read_manifest
+
+    bundle_dir = Path(bundle_dir)
+    model = load_network(bundle_dir, device="cpu")
+    training = model.content["network"]["training"]
+    manifest = read_manifest(manifest_path, require_mask=True, require_clinical=False)
+    n_expected = int(training["n_train"]) + int(training["n_val"])
+    if len(manifest.entries()) != n_expected:
+        raise InputError(f"the manifest gives {len(manifest.entries())} patients; this network trained and "
+                         f"validated on {n_expected}", path=manifest.source,
+                         fix="give the manifest the network was trained on")
+    config = make_config(training["config"])
+    config.grid, config.preprocess = model.grid, model.preprocess  # what the shipped network runs on
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = _load_cases(manifest.entries(), model.endpoint, config, Path(work_dir or tmp), progress, workers)
+    reference = typicality_reference([image_statistics(c.image, model.grid.spacing) for c in cases])
+    content = json.loads((bundle_dir / bundle_io.MANIFEST_FILE).read_text(encoding="utf-8"))
+    content["network"]["typicality"] = reference
+    weights = content["network"].get("weights", "network.safetensors")
+    with tempfile.TemporaryDirectory() as tmp:  # the weights are copied out first: the folder is replaced
+        kept = Path(tmp) / weights
+        shutil.copyfile(bundle_dir / weights, kept)
+        bundle_io.write_bundle(bundle_dir, content, extra_files={weights: kept})
+    return reference

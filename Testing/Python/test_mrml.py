@@ -666,3 +666,31 @@ def test_no_inputs_without_a_use_pet_ct_selectors_are_gone():
     module_source = (ROOT / "NPCPrognosis.py").read_text()
     assert "petSelector" not in ui and "ctSelector" not in ui
     assert "petVolume" not in module_source and "ctVolume" not in module_source
+
+
+def test_segments_drawn_on_another_grid_are_exported_with_a_warning_and_those_on_the_grid_without(logic, tmp_path):
+    """A GTVp drawn on another series (finer voxels, or the same voxels half a voxel off) is resampled onto the
+    CET1W by the export: said, with the segment named; segments on the CET1W's own voxels are not mentioned."""
+    image = _image()
+    reference = _volume(logic, image)
+    imported, segmentation = _imported(logic, tmp_path, image)
+    same = []
+    logic.exportLabelmap(segmentation, imported, same)
+    assert not [w for w in same if "do not lie on the voxels" in w]
+    for name, spacing, shift in (("finer", (0.4, 0.45, 1.5), (0.0, 0.0, 0.0)), ("shifted", image.GetSpacing(),
+                                                                                  (0.4, 0.0, 0.0))):
+        other = _image(spacing=spacing, origin=tuple(o + d for o, d in zip(image.GetOrigin(), shift)),
+                       shape=tuple(int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(),
+                                                                            spacing)))
+        otherNode = _volume(logic, other, name=f"T2W {name}")
+        drawn = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"drawn on {name}")
+        drawn.SetReferenceImageGeometryParameterFromVolumeNode(otherNode)
+        gtvp = drawn.GetSegmentation().AddEmptySegment("", "GTVp")
+        array = np.zeros(other.GetSize()[::-1], np.uint8)
+        array[tuple(slice(n // 4, n // 2 + 1) for n in other.GetSize()[::-1])] = 1
+        _paint(logic, drawn, gtvp, array, otherNode)
+        warnings = []
+        labelmap = logic.exportLabelmap(drawn, reference, warnings)
+        assert (slicer.util.arrayFromVolume(labelmap) == GTVP).sum() > 0
+        moved = [w for w in warnings if "do not lie on the voxels" in w]
+        assert len(moved) == 1 and "GTVp" in moved[0] and reference.GetName() in moved[0], warnings

@@ -1753,3 +1753,84 @@ def test_the_binary_head_learns_without_the_cox_term(tiny_cohort, tmp_path):
         weights = _weights(out / "network.safetensors")
         heads.append(torch.cat([weights[k].ravel() for k in sorted(weights) if k.startswith("binary.")]))
     assert heads[0].numel() > 0 and float((heads[1] - heads[0]).abs().max()) > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ typicality
+
+def _head_phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three smooth 'sequences' inside an ellipsoidal head in dark air, (3, X, Y, Z), and the head."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    grid = np.mgrid[:40, :40, :24].astype(float)
+    head = (((grid[0] - 20) / 16) ** 2 + ((grid[1] - 20) / 16) ** 2 + ((grid[2] - 12) / 10) ** 2) <= 1
+    anatomy = gaussian_filter(rng.normal(size=head.shape), 2.0)
+    other = gaussian_filter(rng.normal(size=head.shape), 2.0)
+    channels = [anatomy + 0.4 * other, -anatomy + 0.8 * other, 0.5 * anatomy - other]
+    x = np.stack([np.where(head, 300 + 100 * c / c[head].std(), -400.0) for c in channels])
+    return x.astype(np.float32), head
+
+
+def test_typicality_checks_noise_a_series_given_twice_and_sequences_in_the_wrong_places():
+    """Correlations inside the head (checked against numpy on the phantom's own head less its edge, allowing
+    for the voxel the head mask may differ by); noise, a repeated series and swapped sequences are warned about, the
+    training scans' own kind is not."""
+    from scipy.ndimage import binary_erosion
+
+    from NPCPrognosisLib.deep.typicality import image_statistics, typicality_reference, typicality_warnings
+
+    spacing = (3.0, 3.0, 4.0)
+    scans = [_head_phantom(seed) for seed in range(6)]
+    statistics = [image_statistics(x, spacing) for x, _ in scans]
+    x, head = scans[0]
+    inner = binary_erosion(head, iterations=2)  # the check leaves the head's edge out
+    assert statistics[0]["cross_correlation"]["t1-t2"] == pytest.approx(np.corrcoef(x[0][inner], x[1][inner])[0, 1],
+                                                                        abs=0.02)
+    assert statistics[0]["neighbour_correlation"]["t1c"] > 0.8
+    reference = json.loads(json.dumps(typicality_reference(statistics[:5])))  # as the bundle stores it
+    assert reference["n"] == 5
+    assert typicality_warnings(reference, statistics[5]) == []
+    noise = x.copy()
+    noise[2] = np.random.default_rng(1).uniform(-400, 600, noise[2].shape)
+    warned = typicality_warnings(reference, image_statistics(noise, spacing))
+    assert len(warned) == 1 and "t1c look(s) like noise" in warned[0]
+    twice = x.copy()
+    twice[2] = x[0]
+    assert any("t1-t1c are the same image" in w for w in typicality_warnings(None, image_statistics(twice, spacing)))
+    swapped = x[[0, 2, 1]]
+    warned = typicality_warnings(reference, image_statistics(swapped, spacing))
+    assert len(warned) == 1 and "do not relate to one another" in warned[0]
+    assert typicality_warnings(None, image_statistics(swapped, spacing)) == []  # no record: only what needs none
+
+
+def test_train_net_records_the_typicality_reference_and_segment_uses_it(tiny_bundle, tiny_cohort, tmp_path):
+    """train-net records its patients' correlation ranges; add_typicality, for bundles trained before it,
+    recomputes the same record from the manifest; segment warns about a patient whose T2W and CET1W are swapped
+    and not about the patient as scanned."""
+    import shutil
+
+    from NPCPrognosisLib.deep.training import add_typicality
+    from NPCPrognosisLib.io.bundle import verify_bundle, write_bundle
+
+    model = load_network(tiny_bundle)
+    record = model.content["network"]["typicality"]
+    training = model.content["network"]["training"]
+    assert record["n"] == training["n_train"] + training["n_val"]
+    older = tmp_path / "older"
+    shutil.copytree(tiny_bundle, older)
+    content = json.loads((older / "bundle.json").read_text())
+    del content["network"]["typicality"]
+    write_bundle(older, content, extra_files={"network.safetensors": Path(tiny_bundle) / "network.safetensors"})
+    added = add_typicality(older, tiny_cohort.manifest_path, workers=1, progress=False)
+    verify_bundle(older)
+    assert load_network(older).content["network"]["typicality"] == json.loads(json.dumps(added))
+    for pair, (low, high) in record["cross_correlation"].items():
+        assert added["cross_correlation"][pair] == pytest.approx([low, high], abs=1e-9)
+
+    entry = read_manifest(tiny_cohort.manifest_path).entries()[0]
+    patient = load_patient(entry.patient_id, entry.images)
+    scanned = segment_patient(model, patient.images, patient_id=patient.patient_id)
+    assert not [w for w in scanned.warnings if "relate to one another" in w or "like noise" in w]
+    swapped = {**patient.images, "t2": patient.images["t1c"], "t1c": patient.images["t2"]}
+    result = segment_patient(model, swapped, patient_id=patient.patient_id)
+    assert any("do not relate to one another" in w for w in result.warnings), result.warnings
