@@ -37,7 +37,7 @@ from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
-from NPCPrognosisLib.survival.benefit import patient_benefit
+from NPCPrognosisLib.survival.benefit import given_arm, patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import group_certainty, imputation_effect, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -348,7 +348,7 @@ def predict_patient(
         uncertainty=uncertainty,
         survival_curves=curves,
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
-                                      group, record.t_stage, record.n_stage),
+                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd)),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,

@@ -215,17 +215,23 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
     endpoint = prediction["endpoint"]
     parts = ["<section class='page'>", "<h2>Treatment benefit</h2>"]
     benefit = prediction.get("chemo_benefit") or {}
+    given = benefit.get("given_arm")
     if benefit.get("survival_by_arm"):
+        model = benefit.get("model") or "an adjusted Cox model of the training cohort"
         parts.append(_img(figures.arms_figure(benefit["survival_by_arm"], ARM_LABELS, endpoint),
                           "counterfactual survival per treatment arm",
-                          "This patient's survival had they been treated in each arm (adjusted Cox model of the "
-                          "training cohort; bars: bootstrap 95% intervals).", 70))
+                          f"This patient's survival had they been treated in each arm, from {model} (bars: "
+                          "bootstrap 95% intervals).", 70))
         months = list(next(iter(benefit["survival_by_arm"].values())))
         rows = []
         for arm, by_month in benefit["survival_by_arm"].items():
             cells = [survival_text(by_month[m]) if "survival" in (by_month.get(m) or {}) else "–" for m in months]
-            rows.append([ARM_LABELS.get(arm, arm), *cells])
+            rows.append([ARM_LABELS.get(arm, arm) + (" (given)" if arm == given else ""), *cells])
         parts.append(table(["If treated with", *[f"{float(m):g} months" for m in months]], rows))
+        parts.append(f"<p>{esc(_arm_given_text(prediction, benefit))}</p>")
+        absent = benefit.get("absent_arms") or {}
+        if absent:
+            parts.append(bullet_list([f"{ARM_LABELS.get(arm, arm)}: not shown, {why}" for arm, why in absent.items()]))
     parts.append(f"<p>{esc(benefit.get('statement') or 'Chemotherapy benefit: not available in this bundle.')}</p>")
     binary = prediction.get("binary") or {}
     if binary:
@@ -247,6 +253,26 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                               "Gate weights: the share each modality had in this patient's fused prediction.", 45))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _arm_given_text(prediction: Mapping[str, Any], benefit: Mapping[str, Any]) -> str:
+    """Which arm the patient was given and how this page's survival there compares with page 1's: the two come
+    from different models (this one has no radiomics), and a reader comparing them must know why they differ."""
+    given = benefit.get("given_arm")
+    if given is None:
+        return "The arm this patient was given is not recorded in the prediction."
+    label = ARM_LABELS.get(given, given)
+    if given not in (benefit.get("survival_by_arm") or {}):
+        why = (benefit.get("absent_arms") or {}).get(given, "chemotherapy given without a recorded dose")
+        return f"This patient was given {label}; that arm is not in the benefit model ({why})."
+    month = max(prediction["survival"], key=float, default=None)
+    here = (benefit["survival_by_arm"][given].get(month) or {}).get("survival") if month else None
+    if here is None:
+        return f"This patient was given {label} (marked 'given')."
+    return (f"This patient was given {label} (marked 'given'): this model gives {float(here):.0%} survival at "
+            f"{float(month):g} months there, page 1 gives {float(prediction['survival'][month]):.0%}. Page 1 is the "
+            f"{model_label('nomogram').lower()}; this page is the benefit model, which uses the clinical factors only "
+            "and compares arms, so the two need not agree.")
 
 
 def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None,

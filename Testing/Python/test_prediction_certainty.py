@@ -132,3 +132,32 @@ def test_values_outside_the_training_range_put_extrapolating_in_the_headline(sma
            f"{age_high:.0f})" in headline and "check each value and its unit" in headline
     within = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
     assert within.out_of_range == [] and "EXTRAPOLATING" not in patient_sheet_html(within.to_dict())
+
+
+def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_arm_is_absent(small_cohort,
+                                                                                              trained):
+    from NPCPrognosisLib.survival import benefit as bf
+
+    bundle = load_bundle(trained)
+    patient, features = _patient(small_cohort)
+    prediction = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0).to_dict()
+    arm = {"12": {"survival": 0.93, "ci95": [0.88, 0.97]}, "36": {"survival": 0.81, "ci95": [0.70, 0.89]},
+           "60": {"survival": 0.72, "ci95": [0.58, 0.83]}}
+    counts = {g: {a: {"n": 12, "events": 3} for a in bf.ARMS} for g in ("low", "high")}
+    counts["high"]["rt_alone"] = {"n": 1, "events": 1}
+    doc = {"arms": ["low_dose", "high_dose"], "counts": counts}
+    prediction["chemo_benefit"] = {
+        "statement": "inconclusive", "model": bf.BENEFIT_MODEL, "given_arm": bf.given_arm(1, 200.0),
+        "absent_arms": bf.absent_arms(doc),
+        "survival_by_arm": {"low_dose": arm, "high_dose": {m: {"survival": c["survival"] - 0.1,
+                                                               "ci95": [v - 0.1 for v in c["ci95"]]}
+                                                           for m, c in arm.items()}}}
+    html = patient_sheet_html(prediction)
+    page = html[html.index("<h2>Treatment benefit</h2>"):]
+    assert "the chemotherapy-benefit model" in page and "(no radiomics)" in page
+    assert "<td>CCND high dose (given)</td>" in page and "<td>CCND low dose</td>" in page
+    page_one = prediction["survival"]["60"]
+    assert (f"this model gives {0.72 - 0.1:.0%} survival at 60 months there, page 1 gives {page_one:.0%}"
+            in page)
+    assert "radiotherapy alone: not shown, too few training patients in this arm (12 low-risk patients with 3 " \
+           "events, 1 high-risk patients with 1 events; each risk group needs &gt;= 8 patients" in page
