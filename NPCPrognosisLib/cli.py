@@ -256,14 +256,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     extras = read_extra_blocks(args.extra_features)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
                                  saliency=args.saliency)
+    from NPCPrognosisLib.reporting.labels import extrapolation_text, risk_group_text, risk_interval_text
+
     path = write_prediction(prediction, args.out)
+    record = prediction.to_dict()
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
-    print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
-          f"({prediction.risk_group} risk); survival {survival}")
+    interval = risk_interval_text(record)
+    print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f}"
+          + (f" ({interval})" if interval else "") + f"; {risk_group_text(record)}; survival {survival}")
+    for covariate, block in prediction.imputed.items():
+        if block.get("survival_range"):
+            ranges = ", ".join(f"{m} mo {lo:.1%}-{hi:.1%}" for m, (lo, hi) in block["survival_range"].items())
+            print(f"  {covariate} not measured: across its training 10th-90th percentile, risk "
+                  f"{block['risk_range'][0]:.3f} to {block['risk_range'][1]:.3f}, survival {ranges}")
+    if extrapolation_text(record):
+        print(f"  {extrapolation_text(record)}")
     if prediction.fusion:
         from NPCPrognosisLib.slicer_support.formatting import format_fusion
 
-        for line in format_fusion(prediction.to_dict()):
+        for line in format_fusion(record):
             print(f"  {line}")
     for warning in prediction.warnings:
         print(f"  warning: {warning}")

@@ -22,6 +22,9 @@ CLINICAL_FIELDS = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh",
 #: EBV DNA enters as log10(copies/mL + 1): its distribution spans five orders of magnitude.
 CLINICAL_COVARIATES = ("t_stage", "n_stage", "rene", "male", "log10_ebv_dna", "age", "ldh")
 #: T and N as categories (indicators against T1 and N0): the hazard need not rise by the same step per stage.
+#: Clinical fields that may be left empty, with the covariate a training value stands in for (see
+#: :func:`encode_clinical`); every other field is required.
+IMPUTED_COVARIATES = {"ebv_dna": "log10_ebv_dna"}
 STAGE_INDICATORS = ("t_stage_T2", "t_stage_T3", "t_stage_T4", "n_stage_N1", "n_stage_N2", "n_stage_N3")
 #: The two codings of the clinical factors ``train`` chooses between by cross-validation (a clinician reads T and
 #: N either way); the other factors are the same in both.
@@ -163,6 +166,12 @@ def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> di
         **{name: float(name.endswith(f"T{t_num}") if name.startswith("t_") else name.endswith(f"N{n_num}"))
            for name in STAGE_INDICATORS},
     }
+
+
+def imputed_covariates(record: ClinicalRecord) -> list[str]:
+    """The covariates of :func:`encode_clinical` that hold a training value instead of this patient's own, so a
+    report can say so instead of printing the fill as if it had been measured."""
+    return [covariate for field, covariate in IMPUTED_COVARIATES.items() if getattr(record, field) is None]
 
 
 def estimable_codings(table: Any) -> tuple[dict[str, list[str]], dict[str, float]]:

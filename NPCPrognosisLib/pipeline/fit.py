@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.clinical import estimable_codings
+from NPCPrognosisLib.io.clinical import IMPUTED_COVARIATES, estimable_codings
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes
 from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS, model_factors, volume_factors
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
@@ -45,6 +45,26 @@ def ebv_fill_value(manifest: Manifest) -> float:
     encoded = manifest.clinical_table(None)["log10_ebv_dna"]
     median = float(encoded.median()) if encoded.notna().any() else 0.0
     return 0.0 if math.isnan(median) else median
+
+
+#: Percentiles of a factor's measured training values at which predict shows what a missing value could change.
+IMPUTATION_PERCENTILES = (10.0, 90.0)
+
+
+def imputation_ranges(manifest: Manifest) -> dict[str, list[float]]:
+    """The 10th and 90th percentile of each fillable covariate's measured training values (log10 EBV DNA copies).
+
+    Why: a missing value takes the training median, and the patient's true value may lie anywhere; ``predict``
+    recomputes the prediction at these two percentiles to show how far the missing value could move the risk and
+    the group. A covariate no training patient had measured gets no range.
+    """
+    table = manifest.clinical_table(None)
+    ranges = {}
+    for covariate in IMPUTED_COVARIATES.values():
+        measured = table[covariate].dropna().to_numpy(float)
+        if len(measured):
+            ranges[covariate] = [float(v) for v in np.percentile(measured, IMPUTATION_PERCENTILES)]
+    return ranges
 
 
 def clinical_gaps(manifest: Manifest, ebv_fill: float, *, training: bool) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class LoadedBundle:
         return float(self.document["clinical_encoding"]["log10_ebv_dna_fill"])
 
     @property
+    def imputation_ranges(self) -> dict[str, list[float]] | None:
+        """The training 10th and 90th percentile of each fillable covariate (:func:`~NPCPrognosisLib.pipeline.fit.
+        imputation_ranges`); None for a bundle trained before they were stored."""
+        return self.document["clinical_encoding"].get("imputation_range_p10_p90")
+
+    @property
     def training_outcomes(self) -> tuple[np.ndarray, np.ndarray]:
         training = self.document["training"]
         return np.asarray(training["time"], float), np.asarray(training["event"], bool)

@@ -25,15 +25,21 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import image_fingerprint
 from NPCPrognosisLib.imaging.preprocess import preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import write_json_atomic
-from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, parse_clinical
+from NPCPrognosisLib.io.clinical import (
+    CLINICAL_COVARIATES,
+    ClinicalRecord,
+    encode_clinical,
+    imputed_covariates,
+    parse_clinical,
+)
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
-from NPCPrognosisLib.survival.benefit import patient_benefit
+from NPCPrognosisLib.survival.benefit import given_arm, patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
-from NPCPrognosisLib.survival.patient import risk_uncertainty, survival_curves
+from NPCPrognosisLib.survival.patient import group_certainty, imputation_effect, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
 
 #: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
@@ -54,6 +60,8 @@ class Prediction:
     patient_id: str
     endpoint: str
     risk_score: float
+    #: The group of the risk score itself; ``borderline`` and ``imputed`` say when it is not firm (reports print
+    #: it through :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`).
     risk_group: str
     cutoff: float
     survival: dict[str, float]
@@ -75,6 +83,15 @@ class Prediction:
     #: The nomogram's scale (:meth:`Nomogram.chart_scale`): enough to draw the chart with this patient's points.
     nomogram_scale: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The risk score's 95% interval spans the cut-off (:func:`~NPCPrognosisLib.survival.patient.group_certainty`);
+    #: None when the bundle stores no covariance.
+    borderline: bool | None = None
+    #: Per covariate filled with a training value (missing EBV DNA): the prediction across the training 10th-90th
+    #: percentile (:func:`~NPCPrognosisLib.survival.patient.imputation_effect`) and ``risk_group``, "undetermined
+    #: without ..." when the group changes within it.
+    imputed: dict[str, Any] = field(default_factory=dict)
+    #: Factors outside their training range (the model extrapolates): factor, value, training low and high.
+    out_of_range: list[dict[str, Any]] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
     #: SHA-256 of each sequence as the models read it (on the CET1W grid) and of the contours the radiomics came
     #: from (:func:`~NPCPrognosisLib.imaging.geometry.image_fingerprint`), so a filed result names its inputs.
@@ -282,6 +299,10 @@ def predict_patient(
             warnings.append(f"no {', '.join(unknown)}-month survival: the training cohort's follow-up ended at "
                             f"{nomogram.model.max_time:.1f} months, and the model knows nothing after it")
         uncertainty = risk_uncertainty(bundle, values, deep_sd)
+        certainty = group_certainty(risk, uncertainty["risk_se"], cutoff)
+        uncertainty["risk_ci95"] = certainty["risk_ci95"]
+        imputed = {c: imputed_prediction(bundle, values, c, group) for c in imputed_covariates(record)
+                   if c in nomogram.factors}
         curves = survival_curves(bundle, values)
     if deep_sd is not None and DEEP_SCORE in nomogram.factors:
         # The deep score's spread over test-time augmentations, carried through the nomogram's coefficient.
@@ -303,8 +324,10 @@ def predict_patient(
         with _timed(timings, "fusion"):
             fusion = patient_fusion(bundle, factors, table, extras, patient.patient_id)
         warnings.extend(fusion["warnings"])
-    warnings += nomogram.out_of_range(values)
-    if record.ebv_dna is None:
+    out_of_range = nomogram.out_of_range(values)
+    warnings += [extrapolation_warning(item) for item in out_of_range]
+    warnings += [imputation_warning(c, block, bundle.endpoint) for c, block in imputed.items()]
+    if record.ebv_dna is None and "log10_ebv_dna" not in imputed:
         warnings.append("EBV DNA missing: the training median was used")
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
     if bundle.document.get("synthetic_demo"):
@@ -325,12 +348,15 @@ def predict_patient(
         uncertainty=uncertainty,
         survival_curves=curves,
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
-                                      group, record.t_stage, record.n_stage),
+                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd)),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
         nomogram_scale=nomogram.chart_scale(),
         warnings=warnings,
+        borderline=certainty["borderline"],
+        imputed=imputed,
+        out_of_range=out_of_range,
         bundle=bundle_provenance(bundle),
         inputs={role: image_fingerprint(image) for role, image in [*patient.images.items(), ("mask", mask)]
                 if image is not None},
@@ -339,6 +365,59 @@ def predict_patient(
         uncertainty_map=uncertainty_map,
         saliency_map=saliency_map,
     )
+
+
+def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str,
+                       group: str) -> dict[str, Any]:
+    """What a covariate filled with the training median could change: the nomogram's prediction at the training
+    10th and 90th percentile of the covariate, and the risk group to print ("undetermined without EBV DNA" when
+    the group changes within that range). A bundle trained before the percentiles were stored gets
+    ``value_range`` None, and its warning says the range is unknown."""
+    from NPCPrognosisLib.reporting.labels import factor_name
+
+    ranges = bundle.imputation_ranges or {}
+    if covariate not in ranges:
+        return {"filled_with": float(factors[covariate]), "value_range": None, "risk_group": group}
+    effect = imputation_effect(bundle.nomograms["nomogram"], factors, covariate, ranges[covariate],
+                               bundle.cutoffs["nomogram"])
+    effect["risk_group"] = group if effect["group_determined"] else f"undetermined without {factor_name(covariate)}"
+    return effect
+
+
+def imputation_warning(covariate: str, block: Mapping[str, Any], endpoint: str) -> str:
+    """The warning of a filled covariate: the fill, and the range of risk, survival and group its true value
+    could give (or that this bundle cannot say)."""
+    from NPCPrognosisLib.reporting.labels import factor_label, factor_name, factor_value_text
+
+    name = factor_name(covariate)
+    unit = factor_label(covariate)[len(name):].strip(" ()")
+    text = (f"{name} missing: the training median ({factor_value_text(covariate, block['filled_with'])} {unit}) was "
+            "used in its place")
+    if block.get("value_range") is None:
+        return (text + f"; this bundle stores no training percentiles of {name} (trained before they were kept), so "
+                f"how far the missing value could move the prediction is unknown: measure {name}, or retrain")
+    low, high = (factor_value_text(covariate, v) for v in block["value_range"])
+    survival = "; ".join(f"{endpoint.upper()} at {m} months {lo:.0%}-{hi:.0%}"
+                         for m, (lo, hi) in block["survival_range"].items())
+    risk_low, risk_high = block["risk_range"]
+    groups = " or ".join(block["risk_groups"]) + (" throughout" if block["group_determined"] else "")
+    text += (f". Across the training cohort's 10th-90th percentile ({low}-{high} {unit}) the risk score would be "
+             f"{risk_low:.2f} to {risk_high:.2f} ({survival}) and the risk group {groups}")
+    return text + (f": the group is undetermined until {name} is measured" if not block["group_determined"] else "")
+
+
+def extrapolation_warning(item: Mapping[str, Any]) -> str:
+    """The warning of a factor outside its training range: the model extrapolates, so the value (and its unit) or
+    the images behind a score should be checked before the numbers are read."""
+    from NPCPrognosisLib.reporting.labels import factor_label, factor_value_text
+
+    factor = item["factor"]
+    low, high = (factor_value_text(factor, v) for v in (item["low"], item["high"]))
+    check = ("check the value and its unit" if factor in CLINICAL_COVARIATES
+             else "check the contours and the images it was computed from")
+    return (f"{factor_label(factor)} = {factor_value_text(factor, item['value'])} is outside the training range "
+            f"({low} to {high}): the model is extrapolating, and its risk and survival for this patient are not "
+            f"supported by any training patient; {check}")
 
 
 def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.DataFrame,

@@ -28,6 +28,7 @@ from NPCPrognosisLib.pipeline.fit import (
     clinical_gaps,
     ebv_fill_value,
     fit_models,
+    imputation_ranges,
 )
 from NPCPrognosisLib.pipeline.internal_validation import (
     NESTED_FOLDS,
@@ -397,6 +398,8 @@ def train(
                               "covariates": codings[selection.clinical_coding],
                               **gaps,
                               "log10_ebv_dna_fill": models.ebv_fill,
+                              # predict shows the prediction at both ends when the patient's value is missing
+                              "imputation_range_p10_p90": imputation_ranges(train_manifest),
                               "t_stage": ("T1-T4 -> 1-4" if selection.clinical_coding == "ordinal"
                                           else "indicators T2, T3, T4 against T1"),
                               "n_stage": ("N0-N3 -> 0-3" if selection.clinical_coding == "ordinal"

@@ -76,6 +76,11 @@ def factor_label(name: str) -> str:
     return name.replace("_", " ")
 
 
+def factor_name(name: str) -> str:
+    """A factor's label without its unit ('EBV DNA' for ``log10_ebv_dna``), for sentences about the factor."""
+    return factor_label(name).split(" (")[0]
+
+
 def model_label(name: str) -> str:
     return MODEL_LABELS.get(name, name.replace("_", " "))
 
@@ -93,8 +98,16 @@ def _copies_text(copies: float) -> str:
     return f"{mantissa:.0f}e{exponent}" if abs(mantissa - round(mantissa)) < 0.05 else f"{mantissa:.1f}e{exponent}"
 
 
-def factor_value_text(name: str, value: float) -> str:
-    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52', '12.5' mL."""
+#: How a report shows a factor the patient lacked and the training median stood in for: the number used is not
+#: this patient's, and printed bare beside measured ones it would read as if it had been measured.
+IMPUTED_VALUE_TEXT = "not measured (training median imputed)"
+
+
+def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
+    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52', '12.5' mL;
+    :data:`IMPUTED_VALUE_TEXT` when ``imputed`` (the value is the training fill, not the patient's)."""
+    if imputed:
+        return IMPUTED_VALUE_TEXT
     value = float(value)
     if name == "t_stage":
         return f"T{int(round(value))}"
@@ -145,6 +158,42 @@ def survival_text(cell: Mapping[str, Any]) -> str:
     """'90% (85%-95%)': a survival probability with its 95% interval when it has one."""
     ci = cell.get("ci95")
     return f"{cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
+
+
+def risk_group_text(prediction: Mapping[str, Any]) -> str:
+    """The risk group as a report prints it, never firmer than the prediction allows.
+
+    'undetermined without EBV DNA (low at the training median, low or high across its 10th-90th percentile)' when
+    a filled-in factor could change the group; 'high risk (borderline: the 95% interval of the score spans the
+    cut-off)' when the score's interval reaches across the cut-off; otherwise 'high risk'.
+    """
+    group = str(prediction["risk_group"])
+    for block in (prediction.get("imputed") or {}).values():
+        if block.get("group_determined") is False:
+            return (f"{block['risk_group']} ({group} at the training median, {' or '.join(block['risk_groups'])} "
+                    "across its 10th-90th percentile)")
+    if prediction.get("borderline"):
+        return f"{group} risk (borderline: the 95% interval of the score spans the cut-off)"
+    return f"{group} risk"
+
+
+def risk_interval_text(prediction: Mapping[str, Any]) -> str:
+    """'95% CI -0.12 to 0.64, cut-off 0.25': the score's interval beside the group; '' when unknown."""
+    ci = (prediction.get("uncertainty") or {}).get("risk_ci95")
+    return f"95% CI {ci[0]:.2f} to {ci[1]:.2f}, cut-off {float(prediction['cutoff']):.2f}" if ci else ""
+
+
+def extrapolation_text(prediction: Mapping[str, Any]) -> str | None:
+    """The headline of a prediction made outside the training range ('EXTRAPOLATING: Age (years) 105 (training
+    25 to 71) ...'), in words for the top of a sheet and the terminal; None when every factor is within range."""
+    items = prediction.get("out_of_range") or []
+    if not items:
+        return None
+    values = "; ".join(f"{factor_label(i['factor'])} {factor_value_text(i['factor'], i['value'])} (training "
+                       f"{factor_value_text(i['factor'], i['low'])} to {factor_value_text(i['factor'], i['high'])})"
+                       for i in items)
+    return (f"EXTRAPOLATING: {values} outside the training range. The model has seen no such patient and the risk "
+            "and survival given for this patient are not reliable: check each value and its unit before reading them.")
 
 
 def clinical_value_text(name: str, value: Any) -> str:

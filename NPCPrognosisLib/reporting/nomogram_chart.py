@@ -10,7 +10,7 @@ reads and the numbers the software printed come from the same model.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,8 @@ def points_for_survival(scale: Mapping[str, Any], month_index: int, survival: fl
     return float(scale["points_per_unit_log_hazard"] * (math.log(-math.log(survival) / h0) - scale["offset"]))
 
 
-def nomogram_chart(scale: Mapping[str, Any], values: Mapping[str, float] | None = None) -> NomogramChart:
+def nomogram_chart(scale: Mapping[str, Any], values: Mapping[str, float] | None = None,
+                   imputed: Collection[str] = ()) -> NomogramChart:
     """The chart of a nomogram scale, with a patient's points when ``values`` (coded factors) are given.
 
     Parameters
@@ -82,6 +83,9 @@ def nomogram_chart(scale: Mapping[str, Any], values: Mapping[str, float] | None 
         ``Nomogram.chart_scale()`` as stored in ``prediction.json`` (``nomogram_scale``).
     values : mapping of str to float, optional
         The patient's coded factors (``prediction.json``'s ``factors``).
+    imputed : collection of str, optional
+        Factors whose value is the training fill, not the patient's (``prediction.json``'s ``imputed``): their
+        value reads "not measured (training median imputed)", their points are still those the fill earned.
 
     Returns
     -------
@@ -97,7 +101,7 @@ def nomogram_chart(scale: Mapping[str, Any], values: Mapping[str, float] | None 
         if values is not None:
             axis.patient_value = float(values[factor])
             axis.patient_points = points_for(scale, factor, axis.patient_value)
-            axis.patient_text = factor_value_text(factor, axis.patient_value)
+            axis.patient_text = factor_value_text(factor, axis.patient_value, imputed=factor in imputed)
         axes.append(axis)
     spans = [abs(points_for(scale, a.factor, scale["high"][j]) - points_for(scale, a.factor, scale["low"][j]))
              for j, a in enumerate(axes)]

@@ -24,10 +24,14 @@ from NPCPrognosisLib.reporting.html import bullet_list, document, esc, figure, t
 from NPCPrognosisLib.reporting.labels import (
     ARM_LABELS,
     clinical_rows,
+    extrapolation_text,
     factor_label,
+    factor_name,
     factor_value_text,
     format_contour_change,
     model_label,
+    risk_group_text,
+    risk_interval_text,
     survival_text,
 )
 from NPCPrognosisLib.reporting.nomogram_chart import chart_rows, check_chart, nomogram_chart
@@ -58,10 +62,11 @@ def contributions(prediction: Mapping[str, Any]) -> list[tuple[str, float]]:
     (log hazard), largest effect first: the factors that moved this patient's risk most."""
     scale = prediction.get("nomogram_scale") or {}
     values = prediction.get("factors") or {}
+    imputed = prediction.get("imputed") or {}
     rows = []
     for j, factor in enumerate(scale.get("factors", [])):
         middle = (float(scale["low"][j]) + float(scale["high"][j])) / 2.0
-        rows.append((f"{factor_label(factor)}: {factor_value_text(factor, values[factor])}",
+        rows.append((f"{factor_label(factor)}: {factor_value_text(factor, values[factor], factor in imputed)}",
                      float(scale["coef"][j]) * (float(values[factor]) - middle)))
     return sorted(rows, key=lambda r: -abs(r[1]))
 
@@ -73,20 +78,26 @@ def _img(fig: Any, alt: str, caption: str, max_height_mm: float) -> str:
 def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
     endpoint = prediction["endpoint"]
     se = (prediction.get("uncertainty") or {}).get("risk_se")
-    group = prediction["risk_group"]
-    cards = [f"<div>Risk group<b class='{esc(group)}'>{esc(group)} risk</b>"
-             f"<span class='small'>cut-off {prediction['cutoff']:.2f} (from training)</span></div>",
+    group_text = risk_group_text(prediction)
+    # coloured as its group only when the group is firm: an undetermined one is not the group of the score
+    colour = prediction["risk_group"] if group_text.startswith(prediction["risk_group"]) else ""
+    interval = risk_interval_text(prediction) or f"cut-off {prediction['cutoff']:.2f}"
+    cards = [f"<div>Risk group<b class='{esc(colour)}'>{esc(group_text)}</b>"
+             f"<span class='small'>score {esc(interval)} (cut-off from training)</span></div>",
              f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
              + "</b><span class='small'>log hazard vs the average training patient</span></div>"]
     intervals = (prediction.get("uncertainty") or {}).get("survival_ci95") or {}
+    extrapolating = extrapolation_text(prediction)
     for month, value in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0])):
         # a bundle saved before the intervals were stored: the risk score's SE alone, as then
         interval = intervals.get(month) if intervals else survival_band(float(value), se)
         ci = f"<span class='small'>95% CI {interval[0]:.0%}-{interval[1]:.0%}</span>" if interval else ""
-        cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}</div>")
+        cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}"
+                     f"{_imputed_range(prediction, month)}</div>")
     parts = ["<section class='page'>",
              f"<h1>NPCPrognosis patient sheet: {esc(prediction['patient_id'])}</h1>",
              f"<div class='banner'>{esc(SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER)}</div>",
+             *([f"<div class='banner'>{esc(extrapolating)}</div>"] if extrapolating else []),
              f"<p class='small'>Endpoint: {esc(ENDPOINT_TITLES.get(endpoint, endpoint))} ({esc(endpoint.upper())}). "
              f"Sheet made {esc(datetime.date.today().isoformat())}.</p>",
              "<div class='key'>" + "".join(cards) + "</div>"]
@@ -105,6 +116,17 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
                  + "</div></div>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _imputed_range(prediction: Mapping[str, Any], month: str) -> str:
+    """A survival card's line for each filled-in factor: the survival its 10th-90th training percentile gives."""
+    lines = []
+    for covariate, block in (prediction.get("imputed") or {}).items():
+        survival = (block.get("survival_range") or {}).get(month)
+        if survival:
+            lines.append(f"<span class='small'>{survival[0]:.0%}-{survival[1]:.0%} across {esc(factor_name(covariate))}"
+                         " 10th-90th percentile (not measured)</span>")
+    return "".join(lines)
 
 
 def _provenance_rows(prediction: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -174,7 +196,7 @@ def _page_nomogram(prediction: Mapping[str, Any]) -> tuple[str, Any]:
         rows = [(factor_label(k), f"{v:.1f}") for k, v in prediction["nomogram_points"]["per_factor"].items()]
         return ("<section class='page'><h2>Nomogram</h2><p>This prediction carries no nomogram scale (made by an "
                 "older version): points only.</p>" + table(["Factor", "Points"], rows) + "</section>"), None
-    chart = nomogram_chart(scale, prediction["factors"])
+    chart = nomogram_chart(scale, prediction["factors"], prediction.get("imputed") or {})
     problems = check_chart(chart, prediction)
     if problems:  # never print a chart that disagrees with the numbers above it
         raise InputError("the nomogram chart does not reproduce the prediction: " + "; ".join(problems),
@@ -193,17 +215,23 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
     endpoint = prediction["endpoint"]
     parts = ["<section class='page'>", "<h2>Treatment benefit</h2>"]
     benefit = prediction.get("chemo_benefit") or {}
+    given = benefit.get("given_arm")
     if benefit.get("survival_by_arm"):
+        model = benefit.get("model") or "an adjusted Cox model of the training cohort"
         parts.append(_img(figures.arms_figure(benefit["survival_by_arm"], ARM_LABELS, endpoint),
                           "counterfactual survival per treatment arm",
-                          "This patient's survival had they been treated in each arm (adjusted Cox model of the "
-                          "training cohort; bars: bootstrap 95% intervals).", 70))
+                          f"This patient's survival had they been treated in each arm, from {model} (bars: "
+                          "bootstrap 95% intervals).", 70))
         months = list(next(iter(benefit["survival_by_arm"].values())))
         rows = []
         for arm, by_month in benefit["survival_by_arm"].items():
             cells = [survival_text(by_month[m]) if "survival" in (by_month.get(m) or {}) else "–" for m in months]
-            rows.append([ARM_LABELS.get(arm, arm), *cells])
+            rows.append([ARM_LABELS.get(arm, arm) + (" (given)" if arm == given else ""), *cells])
         parts.append(table(["If treated with", *[f"{float(m):g} months" for m in months]], rows))
+        parts.append(f"<p>{esc(_arm_given_text(prediction, benefit))}</p>")
+        absent = benefit.get("absent_arms") or {}
+        if absent:
+            parts.append(bullet_list([f"{ARM_LABELS.get(arm, arm)}: not shown, {why}" for arm, why in absent.items()]))
     parts.append(f"<p>{esc(benefit.get('statement') or 'Chemotherapy benefit: not available in this bundle.')}</p>")
     binary = prediction.get("binary") or {}
     if binary:
@@ -225,6 +253,26 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                               "Gate weights: the share each modality had in this patient's fused prediction.", 45))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _arm_given_text(prediction: Mapping[str, Any], benefit: Mapping[str, Any]) -> str:
+    """Which arm the patient was given and how this page's survival there compares with page 1's: the two come
+    from different models (this one has no radiomics), and a reader comparing them must know why they differ."""
+    given = benefit.get("given_arm")
+    if given is None:
+        return "The arm this patient was given is not recorded in the prediction."
+    label = ARM_LABELS.get(given, given)
+    if given not in (benefit.get("survival_by_arm") or {}):
+        why = (benefit.get("absent_arms") or {}).get(given, "chemotherapy given without a recorded dose")
+        return f"This patient was given {label}; that arm is not in the benefit model ({why})."
+    month = max(prediction["survival"], key=float, default=None)
+    here = (benefit["survival_by_arm"][given].get(month) or {}).get("survival") if month else None
+    if here is None:
+        return f"This patient was given {label} (marked 'given')."
+    return (f"This patient was given {label} (marked 'given'): this model gives {float(here):.0%} survival at "
+            f"{float(month):g} months there, page 1 gives {float(prediction['survival'][month]):.0%}. Page 1 is the "
+            f"{model_label('nomogram').lower()}; this page is the benefit model, which uses the clinical factors only "
+            "and compares arms, so the two need not agree.")
 
 
 def contours_warning(prediction: Mapping[str, Any], shown: sitk.Image | None,

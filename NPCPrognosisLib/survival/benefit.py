@@ -8,8 +8,8 @@ an observational training cohort needs three things a per-group univariable HR l
 * **adjustment** for why doctors gave more chemotherapy (stage, age, EBV DNA ...) and an **interaction test**
   (one Cox model with arm x risk group, :mod:`NPCPrognosisLib.survival.treatment_effect`), plus
   propensity-weighted (IPTW) Kaplan-Meier curves per arm as a model-free check;
-* **per-patient counterfactual survival** under each arm with bootstrap intervals, and a sentence that says
-  "no demonstrated benefit" whenever the interval of the absolute benefit includes zero.
+* **per-patient counterfactual survival** under each arm with bootstrap intervals, and a sentence that calls the
+  benefit "inconclusive" with its interval whenever that interval includes zero (compatible with benefit and harm).
 
 Everything fitted is stored as JSON in the bundle (coefficients, covariance, baseline, bootstrap draws).
 On held-out patients :func:`c_for_benefit` (van Klaveren et al., J Clin Epidemiol 2018) and
@@ -355,9 +355,73 @@ def predicted_benefit(doc: Mapping[str, Any], confounders: pd.DataFrame, groups:
     return (s[TREATED_ARM] - s[versus])[:, 0]
 
 
+#: What the counterfactual survival comes from, for the page that shows it beside the nomogram's survival.
+BENEFIT_MODEL = ("the chemotherapy-benefit model: one Cox model of treatment arm x risk group adjusted for T, N, "
+                 "rENE, sex, EBV DNA, age and LDH (no radiomics), fitted on the training cohort")
+
+
+def given_arm(chemo: int, ccnd: float, threshold: float = CCND_THRESHOLD) -> str:
+    """The arm a patient was actually treated in (:func:`assign_arms`); a dose of 0 with chemotherapy given is a
+    dose not recorded (the clinical record stores an empty dose as 0), so no dose arm."""
+    return str(assign_arms([chemo], [ccnd if ccnd > 0 else None], threshold)[0])
+
+
+def absent_arms(doc: Mapping[str, Any]) -> dict[str, str]:
+    """Why each arm of :data:`ARMS` is not in the fitted model: the training patients and events it had in each
+    risk group, against the minimum an interaction term needs."""
+    counts = doc.get("counts") or {}
+    out = {}
+    for arm in ARMS:
+        if arm in doc.get("arms", ARMS) or not counts:
+            continue
+        had = ", ".join(f"{counts[g][arm]['n']} {g}-risk patients with {counts[g][arm]['events']} events"
+                        for g in ("low", "high"))
+        out[arm] = (f"too few training patients in this arm ({had}; each risk group needs >= {MIN_ARM_PATIENTS} "
+                    f"patients and >= {MIN_ARM_EVENTS} events)")
+    return out
+
+
+def _benefit_sentence(group: str, subgroup: str, thr: float, month: float, headline: Mapping[str, Any]) -> str:
+    """The benefit of the high dose at ``month`` in words: shown, harm shown, or inconclusive with the interval
+    (an interval that includes 0 is compatible with benefit and with harm; it demonstrates neither)."""
+    gain, ci = headline["absolute_benefit"], headline.get("ci95")
+    who, versus = f"{group.capitalize()}-risk patient{subgroup}", f"CCND > {thr:g} mg/m2 over <= {thr:g} mg/m2"
+    if ci is None:
+        return (f"{who}: {versus} at {month:g} months estimated {gain:+.1%}; inconclusive (too few bootstrap refits "
+                "for an interval).")
+    ci_text = f"(95% CI {ci[0]:+.1%} to {ci[1]:+.1%})"
+    if ci[0] > 0:
+        return f"{who}: {versus} is estimated to raise {month:g}-month survival by {gain:+.1%} {ci_text}."
+    if ci[1] < 0:
+        return f"{who}: {versus} is estimated to lower {month:g}-month survival by {-gain:.1%} {ci_text}."
+    return (f"{who}: {versus} at {month:g} months inconclusive: compatible with {ci[0]:+.1%} to {ci[1]:+.1%} "
+            f"(estimated {gain:+.1%}).")
+
+
 def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, float], group: str,
-                    t_stage: str = "", n_stage: str = "") -> dict[str, Any]:
-    """Counterfactual survival under each arm with bootstrap 95% intervals, the absolute benefit and a sentence."""
+                    t_stage: str = "", n_stage: str = "", arm_given: str | None = None) -> dict[str, Any]:
+    """Counterfactual survival under each arm with bootstrap 95% intervals, the absolute benefit and a sentence.
+
+    Parameters
+    ----------
+    doc : mapping or None
+        The bundle's ``chemo_benefit`` (:func:`fit_benefit`).
+    confounders : mapping
+        The patient's encoded clinical covariates (:data:`CONFOUNDERS`).
+    group : {'low', 'high'}
+        The patient's risk group.
+    t_stage, n_stage : str, optional
+        For the T1-2N1 remark.
+    arm_given : str, optional
+        The arm the patient was actually treated in (:func:`given_arm`), so the page can mark it and say that
+        its survival there is this model's, not the nomogram's.
+
+    Returns
+    -------
+    benefit : dict
+        ``statement``, ``survival_by_arm``, ``benefit``, ``benefit_shown``, ``model`` (:data:`BENEFIT_MODEL`),
+        ``given_arm``, ``absent_arms`` (arm: why it is not in the model) and ``evidence``.
+    """
     if not doc or not doc.get("estimable") or "model" not in doc:
         reason = (doc or {}).get("reason", "this bundle carries no chemotherapy-benefit model")
         return {"statement": f"Chemotherapy benefit: not estimable ({reason}).", "evidence": None}
@@ -384,19 +448,11 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
     shown = headline.get("ci95") is not None and headline["ci95"][0] > 0
     subgroup = " (T1-2N1, the subgroup where this question is most debated)" if (
         t_stage in ("T1", "T2") and n_stage == "N1") else ""
-    gain = headline["absolute_benefit"]
-    ci = headline.get("ci95")
-    ci_text = f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else ""
-    if shown:
-        text = (f"{group.capitalize()}-risk patient{subgroup}: CCND > {thr:g} mg/m2 is estimated to raise "
-                f"{months[-1]:g}-month survival by {gain:+.1%}{ci_text} over CCND <= {thr:g} mg/m2.")
-    else:
-        text = (f"{group.capitalize()}-risk patient{subgroup}: no demonstrated benefit of CCND > {thr:g} mg/m2 over "
-                f"<= {thr:g} mg/m2 at {months[-1]:g} months (estimated {gain:+.1%}{ci_text}); intensification may add "
-                "toxicity without benefit.")
+    text = _benefit_sentence(group, subgroup, thr, months[-1], headline)
     text += " Observational evidence adjusted for clinical factors, not a randomised comparison."
     effect = {e["arm"]: e for e in doc["effects"].get(group, [])}.get(TREATED_ARM)
     return {"statement": text, "benefit_shown": bool(shown), "survival_by_arm": survival, "benefit": benefit,
+            "model": BENEFIT_MODEL, "given_arm": arm_given, "absent_arms": absent_arms(doc),
             "evidence": {"threshold_mg_m2": thr, "group_hr": effect,
                          "interaction_p": (doc.get("interaction_lrt") or {}).get("p"),
                          "bootstrap_n": doc["bootstrap"]["n"], "note": doc["note"]}}

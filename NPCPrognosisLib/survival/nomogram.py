@@ -140,10 +140,11 @@ class Nomogram:
                 "center": float(self.center), "months": months,
                 "baseline_cumulative_hazard": [float(v) for v in h0]}
 
-    def out_of_range(self, values: Mapping[str, float]) -> list[str]:
-        """Factors outside the training range: the model is extrapolating there."""
+    def out_of_range(self, values: Mapping[str, float]) -> list[dict[str, Any]]:
+        """Factors outside the training range (the model is extrapolating there): ``factor``, ``value``, ``low``
+        and ``high`` of each, as data, so a report can put the extrapolation in its headline."""
         x = self._matrix(values)[0]
-        return [f"{f} = {v:.3g} is outside the training range [{lo:.3g}, {hi:.3g}]"
+        return [{"factor": f, "value": float(v), "low": float(lo), "high": float(hi)}
                 for f, v, lo, hi in zip(self.factors, x, self.low, self.high) if v < lo or v > hi]
 
     def to_dict(self) -> dict[str, Any]:

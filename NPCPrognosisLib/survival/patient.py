@@ -146,3 +146,78 @@ def survival_band(survival: Any, risk_se: float | None, z: float = 1.96) -> tupl
     values = np.clip(np.asarray(survival, float), 0.0, 1.0)
     lower, upper = values ** factor, values ** (1.0 / factor)
     return (float(lower), float(upper)) if np.ndim(lower) == 0 else (lower, upper)
+
+
+def group_certainty(risk: float, risk_se: float | None, cutoff: float, z: float = 1.96) -> dict[str, Any]:
+    """The risk score's 95 % interval and whether it spans the group cut-off.
+
+    Why: a score whose interval reaches across the cut-off could belong to either group with the cohort's
+    uncertainty about the coefficients, so its group must not be printed as a firm label.
+
+    Parameters
+    ----------
+    risk : float
+        The risk score (log hazard against the average training patient).
+    risk_se : float or None
+        Its standard error (:func:`risk_uncertainty`); None when the bundle stores no covariance.
+    cutoff : float
+        The training cut-off between the low- and the high-risk group.
+    z : float, default 1.96
+        Normal quantile of the interval.
+
+    Returns
+    -------
+    certainty : dict
+        ``risk_ci95`` ([lower, upper], None without an SE) and ``borderline`` (|risk - cut-off| < z SE; None
+        without an SE).
+    """
+    if risk_se is None or not math.isfinite(float(risk_se)):
+        return {"risk_ci95": None, "borderline": None}
+    half = z * float(risk_se)
+    return {"risk_ci95": [float(risk) - half, float(risk) + half], "borderline": bool(abs(risk - cutoff) < half)}
+
+
+def imputation_effect(nomogram: Any, factors: Mapping[str, float], covariate: str, value_range: Sequence[float],
+                      cutoff: float, months: Sequence[float] = REPORT_MONTHS) -> dict[str, Any]:
+    """The prediction with a filled-in covariate set to each end of its training range instead of the fill.
+
+    Why: a missing EBV DNA takes the training median, but the patient's own value may lie anywhere, and the
+    range of risk it could give (and whether the group changes within it) tells a clinician whether the missing
+    value must be measured before the result is used. The risk is linear in the covariate and survival monotone
+    in the risk, so the two ends bound every value between them.
+
+    Parameters
+    ----------
+    nomogram : Nomogram
+        The model that made the prediction.
+    factors : mapping
+        The patient's encoded factors, with the fill in ``covariate``.
+    covariate : str
+        The filled covariate (e.g. ``log10_ebv_dna``).
+    value_range : (low, high)
+        The training cohort's 10th and 90th percentile of the covariate (measured values).
+    cutoff : float
+        The risk-group cut-off.
+    months : sequence of float, default REPORT_MONTHS
+
+    Returns
+    -------
+    effect : dict
+        ``filled_with`` (the fill), ``value_range``, ``risk_range`` [min, max], ``survival_range`` {month: [min,
+        max]} (months the model knows), ``risk_groups`` (the groups met across the range, in order low, high) and
+        ``group_determined`` (one group throughout).
+    """
+    import numpy as np
+
+    ends = [{**factors, covariate: float(v)} for v in value_range]
+    risks = [float(nomogram.risk(end)[0]) for end in ends]
+    survival = np.vstack([nomogram.survival(end, months)[0] for end in ends])
+    from NPCPrognosisLib.survival.risk_groups import assign_groups
+
+    point = float(nomogram.risk(dict(factors))[0])
+    groups = sorted(set(assign_groups([*risks, point], cutoff).tolist()), key=["low", "high"].index)
+    return {"filled_with": float(factors[covariate]), "value_range": [float(v) for v in value_range],
+            "risk_range": [min(risks), max(risks)],
+            "survival_range": {f"{m}": [float(survival[:, k].min()), float(survival[:, k].max())]
+                               for k, m in enumerate(months) if np.all(np.isfinite(survival[:, k]))},
+            "risk_groups": groups, "group_determined": len(groups) == 1}

@@ -162,12 +162,26 @@ def test_patient_counterfactuals_have_intervals_and_say_no_benefit_when_they_inc
         assert s60["ci95"][0] <= s60["survival"] <= s60["ci95"][1]
         gain = block["benefit"]["high_dose_vs_low_dose"]["60"]
         assert gain["ci95"][0] <= gain["absolute_benefit"] <= gain["ci95"][1]
-        includes_zero = gain["ci95"][0] <= 0.0
-        assert ("no demonstrated benefit" in block["statement"]) == includes_zero
-        assert block["benefit_shown"] == (not includes_zero)
+        includes_zero = gain["ci95"][0] <= 0.0 <= gain["ci95"][1]
+        # an interval that includes 0 is inconclusive, with its bounds; never "no benefit ... toxicity"
+        compatible = f"inconclusive: compatible with {gain['ci95'][0]:+.1%} to {gain['ci95'][1]:+.1%}"
+        assert (compatible in block["statement"]) == includes_zero
+        assert "toxicity" not in block["statement"] and "no demonstrated" not in block["statement"]
+        assert block["benefit_shown"] == (gain["ci95"][0] > 0.0)
+        assert block["model"] == bf.BENEFIT_MODEL and "no radiomics" in block["model"]
     assert high["benefit"]["high_dose_vs_low_dose"]["60"]["absolute_benefit"] > \
         low["benefit"]["high_dose_vs_low_dose"]["60"]["absolute_benefit"]
     assert "not estimable" in bf.patient_benefit({"estimable": False, "reason": "few"}, patient, "low")["statement"]
+    # the arm given is recorded; an arm with too few training patients is named with its counts
+    given = bf.patient_benefit(doc, patient, "high", arm_given=bf.given_arm(1, 200.0))
+    assert given["given_arm"] == "high_dose"
+    assert bf.given_arm(0, 0.0) == "rt_alone" and bf.given_arm(1, 0.0) == bf.UNKNOWN_DOSE
+    counts = doc["counts"]
+    thin = {**doc, "arms": [a for a in doc["arms"] if a != "rt_alone"]}
+    assert given["absent_arms"] == {}  # every arm had enough patients here
+    why = bf.absent_arms(thin)["rt_alone"]
+    assert f"{counts['low']['rt_alone']['n']} low-risk patients with {counts['low']['rt_alone']['events']} events" \
+        in why and f">= {bf.MIN_ARM_PATIENTS} patients" in why
 
 
 def test_c_for_benefit_orders_pairs_by_predicted_benefit():

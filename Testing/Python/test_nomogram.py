@@ -151,7 +151,7 @@ def test_survival_for_a_risk_equals_the_patients_curve(data):
     months = [12, 36, 60]
     np.testing.assert_allclose(nomogram.survival_for_risk(nomogram.risk(row)[0], months),
                                nomogram.survival(row, months)[0], rtol=1e-10)
-    assert nomogram.out_of_range({"age": 95, "t_stage": 2, "rad_score": 0})[0].startswith("age")
+    assert nomogram.out_of_range({"age": 95, "t_stage": 2, "rad_score": 0})[0]["factor"] == "age"
 
 
 def test_stacked_nomogram_weighs_the_out_of_fold_clinical_score_against_the_rad_score(data):
