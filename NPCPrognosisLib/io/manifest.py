@@ -250,7 +250,11 @@ def read_manifest(
     _check_outcome_cells(table, path)
     if require_clinical:
         for _, row in table.iterrows():
-            parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+            try:
+                parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+            except InputError as exc:  # the record's own rules (chemo = 0 with a dose, ...), named in this file
+                raise InputError(exc.problem, patient_id=exc.patient_id, path=path, column=exc.column,
+                                 fix=exc.fix) from None
         _check_ebv_unit(table, path)
     return Manifest(table=table.reset_index(drop=True), root=path.parent.resolve(), source=path)
 
