@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true",
-                   help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use)")
+                   help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use); "
+                        "automatic for a manifest beside the SYNTHETIC_COHORT.json that synth writes")
     p.add_argument("--network", default=None,
                    help="network bundle used by extract --network; shipped inside the bundle for predict")
     p.add_argument("--optimism-bootstraps", type=int, default=None,
@@ -564,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints and preprocessing cache (default: <out>.work)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--workers", type=int, default=2, help="patients preprocessed in parallel before training")
-    p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
+    p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo (automatic for "
+                   "a manifest beside the SYNTHETIC_COHORT.json that synth writes)")
     p.add_argument("--force", action="store_true",
                    help="write the bundle even when the network fails the validation-Dice quality gate")
     p.set_defaults(func=_cmd_train_net)

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.io.bundle import read_bundle
+from NPCPrognosisLib.pipeline.predict import SYNTHETIC_WARNING
 from NPCPrognosisLib.radiomics.extraction import feature_columns
 from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
@@ -43,6 +44,7 @@ def test_a_training_block_drops_the_tests_of_groups_split_on_its_own_patients_an
 def test_bundle_contents(trained, small_cohort):
     document = read_bundle(trained)
     assert document["endpoint"] == "dmfs"
+    assert document["synthetic_demo"] is True  # trained on a synth cohort without --synthetic: marked all the same
     assert set(document["models"]) == {"radiomics", "clinical", "nomogram", "volume"}
     assert document["models"]["nomogram"]["model"]["covariates"][0] == "rad_score"
     training = document["training"]
@@ -159,6 +161,7 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     # The bundle was trained on fast-settings features; predict must extract with the bundle's settings.
     assert main([*args, "--clinical", *clinical]) == 0
     prediction = json.loads((tmp_path / "prediction.json").read_text(encoding="utf-8"))
+    assert prediction["warnings"][0] == SYNTHETIC_WARNING  # a synth cohort's bundle, trained without --synthetic
     assert prediction["risk_group"] in ("high", "low")
     assert set(prediction["survival"]) == {"12", "36", "60"}
     assert 0 < prediction["survival"]["60"] <= prediction["survival"]["36"] <= prediction["survival"]["12"] <= 1
