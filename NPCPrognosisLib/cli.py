@@ -217,17 +217,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _patient_id(args: argparse.Namespace) -> str:
-    """``--patient-id``, or the PatientID of the CET1W DICOM series; a sheet titled 'patient' is the last resort,
-    and said."""
+    """``--patient-id``, or the PatientID of the DICOM series (the CET1W's first); a sheet titled 'patient' is the
+    last resort, and said. Either way, series of another patient are then refused
+    (:func:`~NPCPrognosisLib.io.dicom_series.check_series_owners`)."""
     from NPCPrognosisLib.io.dicom_series import series_identity
 
     if args.patient_id:
         return args.patient_id
-    found = series_identity(args.t1c).get("patient") if args.t1c else None
-    if found:
-        return found
-    print("  warning: no --patient-id given and the CET1W carries none: the outputs name this patient 'patient'",
-          file=sys.stderr)
+    for path in (args.t1c, args.t1, args.t2):
+        found = series_identity(path).get("patient") if path else None
+        if found:
+            return found
+    print("  warning: no --patient-id given and no DICOM series carries one: the outputs name this patient "
+          "'patient'", file=sys.stderr)
     return "patient"
 
 
@@ -252,7 +254,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     args.patient_id = _patient_id(args)
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
-                           resample_mask=args.resample_mask, roi_map=args.roi_map)
+                           resample_mask=args.resample_mask, roi_map=args.roi_map, foreign_ids=None)
     extras = read_extra_blocks(args.extra_features)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
                                  saliency=args.saliency)
@@ -346,7 +348,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                          fix=f"name the mask file, ending in one of {', '.join(MASK_SUFFIXES)} (e.g. P1_mask.nii.gz)")
     stem = str(out)[: -len(suffix)]
     args.patient_id = _patient_id(args)
-    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
     out, seg, seg_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm", patient_id=args.patient_id)
@@ -526,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "looked (HiResCAM; needs the bundle's network), for the patient sheet")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
-    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
-                   "else 'patient', with a warning)")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the DICOM series' PatientID, else "
+                   "'patient', with a warning); a DICOM series carrying another PatientID is refused")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model or "
                         "binary endpoints")
@@ -578,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1c")
     _add_manifest_args(p, required=False,
                        help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
-    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
-                   "else 'patient', with a warning)")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the DICOM series' PatientID, else "
+                   "'patient', with a warning); a DICOM series carrying another PatientID is refused")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")
     p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest")

@@ -333,7 +333,7 @@ def _load_cases(entries, endpoint, config: TrainConfig, cache_dir: Path, progres
     from tqdm import tqdm
 
     load = functools.partial(load_case, endpoint=endpoint, preprocess=config.preprocess, grid=config.grid,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, foreign_ids=frozenset(e.patient_id for e in entries))
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(entries) > 1:
             from NPCPrognosisLib.processes import worker_pool
