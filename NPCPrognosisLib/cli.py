@@ -240,6 +240,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.prediction_folder import PREDICTION_FILE, claim_folder, remove_replaced
 
     if read_bundle(args.bundle).get("endpoint_type") == "binary":
         raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
@@ -253,12 +254,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     args.patient_id = _patient_id(args)
+    inputs = [args.t1, args.t2, args.t1c, mask]
+    for file in claim_folder(args.out, args.patient_id, overwrite=args.overwrite, inputs=inputs):
+        print(f"  removed {file} (another patient's result, --overwrite)")
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
                            resample_mask=args.resample_mask, roi_map=args.roi_map, foreign_ids=None)
     extras = read_extra_blocks(args.extra_features)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
                                  saliency=args.saliency)
     path = write_prediction(prediction, args.out)
+    for file in remove_replaced(args.out, {PREDICTION_FILE, *prediction.to_dict()["images"]}, inputs):
+        print(f"  removed {file} (made from an earlier prediction)")
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f} "
           f"({prediction.risk_group} risk); survival {survival}")
@@ -535,7 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "binary endpoints")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder of prediction.json; a sheet or report of an earlier run "
+                   "there is removed once the new prediction is written")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another patient's result in --out (refused otherwise)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="the patient sheet (HTML, and PDF with Chromium) of a prediction")
