@@ -217,17 +217,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _patient_id(args: argparse.Namespace) -> str:
-    """``--patient-id``, or the PatientID of the CET1W DICOM series; a sheet titled 'patient' is the last resort,
-    and said."""
+    """``--patient-id``, or the PatientID of the DICOM series (the CET1W's first); a sheet titled 'patient' is the
+    last resort, and said. Either way, series of another patient are then refused
+    (:func:`~NPCPrognosisLib.io.dicom_series.check_series_owners`)."""
     from NPCPrognosisLib.io.dicom_series import series_identity
 
     if args.patient_id:
         return args.patient_id
-    found = series_identity(args.t1c).get("patient") if args.t1c else None
-    if found:
-        return found
-    print("  warning: no --patient-id given and the CET1W carries none: the outputs name this patient 'patient'",
-          file=sys.stderr)
+    for path in (args.t1c, args.t1, args.t2):
+        found = series_identity(path).get("patient") if path else None
+        if found:
+            return found
+    print("  warning: no --patient-id given and no DICOM series carries one: the outputs name this patient "
+          "'patient'", file=sys.stderr)
     return "patient"
 
 
@@ -238,6 +240,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.prediction_folder import PREDICTION_FILE, claim_folder, remove_replaced
 
     if read_bundle(args.bundle).get("endpoint_type") == "binary":
         raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
@@ -251,8 +254,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     args.patient_id = _patient_id(args)
+    inputs = [args.t1, args.t2, args.t1c, mask]
+    for file in claim_folder(args.out, args.patient_id, overwrite=args.overwrite, inputs=inputs):
+        print(f"  removed {file} (another patient's result, --overwrite)")
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, mask,
-                           resample_mask=args.resample_mask, roi_map=args.roi_map)
+                           resample_mask=args.resample_mask, roi_map=args.roi_map, foreign_ids=None)
     extras = read_extra_blocks(args.extra_features)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
                                  saliency=args.saliency)
@@ -260,6 +266,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     path = write_prediction(prediction, args.out)
     record = prediction.to_dict()
+    for file in remove_replaced(args.out, {PREDICTION_FILE, *record["images"]}, inputs):
+        print(f"  removed {file} (made from an earlier prediction)")
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
     interval = risk_interval_text(record)
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f}"
@@ -357,7 +365,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                          fix=f"name the mask file, ending in one of {', '.join(MASK_SUFFIXES)} (e.g. P1_mask.nii.gz)")
     stem = str(out)[: -len(suffix)]
     args.patient_id = _patient_id(args)
-    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})
+    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
     out, seg, seg_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm", patient_id=args.patient_id)
@@ -485,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true",
-                   help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use)")
+                   help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use); "
+                        "automatic for a manifest beside the SYNTHETIC_COHORT.json that synth writes")
     p.add_argument("--network", default=None,
                    help="network bundle used by extract --network; shipped inside the bundle for predict")
     p.add_argument("--optimism-bootstraps", type=int, default=None,
@@ -536,14 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "looked (HiResCAM; needs the bundle's network), for the patient sheet")
     p.add_argument("--centre", default=None,
                    help="the patient's centre, when the bundle harmonised radiomics across training centres")
-    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
-                   "else 'patient', with a warning)")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the DICOM series' PatientID, else "
+                   "'patient', with a warning); a DICOM series carrying another PatientID is refused")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="the extra modality tables (with a row for --patient-id) of the bundle's fusion model or "
                         "binary endpoints")
     p.add_argument("--clinical", nargs="*", metavar="NAME=VALUE",
                    help="age=52 sex=M t_stage=T2 n_stage=N1 rene=0 ldh=180 ebv_dna=1500 chemo=1 ccnd=200")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder of prediction.json; a sheet or report of an earlier run "
+                   "there is removed once the new prediction is written")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another patient's result in --out (refused otherwise)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="the patient sheet (HTML, and PDF with Chromium) of a prediction")
@@ -575,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints and preprocessing cache (default: <out>.work)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--workers", type=int, default=2, help="patients preprocessed in parallel before training")
-    p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo")
+    p.add_argument("--synthetic", action="store_true", help="mark the network as a synthetic demo (automatic for "
+                   "a manifest beside the SYNTHETIC_COHORT.json that synth writes)")
     p.add_argument("--force", action="store_true",
                    help="write the bundle even when the network fails the validation-Dice quality gate")
     p.set_defaults(func=_cmd_train_net)
@@ -587,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1c")
     _add_manifest_args(p, required=False,
                        help="segment every patient: writes DIR/<patient_id>_mask.nii.gz and DIR/manifest.csv")
-    p.add_argument("--patient-id", help="the ID the outputs name (default: the CET1W DICOM series' PatientID, "
-                   "else 'patient', with a warning)")
+    p.add_argument("--patient-id", help="the ID the outputs name (default: the DICOM series' PatientID, else "
+                   "'patient', with a warning); a DICOM series carrying another PatientID is refused")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")
     p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest")

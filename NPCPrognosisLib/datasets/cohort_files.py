@@ -20,8 +20,9 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import atomic_path, write_text_atomic
+from NPCPrognosisLib.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
+from NPCPrognosisLib.io.manifest import SYNTHETIC_MARKER
 
 #: Columns of every phantom cohort's ``manifest.csv`` (the project's manifest contract) and ``truth.csv``.
 MANIFEST_COLUMNS = (
@@ -190,6 +191,9 @@ def write_cohort(draw_and_write: DrawAndWrite, n: int, seed: int, out_dir: str |
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "README.txt", readme)
+    # read by train and train-net (is_synthetic_cohort): their bundles say SYNTHETIC without --synthetic
+    write_json_atomic(out_dir / SYNTHETIC_MARKER, {"synthetic": True, "generator": "npc-prognosis synth",
+                                                   "description": desc, "patients": int(n), "seed": int(seed)})
     rngs = patient_generators(int(n), int(seed))
     ids = [f"{id_prefix}{i + 1:04d}" for i in range(int(n))]
     bar = {"total": len(ids), "desc": desc, "unit": "patient", "disable": not progress}

@@ -344,8 +344,9 @@ class CasePatient:
 
 def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: GridConfig,
               cache_dir: Path | None = None, binary_column: str | None = None,
-              binary_value: float | None = None) -> CasePatient:
-    """Read, align, preprocess and resample one manifest entry (or reuse its cache file)."""
+              binary_value: float | None = None, foreign_ids: frozenset[str] = frozenset()) -> CasePatient:
+    """Read, align, preprocess and resample one manifest entry (or reuse its cache file); a DICOM series carrying
+    one of ``foreign_ids`` (the manifest's IDs) is another patient's and refused."""
     from NPCPrognosisLib.io.images import load_patient
 
     # the key covers the files' contents: a replaced image gets a new cache entry instead of a stale array
@@ -355,7 +356,7 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
     if "opening_dice" in data:  # caches written before the opening was derived are made again
         image, label, opening_dice = data["image"], data["label"], data["opening_dice"]
     else:
-        patient = load_patient(entry.patient_id, entry.images, entry.mask)
+        patient = load_patient(entry.patient_id, entry.images, entry.mask, foreign_ids=foreign_ids)
         if patient.mask is None:
             raise InputError("no mask: the segmentation network trains on contoured patients",
                              patient_id=entry.patient_id, column="mask", fix="add the mask path to the manifest")

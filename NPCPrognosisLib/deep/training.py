@@ -335,7 +335,7 @@ def _load_cases(entries, endpoint, config: TrainConfig, cache_dir: Path, progres
     from tqdm import tqdm
 
     load = functools.partial(load_case, endpoint=endpoint, preprocess=config.preprocess, grid=config.grid,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, foreign_ids=frozenset(e.patient_id for e in entries))
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(entries) > 1:
             from NPCPrognosisLib.processes import worker_pool
@@ -388,12 +388,14 @@ def train_network(
     (separate processes); the network then trains in this process on torch's threads. ``column_map`` maps
     canonical column names to the manifest's own; the manifest needs the patient ID, the three sequences, the
     mask and the endpoint's time and event, not the clinical factors. ``batch_size`` None: :data:`BATCH_SIZE`,
-    or on ``resume`` the batch size the run was started with.
+    or on ``resume`` the batch size the run was started with. ``synthetic_demo`` marks the network synthetic (every
+    segmentation warns); a manifest of a cohort ``synth`` wrote sets it by itself
+    (:func:`~NPCPrognosisLib.io.manifest.is_synthetic_cohort`).
     """
     import torch
 
     from NPCPrognosisLib.io import bundle as bundle_io
-    from NPCPrognosisLib.io.manifest import check_outcomes, read_manifest
+    from NPCPrognosisLib.io.manifest import check_outcomes, is_synthetic_cohort, read_manifest
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -418,6 +420,7 @@ def train_network(
     # the network reads images, masks and the outcome only: a cohort without clinical columns trains as well
     manifest = read_manifest(manifest_path, column_map, require_mask=True, require_clinical=False)
     check_outcomes(manifest, endpoint)
+    synthetic_demo = synthetic_demo or is_synthetic_cohort(manifest)
     entries = manifest.entries()
     grid_derivation = None
     if train_config.grid is None:

@@ -54,7 +54,10 @@ class ClinicalRecord:
     rene: int
     ldh: float
     chemo: int = 0
-    ccnd: float = 0.0
+    #: Cumulative cisplatin dose (mg/m2); None when not recorded. A blank is not a zero: training puts a patient
+    #: given chemotherapy without a dose in no dose arm (:func:`~NPCPrognosisLib.survival.benefit.assign_arms`),
+    #: where a stored 0 would read as the low-dose arm.
+    ccnd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +135,8 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
         raise InputError(f"chemo must be 0 or 1, got {chemo!r}", patient_id=patient_id, column="chemo",
                          fix="1 = chemotherapy given, 0 = radiotherapy alone; the dose goes in ccnd")
     ccnd = values.get("ccnd")
+    dose = None if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2")
+    _check_treatment(chemo_flag if not _is_missing(chemo) else None, dose, patient_id)
     return ClinicalRecord(
         age=_number(values["age"], "age", patient_id, low=1, high=110, unit="years"),
         sex=_code(values["sex"], _SEX_CODES, "sex", patient_id),
@@ -141,8 +146,19 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
         rene=int(rene),
         ldh=_number(values["ldh"], "ldh", patient_id, low=10, high=10000, unit="U/L"),
         chemo=int(chemo_flag),
-        ccnd=0.0 if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2"),
+        ccnd=dose,
     )
+
+
+def _check_treatment(chemo: float | None, dose: float | None, patient_id: str | None) -> None:
+    """Refuse radiotherapy alone (``chemo`` 0) with a cisplatin dose: one of the two fields is wrong, and which one
+    decides the patient's treatment arm. A dose without a ``chemo`` field is a cohort that records treatment by
+    the dose alone, and is accepted."""
+    if chemo == 0 and dose is not None and dose > 0:
+        raise InputError(f"chemo = 0 (radiotherapy alone) but ccnd = {dose:g} mg/m2 (a cisplatin dose was given)",
+                         patient_id=patient_id, column="ccnd",
+                         fix="set chemo=1 if chemotherapy was given, or leave ccnd empty (or 0) for radiotherapy "
+                             "alone")
 
 
 def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> dict[str, float]:

@@ -7,6 +7,7 @@ found; and the series' files must be one evenly spaced stack of one orientation 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,50 @@ def series_identity(path: str | Path, *, patient_id: str | None = None, role: st
     tags = {"patient": "0010|0020", "frame": "0020|0052"}
     values = {key: header.GetMetaData(tag).strip() for key, tag in tags.items() if header.HasMetaDataKey(tag)}
     return {key: value for key, value in values.items() if value}
+
+
+def check_series_owners(owners: Mapping[str, str], patient_id: str, paths: Mapping[str, str | Path | None], *,
+                        foreign_ids: Collection[str] | None = ()) -> None:
+    """Refuse DICOM series of another patient: series of one patient with different PatientIDs, and a series whose
+    PatientID says it is someone else's.
+
+    Which PatientID is someone else's depends on who names the patient. ``predict`` and ``segment`` of one
+    patient (``foreign_ids`` None) are run at the clinic's PACS, where the ID given is the hospital's, the one the
+    DICOM carries: any other PatientID is refused. A cohort's manifest may name its patients by pseudonyms while
+    the DICOM still carries the hospital's IDs (a pseudonymised research cohort), so there a PatientID differing
+    from the row's ID is no sign of a mix-up; one that is another row's ID (``foreign_ids``: the manifest's IDs)
+    is: the row points at another patient of the same cohort. An anonymised series without PatientID passes.
+
+    Parameters
+    ----------
+    owners : mapping of str to str
+        Sequence name (``t1c`` first: the reference) to the PatientID its series carries, for series that have one.
+    patient_id : str
+        The patient's ID: ``--patient-id`` or the manifest row's.
+    paths : mapping of str to path
+        Sequence name to the path given, named in the error.
+    foreign_ids : collection of str, optional
+        PatientIDs that make a series another patient's; None: every ID but ``patient_id``. The default (none)
+        checks only that the series of one patient agree.
+    """
+    names = list(owners)
+    other = next((name for name in names if owners[name] != owners[names[0]]), None)
+    if other is not None:
+        raise InputError(f"the {other} series belongs to patient {owners[other]!r}, the {names[0]} series to "
+                         f"{owners[names[0]]!r}", patient_id=patient_id, path=paths.get(other),
+                         fix=f"give this patient's own {other} series")
+    for name, found in owners.items():
+        if found == patient_id:
+            continue
+        if foreign_ids is None:
+            raise InputError(f"the {name} series belongs to patient {found!r} (its PatientID), not to {patient_id!r}",
+                             patient_id=patient_id, path=paths.get(name),
+                             fix=f"pass {patient_id}'s own {name} series, or --patient-id {found} if the scan is that "
+                                 "patient's")
+        if found in foreign_ids:
+            raise InputError(f"the {name} series belongs to patient {found!r} (its PatientID), another patient of "
+                             "the manifest", patient_id=patient_id, path=paths.get(name), column=name,
+                             fix=f"correct the {name} path in {patient_id}'s row: it points at {found}'s series")
 
 
 #: Slice gaps of one series may differ from their median by this share (rounding of the positions in the headers).

@@ -8,7 +8,7 @@ CET1W grid (the reference on which tumours are contoured); inputs that do not ov
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from NPCPrognosisLib.imaging.geometry import (
 from NPCPrognosisLib.imaging.preprocess import head_threshold
 from NPCPrognosisLib.io.atomic import atomic_path
 from NPCPrognosisLib.io.dicom_series import (
+    check_series_owners,
     check_series_slices,
     dicom_series_files,
     series_identity,
@@ -386,8 +387,14 @@ def load_patient(
     reference: str = REFERENCE_SEQUENCE,
     resample_mask: bool = False,
     roi_map: str | Mapping[str, str] | None = None,
+    foreign_ids: Collection[str] | None = (),
 ) -> PatientImages:
     """Read a patient's files and align them (see :func:`align_patient`).
+
+    DICOM series of another patient are refused by their PatientID
+    (:func:`~NPCPrognosisLib.io.dicom_series.check_series_owners`): series of one patient must agree, and one that
+    carries an ID of ``foreign_ids`` (a cohort run: the manifest's IDs), or with ``foreign_ids`` None any ID but
+    ``patient_id`` (one patient named by the hospital's ID), is another patient's.
 
     The mask may be a label image, a DICOM RTSTRUCT rasterised onto the reference (CET1W) grid, or a DICOM SEG of
     the CET1W series, with ``roi_map`` naming the GTVp/GTVn ROIs or segments
@@ -406,13 +413,12 @@ def load_patient(
         identities = {name: series_identity(path, patient_id=patient_id, role=name)
                       for name, path in image_paths.items()}
     ours = identities.get(reference, {})
+    owners = {name: identities[name]["patient"] for name in sorted(identities, key=lambda n: n != reference)
+              if identities[name].get("patient")}
+    check_series_owners(owners, patient_id, image_paths, foreign_ids=foreign_ids)
     for name, identity in identities.items():
         if name == reference:
             continue
-        if ours.get("patient") and identity.get("patient") and identity["patient"] != ours["patient"]:
-            raise InputError(f"the {name} series belongs to patient {identity['patient']!r}, the {reference} series "
-                             f"to {ours['patient']!r}", patient_id=patient_id, path=image_paths[name],
-                             fix=f"give this patient's own {name} series")
         if ours.get("frame") and identity.get("frame") and identity["frame"] != ours["frame"]:
             # another frame of reference: scanner coordinates that need not match (another session, the patient
             # repositioned); resampling by them is right only if nothing moved

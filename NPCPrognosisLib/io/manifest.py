@@ -7,6 +7,7 @@ files; everything after :func:`read_manifest` sees the canonical names only.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ def centre_label(value: Any) -> str | None:
         text = text[:-2]
     return text or None
 
+
+log = logging.getLogger(__name__)
+
+#: The file ``npc-prognosis synth`` writes beside a synthetic cohort's manifest
+#: (:func:`~NPCPrognosisLib.datasets.cohort_files.write_cohort`).
+SYNTHETIC_MARKER = "SYNTHETIC_COHORT.json"
 
 @dataclass
 class PatientEntry:
@@ -149,6 +156,22 @@ class Manifest:
     def outcome_arrays(self, endpoint: str) -> tuple[Any, Any]:
         """(time, event) numpy arrays for ``endpoint``; call :func:`check_outcomes` first."""
         return (self.table[f"{endpoint}_time"].to_numpy(float), self.table[f"{endpoint}_event"].to_numpy(float) > 0)
+
+
+def is_synthetic_cohort(manifest: Manifest) -> bool:
+    """Whether the manifest lies beside :data:`SYNTHETIC_MARKER`, in a folder ``synth`` wrote; said in the log.
+
+    ``train`` and ``train-net`` then mark their bundle synthetic without ``--synthetic``, so no sheet of a model
+    trained on generated patients reads as research software for real ones. A file beside the manifest rather
+    than a column in it: the manifest contract stays as it is, and a manifest derived inside the cohort's folder
+    (censored at 40 months, a subset) is marked too, as its rows are the same generated patients.
+    """
+    marker = Path(manifest.source).parent / SYNTHETIC_MARKER
+    if not marker.is_file():
+        return False
+    log.warning("%s lies beside %s (a cohort npc-prognosis synth generated): the model is marked SYNTHETIC, not "
+                "for clinical use", Path(manifest.source).name, marker.name)
+    return True
 
 
 def load_column_map(spec: str | None) -> dict[str, str]:
@@ -250,7 +273,11 @@ def read_manifest(
     _check_outcome_cells(table, path)
     if require_clinical:
         for _, row in table.iterrows():
-            parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+            try:
+                parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
+            except InputError as exc:  # the record's own rules (chemo = 0 with a dose, ...), named in this file
+                raise InputError(exc.problem, patient_id=exc.patient_id, path=path, column=exc.column,
+                                 fix=exc.fix) from None
         _check_ebv_unit(table, path)
     return Manifest(table=table.reset_index(drop=True), root=path.parent.resolve(), source=path)
 

@@ -69,17 +69,19 @@ def patient_features(
 
 def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: str | None, workers: int,
                  network: str | None = None, auto_mask_dir: str | None = None,
-                 resample_mask: bool = False, roi_map: str | None = None) -> dict[str, Any]:
+                 resample_mask: bool = False, roi_map: str | None = None,
+                 foreign_ids: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
 
     With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
-    replace the manifest mask (AutoRadio) and are written there for review.
+    replace the manifest mask (AutoRadio) and are written there for review. ``foreign_ids`` (the manifest's other
+    patients) refuse a DICOM series carrying one of them (:func:`~NPCPrognosisLib.io.images.load_patient`).
     """
     auto_volumes: dict[str, float] | None = None  # the automatic contours' volumes, for the cohort check
     try:
         mask = None if auto_mask_dir else entry.mask
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask,
-                               resample_mask=resample_mask, roi_map=roi_map)
+                               resample_mask=resample_mask, roi_map=roi_map, foreign_ids=foreign_ids)
         config = PreprocessConfig.from_dict(preprocess)
         extra: dict[str, float] = {}
         prepared = None
@@ -210,7 +212,7 @@ def extract_cohort(
     cache_dir = out.with_name(out.name + ".partial")
     args = (str(cache_dir), settings_key, preprocess.to_dict(), None if params_path is None else str(params_path), 1,
             None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
-            bool(resample_mask), roi_map)
+            bool(resample_mask), roi_map, frozenset(manifest.patient_ids))
     if runner is not None:
         results = runner(_resumable_patient, entries, *args)
     elif workers > 1:

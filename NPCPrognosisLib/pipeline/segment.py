@@ -117,12 +117,13 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         items = tqdm(entries, desc="segmenting cohort", unit="patient")
     masks: dict[str, str] = {}
     failures, scores = [], []
+    cohort_ids = frozenset(manifest.patient_ids)  # a series carrying another row's ID is that patient's
     for entry in items:
         # '../' in an ID stays inside out_dir
         mask_path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")
         seg_path = patient_file(out_dir, entry.patient_id, "_seg.dcm")
         try:
-            patient = load_patient(entry.patient_id, entry.images)
+            patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
             result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
             path, _, seg_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE), mask_path,
                                                    seg_path, patient_id=entry.patient_id)

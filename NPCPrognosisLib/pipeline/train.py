@@ -281,13 +281,17 @@ def train(
     survival task and one task per binary endpoint, as the bundle's ``mmoe`` model.
 
     ``synthetic`` marks a bundle trained on synthetic data: every prediction from it then carries a
-    not-for-clinical-use warning. ``network`` (a network bundle) is copied into the bundle's ``network/``
-    folder; it is required when the features table holds deep scores, so predictions compute them the same way.
+    not-for-clinical-use warning; a manifest of a cohort ``synth`` wrote sets it by itself
+    (:func:`~NPCPrognosisLib.io.manifest.is_synthetic_cohort`). ``network`` (a network bundle) is copied into the
+    bundle's ``network/`` folder; it is required when the features table holds deep scores, so predictions compute
+    them the same way.
     """
     from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.io.manifest import is_synthetic_cohort
     from NPCPrognosisLib.pipeline.binary import binary_block_for
     from NPCPrognosisLib.survival.benefit import fit_benefit, recorded_doses
 
+    synthetic = synthetic or is_synthetic_cohort(manifest)
     if endpoint not in ENDPOINTS:
         if binary_endpoints:
             raise InputError("extra binary endpoints ride along a survival endpoint", column="--binary-endpoint",

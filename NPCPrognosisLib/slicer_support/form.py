@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: Defaults of the clinical form; ``ebv_dna`` < 0 means "not measured" (a spin box cannot be empty).
+#: Defaults of the clinical form; ``ebv_dna`` < 0 means "not measured" and ``ccnd`` 0 "not recorded" (a spin box
+#: cannot be empty).
 CLINICAL_FORM_DEFAULTS = {"age": 50.0, "sex": "M", "t_stage": "T1", "n_stage": "N0", "ebv_dna": -1.0, "rene": 0,
                           "ldh": 180.0, "chemo": False, "ccnd": 0.0}
 T_STAGES = ("T1", "T2", "T3", "T4")
@@ -36,7 +37,7 @@ def clinical_form_to_values(form: Mapping[str, Any]) -> dict[str, Any]:
         "rene": int(values["rene"]),
         "ldh": float(values["ldh"]),
         "chemo": 1 if values["chemo"] in (True, 1, "1", "true", "True", "yes") else 0,
-        "ccnd": float(values["ccnd"] or 0.0),
+        "ccnd": float(values["ccnd"]) if values["ccnd"] not in (None, "") and float(values["ccnd"]) > 0 else None,
     }
 
 
@@ -61,5 +62,5 @@ def clinical_values_to_form(values: Mapping[str, Any]) -> dict[str, Any]:
         "rene": int(record["rene"]),
         "ldh": float(record["ldh"]),
         "chemo": bool(record["chemo"]),
-        "ccnd": float(record["ccnd"]),
+        "ccnd": float(record["ccnd"] or 0.0),
     }

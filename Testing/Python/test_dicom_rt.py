@@ -550,6 +550,70 @@ def test_a_sequence_of_another_patient_is_refused_and_one_of_another_frame_of_re
     assert any("t1 series lies in another frame of reference" in w for w in moved.warnings)
 
 
+def test_series_of_another_patient_are_refused_by_their_patient_id(patients, tmp_path, capsys):
+    """A CET1W series whose PatientID is OTHER-999, given with --patient-id NPC-SAMPLE-001, was predicted with exit
+    0 and no warning and filed as NPC-SAMPLE-001. One patient (predict, segment) is checked against its ID; a
+    cohort, whose manifest may use pseudonyms, only against its other patients' IDs."""
+    import json
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.resources import DEMO_BUNDLE
+
+    patient = patients[3]
+    rng = np.random.default_rng(9)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+
+    def series(key, owner):
+        folder = tmp_path / f"{key}_{owner or 'anonymous'}"
+        tags = {"0008|0060": "MR", "0020|000d": study, "0020|0052": frame} | ({"0010|0020": owner} if owner else {})
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), folder, tags, dicom_uid(rng), rng)
+        return folder
+
+    other = {key: series(key, "OTHER-999") for key in ("t1", "t2", "t1c")}
+    with pytest.raises(InputError) as caught:
+        load_patient("NPC-SAMPLE-001", other, foreign_ids=None)
+    for words in ("NPC-SAMPLE-001", "'OTHER-999'", "t1c_OTHER-999", "Fix: pass NPC-SAMPLE-001's own t1c series",
+                  "--patient-id OTHER-999"):
+        assert words in str(caught.value)
+    assert load_patient("OTHER-999", other, foreign_ids=None).patient_id == "OTHER-999"
+    # anonymised series carry no PatientID: nothing to compare
+    anonymous = {key: series(key, None) for key in ("t1", "t2", "t1c")}
+    assert load_patient("NPC-SAMPLE-001", anonymous, foreign_ids=None).reference is not None
+    # two series of one patient that disagree, though the CET1W (a NIfTI file) carries no ID
+    sitk.WriteImage(patient.t1c, str(tmp_path / "t1c.nii.gz"))
+    mixed = {"t1": other["t1"], "t2": series("t2", "B7"), "t1c": tmp_path / "t1c.nii.gz"}
+    with pytest.raises(InputError, match="the t2 series belongs to patient 'B7', the t1 series to 'OTHER-999'"):
+        load_patient("OTHER-999", mixed)
+    # a pseudonymised cohort (manifest ID S-01, the hospital's ID in the DICOM) runs; a row pointing at the series
+    # of another patient of the same manifest does not
+    assert load_patient("S-01", other, foreign_ids={"S-01", "S-02"}).patient_id == "S-01"
+    with pytest.raises(InputError, match="another patient of the manifest") as caught:
+        load_patient("S-01", other, foreign_ids={"S-01", "OTHER-999"})
+    assert "correct the t1c path in S-01's row" in str(caught.value)
+    # the reviewer's command: refused before any work, and nothing filed under the patient's name
+    sitk.WriteImage(patient.t1, str(tmp_path / "t1.nii.gz"))
+    sitk.WriteImage(patient.t2, str(tmp_path / "t2.nii.gz"))
+    sitk.WriteImage(patient.mask, str(tmp_path / "mask.nii.gz"))
+    args = ["--quiet", "predict", "--bundle", str(DEMO_BUNDLE), "--t1", str(tmp_path / "t1.nii.gz"), "--t2",
+            str(tmp_path / "t2.nii.gz"), "--t1c", str(other["t1c"]), "--mask", str(tmp_path / "mask.nii.gz"),
+            "--out", str(tmp_path / "out"), "--clinical", "age=48", "sex=F", "t_stage=T2", "n_stage=N1", "rene=0",
+            "ldh=138"]
+    assert main([*args, "--patient-id", "NPC-SAMPLE-001"]) == 2
+    error = capsys.readouterr().err
+    assert "'OTHER-999'" in error and "NPC-SAMPLE-001" in error and "--patient-id OTHER-999" in error
+    assert not (tmp_path / "out" / "prediction.json").exists()
+    # a cohort run: a row pointing at another row's series is that patient's failure, named with the file
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame([{"patient_id": pid, "t1": str(other["t1"]), "t2": str(other["t2"]), "t1c": str(other["t1c"]),
+                   "mask": str(tmp_path / "mask.nii.gz"), "age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1",
+                   "rene": 0, "ldh": 180} for pid in ("B7", "OTHER-999")]).to_csv(manifest, index=False)
+    assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(tmp_path / "features.csv"),
+                 "--params", str(RADIOMICS_FAST_PARAMS), "--workers", "1"]) == 0
+    failures = pd.read_csv(tmp_path / "features.failures.csv")
+    assert failures["patient_id"].tolist() == ["B7"] and "another patient of the manifest" in failures["error"][0]
+    assert json.loads((tmp_path / "features.meta.json").read_text())["n_patients"] == 1
+
+
 def test_contours_drawn_in_another_frame_of_reference_are_refused(patients, tmp_path):
     """An RTSTRUCT drawn on a planning CT the MR was not resampled into (or on another study) holds coordinates
     that mean something else on this scan; its frame of reference is compared with the CET1W series'."""

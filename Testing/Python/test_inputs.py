@@ -98,6 +98,26 @@ def test_rene_without_nodes_is_refused():
         parse_clinical({**GOOD, "n_stage": "N0", "rene": 2}, "P2")
 
 
+def test_a_missing_dose_stays_missing_and_radiotherapy_alone_with_a_dose_is_refused(tmp_path):
+    """chemo=1 without ccnd was stored as 0 mg/m2 (the low-dose arm) where training puts it in no dose arm, and
+    chemo=0 with ccnd=193 was accepted and shown as 'radiotherapy alone | 193.0 mg/m2'."""
+    from NPCPrognosisLib.survival.benefit import UNKNOWN_DOSE, assign_arms
+
+    record = parse_clinical({**GOOD, "ccnd": ""}, "P9")
+    assert record.chemo == 1 and record.ccnd is None
+    assert assign_arms([record.chemo], [record.ccnd]).tolist() == [UNKNOWN_DOSE]  # as training reads such a row
+    assert parse_clinical({**GOOD, "chemo": 0, "ccnd": 0}).ccnd == 0.0
+    assert parse_clinical({**GOOD, "chemo": "", "ccnd": 193}).ccnd == 193.0  # a cohort recording doses only
+    with pytest.raises(InputError) as info:
+        parse_clinical({**GOOD, "chemo": 0, "ccnd": 193}, "P9")
+    for word in ("P9", "chemo = 0", "ccnd = 193", "Fix: set chemo=1"):
+        assert word in str(info.value)
+    # a cohort table follows the same rule, and the error names its file
+    with pytest.raises(InputError, match="chemo = 0") as info:
+        read_manifest(_write_cohort(tmp_path, [{}, {"chemo": 0, "ccnd": 193}]))
+    assert "P001" in str(info.value) and "manifest.csv" in str(info.value)
+
+
 def test_key_values_from_cli():
     assert parse_key_values(["age=52", "sex=M"]) == {"age": "52", "sex": "M"}
     with pytest.raises(InputError, match="given twice"):  # the last one silently won

@@ -11,7 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.bundle import read_bundle
+from NPCPrognosisLib.pipeline.predict import SYNTHETIC_WARNING
 from NPCPrognosisLib.radiomics.extraction import feature_columns
 from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
@@ -43,6 +45,7 @@ def test_a_training_block_drops_the_tests_of_groups_split_on_its_own_patients_an
 def test_bundle_contents(trained, small_cohort):
     document = read_bundle(trained)
     assert document["endpoint"] == "dmfs"
+    assert document["synthetic_demo"] is True  # trained on a synth cohort without --synthetic: marked all the same
     assert set(document["models"]) == {"radiomics", "clinical", "nomogram", "volume"}
     assert document["models"]["nomogram"]["model"]["covariates"][0] == "rad_score"
     training = document["training"]
@@ -156,9 +159,14 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     args = ["--quiet", "predict", "--bundle", str(trained), "--patient-id", row["patient_id"], "--out", str(tmp_path)]
     for seq in ("t1", "t2", "t1c", "mask"):
         args += [f"--{seq}", str(small_cohort / row[seq])]
+    # an earlier run's sheet and report of this patient, which the new prediction makes wrong
+    for name in ("patient_sheet.html", "patient_sheet.pdf", "report.json"):
+        (tmp_path / name).write_text("age 105, DMFS 6%", encoding="utf-8")
     # The bundle was trained on fast-settings features; predict must extract with the bundle's settings.
     assert main([*args, "--clinical", *clinical]) == 0
     prediction = json.loads((tmp_path / "prediction.json").read_text(encoding="utf-8"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("patient_sheet", "report"))]
+    assert prediction["warnings"][0] == SYNTHETIC_WARNING  # a synth cohort's bundle, trained without --synthetic
     assert prediction["risk_group"] in ("high", "low")
     assert set(prediction["survival"]) == {"12", "36", "60"}
     assert 0 < prediction["survival"]["60"] <= prediction["survival"]["36"] <= prediction["survival"]["12"] <= 1
@@ -186,6 +194,45 @@ def test_predict_one_patient_matches_cohort_prediction(small_cohort, trained, tm
     voxels = sitk.GetArrayFromImage(mask).tobytes()
     assert prediction["inputs"]["mask"] == hashlib.sha256(repr(header).encode() + voxels).hexdigest()
     assert set(prediction["inputs"]) == {"t1", "t2", "t1c", "mask"} and len(set(prediction["inputs"].values())) == 4
+
+
+def test_predict_refuses_a_folder_of_another_patients_result(small_cohort, trained, tmp_path, capsys):
+    """A failed run for SYN0009 left SYN0021's prediction.json in the folder. Another patient's result is refused
+    before any work; with --overwrite it is removed first, so a failure leaves none of it."""
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    row = manifest.iloc[1]
+    earlier = {"patient_id": "SYN0021", "risk_score": 1.0}
+    (tmp_path / "prediction.json").write_text(json.dumps(earlier), encoding="utf-8")
+    (tmp_path / "patient_sheet.html").write_text("SYN0021", encoding="utf-8")
+    args = ["predict", "--bundle", str(trained), "--patient-id", row["patient_id"], "--out", str(tmp_path),
+            *[f"--{seq}={small_cohort / row[seq]}" for seq in ("t1", "t2", "t1c", "mask")],
+            "--clinical", "age=38", "sex=M", "t_stage=T5", "n_stage=N2", "rene=0", "ldh=245"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "'SYN0021'" in error and row["patient_id"] in error and "--overwrite" in error
+    assert json.loads((tmp_path / "prediction.json").read_text(encoding="utf-8")) == earlier  # left whole
+    assert main([*args, "--overwrite"]) == 2 and "t_stage" in capsys.readouterr().err  # fails on T5, after
+    assert not (tmp_path / "prediction.json").exists() and not (tmp_path / "patient_sheet.html").exists()
+
+
+def test_a_replaced_result_keeps_the_runs_inputs(tmp_path):
+    """An edited automatic mask given back as --mask is an input: never removed, nor the automatic mask of this
+    patient's earlier run (it may be the radiologist's edit); the earlier maps and sheet go."""
+    from NPCPrognosisLib.pipeline.prediction_folder import claim_folder, remove_replaced
+
+    for name in ("automatic_mask.nii.gz", "uncertainty.nii.gz", "saliency.nii.gz", "patient_sheet.html"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "prediction.json").write_text(json.dumps({"patient_id": "P1"}), encoding="utf-8")
+    assert claim_folder(tmp_path, "P1") == []  # this patient's own folder
+    removed = remove_replaced(tmp_path, {"prediction.json", "saliency.nii.gz"}, [tmp_path / "patient_sheet.html"])
+    assert [p.name for p in removed] == ["uncertainty.nii.gz"]
+    assert (tmp_path / "automatic_mask.nii.gz").exists() and (tmp_path / "patient_sheet.html").exists()
+    removed = claim_folder(tmp_path, "P2", overwrite=True, inputs=[tmp_path / "automatic_mask.nii.gz"])
+    assert sorted(p.name for p in removed) == ["patient_sheet.html", "prediction.json", "saliency.nii.gz"]
+    assert (tmp_path / "automatic_mask.nii.gz").exists()
+    (tmp_path / "prediction.json").write_text("{", encoding="utf-8")
+    with pytest.raises(InputError, match="cannot be read"):
+        claim_folder(tmp_path, "P2")
 
 
 def test_an_image_fingerprint_follows_the_content_not_the_file(tmp_path):

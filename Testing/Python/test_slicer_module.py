@@ -252,6 +252,15 @@ def test_clinical_form_becomes_the_same_record_as_the_cli_would_parse():
     assert record == expected
 
 
+def test_a_zero_dose_in_the_form_means_not_recorded():
+    """A spin box cannot be empty: chemotherapy ticked with the dose left at 0 is a dose not recorded (no dose arm),
+    not 0 mg/m2; a record without a dose shows 0 in the form again."""
+    values = form.clinical_form_to_values({**form.CLINICAL_FORM_DEFAULTS, "chemo": True})
+    assert values["ccnd"] is None and parse_clinical(values).ccnd is None
+    assert form.clinical_values_to_form({**values, "chemo": 1})["ccnd"] == 0.0
+    assert form.clinical_form_to_values({"chemo": True, "ccnd": 150.0})["ccnd"] == 150.0
+
+
 def test_negative_ebv_dna_in_the_form_means_not_measured():
     values = form.clinical_form_to_values({**form.CLINICAL_FORM_DEFAULTS, "ebv_dna": -1.0})
     assert values["ebv_dna"] is None

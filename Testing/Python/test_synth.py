@@ -56,6 +56,28 @@ def test_manifest_columns_paths_and_notice(cohort, rows):
         assert tuple(next(csv.reader(fh))) == synth.TRUTH_COLUMNS
 
 
+def test_the_cohort_is_marked_synthetic_for_training(cohort, tmp_path, caplog):
+    """A bundle trained on a synth cohort without --synthetic said only 'Research software' on its sheets: the
+    marker beside the manifest marks it (and a manifest derived in the same folder), not a copy moved elsewhere."""
+    import logging
+    import shutil
+
+    from NPCPrognosisLib.io.manifest import SYNTHETIC_MARKER, is_synthetic_cohort, read_manifest
+
+    marker = json.loads((cohort.manifest_path.parent / SYNTHETIC_MARKER).read_text(encoding="utf-8"))
+    assert marker["synthetic"] is True and marker["patients"] == N and marker["seed"] == SEED
+    with caplog.at_level(logging.WARNING):
+        assert is_synthetic_cohort(read_manifest(cohort.manifest_path))
+    assert "marked SYNTHETIC" in caplog.text
+    censored = cohort.manifest_path.with_name("manifest_censor40.csv")
+    shutil.copy(cohort.manifest_path, censored)
+    assert is_synthetic_cohort(read_manifest(censored))
+    elsewhere = tmp_path / "real" / "manifest.csv"
+    shutil.copytree(cohort.manifest_path.parent / "images", elsewhere.parent / "images")
+    shutil.copy(cohort.manifest_path, elsewhere)
+    assert not is_synthetic_cohort(read_manifest(elsewhere))
+
+
 def test_images_share_one_grid_and_types(cohort, rows):
     for r in rows:
         imgs = {k: _read(cohort.manifest_path, r[k]) for k in ("t1", "t2", "t1c", "mask")}
