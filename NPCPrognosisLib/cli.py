@@ -206,6 +206,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
+    for warning in metrics.get("warnings") or []:
+        print(f"  warning: {warning}")
     for name, block in metrics["models"].items():
         lo, hi = block["c_index_95ci"] or (None, None)
         print(f"  {name:10s} C-index {_number(block['c_index'], '.3f')} (95% CI {_number(lo, '.3f')}-"

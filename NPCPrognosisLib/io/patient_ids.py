@@ -7,6 +7,7 @@ the network can score its own training patients out of fold, without carrying id
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 
 #: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
@@ -33,3 +34,14 @@ def hash_id(patient_id: str, salt: str | None = None) -> str:
     if salt is None:
         return hashlib.sha256(("npc-prognosis:" + str(patient_id)).encode()).hexdigest()[:16]
     return hashlib.pbkdf2_hmac("sha256", str(patient_id).encode(), bytes.fromhex(salt), ID_HASH_ROUNDS).hex()[:32]
+
+
+def id_key(patient_id: str) -> str:
+    """The spelling two exports of one record number share: trimmed, case-folded, leading zeros of every digit run
+    dropped ('NPC0007 ' and 'npc7' both give 'npc7').
+
+    A cohort re-exported by another system or through a spreadsheet often changes exactly these, and ``evaluate``
+    must still recognise a training patient. Two different patients whose IDs differ only so would share a key:
+    the cost is one held-out patient left out of the evaluation (and counted), never a training patient scored.
+    """
+    return re.sub(r"\d+", lambda digits: str(int(digits.group())), str(patient_id).strip().casefold())

@@ -19,13 +19,19 @@ from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
-from NPCPrognosisLib.io.patient_ids import hash_id
+from NPCPrognosisLib.io.patient_ids import hash_id, id_key
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import load_bundle
 from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
 log = logging.getLogger(__name__)
+
+#: The smallest cohort ``evaluate`` scores. Without an event no pair of patients can be compared; with one, every
+#: C-index is that one patient's rank and its bootstrap resamples hold it or nothing, so the interval collapses;
+#: below ten patients the four calibration groups hold one or two patients each and a C of 1.000 (1.000-1.000)
+#: says nothing. External validation studies should aim at 100 events or more (Collins et al., Stat Med 2016).
+MIN_PATIENTS, MIN_EVENTS = 10, 2
 
 
 def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
@@ -81,6 +87,9 @@ def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features:
     weights = np.array([b["events"] for b in scored], float)
     mean = float(np.average([b["nomogram_c_index"] for b in scored], weights=weights)) if scored else None
     return {"design": "each centre left out in turn; the bundle's recorded choices refitted on the other centres",
+            "note": "the choices (radiomics features kept, nomogram factors, clinical coding) are the bundle's, made "
+                    "with every centre's training patients, and reused, not made again without the left-out centre: "
+                    "the centres' C-indices are somewhat optimistic",
             "centres": centres, "nomogram_c_index_event_weighted": mean}
 
 
@@ -137,6 +146,8 @@ def evaluate_cohort(
     if short := follow_up_warning(manifest, endpoint):
         log.warning(short)
     time, event = manifest.outcome_arrays(endpoint)
+    _check_cohort_size(time, event, manifest, endpoint, excluded)
+    included = _training_included(bundle.document, manifest, subset)
     records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
                for _, row in manifest.table.iterrows()]
     features, harmonisation_warnings = bundle.harmonised(features, manifest.centre_labels,
@@ -147,13 +158,13 @@ def evaluate_cohort(
     missing_blocks = bundle.missing_blocks_warning(extras)
     if missing_blocks:
         log.warning(missing_blocks)
-    train_time, train_event = bundle.training_outcomes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions = pd.DataFrame({"patient_id": manifest.table["patient_id"]})
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
-                               "excluded_training_patients": excluded,
+                               "excluded_training_patients": excluded, "training_patients_included": included,
+                               "censoring_weights": CENSORING_WEIGHTS,
                                "without_features": _untrained(bundle.document, lacking, subset), "models": {},
                                # the figures this run drew: the page shows these, not whatever lies in the folder
                                "figures": [],
@@ -161,14 +172,13 @@ def evaluate_cohort(
                                **clinical_gaps(manifest, bundle.ebv_fill, training=False)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
-    if missing_blocks:
-        metrics["warnings"] = [missing_blocks]
+    metrics["warnings"] = [w for w in (_included_warning(included, subset), missing_blocks) if w]
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]
-        block = evaluate_risk(risk, time, event, train_time, train_event, cutoff=cutoff,
+        block = evaluate_risk(risk, time, event, time, event, cutoff=cutoff,
                               survival_at=lambda months, n=nomogram: n.survival(factors, months),
-                              n_boot=n_boot, seed=seed)
+                              n_boot=n_boot, seed=seed, ipcw_intervals=True)
         metrics["models"][name] = block
         predictions[f"{name}_risk"] = risk
         for months, column in zip(REPORT_MONTHS, nomogram.survival(factors, REPORT_MONTHS).T):
@@ -202,7 +212,7 @@ def evaluate_cohort(
     benefit = evaluate_benefit(bundle.document.get("chemo_benefit"), encoded,
                                predictions["risk_group"].to_numpy(), manifest.table.get("chemo"),
                                recorded_doses(manifest.table), time, event,
-                               records)
+                               records, n_boot=n_boot, seed=seed)
     predictions["arm"] = benefit.pop("arm")
     for column in ("chemo_cycles", "regimen"):  # carried through for the researcher's own subgroup analyses
         if column in manifest.table.columns:
@@ -237,8 +247,47 @@ def evaluate_cohort(
 
         write_cohort_page(out_dir, metrics, predictions, bundle.document,
                           characteristics=_characteristics(bundle.document, everyone, subset, endpoint),
-                          training_outcomes=(train_time, train_event), study_info=study_info)
+                          study_info=study_info)
     return metrics
+
+
+#: How the IPCW metrics (Uno's C, td-AUC, Brier score, the page's ROC curves) weight, recorded in metrics.json.
+CENSORING_WEIGHTS = ("inverse probability of censoring, the censoring distribution estimated (reverse Kaplan-Meier) "
+                     "from the evaluated cohort itself (Uno et al. 2011; Graf et al. 1999), up to ipcw_horizon_months")
+
+
+def _check_cohort_size(time: np.ndarray, event: np.ndarray, manifest: Manifest, endpoint: str, excluded: int) -> None:
+    """Refuse a cohort below :data:`MIN_PATIENTS` patients or :data:`MIN_EVENTS` events (why: at the constants)."""
+    n, events = len(time), int(np.sum(event))
+    if n >= MIN_PATIENTS and events >= MIN_EVENTS:
+        return
+    left = f" once the {excluded} training patient(s) are left out" if excluded else ""
+    raise InputError(f"{n} patient(s) with {events} {endpoint} event(s) to evaluate{left}: too few to validate a model "
+                     f"(evaluate needs at least {MIN_PATIENTS} patients and {MIN_EVENTS} events: without an event no "
+                     "two patients can be compared, and with fewer the C-index and its interval are decided by one or "
+                     "two patients)", path=manifest.source,
+                     column=f"{endpoint}_event",
+                     fix="evaluate on a larger held-out cohort (validation studies aim at 100 events or more)")
+
+
+def _training_included(document: dict[str, Any], manifest: Manifest, subset: str) -> int | None:
+    """How many evaluated patients trained the bundle: 0 with ``auto`` (they were left out), None with ``all``
+    when the bundle stores no patient IDs (unknown)."""
+    if subset != "all":
+        return 0
+    trained = _trained_mask(document, manifest)
+    return None if trained is None else int(trained.sum())
+
+
+def _included_warning(included: int | None, subset: str) -> str | None:
+    """The banner of an evaluation that scores training patients as if held out (``--subset all``)."""
+    if included:
+        return (f"NOT A VALIDATION: {included} of the evaluated patients trained this bundle (--subset all); their "
+                "numbers are optimistic training performance")
+    if included is None and subset == "all":
+        return ("--subset all and the bundle stores no training patient IDs: any training patient in this cohort is "
+                "scored as if held out")
+    return None
 
 
 def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, endpoint: str) -> pd.DataFrame:
@@ -257,12 +306,22 @@ def _trained_mask(document: dict[str, Any], manifest: Manifest) -> np.ndarray | 
 
 
 def _trained(document: dict[str, Any], patient_ids: list[str]) -> np.ndarray | None:
-    """Which of ``patient_ids`` the bundle was trained on (None when it stores no patient IDs)."""
+    """Which of ``patient_ids`` the bundle was trained on (None when it stores no patient IDs).
+
+    A re-exported cohort may spell a training patient's ID otherwise ('npc0007' for 'NPC0007'). Bundles that store
+    the hashes of :func:`id_key` match whatever the case and leading zeros; older ones store the hash of the ID as
+    written, and are matched on the ID as written, in upper and in lower case.
+    """
     training = document.get("training") or {}
     if training.get("patient_id_hashes") is None:
         return None
-    salt, trained = training.get("id_salt"), set(training["patient_id_hashes"])
-    return np.array([hash_id(p, salt) in trained for p in patient_ids], bool)
+    salt = training.get("id_salt")
+    if training.get("patient_id_key_hashes") is not None:
+        keys = set(training["patient_id_key_hashes"])
+        return np.array([hash_id(id_key(p), salt) in keys for p in patient_ids], bool)
+    trained = set(training["patient_id_hashes"])
+    return np.array([any(hash_id(spelling, salt) in trained for spelling in dict.fromkeys((p, p.upper(), p.lower())))
+                     for p in map(str, patient_ids)], bool)
 
 
 def _untrained(document: dict[str, Any], patient_ids: list[str], subset: str) -> list[str]:
@@ -326,6 +385,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots,
                                                   fused=fused, extras=extras)
     metrics["excluded_training_patients"] = excluded
+    metrics["training_patients_included"] = _training_included(document, manifest, subset)
     metrics["without_features"] = _untrained(document, lacking, subset)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -19,7 +19,7 @@ from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, estimable_codings
 from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes, follow_up_warning
-from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
+from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, id_key, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
 from NPCPrognosisLib.pipeline.fit import (
     COX_PENALIZER,
@@ -75,6 +75,8 @@ def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store:
                 "patient_ids": "not stored (train --no-patient-ids): evaluate cannot leave training patients out"}
     salt = new_id_salt()
     return {"patient_id_hashes": [hash_id(p, salt) for p in train_ids],
+            # evaluate matches these whatever the case and leading zeros of a re-exported ID (io.patient_ids.id_key)
+            "patient_id_key_hashes": [hash_id(id_key(p), salt) for p in train_ids],
             "test_patient_id_hashes": [hash_id(p, salt) for p in test_ids], "id_salt": salt,
             "id_hash": f"{ID_HASH_METHOD}, random per-bundle salt"}
 

@@ -153,7 +153,6 @@ def _settings_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictions: pd.DataFrame,
                       document: Mapping[str, Any], *, characteristics: pd.DataFrame | None = None,
-                      training_outcomes: tuple[np.ndarray, np.ndarray] | None = None,
                       study_info: Mapping[str, Any] | None = None) -> Path:
     """Write ``cohort_study.html`` (with ``figures/`` and ``tables/``) in the evaluation folder.
 
@@ -169,8 +168,6 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
         The bundle document.
     characteristics : pandas.DataFrame, optional
         Baseline characteristics by split (:func:`cohort_characteristics`).
-    training_outcomes : (time, event), optional
-        The training cohort's outcomes (the censoring weights of the time-dependent ROC curves).
     study_info : mapping, optional
         What only the user knows (data source, dates, ...), for the checklist.
 
@@ -188,6 +185,10 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
     body = ["<h1>NPCPrognosis cohort study</h1>"]
     if synthetic:
         body.append("<div class='banner'>SYNTHETIC DEMONSTRATION - the model and the cohort are synthetic</div>")
+    if metrics.get("training_patients_included"):
+        body.append(f"<div class='banner'>NOT A VALIDATION - {metrics['training_patients_included']} of the "
+                    f"{metrics['n']} evaluated patients trained this model (--subset all): their numbers are "
+                    "optimistic training performance</div>")
     body.append(f"<p class='small'>Endpoint {esc(endpoint.upper())} ({esc(ENDPOINT_TITLES.get(endpoint, endpoint))})"
                 f"; {metrics['n']} evaluated patients ({metrics.get('events', '–')} events); "
                 f"{metrics.get('excluded_training_patients', 0)} training patients left out of the evaluation"
@@ -203,8 +204,7 @@ def write_cohort_page(out_dir: str | Path, metrics: Mapping[str, Any], predictio
     body += ["<h2>Model comparison</h2>", _frame_html(comparison), _save_table(comparison, out_dir,
                                                                                 "model_comparison")]
     if survival:
-        body += _survival_sections(out_dir, metrics, predictions, document, endpoint, training_outcomes,
-                                   td_roc_curve)
+        body += _survival_sections(out_dir, metrics, predictions, endpoint, td_roc_curve)
     else:
         body += ["<h2>ROC and calibration</h2>"]
         for png in [p for p in sorted(out_dir.glob(f"roc_{endpoint}.png"))
@@ -237,8 +237,7 @@ def _drawn(metrics: Mapping[str, Any], png: Path) -> bool:
     return png.exists() and (drawn is None or png.name in drawn)
 
 
-def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: pd.DataFrame,
-                       document: Mapping[str, Any], endpoint: str, training_outcomes: Any,
+def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: pd.DataFrame, endpoint: str,
                        td_roc_curve: Any) -> list[str]:
     body = ["<h2>Risk groups</h2><p class='small'>Cut-offs learned on the training patients only.</p>"]
     for name in metrics["models"]:
@@ -253,17 +252,15 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
                  for p, m in zip(calibration, HORIZONS) if _drawn(metrics, p)]
     time = predictions[f"{endpoint}_time"].to_numpy(float)
     event = predictions[f"{endpoint}_event"].to_numpy(bool)
-    if training_outcomes is not None:
-        curves = {}
-        for name in metrics["models"]:
-            if f"{name}_risk" in predictions:
-                curves[name] = {m: td_roc_curve(training_outcomes[0], training_outcomes[1], time, event,
-                                                predictions[f"{name}_risk"].to_numpy(float), m) for m in HORIZONS}
-        if any(c for by in curves.values() for c in by.values()):
-            png = Path(_save(roc_figure(curves, endpoint), out_dir / FIGURES / "td_roc.png"))
-            body += ["<h2>Time-dependent ROC</h2>",
-                     _figure_link(out_dir, png, "time-dependent ROC curves",
-                                  "Cumulative/dynamic ROC curves (inverse-probability-of-censoring weights)")]
+    # censoring weights from the evaluated cohort itself, as its td-AUCs in metrics.json
+    curves = {name: {m: td_roc_curve(time, event, time, event, predictions[f"{name}_risk"].to_numpy(float), m)
+                     for m in HORIZONS} for name in metrics["models"] if f"{name}_risk" in predictions}
+    if any(c for by in curves.values() for c in by.values()):
+        png = Path(_save(roc_figure(curves, endpoint), out_dir / FIGURES / "td_roc.png"))
+        body += ["<h2>Time-dependent ROC</h2>",
+                 _figure_link(out_dir, png, "time-dependent ROC curves",
+                              "Cumulative/dynamic ROC curves (inverse-probability-of-censoring weights from this "
+                              "cohort)")]
     try:
         dca = decision_curves(predictions, endpoint, list(metrics["models"]))
     except (ValueError, ZeroDivisionError, KeyError) as exc:  # dcurves on a tiny cohort
@@ -286,8 +283,9 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
         png = Path(_save(benefit_calibration_figure(benefit["calibration"]),
                          out_dir / FIGURES / "benefit_calibration.png"))
         parts.append(_figure_link(out_dir, png, "benefit calibration",
-                                  f"Predicted vs observed benefit at {benefit.get('horizon_months', 60):g} months; "
-                                  f"C-for-benefit {fmt((benefit.get('c_for_benefit') or {}).get('c'))}", "55%"))
+                                  f"Predicted vs observed benefit at {benefit.get('horizon_months', 60):g} months"
+                                  f" ({_observed_benefit_method(benefit['calibration'])}); "
+                                  f"{_c_for_benefit_text(benefit.get('c_for_benefit') or {})}", "55%"))
     if parts:
         body += ["<h2>Treatment benefit</h2>", *parts]
     loco = metrics.get("leave_one_centre_out")
@@ -295,4 +293,24 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
         rows = [(c, b["n"], b["events"], fmt(b.get("nomogram_c_index"))) for c, b in loco["centres"].items()]
         body += ["<h2>Leave one centre out</h2>", table(["Centre", "n", "events", "nomogram C"], rows),
                  f"<p>Event-weighted mean C {fmt(loco.get('nomogram_c_index_event_weighted'))}</p>"]
+        if loco.get("note"):
+            body.append(f"<p class='small'>{esc(loco['note'][0].upper() + loco['note'][1:])}.</p>")
     return body
+
+
+def _c_for_benefit_text(block: Mapping[str, Any]) -> str:
+    """C-for-benefit with its interval and the patients it rests on, or why there is none."""
+    value = block.get("c_for_benefit")
+    if value is None:
+        return f"C-for-benefit – ({block.get('reason', 'not estimable')})"
+    lo, hi = block.get("ci95") or (None, None)
+    interval = f" (95% CI {fmt(lo)}-{fmt(hi)})" if lo is not None else ""
+    return (f"C-for-benefit {fmt(value)}{interval} from {block.get('pairs', '?')} matched pairs; "
+            f"{block.get('censored_before_horizon', 0)} patients censored before the horizon and "
+            f"{block.get('unmatched', 0)} unmatched left out")
+
+
+def _observed_benefit_method(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How the calibration's observed benefit was estimated (IPTW-weighted, or unadjusted where it had to be)."""
+    methods = {row.get("observed_benefit_method", "unadjusted Kaplan-Meier") for row in rows}
+    return "; ".join(sorted(methods))

@@ -487,7 +487,8 @@ def _status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> np.ndarra
 
 
 def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float = 60.0,
-                  treated: str = TREATED_ARM, control: str = REFERENCE_ARM) -> dict[str, Any]:
+                  treated: str = TREATED_ARM, control: str = REFERENCE_ARM, *, n_boot: int = 0,
+                  seed: int = 0) -> dict[str, Any]:
     """C-for-benefit (van Klaveren et al. 2018): do pairs with larger predicted benefit gain more?
 
     Treated and control patients (outcome known at ``horizon``) are each sorted by predicted benefit and matched
@@ -495,48 +496,102 @@ def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float 
     outcome (-1, 0, 1), its predicted benefit the mean of the two; the C is the concordance of the two over
     pairs of pairs with different observed benefit. 0.5 means predicted benefit tells nothing.
 
+    Patients censored before the horizon have no known outcome and are left out (as in the original method, which
+    assumes that censoring is unrelated to benefit); how many, and how many the matching left unpaired, is
+    reported beside the C so that a reader can judge what it rests on.
+
+    Parameters
+    ----------
+    benefit, arm, time, event : array-like
+        Predicted benefit, treatment arm and outcome per patient.
+    horizon : float
+        Months at which a patient's outcome counts.
+    treated, control : str
+        The two arms compared; other arms are not used.
+    n_boot, seed : int
+        Bootstrap resamples of the patients (the whole matching redone in each) for the percentile ``ci95``; 0
+        gives none.
+
     Returns
     -------
     result : dict
-        ``c_for_benefit``, ``pairs``, and the number of patients left out for censoring before the horizon.
+        ``c_for_benefit`` (None with fewer than 10 pairs, with a ``reason``), ``ci95`` (None without resamples or
+        with fewer than 10 usable ones), ``pairs``, ``patients_used`` (twice the pairs), ``censored_before_horizon``
+        (of the two arms) and ``unmatched`` (known outcome, but the larger arm's surplus).
     """
+    from NPCPrognosisLib.survival.metrics import bootstrap_ci
+
     benefit, arm = np.asarray(benefit, float), np.asarray(arm).astype(str)
     time, event = np.asarray(time, float), np.asarray(event, bool)
     status = _status_at(time, event, horizon)
-    known = status >= 0
-    ti = np.flatnonzero(known & (arm == treated))
-    ci = np.flatnonzero(known & (arm == control))
+    in_arms = (arm == treated) | (arm == control)
+    known = in_arms & (status >= 0)
+    m = int(min(np.sum(known & (arm == treated)), np.sum(known & (arm == control))))
+    out = {"horizon_months": float(horizon), "pairs": m, "patients_used": 2 * m,
+           "censored_before_horizon": int((in_arms & (status < 0)).sum()), "unmatched": int(known.sum()) - 2 * m,
+           "ci95": None}
+    if m < MIN_BENEFIT_PAIRS:
+        return {**out, "c_for_benefit": None, "reason": f"fewer than {MIN_BENEFIT_PAIRS} matched pairs"}
+    value = _matched_concordance(benefit, arm, status, treated, control)
+    if n_boot > 0:
+        lo, hi = bootstrap_ci(lambda b, a, st: _matched_concordance(b, a, st, treated, control), benefit, arm, status,
+                              n_boot=n_boot, seed=seed, event_index=None)
+        out["ci95"] = [float(lo), float(hi)] if np.isfinite([lo, hi]).all() else None
+    return {**out, "c_for_benefit": value}
+
+
+#: C-for-benefit is not given on fewer matched pairs (nor counted in a bootstrap resample with fewer).
+MIN_BENEFIT_PAIRS = 10
+
+
+def _matched_concordance(benefit: np.ndarray, arm: np.ndarray, status: np.ndarray, treated: str,
+                         control: str) -> float:
+    """The C of :func:`c_for_benefit` for outcomes ``status`` (from :func:`_status_at`); NaN with fewer than
+    :data:`MIN_BENEFIT_PAIRS` pairs or no pair of pairs with different observed benefit."""
+    ti = np.flatnonzero((status >= 0) & (arm == treated))
+    ci = np.flatnonzero((status >= 0) & (arm == control))
     m = min(len(ti), len(ci))
-    out = {"horizon_months": float(horizon), "pairs": int(m), "censored_before_horizon": int((~known).sum())}
-    if m < 10:
-        return {**out, "c_for_benefit": None, "reason": "fewer than 10 matched pairs"}
+    if m < MIN_BENEFIT_PAIRS:
+        return float("nan")
     ti = ti[np.argsort(benefit[ti], kind="mergesort")]
     ci = ci[np.argsort(benefit[ci], kind="mergesort")]
     ti = ti[np.round(np.linspace(0, len(ti) - 1, m)).astype(int)]
     ci = ci[np.round(np.linspace(0, len(ci) - 1, m)).astype(int)]
     pred = (benefit[ti] + benefit[ci]) / 2.0
     obs = status[ci] - status[ti]
-    conc = disc = ties = 0.0
-    for k in range(m):
-        diff = obs[k + 1:] - obs[k]
-        usable = diff != 0
-        pd_ = (pred[k + 1:] - pred[k])[usable]
-        sign = np.sign(diff[usable])
-        conc += float(np.sum(pd_ * sign > 0))
-        disc += float(np.sum(pd_ * sign < 0))
-        ties += float(np.sum(pd_ == 0))
-    total = conc + disc + ties
-    return {**out, "c_for_benefit": float((conc + 0.5 * ties) / total) if total else None}
+    first, second = np.triu_indices(m, 1)
+    usable = obs[second] != obs[first]
+    gap = (pred[second] - pred[first])[usable] * np.sign(obs[second] - obs[first])[usable]
+    concordant, discordant, ties = np.sum(gap > 0), np.sum(gap < 0), np.sum(gap == 0)
+    total = concordant + discordant + ties
+    return float((concordant + 0.5 * ties) / total) if total else float("nan")
 
 
 def benefit_calibration(benefit: Any, arm: Any, time: Any, event: Any, horizon: float = 60.0, n_groups: int = 3,
-                        treated: str = TREATED_ARM, control: str = REFERENCE_ARM) -> list:
-    """Patients grouped by predicted benefit: mean predicted vs observed (KM) benefit and the arm HR per group."""
+                        treated: str = TREATED_ARM, control: str = REFERENCE_ARM,
+                        confounders: pd.DataFrame | None = None) -> list:
+    """Patients grouped by predicted benefit: mean predicted vs observed benefit and the arm HR per group.
+
+    The arms were not randomised: whoever received the higher dose differs from whoever did not (stage, EBV DNA),
+    so an unadjusted difference of the arms' Kaplan-Meier curves mixes the dose effect with that difference. The
+    observed benefit is therefore the difference of IPTW-weighted Kaplan-Meier curves (:func:`iptw_weights` from
+    ``confounders``, one propensity model fitted on both arms' patients; its weights balance the arms within any
+    group defined by the confounders, so within each tertile too). Without confounders, or when the propensity
+    model cannot be fitted, the unadjusted difference is given and ``observed_benefit_method`` says so; the
+    unadjusted difference is always given beside it (``observed_benefit_unadjusted``), as is the unadjusted HR.
+
+    Returns
+    -------
+    rows : list of dict
+        Per group ``n_treated``, ``n_control``, ``predicted_benefit``, ``observed_benefit``,
+        ``observed_benefit_method``, ``observed_benefit_unadjusted``, ``hr`` and ``hr_95ci`` (unadjusted Cox).
+    """
     from NPCPrognosisLib.survival.metrics import _km_at, hazard_ratio
 
     benefit, arm = np.asarray(benefit, float), np.asarray(arm).astype(str)
     time, event = np.asarray(time, float), np.asarray(event, bool)
     pair = (arm == treated) | (arm == control)
+    weight, method = _calibration_weights(arm, pair, confounders)
     edges = np.quantile(benefit[pair], np.linspace(0, 1, n_groups + 1)) if pair.any() else []
     rows = []
     for k in range(n_groups if len(edges) else 0):
@@ -547,7 +602,14 @@ def benefit_calibration(benefit: Any, arm: Any, time: Any, event: Any, horizon: 
                                "predicted_benefit": float(benefit[inside].mean()) if inside.any() else None}
         s_t = _km_at(time[t_], event[t_], horizon)[0] if t_.any() else None
         s_c = _km_at(time[c_], event[c_], horizon)[0] if c_.any() else None
-        row["observed_benefit"] = None if s_t is None or s_c is None else float(s_t - s_c)
+        row["observed_benefit_unadjusted"] = None if s_t is None or s_c is None else float(s_t - s_c)
+        if weight is None:
+            row["observed_benefit"] = row["observed_benefit_unadjusted"]
+        else:
+            w_t = weighted_km(time[t_], event[t_], weight[t_], [horizon])[0] if t_.any() else None
+            w_c = weighted_km(time[c_], event[c_], weight[c_], [horizon])[0] if c_.any() else None
+            row["observed_benefit"] = None if w_t is None or w_c is None else float(w_t - w_c)
+        row["observed_benefit_method"] = method
         try:
             hr = hazard_ratio(time[inside], event[inside], (arm[inside] == treated).astype(int))
             row["hr"], row["hr_95ci"] = hr[0], [hr[1], hr[2]]
@@ -555,6 +617,21 @@ def benefit_calibration(benefit: Any, arm: Any, time: Any, event: Any, horizon: 
             row["hr"], row["reason"] = None, str(exc)
         rows.append(row)
     return rows
+
+
+def _calibration_weights(arm: np.ndarray, pair: np.ndarray,
+                         confounders: pd.DataFrame | None) -> tuple[np.ndarray | None, str]:
+    """Stabilised IPTW weights of the two arms' patients (1 elsewhere) for :func:`benefit_calibration`, and how
+    its observed benefit is estimated with them; None (unadjusted) without confounders or a propensity model."""
+    if confounders is None:
+        return None, "unadjusted Kaplan-Meier (no confounders given)"
+    try:
+        w, _ = iptw_weights(arm[pair], confounders[pair].reset_index(drop=True))
+    except ValueError as exc:  # one arm only, or degenerate covariates
+        return None, f"unadjusted Kaplan-Meier (no propensity model: {exc})"
+    weight = np.ones(len(arm))
+    weight[pair] = w
+    return weight, "IPTW-weighted Kaplan-Meier (stabilised weights, confounders: " + ", ".join(confounders) + ")"
 
 
 EBV_DNA_CUTOFF = 4000.0  # copies/mL, the pretreatment cut-off NPC staging studies use
@@ -613,7 +690,8 @@ def three_arm_logrank(time: np.ndarray, event: np.ndarray, arm: np.ndarray) -> d
 
 def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, groups: Sequence[str],
                      chemo: Sequence[Any] | None, ccnd: Sequence[Any], time: Any, event: Any,
-                     records: Sequence[Any], horizon: float = 60.0) -> dict[str, Any]:
+                     records: Sequence[Any], horizon: float = 60.0, *, n_boot: int = 0,
+                     seed: int = 0) -> dict[str, Any]:
     """Held-out checks of the benefit model and the subgroup analyses a trial report shows.
 
     Parameters
@@ -630,6 +708,10 @@ def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, g
         The endpoint.
     records : sequence of ClinicalRecord
         For the subgroups (T, N, EBV DNA, age).
+    horizon : float
+        Months of the predicted benefit, C-for-benefit and benefit calibration.
+    n_boot, seed : int
+        Bootstrap resamples for the CI of C-for-benefit (0: none).
 
     Returns
     -------
@@ -648,10 +730,13 @@ def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, g
     if pb is not None and not np.isfinite(pb).all():  # the benefit model knows nothing after its follow-up
         doc = {**doc, "estimable": False,
                "reason": f"the training cohort's follow-up ended before the {horizon:g}-month horizon"}
+    conf = confounders[list(CONFOUNDERS)].reset_index(drop=True).astype(float)
     if doc and doc.get("estimable"):
         out["predicted_benefit"] = pb.tolist()
-        out["c_for_benefit"] = c_for_benefit(pb, arm, time, event, horizon)
-        out["calibration"] = benefit_calibration(pb, arm, time, event, horizon)
+        out["c_for_benefit"] = c_for_benefit(pb, arm, time, event, horizon, n_boot=n_boot, seed=seed)
+        # the risk group is prognostic and may have guided the dose: balanced as the clinical factors are
+        out["calibration"] = benefit_calibration(pb, arm, time, event, horizon,
+                                                 confounders=conf.assign(high_risk=(groups == "high").astype(float)))
     else:
         out["predicted_benefit"] = None
         out["not_estimable"] = (doc or {}).get("reason", "no benefit model in the bundle")
@@ -664,7 +749,6 @@ def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, g
                                                                   else f"<{EBV_DNA_CUTOFF:g}") for r in records]),
         "age": np.array(["<50" if r.age < 50 else ">=50" for r in records]),
     }
-    conf = confounders[list(CONFOUNDERS)].reset_index(drop=True).astype(float)
     out["subgroups"] = subgroup_effects(time, event, arm, subgroups, conf)
     t12n1 = t_early & np.array([r.n_stage == "N1" for r in records])
     out["t12n1"] = {g: three_arm_logrank(time[t12n1 & (groups == g)], event[t12n1 & (groups == g)],

@@ -1,17 +1,23 @@
 """Discrimination, calibration and risk-group metrics as plain functions of arrays.
 
 Every metric delegates to scikit-survival; this module adds what a validation report needs around it:
-input checks with actionable errors, the IPCW range rules sksurv enforces by raising (test follow-up beyond
-the training follow-up), bootstrap confidence intervals, and a single :func:`evaluate_risk` whose output is
+input checks with actionable errors, the IPCW range rules sksurv enforces by raising (scored follow-up beyond
+that of the censoring data), bootstrap confidence intervals, and a single :func:`evaluate_risk` whose output is
 JSON-able and degrades to ``None`` plus a warning instead of crashing on a small or degenerate cohort.
 Convention throughout: ``risk`` is higher for worse prognosis; times are in the cohort's unit (months).
+
+The censoring-weighted metrics (Uno's C, time-dependent AUC and ROC, Brier score) take the outcomes their
+censoring distribution is estimated from (``censoring_time``, ``censoring_event``; sksurv's ``survival_train``)
+apart from the scored ones. Pass the scored cohort's own outcomes: the weights undo that cohort's censoring
+(Uno et al., Stat Med 2011; Graf et al., Stat Med 1999), and an external cohort followed differently from the
+training cohort is misweighted by the training censoring.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -52,18 +58,22 @@ def _finite_or_none(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _below_max_train(train_time: np.ndarray) -> float:
-    """Largest usable IPCW horizon: the censoring KM of the training data is undefined beyond its last time."""
-    return float(np.nextafter(np.max(train_time), -np.inf))
+def ipcw_horizon(censoring_time: Any) -> float:
+    """Largest usable IPCW horizon: just below the last follow-up time of the censoring data.
+
+    The censoring Kaplan-Meier is undefined beyond its last time and may be 0 at it (a censored last patient),
+    where the weights are infinite; every IPCW time point and Uno's tau must lie below it.
+    """
+    return float(np.nextafter(np.max(np.asarray(censoring_time, float)), -np.inf))
 
 
 def _clip_test_times(time: np.ndarray, horizon: float) -> np.ndarray:
-    """Move test times beyond the training follow-up to just below it.
+    """Move scored times beyond the censoring data's follow-up to just below it.
 
     For metrics evaluated at t <= horizon (time-dependent AUC, Brier) a patient with T > horizon is a
     control/survivor whatever its exact time, and the IPCW weight of such a patient is taken at t, not at T;
     clipping therefore changes no metric value but avoids sksurv's "time must be smaller than largest
-    observed time" error when the test cohort was followed longer than the training cohort.
+    observed time" error at the last follow-up time (or when other censoring data are passed).
     """
     return np.minimum(time, horizon)
 
@@ -113,19 +123,27 @@ def harrell_c_columns(time: np.ndarray, event: np.ndarray, risks: np.ndarray,
 
 
 def uno_c(
-    train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, tau: float | None = None
+    censoring_time: Any, censoring_event: Any, time: Any, event: Any, risk: Any, tau: float | None = None
 ) -> float:
-    """Uno's IPCW concordance (sksurv ``concordance_index_ipcw``), censoring distribution from training data.
+    """Uno's IPCW concordance (sksurv ``concordance_index_ipcw``) up to ``tau``.
 
-    `tau` defaults to just below the largest training time and is capped there: beyond it the censoring
-    survival estimate is undefined (or zero) and the weights blow up.
+    Parameters
+    ----------
+    censoring_time, censoring_event : array-like
+        The outcomes the censoring distribution is estimated from: the scored cohort's own (module docstring).
+    time, event, risk : array-like
+        The scored cohort.
+    tau : float, optional
+        Truncation time; defaults to :func:`ipcw_horizon` and is capped there, beyond which the censoring survival
+        estimate is undefined (or zero) and the weights blow up.
     """
     from sksurv.metrics import concordance_index_ipcw
 
-    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tt, te = check_survival_arrays(censoring_time, censoring_event, time_name="censoring_time",
+                                   event_name="censoring_event")
     t, e = check_survival_arrays(time, event)
     r = _risk_array(risk, len(t))
-    horizon = _below_max_train(tt)
+    horizon = ipcw_horizon(tt)
     tau = horizon if tau is None else min(float(tau), horizon)
     if not (e & (t < tau)).any():
         raise InputError(
@@ -146,10 +164,41 @@ def bootstrap_ci(
 ) -> tuple:
     """Percentile bootstrap CI of ``stat_fn(*arrays)``, resampling patients (rows of every array together).
 
-    By the (time, event, ...) convention of this module ``arrays[event_index]`` is the event indicator and
-    resamples without any event are skipped (set ``event_index=None`` to disable). Resamples where the
-    statistic raises InputError/ValueError or is not finite are skipped too. Returns (nan, nan) when fewer
+    One statistic of :func:`bootstrap_cis` (the same resamples for the same seed). Returns (nan, nan) when fewer
     than 10 resamples were usable.
+    """
+    return bootstrap_cis({"statistic": stat_fn}, *arrays, n_boot=n_boot, seed=seed, alpha=alpha,
+                         event_index=event_index)["statistic"]
+
+
+def bootstrap_cis(
+    stats: Mapping[str, Callable[..., float]],
+    *arrays: Any,
+    n_boot: int = 500,
+    seed: int = 0,
+    alpha: float = 0.05,
+    event_index: int | None = 1,
+) -> dict[str, tuple]:
+    """Percentile bootstrap CIs of several statistics, every one from the same resamples of patients.
+
+    Resampling once for all of a model's metrics keeps their intervals comparable (the same replicate cohorts)
+    and draws the C-index's resamples exactly as :func:`bootstrap_ci` does.
+
+    Parameters
+    ----------
+    stats : mapping of str to callable
+        ``name -> stat_fn``; each is called as ``stat_fn(*resampled_arrays)``.
+    *arrays : array-like
+        One entry per patient each; by the (time, event, ...) convention of this module ``arrays[event_index]``
+        is the event indicator and resamples without any event are skipped (``event_index=None`` disables this).
+    n_boot, seed, alpha : int, int, float
+        Resamples, random seed and the two-sided level.
+
+    Returns
+    -------
+    cis : dict of str to (float, float)
+        Per statistic; a resample where it raises InputError/ValueError or is not finite is skipped for that
+        statistic only, and (nan, nan) means fewer than 10 usable resamples.
     """
     if not arrays:
         raise InputError("bootstrap_ci needs at least one array", fix="pass (time, event, risk)")
@@ -158,22 +207,27 @@ def bootstrap_ci(
     if any(a.shape[0] != n for a in arrs):
         raise InputError("all arrays must have one entry per patient", fix="check the array lengths")
     rng = np.random.default_rng(seed)
-    stats = []
+    draws: dict[str, list[float]] = {name: [] for name in stats}
     for _ in range(int(n_boot)):
         idx = rng.integers(0, n, n)
         sample = [a[idx] for a in arrs]
         if event_index is not None and len(sample) > event_index and not np.any(sample[event_index]):
             continue
-        try:
-            v = float(stat_fn(*sample))
-        except (InputError, ValueError, ZeroDivisionError, FloatingPointError):
+        for name, stat_fn in stats.items():
+            try:
+                v = float(stat_fn(*sample))
+            except (InputError, ValueError, ZeroDivisionError, FloatingPointError):
+                continue
+            if math.isfinite(v):
+                draws[name].append(v)
+    cis = {}
+    for name, values in draws.items():
+        if len(values) < 10:
+            cis[name] = (float("nan"), float("nan"))
             continue
-        if math.isfinite(v):
-            stats.append(v)
-    if len(stats) < 10:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return (float(lo), float(hi))
+        lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        cis[name] = (float(lo), float(hi))
+    return cis
 
 
 def paired_c_difference(time: Any, event: Any, risk: Any, reference: Any, *, n_boot: int = 1000,
@@ -197,8 +251,16 @@ def paired_c_difference(time: Any, event: Any, risk: Any, reference: Any, *, n_b
     comparison : dict
         ``difference``, ``ci95`` (percentile) and ``p`` (two-sided, from the share of replicates on either side
         of zero; None with fewer than 10 usable replicates).
+
+    Raises
+    ------
+    InputError
+        With fewer than two patients or no event (no pair of patients to compare).
     """
     t, e = check_survival_arrays(time, event)
+    if len(t) < 2 or not e.any():
+        raise InputError(f"comparing two models' C needs two patients and an event, not {len(t)} patient(s) with "
+                         f"{int(e.sum())} event(s)", column="event", fix="compare the models on a larger cohort")
     a, b = _risk_array(risk, len(t)), _risk_array(reference, len(t), "reference")
     difference = harrell_c(t, e, a) - harrell_c(t, e, b)
     rng = np.random.default_rng(seed)
@@ -221,20 +283,22 @@ def paired_c_difference(time: Any, event: Any, risk: Any, reference: Any, *, n_b
 
 
 def td_auc(
-    train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, times: Sequence[float] = (36, 60)
+    censoring_time: Any, censoring_event: Any, time: Any, event: Any, risk: Any, times: Sequence[float] = (36, 60)
 ) -> dict:
     """Cumulative/dynamic AUC at each time point (sksurv ``cumulative_dynamic_auc``), keyed by '36', '60'.
 
-    A time point outside the test follow-up (or beyond the training follow-up, where the IPCW is undefined),
+    The censoring distribution comes from ``censoring_time``, ``censoring_event`` (the scored cohort's own, module
+    docstring). A time point outside the follow-up (at or beyond :func:`ipcw_horizon`, where the IPCW is undefined),
     or without both cases and controls, maps to None rather than raising: a short external cohort simply has
     no 5-year AUC.
     """
     from sksurv.metrics import cumulative_dynamic_auc
 
-    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tt, te = check_survival_arrays(censoring_time, censoring_event, time_name="censoring_time",
+                                   event_name="censoring_event")
     t, e = check_survival_arrays(time, event)
     r = _risk_array(risk, len(t))
-    horizon = _below_max_train(tt)
+    horizon = ipcw_horizon(tt)
     tc = _clip_test_times(t, horizon)
     out = {}
     for tp in times:
@@ -253,11 +317,13 @@ def td_auc(
     return out
 
 
-def td_roc_curve(train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, t: float) -> dict | None:
+def td_roc_curve(censoring_time: Any, censoring_event: Any, time: Any, event: Any, risk: Any,
+                 t: float) -> dict | None:
     """The cumulative/dynamic ROC curve at time ``t``: the curve whose area is :func:`td_auc`'s AUC.
 
     Cases had the event by ``t`` and are weighted by the inverse probability of remaining uncensored (the
-    censoring distribution of the training cohort, as sksurv's ``cumulative_dynamic_auc`` does); controls are
+    censoring distribution estimated from ``censoring_time``, ``censoring_event``, the scored cohort's own, as
+    sksurv's ``cumulative_dynamic_auc`` does with its ``survival_train``); controls are
     still event-free after ``t``. None when ``t`` has no cases or controls, or lies outside the follow-up.
 
     Returns
@@ -267,10 +333,11 @@ def td_roc_curve(train_time: Any, train_event: Any, time: Any, event: Any, risk:
     """
     from sksurv.nonparametric import CensoringDistributionEstimator
 
-    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tt, te = check_survival_arrays(censoring_time, censoring_event, time_name="censoring_time",
+                                   event_name="censoring_event")
     tc_raw, e = check_survival_arrays(time, event)
     r = _risk_array(risk, len(tc_raw))
-    horizon = _below_max_train(tt)
+    horizon = ipcw_horizon(tt)
     tc = _clip_test_times(tc_raw, horizon)
     t = float(t)
     cases, controls = e & (tc <= t), tc > t
@@ -418,16 +485,18 @@ def calibration(predicted_survival: Any, time: Any, event: Any, t: float, n_grou
 
 
 def integrated_brier(
-    train_time: Any, train_event: Any, time: Any, event: Any, survival_matrix: Any, times: Sequence[float]
+    censoring_time: Any, censoring_event: Any, time: Any, event: Any, survival_matrix: Any, times: Sequence[float]
 ) -> float | None:
     """Integrated Brier score (sksurv) over `times`; None when fewer than two usable time points remain.
 
-    Time points must lie inside the test follow-up and below the training follow-up; the caller's matrix
+    The censoring distribution (Graf et al. 1999) comes from ``censoring_time``, ``censoring_event``: the scored
+    cohort's own. Time points must lie inside the follow-up and below :func:`ipcw_horizon`; the caller's matrix
     columns for other time points are dropped rather than failing.
     """
     from sksurv.metrics import integrated_brier_score
 
-    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tt, te = check_survival_arrays(censoring_time, censoring_event, time_name="censoring_time",
+                                   event_name="censoring_event")
     t, e = check_survival_arrays(time, event)
     S = np.asarray(survival_matrix, dtype=float)
     grid = np.asarray(times, dtype=float).reshape(-1)
@@ -436,7 +505,7 @@ def integrated_brier(
             f"survival matrix must have shape (patients, times) = ({len(t)}, {len(grid)}), got {S.shape}",
             fix="evaluate the survival function at exactly the given times",
         )
-    horizon = _below_max_train(tt)
+    horizon = ipcw_horizon(tt)
     tc = _clip_test_times(t, horizon)
     keep = (grid >= tc.min()) & (grid < tc.max()) & (grid < horizon)
     keep_idx = np.flatnonzero(keep)
@@ -456,26 +525,54 @@ def evaluate_risk(
     risk: Any,
     time: Any,
     event: Any,
-    train_time: Any,
-    train_event: Any,
+    censoring_time: Any,
+    censoring_event: Any,
     *,
     cutoff: float,
     survival_at: Callable[[np.ndarray], np.ndarray] | None = None,
     n_boot: int = 500,
     seed: int = 0,
     times: Sequence[float] = (36, 60),
+    ipcw_intervals: bool = False,
 ) -> dict:
     """All validation numbers for one risk score on one cohort, JSON-able, with None + warnings on failure.
 
-    high risk = risk > cutoff (the cut-off fixed on the training cohort). `survival_at(times)` must return
-    the (patients, len(times)) predicted-survival matrix of this cohort; when given, calibration at `times`
-    and the integrated Brier score (over a grid between the 10th and 90th percentile of test times) are added.
+    Parameters
+    ----------
+    risk, time, event : array-like
+        The scored cohort.
+    censoring_time, censoring_event : array-like
+        What the IPCW metrics estimate the censoring distribution from: pass ``time``, ``event`` (module
+        docstring). Every IPCW number is taken below :func:`ipcw_horizon` of these.
+    cutoff : float
+        high risk = risk > cutoff (the cut-off fixed on the training cohort).
+    survival_at : callable, optional
+        ``survival_at(times)`` returns the (patients, len(times)) predicted-survival matrix of this cohort; when
+        given, calibration at ``times`` and the integrated Brier score (over a grid between the 10th and 90th
+        percentile of the follow-up) are added.
+    n_boot, seed : int
+        Bootstrap resamples for the CI of Harrell's C.
+    times : sequence of float
+        Months of the td-AUC and the calibration.
+    ipcw_intervals : bool, default False
+        Also bootstrap Uno's C, the td-AUCs and the integrated Brier score, from the C-index's resamples
+        (:func:`bootstrap_cis`; the censoring weights stay those of the whole cohort). Each resample then costs
+        about eight times as much (sksurv checks its inputs on every call): ``evaluate`` asks for them, the
+        training report, which keeps only the C-index's interval, does not.
+
+    Returns
+    -------
+    metrics : dict
+        Besides the metrics, ``uno_c_tau`` (Uno's truncation time) and ``ipcw_horizon_months`` (no IPCW metric
+        looks beyond it), so that two cohorts' numbers are compared over the same months.
     """
     t, e = check_survival_arrays(time, event)
-    tt, te = check_survival_arrays(train_time, train_event, time_name="train_time", event_name="train_event")
+    tt, te = check_survival_arrays(censoring_time, censoring_event, time_name="censoring_time",
+                                   event_name="censoring_event")
     r = _risk_array(risk, len(t))
     cutoff = float(cutoff)
-    warns = []
+    horizon = ipcw_horizon(tt)
+    warns: list[str] = []
     out = {
         "n": len(t),
         "events": int(e.sum()),
@@ -483,7 +580,11 @@ def evaluate_risk(
         "c_index": None,
         "c_index_95ci": [None, None],
         "uno_c": None,
+        "uno_c_95ci": [None, None],
+        "uno_c_tau": None,
+        "ipcw_horizon_months": horizon,
         "td_auc": {_key(tp): None for tp in times},
+        "td_auc_95ci": {_key(tp): [None, None] for tp in times},
         "logrank_chi2": None,
         "logrank_p": None,
         "hr_high_vs_low": None,
@@ -499,76 +600,126 @@ def evaluate_risk(
             warns.append(f"{label}: {exc}")
             return None
 
-    if not e.any():
-        warns.append("no events in this cohort: discrimination and risk-group statistics are undefined")
-    else:
-        out["c_index"] = _finite_or_none(attempt("c_index", lambda: harrell_c(t, e, r)))
-        ci = attempt(
-            "c_index_95ci",
-            lambda: bootstrap_ci(harrell_c, t, e, r, n_boot=n_boot, seed=seed),
-        )
-        if ci is not None:
-            out["c_index_95ci"] = [_finite_or_none(ci[0]), _finite_or_none(ci[1])]
-            if out["c_index_95ci"][0] is None:
-                warns.append("c_index_95ci: too few bootstrap resamples with events")
-        out["uno_c"] = _finite_or_none(attempt("uno_c", lambda: uno_c(tt, te, t, e, r)))
-        auc = attempt("td_auc", lambda: td_auc(tt, te, t, e, r, times))
-        if auc is not None:
-            out["td_auc"] = auc
-            for k, v in auc.items():
-                if v is None:
-                    warns.append(f"td_auc at {k}: time point outside follow-up or without cases/controls")
-
-        high = (r > cutoff).astype(int)
-        if out["n_high"] == 0 or out["n_low"] == 0:
-            warns.append(
-                f"all patients fall in the {'high' if out['n_low'] == 0 else 'low'}-risk group at cut-off "
-                f"{cutoff:g}: log-rank and hazard ratio are undefined"
-            )
-        else:
-            lr = attempt("logrank", lambda: logrank(t, e, high))
-            if lr is not None:
-                out["logrank_chi2"], out["logrank_p"] = _finite_or_none(lr[0]), _finite_or_none(lr[1])
-            if e[high == 1].any() and e[high == 0].any():
-                hr = attempt("hr_high_vs_low", lambda: hazard_ratio(t, e, high))
-                if hr is not None:
-                    out["hr_high_vs_low"] = _finite_or_none(hr[0])
-                    out["hr_high_vs_low_95ci"] = [_finite_or_none(hr[1]), _finite_or_none(hr[2])]
-            else:
-                warns.append(
-                    "hr_high_vs_low: one risk group has no events (hazard ratio is infinite or zero)"
-                )
-
+    brier_grid, brier_matrix = None, None
     if survival_at is not None:
-        tp = np.asarray(times, dtype=float)
-        S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
-        if S is not None and S.shape == (len(t), len(tp)):
-            # a non-finite predicted survival (after the training follow-up, or an overflowing linear predictor)
-            # costs that time's calibration, not the other metrics
-            out["calibration"] = {}
-            for j, x in enumerate(tp):
-                if not np.isfinite(S[:, j]).all():
-                    warns.append(f"calibration at {_key(x)}: no predicted survival for "
-                                 f"{int((~np.isfinite(S[:, j])).sum())} patient(s) (after the training follow-up?)")
-                    continue
-                out["calibration"][_key(x)] = calibration(S[:, j], t, e, float(x))
-            for k, rows in out["calibration"].items():
-                if all(row["observed"] is None for row in rows):
-                    warns.append(f"calibration at {k}: follow-up too short for an observed survival")
-        elif S is not None:
-            warns.append(f"survival_at returned shape {S.shape}, expected {(len(t), len(tp))}")
+        out.update(_calibration_block(survival_at, t, e, times, attempt, warns))
         grid = np.unique(np.percentile(t, np.linspace(10, 90, 17)))
-        grid = grid[grid < min(t.max(), _below_max_train(tt))]
-        ibs = None
-        if len(grid) >= 2:
-            Sg = attempt("survival_at", lambda: np.asarray(survival_at(grid), dtype=float))
-            if Sg is not None:
-                ibs = attempt("integrated_brier", lambda: integrated_brier(tt, te, t, e, Sg, grid))
+        brier_grid = grid[grid < min(t.max(), horizon)]
+        if len(brier_grid) >= 2:
+            brier_matrix = attempt("survival_at", lambda: np.asarray(survival_at(brier_grid), dtype=float))
+        ibs = None if brier_matrix is None else attempt(
+            "integrated_brier", lambda: integrated_brier(tt, te, t, e, brier_matrix, brier_grid))
         if ibs is None:
             warns.append("integrated_brier: not computable on this follow-up")
+            brier_matrix = None
         out["integrated_brier"] = ibs
+        out["integrated_brier_95ci"] = [None, None]
         # the score depends on the months it is integrated over (the 10th to 90th percentile of this cohort's
         # follow-up): two cohorts' scores compare only over the same months
-        out["integrated_brier_months"] = [float(grid[0]), float(grid[-1])] if ibs is not None else None
+        out["integrated_brier_months"] = [float(brier_grid[0]), float(brier_grid[-1])] if ibs is not None else None
+
+    if not e.any():
+        warns.append("no events in this cohort: discrimination and risk-group statistics are undefined")
+        out["warnings"] = warns
+        return out
+    out["c_index"] = _finite_or_none(attempt("c_index", lambda: harrell_c(t, e, r)))
+    out["uno_c"] = _finite_or_none(attempt("uno_c", lambda: uno_c(tt, te, t, e, r, tau=horizon)))
+    out["uno_c_tau"] = horizon if out["uno_c"] is not None else None
+    auc = attempt("td_auc", lambda: td_auc(tt, te, t, e, r, times))
+    if auc is not None:
+        out["td_auc"] = auc
+        for k, v in auc.items():
+            if v is None:
+                warns.append(f"td_auc at {k}: time point outside follow-up or without cases/controls")
+    cis = attempt("bootstrap", lambda: bootstrap_cis(
+        _bootstrap_stats(tt, te, horizon, out, brier_matrix, brier_grid, ipcw_intervals), t, e, r, np.arange(len(t)),
+        n_boot=n_boot, seed=seed))
+    for name, ci in (cis or {}).items():
+        pair = [_finite_or_none(ci[0]), _finite_or_none(ci[1])]
+        if name.startswith("td_auc "):
+            out["td_auc_95ci"][name.split()[1]] = pair
+        else:
+            out[f"{name}_95ci"] = pair
+    if cis is not None and out["c_index_95ci"][0] is None:
+        warns.append("c_index_95ci: too few bootstrap resamples with events")
+    _risk_group_tests(out, t, e, r, cutoff, attempt, warns)
     out["warnings"] = warns
     return out
+
+
+def _bootstrap_stats(censoring_time: np.ndarray, censoring_event: np.ndarray, horizon: float, point: Mapping,
+                     brier_matrix: np.ndarray | None, brier_grid: np.ndarray | None,
+                     ipcw_intervals: bool) -> dict[str, Callable]:
+    """The statistics :func:`evaluate_risk` bootstraps, as functions of a resample's (time, event, risk, rows):
+    Harrell's C, and with ``ipcw_intervals`` the IPCW metrics that have a point estimate, each over the same
+    months as its point estimate (a resample whose follow-up no longer spans them is skipped, not scored over
+    other months)."""
+
+    def auc_at(tp: str) -> Callable:
+        return lambda t, e, r, rows: _none_to_nan(td_auc(censoring_time, censoring_event, t, e, r, [float(tp)])[tp])
+
+    def brier(t: np.ndarray, e: np.ndarray, r: np.ndarray, rows: np.ndarray) -> float:
+        if not (t.min() <= brier_grid[0] and brier_grid[-1] < t.max()):
+            return float("nan")
+        return _none_to_nan(integrated_brier(censoring_time, censoring_event, t, e, brier_matrix[rows], brier_grid))
+
+    stats: dict[str, Callable] = {"c_index": lambda t, e, r, rows: harrell_c(t, e, r)}
+    if not ipcw_intervals:
+        return stats
+    if point["uno_c"] is not None:
+        stats["uno_c"] = lambda t, e, r, rows: uno_c(censoring_time, censoring_event, t, e, r, tau=horizon)
+    stats.update({f"td_auc {tp}": auc_at(tp) for tp, v in point["td_auc"].items() if v is not None})
+    if point.get("integrated_brier") is not None and brier_matrix is not None:
+        stats["integrated_brier"] = brier
+    return stats
+
+
+def _none_to_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _calibration_block(survival_at: Callable, t: np.ndarray, e: np.ndarray, times: Sequence[float],
+                       attempt: Callable, warns: list[str]) -> dict[str, Any]:
+    """Calibration at each of ``times`` (:func:`calibration`), for :func:`evaluate_risk`."""
+    tp = np.asarray(times, dtype=float)
+    S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
+    if S is None:
+        return {}
+    if S.shape != (len(t), len(tp)):
+        warns.append(f"survival_at returned shape {S.shape}, expected {(len(t), len(tp))}")
+        return {}
+    # a non-finite predicted survival (after the training follow-up, or an overflowing linear predictor) costs
+    # that time's calibration, not the other metrics
+    block = {}
+    for j, x in enumerate(tp):
+        if not np.isfinite(S[:, j]).all():
+            warns.append(f"calibration at {_key(x)}: no predicted survival for "
+                         f"{int((~np.isfinite(S[:, j])).sum())} patient(s) (after the training follow-up?)")
+            continue
+        block[_key(x)] = calibration(S[:, j], t, e, float(x))
+    for k, rows in block.items():
+        if all(row["observed"] is None for row in rows):
+            warns.append(f"calibration at {k}: follow-up too short for an observed survival")
+    return {"calibration": block}
+
+
+def _risk_group_tests(out: dict, t: np.ndarray, e: np.ndarray, r: np.ndarray, cutoff: float, attempt: Callable,
+                      warns: list[str]) -> None:
+    """Log-rank test and hazard ratio of the high vs low risk group, into ``out`` (for :func:`evaluate_risk`)."""
+    high = (r > cutoff).astype(int)
+    if out["n_high"] == 0 or out["n_low"] == 0:
+        warns.append(
+            f"all patients fall in the {'high' if out['n_low'] == 0 else 'low'}-risk group at cut-off "
+            f"{cutoff:g}: log-rank and hazard ratio are undefined"
+        )
+        return
+    lr = attempt("logrank", lambda: logrank(t, e, high))
+    if lr is not None:
+        out["logrank_chi2"], out["logrank_p"] = _finite_or_none(lr[0]), _finite_or_none(lr[1])
+    if not (e[high == 1].any() and e[high == 0].any()):
+        warns.append("hr_high_vs_low: one risk group has no events (hazard ratio is infinite or zero)")
+        return
+    hr = attempt("hr_high_vs_low", lambda: hazard_ratio(t, e, high))
+    if hr is not None:
+        out["hr_high_vs_low"] = _finite_or_none(hr[0])
+        out["hr_high_vs_low_95ci"] = [_finite_or_none(hr[1]), _finite_or_none(hr[2])]

@@ -199,6 +199,91 @@ def test_c_for_benefit_orders_pairs_by_predicted_benefit():
     assert bf.c_for_benefit(-benefit, arm, time, event, 60.0)["c_for_benefit"] == pytest.approx(0.0)
 
 
+def _independent_c_for_benefit(benefit, arm, status):
+    """C-for-benefit counted by lifelines over the rank-matched pairs (van Klaveren et al. 2018), for the tests."""
+    from lifelines.utils import concordance_index
+
+    ti = np.flatnonzero((status >= 0) & (arm == "high_dose"))
+    ci = np.flatnonzero((status >= 0) & (arm == "low_dose"))
+    m = min(len(ti), len(ci))
+    if m < 10:
+        return None
+    ti = ti[np.argsort(benefit[ti], kind="mergesort")][np.round(np.linspace(0, len(ti) - 1, m)).astype(int)]
+    ci = ci[np.argsort(benefit[ci], kind="mergesort")][np.round(np.linspace(0, len(ci) - 1, m)).astype(int)]
+    # observed pair benefit as lifelines' 'duration', every pair observed; higher predicted <-> higher observed
+    return concordance_index(status[ci] - status[ti], (benefit[ti] + benefit[ci]) / 2, np.ones(m))
+
+
+def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
+    rng = np.random.default_rng(2)
+    n = 300
+    benefit = rng.normal(0.05, 0.05, n)
+    arm = rng.choice(["high_dose", "low_dose", "rt_alone"], n, p=[0.45, 0.45, 0.1])
+    true_time = rng.exponential(50 * np.exp(8 * benefit * (arm == "high_dose")))
+    censor = rng.uniform(20, 120, n)
+    time, event = np.minimum(true_time, censor), true_time <= censor
+    result = bf.c_for_benefit(benefit, arm, time, event, 60.0, n_boot=200, seed=3)
+    status = bf._status_at(time, event, 60.0)
+    assert result["c_for_benefit"] == pytest.approx(_independent_c_for_benefit(benefit, arm, status), abs=1e-12)
+    # whom it rests on: the two arms' patients censored before 60 months are dropped, and the larger arm's surplus
+    two_arms = arm != "rt_alone"
+    known = two_arms & (status >= 0)
+    pairs = min(int((known & (arm == "high_dose")).sum()), int((known & (arm == "low_dose")).sum()))
+    assert result["pairs"] == pairs and result["patients_used"] == 2 * pairs
+    assert result["censored_before_horizon"] == int((two_arms & (status < 0)).sum()) > 0
+    assert result["unmatched"] == int(known.sum()) - 2 * pairs
+    # the percentile interval of the whole procedure over the same resamples of patients, counted by lifelines
+    draws, draw_rng = [], np.random.default_rng(3)
+    for _ in range(200):
+        idx = draw_rng.integers(0, n, n)
+        value = _independent_c_for_benefit(benefit[idx], arm[idx], status[idx])
+        if value is not None:
+            draws.append(value)
+    np.testing.assert_allclose(result["ci95"], np.percentile(draws, [2.5, 97.5]), atol=1e-12)
+    assert result["ci95"][0] < result["c_for_benefit"] < result["ci95"][1]
+    assert bf.c_for_benefit(benefit, arm, time, event, 60.0)["ci95"] is None  # no resamples asked for
+
+
+@pytest.mark.filterwarnings("ignore:It looks like your weights are not integers")
+def test_benefit_calibration_weights_the_arms_for_confounding():
+    """Sicker patients (z) got the higher dose more often: the unadjusted Kaplan-Meier difference of the arms shows
+    harm where the dose helps; weighted by IPTW, the observed benefit per tertile is the true mean benefit, and
+    each arm's weighted curve is lifelines' weighted Kaplan-Meier."""
+    from lifelines import KaplanMeierFitter
+
+    rng = np.random.default_rng(6)
+    n = 6000
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    high = rng.random(n) < 1 / (1 + np.exp(-z))
+    arm = np.where(high, "high_dose", "low_dose")
+    hazard = np.exp(0.5 * x + 0.8 * z) / 60.0
+    log_hr = np.log(0.5) * (x > 0)  # the dose helps only patients with x > 0
+    true_time = rng.exponential(1 / (hazard * np.exp(log_hr * high)))
+    censor = rng.uniform(60, 120, n)
+    time, event = np.minimum(true_time, censor), true_time <= censor
+    true_benefit = np.exp(-60 * hazard * np.exp(log_hr)) - np.exp(-60 * hazard)
+    predicted = 0.1 * x  # ranks patients by x, as the true benefit does
+    confounders = pd.DataFrame({"x": x, "z": z})
+    rows = bf.benefit_calibration(predicted, arm, time, event, 60.0, confounders=confounders)
+    weights, _ = bf.iptw_weights(arm, confounders)
+    edges = np.quantile(predicted, [0, 1 / 3, 2 / 3, 1])
+    for k, row in enumerate(rows):
+        inside = (predicted >= edges[k]) & ((predicted <= edges[k + 1]) if k == 2 else (predicted < edges[k + 1]))
+        survival = {}
+        for name in ("high_dose", "low_dose"):
+            rows_arm = inside & (arm == name)
+            fitted = KaplanMeierFitter().fit(time[rows_arm], event[rows_arm], weights=weights[rows_arm])
+            survival[name] = float(fitted.survival_function_at_times(60.0).iloc[0])
+        assert row["observed_benefit"] == pytest.approx(survival["high_dose"] - survival["low_dose"], abs=1e-9)
+        truth = true_benefit[inside].mean()  # 0, +0.10, +0.19 by tertile
+        assert row["observed_benefit"] == pytest.approx(truth, abs=0.04)
+        assert row["observed_benefit_unadjusted"] < truth - 0.15  # confounded: the dose looks harmful or useless
+        assert "IPTW" in row["observed_benefit_method"]
+    unadjusted = bf.benefit_calibration(predicted, arm, time, event, 60.0)
+    assert [r["observed_benefit"] for r in unadjusted] == [r["observed_benefit_unadjusted"] for r in rows]
+    assert all(r["observed_benefit_method"].startswith("unadjusted") for r in unadjusted)
+
+
 def test_weighted_logrank_with_unit_weights_is_the_log_rank_test():
     from NPCPrognosisLib.survival.metrics import logrank
 

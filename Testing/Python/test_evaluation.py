@@ -26,6 +26,7 @@ from NPCPrognosisLib.survival.metrics import (
     integrated_brier,
     kaplan_meier,
     logrank,
+    paired_c_difference,
     td_auc,
     uno_c,
 )
@@ -375,6 +376,87 @@ def test_evaluate_risk_on_rossi(rossi_split):
                                        Surv.from_arrays(te.arrest.astype(bool), te.week),
                                        model.survival_at(te, grid), grid)
     assert out["integrated_brier"] == pytest.approx(reference, rel=1e-9)
+
+
+def test_censoring_weights_from_the_scored_cohort_recover_the_uncensored_truth():
+    """An external cohort lost to follow-up early (median ~30 months) scored with the training cohort's censoring
+    (administrative at 100 months only) is misweighted: the reviewer measured Brier 0.116 vs 0.202 at 36 months.
+    With the cohort's own censoring, the integrated Brier score and Uno's C are those of the uncensored event times
+    (true model, known survival), and evaluate_risk reports the months it used."""
+    from sksurv.metrics import concordance_index_censored
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    x_train, x = rng.normal(size=n), rng.normal(size=n)
+    t_train_true = rng.exponential(60 * np.exp(-0.8 * x_train))
+    train_time, train_event = np.minimum(t_train_true, 100.0), t_train_true <= 100.0
+    true_time = rng.exponential(60 * np.exp(-0.8 * x))
+    censor = np.minimum(rng.exponential(45, n), 99.0)
+    time, event = np.minimum(true_time, censor), true_time <= censor
+
+    def survival_at(months):
+        return np.exp(-np.asarray(months, float)[None, :] / (60 * np.exp(-0.8 * x))[:, None])
+
+    out = evaluate_risk(x, time, event, time, event, cutoff=0.0, survival_at=survival_at, n_boot=10)
+    start, end = out["integrated_brier_months"]
+    grid = np.unique(np.percentile(time, np.linspace(10, 90, 17)))
+    grid = grid[(grid >= start) & (grid <= end)]
+    brier = np.mean(((true_time[:, None] > grid[None, :]) - survival_at(grid)) ** 2, axis=0)
+    truth = np.trapezoid(brier, grid) / (grid[-1] - grid[0])
+    assert out["integrated_brier"] == pytest.approx(truth, abs=0.01)
+    assert integrated_brier(train_time, train_event, time, event, survival_at(grid), grid) < truth - 0.04
+    # Uno's C to tau: the uncensored C of the patients' true times truncated at tau
+    assert out["uno_c_tau"] == out["ipcw_horizon_months"] == pytest.approx(time.max())
+    truncated = np.minimum(true_time, out["uno_c_tau"])
+    expected = concordance_index_censored(true_time < out["uno_c_tau"], truncated, x)[0]
+    assert out["uno_c"] == pytest.approx(expected, abs=0.02)
+
+
+def test_ipcw_intervals_come_from_the_c_index_resamples(rossi_split):
+    """With ipcw_intervals, Uno's C, the td-AUCs and the integrated Brier score get percentile intervals from the
+    very resamples of the C-index's (whose interval does not move), the censoring weights those of the whole cohort:
+    checked against sksurv on the same resamples."""
+    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    _tr, te, model = rossi_split
+    t, e = te.week.to_numpy(float), te.arrest.to_numpy(bool)
+    risk = model.linear_predictor(te)
+    out = evaluate_risk(risk, t, e, t, e, cutoff=float(np.median(risk)), n_boot=60, seed=4, times=(20, 40),
+                        survival_at=lambda ts: model.survival_at(te, ts), ipcw_intervals=True)
+    plain = evaluate_risk(risk, t, e, t, e, cutoff=float(np.median(risk)), n_boot=60, seed=4, times=(20, 40))
+    assert out["c_index_95ci"] == plain["c_index_95ci"] and plain["uno_c_95ci"] == [None, None]
+    whole = Surv.from_arrays(e, t)
+    tau, horizon = out["uno_c_tau"], out["ipcw_horizon_months"]
+    start, end = out["integrated_brier_months"]
+    grid = np.unique(np.percentile(t, np.linspace(10, 90, 17)))
+    grid = grid[(grid >= start) & (grid <= end)]
+    S = model.survival_at(te, grid)
+    draws = {"uno": [], "20": [], "40": [], "ibs": []}
+    rng = np.random.default_rng(4)
+    for _ in range(60):
+        idx = rng.integers(0, len(t), len(t))
+        if not e[idx].any():
+            continue
+        sample = Surv.from_arrays(e[idx], np.minimum(t[idx], horizon))
+        draws["uno"].append(concordance_index_ipcw(whole, Surv.from_arrays(e[idx], t[idx]), risk[idx], tau=tau)[0])
+        for months in (20, 40):
+            if (e[idx] & (t[idx] <= months)).any() and months < t[idx].max():
+                draws[str(months)].append(cumulative_dynamic_auc(whole, sample, risk[idx], [float(months)])[0][0])
+        if t[idx].min() <= grid[0] and grid[-1] < t[idx].max():
+            draws["ibs"].append(integrated_brier_score(whole, sample, S[idx], grid))
+    np.testing.assert_allclose(out["uno_c_95ci"], np.percentile(draws["uno"], [2.5, 97.5]), atol=1e-10)
+    for months in ("20", "40"):
+        np.testing.assert_allclose(out["td_auc_95ci"][months], np.percentile(draws[months], [2.5, 97.5]), atol=1e-10)
+    np.testing.assert_allclose(out["integrated_brier_95ci"], np.percentile(draws["ibs"], [2.5, 97.5]), atol=1e-10)
+    assert out["uno_c_95ci"][0] < out["uno_c"] < out["uno_c_95ci"][1]
+
+
+def test_paired_c_difference_refuses_a_cohort_without_a_pair():
+    with pytest.raises(InputError, match="1 patient"):
+        paired_c_difference([12.0], [1], [0.3], [0.1])
+    with pytest.raises(InputError, match="0 event"):
+        paired_c_difference([12.0, 30.0, 40.0], [0, 0, 0], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3])
 
 
 def test_evaluate_risk_degenerate_cases_warn_instead_of_crashing(rossi_split):

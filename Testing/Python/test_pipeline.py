@@ -132,16 +132,69 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
 
     c = harrell_c(predictions["dmfs_time"], predictions["dmfs_event"] > 0, predictions["nomogram_risk"])
     assert c == pytest.approx(metrics["models"]["nomogram"]["c_index"], abs=1e-12)
+    # --subset all scores the 18 training patients too, and says so
+    assert metrics["training_patients_included"] == 18
+    assert any(w.startswith("NOT A VALIDATION: 18 ") for w in metrics["warnings"])
+    # the IPCW metrics weight by this cohort's own censoring (not the training cohort's), up to the recorded tau
+    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
+    from sksurv.util import Surv
+
+    time, event = predictions["dmfs_time"].to_numpy(float), predictions["dmfs_event"].to_numpy(bool)
+    own = Surv.from_arrays(event, time)
+    block = metrics["models"]["nomogram"]
+    assert "evaluated cohort" in metrics["censoring_weights"]
+    assert block["uno_c_tau"] == block["ipcw_horizon_months"] == pytest.approx(time.max())
+    risk = predictions["nomogram_risk"].to_numpy(float)
+    assert block["uno_c"] == pytest.approx(concordance_index_ipcw(own, own, risk, tau=block["uno_c_tau"])[0],
+                                           abs=1e-12)
+    clipped = Surv.from_arrays(event, np.minimum(time, block["ipcw_horizon_months"]))
+    for months, auc in block["td_auc"].items():
+        if auc is not None:
+            assert auc == pytest.approx(cumulative_dynamic_auc(own, clipped, risk, [float(months)])[0][0], abs=1e-12)
     image = __import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "km_nomogram.png")
     assert image.shape[0] > 100
 
 
-def test_evaluate_leaves_out_training_patients_by_default(small_cohort, trained, tmp_path):
-    assert main(["--quiet", "evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
+def test_evaluate_leaves_out_training_patients_and_refuses_the_six_left(small_cohort, trained, tmp_path, capsys):
+    """The 6 held-out patients are too few to validate anything (a C of 1.000 (1.000-1.000) on three): refused,
+    with the counts, the file and the fix; and IDs re-exported in lower case are still known as training patients."""
+    code = main(["evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
                  "--features", str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path),
-                 "--n-boot", "20"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["n"] == 6 and metrics["excluded_training_patients"] == 18
+                 "--n-boot", "20"])
+    said = capsys.readouterr().err
+    assert code == 2 and "6 patient(s) with" in said and "once the 18 training patient(s) are left out" in said
+    assert "manifest.csv" in said and "at least 10 patients and 2 events" in said
+    assert not (tmp_path / "metrics.json").exists()
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    features = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}, low_memory=False)
+    for table in (manifest, features):
+        table["patient_id"] = table["patient_id"].str.lower()
+    for column in ("t1", "t2", "t1c", "mask"):
+        manifest[column] = [str(small_cohort / v) for v in manifest[column]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    features.to_csv(tmp_path / "features.csv", index=False)
+    shutil.copy(small_cohort / "features.meta.json", tmp_path / "features.meta.json")
+    assert main(["evaluate", "--bundle", str(trained), "--manifest", str(tmp_path / "manifest.csv"), "--features",
+                 str(tmp_path / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "eval")]) == 2
+    assert "once the 18 training patient(s) are left out" in capsys.readouterr().err
+
+
+def test_training_patients_are_known_whatever_the_case_and_leading_zeros():
+    """Bundles from now on store hashes of id_key (case, leading zeros); older ones only the ID as written, which
+    evaluate still matches in upper and lower case."""
+    from NPCPrognosisLib.io.patient_ids import hash_id, id_key, new_id_salt
+    from NPCPrognosisLib.pipeline.evaluate import _trained
+    from NPCPrognosisLib.pipeline.train import training_id_record
+
+    assert id_key(" NPC0007 ") == id_key("npc7") == "npc7" and id_key("NPC0070") == "npc70"
+    asked = ["npc0007", "NPC0007", "Npc07", "NPC0008", "npc70"]
+    new = {"training": training_id_record(["NPC0007"], ["NPC0008"], True)}
+    assert _trained(new, asked).tolist() == [True, True, True, False, False]
+    salt = new_id_salt()
+    old = {"training": {"patient_id_hashes": [hash_id("NPC0007", salt)], "id_salt": salt}}
+    assert _trained(old, asked).tolist() == [True, True, False, False, False]
+    unsalted = {"training": {"patient_id_hashes": [hash_id("NPC0007")], "id_salt": None}}
+    assert _trained(unsalted, asked).tolist() == [True, True, False, False, False]
 
 
 def test_evaluate_refuses_other_endpoint(small_cohort, trained, tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from NPCPrognosisLib.cli import main
+from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.reporting import labels
 from NPCPrognosisLib.reporting.browser import HEADLESS_FLAGS, find_chromium
 from NPCPrognosisLib.reporting.nomogram_chart import (
@@ -275,6 +276,28 @@ def test_cohort_page_renders_with_figures_as_png_and_svg_and_tables_as_csv(evalu
     assert (checklist["status"] == "not available").any()  # e.g. no centres: said, with what to supply
     seen = render(page)
     assert seen["errors"] == [] and seen["broken"] == [] and len(seen["images"]) == len(sources)
+
+
+def test_cohort_page_warns_of_training_patients_and_shows_c_for_benefit(evaluation, trained, tmp_path):
+    """--subset all puts a banner on the page; the benefit caption gives C-for-benefit (stored under
+    'c_for_benefit', read under 'c' before, so always '-'), its interval and whom it rests on."""
+    from NPCPrognosisLib.reporting.cohort_page import write_cohort_page
+
+    html = (evaluation / "cohort_study.html").read_text(encoding="utf-8")
+    assert "NOT A VALIDATION - 18 of the 24 evaluated patients trained this model" in html
+    shutil.copytree(evaluation, tmp_path, dirs_exist_ok=True)
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+    metrics["chemo_benefit"]["calibration"] = [
+        {"group": 1, "predicted_benefit": 0.01, "observed_benefit": 0.02,
+         "observed_benefit_method": "IPTW-weighted Kaplan-Meier (stabilised weights, confounders: age)"}]
+    metrics["chemo_benefit"]["c_for_benefit"] = {"horizon_months": 60.0, "pairs": 40, "c_for_benefit": 0.6123,
+                                                 "ci95": [0.55, 0.68], "censored_before_horizon": 7, "unmatched": 2}
+    predictions = pd.read_csv(evaluation / "predictions.csv", dtype={"patient_id": str})
+    page = write_cohort_page(tmp_path, metrics, predictions, read_bundle(trained))
+    html = page.read_text(encoding="utf-8")
+    assert ("C-for-benefit 0.612 (95% CI 0.550-0.680) from 40 matched pairs; 7 patients censored before the "
+            "horizon and 2 unmatched left out") in html
+    assert "IPTW-weighted Kaplan-Meier" in html
 
 
 def test_time_dependent_roc_area_is_sksurvs_auc():
