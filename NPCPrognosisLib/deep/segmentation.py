@@ -41,7 +41,7 @@ from NPCPrognosisLib.deep.data import GridConfig, covering_grid, from_array_xyz,
 from NPCPrognosisLib.deep.inference import grid_pass
 from NPCPrognosisLib.deep.network import NetworkConfig
 from NPCPrognosisLib.deep.postprocess import count_components, postprocess_labels
-from NPCPrognosisLib.deep.typicality import image_statistics, typicality_warnings
+from NPCPrognosisLib.deep.typicality import cross_correlations, neighbour_correlations, typicality_warnings
 from NPCPrognosisLib.deep.validation import metric_value
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
@@ -360,7 +360,7 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
     x, grid_image = grid_input(preprocessed, grid)
     warnings = [] if outside is None else [outside]
     warnings += typicality_warnings(model.content.get("network", {}).get("typicality"),
-                                    image_statistics(x, grid.spacing))
+                                    neighbour_correlations(preprocessed), cross_correlations(x, grid.spacing))
     if model.synthetic_demo:
         warnings.append("segmented by the SYNTHETIC DEMO network: not for clinical use")
     plan = _tta_plan(tta)

@@ -77,7 +77,7 @@ from NPCPrognosisLib.deep.inference import inference_spec
 from NPCPrognosisLib.deep.network import NetworkConfig, build_network, cox_loss
 from NPCPrognosisLib.deep.postprocess import choose_opening_radius, count_components
 from NPCPrognosisLib.deep.risk_head import head_risks, refit_risk_head
-from NPCPrognosisLib.deep.typicality import image_statistics, typicality_reference
+from NPCPrognosisLib.deep.typicality import cross_correlations, typicality_reference
 from NPCPrognosisLib.deep.validation import (
     PRECISIONS,
     autocast,
@@ -524,7 +524,7 @@ def train_network(
         content["network"]["training_volumes_ml"] = training_volumes(train_cases, train_config.grid.voxel_ml,
                                                                       train_config.gtvn_min_ml)
         content["network"]["typicality"] = typicality_reference(
-            [image_statistics(c.image, train_config.grid.spacing) for c in train_cases + val_cases])
+            [cross_correlations(c.image, train_config.grid.spacing) for c in train_cases + val_cases])
         for key in ("grid_derivation", "fat_suppression"):  # a resumed run's from its checkpoint
             content["network"]["training"][key] = state.get(key) or {"source": "configuration"}
         return bundle_io.write_bundle(out_dir, content,
@@ -756,7 +756,7 @@ def add_typicality(bundle_dir: str | Path, manifest_path: str | Path, *, workers
     config.grid, config.preprocess = model.grid, model.preprocess  # what the shipped network runs on
     with tempfile.TemporaryDirectory() as tmp:
         cases = _load_cases(manifest.entries(), model.endpoint, config, Path(work_dir or tmp), progress, workers)
-    reference = typicality_reference([image_statistics(c.image, model.grid.spacing) for c in cases])
+    reference = typicality_reference([cross_correlations(c.image, model.grid.spacing) for c in cases])
     content = json.loads((bundle_dir / bundle_io.MANIFEST_FILE).read_text(encoding="utf-8"))
     content["network"]["typicality"] = reference
     weights = content["network"].get("weights", "network.safetensors")

@@ -326,7 +326,7 @@ def predict_patient(
         warnings.extend(fusion["warnings"])
     out_of_range = nomogram.out_of_range(values)
     warnings += [extrapolation_warning(item) for item in out_of_range]
-    warnings += [imputation_warning(c, block, bundle.endpoint) for c, block in imputed.items()]
+    warnings += [imputation_warning(c, block) for c, block in imputed.items()]
     if record.ebv_dna is None and "log10_ebv_dna" not in imputed:
         warnings.append("EBV DNA missing: the training median was used")
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
@@ -384,9 +384,9 @@ def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covar
     return effect
 
 
-def imputation_warning(covariate: str, block: Mapping[str, Any], endpoint: str) -> str:
-    """The warning of a filled covariate: the fill, and the range of risk, survival and group its true value
-    could give (or that this bundle cannot say)."""
+def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
+    """The warning of a filled covariate: the fill, and the range of risk and group its true value could give (or
+    that this bundle cannot say)."""
     from NPCPrognosisLib.reporting.labels import factor_label, factor_name, factor_value_text
 
     name = factor_name(covariate)
@@ -397,12 +397,11 @@ def imputation_warning(covariate: str, block: Mapping[str, Any], endpoint: str) 
         return (text + f"; this bundle stores no training percentiles of {name} (trained before they were kept), so "
                 f"how far the missing value could move the prediction is unknown: measure {name}, or retrain")
     low, high = (factor_value_text(covariate, v) for v in block["value_range"])
-    survival = "; ".join(f"{endpoint.upper()} at {m} months {lo:.0%}-{hi:.0%}"
-                         for m, (lo, hi) in block["survival_range"].items())
     risk_low, risk_high = block["risk_range"]
     groups = " or ".join(block["risk_groups"]) + (" throughout" if block["group_determined"] else "")
+    # the survival range at each horizon is in the block (``survival_range``) and beside each survival on the sheet
     text += (f". Across the training cohort's 10th-90th percentile ({low}-{high} {unit}) the risk score would be "
-             f"{risk_low:.2f} to {risk_high:.2f} ({survival}) and the risk group {groups}")
+             f"{risk_low:.2f} to {risk_high:.2f} and the risk group {groups}")
     return text + (f": the group is undetermined until {name} is measured" if not block["group_determined"] else "")
 
 

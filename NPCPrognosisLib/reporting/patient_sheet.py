@@ -107,15 +107,21 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
         parts.append(_img(figures.survival_figure(curves, se, endpoint, marks), "predicted survival curve",
                           "Predicted survival with its 95% interval (baseline hazard and coefficients), against "
                           "the training risk groups' median patients, the cut-off and the training Kaplan-Meier "
-                          "curve.", 80))
+                          "curve.", 55))
     warnings = list(prediction.get("warnings") or [])
-    parts.append("<h2>Warnings</h2>" + (bullet_list(warnings) if warnings else "<p>none</p>"))
-    parts.append("<div class='cols'><div><h2>Clinical factors</h2>"
-                 + table(None, clinical_rows(prediction.get("clinical") or {}))
-                 + "</div><div><h2>Model provenance</h2>" + table(None, _provenance_rows(prediction), css="small")
-                 + "</div></div>")
+    parts.append("<div class='cols'><div><h2>Warnings</h2>" + (bullet_list(warnings) if warnings else "<p>none</p>")
+                 + "</div><div><h2>Clinical factors</h2>"
+                 + table(None, clinical_rows(prediction.get("clinical") or {})) + "</div></div>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _page_provenance(prediction: Mapping[str, Any]) -> str:
+    """The model and the inputs the prediction came from, on a page of their own: the first page is the
+    clinician's, and the warnings a prediction can carry (a missing factor's range, extrapolation) had pushed its
+    last lines onto a second printed page."""
+    return ("<section class='page'><h2>Model provenance</h2>" + table(None, _provenance_rows(prediction), css="small")
+            + "</section>")
 
 
 def _imputed_range(prediction: Mapping[str, Any], month: str) -> str:
@@ -124,8 +130,8 @@ def _imputed_range(prediction: Mapping[str, Any], month: str) -> str:
     for covariate, block in (prediction.get("imputed") or {}).items():
         survival = (block.get("survival_range") or {}).get(month)
         if survival:
-            lines.append(f"<span class='small'>{survival[0]:.0%}-{survival[1]:.0%} across {esc(factor_name(covariate))}"
-                         " 10th-90th percentile (not measured)</span>")
+            lines.append(f"<span class='small'>{survival[0]:.0%}-{survival[1]:.0%} for {esc(factor_name(covariate))} "
+                         "at its training P10-P90 (not measured)</span>")
     return "".join(lines)
 
 
@@ -332,7 +338,7 @@ def patient_sheet_html(prediction: Mapping[str, Any], images: SheetImages | None
         prediction = {**prediction, "warnings": [mismatch, *(prediction.get("warnings") or [])]}
     nomogram_html, _ = _page_nomogram(prediction)
     body = [_page_summary(prediction, synthetic), _page_images(prediction, images, contour_change), nomogram_html,
-            _page_treatment(prediction)]
+            _page_treatment(prediction), _page_provenance(prediction)]
     return document(f"NPCPrognosis patient sheet {prediction['patient_id']}", body)
 
 

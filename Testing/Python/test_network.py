@@ -1773,35 +1773,46 @@ def _head_phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_typicality_checks_noise_a_series_given_twice_and_sequences_in_the_wrong_places():
-    """Correlations inside the head (checked against numpy on the phantom's own head less its edge, allowing
-    for the voxel the head mask may differ by); noise, a repeated series and swapped sequences are warned about, the
+    """Correlations inside the head (checked against numpy on the phantom's own head less its edge, allowing for
+    the voxel the head mask may differ by); noise, a repeated series and swapped sequences are warned about, the
     training scans' own kind is not."""
     from scipy.ndimage import binary_erosion
 
-    from NPCPrognosisLib.deep.typicality import image_statistics, typicality_reference, typicality_warnings
+    from NPCPrognosisLib.deep.typicality import (
+        cross_correlations,
+        neighbour_correlations,
+        typicality_reference,
+        typicality_warnings,
+    )
 
     spacing = (3.0, 3.0, 4.0)
+
+    def checks(x, reference):
+        images = {}
+        for c, name in enumerate(("t1", "t2", "t1c")):
+            images[name] = sitk.GetImageFromArray(np.ascontiguousarray(x[c].T))
+            images[name].SetSpacing(spacing)
+        return typicality_warnings(reference, neighbour_correlations(images), cross_correlations(x, spacing))
+
     scans = [_head_phantom(seed) for seed in range(6)]
-    statistics = [image_statistics(x, spacing) for x, _ in scans]
     x, head = scans[0]
     inner = binary_erosion(head, iterations=2)  # the check leaves the head's edge out
-    assert statistics[0]["cross_correlation"]["t1-t2"] == pytest.approx(np.corrcoef(x[0][inner], x[1][inner])[0, 1],
-                                                                        abs=0.02)
-    assert statistics[0]["neighbour_correlation"]["t1c"] > 0.8
-    reference = json.loads(json.dumps(typicality_reference(statistics[:5])))  # as the bundle stores it
+    assert cross_correlations(x, spacing)["t1-t2"] == pytest.approx(np.corrcoef(x[0][inner], x[1][inner])[0, 1],
+                                                                    abs=0.02)
+    reference = json.loads(json.dumps(typicality_reference([cross_correlations(x, spacing) for x, _ in scans[:5]])))
     assert reference["n"] == 5
-    assert typicality_warnings(reference, statistics[5]) == []
+    assert checks(scans[5][0], reference) == []
     noise = x.copy()
     noise[2] = np.random.default_rng(1).uniform(-400, 600, noise[2].shape)
-    warned = typicality_warnings(reference, image_statistics(noise, spacing))
+    warned = checks(noise, reference)
     assert len(warned) == 1 and "t1c look(s) like noise" in warned[0]
     twice = x.copy()
     twice[2] = x[0]
-    assert any("t1-t1c are the same image" in w for w in typicality_warnings(None, image_statistics(twice, spacing)))
+    assert any("t1-t1c are the same image" in w for w in checks(twice, None))
     swapped = x[[0, 2, 1]]
-    warned = typicality_warnings(reference, image_statistics(swapped, spacing))
+    warned = checks(swapped, reference)
     assert len(warned) == 1 and "do not relate to one another" in warned[0]
-    assert typicality_warnings(None, image_statistics(swapped, spacing)) == []  # no record: only what needs none
+    assert checks(swapped, None) == []  # no record: only the checks that need none
 
 
 def test_train_net_records_the_typicality_reference_and_segment_uses_it(tiny_bundle, tiny_cohort, tmp_path):
@@ -1835,3 +1846,34 @@ def test_train_net_records_the_typicality_reference_and_segment_uses_it(tiny_bun
     swapped = {**patient.images, "t2": patient.images["t1c"], "t1c": patient.images["t2"]}
     result = segment_patient(model, swapped, patient_id=patient.patient_id)
     assert any("do not relate to one another" in w for w in result.warnings), result.warnings
+
+
+def test_the_demo_network_warns_about_a_noise_cet1w_and_sequences_given_in_the_wrong_places(demo_model,
+                                                                                             fresh_patients):
+    """The case that motivated the checks: the demo network drew a confident tumour on a CET1W of uniform noise
+    without a word. The patient as scanned gets none of these warnings; the same patient with the CET1W replaced
+    by noise, by the T1W, or exchanged with the T2W gets its own."""
+    from NPCPrognosisLib.contract import REFERENCE_SEQUENCE
+    from NPCPrognosisLib.deep.data import covering_grid, grid_input
+    from NPCPrognosisLib.deep.typicality import cross_correlations, neighbour_correlations, typicality_warnings
+    from NPCPrognosisLib.imaging.preprocess import preprocess_images
+
+    record = demo_model.content["network"]["typicality"]
+    patient = fresh_patients[0]
+
+    def warnings_for(images):
+        preprocessed = preprocess_images(images, demo_model.preprocess)
+        grid = covering_grid(preprocessed[REFERENCE_SEQUENCE], demo_model.grid)[0]
+        x, _ = grid_input(preprocessed, grid)
+        return typicality_warnings(record, neighbour_correlations(preprocessed), cross_correlations(x, grid.spacing))
+
+    assert warnings_for(dict(patient.images)) == []
+    cet1w = sitk.GetArrayFromImage(patient.images["t1c"])
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).uniform(0, cet1w.max(), cet1w.shape).astype(np.float32))
+    noise.CopyInformation(patient.images["t1c"])
+    result = segment_patient(demo_model, {**patient.images, "t1c": noise}, patient_id=patient.patient_id)
+    assert result.volumes_ml["gtvp"] > 0  # it still draws a tumour ...
+    assert any("t1c look(s) like noise" in w for w in result.warnings)  # ... and now says the input is noise
+    assert any("same image" in w for w in warnings_for({**patient.images, "t1c": patient.images["t1"]}))
+    swapped = warnings_for({**patient.images, "t2": patient.images["t1c"], "t1c": patient.images["t2"]})
+    assert any("do not relate to one another" in w for w in swapped), swapped

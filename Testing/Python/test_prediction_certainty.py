@@ -72,7 +72,7 @@ def test_a_missing_ebv_dna_is_shown_as_not_measured_with_the_range_it_could_give
     html = patient_sheet_html(prediction)
     assert "<td>EBV DNA (copies/mL)</td><td>not measured (training median imputed)</td>" in html
     low, high = block["survival_range"]["60"]
-    assert f"{low:.0%}-{high:.0%} across EBV DNA 10th-90th percentile" in html
+    assert f"{low:.0%}-{high:.0%} for EBV DNA at its training P10-P90" in html
 
     # a cut-off inside the range of risk: the group is not printed as low or high but as undetermined
     inside = (block["risk_range"][0] + block["risk_range"][1]) / 2.0

@@ -180,7 +180,7 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
     assert "dashed: the automatic contours before editing" in html and prediction["bundle"]["sha256"] in html
     assert f"{prediction['nomogram_points']['total']:.1f}" in html
     sections = html.count("<section class='page'>")
-    assert sections == 4
+    assert sections == 5  # summary, contours, nomogram, treatment, provenance
     seen = render(tmp_path / "patient_sheet.html")
     assert seen["errors"] == [] and seen["broken"] == [] and len(seen["images"]) >= 4
     assert seen["title"].endswith(prediction["patient_id"])
@@ -189,8 +189,8 @@ def test_patient_sheet_from_the_command_line_renders_and_prints(predicted, tmp_p
 
 def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_cohort, tmp_path):
     """A second patient predicted into the same folder had shown the first one's contours: the report read every
-    image it found there. predict now lists the images it made and the report reads only those; files it did not
-    make (an earlier run's, or the user's edited mask) are left alone."""
+    image it found there. predict now refuses a folder holding another patient's result unless --overwrite, which
+    removes that result (its images and sheet) first; the report reads only the images the prediction lists."""
     from NPCPrognosisLib.reporting.patient_sheet import read_sheet_inputs
 
     folder = tmp_path / "run"
@@ -205,8 +205,10 @@ def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_coh
     args = ["--quiet", "predict", "--bundle", bundle, "--patient-id", row["patient_id"], "--out", str(folder)]
     for seq in ("t1", "t2", "t1c", "mask"):
         args += [f"--{seq}", str(small_cohort / row[seq])]
-    assert main([*args, "--clinical", *clinical]) == 0
-    assert all(path.exists() for path in earlier)
+    assert main([*args, "--clinical", *clinical]) == 2  # another patient's result is there: refused, untouched
+    assert (folder / "patient_sheet.pdf").exists() and all(path.exists() for path in earlier)
+    assert main([*args, "--overwrite", "--clinical", *clinical]) == 0
+    assert not any(path.exists() for path in earlier)  # the other patient's result went with --overwrite
     prediction, images = read_sheet_inputs(folder)
     assert prediction["images"] == [] and images.mask is None and images.uncertainty is None
     assert images.saliency is None
@@ -242,7 +244,7 @@ def test_patient_sheet_shows_treatment_arms_binary_endpoints_and_fusion_gates(pr
     assert f"<td>{probability:.0%}</td>" in html
     seen = render(paths["html"])
     assert seen["errors"] == [] and seen["broken"] == []
-    assert pdf_pages(paths["pdf"]) == html.count("<section class='page'>") == 4
+    assert pdf_pages(paths["pdf"]) == html.count("<section class='page'>") == 5
 
 
 def test_report_names_the_missing_prediction(tmp_path, capsys):
