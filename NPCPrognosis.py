@@ -447,7 +447,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         prediction = result["prediction"]
         self.ui.riskLabel.text = h.format_risk(prediction, result.get("uncertainty"))
-        self.ui.groupLabel.text = prediction["risk_group"].upper()
+        self.ui.groupLabel.text = h.format_group(prediction)
         self.ui.survivalLabel.text = "\n".join(h.format_survival(prediction) + h.format_binary(prediction)
                                                + h.format_fusion(prediction))
         rows = h.format_nomogram_points(prediction["nomogram_points"])

@@ -6,10 +6,10 @@ Usage:
 For each of the first ``--n`` patients of the manifest and each variant, the network input is built exactly as
 ``segment`` builds it (sequences aligned on the CET1W, the network's preprocessing, its covering working grid) and
 :func:`NPCPrognosisLib.deep.typicality.typicality_warnings` is applied with the bundle's record. Variants: ``plain``
-(as scanned: every warning is a false alarm), ``noise_t1c`` (the CET1W replaced by uniform noise),
+(as scanned: a warning is a false alarm, or another protocol), ``noise_t1c`` (the CET1W replaced by uniform noise),
 ``noise_all`` (every sequence), ``swap`` (T2W and CET1W exchanged), ``t1_as_t1c`` (the T1W given as CET1W),
-``t2_everywhere`` (the T2W in all three places). Prints, per variant, how many patients were warned and the
-median of each pair's cross-correlation. The network itself is not run (the checks read only its input).
+``t2_everywhere`` (the T2W in all three places). Prints, per variant, how many patients were warned (and by which
+check) and the median of each pair's cross-correlation. The network itself is not run (the checks read only its input).
 SYNTHETIC DATA - NOT CLINICAL.
 """
 
@@ -70,7 +70,7 @@ def main() -> None:
     entries = read_manifest(args.manifest, require_mask=False, require_clinical=False).entries()[: args.n]
     rng = np.random.default_rng(0)
     for variant in args.variants:
-        warned, cross = 0, []
+        warned, cross, kinds = 0, [], {"noise": 0, "same image": 0, "correlations": 0}
         for entry in entries:
             images = variant_images(dict(load_patient(entry.patient_id, entry.images).images), variant, rng)
             aligned = align_patient(images, None, patient_id=entry.patient_id)
@@ -78,10 +78,15 @@ def main() -> None:
             grid = covering_grid(preprocessed[REFERENCE_SEQUENCE], model.grid)[0]
             x, _ = grid_input(preprocessed, grid)
             cross.append(cross_correlations(x, grid.spacing))
-            warned += bool(typicality_warnings(record, neighbour_correlations(preprocessed), cross[-1]))
+            warnings = typicality_warnings(record, neighbour_correlations(preprocessed), cross[-1])
+            warned += bool(warnings)
+            for kind, words in (("noise", "like noise"), ("same image", "same image"),
+                                ("correlations", "relate to one another")):
+                kinds[kind] += any(words in w for w in warnings)
         medians = ", ".join(f"{pair} {np.median([c[pair] for c in cross]):+.2f}" for pair in cross[0])
-        print(f"{variant:14s} warned {warned:3d} / {len(entries)} ({warned / len(entries):.0%}); median {medians}",
-              flush=True)
+        by_kind = ", ".join(f"{kind} {n}" for kind, n in kinds.items())
+        print(f"{variant:14s} warned {warned:3d} / {len(entries)} ({warned / len(entries):.0%}; {by_kind}); "
+              f"median {medians}", flush=True)
 
 
 if __name__ == "__main__":

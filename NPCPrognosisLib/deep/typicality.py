@@ -141,15 +141,15 @@ def typicality_reference(correlations: Sequence[Mapping[str, float]]) -> dict[st
     Returns
     -------
     reference : dict
-        ``cross_correlation``: pair -> [min, max]; ``n``; the margin and thresholds used; JSON-ready.
+        ``cross_correlation``: pair -> [min, max]; ``n``; the margin a scan may lie outside them; JSON-ready
+        (the noise and same-series thresholds need no training scans and stay in the code).
     """
     pairs = {_pair_name(i, j) for i, j in _pairs()}
     ranges = {}
     for pair in sorted(pairs):
         values = [float(c[pair]) for c in correlations]
         ranges[pair] = [min(values), max(values)]
-    return {"cross_correlation": ranges, "n": len(correlations), "margin": CORRELATION_MARGIN,
-            "noise_correlation": NOISE_CORRELATION, "same_series_correlation": SAME_SERIES_CORRELATION}
+    return {"cross_correlation": ranges, "n": len(correlations), "margin": CORRELATION_MARGIN}
 
 
 def typicality_warnings(reference: Mapping[str, Any] | None, neighbours: Mapping[str, float],

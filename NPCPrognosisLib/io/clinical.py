@@ -21,10 +21,11 @@ CLINICAL_FIELDS = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh",
 #: Numeric covariates derived from the clinical record, in the order models use them.
 #: EBV DNA enters as log10(copies/mL + 1): its distribution spans five orders of magnitude.
 CLINICAL_COVARIATES = ("t_stage", "n_stage", "rene", "male", "log10_ebv_dna", "age", "ldh")
-#: T and N as categories (indicators against T1 and N0): the hazard need not rise by the same step per stage.
-#: Clinical fields that may be left empty, with the covariate a training value stands in for (see
-#: :func:`encode_clinical`); every other field is required.
+#: Model covariates that may be left empty, with the covariate a training value stands in for (see
+#: :func:`encode_clinical`); every other covariate's field is required (the treatment fields, chemo and ccnd, are
+#: not covariates and may be empty: no arm is then claimed for the patient).
 IMPUTED_COVARIATES = {"ebv_dna": "log10_ebv_dna"}
+#: T and N as categories (indicators against T1 and N0): the hazard need not rise by the same step per stage.
 STAGE_INDICATORS = ("t_stage_T2", "t_stage_T3", "t_stage_T4", "n_stage_N1", "n_stage_N2", "n_stage_N3")
 #: The two codings of the clinical factors ``train`` chooses between by cross-validation (a clinician reads T and
 #: N either way); the other factors are the same in both.
@@ -53,7 +54,7 @@ class ClinicalRecord:
     ebv_dna: float | None
     rene: int
     ldh: float
-    chemo: int = 0
+    chemo: int | None = 0
     #: Cumulative cisplatin dose (mg/m2); None when not recorded. A blank is not a zero: training puts a patient
     #: given chemotherapy without a dose in no dose arm (:func:`~NPCPrognosisLib.survival.benefit.assign_arms`),
     #: where a stored 0 would read as the low-dose arm.
@@ -130,13 +131,15 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
                          column="rene", fix="set rene to 0 for N0 patients or correct the N stage")
     ebv = values.get("ebv_dna")
     chemo = values.get("chemo")
-    chemo_flag = 0 if _is_missing(chemo) else _number(chemo, "chemo", patient_id, low=0, high=1, unit="(0/1)")
-    if chemo_flag not in (0, 1):
+    chemo_flag = None if _is_missing(chemo) else _number(chemo, "chemo", patient_id, low=0, high=1, unit="(0/1)")
+    if chemo_flag not in (None, 0, 1):
         raise InputError(f"chemo must be 0 or 1, got {chemo!r}", patient_id=patient_id, column="chemo",
                          fix="1 = chemotherapy given, 0 = radiotherapy alone; the dose goes in ccnd")
     ccnd = values.get("ccnd")
     dose = None if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2")
-    _check_treatment(chemo_flag if not _is_missing(chemo) else None, dose, patient_id)
+    _check_treatment(chemo_flag, dose, patient_id)
+    if chemo_flag is None and dose is not None and dose > 0:
+        chemo_flag = 1  # treatment recorded by its dose alone: a cisplatin dose is chemotherapy
     return ClinicalRecord(
         age=_number(values["age"], "age", patient_id, low=1, high=110, unit="years"),
         sex=_code(values["sex"], _SEX_CODES, "sex", patient_id),
@@ -145,7 +148,7 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
         ebv_dna=None if _is_missing(ebv) else _number(ebv, "ebv_dna", patient_id, low=0, high=1e9, unit="copies/mL"),
         rene=int(rene),
         ldh=_number(values["ldh"], "ldh", patient_id, low=10, high=10000, unit="U/L"),
-        chemo=int(chemo_flag),
+        chemo=None if chemo_flag is None else int(chemo_flag),  # not recorded: no arm is claimed for the patient
         ccnd=dose,
     )
 

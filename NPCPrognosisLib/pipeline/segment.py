@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
-from NPCPrognosisLib.io.manifest import MASK_COLUMN, read_manifest
+from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             table[column] = table[column].map(relocate)
     table[MASK_COLUMN] = [masks.get(pid, "") for pid in table["patient_id"]]
     write_text_atomic(out_dir / "manifest.csv", table.to_csv(index=False))
+    marker = Path(manifest.source).parent / SYNTHETIC_MARKER
+    if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
+        shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)
     columns = ["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "binary_probability", "warnings"]
     if not model.net.config.binary_head:
         columns.remove("binary_probability")

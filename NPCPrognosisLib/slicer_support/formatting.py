@@ -17,13 +17,26 @@ def format_percent(value: float | None) -> str:
 
 
 def format_risk(prediction: Mapping[str, Any], uncertainty: Mapping[str, Any] | None = None) -> str:
-    """'1.23 ± 0.31 (high risk; cut-off 0.85)' - the score, its standard error when known, and the group."""
+    """'1.23 ± 0.31 (high risk; cut-off 0.85)' - the score, its standard error when known, and the group as the
+    sheet and the terminal say it (:func:`~NPCPrognosisLib.reporting.labels.risk_group_text`: borderline, or
+    undetermined without a factor that was filled in)."""
+    from NPCPrognosisLib.reporting.labels import risk_group_text
+
     score = float(prediction["risk_score"])
     text = f"{score:.2f}"
     se = None if uncertainty is None else uncertainty.get("risk_se")
     if se is not None and math.isfinite(float(se)):
         text += f" ± {float(se):.2f}"
-    return f"{text} ({prediction['risk_group']} risk; cut-off {float(prediction['cutoff']):.2f})"
+    return f"{text} ({risk_group_text(prediction)}; cut-off {float(prediction['cutoff']):.2f})"
+
+
+def format_group(prediction: Mapping[str, Any]) -> str:
+    """The panel's large group label, never firmer than the sheet: 'HIGH', 'HIGH (BORDERLINE)', or 'UNDETERMINED'
+    when a factor that was filled in could change it (the risk line beside it says which)."""
+    if any(block.get("group_determined") is False for block in (prediction.get("imputed") or {}).values()):
+        return "UNDETERMINED"
+    group = str(prediction["risk_group"]).upper()
+    return f"{group} (BORDERLINE)" if prediction.get("borderline") else group
 
 
 def format_survival(prediction: Mapping[str, Any]) -> list[str]:

@@ -360,10 +360,13 @@ BENEFIT_MODEL = ("the chemotherapy-benefit model: one Cox model of treatment arm
                  "rENE, sex, EBV DNA, age and LDH (no radiomics), fitted on the training cohort")
 
 
-def given_arm(chemo: int, ccnd: float, threshold: float = CCND_THRESHOLD) -> str:
-    """The arm a patient was actually treated in (:func:`assign_arms`); a dose of 0 with chemotherapy given is a
-    dose not recorded (the clinical record stores an empty dose as 0), so no dose arm."""
-    return str(assign_arms([chemo], [ccnd if ccnd > 0 else None], threshold)[0])
+def given_arm(chemo: int | None, ccnd: float | None, threshold: float = CCND_THRESHOLD) -> str | None:
+    """The arm a patient was actually treated in (:func:`assign_arms`); a dose not recorded (None, or 0 with
+    chemotherapy given, as older records store an empty dose) gives no dose arm, and a treatment not recorded at
+    all (neither field) None: no arm is claimed for the patient."""
+    if chemo is None and (ccnd is None or ccnd <= 0):
+        return None
+    return str(assign_arms([chemo], [ccnd if ccnd is not None and ccnd > 0 else None], threshold)[0])
 
 
 def absent_arms(doc: Mapping[str, Any]) -> dict[str, str]:

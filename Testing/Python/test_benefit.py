@@ -359,3 +359,23 @@ def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_r
     checked = bf.evaluate_benefit(short, conf, d.group.to_numpy(), np.ones(n), d.ccnd, t, d.event.to_numpy(),
                                   records)
     assert checked["predicted_benefit"] is None and "follow-up ended before the 60-month" in checked["not_estimable"]
+
+
+def test_the_arm_given_reads_a_dose_not_recorded_as_no_dose_arm():
+    """parse_clinical keeps a missing dose as None: the arm given must read it (it had compared None > 0 and failed
+    every prediction of a patient with chemotherapy and no dose), as it reads the 0 older records stored."""
+    record = parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180,
+                             "ebv_dna": 1000, "chemo": 1}, patient_id="P1")
+    assert record.ccnd is None
+    assert bf.given_arm(record.chemo, record.ccnd) == bf.UNKNOWN_DOSE
+    assert bf.given_arm(1, 0.0) == bf.UNKNOWN_DOSE
+    assert bf.given_arm(1, bf.CCND_THRESHOLD + 40) == "high_dose"
+    assert bf.given_arm(1, bf.CCND_THRESHOLD - 40) == "low_dose"
+    assert bf.given_arm(0, None) == "rt_alone"
+    # neither field: nothing is claimed (it had read as 'radiotherapy alone (given)'); a dose alone is chemotherapy
+    unrecorded = parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180},
+                                patient_id="P2")
+    assert unrecorded.chemo is None and bf.given_arm(unrecorded.chemo, unrecorded.ccnd) is None
+    by_dose = parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180,
+                              "ccnd": 200}, patient_id="P3")
+    assert by_dose.chemo == 1 and bf.given_arm(by_dose.chemo, by_dose.ccnd) == "high_dose"

@@ -1070,6 +1070,11 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
     scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
     assert len(scores) == 2 and np.isfinite(scores["deep_score"]).all()
     assert not (tmp_path / "seg" / "cohort_warnings.txt").exists()  # two patients: too few to judge a cohort
+    # the same generated patients: a model trained on the new manifest is marked synthetic as the cohort's is
+    from NPCPrognosisLib.io.manifest import SYNTHETIC_MARKER
+
+    assert (Path(tiny_cohort.manifest_path).parent / SYNTHETIC_MARKER).exists()
+    assert (tmp_path / "seg" / SYNTHETIC_MARKER).exists()
 
 
 def test_a_cohort_whose_contours_differ_from_the_training_patients_is_warned_about():

@@ -299,6 +299,16 @@ def test_survival_and_risk_strings():
                                              "DMFS at 60 months: 61.0 %"]
     assert formatting.format_risk(PREDICTION) == "1.23 (high risk; cut-off 0.50)"
     assert formatting.format_risk(PREDICTION, {"risk_se": 0.314}) == "1.23 ± 0.31 (high risk; cut-off 0.50)"
+    # the panel says what the sheet says: a score whose interval spans the cut-off, a group a missing factor decides
+    assert formatting.format_risk({**PREDICTION, "borderline": True}) == (
+        "1.23 (high risk (borderline: the 95% interval of the score spans the cut-off); cut-off 0.50)")
+    undetermined = {"group_determined": False, "risk_group": "undetermined without EBV DNA",
+                    "risk_groups": ["low", "high"]}
+    assert formatting.format_group(PREDICTION) == "HIGH"
+    assert formatting.format_group({**PREDICTION, "borderline": True}) == "HIGH (BORDERLINE)"
+    assert formatting.format_group({**PREDICTION, "imputed": {"ebv_dna": undetermined}}) == "UNDETERMINED"
+    assert formatting.format_risk({**PREDICTION, "imputed": {"ebv_dna": undetermined}}).startswith(
+        "1.23 (undetermined without EBV DNA (high at the training median, low or high across")
     assert formatting.format_percent(float("nan")) == "n/a"
     assert formatting.format_nomogram_points(PREDICTION["nomogram_points"]) == [
         ("rad_score", "55.5"), ("t_stage", "20.0"), ("age", "10.0"), ("total", "85.5")]
