@@ -197,6 +197,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if "positives" in metrics:  # a binary endpoint
         print(f"{args.endpoint}: {metrics['n']} patients, {metrics['positives']} positive "
               f"({metrics['excluded_training_patients']} training patients excluded)")
+        for warning in metrics.get("warnings") or []:
+            print(f"  warning: {warning}")
         for name, block in metrics["models"].items():
             lo, hi = block["auc_95ci"]
             print(f"  {name:30s} AUC {block['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f})  sensitivity "

@@ -270,6 +270,23 @@ def _check_cohort_size(time: np.ndarray, event: np.ndarray, manifest: Manifest, 
                      fix="evaluate on a larger held-out cohort (validation studies aim at 100 events or more)")
 
 
+def _check_binary_cohort(manifest: Manifest, endpoint: str, excluded: int) -> None:
+    """Refuse a binary endpoint's cohort below :data:`MIN_PATIENTS` patients with a value, or with fewer than
+    :data:`MIN_EVENTS` patients in either class: an AUC ranks positives against negatives, and with one of either
+    it and its DeLong interval are one patient's rank."""
+    from NPCPrognosisLib.pipeline.binary import endpoint_labels
+
+    _, labels = endpoint_labels(manifest, endpoint)
+    n, positives = len(labels), int(np.sum(labels))
+    if n >= MIN_PATIENTS and min(positives, n - positives) >= MIN_EVENTS:
+        return
+    left = f" once the {excluded} training patient(s) are left out" if excluded else ""
+    raise InputError(f"{n} patient(s) with a {endpoint} value, {positives} positive and {n - positives} negative, to "
+                     f"evaluate{left}: too few to validate a classifier (evaluate needs at least {MIN_PATIENTS} "
+                     f"patients and {MIN_EVENTS} in each class)", path=manifest.source, column=endpoint,
+                     fix="evaluate on a larger held-out cohort")
+
+
 def _training_included(document: dict[str, Any], manifest: Manifest, subset: str) -> int | None:
     """How many evaluated patients trained the bundle: 0 with ``auto`` (they were left out), None with ``all``
     when the bundle stores no patient IDs (unknown)."""
@@ -370,6 +387,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
     manifest, features, excluded = _held_out(document, manifest, features, subset)
+    _check_binary_cohort(manifest, endpoint, excluded)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fused = None
@@ -386,6 +404,8 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
                                                   fused=fused, extras=extras)
     metrics["excluded_training_patients"] = excluded
     metrics["training_patients_included"] = _training_included(document, manifest, subset)
+    banner = _included_warning(metrics["training_patients_included"], subset)
+    metrics["warnings"] = [w for w in (banner, *(metrics.get("warnings") or [])) if w]
     metrics["without_features"] = _untrained(document, lacking, subset)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -99,6 +99,21 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
                  "--features", str(out / "fewer.csv"), "--endpoint", "ic_response", "--out", str(out / "fewer")]) == 0
     assert json.loads((out / "fewer" / "metrics.json").read_text())["without_features"] == [ids.iloc[200]]
 
+    # Training patients scored as held out are said to be (as for a survival endpoint), and a cohort too small for
+    # an AUC is refused with its counts rather than given an AUC of one patient's rank.
+    capsys.readouterr()
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
+                 "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out / "all"),
+                 "--subset", "all"]) == 0
+    assert "NOT A VALIDATION" in capsys.readouterr().out
+    everyone = json.loads((out / "all" / "metrics.json").read_text())
+    assert everyone["training_patients_included"] == 160 and "NOT A VALIDATION" in everyone["warnings"][0]
+    small = pd.read_csv(root / "manifest.csv", dtype={"patient_id": str}).iloc[:166]  # 6 held-out patients
+    small.to_csv(out / "small.csv", index=False)
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(out / "small.csv"), "--features",
+                 str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(out / "small")]) == 2
+    assert "too few to validate a classifier" in capsys.readouterr().err
+
     # Features made with other radiomics settings than the bundle's are refused, naming both and the way out.
     document["radiomics"] = {**(document.get("radiomics") or {}), "settings_hash": "a" * 64}
     other = write_bundle(root / "bundle_other_settings", {k: v for k, v in document.items() if k not in (
