@@ -845,10 +845,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _ijkToRas(volumeNode):
         """The node's voxel-to-RAS matrix as a 4 x 4 array."""
-        import numpy as np
 
         matrix = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(matrix)
+        return NPCPrognosisLogic._asArray(matrix)
+
+    @staticmethod
+    def _asArray(matrix):
+        """A vtkMatrix4x4 as a 4 x 4 array."""
+        import numpy as np
+
         return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
     @staticmethod
@@ -1021,6 +1027,9 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         """
         import numpy as np
 
+        def voxels(item):
+            return " x ".join(f"{v:.2g}" for v in item.GetSpacing())
+
         toReference = np.linalg.inv(self._ijkToRas(referenceVolumeNode))
         binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         contents = segmentationNode.GetSegmentation()
@@ -1032,18 +1041,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                     continue
                 matrix = vtk.vtkMatrix4x4()
                 image.GetImageToWorldMatrix(matrix)
-                inReference = toReference @ np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+                inReference = toReference @ self._asArray(matrix)
                 offset = inReference[:3, 3]
                 if not (np.allclose(inReference[:3, :3], np.eye(3), atol=1e-4)
                         and np.allclose(offset, np.round(offset), atol=1e-3)):
-                    spacing = ' x '.join(f"{v:.2g}" for v in image.GetSpacing())
-                    moved.append(f"{contents.GetSegment(segmentId).GetName()} ({spacing} mm voxels)")
+                    moved.append(f"{contents.GetSegment(segmentId).GetName()} ({voxels(image)} mm voxels)")
         if not moved:
             return []
-        spacing = ' x '.join(f"{v:.2g}" for v in referenceVolumeNode.GetSpacing())
         return [f"segment(s) {', '.join(moved)} of {segmentationNode.GetName()} do not lie on the voxels of "
-                f"{referenceVolumeNode.GetName()} ({spacing} mm): they were resampled onto it, which moves their "
-                "borders by up to half a voxel; check them on that volume, or draw them on it"]
+                f"{referenceVolumeNode.GetName()} ({voxels(referenceVolumeNode)} mm): they were resampled onto it, "
+                "which moves their borders by up to half a voxel; check them on that volume, or draw them on it"]
 
     def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path, warnings=None):
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, warnings)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from NPCPrognosisLib.contract import SEQUENCES
+from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 
 #: A sequence whose neighbouring voxels correlate below this (median of the three axes, inside the head, on the scan's
 #: own grid) looks like noise: anatomy 0.71-0.97 on every phantom family even on the network's coarser working grid,
@@ -81,8 +81,6 @@ def neighbour_correlations(preprocessed: Mapping[str, sitk.Image]) -> dict[str, 
     correlations : dict of str to float
         Per sequence.
     """
-    from NPCPrognosisLib.contract import REFERENCE_SEQUENCE
-
     head = _inner_head(preprocessed[REFERENCE_SEQUENCE])
     out = {}
     for name in SEQUENCES:
@@ -114,8 +112,6 @@ def cross_correlations(x: np.ndarray, spacing: Sequence[float]) -> dict[str, flo
     correlations : dict of str to float
         Per pair of sequences (``"t1-t2"``, ``"t1-t1c"``, ``"t2-t1c"``).
     """
-    from NPCPrognosisLib.contract import REFERENCE_SEQUENCE
-
     x = np.asarray(x, np.float64)
     reference = sitk.GetImageFromArray(np.ascontiguousarray(x[SEQUENCES.index(REFERENCE_SEQUENCE)].T))
     reference.SetSpacing([float(s) for s in spacing])
