@@ -372,9 +372,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
     result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                              saliency=args.saliency)
-    out, seg, seg_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm", patient_id=args.patient_id)
-    if seg is not None or seg_warnings:
-        print(f"DICOM SEG: {seg or seg_warnings[0]}")
+    out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm",
+                                                       f"{stem}_rtstruct.dcm", patient_id=args.patient_id)
+    for what, written in (("DICOM SEG", seg), ("RTSTRUCT", rtstruct)):
+        if written is not None:
+            print(f"{what}: {written}")
+    result.warnings.extend(dicom_warnings)
     if result.uncertainty is not None and args.tta:
         write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
     if result.saliency is not None:
@@ -608,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'patient', with a warning); a DICOM series carrying another PatientID is refused")
     p.add_argument("--tta", type=int, default=0, help="test-time augmentations (uncertainty map, score spread)")
     p.add_argument("--saliency", action="store_true", help="also write a saliency volume of the risk score")
-    p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest")
+    p.add_argument("--out", required=True, help="MASK.nii.gz for one patient, a folder with --manifest; a DICOM "
+                   "CET1W also gets <name>_seg.dcm (DICOM SEG) and <name>_rtstruct.dcm (RT Structure Set)")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("cox", help="Cox model of any table: coefficients, HRs with 95%% CI, p values (JSON)")

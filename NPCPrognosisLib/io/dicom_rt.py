@@ -5,19 +5,22 @@ coordinates (mm, LPS, the same physical space as SimpleITK), one list per ROI, n
 ("GTVnx", "GTV-P", "GTVnd"...). They are rasterised here onto the CET1W grid with pydicom and matplotlib's
 polygon test (a voxel is inside when its centre is; polygons of one ROI on one slice combine even-odd, so holes
 stay holes), and mapped to GTVp/GTVn by a case-insensitive name map that reports every ROI it did not use.
-Automatic contours go back to a PACS as DICOM SEG (highdicom), referencing the source series.
+Automatic contours go back to a PACS as DICOM SEG (highdicom) and to a planning system as an RT Structure Set
+(pydicom), both referencing the source series: filed with its patient and study, on its frame of reference.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from NPCPrognosisLib import __version__
 from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.dicom_series import dicom_series_files, split_series_selector
@@ -38,8 +41,8 @@ DEFAULT_ROI_MAP = {
 }
 
 
-class SegNotWritten(InputError):
-    """The CET1W series is of a kind no SEG is written for: the mask itself is still good."""
+class ContoursNotWritten(InputError):
+    """The CET1W series is of a kind no DICOM SEG or RTSTRUCT is written for: the mask itself is still good."""
 
 
 def dicom_modality(path: str | Path) -> str | None:
@@ -297,9 +300,180 @@ def _slice_polygons(slice_mask: np.ndarray) -> list[np.ndarray]:
     return [line - 1.0 for line in generator.lines(0.5) if len(line) >= 3]
 
 
-def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame_of_reference_uid: str | None = None,
-                   names: Mapping[int, str] | None = None) -> Path:
-    """The label map as an RT Structure Set (one ROI per label, one closed polygon per island and slice).
+#: Patient and General Study attributes of type 2 (present, empty when unknown) a SEG or RTSTRUCT copies from the
+#: series it was drawn on, so the PACS or planning system files it with that patient's study.
+STUDY_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+              "StudyTime", "ReferringPhysicianName")
+#: How every DICOM object written here describes itself and its maker (RT Series / SEG series, General Equipment).
+SERIES_DESCRIPTION = "NPCPrognosis automatic GTVp/GTVn (research software)"
+EQUIPMENT = {"Manufacturer": "NPCPrognosis", "ManufacturerModelName": "NPCPrognosis", "SoftwareVersions": __version__}
+#: Referenced SOP Class of an RT Structure Set's RTReferencedStudySequence (Detached Study Management, PS3.3 C.8.8.5).
+DETACHED_STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
+#: How far (in voxels) a source image's first pixel may lie from the mask's slice it stands for.
+SLICE_MATCH_TOLERANCE = 0.1
+
+
+def _source_images(mask: sitk.Image, source: str | Path, what: str, *, patient_id: str | None,
+                   pixels: bool = True) -> tuple[list[Any], Path]:
+    """The single-frame images of the CET1W series ``source`` names, checked for a SEG or RTSTRUCT (``what``) of
+    ``mask``: one image per slice of the mask, with a study and a frame of reference (:data:`STUDY_TAGS` filled in
+    empty where an anonymiser dropped them).
+
+    Returns
+    -------
+    images : list of pydicom.Dataset
+        In the series' file order (headers only unless ``pixels``).
+    folder : Path
+        The series' folder, named in errors.
+    """
+    import pydicom
+
+    folder, selector = split_series_selector(source)
+    images = [pydicom.dcmread(f, stop_before_pixels=not pixels)
+              for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
+    if len(images) == 1 and int(images[0].get("NumberOfFrames", 1)) > 1:
+        raise ContoursNotWritten(f"no {what} is written for an enhanced (multi-frame) CET1W series: its frames would "
+                                 "have to be matched one by one", patient_id=patient_id, path=folder,
+                                 fix=f"use the NIfTI mask, or export the CET1W as single-frame images for a {what}")
+    depth = mask.GetSize()[2]
+    if depth != len(images):
+        raise InputError(f"the mask has {depth} slices but the series {len(images)} images",
+                         patient_id=patient_id, path=folder,
+                         fix=f"write the {what} from the mask segment produced for this series")
+    absent = [tag for tag in ("StudyInstanceUID", "FrameOfReferenceUID") if not images[0].get(tag)]
+    if absent:  # a SEG or RTSTRUCT is placed in its study and on its frame of reference: without them it cannot be made
+        raise ContoursNotWritten(f"no {what} is written: the CET1W series has no {' or '.join(absent)} (anonymised?)",
+                                 patient_id=patient_id, path=folder, fix="use the NIfTI mask, or export the series "
+                                                                         "with its study and frame of reference")
+    for image in images:  # anonymisers drop these type-2 attributes; they are copied, empty where unknown
+        for tag in STUDY_TAGS:
+            if tag not in image:
+                setattr(image, tag, "")
+    return images, folder
+
+
+def _images_by_slice(mask: sitk.Image, images: Sequence[Any], *, patient_id: str | None,
+                     folder: Path) -> list[Any]:
+    """The source image lying on each slice of ``mask``, found by its ImagePositionPatient (not by file order):
+    a contour's ContourImageSequence must name the image whose plane it was drawn on, whichever way the slices run.
+    A mask whose slices the series' images do not lie on (another series' grid of as many slices) is refused."""
+    origin, spacing = np.array(mask.GetOrigin()), np.array(mask.GetSpacing())
+    direction = np.array(mask.GetDirection()).reshape(3, 3)
+    by_slice: dict[int, Any] = {}
+    for image in images:
+        index = ((np.asarray(image.ImagePositionPatient, float) - origin) @ direction) / spacing
+        k = int(round(index[2]))
+        if np.any(np.abs(index - [0, 0, k]) > SLICE_MATCH_TOLERANCE) or not 0 <= k < len(images) or k in by_slice:
+            raise InputError(f"the image {image.SOPInstanceUID} of the series does not lie on a slice of the mask "
+                             f"(its first pixel is at voxel {np.round(index, 2).tolist()} of the mask)",
+                             patient_id=patient_id, path=folder,
+                             fix="write the RTSTRUCT from the mask segment produced for this series")
+        by_slice[k] = image
+    return [by_slice[k] for k in range(len(images))]
+
+
+@dataclass(frozen=True)
+class StructureSetReference:
+    """What an RT Structure Set is drawn on: the patient and study it belongs to, its frame of reference and, when
+    the series is known, the image on each slice of the mask (PS3.3 C.8.8.5 and C.8.8.6)."""
+
+    #: Patient and General Study attributes (StudyInstanceUID, :data:`STUDY_TAGS`, StudyDescription when the series
+    #: has one), copied into the file.
+    study: dict[str, Any]
+    frame_of_reference_uid: str
+    position_reference: str = ""
+    series_instance_uid: str | None = None
+    #: (SOPClassUID, SOPInstanceUID) of the image on each slice of the mask; empty when drawn on no known series.
+    images: tuple[tuple[str, str], ...] = ()
+    character_set: Any = None
+
+
+def structure_set_reference(mask: sitk.Image, source: str | Path | None = None, *, patient_id: str | None = None,
+                            frame_of_reference_uid: str | None = None) -> StructureSetReference:
+    """The patient, study, frame of reference and images an RT Structure Set of ``mask`` refers to.
+
+    Parameters
+    ----------
+    mask : SimpleITK.Image
+        Labels on the grid :func:`~NPCPrognosisLib.io.images.read_image` reads from ``source``.
+    source : path, optional
+        The CET1W DICOM series (a folder, or ``folder::selector``) the mask was drawn on. Without it the structure
+        set stands alone (a synthetic test input): a new study, named by ``patient_id``, and no images referenced.
+    patient_id : str, optional
+        The standalone structure set's PatientID and PatientName; named in errors.
+    frame_of_reference_uid : str, optional
+        The standalone structure set's frame of reference (new UID when unknown); a series brings its own.
+
+    Returns
+    -------
+    StructureSetReference
+    """
+    from pydicom.uid import generate_uid
+
+    if source is None:
+        study = dict.fromkeys(STUDY_TAGS, "") | {"PatientID": str(patient_id or ""),
+                                                 "PatientName": str(patient_id or ""),
+                                                 "StudyInstanceUID": generate_uid()}
+        return StructureSetReference(study=study, frame_of_reference_uid=frame_of_reference_uid or generate_uid())
+    if frame_of_reference_uid is not None:
+        raise ValueError("a structure set of a DICOM series takes the series' frame of reference: give one or the "
+                         "other")
+    images, folder = _source_images(mask, source, "RTSTRUCT", patient_id=patient_id, pixels=False)
+    first = images[0]
+    return StructureSetReference(
+        study={tag: first.get(tag) for tag in ("StudyInstanceUID", *STUDY_TAGS, "StudyDescription")
+               if tag in first},
+        frame_of_reference_uid=str(first.FrameOfReferenceUID),
+        position_reference=str(first.get("PositionReferenceIndicator", "") or ""),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        images=tuple((str(image.SOPClassUID), str(image.SOPInstanceUID))
+                     for image in _images_by_slice(mask, images, patient_id=patient_id, folder=folder)),
+        character_set=first.get("SpecificCharacterSet"))
+
+
+def _image_items(images: Sequence[tuple[str, str]]) -> Any:
+    """A ContourImageSequence naming ``images`` ((SOPClassUID, SOPInstanceUID) each)."""
+    import pydicom
+    from pydicom.sequence import Sequence as DicomSequence
+
+    items = []
+    for sop_class, sop_instance in images:
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        items.append(item)
+    return DicomSequence(items)
+
+
+def _referenced_frame(reference: StructureSetReference) -> Any:
+    """The Structure Set's ReferencedFrameOfReferenceSequence: the frame and, for a known series, the study, the
+    series and every image of it (what a planning system attaches the structure set to)."""
+    import pydicom
+    from pydicom.sequence import Sequence as DicomSequence
+
+    frame = pydicom.Dataset()
+    frame.FrameOfReferenceUID = reference.frame_of_reference_uid
+    if reference.images:
+        series = pydicom.Dataset()
+        series.SeriesInstanceUID = reference.series_instance_uid
+        series.ContourImageSequence = _image_items(reference.images)
+        study = pydicom.Dataset()
+        study.ReferencedSOPClassUID = DETACHED_STUDY_SOP_CLASS
+        study.ReferencedSOPInstanceUID = reference.study["StudyInstanceUID"]
+        study.RTReferencedSeriesSequence = DicomSequence([series])
+        frame.RTReferencedStudySequence = DicomSequence([study])
+    return DicomSequence([frame])
+
+
+def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, source: str | Path | None = None,
+                   frame_of_reference_uid: str | None = None, names: Mapping[int, str] | None = None) -> Path | None:
+    """The label map as an RT Structure Set (one ROI per label it holds, one closed polygon per island and slice).
+
+    With ``source`` it is the structure set a planning system imports onto the CET1W series: the patient and
+    study copied from the series' images, its frame of reference, the series and every image of it referenced, and
+    each contour naming the image it lies on. The series is taken as :func:`write_seg` takes it, and refused for the
+    same reasons (:class:`ContoursNotWritten` for an enhanced series or one without study or frame-of-reference UID,
+    :class:`~NPCPrognosisLib.errors.InputError` for a mask of another series). The structure set is UNAPPROVED: a
+    clinician reviews automatic contours before they are used.
 
     Parameters
     ----------
@@ -308,13 +482,19 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
     path : path
         The RTSTRUCT file to write.
     patient_id : str
-        Written as PatientID (nothing else from any header).
+        Named in errors; without ``source`` also written as PatientID and PatientName.
+    source : path, optional
+        The CET1W DICOM series the mask was drawn on (a folder, or ``folder::selector``).
     frame_of_reference_uid : str, optional
-        The image series' frame of reference (new UID when unknown).
+        Without ``source``: the image series' frame of reference (new UID when unknown).
+    names : mapping of int to str, optional
+        ROI name per label (default GTVp, GTVn).
 
     Returns
     -------
-    path : pathlib.Path
+    pathlib.Path or None
+        The file written; None when the mask holds no contour (an empty structure set would import as structures
+        contoured and found empty), so nothing is written and a file an earlier run left at ``path`` is removed.
     """
     import datetime
 
@@ -325,6 +505,12 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
 
     from NPCPrognosisLib.io.atomic import atomic_path
 
+    labels = sitk.GetArrayViewFromImage(mask)
+    if not labels.any():
+        Path(path).unlink(missing_ok=True)
+        return None
+    reference = structure_set_reference(mask, source, patient_id=patient_id,
+                                        frame_of_reference_uid=frame_of_reference_uid)
     names = dict(names or {s["label"]: s["name"] for s in SEGMENTS})
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
@@ -332,22 +518,30 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     now = datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if reference.character_set:
+        ds.SpecificCharacterSet = reference.character_set
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID, ds.PatientName = "RTSTRUCT", str(patient_id), str(patient_id)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "NPCPrognosis", now.strftime("%Y%m%d"), \
-        now.strftime("%H%M%S")
-    ds.Manufacturer = "NPCPrognosis"
-    frame = frame_of_reference_uid or generate_uid()
-    ds.FrameOfReferenceUID = frame
-    referenced = pydicom.Dataset()
-    referenced.FrameOfReferenceUID = frame
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([referenced])
-    labels = sitk.GetArrayViewFromImage(mask)
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    for tag, value in reference.study.items():  # Patient and General Study modules
+        setattr(ds, tag, value)
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), 301  # RT Series module
+    ds.SeriesDate, ds.SeriesTime, ds.SeriesDescription, ds.OperatorsName = date, time, SERIES_DESCRIPTION, ""
+    for tag, value in EQUIPMENT.items():
+        setattr(ds, tag, value)
+    ds.FrameOfReferenceUID = reference.frame_of_reference_uid
+    ds.PositionReferenceIndicator = reference.position_reference
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "NPCPrognosis", date, time
+    ds.InstanceNumber = 1
+    ds.ReferencedFrameOfReferenceSequence = _referenced_frame(reference)
+    ds.ApprovalStatus = "UNAPPROVED"
     rois, contours, observations = [], [], []
-    for number, (label, name) in enumerate(sorted(names.items()), start=1):
+    # a ROI without contours would import as a structure contoured and empty (SlicerRT logs an error and skips it)
+    present = [(label, name) for label, name in sorted(names.items()) if (labels == label).any()]
+    for number, (label, name) in enumerate(present, start=1):
         roi = pydicom.Dataset()
-        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame
+        roi.ROINumber, roi.ROIName = number, name
+        roi.ReferencedFrameOfReferenceUID = reference.frame_of_reference_uid
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         rois.append(roi)
         items = []
@@ -356,6 +550,8 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
                 physical = [mask.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k)))
                             for x, y in polygon[:-1]]  # closed: the last point repeats the first
                 item = pydicom.Dataset()
+                if reference.images:
+                    item.ContourImageSequence = _image_items([reference.images[k]])
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(physical)
                 item.ContourData = [f"{v:.4f}" for point in physical for v in point]
@@ -368,6 +564,7 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, frame
         contours.append(roi_contour)
         observation = pydicom.Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.ROIObservationLabel = name
         observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
         observations.append(observation)
     ds.StructureSetROISequence = DicomSequence(rois)
@@ -401,7 +598,6 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         nothing is written and a SEG an earlier run left at ``path`` is removed (it would contradict the mask).
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     from NPCPrognosisLib.io.atomic import atomic_path
@@ -411,26 +607,7 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
     if not present:
         Path(path).unlink(missing_ok=True)
         return None
-    folder, selector = split_series_selector(source)
-    sources = [pydicom.dcmread(f) for f in dicom_series_files(folder, selector, patient_id=patient_id, role="t1c")]
-    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1)) > 1:
-        raise SegNotWritten("no DICOM SEG is written for an enhanced (multi-frame) CET1W series: its frames would have "
-                         "to be matched one by one", patient_id=patient_id, path=folder,
-                         fix="use the NIfTI mask, or export the CET1W as single-frame images for a SEG")
-    if labels.shape[0] != len(sources):
-        raise InputError(f"the mask has {labels.shape[0]} slices but the series {len(sources)} images",
-                         patient_id=patient_id, path=folder,
-                         fix="write the SEG from the mask segment produced for this series")
-    absent = [tag for tag in ("StudyInstanceUID", "FrameOfReferenceUID") if not sources[0].get(tag)]
-    if absent:  # a SEG is placed in its study and on its frame of reference: without them it cannot be made
-        raise SegNotWritten(f"no DICOM SEG is written: the CET1W series has no {' or '.join(absent)} (anonymised?)",
-                            patient_id=patient_id, path=folder, fix="use the NIfTI mask, or export the series with "
-                                                                    "its study and frame of reference")
-    for source in sources:  # anonymisers drop these type-2 attributes; a SEG copies them, empty where unknown
-        for tag in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime", "ReferringPhysicianName"):
-            if tag not in source:
-                setattr(source, tag, "")
+    sources, folder = _source_images(mask, source, "DICOM SEG", patient_id=patient_id)
     # what each segment is (a primary or a metastatic neoplasm: a morphologically abnormal structure, CID 7151) and
     # where (the nasopharynx, a lymph node): "Lymph node" as the type would describe the normal organ
     what = {"GTVp": (codes.SCT.NeoplasmPrimary, codes.SCT.Nasopharynx),
@@ -443,7 +620,7 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
             segmented_property_type=what[segment["name"]][0], anatomic_regions=[what[segment["name"]][1]],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="NPCPrognosis", version="0.1", family=codes.cid7162.ArtificialIntelligence)))
+                name="NPCPrognosis", version=__version__, family=codes.cid7162.ArtificialIntelligence)))
     pixel = np.zeros(labels.shape, np.uint8)
     for number, segment in enumerate(present, start=1):
         pixel[labels == segment["label"]] = number
@@ -451,12 +628,13 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="NPCPrognosis",
-            manufacturer_model_name="NPCPrognosis", software_versions="0.1", device_serial_number="0",
-            series_description="NPCPrognosis automatic GTVp/GTVn (research software)")
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=EQUIPMENT["Manufacturer"],
+            manufacturer_model_name=EQUIPMENT["ManufacturerModelName"],
+            software_versions=EQUIPMENT["SoftwareVersions"], device_serial_number="0",
+            series_description=SERIES_DESCRIPTION)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # headers highdicom cannot build a SEG from
-        raise SegNotWritten(f"no DICOM SEG is written: the CET1W series' headers do not allow one ({exc})",
-                            patient_id=patient_id, path=folder, fix="use the NIfTI mask") from None
+        raise ContoursNotWritten(f"no DICOM SEG is written: the CET1W series' headers do not allow one ({exc})",
+                                 patient_id=patient_id, path=folder, fix="use the NIfTI mask") from None
     path = Path(path)
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))

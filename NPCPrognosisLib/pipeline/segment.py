@@ -18,7 +18,7 @@ import pandas as pd
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
-from NPCPrognosisLib.io.dicom_rt import SegNotWritten, write_seg
+from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_rtstruct, write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
@@ -31,48 +31,56 @@ MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,
-                   *, patient_id: str) -> tuple[Path, Path | None, list[str]]:
-    """The automatic contours as the mask file and, for a DICOM CET1W, a DICOM SEG referencing that series.
+                   rtstruct_path: str | Path, *, patient_id: str) -> tuple[Path, Path | None, Path | None, list[str]]:
+    """The automatic contours as the mask file and, for a DICOM CET1W, a DICOM SEG (for a PACS) and an RT Structure
+    Set (for a treatment-planning system), both referencing that series.
 
-    Both or neither: the SEG is written first (one that cannot be made is a warning, the mask is still good), and
-    when the mask then cannot be written this run's SEG is removed, so a failed patient leaves no contours that its
-    manifest row does not point at.
+    All or nothing: the DICOM files are written first (one that cannot be made is a warning, the mask is still
+    good, and an earlier run's file of that kind is removed: it would contradict this mask), and when anything
+    after them fails this run's DICOM files are removed, so a failed patient leaves no contours that its manifest
+    row does not point at.
 
     Parameters
     ----------
     mask : SimpleITK.Image
         Labels on the CET1W grid.
     reference : str or Path or None
-        The CET1W as the manifest or command line named it (a SEG only for a DICOM series folder).
-    mask_path, seg_path : str or Path
-        Where the mask and the SEG go.
+        The CET1W as the manifest or command line named it (DICOM files only for a DICOM series folder).
+    mask_path, seg_path, rtstruct_path : str or Path
+        Where the mask, the SEG and the RTSTRUCT go.
     patient_id : str
-        Named in errors and in the SEG.
+        Named in errors.
 
     Returns
     -------
     mask_path : Path
-    seg_path : Path or None
-        None when no SEG was written.
+    seg_path, rtstruct_path : Path or None
+        None when that file was not written.
     warnings : list of str
-        Why no SEG was written, where one was expected.
+        Why a SEG or RTSTRUCT was not written, where one was expected.
     """
-    warnings, seg = [], None
-    if reference is not None and split_series_selector(reference)[0].is_dir():
-        try:
-            seg = write_seg(mask, reference, seg_path, patient_id=patient_id)
-            if seg is None:
-                warnings.append("no DICOM SEG written: the mask holds no contour")
-        except SegNotWritten as exc:
-            warnings.append(str(exc))
-            Path(seg_path).unlink(missing_ok=True)  # an earlier run's SEG would contradict this mask
+    warnings: list[str] = []
+    written: dict[str, Path | None] = {"DICOM SEG": None, "RTSTRUCT": None}
     try:
-        written = write_image_atomic(mask, mask_path)
+        if reference is not None and split_series_selector(reference)[0].is_dir():
+            writers = {"DICOM SEG": (seg_path, lambda: write_seg(mask, reference, seg_path, patient_id=patient_id)),
+                       "RTSTRUCT": (rtstruct_path, lambda: write_rtstruct(mask, rtstruct_path, patient_id=patient_id,
+                                                                          source=reference))}
+            for what, (path, write) in writers.items():
+                try:
+                    written[what] = write()
+                except ContoursNotWritten as exc:
+                    warnings.append(str(exc))
+                    Path(path).unlink(missing_ok=True)  # an earlier run's file would contradict this mask
+            if not any(written.values()) and not warnings:
+                warnings.append("no DICOM SEG or RTSTRUCT written: the mask holds no contour")
+        mask_written = write_image_atomic(mask, mask_path)
     except BaseException:
-        if seg is not None:
-            Path(seg).unlink(missing_ok=True)
+        for path in written.values():
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
         raise
-    return written, seg, warnings
+    return mask_written, written["DICOM SEG"], written["RTSTRUCT"], warnings
 
 
 def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str | Path, *, tta: int = 0,
@@ -91,7 +99,7 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     manifest_path : str or Path
         The cohort CSV.
     out_dir : str or Path
-        Folder for ``<patient_id>_mask.nii.gz`` (and ``_seg.dcm`` for DICOM input), ``manifest.csv``,
+        Folder for ``<patient_id>_mask.nii.gz`` (and ``_seg.dcm``, ``_rtstruct.dcm`` for DICOM input), ``manifest.csv``,
         ``deep_scores.csv``, ``failures.csv`` and ``cohort_warnings.txt`` (:func:`cohort_warnings`: a structure
         found in far more or fewer patients than among the network's training patients).
     tta : int
@@ -123,12 +131,14 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         # '../' in an ID stays inside out_dir
         mask_path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")
         seg_path = patient_file(out_dir, entry.patient_id, "_seg.dcm")
+        rtstruct_path = patient_file(out_dir, entry.patient_id, "_rtstruct.dcm")
         try:
             patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
             result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
-            path, _, seg_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE), mask_path,
-                                                   seg_path, patient_id=entry.patient_id)
-            result.warnings.extend(seg_warnings)
+            path, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE),
+                                                        mask_path, seg_path, rtstruct_path,
+                                                        patient_id=entry.patient_id)
+            result.warnings.extend(dicom_warnings)
             masks[entry.patient_id] = path.name
             scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
                            "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
@@ -138,8 +148,8 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
             log.warning("patient %s failed: %s", entry.patient_id, exc)
             failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
             # an earlier run's contours of this patient would sit beside a manifest row that no longer points at them
-            mask_path.unlink(missing_ok=True)
-            seg_path.unlink(missing_ok=True)
+            for stale in (mask_path, seg_path, rtstruct_path):
+                stale.unlink(missing_ok=True)
 
     def relocate(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":

@@ -1050,9 +1050,12 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
     failing = patient_file(tmp_path / "seg", table.loc[1, "patient_id"], "_mask.nii.gz")
     failing.parent.mkdir(parents=True)
     failing.write_bytes(b"an earlier run's mask")
-    failing.with_name(failing.name.replace("_mask.nii.gz", "_seg.dcm")).write_bytes(b"an earlier run's SEG")
+    dicom = [failing.with_name(failing.name.replace("_mask.nii.gz", suffix)) for suffix in ("_seg.dcm",
+                                                                                             "_rtstruct.dcm")]
+    for earlier in dicom:
+        earlier.write_bytes(b"an earlier run's SEG or RTSTRUCT")
     out = segment_cohort(model, manifest, tmp_path / "seg", progress=False)
-    assert not failing.exists() and not failing.with_name(failing.name.replace("_mask.nii.gz", "_seg.dcm")).exists()
+    assert not failing.exists() and not any(earlier.exists() for earlier in dicom)
     new = read_manifest(out)
     with open(tmp_path / "seg" / "failures.csv") as fh:
         failures = list(csv.DictReader(fh))
