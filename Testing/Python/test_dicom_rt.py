@@ -171,6 +171,10 @@ def test_rtstruct_of_a_dicom_series_is_filed_with_its_study_and_names_the_image_
     tags = {"0008|0060": "MR", "0010|0020": patient.patient_id, "0020|000d": study, "0020|0052": frame,
             "0008|103e": "T1 post contrast", "0020|0011": "3", **PATIENT_STUDY_HEADER}
     write_dicom_series(sitk.Cast(patient.t1c, sitk.sitkInt16), tmp_path / "t1c", tags, series_uid, rng)
+    for f in (tmp_path / "t1c").iterdir():  # a name beyond ASCII keeps its character set
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "Müller^Zoë"
+        ds.save_as(f)
     reference = read_image(tmp_path / "t1c", role="t1c")
     mask = sitk.Resample(patient.mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
     path = write_rtstruct(mask, tmp_path / "rs.dcm", patient_id=patient.patient_id, source=tmp_path / "t1c")
@@ -180,6 +184,7 @@ def test_rtstruct_of_a_dicom_series_is_filed_with_its_study_and_names_the_image_
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                     "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
         assert str(rtstruct[keyword].value) == str(source[keyword].value) != "", keyword
+    assert (rtstruct.SpecificCharacterSet, str(rtstruct.PatientName)) == ("ISO_IR 192", "Müller^Zoë")
     assert rtstruct.SeriesInstanceUID != series_uid and rtstruct.ApprovalStatus == "UNAPPROVED"
     assert "research" in rtstruct.SeriesDescription.lower() and "OperatorsName" in rtstruct
     referenced_frame = rtstruct.ReferencedFrameOfReferenceSequence[0]
