@@ -265,3 +265,25 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
     older = predict_patient(bundle, patient, CLINICAL, features=features, tta=0).chemo_benefit
     assert older["imputed"]["log10_ebv_dna"]["value_range"] is None
     assert "how far it could move this benefit is unknown" in older["statement"]
+
+
+def test_predict_prints_the_benefit_of_a_patient_without_ebv_dna_with_its_range(small_cohort, trained, benefit_doc,
+                                                                               tmp_path, capsys):
+    import json
+
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.bundle import write_bundle
+
+    content = {k: v for k, v in read_bundle(trained).items()
+               if k not in ("format", "format_version", "created", "software")}
+    bundle = write_bundle(tmp_path / "bundle", {**content, "chemo_benefit": benefit_doc})
+    row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[0]
+    args = ["predict", "--bundle", str(bundle), "--patient-id", row["patient_id"], "--out", str(tmp_path / "out")]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    assert main([*args, "--clinical", *(f"{k}={v}" for k, v in CLINICAL.items())]) == 0
+    benefit = json.loads((tmp_path / "out" / "prediction.json").read_text(encoding="utf-8"))["chemo_benefit"]
+    span = benefit["imputed"]["log10_ebv_dna"]["benefit_range"]
+    assert f"{span[0]:+.1%} to {span[1]:+.1%} across the training 10th-90th percentile of EBV DNA" in \
+        benefit["statement"]
+    assert f"  chemotherapy benefit: {benefit['statement']}" in capsys.readouterr().out
