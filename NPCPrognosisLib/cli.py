@@ -281,6 +281,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             ranges = ", ".join(f"{m} mo {lo:.1%}-{hi:.1%}" for m, (lo, hi) in block["survival_range"].items())
             print(f"  {covariate} not measured: across its training 10th-90th percentile, risk "
                   f"{block['risk_range'][0]:.3f} to {block['risk_range'][1]:.3f}, survival {ranges}")
+    if prediction.chemo_benefit.get("imputed"):  # a benefit resting on a filled-in factor, with its range
+        print(f"  chemotherapy benefit: {prediction.chemo_benefit['statement']}")
     if extrapolation_text(record):
         print(f"  {extrapolation_text(record)}")
     if prediction.fusion:

@@ -53,13 +53,18 @@ def _on_all_measures(coef, varying: np.ndarray) -> np.ndarray:
 
 
 def _fold_fits(design: np.ndarray, time: np.ndarray, event: np.ndarray, penalizer: float, seed: int,
-               folds: int = REFIT_FOLDS) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+               folds: int = REFIT_FOLDS, id_keys: Sequence[str] | None = None
+               ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Ridge Cox fits without each fold (folds stratified by event): each case's fold, each fit's coefficients
     and the out-of-fold linear predictors. They score a ridge strength and, for the chosen one, are the
-    out-of-fold heads (:func:`_out_of_fold_heads`)."""
+    out-of-fold heads (:func:`_out_of_fold_heads`).
+
+    ``id_keys`` (:func:`~NPCPrognosisLib.io.patient_ids.id_key` of each case): cases whose IDs differ only in case
+    or leading zeros share a fold, since the fold map recognises them by one key and must give both a head that saw
+    neither. With distinct keys the folds are those of the cases themselves."""
     from NPCPrognosisLib.survival.cox import fit_cox
 
-    fold = event_folds(event, folds, seed)
+    fold = event_folds(event, folds, seed, id_keys)
     coefs, lp = [], np.empty(len(time))
     for k in range(folds):
         test = fold == k
@@ -99,7 +104,10 @@ def refit_risk_head(model, cases: Sequence[CasePatient], device: str, penalties:
     design = ((measures - mean) / sd)[:, varying]
     if use_mlp:
         design = np.column_stack([(mlp - mlp_mean) / mlp_sd, design])
-    fits = {float(p): _fold_fits(design, time, event, float(p), seed) for p in penalties}
+    from NPCPrognosisLib.io.patient_ids import id_key
+
+    keys = [id_key(c.patient_id) for c in cases]
+    fits = {float(p): _fold_fits(design, time, event, float(p), seed, id_keys=keys) for p in penalties}
     scores = {p: safe_c_index(time, event, lp) for p, (_, _, lp) in fits.items()}
     best = max(scores, key=lambda p: (np.nan_to_num(scores[p], nan=0.0), p))
     fit = fit_cox(design, time, event, ties="efron", penalizer=best)
@@ -131,10 +139,11 @@ def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray
     The refitted head is fitted on the training patients, so their deep scores are in-sample (on the bundled demo
     network: training C 0.72 against a cross-validated 0.64); a nomogram fitted on the same patients would then
     weigh in-sample scores. With these heads, scoring a patient the network trained on (recognised by a salted
-    hash of the ID, :mod:`NPCPrognosisLib.io.patient_ids`) gives the out-of-fold score (``segment_preprocessed``).
-    The measures' standardisation stays the full split's (unsupervised).
+    hash of the ID's :func:`~NPCPrognosisLib.io.patient_ids.id_key`, so the patient re-exported as 'npc-007' or
+    'NPC-7' is still recognised) gives the out-of-fold score (``segment_preprocessed``). The measures'
+    standardisation stays the full split's (unsupervised).
     """
-    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
+    from NPCPrognosisLib.io.patient_ids import ID_KEY_HASH_METHOD, hash_id, id_key, new_id_salt
 
     if use_mlp:
         return {"available": False, "reason": "the MLP output entered the refit; it is in-sample (refit_include_mlp)"}
@@ -142,5 +151,5 @@ def _out_of_fold_heads(cases: Sequence[CasePatient], fold_fits: tuple[np.ndarray
     heads = [[float(v) for v in _on_all_measures(coef, varying)] for coef in coefs]
     salt = new_id_salt()
     return {"available": True, "folds": len(coefs), "measure_coefficients": heads,
-            "fold_of": {hash_id(c.patient_id, salt): int(k) for c, k in zip(cases, fold)}, "id_salt": salt,
-            "id_hash": ID_HASH_METHOD, "c_index": c_index}
+            "fold_of": {hash_id(id_key(c.patient_id), salt): int(k) for c, k in zip(cases, fold)}, "id_salt": salt,
+            "id_hash": ID_KEY_HASH_METHOD, "c_index": c_index}

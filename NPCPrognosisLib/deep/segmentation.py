@@ -263,15 +263,16 @@ def out_of_fold_head(model: NetworkModel, patient_id: str) -> np.ndarray | None:
 
     The network's own training patients would otherwise get in-sample deep scores (the head was fitted on them),
     which a nomogram fitted on the same patients would weigh as if they were honest. Patients are recognised by
-    the salted hash the bundle stores (:func:`NPCPrognosisLib.deep.risk_head._out_of_fold_heads`); bundles without
-    it give None.
+    the salted hash the bundle stores (:func:`NPCPrognosisLib.deep.risk_head._out_of_fold_heads`): of the ID's
+    :func:`~NPCPrognosisLib.io.patient_ids.id_key` (whatever its case and leading zeros) in networks whose record
+    says so, of the ID as written in older ones. Bundles without out-of-fold heads give None.
     """
-    from NPCPrognosisLib.io.patient_ids import hash_id
+    from NPCPrognosisLib.io.patient_ids import recorded_hash
 
     oof = ((model.content.get("network") or {}).get("risk_head_refit") or {}).get("out_of_fold") or {}
     if not oof.get("available"):
         return None
-    fold = oof["fold_of"].get(hash_id(patient_id, oof["id_salt"]))
+    fold = oof["fold_of"].get(recorded_hash(patient_id, oof["id_salt"], oof.get("id_hash")))
     return None if fold is None else np.asarray(oof["measure_coefficients"][fold], float)
 
 

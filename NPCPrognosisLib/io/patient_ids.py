@@ -14,6 +14,9 @@ from functools import lru_cache
 ID_HASH_ROUNDS = 20_000
 #: How a bundle describes its ID hashes (stored beside them as ``id_hash``).
 ID_HASH_METHOD = f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds"
+#: The ``id_hash`` of a record whose hashes are of :func:`id_key` (a re-exported spelling still matches); a record
+#: written before keys were hashed says :data:`ID_HASH_METHOD`, and its hashes are of the ID as written.
+ID_KEY_HASH_METHOD = f"{ID_HASH_METHOD} of id_key (trimmed, case-folded, leading zeros dropped)"
 
 
 def new_id_salt() -> str:
@@ -45,3 +48,12 @@ def id_key(patient_id: str) -> str:
     the cost is one held-out patient left out of the evaluation (and counted), never a training patient scored.
     """
     return re.sub(r"\d+", lambda digits: str(int(digits.group())), str(patient_id).strip().casefold())
+
+
+def recorded_hash(patient_id: str, salt: str | None, id_hash: str | None) -> str:
+    """The hash a record describing its hashes as ``id_hash`` would hold for ``patient_id``.
+
+    Records that say :data:`ID_KEY_HASH_METHOD` hashed :func:`id_key`, so 'npc-007' finds 'NPC-7'; older records
+    hashed the ID as written, and only that spelling can be looked up in them.
+    """
+    return hash_id(id_key(patient_id) if id_hash == ID_KEY_HASH_METHOD else patient_id, salt)

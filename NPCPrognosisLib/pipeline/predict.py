@@ -348,7 +348,10 @@ def predict_patient(
         uncertainty=uncertainty,
         survival_curves=curves,
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
-                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd)),
+                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd),
+                                      imputed={c: (bundle.imputation_ranges or {}).get(c)
+                                               for c in imputed_covariates(record)},
+                                      group_at=lambda covariate, value: group_with(bundle, values, covariate, value)),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
@@ -384,10 +387,18 @@ def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covar
     return effect
 
 
+def group_with(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str, value: float) -> str:
+    """The nomogram's risk group with ``covariate`` at ``value``: a filled-in EBV DNA may change the group, and with
+    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit.benefit_across_range`)."""
+    nomogram = bundle.nomograms["nomogram"]
+    changed = {**factors, covariate: float(value)} if covariate in nomogram.factors else dict(factors)
+    return str(assign_groups(nomogram.risk(changed), bundle.cutoffs["nomogram"])[0])
+
+
 def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
     """The warning of a filled covariate: the fill, and the range of risk and group its true value could give (or
     that this bundle cannot say)."""
-    from NPCPrognosisLib.reporting.labels import factor_label, factor_name, factor_value_text
+    from NPCPrognosisLib.reporting.labels import factor_label, factor_name, factor_range_text, factor_value_text
 
     name = factor_name(covariate)
     unit = factor_label(covariate)[len(name):].strip(" ()")
@@ -396,12 +407,12 @@ def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
     if block.get("value_range") is None:
         return (text + f"; this bundle stores no training percentiles of {name} (trained before they were kept), so "
                 f"how far the missing value could move the prediction is unknown: measure {name}, or retrain")
-    low, high = (factor_value_text(covariate, v) for v in block["value_range"])
     risk_low, risk_high = block["risk_range"]
     groups = " or ".join(block["risk_groups"]) + (" throughout" if block["group_determined"] else "")
     # the survival range at each horizon is in the block (``survival_range``) and beside each survival on the sheet
-    text += (f". Across the training cohort's 10th-90th percentile ({low}-{high} {unit}) the risk score would be "
-             f"{risk_low:.2f} to {risk_high:.2f} and the risk group {groups}")
+    span = factor_range_text(covariate, block["value_range"])
+    text += (f". Across the training cohort's 10th-90th percentile ({span}) the risk score would be {risk_low:.2f} to "
+             f"{risk_high:.2f} and the risk group {groups}")
     return text + (f": the group is undetermined until {name} is measured" if not block["group_determined"] else "")
 
 

@@ -7,7 +7,7 @@ The bundle and ``prediction.json`` use code names (``log10_ebv_dna``, ``rene``, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from NPCPrognosisLib.radiomics.features_table import LOG_VOLUME_COLUMNS
@@ -124,6 +124,14 @@ def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
     if name in _VOLUME_FACTORS:
         return f"{math.expm1(value):.1f}"
     return f"{value:.2f}"
+
+
+def factor_range_text(name: str, value_range: Sequence[float]) -> str:
+    """'1.2e3-4.5e4 copies/mL': a coded factor's range as the clinician enters its values, with the unit; the
+    training 10th-90th percentile of a filled-in factor is shown so wherever a missing value's effect is stated."""
+    unit = factor_label(name)[len(factor_name(name)):].strip(" ()")
+    low, high = (factor_value_text(name, v) for v in value_range)
+    return f"{low}-{high}" + (f" {unit}" if unit else "")
 
 
 def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:

@@ -577,6 +577,44 @@ def test_the_networks_training_patients_get_out_of_fold_deep_scores():
     assert refit_risk_head(net_mlp, cases, "cpu", [1.0], include_mlp=True)["out_of_fold"]["available"] is False
 
 
+def test_a_re_exported_training_patient_still_gets_its_out_of_fold_head():
+    """A training patient re-exported as 'p7' or 'P007' (for 'P7') is recognised by the hash of its id_key and gets
+    the head that did not see it (it had got the full, in-sample head); an unknown ID gets the full head. Two
+    training IDs that share a key ('P9' and 'P009') share a fold, so one head saw neither. A network written before
+    keys were hashed still matches the ID as written only."""
+    from types import SimpleNamespace
+
+    from NPCPrognosisLib.deep.data import CasePatient
+    from NPCPrognosisLib.deep.risk_head import refit_risk_head
+    from NPCPrognosisLib.deep.segmentation import out_of_fold_head
+    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, ID_KEY_HASH_METHOD, hash_id, id_key
+    from NPCPrognosisLib.survival.splits import event_folds
+
+    net, cases = _t2_hazard_cases(40, 12)
+    cases[20] = CasePatient("P009", cases[20].image, cases[20].label, cases[20].time, cases[20].event)  # key of P9
+    events = np.array([c.event for c in cases])
+    oof = refit_risk_head(net, cases, "cpu", [1.0], seed=3)["out_of_fold"]
+    assert oof["id_hash"] == ID_KEY_HASH_METHOD and len(oof["fold_of"]) == 39
+    fold = event_folds(events, 5, 3, [id_key(c.patient_id) for c in cases])
+    assert fold[9] == fold[20]
+    model = SimpleNamespace(content={"network": {"risk_head_refit": {"out_of_fold": oof}}})
+    heads = np.asarray(oof["measure_coefficients"])
+    for spelling in ("P7", "p7", "P007", " p07 "):
+        assert np.array_equal(out_of_fold_head(model, spelling), heads[fold[7]])
+    for spelling in ("P9", "p009", "P009"):
+        assert np.array_equal(out_of_fold_head(model, spelling), heads[fold[9]])
+    assert out_of_fold_head(model, "P70") is None and out_of_fold_head(model, "someone else") is None
+
+    salt = oof["id_salt"]
+    for method in ({"id_hash": ID_HASH_METHOD}, {}):  # an older record: hashes of the ID as written
+        old = {**oof, **{"fold_of": {hash_id(c.patient_id, salt): int(k) for c, k in zip(cases, fold)}}}
+        old.pop("id_hash")
+        old.update(method)
+        model = SimpleNamespace(content={"network": {"risk_head_refit": {"out_of_fold": old}}})
+        assert np.array_equal(out_of_fold_head(model, "P7"), heads[fold[7]])
+        assert out_of_fold_head(model, "p7") is None and out_of_fold_head(model, "P007") is None
+
+
 def test_segment_scores_a_training_patient_with_its_out_of_fold_head(tiny_bundle, tiny_cohort, tmp_path):
     """Through a written bundle: the patient listed (by salted hash) gets the fold head's score and the flag;
     the same images under another ID get the network's own score."""

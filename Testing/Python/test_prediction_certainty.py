@@ -161,3 +161,129 @@ def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_
             in page)
     assert "radiotherapy alone: not shown, too few training patients in this arm (12 low-risk patients with 3 " \
            "events, 1 high-risk patients with 1 events; each risk group needs &gt;= 8 patients" in page
+
+
+@pytest.fixture(scope="module")
+def benefit_doc():
+    """A chemotherapy-benefit model fitted on 500 synthetic patients (high dose helps the high-risk half only), as
+    ``train`` stores it: for the patient of these tests the high dose is a benefit in the high-risk group and
+    inconclusive in the low-risk one."""
+    import json
+
+    from NPCPrognosisLib.datasets.synth import simulate_outcomes
+    from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, encode_clinical, parse_clinical
+    from NPCPrognosisLib.survival import benefit as bf
+
+    table = simulate_outcomes(500, 13)
+    confounders = pd.DataFrame([encode_clinical(parse_clinical({c: r.get(c) for c in CLINICAL_FIELDS},
+                                                               r["patient_id"]), 3.0) for _, r in table.iterrows()])
+    group = np.where(table["high_risk"].astype(bool), "high", "low")
+    doc = bf.fit_benefit(table.dmfs_time, table.dmfs_event, table.chemo, table.ccnd, group,
+                         confounders[list(bf.CONFOUNDERS)], n_bootstrap=30, seed=1)
+    return json.loads(json.dumps(doc))
+
+
+def _gain_by_hand(doc, confounders, group):
+    """High over low dose at the last month, from the stored coefficients: exp(-H0 exp(x_high'b)) - exp(-H0
+    exp(x_low'b)), with the 2.5th/97.5th percentile over the stored bootstrap refits."""
+    model, boot = doc["model"], doc["bootstrap"]
+
+    def row(arm):
+        cells = []
+        for name in model["covariates"]:
+            parts = name.split(":")
+            cells.append(float(all(p in (f"arm[{arm}]", f"risk[{group}]") for p in parts)) if "[" in name
+                         else float(confounders[name]))
+        return np.array(cells)
+
+    month = boot["months"][-1]
+    h0 = model["baseline_cumhaz"][np.searchsorted(model["baseline_times"], month, side="right") - 1]
+    gain = math.exp(-h0 * math.exp(row("high_dose") @ model["coef"])) - \
+        math.exp(-h0 * math.exp(row("low_dose") @ model["coef"]))
+    coef, cumhaz = np.asarray(boot["coef"]), np.asarray(boot["baseline_cumhaz"])[:, -1]
+    draws = np.exp(-cumhaz * np.exp(coef @ row("high_dose"))) - np.exp(-cumhaz * np.exp(coef @ row("low_dose")))
+    return gain, np.percentile(draws, [2.5, 97.5])
+
+
+def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermined_when_its_conclusion_changes(
+        small_cohort, trained, benefit_doc):
+    from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+    from NPCPrognosisLib.survival import benefit as bf
+
+    bundle = load_bundle(trained)
+    bundle.document["chemo_benefit"] = benefit_doc
+    patient, features = _patient(small_cohort)
+    measured = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
+    confounders = encode_clinical(parse_clinical({**CLINICAL, "ebv_dna": 2000}, "x"), bundle.ebv_fill)
+    # with EBV DNA measured: the same numbers and sentence as without any range, and the stored model's by hand
+    assert measured.chemo_benefit == bf.patient_benefit(benefit_doc, confounders, measured.risk_group, "T3", "N1",
+                                                        "high_dose")
+    gain, ci = _gain_by_hand(benefit_doc, confounders, measured.risk_group)
+    headline = measured.chemo_benefit["benefit"]["high_dose_vs_low_dose"]["60"]
+    assert headline["absolute_benefit"] == pytest.approx(gain, abs=1e-9)
+    assert headline["ci95"] == pytest.approx(ci, abs=1e-9) and "imputed" not in measured.chemo_benefit
+
+    low, high = bundle.imputation_ranges["log10_ebv_dna"]
+    fill = bundle.ebv_fill
+    grid = sorted({fill, *np.linspace(low, high, bf.RANGE_POINTS)})
+    first = predict_patient(bundle, patient, CLINICAL, features=features, tta=0)
+    risks = first.imputed["log10_ebv_dna"]["risk_range"]
+    # cut-offs below the whole range of risk, inside it, and inside it below the risk at the median (where the
+    # median alone gives a high-risk patient a benefit shown: the sentence the old code printed)
+    for cutoff, expected in ((risks[0] - 1.0, "determined"), ((risks[0] + risks[1]) / 2.0, "undetermined"),
+                             ((risks[0] + first.risk_score) / 2.0, "undetermined")):
+        bundle.document["cutoffs"]["nomogram"]["cutoff"] = cutoff
+        prediction = predict_patient(bundle, patient, CLINICAL, features=features, tta=0)
+        block = prediction.chemo_benefit["imputed"]["log10_ebv_dna"]
+        # the gain across the training P10-P90 of EBV DNA, each value with the nomogram group it would give
+        by_hand = []
+        for value in grid:
+            factors = {**prediction.factors, "log10_ebv_dna": value}
+            group = "high" if _by_hand(bundle.document, factors)[0] > cutoff else "low"
+            by_hand.append((*_gain_by_hand(benefit_doc, {**confounders, "log10_ebv_dna": value}, group), group))
+        conclusions = {"benefit" if c[0] > 0 else "harm" if c[1] < 0 else "inconclusive" for _, c, _ in by_hand}
+        assert block["value_range"] == pytest.approx([low, high]) and block["filled_with"] == pytest.approx(fill)
+        assert block["benefit_range"] == pytest.approx([min(g for g, _, _ in by_hand), max(g for g, _, _ in by_hand)],
+                                                       abs=1e-9)
+        assert set(block["conclusions"]) == conclusions
+        assert block["risk_groups"] == [g for g in ("low", "high") if g in {g for _, _, g in by_hand}]
+        statement = prediction.chemo_benefit["statement"]
+        span = f"{block['benefit_range'][0]:+.1%} to {block['benefit_range'][1]:+.1%}"
+        assert span in statement and "10th-90th percentile of EBV DNA" in statement
+        if expected == "determined":  # high risk throughout: a benefit throughout, said with its range
+            assert block["conclusions"] == ["benefit"] and block["conclusion_determined"]
+            assert "is estimated to raise 60-month survival" in statement and "benefit throughout" in statement
+            assert prediction.chemo_benefit["benefit_shown"] is True
+        else:  # low risk (inconclusive) at one end, high risk (a benefit) at the other: no conclusion printed
+            assert block["conclusions"] == ["benefit", "inconclusive"] and not block["conclusion_determined"]
+            assert "undetermined without EBV DNA" in statement and "estimated to raise" not in statement
+            assert prediction.chemo_benefit["benefit_shown"] is False
+        page = patient_sheet_html(prediction.to_dict())
+        assert statement.replace(">", "&gt;").replace("<", "&lt;") in page[page.index("<h2>Treatment benefit</h2>"):]
+
+    del bundle.document["clinical_encoding"]["imputation_range_p10_p90"]  # an older bundle: range unknown
+    older = predict_patient(bundle, patient, CLINICAL, features=features, tta=0).chemo_benefit
+    assert older["imputed"]["log10_ebv_dna"]["value_range"] is None
+    assert "how far it could move this benefit is unknown" in older["statement"]
+
+
+def test_predict_prints_the_benefit_of_a_patient_without_ebv_dna_with_its_range(small_cohort, trained, benefit_doc,
+                                                                               tmp_path, capsys):
+    import json
+
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.bundle import write_bundle
+
+    content = {k: v for k, v in read_bundle(trained).items()
+               if k not in ("format", "format_version", "created", "software")}
+    bundle = write_bundle(tmp_path / "bundle", {**content, "chemo_benefit": benefit_doc})
+    row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[0]
+    args = ["predict", "--bundle", str(bundle), "--patient-id", row["patient_id"], "--out", str(tmp_path / "out")]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    assert main([*args, "--clinical", *(f"{k}={v}" for k, v in CLINICAL.items())]) == 0
+    benefit = json.loads((tmp_path / "out" / "prediction.json").read_text(encoding="utf-8"))["chemo_benefit"]
+    span = benefit["imputed"]["log10_ebv_dna"]["benefit_range"]
+    assert f"{span[0]:+.1%} to {span[1]:+.1%} across the training 10th-90th percentile of EBV DNA" in \
+        benefit["statement"]
+    assert f"  chemotherapy benefit: {benefit['statement']}" in capsys.readouterr().out
