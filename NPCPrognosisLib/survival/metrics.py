@@ -558,8 +558,9 @@ def evaluate_risk(
         Months of the td-AUC and the calibration.
     ipcw_intervals : bool, default False
         Also bootstrap Uno's C, the td-AUCs and the integrated Brier score, from the C-index's resamples
-        (:func:`bootstrap_cis`; the censoring weights stay those of the whole cohort). Each resample then costs
-        about eight times as much (sksurv checks its inputs on every call): ``evaluate`` asks for them, the
+        (:func:`bootstrap_cis`; the censoring weights stay those of the whole cohort, looked up once:
+        :mod:`~NPCPrognosisLib.survival.resampled`). ``evaluate`` asks for them (1000 resamples of 200 patients:
+        about 1 s per model, 10 times faster than calling the metric functions, ``bench/bench_evaluate.py``), the
         training report, which keeps only the C-index's interval, does not.
 
     Returns

@@ -45,23 +45,26 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray, weight: n
     Raises
     ------
     ValueError
-        Where sksurv raises ``NoComparablePairException`` (a ValueError): no event before the last follow-up.
+        Where sksurv raises: fewer than two patients, or no event before the last follow-up
+        (``NoComparablePairException``, a ValueError).
     """
+    if len(time) < 2:
+        raise ValueError("Need a minimum of two samples")
     order = np.argsort(time)  # sksurv's (unstable) sort: the same order of tied events, so the same sums
-    # an event is comparable with every later patient and with the censored at its own time
-    comparable = event[:, None] & ((time[None, :] > time[:, None]) | ((time[None, :] == time[:, None])
-                                                                       & ~event[None, :]))
-    ties = np.absolute(risk[None, :] - risk[:, None]) <= tied_tol
-    n_con = (comparable & (risk[None, :] < risk[:, None]) & ~ties).sum(axis=1)
-    n_ties = (comparable & ties).sum(axis=1)
-    n_pairs = comparable.sum(axis=1)
-    visited = order[event[order]]
+    visited = order[event[order]]  # the events, in the order sksurv's loop visits them
     if not len(visited) or (len(visited) == 1 and visited[0] == order[-1] and time[order[-1]] > time[order[-2]]):
         raise ValueError("Data has no comparable pairs, cannot estimate concordance index.")
+    # an event is comparable with every later patient and with the censored at its own time
+    t_i, r_i = time[visited][:, None], risk[visited][:, None]
+    comparable = (time[None, :] > t_i) | ((time[None, :] == t_i) & ~event[None, :])
+    ties = comparable & (np.absolute(risk[None, :] - r_i) <= tied_tol)
+    n_con = (comparable & (risk[None, :] < r_i) & ~ties).sum(axis=1)
+    n_ties = ties.sum(axis=1)
+    n_pairs = comparable.sum(axis=1)
     w = weight[visited]
     # numerator += w_i * n_con + 0.5 * w_i * n_ties, one event after another: a sequential (cumulative) sum
-    numerator = np.cumsum(w * n_con[visited] + 0.5 * w * n_ties[visited])[-1]
-    denominator = np.cumsum(w * n_pairs[visited])[-1]
+    numerator = np.cumsum(w * n_con + 0.5 * w * n_ties)[-1]
+    denominator = np.cumsum(w * n_pairs)[-1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(numerator / denominator)
 
