@@ -531,7 +531,8 @@ def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float 
     product of the two pairs' weights, i.e. of its four patients' (all four outcomes are seen with probability
     G_1 G_2 G_3 G_4 under independent censoring, so these Horvitz-Thompson weights make the weighted
     concordant, discordant and tied counts estimate those of the cohort without censoring, of which the C is the
-    ratio). Without censoring before the horizon every weight is 1 and the C is the unweighted one.
+    ratio; approximately, since the pairs are matched among the kept patients, not among all). Without censoring
+    before the horizon every weight is 1 and the C is the unweighted one.
 
     Measured (``bench/bench_cfb_censoring.py``; randomised arms, hazard exp(0.7 x + arm (-0.4 - 0.6 x)), x ~ N(0, 1),
     the true benefit at 60 months as the predictor, censoring uniform and independent; truth = the C of the
