@@ -305,8 +305,9 @@ def _c_for_benefit_text(block: Mapping[str, Any]) -> str:
         return f"C-for-benefit – ({block.get('reason', 'not estimable')})"
     lo, hi = block.get("ci95") or (None, None)
     interval = f" (95% CI {fmt(lo)}-{fmt(hi)})" if lo is not None else ""
+    weighted = " (the others weighted for them)" if block.get("censoring_weights") else ""
     return (f"C-for-benefit {fmt(value)}{interval} from {block.get('pairs', '?')} matched pairs; "
-            f"{block.get('censored_before_horizon', 0)} patients censored before the horizon and "
+            f"{block.get('censored_before_horizon', 0)} patients censored before the horizon{weighted} and "
             f"{block.get('unmatched', 0)} unmatched left out")
 
 

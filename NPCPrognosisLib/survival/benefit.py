@@ -611,6 +611,28 @@ def _status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> np.ndarra
     return np.where(event & (time <= horizon), 1, np.where(time >= horizon, 0, -1))
 
 
+def _censoring_weights(time: np.ndarray, event: np.ndarray, horizon: float) -> np.ndarray:
+    """Inverse probability of a known outcome at ``horizon``: 1 / G(min(T, horizon)-) for every patient whose
+    status is known (:func:`_status_at`), 0 for those censored before it.
+
+    G is the Kaplan-Meier of the censoring distribution of the patients given (sksurv's
+    ``CensoringDistributionEstimator``, as the IPCW metrics of :mod:`~NPCPrognosisLib.survival.metrics` fit it),
+    taken just before min(T, horizon): an event at T is seen when censoring comes at T or later, and an
+    event-free patient counts as known when followed up to the horizon or exactly to it. Never infinite: the
+    patient itself is still in the censoring risk set just before its own time.
+    """
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    from NPCPrognosisLib.survival.metrics import _surv
+
+    known = _status_at(time, event, horizon) >= 0
+    weight = np.zeros(len(time))
+    if known.any():
+        cens = CensoringDistributionEstimator().fit(_surv(time, event))
+        weight[known] = 1.0 / cens.predict_proba(np.nextafter(np.minimum(time[known], horizon), -np.inf))
+    return weight
+
+
 def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float = 60.0,
                   treated: str = TREATED_ARM, control: str = REFERENCE_ARM, *, n_boot: int = 0,
                   seed: int = 0) -> dict[str, Any]:
@@ -621,9 +643,25 @@ def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float 
     outcome (-1, 0, 1), its predicted benefit the mean of the two; the C is the concordance of the two over
     pairs of pairs with different observed benefit. 0.5 means predicted benefit tells nothing.
 
-    Patients censored before the horizon have no known outcome and are left out (as in the original method, which
-    assumes that censoring is unrelated to benefit); how many, and how many the matching left unpaired, is
-    reported beside the C so that a reader can judge what it rests on.
+    Patients censored before the horizon have no known outcome and are left out; how many, and how many the
+    matching left unpaired, is reported beside the C so that a reader can judge what it rests on. Leaving them
+    out selects: a patient with an early event stays, an event-free one lost to follow-up early leaves, so the
+    kept patients have more events than the cohort. The kept patients are therefore weighted by the inverse
+    probability of a known outcome, 1 / G(min(T, horizon)-) with G the Kaplan-Meier of the censoring of the
+    patients given (:func:`_censoring_weights`; censoring assumed independent of outcome and covariates). Rank
+    matching is unchanged; a pair carries the product of its two patients' weights, and a pair of pairs the
+    product of the two pairs' weights, i.e. of its four patients' (all four outcomes are seen with probability
+    G_1 G_2 G_3 G_4 under independent censoring, so these Horvitz-Thompson weights make the weighted
+    concordant, discordant and tied counts estimate those of the cohort without censoring, of which the C is the
+    ratio; approximately, since the pairs are matched among the kept patients, not among all). Without censoring
+    before the horizon every weight is 1 and the C is the unweighted one.
+
+    Measured (``bench/bench_cfb_censoring.py``; randomised arms, hazard exp(0.7 x + arm (-0.4 - 0.6 x)), x ~ N(0, 1),
+    the true benefit at 60 months as the predictor, censoring uniform and independent; truth = the C of the
+    same patients without censoring; 1000 cohorts): 200 patients, 47% censored before 60 months: dropped
+    -0.0149 (SE 0.0016), weighted +0.0008 (0.0017); 31% censored: -0.0071 (0.0012) vs -0.0009 (0.0012); 600
+    patients, 46%: -0.0146 (0.0009) vs -0.0006 (0.0010). The weighting removes the bias; its spread is a little
+    larger, so the root-mean-square error barely moves (0.0527 vs 0.0523 at 200 patients).
 
     Parameters
     ----------
@@ -640,9 +678,11 @@ def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float 
     Returns
     -------
     result : dict
-        ``c_for_benefit`` (None with fewer than 10 pairs, with a ``reason``), ``ci95`` (None without resamples or
-        with fewer than 10 usable ones), ``pairs``, ``patients_used`` (twice the pairs), ``censored_before_horizon``
-        (of the two arms) and ``unmatched`` (known outcome, but the larger arm's surplus).
+        ``c_for_benefit`` (censoring-weighted; None with fewer than 10 pairs, with a ``reason``),
+        ``c_for_benefit_unweighted`` (the complete-case C, for comparison), ``ci95`` (None without resamples or
+        with fewer than 10 usable ones; the weights stay the whole cohort's), ``pairs``, ``patients_used`` (twice
+        the pairs), ``censored_before_horizon`` (of the two arms), ``unmatched`` (known outcome, but the larger
+        arm's surplus) and ``censoring_weights`` (how the kept patients were weighted).
     """
     from NPCPrognosisLib.survival.metrics import bootstrap_ci
 
@@ -654,15 +694,24 @@ def c_for_benefit(benefit: Any, arm: Any, time: Any, event: Any, horizon: float 
     m = int(min(np.sum(known & (arm == treated)), np.sum(known & (arm == control))))
     out = {"horizon_months": float(horizon), "pairs": m, "patients_used": 2 * m,
            "censored_before_horizon": int((in_arms & (status < 0)).sum()), "unmatched": int(known.sum()) - 2 * m,
-           "ci95": None}
+           "censoring_weights": CFB_CENSORING_WEIGHTS, "ci95": None}
     if m < MIN_BENEFIT_PAIRS:
-        return {**out, "c_for_benefit": None, "reason": f"fewer than {MIN_BENEFIT_PAIRS} matched pairs"}
-    value = _matched_concordance(benefit, arm, status, treated, control)
+        return {**out, "c_for_benefit": None, "c_for_benefit_unweighted": None,
+                "reason": f"fewer than {MIN_BENEFIT_PAIRS} matched pairs"}
+    weight = _censoring_weights(time, event, horizon)
+    value = _matched_concordance(benefit, arm, status, treated, control, weight)
     if n_boot > 0:
-        lo, hi = bootstrap_ci(lambda b, a, st: _matched_concordance(b, a, st, treated, control), benefit, arm, status,
-                              n_boot=n_boot, seed=seed, event_index=None)
+        lo, hi = bootstrap_ci(lambda b, a, st, w: _matched_concordance(b, a, st, treated, control, w), benefit, arm,
+                              status, weight, n_boot=n_boot, seed=seed, event_index=None)
         out["ci95"] = [float(lo), float(hi)] if np.isfinite([lo, hi]).all() else None
-    return {**out, "c_for_benefit": value}
+    return {**out, "c_for_benefit": value,
+            "c_for_benefit_unweighted": _matched_concordance(benefit, arm, status, treated, control)}
+
+
+#: How :func:`c_for_benefit` weights the patients whose outcome at the horizon is known, recorded with it.
+CFB_CENSORING_WEIGHTS = ("patients censored before the horizon are left out; the others are weighted by 1 / G(min(T, "
+                         "horizon)-), G the Kaplan-Meier of the evaluated cohort's censoring, so that the kept "
+                         "patients stand for those lost too (inverse probability of censoring weighting)")
 
 
 #: C-for-benefit is not given on fewer matched pairs (nor counted in a bootstrap resample with fewer).
@@ -670,9 +719,11 @@ MIN_BENEFIT_PAIRS = 10
 
 
 def _matched_concordance(benefit: np.ndarray, arm: np.ndarray, status: np.ndarray, treated: str,
-                         control: str) -> float:
+                         control: str, weight: np.ndarray | None = None) -> float:
     """The C of :func:`c_for_benefit` for outcomes ``status`` (from :func:`_status_at`); NaN with fewer than
-    :data:`MIN_BENEFIT_PAIRS` pairs or no pair of pairs with different observed benefit."""
+    :data:`MIN_BENEFIT_PAIRS` pairs or no pair of pairs with different observed benefit. With ``weight`` (one
+    per patient, :func:`_censoring_weights`) every pair of pairs counts with the product of its four patients'
+    weights."""
     ti = np.flatnonzero((status >= 0) & (arm == treated))
     ci = np.flatnonzero((status >= 0) & (arm == control))
     m = min(len(ti), len(ci))
@@ -687,7 +738,12 @@ def _matched_concordance(benefit: np.ndarray, arm: np.ndarray, status: np.ndarra
     first, second = np.triu_indices(m, 1)
     usable = obs[second] != obs[first]
     gap = (pred[second] - pred[first])[usable] * np.sign(obs[second] - obs[first])[usable]
-    concordant, discordant, ties = np.sum(gap > 0), np.sum(gap < 0), np.sum(gap == 0)
+    if weight is None:
+        concordant, discordant, ties = np.sum(gap > 0), np.sum(gap < 0), np.sum(gap == 0)
+    else:
+        pair_weight = weight[ti] * weight[ci]
+        w = (pair_weight[first] * pair_weight[second])[usable]
+        concordant, discordant, ties = np.sum(w[gap > 0]), np.sum(w[gap < 0]), np.sum(w[gap == 0])
     total = concordant + discordant + ties
     return float((concordant + 0.5 * ties) / total) if total else float("nan")
 

@@ -203,6 +203,16 @@ def _independent_c_for_benefit(benefit, arm, status):
     """C-for-benefit counted by lifelines over the rank-matched pairs (van Klaveren et al. 2018), for the tests."""
     from lifelines.utils import concordance_index
 
+    pairs = _matched_pairs(benefit, arm, status)
+    if pairs is None:
+        return None
+    ti, ci = pairs
+    m = len(ti)
+    # observed pair benefit as lifelines' 'duration', every pair observed; higher predicted <-> higher observed
+    return concordance_index(status[ci] - status[ti], (benefit[ti] + benefit[ci]) / 2, np.ones(m))
+
+
+def _matched_pairs(benefit, arm, status):
     ti = np.flatnonzero((status >= 0) & (arm == "high_dose"))
     ci = np.flatnonzero((status >= 0) & (arm == "low_dose"))
     m = min(len(ti), len(ci))
@@ -210,8 +220,37 @@ def _independent_c_for_benefit(benefit, arm, status):
         return None
     ti = ti[np.argsort(benefit[ti], kind="mergesort")][np.round(np.linspace(0, len(ti) - 1, m)).astype(int)]
     ci = ci[np.argsort(benefit[ci], kind="mergesort")][np.round(np.linspace(0, len(ci) - 1, m)).astype(int)]
-    # observed pair benefit as lifelines' 'duration', every pair observed; higher predicted <-> higher observed
-    return concordance_index(status[ci] - status[ti], (benefit[ti] + benefit[ci]) / 2, np.ones(m))
+    return ti, ci
+
+
+def _censoring_survival_before(time, event, t):
+    """P(censoring >= t) by a plain reverse Kaplan-Meier loop: at a tied time the events come first, so the censored
+    at s are at risk of censoring among those still followed minus that time's events."""
+    g = 1.0
+    for s in np.unique(time[~event]):
+        if s >= t:
+            break
+        at_risk = np.sum(time >= s) - np.sum((time == s) & event)
+        g *= 1.0 - np.sum((time == s) & ~event) / at_risk
+    return g
+
+
+def _independent_weighted_c_for_benefit(benefit, arm, status, weight):
+    """The weighted C by a loop over pairs of pairs, each weighted by its four patients' weights."""
+    pairs = _matched_pairs(benefit, arm, status)
+    if pairs is None:
+        return None
+    ti, ci = pairs
+    pred, obs, w = (benefit[ti] + benefit[ci]) / 2, status[ci] - status[ti], weight[ti] * weight[ci]
+    num = den = 0.0
+    for k in range(len(ti)):
+        for j in range(k + 1, len(ti)):
+            if obs[k] == obs[j]:
+                continue
+            agree = (pred[j] - pred[k]) * (obs[j] - obs[k])
+            den += w[k] * w[j]
+            num += w[k] * w[j] * (1.0 if agree > 0 else 0.5 if agree == 0 else 0.0)
+    return num / den
 
 
 def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
@@ -224,7 +263,17 @@ def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
     time, event = np.minimum(true_time, censor), true_time <= censor
     result = bf.c_for_benefit(benefit, arm, time, event, 60.0, n_boot=200, seed=3)
     status = bf._status_at(time, event, 60.0)
-    assert result["c_for_benefit"] == pytest.approx(_independent_c_for_benefit(benefit, arm, status), abs=1e-12)
+    assert result["c_for_benefit_unweighted"] == pytest.approx(_independent_c_for_benefit(benefit, arm, status),
+                                                               abs=1e-12)
+    # the kept patients weighted by 1 / P(censoring >= min(T, 60)), the whole cohort's censoring
+    weight = np.array([_censoring_survival_before(time, event, min(t, 60.0)) for t in time]) ** -1.0
+    weight[status < 0] = 0.0
+    np.testing.assert_allclose(bf._censoring_weights(time, event, 60.0), weight, rtol=1e-12)
+    assert weight.max() > 1.2  # censoring before 60 months weighs
+    expected = _independent_weighted_c_for_benefit(benefit, arm, status, weight)
+    assert result["c_for_benefit"] == pytest.approx(expected, abs=1e-12)
+    assert result["c_for_benefit"] != pytest.approx(result["c_for_benefit_unweighted"], abs=1e-4)
+    assert "1 / G(min(T, horizon)-)" in result["censoring_weights"]
     # whom it rests on: the two arms' patients censored before 60 months are dropped, and the larger arm's surplus
     two_arms = arm != "rt_alone"
     known = two_arms & (status >= 0)
@@ -236,7 +285,7 @@ def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
     draws, draw_rng = [], np.random.default_rng(3)
     for _ in range(200):
         idx = draw_rng.integers(0, n, n)
-        value = _independent_c_for_benefit(benefit[idx], arm[idx], status[idx])
+        value = _independent_weighted_c_for_benefit(benefit[idx], arm[idx], status[idx], weight[idx])
         if value is not None:
             draws.append(value)
     np.testing.assert_allclose(result["ci95"], np.percentile(draws, [2.5, 97.5]), atol=1e-12)
@@ -379,3 +428,33 @@ def test_the_arm_given_reads_a_dose_not_recorded_as_no_dose_arm():
     by_dose = parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180,
                               "ccnd": 200}, patient_id="P3")
     assert by_dose.chemo == 1 and bf.given_arm(by_dose.chemo, by_dose.ccnd) == "high_dose"
+
+
+def _censored_trial(rng, n, cmax, horizon=60.0):
+    """Randomised high vs low dose whose effect grows with x; the true 60-month benefit as the predictor;
+    censoring uniform on [0, cmax], independent of everything. Returns the C-for-benefit of the same patients
+    without censoring (the truth), with the censored-before-60 dropped, and with the kept ones weighted."""
+    x = rng.normal(0.0, 1.0, n)
+    arm = np.where(rng.random(n) < 0.5, "high_dose", "low_dose")
+    lp_low, lp_high = 0.7 * x, 0.7 * x - 0.4 - 0.6 * x
+    benefit = np.exp(-0.01 * np.exp(lp_high) * horizon) - np.exp(-0.01 * np.exp(lp_low) * horizon)
+    true_time = rng.exponential(1.0 / (0.01 * np.exp(np.where(arm == "high_dose", lp_high, lp_low))))
+    censor = rng.uniform(0.0, cmax, n)
+    time, event = np.minimum(true_time, censor), true_time <= censor
+    truth = bf._matched_concordance(benefit, arm, (true_time <= horizon).astype(int), "high_dose", "low_dose")
+    result = bf.c_for_benefit(benefit, arm, time, event, horizon)
+    return truth, result["c_for_benefit_unweighted"], result["c_for_benefit"]
+
+
+def test_censoring_weights_remove_the_bias_of_dropping_the_censored():
+    """Dropping patients censored before the horizon keeps early events and loses early-censored survivors: over
+    500 trials of 200 patients (47% censored before 60 months) the complete-case C-for-benefit is 0.014 below the
+    C of the same patients without censoring (SE 0.0025), the censoring-weighted one 0.0005 above it (SE 0.0026);
+    seeds 1-4 gave -0.0135 to -0.0161 and -0.0014 to +0.0005, 1000 trials (bench/bench_cfb_censoring.py) -0.0149
+    and +0.0008."""
+    rng = np.random.default_rng(0)
+    runs = np.array([_censored_trial(rng, 200, 100.0) for _ in range(500)])
+    dropped, weighted = runs[:, 1] - runs[:, 0], runs[:, 2] - runs[:, 0]
+    assert dropped.mean() < -0.009
+    assert abs(weighted.mean()) < 0.004
+    assert abs(weighted.mean()) < abs(dropped.mean()) - 0.008
