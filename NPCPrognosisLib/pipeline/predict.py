@@ -10,7 +10,7 @@ with its uncertainty and reference curves.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -333,6 +333,8 @@ def predict_patient(
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
+    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
+
     # 5. the prediction a clinician reads
     return Prediction(
         patient_id=patient.patient_id,
@@ -349,9 +351,9 @@ def predict_patient(
         survival_curves=curves,
         chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
                                       group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd),
-                                      imputed={c: (bundle.imputation_ranges or {}).get(c)
-                                               for c in imputed_covariates(record)},
-                                      group_at=lambda covariate, value: group_with(bundle, values, covariate, value)),
+                                      imputed=filled_ranges,
+                                      group_at=lambda covariate, value: group_with(bundle, values, covariate, value),
+                                      factor_texts=_factor_texts(filled_ranges)),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
@@ -414,6 +416,13 @@ def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
     text += (f". Across the training cohort's 10th-90th percentile ({span}) the risk score would be {risk_low:.2f} to "
              f"{risk_high:.2f} and the risk group {groups}")
     return text + (f": the group is undetermined until {name} is measured" if not block["group_determined"] else "")
+
+
+def _factor_texts(ranges: Mapping[str, Sequence[float] | None]) -> dict[str, tuple[str, str | None]]:
+    """Each filled covariate's name and training range as the clinician enters it, for the benefit's sentence."""
+    from NPCPrognosisLib.reporting.labels import factor_name, factor_range_text
+
+    return {c: (factor_name(c), None if r is None else factor_range_text(c, r)) for c, r in ranges.items()}
 
 
 def extrapolation_warning(item: Mapping[str, Any]) -> str:

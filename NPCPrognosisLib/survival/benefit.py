@@ -470,20 +470,18 @@ def benefit_across_range(doc: Mapping[str, Any], confounders: Mapping[str, float
             "conclusion_determined": len(met) == 1, "risk_groups": [g for g in ("low", "high") if g in groups]}
 
 
-def _imputed_sentence(covariate: str, block: Mapping[str, Any], sentence: str, who: str, versus: str,
-                      gain: float) -> str:
-    """The benefit sentence of a patient whose ``covariate`` was filled in: the sentence with the range the gain
+def _imputed_sentence(name: str, range_text: str | None, block: Mapping[str, Any], sentence: str, who: str,
+                      versus: str, gain: float) -> str:
+    """The benefit sentence of a patient whose factor ``name`` was filled in: the sentence with the range the gain
     could take (one conclusion throughout), 'undetermined without ...' in its place when the conclusion changes
-    within the range, or the sentence saying the range is unknown (a bundle without training percentiles)."""
-    from NPCPrognosisLib.reporting.labels import factor_name, factor_range_text
-
-    name = factor_name(covariate)
+    within the range, or the sentence saying the range is unknown (a bundle without training percentiles).
+    ``range_text`` is the training range as the clinician enters the factor (with its unit)."""
     if block.get("value_range") is None:
         return (f"{sentence} {name} not measured: the training median was used, and this bundle stores no training "
                 f"percentiles of {name} (trained before they were kept), so how far it could move this benefit is "
                 f"unknown; measure {name}, or retrain.")
     span = (f"{block['benefit_range'][0]:+.1%} to {block['benefit_range'][1]:+.1%} across the training 10th-90th "
-            f"percentile of {name} ({factor_range_text(covariate, block['value_range'])})")
+            f"percentile of {name} ({range_text})")
     if block["conclusion_determined"]:
         return f"{sentence} {name} not measured (training median used): the estimate would be {span}, " \
                f"{block['conclusions'][0]} throughout."
@@ -497,7 +495,8 @@ def _imputed_sentence(covariate: str, block: Mapping[str, Any], sentence: str, w
 def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, float], group: str,
                     t_stage: str = "", n_stage: str = "", arm_given: str | None = None, *,
                     imputed: Mapping[str, Sequence[float] | None] | None = None,
-                    group_at: Callable[[str, float], str] | None = None) -> dict[str, Any]:
+                    group_at: Callable[[str, float], str] | None = None,
+                    factor_texts: Mapping[str, tuple[str, str | None]] | None = None) -> dict[str, Any]:
     """Counterfactual survival under each arm with bootstrap 95% intervals, the absolute benefit and a sentence.
 
     Parameters
@@ -520,6 +519,9 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
         without ..." and ``benefit_shown`` is False.
     group_at : callable, optional
         ``group_at(covariate, value)``: the patient's risk group with the covariate at that value (default: ``group``).
+    factor_texts : mapping, optional
+        Per filled covariate, its name and its training range as the clinician enters it, for the sentence (the
+        caller's labels, e.g. ('EBV DNA', '97-9.7e3 copies/mL'); default: the coded name and values).
 
     Returns
     -------
@@ -553,7 +555,9 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
             if value_range is None else benefit_across_range(
                 doc, confounders, covariate, value_range,
                 (lambda value, c=covariate: group_at(c, value)) if group_at else (lambda value: group))
-        text = _imputed_sentence(covariate, filled[covariate], text, *_who_and_versus(group, subgroup, thr),
+        name, range_text = (factor_texts or {}).get(covariate) or (
+            covariate, None if value_range is None else f"{value_range[0]:g}-{value_range[1]:g}")
+        text = _imputed_sentence(name, range_text, filled[covariate], text, *_who_and_versus(group, subgroup, thr),
                                  headline["absolute_benefit"])
         shown = shown and filled[covariate].get("conclusion_determined", True)
     text += " Observational evidence adjusted for clinical factors, not a randomised comparison."
