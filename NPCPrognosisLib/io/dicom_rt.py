@@ -720,7 +720,3 @@ def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
     return image, {"matched": matched, "unmatched": unmatched}
-
-
-def source_order(sources: Sequence[Any]) -> list[str]:
-    return [str(s.SOPInstanceUID) for s in sources]
