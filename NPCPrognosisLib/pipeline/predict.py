@@ -400,12 +400,11 @@ def group_with(bundle: LoadedBundle, factors: Mapping[str, float], covariate: st
 def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
     """The warning of a filled covariate: the fill, and the range of risk and group its true value could give (or
     that this bundle cannot say)."""
-    from NPCPrognosisLib.reporting.labels import factor_label, factor_name, factor_range_text, factor_value_text
+    from NPCPrognosisLib.reporting.labels import factor_name, factor_range_text, factor_unit, factor_value_text
 
     name = factor_name(covariate)
-    unit = factor_label(covariate)[len(name):].strip(" ()")
-    text = (f"{name} missing: the training median ({factor_value_text(covariate, block['filled_with'])} {unit}) was "
-            "used in its place")
+    text = (f"{name} missing: the training median ({factor_value_text(covariate, block['filled_with'])} "
+            f"{factor_unit(covariate)}) was used in its place")
     if block.get("value_range") is None:
         return (text + f"; this bundle stores no training percentiles of {name} (trained before they were kept), so "
                 f"how far the missing value could move the prediction is unknown: measure {name}, or retrain")

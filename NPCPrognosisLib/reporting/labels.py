@@ -81,6 +81,11 @@ def factor_name(name: str) -> str:
     return factor_label(name).split(" (")[0]
 
 
+def factor_unit(name: str) -> str:
+    """A factor's unit as its label gives it ('copies/mL' for ``log10_ebv_dna``); '' when it has none."""
+    return factor_label(name)[len(factor_name(name)):].strip(" ()")
+
+
 def model_label(name: str) -> str:
     return MODEL_LABELS.get(name, name.replace("_", " "))
 
@@ -129,7 +134,7 @@ def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
 def factor_range_text(name: str, value_range: Sequence[float]) -> str:
     """'1.2e3-4.5e4 copies/mL': a coded factor's range as the clinician enters its values, with the unit; the
     training 10th-90th percentile of a filled-in factor is shown so wherever a missing value's effect is stated."""
-    unit = factor_label(name)[len(factor_name(name)):].strip(" ()")
+    unit = factor_unit(name)
     low, high = (factor_value_text(name, v) for v in value_range)
     return f"{low}-{high}" + (f" {unit}" if unit else "")
 

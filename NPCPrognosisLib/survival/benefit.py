@@ -742,12 +742,9 @@ def _matched_concordance(benefit: np.ndarray, arm: np.ndarray, status: np.ndarra
     first, second = np.triu_indices(m, 1)
     usable = obs[second] != obs[first]
     gap = (pred[second] - pred[first])[usable] * np.sign(obs[second] - obs[first])[usable]
-    if weight is None:
-        concordant, discordant, ties = np.sum(gap > 0), np.sum(gap < 0), np.sum(gap == 0)
-    else:
-        pair_weight = weight[ti] * weight[ci]
-        w = (pair_weight[first] * pair_weight[second])[usable]
-        concordant, discordant, ties = np.sum(w[gap > 0]), np.sum(w[gap < 0]), np.sum(w[gap == 0])
+    pair_weight = np.ones(m) if weight is None else weight[ti] * weight[ci]  # unweighted: each pair counts once
+    w = (pair_weight[first] * pair_weight[second])[usable]
+    concordant, discordant, ties = np.sum(w[gap > 0]), np.sum(w[gap < 0]), np.sum(w[gap == 0])
     total = concordant + discordant + ties
     return float((concordant + 0.5 * ties) / total) if total else float("nan")
 
