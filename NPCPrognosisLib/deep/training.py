@@ -670,15 +670,37 @@ def _train_epochs(model, optimizer, config: TrainConfig, train_cases, val_cases,
             return
 
 
+def validation_record(val_ids: Sequence[str]) -> dict[str, Any]:
+    """Which patients validated the network, without their IDs: a bundle travels, identifiers must not.
+
+    The hashes are of each ID's :func:`~NPCPrognosisLib.io.patient_ids.id_key`, as the out-of-fold risk heads
+    record their patients (:func:`NPCPrognosisLib.deep.risk_head.refit_risk_head`), so a validation patient
+    re-exported as 'p7' or 'P007' (for 'P7') is still recognised; look a patient up with
+    :func:`~NPCPrognosisLib.io.patient_ids.recorded_hash` and the record's ``id_hash``, which also matches networks
+    written before (hashes of the ID as written, matched as written only).
+
+    Parameters
+    ----------
+    val_ids : sequence of str
+        The validation patients' IDs as the manifest spells them.
+
+    Returns
+    -------
+    dict
+        ``val_id_hashes`` (one salted hash per patient, in order), ``id_salt`` (random, this bundle's own) and
+        ``id_hash`` (:data:`~NPCPrognosisLib.io.patient_ids.ID_KEY_HASH_METHOD`).
+    """
+    from NPCPrognosisLib.io.patient_ids import ID_KEY_HASH_METHOD, hash_id, id_key, new_id_salt
+
+    salt = new_id_salt()
+    return {"val_id_hashes": [hash_id(id_key(p), salt) for p in val_ids], "id_salt": salt,
+            "id_hash": ID_KEY_HASH_METHOD}
+
+
 def _bundle_content(config: TrainConfig, state, final, endpoint, train_risks, synthetic_demo, opening,
                     **training) -> dict:
-    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, new_id_salt
-
     finite = train_risks[np.isfinite(train_risks)]
-    # which patients validated the network, without their IDs: a bundle travels, identifiers must not
-    salt = new_id_salt()
-    validation = {"val_id_hashes": [hash_id(p, salt) for p in state["val_ids"]], "id_salt": salt,
-                  "id_hash": ID_HASH_METHOD}
+    validation = validation_record(state["val_ids"])
     network = {
         "architecture": {"name": "MultiTaskSegResNet", "backbone": "monai.networks.nets.SegResNet",
                          **config.network.to_dict()},

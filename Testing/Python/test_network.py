@@ -729,17 +729,43 @@ def test_a_patched_network_trains_on_patches_and_segments_in_the_exact_input_geo
 
 
 def test_network_bundle_names_no_patient(tiny_bundle, tiny_cohort):
-    """The bundle says which patients validated the network by salted hash only: no ID appears in its text."""
+    """The bundle says which patients validated the network by salted hash only: no ID appears in its text; the
+    hashes are of the ID's key, so a validation patient found under its lower-case spelling is the same patient."""
     import json
 
-    from NPCPrognosisLib.io.patient_ids import hash_id
+    from NPCPrognosisLib.io.patient_ids import ID_KEY_HASH_METHOD, recorded_hash
 
     text = (tiny_bundle / "bundle.json").read_text(encoding="utf-8")
     ids = read_manifest(tiny_cohort.manifest_path).patient_ids
     assert not [p for p in ids if p in text]
     training = json.loads(text)["network"]["training"]
     assert "val_ids" not in training and len(training["val_id_hashes"]) == training["n_val"] == 2
-    assert {hash_id(p, training["id_salt"]) for p in ids} >= set(training["val_id_hashes"])
+    assert training["id_hash"] == ID_KEY_HASH_METHOD
+    for spelling in (str, str.lower):
+        found = {recorded_hash(spelling(p), training["id_salt"], training["id_hash"]) for p in ids}
+        assert found >= set(training["val_id_hashes"])
+
+
+def test_a_re_exported_validation_patient_is_recognised_and_an_older_record_matches_as_written():
+    """A network's validation patients are recorded as the out-of-fold heads record theirs: 'p7' and 'P007' are
+    'P7'. A record written before (hashes of the ID as written, with or without its id_hash) still matches the ID
+    as written only, through the same look-up."""
+    from NPCPrognosisLib.deep.training import validation_record
+    from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, recorded_hash
+
+    record = validation_record(["P7", "Q12"])
+    assert len(record["val_id_hashes"]) == 2 and len(record["id_salt"]) == 32
+
+    def validated(rec, patient_id):
+        return recorded_hash(patient_id, rec["id_salt"], rec.get("id_hash")) in set(rec["val_id_hashes"])
+
+    assert all(validated(record, p) for p in ("P7", "p7", "P007", " p07 ", "q012"))
+    assert not any(validated(record, p) for p in ("P70", "P17", "Q1", "someone else"))
+    salt = record["id_salt"]
+    for method in ({"id_hash": ID_HASH_METHOD}, {}):
+        old = {"val_id_hashes": [hash_id("P7", salt), hash_id("Q12", salt)], "id_salt": salt, **method}
+        assert validated(old, "P7") and validated(old, "Q12")
+        assert not any(validated(old, p) for p in ("p7", "P007", "q12"))
 
 
 # ---------------------------------------------------------------------------------------------- training
