@@ -259,15 +259,10 @@ CENSORING_WEIGHTS = ("inverse probability of censoring, the censoring distributi
 def _check_cohort_size(time: np.ndarray, event: np.ndarray, manifest: Manifest, endpoint: str, excluded: int) -> None:
     """Refuse a cohort below :data:`MIN_PATIENTS` patients or :data:`MIN_EVENTS` events (why: at the constants)."""
     n, events = len(time), int(np.sum(event))
-    if n >= MIN_PATIENTS and events >= MIN_EVENTS:
-        return
-    left = f" once the {excluded} training patient(s) are left out" if excluded else ""
-    raise InputError(f"{n} patient(s) with {events} {endpoint} event(s) to evaluate{left}: too few to validate a model "
-                     f"(evaluate needs at least {MIN_PATIENTS} patients and {MIN_EVENTS} events: without an event no "
-                     "two patients can be compared, and with fewer the C-index and its interval are decided by one or "
-                     "two patients)", path=manifest.source,
-                     column=f"{endpoint}_event",
-                     fix="evaluate on a larger held-out cohort (validation studies aim at 100 events or more)")
+    _refuse_too_few(n, events, manifest, excluded, counts=f"with {events} {endpoint} event(s)", validated="a model",
+                    needs="events: without an event no two patients can be compared, and with fewer the C-index and "
+                          "its interval are decided by one or two patients",
+                    column=f"{endpoint}_event", fix_note=" (validation studies aim at 100 events or more)")
 
 
 def _check_binary_cohort(manifest: Manifest, endpoint: str, excluded: int) -> None:
@@ -278,13 +273,22 @@ def _check_binary_cohort(manifest: Manifest, endpoint: str, excluded: int) -> No
 
     _, labels = endpoint_labels(manifest, endpoint)
     n, positives = len(labels), int(np.sum(labels))
-    if n >= MIN_PATIENTS and min(positives, n - positives) >= MIN_EVENTS:
+    _refuse_too_few(n, min(positives, n - positives), manifest, excluded,
+                    counts=f"with a {endpoint} value, {positives} positive and {n - positives} negative,",
+                    validated="a classifier", needs="in each class", column=endpoint)
+
+
+def _refuse_too_few(n: int, scarcer: int, manifest: Manifest, excluded: int, *, counts: str, validated: str,
+                    needs: str, column: str, fix_note: str = "") -> None:
+    """The one floor of both kinds of endpoint: at least :data:`MIN_PATIENTS` patients and :data:`MIN_EVENTS` of
+    the scarcer outcome (``scarcer``: events, or the smaller class), else an :class:`InputError` with the counts
+    (``counts``), the training patients left out (``excluded``) and what is needed (``needs``, after the count)."""
+    if n >= MIN_PATIENTS and scarcer >= MIN_EVENTS:
         return
     left = f" once the {excluded} training patient(s) are left out" if excluded else ""
-    raise InputError(f"{n} patient(s) with a {endpoint} value, {positives} positive and {n - positives} negative, to "
-                     f"evaluate{left}: too few to validate a classifier (evaluate needs at least {MIN_PATIENTS} "
-                     f"patients and {MIN_EVENTS} in each class)", path=manifest.source, column=endpoint,
-                     fix="evaluate on a larger held-out cohort")
+    raise InputError(f"{n} patient(s) {counts} to evaluate{left}: too few to validate {validated} (evaluate needs at "
+                     f"least {MIN_PATIENTS} patients and {MIN_EVENTS} {needs})", path=manifest.source, column=column,
+                     fix=f"evaluate on a larger held-out cohort{fix_note}")
 
 
 def _training_included(document: dict[str, Any], manifest: Manifest, subset: str) -> int | None:

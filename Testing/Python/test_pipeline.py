@@ -197,6 +197,36 @@ def test_training_patients_are_known_whatever_the_case_and_leading_zeros():
     assert _trained(unsalted, asked).tolist() == [True, True, False, False, False]
 
 
+def test_a_cohort_too_small_to_validate_is_refused_with_its_counts_for_either_kind_of_endpoint(tmp_path):
+    """Survival and binary endpoints share the floors (MIN_PATIENTS, MIN_EVENTS) and the message's frame; each
+    names its own counts and reason. Exact messages, so one check serving both cannot change what either says."""
+    from NPCPrognosisLib.io.manifest import Manifest
+    from NPCPrognosisLib.pipeline.evaluate import _check_binary_cohort, _check_cohort_size
+
+    source = tmp_path / "held_out.csv"
+    table = pd.DataFrame({"patient_id": [f"P{i}" for i in range(12)], "ic_response": [1] + [0] * 10 + [None]})
+    manifest = Manifest(table, tmp_path, source)
+    time, event = np.arange(1.0, 7.0), np.array([1, 0, 0, 0, 0, 0])
+    with pytest.raises(InputError) as survival:
+        _check_cohort_size(time, event, manifest, "dmfs", 18)
+    assert str(survival.value) == (
+        f"column 'dmfs_event', file '{source}': 6 patient(s) with 1 dmfs event(s) to evaluate once the 18 training "
+        "patient(s) are left out: too few to validate a model (evaluate needs at least 10 patients and 2 events: "
+        "without an event no two patients can be compared, and with fewer the C-index and its interval are decided "
+        "by one or two patients). Fix: evaluate on a larger held-out cohort (validation studies aim at 100 events or "
+        "more)")
+    with pytest.raises(InputError) as binary:
+        _check_binary_cohort(manifest, "ic_response", 0)
+    assert str(binary.value) == (
+        f"column 'ic_response', file '{source}': 11 patient(s) with a ic_response value, 1 positive and 10 negative, "
+        "to evaluate: too few to validate a classifier (evaluate needs at least 10 patients and 2 in each class). "
+        "Fix: evaluate on a larger held-out cohort")
+    # at the floors both pass: ten patients, two events / two in the scarcer class
+    _check_cohort_size(np.arange(1.0, 11.0), np.array([1, 1] + [0] * 8), manifest, "dmfs", 0)
+    _check_binary_cohort(Manifest(table.assign(ic_response=[1, 1] + [0] * 8 + [None, None]), tmp_path, source),
+                         "ic_response", 3)
+
+
 def test_evaluate_refuses_other_endpoint(small_cohort, trained, tmp_path, capsys):
     code = main(["evaluate", "--bundle", str(trained), "--manifest", str(small_cohort / "manifest.csv"),
                  "--features", str(small_cohort / "features.csv"), "--endpoint", "os", "--out", str(tmp_path)])
