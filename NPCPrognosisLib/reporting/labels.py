@@ -181,13 +181,36 @@ def risk_group_text(prediction: Mapping[str, Any]) -> str:
     cut-off)' when the score's interval reaches across the cut-off; otherwise 'high risk'.
     """
     group = str(prediction["risk_group"])
-    for block in (prediction.get("imputed") or {}).values():
-        if block.get("group_determined") is False:
-            return (f"{block['risk_group']} ({group} at the training median, {' or '.join(block['risk_groups'])} "
-                    "across its 10th-90th percentile)")
-    if prediction.get("borderline"):
+    standing, block = risk_group_standing(prediction)
+    if standing == "undetermined":
+        return (f"{block['risk_group']} ({group} at the training median, {' or '.join(block['risk_groups'])} "
+                "across its 10th-90th percentile)")
+    if standing == "borderline":
         return f"{group} risk (borderline: the 95% interval of the score spans the cut-off)"
     return f"{group} risk"
+
+
+def risk_group_standing(prediction: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None]:
+    """How firmly a prediction places its patient in the risk group, decided once for every place that shows it
+    (the sheet, the terminal, the panel's large label), so none says it more firmly than another.
+
+    Parameters
+    ----------
+    prediction : mapping
+        A ``prediction.json`` record: its ``imputed`` blocks (one per filled-in factor) and ``borderline``.
+
+    Returns
+    -------
+    tuple of (str, mapping or None)
+        ``('undetermined', block)`` when a filled-in factor could change the group (``block``: the first such
+        factor's ``imputed`` entry, which names it); else ``('borderline', None)`` when the score's 95% interval
+        spans the cut-off; else ``('firm', None)``. Undetermined comes first: a group a missing factor may change
+        is not made firmer by its score's interval.
+    """
+    for block in (prediction.get("imputed") or {}).values():
+        if block.get("group_determined") is False:
+            return "undetermined", block
+    return ("borderline", None) if prediction.get("borderline") else ("firm", None)
 
 
 def risk_interval_text(prediction: Mapping[str, Any]) -> str:

@@ -32,11 +32,15 @@ def format_risk(prediction: Mapping[str, Any], uncertainty: Mapping[str, Any] | 
 
 def format_group(prediction: Mapping[str, Any]) -> str:
     """The panel's large group label, never firmer than the sheet: 'HIGH', 'HIGH (BORDERLINE)', or 'UNDETERMINED'
-    when a factor that was filled in could change it (the risk line beside it says which)."""
-    if any(block.get("group_determined") is False for block in (prediction.get("imputed") or {}).values()):
+    when a factor that was filled in could change it (the risk line beside it says which); the decision is the
+    sheet's (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`)."""
+    from NPCPrognosisLib.reporting.labels import risk_group_standing
+
+    standing, _ = risk_group_standing(prediction)
+    if standing == "undetermined":
         return "UNDETERMINED"
     group = str(prediction["risk_group"]).upper()
-    return f"{group} (BORDERLINE)" if prediction.get("borderline") else group
+    return f"{group} (BORDERLINE)" if standing == "borderline" else group
 
 
 def format_survival(prediction: Mapping[str, Any]) -> list[str]:

@@ -310,6 +310,33 @@ def test_survival_and_risk_strings():
     assert formatting.format_risk({**PREDICTION, "imputed": {"ebv_dna": undetermined}}).startswith(
         "1.23 (undetermined without EBV DNA (high at the training median, low or high across")
     assert formatting.format_percent(float("nan")) == "n/a"
+
+
+def test_the_panel_label_and_the_sheet_take_one_decision_on_the_group_and_say_it_as_before():
+    """The panel's large label and the sheet's group text come from one decision (risk_group_standing): undetermined
+    first (even when also borderline; a determined filled-in factor changes nothing), then borderline, then firm.
+    The strings are those both gave before the decision had one home."""
+    from NPCPrognosisLib.reporting.labels import risk_group_standing, risk_group_text
+
+    undetermined = {"group_determined": False, "risk_group": "undetermined without EBV DNA",
+                    "risk_groups": ["low", "high"]}
+    determined = {"group_determined": True, "risk_group": "low", "risk_groups": ["low"]}
+    cases = [
+        ({"risk_group": "high"}, "firm", "HIGH", "high risk"),
+        ({"risk_group": "low", "borderline": False}, "firm", "LOW", "low risk"),
+        ({"risk_group": "low", "borderline": True}, "borderline", "LOW (BORDERLINE)",
+         "low risk (borderline: the 95% interval of the score spans the cut-off)"),
+        ({"risk_group": "high", "borderline": True, "imputed": {"ldh": determined, "ebv_dna": undetermined}},
+         "undetermined", "UNDETERMINED", "undetermined without EBV DNA (high at the training median, low or high "
+         "across its 10th-90th percentile)"),
+        ({"risk_group": "low", "imputed": {"ldh": determined}}, "firm", "LOW", "low risk"),
+        ({"risk_group": "high", "borderline": None, "imputed": None}, "firm", "HIGH", "high risk"),
+    ]
+    for prediction, standing, label, text in cases:
+        decided, block = risk_group_standing(prediction)
+        assert decided == standing and (block is undetermined) == (standing == "undetermined")
+        assert formatting.format_group(prediction) == label
+        assert risk_group_text(prediction) == text
     assert formatting.format_nomogram_points(PREDICTION["nomogram_points"]) == [
         ("rad_score", "55.5"), ("t_stage", "20.0"), ("age", "10.0"), ("total", "85.5")]
     assert formatting.format_warnings([]) == "none"
