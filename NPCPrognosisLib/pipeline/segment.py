@@ -18,10 +18,12 @@ import pandas as pd
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
-from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_rtstruct, write_seg
+from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
+from NPCPrognosisLib.io.rtstruct import write_rtstruct
 
 log = logging.getLogger(__name__)
 

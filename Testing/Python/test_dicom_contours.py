@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.overlap import dice
-from NPCPrognosisLib.io.dicom_rt import read_rtstruct, read_seg, write_rtstruct
+from NPCPrognosisLib.io.dicom_seg import read_seg
 from NPCPrognosisLib.io.images import load_patient, read_image
+from NPCPrognosisLib.io.rtstruct import read_rtstruct, write_rtstruct
 from NPCPrognosisLib.resources import DEMO_NETWORK, RADIOMICS_FAST_PARAMS
 
 
@@ -373,7 +374,8 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_seg
+    from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+    from NPCPrognosisLib.io.dicom_seg import write_seg
 
     rng = np.random.default_rng(6)
     image = sitk.GetImageFromArray(rng.integers(100, 1000, (8, 20, 20)).astype(np.int16))
@@ -420,7 +422,7 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
     ("GTVn_PRV", None), ("GTVn_ring", None), ("GTVn_66Gy", None), ("CTV", None), ("Parotid_L", None),
 ])
 def test_default_roi_names_take_gtvs_in_pieces_but_not_structures_built_from_them(name, structure):
-    from NPCPrognosisLib.io.dicom_rt import parse_roi_map, roi_structure
+    from NPCPrognosisLib.io.dicom_contours import parse_roi_map, roi_structure
 
     assert roi_structure(name, parse_roi_map(None)) == structure
 
@@ -432,7 +434,8 @@ def test_an_anonymised_series_gets_its_seg_or_a_reason_and_its_mask_either_way(t
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_seg
+    from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+    from NPCPrognosisLib.io.dicom_seg import write_seg
     from NPCPrognosisLib.pipeline.segment import write_contours
 
     rng = np.random.default_rng(16)
@@ -617,7 +620,7 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import write_seg
+    from NPCPrognosisLib.io.dicom_seg import write_seg
 
     patient = patients[4]
     rng = np.random.default_rng(11)
