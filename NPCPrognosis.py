@@ -919,7 +919,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         Returns ({label: [segmentIds]}, [names of segments that are neither, which export leaves out]).
         """
         from NPCPrognosisLib.contract import SEGMENTS
-        from NPCPrognosisLib.io.dicom_rt import parse_roi_map, roi_structure
+        from NPCPrognosisLib.io.dicom_contours import parse_roi_map, roi_structure
 
         segmentation = segmentationNode.GetSegmentation()
         mapping = parse_roi_map(None)

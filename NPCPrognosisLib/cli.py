@@ -351,7 +351,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
     from NPCPrognosisLib.io.images import load_patient, write_image_atomic
     from NPCPrognosisLib.io.manifest import load_column_map
-    from NPCPrognosisLib.pipeline.segment import MASK_SUFFIXES, segment_cohort, write_contours
+    from NPCPrognosisLib.pipeline.segment import (
+        MASK_SUFFIXES,
+        outputs_removed_if_failed,
+        segment_cohort,
+        write_contours,
+    )
 
     network = _network_dir(args.bundle)
     model = cached_network(network)
@@ -370,20 +375,23 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} is not a mask file", path=out, column="--out",
                          fix=f"name the mask file, ending in one of {', '.join(MASK_SUFFIXES)} (e.g. P1_mask.nii.gz)")
     stem = str(out)[: -len(suffix)]
-    args.patient_id = _patient_id(args)
-    patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
-    result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
-                             saliency=args.saliency)
-    out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, out, f"{stem}_seg.dcm",
-                                                       f"{stem}_rtstruct.dcm", patient_id=args.patient_id)
+    seg_path, rtstruct_path = f"{stem}_seg.dcm", f"{stem}_rtstruct.dcm"
+    uncertainty_path, saliency_path = f"{stem}_uncertainty.nii.gz", f"{stem}_saliency.nii.gz"
+    with outputs_removed_if_failed(out, seg_path, rtstruct_path, uncertainty_path, saliency_path):
+        args.patient_id = _patient_id(args)
+        patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
+        result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
+                                 saliency=args.saliency)
+        out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, out, seg_path, rtstruct_path,
+                                                           patient_id=args.patient_id)
+        if result.uncertainty is not None and args.tta:
+            write_image_atomic(result.uncertainty, uncertainty_path)
+        if result.saliency is not None:
+            write_image_atomic(result.saliency, saliency_path)
     for what, written in (("DICOM SEG", seg), ("RTSTRUCT", rtstruct)):
         if written is not None:
             print(f"{what}: {written}")
     result.warnings.extend(dicom_warnings)
-    if result.uncertainty is not None and args.tta:
-        write_image_atomic(result.uncertainty, f"{stem}_uncertainty.nii.gz")
-    if result.saliency is not None:
-        write_image_atomic(result.saliency, f"{stem}_saliency.nii.gz")
     spread = f" +/- {result.deep_score_sd:.3f}" if result.deep_score_sd is not None else ""
     print(f"{args.patient_id}: GTVp {result.volumes_ml['gtvp']:.1f} mL, GTVn {result.volumes_ml['gtvn']:.1f} mL, "
           f"deep score {result.deep_score:.3f}{spread} -> {out}")

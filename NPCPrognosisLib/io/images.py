@@ -398,7 +398,7 @@ def load_patient(
 
     The mask may be a label image, a DICOM RTSTRUCT rasterised onto the reference (CET1W) grid, or a DICOM SEG of
     the CET1W series, with ``roi_map`` naming the GTVp/GTVn ROIs or segments
-    (:func:`NPCPrognosisLib.io.dicom_rt.read_rtstruct`, :func:`~NPCPrognosisLib.io.dicom_rt.read_seg`); those
+    (:func:`NPCPrognosisLib.io.rtstruct.read_rtstruct`, :func:`~NPCPrognosisLib.io.dicom_seg.read_seg`); those
     that matched nothing are reported in the patient's warnings.
     """
     images = {}
@@ -425,20 +425,20 @@ def load_patient(
             notes.append(f"the {name} series lies in another frame of reference than the {reference} series: it was "
                          "placed by scanner coordinates; if the patient moved between the series, register them "
                          "first")
-    from NPCPrognosisLib.io.dicom_rt import dicom_modality
+    from NPCPrognosisLib.io.dicom_contours import dicom_modality
 
     modality = None if mask_path is None else dicom_modality(mask_path)
     if mask_path is None:
         mask = None
     elif reference in images and modality == "SEG":
-        from NPCPrognosisLib.io.dicom_rt import read_seg
+        from NPCPrognosisLib.io.dicom_seg import read_seg
 
         mask, report = read_seg(mask_path, images[reference], image_paths[reference], roi_map, patient_id=patient_id)
         if report["unmatched"]:
             notes.append(f"DICOM SEG segment(s) {report['unmatched']} matched neither GTVp nor GTVn and were not "
                          "used (--roi-map names them)")
     elif reference in images and modality == "RTSTRUCT":
-        from NPCPrognosisLib.io.dicom_rt import read_rtstruct
+        from NPCPrognosisLib.io.rtstruct import read_rtstruct
 
         mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
         frame = ours.get("frame")

@@ -5,11 +5,12 @@ One patient's failure never stops the cohort; every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,39 @@ import pandas as pd
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
 from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
-from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_rtstruct, write_seg
+from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
+from NPCPrognosisLib.io.rtstruct import write_rtstruct
 
 log = logging.getLogger(__name__)
 
 
 #: Files a single patient's mask may be written as (what SimpleITK writes a label map to).
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@contextlib.contextmanager
+def outputs_removed_if_failed(*paths: str | Path) -> Iterator[None]:
+    """Remove a patient's output files (mask, SEG, RTSTRUCT, maps) when the run of the block fails, then re-raise.
+
+    An earlier run's files of that name would sit beside the failed run's error (and, in a cohort, beside a manifest
+    row that no longer points at them), where a PACS upload or a planning import takes them as this run's contours.
+    The one place a failed patient's outputs go: the single-patient command and the cohort runner both use it.
+
+    Parameters
+    ----------
+    *paths : str or Path
+        The files this run writes for the patient; missing ones are skipped.
+    """
+    try:
+        yield
+    except Exception:
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+        raise
 
 
 def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,
@@ -133,23 +157,22 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         seg_path = patient_file(out_dir, entry.patient_id, "_seg.dcm")
         rtstruct_path = patient_file(out_dir, entry.patient_id, "_rtstruct.dcm")
         try:
-            patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
-            result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
-            path, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE),
-                                                        mask_path, seg_path, rtstruct_path,
-                                                        patient_id=entry.patient_id)
-            result.warnings.extend(dicom_warnings)
+            with outputs_removed_if_failed(mask_path, seg_path, rtstruct_path):
+                patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
+                result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
+                path, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE),
+                                                            mask_path, seg_path, rtstruct_path,
+                                                            patient_id=entry.patient_id)
+                result.warnings.extend(dicom_warnings)
+                score = {"patient_id": entry.patient_id, "deep_score": result.deep_score,
+                         "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
+                         "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
+                         "warnings": " | ".join(result.warnings)}
             masks[entry.patient_id] = path.name
-            scores.append({"patient_id": entry.patient_id, "deep_score": result.deep_score,
-                           "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
-                           "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
-                           "warnings": " | ".join(result.warnings)})
+            scores.append(score)
         except Exception as exc:  # one patient's failure never stops a cohort
             log.warning("patient %s failed: %s", entry.patient_id, exc)
             failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
-            # an earlier run's contours of this patient would sit beside a manifest row that no longer points at them
-            for stale in (mask_path, seg_path, rtstruct_path):
-                stale.unlink(missing_ok=True)
 
     def relocate(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":

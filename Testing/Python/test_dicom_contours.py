@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.overlap import dice
-from NPCPrognosisLib.io.dicom_rt import read_rtstruct, read_seg, write_rtstruct
+from NPCPrognosisLib.io.dicom_seg import read_seg
 from NPCPrognosisLib.io.images import load_patient, read_image
+from NPCPrognosisLib.io.rtstruct import read_rtstruct, write_rtstruct
 from NPCPrognosisLib.resources import DEMO_NETWORK, RADIOMICS_FAST_PARAMS
 
 
@@ -126,6 +127,47 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
     rtstruct = pydicom.dcmread(tmp_path / "auto_rtstruct.dcm")
     assert (rtstruct.StudyInstanceUID, rtstruct.FrameOfReferenceUID, rtstruct.PatientID) == (study, frame, "A0")
     assert [str(s.SegmentLabel) for s in header.SegmentSequence][0] == "GTVp"
+
+
+
+@pytest.mark.parametrize("failure", ["unreadable image", "network error"])
+def test_a_failed_single_patient_segment_leaves_no_contours_of_an_earlier_run(patients, tmp_path, capsys,
+                                                                             monkeypatch, failure):
+    """A cohort run removed a failed patient's mask, SEG and RTSTRUCT; a one-patient run that failed left the earlier
+    run's files beside its error, where a PACS upload or a planning import would take them as this run's contours."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.deep import segmentation
+
+    patient = patients[0]
+    rng = np.random.default_rng(7)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+    for number, key in enumerate(("t1", "t2", "t1c"), start=1):
+        tags = {"0008|0060": "MR", "0010|0020": "A0", "0020|000d": study, "0020|0052": frame,
+                "0008|103e": f"SYNTHETIC {key}", "0020|0011": str(number)}
+        write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, dicom_uid(rng), rng)
+    images = {key: str(tmp_path / key) for key in ("t1", "t2", "t1c")}
+
+    def segment(**given):
+        return main(["--quiet", "segment", "--bundle", str(DEMO_NETWORK), "--out", str(tmp_path / "A0.nii.gz"),
+                     "--tta", "1", *(part for key, path in (images | given).items() for part in (f"--{key}", path))])
+
+    assert segment() == 0
+    outputs = [tmp_path / name for name in ("A0.nii.gz", "A0_seg.dcm", "A0_rtstruct.dcm", "A0_uncertainty.nii.gz")]
+    assert all(path.is_file() for path in outputs)
+    capsys.readouterr()
+    if failure == "unreadable image":
+        (tmp_path / "broken_t2.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI")  # a transfer cut short
+        assert segment(t2=str(tmp_path / "broken_t2.nii.gz")) == 2
+        error = capsys.readouterr().err
+        assert "patient 'A0'" in error and "broken_t2.nii.gz" in error and "truncated or corrupt" in error
+    else:
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+        monkeypatch.setattr(segmentation, "segment_patient", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            segment()
+    assert [path.name for path in outputs if path.exists()] == []
 
 
 PATIENT_STUDY_HEADER = {"0010|0010": "DOE^JANE", "0010|0030": "19600101", "0010|0040": "F", "0008|0050": "ACC42",
@@ -373,7 +415,8 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_seg
+    from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+    from NPCPrognosisLib.io.dicom_seg import write_seg
 
     rng = np.random.default_rng(6)
     image = sitk.GetImageFromArray(rng.integers(100, 1000, (8, 20, 20)).astype(np.int16))
@@ -420,7 +463,7 @@ def test_an_enhanced_multi_frame_series_reads_as_its_single_frame_original(tmp_p
     ("GTVn_PRV", None), ("GTVn_ring", None), ("GTVn_66Gy", None), ("CTV", None), ("Parotid_L", None),
 ])
 def test_default_roi_names_take_gtvs_in_pieces_but_not_structures_built_from_them(name, structure):
-    from NPCPrognosisLib.io.dicom_rt import parse_roi_map, roi_structure
+    from NPCPrognosisLib.io.dicom_contours import parse_roi_map, roi_structure
 
     assert roi_structure(name, parse_roi_map(None)) == structure
 
@@ -432,7 +475,8 @@ def test_an_anonymised_series_gets_its_seg_or_a_reason_and_its_mask_either_way(t
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import ContoursNotWritten, write_seg
+    from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
+    from NPCPrognosisLib.io.dicom_seg import write_seg
     from NPCPrognosisLib.pipeline.segment import write_contours
 
     rng = np.random.default_rng(16)
@@ -617,7 +661,7 @@ def test_segment_writes_the_seg_of_a_series_named_in_a_shared_folder_and_none_fo
     import pydicom
 
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
-    from NPCPrognosisLib.io.dicom_rt import write_seg
+    from NPCPrognosisLib.io.dicom_seg import write_seg
 
     patient = patients[4]
     rng = np.random.default_rng(11)
