@@ -222,6 +222,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.extractButton.connect("clicked(bool)", self.onExtract)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportContoursButton.connect("clicked(bool)", self.onExportContours)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.progressBar.setVisible(False)
         # the .ui's own tooltips, shown again once a disabled button's reason is gone
@@ -281,12 +282,14 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         haveImages = bool(p and p.t1Volume and p.t2Volume and p.t1cVolume)
         haveSegmentation = bool(haveImages and p.segmentation)
         # A new, empty segmentation can be edited but not used: Extract and Predict need a GTVp segment.
-        haveContours = bool(haveSegmentation and self.logic.hasContours(p.segmentation))
+        contoured = bool(p and p.segmentation and self.logic.hasContours(p.segmentation))
+        haveContours = haveSegmentation and contoured
         self.ui.segmentButton.enabled = haveImages
         self.ui.editButton.enabled = haveSegmentation
         self.ui.extractButton.enabled = haveContours
         self.ui.predictButton.enabled = haveContours
         self.ui.exportButton.enabled = bool(p and p.lastResultJson)
+        self.ui.exportContoursButton.enabled = bool(contoured and p.t1cVolume)
         tip = "" if haveImages else "Select T1W, T2W and CET1W volumes."
         self.ui.segmentButton.toolTip = tip or "Automatic GTVp/GTVn segmentation with the network."
         # a greyed-out Extract or Predict says why
@@ -322,7 +325,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._doneText = None
         button.text = _("Cancel")
         for other in (self.ui.segmentButton, self.ui.editButton, self.ui.extractButton, self.ui.predictButton,
-                      self.ui.exportButton):
+                      self.ui.exportButton, self.ui.exportContoursButton):
             if other is not button:
                 other.enabled = False
         self.ui.progressBar.setVisible(True)
@@ -429,6 +432,22 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             paths = self.logic.exportReport(json.loads(p.lastResultJson), str(p.reportDirectory), p.t1cVolume,
                                             p.segmentation)
             self.ui.statusLabel.text = _("Report written: {path}").format(path=paths["html"])
+
+    def onExportContours(self):
+        p = self._parameterNode
+
+        def store(written):
+            from NPCPrognosisLib.slicer_support.formatting import format_warnings
+
+            paths = [path for path in (written["seg"], written["rtstruct"]) if path]
+            self._doneText = _("Contours written: {paths}").format(paths=", ".join(paths))
+            if written["warnings"]:
+                self.ui.warningsTextEdit.plainText = format_warnings(written["warnings"])
+                self._doneText += " " + _("({count} warning(s): see Warnings.)").format(count=len(written["warnings"]))
+
+        self._run(self.ui.exportContoursButton, "contours", lambda onFinished: self.logic.exportContours(
+            p.segmentation, p.t1cVolume, str(p.reportDirectory), patientId=p.patientId, waitForCompletion=False,
+            onFinished=onFinished), store)
 
     def onLoadSample(self):
         nodes, clinical = None, None
@@ -1444,6 +1463,72 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         folder = pathlib.Path(outputDirectory) / result["prediction"]["patient_id"]
         return {k: str(v) for k, v in write_report(result, folder, images).items()}
 
+    def exportContours(self, segmentationNode, referenceVolumeNode, outputDirectory, patientId="patient",
+                       fileForInstance=None, waitForCompletion=True, onFinished=None):
+        """The segmentation's current GTVp/GTVn (corrected in the Segment Editor or not) as a DICOM SEG (for a PACS)
+        and an RT Structure Set (for a planning system) referencing the CET1W series ``referenceVolumeNode`` was
+        loaded from, in ``outputDirectory``/<patient> as <patient>_seg.dcm and <patient>_rtstruct.dcm.
+
+        The contours are exported on the volume's grid as for Predict; the series' files are found through the
+        DICOM database (``fileForInstance(sopInstanceUid)`` -> path, default ``slicer.dicomDatabase.fileForInstance``),
+        copied into the job's folder and written by the core's writer, the one ``npc-prognosis segment`` uses.
+        Returns {"seg", "rtstruct": path or None, "warnings": [...]}; a volume not loaded from DICOM is refused
+        before anything is written, and neither file being possible is an error.
+        """
+        from NPCPrognosisLib.io.atomic import patient_file, safe_name
+
+        exportWarnings = []
+        folder = pathlib.Path(outputDirectory) / safe_name(patientId)
+        with self._jobInputs() as jobFolder:
+            files = self._dicomFiles(referenceVolumeNode, fileForInstance)
+            series = jobFolder / "cet1w_dicom"
+            series.mkdir()
+            for index, path in enumerate(files):  # the volume's own instances only (a series Slicer split in parts)
+                shutil.copyfile(path, series / f"{index:05d}.dcm")
+            job = {"action": "contours", "out_dir": str(jobFolder), "patient_id": patientId,
+                   "images": {"t1c": str(series)},
+                   "mask": self._writeSegmentation(segmentationNode, referenceVolumeNode, jobFolder / "mask.nii.gz",
+                                                   exportWarnings),
+                   "seg": str(patient_file(folder, patientId, "_seg.dcm")),
+                   "rtstruct": str(patient_file(folder, patientId, "_rtstruct.dcm"))}
+
+        def finish(result):
+            return {"seg": result["seg"], "rtstruct": result["rtstruct"],
+                    "warnings": exportWarnings + list(result["warnings"])}
+
+        return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def _dicomFiles(self, volumeNode, fileForInstance=None):
+        """The DICOM files ``volumeNode`` was loaded from, slice by slice: Slicer's DICOM module records their SOP
+        Instance UIDs in the node's ``DICOM.instanceUIDs`` attribute, and the DICOM database knows each one's file."""
+        def notFromDicom(why):
+            return NPCPrognosisError(
+                f"{volumeNode.GetName()} {why}, so the DICOM SEG and RT Structure Set have no series to refer to. "
+                "Load the CET1W series through the DICOM module (Add DICOM Data, then Load), select that volume as "
+                "CET1W and export again.")
+
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids:
+            raise notFromDicom("was not loaded through Slicer's DICOM module (it has no DICOM.instanceUIDs)")
+        slices = volumeNode.GetImageData().GetDimensions()[2] if volumeNode.GetImageData() is not None else 0
+        if len(uids) != slices:
+            raise notFromDicom(f"has {slices} slices but was loaded from {len(uids)} DICOM images (resampled, cropped "
+                               "or a multi-frame image?)")
+        if fileForInstance is None:
+            database = getattr(slicer, "dicomDatabase", None)
+            if database is None or not database.isOpen:
+                raise NPCPrognosisError("Slicer's DICOM database is not open, so the files of the CET1W series cannot "
+                                        "be found. Open the DICOM module (its database), then export again.")
+            fileForInstance = database.fileForInstance
+        files = []
+        for uid in uids:
+            path = fileForInstance(uid) or ""  # "" for an instance the database does not hold
+            if not path or not os.path.isfile(path):
+                where = f"is gone from the disk ({path})" if path else "the DICOM database no longer holds"
+                raise notFromDicom(f"was loaded from DICOM image {uid}, which {where}")
+            files.append(path)
+        return files
+
     def showSurvivalPlot(self, curves, title="", showInLayout=True):
         """Plot chart node: this patient's survival with the reference curves; returns the chart node."""
         import numpy as np
@@ -1511,6 +1596,38 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         clinical = clinical_values_to_form(json.loads(files["clinical"].read_text())) if "clinical" in files else None
         slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
         return nodes, clinical
+
+
+def loadAsDicomSeries(logic, volumeNode, folder, patientId="patient"):
+    """``volumeNode`` written as a single-frame DICOM series into ``folder`` and loaded back as Slicer's DICOM module
+    loads one: a new volume node on the series' grid whose ``DICOM.instanceUIDs`` lists each slice's SOP Instance UID,
+    and the lookup UID -> file the DICOM database would answer ("" for an unknown UID). Lets the self-test and the
+    tests check Export contours (DICOM) without a DICOM database. Returns (volume node, lookup)."""
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.io.images import read_image
+
+    folder = pathlib.Path(folder)
+    rng = np.random.default_rng()
+    tags = {"0008|0060": "MR", "0010|0010": patientId, "0010|0020": patientId, "0020|000d": dicom_uid(rng),
+            "0020|0052": dicom_uid(rng), "0008|103e": f"{volumeNode.GetName()} (NPCPrognosis test)", "0020|0011": "5"}
+    # 12-bit integers as a scanner stores them: only the grid matters here
+    image = sitk.Cast(sitk.RescaleIntensity(logic.sitkFromVolumeNode(volumeNode), 0, 4095), sitk.sitkInt16)
+    write_dicom_series(image, folder, tags, dicom_uid(rng), rng)
+    series = read_image(folder, patient_id=patientId, role="t1c")
+    node = logic.updateVolumeNodeFromSitk(
+        logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{volumeNode.GetName()} (DICOM)"), series)
+    bySlice = {}
+    for path in sorted(folder.iterdir()):
+        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        k = series.TransformPhysicalPointToIndex([float(v) for v in header.ImagePositionPatient])[2]
+        bySlice[k] = (str(header.SOPInstanceUID), str(path))
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(bySlice[k][0] for k in range(len(bySlice))))
+    files = dict(bySlice.values())
+    return node, lambda uid: files.get(uid, "")
 
 
 #
@@ -1606,5 +1723,20 @@ class NPCPrognosisTest(ScriptedLoadableModuleTest):
         paths = logic.exportReport(edited, slicer.app.temporaryPath + "/NPCPrognosisSelfTest", volumes["t1c"],
                                    segmentationNode)
         self.assertTrue(os.path.exists(paths["html"]) and os.path.exists(paths["json"]))
+
+        # Export contours (DICOM) of the edited contours; the CET1W as a DICOM series, found without a DICOM database
+        import SimpleITK as sitk
+
+        from NPCPrognosisLib.io.images import load_patient
+
+        folder = pathlib.Path(slicer.app.temporaryPath) / "NPCPrognosisSelfTest" / "dicom"
+        shutil.rmtree(folder, ignore_errors=True)
+        dicomNode, lookup = loadAsDicomSeries(logic, volumes["t1c"], folder / "cet1w", "NPC-SAMPLE-001")
+        written = logic.exportContours(segmentationNode, dicomNode, str(folder / "export"), patientId="NPC-SAMPLE-001",
+                                       fileForInstance=lookup)
+        expected = logic._exportedArray(segmentationNode, dicomNode)
+        for path in (written["seg"], written["rtstruct"]):
+            back = load_patient("NPC-SAMPLE-001", {"t1c": folder / "cet1w"}, path).mask
+            self.assertTrue(np.array_equal(sitk.GetArrayFromImage(back), expected), path)
         self.delayDisplay("NPCPrognosis self-test passed")
 

@@ -12,12 +12,11 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
-from NPCPrognosisLib.deep.segmentation import NetworkModel, cohort_warnings, segment_patient
 from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
 from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
 from NPCPrognosisLib.io.dicom_seg import write_seg
@@ -25,6 +24,9 @@ from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
+
+if TYPE_CHECKING:  # the network (torch) is imported where a cohort is segmented, not where contours are written
+    from NPCPrognosisLib.deep.segmentation import NetworkModel
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     Path
         ``out_dir/manifest.csv``.
     """
+    from NPCPrognosisLib.deep.segmentation import cohort_warnings, segment_patient
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(manifest_path, column_map, require_clinical=False)

@@ -20,6 +20,8 @@ DEPENDENCIES = (
     ("PyYAML", "PyYAML>=6.0", "yaml", "radiomics parameter files"),
     ("safetensors", "safetensors>=0.4", "safetensors", "network weights"),
     ("matplotlib", "matplotlib>=3.6", "matplotlib", "survival plot of the exported report"),
+    ("pydicom", "pydicom>=2.4", "pydicom", "RT Structure Set export"),
+    ("highdicom", "highdicom>=0.22", "highdicom", "DICOM SEG export"),
 )
 
 
@@ -32,6 +34,9 @@ ACTIONS = {
     "predict_with_network": ("pyradiomics", "PyYAML", "pandas", "scikit-survival", "matplotlib", "torch", "monai",
                              "safetensors"),
     "export": ("matplotlib",),
+    # the writers, and what the job imports on the way (pandas: the cohort code beside them; matplotlib: contourpy,
+    # which draws the structure set's polygons)
+    "contours": ("pydicom", "highdicom", "pandas", "matplotlib"),
 }
 
 #: PyRadiomics 3.0.1 publishes no wheel for Python >= 3.12 (Slicer >= 5.10), and building it needs a compiler:

@@ -38,13 +38,15 @@ def _progress_writer(out_dir: Path) -> Callable[[float, str], None]:
 
 def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | None = None,
             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """One step of the panel (``segment``, ``extract`` or ``predict``) from files, results written to files.
+    """One step of the panel (``segment``, ``extract``, ``predict`` or ``contours``) from files, results written to
+    files.
 
     The same function serves the out-of-process runner (``main``) and the in-process path of headless tests,
     so both give identical numbers. ``job`` keys: action, out_dir, patient_id, images {t1, t2, t1c: path},
     mask (path), bundle (dir), network (dir), clinical (form or record dict), features (path of a previous
     extract's features.json, reused when the mask is unchanged), tta (int), extra_features (``name=path``
-    tables of a fusion bundle's other modalities).
+    tables of a fusion bundle's other modalities); for ``contours`` (images {t1c: the CET1W's DICOM series
+    folder}), seg and rtstruct (where the DICOM SEG and RT Structure Set go, see :func:`dicom_contours`).
     """
     import SimpleITK as sitk
 
@@ -120,11 +122,68 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
             result["uncertainty"] = prediction["uncertainty"]
             result["curves"] = prediction["survival_curves"]
             result["benefit"] = benefit_summary(prediction)
+    elif action == "contours":
+        step(0.30, "writing the contours as DICOM SEG and RT Structure Set")
+        result.update(dicom_contours(job["mask"], job["images"]["t1c"], images["t1c"], job["seg"], job["rtstruct"],
+                                     out_dir, patient_id=patient_id))
     else:
-        raise ValueError(f"unknown job action {action!r}; use segment, extract or predict")
+        raise ValueError(f"unknown job action {action!r}; use segment, extract, predict or contours")
     step(1.0, "done")
     write_json_atomic(out_dir / "result.json", result, indent=1)
     return result
+
+
+def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, seg_path: str | Path,
+                   rtstruct_path: str | Path, out_dir: Path, *, patient_id: str) -> dict[str, Any]:
+    """The panel's (corrected) contours as a DICOM SEG and an RT Structure Set referencing the CET1W series, written
+    by the same function as ``npc-prognosis segment`` (:func:`~NPCPrognosisLib.pipeline.segment.write_contours`).
+
+    Parameters
+    ----------
+    mask_path : str or Path
+        Labels (1 = GTVp, 2 = GTVn) exported on the CET1W volume's grid.
+    series : str or Path
+        Folder holding the CET1W's DICOM files (the instances the volume was loaded from).
+    reference : SimpleITK.Image
+        The CET1W as :func:`~NPCPrognosisLib.io.images.read_image` reads ``series``: the SEG's frames and the
+        structure set's slices are that grid's.
+    seg_path, rtstruct_path : str or Path
+        Where the DICOM SEG and the RT Structure Set go.
+    out_dir : Path
+        The job's folder (the mask file the writer keeps beside them goes there).
+    patient_id : str
+        Named in errors.
+
+    Returns
+    -------
+    dict
+        ``seg`` and ``rtstruct`` (path, or None when that one could not be made) and ``warnings`` (why not).
+
+    Raises
+    ------
+    InputError
+        The volume no longer lies on its series' voxels (resampled or cropped after loading).
+    ValueError
+        Neither file could be made (the reasons named): a DICOM export the user asked for is never a silent no-op.
+    """
+    from NPCPrognosisLib.errors import InputError
+    from NPCPrognosisLib.io.images import mask_on_reference, read_image
+    from NPCPrognosisLib.pipeline.segment import write_contours
+
+    mask = read_image(mask_path, patient_id=patient_id, role="mask")
+    try:
+        mask, _ = mask_on_reference(mask, reference, patient_id=patient_id, path=series)
+    except InputError as exc:  # its fix names the command line's --resample-mask, which the panel has not
+        raise InputError(f"the CET1W volume does not lie on the voxels of the DICOM series it was loaded from "
+                         f"({exc.problem})", patient_id=patient_id, path=series,
+                         fix="load the CET1W series again through the DICOM module and export the contours on that "
+                             "volume, not on a resampled, cropped or transformed copy") from None
+    _, seg, rtstruct, warnings = write_contours(mask, series, out_dir / "mask.nii.gz", seg_path, rtstruct_path,
+                                                patient_id=patient_id)
+    if seg is None and rtstruct is None:
+        raise ValueError("no DICOM SEG or RT Structure Set was written: " + "; ".join(warnings))
+    return {"seg": None if seg is None else str(seg), "rtstruct": None if rtstruct is None else str(rtstruct),
+            "warnings": list(warnings)}
 
 
 def patient_fingerprint(patient: Any) -> str:

@@ -411,6 +411,137 @@ def test_export_report_draws_the_edited_contours_over_the_automatic_ones_from_th
     assert np.array_equal(sitk.GetArrayFromImage(seen["automatic"]), sitk.GetArrayFromImage(mask))
 
 
+# ---------------------------------------------------------------------------------------------- DICOM export
+def _dicom_cet1w(module, logic, folder, image):
+    """A CET1W DICOM series on disk, loaded as Slicer's DICOM module loads it (the module's own helper, which the
+    self-test uses too): its volume node, the series read by the core, its SeriesInstanceUID and the database lookup
+    UID -> file (``slicer.dicomDatabase.fileForInstance``'s stand-in)."""
+    import pydicom
+
+    from NPCPrognosisLib.io.images import read_image
+
+    node, lookup = module.loadAsDicomSeries(logic, _volume(logic, image, name="CET1W"), folder, "D1")
+    series_uid = str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    return node, read_image(folder, role="t1c"), series_uid, lookup
+
+
+@pytest.fixture
+def in_process(logic, monkeypatch):
+    """Jobs run in this process through the module's own runner (Slicer's event loop is a no-op here)."""
+    monkeypatch.setattr(slicer, "app", type("App", (), {"processEvents": staticmethod(lambda: None)})(),
+                        raising=False)
+    logic.runInProcess = True
+    return logic
+
+
+def test_corrected_contours_are_exported_as_seg_and_rtstruct_of_the_dicom_series(module, logic, tmp_path,
+                                                                                   in_process):
+    """The radiologist's corrections reach the planning system and the PACS: the exported RT Structure Set and SEG,
+    read back by the core as the mask of that series, hold exactly the scene's current contours (not the automatic
+    ones) and reference the series the CET1W was loaded from."""
+    import pydicom
+
+    from NPCPrognosisLib.imaging.overlap import dice
+    from NPCPrognosisLib.io.images import load_patient
+
+    node, reference, series_uid, lookup = _dicom_cet1w(module, logic, tmp_path / "database", _image(
+        direction=_rotation(20, 12) @ np.diag([1.0, -1.0, 1.0])))
+    automatic = _mask_like(reference)
+    sitk.WriteImage(automatic, str(tmp_path / "automatic.nii.gz"))
+    segmentation = logic.importSegmentation(tmp_path / "automatic.nii.gz", node)
+    contents = segmentation.GetSegmentation()
+    corrected = (sitk.GetArrayFromImage(automatic) == GTVP).astype(np.uint8)
+    corrected[6, 3:8, 2:7] = 1  # GTVp drawn one slice further
+    corrected[2, 3:5, 2:7] = 0  # and trimmed on another
+    _paint(logic, segmentation, contents.GetSegmentIdBySegmentName("GTVp"), corrected, node)
+    expected = slicer.util.arrayFromVolume(logic.exportLabelmap(segmentation, node)).copy()  # independently
+    assert not np.array_equal(expected, sitk.GetArrayFromImage(automatic))
+
+    written = in_process.exportContours(segmentation, node, tmp_path / "reports", patientId="D1",
+                                        fileForInstance=lookup)
+
+    folder = tmp_path / "reports" / "D1"
+    assert written == {"seg": str(folder / "D1_seg.dcm"), "rtstruct": str(folder / "D1_rtstruct.dcm"),
+                       "warnings": []}
+    assert sorted(p.name for p in folder.iterdir()) == ["D1_rtstruct.dcm", "D1_seg.dcm"]
+    assert not list(logic._workDirectory("jobs").iterdir())  # the copied series and the job folder are gone
+    for path in (written["seg"], written["rtstruct"]):
+        back = sitk.GetArrayFromImage(load_patient("D1", {"t1c": tmp_path / "database"}, path).mask)
+        for label in (GTVP, GTVN):
+            assert dice(back == label, expected == label) == 1.0, (path, label)
+    seg = pydicom.dcmread(written["seg"])
+    assert [str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence] == [series_uid]
+    rtstruct = pydicom.dcmread(written["rtstruct"])
+    study = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    assert [str(item.SeriesInstanceUID) for item in study.RTReferencedSeriesSequence] == [series_uid]
+    assert seg.PatientID == rtstruct.PatientID == "D1"
+
+
+def test_the_self_tests_dicom_export_step_on_the_sample_patient(module, logic, tmp_path, in_process):
+    """NPCPrognosisTest's last step, here on real MRML: contours drawn on the NIfTI CET1W, exported onto the same scan
+    loaded as a DICOM series, come back from the SEG and the RTSTRUCT voxel for voxel."""
+    from NPCPrognosisLib.io.images import load_patient, read_image
+    from NPCPrognosisLib.resources import SAMPLE_CASE, sample_case_files
+
+    files = sample_case_files(SAMPLE_CASE)
+    t1c = _volume(logic, read_image(files["t1c"]), name="NPC-SAMPLE-001 CET1W")
+    segmentation = logic.importSegmentation(files["mask"], t1c)
+    dicom, lookup = module.loadAsDicomSeries(logic, t1c, tmp_path / "cet1w", "NPC-SAMPLE-001")
+    written = in_process.exportContours(segmentation, dicom, str(tmp_path / "export"), patientId="NPC-SAMPLE-001",
+                                        fileForInstance=lookup)
+    expected = logic._exportedArray(segmentation, dicom)
+    np.testing.assert_array_equal(expected, sitk.GetArrayFromImage(sitk.ReadImage(str(files["mask"]))))
+    for path in (written["seg"], written["rtstruct"]):
+        back = load_patient("NPC-SAMPLE-001", {"t1c": tmp_path / "cet1w"}, path).mask
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
+
+
+def test_contours_of_a_volume_not_loaded_from_dicom_are_refused_with_what_to_do(module, logic, tmp_path, in_process):
+    node, reference, _, lookup = _dicom_cet1w(module, logic, tmp_path / "database", _image())
+    sitk.WriteImage(_mask_like(reference), str(tmp_path / "automatic.nii.gz"))
+    segmentation = logic.importSegmentation(tmp_path / "automatic.nii.gz", node)
+    reports = tmp_path / "reports"
+    nifti = _volume(logic, reference, name="CET1W from NIfTI")  # no DICOM.instanceUIDs
+
+    def refused(volume, match, lookup=lookup):
+        with pytest.raises(module.NPCPrognosisError, match=match) as caught:
+            in_process.exportContours(segmentation, volume, reports, patientId="D1", fileForInstance=lookup)
+        assert not reports.exists() and not list(logic._workDirectory("jobs").iterdir())  # nothing half-written
+        return str(caught.value)
+
+    message = refused(nifti, "not loaded through Slicer's DICOM module")
+    assert "CET1W from NIfTI" in message and "Load the CET1W series through the DICOM module" in message
+    uids = node.GetAttribute("DICOM.instanceUIDs").split()
+    assert "no longer holds" in refused(node, uids[3], lookup=lambda uid: "" if uid == uids[3] else lookup(uid))
+    Path(lookup(uids[0])).unlink()  # the database still lists a file deleted from the disk
+    assert "gone from the disk" in refused(node, uids[0])
+    # without a lookup the module asks Slicer's DICOM database; none open (slicer-core has none) is said as such
+    assert "DICOM database is not open" in refused(node, "Open the DICOM module", lookup=None)
+
+
+def test_contours_exported_on_a_volume_moved_off_its_series_or_without_gtvp_are_refused(module, logic, tmp_path,
+                                                                                       in_process):
+    node, reference, _, lookup = _dicom_cet1w(module, logic, tmp_path / "database", _image())
+    sitk.WriteImage(_mask_like(reference), str(tmp_path / "automatic.nii.gz"))
+    segmentation = logic.importSegmentation(tmp_path / "automatic.nii.gz", node)
+    reports = tmp_path / "reports"
+    # a hardened translation of half a voxel: the attribute stays, the voxels are no longer the series'
+    moved = _volume(logic, _image(origin=(-39.6, 22.5, 7.25)), name="moved")
+    moved.SetAttribute("DICOM.instanceUIDs", node.GetAttribute("DICOM.instanceUIDs"))
+    with pytest.raises(module.NPCPrognosisError, match="does not lie on the voxels of the DICOM series") as caught:
+        in_process.exportContours(segmentation, moved, reports, patientId="D1", fileForInstance=lookup)
+    assert "load the CET1W series again through the DICOM module" in str(caught.value)
+    assert "--resample-mask" not in str(caught.value)
+    assert not list(reports.rglob("*.dcm")) and not list(logic._workDirectory("jobs").iterdir())
+    # the primary erased: the same refusal as Predict's, before anything is copied or written
+    contents = segmentation.GetSegmentation()
+    _paint(logic, segmentation, contents.GetSegmentIdBySegmentName("GTVp"),
+           np.zeros(reference.GetSize()[::-1], np.uint8), node)
+    with pytest.raises(module.NPCPrognosisError, match="has no voxel inside"):
+        in_process.exportContours(segmentation, node, reports, patientId="D1", fileForInstance=lookup)
+    assert not list(reports.rglob("*.dcm")) and not list(logic._workDirectory("jobs").iterdir())
+
+
 def test_the_widget_no_longer_passes_the_last_segmentation_baseline():
     source = (ROOT / "NPCPrognosis.py").read_text()
     assert "automaticLabelmap=p.automaticLabelmap" not in source

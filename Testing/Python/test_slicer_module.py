@@ -500,7 +500,8 @@ def test_report_files_reopen(tmp_path):
 # ---------------------------------------------------------------------------------------------- dependencies
 def test_missing_dependencies_detects_absent_and_old_packages_without_importing():
     installed = {"torch": "2.1.0+cu121", "monai": "1.2.0", "pyradiomics": "3.0.1", "pandas": "2.2.0",
-                 "PyYAML": "6.0.1", "safetensors": "0.4.0", "matplotlib": "3.8.0"}
+                 "PyYAML": "6.0.1", "safetensors": "0.4.0", "matplotlib": "3.8.0", "pydicom": "2.4.4",
+                 "highdicom": "0.22.0"}
 
     def version_of(name):
         if name not in installed:
@@ -576,6 +577,55 @@ def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
     assert "not a model bundle" in (tmp_path / "out" / "job.log").read_text(encoding="utf-8")
     progress = json.loads((tmp_path / "out" / "progress.json").read_text(encoding="utf-8"))
     assert progress["message"] == "checking the model bundle"
+
+
+def test_contours_job_writes_seg_and_rtstruct_out_of_process_without_the_network_packages(tmp_path):
+    """The panel's Export contours (DICOM) job, run as Slicer runs it (``-m ...jobs job.json``): it writes both files
+    and imports none of torch, MONAI or PyRadiomics, which it does not declare (``ACTIONS["contours"]``): the
+    writer's module had imported the segmentation network, so exporting a structure set needed torch. A series
+    without a frame of reference can have neither file: an error naming why, not a silent no-op."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+
+    rng = np.random.default_rng(3)
+    image = sitk.GetImageFromArray(rng.integers(100, 1000, (6, 16, 16)).astype(np.int16))
+    image.SetSpacing((0.9, 0.9, 3.0))
+    write_dicom_series(image, tmp_path / "cet1w", {"0008|0060": "MR", "0010|0020": "J1", "0020|000d": dicom_uid(rng),
+                                                   "0020|0052": dicom_uid(rng)}, dicom_uid(rng), rng)
+    array = np.zeros((6, 16, 16), np.uint8)
+    array[2:4, 4:9, 4:9], array[1:3, 11:14, 10:13] = 1, 2
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(image)
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+
+    def run(name):
+        job = {"action": "contours", "out_dir": str(tmp_path / name), "patient_id": "J1",
+               "images": {"t1c": str(tmp_path / "cet1w")}, "mask": str(tmp_path / "mask.nii.gz"),
+               "seg": str(tmp_path / "out" / f"{name}_seg.dcm"), "rtstruct": str(tmp_path / "out" / f"{name}_rs.dcm")}
+        (tmp_path / f"{name}.json").write_text(json.dumps(job))
+        script = ("import sys; from NPCPrognosisLib.slicer_support.jobs import main; code = main([sys.argv[1]]); "
+                  "print(sorted(m for m in ('torch', 'monai', 'radiomics') if m in sys.modules)); sys.exit(code)")
+        return subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.json")], capture_output=True,
+                              text=True, cwd=ROOT)
+
+    out = run("first")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    result = json.loads((tmp_path / "first" / "result.json").read_text(encoding="utf-8"))
+    assert result["seg"] == str(tmp_path / "out" / "first_seg.dcm") and result["warnings"] == []
+    assert pydicom.dcmread(result["rtstruct"]).Modality == "RTSTRUCT"
+    for f in (tmp_path / "cet1w").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    out = run("second")
+    assert out.returncode == 2
+    error = json.loads((tmp_path / "second" / "error.json").read_text(encoding="utf-8"))["error"]
+    assert error.startswith("no DICOM SEG or RT Structure Set was written") and "FrameOfReferenceUID" in error
+    assert "'J1'" in error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first_rs.dcm", "first_seg.dcm"]
 
 
 def test_unknown_job_action_is_refused(tmp_path):
@@ -660,6 +710,8 @@ def test_each_action_installs_only_what_its_job_imports():
     assert "torch" in segment and "pyradiomics" not in segment
     assert "pyradiomics" in extract and "torch" not in extract
     assert {row[0] for row in dependencies.dependencies_for("export")} == {"matplotlib"}
+    assert {row[0] for row in dependencies.dependencies_for("contours")} == {"pydicom", "highdicom", "pandas",
+                                                                              "matplotlib"}
     assert {row[0] for row in dependencies.dependencies_for("predict_with_network")} >= {"torch", "pyradiomics"}
     assert len(dependencies.dependencies_for(None)) == len(dependencies.DEPENDENCIES)
     with pytest.raises(ValueError, match="unknown action"):
