@@ -1460,8 +1460,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 automaticNode = self.automaticLabelmapFor(segmentationNode)
                 if automaticNode is not None:
                     images.automatic_mask = self.sitkFromVolumeNode(automaticNode)
-        folder = pathlib.Path(outputDirectory) / result["prediction"]["patient_id"]
+        folder = self._patientFolder(outputDirectory, result["prediction"]["patient_id"])
         return {k: str(v) for k, v in write_report(result, folder, images).items()}
+
+    @staticmethod
+    def _patientFolder(outputDirectory, patientId):
+        """``outputDirectory``/<patient>, named so that an ID such as '../x' cannot leave it: the sheet and the
+        exported contours of one patient land in the same folder."""
+        from NPCPrognosisLib.io.atomic import safe_name
+
+        return pathlib.Path(outputDirectory) / safe_name(patientId)
 
     def exportContours(self, segmentationNode, referenceVolumeNode, outputDirectory, patientId="patient",
                        fileForInstance=None, waitForCompletion=True, onFinished=None):
@@ -1475,10 +1483,10 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         Returns {"seg", "rtstruct": path or None, "warnings": [...]}; a volume not loaded from DICOM is refused
         before anything is written, and neither file being possible is an error.
         """
-        from NPCPrognosisLib.io.atomic import patient_file, safe_name
+        from NPCPrognosisLib.io.atomic import patient_file
 
         exportWarnings = []
-        folder = pathlib.Path(outputDirectory) / safe_name(patientId)
+        folder = self._patientFolder(outputDirectory, patientId)
         with self._jobInputs() as jobFolder:
             files = self._dicomFiles(referenceVolumeNode, fileForInstance)
             series = jobFolder / "cet1w_dicom"
@@ -1489,6 +1497,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                    "images": {"t1c": str(series)},
                    "mask": self._writeSegmentation(segmentationNode, referenceVolumeNode, jobFolder / "mask.nii.gz",
                                                    exportWarnings),
+                   "origins": {str(k): v for k, v in self.contourOrigins(segmentationNode,
+                                                                          referenceVolumeNode).items()},
                    "seg": str(patient_file(folder, patientId, "_seg.dcm")),
                    "rtstruct": str(patient_file(folder, patientId, "_rtstruct.dcm"))}
 
@@ -1497,6 +1507,18 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                     "warnings": exportWarnings + list(result["warnings"])}
 
         return self._runJob(job, finish, waitForCompletion, onFinished)
+
+    def contourOrigins(self, segmentationNode, referenceVolumeNode):
+        """{label: AUTOMATIC, SEMIAUTOMATIC or MANUAL} for the structures the segmentation holds on this CET1W: each
+        against this segmentation's own automatic contours (none: drawn by hand; on another grid: SEMIAUTOMATIC, as
+        they cannot be compared voxel for voxel)."""
+        from NPCPrognosisLib.slicer_support.contour_change import edit_origins
+
+        current = self._exportedArray(segmentationNode, referenceVolumeNode)
+        automatic = self.automaticLabelmapFor(segmentationNode)
+        if automatic is not None and not self._sameGrid(automatic, referenceVolumeNode):
+            return {label: "SEMIAUTOMATIC" for label in edit_origins(current, None)}
+        return edit_origins(current, None if automatic is None else slicer.util.arrayFromVolume(automatic))
 
     def _dicomFiles(self, volumeNode, fileForInstance=None):
         """The DICOM files ``volumeNode`` was loaded from, slice by slice: Slicer's DICOM module records their SOP

@@ -87,6 +87,39 @@ STUDY_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Acc
 #: How every DICOM object written for a CET1W series describes itself and its maker (RT Series / SEG series,
 #: General Equipment).
 SERIES_DESCRIPTION = "NPCPrognosis automatic GTVp/GTVn (research software)"
+#: How each structure came about, in the terms a SEG (SegmentAlgorithmType) and an RTSTRUCT (ROIGenerationAlgorithm)
+#: share: the network's contour as it drew it, its contour corrected by hand, or one drawn by hand where it drew none.
+ORIGINS = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
+EDITED_SERIES_DESCRIPTION = "NPCPrognosis GTVp/GTVn, edited by hand (research software)"
+
+
+def contour_origins(origins: Mapping[int, str] | None, labels: Sequence[int]) -> dict[int, str]:
+    """Each label's origin (:data:`ORIGINS`), AUTOMATIC where none is given: what ``segment`` writes.
+
+    A planning system and a PACS show the origin beside the structure, and a radiologist's corrected contour must not
+    be filed as the network's own (nor the network's as reviewed).
+
+    Parameters
+    ----------
+    origins : mapping of int to str, optional
+        Label (1 = GTVp, 2 = GTVn) to one of :data:`ORIGINS`.
+    labels : sequence of int
+        The labels the file holds.
+
+    Returns
+    -------
+    dict of int to str
+    """
+    given = {int(k): str(v).upper() for k, v in (origins or {}).items()}
+    unknown = sorted(set(given.values()) - set(ORIGINS))
+    if unknown:
+        raise ValueError(f"unknown contour origin {unknown[0]!r}: use one of {', '.join(ORIGINS)}")
+    return {int(label): given.get(int(label), "AUTOMATIC") for label in labels}
+
+
+def series_description(origins: Mapping[int, str]) -> str:
+    """The series description (64 characters at most, DICOM LO): automatic only when every structure is."""
+    return SERIES_DESCRIPTION if set(origins.values()) <= {"AUTOMATIC"} else EDITED_SERIES_DESCRIPTION
 EQUIPMENT = {"Manufacturer": "NPCPrognosis", "ManufacturerModelName": "NPCPrognosis", "SoftwareVersions": __version__}
 #: How far (in voxels) a source image's first pixel may lie from the mask's slice it stands for.
 SLICE_MATCH_TOLERANCE = 0.1

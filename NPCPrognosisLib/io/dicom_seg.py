@@ -1,4 +1,4 @@
-"""DICOM SEG in and out (highdicom): automatic contours to a PACS, referencing the CET1W series they were drawn
+"""DICOM SEG in and out (highdicom): contours to a PACS, referencing the CET1W series they were drawn
 on, and a SEG (``segment``'s, Slicer's, a PACS viewer's) read back onto the CET1W slices it references.
 """
 
@@ -16,17 +16,19 @@ from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.dicom_contours import (
     EQUIPMENT,
-    SERIES_DESCRIPTION,
     ContoursNotWritten,
+    contour_origins,
     parse_roi_map,
     roi_structure,
+    series_description,
     source_images,
 )
 from NPCPrognosisLib.io.dicom_series import dicom_series_files, split_series_selector
 
 
-def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient_id: str | None = None) -> Path | None:
-    """Automatic contours as a DICOM SEG (highdicom) referencing the CET1W series they were drawn on.
+def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient_id: str | None = None,
+              origins: Mapping[int, str] | None = None) -> Path | None:
+    """Contours as a DICOM SEG (highdicom) referencing the CET1W series they were drawn on.
 
     Parameters
     ----------
@@ -39,6 +41,9 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
         The SEG file to write.
     patient_id : str, optional
         Named in errors.
+    origins : mapping of int to str, optional
+        How each label came about (:data:`~NPCPrognosisLib.io.dicom_contours.ORIGINS`; default AUTOMATIC, the
+        network's own): the segment's SegmentAlgorithmType, and the series description.
 
     Returns
     -------
@@ -53,6 +58,7 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
 
     labels = sitk.GetArrayFromImage(mask)
     present = [s for s in SEGMENTS if (labels == s["label"]).any()]
+    origin = contour_origins(origins, [s["label"] for s in present])
     if not present:
         Path(path).unlink(missing_ok=True)
         return None
@@ -67,9 +73,11 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
             segment_number=number, segment_label=segment["name"],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=what[segment["name"]][0], anatomic_regions=[what[segment["name"]][1]],
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="NPCPrognosis", version=__version__, family=codes.cid7162.ArtificialIntelligence)))
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues(origin[segment["label"]]),
+            # a contour drawn by hand names no algorithm (DICOM makes it optional only for MANUAL)
+            algorithm_identification=None if origin[segment["label"]] == "MANUAL" else
+            hd.AlgorithmIdentificationSequence(name="NPCPrognosis", version=__version__,
+                                               family=codes.cid7162.ArtificialIntelligence)))
     pixel = np.zeros(labels.shape, np.uint8)
     for number, segment in enumerate(present, start=1):
         pixel[labels == segment["label"]] = number
@@ -80,7 +88,7 @@ def write_seg(mask: sitk.Image, source: str | Path, path: str | Path, *, patient
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer=EQUIPMENT["Manufacturer"],
             manufacturer_model_name=EQUIPMENT["ManufacturerModelName"],
             software_versions=EQUIPMENT["SoftwareVersions"], device_serial_number="0",
-            series_description=SERIES_DESCRIPTION)
+            series_description=series_description(origin))
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # headers highdicom cannot build a SEG from
         raise ContoursNotWritten(f"no DICOM SEG is written: the CET1W series' headers do not allow one ({exc})",
                                  patient_id=patient_id, path=folder, fix="use the NIfTI mask") from None
@@ -110,6 +118,9 @@ def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
         Which segment labels are GTVp and GTVn (:func:`~NPCPrognosisLib.io.dicom_contours.parse_roi_map`).
     patient_id : str, optional
         Named in errors.
+    origins : mapping of int to str, optional
+        How each label came about (:data:`~NPCPrognosisLib.io.dicom_contours.ORIGINS`; default AUTOMATIC, the
+        network's own): the segment's SegmentAlgorithmType, and the series description.
 
     Returns
     -------

@@ -21,10 +21,11 @@ from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.dicom_contours import (
     EQUIPMENT,
-    SERIES_DESCRIPTION,
     StructureSetReference,
+    contour_origins,
     parse_roi_map,
     roi_structure,
+    series_description,
     structure_set_reference,
 )
 
@@ -285,7 +286,8 @@ def _referenced_frame(reference: StructureSetReference) -> Any:
 
 
 def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, source: str | Path | None = None,
-                   frame_of_reference_uid: str | None = None, names: Mapping[int, str] | None = None) -> Path | None:
+                   frame_of_reference_uid: str | None = None, names: Mapping[int, str] | None = None,
+                   origins: Mapping[int, str] | None = None) -> Path | None:
     """The label map as an RT Structure Set (one ROI per label it holds, one closed polygon per island and slice).
 
     With ``source`` it is the structure set a planning system imports onto the CET1W series: the patient and
@@ -310,6 +312,9 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, sourc
         Without ``source``: the image series' frame of reference (new UID when unknown).
     names : mapping of int to str, optional
         ROI name per label (default GTVp, GTVn).
+    origins : mapping of int to str, optional
+        How each label came about (:data:`~NPCPrognosisLib.io.dicom_contours.ORIGINS`; default AUTOMATIC, the
+        network's own): the ROI's ROIGenerationAlgorithm, and the series description.
 
     Returns
     -------
@@ -347,7 +352,11 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, sourc
     for tag, value in reference.study.items():  # Patient and General Study modules
         setattr(ds, tag, value)
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), 301  # RT Series module
-    ds.SeriesDate, ds.SeriesTime, ds.SeriesDescription, ds.OperatorsName = date, time, SERIES_DESCRIPTION, ""
+    # a ROI without contours would import as a structure contoured and empty (SlicerRT logs an error and skips it)
+    present = [(label, name) for label, name in sorted(names.items()) if (labels == label).any()]
+    origin = contour_origins(origins, [label for label, _ in present])
+    ds.SeriesDate, ds.SeriesTime, ds.SeriesDescription = date, time, series_description(origin)
+    ds.OperatorsName = ""
     for tag, value in EQUIPMENT.items():
         setattr(ds, tag, value)
     ds.FrameOfReferenceUID = reference.frame_of_reference_uid
@@ -357,13 +366,11 @@ def write_rtstruct(mask: sitk.Image, path: str | Path, *, patient_id: str, sourc
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame(reference)
     ds.ApprovalStatus = "UNAPPROVED"
     rois, contours, observations = [], [], []
-    # a ROI without contours would import as a structure contoured and empty (SlicerRT logs an error and skips it)
-    present = [(label, name) for label, name in sorted(names.items()) if (labels == label).any()]
     for number, (label, name) in enumerate(present, start=1):
         roi = pydicom.Dataset()
         roi.ROINumber, roi.ROIName = number, name
         roi.ReferencedFrameOfReferenceUID = reference.frame_of_reference_uid
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationAlgorithm = origin[label]
         rois.append(roi)
         items = []
         for k in range(labels.shape[0]):

@@ -57,8 +57,9 @@ def outputs_removed_if_failed(*paths: str | Path) -> Iterator[None]:
 
 
 def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,
-                   rtstruct_path: str | Path, *, patient_id: str) -> tuple[Path, Path | None, Path | None, list[str]]:
-    """The automatic contours as the mask file and, for a DICOM CET1W, a DICOM SEG (for a PACS) and an RT Structure
+                   rtstruct_path: str | Path, *, patient_id: str, origins: Mapping[int, str] | None = None
+                   ) -> tuple[Path, Path | None, Path | None, list[str]]:
+    """Contours as the mask file and, for a DICOM CET1W, a DICOM SEG (for a PACS) and an RT Structure
     Set (for a treatment-planning system), both referencing that series.
 
     All or nothing: the DICOM files are written first (one that cannot be made is a warning, the mask is still
@@ -76,6 +77,9 @@ def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Pat
         Where the mask, the SEG and the RTSTRUCT go.
     patient_id : str
         Named in errors.
+    origins : mapping of int to str, optional
+        How each label came about (:data:`~NPCPrognosisLib.io.dicom_contours.ORIGINS`), written into the SEG and the
+        RTSTRUCT; default AUTOMATIC (``segment``'s own contours).
 
     Returns
     -------
@@ -89,9 +93,10 @@ def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Pat
     written: dict[str, Path | None] = {"DICOM SEG": None, "RTSTRUCT": None}
     try:
         if reference is not None and split_series_selector(reference)[0].is_dir():
-            writers = {"DICOM SEG": (seg_path, lambda: write_seg(mask, reference, seg_path, patient_id=patient_id)),
+            writers = {"DICOM SEG": (seg_path, lambda: write_seg(mask, reference, seg_path, patient_id=patient_id,
+                                                                origins=origins)),
                        "RTSTRUCT": (rtstruct_path, lambda: write_rtstruct(mask, rtstruct_path, patient_id=patient_id,
-                                                                          source=reference))}
+                                                                          source=reference, origins=origins))}
             for what, (path, write) in writers.items():
                 try:
                     written[what] = write()

@@ -62,3 +62,43 @@ def contour_change_report(
     return report
 
 
+
+
+def edit_origins(current: Any, automatic: Any | None) -> dict[int, str]:
+    """How each structure of the current label map came about, for the SEG's and RTSTRUCT's algorithm type.
+
+    AUTOMATIC where it is still the network's contour voxel for voxel, SEMIAUTOMATIC where the radiologist corrected
+    it, MANUAL where the network drew none of it (a node added by hand, or no automatic contours at all). A planning
+    system shows this beside the structure: a corrected contour filed as the network's own would hide the review.
+
+    Parameters
+    ----------
+    current : array-like
+        The label map exported now (1 = GTVp, 2 = GTVn).
+    automatic : array-like or None
+        The network's label map on the same grid; None when the segmentation never had automatic contours.
+
+    Returns
+    -------
+    dict of int to str
+        Label to origin, for the labels ``current`` holds.
+    """
+    import numpy as np
+
+    current = np.asarray(current)
+    automatic = None if automatic is None else np.asarray(automatic)
+    if automatic is not None and automatic.shape != current.shape:
+        raise ValueError(f"the automatic contours ({automatic.shape}) are not on the grid of the current ones "
+                         f"({current.shape})")
+    origins = {}
+    for segment in SEGMENTS:
+        mine = current == segment["label"]
+        if not mine.any():
+            continue
+        if automatic is None or not (automatic == segment["label"]).any():
+            origins[segment["label"]] = "MANUAL"
+        elif np.array_equal(mine, automatic == segment["label"]):
+            origins[segment["label"]] = "AUTOMATIC"
+        else:
+            origins[segment["label"]] = "SEMIAUTOMATIC"
+    return origins

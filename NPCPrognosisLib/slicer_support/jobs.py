@@ -46,7 +46,8 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
     mask (path), bundle (dir), network (dir), clinical (form or record dict), features (path of a previous
     extract's features.json, reused when the mask is unchanged), tta (int), extra_features (``name=path``
     tables of a fusion bundle's other modalities); for ``contours`` (images {t1c: the CET1W's DICOM series
-    folder}), seg and rtstruct (where the DICOM SEG and RT Structure Set go, see :func:`dicom_contours`).
+    folder}), seg and rtstruct (where the DICOM SEG and RT Structure Set go, see :func:`dicom_contours`) and origins
+    ({label: AUTOMATIC, SEMIAUTOMATIC or MANUAL}).
     """
     import SimpleITK as sitk
 
@@ -124,8 +125,9 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
             result["benefit"] = benefit_summary(prediction)
     elif action == "contours":
         step(0.30, "writing the contours as DICOM SEG and RT Structure Set")
+        origins = {int(label): origin for label, origin in (job.get("origins") or {}).items()}
         result.update(dicom_contours(job["mask"], job["images"]["t1c"], images["t1c"], job["seg"], job["rtstruct"],
-                                     out_dir, patient_id=patient_id))
+                                     out_dir, patient_id=patient_id, origins=origins))
     else:
         raise ValueError(f"unknown job action {action!r}; use segment, extract, predict or contours")
     step(1.0, "done")
@@ -134,7 +136,8 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
 
 
 def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, seg_path: str | Path,
-                   rtstruct_path: str | Path, out_dir: Path, *, patient_id: str) -> dict[str, Any]:
+                   rtstruct_path: str | Path, out_dir: Path, *, patient_id: str,
+                   origins: Mapping[int, str] | None = None) -> dict[str, Any]:
     """The panel's (corrected) contours as a DICOM SEG and an RT Structure Set referencing the CET1W series, written
     by the same function as ``npc-prognosis segment`` (:func:`~NPCPrognosisLib.pipeline.segment.write_contours`).
 
@@ -153,6 +156,9 @@ def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, se
         The job's folder (the mask file the writer keeps beside them goes there).
     patient_id : str
         Named in errors.
+    origins : mapping of int to str, optional
+        How each label came about (AUTOMATIC, SEMIAUTOMATIC: corrected by hand, MANUAL: drawn by hand), so the
+        planning system shows a corrected contour as such.
 
     Returns
     -------
@@ -179,7 +185,7 @@ def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, se
                          fix="load the CET1W series again through the DICOM module and export the contours on that "
                              "volume, not on a resampled, cropped or transformed copy") from None
     _, seg, rtstruct, warnings = write_contours(mask, series, out_dir / "mask.nii.gz", seg_path, rtstruct_path,
-                                                patient_id=patient_id)
+                                                patient_id=patient_id, origins=origins)
     if seg is None and rtstruct is None:
         raise ValueError("no DICOM SEG or RT Structure Set was written: " + "; ".join(warnings))
     return {"seg": None if seg is None else str(seg), "rtstruct": None if rtstruct is None else str(rtstruct),

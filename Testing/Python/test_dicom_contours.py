@@ -251,6 +251,48 @@ def test_rtstruct_of_a_dicom_series_is_filed_with_its_study_and_names_the_image_
             assert dice(truth == label, got == label) == 1.0, label
 
 
+def test_seg_and_rtstruct_file_each_structure_as_automatic_corrected_or_drawn_by_hand(patients, tmp_path):
+    """Contours a radiologist corrected (or drew) in the panel must not reach the PACS or the planning system as the
+    network's own: each structure carries its origin (SEG SegmentAlgorithmType, RTSTRUCT ROIGenerationAlgorithm),
+    a hand-drawn segment names no algorithm, and ``segment``'s own files stay AUTOMATIC."""
+    import highdicom as hd
+    import pydicom
+
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+    from NPCPrognosisLib.io.dicom_contours import EDITED_SERIES_DESCRIPTION, SERIES_DESCRIPTION
+    from NPCPrognosisLib.io.dicom_seg import write_seg
+
+    patient = next(p for p in patients if (sitk.GetArrayViewFromImage(p.mask) == 2).any())
+    rng = np.random.default_rng(7)
+    tags = {"0008|0060": "MR", "0010|0020": patient.patient_id, "0020|000d": dicom_uid(rng),
+            "0020|0052": dicom_uid(rng), **PATIENT_STUDY_HEADER}
+    write_dicom_series(sitk.Cast(patient.t1c, sitk.sitkInt16), tmp_path / "t1c", tags, dicom_uid(rng), rng)
+    reference = read_image(tmp_path / "t1c", role="t1c")
+    mask = sitk.Resample(patient.mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+
+    def written(origins, name):
+        seg = hd.seg.segread(write_seg(mask, tmp_path / "t1c", tmp_path / f"{name}_seg.dcm",
+                                       patient_id=patient.patient_id, origins=origins))
+        rtstruct = pydicom.dcmread(write_rtstruct(mask, tmp_path / f"{name}_rs.dcm", patient_id=patient.patient_id,
+                                                  source=tmp_path / "t1c", origins=origins))
+        by_seg = {item.SegmentLabel: (item.SegmentAlgorithmType, "SegmentationAlgorithmIdentificationSequence" in item)
+                  for item in seg.SegmentSequence}
+        by_roi = {roi.ROIName: roi.ROIGenerationAlgorithm for roi in rtstruct.StructureSetROISequence}
+        return by_seg, by_roi, (seg.SeriesDescription, rtstruct.SeriesDescription)
+
+    assert written(None, "auto") == ({"GTVp": ("AUTOMATIC", True), "GTVn": ("AUTOMATIC", True)},
+                                     {"GTVp": "AUTOMATIC", "GTVn": "AUTOMATIC"},
+                                     (SERIES_DESCRIPTION, SERIES_DESCRIPTION))
+    assert written({1: "semiautomatic", 2: "MANUAL"}, "edited") == (
+        {"GTVp": ("SEMIAUTOMATIC", True), "GTVn": ("MANUAL", False)}, {"GTVp": "SEMIAUTOMATIC", "GTVn": "MANUAL"},
+        (EDITED_SERIES_DESCRIPTION, EDITED_SERIES_DESCRIPTION))
+    assert len(EDITED_SERIES_DESCRIPTION) <= 64  # DICOM LO
+    with pytest.raises(ValueError, match="unknown contour origin 'EDITED'"):
+        write_rtstruct(mask, tmp_path / "bad_rs.dcm", patient_id=patient.patient_id, source=tmp_path / "t1c",
+                       origins={1: "edited"})
+    assert not (tmp_path / "bad_rs.dcm").exists()
+
+
 def test_rtstruct_of_a_dicom_series_refuses_a_mask_it_was_not_drawn_on(patients, tmp_path):
     """A mask of another grid would have its contours filed against images they do not lie on."""
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series

@@ -409,6 +409,9 @@ def test_export_report_draws_the_edited_contours_over_the_automatic_ones_from_th
     np.testing.assert_allclose(sitk.GetArrayFromImage(seen["t1c"]), sitk.GetArrayFromImage(image))
     assert np.array_equal(sitk.GetArrayFromImage(seen["shown"]) == GTVP, grown.astype(bool))
     assert np.array_equal(sitk.GetArrayFromImage(seen["automatic"]), sitk.GetArrayFromImage(mask))
+    # an ID that reads as a path stays inside the report folder, in the folder the exported contours go to
+    paths = logic.exportReport({"prediction": {**prediction, "patient_id": "../P1"}}, tmp_path / "reports")
+    assert Path(paths["html"]).parent == tmp_path / "reports" / "_P1"
 
 
 # ---------------------------------------------------------------------------------------------- DICOM export
@@ -475,6 +478,12 @@ def test_corrected_contours_are_exported_as_seg_and_rtstruct_of_the_dicom_series
     study = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     assert [str(item.SeriesInstanceUID) for item in study.RTReferencedSeriesSequence] == [series_uid]
     assert seg.PatientID == rtstruct.PatientID == "D1"
+    # the corrected GTVp is filed as corrected, the untouched GTVn as the network's own
+    by_name = {item.SegmentLabel: item.SegmentAlgorithmType for item in seg.SegmentSequence}
+    assert by_name == {"GTVp": "SEMIAUTOMATIC", "GTVn": "AUTOMATIC"}
+    assert {roi.ROIName: roi.ROIGenerationAlgorithm for roi in rtstruct.StructureSetROISequence} == by_name
+    assert seg.SeriesDescription == rtstruct.SeriesDescription == (
+        "NPCPrognosis GTVp/GTVn, edited by hand (research software)")
 
 
 def test_the_self_tests_dicom_export_step_on_the_sample_patient(module, logic, tmp_path, in_process):

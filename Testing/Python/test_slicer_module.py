@@ -409,6 +409,25 @@ def test_identical_contours_give_dice_one_and_an_added_structure_is_new():
         contour_change.contour_change_report(auto, auto[:3], 0.001)
 
 
+def test_each_structure_is_filed_as_the_networks_corrected_or_drawn_by_hand():
+    auto = np.zeros((4, 5, 5), np.uint8)
+    auto[1:3, 1:3, 1:3] = 1
+    auto[1, 4, 4] = 2
+    assert contour_change.edit_origins(auto, auto) == {1: "AUTOMATIC", 2: "AUTOMATIC"}
+    corrected = auto.copy()
+    corrected[3, 1, 1] = 1  # one voxel more of GTVp
+    assert contour_change.edit_origins(corrected, auto) == {1: "SEMIAUTOMATIC", 2: "AUTOMATIC"}
+    no_node = auto.copy()
+    no_node[no_node == 2] = 0
+    node_added = no_node.copy()
+    node_added[0, 0, 0] = 2  # the network drew no node; the radiologist did
+    assert contour_change.edit_origins(node_added, no_node) == {1: "AUTOMATIC", 2: "MANUAL"}
+    assert contour_change.edit_origins(no_node, auto) == {1: "AUTOMATIC"}  # a node erased is not written
+    assert contour_change.edit_origins(auto, None) == {1: "MANUAL", 2: "MANUAL"}  # never segmented
+    with pytest.raises(ValueError, match="not on the grid"):
+        contour_change.edit_origins(auto, auto[:3])
+
+
 # ---------------------------------------------------------------------------------------------- model extras
 def _tiny_bundle(with_groups: bool = True):
     model = CoxModel(covariates=["rad_score", "age"], coef=np.array([0.8, 0.02]), se=np.array([0.2, 0.01]),
