@@ -274,7 +274,7 @@ def _check_binary_cohort(manifest: Manifest, endpoint: str, excluded: int) -> No
     _, labels = endpoint_labels(manifest, endpoint)
     n, positives = len(labels), int(np.sum(labels))
     _refuse_too_few(n, min(positives, n - positives), manifest, excluded,
-                    counts=f"with a {endpoint} value, {positives} positive and {n - positives} negative,",
+                    counts=f"with {endpoint} recorded, {positives} positive and {n - positives} negative,",
                     validated="a classifier", needs="in each class", column=endpoint)
 
 

@@ -218,7 +218,7 @@ def test_a_cohort_too_small_to_validate_is_refused_with_its_counts_for_either_ki
     with pytest.raises(InputError) as binary:
         _check_binary_cohort(manifest, "ic_response", 0)
     assert str(binary.value) == (
-        f"column 'ic_response', file '{source}': 11 patient(s) with a ic_response value, 1 positive and 10 negative, "
+        f"column 'ic_response', file '{source}': 11 patient(s) with ic_response recorded, 1 positive and 10 negative, "
         "to evaluate: too few to validate a classifier (evaluate needs at least 10 patients and 2 in each class). "
         "Fix: evaluate on a larger held-out cohort")
     # at the floors both pass: ten patients, two events / two in the scarcer class
