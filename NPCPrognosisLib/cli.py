@@ -384,10 +384,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                  saliency=args.saliency)
         out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, out, seg_path, rtstruct_path,
                                                            patient_id=args.patient_id)
-        if result.uncertainty is not None and args.tta:
-            write_image_atomic(result.uncertainty, uncertainty_path)
-        if result.saliency is not None:
-            write_image_atomic(result.saliency, saliency_path)
+        for image, path in ((result.uncertainty if args.tta else None, uncertainty_path),
+                            (result.saliency, saliency_path)):
+            if image is not None:
+                write_image_atomic(image, path)
+            else:  # an earlier run's map would be read as this mask's
+                Path(path).unlink(missing_ok=True)
     for what, written in (("DICOM SEG", seg), ("RTSTRUCT", rtstruct)):
         if written is not None:
             print(f"{what}: {written}")

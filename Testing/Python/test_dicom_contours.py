@@ -130,11 +130,12 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
 
 
 
-@pytest.mark.parametrize("failure", ["unreadable image", "network error"])
+@pytest.mark.parametrize("failure", ["unreadable image", "network error", "no uncertainty asked for"])
 def test_a_failed_single_patient_segment_leaves_no_contours_of_an_earlier_run(patients, tmp_path, capsys,
                                                                              monkeypatch, failure):
     """A cohort run removed a failed patient's mask, SEG and RTSTRUCT; a one-patient run that failed left the earlier
-    run's files beside its error, where a PACS upload or a planning import would take them as this run's contours."""
+    run's files beside its error, where a PACS upload or a planning import would take them as this run's contours.
+    A run that succeeds without ``--tta`` leaves no earlier uncertainty map beside its new mask either."""
     from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
     from NPCPrognosisLib.deep import segmentation
 
@@ -147,9 +148,9 @@ def test_a_failed_single_patient_segment_leaves_no_contours_of_an_earlier_run(pa
         write_dicom_series(sitk.Cast(getattr(patient, key), sitk.sitkInt16), tmp_path / key, tags, dicom_uid(rng), rng)
     images = {key: str(tmp_path / key) for key in ("t1", "t2", "t1c")}
 
-    def segment(**given):
+    def segment(tta="1", **given):
         return main(["--quiet", "segment", "--bundle", str(DEMO_NETWORK), "--out", str(tmp_path / "A0.nii.gz"),
-                     "--tta", "1", *(part for key, path in (images | given).items() for part in (f"--{key}", path))])
+                     "--tta", tta, *(part for key, path in (images | given).items() for part in (f"--{key}", path))])
 
     assert segment() == 0
     outputs = [tmp_path / name for name in ("A0.nii.gz", "A0_seg.dcm", "A0_rtstruct.dcm", "A0_uncertainty.nii.gz")]
@@ -160,13 +161,17 @@ def test_a_failed_single_patient_segment_leaves_no_contours_of_an_earlier_run(pa
         assert segment(t2=str(tmp_path / "broken_t2.nii.gz")) == 2
         error = capsys.readouterr().err
         assert "patient 'A0'" in error and "broken_t2.nii.gz" in error and "truncated or corrupt" in error
-    else:
+    elif failure == "network error":
         def out_of_memory(*args, **kwargs):
             raise RuntimeError("CUDA out of memory")
 
         monkeypatch.setattr(segmentation, "segment_patient", out_of_memory)
         with pytest.raises(RuntimeError, match="out of memory"):
             segment()
+    else:
+        assert segment(tta="0") == 0
+        assert [path.name for path in outputs if path.exists()] == ["A0.nii.gz", "A0_seg.dcm", "A0_rtstruct.dcm"]
+        return
     assert [path.name for path in outputs if path.exists()] == []
 
 
