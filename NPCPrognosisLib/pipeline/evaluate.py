@@ -117,7 +117,8 @@ def evaluate_cohort(
     figures nor the page.
     """
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
-    from NPCPrognosisLib.survival.benefit import evaluate_benefit, recorded_doses
+    from NPCPrognosisLib.survival.benefit import recorded_doses
+    from NPCPrognosisLib.survival.benefit_evaluation import evaluate_benefit
     from NPCPrognosisLib.survival.metrics import evaluate_risk, paired_c_difference
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups

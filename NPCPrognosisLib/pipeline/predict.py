@@ -37,7 +37,8 @@ from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
-from NPCPrognosisLib.survival.benefit import given_arm, patient_benefit
+from NPCPrognosisLib.survival.benefit import given_arm
+from NPCPrognosisLib.survival.benefit_patient import patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import group_certainty, imputation_effect, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -391,7 +392,7 @@ def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covar
 
 def group_with(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str, value: float) -> str:
     """The nomogram's risk group with ``covariate`` at ``value``: a filled-in EBV DNA may change the group, and with
-    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit.benefit_across_range`)."""
+    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit_patient.benefit_across_range`)."""
     nomogram = bundle.nomograms["nomogram"]
     changed = {**factors, covariate: float(value)} if covariate in nomogram.factors else dict(factors)
     return str(assign_groups(nomogram.risk(changed), bundle.cutoffs["nomogram"])[0])

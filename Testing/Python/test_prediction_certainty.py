@@ -137,6 +137,7 @@ def test_values_outside_the_training_range_put_extrapolating_in_the_headline(sma
 def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_arm_is_absent(small_cohort,
                                                                                               trained):
     from NPCPrognosisLib.survival import benefit as bf
+    from NPCPrognosisLib.survival import benefit_patient as bp
 
     bundle = load_bundle(trained)
     patient, features = _patient(small_cohort)
@@ -147,8 +148,8 @@ def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_
     counts["high"]["rt_alone"] = {"n": 1, "events": 1}
     doc = {"arms": ["low_dose", "high_dose"], "counts": counts}
     prediction["chemo_benefit"] = {
-        "statement": "inconclusive", "model": bf.BENEFIT_MODEL, "given_arm": bf.given_arm(1, 200.0),
-        "absent_arms": bf.absent_arms(doc),
+        "statement": "inconclusive", "model": bp.BENEFIT_MODEL, "given_arm": bf.given_arm(1, 200.0),
+        "absent_arms": bp.absent_arms(doc),
         "survival_by_arm": {"low_dose": arm, "high_dose": {m: {"survival": c["survival"] - 0.1,
                                                                "ci95": [v - 0.1 for v in c["ci95"]]}
                                                            for m, c in arm.items()}}}
@@ -208,7 +209,7 @@ def _gain_by_hand(doc, confounders, group):
 def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermined_when_its_conclusion_changes(
         small_cohort, trained, benefit_doc):
     from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
-    from NPCPrognosisLib.survival import benefit as bf
+    from NPCPrognosisLib.survival import benefit_patient as bp
 
     bundle = load_bundle(trained)
     bundle.document["chemo_benefit"] = benefit_doc
@@ -216,7 +217,7 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
     measured = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
     confounders = encode_clinical(parse_clinical({**CLINICAL, "ebv_dna": 2000}, "x"), bundle.ebv_fill)
     # with EBV DNA measured: the same numbers and sentence as without any range, and the stored model's by hand
-    assert measured.chemo_benefit == bf.patient_benefit(benefit_doc, confounders, measured.risk_group, "T3", "N1",
+    assert measured.chemo_benefit == bp.patient_benefit(benefit_doc, confounders, measured.risk_group, "T3", "N1",
                                                         "high_dose")
     gain, ci = _gain_by_hand(benefit_doc, confounders, measured.risk_group)
     headline = measured.chemo_benefit["benefit"]["high_dose_vs_low_dose"]["60"]
@@ -225,7 +226,7 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
 
     low, high = bundle.imputation_ranges["log10_ebv_dna"]
     fill = bundle.ebv_fill
-    grid = sorted({fill, *np.linspace(low, high, bf.RANGE_POINTS)})
+    grid = sorted({fill, *np.linspace(low, high, bp.RANGE_POINTS)})
     first = predict_patient(bundle, patient, CLINICAL, features=features, tta=0)
     risks = first.imputed["log10_ebv_dna"]["risk_range"]
     # cut-offs below the whole range of risk, inside it, and inside it below the risk at the median (where the
