@@ -334,8 +334,6 @@ def predict_patient(
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
-    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
-
     # 5. the prediction a clinician reads
     return Prediction(
         patient_id=patient.patient_id,
@@ -350,11 +348,7 @@ def predict_patient(
         clinical=record.to_dict(),
         uncertainty=uncertainty,
         survival_curves=curves,
-        chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
-                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd),
-                                      imputed=filled_ranges,
-                                      group_at=lambda covariate, value: group_with(bundle, values, covariate, value),
-                                      factor_texts=_factor_texts(filled_ranges)),
+        chemo_benefit=patient_chemo_benefit(bundle, record, values, group),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
@@ -371,6 +365,37 @@ def predict_patient(
         uncertainty_map=uncertainty_map,
         saliency_map=saliency_map,
     )
+
+
+def patient_chemo_benefit(bundle: LoadedBundle, record: ClinicalRecord, factors: Mapping[str, float],
+                          group: str) -> dict[str, Any]:
+    """The patient's chemotherapy-benefit statement (:func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`)
+    with a missing EBV DNA swept across its training 10th-90th percentile.
+
+    Why one function: ``predict`` prints it, and ``evaluate`` writes its ``conclusion`` per patient, so a held-out
+    patient without EBV DNA reads "undetermined without EBV DNA" in both, never a conclusion resting on the median.
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        Its ``chemo_benefit`` block, EBV DNA fill, training percentiles and nomogram.
+    record : ClinicalRecord
+        The patient's clinical record (treatment given, stage, which factors are missing).
+    factors : mapping
+        The patient's nomogram factors (for the risk group a filled factor's other values would give).
+    group : {'low', 'high'}
+        The patient's nomogram risk group.
+
+    Returns
+    -------
+    benefit : dict
+        :func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`'s result.
+    """
+    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
+    return patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill), group,
+                           record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd), imputed=filled_ranges,
+                           group_at=lambda covariate, value: group_with(bundle, factors, covariate, value),
+                           factor_texts=_factor_texts(filled_ranges))
 
 
 def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str,

@@ -186,7 +186,9 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
     Returns
     -------
     benefit : dict
-        ``statement``, ``survival_by_arm``, ``benefit``, ``benefit_shown``, ``model`` (:data:`BENEFIT_MODEL`),
+        ``statement``, ``conclusion`` (the headline's :func:`benefit_conclusion`, or "undetermined without <factor>"
+        when a filled factor's range changes it: one label for predict's and evaluate's tables), ``survival_by_arm``,
+        ``benefit``, ``benefit_shown`` (``conclusion`` is 'benefit'), ``model`` (:data:`BENEFIT_MODEL`),
         ``given_arm``, ``absent_arms`` (arm: why it is not in the model), ``evidence`` and, per filled covariate the
         model adjusts for, ``imputed`` (:func:`benefit_across_range`; ``value_range`` None when unknown).
     """
@@ -203,7 +205,7 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
                     for k, m in enumerate(months)} for a in doc["arms"]}
     thr = doc["threshold_mg_m2"]
     headline = benefit[f"{TREATED_ARM}_vs_{REFERENCE_ARM}"][f"{months[-1]:g}"]
-    shown = benefit_conclusion(headline) == "benefit"
+    conclusion = benefit_conclusion(headline)
     subgroup = " (T1-2N1, the subgroup where this question is most debated)" if (
         t_stage in ("T1", "T2") and n_stage == "N1") else ""
     text = _benefit_sentence(group, subgroup, thr, months[-1], headline)
@@ -219,11 +221,13 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
             covariate, None if value_range is None else f"{value_range[0]:g}-{value_range[1]:g}")
         text = _imputed_sentence(name, range_text, filled[covariate], text, *_who_and_versus(group, subgroup, thr),
                                  headline["absolute_benefit"])
-        shown = shown and filled[covariate].get("conclusion_determined", True)
+        if not filled[covariate].get("conclusion_determined", True):
+            conclusion = f"undetermined without {name}"
     text += " Observational evidence adjusted for clinical factors, not a randomised comparison."
     effect = {e["arm"]: e for e in doc["effects"].get(group, [])}.get(TREATED_ARM)
-    out = {"statement": text, "benefit_shown": bool(shown), "survival_by_arm": survival, "benefit": benefit,
-           "model": BENEFIT_MODEL, "given_arm": arm_given, "absent_arms": absent_arms(doc),
+    out = {"statement": text, "conclusion": conclusion, "benefit_shown": conclusion == "benefit",
+           "survival_by_arm": survival, "benefit": benefit, "model": BENEFIT_MODEL,
+           "given_arm": arm_given, "absent_arms": absent_arms(doc),
            "evidence": {"threshold_mg_m2": thr, "group_hr": effect,
                         "interaction_p": (doc.get("interaction_lrt") or {}).get("p"),
                         "bootstrap_n": doc["bootstrap"]["n"], "note": doc["note"]}}
