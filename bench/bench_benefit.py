@@ -32,14 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from NPCPrognosisLib.datasets.synth import CHEMO_LOG_HR, simulate_outcomes  # noqa: E402
 from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, encode_clinical, parse_clinical  # noqa: E402
-from NPCPrognosisLib.survival.benefit import (  # noqa: E402
-    CONFOUNDERS,
-    assign_arms,
-    benefit_calibration,
-    c_for_benefit,
-    fit_benefit,
-    predicted_benefit,
-)
+from NPCPrognosisLib.survival.benefit import CONFOUNDERS, assign_arms, fit_benefit, predicted_benefit  # noqa: E402
+from NPCPrognosisLib.survival.benefit_evaluation import benefit_calibration, c_for_benefit  # noqa: E402
 from NPCPrognosisLib.survival.cox import fit_cox  # noqa: E402
 
 

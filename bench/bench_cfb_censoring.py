@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from NPCPrognosisLib.survival import benefit as bf  # noqa: E402
+from NPCPrognosisLib.survival import benefit_evaluation as be  # noqa: E402
 
 H = 60.0
 LAMBDA0, B, G0, G1 = 0.010, 0.7, -0.4, -0.6
@@ -37,11 +37,11 @@ def one(rng, n, cmax):
     c = rng.uniform(0, cmax, n)
     time, event = np.minimum(t_true, c), t_true <= c
     truth_status = (t_true <= H).astype(int)
-    truth = bf._matched_concordance(benefit, arm, truth_status, "high_dose", "low_dose")
-    status = bf._status_at(time, event, H)
-    dropped = bf._matched_concordance(benefit, arm, status, "high_dose", "low_dose")
-    weight = bf._censoring_weights(time, event, H)
-    ipcw = bf._matched_concordance(benefit, arm, status, "high_dose", "low_dose", weight)
+    truth = be._matched_concordance(benefit, arm, truth_status, "high_dose", "low_dose")
+    status = be._status_at(time, event, H)
+    dropped = be._matched_concordance(benefit, arm, status, "high_dose", "low_dose")
+    weight = be._censoring_weights(time, event, H)
+    ipcw = be._matched_concordance(benefit, arm, status, "high_dose", "low_dose", weight)
     kept_events = float((status[status >= 0]).mean())
     return truth, dropped, ipcw, float((status < 0).mean()), float(truth_status.mean()), kept_events
 

@@ -17,11 +17,11 @@ import pandas as pd
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
-from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
+from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
 from NPCPrognosisLib.io.patient_ids import hash_id, id_key
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
-from NPCPrognosisLib.pipeline.models import load_bundle
+from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
@@ -117,7 +117,8 @@ def evaluate_cohort(
     figures nor the page.
     """
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
-    from NPCPrognosisLib.survival.benefit import evaluate_benefit, recorded_doses
+    from NPCPrognosisLib.survival.benefit import recorded_doses
+    from NPCPrognosisLib.survival.benefit_evaluation import evaluate_benefit
     from NPCPrognosisLib.survival.metrics import evaluate_risk, paired_c_difference
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -217,8 +218,14 @@ def evaluate_cohort(
     for column in ("chemo_cycles", "regimen"):  # carried through for the researcher's own subgroup analyses
         if column in manifest.table.columns:
             predictions[column] = manifest.table[column].to_numpy()
+    benefit["n_ebv_dna_imputed"] = sum("log10_ebv_dna" in imputed_covariates(r) for r in records)
     if benefit["predicted_benefit"] is not None:
         predictions["predicted_benefit_60m"] = benefit["predicted_benefit"]
+        per_patient = benefit_by_patient(bundle, records, factors, predictions["risk_group"].to_numpy())
+        for column in per_patient.columns:
+            predictions[column] = per_patient[column].to_numpy()
+        benefit["conclusions"] = per_patient["benefit_conclusion_60m"].value_counts().to_dict()
+        benefit["c_for_benefit_ebv_dna"] = EBV_FILL_IN_CFB
     benefit.pop("predicted_benefit")
     metrics["chemo_benefit"] = benefit
     if plots:
@@ -249,6 +256,50 @@ def evaluate_cohort(
                           characteristics=_characteristics(bundle.document, everyone, subset, endpoint),
                           study_info=study_info)
     return metrics
+
+
+#: What C-for-benefit and the calibration of the benefit read for a patient without EBV DNA, recorded beside them.
+EBV_FILL_IN_CFB = ("missing EBV DNA: the training median (as in predicted_benefit_60m); benefit_conclusion_60m and "
+                   "predicted_benefit_60m_low/high span its training 10th-90th percentile, as predict does")
+
+
+def benefit_by_patient(bundle: LoadedBundle, records: Sequence[ClinicalRecord], factors: pd.DataFrame,
+                       groups: Sequence[str]) -> pd.DataFrame:
+    """What ``predict`` would tell each patient about the high dose, as columns of ``predictions.csv``.
+
+    Why: ``predicted_benefit_60m`` fills a missing EBV DNA with the training median, as if it had been measured;
+    these columns carry predict's own conclusion (:func:`~NPCPrognosisLib.pipeline.predict.patient_chemo_benefit`,
+    the same function) and, for a patient whose EBV DNA was filled, the range of the gain across its training
+    10th-90th percentile.
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        With an estimable ``chemo_benefit``.
+    records : sequence of ClinicalRecord
+        The patients' clinical records, in the order of ``factors``.
+    factors : DataFrame
+        The patients' nomogram factors, one row each.
+    groups : sequence of {'low', 'high'}
+        The nomogram's risk groups.
+
+    Returns
+    -------
+    columns : DataFrame
+        ``benefit_conclusion_60m`` (benefit, inconclusive, harm or "undetermined without EBV DNA"),
+        ``predicted_benefit_60m_low`` and ``_high`` (NaN for a patient whose factors were all measured).
+    """
+    from NPCPrognosisLib.pipeline.predict import patient_chemo_benefit
+
+    rows = []
+    for record, (_, values), group in zip(records, factors.iterrows(), groups):
+        benefit = patient_chemo_benefit(bundle, record, {k: float(v) for k, v in values.items()}, str(group))
+        spans = [b["benefit_range"] for b in (benefit.get("imputed") or {}).values() if "benefit_range" in b]
+        rows.append({"benefit_conclusion_60m": benefit.get("conclusion", "not estimable"),
+                     "predicted_benefit_60m_low": min((s[0] for s in spans), default=np.nan),
+                     "predicted_benefit_60m_high": max((s[1] for s in spans), default=np.nan)})
+    return pd.DataFrame(rows, columns=["benefit_conclusion_60m", "predicted_benefit_60m_low",
+                                       "predicted_benefit_60m_high"])
 
 
 #: How the IPCW metrics (Uno's C, td-AUC, Brier score, the page's ROC curves) weight, recorded in metrics.json.

@@ -37,7 +37,8 @@ from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
-from NPCPrognosisLib.survival.benefit import given_arm, patient_benefit
+from NPCPrognosisLib.survival.benefit import given_arm
+from NPCPrognosisLib.survival.benefit_patient import patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import group_certainty, imputation_effect, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -333,8 +334,6 @@ def predict_patient(
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
-    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
-
     # 5. the prediction a clinician reads
     return Prediction(
         patient_id=patient.patient_id,
@@ -349,11 +348,7 @@ def predict_patient(
         clinical=record.to_dict(),
         uncertainty=uncertainty,
         survival_curves=curves,
-        chemo_benefit=patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill),
-                                      group, record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd),
-                                      imputed=filled_ranges,
-                                      group_at=lambda covariate, value: group_with(bundle, values, covariate, value),
-                                      factor_texts=_factor_texts(filled_ranges)),
+        chemo_benefit=patient_chemo_benefit(bundle, record, values, group),
         binary=binary,
         fusion=fusion,
         segmentation=segmentation,
@@ -370,6 +365,37 @@ def predict_patient(
         uncertainty_map=uncertainty_map,
         saliency_map=saliency_map,
     )
+
+
+def patient_chemo_benefit(bundle: LoadedBundle, record: ClinicalRecord, factors: Mapping[str, float],
+                          group: str) -> dict[str, Any]:
+    """The patient's chemotherapy-benefit statement (:func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`)
+    with a missing EBV DNA swept across its training 10th-90th percentile.
+
+    Why one function: ``predict`` prints it, and ``evaluate`` writes its ``conclusion`` per patient, so a held-out
+    patient without EBV DNA reads "undetermined without EBV DNA" in both, never a conclusion resting on the median.
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        Its ``chemo_benefit`` block, EBV DNA fill, training percentiles and nomogram.
+    record : ClinicalRecord
+        The patient's clinical record (treatment given, stage, which factors are missing).
+    factors : mapping
+        The patient's nomogram factors (for the risk group a filled factor's other values would give).
+    group : {'low', 'high'}
+        The patient's nomogram risk group.
+
+    Returns
+    -------
+    benefit : dict
+        :func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`'s result.
+    """
+    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
+    return patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill), group,
+                           record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd), imputed=filled_ranges,
+                           group_at=lambda covariate, value: group_with(bundle, factors, covariate, value),
+                           factor_texts=_factor_texts(filled_ranges))
 
 
 def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str,
@@ -391,7 +417,7 @@ def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covar
 
 def group_with(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str, value: float) -> str:
     """The nomogram's risk group with ``covariate`` at ``value``: a filled-in EBV DNA may change the group, and with
-    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit.benefit_across_range`)."""
+    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit_patient.benefit_across_range`)."""
     nomogram = bundle.nomograms["nomogram"]
     changed = {**factors, covariate: float(value)} if covariate in nomogram.factors else dict(factors)
     return str(assign_groups(nomogram.risk(changed), bundle.cutoffs["nomogram"])[0])

@@ -286,6 +286,8 @@ def _survival_sections(out_dir: Path, metrics: Mapping[str, Any], predictions: p
                                   f"Predicted vs observed benefit at {benefit.get('horizon_months', 60):g} months"
                                   f" ({_observed_benefit_method(benefit['calibration'])}); "
                                   f"{_c_for_benefit_text(benefit.get('c_for_benefit') or {})}", "55%"))
+    if benefit.get("conclusions"):
+        parts.append(f"<p>{esc(_conclusions_text(benefit))}</p>")
     if parts:
         body += ["<h2>Treatment benefit</h2>", *parts]
     loco = metrics.get("leave_one_centre_out")
@@ -309,6 +311,18 @@ def _c_for_benefit_text(block: Mapping[str, Any]) -> str:
     return (f"C-for-benefit {fmt(value)}{interval} from {block.get('pairs', '?')} matched pairs; "
             f"{block.get('censored_before_horizon', 0)} patients censored before the horizon{weighted} and "
             f"{block.get('unmatched', 0)} unmatched left out")
+
+
+def _conclusions_text(benefit: Mapping[str, Any]) -> str:
+    """How many patients read each per-patient conclusion (predict's, ``benefit_conclusion_60m``), and that the
+    cohort measures above read a missing EBV DNA at the training median."""
+    counts = ", ".join(f"{label} {n}" for label, n in benefit["conclusions"].items())
+    text = f"What predict tells each patient about the high dose (benefit_conclusion_60m): {counts}."
+    filled = benefit.get("n_ebv_dna_imputed", 0)
+    if filled:
+        text += (f" {filled} patient(s) had no EBV DNA: C-for-benefit and the calibration read the training median for "
+                 "them, their conclusions the training 10th-90th percentile.")
+    return text
 
 
 def _observed_benefit_method(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -27,6 +27,8 @@ from NPCPrognosisLib.reporting.labels import (
     extrapolation_text,
     factor_label,
     factor_name,
+    factor_range_text,
+    factor_unit,
     factor_value_text,
     format_contour_change,
     model_label,
@@ -234,6 +236,7 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
             cells = [survival_text(by_month[m]) if "survival" in (by_month.get(m) or {}) else "–" for m in months]
             rows.append([ARM_LABELS.get(arm, arm) + (" (given)" if arm == given else ""), *cells])
         parts.append(table(["If treated with", *[f"{float(m):g} months" for m in months]], rows))
+        parts += [f"<p>{esc(note)}</p>" for note in _filled_factor_notes(benefit)]
         parts.append(f"<p>{esc(_arm_given_text(prediction, benefit))}</p>")
         absent = benefit.get("absent_arms") or {}
         if absent:
@@ -259,6 +262,27 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                               "Gate weights: the share each modality had in this patient's fused prediction.", 45))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _filled_factor_notes(benefit: Mapping[str, Any]) -> list[str]:
+    """One note per factor the benefit model read at the training median (a missing EBV DNA): the survival per arm
+    above rests on that fill, and the gain of the high dose could be anywhere in the range the factor's training
+    10th-90th percentile gives (or, for a bundle without the percentiles, unknown)."""
+    notes = []
+    for covariate, block in (benefit.get("imputed") or {}).items():
+        name = factor_name(covariate)
+        text = (f"{name} not measured: the survival under each arm above is at the training median "
+                f"({factor_value_text(covariate, block['filled_with'])} {factor_unit(covariate)}), not this patient's "
+                "value.")
+        if block.get("value_range") is None:
+            text += f" This bundle stores no training percentiles of {name}, so how far it could move them is unknown."
+        else:
+            low, high = block["benefit_range"]
+            text += (f" Across the training 10th-90th percentile of {name} "
+                     f"({factor_range_text(covariate, block['value_range'])}) the gain of the high dose at "
+                     f"{block['month']:g} months would be {low:+.1%} to {high:+.1%}.")
+        notes.append(text)
+    return notes
 
 
 def _arm_given_text(prediction: Mapping[str, Any], benefit: Mapping[str, Any]) -> str:

@@ -14,6 +14,8 @@ from NPCPrognosisLib.cli import main
 from NPCPrognosisLib.datasets.synth import CHEMO_LOG_HR, simulate_outcomes
 from NPCPrognosisLib.io.clinical import CLINICAL_FIELDS, encode_clinical, parse_clinical
 from NPCPrognosisLib.survival import benefit as bf
+from NPCPrognosisLib.survival import benefit_evaluation as be
+from NPCPrognosisLib.survival import benefit_patient as bp
 from NPCPrognosisLib.survival.treatment_effect import benefit_table, fit_interaction
 
 
@@ -115,7 +117,7 @@ def test_interaction_model_recovers_the_generators_chemotherapy_effect(large):
     pb = bf.predicted_benefit(doc, conf[test], group[test], 60.0)
     assert np.all(pb[group[test] == "low"] < pb[group[test] == "high"].min() + 0.05)
     arm = bf.assign_arms(table.chemo, table.ccnd)
-    cfb = bf.c_for_benefit(pb, arm[test], table.dmfs_time[test], table.dmfs_event[test], 60.0)
+    cfb = be.c_for_benefit(pb, arm[test], table.dmfs_time[test], table.dmfs_event[test], 60.0)
     assert cfb["pairs"] > 200 and cfb["c_for_benefit"] > 0.52
 
 
@@ -140,7 +142,7 @@ def test_assign_arms():
 
 
 def test_a_patient_followed_exactly_to_the_horizon_is_known_event_free():
-    status = bf._status_at(np.array([60.0, 60.0, 61.0, 59.0]), np.array([False, True, False, False]), 60.0)
+    status = be._status_at(np.array([60.0, 60.0, 61.0, 59.0]), np.array([False, True, False, False]), 60.0)
     assert status.tolist() == [0, 1, 0, -1]
 
 
@@ -155,8 +157,8 @@ def test_patient_counterfactuals_have_intervals_and_say_no_benefit_when_they_inc
     assert score["estimable"] and score["df"] == len(doc["arms"]) - 1 and 0.0 <= score["p"] <= 1.0
     assert set(score["terms"]) == {f"arm[{a}]:risk_score_sd" for a in doc["arms"] if a != "low_dose"}
     patient = conf.iloc[0].to_dict()
-    low = bf.patient_benefit(doc, patient, "low")
-    high = bf.patient_benefit(doc, patient, "high")
+    low = bp.patient_benefit(doc, patient, "low")
+    high = bp.patient_benefit(doc, patient, "high")
     for block in (low, high):
         s60 = block["survival_by_arm"]["high_dose"]["60"]
         assert s60["ci95"][0] <= s60["survival"] <= s60["ci95"][1]
@@ -168,18 +170,18 @@ def test_patient_counterfactuals_have_intervals_and_say_no_benefit_when_they_inc
         assert (compatible in block["statement"]) == includes_zero
         assert "toxicity" not in block["statement"] and "no demonstrated" not in block["statement"]
         assert block["benefit_shown"] == (gain["ci95"][0] > 0.0)
-        assert block["model"] == bf.BENEFIT_MODEL and "no radiomics" in block["model"]
+        assert block["model"] == bp.BENEFIT_MODEL and "no radiomics" in block["model"]
     assert high["benefit"]["high_dose_vs_low_dose"]["60"]["absolute_benefit"] > \
         low["benefit"]["high_dose_vs_low_dose"]["60"]["absolute_benefit"]
-    assert "not estimable" in bf.patient_benefit({"estimable": False, "reason": "few"}, patient, "low")["statement"]
+    assert "not estimable" in bp.patient_benefit({"estimable": False, "reason": "few"}, patient, "low")["statement"]
     # the arm given is recorded; an arm with too few training patients is named with its counts
-    given = bf.patient_benefit(doc, patient, "high", arm_given=bf.given_arm(1, 200.0))
+    given = bp.patient_benefit(doc, patient, "high", arm_given=bf.given_arm(1, 200.0))
     assert given["given_arm"] == "high_dose"
     assert bf.given_arm(0, 0.0) == "rt_alone" and bf.given_arm(1, 0.0) == bf.UNKNOWN_DOSE
     counts = doc["counts"]
     thin = {**doc, "arms": [a for a in doc["arms"] if a != "rt_alone"]}
     assert given["absent_arms"] == {}  # every arm had enough patients here
-    why = bf.absent_arms(thin)["rt_alone"]
+    why = bp.absent_arms(thin)["rt_alone"]
     assert f"{counts['low']['rt_alone']['n']} low-risk patients with {counts['low']['rt_alone']['events']} events" \
         in why and f">= {bf.MIN_ARM_PATIENTS} patients" in why
 
@@ -194,9 +196,9 @@ def test_c_for_benefit_orders_pairs_by_predicted_benefit():
     treated = arm == "high_dose"
     event = np.where(treated, ~high_half, high_half)
     time = np.where(event, 10.0, 100.0)
-    result = bf.c_for_benefit(benefit, arm, time, event, 60.0)
+    result = be.c_for_benefit(benefit, arm, time, event, 60.0)
     assert result["pairs"] == n and result["c_for_benefit"] == pytest.approx(1.0)
-    assert bf.c_for_benefit(-benefit, arm, time, event, 60.0)["c_for_benefit"] == pytest.approx(0.0)
+    assert be.c_for_benefit(-benefit, arm, time, event, 60.0)["c_for_benefit"] == pytest.approx(0.0)
 
 
 def _independent_c_for_benefit(benefit, arm, status):
@@ -261,14 +263,14 @@ def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
     true_time = rng.exponential(50 * np.exp(8 * benefit * (arm == "high_dose")))
     censor = rng.uniform(20, 120, n)
     time, event = np.minimum(true_time, censor), true_time <= censor
-    result = bf.c_for_benefit(benefit, arm, time, event, 60.0, n_boot=200, seed=3)
-    status = bf._status_at(time, event, 60.0)
+    result = be.c_for_benefit(benefit, arm, time, event, 60.0, n_boot=200, seed=3)
+    status = be._status_at(time, event, 60.0)
     assert result["c_for_benefit_unweighted"] == pytest.approx(_independent_c_for_benefit(benefit, arm, status),
                                                                abs=1e-12)
     # the kept patients weighted by 1 / P(censoring >= min(T, 60)), the whole cohort's censoring
     weight = np.array([_censoring_survival_before(time, event, min(t, 60.0)) for t in time]) ** -1.0
     weight[status < 0] = 0.0
-    np.testing.assert_allclose(bf._censoring_weights(time, event, 60.0), weight, rtol=1e-12)
+    np.testing.assert_allclose(be._censoring_weights(time, event, 60.0), weight, rtol=1e-12)
     assert weight.max() > 1.2  # censoring before 60 months weighs
     expected = _independent_weighted_c_for_benefit(benefit, arm, status, weight)
     assert result["c_for_benefit"] == pytest.approx(expected, abs=1e-12)
@@ -290,7 +292,7 @@ def test_c_for_benefit_has_a_bootstrap_interval_and_says_whom_it_used():
             draws.append(value)
     np.testing.assert_allclose(result["ci95"], np.percentile(draws, [2.5, 97.5]), atol=1e-12)
     assert result["ci95"][0] < result["c_for_benefit"] < result["ci95"][1]
-    assert bf.c_for_benefit(benefit, arm, time, event, 60.0)["ci95"] is None  # no resamples asked for
+    assert be.c_for_benefit(benefit, arm, time, event, 60.0)["ci95"] is None  # no resamples asked for
 
 
 @pytest.mark.filterwarnings("ignore:It looks like your weights are not integers")
@@ -313,7 +315,7 @@ def test_benefit_calibration_weights_the_arms_for_confounding():
     true_benefit = np.exp(-60 * hazard * np.exp(log_hr)) - np.exp(-60 * hazard)
     predicted = 0.1 * x  # ranks patients by x, as the true benefit does
     confounders = pd.DataFrame({"x": x, "z": z})
-    rows = bf.benefit_calibration(predicted, arm, time, event, 60.0, confounders=confounders)
+    rows = be.benefit_calibration(predicted, arm, time, event, 60.0, confounders=confounders)
     weights, _ = bf.iptw_weights(arm, confounders)
     edges = np.quantile(predicted, [0, 1 / 3, 2 / 3, 1])
     for k, row in enumerate(rows):
@@ -328,7 +330,7 @@ def test_benefit_calibration_weights_the_arms_for_confounding():
         assert row["observed_benefit"] == pytest.approx(truth, abs=0.04)
         assert row["observed_benefit_unadjusted"] < truth - 0.15  # confounded: the dose looks harmful or useless
         assert "IPTW" in row["observed_benefit_method"]
-    unadjusted = bf.benefit_calibration(predicted, arm, time, event, 60.0)
+    unadjusted = be.benefit_calibration(predicted, arm, time, event, 60.0)
     assert [r["observed_benefit"] for r in unadjusted] == [r["observed_benefit_unadjusted"] for r in rows]
     assert all(r["observed_benefit_method"].startswith("unadjusted") for r in unadjusted)
 
@@ -367,7 +369,7 @@ def test_a_subgroup_that_separates_gets_a_reason_not_a_console_warning(large):
     event[(level == "b") & (arm == "low_dose")] = False  # no event in one arm of level "b"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = bf.subgroup_effects(time, event, arm, {"made-up": level}, conf.iloc[rows].reset_index(drop=True))
+        out = be.subgroup_effects(time, event, arm, {"made-up": level}, conf.iloc[rows].reset_index(drop=True))
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     by_level = {r["level"]: r for r in out}
     assert by_level["b"]["estimable"] is False and "separates" in by_level["b"]["reason"]
@@ -394,18 +396,18 @@ def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_r
     doc = bf.fit_benefit(t, d.event.to_numpy(), np.ones(n), d.ccnd, d.group.to_numpy(), conf, n_bootstrap=100, seed=0)
     coef = np.asarray(doc["bootstrap"]["coef"])
     assert doc["estimable"] and 20 <= len(coef) < 100 and np.abs(coef).max() < 8
-    survival = bf.patient_benefit(doc, conf.iloc[0].to_dict(), "high")["survival_by_arm"]["high_dose"]["60"]
+    survival = bp.patient_benefit(doc, conf.iloc[0].to_dict(), "high")["survival_by_arm"]["high_dose"]["60"]
     assert survival["ci95"][1] < 0.99
     # a training cohort followed up for less than the 60 months the statement speaks of: no statement
     short = json.loads(json.dumps(doc))
     short["model"]["max_time"] = 50.0
-    assert "not estimable at 60 months" in bf.patient_benefit(short, conf.iloc[0].to_dict(), "high")["statement"]
+    assert "not estimable at 60 months" in bp.patient_benefit(short, conf.iloc[0].to_dict(), "high")["statement"]
     # and its held-out check says why, instead of a C-for-benefit of None and calibration rows of fit errors
     from NPCPrognosisLib.io.clinical import parse_clinical
 
     records = [parse_clinical({"age": 50, "sex": "M", "t_stage": "T2", "n_stage": "N1", "rene": 0, "ldh": 180}, "P")
                for _ in range(n)]
-    checked = bf.evaluate_benefit(short, conf, d.group.to_numpy(), np.ones(n), d.ccnd, t, d.event.to_numpy(),
+    checked = be.evaluate_benefit(short, conf, d.group.to_numpy(), np.ones(n), d.ccnd, t, d.event.to_numpy(),
                                   records)
     assert checked["predicted_benefit"] is None and "follow-up ended before the 60-month" in checked["not_estimable"]
 
@@ -441,8 +443,8 @@ def _censored_trial(rng, n, cmax, horizon=60.0):
     true_time = rng.exponential(1.0 / (0.01 * np.exp(np.where(arm == "high_dose", lp_high, lp_low))))
     censor = rng.uniform(0.0, cmax, n)
     time, event = np.minimum(true_time, censor), true_time <= censor
-    truth = bf._matched_concordance(benefit, arm, (true_time <= horizon).astype(int), "high_dose", "low_dose")
-    result = bf.c_for_benefit(benefit, arm, time, event, horizon)
+    truth = be._matched_concordance(benefit, arm, (true_time <= horizon).astype(int), "high_dose", "low_dose")
+    result = be.c_for_benefit(benefit, arm, time, event, horizon)
     return truth, result["c_for_benefit_unweighted"], result["c_for_benefit"]
 
 

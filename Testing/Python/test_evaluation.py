@@ -191,7 +191,7 @@ def test_logrank_matches_lifelines(loader):
 def test_logrank_with_a_group_never_at_risk_at_an_event_says_so_and_the_subgroup_table_records_it():
     """Three small arms, one censored before the first event (what a T1-2N1 risk-group subgroup of 200 held-out
     patients can hold): the variance matrix is singular; ``evaluate`` must record why, not stop."""
-    from NPCPrognosisLib.survival.benefit import three_arm_logrank
+    from NPCPrognosisLib.survival.benefit_evaluation import three_arm_logrank
 
     t = np.array([5.0, 6, 7, 8, 9, 10, 1, 1.5])
     e = np.array([1, 0, 1, 1, 0, 1, 0, 0], bool)

@@ -19,10 +19,11 @@ from NPCPrognosisLib.reporting.patient_sheet import patient_sheet_html
 CLINICAL = {"age": 55, "sex": "M", "t_stage": "T3", "n_stage": "N1", "rene": 0, "ldh": 200, "chemo": 1, "ccnd": 200}
 
 
-def _patient(small_cohort):
-    """The first cohort patient's images (for their fingerprints) and feature row: predict skips radiomics."""
+def _patient(small_cohort, index: int = 0):
+    """A cohort patient's images (for their fingerprints) and feature row (the first patient's unless ``index``):
+    predict skips radiomics."""
     manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
-    row = manifest.iloc[0]
+    row = manifest.iloc[index]
     patient = load_patient(row["patient_id"], {s: small_cohort / row[s] for s in ("t1", "t2", "t1c")},
                            small_cohort / row["mask"])
     features = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str})
@@ -137,6 +138,7 @@ def test_values_outside_the_training_range_put_extrapolating_in_the_headline(sma
 def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_arm_is_absent(small_cohort,
                                                                                               trained):
     from NPCPrognosisLib.survival import benefit as bf
+    from NPCPrognosisLib.survival import benefit_patient as bp
 
     bundle = load_bundle(trained)
     patient, features = _patient(small_cohort)
@@ -147,8 +149,8 @@ def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_
     counts["high"]["rt_alone"] = {"n": 1, "events": 1}
     doc = {"arms": ["low_dose", "high_dose"], "counts": counts}
     prediction["chemo_benefit"] = {
-        "statement": "inconclusive", "model": bf.BENEFIT_MODEL, "given_arm": bf.given_arm(1, 200.0),
-        "absent_arms": bf.absent_arms(doc),
+        "statement": "inconclusive", "model": bp.BENEFIT_MODEL, "given_arm": bf.given_arm(1, 200.0),
+        "absent_arms": bp.absent_arms(doc),
         "survival_by_arm": {"low_dose": arm, "high_dose": {m: {"survival": c["survival"] - 0.1,
                                                                "ci95": [v - 0.1 for v in c["ci95"]]}
                                                            for m, c in arm.items()}}}
@@ -208,7 +210,7 @@ def _gain_by_hand(doc, confounders, group):
 def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermined_when_its_conclusion_changes(
         small_cohort, trained, benefit_doc):
     from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
-    from NPCPrognosisLib.survival import benefit as bf
+    from NPCPrognosisLib.survival import benefit_patient as bp
 
     bundle = load_bundle(trained)
     bundle.document["chemo_benefit"] = benefit_doc
@@ -216,16 +218,18 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
     measured = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
     confounders = encode_clinical(parse_clinical({**CLINICAL, "ebv_dna": 2000}, "x"), bundle.ebv_fill)
     # with EBV DNA measured: the same numbers and sentence as without any range, and the stored model's by hand
-    assert measured.chemo_benefit == bf.patient_benefit(benefit_doc, confounders, measured.risk_group, "T3", "N1",
+    assert measured.chemo_benefit == bp.patient_benefit(benefit_doc, confounders, measured.risk_group, "T3", "N1",
                                                         "high_dose")
     gain, ci = _gain_by_hand(benefit_doc, confounders, measured.risk_group)
     headline = measured.chemo_benefit["benefit"]["high_dose_vs_low_dose"]["60"]
     assert headline["absolute_benefit"] == pytest.approx(gain, abs=1e-9)
     assert headline["ci95"] == pytest.approx(ci, abs=1e-9) and "imputed" not in measured.chemo_benefit
+    assert measured.chemo_benefit["conclusion"] == ("benefit" if ci[0] > 0 else "harm" if ci[1] < 0 else "inconclusive")
+    assert "not measured: the survival under each arm" not in patient_sheet_html(measured.to_dict())
 
     low, high = bundle.imputation_ranges["log10_ebv_dna"]
     fill = bundle.ebv_fill
-    grid = sorted({fill, *np.linspace(low, high, bf.RANGE_POINTS)})
+    grid = sorted({fill, *np.linspace(low, high, bp.RANGE_POINTS)})
     first = predict_patient(bundle, patient, CLINICAL, features=features, tta=0)
     risks = first.imputed["log10_ebv_dna"]["risk_range"]
     # cut-offs below the whole range of risk, inside it, and inside it below the risk at the median (where the
@@ -254,17 +258,28 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
             assert block["conclusions"] == ["benefit"] and block["conclusion_determined"]
             assert "is estimated to raise 60-month survival" in statement and "benefit throughout" in statement
             assert prediction.chemo_benefit["benefit_shown"] is True
+            assert prediction.chemo_benefit["conclusion"] == "benefit"
         else:  # low risk (inconclusive) at one end, high risk (a benefit) at the other: no conclusion printed
             assert block["conclusions"] == ["benefit", "inconclusive"] and not block["conclusion_determined"]
             assert "undetermined without EBV DNA" in statement and "estimated to raise" not in statement
             assert prediction.chemo_benefit["benefit_shown"] is False
+            assert prediction.chemo_benefit["conclusion"] == "undetermined without EBV DNA"
         page = patient_sheet_html(prediction.to_dict())
-        assert statement.replace(">", "&gt;").replace("<", "&lt;") in page[page.index("<h2>Treatment benefit</h2>"):]
+        shown = statement.replace(">", "&gt;").replace("<", "&lt;")
+        assert shown in page[page.index("<h2>Treatment benefit</h2>"):]
+        # the per-arm survival table says it rests on the median, with the range the gain could take
+        arms = page[page.index("<h2>Treatment benefit</h2>"):]
+        note = arms[arms.index("EBV DNA not measured: the survival under each arm above is at the training median"):]
+        assert arms.index("If treated with") < arms.index(note) < arms.index(shown)
+        assert "copies/mL), not this patient&#x27;s value" in note[:200]
+        assert f"the gain of the high dose at 60 months would be {span}." in note[:400]
 
     del bundle.document["clinical_encoding"]["imputation_range_p10_p90"]  # an older bundle: range unknown
     older = predict_patient(bundle, patient, CLINICAL, features=features, tta=0).chemo_benefit
     assert older["imputed"]["log10_ebv_dna"]["value_range"] is None
     assert "how far it could move this benefit is unknown" in older["statement"]
+    sheet = patient_sheet_html(predict_patient(bundle, patient, CLINICAL, features=features, tta=0).to_dict())
+    assert "stores no training percentiles of EBV DNA, so how far it could move them is unknown" in sheet
 
 
 def test_predict_prints_the_benefit_of_a_patient_without_ebv_dna_with_its_range(small_cohort, trained, benefit_doc,
@@ -287,3 +302,59 @@ def test_predict_prints_the_benefit_of_a_patient_without_ebv_dna_with_its_range(
     assert f"{span[0]:+.1%} to {span[1]:+.1%} across the training 10th-90th percentile of EBV DNA" in \
         benefit["statement"]
     assert f"  chemotherapy benefit: {benefit['statement']}" in capsys.readouterr().out
+
+
+def test_evaluate_tells_a_held_out_patient_without_ebv_dna_what_predict_tells_them(small_cohort, trained, benefit_doc,
+                                                                                  tmp_path):
+    """evaluate's per-patient benefit column is predict's conclusion: "undetermined without EBV DNA" where the
+    training 10th-90th percentile of EBV DNA changes it, with the range of the gain; a measured patient keeps the
+    plain conclusion and no range."""
+    from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+    from NPCPrognosisLib.survival.benefit_patient import benefit_conclusion
+
+    patient, features = _patient(small_cohort)
+    bundle = load_bundle(trained)
+    bundle.document["chemo_benefit"] = benefit_doc
+    risks = predict_patient(bundle, patient, CLINICAL, features=features, tta=0).imputed["log10_ebv_dna"]["risk_range"]
+    content = {k: v for k, v in read_bundle(trained).items()
+               if k not in ("format", "format_version", "created", "software")}
+    content["cutoffs"]["nomogram"]["cutoff"] = (risks[0] + risks[1]) / 2.0  # the group flips inside the range
+    path = write_bundle(tmp_path / "bundle", {**content, "chemo_benefit": benefit_doc})
+
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    for column in ("t1", "t2", "t1c", "mask"):
+        manifest[column] = [str(small_cohort / v) for v in manifest[column]]
+    for key, value in CLINICAL.items():  # the first patient is the one of the tests above, without EBV DNA
+        manifest.loc[0, key] = value
+    manifest.loc[:5, "ebv_dna"] = np.nan
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    metrics = evaluate_cohort(path, read_manifest(tmp_path / "manifest.csv"), small_cohort / "features.csv", "dmfs",
+                              tmp_path / "eval", subset="all", n_boot=0, plots=False)
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"patient_id": str}).set_index("patient_id")
+
+    block = metrics["chemo_benefit"]
+    assert block["n_ebv_dna_imputed"] == int(manifest["ebv_dna"].isna().sum()) >= 6
+    assert "training median" in block["c_for_benefit_ebv_dna"]
+    assert block["conclusions"] == predictions["benefit_conclusion_60m"].value_counts().to_dict()
+
+    disk = load_bundle(path)
+    missing = predict_patient(disk, patient, CLINICAL, features=features, tta=0).chemo_benefit
+    row = predictions.loc[patient.patient_id]
+    assert missing["conclusion"] == "undetermined without EBV DNA" == row["benefit_conclusion_60m"]
+    assert [row["predicted_benefit_60m_low"], row["predicted_benefit_60m_high"]] == pytest.approx(
+        missing["imputed"]["log10_ebv_dna"]["benefit_range"], abs=1e-12)
+    assert row["predicted_benefit_60m"] == pytest.approx(
+        missing["benefit"]["high_dose_vs_low_dose"]["60"]["absolute_benefit"], abs=1e-12)
+
+    index = int(np.flatnonzero(manifest["ebv_dna"].notna())[0])
+    other = manifest.iloc[index]
+    measured_patient, measured_features = _patient(small_cohort, index)
+    clinical = {c: other[c] for c in CLINICAL_FIELDS if c in other and pd.notna(other[c])}
+    measured = predict_patient(disk, measured_patient, clinical, features=measured_features, tta=0).chemo_benefit
+    row = predictions.loc[measured_patient.patient_id]
+    headline = measured["benefit"]["high_dose_vs_low_dose"]["60"]
+    assert "imputed" not in measured and row["benefit_conclusion_60m"] == benefit_conclusion(headline)
+    assert np.isnan(row["predicted_benefit_60m_low"]) and np.isnan(row["predicted_benefit_60m_high"])
+    assert row["predicted_benefit_60m"] == pytest.approx(headline["absolute_benefit"], abs=1e-12)

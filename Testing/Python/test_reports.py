@@ -295,9 +295,13 @@ def test_cohort_page_warns_of_training_patients_and_shows_c_for_benefit(evaluati
     metrics["chemo_benefit"]["c_for_benefit"] = {"horizon_months": 60.0, "pairs": 40, "c_for_benefit": 0.6123,
                                                  "ci95": [0.55, 0.68], "censored_before_horizon": 7, "unmatched": 2,
                                                  "censoring_weights": "inverse probability of censoring"}
+    metrics["chemo_benefit"].update(conclusions={"inconclusive": 15, "undetermined without EBV DNA": 4, "benefit": 5},
+                                    n_ebv_dna_imputed=6)
     predictions = pd.read_csv(evaluation / "predictions.csv", dtype={"patient_id": str})
     page = write_cohort_page(tmp_path, metrics, predictions, read_bundle(trained))
     html = page.read_text(encoding="utf-8")
+    assert ("(benefit_conclusion_60m): inconclusive 15, undetermined without EBV DNA 4, benefit 5. 6 patient(s) had no "
+            "EBV DNA: C-for-benefit and the calibration read the training median") in html
     assert ("C-for-benefit 0.612 (95% CI 0.550-0.680) from 40 matched pairs; 7 patients censored before the "
             "horizon (the others weighted for them) and 2 unmatched left out") in html
     assert "IPTW-weighted Kaplan-Meier" in html
