@@ -187,7 +187,8 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
     -------
     benefit : dict
         ``statement``, ``conclusion`` (the headline's :func:`benefit_conclusion`, or "undetermined without <factor>"
-        when a filled factor's range changes it: one label for predict's and evaluate's tables), ``survival_by_arm``,
+        when a filled factor's range changes it or the bundle stores no range: one label for predict's and evaluate's
+        tables), ``survival_by_arm``,
         ``benefit``, ``benefit_shown`` (``conclusion`` is 'benefit'), ``model`` (:data:`BENEFIT_MODEL`),
         ``given_arm``, ``absent_arms`` (arm: why it is not in the model), ``evidence`` and, per filled covariate the
         model adjusts for, ``imputed`` (:func:`benefit_across_range`; ``value_range`` None when unknown).
@@ -221,7 +222,8 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
             covariate, None if value_range is None else f"{value_range[0]:g}-{value_range[1]:g}")
         text = _imputed_sentence(name, range_text, filled[covariate], text, *_who_and_versus(group, subgroup, thr),
                                  headline["absolute_benefit"])
-        if not filled[covariate].get("conclusion_determined", True):
+        if value_range is None or not filled[covariate]["conclusion_determined"]:
+            # a conclusion resting on the median, with no range to show it holds, is not one
             conclusion = f"undetermined without {name}"
     text += " Observational evidence adjusted for clinical factors, not a randomised comparison."
     effect = {e["arm"]: e for e in doc["effects"].get(group, [])}.get(TREATED_ARM)

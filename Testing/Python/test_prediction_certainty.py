@@ -278,6 +278,8 @@ def test_a_benefit_resting_on_a_missing_ebv_dna_shows_its_range_and_is_undetermi
     older = predict_patient(bundle, patient, CLINICAL, features=features, tta=0).chemo_benefit
     assert older["imputed"]["log10_ebv_dna"]["value_range"] is None
     assert "how far it could move this benefit is unknown" in older["statement"]
+    # a conclusion resting on the median with no range behind it is not labelled as one (was the median's 'benefit')
+    assert older["conclusion"] == "undetermined without EBV DNA" and older["benefit_shown"] is False
     sheet = patient_sheet_html(predict_patient(bundle, patient, CLINICAL, features=features, tta=0).to_dict())
     assert "stores no training percentiles of EBV DNA, so how far it could move them is unknown" in sheet
 
