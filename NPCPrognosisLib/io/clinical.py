@@ -38,6 +38,9 @@ _T_CODES = {"T1": 1, "T2": 2, "T3": 3, "T4": 4, "T4A": 4, "T4B": 4}
 _N_CODES = {"N0": 0, "N1": 1, "N2": 2, "N3": 3, "N3A": 3, "N3B": 3}
 #: Only letters and words: cohorts code sex 1/0, 1/2 or 0/1 either way round, so a number cannot be read safely.
 _SEX_CODES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+#: Smallest cumulative cisplatin/nedaplatin dose (mg/m2) read as one: a single weekly cycle is 30-40 mg/m2, so a
+#: dose above 0 and below this is a count of cycles or g/m2, which would put every treated patient in the low-dose arm.
+CCND_MIN_DOSE = 10.0
 #: What a value of each factor typically looks like, for the advice on a refused one.
 _EXAMPLES = {"age": "52", "ldh": "180", "ebv_dna": "2000 (0 when below the detection limit)", "ccnd": "200",
              "rene": "0", "chemo": "1"}
@@ -137,6 +140,7 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
                          fix="1 = chemotherapy given, 0 = radiotherapy alone; the dose goes in ccnd")
     ccnd = values.get("ccnd")
     dose = None if _is_missing(ccnd) else _number(ccnd, "ccnd", patient_id, low=0, high=2000, unit="mg/m2")
+    _check_dose(dose, patient_id)
     _check_treatment(chemo_flag, dose, patient_id)
     if chemo_flag is None and dose is not None and dose > 0:
         chemo_flag = 1  # treatment recorded by its dose alone: a cisplatin dose is chemotherapy
@@ -151,6 +155,16 @@ def parse_clinical(values: Mapping[str, Any], patient_id: str | None = None) -> 
         chemo=None if chemo_flag is None else int(chemo_flag),  # not recorded: no arm is claimed for the patient
         ccnd=dose,
     )
+
+
+def _check_dose(dose: float | None, patient_id: str | None) -> None:
+    """Refuse a cumulative dose above 0 and below :data:`CCND_MIN_DOSE` mg/m2: no schedule gives so little, and a
+    ccnd column of cycles (2, 3) or g/m2 (0.2) would read as a low dose, below the 160 mg/m2 that divides the arms."""
+    if dose is not None and 0 < dose < CCND_MIN_DOSE:
+        raise InputError(f"ccnd = {dose:g} mg/m2 is below any cumulative cisplatin/nedaplatin dose (one weekly "
+                         "cycle is 30-40 mg/m2): it looks like a number of cycles or g/m2", patient_id=patient_id,
+                         column="ccnd", fix="give the cumulative dose in mg/m2 (e.g. 3 cycles of 80 mg/m2 = 240); the "
+                                            "number of cycles goes in chemo_cycles")
 
 
 def _check_treatment(chemo: float | None, dose: float | None, patient_id: str | None) -> None:

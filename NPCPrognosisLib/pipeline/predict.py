@@ -159,6 +159,38 @@ def uncounted_factors(document: dict[str, Any], encoded: dict[str, float]) -> li
             "effect and do not count it" for name, value in constant.items() if encoded[name] != value]
 
 
+def unproven_nomogram(document: dict[str, Any]) -> list[str]:
+    """Warnings for a nomogram that learned nothing in training, which ``train`` said and the patient's result must
+    say too: its risk group and survival read like any other's.
+
+    Why: a nomogram whose scores all ranked the training patients the wrong way round out of fold carries no weight
+    (its cut-off record says ``no_groups``), so every patient gets the same risk, the low group and the training
+    cohort's average survival; one whose optimism-corrected C-index is at or below 0.5 ranks new patients no better
+    than chance. Older bundles without these records get no warning.
+
+    Parameters
+    ----------
+    document : dict
+        The bundle document (``bundle.json``).
+
+    Returns
+    -------
+    warnings : list of str
+        One per finding; empty for a nomogram that learned something.
+    """
+    found = []
+    if (document.get("cutoffs") or {}).get("nomogram", {}).get("no_groups"):
+        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): "
+                     "this risk group and survival are the training cohort's average, not this patient's")
+    corrected = ((document.get("training") or {}).get("optimism_corrected_c") or {}).get("nomogram") or {}
+    if corrected.get("no_better_than_chance") and corrected.get("corrected") is not None \
+            and np.isfinite(corrected["corrected"]):  # not estimated (no bootstrap refit could be fitted): unknown
+        found.append(f"the nomogram learned nothing that holds on new patients: its optimism-corrected training "
+                     f"C-index was {corrected['corrected']:.2f} (0.5 is chance); its risk group and survival are "
+                     "unproven")
+    return found
+
+
 def predict_patient(
     bundle: LoadedBundle,
     patient: PatientImages,
@@ -331,6 +363,7 @@ def predict_patient(
     if record.ebv_dna is None and "log10_ebv_dna" not in imputed:
         warnings.append("EBV DNA missing: the training median was used")
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
+    warnings.extend(unproven_nomogram(bundle.document))
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 

@@ -46,7 +46,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     read_features,
     read_manifest_features,
 )
-from NPCPrognosisLib.radiomics.signature import RadiomicsSignature, SignatureSettings
+from NPCPrognosisLib.radiomics.signature import MIN_SIGNATURE_EVENTS, RadiomicsSignature, SignatureSettings
 from NPCPrognosisLib.survival.splits import event_split
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,35 @@ def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store:
             "patient_id_key_hashes": [hash_id(id_key(p), salt) for p in train_ids],
             "test_patient_id_hashes": [hash_id(p, salt) for p in test_ids], "id_salt": salt,
             "id_hash": f"{ID_HASH_METHOD}, random per-bundle salt"}
+
+
+def check_training_events(manifest: Manifest, endpoint: str) -> None:
+    """Refuse training patients with too few events before any work, and warn when every one of them has one.
+
+    Why here: the signature refuses fewer than :data:`MIN_SIGNATURE_EVENTS` events, but only after the robustness
+    study's perturbed re-extractions (minutes), and its error names neither the manifest nor the event column. No
+    event at all, or every patient an event, is mostly an event column coded otherwise (1 = censored, a flag of
+    follow-up); a cohort without censoring is rare enough to say so, but can be trained on.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The training patients (outcomes checked by :func:`~NPCPrognosisLib.io.manifest.check_outcomes`).
+    endpoint : str
+        The survival endpoint (dmfs, os, pfs).
+    """
+    event = manifest.outcome_arrays(endpoint)[1]
+    column = f"{endpoint}_event"
+    if event.sum() < MIN_SIGNATURE_EVENTS:
+        raise InputError(f"only {int(event.sum())} of the {len(event)} training patients have a {endpoint} event "
+                         f"({column} = 1); the radiomics signature needs at least {MIN_SIGNATURE_EVENTS}",
+                         path=manifest.source, column=column,
+                         fix=f"check the coding of {column} (1 = event, 0 = censored), or train on more patients or "
+                             "an endpoint with more events (os, pfs)")
+    if event.all():
+        log.warning("every one of the %d training patients has a %s event (%s = 1), none is censored: check the "
+                    "coding of %s (1 = event, 0 = censored at the last follow-up)", len(event), endpoint, column,
+                    column)
 
 
 def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = None, test_fraction: float = 0.3,
@@ -332,6 +361,7 @@ def train(
     check_outcomes(train_manifest, endpoint)
     if short := follow_up_warning(train_manifest, endpoint):
         log.warning(short)
+    check_training_events(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
 
     robustness = feature_robustness(train_manifest, train_features, meta, features_path,

@@ -23,6 +23,9 @@ from NPCPrognosisLib.survival.splits import event_folds
 
 log = logging.getLogger(__name__)
 
+#: Fewest training events a signature is fitted on: below it the LASSO's folds hold one event or none.
+MIN_SIGNATURE_EVENTS = 5
+
 
 @dataclass
 class SignatureSettings:
@@ -339,7 +342,7 @@ def fit_signature(
     if features.shape[1] == 0:
         raise InputError(f"no radiomics feature is offered by the configuration {settings.describe()}",
                          fix="offer more image types or ROIs, or lower the robustness threshold")
-    if event.sum() < 5:
+    if event.sum() < MIN_SIGNATURE_EVENTS:
         raise InputError(f"only {int(event.sum())} events in the training cohort; a radiomics signature needs more",
                          fix="use a larger training cohort or a longer-follow-up endpoint")
     # pd.to_numeric column by column costs seconds on ten thousand columns: only when some are not numeric

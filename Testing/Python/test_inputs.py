@@ -118,6 +118,27 @@ def test_a_missing_dose_stays_missing_and_radiotherapy_alone_with_a_dose_is_refu
     assert "P001" in str(info.value) and "manifest.csv" in str(info.value)
 
 
+def test_a_dose_given_in_cycles_or_grams_is_refused_not_read_as_a_low_dose(tmp_path):
+    """ccnd as cycles (3) or g/m2 (0.24) was read as 3 or 0.24 mg/m2: every treated patient fell in the low-dose arm
+    (a 70-patient cohort's 38 high-dose patients among them), and predict named a patient's arm low-dose."""
+    from NPCPrognosisLib.survival.benefit import CCND_THRESHOLD, assign_arms
+
+    for dose in (3, "0.24", 9.5):
+        with pytest.raises(InputError) as info:
+            parse_clinical({**GOOD, "chemo": 1, "ccnd": dose}, "P9")
+        for word in ("P9", "column 'ccnd'", "number of cycles or g/m2", "Fix: give the cumulative dose in mg/m2"):
+            assert word in str(info.value)
+    # real doses keep their arms, the smallest weekly cycle included; no dose at all is radiotherapy alone
+    records = [parse_clinical({**GOOD, "chemo": chemo, "ccnd": dose}) for chemo, dose in
+               ((1, 10), (1, 30), (1, CCND_THRESHOLD), (1, 240), (0, 0))]
+    assert assign_arms([r.chemo for r in records], [r.ccnd for r in records]).tolist() == [
+        "low_dose", "low_dose", "low_dose", "high_dose", "rt_alone"]
+    # a cohort of cycles is refused by its first treated row, with the file named
+    with pytest.raises(InputError, match="number of cycles") as info:
+        read_manifest(_write_cohort(tmp_path, [{"chemo": 0, "ccnd": 0}, {"chemo": 1, "ccnd": 3}]))
+    assert "P001" in str(info.value) and "manifest.csv" in str(info.value)
+
+
 def test_key_values_from_cli():
     assert parse_key_values(["age=52", "sex=M"]) == {"age": "52", "sex": "M"}
     with pytest.raises(InputError, match="given twice"):  # the last one silently won

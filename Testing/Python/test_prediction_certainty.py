@@ -360,3 +360,32 @@ def test_evaluate_tells_a_held_out_patient_without_ebv_dna_what_predict_tells_th
     assert "imputed" not in measured and row["benefit_conclusion_60m"] == benefit_conclusion(headline)
     assert np.isnan(row["predicted_benefit_60m_low"]) and np.isnan(row["predicted_benefit_60m_high"])
     assert row["predicted_benefit_60m"] == pytest.approx(headline["absolute_benefit"], abs=1e-12)
+
+
+def test_a_nomogram_that_learned_nothing_says_so_in_the_patients_result(small_cohort, trained):
+    """train warned that the nomogram learned nothing (every patient at one risk, or an optimism-corrected C at or
+    below chance); predict printed 'low risk' and the survival without a word of it."""
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+
+    bundle = load_bundle(trained)
+    patient, features = _patient(small_cohort)
+    clinical = {**CLINICAL, "ebv_dna": 2000}
+    learned = predict_patient(bundle, patient, clinical, features=features, tta=0)
+    assert not any("the nomogram" in w for w in learned.warnings)
+
+    # a nomogram whose every factor was dropped (no weight): one risk for all training patients, and the cut-off
+    # record train stores for it
+    nomogram = bundle.nomograms["nomogram"]
+    nomogram.model.coef = np.zeros(len(nomogram.factors))
+    time, event = bundle.training_outcomes
+    bundle.document["cutoffs"]["nomogram"] = training_cutoff(np.full(len(time), -nomogram.center), time, event)
+    bundle.document["training"]["optimism_corrected_c"]["nomogram"].update(
+        {"apparent": 0.5, "optimism": 0.09, "corrected": 0.41, "no_better_than_chance": True})
+    prediction = predict_patient(bundle, patient, clinical, features=features, tta=0)
+    assert prediction.risk_group == "low"  # the group every patient gets: the warnings must say what it is worth
+    same = [w for w in prediction.warnings if w.startswith("the nomogram gives every patient the same risk")]
+    chance = [w for w in prediction.warnings if w.startswith("the nomogram learned nothing")]
+    assert len(same) == 1 and "training cohort's average" in same[0]
+    assert len(chance) == 1 and "optimism-corrected training C-index was 0.41" in chance[0]
+    html = patient_sheet_html(prediction.to_dict())
+    assert "the nomogram gives every patient the same risk" in html and "C-index was 0.41" in html
