@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from NPCPrognosisLib.contract import ENDPOINTS
@@ -661,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a warning is for the user: its text, not the library's file, line and source code
+        warnings.formatwarning = _user_warning
     try:
         for option, kind in OUTPUT_OPTIONS.get(args.command, {}).items():
             check_output(getattr(args, option, None), option="--" + option.replace("_", "-"), kind=kind)
@@ -672,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"npc-prognosis {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+
+
+def _user_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    return f"warning: {message}\n"
 
 
 #: Output options of each command and whether they name a file or a folder, checked before any work starts.

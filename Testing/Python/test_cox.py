@@ -375,6 +375,25 @@ def test_separation_is_reported_not_silent():
     assert model.se[0] > 10 * abs(model.coef[0])  # the SE, too, shows the estimate is meaningless
 
 
+def test_the_command_line_prints_a_warning_as_one_line_of_text_not_the_librarys_source(tmp_path):
+    """`train` printed a Cox warning four times with the library's file, line and the source line that raised it; a
+    user gets the text, and --verbose still shows where it came from."""
+    import subprocess
+    import sys
+
+    t = np.arange(1.0, 21.0)
+    pd.DataFrame({"time": t, "event": 1, "early": (t <= 10).astype(float)}).to_csv(tmp_path / "t.csv", index=False)
+    command = [sys.executable, "-m", "NPCPrognosisLib.cli", "cox", "--table", str(tmp_path / "t.csv"), "--time-col",
+               "time", "--event-col", "event", "--covariates", "early"]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning: Cox coefficient of 'early' is implausibly large" in quiet.stderr
+    assert ".py:" not in quiet.stderr and "model = fit_cox(" not in quiet.stderr
+    verbose = subprocess.run([sys.executable, "-m", "NPCPrognosisLib.cli", "--verbose", *command[3:]],
+                             capture_output=True, text=True)
+    assert "cox_table.py:" in verbose.stderr
+
+
 def test_predicted_survival_intervals_cover_the_truth_as_often_as_they_say():
     """Tsiatis' SE of log H(t|x) against the spread of the estimate over 200 simulated cohorts of 200 patients
     (true model known): the mean SE is the empirical SD within 10 %, the 95 % intervals cover the true value
