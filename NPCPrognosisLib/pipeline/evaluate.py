@@ -271,9 +271,9 @@ def benefit_by_patient(bundle: LoadedBundle, records: Sequence[ClinicalRecord], 
     """What ``predict`` would tell each patient about the high dose, as columns of ``predictions.csv``.
 
     Why: ``predicted_benefit_60m`` fills a missing EBV DNA with the training median, as if it had been measured;
-    these columns carry predict's own conclusion (:func:`~NPCPrognosisLib.pipeline.predict.patient_chemo_benefit`,
-    the same function) and, for a patient whose EBV DNA was filled, the range of the gain across its training
-    10th-90th percentile.
+    these columns carry predict's own conclusion
+    (:func:`~NPCPrognosisLib.pipeline.patient_factors.patient_chemo_benefit`, the same function) and, for a patient
+    whose EBV DNA was filled, the range of the gain across its training 10th-90th percentile.
 
     Parameters
     ----------
@@ -292,7 +292,7 @@ def benefit_by_patient(bundle: LoadedBundle, records: Sequence[ClinicalRecord], 
         ``benefit_conclusion_60m`` (benefit, inconclusive, harm or "undetermined without EBV DNA"),
         ``predicted_benefit_60m_low`` and ``_high`` (NaN for a patient whose factors were all measured).
     """
-    from NPCPrognosisLib.pipeline.predict import patient_chemo_benefit
+    from NPCPrognosisLib.pipeline.patient_factors import patient_chemo_benefit
 
     rows = []
     for record, (_, values), group in zip(records, factors.iterrows(), groups):
