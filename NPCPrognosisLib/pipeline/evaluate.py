@@ -1,7 +1,8 @@
 """Evaluating a bundle on a cohort: discrimination, risk groups, calibration, plots.
 
 Honest by default: patients the bundle was trained on are left out unless the user asks for them, because a
-C-index on training patients says how well the model memorised, not how well it predicts.
+C-index on training patients says how well the model memorised, not how well it predicts (which patients are
+held out, and the cohort-size floors: :mod:`NPCPrognosisLib.pipeline.evaluated_patients`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
-from NPCPrognosisLib.io.patient_ids import hash_id, id_key
+from NPCPrognosisLib.pipeline.evaluated_patients import (
+    check_binary_cohort,
+    check_cohort_size,
+    held_out,
+    included_warning,
+    trained_mask,
+    training_included,
+    untrained,
+)
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
 log = logging.getLogger(__name__)
-
-#: The smallest cohort ``evaluate`` scores. Without an event no pair of patients can be compared; with one, every
-#: C-index is that one patient's rank and its bootstrap resamples hold it or nothing, so the interval collapses;
-#: below ten patients the four calibration groups hold one or two patients each and a C of 1.000 (1.000-1.000)
-#: says nothing. External validation studies should aim at 100 events or more (Collins et al., Stat Med 2016).
-MIN_PATIENTS, MIN_EVENTS = 10, 2
 
 
 def leave_one_centre_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
@@ -142,13 +145,13 @@ def evaluate_cohort(
         check_outcomes(manifest, endpoint)
         loco = leave_one_centre_out(bundle.document, manifest, features, endpoint)
     everyone = manifest
-    manifest, features, excluded = _held_out(bundle.document, manifest, features, subset)
+    manifest, features, excluded = held_out(bundle.document, manifest, features, subset)
     check_outcomes(manifest, endpoint)
     if short := follow_up_warning(manifest, endpoint):
         log.warning(short)
     time, event = manifest.outcome_arrays(endpoint)
-    _check_cohort_size(time, event, manifest, endpoint, excluded)
-    included = _training_included(bundle.document, manifest, subset)
+    check_cohort_size(time, event, manifest, endpoint, excluded)
+    included = training_included(bundle.document, manifest, subset)
     records = [parse_clinical({c: row.get(c) for c in CLINICAL_FIELDS}, row["patient_id"])
                for _, row in manifest.table.iterrows()]
     features, harmonisation_warnings = bundle.harmonised(features, manifest.centre_labels,
@@ -166,14 +169,14 @@ def evaluate_cohort(
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
                                "excluded_training_patients": excluded, "training_patients_included": included,
                                "censoring_weights": CENSORING_WEIGHTS,
-                               "without_features": _untrained(bundle.document, lacking, subset), "models": {},
+                               "without_features": untrained(bundle.document, lacking, subset), "models": {},
                                # the figures this run drew: the page shows these, not whatever lies in the folder
                                "figures": [],
                                "not_harmonised": len(harmonisation_warnings),
                                **clinical_gaps(manifest, bundle.ebv_fill, training=False)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
-    metrics["warnings"] = [w for w in (_included_warning(included, subset), missing_blocks) if w]
+    metrics["warnings"] = [w for w in (included_warning(included, subset), missing_blocks) if w]
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]
@@ -268,9 +271,9 @@ def benefit_by_patient(bundle: LoadedBundle, records: Sequence[ClinicalRecord], 
     """What ``predict`` would tell each patient about the high dose, as columns of ``predictions.csv``.
 
     Why: ``predicted_benefit_60m`` fills a missing EBV DNA with the training median, as if it had been measured;
-    these columns carry predict's own conclusion (:func:`~NPCPrognosisLib.pipeline.predict.patient_chemo_benefit`,
-    the same function) and, for a patient whose EBV DNA was filled, the range of the gain across its training
-    10th-90th percentile.
+    these columns carry predict's own conclusion
+    (:func:`~NPCPrognosisLib.pipeline.patient_factors.patient_chemo_benefit`, the same function) and, for a patient
+    whose EBV DNA was filled, the range of the gain across its training 10th-90th percentile.
 
     Parameters
     ----------
@@ -289,7 +292,7 @@ def benefit_by_patient(bundle: LoadedBundle, records: Sequence[ClinicalRecord], 
         ``benefit_conclusion_60m`` (benefit, inconclusive, harm or "undetermined without EBV DNA"),
         ``predicted_benefit_60m_low`` and ``_high`` (NaN for a patient whose factors were all measured).
     """
-    from NPCPrognosisLib.pipeline.predict import patient_chemo_benefit
+    from NPCPrognosisLib.pipeline.patient_factors import patient_chemo_benefit
 
     rows = []
     for record, (_, values), group in zip(records, factors.iterrows(), groups):
@@ -307,119 +310,14 @@ CENSORING_WEIGHTS = ("inverse probability of censoring, the censoring distributi
                      "from the evaluated cohort itself (Uno et al. 2011; Graf et al. 1999), up to ipcw_horizon_months")
 
 
-def _check_cohort_size(time: np.ndarray, event: np.ndarray, manifest: Manifest, endpoint: str, excluded: int) -> None:
-    """Refuse a cohort below :data:`MIN_PATIENTS` patients or :data:`MIN_EVENTS` events (why: at the constants)."""
-    n, events = len(time), int(np.sum(event))
-    _refuse_too_few(n, events, manifest, excluded, counts=f"with {events} {endpoint} event(s)", validated="a model",
-                    needs="events: without an event no two patients can be compared, and with fewer the C-index and "
-                          "its interval are decided by one or two patients",
-                    column=f"{endpoint}_event", fix_note=" (validation studies aim at 100 events or more)")
-
-
-def _check_binary_cohort(manifest: Manifest, endpoint: str, excluded: int) -> None:
-    """Refuse a binary endpoint's cohort below :data:`MIN_PATIENTS` patients with a value, or with fewer than
-    :data:`MIN_EVENTS` patients in either class: an AUC ranks positives against negatives, and with one of either
-    it and its DeLong interval are one patient's rank."""
-    from NPCPrognosisLib.pipeline.binary import endpoint_labels
-
-    _, labels = endpoint_labels(manifest, endpoint)
-    n, positives = len(labels), int(np.sum(labels))
-    _refuse_too_few(n, min(positives, n - positives), manifest, excluded,
-                    counts=f"with {endpoint} recorded, {positives} positive and {n - positives} negative,",
-                    validated="a classifier", needs="in each class", column=endpoint)
-
-
-def _refuse_too_few(n: int, scarcer: int, manifest: Manifest, excluded: int, *, counts: str, validated: str,
-                    needs: str, column: str, fix_note: str = "") -> None:
-    """The one floor of both kinds of endpoint: at least :data:`MIN_PATIENTS` patients and :data:`MIN_EVENTS` of
-    the scarcer outcome (``scarcer``: events, or the smaller class), else an :class:`InputError` with the counts
-    (``counts``), the training patients left out (``excluded``) and what is needed (``needs``, after the count)."""
-    if n >= MIN_PATIENTS and scarcer >= MIN_EVENTS:
-        return
-    left = f" once the {excluded} training patient(s) are left out" if excluded else ""
-    raise InputError(f"{n} patient(s) {counts} to evaluate{left}: too few to validate {validated} (evaluate needs at "
-                     f"least {MIN_PATIENTS} patients and {MIN_EVENTS} {needs})", path=manifest.source, column=column,
-                     fix=f"evaluate on a larger held-out cohort{fix_note}")
-
-
-def _training_included(document: dict[str, Any], manifest: Manifest, subset: str) -> int | None:
-    """How many evaluated patients trained the bundle: 0 with ``auto`` (they were left out), None with ``all``
-    when the bundle stores no patient IDs (unknown)."""
-    if subset != "all":
-        return 0
-    trained = _trained_mask(document, manifest)
-    return None if trained is None else int(trained.sum())
-
-
-def _included_warning(included: int | None, subset: str) -> str | None:
-    """The banner of an evaluation that scores training patients as if held out (``--subset all``)."""
-    if included:
-        return (f"NOT A VALIDATION: {included} of the evaluated patients trained this bundle (--subset all); their "
-                "numbers are optimistic training performance")
-    if included is None and subset == "all":
-        return ("--subset all and the bundle stores no training patient IDs: any training patient in this cohort is "
-                "scored as if held out")
-    return None
-
-
 def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, endpoint: str) -> pd.DataFrame:
     """Baseline characteristics of the training and the evaluated patients of this manifest."""
     from NPCPrognosisLib.reporting.cohort_tables import cohort_characteristics
 
-    trained = _trained_mask(document, manifest)
+    trained = trained_mask(document, manifest)
     split = np.where(trained, "training", "evaluated") if trained is not None and subset != "all" else \
         np.full(len(manifest.table), "evaluated")
     return cohort_characteristics(manifest.table, split, endpoint)
-
-
-def _trained_mask(document: dict[str, Any], manifest: Manifest) -> np.ndarray | None:
-    """Which manifest rows the bundle was trained on (None when it stores no patient IDs)."""
-    return _trained(document, list(manifest.table["patient_id"]))
-
-
-def _trained(document: dict[str, Any], patient_ids: list[str]) -> np.ndarray | None:
-    """Which of ``patient_ids`` the bundle was trained on (None when it stores no patient IDs).
-
-    A re-exported cohort may spell a training patient's ID otherwise ('npc0007' for 'NPC0007'). Bundles that store
-    the hashes of :func:`id_key` match whatever the case and leading zeros; older ones store the hash of the ID as
-    written, and are matched on the ID as written, in upper and in lower case.
-    """
-    training = document.get("training") or {}
-    if training.get("patient_id_hashes") is None:
-        return None
-    salt = training.get("id_salt")
-    if training.get("patient_id_key_hashes") is not None:
-        keys = set(training["patient_id_key_hashes"])
-        return np.array([hash_id(id_key(p), salt) in keys for p in patient_ids], bool)
-    trained = set(training["patient_id_hashes"])
-    return np.array([any(hash_id(spelling, salt) in trained for spelling in dict.fromkeys((p, p.upper(), p.lower())))
-                     for p in map(str, patient_ids)], bool)
-
-
-def _untrained(document: dict[str, Any], patient_ids: list[str], subset: str) -> list[str]:
-    """Those of ``patient_ids`` that the evaluation would have scored (not the bundle's training patients)."""
-    trained = None if subset == "all" else _trained(document, patient_ids)
-    return list(patient_ids) if trained is None else [p for p, t in zip(patient_ids, trained) if not t]
-
-
-def _held_out(document: dict[str, Any], manifest: Manifest, features: pd.DataFrame,
-              subset: str) -> tuple[Manifest, pd.DataFrame, int]:
-    """Leave out the bundle's training patients (``auto``) or keep everyone (``all``)."""
-    if subset == "all":
-        return manifest, features, 0
-    if subset != "auto":
-        raise InputError(f"unknown subset {subset!r}", column="--subset", fix="use auto or all")
-    trained = _trained_mask(document, manifest)
-    if trained is None:
-        raise InputError("the bundle stores no training patient IDs (train --no-patient-ids), so evaluate cannot leave "
-                         "the training patients out", column="--subset",
-                         fix="evaluate on a cohort you know excludes them, with --subset all")
-    keep = ~trained
-    kept = manifest.subset(keep)
-    if len(kept.table) == 0:
-        raise InputError("no patient left to evaluate (all were used for training)", path=manifest.source,
-                         fix="evaluate on other patients, or pass --subset all to see (optimistic) training metrics")
-    return kept, features[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,
@@ -441,8 +339,8 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
-    manifest, features, excluded = _held_out(document, manifest, features, subset)
-    _check_binary_cohort(manifest, endpoint, excluded)
+    manifest, features, excluded = held_out(document, manifest, features, subset)
+    check_binary_cohort(manifest, endpoint, excluded)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fused = None
@@ -458,10 +356,10 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics, predictions = evaluate_binary_cohort(document, manifest, features, endpoint, out_dir, plots=plots,
                                                   fused=fused, extras=extras)
     metrics["excluded_training_patients"] = excluded
-    metrics["training_patients_included"] = _training_included(document, manifest, subset)
-    banner = _included_warning(metrics["training_patients_included"], subset)
+    metrics["training_patients_included"] = training_included(document, manifest, subset)
+    banner = included_warning(metrics["training_patients_included"], subset)
     metrics["warnings"] = [w for w in (banner, *(metrics.get("warnings") or [])) if w]
-    metrics["without_features"] = _untrained(document, lacking, subset)
+    metrics["without_features"] = untrained(document, lacking, subset)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
     if plots:

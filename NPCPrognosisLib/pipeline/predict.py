@@ -4,13 +4,14 @@ The Slicer module and ``npc-prognosis predict`` both land here, so a patient get
 way a clinician asks. :func:`predict_patient` reads top-down as the stages, each run once and handing its result
 to the next: preprocess (N4 + normalisation, shared by the network and radiomics) -> contour (the bundle's
 network, when no mask is given or the nomogram needs the deep score) -> radiomics -> scores -> the prediction
-with its uncertainty and reference curves.
+with its uncertainty and reference curves. What the patient's factors let it claim (a missing EBV DNA swept across
+its training range, a factor outside it) is :mod:`NPCPrognosisLib.pipeline.patient_factors`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,22 +26,21 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import image_fingerprint
 from NPCPrognosisLib.imaging.preprocess import preprocess_images, preprocessed_as
 from NPCPrognosisLib.io.atomic import write_json_atomic
-from NPCPrognosisLib.io.clinical import (
-    CLINICAL_COVARIATES,
-    ClinicalRecord,
-    encode_clinical,
-    imputed_covariates,
-    parse_clinical,
-)
+from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
 from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
+from NPCPrognosisLib.pipeline.patient_factors import (
+    extrapolation_warning,
+    imputation_warning,
+    imputed_prediction,
+    patient_chemo_benefit,
+    uncounted_factors,
+)
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
-from NPCPrognosisLib.survival.benefit import given_arm
-from NPCPrognosisLib.survival.benefit_patient import patient_benefit
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
-from NPCPrognosisLib.survival.patient import group_certainty, imputation_effect, risk_uncertainty, survival_curves
+from NPCPrognosisLib.survival.patient import group_certainty, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
 
 #: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
@@ -149,14 +149,6 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
         network_input = preprocessed_as(patient.images, network.preprocess, prepared, bundle.preprocess)
         row.update(deep_features(network, network_input, patient.mask))
     return row
-
-
-def uncounted_factors(document: dict[str, Any], encoded: dict[str, float]) -> list[str]:
-    """Warnings for a patient's clinical factors that every training patient shared with one value (rENE never
-    recorded, no EBV DNA): the models left them out, so this patient's other value changes nothing."""
-    constant = document["clinical_encoding"].get("constant_in_training") or {}
-    return [f"{name} is {encoded[name]:g} but was {value:g} for every training patient: the models could not learn its "
-            "effect and do not count it" for name, value in constant.items() if encoded[name] != value]
 
 
 def unproven_nomogram(document: dict[str, Any]) -> list[str]:
@@ -398,103 +390,6 @@ def predict_patient(
         uncertainty_map=uncertainty_map,
         saliency_map=saliency_map,
     )
-
-
-def patient_chemo_benefit(bundle: LoadedBundle, record: ClinicalRecord, factors: Mapping[str, float],
-                          group: str) -> dict[str, Any]:
-    """The patient's chemotherapy-benefit statement (:func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`)
-    with a missing EBV DNA swept across its training 10th-90th percentile.
-
-    Why one function: ``predict`` prints it, and ``evaluate`` writes its ``conclusion`` per patient, so a held-out
-    patient without EBV DNA reads "undetermined without EBV DNA" in both, never a conclusion resting on the median.
-
-    Parameters
-    ----------
-    bundle : LoadedBundle
-        Its ``chemo_benefit`` block, EBV DNA fill, training percentiles and nomogram.
-    record : ClinicalRecord
-        The patient's clinical record (treatment given, stage, which factors are missing).
-    factors : mapping
-        The patient's nomogram factors (for the risk group a filled factor's other values would give).
-    group : {'low', 'high'}
-        The patient's nomogram risk group.
-
-    Returns
-    -------
-    benefit : dict
-        :func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`'s result.
-    """
-    filled_ranges = {c: (bundle.imputation_ranges or {}).get(c) for c in imputed_covariates(record)}
-    return patient_benefit(bundle.document.get("chemo_benefit"), encode_clinical(record, bundle.ebv_fill), group,
-                           record.t_stage, record.n_stage, given_arm(record.chemo, record.ccnd), imputed=filled_ranges,
-                           group_at=lambda covariate, value: group_with(bundle, factors, covariate, value),
-                           factor_texts=_factor_texts(filled_ranges))
-
-
-def imputed_prediction(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str,
-                       group: str) -> dict[str, Any]:
-    """What a covariate filled with the training median could change: the nomogram's prediction at the training
-    10th and 90th percentile of the covariate, and the risk group to print ("undetermined without EBV DNA" when
-    the group changes within that range). A bundle trained before the percentiles were stored gets
-    ``value_range`` None, and its warning says the range is unknown."""
-    from NPCPrognosisLib.reporting.labels import factor_name
-
-    ranges = bundle.imputation_ranges or {}
-    if covariate not in ranges:
-        return {"filled_with": float(factors[covariate]), "value_range": None, "risk_group": group}
-    effect = imputation_effect(bundle.nomograms["nomogram"], factors, covariate, ranges[covariate],
-                               bundle.cutoffs["nomogram"])
-    effect["risk_group"] = group if effect["group_determined"] else f"undetermined without {factor_name(covariate)}"
-    return effect
-
-
-def group_with(bundle: LoadedBundle, factors: Mapping[str, float], covariate: str, value: float) -> str:
-    """The nomogram's risk group with ``covariate`` at ``value``: a filled-in EBV DNA may change the group, and with
-    it the benefit model's risk-group term (:func:`~NPCPrognosisLib.survival.benefit_patient.benefit_across_range`)."""
-    nomogram = bundle.nomograms["nomogram"]
-    changed = {**factors, covariate: float(value)} if covariate in nomogram.factors else dict(factors)
-    return str(assign_groups(nomogram.risk(changed), bundle.cutoffs["nomogram"])[0])
-
-
-def imputation_warning(covariate: str, block: Mapping[str, Any]) -> str:
-    """The warning of a filled covariate: the fill, and the range of risk and group its true value could give (or
-    that this bundle cannot say)."""
-    from NPCPrognosisLib.reporting.labels import factor_name, factor_range_text, factor_unit, factor_value_text
-
-    name = factor_name(covariate)
-    text = (f"{name} missing: the training median ({factor_value_text(covariate, block['filled_with'])} "
-            f"{factor_unit(covariate)}) was used in its place")
-    if block.get("value_range") is None:
-        return (text + f"; this bundle stores no training percentiles of {name} (trained before they were kept), so "
-                f"how far the missing value could move the prediction is unknown: measure {name}, or retrain")
-    risk_low, risk_high = block["risk_range"]
-    groups = " or ".join(block["risk_groups"]) + (" throughout" if block["group_determined"] else "")
-    # the survival range at each horizon is in the block (``survival_range``) and beside each survival on the sheet
-    span = factor_range_text(covariate, block["value_range"])
-    text += (f". Across the training cohort's 10th-90th percentile ({span}) the risk score would be {risk_low:.2f} to "
-             f"{risk_high:.2f} and the risk group {groups}")
-    return text + (f": the group is undetermined until {name} is measured" if not block["group_determined"] else "")
-
-
-def _factor_texts(ranges: Mapping[str, Sequence[float] | None]) -> dict[str, tuple[str, str | None]]:
-    """Each filled covariate's name and training range as the clinician enters it, for the benefit's sentence."""
-    from NPCPrognosisLib.reporting.labels import factor_name, factor_range_text
-
-    return {c: (factor_name(c), None if r is None else factor_range_text(c, r)) for c, r in ranges.items()}
-
-
-def extrapolation_warning(item: Mapping[str, Any]) -> str:
-    """The warning of a factor outside its training range: the model extrapolates, so the value (and its unit) or
-    the images behind a score should be checked before the numbers are read."""
-    from NPCPrognosisLib.reporting.labels import factor_label, factor_value_text
-
-    factor = item["factor"]
-    low, high = (factor_value_text(factor, v) for v in (item["low"], item["high"]))
-    check = ("check the value and its unit" if factor in CLINICAL_COVARIATES
-             else "check the contours and the images it was computed from")
-    return (f"{factor_label(factor)} = {factor_value_text(factor, item['value'])} is outside the training range "
-            f"({low} to {high}): the model is extrapolating, and its risk and survival for this patient are not "
-            f"supported by any training patient; {check}")
 
 
 def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.DataFrame,

@@ -183,7 +183,7 @@ def test_training_patients_are_known_whatever_the_case_and_leading_zeros():
     """Bundles from now on store hashes of id_key (case, leading zeros); older ones only the ID as written, which
     evaluate still matches in upper and lower case."""
     from NPCPrognosisLib.io.patient_ids import hash_id, id_key, new_id_salt
-    from NPCPrognosisLib.pipeline.evaluate import _trained
+    from NPCPrognosisLib.pipeline.evaluated_patients import _trained
     from NPCPrognosisLib.pipeline.train import training_id_record
 
     assert id_key(" NPC0007 ") == id_key("npc7") == "npc7" and id_key("NPC0070") == "npc70"
@@ -201,14 +201,14 @@ def test_a_cohort_too_small_to_validate_is_refused_with_its_counts_for_either_ki
     """Survival and binary endpoints share the floors (MIN_PATIENTS, MIN_EVENTS) and the message's frame; each
     names its own counts and reason. Exact messages, so one check serving both cannot change what either says."""
     from NPCPrognosisLib.io.manifest import Manifest
-    from NPCPrognosisLib.pipeline.evaluate import _check_binary_cohort, _check_cohort_size
+    from NPCPrognosisLib.pipeline.evaluated_patients import check_binary_cohort, check_cohort_size
 
     source = tmp_path / "held_out.csv"
     table = pd.DataFrame({"patient_id": [f"P{i}" for i in range(12)], "ic_response": [1] + [0] * 10 + [None]})
     manifest = Manifest(table, tmp_path, source)
     time, event = np.arange(1.0, 7.0), np.array([1, 0, 0, 0, 0, 0])
     with pytest.raises(InputError) as survival:
-        _check_cohort_size(time, event, manifest, "dmfs", 18)
+        check_cohort_size(time, event, manifest, "dmfs", 18)
     assert str(survival.value) == (
         f"column 'dmfs_event', file '{source}': 6 patient(s) with 1 dmfs event(s) to evaluate once the 18 training "
         "patient(s) are left out: too few to validate a model (evaluate needs at least 10 patients and 2 events: "
@@ -216,15 +216,15 @@ def test_a_cohort_too_small_to_validate_is_refused_with_its_counts_for_either_ki
         "by one or two patients). Fix: evaluate on a larger held-out cohort (validation studies aim at 100 events or "
         "more)")
     with pytest.raises(InputError) as binary:
-        _check_binary_cohort(manifest, "ic_response", 0)
+        check_binary_cohort(manifest, "ic_response", 0)
     assert str(binary.value) == (
         f"column 'ic_response', file '{source}': 11 patient(s) with ic_response recorded, 1 positive and 10 negative, "
         "to evaluate: too few to validate a classifier (evaluate needs at least 10 patients and 2 in each class). "
         "Fix: evaluate on a larger held-out cohort")
     # at the floors both pass: ten patients, two events / two in the scarcer class
-    _check_cohort_size(np.arange(1.0, 11.0), np.array([1, 1] + [0] * 8), manifest, "dmfs", 0)
-    _check_binary_cohort(Manifest(table.assign(ic_response=[1, 1] + [0] * 8 + [None, None]), tmp_path, source),
-                         "ic_response", 3)
+    check_cohort_size(np.arange(1.0, 11.0), np.array([1, 1] + [0] * 8), manifest, "dmfs", 0)
+    check_binary_cohort(Manifest(table.assign(ic_response=[1, 1] + [0] * 8 + [None, None]), tmp_path, source),
+                        "ic_response", 3)
 
 
 def test_evaluate_refuses_other_endpoint(small_cohort, trained, tmp_path, capsys):

@@ -273,7 +273,7 @@ def test_train_on_a_cohort_without_ebv_dna_and_rene_says_so_and_predict_names_th
     from NPCPrognosisLib.io.clinical import encode_clinical, parse_clinical
     from NPCPrognosisLib.io.manifest import read_manifest
     from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
-    from NPCPrognosisLib.pipeline.predict import uncounted_factors
+    from NPCPrognosisLib.pipeline.patient_factors import uncounted_factors
     from NPCPrognosisLib.pipeline.train import train
 
     clinical, features, time, event, _ = _cohort(150, 8, 0.9)
