@@ -117,8 +117,21 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 "auto_volumes_ml": auto_volumes}
 
 
-def _input_checksum(path: Path | None) -> str | None:
-    """SHA-256 of an input file, or of every file of a DICOM folder (names and contents)."""
+def input_checksum(path: str | Path | None) -> str | None:
+    """SHA-256 of an input file, or of every file of a DICOM folder (names and contents), for the caches that
+    must notice a changed input (the resume cache here, the robustness study's perturbed extractions).
+
+    Parameters
+    ----------
+    path : str, Path or None
+        A manifest's image or mask path: a file, a DICOM folder, or ``<folder>/::<series>`` (the folder's
+        checksum and the selector).
+
+    Returns
+    -------
+    checksum : str or None
+        None for no path or a file that does not exist (reading it then fails with the patient named).
+    """
     import hashlib
 
     from NPCPrognosisLib.io.bundle import sha256
@@ -127,7 +140,7 @@ def _input_checksum(path: Path | None) -> str | None:
         return None
     path, selector = split_series_selector(path)
     if selector is not None:
-        return f"{_input_checksum(path)}::{selector}"
+        return f"{input_checksum(path)}::{selector}"
     if path.is_dir():
         digest = hashlib.sha256()
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -142,7 +155,7 @@ def _resumable_patient(entry: PatientEntry, cache_dir: str, settings_key: str, *
     patients in flight, and a re-run with the same inputs reuses it."""
     import hashlib
 
-    files = {name: _input_checksum(p) for name, p in {**entry.images, "mask": entry.mask}.items()}
+    files = {name: input_checksum(p) for name, p in {**entry.images, "mask": entry.mask}.items()}
     key = hashlib.sha256(json.dumps({"settings": settings_key, "files": files}, sort_keys=True).encode()).hexdigest()
     cache = patient_file(cache_dir, entry.patient_id, ".json")
     if cache.exists():
