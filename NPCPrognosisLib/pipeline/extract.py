@@ -339,14 +339,17 @@ def local_runner(workers: int, progress: bool = False) -> Callable[..., list[dic
     return run
 
 
-def dask_runner(address: str | None = None, progress: bool = False) -> Callable[..., list[dict[str, Any]]]:
-    """A runner that maps patients over a Dask cluster (``address`` of a scheduler, or a local cluster)."""
+def dask_runner(address: str | None = None, progress: bool = False,
+                workers: int = 2) -> Callable[..., list[dict[str, Any]]]:
+    """A runner that maps patients over a Dask cluster: ``address`` of a scheduler (whose workers run), or a local
+    cluster of ``workers`` processes (``extract --engine dask --workers N``; the local cluster had two whatever
+    ``--workers`` said)."""
 
     def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
             *args: Any) -> list[dict[str, Any]]:
         from dask.distributed import Client, LocalCluster
 
-        cluster = None if address else LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+        cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
         client = Client(address or cluster)
         try:
             from dask.distributed import as_completed

@@ -587,3 +587,31 @@ def test_a_patient_that_kills_its_worker_is_listed_and_the_cohort_carries_on(sma
     assert pd.read_csv(tmp_path / "features.failures.csv", dtype={"patient_id": str})["patient_id"].tolist() == [victim]
     local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[[0, 2]].reset_index(drop=True)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "features.csv", dtype={"patient_id": str}), local)
+
+
+def _worker_name(entry, pause):
+    import time
+
+    from dask.distributed import get_worker
+
+    time.sleep(pause)  # long enough that every worker gets patients
+    return {"patient_id": entry.patient_id, "worker": get_worker().address}
+
+
+def test_dask_engine_runs_as_many_local_workers_as_asked(small_cohort, monkeypatch):
+    """``extract --engine dask --workers 3`` started a local cluster of two workers whatever --workers said."""
+    from NPCPrognosisLib import cli
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import extract
+
+    entries = read_manifest(small_cohort / "manifest.csv").entries()[:9]
+    results = extract.dask_runner(None, workers=3)(_worker_name, entries, 1.0)
+    assert [r["patient_id"] for r in results] == [e.patient_id for e in entries]
+    assert len({r["worker"] for r in results}) == 3
+    asked = []
+    monkeypatch.setattr(extract, "dask_runner", lambda address, progress, workers: asked.append(workers))
+    monkeypatch.setattr(extract, "extract_cohort", lambda *a, **k: (_ for _ in ()).throw(InputError("stop")))
+    for extra in (["--workers", "3"], []):
+        assert cli.main(["--quiet", "extract", "--manifest", str(small_cohort / "manifest.csv"), "--out", "x.csv",
+                         "--engine", "dask", *extra]) == 2
+    assert asked == [3, 2]
