@@ -43,8 +43,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     auto = args.mask == "auto"
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_mask=not auto)
-    runner = dask_runner(args.dask_scheduler or None, progress=not args.quiet) if args.engine == "dask" else None
-    result = extract_cohort(manifest, args.out, workers=args.workers, params_path=args.params,
+    runner = None
+    if args.engine == "dask":
+        if args.dask_scheduler and args.workers:
+            log.warning("--workers %d is not used with --dask-scheduler: the cluster's own workers run the patients",
+                        args.workers)
+        runner = dask_runner(args.dask_scheduler or None, progress=not args.quiet, workers=args.workers or 2)
+    result = extract_cohort(manifest, args.out, workers=args.workers or 1, params_path=args.params,
                             progress=not args.quiet, runner=runner, network=args.network, auto_mask=auto,
                             resample_mask=args.resample_mask, roi_map=args.roi_map)
     print(f"features for {len(result.table)} patient(s) x {result.table.shape[1] - 1} features: {result.features_path}")
@@ -477,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="radiomics features table for a cohort")
     _add_manifest_args(p)
     p.add_argument("--out", required=True, help="features CSV (failures and metadata are written beside it)")
-    p.add_argument("--workers", type=int, default=1, help="patients processed in parallel")
+    p.add_argument("--workers", type=int, default=None,
+                   help="patients processed in parallel (default 1; with --engine dask, the local cluster's worker "
+                        "processes, default 2)")
     p.add_argument("--params", default=None,
                    help="PyRadiomics parameter file (default: the shipped NPCPrognosis.yaml, the papers' settings)")
     p.add_argument("--engine", choices=("local", "dask"), default="local")

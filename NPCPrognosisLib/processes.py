@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 
 def worker_python(executable: str | None = None) -> str | None:
@@ -69,8 +70,31 @@ def _start_worker(workers: int, initializer: Callable[[], None] | None) -> None:
         initializer()
 
 
-def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+class WorkerPool(ProcessPoolExecutor):
+    """A process pool that stops when its ``with`` block is left by an exception.
+
+    The standard ``with`` block waits for every queued task: Ctrl-C during ``extract --workers 2`` went on
+    extracting the rest of the cohort (6 of 10 patients, 20 s) before stopping, and a cohort of hundreds would
+    keep running for hours. Now any exception drops the tasks not started; Ctrl-C (``KeyboardInterrupt``) also
+    ends the tasks running, since each worker has already been handed its next task (the tasks of the cohort stages
+    write their results atomically, so an ended task leaves nothing half-written).
+    """
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            terminate = getattr(self, "terminate_workers", None)  # Python 3.14+
+            if terminate is not None:
+                terminate()
+                return False
+            for process in list((self._processes or {}).values()):  # what terminate_workers does
+                process.terminate()
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return False
+
+
+def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> WorkerPool:
     """The process pool of every parallel stage: spawned workers (:func:`spawn_context`), each limited to its
-    share of the cores (:func:`share_cores`), then running ``initializer`` (a module-level function)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=spawn_context(), initializer=_start_worker,
-                               initargs=(int(workers), initializer))
+    share of the cores (:func:`share_cores`), then running ``initializer`` (a module-level function); leaving
+    its ``with`` block by an exception cancels the tasks not yet started (:class:`WorkerPool`)."""
+    return WorkerPool(max_workers=workers, mp_context=spawn_context(), initializer=_start_worker,
+                      initargs=(int(workers), initializer))

@@ -258,6 +258,13 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
                              "and save labels 0, 1 (GTVp), 2 (GTVn)")
     allowed = {0, *LABELS.values()}
     unknown = sorted({int(v) for v in values.tolist()} - allowed)
+    if len(unknown) > 10:
+        # an image given as the mask (the manifest's columns shifted): its hundreds of grey values made a message of
+        # thousands of characters that hid the fix
+        raise InputError(f"mask has {len(unknown)} label values ({unknown[0]} to {unknown[-1]}): an image, not a label "
+                         "map", patient_id=patient_id, path=path,
+                         fix="check the manifest's mask column points at the segmentation (labels 0, 1 = GTVp, "
+                             "2 = GTVn), not at an MR image")
     if unknown:
         raise InputError(f"mask has label value(s) {unknown}; expected 0, 1 (GTVp) and 2 (GTVn)",
                          patient_id=patient_id, path=path, fix="relabel: primary tumour = 1, metastatic nodes = 2")

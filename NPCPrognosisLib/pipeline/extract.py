@@ -117,8 +117,21 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                 "auto_volumes_ml": auto_volumes}
 
 
-def _input_checksum(path: Path | None) -> str | None:
-    """SHA-256 of an input file, or of every file of a DICOM folder (names and contents)."""
+def input_checksum(path: str | Path | None) -> str | None:
+    """SHA-256 of an input file, or of every file of a DICOM folder (names and contents), for the caches that
+    must notice a changed input (the resume cache here, the robustness study's perturbed extractions).
+
+    Parameters
+    ----------
+    path : str, Path or None
+        A manifest's image or mask path: a file, a DICOM folder, or ``<folder>/::<series>`` (the folder's
+        checksum and the selector).
+
+    Returns
+    -------
+    checksum : str or None
+        None for no path or a file that does not exist (reading it then fails with the patient named).
+    """
     import hashlib
 
     from NPCPrognosisLib.io.bundle import sha256
@@ -127,7 +140,7 @@ def _input_checksum(path: Path | None) -> str | None:
         return None
     path, selector = split_series_selector(path)
     if selector is not None:
-        return f"{_input_checksum(path)}::{selector}"
+        return f"{input_checksum(path)}::{selector}"
     if path.is_dir():
         digest = hashlib.sha256()
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -142,7 +155,7 @@ def _resumable_patient(entry: PatientEntry, cache_dir: str, settings_key: str, *
     patients in flight, and a re-run with the same inputs reuses it."""
     import hashlib
 
-    files = {name: _input_checksum(p) for name, p in {**entry.images, "mask": entry.mask}.items()}
+    files = {name: input_checksum(p) for name, p in {**entry.images, "mask": entry.mask}.items()}
     key = hashlib.sha256(json.dumps({"settings": settings_key, "files": files}, sort_keys=True).encode()).hexdigest()
     cache = patient_file(cache_dir, entry.patient_id, ".json")
     if cache.exists():
@@ -174,13 +187,14 @@ def extract_cohort(
 ) -> ExtractionResult:
     """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
 
-    ``workers`` > 1 runs patients in parallel processes; ``runner`` lets the Dask engine (or a test) replace
-    the local pool while keeping the same per-patient function. ``network`` (a network bundle) adds each
-    patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`, on the same contours
-    as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic contours,
-    written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid instead of
-    refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn ROIs of
-    masks given as DICOM RTSTRUCT.
+    ``workers`` > 1 runs patients in parallel processes (:func:`local_runner`); ``runner`` lets the Dask engine
+    (or a test) replace the local pool while keeping the same per-patient function. A patient whose worker
+    process dies (out of memory, a crash in a library) is listed as failed; the others carry on. ``network`` (a
+    network bundle) adds each patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`,
+    on the same contours as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic
+    contours, written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid
+    instead of refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn
+    ROIs of masks given as DICOM RTSTRUCT.
     """
     from tqdm import tqdm
 
@@ -213,14 +227,10 @@ def extract_cohort(
     args = (str(cache_dir), settings_key, preprocess.to_dict(), None if params_path is None else str(params_path), 1,
             None if network is None else str(network), None if auto_mask_dir is None else str(auto_mask_dir),
             bool(resample_mask), roi_map, frozenset(manifest.patient_ids))
+    if runner is None and workers > 1:
+        runner = local_runner(workers, progress=progress)
     if runner is not None:
         results = runner(_resumable_patient, entries, *args)
-    elif workers > 1:
-        from NPCPrognosisLib.processes import worker_pool
-
-        with worker_pool(workers) as pool:
-            futures = [pool.submit(_resumable_patient, e, *args) for e in entries]
-            results = [f.result() for f in tqdm(futures, desc="radiomics", unit="patient", disable=not progress)]
     else:
         results = [_resumable_patient(e, *args) for e in tqdm(entries, desc="radiomics", unit="patient",
                                                                  disable=not progress)]
@@ -277,14 +287,69 @@ def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping
     return warnings
 
 
-def dask_runner(address: str | None = None, progress: bool = False) -> Callable[..., list[dict[str, Any]]]:
-    """A runner that maps patients over a Dask cluster (``address`` of a scheduler, or a local cluster)."""
+def _lost_patient(entry: PatientEntry, exc: BaseException) -> dict[str, Any]:
+    """The failure row of a patient whose worker process died (or whose task could not run at all)."""
+    error = InputError(f"its worker process died while extracting this patient ({type(exc).__name__}); the other "
+                       "patients were not affected", patient_id=entry.patient_id,
+                       fix="this is usually a lack of memory: run extract again with fewer --workers (finished "
+                           "patients are reused), or check this patient's image sizes")
+    return {"patient_id": entry.patient_id, "error": str(error), "auto_volumes_ml": None}
+
+
+def local_runner(workers: int, progress: bool = False) -> Callable[..., list[dict[str, Any]]]:
+    """A runner that maps patients over ``workers`` local processes (:func:`~NPCPrognosisLib.processes.worker_pool`).
+
+    A worker process that dies (the out-of-memory killer, a crash inside a library) breaks the whole pool, and
+    every patient not yet finished fails with it, so which one killed it is unknown: those patients are run
+    again one at a time, each in a fresh process, and only the one whose process dies again is listed as failed.
+    Before, the first such death stopped the whole cohort with ``BrokenProcessPool`` and no patient named.
+    """
+
+    def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
+            *args: Any) -> list[dict[str, Any]]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from tqdm import tqdm
+
+        from NPCPrognosisLib.processes import worker_pool
+
+        results: list[dict[str, Any] | None] = [None] * len(entries)
+        with tqdm(total=len(entries), desc="radiomics", unit="patient", disable=not progress) as bar:
+            with worker_pool(workers) as pool:
+                futures = [pool.submit(function, entry, *args) for entry in entries]
+                for index, future in enumerate(futures):
+                    try:
+                        results[index] = future.result()
+                        bar.update()
+                    except BrokenProcessPool:
+                        pass  # in doubt: run again below
+            in_doubt = [i for i, result in enumerate(results) if result is None]
+            if in_doubt:
+                log.warning("a worker process died: the %d patient(s) it left unfinished run again one at a time, "
+                            "to find the one that killed it", len(in_doubt))
+            for index in in_doubt:
+                with worker_pool(1) as pool:
+                    try:
+                        results[index] = pool.submit(function, entries[index], *args).result()
+                    except BrokenProcessPool as exc:
+                        results[index] = _lost_patient(entries[index], exc)
+                bar.update()
+        return results
+
+    return run
+
+
+def dask_runner(address: str | None = None, progress: bool = False,
+                workers: int = 2) -> Callable[..., list[dict[str, Any]]]:
+    """A runner that maps patients over a Dask cluster: ``address`` of a scheduler (whose workers run), or a local
+    cluster of ``workers`` processes (``extract --engine dask --workers N``; the local cluster had two whatever
+    ``--workers`` said)."""
 
     def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
             *args: Any) -> list[dict[str, Any]]:
         from dask.distributed import Client, LocalCluster
 
-        cluster = None if address else LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+        cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
         client = Client(address or cluster)
         try:
             from dask.distributed import as_completed
@@ -297,7 +362,11 @@ def dask_runner(address: str | None = None, progress: bool = False) -> Callable[
             # lost worker or a killed client costs only the patients in flight; Dask re-runs a lost worker's tasks.
             for future in tqdm(as_completed(futures), total=len(futures), desc="radiomics (dask)", unit="patient",
                                disable=not progress):
-                results[order[future.key]] = future.result()
+                index = order[future.key]
+                try:
+                    results[index] = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: this patient's task killed its workers
+                    results[index] = _lost_patient(entries[index], exc)
             return results
         finally:
             client.close()

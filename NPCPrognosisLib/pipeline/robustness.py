@@ -22,6 +22,7 @@ from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
+from NPCPrognosisLib.pipeline.extract import input_checksum
 from NPCPrognosisLib.radiomics.extraction import pyradiomics_version
 from NPCPrognosisLib.radiomics.features_table import feature_matrix
 from NPCPrognosisLib.radiomics.perturbation import Perturbation, icc_3_1, perturbations
@@ -64,10 +65,12 @@ PERTURBATION_METHOD = 2
 
 
 def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbation: Perturbation) -> str:
-    def stamp(path: Path) -> list[Any]:
-        stat = path.stat()
-        return [str(path), stat.st_size, stat.st_mtime_ns]
+    """Everything a perturbed extraction depends on, the inputs by content (:func:`input_checksum`).
 
+    The inputs were stamped by path, size and modification time: a DICOM series named ``<folder>/::<series>``
+    has no such path, so every patient of such a cohort was left out and the robustness filter silently dropped
+    out of the selection; and a folder's time does not change when a file in it is rewritten in place.
+    """
     # the PyRadiomics that extracts the perturbed cases (the one running), and the perturbation method: either may
     # change the values under the same settings
     record = {"method": PERTURBATION_METHOD, "settings_hash": meta.get("settings_hash"),
@@ -75,8 +78,8 @@ def _cache_key(entry: PatientEntry, mask: Path, meta: dict[str, Any], perturbati
               "preprocessing": meta.get("preprocessing"),
               "network_sha256": meta.get("network_sha256"),
               "resample_mask": bool(meta.get("resample_mask")), "roi_map": meta.get("roi_map"),
-              "perturbation": perturbation.to_dict(), "mask": stamp(mask),
-              "images": [stamp(entry.images[s]) for s in SEQUENCES]}
+              "perturbation": perturbation.to_dict(), "mask": input_checksum(mask),
+              "images": [input_checksum(entry.images[s]) for s in SEQUENCES]}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -191,7 +194,8 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
         mask = patient_file(mask_dir, entry.patient_id, "_mask.nii.gz") if automatic else entry.mask
         try:
             keys = [_cache_key(entry, Path(mask), meta, p) for p in plan]
-        except (OSError, TypeError):
+        except (OSError, TypeError) as exc:
+            log.warning("patient %s could not be perturbed: %s", entry.patient_id, exc)
             failed.append(entry.patient_id)
             continue
         name = hashlib.sha256(entry.patient_id.encode()).hexdigest()[:16]

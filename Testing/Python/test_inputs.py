@@ -323,6 +323,15 @@ def test_empty_gtvp_and_unknown_labels():
         align_patient(images, bad, patient_id="P3")
 
 
+def test_an_image_given_as_the_mask_is_named_in_a_short_message():
+    """The manifest's mask column pointing at an MR image listed its every grey value (3,000 characters for a
+    synthetic CET1W) before the fix."""
+    image = sitk.Cast(_image(value=np.arange(8 * 20 * 20, dtype=np.float32).reshape(8, 20, 20)), sitk.sitkInt16)
+    with pytest.raises(InputError, match=r"3197 label values \(3 to 3199\): an image") as info:
+        align_patient({"t1c": _image()}, image, patient_id="P3", paths={"mask": "t1c.nii.gz"})
+    assert len(str(info.value)) < 300 and "P3" in str(info.value) and "t1c.nii.gz" in str(info.value)
+
+
 def test_mask_values_are_checked_as_stored_not_after_a_cast_to_8_bits():
     images = {"t1c": _image()}
     labels = sitk.GetArrayFromImage(_mask()).astype(np.int16)

@@ -576,3 +576,72 @@ def test_dask_survives_a_lost_worker_and_gives_the_same_table(small_cohort, tmp_
     assert (tmp_path / "died").exists() and not result.failures
     local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[:3].reset_index(drop=True)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dask.csv", dtype={"patient_id": str}), local)
+
+
+def _kills_its_worker(victim, function, entry, *args):
+    """Kills its worker process whenever it runs ``victim`` (as the out-of-memory killer would), every time."""
+    import os
+
+    if entry.patient_id == victim:
+        os._exit(137)
+    return function(entry, *args)
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_patient_that_kills_its_worker_is_listed_and_the_cohort_carries_on(small_cohort, tmp_path, engine):
+    """Before, the first such death stopped the whole run: BrokenProcessPool (--workers 2) or KilledWorker (Dask,
+    naming a task key), with no patient named and no table."""
+    import functools
+
+    from dask.distributed import LocalCluster
+
+    from NPCPrognosisLib.pipeline.extract import dask_runner, extract_cohort, local_runner
+
+    manifest = _first_three(small_cohort)
+    victim = manifest.patient_ids[1]
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True) if engine == "dask" else None
+    try:
+        runner = dask_runner(cluster.scheduler_address) if cluster else local_runner(2)
+
+        def with_a_killer(function, entries, *args):
+            return runner(functools.partial(_kills_its_worker, victim, function), entries, *args)
+
+        result = extract_cohort(manifest, tmp_path / "features.csv", params_path=RADIOMICS_FAST_PARAMS,
+                                progress=False, runner=with_a_killer)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    assert [f["patient_id"] for f in result.failures] == [victim]
+    assert f"patient {victim!r}" in result.failures[0]["error"] and "worker process died" in result.failures[0][
+        "error"] and "--workers" in result.failures[0]["error"]
+    assert pd.read_csv(tmp_path / "features.failures.csv", dtype={"patient_id": str})["patient_id"].tolist() == [victim]
+    local = pd.read_csv(small_cohort / "features.csv", dtype={"patient_id": str}).iloc[[0, 2]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "features.csv", dtype={"patient_id": str}), local)
+
+
+def _worker_name(entry, pause):
+    import time
+
+    from dask.distributed import get_worker
+
+    time.sleep(pause)  # long enough that every worker gets patients
+    return {"patient_id": entry.patient_id, "worker": get_worker().address}
+
+
+def test_dask_engine_runs_as_many_local_workers_as_asked(small_cohort, monkeypatch):
+    """``extract --engine dask --workers 3`` started a local cluster of two workers whatever --workers said."""
+    from NPCPrognosisLib import cli
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import extract
+
+    entries = read_manifest(small_cohort / "manifest.csv").entries()[:9]
+    results = extract.dask_runner(None, workers=3)(_worker_name, entries, 1.0)
+    assert [r["patient_id"] for r in results] == [e.patient_id for e in entries]
+    assert len({r["worker"] for r in results}) == 3
+    asked = []
+    monkeypatch.setattr(extract, "dask_runner", lambda address, progress, workers: asked.append(workers))
+    monkeypatch.setattr(extract, "extract_cohort", lambda *a, **k: (_ for _ in ()).throw(InputError("stop")))
+    for extra in (["--workers", "3"], []):
+        assert cli.main(["--quiet", "extract", "--manifest", str(small_cohort / "manifest.csv"), "--out", "x.csv",
+                         "--engine", "dask", *extra]) == 2
+    assert asked == [3, 2]

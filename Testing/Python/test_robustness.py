@@ -168,3 +168,54 @@ def test_robustness_reads_the_masks_as_extract_read_them(small_cohort, tmp_path,
                                   n_perturbations=1, workers=1)
     assert measured is not None and measured.patients == 3 and not measured.failed
     assert measured.icc.notna().mean() > 0.8
+
+
+def test_robustness_reads_dicom_series_named_in_a_study_folder(small_cohort, tmp_path, monkeypatch):
+    """A cohort as DICOM arrives (each patient's series in one study folder, named ``<folder>/::<series>``) is read
+    by extract; the robustness study stamped its inputs by path and modification time, found no such path and left
+    every patient out (the ICC filter silently dropped out of the selection), and a DICOM file rewritten in place
+    left its folder's time, so the stale perturbed extraction would have been reused."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from NPCPrognosisLib.datasets.cohort_files import write_dicom_series
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import robustness
+    from NPCPrognosisLib.pipeline.extract import extract_cohort
+    from NPCPrognosisLib.radiomics.features_table import read_features, read_manifest_features
+    from NPCPrognosisLib.radiomics.perturbation import perturbations
+    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
+
+    monkeypatch.setattr(robustness, "MIN_PATIENTS", 3)  # three patients show it; the ICC of ten is tested above
+    table = pd.read_csv(small_cohort / "manifest.csv").head(3)
+    rng = np.random.default_rng(0)
+    for row, patient_id in enumerate(table["patient_id"]):
+        study = tmp_path / patient_id
+        for number, sequence in enumerate(("t1", "t2", "t1c"), start=1):
+            image = sitk.Cast(sitk.ReadImage(str(small_cohort / table.loc[row, sequence])), sitk.sitkInt16)
+            write_dicom_series(image, tmp_path / "series", {"0008|0060": "MR", "0010|0020": patient_id,
+                                                            "0008|103e": f"AX {sequence.upper()}"},
+                               f"2.25.{100 * row + number}", rng)
+            for file in (tmp_path / "series").iterdir():  # the three series side by side in the study folder
+                study.mkdir(exist_ok=True)
+                file.rename(study / f"{sequence}_{file.name}")
+            table.loc[row, sequence] = f"{patient_id}/::AX {sequence.upper()}"
+    table["mask"] = [str((small_cohort / p).resolve()) for p in table["mask"]]
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    manifest = read_manifest(tmp_path / "manifest.csv")
+    path = tmp_path / "features.csv"
+    assert not extract_cohort(manifest, path, params_path=RADIOMICS_FAST_PARAMS, progress=False).failures
+    features, meta = read_features(path)
+    manifest, rows, _ = read_manifest_features(manifest, features)
+    measured = robustness.feature_robustness(manifest, rows, meta, path, n_patients=3, n_perturbations=1, workers=1)
+    assert measured is not None and measured.patients == 3 and not measured.failed
+    assert measured.icc["t1c_gtvp_original_shape_MeshVolume"] > 0.8
+
+    entry, plan = manifest.entries()[0], perturbations(1)[0]
+    key = robustness._cache_key(entry, entry.mask, meta, plan)
+    dicom = sorted((tmp_path / entry.patient_id).glob("t1c_*.dcm"))[5]
+    data = bytearray(dicom.read_bytes())
+    data[-64:] = bytes(64)  # pixels changed in place: the folder's modification time stays
+    with open(dicom, "r+b") as stream:
+        stream.write(data)
+    assert robustness._cache_key(entry, entry.mask, meta, plan) != key
