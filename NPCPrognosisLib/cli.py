@@ -678,10 +678,21 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: where the work stands, not a traceback
+        print(f"npc-prognosis {args.command}: interrupted{_INTERRUPTED.get(args.command, lambda _: '')(args)}",
+              file=sys.stderr)
+        return 130
     except OSError as exc:  # a disk that filled up or a permission that changed while running
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"npc-prognosis {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+
+
+#: What an interrupted command leaves for its re-run.
+_INTERRUPTED = {
+    "extract": lambda args: (f"; the patients finished so far are kept in {args.out}.partial and are not extracted "
+                             "again when the same command runs again"),
+}
 
 
 def _user_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -511,6 +511,25 @@ def test_every_command_has_help(command, capsys):
     assert "usage: npc-prognosis " + command in capsys.readouterr().out
 
 
+def test_ctrl_c_ends_a_command_with_one_line_saying_what_is_kept_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Ctrl-C printed a Python traceback; it now ends the command with exit status 130 (interrupted) and, for
+    extract, says where the finished patients wait for the re-run."""
+    from NPCPrognosisLib import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_extract", interrupted)
+    out = tmp_path / "features.csv"
+    assert main(["extract", "--manifest", str(tmp_path / "manifest.csv"), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"npc-prognosis extract: interrupted; the patients finished so far are kept in {out}.partial and are not "
+        "extracted again when the same command runs again")
+    monkeypatch.setattr(cli, "_cmd_cox", interrupted)
+    assert main(["cox", "--table", "t.csv", "--time-col", "t", "--event-col", "e", "--covariates", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "npc-prognosis cox: interrupted"
+
+
 def _first_three(small_cohort):
     from NPCPrognosisLib.io.manifest import Manifest, read_manifest
 
