@@ -349,6 +349,10 @@ def dask_runner(address: str | None = None, progress: bool = False,
             *args: Any) -> list[dict[str, Any]]:
         from dask.distributed import Client, LocalCluster
 
+        # distributed logs each nanny, connection and retirement at INFO (33 lines for 3 patients): shown with
+        # --verbose only, as the command's own INFO lines are
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
         client = Client(address or cluster)
         try:

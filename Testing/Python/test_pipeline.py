@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -654,7 +655,16 @@ def test_dask_engine_runs_as_many_local_workers_as_asked(small_cohort, monkeypat
     from NPCPrognosisLib.pipeline import extract
 
     entries = read_manifest(small_cohort / "manifest.csv").entries()[:9]
-    results = extract.dask_runner(None, workers=3)(_worker_name, entries, 1.0)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # as the command line sets it
+    shown = logging.Handler()
+    shown.emit = lambda record: infos.append(record.getMessage()) if record.levelno < logging.WARNING else None
+    infos: list[str] = []
+    logging.getLogger().addHandler(shown)
+    try:
+        results = extract.dask_runner(None, workers=3)(_worker_name, entries, 1.0)
+    finally:
+        logging.getLogger().removeHandler(shown)
+    assert infos == []  # distributed's INFO lines (33 for three patients) stay quiet without --verbose
     assert [r["patient_id"] for r in results] == [e.patient_id for e in entries]
     assert len({r["worker"] for r in results}) == 3
     asked = []
