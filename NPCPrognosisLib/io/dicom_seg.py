@@ -118,9 +118,6 @@ def read_seg(path: str | Path, reference: sitk.Image, series: str | Path,
         Which segment labels are GTVp and GTVn (:func:`~NPCPrognosisLib.io.dicom_contours.parse_roi_map`).
     patient_id : str, optional
         Named in errors.
-    origins : mapping of int to str, optional
-        How each label came about (:data:`~NPCPrognosisLib.io.dicom_contours.ORIGINS`; default AUTOMATIC, the
-        network's own): the segment's SegmentAlgorithmType, and the series description.
 
     Returns
     -------
