@@ -123,8 +123,11 @@ def split_cohort(manifest: Manifest, endpoint: str, *, split_col: str | None = N
         bad = table.loc[~values.isin(["train", "test", "training", "validation", "valid"]), "patient_id"].tolist()
         if bad:
             value = table.loc[table["patient_id"] == bad[0], split_col].iloc[0]
-            raise InputError(f"split value {str(value)!r} not understood", patient_id=bad[0], path=manifest.source,
-                             column=split_col, fix="use 'train' or 'test' ('validation' counts as test)")
+            what = "no split value (the cell is empty)" if pd.isna(value) or not str(value).strip() else \
+                f"split value {str(value)!r} not understood"
+            others = f"; {len(bad) - 1} other patient(s) too, e.g. {bad[1:4]}" if len(bad) > 1 else ""
+            raise InputError(what + others, patient_id=bad[0], path=manifest.source, column=split_col,
+                             fix="use 'train' or 'test' ('validation' counts as test)")
         is_train = values.isin(["train", "training"])
         return table.loc[is_train, "patient_id"].tolist(), table.loc[~is_train, "patient_id"].tolist()
     if not 0.0 <= test_fraction < 1.0:

@@ -531,6 +531,27 @@ def test_ctrl_c_ends_a_command_with_one_line_saying_what_is_kept_not_a_traceback
     assert capsys.readouterr().err.strip() == "npc-prognosis cox: interrupted"
 
 
+def test_a_split_cell_left_empty_is_named_as_empty_with_the_other_patients_that_lack_one(tmp_path):
+    """A blank split cell was reported as "split value 'nan' not understood", and only its first patient named."""
+    from pathlib import Path
+
+    from NPCPrognosisLib.io.manifest import Manifest
+    from NPCPrognosisLib.pipeline.train import split_cohort
+
+    def manifest(split):
+        table = pd.DataFrame({"patient_id": ["P1", "P2", "P3", "P4"], "split": split})
+        return Manifest(table=table, root=tmp_path, source=Path(tmp_path / "manifest.csv"))
+
+    assert split_cohort(manifest(["Train", " TEST", "validation", "training"]), "dmfs", split_col="Split") == (
+        ["P1", "P4"], ["P2", "P3"])
+    with pytest.raises(InputError) as blank:
+        split_cohort(manifest(["train", np.nan, "test", " "]), "dmfs", split_col="split")
+    assert str(blank.value).startswith(f"patient 'P2', column 'split', file '{tmp_path / 'manifest.csv'}': no split "
+                                       "value (the cell is empty); 1 other patient(s) too, e.g. ['P4']")
+    with pytest.raises(InputError, match=r"split value 'val' not understood\. Fix: use 'train' or 'test'"):
+        split_cohort(manifest(["train", "val", "test", "test"]), "dmfs", split_col="split")
+
+
 def _first_three(small_cohort):
     from NPCPrognosisLib.io.manifest import Manifest, read_manifest
 
