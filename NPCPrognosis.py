@@ -1493,12 +1493,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             series.mkdir()
             for index, path in enumerate(files):  # the volume's own instances only (a series Slicer split in parts)
                 shutil.copyfile(path, series / f"{index:05d}.dcm")
+            labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, exportWarnings)
+            try:  # one export serves the file and the comparison with the automatic contours
+                mask = self._writeVolume(labelmapNode, jobFolder / "mask.nii.gz")
+                origins = self.contourOrigins(segmentationNode, referenceVolumeNode,
+                                              slicer.util.arrayFromVolume(labelmapNode))
+            finally:
+                self._removeWithDisplay(labelmapNode)
             job = {"action": "contours", "out_dir": str(jobFolder), "patient_id": patientId,
-                   "images": {"t1c": str(series)},
-                   "mask": self._writeSegmentation(segmentationNode, referenceVolumeNode, jobFolder / "mask.nii.gz",
-                                                   exportWarnings),
-                   "origins": {str(k): v for k, v in self.contourOrigins(segmentationNode,
-                                                                          referenceVolumeNode).items()},
+                   "images": {"t1c": str(series)}, "mask": mask,
+                   "origins": {str(k): v for k, v in origins.items()},
                    "seg": str(patient_file(folder, patientId, "_seg.dcm")),
                    "rtstruct": str(patient_file(folder, patientId, "_rtstruct.dcm"))}
 
@@ -1508,13 +1512,12 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
         return self._runJob(job, finish, waitForCompletion, onFinished)
 
-    def contourOrigins(self, segmentationNode, referenceVolumeNode):
-        """{label: AUTOMATIC, SEMIAUTOMATIC or MANUAL} for the structures the segmentation holds on this CET1W: each
-        against this segmentation's own automatic contours (none: drawn by hand; on another grid: SEMIAUTOMATIC, as
-        they cannot be compared voxel for voxel)."""
+    def contourOrigins(self, segmentationNode, referenceVolumeNode, current):
+        """{label: AUTOMATIC, SEMIAUTOMATIC or MANUAL} for the structures of ``current`` (the segmentation's labels
+        exported on this CET1W): each against this segmentation's own automatic contours (none: drawn by hand; on
+        another grid: SEMIAUTOMATIC, as they cannot be compared voxel for voxel)."""
         from NPCPrognosisLib.slicer_support.contour_change import edit_origins
 
-        current = self._exportedArray(segmentationNode, referenceVolumeNode)
         automatic = self.automaticLabelmapFor(segmentationNode)
         if automatic is not None and not self._sameGrid(automatic, referenceVolumeNode):
             return {label: "SEMIAUTOMATIC" for label in edit_origins(current, None)}
