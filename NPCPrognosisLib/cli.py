@@ -356,46 +356,47 @@ def _cmd_train_net(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.deep.segmentation import cached_network, segment_patient, validation_summary
     from NPCPrognosisLib.io.images import load_patient, write_image_atomic
-    from NPCPrognosisLib.io.manifest import load_column_map
+    from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
     from NPCPrognosisLib.pipeline.segment import (
-        MASK_SUFFIXES,
+        cohort_outputs,
         outputs_removed_if_failed,
         segment_cohort,
         write_contours,
     )
 
     network = _network_dir(args.bundle)
-    model = cached_network(network)
-    print(validation_summary(model))
     if args.manifest:
+        column_map = load_column_map(args.column_map)
+        patient_ids = read_manifest(args.manifest, column_map, require_clinical=False).patient_ids
+        # a bundle that cannot be loaded fails the run before any patient: the folder's earlier masks and manifest
+        # would otherwise be taken for this run's
+        with outputs_removed_if_failed(*cohort_outputs(args.out, patient_ids)):
+            model = cached_network(network)
+        print(validation_summary(model))
         manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet,
-                                  column_map=load_column_map(args.column_map))
+                                  column_map=column_map)
         print(f"masks and manifest written: {manifest}")
         return 0
     if not (args.t1 and args.t2 and args.t1c):
         raise InputError("give --manifest, or --t1, --t2 and --t1c", column="--t1",
                          fix="npc-prognosis segment --bundle B --t1 A --t2 B --t1c C --out MASK.nii.gz")
-    out = Path(args.out)
-    suffix = next((s for s in MASK_SUFFIXES if out.name.lower().endswith(s)), None)
-    if suffix is None or out.is_dir():  # checked before the network runs, not when its mask cannot be written
-        raise InputError(f"--out {out} is not a mask file", path=out, column="--out",
-                         fix=f"name the mask file, ending in one of {', '.join(MASK_SUFFIXES)} (e.g. P1_mask.nii.gz)")
-    stem = str(out)[: -len(suffix)]
-    seg_path, rtstruct_path = f"{stem}_seg.dcm", f"{stem}_rtstruct.dcm"
-    uncertainty_path, saliency_path = f"{stem}_uncertainty.nii.gz", f"{stem}_saliency.nii.gz"
-    with outputs_removed_if_failed(out, seg_path, rtstruct_path, uncertainty_path, saliency_path):
+    outputs = SegmentOutputs.beside_mask(args.out)
+    with outputs_removed_if_failed(outputs):
+        model = cached_network(network)
+        print(validation_summary(model))
         args.patient_id = _patient_id(args)
         patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
         result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                                  saliency=args.saliency)
-        out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, out, seg_path, rtstruct_path,
-                                                           patient_id=args.patient_id)
-        for image, path in ((result.uncertainty if args.tta else None, uncertainty_path),
-                            (result.saliency, saliency_path)):
+        out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, outputs.mask, outputs.seg,
+                                                           outputs.rtstruct, patient_id=args.patient_id)
+        for image, path in ((result.uncertainty if args.tta else None, outputs.uncertainty),
+                            (result.saliency, outputs.saliency)):
             if image is not None:
                 write_image_atomic(image, path)
             else:  # an earlier run's map would be read as this mask's
-                Path(path).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
     for what, written in (("DICOM SEG", seg), ("RTSTRUCT", rtstruct)):
         if written is not None:
             print(f"{what}: {written}")

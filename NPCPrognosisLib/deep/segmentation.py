@@ -99,6 +99,7 @@ def cached_network(path: str | Path) -> NetworkModel:
 def load_network(bundle_dir: str | Path, device: str = "auto") -> NetworkModel:
     """Verify the bundle's checksums, rebuild the architecture from its JSON, load the safetensors weights."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from NPCPrognosisLib.deep.network import build_network
@@ -108,17 +109,24 @@ def load_network(bundle_dir: str | Path, device: str = "auto") -> NetworkModel:
     bundle_dir = Path(bundle_dir)
     content = read_bundle(bundle_dir)
     if content.get("kind") != "network":
-        raise BundleError(f"{bundle_dir} is a {content.get('kind')!r} bundle, not a segmentation network")
+        raise BundleError(f"{bundle_dir} is a {content.get('kind')!r} bundle, not a segmentation network; give the "
+                          "folder `npc-prognosis train-net` wrote (or a prognosis bundle that ships one in network/)")
     spec = content["network"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     config = NetworkConfig.from_dict({k: v for k, v in spec["architecture"].items() if k not in ("name", "backbone")})
     grid = GridConfig.from_dict(spec["grid"])
     net = build_network(config, grid.voxel_ml)
+    weights = bundle_dir / spec.get("weights", "network.safetensors")
     try:
-        net.load_state_dict(load_file(str(bundle_dir / spec.get("weights", "network.safetensors"))))
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:  # checksums re-made over a damaged file, or a name not in the bundle
+        raise BundleError(f"network weights {weights} cannot be read ({exc}); re-copy the bundle or retrain") from None
+    try:
+        net.load_state_dict(state)
     except RuntimeError as exc:
-        raise BundleError(f"network weights in {bundle_dir} do not fit its architecture ({exc})") from None
+        raise BundleError(f"network weights in {bundle_dir} do not fit its architecture ({exc}); re-copy the bundle "
+                          "or retrain") from None
     net = net.to(device).to(memory_format=torch.channels_last_3d).eval()
     if content.get("synthetic_demo"):
         log.warning("%s is a SYNTHETIC DEMO network - not for clinical use", bundle_dir)

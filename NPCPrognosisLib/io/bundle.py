@@ -95,7 +95,8 @@ def verify_bundle(bundle_dir: str | Path) -> None:
     sums = bundle_dir / CHECKSUM_FILE
     if not bundle_dir.is_dir() or not sums.exists():
         raise BundleError(f"{bundle_dir} is not a model bundle (no {CHECKSUM_FILE}); train one with "
-                          "`npc-prognosis train` or use the shipped demo bundle")
+                          "`npc-prognosis train` (a segmentation network with `npc-prognosis train-net`) or use the "
+                          "shipped demo bundle")
     listed = {}
     for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
@@ -114,7 +115,8 @@ def verify_bundle(bundle_dir: str | Path) -> None:
     for name, digest in listed.items():
         path = bundle_dir / name
         if not path.exists():
-            raise BundleError(f"bundle file {path} is missing")
+            raise BundleError(f"bundle file {path} is missing: the bundle was copied in part or edited; re-copy "
+                              "the whole bundle folder or retrain")
         if sha256(path) != digest:
             raise BundleError(f"checksum mismatch for {path}: the bundle was modified or corrupted; "
                               "re-copy it or retrain")

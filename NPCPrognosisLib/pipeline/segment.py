@@ -10,20 +10,21 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
-from NPCPrognosisLib.io.atomic import patient_file, write_text_atomic
+from NPCPrognosisLib.io.atomic import write_text_atomic
 from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
 from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
+from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
 
 if TYPE_CHECKING:  # the network (torch) is imported where a cohort is segmented, not where contours are written
     from NPCPrognosisLib.deep.segmentation import NetworkModel
@@ -31,28 +32,59 @@ if TYPE_CHECKING:  # the network (torch) is imported where a cohort is segmented
 log = logging.getLogger(__name__)
 
 
-#: Files a single patient's mask may be written as (what SimpleITK writes a label map to).
-MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: The files a cohort run writes beside its patients' outputs (:func:`segment_cohort`).
+COHORT_MANIFEST, COHORT_SCORES, COHORT_FAILURES, COHORT_WARNINGS = (
+    "manifest.csv", "deep_scores.csv", "failures.csv", "cohort_warnings.txt")
 
 
-@contextlib.contextmanager
-def outputs_removed_if_failed(*paths: str | Path) -> Iterator[None]:
-    """Remove a patient's output files (mask, SEG, RTSTRUCT, maps) when the run of the block fails, then re-raise.
-
-    An earlier run's files of that name would sit beside the failed run's error (and, in a cohort, beside a manifest
-    row that no longer points at them), where a PACS upload or a planning import takes them as this run's contours.
-    The one place a failed patient's outputs go: the single-patient command and the cohort runner both use it.
+def cohort_outputs(out_dir: str | Path, patient_ids: Iterable[str]) -> list[SegmentOutputs | Path]:
+    """Everything a cohort run writes into ``out_dir``: its own tables, then each patient's files.
 
     Parameters
     ----------
-    *paths : str or Path
-        The files this run writes for the patient; missing ones are skipped.
+    out_dir : str or Path
+        The cohort's output folder.
+    patient_ids : iterable of str
+        The manifest's patients.
+
+    Returns
+    -------
+    list of Path and SegmentOutputs
+        What :func:`outputs_removed_if_failed` takes.
+    """
+    out_dir = Path(out_dir)
+    tables: list[SegmentOutputs | Path] = [out_dir / name for name in (COHORT_MANIFEST, COHORT_SCORES,
+                                                                         COHORT_FAILURES, COHORT_WARNINGS)]
+    return tables + [SegmentOutputs.of_patient(out_dir, patient_id) for patient_id in patient_ids]
+
+
+@contextlib.contextmanager
+def outputs_removed_if_failed(*outputs: SegmentOutputs | str | Path) -> Iterator[None]:
+    """Remove the outputs of an earlier run when the run of the block fails, say which, then re-raise.
+
+    An earlier run's files of that name would sit beside the failed run's error (and, in a cohort, beside a manifest
+    row that no longer points at them), where a PACS upload or a planning import takes them as this run's contours.
+    The one place a failed run's outputs go: the single-patient command and the cohort runner use it per patient,
+    and around loading the network (a bundle that fails to load fails the whole run).
+
+    Parameters
+    ----------
+    *outputs : SegmentOutputs, str or Path
+        A patient's files (:class:`SegmentOutputs`) or a single file (a cohort's table); missing ones are skipped.
     """
     try:
         yield
     except Exception:
-        for path in paths:
-            Path(path).unlink(missing_ok=True)
+        removed = []
+        for output in outputs:
+            for path in output.files if isinstance(output, SegmentOutputs) else (Path(output),):
+                if path.is_file():
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            log.warning("removed %d file(s) an earlier run left in %s, so they are not taken for the failed run's "
+                        "(%s%s)", len(removed), removed[0].parent, ", ".join(p.name for p in removed[:5]),
+                        ", ..." if len(removed) > 5 else "")
         raise
 
 
@@ -161,16 +193,13 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     failures, scores = [], []
     cohort_ids = frozenset(manifest.patient_ids)  # a series carrying another row's ID is that patient's
     for entry in items:
-        # '../' in an ID stays inside out_dir
-        mask_path = patient_file(out_dir, entry.patient_id, "_mask.nii.gz")
-        seg_path = patient_file(out_dir, entry.patient_id, "_seg.dcm")
-        rtstruct_path = patient_file(out_dir, entry.patient_id, "_rtstruct.dcm")
+        outputs = SegmentOutputs.of_patient(out_dir, entry.patient_id)
         try:
-            with outputs_removed_if_failed(mask_path, seg_path, rtstruct_path):
+            with outputs_removed_if_failed(outputs):
                 patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
                 result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
                 path, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE),
-                                                            mask_path, seg_path, rtstruct_path,
+                                                            outputs.mask, outputs.seg, outputs.rtstruct,
                                                             patient_id=entry.patient_id)
                 result.warnings.extend(dicom_warnings)
                 score = {"patient_id": entry.patient_id, "deep_score": result.deep_score,
@@ -194,15 +223,15 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         if column in table.columns:
             table[column] = table[column].map(relocate)
     table[MASK_COLUMN] = [masks.get(pid, "") for pid in table["patient_id"]]
-    write_text_atomic(out_dir / "manifest.csv", table.to_csv(index=False))
+    write_text_atomic(out_dir / COHORT_MANIFEST, table.to_csv(index=False))
     marker = Path(manifest.source).parent / SYNTHETIC_MARKER
     if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
         shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)
     columns = ["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "binary_probability", "warnings"]
     if not model.net.config.binary_head:
         columns.remove("binary_probability")
-    write_text_atomic(out_dir / "deep_scores.csv", pd.DataFrame(scores, columns=columns).to_csv(index=False))
-    warnings_path = out_dir / "cohort_warnings.txt"
+    write_text_atomic(out_dir / COHORT_SCORES, pd.DataFrame(scores, columns=columns).to_csv(index=False))
+    warnings_path = out_dir / COHORT_WARNINGS
     warnings = cohort_warnings(model.content.get("network", {}).get("training_volumes_ml", {}),
                                [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores])
     for message in warnings:
@@ -215,9 +244,9 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         write_text_atomic(warnings_path, "".join(f"{message}\n" for message in warnings))
     elif warnings_path.exists():
         warnings_path.unlink()
-    failures_path = out_dir / "failures.csv"
+    failures_path = out_dir / COHORT_FAILURES
     if failures:
         write_text_atomic(failures_path, pd.DataFrame(failures).to_csv(index=False))
     elif failures_path.exists():
         failures_path.unlink()
-    return out_dir / "manifest.csv"
+    return out_dir / COHORT_MANIFEST

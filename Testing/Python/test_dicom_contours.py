@@ -175,6 +175,72 @@ def test_a_failed_single_patient_segment_leaves_no_contours_of_an_earlier_run(pa
     assert [path.name for path in outputs if path.exists()] == []
 
 
+def _broken_network(kind, folder):
+    """A copy of the shipped network damaged as a transfer or a wrong path damages one: (its folder, the file the
+    error must name, a word of the fix it must give)."""
+    import shutil
+
+    bundle = folder / kind
+    if kind == "wrong bundle folder":  # e.g. the patient's folder given as --bundle
+        bundle.mkdir()
+        return bundle, bundle, "train-net"
+    shutil.copytree(DEMO_NETWORK, bundle)
+    if kind == "corrupt weights":
+        with open(bundle / "network.safetensors", "r+b") as fh:  # one byte flipped on the way
+            fh.seek(1000)
+            byte = fh.read(1)
+            fh.seek(1000)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        return bundle, bundle / "network.safetensors", "re-copy"
+    if kind == "unreadable weights":  # damaged, then vouched for again by a tool that re-made the checksums
+        import hashlib
+
+        weights = bundle / "network.safetensors"
+        weights.write_bytes(b"\x00" * 64)
+        sums = bundle / "SHA256SUMS"
+        sums.write_text("".join(f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  {name}\n"
+                                if name == weights.name else f"{digest}  {name}\n"
+                                for digest, name in (line.split(None, 1) for line in sums.read_text().splitlines())))
+        return bundle, weights, "re-copy"
+    (bundle / "bundle.json").unlink()
+    return bundle, bundle / "bundle.json", "re-copy"
+
+
+@pytest.mark.parametrize("kind", ["corrupt weights", "unreadable weights", "missing bundle.json",
+                                  "wrong bundle folder"])
+def test_a_network_bundle_that_fails_to_load_leaves_no_outputs_of_an_earlier_run(tmp_path, capsys, caplog, kind):
+    """The network was loaded before the single-patient run's outputs were guarded, and before a cohort run started:
+    a damaged bundle failed the command but left last run's contours (and a cohort's manifest.csv pointing at them)
+    where they are taken for this run's. Now the run fails with the bundle's file and the fix named, before
+    anything is written, and the earlier outputs are gone."""
+    from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
+    from NPCPrognosisLib.resources import SAMPLE_CASE, sample_case_files
+
+    files = sample_case_files(SAMPLE_CASE)
+    images = [part for key in ("t1", "t2", "t1c") for part in (f"--{key}", str(files[key]))]
+    bundle, named, fix = _broken_network(kind, tmp_path)
+    single = SegmentOutputs.beside_mask(tmp_path / "single" / "A0.nii.gz")
+    cohort = tmp_path / "cohort"
+    in_cohort = SegmentOutputs.of_patient(cohort, "NPC-SAMPLE-001")
+    earlier = [*single.files, *in_cohort.files, cohort / "manifest.csv", cohort / "deep_scores.csv"]
+    for path in earlier:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"an earlier run's output")
+    pd.DataFrame({"patient_id": ["NPC-SAMPLE-001"], **{key: [str(files[key])] for key in ("t1", "t2", "t1c")}}
+                 ).to_csv(tmp_path / "cohort.csv", index=False)
+    # a --out that is no mask file is refused before the network loads, and removes nothing
+    assert main(["--quiet", "segment", "--bundle", str(bundle), *images, "--out", str(tmp_path / "single")]) == 2
+    assert "is not a mask file" in capsys.readouterr().err and all(path.exists() for path in earlier)
+    for command, folder in ((["--out", str(single.mask), *images], single.mask.parent),
+                            (["--manifest", str(tmp_path / "cohort.csv"), "--out", str(cohort)], cohort)):
+        caplog.clear()
+        assert main(["--quiet", "segment", "--bundle", str(bundle), *command]) == 2
+        error = capsys.readouterr().err
+        assert str(named) in error and fix in error, error
+        assert f"an earlier run left in {folder}" in caplog.text  # the user is told what went
+    assert [path.name for path in earlier if path.exists()] == []
+
+
 PATIENT_STUDY_HEADER = {"0010|0010": "DOE^JANE", "0010|0030": "19600101", "0010|0040": "F", "0008|0050": "ACC42",
                         "0008|0020": "20260102", "0008|0030": "093000", "0020|0010": "S7",
                         "0008|0090": "REFERRER^R"}
