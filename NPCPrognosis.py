@@ -1072,9 +1072,11 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                 "which moves their borders by up to half a voxel; check them on that volume, or draw them on it"]
 
     def _writeSegmentation(self, segmentationNode, referenceVolumeNode, path, warnings=None):
+        """The segmentation exported once onto the reference grid: (path of the label file written, its labels as an
+        array), so a job's mask file and the labels compared with the automatic contours are one export."""
         labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, warnings)
         try:
-            return self._writeVolume(labelmapNode, path)
+            return self._writeVolume(labelmapNode, path), slicer.util.arrayFromVolume(labelmapNode).copy()
         finally:
             self._removeWithDisplay(labelmapNode)
 
@@ -1293,7 +1295,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         with self._jobInputs() as folder:
             job = {"action": "extract", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
                    "images": self._writeVolumes(volumes, folder),
-                   "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz"),
+                   "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz")[0],
                    "features": str(cache) if cache.exists() else None}
 
         def finish(result):
@@ -1355,25 +1357,25 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             exportWarnings.append(f"the automatic contours of {segmentationNode.GetName()} were made on another CET1W "
                                   f"grid than {volumes['t1c'].GetName()}: no contour-change report")
         segmentInfo = json.loads(segmentationNode.GetAttribute("NPCPrognosis.SegmentResult") or "{}")
-        editedArray = None
         with self._jobInputs() as folder:
+            images = self._writeVolumes(volumes, folder)
+            # one export: the job's mask file is the contours the contour change compares with the automatic ones
+            mask, editedArray = self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
+                                                        exportWarnings)
             job = {"action": "predict", "out_dir": str(folder), "patient_id": patientId, "bundle": str(bundle),
-                   "images": self._writeVolumes(volumes, folder),
-                   "mask": self._writeSegmentation(segmentationNode, volumes["t1c"], folder / "mask.nii.gz",
-                                                   exportWarnings),
+                   "images": images, "mask": mask,
                    "features": str(cache) if cache.exists() else None, "clinical": dict(clinical),
                    "deep_score_sd": segmentInfo.get("deep_score_sd"),
                    "extra_features": [spec.strip() for spec in (extraFeatures or "").split(";") if spec.strip()]}
             if automaticLabelmap is not None:
                 job["reference_mask"] = self._writeVolume(automaticLabelmap, folder / "automatic_mask.nii.gz")
                 job["reference_features"] = str(referenceCache) if referenceCache.exists() else None
-                editedArray = self._exportedArray(segmentationNode, volumes["t1c"])
 
         def finish(result):
             for key, target in (("features", cache), ("reference_features", referenceCache)):
                 if result.get(key) and pathlib.Path(result[key]) != target:
                     shutil.copyfile(result[key], target)
-            if editedArray is not None:
+            if automaticLabelmap is not None:
                 result["contour_change"] = self.contourChange(segmentationNode, volumes["t1c"],
                                                               result.get("reference_prediction"), result["prediction"],
                                                               editedArray)
@@ -1483,7 +1485,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         Returns {"seg", "rtstruct": path or None, "warnings": [...]}; a volume not loaded from DICOM is refused
         before anything is written, and neither file being possible is an error.
         """
-        from NPCPrognosisLib.io.atomic import patient_file
+        from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
 
         exportWarnings = []
         folder = self._patientFolder(outputDirectory, patientId)
@@ -1493,18 +1495,15 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             series.mkdir()
             for index, path in enumerate(files):  # the volume's own instances only (a series Slicer split in parts)
                 shutil.copyfile(path, series / f"{index:05d}.dcm")
-            labelmapNode = self.exportLabelmap(segmentationNode, referenceVolumeNode, exportWarnings)
-            try:  # one export serves the file and the comparison with the automatic contours
-                mask = self._writeVolume(labelmapNode, jobFolder / "mask.nii.gz")
-                origins = self.contourOrigins(segmentationNode, referenceVolumeNode,
-                                              slicer.util.arrayFromVolume(labelmapNode))
-            finally:
-                self._removeWithDisplay(labelmapNode)
+            # one export serves the file and the comparison with the automatic contours
+            mask, current = self._writeSegmentation(segmentationNode, referenceVolumeNode, jobFolder / "mask.nii.gz",
+                                                    exportWarnings)
+            origins = self.contourOrigins(segmentationNode, referenceVolumeNode, current)
+            outputs = SegmentOutputs.of_patient(folder, patientId)  # named as `npc-prognosis segment` names them
             job = {"action": "contours", "out_dir": str(jobFolder), "patient_id": patientId,
                    "images": {"t1c": str(series)}, "mask": mask,
                    "origins": {str(k): v for k, v in origins.items()},
-                   "seg": str(patient_file(folder, patientId, "_seg.dcm")),
-                   "rtstruct": str(patient_file(folder, patientId, "_rtstruct.dcm"))}
+                   "seg": str(outputs.seg), "rtstruct": str(outputs.rtstruct)}
 
         def finish(result):
             return {"seg": result["seg"], "rtstruct": result["rtstruct"],

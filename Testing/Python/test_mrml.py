@@ -212,9 +212,10 @@ def test_export_reproduces_the_mask_on_the_cet1w_grid_without_leaving_colour_tab
     mask = _mask_like(image)
     reference, segmentation = _imported(logic, tmp_path, image, mask)
     before = _classes(logic.scene)
-    path = logic._writeSegmentation(segmentation, reference, tmp_path / "exported.nii.gz")
+    path, labels = logic._writeSegmentation(segmentation, reference, tmp_path / "exported.nii.gz")
     exported = sitk.ReadImage(path)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
+    np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(mask))  # the labels returned are the file's
     np.testing.assert_allclose(exported.GetDirection(), image.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(exported.GetOrigin(), image.GetOrigin(), atol=1e-6)
     assert _classes(logic.scene) == before  # no *_ColorTable, display or labelmap node left behind
@@ -227,7 +228,7 @@ def test_renamed_segments_are_still_exported_by_their_tag(logic, tmp_path):
     seg = segmentation.GetSegmentation()
     seg.GetNthSegment(0).SetName("Mass")  # Segment Editor's terminology picker renames segments
     seg.GetNthSegment(1).SetName("Lymph node")
-    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "renamed.nii.gz"))
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "renamed.nii.gz")[0])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
 
 
@@ -240,7 +241,7 @@ def test_added_segments_are_reported_not_silently_dropped(logic, tmp_path):
     extra[8:9, 1:3, 1:3] = 1
     _paint(logic, segmentation, added, extra, reference)
     warnings = []
-    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "x.nii.gz", warnings))
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "x.nii.gz", warnings)[0])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
     assert len(warnings) == 1 and "Second primary?" in warnings[0] and "rename" in warnings[0]
 
@@ -333,7 +334,7 @@ def test_empty_gtvn_and_missing_gtvp(module, logic, tmp_path):
     mask = _mask_like(image, gtvn=False)
     reference, segmentation = _imported(logic, tmp_path, image, mask)
     segmentation.GetSegmentation().AddEmptySegment("", "GTVn")
-    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "n0.nii.gz"))
+    exported = sitk.ReadImage(logic._writeSegmentation(segmentation, reference, tmp_path / "n0.nii.gz")[0])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(mask))
     segmentation.GetSegmentation().RemoveSegment(segmentation.GetSegmentation().GetNthSegmentID(0))
     with pytest.raises(module.NPCPrognosisError, match="no GTVp"):
@@ -367,6 +368,57 @@ def test_contour_change_is_measured_against_this_segmentations_own_automatic_con
     automatic, edited_prediction = {"risk_score": 0.42, "risk_group": "low"}, {"risk_score": 0.97, "risk_group": "high"}
     risk = logic.contourChange(edited, reference, automatic, edited_prediction)["risk"]
     assert risk["change"] == pytest.approx(0.55) and risk["group_changed"] is True
+
+
+def test_predict_exports_the_contours_once_and_its_mask_file_is_what_the_contour_change_measures(
+        module, logic, tmp_path, monkeypatch):
+    """Predict exported the segmentation twice: once for the job's mask file, once more for the labels the contour
+    change compares with the automatic contours. One export now serves both: the file the job reads holds the
+    edited contours, and the Dice and volume change reported were measured on exactly those labels."""
+    import json
+
+    from NPCPrognosisLib.imaging.overlap import dice
+    from NPCPrognosisLib.resources import SAMPLE_CASE, sample_case_files
+    from NPCPrognosisLib.slicer_support.form import clinical_values_to_form
+
+    image = _image()
+    mask = _mask_like(image)
+    reference, edited = _imported(logic, tmp_path, image, mask)
+    volumes = {"t1": _volume(logic, image, name="t1"), "t2": _volume(logic, image, name="t2"), "t1c": reference}
+    grown = (sitk.GetArrayFromImage(mask) == GTVP).astype(np.uint8)
+    grown[6, 3:8, 2:7] = 1  # the radiologist adds a slab to GTVp
+    _paint(logic, edited, edited.GetSegmentation().GetNthSegmentID(0), grown, reference)
+    exports = []
+    export = logic.exportLabelmap
+
+    def counted(segmentation, *args, **kwargs):
+        exports.append(segmentation.GetName())
+        return export(segmentation, *args, **kwargs)
+
+    monkeypatch.setattr(logic, "exportLabelmap", counted)
+    read = {}
+
+    class Runner:  # the job's side: what it reads from the files it was given
+        def runAndWait(self, job, onProgress=None):
+            read.update(mask=sitk.GetArrayFromImage(sitk.ReadImage(job["mask"])),
+                        automatic=sitk.GetArrayFromImage(sitk.ReadImage(job["reference_mask"])))
+            return {"prediction": {"patient_id": "P1", "risk_score": 0.9, "risk_group": "high", "warnings": []},
+                    "reference_prediction": {"risk_score": 0.4, "risk_group": "low"}}
+
+    logic.runner = Runner()
+    clinical = clinical_values_to_form(json.loads(sample_case_files(SAMPLE_CASE)["clinical"].read_text()))
+    result = logic.predict(volumes, edited, str(module.DEMO_BUNDLE), clinical, patientId="P1")
+    assert exports == [edited.GetName()]
+    before = sitk.GetArrayFromImage(mask)
+    np.testing.assert_array_equal(read["mask"], np.where(grown == 1, GTVP, np.where(before == GTVN, GTVN, 0)))
+    np.testing.assert_array_equal(read["automatic"], before)
+    change = result["contour_change"]["structures"]["GTVp"]
+    assert change["dice"] == pytest.approx(dice(read["automatic"] == GTVP, read["mask"] == GTVP))
+    assert change["dice"] < 1.0
+    voxel_ml = 0.8 * 0.9 * 3.0 / 1000.0
+    assert change["volume_change_ml"] == pytest.approx(
+        ((read["mask"] == GTVP).sum() - (read["automatic"] == GTVP).sum()) * voxel_ml)
+    assert result["contour_change"]["risk"]["change"] == pytest.approx(0.5)
 
 
 def test_export_report_draws_the_edited_contours_over_the_automatic_ones_from_the_scene(logic, tmp_path,
