@@ -261,7 +261,11 @@ def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_pat
     assert "P000" in str(info.value)
     rows = [{"dmfs_time": 30.44 * (20 + 5 * i)} for i in range(12)]  # days
     (tmp_path / "images").rename(tmp_path / "old")
-    manifest = read_manifest(_write_cohort(tmp_path, rows))
+    with pytest.raises(InputError, match="the median dmfs_time is .* look like days"):
+        read_manifest(_write_cohort(tmp_path, rows))  # every command that reads the table, not only training
+    _rewrite(tmp_path / "manifest.csv", lambda t: t.assign(dmfs_time=[20.0 + 5 * i for i in range(12)]))
+    manifest = read_manifest(tmp_path / "manifest.csv")
+    manifest.table["dmfs_time"] = [30.44 * (20 + 5 * i) for i in range(12)]  # a table built without the reader
     with pytest.raises(InputError, match="look like days"):
         check_outcomes(manifest, "dmfs")
     manifest.table["dmfs_time"] = np.inf
@@ -272,6 +276,35 @@ def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_pat
     assert "years" in follow_up_warning(manifest, "dmfs")
     manifest.table["dmfs_time"] = [20.0 + 5 * i for i in range(12)]
     assert follow_up_warning(manifest, "dmfs") is None
+
+
+def test_follow_up_of_some_patients_in_days_is_refused_naming_them(tmp_path):
+    """One centre's rows exported in days among months: the median (34 months) looked right, and a patient with
+    4 years of follow-up (1461 days) was read as 122 years of it."""
+    days = {3: 4 * 365.25, 9: 2.5 * 365.25, 15: 600.0}  # real follow-up 48, 30 and 19.7 months
+    rows = [{"dmfs_time": days.get(i, 24.0 + i), "os_time": days.get(i, 24.0 + i)} for i in range(20)]
+    path = _write_cohort(tmp_path, rows)
+    with pytest.raises(InputError) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert "3 patient(s) have a dmfs_time beyond 480 months" in message
+    assert "P003 (1461), P009 (913.125), P015 (600)" in message
+    assert "patient 'P003'" in message and str(path) in message and "days / 30.44" in message
+    # converted as the message says, the same table is read and its outcomes pass
+    converted = {i: round(value / 30.44, 2) for i, value in days.items()}
+    _rewrite(path, lambda t: t.assign(dmfs_time=[converted.get(i, 24.0 + i) for i in range(20)],
+                                      os_time=[converted.get(i, 24.0 + i) for i in range(20)]))
+    manifest = read_manifest(path)
+    check_outcomes(manifest, "dmfs")
+    assert manifest.outcome_arrays("dmfs")[0][3] == pytest.approx(48.0, abs=0.05)
+    # a table built without the reader (a resample, a test split) meets the same check in check_outcomes, for
+    # the patients selected; 40 years is still accepted
+    manifest.table.loc[9, "dmfs_time"] = 913.125
+    with pytest.raises(InputError, match=r"1 patient\(s\) have a dmfs_time beyond 480 months.*P009 \(913.125\)"):
+        check_outcomes(manifest, "dmfs")
+    check_outcomes(manifest, "dmfs", patient_ids=[f"P{i:03d}" for i in range(20) if i != 9])
+    manifest.table.loc[9, "dmfs_time"] = 480.0
+    check_outcomes(manifest, "dmfs")
 
 
 def test_ebv_dna_in_log10_copies_or_as_a_flag_is_refused_and_a_yes_no_rene_is_not_a_grade(tmp_path):
