@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from NPCPrognosisLib.io.clinical import (
     encode_clinical,
     parse_clinical,
 )
+from NPCPrognosisLib.io.sequence_names import file_name_warnings
 
 MASK_COLUMN = "mask"
 OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
@@ -219,7 +221,9 @@ def read_manifest(
     column_map : mapping of str to str, optional
         Canonical column name to the user's own (see :func:`load_column_map`).
     require_images : bool
-        The three sequence columns must be present.
+        The three sequence columns must be present; image file names that name another sequence than their column
+        (``P001_T2.nii.gz`` under ``t1``) are warned about, once per column
+        (:func:`~NPCPrognosisLib.io.sequence_names.file_name_warnings`).
     require_mask : bool
         The ``mask`` column must be present.
     require_clinical : bool
@@ -271,6 +275,11 @@ def read_manifest(
                                                              "digits")
     table = table.assign(patient_id=ids)
     _check_outcome_cells(table, path)
+    if require_images:
+        rows = [(row["patient_id"], {c: row[c] if isinstance(row[c], str) else None for c in SEQUENCES})
+                for _, row in table.iterrows()]
+        for message in file_name_warnings(rows):
+            warnings.warn(f"{message} ({path})", UserWarning, stacklevel=2)
     if require_clinical:
         for _, row in table.iterrows():
             try:
