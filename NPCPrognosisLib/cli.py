@@ -243,6 +243,15 @@ def _patient_id(args: argparse.Namespace) -> str:
     return "patient"
 
 
+def _warn_file_names(args: argparse.Namespace) -> None:
+    """Warn when a --t1/--t2/--t1c file's name names another sequence (``P1_T2.nii.gz`` given as --t1), as a
+    manifest's columns are (:func:`~NPCPrognosisLib.io.sequence_names.file_name_warnings`)."""
+    from NPCPrognosisLib.io.sequence_names import file_name_warnings
+
+    for message in file_name_warnings([(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c})]):
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.bundle import read_bundle
     from NPCPrognosisLib.io.clinical import parse_key_values
@@ -264,6 +273,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("a mask is needed: this bundle has no segmentation network", column="--mask",
                          fix="pass --mask with label 1 = GTVp and 2 = GTVn, or a bundle trained with --network")
     args.patient_id = _patient_id(args)
+    _warn_file_names(args)
     inputs = [args.t1, args.t2, args.t1c, mask]
     for file in claim_folder(args.out, args.patient_id, overwrite=args.overwrite, inputs=inputs):
         print(f"  removed {file} (another patient's result, --overwrite)")
@@ -386,6 +396,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         model = cached_network(network)
         print(validation_summary(model))
         args.patient_id = _patient_id(args)
+        _warn_file_names(args)
         patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
         result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                                  saliency=args.saliency)

@@ -66,9 +66,10 @@ def dicom_series_files(folder: Path, selector: str | None = None, *, patient_id:
 
 
 def series_identity(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> dict[str, str]:
-    """The ``patient`` (PatientID) and ``frame`` (FrameOfReferenceUID) of the DICOM series ``path`` names (a folder,
-    optionally ``folder::selector``), those its header gives; empty for an image file (NIfTI, NRRD), which carries
-    neither."""
+    """What the header of the DICOM series ``path`` names (a folder, optionally ``folder::selector``) says about
+    whose it is and what it is, the fields it gives: ``patient`` (PatientID), ``frame`` (FrameOfReferenceUID),
+    ``description``, ``protocol`` and ``sequence`` (SeriesDescription, ProtocolName, SequenceName) and
+    ``contrast_agent`` (ContrastBolusAgent); empty for an image file (NIfTI, NRRD), which carries none."""
     folder, selector = split_series_selector(path)
     if not folder.is_dir():
         return {}
@@ -76,7 +77,8 @@ def series_identity(path: str | Path, *, patient_id: str | None = None, role: st
     header.SetFileName(dicom_series_files(folder, selector, patient_id=patient_id, role=role)[0])
     header.LoadPrivateTagsOff()
     header.ReadImageInformation()
-    tags = {"patient": "0010|0020", "frame": "0020|0052"}
+    tags = {"patient": "0010|0020", "frame": "0020|0052", "description": "0008|103e", "protocol": "0018|1030",
+            "sequence": "0018|0024", "contrast_agent": "0018|0010"}
     values = {key: header.GetMetaData(tag).strip() for key, tag in tags.items() if header.HasMetaDataKey(tag)}
     return {key: value for key, value in values.items() if value}
 

@@ -35,6 +35,7 @@ from NPCPrognosisLib.io.dicom_series import (
     series_identity,
     split_series_selector,
 )
+from NPCPrognosisLib.io.sequence_names import check_series_sequences
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +403,8 @@ def load_patient(
     (:func:`~NPCPrognosisLib.io.dicom_series.check_series_owners`): series of one patient must agree, and one that
     carries an ID of ``foreign_ids`` (a cohort run: the manifest's IDs), or with ``foreign_ids`` None any ID but
     ``patient_id`` (one patient named by the hospital's ID), is another patient's.
+    A DICOM series whose header names another sequence than its column (a ``t1`` series described as T2W) is
+    refused too (:func:`~NPCPrognosisLib.io.sequence_names.check_series_sequences`), on unambiguous words only.
 
     The mask may be a label image, a DICOM RTSTRUCT rasterised onto the reference (CET1W) grid, or a DICOM SEG of
     the CET1W series, with ``roi_map`` naming the GTVp/GTVn ROIs or segments
@@ -423,6 +426,8 @@ def load_patient(
     owners = {name: identities[name]["patient"] for name in sorted(identities, key=lambda n: n != reference)
               if identities[name].get("patient")}
     check_series_owners(owners, patient_id, image_paths, foreign_ids=foreign_ids)
+    check_series_sequences({name: identity for name, identity in identities.items()
+                            if split_series_selector(image_paths[name])[0].is_dir()}, patient_id, image_paths)
     for name, identity in identities.items():
         if name == reference:
             continue

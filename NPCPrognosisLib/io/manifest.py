@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from NPCPrognosisLib.io.clinical import (
     encode_clinical,
     parse_clinical,
 )
+from NPCPrognosisLib.io.sequence_names import file_name_warnings
 
 MASK_COLUMN = "mask"
 OPTIONAL_COLUMNS = ("pfs_time", "pfs_event", "ic_response", "split", "centre")
@@ -219,7 +221,9 @@ def read_manifest(
     column_map : mapping of str to str, optional
         Canonical column name to the user's own (see :func:`load_column_map`).
     require_images : bool
-        The three sequence columns must be present.
+        The three sequence columns must be present; image file names that name another sequence than their column
+        (``P001_T2.nii.gz`` under ``t1``) are warned about, once per column
+        (:func:`~NPCPrognosisLib.io.sequence_names.file_name_warnings`).
     require_mask : bool
         The ``mask`` column must be present.
     require_clinical : bool
@@ -271,6 +275,11 @@ def read_manifest(
                                                              "digits")
     table = table.assign(patient_id=ids)
     _check_outcome_cells(table, path)
+    if require_images:
+        rows = [(row["patient_id"], {c: row[c] if isinstance(row[c], str) else None for c in SEQUENCES})
+                for _, row in table.iterrows()]
+        for message in file_name_warnings(rows):
+            warnings.warn(f"{message} ({path})", UserWarning, stacklevel=2)
     if require_clinical:
         for _, row in table.iterrows():
             try:
@@ -335,8 +344,9 @@ def _read_table(path: Path, column_map: Mapping[str, str]) -> pd.DataFrame:
 
 
 def _check_outcome_cells(table: pd.DataFrame, path: Path) -> None:
-    """Every filled outcome cell is a number (or TRUE/FALSE for an event): checked for every endpoint the table has,
-    since a later stage reads any of them (the robustness study reads the whole row)."""
+    """Every filled outcome cell is a number (or TRUE/FALSE for an event) and no follow-up time is in days
+    (:func:`_check_follow_up_unit`): checked for every endpoint the table has, since a later stage reads any of
+    them (the robustness study reads the whole row)."""
     for column in [c for c in table.columns if c.endswith(("_time", "_event")) and c.rsplit("_", 1)[0] in ENDPOINTS]:
         values = table[column]
         if values.dtype == bool:
@@ -348,6 +358,8 @@ def _check_outcome_cells(table: pd.DataFrame, path: Path) -> None:
             raise InputError(f"{column} is {values.iloc[first]!r}, not a number",
                              patient_id=table["patient_id"].iloc[first], path=path, column=column,
                              fix="months as a plain number (time) and 0/1 (event); leave the cell empty if unknown")
+        if column.endswith("_time"):
+            _check_follow_up_unit(numbers, table["patient_id"], path, column)
 
 
 #: EBV DNA is a count in copies/mL (0 below detection, then hundreds to millions): a cohort whose values all lie at
@@ -403,11 +415,31 @@ def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str]
                              path=manifest.source, column=f"{endpoint}_event",
                              fix=f"1 = {endpoint} event, 0 = censored (a competing event, e.g. death before "
                                  "relapse, is censored here)")
-    times = pd.to_numeric(table[f"{endpoint}_time"], errors="coerce")
-    if len(times) >= 10 and times.median() > MAX_MEDIAN_FOLLOW_UP:
-        raise InputError(f"the median {endpoint}_time is {times.median():g} months ({times.median() / 12:.0f} years): "
-                         "these look like days", path=manifest.source, column=f"{endpoint}_time",
+    _check_follow_up_unit(table[f"{endpoint}_time"], table["patient_id"], manifest.source, f"{endpoint}_time")
+
+
+def _check_follow_up_unit(times: pd.Series, patient_ids: pd.Series, path: Path, column: str) -> None:
+    """Refuse follow-up times given in days, where they would be read as months (30 times too long).
+
+    The whole column in days shows in its median (beyond :data:`MAX_MEDIAN_FOLLOW_UP`); some rows in days (one
+    centre's export pasted into a table in months) show only row by row, as times no patient can have (beyond
+    :data:`MAX_FOLLOW_UP`). Both name the fix; the rows are listed so the user knows which to convert.
+    """
+    times = pd.to_numeric(times, errors="coerce")
+    known = times.dropna()
+    if len(known) >= 10 and known.median() > MAX_MEDIAN_FOLLOW_UP:
+        raise InputError(f"the median {column} is {known.median():g} months ({known.median() / 12:.0f} years): "
+                         "these look like days", path=path, column=column,
                          fix="give follow-up in months (days / 30.44)")
+    beyond = (np.isfinite(times) & (times > MAX_FOLLOW_UP)).to_numpy()  # infinite: refused by check_outcomes
+    if beyond.any():
+        ids, values = list(patient_ids[beyond]), list(times[beyond])
+        shown = ", ".join(f"{pid} ({value:g})" for pid, value in zip(ids[:5], values[:5]))
+        more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+        raise InputError(f"{len(ids)} patient(s) have a {column} beyond {MAX_FOLLOW_UP:g} months "
+                         f"({MAX_FOLLOW_UP / 12:.0f} years), longer than any NPC patient can have been followed: "
+                         f"{shown}{more}; these rows look like days", patient_id=ids[0], path=path, column=column,
+                         fix="give these patients' follow-up in months (days / 30.44), as the other rows are")
 
 
 def follow_up_warning(manifest: Manifest, endpoint: str) -> str | None:
@@ -422,5 +454,9 @@ def follow_up_warning(manifest: Manifest, endpoint: str) -> str | None:
 
 #: A median follow-up beyond 20 years is no NPC cohort's: times in days are 30 times their months.
 MAX_MEDIAN_FOLLOW_UP = 240.0
+#: No patient's follow-up can exceed 40 years: MRI staging of NPC (the images this model reads) became routine in
+#: the 1990s, so no patient imaged that way has been followed that long. A time in days passes this ceiling once the
+#: real follow-up exceeds 16 months (480 days); a shorter one in days cannot be told from months, row by row.
+MAX_FOLLOW_UP = 480.0
 #: A cohort whose longest follow-up is at most this many months was probably given in years.
 SHORTEST_LONGEST_FOLLOW_UP = 10.0

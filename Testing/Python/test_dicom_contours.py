@@ -115,9 +115,10 @@ def test_segment_writes_a_dicom_seg_that_highdicom_reads_back_with_the_same_labe
     # the SEG is accepted as the mask of the same patient (it had been refused as a label map of 255s)
     given = load_patient("A0", {key: tmp_path / key for key in ("t1", "t2", "t1c")}, tmp_path / "auto_seg.dcm")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(given.mask), sitk.GetArrayFromImage(nifti))
-    # but not on another series: its frames reference images the CET1W does not hold
+    # but not on another series: its frames reference images the CET1W does not hold (the T1W series: the T2W one
+    # is refused before, as its description names another sequence than the t1c column)
     with pytest.raises(InputError, match="the DICOM SEG was drawn on other images") as caught:
-        load_patient("A0", {key: tmp_path / key for key in ("t1", "t2", "t1c")} | {"t1c": tmp_path / "t2"},
+        load_patient("A0", {key: tmp_path / key for key in ("t1", "t2", "t1c")} | {"t1c": tmp_path / "t1"},
                      tmp_path / "auto_seg.dcm")
     assert "A0" in str(caught.value) and "auto_seg.dcm" in str(caught.value)
     import pydicom

@@ -261,7 +261,11 @@ def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_pat
     assert "P000" in str(info.value)
     rows = [{"dmfs_time": 30.44 * (20 + 5 * i)} for i in range(12)]  # days
     (tmp_path / "images").rename(tmp_path / "old")
-    manifest = read_manifest(_write_cohort(tmp_path, rows))
+    with pytest.raises(InputError, match="the median dmfs_time is .* look like days"):
+        read_manifest(_write_cohort(tmp_path, rows))  # every command that reads the table, not only training
+    _rewrite(tmp_path / "manifest.csv", lambda t: t.assign(dmfs_time=[20.0 + 5 * i for i in range(12)]))
+    manifest = read_manifest(tmp_path / "manifest.csv")
+    manifest.table["dmfs_time"] = [30.44 * (20 + 5 * i) for i in range(12)]  # a table built without the reader
     with pytest.raises(InputError, match="look like days"):
         check_outcomes(manifest, "dmfs")
     manifest.table["dmfs_time"] = np.inf
@@ -272,6 +276,35 @@ def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_pat
     assert "years" in follow_up_warning(manifest, "dmfs")
     manifest.table["dmfs_time"] = [20.0 + 5 * i for i in range(12)]
     assert follow_up_warning(manifest, "dmfs") is None
+
+
+def test_follow_up_of_some_patients_in_days_is_refused_naming_them(tmp_path):
+    """One centre's rows exported in days among months: the median (34 months) looked right, and a patient with
+    4 years of follow-up (1461 days) was read as 122 years of it."""
+    days = {3: 4 * 365.25, 9: 2.5 * 365.25, 15: 600.0}  # real follow-up 48, 30 and 19.7 months
+    rows = [{"dmfs_time": days.get(i, 24.0 + i), "os_time": days.get(i, 24.0 + i)} for i in range(20)]
+    path = _write_cohort(tmp_path, rows)
+    with pytest.raises(InputError) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert "3 patient(s) have a dmfs_time beyond 480 months" in message
+    assert "P003 (1461), P009 (913.125), P015 (600)" in message
+    assert "patient 'P003'" in message and str(path) in message and "days / 30.44" in message
+    # converted as the message says, the same table is read and its outcomes pass
+    converted = {i: round(value / 30.44, 2) for i, value in days.items()}
+    _rewrite(path, lambda t: t.assign(dmfs_time=[converted.get(i, 24.0 + i) for i in range(20)],
+                                      os_time=[converted.get(i, 24.0 + i) for i in range(20)]))
+    manifest = read_manifest(path)
+    check_outcomes(manifest, "dmfs")
+    assert manifest.outcome_arrays("dmfs")[0][3] == pytest.approx(48.0, abs=0.05)
+    # a table built without the reader (a resample, a test split) meets the same check in check_outcomes, for
+    # the patients selected; 40 years is still accepted
+    manifest.table.loc[9, "dmfs_time"] = 913.125
+    with pytest.raises(InputError, match=r"1 patient\(s\) have a dmfs_time beyond 480 months.*P009 \(913.125\)"):
+        check_outcomes(manifest, "dmfs")
+    check_outcomes(manifest, "dmfs", patient_ids=[f"P{i:03d}" for i in range(20) if i != 9])
+    manifest.table.loc[9, "dmfs_time"] = 480.0
+    check_outcomes(manifest, "dmfs")
 
 
 def test_ebv_dna_in_log10_copies_or_as_a_flag_is_refused_and_a_yes_no_rene_is_not_a_grade(tmp_path):
@@ -626,3 +659,117 @@ def test_evaluate_prints_na_when_everyone_is_in_one_risk_group():
     from NPCPrognosisLib.cli import _number
 
     assert _number(None, ".2g") == "n/a" and _number(0.0123, ".2g") == "0.012"
+
+
+ANY = ("t1", "t2", "t1c")
+#: Series descriptions as scanners and centres write them, and the manifest columns each allows.
+DESCRIPTIONS = [
+    ("AX T2 FSE", ("t2",)), ("t2_tse_tra_p2", ("t2",)), ("T2W_TSE_SPAIR", ("t2",)), ("Cor T2 STIR", ("t2",)),
+    ("T2 post gd", ("t2",)),  # a T2W after contrast is still the T2W
+    ("T1 FS POST", ("t1c",)), ("t1_tse_tra_fs_Gd", ("t1c",)), ("T1C", ("t1c",)), ("T1+C", ("t1c",)),
+    ("T1W_CE", ("t1c",)), ("ce-T1", ("t1c",)), ("COR T1 C+", ("t1c",)), ("CE-T1WI", ("t1c",)),
+    ("T1 with contrast", ("t1c",)), ("SYNTHETIC t1c", ("t1c",)),
+    ("T1 pre", ("t1",)), ("T1_SE_nativ", ("t1",)), ("Ax T1 FLAIR non-contrast", ("t1",)), ("T1 w/o contrast", ("t1",)),
+    # a T1W that does not say whether contrast was given (many post-contrast series are named just so), or says both,
+    # or whose 'pre'/'post' is about treatment
+    ("t1_tse_tra_fs", ("t1", "t1c")), ("T1WI", ("t1", "t1c")), ("SYNTHETIC t1", ("t1", "t1c")),
+    ("T1 pre/post", ("t1", "t1c")), ("T1 pre-treatment", ("t1", "t1c")), ("T1 post-RT", ("t1", "t1c")),
+    # unknown: no weighting named, both named, or neither weighted image the columns mean
+    ("STIR", ANY), ("MPRAGE", ANY), ("VIBE post", ANY), ("T2*", ANY), ("T2 map", ANY), ("T1 mapping", ANY),
+    ("T1 T2 fusion", ANY), ("DWI b1000", ANY), ("ADC", ANY), ("Localizer", ANY), ("*tse2d1_15", ANY),
+    ("sT2W_TSE", ANY), ("", ANY),
+]
+
+
+@pytest.mark.parametrize(("description", "allowed"), DESCRIPTIONS)
+def test_series_descriptions_name_a_sequence_only_on_explicit_words(description, allowed):
+    from NPCPrognosisLib.io.sequence_names import possible_sequences
+
+    assert possible_sequences(description) == allowed
+
+
+def _dicom_patient(tmp_path, headers):
+    """One patient's series, one folder each (``series1`` ...), with the given extra header fields."""
+    from NPCPrognosisLib.datasets.cohort_files import dicom_uid, write_dicom_series
+
+    rng = np.random.default_rng(3)
+    study, frame = dicom_uid(rng), dicom_uid(rng)
+    folders = {}
+    for number, (name, extra) in enumerate(headers.items(), start=1):
+        tags = {"0008|0060": "MR", "0010|0020": "D1", "0020|000d": study, "0020|0052": frame,
+                "0020|0011": str(number), **extra}
+        folders[name] = tmp_path / f"series{number}"
+        write_dicom_series(sitk.Cast(_image(), sitk.sitkInt16), folders[name], tags, dicom_uid(rng), rng)
+    return folders
+
+
+def test_dicom_series_whose_header_names_another_sequence_are_refused(tmp_path):
+    """The t1 and t2 paths of a row exchanged: every image was a valid volume and the T2W was read as the T1W."""
+    series = _dicom_patient(tmp_path, {"t1": {"0008|103e": "AX T1 pre"}, "t2": {"0008|103e": "AX T2 FSE"},
+                                       "t1c": {"0008|103e": "AX T1 FS POST"},
+                                       "t1c_pre": {"0008|103e": "t1_tse_tra_fs", "0018|1030": "T1 native"},
+                                       "stir": {"0008|103e": "STIR"}})
+    swapped = {"t1": series["t2"], "t2": series["t1"], "t1c": series["t1c"]}
+    with pytest.raises(InputError) as info:
+        load_patient("D1", swapped)
+    message = str(info.value)
+    assert ("the t1 column's series is described as T2W (SeriesDescription 'AX T2 FSE'), not T1W" in message
+            and "patient 'D1'" in message and str(series["t2"]) in message and "swapped" in message)
+    with pytest.raises(InputError, match="the t2 column's series is described as T1W .*'AX T1 pre'"):
+        load_patient("D1", {**swapped, "t1": series["t1"]})
+    # a pre-contrast T1W in the t1c column, said by the protocol name when the description says nothing certain
+    with pytest.raises(InputError, match=r"t1c column's series is described as T1W \(SeriesDescription "
+                                         r"'t1_tse_tra_fs'; ProtocolName 'T1 native'\), not CET1W"):
+        load_patient("D1", {"t1": series["t1"], "t2": series["t2"], "t1c": series["t1c_pre"]})
+    right = load_patient("D1", {"t1": series["t1"], "t2": series["t2"], "t1c": series["t1c"]})
+    assert set(right.images) == {"t1", "t2", "t1c"}
+    load_patient("D1", {"t1": series["t1"], "t2": series["stir"], "t1c": series["t1c"]})  # STIR: not judged
+
+
+def test_a_contrast_agent_on_the_t1_series_and_none_on_the_t1c_series_is_refused(tmp_path):
+    """Descriptions that say nothing of contrast: the ContrastBolusAgent of the pair shows the exchange; either
+    alone is no evidence (many scanners never fill it, some fill it for every series of the exam)."""
+    def series(t1_agent, t1c_agent):
+        return _dicom_patient(tmp_path / f"{t1_agent}-{t1c_agent}", {
+            "t1": {"0008|103e": "t1_tse_tra", **({"0018|0010": t1_agent} if t1_agent else {})},
+            "t2": {"0008|103e": "t2_tse_tra"},
+            "t1c": {"0008|103e": "t1_tse_tra_fs", **({"0018|0010": t1c_agent} if t1c_agent else {})}})
+
+    with pytest.raises(InputError) as info:
+        load_patient("D1", series("Gadovist", None))
+    assert ("the t1 series was acquired with a contrast agent (ContrastBolusAgent 'Gadovist') and the t1c series "
+            "without one" in str(info.value) and "swap the t1 and t1c paths" in str(info.value))
+    with pytest.raises(InputError, match="ContrastBolusAgent 'Dotarem'"):
+        load_patient("D1", series("Dotarem", "NONE"))  # 'NONE' names no agent
+    load_patient("D1", series(None, "Gadovist"))
+    load_patient("D1", series("Gadovist", "Gadovist"))  # the whole exam tagged: no evidence
+    load_patient("D1", series(None, None))
+
+
+def test_image_file_names_of_another_sequence_are_warned_about_not_refused(tmp_path):
+    import argparse
+    import warnings
+
+    from NPCPrognosisLib.cli import _warn_file_names
+
+    path = _rewrite(_write_cohort(tmp_path, [{}, {}, {"patient_id": "T1-017"}]), lambda t: t.assign(
+        t1=["images/P000_T2.nii.gz", "images/P001_t2w.nii.gz", "images/T1-017_t1.nii.gz"],
+        t2=["images/P000_T1.nii.gz", "images/P001_T2.nii.gz", "images/T1-017_t2.nii.gz"],
+        t1c=["images/P000_T1C.nii.gz", "images/P001_ce-T1.nii.gz", "images/T1-017_T1_post.nii.gz"]))
+    with pytest.warns(UserWarning) as caught:
+        manifest = read_manifest(path)  # read as given
+    messages = [str(w.message) for w in caught]
+    assert manifest.patient_ids == ["P000", "P001", "T1-017"]
+    assert any("2 patient(s)' t1 file names name another sequence than T1W: P000 (P000_T2.nii.gz: T2W), P001 "
+               "(P001_t2w.nii.gz: T2W)" in m and str(path) in m for m in messages)
+    assert any("1 patient(s)' t2 file names name another sequence than T2W: P000 (P000_T1.nii.gz: T1W or CET1W)"
+               in m for m in messages)
+    assert len(messages) == 2  # T1-017's own ID names no sequence, and its names are right
+    _rewrite(path, lambda t: t.assign(t1=["images/P000_T1.nii.gz", "images/P001_t1.nii.gz", "images/t1.nii.gz"],
+                                      t2=["images/P000_T2.nii.gz", "a/STIR.nii.gz", "dicom/study::AX T1"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_manifest(path)
+    files = argparse.Namespace(patient_id="P9", t1="P9_T2.nii.gz", t2="P9_T2.nii.gz", t1c="P9_T1+C.nii.gz")
+    with pytest.warns(UserWarning, match=r"P9 \(P9_T2.nii.gz: T2W\)"):  # predict and segment of one patient
+        _warn_file_names(files)
