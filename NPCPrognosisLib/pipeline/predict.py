@@ -39,6 +39,7 @@ from NPCPrognosisLib.pipeline.patient_factors import (
 )
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
+from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import group_certainty, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -61,8 +62,9 @@ class Prediction:
     patient_id: str
     endpoint: str
     risk_score: float
-    #: The group of the risk score itself; ``borderline`` and ``imputed`` say when it is not firm (reports print
-    #: it through :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`).
+    #: The group of the risk score itself, or ``not determined`` when the nomogram learned nothing (``unproven``);
+    #: ``borderline`` and ``imputed`` say when it is not firm (reports print it through
+    #: :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`).
     risk_group: str
     cutoff: float
     survival: dict[str, float]
@@ -91,6 +93,9 @@ class Prediction:
     #: percentile (:func:`~NPCPrognosisLib.survival.patient.imputation_effect`) and ``risk_group``, "undetermined
     #: without ..." when the group changes within it.
     imputed: dict[str, Any] = field(default_factory=dict)
+    #: What the nomogram failed to learn in training (:func:`unproven_nomogram`: ``no_weight``, ``corrected_c``);
+    #: empty when it learned something.
+    unproven: dict[str, Any] = field(default_factory=dict)
     #: Factors outside their training range (the model extrapolates): factor, value, training low and high.
     out_of_range: list[dict[str, Any]] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
@@ -151,14 +156,15 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
     return row
 
 
-def unproven_nomogram(document: dict[str, Any]) -> list[str]:
-    """Warnings for a nomogram that learned nothing in training, which ``train`` said and the patient's result must
-    say too: its risk group and survival read like any other's.
+def unproven_nomogram(document: dict[str, Any]) -> dict[str, Any]:
+    """What the nomogram failed to learn in training, which ``train`` said and the patient's result must say too:
+    its risk group is then not determined (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`) and its
+    survival is labelled as what it is.
 
     Why: a nomogram whose scores all ranked the training patients the wrong way round out of fold carries no weight
     (its cut-off record says ``no_groups``), so every patient gets the same risk, the low group and the training
     cohort's average survival; one whose optimism-corrected C-index is at or below 0.5 ranks new patients no better
-    than chance. Older bundles without these records get no warning.
+    than chance. Older bundles without these records say nothing.
 
     Parameters
     ----------
@@ -167,19 +173,31 @@ def unproven_nomogram(document: dict[str, Any]) -> list[str]:
 
     Returns
     -------
-    warnings : list of str
-        One per finding; empty for a nomogram that learned something.
+    unproven : dict
+        ``no_weight`` True when every patient gets the same risk, ``corrected_c`` the optimism-corrected training
+        C-index when it is at or below chance; empty for a nomogram that learned something.
     """
-    found = []
+    found: dict[str, Any] = {}
     if (document.get("cutoffs") or {}).get("nomogram", {}).get("no_groups"):
-        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): "
-                     "this risk group and survival are the training cohort's average, not this patient's")
+        found["no_weight"] = True
     corrected = ((document.get("training") or {}).get("optimism_corrected_c") or {}).get("nomogram") or {}
     if corrected.get("no_better_than_chance") and corrected.get("corrected") is not None \
             and np.isfinite(corrected["corrected"]):  # not estimated (no bootstrap refit could be fitted): unknown
+        found["corrected_c"] = float(corrected["corrected"])
+    return found
+
+
+def unproven_warnings(unproven: Mapping[str, Any]) -> list[str]:
+    """The warnings of :func:`unproven_nomogram`'s findings, one per finding (none for a nomogram that learned
+    something)."""
+    found = []
+    if unproven.get("no_weight"):
+        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): no risk "
+                     "group is determined, and the survival is the training cohort's average, not this patient's")
+    if unproven.get("corrected_c") is not None:
         found.append(f"the nomogram learned nothing that holds on new patients: its optimism-corrected training "
-                     f"C-index was {corrected['corrected']:.2f} (0.5 is chance); its risk group and survival are "
-                     "unproven")
+                     f"C-index was {unproven['corrected_c']:.2f} (0.5 is chance); no risk group is determined, and "
+                     "its survival is unproven")
     return found
 
 
@@ -355,7 +373,8 @@ def predict_patient(
     if record.ebv_dna is None and "log10_ebv_dna" not in imputed:
         warnings.append("EBV DNA missing: the training median was used")
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
-    warnings.extend(unproven_nomogram(bundle.document))
+    unproven = unproven_nomogram(bundle.document)
+    warnings.extend(unproven_warnings(unproven))
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
@@ -364,7 +383,7 @@ def predict_patient(
         patient_id=patient.patient_id,
         endpoint=bundle.endpoint,
         risk_score=risk,
-        risk_group=group,
+        risk_group=GROUP_NOT_DETERMINED if unproven else group,
         cutoff=cutoff,
         survival=survival_by_month,
         nomogram_points=nomogram.points(values),
@@ -380,6 +399,7 @@ def predict_patient(
         nomogram_scale=nomogram.chart_scale(),
         warnings=warnings,
         borderline=certainty["borderline"],
+        unproven=unproven,
         imputed=imputed,
         out_of_range=out_of_range,
         bundle=bundle_provenance(bundle),
