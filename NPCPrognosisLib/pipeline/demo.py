@@ -22,7 +22,8 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
     from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
     from NPCPrognosisLib.pipeline.extract import extract_cohort
     from NPCPrognosisLib.pipeline.models import load_bundle
-    from NPCPrognosisLib.pipeline.predict import predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.pipeline.prediction_record import write_prediction
     from NPCPrognosisLib.pipeline.train import train
     from NPCPrognosisLib.reporting.labels import risk_group_text
     from NPCPrognosisLib.reporting.patient_sheet import SheetImages, write_patient_sheet
@@ -84,7 +85,8 @@ def automatic_sample_prediction(patient: Any, clinical: dict[str, Any], out: Pat
     from NPCPrognosisLib.imaging.overlap import segmentation_metrics
     from NPCPrognosisLib.io.images import PatientImages
     from NPCPrognosisLib.pipeline.models import load_bundle
-    from NPCPrognosisLib.pipeline.predict import predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.pipeline.prediction_record import write_prediction
     from NPCPrognosisLib.reporting.labels import risk_group_text
     from NPCPrognosisLib.reporting.patient_sheet import SheetImages, write_patient_sheet
 

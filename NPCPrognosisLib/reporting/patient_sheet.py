@@ -428,7 +428,7 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
     import json
 
     from NPCPrognosisLib.io.images import read_image
-    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
 
     path = Path(prediction)
     file = path / "prediction.json" if path.is_dir() else path
