@@ -258,8 +258,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.extra_features import read_extra_blocks
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
-    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.predict import predict_patient
     from NPCPrognosisLib.pipeline.prediction_folder import PREDICTION_FILE, claim_folder, remove_replaced
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, write_prediction
 
     if read_bundle(args.bundle).get("endpoint_type") == "binary":
         raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
@@ -282,13 +283,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     extras = read_extra_blocks(args.extra_features)
     prediction = predict_patient(bundle, patient, clinical, tta=args.tta, centre=args.centre, extras=extras,
                                  saliency=args.saliency)
-    from NPCPrognosisLib.reporting.labels import extrapolation_text, risk_group_text, risk_interval_text
+    from NPCPrognosisLib.reporting.labels import (
+        extrapolation_text,
+        risk_group_text,
+        risk_interval_text,
+        survival_caveat,
+    )
 
     path = write_prediction(prediction, args.out)
     record = prediction.to_dict()
     for file in remove_replaced(args.out, {PREDICTION_FILE, *record["images"]}, inputs):
         print(f"  removed {file} (made from an earlier prediction)")
     survival = ", ".join(f"{m} mo {s:.1%}" for m, s in prediction.survival.items())
+    if survival_caveat(record):
+        survival += f" ({survival_caveat(record)})"
     interval = risk_interval_text(record)
     print(f"{prediction.patient_id}: {prediction.endpoint.upper()} risk {prediction.risk_score:.3f}"
           + (f" ({interval})" if interval else "") + f"; {risk_group_text(record)}; survival {survival}")

@@ -43,7 +43,8 @@ def counted(image, config):
 preprocess.preprocess_image = counted
 from NPCPrognosisLib.io.images import load_patient
 from NPCPrognosisLib.pipeline.models import load_bundle
-from NPCPrognosisLib.pipeline.predict import predict_patient, write_prediction
+from NPCPrognosisLib.pipeline.predict import predict_patient
+from NPCPrognosisLib.pipeline.prediction_record import write_prediction
 folder, bundle, tta, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 start = time.perf_counter()
 patient = load_patient("BENCH-512", {s: f"{folder}/{s}.nii.gz" for s in ("t1", "t2", "t1c")})

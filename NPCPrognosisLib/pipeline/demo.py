@@ -22,8 +22,10 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
     from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
     from NPCPrognosisLib.pipeline.extract import extract_cohort
     from NPCPrognosisLib.pipeline.models import load_bundle
-    from NPCPrognosisLib.pipeline.predict import predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.pipeline.prediction_record import write_prediction
     from NPCPrognosisLib.pipeline.train import train
+    from NPCPrognosisLib.reporting.labels import risk_group_text
     from NPCPrognosisLib.reporting.patient_sheet import SheetImages, write_patient_sheet
     from NPCPrognosisLib.survival.metrics import harrell_c
 
@@ -64,14 +66,15 @@ def run_demo(out: str | Path, *, n: int = 120, seed: int = 7, workers: int = 2, 
     sheet = write_patient_sheet(prediction.to_dict(), out / "prediction",
                                 SheetImages(t1c=patient.images["t1c"], mask=patient.mask))
     survival = ", ".join(f"{m} mo {s:.0%}" for m, s in prediction.survival.items())
-    print(f"[5/6] sample patient NPC-SAMPLE-001: {prediction.risk_group} risk (score {prediction.risk_score:.2f}); "
+    print(f"[5/6] sample patient NPC-SAMPLE-001: {risk_group_text(prediction.to_dict())} (score "
+          f"{prediction.risk_score:.2f}); "
           f"{endpoint.upper()} {survival} -> {path}")
     print(f"      patient sheet: {sheet.get('pdf', sheet['html'])}; cohort study page: "
           f"{out / 'evaluation' / 'cohort_study.html'}")
     automatic = automatic_sample_prediction(patient, clinical, out / "automatic")
     print(f"[6/6] fully automatic (shipped demo network + demo bundle, no contours given): Dice vs the sample's "
           f"contours GTVp {automatic['dice_gtvp']:.2f}, GTVn {automatic['dice_gtvn']:.2f}; deep score "
-          f"{automatic['deep_score']:.2f}; {automatic['risk_group']} risk -> {automatic['path']}; sheet "
+          f"{automatic['deep_score']:.2f}; {automatic['risk_group_text']} -> {automatic['path']}; sheet "
           f"{automatic['sheet']}")
     print(f"demo finished in {time.time() - started:.0f} s; outputs in {out}")
     return {"metrics": metrics, "oracle_c_index": oracle, "prediction": prediction.to_dict(), "automatic": automatic}
@@ -82,7 +85,9 @@ def automatic_sample_prediction(patient: Any, clinical: dict[str, Any], out: Pat
     from NPCPrognosisLib.imaging.overlap import segmentation_metrics
     from NPCPrognosisLib.io.images import PatientImages
     from NPCPrognosisLib.pipeline.models import load_bundle
-    from NPCPrognosisLib.pipeline.predict import predict_patient, write_prediction
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.pipeline.prediction_record import write_prediction
+    from NPCPrognosisLib.reporting.labels import risk_group_text
     from NPCPrognosisLib.reporting.patient_sheet import SheetImages, write_patient_sheet
 
     unmasked = PatientImages(patient.patient_id, patient.images, None, patient.warnings)
@@ -94,4 +99,5 @@ def automatic_sample_prediction(patient: Any, clinical: dict[str, Any], out: Pat
         saliency=prediction.saliency_map))
     return {"dice_gtvp": metrics["dice_gtvp"], "dice_gtvn": metrics["dice_gtvn"],
             "deep_score": prediction.segmentation["deep_score"], "risk_group": prediction.risk_group,
+            "risk_group_text": risk_group_text(prediction.to_dict()),
             "path": str(path), "sheet": str(sheet.get("pdf", sheet["html"]))}

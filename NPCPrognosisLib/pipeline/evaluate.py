@@ -31,7 +31,9 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
 )
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
+from NPCPrognosisLib.pipeline.predict import unproven_nomogram
 from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
+from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -248,6 +250,8 @@ def evaluate_cohort(
                                  predictions["arm"].to_numpy()[rows],
                                  f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
                 metrics["figures"].append(f"km_t12n1_{g}_risk_by_arm.png")
+    if unproven_nomogram(bundle.document):  # as predict records it: that group is no patient's (the analyses above
+        predictions["risk_group"] = GROUP_NOT_DETERMINED  # show the groups do not separate; the column says so)
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))

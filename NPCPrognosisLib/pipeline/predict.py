@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from NPCPrognosisLib.contract import ROIS
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import image_fingerprint
 from NPCPrognosisLib.imaging.preprocess import preprocess_images, preprocessed_as
-from NPCPrognosisLib.io.atomic import write_json_atomic
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
-from NPCPrognosisLib.io.images import PatientImages, check_mask, write_image_atomic
+from NPCPrognosisLib.io.images import PatientImages, check_mask
 from NPCPrognosisLib.pipeline.extract import patient_features
 from NPCPrognosisLib.pipeline.models import LoadedBundle
 from NPCPrognosisLib.pipeline.patient_factors import (
@@ -37,81 +35,15 @@ from NPCPrognosisLib.pipeline.patient_factors import (
     patient_chemo_benefit,
     uncounted_factors,
 )
+from NPCPrognosisLib.pipeline.prediction_record import Prediction
 from NPCPrognosisLib.radiomics.extraction import present_column, settings_file
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_roi, is_deep_feature
+from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 from NPCPrognosisLib.survival.patient import group_certainty, risk_uncertainty, survival_curves
 from NPCPrognosisLib.survival.risk_groups import assign_groups
 
-#: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
-AUTOMATIC_MASK_FILE = "automatic_mask.nii.gz"
-#: The network's voxel uncertainty over test-time augmentations and the saliency of its risk, when computed.
-UNCERTAINTY_FILE = "uncertainty.nii.gz"
-SALIENCY_FILE = "saliency.nii.gz"
 SYNTHETIC_WARNING = "This bundle was trained on SYNTHETIC data: a software demonstration, not for clinical use."
-
-
-_IMAGE_FIELDS = ("automatic_mask", "uncertainty_map", "saliency_map")
-
-
-@dataclass
-class Prediction:
-    """What a clinician sees for one patient; ``to_dict`` is ``prediction.json``."""
-
-    patient_id: str
-    endpoint: str
-    risk_score: float
-    #: The group of the risk score itself; ``borderline`` and ``imputed`` say when it is not firm (reports print
-    #: it through :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`).
-    risk_group: str
-    cutoff: float
-    survival: dict[str, float]
-    nomogram_points: dict[str, Any]
-    model_risks: dict[str, float]
-    factors: dict[str, float]
-    clinical: dict[str, Any]
-    #: Standard error of the risk score (delta method) and the deep score's TTA spread (see survival.patient).
-    uncertainty: dict[str, Any] = field(default_factory=dict)
-    #: Months, this patient's predicted survival and the reference curves (risk groups, cut-off, training KM).
-    survival_curves: dict[str, list[float]] = field(default_factory=dict)
-    chemo_benefit: dict[str, Any] = field(default_factory=dict)
-    #: Binary endpoints the bundle carries (e.g. induction-chemotherapy response): probability, 95% interval.
-    binary: dict[str, Any] = field(default_factory=dict)
-    #: The fusion model's prediction (``train --fusion mmoe``): risk, survival, probabilities and the gate weights
-    #: per task (which modality drove this prediction), with the modalities this patient lacked.
-    fusion: dict[str, Any] = field(default_factory=dict)
-    segmentation: dict[str, Any] = field(default_factory=dict)
-    #: The nomogram's scale (:meth:`Nomogram.chart_scale`): enough to draw the chart with this patient's points.
-    nomogram_scale: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    #: The risk score's 95% interval spans the cut-off (:func:`~NPCPrognosisLib.survival.patient.group_certainty`);
-    #: None when the bundle stores no covariance.
-    borderline: bool | None = None
-    #: Per covariate filled with a training value (missing EBV DNA): the prediction across the training 10th-90th
-    #: percentile (:func:`~NPCPrognosisLib.survival.patient.imputation_effect`) and ``risk_group``, "undetermined
-    #: without ..." when the group changes within it.
-    imputed: dict[str, Any] = field(default_factory=dict)
-    #: Factors outside their training range (the model extrapolates): factor, value, training low and high.
-    out_of_range: list[dict[str, Any]] = field(default_factory=list)
-    bundle: dict[str, Any] = field(default_factory=dict)
-    #: SHA-256 of each sequence as the models read it (on the CET1W grid) and of the contours the radiomics came
-    #: from (:func:`~NPCPrognosisLib.imaging.geometry.image_fingerprint`), so a filed result names its inputs.
-    inputs: dict[str, str] = field(default_factory=dict)
-    #: Seconds per stage of this prediction (preprocess, contour, radiomics, scores).
-    timings: dict[str, float] = field(default_factory=dict)
-    #: The network's contours when no mask was given (on the CET1W grid), for review; not part of the JSON.
-    automatic_mask: sitk.Image | None = field(default=None, repr=False, compare=False)
-    #: The network's uncertainty map (TTA) and risk saliency on the CET1W grid, when computed; not in the JSON.
-    uncertainty_map: sitk.Image | None = field(default=None, repr=False, compare=False)
-    saliency_map: sitk.Image | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON record; ``images`` names the image files this prediction made (the report shows only those
-        of the folder: a file there may be another run's, or the user's own edit)."""
-        made = [name for field_name, name in zip(_IMAGE_FIELDS, (AUTOMATIC_MASK_FILE, UNCERTAINTY_FILE, SALIENCY_FILE))
-                if getattr(self, field_name) is not None]
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in _IMAGE_FIELDS},
-                "images": made}
 
 
 @contextmanager
@@ -151,14 +83,15 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
     return row
 
 
-def unproven_nomogram(document: dict[str, Any]) -> list[str]:
-    """Warnings for a nomogram that learned nothing in training, which ``train`` said and the patient's result must
-    say too: its risk group and survival read like any other's.
+def unproven_nomogram(document: dict[str, Any]) -> dict[str, Any]:
+    """What the nomogram failed to learn in training, which ``train`` said and the patient's result must say too:
+    its risk group is then not determined (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`) and its
+    survival is labelled as what it is.
 
     Why: a nomogram whose scores all ranked the training patients the wrong way round out of fold carries no weight
     (its cut-off record says ``no_groups``), so every patient gets the same risk, the low group and the training
     cohort's average survival; one whose optimism-corrected C-index is at or below 0.5 ranks new patients no better
-    than chance. Older bundles without these records get no warning.
+    than chance. Older bundles without these records say nothing.
 
     Parameters
     ----------
@@ -167,19 +100,31 @@ def unproven_nomogram(document: dict[str, Any]) -> list[str]:
 
     Returns
     -------
-    warnings : list of str
-        One per finding; empty for a nomogram that learned something.
+    unproven : dict
+        ``no_weight`` True when every patient gets the same risk, ``corrected_c`` the optimism-corrected training
+        C-index when it is at or below chance; empty for a nomogram that learned something.
     """
-    found = []
+    found: dict[str, Any] = {}
     if (document.get("cutoffs") or {}).get("nomogram", {}).get("no_groups"):
-        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): "
-                     "this risk group and survival are the training cohort's average, not this patient's")
+        found["no_weight"] = True
     corrected = ((document.get("training") or {}).get("optimism_corrected_c") or {}).get("nomogram") or {}
     if corrected.get("no_better_than_chance") and corrected.get("corrected") is not None \
             and np.isfinite(corrected["corrected"]):  # not estimated (no bootstrap refit could be fitted): unknown
+        found["corrected_c"] = float(corrected["corrected"])
+    return found
+
+
+def unproven_warnings(unproven: Mapping[str, Any]) -> list[str]:
+    """The warnings of :func:`unproven_nomogram`'s findings, one per finding (none for a nomogram that learned
+    something)."""
+    found = []
+    if unproven.get("no_weight"):
+        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): no risk "
+                     "group is determined, and the survival is the training cohort's average, not this patient's")
+    if unproven.get("corrected_c") is not None:
         found.append(f"the nomogram learned nothing that holds on new patients: its optimism-corrected training "
-                     f"C-index was {corrected['corrected']:.2f} (0.5 is chance); its risk group and survival are "
-                     "unproven")
+                     f"C-index was {unproven['corrected_c']:.2f} (0.5 is chance); no risk group is determined, and "
+                     "its survival is unproven")
     return found
 
 
@@ -355,7 +300,8 @@ def predict_patient(
     if record.ebv_dna is None and "log10_ebv_dna" not in imputed:
         warnings.append("EBV DNA missing: the training median was used")
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
-    warnings.extend(unproven_nomogram(bundle.document))
+    unproven = unproven_nomogram(bundle.document)
+    warnings.extend(unproven_warnings(unproven))
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
@@ -364,7 +310,7 @@ def predict_patient(
         patient_id=patient.patient_id,
         endpoint=bundle.endpoint,
         risk_score=risk,
-        risk_group=group,
+        risk_group=GROUP_NOT_DETERMINED if unproven else group,
         cutoff=cutoff,
         survival=survival_by_month,
         nomogram_points=nomogram.points(values),
@@ -380,6 +326,7 @@ def predict_patient(
         nomogram_scale=nomogram.chart_scale(),
         warnings=warnings,
         borderline=certainty["borderline"],
+        unproven=unproven,
         imputed=imputed,
         out_of_range=out_of_range,
         bundle=bundle_provenance(bundle),
@@ -431,15 +378,3 @@ def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:
     if bundle.network_dir is not None:
         out["network_sha256"] = network_checksum(bundle.network_dir)
     return out
-
-
-def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
-    """``prediction.json`` in ``out_dir`` (with ``automatic_mask.nii.gz`` when the network drew the contours, so they
-    can be reviewed, and the uncertainty and saliency maps when computed), each written atomically; returns the
-    JSON's path. Nothing else in the folder is touched (a mask there may be the user's edit); the JSON lists the
-    images this prediction made, and the report reads only those."""
-    for image, name in ((prediction.automatic_mask, AUTOMATIC_MASK_FILE),
-                        (prediction.uncertainty_map, UNCERTAINTY_FILE), (prediction.saliency_map, SALIENCY_FILE)):
-        if image is not None:
-            write_image_atomic(image, Path(out_dir) / name)
-    return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.dicom_series import split_series_selector
-from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
 
 PREDICTION_FILE = "prediction.json"
 #: Made from a prediction by ``report`` and the panel's Export report: wrong as soon as the prediction changes.

@@ -173,15 +173,23 @@ def survival_text(cell: Mapping[str, Any]) -> str:
     return f"{cell['survival']:.0%}" + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
 
 
+#: The risk group ``prediction.json`` records when the nomogram learned nothing in training: the group its score
+#: falls in (every patient's, for a nomogram without weight) would read as this patient's.
+GROUP_NOT_DETERMINED = "not determined"
+
+
 def risk_group_text(prediction: Mapping[str, Any]) -> str:
     """The risk group as a report prints it, never firmer than the prediction allows.
 
+    'not determined: the nomogram carries no weight (...)' when the nomogram learned nothing in training;
     'undetermined without EBV DNA (low at the training median, low or high across its 10th-90th percentile)' when
     a filled-in factor could change the group; 'high risk (borderline: the 95% interval of the score spans the
     cut-off)' when the score's interval reaches across the cut-off; otherwise 'high risk'.
     """
     group = str(prediction["risk_group"])
     standing, block = risk_group_standing(prediction)
+    if standing == "not determined":
+        return f"{GROUP_NOT_DETERMINED}: {unproven_text(block)}"
     if standing == "undetermined":
         return (f"{block['risk_group']} ({group} at the training median, {' or '.join(block['risk_groups'])} "
                 "across its 10th-90th percentile)")
@@ -197,26 +205,64 @@ def risk_group_standing(prediction: Mapping[str, Any]) -> tuple[str, Mapping[str
     Parameters
     ----------
     prediction : mapping
-        A ``prediction.json`` record: its ``imputed`` blocks (one per filled-in factor) and ``borderline``.
+        A ``prediction.json`` record: its ``unproven`` block (what the nomogram failed to learn in training), its
+        ``imputed`` blocks (one per filled-in factor) and ``borderline``.
 
     Returns
     -------
     tuple of (str, mapping or None)
-        ``('undetermined', block)`` when a filled-in factor could change the group (``block``: the first such
-        factor's ``imputed`` entry, which names it); else ``('borderline', None)`` when the score's 95% interval
-        spans the cut-off; else ``('firm', None)``. Undetermined comes first: a group a missing factor may change
-        is not made firmer by its score's interval.
+        ``('not determined', block)`` when the nomogram learned nothing (``block``: the ``unproven`` record, which
+        says why); else ``('undetermined', block)`` when a filled-in factor could change the group (``block``: the
+        first such factor's ``imputed`` entry, which names it); else ``('borderline', None)`` when the score's 95%
+        interval spans the cut-off; else ``('firm', None)``. A nomogram that learned nothing comes first: no factor
+        of the patient can make its group mean something; then undetermined: a group a missing factor may change is
+        not made firmer by its score's interval.
     """
+    if prediction.get("unproven"):
+        return GROUP_NOT_DETERMINED, prediction["unproven"]
     for block in (prediction.get("imputed") or {}).values():
         if block.get("group_determined") is False:
             return "undetermined", block
     return ("borderline", None) if prediction.get("borderline") else ("firm", None)
 
 
+def unproven_text(block: Mapping[str, Any]) -> str:
+    """Why a nomogram that learned nothing determines no group, from its ``unproven`` record
+    (:func:`~NPCPrognosisLib.pipeline.predict.unproven_nomogram`): without weight every patient has the same risk;
+    at or below chance its ranking of new patients is unproven."""
+    if block.get("no_weight"):
+        return "the nomogram carries no weight (every patient gets the same risk)"
+    return (f"the nomogram is unproven (optimism-corrected training C-index {float(block['corrected_c']):.2f}; "
+            "0.5 is chance)")
+
+
+def survival_caveat(prediction: Mapping[str, Any]) -> str:
+    """What a survival figure of this prediction is worth when the nomogram learned nothing, for the label beside
+    it: without weight it is the training cohort's average (every patient's), not this patient's; at or below
+    chance, unproven. '' when the nomogram learned something."""
+    block = prediction.get("unproven") or {}
+    if not block:
+        return ""
+    if block.get("no_weight"):
+        return "the training cohort's average, not this patient's"
+    return "unproven: the nomogram ranks new patients no better than chance"
+
+
+def interval_text(interval: Sequence[float], spec: str = ".2f", sep: str = " to ") -> str:
+    """'95% CI 0.12 to 0.64' (``spec`` formats each end, ``sep`` joins them).
+
+    An interval of zero width (a nomogram without weight has no coefficient to be uncertain about) is '95% CI not
+    estimable', never '0.00 to 0.00', which would read as a number known exactly.
+    """
+    low, high = (float(v) for v in interval)
+    return "95% CI not estimable" if high <= low else f"95% CI {low:{spec}}{sep}{high:{spec}}"
+
+
 def risk_interval_text(prediction: Mapping[str, Any]) -> str:
-    """'95% CI -0.12 to 0.64, cut-off 0.25': the score's interval beside the group; '' when unknown."""
+    """'95% CI -0.12 to 0.64, cut-off 0.25': the score's interval (:func:`interval_text`) beside the group; '' when
+    unknown."""
     ci = (prediction.get("uncertainty") or {}).get("risk_ci95")
-    return f"95% CI {ci[0]:.2f} to {ci[1]:.2f}, cut-off {float(prediction['cutoff']):.2f}" if ci else ""
+    return f"{interval_text(ci)}, cut-off {float(prediction['cutoff']):.2f}" if ci else ""
 
 
 def extrapolation_text(prediction: Mapping[str, Any]) -> str | None:

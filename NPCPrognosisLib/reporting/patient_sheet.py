@@ -31,9 +31,12 @@ from NPCPrognosisLib.reporting.labels import (
     factor_unit,
     factor_value_text,
     format_contour_change,
+    interval_text,
     model_label,
+    risk_group_standing,
     risk_group_text,
     risk_interval_text,
+    survival_caveat,
     survival_text,
 )
 from NPCPrognosisLib.reporting.nomogram_chart import chart_rows, check_chart, nomogram_chart
@@ -81,21 +84,24 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
     endpoint = prediction["endpoint"]
     se = (prediction.get("uncertainty") or {}).get("risk_se")
     group_text = risk_group_text(prediction)
-    # coloured as its group only when the group is firm: an undetermined one is not the group of the score
-    colour = prediction["risk_group"] if group_text.startswith(prediction["risk_group"]) else ""
+    # coloured as its group only when the score has one: an undetermined or not determined one is not its group
+    colour = prediction["risk_group"] if risk_group_standing(prediction)[0] in ("firm", "borderline") else ""
     interval = risk_interval_text(prediction) or f"cut-off {prediction['cutoff']:.2f}"
+    # an SE of 0 is a nomogram without weight, not a score known exactly
     cards = [f"<div>Risk group<b class='{esc(colour)}'>{esc(group_text)}</b>"
              f"<span class='small'>score {esc(interval)} (cut-off from training)</span></div>",
-             f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+             f"<div>Risk score<b>{prediction['risk_score']:.2f}" + (f" ± {se:.2f}" if se else "")
              + "</b><span class='small'>log hazard vs the average training patient</span></div>"]
     intervals = (prediction.get("uncertainty") or {}).get("survival_ci95") or {}
     extrapolating = extrapolation_text(prediction)
+    caveat = survival_caveat(prediction)
     for month, value in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0])):
         # a bundle saved before the intervals were stored: the risk score's SE alone, as then
         interval = intervals.get(month) if intervals else survival_band(float(value), se)
-        ci = f"<span class='small'>95% CI {interval[0]:.0%}-{interval[1]:.0%}</span>" if interval else ""
+        ci = f"<span class='small'>{esc(interval_text(interval, '.0%', '-'))}</span>" if interval else ""
         cards.append(f"<div>{endpoint.upper()} at {float(month):g} months<b>{float(value):.0%}</b>{ci}"
-                     f"{_imputed_range(prediction, month)}</div>")
+                     + (f"<span class='small'>{esc(caveat)}</span>" if caveat else "")
+                     + f"{_imputed_range(prediction, month)}</div>")
     parts = ["<section class='page'>",
              f"<h1>NPCPrognosis patient sheet: {esc(prediction['patient_id'])}</h1>",
              f"<div class='banner'>{esc(SYNTHETIC_BANNER if synthetic else RESEARCH_BANNER)}</div>",
@@ -109,7 +115,7 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
         parts.append(_img(figures.survival_figure(curves, se, endpoint, marks), "predicted survival curve",
                           "Predicted survival with its 95% interval (baseline hazard and coefficients), against "
                           "the training risk groups' median patients, the cut-off and the training Kaplan-Meier "
-                          "curve.", 55))
+                          "curve." + (f" The curve marked this patient is {caveat}." if caveat else ""), 55))
     warnings = list(prediction.get("warnings") or [])
     parts.append("<div class='cols'><div><h2>Warnings</h2>" + (bullet_list(warnings) if warnings else "<p>none</p>")
                  + "</div><div><h2>Clinical factors</h2>"
@@ -422,7 +428,7 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
     import json
 
     from NPCPrognosisLib.io.images import read_image
-    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
 
     path = Path(prediction)
     file = path / "prediction.json" if path.is_dir() else path

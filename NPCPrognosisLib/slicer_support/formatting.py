@@ -25,28 +25,33 @@ def format_risk(prediction: Mapping[str, Any], uncertainty: Mapping[str, Any] | 
     score = float(prediction["risk_score"])
     text = f"{score:.2f}"
     se = None if uncertainty is None else uncertainty.get("risk_se")
-    if se is not None and math.isfinite(float(se)):
+    if se is not None and math.isfinite(float(se)) and float(se) > 0:  # 0: a nomogram without weight, not certainty
         text += f" ± {float(se):.2f}"
     return f"{text} ({risk_group_text(prediction)}; cut-off {float(prediction['cutoff']):.2f})"
 
 
 def format_group(prediction: Mapping[str, Any]) -> str:
-    """The panel's large group label, never firmer than the sheet: 'HIGH', 'HIGH (BORDERLINE)', or 'UNDETERMINED'
-    when a factor that was filled in could change it (the risk line beside it says which); the decision is the
-    sheet's (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`)."""
+    """The panel's large group label, never firmer than the sheet: 'HIGH', 'HIGH (BORDERLINE)', 'UNDETERMINED'
+    when a factor that was filled in could change it, or 'NOT DETERMINED' when the nomogram learned nothing (the risk
+    line beside it says why); the decision is the sheet's
+    (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`)."""
     from NPCPrognosisLib.reporting.labels import risk_group_standing
 
     standing, _ = risk_group_standing(prediction)
-    if standing == "undetermined":
-        return "UNDETERMINED"
+    if standing in ("undetermined", "not determined"):
+        return standing.upper()
     group = str(prediction["risk_group"]).upper()
     return f"{group} (BORDERLINE)" if standing == "borderline" else group
 
 
 def format_survival(prediction: Mapping[str, Any]) -> list[str]:
-    """One line per reported time point, e.g. 'DMFS at 36 months: 81.2 %'."""
+    """One line per reported time point, e.g. 'DMFS at 36 months: 81.2 %', with what it is worth when the nomogram
+    learned nothing (:func:`~NPCPrognosisLib.reporting.labels.survival_caveat`), as the sheet says it."""
+    from NPCPrognosisLib.reporting.labels import survival_caveat
+
     endpoint = str(prediction.get("endpoint", "")).upper()
-    return [f"{endpoint} at {int(float(m))} months: {format_percent(s)}"
+    caveat = survival_caveat(prediction)
+    return [f"{endpoint} at {int(float(m))} months: {format_percent(s)}" + (f" ({caveat})" if caveat else "")
             for m, s in sorted(prediction["survival"].items(), key=lambda kv: float(kv[0]))]
 
 

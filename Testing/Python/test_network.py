@@ -1200,7 +1200,7 @@ def test_fully_automatic_prediction_of_the_sample_patient(tmp_path):
 
     from NPCPrognosisLib.imaging.overlap import dice
     from NPCPrognosisLib.pipeline.demo import automatic_sample_prediction
-    from NPCPrognosisLib.pipeline.predict import AUTOMATIC_MASK_FILE
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE
     from NPCPrognosisLib.resources import sample_case_files
 
     case = sample_case_files()

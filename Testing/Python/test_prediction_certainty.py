@@ -382,10 +382,101 @@ def test_a_nomogram_that_learned_nothing_says_so_in_the_patients_result(small_co
     bundle.document["training"]["optimism_corrected_c"]["nomogram"].update(
         {"apparent": 0.5, "optimism": 0.09, "corrected": 0.41, "no_better_than_chance": True})
     prediction = predict_patient(bundle, patient, clinical, features=features, tta=0)
-    assert prediction.risk_group == "low"  # the group every patient gets: the warnings must say what it is worth
+    # the low group every patient gets is no patient's: the record says not determined, and why
+    assert prediction.risk_group == "not determined"
+    assert prediction.unproven == {"no_weight": True, "corrected_c": pytest.approx(0.41)}
     same = [w for w in prediction.warnings if w.startswith("the nomogram gives every patient the same risk")]
     chance = [w for w in prediction.warnings if w.startswith("the nomogram learned nothing")]
     assert len(same) == 1 and "training cohort's average" in same[0]
     assert len(chance) == 1 and "optimism-corrected training C-index was 0.41" in chance[0]
     html = patient_sheet_html(prediction.to_dict())
     assert "the nomogram gives every patient the same risk" in html and "C-index was 0.41" in html
+
+
+def _weightless_bundle(trained, out):
+    """The trained bundle with its nomogram as train leaves one whose every block was dropped (stacked weights of
+    0, so coefficients and their covariance 0): one risk for every training patient, the cut-off record train
+    stores for it, and an optimism-corrected C below chance."""
+    from NPCPrognosisLib.io.bundle import write_bundle
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+
+    content = {k: v for k, v in read_bundle(trained).items()
+               if k not in ("format", "format_version", "created", "software")}
+    block = content["models"]["nomogram"]
+    width = len(block["model"]["coef"])
+    block["model"]["coef"] = [0.0] * width
+    block["model"]["covariance"] = [[0.0] * width for _ in range(width)]
+    time, event = content["training"]["time"], content["training"]["event"]
+    content["cutoffs"]["nomogram"] = training_cutoff(np.full(len(time), -block["center"]), time, event)
+    content["training"]["optimism_corrected_c"]["nomogram"].update(
+        {"apparent": 0.5, "optimism": 0.09, "corrected": 0.41, "no_better_than_chance": True})
+    return write_bundle(out, content)
+
+
+def test_a_nomogram_that_learned_nothing_determines_no_risk_group_anywhere_it_is_shown(small_cohort, trained,
+                                                                                       tmp_path, capsys):
+    """predict printed 'low risk', a '95% CI 0.00 to 0.00' and the survival as the patient's for a nomogram without
+    weight (every patient at one risk): a clinician reads the first line. The group is 'not determined' in
+    prediction.json, the terminal, the sheet, the panel and evaluate's predictions.csv (one decision), the interval
+    is not estimable and the survival is labelled as the training cohort's average."""
+    import json
+
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+    from NPCPrognosisLib.reporting.labels import risk_group_standing, risk_group_text
+    from NPCPrognosisLib.slicer_support import formatting
+
+    bundle = _weightless_bundle(trained, tmp_path / "bundle")
+    row = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[0]
+    args = ["predict", "--bundle", str(bundle), "--patient-id", row["patient_id"], "--out", str(tmp_path / "out")]
+    for seq in ("t1", "t2", "t1c", "mask"):
+        args += [f"--{seq}", str(small_cohort / row[seq])]
+    assert main([*args, "--clinical", *(f"{k}={v}" for k, v in {**CLINICAL, "ebv_dna": 2000}.items())]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    prediction = json.loads((tmp_path / "out" / "prediction.json").read_text(encoding="utf-8"))
+
+    # every patient has the same risk: the training patients' one value (zero coefficients), with an SE of 0
+    document = read_bundle(bundle)
+    assert prediction["risk_score"] == pytest.approx(-document["models"]["nomogram"]["center"], abs=1e-12)
+    assert prediction["uncertainty"]["risk_se"] == 0.0
+    assert prediction["risk_group"] == "not determined"
+    assert prediction["unproven"] == {"no_weight": True, "corrected_c": pytest.approx(0.41)}
+    text = "not determined: the nomogram carries no weight (every patient gets the same risk)"
+    assert risk_group_standing(prediction)[0] == "not determined" and risk_group_text(prediction) == text
+    assert f"; {text};" in first and "low risk" not in first and "high risk" not in first
+    assert "95% CI not estimable" in first and "0.00 to 0.00" not in first
+    assert first.endswith("(the training cohort's average, not this patient's)")
+    html = patient_sheet_html(prediction)
+    assert text in html and "low risk" not in html and "95% CI not estimable" in html
+    assert html.count("the training cohort&#x27;s average, not this patient&#x27;s") >= len(prediction["survival"])
+    assert formatting.format_group(prediction) == "NOT DETERMINED"
+    assert formatting.format_risk(prediction, prediction["uncertainty"]) == (
+        f"{prediction['risk_score']:.2f} ({text}; cut-off {prediction['cutoff']:.2f})")  # no '± 0.00'
+    assert all(line.endswith("(the training cohort's average, not this patient's)")
+               for line in formatting.format_survival(prediction))
+
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})
+    for column in ("t1", "t2", "t1c", "mask"):
+        manifest[column] = [str(small_cohort / v) for v in manifest[column]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    evaluate_cohort(bundle, read_manifest(tmp_path / "manifest.csv"), small_cohort / "features.csv", "dmfs",
+                    tmp_path / "eval", subset="all", n_boot=0, plots=False)
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"patient_id": str})
+    assert set(predictions["risk_group"]) == {"not determined"} and len(predictions) == len(manifest)
+
+
+def test_a_nomogram_no_better_than_chance_says_its_group_is_unproven_and_a_learned_one_keeps_its_group():
+    """The same decision for a nomogram that ranks but no better than chance once corrected for optimism; a zero-width
+    interval is not estimable wherever it comes from, a real one is printed."""
+    from NPCPrognosisLib.reporting.labels import interval_text, risk_group_text, risk_interval_text, survival_caveat
+
+    chance = {"risk_group": "not determined", "unproven": {"corrected_c": 0.43}, "borderline": True}
+    assert risk_group_text(chance) == ("not determined: the nomogram is unproven (optimism-corrected training "
+                                       "C-index 0.43; 0.5 is chance)")
+    assert survival_caveat(chance) == "unproven: the nomogram ranks new patients no better than chance"
+    learned = {"risk_group": "high", "unproven": {}, "cutoff": 0.5, "uncertainty": {"risk_ci95": [0.61, 1.2]}}
+    assert risk_group_text(learned) == "high risk" and survival_caveat(learned) == ""
+    assert risk_interval_text(learned) == "95% CI 0.61 to 1.20, cut-off 0.50"
+    assert interval_text([0.674, 0.674], ".0%", "-") == "95% CI not estimable"
+    assert interval_text([0.6, 0.75], ".0%", "-") == "95% CI 60%-75%"
