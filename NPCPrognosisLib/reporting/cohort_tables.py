@@ -109,13 +109,20 @@ def model_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
                              else fmt(block.get("integrated_brier"))),
             "HR high vs low (95% CI)": f"{fmt(hr, 2)} ({fmt(hr_ci[0], 2)}-{fmt(hr_ci[1], 2)})",
             "log-rank p": p_value(block.get("logrank_p")),
-            "ΔC vs nomogram (95% CI)": (f"{versus['difference']:+.3f} ({versus['ci95'][0]:+.3f} to "
-                                        f"{versus['ci95'][1]:+.3f})") if versus else "reference"
+            "ΔC vs nomogram (95% CI)": _difference_text(versus) if versus else "reference"
             if name == "nomogram" else "–",
             "paired p": p_value(versus.get("p")) if versus else "–",
         })
     return pd.DataFrame(rows)
 
+
+def _difference_text(versus: Mapping[str, Any]) -> str:
+    """A paired C difference with its interval; without bootstrap draws (``evaluate --n-boot 0``) the interval is
+    absent, not a formatting error."""
+    lo, hi = versus.get("ci95") or (None, None)
+    if lo is None or hi is None:
+        return f"{versus['difference']:+.3f} (no interval: no bootstrap)"
+    return f"{versus['difference']:+.3f} ({lo:+.3f} to {hi:+.3f})"
 
 def binary_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """One row per model of a binary endpoint: AUC with DeLong 95% CI, DeLong p against the combined model,

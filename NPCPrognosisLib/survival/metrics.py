@@ -645,7 +645,8 @@ def evaluate_risk(
         else:
             out[f"{name}_95ci"] = pair
     if cis is not None and out["c_index_95ci"][0] is None:
-        warns.append("c_index_95ci: too few bootstrap resamples with events")
+        warns.append("c_index_95ci: too few bootstrap resamples with events" if n_boot > 0
+                     else "c_index_95ci: not computed (no bootstrap resamples were asked for)")
     _risk_group_tests(out, t, e, r, cutoff, attempt, warns)
     out["warnings"] = warns
     return out

@@ -280,6 +280,23 @@ def test_cohort_page_renders_with_figures_as_png_and_svg_and_tables_as_csv(evalu
     assert seen["errors"] == [] and seen["broken"] == [] and len(seen["images"]) == len(sources)
 
 
+def test_model_comparison_without_bootstrap_names_the_missing_interval(evaluation):
+    """evaluate --n-boot 0 stores each paired difference with ci95 [None, None]: the table formatted it as a number
+    and evaluate died after predictions.csv was written (TypeError in the ΔC column)."""
+    from NPCPrognosisLib.reporting.cohort_tables import model_comparison
+
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+    paired = metrics["paired_vs_nomogram"]
+    assert paired, "the fixture's evaluation has no paired comparison to format"
+    for block in paired.values():
+        block["ci95"], block["p"] = [None, None], None
+    comparison = model_comparison(metrics).set_index("model")
+    for name, block in paired.items():
+        from NPCPrognosisLib.reporting.labels import model_label
+
+        assert comparison.loc[model_label(name), "ΔC vs nomogram (95% CI)"] == \
+            f"{block['difference']:+.3f} (no interval: no bootstrap)"
+
 def test_cohort_page_warns_of_training_patients_and_shows_c_for_benefit(evaluation, trained, tmp_path):
     """--subset all puts a banner on the page; the benefit caption gives C-for-benefit (stored under
     'c_for_benefit', read under 'c' before, so always '-'), its interval and whom it rests on."""
