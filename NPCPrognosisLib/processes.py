@@ -45,23 +45,54 @@ def spawn_context() -> multiprocessing.context.SpawnContext:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
+#: ITK's own: read once, when a filter first asks for the default (so after ``import SimpleITK`` still works).
+ITK_THREAD_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
+def limit_threads(threads: int, variables: tuple[str, ...] = THREAD_VARIABLES) -> int:
+    """Give this process's numerical libraries ``threads`` threads each, whether they are loaded yet or not.
+
+    Libraries loaded later read the environment variables; those already loaded are told directly (BLAS and
+    OpenMP through threadpoolctl, SimpleITK's default for new filters, torch's intra-op pool), since a variable
+    set after they started is never read again.
+
+    Parameters
+    ----------
+    threads : int
+        Threads per library; below 1 counts as 1.
+    variables : tuple of str
+        Which of :data:`THREAD_VARIABLES` to set: :data:`ITK_THREAD_VARIABLE` alone limits ITK only and leaves
+        BLAS, OpenMP and torch as they are.
+
+    Returns
+    -------
+    threads : int
+        The thread count set.
+    """
+    threads = max(1, int(threads))
+    for name in variables:
+        os.environ[name] = str(threads)
+    if ITK_THREAD_VARIABLE in variables and "SimpleITK" in sys.modules:
+        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if set(variables) - {ITK_THREAD_VARIABLE}:
+        if "numpy" in sys.modules:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return threads
+
 
 def share_cores(workers: int) -> int:
     """Limit this process's numerical threads to its share of the cores when ``workers`` processes run at once.
 
     Without it every worker starts a BLAS/OpenMP/ITK thread per core: two workers on two cores run four busy
     threads, and the spinning threads cost more than they compute (two outer folds of the nested cross-validation
-    took 65 s instead of 49 s). Returns the thread count set.
+    took 65 s instead of 49 s). Returns the thread count set (:func:`limit_threads`).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // max(1, int(workers)))
-    for name in THREAD_VARIABLES:  # libraries loaded later read these
-        os.environ[name] = str(threads)
-    if "numpy" in sys.modules:  # those already loaded are told directly
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    return threads
+    return limit_threads(cores // max(1, int(workers)))
 
 
 def _start_worker(workers: int, initializer: Callable[[], None] | None) -> None:

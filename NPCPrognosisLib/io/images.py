@@ -264,8 +264,8 @@ def check_mask(mask: sitk.Image, *, patient_id: str | None = None, path: str | P
         # thousands of characters that hid the fix
         raise InputError(f"mask has {len(unknown)} label values ({unknown[0]} to {unknown[-1]}): an image, not a label "
                          "map", patient_id=patient_id, path=path,
-                         fix="check the manifest's mask column points at the segmentation (labels 0, 1 = GTVp, "
-                             "2 = GTVn), not at an MR image")
+                         fix="give the segmentation (labels 0, 1 = GTVp, 2 = GTVn) as the mask, not an MR image (on "
+                             "the command line: check the manifest's mask column)")
     if unknown:
         raise InputError(f"mask has label value(s) {unknown}; expected 0, 1 (GTVp) and 2 (GTVn)",
                          patient_id=patient_id, path=path, fix="relabel: primary tumour = 1, metastatic nodes = 2")

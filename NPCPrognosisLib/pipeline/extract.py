@@ -343,22 +343,21 @@ def dask_runner(address: str | None = None, progress: bool = False,
                 workers: int = 2) -> Callable[..., list[dict[str, Any]]]:
     """A runner that maps patients over a Dask cluster: ``address`` of a scheduler (whose workers run), or a local
     cluster of ``workers`` processes (``extract --engine dask --workers N``; the local cluster had two whatever
-    ``--workers`` said)."""
+    ``--workers`` said). Either way the workers' numerical threads are limited
+    (:class:`~NPCPrognosisLib.pipeline.dask_cluster.ShareCores`)."""
 
     def run(function: Callable[..., dict[str, Any]], entries: Sequence[PatientEntry],
             *args: Any) -> list[dict[str, Any]]:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed
+        from tqdm import tqdm
+
+        from NPCPrognosisLib.pipeline.dask_cluster import dask_client
 
         # distributed logs each nanny, connection and retirement at INFO (33 lines for 3 patients): shown with
-        # --verbose only, as the command's own INFO lines are
+        # --verbose only, as the command's own INFO lines are (set after the import, which sets its own level)
         if not logging.getLogger().isEnabledFor(logging.INFO):
             logging.getLogger("distributed").setLevel(logging.WARNING)
-        cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
-        client = Client(address or cluster)
-        try:
-            from dask.distributed import as_completed
-            from tqdm import tqdm
-
+        with dask_client(address, workers) as client:
             futures = client.map(function, list(entries), *[[a] * len(entries) for a in args], pure=False)
             order = {future.key: i for i, future in enumerate(futures)}
             results: list[dict[str, Any] | None] = [None] * len(futures)
@@ -372,10 +371,6 @@ def dask_runner(address: str | None = None, progress: bool = False,
                 except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: this patient's task killed its workers
                     results[index] = _lost_patient(entries[index], exc)
             return results
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
     return run
 

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 from NPCPrognosisLib.contract import ROIS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import label_box
+from NPCPrognosisLib.io.images import check_mask
 from NPCPrognosisLib.processes import worker_pool, worker_python
 from NPCPrognosisLib.resources import RADIOMICS_PARAMS
 
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 
 _ROI_DESCRIPTION = {"gtvp": "GTVp", "gtvn": "GTVn", "gtv": "GTV"}
-_ALLOWED_LABELS = frozenset(label for labels in ROIS.values() for label in labels) | {0}
 
 # PyRadiomics checkMask messages that mean "ROI too small", as opposed to a real input problem.
 _TOO_SMALL_MESSAGES = (
@@ -386,7 +386,8 @@ def extract_patient(
     """Radiomics features of one patient, keyed by :func:`feature_name`, plus ``<roi>_present`` flags.
 
     ``images`` are the sequences (any names; their order sets the column order), already resampled onto the
-    grid of ``mask`` (labels 0 background, 1 GTVp, 2 GTVn). A missing or too-small ROI gives NaN features and
+    grid of ``mask`` (labels 0 background, 1 GTVp, 2 GTVn, checked as the command line's masks are, by
+    :func:`~NPCPrognosisLib.io.images.check_mask`). A missing or too-small ROI gives NaN features and
     ``<roi>_present = 0.0`` so the columns never change; a missing GTVp is an error because every model needs
     the primary tumour. ``workers > 1`` spreads the (sequence, ROI) jobs over spawned processes (safe inside a
     GUI application, unlike fork) and returns exactly the same numbers as ``workers = 1``.
@@ -399,22 +400,9 @@ def extract_patient(
     settings = extractor.settings
     _check_inputs(images, mask, patient_id, float(settings.get("geometryTolerance") or 1e-6))
 
-    mask_array = sitk.GetArrayFromImage(mask)
-    found = set(np.unique(mask_array).tolist())
-    unexpected = sorted(found - _ALLOWED_LABELS)
-    if unexpected:
-        raise InputError(
-            f"the mask has labels {unexpected}; only 0 (background), 1 (GTVp) and 2 (GTVn) are allowed",
-            patient_id=patient_id,
-            fix="relabel the segmentation to the NPCPrognosis label contract",
-        )
-    if 1 not in found:
-        raise InputError(
-            "the mask has no voxel labelled 1 (GTVp)",
-            patient_id=patient_id,
-            fix="segment the primary tumour (label 1) before extracting radiomics",
-        )
-
+    # the check of the command line's masks: called from Python with an image as the mask, this listed every one
+    # of its hundreds of grey values (3,000 characters) instead of one line
+    mask = check_mask(mask, patient_id=patient_id)
     images, mask = _crop_to_labels(images, mask, settings)
     mask_array = sitk.GetArrayFromImage(mask)
     geometry = {"origin": mask.GetOrigin(), "spacing": mask.GetSpacing(), "direction": mask.GetDirection()}

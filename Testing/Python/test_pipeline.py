@@ -695,3 +695,37 @@ def test_dask_engine_runs_as_many_local_workers_as_asked(small_cohort, monkeypat
         assert cli.main(["--quiet", "extract", "--manifest", str(small_cohort / "manifest.csv"), "--out", "x.csv",
                          "--engine", "dask", *extra]) == 2
     assert asked == [3, 2]
+
+
+def _thread_counts() -> dict:
+    """What a Dask worker's numerical libraries will run: ITK's default threads per filter and the variables."""
+    import os
+
+    from NPCPrognosisLib.processes import THREAD_VARIABLES
+
+    return {"itk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+            **{name: os.environ.get(name) for name in THREAD_VARIABLES}}
+
+
+def test_dask_workers_run_their_share_of_the_cores():
+    """Dask's nanny gives each worker one BLAS/OpenMP thread but left ITK at one thread per core: two local workers on
+    two cores ran two ITK threads each. Local workers now get the local pool's share (``share_cores``); a remote
+    scheduler's workers get ITK at the OpenMP count their cluster set (Dask's default 1)."""
+    import os
+
+    from dask.distributed import LocalCluster
+
+    from NPCPrognosisLib.pipeline.dask_cluster import dask_client
+    from NPCPrognosisLib.processes import THREAD_VARIABLES
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("on one core a worker's share is the whole machine, limited or not")
+    share = cores // 2
+    with dask_client(None, workers=2) as client:
+        local = client.run(_thread_counts)
+    assert list(local.values()) == [{"itk": share, **dict.fromkeys(THREAD_VARIABLES, str(share))}] * 2
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster, \
+            dask_client(cluster.scheduler_address) as client:
+        (remote,) = client.run(_thread_counts).values()
+    assert remote["itk"] == int(remote["OMP_NUM_THREADS"]) == 1

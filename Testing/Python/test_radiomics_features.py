@@ -203,7 +203,7 @@ def test_workers_2_identical_to_workers_1(patient, fast_result):
 def test_empty_gtvp_raises_input_error_naming_patient(patient):
     images, mask = patient
     only_node = sitk.Cast(sitk.Equal(mask, 2), sitk.sitkUInt8) * 2
-    with pytest.raises(InputError, match="no voxel labelled 1 \\(GTVp\\)") as info:
+    with pytest.raises(InputError, match="no voxel labelled 1 \\(GTVp is empty\\)") as info:
         rf.extract_patient(images, only_node, patient_id="HN-042", params_path=FAST)
     assert "HN-042" in str(info.value)
     with pytest.raises(InputError, match="HN-043"):
@@ -212,7 +212,7 @@ def test_empty_gtvp_raises_input_error_naming_patient(patient):
 
 def test_bad_inputs_raise_input_error(patient):
     images, mask = patient
-    with pytest.raises(InputError, match="labels \\[5\\]"):
+    with pytest.raises(InputError, match="label value\\(s\\) \\[5\\]"):
         rf.extract_patient(images, _relabel(mask, 2, 5), patient_id="P9", params_path=FAST)
     shifted = sitk.Image(images["t1"])
     shifted.SetOrigin((0.0, 0.0, 0.0))
@@ -220,6 +220,17 @@ def test_bad_inputs_raise_input_error(patient):
         rf.extract_patient({"t1": shifted}, mask, patient_id="P9", params_path=FAST)
     with pytest.raises(InputError, match="no MR sequence"):
         rf.extract_patient({}, mask, patient_id="P9", params_path=FAST)
+
+
+def test_an_image_given_as_the_mask_from_python_is_named_in_one_line(patient):
+    """A researcher calling extract_patient with an image as the mask got every one of its grey values listed (3,000
+    characters for labels 1..600); the command line's one-line message comes from the same check."""
+    images, mask = patient
+    grey = sitk.GetImageFromArray(np.resize(np.arange(1, 601, dtype=np.int16), sitk.GetArrayViewFromImage(mask).shape))
+    grey.CopyInformation(mask)
+    with pytest.raises(InputError, match=r"598 label values \(3 to 600\): an image, not a label map") as info:
+        rf.extract_patient(images, grey, patient_id="NB-7", params_path=FAST)
+    assert len(str(info.value)) < 300 and "NB-7" in str(info.value) and "\n" not in str(info.value)
 
 
 def _relabel(mask: sitk.Image, old: int, new: int) -> sitk.Image:
