@@ -134,12 +134,16 @@ def extra_block_name(column: str) -> str | None:
     return column[len(EXTRA_PREFIX):].split(":", 1)[0]
 
 
-def check_training_rows(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str]) -> None:
+def check_training_rows(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str],
+                        patients: str = "training patient") -> None:
     """Refuse a table whose rows match none of the training patients (IDs written another way than in the
-    manifest), which would otherwise train a model that treats every patient as without that modality."""
+    manifest), which would otherwise train a model that treats every patient as without that modality; or, with
+    ``patients`` "evaluated patient", none of a cohort scored by a model trained with it, which would score every
+    patient as without it."""
     for name, block in extras.items():
         if not block.aligned(patient_ids)[1].any():
-            raise InputError(f"the {name} features table has no row with values for any training patient",
+            raise InputError(f"the {name} features table has no row with values for any {patients} "
+                             f"(its IDs, e.g. {', '.join(map(str, block.values.index[:2]))})",
                              path=block.source, column="patient_id",
                              fix="write the patient IDs as the manifest does (e.g. "
                                  f"{', '.join(map(str, list(patient_ids)[:2]))})")

@@ -27,7 +27,13 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.classification.folds import n_folds
-from NPCPrognosisLib.classification.metrics import binary_metrics, delong_auc, delong_test, youden_threshold
+from NPCPrognosisLib.classification.metrics import (
+    SMALL_CLASS,
+    binary_metrics,
+    delong_auc,
+    delong_test,
+    youden_threshold,
+)
 from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
 from NPCPrognosisLib.classification.ridge import (
     RIDGE,
@@ -40,7 +46,7 @@ from NPCPrognosisLib.classification.ridge import (
 from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score, signature_values
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
-from NPCPrognosisLib.io.extra_features import with_extra_columns
+from NPCPrognosisLib.io.extra_features import check_training_rows, with_extra_columns
 from NPCPrognosisLib.radiomics.features_table import feature_matrix, tumour_volumes, volume_columns
 
 log = logging.getLogger(__name__)
@@ -53,18 +59,24 @@ PERMUTATIONS = 9
 RAD_SCORE = "rad_score_logit"
 
 
-def read_binary(values: Sequence[Any], ids: Sequence[str], column: str) -> np.ndarray:
-    """The endpoint as 0/1, refusing anything else with the patient who has it."""
-    out = np.empty(len(values), int)
-    for i, (value, pid) in enumerate(zip(values, ids)):
-        v = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-        if pd.isna(v) or v not in (0, 1):
-            raise InputError(f"binary endpoint value {value!r} is not 0 or 1", patient_id=str(pid), column=column,
-                             fix="code the endpoint as 1 (e.g. response) or 0, or drop the patient")
-        out[i] = int(v)
+def read_binary(values: Sequence[Any], ids: Sequence[str], column: str, source: str | Path | None = None) -> np.ndarray:
+    """The endpoint as 0/1, refusing anything else with the patient who has it, the file (``source``), how many
+    other patients have such a value and the codes found (a column coded yes/no, CR/PR or 1/2 is one fix, not one
+    per patient)."""
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(float)
+    bad = np.flatnonzero(~np.isin(numbers, (0.0, 1.0)))
+    if len(bad):
+        first = bad[0]
+        found = sorted({str(values[i]) for i in bad})
+        others = f"; {len(bad) - 1} other patient(s) too" if len(bad) > 1 else ""
+        raise InputError(f"binary endpoint value {values[first]!r} is not 0 or 1{others} (values found other than 0 "
+                         f"and 1: {', '.join(found[:6])})", patient_id=str(ids[first]), path=source, column=column,
+                         fix="code the endpoint as 1 (e.g. response) or 0 for every patient (a column coded "
+                             "yes/no, CR/PR or 1/2 must be recoded), or leave the cell empty to leave the patient out")
+    out = numbers.astype(int)
     if len(set(out.tolist())) < 2:
         raise InputError(f"every patient of this cohort with a value has the same value ({out[0]}) of the binary "
-                         "endpoint", column=column,
+                         "endpoint", path=source, column=column,
                          fix="a classifier is trained, and an AUC measured, only on patients with both outcomes")
     return out
 
@@ -379,6 +391,8 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     cv, oof = cross_validate(clinical, features, y, seed)
     stacking = fit_stacking(oof, y)
     signature, models = _fit_all(clinical, features, y, seed)
+    if not models[RIDGE]["calibration"]["validated"]:
+        log.warning("%s: %s", endpoint, models[RIDGE]["calibration"]["note"])
     block: dict[str, Any] = {
         "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
         "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "stacking": stacking,
@@ -430,7 +444,8 @@ def with_needed_extras(blocks: Sequence[Mapping[str, Any]], features: pd.DataFra
     """The features table with the extra blocks the endpoints' ridges need joined (:func:`needed_blocks`).
 
     A block the model was trained with but not given now would score every patient as without that modality, a
-    different model from the one validated: that stops with what to pass instead."""
+    different model from the one validated: that stops with what to pass instead; so does a table that has no row
+    for any patient of a cohort (IDs written another way than in the manifest)."""
     needed = needed_blocks(blocks)
     missing = [name for name in needed if name not in (extras or {})]
     if missing:
@@ -439,6 +454,8 @@ def with_needed_extras(blocks: Sequence[Mapping[str, Any]], features: pd.DataFra
                          "which were not given", column="--extra-features",
                          fix=" ".join(f"--extra-features {name}=<CSV>" for name in missing)
                          + " (a patient without a row counts as without that modality)")
+    if len(patient_ids) > 1:  # a cohort (one patient without a slide simply lacks the modality)
+        check_training_rows({name: extras[name] for name in needed}, patient_ids, patients="evaluated patient")
     return with_extra_columns(features, {name: extras[name] for name in needed}, patient_ids) if needed else features
 
 
@@ -463,7 +480,22 @@ def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: 
     best = block["best"]
     comparisons = {name: delong_test(y, probs[name], probs[best]) for name in probs if name != best}
     return {"endpoint": block["endpoint"], "n": int(len(y)), "positives": int(y.sum()), "model_used": best,
-            "models": models, "delong_vs_best": comparisons}, probs
+            "models": models, "delong_vs_best": comparisons,
+            "warnings": few_patients_warnings(y, block["endpoint"])}, probs
+
+
+def few_patients_warnings(y: np.ndarray, endpoint: str) -> list[str]:
+    """What a reader of the held-out AUCs must know when one outcome has fewer than :data:`SMALL_CLASS` patients:
+    every AUC ranks those few against the rest, so it moves by a large step with each of them."""
+    positives = int(np.sum(y))
+    scarcer = min(positives, len(y) - positives)
+    if scarcer >= SMALL_CLASS:
+        return []
+    kind = "positive" if positives == scarcer else "negative"
+    return [f"{endpoint}: only {scarcer} {kind} patient(s) among the {len(y)} evaluated: each AUC ranks those "
+            f"{scarcer} against the others, and sensitivity or specificity moves by 1/{scarcer} with each of them; "
+            f"the AUC intervals are score intervals (wide by design), and a cohort with at least {SMALL_CLASS} "
+            "patients of each outcome is needed for a validation to rely on"]
 
 
 # ---------------------------------------------------------------------------------------------- cohort level
@@ -475,7 +507,8 @@ def endpoint_labels(manifest: Any, endpoint: str) -> tuple[np.ndarray, np.ndarra
         raise InputError(f"no {endpoint!r} column for the binary endpoint", path=manifest.source, column=endpoint,
                          fix="add the column (1 = response/event, 0 = none) or name another one")
     known = table[endpoint].notna().to_numpy()
-    return known, read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint)
+    return known, read_binary(table.loc[known, endpoint].tolist(), table.loc[known, "patient_id"].tolist(), endpoint,
+                              manifest.source)
 
 
 def binary_block_for(manifest: Any, features: pd.DataFrame, clinical: pd.DataFrame, endpoint: str,
@@ -510,7 +543,7 @@ def evaluate_binary_cohort(document: Mapping[str, Any], manifest: Any, features:
         metrics["models"]["mmoe"] = binary_metrics(y, probs["mmoe"], fused["threshold"])
         metrics["delong_vs_best"]["mmoe"] = delong_test(y, probs["mmoe"], probs[block["best"]])
         if fused.get("warning"):
-            metrics["warnings"] = [fused["warning"]]
+            metrics["warnings"].append(fused["warning"])
     metrics["delong_vs_combined"] = {name: delong_test(y, prob, probs["combined"])
                                      for name, prob in probs.items() if name != "combined"}
     predictions = pd.DataFrame({"patient_id": table.loc[known, "patient_id"].to_numpy(), endpoint: y})

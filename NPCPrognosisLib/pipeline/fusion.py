@@ -26,7 +26,7 @@ import pandas as pd
 from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
-from NPCPrognosisLib.io.extra_features import ExtraBlock
+from NPCPrognosisLib.io.extra_features import ExtraBlock, check_training_rows
 from NPCPrognosisLib.pipeline.binary import RAD_SCORE
 from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, feature_matrix
 from NPCPrognosisLib.survival.splits import event_folds
@@ -131,6 +131,9 @@ class FusionModel:
         from NPCPrognosisLib.deep.mmoe import FusionData
 
         spec = self.document["blocks"]
+        if len(patient_ids) > 1:  # a cohort: a given table that matches none of it is IDs written another way
+            check_training_rows({n: extras[n] for n in self.extra_blocks if n in extras}, patient_ids,
+                                patients="evaluated patient")
         raw = raw_blocks(factors, binary_scores, extras, patient_ids,
                          {name: spec[name]["columns"] for name in self.extra_blocks})
         blocks, present = {}, []
@@ -235,9 +238,8 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
         and the risk-group cut-off).
     """
     from scipy.special import expit
-    from sklearn.linear_model import LogisticRegression
 
-    from NPCPrognosisLib.classification.metrics import youden_threshold
+    from NPCPrognosisLib.classification.metrics import recalibration, youden_threshold
     from NPCPrognosisLib.deep.mmoe import SURVIVAL, FusionData, MMoEConfig, cross_validate, fit_ensemble
     from NPCPrognosisLib.survival.nomogram import fit_nomogram
 
@@ -274,19 +276,10 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     calibration, thresholds = {}, {}
     for task, y in data.labels.items():
         known = ~np.isnan(y)
-        fit = LogisticRegression(C=1e4).fit(oof[task][known, None], y[known].astype(int))
-        slope = float(fit.coef_[0, 0])
-        if slope > 0 and report["per_task"][task] > 0.5:
-            calibration[task] = {"intercept": float(fit.intercept_[0]), "slope": slope, "validated": True}
-        else:
-            # out-of-fold outputs that do not rank patients: no signal to calibrate, and a negative slope would
-            # reverse the ranking; the probability is the training prevalence and the bundle says why
-            prevalence = float(np.mean(y[known]))
-            calibration[task] = {"intercept": float(np.log(prevalence / (1 - prevalence))), "slope": 0.0,
-                                 "validated": False,
-                                 "note": f"cross-validated AUC {report['per_task'][task]:.3f}, out-of-fold calibration "
-                                         f"slope {slope:.2f}: the fusion learned nothing that validates for this "
-                                         "task; it predicts the training prevalence"}
+        calibration[task] = recalibration(y[known], oof[task][known], ranks=report["per_task"][task] > 0.5,
+                                          model="the fusion, for this task,",
+                                          evidence=f"cross-validated AUC {report['per_task'][task]:.3f}, ")
+        if not calibration[task]["validated"]:
             log.warning("fusion model: %s", calibration[task]["note"])
         probability = expit(calibration[task]["intercept"] + calibration[task]["slope"] * oof[task][known])
         thresholds[task] = youden_threshold(y[known].astype(int), probability)

@@ -84,3 +84,42 @@ def test_calibration_of_true_probabilities_is_near_perfect():
     assert cal["slope"] == pytest.approx(1.0, abs=0.06) and cal["intercept"] == pytest.approx(0.0, abs=0.05)
     too_extreme = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))
     assert bm.calibration_binary(y, too_extreme)["slope"] == pytest.approx(0.5, abs=0.04)
+
+
+def test_the_auc_interval_does_not_collapse_with_three_cases_and_keeps_its_coverage():
+    """Three responders ranked above every non-responder gave 'AUC 1.000 (95% CI 1.000-1.000)': DeLong's variance
+    comes from the three cases' placements, and is 0 when they all rank first. With fewer than SMALL_CLASS patients
+    in a class the interval is the score interval, checked here against Hanley & McNeil's variance written in its
+    own Q1/Q2 form and, by simulation, against the true AUC it should hold 95 % of the time."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(3), np.zeros(37)].astype(int)
+    perfect = bm.delong_auc(y, np.r_[0.9, 0.8, 0.7, rng.uniform(0, 0.65, 37)])
+    assert perfect["auc"] == 1.0 and perfect["se"] == 0.0
+    low, high = perfect["auc_95ci"]
+    assert high == 1.0 and 0.55 < low < 0.8, perfect["auc_95ci"]
+    assert "score interval" in perfect["ci_method"]
+
+    def hanley_mcneil(theta, m, n):  # Hanley & McNeil (1982), both sample sizes set to their mean (Newcombe 2006)
+        q1, q2, half = theta / (2 - theta), 2 * theta ** 2 / (1 + theta), (m + n) / 2
+        return (theta * (1 - theta) + (half - 1) * (q1 - theta ** 2) + (half - 1) * (q2 - theta ** 2)) / (m * n)
+
+    for auc, m, n in ((1.0, 3, 37), (0.7, 3, 37), (0.85, 6, 60)):
+        for bound in bm.auc_score_interval(auc, m, n):
+            if 0 < bound < 1:
+                assert (auc - bound) ** 2 == pytest.approx(1.959964 ** 2 * hanley_mcneil(bound, m, n), rel=1e-6)
+
+    # coverage of the true AUC over simulated 3-case cohorts (binormal, separation 1.8: AUC 0.898)
+    true_auc, held, held_delong = norm.cdf(1.8 / np.sqrt(2)), 0, 0
+    for _ in range(400):
+        scores = np.r_[rng.normal(1.8, 1, 3), rng.normal(0, 1, 37)]
+        result = bm.delong_auc(y, scores)
+        low, high = result["auc_95ci"]
+        held += low <= true_auc <= high
+        a, se = result["auc"], result["se"]
+        held_delong += a - 1.96 * se <= true_auc <= a + 1.96 * se
+    assert held / 400 >= 0.82 and held_delong / 400 <= 0.75, (held, held_delong)
+    # with enough patients of each outcome the interval stays DeLong's
+    many = rng.random(200) < 0.4
+    assert bm.delong_auc(many, many + rng.normal(size=200))["ci_method"] == "DeLong"
