@@ -57,6 +57,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if own:
         print(f"{len(own)} patient(s) trained the network: their deep scores come from its risk head refitted "
               "without them (out of fold)")
+    warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings))
+    if warned:
+        print(f"{len(warned)} patient(s) have image warnings, listed in {result.warnings_path}: "
+              f"{', '.join(warned[:10])}{' ...' if len(warned) > 10 else ''}")
     if result.failures:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
         for failure in result.failures:

@@ -32,7 +32,12 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.pipeline.predict import unproven_nomogram
-from NPCPrognosisLib.radiomics.features_table import check_settings, read_features, read_manifest_features
+from NPCPrognosisLib.radiomics.features_table import (
+    check_settings,
+    image_warnings_note,
+    read_features,
+    read_manifest_features,
+)
 from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
 
@@ -148,6 +153,8 @@ def evaluate_cohort(
         loco = leave_one_centre_out(bundle.document, manifest, features, endpoint)
     everyone = manifest
     manifest, features, excluded = held_out(bundle.document, manifest, features, subset)
+    if note := image_warnings_note(meta, manifest.patient_ids, features_path, "evaluated"):
+        log.warning(note)
     check_outcomes(manifest, endpoint)
     if short := follow_up_warning(manifest, endpoint):
         log.warning(short)
@@ -344,6 +351,8 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
     manifest, features, excluded = held_out(document, manifest, features, subset)
+    if note := image_warnings_note(meta, manifest.patient_ids, features_path, "evaluated"):
+        log.warning(note)
     check_binary_cohort(manifest, endpoint, excluded)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 One patient's failure never stops a cohort: the row is skipped, the reason goes to a failures file, and the
 table is written in one atomic step at the end so no half-written table is ever mistaken for a finished one.
+A patient extracted from doubtful images (a sequence covering part of the field, another frame of reference) keeps
+its row, and its warnings go to a warnings file beside the table.
 Patients run in a local process pool or, for cohorts one machine cannot handle, on a Dask cluster.
 """
 
@@ -26,7 +28,13 @@ from NPCPrognosisLib.io.bundle import network_checksum
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import PatientImages, check_mask, load_patient
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
-from NPCPrognosisLib.radiomics.features_table import DEEP_SCORE, extraction_metadata, failures_path_for, meta_path_for
+from NPCPrognosisLib.radiomics.features_table import (
+    DEEP_SCORE,
+    extraction_metadata,
+    failures_path_for,
+    meta_path_for,
+    warnings_path_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ class ExtractionResult:
     features_path: Path | None = None
     failures_path: Path | None = None
     meta_path: Path | None = None
+    #: one row per image warning of an extracted patient (``patient_id``, ``warning``), as in ``warnings_path``
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    warnings_path: Path | None = None
 
 
 def patient_features(
@@ -185,7 +196,8 @@ def extract_cohort(
     resample_mask: bool = False,
     roi_map: str | None = None,
 ) -> ExtractionResult:
-    """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures and metadata beside it.
+    """Extract features for every patient of ``manifest`` and write ``out`` (CSV) with failures, image warnings
+    (:func:`image_warnings`) and metadata beside it.
 
     ``workers`` > 1 runs patients in parallel processes (:func:`local_runner`); ``runner`` lets the Dask engine
     (or a test) replace the local pool while keeping the same per-patient function. A patient whose worker
@@ -242,6 +254,7 @@ def extract_cohort(
             failures.append({"patient_id": result["patient_id"], "stage": "extract", "error": result["error"]})
         else:
             rows.append({"patient_id": result["patient_id"], **result["features"]})
+    warnings = image_warnings(results)
     failures_file = failures_path_for(out)
     if not rows:
         # Nothing is written: an earlier good table, its failures list and metadata stay as they were.
@@ -251,6 +264,9 @@ def extract_cohort(
                                                    f"in {out} is kept)")
     failures_table = pd.DataFrame(failures, columns=["patient_id", "stage", "error"])
     write_text_atomic(failures_file, failures_table.to_csv(index=False))
+    # written even when empty, as the failures are: an earlier run's warnings must not outlive its table
+    write_text_atomic(warnings_path_for(out), pd.DataFrame(warnings, columns=["patient_id", "warning"])
+                      .to_csv(index=False))
     table = pd.DataFrame(rows)
     write_text_atomic(out, table.to_csv(index=False))
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
@@ -259,7 +275,9 @@ def extract_cohort(
             # how the masks were read, which the robustness study must repeat on the same contours
             "resample_mask": bool(resample_mask), "roi_map": roi_map,
             "network": None if network is None else str(network),
-            "network_sha256": None if network is None else network_checksum(network)}
+            "network_sha256": None if network is None else network_checksum(network),
+            # which rows rest on doubtful images (each warning in the .warnings.csv): train and evaluate say so
+            "patients_with_warnings": sorted({row["patient_id"] for row in warnings})}
     if auto_mask:
         meta["cohort_warnings"] = _auto_contour_cohort_warnings(network, results)
     if network is not None:
@@ -269,7 +287,28 @@ def extract_cohort(
     write_json_atomic(meta_path_for(out), meta)
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
-                            meta_path=meta_path_for(out))
+                            meta_path=meta_path_for(out), warnings=warnings, warnings_path=warnings_path_for(out))
+
+
+def image_warnings(results: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The image warnings of the extracted patients, one row each (``patient_id``, ``warning``).
+
+    Why: :func:`~NPCPrognosisLib.io.images.load_patient` only logged them, from the worker that read the patient
+    and between progress-bar updates, and a patient taken from the resume cache logged nothing at all, so a cohort
+    run never said that a T2W covered half of a tumour. The per-patient results (the cached ones too) carry them.
+
+    Parameters
+    ----------
+    results : sequence of mapping
+        The per-patient results of :func:`_one_patient`; failed patients (``error``) are in the failures instead.
+
+    Returns
+    -------
+    list of dict
+        In cohort order, each patient's warnings in the order they were raised.
+    """
+    return [{"patient_id": result["patient_id"], "warning": str(text)}
+            for result in results if "error" not in result for text in result.get("warnings") or []]
 
 
 def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping[str, Any]]) -> list[str]:

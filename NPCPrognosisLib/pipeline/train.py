@@ -42,6 +42,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     RADIOMICS_RECORD,
     feature_matrix,
+    image_warnings_note,
     is_deep_feature,
     read_features,
     read_manifest_features,
@@ -359,6 +360,8 @@ def train(
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
+    if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
+        log.warning(note)
     check_training_rows(extras, train_manifest.patient_ids)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
@@ -526,6 +529,8 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
+    if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
+        log.warning(note)
     ebv_fill = ebv_fill_value(train_manifest)
     check_training_rows(extras, train_manifest.patient_ids)
     joined = with_extra_columns(train_features, extras, train_manifest.patient_ids)

@@ -1,7 +1,8 @@
 """The features table contract: one row per patient, one column per feature, metadata beside it.
 
 What produced a table (PyRadiomics version, settings hash, preprocessing) is recorded in ``<name>.meta.json``
-and checked again when a model is trained on it or a bundle reads it.
+and checked again when a model is trained on it or a bundle reads it; the patients that could not be extracted are
+in ``<name>.failures.csv``, and the image warnings of those that were in ``<name>.warnings.csv``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,13 @@ def failures_path_for(out: Path) -> Path:
 
 def meta_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".meta.json")
+
+
+def warnings_path_for(out: Path) -> Path:
+    """``<name>.warnings.csv``: each extracted patient's image warnings (a sequence resampled or covering part of
+    the CET1W field, contours outside it, another frame of reference), one row per warning, so that a clinician
+    reviewing a cohort learns which rows rest on doubtful images without reading the run's log."""
+    return out.with_name(out.stem + ".warnings.csv")
 
 
 def extraction_metadata(params_path: str | Path | None, preprocess: PreprocessConfig) -> dict[str, Any]:
@@ -97,6 +106,38 @@ def read_features(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise InputError(f"the features table's metadata is not valid JSON ({exc})", path=meta_file,
                          fix="re-run extract, or delete the .meta.json file of a table made elsewhere") from None
     return table, meta
+
+
+def image_warnings_note(meta: dict[str, Any], patient_ids: Sequence[str], features_path: str | Path,
+                        who: str) -> str | None:
+    """A warning that some of the patients a model is trained or evaluated on were extracted from doubtful images.
+
+    Why: the warnings were written once, beside the table (``extract``'s ``.warnings.csv``); a model fitted on those
+    rows weeks later is where the doubt matters, so ``train`` and ``evaluate`` repeat the count.
+
+    Parameters
+    ----------
+    meta : dict
+        The features table's metadata (:func:`read_features`); a table without ``patients_with_warnings`` (made
+        before extract recorded them, or elsewhere) gives no note.
+    patient_ids : sequence of str
+        The patients used (training or evaluated).
+    features_path : str or Path
+        The features table, to name its warnings file.
+    who : str
+        What the patients are, e.g. ``"training"``.
+
+    Returns
+    -------
+    str or None
+        The note, or None when none of them has a warning.
+    """
+    warned = set(meta.get("patients_with_warnings") or [])
+    hit = [p for p in map(str, patient_ids) if p in warned]
+    if not hit:
+        return None
+    return (f"{len(hit)} of the {len(patient_ids)} {who} patients had image warnings at extraction (listed in "
+            f"{warnings_path_for(Path(features_path))}): {', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
 
 
 def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Manifest, pd.DataFrame, list[str]]:

@@ -584,6 +584,107 @@ def test_a_killed_extract_resumes_with_the_finished_patients_and_the_same_table(
     assert (tmp_path / "resumed.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
 
 
+def _with_half_a_t2(small_cohort, tmp_path):
+    """The first two patients of ``small_cohort``, the first one's T2W cut through the middle of its tumour (as a
+    T2W acquired over a smaller field): its manifest, and the first patient's ID with the covered share of the CET1W
+    field and the contoured voxels left outside the T2W, counted here on the arrays."""
+    manifest = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str}).iloc[:2].copy()
+    for column in ("t1", "t2", "t1c", "mask"):
+        manifest[column] = [str(small_cohort / v) for v in manifest[column]]
+    t2 = sitk.ReadImage(manifest.loc[0, "t2"])
+    contoured = sitk.GetArrayFromImage(sitk.ReadImage(manifest.loc[0, "mask"])) > 0  # (z, y, x), on the T2W grid
+    columns = np.flatnonzero(contoured.any(axis=(0, 1)))
+    cut = int(columns[len(columns) // 2])  # the T2W keeps x < cut
+    sitk.WriteImage(t2[:cut, :, :], str(tmp_path / "half_t2.nii.gz"))  # same origin, spacing and direction
+    manifest.loc[0, "t2"] = str(tmp_path / "half_t2.nii.gz")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    return (tmp_path / "manifest.csv", manifest.loc[0, "patient_id"], cut / t2.GetSize()[0],
+            int(contoured[:, :, cut:].sum()), int(contoured.sum()))
+
+
+def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohort, tmp_path, capsys):
+    """load_patient's warnings were only logged by the worker that read the patient: a cohort run left no trace that
+    a T2W covered half of a tumour (features.csv, .failures.csv and .meta.json said nothing)."""
+    manifest, warned, covered, outside, contoured = _with_half_a_t2(small_cohort, tmp_path)
+    out = tmp_path / "features.csv"
+    assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(out), "--params",
+                 str(RADIOMICS_FAST_PARAMS), "--workers", "2"]) == 0  # the local process pool
+    assert f"1 patient(s) have image warnings, listed in {tmp_path / 'features.warnings.csv'}: {warned}\n" in (
+        capsys.readouterr().out)
+    warnings = pd.read_csv(tmp_path / "features.warnings.csv", dtype={"patient_id": str})
+    assert list(warnings.columns) == ["patient_id", "warning"] and set(warnings["patient_id"]) == {warned}
+    assert list(warnings["warning"]) == [
+        "t2 was resampled onto the t1c grid",
+        f"t2 covers {covered:.0%} of the t1c field; outside it the network reads air and segments from the other "
+        "sequences only",
+        f"{outside} of the {contoured} contoured voxels lie outside the t2 field: its features describe part of the "
+        "contours only, with the rest read as 0"]
+    assert 0 < outside < contoured and covered < 0.95
+    assert json.loads((tmp_path / "features.meta.json").read_text())["patients_with_warnings"] == [warned]
+    assert len(pd.read_csv(out)) == 2  # the patient keeps its row: a warning is not a failure
+
+
+def test_a_resumed_extract_keeps_the_warnings_of_the_patients_it_reuses(small_cohort, tmp_path, monkeypatch):
+    """A patient taken from the resume cache is not read again, so nothing logged its warnings either."""
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import extract
+
+    manifest, warned, *_ = _with_half_a_t2(small_cohort, tmp_path)
+    manifest = read_manifest(manifest)
+
+    def killed_after_one(function, entries, *args):
+        function(entries[0], *args)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract_cohort(manifest, tmp_path / "f.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False,
+                               runner=killed_after_one)
+    cached = json.loads((tmp_path / "f.csv.partial" / f"{warned}.json").read_text())["result"]["warnings"]
+    computed = []
+    original = extract._one_patient
+    monkeypatch.setattr(extract, "_one_patient", lambda entry, *a: computed.append(entry.patient_id) or original(
+        entry, *a))
+    result = extract.extract_cohort(manifest, tmp_path / "f.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False)
+    assert warned not in computed and len(cached) == 3
+    assert result.warnings == [{"patient_id": warned, "warning": text} for text in cached]
+    assert pd.read_csv(tmp_path / "f.warnings.csv", dtype={"patient_id": str}).to_dict("records") == result.warnings
+
+
+def test_train_and_evaluate_say_how_many_of_their_patients_had_image_warnings(small_cohort, trained, tmp_path,
+                                                                              caplog):
+    """The warnings are written once, at extraction; train and evaluate, where the rows are used, repeat the count
+    (only for the patients they use: the other split's are not theirs)."""
+    from NPCPrognosisLib.io.patient_ids import hash_id
+
+    document = read_bundle(trained)["training"]
+    ids = pd.read_csv(small_cohort / "manifest.csv", dtype={"patient_id": str})["patient_id"]
+    training = [p for p in ids if hash_id(p, document["id_salt"]) in set(document["patient_id_hashes"])]
+    held_out = [p for p in ids if p not in training]
+    shutil.copy(small_cohort / "features.csv", tmp_path / "features.csv")
+    meta = json.loads((small_cohort / "features.meta.json").read_text())
+    (tmp_path / "features.meta.json").write_text(json.dumps(
+        {**meta, "patients_with_warnings": sorted([*training[:2], held_out[0]])}))
+    args = ["--manifest", str(small_cohort / "manifest.csv"), "--features", str(tmp_path / "features.csv"),
+            "--endpoint", "dmfs"]
+    listed = tmp_path / "features.warnings.csv"
+    with caplog.at_level("WARNING"):
+        assert main(["train", *args, "--out", str(tmp_path / "b"), "--test-fraction", "0.25", "--seed", "1",
+                     "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0"]) == 0
+    assert (f"2 of the 18 training patients had image warnings at extraction (listed in {listed}): "
+            f"{', '.join(p for p in ids if p in training[:2])}") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # refused afterwards (6 held-out patients), but the count comes first
+        main(["evaluate", "--bundle", str(trained), *args, "--out", str(tmp_path / "e"), "--n-boot", "0"])
+    assert f"1 of the 6 evaluated patients had image warnings at extraction (listed in {listed}): {held_out[0]}" in (
+        caplog.text)
+    meta.pop("patients_with_warnings", None)  # a table extracted before the warnings were kept: nothing to say
+    (tmp_path / "features.meta.json").write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        main(["evaluate", "--bundle", str(trained), *args, "--out", str(tmp_path / "e"), "--n-boot", "0"])
+    assert "image warnings" not in caplog.text
+
+
 def _dies_once(marker, function, entry, *args):
     """Kills its Dask worker process the first time it runs (a lost worker mid-run), then behaves."""
     import os
