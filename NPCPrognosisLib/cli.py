@@ -136,6 +136,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for task, calibration in fusion["binary_calibration"].items():
             if not calibration["validated"]:
                 print(f"  warning: {task}: {calibration['note']}")
+        from NPCPrognosisLib.pipeline.fusion import MMOE, gate_warnings
+        from NPCPrognosisLib.pipeline.predict import unproven_nomogram, unproven_warnings
+
+        unproven = unproven_nomogram(document, MMOE)  # no weight: the models' no_weight lines below say it
+        for warning in [*gate_warnings(fusion.get("gates") or {}),
+                        *unproven_warnings({k: v for k, v in unproven.items() if k != "no_weight"}, MMOE)]:
+            print(f"  warning: {warning}")
     if document.get("endpoint_type") == "binary":
         print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
               f"{training['n_test']} held out)")

@@ -30,6 +30,7 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
     untrained,
 )
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
+from NPCPrognosisLib.pipeline.fusion import gate_findings, gate_warnings
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.pipeline.predict import unproven_nomogram
 from NPCPrognosisLib.radiomics.features_table import (
@@ -219,6 +220,9 @@ def evaluate_cohort(
                 predictions[f"mmoe_gate_{task}_{block}"] = weights[:, j]
         metrics["mmoe_mean_gate_weights"] = {task: dict(zip(fused.blocks, weights.mean(axis=0).tolist()))
                                              for task, weights in fused.gates.items()}
+        # collapsed onto one modality, or one mixture for everyone: said as train says it of the training patients
+        metrics["mmoe_gates"] = gate_findings(fused.gates, fused.present, fused.blocks)
+        metrics["warnings"].extend(gate_warnings(metrics["mmoe_gates"], "evaluated patients"))
     nomogram = bundle.nomograms["nomogram"]
     predictions["risk_group"] = assign_groups(predictions["nomogram_risk"].to_numpy(), bundle.cutoffs["nomogram"])
     encoded = pd.DataFrame([encode_clinical(r, bundle.ebv_fill) for r in records])

@@ -46,6 +46,16 @@ MAX_EPOCHS = 300
 WEIGHTS_FILE = "fusion/mmoe.safetensors"
 #: Members of the ensemble in the inner cross-validation and in the final model.
 MEMBERS = 3
+#: A task's gate has collapsed onto one modality when that expert's mean gate weight over the patients with every
+#: block is above this: the other experts then carry under 5% of the mixture between them, so the "fusion" is a
+#: one-modality model and the other modalities' inputs hardly reach its output.
+COLLAPSED_GATE = 0.95
+#: A task's gate routes patients only when some expert's weight differs by at least this between the 5th and 95th
+#: percentile of the patients with every block. Below it every patient gets the same mixture to within 5 points (the
+#: reports print whole percents), so the per-patient "modalities behind" lines describe the model, not the patient:
+#: seen when the inner cross-validation stops at 10 epochs, where the gates have barely left their even start
+#: (spread 0.02-0.03 across 160 patients). Percentiles, not the range: one odd patient is not routing.
+ROUTING_SPREAD = 0.05
 
 
 @dataclass
@@ -65,6 +75,66 @@ class FusionPrediction:
 
     def missing(self, row: int) -> list[str]:
         return [name for name, has in zip(self.blocks, self.present[row]) if not has]
+
+
+def gate_findings(gates: Mapping[str, np.ndarray], present: np.ndarray, blocks: Sequence[str]
+                  ) -> dict[str, dict[str, Any]]:
+    """Per task, whether the fusion's gates collapsed onto one modality or route every patient the same way.
+
+    Only patients with every block are looked at: a missing block's weight is 0 by construction and the others are
+    renormalised, which varies the mixture without the gate having learned anything.
+
+    Parameters
+    ----------
+    gates : mapping of str to ndarray
+        Each task's gate weights (patients x blocks), as :meth:`FusionModel.predict` gives them.
+    present : ndarray of bool
+        Which blocks each patient had (patients x blocks).
+    blocks : sequence of str
+        The blocks' names, in column order.
+
+    Returns
+    -------
+    findings : dict
+        Per task: ``patients`` (with every block), ``mean`` and ``spread_p5_p95`` of each block's weight,
+        ``collapsed_onto`` (the block whose mean weight is above :data:`COLLAPSED_GATE`, or None) and
+        ``no_routing`` (True when no block's spread reaches :data:`ROUTING_SPREAD`); ``patients`` 0 and nothing
+        else when fewer than 2 patients have every block (nothing to compare).
+    """
+    complete = np.asarray(present, bool).all(axis=1)
+    findings = {}
+    for task, weights in gates.items():
+        full = np.asarray(weights, float)[complete]
+        if len(full) < 2:
+            findings[task] = {"patients": int(len(full))}
+            continue
+        mean = full.mean(axis=0)
+        low, high = np.percentile(full, [5, 95], axis=0)
+        spread = high - low
+        top = int(np.argmax(mean))
+        findings[task] = {"patients": int(len(full)), "mean": dict(zip(blocks, mean.tolist())),
+                          "spread_p5_p95": dict(zip(blocks, spread.tolist())),
+                          "collapsed_onto": blocks[top] if mean[top] > COLLAPSED_GATE else None,
+                          "no_routing": bool(spread.max() < ROUTING_SPREAD)}
+    return findings
+
+
+def gate_warnings(findings: Mapping[str, Mapping[str, Any]], patients: str = "training patients") -> list[str]:
+    """The warnings of :func:`gate_findings`, one per task and finding (none when the gates fuse and route)."""
+    found = []
+    for task, block in findings.items():
+        name = task.replace("_", " ")
+        if block.get("collapsed_onto"):
+            onto = block["collapsed_onto"]
+            found.append(f"the fusion's {name} gate collapsed onto the {onto} modality (mean weight "
+                         f"{block['mean'][onto]:.0%} over {block['patients']} {patients} with every modality): the "
+                         f"other modalities hardly reach its {name} output, so it is a {onto}-only model")
+        if block.get("no_routing"):
+            found.append(f"the fusion's {name} gate gives every patient the same mixture of modalities (each weight "
+                         f"varies by less than {ROUTING_SPREAD:.0%} between the 5th and 95th percentile of "
+                         f"{block['patients']} {patients}): its per-patient modality weights describe the model, not "
+                         "the patient")
+    return found
 
 
 def raw_blocks(factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray], extras: Mapping[str, ExtraBlock],
@@ -200,6 +270,33 @@ def cross_fitted_binary_score(features: pd.DataFrame, y: np.ndarray, seed: int, 
     return score
 
 
+def calibrate_survival(oof_output: np.ndarray, time: np.ndarray, event: np.ndarray) -> Any:
+    """The bundle's ``mmoe`` model: a one-factor Cox model on the fusion's out-of-fold survival output.
+
+    Its weight is kept non-negative, as for every out-of-fold score of the nomogram
+    (:func:`~NPCPrognosisLib.survival.nomogram.fit_nomogram` ``scores``): an output that ranked the training patients
+    the wrong way round out of fold has learned nothing, and a negative weight would turn it round and report its
+    reversed ranking as a C-index above 0.5. It gets weight 0 instead, so every patient has the same risk and the
+    cut-off record says ``no_groups`` (:func:`~NPCPrognosisLib.pipeline.predict.unproven_nomogram`).
+
+    Parameters
+    ----------
+    oof_output : ndarray
+        The survival task's out-of-fold output for the training patients.
+    time, event : ndarray
+        Their survival endpoint.
+
+    Returns
+    -------
+    nomogram : Nomogram
+        The calibration, named :data:`MMOE` with the one factor :data:`MMOE_SCORE`.
+    """
+    from NPCPrognosisLib.survival.nomogram import fit_nomogram
+
+    return fit_nomogram(MMOE, pd.DataFrame({MMOE_SCORE: np.asarray(oof_output, float)}), [MMOE_SCORE], time, event,
+                        scores=[MMOE_SCORE])
+
+
 def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[str, np.ndarray],
                extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str], time: np.ndarray, event: np.ndarray,
                *, seed: int = 0, candidates: Sequence[Mapping[str, Any]] = CANDIDATES, max_epochs: int = MAX_EPOCHS,
@@ -228,7 +325,8 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     Returns
     -------
     document : dict
-        The bundle's ``fusion`` block (configuration, input scaling, CV report, calibration).
+        The bundle's ``fusion`` block (configuration, input scaling, CV report, calibration, and ``gates``: the
+        final ensemble's :func:`gate_findings` on the training patients).
     model : FusionModel
         The final ensemble.
     nomogram : Nomogram
@@ -240,8 +338,14 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     from scipy.special import expit
 
     from NPCPrognosisLib.classification.metrics import recalibration, youden_threshold
-    from NPCPrognosisLib.deep.mmoe import SURVIVAL, FusionData, MMoEConfig, cross_validate, fit_ensemble
-    from NPCPrognosisLib.survival.nomogram import fit_nomogram
+    from NPCPrognosisLib.deep.mmoe import (
+        SURVIVAL,
+        FusionData,
+        MMoEConfig,
+        cross_validate,
+        fit_ensemble,
+        predict_members,
+    )
 
     tasks = [SURVIVAL, *labels]
     binary_scores = {task: cross_fitted_binary_score(features, np.asarray(y, float), seed)
@@ -272,7 +376,10 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
                            "epochs": max(report["task_epochs"].values())})
     ensemble = fit_ensemble(data, config, seed)
     oof = report.pop("oof")
-    nomogram = fit_nomogram(MMOE, pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]}), [MMOE_SCORE], time, event)
+    nomogram = calibrate_survival(oof[SURVIVAL], time, event)
+    gates = gate_findings(predict_members(ensemble, data)[1], data.present, list(blocks))
+    for warning in gate_warnings(gates):
+        log.warning("fusion model: %s", warning)
     calibration, thresholds = {}, {}
     for task, y in data.labels.items():
         known = ~np.isnan(y)
@@ -288,10 +395,13 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
         "config": config.to_dict(), "blocks": spec, "weights": WEIGHTS_FILE,
         "cv": {"folds": INNER_FOLDS, **report},
         "binary_calibration": calibration, "thresholds": thresholds, "seed": int(seed),
+        # the final ensemble's gates on the training patients (gate_findings): collapsed or not routing
+        "gates": gates,
         "inputs": "radiomics: cross-fitted Rad-score and binary radiomics log-odds in training (the full "
                   "signatures for new patients); clinical: encoded covariates; extra tables as given; all "
                   "z-scored with training means and SDs, a missing block masked in every gate",
-        "calibration": "Cox model on the out-of-fold survival output (model 'mmoe'); logistic recalibration of "
+        "calibration": "Cox model on the out-of-fold survival output (model 'mmoe'; its weight kept "
+                       "non-negative: a backwards output gets none); logistic recalibration of "
                        "each out-of-fold binary output",
     }
     return document, FusionModel(document, ensemble), nomogram, nomogram.risk(pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]}))

@@ -83,48 +83,62 @@ def bundle_features(bundle: LoadedBundle, patient: PatientImages) -> dict[str, f
     return row
 
 
-def unproven_nomogram(document: dict[str, Any]) -> dict[str, Any]:
-    """What the nomogram failed to learn in training, which ``train`` said and the patient's result must say too:
-    its risk group is then not determined (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`) and its
-    survival is labelled as what it is.
+def unproven_nomogram(document: dict[str, Any], name: str = "nomogram") -> dict[str, Any]:
+    """What a model of the bundle (the nomogram, or the fusion's ``mmoe``) failed to learn in training, which
+    ``train`` said and the patient's result must say too: its risk group is then not determined
+    (:func:`~NPCPrognosisLib.reporting.labels.risk_group_standing`) and its survival is labelled as what it is.
 
-    Why: a nomogram whose scores all ranked the training patients the wrong way round out of fold carries no weight
+    Why: a model whose scores all ranked the training patients the wrong way round out of fold carries no weight
     (its cut-off record says ``no_groups``), so every patient gets the same risk, the low group and the training
     cohort's average survival; one whose optimism-corrected C-index is at or below 0.5 ranks new patients no better
-    than chance. Older bundles without these records say nothing.
+    than chance. The fusion is never scored in-sample: its training C-index is already out of fold (``train``
+    records it as such), so that C at or below 0.5 says the same. Older bundles without these records say nothing.
 
     Parameters
     ----------
     document : dict
         The bundle document (``bundle.json``).
+    name : str, default "nomogram"
+        The model, as the bundle's ``models`` name it.
 
     Returns
     -------
     unproven : dict
         ``no_weight`` True when every patient gets the same risk, ``corrected_c`` the optimism-corrected training
-        C-index when it is at or below chance; empty for a nomogram that learned something.
+        C-index when it is at or below chance, ``out_of_fold_c`` the fusion's out-of-fold training C-index when it
+        is at or below 0.5; empty for a model that learned something.
     """
+    from NPCPrognosisLib.pipeline.fusion import MMOE
+
     found: dict[str, Any] = {}
-    if (document.get("cutoffs") or {}).get("nomogram", {}).get("no_groups"):
+    training = document.get("training") or {}
+    if (document.get("cutoffs") or {}).get(name, {}).get("no_groups"):
         found["no_weight"] = True
-    corrected = ((document.get("training") or {}).get("optimism_corrected_c") or {}).get("nomogram") or {}
+    corrected = (training.get("optimism_corrected_c") or {}).get(name) or {}
     if corrected.get("no_better_than_chance") and corrected.get("corrected") is not None \
             and np.isfinite(corrected["corrected"]):  # not estimated (no bootstrap refit could be fitted): unknown
         found["corrected_c"] = float(corrected["corrected"])
+    out_of_fold = ((training.get("metrics") or {}).get(name) or {}).get("c_index")
+    if name == MMOE and out_of_fold is not None and np.isfinite(out_of_fold) and out_of_fold <= 0.5:
+        found["out_of_fold_c"] = float(out_of_fold)
     return found
 
 
-def unproven_warnings(unproven: Mapping[str, Any]) -> list[str]:
-    """The warnings of :func:`unproven_nomogram`'s findings, one per finding (none for a nomogram that learned
-    something)."""
+def unproven_warnings(unproven: Mapping[str, Any], name: str = "nomogram") -> list[str]:
+    """The warnings of :func:`unproven_nomogram`'s findings for model ``name``, one per finding (none for a model
+    that learned something)."""
+    from NPCPrognosisLib.reporting.labels import model_phrase
+
+    model = model_phrase(name)
     found = []
     if unproven.get("no_weight"):
-        found.append("the nomogram gives every patient the same risk (no factor carried weight in training): no risk "
+        found.append(f"{model} gives every patient the same risk (no factor carried weight in training): no risk "
                      "group is determined, and the survival is the training cohort's average, not this patient's")
-    if unproven.get("corrected_c") is not None:
-        found.append(f"the nomogram learned nothing that holds on new patients: its optimism-corrected training "
-                     f"C-index was {unproven['corrected_c']:.2f} (0.5 is chance); no risk group is determined, and "
-                     "its survival is unproven")
+    for key, kind in (("corrected_c", "optimism-corrected"), ("out_of_fold_c", "out-of-fold")):
+        if unproven.get(key) is not None:
+            found.append(f"{model} learned nothing that holds on new patients: its {kind} training C-index was "
+                         f"{unproven[key]:.2f} (0.5 is chance); no risk group is determined, and its survival is "
+                         "unproven")
     return found
 
 
@@ -341,7 +355,8 @@ def predict_patient(
 
 def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.DataFrame,
                    extras: Mapping[str, Any] | None, patient_id: str) -> dict[str, Any]:
-    """One patient's fusion-model block: risk and group (its own training cut-off), survival at 12/36/60 months,
+    """One patient's fusion-model block: risk and group (its own training cut-off, or ``not determined`` with the
+    ``unproven`` record when the fusion learned nothing: :func:`unproven_nomogram`), survival at 12/36/60 months,
     each binary task's probability, the gate weights per task and the modalities this patient lacked."""
     from NPCPrognosisLib.pipeline.fusion import MMOE
 
@@ -356,7 +371,11 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
     elif missing:
         warnings.append(f"no {', '.join(missing)} data for patient {patient_id}: the fusion model used the other "
                         "modalities only")
-    return {"model": MMOE, "risk_score": risk, "risk_group": str(assign_groups([risk], bundle.cutoffs[MMOE])[0]),
+    unproven = unproven_nomogram(bundle.document, MMOE)
+    warnings.extend(unproven_warnings(unproven, MMOE))
+    group = str(assign_groups([risk], bundle.cutoffs[MMOE])[0])
+    return {"model": MMOE, "risk_score": risk, "risk_group": GROUP_NOT_DETERMINED if unproven else group,
+            "unproven": unproven,
             "survival": {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, model.survival(factors, REPORT_MONTHS)[0])
                          if np.isfinite(s)},
             "probabilities": {task: float(p[0]) for task, p in fused.probabilities.items()},

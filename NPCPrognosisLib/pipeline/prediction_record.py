@@ -50,8 +50,9 @@ class Prediction:
     chemo_benefit: dict[str, Any] = field(default_factory=dict)
     #: Binary endpoints the bundle carries (e.g. induction-chemotherapy response): probability, 95% interval.
     binary: dict[str, Any] = field(default_factory=dict)
-    #: The fusion model's prediction (``train --fusion mmoe``): risk, survival, probabilities and the gate weights
-    #: per task (which modality drove this prediction), with the modalities this patient lacked.
+    #: The fusion model's prediction (``train --fusion mmoe``): risk, group (``not determined`` with ``unproven``
+    #: when the fusion learned nothing, as for the nomogram), survival, probabilities and the gate weights per task
+    #: (which modality drove this prediction), with the modalities this patient lacked.
     fusion: dict[str, Any] = field(default_factory=dict)
     segmentation: dict[str, Any] = field(default_factory=dict)
     #: The nomogram's scale (:meth:`Nomogram.chart_scale`): enough to draw the chart with this patient's points.

@@ -90,6 +90,12 @@ def model_label(name: str) -> str:
     return MODEL_LABELS.get(name, name.replace("_", " "))
 
 
+def model_phrase(name: str) -> str:
+    """A model as a sentence names it: 'the nomogram', 'the multimodal fusion (MMoE)'."""
+    label = "nomogram" if name == "nomogram" else model_label(name)
+    return f"the {label[:1].lower()}{label[1:]}"
+
+
 def ebv_copies(log_value: float) -> float:
     """Copies/mL from the coded ``log10(copies + 1)``."""
     return max(0.0, 10.0 ** float(log_value) - 1.0)
@@ -181,7 +187,8 @@ GROUP_NOT_DETERMINED = "not determined"
 def risk_group_text(prediction: Mapping[str, Any]) -> str:
     """The risk group as a report prints it, never firmer than the prediction allows.
 
-    'not determined: the nomogram carries no weight (...)' when the nomogram learned nothing in training;
+    'not determined: the nomogram carries no weight (...)' when the model learned nothing in training (the
+    nomogram, or the model a block names by its ``model``, e.g. the fusion's);
     'undetermined without EBV DNA (low at the training median, low or high across its 10th-90th percentile)' when
     a filled-in factor could change the group; 'high risk (borderline: the 95% interval of the score spans the
     cut-off)' when the score's interval reaches across the cut-off; otherwise 'high risk'.
@@ -189,7 +196,7 @@ def risk_group_text(prediction: Mapping[str, Any]) -> str:
     group = str(prediction["risk_group"])
     standing, block = risk_group_standing(prediction)
     if standing == "not determined":
-        return f"{GROUP_NOT_DETERMINED}: {unproven_text(block)}"
+        return f"{GROUP_NOT_DETERMINED}: {unproven_text(block, prediction.get('model', 'nomogram'))}"
     if standing == "undetermined":
         return (f"{block['risk_group']} ({group} at the training median, {' or '.join(block['risk_groups'])} "
                 "across its 10th-90th percentile)")
@@ -205,8 +212,8 @@ def risk_group_standing(prediction: Mapping[str, Any]) -> tuple[str, Mapping[str
     Parameters
     ----------
     prediction : mapping
-        A ``prediction.json`` record: its ``unproven`` block (what the nomogram failed to learn in training), its
-        ``imputed`` blocks (one per filled-in factor) and ``borderline``.
+        A ``prediction.json`` record, or its ``fusion`` block: its ``unproven`` block (what the model failed to
+        learn in training), its ``imputed`` blocks (one per filled-in factor) and ``borderline``.
 
     Returns
     -------
@@ -226,26 +233,28 @@ def risk_group_standing(prediction: Mapping[str, Any]) -> tuple[str, Mapping[str
     return ("borderline", None) if prediction.get("borderline") else ("firm", None)
 
 
-def unproven_text(block: Mapping[str, Any]) -> str:
-    """Why a nomogram that learned nothing determines no group, from its ``unproven`` record
+def unproven_text(block: Mapping[str, Any], model: str = "nomogram") -> str:
+    """Why a model that learned nothing determines no group, from its ``unproven`` record
     (:func:`~NPCPrognosisLib.pipeline.predict.unproven_nomogram`): without weight every patient has the same risk;
-    at or below chance its ranking of new patients is unproven."""
+    at or below chance (optimism-corrected, or the fusion's out-of-fold C) its ranking of new patients is
+    unproven."""
     if block.get("no_weight"):
-        return "the nomogram carries no weight (every patient gets the same risk)"
-    return (f"the nomogram is unproven (optimism-corrected training C-index {float(block['corrected_c']):.2f}; "
-            "0.5 is chance)")
+        return f"{model_phrase(model)} carries no weight (every patient gets the same risk)"
+    kind, key = (("optimism-corrected", "corrected_c") if block.get("corrected_c") is not None
+                 else ("out-of-fold", "out_of_fold_c"))
+    return f"{model_phrase(model)} is unproven ({kind} training C-index {float(block[key]):.2f}; 0.5 is chance)"
 
 
 def survival_caveat(prediction: Mapping[str, Any]) -> str:
-    """What a survival figure of this prediction is worth when the nomogram learned nothing, for the label beside
-    it: without weight it is the training cohort's average (every patient's), not this patient's; at or below
-    chance, unproven. '' when the nomogram learned something."""
+    """What a survival figure of this prediction (or of its ``fusion`` block) is worth when the model learned
+    nothing, for the label beside it: without weight it is the training cohort's average (every patient's), not this
+    patient's; at or below chance, unproven. '' when the model learned something."""
     block = prediction.get("unproven") or {}
     if not block:
         return ""
     if block.get("no_weight"):
         return "the training cohort's average, not this patient's"
-    return "unproven: the nomogram ranks new patients no better than chance"
+    return f"unproven: {model_phrase(prediction.get('model', 'nomogram'))} ranks new patients no better than chance"
 
 
 def interval_text(interval: Sequence[float], spec: str = ".2f", sep: str = " to ") -> str:

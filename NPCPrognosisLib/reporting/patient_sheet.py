@@ -259,8 +259,10 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
     fusion = prediction.get("fusion") or {}
     if fusion:
         survival = ", ".join(f"{float(m):g} months {v:.0%}" for m, v in fusion.get("survival", {}).items())
+        if survival_caveat(fusion):  # the fusion learned nothing in training: as the nomogram's survival says it
+            survival += f" ({survival_caveat(fusion)})"
         parts.append(f"<h2>Multimodal fusion ({esc(model_label(fusion.get('model', 'mmoe')))})</h2>"
-                     f"<p>Risk {fusion['risk_score']:.2f} ({esc(fusion['risk_group'])} risk); {esc(survival)}."
+                     f"<p>Risk {fusion['risk_score']:.2f} ({esc(risk_group_text(fusion))}); {esc(survival)}."
                      + (f" Missing modalities: {esc(', '.join(fusion['missing_modalities']))}."
                         if fusion.get("missing_modalities") else "") + "</p>")
         if fusion.get("gate_weights"):

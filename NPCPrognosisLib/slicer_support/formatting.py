@@ -91,13 +91,19 @@ def format_binary(prediction: Mapping[str, Any]) -> list[str]:
 
 
 def format_fusion(prediction: Mapping[str, Any]) -> list[str]:
-    """The fusion model's lines: its risk group and survival, each task's probability, and per task the gate
-    weights (which modality drove this prediction, largest first), with the modalities this patient lacked."""
+    """The fusion model's lines: its risk group (never firmer than the sheet says it:
+    :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`) and survival, each task's probability, and per task
+    the gate weights (which modality drove this prediction, largest first), with the modalities this patient
+    lacked."""
+    from NPCPrognosisLib.reporting.labels import risk_group_text, survival_caveat
+
     block = prediction.get("fusion") or {}
     if not block:
         return []
     survival = ", ".join(f"{m} mo {format_percent(s)}" for m, s in block["survival"].items())
-    lines = [f"Fusion (MMoE): risk {block['risk_score']:.2f} ({block['risk_group']} risk); survival {survival}"]
+    if survival_caveat(block):
+        survival += f" ({survival_caveat(block)})"
+    lines = [f"Fusion (MMoE): risk {block['risk_score']:.2f} ({risk_group_text(block)}); survival {survival}"]
     for task, probability in block.get("probabilities", {}).items():
         lines.append(f"Fusion {task.replace('_', ' ')} probability {probability:.0%}")
     for task, weights in block.get("gate_weights", {}).items():

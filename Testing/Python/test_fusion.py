@@ -189,6 +189,10 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     assert {k: fusion["config"][k] for k in fusion["cv"]["chosen"]} == fusion["cv"]["chosen"]
     assert len(fusion["cv"]["grid"]) == 4 and fusion["cv"]["task_epochs"]["survival"] <= 300
     assert (bundle / fusion["weights"]).exists() and "mmoe" in document["models"]
+    # the final ensemble's gates on the training patients, checked for collapse and for routing
+    assert set(fusion["gates"]) == {"survival", "ic_response"}
+    share = fusion["blocks"]["pathology"]["training_share_present"]
+    assert fusion["gates"]["survival"]["patients"] == round(160 * share)
     assert "pickle" not in (bundle / "bundle.json").read_text()
 
     # evaluate: the MMoE beside the nomogram, with the paired difference in C, on the held-out patients
@@ -202,6 +206,9 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
     assert metrics["models"]["mmoe"]["c_index"] > 0.6
     predictions = pd.read_csv(out / "predictions.csv")
+    gates = metrics["mmoe_gates"]["survival"]  # evaluate checks the evaluated patients' gates as train does
+    assert gates["mean"]["clinical"] == pytest.approx(
+        predictions_with_every_block(out, root)["mmoe_gate_survival_clinical"].mean())
     no_slide = ~predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])
     assert no_slide.any() and (predictions.loc[no_slide, "mmoe_gate_survival_pathology"] == 0).all()
     # the binary task beside the classifiers, compared by DeLong with the combined model
@@ -224,6 +231,11 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     without = evaluate_cohort(bundle, read_manifest(root / "manifest.csv", require_images=False),
                               root / "features.csv", "dmfs", tmp_path / "eval_without", n_boot=50, plots=False)
     assert "pathology" in without["warnings"][0]
+
+
+def predictions_with_every_block(out, root):
+    predictions = pd.read_csv(out / "predictions.csv")
+    return predictions[predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])]
 
 
 def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
@@ -312,3 +324,155 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
             assert any(node_feature in w for w in warned) == warned_for_it
     finally:
         bundle.signature = signature
+
+
+def test_gate_findings_name_a_collapsed_gate_and_one_mixture_for_everyone():
+    """Collapse: one expert's mean gate weight above 0.95 over the patients with every block; no routing: every
+    expert's weight within 5 points between the 5th and 95th percentile. A patient without a block (its weight 0 by
+    construction) is left out of both."""
+    from NPCPrognosisLib.pipeline.fusion import gate_findings, gate_warnings
+
+    rng = np.random.default_rng(4)
+    n = 100
+    present = np.ones((n, 3), bool)
+    present[:10, 2] = False
+    blocks = ["radiomics", "clinical", "pathology"]
+    routed = rng.dirichlet([2, 2, 2], n)
+    collapsed = np.column_stack([np.full(n, 0.97), np.full(n, 0.02), np.full(n, 0.01)]) + rng.normal(0, 0.02, (n, 3))
+    even = np.full((n, 3), 1 / 3) + rng.normal(0, 0.005, (n, 3))
+    for weights in (routed, collapsed, even):
+        weights[:10] = [0.5, 0.5, 0.0]  # renormalised without pathology: not evidence either way
+    found = gate_findings({"survival": routed, "ic_response": collapsed, "os": even}, present, blocks)
+    assert found["survival"]["patients"] == 90
+    assert found["survival"]["mean"]["pathology"] == pytest.approx(routed[10:, 2].mean())
+    assert found["survival"]["collapsed_onto"] is None and not found["survival"]["no_routing"]
+    assert found["ic_response"]["collapsed_onto"] == "radiomics" and not found["ic_response"]["no_routing"]
+    assert found["os"]["collapsed_onto"] is None and found["os"]["no_routing"]
+    spread = np.percentile(even[10:], 95, axis=0) - np.percentile(even[10:], 5, axis=0)
+    assert list(found["os"]["spread_p5_p95"].values()) == pytest.approx(spread.tolist())
+    warned = gate_warnings(found)
+    assert len(warned) == 2
+    assert warned[0].startswith("the fusion's ic response gate collapsed onto the radiomics modality (mean weight 97%")
+    assert "os gate gives every patient the same mixture" in warned[1] and "90 training patients" in warned[1]
+    assert gate_findings({"survival": routed}, np.zeros((n, 3), bool), blocks) == {"survival": {"patients": 0}}
+
+
+def _fusion_inputs(n: int = 120, seed: int = 8):
+    from NPCPrognosisLib.io.clinical import CLINICAL_COVARIATES
+
+    rng = np.random.default_rng(seed)
+    factors = pd.DataFrame(rng.normal(size=(n, len(CLINICAL_COVARIATES))), columns=list(CLINICAL_COVARIATES))
+    factors["rad_score"] = rng.normal(size=n)
+    hazard = np.exp(0.8 * factors["rad_score"] + 0.5 * factors["t_stage"])
+    t, c = rng.exponential(40 / hazard), rng.exponential(60, n)
+    return factors, np.minimum(t, c), t < c
+
+
+def test_train_records_and_warns_when_the_gates_route_every_patient_alike(caplog):
+    """The inner cross-validation may stop at its first checkpoint (10 epochs), when the gates have barely left
+    their even start: the fusion's gates then give every training patient the same mixture, and train says so (it
+    recorded the mean gate weights nowhere, and nothing looked at them)."""
+    import logging
+
+    from NPCPrognosisLib.pipeline.fusion import fit_fusion
+
+    factors, time, event = _fusion_inputs()
+    ids = [f"P{i:03d}" for i in range(len(factors))]
+    with caplog.at_level(logging.WARNING, logger="NPCPrognosisLib.pipeline.fusion"):
+        document, model, _, _ = fit_fusion(factors, pd.DataFrame({"patient_id": ids}), {}, {}, ids, time, event,
+                                           candidates=[{"width": 4, "weight_decay": 1.0}], max_epochs=10)
+    gates = document["gates"]["survival"]
+    assert gates["patients"] == len(factors) and gates["no_routing"] and gates["collapsed_onto"] is None
+    assert max(gates["spread_p5_p95"].values()) < 0.05
+    # the record is the final ensemble's gates on the training patients
+    training = model.predict(factors, {}, {}, ids).gates["survival"]
+    assert gates["mean"] == pytest.approx(dict(zip(model.blocks, training.mean(axis=0))))
+    assert any("survival gate gives every patient the same mixture" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fusion_output_that_ranks_backwards_out_of_fold_gets_no_weight():
+    """The Cox calibration of the out-of-fold output keeps its weight non-negative, as the nomogram does for every
+    out-of-fold score: an unconstrained fit (lifelines gives the same negative coefficient) would turn a backwards
+    output round and report its reversed ranking as an out-of-fold C above 0.5."""
+    from lifelines import CoxPHFitter
+
+    from NPCPrognosisLib.pipeline.fusion import MMOE_SCORE, calibrate_survival
+    from NPCPrognosisLib.survival.metrics import harrell_c
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+
+    factors, time, event = _fusion_inputs(200, 9)
+    for sign in (1.0, -1.0):
+        output = sign * (factors["rad_score"].to_numpy() + 0.5 * factors["t_stage"].to_numpy())
+        table = pd.DataFrame({MMOE_SCORE: output, "time": time, "event": event.astype(int)})
+        reference = float(CoxPHFitter().fit(table, "time", "event").params_[MMOE_SCORE])
+        model = calibrate_survival(output, time, event)
+        risk = model.risk(pd.DataFrame({MMOE_SCORE: output}))
+        if sign > 0:
+            assert float(model.model.coef[0]) == pytest.approx(reference, rel=1e-3)
+            assert harrell_c(time, event, risk) > 0.6
+        else:
+            assert reference < -0.3  # what the calibration fitted before: the ranking turned round
+            assert model.model.coef.tolist() == [0.0] and model.construction["no_weight"] == [MMOE_SCORE]
+            assert harrell_c(time, event, risk) == pytest.approx(0.5)
+            assert "no_groups" in training_cutoff(risk, time, event, min_share=0.10)
+
+
+def test_a_fusion_that_learned_nothing_determines_no_group(tabular):
+    """The fusion's own risk group goes through the nomogram's functions: an out-of-fold training C at or below 0.5
+    (the fusion is never scored in-sample) or no weight (every patient the same risk) gives 'not determined' with
+    the reason, in the record, the terminal/panel lines and the patient sheet, and survival says what it is worth;
+    a fusion that learned something keeps its group (before: 'low risk' or 'high risk' whatever train recorded)."""
+    import copy
+
+    from NPCPrognosisLib.io.images import PatientImages
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.reporting.labels import risk_group_standing
+    from NPCPrognosisLib.reporting.patient_sheet import patient_sheet_html
+    from NPCPrognosisLib.slicer_support.formatting import format_fusion
+
+    root, truth = tabular
+    bundle = load_bundle(root / "bundle")
+    extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
+    manifest = pd.read_csv(root / "manifest.csv")
+    features = pd.read_csv(root / "features.csv").set_index("patient_id")
+    pid = manifest["patient_id"][200]
+    row = manifest[manifest["patient_id"] == pid].iloc[0]
+    fields = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
+    clinical = {c: row[c] for c in fields if c in row and pd.notna(row[c])}
+
+    def fused(document):
+        bundle.document = document
+        return predict_patient(bundle, PatientImages(pid, {}, None), clinical, features=features.loc[pid].to_dict(),
+                               extras=extras).to_dict()
+
+    trained = bundle.document
+    assert trained["training"]["metrics"]["mmoe"]["c_index"] > 0.6
+    learned = fused(trained)["fusion"]
+    assert learned["unproven"] == {} and learned["risk_group"] in ("low", "high")
+    assert risk_group_standing(learned)[0] == "firm"
+    assert format_fusion({"fusion": learned})[0].endswith(f"({learned['risk_group']} risk); survival "
+                                                          + ", ".join(f"{m} mo {100 * v:.1f} %"
+                                                                      for m, v in learned["survival"].items()))
+    chance = copy.deepcopy(trained)
+    chance["training"]["metrics"]["mmoe"]["c_index"] = 0.47
+    prediction = fused(chance)
+    block = prediction["fusion"]
+    assert block["risk_group"] == "not determined" and block["unproven"] == {"out_of_fold_c": 0.47}
+    reason = ("not determined: the multimodal fusion (MMoE) is unproven (out-of-fold training C-index 0.47; 0.5 is "
+              "chance)")
+    line = format_fusion(prediction)[0]
+    assert f"({reason}); survival" in line
+    assert line.endswith("(unproven: the multimodal fusion (MMoE) ranks new patients no better than chance)")
+    assert any(w.startswith("the multimodal fusion (MMoE) learned nothing that holds on new patients: its "
+                            "out-of-fold training C-index was 0.47") for w in prediction["warnings"])
+    assert reason in patient_sheet_html(prediction)
+    assert prediction["unproven"] == {} and prediction["risk_group"] in ("low", "high")  # the nomogram's own stays
+    flat = copy.deepcopy(trained)
+    flat["cutoffs"]["mmoe"]["no_groups"] = "every training patient has the same risk: the model carries no weight"
+    block = fused(flat)["fusion"]
+    assert block["unproven"] == {"no_weight": True}
+    assert format_fusion({"fusion": block})[0].startswith(
+        f"Fusion (MMoE): risk {block['risk_score']:.2f} (not determined: the multimodal fusion (MMoE) carries no "
+        "weight (every patient gets the same risk)); survival")
+    bundle.document = trained

@@ -480,3 +480,30 @@ def test_a_nomogram_no_better_than_chance_says_its_group_is_unproven_and_a_learn
     assert risk_interval_text(learned) == "95% CI 0.61 to 1.20, cut-off 0.50"
     assert interval_text([0.674, 0.674], ".0%", "-") == "95% CI not estimable"
     assert interval_text([0.6, 0.75], ".0%", "-") == "95% CI 60%-75%"
+
+
+def test_the_fusion_models_learned_nothing_from_its_out_of_fold_c_and_says_which_model():
+    """The fusion (``mmoe``) is never scored in-sample: its training C-index is out of fold, so that C at or below
+    0.5 is its 'learned nothing' (the nomogram's is the optimism-corrected C); the texts name the model whose group
+    is not determined, and a nomogram's apparent C at 0.5 alone decides nothing."""
+    from NPCPrognosisLib.pipeline.predict import unproven_nomogram, unproven_warnings
+    from NPCPrognosisLib.reporting.labels import risk_group_standing, risk_group_text, survival_caveat
+
+    document = {"cutoffs": {"nomogram": {}, "mmoe": {}},
+                "training": {"metrics": {"nomogram": {"c_index": 0.5}, "mmoe": {"c_index": 0.5}},
+                             "optimism_corrected_c": {"nomogram": {"corrected": 0.58, "no_better_than_chance": False}}}}
+    assert unproven_nomogram(document) == {} and unproven_nomogram(document, "mmoe") == {"out_of_fold_c": 0.5}
+    document["training"]["metrics"]["mmoe"]["c_index"] = 0.51
+    assert unproven_nomogram(document, "mmoe") == {}
+    document["training"]["metrics"]["mmoe"]["c_index"] = float("nan")  # not estimable (no events): unknown
+    assert unproven_nomogram(document, "mmoe") == {}
+    document["cutoffs"]["mmoe"]["no_groups"] = "every training patient has the same risk: the model carries no weight"
+    assert unproven_nomogram(document, "mmoe") == {"no_weight": True} and unproven_nomogram(document) == {}
+    fusion = {"model": "mmoe", "risk_group": "not determined", "unproven": {"out_of_fold_c": 0.48}}
+    assert risk_group_standing(fusion)[0] == "not determined"
+    assert risk_group_text(fusion) == ("not determined: the multimodal fusion (MMoE) is unproven (out-of-fold "
+                                       "training C-index 0.48; 0.5 is chance)")
+    assert survival_caveat(fusion) == "unproven: the multimodal fusion (MMoE) ranks new patients no better than chance"
+    assert unproven_warnings(fusion["unproven"], "mmoe") == [
+        "the multimodal fusion (MMoE) learned nothing that holds on new patients: its out-of-fold training C-index "
+        "was 0.48 (0.5 is chance); no risk group is determined, and its survival is unproven"]
