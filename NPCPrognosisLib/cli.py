@@ -385,15 +385,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     network = _network_dir(args.bundle)
     if args.manifest:
-        column_map = load_column_map(args.column_map)
-        patient_ids = read_manifest(args.manifest, column_map, require_clinical=False).patient_ids
+        cohort = read_manifest(args.manifest, load_column_map(args.column_map), require_clinical=False)
         # a bundle that cannot be loaded fails the run before any patient: the folder's earlier masks and manifest
         # would otherwise be taken for this run's
-        with outputs_removed_if_failed(*cohort_outputs(args.out, patient_ids)):
+        with outputs_removed_if_failed(*cohort_outputs(cohort, args.out)):
             model = cached_network(network)
         print(validation_summary(model))
-        manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet,
-                                  column_map=column_map)
+        manifest = segment_cohort(model, cohort, args.out, tta=args.tta, progress=not args.quiet)
         print(f"masks and manifest written: {manifest}")
         return 0
     if not (args.t1 and args.t2 and args.t1c):
@@ -712,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
 _INTERRUPTED = {
     "extract": lambda args: (f"; the patients finished so far are kept in {args.out}.partial and are not extracted "
                              "again when the same command runs again"),
+    "segment": lambda args: (f"; {args.out} holds no manifest.csv of this run (it is written when every patient is "
+                             "done): run the same command again to segment the whole cohort"
+                             if args.manifest else ""),
 }
 
 
