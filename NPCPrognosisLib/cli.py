@@ -259,8 +259,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import predict_patient
-    from NPCPrognosisLib.pipeline.prediction_folder import PREDICTION_FILE, claim_folder, remove_replaced
-    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, write_prediction
+    from NPCPrognosisLib.pipeline.prediction_folder import claim_folder, remove_replaced
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, PREDICTION_FILE, write_prediction
 
     if read_bundle(args.bundle).get("endpoint_type") == "binary":
         raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
