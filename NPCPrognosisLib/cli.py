@@ -270,8 +270,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.images import load_patient
     from NPCPrognosisLib.pipeline.models import load_bundle
     from NPCPrognosisLib.pipeline.predict import predict_patient
-    from NPCPrognosisLib.pipeline.prediction_folder import PREDICTION_FILE, claim_folder, remove_replaced
-    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, write_prediction
+    from NPCPrognosisLib.pipeline.prediction_folder import claim_folder, remove_replaced
+    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, PREDICTION_FILE, write_prediction
 
     if read_bundle(args.bundle).get("endpoint_type") == "binary":
         raise InputError("this bundle holds only a binary endpoint's classifiers; a patient's prediction is made "
@@ -396,15 +396,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     network = _network_dir(args.bundle)
     if args.manifest:
-        column_map = load_column_map(args.column_map)
-        patient_ids = read_manifest(args.manifest, column_map, require_clinical=False).patient_ids
+        cohort = read_manifest(args.manifest, load_column_map(args.column_map), require_clinical=False)
         # a bundle that cannot be loaded fails the run before any patient: the folder's earlier masks and manifest
         # would otherwise be taken for this run's
-        with outputs_removed_if_failed(*cohort_outputs(args.out, patient_ids)):
+        with outputs_removed_if_failed(*cohort_outputs(cohort, args.out)):
             model = cached_network(network)
         print(validation_summary(model))
-        manifest = segment_cohort(model, args.manifest, args.out, tta=args.tta, progress=not args.quiet,
-                                  column_map=column_map)
+        manifest = segment_cohort(model, cohort, args.out, tta=args.tta, progress=not args.quiet)
         print(f"masks and manifest written: {manifest}")
         return 0
     if not (args.t1 and args.t2 and args.t1c):
@@ -723,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
 _INTERRUPTED = {
     "extract": lambda args: (f"; the patients finished so far are kept in {args.out}.partial and are not extracted "
                              "again when the same command runs again"),
+    "segment": lambda args: (f"; {args.out} holds no manifest.csv of this run (it is written when every patient is "
+                             "done): run the same command again to segment the whole cohort"
+                             if args.manifest else ""),
 }
 
 

@@ -15,9 +15,13 @@ from pathlib import Path
 
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.dicom_series import split_series_selector
-from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+from NPCPrognosisLib.pipeline.prediction_record import (
+    AUTOMATIC_MASK_FILE,
+    PREDICTION_FILE,
+    SALIENCY_FILE,
+    UNCERTAINTY_FILE,
+)
 
-PREDICTION_FILE = "prediction.json"
 #: Made from a prediction by ``report`` and the panel's Export report: wrong as soon as the prediction changes.
 DERIVED_FILES = ("patient_sheet.html", "patient_sheet.pdf", "report.json", UNCERTAINTY_FILE, SALIENCY_FILE)
 #: Every file a prediction folder's result consists of.

@@ -17,6 +17,8 @@ import SimpleITK as sitk
 from NPCPrognosisLib.io.atomic import write_json_atomic
 from NPCPrognosisLib.io.images import write_image_atomic
 
+#: The patient's record in a prediction folder (:func:`write_prediction`; read by the report and the panel).
+PREDICTION_FILE = "prediction.json"
 #: Where ``write_prediction`` puts the network's contours of a patient predicted without a mask.
 AUTOMATIC_MASK_FILE = "automatic_mask.nii.gz"
 #: The network's voxel uncertainty over test-time augmentations and the saliency of its risk, when computed.
@@ -101,4 +103,4 @@ def write_prediction(prediction: Prediction, out_dir: str | Path) -> Path:
                         (prediction.uncertainty_map, UNCERTAINTY_FILE), (prediction.saliency_map, SALIENCY_FILE)):
         if image is not None:
             write_image_atomic(image, Path(out_dir) / name)
-    return write_json_atomic(Path(out_dir) / "prediction.json", prediction.to_dict())
+    return write_json_atomic(Path(out_dir) / PREDICTION_FILE, prediction.to_dict())

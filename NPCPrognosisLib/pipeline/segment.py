@@ -10,19 +10,20 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from NPCPrognosisLib.contract import REFERENCE_SEQUENCE, SEQUENCES
+from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_text_atomic
 from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
 from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
-from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, read_manifest
+from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, Manifest
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
 from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
 
@@ -35,27 +36,61 @@ log = logging.getLogger(__name__)
 #: The files a cohort run writes beside its patients' outputs (:func:`segment_cohort`).
 COHORT_MANIFEST, COHORT_SCORES, COHORT_FAILURES, COHORT_WARNINGS = (
     "manifest.csv", "deep_scores.csv", "failures.csv", "cohort_warnings.txt")
+#: A cohort run's tables (with the synthetic cohort's marker, copied from the input manifest's folder) in the order
+#: they are written, manifest last: a ``manifest.csv`` in the folder means the run that wrote it finished.
+COHORT_TABLES = (COHORT_SCORES, COHORT_FAILURES, COHORT_WARNINGS, SYNTHETIC_MARKER, COHORT_MANIFEST)
 
 
-def cohort_outputs(out_dir: str | Path, patient_ids: Iterable[str]) -> list[SegmentOutputs | Path]:
+def cohort_folder(manifest: Manifest, out_dir: str | Path) -> Path:
+    """The cohort's output folder, refused when it is the input manifest's own folder.
+
+    There the run's ``manifest.csv`` would replace the cohort's own (or the input itself), its
+    ``<patient_id>_mask.nii.gz`` the cohort's masks of that name, and a failed or interrupted run would remove them.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The cohort being segmented.
+    out_dir : str or Path
+        The folder asked for.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` is the folder the manifest lies in.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(manifest.source).resolve().parent:
+        raise InputError(f"--out {out_dir} is the folder of the manifest itself: segment writes its own "
+                         f"{COHORT_MANIFEST} and <patient_id>_mask.nii.gz there, replacing the cohort's files of those "
+                         "names", path=manifest.source, column="--out",
+                         fix="give the cohort's masks a folder of their own, e.g. --out seg/")
+    return out_dir
+
+
+def cohort_outputs(manifest: Manifest, out_dir: str | Path) -> list[SegmentOutputs | Path]:
     """Everything a cohort run writes into ``out_dir``: its own tables, then each patient's files.
 
     Parameters
     ----------
+    manifest : Manifest
+        The cohort being segmented.
     out_dir : str or Path
-        The cohort's output folder.
-    patient_ids : iterable of str
-        The manifest's patients.
+        The cohort's output folder (:func:`cohort_folder`: not the manifest's own).
 
     Returns
     -------
     list of Path and SegmentOutputs
         What :func:`outputs_removed_if_failed` takes.
     """
-    out_dir = Path(out_dir)
-    tables: list[SegmentOutputs | Path] = [out_dir / name for name in (COHORT_MANIFEST, COHORT_SCORES,
-                                                                         COHORT_FAILURES, COHORT_WARNINGS)]
-    return tables + [SegmentOutputs.of_patient(out_dir, patient_id) for patient_id in patient_ids]
+    out_dir = cohort_folder(manifest, out_dir)
+    tables: list[SegmentOutputs | Path] = [out_dir / name for name in COHORT_TABLES]
+    return tables + [SegmentOutputs.of_patient(out_dir, patient_id) for patient_id in manifest.patient_ids]
 
 
 @contextlib.contextmanager
@@ -146,8 +181,8 @@ def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Pat
     return mask_written, written["DICOM SEG"], written["RTSTRUCT"], warnings
 
 
-def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str | Path, *, tta: int = 0,
-                   progress: bool = True, column_map: Mapping[str, str] | None = None) -> Path:
+def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path, *, tta: int = 0,
+                   progress: bool = True) -> Path:
     """Segment every manifest patient; write masks, a manifest pointing at them, scores and failures.
 
     Image paths in the written manifest are rewritten relative to ``out_dir`` so it can be used from there; a
@@ -155,22 +190,29 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     cohort carries on. Only the patient ID and the three sequences are needed: a radiologist's imaging-only list
     segments as well as a full cohort manifest.
 
+    An earlier run's tables (:data:`COHORT_TABLES`) are removed before the first patient and this run's are written
+    when every patient is done, ``manifest.csv`` last: a run stopped part-way (Ctrl-C, a killed job) leaves no
+    manifest pointing at a mix of this run's masks and an earlier run's, nor deep scores of masks since replaced.
+    The synthetic cohort's marker is copied when the input manifest lies beside one, and is otherwise absent, so a
+    model trained on the written manifest is marked synthetic exactly when its patients are
+    (:func:`~NPCPrognosisLib.io.manifest.is_synthetic_cohort`).
+
     Parameters
     ----------
     model : NetworkModel
         The loaded network bundle.
-    manifest_path : str or Path
-        The cohort CSV.
+    manifest : Manifest
+        The cohort (:func:`~NPCPrognosisLib.io.manifest.read_manifest`, ``require_clinical=False``); the written
+        manifest keeps its canonical column names.
     out_dir : str or Path
         Folder for ``<patient_id>_mask.nii.gz`` (and ``_seg.dcm``, ``_rtstruct.dcm`` for DICOM input), ``manifest.csv``,
         ``deep_scores.csv``, ``failures.csv`` and ``cohort_warnings.txt`` (:func:`cohort_warnings`: a structure
-        found in far more or fewer patients than among the network's training patients).
+        found in far more or fewer patients than among the network's training patients); not the manifest's own
+        folder (:func:`cohort_folder`).
     tta : int
         Test-time augmentations per patient.
     progress : bool
         Show a progress bar.
-    column_map : mapping of str to str, optional
-        Canonical column name to the manifest's own; the written manifest uses the canonical names.
 
     Returns
     -------
@@ -179,9 +221,14 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
     """
     from NPCPrognosisLib.deep.segmentation import cohort_warnings, segment_patient
 
-    out_dir = Path(out_dir)
+    out_dir = cohort_folder(manifest, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(manifest_path, column_map, require_clinical=False)
+    earlier = [out_dir / name for name in COHORT_TABLES if (out_dir / name).is_file()]
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        log.info("removed the earlier run's %s from %s: this run writes its own when every patient is done",
+                 ", ".join(path.name for path in earlier), out_dir)
     table = manifest.table.copy()
     entries = manifest.entries()
     items = entries
@@ -223,15 +270,12 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         if column in table.columns:
             table[column] = table[column].map(relocate)
     table[MASK_COLUMN] = [masks.get(pid, "") for pid in table["patient_id"]]
-    write_text_atomic(out_dir / COHORT_MANIFEST, table.to_csv(index=False))
-    marker = Path(manifest.source).parent / SYNTHETIC_MARKER
-    if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
-        shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)
     columns = ["patient_id", "deep_score", "deep_score_sd", "gtvp_ml", "gtvn_ml", "binary_probability", "warnings"]
     if not model.net.config.binary_head:
         columns.remove("binary_probability")
     write_text_atomic(out_dir / COHORT_SCORES, pd.DataFrame(scores, columns=columns).to_csv(index=False))
-    warnings_path = out_dir / COHORT_WARNINGS
+    if failures:
+        write_text_atomic(out_dir / COHORT_FAILURES, pd.DataFrame(failures).to_csv(index=False))
     warnings = cohort_warnings(model.content.get("network", {}).get("training_volumes_ml", {}),
                                [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores])
     for message in warnings:
@@ -241,12 +285,8 @@ def segment_cohort(model: NetworkModel, manifest_path: str | Path, out_dir: str 
         log.warning("%d patient(s) with warnings about their contours (see deep_scores.csv): %s%s", len(warned),
                     ", ".join(warned[:10]), " ..." if len(warned) > 10 else "")
     if warnings:
-        write_text_atomic(warnings_path, "".join(f"{message}\n" for message in warnings))
-    elif warnings_path.exists():
-        warnings_path.unlink()
-    failures_path = out_dir / COHORT_FAILURES
-    if failures:
-        write_text_atomic(failures_path, pd.DataFrame(failures).to_csv(index=False))
-    elif failures_path.exists():
-        failures_path.unlink()
-    return out_dir / COHORT_MANIFEST
+        write_text_atomic(out_dir / COHORT_WARNINGS, "".join(f"{message}\n" for message in warnings))
+    marker = Path(manifest.source).parent / SYNTHETIC_MARKER
+    if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
+        shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)
+    return write_text_atomic(out_dir / COHORT_MANIFEST, table.to_csv(index=False))

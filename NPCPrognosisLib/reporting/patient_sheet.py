@@ -430,10 +430,15 @@ def read_sheet_inputs(prediction: str | Path, *, t1c: str | None = None, mask: s
     import json
 
     from NPCPrognosisLib.io.images import read_image
-    from NPCPrognosisLib.pipeline.prediction_record import AUTOMATIC_MASK_FILE, SALIENCY_FILE, UNCERTAINTY_FILE
+    from NPCPrognosisLib.pipeline.prediction_record import (
+        AUTOMATIC_MASK_FILE,
+        PREDICTION_FILE,
+        SALIENCY_FILE,
+        UNCERTAINTY_FILE,
+    )
 
     path = Path(prediction)
-    file = path / "prediction.json" if path.is_dir() else path
+    file = path / PREDICTION_FILE if path.is_dir() else path
     if not file.exists():
         raise InputError("prediction.json not found", path=file, column="--prediction",
                          fix="pass the folder that npc-prognosis predict --out wrote")

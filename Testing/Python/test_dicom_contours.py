@@ -223,7 +223,8 @@ def test_a_network_bundle_that_fails_to_load_leaves_no_outputs_of_an_earlier_run
     single = SegmentOutputs.beside_mask(tmp_path / "single" / "A0.nii.gz")
     cohort = tmp_path / "cohort"
     in_cohort = SegmentOutputs.of_patient(cohort, "NPC-SAMPLE-001")
-    earlier = [*single.files, *in_cohort.files, cohort / "manifest.csv", cohort / "deep_scores.csv"]
+    earlier = [*single.files, *in_cohort.files, cohort / "manifest.csv", cohort / "deep_scores.csv",
+               cohort / "SYNTHETIC_COHORT.json"]
     for path in earlier:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"an earlier run's output")
@@ -240,6 +241,30 @@ def test_a_network_bundle_that_fails_to_load_leaves_no_outputs_of_an_earlier_run
         assert str(named) in error and fix in error, error
         assert f"an earlier run left in {folder}" in caplog.text  # the user is told what went
     assert [path.name for path in earlier if path.exists()] == []
+
+
+
+@pytest.mark.parametrize("bundle", ["shipped network", "missing bundle.json"])
+def test_segment_writes_no_cohort_into_the_folder_of_its_manifest(tmp_path, capsys, bundle):
+    """With --out the manifest's own folder, a bundle that failed to load removed the input manifest.csv (taken for an
+    earlier run's), and a run that finished replaced it with its own, the mask column now the automatic masks. The
+    folder is refused before anything is read or written."""
+    from NPCPrognosisLib.resources import SAMPLE_CASE, sample_case_files
+
+    files = sample_case_files(SAMPLE_CASE)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    manifest = cohort / "manifest.csv"
+    pd.DataFrame({"patient_id": ["NPC-SAMPLE-001"], **{key: [str(files[key])] for key in ("t1", "t2", "t1c", "mask")}}
+                 ).to_csv(manifest, index=False)
+    before = manifest.read_bytes()
+    network = DEMO_NETWORK if bundle == "shipped network" else _broken_network(bundle, tmp_path)[0]
+    assert main(["--quiet", "segment", "--bundle", str(network), "--manifest", str(manifest),
+                 "--out", str(cohort / ".")]) == 2
+    error = capsys.readouterr().err
+    assert f"file '{manifest}'" in error and "is the folder of the manifest itself" in error, error
+    assert "--out seg/" in error
+    assert sorted(cohort.iterdir()) == [manifest] and manifest.read_bytes() == before
 
 
 PATIENT_STUDY_HEADER = {"0010|0010": "DOE^JANE", "0010|0030": "19600101", "0010|0040": "F", "0008|0050": "ACC42",

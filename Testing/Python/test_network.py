@@ -1118,7 +1118,7 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
                                                                                              "_rtstruct.dcm")]
     for earlier in dicom:
         earlier.write_bytes(b"an earlier run's SEG or RTSTRUCT")
-    out = segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    out = segment_cohort(model, read_manifest(manifest, require_clinical=False), tmp_path / "seg", progress=False)
     assert not failing.exists() and not any(earlier.exists() for earlier in dicom)
     new = read_manifest(out)
     with open(tmp_path / "seg" / "failures.csv") as fh:
@@ -1182,15 +1182,109 @@ def test_segment_cohort_writes_the_cohort_warnings_and_removes_a_stale_file(tiny
     # a bundle whose training patients never had a primary: any GTVp found in the cohort is a difference
     model.content["network"]["training_volumes_ml"]["gtvp"]["share_present"] = 0.0
     monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
-    segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    segment_cohort(model, read_manifest(manifest, require_clinical=False), tmp_path / "seg", progress=False)
     scores = pd.read_csv(tmp_path / "seg" / "deep_scores.csv")
     found = int((scores["gtvp_ml"] > 0).sum())
     assert found > 0, "the tiny network should contour a primary in at least one of the two patients"
     text = (tmp_path / "seg" / "cohort_warnings.txt").read_text()
     assert f"a primary tumour (GTVp) in {found} of 2 patients" in text
     monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 20)
-    segment_cohort(model, manifest, tmp_path / "seg", progress=False)
+    segment_cohort(model, read_manifest(manifest, require_clinical=False), tmp_path / "seg", progress=False)
     assert not (tmp_path / "seg" / "cohort_warnings.txt").exists()
+
+
+
+def _first_patients(cohort, n, name):
+    """The first ``n`` rows of ``cohort``'s manifest, written beside it as ``name``."""
+    import pandas as pd
+
+    manifest = Path(cohort.manifest_path).with_name(name)
+    pd.read_csv(cohort.manifest_path).head(n).to_csv(manifest, index=False)
+    return manifest
+
+
+def test_a_segment_output_folder_is_marked_synthetic_only_while_its_manifest_is(tiny_bundle, tiny_cohort, tmp_path):
+    """A folder reused for a clinic's cohort kept the synthetic cohort's marker of the run before: train and train-net
+    would have marked a model of the clinic's patients SYNTHETIC, not for clinical use. The marker now follows each
+    run's input, both ways."""
+    import pandas as pd
+
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.manifest import SYNTHETIC_MARKER, is_synthetic_cohort
+
+    synthetic = _first_patients(tiny_cohort, 1, "one_patient.csv")
+    clinic = tmp_path / "clinic"  # the same scans, listed by a clinic: no marker beside its manifest
+    clinic.mkdir()
+    table = pd.read_csv(synthetic)
+    for column in ("t1", "t2", "t1c", "mask"):
+        table[column] = [str((synthetic.parent / value).resolve()) for value in table[column]]
+    table.to_csv(clinic / "manifest.csv", index=False)
+    out = tmp_path / "seg"
+
+    def segmented(manifest):
+        assert main(["--quiet", "segment", "--bundle", str(tiny_bundle), "--manifest", str(manifest), "--out",
+                     str(out)]) == 0
+        return is_synthetic_cohort(read_manifest(out / "manifest.csv", require_clinical=False))
+
+    assert segmented(synthetic)
+    assert not segmented(clinic / "manifest.csv") and not (out / SYNTHETIC_MARKER).exists()
+    assert segmented(synthetic)
+
+
+def test_a_segment_run_stopped_part_way_leaves_no_manifest_of_two_runs(tiny_bundle, tiny_cohort, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Ctrl-C at the second patient left the earlier run's manifest.csv and deep_scores.csv beside the first
+    patient's new mask (the scores no longer those of its mask). The earlier tables now go when the run starts and
+    this run's are written when every patient is done, the manifest last; the re-run writes them all."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
+
+    tables = ("manifest.csv", "deep_scores.csv", "failures.csv", "cohort_warnings.txt", "SYNTHETIC_COHORT.json")
+    manifest = _first_patients(tiny_cohort, 3, "three_patients.csv")
+    out = tmp_path / "seg"
+    command = ["--quiet", "segment", "--bundle", str(tiny_bundle), "--manifest", str(manifest), "--out", str(out)]
+    assert main(command) == 0
+    assert all((out / name).exists() for name in ("manifest.csv", "deep_scores.csv"))
+    patient_ids = read_manifest(manifest, require_clinical=False).patient_ids
+    first = SegmentOutputs.of_patient(out, patient_ids[0]).mask
+    earlier_first = first.stat().st_mtime_ns
+    segment, segmented = segmentation.segment_patient, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        segmented.append(kwargs["patient_id"])
+        if len(segmented) == 2:
+            raise KeyboardInterrupt
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "segment_patient", stopped_at_the_second)
+    capsys.readouterr()
+    assert main(command) == 130
+    assert first.stat().st_mtime_ns != earlier_first  # the first patient's mask is this run's
+    assert [name for name in tables if (out / name).exists()] == []
+    assert f"{out} holds no manifest.csv of this run" in capsys.readouterr().err
+    monkeypatch.setattr(segmentation, "segment_patient", segment)
+    assert main(command) == 0
+    assert read_manifest(out / "manifest.csv", require_clinical=False).patient_ids == patient_ids
+    assert [name for name in tables if not (out / name).exists()] == ["failures.csv", "cohort_warnings.txt"]
+
+
+def test_segment_reads_its_cohort_manifest_once(tiny_bundle, tiny_cohort, tmp_path):
+    """The cohort command read the manifest to know what a failed bundle load removes, then again to segment: every
+    warning about the manifest was given twice."""
+    import pandas as pd
+
+    from NPCPrognosisLib.cli import main
+
+    manifest = _first_patients(tiny_cohort, 1, "swapped.csv")
+    table = pd.read_csv(manifest)
+    table[["t1", "t2"]] = table[["t2", "t1"]].to_numpy()  # each file name names the other column's sequence
+    table.to_csv(manifest, index=False)
+    with pytest.warns(UserWarning) as caught:
+        assert main(["--quiet", "segment", "--bundle", str(tiny_bundle), "--manifest", str(manifest), "--out",
+                     str(tmp_path / "seg")]) == 0
+    named = [str(w.message) for w in caught if "file names name another sequence" in str(w.message)]
+    assert len(named) == 2 and len(set(named)) == 2, named  # t1 and t2, once each
 
 
 @pytest.mark.slow
