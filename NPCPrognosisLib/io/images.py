@@ -331,7 +331,7 @@ def align_patient(
 ) -> PatientImages:
     """Put all sequences and the mask on the reference grid, or refuse when they do not describe the same anatomy.
 
-    Sequences on other grids are resampled (with a warning): MR series are often acquired on different grids. A
+    Sequences on other grids are resampled (logged, not warned: MR series are often acquired on different grids). A
     mask is different: it was drawn on one image, so a mask on another grid means it was exported wrongly or
     belongs to another image, and it is refused (see :func:`mask_on_reference`) unless ``resample_mask``.
     """
@@ -356,7 +356,9 @@ def align_patient(
                                  patient_id=patient_id, path=paths.get(name),
                                  fix=f"register {name} to {reference} before running, or check the file belongs "
                                      "to this patient")
-            warnings.append(f"{name} was resampled onto the {reference} grid")
+            # routine, not a warning: sequences of one exam are rarely on one grid (families B and C: every
+            # patient's T2W), and a warning on every patient buried the ones that matter in extract's list
+            log.info("%s: %s was resampled onto the %s grid", patient_id, name, reference)
             field = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
             field.CopyInformation(image)
             covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0

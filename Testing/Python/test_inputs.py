@@ -395,7 +395,8 @@ def test_sequences_on_other_grids_are_resampled_onto_t1c():
     t2 = _image(shape=(4, 40, 40), spacing=(0.5, 0.5, 6.0))
     aligned = align_patient({"t1c": t1c, "t2": t2}, _mask(), patient_id="P5")
     assert same_geometry(aligned.images["t2"], t1c)
-    assert any("t2 was resampled" in w for w in aligned.warnings)
+    # routine, so no warning: one on every patient of a cohort hid those that matter (extract lists them)
+    assert not [w for w in aligned.warnings if "resampled" in w]
     far = _image(origin=(1000.0, 0.0, 0.0))
     with pytest.raises(InputError, match="does not overlap"):
         align_patient({"t1c": t1c, "t2": far}, None, patient_id="P5")
