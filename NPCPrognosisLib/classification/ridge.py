@@ -221,7 +221,7 @@ def ridge_warning(model: Mapping[str, Any], prevalence: float) -> str | None:
     held-out log-loss beat the training rate's by a standard error, and its spread of probabilities comes only
     from the recalibration fitted on the same patients. Measured with the weak-signal generator of the tests
     (ten cohorts each): labels independent of the features put the penalty at the strongest in 29 of 30 cohorts
-    (30, 60 and 160 patients), and the calibration still validated in 14 of them; labels that follow the
+    (30, 60 and 160 patients), and the calibration still validated in 13 of those 29; labels that follow the
     features did so in 3 of 10 cohorts of 30 patients and none of 60 or 160.
 
     Parameters

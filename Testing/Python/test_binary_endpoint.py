@@ -177,8 +177,9 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
 def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabular, capsys):
     """A coin-toss column: ``train`` says the training patients show nothing learned instead of shipping the
     best-looking model silently, and a patient's prediction carries the same warning. (The permutation test is at
-    level 0.1, so about one coin in ten escapes it: coin 6 of this cohort does, with the ridge's CV AUC 0.57 against
-    at most 0.55 in nine permuted runs, p = 0.1; coin 2 reaches 0.50, and three permuted runs reach it.)"""
+    level 0.1, so about one coin in ten escapes it: with the statistic before 2026-12-07, the recalibrated
+    probability's AUC, coin 6 of this cohort did, with 0.57 against at most 0.55 in nine permuted runs, p = 0.1;
+    coin 2 reached 0.50, and three permuted runs reached it.)"""
     root, _ = tabular
     manifest = pd.read_csv(root / "manifest.csv")
     manifest["coin"] = np.random.default_rng(2).integers(0, 2, len(manifest))
@@ -598,6 +599,8 @@ def test_a_held_out_cohort_with_few_patients_of_one_outcome_is_said_to_be_so():
     y = np.r_[np.zeros(3), np.ones(17)].astype(int)
     (warning,) = bn.few_patients_warnings(y, "ic_response")
     assert "only 3 negative patient(s) among the 20 evaluated" in warning and "1/3" in warning
+    # the models' DeLong comparisons rest on the same three (their p is optimistic: test_classification.py)
+    assert "DeLong comparisons between models (delong_vs_best, delong_vs_combined) have optimistic p" in warning
     assert bn.few_patients_warnings(np.r_[np.zeros(10), np.ones(12)].astype(int), "ic_response") == []
 
 
