@@ -100,8 +100,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{name}: {block['n']} training patients ({block['positives']} positive); cross-validated AUC "
               f"(selection inside the folds, {block['cv']['repeats']} x {block['cv']['folds']}-fold):")
         for model in dict.fromkeys([*block["models"], block["best"]]):
+            used = "  <- used" + (" (learned nothing confirmed: see the warning below)" if block.get("warnings")
+                                  else "")
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
-                  + ("  <- used" if model == block["best"] else ""))
+                  + (used if model == block["best"] else ""))
+        for warning in block.get("warnings") or []:
+            print(f"  warning: {warning}")
         ridge = block["models"].get("ridge", {})
         if ridge.get("blocks"):
             main_inputs = len(ridge["columns"]) - sum(b["inputs"] for b in ridge["blocks"].values())
@@ -120,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"alone ({volume['auc']:.3f}) in cross-validation: its features may stand in for the tumour's size")
         if no_better_than_chance(block):
             test = block["permutation"]
-            print(f"  warning: {name}: the {block['best']} model's cross-validated AUC "
+            print(f"  warning: {name}: the {block['best']} model's cross-validated AUC of its ranking "
                   f"({test['observed_auc']:.3f}) was reached with randomly permuted labels (permutation p = "
                   f"{test['p_value']:.2f}): the training "
                   "patients cannot show that it learned anything that will hold on new patients; treat its "

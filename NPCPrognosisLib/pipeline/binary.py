@@ -32,6 +32,8 @@ from NPCPrognosisLib.classification.metrics import (
     binary_metrics,
     delong_auc,
     delong_test,
+    few_in_a_class,
+    scarcer_class,
     youden_threshold,
 )
 from NPCPrognosisLib.classification.models import FAMILIES, fit_classifier, predict_proba
@@ -40,7 +42,9 @@ from NPCPrognosisLib.classification.ridge import (
     fit_ridge,
     predict_ridge,
     ridge_inputs,
+    ridge_log_odds,
     ridge_scores,
+    ridge_warning,
     ridge_weights,
 )
 from NPCPrognosisLib.classification.signature import fit_rad_signature, rad_score, signature_values
@@ -302,45 +306,69 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
     return cv, {name: np.mean([run[name] for run in oof_runs], axis=0) for name in candidates}
 
 
-def _permuted_cv_auc(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int) -> float:
-    """The chosen model's CV AUC for one set of (permuted) labels (module-level for process pools)."""
-    cv, _ = cross_validate(clinical, features, y, seed, repeats=1)
-    return float(cv[BEST]["auc"])
+def ridge_ranking_auc(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int) -> float:
+    """The statistic of the chance check (:func:`permutation_test`): the mean over the folds of one stratified
+    k-fold run (those of :func:`cross_validate`'s first repeat) of the held-out AUC of the ridge's log-odds before
+    its recalibration (:func:`~NPCPrognosisLib.classification.ridge.ridge_log_odds`), the ridge refitted in each
+    fold (quantile map and penalty search included). Module-level for process pools.
+
+    Why the log-odds and not the probability: a fold's ridge whose own out-of-fold check does not confirm its
+    ranking predicts the training rate for everyone, an AUC of exactly 0.5, and that happens most often with
+    permuted labels; the permuted runs then pile up at 0.5 and a real run just above it looked better than chance
+    (a 50-patient cohort with a held-out AUC of 0.47 passed at p = 0.1). The question is whether the ranking the
+    ridge learns holds on patients it did not see; the same statistic on the real and the permuted labels
+    answers it, whatever the recalibration then does.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    aucs = []
+    for tr, va in StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        model = fit_ridge(clinical.iloc[tr], features.iloc[tr].reset_index(drop=True), y[tr], seed)
+        log_odds = ridge_log_odds(model, clinical.iloc[va].reset_index(drop=True),
+                                  features.iloc[va].reset_index(drop=True))
+        aucs.append(float(roc_auc_score(y[va], log_odds)))
+    return float(np.mean(aucs))
 
 
-def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, observed: float,
-                     seed: int, permutations: int = PERMUTATIONS, workers: int = 1) -> dict[str, Any]:
-    """Did the training patients show that anything was learned? The chosen model's CV AUC against the same
-    procedure run on permuted labels (Ojala & Garriga 2010).
+def permutation_test(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, seed: int,
+                     permutations: int = PERMUTATIONS, workers: int = 1) -> dict[str, Any]:
+    """Did the training patients show that anything was learned? The ridge's cross-validated ranking
+    (:func:`ridge_ranking_auc`) against the same statistic with permuted labels (Ojala & Garriga 2010).
 
     Why not "CV AUC above 0.5": with thousands of features, a label that is pure noise still correlates with some
     of them in the whole training sample, and cross-validation on that same sample confirms the correlation
     (one coin-toss label reached a CV AUC of 0.65 +- 0.03 on 160 patients and 42 features); the per-fold
-    standard error does not see this. Permuted labels go through everything the real ones do (feature selection,
-    every family, the stacking), so they show how high a CV AUC chance alone reaches on these patients.
-    One CV repeat per permutation keeps the cost at ``permutations`` x the folds' fits. Being a test at level
-    0.1, it lets about one label in ten that carries nothing pass unflagged.
+    standard error does not see this. Permuted labels go through everything the ridge's real ones do (the
+    quantile map, the penalty search, in every fold), so they show how high a CV AUC chance alone reaches on these
+    patients; the real labels are scored by exactly the same statistic (one k-fold run on the same folds' seed),
+    so under no signal the real run is one more draw of the same distribution and the p value is uniform. The
+    other models do not enter the ridge, so they are not refitted. Being a test at level 0.1, it lets about one
+    label in ten that carries nothing pass unflagged.
 
     Returns
     -------
     test : dict
-        ``null_auc`` (the model used's CV AUC in each permuted run), ``p_value`` ((1 + runs reaching the
-        observed AUC) / (1 + permutations)) and ``no_better_than_chance`` (some permuted run reached it).
+        ``observed_auc`` (:func:`ridge_ranking_auc` with the real labels), ``null_auc`` (the same with each
+        permutation), ``p_value`` ((1 + runs reaching the observed AUC) / (1 + permutations)) and
+        ``no_better_than_chance`` (some permuted run reached it).
     """
     rng = np.random.default_rng(seed + 7919)
-    labels = [rng.permutation(y) for _ in range(permutations)]
+    labels = [y, *(rng.permutation(y) for _ in range(permutations))]
     if workers > 1:
         from NPCPrognosisLib.processes import worker_pool
 
         with worker_pool(workers) as pool:
-            null = list(pool.map(_permuted_cv_auc, *zip(*[(clinical, features, y_k, seed) for y_k in labels])))
+            runs = list(pool.map(ridge_ranking_auc, *zip(*[(clinical, features, y_k, seed) for y_k in labels])))
     else:
-        null = [_permuted_cv_auc(clinical, features, y_k, seed) for y_k in labels]
+        runs = [ridge_ranking_auc(clinical, features, y_k, seed) for y_k in labels]
+    observed, null = runs[0], runs[1:]
     reached = int(sum(value >= observed for value in null))
-    return {"permutations": permutations, "observed_auc": float(observed), "null_auc": null,
+    return {"permutations": permutations, "observed_auc": observed, "null_auc": null,
             "p_value": (1 + reached) / (1 + permutations), "no_better_than_chance": reached > 0,
-            "method": "labels permuted, the whole procedure (selection, families, stacking) re-run "
-                      "with one CV repeat"}
+            "statistic": f"mean held-out AUC of the {BEST}'s log-odds before recalibration over one stratified "
+                         f"{n_folds(y)}-fold run",
+            "method": "labels permuted, the ridge (quantile map, penalty search) refitted in every fold"}
 
 
 def no_better_than_chance(block: Mapping[str, Any]) -> bool:
@@ -371,7 +399,8 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
         Processes of the permutation test (:func:`permutation_test`).
     permutations : int, default 9
         Label permutations of that test; more give a finer p value (the smallest is 1 / (1 + permutations)) at
-        ``permutations`` x the cross-validation's cost; 0 skips the test (no ``permutation`` entry, no warning).
+        ``1 + permutations`` x one k-fold run of the ridge; 0 skips the test (no ``permutation`` entry, no
+        warning).
 
     Returns
     -------
@@ -379,7 +408,9 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
         JSON-able: ``signature``, ``models``, ``cv`` (per model the mean and standard error of the per-fold AUCs,
         and the AUC of the pooled out-of-fold probabilities), ``stacking`` (:func:`fit_stacking`), ``best`` (the
         model used: ``ridge``), ``permutation`` (:func:`permutation_test`), ``thresholds`` (Youden on
-        out-of-fold probabilities) and ``bootstrap`` (refits of the ridge for per-patient intervals).
+        out-of-fold probabilities), ``bootstrap`` (refits of the ridge for per-patient intervals) and, when the ridge
+        learned nothing the training patients confirm (:func:`~NPCPrognosisLib.classification.ridge.ridge_warning`),
+        ``warnings``.
     """
     clinical = clinical.reset_index(drop=True)
     features = features.reset_index(drop=True)
@@ -391,8 +422,6 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     cv, oof = cross_validate(clinical, features, y, seed)
     stacking = fit_stacking(oof, y)
     signature, models = _fit_all(clinical, features, y, seed)
-    if not models[RIDGE]["calibration"]["validated"]:
-        log.warning("%s: %s", endpoint, models[RIDGE]["calibration"]["note"])
     block: dict[str, Any] = {
         "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
         "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "stacking": stacking,
@@ -400,8 +429,11 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
         "note": "the model used is a ridge logistic regression on the clinical factors and every original-image "
                 "feature; the stacking of every model is fitted and compared beside it; the probability interval "
                 "comes from bootstrap refits"}
+    warning = ridge_warning(models[RIDGE], float(np.mean(y)))
+    if warning:
+        block["warnings"] = [f"{endpoint}: {warning}"]
     if permutations > 0:
-        block["permutation"] = permutation_test(clinical, features, y, cv[BEST]["auc"], seed, permutations, workers)
+        block["permutation"] = permutation_test(clinical, features, y, seed, permutations, workers)
     block["bootstrap"] = _bootstrap_ridge(clinical, features, y, models[RIDGE], seed)
     return block
 
@@ -485,17 +517,20 @@ def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: 
 
 
 def few_patients_warnings(y: np.ndarray, endpoint: str) -> list[str]:
-    """What a reader of the held-out AUCs must know when one outcome has fewer than :data:`SMALL_CLASS` patients:
-    every AUC ranks those few against the rest, so it moves by a large step with each of them."""
-    positives = int(np.sum(y))
-    scarcer = min(positives, len(y) - positives)
-    if scarcer >= SMALL_CLASS:
+    """What a reader of the held-out AUCs and of the models' DeLong comparisons (``delong_vs_best``,
+    ``delong_vs_combined``) must know when one outcome has fewer than :data:`SMALL_CLASS` patients
+    (:func:`~NPCPrognosisLib.classification.metrics.few_in_a_class`): every AUC ranks those few against the rest,
+    so it moves by a large step with each of them, and a comparison's variance rests on them
+    (:func:`~NPCPrognosisLib.classification.metrics.delong_test`)."""
+    if not few_in_a_class(y):
         return []
-    kind = "positive" if positives == scarcer else "negative"
+    scarcer = scarcer_class(y)
+    kind = "positive" if int(np.sum(y)) == scarcer else "negative"
     return [f"{endpoint}: only {scarcer} {kind} patient(s) among the {len(y)} evaluated: each AUC ranks those "
             f"{scarcer} against the others, and sensitivity or specificity moves by 1/{scarcer} with each of them; "
-            f"the AUC intervals are score intervals (wide by design), and a cohort with at least {SMALL_CLASS} "
-            "patients of each outcome is needed for a validation to rely on"]
+            "the AUC intervals are score intervals (wide by design), the DeLong comparisons between models "
+            "(delong_vs_best, delong_vs_combined) have optimistic p values, and a cohort with at least "
+            f"{SMALL_CLASS} patients of each outcome is needed for a validation to rely on"]
 
 
 # ---------------------------------------------------------------------------------------------- cohort level

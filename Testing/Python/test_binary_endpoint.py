@@ -177,8 +177,9 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
 def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabular, capsys):
     """A coin-toss column: ``train`` says the training patients show nothing learned instead of shipping the
     best-looking model silently, and a patient's prediction carries the same warning. (The permutation test is at
-    level 0.1, so about one coin in ten escapes it: coin 6 of this cohort does, with the ridge's CV AUC 0.57 against
-    at most 0.55 in nine permuted runs, p = 0.1; coin 2 reaches 0.50, and three permuted runs reach it.)"""
+    level 0.1, so about one coin in ten escapes it: with the statistic before 2026-12-07, the recalibrated
+    probability's AUC, coin 6 of this cohort did, with 0.57 against at most 0.55 in nine permuted runs, p = 0.1;
+    coin 2 reached 0.50, and three permuted runs reached it.)"""
     root, _ = tabular
     manifest = pd.read_csv(root / "manifest.csv")
     manifest["coin"] = np.random.default_rng(2).integers(0, 2, len(manifest))
@@ -189,10 +190,11 @@ def test_an_endpoint_nothing_predicts_is_reported_as_no_better_than_chance(tabul
     printed = capsys.readouterr().out
     block = json.loads((bundle / "bundle.json").read_text())["binary_endpoints"]["coin"]
     test = block["permutation"]
-    assert test["observed_auc"] == block["cv"][block["best"]]["auc"] and len(test["null_auc"]) == bn.PERMUTATIONS
+    assert "before recalibration" in test["statistic"] and len(test["null_auc"]) == bn.PERMUTATIONS
     assert test["no_better_than_chance"] is True and test["p_value"] > 0.1
     assert test["p_value"] == (1 + sum(v >= test["observed_auc"] for v in test["null_auc"])) / (1 + bn.PERMUTATIONS)
-    assert "warning: coin: the ridge model's cross-validated AUC" in printed and "permuted labels" in printed
+    assert "warning: coin: the ridge model's cross-validated AUC of its ranking" in printed
+    assert "permuted labels" in printed
     features = pd.read_csv(root / "features.csv").iloc[[200]].reset_index(drop=True)
     clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,
                               "age": 50.0, "ldh": 180.0}])
@@ -597,6 +599,8 @@ def test_a_held_out_cohort_with_few_patients_of_one_outcome_is_said_to_be_so():
     y = np.r_[np.zeros(3), np.ones(17)].astype(int)
     (warning,) = bn.few_patients_warnings(y, "ic_response")
     assert "only 3 negative patient(s) among the 20 evaluated" in warning and "1/3" in warning
+    # the models' DeLong comparisons rest on the same three (their p is optimistic: test_classification.py)
+    assert "DeLong comparisons between models (delong_vs_best, delong_vs_combined) have optimistic p" in warning
     assert bn.few_patients_warnings(np.r_[np.zeros(10), np.ones(12)].astype(int), "ic_response") == []
 
 
@@ -621,3 +625,58 @@ def test_evaluating_with_a_table_whose_ids_match_no_patient_is_refused(tmp_path)
     assert joined["extra:pathology:present"].tolist() == [1.0] * 15 + [0.0] * 5
     alone = bn.with_needed_extras([block], pd.DataFrame(index=[0]), slides, ["RLX0099"])
     assert alone["extra:pathology:present"].tolist() == [0.0]
+
+
+def _coin_cohort(seed):
+    """40 patients of the weak-signal generator with a coin-toss label from a generator of its own: nothing in
+    the inputs predicts it."""
+    clinical, features, _ = _weak_signal_cohort(40, np.random.default_rng(seed))
+    return clinical, features, np.random.default_rng(1000 + seed).integers(0, 2, 40)
+
+
+@pytest.mark.slow
+def test_the_chance_check_reads_the_ridges_ranking_so_the_recalibration_cannot_hide_chance(monkeypatch):
+    """The chance check compared the ridge's cross-validated AUC of its recalibrated probability with the same
+    AUC on permuted labels. A fold's ridge whose calibration does not validate predicts the training rate for
+    everyone, an AUC of exactly 0.5, and permuted labels do that most often, so their runs piled up at 0.5: on a
+    50-patient cohort (held-out AUC 0.47) p fell from 0.2 to 0.1 and the warning vanished. The statistic is now
+    the AUC of the ridge's log-odds before recalibration, the same for the real and the permuted labels: a ridge
+    whose calibration never validates (probability constant) gives exactly the same test."""
+    clinical, features, y = _coin_cohort(1)
+    features = features.iloc[:, :11]  # ten image features: the penalty search is the cost
+    test = bn.permutation_test(clinical, features, y, seed=1, permutations=2)
+    assert len(test["null_auc"]) == 2 and 0.5 not in [test["observed_auc"], *test["null_auc"]]
+    assert test["p_value"] == (1 + sum(v >= test["observed_auc"] for v in test["null_auc"])) / 3
+    assert "before recalibration" in test["statistic"]
+
+    monkeypatch.setattr(rg, "ridge_calibration", lambda *args: {"intercept": 0.0, "slope": 0.0, "validated": False,
+                                                                  "note": "forced"})
+    assert np.ptp(rg.predict_ridge(rg.fit_ridge(clinical, features, y, 1), clinical, features)) == 0
+    assert bn.permutation_test(clinical, features, y, seed=1, permutations=2) == test
+
+
+def test_a_ridge_that_learned_nothing_confirmed_says_what_its_probability_means():
+    """``train`` printed the ridge's cross-validated AUC with "<- used" also when its penalty was the strongest
+    searched (no weaker one beat the training rate in its cross-validation) or its calibration did not validate
+    (every patient gets the training rate). Coin-toss labels give both; a weak real signal gives neither."""
+    clinical, features, y = _coin_cohort(0)
+    model = rg.fit_ridge(clinical, features, y, 0)
+    assert model["C"] == rg.RIDGE_CS[0] and not model["calibration"]["validated"]
+    rate = y.mean()
+    assert rg.predict_ridge(model, clinical, features) == pytest.approx(np.full(40, rate))
+    warning = rg.ridge_warning(model, rate)
+    assert f"predicts the training rate ({rate:.2f}) for every patient" in warning and "learned nothing" in warning
+
+    clinical, features, y = _coin_cohort(1)
+    model = rg.fit_ridge(clinical, features, y, 1)
+    assert model["C"] == rg.RIDGE_CS[0] and model["calibration"]["validated"]
+    assert np.ptp(rg.predict_ridge(model, clinical, features)) > 0.2  # spread by the recalibration alone
+    warning = rg.ridge_warning(model, y.mean())
+    assert "strongest penalty" in warning and "unproven" in warning
+    # a bundle from before the calibration at the strongest penalty: its raw probability is the training rate
+    raw = {**model, "calibration": None}
+    assert np.ptp(rg.predict_ridge(raw, clinical, features)) < 1e-3
+    assert "for every patient" in rg.ridge_warning(raw, y.mean())
+
+    clinical, features, y = _weak_signal_cohort(160, np.random.default_rng(13))
+    assert rg.ridge_warning(rg.fit_ridge(clinical, features, y, 13), y.mean()) is None
