@@ -149,6 +149,57 @@ def check_training_rows(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[
                                  f"{', '.join(map(str, list(patient_ids)[:2]))})")
 
 
+def unmatched_rows_warnings(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str],
+                            patients: str = "training patient") -> list[str]:
+    """What a table that matches only some of the patients must say: the patients without a row count as without
+    that modality, silently, however many of them are IDs written another way (:func:`check_training_rows` refuses
+    only a table that matches none).
+
+    The rule, per table: warn when a patient without a row has one under another spelling of the ID (the same
+    :func:`~NPCPrognosisLib.io.patient_ids.id_key`: case, leading zeros, spaces: 'p7' and 'P007'), or, for a cohort,
+    when fewer than half of the patients have a row with values; the warning counts them and names examples of the
+    unmatched IDs on both sides. A patient whose row is simply absent (no slide taken) is not warned about alone.
+
+    Parameters
+    ----------
+    extras : dict of str to ExtraBlock
+        The ``--extra-features`` tables (:func:`read_extra_blocks`).
+    patient_ids : sequence of str
+        The patients the tables are joined to, as the manifest writes them.
+    patients : str, default "training patient"
+        What these patients are, for the message ("evaluated patient", "patient").
+
+    Returns
+    -------
+    warnings : list of str
+        One per table that matched too few patients; empty when every table matches as it should.
+    """
+    from NPCPrognosisLib.io.patient_ids import id_key
+
+    ids = [str(p) for p in patient_ids]
+    known = set(ids)
+    found = []
+    for name, block in extras.items():
+        present = block.aligned(ids)[1]
+        rows = set(map(str, block.values.index))
+        foreign = [r for r in map(str, block.values.index) if r not in known]
+        by_key = {id_key(r): r for r in foreign}
+        without = [p for p in ids if p not in rows]
+        respelled = [(p, by_key[id_key(p)]) for p in without if id_key(p) in by_key]
+        few = len(ids) > 1 and present.sum() < len(ids) / 2
+        if not respelled and not few:
+            continue
+        text = (f"the {name} features table ({block.source}) has a row with values for {int(present.sum())} of the "
+                f"{len(ids)} {patients}s: the others count as without {name} data")
+        if respelled:
+            text += (f"; {len(respelled)} of them have a row under another spelling of their ID ("
+                     + ", ".join(f"{p!r} is {r!r} in the table" for p, r in respelled[:3]) + ")")
+        text += (f". Unmatched: {patients}s e.g. {', '.join(without[:3]) or 'none'}; table rows e.g. "
+                 f"{', '.join(foreign[:3]) or 'none'}. Fix: write the table's patient IDs as the manifest does")
+        found.append(text)
+    return found
+
+
 def with_extra_columns(features: pd.DataFrame, extras: Mapping[str, ExtraBlock],
                        patient_ids: Sequence[str]) -> pd.DataFrame:
     """A features table with every extra block's columns joined by patient ID.

@@ -492,7 +492,13 @@ def with_needed_extras(blocks: Sequence[Mapping[str, Any]], features: pd.DataFra
 
 
 def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame) -> dict[str, Any]:
-    """One patient's probability from the best model, with the bootstrap 95% interval and the Youden label."""
+    """One patient's probability from the best model, with the bootstrap 95% interval and the Youden label.
+
+    What ``train`` found the model failed to learn goes with the probability: ``no_better_than_chance``
+    (:func:`no_better_than_chance`) and ``warnings``, the block's own text of the ridge's finding
+    (:func:`~NPCPrognosisLib.classification.ridge.ridge_warning`, e.g. that it predicts the training rate for every
+    patient), so one patient's probability is never read without it.
+    """
     best = block["best"]
     prob = float(predict_models(block, clinical, features, [best])[best][0])
     draws = [_refit_probability(block, refit, clinical, features) for refit in block["bootstrap"]["refits"]]
@@ -501,7 +507,8 @@ def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: p
     return {"endpoint": block["endpoint"], "model": best, "probability": prob, "ci95": ci,
             "threshold": threshold, "predicted_positive": bool(prob >= threshold),
             "cv_auc": block["cv"][best]["auc"], "bootstrap_refits": len(draws),
-            "no_better_than_chance": no_better_than_chance(block)}
+            "no_better_than_chance": no_better_than_chance(block),
+            "warnings": list(block.get("warnings") or []) if best == RIDGE else []}
 
 
 def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame,

@@ -19,6 +19,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
+from NPCPrognosisLib.io.extra_features import unmatched_rows_warnings
 from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
 from NPCPrognosisLib.pipeline.evaluated_patients import (
     check_binary_cohort,
@@ -30,9 +31,9 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
     untrained,
 )
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
-from NPCPrognosisLib.pipeline.fusion import gate_findings, gate_warnings
+from NPCPrognosisLib.pipeline.fusion import MMOE, gate_findings, gate_warnings
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
-from NPCPrognosisLib.pipeline.predict import unproven_nomogram
+from NPCPrognosisLib.pipeline.predict import unproven_nomogram, unproven_warnings
 from NPCPrognosisLib.radiomics.features_table import (
     check_settings,
     image_warnings_note,
@@ -187,6 +188,7 @@ def evaluate_cohort(
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
     metrics["warnings"] = [w for w in (included_warning(included, subset), missing_blocks) if w]
+    metrics["warnings"].extend(unmatched_rows_warnings(extras, manifest.patient_ids, "evaluated patient"))
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
         cutoff = bundle.cutoffs[name]
@@ -223,6 +225,8 @@ def evaluate_cohort(
         # collapsed onto one modality, or one mixture for everyone: said as train says it of the training patients
         metrics["mmoe_gates"] = gate_findings(fused.gates, fused.present, fused.blocks)
         metrics["warnings"].extend(gate_warnings(metrics["mmoe_gates"], "evaluated patients"))
+        # learned nothing in training (predict's 'not determined' group): said here as predict and train say it
+        metrics["warnings"].extend(unproven_warnings(unproven_nomogram(bundle.document, MMOE), MMOE))
     nomogram = bundle.nomograms["nomogram"]
     predictions["risk_group"] = assign_groups(predictions["nomogram_risk"].to_numpy(), bundle.cutoffs["nomogram"])
     encoded = pd.DataFrame([encode_clinical(r, bundle.ebv_fill) for r in records])
@@ -261,8 +265,10 @@ def evaluate_cohort(
                                  predictions["arm"].to_numpy()[rows],
                                  f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
                 metrics["figures"].append(f"km_t12n1_{g}_risk_by_arm.png")
-    if unproven_nomogram(bundle.document):  # as predict records it: that group is no patient's (the analyses above
+    unproven = unproven_nomogram(bundle.document)
+    if unproven:  # as predict records it: that group is no patient's (the analyses above
         predictions["risk_group"] = GROUP_NOT_DETERMINED  # show the groups do not separate; the column says so)
+        metrics["warnings"].extend(unproven_warnings(unproven))
     predictions[f"{endpoint}_time"] = time
     predictions[f"{endpoint}_event"] = event.astype(int)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
@@ -375,7 +381,9 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics["excluded_training_patients"] = excluded
     metrics["training_patients_included"] = training_included(document, manifest, subset)
     banner = included_warning(metrics["training_patients_included"], subset)
-    metrics["warnings"] = [w for w in (banner, *(metrics.get("warnings") or [])) if w]
+    metrics["warnings"] = [w for w in (banner, *(metrics.get("warnings") or []),
+                                        *unmatched_rows_warnings(extras or {}, manifest.patient_ids,
+                                                                 "evaluated patient")) if w]
     metrics["without_features"] = untrained(document, lacking, subset)
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -210,6 +210,10 @@ def predict_patient(
         from NPCPrognosisLib.pipeline.binary import with_needed_extras
 
         with_needed_extras(binary_blocks, pd.DataFrame(index=[0]), extras, [patient.patient_id])  # stops early
+    if extras:  # a patient without a row whose ID the table writes another way: scored as without that modality
+        from NPCPrognosisLib.io.extra_features import unmatched_rows_warnings
+
+        warnings.extend(unmatched_rows_warnings(extras, [patient.patient_id], "patient"))
 
     # 1. preprocess: N4 and normalisation once per sequence, shared by the network and radiomics
     preprocessed: dict[str, sitk.Image] = {}
@@ -303,6 +307,7 @@ def predict_patient(
         warnings.extend(f"{name}: the {result['model']} model's cross-validated AUC was reached with randomly "
                         "permuted labels in training; its probability is unproven"
                         for name, result in binary.items() if result["no_better_than_chance"])
+        warnings.extend(w for result in binary.values() for w in result.get("warnings") or [])
     fusion = {}
     if bundle.fusion is not None:
         with _timed(timings, "fusion"):

@@ -257,6 +257,20 @@ def survival_caveat(prediction: Mapping[str, Any]) -> str:
     return f"unproven: {model_phrase(prediction.get('model', 'nomogram'))} ranks new patients no better than chance"
 
 
+def binary_caveat(block: Mapping[str, Any]) -> str:
+    """What one patient's probability of a binary endpoint (a ``binary`` block of ``prediction.json``) is worth when
+    training could not confirm that its model learned anything, for the label beside it; '' otherwise.
+
+    Why: the ridge that predicts the training rate for every patient (its ``warnings``,
+    :func:`~NPCPrognosisLib.classification.ridge.ridge_warning`) or whose AUC permuted labels reached
+    (``no_better_than_chance``) still gives a number that reads like this patient's; the sheet and the panel show it
+    with this caveat, and the reasons among the prediction's warnings.
+    """
+    if block.get("warnings") or block.get("no_better_than_chance"):
+        return "unproven: training confirmed nothing the model learned, see the warnings"
+    return ""
+
+
 def interval_text(interval: Sequence[float], spec: str = ".2f", sep: str = " to ") -> str:
     """'95% CI 0.12 to 0.64' (``spec`` formats each end, ``sep`` joins them).
 

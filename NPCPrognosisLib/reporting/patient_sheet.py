@@ -23,6 +23,7 @@ from NPCPrognosisLib.reporting import figures
 from NPCPrognosisLib.reporting.html import bullet_list, document, esc, figure, table
 from NPCPrognosisLib.reporting.labels import (
     ARM_LABELS,
+    binary_caveat,
     clinical_rows,
     extrapolation_text,
     factor_label,
@@ -116,7 +117,9 @@ def _page_summary(prediction: Mapping[str, Any], synthetic: bool) -> str:
                           "Predicted survival with its 95% interval (baseline hazard and coefficients), against "
                           "the training risk groups' median patients, the cut-off and the training Kaplan-Meier "
                           "curve." + (f" The curve marked this patient is {caveat}." if caveat else ""), 55))
-    warnings = list(prediction.get("warnings") or [])
+    # a binary endpoint's own finding stands under its probability (treatment page), not among these
+    elsewhere = set(_binary_warnings(prediction))
+    warnings = [w for w in prediction.get("warnings") or [] if w not in elsewhere]
     parts.append("<div class='cols'><div><h2>Warnings</h2>" + (bullet_list(warnings) if warnings else "<p>none</p>")
                  + "</div><div><h2>Clinical factors</h2>"
                  + table(None, clinical_rows(prediction.get("clinical") or {})) + "</div></div>")
@@ -253,9 +256,13 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
         rows = []
         for name, block in binary.items():
             ci = block.get("ci95")
-            rows.append((factor_label(name), f"{block['probability']:.0%}",
+            caveat = binary_caveat(block)
+            rows.append((factor_label(name), f"{block['probability']:.0%}" + (f" ({caveat})" if caveat else ""),
                          f"{ci[0]:.0%}-{ci[1]:.0%}" if ci else "–", model_label(block.get("model", ""))))
         parts.append("<h2>Binary endpoints</h2>" + table(["Endpoint", "Probability", "95% CI", "Model"], rows))
+        notes = _binary_warnings(prediction)
+        if notes:
+            parts.append("<h3>Warnings</h3>" + bullet_list(notes))
     fusion = prediction.get("fusion") or {}
     if fusion:
         survival = ", ".join(f"{float(m):g} months {v:.0%}" for m, v in fusion.get("survival", {}).items())
@@ -270,6 +277,14 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                               "Gate weights: the share each modality had in this patient's fused prediction.", 45))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _binary_warnings(prediction: Mapping[str, Any]) -> list[str]:
+    """What train found the binary endpoints' models failed to learn (their blocks' ``warnings``, also among the
+    prediction's): the sheet prints them under the probabilities they qualify, where the reader of one looks,
+    instead of in the first page's list (the ridge's finding, a paragraph, pushed that page onto two)."""
+    return list(dict.fromkeys(w for block in (prediction.get("binary") or {}).values()
+                              for w in block.get("warnings") or []))
 
 
 def _filled_factor_notes(benefit: Mapping[str, Any]) -> list[str]:

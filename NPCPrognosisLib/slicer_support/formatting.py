@@ -81,12 +81,17 @@ def benefit_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_binary(prediction: Mapping[str, Any]) -> list[str]:
-    """One line per binary endpoint: probability with its bootstrap 95% interval and the model that gave it."""
+    """One line per binary endpoint: probability with its bootstrap 95% interval and the model that gave it, and
+    the caveat of a model training could not confirm (:func:`~NPCPrognosisLib.reporting.labels.binary_caveat`)."""
+    from NPCPrognosisLib.reporting.labels import binary_caveat
+
     lines = []
     for name, block in (prediction.get("binary") or {}).items():
         ci = block.get("ci95")
+        caveat = binary_caveat(block)
         lines.append(f"{name.replace('_', ' ')} probability {block['probability']:.0%}"
-                     + (f" (95% CI {ci[0]:.0%}-{ci[1]:.0%})" if ci else "") + f" [{model_label(block['model'])}]")
+                     + (f" (95% CI {ci[0]:.0%}-{ci[1]:.0%})" if ci else "") + f" [{model_label(block['model'])}]"
+                     + (f" ({caveat})" if caveat else ""))
     return lines
 
 

@@ -84,6 +84,19 @@ def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
     check_training_rows({"pathology": block}, ["P9", "P2"])
     with pytest.raises(InputError, match="no row with values for any training patient.*TR-001"):
         check_training_rows({"pathology": block}, ["TR-001", "TR-002"])
+    # one that matches some: silent before; a patient without a row whose ID the table writes another way is named
+    from NPCPrognosisLib.io.extra_features import unmatched_rows_warnings
+
+    assert unmatched_rows_warnings({"pathology": block}, ["P9", "P2"]) == []  # P9 simply has no slide
+    respelled = unmatched_rows_warnings({"pathology": block}, ["p001", "P2", "P9"])
+    assert len(respelled) == 1 and "values for 1 of the 3 training patients" in respelled[0]
+    assert "1 of them have a row under another spelling of their ID ('p001' is 'P1' in the table)" in respelled[0]
+    assert "training patients e.g. p001, P9; table rows e.g. P1" in respelled[0] and str(good) in respelled[0]
+    # fewer than half of a cohort matched, whatever the spelling; one patient alone is never 'fewer than half'
+    few = unmatched_rows_warnings({"pathology": block}, ["P2", "X1", "X2"], "evaluated patient")
+    assert len(few) == 1 and "1 of the 3 evaluated patients" in few[0] and "another spelling" not in few[0]
+    assert unmatched_rows_warnings({"pathology": block}, ["X1"], "patient") == []
+    assert "'p1' is 'P1'" in unmatched_rows_warnings({"pathology": block}, ["p1"], "patient")[0]
     present = tmp_path / "present.csv"
     present.write_text("patient_id,present\nP1,1\n")
     with pytest.raises(InputError, match="named 'present'"):
@@ -324,6 +337,152 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
             assert any(node_feature in w for w in warned) == warned_for_it
     finally:
         bundle.signature = signature
+
+
+def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular, tmp_path):
+    """``train`` keeps the ridge's finding (:func:`ridge_warning`, e.g. that it predicts the training rate for every
+    patient) in the binary block's ``warnings``; one patient's probability of that endpoint went out with only the
+    permutation test's flag, so prediction.json, the terminal (its warnings), the sheet and the panel showed a bare
+    53 %. Now the block's own text is the patient's warning and the probability is labelled unproven. And a
+    patient whose slide row the table writes under another spelling of the ID is told so (scored as without one)."""
+    import copy
+
+    from NPCPrognosisLib.classification import ridge as rg
+    from NPCPrognosisLib.io.images import PatientImages
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.pipeline.predict import predict_patient
+    from NPCPrognosisLib.reporting.patient_sheet import patient_sheet_html
+    from NPCPrognosisLib.slicer_support.formatting import format_binary
+
+    root, truth = tabular
+    bundle = load_bundle(root / "bundle")
+    extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
+    manifest = pd.read_csv(root / "manifest.csv")
+    features = pd.read_csv(root / "features.csv").set_index("patient_id")
+    slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
+    pid = next(p for p in manifest["patient_id"][160:] if p in slides)
+    row = manifest[manifest["patient_id"] == pid].iloc[0]
+    fields = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
+    clinical = {c: row[c] for c in fields if c in row and pd.notna(row[c])}
+
+    def predicted(document, blocks=extras):
+        bundle.document = document
+        return predict_patient(bundle, PatientImages(pid, {}, None), clinical, features=features.loc[pid].to_dict(),
+                               extras=blocks).to_dict()
+
+    trained = bundle.document
+    try:
+        # this cohort's ridge sits at the strongest penalty (train's finding, kept in the block)
+        finding = trained["binary_endpoints"]["ic_response"]["warnings"]
+        assert len(finding) == 1 and finding[0].startswith("ic_response: the ridge sits at the strongest penalty")
+        prediction = predicted(trained)
+        assert prediction["binary"]["ic_response"]["warnings"] == finding and finding[0] in prediction["warnings"]
+        caveat = "(unproven: training confirmed nothing the model learned, see the warnings)"
+        assert format_binary(prediction)[0].endswith(caveat)
+        sheet = patient_sheet_html(prediction)
+        assert f"{prediction['binary']['ic_response']['probability']:.0%} {caveat}" in sheet
+        assert "the ridge sits at the strongest penalty searched" in sheet
+        # the stored text is what the patient reads, whatever it says (here: the training rate for everyone)
+        flat = copy.deepcopy(trained)
+        everyone = "ic_response: " + rg.ridge_warning(
+            {"C": rg.RIDGE_CS[0], "calibration": {"validated": False, "note": "slope 0.1, not above 0"}}, 0.53)
+        flat["binary_endpoints"]["ic_response"]["warnings"] = [everyone]
+        assert "predicts the training rate (0.53) for every patient" in everyone
+        assert everyone in predicted(flat)["warnings"]
+        # a ridge train confirmed: no caveat, no warning
+        learned = copy.deepcopy(trained)
+        del learned["binary_endpoints"]["ic_response"]["warnings"]
+        learned = predicted(learned)
+        assert learned["binary"]["ic_response"]["warnings"] == []
+        assert not any("ridge" in w for w in learned["warnings"]) and "unproven" not in format_binary(learned)[0]
+
+        # this patient's slide row written another way: predict warned nothing and scored it as without a slide
+        table = pd.read_csv(root / "pathology.csv")
+        table["patient_id"] = table["patient_id"].replace({pid: pid.lower()})
+        table.to_csv(tmp_path / "respelled.csv", index=False)
+        respelled = predicted(trained, read_extra_blocks([f"pathology={tmp_path / 'respelled.csv'}"]))
+        assert any(f"{pid!r} is {pid.lower()!r} in the table" in w for w in respelled["warnings"])
+        assert not any("another spelling" in w for w in learned["warnings"])
+    finally:
+        bundle.document = trained
+
+
+def test_evaluate_says_the_fusion_learned_nothing_and_a_table_that_matches_half_the_patients(tabular, capsys,
+                                                                                              tmp_path):
+    """``evaluate`` printed and recorded nothing when the fusion learned nothing in training (its out-of-fold
+    training C at or below 0.5: predict's 'not determined' group), and nothing when the slide table matched only
+    some of the evaluated patients (half of its IDs written another way), scoring those as without a slide."""
+    from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, MANIFEST_FILE, write_bundle
+
+    root, truth = tabular
+    source = root / "bundle"
+    document = json.loads((source / MANIFEST_FILE).read_text())
+    document["training"]["metrics"]["mmoe"]["c_index"] = 0.47
+    files = {p.relative_to(source).as_posix(): p for p in source.rglob("*")
+             if p.is_file() and p.name not in (MANIFEST_FILE, CHECKSUM_FILE)}
+    chance = write_bundle(tmp_path / "bundle_chance", {k: v for k, v in document.items()
+                                                       if k not in ("format", "format_version")}, files)
+    table = pd.read_csv(root / "pathology.csv")
+    held_out = table["patient_id"].isin(pd.read_csv(root / "manifest.csv")["patient_id"][160:])
+    respelled = held_out & (np.arange(len(table)) % 2 == 0)
+    table.loc[respelled, "patient_id"] = table.loc[respelled, "patient_id"].str.lower().str.replace("syn0*", "syn",
+                                                                                                   regex=True)
+    table.to_csv(tmp_path / "respelled.csv", index=False)
+    base = ["--manifest", str(root / "manifest.csv"), "--features", str(root / "features.csv")]
+    capsys.readouterr()
+    assert main(["--quiet", "evaluate", "--bundle", str(chance), *base, "--endpoint", "dmfs", "--out",
+                 str(tmp_path / "eval"), "--extra-features", f"pathology={tmp_path / 'respelled.csv'}",
+                 "--n-boot", "0"]) == 0
+    printed = capsys.readouterr().out
+    warnings = json.loads((tmp_path / "eval" / "metrics.json").read_text())["warnings"]
+    unproven = ("the multimodal fusion (MMoE) learned nothing that holds on new patients: its out-of-fold training "
+                "C-index was 0.47 (0.5 is chance)")
+    assert any(w.startswith(unproven) for w in warnings) and f"warning: {unproven}" in printed
+    with_slide = int(held_out.sum() - respelled.sum())
+    unmatched = [w for w in warnings if w.startswith("the pathology features table")]
+    assert len(unmatched) == 1 and f"values for {with_slide} of the {N - 160} evaluated patients" in unmatched[0]
+    first = table.loc[respelled, "patient_id"].iloc[0]
+    assert (f"{int(respelled.sum())} of them have a row under another spelling of their ID ("
+            f"{first.upper().replace('SYN', 'SYN' + '0' * (7 - len(first)))!r} is {first!r} in the table") \
+        in unmatched[0]
+    assert f"warning: {unmatched[0]}" in printed
+
+
+def test_train_warns_of_a_table_that_matches_only_some_training_patients(tabular, caplog, monkeypatch, tmp_path):
+    """``train`` refused a slide table matching no training patient but trained silently on one whose IDs matched
+    only some of them (a third written 'syn12' for 'SYN0012'): those patients counted as without a slide. Both
+    ways in (a survival bundle with the fusion, a binary endpoint's bundle) warn before fitting; the fitting is
+    replaced by a stop, as it is not what is tested here."""
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import binary as bn
+    from NPCPrognosisLib.pipeline import train as tr
+
+    root, truth = tabular
+    table = pd.read_csv(root / "pathology.csv")
+    training = table["patient_id"].isin(pd.read_csv(root / "manifest.csv")["patient_id"][:160])
+    respelled = training & (np.arange(len(table)) % 3 == 0)
+    table.loc[respelled, "patient_id"] = table.loc[respelled, "patient_id"].str.replace("SYN0*", "syn", regex=True)
+    table.to_csv(tmp_path / "respelled.csv", index=False)
+    manifest = read_manifest(root / "manifest.csv", require_images=False)
+
+    class Fitted(Exception):
+        """Where the fitting would begin."""
+
+    def stop(*args, **kwargs):
+        raise Fitted
+
+    monkeypatch.setattr(tr, "check_outcomes", stop)  # the survival path's first step after the tables' check
+    monkeypatch.setattr(bn, "binary_block_for", stop)
+    caplog.set_level("WARNING")
+    for endpoint, fusion in (("dmfs", "mmoe"), ("ic_response", "none")):
+        caplog.clear()
+        with pytest.raises(Fitted):
+            tr.train(manifest, root / "features.csv", endpoint, tmp_path / "bundle", split_col="split", fusion=fusion,
+                     extra_features=[f"pathology={tmp_path / 'respelled.csv'}"])
+        warned = [r.getMessage() for r in caplog.records if "pathology features table" in r.getMessage()]
+        assert len(warned) == 1, endpoint
+        assert f"values for {int(training.sum() - respelled.sum())} of the 160 training patients" in warned[0]
+        assert f"{int(respelled.sum())} of them have a row under another spelling of their ID" in warned[0]
 
 
 def test_gate_findings_name_a_collapsed_gate_and_one_mixture_for_everyone():

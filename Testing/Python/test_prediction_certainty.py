@@ -460,10 +460,13 @@ def test_a_nomogram_that_learned_nothing_determines_no_risk_group_anywhere_it_is
     for column in ("t1", "t2", "t1c", "mask"):
         manifest[column] = [str(small_cohort / v) for v in manifest[column]]
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    evaluate_cohort(bundle, read_manifest(tmp_path / "manifest.csv"), small_cohort / "features.csv", "dmfs",
-                    tmp_path / "eval", subset="all", n_boot=0, plots=False)
+    metrics = evaluate_cohort(bundle, read_manifest(tmp_path / "manifest.csv"), small_cohort / "features.csv",
+                              "dmfs", tmp_path / "eval", subset="all", n_boot=0, plots=False)
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"patient_id": str})
     assert set(predictions["risk_group"]) == {"not determined"} and len(predictions) == len(manifest)
+    # and evaluate says why, as predict does (its warnings had nothing; the column alone changed)
+    unproven = [w for w in metrics["warnings"] if w.startswith("the nomogram ")]
+    assert len(unproven) == 2 and unproven == [w for w in prediction["warnings"] if w.startswith("the nomogram ")]
 
 
 def test_a_nomogram_no_better_than_chance_says_its_group_is_unproven_and_a_learned_one_keeps_its_group():

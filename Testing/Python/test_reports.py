@@ -218,6 +218,8 @@ def test_a_folder_never_shows_an_earlier_runs_images_or_pdf(predicted, small_coh
 
 
 def test_patient_sheet_shows_treatment_arms_binary_endpoints_and_fusion_gates(predicted, tmp_path):
+    from NPCPrognosisLib.reporting.html import esc
+    from NPCPrognosisLib.reporting.labels import binary_caveat
     from NPCPrognosisLib.reporting.patient_sheet import write_patient_sheet
 
     prediction = json.loads((predicted[0] / "prediction.json").read_text(encoding="utf-8"))
@@ -240,8 +242,14 @@ def test_patient_sheet_shows_treatment_arms_binary_endpoints_and_fusion_gates(pr
     for text in ("CCND high dose", "benefit of CCND", "ic response", "Missing modalities: pathology",
                  "alt='counterfactual survival per treatment arm'", "alt='fusion gate weights'"):
         assert text in html, text
-    probability = prediction["binary"]["ic_response"]["probability"]
-    assert f"<td>{probability:.0%}</td>" in html
+    block = prediction["binary"]["ic_response"]
+    # this small cohort's ridge sits at the strongest penalty: train's finding goes with the probability
+    assert block["warnings"] and block["warnings"][0].startswith("ic_response: the ridge sits at the strongest")
+    caveat = binary_caveat(block)
+    assert f"<td>{block['probability']:.0%} ({caveat})</td>" in html and caveat.startswith("unproven")
+    treatment = html[html.index("<h2>Binary endpoints</h2>"):]
+    assert treatment.index("<h3>Warnings</h3>") < treatment.index(esc(block["warnings"][0]))
+    assert html.count(esc(block["warnings"][0])) == 1  # there, not also in the first page's list
     seen = render(paths["html"])
     assert seen["errors"] == [] and seen["broken"] == []
     assert pdf_pages(paths["pdf"]) == html.count("<section class='page'>") == 5
