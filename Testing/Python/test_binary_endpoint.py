@@ -395,10 +395,7 @@ def test_the_ridge_maps_to_normal_scores_and_fits_as_scikit_learn():
     rng = np.random.default_rng(3)
     n = 300
     latent = rng.normal(size=n)
-    clinical = pd.DataFrame({"t_stage": rng.integers(1, 5, n).astype(float), "n_stage": rng.integers(0, 4, n),
-                             "rene": rng.integers(0, 3, n), "male": rng.integers(0, 2, n),
-                             "log10_ebv_dna": rng.normal(3, 1, n), "age": rng.normal(50, 10, n),
-                             "ldh": rng.lognormal(5.2, 0.2, n)})
+    clinical = _random_clinical_factors(n, rng)
     features = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)],
                              "t1c_gtvp_original_shape_MeshVolume": np.exp(2.5 + 0.8 * latent + rng.normal(0, .2, n)),
                              "t2_gtvp_original_firstorder_Skewness": latent + rng.normal(0, 1, n),
@@ -547,14 +544,19 @@ def test_the_penalty_cross_validation_screens_inside_each_fold_so_noise_does_not
     assert max(cv) < 0.68 and np.mean(cv) < 0.62
 
 
+def _random_clinical_factors(n, rng):
+    """The seven clinical factors, drawn independently of everything (in this order, so seeded cohorts repeat)."""
+    return pd.DataFrame({"t_stage": rng.integers(1, 5, n).astype(float), "n_stage": rng.integers(0, 4, n),
+                         "rene": rng.integers(0, 3, n), "male": rng.integers(0, 2, n),
+                         "log10_ebv_dna": rng.normal(3, 1, n), "age": rng.normal(50, 10, n),
+                         "ldh": rng.lognormal(5.2, 0.2, n)})
+
+
 def _weak_signal_cohort(n, rng):
     """Clinical factors and 60 original-image features, 20 of them noisy copies of a latent the response follows
     (true log-odds 0.3 + 1.5 x latent): a weak, spread signal, where the ridge's penalty comes out strong."""
     latent = rng.normal(size=n)
-    clinical = pd.DataFrame({"t_stage": rng.integers(1, 5, n).astype(float), "n_stage": rng.integers(0, 4, n),
-                             "rene": rng.integers(0, 3, n), "male": rng.integers(0, 2, n),
-                             "log10_ebv_dna": rng.normal(3, 1, n), "age": rng.normal(50, 10, n),
-                             "ldh": rng.lognormal(5.2, 0.2, n)})
+    clinical = _random_clinical_factors(n, rng)
     features = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)],
                              **{f"t2_gtvp_original_glcm_F{k}": (latent if k < 20 else 0) + rng.normal(0, 1.5, n)
                                 for k in range(60)}})
