@@ -7,6 +7,17 @@ vendor's and each centre's own words ("T1 FS POST", "t1_tse_tra_fs_Gd", "AX T2 F
 nothing certain: a T1W series after contrast is often just "t1_tse_tra_fs". So the reading is conservative: a
 sequence is named only on explicit words (a T2 or T1 weighting; a contrast word or a pre-contrast word next to a T1
 weighting), contradicting words make it unknown, and an unknown series is never judged.
+
+A weighting is also named by the vendors' names of sequences that have only one (the cross-vendor acronym tables of
+Siemens' "MRI Acronyms" and mriquestions.com): the 3D T1 gradient echoes VIBE, FSPGR / SPGR, BRAVO, LAVA, THRIVE,
+MPRAGE, TFE, Quick 3D and TIGRE are T1W ("VIBE post" is CET1W); FRFSE, HASTE and SSFSE are T2W. Sequences of any
+weighting (TSE / FSE, SPACE, CUBE, VISTA, PROPELLER, BLADE, DIXON, IDEAL, FFE, FLASH) name none by themselves. A FLAIR
+follows its own weighting word (GE's "T1 FLAIR" is a T1W spin echo, "T2 FLAIR" a T2W one with the fluid dark) and a
+bare FLAIR, like a bare STIR, names nothing. Series that are none of the columns' images stay unknown whatever
+weighting they name: T2* and SWI (a "T2" word with a gradient echo: "t2_fl2d_hemo", "T2 FFE", "T2 GRE"), maps,
+diffusion and ADC, balanced SSFP (TrueFISP, FIESTA, CISS, B-TFE), localisers. A wrong refusal stops a correctly
+placed patient, so a name that some centres use otherwise is left unknown
+(Testing/Python/data/series_descriptions.csv is the list this was measured on, with its sources).
 """
 
 from __future__ import annotations
@@ -18,24 +29,41 @@ from pathlib import Path
 from NPCPrognosisLib.contract import SEQUENCE_TITLES, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 
+#: T2* and quantitative maps are neither weighted image the columns mean: their T1/T2 words are not weightings. Nor
+#: are diffusion (DWI, ADC, trace), susceptibility (SWI, SWAN), balanced SSFP (TrueFISP, FIESTA, CISS, B-TFE: a T2/T1
+#: mixture), angiography ("3D_TOF_SPGR") or localiser series.
+_NOT_WEIGHTED = re.compile(r"t2 ?\*|t2 ?star|\bmaps?\b|\bmapping\b|\brho\b|\bt1 ?rho|\b[er]?dwi\w*|\b[de]?adc\b|"
+                           r"\bdiff\w*|\btrace\w*|\bep2d\w*|\bdti\b|\bswi\w*|\bswan\b|\btrue ?fisp\b|\btrufi\w*|"
+                           r"\bfiesta\w*|\bciss\w*|\bb ?tfe\b|\bb ?ffe\b|\bbalanced\b|\bssfp\b|\btof\b|\bmra\b|"
+                           r"\bangio\w*|\blocali[sz]er\b|\bscout\b|\b(?:smart)?survey\b")
+#: Gradient-echo words: with a T2 word they mean a T2*-weighted series ("t2_fl2d_tra_hemo", "T2 FFE", "T2 GRE").
+_GRADIENT_ECHO = re.compile(r"\b(?:gre|m?ffe|fl[23]d\w*|flash|medic|merge|hemo|fe|fgre)\b")
+#: A TNM stage in a file name ("P07_T2N1_t1.nii.gz") is not a sequence.
+_STAGE = re.compile(r"(?<![a-z0-9])t[0-4x][abc]?n[0-3x][abc]?(?:m[01x])?(?![a-z0-9])")
+#: A weighting word, also run together with a plane or a Philips SENSE prefix ("AXT2", "3DT1", "sT2W_TSE").
+_WEIGHTING = r"(?<![a-z0-9])(?:s|ax|oax|cor|sag|2d|3d)?"
+_T1 = re.compile(_WEIGHTING + r"(?:ce)?t1(?![0-9])")
+_T2 = re.compile(_WEIGHTING + r"t2(?![0-9])")
+#: Sequences that are T1-weighted whatever the centre: the 3D T1 gradient echoes (VIBE, StarVIBE; FSPGR, SPGR, BRAVO,
+#: LAVA, LAVA-Flex; THRIVE, e-THRIVE; MPRAGE; TFE; Canon's Quick 3D; Hitachi's TIGRE).
+_T1_SEQUENCE = re.compile(r"\b(?:star|radial ?)?vibe\b|\bf?spgr|\bbravo\b|\blava\b|\b(?:e ?)?thrive\b|\bmp ?rage\b|"
+                          r"\b(?:3d)?tfe\b|\bquick ?3d\b|\btigre\b")
+#: Sequences that are T2-weighted whatever the centre: GE's FRFSE, single-shot HASTE and SSFSE.
+_T2_SEQUENCE = re.compile(r"\bfrfse\w*|\bhaste\b|\bss ?fse\w*")
 #: Words after "pre" or "post" that make them about treatment or processing, not contrast ("post-RT", "pre-op").
 _NOT_CONTRAST = (r"op|operative|surg\w*|rt|radio\w*|radiation|therapy|treat\w*|tx|chemo\w*|crt|ccrt|ict|ic|nact|"
                  r"biopsy|proc\w*|scan|sat\w*")
-#: T2* and quantitative maps are neither weighted image the columns mean: their T1/T2 words are not weightings.
-_NOT_WEIGHTED = re.compile(r"t2 ?\*|t2 ?star|\bmaps?\b|\bmapping\b|\brho\b|\bt1 ?rho")
-#: A TNM stage in a file name ("P07_T2N1_t1.nii.gz") is not a sequence.
-_STAGE = re.compile(r"(?<![a-z0-9])t[0-4x][abc]?n[0-3x][abc]?(?:m[01x])?(?![a-z0-9])")
-_T1 = re.compile(r"(?<![a-z0-9])(?:ce)?t1(?![0-9])")
-_T2 = re.compile(r"(?<![a-z0-9])t2(?![0-9])")
 #: Words that say no contrast was given; matched (and removed) before the contrast words, so "non contrast" is one.
-_PRE_CONTRAST = re.compile(r"\bpre ?(?:contrast|gd|gad|c)\b|\bpre\b(?! (?:" + _NOT_CONTRAST + r")\b)|\bnativ(?:e)?\b|"
-                           r"\b(?:non|no|without|wo|w o) ?(?:contrast|gd|gad|gadolinium|enhanced|enhancement|ce)\b|"
-                           r"\bunenhanced\b|\bplain\b")
+#: German "KM" (Kontrastmittel) and French "inj" (injection) count as contrast words.
+_INJECTION = r"km|inj(?:ect|ected|ection)?"
+_PRE_CONTRAST = re.compile(r"\bpre ?(?:contrast|gd|gad|c|" + _INJECTION + r")\b|\bpre\b(?! (?:" + _NOT_CONTRAST +
+                           r")\b)|\bnativ(?:e)?\b|\b(?:non|no|without|wo|w o|sans|ohne|vor) ?(?:contrast|gd|gad|gado|"
+                           r"gadolinium|enhanced|enhancement|ce|" + _INJECTION + r")\b|\bunenhanced\b|\bplain\b")
 #: Words that say contrast was given: an agent, "post", "+C", "CE", or a T1 weighting written with them ("T1C").
-_CONTRAST = re.compile(r"\b(?:gd|gad|gado|gadolinium|dotarem|gadovist|magnevist|multihance|prohance|clariscan|"
-                       r"omniscan|contrast|enhanced|enh|ce)\b|\bpost(?:contrast|gd|gad|c)?\b(?! (?:" + _NOT_CONTRAST +
-                       r")\b)|(?<![a-z0-9])(?:ce)?t1w?(?:c|ce|gd|gad|post)\b|\bcet1|\+ ?(?:c|gd|gad|contrast)\b|"
-                       r"\bc ?\+")
+_CONTRAST = re.compile(r"\b(?:gd|gad|gado|gadolinium|dotarem|gadovist|gadavist|magnevist|multihance|prohance|"
+                       r"clariscan|omniscan|eovist|primovist|elucirem|vueway|contrast|enhanced|enh|ce|" + _INJECTION +
+                       r")\b|\bpost(?:contrast|gd|gad|c)?\b(?! (?:" + _NOT_CONTRAST + r")\b)|" + _WEIGHTING +
+                       r"(?:ce)?t1w?(?:c|ce|gd|gad|post)\b|\bcet1|\+ ?(?:c|gd|gad|contrast)\b|\bc ?\+")
 
 
 def _words(text: str, patient_id: str | None = None) -> str:
@@ -63,13 +91,16 @@ def possible_sequences(text: str, *, patient_id: str | None = None) -> tuple[str
     tuple of str
         ``("t2",)`` for a T2 weighting; ``("t1c",)`` or ``("t1",)`` for a T1 weighting with words for or against
         contrast; ``("t1", "t1c")`` for a T1 weighting that says neither, or both; every sequence (unknown) when the
-        words name no weighting, both, or a T2* or quantitative map.
+        words name no weighting, both, or a series that is none of the columns' images (T2*, SWI, a quantitative
+        map, diffusion, balanced SSFP, a localiser). A weighting is a T1 / T2 word or a sequence that has only one
+        (VIBE, FSPGR, BRAVO, LAVA, THRIVE, MPRAGE, TFE: T1W; FRFSE, HASTE, SSFSE: T2W).
     """
     words = _words(text, patient_id)
     if _NOT_WEIGHTED.search(words):
         return SEQUENCES
-    t1, t2 = bool(_T1.search(words)), bool(_T2.search(words))
-    if t1 == t2:  # neither, or both ("T1 T2 fusion")
+    t1 = bool(_T1.search(words) or _T1_SEQUENCE.search(words))
+    t2 = bool(_T2.search(words) or _T2_SEQUENCE.search(words))
+    if t1 == t2 or (t2 and _GRADIENT_ECHO.search(words)):  # neither, both ("T1 T2 fusion"), or a T2* gradient echo
         return SEQUENCES
     if t2:
         return ("t2",)
