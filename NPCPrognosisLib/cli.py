@@ -394,6 +394,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.pipeline.segment import (
         cohort_outputs,
         outputs_removed_if_failed,
+        outputs_written_whole,
         segment_cohort,
         write_contours,
     )
@@ -421,21 +422,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         patient = load_patient(args.patient_id, {"t1": args.t1, "t2": args.t2, "t1c": args.t1c}, foreign_ids=None)
         result = segment_patient(model, patient.images, patient_id=args.patient_id, tta=args.tta,
                                  saliency=args.saliency)
-        out, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, outputs.mask, outputs.seg,
-                                                           outputs.rtstruct, patient_id=args.patient_id)
-        for image, path in ((result.uncertainty if args.tta else None, outputs.uncertainty),
-                            (result.saliency, outputs.saliency)):
-            if image is not None:
-                write_image_atomic(image, path)
-            else:  # an earlier run's map would be read as this mask's
-                path.unlink(missing_ok=True)
-    for what, written in (("DICOM SEG", seg), ("RTSTRUCT", rtstruct)):
+        with outputs_written_whole(outputs) as staged:  # Ctrl-C leaves the earlier run's files or this run's
+            _, seg, rtstruct, dicom_warnings = write_contours(result.mask, args.t1c, staged.mask, staged.seg,
+                                                              staged.rtstruct, patient_id=args.patient_id)
+            for image, path in ((result.uncertainty if args.tta else None, staged.uncertainty),
+                                (result.saliency, staged.saliency)):
+                if image is not None:
+                    write_image_atomic(image, path)
+    for what, written, path in (("DICOM SEG", seg, outputs.seg), ("RTSTRUCT", rtstruct, outputs.rtstruct)):
         if written is not None:
-            print(f"{what}: {written}")
+            print(f"{what}: {path}")
     result.warnings.extend(dicom_warnings)
     spread = f" +/- {result.deep_score_sd:.3f}" if result.deep_score_sd is not None else ""
     print(f"{args.patient_id}: GTVp {result.volumes_ml['gtvp']:.1f} mL, GTVn {result.volumes_ml['gtvn']:.1f} mL, "
-          f"deep score {result.deep_score:.3f}{spread} -> {out}")
+          f"deep score {result.deep_score:.3f}{spread} -> {outputs.mask}")
     for warning in result.warnings:
         print(f"  warning: {warning}")
     return 0
@@ -711,9 +711,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: where the work stands, not a traceback
-        print(f"npc-prognosis {args.command}: interrupted{_INTERRUPTED.get(args.command, lambda _: '')(args)}",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: where the work stands, not a traceback
+        # a command that knows what its part-way run left says so in the interrupt (segment_cohort)
+        left = f"; {exc}" if str(exc) else _INTERRUPTED.get(args.command, lambda _: "")(args)
+        print(f"npc-prognosis {args.command}: interrupted{left}", file=sys.stderr)
         return 130
     except OSError as exc:  # a disk that filled up or a permission that changed while running
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
@@ -725,9 +726,12 @@ def main(argv: list[str] | None = None) -> int:
 _INTERRUPTED = {
     "extract": lambda args: (f"; the patients finished so far are kept in {args.out}.partial and are not extracted "
                              "again when the same command runs again"),
-    "segment": lambda args: (f"; {args.out} holds no manifest.csv of this run (it is written when every patient is "
-                             "done): run the same command again to segment the whole cohort"
-                             if args.manifest else ""),
+    # segment_cohort says what a cohort run stopped part-way leaves; before its first patient nothing has changed
+    "segment": lambda args: (f"; no patient was segmented: {args.out} is as the earlier run left it, if any"
+                             if args.manifest else
+                             f"; nothing of this run was written: {args.out} and the files named after it (_seg.dcm, "
+                             "_rtstruct.dcm, _uncertainty, _saliency) are the earlier run's, if any, and whole (this "
+                             "run's replace them together once all are written)"),
 }
 
 

@@ -10,7 +10,9 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from NPCPrognosisLib.io.dicom_contours import ContoursNotWritten
 from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
-from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, Manifest
+from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, Manifest, PatientEntry
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
 from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
 
@@ -93,14 +95,42 @@ def cohort_outputs(manifest: Manifest, out_dir: str | Path) -> list[SegmentOutpu
     return tables + [SegmentOutputs.of_patient(out_dir, patient_id) for patient_id in manifest.patient_ids]
 
 
+def remove_outputs(*outputs: SegmentOutputs | str | Path) -> list[Path]:
+    """Remove the files of ``outputs`` that exist.
+
+    Parameters
+    ----------
+    *outputs : SegmentOutputs, str or Path
+        A patient's files (:class:`SegmentOutputs`) or a single file (a cohort's table); missing ones are skipped.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    removed = []
+    for output in outputs:
+        for path in output.files if isinstance(output, SegmentOutputs) else (Path(output),):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _named(paths: list[Path]) -> str:
+    """The first five names of ``paths``, for a log line."""
+    return ", ".join(path.name for path in paths[:5]) + (", ..." if len(paths) > 5 else "")
+
+
 @contextlib.contextmanager
 def outputs_removed_if_failed(*outputs: SegmentOutputs | str | Path) -> Iterator[None]:
     """Remove the outputs of an earlier run when the run of the block fails, say which, then re-raise.
 
     An earlier run's files of that name would sit beside the failed run's error (and, in a cohort, beside a manifest
     row that no longer points at them), where a PACS upload or a planning import takes them as this run's contours.
-    The one place a failed run's outputs go: the single-patient command and the cohort runner use it per patient,
-    and around loading the network (a bundle that fails to load fails the whole run).
+    The one place a failed run's outputs go: the single-patient command uses it, and the cohort runner around loading
+    the network (a bundle that fails to load fails the whole run). Ctrl-C is no failure: it removes nothing, so one
+    pressed while the network loads leaves an earlier run's files whole (:func:`outputs_written_whole`).
 
     Parameters
     ----------
@@ -110,17 +140,52 @@ def outputs_removed_if_failed(*outputs: SegmentOutputs | str | Path) -> Iterator
     try:
         yield
     except Exception:
-        removed = []
-        for output in outputs:
-            for path in output.files if isinstance(output, SegmentOutputs) else (Path(output),):
-                if path.is_file():
-                    path.unlink()
-                    removed.append(path)
+        removed = remove_outputs(*outputs)
         if removed:
             log.warning("removed %d file(s) an earlier run left in %s, so they are not taken for the failed run's "
-                        "(%s%s)", len(removed), removed[0].parent, ", ".join(p.name for p in removed[:5]),
-                        ", ..." if len(removed) > 5 else "")
+                        "(%s)", len(removed), removed[0].parent, _named(removed))
         raise
+
+
+@contextlib.contextmanager
+def outputs_written_whole(outputs: SegmentOutputs) -> Iterator[SegmentOutputs]:
+    """Where the block writes a patient's files, moved over the earlier run's only once the block has written them all.
+
+    An interruption then leaves the earlier run's set or this run's, never a mix: a Ctrl-C between the mask and the
+    uncertainty map had left this run's mask beside the earlier run's map, and a run on a NIfTI CET1W the DICOM SEG
+    of an earlier run on the DICOM series beside its new mask. The block writes into a hidden folder beside the mask;
+    when it ends, each file it wrote replaces its final name and each final file it did not write (an uncertainty
+    map without ``--tta``, a SEG or RTSTRUCT this run could not make) is removed. Whatever stops the block, Ctrl-C
+    included, removes the hidden folder and leaves the earlier files as they were (a failure's are the caller's to
+    remove: :func:`outputs_removed_if_failed`); should the moves themselves be stopped, the earlier and this run's
+    files of the patient all go.
+
+    Parameters
+    ----------
+    outputs : SegmentOutputs
+        The patient's files.
+
+    Yields
+    ------
+    SegmentOutputs
+        The same names in the hidden folder, for the block to write.
+    """
+    outputs.mask.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".segment-", dir=outputs.mask.parent))
+    staged = SegmentOutputs(**{field.name: staging / getattr(outputs, field.name).name for field in fields(outputs)})
+    try:
+        yield staged
+        try:
+            for final, written in zip(outputs.files, staged.files):
+                if written.is_file():
+                    os.replace(written, final)
+                else:  # the earlier run's would be read as this mask's
+                    final.unlink(missing_ok=True)
+        except BaseException:
+            remove_outputs(outputs)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,
@@ -190,9 +255,13 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
     cohort carries on. Only the patient ID and the three sequences are needed: a radiologist's imaging-only list
     segments as well as a full cohort manifest.
 
-    An earlier run's tables (:data:`COHORT_TABLES`) are removed before the first patient and this run's are written
-    when every patient is done, ``manifest.csv`` last: a run stopped part-way (Ctrl-C, a killed job) leaves no
-    manifest pointing at a mix of this run's masks and an earlier run's, nor deep scores of masks since replaced.
+    An earlier run's tables (:data:`COHORT_TABLES`) and its files of this manifest's patients are removed before the
+    first patient, and this run's tables are written when every patient is done, ``manifest.csv`` last: a run stopped
+    part-way (Ctrl-C, a killed job) leaves no manifest pointing at a mix of this run's masks and an earlier run's, nor
+    deep scores of masks since replaced, nor an earlier run's masks of the patients it did not reach (or that failed)
+    beside this run's. Each patient's files are moved into place together once all are written
+    (:func:`outputs_written_whole`). Ctrl-C ends the run with a ``KeyboardInterrupt`` whose message says what the
+    folder holds (:func:`interrupted_cohort`).
     The synthetic cohort's marker is copied when the input manifest lies beside one, and is otherwise absent, so a
     model trained on the written manifest is marked synthetic exactly when its patients are
     (:func:`~NPCPrognosisLib.io.manifest.is_synthetic_cohort`).
@@ -219,17 +288,8 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
     Path
         ``out_dir/manifest.csv``.
     """
-    from NPCPrognosisLib.deep.segmentation import cohort_warnings, segment_patient
-
     out_dir = cohort_folder(manifest, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    earlier = [out_dir / name for name in COHORT_TABLES if (out_dir / name).is_file()]
-    for path in earlier:
-        path.unlink()
-    if earlier:
-        log.info("removed the earlier run's %s from %s: this run writes its own when every patient is done",
-                 ", ".join(path.name for path in earlier), out_dir)
-    table = manifest.table.copy()
     entries = manifest.entries()
     items = entries
     if progress:
@@ -239,25 +299,29 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
     masks: dict[str, str] = {}
     failures, scores = [], []
     cohort_ids = frozenset(manifest.patient_ids)  # a series carrying another row's ID is that patient's
-    for entry in items:
-        outputs = SegmentOutputs.of_patient(out_dir, entry.patient_id)
-        try:
-            with outputs_removed_if_failed(outputs):
-                patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
-                result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
-                path, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE),
-                                                            outputs.mask, outputs.seg, outputs.rtstruct,
-                                                            patient_id=entry.patient_id)
-                result.warnings.extend(dicom_warnings)
-                score = {"patient_id": entry.patient_id, "deep_score": result.deep_score,
-                         "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
-                         "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
-                         "warnings": " | ".join(result.warnings)}
-            masks[entry.patient_id] = path.name
-            scores.append(score)
-        except Exception as exc:  # one patient's failure never stops a cohort
-            log.warning("patient %s failed: %s", entry.patient_id, exc)
-            failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+    try:
+        earlier = remove_outputs(*cohort_outputs(manifest, out_dir))
+        if earlier:
+            log.info("removed %d file(s) an earlier run left in %s for this manifest (%s): this run writes its own, "
+                     "the tables when every patient is done", len(earlier), out_dir, _named(earlier))
+        for entry in items:
+            try:
+                masks[entry.patient_id], score = _segment_cohort_patient(model, entry, out_dir, cohort_ids, tta=tta)
+                scores.append(score)
+            except Exception as exc:  # one patient's failure never stops a cohort
+                log.warning("patient %s failed: %s", entry.patient_id, exc)
+                failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+        return _write_cohort_tables(model, manifest, out_dir, masks, scores, failures)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_cohort(out_dir, list(masks), len(entries))) from None
+
+
+def _write_cohort_tables(model: NetworkModel, manifest: Manifest, out_dir: Path, masks: dict[str, str],
+                         scores: list[dict[str, Any]], failures: list[dict[str, str]]) -> Path:
+    """A finished cohort run's tables (:data:`COHORT_TABLES`), ``manifest.csv`` last; returns its path."""
+    from NPCPrognosisLib.deep.segmentation import cohort_warnings
+
+    table = manifest.table.copy()
 
     def relocate(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
@@ -290,3 +354,45 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
     if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
         shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)
     return write_text_atomic(out_dir / COHORT_MANIFEST, table.to_csv(index=False))
+
+
+def _segment_cohort_patient(model: NetworkModel, entry: PatientEntry, out_dir: Path, cohort_ids: frozenset[str], *,
+                            tta: int) -> tuple[str, dict[str, Any]]:
+    """One cohort patient's files, written whole (:func:`outputs_written_whole`): its mask's name and its
+    ``deep_scores.csv`` row."""
+    from NPCPrognosisLib.deep.segmentation import segment_patient
+
+    outputs = SegmentOutputs.of_patient(out_dir, entry.patient_id)
+    with outputs_written_whole(outputs) as staged:
+        patient = load_patient(entry.patient_id, entry.images, foreign_ids=cohort_ids)
+        result = segment_patient(model, patient.images, patient_id=entry.patient_id, tta=tta)
+        _, _, _, dicom_warnings = write_contours(result.mask, entry.images.get(REFERENCE_SEQUENCE), staged.mask,
+                                                 staged.seg, staged.rtstruct, patient_id=entry.patient_id)
+    result.warnings.extend(dicom_warnings)
+    return outputs.mask.name, {"patient_id": entry.patient_id, "deep_score": result.deep_score,
+                               "deep_score_sd": result.deep_score_sd, "gtvp_ml": result.volumes_ml["gtvp"],
+                               "gtvn_ml": result.volumes_ml["gtvn"], "binary_probability": result.binary_probability,
+                               "warnings": " | ".join(result.warnings)}
+
+
+def interrupted_cohort(out_dir: Path, segmented: list[str], patients: int) -> str:
+    """What a cohort run stopped part-way leaves in ``out_dir``: the Ctrl-C message.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The cohort's output folder.
+    segmented : list of str
+        The patients whose files this run wrote before it stopped.
+    patients : int
+        The manifest's patients.
+
+    Returns
+    -------
+    str
+    """
+    named = f" ({', '.join(segmented[:5])}{', ...' if len(segmented) > 5 else ''})" if segmented else ""
+    return (f"{out_dir} holds no {COHORT_MANIFEST} of this run (it is written when every patient is done) and the "
+            f"files of the {len(segmented)} of {patients} patients segmented before the interruption{named}; the "
+            "files an earlier run left there for this manifest's patients were removed when the run started: run the "
+            "same command again to segment the whole cohort")

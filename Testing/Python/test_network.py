@@ -1234,8 +1234,10 @@ def test_a_segment_output_folder_is_marked_synthetic_only_while_its_manifest_is(
 def test_a_segment_run_stopped_part_way_leaves_no_manifest_of_two_runs(tiny_bundle, tiny_cohort, tmp_path,
                                                                        monkeypatch, capsys):
     """Ctrl-C at the second patient left the earlier run's manifest.csv and deep_scores.csv beside the first
-    patient's new mask (the scores no longer those of its mask). The earlier tables now go when the run starts and
-    this run's are written when every patient is done, the manifest last; the re-run writes them all."""
+    patient's new mask (the scores no longer those of its mask), and the earlier masks of the second and third. The
+    earlier tables and this manifest's patients' files now go when the run starts, this run's tables are written
+    when every patient is done, the manifest last, and the message says what the folder holds; the re-run writes
+    them all."""
     import NPCPrognosisLib.deep.segmentation as segmentation
     from NPCPrognosisLib.cli import main
     from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
@@ -1262,11 +1264,98 @@ def test_a_segment_run_stopped_part_way_leaves_no_manifest_of_two_runs(tiny_bund
     assert main(command) == 130
     assert first.stat().st_mtime_ns != earlier_first  # the first patient's mask is this run's
     assert [name for name in tables if (out / name).exists()] == []
-    assert f"{out} holds no manifest.csv of this run" in capsys.readouterr().err
+    # the earlier run's masks of the patients not reached had stayed, though no manifest pointed at them
+    assert sorted(path.name for path in out.iterdir()) == [first.name]
+    assert capsys.readouterr().err.strip() == (
+        f"npc-prognosis segment: interrupted; {out} holds no manifest.csv of this run (it is written when every "
+        f"patient is done) and the files of the 1 of 3 patients segmented before the interruption ({patient_ids[0]}); "
+        "the files an earlier run left there for this manifest's patients were removed when the run started: run the "
+        "same command again to segment the whole cohort")
     monkeypatch.setattr(segmentation, "segment_patient", segment)
     assert main(command) == 0
     assert read_manifest(out / "manifest.csv", require_clinical=False).patient_ids == patient_ids
     assert [name for name in tables if not (out / name).exists()] == ["failures.csv", "cohort_warnings.txt"]
+
+
+def test_a_patients_files_are_moved_into_place_together_or_not_at_all(tmp_path, monkeypatch):
+    """The earlier run's set stays whole when the block writing this run's is stopped, this run's replaces it whole
+    (a file it did not write removed) when the block ends, and a stop among the moves leaves neither."""
+    import os
+
+    from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
+    from NPCPrognosisLib.pipeline.segment import outputs_written_whole
+
+    outputs = SegmentOutputs.of_patient(tmp_path, "P1")
+    for path in outputs.files:
+        path.write_bytes(b"an earlier run's")
+    with pytest.raises(KeyboardInterrupt), outputs_written_whole(outputs) as staged:
+        staged.mask.write_bytes(b"this run's")
+        raise KeyboardInterrupt
+    assert sorted(tmp_path.iterdir()) == sorted(outputs.files)  # no hidden folder left either
+    assert {path.read_bytes() for path in outputs.files} == {b"an earlier run's"}
+    replace, moved = os.replace, []
+
+    def stopped_after_the_first_move(source, target):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_after_the_first_move)
+    with pytest.raises(KeyboardInterrupt), outputs_written_whole(outputs) as staged:
+        staged.mask.write_bytes(b"this run's")
+        staged.seg.write_bytes(b"this run's")
+    assert moved == [outputs.mask] and list(tmp_path.iterdir()) == []  # not this run's mask beside an earlier SEG
+    monkeypatch.setattr(os, "replace", replace)
+    (tmp_path / "P1_uncertainty.nii.gz").write_bytes(b"an earlier run's")
+    with outputs_written_whole(outputs) as staged:
+        staged.mask.write_bytes(b"this run's")
+    assert list(tmp_path.iterdir()) == [outputs.mask] and outputs.mask.read_bytes() == b"this run's"
+
+
+def test_a_single_patient_segment_leaves_the_earlier_files_or_this_runs_never_a_mix(tiny_bundle, tiny_cohort,
+                                                                                     tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the uncertainty map was written left this run's mask beside the earlier run's map, and a run on a
+    NIfTI CET1W kept the DICOM SEG and RTSTRUCT an earlier run on the DICOM series wrote beside its new mask. This
+    run's files now replace the earlier ones together once all are written; Ctrl-C says the earlier files stand."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    import NPCPrognosisLib.io.images as images
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
+
+    patient = read_manifest(tiny_cohort.manifest_path, require_clinical=False).entries()[0]
+    outputs = SegmentOutputs.beside_mask(tmp_path / "A0.nii.gz")
+    for path in outputs.files:
+        path.write_bytes(b"an earlier run's")
+    command = ["--quiet", "segment", "--bundle", str(tiny_bundle), "--patient-id", patient.patient_id, "--out",
+               str(outputs.mask), *(part for key in ("t1", "t2", "t1c") for part in (f"--{key}",
+                                                                                      str(patient.images[key])))]
+    write, segment = images.write_image_atomic, segmentation.segment_patient
+
+    def stopped_at_the_map(image, path):
+        if "uncertainty" in Path(path).name:
+            raise KeyboardInterrupt
+        return write(image, path)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for module, name, interrupted in ((images, "write_image_atomic", stopped_at_the_map),
+                                      (segmentation, "segment_patient", stopped)):
+        monkeypatch.setattr(module, name, interrupted)
+        capsys.readouterr()
+        assert main([*command, "--tta", "1"]) == 130
+        assert sorted(tmp_path.iterdir()) == sorted(outputs.files)
+        assert {path.read_bytes() for path in outputs.files} == {b"an earlier run's"}, name
+        assert capsys.readouterr().err.strip() == (
+            f"npc-prognosis segment: interrupted; nothing of this run was written: {outputs.mask} and the files "
+            "named after it (_seg.dcm, _rtstruct.dcm, _uncertainty, _saliency) are the earlier run's, if any, and "
+            "whole (this run's replace them together once all are written)")
+    monkeypatch.setattr(images, "write_image_atomic", write)
+    monkeypatch.setattr(segmentation, "segment_patient", segment)
+    assert main(command) == 0
+    assert sorted(tmp_path.iterdir()) == [outputs.mask]
+    assert same_geometry(sitk.ReadImage(str(outputs.mask)), sitk.ReadImage(str(patient.images["t1c"])))
 
 
 def test_segment_reads_its_cohort_manifest_once(tiny_bundle, tiny_cohort, tmp_path):
