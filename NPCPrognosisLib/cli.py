@@ -148,10 +148,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         *unproven_warnings({k: v for k, v in unproven.items() if k != "no_weight"}, MMOE)]:
             print(f"  warning: {warning}")
     if document.get("endpoint_type") == "binary":
-        print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
-              f"{training['n_test']} held out)")
+        print(f"bundle written: {args.out} (binary endpoint {document['endpoint']}, {training['n']} training "
+              f"patients, {training['n_test']} held out)")
         return 0
-    print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
+    print(f"bundle written: {args.out} (endpoint {document['endpoint']}, {training['n']} training patients, "
           f"{training['events']} events, {training['n_test']} held out)")
     signature = document["signature"]
     n_in = signature["diagnostics"]["n_features_in"]
@@ -163,10 +163,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{_number(robustness['median_icc'], '.2f')}; threshold "
               f"{'none' if threshold is None else threshold} ({robustness.get('features_passing', 'all')} passing)")
     else:
-        print("  robustness: not measured (see the warning above)")
+        print(f"  robustness: not measured ({robustness.get('reason', 'see the warning above')})")
     selection = document["selection"]
-    print(f"  chosen by {selection['folds']}-fold cross-validation on the training patients: radiomics "
-          f"{selection['radiomics']}{', ComBat across centres' if selection.get('harmonise') else ''}; "
+    # without candidates the selection did not run (--no-select, too few events): its note says why
+    chosen = (f"chosen by {selection['folds']}-fold cross-validation on the training patients"
+              if selection.get("radiomics_candidates") else "the defaults, not chosen by cross-validation")
+    print(f"  {chosen}: radiomics {selection['radiomics']}"
+          f"{', ComBat across centres' if selection.get('harmonise') else ''}; "
           f"clinical T/N {selection['clinical_coding']}; {selection['note']}")
     print_designs(selection["designs"])
     optimism = training.get("optimism_corrected_c") or {}
@@ -227,7 +230,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   + ("  <- the bundle's model" if name == metrics["model_used"] else ""))
         print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
         return 0
-    print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
+    print(f"{metrics['endpoint'].upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
     for warning in metrics.get("warnings") or []:
         print(f"  warning: {warning}")
