@@ -831,3 +831,22 @@ def test_train_says_why_robustness_was_not_measured_and_that_defaults_were_not_c
     assert "the defaults, not chosen by cross-validation: radiomics" in out and "chosen by 5-fold" not in out
     assert train_module.robustness_record(None, settings, None, [], requested=30)["reason"].endswith(
         "see the warning above")
+
+
+def test_train_refuses_a_test_fraction_beside_a_split_column_and_the_help_gives_the_defaults(tmp_path, capsys):
+    # `--split-col split --test-fraction 0.5` held out the column's test patients and ignored the fraction without
+    # a word; --test-fraction, --seed, --features (train), --n-boot (evaluate) and synth's --n had no help or default
+    from NPCPrognosisLib.cli import build_parser, main
+
+    path = _write_cohort(tmp_path, [{"split": "train"}, {"split": "test"}])
+    assert main(["train", "--manifest", str(path), "--features", "f.csv", "--endpoint", "dmfs", "--out",
+                 str(tmp_path / "b"), "--split-col", "split", "--test-fraction", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--split-col split and --test-fraction 0.5 both given" in err and "give one of the two" in err
+    assert not (tmp_path / "b").exists()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    train_help = " ".join(commands["train"].format_help().split())
+    assert "(default 0.3; 0: every patient trains)" in train_help and "random split, the folds and the" in train_help
+    assert "features table written by extract" in train_help
+    assert "(default 1000)" in " ".join(commands["evaluate"].format_help().split())
+    assert "number of patients" in commands["synth"].format_help()
