@@ -86,10 +86,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.pipeline.binary import no_better_than_chance
     from NPCPrognosisLib.pipeline.train import train
 
+    if args.split_col and args.test_fraction is not None:  # the column decides: a fraction would be ignored
+        raise InputError(f"--split-col {args.split_col} and --test-fraction {args.test_fraction:g} both given: the "
+                         "split column says which patients train, so the fraction would be ignored",
+                         column="--test-fraction", fix="give one of the two")
     manifest = read_manifest(args.manifest, load_column_map(args.column_map), require_images=False)
-    document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col,
-                     test_fraction=args.test_fraction, seed=args.seed, synthetic=args.synthetic,
-                     network=args.network, workers=args.workers, select=not args.no_select,
+    document = train(manifest, args.features, args.endpoint, args.out, split_col=args.split_col, seed=args.seed,
+                     **({} if args.test_fraction is None else {"test_fraction": args.test_fraction}),
+                     synthetic=args.synthetic, network=args.network, workers=args.workers, select=not args.no_select,
                      binary_endpoints=args.binary_endpoint, store_patient_ids=not args.no_patient_ids,
                      fusion=args.fusion, extra_features=args.extra_features,
                      **({} if args.optimism_bootstraps is None else {"optimism_bootstraps": args.optimism_bootstraps}),
@@ -148,10 +152,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         *unproven_warnings({k: v for k, v in unproven.items() if k != "no_weight"}, MMOE)]:
             print(f"  warning: {warning}")
     if document.get("endpoint_type") == "binary":
-        print(f"bundle written: {args.out} (binary endpoint {args.endpoint}, {training['n']} training patients, "
-              f"{training['n_test']} held out)")
+        print(f"bundle written: {args.out} (binary endpoint {document['endpoint']}, {training['n']} training "
+              f"patients, {training['n_test']} held out)")
         return 0
-    print(f"bundle written: {args.out} (endpoint {args.endpoint}, {training['n']} training patients, "
+    print(f"bundle written: {args.out} (endpoint {document['endpoint']}, {training['n']} training patients, "
           f"{training['events']} events, {training['n_test']} held out)")
     signature = document["signature"]
     n_in = signature["diagnostics"]["n_features_in"]
@@ -163,10 +167,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{_number(robustness['median_icc'], '.2f')}; threshold "
               f"{'none' if threshold is None else threshold} ({robustness.get('features_passing', 'all')} passing)")
     else:
-        print("  robustness: not measured (see the warning above)")
+        print(f"  robustness: not measured ({robustness.get('reason', 'see the warning above')})")
     selection = document["selection"]
-    print(f"  chosen by {selection['folds']}-fold cross-validation on the training patients: radiomics "
-          f"{selection['radiomics']}{', ComBat across centres' if selection.get('harmonise') else ''}; "
+    # without candidates the selection did not run (--no-select, too few events): its note says why
+    chosen = (f"chosen by {selection['folds']}-fold cross-validation on the training patients"
+              if selection.get("radiomics_candidates") else "the defaults, not chosen by cross-validation")
+    print(f"  {chosen}: radiomics {selection['radiomics']}"
+          f"{', ComBat across centres' if selection.get('harmonise') else ''}; "
           f"clinical T/N {selection['clinical_coding']}; {selection['note']}")
     print_designs(selection["designs"])
     optimism = training.get("optimism_corrected_c") or {}
@@ -227,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   + ("  <- the bundle's model" if name == metrics["model_used"] else ""))
         print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
         return 0
-    print(f"{args.endpoint.upper()}: {metrics['n']} patients, {metrics['events']} events "
+    print(f"{metrics['endpoint'].upper()}: {metrics['n']} patients, {metrics['events']} events "
           f"({metrics['excluded_training_patients']} training patients excluded)")
     for warning in metrics.get("warnings") or []:
         print(f"  warning: {warning}")
@@ -498,9 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a SYNTHETIC cohort (images, masks, manifest, truth)")
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="number of patients")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same cohort")
+    p.add_argument("--out", required=True, help="folder for images/, manifest.csv and truth.csv")
     p.add_argument("--workers", type=int, default=1, help="patients generated in parallel (same files either way)")
     from NPCPrognosisLib.datasets import FAMILY_MODULES
 
@@ -534,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit Rad-score, clinical model and nomogram; write a bundle")
     _add_manifest_args(p)
-    p.add_argument("--features", required=True)
+    p.add_argument("--features", required=True, help="features table written by extract from this manifest")
     p.add_argument("--endpoint", required=True,
                    help=f"survival endpoint ({', '.join(ENDPOINTS)}) or a 0/1 column such as ic_response")
     p.add_argument("--no-patient-ids", action="store_true",
@@ -550,8 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--endpoint or --binary-endpoint ic_response)")
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--split-col", default=None, help="manifest column with train/test per patient")
-    p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="without --split-col: the share of patients held out for evaluate, drawn at random within "
+                        "event and non-event patients (default 0.3; 0: every patient trains)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random split, the folds and the bootstrap resamples (default 0)")
     p.add_argument("--synthetic", action="store_true",
                    help="mark the bundle as trained on synthetic data (predictions then say: not for clinical use); "
                         "automatic for a manifest beside the SYNTHETIC_COHORT.json that synth writes")
@@ -571,16 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, predictions and plots of a bundle on a cohort")
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, help="bundle directory written by train")
     _add_manifest_args(p)
-    p.add_argument("--features", required=True)
+    p.add_argument("--features", required=True, help="features table written by extract from this manifest")
     p.add_argument("--endpoint", required=True,
                    help=f"survival endpoint ({', '.join(ENDPOINTS)}) or a binary endpoint of the bundle")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="folder for metrics.json, predictions.csv, the figures and cohort_study.html")
     p.add_argument("--subset", choices=("auto", "all"), default="auto",
                    help="auto: leave out the bundle's training patients (default); all: every patient")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for confidence intervals (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--extra-features", action="append", default=[], metavar="NAME=CSV",
                    help="the extra modality tables the bundle's fusion model or binary endpoint was trained with "
                         "(repeatable)")

@@ -380,6 +380,51 @@ def _check_ebv_unit(table: pd.DataFrame, path: Path) -> None:
                              "cells empty when only a flag is known")
 
 
+def endpoint_name(manifest: Manifest, endpoint: str, option: str = "--endpoint") -> str:
+    """The endpoint a command-line name means, checked before any work: a survival endpoint whatever its case
+    (``DMFS`` is ``dmfs``), or a 0/1 column of the manifest (returned as given, for the binary models).
+
+    Why: any name that is not a survival endpoint is read as a binary column, so ``--endpoint dmfs_event`` trained
+    a classifier of the event indicator (a patient censored after two months counted as free of metastasis: a
+    silent wrong analysis), and ``DMFS`` or a typo such as ``dfs`` were answered "no column for the binary
+    endpoint", which names neither the survival endpoints nor the fix.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The cohort the endpoint is read from.
+    endpoint : str
+        The name the user gave.
+    option : str
+        The command-line option that gave it, named in the error.
+
+    Returns
+    -------
+    endpoint : str
+        ``dmfs``, ``os`` or ``pfs``, or the binary column's name as given.
+
+    Raises
+    ------
+    InputError
+        For an outcome's time or event column, and for a name that is neither a survival endpoint nor a column.
+    """
+    plain = endpoint.strip().lower()
+    if plain in ENDPOINTS:
+        return plain
+    survival = ", ".join(ENDPOINTS)
+    for name in ENDPOINTS:
+        if plain in (f"{name}_time", f"{name}_event"):
+            raise InputError(f"{endpoint!r} is a column of the survival endpoint {name}, not an endpoint: a 0/1 "
+                             "model of it would count a patient censored early as free of the event",
+                             path=manifest.source, column=option,
+                             fix=f"{option} {name} (its time and event columns are read together)")
+    if manifest.column(endpoint) not in manifest.table.columns:
+        raise InputError(f"unknown endpoint {endpoint!r}: neither a survival endpoint ({survival}) nor a column of "
+                         "the manifest", path=manifest.source, column=option,
+                         fix=f"use {survival}, or name a 0/1 column of the manifest such as ic_response")
+    return endpoint
+
+
 def check_outcomes(manifest: Manifest, endpoint: str, patient_ids: Sequence[str] | None = None) -> None:
     """Every (selected) row has a usable time and event for ``endpoint``.
 

@@ -20,7 +20,7 @@ from NPCPrognosisLib.io.atomic import write_json_atomic, write_text_atomic
 from NPCPrognosisLib.io.bundle import read_bundle
 from NPCPrognosisLib.io.clinical import ClinicalRecord, encode_clinical, imputed_covariates, parse_clinical
 from NPCPrognosisLib.io.extra_features import unmatched_rows_warnings
-from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, follow_up_warning
+from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS, Manifest, check_outcomes, endpoint_name, follow_up_warning
 from NPCPrognosisLib.pipeline.evaluated_patients import (
     check_binary_cohort,
     check_cohort_size,
@@ -135,6 +135,7 @@ def evaluate_cohort(
     from NPCPrognosisLib.survival.plots import plot_calibration, plot_km_by_group
     from NPCPrognosisLib.survival.risk_groups import assign_groups
 
+    endpoint = endpoint_name(manifest, endpoint)
     extras = read_extra_blocks(extra_features)
     document = read_bundle(bundle_path)
     if document.get("endpoint_type") == "binary" or endpoint in (document.get("binary_endpoints") or {}):

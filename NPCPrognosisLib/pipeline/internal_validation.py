@@ -10,6 +10,10 @@ resamples; the nested cross-validation repeats the selection inside each outer f
 from __future__ import annotations
 
 import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -29,31 +33,89 @@ OPTIMISM_BOOTSTRAPS = 20
 NESTED_FOLDS = 5
 
 
+class _Collector(logging.Handler):
+    """This package's log records of WARNING and above, kept as text; lower ones go on to the root's handlers
+    (``--verbose`` still shows them)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+        else:
+            logging.getLogger().handle(record)
+
+
+@contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """The warnings raised inside (``warnings.warn`` and this package's WARNING log records), as a list of texts,
+    instead of printed.
+
+    Why: a refit of the whole procedure on a bootstrap resample or an outer fold warns as ``train`` does (a Cox
+    fit separating on 'ldh', "Rad-score cross-fitting skipped ...; the Cox models use the in-sample Rad-score"),
+    and twenty refits printed dozens of such lines under ``train``, read as findings about the bundle's models,
+    which had none of them. The refits' warnings are counted instead (:func:`refit_warnings_note`).
+    """
+    messages: list[str] = []
+    logger = logging.getLogger("NPCPrognosisLib")
+    handler, propagate = _Collector(messages), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+        messages.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def refit_warnings_note(per_refit: Sequence[Sequence[str]], what: str) -> str | None:
+    """One line for the user about the warnings of ``what`` (e.g. "bootstrap refits of the optimism correction"),
+    each refit's list in ``per_refit``; None when none warned. Each distinct warning is logged at INFO with the
+    number of refits that gave it."""
+    warned = [messages for messages in per_refit if messages]
+    if not warned:
+        return None
+    counts = Counter(message for messages in warned for message in dict.fromkeys(messages))
+    for message, n in counts.most_common():
+        log.info("%s, %d of %d: %s", what, n, len(per_refit), message)
+    common, n = counts.most_common(1)[0]
+    return (f"{len(warned)} of the {len(per_refit)} {what} warned (refits on parts or resamples of the training "
+            f"patients, not the bundle's models; {len(counts)} distinct warning(s), each listed with --verbose); the "
+            f"commonest, in {n}: {common}")
+
+
 def _bootstrap_optimism(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                         settings: SignatureSettings | None, seed: int,
-                        choices: dict[str, Any] | None = None) -> dict[str, float] | None:
+                        choices: dict[str, Any] | None = None) -> tuple[dict[str, float] | None, list[str]]:
     """One of Harrell's bootstrap replicates: the whole procedure refitted on a resample, its C on the resample
-    minus its C on the original patients (module-level so a process pool can run it). None when the resample
-    cannot be fitted (e.g. too few events)."""
+    minus its C on the original patients (module-level so a process pool can run it), and the refit's warnings
+    (:func:`collected_warnings`). None for the C when the resample cannot be fitted (e.g. too few events)."""
     from NPCPrognosisLib.survival.metrics import harrell_c
 
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(manifest.table), len(manifest.table))
     resample = manifest.subset(rows)
     resampled_features = features.iloc[rows].reset_index(drop=True)
-    try:
-        models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
-    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-        # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
-        # (the report says how many replicates were), it does not stop training
-        log.info("bootstrap replicate %d skipped: %s", seed, exc)
-        return None
-    time_b, event_b = resample.outcome_arrays(endpoint)
-    time, event = manifest.outcome_arrays(endpoint)
-    on_resample = models.risks(resample, resampled_features)
-    on_original = models.risks(manifest, features)
-    return {name: harrell_c(time_b, event_b, on_resample[name]) - harrell_c(time, event, on_original[name])
-            for name in models.nomograms}
+    with collected_warnings() as messages:
+        try:
+            models = fit_models(resample, resampled_features, endpoint, settings, **(choices or {}))
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            # a resample with too few events, or one on which the Coxnet path diverges: it counts as not fitted
+            # (the report says how many replicates were), it does not stop training
+            log.info("bootstrap replicate %d skipped: %s", seed, exc)
+            return None, messages
+        time_b, event_b = resample.outcome_arrays(endpoint)
+        time, event = manifest.outcome_arrays(endpoint)
+        on_resample = models.risks(resample, resampled_features)
+        on_original = models.risks(manifest, features)
+        optimism = {name: harrell_c(time_b, event_b, on_resample[name]) - harrell_c(time, event, on_original[name])
+                    for name in models.nomograms}
+    return optimism, messages
 
 
 def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: str,
@@ -104,7 +166,10 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
             replicates = [f.result() for f in futures]
     else:
         replicates = [_bootstrap_optimism(manifest, features, endpoint, settings, s, choices) for s in seeds]
-    fitted = [r for r in replicates if r is not None]
+    if note := refit_warnings_note([messages for _, messages in replicates],
+                                   "bootstrap refits of the optimism correction"):
+        log.warning(note)
+    fitted = [r for r, _ in replicates if r is not None]
     report: dict[str, Any] = {}
     for name, value in apparent.items():
         optimism = float(np.mean([r[name] for r in fitted])) if fitted else float("nan")
@@ -116,27 +181,30 @@ def optimism_corrected_c(manifest: Manifest, features: pd.DataFrame, endpoint: s
 
 
 def _nested_fold(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
-                 icc: pd.Series | None, held: np.ndarray) -> dict[str, float] | None:
+                 icc: pd.Series | None, held: np.ndarray) -> tuple[dict[str, float] | None, list[str]]:
     """One outer fold of :func:`nested_cv_c`: select and fit without ``held``, score ``held`` (module-level for
-    process pools); None when the fold cannot be fitted."""
+    process pools), and the fold's warnings (:func:`collected_warnings`); None for the C when the fold cannot be
+    fitted."""
     from NPCPrognosisLib.pipeline.selection import select_models
     from NPCPrognosisLib.survival.metrics import harrell_c
 
     time, event = manifest.outcome_arrays(endpoint)
     inner, outer = manifest.subset(~held), manifest.subset(held)
     inner_features = features[~held].reset_index(drop=True)
-    try:
-        selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
-                                  event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
-                                  penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
-        models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
-                            clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
-                            harmonise=selection.harmonise)
-        risks = models.risks(outer, features[held].reset_index(drop=True))
-        return {name: harrell_c(time[held], event[held], risks[name]) for name in risks.columns}
-    except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-        log.info("nested cross-validation fold skipped: %s", exc)
-        return None
+    with collected_warnings() as messages:
+        try:
+            selection = select_models(inner.clinical_table(ebv_fill_value(inner)), inner_features, time[~held],
+                                      event[~held], settings, icc, rad_score_folds=RAD_SCORE_FOLDS,
+                                      penalizer=COX_PENALIZER, workers=1, centres=inner.centres)
+            models = fit_models(inner, inner_features, endpoint, selection.settings, icc=icc,
+                                clinical_coding=selection.clinical_coding, nomogram_factors=selection.nomogram,
+                                harmonise=selection.harmonise)
+            risks = models.risks(outer, features[held].reset_index(drop=True))
+            scores = {name: harrell_c(time[held], event[held], risks[name]) for name in risks.columns}
+        except (InputError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            log.info("nested cross-validation fold skipped: %s", exc)
+            scores = None
+    return scores, messages
 
 
 def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, settings: SignatureSettings,
@@ -183,8 +251,11 @@ def nested_cv_c(manifest: Manifest, features: pd.DataFrame, endpoint: str, setti
             results = list(pool.map(_nested_fold, *zip(*args)))
     else:
         results = [_nested_fold(*a) for a in args]
+    if note := refit_warnings_note([messages for _, messages in results],
+                                   "outer folds of the nested cross-validation"):
+        log.warning(note)
     scores: dict[str, list[float]] = {}
-    for result in results:
+    for result, _ in results:
         for name, value in (result or {}).items():
             scores.setdefault(name, []).append(value)
     report = {}

@@ -18,7 +18,13 @@ import pandas as pd
 from NPCPrognosisLib.contract import ENDPOINTS, SEQUENCES
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.clinical import CLINICAL_CODINGS, estimable_codings
-from NPCPrognosisLib.io.manifest import CENTRE_COLUMN, Manifest, check_outcomes, follow_up_warning
+from NPCPrognosisLib.io.manifest import (
+    CENTRE_COLUMN,
+    Manifest,
+    check_outcomes,
+    endpoint_name,
+    follow_up_warning,
+)
 from NPCPrognosisLib.io.patient_ids import ID_HASH_METHOD, hash_id, id_key, new_id_salt
 from NPCPrognosisLib.pipeline.binary import PERMUTATIONS
 from NPCPrognosisLib.pipeline.fit import (
@@ -194,11 +200,17 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
 
 
 def robustness_record(robustness: Robustness | None, settings: SignatureSettings,
-                      signature: RadiomicsSignature, columns: list[str]) -> dict[str, Any]:
+                      signature: RadiomicsSignature, columns: list[str],
+                      requested: int = ROBUSTNESS_PATIENTS) -> dict[str, Any]:
     """The bundle's robustness block: how it was measured, the threshold chosen, the selected features' ICCs and
-    every feature's ICC (aligned with ``feature_columns``, so ``evaluate`` can refit the same procedure)."""
+    every feature's ICC (aligned with ``feature_columns``, so ``evaluate`` can refit the same procedure). Not
+    measured, it says why (``requested``: the patients asked for; 0 is the user's choice, anything else was logged
+    by :func:`~NPCPrognosisLib.pipeline.robustness.feature_robustness`)."""
     if robustness is None:
-        return {"measured": False, "threshold": settings.min_icc}
+        reason = ("--robustness-patients 0" if requested <= 0
+                  else "no extraction metadata beside the features table, or too few patients could be "
+                       "perturbed: see the warning above")
+        return {"measured": False, "threshold": settings.min_icc, "reason": reason}
     return {"measured": True, **robustness.summary(settings.min_icc),
             "selected_feature_icc": {f: robustness.icc.get(f) for f in signature.features},
             "icc": [round(float(v), 4) for v in robustness.icc.reindex(columns)]}
@@ -326,6 +338,8 @@ def train(
     from NPCPrognosisLib.pipeline.binary import binary_block_for
     from NPCPrognosisLib.survival.benefit import fit_benefit, recorded_doses
 
+    endpoint = endpoint_name(manifest, endpoint)  # before any work: 'DMFS', 'dmfs_event', a typo
+    binary_endpoints = [endpoint_name(manifest, name, "--binary-endpoint") for name in binary_endpoints]
     synthetic = synthetic or is_synthetic_cohort(manifest)
     if endpoint not in ENDPOINTS:
         if binary_endpoints:
@@ -441,7 +455,7 @@ def train(
         "signature_settings": {**asdict(settings), "description": settings.describe()},
         "selection": selection.to_dict(),
         "robustness": robustness_record(robustness, settings, models.signature,
-                                        list(feature_matrix(train_features).columns)),
+                                        list(feature_matrix(train_features).columns), robustness_patients),
         "harmonization": harmonization_record(models, train_manifest),
         "clinical_encoding": {"coding": selection.clinical_coding,
                               "covariates": codings[selection.clinical_coding],

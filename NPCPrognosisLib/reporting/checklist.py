@@ -30,6 +30,17 @@ def _info(study: Mapping[str, Any], *keys: str) -> str | None:
     return "; ".join(values) if values else None
 
 
+def model_files(document: Mapping[str, Any]) -> str:
+    """Where the bundle's model is specified in full: bundle.json, and the weight files only where the bundle has
+    them (every bundle was said to carry a network.safetensors, which one without a network has not)."""
+    weights = ([f"{document['network'].get('folder', 'network')}/ (the segmentation network, safetensors)"]
+               if document.get("network") else [])
+    if (document.get("fusion") or {}).get("weights"):
+        weights.append(f"{document['fusion']['weights']} (the fusion model)")
+    return ("the bundle's bundle.json (coefficients, baseline hazard, cut-off)"
+            + (f" and {' and '.join(weights)}" if weights else ""))
+
+
 def reporting_checklist(metrics: Mapping[str, Any], document: Mapping[str, Any],
                         study: Mapping[str, Any] | None = None) -> list[ChecklistItem]:
     """The checklist rows of one evaluation.
@@ -90,8 +101,7 @@ def reporting_checklist(metrics: Mapping[str, Any], document: Mapping[str, Any],
     add("TRIPOD+AI", "12h", "External or leave-one-centre-out validation",
         None if not loco else "section Leave one centre out", "not available: the manifest names no centres "
         "(add a centre column) - only held-out patients of the same cohort were evaluated")
-    add("TRIPOD+AI", "23", "Full model specification",
-        "the bundle's bundle.json (coefficients, baseline hazard, cut-off) and network.safetensors", "")
+    add("TRIPOD+AI", "23", "Full model specification", model_files(document), "")
     add("RQS", "1", "Image protocol quality", _info(study, "image_protocol"), supply.format("image_protocol"))
     add("RQS", "2-3", "Feature robustness (segmentation and acquisition)",
         None if not robustness.get("measured") else f"{robustness.get('method', 'ICC')}: "

@@ -747,3 +747,79 @@ def test_image_file_names_of_another_sequence_are_warned_about_not_refused(tmp_p
     files = argparse.Namespace(patient_id="P9", t1="P9_T2.nii.gz", t2="P9_T2.nii.gz", t1c="P9_T1+C.nii.gz")
     with pytest.warns(UserWarning, match=r"P9 \(P9_T2.nii.gz: T2W\)"):  # predict and segment of one patient
         _warn_file_names(files)
+
+
+def test_an_outcome_column_or_a_misspelt_endpoint_is_refused_before_any_work_and_the_case_is_ignored(tmp_path):
+    # any name but dmfs/os/pfs was read as a binary column: `--endpoint dmfs_event` trained a 0/1 classifier of
+    # the event indicator (a patient censored at 2 months counted as metastasis-free), and `DMFS` or `dfs` were
+    # answered "no 'DMFS' column for the binary endpoint", naming neither the survival endpoints nor the fix
+    from NPCPrognosisLib.io.manifest import endpoint_name
+    from NPCPrognosisLib.pipeline.evaluate import evaluate_cohort
+    from NPCPrognosisLib.pipeline.train import train
+
+    rows = [{"ic_response": i % 2, "dmfs_event": int(i % 3 == 0)} for i in range(12)]
+    manifest = read_manifest(_write_cohort(tmp_path, rows))
+    features = tmp_path / "features.csv"
+    pd.DataFrame({"patient_id": manifest.patient_ids,
+                  "t1c_gtvp_original_firstorder_Mean": np.linspace(1, 2, 12)}).to_csv(features, index=False)
+    assert endpoint_name(manifest, " DMFS ") == "dmfs" and endpoint_name(manifest, "Os") == "os"
+    assert endpoint_name(manifest, "ic_response") == "ic_response"
+    with pytest.raises(InputError, match=r"'dmfs_event' is a column of the survival endpoint dmfs.*--endpoint dmfs"):
+        train(manifest, features, "dmfs_event", tmp_path / "bundle", robustness_patients=0, optimism_bootstraps=0,
+              permutations=0)
+    assert not (tmp_path / "bundle").exists()
+    with pytest.raises(InputError, match=r"'OS_time' is a column of the survival endpoint os"):
+        train(manifest, features, "dmfs", tmp_path / "bundle", binary_endpoints=["OS_time"])
+    with pytest.raises(InputError, match=r"unknown endpoint 'dfs': neither a survival endpoint \(dmfs, os, pfs\)"):
+        train(manifest, features, "dfs", tmp_path / "bundle")
+    with pytest.raises(InputError, match=r"column '--endpoint'.*'os_event' is a column of the survival endpoint os"):
+        evaluate_cohort(tmp_path / "no_bundle", manifest, features, "os_event", tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_train_says_why_robustness_was_not_measured_and_that_defaults_were_not_chosen(tmp_path, monkeypatch, capsys):
+    # train printed "robustness: not measured (see the warning above)" when no warning was given
+    # (--robustness-patients 0), and "chosen by 5-fold cross-validation on the training patients: ...; not
+    # selected: 8 training events (< 25) ..." when nothing had been chosen
+    import json
+
+    import NPCPrognosisLib.pipeline.train as train_module
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.pipeline.selection import default_selection
+    from NPCPrognosisLib.radiomics.signature import SignatureSettings
+    from NPCPrognosisLib.resources import DEMO_BUNDLE
+
+    settings = SignatureSettings()
+    document = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))
+    document["robustness"] = train_module.robustness_record(None, settings, None, [], requested=0)
+    document["selection"] = default_selection(settings, False, "not selected: 8 training events (< 25) are too few "
+                                              "to compare candidates", ["t_stage"]).to_dict()
+    monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: document)
+    path = _write_cohort(tmp_path, [{}, {}])
+    assert main(["--quiet", "train", "--manifest", str(path), "--features", "f.csv", "--endpoint", "dmfs", "--out",
+                 str(tmp_path / "b"), "--robustness-patients", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "robustness: not measured (--robustness-patients 0)" in out
+    assert "see the warning above" not in out
+    assert "the defaults, not chosen by cross-validation: radiomics" in out and "chosen by 5-fold" not in out
+    assert train_module.robustness_record(None, settings, None, [], requested=30)["reason"].endswith(
+        "see the warning above")
+
+
+def test_train_refuses_a_test_fraction_beside_a_split_column_and_the_help_gives_the_defaults(tmp_path, capsys):
+    # `--split-col split --test-fraction 0.5` held out the column's test patients and ignored the fraction without
+    # a word; --test-fraction, --seed, --features (train), --n-boot (evaluate) and synth's --n had no help or default
+    from NPCPrognosisLib.cli import build_parser, main
+
+    path = _write_cohort(tmp_path, [{"split": "train"}, {"split": "test"}])
+    assert main(["train", "--manifest", str(path), "--features", "f.csv", "--endpoint", "dmfs", "--out",
+                 str(tmp_path / "b"), "--split-col", "split", "--test-fraction", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--split-col split and --test-fraction 0.5 both given" in err and "give one of the two" in err
+    assert not (tmp_path / "b").exists()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    train_help = " ".join(commands["train"].format_help().split())
+    assert "(default 0.3; 0: every patient trains)" in train_help and "random split, the folds and the" in train_help
+    assert "features table written by extract" in train_help
+    assert "(default 1000)" in " ".join(commands["evaluate"].format_help().split())
+    assert "number of patients" in commands["synth"].format_help()

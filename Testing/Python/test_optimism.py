@@ -94,3 +94,37 @@ def test_cross_fitted_rad_score_scores_the_copies_of_a_patient_from_one_fold():
     assert len(duplicated) > 20
     assert all(np.ptp(grouped[groups == g]) < 1e-12 for g in duplicated)
     assert any(np.ptp(plain[groups == g]) > 1e-6 for g in duplicated)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_refits_warnings_are_counted_in_one_line_not_printed_as_the_bundles(workers, caplog, capfd):
+    # 28 training patients: most bootstrap refits separate on a clinical factor or skip the Rad-score's
+    # cross-fitting; each printed its warning under `train` ("Cox coefficient of 'ldh' is implausibly large ...",
+    # "... the Cox models use the in-sample Rad-score"), read as findings about the bundle's models
+    import logging
+    import warnings
+
+    from NPCPrognosisLib.pipeline.internal_validation import _bootstrap_optimism
+
+    records = simulate_outcomes(28, 5)
+    features = tabular_radiomics(records, 40, np.random.default_rng(3))
+    manifest = Manifest(table=records, root=Path("."), source=Path("train.csv"))
+    settings, apparent = SignatureSettings(seed=0), {"nomogram": 0.8, "clinical": 0.8}
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        report = optimism_corrected_c(manifest, features, "dmfs", settings, apparent, n_boot=4, seed=1,
+                                      workers=workers)
+    assert not [str(w.message) for w in caught] and "implausibly" not in capfd.readouterr().err
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, loud
+    assert any(r.levelno == logging.INFO and "bootstrap refits of the optimism correction, " in r.getMessage()
+               for r in caplog.records)  # each distinct one for --verbose
+    # the count is the refits' own: each replicate run alone, with the warnings it collected
+    seeds = [int(s) for s in np.random.SeedSequence(1).generate_state(4)]
+    alone = [_bootstrap_optimism(manifest, features, "dmfs", settings, s) for s in seeds]
+    warned = sum(bool(messages) for _, messages in alone)
+    assert warned >= 1 and loud[0].startswith(f"{warned} of the 4 bootstrap refits of the optimism correction warned")
+    fitted = [optimism for optimism, _ in alone if optimism is not None]
+    assert report["nomogram"]["replicates"] == len(fitted)
+    assert report["nomogram"]["optimism"] == pytest.approx(np.mean([r["nomogram"] for r in fitted]))

@@ -344,3 +344,20 @@ def test_time_dependent_roc_area_is_sksurvs_auc():
         expected = td_auc(time[:120], event[:120], time[120:], event[120:], x[120:], (months,))[str(months)]
         assert curve["auc"] == pytest.approx(expected, abs=1e-10)
         assert curve["fpr"][0] == 0 and curve["tpr"][-1] == pytest.approx(1.0)
+
+
+def test_the_checklist_names_the_weight_files_the_bundle_has_and_no_others():
+    # every cohort page answered TRIPOD+AI 23 with "bundle.json ... and network.safetensors", also for a bundle
+    # without a network (a reviewer looks for a file that is not there)
+    from NPCPrognosisLib.reporting.checklist import reporting_checklist
+    from NPCPrognosisLib.resources import DEMO_BUNDLE
+
+    demo = read_bundle(DEMO_BUNDLE)
+    plain = {k: v for k, v in demo.items() if k not in ("network", "fusion")}
+
+    def answer(document):
+        return next(i.answer for i in reporting_checklist({"models": {}}, document) if i.item == "23")
+
+    assert answer(plain) == "the bundle's bundle.json (coefficients, baseline hazard, cut-off)"
+    assert answer(demo).startswith("the bundle's bundle.json") and "network/ (the segmentation network" in answer(demo)
+    assert (DEMO_BUNDLE / demo["network"]["folder"] / "network.safetensors").is_file()
