@@ -20,6 +20,7 @@ from NPCPrognosisLib.datasets.synth import simulate_outcomes
 from NPCPrognosisLib.deep import mmoe
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.extra_features import (
+    check_rows,
     check_training_rows,
     read_extra_block,
     read_extra_blocks,
@@ -97,6 +98,10 @@ def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
     assert len(few) == 1 and "1 of the 3 evaluated patients" in few[0] and "another spelling" not in few[0]
     assert unmatched_rows_warnings({"pathology": block}, ["X1"], "patient") == []
     assert "'p1' is 'P1'" in unmatched_rows_warnings({"pathology": block}, ["p1"], "patient")[0]
+    # train's one call: the refusal, then the warnings
+    assert check_rows({"pathology": block}, ["p001", "P2", "P9"]) == respelled
+    with pytest.raises(InputError, match="no row with values for any training patient.*TR-001"):
+        check_rows({"pathology": block}, ["TR-001", "TR-002"])
     present = tmp_path / "present.csv"
     present.write_text("patient_id,present\nP1,1\n")
     with pytest.raises(InputError, match="named 'present'"):
@@ -483,6 +488,12 @@ def test_train_warns_of_a_table_that_matches_only_some_training_patients(tabular
         assert len(warned) == 1, endpoint
         assert f"values for {int(training.sum() - respelled.sum())} of the 160 training patients" in warned[0]
         assert f"{int(respelled.sum())} of them have a row under another spelling of their ID" in warned[0]
+        # a table whose IDs match no training patient is refused in both paths, before any fitting
+        nobody = table.assign(patient_id=table["patient_id"].str.lower())
+        nobody.to_csv(tmp_path / "nobody.csv", index=False)
+        with pytest.raises(InputError, match="no row with values for any training patient"):
+            tr.train(manifest, root / "features.csv", endpoint, tmp_path / "bundle", split_col="split", fusion=fusion,
+                     extra_features=[f"pathology={tmp_path / 'nobody.csv'}"])
 
 
 def test_gate_findings_name_a_collapsed_gate_and_one_mixture_for_everyone():
