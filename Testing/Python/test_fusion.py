@@ -230,10 +230,17 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     no_slide = ~predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])
     assert no_slide.any() and (predictions.loc[no_slide, "mmoe_gate_survival_pathology"] == 0).all()
     # the binary task beside the classifiers, compared by DeLong with the combined model
+    capsys.readouterr()
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "ic_response",
                  "--out", str(root / "eval_ic"), "--extra-features", pathology]) == 0
     binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
     assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
+    # what train found of the ridge (this cohort's: the strongest penalty searched) comes with its held-out AUC, in
+    # metrics.json and the printout, as predict gives it with a patient's probability (evaluate said nothing)
+    finding = document["binary_endpoints"]["ic_response"]["warnings"]
+    printed = capsys.readouterr().out
+    assert len(finding) == 1 and "the ridge sits at the strongest penalty searched" in finding[0]
+    assert finding[0] in binary["warnings"] and f"warning: {finding[0]}" in printed
     # the binary endpoint's ridge took the slide table as a block of its own, so evaluating it needs the table
     ridge = document["binary_endpoints"]["ic_response"]["models"]["ridge"]
     assert set(ridge["blocks"]) == {"pathology"} and ridge["blocks"]["pathology"]["inputs"] == 13
