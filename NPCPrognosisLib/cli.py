@@ -331,11 +331,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"  chemotherapy benefit: {prediction.chemo_benefit['statement']}")
     if extrapolation_text(record):
         print(f"  {extrapolation_text(record)}")
-    if prediction.fusion:
-        from NPCPrognosisLib.slicer_support.formatting import format_fusion
+    from NPCPrognosisLib.slicer_support.formatting import format_binary, format_fusion
 
-        for line in format_fusion(record):
-            print(f"  {line}")
+    # each binary endpoint's probability (unproven where train found so), as the sheet and the panel show it
+    for line in [*format_binary(record), *format_fusion(record)]:
+        print(f"  {line}")
     for warning in prediction.warnings:
         print(f"  warning: {warning}")
     print(f"written: {path}")

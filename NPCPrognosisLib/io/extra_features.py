@@ -200,6 +200,30 @@ def unmatched_rows_warnings(extras: Mapping[str, ExtraBlock], patient_ids: Seque
     return found
 
 
+def check_rows(extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str],
+               patients: str = "training patient") -> list[str]:
+    """Every check of how the tables' rows match the patients, in one call: refuse a table that matches none of them
+    (:func:`check_training_rows`) and return the warnings of one that matches only some
+    (:func:`unmatched_rows_warnings`).
+
+    Parameters
+    ----------
+    extras : dict of str to ExtraBlock
+        The ``--extra-features`` tables (:func:`read_extra_blocks`).
+    patient_ids : sequence of str
+        The patients the tables are joined to, as the manifest writes them.
+    patients : str, default "training patient"
+        What these patients are, for the messages.
+
+    Returns
+    -------
+    warnings : list of str
+        One per table that matched too few patients; empty when every table matches as it should.
+    """
+    check_training_rows(extras, patient_ids, patients)
+    return unmatched_rows_warnings(extras, patient_ids, patients)
+
+
 def with_extra_columns(features: pd.DataFrame, extras: Mapping[str, ExtraBlock],
                        patient_ids: Sequence[str]) -> pd.DataFrame:
     """A features table with every extra block's columns joined by patient ID.

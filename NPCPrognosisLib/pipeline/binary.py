@@ -377,6 +377,35 @@ def no_better_than_chance(block: Mapping[str, Any]) -> bool:
     return bool((block.get("permutation") or {}).get("no_better_than_chance", False))
 
 
+def training_findings(block: Mapping[str, Any]) -> list[str]:
+    """What ``train`` found the endpoint's model failed to learn, in the words every result of it repeats: a
+    patient's probability (``predict``: its warnings, the sheet, the panel) and a cohort's metrics (``evaluate``).
+
+    Why one function: ``predict`` said it and ``evaluate`` did not, so a held-out AUC of a ridge that predicts the
+    training rate for everyone read as a model that learned something.
+
+    Parameters
+    ----------
+    block : dict
+        A binary endpoint's block of the bundle (:func:`fit_binary_endpoint`).
+
+    Returns
+    -------
+    findings : list of str
+        The permutation test's finding (:func:`no_better_than_chance`) and the ridge's own (the block's
+        ``warnings``: :func:`~NPCPrognosisLib.classification.ridge.ridge_warning`, e.g. the training rate for
+        everyone, or the strongest penalty searched); empty for a model training confirmed.
+    """
+    best = block["best"]
+    found = []
+    if no_better_than_chance(block):
+        found.append(f"{block['endpoint']}: the {best} model's cross-validated AUC was reached with randomly "
+                     "permuted labels in training; its probability is unproven")
+    if best == RIDGE:
+        found.extend(block.get("warnings") or [])
+    return found
+
+
 def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, endpoint: str,
                         seed: int = 0, workers: int = 1, permutations: int = PERMUTATIONS) -> dict[str, Any]:
     """Fit every model on the training patients, score each by cross-validation, and stack them; the bundle uses
@@ -495,9 +524,9 @@ def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: p
     """One patient's probability from the best model, with the bootstrap 95% interval and the Youden label.
 
     What ``train`` found the model failed to learn goes with the probability: ``no_better_than_chance``
-    (:func:`no_better_than_chance`) and ``warnings``, the block's own text of the ridge's finding
-    (:func:`~NPCPrognosisLib.classification.ridge.ridge_warning`, e.g. that it predicts the training rate for every
-    patient), so one patient's probability is never read without it.
+    (:func:`no_better_than_chance`) and ``warnings`` (:func:`training_findings`: that and the block's own text of
+    the ridge's finding, e.g. that it predicts the training rate for every patient), so one patient's probability is
+    never read without it.
     """
     best = block["best"]
     prob = float(predict_models(block, clinical, features, [best])[best][0])
@@ -508,19 +537,21 @@ def patient_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: p
             "threshold": threshold, "predicted_positive": bool(prob >= threshold),
             "cv_auc": block["cv"][best]["auc"], "bootstrap_refits": len(draws),
             "no_better_than_chance": no_better_than_chance(block),
-            "warnings": list(block.get("warnings") or []) if best == RIDGE else []}
+            "warnings": training_findings(block)}
 
 
 def evaluate_binary(block: Mapping[str, Any], clinical: pd.DataFrame, features: pd.DataFrame,
                     y: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Held-out metrics of every stored model, and DeLong comparisons of each model with the best one."""
+    """Held-out metrics of every stored model, and DeLong comparisons of each model with the best one; the
+    ``warnings`` say what ``train`` found the model failed to learn (:func:`training_findings`) and when one outcome
+    has few patients (:func:`few_patients_warnings`)."""
     probs = predict_models(block, clinical, features)
     models = {name: binary_metrics(y, prob, block["thresholds"][name]) for name, prob in probs.items()}
     best = block["best"]
     comparisons = {name: delong_test(y, probs[name], probs[best]) for name in probs if name != best}
     return {"endpoint": block["endpoint"], "n": int(len(y)), "positives": int(y.sum()), "model_used": best,
             "models": models, "delong_vs_best": comparisons,
-            "warnings": few_patients_warnings(y, block["endpoint"])}, probs
+            "warnings": [*training_findings(block), *few_patients_warnings(y, block["endpoint"])]}, probs
 
 
 def few_patients_warnings(y: np.ndarray, endpoint: str) -> list[str]:

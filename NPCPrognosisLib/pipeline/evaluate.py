@@ -171,9 +171,8 @@ def evaluate_cohort(
     for warning in harmonisation_warnings:
         log.warning(warning)
     factors = bundle.factors(records, features, extras, manifest.patient_ids)
+    # listed among metrics.json's warnings, which the printout shows: logged as well, the terminal said it twice
     missing_blocks = bundle.missing_blocks_warning(extras)
-    if missing_blocks:
-        log.warning(missing_blocks)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -304,10 +304,7 @@ def predict_patient(
             joined = with_needed_extras(binary_blocks, pd.DataFrame([row]), extras, [patient.patient_id])
             binary = {name: patient_binary(block, encoded, joined)
                       for name, block in bundle.document["binary_endpoints"].items()}
-        warnings.extend(f"{name}: the {result['model']} model's cross-validated AUC was reached with randomly "
-                        "permuted labels in training; its probability is unproven"
-                        for name, result in binary.items() if result["no_better_than_chance"])
-        warnings.extend(w for result in binary.values() for w in result.get("warnings") or [])
+        warnings.extend(w for result in binary.values() for w in result["warnings"])  # train's findings
     fusion = {}
     if bundle.fusion is not None:
         with _timed(timings, "fusion"):

@@ -51,7 +51,8 @@ class Prediction:
     survival_curves: dict[str, list[float]] = field(default_factory=dict)
     chemo_benefit: dict[str, Any] = field(default_factory=dict)
     #: Binary endpoints the bundle carries (e.g. induction-chemotherapy response): probability, 95% interval, and
-    #: what train found its model failed to learn (``no_better_than_chance``, ``warnings``: the bundle's own text).
+    #: what train found its model failed to learn (``no_better_than_chance``, ``warnings``:
+    #: :func:`~NPCPrognosisLib.pipeline.binary.training_findings`, the chance test's and the ridge's own text).
     binary: dict[str, Any] = field(default_factory=dict)
     #: The fusion model's prediction (``train --fusion mmoe``): risk, group (``not determined`` with ``unproven``
     #: when the fusion learned nothing, as for the nomogram), survival, probabilities and the gate weights per task

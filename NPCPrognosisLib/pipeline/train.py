@@ -349,12 +349,7 @@ def train(
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
                             store_patient_ids=store_patient_ids, workers=workers, permutations=permutations,
                             extra_features=extra_features)
-    from NPCPrognosisLib.io.extra_features import (
-        check_training_rows,
-        read_extra_blocks,
-        unmatched_rows_warnings,
-        with_extra_columns,
-    )
+    from NPCPrognosisLib.io.extra_features import check_rows, read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -381,8 +376,7 @@ def train(
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
     if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
         log.warning(note)
-    check_training_rows(extras, train_manifest.patient_ids)
-    for warning in unmatched_rows_warnings(extras, train_manifest.patient_ids):
+    for warning in check_rows(extras, train_manifest.patient_ids):
         log.warning(warning)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
@@ -542,12 +536,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         The bundle document (``endpoint_type`` 'binary'; the models under ``binary_endpoints``).
     """
     from NPCPrognosisLib.io.bundle import write_bundle
-    from NPCPrognosisLib.io.extra_features import (
-        check_training_rows,
-        read_extra_blocks,
-        unmatched_rows_warnings,
-        with_extra_columns,
-    )
+    from NPCPrognosisLib.io.extra_features import check_rows, read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.binary import binary_block_for
 
     extras = read_extra_blocks(extra_features)  # read first: a bad table stops before any fitting
@@ -558,8 +547,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
         log.warning(note)
     ebv_fill = ebv_fill_value(train_manifest)
-    check_training_rows(extras, train_manifest.patient_ids)
-    for warning in unmatched_rows_warnings(extras, train_manifest.patient_ids):
+    for warning in check_rows(extras, train_manifest.patient_ids):
         log.warning(warning)
     joined = with_extra_columns(train_features, extras, train_manifest.patient_ids)
     block = binary_block_for(train_manifest, joined, train_manifest.clinical_table(ebv_fill), endpoint, seed,

@@ -20,6 +20,7 @@ from NPCPrognosisLib.datasets.synth import simulate_outcomes
 from NPCPrognosisLib.deep import mmoe
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.io.extra_features import (
+    check_rows,
     check_training_rows,
     read_extra_block,
     read_extra_blocks,
@@ -97,6 +98,10 @@ def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
     assert len(few) == 1 and "1 of the 3 evaluated patients" in few[0] and "another spelling" not in few[0]
     assert unmatched_rows_warnings({"pathology": block}, ["X1"], "patient") == []
     assert "'p1' is 'P1'" in unmatched_rows_warnings({"pathology": block}, ["p1"], "patient")[0]
+    # train's one call: the refusal, then the warnings
+    assert check_rows({"pathology": block}, ["p001", "P2", "P9"]) == respelled
+    with pytest.raises(InputError, match="no row with values for any training patient.*TR-001"):
+        check_rows({"pathology": block}, ["TR-001", "TR-002"])
     present = tmp_path / "present.csv"
     present.write_text("patient_id,present\nP1,1\n")
     with pytest.raises(InputError, match="named 'present'"):
@@ -225,10 +230,17 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     no_slide = ~predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])
     assert no_slide.any() and (predictions.loc[no_slide, "mmoe_gate_survival_pathology"] == 0).all()
     # the binary task beside the classifiers, compared by DeLong with the combined model
+    capsys.readouterr()
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "ic_response",
                  "--out", str(root / "eval_ic"), "--extra-features", pathology]) == 0
     binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
     assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
+    # what train found of the ridge (this cohort's: the strongest penalty searched) comes with its held-out AUC, in
+    # metrics.json and the printout, as predict gives it with a patient's probability (evaluate said nothing)
+    finding = document["binary_endpoints"]["ic_response"]["warnings"]
+    printed = capsys.readouterr().out
+    assert len(finding) == 1 and "the ridge sits at the strongest penalty searched" in finding[0]
+    assert finding[0] in binary["warnings"] and f"warning: {finding[0]}" in printed
     # the binary endpoint's ridge took the slide table as a block of its own, so evaluating it needs the table
     ridge = document["binary_endpoints"]["ic_response"]["models"]["ridge"]
     assert set(ridge["blocks"]) == {"pathology"} and ridge["blocks"]["pathology"]["inputs"] == 13
@@ -407,6 +419,58 @@ def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular
         bundle.document = trained
 
 
+def test_predict_prints_the_binary_probability_with_what_train_found(tabular, capsys, monkeypatch, tmp_path):
+    """``predict``'s terminal output printed the binary endpoint's warnings (the ridge's finding) but not the
+    probability they qualify, which prediction.json, the sheet and the panel give. It is printed as the panel's line
+    (:func:`format_binary`), labelled unproven as train found. The images are replaced by the patient's features row,
+    as the other tests here predict."""
+    import NPCPrognosisLib.io.images as images
+    import NPCPrognosisLib.pipeline.predict as pr
+    from NPCPrognosisLib.io.images import PatientImages
+
+    root, truth = tabular
+    manifest = pd.read_csv(root / "manifest.csv")
+    slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
+    pid = next(p for p in manifest["patient_id"][160:] if p in slides)
+    row = manifest[manifest["patient_id"] == pid].iloc[0]
+    fields = ("age", "sex", "t_stage", "n_stage", "ebv_dna", "rene", "ldh", "chemo", "ccnd")
+    clinical = [f"{c}={row[c]}" for c in fields if c in row and pd.notna(row[c])]
+    values = pd.read_csv(root / "features.csv").set_index("patient_id").loc[pid].to_dict()
+    monkeypatch.setattr(images, "load_patient", lambda patient_id, *args, **kwargs: PatientImages(patient_id, {}, None))
+    predict = pr.predict_patient
+    monkeypatch.setattr(pr, "predict_patient", lambda *args, **kwargs: predict(*args, features=values, **kwargs))
+    capsys.readouterr()
+    assert main(["--quiet", "predict", "--bundle", str(root / "bundle"), "--patient-id", pid, "--t1", "t1.nii.gz",
+                 "--t2", "t2.nii.gz", "--t1c", "t1c.nii.gz", "--mask", "mask.nii.gz", "--clinical", *clinical,
+                 "--out", str(tmp_path / "out"), "--extra-features", f"pathology={root / 'pathology.csv'}"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    block = json.loads((tmp_path / "out" / "prediction.json").read_text())["binary"]["ic_response"]
+    lines = [line for line in printed if line.startswith("  ic response probability")]
+    assert len(lines) == 1, printed
+    low, high = block["ci95"]
+    assert lines[0].startswith(f"  ic response probability {block['probability']:.0%} (95% CI {low:.0%}-{high:.0%}) "
+                               "[Ridge logistic")
+    assert lines[0].endswith("(unproven: training confirmed nothing the model learned, see the warnings)")
+    assert f"  warning: {block['warnings'][0]}" in printed
+
+
+def test_evaluate_says_once_that_the_fusions_table_was_not_given(tabular, capsys, caplog, tmp_path):
+    """``evaluate`` without the slide table the fusion was trained with logged the warning and listed it in the
+    printout too: the terminal said it twice (stderr and stdout). metrics.json and the printout say it once."""
+    root, truth = tabular
+    caplog.set_level("WARNING")
+    capsys.readouterr()
+    assert main(["--quiet", "evaluate", "--bundle", str(root / "bundle"), "--manifest", str(root / "manifest.csv"),
+                 "--features", str(root / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "eval"),
+                 "--n-boot", "0"]) == 0
+    terminal = capsys.readouterr()
+    missing = "the fusion model was trained with the pathology table(s) but none was given"
+    warnings = json.loads((tmp_path / "eval" / "metrics.json").read_text())["warnings"]
+    assert sum(missing in w for w in warnings) == 1
+    assert terminal.out.count(f"warning: {missing}") == 1 and missing not in terminal.err
+    assert not [r for r in caplog.records if missing in r.getMessage()]
+
+
 def test_evaluate_says_the_fusion_learned_nothing_and_a_table_that_matches_half_the_patients(tabular, capsys,
                                                                                               tmp_path):
     """``evaluate`` printed and recorded nothing when the fusion learned nothing in training (its out-of-fold
@@ -483,6 +547,12 @@ def test_train_warns_of_a_table_that_matches_only_some_training_patients(tabular
         assert len(warned) == 1, endpoint
         assert f"values for {int(training.sum() - respelled.sum())} of the 160 training patients" in warned[0]
         assert f"{int(respelled.sum())} of them have a row under another spelling of their ID" in warned[0]
+        # a table whose IDs match no training patient is refused in both paths, before any fitting
+        nobody = table.assign(patient_id=table["patient_id"].str.lower())
+        nobody.to_csv(tmp_path / "nobody.csv", index=False)
+        with pytest.raises(InputError, match="no row with values for any training patient"):
+            tr.train(manifest, root / "features.csv", endpoint, tmp_path / "bundle", split_col="split", fusion=fusion,
+                     extra_features=[f"pathology={tmp_path / 'nobody.csv'}"])
 
 
 def test_gate_findings_name_a_collapsed_gate_and_one_mixture_for_everyone():
