@@ -266,7 +266,9 @@ class FusionModel:
         for task in self.binary_tasks:
             calibration = self.document["binary_calibration"][task]
             probabilities[task] = expit(calibration["intercept"] + calibration["slope"] * outputs[task])
-        return FusionPrediction(score=outputs[SURVIVAL], probabilities=probabilities, gates=gates,
+        # centred as the out-of-fold outputs its Cox calibration saw were (bundles before it have no offset)
+        score = outputs[SURVIVAL] - float(self.document.get("survival_offset", 0.0))
+        return FusionPrediction(score=score, probabilities=probabilities, gates=gates,
                                 present=data.present, blocks=self.blocks)
 
 
@@ -422,7 +424,8 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     nested = report.pop("nested")
     nested_oof = nested.pop("oof")
     nomogram = calibrate_survival(oof[SURVIVAL], time, event)
-    gates = gate_findings(predict_members(ensemble, data)[1], data.present, list(blocks))
+    training_outputs, training_gates = predict_members(ensemble, data)
+    gates = gate_findings(training_gates, data.present, list(blocks))
     for warning in gate_warnings(gates):
         log.warning("fusion model: %s", warning)
     calibration, thresholds = {}, {}
@@ -443,6 +446,10 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
                "nested": {**nested, "note": "each fold scored under the candidate and epochs chosen on the other "
                                             "folds (per_task above is optimistic: it picked the choice)"}},
         "binary_calibration": calibration, "thresholds": thresholds, "seed": int(seed),
+        # the final ensemble's mean survival output on the training patients, taken off every score: the Cox loss
+        # ignores a shift, so the ensemble's output carries an offset of its own (from its initialisation), while
+        # the out-of-fold outputs its calibration (and baseline survival) was fitted on are centred the same way
+        "survival_offset": float(training_outputs[SURVIVAL].mean()),
         # the final ensemble's gates on the training patients (gate_findings): collapsed or not routing
         "gates": gates,
         # what each modality moves: its share of the variance of each task's output over the training patients

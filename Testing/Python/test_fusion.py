@@ -696,7 +696,12 @@ def test_train_judges_the_fusion_on_its_nested_out_of_fold_risk(monkeypatch):
     ids = [f"P{i:03d}" for i in range(len(factors))]
     fitted = fusion_module.fit_fusion(factors, pd.DataFrame({"patient_id": ids}), {}, {}, ids, time, event,
                                       candidates=[{"width": 4, "weight_decay": 1.0}], max_epochs=30, members=1)
-    document, _, nomogram, oof_risk, nested_risk = fitted
+    document, model, nomogram, oof_risk, nested_risk = fitted
+    # the final ensemble's survival output is centred on the training patients, as each fold's out-of-fold output
+    # that its calibration saw (the raw output keeps the offset of its initialisation: the Cox loss ignores a shift)
+    raw = mmoe.predict_members(model.members, model.data(factors, {}, {}, ids))[0][mmoe.SURVIVAL]
+    assert abs(raw.mean()) > 1e-3 and document["survival_offset"] == pytest.approx(raw.mean())
+    assert model.predict(factors, {}, {}, ids).score.mean() == pytest.approx(0.0, abs=1e-9)
     nested = document["cv"]["nested"]
     assert set(nested) == {"per_task", "choices", "note"} and len(nested["choices"]) == fusion_module.INNER_FOLDS
     json.dumps(document)
