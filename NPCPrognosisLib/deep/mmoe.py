@@ -297,7 +297,8 @@ def expert_contributions(members: Mapping[str, Sequence[MMoE]], data: FusionData
     Why: a task's head is linear, so its output is the head's bias plus, over the experts, gate weight x (head
     weights . expert output); that product is what a modality adds to the patient's output. The gate weight alone is
     not: an expert whose output the head barely uses, or that is nearly the same for every patient, can hold a
-    large weight and move no one's risk (only pathology predictive, its gate weight was 0.22-0.31).
+    large weight and move no one's risk (only pathology predictive: its mean gate weight 0.43, its share of the
+    output's variance 0.69).
 
     Returns
     -------
