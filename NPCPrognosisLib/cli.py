@@ -138,9 +138,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cv = fusion["cv"]
         print(f"fusion (MMoE): blocks {', '.join(fusion['blocks'])}; {cv['chosen']} chosen by "
               f"{cv['folds']}-fold cross-validation; epochs per task {cv['task_epochs']}")
+        nested = (cv.get("nested") or {}).get("per_task") or {}
         for task, score in cv["per_task"].items():
             metric = "C-index" if task == "survival" else "AUC"
-            print(f"    cross-validated {metric} {task:20s} {_number(score, '.3f')}")
+            text = f"    cross-validated {metric} {task:20s} {_number(score, '.3f')}"
+            if task in nested:  # bundles before the nested estimate have none
+                text += f", nested {_number(nested[task], '.3f')} (the choice repeated without each fold)"
+            print(text)
+        from NPCPrognosisLib.reporting.labels import shares_text
+
+        for task, shares in (fusion.get("contributions") or {}).items():
+            print(f"    what moves the fused {task} output (variance share over training patients): "
+                  f"{shares_text(shares)}")
         for task, calibration in fusion["binary_calibration"].items():
             if not calibration["validated"]:
                 print(f"  warning: {task}: {calibration['note']}")
@@ -180,7 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     nested = training.get("nested_cv_c") or {}
     for name, block in training["metrics"].items():
         corrected = optimism.get(name)
-        kind = "out-of-fold" if name == "mmoe" else "apparent"
+        kind = "nested out-of-fold" if name == "mmoe" else "apparent"
         text = f"  training C-index {name:20s} {kind} {block['c_index']:.3f}"
         if corrected:
             text += (f", optimism-corrected {_number(corrected['corrected'], '.3f')} "

@@ -9,7 +9,9 @@ a patient without a block (no slide) has it masked.
 The width and the number of epochs are chosen by inner cross-validation on the training split; the out-of-fold
 outputs of that choice then calibrate the final ensemble: a one-factor Cox model on the out-of-fold survival
 output (so ``mmoe`` is a model of the bundle like the nomogram, with survival at 1/3/5 years and a risk cut-off)
-and a logistic recalibration of each binary output.
+and a logistic recalibration of each binary output. What the fusion learned is judged on nested out-of-fold
+outputs (the choice repeated without each fold, :func:`~NPCPrognosisLib.deep.mmoe.cross_validate`): the same
+held-out scores that pick one of ~120 schedules cannot also say how good the winner is.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ MEMBERS = 3
 COLLAPSED_GATE = 0.95
 #: A task's gate routes patients only when some expert's weight differs by at least this between the 5th and 95th
 #: percentile of the patients with every block. Below it every patient gets the same mixture to within 5 points (the
-#: reports print whole percents), so the per-patient "modalities behind" lines describe the model, not the patient:
+#: reports print whole percents), so the per-patient gate-weight lines describe the model, not the patient:
 #: seen when the inner cross-validation stops at 10 epochs, where the gates have barely left their even start
 #: (spread 0.02-0.03 across 160 patients). Percentiles, not the range: one odd patient is not routing.
 ROUTING_SPREAD = 0.05
@@ -135,6 +137,43 @@ def gate_warnings(findings: Mapping[str, Mapping[str, Any]], patients: str = "tr
                          f"{block['patients']} {patients}): its per-patient modality weights describe the model, not "
                          "the patient")
     return found
+
+
+def contribution_shares(contributions: Mapping[str, np.ndarray], present: np.ndarray, blocks: Sequence[str]
+                        ) -> dict[str, dict[str, float]]:
+    """Per task, the share of the variance of the fused output that each modality's contribution carries.
+
+    A task's output is its head's bias plus each expert's contribution
+    (:func:`~NPCPrognosisLib.deep.mmoe.expert_contributions`), so its variance over the patients splits exactly into
+    Cov(contribution, output) / Var(output) per modality: the shares sum to 1, and a negative one is a modality whose
+    part works against the others'. Unlike a gate weight it says how much each modality moves the output between
+    patients. Only patients with every block count, as for :func:`gate_findings`.
+
+    Parameters
+    ----------
+    contributions : mapping of str to ndarray
+        Each task's contributions (patients x blocks).
+    present : ndarray of bool
+        Which blocks each patient had (patients x blocks).
+    blocks : sequence of str
+        The blocks' names, in column order.
+
+    Returns
+    -------
+    shares : dict
+        Per task, each block's share; a task is left out when fewer than 2 patients have every block or its
+        output is the same for all of them.
+    """
+    complete = np.asarray(present, bool).all(axis=1)
+    shares = {}
+    for task, parts in contributions.items():
+        full = np.asarray(parts, float)[complete]
+        output = full.sum(axis=1)
+        if len(full) < 2 or not output.var() > 0:
+            continue
+        covariance = ((full - full.mean(axis=0)) * (output - output.mean())[:, None]).mean(axis=0)
+        shares[task] = dict(zip(blocks, (covariance / output.var()).tolist()))
+    return shares
 
 
 def raw_blocks(factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray], extras: Mapping[str, ExtraBlock],
@@ -227,7 +266,9 @@ class FusionModel:
         for task in self.binary_tasks:
             calibration = self.document["binary_calibration"][task]
             probabilities[task] = expit(calibration["intercept"] + calibration["slope"] * outputs[task])
-        return FusionPrediction(score=outputs[SURVIVAL], probabilities=probabilities, gates=gates,
+        # centred as the out-of-fold outputs its Cox calibration saw were (bundles before it have no offset)
+        score = outputs[SURVIVAL] - float(self.document.get("survival_offset", 0.0))
+        return FusionPrediction(score=score, probabilities=probabilities, gates=gates,
                                 present=data.present, blocks=self.blocks)
 
 
@@ -301,7 +342,7 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
                extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str], time: np.ndarray, event: np.ndarray,
                *, seed: int = 0, candidates: Sequence[Mapping[str, Any]] = CANDIDATES, max_epochs: int = MAX_EPOCHS,
                members: int = MEMBERS, options: Mapping[str, Any] | None = None
-               ) -> tuple[dict[str, Any], FusionModel, Any, np.ndarray]:
+               ) -> tuple[dict[str, Any], FusionModel, Any, np.ndarray, np.ndarray]:
     """Fit the MMoE on the training patients.
 
     Parameters
@@ -332,8 +373,11 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     nomogram : Nomogram
         The one-factor Cox model on the out-of-fold survival output (the bundle's ``mmoe`` model).
     oof_risk : ndarray
-        That model's risk for the training patients computed from out-of-fold outputs (honest training metrics
-        and the risk-group cut-off).
+        That model's risk for the training patients computed from the chosen schedule's out-of-fold outputs (the
+        risk-group cut-off: on the scale of the final ensemble, which has that schedule).
+    nested_risk : ndarray
+        The same model's risk from the nested out-of-fold outputs (each fold's under the choice made without it):
+        the honest training metrics, which decide whether the fusion learned anything.
     """
     from scipy.special import expit
 
@@ -343,6 +387,7 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
         FusionData,
         MMoEConfig,
         cross_validate,
+        expert_contributions,
         fit_ensemble,
         predict_members,
     )
@@ -376,16 +421,20 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
                            "epochs": max(report["task_epochs"].values())})
     ensemble = fit_ensemble(data, config, seed)
     oof = report.pop("oof")
+    nested = report.pop("nested")
+    nested_oof = nested.pop("oof")
     nomogram = calibrate_survival(oof[SURVIVAL], time, event)
-    gates = gate_findings(predict_members(ensemble, data)[1], data.present, list(blocks))
+    training_outputs, training_gates = predict_members(ensemble, data)
+    gates = gate_findings(training_gates, data.present, list(blocks))
     for warning in gate_warnings(gates):
         log.warning("fusion model: %s", warning)
     calibration, thresholds = {}, {}
     for task, y in data.labels.items():
         known = ~np.isnan(y)
-        calibration[task] = recalibration(y[known], oof[task][known], ranks=report["per_task"][task] > 0.5,
+        honest = nested["per_task"][task]
+        calibration[task] = recalibration(y[known], oof[task][known], ranks=honest > 0.5,
                                           model="the fusion, for this task,",
-                                          evidence=f"cross-validated AUC {report['per_task'][task]:.3f}, ")
+                                          evidence=f"nested cross-validated AUC {honest:.3f}, ")
         if not calibration[task]["validated"]:
             log.warning("fusion model: %s", calibration[task]["note"])
         probability = expit(calibration[task]["intercept"] + calibration[task]["slope"] * oof[task][known])
@@ -393,10 +442,18 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
     document = {
         "method": "MMoE (multi-gate mixture of experts): one expert per modality block, one gate per task",
         "config": config.to_dict(), "blocks": spec, "weights": WEIGHTS_FILE,
-        "cv": {"folds": INNER_FOLDS, **report},
+        "cv": {"folds": INNER_FOLDS, **report,
+               "nested": {**nested, "note": "each fold scored under the candidate and epochs chosen on the other "
+                                            "folds (per_task above is optimistic: it picked the choice)"}},
         "binary_calibration": calibration, "thresholds": thresholds, "seed": int(seed),
+        # the final ensemble's mean survival output on the training patients, taken off every score: the Cox loss
+        # ignores a shift, so the ensemble's output carries an offset of its own (from its initialisation), while
+        # the out-of-fold outputs its calibration (and baseline survival) was fitted on are centred the same way
+        "survival_offset": float(training_outputs[SURVIVAL].mean()),
         # the final ensemble's gates on the training patients (gate_findings): collapsed or not routing
         "gates": gates,
+        # what each modality moves: its share of the variance of each task's output over the training patients
+        "contributions": contribution_shares(expert_contributions(ensemble, data), data.present, list(blocks)),
         "inputs": "radiomics: cross-fitted Rad-score and binary radiomics log-odds in training (the full "
                   "signatures for new patients); clinical: encoded covariates; extra tables as given; all "
                   "z-scored with training means and SDs, a missing block masked in every gate",
@@ -404,4 +461,6 @@ def fit_fusion(factors: pd.DataFrame, features: pd.DataFrame, labels: Mapping[st
                        "non-negative: a backwards output gets none); logistic recalibration of "
                        "each out-of-fold binary output",
     }
-    return document, FusionModel(document, ensemble), nomogram, nomogram.risk(pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]}))
+    return (document, FusionModel(document, ensemble), nomogram,
+            nomogram.risk(pd.DataFrame({MMOE_SCORE: oof[SURVIVAL]})),
+            nomogram.risk(pd.DataFrame({MMOE_SCORE: nested_oof[SURVIVAL]})))

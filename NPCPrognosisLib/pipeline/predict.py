@@ -91,8 +91,10 @@ def unproven_nomogram(document: dict[str, Any], name: str = "nomogram") -> dict[
     Why: a model whose scores all ranked the training patients the wrong way round out of fold carries no weight
     (its cut-off record says ``no_groups``), so every patient gets the same risk, the low group and the training
     cohort's average survival; one whose optimism-corrected C-index is at or below 0.5 ranks new patients no better
-    than chance. The fusion is never scored in-sample: its training C-index is already out of fold (``train``
-    records it as such), so that C at or below 0.5 says the same. Older bundles without these records say nothing.
+    than chance. The fusion is never scored in-sample: its training C-index is already out of fold, and nested (each
+    fold scored under the architecture and epochs chosen without it; bundles before 2026-12 recorded the optimistic
+    C of the choice made on every fold), so that C at or below 0.5 says the same. Older bundles without these
+    records say nothing.
 
     Parameters
     ----------
@@ -359,7 +361,8 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
                    extras: Mapping[str, Any] | None, patient_id: str) -> dict[str, Any]:
     """One patient's fusion-model block: risk and group (its own training cut-off, or ``not determined`` with the
     ``unproven`` record when the fusion learned nothing: :func:`unproven_nomogram`), survival at 12/36/60 months,
-    each binary task's probability, the gate weights per task and the modalities this patient lacked."""
+    each binary task's probability, the gate weights per task, the modalities this patient lacked, and what each
+    modality moves (``training_contributions``: the bundle's ``fusion.contributions``, empty for older bundles)."""
     from NPCPrognosisLib.pipeline.fusion import MMOE
 
     fused = bundle.fused(factors, features, extras, [patient_id])
@@ -381,7 +384,9 @@ def patient_fusion(bundle: LoadedBundle, factors: pd.DataFrame, features: pd.Dat
             "survival": {f"{m}": float(s) for m, s in zip(REPORT_MONTHS, model.survival(factors, REPORT_MONTHS)[0])
                          if np.isfinite(s)},
             "probabilities": {task: float(p[0]) for task, p in fused.probabilities.items()},
-            "gate_weights": fused.gate_weights(0), "missing_modalities": missing, "warnings": warnings}
+            "gate_weights": fused.gate_weights(0),
+            "training_contributions": bundle.document["fusion"].get("contributions") or {},
+            "missing_modalities": missing, "warnings": warnings}
 
 
 def bundle_provenance(bundle: LoadedBundle) -> dict[str, Any]:

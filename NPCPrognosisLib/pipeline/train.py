@@ -249,7 +249,7 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
                      seed: int) -> tuple[dict[str, Any], Path]:
     """Fit the MMoE on the training patients and add it to ``models`` as the ``mmoe`` model.
 
-    Returns the bundle's ``fusion`` block (with ``training_metrics``: the C-index of out-of-fold outputs, to
+    Returns the bundle's ``fusion`` block (with ``training_metrics``: the C-index of nested out-of-fold outputs, to
     pop) and the path of a temporary safetensors file of the ensemble's weights.
     """
     import tempfile
@@ -268,15 +268,16 @@ def fit_fusion_stage(models: TrainedModels, manifest: Manifest, features: pd.Dat
         labels[name] = np.full(len(known), np.nan)
         labels[name][known] = values
     start = perf_counter()
-    block, model, nomogram, oof_risk = fit_fusion(factors, features, labels, extras, manifest.patient_ids, time,
-                                                  event, seed=seed)
+    block, model, nomogram, oof_risk, nested_risk = fit_fusion(factors, features, labels, extras,
+                                                               manifest.patient_ids, time, event, seed=seed)
     block["fit_seconds"] = perf_counter() - start
     models.nomograms[MMOE] = nomogram
     cutoff = training_cutoff(oof_risk, time, event, min_share=0.10)
     models.cutoffs[MMOE] = cutoff
-    metrics = _without_group_tests(evaluate_risk(oof_risk, time, event, time, event, cutoff=cutoff["cutoff"],
+    metrics = _without_group_tests(evaluate_risk(nested_risk, time, event, time, event, cutoff=cutoff["cutoff"],
                                                  n_boot=200, seed=seed))
-    metrics["note"] = "out-of-fold outputs of the inner cross-validation (the fusion is never scored in-sample)"
+    metrics["note"] = ("nested out-of-fold outputs of the inner cross-validation: each fold's under the architecture "
+                       "and epochs chosen on the other folds (the fusion is never scored in-sample)")
     block["training_metrics"] = metrics
     weights = Path(tempfile.mkdtemp(prefix="npc-mmoe-")) / "mmoe.safetensors"
     save_members(model.members, weights)

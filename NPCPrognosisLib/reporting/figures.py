@@ -285,7 +285,8 @@ def bar_figure(rows: Sequence[tuple[str, float]], xlabel: str, title: str = "",
 
 
 def gates_figure(gate_weights: Mapping[str, Mapping[str, float]]) -> Any:
-    """The fusion model's gate weights per task as stacked bars: which modality drove each prediction."""
+    """The fusion model's gate weights per task as stacked bars: how the experts were mixed for this patient (not
+    what each modality adds: :func:`~NPCPrognosisLib.deep.mmoe.expert_contributions`)."""
     figure = new_figure(5.6, 0.45 * len(gate_weights) + 1.2)
     axes = figure.add_subplot(1, 1, 1)
     blocks = sorted({b for weights in gate_weights.values() for b in weights})
@@ -300,7 +301,7 @@ def gates_figure(gate_weights: Mapping[str, Mapping[str, float]]) -> Any:
             left += width
     axes.set_yticks(range(len(gate_weights)), [factor_label(t) for t in gate_weights])
     axes.set_xlim(0, 1)
-    axes.set_xlabel("gate weight (share of the prediction)")
+    axes.set_xlabel("gate weight (mixing share, not contribution)")
     axes.legend(fontsize=7, ncol=len(blocks), loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     figure.tight_layout()
     return figure

@@ -336,3 +336,8 @@ def format_contour_change(report: Mapping[str, Any]) -> list[str]:
                  else f"group unchanged ({risk['group_edited']})")
         lines.append(f"risk score {risk['automatic']:.2f} -> {risk['edited']:.2f} ({risk['change']:+.2f}); {group}")
     return lines
+
+
+def shares_text(shares: Mapping[str, float]) -> str:
+    """Modalities with their shares (gate weights or contributions), largest first: 'pathology 62%, clinical 30%'."""
+    return ", ".join(f"{name} {share:.0%}" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))

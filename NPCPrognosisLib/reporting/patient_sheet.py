@@ -37,6 +37,7 @@ from NPCPrognosisLib.reporting.labels import (
     risk_group_standing,
     risk_group_text,
     risk_interval_text,
+    shares_text,
     survival_caveat,
     survival_text,
 )
@@ -274,7 +275,13 @@ def _page_treatment(prediction: Mapping[str, Any]) -> str:
                         if fusion.get("missing_modalities") else "") + "</p>")
         if fusion.get("gate_weights"):
             parts.append(_img(figures.gates_figure(fusion["gate_weights"]), "fusion gate weights",
-                              "Gate weights: the share each modality had in this patient's fused prediction.", 45))
+                              "Gate weights: how the fusion mixed each modality's expert for this patient; not how "
+                              "much each modality moved the prediction.", 45))
+        if fusion.get("training_contributions"):
+            parts.append("<p>What moves the fused output (each modality's share of its variance over the training "
+                         "patients): " + "; ".join(f"{esc(factor_label(task))}: {esc(shares_text(shares))}"
+                                                   for task, shares in fusion["training_contributions"].items())
+                         + ".</p>")
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -98,9 +98,10 @@ def format_binary(prediction: Mapping[str, Any]) -> list[str]:
 def format_fusion(prediction: Mapping[str, Any]) -> list[str]:
     """The fusion model's lines: its risk group (never firmer than the sheet says it:
     :func:`~NPCPrognosisLib.reporting.labels.risk_group_text`) and survival, each task's probability, and per task
-    the gate weights (which modality drove this prediction, largest first), with the modalities this patient
+    the gate weights (how the experts were mixed for this patient, largest first: not what each modality adds) and,
+    from training, each modality's share of the variance of the fused output, with the modalities this patient
     lacked."""
-    from NPCPrognosisLib.reporting.labels import risk_group_text, survival_caveat
+    from NPCPrognosisLib.reporting.labels import risk_group_text, shares_text, survival_caveat
 
     block = prediction.get("fusion") or {}
     if not block:
@@ -112,9 +113,10 @@ def format_fusion(prediction: Mapping[str, Any]) -> list[str]:
     for task, probability in block.get("probabilities", {}).items():
         lines.append(f"Fusion {task.replace('_', ' ')} probability {probability:.0%}")
     for task, weights in block.get("gate_weights", {}).items():
-        ranked = sorted(weights.items(), key=lambda kv: -kv[1])
-        lines.append(f"Modalities behind {task.replace('_', ' ')}: "
-                     + ", ".join(f"{name} {weight:.0%}" for name, weight in ranked))
+        lines.append(f"Gate weights for {task.replace('_', ' ')} (mixing, not contribution): {shares_text(weights)}")
+    for task, shares in block.get("training_contributions", {}).items():
+        lines.append(f"What moves the fused {task.replace('_', ' ')} output (training variance share): "
+                     f"{shares_text(shares)}")
     if block.get("missing_modalities"):
         lines.append("Not available for this patient: " + ", ".join(block["missing_modalities"]))
     return lines

@@ -198,6 +198,9 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
                  "--permutations", "0"]) == 0
     printed = capsys.readouterr().out
     assert "fusion (MMoE)" in printed and "pathology 13 (weight" in printed
+    assert "(the choice repeated without each fold)" in printed
+    assert f"training C-index {'mmoe':20s} nested out-of-fold" in printed
+    assert "what moves the fused survival output (variance share over training patients): " in printed
     document = json.loads((bundle / "bundle.json").read_text())
     fusion = document["fusion"]
     assert set(fusion["blocks"]) == {"radiomics", "clinical", "pathology"}
@@ -212,6 +215,10 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     share = fusion["blocks"]["pathology"]["training_share_present"]
     assert fusion["gates"]["survival"]["patients"] == round(160 * share)
     assert "pickle" not in (bundle / "bundle.json").read_text()
+    # what the fusion learned is judged on the nested out-of-fold risk (the choice repeated without each fold)
+    assert len(fusion["cv"]["nested"]["choices"]) == 5
+    assert document["training"]["metrics"]["mmoe"]["note"].startswith("nested out-of-fold outputs")
+    assert set(fusion["contributions"]) == {"survival", "ic_response"}
 
     # evaluate: the MMoE beside the nomogram, with the paired difference in C, on the held-out patients
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "dmfs", "--out", str(out),
@@ -288,7 +295,11 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
         assert 0.0 <= block["probabilities"]["ic_response"] <= 1.0
         assert block["risk_group"] in ("low", "high") and 0 < block["survival"]["60"] < 1
         lines = format_fusion({"fusion": block})
-        assert lines[0].startswith("Fusion (MMoE): risk") and any("Modalities behind survival" in x for x in lines)
+        assert lines[0].startswith("Fusion (MMoE): risk")
+        assert any(x.startswith("Gate weights for survival (mixing, not contribution): ") for x in lines)
+        shares = block["training_contributions"]["survival"]
+        assert set(shares) == set(gates) and sum(shares.values()) == pytest.approx(1.0)
+        assert any(x.startswith("What moves the fused survival output (training variance share): ") for x in lines)
         if pid in slides:
             assert gates["pathology"] > 0 and not block["warnings"]
         else:
@@ -608,7 +619,7 @@ def test_train_records_and_warns_when_the_gates_route_every_patient_alike(caplog
     factors, time, event = _fusion_inputs()
     ids = [f"P{i:03d}" for i in range(len(factors))]
     with caplog.at_level(logging.WARNING, logger="NPCPrognosisLib.pipeline.fusion"):
-        document, model, _, _ = fit_fusion(factors, pd.DataFrame({"patient_id": ids}), {}, {}, ids, time, event,
+        document, model, _, _, _ = fit_fusion(factors, pd.DataFrame({"patient_id": ids}), {}, {}, ids, time, event,
                                            candidates=[{"width": 4, "weight_decay": 1.0}], max_epochs=10)
     gates = document["gates"]["survival"]
     assert gates["patients"] == len(factors) and gates["no_routing"] and gates["collapsed_onto"] is None
@@ -705,3 +716,136 @@ def test_a_fusion_that_learned_nothing_determines_no_group(tabular):
         f"Fusion (MMoE): risk {block['risk_score']:.2f} (not determined: the multimodal fusion (MMoE) carries no "
         "weight (every patient gets the same risk)); survival")
     bundle.document = trained
+
+
+def test_the_nested_estimate_of_a_fusion_that_learned_nothing_centres_on_chance(monkeypatch):
+    """The inner cross-validation picks one of many schedules (candidates x checkpoints) on the same held-out scores
+    it then reports: with networks whose outputs carry nothing (independent of the outcomes, as a fusion that
+    learned nothing is), the chosen schedule's out-of-fold C sits above 0.5, so 'C <= 0.5: learned nothing' rarely
+    fired. The nested estimate (each fold under the choice made on the other folds) is one more chance draw:
+    centred on 0.5, with the chance it is judged to have learned nothing about even. The networks are stubbed so
+    hundreds of null cohorts take seconds."""
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    def noise(data, config, seeds, *, rows=None, checkpoints=()):
+        rng = np.random.default_rng([seeds[0], int(config.width)])
+        return [], [{task: rng.normal(size=(len(seeds), len(data))) for task in config.tasks} for _ in checkpoints]
+
+    monkeypatch.setattr(mmoe, "train_members", noise)
+    n, chosen, nested, fold_mean = 100, [], [], []
+    base = mmoe.MMoEConfig(blocks={"clinical": 2}, tasks=[mmoe.SURVIVAL], epochs=60, members=2)
+    for cohort in range(80):
+        rng = np.random.default_rng(cohort)
+        data = mmoe.FusionData(blocks={"clinical": rng.normal(size=(n, 2))}, present=np.ones((n, 1), bool),
+                               time=rng.exponential(30, n), event=rng.random(n) < 0.6)
+        folds = [np.arange(n) % 5 == k for k in range(5)]
+        report = mmoe.cross_validate(data, base, [{"width": 4}, {"width": 8}], folds, seed=cohort)
+        chosen.append(harrell_c(data.time, data.event, report["oof"][mmoe.SURVIVAL]))
+        nested.append(harrell_c(data.time, data.event, report["nested"]["oof"][mmoe.SURVIVAL]))
+        fold_mean.append(report["nested"]["per_task"][mmoe.SURVIVAL])
+    chosen, nested = np.array(chosen), np.array(nested)
+    # what the decision saw before: 0.564 on average over 12 schedules, at or below 0.5 in none of 80 cohorts
+    assert chosen.mean() > 0.545 and np.mean(chosen <= 0.5) < 0.1
+    # the nested C: 0.498 (SD 0.059 across cohorts: a standard error of 0.0066), at or below 0.5 in 57 %
+    assert abs(nested.mean() - 0.5) < 0.02 and abs(np.mean(fold_mean) - 0.5) < 0.02
+    assert 0.3 < np.mean(nested <= 0.5) < 0.7
+
+
+def test_train_judges_the_fusion_on_its_nested_out_of_fold_risk(monkeypatch):
+    """train's training metrics of the ``mmoe`` model (which decide 'learned nothing') are those of the nested
+    out-of-fold risk, and the risk-group cut-off stays on the chosen schedule's out-of-fold risk (the final
+    ensemble's scale). A small real fit: the report carries the nested record, JSON-able, without its outputs."""
+    from types import SimpleNamespace
+
+    from NPCPrognosisLib.pipeline import fusion as fusion_module
+    from NPCPrognosisLib.pipeline import train as train_module
+    from NPCPrognosisLib.survival.metrics import harrell_c
+    from NPCPrognosisLib.survival.risk_groups import training_cutoff
+
+    factors, time, event = _fusion_inputs(80, 3)
+    ids = [f"P{i:03d}" for i in range(len(factors))]
+    fitted = fusion_module.fit_fusion(factors, pd.DataFrame({"patient_id": ids}), {}, {}, ids, time, event,
+                                      candidates=[{"width": 4, "weight_decay": 1.0}], max_epochs=30, members=1)
+    document, model, nomogram, oof_risk, nested_risk = fitted
+    # the final ensemble's survival output is centred on the training patients, as each fold's out-of-fold output
+    # that its calibration saw (the raw output keeps the offset of its initialisation: the Cox loss ignores a shift)
+    raw = mmoe.predict_members(model.members, model.data(factors, {}, {}, ids))[0][mmoe.SURVIVAL]
+    assert abs(raw.mean()) > 1e-3 and document["survival_offset"] == pytest.approx(raw.mean())
+    assert model.predict(factors, {}, {}, ids).score.mean() == pytest.approx(0.0, abs=1e-9)
+    nested = document["cv"]["nested"]
+    assert set(nested) == {"per_task", "choices", "note"} and len(nested["choices"]) == fusion_module.INNER_FOLDS
+    json.dumps(document)
+
+    shifted = -np.asarray(nested_risk) + 10.0  # a nested risk that ranks the patients the other way round
+    monkeypatch.setattr(fusion_module, "fit_fusion", lambda *a, **k: (dict(document), fitted[1], nomogram, oof_risk,
+                                                                      shifted))
+    models = SimpleNamespace(training_inputs=lambda manifest, features: factors, nomograms={}, cutoffs={})
+    manifest = SimpleNamespace(patient_ids=ids)
+    block, weights = train_module.fit_fusion_stage(models, manifest, pd.DataFrame(), {}, [], time, event, seed=0)
+    assert block["training_metrics"]["c_index"] == pytest.approx(harrell_c(time, event, shifted))
+    assert models.cutoffs["mmoe"]["cutoff"] == training_cutoff(oof_risk, time, event, min_share=0.10)["cutoff"]
+    assert "nested out-of-fold" in block["training_metrics"]["note"]
+
+
+def test_each_fold_of_the_nested_estimate_is_scored_under_a_choice_made_without_it(monkeypatch):
+    """A schedule that ranks fold 0's held-out patients perfectly (and is noise elsewhere) wins the choice made on
+    every fold, so fold 0's out-of-fold C is 1 under it; the nested choice for fold 0 is made on folds 1-4 and does
+    not see it, while every other fold's nested choice does (fold 0 is among their choosing folds)."""
+    from NPCPrognosisLib.survival.metrics import harrell_c
+
+    n = 100
+    rng = np.random.default_rng(5)
+    data = mmoe.FusionData(blocks={"clinical": rng.normal(size=(n, 2))}, present=np.ones((n, 1), bool),
+                           time=rng.exponential(30, n), event=rng.random(n) < 0.6)
+    folds = [np.arange(n) % 5 == k for k in range(5)]
+
+    def planted(data, config, seeds, *, rows=None, checkpoints=()):
+        noise = np.random.default_rng([seeds[0], int(config.width)])
+        scored = [{mmoe.SURVIVAL: noise.normal(size=(len(seeds), n))} for _ in checkpoints]
+        if config.width == 8:
+            scored[3][mmoe.SURVIVAL][:, folds[0]] = -data.time[folds[0]]  # fold 0's patients ranked perfectly
+        return [], scored
+
+    monkeypatch.setattr(mmoe, "train_members", planted)
+    base = mmoe.MMoEConfig(blocks={"clinical": 2}, tasks=[mmoe.SURVIVAL], epochs=60, members=2)
+    report = mmoe.cross_validate(data, base, [{"width": 4}, {"width": 8}], folds, seed=0)
+    assert report["chosen"] == {"width": 8} and report["task_epochs"] == {mmoe.SURVIVAL: 40}
+    held = folds[0]
+    assert harrell_c(data.time[held], data.event[held], report["oof"][mmoe.SURVIVAL][held]) == 1.0
+    choices = report["nested"]["choices"]
+    assert (choices[0]["candidate"], choices[0]["task_epochs"][mmoe.SURVIVAL]) != (1, 40)
+    assert all((c["candidate"], c["task_epochs"][mmoe.SURVIVAL]) == (1, 40) for c in choices[1:])
+    fold0 = harrell_c(data.time[held], data.event[held], report["nested"]["oof"][mmoe.SURVIVAL][held])
+    assert fold0 < 0.8
+    assert report["nested"]["per_task"][mmoe.SURVIVAL] < report["per_task"][mmoe.SURVIVAL] - 0.05
+
+
+
+def test_contributions_say_what_moves_the_output_where_gate_weights_do_not():
+    """Only the pathology block predicts: its gate weight stays under a half (the gates start even and the head
+    can lean on one expert without them), while its share of the variance of the fused output is most of it.
+    Each patient's contributions add up to the output the model gives, less the head's bias."""
+    from NPCPrognosisLib.pipeline.fusion import contribution_shares
+
+    rng = np.random.default_rng(6)
+    n = 150
+    blocks = {"radiomics": rng.normal(size=(n, 2)), "clinical": rng.normal(size=(n, 3)),
+              "pathology": rng.normal(size=(n, 2))}
+    hazard = np.exp(1.2 * blocks["pathology"][:, 0])
+    time, censor = rng.exponential(30 / hazard), rng.exponential(50, n)
+    present = np.ones((n, 3), bool)
+    present[:20, 2] = False
+    blocks["pathology"][:20] = 0.0
+    data = mmoe.FusionData(blocks=blocks, present=present, time=np.minimum(time, censor), event=time < censor)
+    config = mmoe.MMoEConfig(blocks={k: v.shape[1] for k, v in blocks.items()}, tasks=[mmoe.SURVIVAL], width=4,
+                             epochs=150, members=2, weight_decay=0.1)
+    members = mmoe.fit_ensemble(data, config, seed=1)
+    outputs, gates = mmoe.predict_members(members, data)
+    parts = mmoe.expert_contributions(members, data)[mmoe.SURVIVAL]
+    bias = np.mean([m.heads[mmoe.SURVIVAL].bias.detach().item() for m in members[mmoe.SURVIVAL]])
+    assert np.allclose(parts.sum(axis=1) + bias, outputs[mmoe.SURVIVAL], atol=1e-5)
+    shares = contribution_shares({mmoe.SURVIVAL: parts}, present, list(blocks))[mmoe.SURVIVAL]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    gate = gates[mmoe.SURVIVAL][20:, 2].mean()
+    # measured: gate 0.43, pathology's share 0.69 (clinical 0.22, radiomics 0.09)
+    assert gate < 0.5 and shares["pathology"] > 0.6 and shares["pathology"] > gate + 0.2
