@@ -43,7 +43,7 @@ from NPCPrognosisLib.pipeline.internal_validation import (
     optimism_corrected_c,
 )
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
-from NPCPrognosisLib.pipeline.selection import default_selection, select_models
+from NPCPrognosisLib.pipeline.selection import MIN_EVENTS_FOR_SELECTION, default_selection, select_models
 from NPCPrognosisLib.radiomics.features_table import (
     DEEP_SCORE,
     RADIOMICS_RECORD,
@@ -199,17 +199,50 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
     return train_manifest, features[is_train].reset_index(drop=True), train_ids, test_ids, lacking
 
 
+def robustness_unused(select: bool, event: np.ndarray, settings: SignatureSettings) -> str | None:
+    """Why the robustness study's ICCs would choose nothing in this training run, or None when they can.
+
+    Why: the perturbed re-extractions take minutes per patient on two cores (16 min on a 28-patient cohort), and
+    their ICCs enter only as a threshold that cross-validation chooses (:func:`~NPCPrognosisLib.pipeline.
+    selection.select_models`) or the settings fix; with fewer than :data:`MIN_EVENTS_FOR_SELECTION` training
+    events nothing is chosen and the default configuration has no ICC filter, so the study was time spent on a
+    number no model used.
+
+    Parameters
+    ----------
+    select : bool
+        Whether the configuration is chosen by cross-validation (``train``'s ``select``).
+    event : ndarray of bool
+        The training patients' events.
+    settings : SignatureSettings
+        The signature settings given (``min_icc`` set: a fixed threshold, which needs the ICCs).
+
+    Returns
+    -------
+    reason : str or None
+        For the bundle's robustness block and the log; None when the ICCs are used.
+    """
+    if settings.min_icc is not None:
+        return None
+    if not select:
+        return "--no-select: the configuration is not chosen and the settings fix no ICC threshold"
+    if int(np.sum(event)) < MIN_EVENTS_FOR_SELECTION:
+        return (f"{int(np.sum(event))} training events (< {MIN_EVENTS_FOR_SELECTION}) are too few to choose an ICC "
+                "threshold by cross-validation, and the default configuration has none")
+    return None
+
+
 def robustness_record(robustness: Robustness | None, settings: SignatureSettings,
                       signature: RadiomicsSignature, columns: list[str],
-                      requested: int = ROBUSTNESS_PATIENTS) -> dict[str, Any]:
+                      requested: int = ROBUSTNESS_PATIENTS, unused: str | None = None) -> dict[str, Any]:
     """The bundle's robustness block: how it was measured, the threshold chosen, the selected features' ICCs and
     every feature's ICC (aligned with ``feature_columns``, so ``evaluate`` can refit the same procedure). Not
-    measured, it says why (``requested``: the patients asked for; 0 is the user's choice, anything else was logged
-    by :func:`~NPCPrognosisLib.pipeline.robustness.feature_robustness`)."""
+    measured, it says why (``unused``: :func:`robustness_unused`; ``requested``: the patients asked for; 0 is the
+    user's choice, anything else was logged by :func:`~NPCPrognosisLib.pipeline.robustness.feature_robustness`)."""
     if robustness is None:
-        reason = ("--robustness-patients 0" if requested <= 0
-                  else "no extraction metadata beside the features table, or too few patients could be "
-                       "perturbed: see the warning above")
+        reason = unused or ("--robustness-patients 0" if requested <= 0
+                            else "no extraction metadata beside the features table, or too few patients could be "
+                                 "perturbed: see the warning above")
         return {"measured": False, "threshold": settings.min_icc, "reason": reason}
     return {"measured": True, **robustness.summary(settings.min_icc),
             "selected_feature_icc": {f: robustness.icc.get(f) for f in signature.features},
@@ -386,8 +419,12 @@ def train(
     check_training_events(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
 
-    robustness = feature_robustness(train_manifest, train_features, meta, features_path,
-                                    n_patients=robustness_patients, seed=seed, workers=workers)
+    unused = robustness_unused(select, event, settings) if robustness_patients > 0 else None
+    if unused:
+        log.info("feature robustness not measured: %s", unused)
+    robustness = None if unused else feature_robustness(train_manifest, train_features, meta, features_path,
+                                                        n_patients=robustness_patients, seed=seed,
+                                                        workers=workers)
     icc = robustness.icc if robustness is not None else None
     ebv_fill = ebv_fill_value(train_manifest)
     clinical = train_manifest.clinical_table(ebv_fill)
@@ -450,7 +487,8 @@ def train(
         "signature_settings": {**asdict(settings), "description": settings.describe()},
         "selection": selection.to_dict(),
         "robustness": robustness_record(robustness, settings, models.signature,
-                                        list(feature_matrix(train_features).columns), robustness_patients),
+                                        list(feature_matrix(train_features).columns), robustness_patients,
+                                        unused),
         "harmonization": harmonization_record(models, train_manifest),
         "clinical_encoding": {"coding": selection.clinical_coding,
                               "covariates": codings[selection.clinical_coding],

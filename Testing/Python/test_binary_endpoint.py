@@ -682,3 +682,27 @@ def test_a_ridge_that_learned_nothing_confirmed_says_what_its_probability_means(
 
     clinical, features, y = _weak_signal_cohort(160, np.random.default_rng(13))
     assert rg.ridge_warning(rg.fit_ridge(clinical, features, y, 13), y.mean()) is None
+
+
+def test_a_patients_probability_lies_inside_its_own_bootstrap_interval_under_a_strong_penalty():
+    """A ridge at the strongest penalty (labels independent of everything) recalibrates with a slope in the
+    thousands; the bootstrap refits applied it to their own log-odds as they were, so each refit's small shift of
+    offset became a large shift of probability: 12 % of new patients got a probability outside their own 95%
+    interval (0.739 with 0.802-0.953 in a real run). Each refit now carries the recalibration onto its own
+    log-odds, standardised over its own patients, as the calibration was carried from the folds."""
+    rng = np.random.default_rng(1)
+    n, new = 160, 100
+    clinical = _random_clinical_factors(n + new, rng)
+    features = pd.DataFrame({f"t2_gtvp_original_glcm_F{k}": rng.normal(size=n + new) for k in range(60)})
+    y = (rng.random(n + new) < 0.7).astype(int)
+    train, test = np.arange(n), np.arange(n, n + new)
+    model = json.loads(json.dumps(rg.fit_ridge(clinical.iloc[train], features.iloc[train], y[train], seed=1)))
+    assert model["C"] == min(rg.RIDGE_CS) and model["calibration"]["slope"] > 1000  # the case this is about
+    boot = json.loads(json.dumps(bn._bootstrap_ridge(clinical.iloc[train], features.iloc[train], y[train], model, 1)))
+    prob = rg.predict_ridge(model, clinical.iloc[test], features.iloc[test])
+    draws = np.array([rg.predict_ridge({**model, **refit}, clinical.iloc[test], features.iloc[test])
+                      for refit in boot["refits"]])
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    outside = np.mean((prob < low) | (prob > high))
+    assert outside <= 0.05, outside
+    assert all("calibration" in refit for refit in boot["refits"])

@@ -466,6 +466,31 @@ def test_train_refuses_too_few_events_before_any_work_and_warns_when_none_is_cen
     assert read_bundle(tmp_path / "e")["training"]["events"] == len(manifest)
 
 
+def test_train_skips_the_robustness_study_when_too_few_events_let_it_choose_anything(small_cohort, tmp_path,
+                                                                                    monkeypatch):
+    """With fewer than 25 training events the configuration is not chosen and the default one has no ICC filter,
+    yet train at its defaults perturbed every training patient first (16 min on a 28-patient cohort, 8 events)
+    for ICCs no model used. The bundle now says why the study was not run."""
+    import NPCPrognosisLib.pipeline.train as train_module
+    from NPCPrognosisLib.radiomics.signature import SignatureSettings
+
+    def never(*args, **kwargs):
+        raise AssertionError("the robustness study ran though nothing could use it")
+
+    monkeypatch.setattr(train_module, "feature_robustness", never)
+    events = int(pd.read_csv(small_cohort / "manifest.csv")["dmfs_event"].sum())
+    assert events < 25
+    assert main(["--quiet", "train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
+                 str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "b"),
+                 "--test-fraction", "0.2", "--optimism-bootstraps", "0"]) == 0
+    block = read_bundle(tmp_path / "b")["robustness"]
+    assert not block["measured"] and "too few to choose an ICC threshold" in block["reason"], block
+    # a fixed ICC threshold, or enough events for the cross-validation to choose one, still measures it
+    assert train_module.robustness_unused(True, np.ones(30), SignatureSettings()) is None
+    assert train_module.robustness_unused(False, np.ones(5), SignatureSettings(min_icc=0.75)) is None
+    assert "--no-select" in train_module.robustness_unused(False, np.ones(30), SignatureSettings())
+
+
 def test_cox_command_matches_lifelines_on_rossi(tmp_path, capsys):
     from lifelines import CoxPHFitter
     from lifelines.datasets import load_rossi
