@@ -208,9 +208,11 @@ def extract_cohort(
     process dies (out of memory, a crash in a library) is listed as failed; the others carry on. ``network`` (a
     network bundle) adds each patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`,
     on the same contours as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic
-    contours, written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid
-    instead of refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn
-    ROIs of masks given as DICOM RTSTRUCT.
+    contours, written to ``<out stem>_masks/`` with the cohort check of ``segment --manifest`` (its
+    ``cohort_warnings.txt``, :func:`~NPCPrognosisLib.pipeline.segment.write_cohort_warnings`). ``resample_mask``
+    resamples masks that are not on the CET1W grid instead of refusing them
+    (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn ROIs of masks given as
+    DICOM RTSTRUCT.
     """
     from tqdm import tqdm
 
@@ -283,13 +285,15 @@ def extract_cohort(
             "network_sha256": None if network is None else network_checksum(network),
             # which rows rest on doubtful images (each warning in the .warnings.csv): train and evaluate say so
             "patients_with_warnings": sorted({row["patient_id"] for row in warnings if row["status"] == "extracted"})}
-    if auto_mask:
-        meta["cohort_warnings"] = _auto_contour_cohort_warnings(network, results)
     if network is not None:
         # the network's own training patients: their deep scores come from the head that did not see them
         meta["deep_score_out_of_fold"] = sorted(r["patient_id"] for r in results
                                                 if "error" not in r and r.get("deep_score_out_of_fold"))
     write_json_atomic(meta_path_for(out), meta)
+    if auto_mask:  # beside the automatic masks, as segment --manifest writes it beside its own
+        from NPCPrognosisLib.pipeline.segment import write_cohort_warnings
+
+        write_cohort_warnings(auto_mask_dir, _auto_contour_cohort_warnings(network, results))
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out), warnings=warnings, warnings_path=warnings_path_for(out))
@@ -326,17 +330,15 @@ def image_warnings(results: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
 
 def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The cohort check of ``segment --manifest`` (:func:`NPCPrognosisLib.deep.segmentation.cohort_warnings`) on
-    the automatic contours of an AutoRadio extraction, logged and returned for the metadata."""
+    the automatic contours of an AutoRadio extraction, for
+    :func:`~NPCPrognosisLib.pipeline.segment.write_cohort_warnings`."""
     from NPCPrognosisLib.deep.segmentation import cohort_warnings
     from NPCPrognosisLib.io.bundle import read_bundle
 
     volumes = [r["auto_volumes_ml"] for r in results if r.get("auto_volumes_ml") is not None]
     # the bundle's JSON only: the workers loaded the network, this process need not build it again
     training = read_bundle(network).get("network", {}).get("training_volumes_ml", {})
-    warnings = cohort_warnings(training, volumes)
-    for message in warnings:
-        log.warning("automatic contours of the cohort: %s", message)
-    return warnings
+    return cohort_warnings(training, volumes)
 
 
 def _lost_patient(entry: PatientEntry, exc: BaseException) -> dict[str, Any]:
