@@ -57,7 +57,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if own:
         print(f"{len(own)} patient(s) trained the network: their deep scores come from its risk head refitted "
               "without them (out of fold)")
-    warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings))
+    warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings if row["status"] == "extracted"))
     if warned:
         print(f"{len(warned)} patient(s) have image warnings, listed in {result.warnings_path}: "
               f"{', '.join(warned[:10])}{' ...' if len(warned) > 10 else ''}")
@@ -65,6 +65,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
         for failure in result.failures:
             print(f"  {failure['patient_id']}: {failure['error']}")
+        failed_warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings if row["status"] == "failed"))
+        if failed_warned:
+            print(f"  {len(failed_warned)} of them had image warnings before failing (often the reason), listed in "
+                  f"{result.warnings_path} with status 'failed': {', '.join(failed_warned[:10])}"
+                  f"{' ...' if len(failed_warned) > 10 else ''}")
     return 0
 
 

@@ -24,6 +24,10 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.column = column
         self.fix = fix
+        #: Warnings about the patient raised before this error (a sequence covering half of the field, another frame
+        #: of reference), often what explains it; kept out of the message and added by the loader that raised them
+        #: (:func:`NPCPrognosisLib.io.images.warnings_kept_on_failure`), so a cohort run can list them.
+        self.warnings: list[str] = []
         super().__init__(self._compose())
 
     def _compose(self) -> str:

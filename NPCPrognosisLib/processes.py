@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import pickle
 import sys
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +99,71 @@ def share_cores(workers: int) -> int:
     return limit_threads(cores // max(1, int(workers)))
 
 
-def _start_worker(workers: int, initializer: Callable[[], None] | None) -> None:
+@dataclass(frozen=True)
+class WorkerLogging:
+    """How the main process prints log records and Python warnings, repeated in each spawned worker.
+
+    Why: a spawned worker starts with logging unconfigured, so its records went to Python's last-resort handler:
+    ``extract --workers 2`` printed a patient's image warning as the bare message, without the CLI's
+    ``WARNING <logger>: `` prefix, and dropped the workers' INFO and DEBUG records under ``--verbose``.
+
+    Attributes
+    ----------
+    level : int
+        The main process's root logger level.
+    formatter : logging.Formatter or None
+        The formatter of its console handler (:func:`console_handler`); None when it has none, or one that cannot
+        be sent to a worker: the worker keeps Python's default then, as the main process does without a handler.
+    formatwarning : callable or None
+        ``warnings.formatwarning`` (the CLI shows a warning's text only, without file and source line); None when
+        it cannot be sent to a worker.
+    """
+
+    level: int
+    formatter: logging.Formatter | None
+    formatwarning: Callable[..., str] | None
+
+    @classmethod
+    def of_this_process(cls) -> WorkerLogging:
+        """The logging of the process that starts the workers, as it is now."""
+        handler = console_handler()
+        formatter = None if handler is None else handler.formatter or logging.Formatter()
+        return cls(level=logging.getLogger().level, formatter=_sendable(formatter),
+                   formatwarning=_sendable(warnings.formatwarning))
+
+    def apply(self) -> None:
+        """Set this (worker) process's root logger and warnings display to match."""
+        if self.formatwarning is not None:
+            warnings.formatwarning = self.formatwarning
+        if self.formatter is None:
+            return
+        handler = logging.StreamHandler()  # stderr: a spawned worker writes to its parent's
+        handler.setFormatter(self.formatter)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(self.level)
+
+
+def console_handler() -> logging.Handler | None:
+    """The root logger's handler that prints to the terminal (the CLI's ``logging.basicConfig``), or None."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.stdout,
+                                                                               sys.__stderr__, sys.__stdout__):
+            return handler
+    return None
+
+
+def _sendable(value: Any) -> Any:
+    """``value`` when it can be pickled to a spawned worker (a formatter or function of a module), else None."""
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
+    return value
+
+
+def _start_worker(workers: int, initializer: Callable[[], None] | None, logs: WorkerLogging) -> None:
+    logs.apply()
     share_cores(workers)
     if initializer is not None:
         initializer()
@@ -124,8 +192,9 @@ class WorkerPool(ProcessPoolExecutor):
 
 
 def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> WorkerPool:
-    """The process pool of every parallel stage: spawned workers (:func:`spawn_context`), each limited to its
-    share of the cores (:func:`share_cores`), then running ``initializer`` (a module-level function); leaving
-    its ``with`` block by an exception cancels the tasks not yet started (:class:`WorkerPool`)."""
+    """The process pool of every parallel stage: spawned workers (:func:`spawn_context`), each logging as the
+    main process does (:class:`WorkerLogging`) and limited to its share of the cores (:func:`share_cores`), then
+    running ``initializer`` (a module-level function); leaving its ``with`` block by an exception cancels the
+    tasks not yet started (:class:`WorkerPool`)."""
     return WorkerPool(max_workers=workers, mp_context=spawn_context(), initializer=_start_worker,
-                      initargs=(int(workers), initializer))
+                      initargs=(int(workers), initializer, WorkerLogging.of_this_process()))

@@ -7,8 +7,9 @@ CET1W grid (the reference on which tumours are contoured); inputs that do not ov
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +321,30 @@ def mask_on_reference(mask: sitk.Image, ref: sitk.Image, *, patient_id: str | No
                        + "; ".join(differences))
 
 
+@contextlib.contextmanager
+def warnings_kept_on_failure(warnings: list[str]) -> Iterator[None]:
+    """Give an :class:`~NPCPrognosisLib.errors.InputError` raised inside the block the ``warnings`` gathered so far.
+
+    Why: a patient's warnings were returned with the loaded patient only, so one refused afterwards (its mask not on
+    the grid after its T2W was found to cover half of the field) lost the warnings that explain the refusal.
+
+    Parameters
+    ----------
+    warnings : list of str
+        The list the block appends its warnings to; read when the error is raised.
+
+    Yields
+    ------
+    None
+        On an InputError, ``warnings`` are put ahead of those it carries already (raised later, further in).
+    """
+    try:
+        yield
+    except InputError as exc:
+        exc.warnings[:0] = warnings
+        raise
+
+
 def align_patient(
     images: Mapping[str, sitk.Image],
     mask: sitk.Image | None,
@@ -343,43 +368,44 @@ def align_patient(
     out: dict[str, sitk.Image] = {}
     warnings: list[str] = []
     covered: dict[str, np.ndarray] = {}  # which reference voxels each resampled sequence holds
-    for name, image in images.items():
-        image = sitk.Cast(image, sitk.sitkFloat32)
-        warnings += intensity_warnings(image, name)
-        if name != reference and not same_geometry(image, ref):
-            # The share of the smaller field of view inside the other: a T2W acquired over a wider field than the
-            # CET1W covers all of it, though most of the T2W's own box lies outside (family C: 184 mm inside 236 mm
-            # in plane, 46 % of the T2W's box, was refused as "does not overlap").
-            if max(overlap_fraction(image, ref), overlap_fraction(ref, image)) < 0.5:
-                raise InputError(f"{name} does not overlap the {reference} image (different patient or frame of "
-                                 "reference?)",
-                                 patient_id=patient_id, path=paths.get(name),
-                                 fix=f"register {name} to {reference} before running, or check the file belongs "
-                                     "to this patient")
-            # routine, not a warning: sequences of one exam are rarely on one grid (families B and C: every
-            # patient's T2W), and a warning on every patient buried the ones that matter in extract's list
-            log.info("%s: %s was resampled onto the %s grid", patient_id, name, reference)
-            field = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-            field.CopyInformation(image)
-            covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0
-            image = resample_onto(image, ref)
-            if covered[name].mean() < 1.0 - UNCOVERED_SHARE:
-                warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it the "
-                                f"network reads air and segments from the other sequences only")
-        out[name] = image
-    if mask is not None:
-        mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))
-        mask, note = mask_on_reference(mask, ref, patient_id=patient_id, path=paths.get("mask"), reference=reference,
-                                       resample=resample_mask)
-        if note:
-            warnings.append(note)
-        warnings += contour_warnings(mask, ref)
-        contoured = sitk.GetArrayViewFromImage(mask) > 0
-        for name, inside in covered.items():
-            outside = int((contoured & ~inside).sum())
-            if outside:  # its radiomics there would be computed on the fill value, not on tissue
-                warnings.append(f"{outside} of the {int(contoured.sum())} contoured voxels lie outside the {name} "
-                                f"field: its features describe part of the contours only, with the rest read as 0")
+    with warnings_kept_on_failure(warnings):  # a refused mask keeps the coverage warnings
+        for name, image in images.items():
+            image = sitk.Cast(image, sitk.sitkFloat32)
+            warnings += intensity_warnings(image, name)
+            if name != reference and not same_geometry(image, ref):
+                # The share of the smaller field of view inside the other: a T2W acquired over a wider field than the
+                # CET1W covers all of it, though most of the T2W's own box lies outside (family C: 184 mm inside 236 mm
+                # in plane, 46 % of the T2W's box, was refused as "does not overlap").
+                if max(overlap_fraction(image, ref), overlap_fraction(ref, image)) < 0.5:
+                    raise InputError(f"{name} does not overlap the {reference} image (different patient or frame of "
+                                     "reference?)",
+                                     patient_id=patient_id, path=paths.get(name),
+                                     fix=f"register {name} to {reference} before running, or check the file belongs "
+                                         "to this patient")
+                # routine, not a warning: sequences of one exam are rarely on one grid (families B and C: every
+                # patient's T2W), and a warning on every patient buried the ones that matter in extract's list
+                log.info("%s: %s was resampled onto the %s grid", patient_id, name, reference)
+                field = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+                field.CopyInformation(image)
+                covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0
+                image = resample_onto(image, ref)
+                if covered[name].mean() < 1.0 - UNCOVERED_SHARE:
+                    warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it "
+                                    f"the network reads air and segments from the other sequences only")
+            out[name] = image
+        if mask is not None:
+            mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))
+            mask, note = mask_on_reference(mask, ref, patient_id=patient_id, path=paths.get("mask"),
+                                           reference=reference, resample=resample_mask)
+            if note:
+                warnings.append(note)
+            warnings += contour_warnings(mask, ref)
+            contoured = sitk.GetArrayViewFromImage(mask) > 0
+            for name, inside in covered.items():
+                outside = int((contoured & ~inside).sum())
+                if outside:  # its radiomics there would be computed on the fill value, not on tissue
+                    warnings.append(f"{outside} of the {int(contoured.sum())} contoured voxels lie outside the {name} "
+                                    f"field: its features describe part of the contours only, with the rest read as 0")
     for text in warnings:
         log.warning("patient %s: %s", patient_id, text)
     return PatientImages(patient_id=patient_id, images=out, mask=mask, warnings=warnings)
@@ -430,58 +456,60 @@ def load_patient(
     check_series_owners(owners, patient_id, image_paths, foreign_ids=foreign_ids)
     check_series_sequences({name: identity for name, identity in identities.items()
                             if split_series_selector(image_paths[name])[0].is_dir()}, patient_id, image_paths)
-    for name, identity in identities.items():
-        if name == reference:
-            continue
-        if ours.get("frame") and identity.get("frame") and identity["frame"] != ours["frame"]:
-            # another frame of reference: scanner coordinates that need not match (another session, the patient
-            # repositioned); resampling by them is right only if nothing moved
-            notes.append(f"the {name} series lies in another frame of reference than the {reference} series: it was "
-                         "placed by scanner coordinates; if the patient moved between the series, register them "
-                         "first")
-    from NPCPrognosisLib.io.dicom_contours import dicom_modality
+    with warnings_kept_on_failure(notes):  # e.g. another frame of reference, then the contours refused
+        for name, identity in identities.items():
+            if name == reference:
+                continue
+            if ours.get("frame") and identity.get("frame") and identity["frame"] != ours["frame"]:
+                # another frame of reference: scanner coordinates that need not match (another session, the patient
+                # repositioned); resampling by them is right only if nothing moved
+                notes.append(f"the {name} series lies in another frame of reference than the {reference} series: it "
+                             "was placed by scanner coordinates; if the patient moved between the series, register "
+                             "them first")
+        from NPCPrognosisLib.io.dicom_contours import dicom_modality
 
-    modality = None if mask_path is None else dicom_modality(mask_path)
-    if mask_path is None:
-        mask = None
-    elif reference in images and modality == "SEG":
-        from NPCPrognosisLib.io.dicom_seg import read_seg
+        modality = None if mask_path is None else dicom_modality(mask_path)
+        if mask_path is None:
+            mask = None
+        elif reference in images and modality == "SEG":
+            from NPCPrognosisLib.io.dicom_seg import read_seg
 
-        mask, report = read_seg(mask_path, images[reference], image_paths[reference], roi_map, patient_id=patient_id)
-        if report["unmatched"]:
-            notes.append(f"DICOM SEG segment(s) {report['unmatched']} matched neither GTVp nor GTVn and were not "
-                         "used (--roi-map names them)")
-    elif reference in images and modality == "RTSTRUCT":
-        from NPCPrognosisLib.io.rtstruct import read_rtstruct
+            mask, report = read_seg(mask_path, images[reference], image_paths[reference], roi_map,
+                                    patient_id=patient_id)
+            if report["unmatched"]:
+                notes.append(f"DICOM SEG segment(s) {report['unmatched']} matched neither GTVp nor GTVn and were not "
+                             "used (--roi-map names them)")
+        elif reference in images and modality == "RTSTRUCT":
+            from NPCPrognosisLib.io.rtstruct import read_rtstruct
 
-        mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
-        frame = ours.get("frame")
-        if frame is not None and report["frames_of_reference"] and frame not in report["frames_of_reference"]:
-            # contours of another frame (a planning CT the MR was not resampled into, another study) would be
-            # placed by coordinates that mean something else on this scan
-            raise InputError(f"the RTSTRUCT's contours were drawn in frame of reference "
-                             f"{', '.join(report['frames_of_reference'])}, the {reference} series is in {frame}",
-                             patient_id=patient_id, path=mask_path,
-                             fix=f"export the structure set drawn on this {reference} series, or the {reference} "
-                                 "resampled into the structure set's frame (registered in the planning system)")
-        if report["unmatched"]:
-            notes.append(f"RTSTRUCT ROI(s) {report['unmatched']} matched neither GTVp nor GTVn and were not used "
-                         "(--roi-map names them)")
-        if report["skipped_contours"]:
-            notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) lie beyond the {reference}'s first or last "
-                         "slice (or are not closed planar) and were skipped")
-        if report["contours_between_slices"]:
-            notes.append(f"the RTSTRUCT's contours lie on planes finer than the {reference} slices: each slice took "
-                         f"the plane nearest its centre ({report['contours_between_slices']} contour(s) between slices "
-                         "unused); check the contours on the images")
-        if report["slices_from_nearest_plane"]:
-            notes.append(f"the RTSTRUCT's contours lie on planes coarser than the {reference} slices: "
-                         f"{report['slices_from_nearest_plane']} slice(s) between them took the nearest plane's "
-                         "contours; check the contours on the images")
-    else:
-        mask = read_image(mask_path, patient_id=patient_id, role="mask")
-    patient = align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},
-                            reference=reference, resample_mask=resample_mask)
+            mask, report = read_rtstruct(mask_path, images[reference], roi_map, patient_id=patient_id)
+            frame = ours.get("frame")
+            if frame is not None and report["frames_of_reference"] and frame not in report["frames_of_reference"]:
+                # contours of another frame (a planning CT the MR was not resampled into, another study) would be
+                # placed by coordinates that mean something else on this scan
+                raise InputError(f"the RTSTRUCT's contours were drawn in frame of reference "
+                                 f"{', '.join(report['frames_of_reference'])}, the {reference} series is in {frame}",
+                                 patient_id=patient_id, path=mask_path,
+                                 fix=f"export the structure set drawn on this {reference} series, or the {reference} "
+                                     "resampled into the structure set's frame (registered in the planning system)")
+            if report["unmatched"]:
+                notes.append(f"RTSTRUCT ROI(s) {report['unmatched']} matched neither GTVp nor GTVn and were not used "
+                             "(--roi-map names them)")
+            if report["skipped_contours"]:
+                notes.append(f"{report['skipped_contours']} RTSTRUCT contour(s) lie beyond the {reference}'s first "
+                             "or last slice (or are not closed planar) and were skipped")
+            if report["contours_between_slices"]:
+                notes.append(f"the RTSTRUCT's contours lie on planes finer than the {reference} slices: each slice "
+                             f"took the plane nearest its centre ({report['contours_between_slices']} contour(s) "
+                             "between slices unused); check the contours on the images")
+            if report["slices_from_nearest_plane"]:
+                notes.append(f"the RTSTRUCT's contours lie on planes coarser than the {reference} slices: "
+                             f"{report['slices_from_nearest_plane']} slice(s) between them took the nearest plane's "
+                             "contours; check the contours on the images")
+        else:
+            mask = read_image(mask_path, patient_id=patient_id, role="mask")
+        patient = align_patient(images, mask, patient_id=patient_id, paths={**image_paths, "mask": mask_path},
+                                reference=reference, resample_mask=resample_mask)
     patient.warnings[:0] = notes
     return patient
 

@@ -3,7 +3,7 @@
 One patient's failure never stops a cohort: the row is skipped, the reason goes to a failures file, and the
 table is written in one atomic step at the end so no half-written table is ever mistaken for a finished one.
 A patient extracted from doubtful images (a sequence covering part of the field, another frame of reference) keeps
-its row, and its warnings go to a warnings file beside the table.
+its row, and its warnings go to a warnings file beside the table, with those a failed patient raised before failing.
 Patients run in a local process pool or, for cohorts one machine cannot handle, on a Dask cluster.
 """
 
@@ -46,7 +46,8 @@ class ExtractionResult:
     features_path: Path | None = None
     failures_path: Path | None = None
     meta_path: Path | None = None
-    #: one row per image warning of an extracted patient (``patient_id``, ``warning``), as in ``warnings_path``
+    #: one row per image warning (``patient_id``, ``warning``, ``status``: ``extracted``, or ``failed`` for one raised
+    #: before the patient failed), as in ``warnings_path`` (:func:`image_warnings`)
     warnings: list[dict[str, str]] = field(default_factory=list)
     warnings_path: Path | None = None
 
@@ -82,13 +83,15 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
                  network: str | None = None, auto_mask_dir: str | None = None,
                  resample_mask: bool = False, roi_map: str | None = None,
                  foreign_ids: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Worker body (module-level so process pools can pickle it). Returns features or the failure reason.
+    """Worker body (module-level so process pools can pickle it). Returns features or the failure reason, either
+    with the patient's image warnings (those of a failed patient raised before it failed, often why it did).
 
     With ``network``, the patient's deep score is added; with ``auto_mask_dir`` as well, the network's contours
     replace the manifest mask (AutoRadio) and are written there for review. ``foreign_ids`` (the manifest's other
     patients) refuse a DICOM series carrying one of them (:func:`~NPCPrognosisLib.io.images.load_patient`).
     """
     auto_volumes: dict[str, float] | None = None  # the automatic contours' volumes, for the cohort check
+    patient: PatientImages | None = None
     try:
         mask = None if auto_mask_dir else entry.mask
         patient = load_patient(entry.patient_id, {c: entry.images[c] for c in SEQUENCES}, mask,
@@ -121,11 +124,12 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         row = patient_features(patient, config, params_path=params_path, workers=workers, preprocessed=prepared)
         return {"patient_id": entry.patient_id, "features": {**extra, **row}, "warnings": patient.warnings,
                 "deep_score_out_of_fold": out_of_fold, "auto_volumes_ml": auto_volumes}
-    except InputError as exc:  # an empty automatic GTVp lands here: its volumes still count for the cohort
-        return {"patient_id": entry.patient_id, "error": str(exc), "auto_volumes_ml": auto_volumes}
     except Exception as exc:  # noqa: BLE001 - any library failure is reported for that patient only
-        return {"patient_id": entry.patient_id, "error": f"{type(exc).__name__}: {exc}",
-                "auto_volumes_ml": auto_volumes}
+        # an empty automatic GTVp lands here too: its volumes still count for the cohort
+        error = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        # loaded: the patient's own warnings (the network's included); refused while loading: the loader's
+        warnings = patient.warnings if patient is not None else list(getattr(exc, "warnings", []))
+        return {"patient_id": entry.patient_id, "error": error, "warnings": warnings, "auto_volumes_ml": auto_volumes}
 
 
 def input_checksum(path: str | Path | None) -> str | None:
@@ -204,9 +208,11 @@ def extract_cohort(
     process dies (out of memory, a crash in a library) is listed as failed; the others carry on. ``network`` (a
     network bundle) adds each patient's deep score and deep radiomic features (:mod:`NPCPrognosisLib.deep.features`,
     on the same contours as the radiomics); ``auto_mask`` segments with it and takes radiomics from the automatic
-    contours, written to ``<out stem>_masks/``. ``resample_mask`` resamples masks that are not on the CET1W grid
-    instead of refusing them (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn
-    ROIs of masks given as DICOM RTSTRUCT.
+    contours, written to ``<out stem>_masks/`` with the cohort check of ``segment --manifest`` (its
+    ``cohort_warnings.txt``, :func:`~NPCPrognosisLib.pipeline.segment.write_cohort_warnings`). ``resample_mask``
+    resamples masks that are not on the CET1W grid instead of refusing them
+    (:func:`NPCPrognosisLib.io.images.mask_on_reference`); ``roi_map`` names the GTVp/GTVn ROIs of masks given as
+    DICOM RTSTRUCT.
     """
     from tqdm import tqdm
 
@@ -259,14 +265,15 @@ def extract_cohort(
     if not rows:
         # Nothing is written: an earlier good table, its failures list and metadata stay as they were.
         first = "; ".join(f"{f['patient_id']}: {f['error']}" for f in failures[:3])
-        raise InputError(f"no patient could be processed ({len(failures)} failed; {first})",
+        # no warnings file either: the warnings that may explain the failures go with them
+        before = "".join(f"; {w['patient_id']} warned before it failed: {w['warning']}" for w in warnings[:3])
+        raise InputError(f"no patient could be processed ({len(failures)} failed; {first}{before})",
                          path=manifest.source, fix="fix the first error above and run extract again (earlier output "
                                                    f"in {out} is kept)")
     failures_table = pd.DataFrame(failures, columns=["patient_id", "stage", "error"])
     write_text_atomic(failures_file, failures_table.to_csv(index=False))
     # written even when empty, as the failures are: an earlier run's warnings must not outlive its table
-    write_text_atomic(warnings_path_for(out), pd.DataFrame(warnings, columns=["patient_id", "warning"])
-                      .to_csv(index=False))
+    write_text_atomic(warnings_path_for(out), pd.DataFrame(warnings, columns=WARNINGS_COLUMNS).to_csv(index=False))
     table = pd.DataFrame(rows)
     write_text_atomic(out, table.to_csv(index=False))
     meta = {**extraction_metadata(params_path, preprocess), "created": datetime.now(timezone.utc).isoformat(),
@@ -277,53 +284,61 @@ def extract_cohort(
             "network": None if network is None else str(network),
             "network_sha256": None if network is None else network_checksum(network),
             # which rows rest on doubtful images (each warning in the .warnings.csv): train and evaluate say so
-            "patients_with_warnings": sorted({row["patient_id"] for row in warnings})}
-    if auto_mask:
-        meta["cohort_warnings"] = _auto_contour_cohort_warnings(network, results)
+            "patients_with_warnings": sorted({row["patient_id"] for row in warnings if row["status"] == "extracted"})}
     if network is not None:
         # the network's own training patients: their deep scores come from the head that did not see them
         meta["deep_score_out_of_fold"] = sorted(r["patient_id"] for r in results
                                                 if "error" not in r and r.get("deep_score_out_of_fold"))
     write_json_atomic(meta_path_for(out), meta)
+    if auto_mask:  # beside the automatic masks, as segment --manifest writes it beside its own
+        from NPCPrognosisLib.pipeline.segment import write_cohort_warnings
+
+        write_cohort_warnings(auto_mask_dir, _auto_contour_cohort_warnings(network, results))
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out), warnings=warnings, warnings_path=warnings_path_for(out))
 
 
+#: Columns of ``<features>.warnings.csv`` (:func:`image_warnings`).
+WARNINGS_COLUMNS = ["patient_id", "warning", "status"]
+
+
 def image_warnings(results: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """The image warnings of the extracted patients, one row each (``patient_id``, ``warning``).
+    """The image warnings of the cohort's patients, one row each (``patient_id``, ``warning``, ``status``).
 
     Why: :func:`~NPCPrognosisLib.io.images.load_patient` only logged them, from the worker that read the patient
     and between progress-bar updates, and a patient taken from the resume cache logged nothing at all, so a cohort
     run never said that a T2W covered half of a tumour. The per-patient results (the cached ones too) carry them.
+    A failed patient's warnings raised before it failed (a T2W covering half of the field, then its mask refused)
+    are kept as well, marked ``failed``: they often explain the error in the failures file, which alone was kept.
 
     Parameters
     ----------
     results : sequence of mapping
-        The per-patient results of :func:`_one_patient`; failed patients (``error``) are in the failures instead.
+        The per-patient results of :func:`_one_patient`; a failed one (``error``) may carry warnings too.
 
     Returns
     -------
     list of dict
-        In cohort order, each patient's warnings in the order they were raised.
+        In cohort order, each patient's warnings in the order they were raised; ``status`` is ``extracted`` (the
+        patient has a row in the table) or ``failed`` (it is in the failures file).
     """
-    return [{"patient_id": result["patient_id"], "warning": str(text)}
-            for result in results if "error" not in result for text in result.get("warnings") or []]
+    return [{"patient_id": result["patient_id"], "warning": str(text),
+             "status": "failed" if "error" in result else "extracted"}
+            for result in results for text in result.get("warnings") or []]
 
 
 def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The cohort check of ``segment --manifest`` (:func:`NPCPrognosisLib.deep.segmentation.cohort_warnings`) on
-    the automatic contours of an AutoRadio extraction, logged and returned for the metadata."""
+    the automatic contours of an AutoRadio extraction, for
+    :func:`~NPCPrognosisLib.pipeline.segment.write_cohort_warnings`."""
     from NPCPrognosisLib.deep.segmentation import cohort_warnings
     from NPCPrognosisLib.io.bundle import read_bundle
 
     volumes = [r["auto_volumes_ml"] for r in results if r.get("auto_volumes_ml") is not None]
     # the bundle's JSON only: the workers loaded the network, this process need not build it again
     training = read_bundle(network).get("network", {}).get("training_volumes_ml", {})
-    warnings = cohort_warnings(training, volumes)
-    for message in warnings:
-        log.warning("automatic contours of the cohort: %s", message)
-    return warnings
+    return cohort_warnings(training, volumes)
 
 
 def _lost_patient(entry: PatientEntry, exc: BaseException) -> dict[str, Any]:

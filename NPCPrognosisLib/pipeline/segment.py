@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,37 @@ COHORT_MANIFEST, COHORT_SCORES, COHORT_FAILURES, COHORT_WARNINGS = (
 #: A cohort run's tables (with the synthetic cohort's marker, copied from the input manifest's folder) in the order
 #: they are written, manifest last: a ``manifest.csv`` in the folder means the run that wrote it finished.
 COHORT_TABLES = (COHORT_SCORES, COHORT_FAILURES, COHORT_WARNINGS, SYNTHETIC_MARKER, COHORT_MANIFEST)
+
+
+def write_cohort_warnings(folder: str | Path, warnings: Sequence[str]) -> Path | None:
+    """Report the cohort check of a run's automatic contours: each warning logged and written, one a line, to
+    ``cohort_warnings.txt`` in ``folder``, the folder of the contours it judges.
+
+    Why: ``segment --manifest`` wrote its check to this file while ``extract --mask auto`` stored it in the features'
+    ``.meta.json``, so after one command a user found nothing where the other had put it. Both now write it here,
+    beside the automatic masks (``segment``'s output folder, ``extract``'s ``<features>_masks/``).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder of the run's automatic masks.
+    warnings : sequence of str
+        :func:`~NPCPrognosisLib.deep.segmentation.cohort_warnings` of the run's contours.
+
+    Returns
+    -------
+    Path or None
+        The file written; None when there is no warning, and an earlier run's file is removed, so that the file
+        exists exactly when this run's contours differ from the network's training patients.
+    """
+    path = Path(folder) / COHORT_WARNINGS
+    if not warnings:
+        path.unlink(missing_ok=True)
+        return None
+    write_text_atomic(path, "".join(f"{message}\n" for message in warnings))
+    for message in warnings:
+        log.warning("automatic contours of the cohort (%s): %s", path, message)
+    return path
 
 
 def cohort_folder(manifest: Manifest, out_dir: str | Path) -> Path:
@@ -340,16 +371,12 @@ def _write_cohort_tables(model: NetworkModel, manifest: Manifest, out_dir: Path,
     write_text_atomic(out_dir / COHORT_SCORES, pd.DataFrame(scores, columns=columns).to_csv(index=False))
     if failures:
         write_text_atomic(out_dir / COHORT_FAILURES, pd.DataFrame(failures).to_csv(index=False))
-    warnings = cohort_warnings(model.content.get("network", {}).get("training_volumes_ml", {}),
-                               [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores])
-    for message in warnings:
-        log.warning("cohort: %s", message)
+    write_cohort_warnings(out_dir, cohort_warnings(model.content.get("network", {}).get("training_volumes_ml", {}),
+                                                   [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores]))
     warned = [row["patient_id"] for row in scores if row["warnings"]]
     if warned:
         log.warning("%d patient(s) with warnings about their contours (see deep_scores.csv): %s%s", len(warned),
                     ", ".join(warned[:10]), " ..." if len(warned) > 10 else "")
-    if warnings:
-        write_text_atomic(out_dir / COHORT_WARNINGS, "".join(f"{message}\n" for message in warnings))
     marker = Path(manifest.source).parent / SYNTHETIC_MARKER
     if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
         shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)

@@ -2,7 +2,7 @@
 
 What produced a table (PyRadiomics version, settings hash, preprocessing) is recorded in ``<name>.meta.json``
 and checked again when a model is trained on it or a bundle reads it; the patients that could not be extracted are
-in ``<name>.failures.csv``, and the image warnings of those that were in ``<name>.warnings.csv``.
+in ``<name>.failures.csv``, and the patients' image warnings in ``<name>.warnings.csv``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def meta_path_for(out: Path) -> Path:
 
 
 def warnings_path_for(out: Path) -> Path:
-    """``<name>.warnings.csv``: each extracted patient's image warnings (a sequence resampled or covering part of
-    the CET1W field, contours outside it, another frame of reference), one row per warning, so that a clinician
-    reviewing a cohort learns which rows rest on doubtful images without reading the run's log."""
+    """``<name>.warnings.csv``: each patient's image warnings (a sequence covering part of the CET1W field, contours
+    outside it, another frame of reference), one row per warning, so that a clinician reviewing a cohort learns which
+    rows rest on doubtful images without reading the run's log; ``status`` ``failed`` marks the warnings a failed
+    patient raised before it failed (``extracted``: the patient has a row)."""
     return out.with_name(out.stem + ".warnings.csv")
 
 

@@ -1453,6 +1453,40 @@ def test_extract_with_automatic_contours_checks_the_cohort_they_make(tiny_bundle
     assert _auto_contour_cohort_warnings(str(tiny_bundle), results) == []
 
 
+def test_extract_with_automatic_contours_writes_the_cohort_check_where_segment_does(tiny_cohort, tmp_path,
+                                                                                   monkeypatch):
+    """segment --manifest wrote its cohort check to cohort_warnings.txt beside the masks, extract --mask auto to the
+    features' .meta.json (``cohort_warnings``): after one command the user found nothing where the other put it.
+    extract now writes the same file beside its automatic masks (and removes it when a re-run has none)."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    import NPCPrognosisLib.io.bundle as bundle_io
+    from NPCPrognosisLib.pipeline.extract import extract_cohort
+    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
+
+    real = bundle_io.read_bundle
+
+    def without_primaries(path):  # the demo network, as if none of its training patients had a primary
+        document = real(path)
+        document["network"].setdefault("training_volumes_ml", {}).setdefault("gtvp", {})["share_present"] = 0.0
+        return document
+
+    monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    manifest = read_manifest(_first_patients(tiny_cohort, 2, "two_patients.csv"), require_mask=False)
+    out = tmp_path / "auto.csv"
+    result = extract_cohort(manifest, out, params_path=RADIOMICS_FAST_PARAMS, progress=False, network=DEMO_NETWORK,
+                            auto_mask=True)
+    assert len(result.table) == 2  # each with a GTVp (an empty one fails the patient)
+    written = tmp_path / "auto_masks" / "cohort_warnings.txt"
+    assert written.read_text().splitlines()[0].startswith(
+        "the network found a primary tumour (GTVp) in 2 of 2 patients (100%), far more than among its training")
+    assert "cohort_warnings" not in json.loads(result.meta_path.read_text())  # one place: the file
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 20)
+    extract_cohort(manifest, out, params_path=RADIOMICS_FAST_PARAMS, progress=False, network=DEMO_NETWORK,
+                   auto_mask=True)
+    assert not written.exists()  # an earlier run's check does not outlive it
+
+
 @pytest.mark.slow
 def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp_path):
     """extract --network --mask auto -> train --network (deep + Rad-score + clinical) -> predict without a mask,
@@ -1478,7 +1512,8 @@ def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp
     assert np.isfinite(table[[c for c in deep_columns if c.startswith("deep_gtvp_")]].to_numpy()).all()
     meta = json.loads(features.with_name("auto.meta.json").read_text(encoding="utf-8"))
     assert len(meta["network_sha256"]) == 64
-    assert meta["cohort_warnings"] == []  # the demo network predates the training shares: nothing to compare
+    # the demo network predates the training shares: nothing to compare, so no cohort_warnings.txt beside the masks
+    assert "cohort_warnings" not in meta and not (tmp_path / "auto_masks" / "cohort_warnings.txt").exists()
     entries = read_manifest(manifest).entries()
     masks = sorted((tmp_path / "auto_masks").glob("*_mask.nii.gz"))
     assert len(masks) == 24

@@ -637,7 +637,8 @@ def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohor
     assert f"1 patient(s) have image warnings, listed in {tmp_path / 'features.warnings.csv'}: {warned}\n" in (
         capsys.readouterr().out)
     warnings = pd.read_csv(tmp_path / "features.warnings.csv", dtype={"patient_id": str})
-    assert list(warnings.columns) == ["patient_id", "warning"] and set(warnings["patient_id"]) == {warned}
+    assert list(warnings.columns) == ["patient_id", "warning", "status"] and set(warnings["patient_id"]) == {warned}
+    assert set(warnings["status"]) == {"extracted"}
     assert list(warnings["warning"]) == [
         f"t2 covers {covered:.0%} of the t1c field; outside it the network reads air and segments from the other "
         "sequences only",
@@ -646,6 +647,43 @@ def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohor
     assert 0 < outside < contoured and covered < 0.95
     assert json.loads((tmp_path / "features.meta.json").read_text())["patients_with_warnings"] == [warned]
     assert len(pd.read_csv(out)) == 2  # the patient keeps its row: a warning is not a failure
+
+
+def test_a_failed_patient_keeps_the_warnings_it_raised_before_failing(small_cohort, tmp_path, capsys):
+    """A patient whose T2W covers half of the field and whose mask is then refused (not on the CET1W grid) was listed
+    with the mask error only: the coverage warning, raised first, was lost (not in .warnings.csv, not even logged).
+    It is kept in the warnings file, marked as a failed patient's, and named when no patient could be extracted."""
+    from NPCPrognosisLib.io.images import load_patient
+
+    manifest, warned, covered, *_ = _with_half_a_t2(small_cohort, tmp_path)
+    table = pd.read_csv(manifest, dtype={"patient_id": str})
+    mask = sitk.ReadImage(table.loc[0, "mask"])
+    mask.SetSpacing([s * 1.01 for s in mask.GetSpacing()])  # drawn on another grid: refused after the images
+    sitk.WriteImage(mask, str(tmp_path / "other_grid_mask.nii.gz"))
+    table.loc[0, "mask"] = str(tmp_path / "other_grid_mask.nii.gz")
+    table.to_csv(manifest, index=False)
+    coverage = (f"t2 covers {covered:.0%} of the t1c field; outside it the network reads air and segments from the "
+                "other sequences only")
+    with pytest.raises(InputError, match="mask is not on the t1c image's grid") as refused:
+        load_patient(warned, {c: table.loc[0, c] for c in ("t1", "t2", "t1c")}, table.loc[0, "mask"])
+    assert refused.value.warnings == [coverage]
+
+    out = tmp_path / "features.csv"
+    assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(out), "--params",
+                 str(RADIOMICS_FAST_PARAMS), "--workers", "2"]) == 0  # the local process pool
+    failures = pd.read_csv(tmp_path / "features.failures.csv", dtype={"patient_id": str})
+    assert list(failures["patient_id"]) == [warned] and "not on the t1c image's grid" in failures.loc[0, "error"]
+    warnings = pd.read_csv(tmp_path / "features.warnings.csv", dtype={"patient_id": str})
+    assert warnings.to_dict("records") == [{"patient_id": warned, "warning": coverage, "status": "failed"}]
+    assert json.loads((tmp_path / "features.meta.json").read_text())["patients_with_warnings"] == []  # rows only
+    assert (f"1 of them had image warnings before failing (often the reason), listed in "
+            f"{tmp_path / 'features.warnings.csv'} with status 'failed': {warned}\n") in capsys.readouterr().out
+    assert len(pd.read_csv(out)) == 1
+
+    table.iloc[:1].to_csv(manifest, index=False)  # that patient alone: nothing is written, the error says it
+    assert main(["--quiet", "extract", "--manifest", str(manifest), "--out", str(tmp_path / "alone.csv"),
+                 "--params", str(RADIOMICS_FAST_PARAMS)]) == 2
+    assert f"; {warned} warned before it failed: {coverage})" in capsys.readouterr().err
 
 
 def test_a_resumed_extract_keeps_the_warnings_of_the_patients_it_reuses(small_cohort, tmp_path, monkeypatch):
@@ -670,7 +708,7 @@ def test_a_resumed_extract_keeps_the_warnings_of_the_patients_it_reuses(small_co
         entry, *a))
     result = extract.extract_cohort(manifest, tmp_path / "f.csv", params_path=RADIOMICS_FAST_PARAMS, progress=False)
     assert warned not in computed and len(cached) == 2
-    assert result.warnings == [{"patient_id": warned, "warning": text} for text in cached]
+    assert result.warnings == [{"patient_id": warned, "warning": text, "status": "extracted"} for text in cached]
     assert pd.read_csv(tmp_path / "f.warnings.csv", dtype={"patient_id": str}).to_dict("records") == result.warnings
 
 

@@ -329,6 +329,36 @@ def test_pool_workers_get_their_share_of_the_cores():
     assert seen == [str(max(1, cores // 2))] * len(THREAD_VARIABLES)
 
 
+def test_pool_workers_log_in_the_main_processs_format_and_level(capfd):
+    """A spawned worker started with logging unconfigured: under ``extract --workers 2`` a patient's image warning
+    came out as the bare message (Python's last-resort handler), not as the CLI's ``WARNING <logger>: <message>``,
+    and ``--verbose`` showed none of the workers' INFO lines. Workers now log as the main process does."""
+    import logging
+    import sys
+
+    from NPCPrognosisLib.processes import worker_pool
+
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)  # what the CLI's logging.basicConfig installs
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = root.level
+    root.addHandler(console)
+    root.setLevel(logging.INFO)  # --verbose
+    try:
+        capfd.readouterr()
+        worker = logging.getLogger("NPCPrognosisLib.io.images")
+        with worker_pool(1) as pool:
+            pool.submit(worker.warning, "patient P1: t2 covers 50% of the t1c field").result()
+            pool.submit(worker.info, "P1: t2 was resampled onto the t1c grid").result()
+            pool.submit(worker.debug, "not shown at INFO").result()
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+    printed = capfd.readouterr().err.splitlines()
+    assert printed == ["WARNING NPCPrognosisLib.io.images: patient P1: t2 covers 50% of the t1c field",
+                       "INFO NPCPrognosisLib.io.images: P1: t2 was resampled onto the t1c grid"]
+
+
 def test_ctrl_c_in_a_pool_stops_it():
     """Ctrl-C during ``extract --workers 2`` used to go on through the whole queue before stopping (measured: 6 of
     10 patients extracted after the interrupt, 20 s); the pool now stops at once, queued tasks dropped."""
