@@ -48,6 +48,9 @@ from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_imag
 from NPCPrognosisLib.io.images import contour_warnings
 
 log = logging.getLogger(__name__)
+#: Said with every result of a synthetic demo network: on one patient's prediction it belongs beside the result; a
+#: cohort command (extract) says it once, when the network loads, not as one of every patient's image warnings.
+SYNTHETIC_NETWORK_NOTICE = "computed with the SYNTHETIC DEMO network: not for clinical use"
 
 
 @dataclass
@@ -371,7 +374,7 @@ def segment_preprocessed(model: NetworkModel, preprocessed: Mapping[str, sitk.Im
     warnings += typicality_warnings(model.content.get("network", {}).get("typicality"),
                                     neighbour_correlations(preprocessed), cross_correlations(x, grid.spacing))
     if model.synthetic_demo:
-        warnings.append("segmented by the SYNTHETIC DEMO network: not for clinical use")
+        warnings.append(SYNTHETIC_NETWORK_NOTICE)
     plan = _tta_plan(tta)
     steps = plan
     if progress:

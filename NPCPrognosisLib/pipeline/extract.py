@@ -102,7 +102,11 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
         out_of_fold = False
         if network:
             from NPCPrognosisLib.deep.features import deep_features
-            from NPCPrognosisLib.deep.segmentation import cached_network, segment_preprocessed
+            from NPCPrognosisLib.deep.segmentation import (
+                SYNTHETIC_NETWORK_NOTICE,
+                cached_network,
+                segment_preprocessed,
+            )
             from NPCPrognosisLib.io.images import write_image_atomic
 
             model = cached_network(network)
@@ -112,7 +116,9 @@ def _one_patient(entry: PatientEntry, preprocess: dict[str, Any], params_path: s
             result = segment_preprocessed(model, network_input, patient_id=entry.patient_id)
             extra[DEEP_SCORE] = float(result.deep_score)
             out_of_fold = result.deep_score_out_of_fold
-            patient.warnings.extend(result.warnings)
+            # the demo network's notice is the network's, said once when it loads (cached_network), not an image
+            # warning of every patient (train said "140 of the 140 training patients had image warnings")
+            patient.warnings.extend(w for w in result.warnings if w != SYNTHETIC_NETWORK_NOTICE)
             if auto_mask_dir:
                 auto_volumes = {k: float(v) for k, v in result.volumes_ml.items()}
                 # written before it is checked, so an empty or odd automatic mask can be reviewed and corrected

@@ -1481,6 +1481,8 @@ def test_extract_with_automatic_contours_writes_the_cohort_check_where_segment_d
     assert written.read_text().splitlines()[0].startswith(
         "the network found a primary tumour (GTVp) in 2 of 2 patients (100%), far more than among its training")
     assert "cohort_warnings" not in json.loads(result.meta_path.read_text())  # one place: the file
+    # the demo network's notice is said once when it loads, not as every patient's image warning
+    assert "SYNTHETIC DEMO" not in (tmp_path / "auto.warnings.csv").read_text()
     monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 20)
     extract_cohort(manifest, out, params_path=RADIOMICS_FAST_PARAMS, progress=False, network=DEMO_NETWORK,
                    auto_mask=True)
