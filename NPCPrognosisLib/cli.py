@@ -736,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
+        # what the images said before the error (io.images.warnings_kept_on_failure): often its reason
+        for warning in getattr(exc, "warnings", None) or []:
+            print(f"  warned before the error: {warning}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C: where the work stands, not a traceback
         # a command that knows what its part-way run left says so in the interrupt (segment_cohort)
@@ -752,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
 _INTERRUPTED = {
     "extract": lambda args: (f"; the patients finished so far are kept in {args.out}.partial and are not extracted "
                              "again when the same command runs again"),
+    "train": lambda args: _train_left(args),
     # segment_cohort says what a cohort run stopped part-way leaves; before its first patient nothing has changed
     "segment": lambda args: (f"; no patient was segmented: {args.out} is as the earlier run left it, if any"
                              if args.manifest else
@@ -759,6 +763,15 @@ _INTERRUPTED = {
                              "_rtstruct.dcm, _uncertainty, _saliency) are the earlier run's, if any, and whole (this "
                              "run's replace them together once all are written)"),
 }
+
+
+def _train_left(args: argparse.Namespace) -> str:
+    """What an interrupted ``train`` leaves: no bundle, and the perturbed extractions of its robustness study (each
+    cached as it finishes, minutes per patient), which a re-run reads instead of extracting again."""
+    from NPCPrognosisLib.pipeline.robustness import cache_dir_for
+
+    return (f"; no bundle was written to {args.out}; the robustness study's perturbed extractions finished so far "
+            f"are kept in {cache_dir_for(args.features)} and are not extracted again when the same command runs again")
 
 
 def _user_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

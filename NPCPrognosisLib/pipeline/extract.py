@@ -273,9 +273,9 @@ def extract_cohort(
         first = "; ".join(f"{f['patient_id']}: {f['error']}" for f in failures[:3])
         # no warnings file either: the warnings that may explain the failures go with them
         before = "".join(f"; {w['patient_id']} warned before it failed: {w['warning']}" for w in warnings[:3])
+        kept = f" (the earlier table {out} is kept)" if Path(out).is_file() else ""
         raise InputError(f"no patient could be processed ({len(failures)} failed; {first}{before})",
-                         path=manifest.source, fix="fix the first error above and run extract again (earlier output "
-                                                   f"in {out} is kept)")
+                         path=manifest.source, fix=f"fix the first error above and run extract again{kept}")
     failures_table = pd.DataFrame(failures, columns=["patient_id", "stage", "error"])
     write_text_atomic(failures_file, failures_table.to_csv(index=False))
     # written even when empty, as the failures are: an earlier run's warnings must not outlive its table

@@ -385,7 +385,9 @@ def test_extract_with_every_patient_failing_leaves_no_table(small_cohort, tmp_pa
     assert main(["--quiet", "extract", "--manifest", str(tmp_path / "manifest.csv"), "--out",
                  str(tmp_path / "f.csv")]) == 2
     assert not (tmp_path / "f.csv").exists()
-    assert "no patient could be processed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no patient could be processed" in err
+    assert "is kept" not in err  # there was no earlier table ("earlier output in f.csv is kept" said there was)
     assert not (tmp_path / "f.failures.csv").exists()
 
 
@@ -400,8 +402,10 @@ def test_a_failed_rerun_keeps_the_earlier_good_table(small_cohort, tmp_path, cap
     before = {p.name: p.read_bytes() for p in tmp_path.glob("features*")}
     bad = good.assign(t1="nowhere.nii.gz")
     bad.to_csv(tmp_path / "bad.csv", index=False)
+    capsys.readouterr()
     assert main(["--quiet", "extract", "--manifest", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
     assert {p.name: p.read_bytes() for p in tmp_path.glob("features*")} == before
+    assert f"(the earlier table {out} is kept)" in capsys.readouterr().err
     header_only = tmp_path / "header.csv"
     header_only.write_text(",".join(good.columns) + "\n")
     capsys.readouterr()
@@ -554,6 +558,31 @@ def test_ctrl_c_ends_a_command_with_one_line_saying_what_is_kept_not_a_traceback
     monkeypatch.setattr(cli, "_cmd_cox", interrupted)
     assert main(["cox", "--table", "t.csv", "--time-col", "t", "--event-col", "e", "--covariates", "x"]) == 130
     assert capsys.readouterr().err.strip() == "npc-prognosis cox: interrupted"
+    # train: no bundle, and the robustness study's perturbed extractions (minutes per patient) wait for the re-run
+    monkeypatch.setattr(cli, "_cmd_train", interrupted)
+    assert main(["train", "--manifest", "m.csv", "--features", str(tmp_path / "f.csv"), "--endpoint", "dmfs",
+                 "--out", str(tmp_path / "b")]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"npc-prognosis train: interrupted; no bundle was written to {tmp_path / 'b'}; the robustness study's "
+        f"perturbed extractions finished so far are kept in {tmp_path / 'f_robustness'} and are not extracted again "
+        "when the same command runs again")
+
+
+def test_an_error_is_followed_by_what_the_images_said_before_it(tmp_path, monkeypatch, capsys):
+    """A one-patient command (predict, segment) printed only the error, though the images' warnings raised before
+    it (a sequence covering half the field, a frame of reference) are often its reason and travel with it."""
+    from NPCPrognosisLib import cli
+
+    def failing(args):
+        error = InputError("GTVp mask is empty", patient_id="P1")
+        error.warnings = ["t2 covers 50% of the t1c field"]
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_cox", failing)
+    assert main(["cox", "--table", "t.csv", "--time-col", "t", "--event-col", "e", "--covariates", "x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("npc-prognosis cox: error: patient 'P1'") and "GTVp mask is empty" in err[0]
+    assert err[1:] == ["  warned before the error: t2 covers 50% of the t1c field"]
 
 
 def test_a_split_cell_left_empty_is_named_as_empty_with_the_other_patients_that_lack_one(tmp_path):
