@@ -143,9 +143,10 @@ def test_patient_probability_has_a_bootstrap_interval(tabular):
     assert one["ci95"][0] <= one["probability"] <= one["ci95"][1] and one["bootstrap_refits"] >= 20
     probs = bn.predict_models(block, clinical, features)
     assert one["probability"] == pytest.approx(float(probs[rg.RIDGE][0]), rel=1e-12)
-    # a refit stores only its weights (the bundle stays small) and differs from the training fit
+    # a refit stores only its weights and its calibration (the bundle stays small) and differs from the training fit
     refit = block["bootstrap"]["refits"][0]
-    assert set(refit) == {"coef", "intercept"} and len(refit["coef"]) == len(block["models"][rg.RIDGE]["columns"])
+    assert set(refit) == {"coef", "intercept", "calibration"}
+    assert len(refit["coef"]) == len(block["models"][rg.RIDGE]["columns"])
     assert len({round(bn._refit_probability(block, r, clinical, features), 9)
                 for r in block["bootstrap"]["refits"]}) > 10
     # the stacked probability is the weighted log-odds of the members the bundle stores
