@@ -364,8 +364,11 @@ def align_patient(
             covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0
             image = resample_onto(image, ref)
             if covered[name].mean() < 1.0 - UNCOVERED_SHARE:
-                warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it the "
-                                f"network reads air and segments from the other sequences only")
+                # true with a mask and with automatic contours alike: which of the two applies is the caller's
+                warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it "
+                                f"{name} has no image (read as 0): {name} features of a contour reaching there "
+                                "describe that fill, not tissue, and a segmentation network, where one is used, sees "
+                                "only the other sequences there")
         out[name] = image
     if mask is not None:
         mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))
