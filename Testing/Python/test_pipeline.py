@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 
 import numpy as np
@@ -625,9 +626,9 @@ def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohor
     assert list(warnings.columns) == ["patient_id", "warning"] and set(warnings["patient_id"]) == {warned}
     assert list(warnings["warning"]) == [
         # true whether contours are drawn or a network segments: extract uses no network
-        f"t2 covers {covered:.0%} of the t1c field; outside it t2 has no image (read as 0): t2 features of a contour "
-        "reaching there describe that fill, not tissue, and a segmentation network, where one is used, sees only the "
-        "other sequences there",
+        f"t2 covers {math.floor(100 * covered + 1e-9)}% of the t1c field; outside it t2 has no image (read as 0): t2 "
+        "features of a contour reaching there describe that fill, not tissue, and a segmentation network, where one "
+        "is used, sees only the other sequences there",
         f"{outside} of the {contoured} contoured voxels lie outside the t2 field: its features describe part of the "
         "contours only, with the rest read as 0"]
     assert 0 < outside < contoured and covered < 0.95
