@@ -321,6 +321,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                  saliency=args.saliency)
     from NPCPrognosisLib.reporting.labels import (
         extrapolation_text,
+        factor_name,
         risk_group_text,
         risk_interval_text,
         survival_caveat,
@@ -339,7 +340,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for covariate, block in prediction.imputed.items():
         if block.get("survival_range"):
             ranges = ", ".join(f"{m} mo {lo:.1%}-{hi:.1%}" for m, (lo, hi) in block["survival_range"].items())
-            print(f"  {covariate} not measured: across its training 10th-90th percentile, risk "
+            print(f"  {factor_name(covariate)} not measured: across its training 10th-90th percentile, risk "
                   f"{block['risk_range'][0]:.3f} to {block['risk_range'][1]:.3f}, survival {ranges}")
     if prediction.chemo_benefit.get("imputed"):  # a benefit resting on a filled-in factor, with its range
         print(f"  chemotherapy benefit: {prediction.chemo_benefit['statement']}")

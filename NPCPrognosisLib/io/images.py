@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,8 +391,13 @@ def align_patient(
                 covered[name] = sitk.GetArrayFromImage(resample_onto(field, ref, is_label=True)) > 0
                 image = resample_onto(image, ref)
                 if covered[name].mean() < 1.0 - UNCOVERED_SHARE:
-                    warnings.append(f"{name} covers {covered[name].mean():.0%} of the {reference} field; outside it "
-                                    f"the network reads air and segments from the other sequences only")
+                    # true with a mask and with automatic contours alike: which of the two applies is the caller's.
+                    # The share is floored: 94.9 % rounded to '95%' read as the full share the warning says is missing.
+                    share = math.floor(100.0 * covered[name].mean() + 1e-9)
+                    warnings.append(f"{name} covers {share}% of the {reference} field; outside it {name} has no image "
+                                    f"(read as 0): {name} features of a contour reaching there describe that fill, "
+                                    "not tissue, and a segmentation network, where one is used, sees only the other "
+                                    "sequences there")
             out[name] = image
         if mask is not None:
             mask = check_mask(mask, patient_id=patient_id, path=paths.get("mask"))

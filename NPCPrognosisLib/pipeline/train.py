@@ -54,6 +54,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     read_manifest_features,
 )
 from NPCPrognosisLib.radiomics.signature import MIN_SIGNATURE_EVENTS, RadiomicsSignature, SignatureSettings
+from NPCPrognosisLib.survival.metrics import HR_TEXT, LOGRANK_TEXT
 from NPCPrognosisLib.survival.splits import event_split
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,14 @@ log = logging.getLogger(__name__)
 #: What a training block cannot report: the risk groups are split at the cut-off chosen to separate these very
 #: patients best, so their log-rank p and hazard ratio are not a test (half of null cohorts get p < 0.05); evaluate
 #: gives them on patients the cut-off never saw.
-GROUP_TESTS = ("logrank_chi2", "logrank_p", "hr_high_vs_low", "hr_high_vs_low_95ci")
+GROUP_TESTS = ("logrank_chi2", "logrank_p", "hr_high_vs_low", "hr_high_vs_low_95ci", "hr_high_vs_low_not_estimable")
 
 
 def _without_group_tests(block: dict[str, Any]) -> dict[str, Any]:
     """A training block of :func:`evaluate_risk` without calibration (in-sample) and the tests of its risk groups
     (:data:`GROUP_TESTS`)."""
     dropped = {k: v for k, v in block.items() if k not in (*GROUP_TESTS, "calibration")}
-    dropped["warnings"] = [w for w in block.get("warnings", []) if not w.startswith(("logrank", "hr_high_vs_low"))]
+    dropped["warnings"] = [w for w in block.get("warnings", []) if not w.startswith((LOGRANK_TEXT, HR_TEXT))]
     dropped["group_tests"] = ("not reported: the cut-off was chosen on these patients; evaluate tests the groups on "
                               "held-out patients")
     return dropped

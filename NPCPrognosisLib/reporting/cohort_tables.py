@@ -3,22 +3,23 @@ become both an HTML table and a CSV."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from NPCPrognosisLib.reporting.html import fmt, p_value
-from NPCPrognosisLib.reporting.labels import model_label
+from NPCPrognosisLib.reporting.html import fmt, fmt_significant, p_value
+from NPCPrognosisLib.reporting.labels import copies_text, model_label
 
 
-def _median_iqr(values: pd.Series) -> str:
+def _median_iqr(values: pd.Series, text: Callable[[float], str] = "{:.0f}".format) -> str:
+    """'52 (45-60)': median (IQR), each number written by ``text`` (EBV DNA: :func:`copies_text`)."""
     values = pd.to_numeric(values, errors="coerce").dropna()
     if values.empty:
         return "–"
     q1, q2, q3 = np.percentile(values, [25, 50, 75])
-    return f"{q2:.0f} ({q1:.0f}-{q3:.0f})"
+    return f"{text(q2)} ({text(q1)}-{text(q3)})"
 
 
 def _counts(values: pd.Series, levels: Sequence[str]) -> list[tuple[str, str]]:
@@ -67,7 +68,7 @@ def cohort_characteristics(table: pd.DataFrame, split: Sequence[str], endpoint: 
                 pd.to_numeric(rows["rene"], errors="coerce").fillna(-1).astype(int).astype(str), ["0", "1", "2"])]
         if "ebv_dna" in rows:
             ebv = pd.to_numeric(rows["ebv_dna"], errors="coerce")
-            out.append(("EBV DNA, copies/mL, median (IQR)", _median_iqr(ebv)))
+            out.append(("EBV DNA, copies/mL, median (IQR)", _median_iqr(ebv, copies_text)))
             out.append(("EBV DNA missing", f"{int(ebv.isna().sum())}"))
         if "ldh" in rows:
             out.append(("LDH, U/L, median (IQR)", _median_iqr(rows["ldh"])))
@@ -96,8 +97,6 @@ def model_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
     for name, block in metrics["models"].items():
         lo, hi = block.get("c_index_95ci") or (None, None)
         auc = block.get("td_auc") or {}
-        hr = block.get("hr_high_vs_low")
-        hr_ci = block.get("hr_high_vs_low_95ci") or (None, None)
         versus = paired.get(name) or {}
         rows.append({
             "model": model_label(name),
@@ -107,13 +106,26 @@ def model_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "IBS (months)": (f"{fmt(block.get('integrated_brier'))} ({fmt(block['integrated_brier_months'][0], 0)}-"
                              f"{fmt(block['integrated_brier_months'][1], 0)})" if block.get("integrated_brier_months")
                              else fmt(block.get("integrated_brier"))),
-            "HR high vs low (95% CI)": f"{fmt(hr, 2)} ({fmt(hr_ci[0], 2)}-{fmt(hr_ci[1], 2)})",
+            "HR high vs low (95% CI)": _hazard_ratio_text(block),
             "log-rank p": p_value(block.get("logrank_p")),
             "ΔC vs nomogram (95% CI)": _difference_text(versus) if versus else "reference"
             if name == "nomogram" else "–",
             "paired p": p_value(versus.get("p")) if versus else "–",
         })
     return pd.DataFrame(rows)
+
+
+def _hazard_ratio_text(block: Mapping[str, Any]) -> str:
+    """The risk groups' hazard ratio with its interval, or 'not estimable (one risk group has no events)': never
+    '– (–-–)', which reads as a value that was lost rather than one that does not exist. The reason is
+    :func:`~NPCPrognosisLib.survival.metrics.evaluate_risk`'s ``hr_high_vs_low_not_estimable``; a metrics.json
+    written before it existed gives none."""
+    hr = block.get("hr_high_vs_low")
+    if hr is None:
+        reason = block.get("hr_high_vs_low_not_estimable")
+        return "not estimable" + (f" ({reason})" if reason else "")
+    lo, hi = block.get("hr_high_vs_low_95ci") or (None, None)
+    return f"{fmt(hr, 2)} ({fmt(lo, 2)}-{fmt(hi, 2)})"
 
 
 def _difference_text(versus: Mapping[str, Any]) -> str:
@@ -140,9 +152,11 @@ def binary_comparison(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def selected_features(document: Mapping[str, Any]) -> pd.DataFrame:
-    """The Rad-score's features with their LASSO-Cox coefficient (per SD) and robustness ICC."""
+    """The Rad-score's features with their LASSO-Cox coefficient (per SD) and robustness ICC, to 3 significant
+    digits (:func:`~NPCPrognosisLib.reporting.html.fmt_significant`) like the page's other numbers; the bundle keeps
+    them in full."""
     signature = document.get("signature") or {}
     icc = ((document.get("robustness") or {}).get("selected_feature_icc") or {})
     return pd.DataFrame({"feature": list(signature.get("features", [])),
-                         "coefficient (per SD)": [float(c) for c in signature.get("coef", [])],
-                         "robustness ICC": [icc.get(f) for f in signature.get("features", [])]})
+                         "coefficient (per SD)": [fmt_significant(c) for c in signature.get("coef", [])],
+                         "robustness ICC": [fmt_significant(icc.get(f)) for f in signature.get("features", [])]})

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from NPCPrognosisLib.contract import LABELS, SEGMENTS
 from NPCPrognosisLib.imaging.geometry import resample_onto, same_geometry
-from NPCPrognosisLib.reporting.labels import factor_label
+from NPCPrognosisLib.reporting.labels import factor_label, points_text
 from NPCPrognosisLib.reporting.nomogram_chart import NomogramChart
 from NPCPrognosisLib.survival.patient import BAND_LOWER, BAND_UPPER, survival_band
 from NPCPrognosisLib.survival.plots import _new_figure
@@ -205,7 +205,7 @@ def nomogram_figure(chart: NomogramChart, endpoint: str) -> Any:
             tick(y, points, text, raised=crowded)
             previous = None if crowded else points
         if axis.patient_points is not None:
-            mark(y, axis.patient_points, f"{axis.patient_text} = {axis.patient_points:.0f} pts")
+            mark(y, axis.patient_points, f"{axis.patient_text} = {points_text(axis.patient_points, 0)} pts")
     y_total = len(chart.axes) + 1
     line(y_total, 0, 100)
     step = _nice_step(total_max)

@@ -10,6 +10,8 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 #: A4 print layout; ``section.page`` starts a new printed page, so a PDF has one page per section.
 STYLE = """
 @page { size: A4; margin: 12mm; }
@@ -93,6 +95,24 @@ def fmt(value: Any, digits: int = 3) -> str:
     if number != number:
         return "–"
     return f"{number:.{digits}f}"
+
+
+def fmt_significant(value: Any, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits, never in scientific notation ('0.241', '0.00599', '1230'); None
+    and NaN as an en dash, as :func:`fmt`.
+
+    Why besides :func:`fmt`: a fixed number of decimals turns a small coefficient into 0.006 or 0.000, and a
+    number's full float repr (0.24131684499876363) claims a precision no cohort gives.
+    """
+    if value is None:
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number != number:
+        return "–"
+    return np.format_float_positional(number + 0.0, precision=digits, unique=False, fractional=False, trim="-")
 
 
 def p_value(value: Any) -> str:

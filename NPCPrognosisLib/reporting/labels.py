@@ -101,12 +101,23 @@ def ebv_copies(log_value: float) -> float:
     return max(0.0, 10.0 ** float(log_value) - 1.0)
 
 
-def _copies_text(copies: float) -> str:
-    if copies < 1000:
-        return f"{copies:.0f}"
-    exponent = int(math.floor(math.log10(copies)))
-    mantissa = copies / 10 ** exponent
-    return f"{mantissa:.0f}e{exponent}" if abs(mantissa - round(mantissa)) < 0.05 else f"{mantissa:.1f}e{exponent}"
+def copies_text(copies: float) -> str:
+    """'2,400': EBV DNA copies/mL as a whole number with thousands separators, as laboratories report it.
+
+    Why not '2.4e3': scientific notation is misread at the bedside (2.4e3 read as 2.4), and EBV DNA moves the
+    risk; every place that shows copies/mL (sheet, terminal, panel, cohort page) goes through this function.
+    """
+    return f"{float(copies):,.0f}"
+
+
+def points_text(points: float, decimals: int = 1) -> str:
+    """Nomogram points as a table or chart prints them: ``decimals`` places, and '0' for a factor that earns none.
+
+    Why: a factor at its favourable end earns -0.0 in floating point (a coefficient times 0 when the coefficient is
+    negative), and '-0.0' reads as if the factor lowered the total.
+    """
+    value = round(float(points), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return "0" if value == 0 else f"{value:.{decimals}f}"
 
 
 #: How a report shows a factor the patient lacked and the training median stood in for: the number used is not
@@ -115,7 +126,7 @@ IMPUTED_VALUE_TEXT = "not measured (training median imputed)"
 
 
 def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
-    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4.6e3' copies/mL, '52', '12.5' mL;
+    """A coded factor value as the clinician entered it: 'T3', 'N1', 'male', '4,600' copies/mL, '52', '12.5' mL;
     :data:`IMPUTED_VALUE_TEXT` when ``imputed`` (the value is the training fill, not the patient's)."""
     if imputed:
         return IMPUTED_VALUE_TEXT
@@ -129,7 +140,7 @@ def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
     if name == "rene":
         return f"{int(round(value))}"
     if name == "log10_ebv_dna":
-        return _copies_text(ebv_copies(value))
+        return copies_text(ebv_copies(value))
     if name in ("age", "ldh"):
         return f"{value:.0f}"
     if name in _VOLUME_FACTORS:
@@ -138,7 +149,7 @@ def factor_value_text(name: str, value: float, imputed: bool = False) -> str:
 
 
 def factor_range_text(name: str, value_range: Sequence[float]) -> str:
-    """'1.2e3-4.5e4 copies/mL': a coded factor's range as the clinician enters its values, with the unit; the
+    """'1,200-45,000 copies/mL': a coded factor's range as the clinician enters its values, with the unit; the
     training 10th-90th percentile of a filled-in factor is shown so wherever a missing value's effect is stated."""
     unit = factor_unit(name)
     low, high = (factor_value_text(name, v) for v in value_range)
@@ -156,7 +167,7 @@ def factor_ticks(name: str, low: float, high: float) -> list[tuple[float, str]]:
         return [(float(v), factor_value_text(name, v) if not name.startswith(("t_stage_", "n_stage_"))
                  else ("yes" if v else "no")) for v in range(int(math.ceil(low)), int(math.floor(high)) + 1)]
     if name == "log10_ebv_dna":
-        ticks = [(math.log10(c + 1.0), _copies_text(c)) for c in [0.0] + [10.0 ** k for k in range(1, 9)]]
+        ticks = [(math.log10(c + 1.0), copies_text(c)) for c in [0.0] + [10.0 ** k for k in range(1, 9)]]
         return [(v, t) for v, t in ticks if low - 1e-9 <= v <= high + 1e-9]
     if high <= low:
         return [(low, factor_value_text(name, low))]
@@ -307,7 +318,7 @@ def clinical_value_text(name: str, value: Any) -> str:
     if name == "sex":
         return {"M": "male", "F": "female"}.get(str(value), str(value))
     if name == "ebv_dna":
-        return _copies_text(float(value))
+        return copies_text(float(value))
     if name == "chemo":
         return {0: "radiotherapy alone", 1: "chemoradiotherapy"}.get(int(value), str(value)) \
             if str(value).lstrip("-").isdigit() else str(value)

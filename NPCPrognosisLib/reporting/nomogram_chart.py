@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from NPCPrognosisLib.reporting.labels import factor_label, factor_ticks, factor_value_text
+from NPCPrognosisLib.reporting.labels import factor_label, factor_ticks, factor_value_text, points_text
 
 #: Survival probabilities ticked on the survival axes (those that fall inside the total-points range).
 SURVIVAL_TICKS = (0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
@@ -140,9 +140,10 @@ def _readable(ticks: list[tuple[float, float, str]], min_gap: float = 5.0) -> li
 
 def chart_rows(chart: NomogramChart) -> list[tuple[str, str, str]]:
     """(factor, this patient's value, points) rows of the chart, in its order, then the total."""
-    rows = [(a.label, a.patient_text, f"{a.patient_points:.1f}") for a in chart.axes if a.patient_points is not None]
+    rows = [(a.label, a.patient_text, points_text(a.patient_points)) for a in chart.axes
+            if a.patient_points is not None]
     if chart.patient_total is not None:
-        rows.append(("Total points", "", f"{chart.patient_total:.1f}"))
+        rows.append(("Total points", "", points_text(chart.patient_total)))
     return rows
 
 

@@ -34,6 +34,7 @@ from NPCPrognosisLib.reporting.labels import (
     format_contour_change,
     interval_text,
     model_label,
+    points_text,
     risk_group_standing,
     risk_group_text,
     risk_interval_text,
@@ -211,7 +212,7 @@ def _page_images(prediction: Mapping[str, Any], images: SheetImages | None, cont
 def _page_nomogram(prediction: Mapping[str, Any]) -> tuple[str, Any]:
     scale = prediction.get("nomogram_scale")
     if not scale:
-        rows = [(factor_label(k), f"{v:.1f}") for k, v in prediction["nomogram_points"]["per_factor"].items()]
+        rows = [(factor_label(k), points_text(v)) for k, v in prediction["nomogram_points"]["per_factor"].items()]
         return ("<section class='page'><h2>Nomogram</h2><p>This prediction carries no nomogram scale (made by an "
                 "older version): points only.</p>" + table(["Factor", "Points"], rows) + "</section>"), None
     chart = nomogram_chart(scale, prediction["factors"], prediction.get("imputed") or {})

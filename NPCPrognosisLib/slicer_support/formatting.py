@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The panel's contour-change lines and arm names are the patient sheet's.
-from NPCPrognosisLib.reporting.labels import ARM_LABELS, format_contour_change, model_label, survival_text  # noqa: F401
+from NPCPrognosisLib.reporting.labels import (  # noqa: F401
+    ARM_LABELS,
+    factor_label,
+    format_contour_change,
+    model_label,
+    points_text,
+    survival_text,
+)
 
 
 def format_percent(value: float | None) -> str:
@@ -56,10 +63,13 @@ def format_survival(prediction: Mapping[str, Any]) -> list[str]:
 
 
 def format_nomogram_points(points: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(factor, points) rows, largest contribution first, then the total."""
+    """(factor, points) rows, largest contribution first, then the total: factors and points as the sheet's
+    nomogram table names and prints them (:func:`~NPCPrognosisLib.reporting.labels.factor_label`,
+    :func:`~NPCPrognosisLib.reporting.labels.points_text`)."""
     per_factor = points.get("per_factor", {})
-    rows = [(name, f"{value:.1f}") for name, value in sorted(per_factor.items(), key=lambda kv: -kv[1])]
-    rows.append(("total", f"{float(points.get('total', sum(per_factor.values()))):.1f}"))
+    rows = [(factor_label(name), points_text(value)) for name, value in sorted(per_factor.items(),
+                                                                              key=lambda kv: -kv[1])]
+    rows.append(("Total points", points_text(float(points.get("total", sum(per_factor.values()))))))
     return rows
 
 

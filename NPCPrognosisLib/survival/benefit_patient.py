@@ -181,7 +181,7 @@ def patient_benefit(doc: Mapping[str, Any] | None, confounders: Mapping[str, flo
         ``group_at(covariate, value)``: the patient's risk group with the covariate at that value (default: ``group``).
     factor_texts : mapping, optional
         Per filled covariate, its name and its training range as the clinician enters it, for the sentence (the
-        caller's labels, e.g. ('EBV DNA', '97-9.7e3 copies/mL'); default: the coded name and values).
+        caller's labels, e.g. ('EBV DNA', '97-9,700 copies/mL'); default: the coded name and values).
 
     Returns
     -------

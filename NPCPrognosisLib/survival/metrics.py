@@ -27,6 +27,15 @@ from NPCPrognosisLib.survival.checks import check_survival_arrays
 from NPCPrognosisLib.survival.cox import fit_cox
 from NPCPrognosisLib.survival.resampled import concordance
 
+#: The risk groups' tests as a reader says them: the words that open their warnings (which name no metrics.json key a
+#: clinician would have to decode) and by which a training report recognises and drops them.
+LOGRANK_TEXT = "log-rank test of high vs low risk"
+HR_TEXT = "hazard ratio of high vs low risk"
+#: Why ``hr_high_vs_low`` is None, recorded beside it as ``hr_high_vs_low_not_estimable`` for the cohort page.
+HR_ONE_GROUP = "every patient falls in one risk group"
+HR_NO_EVENTS = "one risk group has no events"
+HR_NO_FINITE = "no finite estimate, see the warnings"
+
 _Z975 = 1.959963984540054
 
 
@@ -729,14 +738,18 @@ def _risk_group_tests(out: dict, t: np.ndarray, e: np.ndarray, r: np.ndarray, cu
             f"all patients fall in the {'high' if out['n_low'] == 0 else 'low'}-risk group at cut-off "
             f"{cutoff:g}: log-rank and hazard ratio are undefined"
         )
+        out["hr_high_vs_low_not_estimable"] = HR_ONE_GROUP
         return
-    lr = attempt("logrank", lambda: logrank(t, e, high))
+    lr = attempt(LOGRANK_TEXT, lambda: logrank(t, e, high))
     if lr is not None:
         out["logrank_chi2"], out["logrank_p"] = _finite_or_none(lr[0]), _finite_or_none(lr[1])
     if not (e[high == 1].any() and e[high == 0].any()):
-        warns.append("hr_high_vs_low: one risk group has no events (hazard ratio is infinite or zero)")
+        warns.append(f"{HR_TEXT}: not estimable, {HR_NO_EVENTS} (the ratio would be infinite or zero)")
+        out["hr_high_vs_low_not_estimable"] = HR_NO_EVENTS
         return
-    hr = attempt("hr_high_vs_low", lambda: hazard_ratio(t, e, high))
+    hr = attempt(HR_TEXT, lambda: hazard_ratio(t, e, high))
     if hr is not None:
         out["hr_high_vs_low"] = _finite_or_none(hr[0])
         out["hr_high_vs_low_95ci"] = [_finite_or_none(hr[1]), _finite_or_none(hr[2])]
+    if out["hr_high_vs_low"] is None:
+        out["hr_high_vs_low_not_estimable"] = HR_NO_FINITE

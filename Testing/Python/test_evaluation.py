@@ -452,6 +452,29 @@ def test_ipcw_intervals_come_from_the_c_index_resamples(rossi_split):
     assert out["uno_c_95ci"][0] < out["uno_c"] < out["uno_c_95ci"][1]
 
 
+def test_a_hazard_ratio_that_cannot_be_estimated_is_said_in_words_with_its_reason():
+    """evaluate printed 'warning: hr_high_vs_low: one risk group has no events', a metrics.json key a clinician
+    cannot read, and metrics.json kept no reason the cohort page could show beside the missing ratio."""
+    t = np.array([2, 4, 6, 8, 10, 12, 14, 16.0])
+    e = np.array([1, 0, 1, 0, 1, 0, 0, 0])  # every event in the high-risk group
+    r = np.array([3, -1, 2.5, -0.5, 2, 0, 1.5, -1.5])  # the groups alternate in time
+    out = evaluate_risk(r, t, e, t, e, cutoff=1.0, n_boot=20, times=(6.0,))
+    assert out["hr_high_vs_low"] is None and out["logrank_p"] is not None
+    assert out["hr_high_vs_low_not_estimable"] == "one risk group has no events"
+    assert "hazard ratio of high vs low risk: not estimable, one risk group has no events (the ratio would be " \
+        "infinite or zero)" in out["warnings"]
+    assert not any("hr_high_vs_low" in w or w.startswith("logrank") for w in out["warnings"])
+    every_patient_low = evaluate_risk(r, t, e, t, e, cutoff=10.0, n_boot=0, times=(6.0,))
+    assert every_patient_low["hr_high_vs_low_not_estimable"] == "every patient falls in one risk group"
+    separated = evaluate_risk(np.array([3, 3, 2, 2, 0, 0, -1, -1.0]), np.array([1, 1, 2, 2, 3, 5, 8, 9.0]),
+                              np.array([1, 0, 1, 0, 0, 1, 1, 0]), t, e, cutoff=1.0, n_boot=0, times=(4.0,))
+    assert separated["hr_high_vs_low_not_estimable"] == "no finite estimate, see the warnings"
+    assert any(w.startswith("hazard ratio of high vs low risk: ") and "do not overlap" in w
+               for w in separated["warnings"])
+    estimable = evaluate_risk(r, t, np.array([1, 1, 1, 0, 0, 1, 1, 0]), t, e, cutoff=1.0, n_boot=0, times=(6.0,))
+    assert estimable["hr_high_vs_low"] is not None and "hr_high_vs_low_not_estimable" not in estimable
+
+
 def test_paired_c_difference_refuses_a_cohort_without_a_pair():
     with pytest.raises(InputError, match="1 patient"):
         paired_c_difference([12.0], [1], [0.3], [0.1])

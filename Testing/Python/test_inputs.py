@@ -415,6 +415,10 @@ def test_a_sequence_covering_part_of_the_t1c_field_is_named_with_the_contours_it
     assert any(w.startswith("t2 covers 50% of the t1c field") for w in aligned.warnings)
     # GTVp on slices 2-5 (4 x 25 voxels, two slices outside) and GTVn on slices 2-4 (3 x 16, one outside)
     assert "66 of the 148 contoured voxels lie outside the t2 field" in " ".join(aligned.warnings)
+    # 94.9 % (949 of 1000 columns) is below the 95 % that is warned about, so it never reads '95%' (RLX0006 did)
+    wide = _image(shape=(2, 2, 1000))
+    almost = align_patient({"t1c": wide, "t2": _image(shape=(2, 2, 949))}, None, patient_id="P5")
+    assert any(w.startswith("t2 covers 94% of the t1c field") for w in almost.warnings)
     whole = align_patient({"t1c": t1c, "t2": _image(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.5))}, _mask(),
                           patient_id="P5")  # a sixth of a slice off: every voxel still covered
     assert not any("covers" in w or "outside the t2" in w for w in whole.warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 
 import numpy as np
@@ -34,13 +35,23 @@ def test_features_table_has_fixed_columns_and_metadata(small_cohort):
 
 def test_a_training_block_drops_the_tests_of_groups_split_on_its_own_patients_and_their_warnings():
     from NPCPrognosisLib.pipeline.train import _without_group_tests
+    from NPCPrognosisLib.survival.metrics import evaluate_risk
 
     block = {"c_index": 0.7, "logrank_p": 0.01, "logrank_chi2": 6.6, "hr_high_vs_low": 2.0,
              "hr_high_vs_low_95ci": [1.2, 3.3], "calibration": {"36": []}, "n_high": 9,
-             "warnings": ["hr_high_vs_low: one risk group has no events", "logrank: failed", "uno_c: short"]}
+             "warnings": ["hazard ratio of high vs low risk: not estimable", "log-rank test of high vs low risk: x",
+                          "uno_c: short"]}
     out = _without_group_tests(block)
     assert out["warnings"] == ["uno_c: short"] and out["c_index"] == 0.7 and out["n_high"] == 9
     assert not {"logrank_p", "logrank_chi2", "hr_high_vs_low", "hr_high_vs_low_95ci", "calibration"} & set(out)
+    # the words evaluate_risk writes are those dropped (every event in the high-risk group: no hazard ratio)
+    t, e = np.arange(2, 18, 2.0), np.array([1, 0, 1, 1, 0, 0, 0, 0])
+    real = evaluate_risk(np.array([3, 2.5, 2, 1.5, 0, -0.5, -1, -1.5]), t, e, t, e, cutoff=1.0, n_boot=0,
+                         times=(6.0,))
+    assert any(w.startswith("hazard ratio") for w in real["warnings"])
+    dropped = _without_group_tests(real)
+    assert not any(w.startswith("hazard ratio") for w in dropped["warnings"])
+    assert "hr_high_vs_low_not_estimable" not in dropped
 
 
 def test_bundle_contents(trained, small_cohort):
@@ -656,6 +667,13 @@ def _with_half_a_t2(small_cohort, tmp_path):
             int(contoured[:, :, cut:].sum()), int(contoured.sum()))
 
 
+def _coverage_warning(covered: float) -> str:
+    """load_patient's warning for a T2W covering ``covered`` of the CET1W field (the share floored)."""
+    return (f"t2 covers {math.floor(100 * covered + 1e-9)}% of the t1c field; outside it t2 has no image (read as 0): "
+            "t2 features of a contour reaching there describe that fill, not tissue, and a segmentation network, "
+            "where one is used, sees only the other sequences there")
+
+
 def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohort, tmp_path, capsys):
     """load_patient's warnings were only logged by the worker that read the patient: a cohort run left no trace that
     a T2W covered half of a tumour (features.csv, .failures.csv and .meta.json said nothing)."""
@@ -669,8 +687,7 @@ def test_extract_keeps_each_patients_image_warnings_beside_the_table(small_cohor
     assert list(warnings.columns) == ["patient_id", "warning", "status"] and set(warnings["patient_id"]) == {warned}
     assert set(warnings["status"]) == {"extracted"}
     assert list(warnings["warning"]) == [
-        f"t2 covers {covered:.0%} of the t1c field; outside it the network reads air and segments from the other "
-        "sequences only",
+        _coverage_warning(covered),  # true whether contours are drawn or a network segments: extract uses none
         f"{outside} of the {contoured} contoured voxels lie outside the t2 field: its features describe part of the "
         "contours only, with the rest read as 0"]
     assert 0 < outside < contoured and covered < 0.95
@@ -691,8 +708,7 @@ def test_a_failed_patient_keeps_the_warnings_it_raised_before_failing(small_coho
     sitk.WriteImage(mask, str(tmp_path / "other_grid_mask.nii.gz"))
     table.loc[0, "mask"] = str(tmp_path / "other_grid_mask.nii.gz")
     table.to_csv(manifest, index=False)
-    coverage = (f"t2 covers {covered:.0%} of the t1c field; outside it the network reads air and segments from the "
-                "other sequences only")
+    coverage = _coverage_warning(covered)
     with pytest.raises(InputError, match="mask is not on the t1c image's grid") as refused:
         load_patient(warned, {c: table.loc[0, c] for c in ("t1", "t2", "t1c")}, table.loc[0, "mask"])
     assert refused.value.warnings == [coverage]

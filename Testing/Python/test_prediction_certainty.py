@@ -85,7 +85,7 @@ def test_a_missing_ebv_dna_is_shown_as_not_measured_with_the_range_it_could_give
     # the same patient with EBV DNA measured has no range, and its value is printed
     measured_prediction = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
     assert measured_prediction.imputed == {}
-    assert "<td>EBV DNA (copies/mL)</td><td>2e3</td>" in patient_sheet_html(measured_prediction.to_dict())
+    assert "<td>EBV DNA (copies/mL)</td><td>2,000</td>" in patient_sheet_html(measured_prediction.to_dict())
 
 
 def test_a_bundle_without_the_percentiles_says_the_range_is_unknown(small_cohort, trained):

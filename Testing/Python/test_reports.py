@@ -135,12 +135,37 @@ def test_chart_survival_axis_matches_the_cox_formula_by_hand():
     assert math.exp(-0.02 * math.exp(p / scale["points_per_unit_log_hazard"] + 1.5)) == pytest.approx(0.8)
 
 
+def test_ebv_dna_and_points_print_as_a_clinician_reads_them():
+    """The sheet printed EBV DNA as '2.4e3' (read as 2.4) and a factor at its favourable end as 'Sex male -0.0'
+    points; the panel printed the same points, the terminal the same copies, each through these functions."""
+    from NPCPrognosisLib.reporting.nomogram_chart import chart_rows
+
+    assert labels.factor_value_text("log10_ebv_dna", math.log10(2401.0)) == "2,400"
+    assert labels.clinical_value_text("ebv_dna", 2400.0) == "2,400"
+    assert labels.clinical_value_text("ebv_dna", 123456.7) == "123,457"
+    assert labels.factor_range_text("log10_ebv_dna", [math.log10(98.0), math.log10(9701.0)]) == \
+        "97-9,700 copies/mL"
+    assert "EBV DNA (copies/mL) 150,001 (training 0 to 9,999)" in labels.extrapolation_text(
+        {"out_of_range": [{"factor": "log10_ebv_dna", "value": math.log10(150002.0), "low": 0.0,
+                           "high": math.log10(10000.0)}]})
+    assert [labels.points_text(v) for v in (-0.0, -0.04, 0.0, 3.666947, -1.25)] == ["0", "0", "0", "3.7", "-1.2"]
+    assert labels.points_text(-0.3, 0) == "0" and labels.points_text(4.768, 0) == "5"
+    # a nomogram whose sex coefficient is negative gives a male patient -0.0 points: the sheet's table prints 0
+    scale = {"factors": ["age", "male"], "coef": [0.05, -0.4], "zero_point_value": [20.0, 1.0],
+             "low": [20.0, 0.0], "high": [80.0, 1.0], "points_per_unit_log_hazard": 100.0 / 3.0, "offset": 1.0,
+             "months": [36.0], "baseline_cumulative_hazard": [0.02]}
+    chart = nomogram_chart(scale, {"age": 50.0, "male": 1.0})
+    assert [a.patient_points for a in chart.axes if a.factor == "male"] == [-0.0]
+    assert ("Sex", "male", "0") in chart_rows(chart)
+    assert not any(points.startswith("-") for _, _, points in chart_rows(chart))
+
+
 def test_labels_say_what_clinicians_write():
     assert labels.factor_label("log10_ebv_dna") == "EBV DNA (copies/mL)"
     assert labels.factor_label("rene") == "rENE grade" and labels.factor_label("t_stage_T3") == "T stage = T3"
-    assert labels.factor_value_text("log10_ebv_dna", math.log10(4001.0)) == "4e3"
+    assert labels.factor_value_text("log10_ebv_dna", math.log10(4001.0)) == "4,000"
     assert labels.factor_value_text("male", 1.0) == "male" and labels.factor_value_text("t_stage", 3.0) == "T3"
-    assert [t for _, t in labels.factor_ticks("log10_ebv_dna", 0.0, 4.5)] == ["0", "10", "100", "1e3", "1e4"]
+    assert [t for _, t in labels.factor_ticks("log10_ebv_dna", 0.0, 4.5)] == ["0", "10", "100", "1,000", "10,000"]
     # log tumour volumes (log(1 + mL)) read in mL, ticks at round volumes, the training range's ends included
     assert labels.factor_label("log_volume_gtvp_ml") == "GTVp volume (mL)"
     assert labels.factor_value_text("log_volume_gtvp_ml", math.log1p(12.5)) == "12.5"
@@ -304,6 +329,34 @@ def test_model_comparison_without_bootstrap_names_the_missing_interval(evaluatio
 
         assert comparison.loc[model_label(name), "ΔC vs nomogram (95% CI)"] == \
             f"{block['difference']:+.3f} (no interval: no bootstrap)"
+
+def test_cohort_tables_say_a_missing_hazard_ratio_and_round_coefficients():
+    """The cohort page showed a hazard ratio that cannot exist as '– (–-–)', the Rad-score's coefficients with 17
+    digits (0.24131684499876363) and EBV DNA medians without separators; the numbers are those of a real
+    evaluate_risk block."""
+    from NPCPrognosisLib.reporting.cohort_tables import cohort_characteristics, model_comparison, selected_features
+    from NPCPrognosisLib.survival.metrics import evaluate_risk
+
+    t, e = np.arange(2, 18, 2.0), np.array([1, 0, 1, 0, 1, 0, 0, 0])  # every event in the high-risk group
+    risk = np.array([3, -1, 2.5, -0.5, 2, 0, 1.5, -1.5])
+    no_events_low = evaluate_risk(risk, t, e, t, e, cutoff=1.0, n_boot=0, times=(6.0,))
+    estimable = evaluate_risk(risk, t, np.array([1, 1, 1, 0, 0, 1, 1, 0]), t, e, cutoff=1.0, n_boot=0, times=(6.0,))
+    old_file = {k: v for k, v in no_events_low.items() if k != "hr_high_vs_low_not_estimable"}
+    table = model_comparison({"models": {"clinical": no_events_low, "nomogram": estimable, "volume": old_file}})
+    hr = dict(zip(table["model"], table["HR high vs low (95% CI)"]))
+    assert hr["Clinical factors alone"] == "not estimable (one risk group has no events)"
+    assert hr["Tumour volume alone"] == "not estimable"  # a metrics.json written before the reason was kept
+    lo, hi = estimable["hr_high_vs_low_95ci"]
+    assert hr["Nomogram (combined factors)"] == f"{estimable['hr_high_vs_low']:.2f} ({lo:.2f}-{hi:.2f})"
+    features = selected_features({"signature": {"features": ["a", "b", "c", "d"], "coef": [
+        0.24131684499876363, -0.7332865786273173, 0.005990986390084557, -0.0]},
+        "robustness": {"selected_feature_icc": {"a": 0.912345, "b": None}}})
+    assert list(features["coefficient (per SD)"]) == ["0.241", "-0.733", "0.00599", "0"]
+    assert list(features["robustness ICC"]) == ["0.912", "–", "–", "–"]
+    clinical = pd.DataFrame({"ebv_dna": [1200.0, 2400.0, 15000.0, 150000.0]})
+    characteristics = cohort_characteristics(clinical, ["evaluated"] * 4, "dmfs").set_index("characteristic")
+    assert characteristics.loc["EBV DNA, copies/mL, median (IQR)", "evaluated"] == "8,700 (2,100-48,750)"
+
 
 def test_cohort_page_warns_of_training_patients_and_shows_c_for_benefit(evaluation, trained, tmp_path):
     """--subset all puts a banner on the page; the benefit caption gives C-for-benefit (stored under

@@ -337,8 +337,11 @@ def test_the_panel_label_and_the_sheet_take_one_decision_on_the_group_and_say_it
         assert decided == standing and (block is undetermined) == (standing == "undetermined")
         assert formatting.format_group(prediction) == label
         assert risk_group_text(prediction) == text
+    # the sheet's names and points (the panel printed 'rad_score' and a favourable factor's '-0.0')
     assert formatting.format_nomogram_points(PREDICTION["nomogram_points"]) == [
-        ("rad_score", "55.5"), ("t_stage", "20.0"), ("age", "10.0"), ("total", "85.5")]
+        ("Rad-score", "55.5"), ("T stage", "20.0"), ("Age (years)", "10.0"), ("Total points", "85.5")]
+    assert formatting.format_nomogram_points({"per_factor": {"male": -0.0, "age": 4.0}, "total": 4.0}) == [
+        ("Age (years)", "4.0"), ("Sex", "0"), ("Total points", "4.0")]
     assert formatting.format_warnings([]) == "none"
 
 
