@@ -585,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimism-bootstraps", type=int, default=None,
                    help="bootstrap refits for the optimism-corrected training C-index (default 20; 0: skip)")
     p.add_argument("--robustness-patients", type=int, default=None,
-                   help="training patients perturbed to measure each feature's ICC (default 30; 0: skip)")
+                   help="training patients perturbed to measure each feature's ICC (default 30, skipped when fewer "
+                        "than 25 training events leave no ICC threshold to choose; 0: skip)")
     p.add_argument("--permutations", type=int, default=None,
                    help="label permutations testing each binary endpoint's model against chance (default 9, "
                         "smallest p 0.1; 99 gives p down to 0.01 at 11 x the cost; 0: skip)")

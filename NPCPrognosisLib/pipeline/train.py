@@ -207,7 +207,8 @@ def robustness_unused(select: bool, event: np.ndarray, settings: SignatureSettin
     their ICCs enter only as a threshold that cross-validation chooses (:func:`~NPCPrognosisLib.pipeline.
     selection.select_models`) or the settings fix; with fewer than :data:`MIN_EVENTS_FOR_SELECTION` training
     events nothing is chosen and the default configuration has no ICC filter, so the study was time spent on a
-    number no model used.
+    number no model used. Only the default skips it: a number of patients asked for is measured (the ICCs are
+    also reported).
 
     Parameters
     ----------
@@ -332,7 +333,7 @@ def train(
     network: str | Path | None = None,
     optimism_bootstraps: int = OPTIMISM_BOOTSTRAPS,
     workers: int = 2,
-    robustness_patients: int = ROBUSTNESS_PATIENTS,
+    robustness_patients: int | None = None,
     select: bool = True,
     nested_folds: int = NESTED_FOLDS,
     binary_endpoints: Sequence[str] = (),
@@ -348,7 +349,8 @@ def train(
     ``binary_endpoints`` are fitted on the same training patients and carried in the same bundle.
 
     Read top-down, as the stages run on the training patients only: per-feature robustness (ICC(3,1) over
-    perturbed re-extractions of ``robustness_patients`` patients, cached beside the features table; 0: none),
+    perturbed re-extractions of ``robustness_patients`` patients, cached beside the features table; 0: none; None:
+    :data:`ROBUSTNESS_PATIENTS`, unless nothing could use the ICCs, :func:`robustness_unused`),
     model selection by cross-validation (``select``; see :mod:`NPCPrognosisLib.pipeline.selection`), the final
     fit with the chosen configuration, training metrics, the optimism correction and, when the selection ran, the
     nested cross-validated C of the whole procedure (``nested_folds`` outer folds; 0: none).
@@ -420,7 +422,9 @@ def train(
     check_training_events(train_manifest, endpoint)
     time, event = train_manifest.outcome_arrays(endpoint)
 
-    unused = robustness_unused(select, event, settings) if robustness_patients > 0 else None
+    # asked for by number, the study runs (its ICCs are also reported); by default only where they can choose
+    unused = robustness_unused(select, event, settings) if robustness_patients is None else None
+    robustness_patients = ROBUSTNESS_PATIENTS if robustness_patients is None else robustness_patients
     if unused:
         log.info("feature robustness not measured: %s", unused)
     robustness = None if unused else feature_robustness(train_manifest, train_features, meta, features_path,

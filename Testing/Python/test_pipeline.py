@@ -500,6 +500,7 @@ def test_train_skips_the_robustness_study_when_too_few_events_let_it_choose_anyt
                  "--test-fraction", "0.2", "--optimism-bootstraps", "0"]) == 0
     block = read_bundle(tmp_path / "b")["robustness"]
     assert not block["measured"] and "too few to choose an ICC threshold" in block["reason"], block
+    # asked for by number (--robustness-patients) it still runs: test_network's automatic pipeline measures it
     # a fixed ICC threshold, or enough events for the cross-validation to choose one, still measures it
     assert train_module.robustness_unused(True, np.ones(30), SignatureSettings()) is None
     assert train_module.robustness_unused(False, np.ones(5), SignatureSettings(min_icc=0.75)) is None
