@@ -7,7 +7,7 @@ same way and carry nothing that could fail to load (pictures are ``data:`` URIs 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,17 +84,20 @@ def bullet_list(items: Iterable[str], css: str = "") -> str:
     return f"<ul{cls}>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """Numbers as a table shows them; None and NaN as an en dash."""
+def _table_number(value: Any, shown: Callable[[float], str]) -> str:
+    """``shown(number)`` for a number; None and NaN as an en dash, anything else as its text."""
     if value is None:
         return "–"
     try:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if number != number:
-        return "–"
-    return f"{number:.{digits}f}"
+    return "–" if number != number else shown(number)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Numbers as a table shows them; None and NaN as an en dash."""
+    return _table_number(value, lambda number: f"{number:.{digits}f}")
 
 
 def fmt_significant(value: Any, digits: int = 3) -> str:
@@ -104,15 +107,8 @@ def fmt_significant(value: Any, digits: int = 3) -> str:
     Why besides :func:`fmt`: a fixed number of decimals turns a small coefficient into 0.006 or 0.000, and a
     number's full float repr (0.24131684499876363) claims a precision no cohort gives.
     """
-    if value is None:
-        return "–"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if number != number:
-        return "–"
-    return np.format_float_positional(number + 0.0, precision=digits, unique=False, fractional=False, trim="-")
+    return _table_number(value, lambda number: np.format_float_positional(
+        number + 0.0, precision=digits, unique=False, fractional=False, trim="-"))
 
 
 def p_value(value: Any) -> str:
