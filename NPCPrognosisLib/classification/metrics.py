@@ -231,9 +231,10 @@ def recalibration(y: Any, linear_predictor: Any, *, ranks: bool = True, model: s
     if slope > 0 and ranks:
         return {"intercept": float(fit.intercept_[0]), "slope": slope, "validated": True}
     prevalence = float(np.mean(y))
+    found = f"{evidence}out-of-fold calibration slope {slope:.2f}"
     return {"intercept": float(np.log(prevalence / (1 - prevalence))), "slope": 0.0, "validated": False,
-            "note": f"{evidence}out-of-fold calibration slope {slope:.2f}: {model} learned nothing that validates; "
-                    "it predicts the training prevalence"}
+            "evidence": found,
+            "note": f"{found}: {model} learned nothing that validates; it predicts the training prevalence"}
 
 
 def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:

@@ -239,7 +239,9 @@ def ridge_warning(model: Mapping[str, Any], prevalence: float) -> str | None:
     everyone = (f"it predicts the training rate ({prevalence:.2f}) for every patient, so its probability tells "
                 "a patient nothing beyond the training cohort's rate")
     if calibration is not None and not calibration["validated"]:
-        return f"the ridge learned nothing that validates ({calibration['note']}): {everyone}"
+        # the evidence alone: the note repeats "learned nothing that validates" (bundles before it have only that)
+        return f"the ridge learned nothing that validates ({calibration.get('evidence', calibration['note'])}): " \
+               f"{everyone}"
     if model["C"] > RIDGE_CS[0]:
         return None
     if calibration is None:

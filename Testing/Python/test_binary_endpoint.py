@@ -669,6 +669,7 @@ def test_a_ridge_that_learned_nothing_confirmed_says_what_its_probability_means(
     assert rg.predict_ridge(model, clinical, features) == pytest.approx(np.full(40, rate))
     warning = rg.ridge_warning(model, rate)
     assert f"predicts the training rate ({rate:.2f}) for every patient" in warning and "learned nothing" in warning
+    assert warning.count("learned nothing") == 1, warning  # was said twice, once from the calibration's note
 
     clinical, features, y = _coin_cohort(1)
     model = rg.fit_ridge(clinical, features, y, 1)
