@@ -8,7 +8,7 @@ held out, and the cohort-size floors: :mod:`NPCPrognosisLib.pipeline.evaluated_p
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,8 @@ from NPCPrognosisLib.radiomics.features_table import (
     read_features,
     read_manifest_features,
 )
-from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED
-from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS
+from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED, factor_label, factor_value_text
+from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS, Nomogram
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,13 @@ def evaluate_cohort(
                     plot_calibration(out_dir / f"calibration_{name}_{months}m.png", rows, float(months),
                                      f"{name}: {endpoint.upper()} at {months} months")
                     metrics["figures"].append(f"calibration_{name}_{months}m.png")
+    outside = outside_training_text(bundle.nomograms["nomogram"], factors)
+    predictions["nomogram_outside_training_range"] = outside
+    if n_outside := sum(bool(text) for text in outside):
+        metrics["warnings"].append(
+            f"{n_outside} of the {len(outside)} evaluated patients have a nomogram factor outside its training range "
+            "(predictions.csv, nomogram_outside_training_range): their risks and survival are extrapolations, as "
+            "predict says for one patient; check those values, contours and images")
     if event.any():
         metrics["paired_vs_nomogram"] = {
             name: paired_c_difference(time, event, predictions[f"{name}_risk"], predictions["nomogram_risk"],
@@ -339,6 +346,34 @@ def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, 
     split = np.where(trained, "training", "evaluated") if trained is not None and subset != "all" else \
         np.full(len(manifest.table), "evaluated")
     return cohort_characteristics(manifest.table, split, endpoint)
+
+
+def outside_training_text(nomogram: Nomogram, factors: pd.DataFrame) -> list[str]:
+    """Per patient, the nomogram's factors outside their training range, as ``predict`` names them for one patient
+    ('' when none).
+
+    Why: a held-out patient whose Rad-score lay ten times beyond the training range got 0.0 % survival at every time
+    in predictions.csv, with nothing beside it; ``predict`` printed EXTRAPOLATING for the same patient.
+
+    Parameters
+    ----------
+    nomogram : Nomogram
+        The bundle's nomogram (:meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.out_of_range`).
+    factors : DataFrame
+        The evaluated patients' factors, one row each.
+
+    Returns
+    -------
+    list of str
+        '<factor> = <value> (training <low> to <high>)', joined by '; ', or '' for a patient inside the range.
+    """
+    def text(item: Mapping[str, Any]) -> str:
+        name = item["factor"]
+        return (f"{factor_label(name)} = {factor_value_text(name, item['value'])} (training "
+                f"{factor_value_text(name, item['low'])} to {factor_value_text(name, item['high'])})")
+
+    return ["; ".join(text(item) for item in nomogram.out_of_range(row))
+            for row in factors[nomogram.factors].to_dict("records")]
 
 
 def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, features_path: str | Path, endpoint: str,

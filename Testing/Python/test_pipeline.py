@@ -133,6 +133,19 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
     predictions = pd.read_csv(tmp_path / "predictions.csv", dtype={"patient_id": str})
     assert {"patient_id", "radiomics_risk", "clinical_risk", "nomogram_risk", "risk_group"} <= set(predictions.columns)
     assert set(predictions["risk_group"]) <= {"high", "low"}
+    # each patient's factors outside the nomogram's training range, as predict names them (a Rad-score ten times
+    # beyond it gave 0.0 % survival in predictions.csv with nothing beside it)
+    from NPCPrognosisLib.pipeline.evaluate import outside_training_text
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.reporting.labels import factor_label
+
+    assert "nomogram_outside_training_range" in predictions.columns
+    nomogram = load_bundle(trained).nomograms["nomogram"]
+    inside = {f: (lo + hi) / 2 for f, lo, hi in zip(nomogram.factors, nomogram.low, nomogram.high)}
+    name = next(f for f in nomogram.factors if f in ("age", "ldh"))
+    far = {**inside, name: 1000.0}
+    texts = outside_training_text(nomogram, pd.DataFrame([inside, far]))
+    assert texts[0] == "" and texts[1].startswith(f"{factor_label(name)} = 1000 (training ")
     # Treatment arms and the carried-through treatment columns; the benefit checks are in metrics.json.
     assert set(predictions["arm"]) <= {"rt_alone", "low_dose", "high_dose"}
     assert list(predictions["chemo_cycles"]) == list(manifest["chemo_cycles"])
