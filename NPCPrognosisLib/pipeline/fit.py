@@ -78,9 +78,11 @@ def clinical_gaps(manifest: Manifest, ebv_fill: float, *, training: bool) -> dic
     missing = int(manifest.clinical_table(None)["log10_ebv_dna"].isna().sum())
     gaps: dict[str, Any] = {"ebv_dna_filled": missing}
     if missing:
-        log.warning("EBV DNA is missing for %d of %d patient(s)%s: they are given the training median, %.0f copies/mL",
+        from NPCPrognosisLib.reporting.labels import copies_text, ebv_copies
+
+        log.warning("EBV DNA is missing for %d of %d patient(s)%s: they are given the training median, %s copies/mL",
                     missing, len(manifest.table), "" if "ebv_dna" in manifest.table.columns else " (no ebv_dna column)",
-                    10 ** ebv_fill - 1.0)
+                    copies_text(ebv_copies(ebv_fill)))
     if training:
         constant = estimable_codings(manifest.clinical_table(ebv_fill))[1]
         gaps["constant_in_training"] = constant
