@@ -35,6 +35,9 @@ HR_TEXT = "hazard ratio of high vs low risk"
 HR_ONE_GROUP = "every patient falls in one risk group"
 HR_NO_EVENTS = "one risk group has no events"
 HR_NO_FINITE = "no finite estimate, see the warnings"
+#: The other metrics' words in their warnings, as a reader says them (they named metrics.json keys: "uno_c: ...").
+SURVIVAL_TEXT = "predicted survival"
+BRIER_TEXT = "integrated Brier score"
 
 _Z975 = 1.959963984540054
 
@@ -618,11 +621,11 @@ def evaluate_risk(
         grid = np.unique(np.percentile(t, np.linspace(10, 90, 17)))
         brier_grid = grid[grid < min(t.max(), horizon)]
         if len(brier_grid) >= 2:
-            brier_matrix = attempt("survival_at", lambda: np.asarray(survival_at(brier_grid), dtype=float))
+            brier_matrix = attempt(SURVIVAL_TEXT, lambda: np.asarray(survival_at(brier_grid), dtype=float))
         ibs = None if brier_matrix is None else attempt(
-            "integrated_brier", lambda: integrated_brier(tt, te, t, e, brier_matrix, brier_grid))
+            BRIER_TEXT, lambda: integrated_brier(tt, te, t, e, brier_matrix, brier_grid))
         if ibs is None:
-            warns.append("integrated_brier: not computable on this follow-up")
+            warns.append(f"{BRIER_TEXT}: not computable on this follow-up")
             brier_matrix = None
         out["integrated_brier"] = ibs
         out["integrated_brier_95ci"] = [None, None]
@@ -634,16 +637,17 @@ def evaluate_risk(
         warns.append("no events in this cohort: discrimination and risk-group statistics are undefined")
         out["warnings"] = warns
         return out
-    out["c_index"] = _finite_or_none(attempt("c_index", lambda: harrell_c(t, e, r)))
-    out["uno_c"] = _finite_or_none(attempt("uno_c", lambda: uno_c(tt, te, t, e, r, tau=horizon)))
+    out["c_index"] = _finite_or_none(attempt("Harrell's C-index", lambda: harrell_c(t, e, r)))
+    out["uno_c"] = _finite_or_none(attempt("Uno's C-index", lambda: uno_c(tt, te, t, e, r, tau=horizon)))
     out["uno_c_tau"] = horizon if out["uno_c"] is not None else None
-    auc = attempt("td_auc", lambda: td_auc(tt, te, t, e, r, times))
+    auc = attempt("time-dependent AUC", lambda: td_auc(tt, te, t, e, r, times))
     if auc is not None:
         out["td_auc"] = auc
         for k, v in auc.items():
             if v is None:
-                warns.append(f"td_auc at {k}: time point outside follow-up or without cases/controls")
-    cis = attempt("bootstrap", lambda: bootstrap_cis(
+                warns.append(f"time-dependent AUC at {k} months: time point outside follow-up or without "
+                             "cases/controls")
+    cis = attempt("bootstrap confidence intervals", lambda: bootstrap_cis(
         _bootstrap_stats(tt, te, horizon, out, brier_matrix, brier_grid, ipcw_intervals, t, e), t, e, r,
         np.arange(len(t)),
         n_boot=n_boot, seed=seed))
@@ -654,8 +658,8 @@ def evaluate_risk(
         else:
             out[f"{name}_95ci"] = pair
     if cis is not None and out["c_index_95ci"][0] is None:
-        warns.append("c_index_95ci: too few bootstrap resamples with events" if n_boot > 0
-                     else "c_index_95ci: not computed (no bootstrap resamples were asked for)")
+        warns.append("95% CI of the C-index: too few bootstrap resamples with events" if n_boot > 0
+                     else "95% CI of the C-index: not computed (no bootstrap resamples were asked for)")
     _risk_group_tests(out, t, e, r, cutoff, attempt, warns)
     out["warnings"] = warns
     return out
@@ -708,24 +712,24 @@ def _calibration_block(survival_at: Callable, t: np.ndarray, e: np.ndarray, time
                        attempt: Callable, warns: list[str]) -> dict[str, Any]:
     """Calibration at each of ``times`` (:func:`calibration`), for :func:`evaluate_risk`."""
     tp = np.asarray(times, dtype=float)
-    S = attempt("survival_at", lambda: np.asarray(survival_at(tp), dtype=float))
+    S = attempt(SURVIVAL_TEXT, lambda: np.asarray(survival_at(tp), dtype=float))
     if S is None:
         return {}
     if S.shape != (len(t), len(tp)):
-        warns.append(f"survival_at returned shape {S.shape}, expected {(len(t), len(tp))}")
+        warns.append(f"{SURVIVAL_TEXT}: shape {S.shape}, expected {(len(t), len(tp))}")
         return {}
     # a non-finite predicted survival (after the training follow-up, or an overflowing linear predictor) costs
     # that time's calibration, not the other metrics
     block = {}
     for j, x in enumerate(tp):
         if not np.isfinite(S[:, j]).all():
-            warns.append(f"calibration at {_key(x)}: no predicted survival for "
+            warns.append(f"calibration at {_key(x)} months: no predicted survival for "
                          f"{int((~np.isfinite(S[:, j])).sum())} patient(s) (after the training follow-up?)")
             continue
         block[_key(x)] = calibration(S[:, j], t, e, float(x))
     for k, rows in block.items():
         if all(row["observed"] is None for row in rows):
-            warns.append(f"calibration at {k}: follow-up too short for an observed survival")
+            warns.append(f"calibration at {k} months: follow-up too short for an observed survival")
     return {"calibration": block}
 
 

@@ -295,7 +295,7 @@ def test_a_non_finite_predicted_survival_costs_the_calibration_not_every_metric(
         return surv
 
     out = evaluate_risk(r, t, e, t, e, cutoff=1.0, n_boot=20, times=(4.0,), survival_at=survival_at)
-    assert out["calibration"] == {} and any(w.startswith("calibration at 4:") for w in out["warnings"])
+    assert out["calibration"] == {} and any(w.startswith("calibration at 4 months:") for w in out["warnings"])
     assert out["c_index"] is not None and out["logrank_p"] is not None
 
 
@@ -489,6 +489,9 @@ def test_evaluate_risk_degenerate_cases_warn_instead_of_crashing(rossi_split):
     assert out["n_high"] == 0 and out["logrank_p"] is None and out["hr_high_vs_low"] is None
     assert out["td_auc"]["60"] is None  # default time points (36, 60); rossi ends at week 52
     assert any("low-risk group" in w for w in out["warnings"])
+    # said in words: "time-dependent AUC at 60 months: ..." (was "td_auc at 60: ..."), no metrics.json key
+    assert "time-dependent AUC at 60 months: time point outside follow-up or without cases/controls" in out["warnings"]
+    assert not any(w.split(":")[0].split(" at ")[0] in out for w in out["warnings"]), out["warnings"]
     json.dumps(out, allow_nan=False)
 
     none = evaluate_risk(risk, te.week, np.zeros(len(te)), tr.week, tr.arrest, cutoff=0.0, n_boot=20)
