@@ -39,6 +39,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
+    from NPCPrognosisLib.io.patient_ids import listed_ids
     from NPCPrognosisLib.pipeline.extract import dask_runner, extract_cohort
 
     auto = args.mask == "auto"
@@ -59,8 +60,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
               "without them (out of fold)")
     warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings if row["status"] == "extracted"))
     if warned:
-        print(f"{len(warned)} patient(s) have image warnings, listed in {result.warnings_path}: "
-              f"{', '.join(warned[:10])}{' ...' if len(warned) > 10 else ''}")
+        print(f"{len(warned)} patient(s) have image warnings, listed in {result.warnings_path}: {listed_ids(warned)}")
     if result.failures:
         print(f"{len(result.failures)} patient(s) failed, listed in {result.failures_path}:")
         for failure in result.failures:
@@ -68,8 +68,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         failed_warned = list(dict.fromkeys(row["patient_id"] for row in result.warnings if row["status"] == "failed"))
         if failed_warned:
             print(f"  {len(failed_warned)} of them had image warnings before failing (often the reason), listed in "
-                  f"{result.warnings_path} with status 'failed': {', '.join(failed_warned[:10])}"
-                  f"{' ...' if len(failed_warned) > 10 else ''}")
+                  f"{result.warnings_path} with status 'failed': {listed_ids(failed_warned)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Patient identifiers in bundles: salted slow hashes instead of the IDs themselves.
+"""Patient identifiers: salted slow hashes in bundles instead of the IDs themselves, and IDs as messages list them.
 
 A bundle (statistical or network) must know which patients trained it, so ``evaluate`` can leave them out and
 the network can score its own training patients out of fold, without carrying identifiers that travel with it.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 
 #: PBKDF2 rounds per patient-ID hash: trying every 7-digit record number costs 10^7 x this many HMACs per bundle.
@@ -17,6 +18,13 @@ ID_HASH_METHOD = f"PBKDF2-HMAC-SHA256, {ID_HASH_ROUNDS} rounds"
 #: The ``id_hash`` of a record whose hashes are of :func:`id_key` (a re-exported spelling still matches); a record
 #: written before keys were hashed says :data:`ID_HASH_METHOD`, and its hashes are of the ID as written.
 ID_KEY_HASH_METHOD = f"{ID_HASH_METHOD} of id_key (trimmed, case-folded, leading zeros dropped)"
+
+
+def listed_ids(patient_ids: Sequence[str], limit: int = 10) -> str:
+    """'P1, P2, P3 ...': the first ``limit`` IDs of a message's list, and ' ...' when there are more (a cohort's
+    warning names the patients to look at without printing hundreds of them)."""
+    ids = [str(p) for p in patient_ids]
+    return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
 
 
 def new_id_salt() -> str:

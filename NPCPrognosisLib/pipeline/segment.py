@@ -26,6 +26,7 @@ from NPCPrognosisLib.io.dicom_seg import write_seg
 from NPCPrognosisLib.io.dicom_series import split_series_selector
 from NPCPrognosisLib.io.images import load_patient, write_image_atomic
 from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, Manifest, PatientEntry
+from NPCPrognosisLib.io.patient_ids import listed_ids
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
 from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
 
@@ -375,8 +376,8 @@ def _write_cohort_tables(model: NetworkModel, manifest: Manifest, out_dir: Path,
                                                    [{"gtvp": s["gtvp_ml"], "gtvn": s["gtvn_ml"]} for s in scores]))
     warned = [row["patient_id"] for row in scores if row["warnings"]]
     if warned:
-        log.warning("%d patient(s) with warnings about their contours (see deep_scores.csv): %s%s", len(warned),
-                    ", ".join(warned[:10]), " ..." if len(warned) > 10 else "")
+        log.warning("%d patient(s) with warnings about their contours (see deep_scores.csv): %s", len(warned),
+                    listed_ids(warned))
     marker = Path(manifest.source).parent / SYNTHETIC_MARKER
     if marker.is_file():  # the same generated patients: a model trained on this manifest is synthetic too
         shutil.copyfile(marker, out_dir / SYNTHETIC_MARKER)

@@ -23,6 +23,7 @@ from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
 from NPCPrognosisLib.io.extra_features import EXTRA_PREFIX
 from NPCPrognosisLib.io.manifest import Manifest
+from NPCPrognosisLib.io.patient_ids import listed_ids
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def image_warnings_note(meta: dict[str, Any], patient_ids: Sequence[str], featur
     if not hit:
         return None
     return (f"{len(hit)} of the {len(patient_ids)} {who} patients had image warnings at extraction (listed in "
-            f"{warnings_path_for(Path(features_path))}): {', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
+            f"{warnings_path_for(Path(features_path))}): {listed_ids(hit)}")
 
 
 def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Manifest, pd.DataFrame, list[str]]:
