@@ -8,7 +8,7 @@ held out, and the cohort-size floors: :mod:`NPCPrognosisLib.pipeline.evaluated_p
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     read_features,
     read_manifest_features,
 )
-from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED, factor_label, factor_value_text
+from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED, factor_label, out_of_range_value_text
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS, Nomogram
 
 log = logging.getLogger(__name__)
@@ -367,12 +367,8 @@ def outside_training_text(nomogram: Nomogram, factors: pd.DataFrame) -> list[str
     list of str
         '<factor> = <value> (training <low> to <high>)', joined by '; ', or '' for a patient inside the range.
     """
-    def text(item: Mapping[str, Any]) -> str:
-        name = item["factor"]
-        return (f"{factor_label(name)} = {factor_value_text(name, item['value'])} (training "
-                f"{factor_value_text(name, item['low'])} to {factor_value_text(name, item['high'])})")
-
-    return ["; ".join(text(item) for item in nomogram.out_of_range(row))
+    return ["; ".join(f"{factor_label(item['factor'])} = {out_of_range_value_text(item)}"
+                      for item in nomogram.out_of_range(row))
             for row in factors[nomogram.factors].to_dict("records")]
 
 

@@ -299,15 +299,21 @@ def risk_interval_text(prediction: Mapping[str, Any]) -> str:
     return f"{interval_text(ci)}, cut-off {float(prediction['cutoff']):.2f}" if ci else ""
 
 
+def out_of_range_value_text(item: Mapping[str, Any]) -> str:
+    """'105 (training 25 to 71)': a factor's value outside its training range, with that range, as the clinician
+    enters values (one entry of :meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.out_of_range`)."""
+    name = item["factor"]
+    return (f"{factor_value_text(name, item['value'])} (training {factor_value_text(name, item['low'])} to "
+            f"{factor_value_text(name, item['high'])})")
+
+
 def extrapolation_text(prediction: Mapping[str, Any]) -> str | None:
     """The headline of a prediction made outside the training range ('EXTRAPOLATING: Age (years) 105 (training
     25 to 71) ...'), in words for the top of a sheet and the terminal; None when every factor is within range."""
     items = prediction.get("out_of_range") or []
     if not items:
         return None
-    values = "; ".join(f"{factor_label(i['factor'])} {factor_value_text(i['factor'], i['value'])} (training "
-                       f"{factor_value_text(i['factor'], i['low'])} to {factor_value_text(i['factor'], i['high'])})"
-                       for i in items)
+    values = "; ".join(f"{factor_label(i['factor'])} {out_of_range_value_text(i)}" for i in items)
     return (f"EXTRAPOLATING: {values} outside the training range. The model has seen no such patient and the risk "
             "and survival given for this patient are not reliable: check each value and its unit before reading them.")
 
