@@ -89,6 +89,20 @@ def training_id_record(train_ids: Sequence[str], test_ids: Sequence[str], store:
             "id_hash": f"{ID_HASH_METHOD}, random per-bundle salt"}
 
 
+def warn_about_training_inputs(meta: dict[str, Any], extras: dict[str, Any], patient_ids: Sequence[str],
+                               features_path: str | Path) -> None:
+    """Say what the training patients' inputs carry, for the survival and the binary ``train`` alike: how many had
+    image warnings at extraction (:func:`~NPCPrognosisLib.radiomics.features_table.image_warnings_note`), and extra
+    tables that match only some of them; a table matching none is refused
+    (:func:`~NPCPrognosisLib.io.extra_features.check_rows`)."""
+    from NPCPrognosisLib.io.extra_features import check_rows
+
+    if note := image_warnings_note(meta, patient_ids, features_path, "training"):
+        log.warning(note)
+    for warning in check_rows(extras, patient_ids):
+        log.warning(warning)
+
+
 def check_training_events(manifest: Manifest, endpoint: str) -> None:
     """Refuse training patients with too few events before any work, and warn when every one of them has one.
 
@@ -386,7 +400,7 @@ def train(
                             test_fraction=test_fraction, seed=seed, synthetic=synthetic,
                             store_patient_ids=store_patient_ids, workers=workers, permutations=permutations,
                             extra_features=extra_features)
-    from NPCPrognosisLib.io.extra_features import check_rows, read_extra_blocks, with_extra_columns
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.fusion import FUSIONS
     from NPCPrognosisLib.survival.metrics import evaluate_risk
     from NPCPrognosisLib.survival.risk_groups import assign_groups
@@ -411,10 +425,7 @@ def train(
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
-    if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
-        log.warning(note)
-    for warning in check_rows(extras, train_manifest.patient_ids):
-        log.warning(warning)
+    warn_about_training_inputs(meta, extras, train_manifest.patient_ids, features_path)
     settings = settings or SignatureSettings(seed=seed)
     check_outcomes(train_manifest, endpoint)
     if short := follow_up_warning(train_manifest, endpoint):
@@ -580,7 +591,7 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
         The bundle document (``endpoint_type`` 'binary'; the models under ``binary_endpoints``).
     """
     from NPCPrognosisLib.io.bundle import write_bundle
-    from NPCPrognosisLib.io.extra_features import check_rows, read_extra_blocks, with_extra_columns
+    from NPCPrognosisLib.io.extra_features import read_extra_blocks, with_extra_columns
     from NPCPrognosisLib.pipeline.binary import binary_block_for
 
     extras = read_extra_blocks(extra_features)  # read first: a bad table stops before any fitting
@@ -588,11 +599,8 @@ def train_binary(manifest: Any, features_path: str | Path, endpoint: str, out: s
     train_manifest, train_features, train_ids, test_ids, lacking = training_split(
         manifest, table, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     train_features, deep_left_out = without_fitted_deep_features(train_features, meta, train_ids)
-    if note := image_warnings_note(meta, train_manifest.patient_ids, features_path, "training"):
-        log.warning(note)
+    warn_about_training_inputs(meta, extras, train_manifest.patient_ids, features_path)
     ebv_fill = ebv_fill_value(train_manifest)
-    for warning in check_rows(extras, train_manifest.patient_ids):
-        log.warning(warning)
     joined = with_extra_columns(train_features, extras, train_manifest.patient_ids)
     block = binary_block_for(train_manifest, joined, train_manifest.clinical_table(ebv_fill), endpoint, seed,
                              workers, permutations)
