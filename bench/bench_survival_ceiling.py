@@ -64,21 +64,22 @@ def design(table: pd.DataFrame, reference: str, ebv_fill: float) -> pd.DataFrame
     return pd.DataFrame(columns)
 
 
-def held_out_ratio(train: pd.DataFrame, test: pd.DataFrame, reference: str) -> float:
-    """Held-out Harrell C of the reference Cox model fitted on ``train``, over the oracle C on ``test``."""
+def held_out_ratio(train: pd.DataFrame, test: pd.DataFrame, reference: str, endpoint: str = "dmfs") -> float:
+    """Held-out Harrell C of the reference Cox model fitted on ``train``, over the oracle C on ``test``: both
+    tables hold the manifest's clinical and outcome columns and the generator's truth columns."""
     from sksurv.linear_model import CoxPHSurvivalAnalysis
 
     fill = float(np.nanmedian(np.log10(train["ebv_dna"].astype(float) + 1.0)))
     x_train, x_test = design(train, reference, fill), design(test, reference, fill)
     mean, sd = x_train.mean(), x_train.std().replace(0.0, 1.0)
-    y = np.array(list(zip(train["dmfs_event"].astype(bool), train["dmfs_time"].astype(float))),
+    y = np.array(list(zip(train[f"{endpoint}_event"].astype(bool), train[f"{endpoint}_time"].astype(float))),
                  dtype=[("event", bool), ("time", float)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = CoxPHSurvivalAnalysis(alpha=RIDGE).fit(((x_train - mean) / sd).to_numpy(), y)
     risk = model.predict(((x_test - mean) / sd).to_numpy())
-    t, e = test["dmfs_time"].to_numpy(float), test["dmfs_event"].to_numpy(int)
-    return harrell_c(t, e, risk) / harrell_c(t, e, test["lp_dmfs"].to_numpy(float))
+    t, e = test[f"{endpoint}_time"].to_numpy(float), test[f"{endpoint}_event"].to_numpy(int)
+    return harrell_c(t, e, risk) / harrell_c(t, e, test[f"lp_{endpoint}"].to_numpy(float))
 
 
 def summary(values: np.ndarray) -> dict:
