@@ -257,6 +257,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{_number(hi, '.3f')})  log-rank p {_number(block['logrank_p'], '.2g')}")
         for warning in block.get("warnings", []):
             print(f"    warning: {warning}")
+    if metrics.get("mmoe_contributions"):
+        from NPCPrognosisLib.reporting.labels import shares_text
+
+        for task, shares in metrics["mmoe_contributions"].items():
+            print(f"  what moves the fused {task} output (variance share over these patients): {shares_text(shares)}")
     print(f"metrics: {Path(args.out) / 'metrics.json'}; predictions: {Path(args.out) / 'predictions.csv'}")
     return 0
 

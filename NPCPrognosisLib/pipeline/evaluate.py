@@ -31,7 +31,7 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
     untrained,
 )
 from NPCPrognosisLib.pipeline.fit import clinical_gaps
-from NPCPrognosisLib.pipeline.fusion import MMOE, gate_findings, gate_warnings
+from NPCPrognosisLib.pipeline.fusion import MMOE, contribution_shares, gate_findings, gate_warnings
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.pipeline.predict import unproven_nomogram, unproven_warnings
 from NPCPrognosisLib.radiomics.features_table import (
@@ -229,6 +229,9 @@ def evaluate_cohort(
                 predictions[f"mmoe_gate_{task}_{block}"] = weights[:, j]
         metrics["mmoe_mean_gate_weights"] = {task: dict(zip(fused.blocks, weights.mean(axis=0).tolist()))
                                              for task, weights in fused.gates.items()}
+        # what each modality moves on these patients, beside the training patients' shares the bundle keeps: a gate
+        # weight is a mixing share, not a contribution (contribution_shares)
+        metrics["mmoe_contributions"] = contribution_shares(fused.contributions, fused.present, fused.blocks)
         # collapsed onto one modality, or one mixture for everyone: said as train says it of the training patients
         metrics["mmoe_gates"] = gate_findings(fused.gates, fused.present, fused.blocks)
         metrics["warnings"].extend(gate_warnings(metrics["mmoe_gates"], "evaluated patients"))

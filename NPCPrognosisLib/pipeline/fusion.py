@@ -63,13 +63,15 @@ ROUTING_SPREAD = 0.05
 @dataclass
 class FusionPrediction:
     """Per patient: the survival output (before the Cox calibration), each binary task's calibrated
-    probability, the gate weights per task (patients x blocks) and which blocks each patient had."""
+    probability, the gate weights and each modality's additive part of the output per task (patients x blocks:
+    :func:`~NPCPrognosisLib.deep.mmoe.expert_contributions`) and which blocks each patient had."""
 
     score: np.ndarray
     probabilities: dict[str, np.ndarray]
     gates: dict[str, np.ndarray]
     present: np.ndarray
     blocks: list[str]
+    contributions: dict[str, np.ndarray]
 
     def gate_weights(self, row: int) -> dict[str, dict[str, float]]:
         return {task: {name: float(w) for name, w in zip(self.blocks, weights[row])}
@@ -255,10 +257,10 @@ class FusionModel:
 
     def predict(self, factors: pd.DataFrame, binary_scores: Mapping[str, np.ndarray],
                 extras: Mapping[str, ExtraBlock], patient_ids: Sequence[str]) -> FusionPrediction:
-        """Survival output, calibrated probabilities and gate weights for aligned patients."""
+        """Survival output, calibrated probabilities, gate weights and contributions for aligned patients."""
         from scipy.special import expit
 
-        from NPCPrognosisLib.deep.mmoe import SURVIVAL, predict_members
+        from NPCPrognosisLib.deep.mmoe import SURVIVAL, expert_contributions, predict_members
 
         data = self.data(factors, binary_scores, extras, patient_ids)
         outputs, gates = predict_members(self.members, data)
@@ -269,7 +271,8 @@ class FusionModel:
         # centred as the out-of-fold outputs its Cox calibration saw were (bundles before it have no offset)
         score = outputs[SURVIVAL] - float(self.document.get("survival_offset", 0.0))
         return FusionPrediction(score=score, probabilities=probabilities, gates=gates,
-                                present=data.present, blocks=self.blocks)
+                                present=data.present, blocks=self.blocks,
+                                contributions=expert_contributions(self.members, data))
 
 
 def load_fusion(document: Mapping[str, Any], bundle_dir: str | Path) -> FusionModel:

@@ -221,9 +221,16 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path):
     assert set(fusion["contributions"]) == {"survival", "ic_response"}
 
     # evaluate: the MMoE beside the nomogram, with the paired difference in C, on the held-out patients
+    capsys.readouterr()
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "dmfs", "--out", str(out),
                  "--extra-features", pathology, "--n-boot", "200"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    # what each modality moves on the evaluated patients, as train reports it of the training patients (evaluate
+    # gave only gate weights, which are mixing shares): the variance shares add up to the whole output
+    shares = metrics["mmoe_contributions"]
+    assert set(shares) == {"survival", "ic_response"} and set(shares["survival"]) == set(fusion["blocks"])
+    assert sum(shares["survival"].values()) == pytest.approx(1.0)
+    assert "what moves the fused survival output (variance share over these patients): " in capsys.readouterr().out
     assert metrics["n"] == N - 160 and {"nomogram", "mmoe"} <= set(metrics["models"])
     paired = metrics["paired_vs_nomogram"]["mmoe"]
     difference = metrics["models"]["mmoe"]["c_index"] - metrics["models"]["nomogram"]["c_index"]
