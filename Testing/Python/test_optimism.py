@@ -149,6 +149,12 @@ def test_a_rad_score_the_refits_do_not_reproduce_is_rescaled_so_new_patients_sur
     Rad-scores within the range it was fitted on."""
     (manifest, features), (new, new_features) = _tabular_split(30, 8)
     models = fit_models(manifest, features, "dmfs", SignatureSettings(seed=8))
+    factors = models.inputs(new, new_features)
+    survival = models.nomograms["nomogram"].survival(factors, [36])[:, 0]
+    assert 0.05 < survival.min() and survival.max() < 0.995, (survival.min(), survival.max())
+    radiomics = models.nomograms["radiomics"]
+    inside = (factors["rad_score"] >= radiomics.low[0] - 0.1) & (factors["rad_score"] <= radiomics.high[0] + 0.1)
+    assert inside.mean() > 0.95
     rescaling = models.rad_score_rescaling
     assert rescaling is not None and rescaling["slope"] < 0.3
     assert rescaling["sd_in_sample"] > 3 * rescaling["sd_cross_fitted"]
@@ -157,12 +163,6 @@ def test_a_rad_score_the_refits_do_not_reproduce_is_rescaled_so_new_patients_sur
     raw = replace(models.signature, calibration_slope=1.0, calibration_offset=0.0).rad_score(features)
     slope, offset = np.polyfit(raw, models.cross_fitted_rad_score, 1)
     assert rescaling["slope"] == pytest.approx(slope) and rescaling["offset"] == pytest.approx(offset)
-    factors = models.inputs(new, new_features)
-    survival = models.nomograms["nomogram"].survival(factors, [36])[:, 0]
-    assert 0.05 < survival.min() and survival.max() < 0.995, (survival.min(), survival.max())
-    radiomics = models.nomograms["radiomics"]
-    inside = (factors["rad_score"] >= radiomics.low[0] - 0.1) & (factors["rad_score"] <= radiomics.high[0] + 0.1)
-    assert inside.mean() > 0.95
     # a bundle keeps it: the signature's dictionary round-trips, and one stored before reads unchanged
     again = RadiomicsSignature.from_dict(models.signature.to_dict())
     np.testing.assert_allclose(again.rad_score(new_features), factors["rad_score"])
