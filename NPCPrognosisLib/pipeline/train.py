@@ -41,6 +41,7 @@ from NPCPrognosisLib.pipeline.internal_validation import (
     OPTIMISM_BOOTSTRAPS,
     nested_cv_c,
     optimism_corrected_c,
+    too_few_events_warning,
 )
 from NPCPrognosisLib.pipeline.robustness import ROBUSTNESS_PATIENTS, Robustness, feature_robustness
 from NPCPrognosisLib.pipeline.selection import MIN_EVENTS_FOR_SELECTION, default_selection, select_models
@@ -522,12 +523,17 @@ def train(
                                          "Radiomics: a missing feature (e.g. no GTVn) takes the training mean and "
                                          "the <roi>_present flag carries the absence."},
         "models": {name: model.to_dict() for name, model in models.nomograms.items()},
-        "cox": {"ties": "efron", "penalizer": COX_PENALIZER, "rad_score": models.rad_score_for_cox},
+        "cox": {"ties": "efron", "penalizer": COX_PENALIZER, "rad_score": models.rad_score_for_cox,
+                "rad_score_rescaling": models.rad_score_rescaling},
         "cutoffs": models.cutoffs,
         "chemo_benefit": chemo_benefit,
         "training": {"n": int(len(time)), "events": int(event.sum()), "time": models.train_time,
                      "event": models.train_event, "metrics": training_metrics,
-                     "optimism_corrected_c": optimism, "nested_cv_c": nested,
+                     "optimism_corrected_c": optimism,
+                     "optimism_warning": (too_few_events_warning(int(event.sum()),
+                                                                 len(models.nomograms["nomogram"].factors))
+                                          if optimism else None),
+                     "nested_cv_c": nested,
                      **training_id_record([p for p in train_ids if p in set(train_manifest.patient_ids)], test_ids,
                                           store_patient_ids),
                      "n_test": len(test_ids), "seed": seed,

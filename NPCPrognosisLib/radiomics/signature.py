@@ -81,23 +81,30 @@ class RadiomicsSignature:
     coef: list[float]
     alpha: float
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: The LASSO-Cox linear predictor put onto the scale of the cross-fitted Rad-score the Cox models were fitted
+    #: on: ``offset + slope * predictor`` (1 and 0: unchanged; see
+    #: :func:`NPCPrognosisLib.pipeline.fit.rad_score_rescaling`).
+    calibration_slope: float = 1.0
+    calibration_offset: float = 0.0
 
     def rad_score(self, table: pd.DataFrame) -> np.ndarray:
-        """Linear predictor of the LASSO-Cox model; NaN features take the training imputation value."""
+        """Linear predictor of the LASSO-Cox model, on the scale the Cox models read it (``calibration_slope``,
+        ``calibration_offset``); NaN features take the training imputation value."""
         missing = [f for f in self.features if f not in table.columns]
         if missing:
             raise InputError(f"features table lacks {len(missing)} feature(s) the model needs, e.g. {missing[:3]}",
                              fix="extract features with the same radiomics parameter file as the training cohort")
         if not self.features:
-            return np.zeros(len(table))
+            return np.full(len(table), self.calibration_offset)
         values = table[self.features].to_numpy(float)
         values = np.where(np.isnan(values), np.asarray(self.impute), values)
         z = (values - np.asarray(self.mean)) / np.asarray(self.sd)
-        return z @ np.asarray(self.coef)
+        return self.calibration_offset + self.calibration_slope * (z @ np.asarray(self.coef))
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": self.features, "impute": self.impute, "mean": self.mean, "sd": self.sd,
-                "coef": self.coef, "alpha": self.alpha, "diagnostics": self.diagnostics}
+                "coef": self.coef, "alpha": self.alpha, "diagnostics": self.diagnostics,
+                "calibration_slope": self.calibration_slope, "calibration_offset": self.calibration_offset}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RadiomicsSignature:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from NPCPrognosisLib.datasets.synth import simulate_outcomes, tabular_radiomics
 from NPCPrognosisLib.io.manifest import Manifest
 from NPCPrognosisLib.pipeline.fit import fit_models
 from NPCPrognosisLib.pipeline.internal_validation import optimism_corrected_c
-from NPCPrognosisLib.radiomics.signature import SignatureSettings
+from NPCPrognosisLib.radiomics.signature import RadiomicsSignature, SignatureSettings
 from NPCPrognosisLib.survival.metrics import harrell_c
 
 N_TRAIN, N_TEST, N_NOISE = 120, 2000, 150
@@ -128,3 +129,75 @@ def test_the_refits_warnings_are_counted_in_one_line_not_printed_as_the_bundles(
     fitted = [optimism for optimism, _ in alone if optimism is not None]
     assert report["nomogram"]["replicates"] == len(fitted)
     assert report["nomogram"]["optimism"] == pytest.approx(np.mean([r["nomogram"] for r in fitted]))
+
+
+def _tabular_split(n_train: int, seed: int, n_test: int = 1000, n_noise: int = 150):
+    """A tabular cohort as ``bench/bench_optimism.py`` draws it: training and new patients, manifest and features."""
+    records = simulate_outcomes(n_train + n_test, 5000 + seed)
+    features = tabular_radiomics(records, n_noise, np.random.default_rng(seed))
+    parts = []
+    for rows in (slice(0, n_train), slice(n_train, None)):
+        parts.append((Manifest(table=records.iloc[rows].reset_index(drop=True), root=Path("."),
+                               source=Path("train.csv")), features.iloc[rows].reset_index(drop=True)))
+    return parts
+
+
+def test_a_rad_score_the_refits_do_not_reproduce_is_rescaled_so_new_patients_survival_stays_between():
+    """30 training patients, 10 events: the fold signatures select (almost) nothing, the full one seven features.
+    Fitted on the narrow cross-fitted score, the nomogram's Rad-score weight (4.5) made 1,000 new patients' 36-month
+    survival 0 % or 100 %; rescaled onto that scale it stays inside, and the radiomics model reads new patients'
+    Rad-scores within the range it was fitted on."""
+    (manifest, features), (new, new_features) = _tabular_split(30, 8)
+    models = fit_models(manifest, features, "dmfs", SignatureSettings(seed=8))
+    factors = models.inputs(new, new_features)
+    survival = models.nomograms["nomogram"].survival(factors, [36])[:, 0]
+    assert 0.05 < survival.min() and survival.max() < 0.995, (survival.min(), survival.max())
+    radiomics = models.nomograms["radiomics"]
+    inside = (factors["rad_score"] >= radiomics.low[0] - 0.1) & (factors["rad_score"] <= radiomics.high[0] + 0.1)
+    assert inside.mean() > 0.95
+    rescaling = models.rad_score_rescaling
+    assert rescaling is not None and rescaling["slope"] < 0.3
+    assert rescaling["sd_in_sample"] > 3 * rescaling["sd_cross_fitted"]
+    assert "did not hold up" in rescaling["warning"]
+    # the rescaled score is the least-squares line of the cross-fitted on the in-sample score
+    raw = replace(models.signature, calibration_slope=1.0, calibration_offset=0.0).rad_score(features)
+    slope, offset = np.polyfit(raw, models.cross_fitted_rad_score, 1)
+    assert rescaling["slope"] == pytest.approx(slope) and rescaling["offset"] == pytest.approx(offset)
+    # a bundle keeps it: the signature's dictionary round-trips, and one stored before reads unchanged
+    again = RadiomicsSignature.from_dict(models.signature.to_dict())
+    np.testing.assert_allclose(again.rad_score(new_features), factors["rad_score"])
+    old = {k: v for k, v in models.signature.to_dict().items() if not k.startswith("calibration_")}
+    np.testing.assert_allclose(RadiomicsSignature.from_dict(old).rad_score(features), raw)
+
+
+def test_a_normal_cohorts_rad_score_is_read_as_fitted():
+    # 160 training patients: the one of eight measured whose in-sample Rad-score is spread most beyond the
+    # cross-fitted one (SD ratio 2.1, slope 0.42): still no rescaling
+    (manifest, features), _ = _tabular_split(160, 3)
+    models = fit_models(manifest, features, "dmfs", SignatureSettings(seed=3))
+    assert models.rad_score_rescaling is None
+    assert (models.signature.calibration_slope, models.signature.calibration_offset) == (1.0, 0.0)
+
+
+def test_the_rescaling_rule_fires_below_the_slope_and_not_above():
+    from NPCPrognosisLib.pipeline.fit import MIN_RAD_SCORE_SLOPE, rad_score_rescaling
+
+    rng = np.random.default_rng(0)
+    in_sample = rng.normal(size=200)
+    noise = rng.normal(size=200)
+    for slope in (0.1, MIN_RAD_SCORE_SLOPE - 0.02):
+        record = rad_score_rescaling(in_sample, 0.05 + slope * in_sample + 0.01 * noise)
+        assert record is not None and record["slope"] == pytest.approx(slope, abs=0.01)
+        assert record["offset"] == pytest.approx(0.05, abs=0.01)
+    assert rad_score_rescaling(in_sample, (MIN_RAD_SCORE_SLOPE + 0.02) * in_sample + 0.01 * noise) is None
+    # a full score the refits rank the other way round carries nothing: slope 0, every patient the same score
+    assert rad_score_rescaling(in_sample, -0.5 * in_sample)["slope"] == 0.0
+
+
+def test_the_optimism_warning_fires_below_five_events_per_nomogram_factor_and_not_above():
+    from NPCPrognosisLib.pipeline.internal_validation import too_few_events_warning
+
+    assert too_few_events_warning(40, 8) is None and too_few_events_warning(60, 8) is None
+    warning = too_few_events_warning(39, 8)
+    assert warning is not None and warning.startswith("39 training events are too few") and "40" in warning
+    assert too_few_events_warning(8, 8) is not None

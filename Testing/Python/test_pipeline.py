@@ -86,6 +86,30 @@ def test_bundle_contents(trained, small_cohort):
         assert not {"logrank_p", "hr_high_vs_low", "calibration"} & set(metrics) and "group_tests" in metrics
 
 
+def test_train_stores_and_prints_the_optimism_and_rad_score_warnings(trained, small_cohort, tmp_path, monkeypatch,
+                                                                     capsys):
+    import NPCPrognosisLib.pipeline.train as train_module
+    from NPCPrognosisLib.pipeline.fit import rad_score_rescaling
+    from NPCPrognosisLib.pipeline.internal_validation import too_few_events_warning
+
+    document = read_bundle(trained)
+    training = document["training"]
+    # 18 training patients: far fewer than 5 events per factor of the nomogram
+    factors = len(document["models"]["nomogram"]["model"]["covariates"])
+    assert training["events"] < 5 * factors
+    assert training["optimism_warning"] == too_few_events_warning(training["events"], factors)
+    assert "rad_score_rescaling" in document["cox"]
+    if document["cox"]["rad_score_rescaling"] is None:  # this cohort's Rad-score held up: print one that did not
+        in_sample = np.linspace(-1.0, 1.0, 18)
+        document["cox"]["rad_score_rescaling"] = rad_score_rescaling(in_sample, 0.05 * in_sample)
+    monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: document)
+    assert main(["train", "--manifest", str(small_cohort / "manifest.csv"), "--features",
+                 str(small_cohort / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {training['optimism_warning']}" in out
+    assert f"warning: {document['cox']['rad_score_rescaling']['warning']}" in out
+
+
 def test_the_bundle_holds_a_cox_reference_on_the_tumour_volumes(trained, small_cohort):
     """The ``volume`` model: a Cox fit on log(1 + mL) of the GTVp and GTVn volumes of the training patients (an
     empty GTVn, no node, is 0 mL), the reference a Rad-score has to beat; it agrees with lifelines' unpenalised fit
