@@ -131,17 +131,33 @@ class WorkerLogging:
         return cls(level=logging.getLogger().level, formatter=_sendable(formatter),
                    formatwarning=_sendable(warnings.formatwarning))
 
-    def apply(self) -> None:
-        """Set this (worker) process's root logger and warnings display to match."""
+    def apply(self) -> Callable[[], None]:
+        """Set this (worker) process's root logger and warnings display to match.
+
+        Returns
+        -------
+        callable
+            Puts back what this process had before: a Dask worker outlives the run whose logging it took
+            (:class:`~NPCPrognosisLib.pipeline.dask_cluster.MainProcessLogging`).
+        """
+        root = logging.getLogger()
+        level, formatwarning = root.level, warnings.formatwarning
+        handler = None
         if self.formatwarning is not None:
             warnings.formatwarning = self.formatwarning
-        if self.formatter is None:
-            return
-        handler = logging.StreamHandler()  # stderr: a spawned worker writes to its parent's
-        handler.setFormatter(self.formatter)
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(self.level)
+        if self.formatter is not None:
+            handler = logging.StreamHandler()  # stderr: a spawned worker writes to its parent's
+            handler.setFormatter(self.formatter)
+            root.addHandler(handler)
+            root.setLevel(self.level)
+
+        def restore() -> None:
+            warnings.formatwarning = formatwarning
+            if handler is not None:
+                root.removeHandler(handler)
+                root.setLevel(level)
+
+        return restore
 
 
 def console_handler() -> logging.Handler | None:

@@ -269,7 +269,9 @@ def extract_cohort(
     warnings = image_warnings(results)
     failures_file = failures_path_for(out)
     if not rows:
-        # Nothing is written: an earlier good table, its failures list and metadata stay as they were.
+        if auto_mask:  # the folder holds this run's masks (each written before it is checked), not the earlier run's
+            _write_auto_contour_check(network, auto_mask_dir, results)
+        # Nothing else is written: an earlier good table, its failures list and metadata stay as they were.
         first = "; ".join(f"{f['patient_id']}: {f['error']}" for f in failures[:3])
         # no warnings file either: the warnings that may explain the failures go with them
         before = "".join(f"; {w['patient_id']} warned before it failed: {w['warning']}" for w in warnings[:3])
@@ -296,10 +298,8 @@ def extract_cohort(
         meta["deep_score_out_of_fold"] = sorted(r["patient_id"] for r in results
                                                 if "error" not in r and r.get("deep_score_out_of_fold"))
     write_json_atomic(meta_path_for(out), meta)
-    if auto_mask:  # beside the automatic masks, as segment --manifest writes it beside its own
-        from NPCPrognosisLib.pipeline.segment import write_cohort_warnings
-
-        write_cohort_warnings(auto_mask_dir, _auto_contour_cohort_warnings(network, results))
+    if auto_mask:
+        _write_auto_contour_check(network, auto_mask_dir, results)
     shutil.rmtree(cache_dir, ignore_errors=True)  # the table holds it all now
     return ExtractionResult(table=table, failures=failures, features_path=out, failures_path=failures_file,
                             meta_path=meta_path_for(out), warnings=warnings, warnings_path=warnings_path_for(out))
@@ -345,6 +345,19 @@ def _auto_contour_cohort_warnings(network: str | Path, results: Sequence[Mapping
     # the bundle's JSON only: the workers loaded the network, this process need not build it again
     training = read_bundle(network).get("network", {}).get("training_volumes_ml", {})
     return cohort_warnings(training, volumes)
+
+
+def _write_auto_contour_check(network: str | Path, auto_mask_dir: Path, results: Sequence[Mapping[str, Any]]) -> None:
+    """The cohort check of this run's automatic contours (:func:`_auto_contour_cohort_warnings`) beside them, as
+    ``segment --manifest`` writes it beside its own; an earlier run's ``cohort_warnings.txt`` is replaced or removed.
+
+    Why: it is written when every patient failed too. The run then raises without a table, but its masks are in the
+    folder already (each written before it is checked) and the earlier run's check, left beside them, described
+    contours that were no longer there.
+    """
+    from NPCPrognosisLib.pipeline.segment import write_cohort_warnings
+
+    write_cohort_warnings(auto_mask_dir, _auto_contour_cohort_warnings(network, results))
 
 
 def _lost_patient(entry: PatientEntry, exc: BaseException) -> dict[str, Any]:

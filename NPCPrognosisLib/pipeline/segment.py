@@ -10,9 +10,7 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +27,7 @@ from NPCPrognosisLib.io.manifest import MASK_COLUMN, SYNTHETIC_MARKER, Manifest,
 from NPCPrognosisLib.io.patient_ids import listed_ids
 from NPCPrognosisLib.io.rtstruct import write_rtstruct
 from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
+from NPCPrognosisLib.io.staging import files_written_whole
 
 if TYPE_CHECKING:  # the network (torch) is imported where a cohort is segmented, not where contours are written
     from NPCPrognosisLib.deep.segmentation import NetworkModel
@@ -181,16 +180,13 @@ def outputs_removed_if_failed(*outputs: SegmentOutputs | str | Path) -> Iterator
 
 @contextlib.contextmanager
 def outputs_written_whole(outputs: SegmentOutputs) -> Iterator[SegmentOutputs]:
-    """Where the block writes a patient's files, moved over the earlier run's only once the block has written them all.
+    """Where the block writes a patient's files, moved over the earlier run's only once the block has written them all
+    (:func:`~NPCPrognosisLib.io.staging.files_written_whole`).
 
-    An interruption then leaves the earlier run's set or this run's, never a mix: a Ctrl-C between the mask and the
-    uncertainty map had left this run's mask beside the earlier run's map, and a run on a NIfTI CET1W the DICOM SEG
-    of an earlier run on the DICOM series beside its new mask. The block writes into a hidden folder beside the mask;
-    when it ends, each file it wrote replaces its final name and each final file it did not write (an uncertainty
-    map without ``--tta``, a SEG or RTSTRUCT this run could not make) is removed. Whatever stops the block, Ctrl-C
-    included, removes the hidden folder and leaves the earlier files as they were (a failure's are the caller's to
-    remove: :func:`outputs_removed_if_failed`); should the moves themselves be stopped, the earlier and this run's
-    files of the patient all go.
+    A Ctrl-C between the mask and the uncertainty map had left this run's mask beside the earlier run's map, and a
+    run on a NIfTI CET1W the DICOM SEG of an earlier run on the DICOM series beside its new mask. Each final file the
+    block did not write (an uncertainty map without ``--tta``, a SEG or RTSTRUCT this run could not make) is removed.
+    A failure's earlier files are the caller's to remove (:func:`outputs_removed_if_failed`).
 
     Parameters
     ----------
@@ -202,22 +198,8 @@ def outputs_written_whole(outputs: SegmentOutputs) -> Iterator[SegmentOutputs]:
     SegmentOutputs
         The same names in the hidden folder, for the block to write.
     """
-    outputs.mask.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".segment-", dir=outputs.mask.parent))
-    staged = SegmentOutputs(**{field.name: staging / getattr(outputs, field.name).name for field in fields(outputs)})
-    try:
-        yield staged
-        try:
-            for final, written in zip(outputs.files, staged.files):
-                if written.is_file():
-                    os.replace(written, final)
-                else:  # the earlier run's would be read as this mask's
-                    final.unlink(missing_ok=True)
-        except BaseException:
-            remove_outputs(outputs)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with files_written_whole(outputs.files) as staged:
+        yield SegmentOutputs(*staged)
 
 
 def write_contours(mask: Any, reference: str | Path | None, mask_path: str | Path, seg_path: str | Path,

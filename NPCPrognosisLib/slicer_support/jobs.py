@@ -151,7 +151,10 @@ def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, se
         The CET1W as :func:`~NPCPrognosisLib.io.images.read_image` reads ``series``: the SEG's frames and the
         structure set's slices are that grid's.
     seg_path, rtstruct_path : str or Path
-        Where the DICOM SEG and the RT Structure Set go.
+        Where the DICOM SEG and the RT Structure Set go, in one folder: they replace an earlier export's there
+        together, once both are written (:func:`~NPCPrognosisLib.io.staging.files_written_whole`), so a failure
+        part-way leaves the earlier pair whole, never a half-written file or this export's SEG beside the last
+        one's RTSTRUCT.
     out_dir : Path
         The job's folder (the mask file the writer keeps beside them goes there).
     patient_id : str
@@ -174,6 +177,7 @@ def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, se
     """
     from NPCPrognosisLib.errors import InputError
     from NPCPrognosisLib.io.images import mask_on_reference, read_image
+    from NPCPrognosisLib.io.staging import files_written_whole
     from NPCPrognosisLib.pipeline.segment import write_contours
 
     mask = read_image(mask_path, patient_id=patient_id, role="mask")
@@ -184,11 +188,14 @@ def dicom_contours(mask_path: str | Path, series: str | Path, reference: Any, se
                          f"({exc.problem})", patient_id=patient_id, path=series,
                          fix="load the CET1W series again through the DICOM module and export the contours on that "
                              "volume, not on a resampled, cropped or transformed copy") from None
-    _, seg, rtstruct, warnings = write_contours(mask, series, out_dir / "mask.nii.gz", seg_path, rtstruct_path,
-                                                patient_id=patient_id, origins=origins)
-    if seg is None and rtstruct is None:
+    finals = [Path(seg_path), Path(rtstruct_path)]
+    # both replace an earlier export's together or not at all: never this export's SEG beside the last one's RTSTRUCT
+    with files_written_whole(finals) as (staged_seg, staged_rtstruct):
+        _, seg, rtstruct, warnings = write_contours(mask, series, out_dir / "mask.nii.gz", staged_seg,
+                                                    staged_rtstruct, patient_id=patient_id, origins=origins)
+    if seg is None and rtstruct is None:  # an earlier export's files are gone with it: they are not these contours
         raise ValueError("no DICOM SEG or RT Structure Set was written: " + "; ".join(warnings))
-    return {"seg": None if seg is None else str(seg), "rtstruct": None if rtstruct is None else str(rtstruct),
+    return {"seg": None if seg is None else str(finals[0]), "rtstruct": None if rtstruct is None else str(finals[1]),
             "warnings": list(warnings)}
 
 

@@ -557,6 +557,46 @@ def test_the_self_tests_dicom_export_step_on_the_sample_patient(module, logic, t
         np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
 
 
+def test_an_export_that_fails_part_way_leaves_the_earlier_seg_and_rtstruct_whole(module, logic, tmp_path, in_process,
+                                                                                 monkeypatch):
+    """Export contours wrote the SEG and the RTSTRUCT straight to their names: a failure in the RTSTRUCT's writer
+    left this export's SEG beside the last export's RTSTRUCT, two different contours filed as one export. Both now
+    replace the earlier pair together (the core's staging, as ``segment`` does), and an export killed part-way (a
+    cancelled job's process) leaves a hidden folder that the next export removes."""
+    import subprocess
+    import sys
+
+    import NPCPrognosisLib.pipeline.segment as segment
+
+    node, reference, _, lookup = _dicom_cet1w(module, logic, tmp_path / "database", _image())
+    sitk.WriteImage(_mask_like(reference), str(tmp_path / "automatic.nii.gz"))
+    segmentation = logic.importSegmentation(tmp_path / "automatic.nii.gz", node)
+    reports = tmp_path / "reports"
+    earlier = in_process.exportContours(segmentation, node, reports, patientId="D1", fileForInstance=lookup)
+    folder = reports / "D1"
+    pair = {name: Path(earlier[name]).read_bytes() for name in ("seg", "rtstruct")}
+
+    def planning_export_fails(*args, **kwargs):
+        raise RuntimeError("disk full while writing the RT Structure Set")
+
+    writer = segment.write_rtstruct
+    monkeypatch.setattr(segment, "write_rtstruct", planning_export_fails)
+    with pytest.raises(RuntimeError, match="disk full"):
+        in_process.exportContours(segmentation, node, reports, patientId="D1", fileForInstance=lookup)
+    assert {name: Path(earlier[name]).read_bytes() for name in ("seg", "rtstruct")} == pair  # the SEG too
+    assert sorted(path.name for path in folder.iterdir()) == ["D1_rtstruct.dcm", "D1_seg.dcm"]
+    monkeypatch.setattr(segment, "write_rtstruct", writer)
+    # the process of a cancelled export is killed: its staging folder stays until the next export into the folder
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    from NPCPrognosisLib.io.staging import _this_host
+
+    (folder / f".segment-{dead}@{_this_host()}-abcd1234").mkdir()
+    written = in_process.exportContours(segmentation, node, reports, patientId="D1", fileForInstance=lookup)
+    assert sorted(path.name for path in folder.iterdir()) == ["D1_rtstruct.dcm", "D1_seg.dcm"]
+    assert written["seg"] == earlier["seg"] and Path(written["seg"]).read_bytes() != pair["seg"]  # a new export
+
+
 def test_contours_of_a_volume_not_loaded_from_dicom_are_refused_with_what_to_do(module, logic, tmp_path, in_process):
     node, reference, _, lookup = _dicom_cet1w(module, logic, tmp_path / "database", _image())
     sitk.WriteImage(_mask_like(reference), str(tmp_path / "automatic.nii.gz"))

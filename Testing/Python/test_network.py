@@ -1489,6 +1489,53 @@ def test_extract_with_automatic_contours_writes_the_cohort_check_where_segment_d
     assert not written.exists()  # an earlier run's check does not outlive it
 
 
+def test_extract_with_automatic_contours_where_every_patient_fails_leaves_a_true_cohort_check(tiny_cohort, tmp_path,
+                                                                                             monkeypatch):
+    """A re-run of ``extract --mask auto`` in which every patient failed raised before the cohort check was written,
+    so the earlier run's ``cohort_warnings.txt`` stayed beside masks it no longer described. It is now this run's:
+    gone when no patient reached the network, this run's check when the network contoured them and they failed
+    after."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    import NPCPrognosisLib.io.bundle as bundle_io
+    import NPCPrognosisLib.pipeline.extract as extract
+    from NPCPrognosisLib.errors import InputError
+    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
+
+    real = bundle_io.read_bundle
+
+    def without_primaries(path):  # the demo network, as if none of its training patients had a primary
+        document = real(path)
+        document["network"].setdefault("training_volumes_ml", {}).setdefault("gtvp", {})["share_present"] = 0.0
+        return document
+
+    monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    manifest = read_manifest(_first_patients(tiny_cohort, 2, "two_patients.csv"), require_mask=False)
+    out = tmp_path / "auto.csv"
+    written = tmp_path / "auto_masks" / "cohort_warnings.txt"
+
+    def every_patient_fails(stage, message):
+        def fails(*args, **kwargs):
+            raise InputError(message)
+
+        monkeypatch.setattr(extract, stage, fails)
+        written.parent.mkdir(exist_ok=True)
+        written.write_text("the network found nodes (GTVn) in 40 of 40 patients: an earlier run's check\n")
+        with pytest.raises(InputError, match="no patient could be processed"):
+            extract.extract_cohort(manifest, out, params_path=RADIOMICS_FAST_PARAMS, progress=False,
+                                   network=DEMO_NETWORK, auto_mask=True)
+
+    every_patient_fails("load_patient", "t2 not found")  # no patient reached the network: no check of its contours
+    assert not written.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
+    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    every_patient_fails("patient_features", "radiomics failed")  # contoured, then failed: their masks are there
+    assert sorted(path.name for path in written.parent.glob("*_mask.nii.gz")) == [
+        f"{patient_id}_mask.nii.gz" for patient_id in sorted(manifest.patient_ids)]
+    assert written.read_text().startswith("the network found a primary tumour (GTVp) in 2 of 2 patients (100%)")
+
+
 @pytest.mark.slow
 def test_automatic_pipeline_from_the_command_line(small_cohort, tiny_bundle, tmp_path):
     """extract --network --mask auto -> train --network (deep + Rad-score + clinical) -> predict without a mask,

@@ -359,6 +359,68 @@ def test_pool_workers_log_in_the_main_processs_format_and_level(capfd):
                        "INFO NPCPrognosisLib.io.images: P1: t2 was resampled onto the t1c grid"]
 
 
+def _log_from_a_worker(_: int) -> bool:
+    """What a patient's task logs and warns in a Dask worker (module-level: the workers import it)."""
+    import warnings
+
+    worker = logging.getLogger("NPCPrognosisLib.io.images")
+    worker.warning("patient P1: t2 covers 50% of the t1c field")
+    worker.info("P1: t2 was resampled onto the t1c grid")
+    worker.debug("not shown at INFO")
+    warnings.warn("P1: the t1 series has no slice thickness", UserWarning, stacklevel=1)
+    return True
+
+
+def test_dask_workers_log_in_the_main_processs_format_and_level(capfd):
+    """``extract --engine dask`` workers kept logging unconfigured, as the local pool's did before
+    (``WorkerLogging``): a patient's image warning came out as the bare message, ``--verbose`` showed none of
+    their INFO lines, and a warning was printed with its file and source line. They now log as the main process
+    does (a worker plugin, ``MainProcessLogging``)."""
+    import sys
+    import warnings
+
+    from NPCPrognosisLib.cli import _user_warning
+    from NPCPrognosisLib.pipeline.dask_cluster import dask_client
+
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)  # what the CLI's logging.basicConfig installs
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level, formatwarning = root.level, warnings.formatwarning
+    root.addHandler(console)
+    root.setLevel(logging.INFO)  # --verbose
+    warnings.formatwarning = _user_warning  # as the CLI shows a warning
+    try:
+        with dask_client(None, workers=1) as client:
+            capfd.readouterr()
+            assert client.submit(_log_from_a_worker, 0, pure=False).result()
+            printed = capfd.readouterr().err.splitlines()
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+        warnings.formatwarning = formatwarning
+    ours = [line for line in printed if "P1" in line or "not shown" in line]
+    assert ours == ["WARNING NPCPrognosisLib.io.images: patient P1: t2 covers 50% of the t1c field",
+                    "INFO NPCPrognosisLib.io.images: P1: t2 was resampled onto the t1c grid",
+                    "warning: P1: the t1 series has no slice thickness"]
+
+
+def test_a_dask_workers_own_logging_is_put_back_when_the_plugin_goes():
+    """A remote cluster's worker outlives the run: a later run's plugin (same name) replaces this one, which must
+    take its handler away, or every run would print each line once more."""
+    import warnings
+
+    from NPCPrognosisLib.pipeline.dask_cluster import MainProcessLogging
+    from NPCPrognosisLib.processes import WorkerLogging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, warnings.formatwarning)
+    plugin = MainProcessLogging(WorkerLogging(logging.DEBUG, logging.Formatter("%(message)s"), None))
+    plugin.setup(worker=None)
+    assert len(root.handlers) == len(before[0]) + 1 and root.level == logging.DEBUG
+    plugin.teardown(worker=None)
+    assert (list(root.handlers), root.level, warnings.formatwarning) == before
+
+
 def test_ctrl_c_in_a_pool_stops_it():
     """Ctrl-C during ``extract --workers 2`` used to go on through the whole queue before stopping (measured: 6 of
     10 patients extracted after the interrupt, 20 s); the pool now stops at once, queued tasks dropped."""
