@@ -475,11 +475,7 @@ class NPCPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for i, (name, points) in enumerate(rows):
             table.setItem(i, 0, qt.QTableWidgetItem(name))
             table.setItem(i, 1, qt.QTableWidgetItem(points))
-        benefit = result.get("benefit", {})
-        evidence = h.format_evidence(benefit.get("evidence") or {})
-        arms = "\n".join(benefit.get("arms") or [])
-        self.ui.benefitLabel.text = (benefit.get("statement", "") + (f"\n{arms}" if arms else "")
-                                     + (f"\n({evidence})" if evidence else ""))
+        self.ui.benefitLabel.text = h.format_benefit(result.get("benefit", {}))
         change = result.get("contour_change")
         self.ui.contourChangeLabel.text = "\n".join(h.format_contour_change(change)) if change else (
             "Contours not edited (or no automatic contours to compare with).")

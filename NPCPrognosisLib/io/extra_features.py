@@ -156,9 +156,9 @@ def unmatched_rows_warnings(extras: Mapping[str, ExtraBlock], patient_ids: Seque
     only a table that matches none).
 
     The rule, per table: warn when a patient without a row has one under another spelling of the ID (the same
-    :func:`~NPCPrognosisLib.io.patient_ids.id_key`: case, leading zeros, spaces: 'p7' and 'P007'), or, for a cohort,
-    when fewer than half of the patients have a row with values; the warning counts them and names examples of the
-    unmatched IDs on both sides. A patient whose row is simply absent (no slide taken) is not warned about alone.
+    :func:`~NPCPrognosisLib.io.patient_ids.loose_id_key`: case, leading zeros, spaces: 'p 7' and 'P007'), or, for a
+    cohort, when fewer than half of the patients have a row with values; the warning counts them and names examples
+    of the unmatched IDs on both sides. A patient whose row is simply absent (no slide taken) is not warned about alone.
 
     Parameters
     ----------
@@ -174,7 +174,7 @@ def unmatched_rows_warnings(extras: Mapping[str, ExtraBlock], patient_ids: Seque
     warnings : list of str
         One per table that matched too few patients; empty when every table matches as it should.
     """
-    from NPCPrognosisLib.io.patient_ids import id_key
+    from NPCPrognosisLib.io.patient_ids import respelled_ids
 
     ids = [str(p) for p in patient_ids]
     known = set(ids)
@@ -183,9 +183,8 @@ def unmatched_rows_warnings(extras: Mapping[str, ExtraBlock], patient_ids: Seque
         present = block.aligned(ids)[1]
         rows = set(map(str, block.values.index))
         foreign = [r for r in map(str, block.values.index) if r not in known]
-        by_key = {id_key(r): r for r in foreign}
         without = [p for p in ids if p not in rows]
-        respelled = [(p, by_key[id_key(p)]) for p in without if id_key(p) in by_key]
+        respelled = respelled_ids(without, foreign, ids)
         few = len(ids) > 1 and present.sum() < len(ids) / 2
         if not respelled and not few:
             continue

@@ -469,6 +469,11 @@ def _check_follow_up_unit(times: pd.Series, patient_ids: pd.Series, path: Path, 
     The whole column in days shows in its median (beyond :data:`MAX_MEDIAN_FOLLOW_UP`); some rows in days (one
     centre's export pasted into a table in months) show only row by row, as times no patient can have (beyond
     :data:`MAX_FOLLOW_UP`). Both name the fix; the rows are listed so the user knows which to convert.
+
+    Refused, not warned: read as months, days make every number downstream wrong without a sign (the 60-month
+    survival of the nomogram, the benefit and the calibration would be read at 60 days, the baseline hazard
+    stretched 30 times), and a warning scrolls past. Follow-up in years only warns (:func:`follow_up_warning`):
+    its 3- and 5-year figures come out as not estimable, which the reports show, not as wrong numbers.
     """
     times = pd.to_numeric(times, errors="coerce")
     known = times.dropna()

@@ -58,6 +58,40 @@ def id_key(patient_id: str) -> str:
     return re.sub(r"\d+", lambda digits: str(int(digits.group())), str(patient_id).strip().casefold())
 
 
+def loose_id_key(patient_id: str) -> str:
+    """:func:`id_key` with every space also dropped ('RLX 0004' and 'rlx4' both give 'rlx4'): the one rule by which
+    a message names an ID that another table writes another way (:func:`respelled_ids`).
+
+    Why not :func:`id_key` itself: bundles hash :func:`id_key`, and a training patient 'RLX 0004' recorded under it
+    must still be found by it; this key only points at a likely typo, it never joins two rows.
+    """
+    return id_key(re.sub(r"\s+", "", str(patient_id)))
+
+
+def respelled_ids(missing: Sequence[str], other_ids: Sequence[str], own_ids: Sequence[str] = ()
+                  ) -> list[tuple[str, str]]:
+    """The IDs of one table that have no row in another table but do have one under another spelling.
+
+    Parameters
+    ----------
+    missing : sequence of str
+        IDs of the first table (e.g. the manifest) without a row in the other.
+    other_ids : sequence of str
+        Every ID of the other table (e.g. the features table).
+    own_ids : sequence of str, optional
+        Every ID of the first table: an ID of the other table that the first writes exactly belongs to that patient
+        and is no other spelling of a missing one.
+
+    Returns
+    -------
+    list of (str, str)
+        (missing ID, the other table's ID with the same :func:`loose_id_key`), in the order of ``missing``.
+    """
+    own = {str(p) for p in own_ids} | {str(p) for p in missing}
+    by_key = {loose_id_key(r): str(r) for r in other_ids if str(r) not in own}
+    return [(str(p), by_key[loose_id_key(p)]) for p in missing if loose_id_key(p) in by_key]
+
+
 def recorded_hash(patient_id: str, salt: str | None, id_hash: str | None) -> str:
     """The hash a record describing its hashes as ``id_hash`` would hold for ``patient_id``.
 

@@ -39,6 +39,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     image_warnings_note,
     read_features,
     read_manifest_features,
+    respelled_ids_note,
 )
 from NPCPrognosisLib.reporting.labels import GROUP_NOT_DETERMINED, factor_label, out_of_range_value_text
 from NPCPrognosisLib.survival.nomogram import REPORT_MONTHS, Nomogram
@@ -150,6 +151,8 @@ def evaluate_cohort(
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
+    respelled = respelled_ids_note(untrained(bundle.document, lacking, subset), table["patient_id"],
+                                   [*manifest.patient_ids, *lacking])
     loco = None
     if manifest.centres is not None:
         check_outcomes(manifest, endpoint)
@@ -187,7 +190,7 @@ def evaluate_cohort(
                                **clinical_gaps(manifest, bundle.ebv_fill, training=False)}
     if loco is not None:
         metrics["leave_one_centre_out"] = loco
-    metrics["warnings"] = [w for w in (included_warning(included, subset), missing_blocks) if w]
+    metrics["warnings"] = [w for w in (included_warning(included, subset), respelled, missing_blocks) if w]
     metrics["warnings"].extend(unmatched_rows_warnings(extras, manifest.patient_ids, "evaluated patient"))
     for name, nomogram in bundle.nomograms.items():
         risk = nomogram.risk(factors)
@@ -394,6 +397,8 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     manifest, features, lacking = read_manifest_features(manifest, table)
     if lacking:
         log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
+    respelled = respelled_ids_note(untrained(document, lacking, subset), table["patient_id"],
+                                   [*manifest.patient_ids, *lacking])
     manifest, features, excluded = held_out(document, manifest, features, subset)
     if note := image_warnings_note(meta, manifest.patient_ids, features_path, "evaluated"):
         log.warning(note)
@@ -415,7 +420,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics["excluded_training_patients"] = excluded
     metrics["training_patients_included"] = training_included(document, manifest, subset)
     banner = included_warning(metrics["training_patients_included"], subset)
-    metrics["warnings"] = [w for w in (banner, *(metrics.get("warnings") or []),
+    metrics["warnings"] = [w for w in (banner, respelled, *(metrics.get("warnings") or []),
                                         *unmatched_rows_warnings(extras or {}, manifest.patient_ids,
                                                                  "evaluated patient")) if w]
     metrics["without_features"] = untrained(document, lacking, subset)

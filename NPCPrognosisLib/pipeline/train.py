@@ -53,6 +53,7 @@ from NPCPrognosisLib.radiomics.features_table import (
     is_deep_feature,
     read_features,
     read_manifest_features,
+    respelled_ids_note,
 )
 from NPCPrognosisLib.radiomics.signature import MIN_SIGNATURE_EVENTS, RadiomicsSignature, SignatureSettings
 from NPCPrognosisLib.survival.metrics import HR_TEXT, LOGRANK_TEXT
@@ -198,13 +199,16 @@ def training_split(manifest: Manifest, table: pd.DataFrame, endpoint: str, *, sp
     features), shared by the survival and the binary ``train``."""
     ids = list(manifest.patient_ids)
     manifest, features, lacking = read_manifest_features(manifest, table)
+    respelled = respelled_ids_note(lacking, table["patient_id"], ids)
     if not len(manifest.table):
         raise InputError(f"none of the manifest's {len(ids)} patient IDs is in the features table (manifest: "
-                         f"{ids[:3]}; features table: {list(table['patient_id'][:3])})", path=manifest.source,
+                         f"{ids[:3]}; features table: {list(table['patient_id'][:3])})"
+                         + (f"; {respelled}" if respelled else ""), path=manifest.source,
                          column="patient_id", fix="run extract on this manifest, or give the features table made from "
                                                   "it (IDs must match exactly, leading zeros included)")
     if lacking:
-        log.warning("%d patient(s) have no features and are left out: %s", len(lacking), lacking[:10])
+        log.warning("%d patient(s) have no features and are left out: %s%s", len(lacking), lacking[:10],
+                    f"; {respelled}" if respelled else "")
     train_ids, test_ids = split_cohort(manifest, endpoint, split_col=split_col, test_fraction=test_fraction, seed=seed)
     if not train_ids:
         raise InputError(f"no training patient: every one of the {len(test_ids)} patients with features is marked "

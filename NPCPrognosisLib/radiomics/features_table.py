@@ -151,6 +151,42 @@ def read_manifest_features(manifest: Manifest, table: pd.DataFrame) -> tuple[Man
     return kept, features, lacking
 
 
+def respelled_ids_note(lacking: Sequence[str], table_ids: Sequence[str], manifest_ids: Sequence[str]) -> str | None:
+    """What to say when patients the manifest lists without features have a row under another spelling of their ID.
+
+    Why: a manifest that writes 'RLX 0004' where extract wrote 'RLX0004' (a re-typed or re-exported manifest) left
+    the patient out as 'no features', which reads like a failed extraction; the note names the row it probably is
+    (the same ID once spaces, case and leading zeros are ignored:
+    :func:`~NPCPrognosisLib.io.patient_ids.loose_id_key`) and the fix. IDs are never joined by this rule: two
+    patients may differ only so.
+
+    Parameters
+    ----------
+    lacking : sequence of str
+        Manifest IDs without a row in the features table (:func:`read_manifest_features`).
+    table_ids : sequence of str
+        The features table's ``patient_id`` column.
+    manifest_ids : sequence of str
+        Every ID of the manifest (a table row that one of them writes exactly is that patient's).
+
+    Returns
+    -------
+    str or None
+        e.g. "1 of the patients without features has a row in the features table under another spelling of the
+        ID: 'RLX 0004' is 'RLX0004' there (...)"; None when none has.
+    """
+    from NPCPrognosisLib.io.patient_ids import respelled_ids
+
+    pairs = respelled_ids(lacking, [str(r) for r in table_ids], manifest_ids)
+    if not pairs:
+        return None
+    shown = ", ".join(f"{p!r} is {r!r} there" for p, r in pairs[:5]) + (" ..." if len(pairs) > 5 else "")
+    has = "has" if len(pairs) == 1 else "have"
+    return (f"{len(pairs)} of the patients without features {has} a row in the features table under another spelling "
+            f"of the ID: {shown} (the same ID once spaces, case and leading zeros are ignored). Fix: write the IDs in "
+            "the manifest as the features table does, or re-run extract on this manifest")
+
+
 @dataclass(frozen=True)
 class FeatureFamily:
     """Where a radiomics column comes from: ``t1c_gtvp_wavelet-LLH_glcm_Contrast`` -> t1c, gtvp, wavelet-LLH."""

@@ -144,16 +144,56 @@ def format_arms(survival_by_arm: Mapping[str, Any]) -> list[str]:
 
 
 def format_evidence(evidence: Mapping[str, Any]) -> str:
-    """The numbers behind the benefit statement, one short line (nested blocks are left to the JSON report)."""
+    """The numbers behind the benefit statement in words, one short line (the full model is left to the JSON).
+
+    'CCND > 160 vs ≤ 160 mg/m² in the high-risk group: HR 0.56 (95% CI 0.21 to 1.52); interaction with the risk
+    group p = 0.593; 200 bootstrap refits; observational comparison in the training cohort, ...'. Why not the
+    ``evidence`` block's keys: a clinician reads 'threshold_mg_m2 160; interaction_p 0.593' as code, and the
+    group's hazard ratio (a nested block) was not shown at all. Hazard ratios and intervals are printed as the
+    benefit conclusion and the reports print them (:func:`~NPCPrognosisLib.reporting.labels.interval_text`),
+    p values as the cohort tables do (:func:`~NPCPrognosisLib.reporting.html.p_value`).
+
+    Parameters
+    ----------
+    evidence : mapping
+        The ``evidence`` of a prediction's ``chemo_benefit``
+        (:func:`~NPCPrognosisLib.survival.benefit_patient.patient_benefit`): ``threshold_mg_m2``, ``group_hr`` (the
+        high dose against the low dose in the patient's risk group), ``interaction_p``, ``bootstrap_n``, ``note``.
+
+    Returns
+    -------
+    str
+        The line; '' when the block is empty (a benefit that was not estimable).
+    """
+    from NPCPrognosisLib.reporting.html import p_value
+    from NPCPrognosisLib.reporting.labels import interval_text
+
     parts = []
-    for key, value in evidence.items():
-        if isinstance(value, float):
-            parts.append(f"{key} {value:.3g}")
-        elif isinstance(value, (int, str, bool)):
-            parts.append(f"{key} {value}")
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-            parts.append(f"{key} " + "-".join(f"{float(v):.3g}" for v in value))
+    threshold, effect = evidence.get("threshold_mg_m2"), evidence.get("group_hr") or {}
+    comparison = f"CCND > {float(threshold):g} vs ≤ {float(threshold):g} mg/m²" if threshold is not None else ""
+    if effect.get("hr") is not None:
+        group = f" in the {effect['level']}-risk group" if effect.get("level") else ""
+        hr = f"HR {float(effect['hr']):.2f}" + (f" ({interval_text(effect['hr_95ci'])})" if effect.get("hr_95ci")
+                                                 else "")
+        parts.append(f"{comparison}{group}: {hr}" if comparison else f"{hr}{group}")
+    elif comparison:
+        parts.append(comparison)
+    if evidence.get("interaction_p") is not None:
+        p = p_value(evidence["interaction_p"])
+        parts.append("interaction with the risk group p " + (p.replace("<", "< ") if p.startswith("<") else f"= {p}"))
+    if evidence.get("bootstrap_n") is not None:
+        parts.append(f"{int(evidence['bootstrap_n'])} bootstrap refits")
+    if evidence.get("note"):
+        parts.append(str(evidence["note"]))
     return "; ".join(parts)
+
+
+def format_benefit(benefit: Mapping[str, Any]) -> str:
+    """The panel's chemotherapy-benefit text: the statement, one line per treatment arm and the evidence in
+    parentheses (:func:`format_evidence`), from the :func:`benefit_summary` the job returns."""
+    evidence = format_evidence(benefit.get("evidence") or {})
+    return "\n".join([str(benefit.get("statement") or ""), *(benefit.get("arms") or []),
+                      *([f"({evidence})"] if evidence else [])])
 
 
 def feature_rows(features: Mapping[str, float], document: Mapping[str, Any]) -> list[tuple[str, float, int]]:

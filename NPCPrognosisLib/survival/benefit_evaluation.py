@@ -242,6 +242,43 @@ def _calibration_weights(arm: np.ndarray, pair: np.ndarray,
 EBV_DNA_CUTOFF = 4000.0  # copies/mL, the pretreatment cut-off NPC staging studies use
 
 
+#: Age separating the younger from the older subgroup of the forest plot (years).
+AGE_CUTOFF = 50.0
+
+
+def benefit_subgroups(records: Sequence[Any], groups: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each patient's level of every subgroup variable of the forest plot (:func:`subgroup_effects`).
+
+    The levels are what the plot and ``metrics.json`` print: cut-offs written as every report writes the number
+    (EBV DNA '≥4,000' copies/mL through :func:`~NPCPrognosisLib.reporting.labels.copies_text`, as the sheet and the
+    terminal print copies/mL) and '≥' rather than '>=' (both outputs carry Unicode: a PNG drawn in DejaVu Sans, which
+    has the glyph, and JSON, which escapes it; no CSV column is named after a level).
+
+    Parameters
+    ----------
+    records : sequence of ClinicalRecord
+        The evaluated patients' clinical records (EBV DNA in copies/mL, None when not measured).
+    groups : sequence of {'high', 'low'}
+        Their risk groups.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Variable name ('risk group', 'T stage', 'N stage', 'EBV DNA', 'age') to one level per patient.
+    """
+    from NPCPrognosisLib.reporting.labels import copies_text
+
+    ebv, age = copies_text(EBV_DNA_CUTOFF), f"{AGE_CUTOFF:g}"
+    return {
+        "risk group": np.asarray(groups).astype(str),
+        "T stage": np.array(["T1-2" if r.t_stage in ("T1", "T2") else "T3-4" for r in records]),
+        "N stage": np.array(["N0-1" if r.n_stage in ("N0", "N1") else "N2-3" for r in records]),
+        "EBV DNA": np.array(["missing" if r.ebv_dna is None else f"≥{ebv}" if r.ebv_dna >= EBV_DNA_CUTOFF
+                             else f"<{ebv}" for r in records]),
+        "age": np.array([f"<{age}" if r.age < AGE_CUTOFF else f"≥{age}" for r in records]),
+    }
+
+
 def subgroup_effects(time: Any, event: Any, arm: Any, subgroups: Mapping[str, Sequence[str]],
                      confounders: pd.DataFrame | None = None) -> list:
     """High vs low dose HR within each level of each subgroup variable, with that variable's interaction p.
@@ -346,15 +383,7 @@ def evaluate_benefit(doc: Mapping[str, Any] | None, confounders: pd.DataFrame, g
         out["predicted_benefit"] = None
         out["not_estimable"] = (doc or {}).get("reason", "no benefit model in the bundle")
     t_early = np.array([r.t_stage in ("T1", "T2") for r in records])
-    subgroups = {
-        "risk group": groups,
-        "T stage": np.where(t_early, "T1-2", "T3-4"),
-        "N stage": np.array(["N0-1" if r.n_stage in ("N0", "N1") else "N2-3" for r in records]),
-        "EBV DNA": np.array(["missing" if r.ebv_dna is None else (f">={EBV_DNA_CUTOFF:g}" if r.ebv_dna >= EBV_DNA_CUTOFF
-                                                                  else f"<{EBV_DNA_CUTOFF:g}") for r in records]),
-        "age": np.array(["<50" if r.age < 50 else ">=50" for r in records]),
-    }
-    out["subgroups"] = subgroup_effects(time, event, arm, subgroups, conf)
+    out["subgroups"] = subgroup_effects(time, event, arm, benefit_subgroups(records, groups), conf)
     t12n1 = t_early & np.array([r.n_stage == "N1" for r in records])
     out["t12n1"] = {g: three_arm_logrank(time[t12n1 & (groups == g)], event[t12n1 & (groups == g)],
                                          arm[t12n1 & (groups == g)]) for g in ("high", "low")}

@@ -412,6 +412,31 @@ def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_r
     assert checked["predicted_benefit"] is None and "follow-up ended before the 60-month" in checked["not_estimable"]
 
 
+def test_subgroup_levels_write_the_cut_offs_as_the_reports_do(tmp_path):
+    """The forest plot and metrics.json named the EBV DNA subgroups '>=4000' and '<4000' where every report writes
+    copies/mL as '4,000' (labels.copies_text), and '>=' where the plot and the JSON carry '≥'."""
+    import warnings
+
+    from NPCPrognosisLib.survival.plots import plot_forest
+
+    def record(ebv, age, t="T2", n="N1"):
+        return parse_clinical({"age": age, "sex": "M", "t_stage": t, "n_stage": n, "rene": 0, "ldh": 180,
+                               "ebv_dna": ebv}, "P")
+
+    records = [record(3999, 49), record(4000, 50, "T3", "N2"), record(None, 70), record(250_000, 30)]
+    levels = be.benefit_subgroups(records, ["low", "high", "high", "low"])
+    assert {k: v.tolist() for k, v in levels.items()} == {
+        "risk group": ["low", "high", "high", "low"], "T stage": ["T1-2", "T3-4", "T1-2", "T1-2"],
+        "N stage": ["N0-1", "N2-3", "N0-1", "N0-1"], "EBV DNA": ["<4,000", "≥4,000", "missing", "≥4,000"],
+        "age": ["<50", "≥50", "≥50", "<50"]}
+    rows = [{"subgroup": "EBV DNA", "level": level, "n": 10, "events": 4, "hr": 0.8, "hr_95ci": [0.5, 1.3],
+             "interaction_p": 0.4, "estimable": True} for level in ("<4,000", "≥4,000")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns 'Glyph ... missing' for a character its font lacks
+        plot_forest(tmp_path / "forest.png", rows, "forest")
+    assert (tmp_path / "forest.png").stat().st_size > 1000
+
+
 def test_the_arm_given_reads_a_dose_not_recorded_as_no_dose_arm():
     """parse_clinical keeps a missing dose as None: the arm given must read it (it had compared None > 0 and failed
     every prediction of a patient with chemotherapy and no dose), as it reads the 0 older records stored."""

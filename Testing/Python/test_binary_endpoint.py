@@ -97,7 +97,17 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
     table[~table["patient_id"].isin([ids.iloc[0], ids.iloc[200]])].to_csv(out / "fewer.csv", index=False)
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
                  "--features", str(out / "fewer.csv"), "--endpoint", "ic_response", "--out", str(out / "fewer")]) == 0
-    assert json.loads((out / "fewer" / "metrics.json").read_text())["without_features"] == [ids.iloc[200]]
+    fewer = json.loads((out / "fewer" / "metrics.json").read_text())
+    assert fewer["without_features"] == [ids.iloc[200]] and not any("spelling" in w for w in fewer["warnings"])
+    # one whose row the table writes another way ('syn 201' for 'SYN0201') is named with it in the warnings
+    respelled = table.assign(patient_id=table["patient_id"].replace(ids.iloc[200], "syn 201"))
+    respelled.to_csv(out / "respelled.csv", index=False)
+    assert main(["--quiet", "evaluate", "--bundle", str(bundle), "--manifest", str(root / "manifest.csv"),
+                 "--features", str(out / "respelled.csv"), "--endpoint", "ic_response", "--out",
+                 str(out / "respelled")]) == 0
+    assert f"  warning: 1 of the patients without features has a row in the features table under another " \
+           f"spelling of the ID: '{ids.iloc[200]}' is 'syn 201' there" in capsys.readouterr().out
+    assert json.loads((out / "respelled" / "metrics.json").read_text())["without_features"] == [ids.iloc[200]]
 
     # Training patients scored as held out are said to be (as for a survival endpoint), and a cohort too small for
     # an AUC is refused with its counts rather than given an AUC of one patient's rank.

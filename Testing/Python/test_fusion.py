@@ -98,6 +98,8 @@ def test_extra_tables_are_checked_with_the_patient_and_the_fix(tmp_path):
     assert len(few) == 1 and "1 of the 3 evaluated patients" in few[0] and "another spelling" not in few[0]
     assert unmatched_rows_warnings({"pathology": block}, ["X1"], "patient") == []
     assert "'p1' is 'P1'" in unmatched_rows_warnings({"pathology": block}, ["p1"], "patient")[0]
+    # a space inside the ID is another spelling too, as the docstring had said (it was not matched)
+    assert "'p 1' is 'P1'" in unmatched_rows_warnings({"pathology": block}, ["p 1"], "patient")[0]
     # train's one call: the refusal, then the warnings
     assert check_rows({"pathology": block}, ["p001", "P2", "P9"]) == respelled
     with pytest.raises(InputError, match="no row with values for any training patient.*TR-001"):

@@ -254,6 +254,45 @@ def _rewrite(path, edit):
     return path
 
 
+def test_a_manifest_id_written_another_way_than_the_features_table_is_named_with_the_fix(tmp_path, caplog):
+    """A manifest that writes 'RLX 0004' where extract wrote 'RLX0004' left the patient out as 'no features', which
+    reads like a failed extraction: the message names the row it probably is and the fix."""
+    import logging
+
+    from NPCPrognosisLib.io.patient_ids import loose_id_key, respelled_ids
+    from NPCPrognosisLib.pipeline.train import training_split
+
+    assert loose_id_key("RLX 0004") == loose_id_key("rlx4") == loose_id_key(" Rlx 04 ") == "rlx4"
+    assert loose_id_key("RLX-0004") != loose_id_key("RLX0004")  # one rule: spaces, case, leading zeros; no more
+    # 'RLX0005' is written exactly by another manifest patient: it is that patient's row, no respelling
+    assert respelled_ids(["RLX 0004", "RLX 0005", "P9"], ["RLX0004", "RLX0005", "X1"], ["RLX0005"]) == [
+        ("RLX 0004", "RLX0004")]
+    ids = [f"RLX{k:04d}" for k in range(1, 13)]
+    path = _write_cohort(tmp_path, [{"patient_id": pid, "dmfs_event": k % 3 == 0} for k, pid in enumerate(ids)])
+    features = pd.DataFrame({"patient_id": ids, "t1c_gtvp_original_shape_MeshVolume": np.arange(12.0)})
+    _rewrite(path, lambda t: t.assign(patient_id=["RLX 0004" if p == "RLX0004" else p for p in t["patient_id"]]))
+    with caplog.at_level(logging.WARNING):
+        training_split(read_manifest(path), features, "dmfs", split_col=None, test_fraction=0.25, seed=0)
+    message = " ".join(r.getMessage() for r in caplog.records if "no features" in r.getMessage())
+    assert "1 patient(s) have no features and are left out: ['RLX 0004']" in message
+    assert "'RLX 0004' is 'RLX0004' there" in message and "Fix: write the IDs in the manifest as the features" \
+        in message
+    # none matches exactly: the refusal names the respelling too
+    _rewrite(path, lambda t: t.assign(patient_id=[f"RLX {k:04d}" for k in range(1, 13)]))
+    with pytest.raises(InputError, match="none of the manifest's 12 patient IDs") as info:
+        training_split(read_manifest(path), features, "dmfs", split_col=None, test_fraction=0.25, seed=0)
+    assert "12 of the patients without features have a row in the features table under another spelling of the " \
+           "ID: 'RLX 0001' is 'RLX0001' there" in str(info.value)
+    # a patient simply without a row (extraction failed) gets no such note
+    caplog.clear()
+    _rewrite(path, lambda t: t.assign(patient_id=ids))
+    with caplog.at_level(logging.WARNING):
+        training_split(read_manifest(path), features[features.patient_id != "RLX0004"], "dmfs", split_col=None,
+                       test_fraction=0.25, seed=0)
+    message = " ".join(r.getMessage() for r in caplog.records if "no features" in r.getMessage())
+    assert "['RLX0004']" in message and "another spelling" not in message
+
+
 def test_outcome_cells_and_units_are_checked_where_they_would_be_misread(tmp_path):
     path = _write_cohort(tmp_path, [{"os_event": "dead"}, {}])
     with pytest.raises(InputError, match="os_event is 'dead', not a number") as info:

@@ -360,8 +360,36 @@ def test_benefit_statement_or_not_available():
                                                  "arms": []}
     arms = {"rt_alone": {"12": {"survival": 0.9, "ci95": [0.85, 0.95]}, "60": {"survival": 0.61, "ci95": None}}}
     assert formatting.format_arms(arms) == ["radiotherapy alone: 12 mo 90% (85%-95%), 60 mo 61%"]
-    evidence = {"hr": 0.5123, "hr_95ci": [0.3, 0.9], "groups": {}}
-    assert formatting.format_evidence(evidence) == "hr 0.512; hr_95ci 0.3-0.9"
+    assert formatting.format_evidence({}) == ""
+
+
+def test_benefit_evidence_reads_in_words_with_the_group_hazard_ratio():
+    """The panel printed the evidence block's keys ('threshold_mg_m2 160; interaction_p 0.593; bootstrap_n 200;
+    note ...') and dropped the risk group's hazard ratio, the one number behind the statement."""
+    from NPCPrognosisLib.survival.benefit_patient import patient_benefit
+
+    doc = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))["chemo_benefit"]
+    confounders = {"t_stage": 3.0, "n_stage": 1.0, "rene": 1.0, "male": 1.0, "log10_ebv_dna": 3.0, "age": 50.0,
+                   "ldh": 200.0}
+    summary = formatting.benefit_summary({"chemo_benefit": patient_benefit(doc, confounders, "high")})
+    evidence = formatting.format_evidence(summary["evidence"])
+    # the high-risk group's HR as the bundle's own conclusion (benefit._conclusion) words it, interval to 2 places
+    high = re.search(r"high-risk group HR (\d\.\d\d) \(95% CI (\d\.\d\d)-(\d\.\d\d)\)", doc["conclusion"])
+    p = doc["interaction_lrt"]["p"]
+    assert evidence == (f"CCND > 160 vs ≤ 160 mg/m² in the high-risk group: HR {high[1]} (95% CI {high[2]} to "
+                        f"{high[3]}); interaction with the risk group p = {p:.3f}; {doc['bootstrap']['n']} bootstrap "
+                        f"refits; {doc['note']}")
+    # the panel's whole text: statement, one line per arm, the evidence in parentheses
+    assert formatting.format_benefit(summary).split("\n") == [summary["statement"], *summary["arms"], f"({evidence})"]
+    assert len(summary["arms"]) == 2
+    assert not re.search(r"[a-z]+_[a-z]+", evidence)  # no key of the JSON block
+    small = {"threshold_mg_m2": 160.0, "group_hr": {"level": "low", "hr": 1.234, "hr_95ci": [0.5, 3.0]},
+             "interaction_p": 0.0004, "bootstrap_n": 0, "note": ""}
+    assert formatting.format_evidence(small) == ("CCND > 160 vs ≤ 160 mg/m² in the low-risk group: HR 1.23 (95% CI "
+                                                 "0.50 to 3.00); interaction with the risk group p < 0.001; "
+                                                 "0 bootstrap refits")
+    assert formatting.format_benefit({"statement": "Chemotherapy benefit: not available in this bundle.",
+                                      "evidence": {}}) == "Chemotherapy benefit: not available in this bundle."
 
 
 # ---------------------------------------------------------------------------------------------- contour change
