@@ -178,6 +178,15 @@ def _check_treatment(chemo: float | None, dose: float | None, patient_id: str | 
                              "alone")
 
 
+def copies_text(copies: float) -> str:
+    """'2,400': EBV DNA copies/mL as a whole number with thousands separators, as laboratories report it.
+
+    Why not '2.4e3': scientific notation is misread at the bedside (2.4e3 read as 2.4), and EBV DNA moves the
+    risk; every place that shows copies/mL (sheet, terminal, panel, cohort page) goes through this function.
+    """
+    return f"{float(copies):,.0f}"
+
+
 def encode_clinical(record: ClinicalRecord, ebv_fill: float | None = None) -> dict[str, float]:
     """Numeric covariates of :data:`CLINICAL_COVARIATES` and the stage indicators of the categorical coding.
 

@@ -83,7 +83,8 @@ def clinical_gaps(manifest: Manifest, ebv_fill: float, *, training: bool) -> dic
     missing = int(manifest.clinical_table(None)["log10_ebv_dna"].isna().sum())
     gaps: dict[str, Any] = {"ebv_dna_filled": missing}
     if missing:
-        from NPCPrognosisLib.reporting.labels import copies_text, ebv_copies
+        from NPCPrognosisLib.io.clinical import copies_text
+        from NPCPrognosisLib.reporting.labels import ebv_copies
 
         log.warning("EBV DNA is missing for %d of %d patient(s)%s: they are given the training median, %s copies/mL",
                     missing, len(manifest.table), "" if "ebv_dna" in manifest.table.columns else " (no ebv_dna column)",

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from NPCPrognosisLib.io.clinical import copies_text
 from NPCPrognosisLib.reporting.html import fmt, fmt_significant, p_value
-from NPCPrognosisLib.reporting.labels import copies_text, model_label
+from NPCPrognosisLib.reporting.labels import model_label
 
 
 def _median_iqr(values: pd.Series, text: Callable[[float], str] = "{:.0f}".format) -> str:

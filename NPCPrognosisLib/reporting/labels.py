@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from NPCPrognosisLib.io.clinical import copies_text
 from NPCPrognosisLib.radiomics.features_table import LOG_VOLUME_COLUMNS
 
 #: Nomogram factors: readable label with unit.
@@ -99,15 +100,6 @@ def model_phrase(name: str) -> str:
 def ebv_copies(log_value: float) -> float:
     """Copies/mL from the coded ``log10(copies + 1)``."""
     return max(0.0, 10.0 ** float(log_value) - 1.0)
-
-
-def copies_text(copies: float) -> str:
-    """'2,400': EBV DNA copies/mL as a whole number with thousands separators, as laboratories report it.
-
-    Why not '2.4e3': scientific notation is misread at the bedside (2.4e3 read as 2.4), and EBV DNA moves the
-    risk; every place that shows copies/mL (sheet, terminal, panel, cohort page) goes through this function.
-    """
-    return f"{float(copies):,.0f}"
 
 
 def points_text(points: float, decimals: int = 1) -> str:

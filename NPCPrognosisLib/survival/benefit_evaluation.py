@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
+from NPCPrognosisLib.io.clinical import copies_text
 from NPCPrognosisLib.survival.benefit import (
     ARM_NAME,
     CCND_THRESHOLD,
@@ -250,7 +251,7 @@ def benefit_subgroups(records: Sequence[Any], groups: Sequence[str]) -> dict[str
     """Each patient's level of every subgroup variable of the forest plot (:func:`subgroup_effects`).
 
     The levels are what the plot and ``metrics.json`` print: cut-offs written as every report writes the number
-    (EBV DNA '≥4,000' copies/mL through :func:`~NPCPrognosisLib.reporting.labels.copies_text`, as the sheet and the
+    (EBV DNA '≥4,000' copies/mL through :func:`~NPCPrognosisLib.io.clinical.copies_text`, as the sheet and the
     terminal print copies/mL) and '≥' rather than '>=' (both outputs carry Unicode: a PNG drawn in DejaVu Sans, which
     has the glyph, and JSON, which escapes it; no CSV column is named after a level).
 
@@ -266,8 +267,6 @@ def benefit_subgroups(records: Sequence[Any], groups: Sequence[str]) -> dict[str
     dict of str to ndarray
         Variable name ('risk group', 'T stage', 'N stage', 'EBV DNA', 'age') to one level per patient.
     """
-    from NPCPrognosisLib.reporting.labels import copies_text
-
     ebv, age = copies_text(EBV_DNA_CUTOFF), f"{AGE_CUTOFF:g}"
     return {
         "risk group": np.asarray(groups).astype(str),

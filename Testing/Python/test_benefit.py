@@ -414,7 +414,7 @@ def test_the_benefit_bootstrap_leaves_out_draws_where_an_arm_has_no_event_in_a_r
 
 def test_subgroup_levels_write_the_cut_offs_as_the_reports_do(tmp_path):
     """The forest plot and metrics.json named the EBV DNA subgroups '>=4000' and '<4000' where every report writes
-    copies/mL as '4,000' (labels.copies_text), and '>=' where the plot and the JSON carry '≥'."""
+    copies/mL as '4,000' (io.clinical.copies_text), and '>=' where the plot and the JSON carry '≥'."""
     import warnings
 
     from NPCPrognosisLib.survival.plots import plot_forest
