@@ -422,6 +422,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from NPCPrognosisLib.io.manifest import load_column_map, read_manifest
     from NPCPrognosisLib.io.segment_outputs import SegmentOutputs
     from NPCPrognosisLib.pipeline.segment import (
+        COHORT_FAILURES,
         cohort_outputs,
         outputs_removed_if_failed,
         outputs_written_whole,
@@ -439,6 +440,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(validation_summary(model))
         manifest = segment_cohort(model, cohort, args.out, tta=args.tta, progress=not args.quiet)
         print(f"masks and manifest written: {manifest}")
+        if (failures := manifest.parent / COHORT_FAILURES).is_file():
+            import pandas as pd
+
+            failed = len(pd.read_csv(failures, dtype=str))
+            print(f"  warning: {failed} of the {len(cohort.patient_ids)} patients failed and have no mask (their rows' "
+                  f"mask cell is empty): {failures}")
         return 0
     if not (args.t1 and args.t2 and args.t1c):
         raise InputError("give --manifest, or --t1, --t2 and --t1c", column="--t1",

@@ -266,7 +266,8 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
 
     Image paths in the written manifest are rewritten relative to ``out_dir`` so it can be used from there; a
     patient whose images fail is listed in ``failures.csv`` with the reason and keeps an empty mask cell, and the
-    cohort carries on. Only the patient ID and the three sequences are needed: a radiologist's imaging-only list
+    cohort carries on; when every patient fails, an ``InputError`` names the first three and no table is written
+    (as ``extract`` does). Only the patient ID and the three sequences are needed: a radiologist's imaging-only list
     segments as well as a full cohort manifest.
 
     An earlier run's tables (:data:`COHORT_TABLES`) and its files of this manifest's patients are removed before the
@@ -325,6 +326,10 @@ def segment_cohort(model: NetworkModel, manifest: Manifest, out_dir: str | Path,
             except Exception as exc:  # one patient's failure never stops a cohort
                 log.warning("patient %s failed: %s", entry.patient_id, exc)
                 failures.append({"patient_id": entry.patient_id, "error": type(exc).__name__, "message": str(exc)})
+        if not masks:  # a manifest with no mask in it, exit status 0 and "written" would read as a finished run
+            first = "; ".join(f"{f['patient_id']}: {f['message']}" for f in failures[:3])
+            raise InputError(f"no patient could be segmented ({len(failures)} failed; {first})", path=manifest.source,
+                             fix="fix the first error above and run segment again")
         return _write_cohort_tables(model, manifest, out_dir, masks, scores, failures)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_cohort(out_dir, list(masks), len(entries))) from None

@@ -1144,6 +1144,36 @@ def test_segment_cohort_writes_masks_manifest_and_failures(tiny_bundle, tiny_coh
     assert (tmp_path / "seg" / SYNTHETIC_MARKER).exists()
 
 
+def test_segment_says_how_many_patients_failed_and_refuses_a_run_where_every_patient_failed(tiny_bundle, tiny_cohort,
+                                                                                             tmp_path, capsys):
+    """A cohort run where patients failed said only "masks and manifest written" (exit 0); one where every patient
+    failed wrote a manifest without a single mask and said the same. It now counts the failures, and a run with no
+    mask at all is refused, naming the first errors, with no table written (as extract does)."""
+    import pandas as pd
+
+    from NPCPrognosisLib.cli import main
+
+    table = pd.read_csv(tiny_cohort.manifest_path).head(3)
+    table.loc[1, "t2"] = "images/does_not_exist.nii.gz"
+    partly = Path(tiny_cohort.manifest_path).with_name("one_broken.csv")
+    table.to_csv(partly, index=False)
+    capsys.readouterr()
+    assert main(["--quiet", "segment", "--bundle", str(tiny_bundle), "--manifest", str(partly),
+                 "--out", str(tmp_path / "partly")]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: 1 of the 3 patients failed and have no mask" in printed and "failures.csv" in printed
+
+    table["t2"] = "images/does_not_exist.nii.gz"
+    broken = Path(tiny_cohort.manifest_path).with_name("all_broken.csv")
+    table.to_csv(broken, index=False)
+    assert main(["--quiet", "segment", "--bundle", str(tiny_bundle), "--manifest", str(broken),
+                 "--out", str(tmp_path / "broken")]) == 2
+    error = capsys.readouterr().err
+    assert "no patient could be segmented (3 failed;" in error and "not found" in error
+    assert not (tmp_path / "broken" / "manifest.csv").exists()
+    assert not (tmp_path / "broken" / "deep_scores.csv").exists()
+
+
 def test_a_cohort_whose_contours_differ_from_the_training_patients_is_warned_about():
     """A network that finds nodes in every patient of a cohort, where three quarters of its training patients had
     them, is flagged; a cohort whose node-positive share differs as clinics differ, a small cohort and an older
