@@ -1,5 +1,6 @@
-"""Which model a binary endpoint's bundle uses: the default (the ridge), unless a model the training already
-cross-validates beats it on the same folds by more than the standard error of their paired difference.
+"""Which model a binary endpoint's bundle uses: the default (the ridge), unless a simpler model the training already
+cross-validates (:data:`~NPCPrognosisLib.pipeline.binary.CHALLENGERS`) beats it on the same folds by more than the
+standard error of their paired difference.
 
 Why a default and a margin rather than the highest cross-validated AUC: with ten models on ~160 patients their
 CV AUCs differ by less than their standard errors, and the model with the best one was the luckiest (held-out AUC

@@ -740,6 +740,13 @@ def test_the_ridge_is_kept_unless_a_model_beats_it_by_more_than_the_paired_stand
     aucs = {"ridge": ridge, "volume": clearly, "combined": ahead}
     assert choose_model(aucs, "ridge", ["volume", "combined"])[0] == "volume"
     assert choose_model({**aucs, "combined": clearly + 0.08}, "ridge", ["volume", "combined"])[0] == "combined"
+    # what train offers: only the simpler references; a more flexible model ahead by a margin does not replace the
+    # ridge (among nine challengers noise picked an SVM under shuffled labels), a simpler one does
+    from NPCPrognosisLib.pipeline.binary import CHALLENGERS, DEFAULT
+
+    flexible = {"ridge": ridge, "volume": ridge, "clinical": ridge, "classifier_svm": clearly}
+    assert choose_model(flexible, DEFAULT, CHALLENGERS)[0] == "ridge"
+    assert choose_model({**flexible, "clinical": clearly}, DEFAULT, CHALLENGERS)[0] == "clinical"
 
 
 def _volume_cohort(n, noise, rng):
