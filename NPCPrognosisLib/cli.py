@@ -108,10 +108,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{name}: {block['n']} training patients ({block['positives']} positive); cross-validated AUC "
               f"(selection inside the folds, {block['cv']['repeats']} x {block['cv']['folds']}-fold):")
         for model in dict.fromkeys([*block["models"], block["best"]]):
-            used = "  <- used" + (" (learned nothing confirmed: see the warning below)" if block.get("warnings")
-                                  else "")
+            used = "  <- used" + (" (learned nothing confirmed: see the warning below)"
+                                  if block.get("warnings") and model == "ridge" else "")
             print(f"    {model:30s} {_number(block['cv'][model]['auc'], '.3f')}"
                   + (used if model == block["best"] else ""))
+        choice = block.get("choice") or {}
+        if choice.get("nested"):
+            beat = choice["compared"][block["best"]]
+            print(f"  model used: {block['best']}, not the {choice['default']}: it beat it by "
+                  f"{beat['paired_difference']:.3f} AUC per fold (paired SE {beat['paired_se']:.3f}); nested "
+                  f"cross-validated AUC of this choice {choice['nested']['auc']:.3f} (the {block['best']}'s own "
+                  "above is the best of several on the folds it was chosen on)")
         for warning in block.get("warnings") or []:
             print(f"  warning: {warning}")
         ridge = block["models"].get("ridge", {})

@@ -321,7 +321,7 @@ def ridge_log_odds(model: Mapping[str, Any], clinical: pd.DataFrame, features: p
 
     Why apart from the probability: the calibration is fitted on the same training patients and turns a ranking
     it cannot confirm into one probability for everyone, so a check of what the ridge learned (the permutation
-    test, :func:`NPCPrognosisLib.pipeline.binary.ridge_ranking_auc`) reads the log-odds, not the probability.
+    test, :func:`NPCPrognosisLib.pipeline.binary.ranking_auc`) reads the log-odds, not the probability.
     """
     return ridge_scores(model, ridge_inputs(clinical, features)) @ np.asarray(model["coef"]) + model["intercept"]
 

@@ -284,6 +284,32 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     return chosen, rows
 
 
+def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float] | None:
+    """How much one candidate out-validates another on the same folds: the mean of their per-fold differences and
+    its standard error, or None with fewer than two folds where both were scored.
+
+    Why paired: both are scored on the very same held-out patients, so what makes one fold hard for both cancels,
+    and the standard error of the difference is what says whether a gain is more than the folds' noise (a gain
+    larger than it is how a candidate "beats" another, in the nomogram's choice and in a binary endpoint's).
+
+    Parameters
+    ----------
+    scores, reference : sequence of float
+        Per-fold scores (C-index or AUC) of the candidate and of the model it is compared with, fold by fold; a
+        fold where either is NaN is left out.
+
+    Returns
+    -------
+    paired : tuple of (float, float) or None
+        The mean difference (``scores - reference``) and its standard error.
+    """
+    difference = np.asarray(scores, float) - np.asarray(reference, float)
+    difference = difference[np.isfinite(difference)]
+    if len(difference) < 2:
+        return None
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
 def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[float]],
                            designs: dict[str, list[str]]) -> str:
     """The combination of every block (its better-validating T/N coding), unless a simpler design beats it by
@@ -306,13 +332,11 @@ def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[fl
     for row in rows:
         if row is full:
             continue
-        difference = np.asarray(scores[row["name"]], float) - np.asarray(scores[full["name"]], float)
-        difference = difference[np.isfinite(difference)]
-        if len(difference) < 2:
+        paired = paired_gain(scores[row["name"]], scores[full["name"]])
+        if paired is None:
             continue
-        se = float(difference.std(ddof=1) / np.sqrt(len(difference)))
-        row["paired_difference_vs_full"], row["paired_se"] = float(difference.mean()), se
-        if difference.mean() > se and row["folds_fitted"] == SELECTION_FOLDS:
+        row["paired_difference_vs_full"], row["paired_se"] = paired
+        if paired[0] > paired[1] and row["folds_fitted"] == SELECTION_FOLDS:
             beating.append(row)
     if not beating:
         return full["name"]

@@ -61,6 +61,11 @@ MODEL_LABELS: dict[str, str] = {
     "stacked": "Stacked models (weighted by cross-validation)",
     "ridge": "Ridge logistic (clinical + every original-image feature)",
     "ensemble": "Ensemble (mean of every model)",
+    "classifier_logistic": "Logistic regression (clinical + signature features)",
+    "classifier_svm": "Support vector machine (clinical + signature features)",
+    "classifier_random_forest": "Random forest (clinical + signature features)",
+    "classifier_gradient_boosting": "Gradient boosting (clinical + signature features)",
+    "classifier_knn": "k nearest neighbours (clinical + signature features)",
     "deep": "Deep score alone",
     "mmoe": "Multimodal fusion (MMoE)",
 }
