@@ -8,7 +8,7 @@ CV AUCs differ by less than their standard errors, and the model with the best o
 But a default kept whatever the folds say ships a model that learned nothing beside one that learned something
 (a 160-patient cohort: the ridge's CV AUC 0.491, the tumour volume alone 0.632), against the project's rule to
 keep the default that validates better. So the ridge is replaced only by a model that beats it by more than the
-paired standard error (:func:`~NPCPrognosisLib.pipeline.selection.paired_gain`, as the nomogram's design is chosen),
+paired standard error (:func:`~NPCPrognosisLib.survival.splits.paired_gain`, as the nomogram's design is chosen),
 and among several such models the simplest is kept unless a less simple one beats it by the same margin: a model
 must never be chosen over a simpler model that validates better, and the best of several noisy beaters is the
 luckiest.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from NPCPrognosisLib.pipeline.selection import paired_gain
+from NPCPrognosisLib.survival.splits import paired_gain
 
 
 def choose_model(fold_aucs: Mapping[str, Sequence[float]], default: str,

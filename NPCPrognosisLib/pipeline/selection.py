@@ -52,7 +52,7 @@ from NPCPrognosisLib.radiomics.signature import (
     cross_fitted_rad_score,
     fit_signature,
 )
-from NPCPrognosisLib.survival.splits import event_folds
+from NPCPrognosisLib.survival.splits import event_folds, paired_gain
 
 log = logging.getLogger(__name__)
 
@@ -282,32 +282,6 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
     if np.isfinite(scores[VOLUME_REFERENCE]).any():
         rows.append({**_summary(VOLUME_REFERENCE, scores[VOLUME_REFERENCE], len(VOLUME_ROIS)), "reference": True})
     return chosen, rows
-
-
-def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float] | None:
-    """How much one candidate out-validates another on the same folds: the mean of their per-fold differences and
-    its standard error, or None with fewer than two folds where both were scored.
-
-    Why paired: both are scored on the very same held-out patients, so what makes one fold hard for both cancels,
-    and the standard error of the difference is what says whether a gain is more than the folds' noise (a gain
-    larger than it is how a candidate "beats" another, in the nomogram's choice and in a binary endpoint's).
-
-    Parameters
-    ----------
-    scores, reference : sequence of float
-        Per-fold scores (C-index or AUC) of the candidate and of the model it is compared with, fold by fold; a
-        fold where either is NaN is left out.
-
-    Returns
-    -------
-    paired : tuple of (float, float) or None
-        The mean difference (``scores - reference``) and its standard error.
-    """
-    difference = np.asarray(scores, float) - np.asarray(reference, float)
-    difference = difference[np.isfinite(difference)]
-    if len(difference) < 2:
-        return None
-    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
 def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[float]],

@@ -1,4 +1,5 @@
-"""Event-stratified splits and folds: the one way patients are divided, through scikit-learn.
+"""Event-stratified splits and folds: the one way patients are divided, through scikit-learn, and how two models
+scored on the same folds compare (:func:`paired_gain`).
 
 With a few dozen events, a split that puts most of them on one side gives a test C-index with nothing to rank or
 a training fit that learned from few events; stratifying by event status keeps the share of events equal.
@@ -7,6 +8,7 @@ a training fit that learned from few events; stratifying by event status keeps t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -90,3 +92,29 @@ def event_split(strata: Any, test_fraction: float, seed: int = 0) -> tuple[np.nd
     stratify = strata if counts.min() >= 2 else None
     train, test = train_test_split(index, test_size=test_fraction, stratify=stratify, random_state=int(seed))
     return np.sort(train), np.sort(test)
+
+
+def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float] | None:
+    """How much one candidate out-validates another on the same folds: the mean of their per-fold differences and
+    its standard error, or None with fewer than two folds where both were scored.
+
+    Why paired: both are scored on the very same held-out patients, so what makes one fold hard for both cancels,
+    and the standard error of the difference is what says whether a gain is more than the folds' noise (a gain
+    larger than it is how a candidate "beats" another, in the nomogram's choice and in a binary endpoint's).
+
+    Parameters
+    ----------
+    scores, reference : sequence of float
+        Per-fold scores (C-index or AUC) of the candidate and of the model it is compared with, fold by fold; a
+        fold where either is NaN is left out.
+
+    Returns
+    -------
+    paired : tuple of (float, float) or None
+        The mean difference (``scores - reference``) and its standard error.
+    """
+    difference = np.asarray(scores, float) - np.asarray(reference, float)
+    difference = difference[np.isfinite(difference)]
+    if len(difference) < 2:
+        return None
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))

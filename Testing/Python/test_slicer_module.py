@@ -350,7 +350,7 @@ def test_binary_line_names_the_model_as_a_reader_says_it():
                              "recurrence": {"probability": 0.2, "ci95": None, "model": "classifier_random_forest"}}}
     assert formatting.format_binary(prediction) == [
         "ic response probability 62% (95% CI 50%-73%) [Tumour volume alone]",
-        "recurrence probability 20% [classifier random forest]"]
+        "recurrence probability 20% [Random forest (clinical + signature features)]"]
 
 
 def test_benefit_statement_or_not_available():
