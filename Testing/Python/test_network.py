@@ -1483,25 +1483,33 @@ def test_extract_with_automatic_contours_checks_the_cohort_they_make(tiny_bundle
     assert _auto_contour_cohort_warnings(str(tiny_bundle), results) == []
 
 
-def test_extract_with_automatic_contours_writes_the_cohort_check_where_segment_does(tiny_cohort, tmp_path,
-                                                                                   monkeypatch):
-    """segment --manifest wrote its cohort check to cohort_warnings.txt beside the masks, extract --mask auto to the
-    features' .meta.json (``cohort_warnings``): after one command the user found nothing where the other put it.
-    extract now writes the same file beside its automatic masks (and removes it when a re-run has none)."""
+def _demo_network_without_training_primaries(monkeypatch):
+    """The demo network as if none of its training patients had a primary, and a cohort check that judges two
+    patients: every automatic GTVp then sets off the cohort warning."""
     import NPCPrognosisLib.deep.segmentation as segmentation
     import NPCPrognosisLib.io.bundle as bundle_io
-    from NPCPrognosisLib.pipeline.extract import extract_cohort
-    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
     real = bundle_io.read_bundle
 
-    def without_primaries(path):  # the demo network, as if none of its training patients had a primary
+    def without_primaries(path):
         document = real(path)
         document["network"].setdefault("training_volumes_ml", {}).setdefault("gtvp", {})["share_present"] = 0.0
         return document
 
     monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
     monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+
+
+def test_extract_with_automatic_contours_writes_the_cohort_check_where_segment_does(tiny_cohort, tmp_path,
+                                                                                   monkeypatch):
+    """segment --manifest wrote its cohort check to cohort_warnings.txt beside the masks, extract --mask auto to the
+    features' .meta.json (``cohort_warnings``): after one command the user found nothing where the other put it.
+    extract now writes the same file beside its automatic masks (and removes it when a re-run has none)."""
+    import NPCPrognosisLib.deep.segmentation as segmentation
+    from NPCPrognosisLib.pipeline.extract import extract_cohort
+    from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
+
+    _demo_network_without_training_primaries(monkeypatch)
     manifest = read_manifest(_first_patients(tiny_cohort, 2, "two_patients.csv"), require_mask=False)
     out = tmp_path / "auto.csv"
     result = extract_cohort(manifest, out, params_path=RADIOMICS_FAST_PARAMS, progress=False, network=DEMO_NETWORK,
@@ -1525,21 +1533,11 @@ def test_extract_with_automatic_contours_where_every_patient_fails_leaves_a_true
     so the earlier run's ``cohort_warnings.txt`` stayed beside masks it no longer described. It is now this run's:
     gone when no patient reached the network, this run's check when the network contoured them and they failed
     after."""
-    import NPCPrognosisLib.deep.segmentation as segmentation
-    import NPCPrognosisLib.io.bundle as bundle_io
     import NPCPrognosisLib.pipeline.extract as extract
     from NPCPrognosisLib.errors import InputError
     from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS
 
-    real = bundle_io.read_bundle
-
-    def without_primaries(path):  # the demo network, as if none of its training patients had a primary
-        document = real(path)
-        document["network"].setdefault("training_volumes_ml", {}).setdefault("gtvp", {})["share_present"] = 0.0
-        return document
-
-    monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
-    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    _demo_network_without_training_primaries(monkeypatch)
     manifest = read_manifest(_first_patients(tiny_cohort, 2, "two_patients.csv"), require_mask=False)
     out = tmp_path / "auto.csv"
     written = tmp_path / "auto_masks" / "cohort_warnings.txt"
@@ -1558,8 +1556,7 @@ def test_extract_with_automatic_contours_where_every_patient_fails_leaves_a_true
     every_patient_fails("load_patient", "t2 not found")  # no patient reached the network: no check of its contours
     assert not written.exists()
     monkeypatch.undo()
-    monkeypatch.setattr(bundle_io, "read_bundle", without_primaries)
-    monkeypatch.setattr(segmentation, "COHORT_CHECK_MIN_PATIENTS", 2)
+    _demo_network_without_training_primaries(monkeypatch)
     every_patient_fails("patient_features", "radiomics failed")  # contoured, then failed: their masks are there
     assert sorted(path.name for path in written.parent.glob("*_mask.nii.gz")) == [
         f"{patient_id}_mask.nii.gz" for patient_id in sorted(manifest.patient_ids)]
