@@ -262,12 +262,12 @@ def evaluate_cohort(
     benefit.pop("predicted_benefit")
     metrics["chemo_benefit"] = benefit
     if plots:
+        from NPCPrognosisLib.survival.benefit import dose_comparison
         from NPCPrognosisLib.survival.plots import plot_forest
 
         if any(r.get("estimable") for r in benefit["subgroups"]):
             plot_forest(out_dir / "benefit_forest.png", benefit["subgroups"],
-                        f"{endpoint.upper()}: CCND > {benefit['threshold_mg_m2']:g} vs <= "
-                        f"{benefit['threshold_mg_m2']:g} mg/m2 by subgroup")
+                        f"{endpoint.upper()}: {dose_comparison(benefit['threshold_mg_m2'])} by subgroup")
             metrics["figures"].append("benefit_forest.png")
         for g, block in benefit["t12n1"].items():
             if block.get("p") is not None:

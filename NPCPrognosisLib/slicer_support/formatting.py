@@ -167,10 +167,11 @@ def format_evidence(evidence: Mapping[str, Any]) -> str:
     """
     from NPCPrognosisLib.reporting.html import p_value
     from NPCPrognosisLib.reporting.labels import interval_text
+    from NPCPrognosisLib.survival.benefit import dose_comparison
 
     parts = []
     threshold, effect = evidence.get("threshold_mg_m2"), evidence.get("group_hr") or {}
-    comparison = f"CCND > {float(threshold):g} vs ≤ {float(threshold):g} mg/m²" if threshold is not None else ""
+    comparison = dose_comparison(threshold) if threshold is not None else ""
     if effect.get("hr") is not None:
         group = f" in the {effect['level']}-risk group" if effect.get("level") else ""
         hr = f"HR {float(effect['hr']):.2f}" + (f" ({interval_text(effect['hr_95ci'])})" if effect.get("hr_95ci")

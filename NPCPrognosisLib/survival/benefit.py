@@ -224,6 +224,12 @@ def _bootstrap(time, event, arm, group, confounders, fit, n_bootstrap: int, seed
             "stratified_by": "arm x risk group", "coef": coefs, "baseline_cumhaz": cumhaz}
 
 
+def dose_comparison(threshold: float) -> str:
+    """'CCND > 160 vs ≤ 160 mg/m²': the two dose arms as every benefit text names them (the bundle's conclusion, a
+    patient's statement and evidence, the forest plot's title), so the same comparison never reads three ways."""
+    return f"CCND > {float(threshold):g} vs ≤ {float(threshold):g} mg/m²"
+
+
 def _conclusion(doc: Mapping[str, Any]) -> str:
     high = {e["arm"]: e for e in doc["effects"]["high"]}[TREATED_ARM]
     low = {e["arm"]: e for e in doc["effects"]["low"]}[TREATED_ARM]
@@ -233,7 +239,7 @@ def _conclusion(doc: Mapping[str, Any]) -> str:
     def fmt(e):
         return f"HR {e['hr']:.2f} (95% CI {e['hr_95ci'][0]:.2f}-{e['hr_95ci'][1]:.2f})"
 
-    text = (f"CCND > {thr:g} vs <= {thr:g} mg/m2, adjusted: high-risk group {fmt(high)}, low-risk group {fmt(low)}; "
+    text = (f"{dose_comparison(thr)}, adjusted: high-risk group {fmt(high)}, low-risk group {fmt(low)}; "
             f"interaction p = {p:.3g}." if p is not None else "")
     if p is None or p >= 0.05:
         text += " The data cannot tell whether the effect differs between the risk groups."

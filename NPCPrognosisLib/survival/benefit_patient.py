@@ -22,6 +22,7 @@ from NPCPrognosisLib.survival.benefit import (
     TREATED_ARM,
     bootstrap_survival,
     counterfactual_survival,
+    dose_comparison,
 )
 
 #: What the counterfactual survival comes from, for the page that shows it beside the nomogram's survival.
@@ -58,7 +59,7 @@ def benefit_conclusion(headline: Mapping[str, Any]) -> str:
 
 
 def _who_and_versus(group: str, subgroup: str, thr: float) -> tuple[str, str]:
-    return f"{group.capitalize()}-risk patient{subgroup}", f"CCND > {thr:g} mg/m2 over <= {thr:g} mg/m2"
+    return f"{group.capitalize()}-risk patient{subgroup}", dose_comparison(thr)
 
 
 def _benefit_sentence(group: str, subgroup: str, thr: float, month: float, headline: Mapping[str, Any]) -> str:

@@ -379,6 +379,8 @@ def test_benefit_evidence_reads_in_words_with_the_group_hazard_ratio():
     assert evidence == (f"CCND > 160 vs ≤ 160 mg/m² in the high-risk group: HR {high[1]} (95% CI {high[2]} to "
                         f"{high[3]}); interaction with the risk group p = {p:.3f}; {doc['bootstrap']['n']} bootstrap "
                         f"refits; {doc['note']}")
+    # the statement above it names the two arms as the evidence does (it read "CCND > 160 mg/m2 over <= 160 mg/m2")
+    assert "CCND > 160 vs ≤ 160 mg/m² " in summary["statement"] and "<=" not in summary["statement"]
     # the panel's whole text: statement, one line per arm, the evidence in parentheses
     assert formatting.format_benefit(summary).split("\n") == [summary["statement"], *summary["arms"], f"({evidence})"]
     assert len(summary["arms"]) == 2
