@@ -211,10 +211,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if corrected and corrected["no_better_than_chance"]:
             print(f"  warning: the {name} model is no better than chance once corrected for optimism: it learned "
                   "nothing that will hold on new patients (too few patients or events, or no signal in its inputs)")
-    if training.get("optimism_warning"):
-        print(f"  warning: {training['optimism_warning']}")
-    if rescaling := (document.get("cox") or {}).get("rad_score_rescaling"):
-        print(f"  warning: {rescaling['warning']}")
+    from NPCPrognosisLib.pipeline.fit import training_findings
+
+    for finding in training_findings(document):
+        print(f"  warning: {finding}")
     for name, block in document["models"].items():
         dropped = (block.get("construction") or {}).get("no_weight")
         if dropped:

@@ -30,7 +30,7 @@ from NPCPrognosisLib.pipeline.evaluated_patients import (
     training_included,
     untrained,
 )
-from NPCPrognosisLib.pipeline.fit import clinical_gaps
+from NPCPrognosisLib.pipeline.fit import clinical_gaps, training_findings
 from NPCPrognosisLib.pipeline.fusion import MMOE, contribution_shares, gate_findings, gate_warnings
 from NPCPrognosisLib.pipeline.models import LoadedBundle, load_bundle
 from NPCPrognosisLib.pipeline.predict import unproven_nomogram, unproven_warnings
@@ -278,6 +278,7 @@ def evaluate_cohort(
                                  predictions["arm"].to_numpy()[rows],
                                  f"T1-2N1, {g} risk: {endpoint.upper()} by treatment arm", logrank_p=block["p"])
                 metrics["figures"].append(f"km_t12n1_{g}_risk_by_arm.png")
+    metrics["warnings"].extend(training_findings(bundle.document))  # said again beside the numbers they explain
     unproven = unproven_nomogram(bundle.document)
     if unproven:  # as predict records it: that group is no patient's (the analyses above
         predictions["risk_group"] = GROUP_NOT_DETERMINED  # show the groups do not separate; the column says so)

@@ -147,6 +147,29 @@ def rad_score_rescaling(in_sample: np.ndarray, cross_fitted: np.ndarray) -> dict
             "min_slope": MIN_RAD_SCORE_SLOPE, "warning": warning}
 
 
+def training_findings(document: dict[str, Any]) -> list[str]:
+    """What ``train`` found about a survival bundle's fit that every result of it must repeat: the Rad-score read
+    shrunk onto its cross-fitted scale (:func:`rad_score_rescaling`) and too few events for the optimism-corrected C
+    (:func:`~NPCPrognosisLib.pipeline.internal_validation.too_few_events_warning`).
+
+    Why one function: ``train`` printed them once and ``evaluate`` said nothing, so a held-out C beside a
+    nomogram whose Rad-score had been shrunk, or whose corrected C rested on 8 events, read as an ordinary result.
+
+    Parameters
+    ----------
+    document : dict
+        The bundle document (``bundle.json``).
+
+    Returns
+    -------
+    list of str
+        The findings in words; empty for a bundle without them (and for bundles written before they were recorded).
+    """
+    rescaling = (document.get("cox") or {}).get("rad_score_rescaling")
+    return [w for w in ((document.get("training") or {}).get("optimism_warning"),
+                        rescaling and rescaling.get("warning")) if w]
+
+
 @dataclass
 class TrainedModels:
     """The fitted stages (before they are written as a bundle)."""

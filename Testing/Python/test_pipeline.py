@@ -149,6 +149,10 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n"] == 24 and metrics["endpoint"] == "dmfs"
+    # what train found of the fit (18 training patients: too few events for the optimism-corrected C) is said again
+    # beside the held-out numbers (train printed it once; evaluate said nothing)
+    finding = read_bundle(trained)["training"]["optimism_warning"]
+    assert finding and finding in metrics["warnings"]
     for name in ("radiomics", "clinical", "nomogram"):
         block = metrics["models"][name]
         assert 0 <= block["c_index"] <= 1
