@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from NPCPrognosisLib.classification.folds import n_folds
+from NPCPrognosisLib.classification.folds import n_folds, stratified_splits
 from NPCPrognosisLib.classification.metrics import (
     SMALL_CLASS,
     binary_metrics,
@@ -290,9 +290,7 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
         Per candidate each patient's out-of-fold probability, averaged over the repeats.
     """
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
-    folds = n_folds(y)
     # Repeated k-fold: one split of 160 patients moves a model's CV AUC by several hundredths, as much as the
     # families differ; averaging over repeats steadies the AUCs and the out-of-fold predictions the stacking uses.
     oof_runs = []
@@ -305,7 +303,7 @@ def cross_validate(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray
 
     for repeat in range(repeats):
         oof = {name: np.zeros(len(y)) for name in candidates}
-        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed + repeat).split(np.zeros(len(y)), y))
+        splits = stratified_splits(y, seed + repeat)
         for tr, va in splits:
             signature, models = _fit_all(clinical.iloc[tr], features.iloc[tr].reset_index(drop=True), y[tr], seed)
             fold = {"signature": signature, "models": models}
@@ -351,11 +349,8 @@ def nested_choice(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         ``auc`` (mean of the outer folds' AUCs of the model chosen without them) and its ``se``, those
         ``fold_aucs``, the ``chosen_per_fold`` and how it was done.
     """
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = n_folds(y)
+    splits = stratified_splits(y, seed)
     aucs, chosen = [], []
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
     for k, (tr, _) in enumerate(splits):
         inner, _ = cross_validate(clinical.iloc[tr].reset_index(drop=True), features.iloc[tr].reset_index(drop=True),
                                   y[tr], seed, NESTED_INNER_REPEATS)
@@ -364,7 +359,8 @@ def nested_choice(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray,
         aucs.append(float(cv[name]["fold_aucs"][k]))
     values = np.asarray(aucs)
     return {"auc": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(len(values))),
-            "fold_aucs": aucs, "chosen_per_fold": chosen, "outer_folds": folds, "inner_repeats": NESTED_INNER_REPEATS,
+            "fold_aucs": aucs, "chosen_per_fold": chosen, "outer_folds": len(splits),
+            "inner_repeats": NESTED_INNER_REPEATS,
             "method": "the choice remade on each outer fold's training patients by an inner cross-validation, its "
                       "model scored on the outer fold (the first repeat's folds)"}
 
@@ -385,10 +381,9 @@ def ranking_auc(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, s
     ranks as their score does.
     """
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
     aucs = []
-    for tr, va in StratifiedKFold(n_folds(y), shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+    for tr, va in stratified_splits(y, seed):
         train_clinical, train_features = clinical.iloc[tr], features.iloc[tr].reset_index(drop=True)
         held_clinical = clinical.iloc[va].reset_index(drop=True)
         held_features = features.iloc[va].reset_index(drop=True)

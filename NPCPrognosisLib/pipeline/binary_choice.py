@@ -47,22 +47,16 @@ def choose_model(fold_aucs: Mapping[str, Sequence[float]], default: str,
         Per challenger its ``paired_difference`` from the default (its mean per-fold AUC gain), the ``paired_se`` of
         that difference and whether it ``beats_default`` (gain > SE).
     """
+    def beats(paired: tuple[float, float] | None) -> bool:  # a gain beyond its standard error (so above 0)
+        return paired is not None and paired[0] > paired[1]
+
     compared: dict[str, dict[str, Any]] = {}
-    beaters = []
-    for name in challengers:
-        paired = paired_gain(fold_aucs[name], fold_aucs[default]) if name in fold_aucs else None
+    chosen = default
+    for name in (n for n in challengers if n in fold_aucs):  # simplest first
+        paired = paired_gain(fold_aucs[name], fold_aucs[default])
         if paired is None:
             continue
-        beats = paired[0] > paired[1] and paired[0] > 0
-        compared[name] = {"paired_difference": paired[0], "paired_se": paired[1], "beats_default": beats}
-        if beats:
-            beaters.append(name)
-    chosen = default
-    for name in beaters:  # simplest first
-        if chosen == default:
-            chosen = name
-            continue
-        paired = paired_gain(fold_aucs[name], fold_aucs[chosen])
-        if paired is not None and paired[0] > paired[1] and paired[0] > 0:
+        compared[name] = {"paired_difference": paired[0], "paired_se": paired[1], "beats_default": beats(paired)}
+        if beats(paired) and (chosen == default or beats(paired_gain(fold_aucs[name], fold_aucs[chosen]))):
             chosen = name
     return chosen, compared
