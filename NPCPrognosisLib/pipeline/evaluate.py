@@ -149,10 +149,7 @@ def evaluate_cohort(
     table, meta = read_features(features_path)
     bundle.check_features(meta, features_path)
     manifest, features, lacking = read_manifest_features(manifest, table)
-    if lacking:
-        log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
-    respelled = respelled_ids_note(untrained(bundle.document, lacking, subset), table["patient_id"],
-                                   [*manifest.patient_ids, *lacking])
+    without, respelled = _without_features(bundle.document, table, manifest.patient_ids, lacking, subset)
     loco = None
     if manifest.centres is not None:
         check_outcomes(manifest, endpoint)
@@ -183,7 +180,7 @@ def evaluate_cohort(
     metrics: dict[str, Any] = {"endpoint": endpoint, "n": int(len(time)), "events": int(event.sum()),
                                "excluded_training_patients": excluded, "training_patients_included": included,
                                "censoring_weights": CENSORING_WEIGHTS,
-                               "without_features": untrained(bundle.document, lacking, subset), "models": {},
+                               "without_features": without, "models": {},
                                # the figures this run drew: the page shows these, not whatever lies in the folder
                                "figures": [],
                                "not_harmonised": len(harmonisation_warnings),
@@ -355,6 +352,18 @@ def _characteristics(document: dict[str, Any], manifest: Manifest, subset: str, 
     return cohort_characteristics(manifest.table, split, endpoint)
 
 
+def _without_features(document: dict[str, Any], table: pd.DataFrame, manifest_ids: Sequence[str],
+                      lacking: list[str], subset: str) -> tuple[list[str], str | None]:
+    """The manifest's patients without features that the evaluation would have scored (:func:`untrained`: each ID
+    hashed once, the hashes are slow), and the note naming those the features table writes another way
+    (:func:`~NPCPrognosisLib.radiomics.features_table.respelled_ids_note`); the survival and the binary
+    ``evaluate`` alike."""
+    if lacking:
+        log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
+    without = untrained(document, lacking, subset)
+    return without, respelled_ids_note(without, table["patient_id"], [*manifest_ids, *lacking])
+
+
 def outside_training_text(nomogram: Nomogram, factors: pd.DataFrame) -> list[str]:
     """Per patient, the nomogram's factors outside their training range, as ``predict`` names them for one patient
     ('' when none).
@@ -396,10 +405,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     table, meta = read_features(features_path)
     check_settings(document.get("radiomics") or {}, meta, features_path)
     manifest, features, lacking = read_manifest_features(manifest, table)
-    if lacking:
-        log.warning("%d patient(s) without features are not evaluated: %s", len(lacking), lacking[:10])
-    respelled = respelled_ids_note(untrained(document, lacking, subset), table["patient_id"],
-                                   [*manifest.patient_ids, *lacking])
+    without, respelled = _without_features(document, table, manifest.patient_ids, lacking, subset)
     manifest, features, excluded = held_out(document, manifest, features, subset)
     if note := image_warnings_note(meta, manifest.patient_ids, features_path, "evaluated"):
         log.warning(note)
@@ -424,7 +430,7 @@ def evaluate_binary_endpoint(document: dict[str, Any], manifest: Manifest, featu
     metrics["warnings"] = [w for w in (banner, respelled, *(metrics.get("warnings") or []),
                                         *unmatched_rows_warnings(extras or {}, manifest.patient_ids,
                                                                  "evaluated patient")) if w]
-    metrics["without_features"] = untrained(document, lacking, subset)
+    metrics["without_features"] = without
     write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out_dir / "metrics.json", metrics)
     if plots:

@@ -180,7 +180,7 @@ def respelled_ids_note(lacking: Sequence[str], table_ids: Sequence[str], manifes
     pairs = respelled_ids(lacking, [str(r) for r in table_ids], manifest_ids)
     if not pairs:
         return None
-    shown = ", ".join(f"{p!r} is {r!r} there" for p, r in pairs[:5]) + (" ..." if len(pairs) > 5 else "")
+    shown = listed_ids([f"{p!r} is {r!r} there" for p, r in pairs], 5)
     has = "has" if len(pairs) == 1 else "have"
     return (f"{len(pairs)} of the patients without features {has} a row in the features table under another spelling "
             f"of the ID: {shown} (the same ID once spaces, case and leading zeros are ignored). Fix: write the IDs in "
