@@ -1,6 +1,6 @@
 """Time one training step of the shipped architecture: channels-last group norm or not, float32 or bfloat16.
 
-Usage: python bench/bench_network_step.py [--threads 2] [--batch 2] [--rounds 3] [--steps 8]
+Usage: python bench/bench_network_step.py [--threads 2] [--batch 2] [--rounds 3] [--steps 8] [--compile]
 
 Builds the network ``train-net`` builds at its defaults (``NetworkConfig()``, channels-last, a 64 x 64 x 32 patch,
 two samples per step), runs forward, backward and an AdamW step, and times it twice over the same weights and
@@ -14,6 +14,16 @@ too: there the shipped module falls back to PyTorch's own kernel, so its ratio s
 The shipped network's step is also timed under bfloat16 autocast, as ``train-net`` runs it with
 ``{"precision": "bfloat16"}`` (``native_bfloat16``: whether this CPU computes in bfloat16 in hardware, AVX512-BF16
 or AMX; elsewhere it is emulated); the ratio bfloat16 / float32 below 1 means the bfloat16 step is faster here.
+
+With ``--compile`` the shipped network's step is also run through ``torch.compile`` (inductor): the compilation's
+own seconds (the first step), the ratio compiled / eager and the largest relative difference of its gradients from
+the eager step's. Why it is not used: with torch 2.13 on the CPU the compiled channels-last network computes
+wrong gradients. Measured 2026-12-07 (2 threads, one 2 x 3 x 64 x 64 x 32 batch, eval mode so no dropout,
+segmentation loss only, root-mean-square error over all parameter gradients relative to a float64 eager pass):
+eager channels-last 1.5e-5, compiled channels-last 0.47 (the deep encoder blocks' gradients about 1,000 times too
+small, cosine to the true ones near 0), compiled contiguous 1.2e-5 but its step 1.5 times slower than the shipped
+eager channels-last one. The compiled channels-last step was twice as fast: speed from wrong arithmetic. Run this
+again with a new torch before compiling anything.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="also time the step through torch.compile")
     args = parser.parse_args(argv)
 
     import torch
@@ -84,7 +95,21 @@ def main(argv=None) -> int:
     grad_diff = max(float((a - b).abs().max() / (b.abs().max() + 1e-12))
                     for a, b in zip(grads["shipped"][1], grads["plain"][1]))
 
-    times = {"shipped": [], "plain": [], "shipped_bfloat16": []}
+    compiled, compile_report = None, {}
+    if args.compile:
+        compiled = torch.compile(shipped, dynamic=False)
+        start = time.perf_counter()
+        shipped.zero_grad()
+        out = compiled(x)
+        out["seg_logits"].float().square().mean().backward()
+        compile_report["compile_first_step_s"] = round(time.perf_counter() - start, 1)
+        got = [p.grad.clone() for p in shipped.parameters() if p.grad is not None]
+        shipped.zero_grad()
+        compile_report["compiled_max_abs_logit_difference"] = float((out["seg_logits"].detach()
+                                                                     - grads["shipped"][0]).abs().max())
+        compile_report["compiled_max_relative_gradient_difference"] = max(
+            float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(got, grads["shipped"][1]))
+    times = {"shipped": [], "plain": [], "shipped_bfloat16": [], "shipped_compiled": []}
     infer = {"shipped": [], "plain": []}
     windows = torch.randn(4, 3, 64, 64, 32).contiguous(memory_format=torch.channels_last_3d)
     for _ in range(args.rounds):
@@ -92,12 +117,16 @@ def main(argv=None) -> int:
             times[name] += _steps(model, x, args.steps)
             if name == "shipped":
                 times["shipped_bfloat16"] += _steps(model, x, args.steps, "bfloat16")
+                if compiled is not None:
+                    times["shipped_compiled"] += _steps(compiled, x, args.steps)
             with torch.no_grad():
                 model.segment(windows)
                 start = time.perf_counter()
                 model.segment(windows)
                 infer[name].append(time.perf_counter() - start)
-    step = {k: statistics.median(v) for k, v in times.items()}
+    step = {k: statistics.median(v) for k, v in times.items() if v}
+    if compiled is not None:
+        compile_report["train_step_ratio_compiled_over_eager"] = round(step["shipped_compiled"] / step["shipped"], 3)
     window = {k: statistics.median(v) for k, v in infer.items()}
     print(json.dumps({
         "threads": args.threads, "batch": args.batch, "group_norms_swapped": n_swapped,
@@ -109,7 +138,7 @@ def main(argv=None) -> int:
         "inference_4_windows_s": {k: round(v, 3) for k, v in window.items()},
         "inference_ratio_shipped_over_plain": round(window["shipped"] / window["plain"], 3),
         "max_abs_logit_difference": logit_diff, "max_relative_gradient_difference": grad_diff,
-        "load_average": os.getloadavg(),
+        **compile_report, "load_average": os.getloadavg(),
     }, indent=1))
     return 0
 
