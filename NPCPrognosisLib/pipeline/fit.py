@@ -149,8 +149,10 @@ def rad_score_rescaling(in_sample: np.ndarray, cross_fitted: np.ndarray) -> dict
 
 def training_findings(document: dict[str, Any]) -> list[str]:
     """What ``train`` found about a survival bundle's fit that every result of it must repeat: the Rad-score read
-    shrunk onto its cross-fitted scale (:func:`rad_score_rescaling`) and too few events for the optimism-corrected C
-    (:func:`~NPCPrognosisLib.pipeline.internal_validation.too_few_events_warning`).
+    shrunk onto its cross-fitted scale (:func:`rad_score_rescaling`), too few events for the optimism-corrected C
+    (:func:`~NPCPrognosisLib.pipeline.internal_validation.too_few_events_warning`) and each Cox fit whose
+    coefficients ran away and was refitted with a larger ridge penalty
+    (:func:`~NPCPrognosisLib.survival.cox.runaway_penalty`, each model's ``runaway``).
 
     Why one function: ``train`` printed them once and ``evaluate`` said nothing, so a held-out C beside a
     nomogram whose Rad-score had been shrunk, or whose corrected C rested on 8 events, read as an ordinary result.
@@ -166,8 +168,10 @@ def training_findings(document: dict[str, Any]) -> list[str]:
         The findings in words; empty for a bundle without them (and for bundles written before they were recorded).
     """
     rescaling = (document.get("cox") or {}).get("rad_score_rescaling")
+    runaway = [record.get("warning") for model in (document.get("models") or {}).values()
+               for record in ((model or {}).get("runaway") or {}).values()]
     return [w for w in ((document.get("training") or {}).get("optimism_warning"),
-                        rescaling and rescaling.get("warning")) if w]
+                        rescaling and rescaling.get("warning"), *runaway) if w]
 
 
 @dataclass

@@ -590,3 +590,114 @@ def fit_cox(
             stacklevel=2,
         )
     return _cox_model(covariates, beta, cov, means, sums, t, int(e.sum()), ties, penalizer)
+
+
+# ---------------------------------------------------------------------------------------------- runaway fits
+#: Largest plausible log hazard ratio per standard deviation of a factor (HR e^2 = 7.4 per SD). Measured: the
+#: clinical Cox models of eight 161-patient training cohorts (55-69 events) reached 0.39-0.86; those of 28-patient
+#: ones with 6-10 events 2.5-16, and gave new patients 36-month survival down to 1e-271.
+MAX_LOG_HR_PER_SD = 2.0
+#: Growth of a coefficient (log hazard ratio per SD) when the ridge penalty is cut a hundredfold that marks it as
+#: running off to infinity (monotone likelihood); a likelihood with a maximum moved the clinical models' by < 0.06.
+MAX_GROWTH_PER_SD = 0.5
+#: Ridge penalties tried for a runaway fit, from the default up (0.01 to 100, half a decade apart).
+RUNAWAY_PENALTIES = tuple(0.01 * 10 ** (k / 2) for k in range(9))
+
+
+def runaway_factors(X: np.ndarray, time: Any, event: Any, model: CoxModel) -> dict[str, float]:
+    """The factors whose coefficient ran away in ``model`` (fitted on ``X``): the log hazard ratio per SD of each
+    that is implausibly large (above :data:`MAX_LOG_HR_PER_SD`) or still growing as the ridge penalty goes to 0
+    (by more than :data:`MAX_GROWTH_PER_SD` when it is cut a hundredfold).
+
+    Why: these are the two signs of monotone likelihood in a Cox model (Heinze & Schemper 2002, Biometrics 58:
+    131-136: a factor, or a combination of factors, orders the events perfectly, so the likelihood keeps rising
+    as the coefficient grows) and of its near relative on few events per factor, a finite maximum far out. Either
+    way the tiny default ridge leaves a hazard ratio of hundreds per SD, which turned new patients' predicted
+    survival into 1e-46 to 1e-271 on 28-patient cohorts, written as confidently as any other.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_samples, n_covariates)
+        The training covariates, columns in the order of ``model.covariates``.
+    time, event : array-like
+        The training outcomes.
+    model : CoxModel
+        The fit to check.
+
+    Returns
+    -------
+    factors : dict of str to float
+        Each runaway factor's log hazard ratio per SD; empty when the fit is sound.
+    """
+    X = np.asarray(X, float)
+    sd = X.std(axis=0)
+    scaled = np.abs(np.asarray(model.coef, float)) * sd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        looser = fit_cox(X, time, event, model.covariates, ties=model.ties, penalizer=model.penalizer / 100)
+    growth = np.abs(np.asarray(looser.coef, float)) * sd - scaled
+    runaway = (scaled > MAX_LOG_HR_PER_SD) | (growth > MAX_GROWTH_PER_SD)
+    return {str(name): float(value) for name, value, bad in zip(model.covariates, scaled, runaway) if bad}
+
+
+def runaway_penalty(X: np.ndarray, time: Any, event: Any, covariates: Sequence[str], *, ties: str = "efron",
+                    penalizer: float = 0.0) -> dict[str, Any] | None:
+    """The ridge penalty a Cox fit needs when its coefficients run away (:func:`runaway_factors`), or None when
+    the fit at ``penalizer`` is sound (then nothing changes).
+
+    Why a ridge penalty: a penalised likelihood has a finite maximum whatever the data, as Heinze & Schemper (2002)
+    proposed for monotone likelihood (they used Firth's penalty; a ridge one is what the Cox models here already
+    carry, so the model, its SEs and its bundle stay the same kind). Its strength is the smallest of
+    :data:`RUNAWAY_PENALTIES` above ``penalizer`` at which no factor's log hazard ratio per SD exceeds
+    :data:`MAX_LOG_HR_PER_SD`: the least shrinkage that gives finite, stable estimates (the largest, when none
+    does). Measured on 28-patient training splits (``simulate_outcomes(40, seed)`` split as ``train --seed 1``
+    splits, 12 new patients each): with 8 events (seed 2) the clinical model took penalty 1 and its new patients'
+    36-month survival went from 1e-46-100 % to 1.7-100 %, held-out C 0.54 -> 0.58; with 6 events (seed 4) from
+    1e-271 to 0.6 %, C 0.67 both.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_samples, n_covariates)
+    time, event : array-like
+    covariates : sequence of str
+    ties : str
+    penalizer : float
+        The ridge strength the fit was asked for.
+
+    Returns
+    -------
+    record : dict or None
+        ``factors`` (each runaway factor's log hazard ratio per SD at ``penalizer``), ``penalizer`` (the chosen
+        strength), ``asked_penalizer`` and ``factors_after`` (those still running away at the chosen strength:
+        empty unless no strength of the grid sufficed).
+    """
+    X = np.asarray(X, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_cox(X, time, event, covariates, ties=ties, penalizer=penalizer)
+    factors = runaway_factors(X, time, event, fit)
+    if not factors:
+        return None
+    tried = [p for p in RUNAWAY_PENALTIES if p > penalizer] or [max(RUNAWAY_PENALTIES)]
+    for strength in tried:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            candidate = fit_cox(X, time, event, covariates, ties=ties, penalizer=strength)
+        # the size alone from here: against a hundredth of a large penalty, any coefficient grows by its shrinkage
+        scaled = np.abs(np.asarray(candidate.coef, float)) * X.std(axis=0)
+        after = {str(n): float(v) for n, v in zip(covariates, scaled) if v > MAX_LOG_HR_PER_SD}
+        if not after:
+            break
+    return {"factors": factors, "penalizer": float(strength), "asked_penalizer": float(penalizer),
+            "factors_after": after}
+
+
+def runaway_warning(model_name: str, record: dict[str, Any], events: int, n_factors: int) -> str:
+    """The sentence ``train`` prints and every result repeats for a model refitted by :func:`runaway_penalty`:
+    which model, which factors, what was done and what the user can do."""
+    factors = ", ".join(f"{name} ({value:.1f})" for name, value in record["factors"].items())
+    return (f"the {model_name} model's Cox fit ran away on {factors} log hazard ratio per SD ({events} events for "
+            f"{n_factors} factor(s): monotone or nearly monotone likelihood), which would give new patients "
+            f"survival near 0 % or 100 %; it was refitted with ridge penalty {record['penalizer']:g} in place of "
+            f"{record['asked_penalizer']:g} (the smallest at which none runs away), so its hazard ratios "
+            f"are shrunk towards 1 and unproven - more events, or fewer factors, would let them be estimated")
