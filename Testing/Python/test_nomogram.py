@@ -219,8 +219,15 @@ def test_a_cox_fit_that_runs_away_is_refitted_with_a_ridge_penalty_and_says_so()
     assert np.all(np.abs(model.model.coef) * sd <= 2.0)
     record = model.runaway["clinical"]
     assert "marker" in record["factors"] and record["penalizer"] > 0.01 and not record["factors_after"]
-    assert model.model.penalizer == record["penalizer"]
+    assert model.model.penalizer == record["penalizer"] and model.model.penalty_per_sd and record["penalty_per_sd"]
+    # the penalty acts per SD, so age in decades gives the same refit and every patient the same survival (on the
+    # ages as given, one ridge shrank age per year, hardly per decade)
+    decades = fit_nomogram("clinical", table.assign(age=table["age"] / 10), factors, time, event, penalizer=0.01)
+    assert decades.runaway["clinical"]["penalizer"] == record["penalizer"]
+    np.testing.assert_allclose(decades.survival(table.assign(age=table["age"] / 10), [12, 36]),
+                               model.survival(table, [12, 36]), rtol=1e-6)
     assert "the clinical model's Cox fit ran away on marker" in record["warning"]
+    assert "standardised to SD 1" in record["warning"]
     assert "more events, or fewer factors" in record["warning"]
     # the bundle keeps it, and every result repeats it
     from NPCPrognosisLib.pipeline.fit import training_findings
