@@ -113,10 +113,14 @@ def rad_score_rescaling(in_sample: np.ndarray, cross_fitted: np.ndarray) -> dict
     score the refits do not reproduce at all carries nothing), so every model reads new patients' Rad-score on the
     scale its weight was fitted on. Why rescale rather than leave the Rad-score out of the nomogram: on the eight
     30-40-patient tabular cohorts below the threshold (``simulate_outcomes``, 1,000 new patients each) held-out
-    nomogram C was 0.59 on average as fitted, 0.65 rescaled and 0.69 with the clinical factors alone, but on the
-    28-patient image cohort (8 events) the clinical Cox model alone separates and gives new patients survival of
-    1e-206, while the stacked nomogram weighs its clinical block out of fold: rescaled, its 36-month survival spans
-    12-86 % there (0-100 % as fitted), with the same held-out C.
+    nomogram C was 0.59 on average as fitted, 0.65 rescaled and 0.69 with the clinical factors alone. On the
+    28-patient image cohort (8 events) the clinical Cox model alone separated and gave new patients survival of
+    1e-206, while the stacked nomogram weighs its clinical block out of fold: rescaled, its 36-month survival spanned
+    12-86 % there (0-100 % as fitted), with the same held-out C. Both measured before such a runaway Cox fit was
+    refitted with a ridge per SD (:func:`~NPCPrognosisLib.survival.cox.runaway_penalty`): now the clinical model
+    and the nomogram's clinical block are refitted alike, and on the tabular stand-in of that cohort
+    (``simulate_outcomes(40, 2)``, 8 events, Rad-score slope 0.105) new patients' 36-month survival spans 4.8-100 %
+    (clinical, was 1e-46) and 68-98 % (rescaled nomogram, held-out C 0.50 -> 0.58).
 
     Parameters
     ----------
@@ -149,8 +153,10 @@ def rad_score_rescaling(in_sample: np.ndarray, cross_fitted: np.ndarray) -> dict
 
 def training_findings(document: dict[str, Any]) -> list[str]:
     """What ``train`` found about a survival bundle's fit that every result of it must repeat: the Rad-score read
-    shrunk onto its cross-fitted scale (:func:`rad_score_rescaling`) and too few events for the optimism-corrected C
-    (:func:`~NPCPrognosisLib.pipeline.internal_validation.too_few_events_warning`).
+    shrunk onto its cross-fitted scale (:func:`rad_score_rescaling`), too few events for the optimism-corrected C
+    (:func:`~NPCPrognosisLib.pipeline.internal_validation.too_few_events_warning`) and each Cox fit whose
+    coefficients ran away and was refitted with a larger ridge penalty
+    (:func:`~NPCPrognosisLib.survival.cox.runaway_penalty`, each model's ``runaway``).
 
     Why one function: ``train`` printed them once and ``evaluate`` said nothing, so a held-out C beside a
     nomogram whose Rad-score had been shrunk, or whose corrected C rested on 8 events, read as an ordinary result.
@@ -166,8 +172,10 @@ def training_findings(document: dict[str, Any]) -> list[str]:
         The findings in words; empty for a bundle without them (and for bundles written before they were recorded).
     """
     rescaling = (document.get("cox") or {}).get("rad_score_rescaling")
+    runaway = [record.get("warning") for model in (document.get("models") or {}).values()
+               for record in ((model or {}).get("runaway") or {}).values()]
     return [w for w in ((document.get("training") or {}).get("optimism_warning"),
-                        rescaling and rescaling.get("warning")) if w]
+                        rescaling and rescaling.get("warning"), *runaway) if w]
 
 
 @dataclass

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from NPCPrognosisLib.pipeline.fit import training_findings
+
 #: Keys of the ``--study-info`` file the checklist reads (what only the user knows).
 STUDY_INFO_KEYS = ("data_source", "dates", "setting", "eligibility", "outcome_definition", "image_protocol")
 
@@ -89,6 +91,10 @@ def reporting_checklist(metrics: Mapping[str, Any], document: Mapping[str, Any],
     add("TRIPOD+AI", "10", "Missing data and how handled",
         "EBV DNA missing: the training median of log10 copies/mL is used and a warning is printed; patients "
         "without features or outcome are left out and counted in the log (section Cohort: EBV DNA missing)", "")
+    findings = training_findings(document)
+    add("TRIPOD+AI", "12c", "Model fitting: what the training data forced",
+        "; ".join(f"({i}) {finding}" for i, finding in enumerate(findings, 1)) if findings else
+        "each model fitted as specified (section Settings); train found nothing to warn about", "")
     add("TRIPOD+AI", "12e", "Internal validation with optimism correction",
         None if not optimism else f"nomogram training C {optimism['apparent']:.3f}, optimism-corrected "
         f"{optimism['corrected']:.3f} over {optimism.get('replicates', '?')} bootstrap replicates (section Settings)",

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.survival.cox import CoxModel, cox_with_coefficients, fit_cox
+from NPCPrognosisLib.survival.cox import CoxModel, cox_with_coefficients, fit_cox, runaway_penalty, runaway_warning
 
 #: Months at which survival is reported (1, 3 and 5 years).
 REPORT_MONTHS = (12, 36, 60)
@@ -50,6 +50,10 @@ class Nomogram:
     center: float = 0.0
     #: How the coefficients were obtained when not by one Cox fit (stacking: block weights and folds).
     construction: dict[str, Any] | None = None
+    #: The Cox fits (this model's own, or a stacked block's) whose coefficients ran away and were refitted with a
+    #: larger ridge penalty (:func:`~NPCPrognosisLib.survival.cox.runaway_penalty`), each with its ``warning``;
+    #: None when every fit was sound.
+    runaway: dict[str, dict[str, Any]] | None = None
 
     @property
     def factors(self) -> list[str]:
@@ -152,13 +156,15 @@ class Nomogram:
                "center": self.center}
         if self.construction is not None:
             out["construction"] = self.construction
+        if self.runaway is not None:
+            out["runaway"] = self.runaway
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Nomogram:
         return cls(name=data["name"], model=CoxModel.from_dict(data["model"]), low=list(data["low"]),
                    high=list(data["high"]), center=float(data.get("center", 0.0)),
-                   construction=data.get("construction"))
+                   construction=data.get("construction"), runaway=data.get("runaway"))
 
 
 #: The block of the factors no named block claims (:func:`stacking_blocks`).
@@ -227,10 +233,11 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
     low, high = [float(v) for v in values.min(axis=0)], [float(v) for v in values.max(axis=0)]
     time, event = np.asarray(time, float), np.asarray(event, bool)
     score_columns, blocks = stacking_blocks(factors, scores, factor_blocks)
-    construction = None
+    construction, runaway = None, {}
     if len(score_columns) + len(blocks) > 1 and blocks:
+        ridges, runaway = _sound_ridges(name, blocks, table, time, event, ties, penalizer)
         coef, covariance, construction = _stacked_cox(table, score_columns, blocks, time, event, ties, penalizer,
-                                                      seed, groups)
+                                                      seed, groups, ridges)
         stacked_order = score_columns + [f for members in blocks.values() for f in members]
         order = [stacked_order.index(f) for f in factors]
         model = cox_with_coefficients(values, time, event, factors, coef[order], covariance[np.ix_(order, order)],
@@ -241,16 +248,39 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         if dropped:
             construction = {"method": "non-negative Cox weights of out-of-fold scores", "no_weight": dropped}
     else:
-        model = fit_cox(values, time, event, covariates=factors, ties=ties, penalizer=penalizer)
+        ridges, runaway = _sound_ridges(name, {name: factors}, table, time, event, ties, penalizer)
+        model = fit_cox(values, time, event, covariates=factors, ties=ties, **ridges[name])
     return Nomogram(name=name, model=model, low=low, high=high,
-                    center=float(np.mean(model.linear_predictor(values))), construction=construction)
+                    center=float(np.mean(model.linear_predictor(values))), construction=construction,
+                    runaway=runaway or None)
+
+
+def _sound_ridges(name: str, fits: Mapping[str, Sequence[str]], table: pd.DataFrame, time: np.ndarray,
+                  event: np.ndarray, ties: str, penalizer: float
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The ridge penalty of each Cox fit of a model (its own factors, or a stacked model's blocks), as
+    :func:`~NPCPrognosisLib.survival.cox.fit_cox` keywords: ``penalizer`` on the factors as given, or for a fit
+    whose coefficients ran away the larger one per SD that :func:`~NPCPrognosisLib.survival.cox.runaway_penalty`
+    chooses; and the record of each such refit with the warning that names the model and the factors."""
+    ridges, runaway = {}, {}
+    for fit, members in fits.items():
+        record = runaway_penalty(table[list(members)].to_numpy(float), time, event, list(members), ties=ties,
+                                 penalizer=penalizer)
+        ridges[fit] = ({"penalizer": penalizer} if record is None else
+                       {"penalizer": record["penalizer"], "penalty_per_sd": record["penalty_per_sd"]})
+        if record is not None:
+            label = name if fit == name else f"{name} ({fit} block)"
+            runaway[fit] = {**record, "warning": runaway_warning(label, record, int(np.sum(event)), len(members))}
+    return ridges, runaway
 
 
 def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[str]], time: np.ndarray,
-                 event: np.ndarray, ties: str, penalizer: float, seed: int,
-                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 event: np.ndarray, ties: str, penalizer: float, seed: int, groups: np.ndarray | None = None,
+                 block_ridges: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Coefficients (scores, then each block's factors in order) of the stacked model and their delta-method
-    covariance.
+    covariance. Each block's Cox fits (all rows and out of fold) take its ``block_ridges`` entry, keywords of
+    :func:`~NPCPrognosisLib.survival.cox.fit_cox` (default ``penalizer``); the block weights use ``penalizer``.
 
     The covariance treats the stages as independent (the block weights are fitted on out-of-fold values, each
     block's Cox model on its own factors): for a factor j of block b with coefficient w_b * beta_j,
@@ -262,12 +292,12 @@ def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[
     fits, out_of_fold = {}, {}
     for block, members in blocks.items():
         values = table[members].to_numpy(float)
-        fits[block] = fit_cox(values, time, event, covariates=members, ties=ties, penalizer=penalizer)
+        ridge = (block_ridges or {}).get(block, {"penalizer": penalizer})
+        fits[block] = fit_cox(values, time, event, covariates=members, ties=ties, **ridge)
         out_of_fold[block] = np.zeros(len(time))
         for k in np.unique(fold):
             held = fold == k
-            part = fit_cox(values[~held], time[~held], event[~held], covariates=members, ties=ties,
-                           penalizer=penalizer)
+            part = fit_cox(values[~held], time[~held], event[~held], covariates=members, ties=ties, **ridge)
             out_of_fold[block][held] = part.linear_predictor(values[held])
     names = [*scores, *(f"{block}_score" for block in blocks)]
     stack = np.column_stack([table[scores].to_numpy(float), *out_of_fold.values()])

@@ -277,6 +277,43 @@ def test_penalized_fit_solves_penalized_score(rossi):
     assert model.penalizer == lam
 
 
+def test_a_penalty_per_sd_shrinks_every_factor_alike_whatever_its_unit(rossi):
+    """The ridge of a runaway refit acts on the log hazard ratio per SD: it solves the score of
+    loglik - lam/2 * sum((beta_j sd_j)^2), with the SEs of that penalised information, and a factor given in other
+    units (age in decades, prior arrests in tens) gets the same hazard ratio per SD and every patient the same
+    survival, where the penalty on the covariates as given shrank the fine-grained units less."""
+    X = rossi[ROSSI_COV].to_numpy(float)
+    Xc, sd = X - X.mean(axis=0), X.std(axis=0)
+    t = rossi["week"].to_numpy(float)
+    e = rossi["arrest"].to_numpy().astype(bool)
+    lam = 20.0
+    model = fit_cox(rossi, t, e, ROSSI_COV, ties="breslow", penalizer=lam, penalty_per_sd=True)
+    res = minimize(lambda beta: _breslow_nll(beta, Xc, t, e) + 0.5 * lam * (beta * sd) @ (beta * sd),
+                   np.zeros(len(ROSSI_COV)), method="BFGS", options={"gtol": 1e-7})
+    np.testing.assert_allclose(model.coef * sd, res.x * sd, atol=1e-4)
+    assert model.penalty_per_sd and model.penalizer == lam
+    # the ordinary ridge on the standardised covariates, carried back to the covariates' units
+    standardised = fit_cox(Xc / sd, t, e, ROSSI_COV, ties="breslow", penalizer=lam)
+    np.testing.assert_allclose(model.coef * sd, standardised.coef, rtol=1e-8)
+    np.testing.assert_allclose(model.covariance * np.outer(sd, sd), standardised.covariance, rtol=1e-8)
+    assert model.log_likelihood == pytest.approx(standardised.log_likelihood, rel=1e-10)
+    assert "penalty_per_sd" not in standardised.to_dict()
+    rescaled = rossi.assign(age=rossi["age"] / 10, prio=rossi["prio"] / 10)
+    again = fit_cox(rescaled, t, e, ROSSI_COV, ties="breslow", penalizer=lam, penalty_per_sd=True)
+    changed = [ROSSI_COV.index("age"), ROSSI_COV.index("prio")]
+    factor = np.ones(len(ROSSI_COV))
+    factor[changed] = 10.0
+    np.testing.assert_allclose(again.coef, model.coef * factor, rtol=1e-7)
+    np.testing.assert_allclose(again.se, model.se * factor, rtol=1e-6)
+    np.testing.assert_allclose(again.survival_at(rescaled, [20, 52]), model.survival_at(rossi, [20, 52]), rtol=1e-7)
+    # the penalty on the covariates as given depends on the units: it shrinks age per year, hardly per decade
+    as_given = fit_cox(rossi, t, e, ROSSI_COV, ties="breslow", penalizer=lam)
+    as_given_rescaled = fit_cox(rescaled, t, e, ROSSI_COV, ties="breslow", penalizer=lam)
+    assert not np.allclose(as_given_rescaled.coef, as_given.coef * factor, rtol=1e-3)
+    back = CoxModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert back.penalty_per_sd and back.to_dict() == model.to_dict()
+
+
 # ------------------------------------------------------------------------------------------ cox_table
 def test_cox_table(rossi, rossi_lifelines):
     table = cox_table(rossi, "week", "arrest", ROSSI_COV, ties="efron")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,3 +191,70 @@ def test_stacked_nomogram_weighs_the_out_of_fold_clinical_score_against_the_rad_
     assert restored.construction == nomogram.construction
     # scores only, or clinical factors only: one Cox fit as before
     assert fit_nomogram("r", table, ["rad_score"], time, event, scores=["rad_score"]).construction is None
+
+
+def _separated_cohort(n: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A factor whose high level has every early event (monotone likelihood), beside two ordinary factors."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({"stage": rng.integers(1, 5, n).astype(float), "age": rng.normal(50, 10, n),
+                          "marker": (np.arange(n) % 4 == 0).astype(float)})
+    time = np.where(table["marker"] == 1, rng.uniform(1, 10, n), rng.uniform(20, 60, n))
+    event = (table["marker"] == 1).to_numpy() | (rng.random(n) < 0.1)
+    time = np.where(event & (table["marker"] == 0), rng.uniform(40, 60, n), time)  # others' events come later
+    return table, time, event.astype(bool)
+
+
+def test_a_cox_fit_that_runs_away_is_refitted_with_a_ridge_penalty_and_says_so():
+    """The marker's patients have every early event: the likelihood rises for ever with its coefficient, which only
+    the bundle's 0.01 ridge stopped, at 3.5 log hazard ratio per SD (HR 3,300 for a marker patient; the old code
+    stored it silently); refitted with the smallest ridge at which no factor exceeds 2 per SD, survival stays
+    finite and the model records which factor and what was done."""
+    table, time, event = _separated_cohort()
+    factors = ["stage", "age", "marker"]
+    model = fit_nomogram("clinical", table, factors, time, event, penalizer=0.01)
+    new = pd.DataFrame({"stage": [4.0], "age": [50.0], "marker": [1.0]})
+    survival = model.survival(new, [36])[0, 0]
+    assert 1e-3 < survival < 0.9, survival
+    sd = table[factors].to_numpy(float).std(axis=0)
+    assert np.all(np.abs(model.model.coef) * sd <= 2.0)
+    record = model.runaway["clinical"]
+    assert "marker" in record["factors"] and record["penalizer"] > 0.01 and not record["factors_after"]
+    assert model.model.penalizer == record["penalizer"] and model.model.penalty_per_sd and record["penalty_per_sd"]
+    # the penalty acts per SD, so age in decades gives the same refit and every patient the same survival (on the
+    # ages as given, one ridge shrank age per year, hardly per decade)
+    decades = fit_nomogram("clinical", table.assign(age=table["age"] / 10), factors, time, event, penalizer=0.01)
+    assert decades.runaway["clinical"]["penalizer"] == record["penalizer"]
+    np.testing.assert_allclose(decades.survival(table.assign(age=table["age"] / 10), [12, 36]),
+                               model.survival(table, [12, 36]), rtol=1e-6)
+    assert "the clinical model's Cox fit ran away on marker" in record["warning"]
+    assert "standardised to SD 1" in record["warning"]
+    assert "more events, or fewer factors" in record["warning"]
+    # the bundle keeps it, and every result repeats it
+    from NPCPrognosisLib.pipeline.fit import training_findings
+
+    again = Nomogram.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again.runaway == model.runaway
+    assert training_findings({"models": {"clinical": model.to_dict()}}) == [record["warning"]]
+    # a stacked model's clinical block gets the same penalty and its own finding
+    stacked = fit_nomogram("nomogram", table.assign(rad_score=np.random.default_rng(1).normal(size=len(table))),
+                           ["rad_score", *factors], time, event, penalizer=0.01, scores=["rad_score"])
+    assert stacked.runaway["clinical"]["penalizer"] == record["penalizer"]
+    assert "the nomogram (clinical block) model's Cox fit ran away" in stacked.runaway["clinical"]["warning"]
+
+
+def test_a_sound_cox_fit_is_fitted_exactly_as_before():
+    """160 patients with 60-odd events: no factor runs away, so the model is the plain fit at the bundle's ridge,
+    coefficient for coefficient, and records nothing."""
+    from NPCPrognosisLib.datasets.synth import simulate_outcomes
+    from NPCPrognosisLib.io.manifest import Manifest
+    from NPCPrognosisLib.survival.cox import fit_cox
+
+    records = simulate_outcomes(160, 1)
+    manifest = Manifest(table=records, root=Path("."), source=Path("train.csv"))
+    table = manifest.clinical_table(0.0)
+    factors = ["t_stage", "n_stage", "rene", "male", "log10_ebv_dna", "age", "ldh"]
+    time, event = manifest.outcome_arrays("dmfs")
+    model = fit_nomogram("clinical", table, factors, time, event, penalizer=0.01)
+    plain = fit_cox(table[factors].to_numpy(float), time, event, factors, ties="efron", penalizer=0.01)
+    assert model.runaway is None and "runaway" not in model.to_dict()
+    np.testing.assert_array_equal(model.model.coef, plain.coef)

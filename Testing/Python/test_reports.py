@@ -414,3 +414,17 @@ def test_the_checklist_names_the_weight_files_the_bundle_has_and_no_others():
     assert answer(plain) == "the bundle's bundle.json (coefficients, baseline hazard, cut-off)"
     assert answer(demo).startswith("the bundle's bundle.json") and "network/ (the segmentation network" in answer(demo)
     assert (DEMO_BUNDLE / demo["network"]["folder"] / "network.safetensors").is_file()
+
+
+def test_the_checklist_lists_what_train_found_of_the_fit_from_the_bundle():
+    # the Rad-score rescaled, too few events for the optimism-corrected C and a runaway Cox fit were printed and
+    # repeated by evaluate, but the checklist's account of how the model was fitted said nothing of them
+    from NPCPrognosisLib.reporting.checklist import reporting_checklist
+
+    document = {"training": {"optimism_warning": "too few events"},
+                "cox": {"rad_score_rescaling": {"warning": "shrunk"}},
+                "models": {"clinical": {"runaway": {"clinical": {"warning": "ran away on ldh"}}}}}
+    item = next(i for i in reporting_checklist({"models": {}}, document) if i.item == "12c")
+    assert item.answer == "(1) too few events; (2) shrunk; (3) ran away on ldh"
+    plain = next(i for i in reporting_checklist({"models": {}}, {}) if i.item == "12c")
+    assert "nothing to warn about" in plain.answer
