@@ -757,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for option, kind in OUTPUT_OPTIONS.get(args.command, {}).items():
             check_output(getattr(args, option, None), option="--" + option.replace("_", "-"), kind=kind)
+        remove_killed_runs_leftovers(args.command, args)
         return int(args.func(args) or 0)
     except (InputError, BundleError) as exc:
         print(f"npc-prognosis {args.command}: error: {exc}", file=sys.stderr)
@@ -808,6 +809,45 @@ OUTPUT_OPTIONS = {"synth": {"out": "folder"}, "extract": {"out": "file"}, "train
                   "evaluate": {"out": "folder"}, "predict": {"out": "folder"}, "train-net": {"out": "folder"},
                   "segment": {"out": "any"}, "cox": {"out": "file"}, "benefit": {"out": "file"},
                   "demo": {"out": "folder"}, "report": {"out": "folder"}}
+
+
+def output_folders(command: str, args: argparse.Namespace) -> list[tuple[Path, bool]]:
+    """The folders ``command`` writes its outputs into, each with whether the folders below it are its too.
+
+    A folder output is the command's with everything below it, and its parent holds the hidden folder a bundle is
+    written in before it is renamed (``write_bundle``); a file output's folder is the user's, only that folder.
+
+    Parameters
+    ----------
+    command : str
+        The command's name, a key of :data:`OUTPUT_OPTIONS`.
+    args : argparse.Namespace
+        Its parsed options.
+
+    Returns
+    -------
+    list of (Path, bool)
+        Each folder once, with ``recursive``.
+    """
+    folders: dict[Path, bool] = {}
+    for option, kind in OUTPUT_OPTIONS.get(command, {}).items():
+        target = getattr(args, option, None)
+        if not target:
+            continue
+        path = Path(target)
+        if kind == "folder" or (kind == "any" and path.is_dir()):
+            folders[path] = True
+        folders.setdefault(path.parent, False)
+    return list(folders.items())
+
+
+def remove_killed_runs_leftovers(command: str, args: argparse.Namespace) -> None:
+    """Remove, once per output folder before the command writes, the unfinished files a hard-killed run left there
+    (:func:`~NPCPrognosisLib.io.atomic.remove_stale_writes`; it warns naming them)."""
+    from NPCPrognosisLib.io.atomic import remove_stale_writes
+
+    for folder, recursive in output_folders(command, args):
+        remove_stale_writes(folder, recursive=recursive)
 
 
 def check_output(target: str | None, option: str, kind: str = "any") -> None:

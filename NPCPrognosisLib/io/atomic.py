@@ -4,19 +4,37 @@ and the one JSON encoding every output and bundle uses.
 Every file the core writes (tables, JSON, images, PNG plots, reports) goes through :func:`atomic_path`: the
 writer fills a hidden temporary file in the same folder, which is flushed to disk and renamed over the target only
 once complete (``os.replace`` is atomic on POSIX and Windows; without the flush, a power cut soon after could leave
-the new name pointing at an empty file).
+the new name pointing at an empty file). What only a hard kill leaves (the hidden temporary file, a bundle's hidden
+folder) the next command into the same output folder removes: :func:`remove_stale_writes`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag
+
+log = logging.getLogger(__name__)
+
+#: A work-in-progress name of this version: ``.<final name>.<pid>@<host>-<8 random characters>.tmp<suffixes>``, an
+#: :func:`atomic_path` file or a :func:`~NPCPrognosisLib.io.bundle.write_bundle` folder. Names of versions before
+#: the owner was named (``.<name>.<pid>-<hex>.tmp...``) do not match and are left alone: they carry no host, so one
+#: that a run of an older install on another machine sharing the disk is still writing could not be told from a
+#: killed run's, and removing it would make that run fail as it renames the file.
+_WORK_IN_PROGRESS = re.compile(r"\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-[a-z0-9_]{8}\.tmp(?:\..*)?",
+                               re.DOTALL)
+#: The temporary files this process is writing (another thread's write in the same folder is not a killed run's).
+_OPEN_WRITES: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -38,7 +56,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # one temporary name per writer: two processes writing the same target (a shared cache) must not remove or
     # rename each other's half-written file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{''.join(path.suffixes)}")
+    # the owner (process and host) in the name tells a hard-killed writer's leftover from a running writer's file
+    # (remove_stale_writes)
+    tmp = path.with_name(f"{work_in_progress_prefix(path)}{secrets.token_hex(4)}.tmp{''.join(path.suffixes)}")
+    _OPEN_WRITES.add(tmp.resolve())
     try:
         yield tmp
         with open(tmp, "rb+") as written:
@@ -47,6 +68,100 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        _OPEN_WRITES.discard(tmp.resolve())
+
+
+def work_in_progress_prefix(final: str | Path) -> str:
+    """``.<name>.<pid>@<host>-``: how a hidden work-in-progress file or folder for ``final`` starts.
+
+    Followed by 8 random characters and ``.tmp`` (an :func:`atomic_path` file; a folder by
+    ``tempfile.mkdtemp(prefix=..., suffix=".tmp")``), so that :func:`remove_stale_writes` knows a killed run's.
+    """
+    return f".{Path(final).name}.{owner_tag()}-"
+
+
+@contextlib.contextmanager
+def work_in_progress_folder(final: str | Path) -> Iterator[Path]:
+    """A hidden folder beside ``final`` to build it in (``write_bundle``); removed when the block ends unless the
+    block renamed it.
+
+    Named as an :func:`atomic_path` file and held open by this process meanwhile, so that
+    :func:`remove_stale_writes` removes it after a hard kill but never while it is written.
+
+    Parameters
+    ----------
+    final : str or Path
+        The folder it will become. Its parent must exist.
+
+    Yields
+    ------
+    tmp : pathlib.Path
+        The hidden folder.
+    """
+    import tempfile
+
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=work_in_progress_prefix(final), suffix=".tmp", dir=final.parent))
+    _OPEN_WRITES.add(tmp.resolve())
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _OPEN_WRITES.discard(tmp.resolve())
+
+
+def _stale_write(path: Path) -> bool:
+    """Whether ``path`` is a work-in-progress file or folder of this version whose writer no longer runs."""
+    name = _WORK_IN_PROGRESS.fullmatch(path.name)
+    if name is None or path.is_symlink():
+        return False
+    return left_by_stopped_run(path, int(name["pid"]), name["host"], _OPEN_WRITES)
+
+
+def remove_stale_writes(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove what writes stopped by a hard kill (``kill -9``, a lost job, a power cut) left in ``folder``, and
+    say so.
+
+    Why: :func:`atomic_path` removes its temporary file whatever stops the block, except what stops the process
+    itself; a killed run left a hidden ``.<name>.<pid>@<host>-<hex>.tmp...`` file (``write_bundle`` a hidden
+    folder) there for good, often as large as a finished image. Each command calls this once per output folder
+    before it writes (``cli.main``), not each write: a write cannot afford to list its folder. Only names of this
+    version's work in progress are touched, never a file of the user's, never one whose writer still runs or runs
+    on another machine (:func:`~NPCPrognosisLib.io.staging.left_by_stopped_run`).
+
+    Parameters
+    ----------
+    folder : str or Path
+        An output folder; a missing one has nothing to remove.
+    recursive : bool
+        Also the folders below it: for an output folder the command owns (per-patient and figure folders), not for
+        a folder the user chose to hold one output file.
+
+    Returns
+    -------
+    list of Path
+        The files and folders removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale: list[Path] = []
+    for parent, folders, files in os.walk(folder) if recursive else [next(os.walk(folder))]:
+        stale += [Path(parent, name) for name in files if _stale_write(Path(parent, name))]
+        found = [name for name in folders if _stale_write(Path(parent, name))]
+        stale += [Path(parent, name) for name in found]
+        folders[:] = [name for name in folders if name not in found]  # removed whole, not walked into
+    stale.sort()
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        names = ", ".join(str(path.relative_to(folder)) for path in stale[:5]) + (", ..." if len(stale) > 5 else "")
+        log.warning("removed %d hidden unfinished file(s) that a stopped run left in %s (%s): writes cut short by a "
+                    "hard kill, never put in place", len(stale), folder, names)
+    return stale
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

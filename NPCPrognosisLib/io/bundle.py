@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from NPCPrognosisLib.errors import BundleError
-from NPCPrognosisLib.io.atomic import to_json
+from NPCPrognosisLib.io.atomic import to_json, work_in_progress_folder
 
 FORMAT = "npc-prognosis-bundle"
 FORMAT_VERSION = 1
@@ -58,8 +57,8 @@ def write_bundle(out_dir: str | Path, content: Mapping[str, Any],
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # named as an atomic write's file, so that the next command removes what a hard kill leaves
+    with work_in_progress_folder(out_dir) as tmp:
         document = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -83,9 +82,6 @@ def write_bundle(out_dir: str | Path, content: Mapping[str, Any],
             shutil.rmtree(backup)
         else:
             os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -59,6 +59,41 @@ def _process_running(pid: int) -> bool:
     return True
 
 
+def owner_tag() -> str:
+    """``<process ID>@<host>``: the owner a hidden work-in-progress name carries (a staging folder, an atomic
+    write's temporary file), from which :func:`left_by_stopped_run` tells a killed run's leftover from a running
+    one's."""
+    return f"{os.getpid()}@{_this_host()}"
+
+
+def left_by_stopped_run(path: Path, pid: int, host: str, open_here: set[Path]) -> bool:
+    """Whether ``path``, named with the owner ``pid@host`` (:func:`owner_tag`), was left by a run that stopped.
+
+    Only a process of this machine can be asked: another machine's (a cluster's worker on a shared disk) counts as
+    running. A path of this process's own ID is a stopped run's only when this process has it not open
+    (``open_here``): process IDs are used again (a container's run is often process 1 every time).
+
+    Parameters
+    ----------
+    path : Path
+        The leftover candidate.
+    pid, host : int, str
+        The owner its name carries.
+    open_here : set of Path
+        The resolved paths of this kind this process has open.
+
+    Returns
+    -------
+    bool
+        True when it is safe to remove: its owner no longer runs.
+    """
+    if host != _this_host():
+        return False
+    if pid == os.getpid():
+        return path.resolve() not in open_here
+    return not _process_running(pid)
+
+
 def _stale_staging(folder: Path) -> bool:
     """Whether ``folder`` is a staging folder whose run was stopped before it could remove it.
 
@@ -72,10 +107,7 @@ def _stale_staging(folder: Path) -> bool:
         return False
     if name["pid"] is None:
         return True
-    if name["host"] != _this_host():
-        return False
-    pid = int(name["pid"])
-    return folder.resolve() not in _OPEN_STAGING if pid == os.getpid() else not _process_running(pid)
+    return left_by_stopped_run(folder, int(name["pid"]), name["host"], _OPEN_STAGING)
 
 
 def remove_stale_staging(folder: str | Path) -> list[Path]:
@@ -143,7 +175,7 @@ def files_written_whole(finals: Sequence[Path]) -> Iterator[list[Path]]:
     folder = folders.pop()
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}@{_this_host()}-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{owner_tag()}-", dir=folder))
     _OPEN_STAGING.add(staging.resolve())
     try:
         yield [staging / path.name for path in finals]

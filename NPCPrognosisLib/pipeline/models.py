@@ -200,6 +200,11 @@ REQUIRED_KEYS = ("endpoint", "signature", "models", "cutoffs", "clinical_encodin
 def load_bundle(path: str | Path) -> LoadedBundle:
     """Read, verify and check a survival bundle completely, so a damaged one fails before hours of radiomics."""
     document = read_bundle(path)
+    benefit = document.get("chemo_benefit") or {}
+    if benefit.get("estimable") and benefit.get("effects"):  # in this version's words, whatever trained the bundle
+        from NPCPrognosisLib.survival.benefit import model_conclusion
+
+        document["chemo_benefit"] = {**benefit, "conclusion": model_conclusion(benefit)}
     missing = [key for key in REQUIRED_KEYS if key not in document]
     if missing:
         raise BundleError(f"bundle {path} lacks {missing}; retrain it with this version of NPCPrognosis")

@@ -145,7 +145,7 @@ def fit_benefit(time: Sequence[float], event: Sequence[bool], chemo: Sequence[An
     if REFERENCE_ARM not in arms or TREATED_ARM not in arms:
         return {**doc, "estimable": False,
                 "reason": f"each risk group needs >= {MIN_ARM_PATIENTS} patients and >= {MIN_ARM_EVENTS} events in "
-                          f"the low-dose and the high-dose arm (CCND <= / > {threshold:g} mg/m2)"}
+                          f"the high-dose and the low-dose arm ({dose_comparison(threshold)})"}
     keep = np.isin(arm, arms)
     try:
         fit = fit_interaction(time[keep], event[keep], arm[keep], by=group[keep], covariates=confounders[keep],
@@ -163,7 +163,7 @@ def fit_benefit(time: Sequence[float], event: Sequence[bool], chemo: Sequence[An
     doc["iptw"] = iptw_summary(time[keep], event[keep], arm[keep], group[keep], confounders[keep], fit.arms)
     doc["bootstrap"] = _bootstrap(time[keep], event[keep], arm[keep], group[keep], confounders[keep], fit,
                                   n_bootstrap, seed)
-    doc["conclusion"] = _conclusion(doc)
+    doc["conclusion"] = model_conclusion(doc)  # stored for a reader of the JSON; shown through model_conclusion
     return doc
 
 
@@ -230,7 +230,25 @@ def dose_comparison(threshold: float) -> str:
     return f"CCND > {float(threshold):g} vs ≤ {float(threshold):g} mg/m²"
 
 
-def _conclusion(doc: Mapping[str, Any]) -> str:
+def model_conclusion(doc: Mapping[str, Any]) -> str:
+    """The benefit model's conclusion in words: the treated arm's adjusted HR in each risk group and the interaction.
+
+    Why rendered from the model's numbers whenever it is shown, not read back from the ``conclusion`` a bundle
+    stores: that is the sentence in the words of the version that trained the bundle (the shipped demo bundle's
+    reads 'CCND > 160 vs <= 160 mg/m2'), so an older bundle would read one way and a new one another
+    (:func:`dose_comparison`). ``load_bundle`` puts this in place of the stored sentence.
+
+    Parameters
+    ----------
+    doc : mapping
+        An estimable ``chemo_benefit`` block of a bundle (:func:`fit_benefit`): ``effects``, ``interaction_lrt``,
+        ``threshold_mg_m2``.
+
+    Returns
+    -------
+    str
+        The sentence, e.g. 'CCND > 160 vs ≤ 160 mg/m², adjusted: high-risk group HR 0.56 (95% CI 0.21-1.52), ...'.
+    """
     high = {e["arm"]: e for e in doc["effects"]["high"]}[TREATED_ARM]
     low = {e["arm"]: e for e in doc["effects"]["low"]}[TREATED_ARM]
     p = (doc.get("interaction_lrt") or {}).get("p")

@@ -8,6 +8,8 @@ necrosis) among noise columns, so the held-out AUC can be compared with the AUC 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -43,14 +45,27 @@ def tabular(tmp_path_factory):
     return root, table
 
 
-@pytest.mark.slow
-def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
+@pytest.fixture(scope="module")
+def ic_bundle(tabular):
+    """The binary-endpoint bundle ``train`` writes of the tabular cohort, and what train printed.
+
+    Every test that reads the bundle asks for this fixture: it was written by the end-to-end test and read from the
+    shared folder by the test after it, which failed alone or in another order ("bundle.json not found").
+    """
     root, truth = tabular
-    bundle, out = root / "bundle_ic", root / "eval_ic"
-    assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
-                 str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
-                 "--split-col", "split"]) == 0
-    printed = capsys.readouterr().out
+    bundle = root / "bundle_ic"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
+                     str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
+                     "--split-col", "split"]) == 0
+    return bundle, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_a_binary_endpoint(tabular, ic_bundle, capsys, tmp_path):
+    root, truth = tabular
+    bundle, printed = ic_bundle
+    out = tmp_path / "eval_ic"
     assert "<- used" in printed and "cross-validated AUC" in printed and "permuted labels" not in printed
     document = json.loads((bundle / "bundle.json").read_text())
     block = document["binary_endpoints"]["ic_response"]
@@ -126,24 +141,24 @@ def test_train_and_evaluate_a_binary_endpoint(tabular, capsys):
 
     # Features made with other radiomics settings than the bundle's are refused, naming both and the way out.
     document["radiomics"] = {**(document.get("radiomics") or {}), "settings_hash": "a" * 64}
-    other = write_bundle(root / "bundle_other_settings", {k: v for k, v in document.items() if k not in (
+    other = write_bundle(tmp_path / "bundle_other_settings", {k: v for k, v in document.items() if k not in (
         "format", "format_version", "created", "software")}, {p.name: p for p in bundle.iterdir() if p.is_file()
                                                              and p.name not in (MANIFEST_FILE, CHECKSUM_FILE)})
     (root / "features.meta.json").write_text(json.dumps({"settings_hash": "b" * 64}))
     try:
         assert main(["--quiet", "evaluate", "--bundle", str(other), "--manifest", str(root / "manifest.csv"),
                      "--features", str(root / "features.csv"), "--endpoint", "ic_response", "--out",
-                     str(root / "eval_other")]) == 2
+                     str(tmp_path / "eval_other")]) == 2
     finally:
         (root / "features.meta.json").unlink()
     err = capsys.readouterr().err
     assert "radiomics settings bbbbbbbbbbbb but the bundle expects aaaaaaaaaaaa" in err and "re-extract" in err
-    assert not (root / "eval_other" / "metrics.json").exists()
+    assert not (tmp_path / "eval_other" / "metrics.json").exists()
 
 
-def test_patient_probability_has_a_bootstrap_interval(tabular):
+def test_patient_probability_has_a_bootstrap_interval(tabular, ic_bundle):
     root, truth = tabular
-    document = json.loads((root / "bundle_ic" / "bundle.json").read_text())
+    document = json.loads((ic_bundle[0] / "bundle.json").read_text())
     block = document["binary_endpoints"]["ic_response"]
     features = pd.read_csv(root / "features.csv").iloc[[200]].reset_index(drop=True)
     clinical = pd.DataFrame([{"t_stage": 2.0, "n_stage": 1.0, "rene": 0.0, "male": 1.0, "log10_ebv_dna": 3.0,

@@ -7,6 +7,8 @@ pathology block (a fifth of the patients without a slide), so missing modalities
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -188,21 +190,35 @@ def test_members_trained_side_by_side_are_the_networks_trained_alone():
     assert clipped > 0  # the clipping was exercised, per member
 
 
-@pytest.mark.slow
-def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def fusion_bundle(tabular):
+    """The bundle ``train --fusion mmoe`` writes of the tabular cohort, and what train printed.
+
+    Every test that reads the bundle asks for this fixture: it was written by the end-to-end test and read from the
+    shared folder by the tests after it, which failed alone or in another order ("bundle.json not found").
+    """
     root, truth = tabular
-    bundle, out = root / "bundle", root / "eval"
+    bundle = root / "bundle"
+    base = ["--manifest", str(root / "manifest.csv"), "--features", str(root / "features.csv")]
     # the binary endpoint's ridge is pinned as the model used: the tests below follow the slide table and the
     # ridge's findings into predict (on this cohort the ridge learned nothing confirmed and another model beats it
     # by a paired SE, so train would otherwise ship that one, as tested in test_binary_endpoint.py)
-    monkeypatch.setattr("NPCPrognosisLib.pipeline.binary.CHALLENGERS", ())
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as printed:
+        patch.setattr("NPCPrognosisLib.pipeline.binary.CHALLENGERS", ())
+        assert main(["--quiet", "train", *base, "--endpoint", "dmfs", "--binary-endpoint", "ic_response",
+                     "--fusion", "mmoe", "--extra-features", f"pathology={root / 'pathology.csv'}", "--out",
+                     str(bundle), "--split-col", "split", "--no-select", "--optimism-bootstraps", "0",
+                     "--robustness-patients", "0", "--permutations", "0"]) == 0
+    return bundle, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_with_fusion(tabular, fusion_bundle, capsys, tmp_path):
+    root, truth = tabular
+    bundle, printed = fusion_bundle
+    out = tmp_path / "eval"
     base = ["--manifest", str(root / "manifest.csv"), "--features", str(root / "features.csv")]
     pathology = f"pathology={root / 'pathology.csv'}"
-    assert main(["--quiet", "train", *base, "--endpoint", "dmfs", "--binary-endpoint", "ic_response",
-                 "--fusion", "mmoe", "--extra-features", pathology, "--out", str(bundle), "--split-col", "split",
-                 "--no-select", "--optimism-bootstraps", "0", "--robustness-patients", "0",
-                 "--permutations", "0"]) == 0
-    printed = capsys.readouterr().out
     assert "fusion (MMoE)" in printed and "pathology 13 (weight" in printed
     assert "(the choice repeated without each fold)" in printed
     assert f"training C-index {'mmoe':20s} nested out-of-fold" in printed
@@ -252,8 +268,8 @@ def test_train_evaluate_predict_with_fusion(tabular, capsys, tmp_path, monkeypat
     # the binary task beside the classifiers, compared by DeLong with the combined model
     capsys.readouterr()
     assert main(["--quiet", "evaluate", "--bundle", str(bundle), *base, "--endpoint", "ic_response",
-                 "--out", str(root / "eval_ic"), "--extra-features", pathology]) == 0
-    binary = json.loads((root / "eval_ic" / "metrics.json").read_text())
+                 "--out", str(tmp_path / "eval_ic"), "--extra-features", pathology]) == 0
+    binary = json.loads((tmp_path / "eval_ic" / "metrics.json").read_text())
     assert "mmoe" in binary["models"] and "mmoe" in binary["delong_vs_combined"]
     # what train found of the ridge (this cohort's: the strongest penalty searched) comes with its held-out AUC, in
     # metrics.json and the printout, as predict gives it with a patient's probability (evaluate said nothing)
@@ -283,7 +299,7 @@ def predictions_with_every_block(out, root):
     return predictions[predictions["patient_id"].isin(pd.read_csv(root / "pathology.csv")["patient_id"])]
 
 
-def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
+def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular, fusion_bundle):
     from NPCPrognosisLib.io.clinical import parse_clinical
     from NPCPrognosisLib.io.manifest import CLINICAL_FIELDS
     from NPCPrognosisLib.pipeline.models import load_bundle
@@ -291,7 +307,7 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
     from NPCPrognosisLib.slicer_support.formatting import format_fusion
 
     root, truth = tabular
-    bundle = load_bundle(root / "bundle")
+    bundle = load_bundle(fusion_bundle[0])
     extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
     slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
     manifest = pd.read_csv(root / "manifest.csv")
@@ -320,7 +336,7 @@ def test_one_patient_gets_gate_weights_and_a_missing_slide_warning(tabular):
             assert pid in block["warnings"][0] and lines[-1] == "Not available for this patient: pathology"
 
 
-def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_without_it(tabular):
+def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_without_it(tabular, fusion_bundle):
     """``predict`` of a bundle whose IC-response ridge was trained with the slide table: the patient's row joins
     by ID (a patient without a slide is scored as without one), and without the table it stops before any work."""
     from NPCPrognosisLib.classification import ridge as rg
@@ -331,7 +347,7 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
     from NPCPrognosisLib.pipeline.predict import predict_patient
 
     root, truth = tabular
-    bundle = load_bundle(root / "bundle")
+    bundle = load_bundle(fusion_bundle[0])
     extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
     slides = set(pd.read_csv(root / "pathology.csv")["patient_id"])
     manifest = pd.read_csv(root / "manifest.csv")
@@ -375,7 +391,7 @@ def test_predict_gives_the_binary_endpoint_from_the_slide_table_and_refuses_with
         bundle.signature = signature
 
 
-def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular, tmp_path):
+def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular, fusion_bundle, tmp_path):
     """``train`` keeps the ridge's finding (:func:`ridge_warning`, e.g. that it predicts the training rate for every
     patient) in the binary block's ``warnings``; one patient's probability of that endpoint went out with only the
     permutation test's flag, so prediction.json, the terminal (its warnings), the sheet and the panel showed a bare
@@ -391,7 +407,7 @@ def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular
     from NPCPrognosisLib.slicer_support.formatting import format_binary
 
     root, truth = tabular
-    bundle = load_bundle(root / "bundle")
+    bundle = load_bundle(fusion_bundle[0])
     extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
     manifest = pd.read_csv(root / "manifest.csv")
     features = pd.read_csv(root / "features.csv").set_index("patient_id")
@@ -443,7 +459,8 @@ def test_a_binary_probability_carries_what_train_found_its_ridge_learned(tabular
         bundle.document = trained
 
 
-def test_predict_prints_the_binary_probability_with_what_train_found(tabular, capsys, monkeypatch, tmp_path):
+def test_predict_prints_the_binary_probability_with_what_train_found(tabular, fusion_bundle, capsys, monkeypatch,
+                                                                     tmp_path):
     """``predict``'s terminal output printed the binary endpoint's warnings (the ridge's finding) but not the
     probability they qualify, which prediction.json, the sheet and the panel give. It is printed as the panel's line
     (:func:`format_binary`), labelled unproven as train found. The images are replaced by the patient's features row,
@@ -464,7 +481,7 @@ def test_predict_prints_the_binary_probability_with_what_train_found(tabular, ca
     predict = pr.predict_patient
     monkeypatch.setattr(pr, "predict_patient", lambda *args, **kwargs: predict(*args, features=values, **kwargs))
     capsys.readouterr()
-    assert main(["--quiet", "predict", "--bundle", str(root / "bundle"), "--patient-id", pid, "--t1", "t1.nii.gz",
+    assert main(["--quiet", "predict", "--bundle", str(fusion_bundle[0]), "--patient-id", pid, "--t1", "t1.nii.gz",
                  "--t2", "t2.nii.gz", "--t1c", "t1c.nii.gz", "--mask", "mask.nii.gz", "--clinical", *clinical,
                  "--out", str(tmp_path / "out"), "--extra-features", f"pathology={root / 'pathology.csv'}"]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -478,13 +495,13 @@ def test_predict_prints_the_binary_probability_with_what_train_found(tabular, ca
     assert f"  warning: {block['warnings'][0]}" in printed
 
 
-def test_evaluate_says_once_that_the_fusions_table_was_not_given(tabular, capsys, caplog, tmp_path):
+def test_evaluate_says_once_that_the_fusions_table_was_not_given(tabular, fusion_bundle, capsys, caplog, tmp_path):
     """``evaluate`` without the slide table the fusion was trained with logged the warning and listed it in the
     printout too: the terminal said it twice (stderr and stdout). metrics.json and the printout say it once."""
     root, truth = tabular
     caplog.set_level("WARNING")
     capsys.readouterr()
-    assert main(["--quiet", "evaluate", "--bundle", str(root / "bundle"), "--manifest", str(root / "manifest.csv"),
+    assert main(["--quiet", "evaluate", "--bundle", str(fusion_bundle[0]), "--manifest", str(root / "manifest.csv"),
                  "--features", str(root / "features.csv"), "--endpoint", "dmfs", "--out", str(tmp_path / "eval"),
                  "--n-boot", "0"]) == 0
     terminal = capsys.readouterr()
@@ -495,15 +512,15 @@ def test_evaluate_says_once_that_the_fusions_table_was_not_given(tabular, capsys
     assert not [r for r in caplog.records if missing in r.getMessage()]
 
 
-def test_evaluate_says_the_fusion_learned_nothing_and_a_table_that_matches_half_the_patients(tabular, capsys,
-                                                                                              tmp_path):
+def test_evaluate_says_the_fusion_learned_nothing_and_a_table_that_matches_half_the_patients(tabular, fusion_bundle,
+                                                                                              capsys, tmp_path):
     """``evaluate`` printed and recorded nothing when the fusion learned nothing in training (its out-of-fold
     training C at or below 0.5: predict's 'not determined' group), and nothing when the slide table matched only
     some of the evaluated patients (half of its IDs written another way), scoring those as without a slide."""
     from NPCPrognosisLib.io.bundle import CHECKSUM_FILE, MANIFEST_FILE, write_bundle
 
     root, truth = tabular
-    source = root / "bundle"
+    source = fusion_bundle[0]
     document = json.loads((source / MANIFEST_FILE).read_text())
     document["training"]["metrics"]["mmoe"]["c_index"] = 0.47
     files = {p.relative_to(source).as_posix(): p for p in source.rglob("*")
@@ -670,7 +687,7 @@ def test_a_fusion_output_that_ranks_backwards_out_of_fold_gets_no_weight():
             assert "no_groups" in training_cutoff(risk, time, event, min_share=0.10)
 
 
-def test_a_fusion_that_learned_nothing_determines_no_group(tabular):
+def test_a_fusion_that_learned_nothing_determines_no_group(tabular, fusion_bundle):
     """The fusion's own risk group goes through the nomogram's functions: an out-of-fold training C at or below 0.5
     (the fusion is never scored in-sample) or no weight (every patient the same risk) gives 'not determined' with
     the reason, in the record, the terminal/panel lines and the patient sheet, and survival says what it is worth;
@@ -685,7 +702,7 @@ def test_a_fusion_that_learned_nothing_determines_no_group(tabular):
     from NPCPrognosisLib.slicer_support.formatting import format_fusion
 
     root, truth = tabular
-    bundle = load_bundle(root / "bundle")
+    bundle = load_bundle(fusion_bundle[0])
     extras = read_extra_blocks([f"pathology={root / 'pathology.csv'}"])
     manifest = pd.read_csv(root / "manifest.csv")
     features = pd.read_csv(root / "features.csv").set_index("patient_id")

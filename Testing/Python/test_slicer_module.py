@@ -363,9 +363,25 @@ def test_benefit_statement_or_not_available():
     assert formatting.format_evidence({}) == ""
 
 
+def test_the_demo_bundles_benefit_conclusion_reads_in_this_versions_words():
+    """The demo bundle stores its benefit model's conclusion in the words of the version that trained it ('CCND > 160
+    vs <= 160 mg/m2'), while every other benefit text says 'CCND > 160 vs ≤ 160 mg/m²'. A loaded bundle shows the
+    conclusion rendered from the model's numbers by this version; the stored file is pinned, so it is not rebuilt."""
+    from NPCPrognosisLib.pipeline.models import load_bundle
+    from NPCPrognosisLib.survival.benefit import dose_comparison, model_conclusion
+
+    stored = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))["chemo_benefit"]
+    assert stored["conclusion"].startswith("CCND > 160 vs <= 160 mg/m2, adjusted: high-risk group HR ")
+    shown = load_bundle(DEMO_BUNDLE).document["chemo_benefit"]["conclusion"]
+    assert shown == model_conclusion(stored) and shown.startswith(f"{dose_comparison(160)}, adjusted: ")
+    # the same numbers, only the words of the arms changed
+    assert shown == stored["conclusion"].replace("vs <= 160 mg/m2", "vs ≤ 160 mg/m²")
+
+
 def test_benefit_evidence_reads_in_words_with_the_group_hazard_ratio():
     """The panel printed the evidence block's keys ('threshold_mg_m2 160; interaction_p 0.593; bootstrap_n 200;
     note ...') and dropped the risk group's hazard ratio, the one number behind the statement."""
+    from NPCPrognosisLib.survival.benefit import model_conclusion
     from NPCPrognosisLib.survival.benefit_patient import patient_benefit
 
     doc = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))["chemo_benefit"]
@@ -373,8 +389,8 @@ def test_benefit_evidence_reads_in_words_with_the_group_hazard_ratio():
                    "ldh": 200.0}
     summary = formatting.benefit_summary({"chemo_benefit": patient_benefit(doc, confounders, "high")})
     evidence = formatting.format_evidence(summary["evidence"])
-    # the high-risk group's HR as the bundle's own conclusion (benefit._conclusion) words it, interval to 2 places
-    high = re.search(r"high-risk group HR (\d\.\d\d) \(95% CI (\d\.\d\d)-(\d\.\d\d)\)", doc["conclusion"])
+    # the high-risk group's HR as the bundle's own conclusion (benefit.model_conclusion) words it, to 2 places
+    high = re.search(r"high-risk group HR (\d\.\d\d) \(95% CI (\d\.\d\d)-(\d\.\d\d)\)", model_conclusion(doc))
     p = doc["interaction_lrt"]["p"]
     assert evidence == (f"CCND > 160 vs ≤ 160 mg/m² in the high-risk group: HR {high[1]} (95% CI {high[2]} to "
                         f"{high[3]}); interaction with the risk group p = {p:.3f}; {doc['bootstrap']['n']} bootstrap "

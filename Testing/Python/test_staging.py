@@ -114,3 +114,107 @@ def test_files_written_whole_refuses_files_of_two_folders(tmp_path):
             [tmp_path / "a" / "P1_seg.dcm", tmp_path / "b" / "P1_rtstruct.dcm"]):
         pass
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+#: A process that fills an atomic write's temporary file, then waits to be killed.
+_ATOMIC_WRITER = textwrap.dedent("""
+    import sys, time
+    from NPCPrognosisLib.io.atomic import atomic_path
+
+    with atomic_path(sys.argv[1]) as tmp:
+        tmp.write_bytes(b"half of a table")
+        print("written", flush=True)
+        time.sleep(60)
+""")
+
+
+def _atomic_writer(target: Path) -> subprocess.Popen:
+    """A writer process (:data:`_ATOMIC_WRITER`) once it has written into its temporary file."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    process = subprocess.Popen([sys.executable, "-c", _ATOMIC_WRITER, str(target)], stdout=subprocess.PIPE,
+                               text=True, env=env)
+    assert process.stdout.readline().strip() == "written"
+    return process
+
+
+def test_the_next_command_removes_the_unfinished_file_a_hard_kill_left_and_says_so(tmp_path, caplog):
+    """``kill -9`` during an atomic write left its hidden ``.<name>.<pid>-<hex>.tmp`` file beside the outputs for
+    good. The next command into the folder removes it and warns naming it; a writer still running, another
+    machine's (its process cannot be asked), an earlier version's (no host in its name) and the user's own hidden
+    files are left alone."""
+    import numpy as np
+    import pandas as pd
+
+    from NPCPrognosisLib.cli import main
+    from NPCPrognosisLib.io.atomic import remove_stale_writes
+    from NPCPrognosisLib.io.staging import _this_host
+
+    killed = _atomic_writer(tmp_path / "features.csv")
+    [left] = _hidden(tmp_path)
+    assert left.startswith(f".features.csv.{killed.pid}@{_this_host()}-") and left.endswith(".tmp.csv")
+    killed.kill()
+    killed.wait(timeout=30)
+    running = _atomic_writer(tmp_path / "other.csv")
+    try:
+        [live] = sorted(set(_hidden(tmp_path)) - {left})
+        others = [".x.csv.1@another-host-abcd1234.tmp.csv", f".x.csv.{killed.pid}-abcd1234.tmp.csv", ".notes.tmp"]
+        for name in others:
+            (tmp_path / name).write_text("kept")
+        rng = np.random.default_rng(0)
+        pd.DataFrame({"t": rng.exponential(10, 40), "e": rng.random(40) < 0.7, "x": rng.normal(size=40)}).to_csv(
+            tmp_path / "table.csv", index=False)
+        with caplog.at_level(logging.WARNING):
+            assert main(["cox", "--table", str(tmp_path / "table.csv"), "--time-col", "t", "--event-col", "e",
+                         "--covariates", "x", "--out", str(tmp_path / "cox.json")]) == 0
+        assert _hidden(tmp_path) == sorted([live, *others])
+        [message] = [r.getMessage() for r in caplog.records if "stopped run" in r.getMessage()]
+        assert message.startswith(f"removed 1 hidden unfinished file(s) that a stopped run left in {tmp_path} ({left})")
+    finally:
+        running.kill()
+        running.wait(timeout=30)
+    assert remove_stale_writes(tmp_path) == [tmp_path / live]  # killed: now it is stale
+
+
+def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_beside_it(tmp_path):
+    """A folder output is the command's with its subfolders (a cohort's per-patient folders, the cohort page's
+    figures); a bundle is written in a hidden folder beside it, named as an atomic write's file. A file output's
+    folder is the user's: only that folder, not below it."""
+    from NPCPrognosisLib.cli import build_parser, output_folders
+    from NPCPrognosisLib.io.atomic import remove_stale_writes, work_in_progress_prefix
+    from NPCPrognosisLib.io.bundle import write_bundle
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    dead = f"{gone.pid}@" + work_in_progress_prefix("x").split("@", 1)[1]  # '<dead pid>@<this host>-'
+    bundle = tmp_path / "bundle"
+    left_bundle = tmp_path / f".bundle.{dead}k2x_9q0z.tmp"
+    (left_bundle / "network").mkdir(parents=True)
+    (bundle / "figures").mkdir(parents=True)
+    left_figure = bundle / "figures" / f".km.png.{dead}0123abcd.tmp.png"
+    left_figure.write_bytes(b"half a plot")
+    args = build_parser().parse_args(["train", "--manifest", "m.csv", "--features", "f.csv", "--endpoint", "dmfs",
+                                      "--out", str(bundle)])
+    assert output_folders("train", args) == [(bundle, True), (tmp_path, False)]
+    args = build_parser().parse_args(["cox", "--table", "t.csv", "--time-col", "t", "--event-col", "e",
+                                      "--covariates", "x", "--out", str(bundle / "cox.json")])
+    assert output_folders("cox", args) == [(bundle, False)]
+    assert remove_stale_writes(bundle) == []  # a file output's folder: not below it
+    assert remove_stale_writes(bundle, recursive=True) == [left_figure]
+    assert remove_stale_writes(tmp_path) == [left_bundle]
+    # write_bundle's own hidden folder is named so, and not removed while it is written (this process's ID)
+    from NPCPrognosisLib.io import bundle as bundle_module
+
+    seen = []
+
+    def to_json(value):  # called inside the block, with the hidden folder made
+        seen.extend(path.name for path in tmp_path.iterdir() if path.name.startswith(".written."))
+        assert remove_stale_writes(tmp_path) == []
+        return real(value)
+
+    real = bundle_module.to_json
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bundle_module, "to_json", to_json)
+        write_bundle(tmp_path / "written", {"x": 1})
+    [hidden] = seen
+    assert hidden.startswith(work_in_progress_prefix(tmp_path / "written")) and hidden.endswith(".tmp")
+    assert (tmp_path / "written" / "bundle.json").exists() and not (tmp_path / hidden).exists()
