@@ -722,8 +722,8 @@ def runaway_penalty(X: np.ndarray, time: Any, event: Any, covariates: Sequence[s
 def runaway_warning(model_name: str, record: dict[str, Any], events: int, n_factors: int) -> str:
     """The sentence ``train`` prints and every result repeats for a model refitted by :func:`runaway_penalty`:
     which model, which factors, what was done and what the user can do."""
-    factors = ", ".join(f"{name} ({value:.1f})" for name, value in record["factors"].items())
-    return (f"the {model_name} model's Cox fit ran away on {factors} log hazard ratio per SD ({events} events for "
+    factors = ", ".join(f"{name} {value:.1f}" for name, value in record["factors"].items())
+    return (f"the {model_name} model's Cox fit ran away (log hazard ratio per SD: {factors}; {events} events for "
             f"{n_factors} factor(s): monotone or nearly monotone likelihood), which would give new patients "
             f"survival near 0 % or 100 %; it was refitted with ridge penalty {record['penalizer']:g} on the factors "
             f"standardised to SD 1 in place of {record['asked_penalizer']:g} (the smallest at which none runs away), "

@@ -226,7 +226,7 @@ def test_a_cox_fit_that_runs_away_is_refitted_with_a_ridge_penalty_and_says_so()
     assert decades.runaway["clinical"]["penalizer"] == record["penalizer"]
     np.testing.assert_allclose(decades.survival(table.assign(age=table["age"] / 10), [12, 36]),
                                model.survival(table, [12, 36]), rtol=1e-6)
-    assert "the clinical model's Cox fit ran away on marker" in record["warning"]
+    assert "the clinical model's Cox fit ran away (log hazard ratio per SD: marker " in record["warning"]
     assert "standardised to SD 1" in record["warning"]
     assert "more events, or fewer factors" in record["warning"]
     # the bundle keeps it, and every result repeats it
