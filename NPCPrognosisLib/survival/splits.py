@@ -94,7 +94,8 @@ def event_split(strata: Any, test_fraction: float, seed: int = 0) -> tuple[np.nd
     return np.sort(train), np.sort(test)
 
 
-def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[float, float] | None:
+def paired_gain(scores: Sequence[float], reference: Sequence[float],
+                test_to_train: float | None = None) -> tuple[float, float] | None:
     """How much one candidate out-validates another on the same folds: the mean of their per-fold differences and
     its standard error, or None with fewer than two folds where both were scored.
 
@@ -107,6 +108,11 @@ def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[fl
     scores, reference : sequence of float
         Per-fold scores (C-index or AUC) of the candidate and of the model it is compared with, fold by fold; a
         fold where either is NaN is left out.
+    test_to_train : float, optional
+        Held-out to training patients of a fold (1 / (k - 1) for k-fold). Given, the standard error is Nadeau &
+        Bengio's (2003) corrected one, ``SD x sqrt(1 / folds + test_to_train)``: the folds of a (repeated)
+        cross-validation share training patients, so their differences are correlated and ``SD / sqrt(folds)``
+        understates the error (Bouckaert & Frank 2004). Without it, the plain ``SD / sqrt(folds)``.
 
     Returns
     -------
@@ -117,4 +123,5 @@ def paired_gain(scores: Sequence[float], reference: Sequence[float]) -> tuple[fl
     difference = difference[np.isfinite(difference)]
     if len(difference) < 2:
         return None
-    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+    share = 1 / len(difference) + (test_to_train or 0.0)
+    return float(difference.mean()), float(difference.std(ddof=1) * np.sqrt(share))
