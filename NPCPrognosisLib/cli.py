@@ -116,7 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if choice.get("nested"):
             beat = choice["compared"][block["best"]]
             print(f"  model used: {block['best']}, not the {choice['default']}: it beat it by "
-                  f"{beat['paired_difference']:.3f} AUC per fold (corrected paired SE {beat['paired_se']:.3f}); nested "
+                  f"{beat['paired_difference']:.3f} AUC per fold (paired SE {beat['paired_se']:.3f}); nested "
                   f"cross-validated AUC of this choice {choice['nested']['auc']:.3f} (the {block['best']}'s own "
                   "above is the best of several on the folds it was chosen on)")
         for warning in block.get("warnings") or []:

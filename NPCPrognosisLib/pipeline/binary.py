@@ -11,7 +11,7 @@ weights, and another modality's table such as the biopsy slide's features as a b
 ``--extra-features`` gives one): on two phantom families it validated better than the super learner of the other
 models (:func:`fit_stacking`), whose weights 160 weak yes/no answers cannot pin down; the
 stacking is still fitted, scored and compared beside it. Another model replaces the ridge only when it beats it on
-the same folds by more than the corrected paired standard error (:mod:`NPCPrognosisLib.pipeline.binary_choice`), and its
+the same folds by more than the paired standard error (:mod:`NPCPrognosisLib.pipeline.binary_choice`), and its
 reported CV AUC is then the nested one (:func:`nested_choice`). Out-of-fold probabilities give each model's Youden
 threshold, so the threshold is not tuned on the fitted patients. Every model is JSON
 (:mod:`NPCPrognosisLib.classification.models` and the ridge's quantiles and weights); bootstrap refits of the ridge
@@ -489,8 +489,8 @@ def training_findings(block: Mapping[str, Any]) -> list[str]:
 def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.ndarray, endpoint: str,
                         seed: int = 0, workers: int = 1, permutations: int = PERMUTATIONS) -> dict[str, Any]:
     """Fit every model on the training patients, score each by cross-validation, and stack them; the bundle uses
-    the ridge (:func:`fit_ridge`) unless another model beats it on the same folds by more than the corrected paired
-    standard error (:func:`~NPCPrognosisLib.pipeline.binary_choice.choose_model`).
+    the ridge (:func:`fit_ridge`) unless another model beats it on the same folds by more than the paired standard
+    error (:func:`~NPCPrognosisLib.pipeline.binary_choice.choose_model`).
 
     Parameters
     ----------
@@ -539,13 +539,11 @@ def fit_binary_endpoint(clinical: pd.DataFrame, features: pd.DataFrame, y: np.nd
     choice: dict[str, Any] = {
         "default": DEFAULT, "chosen": best, "compared": compared,
         "rule": f"the {DEFAULT} unless a model beats its per-fold AUCs by more than the standard error of their paired "
-                "difference (corrected for the folds' shared training patients, Nadeau & Bengio 2003); among such "
-                "models the simplest, unless a less simple one beats it by the same margin"}
+                "difference; among such models the simplest, unless a less simple one beats it by the same margin"}
     if best != DEFAULT:
         choice["nested"] = nested_choice(clinical, features, y, seed, cv)
     used = ("a ridge logistic regression on the clinical factors and every original-image feature" if best == RIDGE
-            else f"the {best} model, which beat the ridge in cross-validation by more than the corrected paired "
-                 "standard error")
+            else f"the {best} model, which beat the ridge in cross-validation by more than the paired standard error")
     block: dict[str, Any] = {
         "endpoint": endpoint, "n": int(len(y)), "positives": int(y.sum()), "signature": signature, "models": models,
         "cv": {"folds": folds, "repeats": CV_REPEATS, "selection_inside_folds": True, **cv}, "stacking": stacking,
