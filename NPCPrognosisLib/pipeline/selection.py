@@ -285,10 +285,15 @@ def select_design(clinical: pd.DataFrame, features: pd.DataFrame, time: np.ndarr
 
 
 def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[float]],
-                           designs: dict[str, list[str]]) -> str:
+                           designs: dict[str, list[str]], test_to_train: float | None = None) -> str:
     """The combination of every block (its better-validating T/N coding), unless a simpler design beats it by
     more than the standard error of the paired per-fold difference (recorded in each row); then the beater with
-    the most blocks."""
+    the most blocks.
+
+    ``test_to_train`` (None: the plain ``SD / sqrt(folds)``, the rule ``train`` uses) makes that standard error
+    Nadeau & Bengio's corrected one (:func:`NPCPrognosisLib.survival.splits.paired_gain`); only
+    ``bench/bench_selection_se.py`` passes it, to measure the corrected rule on the same folds (see
+    docs/generalisation.md, "The nomogram design choice's standard error")."""
     from NPCPrognosisLib.pipeline.models import FACTOR_BLOCKS, SCORE_FACTORS
     from NPCPrognosisLib.survival.nomogram import stacking_blocks
 
@@ -306,7 +311,7 @@ def _stacked_unless_beaten(rows: list[dict[str, Any]], scores: dict[str, list[fl
     for row in rows:
         if row is full:
             continue
-        paired = paired_gain(scores[row["name"]], scores[full["name"]])
+        paired = paired_gain(scores[row["name"]], scores[full["name"]], test_to_train)
         if paired is None:
             continue
         row["paired_difference_vs_full"], row["paired_se"] = paired

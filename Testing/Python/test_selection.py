@@ -87,6 +87,14 @@ def test_the_stacked_combination_gives_way_only_to_a_design_that_beats_it_by_mor
     assert radiomics["paired_se"] == pytest.approx(np.std([0.05, -0.03, 0.04, -0.02, 0.01], ddof=1) / np.sqrt(5))
     scores["radiomics"] = [v + d for v, d in zip(full, [0.03, 0.02, 0.04, 0.02, 0.03])]  # +0.028, SE 0.004
     assert _stacked_unless_beaten(rows(), scores, designs) == "radiomics"
+    # +0.016 with plain SE 0.012 and corrected SE 0.017 (x 1.5 for five folds): the code's plain rule replaces the
+    # combination, the corrected one that bench/bench_selection_se.py measures keeps it
+    scores["radiomics"] = [v + d for v, d in zip(full, [0.04, -0.02, 0.04, 0.00, 0.02])]
+    assert _stacked_unless_beaten(rows(), scores, designs) == "radiomics"
+    table = rows()
+    assert _stacked_unless_beaten(table, scores, designs, test_to_train=1 / 4) == "radiomics + clinical (ordinal)"
+    radiomics = next(r for r in table if r["name"] == "radiomics")
+    assert radiomics["paired_se"] == pytest.approx(np.std([0.04, -0.02, 0.04, 0.00, 0.02], ddof=1) * np.sqrt(0.45))
 
 
 def test_when_several_designs_beat_the_stacked_combination_the_one_keeping_most_blocks_replaces_it():
