@@ -24,6 +24,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from NPCPrognosisLib.resources import RADIOMICS_FAST_PARAMS  # noqa: E402  (after the thread settings)
 
 
+@pytest.fixture(scope="session")
+def cli_printed() -> Callable[[list[str]], str]:
+    """Runs ``npc-prognosis`` with an argument list, asserts it exited 0 and returns what it printed: for the
+    fixtures that build a bundle once and let their tests read both the bundle and ``train``'s printout."""
+    import contextlib
+    import io
+
+    from NPCPrognosisLib.cli import main
+
+    def run(argv: list[str]) -> str:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert main(argv) == 0
+        return printed.getvalue()
+
+    return run
+
+
 def _built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """``build(directory)`` run by one worker only; a ``.done`` marker says the directory is complete."""
     base = tmp_path_factory.getbasetemp()

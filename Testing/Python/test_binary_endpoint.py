@@ -8,8 +8,6 @@ necrosis) among noise columns, so the held-out AUC can be compared with the AUC 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -46,19 +44,15 @@ def tabular(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ic_bundle(tabular):
-    """The binary-endpoint bundle ``train`` writes of the tabular cohort, and what train printed.
-
-    Every test that reads the bundle asks for this fixture: it was written by the end-to-end test and read from the
-    shared folder by the test after it, which failed alone or in another order ("bundle.json not found").
-    """
+def ic_bundle(tabular, cli_printed):
+    """``train``'s binary-endpoint bundle of the tabular cohort and its printout, for every test that reads them
+    (written by one test and read by the next, the reader failed alone or reordered)."""
     root, truth = tabular
     bundle = root / "bundle_ic"
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert main(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
-                     str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
-                     "--split-col", "split"]) == 0
-    return bundle, printed.getvalue()
+    printed = cli_printed(["--quiet", "train", "--manifest", str(root / "manifest.csv"), "--features",
+                           str(root / "features.csv"), "--endpoint", "ic_response", "--out", str(bundle),
+                           "--split-col", "split"])
+    return bundle, printed
 
 
 @pytest.mark.slow
