@@ -663,9 +663,9 @@ def runaway_factors(X: np.ndarray, time: Any, event: Any, model: CoxModel) -> di
 
 
 def runaway_penalty(X: np.ndarray, time: Any, event: Any, covariates: Sequence[str], *, ties: str = "efron",
-                    penalizer: float = 0.0) -> dict[str, Any] | None:
-    """The ridge penalty a Cox fit needs when its coefficients run away (:func:`runaway_factors`), or None when
-    the fit at ``penalizer`` is sound (then nothing changes).
+                    penalizer: float = 0.0) -> tuple[CoxModel, dict[str, Any] | None]:
+    """The Cox fit to use: at ``penalizer`` when it is sound (then nothing changes, and the record is None), or,
+    when its coefficients run away (:func:`runaway_factors`), refitted with the ridge penalty it needs.
 
     Why a ridge penalty: a penalised likelihood has a finite maximum whatever the data, as Heinze & Schemper (2002)
     proposed for monotone likelihood (they used Firth's penalty; a ridge one is what the Cox models here already
@@ -692,6 +692,9 @@ def runaway_penalty(X: np.ndarray, time: Any, event: Any, covariates: Sequence[s
 
     Returns
     -------
+    model : CoxModel
+        The fit at ``penalizer``, or the refit at the chosen strength; the warnings of that fit are raised as
+        :func:`fit_cox` raises them (those of the fits it replaced are not).
     record : dict or None
         ``factors`` (each runaway factor's log hazard ratio per SD at ``penalizer``), ``penalizer`` (the chosen
         strength, on the factors standardised to SD 1: ``penalty_per_sd`` True), ``asked_penalizer`` and
@@ -699,24 +702,32 @@ def runaway_penalty(X: np.ndarray, time: Any, event: Any, covariates: Sequence[s
         sufficed).
     """
     X = np.asarray(X, float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         fit = fit_cox(X, time, event, covariates, ties=ties, penalizer=penalizer)
     factors = runaway_factors(X, time, event, fit)
     if not factors:
-        return None
+        _say_again(said)
+        return fit, None
     tried = [p for p in RUNAWAY_PENALTIES if p > penalizer] or [max(RUNAWAY_PENALTIES)]
     for strength in tried:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            candidate = fit_cox(X, time, event, covariates, ties=ties, penalizer=strength, penalty_per_sd=True)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            fit = fit_cox(X, time, event, covariates, ties=ties, penalizer=strength, penalty_per_sd=True)
         # the size alone from here: against a hundredth of a large penalty, any coefficient grows by its shrinkage
-        scaled = np.abs(np.asarray(candidate.coef, float)) * X.std(axis=0)
+        scaled = np.abs(np.asarray(fit.coef, float)) * X.std(axis=0)
         after = {str(n): float(v) for n, v in zip(covariates, scaled) if v > MAX_LOG_HR_PER_SD}
         if not after:
             break
-    return {"factors": factors, "penalizer": float(strength), "penalty_per_sd": True,
-            "asked_penalizer": float(penalizer), "factors_after": after}
+    _say_again(said)
+    return fit, {"factors": factors, "penalizer": float(strength), "penalty_per_sd": True,
+                 "asked_penalizer": float(penalizer), "factors_after": after}
+
+
+def _say_again(caught: Sequence[warnings.WarningMessage]) -> None:
+    """Raise again the warnings a fit raised while they were held back: those of the fit that is kept."""
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def runaway_warning(model_name: str, record: dict[str, Any], events: int, n_factors: int) -> str:

@@ -235,9 +235,9 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
     score_columns, blocks = stacking_blocks(factors, scores, factor_blocks)
     construction, runaway = None, {}
     if len(score_columns) + len(blocks) > 1 and blocks:
-        ridges, runaway = _sound_ridges(name, blocks, table, time, event, ties, penalizer)
+        fits, ridges, runaway = _sound_fits(name, blocks, table, time, event, ties, penalizer)
         coef, covariance, construction = _stacked_cox(table, score_columns, blocks, time, event, ties, penalizer,
-                                                      seed, groups, ridges)
+                                                      seed, groups, fits, ridges)
         stacked_order = score_columns + [f for members in blocks.values() for f in members]
         order = [stacked_order.index(f) for f in factors]
         model = cox_with_coefficients(values, time, event, factors, coef[order], covariance[np.ix_(order, order)],
@@ -248,39 +248,41 @@ def fit_nomogram(name: str, table: pd.DataFrame, factors: Sequence[str], time: n
         if dropped:
             construction = {"method": "non-negative Cox weights of out-of-fold scores", "no_weight": dropped}
     else:
-        ridges, runaway = _sound_ridges(name, {name: factors}, table, time, event, ties, penalizer)
-        model = fit_cox(values, time, event, covariates=factors, ties=ties, **ridges[name])
+        fits, _, runaway = _sound_fits(name, {name: factors}, table, time, event, ties, penalizer)
+        model = fits[name]
     return Nomogram(name=name, model=model, low=low, high=high,
                     center=float(np.mean(model.linear_predictor(values))), construction=construction,
                     runaway=runaway or None)
 
 
-def _sound_ridges(name: str, fits: Mapping[str, Sequence[str]], table: pd.DataFrame, time: np.ndarray,
-                  event: np.ndarray, ties: str, penalizer: float
-                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The ridge penalty of each Cox fit of a model (its own factors, or a stacked model's blocks), as
-    :func:`~NPCPrognosisLib.survival.cox.fit_cox` keywords: ``penalizer`` on the factors as given, or for a fit
-    whose coefficients ran away the larger one per SD that :func:`~NPCPrognosisLib.survival.cox.runaway_penalty`
-    chooses; and the record of each such refit with the warning that names the model and the factors."""
-    ridges, runaway = {}, {}
+def _sound_fits(name: str, fits: Mapping[str, Sequence[str]], table: pd.DataFrame, time: np.ndarray,
+                event: np.ndarray, ties: str, penalizer: float
+                ) -> tuple[dict[str, CoxModel], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each Cox fit of a model (its own factors, or a stacked model's blocks) on all rows, with its ridge penalty
+    as :func:`~NPCPrognosisLib.survival.cox.fit_cox` keywords (for the out-of-fold fits of a block): ``penalizer``
+    on the factors as given, or for a fit whose coefficients ran away the larger one per SD that
+    :func:`~NPCPrognosisLib.survival.cox.runaway_penalty` chooses; and the record of each such refit with the
+    warning that names the model and the factors."""
+    models, ridges, runaway = {}, {}, {}
     for fit, members in fits.items():
-        record = runaway_penalty(table[list(members)].to_numpy(float), time, event, list(members), ties=ties,
-                                 penalizer=penalizer)
+        models[fit], record = runaway_penalty(table[list(members)].to_numpy(float), time, event, list(members),
+                                              ties=ties, penalizer=penalizer)
         ridges[fit] = ({"penalizer": penalizer} if record is None else
                        {"penalizer": record["penalizer"], "penalty_per_sd": record["penalty_per_sd"]})
         if record is not None:
             label = name if fit == name else f"{name} ({fit} block)"
             runaway[fit] = {**record, "warning": runaway_warning(label, record, int(np.sum(event)), len(members))}
-    return ridges, runaway
+    return models, ridges, runaway
 
 
 def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[str]], time: np.ndarray,
-                 event: np.ndarray, ties: str, penalizer: float, seed: int, groups: np.ndarray | None = None,
-                 block_ridges: Mapping[str, Mapping[str, Any]] | None = None
+                 event: np.ndarray, ties: str, penalizer: float, seed: int, groups: np.ndarray | None,
+                 block_fits: Mapping[str, CoxModel], block_ridges: Mapping[str, Mapping[str, Any]]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Coefficients (scores, then each block's factors in order) of the stacked model and their delta-method
-    covariance. Each block's Cox fits (all rows and out of fold) take its ``block_ridges`` entry, keywords of
-    :func:`~NPCPrognosisLib.survival.cox.fit_cox` (default ``penalizer``); the block weights use ``penalizer``.
+    covariance. ``block_fits`` are the blocks' Cox fits on all rows (:func:`_sound_fits`); their out-of-fold fits
+    take the same ``block_ridges`` entry, keywords of :func:`~NPCPrognosisLib.survival.cox.fit_cox`; the block
+    weights use ``penalizer``.
 
     The covariance treats the stages as independent (the block weights are fitted on out-of-fold values, each
     block's Cox model on its own factors): for a factor j of block b with coefficient w_b * beta_j,
@@ -289,11 +291,10 @@ def _stacked_cox(table: pd.DataFrame, scores: list[str], blocks: dict[str, list[
     from NPCPrognosisLib.survival.splits import event_folds
 
     fold = event_folds(event, STACKING_FOLDS, seed, groups)
-    fits, out_of_fold = {}, {}
+    fits, out_of_fold = {block: block_fits[block] for block in blocks}, {}
     for block, members in blocks.items():
         values = table[members].to_numpy(float)
-        ridge = (block_ridges or {}).get(block, {"penalizer": penalizer})
-        fits[block] = fit_cox(values, time, event, covariates=members, ties=ties, **ridge)
+        ridge = block_ridges[block]
         out_of_fold[block] = np.zeros(len(time))
         for k in np.unique(fold):
             held = fold == k
