@@ -214,9 +214,10 @@ def evaluate_cohort(
     predictions["nomogram_outside_training_range"] = outside
     if n_outside := sum(bool(text) for text in outside):
         metrics["warnings"].append(
-            f"{n_outside} of the {len(outside)} evaluated patients have a nomogram factor outside its training range "
-            "(predictions.csv, nomogram_outside_training_range): their risks and survival are extrapolations, as "
-            "predict says for one patient; check those values, contours and images")
+            f"{n_outside} of the {len(outside)} evaluated patients have a nomogram factor outside its training range, "
+            "or a combination of factors giving a risk beyond any training patient's (predictions.csv, "
+            "nomogram_outside_training_range): their risks and survival are extrapolations, as predict says for one "
+            "patient; check those values, contours and images")
     if event.any():
         metrics["paired_vs_nomogram"] = {
             name: paired_c_difference(time, event, predictions[f"{name}_risk"], predictions["nomogram_risk"],
@@ -365,8 +366,8 @@ def _without_features(document: dict[str, Any], table: pd.DataFrame, manifest_id
 
 
 def outside_training_text(nomogram: Nomogram, factors: pd.DataFrame) -> list[str]:
-    """Per patient, the nomogram's factors outside their training range, as ``predict`` names them for one patient
-    ('' when none).
+    """Per patient, the nomogram's factors outside their training range, and its risk score when beyond every
+    training patient's, as ``predict`` names them for one patient ('' when none).
 
     Why: a held-out patient whose Rad-score lay ten times beyond the training range got 0.0 % survival at every time
     in predictions.csv, with nothing beside it; ``predict`` printed EXTRAPOLATING for the same patient.

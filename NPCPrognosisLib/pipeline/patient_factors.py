@@ -150,8 +150,9 @@ def _factor_texts(ranges: Mapping[str, Sequence[float] | None]) -> dict[str, tup
 
 
 def extrapolation_warning(item: Mapping[str, Any]) -> str:
-    """The warning of a factor outside its training range: the model extrapolates, so the value (and its unit) or
-    the images behind a score should be checked before the numbers are read.
+    """The warning of a factor outside its training range, or of a risk score (the factors combined) beyond every
+    training patient's: the model extrapolates, so the value (and its unit) or the images behind a score should be
+    checked before the numbers are read.
 
     Parameters
     ----------
@@ -163,9 +164,14 @@ def extrapolation_warning(item: Mapping[str, Any]) -> str:
     -------
     warning : str
     """
-    from NPCPrognosisLib.reporting.labels import factor_label, factor_value_text
+    from NPCPrognosisLib.reporting.labels import combined_risk_text, factor_label, factor_value_text
+    from NPCPrognosisLib.survival.nomogram import COMBINED_RISK
 
     factor = item["factor"]
+    if factor == COMBINED_RISK:
+        text = combined_risk_text(item)
+        return (f"{text[:1].upper()}{text[1:]}, though a factor may lie within its own training range; its risk and "
+                "survival for this patient are not supported by any training patient; check each value and its unit")
     low, high = (factor_value_text(factor, v) for v in (item["low"], item["high"]))
     check = ("check the value and its unit" if factor in CLINICAL_COVARIATES
              else "check the contours and the images it was computed from")

@@ -73,7 +73,8 @@ class Prediction:
     #: (:func:`~NPCPrognosisLib.pipeline.predict.unproven_nomogram`: ``no_weight``, ``corrected_c``); empty when it
     #: learned something.
     unproven: dict[str, Any] = field(default_factory=dict)
-    #: Factors outside their training range (the model extrapolates): factor, value, training low and high.
+    #: Factors outside their training range, and the risk score (``combined_risk``) when the factors together put
+    #: it beyond every training patient's (the model extrapolates): factor, value, training low and high.
     out_of_range: list[dict[str, Any]] = field(default_factory=list)
     bundle: dict[str, Any] = field(default_factory=dict)
     #: SHA-256 of each sequence as the models read it (on the CET1W grid) and of the contours the radiomics came

@@ -12,6 +12,7 @@ from typing import Any
 
 from NPCPrognosisLib.io.clinical import copies_text
 from NPCPrognosisLib.radiomics.features_table import LOG_VOLUME_COLUMNS
+from NPCPrognosisLib.survival.nomogram import COMBINED_RISK
 
 #: Nomogram factors: readable label with unit.
 FACTOR_LABELS: dict[str, str] = {
@@ -26,6 +27,7 @@ FACTOR_LABELS: dict[str, str] = {
     "ldh": "LDH (U/L)",
     LOG_VOLUME_COLUMNS["gtvp"]: "GTVp volume (mL)",
     LOG_VOLUME_COLUMNS["gtvn"]: "GTVn volume (mL)",
+    COMBINED_RISK: "Risk score (all factors combined)",
 }
 
 #: Log tumour volumes are coded log(1 + mL) (:func:`NPCPrognosisLib.radiomics.features_table.tumour_volumes`); a
@@ -304,15 +306,37 @@ def out_of_range_value_text(item: Mapping[str, Any]) -> str:
             f"{factor_value_text(name, item['high'])})")
 
 
+def combined_risk_text(item: Mapping[str, Any]) -> str:
+    """What the :data:`~NPCPrognosisLib.survival.nomogram.COMBINED_RISK` entry of
+    :meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.out_of_range` means, for a clinician: each factor may be
+    ordinary, their combination is not.
+
+    Parameters
+    ----------
+    item : mapping
+        ``value`` (the patient's risk score), ``low`` and ``high`` (the training patients' lowest and highest).
+
+    Returns
+    -------
+    str
+    """
+    return (f"the combination of this patient's factors gives a risk beyond any training patient's (risk score "
+            f"{item['value']:.2f}, training {item['low']:.2f} to {item['high']:.2f}): the model is extrapolating")
+
+
 def extrapolation_text(prediction: Mapping[str, Any]) -> str | None:
     """The headline of a prediction made outside the training range ('EXTRAPOLATING: Age (years) 105 (training
-    25 to 71) ...'), in words for the top of a sheet and the terminal; None when every factor is within range."""
+    25 to 71) ...', or the combination of the factors beyond every training patient's risk), in words for the top
+    of a sheet and the terminal; None when the patient lies within every range."""
     items = prediction.get("out_of_range") or []
     if not items:
         return None
-    values = "; ".join(f"{factor_label(i['factor'])} {out_of_range_value_text(i)}" for i in items)
-    return (f"EXTRAPOLATING: {values} outside the training range. The model has seen no such patient and the risk "
-            "and survival given for this patient are not reliable: check each value and its unit before reading them.")
+    factors = [i for i in items if i["factor"] != COMBINED_RISK]
+    values = "; ".join(f"{factor_label(i['factor'])} {out_of_range_value_text(i)}" for i in factors)
+    parts = [f"{values} outside the training range"] if factors else []
+    parts += [combined_risk_text(i) for i in items if i["factor"] == COMBINED_RISK]
+    return (f"EXTRAPOLATING: {'; '.join(parts)}. The model has seen no such patient and the risk and survival given "
+            "for this patient are not reliable: check each value and its unit before reading them.")
 
 
 def clinical_value_text(name: str, value: Any) -> str:

@@ -174,6 +174,13 @@ def test_evaluate_writes_metrics_predictions_and_plots(small_cohort, trained, tm
     far = {**inside, name: 1000.0}
     texts = outside_training_text(nomogram, pd.DataFrame([inside, far]))
     assert texts[0] == "" and texts[1].startswith(f"{factor_label(name)} = 1000 (training ")
+    # every factor inside its range, at its worst end: the combination gives a risk beyond any training patient's
+    worst = {f: (hi if c > 0 else lo)
+             for f, c, lo, hi in zip(nomogram.factors, nomogram.model.coef, nomogram.low, nomogram.high)}
+    risk, (low, high) = float(nomogram.risk(worst)[0]), nomogram.risk_range
+    assert risk > high
+    assert outside_training_text(nomogram, pd.DataFrame([worst])) == [
+        f"Risk score (all factors combined) = {risk:.2f} (training {low:.2f} to {high:.2f})"]
     # Treatment arms and the carried-through treatment columns; the benefit checks are in metrics.json.
     assert set(predictions["arm"]) <= {"rt_alone", "low_dose", "high_dose"}
     assert list(predictions["chemo_cycles"]) == list(manifest["chemo_cycles"])

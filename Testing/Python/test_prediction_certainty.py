@@ -15,6 +15,7 @@ from NPCPrognosisLib.io.patient_ids import hash_id
 from NPCPrognosisLib.pipeline.models import load_bundle
 from NPCPrognosisLib.pipeline.predict import predict_patient
 from NPCPrognosisLib.reporting.patient_sheet import patient_sheet_html
+from NPCPrognosisLib.survival.nomogram import COMBINED_RISK
 
 CLINICAL = {"age": 55, "sex": "M", "t_stage": "T3", "n_stage": "N1", "rene": 0, "ldh": 200, "chemo": 1, "ccnd": 200}
 
@@ -123,8 +124,10 @@ def test_values_outside_the_training_range_put_extrapolating_in_the_headline(sma
     age_high = nomogram.high[nomogram.factors.index("age")]
     prediction = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000, "age": 105}, features=features,
                                  tta=0)
-    assert prediction.out_of_range == [{"factor": "age", "value": 105.0, "low": pytest.approx(
-        nomogram.low[nomogram.factors.index("age")]), "high": pytest.approx(age_high)}]
+    assert prediction.out_of_range[0] == {"factor": "age", "value": 105.0, "low": pytest.approx(
+        nomogram.low[nomogram.factors.index("age")]), "high": pytest.approx(age_high)}
+    # the risk that age brings beyond every training patient's is said too
+    assert [item["factor"] for item in prediction.out_of_range[1:]] in ([], [COMBINED_RISK])
     warning = next(w for w in prediction.warnings if w.startswith("Age (years) = 105"))
     assert "extrapolating" in warning and "check the value and its unit" in warning
     html = patient_sheet_html(prediction.to_dict())
@@ -133,6 +136,30 @@ def test_values_outside_the_training_range_put_extrapolating_in_the_headline(sma
            f"{age_high:.0f})" in headline and "check each value and its unit" in headline
     within = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
     assert within.out_of_range == [] and "EXTRAPOLATING" not in patient_sheet_html(within.to_dict())
+
+
+def test_a_risk_beyond_every_training_patients_is_said_as_a_factor_outside_its_range_is(small_cohort, trained):
+    """Each factor within its training range, the risk beyond every training patient's (a stored range ending below
+    this patient's risk stands in for a combination no training patient had): the record, the warnings and the
+    sheet's headline say the model is extrapolating; a bundle saved without the range says nothing of it."""
+    bundle = load_bundle(trained)
+    nomogram = bundle.nomograms["nomogram"]
+    patient, features = _patient(small_cohort)
+    clinical = {**CLINICAL, "ebv_dna": 2000}
+    within = predict_patient(bundle, patient, clinical, features=features, tta=0)
+    low, high = nomogram.risk_range  # kept by train
+    assert within.out_of_range == [] and low <= within.risk_score <= high
+    nomogram.risk_range = [low, within.risk_score - 0.5]
+    beyond = predict_patient(bundle, patient, clinical, features=features, tta=0)
+    assert beyond.out_of_range == [{"factor": COMBINED_RISK, "value": pytest.approx(within.risk_score),
+                                    "low": pytest.approx(low), "high": pytest.approx(within.risk_score - 0.5)}]
+    warning = next(w for w in beyond.warnings if w.startswith("The combination of this patient's factors"))
+    assert f"risk score {within.risk_score:.2f}" in warning and "the model is extrapolating" in warning
+    html = patient_sheet_html(beyond.to_dict())
+    headline = html[:html.index("Risk group")]
+    assert "EXTRAPOLATING: the combination of this patient" in headline and "beyond any training patient" in headline
+    nomogram.risk_range = None  # a bundle saved before the range was kept
+    assert predict_patient(bundle, patient, clinical, features=features, tta=0).out_of_range == []
 
 
 def test_the_treatment_page_names_its_model_marks_the_arm_given_and_says_why_an_arm_is_absent(small_cohort,

@@ -148,6 +148,13 @@ def test_ebv_dna_and_points_print_as_a_clinician_reads_them():
     assert "EBV DNA (copies/mL) 150,001 (training 0 to 9,999)" in labels.extrapolation_text(
         {"out_of_range": [{"factor": "log10_ebv_dna", "value": math.log10(150002.0), "low": 0.0,
                            "high": math.log10(10000.0)}]})
+    # the factors together beyond every training patient's risk, beside a factor outside its own range
+    combined = labels.extrapolation_text({"out_of_range": [
+        {"factor": "age", "value": 105.0, "low": 25.0, "high": 71.0},
+        {"factor": "combined_risk", "value": 6.2, "low": -3.1, "high": 2.4}]})
+    assert combined.startswith("EXTRAPOLATING: Age (years) 105 (training 25 to 71) outside the training range; the "
+                               "combination of this patient's factors gives a risk beyond any training patient's "
+                               "(risk score 6.20, training -3.10 to 2.40): the model is extrapolating.")
     assert [labels.points_text(v) for v in (-0.0, -0.04, 0.0, 3.666947, -1.25)] == ["0", "0", "0", "3.7", "-1.2"]
     assert labels.points_text(-0.3, 0) == "0" and labels.points_text(4.768, 0) == "5"
     # a nomogram whose sex coefficient is negative gives a male patient -0.0 points: the sheet's table prints 0
