@@ -144,6 +144,52 @@ def unproven_warnings(unproven: Mapping[str, Any], name: str = "nomogram") -> li
     return found
 
 
+
+def runaway_text(record: Mapping[str, Any], events: int | None, name: str = "nomogram") -> str:
+    """One Cox fit of model ``name`` that ran away in training and was refitted with a larger ridge (a record of
+    :func:`~NPCPrognosisLib.survival.cox.runaway_penalty`, kept under the model's ``runaway``), said as what it
+    means for a patient's numbers, with the factors as the sheet labels them.
+
+    Why not ``train``'s sentence (the record's ``warning``): it names the coded columns (``log10_ebv_dna``), the
+    penalty and the likelihood, for whoever trains; a clinician reading one patient's result needs which factors'
+    weights are shrunk and that what they add is less certain than the printed interval - and in one line, as the
+    sheet's first page holds about three such warnings before it spills onto a second page.
+
+    Parameters
+    ----------
+    record : mapping
+        The runaway record: ``factors`` (each runaway factor's log hazard ratio per SD as first fitted) and
+        ``factors_after`` (those still too large at the strongest penalty tried; empty when the refit tamed them).
+    events : int or None
+        Events among the training patients (None for a bundle that did not record them).
+    name : str, default "nomogram"
+        The model, as the bundle's ``models`` name it.
+
+    Returns
+    -------
+    str
+        One sentence.
+    """
+    from NPCPrognosisLib.reporting.labels import factor_name, model_phrase
+
+    factors = ", ".join(factor_name(f) for f in record.get("factors") or {})
+    still = ", ".join(factor_name(f) for f in record.get("factors_after") or {})
+    on = f"{events} training events" if events is not None else "too few training events"
+    return (f"{model_phrase(name)}'s weights for {factors} ran away on {on} and were shrunk towards no effect"
+            + (f" ({still} still implausibly large)" if still else "")
+            + ": what they add to this patient's risk and survival is unproven, and less certain than the "
+            "intervals show")
+
+
+def runaway_warnings(document: dict[str, Any], name: str = "nomogram") -> list[str]:
+    """The patient's wording (:func:`runaway_text`) of each Cox fit of model ``name`` - its own, or a stacked
+    block's - that ran away in training; none for a sound model, for a bundle saved before the records were kept,
+    and for the other models' fits (the clinical model alone is not what the patient's result comes from)."""
+    runaway = (((document.get("models") or {}).get(name) or {}).get("runaway")) or {}
+    events = (document.get("training") or {}).get("events")
+    return [runaway_text(record, events, name) for record in runaway.values()]
+
+
 def predict_patient(
     bundle: LoadedBundle,
     patient: PatientImages,
@@ -320,6 +366,7 @@ def predict_patient(
     warnings.extend(uncounted_factors(bundle.document, encode_clinical(record, bundle.ebv_fill)))
     unproven = unproven_nomogram(bundle.document)
     warnings.extend(unproven_warnings(unproven))
+    warnings.extend(runaway_warnings(bundle.document))  # train's findings of the fit
     if bundle.document.get("synthetic_demo"):
         warnings.insert(0, SYNTHETIC_WARNING)
 
