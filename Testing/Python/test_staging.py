@@ -175,7 +175,7 @@ def test_the_next_command_removes_the_unfinished_file_a_hard_kill_left_and_says_
     assert remove_stale_writes(tmp_path) == [tmp_path / live]  # killed: now it is stale
 
 
-def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_beside_it(tmp_path):
+def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_beside_it(tmp_path, dead_owner):
     """A folder output is the command's with its subfolders (a cohort's per-patient folders, the cohort page's
     figures); a bundle is written in a hidden folder beside it, named as an atomic write's file. A file output's
     folder is the user's: only that folder, not below it."""
@@ -183,9 +183,7 @@ def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_b
     from NPCPrognosisLib.io.atomic import remove_stale_writes, work_in_progress_prefix
     from NPCPrognosisLib.io.bundle import write_bundle
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait(timeout=30)
-    dead = f"{gone.pid}@" + work_in_progress_prefix("x").split("@", 1)[1]  # '<dead pid>@<this host>-'
+    dead = f"{dead_owner}-"  # '<dead pid>@<this host>-'
     bundle = tmp_path / "bundle"
     left_bundle = tmp_path / f".bundle.{dead}k2x_9q0z.tmp"
     (left_bundle / "network").mkdir(parents=True)
