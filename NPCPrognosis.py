@@ -22,7 +22,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Annotated
 
 import qt
@@ -799,7 +798,16 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         return folder
 
     def _newJobDirectory(self):
-        return pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=str(self._workDirectory("jobs"))))
+        """A new job folder; those a killed or crashed Slicer left are removed first (the core says which)."""
+        from NPCPrognosisLib.slicer_support import jobs
+
+        return jobs.new_job_folder(self._workDirectory("jobs"))
+
+    @staticmethod
+    def _endJobDirectory(folder):
+        from NPCPrognosisLib.slicer_support import jobs
+
+        jobs.end_job_folder(folder)
 
     @contextlib.contextmanager
     def _jobInputs(self):
@@ -809,7 +817,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
         try:
             yield folder
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._endJobDirectory(folder)
             raise
 
     def firstImageVolume(self):
@@ -1225,19 +1233,19 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
             try:
                 return finish(result)
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._endJobDirectory(folder)
 
         if waitForCompletion:
             try:
                 result = self.runner.runAndWait(job, self.progressCallback)
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._endJobDirectory(folder)
                 raise
             return finishAndClean(result)
 
         def done(result, error):
             if error is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._endJobDirectory(folder)
                 onFinished(None, error)
                 return
             try:
@@ -1283,6 +1291,13 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
     def _featuresCache(self, segmentationNode, name="features.json"):
         return self._workDirectory("features-" + segmentationNode.GetID().replace("vtkMRML", "")) / name
 
+    @staticmethod
+    def _keepFeatures(path, cache):
+        """A job's radiomics kept as the segmentation's (the job folder goes), written whole (see keep_features)."""
+        from NPCPrognosisLib.slicer_support import jobs
+
+        jobs.keep_features(path, cache)
+
     def extractFeatures(self, volumes, segmentationNode, bundlePath, tableNode=None, patientId="patient",
                         waitForCompletion=True, onFinished=None):
         """Radiomics with the bundle's settings -> table node (feature, value, used by the Rad-score)."""
@@ -1295,8 +1310,7 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
                    "features": str(cache) if cache.exists() else None}
 
         def finish(result):
-            if pathlib.Path(result["features"]) != cache:
-                shutil.copyfile(result["features"], cache)
+            self._keepFeatures(result["features"], cache)
             return self.featuresToTable(json.loads(cache.read_text())["features"], bundle, tableNode)
 
         return self._runJob(job, finish, waitForCompletion, onFinished)
@@ -1369,8 +1383,8 @@ class NPCPrognosisLogic(ScriptedLoadableModuleLogic):
 
         def finish(result):
             for key, target in (("features", cache), ("reference_features", referenceCache)):
-                if result.get(key) and pathlib.Path(result[key]) != target:
-                    shutil.copyfile(result[key], target)
+                if result.get(key):
+                    self._keepFeatures(result[key], target)
             if automaticLabelmap is not None:
                 result["contour_change"] = self.contourChange(segmentationNode, volumes["t1c"],
                                                               result.get("reference_prediction"), result["prediction"],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.context
 import os
 import pickle
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -178,7 +180,30 @@ def _sendable(value: Any) -> Any:
     return value
 
 
+def exit_with_parent() -> bool:
+    """End this worker process as soon as the process that started it ends; True when a watch was started.
+
+    Why: a spawned worker outlived a ``kill -9`` of its run. It finished the patient it held, wrote it to the cache,
+    then blocked for good on handing back the result nobody read (``train``'s robustness workers and ``train-net``'s
+    preprocessing workers, killed mid-run on 12 patients: each pair stayed asleep, holding its memory, until killed by
+    hand). A thread waits on the parent's sentinel (closed when the parent ends, by a kill too) and ends the worker
+    at once: an unfinished write it leaves is named with its owner, so the next run removes it
+    (:func:`~NPCPrognosisLib.io.atomic.remove_stale_writes`).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return False
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)  # no clean-up: the parent that would wait for it is gone
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    return True
+
+
 def _start_worker(workers: int, initializer: Callable[[], None] | None, logs: WorkerLogging) -> None:
+    exit_with_parent()
     logs.apply()
     share_cores(workers)
     if initializer is not None:
@@ -208,9 +233,9 @@ class WorkerPool(ProcessPoolExecutor):
 
 
 def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> WorkerPool:
-    """The process pool of every parallel stage: spawned workers (:func:`spawn_context`), each logging as the
-    main process does (:class:`WorkerLogging`) and limited to its share of the cores (:func:`share_cores`), then
-    running ``initializer`` (a module-level function); leaving its ``with`` block by an exception cancels the
-    tasks not yet started (:class:`WorkerPool`)."""
+    """The process pool of every parallel stage: spawned workers (:func:`spawn_context`) that end with the process
+    that started them (:func:`exit_with_parent`), each logging as the main process does (:class:`WorkerLogging`) and
+    limited to its share of the cores (:func:`share_cores`), then running ``initializer`` (a module-level
+    function); leaving its ``with`` block by an exception cancels the tasks not yet started (:class:`WorkerPool`)."""
     return WorkerPool(max_workers=workers, mp_context=spawn_context(), initializer=_start_worker,
                       initargs=(int(workers), initializer, WorkerLogging.of_this_process()))

@@ -14,14 +14,17 @@ class probabilities, not labels, are resampled back linearly before the argmax: 
 late or not at all.
 
 Why cache. N4 and the resample cost ~1 s per patient; done once per patient and kept as arrays (and on disk,
-keyed by the configuration, so a resumed run does not redo them) it is off the training loop.
+keyed by the configuration, so a resumed run does not redo them) it is off the training loop. A cache file that
+cannot be read is made again, never taken for the patient's arrays (:func:`cached_case`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,8 @@ from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
 from NPCPrognosisLib.io.atomic import atomic_path, patient_file
 from NPCPrognosisLib.io.images import ImageHeader
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -352,9 +357,9 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
     # the key covers the files' contents: a replaced image gets a new cache entry instead of a stale array
     key = config_key(preprocess, grid) + _content_key([entry.images.get(s) for s in SEQUENCES] + [entry.mask])
     cache = None if cache_dir is None else patient_file(cache_dir, entry.patient_id, f"_{key}.npz")
-    data = np.load(cache) if cache is not None and cache.exists() else {}
-    if "opening_dice" in data:  # caches written before the opening was derived are made again
-        image, label, opening_dice = data["image"], data["label"], data["opening_dice"]
+    stored = cached_case(cache, entry.patient_id)
+    if stored is not None:
+        image, label, opening_dice = stored
     else:
         patient = load_patient(entry.patient_id, entry.images, entry.mask, foreign_ids=foreign_ids)
         if patient.mask is None:
@@ -371,6 +376,38 @@ def load_case(entry: Any, endpoint: str, preprocess: PreprocessConfig, grid: Gri
                        float(entry.outcomes[f"{endpoint}_time"]), bool(entry.outcomes[f"{endpoint}_event"] > 0),
                        float("nan") if binary_value is None else float(binary_value),
                        tuple(float(v) for v in opening_dice) if len(opening_dice) else None)
+
+
+def cached_case(cache: Path | None, patient_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A patient's preprocessed arrays from its cache file: (image, label, opening Dice), or None to make them.
+
+    Why: the cache outlives the run that wrote it; a file that is not whole (a full disk, a partial copy) made
+    ``train-net`` stop with a zip error at every run until it was found and deleted. It is now made again and
+    replaced, with a warning naming it. A cache written before the opening was derived is made again too.
+
+    Parameters
+    ----------
+    cache : Path or None
+        The patient's cache file (:func:`load_case` names it); None or missing: not cached.
+    patient_id : str
+        Named in the warning.
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        The three arrays, read whole.
+    """
+    if cache is None or not cache.exists():
+        return None
+    try:
+        with np.load(cache) as data:
+            if "opening_dice" not in data:
+                return None
+            return data["image"], data["label"], data["opening_dice"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        log.warning("patient %s: the preprocessing cache file %s cannot be read (%s: %s); the patient is prepared "
+                    "again and the file replaced", patient_id, cache, type(exc).__name__, exc)
+        return None
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

@@ -330,15 +330,12 @@ def fit_ensemble(data: FusionData, config: MMoEConfig, seed: int) -> dict[str, l
 
 def save_members(members: Mapping[str, Sequence[MMoE]], path: str | Path) -> None:
     """Every task's members in one safetensors file (``t<task index>.m<k>.<parameter>``, tasks in config order)."""
-    from safetensors.torch import save_file
+    from NPCPrognosisLib.deep.checkpoints import save_tensors
 
-    from NPCPrognosisLib.io.atomic import atomic_path
-
-    tensors = {f"t{t}.m{k}.{name}": value.detach().cpu().contiguous()
+    tensors = {f"t{t}.m{k}.{name}": value
                for t, task_members in enumerate(members.values()) for k, member in enumerate(task_members)
                for name, value in member.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"tasks": str(len(members))})
+    save_tensors(tensors, path, metadata={"tasks": str(len(members))})
 
 
 def load_members(path: str | Path, config: MMoEConfig) -> dict[str, list[MMoE]]:

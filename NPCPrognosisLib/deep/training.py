@@ -23,7 +23,9 @@ Why the loop is built this way:
 * Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON
   (:mod:`NPCPrognosisLib.deep.checkpoints`).
 * Checkpoints and the preprocessing cache live beside the bundle (``<out>.work/``), not in it: the bundle
-  folder is replaced atomically when it is written and must hold only checksummed files.
+  folder is replaced atomically when it is written and must hold only checksummed files. Every file there is
+  written atomically; the hidden unfinished files a hard-killed run leaves there are removed, with a warning
+  naming them, when the next run starts (:func:`~NPCPrognosisLib.io.atomic.remove_stale_writes`).
 * The weights that ship are the average of those at the end of each epoch of the last third (stochastic weight
   averaging), not the one epoch that validated best on a few dozen patients (``TrainConfig.final_weights``).
 * After the last epoch the shipped weights' risk head gets its last layer refitted on the whole training split
@@ -91,6 +93,7 @@ from NPCPrognosisLib.deep.validation import (
 )
 from NPCPrognosisLib.errors import InputError, TrainingFailedError
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig
+from NPCPrognosisLib.io.atomic import remove_stale_writes
 from NPCPrognosisLib.io.images import read_header
 from NPCPrognosisLib.survival.splits import event_split
 
@@ -401,6 +404,9 @@ def train_network(
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     ckpt_dir = work / "checkpoints"
+    # a hard-killed run's unfinished checkpoint and cache files (5 MB a patient, 14 MB a checkpoint): before this run
+    # writes there; only those whose writer no longer runs, so a run still using the folder keeps its own
+    remove_stale_writes(work, recursive=True)
     # a resumed run goes on as it was started: what the call does not set comes from the checkpoint (neither a
     # newer version's defaults nor a choice made from the data may change a run half-way); what it sets is checked
     # against the checkpoint below
@@ -776,6 +782,8 @@ def add_typicality(bundle_dir: str | Path, manifest_path: str | Path, *, workers
                          fix="give the manifest the network was trained on")
     config = make_config(training["config"])
     config.grid, config.preprocess = model.grid, model.preprocess  # what the shipped network runs on
+    if work_dir is not None:  # a hard-killed run's unfinished cache files
+        remove_stale_writes(work_dir, recursive=True)
     with tempfile.TemporaryDirectory() as tmp:
         cases = _load_cases(manifest.entries(), model.endpoint, config, Path(work_dir or tmp), progress, workers)
     reference = typicality_reference([cross_correlations(c.image, model.grid.spacing) for c in cases])

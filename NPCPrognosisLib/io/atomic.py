@@ -125,7 +125,9 @@ def remove_stale_writes(folder: str | Path, recursive: bool = False) -> list[Pat
     Why: :func:`atomic_path` removes its temporary file whatever stops the block, except what stops the process
     itself; a killed run left a hidden ``.<name>.<pid>@<host>-<hex>.tmp...`` file (``write_bundle`` a hidden
     folder) there for good, often as large as a finished image. Each command calls this once per output folder
-    before it writes (``cli.main``), not each write: a write cannot afford to list its folder. Only names of this
+    before it writes (``cli.main``), and each cache's user once per run (the robustness study's
+    ``<features>_robustness``, ``train-net``'s ``<out>.work``, a panel job's folder), not each write: a write cannot
+    afford to list its folder. Only names of this
     version's work in progress are touched, never a file of the user's, never one whose writer still runs or runs
     on another machine (:func:`~NPCPrognosisLib.io.staging.left_by_stopped_run`).
 

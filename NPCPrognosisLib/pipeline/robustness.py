@@ -3,7 +3,10 @@
 It runs inside ``train`` because that is where the training patients are known and because a new user runs
 nothing else: a subset of the training patients is perturbed (see :mod:`NPCPrognosisLib.radiomics.perturbation`)
 and re-extracted with exactly the settings recorded beside the features table. Each perturbed extraction is
-cached beside the table, keyed by everything it depends on, so a second ``train`` costs nothing.
+cached beside the table, keyed by everything it depends on, so a second ``train`` costs nothing. An entry is
+written whole or not at all (:func:`~NPCPrognosisLib.io.atomic.write_json_atomic`); what a hard-killed run left
+(a hidden unfinished file) is removed by the next run, and an entry that cannot be read is extracted again, never
+taken for a finished one (:func:`stored_extraction`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import patient_file, write_json_atomic
+from NPCPrognosisLib.io.atomic import patient_file, remove_stale_writes, write_json_atomic
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.pipeline.extract import input_checksum
 from NPCPrognosisLib.radiomics.extraction import pyradiomics_version
@@ -139,8 +142,46 @@ def _deep_feature_network(meta: dict[str, Any]):
 
 
 def cache_dir_for(features_path: str | Path) -> Path:
+    """``<features>_robustness``: the folder beside the features table that caches its perturbed extractions."""
     path = Path(features_path)
     return path.with_name(path.stem + "_robustness")
+
+
+def stored_extraction(file: Path, key: str, patient_id: str) -> dict[str, Any] | None:
+    """The cached perturbed extraction of ``patient_id`` in ``file`` when it was made under ``key``, else None.
+
+    Why: the cache outlives the run that wrote it; a file that is not a whole entry (cut short by a full disk, copied
+    in part, edited) made ``train`` stop with a JSON traceback at every run until the file was found and deleted. It is
+    now extracted again and replaced, with a warning naming it.
+
+    Parameters
+    ----------
+    file : Path
+        The entry's file (missing: not cached).
+    key : str
+        What the extraction must have been made under (:func:`_cache_key`).
+    patient_id : str
+        Named in the warning.
+
+    Returns
+    -------
+    dict or None
+        The entry's feature values, or None to extract them (again).
+    """
+    if not file.exists():
+        return None
+    try:
+        stored = json.loads(file.read_bytes())
+        features = stored["features"] if stored.get("key") == key else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("patient %s: the cached perturbed extraction %s cannot be read (%s: %s); it is extracted again "
+                    "and replaced", patient_id, file, type(exc).__name__, exc)
+        return None
+    if features is not None and not isinstance(features, dict):
+        log.warning("patient %s: the cached perturbed extraction %s holds no feature values; it is extracted again "
+                    "and replaced", patient_id, file)
+        return None
+    return features
 
 
 def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[str, Any],
@@ -186,6 +227,7 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
     chosen = np.sort(rng.choice(len(manifest.table), size=min(n_patients, len(manifest.table)), replace=False))
     cache = cache_dir_for(features_path)
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_writes(cache)  # a hard-killed run's unfinished entries (warned, named)
     plan = perturbations(n_perturbations, seed)
     jobs, rows, cached, failed = [], {}, 0, []
     ids = manifest.table["patient_id"].to_numpy()
@@ -202,9 +244,9 @@ def feature_robustness(manifest: Manifest, features: pd.DataFrame, meta: dict[st
         pending = []
         for p, key in zip(plan, keys):
             file = cache / f"{name}-{p.index}.json"
-            stored = json.loads(file.read_bytes()) if file.exists() else {}
-            if stored.get("key") == key:
-                rows[(entry.patient_id, p.index)] = stored["features"]
+            stored = stored_extraction(file, key, entry.patient_id)
+            if stored is not None:
+                rows[(entry.patient_id, p.index)] = stored
                 cached += 1
             else:
                 pending.append((p, str(file), key))

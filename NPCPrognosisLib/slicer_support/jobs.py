@@ -4,6 +4,10 @@ Heavy work runs in ``PythonSlicer`` so the GUI never freezes; the module writes 
 ``progress.json`` and reads ``result.json`` (or ``error.json``). Nothing here imports slicer, qt or vtk, and the
 module-level imports are standard library only, so Slicer can load the module before heavy packages exist.
 
+Each job has a folder of its own (:func:`new_job_folder`) holding the patient's images exported from the scene; the
+panel removes it once the result is in the scene (:func:`end_job_folder`). A Slicer killed or crashed mid-job
+cannot: the next job's :func:`new_job_folder` removes the folders whose Slicer no longer runs, and says which.
+
 Run a job out of process (what the Slicer module does)::
 
     PythonSlicer -m NPCPrognosisLib.slicer_support.jobs job.json
@@ -12,18 +16,98 @@ Run a job out of process (what the Slicer module does)::
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from NPCPrognosisLib.io.atomic import write_json_atomic
+from NPCPrognosisLib.io.atomic import remove_stale_writes, write_bytes_atomic, write_json_atomic
+from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag
+
+log = logging.getLogger(__name__)
+
+#: How a job folder's name starts: ``job-<pid>@<host>-<8 random characters>``, the owner being the Slicer that made it
+#: (:func:`~NPCPrognosisLib.io.staging.owner_tag`), from which :func:`remove_stale_job_folders` tells a killed
+#: Slicer's folder from a running one's. Folders of versions before the owner was named (``job-<8 characters>``)
+#: are left alone: one of an older Slicer still running could not be told from a killed one's.
+JOB_PREFIX = "job-"
+_JOB_NAME = re.compile(re.escape(JOB_PREFIX) + r"(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-[a-z0-9_]{8}")
+#: The job folders this process has made and not yet ended (a job of this Slicer is never a stopped run's).
+_OPEN_JOBS: set[Path] = set()
 
 
 class JobCancelled(Exception):
     """The user pressed Cancel; raised between stages."""
+
+
+def new_job_folder(jobs_root: str | Path) -> Path:
+    """A new folder under ``jobs_root`` for one job of this process, after removing those a killed Slicer left there.
+
+    Parameters
+    ----------
+    jobs_root : str or Path
+        The panel's jobs folder (created when missing).
+
+    Returns
+    -------
+    Path
+        The job's folder, named with its owner (:data:`JOB_PREFIX`); end it with :func:`end_job_folder`.
+    """
+    root = Path(jobs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_job_folders(root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{owner_tag()}-", dir=root))
+    _OPEN_JOBS.add(folder.resolve())
+    return folder
+
+
+def end_job_folder(folder: str | Path) -> None:
+    """Remove a job's folder (:func:`new_job_folder`): its result is in the scene, or the job failed."""
+    shutil.rmtree(folder, ignore_errors=True)
+    _OPEN_JOBS.discard(Path(folder).resolve())
+
+
+def remove_stale_job_folders(jobs_root: str | Path) -> list[Path]:
+    """Remove the job folders of a Slicer that no longer runs from ``jobs_root``, and say so.
+
+    Why: the panel removes a job's folder when the job ends, but a Slicer killed (``kill -9``, a crash, a power cut)
+    while a job ran never did: the folder, with the patient's three sequences exported from the scene (2.4 MB for
+    the sample patient), stayed under Slicer's temporary folder for good, one more per killed session. Only folders
+    named by :func:`new_job_folder` whose Slicer of this machine no longer runs are removed
+    (:func:`~NPCPrognosisLib.io.staging.left_by_stopped_run`).
+
+    Parameters
+    ----------
+    jobs_root : str or Path
+        The panel's jobs folder; a missing one has nothing to remove.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    root = Path(jobs_root)
+    if not root.is_dir():
+        return []
+    stale = []
+    for folder in sorted(root.glob(JOB_PREFIX + "*")):
+        name = _JOB_NAME.fullmatch(folder.name)
+        if (name is not None and folder.is_dir() and not folder.is_symlink()
+                and left_by_stopped_run(folder, int(name["pid"]), name["host"], _OPEN_JOBS)):
+            stale.append(folder)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        names = ", ".join(folder.name for folder in stale[:5]) + (", ..." if len(stale) > 5 else "")
+        log.warning("removed %d job folder(s) that a stopped Slicer left in %s (%s): the images and results of jobs "
+                    "it never finished", len(stale), root, names)
+    return stale
 
 
 def _progress_writer(out_dir: Path) -> Callable[[float, str], None]:
@@ -55,6 +139,7 @@ def run_job(job: Mapping[str, Any], progress: Callable[[float, str], None] | Non
 
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_writes(out_dir)  # a folder used again after a job in it was killed mid-write
     progress = progress or _progress_writer(out_dir)
     patient_id = str(job.get("patient_id") or "patient")
 
@@ -233,17 +318,50 @@ def cached_features(bundle: Any, patient: Any, previous: str | Path | None, out_
     """Radiomics of ``patient`` - reused from ``previous`` when it was made with the same bundle, images and contours.
 
     Radiomics of three sequences take minutes; Predict after Extract (or after an edit that was undone) must not
-    recompute them, but any change of contour, image or bundle must.
+    recompute them, but any change of contour, image or bundle must. A ``previous`` that cannot be read is computed
+    again: it failed every later job of the segmentation with a JSON error.
     """
     fingerprint = patient_fingerprint(patient)
     bundle_id = bundle_identity(bundle)
     if previous and Path(previous).exists():
-        stored = json.loads(Path(previous).read_bytes())
-        if stored.get("inputs_fingerprint") == fingerprint and stored.get("bundle") == bundle_id:
+        try:
+            stored = json.loads(Path(previous).read_bytes())
+            reuse = stored.get("inputs_fingerprint") == fingerprint and stored.get("bundle") == bundle_id
+        except (OSError, ValueError, AttributeError) as exc:  # not whole: the panel's copy was cut short
+            log.warning("patient %s: the earlier radiomics %s cannot be read (%s: %s); they are computed again",
+                        patient.patient_id, previous, type(exc).__name__, exc)
+            reuse = False
+        if reuse:
             return Path(previous)
     features = bundle_features(bundle, patient)
     return write_json_atomic(out_path, {"patient_id": patient.patient_id, "bundle": bundle_id,
                                         "inputs_fingerprint": fingerprint, "features": features}, indent=1)
+
+
+def keep_features(path: str | Path, cache: str | Path) -> Path:
+    """Copy a job's radiomics (:func:`cached_features`) to the segmentation's cache file outside the job folder.
+
+    Why: the panel copied it with ``shutil.copyfile``, so a Slicer killed mid-copy left a cut-off file that every later
+    Extract or Predict of the segmentation read first. Now written whole (atomically), and a killed Slicer's unfinished
+    copies in the cache's folder are removed first (:func:`~NPCPrognosisLib.io.atomic.remove_stale_writes`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The job's features file.
+    cache : str or Path
+        The segmentation's (left as it is when it is ``path`` itself: the job reused it).
+
+    Returns
+    -------
+    Path
+        ``cache``.
+    """
+    cache = Path(cache)
+    if Path(path).resolve() != cache.resolve():
+        remove_stale_writes(cache.parent)
+        write_bytes_atomic(cache, Path(path).read_bytes())
+    return cache
 
 
 def bundle_features(bundle: Any, patient: Any) -> dict[str, float]:

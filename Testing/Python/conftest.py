@@ -41,6 +41,20 @@ def cli_printed() -> Callable[[list[str]], str]:
     return run
 
 
+@pytest.fixture
+def dead_owner() -> str:
+    """``<pid>@<this host>`` of a process that has ended: the owner a hard-killed run's leftover carries
+    (:func:`~NPCPrognosisLib.io.staging.owner_tag`), for the tests of what the next run does with it."""
+    import subprocess
+    import sys
+
+    from NPCPrognosisLib.io.staging import _this_host
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    return f"{gone.pid}@{_this_host()}"
+
+
 def _built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """``build(directory)`` run by one worker only; a ``.done`` marker says the directory is complete."""
     base = tmp_path_factory.getbasetemp()

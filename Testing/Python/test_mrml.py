@@ -643,6 +643,19 @@ def test_contours_exported_on_a_volume_moved_off_its_series_or_without_gtvp_are_
     assert not list(reports.rglob("*.dcm")) and not list(logic._workDirectory("jobs").iterdir())
 
 
+def test_a_new_job_removes_the_job_folders_a_killed_slicer_left(logic, dead_owner):
+    """The panel's job folders are the core's (:func:`NPCPrognosisLib.slicer_support.jobs.new_job_folder`): a folder
+    of a Slicer killed mid-job, with the patient's images, goes when the next job starts."""
+    root = logic._workDirectory("jobs")
+    left = root / f"job-{dead_owner}-abcd1234"
+    left.mkdir()
+    (left / "t1c.nii.gz").write_bytes(b"the patient's CET1W")
+    folder = logic._newJobDirectory()
+    assert list(root.iterdir()) == [folder]
+    logic._endJobDirectory(folder)
+    assert not list(root.iterdir())
+
+
 def test_the_widget_no_longer_passes_the_last_segmentation_baseline():
     source = (ROOT / "NPCPrognosis.py").read_text()
     assert "automaticLabelmap=p.automaticLabelmap" not in source

@@ -814,6 +814,56 @@ def test_bundle_and_resume_give_bit_identical_weights(tiny_cohort, tiny_bundle, 
                       val_fraction=0.0, progress=False, config=TINY, workers=1)
 
 
+def test_a_hard_killed_runs_leftovers_are_removed_and_a_broken_cache_file_is_prepared_again(tiny_cohort, tmp_path,
+                                                                                             caplog, dead_owner):
+    """``kill -9`` of ``train-net`` left hidden unfinished cache and checkpoint files in ``<out>.work`` for good
+    (nothing cleans a folder beside the bundle), and a cache file that is not whole (a full disk, a partial copy)
+    stopped every later run with a zip error. The next run removes the leftovers with a warning naming them and
+    prepares the patient of the broken file again."""
+    import logging
+
+    out, work = tmp_path / "net", tmp_path / "net.work"
+    run = dict(epochs=2, batch_size=3, seed=3, val_fraction=0.4, progress=False, config=TINY, workers=1)
+    train_network(tiny_cohort.manifest_path, "dmfs", out, stop_after_epoch=0, **run)
+    cached = sorted((work / "cache").glob("*.npz"))
+    whole = cached[0].read_bytes()
+    cached[0].write_bytes(whole[: len(whole) // 2])
+    left = [work / "cache" / f".{cached[1].name}.{dead_owner}-abcd1234.tmp.npz",
+            work / "checkpoints" / f".latest.safetensors.{dead_owner}-0123abcd.tmp.safetensors"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING):
+        train_network(tiny_cohort.manifest_path, "dmfs", out, resume=True, force=True, **run)
+    assert not any(path.exists() for path in left)
+    assert cached[0].read_bytes() == whole  # prepared again, as the first run did
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(1 for m in messages if "stopped run" in m and all(path.name in m for path in left)) == 1
+    patient = cached[0].name.split("_")[0]
+    assert any(m.startswith(f"patient {patient}: the preprocessing cache file {cached[0]} cannot be read")
+               for m in messages)
+
+
+def test_checkpoint_tensors_are_written_without_safetensors_own_temporary_file(tmp_path, monkeypatch):
+    """``safetensors.torch.save_file`` writes through a hidden ``.tmpXXXXXX`` of its own, which names no owner:
+    ``kill -9`` during a checkpoint left one (4.7 MB) that no later run could tell from a running writer's. The
+    checkpoint is the same file, written from its bytes through the project's atomic write."""
+    import safetensors.torch
+
+    from NPCPrognosisLib.deep.checkpoints import save_tensors
+
+    tensors = {"weight": torch.arange(6.0).reshape(2, 3), "count": torch.tensor([3])}
+    expected = tmp_path / "expected.safetensors"
+    safetensors.torch.save_file(tensors, str(expected), metadata={"epoch": "4"})
+
+    def anonymous_temporary_file(*args, **kwargs):
+        raise AssertionError("save_file leaves an anonymous .tmpXXXXXX on a hard kill")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", anonymous_temporary_file)
+    save_tensors(tensors, tmp_path / "latest.safetensors", {"epoch": "4"})
+    assert (tmp_path / "latest.safetensors").read_bytes() == expected.read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["expected.safetensors", "latest.safetensors"]
+
+
 def test_a_resumed_run_keeps_the_settings_it_started_with_under_a_newer_versions_defaults(tiny_cohort, tmp_path):
     out = tmp_path / "older"
     common = dict(epochs=2, batch_size=3, seed=3, val_fraction=0.4, progress=False, workers=1)

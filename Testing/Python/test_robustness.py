@@ -219,3 +219,57 @@ def test_robustness_reads_dicom_series_named_in_a_study_folder(small_cohort, tmp
     with open(dicom, "r+b") as stream:
         stream.write(data)
     assert robustness._cache_key(entry, entry.mask, meta, plan) != key
+
+
+def test_a_hard_killed_runs_cache_leftovers_are_removed_and_an_unreadable_entry_extracted_again(tmp_path, caplog,
+                                                                                               monkeypatch,
+                                                                                               dead_owner):
+    """``kill -9`` of ``train`` during the robustness study left a hidden unfinished entry in
+    ``<features>_robustness`` for good, and an entry that is not whole (a full disk, a partial copy) stopped every
+    later ``train`` with a JSON traceback. The next run removes the leftover with a warning naming it, and extracts
+    the unreadable entry again (never reading it as a finished one)."""
+    import hashlib
+    import logging
+
+    from NPCPrognosisLib.io.atomic import write_json_atomic
+    from NPCPrognosisLib.io.manifest import read_manifest
+    from NPCPrognosisLib.pipeline import robustness
+
+    rows = []
+    for pid in ("P0", "P1", "P2"):
+        files = {s: tmp_path / f"{pid}_{s}.nii.gz" for s in ("t1", "t2", "t1c", "mask")}
+        for name, file in files.items():
+            file.write_bytes(f"{pid} {name}".encode())
+        rows.append({"patient_id": pid, **{name: str(file) for name, file in files.items()}})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    manifest = read_manifest(tmp_path / "manifest.csv", require_clinical=False)
+    features = pd.DataFrame({"patient_id": ["P0", "P1", "P2"], "t1c_gtvp_original_firstorder_Mean": [1.0, 2.0, 4.0]})
+    meta, path = {"settings": "fast.yaml"}, tmp_path / "features.csv"
+    extracted = []
+
+    def perturbed_rows(entry, mask, meta, plan, cache_files, keys):  # what _perturbed_rows writes, without PyRadiomics
+        extracted.append(entry.patient_id)
+        row = {"t1c_gtvp_original_firstorder_Mean": features.set_index("patient_id").loc[entry.patient_id].iloc[0]}
+        for file, key in zip(cache_files, keys):
+            write_json_atomic(Path(file), {"key": key, "patient_id": entry.patient_id, "features": row})
+        return {"patient_id": entry.patient_id, "rows": {p.index: row for p in plan}}
+
+    monkeypatch.setattr(robustness, "_perturbed_rows", perturbed_rows)
+    monkeypatch.setattr(robustness, "MIN_PATIENTS", 3)
+    run = dict(n_patients=3, n_perturbations=1, workers=1)
+    assert robustness.feature_robustness(manifest, features, meta, path, **run).cached == 0
+    cache = robustness.cache_dir_for(path)
+    p1 = cache / f"{hashlib.sha256(b'P1').hexdigest()[:16]}-0.json"
+    whole = p1.read_bytes()
+    p1.write_bytes(whole[: len(whole) // 2])  # not a whole entry
+    left = cache / f".{p1.name}.{dead_owner}-abcd1234.tmp.json"  # the unfinished write of a killed run
+    left.write_bytes(whole[:10])
+    extracted.clear()
+    with caplog.at_level(logging.WARNING):
+        again = robustness.feature_robustness(manifest, features, meta, path, **run)
+    assert extracted == ["P1"] and again.cached == 2 and again.patients == 3
+    assert p1.read_bytes() == whole and not left.exists()
+    assert sorted(file.name for file in cache.iterdir()) == sorted(file.name for file in cache.glob("*-0.json"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(left.name in m and "stopped run" in m for m in messages)
+    assert any(m.startswith(f"patient P1: the cached perturbed extraction {p1} cannot be read") for m in messages)

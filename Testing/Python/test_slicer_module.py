@@ -629,6 +629,67 @@ def test_features_are_reused_only_for_the_same_contours_images_and_bundle(tmp_pa
     assert len(calls) == 5
 
 
+def test_the_job_folders_a_killed_slicer_left_are_removed_by_the_next_job(tmp_path, caplog, dead_owner):
+    """``kill -9`` of Slicer during Segment left its job folder, with the patient's three sequences (2.4 MB for the
+    sample patient), under Slicer's temporary folder for good, one more per killed session. The next job's folder
+    is made after removing those whose Slicer no longer runs, with a warning naming them; a running job's (this
+    Slicer's, another machine's) and an older version's (no owner in its name) are left alone."""
+    import logging
+
+    from NPCPrognosisLib.io.staging import owner_tag
+
+    root = tmp_path / "jobs"
+    running = jobs.new_job_folder(root)
+    assert running.parent == root and running.name.startswith(f"job-{owner_tag()}-")
+    killed = root / f"job-{dead_owner}-abcd1234"
+    reused_pid = root / f"job-{owner_tag()}-zzzz1234"  # this process's ID, not a folder it made: an earlier run's
+    kept = [root / "job-uqp3ns3d", root / "job-1@another-host-abcd1234", running]
+    for folder in (killed, reused_pid, *kept):
+        folder.mkdir(exist_ok=True)
+        (folder / "t1c.nii.gz").write_bytes(b"the patient's CET1W")
+    with caplog.at_level(logging.WARNING):
+        new = jobs.new_job_folder(root)
+    assert sorted(root.iterdir()) == sorted([*kept, new])
+    [message] = [r.getMessage() for r in caplog.records if "stopped Slicer" in r.getMessage()]
+    names = ", ".join(sorted([killed.name, reused_pid.name]))
+    assert message == (f"removed 2 job folder(s) that a stopped Slicer left in {root} ({names}): the images and "
+                       "results of jobs it never finished")
+    jobs.end_job_folder(running)
+    assert not running.exists() and jobs.remove_stale_job_folders(root) == []
+
+
+def test_radiomics_kept_for_a_segmentation_are_written_whole_and_a_cut_off_copy_is_computed_again(tmp_path,
+                                                                                               monkeypatch, caplog,
+                                                                                               dead_owner):
+    """The panel copied a job's radiomics to the segmentation's cache with ``shutil.copyfile``: a Slicer killed
+    mid-copy left a cut-off file, and every later Extract or Predict of that segmentation failed reading it (a JSON
+    error). The copy is now atomic, a killed copy's hidden file is removed, and a cut-off cache is computed again."""
+    import logging
+
+    import SimpleITK as sitk
+
+    monkeypatch.setattr(jobs, "bundle_features", lambda bundle, patient: {"f": 1.5})
+    array = np.zeros((5, 6, 7), np.uint8)
+    array[1:3, 2:4, 2:5] = 1
+    patient = SimpleNamespace(mask=_write_mask(tmp_path / "m.nii.gz", array), patient_id="P",
+                              images={"t2": sitk.GetImageFromArray(np.ones((5, 6, 7), np.float32))})
+    bundle = SimpleNamespace(path=tmp_path / "bundle")
+    job_features = jobs.cached_features(bundle, patient, None, tmp_path / "job" / "features.json")
+    cache = tmp_path / "features-SegmentationNode1" / "features.json"
+    left = cache.with_name(f".features.json.{dead_owner}-abcd1234.tmp.json")
+    left.parent.mkdir()
+    left.write_text('{"patient_id": "P", "bun')
+    assert jobs.keep_features(job_features, cache) == cache
+    assert cache.read_bytes() == job_features.read_bytes() and not left.exists()
+    cache.write_text('{"patient_id": "P", "bun')  # what copyfile left when Slicer was killed
+    with caplog.at_level(logging.WARNING):
+        again = jobs.cached_features(bundle, patient, cache, tmp_path / "job2" / "features.json")
+    assert again == tmp_path / "job2" / "features.json"
+    assert json.loads(again.read_text())["features"] == {"f": 1.5}
+    assert any(r.getMessage().startswith(f"patient P: the earlier radiomics {cache} cannot be read")
+               for r in caplog.records)
+
+
 def test_job_with_a_missing_bundle_fails_with_a_readable_error_file(tmp_path):
     files = sample_case_files(SAMPLE)
     job = {"action": "predict", "out_dir": str(tmp_path / "out"), "patient_id": "NPC-SAMPLE-001",

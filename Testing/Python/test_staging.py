@@ -175,7 +175,7 @@ def test_the_next_command_removes_the_unfinished_file_a_hard_kill_left_and_says_
     assert remove_stale_writes(tmp_path) == [tmp_path / live]  # killed: now it is stale
 
 
-def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_beside_it(tmp_path):
+def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_beside_it(tmp_path, dead_owner):
     """A folder output is the command's with its subfolders (a cohort's per-patient folders, the cohort page's
     figures); a bundle is written in a hidden folder beside it, named as an atomic write's file. A file output's
     folder is the user's: only that folder, not below it."""
@@ -183,9 +183,7 @@ def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_b
     from NPCPrognosisLib.io.atomic import remove_stale_writes, work_in_progress_prefix
     from NPCPrognosisLib.io.bundle import write_bundle
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait(timeout=30)
-    dead = f"{gone.pid}@" + work_in_progress_prefix("x").split("@", 1)[1]  # '<dead pid>@<this host>-'
+    dead = f"{dead_owner}-"  # '<dead pid>@<this host>-'
     bundle = tmp_path / "bundle"
     left_bundle = tmp_path / f".bundle.{dead}k2x_9q0z.tmp"
     (left_bundle / "network").mkdir(parents=True)
@@ -218,3 +216,38 @@ def test_a_commands_output_folder_is_cleaned_below_and_a_bundles_hidden_folder_b
     [hidden] = seen
     assert hidden.startswith(work_in_progress_prefix(tmp_path / "written")) and hidden.endswith(".tmp")
     assert (tmp_path / "written" / "bundle.json").exists() and not (tmp_path / hidden).exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's state from /proc")
+def test_pool_workers_end_when_their_run_is_killed(tmp_path):
+    """``kill -9`` of ``train`` left its two robustness workers running: each finished its patient, wrote it to the
+    cache, then slept for good on handing back a result nobody read, holding its memory. A worker now ends as soon
+    as the process that started it does."""
+    import signal
+    import time
+
+    run = ("import os, time\n"
+           "from NPCPrognosisLib.processes import worker_pool\n"
+           "pool = worker_pool(1)\n"
+           "print(pool.submit(os.getpid).result(), flush=True)\n"
+           "pool.submit(time.sleep, 120)\n"
+           "time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    killed = subprocess.Popen([sys.executable, "-c", run], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    worker = int(killed.stdout.readline())
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+
+    def running(pid: int) -> bool:  # an ended process not yet reaped by whoever adopted it is a zombie (Z)
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        return "\nState:\tZ" not in state
+
+    deadline = time.monotonic() + 30  # a bound, not a timing: the old worker slept its 120 s, then for good
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} still ran after its run was killed")
