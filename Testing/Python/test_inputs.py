@@ -463,6 +463,17 @@ def test_a_sequence_covering_part_of_the_t1c_field_is_named_with_the_contours_it
     assert not any("covers" in w or "outside the t2" in w for w in whole.warnings)
 
 
+def test_a_sequence_covering_part_of_the_field_is_not_a_warning_when_every_contour_lies_inside_it():
+    """A T2W covering 75 % of the CET1W's slices, the contours all inside it: nothing computed from them reads the
+    fill, yet every such patient was warned (a third of a family-C cohort, on extract's list and the patient sheet).
+    Without contours (a network will segment) the share is still said: the tumour may lie outside."""
+    t1c, lower_three_quarters = _image(), _image(shape=(6, 20, 20))  # slices 0-5 of 8; contours on slices 2-5
+    contoured = align_patient({"t1c": t1c, "t2": lower_three_quarters}, _mask(), patient_id="P5")
+    assert not any("t2" in w for w in contoured.warnings), contoured.warnings
+    uncontoured = align_patient({"t1c": t1c, "t2": lower_three_quarters}, None, patient_id="P5")
+    assert any(w.startswith("t2 covers 75% of the t1c field") for w in uncontoured.warnings)
+
+
 def test_a_sequence_over_a_wider_field_than_t1c_is_resampled_not_refused():
     """A T2W acquired over a wider field than the CET1W covers all of it, though most of the T2W's own box lies
     outside the CET1W's (a family-C patient, 184 mm inside 236 mm in plane, was refused as 'does not overlap')."""
