@@ -28,6 +28,8 @@ from NPCPrognosisLib.radiomics.signature import (
     SignatureSettings,
     cross_fitted_rad_score,
     fit_signature,
+    fold_signatures,
+    rad_score_variance,
 )
 from NPCPrognosisLib.survival.nomogram import Nomogram, fit_nomogram
 
@@ -261,8 +263,9 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
     ebv_fill = ebv_fill_value(manifest)
     clinical_table = manifest.clinical_table(ebv_fill)
     factors = model_factors(clinical_table, signature, features)
-    oof = (cross_fitted_rad_score(features, time, event, settings, rad_score_folds, icc, groups)
-           if rad_score_folds > 1 else None)
+    folds = (fold_signatures(features, time, event, settings, rad_score_folds, icc, groups)
+             if rad_score_folds > 1 else None)
+    oof = cross_fitted_rad_score(features, time, event, settings, rad_score_folds, fits=folds) if folds else None
     rescaling = rad_score_rescaling(factors["rad_score"].to_numpy(), oof) if oof is not None else None
     if rescaling is not None:
         signature = replace(signature, calibration_slope=rescaling["slope"], calibration_offset=rescaling["offset"])
@@ -291,6 +294,10 @@ def fit_models(manifest: Manifest, features: pd.DataFrame, endpoint: str,
                                     seed=(settings or SignatureSettings()).seed,
                                     groups=groups)
                  for name, columns in designs.items()}
+    if folds is not None:  # the Rad-score's own variance joins the survival intervals of every model weighing it
+        variance = {"rad_score": rad_score_variance(folds[1], features)}
+        nomograms = {name: replace(model, score_variance=variance) if "rad_score" in model.factors else model
+                     for name, model in nomograms.items()}
     cutoffs = {}
     for name, model in nomograms.items():
         cutoffs[name] = training_cutoff(model.risk(factors), time, event, min_share=0.10)

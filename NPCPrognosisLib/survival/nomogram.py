@@ -66,6 +66,12 @@ class Nomogram:
     #: training patient's, where survival is an extrapolation (5e-5 at 36 months on a 28-patient cohort) that the
     #: per-factor check cannot see. None in a bundle saved before it was kept: then only the factors are checked.
     risk_range: list[float] | None = None
+    #: Variance of factors that are themselves estimates (``rad_score``: the jackknife of the cross-fitting
+    #: signatures, :func:`~NPCPrognosisLib.radiomics.signature.rad_score_variance`), in squared factor units. Why:
+    #: the Cox covariance takes every factor as measured, so the intervals ignored that the Rad-score's features
+    #: and coefficients were themselves selected on the training patients. None in a bundle saved before it was
+    #: kept, or when the Rad-score was not cross-fitted: then the intervals are the Cox fit's alone.
+    score_variance: dict[str, float] | None = None
 
     @property
     def factors(self) -> list[str]:
@@ -95,8 +101,9 @@ class Nomogram:
     def survival_interval(self, table: pd.DataFrame | Mapping[str, float], months: Sequence[float] = REPORT_MONTHS,
                           z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise interval of :meth:`survival` (95 % at the default ``z``): S ** exp(+-z SE) with the SE of
-        log H(t|x) (:meth:`~NPCPrognosisLib.survival.cox.CoxModel.log_cumhaz_se`, Tsiatis); NaN where unknown
-        (before the first event time, or a bundle saved without the baseline's variance).
+        log H(t|x) (:meth:`~NPCPrognosisLib.survival.cox.CoxModel.log_cumhaz_se`, Tsiatis) widened by the
+        estimated factors' own variance (:meth:`score_log_hazard_variance`); NaN where unknown (before the first
+        event time, or a bundle saved without the baseline's variance).
 
         Parameters
         ----------
@@ -114,9 +121,18 @@ class Nomogram:
         values = self._matrix(table)
         months = np.asarray(months, float)
         survival = np.clip(self.model.survival_at(values, months), 0.0, 1.0)
-        factor = np.exp(z * self.model.log_cumhaz_se(values, months))
+        se = np.sqrt(self.model.log_cumhaz_se(values, months) ** 2 + self.score_log_hazard_variance())
+        factor = np.exp(z * se)
         known = np.isfinite(factor)  # 1.0 ** nan is 1.0: the unknown must stay NaN, not look like certainty
         return np.where(known, survival ** factor, np.nan), np.where(known, survival ** (1.0 / factor), np.nan)
+
+    def score_log_hazard_variance(self) -> float:
+        """What the estimated factors' own variance (:attr:`score_variance`) adds to the variance of a patient's
+        log hazard: sum of coefficient^2 x variance (the factor's error taken as independent of the Cox fit's);
+        0 when none is kept."""
+        variance = self.score_variance or {}
+        coef = dict(zip(self.factors, np.asarray(self.model.coef, float)))
+        return float(sum(coef[f] ** 2 * float(v) for f, v in variance.items() if f in coef))
 
     def survival_for_risk(self, risk: float, months: Sequence[float]) -> np.ndarray:
         """Survival curve of a patient with this risk score (e.g. a risk group's median: the reference curves)."""
@@ -190,6 +206,8 @@ class Nomogram:
             out["runaway"] = self.runaway
         if self.risk_range is not None:
             out["risk_range"] = self.risk_range
+        if self.score_variance is not None:
+            out["score_variance"] = self.score_variance
         return out
 
     @classmethod
@@ -197,7 +215,9 @@ class Nomogram:
         return cls(name=data["name"], model=CoxModel.from_dict(data["model"]), low=list(data["low"]),
                    high=list(data["high"]), center=float(data.get("center", 0.0)),
                    construction=data.get("construction"), runaway=data.get("runaway"),
-                   risk_range=None if data.get("risk_range") is None else [float(v) for v in data["risk_range"]])
+                   risk_range=None if data.get("risk_range") is None else [float(v) for v in data["risk_range"]],
+                   score_variance=None if data.get("score_variance") is None
+                   else {str(k): float(v) for k, v in data["score_variance"].items()})
 
 
 #: The block of the factors no named block claims (:func:`stacking_blocks`).

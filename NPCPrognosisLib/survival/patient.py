@@ -17,11 +17,12 @@ def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: f
                      months: Sequence[float] = REPORT_MONTHS) -> dict[str, Any]:
     """The patient's risk score standard error and the 95 % intervals of the predicted survival.
 
-    The survival intervals carry both the baseline hazard's and the coefficients' uncertainty (Tsiatis;
-    :meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.survival_interval`). The risk score is a contrast with
-    the average training patient, so its SE is that of (x - x_mean)'beta by the delta method (0 for the average
-    patient by construction: the score is defined against them); bundles saved without the training means use the
-    middle of each factor's training range. It reflects how well the cohort pinned the coefficients, not the
+    The survival intervals carry the baseline hazard's and the coefficients' uncertainty (Tsiatis) and the
+    Rad-score's own (:meth:`~NPCPrognosisLib.survival.nomogram.Nomogram.survival_interval`). The risk score is a
+    contrast with the average training patient, so its SE is that of (x - x_mean)'beta by the delta method plus
+    the Rad-score's variance times its squared weight (the Cox part is 0 for the average patient by construction:
+    the score is defined against them); bundles saved without the training means use the middle of each factor's
+    training range. It reflects how well the cohort pinned the coefficients, not the
     contours; the deep score's test-time augmentation SD (when the network gave one) is reported beside it.
 
     Parameters
@@ -55,7 +56,7 @@ def risk_uncertainty(bundle: Any, factors: Mapping[str, float], deep_score_sd: f
         reference = np.asarray(means, float) if means is not None else \
             (np.asarray(nomogram.low, float) + np.asarray(nomogram.high, float)) / 2.0
         d = x - reference
-        variance = float(d @ np.asarray(covariance, float) @ d)
+        variance = float(d @ np.asarray(covariance, float) @ d) + nomogram.score_log_hazard_variance()
         out["risk_se"] = math.sqrt(variance) if variance >= 0 else None
     lower, upper = nomogram.survival_interval(dict(factors), months)
     for month, lo, hi in zip(months, lower[0], upper[0]):
