@@ -144,7 +144,6 @@ def unproven_warnings(unproven: Mapping[str, Any], name: str = "nomogram") -> li
     return found
 
 
-
 def runaway_text(record: Mapping[str, Any], events: int | None, name: str = "nomogram") -> str:
     """One Cox fit of model ``name`` that ran away in training and was refitted with a larger ridge (a record of
     :func:`~NPCPrognosisLib.survival.cox.runaway_penalty`, kept under the model's ``runaway``), said as what it
