@@ -163,7 +163,7 @@ def training_findings(document: dict[str, Any]) -> list[str]:
     Why one function: ``train`` printed them once and ``evaluate`` said nothing, so a held-out C beside a
     nomogram whose Rad-score had been shrunk, or whose corrected C rested on 8 events, read as an ordinary result.
     A patient's prediction repeats the nomogram's runaway fits in its own words
-    (:func:`~NPCPrognosisLib.pipeline.predict.runaway_warnings`): these sentences name coded columns and penalties.
+    (:func:`~NPCPrognosisLib.pipeline.predict.fit_warnings`): these sentences name coded columns and penalties.
 
     Parameters
     ----------

@@ -398,7 +398,8 @@ def test_a_nomogram_that_learned_nothing_says_so_in_the_patients_result(small_co
     patient, features = _patient(small_cohort)
     clinical = {**CLINICAL, "ebv_dna": 2000}
     learned = predict_patient(bundle, patient, clinical, features=features, tta=0)
-    assert learned.unproven == {} and not any(w.startswith("the nomogram ") for w in learned.warnings)
+    assert learned.unproven == {} and not any(w.startswith(("the nomogram learned nothing", "the nomogram gives every"))
+                                              for w in learned.warnings)
 
     # a nomogram whose every factor was dropped (no weight): one risk for all training patients, and the cut-off
     # record train stores for it
@@ -420,47 +421,62 @@ def test_a_nomogram_that_learned_nothing_says_so_in_the_patients_result(small_co
     assert "the nomogram gives every patient the same risk" in html and "C-index was 0.41" in html
 
 
-
 def test_a_nomogram_whose_fit_ran_away_in_training_says_so_in_the_patients_result(small_cohort, trained):
-    """On these 18 training patients (7 events) the Cox fit of the nomogram's clinical block ran away and was
-    refitted with a larger ridge: train, evaluate and the checklist said so, predict printed the patient's result
-    as an ordinary one. It now says it once, for the nomogram only, in the sheet's labels (train's sentence named
-    log10_ebv_dna and t_stage, and ran to 500 characters)."""
+    """On these 18 training patients (7 events, 8 factors) the Cox fit of the nomogram's clinical block ran away and
+    was refitted with a larger ridge, and the events were too few for the corrected C: train, evaluate and the
+    checklist said so, predict printed the patient's result and its intervals as ordinary ones. It now says both in
+    one line, for the nomogram only, in the sheet's labels (train's sentences named log10_ebv_dna and t_stage, and
+    ran to 500 characters)."""
     from NPCPrognosisLib.reporting.html import esc
     from NPCPrognosisLib.reporting.labels import factor_name
 
     document = read_bundle(trained)
     record = document["models"]["nomogram"]["runaway"]["clinical"]
     assert document["models"]["clinical"].get("runaway")  # the clinical model ran away too: not the patient's
+    events, factors = document["training"]["events"], len(document["models"]["nomogram"]["model"]["covariates"])
+    assert document["training"]["optimism_warning"] and events < 5 * factors
     bundle = load_bundle(trained)
     patient, features = _patient(small_cohort)
     prediction = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
-    said = [w for w in prediction.warnings if "ran away" in w]
+    said = [w for w in prediction.warnings if "ran away" in w or "training events" in w]
     assert len(said) == 1, said
     names = ", ".join(factor_name(f) for f in record["factors"])
-    assert said[0].startswith(f"the nomogram's weights for {names} ran away on {document['training']['events']} "
-                              "training events and were shrunk towards no effect: what they add to this patient's")
+    assert said[0] == (f"the nomogram learned from {events} training events for {factors} factors (at least "
+                       f"{5 * factors} wanted), and its weights for {names} ran away and were shrunk towards no "
+                       "effect: its risk, risk group and survival intervals for this patient are less certain than "
+                       "shown")
     assert "EBV DNA" in names and not any(raw in said[0] for raw in ("log10_ebv_dna", "t_stage", "_"))
     assert len(said[0]) < 300  # one line of the first page's warnings, not train's paragraph
     assert patient_sheet_html(prediction.to_dict()).count(esc(said[0])) == 1
 
-    # a sound nomogram says nothing of it
+    # without the runaway record the events are still too few: said alone
     del bundle.document["models"]["nomogram"]["runaway"]
     sound = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
-    assert not any("ran away" in w for w in sound.warnings)
+    assert [w for w in sound.warnings if "ran away" in w or "training events" in w] == [
+        f"the nomogram learned from {events} training events for {factors} factors (at least {5 * factors} wanted): "
+        "its risk, risk group and survival intervals for this patient are less certain than shown"]
+    # and with enough events nothing is said
+    bundle.document["training"]["events"] = 5 * factors
+    enough = predict_patient(bundle, patient, {**CLINICAL, "ebv_dna": 2000}, features=features, tta=0)
+    assert not any("ran away" in w or "training events" in w for w in enough.warnings)
 
 
 def test_a_fit_still_running_away_at_the_strongest_ridge_names_its_factors():
-    from NPCPrognosisLib.pipeline.predict import runaway_text, runaway_warnings
+    from NPCPrognosisLib.pipeline.predict import fit_warnings, runaway_text
 
     record = {"factors": {"log10_ebv_dna": 5.1, "male": 3.2}, "factors_after": {"log10_ebv_dna": 2.4}}
     text = runaway_text(record, None)
     assert text.startswith("the nomogram's weights for EBV DNA, Sex ran away on too few training events and were "
                            "shrunk towards no effect (EBV DNA still implausibly large): ")
-    document = {"training": {"events": 9}, "models": {"nomogram": {"runaway": {"volume": record}},
-                                                      "clinical": {"runaway": {"clinical": record}}}}
-    assert runaway_warnings(document) == [runaway_text(record, 9)]
-    assert runaway_warnings({"models": {"nomogram": {}}}) == [] and runaway_warnings({}) == []
+    model = {"model": {"covariates": ["log10_ebv_dna", "male"]}, "runaway": {"volume": record}}
+    document = {"training": {"events": 10}, "models": {"nomogram": model, "clinical": {"runaway": {"c": record}}}}
+    assert fit_warnings(document) == [runaway_text(record, 10)]  # 5 events per factor: enough, only the runaway
+    document["training"]["events"] = 9
+    assert fit_warnings(document) == [
+        "the nomogram learned from 9 training events for 2 factors (at least 10 wanted), and its weights for EBV DNA, "
+        "Sex ran away and were shrunk towards no effect: its risk, risk group and survival intervals for this "
+        "patient are less certain than shown"]
+    assert fit_warnings({"models": {"nomogram": {}}}) == [] and fit_warnings({}) == []
 
 
 def _weightless_bundle(trained, out):
@@ -538,7 +554,8 @@ def test_a_nomogram_that_learned_nothing_determines_no_risk_group_anywhere_it_is
     # (on these 18 training patients the nomogram's clinical block also ran away and was refitted: evaluate repeats
     # that finding of the training, as it repeats train's other findings)
     unproven = [w for w in metrics["warnings"] if w.startswith("the nomogram ") and "ran away" not in w]
-    assert len(unproven) == 2 and unproven == [w for w in prediction["warnings"] if w.startswith("the nomogram ")]
+    assert len(unproven) == 2 and unproven == [w for w in prediction["warnings"]
+                                               if w.startswith("the nomogram ") and "training events" not in w]
     assert any(w.startswith("the nomogram (clinical block) model's Cox fit ran away") for w in metrics["warnings"])
 
 
