@@ -16,7 +16,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -129,17 +129,45 @@ def remove_stale_staging(folder: str | Path) -> list[Path]:
     list of Path
         The folders removed.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    return remove_folders_left(folder, STAGING_PREFIX, _stale_staging, "hidden staging folder(s)", "run",
+                               "they held files it had not finished, never put in place")
+
+
+def remove_folders_left(root: str | Path, prefix: str, stale: Callable[[Path], bool], kind: str, owner: str,
+                        held: str) -> list[Path]:
+    """Remove the folders named ``prefix...`` in ``root`` that ``stale`` says a stopped run left, and say so.
+
+    Why one function: the hidden staging folders (:func:`remove_stale_staging`) and the Slicer panel's job folders
+    (:func:`~NPCPrognosisLib.slicer_support.jobs.remove_stale_job_folders`) are found, removed and named alike; only
+    which names count and how they are told apart differ.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder to look in; a missing one has nothing to remove.
+    prefix : str
+        How the candidates' names start.
+    stale : callable
+        Whether a candidate was left by a run that stopped (:func:`left_by_stopped_run` on its name).
+    kind, owner, held : str
+        The warning's words: what the folders are ("job folder(s)"), whose ("Slicer") and what they held.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
         return []
-    stale = sorted(path for path in folder.glob(STAGING_PREFIX + "*") if _stale_staging(path))
-    for path in stale:
+    removed = sorted(path for path in root.glob(prefix + "*") if stale(path))
+    for path in removed:
         shutil.rmtree(path, ignore_errors=True)
-    if stale:
-        names = ", ".join(path.name for path in stale[:5]) + (", ..." if len(stale) > 5 else "")
-        log.warning("removed %d hidden staging folder(s) that a stopped run left in %s (%s): they held files it "
-                    "had not finished, never put in place", len(stale), folder, names)
-    return stale
+    if removed:
+        names = ", ".join(path.name for path in removed[:5]) + (", ..." if len(removed) > 5 else "")
+        log.warning("removed %d %s that a stopped %s left in %s (%s): %s", len(removed), kind, owner, root, names,
+                    held)
+    return removed
 
 
 @contextlib.contextmanager

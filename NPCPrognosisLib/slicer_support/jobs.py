@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from NPCPrognosisLib.io.atomic import remove_stale_writes, write_bytes_atomic, write_json_atomic
-from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag
+from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag, remove_folders_left
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,15 @@ def remove_stale_job_folders(jobs_root: str | Path) -> list[Path]:
     list of Path
         The folders removed.
     """
-    root = Path(jobs_root)
-    if not root.is_dir():
-        return []
-    stale = []
-    for folder in sorted(root.glob(JOB_PREFIX + "*")):
-        name = _JOB_NAME.fullmatch(folder.name)
-        if (name is not None and folder.is_dir() and not folder.is_symlink()
-                and left_by_stopped_run(folder, int(name["pid"]), name["host"], _OPEN_JOBS)):
-            stale.append(folder)
-    for folder in stale:
-        shutil.rmtree(folder, ignore_errors=True)
-    if stale:
-        names = ", ".join(folder.name for folder in stale[:5]) + (", ..." if len(stale) > 5 else "")
-        log.warning("removed %d job folder(s) that a stopped Slicer left in %s (%s): the images and results of jobs "
-                    "it never finished", len(stale), root, names)
-    return stale
+    return remove_folders_left(jobs_root, JOB_PREFIX, _stale_job_folder, "job folder(s)", "Slicer",
+                               "the images and results of jobs it never finished")
+
+
+def _stale_job_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a job folder (:func:`new_job_folder`) whose Slicer of this machine no longer runs."""
+    name = _JOB_NAME.fullmatch(folder.name)
+    return (name is not None and folder.is_dir() and not folder.is_symlink()
+            and left_by_stopped_run(folder, int(name["pid"]), name["host"], _OPEN_JOBS))
 
 
 def _progress_writer(out_dir: Path) -> Callable[[float, str], None]:
