@@ -363,19 +363,24 @@ def test_benefit_statement_or_not_available():
     assert formatting.format_evidence({}) == ""
 
 
-def test_the_demo_bundles_benefit_conclusion_reads_in_this_versions_words():
-    """The demo bundle stores its benefit model's conclusion in the words of the version that trained it ('CCND > 160
-    vs <= 160 mg/m2'), while every other benefit text says 'CCND > 160 vs ≤ 160 mg/m²'. A loaded bundle shows the
-    conclusion rendered from the model's numbers by this version; the stored file is pinned, so it is not rebuilt."""
-    from NPCPrognosisLib.pipeline.models import load_bundle
+def test_the_demo_bundles_benefit_conclusion_reads_in_this_versions_words(monkeypatch):
+    """The demo bundle stored its benefit model's conclusion in the words of the version that trained it ('CCND > 160
+    vs <= 160 mg/m2') until it was rebuilt, while every other benefit text says 'CCND > 160 vs ≤ 160 mg/m²'. A
+    loaded bundle shows the conclusion rendered from the model's numbers by this version, whatever words it stored."""
+    from NPCPrognosisLib.pipeline import models
     from NPCPrognosisLib.survival.benefit import dose_comparison, model_conclusion
 
-    stored = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))["chemo_benefit"]
-    assert stored["conclusion"].startswith("CCND > 160 vs <= 160 mg/m2, adjusted: high-risk group HR ")
-    shown = load_bundle(DEMO_BUNDLE).document["chemo_benefit"]["conclusion"]
-    assert shown == model_conclusion(stored) and shown.startswith(f"{dose_comparison(160)}, adjusted: ")
-    # the same numbers, only the words of the arms changed
-    assert shown == stored["conclusion"].replace("vs <= 160 mg/m2", "vs ≤ 160 mg/m²")
+    document = json.loads((DEMO_BUNDLE / "bundle.json").read_text(encoding="utf-8"))
+    stored = document["chemo_benefit"]
+    assert stored["conclusion"] == model_conclusion(stored)  # rebuilt: this version's words
+    assert stored["conclusion"].startswith(f"{dose_comparison(160)}, adjusted: high-risk group HR ")
+    old = stored["conclusion"].replace("vs ≤ 160 mg/m²", "vs <= 160 mg/m2")
+    assert old != stored["conclusion"]
+    # the bundle as the version before it wrote it: the same numbers, the arms in its words
+    monkeypatch.setattr(models, "read_bundle",
+                        lambda path: {**document, "chemo_benefit": {**stored, "conclusion": old}})
+    shown = models.load_bundle(DEMO_BUNDLE).document["chemo_benefit"]["conclusion"]
+    assert shown == model_conclusion(stored) == stored["conclusion"]
 
 
 def test_benefit_evidence_reads_in_words_with_the_group_hazard_ratio():
