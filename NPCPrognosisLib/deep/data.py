@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +36,8 @@ from NPCPrognosisLib.deep.postprocess import opening_self_dice
 from NPCPrognosisLib.errors import InputError
 from NPCPrognosisLib.imaging.geometry import resample_onto
 from NPCPrognosisLib.imaging.preprocess import PreprocessConfig, preprocess_images
-from NPCPrognosisLib.io.atomic import atomic_path, patient_file
+from NPCPrognosisLib.io.atomic import atomic_path, patient_file, read_cached
 from NPCPrognosisLib.io.images import ImageHeader
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -397,17 +393,14 @@ def cached_case(cache: Path | None, patient_id: str) -> tuple[np.ndarray, np.nda
     tuple of numpy.ndarray or None
         The three arrays, read whole.
     """
-    if cache is None or not cache.exists():
-        return None
-    try:
-        with np.load(cache) as data:
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        with np.load(path) as data:
             if "opening_dice" not in data:
                 return None
             return data["image"], data["label"], data["opening_dice"]
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        log.warning("patient %s: the preprocessing cache file %s cannot be read (%s: %s); the patient is prepared "
-                    "again and the file replaced", patient_id, cache, type(exc).__name__, exc)
-        return None
+
+    return read_cached(cache, read, patient_id, "the preprocessing cache file", "the patient is prepared again and "
+                       "the file replaced")
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

@@ -18,9 +18,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag
 
@@ -164,6 +165,44 @@ def remove_stale_writes(folder: str | Path, recursive: bool = False) -> list[Pat
         log.warning("removed %d hidden unfinished file(s) that a stopped run left in %s (%s): writes cut short by a "
                     "hard kill, never put in place", len(stale), folder, names)
     return stale
+
+
+T = TypeVar("T")
+
+
+def read_cached(path: str | Path | None, read: Callable[[Path], T | None], patient_id: str, what: str,
+                then: str) -> T | None:
+    """What ``read`` makes of a patient's cache file, or None to compute it again: the file is missing, ``read``
+    said it does not apply, or it cannot be read (then with a warning naming the patient and the file).
+
+    Why one function: a cache outlives the run that wrote it, and a file that is not whole (a full disk, a partial
+    copy, an edit) stopped every later run with a JSON or zip error until someone found and deleted it: the robustness
+    study's perturbed extractions, ``train-net``'s preprocessed arrays and the Slicer panel's radiomics alike.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        The cache file; None or missing: not cached.
+    read : callable
+        Reads the file; returns None when its content was made under other settings.
+    patient_id : str
+        Named in the warning.
+    what, then : str
+        The warning's words: what the file is ("the cached perturbed extraction") and what happens instead.
+
+    Returns
+    -------
+    object or None
+        ``read``'s result, or None.
+    """
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return read(Path(path))
+    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError, zipfile.BadZipFile) as exc:
+        log.warning("patient %s: %s %s cannot be read (%s: %s); %s", patient_id, what, path, type(exc).__name__, exc,
+                    then)
+        return None
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

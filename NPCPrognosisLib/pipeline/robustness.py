@@ -23,7 +23,7 @@ import pandas as pd
 
 from NPCPrognosisLib.contract import SEQUENCES
 from NPCPrognosisLib.errors import InputError
-from NPCPrognosisLib.io.atomic import patient_file, remove_stale_writes, write_json_atomic
+from NPCPrognosisLib.io.atomic import patient_file, read_cached, remove_stale_writes, write_json_atomic
 from NPCPrognosisLib.io.manifest import Manifest, PatientEntry
 from NPCPrognosisLib.pipeline.extract import input_checksum
 from NPCPrognosisLib.radiomics.extraction import pyradiomics_version
@@ -168,15 +168,12 @@ def stored_extraction(file: Path, key: str, patient_id: str) -> dict[str, Any] |
     dict or None
         The entry's feature values, or None to extract them (again).
     """
-    if not file.exists():
-        return None
-    try:
-        stored = json.loads(file.read_bytes())
-        features = stored["features"] if stored.get("key") == key else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        log.warning("patient %s: the cached perturbed extraction %s cannot be read (%s: %s); it is extracted again "
-                    "and replaced", patient_id, file, type(exc).__name__, exc)
-        return None
+    def read(path: Path) -> Any:
+        stored = json.loads(path.read_bytes())
+        return stored["features"] if stored.get("key") == key else None
+
+    features = read_cached(file, read, patient_id, "the cached perturbed extraction", "it is extracted again and "
+                           "replaced")
     if features is not None and not isinstance(features, dict):
         log.warning("patient %s: the cached perturbed extraction %s holds no feature values; it is extracted again "
                     "and replaced", patient_id, file)

@@ -16,7 +16,6 @@ Run a job out of process (what the Slicer module does)::
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -27,10 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from NPCPrognosisLib.io.atomic import remove_stale_writes, write_bytes_atomic, write_json_atomic
+from NPCPrognosisLib.io.atomic import read_cached, remove_stale_writes, write_bytes_atomic, write_json_atomic
 from NPCPrognosisLib.io.staging import left_by_stopped_run, owner_tag, remove_folders_left
-
-log = logging.getLogger(__name__)
 
 #: How a job folder's name starts: ``job-<pid>@<host>-<8 random characters>``, the owner being the Slicer that made it
 #: (:func:`~NPCPrognosisLib.io.staging.owner_tag`), from which :func:`remove_stale_job_folders` tells a killed
@@ -316,16 +313,13 @@ def cached_features(bundle: Any, patient: Any, previous: str | Path | None, out_
     """
     fingerprint = patient_fingerprint(patient)
     bundle_id = bundle_identity(bundle)
-    if previous and Path(previous).exists():
-        try:
-            stored = json.loads(Path(previous).read_bytes())
-            reuse = stored.get("inputs_fingerprint") == fingerprint and stored.get("bundle") == bundle_id
-        except (OSError, ValueError, AttributeError) as exc:  # not whole: the panel's copy was cut short
-            log.warning("patient %s: the earlier radiomics %s cannot be read (%s: %s); they are computed again",
-                        patient.patient_id, previous, type(exc).__name__, exc)
-            reuse = False
-        if reuse:
-            return Path(previous)
+    def same_inputs(path: Path) -> bool:
+        stored = json.loads(path.read_bytes())
+        return stored.get("inputs_fingerprint") == fingerprint and stored.get("bundle") == bundle_id
+
+    if previous and read_cached(previous, same_inputs, patient.patient_id, "the earlier radiomics",
+                                "they are computed again"):
+        return Path(previous)
     features = bundle_features(bundle, patient)
     return write_json_atomic(out_path, {"patient_id": patient.patient_id, "bundle": bundle_id,
                                         "inputs_fingerprint": fingerprint, "features": features}, indent=1)
