@@ -196,7 +196,7 @@ def test_wheel_installs_outside_the_source_tree_and_finds_its_package_data(tmp_p
     run = subprocess.run([str(env_dir / "bin" / "npc-prognosis"), "--quiet", "predict", "--bundle", bundle, *images,
                           "--tta", "0", "--patient-id", "S", "--clinical", "age=50", "sex=M", "t_stage=T2",
                           "n_stage=N1", "rene=0", "ldh=180", "--out", str(work / "out")],
-                         capture_output=True, text=True, cwd=work, env=clean_env)
+                         capture_output=True, text=True, encoding="utf-8", cwd=work, env=clean_env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (work / "out" / "prediction.json").is_file()
     assert "automatic contours" in run.stdout
@@ -208,7 +208,7 @@ def test_wheel_installs_outside_the_source_tree_and_finds_its_package_data(tmp_p
     (work / "manifest.csv").write_text(",".join(row) + "\n" + ",".join(values) + "\n")
     cli = str(env_dir / "bin" / "npc-prognosis")
     run = subprocess.run([cli, "--quiet", "extract", "--manifest", "manifest.csv", "--out", "features.csv"],
-                         capture_output=True, text=True, cwd=work, env=clean_env)
+                         capture_output=True, text=True, encoding="utf-8", cwd=work, env=clean_env)
     assert run.returncode == 0, run.stderr[-2000:]
     meta = json.loads((work / "features.meta.json").read_text(encoding="utf-8"))
     assert meta["params_file"] == "NPCPrognosis.yaml" and "Wavelet" in meta["settings"]["imageType"]
